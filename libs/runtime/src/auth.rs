@@ -1,0 +1,491 @@
+//! Bearer JWT authentication and per-method authorization.
+//!
+//! Every RPC but health and reflection needs a token. A user token names its account; it can
+//! never act on another. A service token names no account: it acts on the account named by the
+//! `x-account-id` header, and only service tokens may call the internal RPCs.
+
+use http::{Request, Response};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Status;
+
+/// Header a service token uses to name the account it acts on.
+pub const ACCOUNT_HEADER: &str = "x-account-id";
+
+/// Paths served without a token: probes and discovery.
+const EXEMPT_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// What a method needs. Each level includes the ones before it: admin may write, write may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    Read,
+    Write,
+    Admin,
+    /// Operating the deployment (the manual clock).
+    Ops,
+    /// Service-to-service RPCs: service tokens only.
+    Internal,
+}
+
+impl Access {
+    fn scope(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+            Access::Ops => "ops",
+            Access::Internal => "internal",
+        }
+    }
+}
+
+/// Whether a token is a person's or a service's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    User,
+    Service,
+}
+
+/// JWT claims of a Contactier token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id, or the calling service's name.
+    pub sub: String,
+    /// The account of a user token; absent on service tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acct: Option<String>,
+    /// Space-separated scopes: read, write, admin, ops.
+    #[serde(default)]
+    pub scope: String,
+    pub kind: TokenKind,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+}
+
+/// The authenticated caller of one request, resolved to the account it acts on.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub subject: String,
+    pub kind: TokenKind,
+    account: Option<String>,
+    scopes: Vec<String>,
+}
+
+impl Principal {
+    /// The account this request acts on.
+    pub fn account_id(&self) -> Result<&str, Status> {
+        self.account.as_deref().ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{ACCOUNT_HEADER} header is required with a service token"
+            ))
+        })
+    }
+
+    /// The user behind the request; `None` for service tokens.
+    pub fn user_id(&self) -> Option<&str> {
+        (self.kind == TokenKind::User).then_some(self.subject.as_str())
+    }
+
+    /// Whether the caller may act on `account_id` named in a request body (internal RPCs).
+    pub fn check_account(&self, account_id: &str) -> Result<(), Status> {
+        match (self.kind, self.account.as_deref()) {
+            (TokenKind::Service, _) => Ok(()),
+            (TokenKind::User, Some(own)) if own == account_id => Ok(()),
+            _ => Err(Status::permission_denied(
+                "token is not valid for this account",
+            )),
+        }
+    }
+
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
+    fn allows(&self, access: Access) -> bool {
+        match access {
+            Access::Internal => self.kind == TokenKind::Service,
+            Access::Ops => self.has_scope("ops"),
+            Access::Read => ["read", "write", "admin"].iter().any(|s| self.has_scope(s)),
+            Access::Write => ["write", "admin"].iter().any(|s| self.has_scope(s)),
+            Access::Admin => self.has_scope("admin"),
+        }
+    }
+
+    /// The principal of a request that passed the auth layer.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Principal, Status> {
+        request
+            .extensions()
+            .get::<Principal>()
+            .ok_or_else(|| Status::unauthenticated("no authenticated principal"))
+    }
+}
+
+/// Which access each method needs, keyed by gRPC path (`/package.Service/Method`).
+/// Methods not listed are refused, so a new RPC is closed until someone decides its access.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    methods: HashMap<String, Access>,
+}
+
+impl Policy {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the access of `methods` of `service` (its full name, e.g. `contactier.ops.v1.ClockService`).
+    pub fn allow(mut self, service: &str, access: Access, methods: &[&str]) -> Self {
+        for m in methods {
+            self.methods.insert(format!("/{service}/{m}"), access);
+        }
+        self
+    }
+
+    pub fn merge(mut self, other: Policy) -> Self {
+        self.methods.extend(other.methods);
+        self
+    }
+
+    pub fn access(&self, path: &str) -> Option<Access> {
+        self.methods.get(path).copied()
+    }
+}
+
+/// Signs and verifies tokens with one HMAC secret shared by the deployment.
+#[derive(Clone)]
+pub struct Authenticator {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for Authenticator {
+    // The keys stay out of debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8], issuer: &str, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
+    }
+
+    /// A token for a user of `account` with `scopes`, valid for `ttl`.
+    pub fn user_token(
+        &self,
+        account: &str,
+        user: &str,
+        scopes: &[&str],
+        ttl: chrono::Duration,
+    ) -> String {
+        self.sign(user, Some(account), TokenKind::User, scopes, ttl)
+    }
+
+    /// A token for a service calling other services.
+    pub fn service_token(&self, service: &str, ttl: chrono::Duration) -> String {
+        self.sign(
+            service,
+            None,
+            TokenKind::Service,
+            &["read", "write", "admin"],
+            ttl,
+        )
+    }
+
+    fn sign(
+        &self,
+        sub: &str,
+        acct: Option<&str>,
+        kind: TokenKind,
+        scopes: &[&str],
+        ttl: chrono::Duration,
+    ) -> String {
+        // Token lifetimes are wall-clock: the manual clock moves business time, not expiry.
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            acct: acct.map(str::to_owned),
+            scope: scopes.join(" "),
+            kind,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            iat: now,
+            exp: now + ttl.num_seconds(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail")
+    }
+
+    /// Verifies a bearer token and resolves the account the request acts on.
+    pub fn authenticate(
+        &self,
+        token: &str,
+        account_header: Option<&str>,
+    ) -> Result<Principal, Status> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
+        let claims = data.claims;
+        let account = match claims.kind {
+            TokenKind::User => {
+                let own = claims.acct.filter(|a| !a.is_empty()).ok_or_else(|| {
+                    Status::unauthenticated("invalid token: user token names no account")
+                })?;
+                if account_header.is_some_and(|h| h != own) {
+                    return Err(Status::permission_denied(
+                        "token is not valid for this account",
+                    ));
+                }
+                Some(own)
+            }
+            TokenKind::Service => account_header.map(str::to_owned),
+        };
+        Ok(Principal {
+            subject: claims.sub,
+            kind: claims.kind,
+            account,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+        })
+    }
+}
+
+fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::ImmatureSignature => "not yet valid",
+        _ => "malformed",
+    }
+}
+
+/// Tower layer that authenticates and authorizes every request against a [`Policy`].
+#[derive(Clone)]
+pub struct AuthLayer {
+    inner: Arc<(Authenticator, Policy)>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Authenticator, policy: Policy) -> Self {
+        Self {
+            inner: Arc::new((authenticator, policy)),
+        }
+    }
+
+    fn check<B>(&self, req: &Request<B>) -> Result<Option<Principal>, Status> {
+        let path = req.uri().path();
+        if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
+            return Ok(None);
+        }
+        let (authenticator, policy) = &*self.inner;
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let token = header("authorization")
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        let principal = authenticator.authenticate(token.trim(), header(ACCOUNT_HEADER))?;
+        let access = policy
+            .access(path)
+            .ok_or_else(|| Status::permission_denied("method is not open to callers"))?;
+        if !principal.allows(access) {
+            return Err(Status::permission_denied(format!(
+                "requires {} access",
+                access.scope()
+            )));
+        }
+        Ok(Some(principal))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthService<S> {
+    layer: AuthLayer,
+    inner: S,
+}
+
+impl<S, B, RB> tower_service::Service<Request<B>> for AuthService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<Response<RB>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.layer.check(&req) {
+            Ok(principal) => {
+                if let Some(p) = principal {
+                    req.extensions_mut().insert(p);
+                }
+                futures::future::Either::Left(self.inner.call(req))
+            }
+            Err(status) => {
+                // Never the token itself: only the path and the reason.
+                tracing::info!(path = req.uri().path(), code = ?status.code(), "request refused");
+                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Authenticator {
+        Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            "contactier",
+            "contactier",
+        )
+    }
+
+    #[test]
+    fn user_token_resolves_its_own_account() {
+        let a = auth();
+        let t = a.user_token("acct-a", "u1", &["read"], chrono::Duration::minutes(5));
+        let p = a.authenticate(&t, None).unwrap();
+        assert_eq!(p.account_id().unwrap(), "acct-a");
+        assert_eq!(p.user_id(), Some("u1"));
+        assert!(p.check_account("acct-a").is_ok());
+        assert_eq!(
+            p.check_account("acct-b").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn user_token_cannot_name_another_account() {
+        let a = auth();
+        let t = a.user_token("acct-a", "u1", &["read"], chrono::Duration::minutes(5));
+        let err = a.authenticate(&t, Some("acct-b")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn service_token_acts_on_the_named_account() {
+        let a = auth();
+        let t = a.service_token("billing", chrono::Duration::minutes(5));
+        let p = a.authenticate(&t, Some("acct-b")).unwrap();
+        assert_eq!(p.account_id().unwrap(), "acct-b");
+        assert_eq!(p.user_id(), None);
+        assert!(p.allows(Access::Internal));
+        let none = a.authenticate(&t, None).unwrap();
+        assert_eq!(
+            none.account_id().unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn expired_forged_and_foreign_tokens_are_refused() {
+        let a = auth();
+        let expired = a.user_token("acct", "u", &["read"], chrono::Duration::minutes(-10));
+        assert!(
+            a.authenticate(&expired, None)
+                .unwrap_err()
+                .message()
+                .contains("expired")
+        );
+
+        let other = Authenticator::new(
+            b"another-secret-another-secret-xx",
+            "contactier",
+            "contactier",
+        );
+        let forged = other.user_token("acct", "u", &["admin"], chrono::Duration::minutes(5));
+        assert!(
+            a.authenticate(&forged, None)
+                .unwrap_err()
+                .message()
+                .contains("signature")
+        );
+
+        let wrong_aud = Authenticator::new(
+            b"test-secret-test-secret-test-secret",
+            "contactier",
+            "elsewhere",
+        )
+        .user_token("acct", "u", &["read"], chrono::Duration::minutes(5));
+        assert!(
+            a.authenticate(&wrong_aud, None)
+                .unwrap_err()
+                .message()
+                .contains("audience")
+        );
+
+        assert_eq!(
+            a.authenticate("not.a.jwt", None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn access_levels_nest_and_internal_is_for_services() {
+        let a = auth();
+        let p = |scopes: &[&str]| {
+            a.authenticate(
+                &a.user_token("x", "u", scopes, chrono::Duration::minutes(1)),
+                None,
+            )
+            .unwrap()
+        };
+        let reader = p(&["read"]);
+        assert!(reader.allows(Access::Read) && !reader.allows(Access::Write));
+        let writer = p(&["write"]);
+        assert!(
+            writer.allows(Access::Read)
+                && writer.allows(Access::Write)
+                && !writer.allows(Access::Admin)
+        );
+        let admin = p(&["admin"]);
+        assert!(admin.allows(Access::Write) && !admin.allows(Access::Ops));
+        assert!(
+            !admin.allows(Access::Internal),
+            "a user token never calls internal RPCs"
+        );
+        assert!(p(&["ops"]).allows(Access::Ops));
+    }
+}

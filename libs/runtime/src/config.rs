@@ -1,0 +1,88 @@
+//! Configuration shared by every service, from flags or the environment.
+
+use chrono::{DateTime, Utc};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// gRPC listen address; each service has its own default port.
+    #[arg(long, env = "CONTACTIER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// `sqlite://path.db` or `postgres://...`. Default: a SQLite file per service in the data dir.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// PostgreSQL schema of the service. Default: the service's name.
+    #[arg(long, env = "DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
+
+    #[arg(long, env = "CONTACTIER_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// Where SQLite files live when no DATABASE_URL is given.
+    #[arg(long, env = "CONTACTIER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// HMAC secret that signs and verifies tokens; shared by every service of a deployment.
+    #[arg(long, env = "CONTACTIER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    #[arg(long, env = "CONTACTIER_JWT_ISSUER", default_value = "contactier")]
+    pub jwt_issuer: String,
+
+    #[arg(long, env = "CONTACTIER_JWT_AUDIENCE", default_value = "contactier")]
+    pub jwt_audience: String,
+
+    /// OTLP/gRPC collector; spans are exported only when set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `json` (default) or `text`.
+    #[arg(long, env = "CONTACTIER_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+
+    /// Prometheus `/metrics` listen address; off when unset.
+    #[arg(long, env = "CONTACTIER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Manual clock for tests and demos: time stands still until set or advanced over the
+    /// ops ClockService. Never set in production.
+    #[arg(long, env = "CONTACTIER_MANUAL_CLOCK", default_value_t = false)]
+    pub manual_clock: bool,
+
+    /// Start time of the manual clock (RFC 3339). Default: now.
+    #[arg(long, env = "CONTACTIER_CLOCK_START")]
+    pub clock_start: Option<DateTime<Utc>>,
+
+    /// PEM certificate and key: serve TLS when both are set.
+    #[arg(long, env = "CONTACTIER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "CONTACTIER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl RuntimeArgs {
+    /// The database URL of `service`: the configured one or its SQLite file in the data dir.
+    pub fn database_url_for(&self, service: &str) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}/{service}.db", self.data_dir.display()))
+    }
+
+    /// The PostgreSQL schema of `service`.
+    pub fn schema_for(&self, service: &str) -> String {
+        self.database_schema
+            .clone()
+            .unwrap_or_else(|| service.replace('-', "_"))
+    }
+
+    pub fn json_logs(&self) -> bool {
+        self.log_format != "text"
+    }
+}

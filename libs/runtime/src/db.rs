@@ -1,0 +1,173 @@
+//! Storage: SQLite (embedded default, a file per service) or PostgreSQL (production),
+//! chosen by the database URL. On PostgreSQL each service lives in its own schema.
+
+use anyhow::{Context, bail};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A connection pool on one of the two backends. Services match on it in their storage
+/// layer, one implementation per backend behind one trait.
+#[derive(Clone, Debug)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Which backend a [`Db`] is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A service's embedded migrations, one set per backend.
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub postgres: &'static Migrator,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path` or `postgres://...`). On PostgreSQL, `schema` is
+    /// created if missing and becomes the search path of every connection.
+    pub async fn connect(url: &str, schema: &str, max_connections: u32) -> anyhow::Result<Db> {
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .with_context(|| "invalid SQLite DATABASE_URL")?
+                .create_if_missing(true)
+                // WAL lets readers run beside the one writer.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(dir) = opts
+                .get_filename()
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(opts)
+                .await?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            check_schema_name(schema)?;
+            let base = PgConnectOptions::from_str(url)
+                .with_context(|| "invalid PostgreSQL DATABASE_URL")?;
+            let mut conn = base.connect().await.context("connecting to PostgreSQL")?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&mut conn)
+            .await
+            .or_else(ignore_concurrent_create)?;
+            conn.close().await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .connect_with(base.options([("search_path", schema)]))
+                .await?;
+            Ok(Db::Postgres(pool))
+        } else {
+            bail!("DATABASE_URL must start with sqlite: or postgres:")
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the migrations of this backend. Safe with several replicas starting at once:
+    /// PostgreSQL migrations take an advisory lock.
+    pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(pool) => migrations.sqlite.run(pool).await?,
+            Db::Postgres(pool) => migrations.postgres.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Answers whether the database is reachable (readiness).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Db::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Two replicas creating the same schema at once may race past IF NOT EXISTS.
+fn ignore_concurrent_create(e: sqlx::Error) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    match &e {
+        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Ok(Default::default()),
+        _ => Err(e),
+    }
+}
+
+/// Schema names are spliced into SQL (identifiers cannot be bound), so only plain
+/// identifiers are accepted.
+fn check_schema_name(schema: &str) -> anyhow::Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        bail!("database schema {schema:?} must be lower-case letters, digits and _");
+    }
+    Ok(())
+}
+
+/// Drops a PostgreSQL schema and all it holds; test runs use it to clean up after themselves.
+pub async fn drop_postgres_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    check_schema_name(schema)?;
+    let mut conn = PgConnectOptions::from_str(url)?.connect().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert!(check_schema_name("contacts").is_ok());
+        assert!(check_schema_name("t_1a2b_billing").is_ok());
+        for bad in ["", "Contacts", "a-b", "x\"; drop", "1abc"] {
+            assert!(check_schema_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_url_schemes_are_refused() {
+        let err = Db::connect("mysql://localhost/x", "s", 1)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"));
+    }
+}

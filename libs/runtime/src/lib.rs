@@ -1,0 +1,17 @@
+//! What every Contactier service runs on.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod ops;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use auth::{Access, Authenticator, Policy, Principal};
+pub use clock::Clock;
+pub use config::RuntimeArgs;
+pub use db::{Backend, Db, Migrations};
+pub use server::{ServeOptions, ServiceSpec};
+pub use shutdown::Shutdown;

@@ -1,0 +1,120 @@
+//! Serving one service: its routes behind tracing and auth, plus health, reflection and
+//! (with a manual clock) the ops ClockService, until shutdown.
+
+use crate::auth::{Access, AuthLayer, Authenticator, Policy};
+use crate::clock::Clock;
+use crate::ops::ClockOps;
+use crate::shutdown::Shutdown;
+use crate::telemetry::TraceLayer;
+use anyhow::Context;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+/// What a service brings to be served.
+pub struct ServiceSpec {
+    /// Short name, e.g. `contacts`, for logs.
+    pub name: &'static str,
+    pub routes: Routes,
+    pub policy: Policy,
+    /// Full gRPC service names reported by the health service.
+    pub health_names: Vec<&'static str>,
+}
+
+/// What every served service shares.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub authenticator: Authenticator,
+    pub clock: Clock,
+    pub shutdown: Shutdown,
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    pub grace: Duration,
+}
+
+fn ops_policy() -> Policy {
+    Policy::new().allow(
+        "contactier.ops.v1.ClockService",
+        Access::Ops,
+        &["GetTime", "SetTime", "AdvanceTime"],
+    )
+}
+
+/// Serves `spec` on `listener` until shutdown is triggered, then drains in-flight calls for
+/// at most the grace period. Health turns NOT_SERVING first so probes stop sending traffic.
+pub async fn serve(
+    spec: ServiceSpec,
+    listener: TcpListener,
+    opts: ServeOptions,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut routes = spec
+        .routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let mut policy = spec.policy;
+    let mut health_names = spec.health_names;
+    if opts.clock.is_manual() {
+        routes = routes.add_service(ClockOps::server(opts.clock.clone()));
+        policy = policy.merge(ops_policy());
+        health_names.push("contactier.ops.v1.ClockService");
+    }
+    for name in &health_names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    health.set_service_status("", ServingStatus::Serving).await;
+
+    let mut builder = Server::builder();
+    if let Some((cert, key)) = &opts.tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            .context("TLS configuration")?;
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(service = spec.name, %addr, tls = opts.tls.is_some(), "serving");
+
+    let shutdown = opts.shutdown.clone();
+    let drain_started = {
+        let health = health.clone();
+        let names = health_names.clone();
+        async move {
+            shutdown.wait().await;
+            for name in &names {
+                health
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = builder
+        .layer(TraceLayer)
+        .layer(AuthLayer::new(opts.authenticator.clone(), policy))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, drain_started);
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => res?,
+        _ = async { opts.shutdown.wait().await; tokio::time::sleep(opts.grace).await } => {
+            tracing::warn!(service = spec.name, "grace period over; dropping remaining calls");
+        }
+    }
+    tracing::info!(service = spec.name, "stopped");
+    Ok(())
+}
