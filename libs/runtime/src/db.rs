@@ -9,6 +9,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// A connection pool on one of the two backends. Services match on it in their storage
@@ -19,11 +20,38 @@ pub enum Db {
     Postgres(PgPool),
 }
 
+/// Runs `$body` with `$pool` bound to the backend's pool. The body is compiled once per
+/// backend, so SQL that both accept (`$1` placeholders work on SQLite too) is written once.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
 /// Which backend a [`Db`] is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// The runtime's tables, tracked apart from the service's own migrations.
+static RUNTIME_SQLITE: LazyLock<Migrator> =
+    LazyLock::new(|| runtime_migrator(sqlx::migrate!("migrations/sqlite")));
+static RUNTIME_POSTGRES: LazyLock<Migrator> =
+    LazyLock::new(|| runtime_migrator(sqlx::migrate!("migrations/postgres")));
+static RUNTIME_MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
+    sqlite: &RUNTIME_SQLITE,
+    postgres: &RUNTIME_POSTGRES,
+});
+
+fn runtime_migrator(mut m: Migrator) -> Migrator {
+    m.dangerous_set_table_name("_runtime_migrations");
+    m
 }
 
 /// A service's embedded migrations, one set per backend.
@@ -97,20 +125,22 @@ impl Db {
         Ok(())
     }
 
+    /// Applies the runtime's own tables (outbox, inbox), then the service's migrations.
+    pub async fn migrate_service(&self, migrations: &Migrations) -> anyhow::Result<()> {
+        self.migrate(&RUNTIME_MIGRATIONS)
+            .await
+            .context("runtime migrations")?;
+        self.migrate(migrations).await
+    }
+
     /// Answers whether the database is reachable (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        match self {
-            Db::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
-            Db::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)?,
-        }
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)?);
         Ok(())
     }
 
     pub async fn close(&self) {
-        match self {
-            Db::Sqlite(pool) => pool.close().await,
-            Db::Postgres(pool) => pool.close().await,
-        }
+        with_pool!(self, pool => pool.close().await)
     }
 }
 

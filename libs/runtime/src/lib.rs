@@ -5,9 +5,11 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod ops;
+pub mod outbox;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod testing;
 
 pub use auth::{Access, Authenticator, Policy, Principal};
 pub use clock::Clock;

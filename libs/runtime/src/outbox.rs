@@ -1,0 +1,308 @@
+//! Cross-service events: a transactional outbox on the sending side, an inbox on the receiving
+//! side. An event is written in the same transaction as the change it describes, delivered at
+//! least once by a relay that retries with backoff until the receiver acknowledges it, and
+//! applied once by a receiver that records its id in the same transaction as its effect.
+
+use crate::clock::Worker;
+use crate::db::Db;
+use crate::with_pool;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use rand::Rng;
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// An event waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub payload: Vec<u8>,
+    pub attempts: i32,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(m: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(m).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// A new event id: time-ordered, unique across services.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, $5)";
+const INSERT_INBOX: &str =
+    "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
+
+/// Writes an event into the outbox inside the caller's SQLite transaction.
+pub async fn enqueue_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    topic: &str,
+    account_id: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    let id = new_event_id();
+    sqlx::query(INSERT_OUTBOX)
+        .bind(&id)
+        .bind(topic)
+        .bind(account_id)
+        .bind(payload)
+        .bind(micros(now))
+        .execute(conn)
+        .await?;
+    Ok(id)
+}
+
+/// Writes an event into the outbox inside the caller's PostgreSQL transaction.
+pub async fn enqueue_postgres(
+    conn: &mut sqlx::PgConnection,
+    topic: &str,
+    account_id: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    let id = new_event_id();
+    sqlx::query(INSERT_OUTBOX)
+        .bind(&id)
+        .bind(topic)
+        .bind(account_id)
+        .bind(payload)
+        .bind(micros(now))
+        .execute(conn)
+        .await?;
+    Ok(id)
+}
+
+/// Records a received event inside the caller's SQLite transaction; false if it was seen before
+/// (the caller then skips its effect and acknowledges).
+pub async fn receive_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(INSERT_INBOX)
+        .bind(event_id)
+        .bind(micros(now))
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records a received event inside the caller's PostgreSQL transaction; false if seen before.
+pub async fn receive_postgres(
+    conn: &mut sqlx::PgConnection,
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(INSERT_INBOX)
+        .bind(event_id)
+        .bind(micros(now))
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Delivers a batch and answers the ids the receiver acknowledged. An error leaves the whole
+/// batch for a retry.
+pub type Deliver =
+    Box<dyn Fn(Vec<OutboxEvent>) -> BoxFuture<'static, anyhow::Result<Vec<String>>> + Send + Sync>;
+
+/// Retry policy of a relay.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// Exponential in the attempts so far, with up to 20 % jitter so many senders do not retry in step.
+    pub fn delay(&self, attempts: i32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
+            .min(self.max);
+        let jitter = rand::rng().random_range(0.0..0.2);
+        exp + exp.mul_f64(jitter)
+    }
+}
+
+/// Reads and settles the outbox of one topic.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    db: Db,
+    topic: String,
+}
+
+impl Outbox {
+    pub fn new(db: Db, topic: &str) -> Self {
+        Self {
+            db,
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// Events due for a (re)try at `now`, oldest first.
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        let q = "SELECT event_id, account_id, payload, attempts FROM outbox \
+                 WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3";
+        let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
+            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).fetch_all(pool).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, account_id, payload, attempts)| OutboxEvent {
+                event_id,
+                account_id,
+                payload,
+                attempts,
+            })
+            .collect())
+    }
+
+    /// Removes acknowledged events.
+    pub async fn acknowledge(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
+        for id in event_ids {
+            with_pool!(&self.db, pool => sqlx::query("DELETE FROM outbox WHERE event_id = $1").bind(id).execute(pool).await?.rows_affected());
+        }
+        Ok(())
+    }
+
+    /// Schedules a retry of an unacknowledged event.
+    pub async fn retry_at(
+        &self,
+        event_id: &str,
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE event_id = $1";
+        with_pool!(&self.db, pool => sqlx::query(q).bind(event_id).bind(micros(at)).bind(error).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// When the next event of the topic is due, if any is waiting.
+    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let q = "SELECT MIN(next_attempt_at) FROM outbox WHERE topic = $1";
+        let m: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?);
+        Ok(m.map(from_micros))
+    }
+
+    /// Events waiting, for metrics and tests.
+    pub async fn pending(&self) -> Result<i64, sqlx::Error> {
+        let q = "SELECT COUNT(*) FROM outbox WHERE topic = $1";
+        Ok(
+            with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?),
+        )
+    }
+
+    /// Delivers everything due at `now` in batches; returns how many were acknowledged.
+    pub async fn relay_once(
+        &self,
+        now: DateTime<Utc>,
+        deliver: &Deliver,
+        backoff: Backoff,
+        batch: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut delivered = 0;
+        loop {
+            let events = self.due(now, batch).await?;
+            if events.is_empty() {
+                return Ok(delivered);
+            }
+            let full = events.len() as i64 == batch;
+            let outcome = deliver(events.clone()).await;
+            let acked: HashSet<String> = match &outcome {
+                Ok(ids) => ids.iter().cloned().collect(),
+                Err(_) => HashSet::new(),
+            };
+            let error = match &outcome {
+                Ok(_) => "not acknowledged".to_owned(),
+                Err(e) => format!("{e:#}"),
+            };
+            let acked_ids: Vec<String> = events
+                .iter()
+                .filter(|e| acked.contains(&e.event_id))
+                .map(|e| e.event_id.clone())
+                .collect();
+            self.acknowledge(&acked_ids).await?;
+            delivered += acked_ids.len() as u64;
+            for e in events.iter().filter(|e| !acked.contains(&e.event_id)) {
+                let delay = chrono::Duration::from_std(backoff.delay(e.attempts))
+                    .unwrap_or(chrono::Duration::MAX);
+                self.retry_at(&e.event_id, now + delay, &error).await?;
+            }
+            if outcome.is_err() {
+                tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
+                return Ok(delivered);
+            }
+            if !full {
+                return Ok(delivered);
+            }
+        }
+    }
+
+    /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
+    /// until woken by new events (the worker's waker, called after a commit that enqueued).
+    pub async fn run(
+        self,
+        worker: Worker,
+        deliver: Deliver,
+        backoff: Backoff,
+        shutdown: crate::Shutdown,
+    ) {
+        loop {
+            let now = worker.now();
+            let next = match self.relay_once(now, &deliver, backoff, 500).await {
+                Ok(_) => self
+                    .next_due()
+                    .await
+                    .unwrap_or(Some(now + chrono::Duration::seconds(1))),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "outbox read failed");
+                    Some(now + chrono::Duration::seconds(1))
+                }
+            };
+            worker.report(now, next);
+            tokio::select! {
+                _ = worker.sleep_until(next) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        };
+        let d0 = b.delay(0);
+        assert!(d0 >= Duration::from_millis(100) && d0 <= Duration::from_millis(120));
+        let d3 = b.delay(3);
+        assert!(d3 >= Duration::from_millis(800) && d3 <= Duration::from_millis(960));
+        let d30 = b.delay(30);
+        assert!(d30 >= Duration::from_secs(10) && d30 <= Duration::from_secs(12));
+    }
+}
