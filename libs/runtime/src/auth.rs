@@ -81,9 +81,7 @@ impl Principal {
     /// The account this request acts on.
     pub fn account_id(&self) -> Result<&str, Status> {
         self.account.as_deref().ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{ACCOUNT_HEADER} header is required with a service token"
-            ))
+            Status::invalid_argument(format!("{ACCOUNT_HEADER} header is required with a service token"))
         })
     }
 
@@ -97,9 +95,7 @@ impl Principal {
         match (self.kind, self.account.as_deref()) {
             (TokenKind::Service, _) => Ok(()),
             (TokenKind::User, Some(own)) if own == account_id => Ok(()),
-            _ => Err(Status::permission_denied(
-                "token is not valid for this account",
-            )),
+            _ => Err(Status::permission_denied("token is not valid for this account")),
         }
     }
 
@@ -193,25 +189,13 @@ impl Authenticator {
     }
 
     /// A token for a user of `account` with `scopes`, valid for `ttl`.
-    pub fn user_token(
-        &self,
-        account: &str,
-        user: &str,
-        scopes: &[&str],
-        ttl: chrono::Duration,
-    ) -> String {
+    pub fn user_token(&self, account: &str, user: &str, scopes: &[&str], ttl: chrono::Duration) -> String {
         self.sign(user, Some(account), TokenKind::User, scopes, ttl)
     }
 
     /// A token for a service calling other services.
     pub fn service_token(&self, service: &str, ttl: chrono::Duration) -> String {
-        self.sign(
-            service,
-            None,
-            TokenKind::Service,
-            &["read", "write", "admin"],
-            ttl,
-        )
+        self.sign(service, None, TokenKind::Service, &["read", "write", "admin"], ttl)
     }
 
     fn sign(
@@ -239,23 +223,18 @@ impl Authenticator {
     }
 
     /// Verifies a bearer token and resolves the account the request acts on.
-    pub fn authenticate(
-        &self,
-        token: &str,
-        account_header: Option<&str>,
-    ) -> Result<Principal, Status> {
+    pub fn authenticate(&self, token: &str, account_header: Option<&str>) -> Result<Principal, Status> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
         let claims = data.claims;
         let account = match claims.kind {
             TokenKind::User => {
-                let own = claims.acct.filter(|a| !a.is_empty()).ok_or_else(|| {
-                    Status::unauthenticated("invalid token: user token names no account")
-                })?;
+                let own = claims
+                    .acct
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| Status::unauthenticated("invalid token: user token names no account"))?;
                 if account_header.is_some_and(|h| h != own) {
-                    return Err(Status::permission_denied(
-                        "token is not valid for this account",
-                    ));
+                    return Err(Status::permission_denied("token is not valid for this account"));
                 }
                 Some(own)
             }
@@ -290,9 +269,7 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     pub fn new(authenticator: Authenticator, policy: Policy) -> Self {
-        Self {
-            inner: Arc::new((authenticator, policy)),
-        }
+        Self { inner: Arc::new((authenticator, policy)) }
     }
 
     fn check<B>(&self, req: &Request<B>) -> Result<Option<Principal>, Status> {
@@ -303,20 +280,13 @@ impl AuthLayer {
         let (authenticator, policy) = &*self.inner;
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let token = header("authorization")
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
         let principal = authenticator.authenticate(token.trim(), header(ACCOUNT_HEADER))?;
-        let access = policy
-            .access(path)
-            .ok_or_else(|| Status::permission_denied("method is not open to callers"))?;
+        let access =
+            policy.access(path).ok_or_else(|| Status::permission_denied("method is not open to callers"))?;
         if !principal.allows(access) {
-            return Err(Status::permission_denied(format!(
-                "requires {} access",
-                access.scope()
-            )));
+            return Err(Status::permission_denied(format!("requires {} access", access.scope())));
         }
         Ok(Some(principal))
     }
@@ -325,10 +295,7 @@ impl AuthLayer {
 impl<S> tower_layer::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            layer: self.clone(),
-            inner,
-        }
+        AuthService { layer: self.clone(), inner }
     }
 }
 
@@ -346,8 +313,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, futures::future::Ready<Result<Response<RB>, S::Error>>>;
+    type Future = futures::future::Either<S::Future, futures::future::Ready<Result<Response<RB>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -375,11 +341,7 @@ mod tests {
     use super::*;
 
     fn auth() -> Authenticator {
-        Authenticator::new(
-            b"test-secret-test-secret-test-secret",
-            "contactier",
-            "contactier",
-        )
+        Authenticator::new(b"test-secret-test-secret-test-secret", "contactier", "contactier")
     }
 
     #[test]
@@ -390,10 +352,7 @@ mod tests {
         assert_eq!(p.account_id().unwrap(), "acct-a");
         assert_eq!(p.user_id(), Some("u1"));
         assert!(p.check_account("acct-a").is_ok());
-        assert_eq!(
-            p.check_account("acct-b").unwrap_err().code(),
-            tonic::Code::PermissionDenied
-        );
+        assert_eq!(p.check_account("acct-b").unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
@@ -413,79 +372,39 @@ mod tests {
         assert_eq!(p.user_id(), None);
         assert!(p.allows(Access::Internal));
         let none = a.authenticate(&t, None).unwrap();
-        assert_eq!(
-            none.account_id().unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert_eq!(none.account_id().unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
     fn expired_forged_and_foreign_tokens_are_refused() {
         let a = auth();
         let expired = a.user_token("acct", "u", &["read"], chrono::Duration::minutes(-10));
-        assert!(
-            a.authenticate(&expired, None)
-                .unwrap_err()
-                .message()
-                .contains("expired")
-        );
+        assert!(a.authenticate(&expired, None).unwrap_err().message().contains("expired"));
 
-        let other = Authenticator::new(
-            b"another-secret-another-secret-xx",
-            "contactier",
-            "contactier",
-        );
+        let other = Authenticator::new(b"another-secret-another-secret-xx", "contactier", "contactier");
         let forged = other.user_token("acct", "u", &["admin"], chrono::Duration::minutes(5));
-        assert!(
-            a.authenticate(&forged, None)
-                .unwrap_err()
-                .message()
-                .contains("signature")
-        );
+        assert!(a.authenticate(&forged, None).unwrap_err().message().contains("signature"));
 
-        let wrong_aud = Authenticator::new(
-            b"test-secret-test-secret-test-secret",
-            "contactier",
-            "elsewhere",
-        )
-        .user_token("acct", "u", &["read"], chrono::Duration::minutes(5));
-        assert!(
-            a.authenticate(&wrong_aud, None)
-                .unwrap_err()
-                .message()
-                .contains("audience")
-        );
+        let wrong_aud = Authenticator::new(b"test-secret-test-secret-test-secret", "contactier", "elsewhere")
+            .user_token("acct", "u", &["read"], chrono::Duration::minutes(5));
+        assert!(a.authenticate(&wrong_aud, None).unwrap_err().message().contains("audience"));
 
-        assert_eq!(
-            a.authenticate("not.a.jwt", None).unwrap_err().code(),
-            tonic::Code::Unauthenticated
-        );
+        assert_eq!(a.authenticate("not.a.jwt", None).unwrap_err().code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
     fn access_levels_nest_and_internal_is_for_services() {
         let a = auth();
         let p = |scopes: &[&str]| {
-            a.authenticate(
-                &a.user_token("x", "u", scopes, chrono::Duration::minutes(1)),
-                None,
-            )
-            .unwrap()
+            a.authenticate(&a.user_token("x", "u", scopes, chrono::Duration::minutes(1)), None).unwrap()
         };
         let reader = p(&["read"]);
         assert!(reader.allows(Access::Read) && !reader.allows(Access::Write));
         let writer = p(&["write"]);
-        assert!(
-            writer.allows(Access::Read)
-                && writer.allows(Access::Write)
-                && !writer.allows(Access::Admin)
-        );
+        assert!(writer.allows(Access::Read) && writer.allows(Access::Write) && !writer.allows(Access::Admin));
         let admin = p(&["admin"]);
         assert!(admin.allows(Access::Write) && !admin.allows(Access::Ops));
-        assert!(
-            !admin.allows(Access::Internal),
-            "a user token never calls internal RPCs"
-        );
+        assert!(!admin.allows(Access::Internal), "a user token never calls internal RPCs");
         assert!(p(&["ops"]).allows(Access::Ops));
     }
 }

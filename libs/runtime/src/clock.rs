@@ -49,27 +49,18 @@ pub enum ClockError {
     #[error("the clock is not manual")]
     NotManual,
     #[error("time cannot move backwards (now {now}, asked {asked})")]
-    Backwards {
-        now: DateTime<Utc>,
-        asked: DateTime<Utc>,
-    },
+    Backwards { now: DateTime<Utc>, asked: DateTime<Utc> },
 }
 
 impl Clock {
     pub fn system() -> Self {
-        Self {
-            manual: None,
-            workers: Arc::default(),
-        }
+        Self { manual: None, workers: Arc::default() }
     }
 
     pub fn manual(start: DateTime<Utc>) -> Self {
         let (now, _) = watch::channel(start);
         Self {
-            manual: Some(Arc::new(Manual {
-                now,
-                advancing: tokio::sync::Mutex::new(()),
-            })),
+            manual: Some(Arc::new(Manual { now, advancing: tokio::sync::Mutex::new(()) })),
             workers: Arc::default(),
         }
     }
@@ -96,14 +87,8 @@ impl Clock {
             }),
             wake: Notify::new(),
         });
-        self.workers
-            .lock()
-            .expect("worker registry")
-            .push(shared.clone());
-        Worker {
-            clock: self.clone(),
-            shared,
-        }
+        self.workers.lock().expect("worker registry").push(shared.clone());
+        Worker { clock: self.clone(), shared }
     }
 
     /// Moves a manual clock forward by `by`; see [`Clock::advance_to`].
@@ -126,10 +111,7 @@ impl Clock {
             // Work due now (or overdue) runs before time moves on.
             let now = *manual.now.borrow();
             self.settle(now).await;
-            let step = self
-                .earliest_due_after(now)
-                .filter(|d| *d < target)
-                .unwrap_or(target);
+            let step = self.earliest_due_after(now).filter(|d| *d < target).unwrap_or(target);
             if step == now {
                 return Ok(steps);
             }
@@ -146,11 +128,7 @@ impl Clock {
     }
 
     fn earliest_due_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.workers()
-            .iter()
-            .filter_map(|w| w.state.borrow().next_due)
-            .filter(|d| *d > now)
-            .min()
+        self.workers().iter().filter_map(|w| w.state.borrow().next_due).filter(|d| *d > now).min()
     }
 
     /// Waits until no worker owes work due at or before `at`. Repeats the pass until it finds
@@ -160,8 +138,7 @@ impl Clock {
             let mut waited = false;
             for w in self.workers() {
                 let mut rx = w.state.subscribe();
-                let settled =
-                    |s: &WorkerState| s.done_through >= at && s.next_due.is_none_or(|d| d > at);
+                let settled = |s: &WorkerState| s.done_through >= at && s.next_due.is_none_or(|d| d > at);
                 if !settled(&rx.borrow()) {
                     waited = true;
                     tracing::debug!(worker = %w.name, %at, "waiting for due work");
@@ -189,18 +166,12 @@ impl Worker {
 
     /// Reports that all work due up to `done_through` is done and when the next is due.
     pub fn report(&self, done_through: DateTime<Utc>, next_due: Option<DateTime<Utc>>) {
-        self.shared.state.send_replace(WorkerState {
-            done_through,
-            next_due,
-        });
+        self.shared.state.send_replace(WorkerState { done_through, next_due });
     }
 
     /// A handle others use to hand this worker new work.
     pub fn waker(&self) -> WorkerWaker {
-        WorkerWaker {
-            clock: self.clock.clone(),
-            shared: self.shared.clone(),
-        }
+        WorkerWaker { clock: self.clock.clone(), shared: self.shared.clone() }
     }
 
     /// Sleeps until `next_due`, until poked, or (system clock) at most [`SYSTEM_POLL`].
@@ -296,17 +267,8 @@ mod tests {
     #[tokio::test]
     async fn manual_clock_never_goes_backwards() {
         let c = Clock::manual(t(2, 0));
-        assert_eq!(
-            c.advance_to(t(1, 0)).await,
-            Err(ClockError::Backwards {
-                now: t(2, 0),
-                asked: t(1, 0)
-            })
-        );
-        assert_eq!(
-            Clock::system().advance_to(t(1, 0)).await,
-            Err(ClockError::NotManual)
-        );
+        assert_eq!(c.advance_to(t(1, 0)).await, Err(ClockError::Backwards { now: t(2, 0), asked: t(1, 0) }));
+        assert_eq!(Clock::system().advance_to(t(1, 0)).await, Err(ClockError::NotManual));
     }
 
     #[tokio::test]
@@ -321,11 +283,7 @@ mod tests {
         );
         assert_eq!(c.now(), t(5, 0));
         c.advance_to(t(9, 0)).await.unwrap();
-        assert_eq!(
-            seen.lock().unwrap().len(),
-            3,
-            "work due exactly at the target runs too"
-        );
+        assert_eq!(seen.lock().unwrap().len(), 3, "work due exactly at the target runs too");
     }
 
     #[tokio::test]
@@ -366,10 +324,6 @@ mod tests {
             }
         });
         c.advance_to(t(3, 0)).await.unwrap();
-        assert_eq!(
-            ran.load(Ordering::SeqCst),
-            3,
-            "the handed-on work was done before advance returned"
-        );
+        assert_eq!(ran.load(Ordering::SeqCst), 3, "the handed-on work was done before advance returned");
     }
 }

@@ -77,9 +77,7 @@ impl RuntimeArgs {
 
     /// The PostgreSQL schema of `service`.
     pub fn schema_for(&self, service: &str) -> String {
-        self.database_schema
-            .clone()
-            .unwrap_or_else(|| service.replace('-', "_"))
+        self.database_schema.clone().unwrap_or_else(|| service.replace('-', "_"))
     }
 
     pub fn json_logs(&self) -> bool {

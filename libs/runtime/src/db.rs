@@ -44,10 +44,8 @@ static RUNTIME_SQLITE: LazyLock<Migrator> =
     LazyLock::new(|| runtime_migrator(sqlx::migrate!("migrations/sqlite")));
 static RUNTIME_POSTGRES: LazyLock<Migrator> =
     LazyLock::new(|| runtime_migrator(sqlx::migrate!("migrations/postgres")));
-static RUNTIME_MIGRATIONS: LazyLock<Migrations> = LazyLock::new(|| Migrations {
-    sqlite: &RUNTIME_SQLITE,
-    postgres: &RUNTIME_POSTGRES,
-});
+static RUNTIME_MIGRATIONS: LazyLock<Migrations> =
+    LazyLock::new(|| Migrations { sqlite: &RUNTIME_SQLITE, postgres: &RUNTIME_POSTGRES });
 
 fn runtime_migrator(mut m: Migrator) -> Migrator {
     m.dangerous_set_table_name("_runtime_migrations");
@@ -73,30 +71,19 @@ impl Db {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true);
-            if let Some(dir) = opts
-                .get_filename()
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+            if let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .connect_with(opts)
-                .await?;
+            let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             check_schema_name(schema)?;
-            let base = PgConnectOptions::from_str(url)
-                .with_context(|| "invalid PostgreSQL DATABASE_URL")?;
+            let base = PgConnectOptions::from_str(url).with_context(|| "invalid PostgreSQL DATABASE_URL")?;
             let mut conn = base.connect().await.context("connecting to PostgreSQL")?;
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
-            )))
-            .execute(&mut conn)
-            .await
-            .or_else(ignore_concurrent_create)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"")))
+                .execute(&mut conn)
+                .await
+                .or_else(ignore_concurrent_create)?;
             conn.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -126,11 +113,12 @@ impl Db {
     }
 
     /// Applies the runtime's own tables (outbox, inbox), then the service's migrations.
-    pub async fn migrate_service(&self, migrations: &Migrations) -> anyhow::Result<()> {
-        self.migrate(&RUNTIME_MIGRATIONS)
-            .await
-            .context("runtime migrations")?;
-        self.migrate(migrations).await
+    pub async fn migrate_service(&self, migrations: Option<&Migrations>) -> anyhow::Result<()> {
+        self.migrate(&RUNTIME_MIGRATIONS).await.context("runtime migrations")?;
+        match migrations {
+            Some(m) => self.migrate(m).await,
+            None => Ok(()),
+        }
     }
 
     /// Answers whether the database is reachable (readiness).
@@ -158,9 +146,7 @@ fn check_schema_name(schema: &str) -> anyhow::Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        && schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ok {
         bail!("database schema {schema:?} must be lower-case letters, digits and _");
     }
@@ -171,11 +157,9 @@ fn check_schema_name(schema: &str) -> anyhow::Result<()> {
 pub async fn drop_postgres_schema(url: &str, schema: &str) -> anyhow::Result<()> {
     check_schema_name(schema)?;
     let mut conn = PgConnectOptions::from_str(url)?.connect().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-    )))
-    .execute(&mut conn)
-    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+        .execute(&mut conn)
+        .await?;
     conn.close().await?;
     Ok(())
 }
@@ -195,9 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_url_schemes_are_refused() {
-        let err = Db::connect("mysql://localhost/x", "s", 1)
-            .await
-            .unwrap_err();
+        let err = Db::connect("mysql://localhost/x", "s", 1).await.unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"));
     }
 }

@@ -20,10 +20,7 @@ impl ClockOps {
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_timestamp(t: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, Status> {
@@ -56,30 +53,21 @@ impl ClockService for ClockOps {
         &self,
         req: Request<pb::SetTimeRequest>,
     ) -> Result<Response<pb::SetTimeResponse>, Status> {
-        let t = req
-            .into_inner()
-            .time
-            .ok_or_else(|| Status::invalid_argument("time: required"))?;
+        let t = req.into_inner().time.ok_or_else(|| Status::invalid_argument("time: required"))?;
         let target = from_timestamp(&t, "time")?;
         self.clock.advance_to(target).await.map_err(clock_status)?;
-        Ok(Response::new(pb::SetTimeResponse {
-            now: Some(timestamp(self.clock.now())),
-        }))
+        Ok(Response::new(pb::SetTimeResponse { now: Some(timestamp(self.clock.now())) }))
     }
 
     async fn advance_time(
         &self,
         req: Request<pb::AdvanceTimeRequest>,
     ) -> Result<Response<pb::AdvanceTimeResponse>, Status> {
-        let by = req
-            .into_inner()
-            .by
-            .ok_or_else(|| Status::invalid_argument("by: required"))?;
+        let by = req.into_inner().by.ok_or_else(|| Status::invalid_argument("by: required"))?;
         if by.seconds < 0 || by.nanos < 0 {
             return Err(Status::invalid_argument("by: must not be negative"));
         }
-        let by =
-            chrono::Duration::seconds(by.seconds) + chrono::Duration::nanoseconds(by.nanos.into());
+        let by = chrono::Duration::seconds(by.seconds) + chrono::Duration::nanoseconds(by.nanos.into());
         let steps = self.clock.advance(by).await.map_err(clock_status)?;
         Ok(Response::new(pb::AdvanceTimeResponse {
             now: Some(timestamp(self.clock.now())),

@@ -86,11 +86,7 @@ pub async fn receive_sqlite(
     event_id: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(INSERT_INBOX)
-        .bind(event_id)
-        .bind(micros(now))
-        .execute(conn)
-        .await?;
+    let r = sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(conn).await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -100,11 +96,7 @@ pub async fn receive_postgres(
     event_id: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(INSERT_INBOX)
-        .bind(event_id)
-        .bind(micros(now))
-        .execute(conn)
-        .await?;
+    let r = sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(conn).await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -122,20 +114,14 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(200),
-            max: Duration::from_secs(300),
-        }
+        Self { initial: Duration::from_millis(200), max: Duration::from_secs(300) }
     }
 }
 
 impl Backoff {
     /// Exponential in the attempts so far, with up to 20 % jitter so many senders do not retry in step.
     pub fn delay(&self, attempts: i32) -> Duration {
-        let exp = self
-            .initial
-            .saturating_mul(1u32 << attempts.clamp(0, 20) as u32)
-            .min(self.max);
+        let exp = self.initial.saturating_mul(1u32 << attempts.clamp(0, 20) as u32).min(self.max);
         let jitter = rand::rng().random_range(0.0..0.2);
         exp + exp.mul_f64(jitter)
     }
@@ -150,18 +136,11 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(db: Db, topic: &str) -> Self {
-        Self {
-            db,
-            topic: topic.to_owned(),
-        }
+        Self { db, topic: topic.to_owned() }
     }
 
     /// Events due for a (re)try at `now`, oldest first.
-    pub async fn due(
-        &self,
-        now: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    pub async fn due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxEvent>, sqlx::Error> {
         let q = "SELECT event_id, account_id, payload, attempts FROM outbox \
                  WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3";
         let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
@@ -186,12 +165,7 @@ impl Outbox {
     }
 
     /// Schedules a retry of an unacknowledged event.
-    pub async fn retry_at(
-        &self,
-        event_id: &str,
-        at: DateTime<Utc>,
-        error: &str,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn retry_at(&self, event_id: &str, at: DateTime<Utc>, error: &str) -> Result<(), sqlx::Error> {
         let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE event_id = $1";
         with_pool!(&self.db, pool => sqlx::query(q).bind(event_id).bind(micros(at)).bind(error).execute(pool).await?.rows_affected());
         Ok(())
@@ -200,16 +174,15 @@ impl Outbox {
     /// When the next event of the topic is due, if any is waiting.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let q = "SELECT MIN(next_attempt_at) FROM outbox WHERE topic = $1";
-        let m: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?);
+        let m: Option<i64> =
+            with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?);
         Ok(m.map(from_micros))
     }
 
     /// Events waiting, for metrics and tests.
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
         let q = "SELECT COUNT(*) FROM outbox WHERE topic = $1";
-        Ok(
-            with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?),
-        )
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?))
     }
 
     /// Delivers everything due at `now` in batches; returns how many were acknowledged.
@@ -236,16 +209,13 @@ impl Outbox {
                 Ok(_) => "not acknowledged".to_owned(),
                 Err(e) => format!("{e:#}"),
             };
-            let acked_ids: Vec<String> = events
-                .iter()
-                .filter(|e| acked.contains(&e.event_id))
-                .map(|e| e.event_id.clone())
-                .collect();
+            let acked_ids: Vec<String> =
+                events.iter().filter(|e| acked.contains(&e.event_id)).map(|e| e.event_id.clone()).collect();
             self.acknowledge(&acked_ids).await?;
             delivered += acked_ids.len() as u64;
             for e in events.iter().filter(|e| !acked.contains(&e.event_id)) {
-                let delay = chrono::Duration::from_std(backoff.delay(e.attempts))
-                    .unwrap_or(chrono::Duration::MAX);
+                let delay =
+                    chrono::Duration::from_std(backoff.delay(e.attempts)).unwrap_or(chrono::Duration::MAX);
                 self.retry_at(&e.event_id, now + delay, &error).await?;
             }
             if outcome.is_err() {
@@ -260,20 +230,11 @@ impl Outbox {
 
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
     /// until woken by new events (the worker's waker, called after a commit that enqueued).
-    pub async fn run(
-        self,
-        worker: Worker,
-        deliver: Deliver,
-        backoff: Backoff,
-        shutdown: crate::Shutdown,
-    ) {
+    pub async fn run(self, worker: Worker, deliver: Deliver, backoff: Backoff, shutdown: crate::Shutdown) {
         loop {
             let now = worker.now();
             let next = match self.relay_once(now, &deliver, backoff, 500).await {
-                Ok(_) => self
-                    .next_due()
-                    .await
-                    .unwrap_or(Some(now + chrono::Duration::seconds(1))),
+                Ok(_) => self.next_due().await.unwrap_or(Some(now + chrono::Duration::seconds(1))),
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, error = %e, "outbox read failed");
                     Some(now + chrono::Duration::seconds(1))
@@ -294,10 +255,7 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(10),
-        };
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10) };
         let d0 = b.delay(0);
         assert!(d0 >= Duration::from_millis(100) && d0 <= Duration::from_millis(120));
         let d3 = b.delay(3);

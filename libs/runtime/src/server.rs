@@ -23,6 +23,13 @@ pub struct ServiceSpec {
     pub health_names: Vec<&'static str>,
 }
 
+impl ServiceSpec {
+    /// A service that serves nothing of its own yet: health, reflection and ops only.
+    pub fn bare(name: &'static str) -> Self {
+        Self { name, routes: Routes::default(), policy: Policy::new(), health_names: Vec::new() }
+    }
+}
+
 /// What every served service shares.
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -34,20 +41,12 @@ pub struct ServeOptions {
 }
 
 fn ops_policy() -> Policy {
-    Policy::new().allow(
-        "contactier.ops.v1.ClockService",
-        Access::Ops,
-        &["GetTime", "SetTime", "AdvanceTime"],
-    )
+    Policy::new().allow("contactier.ops.v1.ClockService", Access::Ops, &["GetTime", "SetTime", "AdvanceTime"])
 }
 
 /// Serves `spec` on `listener` until shutdown is triggered, then drains in-flight calls for
 /// at most the grace period. Health turns NOT_SERVING first so probes stop sending traffic.
-pub async fn serve(
-    spec: ServiceSpec,
-    listener: TcpListener,
-    opts: ServeOptions,
-) -> anyhow::Result<()> {
+pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
@@ -58,11 +57,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let mut routes = spec
-        .routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let mut routes =
+        spec.routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
     let mut policy = spec.policy;
     let mut health_names = spec.health_names;
     if opts.clock.is_manual() {
@@ -71,9 +67,7 @@ pub async fn serve(
         health_names.push("contactier.ops.v1.ClockService");
     }
     for name in &health_names {
-        health
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        health.set_service_status(*name, ServingStatus::Serving).await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
 
@@ -93,13 +87,9 @@ pub async fn serve(
         async move {
             shutdown.wait().await;
             for name in &names {
-                health
-                    .set_service_status(*name, ServingStatus::NotServing)
-                    .await;
+                health.set_service_status(*name, ServingStatus::NotServing).await;
             }
-            health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -31,16 +31,9 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber once per process (the all-in-one binary calls it once for all).
-pub fn init(
-    service: &str,
-    json: bool,
-    otlp_endpoint: Option<&str>,
-) -> anyhow::Result<TelemetryGuard> {
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(service.to_owned())
-            .build(),
-    );
+pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build());
     if let Some(endpoint) = otlp_endpoint {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
@@ -53,24 +46,21 @@ pub fn init(
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn"));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
     };
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     Ok(TelemetryGuard { provider })
 }
 
@@ -162,16 +152,14 @@ where
                 let res = fut.await;
                 // Errors before the body (auth, unknown method) carry grpc-status in the headers.
                 let code = match &res {
-                    Ok(r) => r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("0")
-                        .to_owned(),
+                    Ok(r) => {
+                        r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned()
+                    }
                     Err(_) => "transport".to_owned(),
                 };
                 let elapsed = started.elapsed().as_secs_f64();
-                metrics::counter!("grpc_server_requests_total", "method" => method.clone(), "code" => code).increment(1);
+                metrics::counter!("grpc_server_requests_total", "method" => method.clone(), "code" => code)
+                    .increment(1);
                 metrics::histogram!("grpc_server_request_duration_seconds", "method" => method)
                     .record(elapsed);
                 res
@@ -189,9 +177,7 @@ pub struct ClientInterceptor {
 
 impl ClientInterceptor {
     pub fn new(token: Option<&str>) -> Self {
-        Self {
-            authorization: token.and_then(|t| format!("Bearer {t}").parse().ok()),
-        }
+        Self { authorization: token.and_then(|t| format!("Bearer {t}").parse().ok()) }
     }
 }
 

@@ -26,27 +26,15 @@ impl TestDb {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let url = format!("sqlite://{}/{service}.db", dir.path().display());
-                let db = Db::connect(&url, &schema, 5)
-                    .await
-                    .expect("SQLite test database");
-                TestDb {
-                    db,
-                    url,
-                    schema,
-                    _dir: Some(dir),
-                }
+                let db = Db::connect(&url, &schema, 5).await.expect("SQLite test database");
+                TestDb { db, url, schema, _dir: Some(dir) }
             }
             Backend::Postgres => {
                 let url = test_pg_url();
                 let db = Db::connect(&url, &schema, 5)
                     .await
                     .unwrap_or_else(|e| panic!("PostgreSQL test database at {url}: {e:#}"));
-                TestDb {
-                    db,
-                    url,
-                    schema,
-                    _dir: None,
-                }
+                TestDb { db, url, schema, _dir: None }
             }
         }
     }
@@ -61,10 +49,7 @@ impl Drop for TestDb {
         // Drop may run inside a runtime or during a panic: clean up on a thread of its own,
         // over a connection of its own (the pool belongs to the test's runtime, blocked here).
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 if let Err(e) = drop_postgres_schema(&url, &schema).await {
                     eprintln!("could not drop test schema {schema}: {e:#}");

@@ -10,10 +10,7 @@ use std::time::Duration;
 
 static NO_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("tests/migrations/sqlite");
 static NO_POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("tests/migrations/postgres");
-const SERVICE_MIGRATIONS: Migrations = Migrations {
-    sqlite: &NO_SQLITE,
-    postgres: &NO_POSTGRES,
-};
+const SERVICE_MIGRATIONS: Migrations = Migrations { sqlite: &NO_SQLITE, postgres: &NO_POSTGRES };
 
 async fn table_names(db: &Db) -> Vec<String> {
     let q = match db.backend() {
@@ -30,9 +27,7 @@ async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     match db {
         Db::Sqlite(pool) => {
             let mut tx = pool.begin().await.unwrap();
-            let id = outbox::enqueue_sqlite(&mut tx, "topic", "acct", payload, now)
-                .await
-                .unwrap();
+            let id = outbox::enqueue_sqlite(&mut tx, "topic", "acct", payload, now).await.unwrap();
             if commit {
                 tx.commit().await.unwrap()
             } else {
@@ -42,9 +37,7 @@ async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
         }
         Db::Postgres(pool) => {
             let mut tx = pool.begin().await.unwrap();
-            let id = outbox::enqueue_postgres(&mut tx, "topic", "acct", payload, now)
-                .await
-                .unwrap();
+            let id = outbox::enqueue_postgres(&mut tx, "topic", "acct", payload, now).await.unwrap();
             if commit {
                 tx.commit().await.unwrap()
             } else {
@@ -59,14 +52,10 @@ async fn receive(db: &Db, event_id: &str) -> bool {
     let now = Utc::now();
     match db {
         Db::Sqlite(pool) => {
-            outbox::receive_sqlite(&mut *pool.acquire().await.unwrap(), event_id, now)
-                .await
-                .unwrap()
+            outbox::receive_sqlite(&mut *pool.acquire().await.unwrap(), event_id, now).await.unwrap()
         }
         Db::Postgres(pool) => {
-            outbox::receive_postgres(&mut *pool.acquire().await.unwrap(), event_id, now)
-                .await
-                .unwrap()
+            outbox::receive_postgres(&mut *pool.acquire().await.unwrap(), event_id, now).await.unwrap()
         }
     }
 }
@@ -75,22 +64,11 @@ async fn receive(db: &Db, event_id: &str) -> bool {
 async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops() {
     for backend in BACKENDS {
         let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(&SERVICE_MIGRATIONS).await.unwrap();
-        t.db.migrate_service(&SERVICE_MIGRATIONS)
-            .await
-            .expect("second run is a no-op");
+        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.expect("second run is a no-op");
         let tables = table_names(&t.db).await;
-        for want in [
-            "outbox",
-            "inbox",
-            "widgets",
-            "_runtime_migrations",
-            "_sqlx_migrations",
-        ] {
-            assert!(
-                tables.iter().any(|t| t == want),
-                "{backend:?}: {want} missing from {tables:?}"
-            );
+        for want in ["outbox", "inbox", "widgets", "_runtime_migrations", "_sqlx_migrations"] {
+            assert!(tables.iter().any(|t| t == want), "{backend:?}: {want} missing from {tables:?}");
         }
         t.db.ping().await.unwrap();
     }
@@ -100,31 +78,21 @@ async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops() {
 async fn postgres_services_keep_to_their_own_schema() {
     let a = TestDb::new(Backend::Postgres, "alpha").await;
     let b = TestDb::new(Backend::Postgres, "beta").await;
-    a.db.migrate_service(&SERVICE_MIGRATIONS).await.unwrap();
-    b.db.migrate_service(&SERVICE_MIGRATIONS).await.unwrap();
+    a.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+    b.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
     enqueue(&a.db, b"only in a", true).await;
-    assert_eq!(
-        Outbox::new(a.db.clone(), "topic").pending().await.unwrap(),
-        1
-    );
-    assert_eq!(
-        Outbox::new(b.db.clone(), "topic").pending().await.unwrap(),
-        0
-    );
+    assert_eq!(Outbox::new(a.db.clone(), "topic").pending().await.unwrap(), 1);
+    assert_eq!(Outbox::new(b.db.clone(), "topic").pending().await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
     for backend in BACKENDS {
         let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(&SERVICE_MIGRATIONS).await.unwrap();
+        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
         let ob = Outbox::new(t.db.clone(), "topic");
         enqueue(&t.db, b"rolled back", false).await;
-        assert_eq!(
-            ob.pending().await.unwrap(),
-            0,
-            "{backend:?}: a rolled-back change leaves no event"
-        );
+        assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}: a rolled-back change leaves no event");
         let first = enqueue(&t.db, b"one", true).await;
         let second = enqueue(&t.db, b"two", true).await;
 
@@ -132,16 +100,10 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let down: Deliver = Box::new(|_| Box::pin(async { anyhow::bail!("connection refused") }));
         let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
-        let backoff = Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        };
+        let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
         assert_eq!(ob.relay_once(now, &down, backoff, 10).await.unwrap(), 0);
         assert_eq!(ob.pending().await.unwrap(), 2);
-        assert!(
-            ob.due(now, 10).await.unwrap().is_empty(),
-            "{backend:?}: retried only after the backoff"
-        );
+        assert!(ob.due(now, 10).await.unwrap().is_empty(), "{backend:?}: retried only after the backoff");
         let retry = ob.next_due().await.unwrap().unwrap();
         assert!(
             retry > now && retry <= now + chrono::Duration::milliseconds(1200),
@@ -153,26 +115,18 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
         let partial: Deliver = Box::new(move |events| {
             let s = s.clone();
             Box::pin(async move {
-                s.lock()
-                    .unwrap()
-                    .extend(events.iter().map(|e| e.payload.clone()));
+                s.lock().unwrap().extend(events.iter().map(|e| e.payload.clone()));
                 Ok(vec![events[0].event_id.clone()])
             })
         });
         let later = now + chrono::Duration::seconds(5);
-        assert_eq!(
-            ob.relay_once(later, &partial, backoff, 10).await.unwrap(),
-            1
-        );
+        assert_eq!(ob.relay_once(later, &partial, backoff, 10).await.unwrap(), 1);
         assert_eq!(
             *seen.lock().unwrap(),
             vec![b"one".to_vec(), b"two".to_vec()],
             "{backend:?}: oldest first"
         );
-        let left = ob
-            .due(later + chrono::Duration::minutes(5), 10)
-            .await
-            .unwrap();
+        let left = ob.due(later + chrono::Duration::minutes(5), 10).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].event_id, second);
         assert_eq!(left[0].attempts, 2);
@@ -184,15 +138,9 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
 async fn inbox_applies_each_event_once() {
     for backend in BACKENDS {
         let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(&SERVICE_MIGRATIONS).await.unwrap();
-        assert!(
-            receive(&t.db, "evt-1").await,
-            "{backend:?}: first delivery applies"
-        );
-        assert!(
-            !receive(&t.db, "evt-1").await,
-            "{backend:?}: redelivery is recognised"
-        );
+        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        assert!(receive(&t.db, "evt-1").await, "{backend:?}: first delivery applies");
+        assert!(!receive(&t.db, "evt-1").await, "{backend:?}: redelivery is recognised");
         assert!(receive(&t.db, "evt-2").await);
     }
 }

@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    contactier_runtime::host::main(&contactier_notification::SERVICE).await
+}
