@@ -123,7 +123,8 @@ impl Principal {
 }
 
 /// Which access each method needs, keyed by gRPC path (`/package.Service/Method`).
-/// Methods not listed are refused, so a new RPC is closed until someone decides its access.
+/// Methods not listed are refused (UNIMPLEMENTED) before they run, so a new RPC stays closed
+/// until someone decides its access.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     methods: HashMap<String, Access>,
@@ -284,7 +285,7 @@ impl AuthLayer {
             .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
         let principal = authenticator.authenticate(token.trim(), header(ACCOUNT_HEADER))?;
         let access =
-            policy.access(path).ok_or_else(|| Status::permission_denied("method is not open to callers"))?;
+            policy.access(path).ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
         if !principal.allows(access) {
             return Err(Status::permission_denied(format!("requires {} access", access.scope())));
         }

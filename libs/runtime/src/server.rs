@@ -19,14 +19,14 @@ pub struct ServiceSpec {
     pub name: &'static str,
     pub routes: Routes,
     pub policy: Policy,
-    /// Full gRPC service names reported by the health service.
-    pub health_names: Vec<&'static str>,
+    /// Full gRPC names of the services in `routes`: reported by health, advertised by reflection.
+    pub services: Vec<&'static str>,
 }
 
 impl ServiceSpec {
     /// A service that serves nothing of its own yet: health, reflection and ops only.
     pub fn bare(name: &'static str) -> Self {
-        Self { name, routes: Routes::default(), policy: Policy::new(), health_names: Vec::new() }
+        Self { name, routes: Routes::default(), policy: Policy::new(), services: Vec::new() }
     }
 }
 
@@ -40,6 +40,18 @@ pub struct ServeOptions {
     pub grace: Duration,
 }
 
+/// Reflection advertising only the services this server runs (the descriptor set holds them all).
+fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut b = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in served {
+        b = b.with_service_name(*name);
+    }
+    b
+}
+
 fn ops_policy() -> Policy {
     Policy::new().allow("contactier.ops.v1.ClockService", Access::Ops, &["GetTime", "SetTime", "AdvanceTime"])
 }
@@ -48,25 +60,20 @@ fn ops_policy() -> Policy {
 /// at most the grace period. Health turns NOT_SERVING first so probes stop sending traffic.
 pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(contactier_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let mut routes =
-        spec.routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let mut routes = spec.routes;
     let mut policy = spec.policy;
-    let mut health_names = spec.health_names;
+    let mut services = spec.services;
     if opts.clock.is_manual() {
         routes = routes.add_service(ClockOps::server(opts.clock.clone()));
         policy = policy.merge(ops_policy());
-        health_names.push("contactier.ops.v1.ClockService");
+        services.push("contactier.ops.v1.ClockService");
     }
-    for name in &health_names {
+    let routes = routes
+        .add_service(health_service)
+        .add_service(reflection(&services).build_v1()?)
+        // v1alpha too: common grpcurl builds speak only that.
+        .add_service(reflection(&services).build_v1alpha()?);
+    for name in &services {
         health.set_service_status(*name, ServingStatus::Serving).await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
@@ -83,7 +90,7 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let shutdown = opts.shutdown.clone();
     let drain_started = {
         let health = health.clone();
-        let names = health_names.clone();
+        let names = services.clone();
         async move {
             shutdown.wait().await;
             for name in &names {
