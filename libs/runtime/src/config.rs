@@ -14,9 +14,14 @@ pub struct RuntimeArgs {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
-    /// PostgreSQL schema of the service. Default: the service's name.
+    /// PostgreSQL schema of the service. Default: the service's name, after the prefix.
     #[arg(long, env = "DATABASE_SCHEMA")]
     pub database_schema: Option<String>,
+
+    /// Put before each service's default schema name, so several deployments (or test runs)
+    /// can share one PostgreSQL database.
+    #[arg(long, env = "DATABASE_SCHEMA_PREFIX", default_value = "")]
+    pub database_schema_prefix: String,
 
     #[arg(long, env = "CONTACTIER_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
@@ -77,7 +82,9 @@ impl RuntimeArgs {
 
     /// The PostgreSQL schema of `service`.
     pub fn schema_for(&self, service: &str) -> String {
-        self.database_schema.clone().unwrap_or_else(|| service.replace('-', "_"))
+        self.database_schema
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", self.database_schema_prefix, service.replace('-', "_")))
     }
 
     pub fn json_logs(&self) -> bool {

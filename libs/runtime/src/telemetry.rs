@@ -190,3 +190,32 @@ impl tonic::service::Interceptor for ClientInterceptor {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, Service, ServiceExt};
+
+    #[tokio::test]
+    async fn a_call_made_while_serving_a_request_continues_the_callers_trace() {
+        let _guard = init("test", true, None).unwrap();
+        // The handler makes an outgoing call: it returns the metadata that call would carry.
+        let handler = tower::service_fn(|_req: http::Request<()>| async {
+            let mut outgoing = tonic::metadata::MetadataMap::new();
+            inject_trace_context(&mut outgoing);
+            let traceparent = outgoing.get("traceparent").map(|v| v.to_str().unwrap().to_owned());
+            Ok::<_, std::convert::Infallible>(http::Response::new(traceparent))
+        });
+        let mut svc = TraceLayer.layer(handler);
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let req = http::Request::builder()
+            .uri("/contactier.ops.v1.ClockService/GetTime")
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .body(())
+            .unwrap();
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        let outgoing = resp.into_body().expect("outgoing call carries traceparent");
+        assert!(outgoing.starts_with(&format!("00-{trace_id}-")), "{outgoing}");
+        assert!(!outgoing.contains("00f067aa0ba902b7"), "a new span id of our own: {outgoing}");
+    }
+}
