@@ -52,10 +52,10 @@ async fn receive(db: &Db, event_id: &str) -> bool {
     let now = Utc::now();
     match db {
         Db::Sqlite(pool) => {
-            outbox::receive_sqlite(&mut *pool.acquire().await.unwrap(), event_id, now).await.unwrap()
+            outbox::receive_sqlite(&mut pool.acquire().await.unwrap(), event_id, now).await.unwrap()
         }
         Db::Postgres(pool) => {
-            outbox::receive_postgres(&mut *pool.acquire().await.unwrap(), event_id, now).await.unwrap()
+            outbox::receive_postgres(&mut pool.acquire().await.unwrap(), event_id, now).await.unwrap()
         }
     }
 }
