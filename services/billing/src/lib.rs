@@ -1,5 +1,9 @@
 //! Subscriptions, the update-date calendar, automatic tier upgrades and prorated invoices (DESIGN.md section 2).
 
+pub mod calendar;
+pub mod proration;
+pub mod tiers;
+
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;

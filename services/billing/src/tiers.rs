@@ -1,0 +1,122 @@
+//! Contact tiers of one edition: a base tier of `included` contacts, then steps of `step`.
+//! The price book (configuration) supplies the numbers; this module only does the arithmetic.
+
+use contactier_domain::{Money, MoneyError};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TierShape {
+    /// Contacts in the base tier.
+    pub included: i64,
+    /// Size of every further step.
+    pub step: i64,
+    /// Largest tier sold.
+    pub max_tier: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TierError {
+    #[error("{0} marketing contacts exceed the largest tier {1}")]
+    AboveLargest(i64, i64),
+    #[error("{0} is not a tier of this edition")]
+    NotATier(i64),
+    #[error("invalid tier shape: {0}")]
+    BadShape(&'static str),
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+impl TierShape {
+    pub fn new(included: i64, step: i64, max_tier: i64) -> Result<Self, TierError> {
+        if included <= 0 || step <= 0 {
+            return Err(TierError::BadShape("included and step must be positive"));
+        }
+        if max_tier < included || (max_tier - included) % step != 0 {
+            return Err(TierError::BadShape("the largest tier must be the base tier plus whole steps"));
+        }
+        Ok(Self { included, step, max_tier })
+    }
+
+    pub fn is_tier(&self, tier: i64) -> bool {
+        tier >= self.included && tier <= self.max_tier && (tier - self.included) % self.step == 0
+    }
+
+    /// The smallest tier that holds `count` marketing contacts.
+    pub fn smallest_holding(&self, count: i64) -> Result<i64, TierError> {
+        if count <= self.included {
+            return Ok(self.included);
+        }
+        // Signed div_ceil is unstable; count > included here, so this is the ceiling.
+        let steps = (count - self.included + self.step - 1) / self.step;
+        let tier = self.included + steps * self.step;
+        if tier > self.max_tier {
+            return Err(TierError::AboveLargest(count, self.max_tier));
+        }
+        Ok(tier)
+    }
+
+    /// Steps above the base tier.
+    pub fn steps(&self, tier: i64) -> Result<i64, TierError> {
+        if !self.is_tier(tier) {
+            return Err(TierError::NotATier(tier));
+        }
+        Ok((tier - self.included) / self.step)
+    }
+
+    /// Price per term of `tier`: the base price plus its steps.
+    pub fn price(&self, tier: i64, base: Money, per_step: Money) -> Result<Money, TierError> {
+        Ok(base.checked_add(per_step.checked_mul(self.steps(tier)?)?)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contactier_domain::Currency;
+
+    fn starter() -> TierShape {
+        TierShape::new(1_000, 1_000, 1_000_000).unwrap()
+    }
+    fn professional() -> TierShape {
+        TierShape::new(2_000, 5_000, 2_002_000).unwrap()
+    }
+    fn enterprise() -> TierShape {
+        TierShape::new(10_000, 10_000, 10_000_000).unwrap()
+    }
+
+    #[test]
+    fn the_smallest_tier_holding_a_count() {
+        let table = [
+            (starter(), 0, 1_000),
+            (starter(), 1_000, 1_000),
+            (starter(), 1_001, 2_000),
+            (starter(), 5_500, 6_000),
+            (professional(), 1_999, 2_000),
+            (professional(), 2_000, 2_000),
+            (professional(), 2_001, 7_000),
+            (professional(), 7_000, 7_000),
+            (professional(), 7_001, 12_000),
+            (enterprise(), 10_001, 20_000),
+            (enterprise(), 95_000, 100_000),
+        ];
+        for (shape, count, want) in table {
+            assert_eq!(shape.smallest_holding(count).unwrap(), want, "{count} in {shape:?}");
+        }
+        assert_eq!(starter().smallest_holding(1_000_001), Err(TierError::AboveLargest(1_000_001, 1_000_000)));
+    }
+
+    #[test]
+    fn prices_add_a_step_price_per_step() {
+        let eur = Currency::parse("EUR").unwrap();
+        let (base, step) = (Money::new(80_000, eur), Money::new(25_000, eur));
+        assert_eq!(professional().price(2_000, base, step).unwrap().minor, 80_000);
+        assert_eq!(professional().price(12_000, base, step).unwrap().minor, 130_000);
+        assert_eq!(professional().price(3_000, base, step), Err(TierError::NotATier(3_000)));
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        assert!(TierShape::new(0, 1, 1).is_err());
+        assert!(TierShape::new(1_000, 1_000, 1_500).is_err());
+        assert!(starter().is_tier(7_000) && !starter().is_tier(7_500) && !starter().is_tier(0));
+    }
+}
