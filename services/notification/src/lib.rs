@@ -1,5 +1,7 @@
 //! Threshold alerts and their delivery (DESIGN.md section 2, notifications).
 
+pub mod thresholds;
+
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
