@@ -1,5 +1,7 @@
 //! Marketing status of every contact, the live count, defaults, permissions and update dates (DESIGN.md section 2).
 
+pub mod rules;
+
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
