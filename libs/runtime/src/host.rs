@@ -204,3 +204,57 @@ pub async fn main(def: &ServiceDef) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     def.run(platform, &cli.runtime, cli.peers, listener).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RuntimeArgs {
+        let mut argv = vec!["service"];
+        argv.extend_from_slice(extra);
+        ServiceCli::try_parse_from(argv).unwrap().runtime
+    }
+
+    #[test]
+    fn a_service_needs_a_long_enough_secret() {
+        let mut a = args(&[]);
+        a.jwt_secret = None;
+        let e = Platform::new(&a, None).err().unwrap();
+        assert!(e.to_string().contains("CONTACTIER_JWT_SECRET"), "{e}");
+        a.jwt_secret = Some("short".into());
+        assert!(Platform::new(&a, None).err().unwrap().to_string().contains("32 bytes"));
+        a.jwt_secret = Some("x".repeat(32));
+        assert!(Platform::new(&a, None).is_ok());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let mut a = args(&["--tls-cert", "/nonexistent/cert.pem"]);
+        a.jwt_secret = Some("x".repeat(32));
+        assert!(Platform::new(&a, None).err().unwrap().to_string().contains("or neither"));
+    }
+
+    #[test]
+    fn the_manual_clock_starts_where_told_and_the_system_clock_is_the_default() {
+        let mut a = args(&["--manual-clock", "--clock-start", "2026-04-30T12:00:00Z"]);
+        a.jwt_secret = Some("x".repeat(32));
+        let p = Platform::new(&a, None).unwrap();
+        assert!(p.clock.is_manual());
+        assert_eq!(p.clock.now().to_rfc3339(), "2026-04-30T12:00:00+00:00");
+        let mut a = args(&[]);
+        a.jwt_secret = Some("x".repeat(32));
+        assert!(!Platform::new(&a, None).unwrap().clock.is_manual());
+    }
+
+    #[test]
+    fn service_tokens_are_reused_until_half_their_life() {
+        let auth = Authenticator::new(&[7; 32], "contactier", "contactier");
+        let tokens = ServiceTokens::new(auth.clone(), "billing");
+        let t = tokens.token();
+        assert_eq!(tokens.token(), t);
+        let p = auth.authenticate(&t, Some("acct-1")).unwrap();
+        assert_eq!(p.subject, "billing");
+        assert_eq!(p.kind, crate::auth::TokenKind::Service);
+    }
+}
