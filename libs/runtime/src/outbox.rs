@@ -39,66 +39,60 @@ const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, pa
 const INSERT_INBOX: &str =
     "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
 
-/// Writes an event into the outbox inside the caller's SQLite transaction.
-pub async fn enqueue_sqlite(
-    conn: &mut sqlx::SqliteConnection,
-    topic: &str,
-    account_id: &str,
-    payload: &[u8],
-    now: DateTime<Utc>,
-) -> Result<String, sqlx::Error> {
-    let id = new_event_id();
-    sqlx::query(INSERT_OUTBOX)
-        .bind(&id)
-        .bind(topic)
-        .bind(account_id)
-        .bind(payload)
-        .bind(micros(now))
-        .execute(conn)
-        .await?;
-    Ok(id)
+/// Outbox and inbox writes inside a caller's transaction, on either backend's connection, so
+/// storage code written once for both (see [`crate::with_pool`]) can call them.
+pub trait EventTx {
+    /// Writes an event into the outbox; it is sent only if the transaction commits.
+    fn enqueue(
+        &mut self,
+        topic: &str,
+        account_id: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<String, sqlx::Error>> + Send;
+
+    /// Records a received event; false if it was seen before (the caller then skips its effect
+    /// and acknowledges).
+    fn receive(
+        &mut self,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 }
 
-/// Writes an event into the outbox inside the caller's PostgreSQL transaction.
-pub async fn enqueue_postgres(
-    conn: &mut sqlx::PgConnection,
-    topic: &str,
-    account_id: &str,
-    payload: &[u8],
-    now: DateTime<Utc>,
-) -> Result<String, sqlx::Error> {
-    let id = new_event_id();
-    sqlx::query(INSERT_OUTBOX)
-        .bind(&id)
-        .bind(topic)
-        .bind(account_id)
-        .bind(payload)
-        .bind(micros(now))
-        .execute(conn)
-        .await?;
-    Ok(id)
+macro_rules! impl_event_tx {
+    ($conn:ty) => {
+        impl EventTx for $conn {
+            async fn enqueue(
+                &mut self,
+                topic: &str,
+                account_id: &str,
+                payload: &[u8],
+                now: DateTime<Utc>,
+            ) -> Result<String, sqlx::Error> {
+                let id = new_event_id();
+                sqlx::query(INSERT_OUTBOX)
+                    .bind(&id)
+                    .bind(topic)
+                    .bind(account_id)
+                    .bind(payload)
+                    .bind(micros(now))
+                    .execute(&mut *self)
+                    .await?;
+                Ok(id)
+            }
+
+            async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+                let r =
+                    sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(&mut *self).await?;
+                Ok(r.rows_affected() == 1)
+            }
+        }
+    };
 }
 
-/// Records a received event inside the caller's SQLite transaction; false if it was seen before
-/// (the caller then skips its effect and acknowledges).
-pub async fn receive_sqlite(
-    conn: &mut sqlx::SqliteConnection,
-    event_id: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(conn).await?;
-    Ok(r.rows_affected() == 1)
-}
-
-/// Records a received event inside the caller's PostgreSQL transaction; false if seen before.
-pub async fn receive_postgres(
-    conn: &mut sqlx::PgConnection,
-    event_id: &str,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(conn).await?;
-    Ok(r.rows_affected() == 1)
-}
+impl_event_tx!(sqlx::SqliteConnection);
+impl_event_tx!(sqlx::PgConnection);
 
 /// Delivers a batch and answers the ids the receiver acknowledged. An error leaves the whole
 /// batch for a retry.

@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone, Utc};
 use contactier_runtime::db::{Backend, Db, Migrations};
-use contactier_runtime::outbox::{self, Backoff, Deliver, Outbox};
+use contactier_runtime::outbox::{Backoff, Deliver, EventTx, Outbox};
 use contactier_runtime::testing::{BACKENDS, TestDb};
 use contactier_runtime::with_pool;
 use std::sync::{Arc, Mutex};
@@ -24,40 +24,16 @@ async fn table_names(db: &Db) -> Vec<String> {
 
 async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-    match db {
-        Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await.unwrap();
-            let id = outbox::enqueue_sqlite(&mut tx, "topic", "acct", payload, now).await.unwrap();
-            if commit {
-                tx.commit().await.unwrap()
-            } else {
-                tx.rollback().await.unwrap()
-            }
-            id
-        }
-        Db::Postgres(pool) => {
-            let mut tx = pool.begin().await.unwrap();
-            let id = outbox::enqueue_postgres(&mut tx, "topic", "acct", payload, now).await.unwrap();
-            if commit {
-                tx.commit().await.unwrap()
-            } else {
-                tx.rollback().await.unwrap()
-            }
-            id
-        }
-    }
+    with_pool!(db, pool => {
+        let mut tx = pool.begin().await.unwrap();
+        let id = tx.enqueue("topic", "acct", payload, now).await.unwrap();
+        if commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
+        id
+    })
 }
 
 async fn receive(db: &Db, event_id: &str) -> bool {
-    let now = Utc::now();
-    match db {
-        Db::Sqlite(pool) => {
-            outbox::receive_sqlite(&mut pool.acquire().await.unwrap(), event_id, now).await.unwrap()
-        }
-        Db::Postgres(pool) => {
-            outbox::receive_postgres(&mut pool.acquire().await.unwrap(), event_id, now).await.unwrap()
-        }
-    }
+    with_pool!(db, pool => pool.acquire().await.unwrap().receive(event_id, Utc::now()).await.unwrap())
 }
 
 #[tokio::test]
