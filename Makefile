@@ -1,11 +1,13 @@
 # Contactier: common tasks. `make help` lists them.
-.PHONY: help run test lint fmt proto-lint build
+.PHONY: help run test test-deps lint fmt proto-lint build
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
+# Python with aiosmtpd: the local SMTP sink of the email delivery tests.
+TEST_VENV := target/test-venv
 
 help:
 	@echo "make run         run all four services in one process (SQLite files in ./data)"
-	@echo "make test        run every test (PostgreSQL on 127.0.0.1:5432 must be up)"
+	@echo "make test        run every test (PostgreSQL on 127.0.0.1:5432 must be up; installs aiosmtpd in target/)"
 	@echo "make lint        rustfmt check, clippy with warnings as errors, buf lint"
 	@echo "make fmt         format the code"
 	@echo "make build       release build of every binary"
@@ -13,8 +15,15 @@ help:
 run:
 	cargo run --bin contactier
 
-test:
-	cargo test --workspace
+test: test-deps
+	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python cargo test --workspace
+
+test-deps: $(TEST_VENV)/.ready
+
+$(TEST_VENV)/.ready:
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet aiosmtpd==1.4.6
+	touch $@
 
 lint: proto-lint
 	cargo fmt --all -- --check

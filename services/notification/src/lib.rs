@@ -1,15 +1,82 @@
-//! Threshold alerts and their delivery (DESIGN.md section 2, notifications).
+//! Threshold alerts and their delivery (DESIGN.md section 2, notifications): usage, upgrade
+//! and invoice events from billing become alerts once each; alerts go to the in-app feed and
+//! its watch stream, and to signed webhooks and email with retries and dead letters.
 
+mod alerts;
+mod api;
+mod convert;
+mod delivery;
+mod error;
+mod internal;
+mod signing;
+mod store;
 pub mod thresholds;
 
+pub use delivery::DeliveryArgs;
+
+use contactier_proto::notification::v1::{
+    notification_internal_service_server::NotificationInternalServiceServer,
+    notification_service_server::NotificationServiceServer,
+};
+use contactier_runtime::auth::{Access, Policy};
+use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
 
 pub const NAME: &str = "notification";
 
-pub const SERVICE: ServiceDef = ServiceDef { name: NAME, default_port: 50054, migrations: None, build };
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-fn build(_env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
-    Box::pin(async { Ok(ServiceSpec::bare(NAME)) })
+pub const SERVICE: ServiceDef =
+    ServiceDef { name: NAME, default_port: 50054, migrations: Some(&MIGRATIONS), build };
+
+const API: &str = "contactier.notification.v1.NotificationService";
+const INTERNAL: &str = "contactier.notification.v1.NotificationInternalService";
+
+pub fn policy() -> Policy {
+    Policy::new()
+        .allow(
+            API,
+            Access::Read,
+            &["ListRecipients", "ListAlerts", "WatchAlerts", "ListDeliveries", "ListDeadLetters"],
+        )
+        .allow(API, Access::Write, &["RedriveDeadLetter"])
+        .allow(API, Access::Admin, &["CreateRecipient", "DeleteRecipient"])
+        .allow(INTERNAL, Access::Internal, &["ApplyBillingEvents"])
+}
+
+fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
+    Box::pin(async move {
+        use clap::Parser;
+        // Delivery settings come from the environment, so the command line stays the same
+        // for every service.
+        #[derive(Parser)]
+        struct Env {
+            #[command(flatten)]
+            delivery: DeliveryArgs,
+        }
+        build_with(env, Env::try_parse_from([NAME])?.delivery).await
+    })
+}
+
+/// Builds the service with explicit delivery settings, and starts its delivery worker.
+pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<ServiceSpec> {
+    let store = store::Store::new(env.db.clone());
+    let clock = env.platform.clock.clone();
+    let worker = clock.register_worker("notification-delivery");
+    let waker = worker.waker();
+    let sender = delivery::Sender::new(&args)?;
+    tokio::spawn(delivery::run(store.clone(), worker, sender, args, env.platform.shutdown.clone()));
+    let (feed, _) = tokio::sync::broadcast::channel(1024);
+    let api =
+        api::Api { store: store.clone(), clock: clock.clone(), feed: feed.clone(), delivery: waker.clone() };
+    let internal = internal::Internal { store, clock, feed, delivery: waker };
+    let routes = Routes::new(NotificationServiceServer::new(api))
+        .add_service(NotificationInternalServiceServer::new(internal));
+    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
 }

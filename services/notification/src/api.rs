@@ -1,0 +1,258 @@
+//! NotificationService: recipients, the alert feed and its watch stream, deliveries.
+
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::signing;
+use crate::store::{DEAD_LETTERED, RedriveResult, Store};
+use contactier_proto::notification::v1::{self as pb, notification_service_server::NotificationService};
+use contactier_runtime::Principal;
+use contactier_runtime::clock::{Clock, WorkerWaker};
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// How often a watch looks in the database for alerts made by other replicas.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// Tells watchers of an account that it has a new alert (account id, sequence).
+pub type Feed = broadcast::Sender<(String, i64)>;
+
+pub struct Api {
+    pub store: Store,
+    pub clock: Clock,
+    pub feed: Feed,
+    pub delivery: WorkerWaker,
+}
+
+fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
+    Ok(Principal::of(req)?.account_id()?.to_owned())
+}
+
+fn page_token(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    // Tokens are ids or sequences we handed out: plain, but checked.
+    if token.len() > 64 || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(Error::invalid("page_token", "not a token this service issued"));
+    }
+    Ok(Some(token.to_owned()))
+}
+
+fn check_webhook_url(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid("webhook.url", e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(Error::invalid("webhook.url", "must be an http or https URL with a host"));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl NotificationService for Api {
+    async fn create_recipient(
+        &self,
+        req: Request<pb::CreateRecipientRequest>,
+    ) -> std::result::Result<Response<pb::CreateRecipientResponse>, Status> {
+        let account = account(&req)?;
+        let (kind, address, secret) = match req.into_inner().target {
+            Some(pb::create_recipient_request::Target::Webhook(w)) => {
+                check_webhook_url(&w.url)?;
+                let secret = if w.secret.is_empty() { signing::new_secret() } else { w.secret };
+                if signing::key(&secret).is_none() {
+                    return Err(Error::invalid(
+                        "webhook.secret",
+                        "must be whsec_ and base64 of at least 16 bytes",
+                    )
+                    .into());
+                }
+                ("webhook", w.url, secret)
+            }
+            Some(pb::create_recipient_request::Target::Email(e)) => {
+                e.address
+                    .parse::<lettre::Address>()
+                    .map_err(|_| Error::invalid("email.address", "not an email address"))?;
+                ("email", e.address, String::new())
+            }
+            None => return Err(Error::invalid("target", "a webhook or an email is required").into()),
+        };
+        let row = self.store.create_recipient(&account, kind, &address, &secret, self.clock.now()).await?;
+        Ok(Response::new(pb::CreateRecipientResponse { recipient: Some(convert::recipient(row, true)) }))
+    }
+
+    async fn list_recipients(
+        &self,
+        req: Request<pb::ListRecipientsRequest>,
+    ) -> std::result::Result<Response<pb::ListRecipientsResponse>, Status> {
+        let rows = self.store.list_recipients(&account(&req)?).await?;
+        let recipients = rows.into_iter().map(|r| convert::recipient(r, false)).collect();
+        Ok(Response::new(pb::ListRecipientsResponse { recipients }))
+    }
+
+    async fn delete_recipient(
+        &self,
+        req: Request<pb::DeleteRecipientRequest>,
+    ) -> std::result::Result<Response<pb::DeleteRecipientResponse>, Status> {
+        let account = account(&req)?;
+        if !self.store.delete_recipient(&account, &req.into_inner().id).await? {
+            return Err(Error::NotFound("recipient").into());
+        }
+        Ok(Response::new(pb::DeleteRecipientResponse {}))
+    }
+
+    async fn list_alerts(
+        &self,
+        req: Request<pb::ListAlertsRequest>,
+    ) -> std::result::Result<Response<pb::ListAlertsResponse>, Status> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let limit = convert::page_size(r.page_size, 50, 500)?;
+        let before = match page_token(&r.page_token)? {
+            Some(t) => Some(
+                t.parse::<i64>()
+                    .map_err(|_| Error::invalid("page_token", "not a token this service issued"))?,
+            ),
+            None => None,
+        };
+        let rows = self.store.list_alerts(&account, before, limit).await?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|a| a.sequence.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts: rows.into_iter().map(convert::alert).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchAlertsStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchAlertsResponse, Status>> + Send>>;
+
+    async fn watch_alerts(
+        &self,
+        req: Request<pb::WatchAlertsRequest>,
+    ) -> std::result::Result<Response<Self::WatchAlertsStream>, Status> {
+        let account = account(&req)?;
+        let after = req.into_inner().after_sequence;
+        if after < 0 {
+            return Err(Error::invalid("after_sequence", "must not be negative").into());
+        }
+        // Subscribe before the first read, so an alert committed in between still wakes us.
+        let mut news = self.feed.subscribe();
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut last = after;
+            loop {
+                // The database is the source of truth; the feed only says when to look.
+                loop {
+                    let rows = match store.alerts_after(&account, last, 200).await {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            return;
+                        }
+                    };
+                    if rows.is_empty() {
+                        break;
+                    }
+                    for row in rows {
+                        last = row.sequence;
+                        if tx
+                            .send(Ok(pb::WatchAlertsResponse { alert: Some(convert::alert(row)) }))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                loop {
+                    tokio::select! {
+                        msg = news.recv() => match msg {
+                            Ok((a, seq)) if a != account || seq <= last => continue,
+                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = tokio::time::sleep(WATCH_POLL) => break,
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_deliveries(
+        &self,
+        req: Request<pb::ListDeliveriesRequest>,
+    ) -> std::result::Result<Response<pb::ListDeliveriesResponse>, Status> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let alert = (!r.alert_id.is_empty()).then_some(r.alert_id.as_str());
+        let (deliveries, next_page_token) =
+            self.deliveries(&account, alert, None, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListDeliveriesResponse { deliveries, next_page_token }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        req: Request<pb::ListDeadLettersRequest>,
+    ) -> std::result::Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let (deliveries, next_page_token) =
+            self.deliveries(&account, None, Some(DEAD_LETTERED), r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListDeadLettersResponse { deliveries, next_page_token }))
+    }
+
+    async fn redrive_dead_letter(
+        &self,
+        req: Request<pb::RedriveDeadLetterRequest>,
+    ) -> std::result::Result<Response<pb::RedriveDeadLetterResponse>, Status> {
+        let account = account(&req)?;
+        let id = req.into_inner().delivery_id;
+        match self.store.redrive(&account, &id, self.clock.now()).await? {
+            RedriveResult::Requeued => {}
+            RedriveResult::NotFound => return Err(Error::NotFound("delivery").into()),
+            RedriveResult::NotDeadLettered => {
+                return Err(Error::FailedPrecondition(
+                    "only a dead-lettered delivery can be redriven".into(),
+                )
+                .into());
+            }
+        }
+        self.delivery.wake();
+        let row = self.store.delivery(&account, &id).await?.ok_or(Error::NotFound("delivery"))?;
+        let attempts = self.store.attempts(&id).await?;
+        Ok(Response::new(pb::RedriveDeadLetterResponse { delivery: Some(convert::delivery(row, attempts)) }))
+    }
+}
+
+impl Api {
+    async fn deliveries(
+        &self,
+        account: &str,
+        alert: Option<&str>,
+        state: Option<&str>,
+        page_size: i32,
+        token: &str,
+    ) -> Result<(Vec<pb::Delivery>, String)> {
+        let limit = convert::page_size(page_size, 50, 500)?;
+        let after = page_token(token)?;
+        let rows = self.store.list_deliveries(account, alert, state, after.as_deref(), limit).await?;
+        let next = if rows.len() as i64 == limit {
+            rows.last().map(|d| d.id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let attempts = self.store.attempts(&row.id).await?;
+            out.push(convert::delivery(row, attempts));
+        }
+        Ok((out, next))
+    }
+}

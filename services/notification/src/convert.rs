@@ -1,0 +1,105 @@
+//! Between stored rows and the proto messages.
+
+use crate::alerts::Kind;
+use crate::error::{Error, Result};
+use crate::store::{AlertRow, AttemptRow, DeliveryRow, RecipientRow};
+use crate::thresholds::Threshold;
+use contactier_proto::common::v1 as common;
+use contactier_proto::notification::v1 as pb;
+
+pub fn timestamp(micros: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    })
+}
+
+pub fn date_string(d: Option<&common::Date>, field: &'static str) -> Result<String> {
+    let d = d.ok_or_else(|| Error::invalid(field, "required"))?;
+    let valid = u32::try_from(d.month)
+        .ok()
+        .zip(u32::try_from(d.day).ok())
+        .and_then(|(m, day)| chrono::NaiveDate::from_ymd_opt(d.year, m, day));
+    valid
+        .map(|v| v.format("%Y-%m-%d").to_string())
+        .ok_or_else(|| Error::invalid(field, "not a calendar date"))
+}
+
+fn date(s: &str) -> Option<common::Date> {
+    use chrono::Datelike;
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+    Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
+}
+
+fn kind(s: &str) -> pb::AlertKind {
+    match Kind::parse(s) {
+        Some(Kind::Threshold(Threshold::P75)) => pb::AlertKind::Threshold75,
+        Some(Kind::Threshold(Threshold::P90)) => pb::AlertKind::Threshold90,
+        Some(Kind::Threshold(Threshold::P98)) => pb::AlertKind::Threshold98,
+        Some(Kind::Threshold(Threshold::Exceeded)) => pb::AlertKind::TierExceeded,
+        Some(Kind::TierUpgraded) => pb::AlertKind::TierUpgraded,
+        Some(Kind::InvoiceIssued) => pb::AlertKind::InvoiceIssued,
+        None => pb::AlertKind::Unspecified,
+    }
+}
+
+pub fn alert(r: AlertRow) -> pb::Alert {
+    pb::Alert {
+        id: r.id,
+        sequence: r.sequence,
+        kind: kind(&r.kind) as i32,
+        marketing_count: r.marketing_count,
+        tier: r.tier,
+        period_start: date(&r.period_start),
+        upgrade_id: r.upgrade_id,
+        new_tier: r.new_tier,
+        invoice_id: r.invoice_id,
+        amount: (!r.currency.is_empty())
+            .then_some(common::Money { amount_minor: r.amount_minor, currency: r.currency }),
+        created_at: timestamp(r.created_at),
+        message: r.message,
+    }
+}
+
+/// A recipient; the webhook secret only when it is being handed out at creation.
+pub fn recipient(r: RecipientRow, with_secret: bool) -> pb::Recipient {
+    let target = match r.kind.as_str() {
+        "webhook" => Some(pb::recipient::Target::Webhook(pb::WebhookTarget {
+            url: r.address,
+            secret: if with_secret { r.secret } else { String::new() },
+        })),
+        _ => Some(pb::recipient::Target::Email(pb::EmailTarget { address: r.address })),
+    };
+    pb::Recipient { id: r.id, target, created_at: timestamp(r.created_at) }
+}
+
+pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
+    let state = match d.state.as_str() {
+        crate::store::PENDING => pb::DeliveryState::Pending,
+        crate::store::DELIVERED => pb::DeliveryState::Delivered,
+        crate::store::DEAD_LETTERED => pb::DeliveryState::DeadLettered,
+        _ => pb::DeliveryState::Unspecified,
+    };
+    pb::Delivery {
+        next_attempt_at: (state == pb::DeliveryState::Pending)
+            .then(|| timestamp(d.next_attempt_at))
+            .flatten(),
+        id: d.id,
+        alert_id: d.alert_id,
+        recipient_id: d.recipient_id,
+        state: state as i32,
+        attempts: attempts
+            .into_iter()
+            .map(|a| pb::DeliveryAttempt { at: timestamp(a.at), status_code: a.status_code, error: a.error })
+            .collect(),
+    }
+}
+
+/// Page size: default when 0, capped, never negative.
+pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64> {
+    match requested {
+        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
+        0 => Ok(default),
+        n => Ok(i64::from(n).min(max)),
+    }
+}

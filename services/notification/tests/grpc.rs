@@ -1,0 +1,594 @@
+//! The notification service over real gRPC, on SQLite and PostgreSQL: threshold alerts from
+//! billing events, the feed and its watch stream, signed webhooks, email, retries and dead
+//! letters, bad input and tenant isolation.
+
+use chrono::{TimeZone, Utc};
+use contactier_notification::DeliveryArgs;
+use contactier_proto::common::v1::{Date, Money};
+use contactier_proto::notification::v1::{
+    self as pb, AlertKind, DeliveryState, billing_event::Payload,
+    notification_internal_service_client::NotificationInternalServiceClient,
+    notification_service_client::NotificationServiceClient,
+};
+use contactier_runtime::auth::Authenticator;
+use contactier_runtime::clock::Clock;
+use contactier_runtime::db::Backend;
+use contactier_runtime::host::{PeerArgs, Platform, ServiceEnv};
+use contactier_runtime::shutdown::Shutdown;
+use contactier_runtime::testing::{BACKENDS, TestDb};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SECRET: &[u8] = b"notification-test-secret-notification";
+const ACCOUNT: &str = "acct-a";
+
+struct Svc {
+    channel: Channel,
+    auth: Authenticator,
+    clock: Clock,
+    shutdown: Shutdown,
+    _db: TestDb,
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+fn delivery_args(smtp_url: Option<String>) -> DeliveryArgs {
+    DeliveryArgs {
+        smtp_url,
+        smtp_from: "Contactier <alerts@contactier.invalid>".into(),
+        max_attempts: 3,
+        backoff_ms: 100,
+        webhook_timeout_ms: 2_000,
+    }
+}
+
+async fn start(backend: Backend, args: DeliveryArgs) -> Svc {
+    let t = TestDb::new(backend, "notification").await;
+    t.db.migrate_service(contactier_notification::SERVICE.migrations).await.unwrap();
+    let auth = Authenticator::new(SECRET, "contactier", "contactier");
+    let platform = Platform {
+        clock: Clock::manual(Utc.with_ymd_and_hms(2026, 5, 10, 12, 0, 0).unwrap()),
+        authenticator: auth.clone(),
+        shutdown: Shutdown::new(),
+        tls: None,
+        grace: Duration::from_secs(1),
+    };
+    let peers = PeerArgs {
+        contacts_url: "http://127.0.0.1:1".into(),
+        marketing_status_url: "http://127.0.0.1:1".into(),
+        billing_url: "http://127.0.0.1:1".into(),
+        notification_url: "http://127.0.0.1:1".into(),
+    };
+    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers };
+    let spec = contactier_notification::build_with(env, args).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(contactier_runtime::server::serve(spec, listener, platform.serve_options()));
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    Svc { channel, auth, clock: platform.clock.clone(), shutdown: platform.shutdown.clone(), _db: t }
+}
+
+impl Svc {
+    fn user(&self, account: &str, scopes: &[&str]) -> String {
+        self.auth.user_token(account, "user-1", scopes, chrono::Duration::hours(1))
+    }
+
+    fn api(&self) -> NotificationServiceClient<Channel> {
+        NotificationServiceClient::new(self.channel.clone())
+    }
+
+    fn internal(&self) -> NotificationInternalServiceClient<Channel> {
+        NotificationInternalServiceClient::new(self.channel.clone())
+    }
+
+    async fn apply(&self, events: Vec<pb::BillingEvent>) -> Result<Vec<String>, tonic::Status> {
+        let token = self.auth.service_token("billing", chrono::Duration::hours(1));
+        let r = self
+            .internal()
+            .apply_billing_events(authed(pb::ApplyBillingEventsRequest { events }, &token))
+            .await?;
+        Ok(r.into_inner().acknowledged_event_ids)
+    }
+
+    async fn alerts(&self, account: &str) -> Vec<pb::Alert> {
+        let token = self.user(account, &["read"]);
+        let req = pb::ListAlertsRequest { page_size: 500, page_token: String::new() };
+        self.api().list_alerts(authed(req, &token)).await.unwrap().into_inner().alerts
+    }
+
+    /// Returns once the delivery worker has done all it owes at the current time.
+    async fn settle(&self) {
+        self.clock.advance(chrono::Duration::zero()).await.unwrap();
+    }
+
+    async fn deliveries(&self, state: Option<DeliveryState>) -> Vec<pb::Delivery> {
+        let token = self.user(ACCOUNT, &["read"]);
+        let all = self
+            .api()
+            .list_deliveries(authed(
+                pb::ListDeliveriesRequest {
+                    alert_id: String::new(),
+                    page_size: 500,
+                    page_token: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        all.into_iter().filter(|d| state.is_none_or(|s| d.state == s as i32)).collect()
+    }
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn date(y: i32, m: i32, d: i32) -> Option<Date> {
+    Some(Date { year: y, month: m, day: d })
+}
+
+fn usage(
+    id: &str,
+    count: i64,
+    tier: i64,
+    period: Option<Date>,
+    upgrade: Option<(&str, i64)>,
+) -> pb::BillingEvent {
+    pb::BillingEvent {
+        event_id: id.into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Usage(pb::UsageObserved {
+            marketing_count: count,
+            tier,
+            period_start: period,
+            count_version: 1,
+            upgrade_id: upgrade.map(|u| u.0.to_owned()).unwrap_or_default(),
+            new_tier: upgrade.map(|u| u.1).unwrap_or_default(),
+        })),
+    }
+}
+
+fn kinds(alerts: &[pb::Alert]) -> Vec<(AlertKind, i64)> {
+    // Oldest first, for reading the tests.
+    alerts.iter().rev().map(|a| (a.kind(), a.tier)).collect()
+}
+
+#[tokio::test]
+async fn each_threshold_fires_once_per_tier_and_period() {
+    use AlertKind::*;
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let may = date(2026, 5, 1);
+        assert_eq!(s.apply(vec![usage("e1", 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
+        assert_eq!(kinds(&s.alerts(ACCOUNT).await), [(Threshold75, 2_000)], "{backend:?}");
+
+        // A redelivered event is acknowledged and changes nothing.
+        assert_eq!(s.apply(vec![usage("e1", 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
+        // A jump past two thresholds sends both; a lower count later sends nothing again.
+        s.apply(vec![usage("e2", 1_990, 2_000, may, None), usage("e3", 1_700, 2_000, may, None)])
+            .await
+            .unwrap();
+        s.apply(vec![usage("e4", 1_995, 2_000, may, None)]).await.unwrap();
+        assert_eq!(
+            kinds(&s.alerts(ACCOUNT).await),
+            [(Threshold75, 2_000), (Threshold90, 2_000), (Threshold98, 2_000)],
+            "{backend:?}"
+        );
+
+        // A new update period re-arms them.
+        s.apply(vec![usage("e5", 1_995, 2_000, date(2026, 6, 1), None)]).await.unwrap();
+        assert_eq!(s.alerts(ACCOUNT).await.len(), 6, "{backend:?}");
+
+        // Exceeding the tier names the upgrade; the new tier's thresholds are checked at once.
+        s.apply(vec![usage("e6", 6_900, 2_000, date(2026, 6, 1), Some(("up-1", 7_000)))]).await.unwrap();
+        let all = s.alerts(ACCOUNT).await;
+        assert_eq!(
+            kinds(&all)[6..],
+            [(TierExceeded, 2_000), (Threshold75, 7_000), (Threshold90, 7_000), (Threshold98, 7_000)],
+            "{backend:?}"
+        );
+        let exceeded = all.iter().find(|a| a.kind() == TierExceeded).unwrap();
+        assert_eq!(
+            (exceeded.upgrade_id.as_str(), exceeded.new_tier, exceeded.marketing_count),
+            ("up-1", 7_000, 6_900)
+        );
+        let seqs: Vec<i64> = all.iter().rev().map(|a| a.sequence).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{backend:?}: gap-free sequence");
+    }
+}
+
+#[tokio::test]
+async fn upgrade_and_invoice_notices_and_paging() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let upgraded = pb::BillingEvent {
+            event_id: "u1".into(),
+            account_id: ACCOUNT.into(),
+            occurred_at: None,
+            payload: Some(Payload::Upgraded(pb::TierUpgraded {
+                upgrade_id: "up-9".into(),
+                from_tier: 2_000,
+                to_tier: 7_000,
+                marketing_count: 2_001,
+                period_start: date(2026, 5, 1),
+            })),
+        };
+        let invoice = pb::BillingEvent {
+            event_id: "i1".into(),
+            account_id: ACCOUNT.into(),
+            occurred_at: None,
+            payload: Some(Payload::Invoice(pb::InvoiceIssued {
+                invoice_id: "inv-1".into(),
+                number: 1,
+                total: Some(Money { amount_minor: 25_005, currency: "EUR".into() }),
+            })),
+        };
+        s.apply(vec![upgraded, invoice]).await.unwrap();
+        let token = s.user(ACCOUNT, &["read"]);
+        let first = s
+            .api()
+            .list_alerts(authed(pb::ListAlertsRequest { page_size: 1, page_token: String::new() }, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.alerts.len(), 1);
+        assert_eq!(first.alerts[0].kind(), AlertKind::InvoiceIssued, "{backend:?}: newest first");
+        assert_eq!(first.alerts[0].amount, Some(Money { amount_minor: 25_005, currency: "EUR".into() }));
+        assert!(first.alerts[0].message.contains("250.05 EUR"));
+        let second = s
+            .api()
+            .list_alerts(authed(
+                pb::ListAlertsRequest { page_size: 1, page_token: first.next_page_token },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.alerts[0].kind(), AlertKind::TierUpgraded);
+        assert_eq!((second.alerts[0].tier, second.alerts[0].new_tier), (2_000, 7_000));
+        let bad = pb::ListAlertsRequest { page_size: 1, page_token: "x'; --".into() };
+        let err = s.api().list_alerts(authed(bad, &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("page_token"));
+    }
+}
+
+#[tokio::test]
+async fn bad_events_are_refused_whole_and_only_services_may_send_them() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let mut no_date = usage("b2", 1_900, 2_000, None, None);
+        let err = s
+            .apply(vec![usage("b1", 1_900, 2_000, date(2026, 5, 1), None), no_date.clone()])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("period_start"), "{}", err.message());
+        no_date.payload = None;
+        let err = s.apply(vec![no_date]).await.unwrap_err();
+        assert!(err.message().contains("events.payload"), "{}", err.message());
+        let err = s.apply(vec![usage("b3", 10, 2_000, date(2026, 2, 30), None)]).await.unwrap_err();
+        assert!(err.message().contains("calendar date"), "{}", err.message());
+        let err = s.apply(vec![usage("b4", -1, 2_000, date(2026, 5, 1), None)]).await.unwrap_err();
+        assert!(err.message().contains("marketing_count"));
+        let err = s
+            .apply(vec![usage("b5", 2_500, 2_000, date(2026, 5, 1), Some(("up", 1_000)))])
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("new_tier"));
+        assert!(s.alerts(ACCOUNT).await.is_empty(), "{backend:?}: nothing of a refused batch was applied");
+
+        // Even an admin user may not feed events.
+        let admin = s.user(ACCOUNT, &["admin"]);
+        let req =
+            pb::ApplyBillingEventsRequest { events: vec![usage("b6", 1_900, 2_000, date(2026, 5, 1), None)] };
+        let err = s.internal().apply_billing_events(authed(req, &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(s.alerts(ACCOUNT).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_watch_stream_resumes_without_missing_an_alert() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let token = s.user(ACCOUNT, &["read"]);
+        s.apply(vec![usage("w1", 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+
+        let mut stream = s
+            .api()
+            .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 0 }, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap().alert.unwrap();
+        assert_eq!((first.sequence, first.kind()), (1, AlertKind::Threshold75), "{backend:?}: replayed");
+
+        s.apply(vec![usage("w2", 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        let live =
+            tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!(live.alert.unwrap().kind(), AlertKind::Threshold90, "{backend:?}: live");
+        drop(stream);
+
+        // While disconnected, another alert; reconnecting after the last seen gets it, and only it.
+        s.apply(vec![usage("w3", 1_990, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        let mut again = s
+            .api()
+            .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 2 }, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        let missed = again.message().await.unwrap().unwrap().alert.unwrap();
+        assert_eq!((missed.sequence, missed.kind()), (3, AlertKind::Threshold98), "{backend:?}");
+
+        // Another account's alerts never reach this stream.
+        let mut other = usage("w4", 1_990, 2_000, date(2026, 5, 1), None);
+        other.account_id = "acct-b".into();
+        s.apply(vec![other]).await.unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(1500), again.message()).await;
+        assert!(quiet.is_err(), "{backend:?}: nothing from acct-b: {quiet:?}");
+
+        let bad = pb::WatchAlertsRequest { after_sequence: -1 };
+        assert_eq!(
+            s.api().watch_alerts(authed(bad, &token)).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+}
+
+/// A local webhook receiver that records what it gets and answers 204, or 500 while failing.
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<(http::HeaderMap, bytes::Bytes)>>>,
+    status: Arc<AtomicU16>,
+}
+
+async fn receiver() -> Receiver {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let status = Arc::new(AtomicU16::new(204));
+    let (rec, st) = (received.clone(), status.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (rec, st) = (rec.clone(), st.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (rec, st) = (rec.clone(), st.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        rec.lock().unwrap().push((parts.headers, body));
+                        let mut resp = http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                        *resp.status_mut() = http::StatusCode::from_u16(st.load(Ordering::SeqCst)).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    Receiver { url: format!("http://{addr}/hooks/contactier"), received, status }
+}
+
+/// Checks a Standard Webhooks signature the way a receiver would, with its own HMAC.
+fn verify(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let h = |n: &str| headers.get(n).unwrap().to_str().unwrap().to_owned();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.", h("webhook-id"), h("webhook-timestamp")).as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+    h("webhook-signature").split(' ').any(|s| s == expected)
+}
+
+async fn add_webhook(s: &Svc, url: &str) -> String {
+    let admin = s.user(ACCOUNT, &["admin"]);
+    let req = pb::CreateRecipientRequest {
+        target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+            url: url.into(),
+            secret: String::new(),
+        })),
+    };
+    let r = s.api().create_recipient(authed(req, &admin)).await.unwrap().into_inner().recipient.unwrap();
+    match r.target {
+        Some(pb::recipient::Target::Webhook(w)) => w.secret,
+        other => panic!("not a webhook: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettered() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let hook = receiver().await;
+        let secret = add_webhook(&s, &hook.url).await;
+        assert!(secret.starts_with("whsec_"));
+
+        s.apply(vec![usage("h1", 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        s.settle().await;
+        {
+            let got = hook.received.lock().unwrap();
+            assert_eq!(got.len(), 1, "{backend:?}: delivered once");
+            let (headers, body) = &got[0];
+            assert!(verify(&secret, headers, body), "{backend:?}: signature checks out");
+            let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(json["type"], "alert.threshold_75");
+            assert_eq!(json["data"]["marketing_count"], 1_500);
+        }
+        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1);
+
+        // The receiver breaks: three tries with backoff, then the dead letter.
+        hook.status.store(500, Ordering::SeqCst);
+        s.apply(vec![usage("h2", 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        s.settle().await;
+        assert_eq!(
+            s.deliveries(Some(DeliveryState::Pending)).await.len(),
+            1,
+            "{backend:?}: waiting for a retry"
+        );
+        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+        let token = s.user(ACCOUNT, &["read"]);
+        let dead = s
+            .api()
+            .list_dead_letters(authed(
+                pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
+                &token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(dead.len(), 1, "{backend:?}");
+        assert_eq!(dead[0].attempts.len(), 3);
+        assert!(dead[0].attempts.iter().all(|a| a.status_code == 500 && !a.error.is_empty()));
+        assert_eq!(hook.received.lock().unwrap().len(), 4);
+
+        // Fixed: a redrive delivers it, once.
+        hook.status.store(200, Ordering::SeqCst);
+        let writer = s.user(ACCOUNT, &["write"]);
+        let id = dead[0].id.clone();
+        let r = s
+            .api()
+            .redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id.clone() }, &writer))
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().delivery.unwrap().state(), DeliveryState::Pending);
+        s.settle().await;
+        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 2, "{backend:?}");
+        assert_eq!(hook.received.lock().unwrap().len(), 5);
+        let again = s
+            .api()
+            .redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id }, &writer))
+            .await;
+        assert_eq!(again.unwrap_err().code(), Code::FailedPrecondition);
+    }
+}
+
+fn python() -> String {
+    std::env::var("CONTACTIER_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[tokio::test]
+async fn email_goes_to_the_billing_contacts_over_smtp() {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_sink.py");
+    let mut sink = std::process::Command::new(python())
+        .args([script, &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python for the SMTP sink (make test provides one with aiosmtpd)");
+    let mut lines = std::io::BufReader::new(sink.stdout.take().unwrap()).lines();
+    let ready =
+        lines.next().expect("the SMTP sink starts (aiosmtpd installed? make test installs it)").unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(Some(format!("smtp://127.0.0.1:{port}")))).await;
+        let admin = s.user(ACCOUNT, &["admin"]);
+        let bad = pb::CreateRecipientRequest {
+            target: Some(pb::create_recipient_request::Target::Email(pb::EmailTarget {
+                address: "not an address".into(),
+            })),
+        };
+        let err = s.api().create_recipient(authed(bad, &admin)).await.unwrap_err();
+        assert!(err.message().contains("email.address"));
+        let req = pb::CreateRecipientRequest {
+            target: Some(pb::create_recipient_request::Target::Email(pb::EmailTarget {
+                address: "billing@example.com".into(),
+            })),
+        };
+        s.api().create_recipient(authed(req, &admin)).await.unwrap();
+
+        s.apply(vec![usage("m1", 1_600, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        s.settle().await;
+        let mail = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        let mail: serde_json::Value = serde_json::from_str(&mail).unwrap();
+        assert_eq!(mail["to"], serde_json::json!(["billing@example.com"]), "{backend:?}");
+        assert!(
+            mail["data"].as_str().unwrap().contains("Subject: Contactier: 1600 marketing contacts: 75 %")
+        );
+        let delivered = s.deliveries(Some(DeliveryState::Delivered)).await;
+        assert_eq!(delivered.len(), 1, "{backend:?}");
+        assert_eq!(delivered[0].attempts[0].status_code, 250);
+    }
+    let _ = sink.kill();
+    let _ = sink.wait();
+}
+
+#[tokio::test]
+async fn accounts_never_see_or_touch_each_others_notifications() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let hook = receiver().await;
+        hook.status.store(500, Ordering::SeqCst);
+        add_webhook(&s, &hook.url).await;
+        s.apply(vec![usage("t1", 1_900, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+        let dead = s.deliveries(Some(DeliveryState::DeadLettered)).await;
+        assert_eq!(dead.len(), 2, "{backend:?}: 75 and 90 % to one webhook");
+
+        let b_admin = s.user("acct-b", &["admin"]);
+        assert!(s.alerts("acct-b").await.is_empty());
+        let list = pb::ListRecipientsRequest {};
+        assert!(
+            s.api().list_recipients(authed(list, &b_admin)).await.unwrap().into_inner().recipients.is_empty()
+        );
+        let a_recipients =
+            s.api().list_recipients(authed(pb::ListRecipientsRequest {}, &s.user(ACCOUNT, &["read"]))).await;
+        let a_recipient = a_recipients.unwrap().into_inner().recipients.remove(0);
+        assert!(
+            matches!(&a_recipient.target, Some(pb::recipient::Target::Webhook(w)) if w.secret.is_empty()),
+            "secrets are shown only once"
+        );
+        let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
+        assert_eq!(s.api().delete_recipient(authed(del, &b_admin)).await.unwrap_err().code(), Code::NotFound);
+        let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
+        assert_eq!(
+            s.api().redrive_dead_letter(authed(redrive, &b_admin)).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        let reader = s.user(ACCOUNT, &["read"]);
+        let create = pb::CreateRecipientRequest {
+            target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+                url: "ftp://x".into(),
+                secret: String::new(),
+            })),
+        };
+        assert_eq!(
+            s.api().create_recipient(authed(create.clone(), &reader)).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        let err = s.api().create_recipient(authed(create, &s.user(ACCOUNT, &["admin"]))).await.unwrap_err();
+        assert!(err.message().contains("webhook.url"));
+        // A's recipient still there and A's deliveries untouched.
+        assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2);
+    }
+}
