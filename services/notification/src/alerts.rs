@@ -36,10 +36,11 @@ impl Kind {
     }
 }
 
-/// An alert about to be stored.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// What an alert says; stored as is, with its id and sequence around it.
+#[derive(Clone, Debug, PartialEq, Eq, Default, sqlx::FromRow, serde::Serialize)]
 pub struct Draft {
-    pub kind: Option<Kind>,
+    /// A [`Kind`], by its stored name.
+    pub kind: String,
     pub marketing_count: i64,
     pub tier: i64,
     pub period_start: String,
@@ -73,7 +74,7 @@ fn percent(t: Threshold) -> &'static str {
 fn threshold_draft(t: Threshold, usage: &Usage, tier: i64) -> Draft {
     let count = usage.marketing_count;
     let mut d = Draft {
-        kind: Some(Kind::Threshold(t)),
+        kind: Kind::Threshold(t).as_str().into(),
         marketing_count: count,
         tier,
         period_start: usage.period_start.clone(),
@@ -110,7 +111,7 @@ pub fn usage_alerts(usage: &Usage, fired: impl Fn(i64) -> Vec<Threshold>) -> Vec
 
 pub fn upgraded(upgrade_id: &str, from_tier: i64, to_tier: i64, count: i64, period_start: &str) -> Draft {
     Draft {
-        kind: Some(Kind::TierUpgraded),
+        kind: Kind::TierUpgraded.as_str().into(),
         marketing_count: count,
         tier: from_tier,
         new_tier: to_tier,
@@ -127,7 +128,7 @@ pub fn invoice(invoice_id: &str, number: i64, amount_minor: i64, currency: &str)
     let abs = amount_minor.unsigned_abs();
     let sign = if amount_minor < 0 { "-" } else { "" };
     Draft {
-        kind: Some(Kind::InvoiceIssued),
+        kind: Kind::InvoiceIssued.as_str().into(),
         invoice_id: invoice_id.to_owned(),
         amount_minor,
         currency: currency.to_owned(),

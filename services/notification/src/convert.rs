@@ -44,20 +44,21 @@ fn kind(s: &str) -> pb::AlertKind {
 }
 
 pub fn alert(r: AlertRow) -> pb::Alert {
+    let a = r.alert;
     pb::Alert {
         id: r.id,
         sequence: r.sequence,
-        kind: kind(&r.kind) as i32,
-        marketing_count: r.marketing_count,
-        tier: r.tier,
-        period_start: date(&r.period_start),
-        upgrade_id: r.upgrade_id,
-        new_tier: r.new_tier,
-        invoice_id: r.invoice_id,
-        amount: (!r.currency.is_empty())
-            .then_some(common::Money { amount_minor: r.amount_minor, currency: r.currency }),
+        kind: kind(&a.kind) as i32,
+        marketing_count: a.marketing_count,
+        tier: a.tier,
+        period_start: date(&a.period_start),
+        upgrade_id: a.upgrade_id,
+        new_tier: a.new_tier,
+        invoice_id: a.invoice_id,
+        amount: (!a.currency.is_empty())
+            .then_some(common::Money { amount_minor: a.amount_minor, currency: a.currency }),
         created_at: timestamp(r.created_at),
-        message: r.message,
+        message: a.message,
     }
 }
 

@@ -110,11 +110,11 @@ impl Sender {
         let message = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(format!("Contactier: {}", alert.message))
+            .subject(format!("Contactier: {}", alert.alert.message))
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(format!(
                 "{}\n\nAlert {} ({}) for account {}.\n",
-                alert.message, alert.id, alert.kind, alert.account_id
+                alert.alert.message, alert.id, alert.alert.kind, alert.account_id
             ));
         let message = match message {
             Ok(m) => m,
@@ -133,23 +133,9 @@ impl Sender {
 /// The JSON body of a webhook: an event type and the alert.
 pub fn payload(alert: &AlertRow) -> serde_json::Value {
     serde_json::json!({
-        "type": format!("alert.{}", alert.kind),
+        "type": format!("alert.{}", alert.alert.kind),
         "timestamp": chrono::DateTime::from_timestamp_micros(alert.created_at).map(|t| t.to_rfc3339()),
-        "data": {
-            "id": alert.id,
-            "account_id": alert.account_id,
-            "sequence": alert.sequence,
-            "kind": alert.kind,
-            "marketing_count": alert.marketing_count,
-            "tier": alert.tier,
-            "period_start": alert.period_start,
-            "upgrade_id": alert.upgrade_id,
-            "new_tier": alert.new_tier,
-            "invoice_id": alert.invoice_id,
-            "amount_minor": alert.amount_minor,
-            "currency": alert.currency,
-            "message": alert.message,
-        }
+        "data": alert,
     })
 }
 

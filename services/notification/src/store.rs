@@ -24,22 +24,16 @@ pub enum Event {
     Invoice { invoice_id: String, number: i64, amount_minor: i64, currency: String },
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+/// A stored alert.
+#[derive(Clone, Debug, sqlx::FromRow, serde::Serialize)]
 pub struct AlertRow {
     pub account_id: String,
     pub sequence: i64,
     pub id: String,
-    pub kind: String,
-    pub marketing_count: i64,
-    pub tier: i64,
-    pub period_start: String,
-    pub upgrade_id: String,
-    pub new_tier: i64,
-    pub invoice_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub message: String,
     pub created_at: i64,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub alert: Draft,
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -93,18 +87,10 @@ macro_rules! insert_alert {
             account_id: $account.to_owned(),
             sequence,
             id: $id.to_owned(),
-            kind: draft.kind.map(Kind::as_str).unwrap_or_default().to_owned(),
-            marketing_count: draft.marketing_count,
-            tier: draft.tier,
-            period_start: draft.period_start.clone(),
-            upgrade_id: draft.upgrade_id.clone(),
-            new_tier: draft.new_tier,
-            invoice_id: draft.invoice_id.clone(),
-            amount_minor: draft.amount_minor,
-            currency: draft.currency.clone(),
-            message: draft.message.clone(),
             created_at: micros($now),
+            alert: draft.clone(),
         };
+        let a = &row.alert;
         sqlx::query(
             "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
              new_tier, invoice_id, amount_minor, currency, message, created_at) \
@@ -113,16 +99,16 @@ macro_rules! insert_alert {
         .bind(&row.account_id)
         .bind(row.sequence)
         .bind(&row.id)
-        .bind(&row.kind)
-        .bind(row.marketing_count)
-        .bind(row.tier)
-        .bind(&row.period_start)
-        .bind(&row.upgrade_id)
-        .bind(row.new_tier)
-        .bind(&row.invoice_id)
-        .bind(row.amount_minor)
-        .bind(&row.currency)
-        .bind(&row.message)
+        .bind(&a.kind)
+        .bind(a.marketing_count)
+        .bind(a.tier)
+        .bind(&a.period_start)
+        .bind(&a.upgrade_id)
+        .bind(a.new_tier)
+        .bind(&a.invoice_id)
+        .bind(a.amount_minor)
+        .bind(&a.currency)
+        .bind(&a.message)
         .bind(row.created_at)
         .execute(&mut *$conn)
         .await?;
