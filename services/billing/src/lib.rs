@@ -1,6 +1,7 @@
 //! Subscriptions, the update-date calendar, automatic tier upgrades and prorated invoices (DESIGN.md section 2).
 
 pub mod calendar;
+pub mod price_book;
 pub mod proration;
 pub mod tiers;
 
