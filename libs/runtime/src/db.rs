@@ -87,7 +87,10 @@ impl Db {
             conn.close().await?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .connect_with(base.options([("search_path", schema)]))
+                // The application name shows operators (and test cleanup) whose sessions these are.
+                .connect_with(
+                    base.application_name(&application_name(schema)).options([("search_path", schema)]),
+                )
                 .await?;
             Ok(Db::Postgres(pool))
         } else {
@@ -153,10 +156,21 @@ fn check_schema_name(schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops a PostgreSQL schema and all it holds; test runs use it to clean up after themselves.
+/// The `application_name` of a service's PostgreSQL sessions.
+pub fn application_name(schema: &str) -> String {
+    format!("contactier:{schema}")
+}
+
+/// Drops a PostgreSQL schema and all it holds, ending the schema's own sessions first (a test
+/// that stops mid-transaction must not leave its cleanup waiting on itself). Test runs use it
+/// to clean up after themselves.
 pub async fn drop_postgres_schema(url: &str, schema: &str) -> anyhow::Result<()> {
     check_schema_name(schema)?;
     let mut conn = PgConnectOptions::from_str(url)?.connect().await?;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()")
+        .bind(application_name(schema))
+        .execute(&mut conn)
+        .await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
         .execute(&mut conn)
         .await?;

@@ -42,14 +42,16 @@ const INSERT_INBOX: &str =
 /// Outbox and inbox writes inside a caller's transaction, on either backend's connection, so
 /// storage code written once for both (see [`crate::with_pool`]) can call them.
 pub trait EventTx {
-    /// Writes an event into the outbox; it is sent only if the transaction commits.
+    /// Writes an event into the outbox; it is sent only if the transaction commits. The id
+    /// (see [`new_event_id`]) is the one the receiver acknowledges, so it belongs in the payload too.
     fn enqueue(
         &mut self,
+        event_id: &str,
         topic: &str,
         account_id: &str,
         payload: &[u8],
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<String, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Records a received event; false if it was seen before (the caller then skips its effect
     /// and acknowledges).
@@ -65,21 +67,21 @@ macro_rules! impl_event_tx {
         impl EventTx for $conn {
             async fn enqueue(
                 &mut self,
+                event_id: &str,
                 topic: &str,
                 account_id: &str,
                 payload: &[u8],
                 now: DateTime<Utc>,
-            ) -> Result<String, sqlx::Error> {
-                let id = new_event_id();
+            ) -> Result<(), sqlx::Error> {
                 sqlx::query(INSERT_OUTBOX)
-                    .bind(&id)
+                    .bind(event_id)
                     .bind(topic)
                     .bind(account_id)
                     .bind(payload)
                     .bind(micros(now))
                     .execute(&mut *self)
                     .await?;
-                Ok(id)
+                Ok(())
             }
 
             async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {

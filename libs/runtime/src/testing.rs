@@ -62,3 +62,51 @@ impl Drop for TestDb {
 
 /// Both backends, for tests that must hold on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// The secret of test platforms' tokens.
+pub const TEST_SECRET: &[u8] = b"contactier-test-secret-contactier-test";
+
+/// A platform on a manual clock starting at `start`, signing with [`TEST_SECRET`].
+pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Platform {
+    crate::host::Platform {
+        clock: crate::clock::Clock::manual(start),
+        authenticator: crate::auth::Authenticator::new(TEST_SECRET, "contactier", "contactier"),
+        shutdown: crate::shutdown::Shutdown::new(),
+        tls: None,
+        grace: std::time::Duration::from_secs(1),
+    }
+}
+
+/// Peers that are not there; for services whose test does not need them.
+pub fn no_peers() -> crate::host::PeerArgs {
+    let nowhere = "http://127.0.0.1:1".to_owned();
+    crate::host::PeerArgs {
+        contacts_url: nowhere.clone(),
+        marketing_status_url: nowhere.clone(),
+        billing_url: nowhere.clone(),
+        notification_url: nowhere,
+    }
+}
+
+/// Serves `spec` on a free loopback port until the platform shuts down; answers its address.
+pub async fn serve(
+    spec: crate::server::ServiceSpec,
+    platform: &crate::host::Platform,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let addr = listener.local_addr().expect("bound address");
+    tokio::spawn(crate::server::serve(spec, listener, platform.serve_options()));
+    addr
+}
+
+/// A lazily connecting channel to `addr`.
+pub fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}")).expect("URL").connect_lazy()
+}
+
+/// A request carrying a bearer token.
+pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII token"));
+    r
+}

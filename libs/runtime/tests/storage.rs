@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone, Utc};
 use contactier_runtime::db::{Backend, Db, Migrations};
-use contactier_runtime::outbox::{Backoff, Deliver, EventTx, Outbox};
+use contactier_runtime::outbox::{self, Backoff, Deliver, EventTx, Outbox};
 use contactier_runtime::testing::{BACKENDS, TestDb};
 use contactier_runtime::with_pool;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,8 @@ async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
     with_pool!(db, pool => {
         let mut tx = pool.begin().await.unwrap();
-        let id = tx.enqueue("topic", "acct", payload, now).await.unwrap();
+        let id = outbox::new_event_id();
+        tx.enqueue(&id, "topic", "acct", payload, now).await.unwrap();
         if commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
         id
     })
