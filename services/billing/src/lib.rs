@@ -1,18 +1,120 @@
 //! Subscriptions, the update-date calendar, automatic tier upgrades and prorated invoices (DESIGN.md section 2).
 
+mod api;
 pub mod calendar;
+mod error;
+mod internal;
+mod invoicer;
+pub mod model;
 pub mod price_book;
 pub mod proration;
+mod store;
 pub mod tiers;
 
+use contactier_proto::billing::v1::{
+    billing_internal_service_server::BillingInternalServiceServer,
+    billing_service_server::BillingServiceServer,
+};
+use contactier_proto::notification::v1 as npb;
+use contactier_runtime::auth::{Access, Policy};
+use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
+use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
+use prost::Message;
+use sqlx::migrate::Migrator;
+use std::sync::Arc;
+use tonic::service::Routes;
 
 pub const NAME: &str = "billing";
 
-pub const SERVICE: ServiceDef = ServiceDef { name: NAME, default_port: 50053, migrations: None, build };
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-fn build(_env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
-    Box::pin(async { Ok(ServiceSpec::bare(NAME)) })
+pub const SERVICE: ServiceDef =
+    ServiceDef { name: NAME, default_port: 50053, migrations: Some(&MIGRATIONS), build };
+
+const API: &str = "contactier.billing.v1.BillingService";
+const INTERNAL: &str = "contactier.billing.v1.BillingInternalService";
+
+pub fn policy() -> Policy {
+    Policy::new()
+        .allow(
+            API,
+            Access::Read,
+            &[
+                "GetSubscription",
+                "ListPriceBook",
+                "ListSubsidiaries",
+                "GetUsage",
+                "GetUsageHistory",
+                "PreviewUpgrade",
+                "ListUpgrades",
+                "ListInvoices",
+                "GetInvoice",
+                "GetCalendar",
+            ],
+        )
+        .allow(API, Access::Admin, &["CreateSubscription", "RequestRenewalTier", "CancelRenewalTier"])
+        .allow(INTERNAL, Access::Internal, &["ApplyCountEvents", "ExportAccountBillingData"])
+}
+
+/// The price book: CONTACTIER_PRICE_BOOK names a TOML file; the default one ships inside.
+fn load_price_book() -> anyhow::Result<price_book::PriceBook> {
+    match std::env::var("CONTACTIER_PRICE_BOOK") {
+        Ok(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {path}: {e}"))?;
+            Ok(price_book::PriceBook::parse(&text)?)
+        }
+        Err(_) => Ok(price_book::PriceBook::parse(price_book::DEFAULT)?),
+    }
+}
+
+fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
+    Box::pin(async move {
+        let book = load_price_book()?;
+        build_with(env, book).await
+    })
+}
+
+/// Builds the service with a given price book, and starts its invoice run and its relay of
+/// events to notification.
+pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow::Result<ServiceSpec> {
+    let book = Arc::new(book);
+    let store = store::Store::new(env.db.clone());
+    let clock = env.platform.clock.clone();
+    let shutdown = env.platform.shutdown.clone();
+
+    let relay_worker = clock.register_worker("billing-relay");
+    let relay = relay_worker.waker();
+    let peer = env.platform.peer(NAME, &env.peers.notification_url)?;
+    let deliver: Deliver = Box::new(move |events| {
+        let peer = peer.clone();
+        Box::pin(async move {
+            let events = events
+                .iter()
+                .map(|e| npb::BillingEvent::decode(e.payload.as_slice()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut client = npb::notification_internal_service_client::NotificationInternalServiceClient::with_interceptor(
+                peer.channel.clone(),
+                peer.interceptor(),
+            );
+            let r = client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?;
+            Ok(r.into_inner().acknowledged_event_ids)
+        })
+    });
+    let outbox = Outbox::new(env.db.clone(), store::NOTIFICATION_TOPIC);
+    tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), shutdown.clone()));
+
+    let invoice_worker = clock.register_worker("billing-invoices");
+    let invoicer = invoice_worker.waker();
+    tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown));
+
+    let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone() };
+    let internal = internal::Internal { store, clock, book, relay, invoicer };
+    let routes =
+        Routes::new(BillingServiceServer::new(api)).add_service(BillingInternalServiceServer::new(internal));
+    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
 }

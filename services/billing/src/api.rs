@@ -1,0 +1,468 @@
+//! BillingService: subscriptions, the price book, usage, upgrades, invoices and the calendar.
+
+use crate::calendar::{self, Term};
+use crate::error::{Error, Result};
+use crate::model::{self, Subscription};
+use crate::price_book::{Edition, PriceBook};
+use crate::proration;
+use crate::store::{self, InvoiceRow, Store, UpgradeRow, pb_date, pb_money};
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use contactier_domain::Currency;
+use contactier_proto::billing::v1::{self as pb, billing_service_server::BillingService};
+use contactier_proto::common::v1 as common;
+use contactier_runtime::Principal;
+use contactier_runtime::clock::Clock;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct Api {
+    pub store: Store,
+    pub clock: Clock,
+    pub book: Arc<PriceBook>,
+}
+
+type Answer<T> = std::result::Result<Response<T>, Status>;
+
+fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
+    Ok(Principal::of(req)?.account_id()?.to_owned())
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+pub fn parse_date(d: Option<&common::Date>, field: &'static str) -> Result<NaiveDate> {
+    let d = d.ok_or_else(|| Error::invalid(field, "required"))?;
+    u32::try_from(d.month)
+        .ok()
+        .zip(u32::try_from(d.day).ok())
+        .and_then(|(m, day)| NaiveDate::from_ymd_opt(d.year, m, day))
+        .ok_or_else(|| Error::invalid(field, "not a calendar date"))
+}
+
+fn edition(e: i32) -> Result<Edition> {
+    match common::Edition::try_from(e) {
+        Ok(common::Edition::Starter) => Ok(Edition::Starter),
+        Ok(common::Edition::Professional) => Ok(Edition::Professional),
+        Ok(common::Edition::Enterprise) => Ok(Edition::Enterprise),
+        _ => Err(Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE")),
+    }
+}
+
+fn pb_edition(e: Edition) -> common::Edition {
+    match e {
+        Edition::Starter => common::Edition::Starter,
+        Edition::Professional => common::Edition::Professional,
+        Edition::Enterprise => common::Edition::Enterprise,
+    }
+}
+
+fn pb_term(t: Term) -> common::Term {
+    match t {
+        Term::Monthly => common::Term::Monthly,
+        Term::Annual => common::Term::Annual,
+    }
+}
+
+fn page_size(n: i32) -> Result<i64> {
+    match n {
+        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
+        0 => Ok(50),
+        n => Ok(i64::from(n).min(500)),
+    }
+}
+
+fn page_token(t: &str) -> Result<Option<i64>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse().map(Some).map_err(|_| Error::invalid("page_token", "not a token this service issued"))
+}
+
+impl Api {
+    async fn subscription(&self, account: &str) -> Result<Subscription> {
+        self.store.subscription(account).await?.ok_or(Error::NotFound("subscription"))
+    }
+
+    fn price(&self, s: &Subscription, tier: i64) -> Result<contactier_domain::Money> {
+        self.book.price(s.edition, s.currency, s.term, tier).map_err(|e| Error::Internal(e.to_string()))
+    }
+
+    fn pb_subscription(&self, s: &Subscription) -> Result<pb::Subscription> {
+        let today = s.today(&self.book, self.clock.now());
+        let (term_start, term_end) = calendar::term_containing(s.start_date, s.term, today);
+        Ok(pb::Subscription {
+            account_id: s.account_id.clone(),
+            edition: pb_edition(s.edition) as i32,
+            term: pb_term(s.term) as i32,
+            start_date: Some(pb_date(s.start_date)),
+            currency: s.currency.as_str().to_owned(),
+            subsidiary: s.subsidiary.clone(),
+            tier: s.tier,
+            renewal_tier: s.renewal_tier,
+            current_term_start: Some(pb_date(term_start)),
+            current_term_end: Some(pb_date(term_end)),
+            price_per_term: Some(pb_money(self.price(s, s.tier)?)),
+            created_at: DateTime::from_timestamp_micros(s.created_at).map(timestamp),
+        })
+    }
+
+    fn pb_upgrade(u: UpgradeRow) -> pb::Upgrade {
+        pb::Upgrade {
+            effective_date: NaiveDate::parse_from_str(&u.effective_date, "%Y-%m-%d").ok().map(pb_date),
+            upgraded_at: DateTime::from_timestamp_micros(u.upgraded_at).map(timestamp),
+            id: u.id,
+            from_tier: u.from_tier,
+            to_tier: u.to_tier,
+            marketing_count: u.marketing_count,
+            count_version: u.count_version,
+            invoice_id: u.invoice_id,
+        }
+    }
+
+    fn pb_invoice(r: InvoiceRow) -> Result<pb::Invoice> {
+        let lines = store::lines(&r)?;
+        let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(pb_date);
+        let kind = match r.kind.as_str() {
+            "upgrade" => pb::InvoiceKind::Upgrade,
+            "renewal" => pb::InvoiceKind::Renewal,
+            _ => pb::InvoiceKind::Unspecified,
+        };
+        Ok(pb::Invoice {
+            lines: lines
+                .into_iter()
+                .map(|l| pb::InvoiceLine {
+                    description: l.description,
+                    from_tier: l.from_tier,
+                    to_tier: l.to_tier,
+                    price_difference: Some(store::money(l.price_difference_minor, &r.currency)),
+                    remaining_days: l.remaining_days as i32,
+                    term_days: l.term_days as i32,
+                    amount: Some(store::money(l.amount_minor, &r.currency)),
+                    period_start: Some(pb_date(l.period_start)),
+                    period_end: Some(pb_date(l.period_end)),
+                    marketing_count: l.marketing_count,
+                })
+                .collect(),
+            total: Some(store::money(r.total_minor, &r.currency)),
+            issued_at: DateTime::from_timestamp_micros(r.issued_at).map(timestamp),
+            term_start: date(&r.term_start),
+            term_end: date(&r.term_end),
+            kind: kind as i32,
+            number: r.number,
+            id: r.id,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl BillingService for Api {
+    async fn create_subscription(
+        &self,
+        req: Request<pb::CreateSubscriptionRequest>,
+    ) -> Answer<pb::CreateSubscriptionResponse> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let edition = edition(r.edition)?;
+        let term = match common::Term::try_from(r.term) {
+            Ok(common::Term::Monthly) => Term::Monthly,
+            Ok(common::Term::Annual) => Term::Annual,
+            _ => return Err(Error::invalid("term", "MONTHLY or ANNUAL").into()),
+        };
+        let start_date = parse_date(r.start_date.as_ref(), "start_date")?;
+        let currency = Currency::parse(&r.currency).map_err(|e| Error::invalid("currency", e.to_string()))?;
+        let tiers = self.book.edition(edition).map_err(|e| Error::invalid("edition", e.to_string()))?;
+        if !tiers.prices.contains_key(&currency) {
+            return Err(
+                Error::invalid("currency", format!("no {} prices in {currency}", edition.as_str())).into()
+            );
+        }
+        if self.book.subsidiary(&r.subsidiary).is_none() {
+            let known: Vec<&str> = self.book.subsidiaries.iter().map(|s| s.code.as_str()).collect();
+            return Err(Error::invalid("subsidiary", format!("one of {}", known.join(", "))).into());
+        }
+        let tier = match r.tier {
+            0 => tiers.shape.included,
+            t if tiers.shape.is_tier(t) => t,
+            t => return Err(Error::invalid("tier", format!("{t} is not a {} tier", edition.as_str())).into()),
+        };
+        let sub = Subscription {
+            account_id: account,
+            edition,
+            term,
+            start_date,
+            currency,
+            subsidiary: r.subsidiary,
+            tier,
+            renewal_tier: 0,
+            marketing_contacts_enabled: r.marketing_contacts_enabled,
+            created_at: self.clock.now().timestamp_micros(),
+        };
+        self.store.create_subscription(&sub).await?;
+        Ok(Response::new(pb::CreateSubscriptionResponse { subscription: Some(self.pb_subscription(&sub)?) }))
+    }
+
+    async fn get_subscription(
+        &self,
+        req: Request<pb::GetSubscriptionRequest>,
+    ) -> Answer<pb::GetSubscriptionResponse> {
+        let sub = self.subscription(&account(&req)?).await?;
+        Ok(Response::new(pb::GetSubscriptionResponse { subscription: Some(self.pb_subscription(&sub)?) }))
+    }
+
+    async fn list_price_book(
+        &self,
+        _req: Request<pb::ListPriceBookRequest>,
+    ) -> Answer<pb::ListPriceBookResponse> {
+        let editions = self
+            .book
+            .editions
+            .iter()
+            .map(|(e, t)| {
+                let prices = |base: bool| {
+                    t.prices
+                        .iter()
+                        .map(|(c, p)| {
+                            let (m, a) = if base {
+                                (p.base_monthly, p.base_annual)
+                            } else {
+                                (p.step_monthly, p.step_annual)
+                            };
+                            let step = pb::StepPrice {
+                                per_term_monthly: Some(store::money(m, c.as_str())),
+                                per_term_annual: Some(store::money(a, c.as_str())),
+                            };
+                            (c.as_str().to_owned(), step)
+                        })
+                        .collect()
+                };
+                pb::EditionTiers {
+                    edition: pb_edition(*e) as i32,
+                    included: t.shape.included,
+                    step: t.shape.step,
+                    max_tier: t.shape.max_tier,
+                    base_price: prices(true),
+                    step_price: prices(false),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListPriceBookResponse { editions }))
+    }
+
+    async fn list_subsidiaries(
+        &self,
+        _req: Request<pb::ListSubsidiariesRequest>,
+    ) -> Answer<pb::ListSubsidiariesResponse> {
+        use chrono::Timelike;
+        let subsidiaries = self
+            .book
+            .subsidiaries
+            .iter()
+            .map(|s| pb::Subsidiary {
+                code: s.code.clone(),
+                time_zone: s.time_zone.name().to_owned(),
+                processing_offset_seconds: s.processing_time.num_seconds_from_midnight() as i32,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSubsidiariesResponse { subsidiaries }))
+    }
+
+    async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {
+        let account = account(&req)?;
+        let sub = self.subscription(&account).await?;
+        let counts = self.store.counts(&account).await?;
+        let count =
+            model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing);
+        let today = sub.today(&self.book, self.clock.now());
+        let usage = pb::Usage {
+            marketing_count: count,
+            tier: sub.tier,
+            used_basis_points: count.saturating_mul(10_000) / sub.tier.max(1),
+            total_contacts: counts.marketing + counts.non_marketing,
+            next_update_date: Some(pb_date(calendar::next_update_date(sub.start_date, sub.term, today))),
+            renewal_date: Some(pb_date(calendar::next_renewal(sub.start_date, sub.term, today))),
+            // Recorded when update dates are processed.
+            period_count: 0,
+            count_version: counts.version,
+        };
+        Ok(Response::new(pb::GetUsageResponse { usage: Some(usage) }))
+    }
+
+    async fn get_usage_history(
+        &self,
+        req: Request<pb::GetUsageHistoryRequest>,
+    ) -> Answer<pb::GetUsageHistoryResponse> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let (from, to) = (parse_date(r.from.as_ref(), "from")?, parse_date(r.to.as_ref(), "to")?);
+        if to < from {
+            return Err(Error::invalid("to", "must not be before from").into());
+        }
+        if calendar::days_between(from, to) > 3_660 {
+            return Err(Error::invalid("to", "at most ten years at a time").into());
+        }
+        let days = self.store.usage_days(&account, from, to).await?;
+        let points = days
+            .into_iter()
+            .map(|d| pb::UsagePoint {
+                date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d").ok().map(pb_date),
+                max_marketing_count: d.max_count,
+                marketing_count: d.last_count,
+                tier: d.tier,
+            })
+            .collect();
+        Ok(Response::new(pb::GetUsageHistoryResponse { points }))
+    }
+
+    async fn preview_upgrade(
+        &self,
+        req: Request<pb::PreviewUpgradeRequest>,
+    ) -> Answer<pb::PreviewUpgradeResponse> {
+        let account = account(&req)?;
+        let additional = req.get_ref().additional_contacts;
+        if additional < 0 {
+            return Err(Error::invalid("additional_contacts", "must not be negative").into());
+        }
+        let sub = self.subscription(&account).await?;
+        let counts = self.store.counts(&account).await?;
+        let count =
+            model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing)
+                .saturating_add(additional);
+        let shape = &self.book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+        let new_tier = shape
+            .smallest_holding(count)
+            .map_err(|e| Error::FailedPrecondition(format!("{e}; contact sales for a larger tier")))?;
+        if new_tier <= sub.tier {
+            return Ok(Response::new(pb::PreviewUpgradeResponse {
+                current_tier: sub.tier,
+                ..Default::default()
+            }));
+        }
+        // The figures the next-day invoice would use for an upgrade today.
+        let today = sub.today(&self.book, self.clock.now());
+        let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, today);
+        let new_price = self.price(&sub, new_tier)?;
+        let p = proration::prorate(self.price(&sub, sub.tier)?, new_price, today, term_start, term_end)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let currency = sub.currency.as_str();
+        let line = pb::InvoiceLine {
+            description: format!(
+                "Tier upgrade {} to {new_tier} marketing contacts, {} of {} days",
+                sub.tier, p.remaining_days, p.term_days
+            ),
+            from_tier: sub.tier,
+            to_tier: new_tier,
+            price_difference: Some(store::money(p.difference.minor, currency)),
+            remaining_days: p.remaining_days as i32,
+            term_days: p.term_days as i32,
+            amount: Some(store::money(p.amount.minor, currency)),
+            period_start: Some(pb_date(today)),
+            period_end: Some(pb_date(term_end)),
+            marketing_count: count,
+        };
+        let tomorrow =
+            today.checked_add_days(Days::new(1)).ok_or_else(|| Error::Internal("date range".into()))?;
+        Ok(Response::new(pb::PreviewUpgradeResponse {
+            upgrade_needed: true,
+            current_tier: sub.tier,
+            new_tier,
+            effective_date: Some(pb_date(today)),
+            invoice_at: Some(timestamp(sub.processing_at(&self.book, tomorrow))),
+            line: Some(line),
+            new_price_per_term: Some(pb_money(new_price)),
+        }))
+    }
+
+    async fn list_upgrades(&self, req: Request<pb::ListUpgradesRequest>) -> Answer<pb::ListUpgradesResponse> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let rows = self.store.upgrades(&account, page_token(&r.page_token)?, limit).await?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|u| u.upgraded_at.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListUpgradesResponse {
+            upgrades: rows.into_iter().map(Self::pb_upgrade).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_invoices(&self, req: Request<pb::ListInvoicesRequest>) -> Answer<pb::ListInvoicesResponse> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let rows = self.store.invoices(&account, page_token(&r.page_token)?, limit).await?;
+        let next_page_token = if rows.len() as i64 == limit {
+            rows.last().map(|i| i.number.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let invoices = rows.into_iter().map(Self::pb_invoice).collect::<Result<Vec<_>>>()?;
+        Ok(Response::new(pb::ListInvoicesResponse { invoices, next_page_token }))
+    }
+
+    async fn get_invoice(&self, req: Request<pb::GetInvoiceRequest>) -> Answer<pb::GetInvoiceResponse> {
+        let account = account(&req)?;
+        let row = self.store.invoice(&account, &req.get_ref().id).await?.ok_or(Error::NotFound("invoice"))?;
+        Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(Self::pb_invoice(row)?) }))
+    }
+
+    async fn request_renewal_tier(
+        &self,
+        req: Request<pb::RequestRenewalTierRequest>,
+    ) -> Answer<pb::RequestRenewalTierResponse> {
+        let account = account(&req)?;
+        let tier = req.get_ref().tier;
+        let mut sub = self.subscription(&account).await?;
+        let shape = &self.book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+        if !shape.is_tier(tier) {
+            return Err(
+                Error::invalid("tier", format!("{tier} is not a {} tier", sub.edition.as_str())).into()
+            );
+        }
+        if tier > sub.tier {
+            return Err(Error::invalid(
+                "tier",
+                "only a lower tier waits for renewal; higher tiers come with the count",
+            )
+            .into());
+        }
+        self.store.set_renewal_tier(&account, tier).await?;
+        sub.renewal_tier = tier;
+        Ok(Response::new(pb::RequestRenewalTierResponse { subscription: Some(self.pb_subscription(&sub)?) }))
+    }
+
+    async fn cancel_renewal_tier(
+        &self,
+        req: Request<pb::CancelRenewalTierRequest>,
+    ) -> Answer<pb::CancelRenewalTierResponse> {
+        let account = account(&req)?;
+        let mut sub = self.subscription(&account).await?;
+        self.store.set_renewal_tier(&account, 0).await?;
+        sub.renewal_tier = 0;
+        Ok(Response::new(pb::CancelRenewalTierResponse { subscription: Some(self.pb_subscription(&sub)?) }))
+    }
+
+    async fn get_calendar(&self, req: Request<pb::GetCalendarRequest>) -> Answer<pb::GetCalendarResponse> {
+        let account = account(&req)?;
+        let count = match req.get_ref().count {
+            n if n < 0 => return Err(Error::invalid("count", "must not be negative").into()),
+            0 => 12,
+            n => n.min(120),
+        };
+        let sub = self.subscription(&account).await?;
+        let mut date = sub.today(&self.book, self.clock.now());
+        let mut entries = Vec::new();
+        for _ in 0..count {
+            date = calendar::next_update_date(sub.start_date, sub.term, date);
+            entries.push(pb::CalendarEntry {
+                date: Some(pb_date(date)),
+                processing_at: Some(timestamp(sub.processing_at(&self.book, date))),
+                renewal: calendar::term_containing(sub.start_date, sub.term, date).0 == date,
+            });
+        }
+        Ok(Response::new(pb::GetCalendarResponse { entries }))
+    }
+}

@@ -1,0 +1,46 @@
+//! The service's errors and their one mapping to gRPC status.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("storage: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { field, reason: reason.into() }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::Db(db) => {
+                tracing::error!(error = %db, "storage error");
+                Status::unavailable("storage unavailable, retry")
+            }
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,117 @@
+//! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
+
+use crate::price_book::PriceBook;
+use crate::store::{CountEvent, CountOutcome, Counts, Store};
+use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
+use contactier_runtime::Principal;
+use contactier_runtime::clock::{Clock, WorkerWaker};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct Internal {
+    pub store: Store,
+    pub clock: Clock,
+    pub book: Arc<PriceBook>,
+    /// The relay to notification and the invoice run, woken when there is work for them.
+    pub relay: WorkerWaker,
+    pub invoicer: WorkerWaker,
+}
+
+fn validate(e: pb::CountChanged) -> Result<CountEvent, Status> {
+    let bad = |field: &str, why: &str| Status::invalid_argument(format!("events.{field}: {why}"));
+    if e.event_id.is_empty() {
+        return Err(bad("event_id", "required"));
+    }
+    if e.account_id.is_empty() {
+        return Err(bad("account_id", "required"));
+    }
+    if e.version <= 0 {
+        return Err(bad("version", "must be positive"));
+    }
+    for (field, v) in [
+        ("marketing_count", e.marketing_count),
+        ("pending_non_marketing", e.pending_non_marketing),
+        ("non_marketing", e.non_marketing),
+    ] {
+        if v < 0 {
+            return Err(bad(field, "must not be negative"));
+        }
+    }
+    if e.pending_non_marketing > e.marketing_count {
+        return Err(bad(
+            "pending_non_marketing",
+            "pending contacts are marketing contacts: at most marketing_count",
+        ));
+    }
+    Ok(CountEvent {
+        event_id: e.event_id,
+        account_id: e.account_id,
+        counts: Counts {
+            version: e.version,
+            marketing: e.marketing_count,
+            pending_non_marketing: e.pending_non_marketing,
+            non_marketing: e.non_marketing,
+        },
+    })
+}
+
+#[tonic::async_trait]
+impl BillingInternalService for Internal {
+    async fn apply_count_events(
+        &self,
+        req: Request<pb::ApplyCountEventsRequest>,
+    ) -> Result<Response<pb::ApplyCountEventsResponse>, Status> {
+        let principal = Principal::of(&req)?.clone();
+        let events = req.into_inner().events.into_iter().map(validate).collect::<Result<Vec<_>, _>>()?;
+        let mut acknowledged = Vec::with_capacity(events.len());
+        let (mut applied, mut upgraded) = (false, false);
+        for e in events {
+            principal.check_account(&e.account_id)?;
+            match self.store.apply_count(&e, self.clock.now(), &self.book).await? {
+                CountOutcome::Applied { upgrade } => {
+                    applied = true;
+                    upgraded |= upgrade.is_some();
+                }
+                CountOutcome::Seen | CountOutcome::Stale | CountOutcome::NoSubscription => {}
+            }
+            acknowledged.push(e.event_id);
+        }
+        if applied {
+            self.relay.wake();
+        }
+        if upgraded {
+            self.invoicer.wake();
+        }
+        Ok(Response::new(pb::ApplyCountEventsResponse { acknowledged_event_ids: acknowledged }))
+    }
+
+    async fn export_account_billing_data(
+        &self,
+        req: Request<pb::ExportAccountBillingDataRequest>,
+    ) -> Result<Response<pb::ExportAccountBillingDataResponse>, Status> {
+        let account = req.get_ref().account_id.clone();
+        Principal::of(&req)?.check_account(&account)?;
+        let sub = self.store.subscription(&account).await?;
+        let counts = self.store.counts(&account).await?;
+        let invoices = self.store.invoices(&account, None, i64::MAX).await?;
+        let upgrades = self.store.upgrades(&account, None, i64::MAX).await?;
+        // Billing holds no personal data of contacts: the account's plan, counts and invoices.
+        let json = serde_json::json!({
+            "subscription": sub.map(|s| serde_json::json!({
+                "edition": s.edition.as_str(),
+                "start_date": s.start_date.to_string(),
+                "currency": s.currency.as_str(),
+                "subsidiary": s.subsidiary,
+                "tier": s.tier,
+            })),
+            "counts": { "version": counts.version, "marketing": counts.marketing, "non_marketing": counts.non_marketing },
+            "upgrades": upgrades.iter().map(|u| serde_json::json!({
+                "id": u.id, "from_tier": u.from_tier, "to_tier": u.to_tier, "effective_date": u.effective_date,
+            })).collect::<Vec<_>>(),
+            "invoices": invoices.iter().map(|i| serde_json::json!({
+                "id": i.id, "number": i.number, "total_minor": i.total_minor, "currency": i.currency,
+            })).collect::<Vec<_>>(),
+        });
+        Ok(Response::new(pb::ExportAccountBillingDataResponse { json: json.to_string() }))
+    }
+}

@@ -1,0 +1,452 @@
+//! Billing's storage, written once for SQLite and PostgreSQL.
+
+use crate::calendar;
+use crate::error::{Error, Result};
+use crate::model::{self, Line, Subscription};
+use crate::price_book::{Edition, PriceBook};
+use crate::proration;
+use crate::tiers::TierError;
+use chrono::{DateTime, NaiveDate, Utc};
+use contactier_domain::{Currency, Money};
+use contactier_proto::common::v1 as common;
+use contactier_proto::notification::v1 as npb;
+use contactier_runtime::db::Db;
+use contactier_runtime::outbox::EventTx;
+use contactier_runtime::with_pool;
+use prost::Message;
+
+/// Outbox topic of the events for the notification service.
+pub const NOTIFICATION_TOPIC: &str = "notification";
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn day(d: NaiveDate) -> String {
+    d.format("%Y-%m-%d").to_string()
+}
+
+fn parse_day(s: &str) -> Result<NaiveDate> {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| Error::Internal(format!("stored date {s:?}")))
+}
+
+pub fn pb_date(d: NaiveDate) -> common::Date {
+    use chrono::Datelike;
+    common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
+}
+
+#[derive(sqlx::FromRow)]
+struct SubscriptionRow {
+    account_id: String,
+    edition: String,
+    term: String,
+    start_date: String,
+    currency: String,
+    subsidiary: String,
+    tier: i64,
+    renewal_tier: i64,
+    marketing_contacts_enabled: bool,
+    created_at: i64,
+}
+
+impl SubscriptionRow {
+    fn into_model(self) -> Result<Subscription> {
+        let bad = |what: &str| Error::Internal(format!("stored subscription has a bad {what}"));
+        Ok(Subscription {
+            edition: Edition::parse(&self.edition).ok_or_else(|| bad("edition"))?,
+            term: model::parse_term(&self.term).ok_or_else(|| bad("term"))?,
+            start_date: parse_day(&self.start_date)?,
+            currency: Currency::parse(&self.currency).map_err(|_| bad("currency"))?,
+            account_id: self.account_id,
+            subsidiary: self.subsidiary,
+            tier: self.tier,
+            renewal_tier: self.renewal_tier,
+            marketing_contacts_enabled: self.marketing_contacts_enabled,
+            created_at: self.created_at,
+        })
+    }
+}
+
+const SUBSCRIPTION_COLUMNS: &str = "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
+     marketing_contacts_enabled, created_at";
+
+/// The latest count of an account.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Counts {
+    pub version: i64,
+    pub marketing: i64,
+    pub pending_non_marketing: i64,
+    pub non_marketing: i64,
+}
+
+/// A count reported by marketing-status.
+#[derive(Clone, Debug)]
+pub struct CountEvent {
+    pub event_id: String,
+    pub account_id: String,
+    pub counts: Counts,
+}
+
+/// What applying a count did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CountOutcome {
+    /// Applied before; acknowledged again.
+    Seen,
+    /// Older than the count held; ignored.
+    Stale,
+    /// Kept; the account has no subscription yet.
+    NoSubscription,
+    /// Kept; an upgrade when the count exceeded the tier.
+    Applied { upgrade: Option<UpgradeRow> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UpgradeRow {
+    pub id: String,
+    pub from_tier: i64,
+    pub to_tier: i64,
+    pub marketing_count: i64,
+    pub count_version: i64,
+    pub upgraded_at: i64,
+    pub effective_date: String,
+    pub invoice_id: String,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct InvoiceRow {
+    pub id: String,
+    pub number: i64,
+    pub kind: String,
+    pub total_minor: i64,
+    pub currency: String,
+    pub term_start: String,
+    pub term_end: String,
+    pub lines: String,
+    pub issued_at: i64,
+}
+
+const INVOICE_COLUMNS: &str =
+    "id, number, kind, total_minor, currency, term_start, term_end, lines, issued_at";
+const UPGRADE_COLUMNS: &str =
+    "id, from_tier, to_tier, marketing_count, count_version, upgraded_at, effective_date, invoice_id";
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsageDay {
+    pub day: String,
+    pub max_count: i64,
+    pub last_count: i64,
+    pub tier: i64,
+}
+
+fn notification_event(
+    account: &str,
+    now: DateTime<Utc>,
+    payload: npb::billing_event::Payload,
+) -> npb::BillingEvent {
+    npb::BillingEvent {
+        event_id: contactier_runtime::outbox::new_event_id(),
+        account_id: account.to_owned(),
+        occurred_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+        payload: Some(payload),
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    /// Creates the account's subscription; AlreadyExists if it has one.
+    pub async fn create_subscription(&self, s: &Subscription) -> Result<()> {
+        let inserted = with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
+             marketing_contacts_enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) \
+             ON CONFLICT (account_id) DO NOTHING",
+        )
+        .bind(&s.account_id).bind(s.edition.as_str()).bind(model::term_str(s.term)).bind(day(s.start_date))
+        .bind(s.currency.as_str()).bind(&s.subsidiary).bind(s.tier).bind(s.marketing_contacts_enabled).bind(s.created_at)
+        .execute(pool).await?.rows_affected());
+        if inserted == 0 {
+            return Err(Error::AlreadyExists("the account already has a subscription".into()));
+        }
+        Ok(())
+    }
+
+    pub async fn subscription(&self, account: &str) -> Result<Option<Subscription>> {
+        let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
+        let row: Option<SubscriptionRow> = with_pool!(&self.db, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(pool).await?);
+        row.map(SubscriptionRow::into_model).transpose()
+    }
+
+    pub async fn counts(&self, account: &str) -> Result<Counts> {
+        let c: Option<Counts> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE account_id = $1",
+        ).bind(account).fetch_optional(pool).await?);
+        Ok(c.unwrap_or_default())
+    }
+
+    /// Sets (or with 0 clears) the tier asked for the next renewal.
+    pub async fn set_renewal_tier(&self, account: &str, tier: i64) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query("UPDATE subscriptions SET renewal_tier = $1 WHERE account_id = $2")
+            .bind(tier).bind(account).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Applies a count in one transaction: keeps it unless older than the one held, upgrades the
+    /// tier at once when the count exceeds it (never down), records the day's usage and queues
+    /// the usage (and upgrade) events for notification.
+    pub async fn apply_count(
+        &self,
+        e: &CountEvent,
+        now: DateTime<Utc>,
+        book: &PriceBook,
+    ) -> Result<CountOutcome> {
+        let c = e.counts;
+        let account = e.account_id.as_str();
+        let outcome = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if !tx.receive(&e.event_id, now).await? {
+                return Ok(CountOutcome::Seen);
+            }
+            // Conditional on the version, so a stale count never overwrites a newer one, even
+            // when two deliveries race.
+            let kept = sqlx::query(
+                "INSERT INTO account_counts (account_id, version, marketing, pending_non_marketing, non_marketing, observed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, marketing = excluded.marketing, \
+                 pending_non_marketing = excluded.pending_non_marketing, non_marketing = excluded.non_marketing, \
+                 observed_at = excluded.observed_at WHERE account_counts.version < excluded.version",
+            )
+            .bind(account).bind(c.version).bind(c.marketing).bind(c.pending_non_marketing).bind(c.non_marketing).bind(micros(now))
+            .execute(&mut *tx).await?.rows_affected() == 1;
+            if !kept {
+                tx.commit().await?;
+                return Ok(CountOutcome::Stale);
+            }
+            let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
+            let row: Option<SubscriptionRow> =
+                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(&mut *tx).await?;
+            let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
+                tx.commit().await?;
+                return Ok(CountOutcome::NoSubscription);
+            };
+            let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
+            let today = sub.today(book, now);
+            let period_start = calendar::period_containing(sub.start_date, sub.term, today).0;
+            let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+            let target = match shape.smallest_holding(count) {
+                Ok(t) => Some(t).filter(|t| *t > sub.tier),
+                Err(TierError::AboveLargest(..)) => {
+                    tracing::warn!(account, "count above the largest tier; staying at the largest");
+                    Some(shape.max_tier).filter(|t| *t > sub.tier)
+                }
+                Err(other) => return Err(Error::Internal(other.to_string())),
+            };
+            let mut upgrade = None;
+            if let Some(to) = target {
+                // Raise only: a concurrent upgrade to a higher tier wins.
+                let raised = sqlx::query("UPDATE subscriptions SET tier = $1 WHERE account_id = $2 AND tier < $1")
+                    .bind(to).bind(account).execute(&mut *tx).await?.rows_affected() == 1;
+                if raised {
+                    let u = UpgradeRow {
+                        id: new_id(),
+                        from_tier: sub.tier,
+                        to_tier: to,
+                        marketing_count: count,
+                        count_version: c.version,
+                        upgraded_at: micros(now),
+                        effective_date: day(today),
+                        invoice_id: String::new(),
+                    };
+                    let q = format!("INSERT INTO upgrades (account_id, {UPGRADE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+                    sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                        .bind(account).bind(&u.id).bind(u.from_tier).bind(u.to_tier).bind(u.marketing_count)
+                        .bind(u.count_version).bind(u.upgraded_at).bind(&u.effective_date).bind(&u.invoice_id)
+                        .execute(&mut *tx).await?;
+                    upgrade = Some(u);
+                }
+            }
+            let tier_now = upgrade.as_ref().map_or(sub.tier, |u| u.to_tier);
+            sqlx::query(
+                "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) VALUES ($1, $2, $3, $3, $4) \
+                 ON CONFLICT (account_id, day) DO UPDATE SET last_count = excluded.last_count, tier = excluded.tier, \
+                 max_count = CASE WHEN excluded.max_count > usage_daily.max_count THEN excluded.max_count ELSE usage_daily.max_count END",
+            )
+            .bind(account).bind(day(today)).bind(count).bind(tier_now)
+            .execute(&mut *tx).await?;
+
+            let usage = npb::billing_event::Payload::Usage(npb::UsageObserved {
+                marketing_count: count,
+                tier: sub.tier,
+                period_start: Some(pb_date(period_start)),
+                count_version: c.version,
+                upgrade_id: upgrade.as_ref().map(|u| u.id.clone()).unwrap_or_default(),
+                new_tier: upgrade.as_ref().map_or(0, |u| u.to_tier),
+            });
+            let ev = notification_event(account, now, usage);
+            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+            if let Some(u) = &upgrade {
+                let up = npb::billing_event::Payload::Upgraded(npb::TierUpgraded {
+                    upgrade_id: u.id.clone(),
+                    from_tier: u.from_tier,
+                    to_tier: u.to_tier,
+                    marketing_count: count,
+                    period_start: Some(pb_date(period_start)),
+                });
+                let ev = notification_event(account, now, up);
+                tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+            }
+            tx.commit().await?;
+            CountOutcome::Applied { upgrade }
+        });
+        Ok(outcome)
+    }
+
+    /// (account, business day) pairs with upgrades not invoiced yet.
+    pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<(String, NaiveDate)>> {
+        let rows: Vec<(String, String)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT DISTINCT account_id, effective_date FROM upgrades WHERE invoice_id = '' ORDER BY account_id, effective_date",
+        ).fetch_all(pool).await?);
+        rows.into_iter().map(|(a, d)| Ok((a, parse_day(&d)?))).collect()
+    }
+
+    /// Issues the prorated invoice of one account's upgrades on one day, exactly once: one
+    /// line from the tier before the day's first upgrade to the tier after its last. None when
+    /// it was issued before (or there is nothing to charge).
+    pub async fn issue_upgrade_invoice(
+        &self,
+        account: &str,
+        upgrade_day: NaiveDate,
+        now: DateTime<Utc>,
+        book: &PriceBook,
+    ) -> Result<Option<InvoiceRow>> {
+        let source_key = format!("upgrade:{}", day(upgrade_day));
+        let issued = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let done: Option<String> = sqlx::query_scalar("SELECT id FROM invoices WHERE account_id = $1 AND source_key = $2")
+                .bind(account).bind(&source_key).fetch_optional(&mut *tx).await?;
+            if done.is_some() {
+                return Ok(None);
+            }
+            let q = format!("SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 AND effective_date = $2 AND invoice_id = '' ORDER BY upgraded_at, id");
+            let ups: Vec<UpgradeRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(day(upgrade_day)).fetch_all(&mut *tx).await?;
+            let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
+            let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
+            let row: Option<SubscriptionRow> =
+                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(&mut *tx).await?;
+            let sub = row.ok_or(Error::NotFound("subscription"))?.into_model()?;
+            let (from, to) = (first.from_tier, last.to_tier);
+            let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
+            let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, upgrade_day);
+            let price = |tier| book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()));
+            let p = proration::prorate(price(from)?, price(to)?, upgrade_day, term_start, term_end)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let line = Line {
+                description: format!("Tier upgrade {from} to {to} marketing contacts, {} of {} days", p.remaining_days, p.term_days),
+                from_tier: from,
+                to_tier: to,
+                price_difference_minor: p.difference.minor,
+                remaining_days: p.remaining_days,
+                term_days: p.term_days,
+                amount_minor: p.amount.minor,
+                period_start: upgrade_day,
+                period_end: term_end,
+                marketing_count: count,
+            };
+            let number: i64 = sqlx::query_scalar(
+                "INSERT INTO invoice_counters (account_id, last_number) VALUES ($1, 1) \
+                 ON CONFLICT (account_id) DO UPDATE SET last_number = invoice_counters.last_number + 1 RETURNING last_number",
+            ).bind(account).fetch_one(&mut *tx).await?;
+            let inv = InvoiceRow {
+                id: new_id(),
+                number,
+                kind: "upgrade".into(),
+                total_minor: p.amount.minor,
+                currency: sub.currency.as_str().to_owned(),
+                term_start: day(term_start),
+                term_end: day(term_end),
+                lines: serde_json::to_string(&[&line]).expect("JSON of plain values"),
+                issued_at: micros(now),
+            };
+            let q = format!("INSERT INTO invoices (account_id, source_key, {INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
+            sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(&source_key).bind(&inv.id).bind(inv.number).bind(&inv.kind).bind(inv.total_minor)
+                .bind(&inv.currency).bind(&inv.term_start).bind(&inv.term_end).bind(&inv.lines).bind(inv.issued_at)
+                .execute(&mut *tx).await?;
+            sqlx::query("UPDATE upgrades SET invoice_id = $1 WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''")
+                .bind(&inv.id).bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
+            let ev = notification_event(account, now, npb::billing_event::Payload::Invoice(npb::InvoiceIssued {
+                invoice_id: inv.id.clone(),
+                number: inv.number,
+                total: Some(common::Money { amount_minor: inv.total_minor, currency: inv.currency.clone() }),
+            }));
+            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+            tx.commit().await?;
+            Some(inv)
+        });
+        Ok(issued)
+    }
+
+    pub async fn upgrades(
+        &self,
+        account: &str,
+        before_upgraded_at: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<UpgradeRow>> {
+        let q = format!(
+            "SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 AND upgraded_at < $2 ORDER BY upgraded_at DESC, id DESC LIMIT $3"
+        );
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(before_upgraded_at.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn invoices(
+        &self,
+        account: &str,
+        before_number: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<InvoiceRow>> {
+        let q = format!(
+            "SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND number < $2 ORDER BY number DESC LIMIT $3"
+        );
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(before_number.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn invoice(&self, account: &str, id: &str) -> Result<Option<InvoiceRow>> {
+        let q = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND id = $2");
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(id).fetch_optional(pool).await?))
+    }
+
+    pub async fn usage_days(&self, account: &str, from: NaiveDate, to: NaiveDate) -> Result<Vec<UsageDay>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
+        ).bind(account).bind(day(from)).bind(day(to)).fetch_all(pool).await?))
+    }
+}
+
+/// Parses a stored line list.
+pub fn lines(row: &InvoiceRow) -> Result<Vec<Line>> {
+    serde_json::from_str(&row.lines).map_err(|e| Error::Internal(format!("stored invoice lines: {e}")))
+}
+
+pub fn money(minor: i64, currency: &str) -> common::Money {
+    common::Money { amount_minor: minor, currency: currency.to_owned() }
+}
+
+/// The money of a price, for answers.
+pub fn pb_money(m: Money) -> common::Money {
+    money(m.minor, m.currency.as_str())
+}

@@ -1,0 +1,414 @@
+//! The billing service over real gRPC, on SQLite and PostgreSQL: subscriptions, automatic
+//! upgrades, the next-day prorated invoice, usage, the calendar, and events reaching a real
+//! notification service through the outbox.
+
+use chrono::{DateTime, TimeZone, Utc};
+use contactier_proto::billing::v1::{
+    self as pb, billing_internal_service_client::BillingInternalServiceClient,
+    billing_service_client::BillingServiceClient,
+};
+use contactier_proto::common::v1::{Date, Edition, Money, Term};
+use contactier_proto::notification::v1 as npb;
+use contactier_runtime::db::Backend;
+use contactier_runtime::host::{Platform, ServiceEnv};
+use contactier_runtime::testing::{BACKENDS, TestDb, authed, channel, manual_platform, no_peers, serve};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ACCOUNT: &str = "acct-a";
+
+/// Billing with its peer, a real notification service, on one manual clock.
+struct Billing {
+    channel: Channel,
+    notification: std::net::SocketAddr,
+    platform: Platform,
+    _dbs: [TestDb; 2],
+}
+
+impl Drop for Billing {
+    fn drop(&mut self) {
+        self.platform.shutdown.trigger();
+    }
+}
+
+/// 20 April 2026, 12:00 in New York.
+fn noon_20_april() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 4, 20, 16, 0, 0).unwrap()
+}
+
+async fn start(backend: Backend) -> Billing {
+    let platform = manual_platform(noon_20_april());
+    let ndb = TestDb::new(backend, "notification").await;
+    ndb.db.migrate_service(contactier_notification::SERVICE.migrations).await.unwrap();
+    let args = contactier_notification::DeliveryArgs {
+        smtp_url: None,
+        smtp_from: "Contactier <alerts@contactier.invalid>".into(),
+        max_attempts: 3,
+        backoff_ms: 100,
+        webhook_timeout_ms: 1_000,
+    };
+    let env = ServiceEnv { platform: platform.clone(), db: ndb.db.clone(), peers: no_peers() };
+    let notification = serve(contactier_notification::build_with(env, args).await.unwrap(), &platform).await;
+
+    let bdb = TestDb::new(backend, "billing").await;
+    bdb.db.migrate_service(contactier_billing::SERVICE.migrations).await.unwrap();
+    let book =
+        contactier_billing::price_book::PriceBook::parse(contactier_billing::price_book::DEFAULT).unwrap();
+    let mut peers = no_peers();
+    peers.notification_url = format!("http://{notification}");
+    let env = ServiceEnv { platform: platform.clone(), db: bdb.db.clone(), peers };
+    let addr = serve(contactier_billing::build_with(env, book).await.unwrap(), &platform).await;
+    Billing { channel: channel(addr), notification, platform, _dbs: [bdb, ndb] }
+}
+
+fn date(y: i32, m: i32, d: i32) -> Option<Date> {
+    Some(Date { year: y, month: m, day: d })
+}
+
+impl Billing {
+    fn token(&self, account: &str, scopes: &[&str]) -> String {
+        self.platform.authenticator.user_token(account, "user-1", scopes, chrono::Duration::hours(1))
+    }
+
+    fn api(&self) -> BillingServiceClient<Channel> {
+        BillingServiceClient::new(self.channel.clone())
+    }
+
+    async fn subscribe(&self, req: pb::CreateSubscriptionRequest) -> Result<pb::Subscription, tonic::Status> {
+        let r = self.api().create_subscription(authed(req, &self.token(ACCOUNT, &["admin"]))).await?;
+        Ok(r.into_inner().subscription.unwrap())
+    }
+
+    async fn count(
+        &self,
+        id: &str,
+        version: i64,
+        marketing: i64,
+        non_marketing: i64,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let token = self.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+        let ev = pb::CountChanged {
+            event_id: id.into(),
+            account_id: ACCOUNT.into(),
+            version,
+            marketing_count: marketing,
+            pending_non_marketing: 0,
+            non_marketing,
+            observed_at: None,
+        };
+        let mut client = BillingInternalServiceClient::new(self.channel.clone());
+        let r = client
+            .apply_count_events(authed(pb::ApplyCountEventsRequest { events: vec![ev] }, &token))
+            .await?;
+        Ok(r.into_inner().acknowledged_event_ids)
+    }
+
+    async fn subscription(&self) -> pb::Subscription {
+        let r = self
+            .api()
+            .get_subscription(authed(pb::GetSubscriptionRequest {}, &self.token(ACCOUNT, &["read"])))
+            .await;
+        r.unwrap().into_inner().subscription.unwrap()
+    }
+
+    async fn invoices(&self) -> Vec<pb::Invoice> {
+        let req = pb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
+        self.api()
+            .list_invoices(authed(req, &self.token(ACCOUNT, &["read"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .invoices
+    }
+
+    async fn advance_to(&self, t: DateTime<Utc>) {
+        self.platform.clock.advance_to(t).await.unwrap();
+    }
+}
+
+fn professional_monthly() -> pb::CreateSubscriptionRequest {
+    pb::CreateSubscriptionRequest {
+        edition: Edition::Professional as i32,
+        term: Term::Monthly as i32,
+        start_date: date(2026, 4, 15),
+        currency: "EUR".into(),
+        subsidiary: "NA".into(),
+        tier: 0,
+        marketing_contacts_enabled: true,
+    }
+}
+
+fn eur(minor: i64) -> Option<Money> {
+    Some(Money { amount_minor: minor, currency: "EUR".into() })
+}
+
+#[tokio::test]
+async fn subscriptions_are_checked_and_know_their_calendar() {
+    for backend in BACKENDS {
+        let b = start(backend).await;
+        let bad = [
+            (pb::CreateSubscriptionRequest { edition: 0, ..professional_monthly() }, "edition"),
+            (pb::CreateSubscriptionRequest { term: 0, ..professional_monthly() }, "term"),
+            (
+                pb::CreateSubscriptionRequest { start_date: date(2026, 2, 30), ..professional_monthly() },
+                "start_date",
+            ),
+            (pb::CreateSubscriptionRequest { currency: "GBP".into(), ..professional_monthly() }, "currency"),
+            (pb::CreateSubscriptionRequest { currency: "eur".into(), ..professional_monthly() }, "currency"),
+            (
+                pb::CreateSubscriptionRequest { subsidiary: "MARS".into(), ..professional_monthly() },
+                "subsidiary",
+            ),
+            (pb::CreateSubscriptionRequest { tier: 3_000, ..professional_monthly() }, "tier"),
+        ];
+        for (req, field) in bad {
+            let err = b.subscribe(req).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
+            assert!(err.message().starts_with(field), "{backend:?}: {}", err.message());
+        }
+        let reader = b.token(ACCOUNT, &["read", "write"]);
+        let err = b.api().create_subscription(authed(professional_monthly(), &reader)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        let missing =
+            b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &reader)).await.unwrap_err();
+        assert_eq!(missing.code(), Code::NotFound, "{backend:?}: nothing was created by the refused calls");
+
+        let s = b.subscribe(professional_monthly()).await.unwrap();
+        assert_eq!((s.tier, s.price_per_term.clone()), (2_000, eur(80_000)));
+        assert_eq!((s.current_term_start, s.current_term_end), (date(2026, 4, 15), date(2026, 5, 15)));
+        assert_eq!(b.subscribe(professional_monthly()).await.unwrap_err().code(), Code::AlreadyExists);
+
+        let cal = b
+            .api()
+            .get_calendar(authed(pb::GetCalendarRequest { count: 3 }, &reader))
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        let dates: Vec<_> = cal.iter().map(|e| e.date).collect();
+        assert_eq!(dates, [date(2026, 5, 15), date(2026, 6, 15), date(2026, 7, 15)]);
+        assert!(cal.iter().all(|e| e.renewal), "monthly update dates are the renewals");
+        // 00:00 in New York (EDT) on 15 May.
+        assert_eq!(
+            cal[0].processing_at.unwrap().seconds,
+            Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap().timestamp()
+        );
+
+        let other = b.token("acct-b", &["read"]);
+        let err = b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &other)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}: another account sees nothing");
+    }
+}
+
+#[tokio::test]
+async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
+    for backend in BACKENDS {
+        let b = start(backend).await;
+        b.subscribe(professional_monthly()).await.unwrap();
+        let read = b.token(ACCOUNT, &["read"]);
+
+        b.count("c1", 1, 1_500, 300).await.unwrap();
+        let usage = b
+            .api()
+            .get_usage(authed(pb::GetUsageRequest {}, &read))
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        assert_eq!((usage.marketing_count, usage.tier, usage.used_basis_points), (1_500, 2_000, 7_500));
+        assert_eq!((usage.total_contacts, usage.next_update_date), (1_800, date(2026, 5, 15)));
+
+        // What 600 more would cost: 2,100 needs the 7,000 tier; 25 of the term's 30 days remain.
+        let preview = b
+            .api()
+            .preview_upgrade(authed(pb::PreviewUpgradeRequest { additional_contacts: 600 }, &read))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(preview.upgrade_needed);
+        assert_eq!((preview.new_tier, preview.effective_date), (7_000, date(2026, 4, 20)));
+        let line = preview.line.unwrap();
+        assert_eq!((line.remaining_days, line.term_days), (25, 30));
+        assert_eq!((line.price_difference.clone(), line.amount.clone()), (eur(22_500), eur(18_750)));
+        assert_eq!(
+            preview.invoice_at.unwrap().seconds,
+            Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap().timestamp()
+        );
+
+        b.count("c2", 2, 2_100, 300).await.unwrap();
+        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: upgraded the moment the count exceeded");
+        // A stale count and a replay change nothing.
+        assert_eq!(b.count("c0", 1, 40_000, 0).await.unwrap(), ["c0"]);
+        assert_eq!(b.count("c2", 2, 2_100, 300).await.unwrap(), ["c2"]);
+        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}");
+        let ups = b
+            .api()
+            .list_upgrades(authed(
+                pb::ListUpgradesRequest { page_size: 10, page_token: String::new() },
+                &read,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .upgrades;
+        assert_eq!(ups.len(), 1, "{backend:?}");
+        assert_eq!((ups[0].from_tier, ups[0].to_tier, ups[0].marketing_count), (2_000, 7_000, 2_100));
+
+        // Not before the processing time of the next day...
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 3, 59, 59).unwrap()).await;
+        assert!(b.invoices().await.is_empty(), "{backend:?}");
+        // ... then exactly the previewed figures.
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap()).await;
+        let invoices = b.invoices().await;
+        assert_eq!(invoices.len(), 1, "{backend:?}");
+        assert_eq!((invoices[0].number, invoices[0].total.clone()), (1, eur(18_750)));
+        let l = &invoices[0].lines[0];
+        assert_eq!(
+            (l.from_tier, l.to_tier, l.remaining_days, l.term_days, l.marketing_count),
+            (2_000, 7_000, 25, 30, 2_100)
+        );
+        assert_eq!(l.amount, line.amount);
+
+        // Two upgrades on 25 April make one invoice, from the first tier to the last:
+        // 7,000 -> 17,000 is 45,000 a term; 20 of 30 days remain.
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 25, 15, 0, 0).unwrap()).await;
+        b.count("c3", 3, 7_100, 0).await.unwrap();
+        b.count("c4", 4, 12_100, 0).await.unwrap();
+        assert_eq!(b.subscription().await.tier, 17_000);
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 27, 0, 0, 0).unwrap()).await;
+        let invoices = b.invoices().await;
+        assert_eq!(invoices.len(), 2, "{backend:?}");
+        assert_eq!(
+            (invoices[0].number, invoices[0].total.clone()),
+            (2, eur(30_000)),
+            "{backend:?}: newest first"
+        );
+        assert_eq!(invoices[0].lines.len(), 1);
+        assert_eq!((invoices[0].lines[0].from_tier, invoices[0].lines[0].to_tier), (7_000, 17_000));
+
+        // The count falls: no downgrade before renewal. Advancing again issues nothing twice.
+        b.count("c5", 5, 100, 0).await.unwrap();
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 29, 0, 0, 0).unwrap()).await;
+        assert_eq!(b.subscription().await.tier, 17_000);
+        assert_eq!(b.invoices().await.len(), 2, "{backend:?}: issued exactly once");
+        let got = b
+            .api()
+            .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &read))
+            .await
+            .unwrap()
+            .into_inner()
+            .invoice
+            .unwrap();
+        assert_eq!(got, invoices[1]);
+        let other = b.token("acct-b", &["read"]);
+        let err = b
+            .api()
+            .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &other))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+
+        let history = b
+            .api()
+            .get_usage_history(authed(
+                pb::GetUsageHistoryRequest { from: date(2026, 4, 1), to: date(2026, 4, 30) },
+                &read,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .points;
+        let days: Vec<_> =
+            history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
+        assert_eq!(
+            days,
+            [
+                (date(2026, 4, 20), 2_100, 2_100, 7_000),
+                (date(2026, 4, 25), 12_100, 12_100, 17_000),
+                (date(2026, 4, 26), 100, 100, 17_000)
+            ],
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn renewal_tier_requests_and_bad_counts_are_checked() {
+    for backend in BACKENDS {
+        let b = start(backend).await;
+        b.subscribe(pb::CreateSubscriptionRequest { tier: 12_000, ..professional_monthly() }).await.unwrap();
+        let admin = b.token(ACCOUNT, &["admin"]);
+        for (tier, why) in [(13_000, "not a professional tier"), (17_000, "only a lower tier")] {
+            let err = b
+                .api()
+                .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier }, &admin))
+                .await
+                .unwrap_err();
+            assert!(err.message().contains(why), "{backend:?}: {}", err.message());
+        }
+        let s = b
+            .api()
+            .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier: 2_000 }, &admin))
+            .await
+            .unwrap();
+        assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 2_000);
+        assert_eq!(b.subscription().await.tier, 12_000, "the tier itself waits for renewal");
+        let s = b.api().cancel_renewal_tier(authed(pb::CancelRenewalTierRequest {}, &admin)).await.unwrap();
+        assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 0);
+
+        assert_eq!(b.count("bad", 0, 10, 0).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(b.count("bad", 1, -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
+        let mut client = BillingInternalServiceClient::new(b.channel.clone());
+        let req = pb::ApplyCountEventsRequest { events: vec![] };
+        assert_eq!(
+            client.apply_count_events(authed(req, &admin)).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+    }
+}
+
+#[tokio::test]
+async fn accounts_without_marketing_contacts_are_billed_for_every_contact() {
+    for backend in BACKENDS {
+        let b = start(backend).await;
+        b.subscribe(pb::CreateSubscriptionRequest {
+            marketing_contacts_enabled: false,
+            ..professional_monthly()
+        })
+        .await
+        .unwrap();
+        b.count("c1", 1, 1_000, 1_500).await.unwrap();
+        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: 2,500 contacts billed");
+    }
+}
+
+#[tokio::test]
+async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox() {
+    for backend in BACKENDS {
+        let b = start(backend).await;
+        b.subscribe(professional_monthly()).await.unwrap();
+
+        b.count("c1", 1, 1_600, 0).await.unwrap();
+        b.count("c2", 2, 2_100, 0).await.unwrap();
+        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
+
+        let mut feed =
+            npb::notification_service_client::NotificationServiceClient::new(channel(b.notification));
+        let req = npb::ListAlertsRequest { page_size: 100, page_token: String::new() };
+        let alerts =
+            feed.list_alerts(authed(req, &b.token(ACCOUNT, &["read"]))).await.unwrap().into_inner().alerts;
+        let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
+        use npb::AlertKind::*;
+        assert_eq!(
+            kinds,
+            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],
+            "{backend:?}"
+        );
+        let exceeded = alerts.iter().find(|a| a.kind() == TierExceeded).unwrap();
+        let upgraded = alerts.iter().find(|a| a.kind() == TierUpgraded).unwrap();
+        assert_eq!(exceeded.upgrade_id, upgraded.upgrade_id, "the exceeded alert names the upgrade");
+        assert_eq!(exceeded.new_tier, 7_000);
+        assert_eq!(alerts[0].amount, eur(18_750));
+    }
+}
