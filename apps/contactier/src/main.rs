@@ -125,6 +125,10 @@ fn print_banner(platform: &Platform, addrs: &[SocketAddr], runtime: &RuntimeArgs
     println!("Try:");
     println!("  grpcurl -plaintext {} list", addrs[0]);
     println!("  grpcurl -plaintext {} grpc.health.v1.Health/Check", addrs[2]);
+    println!(
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {} contactier.billing.v1.BillingService/ListPriceBook",
+        addrs[2]
+    );
     if platform.clock.is_manual() {
         println!(
             "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {} contactier.ops.v1.ClockService/GetTime",

@@ -75,6 +75,14 @@ async fn check_serving(s: &Started) {
     }
 }
 
+async fn price_book(addr: &str, token: &str) -> Result<usize, tonic::Status> {
+    use contactier_proto::billing::v1::{ListPriceBookRequest, billing_service_client::BillingServiceClient};
+    let mut billing = BillingServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut req = tonic::Request::new(ListPriceBookRequest {});
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    Ok(billing.list_price_book(req).await?.into_inner().editions.len())
+}
+
 async fn clock_time(addr: &str, token: &str) -> Result<i64, tonic::Status> {
     let mut clock = ClockServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let mut req = tonic::Request::new(GetTimeRequest {});
@@ -89,6 +97,7 @@ async fn runs_on_sqlite_files_and_its_token_survives_a_restart() {
     check_serving(&first).await;
     let token = first.token.clone();
     clock_time(&first.addrs[2].1, &token).await.expect("the printed token works");
+    assert_eq!(price_book(&first.addrs[2].1, &token).await.expect("billing answers"), 3, "three editions");
     assert!(stop(first).await.success(), "a clean exit on SIGTERM");
     for db in ["contacts", "marketing-status", "billing", "notification"] {
         assert!(dir.path().join(format!("{db}.db")).exists(), "{db}.db in the data dir");
