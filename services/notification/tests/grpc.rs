@@ -13,9 +13,9 @@ use contactier_proto::notification::v1::{
 use contactier_runtime::auth::Authenticator;
 use contactier_runtime::clock::Clock;
 use contactier_runtime::db::Backend;
-use contactier_runtime::host::{PeerArgs, Platform, ServiceEnv};
+use contactier_runtime::host::ServiceEnv;
 use contactier_runtime::shutdown::Shutdown;
-use contactier_runtime::testing::{BACKENDS, TestDb};
+use contactier_runtime::testing::{BACKENDS, TestDb, authed, channel, manual_platform, no_peers, serve};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,6 @@ use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
-const SECRET: &[u8] = b"notification-test-secret-notification";
 const ACCOUNT: &str = "acct-a";
 
 struct Svc {
@@ -53,27 +52,17 @@ fn delivery_args(smtp_url: Option<String>) -> DeliveryArgs {
 async fn start(backend: Backend, args: DeliveryArgs) -> Svc {
     let t = TestDb::new(backend, "notification").await;
     t.db.migrate_service(contactier_notification::SERVICE.migrations).await.unwrap();
-    let auth = Authenticator::new(SECRET, "contactier", "contactier");
-    let platform = Platform {
-        clock: Clock::manual(Utc.with_ymd_and_hms(2026, 5, 10, 12, 0, 0).unwrap()),
-        authenticator: auth.clone(),
-        shutdown: Shutdown::new(),
-        tls: None,
-        grace: Duration::from_secs(1),
-    };
-    let peers = PeerArgs {
-        contacts_url: "http://127.0.0.1:1".into(),
-        marketing_status_url: "http://127.0.0.1:1".into(),
-        billing_url: "http://127.0.0.1:1".into(),
-        notification_url: "http://127.0.0.1:1".into(),
-    };
-    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers };
+    let platform = manual_platform(Utc.with_ymd_and_hms(2026, 5, 10, 12, 0, 0).unwrap());
+    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers: no_peers() };
     let spec = contactier_notification::build_with(env, args).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(contactier_runtime::server::serve(spec, listener, platform.serve_options()));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
-    Svc { channel, auth, clock: platform.clock.clone(), shutdown: platform.shutdown.clone(), _db: t }
+    let addr = serve(spec, &platform).await;
+    Svc {
+        channel: channel(addr),
+        auth: platform.authenticator.clone(),
+        clock: platform.clock.clone(),
+        shutdown: platform.shutdown.clone(),
+        _db: t,
+    }
 }
 
 impl Svc {
@@ -127,12 +116,6 @@ impl Svc {
             .deliveries;
         all.into_iter().filter(|d| state.is_none_or(|s| d.state == s as i32)).collect()
     }
-}
-
-fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 fn date(y: i32, m: i32, d: i32) -> Option<Date> {
