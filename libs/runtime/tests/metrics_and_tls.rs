@@ -5,6 +5,7 @@ use contactier_runtime::auth::Authenticator;
 use contactier_runtime::clock::Clock;
 use contactier_runtime::server::{self, ServeOptions, ServiceSpec};
 use contactier_runtime::shutdown::Shutdown;
+use contactier_runtime::testing::authed;
 use std::io::{Read, Write};
 use std::time::Duration;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -46,12 +47,9 @@ async fn metrics_count_calls_by_method_and_code() {
     let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let mut clock = ClockServiceClient::new(ch);
     let token = auth.user_token("acct", "u", &["ops"], chrono::Duration::hours(1));
-    let mut ok = tonic::Request::new(GetTimeRequest {});
-    ok.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    clock.get_time(ok).await.unwrap();
+    clock.get_time(authed(GetTimeRequest {}, &token)).await.unwrap();
     clock.get_time(GetTimeRequest {}).await.unwrap_err();
-    let mut bad = tonic::Request::new(SetTimeRequest { time: None });
-    bad.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let bad = authed(SetTimeRequest { time: None }, &token);
     assert_eq!(clock.set_time(bad).await.unwrap_err().code(), tonic::Code::InvalidArgument);
 
     let mut text = String::new();

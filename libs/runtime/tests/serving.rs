@@ -9,6 +9,7 @@ use contactier_runtime::auth::Authenticator;
 use contactier_runtime::clock::Clock;
 use contactier_runtime::server::{self, ServeOptions, ServiceSpec};
 use contactier_runtime::shutdown::Shutdown;
+use contactier_runtime::testing::authed;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,12 +54,6 @@ async fn channel(addr: SocketAddr) -> Channel {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("server at {addr} never answered");
-}
-
-fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 fn may() -> chrono::DateTime<Utc> {
@@ -131,25 +126,25 @@ async fn calls_without_a_valid_token_change_nothing() {
 
     let hour = chrono::Duration::hours(1);
     let expired = s.auth.user_token("acct-a", "u", &["ops"], chrono::Duration::minutes(-5));
-    assert_eq!(clock.set_time(with_token(set(), &expired)).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(clock.set_time(authed(set(), &expired)).await.unwrap_err().code(), Code::Unauthenticated);
 
     let forged = Authenticator::new(b"someone-elses-secret-someone-elses", "contactier", "contactier")
         .user_token("acct-a", "u", &["ops"], hour);
-    assert_eq!(clock.set_time(with_token(set(), &forged)).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(clock.set_time(authed(set(), &forged)).await.unwrap_err().code(), Code::Unauthenticated);
 
     let wrong_audience =
         Authenticator::new(SECRET, "contactier", "another-product").user_token("acct-a", "u", &["ops"], hour);
-    let err = clock.set_time(with_token(set(), &wrong_audience)).await.unwrap_err();
+    let err = clock.set_time(authed(set(), &wrong_audience)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let reader = s.auth.user_token("acct-a", "u", &["read", "write", "admin"], hour);
-    let err = clock.set_time(with_token(set(), &reader)).await.unwrap_err();
+    let err = clock.set_time(authed(set(), &reader)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("ops"), "{}", err.message());
 
     // A user token naming another account is refused whatever its scopes.
     let ops = s.auth.user_token("acct-a", "u", &["ops"], hour);
-    let mut cross = with_token(GetTimeRequest {}, &ops);
+    let mut cross = authed(GetTimeRequest {}, &ops);
     cross.metadata_mut().insert("x-account-id", "acct-b".parse().unwrap());
     assert_eq!(clock.get_time(cross).await.unwrap_err().code(), Code::PermissionDenied);
 
@@ -157,10 +152,10 @@ async fn calls_without_a_valid_token_change_nothing() {
 
     // A method this server does not serve is refused before anything runs.
     let mut contacts = ContactsServiceClient::new(ch);
-    let err = contacts.count_contacts(with_token(CountContactsRequest {}, &ops)).await.unwrap_err();
+    let err = contacts.count_contacts(authed(CountContactsRequest {}, &ops)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
 
-    clock.set_time(with_token(set(), &ops)).await.unwrap();
+    clock.set_time(authed(set(), &ops)).await.unwrap();
     assert_eq!(s.clock.now(), may() + chrono::Duration::days(1));
 }
 
@@ -187,20 +182,17 @@ async fn advancing_over_grpc_returns_after_the_due_work_ran() {
     let token = s.auth.user_token("acct-a", "operator", &["ops"], chrono::Duration::hours(1));
     let mut clock = ClockServiceClient::new(channel(s.addr).await);
     let by = prost_types::Duration { seconds: 2 * 86_400, nanos: 0 };
-    let r = clock
-        .advance_time(with_token(AdvanceTimeRequest { by: Some(by) }, &token))
-        .await
-        .unwrap()
-        .into_inner();
+    let r =
+        clock.advance_time(authed(AdvanceTimeRequest { by: Some(by) }, &token)).await.unwrap().into_inner();
     assert_eq!(*ran_at.lock().unwrap(), Some(due), "ran at its due instant, before the call returned");
     assert_eq!(r.now.unwrap().seconds, (may() + chrono::Duration::days(2)).timestamp());
     assert_eq!(r.steps, 2, "stopped at the due work, then at the target");
 
     let back = SetTimeRequest { time: Some(prost_types::Timestamp { seconds: may().timestamp(), nanos: 0 }) };
-    let err = clock.set_time(with_token(back, &token)).await.unwrap_err();
+    let err = clock.set_time(authed(back, &token)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let neg = AdvanceTimeRequest { by: Some(prost_types::Duration { seconds: -1, nanos: 0 }) };
-    assert_eq!(clock.advance_time(with_token(neg, &token)).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(clock.advance_time(authed(neg, &token)).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
@@ -227,7 +219,7 @@ async fn shutdown_lets_calls_in_flight_finish_then_stops() {
     let mut clock = ClockServiceClient::new(channel(s.addr).await);
     let call = tokio::spawn(async move {
         let by = prost_types::Duration { seconds: 3600, nanos: 0 };
-        clock.advance_time(with_token(AdvanceTimeRequest { by: Some(by) }, &token)).await
+        clock.advance_time(authed(AdvanceTimeRequest { by: Some(by) }, &token)).await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.shutdown.trigger();
