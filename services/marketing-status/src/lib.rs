@@ -1,15 +1,84 @@
 //! Marketing status of every contact, the live count, defaults, permissions and update dates (DESIGN.md section 2).
 
+mod api;
 pub mod rules;
+mod store;
 
+use contactier_proto::billing::v1 as bpb;
+use contactier_proto::marketing_status::v1::{
+    marketing_status_internal_service_server::MarketingStatusInternalServiceServer,
+    marketing_status_service_server::MarketingStatusServiceServer,
+};
+use contactier_runtime::auth::{Access, Policy};
+use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
+use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
+use prost::Message;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
 
 pub const NAME: &str = "marketing-status";
 
-pub const SERVICE: ServiceDef = ServiceDef { name: NAME, default_port: 50052, migrations: None, build };
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-fn build(_env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
-    Box::pin(async { Ok(ServiceSpec::bare(NAME)) })
+pub const SERVICE: ServiceDef =
+    ServiceDef { name: NAME, default_port: 50052, migrations: Some(&MIGRATIONS), build };
+
+const API: &str = "contactier.marketing_status.v1.MarketingStatusService";
+const INTERNAL: &str = "contactier.marketing_status.v1.MarketingStatusInternalService";
+
+/// Only the RPCs served so far are open; the rest answer UNIMPLEMENTED before they run.
+pub fn policy() -> Policy {
+    Policy::new()
+        .allow(
+            API,
+            Access::Read,
+            &[
+                "GetContactStatus",
+                "BatchGetContactStatuses",
+                "GetMarketingCount",
+                "CheckEligibility",
+                "GetUserPermission",
+            ],
+        )
+        .allow(API, Access::Write, &["SetMarketingStatus"])
+        .allow(API, Access::Admin, &["SetUserPermission"])
+        .allow(INTERNAL, Access::Internal, &["ApplyContactEvents", "ApplyUpdateDate"])
+}
+
+fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
+    Box::pin(async move {
+        let store = store::Store::new(env.db.clone());
+        let clock = env.platform.clock.clone();
+        let relay_worker = clock.register_worker("marketing-status-relay");
+        let relay = relay_worker.waker();
+        let peer = env.platform.peer(NAME, &env.peers.billing_url)?;
+        let deliver: Deliver = Box::new(move |events| {
+            let peer = peer.clone();
+            Box::pin(async move {
+                let events = events
+                    .iter()
+                    .map(|e| bpb::CountChanged::decode(e.payload.as_slice()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut client =
+                    bpb::billing_internal_service_client::BillingInternalServiceClient::with_interceptor(
+                        peer.channel.clone(),
+                        peer.interceptor(),
+                    );
+                let r = client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?;
+                Ok(r.into_inner().acknowledged_event_ids)
+            })
+        });
+        let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);
+        tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
+        let api = api::Api { store: store.clone(), clock: clock.clone(), relay: relay.clone() };
+        let internal = api::Internal { store, clock, relay };
+        let routes = Routes::new(MarketingStatusServiceServer::new(api))
+            .add_service(MarketingStatusInternalServiceServer::new(internal));
+        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
+    })
 }

@@ -1,0 +1,463 @@
+//! MarketingStatusService (the part served so far) and MarketingStatusInternalService.
+
+use crate::rules::{self, CreationSource, Outcome, State, Status};
+use crate::store::{Actor, Counts, StatusRow, Store};
+use chrono::{DateTime, Utc};
+use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
+use contactier_proto::marketing_status::v1::{
+    self as pb, contact_event::Payload,
+    marketing_status_internal_service_server::MarketingStatusInternalService,
+    marketing_status_service_server::MarketingStatusService, set_marketing_status_request::Target,
+};
+use contactier_runtime::Principal;
+use contactier_runtime::clock::{Clock, WorkerWaker};
+use prost::Message;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+/// The most contacts one SetMarketingStatus call may name.
+pub const MAX_CONTACTS_PER_CALL: usize = 10_000;
+
+pub struct Api {
+    pub store: Store,
+    pub clock: Clock,
+    /// The relay of count events to billing.
+    pub relay: WorkerWaker,
+}
+
+type Answer<T> = Result<Response<T>, GrpcStatus>;
+
+fn db(e: sqlx::Error) -> GrpcStatus {
+    tracing::error!(error = %e, "storage error");
+    GrpcStatus::unavailable("storage unavailable, retry")
+}
+
+fn ts(micros: i64) -> Option<prost_types::Timestamp> {
+    DateTime::from_timestamp_micros(micros)
+        .map(|t| prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 })
+}
+
+fn pb_counts(c: Counts) -> pb::MarketingCount {
+    pb::MarketingCount {
+        marketing: c.marketing,
+        pending_non_marketing: c.pending,
+        non_marketing: c.non_marketing,
+        version: c.version,
+        as_of: ts(c.updated_at),
+    }
+}
+
+fn source_type_name(t: SourceType) -> String {
+    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
+}
+
+fn pb_status(r: StatusRow) -> pb::ContactStatus {
+    let status = if r.marketing { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing };
+    let source_type = SourceType::from_str_name(&format!("SOURCE_TYPE_{}", r.source_type))
+        .unwrap_or(SourceType::Unspecified);
+    pb::ContactStatus {
+        contact_id: r.contact_id,
+        status: status as i32,
+        marketable_until_next_update: r.pending,
+        source: Some(common::Source { r#type: source_type as i32, id: r.source_id }),
+        updated_at: ts(r.updated_at),
+    }
+}
+
+fn creation_source(t: SourceType) -> Option<CreationSource> {
+    use CreationSource as C;
+    Some(match t {
+        SourceType::Form => C::Form,
+        SourceType::Import => C::Import,
+        SourceType::Chatflow => C::Chatflow,
+        SourceType::Integration => C::Integration,
+        SourceType::Ads => C::Ads,
+        SourceType::User => C::User,
+        SourceType::SalesExtension => C::SalesExtension,
+        SourceType::LoggedEmail => C::LoggedEmail,
+        SourceType::MeetingLink => C::MeetingLink,
+        SourceType::MobileApp => C::MobileApp,
+        SourceType::Workflow => C::Workflow,
+        SourceType::Merge => C::Merge,
+        SourceType::System => C::System,
+        SourceType::Unspecified => return None,
+    })
+}
+
+fn requested(s: i32) -> Option<Status> {
+    match MarketingStatus::try_from(s) {
+        Ok(MarketingStatus::Marketing) => Some(Status::Marketing),
+        Ok(MarketingStatus::NonMarketing) => Some(Status::NonMarketing),
+        _ => None,
+    }
+}
+
+fn account<T>(req: &Request<T>) -> Result<String, GrpcStatus> {
+    Ok(Principal::of(req)?.account_id()?.to_owned())
+}
+
+#[tonic::async_trait]
+impl MarketingStatusService for Api {
+    async fn get_contact_status(
+        &self,
+        req: Request<pb::GetContactStatusRequest>,
+    ) -> Answer<pb::GetContactStatusResponse> {
+        let account = account(&req)?;
+        let id = req.into_inner().contact_id;
+        let row = self.store.statuses(&account, std::slice::from_ref(&id)).await.map_err(db)?.pop();
+        let row = row.ok_or_else(|| GrpcStatus::not_found("contact not found"))?;
+        Ok(Response::new(pb::GetContactStatusResponse { status: Some(pb_status(row)) }))
+    }
+
+    async fn batch_get_contact_statuses(
+        &self,
+        req: Request<pb::BatchGetContactStatusesRequest>,
+    ) -> Answer<pb::BatchGetContactStatusesResponse> {
+        let account = account(&req)?;
+        let ids = req.into_inner().contact_ids;
+        if ids.len() > MAX_CONTACTS_PER_CALL {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "contact_ids: at most {MAX_CONTACTS_PER_CALL}"
+            )));
+        }
+        let rows = self.store.statuses(&account, &ids).await.map_err(db)?;
+        let not_found = ids.iter().filter(|id| !rows.iter().any(|r| &r.contact_id == *id)).cloned().collect();
+        Ok(Response::new(pb::BatchGetContactStatusesResponse {
+            statuses: rows.into_iter().map(pb_status).collect(),
+            not_found,
+        }))
+    }
+
+    async fn set_marketing_status(
+        &self,
+        req: Request<pb::SetMarketingStatusRequest>,
+    ) -> Answer<pb::SetMarketingStatusResponse> {
+        let principal = Principal::of(&req)?.clone();
+        let account = principal.account_id()?.to_owned();
+        let r = req.into_inner();
+        let wanted = requested(r.status)
+            .ok_or_else(|| GrpcStatus::invalid_argument("status: MARKETING or NON_MARKETING"))?;
+        let ids = match r.target {
+            Some(Target::Contacts(c)) if c.ids.is_empty() => {
+                return Err(GrpcStatus::invalid_argument("contacts.ids: required"));
+            }
+            Some(Target::Contacts(c)) if c.ids.len() > MAX_CONTACTS_PER_CALL => {
+                return Err(GrpcStatus::invalid_argument(format!(
+                    "contacts.ids: at most {MAX_CONTACTS_PER_CALL}"
+                )));
+            }
+            Some(Target::Contacts(c)) => c.ids,
+            Some(Target::ListId(_) | Target::Filter(_)) => {
+                return Err(GrpcStatus::unimplemented(
+                    "targets by list or filter are not served yet; name the contacts",
+                ));
+            }
+            None => {
+                return Err(GrpcStatus::invalid_argument("target: contacts, list_id or filter is required"));
+            }
+        };
+        // A retry of a request id returns the first answer and changes nothing.
+        if !r.request_id.is_empty()
+            && let Some(saved) = self.store.saved_response(&account, &r.request_id).await.map_err(db)?
+        {
+            let first = pb::SetMarketingStatusResponse::decode(saved.as_slice())
+                .map_err(|_| GrpcStatus::internal("stored answer unreadable"))?;
+            return Ok(Response::new(first));
+        }
+        let user = principal.user_id().unwrap_or_default().to_owned();
+        if wanted == Status::Marketing
+            && !user.is_empty()
+            && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
+        {
+            return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
+        }
+        let source = r.source.unwrap_or_default();
+        let source_type = match SourceType::try_from(source.r#type) {
+            Ok(SourceType::Unspecified) | Err(_) => SourceType::User,
+            Ok(t) => t,
+        };
+        let actor = Actor {
+            source_type: source_type_name(source_type),
+            source_id: if source.id.is_empty() { user.clone() } else { source.id },
+            user_id: user,
+            request_id: r.request_id.clone(),
+        };
+        let (outcomes, counts) =
+            self.store.set_status(&account, &ids, wanted, &actor, self.clock.now()).await.map_err(db)?;
+        self.relay.wake();
+        let (mut changed, mut unchanged, mut not_found) = (0, 0, 0);
+        let results = outcomes
+            .into_iter()
+            .map(|(contact_id, o)| {
+                let outcome = match o {
+                    None => {
+                        not_found += 1;
+                        pb::SetStatusOutcome::NotFound
+                    }
+                    Some(Outcome::Unchanged) => {
+                        unchanged += 1;
+                        pb::SetStatusOutcome::Unchanged
+                    }
+                    Some(Outcome::PendingSet) => {
+                        changed += 1;
+                        pb::SetStatusOutcome::PendingNonMarketing
+                    }
+                    Some(Outcome::BecameMarketing | Outcome::PendingCleared) => {
+                        changed += 1;
+                        pb::SetStatusOutcome::Marketing
+                    }
+                };
+                pb::SetStatusResult { contact_id, outcome: outcome as i32 }
+            })
+            .collect();
+        let answer = pb::SetMarketingStatusResponse {
+            results,
+            changed,
+            unchanged,
+            not_found,
+            count: Some(pb_counts(counts)),
+        };
+        if !r.request_id.is_empty() {
+            self.store.save_response(&account, &r.request_id, &answer.encode_to_vec()).await.map_err(db)?;
+        }
+        Ok(Response::new(answer))
+    }
+
+    async fn get_marketing_count(
+        &self,
+        req: Request<pb::GetMarketingCountRequest>,
+    ) -> Answer<pb::GetMarketingCountResponse> {
+        let counts = self.store.counts(&account(&req)?).await.map_err(db)?;
+        Ok(Response::new(pb::GetMarketingCountResponse { count: Some(pb_counts(counts)) }))
+    }
+
+    async fn check_eligibility(
+        &self,
+        req: Request<pb::CheckEligibilityRequest>,
+    ) -> Answer<pb::CheckEligibilityResponse> {
+        let account = account(&req)?;
+        let r = req.into_inner();
+        if common::MarketingTool::try_from(r.tool).unwrap_or_default() == common::MarketingTool::Unspecified {
+            return Err(GrpcStatus::invalid_argument("tool: MARKETING_EMAIL or ADS_AUDIENCE"));
+        }
+        if r.contact_ids.len() > MAX_CONTACTS_PER_CALL {
+            return Err(GrpcStatus::invalid_argument(format!(
+                "contact_ids: at most {MAX_CONTACTS_PER_CALL}"
+            )));
+        }
+        let rows = self.store.statuses(&account, &r.contact_ids).await.map_err(db)?;
+        let ok =
+            |id: &String| rows.iter().any(|row| &row.contact_id == id && row.state().may_receive_marketing());
+        let (eligible, ineligible) = r.contact_ids.into_iter().partition(ok);
+        Ok(Response::new(pb::CheckEligibilityResponse { eligible, ineligible }))
+    }
+
+    async fn get_user_permission(
+        &self,
+        req: Request<pb::GetUserPermissionRequest>,
+    ) -> Answer<pb::GetUserPermissionResponse> {
+        let account = account(&req)?;
+        let user = req.into_inner().user_id;
+        let may = self.store.may_set_marketing(&account, &user).await.map_err(db)?;
+        Ok(Response::new(pb::GetUserPermissionResponse {
+            permission: Some(pb::UserPermission { user_id: user, may_set_marketing: may }),
+        }))
+    }
+
+    async fn set_user_permission(
+        &self,
+        req: Request<pb::SetUserPermissionRequest>,
+    ) -> Answer<pb::SetUserPermissionResponse> {
+        let account = account(&req)?;
+        let p = req
+            .into_inner()
+            .permission
+            .ok_or_else(|| GrpcStatus::invalid_argument("permission: required"))?;
+        if p.user_id.is_empty() {
+            return Err(GrpcStatus::invalid_argument("permission.user_id: required"));
+        }
+        self.store.set_permission(&account, &p.user_id, p.may_set_marketing).await.map_err(db)?;
+        Ok(Response::new(pb::SetUserPermissionResponse { permission: Some(p) }))
+    }
+
+    // Served by later work; the policy does not open them, so callers get UNIMPLEMENTED first.
+    async fn list_status_changes(
+        &self,
+        _: Request<pb::ListStatusChangesRequest>,
+    ) -> Answer<pb::ListStatusChangesResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn list_source_defaults(
+        &self,
+        _: Request<pb::ListSourceDefaultsRequest>,
+    ) -> Answer<pb::ListSourceDefaultsResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn update_source_default(
+        &self,
+        _: Request<pb::UpdateSourceDefaultRequest>,
+    ) -> Answer<pb::UpdateSourceDefaultResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn list_user_permissions(
+        &self,
+        _: Request<pb::ListUserPermissionsRequest>,
+    ) -> Answer<pb::ListUserPermissionsResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn get_account_settings(
+        &self,
+        _: Request<pb::GetAccountSettingsRequest>,
+    ) -> Answer<pb::GetAccountSettingsResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn enable_marketing_contacts(
+        &self,
+        _: Request<pb::EnableMarketingContactsRequest>,
+    ) -> Answer<pb::EnableMarketingContactsResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn create_workflow(
+        &self,
+        _: Request<pb::CreateWorkflowRequest>,
+    ) -> Answer<pb::CreateWorkflowResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn get_workflow(&self, _: Request<pb::GetWorkflowRequest>) -> Answer<pb::GetWorkflowResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn list_workflows(
+        &self,
+        _: Request<pb::ListWorkflowsRequest>,
+    ) -> Answer<pb::ListWorkflowsResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn delete_workflow(
+        &self,
+        _: Request<pb::DeleteWorkflowRequest>,
+    ) -> Answer<pb::DeleteWorkflowResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn run_workflow(&self, _: Request<pb::RunWorkflowRequest>) -> Answer<pb::RunWorkflowResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+    async fn get_workflow_run(
+        &self,
+        _: Request<pb::GetWorkflowRunRequest>,
+    ) -> Answer<pb::GetWorkflowRunResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+}
+
+pub struct Internal {
+    pub store: Store,
+    pub clock: Clock,
+    pub relay: WorkerWaker,
+}
+
+#[tonic::async_trait]
+impl MarketingStatusInternalService for Internal {
+    async fn apply_contact_events(
+        &self,
+        req: Request<pb::ApplyContactEventsRequest>,
+    ) -> Answer<pb::ApplyContactEventsResponse> {
+        let principal = Principal::of(&req)?.clone();
+        let events = req.into_inner().events;
+        for e in &events {
+            if e.event_id.is_empty() || e.account_id.is_empty() || e.payload.is_none() {
+                return Err(GrpcStatus::invalid_argument(
+                    "events: event_id, account_id and payload are required",
+                ));
+            }
+            principal.check_account(&e.account_id)?;
+        }
+        let now = self.clock.now();
+        let mut acknowledged = Vec::with_capacity(events.len());
+        for e in events {
+            let account = e.account_id.as_str();
+            match e.payload.expect("checked above") {
+                Payload::Created(c) => {
+                    let source = c.source.unwrap_or_default();
+                    let source_type = SourceType::try_from(source.r#type).unwrap_or_default();
+                    let origin = creation_source(source_type).ok_or_else(|| {
+                        GrpcStatus::invalid_argument("events.created.source.type: required")
+                    })?;
+                    let mut asked = requested(c.requested_status);
+                    // A user without the permission gets the source's default instead.
+                    if asked == Some(Status::Marketing)
+                        && !c.user_id.is_empty()
+                        && !self.store.may_set_marketing(account, &c.user_id).await.map_err(db)?
+                    {
+                        asked = None;
+                    }
+                    let status = rules::initial_status(origin, asked, None);
+                    let initial =
+                        if status == Status::Marketing { State::MARKETING } else { State::NON_MARKETING };
+                    let actor = Actor {
+                        source_type: source_type_name(source_type),
+                        source_id: source.id,
+                        user_id: c.user_id,
+                        request_id: String::new(),
+                    };
+                    self.store
+                        .contact_created(&e.event_id, account, &c.contact_id, initial, &actor, now)
+                        .await
+                        .map_err(db)?;
+                }
+                Payload::Deleted(d) => {
+                    self.store.contact_deleted(&e.event_id, account, &d.contact_id, now).await.map_err(db)?;
+                }
+                Payload::Merged(_) => {
+                    return Err(GrpcStatus::unimplemented("merge events are not served yet"));
+                }
+            }
+            acknowledged.push(e.event_id);
+        }
+        self.relay.wake();
+        Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged }))
+    }
+
+    async fn apply_update_date(
+        &self,
+        req: Request<pb::ApplyUpdateDateRequest>,
+    ) -> Answer<pb::ApplyUpdateDateResponse> {
+        let principal = Principal::of(&req)?.clone();
+        let r = req.into_inner();
+        principal.check_account(&r.account_id)?;
+        let d = r.update_date.ok_or_else(|| GrpcStatus::invalid_argument("update_date: required"))?;
+        let date = u32::try_from(d.month)
+            .ok()
+            .zip(u32::try_from(d.day).ok())
+            .and_then(|(m, day)| chrono::NaiveDate::from_ymd_opt(d.year, m, day))
+            .ok_or_else(|| GrpcStatus::invalid_argument("update_date: not a calendar date"))?;
+        let effective_at = r
+            .effective_at
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
+            .ok_or_else(|| GrpcStatus::invalid_argument("effective_at: required"))?;
+        let applied = self
+            .store
+            .apply_update_date(&r.account_id, date, effective_at, self.clock.now())
+            .await
+            .map_err(db)?;
+        self.relay.wake();
+        let counts = self.store.counts(&r.account_id).await.map_err(db)?;
+        Ok(Response::new(pb::ApplyUpdateDateResponse {
+            applied: applied.unwrap_or(0),
+            already_applied: applied.is_none(),
+            count: Some(pb_counts(counts)),
+        }))
+    }
+
+    async fn set_account_plan(
+        &self,
+        _: Request<pb::SetAccountPlanRequest>,
+    ) -> Answer<pb::SetAccountPlanResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+
+    async fn export_contact_status_data(
+        &self,
+        _: Request<pb::ExportContactStatusDataRequest>,
+    ) -> Answer<pb::ExportContactStatusDataResponse> {
+        Err(GrpcStatus::unimplemented("not served yet"))
+    }
+}

@@ -1,0 +1,354 @@
+//! Marketing status storage, written once for SQLite and PostgreSQL. Every change updates the
+//! contact, the account's counters (with a new version), the audit trail and the outbox event
+//! for billing in one transaction.
+
+use crate::rules::{self, CountDelta, Outcome, State, Status};
+use chrono::{DateTime, NaiveDate, Utc};
+use contactier_proto::billing::v1 as bpb;
+use contactier_runtime::db::Db;
+use contactier_runtime::outbox::{EventTx, new_event_id};
+use contactier_runtime::with_pool;
+use prost::Message;
+
+/// Outbox topic of the count events for billing.
+pub const BILLING_TOPIC: &str = "billing";
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn status_str(s: Status) -> &'static str {
+    match s {
+        Status::Marketing => "marketing",
+        Status::NonMarketing => "non_marketing",
+    }
+}
+
+fn state(marketing: bool, pending: bool) -> State {
+    State {
+        status: if marketing { Status::Marketing } else { Status::NonMarketing },
+        until_next_update: pending,
+    }
+}
+
+/// A contact's stored status.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StatusRow {
+    pub contact_id: String,
+    pub marketing: bool,
+    pub pending: bool,
+    pub source_type: String,
+    pub source_id: String,
+    pub updated_at: i64,
+}
+
+impl StatusRow {
+    pub fn state(&self) -> State {
+        state(self.marketing, self.pending)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Counts {
+    pub marketing: i64,
+    pub pending: i64,
+    pub non_marketing: i64,
+    pub version: i64,
+    pub updated_at: i64,
+}
+
+/// Who asked for a change, and through what.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub source_type: String,
+    pub source_id: String,
+    pub user_id: String,
+    pub request_id: String,
+}
+
+/// Adds `d` to the account's counters, bumps the version and queues the new count for billing.
+macro_rules! apply_delta {
+    ($tx:expr, $account:expr, $d:expr, $now:expr) => {{
+        let d: CountDelta = $d;
+        let c: Counts = sqlx::query_as(
+            "INSERT INTO account_counts (account_id, marketing, pending, non_marketing, version, updated_at) \
+             VALUES ($1, $2, $3, $4, 1, $5) \
+             ON CONFLICT (account_id) DO UPDATE SET marketing = account_counts.marketing + excluded.marketing, \
+             pending = account_counts.pending + excluded.pending, \
+             non_marketing = account_counts.non_marketing + excluded.non_marketing, \
+             version = account_counts.version + 1, updated_at = excluded.updated_at \
+             RETURNING marketing, pending, non_marketing, version, updated_at",
+        )
+        .bind($account)
+        .bind(d.marketing)
+        .bind(d.pending)
+        .bind(d.non_marketing)
+        .bind(micros($now))
+        .fetch_one(&mut *$tx)
+        .await?;
+        let ev = bpb::CountChanged {
+            event_id: new_event_id(),
+            account_id: $account.to_owned(),
+            version: c.version,
+            marketing_count: c.marketing,
+            pending_non_marketing: c.pending,
+            non_marketing: c.non_marketing,
+            observed_at: Some(prost_types::Timestamp { seconds: $now.timestamp(), nanos: 0 }),
+        };
+        $tx.enqueue(&ev.event_id, BILLING_TOPIC, $account, &ev.encode_to_vec(), $now).await?;
+        c
+    }};
+}
+
+/// Writes one audit entry.
+macro_rules! audit {
+    ($tx:expr, $account:expr, $contact:expr, $from:expr, $to:expr, $actor:expr, $now:expr, $effective:expr) => {{
+        let (from, to): (State, State) = ($from, $to);
+        let actor: &Actor = $actor;
+        sqlx::query(
+            "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+             source_id, user_id, requested_at, effective_at, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind($account)
+        .bind(new_event_id())
+        .bind($contact)
+        .bind(status_str(from.status))
+        .bind(status_str(to.status))
+        .bind(to.until_next_update)
+        .bind(&actor.source_type)
+        .bind(&actor.source_id)
+        .bind(&actor.user_id)
+        .bind(micros($now))
+        .bind(micros($effective))
+        .bind(&actor.request_id)
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+const STATUS_COLUMNS: &str = "contact_id, marketing, pending, source_type, source_id, updated_at";
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub async fn counts(&self, account: &str) -> Result<Counts, sqlx::Error> {
+        let c: Option<Counts> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
+        ).bind(account).fetch_optional(pool).await?);
+        Ok(c.unwrap_or_default())
+    }
+
+    pub async fn statuses(&self, account: &str, ids: &[String]) -> Result<Vec<StatusRow>, sqlx::Error> {
+        let q =
+            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row: Option<StatusRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(id).fetch_optional(pool).await?);
+            out.extend(row);
+        }
+        Ok(out)
+    }
+
+    /// The answer first given to a request id, if any.
+    pub async fn saved_response(
+        &self,
+        account: &str,
+        request_id: &str,
+    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT response FROM status_requests WHERE account_id = $1 AND request_id = $2",
+        ).bind(account).bind(request_id).fetch_optional(pool).await?))
+    }
+
+    /// Keeps the answer to a request id; the first one wins.
+    pub async fn save_response(
+        &self,
+        account: &str,
+        request_id: &str,
+        response: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        ).bind(account).bind(request_id).bind(response).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn may_set_marketing(&self, account: &str, user: &str) -> Result<bool, sqlx::Error> {
+        let p: Option<bool> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT may_set_marketing FROM user_permissions WHERE account_id = $1 AND user_id = $2",
+        ).bind(account).bind(user).fetch_optional(pool).await?);
+        Ok(p.unwrap_or(true))
+    }
+
+    pub async fn set_permission(&self, account: &str, user: &str, may: bool) -> Result<(), sqlx::Error> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO user_permissions (account_id, user_id, may_set_marketing) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id, user_id) DO UPDATE SET may_set_marketing = excluded.may_set_marketing",
+        ).bind(account).bind(user).bind(may).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// A new contact in `initial` state, once per event id. False if the event was seen before.
+    pub async fn contact_created(
+        &self,
+        event_id: &str,
+        account: &str,
+        contact: &str,
+        initial: State,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if !tx.receive(event_id, now).await? {
+                return Ok(false);
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO contact_status (account_id, contact_id, marketing, pending, source_type, source_id, updated_at) \
+                 VALUES ($1, $2, $3, false, $4, $5, $6) ON CONFLICT (account_id, contact_id) DO NOTHING",
+            )
+            .bind(account).bind(contact).bind(initial.counts()).bind(&actor.source_type).bind(&actor.source_id).bind(micros(now))
+            .execute(&mut *tx).await?.rows_affected() == 1;
+            if inserted {
+                audit!(tx, account, contact, State::NON_MARKETING, initial, actor, now, now);
+                apply_delta!(tx, account, CountDelta::added(initial), now);
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// Removes a contact: its place in the count is free at once. False if seen before.
+    pub async fn contact_deleted(
+        &self,
+        event_id: &str,
+        account: &str,
+        contact: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            if !tx.receive(event_id, now).await? {
+                return Ok(false);
+            }
+            let q = format!("DELETE FROM contact_status WHERE account_id = $1 AND contact_id = $2 RETURNING {STATUS_COLUMNS}");
+            let gone: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(contact).fetch_optional(&mut *tx).await?;
+            if let Some(row) = gone {
+                apply_delta!(tx, account, CountDelta::removed(row.state()), now);
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// Applies a status request to each contact; answers each one's outcome (None: unknown).
+    pub async fn set_status(
+        &self,
+        account: &str,
+        contacts: &[String],
+        requested: Status,
+        actor: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<(String, Option<Outcome>)>, Counts), sqlx::Error> {
+        let q =
+            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
+        let result = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let mut total = CountDelta::default();
+            let mut outcomes = Vec::with_capacity(contacts.len());
+            for id in contacts {
+                let row: Option<StatusRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(&mut *tx).await?;
+                let Some(row) = row else {
+                    outcomes.push((id.clone(), None));
+                    continue;
+                };
+                let (from, (to, outcome)) = (row.state(), rules::request(row.state(), requested));
+                if outcome != Outcome::Unchanged {
+                    sqlx::query(
+                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
+                         WHERE account_id = $6 AND contact_id = $7",
+                    )
+                    .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
+                    .bind(micros(now)).bind(account).bind(id)
+                    .execute(&mut *tx).await?;
+                    audit!(tx, account, id, from, to, actor, now, now);
+                    let d = CountDelta::between(from, to);
+                    total = CountDelta {
+                        marketing: total.marketing + d.marketing,
+                        pending: total.pending + d.pending,
+                        non_marketing: total.non_marketing + d.non_marketing,
+                    };
+                }
+                outcomes.push((id.clone(), Some(outcome)));
+            }
+            let counts = if total.is_zero() {
+                let c: Option<Counts> = sqlx::query_as(
+                    "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
+                ).bind(account).fetch_optional(&mut *tx).await?;
+                c.unwrap_or_default()
+            } else {
+                apply_delta!(tx, account, total, now)
+            };
+            tx.commit().await?;
+            (outcomes, counts)
+        });
+        Ok(result)
+    }
+
+    /// Every pending contact of the account becomes non-marketing, in set-based statements,
+    /// once per (account, update date). Answers how many changed (None if applied before).
+    pub async fn apply_update_date(
+        &self,
+        account: &str,
+        date: NaiveDate,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let day = date.format("%Y-%m-%d").to_string();
+        let applied = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let first = sqlx::query(
+                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at) VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (account_id, update_date) DO NOTHING",
+            )
+            .bind(account).bind(&day).bind(micros(now))
+            .execute(&mut *tx).await?.rows_affected() == 1;
+            if !first {
+                return Ok(None);
+            }
+            sqlx::query(
+                "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                 source_id, user_id, requested_at, effective_at, request_id) \
+                 SELECT account_id, $2 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $3, '', $4, $5, '' \
+                 FROM contact_status WHERE account_id = $1 AND pending",
+            )
+            .bind(account).bind(format!("update:{day}:")).bind(&day).bind(micros(now)).bind(micros(effective_at))
+            .execute(&mut *tx).await?;
+            let n = sqlx::query(
+                "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $2, updated_at = $3 \
+                 WHERE account_id = $1 AND pending",
+            )
+            .bind(account).bind(&day).bind(micros(now))
+            .execute(&mut *tx).await?.rows_affected() as i64;
+            sqlx::query("UPDATE applied_update_dates SET applied = $3 WHERE account_id = $1 AND update_date = $2")
+                .bind(account).bind(&day).bind(n).execute(&mut *tx).await?;
+            if n > 0 {
+                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
+            }
+            tx.commit().await?;
+            Some(n)
+        });
+        Ok(applied)
+    }
+}

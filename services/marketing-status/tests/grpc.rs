@@ -1,0 +1,308 @@
+//! Marketing status over real gRPC, on SQLite and PostgreSQL: defaults for new contacts, the
+//! status rules, permissions, idempotent requests, the live count, eligibility, update dates and
+//! deletes, the seeds' worked example, bad input and tenant isolation.
+
+use chrono::{TimeZone, Utc};
+use contactier_proto::common::v1::{Date, MarketingStatus, MarketingTool, Source, SourceType};
+use contactier_proto::marketing_status::v1::{
+    self as pb, contact_event::Payload,
+    marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
+    marketing_status_service_client::MarketingStatusServiceClient, set_marketing_status_request::Target,
+};
+use contactier_runtime::db::Backend;
+use contactier_runtime::host::{Platform, ServiceEnv};
+use contactier_runtime::testing::{BACKENDS, TestDb, authed, channel, manual_platform, no_peers, serve};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ACCOUNT: &str = "acct-a";
+
+struct Svc {
+    channel: Channel,
+    platform: Platform,
+    _db: TestDb,
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        self.platform.shutdown.trigger();
+    }
+}
+
+async fn start(backend: Backend) -> Svc {
+    let t = TestDb::new(backend, "marketing-status").await;
+    t.db.migrate_service(contactier_marketing_status::SERVICE.migrations).await.unwrap();
+    let platform = manual_platform(Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap());
+    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers: no_peers() };
+    let addr = serve((contactier_marketing_status::SERVICE.build)(env).await.unwrap(), &platform).await;
+    Svc { channel: channel(addr), platform, _db: t }
+}
+
+fn created(
+    id: &str,
+    contact: &str,
+    source: SourceType,
+    asked: MarketingStatus,
+    user: &str,
+) -> pb::ContactEvent {
+    pb::ContactEvent {
+        event_id: id.into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Created(pb::ContactCreated {
+            contact_id: contact.into(),
+            source: Some(Source { r#type: source as i32, id: "src-1".into() }),
+            requested_status: asked as i32,
+            user_id: user.into(),
+        })),
+    }
+}
+
+impl Svc {
+    fn user(&self, account: &str, user: &str, scopes: &[&str]) -> String {
+        self.platform.authenticator.user_token(account, user, scopes, chrono::Duration::hours(1))
+    }
+
+    fn api(&self) -> MarketingStatusServiceClient<Channel> {
+        MarketingStatusServiceClient::new(self.channel.clone())
+    }
+
+    async fn events(&self, events: Vec<pb::ContactEvent>) -> Result<Vec<String>, tonic::Status> {
+        let token = self.platform.authenticator.service_token("contacts", chrono::Duration::hours(1));
+        let mut c = MarketingStatusInternalServiceClient::new(self.channel.clone());
+        Ok(c.apply_contact_events(authed(pb::ApplyContactEventsRequest { events }, &token))
+            .await?
+            .into_inner()
+            .acknowledged_event_ids)
+    }
+
+    async fn set(
+        &self,
+        user: &str,
+        request_id: &str,
+        ids: &[&str],
+        status: MarketingStatus,
+    ) -> Result<pb::SetMarketingStatusResponse, tonic::Status> {
+        let req = pb::SetMarketingStatusRequest {
+            request_id: request_id.into(),
+            target: Some(Target::Contacts(pb::ContactIds {
+                ids: ids.iter().map(|s| s.to_string()).collect(),
+            })),
+            status: status as i32,
+            source: None,
+        };
+        Ok(self
+            .api()
+            .set_marketing_status(authed(req, &self.user(ACCOUNT, user, &["write"])))
+            .await?
+            .into_inner())
+    }
+
+    async fn count(&self) -> pb::MarketingCount {
+        let token = self.user(ACCOUNT, "u", &["read"]);
+        let r = self.api().get_marketing_count(authed(pb::GetMarketingCountRequest {}, &token)).await;
+        r.unwrap().into_inner().count.unwrap()
+    }
+
+    async fn status(&self, contact: &str) -> pb::ContactStatus {
+        let req = pb::GetContactStatusRequest { contact_id: contact.into() };
+        self.api()
+            .get_contact_status(authed(req, &self.user(ACCOUNT, "u", &["read"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn update_date(&self, y: i32, m: i32, d: i32) -> pb::ApplyUpdateDateResponse {
+        let token = self.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+        let req = pb::ApplyUpdateDateRequest {
+            account_id: ACCOUNT.into(),
+            update_date: Some(Date { year: y, month: m, day: d }),
+            effective_at: Some(prost_types::Timestamp {
+                seconds: Utc.with_ymd_and_hms(y, m as u32, d as u32, 4, 0, 0).unwrap().timestamp(),
+                nanos: 0,
+            }),
+        };
+        let mut c = MarketingStatusInternalServiceClient::new(self.channel.clone());
+        c.apply_update_date(authed(req, &token)).await.unwrap().into_inner()
+    }
+}
+
+fn counts(c: &pb::MarketingCount) -> (i64, i64, i64) {
+    (c.marketing, c.pending_non_marketing, c.non_marketing)
+}
+
+#[tokio::test]
+async fn new_contacts_get_their_sources_defaults() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        let revoke = pb::SetUserPermissionRequest {
+            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+        };
+        s.api().set_user_permission(authed(revoke, &s.user(ACCOUNT, "admin", &["admin"]))).await.unwrap();
+        s.events(vec![
+            created("e1", "form-1", SourceType::Form, Unspecified, ""),
+            created("e2", "import-1", SourceType::Import, Unspecified, ""),
+            created("e3", "import-2", SourceType::Import, Marketing, "owner"),
+            created("e4", "manual-1", SourceType::User, Marketing, "intern"),
+            created("e5", "ext-1", SourceType::SalesExtension, Marketing, "owner"),
+            created("e6", "ads-1", SourceType::Ads, Unspecified, ""),
+        ])
+        .await
+        .unwrap();
+        let want = [
+            ("form-1", Marketing),
+            ("import-1", NonMarketing),
+            ("import-2", Marketing),
+            ("manual-1", NonMarketing),
+            ("ext-1", NonMarketing),
+            ("ads-1", Marketing),
+        ];
+        for (contact, status) in want {
+            assert_eq!(s.status(contact).await.status(), status, "{backend:?} {contact}");
+        }
+        let form = s.status("form-1").await.source.unwrap();
+        assert_eq!((form.r#type(), form.id.as_str()), (SourceType::Form, "src-1"));
+        let c = s.count().await;
+        assert_eq!(counts(&c), (3, 0, 3), "{backend:?}");
+        assert_eq!(c.version, 6, "one version per change");
+        // A redelivered event changes nothing.
+        assert_eq!(
+            s.events(vec![created("e1", "form-1", SourceType::Form, Unspecified, "")]).await.unwrap(),
+            ["e1"]
+        );
+        assert_eq!(s.count().await.version, 6, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_seeds_worked_example_and_every_status_rule() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        s.events(vec![
+            created("e1", "c1", SourceType::Import, Unspecified, ""),
+            created("e2", "c2", SourceType::Import, Unspecified, ""),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(counts(&s.count().await), (0, 0, 2));
+
+        // 30 April: set marketing, counted at once.
+        let r = s.set("owner", "", &["c1", "nope"], Marketing).await.unwrap();
+        assert_eq!((r.changed, r.not_found), (1, 1));
+        assert_eq!(counts(&r.count.unwrap()), (1, 0, 1), "{backend:?}");
+        // 1 May: the update date leaves it marketing for May.
+        assert_eq!(s.update_date(2026, 5, 1).await.applied, 0);
+        assert_eq!(s.status("c1").await.status(), Marketing);
+        // 15 May: set non-marketing; still counted and still eligible until 1 June.
+        let r = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
+        assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
+        let st = s.status("c1").await;
+        assert_eq!((st.status(), st.marketable_until_next_update), (Marketing, true), "{backend:?}");
+        assert_eq!(counts(&s.count().await), (1, 1, 1));
+        let elig = pb::CheckEligibilityRequest {
+            contact_ids: vec!["c1".into(), "c2".into()],
+            tool: MarketingTool::MarketingEmail as i32,
+        };
+        let e = s
+            .api()
+            .check_eligibility(authed(elig, &s.user(ACCOUNT, "u", &["read"])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((e.eligible, e.ineligible), (vec!["c1".to_owned()], vec!["c2".to_owned()]));
+        // A retry of the same request returns the first answer and changes nothing.
+        let version = s.count().await.version;
+        let again = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
+        assert_eq!(again.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
+        assert_eq!(s.count().await.version, version, "{backend:?}");
+        // 1 June: non-marketing takes effect; applying the date again does nothing.
+        let r = s.update_date(2026, 6, 1).await;
+        assert_eq!((r.applied, r.already_applied), (1, false), "{backend:?}");
+        assert_eq!(counts(&r.count.unwrap()), (0, 0, 2));
+        let again = s.update_date(2026, 6, 1).await;
+        assert_eq!((again.applied, again.already_applied), (0, true));
+        let st = s.status("c1").await;
+        assert_eq!((st.status(), st.marketable_until_next_update), (NonMarketing, false));
+        assert_eq!(st.source.unwrap().r#type(), SourceType::System);
+
+        // Marketing again clears a pending request; a delete frees the place at once.
+        s.set("owner", "", &["c2"], Marketing).await.unwrap();
+        s.set("owner", "", &["c2"], NonMarketing).await.unwrap();
+        let r = s.set("owner", "", &["c2"], Marketing).await.unwrap();
+        assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::Marketing);
+        assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}");
+        let del = pb::ContactEvent {
+            event_id: "d1".into(),
+            account_id: ACCOUNT.into(),
+            occurred_at: None,
+            payload: Some(Payload::Deleted(pb::ContactDeleted { contact_id: "c2".into(), erase: false })),
+        };
+        s.events(vec![del.clone()]).await.unwrap();
+        s.events(vec![del]).await.unwrap();
+        assert_eq!(counts(&s.count().await), (0, 0, 1), "{backend:?}: freed once");
+    }
+}
+
+#[tokio::test]
+async fn permissions_bad_input_and_other_accounts_change_nothing() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
+        let admin = s.user(ACCOUNT, "admin", &["admin"]);
+        let revoke = pb::SetUserPermissionRequest {
+            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+        };
+        s.api().set_user_permission(authed(revoke, &admin)).await.unwrap();
+        let before = s.count().await;
+
+        assert_eq!(s.set("intern", "", &["c1"], Marketing).await.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(
+            s.set("intern", "", &["c1"], NonMarketing).await.unwrap().unchanged,
+            1,
+            "non-marketing needs no permission"
+        );
+        assert_eq!(s.set("owner", "", &["c1"], Unspecified).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(s.set("owner", "", &[], Marketing).await.unwrap_err().code(), Code::InvalidArgument);
+        let too_many: Vec<String> = (0..10_001).map(|i| format!("c{i}")).collect();
+        let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+        let err = s.set("owner", "", &refs, Marketing).await.unwrap_err();
+        assert!(err.message().contains("at most 10000"), "{}", err.message());
+        let reader = s.user(ACCOUNT, "owner", &["read"]);
+        let req = pb::SetMarketingStatusRequest {
+            request_id: String::new(),
+            target: Some(Target::Contacts(pb::ContactIds { ids: vec!["c1".into()] })),
+            status: Marketing as i32,
+            source: None,
+        };
+        assert_eq!(
+            s.api().set_marketing_status(authed(req, &reader)).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+        let forged = pb::ApplyContactEventsRequest {
+            events: vec![created("x", "c9", SourceType::Form, Unspecified, "")],
+        };
+        assert_eq!(
+            internal.apply_contact_events(authed(forged, &admin)).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(s.count().await, before, "{backend:?}: nothing changed");
+
+        let other = s.user("acct-b", "owner", &["read"]);
+        let req = pb::GetContactStatusRequest { contact_id: "c1".into() };
+        assert_eq!(s.api().get_contact_status(authed(req, &other)).await.unwrap_err().code(), Code::NotFound);
+        let c = s
+            .api()
+            .get_marketing_count(authed(pb::GetMarketingCountRequest {}, &other))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(c.count.unwrap().version, 0, "{backend:?}: acct-b has nothing");
+    }
+}
