@@ -10,7 +10,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::{Currency, Money};
 use contactier_proto::common::v1 as common;
 use contactier_proto::notification::v1 as npb;
-use contactier_runtime::db::Db;
+use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::with_pool;
 use prost::Message;
@@ -214,7 +214,7 @@ impl Store {
         let c = e.counts;
         let account = e.account_id.as_str();
         let outcome = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if !tx.receive(&e.event_id, now).await? {
                 return Ok(CountOutcome::Seen);
             }
@@ -332,7 +332,7 @@ impl Store {
     ) -> Result<Option<InvoiceRow>> {
         let source_key = format!("upgrade:{}", day(upgrade_day));
         let issued = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let done: Option<String> = sqlx::query_scalar("SELECT id FROM invoices WHERE account_id = $1 AND source_key = $2")
                 .bind(account).bind(&source_key).fetch_optional(&mut *tx).await?;
             if done.is_some() {

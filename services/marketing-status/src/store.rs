@@ -5,7 +5,7 @@
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::billing::v1 as bpb;
-use contactier_runtime::db::Db;
+use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
@@ -208,7 +208,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if !tx.receive(event_id, now).await? {
                 return Ok(false);
             }
@@ -236,7 +236,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if !tx.receive(event_id, now).await? {
                 return Ok(false);
             }
@@ -263,7 +263,7 @@ impl Store {
         let q =
             format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
         let result = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut total = CountDelta::default();
             let mut outcomes = Vec::with_capacity(contacts.len());
             for id in contacts {
@@ -317,7 +317,7 @@ impl Store {
     ) -> Result<Option<i64>, sqlx::Error> {
         let day = date.format("%Y-%m-%d").to_string();
         let applied = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let first = sqlx::query(
                 "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at) VALUES ($1, $2, 0, $3) \
                  ON CONFLICT (account_id, update_date) DO NOTHING",

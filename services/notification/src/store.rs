@@ -4,7 +4,7 @@ use crate::alerts::{self, Draft, Kind, Usage};
 use crate::error::Result;
 use crate::thresholds::Threshold;
 use chrono::{DateTime, Utc};
-use contactier_runtime::db::Db;
+use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::with_pool;
 
@@ -136,7 +136,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<AlertRow>>> {
         let created = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             if !tx.receive(event_id, now).await? {
                 return Ok(None);
             }
@@ -323,7 +323,7 @@ impl Store {
             Outcome::DeadLetter => (DEAD_LETTERED, now),
         };
         with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let attempt: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1")
                 .bind(&delivery.id).fetch_one(&mut *tx).await?;
             sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error) VALUES ($1, $2, $3, $4, $5)")
