@@ -1,0 +1,147 @@
+//! Marketing status, billing and notification as separate servers: status changes become counts
+//! in billing (upgrade, next-day invoice, no downgrade) and alerts in notification, on the seeds'
+//! dates.
+
+use chrono::{TimeZone, Utc};
+use contactier_e2e::System;
+use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Money, Source, SourceType, Term};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, contact_event::Payload,
+    marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
+    marketing_status_service_client::MarketingStatusServiceClient, set_marketing_status_request::Target,
+};
+use contactier_proto::notification::v1 as npb;
+use contactier_runtime::testing::{BACKENDS, authed};
+
+const ACCOUNT: &str = "acct-a";
+
+fn event(id: String, payload: Payload) -> mpb::ContactEvent {
+    mpb::ContactEvent { event_id: id, account_id: ACCOUNT.into(), occurred_at: None, payload: Some(payload) }
+}
+
+async fn contact_events(s: &System, events: Vec<mpb::ContactEvent>) {
+    let mut c = MarketingStatusInternalServiceClient::new(s.channel("marketing-status"));
+    c.apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &s.service_token("contacts")))
+        .await
+        .unwrap();
+}
+
+async fn set(s: &System, ids: Vec<String>, status: MarketingStatus) {
+    let req = mpb::SetMarketingStatusRequest {
+        request_id: String::new(),
+        target: Some(Target::Contacts(mpb::ContactIds { ids })),
+        status: status as i32,
+        source: None,
+    };
+    let mut c = MarketingStatusServiceClient::new(s.channel("marketing-status"));
+    c.set_marketing_status(authed(req, &s.user_token(ACCOUNT, &["write"]))).await.unwrap();
+}
+
+async fn usage(s: &System) -> bpb::Usage {
+    let mut b = BillingServiceClient::new(s.channel("billing"));
+    b.get_usage(authed(bpb::GetUsageRequest {}, &s.user_token(ACCOUNT, &["read"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .usage
+        .unwrap()
+}
+
+#[tokio::test]
+async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates() {
+    use npb::AlertKind::*;
+    for backend in BACKENDS {
+        // 30 April 2026, 11:00 in New York; the account bought Starter monthly on 1 April.
+        let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap()).await;
+        let mut billing = BillingServiceClient::new(s.channel("billing"));
+        let sub = bpb::CreateSubscriptionRequest {
+            edition: Edition::Starter as i32,
+            term: Term::Monthly as i32,
+            start_date: Some(Date { year: 2026, month: 4, day: 1 }),
+            currency: "EUR".into(),
+            subsidiary: "NA".into(),
+            tier: 0,
+            marketing_contacts_enabled: true,
+        };
+        billing.create_subscription(authed(sub, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
+
+        // 1,001 imported contacts, non-marketing by default.
+        let ids: Vec<String> = (0..1_001).map(|i| format!("c{i}")).collect();
+        for chunk in ids.chunks(500) {
+            let events = chunk
+                .iter()
+                .map(|id| {
+                    event(
+                        format!("created-{id}"),
+                        Payload::Created(mpb::ContactCreated {
+                            contact_id: id.clone(),
+                            source: Some(Source { r#type: SourceType::Import as i32, id: "import-1".into() }),
+                            requested_status: 0,
+                            user_id: String::new(),
+                        }),
+                    )
+                })
+                .collect();
+            contact_events(&s, events).await;
+        }
+        // 30 April: all set marketing at once; the count exceeds the 1,000 tier.
+        set(&s, ids.clone(), MarketingStatus::Marketing).await;
+        s.advance_to(Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 1).unwrap()).await;
+        let u = usage(&s).await;
+        assert_eq!((u.marketing_count, u.tier, u.total_contacts), (1_001, 2_000, 1_001), "{backend:?}");
+
+        // 1 May, 00:00 New York: the upgrade of 30 April is invoiced for its one day of 30.
+        s.advance_to(Utc.with_ymd_and_hms(2026, 5, 1, 4, 0, 0).unwrap()).await;
+        let mut feed =
+            npb::notification_service_client::NotificationServiceClient::new(s.channel("notification"));
+        let req = npb::ListAlertsRequest { page_size: 100, page_token: String::new() };
+        let alerts = feed
+            .list_alerts(authed(req, &s.user_token(ACCOUNT, &["read"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
+        assert_eq!(
+            kinds,
+            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],
+            "{backend:?}"
+        );
+        assert_eq!(
+            alerts[0].amount,
+            Some(Money { amount_minor: 60, currency: "EUR".into() }),
+            "1,800 x 1/30"
+        );
+
+        // 15 May: one contact set non-marketing still counts until 1 June.
+        s.advance_to(Utc.with_ymd_and_hms(2026, 5, 15, 16, 0, 0).unwrap()).await;
+        set(&s, vec!["c0".into()], MarketingStatus::NonMarketing).await;
+        s.advance_to(Utc.with_ymd_and_hms(2026, 5, 15, 16, 0, 1).unwrap()).await;
+        assert_eq!(usage(&s).await.marketing_count, 1_001, "{backend:?}: pending still counts");
+
+        // 1 June: the update date takes it out; a delete frees another place. No downgrade.
+        let mut internal = MarketingStatusInternalServiceClient::new(s.channel("marketing-status"));
+        let apply = mpb::ApplyUpdateDateRequest {
+            account_id: ACCOUNT.into(),
+            update_date: Some(Date { year: 2026, month: 6, day: 1 }),
+            effective_at: Some(prost_types::Timestamp {
+                seconds: Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap().timestamp(),
+                nanos: 0,
+            }),
+        };
+        s.advance_to(Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap()).await;
+        internal.apply_update_date(authed(apply, &s.service_token("billing"))).await.unwrap();
+        contact_events(
+            &s,
+            vec![event(
+                "deleted-c1".into(),
+                Payload::Deleted(mpb::ContactDeleted { contact_id: "c1".into(), erase: false }),
+            )],
+        )
+        .await;
+        s.advance_to(Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 1).unwrap()).await;
+        let u = usage(&s).await;
+        assert_eq!((u.marketing_count, u.tier, u.total_contacts), (999, 2_000, 1_000), "{backend:?}");
+    }
+}
