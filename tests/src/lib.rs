@@ -3,9 +3,10 @@
 //! one manual clock so advancing it waits for every service's due work.
 
 use chrono::{DateTime, Utc};
+use contactier_proto::notification::v1 as npb;
 use contactier_runtime::db::Backend;
 use contactier_runtime::host::{PeerArgs, Platform, ServiceDef, ServiceEnv};
-use contactier_runtime::testing::{TestDb, channel, manual_platform};
+use contactier_runtime::testing::{TestDb, authed, channel, manual_platform};
 use std::net::SocketAddr;
 use tonic::transport::Channel;
 
@@ -72,6 +73,15 @@ impl System {
 
     pub fn service_token(&self, service: &str) -> String {
         self.platform.authenticator.service_token(service, chrono::Duration::hours(1))
+    }
+
+    /// The account's alerts in notification's feed, newest first.
+    pub async fn alerts(&self, account: &str) -> Vec<npb::Alert> {
+        let mut feed =
+            npb::notification_service_client::NotificationServiceClient::new(self.channel("notification"));
+        let req = npb::ListAlertsRequest { page_size: 500, page_token: String::new() };
+        let token = self.user_token(account, &["read"]);
+        feed.list_alerts(authed(req, &token)).await.expect("the feed answers").into_inner().alerts
     }
 
     /// Moves the clock and returns once every service has done the work due by then.

@@ -54,15 +54,7 @@ async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox() {
         count(&s, "c2", 2, 2_100).await;
         s.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
 
-        let mut feed =
-            npb::notification_service_client::NotificationServiceClient::new(s.channel("notification"));
-        let req = npb::ListAlertsRequest { page_size: 100, page_token: String::new() };
-        let alerts = feed
-            .list_alerts(authed(req, &s.user_token(ACCOUNT, &["read"])))
-            .await
-            .unwrap()
-            .into_inner()
-            .alerts;
+        let alerts = s.alerts(ACCOUNT).await;
         let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
         assert_eq!(
             kinds,

@@ -93,15 +93,7 @@ async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates() {
 
         // 1 May, 00:00 New York: the upgrade of 30 April is invoiced for its one day of 30.
         s.advance_to(Utc.with_ymd_and_hms(2026, 5, 1, 4, 0, 0).unwrap()).await;
-        let mut feed =
-            npb::notification_service_client::NotificationServiceClient::new(s.channel("notification"));
-        let req = npb::ListAlertsRequest { page_size: 100, page_token: String::new() };
-        let alerts = feed
-            .list_alerts(authed(req, &s.user_token(ACCOUNT, &["read"])))
-            .await
-            .unwrap()
-            .into_inner()
-            .alerts;
+        let alerts = s.alerts(ACCOUNT).await;
         let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
         assert_eq!(
             kinds,
