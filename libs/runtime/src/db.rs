@@ -56,6 +56,12 @@ impl BeginWrite for PgPool {
     }
 }
 
+/// The answer to a storage failure: details go to the log, callers get a retryable code.
+pub fn storage_unavailable(e: &sqlx::Error) -> tonic::Status {
+    tracing::error!(error = %e, "storage error");
+    tonic::Status::unavailable("storage unavailable, retry")
+}
+
 /// Which backend a [`Db`] is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

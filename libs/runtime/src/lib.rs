@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod convert;
 pub mod db;
 pub mod host;
 pub mod ops;

@@ -1,6 +1,7 @@
 //! The ops ClockService over the injected clock.
 
 use crate::clock::{Clock, ClockError};
+use crate::convert::timestamp;
 use chrono::{DateTime, Utc};
 use contactier_proto::ops::v1::{self as pb, clock_service_server::ClockService};
 use tonic::{Request, Response, Status};
@@ -17,10 +18,6 @@ impl ClockOps {
     pub fn server(clock: Clock) -> pb::clock_service_server::ClockServiceServer<Self> {
         pb::clock_service_server::ClockServiceServer::new(Self::new(clock))
     }
-}
-
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
 }
 
 pub fn from_timestamp(t: &prost_types::Timestamp, field: &str) -> Result<DateTime<Utc>, Status> {

@@ -4,6 +4,7 @@
 //! applied once by a receiver that records its id in the same transaction as its effect.
 
 use crate::clock::Worker;
+use crate::convert::micros;
 use crate::db::Db;
 use crate::with_pool;
 use chrono::{DateTime, Utc};
@@ -21,17 +22,13 @@ pub struct OutboxEvent {
     pub attempts: i32,
 }
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
 fn from_micros(m: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(m).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// A new event id: time-ordered, unique across services.
 pub fn new_event_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    crate::convert::new_id()
 }
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at) \

@@ -6,12 +6,13 @@ use crate::model::{self, Subscription};
 use crate::price_book::{Edition, PriceBook};
 use crate::proration;
 use crate::store::{self, InvoiceRow, Store, UpgradeRow, pb_date, pb_money};
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{Days, NaiveDate};
 use contactier_domain::Currency;
 use contactier_proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use contactier_proto::common::v1 as common;
 use contactier_runtime::Principal;
 use contactier_runtime::clock::Clock;
+use contactier_runtime::convert::{timestamp, timestamp_micros};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -27,17 +28,8 @@ fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
     Ok(Principal::of(req)?.account_id()?.to_owned())
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
-}
-
 pub fn parse_date(d: Option<&common::Date>, field: &'static str) -> Result<NaiveDate> {
-    let d = d.ok_or_else(|| Error::invalid(field, "required"))?;
-    u32::try_from(d.month)
-        .ok()
-        .zip(u32::try_from(d.day).ok())
-        .and_then(|(m, day)| NaiveDate::from_ymd_opt(d.year, m, day))
-        .ok_or_else(|| Error::invalid(field, "not a calendar date"))
+    contactier_runtime::convert::date(d).map_err(|r| Error::invalid(field, r))
 }
 
 fn edition(e: i32) -> Result<Edition> {
@@ -103,14 +95,14 @@ impl Api {
             current_term_start: Some(pb_date(term_start)),
             current_term_end: Some(pb_date(term_end)),
             price_per_term: Some(pb_money(self.price(s, s.tier)?)),
-            created_at: DateTime::from_timestamp_micros(s.created_at).map(timestamp),
+            created_at: timestamp_micros(s.created_at),
         })
     }
 
     fn pb_upgrade(u: UpgradeRow) -> pb::Upgrade {
         pb::Upgrade {
             effective_date: NaiveDate::parse_from_str(&u.effective_date, "%Y-%m-%d").ok().map(pb_date),
-            upgraded_at: DateTime::from_timestamp_micros(u.upgraded_at).map(timestamp),
+            upgraded_at: timestamp_micros(u.upgraded_at),
             id: u.id,
             from_tier: u.from_tier,
             to_tier: u.to_tier,
@@ -145,7 +137,7 @@ impl Api {
                 })
                 .collect(),
             total: Some(store::money(r.total_minor, &r.currency)),
-            issued_at: DateTime::from_timestamp_micros(r.issued_at).map(timestamp),
+            issued_at: timestamp_micros(r.issued_at),
             term_start: date(&r.term_start),
             term_end: date(&r.term_end),
             kind: kind as i32,

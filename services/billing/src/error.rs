@@ -31,10 +31,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            Error::Db(db) => {
-                tracing::error!(error = %db, "storage error");
-                Status::unavailable("storage unavailable, retry")
-            }
+            Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")

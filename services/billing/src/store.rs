@@ -10,6 +10,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::{Currency, Money};
 use contactier_proto::common::v1 as common;
 use contactier_proto::notification::v1 as npb;
+pub use contactier_runtime::convert::pb_date;
+use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::with_pool;
@@ -18,25 +20,12 @@ use prost::Message;
 /// Outbox topic of the events for the notification service.
 pub const NOTIFICATION_TOPIC: &str = "notification";
 
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 fn day(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
 fn parse_day(s: &str) -> Result<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| Error::Internal(format!("stored date {s:?}")))
-}
-
-pub fn pb_date(d: NaiveDate) -> common::Date {
-    use chrono::Datelike;
-    common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 }
 }
 
 #[derive(sqlx::FromRow)]
@@ -148,7 +137,7 @@ fn notification_event(
     payload: npb::billing_event::Payload,
 ) -> npb::BillingEvent {
     npb::BillingEvent {
-        event_id: contactier_runtime::outbox::new_event_id(),
+        event_id: new_id(),
         account_id: account.to_owned(),
         occurred_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
         payload: Some(payload),

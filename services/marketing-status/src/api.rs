@@ -11,6 +11,8 @@ use contactier_proto::marketing_status::v1::{
 };
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
+use contactier_runtime::convert::{date, timestamp_micros};
+use contactier_runtime::db::storage_unavailable;
 use prost::Message;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -27,13 +29,7 @@ pub struct Api {
 type Answer<T> = Result<Response<T>, GrpcStatus>;
 
 fn db(e: sqlx::Error) -> GrpcStatus {
-    tracing::error!(error = %e, "storage error");
-    GrpcStatus::unavailable("storage unavailable, retry")
-}
-
-fn ts(micros: i64) -> Option<prost_types::Timestamp> {
-    DateTime::from_timestamp_micros(micros)
-        .map(|t| prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 })
+    storage_unavailable(&e)
 }
 
 fn pb_counts(c: Counts) -> pb::MarketingCount {
@@ -42,7 +38,7 @@ fn pb_counts(c: Counts) -> pb::MarketingCount {
         pending_non_marketing: c.pending,
         non_marketing: c.non_marketing,
         version: c.version,
-        as_of: ts(c.updated_at),
+        as_of: timestamp_micros(c.updated_at),
     }
 }
 
@@ -59,7 +55,7 @@ fn pb_status(r: StatusRow) -> pb::ContactStatus {
         status: status as i32,
         marketable_until_next_update: r.pending,
         source: Some(common::Source { r#type: source_type as i32, id: r.source_id }),
-        updated_at: ts(r.updated_at),
+        updated_at: timestamp_micros(r.updated_at),
     }
 }
 
@@ -424,11 +420,7 @@ impl MarketingStatusInternalService for Internal {
         let r = req.into_inner();
         principal.check_account(&r.account_id)?;
         let d = r.update_date.ok_or_else(|| GrpcStatus::invalid_argument("update_date: required"))?;
-        let date = u32::try_from(d.month)
-            .ok()
-            .zip(u32::try_from(d.day).ok())
-            .and_then(|(m, day)| chrono::NaiveDate::from_ymd_opt(d.year, m, day))
-            .ok_or_else(|| GrpcStatus::invalid_argument("update_date: not a calendar date"))?;
+        let date = date(Some(&d)).map_err(|r| GrpcStatus::invalid_argument(format!("update_date: {r}")))?;
         let effective_at = r
             .effective_at
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))

@@ -5,6 +5,7 @@
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::billing::v1 as bpb;
+use contactier_runtime::convert::micros;
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
@@ -12,10 +13,6 @@ use prost::Message;
 
 /// Outbox topic of the count events for billing.
 pub const BILLING_TOPIC: &str = "billing";
-
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
 
 pub fn status_str(s: Status) -> &'static str {
     match s {

@@ -6,29 +6,15 @@ use crate::store::{AlertRow, AttemptRow, DeliveryRow, RecipientRow};
 use crate::thresholds::Threshold;
 use contactier_proto::common::v1 as common;
 use contactier_proto::notification::v1 as pb;
-
-pub fn timestamp(micros: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: micros.div_euclid(1_000_000),
-        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
-    })
-}
+use contactier_runtime::convert::{pb_date, timestamp_micros};
 
 pub fn date_string(d: Option<&common::Date>, field: &'static str) -> Result<String> {
-    let d = d.ok_or_else(|| Error::invalid(field, "required"))?;
-    let valid = u32::try_from(d.month)
-        .ok()
-        .zip(u32::try_from(d.day).ok())
-        .and_then(|(m, day)| chrono::NaiveDate::from_ymd_opt(d.year, m, day));
-    valid
-        .map(|v| v.format("%Y-%m-%d").to_string())
-        .ok_or_else(|| Error::invalid(field, "not a calendar date"))
+    let d = contactier_runtime::convert::date(d).map_err(|r| Error::invalid(field, r))?;
+    Ok(d.format("%Y-%m-%d").to_string())
 }
 
 fn date(s: &str) -> Option<common::Date> {
-    use chrono::Datelike;
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
-    Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(pb_date)
 }
 
 fn kind(s: &str) -> pb::AlertKind {
@@ -57,7 +43,7 @@ pub fn alert(r: AlertRow) -> pb::Alert {
         invoice_id: a.invoice_id,
         amount: (!a.currency.is_empty())
             .then_some(common::Money { amount_minor: a.amount_minor, currency: a.currency }),
-        created_at: timestamp(r.created_at),
+        created_at: timestamp_micros(r.created_at),
         message: a.message,
     }
 }
@@ -71,7 +57,7 @@ pub fn recipient(r: RecipientRow, with_secret: bool) -> pb::Recipient {
         })),
         _ => Some(pb::recipient::Target::Email(pb::EmailTarget { address: r.address })),
     };
-    pb::Recipient { id: r.id, target, created_at: timestamp(r.created_at) }
+    pb::Recipient { id: r.id, target, created_at: timestamp_micros(r.created_at) }
 }
 
 pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
@@ -83,7 +69,7 @@ pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
     };
     pb::Delivery {
         next_attempt_at: (state == pb::DeliveryState::Pending)
-            .then(|| timestamp(d.next_attempt_at))
+            .then(|| timestamp_micros(d.next_attempt_at))
             .flatten(),
         id: d.id,
         alert_id: d.alert_id,
@@ -91,7 +77,11 @@ pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
         state: state as i32,
         attempts: attempts
             .into_iter()
-            .map(|a| pb::DeliveryAttempt { at: timestamp(a.at), status_code: a.status_code, error: a.error })
+            .map(|a| pb::DeliveryAttempt {
+                at: timestamp_micros(a.at),
+                status_code: a.status_code,
+                error: a.error,
+            })
             .collect(),
     }
 }

@@ -26,11 +26,7 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
-            Error::Db(db) => {
-                // Details stay in the log; callers get a retryable code.
-                tracing::error!(error = %db, "storage error");
-                Status::unavailable("storage unavailable, retry")
-            }
+            Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),
         }
     }
 }

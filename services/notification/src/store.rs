@@ -4,17 +4,10 @@ use crate::alerts::{self, Draft, Kind, Usage};
 use crate::error::Result;
 use crate::thresholds::Threshold;
 use chrono::{DateTime, Utc};
+use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::with_pool;
-
-fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
 
 /// A validated billing event.
 #[derive(Clone, Debug, PartialEq, Eq)]
