@@ -27,6 +27,7 @@ async fn count(s: &System, id: &str, version: i64, marketing: i64) {
         pending_non_marketing: 0,
         non_marketing: 0,
         observed_at: None,
+        marketing_contacts_enabled: true,
     };
     let mut client = BillingInternalServiceClient::new(s.channel("billing"));
     let req = authed(pb::ApplyCountEventsRequest { events: vec![ev] }, &s.service_token("marketing-status"));

@@ -5,7 +5,7 @@
 use chrono::{TimeZone, Utc};
 use contactier_e2e::System;
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
-use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Money, Source, SourceType, Term};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
 use contactier_proto::marketing_status::v1::{
     self as mpb, contact_event::Payload,
     marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
@@ -91,19 +91,24 @@ async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates() {
         let u = usage(&s).await;
         assert_eq!((u.marketing_count, u.tier, u.total_contacts), (1_001, 2_000, 1_001), "{backend:?}");
 
-        // 1 May, 00:00 New York: the upgrade of 30 April is invoiced for its one day of 30.
+        // 1 May, 00:00 New York: the upgrade of 30 April is invoiced for its one day of 30, and
+        // the monthly term renews at the new tier.
         s.advance_to(Utc.with_ymd_and_hms(2026, 5, 1, 4, 0, 0).unwrap()).await;
         let alerts = s.alerts(ACCOUNT).await;
         let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
         assert_eq!(
             kinds,
-            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],
+            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued, InvoiceIssued],
             "{backend:?}"
         );
+        let mut amounts: Vec<_> =
+            alerts[..2].iter().map(|a| a.amount.clone().unwrap().amount_minor).collect();
+        amounts.sort();
+        assert_eq!(amounts, [60, 3_600], "{backend:?}: 1,800 x 1/30, and a month at 2,000");
         assert_eq!(
-            alerts[0].amount,
-            Some(Money { amount_minor: 60, currency: "EUR".into() }),
-            "1,800 x 1/30"
+            usage(&s).await.period_count,
+            1_001,
+            "{backend:?}: May counts everyone marketing on 1 May"
         );
 
         // 15 May: one contact set non-marketing still counts until 1 June.
@@ -112,18 +117,10 @@ async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates() {
         s.advance_to(Utc.with_ymd_and_hms(2026, 5, 15, 16, 0, 1).unwrap()).await;
         assert_eq!(usage(&s).await.marketing_count, 1_001, "{backend:?}: pending still counts");
 
-        // 1 June: the update date takes it out; a delete frees another place. No downgrade.
-        let mut internal = MarketingStatusInternalServiceClient::new(s.channel("marketing-status"));
-        let apply = mpb::ApplyUpdateDateRequest {
-            account_id: ACCOUNT.into(),
-            update_date: Some(Date { year: 2026, month: 6, day: 1 }),
-            effective_at: Some(prost_types::Timestamp {
-                seconds: Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap().timestamp(),
-                nanos: 0,
-            }),
-        };
+        // 1 June: billing has marketing-status apply the update date, which takes c0 out; a
+        // delete frees another place. No downgrade.
         s.advance_to(Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap()).await;
-        internal.apply_update_date(authed(apply, &s.service_token("billing"))).await.unwrap();
+        assert_eq!(usage(&s).await.period_count, 1_000, "{backend:?}: June counts 1,000");
         contact_events(
             &s,
             vec![event(

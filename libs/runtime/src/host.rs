@@ -135,6 +135,7 @@ impl PeerChannel {
 }
 
 /// Everything a service needs to build its gRPC routes and background workers.
+#[derive(Clone)]
 pub struct ServiceEnv {
     pub platform: Platform,
     pub db: Db,

@@ -11,7 +11,7 @@ use contactier_domain::Currency;
 use contactier_proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use contactier_proto::common::v1 as common;
 use contactier_runtime::Principal;
-use contactier_runtime::clock::Clock;
+use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{timestamp, timestamp_micros};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -20,6 +20,8 @@ pub struct Api {
     pub store: Store,
     pub clock: Clock,
     pub book: Arc<PriceBook>,
+    /// Workers with work once a subscription is made.
+    pub on_subscribe: Vec<WorkerWaker>,
 }
 
 type Answer<T> = std::result::Result<Response<T>, Status>;
@@ -41,7 +43,7 @@ fn edition(e: i32) -> Result<Edition> {
     }
 }
 
-fn pb_edition(e: Edition) -> common::Edition {
+pub(crate) fn pb_edition(e: Edition) -> common::Edition {
     match e {
         Edition::Starter => common::Edition::Starter,
         Edition::Professional => common::Edition::Professional,
@@ -96,6 +98,8 @@ impl Api {
             current_term_end: Some(pb_date(term_end)),
             price_per_term: Some(pb_money(self.price(s, s.tier)?)),
             created_at: timestamp_micros(s.created_at),
+            marketing_contacts_enabled: s.marketing_contacts_enabled,
+            next_update_date: s.next_update_date.map(pb_date),
         })
     }
 
@@ -178,7 +182,8 @@ impl BillingService for Api {
             t if tiers.shape.is_tier(t) => t,
             t => return Err(Error::invalid("tier", format!("{t} is not a {} tier", edition.as_str())).into()),
         };
-        let sub = Subscription {
+        let now = self.clock.now();
+        let mut sub = Subscription {
             account_id: account,
             edition,
             term,
@@ -188,9 +193,13 @@ impl BillingService for Api {
             tier,
             renewal_tier: 0,
             marketing_contacts_enabled: r.marketing_contacts_enabled,
-            created_at: self.clock.now().timestamp_micros(),
+            created_at: now.timestamp_micros(),
+            next_update_date: None,
         };
-        self.store.create_subscription(&sub).await?;
+        let first = sub.first_update_date(&self.book, now);
+        sub.next_update_date = Some(first);
+        self.store.create_subscription(&sub, (first, sub.processing_at(&self.book, first)), now).await?;
+        self.on_subscribe.iter().for_each(WorkerWaker::wake);
         Ok(Response::new(pb::CreateSubscriptionResponse { subscription: Some(self.pb_subscription(&sub)?) }))
     }
 
@@ -273,8 +282,8 @@ impl BillingService for Api {
             total_contacts: counts.marketing + counts.non_marketing,
             next_update_date: Some(pb_date(calendar::next_update_date(sub.start_date, sub.term, today))),
             renewal_date: Some(pb_date(calendar::next_renewal(sub.start_date, sub.term, today))),
-            // Recorded when update dates are processed.
-            period_count: 0,
+            // Known once the period's update date has been processed; 0 in the first period.
+            period_count: self.store.update_periods(&account, 1).await?.first().map_or(0, |p| p.period_count),
             count_version: counts.version,
         };
         Ok(Response::new(pb::GetUsageResponse { usage: Some(usage) }))

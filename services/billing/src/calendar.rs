@@ -59,14 +59,18 @@ pub fn next_renewal(start: NaiveDate, term: Term, date: NaiveDate) -> NaiveDate 
     term_containing(start, term, date).1
 }
 
+/// Whether `date` starts a new term (the start date itself opens the first one, it renews nothing).
+pub fn is_renewal_date(start: NaiveDate, term: Term, date: NaiveDate) -> bool {
+    date > start && term_containing(start, term, date).0 == date
+}
+
 /// Whether `date` is an update date of the subscription (the start date itself is not: it
 /// opens the first period).
 pub fn is_update_date(start: NaiveDate, term: Term, date: NaiveDate) -> bool {
     if date <= start {
         return false;
     }
-    let renewal = term_containing(start, term, date).0 == date;
-    renewal || (term == Term::Annual && date.day() == 1)
+    is_renewal_date(start, term, date) || (term == Term::Annual && date.day() == 1)
 }
 
 /// The first update date strictly after `date`.
@@ -210,6 +214,22 @@ mod tests {
         assert_eq!(got, [d("2027-04-01"), d("2027-05-01")]);
         assert!(is_update_date(s, Term::Annual, d("2027-05-01")));
         assert!(!is_update_date(s, Term::Annual, s), "the start opens the first period");
+    }
+
+    #[test]
+    fn renewals_are_the_update_dates_that_start_a_term() {
+        let s = d("2026-04-15");
+        let renewals: Vec<_> = update_dates_between(s, Term::Annual, s, d("2027-05-31"))
+            .into_iter()
+            .filter(|u| is_renewal_date(s, Term::Annual, *u))
+            .collect();
+        assert_eq!(renewals, [d("2027-04-15")]);
+        assert!(!is_renewal_date(s, Term::Annual, s), "the start renews nothing");
+        assert!(!is_renewal_date(s, Term::Annual, d("2026-04-14")));
+        let s = d("2026-01-31");
+        let monthly = update_dates_between(s, Term::Monthly, s, d("2026-04-30"));
+        assert!(monthly.iter().all(|u| is_renewal_date(s, Term::Monthly, *u)), "{monthly:?}");
+        assert!(!is_renewal_date(s, Term::Monthly, d("2026-03-30")));
     }
 
     #[test]

@@ -46,6 +46,7 @@ fn validate(e: pb::CountChanged) -> Result<CountEvent, Status> {
     Ok(CountEvent {
         event_id: e.event_id,
         account_id: e.account_id,
+        marketing_contacts_enabled: e.marketing_contacts_enabled,
         counts: Counts {
             version: e.version,
             marketing: e.marketing_count,

@@ -8,6 +8,7 @@ mod invoicer;
 pub mod model;
 pub mod price_book;
 pub mod proration;
+mod scheduler;
 mod store;
 pub mod tiers;
 
@@ -15,6 +16,7 @@ use contactier_proto::billing::v1::{
     billing_internal_service_server::BillingInternalServiceServer,
     billing_service_server::BillingServiceServer,
 };
+use contactier_proto::marketing_status::v1 as mpb;
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::auth::{Access, Policy};
 use contactier_runtime::db::Migrations;
@@ -108,11 +110,69 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let outbox = Outbox::new(env.db.clone(), store::NOTIFICATION_TOPIC);
     tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), shutdown.clone()));
 
+    // Account plans to marketing-status, which gates workflows by edition.
+    let plan_worker = clock.register_worker("billing-plans");
+    let ms = env.platform.peer(NAME, &env.peers.marketing_status_url)?;
+    let plans_peer = ms.clone();
+    let deliver_plans: Deliver = Box::new(move |events| {
+        let peer = plans_peer.clone();
+        Box::pin(async move {
+            let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
+                peer.channel.clone(),
+                peer.interceptor(),
+            );
+            let mut acknowledged = Vec::new();
+            for e in events {
+                let plan = mpb::SetAccountPlanRequest::decode(e.payload.as_slice())?;
+                client.set_account_plan(plan).await?;
+                acknowledged.push(e.event_id);
+            }
+            Ok(acknowledged)
+        })
+    });
+    let plans = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
+    let plans_waker = plan_worker.waker();
+    tokio::spawn(plans.run(plan_worker, deliver_plans, Backoff::default(), shutdown.clone()));
+
     let invoice_worker = clock.register_worker("billing-invoices");
     let invoicer = invoice_worker.waker();
-    tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown));
+    tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown.clone()));
 
-    let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone() };
+    let apply: scheduler::ApplyUpdate = Arc::new(move |account, date, effective_at| {
+        let peer = ms.clone();
+        Box::pin(async move {
+            let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
+                peer.channel.clone(),
+                peer.interceptor(),
+            );
+            let req = mpb::ApplyUpdateDateRequest {
+                account_id: account,
+                update_date: Some(store::pb_date(date)),
+                effective_at: Some(contactier_runtime::convert::timestamp(effective_at)),
+            };
+            let r = client.apply_update_date(req).await?.into_inner();
+            let c = r.count.unwrap_or_default();
+            Ok(store::Applied {
+                contacts: r.applied,
+                marketing: c.marketing,
+                non_marketing: c.non_marketing,
+                version: c.version,
+            })
+        })
+    });
+    let update_worker = clock.register_worker("billing-update-dates");
+    let scheduler_waker = update_worker.waker();
+    let sched = scheduler::Scheduler {
+        store: store.clone(),
+        book: book.clone(),
+        apply,
+        owner: contactier_runtime::convert::new_id(),
+        relay: relay.clone(),
+    };
+    tokio::spawn(scheduler::run(sched, update_worker, shutdown));
+    // A new subscription has a first update date to schedule and a plan to send.
+    let on_subscribe = vec![scheduler_waker, plans_waker];
+    let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone(), on_subscribe };
     let internal = internal::Internal { store, clock, book, relay, invoicer };
     let routes =
         Routes::new(BillingServiceServer::new(api)).add_service(BillingInternalServiceServer::new(internal));

@@ -17,6 +17,8 @@ pub struct Subscription {
     pub renewal_tier: i64,
     pub marketing_contacts_enabled: bool,
     pub created_at: i64,
+    /// The next update date still to be processed.
+    pub next_update_date: Option<NaiveDate>,
 }
 
 impl Subscription {
@@ -30,6 +32,12 @@ impl Subscription {
     pub fn today(&self, book: &PriceBook, now: DateTime<Utc>) -> NaiveDate {
         let s = self.subsidiary(book);
         calendar::business_date(now, s.time_zone, s.processing_time)
+    }
+
+    /// The first update date still to process for a subscription made at `now`: update dates
+    /// before it are past (a subscription recorded late does not replay them).
+    pub fn first_update_date(&self, book: &PriceBook, now: DateTime<Utc>) -> NaiveDate {
+        calendar::next_update_date(self.start_date, self.term, self.today(book, now).max(self.start_date))
     }
 
     /// When `date` is processed.

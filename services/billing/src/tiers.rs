@@ -66,6 +66,18 @@ impl TierShape {
     pub fn price(&self, tier: i64, base: Money, per_step: Money) -> Result<Money, TierError> {
         Ok(base.checked_add(per_step.checked_mul(self.steps(tier)?)?)?)
     }
+
+    /// The tier of the term a renewal starts. Without a request (`requested` 0) the tier stays:
+    /// there is no automatic downgrade. A requested lower tier applies if it holds `count`,
+    /// otherwise the smallest tier that does; never above the current tier (counts above it
+    /// upgrade through the usual path).
+    pub fn renewal_tier(&self, current: i64, requested: i64, count: i64) -> i64 {
+        if requested <= 0 || requested >= current {
+            return current;
+        }
+        let holding = self.smallest_holding(count).unwrap_or(self.max_tier);
+        requested.max(holding).min(current)
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +123,24 @@ mod tests {
         assert_eq!(professional().price(2_000, base, step).unwrap().minor, 80_000);
         assert_eq!(professional().price(12_000, base, step).unwrap().minor, 130_000);
         assert_eq!(professional().price(3_000, base, step), Err(TierError::NotATier(3_000)));
+    }
+
+    #[test]
+    fn renewal_applies_a_requested_lower_tier_only_if_it_holds_the_count() {
+        let p = professional();
+        let table = [
+            // (current, requested, count, renewal tier)
+            (17_000, 0, 100, 17_000),        // no request: no downgrade
+            (17_000, 7_000, 6_900, 7_000),   // holds
+            (17_000, 7_000, 7_000, 7_000),   // exactly full still holds
+            (17_000, 7_000, 7_001, 12_000),  // the smallest that holds
+            (17_000, 2_000, 16_500, 17_000), // nothing lower holds
+            (17_000, 2_000, 90_000, 17_000), // above the current tier: upgrades handle it
+            (17_000, 17_000, 10, 17_000),    // not lower: nothing to do
+        ];
+        for (current, requested, count, want) in table {
+            assert_eq!(p.renewal_tier(current, requested, count), want, "{current} {requested} {count}");
+        }
     }
 
     #[test]

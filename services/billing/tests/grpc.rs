@@ -1,144 +1,15 @@
 //! The billing service over real gRPC, on SQLite and PostgreSQL: subscriptions, automatic
-//! upgrades, the next-day prorated invoice, usage and the calendar. A real notification service
-//! runs beside it as its outbox's receiver, as in a deployment.
+//! upgrades, the next-day prorated invoice, usage and the calendar.
 
-use chrono::{DateTime, TimeZone, Utc};
+mod common;
+
+use chrono::{TimeZone, Utc};
+use common::*;
 use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
-    billing_service_client::BillingServiceClient,
 };
-use contactier_proto::common::v1::{Date, Edition, Money, Term};
-use contactier_runtime::db::Backend;
-use contactier_runtime::host::{Platform, ServiceEnv};
-use contactier_runtime::testing::{BACKENDS, TestDb, authed, channel, manual_platform, no_peers, serve};
+use contactier_runtime::testing::{BACKENDS, authed};
 use tonic::Code;
-use tonic::transport::Channel;
-
-const ACCOUNT: &str = "acct-a";
-
-/// Billing with its peer, a real notification service, on one manual clock.
-struct Billing {
-    channel: Channel,
-    platform: Platform,
-    _dbs: [TestDb; 2],
-}
-
-impl Drop for Billing {
-    fn drop(&mut self) {
-        self.platform.shutdown.trigger();
-    }
-}
-
-/// 20 April 2026, 12:00 in New York.
-fn noon_20_april() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 4, 20, 16, 0, 0).unwrap()
-}
-
-async fn start(backend: Backend) -> Billing {
-    let platform = manual_platform(noon_20_april());
-    let ndb = TestDb::new(backend, "notification").await;
-    ndb.db.migrate_service(contactier_notification::SERVICE.migrations).await.unwrap();
-    let args = contactier_notification::DeliveryArgs {
-        smtp_url: None,
-        smtp_from: "Contactier <alerts@contactier.invalid>".into(),
-        max_attempts: 3,
-        backoff_ms: 100,
-        webhook_timeout_ms: 1_000,
-    };
-    let env = ServiceEnv { platform: platform.clone(), db: ndb.db.clone(), peers: no_peers() };
-    let notification = serve(contactier_notification::build_with(env, args).await.unwrap(), &platform).await;
-
-    let bdb = TestDb::new(backend, "billing").await;
-    bdb.db.migrate_service(contactier_billing::SERVICE.migrations).await.unwrap();
-    let book =
-        contactier_billing::price_book::PriceBook::parse(contactier_billing::price_book::DEFAULT).unwrap();
-    let mut peers = no_peers();
-    peers.notification_url = format!("http://{notification}");
-    let env = ServiceEnv { platform: platform.clone(), db: bdb.db.clone(), peers };
-    let addr = serve(contactier_billing::build_with(env, book).await.unwrap(), &platform).await;
-    Billing { channel: channel(addr), platform, _dbs: [bdb, ndb] }
-}
-
-fn date(y: i32, m: i32, d: i32) -> Option<Date> {
-    Some(Date { year: y, month: m, day: d })
-}
-
-impl Billing {
-    fn token(&self, account: &str, scopes: &[&str]) -> String {
-        self.platform.authenticator.user_token(account, "user-1", scopes, chrono::Duration::hours(1))
-    }
-
-    fn api(&self) -> BillingServiceClient<Channel> {
-        BillingServiceClient::new(self.channel.clone())
-    }
-
-    async fn subscribe(&self, req: pb::CreateSubscriptionRequest) -> Result<pb::Subscription, tonic::Status> {
-        let r = self.api().create_subscription(authed(req, &self.token(ACCOUNT, &["admin"]))).await?;
-        Ok(r.into_inner().subscription.unwrap())
-    }
-
-    async fn count(
-        &self,
-        id: &str,
-        version: i64,
-        marketing: i64,
-        non_marketing: i64,
-    ) -> Result<Vec<String>, tonic::Status> {
-        let token = self.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
-        let ev = pb::CountChanged {
-            event_id: id.into(),
-            account_id: ACCOUNT.into(),
-            version,
-            marketing_count: marketing,
-            pending_non_marketing: 0,
-            non_marketing,
-            observed_at: None,
-        };
-        let mut client = BillingInternalServiceClient::new(self.channel.clone());
-        let r = client
-            .apply_count_events(authed(pb::ApplyCountEventsRequest { events: vec![ev] }, &token))
-            .await?;
-        Ok(r.into_inner().acknowledged_event_ids)
-    }
-
-    async fn subscription(&self) -> pb::Subscription {
-        let r = self
-            .api()
-            .get_subscription(authed(pb::GetSubscriptionRequest {}, &self.token(ACCOUNT, &["read"])))
-            .await;
-        r.unwrap().into_inner().subscription.unwrap()
-    }
-
-    async fn invoices(&self) -> Vec<pb::Invoice> {
-        let req = pb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
-        self.api()
-            .list_invoices(authed(req, &self.token(ACCOUNT, &["read"])))
-            .await
-            .unwrap()
-            .into_inner()
-            .invoices
-    }
-
-    async fn advance_to(&self, t: DateTime<Utc>) {
-        self.platform.clock.advance_to(t).await.unwrap();
-    }
-}
-
-fn professional_monthly() -> pb::CreateSubscriptionRequest {
-    pb::CreateSubscriptionRequest {
-        edition: Edition::Professional as i32,
-        term: Term::Monthly as i32,
-        start_date: date(2026, 4, 15),
-        currency: "EUR".into(),
-        subsidiary: "NA".into(),
-        tier: 0,
-        marketing_contacts_enabled: true,
-    }
-}
-
-fn eur(minor: i64) -> Option<Money> {
-    Some(Money { amount_minor: minor, currency: "EUR".into() })
-}
 
 #[tokio::test]
 async fn subscriptions_are_checked_and_know_their_calendar() {
@@ -376,7 +247,13 @@ async fn accounts_without_marketing_contacts_are_billed_for_every_contact() {
         })
         .await
         .unwrap();
-        b.count("c1", 1, 1_000, 1_500).await.unwrap();
+        b.count_with("c1", 1, 1_000, 1_500, false).await.unwrap();
         assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: 2,500 contacts billed");
+        // Enabled in marketing-status: from then on only marketing contacts are billed.
+        b.count_with("c2", 2, 1_000, 1_500, true).await.unwrap();
+        assert!(b.subscription().await.marketing_contacts_enabled, "{backend:?}");
+        let read = b.token(ACCOUNT, &["read"]);
+        let usage = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+        assert_eq!(usage.usage.unwrap().marketing_count, 1_000, "{backend:?}");
     }
 }

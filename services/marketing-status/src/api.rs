@@ -1,7 +1,7 @@
 //! MarketingStatusService (the part served so far) and MarketingStatusInternalService.
 
 use crate::rules::{self, CreationSource, Outcome, State, Status};
-use crate::store::{Actor, Counts, StatusRow, Store};
+use crate::store::{Actor, Counts, Settings, StatusRow, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
 use contactier_proto::marketing_status::v1::{
@@ -40,6 +40,25 @@ fn pb_counts(c: Counts) -> pb::MarketingCount {
         version: c.version,
         as_of: timestamp_micros(c.updated_at),
     }
+}
+
+fn edition_name(e: common::Edition) -> &'static str {
+    match e {
+        common::Edition::Starter => "starter",
+        common::Edition::Professional => "professional",
+        common::Edition::Enterprise => "enterprise",
+        common::Edition::Unspecified => "",
+    }
+}
+
+fn pb_settings(s: &Settings) -> pb::AccountSettings {
+    let edition = match s.edition.as_str() {
+        "starter" => common::Edition::Starter,
+        "professional" => common::Edition::Professional,
+        "enterprise" => common::Edition::Enterprise,
+        _ => common::Edition::Unspecified,
+    };
+    pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
 }
 
 fn source_type_name(t: SourceType) -> String {
@@ -158,6 +177,11 @@ impl MarketingStatusService for Api {
             let first = pb::SetMarketingStatusResponse::decode(saved.as_slice())
                 .map_err(|_| GrpcStatus::internal("stored answer unreadable"))?;
             return Ok(Response::new(first));
+        }
+        if !self.store.settings(&account).await.map_err(db)?.marketing_contacts_enabled {
+            return Err(GrpcStatus::failed_precondition(
+                "the account does not have the marketing contacts feature: every contact is billed; enable it first",
+            ));
         }
         let user = principal.user_id().unwrap_or_default().to_owned();
         if wanted == Status::Marketing
@@ -302,15 +326,20 @@ impl MarketingStatusService for Api {
     }
     async fn get_account_settings(
         &self,
-        _: Request<pb::GetAccountSettingsRequest>,
+        req: Request<pb::GetAccountSettingsRequest>,
     ) -> Answer<pb::GetAccountSettingsResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let s = self.store.settings(&account).await.map_err(db)?;
+        Ok(Response::new(pb::GetAccountSettingsResponse { settings: Some(pb_settings(&s)) }))
     }
     async fn enable_marketing_contacts(
         &self,
-        _: Request<pb::EnableMarketingContactsRequest>,
+        req: Request<pb::EnableMarketingContactsRequest>,
     ) -> Answer<pb::EnableMarketingContactsResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let s = self.store.set_settings(&account, None, true, self.clock.now()).await.map_err(db)?;
+        self.relay.wake();
+        Ok(Response::new(pb::EnableMarketingContactsResponse { settings: Some(pb_settings(&s)) }))
     }
     async fn create_workflow(
         &self,
@@ -441,9 +470,26 @@ impl MarketingStatusInternalService for Internal {
 
     async fn set_account_plan(
         &self,
-        _: Request<pb::SetAccountPlanRequest>,
+        req: Request<pb::SetAccountPlanRequest>,
     ) -> Answer<pb::SetAccountPlanResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        let principal = Principal::of(&req)?.clone();
+        let r = req.into_inner();
+        if r.account_id.is_empty() {
+            return Err(GrpcStatus::invalid_argument("account_id: required"));
+        }
+        principal.check_account(&r.account_id)?;
+        let edition = match common::Edition::try_from(r.edition) {
+            Ok(common::Edition::Unspecified) | Err(_) => {
+                return Err(GrpcStatus::invalid_argument("edition: STARTER, PROFESSIONAL or ENTERPRISE"));
+            }
+            Ok(e) => edition_name(e),
+        };
+        self.store
+            .set_settings(&r.account_id, Some(edition), r.marketing_contacts_enabled, self.clock.now())
+            .await
+            .map_err(db)?;
+        self.relay.wake();
+        Ok(Response::new(pb::SetAccountPlanResponse {}))
     }
 
     async fn export_contact_status_data(

@@ -43,11 +43,12 @@ pub fn policy() -> Policy {
                 "GetMarketingCount",
                 "CheckEligibility",
                 "GetUserPermission",
+                "GetAccountSettings",
             ],
         )
         .allow(API, Access::Write, &["SetMarketingStatus"])
-        .allow(API, Access::Admin, &["SetUserPermission"])
-        .allow(INTERNAL, Access::Internal, &["ApplyContactEvents", "ApplyUpdateDate"])
+        .allow(API, Access::Admin, &["SetUserPermission", "EnableMarketingContacts"])
+        .allow(INTERNAL, Access::Internal, &["ApplyContactEvents", "ApplyUpdateDate", "SetAccountPlan"])
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {

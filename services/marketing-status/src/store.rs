@@ -54,6 +54,12 @@ pub struct Counts {
     pub updated_at: i64,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Settings {
+    pub edition: String,
+    pub marketing_contacts_enabled: bool,
+}
+
 /// Who asked for a change, and through what.
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -83,6 +89,11 @@ macro_rules! apply_delta {
         .bind(micros($now))
         .fetch_one(&mut *$tx)
         .await?;
+        let enabled: Option<bool> =
+            sqlx::query_scalar("SELECT marketing_contacts_enabled FROM account_settings WHERE account_id = $1")
+                .bind($account)
+                .fetch_optional(&mut *$tx)
+                .await?;
         let ev = bpb::CountChanged {
             event_id: new_event_id(),
             account_id: $account.to_owned(),
@@ -91,6 +102,7 @@ macro_rules! apply_delta {
             pending_non_marketing: c.pending,
             non_marketing: c.non_marketing,
             observed_at: Some(prost_types::Timestamp { seconds: $now.timestamp(), nanos: 0 }),
+            marketing_contacts_enabled: enabled.unwrap_or(true),
         };
         $tx.enqueue(&ev.event_id, BILLING_TOPIC, $account, &ev.encode_to_vec(), $now).await?;
         c
@@ -177,6 +189,49 @@ impl Store {
             "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         ).bind(account).bind(request_id).bind(response).execute(pool).await?.rows_affected());
         Ok(())
+    }
+
+    pub async fn settings(&self, account: &str) -> Result<Settings, sqlx::Error> {
+        let s: Option<Settings> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT edition, marketing_contacts_enabled FROM account_settings WHERE account_id = $1",
+        ).bind(account).fetch_optional(pool).await?);
+        Ok(s.unwrap_or(Settings { edition: String::new(), marketing_contacts_enabled: true }))
+    }
+
+    /// Records the account's edition and feature switch (from billing) or, with `edition` None,
+    /// turns the feature on. Once on it stays on. When the switch changes, the count gets a new
+    /// version so billing learns how to bill it.
+    pub async fn set_settings(
+        &self,
+        account: &str,
+        edition: Option<&str>,
+        enabled: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Settings, sqlx::Error> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let before: Option<Settings> = sqlx::query_as(
+                "SELECT edition, marketing_contacts_enabled FROM account_settings WHERE account_id = $1",
+            ).bind(account).fetch_optional(&mut *tx).await?;
+            let was_enabled = before.as_ref().is_none_or(|s| s.marketing_contacts_enabled);
+            let after = Settings {
+                edition: edition.map(str::to_owned).or(before.as_ref().map(|s| s.edition.clone())).unwrap_or_default(),
+                // Turning it off only applies to an account billing has just made known.
+                marketing_contacts_enabled: if before.is_some() && was_enabled { true } else { enabled },
+            };
+            sqlx::query(
+                "INSERT INTO account_settings (account_id, edition, marketing_contacts_enabled, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (account_id) DO UPDATE SET edition = excluded.edition, \
+                 marketing_contacts_enabled = excluded.marketing_contacts_enabled, updated_at = excluded.updated_at",
+            )
+            .bind(account).bind(&after.edition).bind(after.marketing_contacts_enabled).bind(micros(now))
+            .execute(&mut *tx).await?;
+            if after.marketing_contacts_enabled != was_enabled {
+                apply_delta!(tx, account, CountDelta::default(), now);
+            }
+            tx.commit().await?;
+            Ok(after)
+        })
     }
 
     pub async fn may_set_marketing(&self, account: &str, user: &str) -> Result<bool, sqlx::Error> {

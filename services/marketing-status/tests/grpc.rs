@@ -306,3 +306,72 @@ async fn permissions_bad_input_and_other_accounts_change_nothing() {
         assert_eq!(c.count.unwrap().version, 0, "{backend:?}: acct-b has nothing");
     }
 }
+
+#[tokio::test]
+async fn accounts_without_the_feature_refuse_status_changes_until_enabled() {
+    use contactier_proto::common::v1::Edition;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        s.events(vec![created("e1", "c1", SourceType::Import, MarketingStatus::Unspecified, "")])
+            .await
+            .unwrap();
+        let version = s.count().await.version;
+        // Billing tells the plan of an account that predates marketing contacts.
+        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+        let plan = pb::SetAccountPlanRequest {
+            account_id: ACCOUNT.into(),
+            edition: Edition::Professional as i32,
+            marketing_contacts_enabled: false,
+        };
+        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+        internal.set_account_plan(authed(plan.clone(), &token)).await.unwrap();
+        assert_eq!(s.count().await.version, version + 1, "{backend:?}: billing learns how to bill");
+        let bad = pb::SetAccountPlanRequest { edition: 0, ..plan.clone() };
+        let err = internal.set_account_plan(authed(bad, &token)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with("edition"), "{}", err.message());
+        let user = s.user(ACCOUNT, "u", &["read"]);
+        let err = internal.set_account_plan(authed(plan.clone(), &user)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: service tokens only");
+
+        let err = s.set("u", "r1", &["c1"], MarketingStatus::Marketing).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+        assert_eq!(
+            s.status("c1").await.status,
+            MarketingStatus::NonMarketing as i32,
+            "{backend:?}: unchanged"
+        );
+        let settings = s
+            .api()
+            .get_account_settings(authed(pb::GetAccountSettingsRequest {}, &user))
+            .await
+            .unwrap()
+            .into_inner()
+            .settings
+            .unwrap();
+        assert_eq!(
+            (settings.marketing_contacts_enabled, settings.edition),
+            (false, Edition::Professional as i32)
+        );
+
+        let err = s
+            .api()
+            .enable_marketing_contacts(authed(
+                pb::EnableMarketingContactsRequest {},
+                &s.user(ACCOUNT, "u", &["write"]),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: admins only");
+        let admin = s.user(ACCOUNT, "u", &["admin"]);
+        s.api()
+            .enable_marketing_contacts(authed(pb::EnableMarketingContactsRequest {}, &admin))
+            .await
+            .unwrap();
+        assert_eq!(s.count().await.version, version + 2, "{backend:?}");
+        // A late or repeated plan from billing does not switch it off again.
+        internal.set_account_plan(authed(plan, &token)).await.unwrap();
+        s.set("u", "r2", &["c1"], MarketingStatus::Marketing).await.unwrap();
+        assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
+    }
+}

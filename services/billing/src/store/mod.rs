@@ -9,16 +9,25 @@ use crate::tiers::TierError;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::{Currency, Money};
 use contactier_proto::common::v1 as common;
+use contactier_proto::marketing_status::v1 as mpb;
 use contactier_proto::notification::v1 as npb;
 pub use contactier_runtime::convert::pb_date;
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::with_pool;
+use invoices::{InvoiceTx, NewInvoice};
 use prost::Message;
+
+mod invoices;
+mod updates;
+
+pub use updates::{Applied, DueUpdate};
 
 /// Outbox topic of the events for the notification service.
 pub const NOTIFICATION_TOPIC: &str = "notification";
+/// Outbox topic of the account plans for marketing-status (SetAccountPlanRequest payloads).
+pub const MARKETING_STATUS_TOPIC: &str = "marketing-status";
 
 fn day(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
@@ -40,6 +49,7 @@ struct SubscriptionRow {
     renewal_tier: i64,
     marketing_contacts_enabled: bool,
     created_at: i64,
+    next_update_date: String,
 }
 
 impl SubscriptionRow {
@@ -56,12 +66,17 @@ impl SubscriptionRow {
             renewal_tier: self.renewal_tier,
             marketing_contacts_enabled: self.marketing_contacts_enabled,
             created_at: self.created_at,
+            next_update_date: if self.next_update_date.is_empty() {
+                None
+            } else {
+                Some(parse_day(&self.next_update_date)?)
+            },
         })
     }
 }
 
 const SUBSCRIPTION_COLUMNS: &str = "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-     marketing_contacts_enabled, created_at";
+     marketing_contacts_enabled, created_at, next_update_date";
 
 /// The latest count of an account.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -77,6 +92,8 @@ pub struct Counts {
 pub struct CountEvent {
     pub event_id: String,
     pub account_id: String,
+    /// marketing-status owns the feature switch; the subscription follows it.
+    pub marketing_contacts_enabled: bool,
     pub counts: Counts,
 }
 
@@ -154,19 +171,36 @@ impl Store {
         Self { db }
     }
 
-    /// Creates the account's subscription; AlreadyExists if it has one.
-    pub async fn create_subscription(&self, s: &Subscription) -> Result<()> {
-        let inserted = with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-             marketing_contacts_enabled, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) \
-             ON CONFLICT (account_id) DO NOTHING",
-        )
-        .bind(&s.account_id).bind(s.edition.as_str()).bind(model::term_str(s.term)).bind(day(s.start_date))
-        .bind(s.currency.as_str()).bind(&s.subsidiary).bind(s.tier).bind(s.marketing_contacts_enabled).bind(s.created_at)
-        .execute(pool).await?.rows_affected());
-        if inserted == 0 {
-            return Err(Error::AlreadyExists("the account already has a subscription".into()));
-        }
+    /// Creates the account's subscription, first to be processed on `first_update`; AlreadyExists
+    /// if it has one. Tells marketing-status the account's plan through the outbox.
+    pub async fn create_subscription(
+        &self,
+        s: &Subscription,
+        first_update: (NaiveDate, DateTime<Utc>),
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let plan = mpb::SetAccountPlanRequest {
+            account_id: s.account_id.clone(),
+            edition: crate::api::pb_edition(s.edition) as i32,
+            marketing_contacts_enabled: s.marketing_contacts_enabled,
+        };
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
+                 marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11) ON CONFLICT (account_id) DO NOTHING",
+            )
+            .bind(&s.account_id).bind(s.edition.as_str()).bind(model::term_str(s.term)).bind(day(s.start_date))
+            .bind(s.currency.as_str()).bind(&s.subsidiary).bind(s.tier).bind(s.marketing_contacts_enabled).bind(s.created_at)
+            .bind(day(first_update.0)).bind(micros(first_update.1))
+            .execute(&mut *tx).await?.rows_affected();
+            if inserted == 0 {
+                return Err(Error::AlreadyExists("the account already has a subscription".into()));
+            }
+            tx.enqueue(&new_id(), MARKETING_STATUS_TOPIC, &s.account_id, &plan.encode_to_vec(), now).await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
@@ -222,6 +256,8 @@ impl Store {
                 tx.commit().await?;
                 return Ok(CountOutcome::Stale);
             }
+            sqlx::query("UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2")
+                .bind(e.marketing_contacts_enabled).bind(account).execute(&mut *tx).await?;
             let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
             let row: Option<SubscriptionRow> =
                 sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(&mut *tx).await?;
@@ -322,9 +358,7 @@ impl Store {
         let source_key = format!("upgrade:{}", day(upgrade_day));
         let issued = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            let done: Option<String> = sqlx::query_scalar("SELECT id FROM invoices WHERE account_id = $1 AND source_key = $2")
-                .bind(account).bind(&source_key).fetch_optional(&mut *tx).await?;
-            if done.is_some() {
+            if tx.invoiced(account, &source_key).await? {
                 return Ok(None);
             }
             let q = format!("SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 AND effective_date = $2 AND invoice_id = '' ORDER BY upgraded_at, id");
@@ -353,34 +387,16 @@ impl Store {
                 period_end: term_end,
                 marketing_count: count,
             };
-            let number: i64 = sqlx::query_scalar(
-                "INSERT INTO invoice_counters (account_id, last_number) VALUES ($1, 1) \
-                 ON CONFLICT (account_id) DO UPDATE SET last_number = invoice_counters.last_number + 1 RETURNING last_number",
-            ).bind(account).fetch_one(&mut *tx).await?;
-            let inv = InvoiceRow {
-                id: new_id(),
-                number,
-                kind: "upgrade".into(),
-                total_minor: p.amount.minor,
-                currency: sub.currency.as_str().to_owned(),
-                term_start: day(term_start),
-                term_end: day(term_end),
-                lines: serde_json::to_string(&[&line]).expect("JSON of plain values"),
-                issued_at: micros(now),
-            };
-            let q = format!("INSERT INTO invoices (account_id, source_key, {INVOICE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)");
-            sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(account).bind(&source_key).bind(&inv.id).bind(inv.number).bind(&inv.kind).bind(inv.total_minor)
-                .bind(&inv.currency).bind(&inv.term_start).bind(&inv.term_end).bind(&inv.lines).bind(inv.issued_at)
-                .execute(&mut *tx).await?;
+            let inv = tx.issue(NewInvoice {
+                account,
+                source_key,
+                kind: "upgrade",
+                currency: sub.currency.as_str(),
+                term: (term_start, term_end),
+                lines: vec![line],
+            }, now).await?;
             sqlx::query("UPDATE upgrades SET invoice_id = $1 WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''")
                 .bind(&inv.id).bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
-            let ev = notification_event(account, now, npb::billing_event::Payload::Invoice(npb::InvoiceIssued {
-                invoice_id: inv.id.clone(),
-                number: inv.number,
-                total: Some(common::Money { amount_minor: inv.total_minor, currency: inv.currency.clone() }),
-            }));
-            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
             tx.commit().await?;
             Some(inv)
         });

@@ -1,0 +1,128 @@
+//! The update-date run: at each account's processing instant, asks marketing-status to apply
+//! the update date (retried with backoff until it answers), then records the period's count and,
+//! at a renewal, invoices the new term. Driven by the injected clock. Replicas share the work
+//! through a lease in the database; marketing-status applies a date once however often asked,
+//! and completing it is conditional on the date still being due, so nothing happens twice.
+
+use crate::price_book::PriceBook;
+use crate::store::{Applied, DueUpdate, Store};
+use chrono::{DateTime, NaiveDate, Utc};
+use contactier_runtime::clock::{Worker, WorkerWaker};
+use contactier_runtime::shutdown::Shutdown;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Asks marketing-status to apply `date` for an account, effective at the instant given.
+pub type ApplyUpdate = Arc<
+    dyn Fn(String, NaiveDate, DateTime<Utc>) -> BoxFuture<'static, anyhow::Result<Applied>> + Send + Sync,
+>;
+
+/// How long a claimed date is reserved for the replica processing it.
+const LEASE: Duration = Duration::from_secs(300);
+/// Accounts processed at once.
+const PARALLEL: usize = 8;
+const BATCH: i64 = 256;
+
+/// Delay before retry `attempt` (0-based): 5 s doubling, at most 15 min.
+pub fn retry_delay(attempt: i64) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << attempt.clamp(0, 20));
+    Duration::from_secs(secs.min(900))
+}
+
+pub struct Scheduler {
+    pub store: Store,
+    pub book: Arc<PriceBook>,
+    pub apply: ApplyUpdate,
+    /// This replica's lease owner name.
+    pub owner: String,
+    /// Pokes the relay when a renewal invoice was issued.
+    pub relay: WorkerWaker,
+}
+
+impl Scheduler {
+    /// Processes every update date due at `now`; answers when the next one falls due.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> crate::error::Result<Option<DateTime<Utc>>> {
+        loop {
+            let due = self.store.due_updates(now, BATCH).await?;
+            if due.is_empty() {
+                break;
+            }
+            let results: Vec<_> = futures::stream::iter(due)
+                .map(|d| self.process(d, now))
+                .buffer_unordered(PARALLEL)
+                .collect()
+                .await;
+            for r in results {
+                r?;
+            }
+        }
+        self.store.next_update_due().await
+    }
+
+    async fn process(&self, d: DueUpdate, now: DateTime<Utc>) -> crate::error::Result<()> {
+        let lease_end = now + LEASE;
+        if !self.store.claim_update(&d.account_id, d.update_date, &self.owner, now, lease_end).await? {
+            return Ok(());
+        }
+        let at =
+            self.store.subscription(&d.account_id).await?.map(|s| s.processing_at(&self.book, d.update_date));
+        let effective_at = at.unwrap_or(now);
+        let outcome = match (self.apply)(d.account_id.clone(), d.update_date, effective_at).await {
+            Ok(applied) => self
+                .store
+                .complete_update(&d.account_id, d.update_date, applied, now, &self.book)
+                .await
+                .map(|done| (applied, done))
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((applied, done)) => {
+                if let Some(inv) = &done.renewal_invoice {
+                    tracing::info!(account = %d.account_id, invoice = %inv.id, number = inv.number, "renewal invoice issued");
+                    self.relay.wake();
+                }
+                if done.done_here {
+                    tracing::info!(account = %d.account_id, date = %d.update_date, applied = applied.contacts, "update date processed");
+                }
+            }
+            Err(e) => {
+                let delay = retry_delay(d.attempts);
+                tracing::warn!(account = %d.account_id, date = %d.update_date, attempt = d.attempts + 1, error = %e, "processing the update date failed; retrying");
+                let retry_at = now + chrono::Duration::from_std(delay).expect("small delay");
+                self.store.retry_update(&d.account_id, d.update_date, &self.owner, retry_at).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(scheduler: Scheduler, worker: Worker, shutdown: Shutdown) {
+    loop {
+        let now = worker.now();
+        let next = match scheduler.run_once(now).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "update-date run failed; retrying");
+                Some(now + chrono::Duration::seconds(5))
+            }
+        };
+        worker.report(now, next);
+        tokio::select! {
+            _ = worker.sleep_until(next) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        let secs: Vec<u64> = (0..10).map(|a| super::retry_delay(a).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 320, 640, 900, 900]);
+        assert_eq!(super::retry_delay(10_000).as_secs(), 900);
+    }
+}

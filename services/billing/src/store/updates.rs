@@ -1,0 +1,198 @@
+//! The update-date run's storage: which accounts have an update date due, a lease so one
+//! replica processes it, and the transaction that records the period's count and, at a
+//! renewal, the renewal invoice and the term's tier.
+
+use super::invoices::{InvoiceTx, NewInvoice};
+use super::{InvoiceRow, Store, day, parse_day};
+use crate::calendar;
+use crate::error::{Error, Result};
+use crate::model::{self, Line};
+use crate::price_book::PriceBook;
+use chrono::{DateTime, NaiveDate, Utc};
+use contactier_runtime::convert::micros;
+use contactier_runtime::db::BeginWrite;
+use contactier_runtime::with_pool;
+
+/// An account whose update date is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueUpdate {
+    pub account_id: String,
+    pub update_date: NaiveDate,
+    pub attempts: i64,
+}
+
+/// A processed update date.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct UpdatePeriod {
+    pub update_date: String,
+    pub renewal: bool,
+    pub applied_contacts: i64,
+    pub period_count: i64,
+    pub count_version: i64,
+    pub tier: i64,
+    pub processed_at: i64,
+}
+
+/// What marketing-status answered when it applied the date.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Contacts that became non-marketing.
+    pub contacts: i64,
+    pub marketing: i64,
+    pub non_marketing: i64,
+    pub version: i64,
+}
+
+/// What completing an update date did.
+#[derive(Clone, Debug, Default)]
+pub struct Completed {
+    /// False when another run had completed it first.
+    pub done_here: bool,
+    pub renewal_invoice: Option<InvoiceRow>,
+}
+
+impl Store {
+    /// Update dates due at `now` whose lease is free (or has run out), oldest first.
+    pub async fn due_updates(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<DueUpdate>> {
+        let rows: Vec<(String, String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT account_id, next_update_date, update_attempts FROM subscriptions \
+             WHERE next_update_date <> '' AND next_update_at <= $1 AND lease_until <= $1 \
+             ORDER BY next_update_at, account_id LIMIT $2",
+        ).bind(micros(now)).bind(limit).fetch_all(pool).await?);
+        rows.into_iter()
+            .map(|(account_id, d, attempts)| {
+                Ok(DueUpdate { account_id, update_date: parse_day(&d)?, attempts })
+            })
+            .collect()
+    }
+
+    /// When the next update date falls due (or a failed one is retried).
+    pub async fn next_update_due(&self) -> Result<Option<DateTime<Utc>>> {
+        let at: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN lease_until > next_update_at THEN lease_until ELSE next_update_at END) \
+             FROM subscriptions WHERE next_update_date <> ''",
+        ).fetch_one(pool).await?);
+        Ok(at.and_then(DateTime::from_timestamp_micros))
+    }
+
+    /// Takes the lease on an account's update date until `until`; false when another run holds
+    /// it or the date was completed meanwhile.
+    pub async fn claim_update(
+        &self,
+        account: &str,
+        date: NaiveDate,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let n = with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 \
+             WHERE account_id = $3 AND next_update_date = $4 AND lease_until <= $5",
+        ).bind(owner).bind(micros(until)).bind(account).bind(day(date)).bind(micros(now))
+        .execute(pool).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Records a failed attempt; the date is tried again at `retry_at`.
+    pub async fn retry_update(
+        &self,
+        account: &str,
+        date: NaiveDate,
+        owner: &str,
+        retry_at: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1 \
+             WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4",
+        ).bind(micros(retry_at)).bind(account).bind(day(date)).bind(owner).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Completes an update date in one transaction: records the period's count; at a renewal
+    /// issues the renewal invoice at the new term's tier (a requested lower tier if it holds the
+    /// count) and applies that tier; moves the subscription to its next update date. A date
+    /// completed before is left as it is.
+    pub async fn complete_update(
+        &self,
+        account: &str,
+        date: NaiveDate,
+        applied: Applied,
+        now: DateTime<Utc>,
+        book: &PriceBook,
+    ) -> Result<Completed> {
+        let done = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let q = format!("SELECT {} FROM subscriptions WHERE account_id = $1 AND next_update_date = $2", super::SUBSCRIPTION_COLUMNS);
+            let row: Option<super::SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(day(date)).fetch_optional(&mut *tx).await?;
+            let Some(sub) = row.map(super::SubscriptionRow::into_model).transpose()? else {
+                return Ok(Completed::default());
+            };
+            let count = model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
+            let renewal = calendar::is_renewal_date(sub.start_date, sub.term, date);
+            let mut tier = sub.tier;
+            let mut invoice = None;
+            if renewal {
+                let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+                tier = shape.renewal_tier(sub.tier, sub.renewal_tier, count);
+                let source_key = format!("renewal:{}", day(date));
+                if !tx.invoiced(account, &source_key).await? {
+                    let (start, end) = calendar::term_containing(sub.start_date, sub.term, date);
+                    let price = book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()))?;
+                    let days = calendar::days_between(start, end);
+                    let line = Line {
+                        description: format!("Renewal, {tier} marketing contacts, {} to {}", day(start), day(end)),
+                        from_tier: sub.tier,
+                        to_tier: tier,
+                        price_difference_minor: price.minor,
+                        remaining_days: days,
+                        term_days: days,
+                        amount_minor: price.minor,
+                        period_start: start,
+                        period_end: end,
+                        marketing_count: count,
+                    };
+                    let inv = NewInvoice {
+                        account,
+                        source_key,
+                        kind: "renewal",
+                        currency: sub.currency.as_str(),
+                        term: (start, end),
+                        lines: vec![line],
+                    };
+                    invoice = Some(tx.issue(inv, now).await?);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO update_periods (account_id, update_date, renewal, applied_contacts, period_count, count_version, tier, processed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, update_date) DO NOTHING",
+            )
+            .bind(account).bind(day(date)).bind(renewal).bind(applied.contacts).bind(count).bind(applied.version)
+            .bind(tier).bind(micros(now)).execute(&mut *tx).await?;
+            let next = calendar::next_update_date(sub.start_date, sub.term, date);
+            // Conditional on the tier read above: an upgrade committed meanwhile makes this run
+            // again with the new tier rather than be overwritten.
+            let moved = sqlx::query(
+                "UPDATE subscriptions SET tier = $1, renewal_tier = CASE WHEN $2 THEN 0 ELSE renewal_tier END, \
+                 next_update_date = $3, next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0 \
+                 WHERE account_id = $5 AND next_update_date = $6 AND tier = $7",
+            )
+            .bind(tier).bind(renewal).bind(day(next)).bind(micros(sub.processing_at(book, next)))
+            .bind(account).bind(day(date)).bind(sub.tier).execute(&mut *tx).await?.rows_affected();
+            if moved != 1 {
+                return Err(Error::Internal("subscription changed while its update date was completed".into()));
+            }
+            tx.commit().await?;
+            Completed { done_here: true, renewal_invoice: invoice }
+        });
+        Ok(done)
+    }
+
+    /// Processed update dates of an account, newest first.
+    pub async fn update_periods(&self, account: &str, limit: i64) -> Result<Vec<UpdatePeriod>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT update_date, renewal, applied_contacts, period_count, count_version, tier, processed_at \
+             FROM update_periods WHERE account_id = $1 ORDER BY update_date DESC LIMIT $2",
+        ).bind(account).bind(limit).fetch_all(pool).await?))
+    }
+}
