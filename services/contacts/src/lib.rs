@@ -1,13 +1,138 @@
 //! Contact records, properties, search, imports, merges, lists and GDPR (DESIGN.md section 3).
 
+mod api;
+mod convert;
+pub mod email;
+mod error;
+pub mod filter;
+pub mod import;
+pub mod properties;
+mod store;
+
+use contactier_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
+use contactier_proto::marketing_status::v1 as mpb;
+use contactier_runtime::auth::{Access, Policy};
+use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
+use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
+use prost::Message;
+use sqlx::migrate::Migrator;
+use std::collections::HashSet;
+use tonic::service::Routes;
 
 pub const NAME: &str = "contacts";
 
-pub const SERVICE: ServiceDef = ServiceDef { name: NAME, default_port: 50051, migrations: None, build };
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
+static MIGRATIONS: Migrations = Migrations { sqlite: &SQLITE, postgres: &POSTGRES };
 
-fn build(_env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
-    Box::pin(async { Ok(ServiceSpec::bare(NAME)) })
+pub const SERVICE: ServiceDef =
+    ServiceDef { name: NAME, default_port: 50051, migrations: Some(&MIGRATIONS), build };
+
+const API: &str = "contactier.contacts.v1.ContactsService";
+
+pub fn policy() -> Policy {
+    Policy::new()
+        .allow(
+            API,
+            Access::Read,
+            &[
+                "GetContact",
+                "BatchGetContacts",
+                "SearchContacts",
+                "CountContacts",
+                "GetProperty",
+                "ListProperties",
+                "GetImport",
+                "ListImportErrors",
+                "GetList",
+                "ListLists",
+                "ListListMembers",
+                "GetConsent",
+            ],
+        )
+        .allow(
+            API,
+            Access::Write,
+            &[
+                "CreateContact",
+                "UpdateContact",
+                "DeleteContact",
+                "BatchCreateContacts",
+                "BatchUpdateContacts",
+                "BatchDeleteContacts",
+                "MergeContacts",
+                "ImportContacts",
+                "CreateList",
+                "UpdateList",
+                "DeleteList",
+                "AddListMembers",
+                "RemoveListMembers",
+                "SetConsent",
+            ],
+        )
+        .allow(
+            API,
+            Access::Admin,
+            &[
+                "CreateProperty",
+                "UpdateProperty",
+                "DeleteProperty",
+                "ExportContactData",
+                "EraseContact",
+                "AnonymizeContact",
+            ],
+        )
+}
+
+fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
+    Box::pin(async move {
+        let store = store::Store::new(env.db.clone());
+        let clock = env.platform.clock.clone();
+        let relay_worker = clock.register_worker("contacts-relay");
+        let relay = relay_worker.waker();
+        let marketing_status = env.platform.peer(NAME, &env.peers.marketing_status_url)?;
+        let peer = marketing_status.clone();
+        // Each outbox entry is a batch of contact events; it is done when every one of them is
+        // acknowledged.
+        let deliver: Deliver = Box::new(move |entries| {
+            let peer = peer.clone();
+            Box::pin(async move {
+                let batches = entries
+                    .iter()
+                    .map(|e| {
+                        mpb::ApplyContactEventsRequest::decode(e.payload.as_slice())
+                            .map(|b| (e.event_id.clone(), b))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut client =
+                    mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
+                        peer.channel.clone(),
+                        peer.interceptor(),
+                    );
+                let mut done = Vec::new();
+                for (entry, batch) in batches {
+                    let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
+                    let acked: HashSet<String> = client
+                        .apply_contact_events(batch)
+                        .await?
+                        .into_inner()
+                        .acknowledged_event_ids
+                        .into_iter()
+                        .collect();
+                    if ids.iter().all(|id| acked.contains(id)) {
+                        done.push(entry);
+                    }
+                }
+                Ok(done)
+            })
+        });
+        let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
+        tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
+        let api = api::Api { store, clock, relay, marketing_status };
+        let routes = Routes::new(ContactsServiceServer::new(api));
+        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API] })
+    })
 }

@@ -429,10 +429,16 @@ impl MarketingStatusInternalService for Internal {
                         .map_err(db)?;
                 }
                 Payload::Deleted(d) => {
-                    self.store.contact_deleted(&e.event_id, account, &d.contact_id, now).await.map_err(db)?;
+                    self.store
+                        .contact_deleted(&e.event_id, account, &d.contact_id, d.erase, now)
+                        .await
+                        .map_err(db)?;
                 }
-                Payload::Merged(_) => {
-                    return Err(GrpcStatus::unimplemented("merge events are not served yet"));
+                Payload::Merged(m) => {
+                    self.store
+                        .contacts_merged(&e.event_id, account, &m.primary_id, &m.secondary_id, now)
+                        .await
+                        .map_err(db)?;
                 }
             }
             acknowledged.push(e.event_id);
@@ -494,8 +500,15 @@ impl MarketingStatusInternalService for Internal {
 
     async fn export_contact_status_data(
         &self,
-        _: Request<pb::ExportContactStatusDataRequest>,
+        req: Request<pb::ExportContactStatusDataRequest>,
     ) -> Answer<pb::ExportContactStatusDataResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        let principal = Principal::of(&req)?.clone();
+        let r = req.into_inner();
+        if r.account_id.is_empty() || r.contact_id.is_empty() {
+            return Err(GrpcStatus::invalid_argument("account_id and contact_id: required"));
+        }
+        principal.check_account(&r.account_id)?;
+        let json = self.store.export(&r.account_id, &r.contact_id).await.map_err(db)?;
+        Ok(Response::new(pb::ExportContactStatusDataResponse { json: json.to_string() }))
     }
 }

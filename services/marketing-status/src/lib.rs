@@ -48,7 +48,11 @@ pub fn policy() -> Policy {
         )
         .allow(API, Access::Write, &["SetMarketingStatus"])
         .allow(API, Access::Admin, &["SetUserPermission", "EnableMarketingContacts"])
-        .allow(INTERNAL, Access::Internal, &["ApplyContactEvents", "ApplyUpdateDate", "SetAccountPlan"])
+        .allow(
+            INTERNAL,
+            Access::Internal,
+            &["ApplyContactEvents", "ApplyUpdateDate", "SetAccountPlan", "ExportContactStatusData"],
+        )
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {

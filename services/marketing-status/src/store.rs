@@ -285,6 +285,7 @@ impl Store {
         event_id: &str,
         account: &str,
         contact: &str,
+        erase: bool,
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         with_pool!(&self.db, pool => {
@@ -298,9 +299,89 @@ impl Store {
             if let Some(row) = gone {
                 apply_delta!(tx, account, CountDelta::removed(row.state()), now);
             }
+            if erase {
+                // GDPR erasure: nothing about the contact is kept, not even its history.
+                sqlx::query("DELETE FROM status_changes WHERE account_id = $1 AND contact_id = $2")
+                    .bind(account).bind(contact).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
         });
         Ok(true)
+    }
+
+    /// Merges `secondary` into `primary` once per event id: the result is marketing if either
+    /// was; the secondary's place is freed. False if seen before.
+    pub async fn contacts_merged(
+        &self,
+        event_id: &str,
+        account: &str,
+        primary: &str,
+        secondary: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let q =
+            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            if !tx.receive(event_id, now).await? {
+                return Ok(false);
+            }
+            let p: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(primary).fetch_optional(&mut *tx).await?;
+            let s: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(secondary).fetch_optional(&mut *tx).await?;
+            if let (Some(p), Some(s)) = (p, s) {
+                let (from, to) = (p.state(), rules::merged(p.state(), s.state()));
+                let mut delta = CountDelta::removed(s.state());
+                if to != from {
+                    sqlx::query(
+                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = 'MERGE', source_id = $3, updated_at = $4 \
+                         WHERE account_id = $5 AND contact_id = $6",
+                    )
+                    .bind(to.counts()).bind(to.until_next_update).bind(secondary).bind(micros(now)).bind(account).bind(primary)
+                    .execute(&mut *tx).await?;
+                    let actor = Actor { source_type: "MERGE".into(), source_id: secondary.into(), user_id: String::new(), request_id: String::new() };
+                    audit!(tx, account, primary, from, to, &actor, now, now);
+                    let d = CountDelta::between(from, to);
+                    delta = CountDelta {
+                        marketing: delta.marketing + d.marketing,
+                        pending: delta.pending + d.pending,
+                        non_marketing: delta.non_marketing + d.non_marketing,
+                    };
+                }
+                sqlx::query("DELETE FROM contact_status WHERE account_id = $1 AND contact_id = $2")
+                    .bind(account).bind(secondary).execute(&mut *tx).await?;
+                // The secondary's history follows it into the primary's trail.
+                sqlx::query("UPDATE status_changes SET contact_id = $3 WHERE account_id = $1 AND contact_id = $2")
+                    .bind(account).bind(secondary).bind(primary).execute(&mut *tx).await?;
+                if !delta.is_zero() {
+                    apply_delta!(tx, account, delta, now);
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(true)
+    }
+
+    /// A contact's status and audit trail, for a GDPR export.
+    pub async fn export(&self, account: &str, contact: &str) -> Result<serde_json::Value, sqlx::Error> {
+        let status = self.statuses(account, &[contact.to_owned()]).await?.pop();
+        let trail: Vec<(String, String, bool, String, String, i64, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT from_status, to_status, pending, source_type, source_id, requested_at, effective_at FROM status_changes \
+             WHERE account_id = $1 AND contact_id = $2 ORDER BY requested_at, id",
+        ).bind(account).bind(contact).fetch_all(pool).await?);
+        Ok(serde_json::json!({
+            "contact_id": contact,
+            "status": status.map(|s| serde_json::json!({
+                "marketing": s.marketing,
+                "marketable_until_next_update": s.pending,
+                "source_type": s.source_type,
+                "source_id": s.source_id,
+                "updated_at_micros": s.updated_at,
+            })),
+            "status_changes": trail.into_iter().map(|(from, to, pending, st, sid, req, eff)| serde_json::json!({
+                "from": from, "to": to, "pending": pending, "source_type": st, "source_id": sid,
+                "requested_at_micros": req, "effective_at_micros": eff,
+            })).collect::<Vec<_>>(),
+        }))
     }
 
     /// Applies a status request to each contact; answers each one's outcome (None: unknown).

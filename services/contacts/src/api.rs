@@ -1,0 +1,843 @@
+//! ContactsService: the gRPC layer. It checks input (naming the field), calls the store, and
+//! answers; the rules live in `properties`, `email`, `filter` and `import`.
+
+use crate::convert::{self, source_type_name};
+use crate::error::{Error, Result};
+use crate::filter;
+use crate::properties::{Catalog, Value};
+use crate::store::{Change, ConsentRow, ContactRow, Cursor, ListRow, NewContact, SortKey, Store};
+use crate::{email, import};
+use contactier_proto::common::v1 as common;
+use contactier_proto::contacts::v1::{self as pb, contacts_service_server::ContactsService};
+use contactier_proto::marketing_status::v1 as mpb;
+use contactier_runtime::Principal;
+use contactier_runtime::clock::{Clock, WorkerWaker};
+use contactier_runtime::convert::{micros, new_id};
+use contactier_runtime::host::PeerChannel;
+use futures::stream::BoxStream;
+use prost::Message;
+use std::collections::BTreeMap;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The most records one batch call may carry.
+pub const MAX_BATCH: usize = 1_000;
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+
+#[derive(Clone)]
+pub struct Api {
+    pub store: Store,
+    pub clock: Clock,
+    /// The relay of contact events to marketing-status.
+    pub relay: WorkerWaker,
+    /// marketing-status, for its part of a GDPR export.
+    pub marketing_status: PeerChannel,
+}
+
+type Answer<T> = std::result::Result<Response<T>, Status>;
+
+struct Caller {
+    account: String,
+    user: String,
+}
+
+fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
+    let p = Principal::of(req)?;
+    Ok(Caller { account: p.account_id()?.to_owned(), user: p.user_id().unwrap_or_default().to_owned() })
+}
+
+fn page_size(n: i32) -> Result<i64> {
+    match n as i64 {
+        0 => Ok(DEFAULT_PAGE),
+        n if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        _ => Err(Error::invalid("page_size", format!("1 to {MAX_PAGE}"))),
+    }
+}
+
+fn batch_len(field: &str, n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::invalid(field, "required"));
+    }
+    if n > MAX_BATCH {
+        return Err(Error::invalid(field, format!("at most {MAX_BATCH} per call")));
+    }
+    Ok(())
+}
+
+fn required(field: &str, v: &str) -> Result<()> {
+    if v.is_empty() { Err(Error::invalid(field, "required")) } else { Ok(()) }
+}
+
+/// Checks one contact to create; `at` prefixes field names ("contact", "contacts[3]").
+fn new_contact(input: pb::ContactInput, catalog: &Catalog, user: &str, at: &str) -> Result<NewContact> {
+    let email = email::parse(&input.email).map_err(|r| Error::invalid(format!("{at}.email"), r))?;
+    let values = catalog
+        .check(&input.properties.into_iter().collect())
+        .map_err(|(name, r)| Error::invalid(format!("{at}.properties.{name}"), r))?;
+    let values: BTreeMap<String, Value> = values.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+    let requested = common::MarketingStatus::try_from(input.requested_status)
+        .map_err(|_| Error::invalid(format!("{at}.requested_status"), "MARKETING, NON_MARKETING or unset"))?;
+    let source = input.source.unwrap_or_default();
+    let source_type = match common::SourceType::try_from(source.r#type) {
+        Err(_) => return Err(Error::invalid(format!("{at}.source.type"), "not a source type")),
+        // A person creates by hand; anything else unnamed is an API caller.
+        Ok(common::SourceType::Unspecified) if !user.is_empty() => common::SourceType::User,
+        Ok(common::SourceType::Unspecified) => common::SourceType::Integration,
+        Ok(common::SourceType::System | common::SourceType::Merge) => {
+            return Err(Error::invalid(
+                format!("{at}.source.type"),
+                "SYSTEM and MERGE are not creation sources",
+            ));
+        }
+        Ok(t) => t,
+    };
+    Ok(NewContact {
+        email,
+        values,
+        source_type: source_type_name(source_type),
+        source_id: if source.id.is_empty() { user.to_owned() } else { source.id },
+        requested_status: requested as i32,
+        user_id: user.to_owned(),
+    })
+}
+
+/// Checks one update; `at` prefixes field names.
+fn change(u: pb::UpdateContactRequest, catalog: &Catalog, at: &str) -> Result<Change> {
+    required(&format!("{at}id"), &u.id)?;
+    let values = catalog
+        .check(&u.properties.into_iter().collect())
+        .map_err(|(name, r)| Error::invalid(format!("{at}properties.{name}"), r))?;
+    let email = if u.email.is_empty() {
+        None
+    } else {
+        Some(email::parse(&u.email).map_err(|r| Error::invalid(format!("{at}email"), r))?)
+    };
+    if u.expected_version < 0 {
+        return Err(Error::invalid(format!("{at}expected_version"), "0 or a version"));
+    }
+    Ok(Change { id: u.id, values, email, expected_version: u.expected_version })
+}
+
+fn batch_error(index: usize, e: &Error) -> pb::BatchItemError {
+    pb::BatchItemError {
+        index: index as i32,
+        code: e.code_name().into(),
+        message: e.to_string(),
+        field: e.field().to_owned(),
+    }
+}
+
+fn one<T>(mut v: Vec<Result<T>>) -> Result<T> {
+    v.pop().expect("one input, one outcome")
+}
+
+impl Api {
+    async fn contact_by_id(&self, account: &str, id: &str) -> Result<ContactRow> {
+        self.store
+            .contacts(account, &[id.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("contact {id}")))
+    }
+
+    fn compile(&self, f: Option<&pb::ContactFilter>, catalog: &Catalog) -> Result<filter::Sql> {
+        // $1 is the account.
+        filter::compile(f, catalog, 1).map_err(|e| Error::invalid(e.field, e.reason))
+    }
+
+    async fn create(
+        &self,
+        c: &Caller,
+        inputs: Vec<pb::ContactInput>,
+        field: &str,
+    ) -> Result<Vec<Result<ContactRow>>> {
+        let catalog = self.store.catalog(&c.account).await?;
+        let mut checked = Vec::with_capacity(inputs.len());
+        let mut refused = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let at = if field == "contact" { field.to_owned() } else { format!("{field}[{i}]") };
+            match new_contact(input, &catalog, &c.user, &at) {
+                Ok(n) => checked.push((i, n)),
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        let (idx, news): (Vec<usize>, Vec<NewContact>) = checked.into_iter().unzip();
+        let created = if news.is_empty() {
+            vec![]
+        } else {
+            self.store.create_contacts(&c.account, news, self.clock.now()).await?
+        };
+        self.relay.wake();
+        let mut out: Vec<(usize, Result<ContactRow>)> = idx.into_iter().zip(created).collect();
+        out.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// The answer saved under a request id, if any.
+    async fn replay<T: Message + Default>(&self, account: &str, request_id: &str) -> Result<Option<T>> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        match self.store.answer(account, request_id).await? {
+            Some(bytes) => {
+                Ok(Some(T::decode(bytes.as_slice()).map_err(|_| Error::Internal("stored answer".into()))?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn keep<T: Message>(&self, account: &str, request_id: &str, answer: &T) -> Result<()> {
+        if !request_id.is_empty() {
+            self.store.keep_answer(account, request_id, &answer.encode_to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn list_size(&self, account: &str, row: &ListRow) -> Result<i64> {
+        if row.r#type == "active" {
+            let catalog = self.store.catalog(account).await?;
+            let f = pb::ContactFilter::decode(row.filter.as_slice())
+                .map_err(|_| Error::Internal("stored filter".into()))?;
+            // A filter on a property deleted since matches nothing.
+            match filter::compile(Some(&f), &catalog, 1) {
+                Ok(sql) => self.store.count_matching(account, &sql).await,
+                Err(_) => Ok(0),
+            }
+        } else {
+            self.store.member_count(account, &row.id).await
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ContactsService for Api {
+    async fn create_contact(
+        &self,
+        req: Request<pb::CreateContactRequest>,
+    ) -> Answer<pb::CreateContactResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        if let Some(first) = self.replay(&c.account, &r.request_id).await? {
+            return Ok(Response::new(first));
+        }
+        let input = r.contact.ok_or_else(|| Error::invalid("contact", "required"))?;
+        let row = one(self.create(&c, vec![input], "contact").await?)?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let answer = pb::CreateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) };
+        self.keep(&c.account, &r.request_id, &answer).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn get_contact(&self, req: Request<pb::GetContactRequest>) -> Answer<pb::GetContactResponse> {
+        let c = caller(&req)?;
+        let row = match req.into_inner().key {
+            Some(pb::get_contact_request::Key::Id(id)) => {
+                required("id", &id)?;
+                self.contact_by_id(&c.account, &id).await?
+            }
+            Some(pb::get_contact_request::Key::Email(e)) => {
+                required("email", &e)?;
+                self.store
+                    .contact_by_email(&c.account, &e.trim().to_lowercase())
+                    .await?
+                    .ok_or_else(|| Error::NotFound("contact with this email".into()))?
+            }
+            None => return Err(Error::invalid("key", "id or email is required").into()),
+        };
+        let catalog = self.store.catalog(&c.account).await?;
+        Ok(Response::new(pb::GetContactResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
+    }
+
+    async fn update_contact(
+        &self,
+        req: Request<pb::UpdateContactRequest>,
+    ) -> Answer<pb::UpdateContactResponse> {
+        let c = caller(&req)?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let ch = change(req.into_inner(), &catalog, "")?;
+        let row = one(self.store.update_contacts(&c.account, vec![ch], self.clock.now()).await?)?;
+        Ok(Response::new(pb::UpdateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
+    }
+
+    async fn delete_contact(
+        &self,
+        req: Request<pb::DeleteContactRequest>,
+    ) -> Answer<pb::DeleteContactResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().id;
+        required("id", &id)?;
+        let (deleted, _) = self
+            .store
+            .delete_contacts(&c.account, std::slice::from_ref(&id), false, self.clock.now())
+            .await?;
+        if deleted.is_empty() {
+            return Err(Error::NotFound(format!("contact {id}")).into());
+        }
+        self.relay.wake();
+        Ok(Response::new(pb::DeleteContactResponse {}))
+    }
+
+    async fn batch_create_contacts(
+        &self,
+        req: Request<pb::BatchCreateContactsRequest>,
+    ) -> Answer<pb::BatchCreateContactsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        batch_len("contacts", r.contacts.len())?;
+        if let Some(first) = self.replay(&c.account, &r.request_id).await? {
+            return Ok(Response::new(first));
+        }
+        let outcomes = self.create(&c, r.contacts, "contacts").await?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let mut answer = pb::BatchCreateContactsResponse::default();
+        for (i, o) in outcomes.into_iter().enumerate() {
+            match o {
+                Ok(row) => answer.results.push(pb::BatchContactResult {
+                    index: i as i32,
+                    contact: Some(convert::contact(row, &catalog, &[])),
+                }),
+                Err(e) => answer.errors.push(batch_error(i, &e)),
+            }
+        }
+        self.keep(&c.account, &r.request_id, &answer).await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn batch_get_contacts(
+        &self,
+        req: Request<pb::BatchGetContactsRequest>,
+    ) -> Answer<pb::BatchGetContactsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        batch_len("ids", r.ids.len() + r.emails.len())?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let mut answer = pb::BatchGetContactsResponse::default();
+        let rows = self.store.contacts(&c.account, &r.ids).await?;
+        answer.not_found.extend(r.ids.iter().filter(|id| !rows.iter().any(|row| &row.id == *id)).cloned());
+        answer.contacts.extend(rows.into_iter().map(|row| convert::contact(row, &catalog, &[])));
+        for e in r.emails {
+            match self.store.contact_by_email(&c.account, &e.trim().to_lowercase()).await? {
+                Some(row) => answer.contacts.push(convert::contact(row, &catalog, &[])),
+                None => answer.not_found.push(e),
+            }
+        }
+        Ok(Response::new(answer))
+    }
+
+    async fn batch_update_contacts(
+        &self,
+        req: Request<pb::BatchUpdateContactsRequest>,
+    ) -> Answer<pb::BatchUpdateContactsResponse> {
+        let c = caller(&req)?;
+        let updates = req.into_inner().updates;
+        batch_len("updates", updates.len())?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let mut answer = pb::BatchUpdateContactsResponse::default();
+        let mut checked = Vec::new();
+        for (i, u) in updates.into_iter().enumerate() {
+            match change(u, &catalog, &format!("updates[{i}].")) {
+                Ok(ch) => checked.push((i, ch)),
+                Err(e) => answer.errors.push(batch_error(i, &e)),
+            }
+        }
+        let (idx, changes): (Vec<usize>, Vec<Change>) = checked.into_iter().unzip();
+        let outcomes = if changes.is_empty() {
+            vec![]
+        } else {
+            self.store.update_contacts(&c.account, changes, self.clock.now()).await?
+        };
+        for (i, o) in idx.into_iter().zip(outcomes) {
+            match o {
+                Ok(row) => answer.results.push(pb::BatchContactResult {
+                    index: i as i32,
+                    contact: Some(convert::contact(row, &catalog, &[])),
+                }),
+                Err(e) => answer.errors.push(batch_error(i, &e)),
+            }
+        }
+        answer.errors.sort_by_key(|e| e.index);
+        Ok(Response::new(answer))
+    }
+
+    async fn batch_delete_contacts(
+        &self,
+        req: Request<pb::BatchDeleteContactsRequest>,
+    ) -> Answer<pb::BatchDeleteContactsResponse> {
+        let c = caller(&req)?;
+        let ids = req.into_inner().ids;
+        batch_len("ids", ids.len())?;
+        let (deleted_ids, not_found) =
+            self.store.delete_contacts(&c.account, &ids, false, self.clock.now()).await?;
+        self.relay.wake();
+        Ok(Response::new(pb::BatchDeleteContactsResponse { deleted_ids, not_found }))
+    }
+
+    async fn search_contacts(
+        &self,
+        req: Request<pb::SearchContactsRequest>,
+    ) -> Answer<pb::SearchContactsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let sql = self.compile(r.filter.as_ref(), &catalog)?;
+        if r.sorts.len() > 1 {
+            return Err(Error::invalid("sorts", "at most one sort").into());
+        }
+        let (key, descending) = match r.sorts.first() {
+            None => (SortKey::CreatedAt, false),
+            Some(s) => {
+                let key = match s.property.as_str() {
+                    "created_at" => SortKey::CreatedAt,
+                    "updated_at" => SortKey::UpdatedAt,
+                    "email" => SortKey::Email,
+                    "id" => SortKey::Id,
+                    p => match catalog.get(p) {
+                        Some(d) => SortKey::Property {
+                            name: p.to_owned(),
+                            numeric: d.ptype == crate::properties::PropertyType::Number,
+                        },
+                        None => {
+                            return Err(Error::invalid(
+                                "sorts[0].property",
+                                format!("no such property {p:?}"),
+                            )
+                            .into());
+                        }
+                    },
+                };
+                (key, s.direction == pb::SortDirection::Descending as i32)
+            }
+        };
+        for (i, p) in r.properties.iter().enumerate() {
+            if catalog.get(p).is_none() {
+                return Err(
+                    Error::invalid(format!("properties[{i}]"), format!("no such property {p:?}")).into()
+                );
+            }
+        }
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                Cursor::decode(&r.page_token)
+                    .ok_or_else(|| Error::invalid("page_token", "not a page token"))?,
+            )
+        };
+        let (rows, next) =
+            self.store.search(&c.account, &sql, &key, descending, after.as_ref(), limit).await?;
+        let total = self.store.count_matching(&c.account, &sql).await?;
+        Ok(Response::new(pb::SearchContactsResponse {
+            contacts: rows.into_iter().map(|row| convert::contact(row, &catalog, &r.properties)).collect(),
+            next_page_token: next.map(|n| n.encode()).unwrap_or_default(),
+            total,
+        }))
+    }
+
+    async fn count_contacts(
+        &self,
+        req: Request<pb::CountContactsRequest>,
+    ) -> Answer<pb::CountContactsResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(pb::CountContactsResponse { total_contacts: self.store.total(&c.account).await? }))
+    }
+
+    async fn merge_contacts(
+        &self,
+        req: Request<pb::MergeContactsRequest>,
+    ) -> Answer<pb::MergeContactsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        required("primary_id", &r.primary_id)?;
+        required("secondary_id", &r.secondary_id)?;
+        if r.primary_id == r.secondary_id {
+            return Err(Error::invalid("secondary_id", "must differ from primary_id").into());
+        }
+        let catalog = self.store.catalog(&c.account).await?;
+        let row =
+            self.store.merge(&c.account, &r.primary_id, &r.secondary_id, &catalog, self.clock.now()).await?;
+        self.relay.wake();
+        Ok(Response::new(pb::MergeContactsResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
+    }
+
+    async fn create_property(
+        &self,
+        req: Request<pb::CreatePropertyRequest>,
+    ) -> Answer<pb::CreatePropertyResponse> {
+        let c = caller(&req)?;
+        let d = convert::checked_definition(req.into_inner().property)?;
+        if crate::properties::standard().iter().any(|s| s.name == d.name) {
+            return Err(Error::AlreadyExists(format!("{} is a standard property", d.name)).into());
+        }
+        self.store.create_property(&c.account, &d, self.clock.now()).await?;
+        Ok(Response::new(pb::CreatePropertyResponse { property: Some(convert::definition(&d)) }))
+    }
+
+    async fn get_property(&self, req: Request<pb::GetPropertyRequest>) -> Answer<pb::GetPropertyResponse> {
+        let c = caller(&req)?;
+        let name = req.into_inner().name;
+        let catalog = self.store.catalog(&c.account).await?;
+        let d = catalog.get(&name).ok_or_else(|| Error::NotFound(format!("property {name:?}")))?;
+        Ok(Response::new(pb::GetPropertyResponse { property: Some(convert::definition(d)) }))
+    }
+
+    async fn list_properties(
+        &self,
+        req: Request<pb::ListPropertiesRequest>,
+    ) -> Answer<pb::ListPropertiesResponse> {
+        let c = caller(&req)?;
+        let catalog = self.store.catalog(&c.account).await?;
+        Ok(Response::new(pb::ListPropertiesResponse {
+            properties: catalog.by_name.values().map(convert::definition).collect(),
+        }))
+    }
+
+    async fn update_property(
+        &self,
+        req: Request<pb::UpdatePropertyRequest>,
+    ) -> Answer<pb::UpdatePropertyResponse> {
+        let c = caller(&req)?;
+        let d = convert::checked_definition(req.into_inner().property)?;
+        let catalog = self.store.catalog(&c.account).await?;
+        match catalog.get(&d.name) {
+            None => return Err(Error::NotFound(format!("property {}", d.name)).into()),
+            Some(s) if s.standard => {
+                return Err(Error::FailedPrecondition(format!("{} is a standard property", d.name)).into());
+            }
+            Some(s) if s.ptype != d.ptype => {
+                return Err(Error::invalid("property.type", "cannot change").into());
+            }
+            Some(_) => {}
+        }
+        self.store.update_property(&c.account, &d).await?;
+        Ok(Response::new(pb::UpdatePropertyResponse { property: Some(convert::definition(&d)) }))
+    }
+
+    async fn delete_property(
+        &self,
+        req: Request<pb::DeletePropertyRequest>,
+    ) -> Answer<pb::DeletePropertyResponse> {
+        let c = caller(&req)?;
+        let name = req.into_inner().name;
+        if crate::properties::standard().iter().any(|s| s.name == name) {
+            return Err(Error::FailedPrecondition(format!("{name} is a standard property")).into());
+        }
+        self.store.delete_property(&c.account, &name).await?;
+        Ok(Response::new(pb::DeletePropertyResponse {}))
+    }
+
+    type ImportContactsStream = BoxStream<'static, std::result::Result<pb::ImportContactsResponse, Status>>;
+
+    async fn import_contacts(
+        &self,
+        req: Request<Streaming<pb::ImportContactsRequest>>,
+    ) -> Answer<Self::ImportContactsStream> {
+        let c = caller(&req)?;
+        let stream = import::start(self.clone(), c.account, c.user, req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_import(&self, req: Request<pb::GetImportRequest>) -> Answer<pb::GetImportResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().import_id;
+        let i = self
+            .store
+            .import(&c.account, &id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("import {id}")))?;
+        Ok(Response::new(pb::GetImportResponse { summary: Some(convert::import_summary(&i)) }))
+    }
+
+    async fn list_import_errors(
+        &self,
+        req: Request<pb::ListImportErrorsRequest>,
+    ) -> Answer<pb::ListImportErrorsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        self.store
+            .import(&c.account, &r.import_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("import {}", r.import_id)))?;
+        let after = if r.page_token.is_empty() {
+            (0, String::new())
+        } else {
+            r.page_token
+                .split_once(':')
+                .and_then(|(row, col)| Some((row.parse::<i64>().ok()?, col.to_owned())))
+                .ok_or_else(|| Error::invalid("page_token", "not a page token"))?
+        };
+        let rows = self.store.import_errors(&c.account, &r.import_id, (after.0, &after.1), limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next = if more {
+            rows.last().map(|e| format!("{}:{}", e.row_number, e.column_name)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListImportErrorsResponse {
+            errors: rows
+                .into_iter()
+                .map(|e| pb::ImportRowError { row: e.row_number, column: e.column_name, reason: e.reason })
+                .collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn create_list(&self, req: Request<pb::CreateListRequest>) -> Answer<pb::CreateListResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        if r.name.trim().is_empty() {
+            return Err(Error::invalid("name", "required").into());
+        }
+        let kind = match pb::ListType::try_from(r.r#type) {
+            Ok(pb::ListType::Static) => "static",
+            Ok(pb::ListType::Active) => "active",
+            _ => return Err(Error::invalid("type", "STATIC or ACTIVE").into()),
+        };
+        let filter = match (kind, r.filter) {
+            ("active", Some(f)) if !f.groups.is_empty() => {
+                self.compile(Some(&f), &self.store.catalog(&c.account).await?)?;
+                f.encode_to_vec()
+            }
+            ("active", _) => return Err(Error::invalid("filter", "an active list needs a filter").into()),
+            (_, Some(f)) if !f.groups.is_empty() => {
+                return Err(Error::invalid("filter", "a static list has members, not a filter").into());
+            }
+            _ => vec![],
+        };
+        let row = ListRow {
+            id: new_id(),
+            name: r.name.trim().to_owned(),
+            r#type: kind.into(),
+            filter,
+            created_at: micros(self.clock.now()),
+        };
+        self.store.create_list(&c.account, &row).await?;
+        let size = self.list_size(&c.account, &row).await?;
+        Ok(Response::new(pb::CreateListResponse { list: Some(convert::list(row, size)) }))
+    }
+
+    async fn get_list(&self, req: Request<pb::GetListRequest>) -> Answer<pb::GetListResponse> {
+        let c = caller(&req)?;
+        let row = self.store.list(&c.account, &req.into_inner().id).await?;
+        let size = self.list_size(&c.account, &row).await?;
+        Ok(Response::new(pb::GetListResponse { list: Some(convert::list(row, size)) }))
+    }
+
+    async fn list_lists(&self, req: Request<pb::ListListsRequest>) -> Answer<pb::ListListsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let rows = self.store.lists(&c.account, &r.page_token, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        let mut lists = Vec::new();
+        for row in rows.into_iter().take(limit as usize) {
+            let size = self.list_size(&c.account, &row).await?;
+            lists.push(convert::list(row, size));
+        }
+        let next_page_token =
+            if more { lists.last().map(|l| l.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListListsResponse { lists, next_page_token }))
+    }
+
+    async fn update_list(&self, req: Request<pb::UpdateListRequest>) -> Answer<pb::UpdateListResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let mut row = self.store.list(&c.account, &r.id).await?;
+        if !r.name.trim().is_empty() {
+            row.name = r.name.trim().to_owned();
+        }
+        if let Some(f) = r.filter.filter(|f| !f.groups.is_empty()) {
+            if row.r#type != "active" {
+                return Err(Error::invalid("filter", "a static list has members, not a filter").into());
+            }
+            self.compile(Some(&f), &self.store.catalog(&c.account).await?)?;
+            row.filter = f.encode_to_vec();
+        }
+        self.store.update_list(&c.account, &row.id, &row.name, &row.filter).await?;
+        let size = self.list_size(&c.account, &row).await?;
+        Ok(Response::new(pb::UpdateListResponse { list: Some(convert::list(row, size)) }))
+    }
+
+    async fn delete_list(&self, req: Request<pb::DeleteListRequest>) -> Answer<pb::DeleteListResponse> {
+        let c = caller(&req)?;
+        self.store.delete_list(&c.account, &req.into_inner().id).await?;
+        Ok(Response::new(pb::DeleteListResponse {}))
+    }
+
+    async fn add_list_members(
+        &self,
+        req: Request<pb::AddListMembersRequest>,
+    ) -> Answer<pb::AddListMembersResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        batch_len("contact_ids", r.contact_ids.len())?;
+        let list = self.store.list(&c.account, &r.list_id).await?;
+        if list.r#type == "active" {
+            return Err(Error::FailedPrecondition("an active list's members follow its filter".into()).into());
+        }
+        let (added, not_found) =
+            self.store.add_members(&c.account, &list.id, &r.contact_ids, self.clock.now()).await?;
+        Ok(Response::new(pb::AddListMembersResponse { added, not_found }))
+    }
+
+    async fn remove_list_members(
+        &self,
+        req: Request<pb::RemoveListMembersRequest>,
+    ) -> Answer<pb::RemoveListMembersResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        batch_len("contact_ids", r.contact_ids.len())?;
+        let list = self.store.list(&c.account, &r.list_id).await?;
+        if list.r#type == "active" {
+            return Err(Error::FailedPrecondition("an active list's members follow its filter".into()).into());
+        }
+        let removed = self.store.remove_members(&c.account, &list.id, &r.contact_ids).await?;
+        Ok(Response::new(pb::RemoveListMembersResponse { removed }))
+    }
+
+    async fn list_list_members(
+        &self,
+        req: Request<pb::ListListMembersRequest>,
+    ) -> Answer<pb::ListListMembersResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let list = self.store.list(&c.account, &r.list_id).await?;
+        let ids = if list.r#type == "active" {
+            let catalog = self.store.catalog(&c.account).await?;
+            let f = pb::ContactFilter::decode(list.filter.as_slice())
+                .map_err(|_| Error::Internal("stored filter".into()))?;
+            match filter::compile(Some(&f), &catalog, 1) {
+                Ok(sql) => self.store.matching_ids(&c.account, &sql, &r.page_token, limit + 1).await?,
+                Err(_) => vec![],
+            }
+        } else {
+            self.store.members(&c.account, &list.id, &r.page_token, limit + 1).await?
+        };
+        let more = ids.len() as i64 > limit;
+        let contact_ids: Vec<String> = ids.into_iter().take(limit as usize).collect();
+        let next_page_token =
+            if more { contact_ids.last().cloned().unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListListMembersResponse { contact_ids, next_page_token }))
+    }
+
+    async fn set_consent(&self, req: Request<pb::SetConsentRequest>) -> Answer<pb::SetConsentResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        required("contact_id", &r.contact_id)?;
+        let consent = r.consent.ok_or_else(|| Error::invalid("consent", "required"))?;
+        if consent.legal_basis.trim().is_empty() && !consent.unsubscribed_from_all {
+            return Err(Error::invalid("consent.legal_basis", "required unless unsubscribed from all").into());
+        }
+        for (i, t) in consent.subscription_types.iter().enumerate() {
+            if t.trim().is_empty() {
+                return Err(Error::invalid(format!("consent.subscription_types[{i}]"), "empty").into());
+            }
+        }
+        let opted_in_at = match &consent.opted_in_at {
+            Some(t) => t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000,
+            None if consent.unsubscribed_from_all => 0,
+            None => micros(self.clock.now()),
+        };
+        let row = ConsentRow {
+            legal_basis: consent.legal_basis.trim().to_owned(),
+            opted_in_at,
+            // Unsubscribed from all means subscribed to nothing.
+            subscription_types: serde_json::to_string(if consent.unsubscribed_from_all {
+                &[][..]
+            } else {
+                &consent.subscription_types[..]
+            })
+            .expect("JSON of strings"),
+            unsubscribed_from_all: consent.unsubscribed_from_all,
+        };
+        self.store.set_consent(&c.account, &r.contact_id, &row).await?;
+        Ok(Response::new(pb::SetConsentResponse { consent: Some(convert::consent(row)) }))
+    }
+
+    async fn get_consent(&self, req: Request<pb::GetConsentRequest>) -> Answer<pb::GetConsentResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().contact_id;
+        self.contact_by_id(&c.account, &id).await?;
+        let consent = self.store.consent(&c.account, &id).await?.map(convert::consent).unwrap_or_default();
+        Ok(Response::new(pb::GetConsentResponse { consent: Some(consent) }))
+    }
+
+    async fn export_contact_data(
+        &self,
+        req: Request<pb::ExportContactDataRequest>,
+    ) -> Answer<pb::ExportContactDataResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().contact_id;
+        required("contact_id", &id)?;
+        let row = self.contact_by_id(&c.account, &id).await?;
+        let consent = self.store.consent(&c.account, &id).await?;
+        let lists = self.store.lists_of(&c.account, &id).await?;
+        let own = serde_json::json!({
+            "id": row.id,
+            "email": row.email,
+            "properties": row.values(),
+            "version": row.version,
+            "creation_source": { "type": row.source_type, "id": row.source_id },
+            "created_at_micros": row.created_at,
+            "updated_at_micros": row.updated_at,
+            "consent": consent.map(|c| serde_json::json!({
+                "legal_basis": c.legal_basis,
+                "opted_in_at_micros": c.opted_in_at,
+                "subscription_types": serde_json::from_str::<serde_json::Value>(&c.subscription_types).unwrap_or_default(),
+                "unsubscribed_from_all": c.unsubscribed_from_all,
+            })),
+            "static_lists": lists,
+        });
+        let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
+            self.marketing_status.channel.clone(),
+            self.marketing_status.interceptor(),
+        );
+        let status = client
+            .export_contact_status_data(mpb::ExportContactStatusDataRequest {
+                account_id: c.account.clone(),
+                contact_id: id,
+            })
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("marketing-status could not export its part: {}", e.message()))
+            })?
+            .into_inner();
+        Ok(Response::new(pb::ExportContactDataResponse {
+            parts: vec![
+                pb::ServiceExport { service: crate::NAME.into(), json: own.to_string() },
+                pb::ServiceExport { service: "marketing-status".into(), json: status.json },
+            ],
+        }))
+    }
+
+    async fn erase_contact(&self, req: Request<pb::EraseContactRequest>) -> Answer<pb::EraseContactResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().contact_id;
+        required("contact_id", &id)?;
+        let (deleted, _) =
+            self.store.delete_contacts(&c.account, std::slice::from_ref(&id), true, self.clock.now()).await?;
+        if deleted.is_empty() {
+            return Err(Error::NotFound(format!("contact {id}")).into());
+        }
+        self.relay.wake();
+        Ok(Response::new(pb::EraseContactResponse {}))
+    }
+
+    async fn anonymize_contact(
+        &self,
+        req: Request<pb::AnonymizeContactRequest>,
+    ) -> Answer<pb::AnonymizeContactResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().contact_id;
+        required("contact_id", &id)?;
+        let row = self.store.anonymize(&c.account, &id, self.clock.now()).await?;
+        let catalog = self.store.catalog(&c.account).await?;
+        Ok(Response::new(pb::AnonymizeContactResponse {
+            contact: Some(convert::contact(row, &catalog, &[])),
+        }))
+    }
+}

@@ -1,0 +1,66 @@
+//! The service's errors and their one mapping to gRPC status.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Aborted(String),
+    #[error("storage: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// The gRPC code name, for per-record batch results.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Error::NotFound(_) => "NOT_FOUND",
+            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::Aborted(_) => "ABORTED",
+            Error::Db(_) => "UNAVAILABLE",
+            Error::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn field(&self) -> &str {
+        match self {
+            Error::InvalidArgument { field, .. } => field,
+            _ => "",
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::Aborted(_) => Status::aborted(e.to_string()),
+            Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

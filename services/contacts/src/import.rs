@@ -1,0 +1,488 @@
+//! CSV import streamed over gRPC. The header message says how to read the file; chunks of it
+//! follow, split anywhere. Rows are parsed as they arrive and written a batch at a time, so
+//! memory stays bounded whatever the file size; a bad row is reported (row, column, reason) and
+//! never stops the good ones. Progress goes back after every batch.
+
+use crate::api::Api;
+use crate::convert::{self, source_type_name};
+use crate::email;
+use crate::error::{Error, Result};
+use crate::properties::{self, Catalog, Value};
+use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact};
+use contactier_proto::common::v1 as common;
+use contactier_proto::contacts::v1 as pb;
+use contactier_runtime::convert::{micros, new_id};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use std::collections::{BTreeMap, HashMap};
+use tonic::{Status, Streaming};
+
+/// Rows written per transaction.
+pub const BATCH_ROWS: usize = 1_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Create,
+    Update,
+    Upsert,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Create => "create",
+            Mode::Update => "update",
+            Mode::Upsert => "upsert",
+        }
+    }
+}
+
+/// How to read the file, checked.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub mode: Mode,
+    /// CSV column -> property; "email" maps the address.
+    pub mapping: BTreeMap<String, String>,
+    pub set_as_marketing: bool,
+    pub opt_in_column: Option<String>,
+    pub legal_basis: String,
+    pub delimiter: u8,
+}
+
+/// Checks a header against the account's properties.
+pub fn plan(h: &pb::ImportHeader, catalog: &Catalog) -> Result<Plan> {
+    let mode = match pb::ImportMode::try_from(h.mode) {
+        Ok(pb::ImportMode::Create) => Mode::Create,
+        Ok(pb::ImportMode::Update) => Mode::Update,
+        Ok(pb::ImportMode::Upsert) => Mode::Upsert,
+        _ => return Err(Error::invalid("header.mode", "CREATE, UPDATE or UPSERT")),
+    };
+    let mut mapping = BTreeMap::new();
+    for (column, property) in &h.column_mapping {
+        if property != "email" && catalog.get(property).is_none() {
+            return Err(Error::invalid(
+                format!("header.column_mapping.{column}"),
+                format!("no such property {property:?}"),
+            ));
+        }
+        mapping.insert(column.clone(), property.clone());
+    }
+    let emails = mapping.values().filter(|p| *p == "email").count();
+    if emails != 1 {
+        return Err(Error::invalid("header.column_mapping", "exactly one column must map to email"));
+    }
+    let delimiter = match h.delimiter.as_bytes() {
+        [] => b',',
+        [d] if *d != b'"' && *d != b'\n' && *d != b'\r' => *d,
+        _ => return Err(Error::invalid("header.delimiter", "one character, not a quote or line break")),
+    };
+    Ok(Plan {
+        mode,
+        mapping,
+        set_as_marketing: h.set_as_marketing,
+        opt_in_column: Some(h.gdpr_opt_in_column.clone()).filter(|c| !c.is_empty()),
+        legal_basis: if h.gdpr_legal_basis.is_empty() {
+            "consent".into()
+        } else {
+            h.gdpr_legal_basis.clone()
+        },
+        delimiter,
+    })
+}
+
+/// One data row, checked: its email, values and opt-in, or the reasons it is refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub number: i64,
+    pub email: email::Email,
+    pub values: BTreeMap<String, Value>,
+    pub opt_in: bool,
+}
+
+/// Checks a record against the plan; empty cells leave a property as it is.
+pub fn check_row(
+    number: i64,
+    headers: &[String],
+    record: &csv_async::StringRecord,
+    plan: &Plan,
+    catalog: &Catalog,
+) -> std::result::Result<Row, Vec<ImportErrorRow>> {
+    let mut errors = Vec::new();
+    let mut email = None;
+    let mut values = BTreeMap::new();
+    let mut opt_in = false;
+    let err = |column: &str, reason: String| ImportErrorRow {
+        row_number: number,
+        column_name: column.to_owned(),
+        reason,
+    };
+    for (i, column) in headers.iter().enumerate() {
+        let cell = record.get(i).unwrap_or("");
+        if plan.opt_in_column.as_deref() == Some(column.as_str()) && !cell.trim().is_empty() {
+            match properties::parse_bool(cell) {
+                Some(b) => opt_in = b,
+                None => errors.push(err(column, format!("{:?} is not true or false", cell.trim()))),
+            }
+        }
+        let Some(property) = plan.mapping.get(column) else { continue };
+        if property == "email" {
+            match email::parse(cell) {
+                Ok(e) => email = Some(e),
+                Err(r) => errors.push(err(column, format!("email: {r}"))),
+            }
+            continue;
+        }
+        if cell.trim().is_empty() {
+            continue;
+        }
+        let def = catalog.get(property).expect("mapping checked against the catalog");
+        match properties::normalize(def, cell) {
+            Ok(v) => {
+                values.insert(property.clone(), v);
+            }
+            Err(r) => errors.push(err(column, r)),
+        }
+    }
+    if record.len() != headers.len() {
+        errors.push(err("", format!("{} fields; the header has {}", record.len(), headers.len())));
+    }
+    match (email, errors.is_empty()) {
+        (Some(email), true) => Ok(Row { number, email, values, opt_in }),
+        (_, _) => Err(errors),
+    }
+}
+
+type Progress = std::result::Result<pb::ImportContactsResponse, Status>;
+
+/// Reads the header, then runs the import in its own task, streaming progress back.
+pub async fn start(
+    api: Api,
+    account: String,
+    user: String,
+    mut input: Streaming<pb::ImportContactsRequest>,
+) -> Result<BoxStream<'static, Progress>> {
+    let header = match input.message().await.map_err(|e| Error::invalid("header", e.message().to_owned()))? {
+        Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Header(h)) }) => h,
+        _ => return Err(Error::invalid("header", "the first message must be the header")),
+    };
+    let catalog = api.store.catalog(&account).await?;
+    let plan = plan(&header, &catalog)?;
+    let mut import = ImportRow {
+        id: new_id(),
+        name: header.name.clone(),
+        mode: plan.mode.as_str().into(),
+        state: "running".into(),
+        request_id: header.request_id.clone(),
+        started_at: micros(api.clock.now()),
+        ..ImportRow::default()
+    };
+    if let Some(earlier) = api.store.start_import(&account, &import).await? {
+        let done =
+            pb::ImportContactsResponse { progress: Some(convert::import_summary(&earlier)), done: true };
+        return Ok(futures::stream::iter([Ok(done)]).boxed());
+    }
+    tracing::info!(import = %import.id, mode = import.mode, "import started");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Progress>(16);
+    tokio::spawn(async move {
+        let outcome = run(&api, &account, &user, &plan, &catalog, &mut import, input, &tx).await;
+        import.finished_at = micros(api.clock.now());
+        import.state = if outcome.is_ok() { "completed" } else { "failed" }.into();
+        if let Err(e) = &outcome {
+            tracing::warn!(import = %import.id, error = %e, "import failed");
+        }
+        if let Err(e) = api.store.save_import(&account, &import).await {
+            tracing::warn!(import = %import.id, error = %e, "saving the import's end failed");
+        }
+        tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, failed = import.failed, "import ended");
+        let last = match outcome {
+            Ok(()) => Ok(pb::ImportContactsResponse {
+                progress: Some(convert::import_summary(&import)),
+                done: true,
+            }),
+            Err(e) => Err(Status::from(e)),
+        };
+        let _ = tx.send(last).await;
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    api: &Api,
+    account: &str,
+    user: &str,
+    plan: &Plan,
+    catalog: &Catalog,
+    import: &mut ImportRow,
+    input: Streaming<pb::ImportContactsRequest>,
+    progress: &tokio::sync::mpsc::Sender<Progress>,
+) -> Result<()> {
+    let bytes = input.map(|m| match m {
+        Ok(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) }) => {
+            Ok(bytes_of(b))
+        }
+        Ok(_) => Err(std::io::Error::other("after the header only chunks may follow")),
+        Err(e) => Err(std::io::Error::other(e.message().to_owned())),
+    });
+    let reader = tokio_util::io::StreamReader::new(bytes);
+    let mut csv =
+        csv_async::AsyncReaderBuilder::new().delimiter(plan.delimiter).flexible(true).create_reader(reader);
+    let headers: Vec<String> = csv
+        .headers()
+        .await
+        .map_err(|e| Error::invalid("chunk", format!("CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
+        if !headers.contains(column) {
+            return Err(Error::invalid(
+                "header.column_mapping",
+                format!("the file has no column {column:?}"),
+            ));
+        }
+    }
+    let mut records = csv.into_records();
+    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    let mut errors: Vec<ImportErrorRow> = Vec::new();
+    let mut number = 0;
+    while let Some(record) = records.next().await {
+        number += 1;
+        import.rows_read += 1;
+        match record {
+            Ok(r) => match check_row(number, &headers, &r, plan, catalog) {
+                Ok(row) => batch.push(row),
+                Err(e) => {
+                    import.failed += 1;
+                    errors.extend(e);
+                }
+            },
+            Err(e) => {
+                // A malformed record (bad quoting, invalid UTF-8): reported, the rest goes on.
+                import.failed += 1;
+                errors.push(ImportErrorRow {
+                    row_number: number,
+                    column_name: String::new(),
+                    reason: format!("CSV: {e}"),
+                });
+            }
+        }
+        if batch.len() >= BATCH_ROWS {
+            write(api, account, user, plan, import, std::mem::take(&mut batch), &mut errors).await?;
+            api.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
+            api.store.save_import(account, import).await?;
+            let _ = progress
+                .send(Ok(pb::ImportContactsResponse {
+                    progress: Some(convert::import_summary(import)),
+                    done: false,
+                }))
+                .await;
+        }
+    }
+    write(api, account, user, plan, import, batch, &mut errors).await?;
+    api.store.add_import_errors(account, &import.id, &errors).await?;
+    Ok(())
+}
+
+fn bytes_of(v: Vec<u8>) -> std::io::Cursor<Vec<u8>> {
+    std::io::Cursor::new(v)
+}
+
+/// Writes one batch: creates and updates as the mode says; a later row for an email earlier in
+/// the batch updates it (upsert and update) or is refused as a duplicate (create).
+async fn write(
+    api: &Api,
+    account: &str,
+    user: &str,
+    plan: &Plan,
+    import: &mut ImportRow,
+    rows: Vec<Row>,
+    errors: &mut Vec<ImportErrorRow>,
+) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // Fold repeats of an email into its first row.
+    let mut order: Vec<Row> = Vec::with_capacity(rows.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        match seen.get(&row.email.key) {
+            Some(&i) if plan.mode == Mode::Create => {
+                import.failed += 1;
+                let first = order[i].number;
+                errors.push(ImportErrorRow {
+                    row_number: row.number,
+                    column_name: email_column(plan),
+                    reason: format!("the email of row {first} again"),
+                });
+            }
+            Some(&i) => {
+                import.updated += 1;
+                let first = &mut order[i];
+                first.values.extend(row.values);
+                first.opt_in |= row.opt_in;
+            }
+            None => {
+                seen.insert(row.email.key.clone(), order.len());
+                order.push(row);
+            }
+        }
+    }
+    let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
+    let existing = api.store.ids_by_email(account, &keys).await?;
+    let now = api.clock.now();
+    let (mut creates, mut updates) = (Vec::new(), Vec::new());
+    for row in order {
+        match (existing.get(&row.email.key), plan.mode) {
+            (Some(_), Mode::Create) => {
+                import.skipped += 1;
+                errors.push(ImportErrorRow {
+                    row_number: row.number,
+                    column_name: email_column(plan),
+                    reason: "skipped: a contact with this email exists".into(),
+                });
+            }
+            (None, Mode::Update) => {
+                import.skipped += 1;
+                errors.push(ImportErrorRow {
+                    row_number: row.number,
+                    column_name: email_column(plan),
+                    reason: "skipped: no contact has this email".into(),
+                });
+            }
+            (Some(id), _) => updates.push((id.clone(), row)),
+            (None, _) => creates.push(row),
+        }
+    }
+    let mut opted_in: Vec<String> = Vec::new();
+    if !creates.is_empty() {
+        let requested = if plan.set_as_marketing {
+            common::MarketingStatus::Marketing
+        } else {
+            common::MarketingStatus::Unspecified
+        };
+        let news: Vec<NewContact> = creates
+            .iter()
+            .map(|r| NewContact {
+                email: r.email.clone(),
+                values: r.values.clone(),
+                source_type: source_type_name(common::SourceType::Import),
+                source_id: import.id.clone(),
+                requested_status: requested as i32,
+                user_id: user.to_owned(),
+            })
+            .collect();
+        for (row, outcome) in creates.iter().zip(api.store.create_contacts(account, news, now).await?) {
+            match outcome {
+                Ok(c) => {
+                    import.created += 1;
+                    if row.opt_in {
+                        opted_in.push(c.id);
+                    }
+                }
+                // Created by someone else since the lookup.
+                Err(e) => {
+                    import.failed += 1;
+                    errors.push(ImportErrorRow {
+                        row_number: row.number,
+                        column_name: email_column(plan),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        api.relay.wake();
+    }
+    if !updates.is_empty() {
+        let changes = updates
+            .iter()
+            .map(|(id, r)| Change {
+                id: id.clone(),
+                values: r.values.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+                email: None,
+                expected_version: 0,
+            })
+            .collect();
+        for ((id, row), outcome) in
+            updates.iter().zip(api.store.update_contacts(account, changes, now).await?)
+        {
+            match outcome {
+                Ok(_) => {
+                    import.updated += 1;
+                    if row.opt_in {
+                        opted_in.push(id.clone());
+                    }
+                }
+                Err(e) => {
+                    import.failed += 1;
+                    errors.push(ImportErrorRow {
+                        row_number: row.number,
+                        column_name: email_column(plan),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let consent = ConsentRow {
+        legal_basis: plan.legal_basis.clone(),
+        opted_in_at: micros(now),
+        subscription_types: "[]".into(),
+        unsubscribed_from_all: false,
+    };
+    for id in opted_in {
+        api.store.set_consent(account, &id, &consent).await?;
+    }
+    Ok(())
+}
+
+fn email_column(plan: &Plan) -> String {
+    plan.mapping.iter().find(|(_, p)| *p == "email").map(|(c, _)| c.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(mapping: &[(&str, &str)]) -> pb::ImportHeader {
+        pb::ImportHeader {
+            mode: pb::ImportMode::Upsert as i32,
+            column_mapping: mapping.iter().map(|(c, p)| (c.to_string(), p.to_string())).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_maps_exactly_one_column_to_email_and_known_properties() {
+        let catalog = Catalog::new(vec![]);
+        assert!(plan(&header(&[("Email", "email"), ("First", "first_name")]), &catalog).is_ok());
+        let e = plan(&header(&[("First", "first_name")]), &catalog).unwrap_err();
+        assert_eq!(e.field(), "header.column_mapping");
+        let e = plan(&header(&[("Email", "email"), ("Size", "shoe_size")]), &catalog).unwrap_err();
+        assert_eq!(e.field(), "header.column_mapping.Size");
+        let e = plan(&pb::ImportHeader { mode: 0, ..header(&[("Email", "email")]) }, &catalog).unwrap_err();
+        assert_eq!(e.field(), "header.mode");
+        let e = plan(&pb::ImportHeader { delimiter: ";;".into(), ..header(&[("Email", "email")]) }, &catalog)
+            .unwrap_err();
+        assert_eq!(e.field(), "header.delimiter");
+    }
+
+    #[test]
+    fn a_row_is_refused_with_every_bad_column_named() {
+        let catalog = Catalog::new(vec![]);
+        let mut h = header(&[("Email", "email"), ("Stage", "lifecycle_stage")]);
+        h.gdpr_opt_in_column = "OptIn".into();
+        let p = plan(&h, &catalog).unwrap();
+        let headers: Vec<String> = ["Email", "Stage", "OptIn"].map(String::from).to_vec();
+        let ok = csv_async::StringRecord::from(vec!["Ada@Example.com", "customer", "yes"]);
+        let row = check_row(1, &headers, &ok, &p, &catalog).unwrap();
+        assert_eq!((row.email.key.as_str(), row.opt_in), ("ada@example.com", true));
+        assert_eq!(row.values["lifecycle_stage"].text, "customer");
+        let bad = csv_async::StringRecord::from(vec!["not-an-email", "alien", "perhaps"]);
+        let errors = check_row(7, &headers, &bad, &p, &catalog).unwrap_err();
+        let columns: Vec<_> = errors.iter().map(|e| (e.row_number, e.column_name.as_str())).collect();
+        assert_eq!(columns, [(7, "Email"), (7, "Stage"), (7, "OptIn")]);
+        let short = csv_async::StringRecord::from(vec!["b@example.com"]);
+        assert!(check_row(8, &headers, &short, &p, &catalog).is_err());
+    }
+}

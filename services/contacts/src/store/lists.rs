@@ -1,0 +1,159 @@
+//! Lists: static ones hold explicit members; active ones keep a filter that is evaluated live.
+
+use super::Store;
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use contactier_runtime::convert::micros;
+use contactier_runtime::db::BeginWrite;
+use contactier_runtime::with_pool;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ListRow {
+    pub id: String,
+    pub name: String,
+    /// "static" or "active".
+    pub r#type: String,
+    /// The encoded ContactFilter of an active list.
+    pub filter: Vec<u8>,
+    pub created_at: i64,
+}
+
+const LIST_COLUMNS: &str = "id, name, type, filter, created_at";
+
+impl Store {
+    pub async fn create_list(&self, account: &str, list: &ListRow) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO lists (account_id, id, name, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        ).bind(account).bind(&list.id).bind(&list.name).bind(&list.r#type).bind(&list.filter).bind(list.created_at)
+        .execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn list(&self, account: &str, id: &str) -> Result<ListRow> {
+        let q = format!("SELECT {LIST_COLUMNS} FROM lists WHERE account_id = $1 AND id = $2");
+        let row: Option<ListRow> = with_pool!(&self.db, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?);
+        row.ok_or_else(|| Error::NotFound(format!("list {id}")))
+    }
+
+    /// Lists in id order after `after`.
+    pub async fn lists(&self, account: &str, after: &str, limit: i64) -> Result<Vec<ListRow>> {
+        let q = format!(
+            "SELECT {LIST_COLUMNS} FROM lists WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        );
+        Ok(with_pool!(&self.db, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(after).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn update_list(&self, account: &str, id: &str, name: &str, filter: &[u8]) -> Result<()> {
+        let n = with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE lists SET name = $1, filter = $2 WHERE account_id = $3 AND id = $4",
+        ).bind(name).bind(filter).bind(account).bind(id).execute(pool).await?.rows_affected());
+        if n == 0 {
+            return Err(Error::NotFound(format!("list {id}")));
+        }
+        Ok(())
+    }
+
+    pub async fn delete_list(&self, account: &str, id: &str) -> Result<()> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n = sqlx::query("DELETE FROM lists WHERE account_id = $1 AND id = $2")
+                .bind(account).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n == 0 {
+                return Err(Error::NotFound(format!("list {id}")));
+            }
+            sqlx::query("DELETE FROM list_members WHERE account_id = $1 AND list_id = $2")
+                .bind(account).bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Adds existing contacts to a static list; answers how many were added and the ids that
+    /// name no contact.
+    pub async fn add_members(
+        &self,
+        account: &str,
+        list: &str,
+        ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(i64, Vec<String>)> {
+        let r = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let (mut added, mut missing) = (0, Vec::new());
+            for id in ids {
+                let known: Option<String> = sqlx::query_scalar("SELECT id FROM contacts WHERE account_id = $1 AND id = $2")
+                    .bind(account).bind(id).fetch_optional(&mut *tx).await?;
+                if known.is_none() {
+                    missing.push(id.clone());
+                    continue;
+                }
+                added += sqlx::query(
+                    "INSERT INTO list_members (account_id, list_id, contact_id, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                ).bind(account).bind(list).bind(id).bind(micros(now)).execute(&mut *tx).await?.rows_affected() as i64;
+            }
+            tx.commit().await?;
+            (added, missing)
+        });
+        Ok(r)
+    }
+
+    pub async fn remove_members(&self, account: &str, list: &str, ids: &[String]) -> Result<i64> {
+        let mut removed = 0;
+        for id in ids {
+            removed += with_pool!(&self.db, pool => sqlx::query(
+                "DELETE FROM list_members WHERE account_id = $1 AND list_id = $2 AND contact_id = $3",
+            ).bind(account).bind(list).bind(id).execute(pool).await?.rows_affected())
+                as i64;
+        }
+        Ok(removed)
+    }
+
+    /// Members of a static list in id order after `after`.
+    pub async fn members(&self, account: &str, list: &str, after: &str, limit: i64) -> Result<Vec<String>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT contact_id FROM list_members WHERE account_id = $1 AND list_id = $2 AND contact_id > $3 ORDER BY contact_id LIMIT $4",
+        ).bind(account).bind(list).bind(after).bind(limit).fetch_all(pool).await?))
+    }
+
+    pub async fn member_count(&self, account: &str, list: &str) -> Result<i64> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM list_members WHERE account_id = $1 AND list_id = $2",
+        ).bind(account).bind(list).fetch_one(pool).await?))
+    }
+}
+
+impl Store {
+    /// Static lists a contact belongs to.
+    pub async fn lists_of(&self, account: &str, contact: &str) -> Result<Vec<String>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT list_id FROM list_members WHERE account_id = $1 AND contact_id = $2 ORDER BY list_id",
+        ).bind(account).bind(contact).fetch_all(pool).await?))
+    }
+
+    /// Ids of the contacts with these email keys.
+    pub async fn ids_by_email(
+        &self,
+        account: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in keys.chunks(500) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND email_key IN ({})",
+                params.join(", ")
+            );
+            let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
+                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                q.fetch_all(pool).await?
+            });
+            out.extend(rows);
+        }
+        Ok(out)
+    }
+}

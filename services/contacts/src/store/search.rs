@@ -1,0 +1,171 @@
+//! Search: a compiled filter, one sort key and keyset paging (the cursor holds the last row's
+//! sort value and id), so pages stay fast and complete however deep they go.
+
+use super::{CONTACT_COLUMNS, ContactRow, Store, bind_all};
+use crate::error::{Error, Result};
+use crate::filter::{Bind, Sql};
+use base64::Engine;
+use contactier_runtime::with_pool;
+
+/// What results are ordered by; the contact id breaks ties.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SortKey {
+    CreatedAt,
+    UpdatedAt,
+    Email,
+    Id,
+    /// A property; numeric ones sort by value.
+    Property {
+        name: String,
+        numeric: bool,
+    },
+}
+
+/// Where the previous page ended.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cursor {
+    /// The last row's sort value: text, or a number for times and numeric properties.
+    pub text: Option<String>,
+    pub num: Option<f64>,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("JSON of plain values");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(token: &str) -> Option<Cursor> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Missing numeric values sort first ascending, last descending.
+const NUM_MISSING: f64 = -1.0e300;
+
+impl SortKey {
+    /// The SQL of the sort value; `p` is the placeholder of the property name.
+    fn expr(&self, p: &str) -> String {
+        match self {
+            SortKey::CreatedAt => "c.created_at".into(),
+            SortKey::UpdatedAt => "c.updated_at".into(),
+            SortKey::Email => "c.email_key".into(),
+            SortKey::Id => "c.id".into(),
+            SortKey::Property { numeric, .. } => {
+                let (col, missing) =
+                    if *numeric { ("v.num", format!("{NUM_MISSING:e}")) } else { ("v.value", "''".into()) };
+                format!(
+                    "COALESCE((SELECT {col} FROM contact_values v WHERE v.account_id = c.account_id AND v.contact_id = c.id AND v.name = {p}), {missing})"
+                )
+            }
+        }
+    }
+
+    fn numeric(&self) -> bool {
+        matches!(self, SortKey::CreatedAt | SortKey::UpdatedAt | SortKey::Property { numeric: true, .. })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Hit {
+    #[sqlx(flatten)]
+    row: ContactRow,
+    sort_text: Option<String>,
+    sort_num: Option<f64>,
+}
+
+impl Store {
+    /// One page of the contacts matching `filter`, and the cursor of the next page if any.
+    pub async fn search(
+        &self,
+        account: &str,
+        filter: &Sql,
+        sort: &SortKey,
+        descending: bool,
+        after: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<(Vec<ContactRow>, Option<Cursor>)> {
+        // $1 account, then the filter's values, then ours.
+        let mut binds: Vec<Bind> = filter.binds.clone();
+        let mut param = |b: Bind| {
+            binds.push(b);
+            format!("${}", binds.len() + 1)
+        };
+        let name_param = match sort {
+            SortKey::Property { name, .. } => param(Bind::Text(name.clone())),
+            _ => String::new(),
+        };
+        let key = sort.expr(&name_param);
+        let (cmp, dir) = if descending { ("<", "DESC") } else { (">", "ASC") };
+        let mut page = String::new();
+        if let Some(c) = after {
+            let value = if sort.numeric() {
+                let n = c.num.ok_or_else(|| Error::invalid("page_token", "not from this search"))?;
+                // Times sort as integers.
+                if matches!(sort, SortKey::CreatedAt | SortKey::UpdatedAt) {
+                    param(Bind::Int(n as i64))
+                } else {
+                    param(Bind::Num(n))
+                }
+            } else {
+                param(Bind::Text(
+                    c.text.clone().ok_or_else(|| Error::invalid("page_token", "not from this search"))?,
+                ))
+            };
+            let id = param(Bind::Text(c.id.clone()));
+            page = format!(" AND ({key} {cmp} {value} OR ({key} = {value} AND c.id {cmp} {id}))");
+        }
+        let (text_col, num_col) = if sort.numeric() {
+            ("NULL".to_owned(), format!("CAST({key} AS DOUBLE PRECISION)"))
+        } else {
+            (key.clone(), "NULL".to_owned())
+        };
+        let sql = format!(
+            "SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num FROM contacts c \
+             WHERE c.account_id = $1 AND ({}){page} ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
+            filter.text,
+            limit + 1
+        );
+        let mut hits: Vec<Hit> = with_pool!(&self.db, pool => {
+            let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+            bind_all!(q, &binds).fetch_all(pool).await?
+        });
+        let next = if hits.len() as i64 > limit {
+            hits.truncate(limit as usize);
+            hits.last().map(|h| Cursor { text: h.sort_text.clone(), num: h.sort_num, id: h.row.id.clone() })
+        } else {
+            None
+        };
+        Ok((hits.into_iter().map(|h| h.row).collect(), next))
+    }
+
+    /// How many contacts match `filter`.
+    pub async fn count_matching(&self, account: &str, filter: &Sql) -> Result<i64> {
+        let sql = format!("SELECT COUNT(*) FROM contacts c WHERE c.account_id = $1 AND ({})", filter.text);
+        Ok(with_pool!(&self.db, pool => {
+            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+            bind_all!(q, &filter.binds).fetch_one(pool).await?
+        }))
+    }
+
+    /// Ids of the contacts matching `filter`, in id order after `after`.
+    pub async fn matching_ids(
+        &self,
+        account: &str,
+        filter: &Sql,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let p = filter.binds.len() + 2;
+        let sql = format!(
+            "SELECT c.id FROM contacts c WHERE c.account_id = $1 AND ({}) AND c.id > ${p} ORDER BY c.id LIMIT {limit}",
+            filter.text
+        );
+        Ok(with_pool!(&self.db, pool => {
+            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+            bind_all!(q, &filter.binds).bind(after).fetch_all(pool).await?
+        }))
+    }
+}
