@@ -1,7 +1,8 @@
 //! MarketingStatusService (the part served so far) and MarketingStatusInternalService.
 
-use crate::rules::{self, CreationSource, Outcome, State, Status};
-use crate::store::{Actor, Counts, Settings, StatusRow, Store};
+use crate::rules::{self, CreationSource, State, Status};
+use crate::store::{Actor, Settings, StatusRow, Store};
+use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
 use contactier_proto::marketing_status::v1::{
@@ -16,30 +17,24 @@ use contactier_runtime::db::storage_unavailable;
 use prost::Message;
 use tonic::{Request, Response, Status as GrpcStatus};
 
-/// The most contacts one SetMarketingStatus call may name.
-pub const MAX_CONTACTS_PER_CALL: usize = 10_000;
+pub use crate::setting::MAX_CONTACTS_PER_CALL;
+use crate::setting::pb_counts;
 
 pub struct Api {
     pub store: Store,
     pub clock: Clock,
     /// The relay of count events to billing.
     pub relay: WorkerWaker,
+    /// The contacts service, for list and filter targets.
+    pub contacts: Contacts,
+    /// The workflow runner.
+    pub workflows: WorkerWaker,
 }
 
 type Answer<T> = Result<Response<T>, GrpcStatus>;
 
-fn db(e: sqlx::Error) -> GrpcStatus {
+pub(crate) fn db(e: sqlx::Error) -> GrpcStatus {
     storage_unavailable(&e)
-}
-
-fn pb_counts(c: Counts) -> pb::MarketingCount {
-    pb::MarketingCount {
-        marketing: c.marketing,
-        pending_non_marketing: c.pending,
-        non_marketing: c.non_marketing,
-        version: c.version,
-        as_of: timestamp_micros(c.updated_at),
-    }
 }
 
 fn edition_name(e: common::Edition) -> &'static str {
@@ -61,7 +56,7 @@ fn pb_settings(s: &Settings) -> pb::AccountSettings {
     pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
 }
 
-fn source_type_name(t: SourceType) -> String {
+pub(crate) fn source_type_name(t: SourceType) -> String {
     t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
 }
 
@@ -78,7 +73,7 @@ fn pb_status(r: StatusRow) -> pb::ContactStatus {
     }
 }
 
-fn creation_source(t: SourceType) -> Option<CreationSource> {
+pub(crate) fn creation_source(t: SourceType) -> Option<CreationSource> {
     use CreationSource as C;
     Some(match t {
         SourceType::Form => C::Form,
@@ -151,7 +146,7 @@ impl MarketingStatusService for Api {
         let r = req.into_inner();
         let wanted = requested(r.status)
             .ok_or_else(|| GrpcStatus::invalid_argument("status: MARKETING or NON_MARKETING"))?;
-        let ids = match r.target {
+        let (target, per_contact) = match r.target {
             Some(Target::Contacts(c)) if c.ids.is_empty() => {
                 return Err(GrpcStatus::invalid_argument("contacts.ids: required"));
             }
@@ -160,12 +155,12 @@ impl MarketingStatusService for Api {
                     "contacts.ids: at most {MAX_CONTACTS_PER_CALL}"
                 )));
             }
-            Some(Target::Contacts(c)) => c.ids,
-            Some(Target::ListId(_) | Target::Filter(_)) => {
-                return Err(GrpcStatus::unimplemented(
-                    "targets by list or filter are not served yet; name the contacts",
-                ));
+            Some(Target::Contacts(c)) => (Err(c.ids), true),
+            Some(Target::ListId(id)) if id.is_empty() => {
+                return Err(GrpcStatus::invalid_argument("list_id: required"));
             }
+            Some(Target::ListId(id)) => (Ok(targets::Target::List(id)), false),
+            Some(Target::Filter(f)) => (Ok(targets::Target::Filter(f)), false),
             None => {
                 return Err(GrpcStatus::invalid_argument("target: contacts, list_id or filter is required"));
             }
@@ -190,6 +185,10 @@ impl MarketingStatusService for Api {
         {
             return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
         }
+        let ids = match target {
+            Err(ids) => ids,
+            Ok(t) => self.contacts.ids(&account, &t).await?,
+        };
         let source = r.source.unwrap_or_default();
         let source_type = match SourceType::try_from(source.r#type) {
             Ok(SourceType::Unspecified) | Err(_) => SourceType::User,
@@ -201,44 +200,19 @@ impl MarketingStatusService for Api {
             user_id: user,
             request_id: r.request_id.clone(),
         };
-        let (outcomes, counts) =
-            self.store.set_status(&account, &ids, wanted, &actor, self.clock.now()).await.map_err(db)?;
+        let answer = crate::setting::apply(
+            &self.store,
+            &account,
+            &ids,
+            per_contact,
+            wanted,
+            &actor,
+            &r.request_id,
+            self.clock.now(),
+        )
+        .await
+        .map_err(db)?;
         self.relay.wake();
-        let (mut changed, mut unchanged, mut not_found) = (0, 0, 0);
-        let results = outcomes
-            .into_iter()
-            .map(|(contact_id, o)| {
-                let outcome = match o {
-                    None => {
-                        not_found += 1;
-                        pb::SetStatusOutcome::NotFound
-                    }
-                    Some(Outcome::Unchanged) => {
-                        unchanged += 1;
-                        pb::SetStatusOutcome::Unchanged
-                    }
-                    Some(Outcome::PendingSet) => {
-                        changed += 1;
-                        pb::SetStatusOutcome::PendingNonMarketing
-                    }
-                    Some(Outcome::BecameMarketing | Outcome::PendingCleared) => {
-                        changed += 1;
-                        pb::SetStatusOutcome::Marketing
-                    }
-                };
-                pb::SetStatusResult { contact_id, outcome: outcome as i32 }
-            })
-            .collect();
-        let answer = pb::SetMarketingStatusResponse {
-            results,
-            changed,
-            unchanged,
-            not_found,
-            count: Some(pb_counts(counts)),
-        };
-        if !r.request_id.is_empty() {
-            self.store.save_response(&account, &r.request_id, &answer.encode_to_vec()).await.map_err(db)?;
-        }
         Ok(Response::new(answer))
     }
 
@@ -299,30 +273,29 @@ impl MarketingStatusService for Api {
         Ok(Response::new(pb::SetUserPermissionResponse { permission: Some(p) }))
     }
 
-    // Served by later work; the policy does not open them, so callers get UNIMPLEMENTED first.
     async fn list_status_changes(
         &self,
-        _: Request<pb::ListStatusChangesRequest>,
+        req: Request<pb::ListStatusChangesRequest>,
     ) -> Answer<pb::ListStatusChangesResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.list_status_changes_impl(req).await?))
     }
     async fn list_source_defaults(
         &self,
-        _: Request<pb::ListSourceDefaultsRequest>,
+        req: Request<pb::ListSourceDefaultsRequest>,
     ) -> Answer<pb::ListSourceDefaultsResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.list_source_defaults_impl(req).await?))
     }
     async fn update_source_default(
         &self,
-        _: Request<pb::UpdateSourceDefaultRequest>,
+        req: Request<pb::UpdateSourceDefaultRequest>,
     ) -> Answer<pb::UpdateSourceDefaultResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.update_source_default_impl(req).await?))
     }
     async fn list_user_permissions(
         &self,
-        _: Request<pb::ListUserPermissionsRequest>,
+        req: Request<pb::ListUserPermissionsRequest>,
     ) -> Answer<pb::ListUserPermissionsResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.list_user_permissions_impl(req).await?))
     }
     async fn get_account_settings(
         &self,
@@ -343,33 +316,33 @@ impl MarketingStatusService for Api {
     }
     async fn create_workflow(
         &self,
-        _: Request<pb::CreateWorkflowRequest>,
+        req: Request<pb::CreateWorkflowRequest>,
     ) -> Answer<pb::CreateWorkflowResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.create_workflow_impl(req).await?))
     }
-    async fn get_workflow(&self, _: Request<pb::GetWorkflowRequest>) -> Answer<pb::GetWorkflowResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+    async fn get_workflow(&self, req: Request<pb::GetWorkflowRequest>) -> Answer<pb::GetWorkflowResponse> {
+        Ok(Response::new(self.get_workflow_impl(req).await?))
     }
     async fn list_workflows(
         &self,
-        _: Request<pb::ListWorkflowsRequest>,
+        req: Request<pb::ListWorkflowsRequest>,
     ) -> Answer<pb::ListWorkflowsResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.list_workflows_impl(req).await?))
     }
     async fn delete_workflow(
         &self,
-        _: Request<pb::DeleteWorkflowRequest>,
+        req: Request<pb::DeleteWorkflowRequest>,
     ) -> Answer<pb::DeleteWorkflowResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.delete_workflow_impl(req).await?))
     }
-    async fn run_workflow(&self, _: Request<pb::RunWorkflowRequest>) -> Answer<pb::RunWorkflowResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+    async fn run_workflow(&self, req: Request<pb::RunWorkflowRequest>) -> Answer<pb::RunWorkflowResponse> {
+        Ok(Response::new(self.run_workflow_impl(req).await?))
     }
     async fn get_workflow_run(
         &self,
-        _: Request<pb::GetWorkflowRunRequest>,
+        req: Request<pb::GetWorkflowRunRequest>,
     ) -> Answer<pb::GetWorkflowRunResponse> {
-        Err(GrpcStatus::unimplemented("not served yet"))
+        Ok(Response::new(self.get_workflow_run_impl(req).await?))
     }
 }
 
@@ -414,7 +387,12 @@ impl MarketingStatusInternalService for Internal {
                     {
                         asked = None;
                     }
-                    let status = rules::initial_status(origin, asked, None);
+                    let own = self.store.source_defaults(account).await.map_err(db)?;
+                    let account_default = own
+                        .into_iter()
+                        .find(|(name, _)| *name == source_type_name(source_type))
+                        .map(|(_, m)| if m { Status::Marketing } else { Status::NonMarketing });
+                    let status = rules::initial_status(origin, asked, account_default);
                     let initial =
                         if status == Status::Marketing { State::MARKETING } else { State::NON_MARKETING };
                     let actor = Actor {

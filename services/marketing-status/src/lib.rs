@@ -1,8 +1,12 @@
 //! Marketing status of every contact, the live count, defaults, permissions and update dates (DESIGN.md section 2).
 
+mod admin;
 mod api;
 pub mod rules;
+mod setting;
 mod store;
+mod targets;
+mod workflows;
 
 use contactier_proto::billing::v1 as bpb;
 use contactier_proto::marketing_status::v1::{
@@ -31,7 +35,6 @@ pub const SERVICE: ServiceDef =
 const API: &str = "contactier.marketing_status.v1.MarketingStatusService";
 const INTERNAL: &str = "contactier.marketing_status.v1.MarketingStatusInternalService";
 
-/// Only the RPCs served so far are open; the rest answer UNIMPLEMENTED before they run.
 pub fn policy() -> Policy {
     Policy::new()
         .allow(
@@ -44,10 +47,26 @@ pub fn policy() -> Policy {
                 "CheckEligibility",
                 "GetUserPermission",
                 "GetAccountSettings",
+                "ListStatusChanges",
+                "ListSourceDefaults",
+                "ListUserPermissions",
+                "GetWorkflow",
+                "ListWorkflows",
+                "GetWorkflowRun",
             ],
         )
-        .allow(API, Access::Write, &["SetMarketingStatus"])
-        .allow(API, Access::Admin, &["SetUserPermission", "EnableMarketingContacts"])
+        .allow(API, Access::Write, &["SetMarketingStatus", "RunWorkflow"])
+        .allow(
+            API,
+            Access::Admin,
+            &[
+                "SetUserPermission",
+                "EnableMarketingContacts",
+                "UpdateSourceDefault",
+                "CreateWorkflow",
+                "DeleteWorkflow",
+            ],
+        )
         .allow(
             INTERNAL,
             Access::Internal,
@@ -80,7 +99,19 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         });
         let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
-        let api = api::Api { store: store.clone(), clock: clock.clone(), relay: relay.clone() };
+        let contacts = targets::Contacts { peer: env.platform.peer(NAME, &env.peers.contacts_url)? };
+        let workflow_worker = clock.register_worker("marketing-status-workflows");
+        let runner =
+            workflows::Runner { store: store.clone(), contacts: contacts.clone(), relay: relay.clone() };
+        let workflows = workflow_worker.waker();
+        tokio::spawn(workflows::run(runner, workflow_worker, env.platform.shutdown.clone()));
+        let api = api::Api {
+            store: store.clone(),
+            clock: clock.clone(),
+            relay: relay.clone(),
+            contacts,
+            workflows,
+        };
         let internal = api::Internal { store, clock, relay };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));

@@ -375,3 +375,201 @@ async fn accounts_without_the_feature_refuse_status_changes_until_enabled() {
         assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
     }
 }
+
+#[tokio::test]
+async fn source_defaults_audit_trail_and_permission_overrides() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        let admin = s.user(ACCOUNT, "boss", &["admin"]);
+        let defaults =
+            s.api().list_source_defaults(authed(pb::ListSourceDefaultsRequest {}, &admin)).await.unwrap();
+        let d: Vec<_> = defaults
+            .into_inner()
+            .defaults
+            .into_iter()
+            .map(|d| (d.source_type(), d.default_status(), d.customizable))
+            .collect();
+        assert!(d.contains(&(SourceType::Form, Marketing, true)), "{d:?}");
+        assert!(d.contains(&(SourceType::Import, NonMarketing, true)));
+        assert!(d.contains(&(SourceType::SalesExtension, NonMarketing, false)));
+
+        // An account makes imports marketing by default; new imports follow, old contacts stay.
+        s.events(vec![created("e1", "old", SourceType::Import, Unspecified, "")]).await.unwrap();
+        let up = |t: SourceType, st: MarketingStatus| pb::UpdateSourceDefaultRequest {
+            source_type: t as i32,
+            default_status: st as i32,
+        };
+        s.api().update_source_default(authed(up(SourceType::Import, Marketing), &admin)).await.unwrap();
+        s.events(vec![created("e2", "new", SourceType::Import, Unspecified, "")]).await.unwrap();
+        assert_eq!(
+            (s.status("old").await.status(), s.status("new").await.status()),
+            (NonMarketing, Marketing),
+            "{backend:?}"
+        );
+        for (req, code) in [
+            (up(SourceType::SalesExtension, Marketing), Code::FailedPrecondition),
+            (up(SourceType::Unspecified, Marketing), Code::InvalidArgument),
+            (up(SourceType::Form, Unspecified), Code::InvalidArgument),
+        ] {
+            let err = s.api().update_source_default(authed(req, &admin)).await.unwrap_err();
+            assert_eq!(err.code(), code, "{backend:?}");
+        }
+        let err = s
+            .api()
+            .update_source_default(authed(
+                up(SourceType::Form, NonMarketing),
+                &s.user(ACCOUNT, "w", &["write"]),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "admins only");
+
+        // The audit trail, newest first, one page at a time; a non-marketing request only sets
+        // the pending flag.
+        s.set("owner", "r1", &["old"], Marketing).await.unwrap();
+        s.set("owner", "r2", &["old"], NonMarketing).await.unwrap();
+        let (mut trail, mut token) = (Vec::new(), String::new());
+        loop {
+            let req =
+                pb::ListStatusChangesRequest { contact_id: "old".into(), page_size: 1, page_token: token };
+            let r = s.api().list_status_changes(authed(req, &admin)).await.unwrap().into_inner();
+            trail.extend(r.changes.into_iter().map(|c| (c.to_status(), c.pending, c.request_id)));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        assert_eq!(
+            trail,
+            [
+                (Marketing, true, "r2".to_owned()),
+                (Marketing, false, "r1".to_owned()),
+                (NonMarketing, false, String::new())
+            ],
+            "{backend:?}"
+        );
+        let all = s
+            .api()
+            .list_status_changes(authed(pb::ListStatusChangesRequest::default(), &admin))
+            .await
+            .unwrap();
+        assert_eq!(all.into_inner().changes.len(), 4);
+
+        // Overrides of the granted-by-default permission are listed.
+        let deny = pb::SetUserPermissionRequest {
+            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+        };
+        s.api().set_user_permission(authed(deny, &admin)).await.unwrap();
+        let list = s
+            .api()
+            .list_user_permissions(authed(pb::ListUserPermissionsRequest {}, &admin))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            list.permissions,
+            [pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pending_request_made_after_the_processing_instant_waits_for_the_next_update_date() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        s.events(vec![created("e1", "c1", SourceType::Form, Unspecified, "")]).await.unwrap();
+        // Billing processes 30 April's date late, after the user (at 15:00) asked for non-marketing.
+        s.set("owner", "", &["c1"], NonMarketing).await.unwrap();
+        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+        let req = pb::ApplyUpdateDateRequest {
+            account_id: ACCOUNT.into(),
+            update_date: Some(Date { year: 2026, month: 4, day: 30 }),
+            effective_at: Some(prost_types::Timestamp {
+                seconds: Utc.with_ymd_and_hms(2026, 4, 30, 4, 0, 0).unwrap().timestamp(),
+                nanos: 0,
+            }),
+        };
+        let mut c = MarketingStatusInternalServiceClient::new(s.channel.clone());
+        let r = c.apply_update_date(authed(req, &token)).await.unwrap().into_inner();
+        assert_eq!(r.applied, 0, "{backend:?}");
+        assert!(s.status("c1").await.marketable_until_next_update, "{backend:?}: still pending");
+        assert_eq!(s.update_date(2026, 5, 1).await.applied, 1);
+    }
+}
+
+#[tokio::test]
+async fn workflows_belong_to_professional_and_enterprise_and_retry_until_they_succeed() {
+    use contactier_proto::common::v1::Edition;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        let admin = s.user(ACCOUNT, "boss", &["admin"]);
+        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+        let plan = |e: Edition| pb::SetAccountPlanRequest {
+            account_id: ACCOUNT.into(),
+            edition: e as i32,
+            marketing_contacts_enabled: true,
+        };
+        let workflow = pb::Workflow {
+            name: "Newsletter list".into(),
+            target: Some(pb::workflow::Target::ListId("list-1".into())),
+            action: pb::WorkflowAction::SetMarketing as i32,
+            ..Default::default()
+        };
+        internal.set_account_plan(authed(plan(Edition::Starter), &token)).await.unwrap();
+        let err = s
+            .api()
+            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow.clone()) }, &admin))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: not on Starter");
+
+        internal.set_account_plan(authed(plan(Edition::Professional), &token)).await.unwrap();
+        let bad = pb::Workflow { action: 0, ..workflow.clone() };
+        let err = s
+            .api()
+            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(bad) }, &admin))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("workflow.action"), "{}", err.message());
+        let w = s
+            .api()
+            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow) }, &admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .workflow
+            .unwrap();
+        let writer = s.user(ACCOUNT, "w", &["write"]);
+        let run = |rid: &str| pb::RunWorkflowRequest { workflow_id: w.id.clone(), request_id: rid.into() };
+        let first =
+            s.api().run_workflow(authed(run("go-1"), &writer)).await.unwrap().into_inner().run.unwrap();
+        let again =
+            s.api().run_workflow(authed(run("go-1"), &writer)).await.unwrap().into_inner().run.unwrap();
+        assert_eq!(first.id, again.id, "{backend:?}: one run per request id");
+
+        // The contacts service is unreachable here: the run keeps retrying with backoff.
+        let now = s.platform.clock.now();
+        s.platform.clock.advance_to(now + chrono::Duration::seconds(75)).await.unwrap();
+        let got = s
+            .api()
+            .get_workflow_run(authed(pb::GetWorkflowRunRequest { id: first.id.clone() }, &writer))
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        assert_eq!(got.state(), pb::WorkflowRunState::Retrying, "{backend:?}");
+        assert_eq!(got.attempts, 4, "{backend:?}: at 0, 10, 30 and 70 seconds");
+        assert!(got.last_error.contains("Unavailable"), "{}", got.last_error);
+        let other = s.user("acct-b", "x", &["read"]);
+        let err = s
+            .api()
+            .get_workflow_run(authed(pb::GetWorkflowRunRequest { id: first.id }, &other))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+}

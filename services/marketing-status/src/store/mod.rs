@@ -11,6 +11,12 @@ use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
 
+mod extras;
+pub use extras::{ChangeRow, RunRow, WorkflowRow};
+
+/// Contacts an update date changes per transaction.
+pub const UPDATE_CHUNK: i64 = 10_000;
+
 /// Outbox topic of the count events for billing.
 pub const BILLING_TOPIC: &str = "billing";
 
@@ -58,6 +64,21 @@ pub struct Counts {
 pub struct Settings {
     pub edition: String,
     pub marketing_contacts_enabled: bool,
+}
+
+/// Outcome per contact of a status request; None when the contact is unknown.
+pub type Outcomes = Vec<(String, Option<Outcome>)>;
+
+/// Saving a request's answer with its changes.
+pub struct Keep<'a> {
+    pub request_id: &'a str,
+    pub answer: &'a (dyn Fn(&Outcomes, &Counts) -> Vec<u8> + Sync),
+}
+
+pub enum SetOutcome {
+    Done(Outcomes, Counts),
+    /// The request id had been answered; its first answer.
+    Replayed(Vec<u8>),
 }
 
 /// Who asked for a change, and through what.
@@ -385,6 +406,9 @@ impl Store {
     }
 
     /// Applies a status request to each contact; answers each one's outcome (None: unknown).
+    /// With `keep`, the answer it builds is saved under its request id in the same transaction,
+    /// so a retry gets exactly this answer; if a concurrent twin saved first, nothing is changed
+    /// and its answer is returned instead.
     pub async fn set_status(
         &self,
         account: &str,
@@ -392,7 +416,8 @@ impl Store {
         requested: Status,
         actor: &Actor,
         now: DateTime<Utc>,
-    ) -> Result<(Vec<(String, Option<Outcome>)>, Counts), sqlx::Error> {
+        keep: Option<&Keep<'_>>,
+    ) -> Result<SetOutcome, sqlx::Error> {
         let q =
             format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
         let result = with_pool!(&self.db, pool => {
@@ -433,14 +458,30 @@ impl Store {
             } else {
                 apply_delta!(tx, account, total, now)
             };
+            if let Some(keep) = keep {
+                let answer = (keep.answer)(&outcomes, &counts);
+                let saved = sqlx::query(
+                    "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                ).bind(account).bind(keep.request_id).bind(&answer).execute(&mut *tx).await?.rows_affected() == 1;
+                if !saved {
+                    drop(tx);
+                    let first: Vec<u8> = sqlx::query_scalar(
+                        "SELECT response FROM status_requests WHERE account_id = $1 AND request_id = $2",
+                    ).bind(account).bind(keep.request_id).fetch_one(pool).await?;
+                    return Ok(SetOutcome::Replayed(first));
+                }
+            }
             tx.commit().await?;
-            (outcomes, counts)
+            SetOutcome::Done(outcomes, counts)
         });
         Ok(result)
     }
 
-    /// Every pending contact of the account becomes non-marketing, in set-based statements,
-    /// once per (account, update date). Answers how many changed (None if applied before).
+    /// Every contact pending at `effective_at` becomes non-marketing, in set-based statements
+    /// of [`UPDATE_CHUNK`] contacts a transaction, once per (account, update date). A run cut
+    /// off half way is finished by the next call; a contact set pending after the processing
+    /// instant waits for the next update date. Answers how many changed (None if the date was
+    /// completed before).
     pub async fn apply_update_date(
         &self,
         account: &str,
@@ -449,39 +490,60 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, sqlx::Error> {
         let day = date.format("%Y-%m-%d").to_string();
-        let applied = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let first = sqlx::query(
-                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at) VALUES ($1, $2, 0, $3) \
-                 ON CONFLICT (account_id, update_date) DO NOTHING",
-            )
-            .bind(account).bind(&day).bind(micros(now))
-            .execute(&mut *tx).await?.rows_affected() == 1;
-            if !first {
-                return Ok(None);
-            }
+        let eff = micros(effective_at);
+        // applied = -1 marks a date begun and not finished.
+        let state: Option<i64> = with_pool!(&self.db, pool => {
             sqlx::query(
-                "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
-                 source_id, user_id, requested_at, effective_at, request_id) \
-                 SELECT account_id, $2 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $3, '', $4, $5, '' \
-                 FROM contact_status WHERE account_id = $1 AND pending",
-            )
-            .bind(account).bind(format!("update:{day}:")).bind(&day).bind(micros(now)).bind(micros(effective_at))
-            .execute(&mut *tx).await?;
-            let n = sqlx::query(
-                "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $2, updated_at = $3 \
-                 WHERE account_id = $1 AND pending",
-            )
-            .bind(account).bind(&day).bind(micros(now))
-            .execute(&mut *tx).await?.rows_affected() as i64;
-            sqlx::query("UPDATE applied_update_dates SET applied = $3 WHERE account_id = $1 AND update_date = $2")
-                .bind(account).bind(&day).bind(n).execute(&mut *tx).await?;
-            if n > 0 {
-                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
-            }
-            tx.commit().await?;
-            Some(n)
+                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at) VALUES ($1, $2, -1, $3) \
+                 ON CONFLICT (account_id, update_date) DO NOTHING",
+            ).bind(account).bind(&day).bind(micros(now)).execute(pool).await?;
+            sqlx::query_scalar("SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2")
+                .bind(account).bind(&day).fetch_optional(pool).await?
         });
-        Ok(applied)
+        if state.is_some_and(|a| a >= 0) {
+            return Ok(None);
+        }
+        let audit_prefix = format!("update:{day}:");
+        let chunk = format!(
+            "SELECT contact_id FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2 ORDER BY contact_id LIMIT {UPDATE_CHUNK}"
+        );
+        loop {
+            let n = with_pool!(&self.db, pool => {
+                let mut tx = pool.begin_write().await?;
+                let q = format!(
+                    "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                     source_id, user_id, requested_at, effective_at, request_id) \
+                     SELECT account_id, $3 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $4, '', $5, $2, '' \
+                     FROM contact_status WHERE account_id = $1 AND contact_id IN ({chunk}) ON CONFLICT DO NOTHING"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(q))
+                    .bind(account).bind(eff).bind(&audit_prefix).bind(&day).bind(micros(now))
+                    .execute(&mut *tx).await?;
+                let q = format!(
+                    "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $3, updated_at = $4 \
+                     WHERE account_id = $1 AND contact_id IN ({chunk})"
+                );
+                let n = sqlx::query(sqlx::AssertSqlSafe(q))
+                    .bind(account).bind(eff).bind(&day).bind(micros(now))
+                    .execute(&mut *tx).await?.rows_affected() as i64;
+                if n > 0 {
+                    apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
+                    sqlx::query("UPDATE applied_update_dates SET changed = changed + $3 WHERE account_id = $1 AND update_date = $2")
+                        .bind(account).bind(&day).bind(n).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                n
+            });
+            if n < UPDATE_CHUNK {
+                break;
+            }
+        }
+        // What this date changed, across interrupted runs too (kept with each chunk).
+        let applied: i64 = with_pool!(&self.db, pool => {
+            sqlx::query_scalar(
+                "UPDATE applied_update_dates SET applied = changed WHERE account_id = $1 AND update_date = $2 RETURNING applied",
+            ).bind(account).bind(&day).fetch_one(pool).await?
+        });
+        Ok(Some(applied))
     }
 }

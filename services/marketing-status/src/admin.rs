@@ -1,0 +1,143 @@
+//! Account administration RPCs: per-source default statuses, permission overrides and the
+//! audit trail.
+
+use crate::api::{Api, creation_source, db, source_type_name};
+use crate::rules::{self, Status};
+use crate::store::ChangeRow;
+use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
+use contactier_proto::marketing_status::v1 as pb;
+use contactier_runtime::Principal;
+use contactier_runtime::convert::timestamp_micros;
+use tonic::{Request, Status as GrpcStatus};
+
+fn pb_status(marketing: bool) -> MarketingStatus {
+    if marketing { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing }
+}
+
+fn stored_status(s: &str) -> MarketingStatus {
+    if s == "marketing" { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing }
+}
+
+fn pb_change(c: ChangeRow) -> pb::StatusChange {
+    let source_type =
+        SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type)).unwrap_or_default();
+    pb::StatusChange {
+        id: c.id,
+        contact_id: c.contact_id,
+        from_status: stored_status(&c.from_status) as i32,
+        to_status: stored_status(&c.to_status) as i32,
+        pending: c.pending,
+        source: Some(Source { r#type: source_type as i32, id: c.source_id }),
+        user_id: c.user_id,
+        requested_at: timestamp_micros(c.requested_at),
+        effective_at: timestamp_micros(c.effective_at),
+        request_id: c.request_id,
+    }
+}
+
+impl Api {
+    pub async fn list_source_defaults_impl(
+        &self,
+        req: Request<pb::ListSourceDefaultsRequest>,
+    ) -> Result<pb::ListSourceDefaultsResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let own = self.store.source_defaults(&account).await.map_err(db)?;
+        let mut defaults = Vec::new();
+        for n in 1..=13 {
+            let Ok(t) = SourceType::try_from(n) else { continue };
+            let Some(origin) = creation_source(t) else { continue };
+            let (builtin, customizable) = rules::builtin_default(origin);
+            let chosen = own.iter().find(|(name, _)| *name == source_type_name(t)).map(|(_, m)| *m);
+            let marketing = if customizable {
+                chosen.unwrap_or(builtin == Status::Marketing)
+            } else {
+                builtin == Status::Marketing
+            };
+            defaults.push(pb::SourceDefault {
+                source_type: t as i32,
+                default_status: pb_status(marketing) as i32,
+                customizable,
+            });
+        }
+        Ok(pb::ListSourceDefaultsResponse { defaults })
+    }
+
+    pub async fn update_source_default_impl(
+        &self,
+        req: Request<pb::UpdateSourceDefaultRequest>,
+    ) -> Result<pb::UpdateSourceDefaultResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let r = req.into_inner();
+        let t = SourceType::try_from(r.source_type).unwrap_or_default();
+        let origin =
+            creation_source(t).ok_or_else(|| GrpcStatus::invalid_argument("source_type: required"))?;
+        let marketing = match MarketingStatus::try_from(r.default_status) {
+            Ok(MarketingStatus::Marketing) => true,
+            Ok(MarketingStatus::NonMarketing) => false,
+            _ => return Err(GrpcStatus::invalid_argument("default_status: MARKETING or NON_MARKETING")),
+        };
+        if !rules::builtin_default(origin).1 {
+            return Err(GrpcStatus::failed_precondition(format!(
+                "source_type: the default of {} cannot be changed",
+                source_type_name(t)
+            )));
+        }
+        self.store.set_source_default(&account, &source_type_name(t), marketing).await.map_err(db)?;
+        Ok(pb::UpdateSourceDefaultResponse {
+            default: Some(pb::SourceDefault {
+                source_type: t as i32,
+                default_status: pb_status(marketing) as i32,
+                customizable: true,
+            }),
+        })
+    }
+
+    pub async fn list_user_permissions_impl(
+        &self,
+        req: Request<pb::ListUserPermissionsRequest>,
+    ) -> Result<pb::ListUserPermissionsResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let rows = self.store.permission_overrides(&account).await.map_err(db)?;
+        Ok(pb::ListUserPermissionsResponse {
+            permissions: rows
+                .into_iter()
+                .map(|(user_id, may)| pb::UserPermission { user_id, may_set_marketing: may })
+                .collect(),
+        })
+    }
+
+    pub async fn list_status_changes_impl(
+        &self,
+        req: Request<pb::ListStatusChangesRequest>,
+    ) -> Result<pb::ListStatusChangesResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let r = req.into_inner();
+        let limit = match r.page_size {
+            0 => 100,
+            n @ 1..=1_000 => i64::from(n),
+            _ => return Err(GrpcStatus::invalid_argument("page_size: 1 to 1000")),
+        };
+        let before = if r.page_token.is_empty() {
+            (i64::MAX, String::new())
+        } else {
+            r.page_token
+                .split_once('/')
+                .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
+                .ok_or_else(|| GrpcStatus::invalid_argument("page_token: not a page token"))?
+        };
+        let contact = Some(r.contact_id.as_str()).filter(|c| !c.is_empty());
+        let mut rows =
+            self.store.changes(&account, contact, (before.0, &before.1), limit + 1).await.map_err(db)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = if more {
+            rows.last().map(|c| format!("{}/{}", c.requested_at, c.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListStatusChangesResponse {
+            changes: rows.into_iter().map(pb_change).collect(),
+            next_page_token,
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! Setting a status for many contacts: in chunks of [`MAX_CONTACTS_PER_CALL`] a transaction,
+//! each contact's outcome by the rules, and the answer kept under the request id.
+
+use crate::rules::{Outcome, Status};
+use crate::store::{Actor, Counts, Keep, Outcomes, SetOutcome, Store};
+use chrono::{DateTime, Utc};
+use contactier_proto::marketing_status::v1 as pb;
+use contactier_runtime::convert::timestamp_micros;
+use prost::Message;
+
+/// The most contacts one transaction changes (and one call may name by id).
+pub const MAX_CONTACTS_PER_CALL: usize = 10_000;
+
+pub fn pb_counts(c: Counts) -> pb::MarketingCount {
+    pb::MarketingCount {
+        marketing: c.marketing,
+        pending_non_marketing: c.pending,
+        non_marketing: c.non_marketing,
+        version: c.version,
+        as_of: timestamp_micros(c.updated_at),
+    }
+}
+
+/// Adds a chunk's outcomes to an answer; per-contact results only when `per_contact`.
+fn add(answer: &mut pb::SetMarketingStatusResponse, outcomes: &Outcomes, counts: &Counts, per_contact: bool) {
+    for (contact_id, o) in outcomes {
+        let outcome = match o {
+            None => {
+                answer.not_found += 1;
+                pb::SetStatusOutcome::NotFound
+            }
+            Some(Outcome::Unchanged) => {
+                answer.unchanged += 1;
+                pb::SetStatusOutcome::Unchanged
+            }
+            Some(Outcome::PendingSet) => {
+                answer.changed += 1;
+                pb::SetStatusOutcome::PendingNonMarketing
+            }
+            Some(Outcome::BecameMarketing | Outcome::PendingCleared) => {
+                answer.changed += 1;
+                pb::SetStatusOutcome::Marketing
+            }
+        };
+        if per_contact {
+            answer
+                .results
+                .push(pb::SetStatusResult { contact_id: contact_id.clone(), outcome: outcome as i32 });
+        }
+    }
+    answer.count = Some(pb_counts(*counts));
+}
+
+/// Applies `wanted` to `ids`. A single chunk keeps its answer in its own transaction; a longer
+/// run keeps it after the last chunk (a retry then re-applies, which changes nothing more).
+#[allow(clippy::too_many_arguments)]
+pub async fn apply(
+    store: &Store,
+    account: &str,
+    ids: &[String],
+    per_contact: bool,
+    wanted: Status,
+    actor: &Actor,
+    request_id: &str,
+    now: DateTime<Utc>,
+) -> Result<pb::SetMarketingStatusResponse, sqlx::Error> {
+    let mut answer = pb::SetMarketingStatusResponse::default();
+    let chunks: Vec<&[String]> = ids.chunks(MAX_CONTACTS_PER_CALL).collect();
+    if chunks.is_empty() {
+        answer.count = Some(pb_counts(store.counts(account).await?));
+    }
+    let single = chunks.len() == 1;
+    for chunk in chunks {
+        let build = |o: &Outcomes, c: &Counts| {
+            let mut a = pb::SetMarketingStatusResponse::default();
+            add(&mut a, o, c, per_contact);
+            a.encode_to_vec()
+        };
+        let keep = Keep { request_id, answer: &build };
+        let keep = (single && !request_id.is_empty()).then_some(&keep);
+        match store.set_status(account, chunk, wanted, actor, now, keep).await? {
+            SetOutcome::Done(outcomes, counts) => add(&mut answer, &outcomes, &counts, per_contact),
+            SetOutcome::Replayed(first) => {
+                return Ok(pb::SetMarketingStatusResponse::decode(first.as_slice()).unwrap_or_default());
+            }
+        }
+    }
+    if !single && !request_id.is_empty() {
+        store.save_response(account, request_id, &answer.encode_to_vec()).await?;
+    }
+    Ok(answer)
+}

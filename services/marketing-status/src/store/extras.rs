@@ -1,0 +1,184 @@
+//! Account-level records: source defaults, permission overrides, the audit trail listing,
+//! workflows and their runs.
+
+use super::Store;
+use chrono::{DateTime, Utc};
+use contactier_runtime::convert::micros;
+use contactier_runtime::with_pool;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct ChangeRow {
+    pub id: String,
+    pub contact_id: String,
+    pub from_status: String,
+    pub to_status: String,
+    pub pending: bool,
+    pub source_type: String,
+    pub source_id: String,
+    pub user_id: String,
+    pub requested_at: i64,
+    pub effective_at: i64,
+    pub request_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct WorkflowRow {
+    pub id: String,
+    pub name: String,
+    pub list_id: String,
+    pub filter: Vec<u8>,
+    /// "set_marketing" or "set_non_marketing".
+    pub action: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunRow {
+    pub account_id: String,
+    pub id: String,
+    pub workflow_id: String,
+    pub request_id: String,
+    /// queued, retrying or succeeded.
+    pub state: String,
+    pub attempts: i64,
+    pub last_error: String,
+    pub changed: i64,
+    pub created_at: i64,
+    pub finished_at: i64,
+    pub next_attempt_at: i64,
+}
+
+const RUN_COLUMNS: &str = "account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, \
+     finished_at, next_attempt_at";
+
+impl Store {
+    /// The account's own defaults: source type -> marketing.
+    pub async fn source_defaults(&self, account: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT source_type, marketing FROM source_defaults WHERE account_id = $1 ORDER BY source_type",
+        ).bind(account).fetch_all(pool).await?))
+    }
+
+    pub async fn set_source_default(
+        &self,
+        account: &str,
+        source_type: &str,
+        marketing: bool,
+    ) -> Result<(), sqlx::Error> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO source_defaults (account_id, source_type, marketing) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id, source_type) DO UPDATE SET marketing = excluded.marketing",
+        ).bind(account).bind(source_type).bind(marketing).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Users whose permission differs from the default.
+    pub async fn permission_overrides(&self, account: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT user_id, may_set_marketing FROM user_permissions WHERE account_id = $1 AND NOT may_set_marketing ORDER BY user_id",
+        ).bind(account).fetch_all(pool).await?))
+    }
+
+    /// The audit trail, newest first, optionally of one contact, before the (time, id) given.
+    pub async fn changes(
+        &self,
+        account: &str,
+        contact: Option<&str>,
+        before: (i64, &str),
+        limit: i64,
+    ) -> Result<Vec<ChangeRow>, sqlx::Error> {
+        let one = if contact.is_some() { " AND contact_id = $5" } else { "" };
+        let q = format!(
+            "SELECT id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, requested_at, effective_at, request_id \
+             FROM status_changes WHERE account_id = $1 AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
+             ORDER BY requested_at DESC, id DESC LIMIT $4"
+        );
+        Ok(with_pool!(&self.db, pool => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(before.0).bind(before.1).bind(limit);
+            if let Some(c) = contact {
+                q = q.bind(c);
+            }
+            q.fetch_all(pool).await?
+        }))
+    }
+
+    pub async fn create_workflow(&self, account: &str, w: &WorkflowRow) -> Result<(), sqlx::Error> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO workflows (account_id, id, name, list_id, filter, action, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ).bind(account).bind(&w.id).bind(&w.name).bind(&w.list_id).bind(&w.filter).bind(&w.action).bind(w.created_at)
+        .execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    pub async fn workflows(&self, account: &str, id: Option<&str>) -> Result<Vec<WorkflowRow>, sqlx::Error> {
+        let q = format!(
+            "SELECT id, name, list_id, filter, action, created_at FROM workflows WHERE account_id = $1{} ORDER BY id",
+            if id.is_some() { " AND id = $2" } else { "" }
+        );
+        Ok(with_pool!(&self.db, pool => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account);
+            if let Some(id) = id {
+                q = q.bind(id);
+            }
+            q.fetch_all(pool).await?
+        }))
+    }
+
+    pub async fn delete_workflow(&self, account: &str, id: &str) -> Result<bool, sqlx::Error> {
+        let n = with_pool!(&self.db, pool => sqlx::query("DELETE FROM workflows WHERE account_id = $1 AND id = $2")
+            .bind(account).bind(id).execute(pool).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Queues a run, or answers the one queued before under the same request id.
+    pub async fn queue_run(&self, run: &RunRow) -> Result<RunRow, sqlx::Error> {
+        if !run.request_id.is_empty()
+            && let Some(earlier) = self.run_by(&run.account_id, "request_id", &run.request_id).await?
+        {
+            return Ok(earlier);
+        }
+        with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO workflow_runs (account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, finished_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, 'queued', 0, '', 0, $5, 0, $5)",
+        ).bind(&run.account_id).bind(&run.id).bind(&run.workflow_id).bind(&run.request_id).bind(run.created_at)
+        .execute(pool).await?.rows_affected());
+        Ok(self.run_by(&run.account_id, "id", &run.id).await?.unwrap_or_default())
+    }
+
+    pub async fn run(&self, account: &str, id: &str) -> Result<Option<RunRow>, sqlx::Error> {
+        self.run_by(account, "id", id).await
+    }
+
+    async fn run_by(&self, account: &str, column: &str, value: &str) -> Result<Option<RunRow>, sqlx::Error> {
+        let q = format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE account_id = $1 AND {column} = $2");
+        Ok(with_pool!(&self.db, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(value).fetch_optional(pool).await?))
+    }
+
+    /// Runs due at `now`, oldest first.
+    pub async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunRow>, sqlx::Error> {
+        let q = format!(
+            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state <> 'succeeded' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
+        );
+        Ok(
+            with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(micros(now)).fetch_all(pool).await?),
+        )
+    }
+
+    pub async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let at: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state <> 'succeeded'",
+        ).fetch_one(pool).await?);
+        Ok(at.and_then(DateTime::from_timestamp_micros))
+    }
+
+    /// Saves a run's state after an attempt.
+    pub async fn save_run(&self, r: &RunRow) -> Result<(), sqlx::Error> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE workflow_runs SET state = $1, attempts = $2, last_error = $3, changed = $4, finished_at = $5, next_attempt_at = $6 \
+             WHERE account_id = $7 AND id = $8",
+        ).bind(&r.state).bind(r.attempts).bind(&r.last_error).bind(r.changed).bind(r.finished_at).bind(r.next_attempt_at)
+        .bind(&r.account_id).bind(&r.id).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+}

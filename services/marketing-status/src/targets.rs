@@ -1,0 +1,76 @@
+//! Contacts named by a list or a filter, read from the contacts service page by page.
+
+use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
+use contactier_runtime::auth::ACCOUNT_HEADER;
+use contactier_runtime::host::PeerChannel;
+use tonic::Status;
+
+/// Where a status request's contacts come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    List(String),
+    Filter(cpb::ContactFilter),
+}
+
+/// The contacts service as seen from here.
+#[derive(Clone)]
+pub struct Contacts {
+    pub peer: PeerChannel,
+}
+
+impl Contacts {
+    fn request<T>(&self, account: &str, msg: T) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        let value =
+            account.parse().map_err(|_| Status::invalid_argument("account id is not a header value"))?;
+        req.metadata_mut().insert(ACCOUNT_HEADER, value);
+        Ok(req)
+    }
+
+    /// Every contact id of the target. NOT_FOUND for an unknown list; INVALID_ARGUMENT (with
+    /// the contacts service's field) for a bad filter.
+    pub async fn ids(&self, account: &str, target: &Target) -> Result<Vec<String>, Status> {
+        let mut client =
+            ContactsServiceClient::with_interceptor(self.peer.channel.clone(), self.peer.interceptor());
+        let mut ids = Vec::new();
+        let mut token = String::new();
+        loop {
+            let next = match target {
+                Target::List(id) => {
+                    let req = cpb::ListListMembersRequest {
+                        list_id: id.clone(),
+                        page_size: 1_000,
+                        page_token: token,
+                    };
+                    let r = client.list_list_members(self.request(account, req)?).await?.into_inner();
+                    ids.extend(r.contact_ids);
+                    r.next_page_token
+                }
+                Target::Filter(f) => {
+                    let req = cpb::SearchContactsRequest {
+                        filter: Some(f.clone()),
+                        sorts: vec![cpb::Sort { property: "id".into(), direction: 0 }],
+                        page_size: 1_000,
+                        page_token: token,
+                        properties: vec!["email".into()],
+                    };
+                    let r = client.search_contacts(self.request(account, req)?).await.map_err(|e| {
+                        // Field names in the answer refer to this request's filter.
+                        if e.code() == tonic::Code::InvalidArgument {
+                            Status::invalid_argument(e.message().to_owned())
+                        } else {
+                            e
+                        }
+                    })?;
+                    let r = r.into_inner();
+                    ids.extend(r.contacts.into_iter().map(|c| c.id));
+                    r.next_page_token
+                }
+            };
+            if next.is_empty() {
+                return Ok(ids);
+            }
+            token = next;
+        }
+    }
+}

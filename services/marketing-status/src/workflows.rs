@@ -1,0 +1,287 @@
+//! Workflows (Professional and Enterprise): a saved rule that sets its list's or filter's
+//! contacts marketing, or non-marketing at the next update date. A run is queued, carried out by
+//! a worker on the injected clock, and retried with backoff until it succeeds.
+
+use crate::api::{Api, db};
+use crate::rules::Status;
+use crate::setting;
+use crate::store::{Actor, RunRow, Store, WorkflowRow};
+use crate::targets::{Contacts, Target};
+use chrono::{DateTime, Utc};
+use contactier_proto::contacts::v1 as cpb;
+use contactier_proto::marketing_status::v1 as pb;
+use contactier_runtime::Principal;
+use contactier_runtime::clock::{Worker, WorkerWaker};
+use contactier_runtime::convert::{micros, new_id, timestamp_micros};
+use contactier_runtime::shutdown::Shutdown;
+use prost::Message;
+use tonic::{Request, Status as GrpcStatus};
+
+/// Delay before retry `attempt` (1-based): 10 s doubling, at most an hour.
+pub fn retry_delay(attempt: i64) -> chrono::Duration {
+    chrono::Duration::seconds((10i64 << (attempt - 1).clamp(0, 20)).min(3_600))
+}
+
+fn action_name(a: pb::WorkflowAction) -> Option<&'static str> {
+    match a {
+        pb::WorkflowAction::SetMarketing => Some("set_marketing"),
+        pb::WorkflowAction::SetNonMarketingAtNextUpdate => Some("set_non_marketing"),
+        pb::WorkflowAction::Unspecified => None,
+    }
+}
+
+fn pb_workflow(w: WorkflowRow) -> pb::Workflow {
+    let target = if w.list_id.is_empty() {
+        cpb::ContactFilter::decode(w.filter.as_slice()).ok().map(pb::workflow::Target::Filter)
+    } else {
+        Some(pb::workflow::Target::ListId(w.list_id))
+    };
+    let action = if w.action == "set_marketing" {
+        pb::WorkflowAction::SetMarketing
+    } else {
+        pb::WorkflowAction::SetNonMarketingAtNextUpdate
+    };
+    pb::Workflow {
+        id: w.id,
+        name: w.name,
+        target,
+        action: action as i32,
+        created_at: timestamp_micros(w.created_at),
+    }
+}
+
+fn pb_run(r: RunRow) -> pb::WorkflowRun {
+    let state = match r.state.as_str() {
+        "queued" => pb::WorkflowRunState::Queued,
+        "retrying" => pb::WorkflowRunState::Retrying,
+        "succeeded" => pb::WorkflowRunState::Succeeded,
+        _ => pb::WorkflowRunState::Unspecified,
+    };
+    pb::WorkflowRun {
+        id: r.id,
+        workflow_id: r.workflow_id,
+        state: state as i32,
+        attempts: r.attempts as i32,
+        last_error: r.last_error,
+        changed: r.changed,
+        created_at: timestamp_micros(r.created_at),
+        finished_at: timestamp_micros(r.finished_at).filter(|_| r.finished_at != 0),
+    }
+}
+
+impl Api {
+    /// Workflows are for Professional and Enterprise accounts.
+    async fn check_edition(&self, account: &str) -> Result<(), GrpcStatus> {
+        let s = self.store.settings(account).await.map_err(db)?;
+        if s.edition == "professional" || s.edition == "enterprise" {
+            Ok(())
+        } else {
+            Err(GrpcStatus::failed_precondition("workflows are part of Professional and Enterprise"))
+        }
+    }
+
+    async fn workflow(&self, account: &str, id: &str) -> Result<WorkflowRow, GrpcStatus> {
+        self.store
+            .workflows(account, Some(id))
+            .await
+            .map_err(db)?
+            .pop()
+            .ok_or_else(|| GrpcStatus::not_found(format!("workflow {id} not found")))
+    }
+
+    pub async fn create_workflow_impl(
+        &self,
+        req: Request<pb::CreateWorkflowRequest>,
+    ) -> Result<pb::CreateWorkflowResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        self.check_edition(&account).await?;
+        let w =
+            req.into_inner().workflow.ok_or_else(|| GrpcStatus::invalid_argument("workflow: required"))?;
+        if w.name.trim().is_empty() {
+            return Err(GrpcStatus::invalid_argument("workflow.name: required"));
+        }
+        let action = pb::WorkflowAction::try_from(w.action).ok().and_then(action_name).ok_or_else(|| {
+            GrpcStatus::invalid_argument("workflow.action: SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
+        })?;
+        let (list_id, filter) = match w.target {
+            Some(pb::workflow::Target::ListId(id)) if !id.is_empty() => (id, vec![]),
+            Some(pb::workflow::Target::Filter(f)) if !f.groups.is_empty() => {
+                (String::new(), f.encode_to_vec())
+            }
+            _ => {
+                return Err(GrpcStatus::invalid_argument(
+                    "workflow.target: a list_id or a filter with groups",
+                ));
+            }
+        };
+        let row = WorkflowRow {
+            id: new_id(),
+            name: w.name.trim().to_owned(),
+            list_id,
+            filter,
+            action: action.to_owned(),
+            created_at: micros(self.clock.now()),
+        };
+        self.store.create_workflow(&account, &row).await.map_err(db)?;
+        Ok(pb::CreateWorkflowResponse { workflow: Some(pb_workflow(row)) })
+    }
+
+    pub async fn get_workflow_impl(
+        &self,
+        req: Request<pb::GetWorkflowRequest>,
+    ) -> Result<pb::GetWorkflowResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let w = self.workflow(&account, &req.into_inner().id).await?;
+        Ok(pb::GetWorkflowResponse { workflow: Some(pb_workflow(w)) })
+    }
+
+    pub async fn list_workflows_impl(
+        &self,
+        req: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<pb::ListWorkflowsResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let rows = self.store.workflows(&account, None).await.map_err(db)?;
+        Ok(pb::ListWorkflowsResponse { workflows: rows.into_iter().map(pb_workflow).collect() })
+    }
+
+    pub async fn delete_workflow_impl(
+        &self,
+        req: Request<pb::DeleteWorkflowRequest>,
+    ) -> Result<pb::DeleteWorkflowResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let id = req.into_inner().id;
+        if !self.store.delete_workflow(&account, &id).await.map_err(db)? {
+            return Err(GrpcStatus::not_found(format!("workflow {id} not found")));
+        }
+        Ok(pb::DeleteWorkflowResponse {})
+    }
+
+    pub async fn run_workflow_impl(
+        &self,
+        req: Request<pb::RunWorkflowRequest>,
+    ) -> Result<pb::RunWorkflowResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        self.check_edition(&account).await?;
+        let r = req.into_inner();
+        let w = self.workflow(&account, &r.workflow_id).await?;
+        let run = RunRow {
+            account_id: account,
+            id: new_id(),
+            workflow_id: w.id,
+            request_id: r.request_id,
+            created_at: micros(self.clock.now()),
+            ..RunRow::default()
+        };
+        let run = self.store.queue_run(&run).await.map_err(db)?;
+        self.workflows.wake();
+        Ok(pb::RunWorkflowResponse { run: Some(pb_run(run)) })
+    }
+
+    pub async fn get_workflow_run_impl(
+        &self,
+        req: Request<pb::GetWorkflowRunRequest>,
+    ) -> Result<pb::GetWorkflowRunResponse, GrpcStatus> {
+        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let id = req.into_inner().id;
+        let run = self
+            .store
+            .run(&account, &id)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| GrpcStatus::not_found(format!("run {id} not found")))?;
+        Ok(pb::GetWorkflowRunResponse { run: Some(pb_run(run)) })
+    }
+}
+
+/// Carries out due runs.
+pub struct Runner {
+    pub store: Store,
+    pub contacts: Contacts,
+    pub relay: WorkerWaker,
+}
+
+impl Runner {
+    async fn attempt(&self, run: &RunRow, now: DateTime<Utc>) -> Result<i64, String> {
+        let Some(w) = self
+            .store
+            .workflows(&run.account_id, Some(&run.workflow_id))
+            .await
+            .map_err(|e| e.to_string())?
+            .pop()
+        else {
+            // Deleted since it was queued: nothing left to do.
+            return Ok(0);
+        };
+        let target = if w.list_id.is_empty() {
+            Target::Filter(cpb::ContactFilter::decode(w.filter.as_slice()).map_err(|e| e.to_string())?)
+        } else {
+            Target::List(w.list_id.clone())
+        };
+        let ids = self
+            .contacts
+            .ids(&run.account_id, &target)
+            .await
+            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?;
+        let wanted = if w.action == "set_marketing" { Status::Marketing } else { Status::NonMarketing };
+        let actor = Actor {
+            source_type: "WORKFLOW".into(),
+            source_id: w.id.clone(),
+            user_id: String::new(),
+            request_id: run.id.clone(),
+        };
+        let answer = setting::apply(&self.store, &run.account_id, &ids, false, wanted, &actor, "", now)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(answer.changed)
+    }
+
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        for mut run in self.store.due_runs(now).await? {
+            run.attempts += 1;
+            match self.attempt(&run, now).await {
+                Ok(changed) => {
+                    run.state = "succeeded".into();
+                    run.changed = changed;
+                    run.finished_at = micros(now);
+                    tracing::info!(run = %run.id, changed, "workflow run succeeded");
+                    self.relay.wake();
+                }
+                Err(e) => {
+                    run.state = "retrying".into();
+                    run.next_attempt_at = micros(now + retry_delay(run.attempts));
+                    tracing::warn!(run = %run.id, attempt = run.attempts, error = %e, "workflow run failed; retrying");
+                    run.last_error = e;
+                }
+            }
+            self.store.save_run(&run).await?;
+        }
+        self.store.next_run_due().await
+    }
+}
+
+pub async fn run(runner: Runner, worker: Worker, shutdown: Shutdown) {
+    loop {
+        let now = worker.now();
+        let next = match runner.run_once(now).await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::warn!(error = %e, "workflow runner failed; retrying");
+                Some(now + chrono::Duration::seconds(5))
+            }
+        };
+        worker.report(now, next);
+        tokio::select! {
+            _ = worker.sleep_until(next) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn retries_back_off_to_an_hour() {
+        let secs: Vec<i64> = (1..=11).map(|a| super::retry_delay(a).num_seconds()).collect();
+        assert_eq!(secs, [10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600, 3600]);
+    }
+}
