@@ -18,16 +18,40 @@ pub const SERVICES: [&ServiceDef; 4] = [
     &contactier_notification::SERVICE,
 ];
 
+/// One running service: its own shutdown (so it can be stopped alone), database and address.
+struct Running {
+    def: &'static ServiceDef,
+    platform: Platform,
+    db: TestDb,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
 pub struct System {
+    /// Shared by every service: the clock and the signing key.
     pub platform: Platform,
-    addrs: Vec<(&'static str, SocketAddr)>,
-    _dbs: Vec<TestDb>,
+    peers: PeerArgs,
+    services: Vec<Running>,
 }
 
 impl Drop for System {
     fn drop(&mut self) {
-        self.platform.shutdown.trigger();
+        for s in &self.services {
+            s.platform.shutdown.trigger();
+        }
     }
+}
+
+async fn launch(
+    def: &'static ServiceDef,
+    platform: &Platform,
+    db: &TestDb,
+    peers: &PeerArgs,
+    listener: tokio::net::TcpListener,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let env = ServiceEnv { platform: platform.clone(), db: db.db.clone(), peers: peers.clone() };
+    let spec = (def.build)(env).await.expect("service builds");
+    tokio::spawn(contactier_runtime::server::serve(spec, listener, platform.serve_options()))
 }
 
 impl System {
@@ -50,21 +74,44 @@ impl System {
             billing_url: url("billing"),
             notification_url: url("notification"),
         };
-        let mut dbs = Vec::new();
+        let mut services = Vec::new();
         for (def, listener) in listeners {
-            let t = TestDb::new(backend, def.name).await;
-            t.db.migrate_service(def.migrations).await.expect("migrations");
-            let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers: peers.clone() };
-            let spec = (def.build)(env).await.expect("service builds");
-            tokio::spawn(contactier_runtime::server::serve(spec, listener, platform.serve_options()));
-            dbs.push(t);
+            let db = TestDb::new(backend, def.name).await;
+            db.db.migrate_service(def.migrations).await.expect("migrations");
+            let own = Platform { shutdown: contactier_runtime::Shutdown::new(), ..platform.clone() };
+            let addr = listener.local_addr().expect("bound");
+            let server = launch(def, &own, &db, &peers, listener).await;
+            services.push(Running { def, platform: own, db, addr, server });
         }
-        System { platform, addrs, _dbs: dbs }
+        System { platform, peers, services }
+    }
+
+    fn running(&mut self, service: &str) -> &mut Running {
+        self.services.iter_mut().find(|s| s.def.name == service).expect("a service of this system")
+    }
+
+    /// Stops one service (as a rolling restart does): it drains, its workers stop, its
+    /// database stays.
+    pub async fn stop(&mut self, service: &str) {
+        let r = self.running(service);
+        r.platform.shutdown.trigger();
+        let server = std::mem::replace(&mut r.server, tokio::spawn(async { Ok(()) }));
+        server.await.expect("server task").expect("clean shutdown");
+    }
+
+    /// Starts a stopped service again on its address and database.
+    pub async fn restart(&mut self, service: &str) {
+        let peers = self.peers.clone();
+        let shared = self.platform.clone();
+        let r = self.running(service);
+        r.platform = Platform { shutdown: contactier_runtime::Shutdown::new(), ..shared };
+        let listener = tokio::net::TcpListener::bind(r.addr).await.expect("the service's port is free again");
+        r.server = launch(r.def, &r.platform, &r.db, &peers, listener).await;
     }
 
     /// A channel to the named service.
     pub fn channel(&self, service: &str) -> Channel {
-        channel(self.addrs.iter().find(|(n, _)| *n == service).expect("a service of this system").1)
+        channel(self.services.iter().find(|s| s.def.name == service).expect("a service of this system").addr)
     }
 
     pub fn user_token(&self, account: &str, scopes: &[&str]) -> String {

@@ -199,6 +199,16 @@ impl Worker {
     }
 }
 
+/// A worker that stops (its service shut down) owes nothing: an advance no longer waits for it.
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .send_replace(WorkerState { done_through: DateTime::<Utc>::MAX_UTC, next_due: None });
+        self.clock.workers.lock().expect("worker registry").retain(|w| !Arc::ptr_eq(w, &self.shared));
+    }
+}
+
 /// Hands a worker new work: marks it owing work due now, so an advance waits for it, and wakes it.
 #[derive(Clone)]
 pub struct WorkerWaker {
@@ -325,5 +335,23 @@ mod tests {
         });
         c.advance_to(t(3, 0)).await.unwrap();
         assert_eq!(ran.load(Ordering::SeqCst), 3, "the handed-on work was done before advance returned");
+    }
+}
+
+#[cfg(test)]
+mod stopping {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[tokio::test]
+    async fn a_stopped_worker_no_longer_holds_the_clock() {
+        let c = Clock::manual(Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap());
+        // Registered and owing work, then gone without reporting (its service stopped).
+        let worker = c.register_worker("stopped");
+        worker.waker().wake();
+        drop(worker);
+        let advanced =
+            tokio::time::timeout(Duration::from_secs(5), c.advance(chrono::Duration::hours(1))).await;
+        assert!(advanced.is_ok(), "the advance waited for a worker that is gone");
     }
 }

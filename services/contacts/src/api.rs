@@ -411,7 +411,7 @@ impl ContactsService for Api {
             }
         };
         for (i, p) in r.properties.iter().enumerate() {
-            if catalog.get(p).is_none() {
+            if catalog.get(p).is_none() && !crate::properties::RESERVED.contains(&p.as_str()) {
                 return Err(
                     Error::invalid(format!("properties[{i}]"), format!("no such property {p:?}")).into()
                 );
