@@ -3,6 +3,8 @@
 //! With no arguments it runs on SQLite files under `./data`, with a development token secret
 //! kept in the data directory, and prints the addresses, a token and a grpcurl line to try.
 
+mod chart;
+mod ctl;
 mod devsecret;
 
 use anyhow::Context;
@@ -30,6 +32,14 @@ struct Cli {
     base_port: u16,
     #[command(flatten)]
     runtime: RuntimeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// A client for the jobs people do by hand (imports, status, usage, alerts, invoices, clock).
+    Ctl(ctl::Ctl),
 }
 
 /// The configuration of one service inside the process: a SQLite file each in the data dir,
@@ -46,6 +56,10 @@ fn service_args(runtime: &RuntimeArgs) -> RuntimeArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(ctl)) = cli.command {
+        let base_port = if cli.base_port == 0 { 50051 } else { cli.base_port };
+        return ctl::run(ctl, ctl::Target { host: cli.host, base_port, runtime: cli.runtime }).await;
+    }
     let _telemetry = contactier_runtime::telemetry::init(
         "contactier",
         cli.runtime.json_logs(),

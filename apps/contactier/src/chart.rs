@@ -1,0 +1,96 @@
+//! A usage-over-time chart for the terminal: one bar per day, scaled to the tier, with the
+//! tier's line marked.
+
+/// One day of usage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Day {
+    pub date: String,
+    pub count: i64,
+    pub tier: i64,
+}
+
+const FULL: char = '█';
+const PARTIAL: [char; 8] = [' ', '▏', '▎', '▍', '▌', '▋', '▊', '▉'];
+
+/// A bar of `value` out of `max` in `width` cells, with eighth-cell precision.
+pub fn bar(value: i64, max: i64, width: usize) -> String {
+    if max <= 0 || value <= 0 {
+        return String::new();
+    }
+    let eighths = (value.min(max) as u128 * width as u128 * 8 / max as u128) as usize;
+    let mut s: String = std::iter::repeat_n(FULL, eighths / 8).collect();
+    if eighths % 8 > 0 {
+        s.push(PARTIAL[eighths % 8]);
+    }
+    s
+}
+
+/// Renders the days as lines: date, bar (the scale is the largest tier or count shown), count
+/// and the share of that day's tier.
+pub fn render(days: &[Day], width: usize) -> Vec<String> {
+    let max = days.iter().map(|d| d.tier.max(d.count)).max().unwrap_or(0);
+    days.iter()
+        .map(|d| {
+            let pct = if d.tier > 0 { d.count * 100 / d.tier } else { 0 };
+            let b = bar(d.count, max, width);
+            // The tier's position on the day's row, so a line of them shows the limit.
+            let tier_at =
+                if max > 0 { (d.tier.min(max) as u128 * width as u128 / max as u128) as usize } else { 0 };
+            let mut cells: Vec<char> = b.chars().collect();
+            cells.resize(width.max(cells.len()), ' ');
+            if tier_at < cells.len() && cells[tier_at] == ' ' {
+                cells[tier_at] = '│';
+            }
+            let row: String = cells.into_iter().collect();
+            format!("{}  {row}  {:>9} ({pct:>3} % of {})", d.date, group(d.count), group(d.tier))
+        })
+        .collect()
+}
+
+/// 12345 -> "12,345".
+pub fn group(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_scale_with_eighth_cell_precision() {
+        assert_eq!(bar(0, 100, 10), "");
+        assert_eq!(bar(100, 100, 10), "██████████");
+        assert_eq!(bar(50, 100, 10), "█████");
+        assert_eq!(bar(55, 100, 10), "█████▌");
+        assert_eq!(bar(500, 100, 4), "████", "capped at the scale");
+    }
+
+    #[test]
+    fn rows_show_the_count_and_the_tier_line() {
+        let days = [
+            Day { date: "2026-04-29".into(), count: 1_500, tier: 2_000 },
+            Day { date: "2026-04-30".into(), count: 2_100, tier: 7_000 },
+        ];
+        let rows = render(&days, 14);
+        // Scale 7,000 over 14 cells: 500 a cell; the 2,000 tier sits in cell 4.
+        let pad = " ".repeat(9);
+        assert_eq!(rows[0], format!("2026-04-29  ███ │{pad}      1,500 ( 75 % of 2,000)"));
+        assert_eq!(rows[1], format!("2026-04-30  ████▏{pad}      2,100 ( 30 % of 7,000)"));
+    }
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        assert_eq!(
+            (group(0), group(999), group(1_000), group(2_002_000), group(-12_345)),
+            ("0".into(), "999".into(), "1,000".into(), "2,002,000".into(), "-12,345".into())
+        );
+    }
+}

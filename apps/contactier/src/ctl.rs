@@ -1,0 +1,383 @@
+//! `contactier ctl`: the jobs people do by hand, over the same gRPC APIs as every client.
+
+use crate::chart;
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
+use contactier_proto::common::v1::{self as common, MarketingStatus};
+use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
+};
+use contactier_proto::notification::v1::{
+    self as npb, notification_service_client::NotificationServiceClient,
+};
+use contactier_proto::ops::v1::{self as opb, clock_service_client::ClockServiceClient};
+use contactier_runtime::config::RuntimeArgs;
+use contactier_runtime::host::Platform;
+use futures::StreamExt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use tokio::io::AsyncReadExt;
+use tonic::transport::Channel;
+
+#[derive(Args, Debug)]
+pub struct Ctl {
+    /// Bearer token; without one, a development token is made from the local secret.
+    #[arg(long, env = "CONTACTIER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Import a CSV file, with a progress bar.
+    Import {
+        file: PathBuf,
+        /// Column=property, e.g. "E-mail=email" (repeat for each column).
+        #[arg(long = "map", required = true, value_parser = parse_mapping)]
+        mappings: Vec<(String, String)>,
+        #[arg(long, value_enum, default_value_t = Mode::Upsert)]
+        mode: Mode,
+        /// Create (or set) the imported contacts as marketing contacts.
+        #[arg(long)]
+        set_as_marketing: bool,
+        /// Column holding a GDPR opt-in (true/false, yes/no, 1/0).
+        #[arg(long)]
+        opt_in_column: Option<String>,
+        /// A key that makes a resent import return the first one.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Set the marketing status of a list's contacts (or named ones).
+    SetStatus {
+        #[arg(long, value_enum)]
+        status: Status,
+        /// A static or active list of the contacts service.
+        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        list: Option<String>,
+        /// Contact ids, comma separated.
+        #[arg(long, value_delimiter = ',')]
+        ids: Vec<String>,
+    },
+    /// Usage and tier, with a chart of the last days.
+    Usage {
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// The newest alerts.
+    Alerts {
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
+    /// Invoices, newest first.
+    Invoices,
+    /// Show the clock, or move a manual one forward (and wait for the work due).
+    Clock {
+        /// How far, e.g. "1day", "36h".
+        #[arg(long, conflicts_with = "to")]
+        advance: Option<humantime::Duration>,
+        /// To an instant (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    Create,
+    Update,
+    Upsert,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Status {
+    Marketing,
+    NonMarketing,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((c, p)) if !c.is_empty() && !p.is_empty() => Ok((c.to_owned(), p.to_owned())),
+        _ => Err(format!("{s:?}: expected COLUMN=property")),
+    }
+}
+
+/// Where the services are and how to sign requests.
+pub struct Target {
+    pub host: IpAddr,
+    pub base_port: u16,
+    pub runtime: RuntimeArgs,
+}
+
+struct Conn {
+    channels: Vec<Channel>,
+    token: String,
+}
+
+impl Conn {
+    fn channel(&self, i: usize) -> Channel {
+        self.channels[i].clone()
+    }
+
+    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let v = format!("Bearer {}", self.token).parse().expect("a token is a header value");
+        r.metadata_mut().insert("authorization", v);
+        r
+    }
+}
+
+fn token(ctl: &Ctl, target: &Target) -> anyhow::Result<String> {
+    if let Some(t) = &ctl.token {
+        return Ok(t.clone());
+    }
+    let path = target.runtime.data_dir.join("dev-jwt-secret");
+    let secret = match &target.runtime.jwt_secret {
+        Some(s) => s.clone(),
+        None => std::fs::read_to_string(&path)
+            .with_context(|| format!("no --token and no development secret at {}", path.display()))?
+            .trim()
+            .to_owned(),
+    };
+    let platform = Platform::new(&target.runtime, Some(&secret))?;
+    let scopes = ["read", "write", "admin", "ops"];
+    Ok(platform.authenticator.user_token("dev-account", "dev-user", &scopes, chrono::Duration::hours(1)))
+}
+
+pub async fn run(ctl: Ctl, target: Target) -> anyhow::Result<()> {
+    let token = token(&ctl, &target)?;
+    let channels = (0..4)
+        .map(|i| {
+            let addr = SocketAddr::new(target.host, target.base_port + i);
+            Channel::from_shared(format!("http://{addr}")).map(|e| e.connect_lazy())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let conn = Conn { channels, token };
+    match ctl.command {
+        Command::Import { file, mappings, mode, set_as_marketing, opt_in_column, request_id } => {
+            let header = cpb::ImportHeader {
+                name: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                mode: match mode {
+                    Mode::Create => cpb::ImportMode::Create,
+                    Mode::Update => cpb::ImportMode::Update,
+                    Mode::Upsert => cpb::ImportMode::Upsert,
+                } as i32,
+                column_mapping: mappings.into_iter().collect(),
+                set_as_marketing,
+                gdpr_opt_in_column: opt_in_column.unwrap_or_default(),
+                request_id,
+                ..Default::default()
+            };
+            import(&conn, file, header).await
+        }
+        Command::SetStatus { status, list, ids } => {
+            let target = match list {
+                Some(l) => mpb::set_marketing_status_request::Target::ListId(l),
+                None => mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds { ids }),
+            };
+            let status = match status {
+                Status::Marketing => MarketingStatus::Marketing,
+                Status::NonMarketing => MarketingStatus::NonMarketing,
+            };
+            let req = mpb::SetMarketingStatusRequest {
+                request_id: String::new(),
+                target: Some(target),
+                status: status as i32,
+                source: None,
+            };
+            let r = MarketingStatusServiceClient::new(conn.channel(1))
+                .set_marketing_status(conn.req(req))
+                .await?
+                .into_inner();
+            let c = r.count.unwrap_or_default();
+            println!("changed {}, unchanged {}, not found {}", r.changed, r.unchanged, r.not_found);
+            println!(
+                "marketing contacts now {} ({} pending non-marketing)",
+                chart::group(c.marketing),
+                c.pending_non_marketing
+            );
+            Ok(())
+        }
+        Command::Usage { days } => usage(&conn, days).await,
+        Command::Alerts { limit } => {
+            let req = npb::ListAlertsRequest { page_size: limit, page_token: String::new() };
+            let r = NotificationServiceClient::new(conn.channel(3))
+                .list_alerts(conn.req(req))
+                .await?
+                .into_inner();
+            for a in r.alerts {
+                let when = a.created_at.map(|t| ts(&t)).unwrap_or_default();
+                println!(
+                    "{when}  {:<20} {}",
+                    a.kind().as_str_name().trim_start_matches("ALERT_KIND_"),
+                    a.message
+                );
+            }
+            Ok(())
+        }
+        Command::Invoices => {
+            let req = bpb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
+            let r =
+                BillingServiceClient::new(conn.channel(2)).list_invoices(conn.req(req)).await?.into_inner();
+            for i in r.invoices {
+                let total = i.total.clone().unwrap_or_default();
+                println!(
+                    "#{:<4} {:<8} {:>12} {}  {}  issued {}",
+                    i.number,
+                    i.kind().as_str_name().trim_start_matches("INVOICE_KIND_").to_lowercase(),
+                    money(&total),
+                    date(i.term_start.as_ref()),
+                    date(i.term_end.as_ref()),
+                    i.issued_at.map(|t| ts(&t)).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Clock { advance, to } => {
+            let mut clock = ClockServiceClient::new(conn.channel(2));
+            let now = if let Some(by) = advance {
+                let by: std::time::Duration = by.into();
+                let d =
+                    prost_types::Duration { seconds: by.as_secs() as i64, nanos: by.subsec_nanos() as i32 };
+                let r =
+                    clock.advance_time(conn.req(opb::AdvanceTimeRequest { by: Some(d) })).await?.into_inner();
+                println!("advanced in {} steps", r.steps);
+                r.now
+            } else if let Some(t) = to {
+                let time = prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 };
+                clock.set_time(conn.req(opb::SetTimeRequest { time: Some(time) })).await?.into_inner().now
+            } else {
+                let r = clock.get_time(conn.req(opb::GetTimeRequest {})).await?.into_inner();
+                println!("clock: {}", if r.manual { "manual" } else { "system" });
+                r.now
+            };
+            println!("now {}", now.map(|t| ts(&t)).unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
+fn ts(t: &prost_types::Timestamp) -> String {
+    chrono::DateTime::from_timestamp(t.seconds, 0)
+        .map(|d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+fn date(d: Option<&common::Date>) -> String {
+    d.map(|d| format!("{:04}-{:02}-{:02}", d.year, d.month, d.day)).unwrap_or_default()
+}
+
+fn money(m: &common::Money) -> String {
+    format!("{}.{:02} {}", chart::group(m.amount_minor / 100), (m.amount_minor % 100).abs(), m.currency)
+}
+
+/// Streams the file in chunks; the bar follows the bytes sent, the messages the rows done.
+async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
+    let f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+    let size = f.metadata().await?.len();
+    let bar = indicatif::ProgressBar::new(size).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+            .expect("a valid template"),
+    );
+    let first = futures::stream::iter([cpb::ImportContactsRequest {
+        part: Some(cpb::import_contacts_request::Part::Header(header)),
+    }]);
+    let sent = bar.clone();
+    let chunks = futures::stream::unfold(Some(f), move |f| {
+        let bar = sent.clone();
+        async move {
+            let mut f = f?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    bar.inc(n as u64);
+                    Some((
+                        cpb::ImportContactsRequest {
+                            part: Some(cpb::import_contacts_request::Part::Chunk(buf)),
+                        },
+                        Some(f),
+                    ))
+                }
+            }
+        }
+    });
+    let mut progress = ContactsServiceClient::new(conn.channel(0))
+        .import_contacts(conn.req(first.chain(chunks)))
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = progress.next().await {
+        let m = m?;
+        if let Some(p) = &m.progress {
+            bar.set_message(format!(
+                "{} rows, {} created, {} updated, {} failed",
+                p.rows_read, p.created, p.updated, p.failed
+            ));
+        }
+        last = m.progress;
+    }
+    bar.finish();
+    let p = last.context("the import ended without a summary")?;
+    println!(
+        "import {}: {} rows read, {} created, {} updated, {} skipped, {} failed",
+        p.import_id, p.rows_read, p.created, p.updated, p.skipped, p.failed
+    );
+    if p.failed + p.skipped > 0 {
+        let req = cpb::ListImportErrorsRequest {
+            import_id: p.import_id.clone(),
+            page_size: 20,
+            page_token: String::new(),
+        };
+        let errors =
+            ContactsServiceClient::new(conn.channel(0)).list_import_errors(conn.req(req)).await?.into_inner();
+        for e in errors.errors {
+            println!("  row {:>7}  {:<16} {}", e.row, e.column, e.reason);
+        }
+    }
+    Ok(())
+}
+
+async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
+    let mut billing = BillingServiceClient::new(conn.channel(2));
+    let u =
+        billing.get_usage(conn.req(bpb::GetUsageRequest {})).await?.into_inner().usage.unwrap_or_default();
+    println!(
+        "marketing contacts {} of {} ({}.{:02} %), {} contacts in all",
+        chart::group(u.marketing_count),
+        chart::group(u.tier),
+        u.used_basis_points / 100,
+        u.used_basis_points % 100,
+        chart::group(u.total_contacts)
+    );
+    println!(
+        "next update date {}, renewal {}",
+        date(u.next_update_date.as_ref()),
+        date(u.renewal_date.as_ref())
+    );
+    let clock = ClockServiceClient::new(conn.channel(2)).get_time(conn.req(opb::GetTimeRequest {})).await;
+    let today = clock
+        .ok()
+        .and_then(|r| r.into_inner().now)
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .unwrap_or_else(chrono::Utc::now)
+        .date_naive();
+    let from = today - chrono::Days::new(u64::from(days));
+    let pb_date = |d: chrono::NaiveDate| {
+        use chrono::Datelike;
+        Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
+    };
+    let req = bpb::GetUsageHistoryRequest { from: pb_date(from), to: pb_date(today) };
+    let points = billing.get_usage_history(conn.req(req)).await?.into_inner().points;
+    let rows: Vec<chart::Day> = points
+        .iter()
+        .map(|p| chart::Day { date: date(p.date.as_ref()), count: p.max_marketing_count, tier: p.tier })
+        .collect();
+    for line in chart::render(&rows, 40) {
+        println!("{line}");
+    }
+    Ok(())
+}
