@@ -19,7 +19,7 @@ pub fn bar(value: i64, max: i64, width: usize) -> String {
     }
     let eighths = (value.min(max) as u128 * width as u128 * 8 / max as u128) as usize;
     let mut s: String = std::iter::repeat_n(FULL, eighths / 8).collect();
-    if eighths % 8 > 0 {
+    if !eighths.is_multiple_of(8) {
         s.push(PARTIAL[eighths % 8]);
     }
     s
@@ -52,7 +52,7 @@ pub fn group(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
