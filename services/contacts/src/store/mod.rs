@@ -12,7 +12,7 @@ use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 mod consent;
 mod imports;
@@ -23,6 +23,21 @@ pub use consent::ConsentRow;
 pub use imports::{ImportErrorRow, ImportRow};
 pub use lists::ListRow;
 pub use search::{Cursor, SortKey};
+
+/// Rows per multi-row insert: well under both backends' limits on bound parameters.
+const CONTACTS_PER_STATEMENT: usize = 500;
+const VALUES_PER_STATEMENT: usize = 1_000;
+
+/// `($1, $2, …), (…)` for `rows` rows of `cols` parameters.
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let ps: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Outbox topic of the contact events for marketing-status (ApplyContactEventsRequest payloads).
 pub const MARKETING_STATUS_TOPIC: &str = "marketing-status";
@@ -284,8 +299,8 @@ impl Store {
 
     // ---- contacts ----
 
-    /// Creates contacts in one transaction; each gets its own outcome (ALREADY_EXISTS for an
-    /// email the account has, including one earlier in the same batch).
+    /// Creates contacts in one transaction with multi-row inserts; each gets its own outcome
+    /// (ALREADY_EXISTS for an email the account has, including one earlier in the same batch).
     pub async fn create_contacts(
         &self,
         account: &str,
@@ -293,15 +308,13 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
         let at = micros(now);
-        let out = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut out = Vec::with_capacity(contacts.len());
-            let mut events = Vec::new();
-            for c in contacts {
-                let id = new_id();
-                let shown: BTreeMap<String, String> = c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+        let rows: Vec<(ContactRow, &NewContact)> = contacts
+            .iter()
+            .map(|c| {
+                let shown: BTreeMap<String, String> =
+                    c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
                 let row = ContactRow {
-                    id: id.clone(),
+                    id: new_id(),
                     email: c.email.address.clone(),
                     properties: json(&shown),
                     version: 1,
@@ -310,37 +323,74 @@ impl Store {
                     created_at: at,
                     updated_at: at,
                 };
-                let inserted = sqlx::query(
+                (row, c)
+            })
+            .collect();
+        let inserted = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+            for chunk in rows.chunks(CONTACTS_PER_STATEMENT) {
+                let sql = format!(
                     "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, source_id, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $8) ON CONFLICT (account_id, email_key) DO NOTHING",
-                )
-                .bind(account).bind(&id).bind(&row.email).bind(&c.email.key).bind(&row.properties)
-                .bind(&row.source_type).bind(&row.source_id).bind(at)
-                .execute(&mut *tx).await?.rows_affected() == 1;
-                if !inserted {
-                    out.push(Err(Error::AlreadyExists("a contact with this email exists".into())));
-                    continue;
+                     VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
+                    placeholders(chunk.len(), 10)
+                );
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+                for (row, c) in chunk {
+                    q = q.bind(account).bind(&row.id).bind(&row.email).bind(&c.email.key).bind(&row.properties).bind(1i64)
+                        .bind(&row.source_type).bind(&row.source_id).bind(at).bind(at);
                 }
-                write_values!(tx, account, &id, &c.values);
-                let source = contactier_proto::common::v1::Source {
-                    r#type: contactier_proto::common::v1::SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type))
-                        .unwrap_or_default() as i32,
-                    id: c.source_id.clone(),
-                };
-                events.push(contact_event(account, now, mpb::contact_event::Payload::Created(mpb::ContactCreated {
-                    contact_id: id,
-                    source: Some(source),
-                    requested_status: c.requested_status,
-                    user_id: c.user_id.clone(),
-                })));
-                out.push(Ok(row));
+                let ids: Vec<String> = q.fetch_all(&mut *tx).await?;
+                inserted.extend(ids);
             }
+            let values: Vec<(&str, &str, &Value)> = rows
+                .iter()
+                .filter(|(row, _)| inserted.contains(&row.id))
+                .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
+                .collect();
+            for chunk in values.chunks(VALUES_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
+                    placeholders(chunk.len(), 5)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, name, v) in chunk {
+                    q = q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let events: Vec<mpb::ContactEvent> = rows
+                .iter()
+                .filter(|(row, _)| inserted.contains(&row.id))
+                .map(|(row, c)| {
+                    let source = contactier_proto::common::v1::Source {
+                        r#type: contactier_proto::common::v1::SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type))
+                            .unwrap_or_default() as i32,
+                        id: c.source_id.clone(),
+                    };
+                    contact_event(account, now, mpb::contact_event::Payload::Created(mpb::ContactCreated {
+                        contact_id: row.id.clone(),
+                        source: Some(source),
+                        requested_status: c.requested_status,
+                        user_id: c.user_id.clone(),
+                    }))
+                })
+                .collect();
             add_total!(tx, account, events.len() as i64);
             send_events!(tx, account, events, now);
             tx.commit().await?;
-            out
+            inserted
         });
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .map(|(row, _)| {
+                if inserted.contains(&row.id) {
+                    Ok(row)
+                } else {
+                    Err(Error::AlreadyExists("a contact with this email exists".into()))
+                }
+            })
+            .collect())
     }
 
     pub async fn contacts(&self, account: &str, ids: &[String]) -> Result<Vec<ContactRow>> {
