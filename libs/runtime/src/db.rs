@@ -32,6 +32,18 @@ macro_rules! with_pool {
     };
 }
 
+/// `($1, $2, …), ($k, …)` for a multi-row statement of `rows` rows of `cols` parameters, the
+/// same on both backends.
+pub fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let ps: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", ps.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Begins a transaction that will write. On SQLite it takes the write lock at once (`BEGIN
 /// IMMEDIATE`): a deferred transaction that reads and then writes fails outright ("database is
 /// locked") when another connection wrote in between, where waiting for the lock is right.

@@ -57,6 +57,13 @@ pub trait EventTx {
         event_id: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Records many received events at once; answers the ids not seen before.
+    fn receive_many(
+        &mut self,
+        event_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 }
 
 macro_rules! impl_event_tx {
@@ -85,6 +92,27 @@ macro_rules! impl_event_tx {
                 let r =
                     sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(&mut *self).await?;
                 Ok(r.rows_affected() == 1)
+            }
+
+            async fn receive_many(
+                &mut self,
+                event_ids: &[String],
+                now: DateTime<Utc>,
+            ) -> Result<Vec<String>, sqlx::Error> {
+                let mut fresh = Vec::with_capacity(event_ids.len());
+                for chunk in event_ids.chunks(1_000) {
+                    let sql = format!(
+                        "INSERT INTO inbox (event_id, received_at) VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                        crate::db::placeholders(chunk.len(), 2)
+                    );
+                    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+                    for id in chunk {
+                        q = q.bind(id).bind(micros(now));
+                    }
+                    let got: Vec<String> = q.fetch_all(&mut *self).await?;
+                    fresh.extend(got);
+                }
+                Ok(fresh)
             }
         }
     };

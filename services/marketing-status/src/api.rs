@@ -1,13 +1,12 @@
 //! MarketingStatusService (the part served so far) and MarketingStatusInternalService.
 
-use crate::rules::{self, CreationSource, State, Status};
+use crate::rules::{CreationSource, Status};
 use crate::store::{Actor, Settings, StatusRow, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
 use contactier_proto::marketing_status::v1::{
-    self as pb, contact_event::Payload,
-    marketing_status_internal_service_server::MarketingStatusInternalService,
+    self as pb, marketing_status_internal_service_server::MarketingStatusInternalService,
     marketing_status_service_server::MarketingStatusService, set_marketing_status_request::Target,
 };
 use contactier_runtime::Principal;
@@ -93,7 +92,7 @@ pub(crate) fn creation_source(t: SourceType) -> Option<CreationSource> {
     })
 }
 
-fn requested(s: i32) -> Option<Status> {
+pub(crate) fn requested(s: i32) -> Option<Status> {
     match MarketingStatus::try_from(s) {
         Ok(MarketingStatus::Marketing) => Some(Status::Marketing),
         Ok(MarketingStatus::NonMarketing) => Some(Status::NonMarketing),
@@ -368,59 +367,7 @@ impl MarketingStatusInternalService for Internal {
             }
             principal.check_account(&e.account_id)?;
         }
-        let now = self.clock.now();
-        let mut acknowledged = Vec::with_capacity(events.len());
-        for e in events {
-            let account = e.account_id.as_str();
-            match e.payload.expect("checked above") {
-                Payload::Created(c) => {
-                    let source = c.source.unwrap_or_default();
-                    let source_type = SourceType::try_from(source.r#type).unwrap_or_default();
-                    let origin = creation_source(source_type).ok_or_else(|| {
-                        GrpcStatus::invalid_argument("events.created.source.type: required")
-                    })?;
-                    let mut asked = requested(c.requested_status);
-                    // A user without the permission gets the source's default instead.
-                    if asked == Some(Status::Marketing)
-                        && !c.user_id.is_empty()
-                        && !self.store.may_set_marketing(account, &c.user_id).await.map_err(db)?
-                    {
-                        asked = None;
-                    }
-                    let own = self.store.source_defaults(account).await.map_err(db)?;
-                    let account_default = own
-                        .into_iter()
-                        .find(|(name, _)| *name == source_type_name(source_type))
-                        .map(|(_, m)| if m { Status::Marketing } else { Status::NonMarketing });
-                    let status = rules::initial_status(origin, asked, account_default);
-                    let initial =
-                        if status == Status::Marketing { State::MARKETING } else { State::NON_MARKETING };
-                    let actor = Actor {
-                        source_type: source_type_name(source_type),
-                        source_id: source.id,
-                        user_id: c.user_id,
-                        request_id: String::new(),
-                    };
-                    self.store
-                        .contact_created(&e.event_id, account, &c.contact_id, initial, &actor, now)
-                        .await
-                        .map_err(db)?;
-                }
-                Payload::Deleted(d) => {
-                    self.store
-                        .contact_deleted(&e.event_id, account, &d.contact_id, d.erase, now)
-                        .await
-                        .map_err(db)?;
-                }
-                Payload::Merged(m) => {
-                    self.store
-                        .contacts_merged(&e.event_id, account, &m.primary_id, &m.secondary_id, now)
-                        .await
-                        .map_err(db)?;
-                }
-            }
-            acknowledged.push(e.event_id);
-        }
+        let acknowledged = crate::events::apply(&self.store, events, self.clock.now()).await?;
         self.relay.wake();
         Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged }))
     }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod api;
+mod events;
 pub mod rules;
 mod setting;
 mod store;

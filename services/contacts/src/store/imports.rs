@@ -70,17 +70,10 @@ impl Store {
         }
         // Multi-row inserts, a few hundred rows a statement.
         for chunk in errors.chunks(300) {
-            let mut sql = String::from(
-                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES ",
+            let sql = format!(
+                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES {} ON CONFLICT DO NOTHING",
+                contactier_runtime::db::placeholders(chunk.len(), 5)
             );
-            for i in 0..chunk.len() {
-                let b = i * 5;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5));
-            }
-            sql.push_str(" ON CONFLICT DO NOTHING");
             with_pool!(&self.db, pool => {
                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
                 for e in chunk {

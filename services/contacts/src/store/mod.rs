@@ -8,7 +8,7 @@ use crate::properties::{Catalog, Definition, PropertyOption, PropertyType, Value
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
@@ -27,17 +27,6 @@ pub use search::{Cursor, SortKey};
 /// Rows per multi-row insert: well under both backends' limits on bound parameters.
 const CONTACTS_PER_STATEMENT: usize = 500;
 const VALUES_PER_STATEMENT: usize = 1_000;
-
-/// `($1, $2, …), (…)` for `rows` rows of `cols` parameters.
-pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let ps: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", ps.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Outbox topic of the contact events for marketing-status (ApplyContactEventsRequest payloads).
 pub const MARKETING_STATUS_TOPIC: &str = "marketing-status";

@@ -6,10 +6,11 @@ use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::micros;
-use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
+use std::collections::HashSet;
 
 mod extras;
 pub use extras::{ChangeRow, RunRow, WorkflowRow};
@@ -79,6 +80,15 @@ pub enum SetOutcome {
     Done(Outcomes, Counts),
     /// The request id had been answered; its first answer.
     Replayed(Vec<u8>),
+}
+
+/// A new contact to record: its event, initial state and origin.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub event_id: String,
+    pub contact_id: String,
+    pub initial: State,
+    pub actor: Actor,
 }
 
 /// Who asked for a change, and through what.
@@ -270,34 +280,58 @@ impl Store {
         Ok(())
     }
 
-    /// A new contact in `initial` state, once per event id. False if the event was seen before.
-    pub async fn contact_created(
+    /// New contacts from one account's events, in one transaction with multi-row statements:
+    /// events seen before are skipped, contacts known before are left as they are.
+    pub async fn contacts_created(
         &self,
-        event_id: &str,
         account: &str,
-        contact: &str,
-        initial: State,
-        actor: &Actor,
+        items: &[Created],
         now: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<(), sqlx::Error> {
+        let at = micros(now);
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            if !tx.receive(event_id, now).await? {
-                return Ok(false);
+            let ids: Vec<String> = items.iter().map(|c| c.event_id.clone()).collect();
+            let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+            let todo: Vec<&Created> = items.iter().filter(|c| fresh.contains(&c.event_id)).collect();
+            let mut inserted: HashSet<String> = HashSet::new();
+            for chunk in todo.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO contact_status (account_id, contact_id, marketing, pending, source_type, source_id, updated_at) \
+                     VALUES {} ON CONFLICT (account_id, contact_id) DO NOTHING RETURNING contact_id",
+                    placeholders(chunk.len(), 7)
+                );
+                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+                for c in chunk {
+                    q = q.bind(account).bind(&c.contact_id).bind(c.initial.counts()).bind(false)
+                        .bind(&c.actor.source_type).bind(&c.actor.source_id).bind(at);
+                }
+                let got: Vec<String> = q.fetch_all(&mut *tx).await?;
+                inserted.extend(got);
             }
-            let inserted = sqlx::query(
-                "INSERT INTO contact_status (account_id, contact_id, marketing, pending, source_type, source_id, updated_at) \
-                 VALUES ($1, $2, $3, false, $4, $5, $6) ON CONFLICT (account_id, contact_id) DO NOTHING",
-            )
-            .bind(account).bind(contact).bind(initial.counts()).bind(&actor.source_type).bind(&actor.source_id).bind(micros(now))
-            .execute(&mut *tx).await?.rows_affected() == 1;
-            if inserted {
-                audit!(tx, account, contact, State::NON_MARKETING, initial, actor, now, now);
-                apply_delta!(tx, account, CountDelta::added(initial), now);
+            let new: Vec<&&Created> = todo.iter().filter(|c| inserted.contains(&c.contact_id)).collect();
+            for chunk in new.chunks(500) {
+                let sql = format!(
+                    "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                     source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
+                    placeholders(chunk.len(), 12)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for c in chunk {
+                    q = q.bind(account).bind(new_event_id()).bind(&c.contact_id).bind(status_str(Status::NonMarketing))
+                        .bind(status_str(c.initial.status)).bind(false).bind(&c.actor.source_type).bind(&c.actor.source_id)
+                        .bind(&c.actor.user_id).bind(at).bind(at).bind(&c.actor.request_id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            let marketing = new.iter().filter(|c| c.initial.counts()).count() as i64;
+            let delta = CountDelta { marketing, pending: 0, non_marketing: new.len() as i64 - marketing };
+            if !delta.is_zero() {
+                apply_delta!(tx, account, delta, now);
             }
             tx.commit().await?;
         });
-        Ok(true)
+        Ok(())
     }
 
     /// Removes a contact: its place in the count is free at once. False if seen before.
