@@ -573,3 +573,18 @@ async fn workflows_belong_to_professional_and_enterprise_and_retry_until_they_su
         assert_eq!(err.code(), Code::NotFound);
     }
 }
+
+#[tokio::test]
+async fn a_contact_named_twice_in_one_request_changes_and_counts_once() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
+        let r = s.set("owner", "", &["c1", "c1", "c2"], Marketing).await.unwrap();
+        let outcomes: Vec<_> = r.results.iter().map(|x| x.outcome()).collect();
+        use pb::SetStatusOutcome as O;
+        assert_eq!(outcomes, [O::Marketing, O::Unchanged, O::NotFound], "{backend:?}");
+        assert_eq!((r.changed, r.unchanged, r.not_found), (1, 1, 1));
+        assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
+    }
+}

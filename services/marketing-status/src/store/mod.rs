@@ -10,7 +10,7 @@ use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 mod extras;
 pub use extras::{ChangeRow, RunRow, WorkflowRow};
@@ -452,37 +452,80 @@ impl Store {
         now: DateTime<Utc>,
         keep: Option<&Keep<'_>>,
     ) -> Result<SetOutcome, sqlx::Error> {
-        let q =
-            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
+        // Set-based: one read of the chunk, one update per resulting state, multi-row audit.
+        let in_list: Vec<String> = (0..contacts.len()).map(|i| format!("${}", i + 2)).collect();
+        let q = format!(
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
+            in_list.join(", ")
+        );
+        let at = micros(now);
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let mut total = CountDelta::default();
+            let mut found: HashMap<String, StatusRow> = HashMap::with_capacity(contacts.len());
+            if !contacts.is_empty() {
+                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account);
+                for id in contacts {
+                    read = read.bind(id);
+                }
+                let rows: Vec<StatusRow> = read.fetch_all(&mut *tx).await?;
+                found.extend(rows.into_iter().map(|r| (r.contact_id.clone(), r)));
+            }
             let mut outcomes = Vec::with_capacity(contacts.len());
+            // (from, to) of each contact that changes, grouped by the state it ends in.
+            let mut changes: Vec<(&String, State, State)> = Vec::new();
+            let mut seen = HashSet::new();
             for id in contacts {
-                let row: Option<StatusRow> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(&mut *tx).await?;
-                let Some(row) = row else {
+                let Some(row) = found.get(id) else {
                     outcomes.push((id.clone(), None));
                     continue;
                 };
                 let (from, (to, outcome)) = (row.state(), rules::request(row.state(), requested));
-                if outcome != Outcome::Unchanged {
-                    sqlx::query(
-                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
-                         WHERE account_id = $6 AND contact_id = $7",
-                    )
-                    .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
-                    .bind(micros(now)).bind(account).bind(id)
-                    .execute(&mut *tx).await?;
-                    audit!(tx, account, id, from, to, actor, now, now);
+                // A contact named twice changes once; the second sees the first's result.
+                if outcome != Outcome::Unchanged && seen.insert(id.clone()) {
+                    changes.push((id, from, to));
                     let d = CountDelta::between(from, to);
                     total = CountDelta {
                         marketing: total.marketing + d.marketing,
                         pending: total.pending + d.pending,
                         non_marketing: total.non_marketing + d.non_marketing,
                     };
+                    outcomes.push((id.clone(), Some(outcome)));
+                } else {
+                    outcomes.push((id.clone(), Some(Outcome::Unchanged)));
                 }
-                outcomes.push((id.clone(), Some(outcome)));
+            }
+            let mut targets: Vec<State> = changes.iter().map(|c| c.2).collect();
+            targets.sort_by_key(|s| (s.counts(), s.until_next_update));
+            targets.dedup();
+            for to in targets {
+                let ids: Vec<&String> = changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
+                let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 7)).collect();
+                let sql = format!(
+                    "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
+                     WHERE account_id = $6 AND contact_id IN ({})",
+                    list.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(at).bind(account);
+                for id in ids {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            for chunk in changes.chunks(2_000) {
+                let sql = format!(
+                    "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                     source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
+                    placeholders(chunk.len(), 12)
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (id, from, to) in chunk {
+                    q = q.bind(account).bind(new_event_id()).bind(*id).bind(status_str(from.status)).bind(status_str(to.status))
+                        .bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id)
+                        .bind(at).bind(at).bind(&actor.request_id);
+                }
+                q.execute(&mut *tx).await?;
             }
             let counts = if total.is_zero() {
                 let c: Option<Counts> = sqlx::query_as(
