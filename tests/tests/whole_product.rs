@@ -331,3 +331,51 @@ async fn the_product_end_to_end() {
         assert!(trail.changes.is_empty(), "{backend:?}: no history left");
     }
 }
+
+#[tokio::test]
+async fn an_annual_account_applies_requests_on_each_first_and_renews_once_a_year() {
+    for backend in BACKENDS {
+        // 10 May 2026, 12:00 in New York; Starter, annual, bought 15 April.
+        let s = System::start(backend, at(5, 10, 16)).await;
+        let mut c = Clients::new(&s);
+        let sub = bpb::CreateSubscriptionRequest {
+            edition: Edition::Starter as i32,
+            term: Term::Annual as i32,
+            start_date: Some(Date { year: 2026, month: 4, day: 15 }),
+            currency: "USD".into(),
+            subsidiary: "NA".into(),
+            tier: 0,
+            marketing_contacts_enabled: true,
+        };
+        c.billing.create_subscription(authed(sub, &c.admin)).await.unwrap();
+        c.form_contacts(0, 400, "Signups").await;
+        c.form_contacts(400, 100, "Leavers").await;
+        s.advance_to(at(5, 10, 17)).await;
+        // Starter's first tier holds them.
+        assert_eq!((c.usage().await.marketing_count, c.usage().await.tier), (500, 1_000), "{backend:?}");
+
+        c.set_by_filter(company("Leavers"), MarketingStatus::NonMarketing, "leave").await;
+        s.advance_to(at(5, 31, 12)).await;
+        assert_eq!(c.usage().await.marketing_count, 500, "{backend:?}: pending until the 1st");
+        // 1 June 00:00 New York is 04:00 UTC: an annual term's update date.
+        s.advance_to(at(6, 1, 4)).await;
+        let u = c.usage().await;
+        assert_eq!((u.marketing_count, u.period_count), (400, 400), "{backend:?}");
+        assert!(c.invoices().await.is_empty(), "{backend:?}: no renewal before April");
+
+        // A year on: eleven more firsts and one renewal invoice at the same tier.
+        s.advance_to(Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap()).await;
+        let inv = c.invoices().await;
+        assert_eq!(inv.len(), 1, "{backend:?}");
+        assert_eq!(
+            (inv[0].kind(), inv[0].term_start),
+            (bpb::InvoiceKind::Renewal, Some(Date { year: 2027, month: 4, day: 15 }))
+        );
+        assert_eq!(
+            inv[0].total.as_ref().unwrap().amount_minor,
+            21_600,
+            "{backend:?}: Starter 1,000, a year in USD"
+        );
+        assert_eq!(c.usage().await.period_count, 400);
+    }
+}
