@@ -427,10 +427,14 @@ impl ContactsService for Api {
         };
         let (rows, next) =
             self.store.search(&c.account, &sql, &key, descending, after.as_ref(), limit).await?;
-        let total = self.store.count_matching(&c.account, &sql).await?;
+        // Counted on the first page; later pages carry it in their token.
+        let total = match after.as_ref().and_then(|a| a.total) {
+            Some(t) => t,
+            None => self.store.count_matching(&c.account, &sql).await?,
+        };
         Ok(Response::new(pb::SearchContactsResponse {
             contacts: rows.into_iter().map(|row| convert::contact(row, &catalog, &r.properties)).collect(),
-            next_page_token: next.map(|n| n.encode()).unwrap_or_default(),
+            next_page_token: next.map(|n| Cursor { total: Some(total), ..n }.encode()).unwrap_or_default(),
             total,
         }))
     }

@@ -28,6 +28,9 @@ pub struct Cursor {
     pub text: Option<String>,
     pub num: Option<f64>,
     pub id: String,
+    /// The total counted for the first page, carried along so later pages need not count.
+    #[serde(default)]
+    pub total: Option<i64>,
 }
 
 impl Cursor {
@@ -134,7 +137,12 @@ impl Store {
         });
         let next = if hits.len() as i64 > limit {
             hits.truncate(limit as usize);
-            hits.last().map(|h| Cursor { text: h.sort_text.clone(), num: h.sort_num, id: h.row.id.clone() })
+            hits.last().map(|h| Cursor {
+                text: h.sort_text.clone(),
+                num: h.sort_num,
+                id: h.row.id.clone(),
+                total: None,
+            })
         } else {
             None
         };
