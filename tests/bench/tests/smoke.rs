@@ -1,0 +1,35 @@
+//! A small run of every benchmark, so `make test` keeps them working; the figures of a run
+//! this size mean nothing and are not checked against targets.
+
+use contactier_bench::{Backend, Config, EmptyServer};
+use std::time::Duration;
+
+#[tokio::test]
+async fn every_benchmark_runs_on_both_backends() {
+    let cfg = Config {
+        rows: 3_000,
+        load_time: Duration::from_millis(300),
+        concurrency: 8,
+        alert_contacts: 2_100,
+        backends: vec![Backend::Postgres, Backend::Sqlite],
+        empty_server: EmptyServer::InProcess,
+    };
+    let report = contactier_bench::run(&cfg).await.expect("the benchmarks run");
+    for what in [
+        "CSV import",
+        "bulk status change",
+        "update date",
+        "GetUsage: peak",
+        "GetContact: peak",
+        "status change -> alert",
+        "idle memory, billing",
+    ] {
+        for backend in ["PostgreSQL", "SQLite"] {
+            assert!(
+                report.rows.iter().any(|r| r.what.starts_with(what) && r.backend == backend),
+                "no {what} on {backend}"
+            );
+        }
+    }
+    assert!(report.markdown().lines().count() > 20);
+}
