@@ -151,6 +151,11 @@ impl Policy {
     pub fn access(&self, path: &str) -> Option<Access> {
         self.methods.get(path).copied()
     }
+
+    /// Every method path the policy opens, with its access.
+    pub fn methods(&self) -> impl Iterator<Item = (&str, Access)> {
+        self.methods.iter().map(|(p, a)| (p.as_str(), *a))
+    }
 }
 
 /// Signs and verifies tokens with one HMAC secret shared by the deployment.
