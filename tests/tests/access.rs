@@ -20,7 +20,7 @@ async fn call(channel: Channel, path: &str, token: Option<&str>) -> Result<(), t
         req.metadata_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
     }
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
-    let path = http::uri::PathAndQuery::from_maybe_shared(path.to_owned()).unwrap();
+    let path = http::uri::PathAndQuery::try_from(path).unwrap();
     grpc.unary(req, path, codec).await.map(|_| ())
 }
 
