@@ -19,6 +19,8 @@ use tonic::{Status, Streaming};
 
 /// Rows written per transaction.
 pub const BATCH_ROWS: usize = 1_000;
+/// Rows between refreshes of the planner's statistics during an import.
+const STATISTICS_EVERY: i64 = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -246,6 +248,7 @@ async fn run(
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     let mut errors: Vec<ImportErrorRow> = Vec::new();
     let mut number = 0;
+    let mut analyzed_at = 0;
     while let Some(record) = records.next().await {
         number += 1;
         import.rows_read += 1;
@@ -269,6 +272,12 @@ async fn run(
         }
         if batch.len() >= BATCH_ROWS {
             write(api, account, user, plan, import, std::mem::take(&mut batch), &mut errors).await?;
+            // A table that grew from nothing during the import has statistics that say it is
+            // empty; the planner would then scan it for every lookup.
+            if import.rows_read - analyzed_at >= STATISTICS_EVERY {
+                api.store.refresh_statistics().await?;
+                analyzed_at = import.rows_read;
+            }
             api.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
             api.store.save_import(account, import).await?;
             let _ = progress
@@ -328,8 +337,13 @@ async fn write(
             }
         }
     }
-    let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
-    let existing = api.store.ids_by_email(account, &keys).await?;
+    // Create-only imports need no lookup: the insert itself finds the emails taken.
+    let existing = if plan.mode == Mode::Create {
+        HashMap::new()
+    } else {
+        let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
+        api.store.ids_by_email(account, &keys).await?
+    };
     let now = api.clock.now();
     let (mut creates, mut updates) = (Vec::new(), Vec::new());
     for row in order {
@@ -379,6 +393,14 @@ async fn write(
                     if row.opt_in {
                         opted_in.push(c.id);
                     }
+                }
+                Err(crate::error::Error::AlreadyExists(_)) if plan.mode == Mode::Create => {
+                    import.skipped += 1;
+                    errors.push(ImportErrorRow {
+                        row_number: row.number,
+                        column_name: email_column(plan),
+                        reason: "skipped: a contact with this email exists".into(),
+                    });
                 }
                 // Created by someone else since the lookup.
                 Err(e) => {

@@ -596,6 +596,11 @@ async fn alert_latency(ctx: &Ctx, contacts: usize) -> anyhow::Result<Vec<Duratio
             if target > ids.len() {
                 break 'tiers;
             }
+            // An upgrade checks the new tier against the same count: its lower thresholds may
+            // already have fired.
+            if target <= count {
+                continue;
+            }
             let start = Instant::now();
             ctx.set_status(&account, &ids[count..target], MarketingStatus::Marketing).await?;
             count = target;

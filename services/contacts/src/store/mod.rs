@@ -570,6 +570,15 @@ impl Store {
         out.pop().expect("one change, one outcome")
     }
 
+    /// Refreshes the planner's statistics of the contact tables.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        with_pool!(&self.db, pool => {
+            sqlx::query("ANALYZE contacts").execute(pool).await?;
+            sqlx::query("ANALYZE contact_values").execute(pool).await?;
+        });
+        Ok(())
+    }
+
     pub async fn total(&self, account: &str) -> Result<i64> {
         let t: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
             "SELECT total FROM contact_totals WHERE account_id = $1",

@@ -581,27 +581,36 @@ impl Store {
             return Ok(None);
         }
         let audit_prefix = format!("update:{day}:");
-        let chunk = format!(
-            "SELECT contact_id FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2 ORDER BY contact_id LIMIT {UPDATE_CHUNK}"
+        // Chunks walk the primary key: each ends at the UPDATE_CHUNK-th pending contact after
+        // the last one, so the whole run reads the account's contacts once.
+        let chunk_end = format!(
+            "SELECT MAX(contact_id) FROM (SELECT contact_id FROM contact_status WHERE account_id = $1 AND pending \
+             AND updated_at <= $2 AND contact_id > $3 ORDER BY contact_id LIMIT {UPDATE_CHUNK}) chunk"
         );
+        let in_chunk =
+            "account_id = $1 AND pending AND updated_at <= $2 AND contact_id > $3 AND contact_id <= $4";
+        let mut after = String::new();
         loop {
-            let n = with_pool!(&self.db, pool => {
+            let done = with_pool!(&self.db, pool => {
                 let mut tx = pool.begin_write().await?;
+                let end: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(chunk_end.as_str()))
+                    .bind(account).bind(eff).bind(&after).fetch_one(&mut *tx).await?;
+                let Some(end) = end else { break };
                 let q = format!(
                     "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
                      source_id, user_id, requested_at, effective_at, request_id) \
-                     SELECT account_id, $3 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $4, '', $5, $2, '' \
-                     FROM contact_status WHERE account_id = $1 AND contact_id IN ({chunk}) ON CONFLICT DO NOTHING"
+                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, '' \
+                     FROM contact_status WHERE {in_chunk} ON CONFLICT DO NOTHING"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(q))
-                    .bind(account).bind(eff).bind(&audit_prefix).bind(&day).bind(micros(now))
+                    .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
                     .execute(&mut *tx).await?;
                 let q = format!(
-                    "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $3, updated_at = $4 \
-                     WHERE account_id = $1 AND contact_id IN ({chunk})"
+                    "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $5, updated_at = $6 \
+                     WHERE {in_chunk}"
                 );
                 let n = sqlx::query(sqlx::AssertSqlSafe(q))
-                    .bind(account).bind(eff).bind(&day).bind(micros(now))
+                    .bind(account).bind(eff).bind(&after).bind(&end).bind(&day).bind(micros(now))
                     .execute(&mut *tx).await?.rows_affected() as i64;
                 if n > 0 {
                     apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
@@ -609,9 +618,10 @@ impl Store {
                         .bind(account).bind(&day).bind(n).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                n
+                after = end;
+                n < UPDATE_CHUNK
             });
-            if n < UPDATE_CHUNK {
+            if done {
                 break;
             }
         }
