@@ -32,6 +32,19 @@ macro_rules! with_pool {
     };
 }
 
+impl Db {
+    /// Rows of `cols` parameters one multi-row statement should carry. SQLite's driver binds
+    /// parameters in time that grows faster than their number, so it gets short statements;
+    /// PostgreSQL takes up to 65,535 parameters and is fastest with long ones.
+    pub fn rows_per_statement(&self, cols: usize) -> usize {
+        let params = match self {
+            Db::Sqlite(_) => 999,
+            Db::Postgres(_) => 30_000,
+        };
+        (params / cols.max(1)).max(1)
+    }
+}
+
 /// `($1, $2, …), ($k, …)` for a multi-row statement of `rows` rows of `cols` parameters, the
 /// same on both backends.
 pub fn placeholders(rows: usize, cols: usize) -> String {

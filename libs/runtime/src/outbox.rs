@@ -100,7 +100,8 @@ macro_rules! impl_event_tx {
                 now: DateTime<Utc>,
             ) -> Result<Vec<String>, sqlx::Error> {
                 let mut fresh = Vec::with_capacity(event_ids.len());
-                for chunk in event_ids.chunks(1_000) {
+                // Short statements: SQLite binds long parameter lists slowly.
+                for chunk in event_ids.chunks(450) {
                     let sql = format!(
                         "INSERT INTO inbox (event_id, received_at) VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
                         crate::db::placeholders(chunk.len(), 2)

@@ -69,7 +69,7 @@ impl Store {
             return Ok(());
         }
         // Multi-row inserts, a few hundred rows a statement.
-        for chunk in errors.chunks(300) {
+        for chunk in errors.chunks(self.db.rows_per_statement(5)) {
             let sql = format!(
                 "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES {} ON CONFLICT DO NOTHING",
                 contactier_runtime::db::placeholders(chunk.len(), 5)

@@ -139,7 +139,7 @@ impl Store {
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, String>> {
         let mut out = std::collections::HashMap::new();
-        for chunk in keys.chunks(500) {
+        for chunk in keys.chunks(self.db.rows_per_statement(1) - 1) {
             let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             let sql = format!(
                 "SELECT email_key, id FROM contacts WHERE account_id = $1 AND email_key IN ({})",

@@ -24,10 +24,6 @@ pub use imports::{ImportErrorRow, ImportRow};
 pub use lists::ListRow;
 pub use search::{Cursor, SortKey};
 
-/// Rows per multi-row insert: well under both backends' limits on bound parameters.
-const CONTACTS_PER_STATEMENT: usize = 500;
-const VALUES_PER_STATEMENT: usize = 1_000;
-
 /// Outbox topic of the contact events for marketing-status (ApplyContactEventsRequest payloads).
 pub const MARKETING_STATUS_TOPIC: &str = "marketing-status";
 
@@ -315,10 +311,11 @@ impl Store {
                 (row, c)
             })
             .collect();
+        let (contacts_per, values_per) = (self.db.rows_per_statement(10), self.db.rows_per_statement(5));
         let inserted = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-            for chunk in rows.chunks(CONTACTS_PER_STATEMENT) {
+            for chunk in rows.chunks(contacts_per) {
                 let sql = format!(
                     "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, source_id, created_at, updated_at) \
                      VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
@@ -337,7 +334,7 @@ impl Store {
                 .filter(|(row, _)| inserted.contains(&row.id))
                 .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
                 .collect();
-            for chunk in values.chunks(VALUES_PER_STATEMENT) {
+            for chunk in values.chunks(values_per) {
                 let sql = format!(
                     "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
                     placeholders(chunk.len(), 5)

@@ -289,13 +289,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         let at = micros(now);
+        let (status_per, audit_per) = (self.db.rows_per_statement(7), self.db.rows_per_statement(12));
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let ids: Vec<String> = items.iter().map(|c| c.event_id.clone()).collect();
             let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
             let todo: Vec<&Created> = items.iter().filter(|c| fresh.contains(&c.event_id)).collect();
             let mut inserted: HashSet<String> = HashSet::new();
-            for chunk in todo.chunks(500) {
+            for chunk in todo.chunks(status_per) {
                 let sql = format!(
                     "INSERT INTO contact_status (account_id, contact_id, marketing, pending, source_type, source_id, updated_at) \
                      VALUES {} ON CONFLICT (account_id, contact_id) DO NOTHING RETURNING contact_id",
@@ -310,7 +311,7 @@ impl Store {
                 inserted.extend(got);
             }
             let new: Vec<&&Created> = todo.iter().filter(|c| inserted.contains(&c.contact_id)).collect();
-            for chunk in new.chunks(500) {
+            for chunk in new.chunks(audit_per) {
                 let sql = format!(
                     "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
                      source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
@@ -452,20 +453,21 @@ impl Store {
         now: DateTime<Utc>,
         keep: Option<&Keep<'_>>,
     ) -> Result<SetOutcome, sqlx::Error> {
-        // Set-based: one read of the chunk, one update per resulting state, multi-row audit.
-        let in_list: Vec<String> = (0..contacts.len()).map(|i| format!("${}", i + 2)).collect();
-        let q = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
-            in_list.join(", ")
-        );
+        // Set-based: the chunk read in a few statements, one update per resulting state,
+        // multi-row audit.
+        let (in_per, audit_per) = (self.db.rows_per_statement(1) - 7, self.db.rows_per_statement(12));
         let at = micros(now);
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let mut total = CountDelta::default();
             let mut found: HashMap<String, StatusRow> = HashMap::with_capacity(contacts.len());
-            if !contacts.is_empty() {
-                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account);
-                for id in contacts {
+            for part in contacts.chunks(in_per) {
+                let q = format!(
+                    "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
+                    (0..part.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
+                );
+                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account);
+                for id in part {
                     read = read.bind(id);
                 }
                 let rows: Vec<StatusRow> = read.fetch_all(&mut *tx).await?;
@@ -500,20 +502,22 @@ impl Store {
             targets.dedup();
             for to in targets {
                 let ids: Vec<&String> = changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
-                let list: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 7)).collect();
-                let sql = format!(
-                    "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
-                     WHERE account_id = $6 AND contact_id IN ({})",
-                    list.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(at).bind(account);
-                for id in ids {
-                    q = q.bind(id);
+                for part in ids.chunks(in_per) {
+                    let list: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 7)).collect();
+                    let sql = format!(
+                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
+                         WHERE account_id = $6 AND contact_id IN ({})",
+                        list.join(", ")
+                    );
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(at).bind(account);
+                    for id in part {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                q.execute(&mut *tx).await?;
             }
-            for chunk in changes.chunks(2_000) {
+            for chunk in changes.chunks(audit_per) {
                 let sql = format!(
                     "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
                      source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
