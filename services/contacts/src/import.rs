@@ -425,12 +425,14 @@ async fn write(
                 expected_version: 0,
             })
             .collect();
+        let mut marketing = Vec::new();
         for ((id, row), outcome) in
             updates.iter().zip(api.store.update_contacts(account, changes, now).await?)
         {
             match outcome {
                 Ok(_) => {
                     import.updated += 1;
+                    marketing.push(id.clone());
                     if row.opt_in {
                         opted_in.push(id.clone());
                     }
@@ -444,6 +446,12 @@ async fn write(
                     });
                 }
             }
+        }
+        // "Set as marketing" reaches contacts that existed through marketing-status, as the
+        // importing user.
+        if plan.set_as_marketing && !marketing.is_empty() {
+            api.store.request_marketing(account, &marketing, &import.id, user, now).await?;
+            api.relay.wake();
         }
     }
     let consent = ConsentRow {

@@ -135,6 +135,32 @@ async fn imports_stream_rows_report_bad_ones_and_keep_the_good() {
         let r = import(&s, header(pb::ImportMode::Create, &[("email", "email")]), csv, 1_000).await.unwrap();
         let sum = r.last().unwrap().progress.clone().unwrap();
         assert_eq!((sum.created, sum.skipped), (1, 1), "{backend:?}");
+        // "Set as marketing" in an upsert reaches a contact that existed, non-marketing.
+        s.settle().await;
+        let fresh = s
+            .api()
+            .get_contact(authed(
+                pb::GetContactRequest {
+                    key: Some(pb::get_contact_request::Key::Email("fresh@example.com".into())),
+                },
+                &s.writer(),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .contact
+            .unwrap();
+        assert_eq!(s.status(&fresh.id).await.unwrap().status, MarketingStatus::NonMarketing as i32);
+        let mut h = header(pb::ImportMode::Upsert, &[("email", "email")]);
+        h.set_as_marketing = true;
+        let r = import(&s, h, "email\nfresh@example.com\n", 1_000).await.unwrap();
+        assert_eq!(r.last().unwrap().progress.as_ref().unwrap().updated, 1);
+        s.settle().await;
+        assert_eq!(
+            s.status(&fresh.id).await.unwrap().status,
+            MarketingStatus::Marketing as i32,
+            "{backend:?}"
+        );
         let csv = "email,company\nuser2@example.com,Acme\nnobody@example.com,Acme\n";
         let r = import(
             &s,

@@ -64,6 +64,34 @@ impl Lookups {
     }
 }
 
+/// Existing contacts made marketing on their importer's behalf: as SetMarketingStatus by that
+/// user would, so a user without the permission (or an account without the feature) changes
+/// nothing. Applying it twice changes nothing more.
+async fn marketing_requested(
+    store: &Store,
+    account: &str,
+    m: pb::MarketingRequested,
+    now: DateTime<Utc>,
+) -> Result<(), GrpcStatus> {
+    if !store.settings(account).await.map_err(db)?.marketing_contacts_enabled {
+        return Ok(());
+    }
+    if !m.user_id.is_empty() && !store.may_set_marketing(account, &m.user_id).await.map_err(db)? {
+        return Ok(());
+    }
+    let source = m.source.unwrap_or_default();
+    let actor = Actor {
+        source_type: source_type_name(SourceType::try_from(source.r#type).unwrap_or(SourceType::Import)),
+        source_id: source.id,
+        user_id: m.user_id,
+        request_id: String::new(),
+    };
+    crate::setting::apply(store, account, &m.contact_ids, false, Status::Marketing, &actor, "", now)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 /// Applies the events (checked by the caller) and answers the ids acknowledged: all of them.
 pub async fn apply(
     store: &Store,
@@ -117,6 +145,7 @@ pub async fn apply(
                     .await
                     .map_err(db)?;
             }
+            Payload::MarketingRequested(m) => marketing_requested(store, &account, m, now).await?,
         }
         acknowledged.push(e.event_id);
     }

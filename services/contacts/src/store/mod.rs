@@ -567,6 +567,41 @@ impl Store {
         out.pop().expect("one change, one outcome")
     }
 
+    /// Asks marketing-status, through the outbox, to make existing contacts marketing on behalf
+    /// of `user` (an import's "set as marketing" for the contacts it updated).
+    pub async fn request_marketing(
+        &self,
+        account: &str,
+        ids: &[String],
+        source_id: &str,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let events = ids
+            .chunks(10_000)
+            .map(|chunk| {
+                contact_event(
+                    account,
+                    now,
+                    mpb::contact_event::Payload::MarketingRequested(mpb::MarketingRequested {
+                        contact_ids: chunk.to_vec(),
+                        source: Some(contactier_proto::common::v1::Source {
+                            r#type: contactier_proto::common::v1::SourceType::Import as i32,
+                            id: source_id.to_owned(),
+                        }),
+                        user_id: user.to_owned(),
+                    }),
+                )
+            })
+            .collect();
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            send_events!(tx, account, events, now);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Refreshes the planner's statistics of the contact tables.
     pub async fn refresh_statistics(&self) -> Result<()> {
         with_pool!(&self.db, pool => {

@@ -584,6 +584,9 @@ impl Store {
         if state.is_some_and(|a| a >= 0) {
             return Ok(None);
         }
+        // Statistics of a table that grew fast may still say it is small, and the planner
+        // would then sort every pending contact for each chunk instead of walking the key.
+        with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
         let audit_prefix = format!("update:{day}:");
         // Chunks walk the primary key: each ends at the UPDATE_CHUNK-th pending contact after
         // the last one, so the whole run reads the account's contacts once.
