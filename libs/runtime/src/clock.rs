@@ -169,6 +169,32 @@ impl Worker {
         self.shared.state.send_replace(WorkerState { done_through, next_due });
     }
 
+    /// Runs `step` until shutdown: at once, then whenever its next work falls due or the worker
+    /// is woken. A step answers when its next work is due; a failed one is logged and tried
+    /// again after `retry`.
+    pub async fn drive<F, Fut, E>(self, shutdown: crate::Shutdown, retry: chrono::Duration, mut step: F)
+    where
+        F: FnMut(DateTime<Utc>) -> Fut,
+        Fut: Future<Output = Result<Option<DateTime<Utc>>, E>>,
+        E: std::fmt::Display,
+    {
+        loop {
+            let now = self.now();
+            let next = match step(now).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(worker = %self.shared.name, error = %e, "background work failed; retrying");
+                    Some(now + retry)
+                }
+            };
+            self.report(now, next);
+            tokio::select! {
+                _ = self.sleep_until(next) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+
     /// A handle others use to hand this worker new work.
     pub fn waker(&self) -> WorkerWaker {
         WorkerWaker { clock: self.clock.clone(), shared: self.shared.clone() }

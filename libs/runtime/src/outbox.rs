@@ -253,21 +253,13 @@ impl Outbox {
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
     /// until woken by new events (the worker's waker, called after a commit that enqueued).
     pub async fn run(self, worker: Worker, deliver: Deliver, backoff: Backoff, shutdown: crate::Shutdown) {
-        loop {
-            let now = worker.now();
-            let next = match self.relay_once(now, &deliver, backoff, 500).await {
-                Ok(_) => self.next_due().await.unwrap_or(Some(now + chrono::Duration::seconds(1))),
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "outbox read failed");
-                    Some(now + chrono::Duration::seconds(1))
-                }
-            };
-            worker.report(now, next);
-            tokio::select! {
-                _ = worker.sleep_until(next) => {}
-                _ = shutdown.wait() => return,
-            }
-        }
+        let (relay, deliver) = (&self, &deliver);
+        worker
+            .drive(shutdown, chrono::Duration::seconds(1), move |now| async move {
+                relay.relay_once(now, deliver, backoff, 500).await?;
+                relay.next_due().await
+            })
+            .await
     }
 }
 

@@ -35,24 +35,14 @@ pub async fn run_once(
 }
 
 pub async fn run(store: Store, book: Arc<PriceBook>, worker: Worker, relay: WorkerWaker, shutdown: Shutdown) {
-    loop {
-        let now = worker.now();
-        let next = match run_once(&store, &book, now).await {
-            Ok((next, issued)) => {
-                if issued > 0 {
-                    relay.wake();
-                }
-                next
+    let (store, book, relay) = (&store, &book, &relay);
+    worker
+        .drive(shutdown, chrono::Duration::seconds(5), move |now| async move {
+            let (next, issued) = run_once(store, book, now).await?;
+            if issued > 0 {
+                relay.wake();
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "invoice run failed; retrying");
-                Some(now + chrono::Duration::seconds(5))
-            }
-        };
-        worker.report(now, next);
-        tokio::select! {
-            _ = worker.sleep_until(next) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+            Ok::<_, crate::error::Error>(next)
+        })
+        .await
 }

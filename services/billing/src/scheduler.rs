@@ -100,21 +100,8 @@ impl Scheduler {
 }
 
 pub async fn run(scheduler: Scheduler, worker: Worker, shutdown: Shutdown) {
-    loop {
-        let now = worker.now();
-        let next = match scheduler.run_once(now).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::warn!(error = %e, "update-date run failed; retrying");
-                Some(now + chrono::Duration::seconds(5))
-            }
-        };
-        worker.report(now, next);
-        tokio::select! {
-            _ = worker.sleep_until(next) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+    let s = &scheduler;
+    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| s.run_once(now)).await
 }
 
 #[cfg(test)]

@@ -260,21 +260,8 @@ impl Runner {
 }
 
 pub async fn run(runner: Runner, worker: Worker, shutdown: Shutdown) {
-    loop {
-        let now = worker.now();
-        let next = match runner.run_once(now).await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::warn!(error = %e, "workflow runner failed; retrying");
-                Some(now + chrono::Duration::seconds(5))
-            }
-        };
-        worker.report(now, next);
-        tokio::select! {
-            _ = worker.sleep_until(next) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+    let r = &runner;
+    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| r.run_once(now)).await
 }
 
 #[cfg(test)]

@@ -143,31 +143,20 @@ pub fn payload(alert: &AlertRow) -> serde_json::Value {
 /// deliveries wake it.
 pub async fn run(store: Store, worker: Worker, sender: Sender, args: DeliveryArgs, shutdown: Shutdown) {
     let backoff = Backoff { initial: Duration::from_millis(args.backoff_ms), max: Duration::from_secs(300) };
-    loop {
-        let now = worker.now();
-        let mut full = false;
-        match store.claim_due(now, LEASE, BATCH).await {
-            Ok(batch) => {
-                full = batch.len() as i64 == BATCH;
-                for d in batch {
-                    if let Err(e) = deliver(&store, &sender, &d, now, &args, backoff).await {
-                        tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
-                    }
+    let (store, sender, args) = (&store, &sender, &args);
+    worker
+        .drive(shutdown, LEASE, move |now| async move {
+            let batch = store.claim_due(now, LEASE, BATCH).await?;
+            // A full batch means more may be due now: go round again at once.
+            let full = batch.len() as i64 == BATCH;
+            for d in batch {
+                if let Err(e) = deliver(store, sender, &d, now, args, backoff).await {
+                    tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "reading due deliveries failed"),
-        }
-        // A full batch means more may be due now: go round again at once.
-        let next = if full { Some(now) } else { store.next_due().await.unwrap_or(Some(now + LEASE)) };
-        worker.report(now, next);
-        if full {
-            continue;
-        }
-        tokio::select! {
-            _ = worker.sleep_until(next) => {}
-            _ = shutdown.wait() => return,
-        }
-    }
+            if full { Ok(Some(now)) } else { store.next_due().await }
+        })
+        .await
 }
 
 async fn deliver(
