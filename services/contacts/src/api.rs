@@ -148,15 +148,15 @@ impl Api {
     async fn create(
         &self,
         c: &Caller,
+        catalog: &Catalog,
         inputs: Vec<pb::ContactInput>,
         field: &str,
     ) -> Result<Vec<Result<ContactRow>>> {
-        let catalog = self.store.catalog(&c.account).await?;
         let mut checked = Vec::with_capacity(inputs.len());
         let mut refused = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
             let at = if field == "contact" { field.to_owned() } else { format!("{field}[{i}]") };
-            match new_contact(input, &catalog, &c.user, &at) {
+            match new_contact(input, catalog, &c.user, &at) {
                 Ok(n) => checked.push((i, n)),
                 Err(e) => refused.push((i, e)),
             }
@@ -172,6 +172,17 @@ impl Api {
         out.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
         out.sort_by_key(|(i, _)| *i);
         Ok(out.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Deletes (or, for GDPR, erases) one contact; NOT_FOUND when it does not exist.
+    async fn delete_one(&self, account: &str, id: &str, erase: bool) -> Result<()> {
+        let ids = [id.to_owned()];
+        let (deleted, _) = self.store.delete_contacts(account, &ids, erase, self.clock.now()).await?;
+        if deleted.is_empty() {
+            return Err(Error::NotFound(format!("contact {id}")));
+        }
+        self.relay.wake();
+        Ok(())
     }
 
     /// The answer saved under a request id, if any.
@@ -222,8 +233,8 @@ impl ContactsService for Api {
             return Ok(Response::new(first));
         }
         let input = r.contact.ok_or_else(|| Error::invalid("contact", "required"))?;
-        let row = one(self.create(&c, vec![input], "contact").await?)?;
         let catalog = self.store.catalog(&c.account).await?;
+        let row = one(self.create(&c, &catalog, vec![input], "contact").await?)?;
         let answer = pb::CreateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) };
         self.keep(&c.account, &r.request_id, &answer).await?;
         Ok(Response::new(answer))
@@ -267,14 +278,7 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let id = req.into_inner().id;
         required("id", &id)?;
-        let (deleted, _) = self
-            .store
-            .delete_contacts(&c.account, std::slice::from_ref(&id), false, self.clock.now())
-            .await?;
-        if deleted.is_empty() {
-            return Err(Error::NotFound(format!("contact {id}")).into());
-        }
-        self.relay.wake();
+        self.delete_one(&c.account, &id, false).await?;
         Ok(Response::new(pb::DeleteContactResponse {}))
     }
 
@@ -288,8 +292,8 @@ impl ContactsService for Api {
         if let Some(first) = self.replay(&c.account, &r.request_id).await? {
             return Ok(Response::new(first));
         }
-        let outcomes = self.create(&c, r.contacts, "contacts").await?;
         let catalog = self.store.catalog(&c.account).await?;
+        let outcomes = self.create(&c, &catalog, r.contacts, "contacts").await?;
         let mut answer = pb::BatchCreateContactsResponse::default();
         for (i, o) in outcomes.into_iter().enumerate() {
             match o {
@@ -822,12 +826,7 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let id = req.into_inner().contact_id;
         required("contact_id", &id)?;
-        let (deleted, _) =
-            self.store.delete_contacts(&c.account, std::slice::from_ref(&id), true, self.clock.now()).await?;
-        if deleted.is_empty() {
-            return Err(Error::NotFound(format!("contact {id}")).into());
-        }
-        self.relay.wake();
+        self.delete_one(&c.account, &id, true).await?;
         Ok(Response::new(pb::EraseContactResponse {}))
     }
 
