@@ -12,7 +12,7 @@ use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 mod consent;
 mod imports;
@@ -379,15 +379,25 @@ impl Store {
             .collect())
     }
 
+    /// The contacts with these ids, in the order asked (unknown ids left out), read a chunk of
+    /// ids per statement.
     pub async fn contacts(&self, account: &str, ids: &[String]) -> Result<Vec<ContactRow>> {
-        let q = format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id = $2");
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row: Option<ContactRow> = with_pool!(&self.db, pool =>
-                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?);
-            out.extend(row);
+        let mut found: HashMap<String, ContactRow> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(self.db.rows_per_statement(1) - 1) {
+            let q = format!(
+                "SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id IN ({})",
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
+            );
+            let rows: Vec<ContactRow> = with_pool!(&self.db, pool => {
+                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account);
+                for id in chunk {
+                    read = read.bind(id);
+                }
+                read.fetch_all(pool).await?
+            });
+            found.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
         }
-        Ok(out)
+        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }
 
     pub async fn contact_by_email(&self, account: &str, key: &str) -> Result<Option<ContactRow>> {
