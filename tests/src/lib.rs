@@ -7,6 +7,8 @@ use contactier_proto::notification::v1 as npb;
 use contactier_runtime::db::Backend;
 use contactier_runtime::host::{PeerArgs, Platform, ServiceDef, ServiceEnv};
 use contactier_runtime::testing::{TestDb, authed, channel, manual_platform};
+pub mod procs;
+
 use std::net::SocketAddr;
 use tonic::transport::Channel;
 

@@ -2,13 +2,17 @@
 //! follow, split anywhere. Rows are parsed as they arrive and written a batch at a time, so
 //! memory stays bounded whatever the file size; a bad row is reported (row, column, reason) and
 //! never stops the good ones. Progress goes back after every batch.
+//!
+//! An import cut off (its client gone, its process killed) is taken up again by a retry under
+//! the same request id sending the same file: rows up to its last saved progress are skipped,
+//! and contacts it created in the batch it was writing are recognised, not created twice.
 
 use crate::api::Api;
 use crate::convert::{self, source_type_name};
 use crate::email;
 use crate::error::{Error, Result};
 use crate::properties::{self, Catalog, Value};
-use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact};
+use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Start};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::convert::{micros, new_id};
@@ -21,6 +25,12 @@ use tonic::{Status, Streaming};
 pub const BATCH_ROWS: usize = 1_000;
 /// Rows between refreshes of the planner's statistics during an import.
 const STATISTICS_EVERY: i64 = 100_000;
+/// A running import's owner marks it alive this often; a retry takes over one not marked for
+/// [`LEASE`].
+const BEAT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long an import waits for the next part of its file.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -178,15 +188,51 @@ pub async fn start(
         started_at: micros(api.clock.now()),
         ..ImportRow::default()
     };
-    if let Some(earlier) = api.store.start_import(&account, &import).await? {
-        let done =
-            pb::ImportContactsResponse { progress: Some(convert::import_summary(&earlier)), done: true };
-        return Ok(futures::stream::iter([Ok(done)]).boxed());
-    }
-    tracing::info!(import = %import.id, mode = import.mode, "import started");
+    let resumed = match api.store.start_import(&account, &import, LEASE).await? {
+        Start::Fresh => false,
+        Start::Finished(earlier) => {
+            let done =
+                pb::ImportContactsResponse { progress: Some(convert::import_summary(&earlier)), done: true };
+            return Ok(futures::stream::iter([Ok(done)]).boxed());
+        }
+        Start::Resume(earlier) => {
+            import = earlier;
+            true
+        }
+        Start::Busy => {
+            return Err(Error::Aborted(
+                "an import with this request id is running; retry once it has finished".into(),
+            ));
+        }
+    };
+    tracing::info!(import = %import.id, mode = import.mode, resumed, skip = import.rows_read, "import started");
     let (tx, rx) = tokio::sync::mpsc::channel::<Progress>(16);
     tokio::spawn(async move {
-        let outcome = run(&api, &account, &user, &plan, &catalog, &mut import, input, &tx).await;
+        let beats = {
+            let (store, account, id) = (api.store.clone(), account.clone(), import.id.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(BEAT);
+                loop {
+                    every.tick().await;
+                    if let Err(e) = store.beat_import(&account, &id).await {
+                        tracing::warn!(import = %id, error = %e, "marking the import alive failed");
+                    }
+                }
+            })
+        };
+        let outcome = run(&api, &account, &user, &plan, &catalog, &mut import, resumed, input, &tx).await;
+        beats.abort();
+        if outcome.is_err() {
+            // Counters back to the last saved batch: rows read since were not written, and a
+            // retry reads them again.
+            match api.store.import(&account, &import.id).await {
+                Ok(Some(saved)) => import = saved,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(import = %import.id, error = %e, "reading the import's progress failed")
+                }
+            }
+        }
         import.finished_at = micros(api.clock.now());
         import.state = if outcome.is_ok() { "completed" } else { "failed" }.into();
         if let Err(e) = &outcome {
@@ -216,15 +262,18 @@ async fn run(
     plan: &Plan,
     catalog: &Catalog,
     import: &mut ImportRow,
+    resumed: bool,
     input: Streaming<pb::ImportContactsRequest>,
     progress: &tokio::sync::mpsc::Sender<Progress>,
 ) -> Result<()> {
-    let bytes = input.map(|m| match m {
-        Ok(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) }) => {
+    // A client that stops sending without closing its stream would hold the import forever.
+    let bytes = Box::pin(tokio_stream::StreamExt::timeout(input, IDLE)).map(|m| match m {
+        Ok(Ok(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) })) => {
             Ok(bytes_of(b))
         }
-        Ok(_) => Err(std::io::Error::other("after the header only chunks may follow")),
-        Err(e) => Err(std::io::Error::other(e.message().to_owned())),
+        Ok(Ok(_)) => Err(std::io::Error::other("after the header only chunks may follow")),
+        Ok(Err(e)) => Err(std::io::Error::other(e.message().to_owned())),
+        Err(_) => Err(std::io::Error::other(format!("nothing arrived for {} s", IDLE.as_secs()))),
     });
     let reader = tokio_util::io::StreamReader::new(bytes);
     let mut csv =
@@ -249,8 +298,21 @@ async fn run(
     let mut errors: Vec<ImportErrorRow> = Vec::new();
     let mut number = 0;
     let mut analyzed_at = 0;
+    // A resumed import skips the rows its saved progress covers; the batch after them may have
+    // been written without its progress saved.
+    let done_before = import.rows_read;
+    let mut recheck = resumed;
     while let Some(record) = records.next().await {
         number += 1;
+        if let Err(e) = &record
+            && e.is_io_error()
+        {
+            // The stream broke: the file did not arrive whole. A retry takes it up again.
+            return Err(Error::Aborted(format!("the file stopped arriving at row {number}: {e}")));
+        }
+        if number <= done_before {
+            continue;
+        }
         import.rows_read += 1;
         match record {
             Ok(r) => match check_row(number, &headers, &r, plan, catalog) {
@@ -271,7 +333,8 @@ async fn run(
             }
         }
         if batch.len() >= BATCH_ROWS {
-            write(api, account, user, plan, import, std::mem::take(&mut batch), &mut errors).await?;
+            write(api, account, user, plan, import, std::mem::take(&mut batch), &mut errors, recheck).await?;
+            recheck = false;
             // A table that grew from nothing during the import has statistics that say it is
             // empty; the planner would then scan it for every lookup.
             if import.rows_read - analyzed_at >= STATISTICS_EVERY {
@@ -288,7 +351,7 @@ async fn run(
                 .await;
         }
     }
-    write(api, account, user, plan, import, batch, &mut errors).await?;
+    write(api, account, user, plan, import, batch, &mut errors, recheck).await?;
     api.store.add_import_errors(account, &import.id, &errors).await?;
     Ok(())
 }
@@ -298,7 +361,10 @@ fn bytes_of(v: Vec<u8>) -> std::io::Cursor<Vec<u8>> {
 }
 
 /// Writes one batch: creates and updates as the mode says; a later row for an email earlier in
-/// the batch updates it (upsert and update) or is refused as a duplicate (create).
+/// the batch updates it (upsert and update) or is refused as a duplicate (create). With
+/// `recheck` (the first batch of a resumed import), contacts this import already created are
+/// counted as its creations again rather than as found.
+#[allow(clippy::too_many_arguments)]
 async fn write(
     api: &Api,
     account: &str,
@@ -307,6 +373,7 @@ async fn write(
     import: &mut ImportRow,
     rows: Vec<Row>,
     errors: &mut Vec<ImportErrorRow>,
+    recheck: bool,
 ) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
@@ -344,9 +411,24 @@ async fn write(
         let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
         api.store.ids_by_email(account, &keys).await?
     };
+    let ours = if recheck {
+        let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
+        api.store.created_by_import(account, &import.id, &keys).await?
+    } else {
+        HashMap::new()
+    };
     let now = api.clock.now();
     let (mut creates, mut updates) = (Vec::new(), Vec::new());
+    let mut opted_in: Vec<String> = Vec::new();
     for row in order {
+        if let Some(id) = ours.get(&row.email.key) {
+            // Written before the cut; its progress was not saved.
+            import.created += 1;
+            if row.opt_in {
+                opted_in.push(id.clone());
+            }
+            continue;
+        }
         match (existing.get(&row.email.key), plan.mode) {
             (Some(_), Mode::Create) => {
                 import.skipped += 1;
@@ -368,7 +450,6 @@ async fn write(
             (None, _) => creates.push(row),
         }
     }
-    let mut opted_in: Vec<String> = Vec::new();
     if !creates.is_empty() {
         let requested = if plan.set_as_marketing {
             common::MarketingStatus::Marketing

@@ -5,9 +5,12 @@ mod common;
 
 use common::*;
 use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
-use contactier_proto::contacts::v1::{self as pb, import_contacts_request::Part};
+use contactier_proto::contacts::v1::{
+    self as pb, contacts_service_client::ContactsServiceClient, import_contacts_request::Part,
+};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::testing::{BACKENDS, authed};
+use futures::StreamExt;
 use tonic::Code;
 
 fn header(mode: pb::ImportMode, mapping: &[(&str, &str)]) -> pb::ImportHeader {
@@ -406,5 +409,106 @@ async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
             left["status"].is_null() && left["status_changes"].as_array().unwrap().is_empty(),
             "{backend:?}: {left}"
         );
+    }
+}
+
+/// A TCP relay to `to`: the address to dial, and the task to abort to cut every connection.
+async fn cuttable(to: std::net::SocketAddr) -> (tokio::task::JoinHandle<()>, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = listener.local_addr().unwrap();
+    let relay = tokio::spawn(async move {
+        let mut links = tokio::task::JoinSet::new();
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            links.spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (relay, via)
+}
+
+/// An import whose client goes away half way is taken up again by a retry under its request id:
+/// every row once, the summary exact, marketing-status told of each contact once.
+#[tokio::test]
+async fn an_import_cut_off_is_taken_up_again_by_its_retry() {
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        let mut csv = String::from("email,Opt in\n");
+        for i in 0..5_000 {
+            csv.push_str(&format!("cut{i}@example.com,{}\n", i % 3 == 0));
+        }
+        let mut h = header(pb::ImportMode::Create, &[("email", "email")]);
+        h.request_id = "cut-1".into();
+        h.set_as_marketing = true;
+        h.gdpr_opt_in_column = "Opt in".into();
+        h.gdpr_legal_basis = "consent".into();
+
+        // The first try sends 3,500 rows on its own connection, then stops sending and holds
+        // the stream open.
+        let head_end = csv.match_indices('\n').nth(3_500).unwrap().0 + 1;
+        let parts = [
+            pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
+            pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..head_end].to_vec())) },
+        ];
+        let stream = futures::stream::iter(parts).chain(futures::stream::pending());
+        let (cut, via) = cuttable(s.addr).await;
+        let mut own = ContactsServiceClient::new(contactier_runtime::testing::channel(via));
+        let mut first = own.import_contacts(authed(stream, &s.writer())).await.unwrap().into_inner();
+        let mut seen = 0;
+        while seen < 3_000 {
+            seen = first.message().await.unwrap().unwrap().progress.unwrap().rows_read;
+        }
+        // While it runs, the same request id waits.
+        let busy = import(&s, h.clone(), &csv, 8_192).await.unwrap_err();
+        assert_eq!(busy.code(), Code::Aborted, "{backend:?}: {busy:?}");
+        // The client goes away, connection and all.
+        cut.abort();
+        drop((first, own));
+
+        // The retry sends the whole file and finishes it.
+        let done = loop {
+            match import(&s, h.clone(), &csv, 8_192).await {
+                Ok(msgs) => break msgs,
+                Err(e) if e.code() == Code::Aborted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("{backend:?}: {e:?}"),
+            }
+        };
+        let sum = done.last().unwrap().progress.clone().unwrap();
+        assert_eq!(
+            (sum.rows_read, sum.created, sum.skipped, sum.failed, sum.state),
+            (5_000, 5_000, 0, 0, pb::ImportState::Completed as i32),
+            "{backend:?}"
+        );
+        assert!(errors(&s, &sum.import_id).await.is_empty(), "{backend:?}");
+        let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+        assert_eq!(total.into_inner().total_contacts, 5_000, "{backend:?}");
+        s.settle().await;
+        let count = s.marketing_count().await;
+        assert_eq!((count.marketing, count.non_marketing), (5_000, 0), "{backend:?}");
+        // Opt-ins of rows on both sides of the cut were recorded.
+        for i in [0, 3_300, 4_998] {
+            let c = s
+                .api()
+                .get_contact(authed(
+                    pb::GetContactRequest {
+                        key: Some(pb::get_contact_request::Key::Email(format!("cut{i}@example.com"))),
+                    },
+                    &s.writer(),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .contact
+                .unwrap();
+            let consent = s
+                .api()
+                .get_consent(authed(pb::GetConsentRequest { contact_id: c.id }, &s.writer()))
+                .await
+                .unwrap();
+            assert_eq!(consent.into_inner().consent.unwrap().legal_basis, "consent", "{backend:?}: row {i}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! change to alert latency, and idle memory.
 
 pub mod load;
-pub mod procs;
+pub use contactier_e2e::procs;
 
 use anyhow::Context;
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};

@@ -3,6 +3,33 @@
 use super::Store;
 use crate::error::Result;
 use contactier_runtime::with_pool;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(sqlx::FromRow)]
+struct Beating {
+    #[sqlx(flatten)]
+    import: ImportRow,
+    heartbeat_at: i64,
+}
+
+/// What to do with an import asked for.
+#[derive(Debug)]
+pub enum Start {
+    /// A new import, recorded.
+    Fresh,
+    /// The same request id finished before: its summary is the answer.
+    Finished(ImportRow),
+    /// The same request id was cut off: go on from its counters.
+    Resume(ImportRow),
+    /// The same request id is running now.
+    Busy,
+}
+
+/// Wall-clock microseconds: leases are about processes, not the business clock.
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct ImportRow {
@@ -31,31 +58,85 @@ pub struct ImportErrorRow {
 const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, started_at, finished_at";
 
 impl Store {
-    /// Records a new import, or answers the one made before under the same request id.
-    pub async fn start_import(&self, account: &str, i: &ImportRow) -> Result<Option<ImportRow>> {
+    /// Records a new import, or settles what to do with the one made before under the same
+    /// request id: answer it (completed), take it over (interrupted: failed, or running with an
+    /// owner that stopped beating for longer than `lease`), or wait (running elsewhere).
+    pub async fn start_import(&self, account: &str, i: &ImportRow, lease: Duration) -> Result<Start> {
+        let now = wall_micros();
         if !i.request_id.is_empty() {
-            let q = format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = $1 AND request_id = $2");
-            let earlier: Option<ImportRow> = with_pool!(&self.db, pool =>
+            let q = format!(
+                "SELECT {IMPORT_COLUMNS}, heartbeat_at FROM imports WHERE account_id = $1 AND request_id = $2"
+            );
+            let earlier: Option<Beating> = with_pool!(&self.db, pool =>
                 sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(&i.request_id).fetch_optional(pool).await?);
-            if earlier.is_some() {
-                return Ok(earlier);
+            if let Some(Beating { import: earlier, heartbeat_at: beat }) = earlier {
+                let stale = beat < now - lease.as_micros() as i64;
+                return Ok(match earlier.state.as_str() {
+                    "completed" => Start::Finished(earlier),
+                    "running" if !stale => Start::Busy,
+                    // Only one retry takes it over: the beat it saw must still be there.
+                    _ => {
+                        let took = with_pool!(&self.db, pool => sqlx::query(
+                            "UPDATE imports SET state = 'running', heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND heartbeat_at = $4 AND state = $5",
+                        ).bind(now).bind(account).bind(&earlier.id).bind(beat).bind(&earlier.state)
+                        .execute(pool).await?.rows_affected());
+                        if took == 1 {
+                            Start::Resume(ImportRow { state: "running".into(), ..earlier })
+                        } else {
+                            Start::Busy
+                        }
+                    }
+                });
             }
         }
         with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, started_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, 0)",
-        ).bind(account).bind(&i.id).bind(&i.name).bind(&i.mode).bind(&i.state).bind(&i.request_id).bind(i.started_at)
+            "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, started_at, finished_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, 0, $8)",
+        ).bind(account).bind(&i.id).bind(&i.name).bind(&i.mode).bind(&i.state).bind(&i.request_id).bind(i.started_at).bind(now)
         .execute(pool).await?.rows_affected());
-        Ok(None)
+        Ok(Start::Fresh)
+    }
+
+    /// Marks a running import as alive.
+    pub async fn beat_import(&self, account: &str, id: &str) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running'",
+        ).bind(wall_micros()).bind(account).bind(id).execute(pool).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Of these email keys, those of contacts this import created, by key.
+    pub async fn created_by_import(
+        &self,
+        account: &str,
+        import: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(self.db.rows_per_statement(1) - 2) {
+            let q = format!(
+                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND source_type = 'IMPORT' AND source_id = $2 AND email_key IN ({})",
+                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ")
+            );
+            let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
+                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account).bind(import);
+                for k in chunk {
+                    read = read.bind(k);
+                }
+                read.fetch_all(pool).await?
+            });
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Saves the counters and state.
     pub async fn save_import(&self, account: &str, i: &ImportRow) -> Result<()> {
         with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, skipped = $5, failed = $6, finished_at = $7 \
-             WHERE account_id = $8 AND id = $9",
+            "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8 \
+             WHERE account_id = $9 AND id = $10",
         ).bind(&i.state).bind(i.rows_read).bind(i.created).bind(i.updated).bind(i.skipped).bind(i.failed).bind(i.finished_at)
-        .bind(account).bind(&i.id).execute(pool).await?.rows_affected());
+        .bind(wall_micros()).bind(account).bind(&i.id).execute(pool).await?.rows_affected());
         Ok(())
     }
 

@@ -20,7 +20,7 @@ mod lists;
 mod search;
 
 pub use consent::ConsentRow;
-pub use imports::{ImportErrorRow, ImportRow};
+pub use imports::{ImportErrorRow, ImportRow, Start};
 pub use lists::ListRow;
 pub use search::{Cursor, SortKey};
 

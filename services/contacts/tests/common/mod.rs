@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 pub const ACCOUNT: &str = "acct-a";
 
 pub struct Contacts {
+    pub addr: std::net::SocketAddr,
     pub channel: Channel,
     pub status_channel: Channel,
     pub platform: Platform,
@@ -40,7 +41,7 @@ pub async fn start(backend: Backend) -> Contacts {
     peers.marketing_status_url = format!("http://{ms}");
     let env = ServiceEnv { platform: platform.clone(), db: cdb.db.clone(), peers };
     let addr = serve((contactier_contacts::SERVICE.build)(env).await.unwrap(), &platform).await;
-    Contacts { channel: channel(addr), status_channel: channel(ms), platform, _dbs: [cdb, mdb] }
+    Contacts { addr, channel: channel(addr), status_channel: channel(ms), platform, _dbs: [cdb, mdb] }
 }
 
 impl Contacts {

@@ -32,7 +32,20 @@ pub struct Services {
     pub secret: String,
     /// PostgreSQL schema prefix of this run, dropped at the end.
     pub schema_prefix: String,
-    _dir: Option<tempdir::Dir>,
+    backend: Backend,
+    bins: PathBuf,
+    options: Options,
+    dir: tempdir::Dir,
+}
+
+/// How the services are started.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Run every service on a manual clock starting here (each process has its own, moved
+    /// through its ClockService).
+    pub manual_clock: Option<chrono::DateTime<chrono::Utc>>,
+    /// Extra environment of every service.
+    pub env: Vec<(String, String)>,
 }
 
 /// A directory removed when dropped (no extra dependency for one use).
@@ -66,45 +79,88 @@ pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 impl Services {
     pub async fn start(backend: Backend, bins: &Path) -> anyhow::Result<Services> {
+        Self::start_with(backend, bins, Options::default()).await
+    }
+
+    pub async fn start_with(backend: Backend, bins: &Path, options: Options) -> anyhow::Result<Services> {
         let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
-        let addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], ports[i]));
         let secret: String =
             format!("bench-secret-{:032x}", std::process::id() as u128 * 7919 + ports[0] as u128);
         let schema_prefix = format!("bench_{}_{}_", std::process::id(), ports[0]);
         let dir = std::env::temp_dir().join(format!("contactier-bench-{}-{}", std::process::id(), ports[0]));
         std::fs::create_dir_all(&dir)?;
-        let mut children = Vec::new();
+        let mut services = Services {
+            children: Vec::new(),
+            secret,
+            schema_prefix,
+            backend,
+            bins: bins.to_path_buf(),
+            options,
+            dir: tempdir::Dir(dir),
+        };
         for (i, name) in SERVICES.iter().enumerate() {
-            let mut cmd = Command::new(bins.join(format!("contactier-{name}")));
-            cmd.env("CONTACTIER_LISTEN", addr(i).to_string())
-                .env("CONTACTIER_JWT_SECRET", &secret)
-                .env("CONTACTIER_DATA_DIR", &dir)
-                .env("CONTACTIER_CONTACTS_URL", format!("http://{}", addr(0)))
-                .env("CONTACTIER_MARKETING_STATUS_URL", format!("http://{}", addr(1)))
-                .env("CONTACTIER_BILLING_URL", format!("http://{}", addr(2)))
-                .env("CONTACTIER_NOTIFICATION_URL", format!("http://{}", addr(3)))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if backend == Backend::Postgres {
-                cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &schema_prefix);
-            }
-            let child = cmd.spawn().with_context(|| format!("starting contactier-{name}"))?;
-            children.push((*name, child, addr(i)));
+            let addr = SocketAddr::from(([127, 0, 0, 1], ports[i]));
+            let child = services.spawn(name, addr, &ports)?;
+            services.children.push((*name, child, addr));
         }
-        let services = Services { children, secret, schema_prefix, _dir: Some(tempdir::Dir(dir)) };
         for (name, _, a) in &services.children {
             wait_serving(*a).await.with_context(|| format!("{name} did not become ready"))?;
         }
         Ok(services)
     }
 
+    fn spawn(&self, name: &str, addr: SocketAddr, ports: &[u16]) -> anyhow::Result<Child> {
+        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+        let mut cmd = Command::new(self.bins.join(format!("contactier-{name}")));
+        cmd.env("CONTACTIER_LISTEN", addr.to_string())
+            .env("CONTACTIER_JWT_SECRET", &self.secret)
+            .env("CONTACTIER_DATA_DIR", &self.dir.0)
+            .env("CONTACTIER_CONTACTS_URL", peer(0))
+            .env("CONTACTIER_MARKETING_STATUS_URL", peer(1))
+            .env("CONTACTIER_BILLING_URL", peer(2))
+            .env("CONTACTIER_NOTIFICATION_URL", peer(3))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.backend == Backend::Postgres {
+            cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &self.schema_prefix);
+        }
+        if let Some(start) = self.options.manual_clock {
+            cmd.env("CONTACTIER_MANUAL_CLOCK", "true").env("CONTACTIER_CLOCK_START", start.to_rfc3339());
+        }
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        cmd.spawn().with_context(|| format!("starting contactier-{name}"))
+    }
+
+    fn index(&self, service: &str) -> usize {
+        self.children.iter().position(|(n, _, _)| *n == service).expect("a service")
+    }
+
     pub fn addr(&self, service: &str) -> SocketAddr {
-        self.children.iter().find(|(n, _, _)| *n == service).expect("a service").2
+        self.children[self.index(service)].2
     }
 
     pub fn pid(&self, service: &str) -> u32 {
-        self.children.iter().find(|(n, _, _)| *n == service).expect("a service").1.id()
+        self.children[self.index(service)].1.id()
+    }
+
+    /// SIGKILL: no drain, no cleanup, whatever it was doing cut off.
+    pub fn kill(&mut self, service: &str) {
+        let i = self.index(service);
+        let child = &mut self.children[i].1;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts a killed service again on its address and database, and waits until it serves.
+    /// A manual clock starts again at its configured start; move it with the ClockService.
+    pub async fn restart(&mut self, service: &str) -> anyhow::Result<()> {
+        let ports: Vec<u16> = self.children.iter().map(|(_, _, a)| a.port()).collect();
+        let i = self.index(service);
+        let addr = self.children[i].2;
+        let child = self.spawn(service, addr, &ports)?;
+        self.children[i].1 = child;
+        wait_serving(addr).await.with_context(|| format!("{service} did not come back"))
     }
 
     pub async fn stop(mut self, backend: Backend) {
