@@ -144,6 +144,26 @@ impl Services {
         self.children[self.index(service)].1.id()
     }
 
+    /// `sql` (with `{t}` for the service's table `table`) answered by the service's database:
+    /// how a test watches work in flight without asking the service.
+    pub async fn scalar(&self, service: &str, table: &str, sql: &str) -> anyhow::Result<i64> {
+        let schema = format!("{}{}", self.schema_prefix, service.replace('-', "_"));
+        Ok(match self.backend {
+            Backend::Postgres => {
+                let sql = sql.replace("{t}", &format!("\"{schema}\".{table}"));
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(PG_URL).await?;
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
+            }
+            Backend::Sqlite => {
+                let sql = sql.replace("{t}", table);
+                let file = self.dir.0.join(format!("{service}.db"));
+                let url = format!("sqlite://{}?mode=ro", file.display());
+                let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await?;
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
+            }
+        })
+    }
+
     /// SIGKILL: no drain, no cleanup, whatever it was doing cut off.
     pub fn kill(&mut self, service: &str) {
         let i = self.index(service);

@@ -1,0 +1,496 @@
+//! Services killed (SIGKILL: no drain, no cleanup) in the middle of their heaviest work, then
+//! started again: an import, a bulk status change, an update date and an invoice run. Each
+//! service runs as its own process on a manual clock; the test watches the work through the
+//! service's database and kills it when the work is part done. Afterwards counts, audit trail,
+//! invoices and alerts are exactly what they would be without the fault.
+
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use contactier_e2e::procs::{Backend, Options, Services, bin_dir};
+use contactier_proto::billing::v1::{
+    self as bpb, billing_internal_service_client::BillingInternalServiceClient,
+    billing_service_client::BillingServiceClient,
+};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Term};
+use contactier_proto::contacts::v1::{
+    self as cpb, contacts_service_client::ContactsServiceClient, import_contacts_request::Part,
+};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
+    marketing_status_service_client::MarketingStatusServiceClient,
+};
+use contactier_proto::notification::v1::{
+    self as npb, notification_service_client::NotificationServiceClient,
+};
+use contactier_proto::ops::v1::{self as opb, clock_service_client::ClockServiceClient};
+use contactier_runtime::Authenticator;
+use contactier_runtime::convert::timestamp;
+use contactier_runtime::testing::{authed, channel};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+const ACCOUNT: &str = "acct-faults";
+
+fn start_time() -> DateTime<Utc> {
+    // 20 April 2026, noon in New York.
+    Utc.with_ymd_and_hms(2026, 4, 20, 16, 0, 0).unwrap()
+}
+
+struct Fault {
+    services: Services,
+    auth: Authenticator,
+}
+
+impl Fault {
+    async fn start(backend: Backend) -> Fault {
+        let bins = bin_dir().expect("the service binaries");
+        let options = Options { manual_clock: Some(start_time()), env: Vec::new() };
+        let services = Services::start_with(backend, &bins, options).await.expect("the services start");
+        let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
+        Fault { services, auth }
+    }
+
+    fn user(&self, account: &str) -> String {
+        self.auth.user_token(
+            account,
+            "user-1",
+            &["read", "write", "admin", "ops"],
+            chrono::Duration::hours(1),
+        )
+    }
+
+    fn service(&self, name: &str) -> String {
+        self.auth.service_token(name, chrono::Duration::hours(1))
+    }
+
+    fn contacts(&self) -> ContactsServiceClient<tonic::transport::Channel> {
+        ContactsServiceClient::new(channel(self.services.addr("contacts")))
+    }
+
+    fn status(&self) -> MarketingStatusServiceClient<tonic::transport::Channel> {
+        MarketingStatusServiceClient::new(channel(self.services.addr("marketing-status")))
+    }
+
+    fn billing(&self) -> BillingServiceClient<tonic::transport::Channel> {
+        BillingServiceClient::new(channel(self.services.addr("billing")))
+    }
+
+    async fn subscribe(&self, account: &str) {
+        let req = bpb::CreateSubscriptionRequest {
+            edition: Edition::Professional as i32,
+            term: Term::Monthly as i32,
+            start_date: Some(Date { year: 2026, month: 4, day: 15 }),
+            currency: "EUR".into(),
+            subsidiary: "NA".into(),
+            tier: 0,
+            marketing_contacts_enabled: true,
+        };
+        self.billing().create_subscription(authed(req, &self.user(account))).await.expect("subscribed");
+    }
+
+    async fn counts(&self) -> mpb::MarketingCount {
+        let mut status = self.status();
+        let r =
+            status.get_marketing_count(authed(mpb::GetMarketingCountRequest {}, &self.user(ACCOUNT))).await;
+        r.expect("counts").into_inner().count.unwrap_or_default()
+    }
+
+    /// Waits until `done` holds of marketing-status's counts, then checks they stay put.
+    async fn counts_settle(
+        &self,
+        what: &str,
+        done: impl Fn(&mpb::MarketingCount) -> bool,
+    ) -> mpb::MarketingCount {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let c = self.counts().await;
+            if done(&c) {
+                // Nothing more arrives late (an event delivered twice would show here).
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                let again = self.counts().await;
+                assert_eq!(
+                    (again.marketing, again.pending_non_marketing, again.non_marketing),
+                    (c.marketing, c.pending_non_marketing, c.non_marketing),
+                    "{what}: the counts moved after settling"
+                );
+                return again;
+            }
+            assert!(Instant::now() < deadline, "{what}: counts stuck at {c:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Polls `sql` on `service`'s database until `part_done` holds, then SIGKILLs the service.
+    /// Fails if the work finished before it could be cut.
+    async fn kill_when(
+        &mut self,
+        service: &str,
+        table: &str,
+        sql: &str,
+        part_done: impl Fn(i64) -> bool,
+        finished: impl Fn(i64) -> bool,
+    ) -> i64 {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.services.scalar(service, table, sql).await.unwrap_or(0);
+            if part_done(v) {
+                self.services.kill(service);
+                return v;
+            }
+            assert!(!finished(v), "{service} finished ({v}) before it could be cut: make the work bigger");
+            assert!(Instant::now() < deadline, "{service}: no progress ({v})");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn set_clock(&self, service: &str, t: DateTime<Utc>) {
+        let mut c = ClockServiceClient::new(channel(self.services.addr(service)));
+        c.set_time(authed(opb::SetTimeRequest { time: Some(timestamp(t)) }, &self.user(ACCOUNT)))
+            .await
+            .expect("the clock moves");
+    }
+}
+
+fn csv(rows: usize) -> Vec<u8> {
+    let mut out = String::from("email,first_name\n");
+    for i in 0..rows {
+        out.push_str(&format!("person{i:06}@example.com,P{i}\n"));
+    }
+    out.into_bytes()
+}
+
+/// Streams the import; with `cut_after`, returns once that many rows are reported read.
+async fn import(
+    f: &Fault,
+    file: &[u8],
+    cut_after: Option<i64>,
+) -> Result<Option<cpb::ImportSummary>, tonic::Status> {
+    let header = cpb::ImportHeader {
+        name: "faults".into(),
+        mode: cpb::ImportMode::Create as i32,
+        column_mapping: [("email", "email"), ("first_name", "first_name")]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect(),
+        request_id: "import-under-fire".into(),
+        ..Default::default()
+    };
+    let mut parts = vec![cpb::ImportContactsRequest { part: Some(Part::Header(header)) }];
+    parts.extend(
+        file.chunks(64 * 1024).map(|c| cpb::ImportContactsRequest { part: Some(Part::Chunk(c.to_vec())) }),
+    );
+    let mut progress = f
+        .contacts()
+        .import_contacts(authed(futures::stream::iter(parts), &f.user(ACCOUNT)))
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = progress.message().await? {
+        if cut_after.is_some_and(|n| m.progress.as_ref().is_some_and(|p| p.rows_read >= n)) {
+            return Ok(None);
+        }
+        last = m.progress;
+    }
+    Ok(last)
+}
+
+/// Retries `call` while the service comes back (UNAVAILABLE) or an earlier try still holds the
+/// work (ABORTED).
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(e) if matches!(e.code(), Code::Unavailable | Code::Aborted | Code::Unknown) => {
+                assert!(Instant::now() < deadline, "{what}: still failing: {e:?}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
+}
+
+fn everyone() -> Option<cpb::ContactFilter> {
+    Some(cpb::ContactFilter {
+        groups: vec![cpb::FilterGroup {
+            filters: vec![cpb::Filter {
+                property: "email".into(),
+                operator: cpb::FilterOperator::Contains as i32,
+                value: "@example.com".into(),
+                values: vec![],
+                high_value: String::new(),
+            }],
+        }],
+    })
+}
+
+async fn set_everyone(
+    f: &Fault,
+    status: MarketingStatus,
+    request_id: &str,
+) -> mpb::SetMarketingStatusResponse {
+    let req = mpb::SetMarketingStatusRequest {
+        request_id: request_id.into(),
+        target: Some(mpb::set_marketing_status_request::Target::Filter(everyone().unwrap())),
+        status: status as i32,
+        source: None,
+    };
+    f.status()
+        .set_marketing_status(authed(req, &f.user(ACCOUNT)))
+        .await
+        .map(|r| r.into_inner())
+        .unwrap_or_else(|e| {
+            panic!("setting {status:?}: {e:?}");
+        })
+}
+
+const ROWS: usize = 30_000;
+
+async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow::Result<()> {
+    let mut f = Fault::start(backend).await;
+    f.subscribe(ACCOUNT).await;
+    let file = csv(ROWS);
+
+    // 1. The contacts service killed during an import; the retry finishes it.
+    assert!(import(&f, &file, Some(5_000)).await?.is_none());
+    let written = f
+        .kill_when(
+            "contacts",
+            "contacts",
+            "SELECT count(*) FROM {t}",
+            |n| n >= 5_000 && n < ROWS as i64,
+            |n| n >= ROWS as i64,
+        )
+        .await;
+    f.services.restart("contacts").await?;
+    let summary = retrying("the import's retry", || import(&f, &file, None)).await.context("a summary")?;
+    assert_eq!(
+        (summary.rows_read, summary.created, summary.skipped, summary.failed),
+        (ROWS as i64, ROWS as i64, 0, 0),
+        "{backend:?}: the import after a kill at {written} contacts"
+    );
+    let total = f.contacts().count_contacts(authed(cpb::CountContactsRequest {}, &f.user(ACCOUNT))).await?;
+    assert_eq!(total.into_inner().total_contacts, ROWS as i64, "{backend:?}");
+    let c = f.counts_settle("after the import", |c| c.marketing + c.non_marketing >= ROWS as i64).await;
+    assert_eq!((c.marketing, c.non_marketing), (0, ROWS as i64), "{backend:?}: every contact known once");
+
+    // 2. Marketing-status killed during a bulk change; the retry under its request id ends it.
+    let audit = "SELECT count(*) FROM {t}";
+    let before = f.services.scalar("marketing-status", "status_changes", audit).await?;
+    let bulk = {
+        let mut status = f.status();
+        let token = f.user(ACCOUNT);
+        tokio::spawn(async move {
+            let req = mpb::SetMarketingStatusRequest {
+                request_id: "bulk-under-fire".into(),
+                target: Some(mpb::set_marketing_status_request::Target::Filter(everyone().unwrap())),
+                status: MarketingStatus::Marketing as i32,
+                source: None,
+            };
+            status.set_marketing_status(authed(req, &token)).await
+        })
+    };
+    let cut_at = f
+        .kill_when(
+            "marketing-status",
+            "account_counts",
+            &format!("SELECT coalesce(max(marketing), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
+            |m| m > 0 && m < ROWS as i64,
+            |m| m >= ROWS as i64,
+        )
+        .await;
+    assert!(bulk.await?.is_err(), "{backend:?}: the caller sees the cut");
+    f.services.restart("marketing-status").await?;
+    let r = retrying("the bulk change's retry", || async {
+        let req = mpb::SetMarketingStatusRequest {
+            request_id: "bulk-under-fire".into(),
+            target: Some(mpb::set_marketing_status_request::Target::Filter(everyone().unwrap())),
+            status: MarketingStatus::Marketing as i32,
+            source: None,
+        };
+        f.status().set_marketing_status(authed(req, &f.user(ACCOUNT))).await.map(|r| r.into_inner())
+    })
+    .await;
+    assert_eq!(r.count.unwrap_or_default().marketing, ROWS as i64, "{backend:?}: cut at {cut_at}");
+    let c = f.counts_settle("after the bulk change", |c| c.marketing == ROWS as i64).await;
+    assert_eq!(c.non_marketing, 0, "{backend:?}");
+    let after = f.services.scalar("marketing-status", "status_changes", audit).await?;
+    assert_eq!(after - before, ROWS as i64, "{backend:?}: one audit entry per contact changed");
+    // Billing and notification follow: the final count, each alert once per tier and period.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let u = f.billing().get_usage(authed(bpb::GetUsageRequest {}, &f.user(ACCOUNT))).await?.into_inner();
+        if u.usage.as_ref().is_some_and(|u| u.marketing_count == ROWS as i64) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{backend:?}: billing has {:?}", u.usage);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alerts = NotificationServiceClient::new(channel(f.services.addr("notification")))
+        .list_alerts(authed(
+            npb::ListAlertsRequest { page_size: 500, page_token: String::new() },
+            &f.user(ACCOUNT),
+        ))
+        .await?
+        .into_inner()
+        .alerts;
+    let mut seen = HashSet::new();
+    for a in &alerts {
+        assert!(
+            seen.insert((a.kind, a.tier, a.period_start, a.upgrade_id.clone(), a.invoice_id.clone())),
+            "{backend:?}: an alert twice: {a:?}"
+        );
+    }
+    assert!(alerts.iter().any(|a| a.kind == npb::AlertKind::TierExceeded as i32), "{backend:?}: {alerts:?}");
+
+    // 3. Marketing-status killed while applying an update date; the next call finishes it.
+    let r = set_everyone(&f, MarketingStatus::NonMarketing, "").await;
+    assert_eq!(r.count.unwrap_or_default().pending_non_marketing, ROWS as i64, "{backend:?}");
+    let (ms, token) = (f.services.addr("marketing-status"), f.service("billing"));
+    let apply = || {
+        let req = mpb::ApplyUpdateDateRequest {
+            account_id: ACCOUNT.into(),
+            update_date: Some(Date { year: 2026, month: 5, day: 15 }),
+            effective_at: Some(timestamp(Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap())),
+        };
+        let mut c = MarketingStatusInternalServiceClient::new(channel(ms));
+        let token = token.clone();
+        async move { c.apply_update_date(authed(req, &token)).await.map(|r| r.into_inner()) }
+    };
+    let first = tokio::spawn(apply());
+    let cut_at = f
+        .kill_when(
+            "marketing-status",
+            "account_counts",
+            &format!("SELECT coalesce(max(pending), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
+            |p| p > 0 && p < ROWS as i64,
+            |p| p == 0,
+        )
+        .await;
+    assert!(first.await?.is_err(), "{backend:?}");
+    f.services.restart("marketing-status").await?;
+    let second = retrying("the update date again", apply).await;
+    let c = second.count.unwrap_or_default();
+    assert_eq!(
+        (c.marketing, c.pending_non_marketing, c.non_marketing),
+        (0, 0, ROWS as i64),
+        "{backend:?}: the update date cut at {cut_at} pending"
+    );
+    assert_eq!(second.applied, ROWS as i64, "{backend:?}: the answer of an uninterrupted call");
+    let third = retrying("the update date once more", apply).await;
+    assert!(third.already_applied && third.applied == 0, "{backend:?}: {third:?}");
+    let changes = f.services.scalar("marketing-status", "status_changes", audit).await?;
+    assert_eq!(changes - after, 2 * ROWS as i64, "{backend:?}: a request and an application per contact");
+
+    f.services.stop(backend).await;
+    Ok(())
+}
+
+const ACCOUNTS: usize = 400;
+
+/// Billing killed during the invoice run: every upgraded account gets its invoice once,
+/// numbered 1, and one notice of it.
+async fn invoices_survive_a_kill_during_the_run(backend: Backend) -> anyhow::Result<()> {
+    let mut f = Fault::start(backend).await;
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acct-run-{i:03}")).collect();
+    for a in &accounts {
+        f.subscribe(a).await;
+    }
+    // Each account passes its 2,000 tier today: an upgrade, invoiced tomorrow at 04:00 UTC.
+    let events = accounts
+        .iter()
+        .map(|a| bpb::CountChanged {
+            event_id: format!("count-{a}"),
+            account_id: a.clone(),
+            version: 1,
+            marketing_count: 2_100,
+            pending_non_marketing: 0,
+            non_marketing: 0,
+            observed_at: None,
+            marketing_contacts_enabled: true,
+        })
+        .collect();
+    BillingInternalServiceClient::new(channel(f.services.addr("billing")))
+        .apply_count_events(authed(bpb::ApplyCountEventsRequest { events }, &f.service("marketing-status")))
+        .await?;
+    let due = Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap();
+    let run = {
+        let mut c = ClockServiceClient::new(channel(f.services.addr("billing")));
+        let token = f.user(ACCOUNT);
+        tokio::spawn(async move {
+            c.set_time(authed(opb::SetTimeRequest { time: Some(timestamp(due)) }, &token)).await
+        })
+    };
+    let n = ACCOUNTS as i64;
+    let cut_at =
+        f.kill_when("billing", "invoices", "SELECT count(*) FROM {t}", |i| i > 0 && i < n, |i| i >= n).await;
+    assert!(run.await?.is_err(), "{backend:?}");
+    f.services.restart("billing").await?;
+    f.set_clock("billing", due).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.services.scalar("billing", "invoices", "SELECT count(*) FROM {t}").await? < n {
+        anyhow::ensure!(Instant::now() < deadline, "{backend:?}: the run did not finish after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for a in &accounts {
+        let invoices = f
+            .billing()
+            .list_invoices(authed(
+                bpb::ListInvoicesRequest { page_size: 10, page_token: String::new() },
+                &f.user(a),
+            ))
+            .await?
+            .into_inner()
+            .invoices;
+        let got: Vec<_> =
+            invoices.iter().map(|i| (i.number, i.kind, i.total.as_ref().map(|m| m.amount_minor))).collect();
+        assert_eq!(
+            got,
+            [(1, bpb::InvoiceKind::Upgrade as i32, Some(18_750))],
+            "{backend:?}: {a} after a kill at {cut_at} invoices"
+        );
+    }
+    // Each invoice reaches notification once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for a in &accounts {
+        loop {
+            let alerts = NotificationServiceClient::new(channel(f.services.addr("notification")))
+                .list_alerts(authed(
+                    npb::ListAlertsRequest { page_size: 100, page_token: String::new() },
+                    &f.user(a),
+                ))
+                .await?
+                .into_inner()
+                .alerts;
+            let notices = alerts.iter().filter(|x| x.kind == npb::AlertKind::InvoiceIssued as i32).count();
+            anyhow::ensure!(notices <= 1, "{backend:?}: {a} has {notices} invoice notices");
+            if notices == 1 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{backend:?}: {a} has no invoice notice");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    f.services.stop(backend).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_work_contacts_marketing_status_and_counts_come_out_exact() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        contacts_survive_a_kill_in_each_heavy_path(backend).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_invoice_run_every_invoice_is_issued_once() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        invoices_survive_a_kill_during_the_run(backend).await.unwrap();
+    }
+}
