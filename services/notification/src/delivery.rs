@@ -7,11 +7,15 @@ use contactier_runtime::clock::Worker;
 use contactier_runtime::outbox::Backoff;
 use contactier_runtime::shutdown::Shutdown;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use futures::StreamExt;
 use std::time::Duration;
 
 /// How long a worker holds a claimed delivery before another may take it over.
 const LEASE: chrono::Duration = chrono::Duration::seconds(120);
 const BATCH: i64 = 50;
+/// Deliveries of a batch sent at once; with the webhook timeout this bounds a batch's time
+/// well inside [`LEASE`].
+const IN_FLIGHT: usize = 16;
 
 /// Delivery settings, from the environment.
 #[derive(clap::Args, Clone, Debug)]
@@ -34,6 +38,7 @@ pub struct DeliveryArgs {
 
 pub struct Sender {
     http: reqwest::Client,
+    timeout_ms: u64,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: lettre::message::Mailbox,
 }
@@ -52,7 +57,7 @@ impl Sender {
             None => None,
         };
         let from = args.smtp_from.parse().map_err(|e| anyhow::anyhow!("CONTACTIER_SMTP_FROM: {e}"))?;
-        Ok(Self { http, smtp, from })
+        Ok(Self { http, timeout_ms: args.webhook_timeout_ms, smtp, from })
     }
 
     /// One try. Answers the status code (HTTP or SMTP; 0 when there was no answer) and an error.
@@ -94,8 +99,12 @@ impl Sender {
         match sent {
             Ok(r) if r.status().is_success() => (i32::from(r.status().as_u16()), None),
             Ok(r) => (i32::from(r.status().as_u16()), Some(format!("receiver answered {}", r.status()))),
-            // Without the URL: it may carry credentials.
-            Err(e) => (0, Some(e.without_url().to_string())),
+            Err(e) if e.is_timeout() => (0, Some(format!("timed out: no answer within {} ms", self.timeout_ms))),
+            // Without the URL: it may carry credentials. The cause says what went wrong.
+            Err(e) => {
+                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                (0, Some(format!("{}{cause}", e.without_url())))
+            }
         }
     }
 
@@ -149,11 +158,14 @@ pub async fn run(store: Store, worker: Worker, sender: Sender, args: DeliveryArg
             let batch = store.claim_due(now, LEASE, BATCH).await?;
             // A full batch means more may be due now: go round again at once.
             let full = batch.len() as i64 == BATCH;
-            for d in batch {
-                if let Err(e) = deliver(store, sender, &d, now, args, backoff).await {
-                    tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
-                }
-            }
+            // Side by side: a receiver that never answers holds up only its own deliveries.
+            futures::stream::iter(batch)
+                .for_each_concurrent(IN_FLIGHT, |d| async move {
+                    if let Err(e) = deliver(store, sender, &d, now, args, backoff).await {
+                        tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
+                    }
+                })
+                .await;
             if full { Ok(Some(now)) } else { store.next_due().await }
         })
         .await

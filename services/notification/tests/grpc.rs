@@ -467,6 +467,73 @@ async fn webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettere
     }
 }
 
+/// A receiver that never answers times out, is retried and dead-lettered, and holds up no one
+/// else's deliveries meanwhile.
+#[tokio::test]
+async fn a_webhook_that_never_answers_times_out_without_holding_up_others() {
+    for backend in BACKENDS {
+        let mut args = delivery_args(None);
+        args.webhook_timeout_ms = 1_500;
+        args.max_attempts = 2;
+        let s = start(backend, args).await;
+        // Accepts connections and never reads or answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                open.push(c);
+            }
+        });
+        let hook = receiver().await;
+        add_webhook(&s, &hook.url).await;
+        let other = "acct-silent";
+        let req = pb::CreateRecipientRequest {
+            target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+                url: silent_url,
+                secret: String::new(),
+            })),
+        };
+        s.api().create_recipient(authed(req, &s.user(other, &["admin"]))).await.unwrap();
+
+        // The silent account's alert first, so it is first in the batch.
+        let mut silent_event = usage("s1", 1_500, 2_000, date(2026, 5, 1), None);
+        silent_event.account_id = other.into();
+        s.apply(vec![silent_event, usage("h1", 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        let clock = s.clock.clone();
+        let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
+        let asked = std::time::Instant::now();
+        while hook.received.lock().unwrap().is_empty() {
+            assert!(
+                asked.elapsed() < std::time::Duration::from_millis(1_200),
+                "{backend:?}: a silent receiver held up another account's delivery"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        settling.await.unwrap().unwrap();
+        // One timed-out try, a retry after the backoff, then the dead letter.
+        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+        let dead = s
+            .api()
+            .list_dead_letters(authed(
+                pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
+                &s.user(other, &["read"]),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(dead.len(), 1, "{backend:?}");
+        assert_eq!(dead[0].attempts.len(), 2, "{backend:?}");
+        for a in &dead[0].attempts {
+            assert_eq!(a.status_code, 0, "{backend:?}: no answer");
+            assert!(a.error.contains("timed out") || a.error.contains("timeout"), "{backend:?}: {}", a.error);
+        }
+        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1, "{backend:?}");
+        held.abort();
+    }
+}
+
 fn python() -> String {
     std::env::var("CONTACTIER_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
