@@ -271,11 +271,17 @@ fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
 #[derive(Clone)]
 pub struct AuthLayer {
     inner: Arc<(Authenticator, Policy)>,
+    limiter: Option<crate::limits::AccountLimiter>,
 }
 
 impl AuthLayer {
     pub fn new(authenticator: Authenticator, policy: Policy) -> Self {
-        Self { inner: Arc::new((authenticator, policy)) }
+        Self { inner: Arc::new((authenticator, policy)), limiter: None }
+    }
+
+    /// Holds each account's calls to `limiter`'s rate (users only; services are not limited).
+    pub fn limited(self, limiter: Option<crate::limits::AccountLimiter>) -> Self {
+        Self { limiter, ..self }
     }
 
     fn check<B>(&self, req: &Request<B>) -> Result<Option<Principal>, Status> {
@@ -293,6 +299,11 @@ impl AuthLayer {
             policy.access(path).ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
         if !principal.allows(access) {
             return Err(Status::permission_denied(format!("requires {} access", access.scope())));
+        }
+        if let (Some(limiter), TokenKind::User, Some(account)) =
+            (&self.limiter, principal.kind, principal.account.as_deref())
+        {
+            limiter.check(account)?;
         }
         Ok(Some(principal))
     }
@@ -412,5 +423,43 @@ mod tests {
         assert!(admin.allows(Access::Write) && !admin.allows(Access::Ops));
         assert!(!admin.allows(Access::Internal), "a user token never calls internal RPCs");
         assert!(p(&["ops"]).allows(Access::Ops));
+    }
+
+    #[tokio::test]
+    async fn each_account_is_held_to_its_rate_and_services_are_not() {
+        use tower::{Layer, Service, ServiceExt};
+        let one = std::num::NonZeroU32::new(1).unwrap();
+        let limiter = crate::limits::AccountLimiter::new(crate::limits::RateLimit {
+            per_second: one,
+            burst: std::num::NonZeroU32::new(3).unwrap(),
+        });
+        let policy = Policy::new().allow("contactier.x.v1.X", Access::Read, &["Get"]);
+        let handler = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = AuthLayer::new(auth(), policy).limited(Some(limiter)).layer(handler);
+        let a = auth();
+        let mut call = async |token: &str, account: Option<&str>| {
+            let mut req = Request::builder()
+                .uri("/contactier.x.v1.X/Get")
+                .header("authorization", format!("Bearer {token}"));
+            if let Some(acct) = account {
+                req = req.header(ACCOUNT_HEADER, acct);
+            }
+            let resp = svc.ready().await.unwrap().call(req.body(()).unwrap()).await.unwrap();
+            resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned())
+        };
+        let user_a = a.user_token("acct-a", "u1", &["read"], chrono::Duration::minutes(5));
+        for _ in 0..3 {
+            assert_eq!(call(&user_a, None).await, None, "within the burst");
+        }
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        assert_eq!(call(&user_a, None).await, Some(exhausted), "past it");
+        let user_b = a.user_token("acct-b", "u2", &["read"], chrono::Duration::minutes(5));
+        assert_eq!(call(&user_b, None).await, None, "another account has its own");
+        let service = a.service_token("billing", chrono::Duration::minutes(5));
+        for _ in 0..10 {
+            assert_eq!(call(&service, Some("acct-a")).await, None, "services are not limited");
+        }
     }
 }

@@ -67,6 +67,13 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
+    /// Calls a second each account may make to this replica (0: no limit); past it and its
+    /// burst, RESOURCE_EXHAUSTED. Calls between services are not limited.
+    #[arg(long, env = "CONTACTIER_RATE_LIMIT_PER_ACCOUNT", default_value_t = 100)]
+    pub rate_limit_per_account: u32,
+    #[arg(long, env = "CONTACTIER_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -85,6 +92,13 @@ impl RuntimeArgs {
         self.database_schema
             .clone()
             .unwrap_or_else(|| format!("{}{}", self.database_schema_prefix, service.replace('-', "_")))
+    }
+
+    /// The per-account rate limit; `None` when switched off.
+    pub fn rate_limit(&self) -> Option<crate::limits::RateLimit> {
+        let per_second = std::num::NonZeroU32::new(self.rate_limit_per_account)?;
+        let burst = std::num::NonZeroU32::new(self.rate_limit_burst.max(self.rate_limit_per_account))?;
+        Some(crate::limits::RateLimit { per_second, burst })
     }
 
     pub fn json_logs(&self) -> bool {

@@ -36,6 +36,7 @@ pub struct Platform {
     pub shutdown: Shutdown,
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
+    pub rate_limit: Option<crate::limits::RateLimit>,
 }
 
 impl Platform {
@@ -67,6 +68,7 @@ impl Platform {
             shutdown: Shutdown::new(),
             tls,
             grace: Duration::from_secs(args.shutdown_grace_secs),
+            rate_limit: args.rate_limit(),
         })
     }
 
@@ -77,6 +79,7 @@ impl Platform {
             shutdown: self.shutdown.clone(),
             tls: self.tls.clone(),
             grace: self.grace,
+            rate_limit: self.rate_limit,
         }
     }
 

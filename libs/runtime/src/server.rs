@@ -38,6 +38,7 @@ pub struct ServeOptions {
     pub shutdown: Shutdown,
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
+    pub rate_limit: Option<crate::limits::RateLimit>,
 }
 
 /// Reflection advertising only the services this server runs (the descriptor set holds them all).
@@ -102,7 +103,10 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = builder
         .layer(TraceLayer)
-        .layer(AuthLayer::new(opts.authenticator.clone(), policy))
+        .layer(
+            AuthLayer::new(opts.authenticator.clone(), policy)
+                .limited(opts.rate_limit.map(crate::limits::AccountLimiter::new)),
+        )
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain_started);
     tokio::pin!(server);

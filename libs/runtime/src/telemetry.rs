@@ -143,9 +143,14 @@ where
         let span = tracing::info_span!("rpc", rpc.method = %method, otel.kind = "server");
         let _ = span.set_parent(parent);
         let started = Instant::now();
+        let timeout = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout);
         let fut = {
             let _entered = span.enter();
-            self.inner.call(req)
+            crate::deadline::scope(timeout, self.inner.call(req))
         };
         Box::pin(tracing::Instrument::instrument(
             async move {
@@ -187,6 +192,14 @@ impl tonic::service::Interceptor for ClientInterceptor {
             req.metadata_mut().insert("authorization", a.clone());
         }
         inject_trace_context(req.metadata_mut());
+        // What is left of the caller's deadline bounds the call it is making.
+        match crate::deadline::remaining() {
+            Some(left) if left.is_zero() => {
+                return Err(tonic::Status::deadline_exceeded("the caller's deadline has passed"));
+            }
+            Some(left) => req.set_timeout(left),
+            None => {}
+        }
         Ok(req)
     }
 }
@@ -217,5 +230,42 @@ mod tests {
         let outgoing = resp.into_body().expect("outgoing call carries traceparent");
         assert!(outgoing.starts_with(&format!("00-{trace_id}-")), "{outgoing}");
         assert!(!outgoing.contains("00f067aa0ba902b7"), "a new span id of our own: {outgoing}");
+    }
+
+    /// The outgoing call's grpc-timeout, made while serving a request with `incoming`.
+    async fn outgoing_timeout(
+        incoming: Option<&str>,
+        work: std::time::Duration,
+    ) -> Result<Option<String>, tonic::Code> {
+        let handler = tower::service_fn(move |_req: http::Request<()>| async move {
+            tokio::time::sleep(work).await;
+            let out =
+                tonic::service::Interceptor::call(&mut ClientInterceptor::new(None), tonic::Request::new(()));
+            let header =
+                out.map(|r| r.metadata().get("grpc-timeout").map(|v| v.to_str().unwrap().to_owned()));
+            Ok::<_, std::convert::Infallible>(http::Response::new(header.map_err(|s| s.code())))
+        });
+        let mut svc = TraceLayer.layer(handler);
+        let mut req = http::Request::builder().uri("/contactier.ops.v1.ClockService/GetTime");
+        if let Some(t) = incoming {
+            req = req.header("grpc-timeout", t);
+        }
+        svc.ready().await.unwrap().call(req.body(()).unwrap()).await.unwrap().into_body()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_made_while_serving_a_request_carries_what_is_left_of_its_deadline() {
+        let ms = |v: Option<String>| {
+            v.and_then(|t| t.strip_suffix('u').map(|n| n.parse::<u64>().unwrap() / 1_000))
+        };
+        let left = outgoing_timeout(Some("2S"), std::time::Duration::from_millis(500)).await.unwrap();
+        assert_eq!(ms(left), Some(1_500));
+        assert_eq!(
+            outgoing_timeout(None, std::time::Duration::ZERO).await,
+            Ok(None),
+            "no deadline, none passed on"
+        );
+        let late = outgoing_timeout(Some("100m"), std::time::Duration::from_millis(200)).await;
+        assert_eq!(late, Err(tonic::Code::DeadlineExceeded), "nothing sent once the caller gave up");
     }
 }

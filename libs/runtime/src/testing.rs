@@ -74,6 +74,7 @@ pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Pla
         shutdown: crate::shutdown::Shutdown::new(),
         tls: None,
         grace: std::time::Duration::from_secs(1),
+        rate_limit: None,
     }
 }
 

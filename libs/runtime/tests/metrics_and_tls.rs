@@ -23,6 +23,7 @@ async fn serve(tls: Option<(Vec<u8>, Vec<u8>)>) -> (std::net::SocketAddr, Authen
         shutdown: Shutdown::new(),
         tls,
         grace: Duration::from_secs(1),
+        rate_limit: None,
     };
     tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     (addr, auth)

@@ -41,6 +41,7 @@ async fn start(clock: Clock) -> Running {
         shutdown: shutdown.clone(),
         tls: None,
         grace: Duration::from_secs(5),
+        rate_limit: None,
     };
     let task = tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     Running { addr, auth, clock, shutdown, task }

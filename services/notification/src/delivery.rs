@@ -6,8 +6,8 @@ use crate::store::{AlertRow, DeliveryRow, Outcome, RecipientRow, Store};
 use contactier_runtime::clock::Worker;
 use contactier_runtime::outbox::Backoff;
 use contactier_runtime::shutdown::Shutdown;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use futures::StreamExt;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use std::time::Duration;
 
 /// How long a worker holds a claimed delivery before another may take it over.
@@ -99,7 +99,9 @@ impl Sender {
         match sent {
             Ok(r) if r.status().is_success() => (i32::from(r.status().as_u16()), None),
             Ok(r) => (i32::from(r.status().as_u16()), Some(format!("receiver answered {}", r.status()))),
-            Err(e) if e.is_timeout() => (0, Some(format!("timed out: no answer within {} ms", self.timeout_ms))),
+            Err(e) if e.is_timeout() => {
+                (0, Some(format!("timed out: no answer within {} ms", self.timeout_ms)))
+            }
             // Without the URL: it may carry credentials. The cause says what went wrong.
             Err(e) => {
                 let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();

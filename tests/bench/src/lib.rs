@@ -242,7 +242,12 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let bins = procs::bin_dir()?;
     let mut report = Report::default();
     for &backend in &cfg.backends {
-        let services = Services::start(backend, &bins).await?;
+        // Throughput is the point here: no per-account limit.
+        let options = procs::Options {
+            env: vec![("CONTACTIER_RATE_LIMIT_PER_ACCOUNT".into(), "0".into())],
+            ..Default::default()
+        };
+        let services = Services::start_with(backend, &bins, options).await?;
         let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
         let account = format!("bench-{}", std::process::id());
         let token =
