@@ -5,6 +5,7 @@ mod convert;
 pub mod email;
 mod error;
 pub mod filter;
+pub mod fuzzing;
 pub mod import;
 pub mod properties;
 mod store;

@@ -1,0 +1,6 @@
+
+,
+
+email%_@x
+
+lifecycle_stagelead

@@ -1,0 +1,5 @@
+
+
+
+plan
+*free*paid

@@ -1,0 +1,34 @@
+
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
+
+
+emaila
