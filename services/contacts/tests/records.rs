@@ -386,3 +386,26 @@ async fn custom_properties_are_defined_typed_and_validated() {
         assert_eq!(err.code(), Code::FailedPrecondition, "standard properties stay");
     }
 }
+
+#[tokio::test]
+async fn oversized_messages_and_values_are_refused_and_change_nothing() {
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        // Over the 4 MB a message may carry: refused before any handler runs.
+        let huge = "x".repeat(5 * 1024 * 1024);
+        let err = s.create("huge@example.com", &[("company", &huge)]).await.unwrap_err();
+        assert!(
+            matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+            "{backend:?}: {err:?}"
+        );
+        // Under it but over a text property's 65,536 characters: the property is named.
+        let long = "y".repeat(70_000);
+        let err = s.create("long@example.com", &[("company", &long)]).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert!(err.message().contains("company"), "{backend:?}: {}", err.message());
+        let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+        assert_eq!(total.into_inner().total_contacts, 0, "{backend:?}: nothing created");
+        // The service still answers.
+        s.create("fine@example.com", &[]).await.unwrap();
+    }
+}
