@@ -43,6 +43,31 @@ impl Db {
         };
         (params / cols.max(1)).max(1)
     }
+
+    /// A subquery of the strings in the JSON array bound as `$n`: a whole set of keys in one
+    /// text parameter, so a statement's shape and cost do not grow with the set.
+    pub fn json_strings(&self, n: usize) -> String {
+        match self {
+            Db::Sqlite(_) => format!("SELECT value FROM json_each(${n})"),
+            Db::Postgres(_) => format!("SELECT jsonb_array_elements_text(${n}::jsonb)"),
+        }
+    }
+
+    /// A FROM item `x` of the JSON array of objects bound as `$n`, one row per object with
+    /// the columns `cols` (name, PostgreSQL type: text, bigint or boolean).
+    pub fn json_records(&self, n: usize, cols: &[(&str, &str)]) -> String {
+        match self {
+            Db::Sqlite(_) => {
+                let fields: Vec<String> =
+                    cols.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+                format!("(SELECT {} FROM json_each(${n})) AS x", fields.join(", "))
+            }
+            Db::Postgres(_) => {
+                let fields: Vec<String> = cols.iter().map(|(c, t)| format!("{c} {t}")).collect();
+                format!("jsonb_to_recordset(${n}::jsonb) AS x({})", fields.join(", "))
+            }
+        }
+    }
 }
 
 /// `($1, $2, …), ($k, …)` for a multi-row statement of `rows` rows of `cols` parameters, the
@@ -250,5 +275,31 @@ mod tests {
     async fn unknown_url_schemes_are_refused() {
         let err = Db::connect("mysql://localhost/x", "s", 1).await.unwrap_err();
         assert!(err.to_string().contains("DATABASE_URL"));
+    }
+
+    #[tokio::test]
+    async fn json_parameters_carry_whole_sets_on_both_backends() {
+        for backend in crate::testing::BACKENDS {
+            let t = crate::testing::TestDb::new(backend, "jsonsets").await;
+            let db = &t.db;
+            let records = serde_json::json!([
+                {"k": "a", "n": 1, "yes": true},
+                {"k": "b'; drop", "n": 20000000000i64, "yes": false},
+                {"k": "c", "n": -3, "yes": true},
+            ])
+            .to_string();
+            let keys = serde_json::json!(["a", "c", "missing"]).to_string();
+            let insert = format!(
+                "INSERT INTO t (k, n, flag) SELECT x.k, x.n, x.yes FROM {}",
+                db.json_records(1, &[("k", "text"), ("n", "bigint"), ("yes", "boolean")])
+            );
+            let select = format!("SELECT k, n, flag FROM t WHERE k IN ({}) ORDER BY k", db.json_strings(1));
+            let rows: Vec<(String, i64, bool)> = with_pool!(db, pool => {
+                sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN NOT NULL)").execute(pool).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(insert)).bind(&records).execute(pool).await.unwrap();
+                sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(&keys).fetch_all(pool).await.unwrap()
+            });
+            assert_eq!(rows, [("a".to_owned(), 1, true), ("c".to_owned(), -3, true)], "{backend:?}");
+        }
     }
 }

@@ -394,10 +394,7 @@ async fn oversized_messages_and_values_are_refused_and_change_nothing() {
         // Over the 4 MB a message may carry: refused before any handler runs.
         let huge = "x".repeat(5 * 1024 * 1024);
         let err = s.create("huge@example.com", &[("company", &huge)]).await.unwrap_err();
-        assert!(
-            matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
-            "{backend:?}: {err:?}"
-        );
+        assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{backend:?}: {err:?}");
         // Under it but over a text property's 65,536 characters: the property is named.
         let long = "y".repeat(70_000);
         let err = s.create("long@example.com", &[("company", &long)]).await.unwrap_err();

@@ -31,5 +31,9 @@ async fn every_benchmark_runs_on_both_backends() {
             );
         }
     }
+    // The load runs at half of peak are held without a single error.
+    for r in report.rows.iter().filter(|r| r.what.contains("at half of peak")) {
+        assert!(r.value.ends_with(" 0 errors"), "{} on {}: {}", r.what, r.backend, r.value);
+    }
     assert!(report.markdown().lines().count() > 20);
 }

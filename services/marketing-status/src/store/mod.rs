@@ -187,15 +187,16 @@ impl Store {
     }
 
     pub async fn statuses(&self, account: &str, ids: &[String]) -> Result<Vec<StatusRow>, sqlx::Error> {
-        let q =
-            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let row: Option<StatusRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(account).bind(id).fetch_optional(pool).await?);
-            out.extend(row);
-        }
-        Ok(out)
+        let q = format!(
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
+            self.db.json_strings(2)
+        );
+        let wanted = serde_json::to_string(ids).expect("strings");
+        let rows: Vec<StatusRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(&wanted).fetch_all(pool).await?);
+        let found: HashMap<String, StatusRow> = rows.into_iter().map(|r| (r.contact_id.clone(), r)).collect();
+        // In the order asked; unknown ids left out.
+        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }
 
     /// The answer first given to a request id, if any.
@@ -453,26 +454,40 @@ impl Store {
         now: DateTime<Utc>,
         keep: Option<&Keep<'_>>,
     ) -> Result<SetOutcome, sqlx::Error> {
-        // Set-based: the chunk read in a few statements, one update per resulting state,
-        // multi-row audit.
-        let (in_per, audit_per) = (self.db.rows_per_statement(1) - 7, self.db.rows_per_statement(12));
+        // Set-based: the chunk read in one statement, one update per resulting state, one
+        // audit insert; each set travels as one JSON parameter.
         let at = micros(now);
+        let read = format!(
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
+            self.db.json_strings(2)
+        );
+        let update = format!(
+            "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
+             WHERE account_id = $6 AND contact_id IN ({})",
+            self.db.json_strings(7)
+        );
+        let audit = format!(
+            "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+             source_id, user_id, requested_at, effective_at, request_id) \
+             SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 FROM {}",
+            self.db.json_records(
+                2,
+                &[
+                    ("id", "text"),
+                    ("contact_id", "text"),
+                    ("from_status", "text"),
+                    ("to_status", "text"),
+                    ("pending", "boolean")
+                ]
+            )
+        );
+        let wanted = serde_json::to_string(contacts).expect("strings");
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let mut total = CountDelta::default();
-            let mut found: HashMap<String, StatusRow> = HashMap::with_capacity(contacts.len());
-            for part in contacts.chunks(in_per) {
-                let q = format!(
-                    "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
-                    (0..part.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
-                );
-                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account);
-                for id in part {
-                    read = read.bind(id);
-                }
-                let rows: Vec<StatusRow> = read.fetch_all(&mut *tx).await?;
-                found.extend(rows.into_iter().map(|r| (r.contact_id.clone(), r)));
-            }
+            let rows: Vec<StatusRow> =
+                sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?;
+            let found: HashMap<String, StatusRow> = rows.into_iter().map(|r| (r.contact_id.clone(), r)).collect();
             let mut outcomes = Vec::with_capacity(contacts.len());
             // (from, to) of each contact that changes, grouped by the state it ends in.
             let mut changes: Vec<(&String, State, State)> = Vec::new();
@@ -502,34 +517,26 @@ impl Store {
             targets.dedup();
             for to in targets {
                 let ids: Vec<&String> = changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
-                for part in ids.chunks(in_per) {
-                    let list: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 7)).collect();
-                    let sql = format!(
-                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
-                         WHERE account_id = $6 AND contact_id IN ({})",
-                        list.join(", ")
-                    );
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(at).bind(account);
-                    for id in part {
-                        q = q.bind(*id);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
+                sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+                    .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(at).bind(account)
+                    .bind(serde_json::to_string(&ids).expect("strings"))
+                    .execute(&mut *tx).await?;
             }
-            for chunk in changes.chunks(audit_per) {
-                let sql = format!(
-                    "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
-                     source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
-                    placeholders(chunk.len(), 12)
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, from, to) in chunk {
-                    q = q.bind(account).bind(new_event_id()).bind(*id).bind(status_str(from.status)).bind(status_str(to.status))
-                        .bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id)
-                        .bind(at).bind(at).bind(&actor.request_id);
-                }
-                q.execute(&mut *tx).await?;
+            if !changes.is_empty() {
+                let entries: Vec<serde_json::Value> = changes
+                    .iter()
+                    .map(|(id, from, to)| serde_json::json!({
+                        "id": new_event_id(),
+                        "contact_id": id,
+                        "from_status": status_str(from.status),
+                        "to_status": status_str(to.status),
+                        "pending": to.until_next_update,
+                    }))
+                    .collect();
+                sqlx::query(sqlx::AssertSqlSafe(audit.as_str()))
+                    .bind(account).bind(serde_json::Value::Array(entries).to_string())
+                    .bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id).bind(at).bind(&actor.request_id)
+                    .execute(&mut *tx).await?;
             }
             let counts = if total.is_zero() {
                 let c: Option<Counts> = sqlx::query_as(
