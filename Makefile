@@ -1,5 +1,5 @@
 # Contactier: common tasks. `make help` lists them.
-.PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench
+.PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench fuzz
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 # Python with aiosmtpd: the local SMTP sink of the email delivery tests.
@@ -16,6 +16,7 @@ help:
 	@echo "make build       release build of every binary"
 	@echo "make deploy-check render the kustomize base and overlays and validate them offline"
 	@echo "make bench       benchmarks on PostgreSQL and SQLite (1,000,000 rows); writes BENCHMARKS.md"
+	@echo "make fuzz        fuzz the import file and search filter parsers (FUZZ_SECONDS each, default 60)"
 
 run:
 	cargo run --bin contactier
@@ -63,3 +64,11 @@ bench:
 	cargo bench -p contactier-billing --bench domain
 	cargo build --release --bins
 	target/release/contactier-bench $(BENCH_ARGS)
+
+# cargo-fuzz needs sanitizer flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for t in import_file search_filter; do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done
