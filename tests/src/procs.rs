@@ -122,6 +122,11 @@ impl Services {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // CONTACTIER_PROCS_LOG_DIR keeps each service's log there (RUST_LOG from the caller).
+        if let Some(dir) = std::env::var_os("CONTACTIER_PROCS_LOG_DIR") {
+            let file = std::fs::File::create(Path::new(&dir).join(format!("{name}-{}.log", addr.port())))?;
+            cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).stderr(file);
+        }
         if self.backend == Backend::Postgres {
             cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &self.schema_prefix);
         }

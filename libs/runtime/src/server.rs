@@ -100,7 +100,13 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY a small answer can wait for the peer's delayed ACK (about 40 ms).
+    let incoming =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
     let server = builder
         .layer(TraceLayer)
         .layer(

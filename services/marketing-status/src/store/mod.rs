@@ -172,11 +172,27 @@ const STATUS_COLUMNS: &str = "contact_id, marketing, pending, source_type, sourc
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Contacts added since the planner's statistics were last refreshed by this process.
+    added: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Contacts added between refreshes of the statistics of `contact_status`. Statistics that have
+/// not seen an account's contacts make the planner scan the account for each id it looks up.
+const STATISTICS_EVERY: usize = 10_000;
 
 impl Store {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, added: Default::default() }
+    }
+
+    /// Counts `n` new contacts; refreshes the statistics every [`STATISTICS_EVERY`].
+    async fn added(&self, n: usize) -> Result<(), sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        let before = self.added.fetch_add(n, Ordering::Relaxed);
+        if before / STATISTICS_EVERY != (before + n) / STATISTICS_EVERY {
+            with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
+        }
+        Ok(())
     }
 
     pub async fn counts(&self, account: &str) -> Result<Counts, sqlx::Error> {
@@ -188,8 +204,8 @@ impl Store {
 
     pub async fn statuses(&self, account: &str, ids: &[String]) -> Result<Vec<StatusRow>, sqlx::Error> {
         let q = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
-            self.db.json_strings(2)
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+            self.db.json_in("contact_id", 2)
         );
         let wanted = serde_json::to_string(ids).expect("strings");
         let rows: Vec<StatusRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
@@ -333,7 +349,7 @@ impl Store {
             }
             tx.commit().await?;
         });
-        Ok(())
+        self.added(items.len()).await
     }
 
     /// Removes a contact: its place in the count is free at once. False if seen before.
@@ -458,13 +474,13 @@ impl Store {
         // audit insert; each set travels as one JSON parameter.
         let at = micros(now);
         let read = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ({})",
-            self.db.json_strings(2)
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+            self.db.json_in("contact_id", 2)
         );
         let update = format!(
             "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, updated_at = $5 \
-             WHERE account_id = $6 AND contact_id IN ({})",
-            self.db.json_strings(7)
+             WHERE account_id = $6 AND {}",
+            self.db.json_in("contact_id", 7)
         );
         let audit = format!(
             "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
