@@ -588,3 +588,53 @@ async fn a_contact_named_twice_in_one_request_changes_and_counts_once() {
         assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
     }
 }
+
+/// Writers changing the same contacts at the same moment: the counts stay what the statuses
+/// say, every change is audited once, and no writer gets anything but an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_the_same_contacts_keep_the_counts_exact() {
+    use MarketingStatus::*;
+    for backend in BACKENDS {
+        let s = start(backend).await;
+        let ids: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+        let events = ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| created(&format!("ev{i}"), c, SourceType::Import, Unspecified, ""));
+        s.events(events.collect()).await.unwrap();
+        // Eight writers over overlapping thirds, each flipping its contacts six times.
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..8usize {
+            let mut api = s.api();
+            let token = s.user(ACCOUNT, "owner", &["write"]);
+            let part: Vec<String> = ids.iter().skip((w % 4) * 50).take(150).cloned().collect();
+            writers.spawn(async move {
+                for round in 0..6 {
+                    let status = if (round + w) % 2 == 0 { Marketing } else { NonMarketing };
+                    let req = pb::SetMarketingStatusRequest {
+                        request_id: format!("w{w}-r{round}"),
+                        target: Some(Target::Contacts(pb::ContactIds { ids: part.clone() })),
+                        status: status as i32,
+                        source: None,
+                    };
+                    api.set_marketing_status(authed(req, &token)).await.expect("every writer is answered");
+                }
+            });
+        }
+        while let Some(done) = writers.join_next().await {
+            done.unwrap();
+        }
+        let req = pb::BatchGetContactStatusesRequest { contact_ids: ids.clone() };
+        let statuses = s
+            .api()
+            .batch_get_contact_statuses(authed(req, &s.user(ACCOUNT, "u", &["read"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .statuses;
+        assert_eq!(statuses.len(), 300);
+        let marketing = statuses.iter().filter(|c| c.status() == Marketing).count() as i64;
+        let pending = statuses.iter().filter(|c| c.marketable_until_next_update).count() as i64;
+        assert_eq!(counts(&s.count().await), (marketing, pending, 300 - marketing), "{backend:?}");
+    }
+}

@@ -608,9 +608,6 @@ async fn alert_latency(ctx: &Ctx, contacts: usize) -> anyhow::Result<Vec<Duratio
             }
             let start = Instant::now();
             ctx.set_status(&account, &ids[count..target], MarketingStatus::Marketing).await?;
-            if std::env::var_os("BENCH_TRACE").is_some() {
-                eprintln!("set_status of {} took {:?}", target - count, start.elapsed());
-            }
             count = target;
             loop {
                 let m = tokio::time::timeout(Duration::from_secs(10), stream.message())

@@ -392,16 +392,23 @@ impl Store {
         secondary: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
-        let q =
-            format!("SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id = $2");
+        // Both rows locked (PostgreSQL) in key order, as status changes lock theirs.
+        let lock = match self.db {
+            Db::Postgres(_) => " ORDER BY contact_id FOR UPDATE",
+            Db::Sqlite(_) => "",
+        };
+        let q = format!(
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ($2, $3){lock}"
+        );
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             if !tx.receive(event_id, now).await? {
                 return Ok(false);
             }
-            let p: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(primary).fetch_optional(&mut *tx).await?;
-            let s: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(secondary).fetch_optional(&mut *tx).await?;
-            if let (Some(p), Some(s)) = (p, s) {
+            let rows: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+                .bind(account).bind(primary).bind(secondary).fetch_all(&mut *tx).await?;
+            let find = |id: &str| rows.iter().find(|r| r.contact_id == id).cloned();
+            if let (Some(p), Some(s)) = (find(primary), find(secondary)) {
                 let (from, to) = (p.state(), rules::merged(p.state(), s.state()));
                 let mut delta = CountDelta::removed(s.state());
                 if to != from {
@@ -473,8 +480,15 @@ impl Store {
         // Set-based: the chunk read in one statement, one update per resulting state, one
         // audit insert; each set travels as one JSON parameter.
         let at = micros(now);
+        // PostgreSQL: the rows stay locked until the changes are written, so writers of the same
+        // contacts take turns instead of both counting one change; always in key order, so they
+        // never wait on each other in a circle. (SQLite's write transactions already take turns.)
+        let lock = match self.db {
+            Db::Postgres(_) => " ORDER BY contact_id FOR UPDATE",
+            Db::Sqlite(_) => "",
+        };
         let read = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}{lock}",
             self.db.json_in("contact_id", 2)
         );
         let update = format!(
