@@ -633,6 +633,18 @@ impl Store {
         );
         let in_chunk =
             "account_id = $1 AND pending AND updated_at <= $2 AND contact_id > $3 AND contact_id <= $4";
+        // $1 account, $2 effective_at, $3/$4 the chunk's key range, $5 audit id prefix, $6 the
+        // date, $7 now.
+        let audit = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                     source_id, user_id, requested_at, effective_at, request_id) \
+                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, ''";
+        let update = "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $6, updated_at = $7";
+        let together = matches!(self.db, Db::Postgres(_)).then(|| {
+            format!(
+                "WITH changed AS ({update} WHERE {in_chunk} RETURNING account_id, contact_id), \
+                 audited AS ({audit} FROM changed ON CONFLICT DO NOTHING) SELECT count(*) FROM changed"
+            )
+        });
         let mut after = String::new();
         loop {
             let done = with_pool!(&self.db, pool => {
@@ -640,22 +652,22 @@ impl Store {
                 let end: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(chunk_end.as_str()))
                     .bind(account).bind(eff).bind(&after).fetch_one(&mut *tx).await?;
                 let Some(end) = end else { break };
-                let q = format!(
-                    "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
-                     source_id, user_id, requested_at, effective_at, request_id) \
-                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, '' \
-                     FROM contact_status WHERE {in_chunk} ON CONFLICT DO NOTHING"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(q))
-                    .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
-                    .execute(&mut *tx).await?;
-                let q = format!(
-                    "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $5, updated_at = $6 \
-                     WHERE {in_chunk}"
-                );
-                let n = sqlx::query(sqlx::AssertSqlSafe(q))
-                    .bind(account).bind(eff).bind(&after).bind(&end).bind(&day).bind(micros(now))
-                    .execute(&mut *tx).await?.rows_affected() as i64;
+                let n: i64 = match &together {
+                    // PostgreSQL: the audit is written from what the update changed, in one
+                    // statement, so a status change racing the chunk cannot be audited as applied.
+                    Some(q) => sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
+                        .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
+                        .fetch_one(&mut *tx).await?,
+                    // SQLite: write transactions take turns, so nothing races between the two.
+                    None => {
+                        sqlx::query(sqlx::AssertSqlSafe(format!("{audit} FROM contact_status WHERE {in_chunk} ON CONFLICT DO NOTHING")))
+                            .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
+                            .execute(&mut *tx).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(format!("{update} WHERE {in_chunk}")))
+                            .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
+                            .execute(&mut *tx).await?.rows_affected() as i64
+                    }
+                };
                 if n > 0 {
                     apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
                     sqlx::query("UPDATE applied_update_dates SET changed = changed + $3 WHERE account_id = $1 AND update_date = $2")
