@@ -3,7 +3,6 @@
 use super::Store;
 use crate::error::Result;
 use contactier_runtime::with_pool;
-use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(sqlx::FromRow)]
@@ -103,31 +102,6 @@ impl Store {
             "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running'",
         ).bind(wall_micros()).bind(account).bind(id).execute(pool).await?.rows_affected());
         Ok(())
-    }
-
-    /// Of these email keys, those of contacts this import created, by key.
-    pub async fn created_by_import(
-        &self,
-        account: &str,
-        import: &str,
-        keys: &[String],
-    ) -> Result<HashMap<String, String>> {
-        let mut found = HashMap::new();
-        for chunk in keys.chunks(self.db.rows_per_statement(1) - 2) {
-            let q = format!(
-                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND source_type = 'IMPORT' AND source_id = $2 AND email_key IN ({})",
-                (0..chunk.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ")
-            );
-            let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
-                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account).bind(import);
-                for k in chunk {
-                    read = read.bind(k);
-                }
-                read.fetch_all(pool).await?
-            });
-            found.extend(rows);
-        }
-        Ok(found)
     }
 
     /// Saves the counters and state.

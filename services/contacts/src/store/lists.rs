@@ -138,15 +138,42 @@ impl Store {
         account: &str,
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, String>> {
+        self.email_ids(account, keys, None).await
+    }
+
+    /// Of these email keys, those of contacts the import `import` created, by key.
+    pub async fn created_by_import(
+        &self,
+        account: &str,
+        import: &str,
+        keys: &[String],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        self.email_ids(account, keys, Some(import)).await
+    }
+
+    /// Ids by email key, a chunk of keys per statement; only an import's creations with `import`.
+    async fn email_ids(
+        &self,
+        account: &str,
+        keys: &[String],
+        import: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let (only, first) = match import {
+            Some(_) => (" AND source_type = 'IMPORT' AND source_id = $2", 3),
+            None => ("", 2),
+        };
         let mut out = std::collections::HashMap::new();
-        for chunk in keys.chunks(self.db.rows_per_statement(1) - 1) {
-            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        for chunk in keys.chunks(self.db.rows_per_statement(1) - (first - 1)) {
+            let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + first)).collect();
             let sql = format!(
-                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND email_key IN ({})",
+                "SELECT email_key, id FROM contacts WHERE account_id = $1{only} AND email_key IN ({})",
                 params.join(", ")
             );
             let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
                 let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+                if let Some(import) = import {
+                    q = q.bind(import);
+                }
                 for k in chunk {
                     q = q.bind(k);
                 }
