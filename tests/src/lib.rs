@@ -12,6 +12,24 @@ pub mod procs;
 use std::net::SocketAddr;
 use tonic::transport::Channel;
 
+/// A subscription of the NA subsidiary in euros with the marketing contacts feature, as the
+/// tests buy it.
+pub fn subscription(
+    edition: contactier_proto::common::v1::Edition,
+    term: contactier_proto::common::v1::Term,
+    start: contactier_proto::common::v1::Date,
+) -> contactier_proto::billing::v1::CreateSubscriptionRequest {
+    contactier_proto::billing::v1::CreateSubscriptionRequest {
+        edition: edition as i32,
+        term: term as i32,
+        start_date: Some(start),
+        currency: "EUR".into(),
+        subsidiary: "NA".into(),
+        tier: 0,
+        marketing_contacts_enabled: true,
+    }
+}
+
 /// The four services, in port order.
 pub const SERVICES: [&ServiceDef; 4] = [
     &contactier_contacts::SERVICE,

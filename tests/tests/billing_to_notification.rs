@@ -2,7 +2,7 @@
 //! billing, and alerts in notification, through billing's outbox.
 
 use chrono::{DateTime, TimeZone, Utc};
-use contactier_e2e::System;
+use contactier_e2e::{System, subscription};
 use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
     billing_service_client::BillingServiceClient,
@@ -39,15 +39,7 @@ async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox() {
     use npb::AlertKind::*;
     for backend in BACKENDS {
         let s = System::start(backend, noon_20_april()).await;
-        let sub = pb::CreateSubscriptionRequest {
-            edition: Edition::Professional as i32,
-            term: Term::Monthly as i32,
-            start_date: Some(Date { year: 2026, month: 4, day: 15 }),
-            currency: "EUR".into(),
-            subsidiary: "NA".into(),
-            tier: 0,
-            marketing_contacts_enabled: true,
-        };
+        let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 15 });
         let mut billing = BillingServiceClient::new(s.channel("billing"));
         billing.create_subscription(authed(sub, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
 

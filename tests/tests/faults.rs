@@ -7,6 +7,7 @@
 use anyhow::Context;
 use chrono::{DateTime, TimeZone, Utc};
 use contactier_e2e::procs::{Backend, Options, Services, bin_dir};
+use contactier_e2e::subscription;
 use contactier_proto::billing::v1::{
     self as bpb, billing_internal_service_client::BillingInternalServiceClient,
     billing_service_client::BillingServiceClient,
@@ -77,15 +78,7 @@ impl Fault {
     }
 
     async fn subscribe(&self, account: &str) {
-        let req = bpb::CreateSubscriptionRequest {
-            edition: Edition::Professional as i32,
-            term: Term::Monthly as i32,
-            start_date: Some(Date { year: 2026, month: 4, day: 15 }),
-            currency: "EUR".into(),
-            subsidiary: "NA".into(),
-            tier: 0,
-            marketing_contacts_enabled: true,
-        };
+        let req = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 15 });
         self.billing().create_subscription(authed(req, &self.user(account))).await.expect("subscribed");
     }
 
@@ -142,6 +135,15 @@ impl Fault {
             assert!(Instant::now() < deadline, "{service}: no progress ({v})");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The account's alerts in notification's feed, newest first.
+    async fn alerts(&self, account: &str) -> Result<Vec<npb::Alert>, tonic::Status> {
+        let req = npb::ListAlertsRequest { page_size: 500, page_token: String::new() };
+        let feed = NotificationServiceClient::new(channel(self.services.addr("notification")))
+            .list_alerts(authed(req, &self.user(account)))
+            .await?;
+        Ok(feed.into_inner().alerts)
     }
 
     async fn set_clock(&self, service: &str, t: DateTime<Utc>) {
@@ -332,14 +334,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let alerts = NotificationServiceClient::new(channel(f.services.addr("notification")))
-        .list_alerts(authed(
-            npb::ListAlertsRequest { page_size: 500, page_token: String::new() },
-            &f.user(ACCOUNT),
-        ))
-        .await?
-        .into_inner()
-        .alerts;
+    let alerts = f.alerts(ACCOUNT).await?;
     let mut seen = HashSet::new();
     for a in &alerts {
         assert!(
@@ -460,14 +455,7 @@ async fn invoices_survive_a_kill_during_the_run(backend: Backend) -> anyhow::Res
     let deadline = Instant::now() + Duration::from_secs(60);
     for a in &accounts {
         loop {
-            let alerts = NotificationServiceClient::new(channel(f.services.addr("notification")))
-                .list_alerts(authed(
-                    npb::ListAlertsRequest { page_size: 100, page_token: String::new() },
-                    &f.user(a),
-                ))
-                .await?
-                .into_inner()
-                .alerts;
+            let alerts = f.alerts(a).await?;
             let notices = alerts.iter().filter(|x| x.kind == npb::AlertKind::InvoiceIssued as i32).count();
             anyhow::ensure!(notices <= 1, "{backend:?}: {a} has {notices} invoice notices");
             if notices == 1 {

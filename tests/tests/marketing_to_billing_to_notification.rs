@@ -3,7 +3,7 @@
 //! dates.
 
 use chrono::{TimeZone, Utc};
-use contactier_e2e::System;
+use contactier_e2e::{System, subscription};
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
 use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
 use contactier_proto::marketing_status::v1::{
@@ -55,15 +55,7 @@ async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates() {
         // 30 April 2026, 11:00 in New York; the account bought Starter monthly on 1 April.
         let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap()).await;
         let mut billing = BillingServiceClient::new(s.channel("billing"));
-        let sub = bpb::CreateSubscriptionRequest {
-            edition: Edition::Starter as i32,
-            term: Term::Monthly as i32,
-            start_date: Some(Date { year: 2026, month: 4, day: 1 }),
-            currency: "EUR".into(),
-            subsidiary: "NA".into(),
-            tier: 0,
-            marketing_contacts_enabled: true,
-        };
+        let sub = subscription(Edition::Starter, Term::Monthly, Date { year: 2026, month: 4, day: 1 });
         billing.create_subscription(authed(sub, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
 
         // 1,001 imported contacts, non-marketing by default.

@@ -5,7 +5,7 @@
 //! across services, and marketing-status stopped and restarted mid-flow.
 
 use chrono::{DateTime, TimeZone, Utc};
-use contactier_e2e::System;
+use contactier_e2e::{System, subscription};
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
 use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
 use contactier_proto::contacts::v1::{
@@ -106,15 +106,7 @@ async fn the_product_end_to_end() {
         // 29 April 2026, 12:00 in New York. The account bought Professional monthly on 1 April.
         let mut s = System::start(backend, at(4, 29, 16)).await;
         let mut c = Clients::new(&s);
-        let sub = bpb::CreateSubscriptionRequest {
-            edition: Edition::Professional as i32,
-            term: Term::Monthly as i32,
-            start_date: Some(Date { year: 2026, month: 4, day: 1 }),
-            currency: "EUR".into(),
-            subsidiary: "NA".into(),
-            tier: 0,
-            marketing_contacts_enabled: true,
-        };
+        let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 1 });
         c.billing.create_subscription(authed(sub, &c.admin)).await.unwrap();
 
         // 1,400 sign-ups through forms: marketing by default.
