@@ -96,19 +96,7 @@ async fn imports_stream_rows_report_bad_ones_and_keep_the_good() {
             .unwrap()
             .into_inner();
         assert_eq!(total.total_contacts, 2_500, "{backend:?}");
-        let c = s
-            .api()
-            .get_contact(authed(
-                pb::GetContactRequest {
-                    key: Some(pb::get_contact_request::Key::Email("user7@example.com".into())),
-                },
-                &s.writer(),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
+        let c = s.by_email("user7@example.com").await;
         assert_eq!(
             (c.properties["first_name"].as_str(), c.properties["lifecycle_stage"].as_str()),
             ("Again", "customer")
@@ -140,19 +128,7 @@ async fn imports_stream_rows_report_bad_ones_and_keep_the_good() {
         assert_eq!((sum.created, sum.skipped), (1, 1), "{backend:?}");
         // "Set as marketing" in an upsert reaches a contact that existed, non-marketing.
         s.settle().await;
-        let fresh = s
-            .api()
-            .get_contact(authed(
-                pb::GetContactRequest {
-                    key: Some(pb::get_contact_request::Key::Email("fresh@example.com".into())),
-                },
-                &s.writer(),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
+        let fresh = s.by_email("fresh@example.com").await;
         assert_eq!(s.status(&fresh.id).await.unwrap().status, MarketingStatus::NonMarketing as i32);
         let mut h = header(pb::ImportMode::Upsert, &[("email", "email")]);
         h.set_as_marketing = true;
@@ -490,19 +466,7 @@ async fn an_import_cut_off_is_taken_up_again_by_its_retry() {
         assert_eq!((count.marketing, count.non_marketing), (5_000, 0), "{backend:?}");
         // Opt-ins of rows on both sides of the cut were recorded.
         for i in [0, 3_300, 4_998] {
-            let c = s
-                .api()
-                .get_contact(authed(
-                    pb::GetContactRequest {
-                        key: Some(pb::get_contact_request::Key::Email(format!("cut{i}@example.com"))),
-                    },
-                    &s.writer(),
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .contact
-                .unwrap();
+            let c = s.by_email(format!("cut{i}@example.com")).await;
             let consent = s
                 .api()
                 .get_consent(authed(pb::GetConsentRequest { contact_id: c.id }, &s.writer()))

@@ -69,6 +69,12 @@ impl Contacts {
         Ok(self.api().create_contact(authed(req, &self.writer())).await?.into_inner().contact.unwrap())
     }
 
+    /// The contact with this email; it must exist.
+    pub async fn by_email(&self, email: impl Into<String>) -> pb::Contact {
+        let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email(email.into())) };
+        self.api().get_contact(authed(req, &self.writer())).await.unwrap().into_inner().contact.unwrap()
+    }
+
     pub async fn search(
         &self,
         req: pb::SearchContactsRequest,
