@@ -35,6 +35,8 @@ struct WorkerState {
     done_through: DateTime<Utc>,
     /// When its next work is due, if it knows of any.
     next_due: Option<DateTime<Utc>>,
+    /// How many times it has been handed new work; a step compares it before and after.
+    wakes: u64,
 }
 
 struct WorkerShared {
@@ -84,6 +86,7 @@ impl Clock {
             state: watch::Sender::new(WorkerState {
                 done_through: DateTime::<Utc>::MIN_UTC,
                 next_due: Some(self.now()),
+                wakes: 0,
             }),
             wake: Notify::new(),
         });
@@ -166,7 +169,23 @@ impl Worker {
 
     /// Reports that all work due up to `done_through` is done and when the next is due.
     pub fn report(&self, done_through: DateTime<Utc>, next_due: Option<DateTime<Utc>>) {
-        self.shared.state.send_replace(WorkerState { done_through, next_due });
+        self.shared.state.send_modify(|s| {
+            s.done_through = done_through;
+            s.next_due = next_due;
+        });
+    }
+
+    /// Reports a finished step begun when the worker had been woken `wakes_before` times. Work
+    /// handed over during the step may have come after the step looked, so it stays owed.
+    fn report_step(&self, done_through: DateTime<Utc>, next_due: Option<DateTime<Utc>>, wakes_before: u64) {
+        self.shared.state.send_modify(|s| {
+            s.done_through = done_through;
+            s.next_due = if s.wakes == wakes_before {
+                next_due
+            } else {
+                Some(next_due.map_or(done_through, |d| d.min(done_through)))
+            };
+        });
     }
 
     /// Runs `step` until shutdown: at once, then whenever its next work falls due or the worker
@@ -180,6 +199,7 @@ impl Worker {
     {
         loop {
             let now = self.now();
+            let wakes_before = self.shared.state.borrow().wakes;
             let next = match step(now).await {
                 Ok(next) => next,
                 Err(e) => {
@@ -187,7 +207,7 @@ impl Worker {
                     Some(now + retry)
                 }
             };
-            self.report(now, next);
+            self.report_step(now, next, wakes_before);
             tokio::select! {
                 _ = self.sleep_until(next) => {}
                 _ = shutdown.wait() => return,
@@ -228,9 +248,10 @@ impl Worker {
 /// A worker that stops (its service shut down) owes nothing: an advance no longer waits for it.
 impl Drop for Worker {
     fn drop(&mut self) {
-        self.shared
-            .state
-            .send_replace(WorkerState { done_through: DateTime::<Utc>::MAX_UTC, next_due: None });
+        self.shared.state.send_modify(|s| {
+            s.done_through = DateTime::<Utc>::MAX_UTC;
+            s.next_due = None;
+        });
         self.clock.workers.lock().expect("worker registry").retain(|w| !Arc::ptr_eq(w, &self.shared));
     }
 }
@@ -246,6 +267,7 @@ impl WorkerWaker {
     pub fn wake(&self) {
         let now = self.clock.now();
         self.shared.state.send_modify(|s| {
+            s.wakes += 1;
             s.next_due = Some(s.next_due.map_or(now, |d| d.min(now)));
         });
         self.shared.wake.notify_one();
@@ -361,6 +383,37 @@ mod tests {
         });
         c.advance_to(t(3, 0)).await.unwrap();
         assert_eq!(ran.load(Ordering::SeqCst), 3, "the handed-on work was done before advance returned");
+    }
+
+    #[tokio::test]
+    async fn work_handed_over_while_a_step_runs_is_still_owed_when_the_step_ends() {
+        let c = Clock::manual(t(1, 0));
+        let worker = c.register_worker("consumer");
+        let waker = worker.waker();
+        let (queued, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (looked, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let (q, d, l, r) = (queued.clone(), done.clone(), looked.clone(), release.clone());
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn(worker.drive(crate::Shutdown::new(), chrono::Duration::seconds(1), move |_| {
+            let (q, d, l, r, first) = (q.clone(), d.clone(), l.clone(), r.clone(), first.clone());
+            async move {
+                // Slow steps, so an advance that stopped waiting too early would show.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                d.fetch_add(q.swap(0, Ordering::SeqCst), Ordering::SeqCst);
+                // The first step has looked at an empty queue and is still busy when work comes.
+                if first.swap(false, Ordering::SeqCst) {
+                    l.notify_one();
+                    r.notified().await;
+                }
+                Ok::<_, ClockError>(None)
+            }
+        }));
+        looked.notified().await;
+        queued.fetch_add(1, Ordering::SeqCst);
+        waker.wake();
+        release.notify_one();
+        c.advance(chrono::Duration::zero()).await.unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 1, "the advance returned before the handed-over work ran");
     }
 }
 
