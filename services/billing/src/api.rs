@@ -270,8 +270,8 @@ impl BillingService for Api {
 
     async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {
         let account = account(&req)?;
-        let sub = self.subscription(&account).await?;
-        let counts = self.store.counts(&account).await?;
+        let (sub, counts, period_count) =
+            self.store.usage(&account).await?.ok_or(Error::NotFound("subscription"))?;
         let count =
             model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing);
         let today = sub.today(&self.book, self.clock.now());
@@ -283,7 +283,7 @@ impl BillingService for Api {
             next_update_date: Some(pb_date(calendar::next_update_date(sub.start_date, sub.term, today))),
             renewal_date: Some(pb_date(calendar::next_renewal(sub.start_date, sub.term, today))),
             // Known once the period's update date has been processed; 0 in the first period.
-            period_count: self.store.update_periods(&account, 1).await?.first().map_or(0, |p| p.period_count),
+            period_count,
             count_version: counts.version,
         };
         Ok(Response::new(pb::GetUsageResponse { usage: Some(usage) }))

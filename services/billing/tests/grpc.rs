@@ -66,6 +66,8 @@ async fn subscriptions_are_checked_and_know_their_calendar() {
         let other = b.token("acct-b", &["read"]);
         let err = b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &other)).await.unwrap_err();
         assert_eq!(err.code(), Code::NotFound, "{backend:?}: another account sees nothing");
+        let err = b.api().get_usage(authed(pb::GetUsageRequest {}, &other)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}: no usage without a subscription");
     }
 }
 
@@ -75,6 +77,13 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
         let b = start(backend).await;
         b.subscribe(professional_monthly()).await.unwrap();
         let read = b.token(ACCOUNT, &["read"]);
+        let before = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+        let before = before.usage.unwrap();
+        assert_eq!(
+            (before.marketing_count, before.total_contacts, before.count_version, before.period_count),
+            (0, 0, 0, 0),
+            "{backend:?}: no count yet reads as nothing"
+        );
 
         b.count("c1", 1, 1_500, 300).await.unwrap();
         let usage = b

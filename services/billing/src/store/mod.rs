@@ -75,8 +75,31 @@ impl SubscriptionRow {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct UsageRow {
+    #[sqlx(flatten)]
+    subscription: SubscriptionRow,
+    #[sqlx(flatten)]
+    counts: Counts,
+    period_count: i64,
+}
+
 const SUBSCRIPTION_COLUMNS: &str = "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
      marketing_contacts_enabled, created_at, next_update_date";
+
+/// The subscription, the latest count and the last processed period's count of `$1`, built once:
+/// every usage read runs it.
+static USAGE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: Vec<String> = SUBSCRIPTION_COLUMNS.split(", ").map(|c| format!("s.{}", c.trim())).collect();
+    format!(
+        "SELECT {}, COALESCE(c.version, 0) AS version, COALESCE(c.marketing, 0) AS marketing, \
+         COALESCE(c.pending_non_marketing, 0) AS pending_non_marketing, COALESCE(c.non_marketing, 0) AS non_marketing, \
+         COALESCE((SELECT p.period_count FROM update_periods p WHERE p.account_id = s.account_id \
+         ORDER BY p.update_date DESC LIMIT 1), 0) AS period_count \
+         FROM subscriptions s LEFT JOIN account_counts c ON c.account_id = s.account_id WHERE s.account_id = $1",
+        columns.join(", ")
+    )
+});
 
 /// The latest count of an account.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -209,6 +232,14 @@ impl Store {
         let row: Option<SubscriptionRow> = with_pool!(&self.db, pool =>
             sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(pool).await?);
         row.map(SubscriptionRow::into_model).transpose()
+    }
+
+    /// What a usage answer is made of, read in one statement: the subscription, the latest
+    /// count and the last processed update period's count (0 before the first).
+    pub async fn usage(&self, account: &str) -> Result<Option<(Subscription, Counts, i64)>> {
+        let row: Option<UsageRow> = with_pool!(&self.db, pool =>
+            sqlx::query_as(sqlx::AssertSqlSafe(USAGE_QUERY.as_str())).bind(account).fetch_optional(pool).await?);
+        row.map(|r| Ok((r.subscription.into_model()?, r.counts, r.period_count))).transpose()
     }
 
     pub async fn counts(&self, account: &str) -> Result<Counts> {

@@ -21,18 +21,6 @@ pub struct DueUpdate {
     pub attempts: i64,
 }
 
-/// A processed update date.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct UpdatePeriod {
-    pub update_date: String,
-    pub renewal: bool,
-    pub applied_contacts: i64,
-    pub period_count: i64,
-    pub count_version: i64,
-    pub tier: i64,
-    pub processed_at: i64,
-}
-
 /// What marketing-status answered when it applied the date.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -186,13 +174,5 @@ impl Store {
             Completed { done_here: true, renewal_invoice: invoice }
         });
         Ok(done)
-    }
-
-    /// Processed update dates of an account, newest first.
-    pub async fn update_periods(&self, account: &str, limit: i64) -> Result<Vec<UpdatePeriod>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT update_date, renewal, applied_contacts, period_count, count_version, tier, processed_at \
-             FROM update_periods WHERE account_id = $1 ORDER BY update_date DESC LIMIT $2",
-        ).bind(account).bind(limit).fetch_all(pool).await?))
     }
 }
