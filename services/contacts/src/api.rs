@@ -5,7 +5,7 @@ use crate::convert::{self, source_type_name};
 use crate::error::{Error, Result};
 use crate::filter;
 use crate::properties::{Catalog, Value};
-use crate::store::{Change, ConsentRow, ContactRow, Cursor, ListRow, NewContact, SortKey, Store};
+use crate::store::{Change, ConsentRow, ContactKey, ContactRow, Cursor, ListRow, NewContact, SortKey, Store};
 use crate::{email, import};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1::{self as pb, contacts_service_server::ContactsService};
@@ -242,21 +242,24 @@ impl ContactsService for Api {
 
     async fn get_contact(&self, req: Request<pb::GetContactRequest>) -> Answer<pb::GetContactResponse> {
         let c = caller(&req)?;
-        let row = match req.into_inner().key {
+        let (row, catalog) = match req.into_inner().key {
             Some(pb::get_contact_request::Key::Id(id)) => {
                 required("id", &id)?;
-                self.contact_by_id(&c.account, &id).await?
+                self.store
+                    .contact_with_catalog(&c.account, ContactKey::Id(&id))
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("contact {id}")))?
             }
             Some(pb::get_contact_request::Key::Email(e)) => {
                 required("email", &e)?;
+                let key = e.trim().to_lowercase();
                 self.store
-                    .contact_by_email(&c.account, &e.trim().to_lowercase())
+                    .contact_with_catalog(&c.account, ContactKey::Email(&key))
                     .await?
                     .ok_or_else(|| Error::NotFound("contact with this email".into()))?
             }
             None => return Err(Error::invalid("key", "id or email is required").into()),
         };
-        let catalog = self.store.catalog(&c.account).await?;
         Ok(Response::new(pb::GetContactResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }
 

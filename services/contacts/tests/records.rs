@@ -378,6 +378,23 @@ async fn custom_properties_are_defined_typed_and_validated() {
             .contact
             .unwrap();
         assert!(!got.properties.contains_key("score"), "{backend:?}");
+        assert_eq!(
+            got.properties.get("tier").map(String::as_str),
+            Some("gold"),
+            "{backend:?}: custom values stay"
+        );
+        let by_email = s
+            .api()
+            .get_contact(authed(
+                pb::GetContactRequest { key: Some(Key::Email(got.email.to_uppercase())) },
+                &s.writer(),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .contact
+            .unwrap();
+        assert_eq!(by_email, got, "{backend:?}: the same contact by email");
         let err = s
             .api()
             .delete_property(authed(pb::DeletePropertyRequest { name: "company".into() }, &admin))
