@@ -5,10 +5,11 @@
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::billing::v1 as bpb;
-use contactier_runtime::convert::micros;
+use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
+use futures::StreamExt;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
@@ -98,6 +99,14 @@ pub struct Actor {
     pub source_id: String,
     pub user_id: String,
     pub request_id: String,
+}
+
+/// One application of an update date: what every chunk of it writes.
+struct UpdateRun<'a> {
+    account: &'a str,
+    day: &'a str,
+    eff: i64,
+    now: DateTime<Utc>,
 }
 
 /// Adds `d` to the account's counters, bumps the version and queues the new count for billing.
@@ -624,61 +633,29 @@ impl Store {
         // Statistics of a table that grew fast may still say it is small, and the planner
         // would then sort every pending contact for each chunk instead of walking the key.
         with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
-        let audit_prefix = format!("update:{day}:");
-        // Chunks walk the primary key: each ends at the UPDATE_CHUNK-th pending contact after
-        // the last one, so the whole run reads the account's contacts once.
-        let chunk_end = format!(
-            "SELECT MAX(contact_id) FROM (SELECT contact_id FROM contact_status WHERE account_id = $1 AND pending \
-             AND updated_at <= $2 AND contact_id > $3 ORDER BY contact_id LIMIT {UPDATE_CHUNK}) chunk"
-        );
-        let in_chunk =
-            "account_id = $1 AND pending AND updated_at <= $2 AND contact_id > $3 AND contact_id <= $4";
-        // $1 account, $2 effective_at, $3/$4 the chunk's key range, $5 audit id prefix, $6 the
-        // date, $7 now.
-        let audit = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
-                     source_id, user_id, requested_at, effective_at, request_id) \
-                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, ''";
-        let update = "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $6, updated_at = $7";
-        let together = matches!(self.db, Db::Postgres(_)).then(|| {
-            format!(
-                "WITH changed AS ({update} WHERE {in_chunk} RETURNING account_id, contact_id), \
-                 audited AS ({audit} FROM changed ON CONFLICT DO NOTHING) SELECT count(*) FROM changed"
-            )
-        });
-        let mut after = String::new();
+        let run = UpdateRun { account, day: &day, eff, now };
+        // The chunks' key ranges, known up front, are worked side by side on PostgreSQL: one
+        // connection keeps one core busy and the chunks share no rows. SQLite writes one
+        // transaction at a time. Contacts set pending (before the effective instant) while the
+        // chunks ran are found by the next pass; usually that pass finds none.
+        let side_by_side = match self.db {
+            Db::Postgres(_) => 2,
+            Db::Sqlite(_) => 1,
+        };
         loop {
-            let done = with_pool!(&self.db, pool => {
-                let mut tx = pool.begin_write().await?;
-                let end: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(chunk_end.as_str()))
-                    .bind(account).bind(eff).bind(&after).fetch_one(&mut *tx).await?;
-                let Some(end) = end else { break };
-                let n: i64 = match &together {
-                    // PostgreSQL: the audit is written from what the update changed, in one
-                    // statement, so a status change racing the chunk cannot be audited as applied.
-                    Some(q) => sqlx::query_scalar(sqlx::AssertSqlSafe(q.as_str()))
-                        .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
-                        .fetch_one(&mut *tx).await?,
-                    // SQLite: write transactions take turns, so nothing races between the two.
-                    None => {
-                        sqlx::query(sqlx::AssertSqlSafe(format!("{audit} FROM contact_status WHERE {in_chunk} ON CONFLICT DO NOTHING")))
-                            .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
-                            .execute(&mut *tx).await?;
-                        sqlx::query(sqlx::AssertSqlSafe(format!("{update} WHERE {in_chunk}")))
-                            .bind(account).bind(eff).bind(&after).bind(&end).bind(&audit_prefix).bind(&day).bind(micros(now))
-                            .execute(&mut *tx).await?.rows_affected() as i64
-                    }
-                };
-                if n > 0 {
-                    apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
-                    sqlx::query("UPDATE applied_update_dates SET changed = changed + $3 WHERE account_id = $1 AND update_date = $2")
-                        .bind(account).bind(&day).bind(n).execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
-                after = end;
-                n < UPDATE_CHUNK
-            });
-            if done {
+            let ends = self.update_chunk_ends(&run).await?;
+            if ends.is_empty() {
                 break;
+            }
+            let starts = std::iter::once(String::new()).chain(ends.iter().cloned());
+            let mut chunks = futures::stream::iter(starts.zip(ends.iter().cloned()))
+                .map(|(after, end)| {
+                    let run = &run;
+                    async move { self.apply_update_chunk(run, &after, &end).await }
+                })
+                .buffer_unordered(side_by_side);
+            while let Some(done) = chunks.next().await {
+                done?;
             }
         }
         // What this date changed, across interrupted runs too (kept with each chunk).
@@ -688,5 +665,79 @@ impl Store {
             ).bind(account).bind(&day).fetch_one(pool).await?
         });
         Ok(Some(applied))
+    }
+
+    /// The last key of every [`UPDATE_CHUNK`] contacts pending at the run's effective instant,
+    /// in key order, and the last pending key: one walk of the pending index.
+    async fn update_chunk_ends(&self, run: &UpdateRun<'_>) -> Result<Vec<String>, sqlx::Error> {
+        let pending = "FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2";
+        let every = format!(
+            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {pending}) p \
+             WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
+        );
+        let last = format!("SELECT MAX(contact_id) {pending}");
+        let (mut ends, last): (Vec<String>, Option<String>) = with_pool!(&self.db, pool => (
+            sqlx::query_scalar(sqlx::AssertSqlSafe(every)).bind(run.account).bind(run.eff).fetch_all(pool).await?,
+            sqlx::query_scalar(sqlx::AssertSqlSafe(last)).bind(run.account).bind(run.eff).fetch_one(pool).await?,
+        ));
+        if let Some(last) = last.filter(|l| ends.last() != Some(l)) {
+            ends.push(last);
+        }
+        Ok(ends)
+    }
+
+    /// Applies the date to the pending contacts with keys in (`after`, `end`], in one
+    /// transaction with their audit entries and the count; answers how many changed.
+    async fn apply_update_chunk(
+        &self,
+        run: &UpdateRun<'_>,
+        after: &str,
+        end: &str,
+    ) -> Result<i64, sqlx::Error> {
+        let in_chunk =
+            "account_id = $1 AND pending AND updated_at <= $2 AND contact_id > $3 AND contact_id <= $4";
+        // $1 account, $2 effective_at, $3/$4 the chunk's key range, $5 audit id prefix, $6 the
+        // date, $7 now.
+        let audit = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
+                     source_id, user_id, requested_at, effective_at, request_id) \
+                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, ''";
+        let update = "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $6, updated_at = $7";
+        let (account, now, at) = (run.account, run.now, micros(run.now));
+        // Audit ids are the chunk's own prefix and the contact: they cannot collide, so the
+        // insert needs no conflict check (which cost a third of the statement). A contact is
+        // audited again only if the update changed it again.
+        let audit_prefix = format!("{}:", new_id());
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let n: i64 = match self.db {
+                // PostgreSQL: the audit is written from what the update changed, in one
+                // statement, so a status change racing the chunk cannot be audited as applied.
+                Db::Postgres(_) => {
+                    let q = format!(
+                        "WITH changed AS ({update} WHERE {in_chunk} RETURNING account_id, contact_id), \
+                         audited AS ({audit} FROM changed) SELECT count(*) FROM changed"
+                    );
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(q))
+                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
+                        .fetch_one(&mut *tx).await?
+                }
+                // SQLite: write transactions take turns, so nothing races between the two.
+                Db::Sqlite(_) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!("{audit} FROM contact_status WHERE {in_chunk}")))
+                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
+                        .execute(&mut *tx).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!("{update} WHERE {in_chunk}")))
+                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
+                        .execute(&mut *tx).await?.rows_affected() as i64
+                }
+            };
+            if n > 0 {
+                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
+                sqlx::query("UPDATE applied_update_dates SET changed = changed + $3 WHERE account_id = $1 AND update_date = $2")
+                    .bind(account).bind(run.day).bind(n).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            n
+        }))
     }
 }
