@@ -74,6 +74,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
 
+    /// Milliseconds a hot read (an account's usage) may be served from memory (0: never). Writes
+    /// forget it at once; this bounds staleness should a replica miss their notification.
+    #[arg(long, env = "CONTACTIER_READ_CACHE_TTL_MS", default_value_t = 1_000)]
+    pub read_cache_ttl_ms: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,

@@ -37,6 +37,8 @@ pub struct Platform {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
+    /// How long a hot read may be served from memory; see [`crate::read_cache`].
+    pub read_cache_ttl: Duration,
 }
 
 impl Platform {
@@ -69,6 +71,7 @@ impl Platform {
             tls,
             grace: Duration::from_secs(args.shutdown_grace_secs),
             rate_limit: args.rate_limit(),
+            read_cache_ttl: Duration::from_millis(args.read_cache_ttl_ms),
         })
     }
 

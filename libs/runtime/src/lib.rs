@@ -10,6 +10,7 @@ pub mod host;
 pub mod limits;
 pub mod ops;
 pub mod outbox;
+pub mod read_cache;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
