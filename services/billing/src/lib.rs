@@ -22,6 +22,7 @@ use contactier_runtime::auth::{Access, Policy};
 use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
+use contactier_runtime::read_cache::ReadCache;
 use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
 use prost::Message;
@@ -39,6 +40,8 @@ pub const SERVICE: ServiceDef =
     ServiceDef { name: NAME, default_port: 50053, migrations: Some(&MIGRATIONS), build };
 
 const API: &str = "contactier.billing.v1.BillingService";
+/// Accounts whose usage one replica keeps in memory (a few hundred bytes each).
+const USAGE_CACHE_ACCOUNTS: u64 = 100_000;
 const INTERNAL: &str = "contactier.billing.v1.BillingInternalService";
 
 pub fn policy() -> Policy {
@@ -85,9 +88,11 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
 /// events to notification.
 pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow::Result<ServiceSpec> {
     let book = Arc::new(book);
-    let store = store::Store::new(env.db.clone());
     let clock = env.platform.clock.clone();
     let shutdown = env.platform.shutdown.clone();
+    let usage_cache =
+        ReadCache::new(&env.db, env.platform.read_cache_ttl, USAGE_CACHE_ACCOUNTS, shutdown.clone()).await;
+    let store = store::Store::new(env.db.clone(), usage_cache);
 
     let relay_worker = clock.register_worker("billing-relay");
     let relay = relay_worker.waker();

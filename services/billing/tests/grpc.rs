@@ -8,7 +8,9 @@ use common::*;
 use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
 };
+use contactier_runtime::db::Backend;
 use contactier_runtime::testing::{BACKENDS, authed};
+use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test]
@@ -208,6 +210,35 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
             ],
             "{backend:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_replica_serves_the_usage_another_replica_changed() {
+    let b = start(Backend::Postgres).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    // This replica may keep usage for an hour: only the other's change notification can make
+    // it read the new count.
+    let other = pb::billing_service_client::BillingServiceClient::new(
+        b.another_replica_caching(Duration::from_secs(3_600)).await,
+    );
+    let read = b.token(ACCOUNT, &["read"]);
+    let count = |mut api: pb::billing_service_client::BillingServiceClient<_>| {
+        let read = read.clone();
+        async move {
+            let r = api.get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+            r.usage.unwrap().marketing_count
+        }
+    };
+    assert_eq!(count(other.clone()).await, 0);
+    assert_eq!(count(other.clone()).await, 0, "kept");
+
+    b.count("c1", 1, 1_500, 300).await.unwrap();
+    assert_eq!(count(b.api()).await, 1_500, "the writing replica reads its own write");
+    let asked = std::time::Instant::now();
+    while count(other.clone()).await != 1_500 {
+        assert!(asked.elapsed() < Duration::from_secs(10), "the other replica kept the old usage");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -15,6 +15,7 @@ pub use contactier_runtime::convert::pb_date;
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
+use contactier_runtime::read_cache::ReadCache;
 use contactier_runtime::with_pool;
 use invoices::{InvoiceTx, NewInvoice};
 use prost::Message;
@@ -184,14 +185,21 @@ fn notification_event(
     }
 }
 
+/// What a usage read is made of: the subscription, the latest count and the last processed
+/// update period's count.
+pub type Usage = (Subscription, Counts, i64);
+
 #[derive(Clone)]
 pub struct Store {
     db: Db,
+    /// Usage by account (None: no subscription). Every write below that changes what it holds
+    /// forgets the account after committing.
+    usage_cache: ReadCache<Option<Usage>>,
 }
 
 impl Store {
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, usage_cache: ReadCache<Option<Usage>>) -> Self {
+        Self { db, usage_cache }
     }
 
     /// Creates the account's subscription, first to be processed on `first_update`; AlreadyExists
@@ -207,6 +215,7 @@ impl Store {
             edition: crate::api::pb_edition(s.edition) as i32,
             marketing_contacts_enabled: s.marketing_contacts_enabled,
         };
+        let _forget = self.usage_cache.forget_after(&s.account_id);
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let inserted = sqlx::query(
@@ -234,12 +243,16 @@ impl Store {
         row.map(SubscriptionRow::into_model).transpose()
     }
 
-    /// What a usage answer is made of, read in one statement: the subscription, the latest
-    /// count and the last processed update period's count (0 before the first).
-    pub async fn usage(&self, account: &str) -> Result<Option<(Subscription, Counts, i64)>> {
-        let row: Option<UsageRow> = with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(USAGE_QUERY.as_str())).bind(account).fetch_optional(pool).await?);
-        row.map(|r| Ok((r.subscription.into_model()?, r.counts, r.period_count))).transpose()
+    /// What a usage answer is made of, read in one statement (0 for the period's count before
+    /// the first), or from the cache.
+    pub async fn usage(&self, account: &str) -> Result<Option<Usage>> {
+        self.usage_cache
+            .get_or_load(account, || async {
+                let row: Option<UsageRow> = with_pool!(&self.db, pool =>
+                    sqlx::query_as(sqlx::AssertSqlSafe(USAGE_QUERY.as_str())).bind(account).fetch_optional(pool).await?);
+                row.map(|r| Ok((r.subscription.into_model()?, r.counts, r.period_count))).transpose()
+            })
+            .await
     }
 
     pub async fn counts(&self, account: &str) -> Result<Counts> {
@@ -251,6 +264,7 @@ impl Store {
 
     /// Sets (or with 0 clears) the tier asked for the next renewal.
     pub async fn set_renewal_tier(&self, account: &str, tier: i64) -> Result<()> {
+        let _forget = self.usage_cache.forget_after(account);
         with_pool!(&self.db, pool => sqlx::query("UPDATE subscriptions SET renewal_tier = $1 WHERE account_id = $2")
             .bind(tier).bind(account).execute(pool).await?.rows_affected());
         Ok(())
@@ -267,6 +281,7 @@ impl Store {
     ) -> Result<CountOutcome> {
         let c = e.counts;
         let account = e.account_id.as_str();
+        let _forget = self.usage_cache.forget_after(account);
         let outcome = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             if !tx.receive(&e.event_id, now).await? {

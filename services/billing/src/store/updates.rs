@@ -108,6 +108,7 @@ impl Store {
         now: DateTime<Utc>,
         book: &PriceBook,
     ) -> Result<Completed> {
+        let _forget = self.usage_cache.forget_after(account);
         let done = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let q = format!("SELECT {} FROM subscriptions WHERE account_id = $1 AND next_update_date = $2", super::SUBSCRIPTION_COLUMNS);

@@ -149,10 +149,19 @@ pub fn date(y: i32, m: i32, d: i32) -> Option<Date> {
 
 impl Billing {
     /// Starts another billing replica on the same database and peers, as a second pod would.
-    pub async fn another_replica(&self) {
+    pub async fn another_replica(&self) -> Channel {
+        self.another_replica_caching(self.platform.read_cache_ttl).await
+    }
+
+    /// Another replica that may serve usage from memory for `ttl`.
+    pub async fn another_replica_caching(&self, ttl: std::time::Duration) -> Channel {
         let book = contactier_billing::price_book::PriceBook::parse(contactier_billing::price_book::DEFAULT)
             .unwrap();
-        serve(contactier_billing::build_with(self.env.clone(), book).await.unwrap(), &self.platform).await;
+        let env = ServiceEnv {
+            platform: Platform { read_cache_ttl: ttl, ..self.platform.clone() },
+            ..self.env.clone()
+        };
+        channel(serve(contactier_billing::build_with(env, book).await.unwrap(), &self.platform).await)
     }
 
     pub fn token(&self, account: &str, scopes: &[&str]) -> String {
