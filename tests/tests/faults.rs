@@ -1,5 +1,6 @@
 //! Services killed (SIGKILL: no drain, no cleanup) in the middle of their heaviest work, then
-//! started again: an import, a bulk status change, an update date and an invoice run. Each
+//! started again: an import, a bulk status change, an update date, a workflow run and an
+//! invoice run. Each
 //! service runs as its own process on a manual clock; the test watches the work through the
 //! service's database and kills it when the work is part done. Afterwards counts, audit trail,
 //! invoices and alerts are exactly what they would be without the fault.
@@ -382,6 +383,47 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
     assert!(third.already_applied && third.applied == 0, "{backend:?}: {third:?}");
     let changes = f.services.scalar("marketing-status", "status_changes", audit).await?;
     assert_eq!(changes - after, 2 * ROWS as i64, "{backend:?}: a request and an application per contact");
+
+    // 4. Marketing-status killed while a workflow run sets everyone marketing; the queued run
+    // is carried out again after the restart and changes each contact once.
+    let w = mpb::Workflow {
+        name: "everyone is marketing".into(),
+        target: Some(mpb::workflow::Target::Filter(everyone().unwrap())),
+        action: mpb::WorkflowAction::SetMarketing as i32,
+        ..Default::default()
+    };
+    let w = authed(mpb::CreateWorkflowRequest { workflow: Some(w) }, &f.user(ACCOUNT));
+    let w = f.status().create_workflow(w).await?.into_inner().workflow.context("the workflow")?;
+    let run = mpb::RunWorkflowRequest { workflow_id: w.id, request_id: "run-under-fire".into() };
+    let run =
+        f.status().run_workflow(authed(run, &f.user(ACCOUNT))).await?.into_inner().run.context("the run")?;
+    let cut_at = f
+        .kill_when(
+            "marketing-status",
+            "account_counts",
+            &format!("SELECT coalesce(max(marketing), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
+            |m| m > 0 && m < ROWS as i64,
+            |m| m >= ROWS as i64,
+        )
+        .await;
+    f.services.restart("marketing-status").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let get = || async {
+            let req = mpb::GetWorkflowRunRequest { id: run.id.clone() };
+            f.status().get_workflow_run(authed(req, &f.user(ACCOUNT))).await.map(|r| r.into_inner())
+        };
+        let r = retrying("the run's state", get).await.run.context("the run")?;
+        if r.state() == mpb::WorkflowRunState::Succeeded {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{backend:?}: the run cut at {cut_at} is {r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = f.counts_settle("after the workflow run", |c| c.marketing == ROWS as i64).await;
+    assert_eq!((c.pending_non_marketing, c.non_marketing), (0, 0), "{backend:?}: cut at {cut_at}");
+    let by_run = f.services.scalar("marketing-status", "status_changes", audit).await? - changes;
+    assert_eq!(by_run, ROWS as i64, "{backend:?}: one audit entry per contact the run changed");
 
     f.services.stop(backend).await;
     Ok(())
