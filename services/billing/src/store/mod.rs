@@ -85,8 +85,16 @@ struct UsageRow {
     period_count: i64,
 }
 
-const SUBSCRIPTION_COLUMNS: &str = "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-     marketing_contacts_enabled, created_at, next_update_date";
+macro_rules! subscription_columns {
+    () => {
+        "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
+         marketing_contacts_enabled, created_at, next_update_date"
+    };
+}
+const SUBSCRIPTION_COLUMNS: &str = subscription_columns!();
+/// An account's subscription; read inside several write transactions too.
+const SUBSCRIPTION_BY_ACCOUNT: &str =
+    concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1");
 
 /// The subscription, the latest count and the last processed period's count of `$1`, built once:
 /// every usage read runs it.
@@ -237,9 +245,8 @@ impl Store {
     }
 
     pub async fn subscription(&self, account: &str) -> Result<Option<Subscription>> {
-        let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
         let row: Option<SubscriptionRow> = with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(pool).await?);
+            sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(pool).await?);
         row.map(SubscriptionRow::into_model).transpose()
     }
 
@@ -304,9 +311,8 @@ impl Store {
             }
             sqlx::query("UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2")
                 .bind(e.marketing_contacts_enabled).bind(account).execute(&mut *tx).await?;
-            let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
             let row: Option<SubscriptionRow> =
-                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(&mut *tx).await?;
+                sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
             let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
                 tx.commit().await?;
                 return Ok(CountOutcome::NoSubscription);
@@ -411,9 +417,8 @@ impl Store {
             let ups: Vec<UpgradeRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
                 .bind(account).bind(day(upgrade_day)).fetch_all(&mut *tx).await?;
             let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
-            let q = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE account_id = $1");
             let row: Option<SubscriptionRow> =
-                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).fetch_optional(&mut *tx).await?;
+                sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
             let sub = row.ok_or(Error::NotFound("subscription"))?.into_model()?;
             let (from, to) = (first.from_tier, last.to_tier);
             let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
