@@ -179,6 +179,14 @@ macro_rules! remove_contacts {
     }};
 }
 
+/// The columns of a property definition, in the order [`DefinitionRow`] and the tuples read
+/// from [`Store::contact_with_catalog`]'s JSON take them.
+macro_rules! definition_columns {
+    () => {
+        "name, label, type, options, description"
+    };
+}
+
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Db,
@@ -233,9 +241,9 @@ impl Store {
     // ---- property definitions ----
 
     pub async fn custom_definitions(&self, account: &str) -> Result<Vec<Definition>> {
-        let rows: Vec<DefinitionRow> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT name, label, type, options, description FROM property_definitions WHERE account_id = $1 ORDER BY name",
-        ).bind(account).fetch_all(pool).await?);
+        let rows: Vec<DefinitionRow> = with_pool!(&self.db, pool => sqlx::query_as(concat!(
+            "SELECT ", definition_columns!(), " FROM property_definitions WHERE account_id = $1 ORDER BY name",
+        )).bind(account).fetch_all(pool).await?);
         rows.into_iter().map(DefinitionRow::into_definition).collect()
     }
 
@@ -422,16 +430,18 @@ impl Store {
         account: &str,
         key: ContactKey<'_>,
     ) -> Result<Option<(ContactRow, Catalog)>> {
-        // The account's definitions as one JSON array of [name, label, type, options, description].
+        // The account's definitions as one JSON array of arrays of the definition columns.
         let definitions = match self.db {
-            Db::Postgres(_) => {
-                "COALESCE((SELECT json_agg(json_build_array(d.name, d.label, d.type, d.options, d.description)) \
-                 FROM property_definitions d WHERE d.account_id = c.account_id), '[]')::text"
-            }
-            Db::Sqlite(_) => {
-                "(SELECT json_group_array(json_array(d.name, d.label, d.type, d.options, d.description)) \
-                 FROM property_definitions d WHERE d.account_id = c.account_id)"
-            }
+            Db::Postgres(_) => concat!(
+                "COALESCE((SELECT json_agg(json_build_array(",
+                definition_columns!(),
+                ")) FROM property_definitions d WHERE d.account_id = c.account_id), '[]')::text"
+            ),
+            Db::Sqlite(_) => concat!(
+                "(SELECT json_group_array(json_array(",
+                definition_columns!(),
+                ")) FROM property_definitions d WHERE d.account_id = c.account_id)"
+            ),
         };
         let (column, value) = match key {
             ContactKey::Id(id) => ("id", id),
