@@ -138,6 +138,20 @@ impl Fault {
         }
     }
 
+    /// Kills marketing-status once some but not all of the [`ROWS`] contacts are marketing.
+    async fn kill_status_with_marketing_part_set(&mut self) -> i64 {
+        let marketing =
+            format!("SELECT coalesce(max(marketing), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'");
+        self.kill_when(
+            "marketing-status",
+            "account_counts",
+            &marketing,
+            |m| m > 0 && m < ROWS as i64,
+            |m| m >= ROWS as i64,
+        )
+        .await
+    }
+
     /// The account's alerts in notification's feed, newest first.
     async fn alerts(&self, account: &str) -> Result<Vec<npb::Alert>, tonic::Status> {
         let req = npb::ListAlertsRequest { page_size: 500, page_token: String::new() };
@@ -298,15 +312,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
             status.set_marketing_status(authed(req, &token)).await
         })
     };
-    let cut_at = f
-        .kill_when(
-            "marketing-status",
-            "account_counts",
-            &format!("SELECT coalesce(max(marketing), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
-            |m| m > 0 && m < ROWS as i64,
-            |m| m >= ROWS as i64,
-        )
-        .await;
+    let cut_at = f.kill_status_with_marketing_part_set().await;
     assert!(bulk.await?.is_err(), "{backend:?}: the caller sees the cut");
     f.services.restart("marketing-status").await?;
     let r = retrying("the bulk change's retry", || async {
@@ -397,15 +403,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
     let run = mpb::RunWorkflowRequest { workflow_id: w.id, request_id: "run-under-fire".into() };
     let run =
         f.status().run_workflow(authed(run, &f.user(ACCOUNT))).await?.into_inner().run.context("the run")?;
-    let cut_at = f
-        .kill_when(
-            "marketing-status",
-            "account_counts",
-            &format!("SELECT coalesce(max(marketing), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
-            |m| m > 0 && m < ROWS as i64,
-            |m| m >= ROWS as i64,
-        )
-        .await;
+    let cut_at = f.kill_status_with_marketing_part_set().await;
     f.services.restart("marketing-status").await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
