@@ -50,17 +50,9 @@ pub fn import_file(data: &[u8]) -> FileOutcome {
     };
     let plan = import::plan(&header, &catalog).expect("a valid header");
     futures::executor::block_on(async {
-        let mut csv = csv_async::AsyncReaderBuilder::new()
-            .delimiter(plan.delimiter)
-            .flexible(true)
-            .create_reader(std::io::Cursor::new(data));
-        let Ok(headers) = csv.headers().await else {
+        let Ok((headers, csv)) = import::open_csv(std::io::Cursor::new(data), &plan).await else {
             return FileOutcome { unreadable: true, ..FileOutcome::default() };
         };
-        let headers: Vec<String> = headers.iter().map(|h| h.trim().to_owned()).collect();
-        if plan.mapping.keys().chain(plan.opt_in_column.iter()).any(|c| !headers.contains(c)) {
-            return FileOutcome { unreadable: true, ..FileOutcome::default() };
-        }
         let mut out = FileOutcome::default();
         let mut records = csv.into_records();
         let mut number = 0;

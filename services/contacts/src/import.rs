@@ -111,6 +111,32 @@ pub struct Row {
     pub opt_in: bool,
 }
 
+/// A CSV reader of `reader` past its header, with the header's (trimmed) column names; refused
+/// when the header cannot be read or lacks a column the plan maps.
+pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
+    reader: R,
+    plan: &Plan,
+) -> Result<(Vec<String>, csv_async::AsyncReader<R>)> {
+    let mut csv =
+        csv_async::AsyncReaderBuilder::new().delimiter(plan.delimiter).flexible(true).create_reader(reader);
+    let headers: Vec<String> = csv
+        .headers()
+        .await
+        .map_err(|e| Error::invalid("chunk", format!("CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
+        if !headers.contains(column) {
+            return Err(Error::invalid(
+                "header.column_mapping",
+                format!("the file has no column {column:?}"),
+            ));
+        }
+    }
+    Ok((headers, csv))
+}
+
 /// Checks a record against the plan; empty cells leave a property as it is.
 pub fn check_row(
     number: i64,
@@ -275,24 +301,7 @@ async fn run(
         Ok(Err(e)) => Err(std::io::Error::other(e.message().to_owned())),
         Err(_) => Err(std::io::Error::other(format!("nothing arrived for {} s", IDLE.as_secs()))),
     });
-    let reader = tokio_util::io::StreamReader::new(bytes);
-    let mut csv =
-        csv_async::AsyncReaderBuilder::new().delimiter(plan.delimiter).flexible(true).create_reader(reader);
-    let headers: Vec<String> = csv
-        .headers()
-        .await
-        .map_err(|e| Error::invalid("chunk", format!("CSV header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
-    for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
-        if !headers.contains(column) {
-            return Err(Error::invalid(
-                "header.column_mapping",
-                format!("the file has no column {column:?}"),
-            ));
-        }
-    }
+    let (headers, csv) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
     let mut records = csv.into_records();
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     let mut errors: Vec<ImportErrorRow> = Vec::new();
