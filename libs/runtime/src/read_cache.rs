@@ -16,17 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub struct ForgetOnDrop<'a, V: Clone + Send + Sync + 'static> {
-    cache: &'a ReadCache<V>,
-    key: &'a str,
-}
-
-impl<V: Clone + Send + Sync + 'static> Drop for ForgetOnDrop<'_, V> {
-    fn drop(&mut self) {
-        self.cache.forget(self.key);
-    }
-}
-
 /// The notification channel of every cache; payloads are `schema:key` (the trigger's
 /// `TG_TABLE_SCHEMA`), so services and deployments sharing a database ignore each other's.
 pub const CHANNEL: &str = "contactier_read_cache";
@@ -127,6 +116,18 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
     fn set_live(&self, live: bool) {
         self.inner.live.store(live, Ordering::SeqCst);
         self.forget_all();
+    }
+}
+
+/// Forgets its key when dropped; see [`ReadCache::forget_after`].
+pub struct ForgetOnDrop<'a, V: Clone + Send + Sync + 'static> {
+    cache: &'a ReadCache<V>,
+    key: &'a str,
+}
+
+impl<V: Clone + Send + Sync + 'static> Drop for ForgetOnDrop<'_, V> {
+    fn drop(&mut self) {
+        self.cache.forget(self.key);
     }
 }
 
