@@ -20,6 +20,15 @@ use contactier_runtime::with_pool;
 use invoices::{InvoiceTx, NewInvoice};
 use prost::Message;
 
+/// The columns of a subscription, in [`SubscriptionRow`]'s order; a macro so that statements
+/// built from it are constants.
+macro_rules! subscription_columns {
+    () => {
+        "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
+         marketing_contacts_enabled, created_at, next_update_date"
+    };
+}
+
 mod invoices;
 mod updates;
 
@@ -85,30 +94,21 @@ struct UsageRow {
     period_count: i64,
 }
 
-macro_rules! subscription_columns {
-    () => {
-        "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-         marketing_contacts_enabled, created_at, next_update_date"
-    };
-}
-const SUBSCRIPTION_COLUMNS: &str = subscription_columns!();
 /// An account's subscription; read inside several write transactions too.
 const SUBSCRIPTION_BY_ACCOUNT: &str =
     concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1");
 
-/// The subscription, the latest count and the last processed period's count of `$1`, built once:
-/// every usage read runs it.
-static USAGE_QUERY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let columns: Vec<String> = SUBSCRIPTION_COLUMNS.split(", ").map(|c| format!("s.{}", c.trim())).collect();
-    format!(
-        "SELECT {}, COALESCE(c.version, 0) AS version, COALESCE(c.marketing, 0) AS marketing, \
-         COALESCE(c.pending_non_marketing, 0) AS pending_non_marketing, COALESCE(c.non_marketing, 0) AS non_marketing, \
-         COALESCE((SELECT p.period_count FROM update_periods p WHERE p.account_id = s.account_id \
-         ORDER BY p.update_date DESC LIMIT 1), 0) AS period_count \
-         FROM subscriptions s LEFT JOIN account_counts c ON c.account_id = s.account_id WHERE s.account_id = $1",
-        columns.join(", ")
-    )
-});
+/// The subscription, the latest count and the last processed period's count of `$1`. The join
+/// is on `USING (account_id)`, so the subscription's columns need no table prefix.
+const USAGE_QUERY: &str = concat!(
+    "SELECT ",
+    subscription_columns!(),
+    ", COALESCE(c.version, 0) AS version, COALESCE(c.marketing, 0) AS marketing, \
+     COALESCE(c.pending_non_marketing, 0) AS pending_non_marketing, COALESCE(c.non_marketing, 0) AS non_marketing, \
+     COALESCE((SELECT p.period_count FROM update_periods p WHERE p.account_id = s.account_id \
+     ORDER BY p.update_date DESC LIMIT 1), 0) AS period_count \
+     FROM subscriptions s LEFT JOIN account_counts c USING (account_id) WHERE s.account_id = $1"
+);
 
 /// The latest count of an account.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -256,7 +256,7 @@ impl Store {
         self.usage_cache
             .get_or_load(account, || async {
                 let row: Option<UsageRow> = with_pool!(&self.db, pool =>
-                    sqlx::query_as(sqlx::AssertSqlSafe(USAGE_QUERY.as_str())).bind(account).fetch_optional(pool).await?);
+                    sqlx::query_as(USAGE_QUERY).bind(account).fetch_optional(pool).await?);
                 row.map(|r| Ok((r.subscription.into_model()?, r.counts, r.period_count))).transpose()
             })
             .await

@@ -111,8 +111,10 @@ impl Store {
         let _forget = self.usage_cache.forget_after(account);
         let done = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            let q = format!("SELECT {} FROM subscriptions WHERE account_id = $1 AND next_update_date = $2", super::SUBSCRIPTION_COLUMNS);
-            let row: Option<super::SubscriptionRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            let q = concat!(
+                "SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1 AND next_update_date = $2"
+            );
+            let row: Option<super::SubscriptionRow> = sqlx::query_as(q)
                 .bind(account).bind(day(date)).fetch_optional(&mut *tx).await?;
             let Some(sub) = row.map(super::SubscriptionRow::into_model).transpose()? else {
                 return Ok(Completed::default());
