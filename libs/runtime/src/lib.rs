@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod convert;
 pub mod db;

@@ -1,8 +1,10 @@
 //! The service's errors and their one mapping to gRPC status.
 
+use std::sync::Arc;
 use tonic::Status;
 
-#[derive(Debug, thiserror::Error)]
+/// Clone, so one failed read shared by several calls fails each of them.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("{field}: {reason}")]
     InvalidArgument { field: String, reason: String },
@@ -15,7 +17,7 @@ pub enum Error {
     #[error("{0}")]
     Aborted(String),
     #[error("storage: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(Arc<sqlx::Error>),
     #[error("{0}")]
     Internal(String),
 }
@@ -43,6 +45,18 @@ impl Error {
             Error::InvalidArgument { field, .. } => field,
             _ => "",
         }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Db(Arc::new(e))
+    }
+}
+
+impl From<contactier_runtime::coalesce::Unanswered> for Error {
+    fn from(e: contactier_runtime::coalesce::Unanswered) -> Self {
+        Error::Internal(e.to_string())
     }
 }
 

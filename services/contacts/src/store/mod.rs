@@ -13,6 +13,7 @@ use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 mod consent;
 mod imports;
@@ -48,21 +49,6 @@ impl ContactRow {
 
 pub(crate) const CONTACT_COLUMNS: &str =
     "c.id, c.email, c.properties, c.version, c.source_type, c.source_id, c.created_at, c.updated_at";
-
-/// How a single contact is looked up.
-#[derive(Clone, Copy, Debug)]
-pub enum ContactKey<'a> {
-    Id(&'a str),
-    /// The normalised (lower-case) address.
-    Email(&'a str),
-}
-
-#[derive(sqlx::FromRow)]
-struct ContactWithDefinitions {
-    #[sqlx(flatten)]
-    contact: ContactRow,
-    definitions: String,
-}
 
 /// A contact to create.
 #[derive(Clone, Debug)]
@@ -187,9 +173,15 @@ macro_rules! definition_columns {
     };
 }
 
+// After the column macros it reads.
+mod single;
+
+pub use single::ContactKey;
+
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Db,
+    single: Arc<single::Reads>,
 }
 
 fn json(values: &BTreeMap<String, String>) -> String {
@@ -234,8 +226,9 @@ fn options_json(d: &Definition) -> String {
 }
 
 impl Store {
+    /// Needs a Tokio runtime: single reads are shared by a task of their own.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { single: Arc::new(single::reads(db.clone())), db }
     }
 
     // ---- property definitions ----
@@ -421,48 +414,6 @@ impl Store {
             found.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
         }
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
-    }
-
-    /// One contact (by id, or by email key) with the account's property catalog, read in one
-    /// statement: a single read is one round trip.
-    pub async fn contact_with_catalog(
-        &self,
-        account: &str,
-        key: ContactKey<'_>,
-    ) -> Result<Option<(ContactRow, Catalog)>> {
-        // The account's definitions as one JSON array of arrays of the definition columns.
-        let definitions = match self.db {
-            Db::Postgres(_) => concat!(
-                "COALESCE((SELECT json_agg(json_build_array(",
-                definition_columns!(),
-                ")) FROM property_definitions d WHERE d.account_id = c.account_id), '[]')::text"
-            ),
-            Db::Sqlite(_) => concat!(
-                "(SELECT json_group_array(json_array(",
-                definition_columns!(),
-                ")) FROM property_definitions d WHERE d.account_id = c.account_id)"
-            ),
-        };
-        let (column, value) = match key {
-            ContactKey::Id(id) => ("id", id),
-            ContactKey::Email(e) => ("email_key", e),
-        };
-        let q = format!(
-            "SELECT {CONTACT_COLUMNS}, {definitions} AS definitions FROM contacts c \
-             WHERE c.account_id = $1 AND c.{column} = $2"
-        );
-        let row: Option<ContactWithDefinitions> = with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account).bind(value).fetch_optional(pool).await?);
-        let Some(row) = row else { return Ok(None) };
-        let stored: Vec<(String, String, String, String, String)> = serde_json::from_str(&row.definitions)
-            .map_err(|e| Error::Internal(format!("stored definitions: {e}")))?;
-        let custom = stored
-            .into_iter()
-            .map(|(name, label, r#type, options, description)| {
-                DefinitionRow { name, label, r#type, options, description }.into_definition()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Some((row.contact, Catalog::new(custom))))
     }
 
     pub async fn contact_by_email(&self, account: &str, key: &str) -> Result<Option<ContactRow>> {
