@@ -158,6 +158,12 @@ impl Policy {
     }
 }
 
+/// Tokens verified lately, at most.
+const VERIFIED_TOKENS: u64 = 10_000;
+/// How long a verified token is trusted without checking its signature again (its expiry is
+/// checked on every call).
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Signs and verifies tokens with one HMAC secret shared by the deployment.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -166,6 +172,10 @@ pub struct Authenticator {
     validation: Validation,
     issuer: String,
     audience: String,
+    /// Claims of tokens that passed verification, by the token's whole text. A caller sends
+    /// the same token on every call; checking its signature and claims each time cost more
+    /// than the rest of a small read. A changed token is a different key.
+    verified: moka::sync::Cache<String, Arc<Claims>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -191,6 +201,10 @@ impl Authenticator {
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
         }
     }
 
@@ -230,15 +244,35 @@ impl Authenticator {
 
     /// Verifies a bearer token and resolves the account the request acts on.
     pub fn authenticate(&self, token: &str, account_header: Option<&str>) -> Result<Principal, Status> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
-        let claims = data.claims;
+        self.authenticate_at(token, account_header, chrono::Utc::now().timestamp())
+    }
+
+    fn authenticate_at(
+        &self,
+        token: &str,
+        account_header: Option<&str>,
+        now: i64,
+    ) -> Result<Principal, Status> {
+        let claims = match self.verified.get(token) {
+            // The same rule as the first verification: expired once `exp` is a leeway past.
+            Some(c) if c.exp < now - self.validation.leeway as i64 => {
+                return Err(Status::unauthenticated("invalid token: expired"));
+            }
+            Some(c) => c,
+            None => {
+                let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+                    .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
+                let claims = Arc::new(data.claims);
+                self.verified.insert(token.to_owned(), claims.clone());
+                claims
+            }
+        };
         let account = match claims.kind {
             TokenKind::User => {
-                let own = claims
-                    .acct
-                    .filter(|a| !a.is_empty())
-                    .ok_or_else(|| Status::unauthenticated("invalid token: user token names no account"))?;
+                let own =
+                    claims.acct.clone().filter(|a| !a.is_empty()).ok_or_else(|| {
+                        Status::unauthenticated("invalid token: user token names no account")
+                    })?;
                 if account_header.is_some_and(|h| h != own) {
                     return Err(Status::permission_denied("token is not valid for this account"));
                 }
@@ -247,7 +281,7 @@ impl Authenticator {
             TokenKind::Service => account_header.map(str::to_owned),
         };
         Ok(Principal {
-            subject: claims.sub,
+            subject: claims.sub.clone(),
             kind: claims.kind,
             account,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
@@ -407,6 +441,25 @@ mod tests {
         assert!(a.authenticate(&wrong_aud, None).unwrap_err().message().contains("audience"));
 
         assert_eq!(a.authenticate("not.a.jwt", None).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_token_verified_before_still_expires_and_a_changed_one_is_verified_again() {
+        let a = auth();
+        let t = a.user_token("acct-a", "u1", &["read"], chrono::Duration::minutes(5));
+        let now = chrono::Utc::now().timestamp();
+        assert_eq!(a.authenticate_at(&t, None, now).unwrap().account_id().unwrap(), "acct-a");
+        // Within the leeway after its expiry, then past it.
+        assert!(a.authenticate_at(&t, None, now + 5 * 60 + 20).is_ok());
+        let late = a.authenticate_at(&t, None, now + 5 * 60 + 40).unwrap_err();
+        assert_eq!((late.code(), late.message()), (tonic::Code::Unauthenticated, "invalid token: expired"));
+        // The same claims under another signature are not the verified token.
+        let (body, _) = t.rsplit_once('.').unwrap();
+        let tampered = format!("{body}.{}", "A".repeat(43));
+        assert!(a.authenticate_at(&tampered, None, now).unwrap_err().message().contains("signature"));
+        // Nor is a user token's account header checked only once.
+        let err = a.authenticate_at(&t, Some("acct-b"), now).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
