@@ -85,6 +85,10 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
             None => {}
         }
         let started = Instant::now();
+        if b == 5 {
+            // A single read before the restart: the reads' connection is open when it happens.
+            read_one(&contacts, &token, "load000-000@example.com").await.expect("read before the restart");
+        }
         if b == 10 {
             // While the writes go on.
             restart = Some(tokio::task::spawn_blocking(|| {
@@ -131,6 +135,8 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
         }
     }
     let (reads_ok, reads_failed) = reading.await.unwrap();
+    // The single reads' connection died with the server; the next read takes a new one.
+    read_one(&contacts, &token, "load001-001@example.com").await.expect("a read after the restart");
     let restarted = restart.expect("restarted").await.unwrap();
     assert!(during > 0, "writes were made while the database restarted");
 
@@ -158,4 +164,13 @@ async fn postgres_restarted_under_load_loses_and_doubles_nothing() {
          {refused} refused and retried; reads {reads_ok} answered, {reads_failed} refused"
     );
     services.stop(Backend::Postgres).await;
+}
+
+async fn read_one(
+    contacts: &ContactsServiceClient<tonic::transport::Channel>,
+    token: &str,
+    email: &str,
+) -> Result<cpb::Contact, tonic::Status> {
+    let req = cpb::GetContactRequest { key: Some(cpb::get_contact_request::Key::Email(email.into())) };
+    Ok(contacts.clone().get_contact(authed(req, token)).await?.into_inner().contact.expect("a contact"))
 }

@@ -6,12 +6,15 @@ use crate::error::{Error, Result};
 use crate::properties::Catalog;
 use contactier_runtime::coalesce::Coalescer;
 use contactier_runtime::db::Db;
-use contactier_runtime::with_pool;
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Sqlite};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::Mutex;
 
 /// Statements in flight at once; asks meanwhile wait and go together in the next. One gave
-/// the most reads per second on both backends (two and four: 6-23 % fewer on PostgreSQL).
+/// the most reads per second on both backends (two and four: 6-23 % fewer on PostgreSQL);
+/// loads also share one held connection.
 const PARALLEL: usize = 1;
 /// Keys one statement reads at most.
 const MAX_KEYS: usize = 256;
@@ -41,7 +44,45 @@ pub(crate) type Found = (ContactRow, Arc<Catalog>);
 pub(crate) type Reads = Coalescer<Key, Found, Error>;
 
 pub(crate) fn reads(db: Db) -> Reads {
-    Coalescer::new(PARALLEL, MAX_KEYS, move |keys| load(db.clone(), keys))
+    let reader = Arc::new(Reader { db, held: Mutex::default() });
+    Coalescer::new(PARALLEL, MAX_KEYS, move |keys| load(reader.clone(), keys))
+}
+
+/// The loads' connection, kept from one to the next: the pool checks a connection with a
+/// round trip when it hands it out and another when it takes it back, each costing about
+/// as much as the statement. Given up after any failure, so a broken one is not reused.
+struct Reader {
+    db: Db,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    postgres: Option<PoolConnection<Postgres>>,
+    sqlite: Option<PoolConnection<Sqlite>>,
+}
+
+/// Runs `$read` on the held connection `$conn` of the reader's backend, taking one from the
+/// pool first when none is held.
+macro_rules! on_held {
+    ($reader:expr, $held:expr, $conn:ident => $read:expr) => {
+        match &$reader.db {
+            Db::Postgres(pool) => {
+                let $conn = match &mut $held.postgres {
+                    Some(c) => c,
+                    none => none.insert(pool.acquire().await?),
+                };
+                $read
+            }
+            Db::Sqlite(pool) => {
+                let $conn = match &mut $held.sqlite {
+                    Some(c) => c,
+                    none => none.insert(pool.acquire().await?),
+                };
+                $read
+            }
+        }
+    };
 }
 
 #[derive(sqlx::FromRow)]
@@ -54,7 +95,25 @@ struct FoundRow {
 }
 
 /// Reads the keys, one statement per way of looking up.
-async fn load(db: Db, keys: Vec<Key>) -> Result<HashMap<Key, Found>> {
+async fn load(reader: Arc<Reader>, keys: Vec<Key>) -> Result<HashMap<Key, Found>> {
+    let mut held = reader.held.lock().await;
+    let kept = held.postgres.is_some() || held.sqlite.is_some();
+    let mut found = read(&reader, &mut held, &keys).await;
+    if found.is_err() {
+        *held = Held::default();
+        // A kept connection may have died since its last use (the server restarted): the
+        // reads go once more, on a new one.
+        if kept && matches!(found, Err(Error::Db(_))) {
+            found = read(&reader, &mut held, &keys).await;
+            if found.is_err() {
+                *held = Held::default();
+            }
+        }
+    }
+    found
+}
+
+async fn read(reader: &Reader, held: &mut Held, keys: &[Key]) -> Result<HashMap<Key, Found>> {
     let mut found = HashMap::with_capacity(keys.len());
     let mut catalogs: HashMap<String, Arc<Catalog>> = HashMap::new();
     for by in [By::Id, By::Email] {
@@ -66,10 +125,10 @@ async fn load(db: Db, keys: Vec<Key>) -> Result<HashMap<Key, Found>> {
         if asked.is_empty() {
             continue;
         }
-        let rows: Vec<FoundRow> = with_pool!(&db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(statement(&db, by)))
+        let rows: Vec<FoundRow> = on_held!(reader, held, conn =>
+            sqlx::query_as(sqlx::AssertSqlSafe(statement(&reader.db, by)))
                 .bind(serde_json::Value::Array(asked).to_string())
-                .fetch_all(pool)
+                .fetch_all(&mut **conn)
                 .await?);
         for row in rows {
             let catalog = match catalogs.get(&row.asked_account) {
