@@ -5,7 +5,9 @@ use crate::convert::{self, source_type_name};
 use crate::error::{Error, Result};
 use crate::filter;
 use crate::properties::{Catalog, Value};
-use crate::store::{Change, ConsentRow, ContactKey, ContactRow, Cursor, ListRow, NewContact, SortKey, Store};
+use crate::store::{
+    Change, ConsentRow, ContactKey, ContactRow, Cursor, KeepAnswer, ListRow, NewContact, SortKey, Store,
+};
 use crate::{email, import};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1::{self as pb, contacts_service_server::ContactsService};
@@ -145,13 +147,17 @@ impl Api {
         filter::compile(f, catalog, 1).map_err(|e| Error::invalid(e.field, e.reason))
     }
 
-    async fn create(
+    /// Creates the contacts, each with its own outcome, and answers the call with `answer` of
+    /// them. The answer is saved under `request_id` in the transaction that creates them.
+    async fn create<A: Message>(
         &self,
         c: &Caller,
         catalog: &Catalog,
         inputs: Vec<pb::ContactInput>,
         field: &str,
-    ) -> Result<Vec<Result<ContactRow>>> {
+        request_id: &str,
+        answer: impl Fn(Vec<Result<ContactRow>>) -> Result<A> + Sync,
+    ) -> Result<A> {
         let mut checked = Vec::with_capacity(inputs.len());
         let mut refused = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
@@ -162,16 +168,26 @@ impl Api {
             }
         }
         let (idx, news): (Vec<usize>, Vec<NewContact>) = checked.into_iter().unzip();
-        let created = if news.is_empty() {
-            vec![]
-        } else {
-            self.store.create_contacts(&c.account, news, self.clock.now()).await?
+        // Each input's outcome, in input order.
+        let outcomes = |created: Vec<Result<ContactRow>>| {
+            let mut out: Vec<(usize, Result<ContactRow>)> = idx.iter().copied().zip(created).collect();
+            out.extend(refused.iter().map(|(i, e)| (*i, Err(e.clone()))));
+            out.sort_by_key(|(i, _)| *i);
+            out.into_iter().map(|(_, r)| r).collect::<Vec<_>>()
         };
+        if news.is_empty() {
+            // Nothing is written, so the answer is kept on its own.
+            let a = answer(outcomes(vec![]))?;
+            self.keep(&c.account, request_id, &a).await?;
+            return Ok(a);
+        }
+        let encoded = |created: &[Result<ContactRow>]| {
+            answer(outcomes(created.to_vec())).ok().map(|a| a.encode_to_vec())
+        };
+        let keep = KeepAnswer { request_id, answer: &encoded };
+        let created = self.store.create_contacts(&c.account, news, self.clock.now(), Some(keep)).await?;
         self.relay.wake();
-        let mut out: Vec<(usize, Result<ContactRow>)> = idx.into_iter().zip(created).collect();
-        out.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
-        out.sort_by_key(|(i, _)| *i);
-        Ok(out.into_iter().map(|(_, r)| r).collect())
+        answer(outcomes(created))
     }
 
     /// Deletes (or, for GDPR, erases) one contact; NOT_FOUND when it does not exist.
@@ -234,9 +250,12 @@ impl ContactsService for Api {
         }
         let input = r.contact.ok_or_else(|| Error::invalid("contact", "required"))?;
         let catalog = self.store.catalog(&c.account).await?;
-        let row = one(self.create(&c, &catalog, vec![input], "contact").await?)?;
-        let answer = pb::CreateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) };
-        self.keep(&c.account, &r.request_id, &answer).await?;
+        let answer = self
+            .create(&c, &catalog, vec![input], "contact", &r.request_id, |outcomes| {
+                let row = one(outcomes)?;
+                Ok(pb::CreateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) })
+            })
+            .await?;
         Ok(Response::new(answer))
     }
 
@@ -296,18 +315,21 @@ impl ContactsService for Api {
             return Ok(Response::new(first));
         }
         let catalog = self.store.catalog(&c.account).await?;
-        let outcomes = self.create(&c, &catalog, r.contacts, "contacts").await?;
-        let mut answer = pb::BatchCreateContactsResponse::default();
-        for (i, o) in outcomes.into_iter().enumerate() {
-            match o {
-                Ok(row) => answer.results.push(pb::BatchContactResult {
-                    index: i as i32,
-                    contact: Some(convert::contact(row, &catalog, &[])),
-                }),
-                Err(e) => answer.errors.push(batch_error(i, &e)),
-            }
-        }
-        self.keep(&c.account, &r.request_id, &answer).await?;
+        let answer = self
+            .create(&c, &catalog, r.contacts, "contacts", &r.request_id, |outcomes| {
+                let mut answer = pb::BatchCreateContactsResponse::default();
+                for (i, o) in outcomes.into_iter().enumerate() {
+                    match o {
+                        Ok(row) => answer.results.push(pb::BatchContactResult {
+                            index: i as i32,
+                            contact: Some(convert::contact(row, &catalog, &[])),
+                        }),
+                        Err(e) => answer.errors.push(batch_error(i, &e)),
+                    }
+                }
+                Ok(answer)
+            })
+            .await?;
         Ok(Response::new(answer))
     }
 

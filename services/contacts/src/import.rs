@@ -476,7 +476,7 @@ async fn write(
                 user_id: user.to_owned(),
             })
             .collect();
-        for (row, outcome) in creates.iter().zip(api.store.create_contacts(account, news, now).await?) {
+        for (row, outcome) in creates.iter().zip(api.store.create_contacts(account, news, now, None).await?) {
             match outcome {
                 Ok(c) => {
                     import.created += 1;

@@ -50,6 +50,15 @@ impl ContactRow {
 pub(crate) const CONTACT_COLUMNS: &str =
     "c.id, c.email, c.properties, c.version, c.source_type, c.source_id, c.created_at, c.updated_at";
 
+/// A call's answer to save with the write it answers: the encoded answer made from the
+/// write's outcomes, or None when there is none to save (the call fails).
+pub struct KeepAnswer<'a> {
+    pub request_id: &'a str,
+    pub answer: &'a EncodeAnswer<'a>,
+}
+
+pub type EncodeAnswer<'a> = dyn Fn(&[Result<ContactRow>]) -> Option<Vec<u8>> + Sync + 'a;
+
 /// A contact to create.
 #[derive(Clone, Debug)]
 pub struct NewContact {
@@ -302,11 +311,15 @@ impl Store {
 
     /// Creates contacts in one transaction with multi-row inserts; each gets its own outcome
     /// (ALREADY_EXISTS for an email the account has, including one earlier in the same batch).
+    /// `keep` saves the call's answer, made from the outcomes, under its request id in the same
+    /// transaction: a failure between the two would have a retry create nothing and answer
+    /// ALREADY_EXISTS for every contact the first try created.
     pub async fn create_contacts(
         &self,
         account: &str,
         contacts: Vec<NewContact>,
         now: DateTime<Utc>,
+        keep: Option<KeepAnswer<'_>>,
     ) -> Result<Vec<Result<ContactRow>>> {
         let at = micros(now);
         let rows: Vec<(ContactRow, &NewContact)> = contacts
@@ -328,7 +341,7 @@ impl Store {
             })
             .collect();
         let (contacts_per, values_per) = (self.db.rows_per_statement(10), self.db.rows_per_statement(5));
-        let inserted = with_pool!(&self.db, pool => {
+        let outcomes = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
             for chunk in rows.chunks(contacts_per) {
@@ -380,19 +393,27 @@ impl Store {
                 .collect();
             add_total!(tx, account, events.len() as i64);
             send_events!(tx, account, events, now);
+            let outcomes: Vec<Result<ContactRow>> = rows
+                .iter()
+                .map(|(row, _)| {
+                    if inserted.contains(&row.id) {
+                        Ok(row.clone())
+                    } else {
+                        Err(Error::AlreadyExists("a contact with this email exists".into()))
+                    }
+                })
+                .collect();
+            if let Some(KeepAnswer { request_id, answer }) = keep.filter(|k| !k.request_id.is_empty())
+                && let Some(bytes) = answer(&outcomes)
+            {
+                sqlx::query(
+                    "INSERT INTO request_answers (account_id, request_id, answer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                ).bind(account).bind(request_id).bind(bytes).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
-            inserted
+            outcomes
         });
-        Ok(rows
-            .into_iter()
-            .map(|(row, _)| {
-                if inserted.contains(&row.id) {
-                    Ok(row)
-                } else {
-                    Err(Error::AlreadyExists("a contact with this email exists".into()))
-                }
-            })
-            .collect())
+        Ok(outcomes)
     }
 
     /// The contacts with these ids, in the order asked (unknown ids left out), read a chunk of
