@@ -50,6 +50,10 @@ impl ContactRow {
 pub(crate) const CONTACT_COLUMNS: &str =
     "c.id, c.email, c.properties, c.version, c.source_type, c.source_id, c.created_at, c.updated_at";
 
+/// Saves an answer under its request id; the first one saved stays.
+const KEEP_ANSWER: &str =
+    "INSERT INTO request_answers (account_id, request_id, answer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
 /// A call's answer to save with the write it answers: the encoded answer made from the
 /// write's outcomes, or None when there is none to save (the call fails).
 pub struct KeepAnswer<'a> {
@@ -301,9 +305,8 @@ impl Store {
     }
 
     pub async fn keep_answer(&self, account: &str, request_id: &str, answer: &[u8]) -> Result<()> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO request_answers (account_id, request_id, answer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        ).bind(account).bind(request_id).bind(answer).execute(pool).await?.rows_affected());
+        with_pool!(&self.db, pool =>
+            sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).execute(pool).await?.rows_affected());
         Ok(())
     }
 
@@ -406,9 +409,7 @@ impl Store {
             if let Some(KeepAnswer { request_id, answer }) = keep.filter(|k| !k.request_id.is_empty())
                 && let Some(bytes) = answer(&outcomes)
             {
-                sqlx::query(
-                    "INSERT INTO request_answers (account_id, request_id, answer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                ).bind(account).bind(request_id).bind(bytes).execute(&mut *tx).await?;
+                sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             outcomes
