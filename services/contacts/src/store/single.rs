@@ -44,7 +44,8 @@ pub(crate) type Found = (ContactRow, Arc<Catalog>);
 pub(crate) type Reads = Coalescer<Key, Found, Error>;
 
 pub(crate) fn reads(db: Db) -> Reads {
-    let reader = Arc::new(Reader { db, held: Mutex::default() });
+    let statements = [By::Id, By::Email].map(|by| (by, statement(&db, by)));
+    let reader = Arc::new(Reader { db, statements, held: Mutex::default() });
     Coalescer::new(PARALLEL, MAX_KEYS, move |keys| load(reader.clone(), keys))
 }
 
@@ -53,6 +54,8 @@ pub(crate) fn reads(db: Db) -> Reads {
 /// as much as the statement. Given up after any failure, so a broken one is not reused.
 struct Reader {
     db: Db,
+    /// Each way of looking up with its statement, built once.
+    statements: [(By, String); 2],
     held: Mutex<Held>,
 }
 
@@ -99,16 +102,14 @@ async fn load(reader: Arc<Reader>, keys: Vec<Key>) -> Result<HashMap<Key, Found>
     let mut held = reader.held.lock().await;
     let kept = held.postgres.is_some() || held.sqlite.is_some();
     let mut found = read(&reader, &mut held, &keys).await;
+    // A kept connection may have died since its last use (the server restarted): the reads
+    // go once more, on a new one.
+    if kept && matches!(found, Err(Error::Db(_))) {
+        *held = Held::default();
+        found = read(&reader, &mut held, &keys).await;
+    }
     if found.is_err() {
         *held = Held::default();
-        // A kept connection may have died since its last use (the server restarted): the
-        // reads go once more, on a new one.
-        if kept && matches!(found, Err(Error::Db(_))) {
-            found = read(&reader, &mut held, &keys).await;
-            if found.is_err() {
-                *held = Held::default();
-            }
-        }
     }
     found
 }
@@ -116,7 +117,8 @@ async fn load(reader: Arc<Reader>, keys: Vec<Key>) -> Result<HashMap<Key, Found>
 async fn read(reader: &Reader, held: &mut Held, keys: &[Key]) -> Result<HashMap<Key, Found>> {
     let mut found = HashMap::with_capacity(keys.len());
     let mut catalogs: HashMap<String, Arc<Catalog>> = HashMap::new();
-    for by in [By::Id, By::Email] {
+    for (by, statement) in &reader.statements {
+        let by = *by;
         let asked: Vec<serde_json::Value> = keys
             .iter()
             .filter(|k| k.by == by)
@@ -126,7 +128,7 @@ async fn read(reader: &Reader, held: &mut Held, keys: &[Key]) -> Result<HashMap<
             continue;
         }
         let rows: Vec<FoundRow> = on_held!(reader, held, conn =>
-            sqlx::query_as(sqlx::AssertSqlSafe(statement(&reader.db, by)))
+            sqlx::query_as(sqlx::AssertSqlSafe(statement.as_str()))
                 .bind(serde_json::Value::Array(asked).to_string())
                 .fetch_all(&mut **conn)
                 .await?);
