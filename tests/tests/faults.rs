@@ -351,7 +351,8 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
     }
     assert!(alerts.iter().any(|a| a.kind == npb::AlertKind::TierExceeded as i32), "{backend:?}: {alerts:?}");
 
-    // 3. Marketing-status killed while applying an update date; the next call finishes it.
+    // 3. An update date is in effect as soon as it is applied; marketing-status is killed while
+    // it rewrites the contacts' rows afterwards, and the restarted service finishes the rewrite.
     let r = set_everyone(&f, MarketingStatus::NonMarketing, "").await;
     assert_eq!(r.count.unwrap_or_default().pending_non_marketing, ROWS as i64, "{backend:?}");
     let (ms, token) = (f.services.addr("marketing-status"), f.service("billing"));
@@ -365,30 +366,41 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
         let token = token.clone();
         async move { c.apply_update_date(authed(req, &token)).await.map(|r| r.into_inner()) }
     };
-    let first = tokio::spawn(apply());
+    let first = apply().await?;
+    let c = first.count.unwrap_or_default();
+    assert_eq!(
+        (first.applied, c.marketing, c.pending_non_marketing, c.non_marketing),
+        (ROWS as i64, 0, 0, ROWS as i64),
+        "{backend:?}: in effect when answered"
+    );
+    let requested = after + ROWS as i64;
     let cut_at = f
         .kill_when(
             "marketing-status",
-            "account_counts",
-            &format!("SELECT coalesce(max(pending), 0) FROM {{t}} WHERE account_id = '{ACCOUNT}'"),
-            |p| p > 0 && p < ROWS as i64,
-            |p| p == 0,
+            "status_changes",
+            audit,
+            |n| n > requested && n < requested + ROWS as i64,
+            |n| n >= requested + ROWS as i64,
         )
         .await;
-    assert!(first.await?.is_err(), "{backend:?}");
     f.services.restart("marketing-status").await?;
-    let second = retrying("the update date again", apply).await;
-    let c = second.count.unwrap_or_default();
+    let again = retrying("the update date again", apply).await;
+    assert!(again.already_applied && again.applied == 0, "{backend:?}: {again:?}");
+    let c = again.count.unwrap_or_default();
     assert_eq!(
         (c.marketing, c.pending_non_marketing, c.non_marketing),
         (0, 0, ROWS as i64),
-        "{backend:?}: the update date cut at {cut_at} pending"
+        "{backend:?}: the rewrite cut at {cut_at} audit entries"
     );
-    assert_eq!(second.applied, ROWS as i64, "{backend:?}: the answer of an uninterrupted call");
-    let third = retrying("the update date once more", apply).await;
-    assert!(third.already_applied && third.applied == 0, "{backend:?}: {third:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while f.services.scalar("marketing-status", "update_marks", audit).await? > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "{backend:?}: the rewrite was not finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let changes = f.services.scalar("marketing-status", "status_changes", audit).await?;
     assert_eq!(changes - after, 2 * ROWS as i64, "{backend:?}: a request and an application per contact");
+    let pending = "SELECT count(*) FROM {t} WHERE pending OR marketing";
+    assert_eq!(f.services.scalar("marketing-status", "contact_status", pending).await?, 0, "{backend:?}");
 
     // 4. Marketing-status killed while a workflow run sets everyone marketing; the queued run
     // is carried out again after the restart and changes each contact once.

@@ -349,6 +349,8 @@ pub struct Internal {
     pub store: Store,
     pub clock: Clock,
     pub relay: WorkerWaker,
+    /// Rewrites the contacts of applied update dates.
+    pub rewrites: WorkerWaker,
 }
 
 #[tonic::async_trait]
@@ -391,6 +393,7 @@ impl MarketingStatusInternalService for Internal {
             .await
             .map_err(db)?;
         self.relay.wake();
+        self.rewrites.wake();
         let counts = self.store.counts(&r.account_id).await.map_err(db)?;
         Ok(Response::new(pb::ApplyUpdateDateResponse {
             applied: applied.unwrap_or(0),

@@ -3,6 +3,7 @@
 mod admin;
 mod api;
 mod events;
+mod rewrites;
 pub mod rules;
 mod setting;
 mod store;
@@ -106,6 +107,9 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             workflows::Runner { store: store.clone(), contacts: contacts.clone(), relay: relay.clone() };
         let workflows = workflow_worker.waker();
         tokio::spawn(workflows::run(runner, workflow_worker, env.platform.shutdown.clone()));
+        let rewrite_worker = clock.register_worker("marketing-status-rewrites");
+        let rewrites = rewrite_worker.waker();
+        tokio::spawn(rewrites::run(store.clone(), rewrite_worker, env.platform.shutdown.clone()));
         let api = api::Api {
             store: store.clone(),
             clock: clock.clone(),
@@ -113,7 +117,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             contacts,
             workflows,
         };
-        let internal = api::Internal { store, clock, relay };
+        let internal = api::Internal { store, clock, relay, rewrites };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));
         Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })

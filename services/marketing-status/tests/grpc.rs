@@ -621,20 +621,52 @@ async fn concurrent_writers_on_the_same_contacts_keep_the_counts_exact() {
                 }
             });
         }
+        // Meanwhile, update dates are applied, the clock moving on after each.
+        let (clock, token) = (
+            s.platform.clock.clone(),
+            s.platform.authenticator.service_token("billing", chrono::Duration::hours(1)),
+        );
+        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+        let applier = tokio::spawn(async move {
+            let mut applied = 0;
+            for month in 5..=12 {
+                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                let req = pb::ApplyUpdateDateRequest {
+                    account_id: ACCOUNT.into(),
+                    update_date: Some(Date { year: 2026, month, day: 1 }),
+                    effective_at: Some(contactier_runtime::convert::timestamp(
+                        Utc.with_ymd_and_hms(2026, month as u32, 1, 4, 0, 0).unwrap(),
+                    )),
+                };
+                let r = internal
+                    .apply_update_date(authed(req, &token))
+                    .await
+                    .expect("the update date is applied");
+                applied += r.into_inner().applied;
+                clock.advance(chrono::Duration::minutes(1)).await.unwrap();
+            }
+            applied
+        });
         while let Some(done) = writers.join_next().await {
             done.unwrap();
         }
-        let req = pb::BatchGetContactStatusesRequest { contact_ids: ids.clone() };
-        let statuses = s
-            .api()
-            .batch_get_contact_statuses(authed(req, &s.user(ACCOUNT, "u", &["read"])))
-            .await
-            .unwrap()
-            .into_inner()
-            .statuses;
-        assert_eq!(statuses.len(), 300);
-        let marketing = statuses.iter().filter(|c| c.status() == Marketing).count() as i64;
-        let pending = statuses.iter().filter(|c| c.marketable_until_next_update).count() as i64;
+        assert!(applier.await.unwrap() > 0, "{backend:?}: no update date found a pending contact");
+        let statuses = || async {
+            let req = pb::BatchGetContactStatusesRequest { contact_ids: ids.clone() };
+            s.api()
+                .batch_get_contact_statuses(authed(req, &s.user(ACCOUNT, "u", &["read"])))
+                .await
+                .unwrap()
+                .into_inner()
+                .statuses
+        };
+        let shown = statuses().await;
+        assert_eq!(shown.len(), 300);
+        let marketing = shown.iter().filter(|c| c.status() == Marketing).count() as i64;
+        let pending = shown.iter().filter(|c| c.marketable_until_next_update).count() as i64;
         assert_eq!(counts(&s.count().await), (marketing, pending, 300 - marketing), "{backend:?}");
+        // Once the update dates' contacts are rewritten, they read the same.
+        s.platform.clock.advance(chrono::Duration::seconds(1)).await.unwrap();
+        assert_eq!(statuses().await, shown, "{backend:?}");
     }
 }

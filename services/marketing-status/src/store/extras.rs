@@ -90,7 +90,7 @@ impl Store {
         let one = if contact.is_some() { " AND contact_id = $5" } else { "" };
         let q = format!(
             "SELECT id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, requested_at, effective_at, request_id \
-             FROM status_changes WHERE account_id = $1 AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
+             FROM status_trail WHERE account_id = $1 AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
              ORDER BY requested_at DESC, id DESC LIMIT $4"
         );
         Ok(with_pool!(&self.db, pool => {

@@ -3,21 +3,17 @@
 //! for billing in one transaction.
 
 use crate::rules::{self, CountDelta, Outcome, State, Status};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use contactier_proto::billing::v1 as bpb;
-use contactier_runtime::convert::{micros, new_id};
+use contactier_runtime::convert::micros;
 use contactier_runtime::db::{BeginWrite, Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::with_pool;
-use futures::StreamExt;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 
 mod extras;
 pub use extras::{ChangeRow, RunRow, WorkflowRow};
-
-/// Contacts an update date changes per transaction.
-pub const UPDATE_CHUNK: i64 = 10_000;
 
 /// Outbox topic of the count events for billing.
 pub const BILLING_TOPIC: &str = "billing";
@@ -101,14 +97,6 @@ pub struct Actor {
     pub request_id: String,
 }
 
-/// One application of an update date: what every chunk of it writes.
-struct UpdateRun<'a> {
-    account: &'a str,
-    day: &'a str,
-    eff: i64,
-    now: DateTime<Utc>,
-}
-
 /// Adds `d` to the account's counters, bumps the version and queues the new count for billing.
 macro_rules! apply_delta {
     ($tx:expr, $account:expr, $d:expr, $now:expr) => {{
@@ -176,6 +164,9 @@ macro_rules! audit {
     }};
 }
 
+mod update_dates;
+use update_dates::{hold_mark, stamp_after};
+
 const STATUS_COLUMNS: &str = "contact_id, marketing, pending, source_type, source_id, updated_at";
 
 #[derive(Clone)]
@@ -213,7 +204,7 @@ impl Store {
 
     pub async fn statuses(&self, account: &str, ids: &[String]) -> Result<Vec<StatusRow>, sqlx::Error> {
         let q = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+            "SELECT {STATUS_COLUMNS} FROM contact_status_now WHERE account_id = $1 AND {}",
             self.db.json_in("contact_id", 2)
         );
         let wanted = serde_json::to_string(ids).expect("strings");
@@ -375,6 +366,8 @@ impl Store {
             if !tx.receive(event_id, now).await? {
                 return Ok(false);
             }
+            // Its history keeps the update date that changed it.
+            hold_mark!(self.db, tx, account, serde_json::json!([contact]).to_string());
             let q = format!("DELETE FROM contact_status WHERE account_id = $1 AND contact_id = $2 RETURNING {STATUS_COLUMNS}");
             let gone: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
                 .bind(account).bind(contact).fetch_optional(&mut *tx).await?;
@@ -414,6 +407,7 @@ impl Store {
             if !tx.receive(event_id, now).await? {
                 return Ok(false);
             }
+            let at = stamp_after(micros(now), hold_mark!(self.db, tx, account, serde_json::json!([primary, secondary]).to_string()));
             let rows: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
                 .bind(account).bind(primary).bind(secondary).fetch_all(&mut *tx).await?;
             let find = |id: &str| rows.iter().find(|r| r.contact_id == id).cloned();
@@ -425,7 +419,7 @@ impl Store {
                         "UPDATE contact_status SET marketing = $1, pending = $2, source_type = 'MERGE', source_id = $3, updated_at = $4 \
                          WHERE account_id = $5 AND contact_id = $6",
                     )
-                    .bind(to.counts()).bind(to.until_next_update).bind(secondary).bind(micros(now)).bind(account).bind(primary)
+                    .bind(to.counts()).bind(to.until_next_update).bind(secondary).bind(at).bind(account).bind(primary)
                     .execute(&mut *tx).await?;
                     let actor = Actor { source_type: "MERGE".into(), source_id: secondary.into(), user_id: String::new(), request_id: String::new() };
                     audit!(tx, account, primary, from, to, &actor, now, now);
@@ -454,7 +448,7 @@ impl Store {
     pub async fn export(&self, account: &str, contact: &str) -> Result<serde_json::Value, sqlx::Error> {
         let status = self.statuses(account, &[contact.to_owned()]).await?.pop();
         let trail: Vec<(String, String, bool, String, String, i64, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT from_status, to_status, pending, source_type, source_id, requested_at, effective_at FROM status_changes \
+            "SELECT from_status, to_status, pending, source_type, source_id, requested_at, effective_at FROM status_trail \
              WHERE account_id = $1 AND contact_id = $2 ORDER BY requested_at, id",
         ).bind(account).bind(contact).fetch_all(pool).await?);
         Ok(serde_json::json!({
@@ -523,6 +517,7 @@ impl Store {
         let wanted = serde_json::to_string(contacts).expect("strings");
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
+            let at = stamp_after(at, hold_mark!(self.db, tx, account, &wanted));
             let mut total = CountDelta::default();
             let rows: Vec<StatusRow> =
                 sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?;
@@ -602,142 +597,5 @@ impl Store {
             SetOutcome::Done(outcomes, counts)
         });
         Ok(result)
-    }
-
-    /// Every contact pending at `effective_at` becomes non-marketing, in set-based statements
-    /// of [`UPDATE_CHUNK`] contacts a transaction, once per (account, update date). A run cut
-    /// off half way is finished by the next call; a contact set pending after the processing
-    /// instant waits for the next update date. Answers how many changed (None if the date was
-    /// completed before).
-    pub async fn apply_update_date(
-        &self,
-        account: &str,
-        date: NaiveDate,
-        effective_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<Option<i64>, sqlx::Error> {
-        let day = date.format("%Y-%m-%d").to_string();
-        let eff = micros(effective_at);
-        // applied = -1 marks a date begun and not finished.
-        let state: Option<i64> = with_pool!(&self.db, pool => {
-            sqlx::query(
-                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at) VALUES ($1, $2, -1, $3) \
-                 ON CONFLICT (account_id, update_date) DO NOTHING",
-            ).bind(account).bind(&day).bind(micros(now)).execute(pool).await?;
-            sqlx::query_scalar("SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2")
-                .bind(account).bind(&day).fetch_optional(pool).await?
-        });
-        if state.is_some_and(|a| a >= 0) {
-            return Ok(None);
-        }
-        // Statistics of a table that grew fast may still say it is small, and the planner
-        // would then sort every pending contact for each chunk instead of walking the key.
-        with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
-        let run = UpdateRun { account, day: &day, eff, now };
-        // The chunks' key ranges, known up front, are worked side by side on PostgreSQL: one
-        // connection keeps one core busy and the chunks share no rows. SQLite writes one
-        // transaction at a time. Contacts set pending (before the effective instant) while the
-        // chunks ran are found by the next pass; usually that pass finds none.
-        let side_by_side = match self.db {
-            Db::Postgres(_) => 2,
-            Db::Sqlite(_) => 1,
-        };
-        loop {
-            let ends = self.update_chunk_ends(&run).await?;
-            if ends.is_empty() {
-                break;
-            }
-            let starts = std::iter::once(String::new()).chain(ends.iter().cloned());
-            let mut chunks = futures::stream::iter(starts.zip(ends.iter().cloned()))
-                .map(|(after, end)| {
-                    let run = &run;
-                    async move { self.apply_update_chunk(run, &after, &end).await }
-                })
-                .buffer_unordered(side_by_side);
-            while let Some(done) = chunks.next().await {
-                done?;
-            }
-        }
-        // What this date changed, across interrupted runs too (kept with each chunk).
-        let applied: i64 = with_pool!(&self.db, pool => {
-            sqlx::query_scalar(
-                "UPDATE applied_update_dates SET applied = changed WHERE account_id = $1 AND update_date = $2 RETURNING applied",
-            ).bind(account).bind(&day).fetch_one(pool).await?
-        });
-        Ok(Some(applied))
-    }
-
-    /// The last key of every [`UPDATE_CHUNK`] contacts pending at the run's effective instant,
-    /// in key order, and the last pending key: one walk of the pending index.
-    async fn update_chunk_ends(&self, run: &UpdateRun<'_>) -> Result<Vec<String>, sqlx::Error> {
-        let pending = "FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2";
-        let every = format!(
-            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {pending}) p \
-             WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
-        );
-        let last = format!("SELECT MAX(contact_id) {pending}");
-        let (mut ends, last): (Vec<String>, Option<String>) = with_pool!(&self.db, pool => (
-            sqlx::query_scalar(sqlx::AssertSqlSafe(every)).bind(run.account).bind(run.eff).fetch_all(pool).await?,
-            sqlx::query_scalar(sqlx::AssertSqlSafe(last)).bind(run.account).bind(run.eff).fetch_one(pool).await?,
-        ));
-        if let Some(last) = last.filter(|l| ends.last() != Some(l)) {
-            ends.push(last);
-        }
-        Ok(ends)
-    }
-
-    /// Applies the date to the pending contacts with keys in (`after`, `end`], in one
-    /// transaction with their audit entries and the count; answers how many changed.
-    async fn apply_update_chunk(
-        &self,
-        run: &UpdateRun<'_>,
-        after: &str,
-        end: &str,
-    ) -> Result<i64, sqlx::Error> {
-        let in_chunk =
-            "account_id = $1 AND pending AND updated_at <= $2 AND contact_id > $3 AND contact_id <= $4";
-        // $1 account, $2 effective_at, $3/$4 the chunk's key range, $5 audit id prefix, $6 the
-        // date, $7 now.
-        let audit = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, source_type, \
-                     source_id, user_id, requested_at, effective_at, request_id) \
-                     SELECT account_id, $5 || contact_id, contact_id, 'marketing', 'non_marketing', false, 'SYSTEM', $6, '', $7, $2, ''";
-        let update = "UPDATE contact_status SET marketing = false, pending = false, source_type = 'SYSTEM', source_id = $6, updated_at = $7";
-        let (account, now, at) = (run.account, run.now, micros(run.now));
-        // Audit ids are the chunk's own prefix and the contact: they cannot collide, so the
-        // insert needs no conflict check (which cost a third of the statement). A contact is
-        // audited again only if the update changed it again.
-        let audit_prefix = format!("{}:", new_id());
-        Ok(with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let n: i64 = match self.db {
-                // PostgreSQL: the audit is written from what the update changed, in one
-                // statement, so a status change racing the chunk cannot be audited as applied.
-                Db::Postgres(_) => {
-                    let q = format!(
-                        "WITH changed AS ({update} WHERE {in_chunk} RETURNING account_id, contact_id), \
-                         audited AS ({audit} FROM changed) SELECT count(*) FROM changed"
-                    );
-                    sqlx::query_scalar(sqlx::AssertSqlSafe(q))
-                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
-                        .fetch_one(&mut *tx).await?
-                }
-                // SQLite: write transactions take turns, so nothing races between the two.
-                Db::Sqlite(_) => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("{audit} FROM contact_status WHERE {in_chunk}")))
-                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
-                        .execute(&mut *tx).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(format!("{update} WHERE {in_chunk}")))
-                        .bind(account).bind(run.eff).bind(after).bind(end).bind(&audit_prefix).bind(run.day).bind(at)
-                        .execute(&mut *tx).await?.rows_affected() as i64
-                }
-            };
-            if n > 0 {
-                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
-                sqlx::query("UPDATE applied_update_dates SET changed = changed + $3 WHERE account_id = $1 AND update_date = $2")
-                    .bind(account).bind(run.day).bind(n).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            n
-        }))
     }
 }

@@ -1,0 +1,545 @@
+//! Update dates. Applying one is a single transaction: a mark naming the pending contacts it
+//! covers, and the new counts. The covered contacts read as non-marketing at once through the
+//! views `contact_status_now` and `status_trail`; their rows and audit entries are rewritten
+//! afterwards, a chunk at a time ([`Store::rewrite`]), into exactly what the views showed.
+//! Writers of a covered contact rewrite it first (`hold_mark!`).
+
+use super::{BILLING_TOPIC, Counts, Store};
+use crate::rules::CountDelta;
+use chrono::{DateTime, NaiveDate, Utc};
+use contactier_proto::billing::v1 as bpb;
+use contactier_runtime::convert::{micros, new_id};
+use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::outbox::{EventTx, new_event_id};
+use contactier_runtime::with_pool;
+use futures::StreamExt;
+use prost::Message;
+
+/// Contacts rewritten per transaction.
+pub const UPDATE_CHUNK: i64 = 10_000;
+
+/// PostgreSQL advisory lock class of an account's mark: shared by status writers, exclusive
+/// while a date is applied, so the count taken under it and the rows writers change agree.
+pub const MARK_LOCK: i32 = 7301;
+
+/// How long a rewrite chunk waits for a row a writer holds (PostgreSQL).
+const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '200ms'";
+/// PostgreSQL's code for a lock wait that ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Rows `s` covered by their account's mark `m`; `$1` is the account.
+const COVERED: &str =
+    "m.account_id = s.account_id AND s.account_id = $1 AND s.pending AND s.updated_at <= m.cutoff";
+
+const REWRITE: &str = "UPDATE contact_status AS s SET marketing = FALSE, pending = FALSE, source_type = 'SYSTEM', \
+                       source_id = m.update_date, updated_at = m.applied_at FROM update_marks AS m WHERE";
+
+const AUDIT: &str = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+                     source_type, source_id, user_id, requested_at, effective_at, request_id) \
+                     SELECT account_id, audit_prefix || contact_id, contact_id, 'marketing', 'non_marketing', FALSE, \
+                     'SYSTEM', update_date, '', applied_at, effective_at, ''";
+
+const COVERED_COLUMNS: &str =
+    "s.account_id, s.contact_id, m.audit_prefix, m.update_date, m.applied_at, m.effective_at";
+
+/// The statements that rewrite the covered rows among those matching `which` (an SQL
+/// condition on `s`, with parameters from `$2`) and write their audit entries; the last one's
+/// row count is how many were rewritten. The entries are what `status_trail` showed for them.
+/// With `lock_first` (PostgreSQL), every row matching `which` is locked first, in key order, as
+/// status writers lock theirs, so a writer holds all its rows before it rewrites any.
+pub(super) fn rewrite_statements(db: &Db, which: &str, lock_first: bool) -> Vec<String> {
+    match db {
+        // One statement: only rows the update changed are audited, so a writer racing the
+        // rewrite of the same contact cannot get it audited twice.
+        Db::Postgres(_) if lock_first => vec![format!(
+            "WITH locked AS (SELECT s.contact_id FROM contact_status AS s WHERE s.account_id = $1 AND {which} \
+             ORDER BY s.contact_id FOR UPDATE), \
+             changed AS ({REWRITE} {COVERED} AND s.contact_id IN (SELECT contact_id FROM locked) \
+             RETURNING {COVERED_COLUMNS}) {AUDIT} FROM changed"
+        )],
+        Db::Postgres(_) => vec![format!(
+            "WITH changed AS ({REWRITE} {COVERED} AND {which} RETURNING {COVERED_COLUMNS}) {AUDIT} FROM changed"
+        )],
+        // SQLite: write transactions take turns, so nothing races between the two.
+        Db::Sqlite(_) => vec![
+            format!(
+                "{AUDIT} FROM (SELECT {COVERED_COLUMNS} FROM contact_status AS s, update_marks AS m \
+                 WHERE {COVERED} AND {which})"
+            ),
+            format!("{REWRITE} {COVERED} AND {which}"),
+        ],
+    }
+}
+
+/// Runs [`rewrite_statements`] in `$tx` with the account and the condition's parameters;
+/// answers how many contacts were rewritten.
+macro_rules! rewrite_rows {
+    ($tx:expr, $statements:expr, $account:expr $(, $bind:expr)*) => {{
+        let mut n = 0u64;
+        for s in $statements.iter() {
+            n = sqlx::query(sqlx::AssertSqlSafe(s.as_str())).bind($account)$(.bind($bind))*
+                .execute(&mut *$tx).await?.rows_affected();
+        }
+        n as i64
+    }};
+}
+pub(super) use rewrite_rows;
+
+/// In a status writer's transaction: holds the account's mark (PostgreSQL: shared lock) and
+/// rewrites the named contacts (a JSON array) it covers, so the writer reads and changes
+/// stored rows as they are in effect. Answers the mark's cutoff: the writer's times must come
+/// after it, or a contact it sets pending would read as covered without being counted.
+macro_rules! hold_mark {
+    ($db:expr, $tx:expr, $account:expr, $ids:expr) => {{
+        if let contactier_runtime::db::Db::Postgres(_) = $db {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
+                .bind($crate::store::update_dates::MARK_LOCK)
+                .bind($account)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        let cutoff: Option<i64> = sqlx::query_scalar("SELECT cutoff FROM update_marks WHERE account_id = $1")
+            .bind($account)
+            .fetch_optional(&mut *$tx)
+            .await?;
+        if cutoff.is_some() {
+            let statements =
+                $crate::store::update_dates::rewrite_statements(&$db, &$db.json_in("s.contact_id", 2), true);
+            $crate::store::update_dates::rewrite_rows!($tx, statements, $account, $ids);
+        }
+        cutoff
+    }};
+}
+pub(super) use hold_mark;
+
+/// The newest time a writer may stamp, given the account's mark: after its cutoff.
+pub fn stamp_after(at: i64, cutoff: Option<i64>) -> i64 {
+    cutoff.map_or(at, |c| at.max(c + 1))
+}
+
+/// The contacts a date covers: pending, and set so at or before this instant. A contact set
+/// pending after the processing instant waits for the next date; so does one set pending
+/// after the date was applied (when applied before its effective instant).
+pub fn cutoff(effective_at: i64, applied_at: i64) -> i64 {
+    effective_at.min(applied_at)
+}
+
+enum Marked {
+    Applied(i64),
+    AlreadyApplied,
+    /// An earlier date's contacts are not all rewritten yet.
+    EarlierPending,
+}
+
+impl Store {
+    /// Every contact pending at `effective_at` becomes non-marketing, once per (account, update
+    /// date): in effect when this returns, rewritten in the background ([`Store::rewrite`]).
+    /// Answers how many changed (None if the date was applied before).
+    pub async fn apply_update_date(
+        &self,
+        account: &str,
+        date: NaiveDate,
+        effective_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        let day = date.format("%Y-%m-%d").to_string();
+        loop {
+            match self.mark(account, &day, micros(effective_at), now).await? {
+                Marked::Applied(n) => return Ok(Some(n)),
+                Marked::AlreadyApplied => return Ok(None),
+                // Its contacts would be counted again under this date's mark.
+                Marked::EarlierPending => {
+                    self.rewrite(account).await?;
+                }
+            }
+        }
+    }
+
+    async fn mark(
+        &self,
+        account: &str,
+        day: &str,
+        eff: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Marked, sqlx::Error> {
+        let cutoff = cutoff(eff, micros(now));
+        let prefix = format!("{}:", new_id());
+        Ok(with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            if let Db::Postgres(_) = self.db {
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(MARK_LOCK).bind(account).execute(&mut *tx).await?;
+            }
+            // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2",
+            ).bind(account).bind(day).fetch_optional(&mut *tx).await?;
+            if applied.is_some_and(|a| a >= 0) {
+                return Ok(Marked::AlreadyApplied);
+            }
+            let earlier: Option<i64> = sqlx::query_scalar("SELECT cutoff FROM update_marks WHERE account_id = $1")
+                .bind(account).fetch_optional(&mut *tx).await?;
+            if let Some(earlier) = earlier {
+                let left: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2)",
+                ).bind(account).bind(earlier).fetch_one(&mut *tx).await?;
+                if left {
+                    return Ok(Marked::EarlierPending);
+                }
+                sqlx::query("DELETE FROM update_marks WHERE account_id = $1").bind(account).execute(&mut *tx).await?;
+            }
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2",
+            ).bind(account).bind(cutoff).fetch_one(&mut *tx).await?;
+            if n > 0 {
+                sqlx::query(
+                    "INSERT INTO update_marks (account_id, update_date, effective_at, applied_at, cutoff, audit_prefix) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                ).bind(account).bind(day).bind(eff).bind(micros(now)).bind(cutoff).bind(&prefix)
+                .execute(&mut *tx).await?;
+                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
+            }
+            let applied: i64 = sqlx::query_scalar(
+                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at, changed) \
+                 VALUES ($1, $2, $3, $4, $3) ON CONFLICT (account_id, update_date) DO UPDATE \
+                 SET applied = applied_update_dates.changed + excluded.changed, \
+                 changed = applied_update_dates.changed + excluded.changed RETURNING applied",
+            ).bind(account).bind(day).bind(n).bind(micros(now)).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Marked::Applied(applied)
+        }))
+    }
+
+    /// Accounts with contacts still to be rewritten.
+    pub async fn marked_accounts(&self) -> Result<Vec<String>, sqlx::Error> {
+        Ok(
+            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT account_id FROM update_marks ORDER BY account_id")
+            .fetch_all(pool).await?),
+        )
+    }
+
+    /// Rewrites the contacts the account's mark covers, a chunk at a time, then drops the mark.
+    /// Safe beside writers and another rewrite of the same account (a rewritten row is no longer
+    /// covered). Answers how many this call rewrote.
+    pub async fn rewrite(&self, account: &str) -> Result<i64, sqlx::Error> {
+        // Statistics of a table that grew fast may still say it is small, and the planner
+        // would then sort every pending contact for each chunk instead of walking the key.
+        with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
+        // The chunks share no rows: on PostgreSQL two run side by side, as one connection
+        // keeps one core busy. SQLite writes one transaction at a time.
+        let side_by_side = match self.db {
+            Db::Postgres(_) => 2,
+            Db::Sqlite(_) => 1,
+        };
+        // Not locked first: locking every row before rewriting it costs half as much again. A
+        // chunk's rows are then locked in the order the plan visits them, which may not be key
+        // order, so a chunk waits at most LOCK_WAIT for a writer's row and is tried again on the
+        // next pass: a writer and a chunk never wait for each other in a circle.
+        let statements = rewrite_statements(&self.db, "s.contact_id > $2 AND s.contact_id <= $3", false);
+        let mut total = 0;
+        loop {
+            let mark: Option<(i64, String)> = with_pool!(&self.db, pool => sqlx::query_as(
+                "SELECT cutoff, audit_prefix FROM update_marks WHERE account_id = $1",
+            ).bind(account).fetch_optional(pool).await?);
+            let Some((cutoff, prefix)) = mark else { return Ok(total) };
+            let ends = self.chunk_ends(account, cutoff).await?;
+            let starts = std::iter::once(String::new()).chain(ends.iter().cloned());
+            let mut chunks = futures::stream::iter(starts.zip(ends.iter().cloned()))
+                .map(|(after, end)| {
+                    let statements = &statements;
+                    async move {
+                        let chunk = async {
+                            Ok::<_, sqlx::Error>(with_pool!(&self.db, pool => {
+                                let mut tx = pool.begin_write().await?;
+                                if let Db::Postgres(_) = self.db {
+                                    sqlx::query(LOCK_WAIT).execute(&mut *tx).await?;
+                                }
+                                let n = rewrite_rows!(tx, statements, account, &after, &end);
+                                tx.commit().await?;
+                                n
+                            }))
+                        };
+                        match chunk.await {
+                            Err(sqlx::Error::Database(e))
+                                if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                            {
+                                Ok(0)
+                            }
+                            other => other,
+                        }
+                    }
+                })
+                .buffer_unordered(side_by_side);
+            let mut pass = 0;
+            while let Some(n) = chunks.next().await {
+                pass += n?;
+            }
+            total += pass;
+            // Dropped once nothing it covers is left; a writer may still be rewriting a
+            // contact, and then the next pass finds it.
+            let dropped = with_pool!(&self.db, pool => sqlx::query(
+                "DELETE FROM update_marks WHERE account_id = $1 AND audit_prefix = $2 AND NOT EXISTS \
+                 (SELECT 1 FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $3)",
+            ).bind(account).bind(&prefix).bind(cutoff).execute(pool).await?.rows_affected());
+            if dropped == 1 {
+                tracing::info!(account, rewritten = total, "update date rewritten");
+            } else if pass == 0 {
+                // What is left is being rewritten by a writer right now.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// The last key of every [`UPDATE_CHUNK`] contacts pending at or before `cutoff`, in key
+    /// order, and the last pending key: one walk of the pending index.
+    async fn chunk_ends(&self, account: &str, cutoff: i64) -> Result<Vec<String>, sqlx::Error> {
+        let pending = "FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2";
+        let every = format!(
+            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {pending}) p \
+             WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
+        );
+        let last = format!("SELECT MAX(contact_id) {pending}");
+        let (mut ends, last): (Vec<String>, Option<String>) = with_pool!(&self.db, pool => (
+            sqlx::query_scalar(sqlx::AssertSqlSafe(every)).bind(account).bind(cutoff).fetch_all(pool).await?,
+            sqlx::query_scalar(sqlx::AssertSqlSafe(last)).bind(account).bind(cutoff).fetch_one(pool).await?,
+        ));
+        if let Some(last) = last.filter(|l| ends.last() != Some(l)) {
+            ends.push(last);
+        }
+        Ok(ends)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{State, Status};
+    use crate::store::{Actor, ChangeRow, Created, StatusRow};
+    use chrono::TimeZone;
+    use contactier_runtime::testing::{BACKENDS, TestDb};
+
+    #[test]
+    fn a_date_covers_contacts_set_pending_up_to_its_instant_or_its_application() {
+        // Applied after its processing instant: what was pending at the instant.
+        assert_eq!(cutoff(1_000, 5_000), 1_000);
+        // Applied early: only what was pending when applied; later requests wait.
+        assert_eq!(cutoff(9_000, 5_000), 5_000);
+    }
+
+    #[test]
+    fn writers_stamp_after_the_cutoff() {
+        assert_eq!(stamp_after(100, None), 100);
+        assert_eq!(stamp_after(100, Some(50)), 100);
+        // A clock behind the date's instant would make a new pending request read as covered.
+        assert_eq!(stamp_after(100, Some(100)), 101);
+        assert_eq!(stamp_after(100, Some(400)), 401);
+    }
+
+    const ACCOUNT: &str = "acct-u";
+
+    fn at(day: u32, hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 5, day, hour, 0, 0).unwrap()
+    }
+
+    fn user() -> Actor {
+        Actor {
+            source_type: "USER".into(),
+            source_id: "u1".into(),
+            user_id: "u1".into(),
+            request_id: String::new(),
+        }
+    }
+
+    async fn store(backend: contactier_runtime::db::Backend) -> (Store, TestDb) {
+        let t = TestDb::new(backend, "marketing-status").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        (Store::new(t.db.clone()), t)
+    }
+
+    /// `n` marketing contacts c0.. created on 1 May.
+    async fn contacts(s: &Store, n: usize) -> Vec<String> {
+        let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let items = ids
+            .iter()
+            .map(|id| Created {
+                event_id: format!("ev-{id}"),
+                contact_id: id.clone(),
+                initial: State { status: Status::Marketing, until_next_update: false },
+                actor: user(),
+            })
+            .collect::<Vec<_>>();
+        s.contacts_created(ACCOUNT, &items, at(1, 8)).await.unwrap();
+        ids
+    }
+
+    async fn set(s: &Store, ids: &[String], status: Status, now: DateTime<Utc>) {
+        s.set_status(ACCOUNT, ids, status, &user(), now, None).await.unwrap();
+    }
+
+    async fn trail(s: &Store) -> Vec<ChangeRow> {
+        s.changes(ACCOUNT, None, (i64::MAX, ""), 1_000).await.unwrap()
+    }
+
+    fn date(day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 6, day).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_applied_date_is_in_effect_at_once_and_the_rewrite_stores_what_it_showed() {
+        for backend in BACKENDS {
+            let (s, _t) = store(backend).await;
+            let ids = contacts(&s, 5).await;
+            set(&s, &ids[..4], Status::NonMarketing, at(15, 9)).await;
+            let applied = s
+                .apply_update_date(
+                    ACCOUNT,
+                    date(1),
+                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(applied, Some(4), "{backend:?}");
+            let c = s.counts(ACCOUNT).await.unwrap();
+            assert_eq!((c.marketing, c.pending, c.non_marketing), (1, 0, 4), "{backend:?}");
+            let now: Vec<StatusRow> = s.statuses(ACCOUNT, &ids).await.unwrap();
+            for r in &now[..4] {
+                assert!(!r.marketing && !r.pending, "{backend:?}: {r:?}");
+                assert_eq!(
+                    (r.source_type.as_str(), r.source_id.as_str()),
+                    ("SYSTEM", "2026-06-01"),
+                    "{backend:?}"
+                );
+            }
+            assert!(now[4].marketing && !now[4].pending, "{backend:?}");
+            let export = s.export(ACCOUNT, "c0").await.unwrap();
+            let steps: Vec<(&str, &str, bool)> = export["status_changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["source_type"].as_str().unwrap(),
+                        c["to"].as_str().unwrap(),
+                        c["pending"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            let expected = [
+                ("USER", "marketing", false),
+                ("USER", "marketing", true),
+                ("SYSTEM", "non_marketing", false),
+            ];
+            assert_eq!(steps, expected, "{backend:?}: created, asked non-marketing, then the update date");
+            // A writer of a covered contact sees it non-marketing; its history keeps the date.
+            set(&s, &ids[1..2], Status::Marketing, Utc.with_ymd_and_hms(2026, 6, 2, 9, 0, 0).unwrap()).await;
+            let c1: Vec<(String, String)> = s
+                .changes(ACCOUNT, Some("c1"), (i64::MAX, ""), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.source_type, c.to_status))
+                .collect();
+            assert_eq!(
+                c1[..2],
+                [("USER".into(), "marketing".into()), ("SYSTEM".into(), "non_marketing".into())],
+                "{backend:?}"
+            );
+            s.contact_deleted(
+                "ev-del",
+                ACCOUNT,
+                "c2",
+                false,
+                Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap(),
+            )
+            .await
+            .unwrap();
+            let c = s.counts(ACCOUNT).await.unwrap();
+            assert_eq!((c.marketing, c.pending, c.non_marketing), (2, 0, 2), "{backend:?}");
+            assert_eq!(
+                s.apply_update_date(ACCOUNT, date(1), at(1, 4), at(1, 4)).await.unwrap(),
+                None,
+                "{backend:?}"
+            );
+
+            let (before, shown) = (trail(&s).await, s.statuses(ACCOUNT, &ids).await.unwrap());
+            assert_eq!(
+                before.iter().filter(|c| c.source_type == "SYSTEM").count(),
+                4,
+                "{backend:?}: {before:?}"
+            );
+            assert_eq!(s.marked_accounts().await.unwrap(), [ACCOUNT], "{backend:?}");
+            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 2, "{backend:?}: c0 and c3 were left");
+            assert!(s.marked_accounts().await.unwrap().is_empty(), "{backend:?}");
+            assert_eq!(trail(&s).await, before, "{backend:?}");
+            assert_eq!(s.statuses(ACCOUNT, &ids).await.unwrap(), shown, "{backend:?}");
+            assert_eq!(s.counts(ACCOUNT).await.unwrap(), c, "{backend:?}");
+            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 0, "{backend:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_later_date_waits_until_the_earlier_one_is_rewritten() {
+        for backend in BACKENDS {
+            let (s, _t) = store(backend).await;
+            let ids = contacts(&s, 3).await;
+            set(&s, &ids[..2], Status::NonMarketing, at(15, 9)).await;
+            let first = s
+                .apply_update_date(
+                    ACCOUNT,
+                    date(1),
+                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(first, Some(2), "{backend:?}");
+            set(&s, &ids[2..], Status::NonMarketing, Utc.with_ymd_and_hms(2026, 6, 10, 9, 0, 0).unwrap())
+                .await;
+            let july = Utc.with_ymd_and_hms(2026, 7, 1, 4, 0, 0).unwrap();
+            let second = s
+                .apply_update_date(ACCOUNT, NaiveDate::from_ymd_opt(2026, 7, 1).unwrap(), july, july)
+                .await
+                .unwrap();
+            assert_eq!(second, Some(1), "{backend:?}: only the contact set pending since");
+            let c = s.counts(ACCOUNT).await.unwrap();
+            assert_eq!((c.marketing, c.pending, c.non_marketing), (0, 0, 3), "{backend:?}");
+            s.rewrite(ACCOUNT).await.unwrap();
+            let by_date: Vec<String> = trail(&s)
+                .await
+                .into_iter()
+                .filter(|c| c.source_type == "SYSTEM")
+                .map(|c| format!("{} {}", c.contact_id, c.source_id))
+                .collect();
+            assert_eq!(by_date, ["c2 2026-07-01", "c1 2026-06-01", "c0 2026-06-01"], "{backend:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_held_up_by_a_writer_tries_again_until_it_is_done() {
+        let (s, t) = store(contactier_runtime::db::Backend::Postgres).await;
+        let ids = contacts(&s, 3).await;
+        set(&s, &ids, Status::NonMarketing, at(15, 9)).await;
+        let june = Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap();
+        assert_eq!(s.apply_update_date(ACCOUNT, date(1), june, june).await.unwrap(), Some(3));
+        let Db::Postgres(pool) = &t.db else { unreachable!() };
+        // Another transaction holds one covered contact's row for longer than a chunk waits.
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM contact_status WHERE account_id = $1 AND contact_id = 'c1' FOR UPDATE")
+            .bind(ACCOUNT)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let rewrite = tokio::spawn({
+            let s = s.clone();
+            async move { s.rewrite(ACCOUNT).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        assert!(!rewrite.is_finished(), "the rewrite waits for the held row");
+        assert_eq!(s.marked_accounts().await.unwrap(), [ACCOUNT]);
+        holder.commit().await.unwrap();
+        assert_eq!(rewrite.await.unwrap().unwrap(), 3, "every covered contact rewritten, once");
+        assert!(s.marked_accounts().await.unwrap().is_empty());
+        assert_eq!(trail(&s).await.iter().filter(|c| c.source_type == "SYSTEM").count(), 3);
+    }
+}
