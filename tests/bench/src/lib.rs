@@ -393,6 +393,20 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
         "< 5 s",
         Some(took < Duration::from_secs(5)),
     );
+    // In effect once answered; the contacts' rows are rewritten after, in the background. The
+    // reads below wait for that, so they are not measured beside it.
+    let marks = "SELECT count(*) FROM {t}";
+    while ctx.services.scalar("marketing-status", "update_marks", marks).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.add(
+        "update date: rows rewritten after",
+        b,
+        format!("{:.2} s more", (start.elapsed() - took).as_secs_f64()),
+        String::new(),
+        "",
+        None,
+    );
 
     // 4. Unary reads under load, beside an empty RPC. The earlier steps' million-row writes are
     // flushed first, so the reads are not measured against their checkpoint.
