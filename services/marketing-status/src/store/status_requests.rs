@@ -1,0 +1,245 @@
+//! Status requests over many contacts: each one's outcome by the rules, written set-based in
+//! one transaction with the audit entries and the new count.
+
+use super::{Actor, Counts, Keep, Outcomes, STATUS_COLUMNS, SetOutcome, StatusRow, Store, status_str};
+use super::{BILLING_TOPIC, hold_mark, stamp_after};
+use crate::rules::{self, CountDelta, Outcome, State, Status};
+use chrono::{DateTime, Utc};
+use contactier_proto::billing::v1 as bpb;
+use contactier_runtime::convert::{micros, new_id};
+use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::outbox::{EventTx, new_event_id};
+use contactier_runtime::with_pool;
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+
+/// A request's effect on the contacts named, from their states before it.
+struct Plan<'a> {
+    /// Per contact in the order named; None when unknown.
+    outcomes: Outcomes,
+    /// (contact, from, to) of each contact that changes, once each.
+    changes: Vec<(&'a String, State, State)>,
+    total: CountDelta,
+}
+
+fn plan<'a>(contacts: &'a [String], before: &HashMap<String, State>, requested: Status) -> Plan<'a> {
+    let mut p = Plan {
+        outcomes: Vec::with_capacity(contacts.len()),
+        changes: Vec::new(),
+        total: CountDelta::default(),
+    };
+    let mut seen = HashSet::new();
+    for id in contacts {
+        let Some(&from) = before.get(id) else {
+            p.outcomes.push((id.clone(), None));
+            continue;
+        };
+        let (to, outcome) = rules::request(from, requested);
+        // A contact named twice changes once; the second sees the first's result.
+        if outcome != Outcome::Unchanged && seen.insert(id) {
+            p.changes.push((id, from, to));
+            let d = CountDelta::between(from, to);
+            p.total = CountDelta {
+                marketing: p.total.marketing + d.marketing,
+                pending: p.total.pending + d.pending,
+                non_marketing: p.total.non_marketing + d.non_marketing,
+            };
+            p.outcomes.push((id.clone(), Some(outcome)));
+        } else {
+            p.outcomes.push((id.clone(), Some(Outcome::Unchanged)));
+        }
+    }
+    p
+}
+
+/// The rules for one request as rows for SQL: each state it changes and what that becomes.
+fn transitions(requested: Status) -> String {
+    let rows: Vec<serde_json::Value> = [State::MARKETING, State::PENDING, State::NON_MARKETING]
+        .into_iter()
+        .filter_map(|from| {
+            let (to, outcome) = rules::request(from, requested);
+            (outcome != Outcome::Unchanged).then(|| {
+                serde_json::json!({
+                    "from_m": from.counts(), "from_p": from.until_next_update,
+                    "to_m": to.counts(), "to_p": to.until_next_update,
+                    "from_status": status_str(from.status), "to_status": status_str(to.status),
+                })
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+impl Store {
+    /// Applies a status request to each contact; answers each one's outcome (None: unknown).
+    /// With `keep`, the answer it builds is saved under its request id in the same transaction,
+    /// so a retry gets exactly this answer; if a concurrent twin saved first, nothing is changed
+    /// and its answer is returned instead.
+    pub async fn set_status(
+        &self,
+        account: &str,
+        contacts: &[String],
+        requested: Status,
+        actor: &Actor,
+        now: DateTime<Utc>,
+        keep: Option<&Keep<'_>>,
+    ) -> Result<SetOutcome, sqlx::Error> {
+        let wanted = serde_json::to_string(contacts).expect("strings");
+        let result = with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let at = stamp_after(micros(now), hold_mark!(self.db, tx, account, &wanted));
+            let p = match self.db {
+                Db::Postgres(_) => {
+                    let before: Vec<(String, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(self.request_statement()))
+                        .bind(account).bind(transitions(requested)).bind(&wanted)
+                        .bind(&actor.source_type).bind(&actor.source_id).bind(at)
+                        .bind(format!("{}:", new_id())).bind(&actor.user_id).bind(&actor.request_id)
+                        .fetch_all(&mut *tx).await?;
+                    let before = before.into_iter().map(|(id, m, p)| (id, super::state(m, p))).collect();
+                    plan(contacts, &before, requested)
+                }
+                Db::Sqlite(_) => {
+                    let read = format!(
+                        "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+                        self.db.json_in("contact_id", 2)
+                    );
+                    let rows: Vec<StatusRow> =
+                        sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?;
+                    let before = rows.iter().map(|r| (r.contact_id.clone(), r.state())).collect();
+                    let p = plan(contacts, &before, requested);
+                    let update = format!(
+                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, \
+                         updated_at = $5 WHERE account_id = $6 AND {}",
+                        self.db.json_in("contact_id", 7)
+                    );
+                    let mut targets: Vec<State> = p.changes.iter().map(|c| c.2).collect();
+                    targets.sort_by_key(|s| (s.counts(), s.until_next_update));
+                    targets.dedup();
+                    for to in targets {
+                        let ids: Vec<&String> = p.changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
+                        sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+                            .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
+                            .bind(at).bind(account).bind(serde_json::to_string(&ids).expect("strings"))
+                            .execute(&mut *tx).await?;
+                    }
+                    if !p.changes.is_empty() {
+                        let audit = format!(
+                            "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+                             source_type, source_id, user_id, requested_at, effective_at, request_id) \
+                             SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 FROM {}",
+                            self.db.json_records(2, &[("id", "text"), ("contact_id", "text"), ("from_status", "text"),
+                                ("to_status", "text"), ("pending", "boolean")])
+                        );
+                        let entries: Vec<serde_json::Value> = p.changes.iter().map(|(id, from, to)| serde_json::json!({
+                            "id": new_event_id(), "contact_id": id, "from_status": status_str(from.status),
+                            "to_status": status_str(to.status), "pending": to.until_next_update,
+                        })).collect();
+                        sqlx::query(sqlx::AssertSqlSafe(audit))
+                            .bind(account).bind(serde_json::Value::Array(entries).to_string())
+                            .bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id).bind(at).bind(&actor.request_id)
+                            .execute(&mut *tx).await?;
+                    }
+                    p
+                }
+            };
+            let counts = if p.total.is_zero() {
+                let c: Option<Counts> = sqlx::query_as(
+                    "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
+                ).bind(account).fetch_optional(&mut *tx).await?;
+                c.unwrap_or_default()
+            } else {
+                apply_delta!(tx, account, p.total, now)
+            };
+            if let Some(keep) = keep {
+                let answer = (keep.answer)(&p.outcomes, &counts);
+                let saved = sqlx::query(
+                    "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                ).bind(account).bind(keep.request_id).bind(&answer).execute(&mut *tx).await?.rows_affected() == 1;
+                if !saved {
+                    drop(tx);
+                    let first: Vec<u8> = sqlx::query_scalar(
+                        "SELECT response FROM status_requests WHERE account_id = $1 AND request_id = $2",
+                    ).bind(account).bind(keep.request_id).fetch_one(pool).await?;
+                    return Ok(SetOutcome::Replayed(first));
+                }
+            }
+            tx.commit().await?;
+            SetOutcome::Done(p.outcomes, counts)
+        });
+        Ok(result)
+    }
+
+    /// PostgreSQL: one statement locks the named contacts (in key order, as every status
+    /// writer does, so writers of the same contacts take turns and never wait in a circle),
+    /// changes those the rules change, writes their audit entries, and answers each found
+    /// contact's state before the request. $1 account, $2 [`transitions`], $3 the contacts,
+    /// $4 source type, $5 source id, $6 time, $7 audit id prefix, $8 user, $9 request id.
+    fn request_statement(&self) -> String {
+        format!(
+            "WITH t AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(from_m boolean, from_p boolean, \
+             to_m boolean, to_p boolean, from_status text, to_status text)), \
+             locked AS (SELECT contact_id, marketing, pending FROM contact_status WHERE account_id = $1 AND {} \
+             ORDER BY contact_id FOR UPDATE), \
+             changed AS (UPDATE contact_status AS s SET marketing = t.to_m, pending = t.to_p, source_type = $4, \
+             source_id = $5, updated_at = $6 FROM locked AS l JOIN t ON t.from_m = l.marketing AND t.from_p = l.pending \
+             WHERE s.account_id = $1 AND s.contact_id = l.contact_id \
+             RETURNING s.contact_id, t.from_status, t.to_status, t.to_p), \
+             audited AS (INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+             source_type, source_id, user_id, requested_at, effective_at, request_id) \
+             SELECT $1, $7 || contact_id, contact_id, from_status, to_status, to_p, $4, $5, $8, $6, $6, $9 FROM changed) \
+             SELECT contact_id, marketing, pending FROM locked",
+            self.db.json_in("contact_id", 3)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_contact_named_gets_its_outcome_and_changes_once() {
+        let named: Vec<String> = ["a", "x", "b", "a", "c"].map(String::from).to_vec();
+        let before: HashMap<String, State> =
+            [("a", State::NON_MARKETING), ("b", State::PENDING), ("c", State::MARKETING)]
+                .map(|(id, s)| (id.to_owned(), s))
+                .into();
+        let p = plan(&named, &before, Status::Marketing);
+        let outcomes: Vec<Option<Outcome>> = p.outcomes.iter().map(|o| o.1).collect();
+        assert_eq!(
+            outcomes,
+            [
+                Some(Outcome::BecameMarketing),
+                None,
+                Some(Outcome::PendingCleared),
+                Some(Outcome::Unchanged),
+                Some(Outcome::Unchanged)
+            ]
+        );
+        assert_eq!(p.changes.len(), 2);
+        assert_eq!(p.total, CountDelta { marketing: 1, pending: -1, non_marketing: -1 });
+    }
+
+    #[test]
+    fn the_rows_for_sql_are_the_rules() {
+        for requested in [Status::Marketing, Status::NonMarketing] {
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&transitions(requested)).unwrap();
+            for from in [State::MARKETING, State::PENDING, State::NON_MARKETING] {
+                let (to, outcome) = rules::request(from, requested);
+                let row = rows
+                    .iter()
+                    .find(|r| r["from_m"] == from.counts() && r["from_p"] == from.until_next_update);
+                match row {
+                    None => assert_eq!(outcome, Outcome::Unchanged, "{requested:?} {from:?}"),
+                    Some(r) => {
+                        assert_eq!(
+                            (r["to_m"].as_bool(), r["to_p"].as_bool()),
+                            (Some(to.counts()), Some(to.until_next_update))
+                        );
+                        assert_eq!(r["to_status"], status_str(to.status));
+                    }
+                }
+            }
+        }
+    }
+}
