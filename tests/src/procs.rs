@@ -71,8 +71,13 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     anyhow::bail!("the service binaries are not built beside {}; build them first", exe.display())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free ports. The listeners are all held until every port is chosen: dropped
+/// one by one, the system may hand the same port out twice, and two services would then race
+/// for one address (a caller of one reaching the other).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -83,7 +88,7 @@ impl Services {
     }
 
     pub async fn start_with(backend: Backend, bins: &Path, options: Options) -> anyhow::Result<Services> {
-        let ports: Vec<u16> = SERVICES.iter().map(|_| free_port()).collect::<Result<_, _>>()?;
+        let ports = free_ports(SERVICES.len())?;
         let secret: String =
             format!("bench-secret-{:032x}", std::process::id() as u128 * 7919 + ports[0] as u128);
         let schema_prefix = format!("bench_{}_{}_", std::process::id(), ports[0]);

@@ -112,7 +112,7 @@ macro_rules! hold_mark {
 }
 pub(super) use hold_mark;
 
-/// The newest time a writer may stamp, given the account's mark: after its cutoff.
+/// The time a writer stamps: its own, or just after the mark's cutoff if that is later.
 pub fn stamp_after(at: i64, cutoff: Option<i64>) -> i64 {
     cutoff.map_or(at, |c| at.max(c + 1))
 }
