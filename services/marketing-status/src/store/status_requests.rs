@@ -1,7 +1,7 @@
 //! Status requests over many contacts: each one's outcome by the rules, written set-based in
 //! one transaction with the audit entries and the new count.
 
-use super::{Actor, Counts, Keep, Outcomes, STATUS_COLUMNS, SetOutcome, StatusRow, Store, status_str};
+use super::{Actor, Counts, Keep, Outcomes, SetOutcome, Store, status_str};
 use super::{BILLING_TOPIC, hold_mark, stamp_after};
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, Utc};
@@ -88,60 +88,60 @@ impl Store {
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             let at = stamp_after(micros(now), hold_mark!(self.db, tx, account, &wanted));
-            let p = match self.db {
+            // Each found contact's state before the request. PostgreSQL writes the changes in
+            // the same statement; SQLite writes them below, from the plan.
+            let before: Vec<(String, bool, bool)> = match self.db {
                 Db::Postgres(_) => {
-                    let before: Vec<(String, bool, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(self.request_statement()))
+                    sqlx::query_as(sqlx::AssertSqlSafe(self.request_statement()))
                         .bind(account).bind(transitions(requested)).bind(&wanted)
                         .bind(&actor.source_type).bind(&actor.source_id).bind(at)
                         .bind(format!("{}:", new_id())).bind(&actor.user_id).bind(&actor.request_id)
-                        .fetch_all(&mut *tx).await?;
-                    let before = before.into_iter().map(|(id, m, p)| (id, super::state(m, p))).collect();
-                    plan(contacts, &before, requested)
+                        .fetch_all(&mut *tx).await?
                 }
                 Db::Sqlite(_) => {
                     let read = format!(
-                        "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND {}",
+                        "SELECT contact_id, marketing, pending FROM contact_status WHERE account_id = $1 AND {}",
                         self.db.json_in("contact_id", 2)
                     );
-                    let rows: Vec<StatusRow> =
-                        sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?;
-                    let before = rows.iter().map(|r| (r.contact_id.clone(), r.state())).collect();
-                    let p = plan(contacts, &before, requested);
-                    let update = format!(
-                        "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, \
-                         updated_at = $5 WHERE account_id = $6 AND {}",
-                        self.db.json_in("contact_id", 7)
-                    );
-                    let mut targets: Vec<State> = p.changes.iter().map(|c| c.2).collect();
-                    targets.sort_by_key(|s| (s.counts(), s.until_next_update));
-                    targets.dedup();
-                    for to in targets {
-                        let ids: Vec<&String> = p.changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
-                        sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
-                            .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
-                            .bind(at).bind(account).bind(serde_json::to_string(&ids).expect("strings"))
-                            .execute(&mut *tx).await?;
-                    }
-                    if !p.changes.is_empty() {
-                        let audit = format!(
-                            "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
-                             source_type, source_id, user_id, requested_at, effective_at, request_id) \
-                             SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 FROM {}",
-                            self.db.json_records(2, &[("id", "text"), ("contact_id", "text"), ("from_status", "text"),
-                                ("to_status", "text"), ("pending", "boolean")])
-                        );
-                        let entries: Vec<serde_json::Value> = p.changes.iter().map(|(id, from, to)| serde_json::json!({
-                            "id": new_event_id(), "contact_id": id, "from_status": status_str(from.status),
-                            "to_status": status_str(to.status), "pending": to.until_next_update,
-                        })).collect();
-                        sqlx::query(sqlx::AssertSqlSafe(audit))
-                            .bind(account).bind(serde_json::Value::Array(entries).to_string())
-                            .bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id).bind(at).bind(&actor.request_id)
-                            .execute(&mut *tx).await?;
-                    }
-                    p
+                    sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?
                 }
             };
+            let before = before.into_iter().map(|(id, m, p)| (id, super::state(m, p))).collect();
+            let p = plan(contacts, &before, requested);
+            if let Db::Sqlite(_) = self.db {
+                let update = format!(
+                    "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, \
+                     updated_at = $5 WHERE account_id = $6 AND {}",
+                    self.db.json_in("contact_id", 7)
+                );
+                let mut targets: Vec<State> = p.changes.iter().map(|c| c.2).collect();
+                targets.sort_by_key(|s| (s.counts(), s.until_next_update));
+                targets.dedup();
+                for to in targets {
+                    let ids: Vec<&String> = p.changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
+                    sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
+                        .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
+                        .bind(at).bind(account).bind(serde_json::to_string(&ids).expect("strings"))
+                        .execute(&mut *tx).await?;
+                }
+                if !p.changes.is_empty() {
+                    let audit = format!(
+                        "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+                         source_type, source_id, user_id, requested_at, effective_at, request_id) \
+                         SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 FROM {}",
+                        self.db.json_records(2, &[("id", "text"), ("contact_id", "text"), ("from_status", "text"),
+                            ("to_status", "text"), ("pending", "boolean")])
+                    );
+                    let entries: Vec<serde_json::Value> = p.changes.iter().map(|(id, from, to)| serde_json::json!({
+                        "id": new_event_id(), "contact_id": id, "from_status": status_str(from.status),
+                        "to_status": status_str(to.status), "pending": to.until_next_update,
+                    })).collect();
+                    sqlx::query(sqlx::AssertSqlSafe(audit))
+                        .bind(account).bind(serde_json::Value::Array(entries).to_string())
+                        .bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id).bind(at).bind(&actor.request_id)
+                        .execute(&mut *tx).await?;
+                }
+            }
             let counts = if p.total.is_zero() {
                 let c: Option<Counts> = sqlx::query_as(
                     "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
