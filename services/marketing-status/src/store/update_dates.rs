@@ -27,6 +27,9 @@ const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '200ms'";
 /// PostgreSQL's code for a lock wait that ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
+/// The contacts a cutoff covers, as a FROM clause: `$1` the account, `$2` the cutoff.
+const PENDING_UP_TO: &str = "FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2";
+
 /// Rows `s` covered by their account's mark `m`; `$1` is the account.
 const COVERED: &str =
     "m.account_id = s.account_id AND s.account_id = $1 AND s.pending AND s.updated_at <= m.cutoff";
@@ -180,17 +183,15 @@ impl Store {
             let earlier: Option<i64> = sqlx::query_scalar("SELECT cutoff FROM update_marks WHERE account_id = $1")
                 .bind(account).fetch_optional(&mut *tx).await?;
             if let Some(earlier) = earlier {
-                let left: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2)",
-                ).bind(account).bind(earlier).fetch_one(&mut *tx).await?;
+                let left: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})")))
+                    .bind(account).bind(earlier).fetch_one(&mut *tx).await?;
                 if left {
                     return Ok(Marked::EarlierPending);
                 }
                 sqlx::query("DELETE FROM update_marks WHERE account_id = $1").bind(account).execute(&mut *tx).await?;
             }
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2",
-            ).bind(account).bind(cutoff).fetch_one(&mut *tx).await?;
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {PENDING_UP_TO}")))
+                .bind(account).bind(cutoff).fetch_one(&mut *tx).await?;
             if n > 0 {
                 sqlx::query(
                     "INSERT INTO update_marks (account_id, update_date, effective_at, applied_at, cutoff, audit_prefix) \
@@ -277,10 +278,11 @@ impl Store {
             total += pass;
             // Dropped once nothing it covers is left; a writer may still be rewriting a
             // contact, and then the next pass finds it.
-            let dropped = with_pool!(&self.db, pool => sqlx::query(
-                "DELETE FROM update_marks WHERE account_id = $1 AND audit_prefix = $2 AND NOT EXISTS \
-                 (SELECT 1 FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $3)",
-            ).bind(account).bind(&prefix).bind(cutoff).execute(pool).await?.rows_affected());
+            let drop = format!(
+                "DELETE FROM update_marks WHERE account_id = $1 AND audit_prefix = $3 AND NOT EXISTS (SELECT 1 {PENDING_UP_TO})"
+            );
+            let dropped = with_pool!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(drop))
+                .bind(account).bind(cutoff).bind(&prefix).execute(pool).await?.rows_affected());
             if dropped == 1 {
                 tracing::info!(account, rewritten = total, "update date rewritten");
             } else if pass == 0 {
@@ -293,12 +295,11 @@ impl Store {
     /// The last key of every [`UPDATE_CHUNK`] contacts pending at or before `cutoff`, in key
     /// order, and the last pending key: one walk of the pending index.
     async fn chunk_ends(&self, account: &str, cutoff: i64) -> Result<Vec<String>, sqlx::Error> {
-        let pending = "FROM contact_status WHERE account_id = $1 AND pending AND updated_at <= $2";
         let every = format!(
-            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {pending}) p \
+            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {PENDING_UP_TO}) p \
              WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
         );
-        let last = format!("SELECT MAX(contact_id) {pending}");
+        let last = format!("SELECT MAX(contact_id) {PENDING_UP_TO}");
         let (mut ends, last): (Vec<String>, Option<String>) = with_pool!(&self.db, pool => (
             sqlx::query_scalar(sqlx::AssertSqlSafe(every)).bind(account).bind(cutoff).fetch_all(pool).await?,
             sqlx::query_scalar(sqlx::AssertSqlSafe(last)).bind(account).bind(cutoff).fetch_one(pool).await?,
