@@ -543,4 +543,40 @@ mod tests {
         assert!(s.marked_accounts().await.unwrap().is_empty());
         assert_eq!(trail(&s).await.iter().filter(|c| c.source_type == "SYSTEM").count(), 3);
     }
+
+    /// A store whose schema stops at migration `version`, as an older release left it.
+    async fn store_at(backend: contactier_runtime::db::Backend, version: i64) -> (Store, TestDb) {
+        let t = TestDb::new(backend, "marketing-status").await;
+        t.db.migrate_service(None).await.unwrap();
+        let m = crate::SERVICE.migrations.unwrap();
+        match &t.db {
+            Db::Sqlite(pool) => m.sqlite.run_to(version, pool).await.unwrap(),
+            Db::Postgres(pool) => m.postgres.run_to(version, pool).await.unwrap(),
+        }
+        (Store::new(t.db.clone()), t)
+    }
+
+    #[tokio::test]
+    async fn upgrading_to_the_audit_key_keeps_the_trail_and_a_date_still_to_rewrite() {
+        for backend in BACKENDS {
+            let (s, t) = store_at(backend, 5).await;
+            let ids = contacts(&s, 4).await;
+            set(&s, &ids[..3], Status::NonMarketing, at(15, 9)).await;
+            let (date_at, now) = (
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
+            );
+            s.apply_update_date(ACCOUNT, date(1), date_at, now).await.unwrap();
+            let before = trail(&s).await;
+            assert_eq!(before.len(), 4 + 3 + 3, "{backend:?}: created, set pending, the date");
+
+            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+            assert_eq!(trail(&s).await, before, "{backend:?}");
+            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 3, "{backend:?}");
+            assert_eq!(trail(&s).await, before, "{backend:?}");
+            // Writers go on as before: a change after the upgrade is audited once.
+            set(&s, &ids[..1], Status::Marketing, at(20, 9)).await;
+            assert_eq!(trail(&s).await.len(), before.len() + 1, "{backend:?}");
+        }
+    }
 }
