@@ -7,14 +7,20 @@
 //! notifications sent meanwhile are lost. SQLite is embedded in one process: its local forgets
 //! see every write. Entries also expire after the configured time, a bound on staleness should
 //! a notification connection die unnoticed.
+//!
+//! Callers missing the same key at the same time share the first one's load: the others wait
+//! for it and find its value (unless it failed or a write raced it; then each loads). An entry
+//! past half its time is read again by one caller while the others still get it, so a key read
+//! all the time does not expire and make every caller at that moment wait for the database.
 
 use crate::Shutdown;
 use crate::db::Db;
 use moka::sync::Cache;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The notification channel of every cache; payloads are `schema:key` (the trigger's
 /// `TG_TABLE_SCHEMA`), so services and deployments sharing a database ignore each other's.
@@ -33,13 +39,23 @@ impl<V> Clone for ReadCache<V> {
     }
 }
 
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    loaded: Instant,
+}
+
 struct Inner<V> {
     /// None when caching is off.
-    entries: Option<Cache<String, V>>,
+    entries: Option<Cache<String, Entry<V>>>,
+    /// Past this age an entry is read again by the next caller.
+    refresh_after: Duration,
     /// Bumped by every forget: a load that saw another value of it may be stale.
     generation: AtomicU64,
     /// Whether every write that could change an entry reaches this cache.
     live: AtomicBool,
+    /// The turn of each key being loaded now.
+    loads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
@@ -52,8 +68,10 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
         let cache = Self {
             inner: Arc::new(Inner {
                 entries,
+                refresh_after: ttl / 2,
                 generation: AtomicU64::new(0),
                 live: AtomicBool::new(matches!(db, Db::Sqlite(_))),
+                loads: Mutex::default(),
             }),
         };
         if let (Db::Postgres(pool), Some(_)) = (db, &cache.inner.entries) {
@@ -77,13 +95,49 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
         else {
             return load().await;
         };
-        if let Some(v) = entries.get(key) {
-            return Ok(v);
+        let cached = entries.get(key);
+        if let Some(e) = &cached
+            && e.loaded.elapsed() < self.inner.refresh_after
+        {
+            return Ok(e.value.clone());
         }
+        let turn = Turn::take(&self.inner.loads, key);
+        if let Some(e) = cached {
+            // Old but still in time: one caller reads it again, the others go on with it.
+            let Ok(_refreshing) = turn.lock.try_lock() else { return Ok(e.value) };
+            return Ok(self.load_and_keep(entries, key, load).await.unwrap_or(e.value));
+        }
+        // The first caller loads; the others wait for it once, then load alone if it found
+        // nothing to keep (it failed, or raced a write), so a failing database costs each
+        // caller at most two loads' time, not the whole line's.
+        let _loading = match turn.lock.try_lock() {
+            Ok(first) => Some(first),
+            Err(_) => {
+                drop(turn.lock.lock().await);
+                if let Some(e) = entries.get(key) {
+                    return Ok(e.value);
+                }
+                None
+            }
+        };
+        self.load_and_keep(entries, key, load).await
+    }
+
+    /// Loads `key` and keeps the value unless a write may have raced the load.
+    async fn load_and_keep<E, Fut>(
+        &self,
+        entries: &Cache<String, Entry<V>>,
+        key: &str,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<V, E>
+    where
+        Fut: Future<Output = Result<V, E>>,
+    {
         let before = self.inner.generation.load(Ordering::SeqCst);
+        let loaded = Instant::now();
         let v = load().await?;
         if self.inner.generation.load(Ordering::SeqCst) == before {
-            entries.insert(key.to_owned(), v.clone());
+            entries.insert(key.to_owned(), Entry { value: v.clone(), loaded });
             // A forget between the check and the insert may have missed the entry: undo it.
             if self.inner.generation.load(Ordering::SeqCst) != before {
                 entries.invalidate(key);
@@ -116,6 +170,32 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
     fn set_live(&self, live: bool) {
         self.inner.live.store(live, Ordering::SeqCst);
         self.forget_all();
+    }
+}
+
+/// A caller's place in the line of one key's loads. The last to leave removes the line.
+struct Turn<'a> {
+    loads: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(loads: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, key: &'a str) -> Self {
+        let lock = loads.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        Self { loads, key, lock }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and this one: nobody else is in line (others join under this lock).
+        if Arc::strong_count(&self.lock) <= 2
+            && loads.get(self.key).is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            loads.remove(self.key);
+        }
     }
 }
 
@@ -243,6 +323,127 @@ mod tests {
             Ok(2),
             "the old value was kept"
         );
+    }
+
+    /// A load that counts its calls and answers `value` once `gate` lets it.
+    fn gated(
+        calls: &Arc<AtomicU64>,
+        gate: &Arc<tokio::sync::Semaphore>,
+        value: u32,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, ()>> + Send>> + use<> {
+        let (calls, gate) = (calls.clone(), gate.clone());
+        move || {
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                Ok(value)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_missing_the_same_key_share_one_load() {
+        let (db, _dir) = sqlite().await;
+        let cache = ReadCache::new(&db, Duration::from_secs(60), 10, Shutdown::new()).await;
+        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+        let askers: Vec<_> = (0..8)
+            .map(|i| {
+                let (cache, load) = (cache.clone(), gated(&calls, &gate, i));
+                tokio::spawn(async move { cache.get_or_load("a", load).await })
+            })
+            .collect();
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(100);
+        let answers: Vec<_> =
+            futures::future::join_all(askers).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one read for eight callers");
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+        assert!(cache.inner.loads.lock().unwrap().is_empty(), "the line is gone with its last caller");
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_a_write_does_not_get_the_value_loaded_before_it() {
+        let (db, _dir) = sqlite().await;
+        let cache = ReadCache::new(&db, Duration::from_secs(60), 10, Shutdown::new()).await;
+        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+        let first = tokio::spawn({
+            let (cache, load) = (cache.clone(), gated(&calls, &gate, 1));
+            async move { cache.get_or_load("a", load).await }
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // A write commits while the first load reads the old value; a caller asks after it.
+        cache.forget("a");
+        let after = tokio::spawn({
+            let (cache, load) = (cache.clone(), gated(&calls, &gate, 2));
+            async move { cache.get_or_load("a", load).await }
+        });
+        tokio::task::yield_now().await;
+        gate.add_permits(100);
+        assert_eq!(first.await.unwrap(), Ok(1));
+        assert_eq!(after.await.unwrap(), Ok(2), "it read again");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_a_failed_load_read_for_themselves() {
+        let (db, _dir) = sqlite().await;
+        let cache = ReadCache::new(&db, Duration::from_secs(60), 10, Shutdown::new()).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let first = tokio::spawn({
+            let (cache, gate) = (cache.clone(), gate.clone());
+            async move {
+                cache
+                    .get_or_load("a", || async move {
+                        gate.acquire().await.unwrap().forget();
+                        Err::<u32, _>("down")
+                    })
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get_or_load("a", || async { Ok::<_, &str>(5) }).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap(), Err("down"));
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Ok(5), "not the first caller's error");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_half_its_time_is_read_again_by_one_caller_while_the_others_get_it() {
+        let (db, _dir) = sqlite().await;
+        let cache = ReadCache::new(&db, Duration::from_secs(2), 10, Shutdown::new()).await;
+        assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(1) }).await, Ok(1));
+        assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(2) }).await, Ok(1), "fresh");
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+        let refreshing = tokio::spawn({
+            let (cache, load) = (cache.clone(), gated(&calls, &gate, 3));
+            async move { cache.get_or_load("a", load).await }
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Its refresh is under way: the others are answered at once, with what is kept.
+        let (others, other_gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
+        assert_eq!(cache.get_or_load("a", gated(&others, &other_gate, 4)).await, Ok(1));
+        assert_eq!(others.load(Ordering::SeqCst), 0);
+        gate.add_permits(1);
+        assert_eq!(refreshing.await.unwrap(), Ok(3));
+        assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(5) }).await, Ok(3), "kept");
+        // A failed refresh answers with what is kept, still in time.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(cache.get_or_load("a", || async { Err(()) }).await, Ok(3));
     }
 
     #[tokio::test]
