@@ -84,6 +84,15 @@ impl CountDelta {
     }
 }
 
+/// Deltas of several contacts in one write add up to the write's delta.
+impl std::ops::AddAssign for CountDelta {
+    fn add_assign(&mut self, d: CountDelta) {
+        self.marketing += d.marketing;
+        self.pending += d.pending;
+        self.non_marketing += d.non_marketing;
+    }
+}
+
 /// What a status request did to one contact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -279,5 +288,13 @@ mod tests {
         assert_eq!(merged(State::PENDING, State::MARKETING), State::MARKETING);
         assert_eq!(merged(State::PENDING, State::NON_MARKETING), State::PENDING);
         assert_eq!(merged(State::NON_MARKETING, State::NON_MARKETING), State::NON_MARKETING);
+    }
+
+    #[test]
+    fn the_deltas_of_a_writes_contacts_add_up() {
+        let mut d = CountDelta::between(State::NON_MARKETING, State::MARKETING);
+        d += CountDelta::between(State::MARKETING, State::PENDING);
+        d += CountDelta::removed(State::NON_MARKETING);
+        assert_eq!(d, CountDelta { marketing: 1, pending: 1, non_marketing: -2 });
     }
 }

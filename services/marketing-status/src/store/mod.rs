@@ -424,12 +424,7 @@ impl Store {
                     .execute(&mut *tx).await?;
                     let actor = Actor { source_type: "MERGE".into(), source_id: secondary.into(), user_id: String::new(), request_id: String::new() };
                     audit!(tx, account, primary, from, to, &actor, now, now);
-                    let d = CountDelta::between(from, to);
-                    delta = CountDelta {
-                        marketing: delta.marketing + d.marketing,
-                        pending: delta.pending + d.pending,
-                        non_marketing: delta.non_marketing + d.non_marketing,
-                    };
+                    delta += CountDelta::between(from, to);
                 }
                 sqlx::query("DELETE FROM contact_status WHERE account_id = $1 AND contact_id = $2")
                     .bind(account).bind(secondary).execute(&mut *tx).await?;

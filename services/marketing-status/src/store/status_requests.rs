@@ -38,12 +38,7 @@ fn plan<'a>(contacts: &'a [String], before: &HashMap<String, State>, requested: 
         // A contact named twice changes once; the second sees the first's result.
         if outcome != Outcome::Unchanged && seen.insert(id) {
             p.changes.push((id, from, to));
-            let d = CountDelta::between(from, to);
-            p.total = CountDelta {
-                marketing: p.total.marketing + d.marketing,
-                pending: p.total.pending + d.pending,
-                non_marketing: p.total.non_marketing + d.non_marketing,
-            };
+            p.total += CountDelta::between(from, to);
             p.outcomes.push((id.clone(), Some(outcome)));
         } else {
             p.outcomes.push((id.clone(), Some(Outcome::Unchanged)));
