@@ -57,6 +57,18 @@ fn ops_policy() -> Policy {
     Policy::new().allow("contactier.ops.v1.ClockService", Access::Ops, &["GetTime", "SetTime", "AdvanceTime"])
 }
 
+/// The connections `listener` accepts, with TCP_NODELAY set: without it a small answer can
+/// wait for the peer's delayed ACK (about 40 ms).
+pub fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    })
+}
+
 /// Serves `spec` on `listener` until shutdown is triggered, then drains in-flight calls for
 /// at most the grace period. Health turns NOT_SERVING first so probes stop sending traffic.
 pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions) -> anyhow::Result<()> {
@@ -100,13 +112,7 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
-    // Without TCP_NODELAY a small answer can wait for the peer's delayed ACK (about 40 ms).
-    let incoming =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
+    let incoming = nodelay_incoming(listener);
     let server = builder
         .layer(TraceLayer)
         .layer(

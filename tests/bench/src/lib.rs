@@ -131,13 +131,10 @@ fn csv(from: usize, to: usize) -> Vec<u8> {
 /// calls/s from run to run, below `GetUsage` through the whole service stack in some.
 pub async fn serve_empty(listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let (_reporter, health) = tonic_health::server::health_reporter();
-    let incoming =
-        tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
-    tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming).await?;
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming(contactier_runtime::server::nodelay_incoming(listener))
+        .await?;
     Ok(())
 }
 
