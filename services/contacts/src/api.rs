@@ -135,11 +135,7 @@ fn one<T>(mut v: Vec<Result<T>>) -> Result<T> {
 
 impl Api {
     async fn contact_by_id(&self, account: &str, id: &str) -> Result<ContactRow> {
-        self.store
-            .contacts(account, &[id.to_owned()])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("contact {id}")))
+        self.store.contacts(account, &[id.to_owned()]).await?.pop().ok_or_else(|| Error::no_contact(id))
     }
 
     fn compile(&self, f: Option<&pb::ContactFilter>, catalog: &Catalog) -> Result<filter::Sql> {
@@ -195,7 +191,7 @@ impl Api {
         let ids = [id.to_owned()];
         let (deleted, _) = self.store.delete_contacts(account, &ids, erase, self.clock.now()).await?;
         if deleted.is_empty() {
-            return Err(Error::NotFound(format!("contact {id}")));
+            return Err(Error::no_contact(id));
         }
         self.relay.wake();
         Ok(())
@@ -267,7 +263,7 @@ impl ContactsService for Api {
                 self.store
                     .contact_with_catalog(&c.account, ContactKey::Id(&id))
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("contact {id}")))?
+                    .ok_or_else(|| Error::no_contact(id))?
             }
             Some(pb::get_contact_request::Key::Email(e)) => {
                 required("email", &e)?;

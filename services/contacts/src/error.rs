@@ -27,6 +27,11 @@ impl Error {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
+    /// NOT_FOUND for a contact the account does not have.
+    pub fn no_contact(id: impl std::fmt::Display) -> Self {
+        Error::NotFound(format!("contact {id}"))
+    }
+
     /// The gRPC code name, for per-record batch results.
     pub fn code_name(&self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ impl Store {
             "SELECT id FROM contacts WHERE account_id = $1 AND id = $2",
         ).bind(account).bind(contact).fetch_optional(pool).await?);
         if known.is_none() {
-            return Err(Error::NotFound(format!("contact {contact}")));
+            return Err(Error::no_contact(contact));
         }
         with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO consents (account_id, contact_id, legal_basis, opted_in_at, subscription_types, unsubscribed_from_all) \

@@ -461,7 +461,7 @@ impl Store {
                 let row: Option<ContactRow> =
                     sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(&ch.id).fetch_optional(&mut *tx).await?;
                 let Some(row) = row else {
-                    out.push(Err(Error::NotFound(format!("contact {}", ch.id))));
+                    out.push(Err(Error::no_contact(&ch.id)));
                     continue;
                 };
                 if ch.expected_version != 0 && ch.expected_version != row.version {
@@ -562,8 +562,8 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let p: Option<ContactRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(primary).fetch_optional(&mut *tx).await?;
             let s: Option<ContactRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(secondary).fetch_optional(&mut *tx).await?;
-            let p = p.ok_or_else(|| Error::NotFound(format!("contact {primary}")))?;
-            let s = s.ok_or_else(|| Error::NotFound(format!("contact {secondary}")))?;
+            let p = p.ok_or_else(|| Error::no_contact(primary))?;
+            let s = s.ok_or_else(|| Error::no_contact(secondary))?;
             let mut values = s.values();
             values.extend(p.values().into_iter().filter(|(_, v)| !v.is_empty()));
             // Values of properties deleted since are dropped; the rest are stored normalised already.
@@ -607,7 +607,7 @@ impl Store {
         let q = format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id = $2");
         let current: Option<ContactRow> = with_pool!(&self.db, pool =>
             sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?);
-        let current = current.ok_or_else(|| Error::NotFound(format!("contact {id}")))?;
+        let current = current.ok_or_else(|| Error::no_contact(id))?;
         let cleared = current.values().into_keys().map(|k| (k, None)).collect();
         let mut out = self.update_contacts(account, vec![Change { values: cleared, ..change }], now).await?;
         with_pool!(&self.db, pool => sqlx::query("DELETE FROM consents WHERE account_id = $1 AND contact_id = $2")
