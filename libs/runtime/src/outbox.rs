@@ -127,6 +127,10 @@ impl_event_tx!(sqlx::PgConnection);
 pub type Deliver =
     Box<dyn Fn(Vec<OutboxEvent>) -> BoxFuture<'static, anyhow::Result<Vec<String>>> + Send + Sync>;
 
+/// Payload bytes after which one relay read stops (it may end one entry past them). The entries
+/// read are held, and decoded by the sender, until the receiver has answered them.
+const BATCH_BYTES: i64 = 4 << 20;
+
 /// Retry policy of a relay.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
@@ -161,12 +165,23 @@ impl Outbox {
         Self { db, topic: topic.to_owned() }
     }
 
-    /// Events due for a (re)try at `now`, oldest first.
-    pub async fn due(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-        let q = "SELECT event_id, account_id, payload, attempts FROM outbox \
-                 WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3";
+    /// Events due for a (re)try at `now`, oldest first: at most `limit`, and none after the one
+    /// whose payload brings the total to `max_bytes`. An entry can hold a whole import batch;
+    /// while the receiver falls behind, the entries waiting would otherwise all be read at once.
+    pub async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        // The lengths come from the rows' headers: payloads past the budget are not read.
+        let q = "SELECT event_id, account_id, payload, attempts FROM \
+                 (SELECT seq, event_id, account_id, payload, attempts, \
+                 SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
+                 FROM outbox WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3) d \
+                 WHERE before < $4 ORDER BY seq";
         let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
-            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).fetch_all(pool).await?);
+            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?);
         Ok(rows
             .into_iter()
             .map(|(event_id, account_id, payload, attempts)| OutboxEvent {
@@ -207,22 +222,28 @@ impl Outbox {
         Ok(with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?))
     }
 
-    /// Delivers everything due at `now` in batches; returns how many were acknowledged.
+    /// Delivers everything due at `now` in reads of at most `batch` entries, each ending at the
+    /// entry that brings its payloads to `batch_bytes`; returns how many were acknowledged.
     pub async fn relay_once(
         &self,
         now: DateTime<Utc>,
         deliver: &Deliver,
         backoff: Backoff,
         batch: i64,
+        batch_bytes: i64,
     ) -> Result<u64, sqlx::Error> {
         let mut delivered = 0;
         loop {
-            let events = self.due(now, batch).await?;
+            let events = self.due(now, batch, batch_bytes).await?;
             if events.is_empty() {
                 return Ok(delivered);
             }
-            let full = events.len() as i64 == batch;
-            let outcome = deliver(events.clone()).await;
+            // Read again at once when this read stopped at a limit: more may be waiting.
+            let full = events.len() as i64 == batch
+                || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= batch_bytes;
+            // The payloads go to the receiver; what settling each entry needs stays here.
+            let sent: Vec<(String, i32)> = events.iter().map(|e| (e.event_id.clone(), e.attempts)).collect();
+            let outcome = deliver(events).await;
             let acked: HashSet<String> = match &outcome {
                 Ok(ids) => ids.iter().cloned().collect(),
                 Err(_) => HashSet::new(),
@@ -231,14 +252,15 @@ impl Outbox {
                 Ok(_) => "not acknowledged".to_owned(),
                 Err(e) => format!("{e:#}"),
             };
-            let acked_ids: Vec<String> =
-                events.iter().filter(|e| acked.contains(&e.event_id)).map(|e| e.event_id.clone()).collect();
+            let (acked_ids, unacked): (Vec<_>, Vec<_>) =
+                sent.into_iter().partition(|(id, _)| acked.contains(id));
+            let acked_ids: Vec<String> = acked_ids.into_iter().map(|(id, _)| id).collect();
             self.acknowledge(&acked_ids).await?;
             delivered += acked_ids.len() as u64;
-            for e in events.iter().filter(|e| !acked.contains(&e.event_id)) {
+            for (id, attempts) in unacked {
                 let delay =
-                    chrono::Duration::from_std(backoff.delay(e.attempts)).unwrap_or(chrono::Duration::MAX);
-                self.retry_at(&e.event_id, now + delay, &error).await?;
+                    chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
+                self.retry_at(&id, now + delay, &error).await?;
             }
             if outcome.is_err() {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
@@ -256,7 +278,7 @@ impl Outbox {
         let (relay, deliver) = (&self, &deliver);
         worker
             .drive(shutdown, chrono::Duration::seconds(1), move |now| async move {
-                relay.relay_once(now, deliver, backoff, 500).await?;
+                relay.relay_once(now, deliver, backoff, 500, BATCH_BYTES).await?;
                 relay.next_due().await
             })
             .await

@@ -78,9 +78,12 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
         let down: Deliver = Box::new(|_| Box::pin(async { anyhow::bail!("connection refused") }));
         let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
         let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
-        assert_eq!(ob.relay_once(now, &down, backoff, 10).await.unwrap(), 0);
+        assert_eq!(ob.relay_once(now, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
         assert_eq!(ob.pending().await.unwrap(), 2);
-        assert!(ob.due(now, 10).await.unwrap().is_empty(), "{backend:?}: retried only after the backoff");
+        assert!(
+            ob.due(now, 10, 1 << 20).await.unwrap().is_empty(),
+            "{backend:?}: retried only after the backoff"
+        );
         let retry = ob.next_due().await.unwrap().unwrap();
         assert!(
             retry > now && retry <= now + chrono::Duration::milliseconds(1200),
@@ -97,17 +100,59 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
             })
         });
         let later = now + chrono::Duration::seconds(5);
-        assert_eq!(ob.relay_once(later, &partial, backoff, 10).await.unwrap(), 1);
+        assert_eq!(ob.relay_once(later, &partial, backoff, 10, 1 << 20).await.unwrap(), 1);
         assert_eq!(
             *seen.lock().unwrap(),
             vec![b"one".to_vec(), b"two".to_vec()],
             "{backend:?}: oldest first"
         );
-        let left = ob.due(later + chrono::Duration::minutes(5), 10).await.unwrap();
+        let left = ob.due(later + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].event_id, second);
         assert_eq!(left[0].attempts, 2);
         assert_ne!(first, second);
+    }
+}
+
+#[tokio::test]
+async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order() {
+    for backend in BACKENDS {
+        let t = TestDb::new(backend, "runtime").await;
+        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        let ob = Outbox::new(t.db.clone(), "topic");
+        let mut ids = Vec::new();
+        for fill in [b'a', b'b', b'c'] {
+            ids.push(enqueue(&t.db, &[fill; 300], true).await);
+        }
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+        let read = |max_bytes| {
+            let ob = ob.clone();
+            async move {
+                ob.due(now, 10, max_bytes).await.unwrap().into_iter().map(|e| e.event_id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read(500).await, ids[..2], "{backend:?}: the entry that reaches the budget ends the read");
+        assert_eq!(read(600).await, ids[..2], "{backend:?}: exactly at the budget");
+        assert_eq!(read(601).await, ids, "{backend:?}: under it, all");
+        assert_eq!(read(1).await, ids[..1], "{backend:?}: an entry over the budget goes alone");
+        assert_eq!(read(0).await, ids[..1], "{backend:?}: never nothing while something is due");
+        assert_eq!(ob.due(now, 2, 1 << 20).await.unwrap().len(), 2, "{backend:?}: the count limit holds too");
+
+        // The relay reads on after a read the budget ended, and delivers everything in order.
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let r = reads.clone();
+        let all: Deliver = Box::new(move |events| {
+            let r = r.clone();
+            Box::pin(async move {
+                let ids: Vec<String> = events.into_iter().map(|e| e.event_id).collect();
+                r.lock().unwrap().push(ids.clone());
+                Ok(ids)
+            })
+        });
+        let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
+        assert_eq!(ob.relay_once(now, &all, backoff, 10, 500).await.unwrap(), 3);
+        assert_eq!(*reads.lock().unwrap(), vec![ids[..2].to_vec(), ids[2..].to_vec()], "{backend:?}");
+        assert_eq!(ob.pending().await.unwrap(), 0);
     }
 }
 

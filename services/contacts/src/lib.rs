@@ -101,20 +101,15 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let deliver: Deliver = Box::new(move |entries| {
             let peer = peer.clone();
             Box::pin(async move {
-                let batches = entries
-                    .iter()
-                    .map(|e| {
-                        mpb::ApplyContactEventsRequest::decode(e.payload.as_slice())
-                            .map(|b| (e.event_id.clone(), b))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
                 let mut client =
                     mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
                         peer.channel.clone(),
                         peer.interceptor(),
                     );
                 let mut done = Vec::new();
-                for (entry, batch) in batches {
+                // Decoded one at a time: an entry can hold a whole import batch.
+                for entry in entries {
+                    let batch = mpb::ApplyContactEventsRequest::decode(entry.payload.as_slice())?;
                     let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
                     let acked: HashSet<String> = client
                         .apply_contact_events(batch)
@@ -124,7 +119,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                         .into_iter()
                         .collect();
                     if ids.iter().all(|id| acked.contains(id)) {
-                        done.push(entry);
+                        done.push(entry.event_id);
                     }
                 }
                 Ok(done)
