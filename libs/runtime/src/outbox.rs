@@ -174,12 +174,12 @@ impl Outbox {
         limit: i64,
         max_bytes: i64,
     ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-        // The lengths come from the rows' headers: payloads past the budget are not read.
-        let q = "SELECT event_id, account_id, payload, attempts FROM \
-                 (SELECT seq, event_id, account_id, payload, attempts, \
-                 SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
+        // The running total is taken over lengths alone, which both backends read without the
+        // payload; the payloads are then read for the entries chosen only.
+        let q = "SELECT o.event_id, o.account_id, o.payload, o.attempts FROM outbox o JOIN \
+                 (SELECT seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
                  FROM outbox WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3) d \
-                 WHERE before < $4 ORDER BY seq";
+                 ON o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
         let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
             sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?);
         Ok(rows
