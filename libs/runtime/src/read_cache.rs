@@ -55,7 +55,7 @@ struct Inner<V> {
     /// Whether every write that could change an entry reaches this cache.
     live: AtomicBool,
     /// The turn of each key being loaded now.
-    loads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    loads: Lines,
 }
 
 impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
@@ -173,15 +173,18 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
     }
 }
 
+/// Each key being loaded now, with the lock its callers take turns on.
+type Lines = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
 /// A caller's place in the line of one key's loads. The last to leave removes the line.
 struct Turn<'a> {
-    loads: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    loads: &'a Lines,
     key: &'a str,
     lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl<'a> Turn<'a> {
-    fn take(loads: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, key: &'a str) -> Self {
+    fn take(loads: &'a Lines, key: &'a str) -> Self {
         let lock = loads.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
         Self { loads, key, lock }
     }
