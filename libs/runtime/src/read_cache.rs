@@ -328,19 +328,55 @@ mod tests {
         );
     }
 
-    /// A load that counts its calls and answers `value` once `gate` lets it.
-    fn gated(
-        calls: &Arc<AtomicU64>,
-        gate: &Arc<tokio::sync::Semaphore>,
-        value: u32,
-    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, ()>> + Send>> + use<> {
-        let (calls, gate) = (calls.clone(), gate.clone());
-        move || {
-            Box::pin(async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                gate.acquire().await.unwrap().forget();
-                Ok(value)
-            })
+    /// Loads that count their calls and answer only once the gate opens.
+    #[derive(Clone)]
+    struct Gated {
+        calls: Arc<AtomicU64>,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl Default for Gated {
+        fn default() -> Self {
+            Self { calls: Arc::default(), gate: Arc::new(tokio::sync::Semaphore::new(0)) }
+        }
+    }
+
+    impl Gated {
+        /// A load answering `value`.
+        fn load(
+            &self,
+            value: u32,
+        ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<u32, ()>> + Send>> + use<>
+        {
+            let g = self.clone();
+            move || {
+                Box::pin(async move {
+                    g.calls.fetch_add(1, Ordering::SeqCst);
+                    g.gate.acquire().await.unwrap().forget();
+                    Ok(value)
+                })
+            }
+        }
+
+        /// A caller asking for key "a" with a load answering `value`.
+        fn ask(&self, cache: &ReadCache<u32>, value: u32) -> tokio::task::JoinHandle<Result<u32, ()>> {
+            let (cache, load) = (cache.clone(), self.load(value));
+            tokio::spawn(async move { cache.get_or_load("a", load).await })
+        }
+
+        /// Returns once a load has begun.
+        async fn started(&self) {
+            while self.calls() == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+
+        fn calls(&self) -> u64 {
+            self.calls.load(Ordering::SeqCst)
+        }
+
+        fn open(&self) {
+            self.gate.add_permits(100);
         }
     }
 
@@ -348,20 +384,13 @@ mod tests {
     async fn callers_missing_the_same_key_share_one_load() {
         let (db, _dir) = sqlite().await;
         let cache = ReadCache::new(&db, Duration::from_secs(60), 10, Shutdown::new()).await;
-        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
-        let askers: Vec<_> = (0..8)
-            .map(|i| {
-                let (cache, load) = (cache.clone(), gated(&calls, &gate, i));
-                tokio::spawn(async move { cache.get_or_load("a", load).await })
-            })
-            .collect();
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(100);
+        let g = Gated::default();
+        let askers: Vec<_> = (0..8).map(|i| g.ask(&cache, i)).collect();
+        g.started().await;
+        g.open();
         let answers: Vec<_> =
             futures::future::join_all(askers).await.into_iter().map(|r| r.unwrap()).collect();
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "one read for eight callers");
+        assert_eq!(g.calls(), 1, "one read for eight callers");
         assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
         assert!(cache.inner.loads.lock().unwrap().is_empty(), "the line is gone with its last caller");
     }
@@ -370,25 +399,17 @@ mod tests {
     async fn a_caller_after_a_write_does_not_get_the_value_loaded_before_it() {
         let (db, _dir) = sqlite().await;
         let cache = ReadCache::new(&db, Duration::from_secs(60), 10, Shutdown::new()).await;
-        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
-        let first = tokio::spawn({
-            let (cache, load) = (cache.clone(), gated(&calls, &gate, 1));
-            async move { cache.get_or_load("a", load).await }
-        });
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let g = Gated::default();
+        let first = g.ask(&cache, 1);
+        g.started().await;
         // A write commits while the first load reads the old value; a caller asks after it.
         cache.forget("a");
-        let after = tokio::spawn({
-            let (cache, load) = (cache.clone(), gated(&calls, &gate, 2));
-            async move { cache.get_or_load("a", load).await }
-        });
+        let after = g.ask(&cache, 2);
         tokio::task::yield_now().await;
-        gate.add_permits(100);
+        g.open();
         assert_eq!(first.await.unwrap(), Ok(1));
         assert_eq!(after.await.unwrap(), Ok(2), "it read again");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(g.calls(), 2);
     }
 
     #[tokio::test]
@@ -429,19 +450,14 @@ mod tests {
         assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(1) }).await, Ok(1));
         assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(2) }).await, Ok(1), "fresh");
         tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let (calls, gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
-        let refreshing = tokio::spawn({
-            let (cache, load) = (cache.clone(), gated(&calls, &gate, 3));
-            async move { cache.get_or_load("a", load).await }
-        });
-        while calls.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let g = Gated::default();
+        let refreshing = g.ask(&cache, 3);
+        g.started().await;
         // Its refresh is under way: the others are answered at once, with what is kept.
-        let (others, other_gate) = (Arc::new(AtomicU64::new(0)), Arc::new(tokio::sync::Semaphore::new(0)));
-        assert_eq!(cache.get_or_load("a", gated(&others, &other_gate, 4)).await, Ok(1));
-        assert_eq!(others.load(Ordering::SeqCst), 0);
-        gate.add_permits(1);
+        let others = Gated::default();
+        assert_eq!(cache.get_or_load("a", others.load(4)).await, Ok(1));
+        assert_eq!(others.calls(), 0);
+        g.open();
         assert_eq!(refreshing.await.unwrap(), Ok(3));
         assert_eq!(cache.get_or_load("a", || async { Ok::<_, ()>(5) }).await, Ok(3), "kept");
         // A failed refresh answers with what is kept, still in time.
