@@ -22,6 +22,13 @@ async fn table_names(db: &Db) -> Vec<String> {
     with_pool!(db, pool => sqlx::query_scalar(q).fetch_all(pool).await.unwrap())
 }
 
+/// A test database with the runtime's and the test service's tables.
+async fn migrated(backend: Backend, name: &str) -> TestDb {
+    let t = TestDb::new(backend, name).await;
+    t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+    t
+}
+
 async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
     with_pool!(db, pool => {
@@ -40,8 +47,7 @@ async fn receive(db: &Db, event_id: &str) -> bool {
 #[tokio::test]
 async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops() {
     for backend in BACKENDS {
-        let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        let t = migrated(backend, "runtime").await;
         t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.expect("second run is a no-op");
         let tables = table_names(&t.db).await;
         for want in ["outbox", "inbox", "widgets", "_runtime_migrations", "_sqlx_migrations"] {
@@ -53,10 +59,8 @@ async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops() {
 
 #[tokio::test]
 async fn postgres_services_keep_to_their_own_schema() {
-    let a = TestDb::new(Backend::Postgres, "alpha").await;
-    let b = TestDb::new(Backend::Postgres, "beta").await;
-    a.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
-    b.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+    let a = migrated(Backend::Postgres, "alpha").await;
+    let b = migrated(Backend::Postgres, "beta").await;
     enqueue(&a.db, b"only in a", true).await;
     assert_eq!(Outbox::new(a.db.clone(), "topic").pending().await.unwrap(), 1);
     assert_eq!(Outbox::new(b.db.clone(), "topic").pending().await.unwrap(), 0);
@@ -65,8 +69,7 @@ async fn postgres_services_keep_to_their_own_schema() {
 #[tokio::test]
 async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
     for backend in BACKENDS {
-        let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        let t = migrated(backend, "runtime").await;
         let ob = Outbox::new(t.db.clone(), "topic");
         enqueue(&t.db, b"rolled back", false).await;
         assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}: a rolled-back change leaves no event");
@@ -117,8 +120,7 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
 #[tokio::test]
 async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order() {
     for backend in BACKENDS {
-        let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        let t = migrated(backend, "runtime").await;
         let ob = Outbox::new(t.db.clone(), "topic");
         let mut ids = Vec::new();
         for fill in [b'a', b'b', b'c'] {
@@ -159,8 +161,7 @@ async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order() {
 #[tokio::test]
 async fn inbox_applies_each_event_once() {
     for backend in BACKENDS {
-        let t = TestDb::new(backend, "runtime").await;
-        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+        let t = migrated(backend, "runtime").await;
         assert!(receive(&t.db, "evt-1").await, "{backend:?}: first delivery applies");
         assert!(!receive(&t.db, "evt-1").await, "{backend:?}: redelivery is recognised");
         assert!(receive(&t.db, "evt-2").await);
