@@ -1,23 +1,33 @@
-//! Compiles proto/ with protox (pure Rust, no system protoc) and generates tonic code.
+//! Compiles proto/ with protox (pure Rust, no system protoc), generates tonic code that decodes
+//! through the checking codec, and writes the limit checks of every message.
 
 use prost::Message;
 use std::path::PathBuf;
+
+#[path = "build/checks.rs"]
+mod checks;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         "contactier/common/v1/common.proto",
+        "contactier/common/v1/limits.proto",
         "contactier/contacts/v1/contacts.proto",
         "contactier/marketing_status/v1/marketing_status.proto",
         "contactier/billing/v1/billing.proto",
         "contactier/notification/v1/notification.proto",
         "contactier/ops/v1/ops.proto",
     ];
-    let fds = protox::compile(files, [&root])?;
-    // Reflection serves this set, so grpcurl can describe every service.
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(files)?;
+    let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Reflection serves this set, so grpcurl can describe every service.
     std::fs::write(out.join("contactier_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    std::fs::write(out.join("checks.rs"), checks::generate(&compiler.descriptor_pool()))?;
+    tonic_prost_build::configure().codec_path("crate::checks::Checked").compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
+    println!("cargo:rerun-if-changed=build");
     Ok(())
 }

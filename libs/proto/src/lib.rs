@@ -4,6 +4,8 @@
 /// Encoded `FileDescriptorSet` of every Contactier proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/contactier_descriptor.bin"));
 
+pub mod checks;
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("contactier.common.v1");

@@ -9,6 +9,7 @@ use crate::store::{
     Change, ConsentRow, ContactKey, ContactRow, Cursor, KeepAnswer, ListRow, NewContact, SortKey, Store,
 };
 use crate::{email, import};
+use contactier_proto::checks::check_item;
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1::{self as pb, contacts_service_server::ContactsService};
 use contactier_proto::marketing_status::v1 as mpb;
@@ -158,7 +159,9 @@ impl Api {
         let mut refused = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
             let at = if field == "contact" { field.to_owned() } else { format!("{field}[{i}]") };
-            match new_contact(input, catalog, &c.user, &at) {
+            // A batch's entries are checked here, so one bad entry is refused on its own.
+            let limits = if field == "contact" { Ok(()) } else { check_item(&input, "contacts", i) };
+            match limits.map_err(Error::from).and_then(|()| new_contact(input, catalog, &c.user, &at)) {
                 Ok(n) => checked.push((i, n)),
                 Err(e) => refused.push((i, e)),
             }
@@ -361,7 +364,8 @@ impl ContactsService for Api {
         let mut answer = pb::BatchUpdateContactsResponse::default();
         let mut checked = Vec::new();
         for (i, u) in updates.into_iter().enumerate() {
-            match change(u, &catalog, &format!("updates[{i}].")) {
+            let checked_update = check_item(&u, "updates", i).map_err(Error::from);
+            match checked_update.and_then(|()| change(u, &catalog, &format!("updates[{i}]."))) {
                 Ok(ch) => checked.push((i, ch)),
                 Err(e) => answer.errors.push(batch_error(i, &e)),
             }

@@ -59,6 +59,12 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<contactier_proto::checks::Violation> for Error {
+    fn from(v: contactier_proto::checks::Violation) -> Self {
+        Error::InvalidArgument { field: v.field, reason: v.description }
+    }
+}
+
 impl From<contactier_runtime::coalesce::Unanswered> for Error {
     fn from(e: contactier_runtime::coalesce::Unanswered) -> Self {
         Error::Internal(e.to_string())
