@@ -194,6 +194,8 @@ impl Authenticator {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token is refused before its `nbf` as after its `exp`, with the same leeway.
+        validation.validate_nbf = true;
         validation.leeway = 30;
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -441,6 +443,40 @@ mod tests {
         assert!(a.authenticate(&wrong_aud, None).unwrap_err().message().contains("audience"));
 
         assert_eq!(a.authenticate("not.a.jwt", None).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_not_before_time() {
+        #[derive(Serialize)]
+        struct WithNbf<'a> {
+            #[serde(flatten)]
+            claims: &'a Claims,
+            nbf: i64,
+        }
+        let a = auth();
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: "u1".into(),
+            acct: Some("acct-a".into()),
+            scope: "read".into(),
+            kind: TokenKind::User,
+            iss: "contactier".into(),
+            aud: "contactier".into(),
+            exp: now + 3600,
+            iat: now,
+        };
+        let sign = |nbf: i64| {
+            let key = EncodingKey::from_secret(b"test-secret-test-secret-test-secret");
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &WithNbf { claims: &claims, nbf }, &key)
+                .unwrap()
+        };
+        let early = a.authenticate(&sign(now + 600), None).unwrap_err();
+        assert_eq!(
+            (early.code(), early.message()),
+            (tonic::Code::Unauthenticated, "invalid token: not yet valid")
+        );
+        assert!(a.authenticate(&sign(now + 10), None).is_ok(), "within the leeway");
+        assert!(a.authenticate(&sign(now - 10), None).is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod testing;
+pub mod work;
 
 pub use auth::{Access, Authenticator, Policy, Principal};
 pub use clock::Clock;

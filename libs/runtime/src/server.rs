@@ -21,12 +21,20 @@ pub struct ServiceSpec {
     pub policy: Policy,
     /// Full gRPC names of the services in `routes`: reported by health, advertised by reflection.
     pub services: Vec<&'static str>,
+    /// Where the service's background work keeps the items that failed, for operators.
+    pub failing: Vec<std::sync::Arc<dyn crate::work::FailingWork>>,
 }
 
 impl ServiceSpec {
     /// A service that serves nothing of its own yet: health, reflection and ops only.
     pub fn bare(name: &'static str) -> Self {
-        Self { name, routes: Routes::default(), policy: Policy::new(), services: Vec::new() }
+        Self {
+            name,
+            routes: Routes::default(),
+            policy: Policy::new(),
+            services: Vec::new(),
+            failing: Vec::new(),
+        }
     }
 }
 
@@ -53,8 +61,13 @@ fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'sta
     b
 }
 
-fn ops_policy() -> Policy {
-    Policy::new().allow("contactier.ops.v1.ClockService", Access::Ops, &["GetTime", "SetTime", "AdvanceTime"])
+const CLOCK_OPS: &str = "contactier.ops.v1.ClockService";
+const WORK_OPS: &str = "contactier.ops.v1.WorkService";
+
+/// The ops services every service serves: failing work always, the clock when it is manual.
+pub fn ops_policy(manual_clock: bool) -> Policy {
+    let p = Policy::new().allow(WORK_OPS, Access::Ops, &["ListFailingWork"]);
+    if manual_clock { p.allow(CLOCK_OPS, Access::Ops, &["GetTime", "SetTime", "AdvanceTime"]) } else { p }
 }
 
 /// The connections `listener` accepts, with TCP_NODELAY set: without it a small answer can
@@ -76,10 +89,12 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let mut routes = spec.routes;
     let mut policy = spec.policy;
     let mut services = spec.services;
+    routes = routes.add_service(crate::work::WorkOps::server(spec.failing));
+    policy = policy.merge(ops_policy(opts.clock.is_manual()));
+    services.push(WORK_OPS);
     if opts.clock.is_manual() {
         routes = routes.add_service(ClockOps::server(opts.clock.clone()));
-        policy = policy.merge(ops_policy());
-        services.push("contactier.ops.v1.ClockService");
+        services.push(CLOCK_OPS);
     }
     let routes = routes
         .add_service(health_service)

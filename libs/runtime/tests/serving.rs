@@ -93,7 +93,10 @@ async fn reflection_v1_and_v1alpha_list_only_the_served_services() {
     };
     let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
-    assert_eq!(names, ["contactier.ops.v1.ClockService", "grpc.health.v1.Health"]);
+    assert_eq!(
+        names,
+        ["contactier.ops.v1.ClockService", "contactier.ops.v1.WorkService", "grpc.health.v1.Health"]
+    );
 
     // Old grpcurl speaks v1alpha: it must be able to describe a served service's messages.
     let mut c = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);

@@ -196,6 +196,15 @@ impl BillingService for Api {
             created_at: now.timestamp_micros(),
             next_update_date: None,
         };
+        // A term that has not begun has no update period to count in nor a day to charge from.
+        let today = sub.today(&self.book, now);
+        if sub.start_date > today {
+            return Err(Error::invalid(
+                "start_date",
+                format!("must not be after today ({today} in the subsidiary's time zone)"),
+            )
+            .into());
+        }
         let first = sub.first_update_date(&self.book, now);
         sub.next_update_date = Some(first);
         self.store.create_subscription(&sub, (first, sub.processing_at(&self.book, first)), now).await?;

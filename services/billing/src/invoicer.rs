@@ -1,14 +1,24 @@
 //! The invoice run: the day after an upgrade, at the subsidiary's processing time, issues the
 //! prorated invoice of that day's upgrades. Driven by the injected clock; safe to repeat and to
 //! run on several replicas (each invoice has a unique source key, numbers are taken in the
-//! issuing transaction).
+//! issuing transaction). An account whose invoice fails is recorded with its error and tried
+//! again with backoff; every other account's invoices are issued meanwhile.
 
 use crate::price_book::PriceBook;
 use crate::store::Store;
-use chrono::{DateTime, Days, Utc};
+use chrono::{DateTime, Days, NaiveDate, Utc};
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
+use contactier_runtime::work;
 use std::sync::Arc;
+use std::time::Duration;
+
+pub const WORKER: &str = "billing-invoices";
+
+/// Delay before an invoice that failed `attempts` times is tried again: 5 s doubling to 15 min.
+pub fn retry_delay(attempts: i64) -> Duration {
+    work::backoff(attempts, Duration::from_secs(5), Duration::from_secs(900))
+}
 
 /// Issues every invoice due at `now`; answers when the next one is due and how many were issued.
 pub async fn run_once(
@@ -17,21 +27,56 @@ pub async fn run_once(
     now: DateTime<Utc>,
 ) -> crate::error::Result<(Option<DateTime<Utc>>, u32)> {
     let mut next: Option<DateTime<Utc>> = None;
+    let mut later = |at: DateTime<Utc>| next = Some(next.map_or(at, |n: DateTime<Utc>| n.min(at)));
     let mut issued = 0;
-    for (account, day) in store.uninvoiced_upgrade_days().await? {
-        let Some(sub) = store.subscription(&account).await? else { continue };
-        let Some(following) = day.checked_add_days(Days::new(1)) else { continue };
-        let due = sub.processing_at(book, following);
-        if due <= now {
-            if let Some(inv) = store.issue_upgrade_invoice(&account, day, now, book).await? {
-                tracing::info!(account = %account, invoice = %inv.id, number = inv.number, "upgrade invoice issued");
-                issued += 1;
+    for (account, day, retry_at) in store.uninvoiced_upgrade_days().await? {
+        if let Some(at) = retry_at.and_then(DateTime::from_timestamp_micros).filter(|at| *at > now) {
+            later(at);
+            continue;
+        }
+        match invoice(store, book, &account, day, now).await {
+            Ok(Due::Issued) => issued += 1,
+            Ok(Due::Later(at)) => later(at),
+            Ok(Due::Nothing) => {}
+            Err(e) => {
+                let error = e.to_string();
+                let attempts = store.invoice_failed(&account, day, &error, now, retry_delay).await?;
+                work::record_failure(WORKER, &account, &format!("upgrade:{day}"), attempts, &error);
+                later(
+                    now + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::MAX),
+                );
             }
-        } else {
-            next = Some(next.map_or(due, |n| n.min(due)));
         }
     }
     Ok((next, issued))
+}
+
+enum Due {
+    Issued,
+    Later(DateTime<Utc>),
+    Nothing,
+}
+
+async fn invoice(
+    store: &Store,
+    book: &PriceBook,
+    account: &str,
+    day: NaiveDate,
+    now: DateTime<Utc>,
+) -> crate::error::Result<Due> {
+    let Some(sub) = store.subscription(account).await? else { return Ok(Due::Nothing) };
+    let Some(following) = day.checked_add_days(Days::new(1)) else { return Ok(Due::Nothing) };
+    let due = sub.processing_at(book, following);
+    if due > now {
+        return Ok(Due::Later(due));
+    }
+    Ok(match store.issue_upgrade_invoice(account, day, now, book).await? {
+        Some(inv) => {
+            tracing::info!(account = %account, invoice = %inv.id, number = inv.number, "upgrade invoice issued");
+            Due::Issued
+        }
+        None => Due::Nothing,
+    })
 }
 
 pub async fn run(store: Store, book: Arc<PriceBook>, worker: Worker, relay: WorkerWaker, shutdown: Shutdown) {

@@ -24,6 +24,7 @@ use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
 use contactier_runtime::read_cache::ReadCache;
 use contactier_runtime::server::ServiceSpec;
+use contactier_runtime::work::OutboxFailures;
 use futures::future::BoxFuture;
 use prost::Message;
 use sqlx::migrate::Migrator;
@@ -139,7 +140,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let plans_waker = plan_worker.waker();
     tokio::spawn(plans.run(plan_worker, deliver_plans, Backoff::default(), shutdown.clone()));
 
-    let invoice_worker = clock.register_worker("billing-invoices");
+    let invoice_worker = clock.register_worker(invoicer::WORKER);
     let invoicer = invoice_worker.waker();
     tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown.clone()));
 
@@ -165,7 +166,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
             })
         })
     });
-    let update_worker = clock.register_worker("billing-update-dates");
+    let update_worker = clock.register_worker(scheduler::WORKER);
     let scheduler_waker = update_worker.waker();
     let sched = scheduler::Scheduler {
         store: store.clone(),
@@ -178,8 +179,9 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     // A new subscription has a first update date to schedule and a plan to send.
     let on_subscribe = vec![scheduler_waker, plans_waker];
     let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone(), on_subscribe };
+    let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
     let internal = internal::Internal { store, clock, book, relay, invoicer };
     let routes =
         Routes::new(BillingServiceServer::new(api)).add_service(BillingInternalServiceServer::new(internal));
-    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
+    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
 }

@@ -9,6 +9,7 @@ use crate::store::{Applied, DueUpdate, Store};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
+use contactier_runtime::work;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub type ApplyUpdate = Arc<
 const LEASE: Duration = Duration::from_secs(300);
 /// Accounts processed at once.
 const PARALLEL: usize = 8;
+pub const WORKER: &str = "billing-update-dates";
+/// When a run met an account it could not process or record, the next run is at most this far.
+const RETRY_UNRECORDED: chrono::Duration = chrono::Duration::seconds(5);
 const BATCH: i64 = 256;
 
 /// Delay before retry `attempt` (0-based): 5 s doubling, at most 15 min.
@@ -44,24 +48,48 @@ pub struct Scheduler {
 impl Scheduler {
     /// Processes every update date due at `now`; answers when the next one falls due.
     pub async fn run_once(&self, now: DateTime<Utc>) -> crate::error::Result<Option<DateTime<Utc>>> {
+        // Accounts tried in this run: one whose failure could not even be recorded stays due,
+        // and is left for the next run rather than tried again at once.
+        let mut tried = std::collections::HashSet::new();
+        let mut unrecorded = false;
         loop {
-            let due = self.store.due_updates(now, BATCH).await?;
+            let due: Vec<DueUpdate> = self
+                .store
+                .due_updates(now, BATCH + tried.len() as i64)
+                .await?
+                .into_iter()
+                .filter(|d| !tried.contains(&d.account_id))
+                .collect();
             if due.is_empty() {
                 break;
             }
-            let results: Vec<_> = futures::stream::iter(due)
-                .map(|d| self.process(d, now))
+            tried.extend(due.iter().map(|d| d.account_id.clone()));
+            let failed: Vec<bool> = futures::stream::iter(due)
+                .map(|d| async move {
+                    // One account's failure is its own: logged and recorded, never the run's.
+                    let e = self.process(&d, now).await.err()?;
+                    work::record_failure(
+                        WORKER,
+                        &d.account_id,
+                        &d.update_date.to_string(),
+                        d.attempts + 1,
+                        &e.to_string(),
+                    );
+                    Some(true)
+                })
                 .buffer_unordered(PARALLEL)
+                .filter_map(futures::future::ready)
                 .collect()
                 .await;
-            for r in results {
-                r?;
-            }
+            unrecorded |= !failed.is_empty();
         }
-        self.store.next_update_due().await
+        let next = self.store.next_update_due().await?;
+        // A date whose failure could not even be recorded is tried again after a pause.
+        let retry = now + RETRY_UNRECORDED;
+        Ok(if unrecorded { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
     }
 
-    async fn process(&self, d: DueUpdate, now: DateTime<Utc>) -> crate::error::Result<()> {
+    async fn process(&self, d: &DueUpdate, now: DateTime<Utc>) -> crate::error::Result<()> {
         let lease_end = now + LEASE;
         if !self.store.claim_update(&d.account_id, d.update_date, &self.owner, now, lease_end).await? {
             return Ok(());
@@ -90,9 +118,16 @@ impl Scheduler {
             }
             Err(e) => {
                 let delay = retry_delay(d.attempts);
-                tracing::warn!(account = %d.account_id, date = %d.update_date, attempt = d.attempts + 1, error = %e, "processing the update date failed; retrying");
+                let error = format!("{e:#}");
+                work::record_failure(
+                    WORKER,
+                    &d.account_id,
+                    &d.update_date.to_string(),
+                    d.attempts + 1,
+                    &error,
+                );
                 let retry_at = now + chrono::Duration::from_std(delay).expect("small delay");
-                self.store.retry_update(&d.account_id, d.update_date, &self.owner, retry_at).await?;
+                self.store.retry_update(&d.account_id, d.update_date, &self.owner, retry_at, &error).await?;
             }
         }
         Ok(())

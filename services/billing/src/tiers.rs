@@ -45,13 +45,14 @@ impl TierShape {
         if count <= self.included {
             return Ok(self.included);
         }
-        // Signed div_ceil is unstable; count > included here, so this is the ceiling.
-        let steps = (count - self.included + self.step - 1) / self.step;
-        let tier = self.included + steps * self.step;
-        if tier > self.max_tier {
-            return Err(TierError::AboveLargest(count, self.max_tier));
-        }
-        Ok(tier)
+        // The ceiling of over / step, without the sum that overflows near i64::MAX.
+        let over = count - self.included;
+        let steps = over / self.step + i64::from(over % self.step != 0);
+        steps
+            .checked_mul(self.step)
+            .and_then(|s| s.checked_add(self.included))
+            .filter(|tier| *tier <= self.max_tier)
+            .ok_or(TierError::AboveLargest(count, self.max_tier))
     }
 
     /// Steps above the base tier.
@@ -114,6 +115,12 @@ mod tests {
             assert_eq!(shape.smallest_holding(count).unwrap(), want, "{count} in {shape:?}");
         }
         assert_eq!(starter().smallest_holding(1_000_001), Err(TierError::AboveLargest(1_000_001, 1_000_000)));
+        // Counts near the top of i64 are refused, not overflowed.
+        let huge = TierShape::new(1, i64::MAX / 2, 1).unwrap();
+        for count in [i64::MAX, i64::MAX - 1, i64::MAX / 2 + 2] {
+            assert_eq!(huge.smallest_holding(count), Err(TierError::AboveLargest(count, 1)));
+            assert_eq!(enterprise().smallest_holding(count), Err(TierError::AboveLargest(count, 10_000_000)));
+        }
     }
 
     #[test]

@@ -127,8 +127,9 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         });
         let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
+        let failing = vec![contactier_runtime::work::OutboxFailures::source(env.db.clone())];
         let api = api::Api { store, clock, relay, marketing_status };
         let routes = Routes::new(ContactsServiceServer::new(api));
-        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API] })
+        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API], failing })
     })
 }

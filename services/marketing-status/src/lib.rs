@@ -20,6 +20,7 @@ use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
 use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
 use contactier_runtime::server::ServiceSpec;
+use contactier_runtime::work::OutboxFailures;
 use futures::future::BoxFuture;
 use prost::Message;
 use sqlx::migrate::Migrator;
@@ -117,9 +118,10 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             contacts,
             workflows,
         };
+        let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
         let internal = api::Internal { store, clock, relay, rewrites };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));
-        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
+        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
     })
 }

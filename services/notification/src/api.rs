@@ -4,6 +4,7 @@ use crate::convert;
 use crate::error::{Error, Result};
 use crate::signing;
 use crate::store::{DEAD_LETTERED, RedriveResult, Store};
+use crate::targets::{self, Allowed};
 use contactier_proto::notification::v1::{self as pb, notification_service_server::NotificationService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -24,6 +25,8 @@ pub struct Api {
     pub clock: Clock,
     pub feed: Feed,
     pub delivery: WorkerWaker,
+    /// Where webhooks may go.
+    pub allowed: Allowed,
 }
 
 fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
@@ -41,10 +44,14 @@ fn page_token(token: &str) -> Result<Option<String>> {
     Ok(Some(token.to_owned()))
 }
 
-fn check_webhook_url(url: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| Error::invalid("webhook.url", e.to_string()))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(Error::invalid("webhook.url", "must be an http or https URL with a host"));
+/// A webhook URL's form, and the addresses its host resolves to now (checked again at every
+/// delivery).
+async fn check_webhook_url(url: &str, allowed: &Allowed) -> Result<()> {
+    let checked = targets::webhook_url(url, allowed).map_err(|r| Error::invalid("webhook.url", r))?;
+    if let Some(host) = &checked.host {
+        crate::delivery::resolve(host, allowed).await.map_err(|e| {
+            Error::invalid("webhook.url", format!("{e}; the host must resolve to public addresses"))
+        })?;
     }
     Ok(())
 }
@@ -58,7 +65,7 @@ impl NotificationService for Api {
         let account = account(&req)?;
         let (kind, address, secret) = match req.into_inner().target {
             Some(pb::create_recipient_request::Target::Webhook(w)) => {
-                check_webhook_url(&w.url)?;
+                check_webhook_url(&w.url, &self.allowed).await?;
                 let secret = if w.secret.is_empty() { signing::new_secret() } else { w.secret };
                 if signing::key(&secret).is_none() {
                     return Err(Error::invalid(
@@ -70,9 +77,11 @@ impl NotificationService for Api {
                 ("webhook", w.url, secret)
             }
             Some(pb::create_recipient_request::Target::Email(e)) => {
-                e.address
+                let address = e
+                    .address
                     .parse::<lettre::Address>()
                     .map_err(|_| Error::invalid("email.address", "not an email address"))?;
+                targets::email_domain(address.domain()).map_err(|r| Error::invalid("email.address", r))?;
                 ("email", e.address, String::new())
             }
             None => return Err(Error::invalid("target", "a webhook or an email is required").into()),

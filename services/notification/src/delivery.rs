@@ -3,6 +3,7 @@
 
 use crate::signing;
 use crate::store::{AlertRow, DeliveryRow, Outcome, RecipientRow, Store};
+use crate::targets::{self, Allowed};
 use contactier_runtime::clock::Worker;
 use contactier_runtime::outbox::Backoff;
 use contactier_runtime::shutdown::Shutdown;
@@ -34,10 +35,57 @@ pub struct DeliveryArgs {
     pub backoff_ms: u64,
     #[arg(long, env = "CONTACTIER_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
     pub webhook_timeout_ms: u64,
+    /// Plain http webhooks, for development; production takes https only.
+    #[arg(long, env = "CONTACTIER_WEBHOOK_ALLOW_HTTP", default_value_t = false)]
+    pub webhook_allow_http: bool,
+    /// Internal address ranges webhooks may reach (comma-separated CIDRs), for on-premise
+    /// receivers; every other loopback, private, link-local or reserved address is refused.
+    #[arg(long, env = "CONTACTIER_WEBHOOK_ALLOW_RANGES", value_delimiter = ',')]
+    pub webhook_allow_ranges: Vec<ipnet::IpNet>,
+}
+
+impl DeliveryArgs {
+    /// Where webhooks may go.
+    pub fn allowed(&self) -> Allowed {
+        Allowed { http: self.webhook_allow_http, ranges: self.webhook_allow_ranges.clone() }
+    }
+}
+
+/// Resolves a webhook's host for its connection and refuses it when any address it resolves
+/// to is not allowed: the connection goes to the addresses checked here, so a name cannot
+/// resolve to a public address when checked and an internal one when used.
+struct CheckedResolver(Allowed);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}", targets::INTERNAL)]
+struct Refused;
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allowed = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs = resolve(&host, &allowed).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The addresses of `host`, all of them allowed; refused when any is not.
+pub async fn resolve(
+    host: &str,
+    allowed: &Allowed,
+) -> Result<Vec<std::net::SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !allowed.ip(a.ip())) {
+        return Err(Box::new(Refused));
+    }
+    Ok(addrs)
 }
 
 pub struct Sender {
     http: reqwest::Client,
+    allowed: Allowed,
     timeout_ms: u64,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     from: lettre::message::Mailbox,
@@ -48,16 +96,21 @@ impl Sender {
         // The HTTPS client needs a process-wide crypto provider; ring, as for gRPC TLS. Another
         // service in the same process may have installed it first.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let allowed = args.allowed();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(args.webhook_timeout_ms))
             .user_agent("Contactier-Webhooks/1")
+            // A redirect could lead anywhere; a proxy would connect where we did not check.
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(CheckedResolver(allowed.clone())))
             .build()?;
         let smtp = match &args.smtp_url {
             Some(url) => Some(AsyncSmtpTransport::<Tokio1Executor>::from_url(url)?.build()),
             None => None,
         };
         let from = args.smtp_from.parse().map_err(|e| anyhow::anyhow!("CONTACTIER_SMTP_FROM: {e}"))?;
-        Ok(Self { http, timeout_ms: args.webhook_timeout_ms, smtp, from })
+        Ok(Self { http, allowed, timeout_ms: args.webhook_timeout_ms, smtp, from })
     }
 
     /// One try. Answers the status code (HTTP or SMTP; 0 when there was no answer) and an error.
@@ -80,6 +133,12 @@ impl Sender {
         alert: &AlertRow,
         recipient: &RecipientRow,
     ) -> (i32, Option<String>) {
+        // Checked again at every delivery: the allow-list may have changed since the recipient
+        // was made. A host name is checked as it is resolved for the connection.
+        let url = match targets::webhook_url(&recipient.address, &self.allowed) {
+            Ok(u) => u.url,
+            Err(reason) => return (0, Some(format!("webhook URL refused: {reason}"))),
+        };
         let body = serde_json::to_vec(&payload(alert)).expect("JSON of plain values");
         // Wall-clock time: receivers check the timestamp against their own clocks.
         let timestamp = chrono::Utc::now().timestamp();
@@ -88,7 +147,7 @@ impl Sender {
         };
         let sent = self
             .http
-            .post(&recipient.address)
+            .post(url)
             .header("content-type", "application/json")
             .header("webhook-id", &delivery.id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -99,13 +158,13 @@ impl Sender {
         match sent {
             Ok(r) if r.status().is_success() => (i32::from(r.status().as_u16()), None),
             Ok(r) => (i32::from(r.status().as_u16()), Some(format!("receiver answered {}", r.status()))),
-            Err(e) if e.is_timeout() => {
-                (0, Some(format!("timed out: no answer within {} ms", self.timeout_ms)))
-            }
-            // Without the URL: it may carry credentials. The cause says what went wrong.
+            Err(e) if is_refused(&e) => (0, Some(format!("webhook URL refused: {}", targets::INTERNAL))),
+            // One answer for every way of not getting one: a tenant must not learn which ports
+            // of a network are closed, filtered or slow. Operators find the cause in the log.
             Err(e) => {
                 let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-                (0, Some(format!("{}{cause}", e.without_url())))
+                tracing::info!(delivery = %delivery.id, error = %format!("{}{cause}", e.without_url()), "webhook not answered");
+                (0, Some(format!("no answer from the receiver within {} ms", self.timeout_ms)))
             }
         }
     }
@@ -139,6 +198,18 @@ impl Sender {
             }
         }
     }
+}
+
+/// Whether the request failed because its host resolved to an address that is not allowed.
+fn is_refused(e: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<Refused>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The JSON body of a webhook: an event type and the alert.

@@ -10,6 +10,7 @@ mod error;
 mod internal;
 mod signing;
 mod store;
+pub mod targets;
 pub mod thresholds;
 
 pub use delivery::DeliveryArgs;
@@ -71,12 +72,19 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
     let worker = clock.register_worker("notification-delivery");
     let waker = worker.waker();
     let sender = delivery::Sender::new(&args)?;
+    let allowed = args.allowed();
     tokio::spawn(delivery::run(store.clone(), worker, sender, args, env.platform.shutdown.clone()));
     let (feed, _) = tokio::sync::broadcast::channel(1024);
-    let api =
-        api::Api { store: store.clone(), clock: clock.clone(), feed: feed.clone(), delivery: waker.clone() };
+    let api = api::Api {
+        store: store.clone(),
+        clock: clock.clone(),
+        feed: feed.clone(),
+        delivery: waker.clone(),
+        allowed,
+    };
+    let failing = vec![store.failing_work()];
     let internal = internal::Internal { store, clock, feed, delivery: waker };
     let routes = Routes::new(NotificationServiceServer::new(api))
         .add_service(NotificationInternalServiceServer::new(internal));
-    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL] })
+    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
 }

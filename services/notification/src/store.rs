@@ -399,3 +399,31 @@ pub enum RedriveResult {
     NotDeadLettered,
     NotFound,
 }
+
+/// Deliveries that failed and are tried again.
+struct Failing(Db);
+
+impl contactier_runtime::work::FailingWork for Failing {
+    fn failing(
+        &self,
+        limit: i64,
+    ) -> futures::future::BoxFuture<
+        '_,
+        std::result::Result<Vec<contactier_runtime::work::FailingItem>, sqlx::Error>,
+    > {
+        Box::pin(async move {
+            let q = "SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
+                     CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT a.error FROM delivery_attempts a \
+                     WHERE a.delivery_id = d.id ORDER BY a.attempt DESC LIMIT 1), '') AS last_error, d.next_attempt_at \
+                     FROM deliveries d WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
+            Ok(with_pool!(&self.0, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))
+        })
+    }
+}
+
+impl Store {
+    /// Where operators find notification's failing work.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn contactier_runtime::work::FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
+    }
+}

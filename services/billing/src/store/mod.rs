@@ -389,12 +389,37 @@ impl Store {
         Ok(outcome)
     }
 
-    /// (account, business day) pairs with upgrades not invoiced yet.
-    pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<(String, NaiveDate)>> {
-        let rows: Vec<(String, String)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT DISTINCT account_id, effective_date FROM upgrades WHERE invoice_id = '' ORDER BY account_id, effective_date",
+    /// (account, business day) pairs with upgrades not invoiced yet, each with the time its
+    /// invoice is tried again after a failure (None when it has not failed).
+    pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<(String, NaiveDate, Option<i64>)>> {
+        let rows: Vec<(String, String, Option<i64>)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT DISTINCT u.account_id, u.effective_date, f.next_attempt_at FROM upgrades u \
+             LEFT JOIN invoice_failures f ON f.account_id = u.account_id AND f.effective_date = u.effective_date \
+             WHERE u.invoice_id = '' ORDER BY u.account_id, u.effective_date",
         ).fetch_all(pool).await?);
-        rows.into_iter().map(|(a, d)| Ok((a, parse_day(&d)?))).collect()
+        rows.into_iter().map(|(a, d, retry)| Ok((a, parse_day(&d)?, retry))).collect()
+    }
+
+    /// Records that the invoice of an account's upgrade day failed; answers its attempts so far.
+    /// It is tried again at `retry(attempts)` from `now`.
+    pub async fn invoice_failed(
+        &self,
+        account: &str,
+        upgrade_day: NaiveDate,
+        error: &str,
+        now: DateTime<Utc>,
+        retry: impl Fn(i64) -> std::time::Duration,
+    ) -> Result<i64> {
+        let attempts: i64 = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "INSERT INTO invoice_failures (account_id, effective_date, attempts, last_error, next_attempt_at) \
+             VALUES ($1, $2, 1, $3, 0) ON CONFLICT (account_id, effective_date) \
+             DO UPDATE SET attempts = invoice_failures.attempts + 1, last_error = $3 RETURNING attempts",
+        ).bind(account).bind(day(upgrade_day)).bind(error).fetch_one(pool).await?);
+        let at = now + chrono::Duration::from_std(retry(attempts)).unwrap_or(chrono::Duration::MAX);
+        with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE invoice_failures SET next_attempt_at = $1 WHERE account_id = $2 AND effective_date = $3",
+        ).bind(micros(at)).bind(account).bind(day(upgrade_day)).execute(pool).await?.rows_affected());
+        Ok(attempts)
     }
 
     /// Issues the prorated invoice of one account's upgrades on one day, exactly once: one
@@ -448,6 +473,8 @@ impl Store {
             }, now).await?;
             sqlx::query("UPDATE upgrades SET invoice_id = $1 WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''")
                 .bind(&inv.id).bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM invoice_failures WHERE account_id = $1 AND effective_date = $2")
+                .bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
             tx.commit().await?;
             Some(inv)
         });
@@ -505,4 +532,36 @@ pub fn money(minor: i64, currency: &str) -> common::Money {
 /// The money of a price, for answers.
 pub fn pb_money(m: Money) -> common::Money {
     money(m.minor, m.currency.as_str())
+}
+
+/// Billing's items that failed and are not done: upgrade invoices and update dates.
+struct Failing(Db);
+
+impl contactier_runtime::work::FailingWork for Failing {
+    fn failing(
+        &self,
+        limit: i64,
+    ) -> futures::future::BoxFuture<
+        '_,
+        std::result::Result<Vec<contactier_runtime::work::FailingItem>, sqlx::Error>,
+    > {
+        Box::pin(async move {
+            let invoices = "SELECT 'billing-invoices' AS worker, account_id, 'upgrade:' || effective_date AS item, \
+                 attempts, last_error, next_attempt_at FROM invoice_failures ORDER BY account_id LIMIT $1";
+            let updates = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS item, \
+                 update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
+                 FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";
+            let mut items: Vec<contactier_runtime::work::FailingItem> =
+                with_pool!(&self.0, pool => sqlx::query_as(invoices).bind(limit).fetch_all(pool).await?);
+            items.extend(with_pool!(&self.0, pool => sqlx::query_as::<_, contactier_runtime::work::FailingItem>(updates).bind(limit).fetch_all(pool).await?));
+            Ok(items)
+        })
+    }
+}
+
+impl Store {
+    /// Where operators find billing's failing work.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn contactier_runtime::work::FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
+    }
 }

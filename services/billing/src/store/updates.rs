@@ -81,18 +81,19 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records a failed attempt; the date is tried again at `retry_at`.
+    /// Records a failed attempt and its error; the date is tried again at `retry_at`.
     pub async fn retry_update(
         &self,
         account: &str,
         date: NaiveDate,
         owner: &str,
         retry_at: DateTime<Utc>,
+        error: &str,
     ) -> Result<()> {
         with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1 \
+            "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, update_error = $5 \
              WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4",
-        ).bind(micros(retry_at)).bind(account).bind(day(date)).bind(owner).execute(pool).await?.rows_affected());
+        ).bind(micros(retry_at)).bind(account).bind(day(date)).bind(owner).bind(error).execute(pool).await?.rows_affected());
         Ok(())
     }
 
@@ -165,7 +166,7 @@ impl Store {
             // again with the new tier rather than be overwritten.
             let moved = sqlx::query(
                 "UPDATE subscriptions SET tier = $1, renewal_tier = CASE WHEN $2 THEN 0 ELSE renewal_tier END, \
-                 next_update_date = $3, next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0 \
+                 next_update_date = $3, next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0, update_error = '' \
                  WHERE account_id = $5 AND next_update_date = $6 AND tier = $7",
             )
             .bind(tier).bind(renewal).bind(day(next)).bind(micros(sub.processing_at(book, next)))

@@ -117,6 +117,8 @@ pub async fn start(backend: Backend) -> Billing {
         max_attempts: 3,
         backoff_ms: 100,
         webhook_timeout_ms: 1_000,
+        webhook_allow_http: false,
+        webhook_allow_ranges: vec![],
     };
     let env = ServiceEnv { platform: platform.clone(), db: ndb.db.clone(), peers: no_peers() };
     let notification = serve(contactier_notification::build_with(env, args).await.unwrap(), &platform).await;
@@ -132,6 +134,7 @@ pub async fn start(backend: Backend) -> Billing {
         routes: Routes::new(MarketingStatusInternalServiceServer::new(marketing_status.clone())),
         policy: Policy::new().allow(internal, Access::Internal, &["ApplyUpdateDate", "SetAccountPlan"]),
         services: vec![internal],
+        failing: vec![],
     };
     let ms = serve(spec, &platform).await;
 

@@ -463,3 +463,26 @@ impl Store {
         }))
     }
 }
+
+/// Workflow runs that failed and are retried.
+struct Failing(Db);
+
+impl contactier_runtime::work::FailingWork for Failing {
+    fn failing(
+        &self,
+        limit: i64,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<contactier_runtime::work::FailingItem>, sqlx::Error>> {
+        Box::pin(async move {
+            let q = "SELECT 'marketing-status-workflows' AS worker, account_id, id AS item, attempts, last_error, \
+                     next_attempt_at FROM workflow_runs WHERE state = 'retrying' ORDER BY account_id, id LIMIT $1";
+            Ok(with_pool!(&self.0, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))
+        })
+    }
+}
+
+impl Store {
+    /// Where operators find marketing-status's failing work.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn contactier_runtime::work::FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
+    }
+}

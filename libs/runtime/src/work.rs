@@ -1,0 +1,205 @@
+//! Background work that fails. Every worker keeps its items in its own tables (outbox events,
+//! update dates, invoices, workflow runs, deliveries) and records a failure on the item itself:
+//! its error, its attempts and its next try. A failing item is retried on its own with backoff
+//! and never holds up another account's. Failures are counted in
+//! `contactier_work_failures_total{worker}`, and `contactier.ops.v1.WorkService` lists the items
+//! still failing.
+
+use crate::convert::timestamp_micros;
+use crate::db::Db;
+use crate::with_pool;
+use base64::Engine;
+use contactier_proto::ops::v1::{self as pb, work_service_server::WorkService};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Items one source answers at most; a listing beyond that is cut short.
+pub const MAX_PER_SOURCE: i64 = 10_000;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1_000;
+
+/// One item of background work that failed and is not done.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct FailingItem {
+    pub worker: String,
+    pub account_id: String,
+    pub item: String,
+    pub attempts: i64,
+    pub last_error: String,
+    /// Epoch microseconds.
+    pub next_attempt_at: i64,
+}
+
+impl FailingItem {
+    fn key(&self) -> (&str, &str, &str) {
+        (&self.worker, &self.account_id, &self.item)
+    }
+}
+
+/// Where a service's failing items of one kind are kept.
+pub trait FailingWork: Send + Sync {
+    /// At most `limit` of them.
+    fn failing(&self, limit: i64) -> BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>>;
+}
+
+/// Counts one failure of `worker`'s and logs it without personal data.
+pub fn record_failure(worker: &'static str, account: &str, item: &str, attempts: i64, error: &str) {
+    metrics::counter!("contactier_work_failures_total", "worker" => worker).increment(1);
+    tracing::warn!(
+        worker,
+        account,
+        item,
+        attempts,
+        error,
+        "background work failed; it is retried later on its own"
+    );
+}
+
+/// The delay before the retry after `attempts` failures: `first`, doubling, at most `max`.
+pub fn backoff(attempts: i64, first: Duration, max: Duration) -> Duration {
+    let shift = attempts.saturating_sub(1).clamp(0, 30) as u32;
+    first.saturating_mul(1u32 << shift.min(31)).min(max)
+}
+
+/// The outbox events of a service that were tried and not acknowledged.
+pub struct OutboxFailures {
+    db: Db,
+}
+
+impl OutboxFailures {
+    pub fn source(db: Db) -> Arc<dyn FailingWork> {
+        Arc::new(Self { db })
+    }
+}
+
+impl FailingWork for OutboxFailures {
+    fn failing(&self, limit: i64) -> BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move {
+            let q = "SELECT 'relay:' || topic AS worker, account_id, event_id AS item, \
+                     CAST(attempts AS BIGINT) AS attempts, COALESCE(last_error, '') AS last_error, next_attempt_at \
+                     FROM outbox WHERE attempts > 0 ORDER BY seq LIMIT $1";
+            Ok(with_pool!(&self.db, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))
+        })
+    }
+}
+
+/// `contactier.ops.v1.WorkService` over a service's sources of failing items.
+pub struct WorkOps {
+    sources: Vec<Arc<dyn FailingWork>>,
+}
+
+impl WorkOps {
+    pub fn server(sources: Vec<Arc<dyn FailingWork>>) -> pb::work_service_server::WorkServiceServer<Self> {
+        pb::work_service_server::WorkServiceServer::new(Self { sources })
+    }
+}
+
+fn encode_token(item: &FailingItem) -> String {
+    let key = serde_json::to_vec(&item.key()).expect("JSON of strings");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_token(token: &str) -> Result<Option<(String, String, String)>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("page_token: not a token this service issued"))
+}
+
+/// One page of `items` ordered by worker, account and item, after `after`.
+pub fn page(
+    mut items: Vec<FailingItem>,
+    after: Option<&(String, String, String)>,
+    size: usize,
+) -> (Vec<FailingItem>, Option<String>) {
+    items.sort_by(|a, b| a.key().cmp(&b.key()));
+    if let Some((w, a, i)) = after {
+        let after = (w.as_str(), a.as_str(), i.as_str());
+        items.retain(|x| x.key() > after);
+    }
+    let more = items.len() > size;
+    items.truncate(size);
+    let next = if more { items.last().map(encode_token) } else { None };
+    (items, next)
+}
+
+#[tonic::async_trait]
+impl WorkService for WorkOps {
+    async fn list_failing_work(
+        &self,
+        req: Request<pb::ListFailingWorkRequest>,
+    ) -> Result<Response<pb::ListFailingWorkResponse>, Status> {
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if (1..=MAX_PAGE as i32).contains(&n) => n as usize,
+            _ => return Err(Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}"))),
+        };
+        let after = decode_token(&r.page_token)?;
+        let mut items = Vec::new();
+        for s in &self.sources {
+            items.extend(s.failing(MAX_PER_SOURCE).await.map_err(|e| crate::db::storage_unavailable(&e))?);
+        }
+        let (items, next) = page(items, after.as_ref(), size);
+        Ok(Response::new(pb::ListFailingWorkResponse {
+            items: items
+                .into_iter()
+                .map(|i| pb::FailingWork {
+                    next_attempt_at: timestamp_micros(i.next_attempt_at),
+                    worker: i.worker,
+                    account_id: i.account_id,
+                    item: i.item,
+                    attempts: i.attempts,
+                    last_error: i.last_error,
+                })
+                .collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(worker: &str, account: &str, item: &str) -> FailingItem {
+        FailingItem {
+            worker: worker.into(),
+            account_id: account.into(),
+            item: item.into(),
+            attempts: 1,
+            last_error: "x".into(),
+            next_attempt_at: 0,
+        }
+    }
+
+    #[test]
+    fn pages_follow_worker_account_and_item() {
+        let all =
+            vec![item("b", "a1", "1"), item("a", "a2", "1"), item("a", "a1", "2"), item("a", "a1", "1")];
+        let (first, next) = page(all.clone(), None, 3);
+        let keys: Vec<_> =
+            first.iter().map(|i| (i.worker.as_str(), i.account_id.as_str(), i.item.as_str())).collect();
+        assert_eq!(keys, [("a", "a1", "1"), ("a", "a1", "2"), ("a", "a2", "1")]);
+        let after = decode_token(&next.unwrap()).unwrap();
+        let (second, next) = page(all, after.as_ref(), 3);
+        assert_eq!(second, [item("b", "a1", "1")]);
+        assert!(next.is_none());
+        assert!(decode_token("###").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling() {
+        let d: Vec<u64> =
+            (1..=8).map(|a| backoff(a, Duration::from_secs(5), Duration::from_secs(300)).as_secs()).collect();
+        assert_eq!(d, [5, 10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(i64::MAX, Duration::from_secs(5), Duration::from_secs(300)).as_secs(), 300);
+    }
+}
