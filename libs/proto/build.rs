@@ -26,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reflection serves this set, so grpcurl can describe every service.
     std::fs::write(out.join("contactier_descriptor.bin"), fds.encode_to_vec())?;
     std::fs::write(out.join("checks.rs"), checks::generate(&compiler.descriptor_pool()))?;
-    tonic_prost_build::configure().codec_path("crate::checks::Checked").compile_fds(fds)?;
+    // Maps as BTreeMap: a message then always encodes to the same bytes, so a request can be
+    // known again by its digest.
+    tonic_prost_build::configure().codec_path("crate::checks::Checked").btree_map(".").compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     println!("cargo:rerun-if-changed=build");
     Ok(())

@@ -79,6 +79,19 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_READ_CACHE_TTL_MS", default_value_t = 1_000)]
     pub read_cache_ttl_ms: u64,
 
+    /// Connections one listener holds at once; one past it is closed as it is accepted.
+    #[arg(long, env = "CONTACTIER_MAX_CONNECTIONS", default_value_t = 2_048)]
+    pub max_connections: usize,
+    /// Calls one connection may carry at once.
+    #[arg(long, env = "CONTACTIER_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_streams_per_connection: u32,
+    /// Seconds a new connection has to start its first call.
+    #[arg(long, env = "CONTACTIER_FIRST_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub first_request_timeout_secs: u64,
+    /// Seconds a connection may carry no call before it is closed.
+    #[arg(long, env = "CONTACTIER_CONNECTION_IDLE_SECS", default_value_t = 300)]
+    pub connection_idle_secs: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -104,6 +117,17 @@ impl RuntimeArgs {
         let per_second = std::num::NonZeroU32::new(self.rate_limit_per_account)?;
         let burst = std::num::NonZeroU32::new(self.rate_limit_burst.max(self.rate_limit_per_account))?;
         Some(crate::limits::RateLimit { per_second, burst })
+    }
+
+    /// How each listener treats its connections.
+    pub fn conn_limits(&self) -> crate::conn::ConnLimits {
+        crate::conn::ConnLimits {
+            max_connections: self.max_connections.max(1),
+            max_streams: self.max_streams_per_connection.max(1),
+            first_request: std::time::Duration::from_secs(self.first_request_timeout_secs.max(1)),
+            idle: std::time::Duration::from_secs(self.connection_idle_secs.max(1)),
+            ..crate::conn::ConnLimits::default()
+        }
     }
 
     pub fn json_logs(&self) -> bool {

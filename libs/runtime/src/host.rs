@@ -37,6 +37,7 @@ pub struct Platform {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
+    pub conn: crate::conn::ConnLimits,
     /// How long a hot read may be served from memory; see [`crate::read_cache`].
     pub read_cache_ttl: Duration,
 }
@@ -71,6 +72,7 @@ impl Platform {
             tls,
             grace: Duration::from_secs(args.shutdown_grace_secs),
             rate_limit: args.rate_limit(),
+            conn: args.conn_limits(),
             read_cache_ttl: Duration::from_millis(args.read_cache_ttl_ms),
         })
     }
@@ -83,6 +85,7 @@ impl Platform {
             tls: self.tls.clone(),
             grace: self.grace,
             rate_limit: self.rate_limit,
+            conn: self.conn,
         }
     }
 

@@ -47,6 +47,7 @@ pub struct ServeOptions {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
+    pub conn: crate::conn::ConnLimits,
 }
 
 /// Reflection advertising only the services this server runs (the descriptor set holds them all).
@@ -127,9 +128,15 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
             health.set_service_status("", ServingStatus::NotServing).await;
         }
     };
-    let incoming = nodelay_incoming(listener);
+    let incoming = crate::conn::incoming(listener, opts.conn);
     let server = builder
+        .max_concurrent_streams(opts.conn.max_streams)
+        .http2_keepalive_interval(Some(opts.conn.keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .layer(crate::conn::TrackLayer)
         .layer(TraceLayer)
+        .layer(crate::panics::CatchPanicLayer)
         .layer(
             AuthLayer::new(opts.authenticator.clone(), policy)
                 .limited(opts.rate_limit.map(crate::limits::AccountLimiter::new)),

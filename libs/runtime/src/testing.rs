@@ -75,6 +75,7 @@ pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Pla
         tls: None,
         grace: std::time::Duration::from_secs(1),
         rate_limit: None,
+        conn: crate::conn::ConnLimits::default(),
         read_cache_ttl: std::time::Duration::from_secs(1),
     }
 }

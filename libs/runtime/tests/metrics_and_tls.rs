@@ -24,6 +24,7 @@ async fn serve(tls: Option<(Vec<u8>, Vec<u8>)>) -> (std::net::SocketAddr, Authen
         tls,
         grace: Duration::from_secs(1),
         rate_limit: None,
+        conn: contactier_runtime::conn::ConnLimits::default(),
     };
     tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     (addr, auth)

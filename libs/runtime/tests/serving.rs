@@ -42,6 +42,7 @@ async fn start(clock: Clock) -> Running {
         tls: None,
         grace: Duration::from_secs(5),
         rate_limit: None,
+        conn: contactier_runtime::conn::ConnLimits::default(),
     };
     let task = tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     Running { addr, auth, clock, shutdown, task }

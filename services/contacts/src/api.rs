@@ -17,6 +17,7 @@ use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::host::PeerChannel;
+use contactier_runtime::idempotency;
 use futures::stream::BoxStream;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -41,12 +42,19 @@ type Answer<T> = std::result::Result<Response<T>, Status>;
 
 struct Caller {
     account: String,
+    /// Empty for a service.
     user: String,
+    /// A user with the admin scope, who may act for the account's systems.
+    admin: bool,
 }
 
 fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
     let p = Principal::of(req)?;
-    Ok(Caller { account: p.account_id()?.to_owned(), user: p.user_id().unwrap_or_default().to_owned() })
+    Ok(Caller {
+        account: p.account_id()?.to_owned(),
+        user: p.user_id().unwrap_or_default().to_owned(),
+        admin: p.has_scope("admin"),
+    })
 }
 
 fn page_size(n: i32) -> Result<i64> {
@@ -72,7 +80,8 @@ fn required(field: &str, v: &str) -> Result<()> {
 }
 
 /// Checks one contact to create; `at` prefixes field names ("contact", "contacts[3]").
-fn new_contact(input: pb::ContactInput, catalog: &Catalog, user: &str, at: &str) -> Result<NewContact> {
+fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str) -> Result<NewContact> {
+    let user = c.user.as_str();
     let email = email::parse(&input.email).map_err(|r| Error::invalid(format!("{at}.email"), r))?;
     let values = catalog
         .check(&input.properties.into_iter().collect())
@@ -92,8 +101,26 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, user: &str, at: &str)
                 "SYSTEM and MERGE are not creation sources",
             ));
         }
+        // Forms, ads, imports, integrations and the like are set by the system that creates
+        // the contact, which calls with a service token; a person may act for them as an admin.
+        Ok(t) if t != common::SourceType::User && !user.is_empty() && !c.admin => {
+            return Err(Error::PermissionDenied(format!(
+                "{at}.source.type: {} is set by the system that creates the contact; a user needs the admin scope",
+                source_type_name(t)
+            )));
+        }
         Ok(t) => t,
     };
+    if source_type == common::SourceType::User
+        && !user.is_empty()
+        && !source.id.is_empty()
+        && source.id != user
+    {
+        return Err(Error::invalid(
+            format!("{at}.source.id"),
+            "a user creates contacts under the user's own id",
+        ));
+    }
     Ok(NewContact {
         email,
         values,
@@ -135,6 +162,22 @@ fn one<T>(mut v: Vec<Result<T>>) -> Result<T> {
 }
 
 impl Api {
+    /// Whether the calling user may make contacts marketing: marketing-status keeps that.
+    pub(crate) async fn may_set_marketing(&self, account: &str, user: &str) -> Result<bool> {
+        let mut client = mpb::marketing_status_service_client::MarketingStatusServiceClient::with_interceptor(
+            self.marketing_status.channel.clone(),
+            self.marketing_status.interceptor(),
+        );
+        let mut req = Request::new(mpb::GetUserPermissionRequest { user_id: user.to_owned() });
+        let account = account.parse().map_err(|_| Error::invalid("account", "not a header value"))?;
+        req.metadata_mut().insert(contactier_runtime::auth::ACCOUNT_HEADER, account);
+        let answer = client.get_user_permission(req).await.map_err(|s| {
+            tracing::warn!(code = ?s.code(), "asking marketing-status for a user's permission failed");
+            Error::Unavailable("the user's permission to set marketing could not be checked; retry".into())
+        })?;
+        Ok(answer.into_inner().permission.is_some_and(|p| p.may_set_marketing))
+    }
+
     async fn contact_by_id(&self, account: &str, id: &str) -> Result<ContactRow> {
         self.store.contacts(account, &[id.to_owned()]).await?.pop().ok_or_else(|| Error::no_contact(id))
     }
@@ -152,7 +195,7 @@ impl Api {
         catalog: &Catalog,
         inputs: Vec<pb::ContactInput>,
         field: &str,
-        request_id: &str,
+        key: &idempotency::Key,
         answer: impl Fn(Vec<Result<ContactRow>>) -> Result<A> + Sync,
     ) -> Result<A> {
         let mut checked = Vec::with_capacity(inputs.len());
@@ -161,10 +204,21 @@ impl Api {
             let at = if field == "contact" { field.to_owned() } else { format!("{field}[{i}]") };
             // A batch's entries are checked here, so one bad entry is refused on its own.
             let limits = if field == "contact" { Ok(()) } else { check_item(&input, "contacts", i) };
-            match limits.map_err(Error::from).and_then(|()| new_contact(input, catalog, &c.user, &at)) {
+            match limits.map_err(Error::from).and_then(|()| new_contact(input, catalog, c, &at)) {
                 Ok(n) => checked.push((i, n)),
                 Err(e) => refused.push((i, e)),
             }
+        }
+        // A person without the permission to set marketing cannot ask for it at creation.
+        let asks = |n: &NewContact| n.requested_status == common::MarketingStatus::Marketing as i32;
+        if !c.user.is_empty()
+            && checked.iter().any(|(_, n)| asks(n))
+            && !self.may_set_marketing(&c.account, &c.user).await?
+        {
+            let (denied, allowed): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, n)| asks(n));
+            checked = allowed;
+            let error = Error::PermissionDenied("this user may not set contacts as marketing".into());
+            refused.extend(denied.into_iter().map(|(i, _)| (i, error.clone())));
         }
         let (idx, news): (Vec<usize>, Vec<NewContact>) = checked.into_iter().unzip();
         // Each input's outcome, in input order.
@@ -177,13 +231,13 @@ impl Api {
         if news.is_empty() {
             // Nothing is written, so the answer is kept on its own.
             let a = answer(outcomes(vec![]))?;
-            self.keep(&c.account, request_id, &a).await?;
+            self.keep(&c.account, key, &a).await?;
             return Ok(a);
         }
         let encoded = |created: &[Result<ContactRow>]| {
             answer(outcomes(created.to_vec())).ok().map(|a| a.encode_to_vec())
         };
-        let keep = KeepAnswer { request_id, answer: &encoded };
+        let keep = KeepAnswer { request_id: &key.id, digest: &key.digest, answer: &encoded };
         let created = self.store.create_contacts(&c.account, news, self.clock.now(), Some(keep)).await?;
         self.relay.wake();
         answer(outcomes(created))
@@ -200,22 +254,24 @@ impl Api {
         Ok(())
     }
 
-    /// The answer saved under a request id, if any.
-    async fn replay<T: Message + Default>(&self, account: &str, request_id: &str) -> Result<Option<T>> {
-        if request_id.is_empty() {
+    /// The answer saved under a request id, if any; refused when the id was used for a
+    /// different request.
+    async fn replay<T: Message + Default>(&self, account: &str, key: &idempotency::Key) -> Result<Option<T>> {
+        if key.id.is_empty() {
             return Ok(None);
         }
-        match self.store.answer(account, request_id).await? {
-            Some(bytes) => {
+        match self.store.answer(account, &key.id).await? {
+            Some((_, digest)) if !idempotency::same(&digest, &key.digest) => Err(Error::RequestReused),
+            Some((bytes, _)) => {
                 Ok(Some(T::decode(bytes.as_slice()).map_err(|_| Error::Internal("stored answer".into()))?))
             }
             None => Ok(None),
         }
     }
 
-    async fn keep<T: Message>(&self, account: &str, request_id: &str, answer: &T) -> Result<()> {
-        if !request_id.is_empty() {
-            self.store.keep_answer(account, request_id, &answer.encode_to_vec()).await?;
+    async fn keep<T: Message>(&self, account: &str, key: &idempotency::Key, answer: &T) -> Result<()> {
+        if !key.id.is_empty() {
+            self.store.keep_answer(account, &key.id, &key.digest, &answer.encode_to_vec()).await?;
         }
         Ok(())
     }
@@ -244,13 +300,17 @@ impl ContactsService for Api {
     ) -> Answer<pb::CreateContactResponse> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        if let Some(first) = self.replay(&c.account, &r.request_id).await? {
+        let key = idempotency::Key::of(&r.request_id, || pb::CreateContactRequest {
+            request_id: String::new(),
+            ..r.clone()
+        });
+        if let Some(first) = self.replay(&c.account, &key).await? {
             return Ok(Response::new(first));
         }
         let input = r.contact.ok_or_else(|| Error::invalid("contact", "required"))?;
         let catalog = self.store.catalog(&c.account).await?;
         let answer = self
-            .create(&c, &catalog, vec![input], "contact", &r.request_id, |outcomes| {
+            .create(&c, &catalog, vec![input], "contact", &key, |outcomes| {
                 let row = one(outcomes)?;
                 Ok(pb::CreateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) })
             })
@@ -310,12 +370,16 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         batch_len("contacts", r.contacts.len())?;
-        if let Some(first) = self.replay(&c.account, &r.request_id).await? {
+        let key = idempotency::Key::of(&r.request_id, || pb::BatchCreateContactsRequest {
+            request_id: String::new(),
+            ..r.clone()
+        });
+        if let Some(first) = self.replay(&c.account, &key).await? {
             return Ok(Response::new(first));
         }
         let catalog = self.store.catalog(&c.account).await?;
         let answer = self
-            .create(&c, &catalog, r.contacts, "contacts", &r.request_id, |outcomes| {
+            .create(&c, &catalog, r.contacts, "contacts", &key, |outcomes| {
                 let mut answer = pb::BatchCreateContactsResponse::default();
                 for (i, o) in outcomes.into_iter().enumerate() {
                     match o {

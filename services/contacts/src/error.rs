@@ -16,6 +16,14 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Aborted(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A request id used before for a different request.
+    #[error("request_id: already used for a different request")]
+    RequestReused,
+    /// A service this one asked could not answer; retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("storage: {0}")]
     Db(Arc<sqlx::Error>),
     #[error("{0}")]
@@ -40,6 +48,9 @@ impl Error {
             Error::AlreadyExists(_) => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
+            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::RequestReused => "ALREADY_EXISTS",
+            Error::Unavailable(_) => "UNAVAILABLE",
             Error::Db(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -79,6 +90,9 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Aborted(_) => Status::aborted(e.to_string()),
+            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            Error::RequestReused => contactier_runtime::idempotency::reused(),
+            Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

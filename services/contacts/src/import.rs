@@ -9,6 +9,7 @@
 
 use crate::api::Api;
 use crate::convert::{self, source_type_name};
+use crate::csv_records::{Record, RecordReader};
 use crate::email;
 use crate::error::{Error, Result};
 use crate::properties::{self, Catalog, Value};
@@ -116,16 +117,16 @@ pub struct Row {
 pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
     reader: R,
     plan: &Plan,
-) -> Result<(Vec<String>, csv_async::AsyncReader<R>)> {
-    let mut csv =
-        csv_async::AsyncReaderBuilder::new().delimiter(plan.delimiter).flexible(true).create_reader(reader);
-    let headers: Vec<String> = csv
-        .headers()
-        .await
-        .map_err(|e| Error::invalid("chunk", format!("CSV header: {e}")))?
-        .iter()
-        .map(|h| h.trim().to_owned())
-        .collect();
+) -> Result<(Vec<String>, RecordReader<R>)> {
+    let mut csv = RecordReader::new(reader, plan.delimiter);
+    let headers: Vec<String> = match csv.next().await {
+        Ok(Some(Record::Fields(h))) => h.iter().map(|h| h.trim().to_owned()).collect(),
+        Ok(Some(Record::Refused(reason))) => {
+            return Err(Error::invalid("chunk", format!("CSV header: {reason}")));
+        }
+        Ok(None) => return Err(Error::invalid("chunk", "CSV header: the file is empty")),
+        Err(e) => return Err(Error::invalid("chunk", format!("CSV header: {e}"))),
+    };
     for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
         if !headers.contains(column) {
             return Err(Error::invalid(
@@ -141,7 +142,7 @@ pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
 pub fn check_row(
     number: i64,
     headers: &[String],
-    record: &csv_async::StringRecord,
+    record: &[String],
     plan: &Plan,
     catalog: &Catalog,
 ) -> std::result::Result<Row, Vec<ImportErrorRow>> {
@@ -155,7 +156,11 @@ pub fn check_row(
         reason,
     };
     for (i, column) in headers.iter().enumerate() {
-        let cell = record.get(i).unwrap_or("");
+        let cell = record.get(i).map_or("", String::as_str);
+        if cell.contains('\0') {
+            errors.push(err(column, "must not contain a NUL character".into()));
+            continue;
+        }
         if plan.opt_in_column.as_deref() == Some(column.as_str()) && !cell.trim().is_empty() {
             match properties::parse_bool(cell) {
                 Some(b) => opt_in = b,
@@ -205,12 +210,24 @@ pub async fn start(
     };
     let catalog = api.store.catalog(&account).await?;
     let plan = plan(&header, &catalog)?;
+    // "Set as marketing" is asked of every row: refused at once for a user without the permission.
+    if plan.set_as_marketing && !user.is_empty() && !api.may_set_marketing(&account, &user).await? {
+        return Err(Error::PermissionDenied("this user may not set contacts as marketing".into()));
+    }
     let mut import = ImportRow {
         id: new_id(),
         name: header.name.clone(),
         mode: plan.mode.as_str().into(),
         state: "running".into(),
         request_id: header.request_id.clone(),
+        request_digest: if header.request_id.is_empty() {
+            String::new()
+        } else {
+            contactier_runtime::idempotency::digest(&pb::ImportHeader {
+                request_id: String::new(),
+                ..header.clone()
+            })
+        },
         started_at: micros(api.clock.now()),
         ..ImportRow::default()
     };
@@ -225,6 +242,7 @@ pub async fn start(
             import = earlier;
             true
         }
+        Start::Reused => return Err(Error::RequestReused),
         Start::Busy => {
             return Err(Error::Aborted(
                 "an import with this request id is running; retry once it has finished".into(),
@@ -301,8 +319,7 @@ async fn run(
         Ok(Err(e)) => Err(std::io::Error::other(e.message().to_owned())),
         Err(_) => Err(std::io::Error::other(format!("nothing arrived for {} s", IDLE.as_secs()))),
     });
-    let (headers, csv) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
-    let mut records = csv.into_records();
+    let (headers, mut records) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
     let mut errors: Vec<ImportErrorRow> = Vec::new();
     let mut number = 0;
@@ -311,33 +328,35 @@ async fn run(
     // been written without its progress saved.
     let done_before = import.rows_read;
     let mut recheck = resumed;
-    while let Some(record) = records.next().await {
-        number += 1;
-        if let Err(e) = &record
-            && e.is_io_error()
-        {
+    loop {
+        let record = match records.next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
             // The stream broke: the file did not arrive whole. A retry takes it up again.
-            return Err(Error::Aborted(format!("the file stopped arriving at row {number}: {e}")));
-        }
+            Err(e) => {
+                return Err(Error::Aborted(format!("the file stopped arriving at row {}: {e}", number + 1)));
+            }
+        };
+        number += 1;
         if number <= done_before {
             continue;
         }
         import.rows_read += 1;
         match record {
-            Ok(r) => match check_row(number, &headers, &r, plan, catalog) {
+            Record::Fields(r) => match check_row(number, &headers, &r, plan, catalog) {
                 Ok(row) => batch.push(row),
                 Err(e) => {
                     import.failed += 1;
                     errors.extend(e);
                 }
             },
-            Err(e) => {
-                // A malformed record (bad quoting, invalid UTF-8): reported, the rest goes on.
+            Record::Refused(reason) => {
+                // A record past the caps or not UTF-8: reported, the rest goes on.
                 import.failed += 1;
                 errors.push(ImportErrorRow {
                     row_number: number,
                     column_name: String::new(),
-                    reason: format!("CSV: {e}"),
+                    reason: format!("CSV: {reason}"),
                 });
             }
         }
@@ -594,15 +613,16 @@ mod tests {
         h.gdpr_opt_in_column = "OptIn".into();
         let p = plan(&h, &catalog).unwrap();
         let headers: Vec<String> = ["Email", "Stage", "OptIn"].map(String::from).to_vec();
-        let ok = csv_async::StringRecord::from(vec!["Ada@Example.com", "customer", "yes"]);
+        let rec = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let ok = rec(&["Ada@Example.com", "customer", "yes"]);
         let row = check_row(1, &headers, &ok, &p, &catalog).unwrap();
         assert_eq!((row.email.key.as_str(), row.opt_in), ("ada@example.com", true));
         assert_eq!(row.values["lifecycle_stage"].text, "customer");
-        let bad = csv_async::StringRecord::from(vec!["not-an-email", "alien", "perhaps"]);
+        let bad = rec(&["not-an-email", "alien", "perhaps"]);
         let errors = check_row(7, &headers, &bad, &p, &catalog).unwrap_err();
         let columns: Vec<_> = errors.iter().map(|e| (e.row_number, e.column_name.as_str())).collect();
         assert_eq!(columns, [(7, "Email"), (7, "Stage"), (7, "OptIn")]);
-        let short = csv_async::StringRecord::from(vec!["b@example.com"]);
+        let short = rec(&["b@example.com"]);
         assert!(check_row(8, &headers, &short, &p, &catalog).is_err());
     }
 }

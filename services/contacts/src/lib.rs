@@ -2,6 +2,7 @@
 
 mod api;
 mod convert;
+pub mod csv_records;
 pub mod email;
 mod error;
 pub mod filter;

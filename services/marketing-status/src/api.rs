@@ -13,6 +13,7 @@ use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{date, timestamp_micros};
 use contactier_runtime::db::storage_unavailable;
+use contactier_runtime::idempotency::{self, Key};
 use prost::Message;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -143,6 +144,10 @@ impl MarketingStatusService for Api {
         let principal = Principal::of(&req)?.clone();
         let account = principal.account_id()?.to_owned();
         let r = req.into_inner();
+        let key = Key::of(&r.request_id, || pb::SetMarketingStatusRequest {
+            request_id: String::new(),
+            ..r.clone()
+        });
         let wanted = requested(r.status)
             .ok_or_else(|| GrpcStatus::invalid_argument("status: MARKETING or NON_MARKETING"))?;
         let (target, per_contact) = match r.target {
@@ -164,10 +169,14 @@ impl MarketingStatusService for Api {
                 return Err(GrpcStatus::invalid_argument("target: contacts, list_id or filter is required"));
             }
         };
-        // A retry of a request id returns the first answer and changes nothing.
-        if !r.request_id.is_empty()
-            && let Some(saved) = self.store.saved_response(&account, &r.request_id).await.map_err(db)?
+        // A retry of a request id returns the first answer and changes nothing; another
+        // request under the same id is refused.
+        if !key.is_none()
+            && let Some((saved, digest)) = self.store.saved_response(&account, &key.id).await.map_err(db)?
         {
+            if !idempotency::same(&digest, &key.digest) {
+                return Err(idempotency::reused());
+            }
             let first = pb::SetMarketingStatusResponse::decode(saved.as_slice())
                 .map_err(|_| GrpcStatus::internal("stored answer unreadable"))?;
             return Ok(Response::new(first));
@@ -184,14 +193,27 @@ impl MarketingStatusService for Api {
         {
             return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
         }
-        let ids = match target {
-            Err(ids) => ids,
-            Ok(t) => self.contacts.ids(&account, &t).await?,
-        };
         let source = r.source.unwrap_or_default();
         let source_type = match SourceType::try_from(source.r#type) {
             Ok(SourceType::Unspecified) | Err(_) => SourceType::User,
             Ok(t) => t,
+        };
+        // Forms, workflows, integrations and the system set a status through a service token;
+        // a person may act for them only as an admin, and acts as a user under the own id.
+        if !user.is_empty() && source_type != SourceType::User && !principal.has_scope("admin") {
+            return Err(GrpcStatus::permission_denied(format!(
+                "source.type: {} is set by a system; a user needs the admin scope",
+                source_type_name(source_type)
+            )));
+        }
+        if !user.is_empty() && source_type == SourceType::User && !source.id.is_empty() && source.id != user {
+            return Err(GrpcStatus::invalid_argument(
+                "source.id: a user sets a status under the user's own id",
+            ));
+        }
+        let ids = match target {
+            Err(ids) => ids,
+            Ok(t) => self.contacts.ids(&account, &t).await?,
         };
         let actor = Actor {
             source_type: source_type_name(source_type),
@@ -206,11 +228,10 @@ impl MarketingStatusService for Api {
             per_contact,
             wanted,
             &actor,
-            &r.request_id,
+            &key,
             self.clock.now(),
         )
-        .await
-        .map_err(db)?;
+        .await?;
         self.relay.wake();
         Ok(Response::new(answer))
     }

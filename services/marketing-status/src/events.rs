@@ -28,11 +28,13 @@ impl Lookups {
         let source_type = SourceType::try_from(source.r#type).unwrap_or_default();
         let origin = creation_source(source_type)
             .ok_or_else(|| GrpcStatus::invalid_argument("events.created.source.type: required"))?;
-        let mut asked = requested(c.requested_status);
-        // A user without the permission gets the source's default instead.
-        if asked == Some(Status::Marketing) && !c.user_id.is_empty() {
+        let asked = requested(c.requested_status);
+        // A contact a user without the permission creates is non-marketing, whatever its
+        // source's default or what was asked: that user cannot add to the bill.
+        let mut may = true;
+        if !c.user_id.is_empty() {
             let key = (account.to_owned(), c.user_id.clone());
-            let may = match self.permitted.get(&key) {
+            may = match self.permitted.get(&key) {
                 Some(m) => *m,
                 None => {
                     let m = store.may_set_marketing(account, &c.user_id).await.map_err(db)?;
@@ -40,9 +42,6 @@ impl Lookups {
                     m
                 }
             };
-            if !may {
-                asked = None;
-            }
         }
         if !self.defaults.contains_key(account) {
             let own = store.source_defaults(account).await.map_err(db)?;
@@ -52,7 +51,8 @@ impl Lookups {
             .iter()
             .find(|(name, _)| *name == source_type_name(source_type))
             .map(|(_, m)| if *m { Status::Marketing } else { Status::NonMarketing });
-        let status = rules::initial_status(origin, asked, account_default);
+        let status =
+            if may { rules::initial_status(origin, asked, account_default) } else { Status::NonMarketing };
         let initial = if status == Status::Marketing { State::MARKETING } else { State::NON_MARKETING };
         let actor = Actor {
             source_type: source_type_name(source_type),
@@ -86,9 +86,9 @@ async fn marketing_requested(
         user_id: m.user_id,
         request_id: String::new(),
     };
-    crate::setting::apply(store, account, &m.contact_ids, false, Status::Marketing, &actor, "", now)
-        .await
-        .map_err(db)?;
+    let none = contactier_runtime::idempotency::Key::none();
+    crate::setting::apply(store, account, &m.contact_ids, false, Status::Marketing, &actor, &none, now)
+        .await?;
     Ok(())
 }
 

@@ -103,7 +103,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
         let contacts = targets::Contacts { peer: env.platform.peer(NAME, &env.peers.contacts_url)? };
-        let workflow_worker = clock.register_worker("marketing-status-workflows");
+        let workflow_worker = clock.register_worker(workflows::WORKER);
         let runner =
             workflows::Runner { store: store.clone(), contacts: contacts.clone(), relay: relay.clone() };
         let workflows = workflow_worker.waker();

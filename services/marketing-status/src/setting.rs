@@ -6,6 +6,7 @@ use crate::store::{Actor, Counts, Keep, Outcomes, SetOutcome, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::convert::timestamp_micros;
+use contactier_runtime::idempotency::{self, Key};
 use prost::Message;
 
 /// The most contacts one transaction changes (and one call may name by id).
@@ -61,9 +62,9 @@ pub async fn apply(
     per_contact: bool,
     wanted: Status,
     actor: &Actor,
-    request_id: &str,
+    key: &Key,
     now: DateTime<Utc>,
-) -> Result<pb::SetMarketingStatusResponse, sqlx::Error> {
+) -> Result<pb::SetMarketingStatusResponse, Failed> {
     let mut answer = pb::SetMarketingStatusResponse::default();
     let chunks: Vec<&[String]> = ids.chunks(MAX_CONTACTS_PER_CALL).collect();
     if chunks.is_empty() {
@@ -76,17 +77,39 @@ pub async fn apply(
             add(&mut a, o, c, per_contact);
             a.encode_to_vec()
         };
-        let keep = Keep { request_id, answer: &build };
-        let keep = (single && !request_id.is_empty()).then_some(&keep);
+        let keep = Keep { request_id: &key.id, digest: &key.digest, answer: &build };
+        let keep = (single && !key.is_none()).then_some(&keep);
         match store.set_status(account, chunk, wanted, actor, now, keep).await? {
             SetOutcome::Done(outcomes, counts) => add(&mut answer, &outcomes, &counts, per_contact),
-            SetOutcome::Replayed(first) => {
+            SetOutcome::Replayed(_, digest) if !idempotency::same(&digest, &key.digest) => {
+                return Err(Failed::Reused);
+            }
+            SetOutcome::Replayed(first, _) => {
                 return Ok(pb::SetMarketingStatusResponse::decode(first.as_slice()).unwrap_or_default());
             }
         }
     }
-    if !single && !request_id.is_empty() {
-        store.save_response(account, request_id, &answer.encode_to_vec()).await?;
+    if !single && !key.is_none() {
+        store.save_response(account, &key.id, &key.digest, &answer.encode_to_vec()).await?;
     }
     Ok(answer)
+}
+
+/// Why a status request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum Failed {
+    #[error("storage: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Its request id was used for a different request.
+    #[error("request_id: already used for a different request")]
+    Reused,
+}
+
+impl From<Failed> for tonic::Status {
+    fn from(f: Failed) -> Self {
+        match f {
+            Failed::Db(e) => contactier_runtime::db::storage_unavailable(&e),
+            Failed::Reused => idempotency::reused(),
+        }
+    }
 }

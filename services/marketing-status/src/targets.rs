@@ -27,6 +27,32 @@ impl Contacts {
         Ok(req)
     }
 
+    /// Whether the target can be read: the list exists in the account, or the filter is one
+    /// the contacts service accepts. NOT_FOUND or INVALID_ARGUMENT (naming `field`) when not.
+    pub async fn check(&self, account: &str, target: &Target, field: &str) -> Result<(), Status> {
+        let mut client =
+            ContactsServiceClient::with_interceptor(self.peer.channel.clone(), self.peer.interceptor());
+        let answer = match target {
+            Target::List(id) => {
+                let req = cpb::GetListRequest { id: id.clone() };
+                client.get_list(self.request(account, req)?).await.map(drop)
+            }
+            Target::Filter(f) => {
+                let req = cpb::SearchContactsRequest {
+                    filter: Some(f.clone()),
+                    page_size: 1,
+                    ..Default::default()
+                };
+                client.search_contacts(self.request(account, req)?).await.map(drop)
+            }
+        };
+        answer.map_err(|e| match e.code() {
+            tonic::Code::NotFound => Status::not_found(format!("{field}: {}", e.message())),
+            tonic::Code::InvalidArgument => Status::invalid_argument(format!("{field}.{}", e.message())),
+            _ => e,
+        })
+    }
+
     /// Every contact id of the target. NOT_FOUND for an unknown list; INVALID_ARGUMENT (with
     /// the contacts service's field) for a bad filter.
     pub async fn ids(&self, account: &str, target: &Target) -> Result<Vec<String>, Status> {

@@ -55,6 +55,7 @@ fn pb_run(r: RunRow) -> pb::WorkflowRun {
         "queued" => pb::WorkflowRunState::Queued,
         "retrying" => pb::WorkflowRunState::Retrying,
         "succeeded" => pb::WorkflowRunState::Succeeded,
+        "failed" => pb::WorkflowRunState::Failed,
         _ => pb::WorkflowRunState::Unspecified,
     };
     pb::WorkflowRun {
@@ -104,8 +105,13 @@ impl Api {
             GrpcStatus::invalid_argument("workflow.action: SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
         })?;
         let (list_id, filter) = match w.target {
-            Some(pb::workflow::Target::ListId(id)) if !id.is_empty() => (id, vec![]),
+            Some(pb::workflow::Target::ListId(id)) if !id.is_empty() => {
+                self.contacts.check(&account, &Target::List(id.clone()), "workflow.list_id").await?;
+                (id, vec![])
+            }
             Some(pb::workflow::Target::Filter(f)) if !f.groups.is_empty() => {
+                // "workflow" + the contacts service's "filter..." names the field here.
+                self.contacts.check(&account, &Target::Filter(f.clone()), "workflow").await?;
                 (String::new(), f.encode_to_vec())
             }
             _ => {
@@ -167,12 +173,16 @@ impl Api {
         let run = RunRow {
             account_id: account,
             id: new_id(),
-            workflow_id: w.id,
+            workflow_id: w.id.clone(),
             request_id: r.request_id,
             created_at: micros(self.clock.now()),
             ..RunRow::default()
         };
         let run = self.store.queue_run(&run).await.map_err(db)?;
+        // The request id was used before to run another workflow.
+        if run.workflow_id != w.id {
+            return Err(contactier_runtime::idempotency::reused());
+        }
         self.workflows.wake();
         Ok(pb::RunWorkflowResponse { run: Some(pb_run(run)) })
     }
@@ -200,28 +210,43 @@ pub struct Runner {
     pub relay: WorkerWaker,
 }
 
+/// Why an attempt did not succeed.
+enum Failure {
+    /// Worth trying again: the contacts service or the database did not answer.
+    Retry(String),
+    /// Never going to succeed: the list is gone, the filter no longer compiles.
+    Final(String),
+}
+
+/// Runs carried out at once; one slow run does not hold up the others.
+const PARALLEL: usize = 4;
+/// The longest one attempt may take before it counts as failed and is retried.
+const ATTEMPT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const WORKER: &str = "marketing-status-workflows";
+
 impl Runner {
-    async fn attempt(&self, run: &RunRow, now: DateTime<Utc>) -> Result<i64, String> {
-        let Some(w) = self
-            .store
-            .workflows(&run.account_id, Some(&run.workflow_id))
-            .await
-            .map_err(|e| e.to_string())?
-            .pop()
+    async fn attempt(&self, run: &RunRow, now: DateTime<Utc>) -> Result<i64, Failure> {
+        let retry = |e: sqlx::Error| Failure::Retry(e.to_string());
+        let Some(w) =
+            self.store.workflows(&run.account_id, Some(&run.workflow_id)).await.map_err(retry)?.pop()
         else {
             // Deleted since it was queued: nothing left to do.
             return Ok(0);
         };
         let target = if w.list_id.is_empty() {
-            Target::Filter(cpb::ContactFilter::decode(w.filter.as_slice()).map_err(|e| e.to_string())?)
+            Target::Filter(
+                cpb::ContactFilter::decode(w.filter.as_slice()).map_err(|e| Failure::Final(e.to_string()))?,
+            )
         } else {
             Target::List(w.list_id.clone())
         };
-        let ids = self
-            .contacts
-            .ids(&run.account_id, &target)
-            .await
-            .map_err(|e| format!("{:?}: {}", e.code(), e.message()))?;
+        let ids = self.contacts.ids(&run.account_id, &target).await.map_err(|e| {
+            let reason = format!("{:?}: {}", e.code(), e.message());
+            match e.code() {
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => Failure::Final(reason),
+                _ => Failure::Retry(reason),
+            }
+        })?;
         let wanted = if w.action == "set_marketing" { Status::Marketing } else { Status::NonMarketing };
         let actor = Actor {
             source_type: "WORKFLOW".into(),
@@ -229,32 +254,53 @@ impl Runner {
             user_id: String::new(),
             request_id: run.id.clone(),
         };
-        let answer = setting::apply(&self.store, &run.account_id, &ids, false, wanted, &actor, "", now)
+        let none = contactier_runtime::idempotency::Key::none();
+        let answer = setting::apply(&self.store, &run.account_id, &ids, false, wanted, &actor, &none, now)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Retry(e.to_string()))?;
         Ok(answer.changed)
     }
 
-    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        for mut run in self.store.due_runs(now).await? {
-            run.attempts += 1;
-            match self.attempt(&run, now).await {
-                Ok(changed) => {
-                    run.state = "succeeded".into();
-                    run.changed = changed;
-                    run.finished_at = micros(now);
-                    tracing::info!(run = %run.id, changed, "workflow run succeeded");
-                    self.relay.wake();
-                }
-                Err(e) => {
-                    run.state = "retrying".into();
-                    run.next_attempt_at = micros(now + retry_delay(run.attempts));
-                    tracing::warn!(run = %run.id, attempt = run.attempts, error = %e, "workflow run failed; retrying");
-                    run.last_error = e;
-                }
+    /// One run's attempt, its outcome saved on the run.
+    async fn carry_out(&self, mut run: RunRow, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        run.attempts += 1;
+        let outcome = match tokio::time::timeout(ATTEMPT, self.attempt(&run, now)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Retry(format!("not done within {} s", ATTEMPT.as_secs()))),
+        };
+        match outcome {
+            Ok(changed) => {
+                run.state = "succeeded".into();
+                run.changed = changed;
+                run.finished_at = micros(now);
+                tracing::info!(run = %run.id, changed, "workflow run succeeded");
+                self.relay.wake();
             }
-            self.store.save_run(&run).await?;
+            Err(Failure::Final(e)) => {
+                run.state = "failed".into();
+                run.finished_at = micros(now);
+                tracing::warn!(run = %run.id, attempt = run.attempts, error = %e, "workflow run failed for good");
+                run.last_error = e;
+            }
+            Err(Failure::Retry(e)) => {
+                run.state = "retrying".into();
+                run.next_attempt_at = micros(now + retry_delay(run.attempts));
+                contactier_runtime::work::record_failure(WORKER, &run.account_id, &run.id, run.attempts, &e);
+                run.last_error = e;
+            }
         }
+        self.store.save_run(&run).await
+    }
+
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        use futures::StreamExt;
+        let results: Vec<Result<(), sqlx::Error>> = futures::stream::iter(self.store.due_runs(now).await?)
+            .map(|run| self.carry_out(run, now))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        // A run whose outcome could not be saved stays due; the others are saved.
+        results.into_iter().collect::<Result<(), _>>()?;
         self.store.next_run_due().await
     }
 }

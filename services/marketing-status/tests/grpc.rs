@@ -499,8 +499,10 @@ async fn a_pending_request_made_after_the_processing_instant_waits_for_the_next_
     }
 }
 
+/// Runs, their retries and their failures need the contacts service: see
+/// `tests/tests/hostile.rs` (`workflows_refuse_missing_lists_and_fail_runs_for_good`).
 #[tokio::test]
-async fn workflows_belong_to_professional_and_enterprise_and_retry_until_they_succeed() {
+async fn workflows_belong_to_professional_and_enterprise() {
     use contactier_proto::common::v1::Edition;
     for backend in BACKENDS {
         let s = start(backend).await;
@@ -534,43 +536,13 @@ async fn workflows_belong_to_professional_and_enterprise_and_retry_until_they_su
             .await
             .unwrap_err();
         assert!(err.message().starts_with("workflow.action"), "{}", err.message());
-        let w = s
+        // The list is checked with the contacts service, unreachable here: try again later.
+        let err = s
             .api()
             .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow) }, &admin))
             .await
-            .unwrap()
-            .into_inner()
-            .workflow
-            .unwrap();
-        let writer = s.user(ACCOUNT, "w", &["write"]);
-        let run = |rid: &str| pb::RunWorkflowRequest { workflow_id: w.id.clone(), request_id: rid.into() };
-        let first =
-            s.api().run_workflow(authed(run("go-1"), &writer)).await.unwrap().into_inner().run.unwrap();
-        let again =
-            s.api().run_workflow(authed(run("go-1"), &writer)).await.unwrap().into_inner().run.unwrap();
-        assert_eq!(first.id, again.id, "{backend:?}: one run per request id");
-
-        // The contacts service is unreachable here: the run keeps retrying with backoff.
-        let now = s.platform.clock.now();
-        s.platform.clock.advance_to(now + chrono::Duration::seconds(75)).await.unwrap();
-        let got = s
-            .api()
-            .get_workflow_run(authed(pb::GetWorkflowRunRequest { id: first.id.clone() }, &writer))
-            .await
-            .unwrap()
-            .into_inner()
-            .run
-            .unwrap();
-        assert_eq!(got.state(), pb::WorkflowRunState::Retrying, "{backend:?}");
-        assert_eq!(got.attempts, 4, "{backend:?}: at 0, 10, 30 and 70 seconds");
-        assert!(got.last_error.contains("Unavailable"), "{}", got.last_error);
-        let other = s.user("acct-b", "x", &["read"]);
-        let err = s
-            .api()
-            .get_workflow_run(authed(pb::GetWorkflowRunRequest { id: first.id }, &other))
-            .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
     }
 }
 

@@ -23,6 +23,8 @@ pub enum Start {
     Resume(ImportRow),
     /// The same request id is running now.
     Busy,
+    /// The request id was used for an import with another header.
+    Reused,
 }
 
 /// Wall-clock microseconds: leases are about processes, not the business clock.
@@ -43,6 +45,8 @@ pub struct ImportRow {
     pub skipped: i64,
     pub failed: i64,
     pub request_id: String,
+    /// Digest of the header the request id was first used with.
+    pub request_digest: String,
     pub started_at: i64,
     pub finished_at: i64,
 }
@@ -54,7 +58,7 @@ pub struct ImportErrorRow {
     pub reason: String,
 }
 
-const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, started_at, finished_at";
+const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, started_at, finished_at";
 
 impl Store {
     /// Records a new import, or settles what to do with the one made before under the same
@@ -69,6 +73,9 @@ impl Store {
             let earlier: Option<Beating> = with_pool!(&self.db, pool =>
                 sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(&i.request_id).fetch_optional(pool).await?);
             if let Some(Beating { import: earlier, heartbeat_at: beat }) = earlier {
+                if !contactier_runtime::idempotency::same(&earlier.request_digest, &i.request_digest) {
+                    return Ok(Start::Reused);
+                }
                 let stale = beat < now - lease.as_micros() as i64;
                 return Ok(match earlier.state.as_str() {
                     "completed" => Start::Finished(earlier),
@@ -89,9 +96,9 @@ impl Store {
             }
         }
         with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, started_at, finished_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, 0, $8)",
-        ).bind(account).bind(&i.id).bind(&i.name).bind(&i.mode).bind(&i.state).bind(&i.request_id).bind(i.started_at).bind(now)
+            "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, started_at, finished_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, $8, 0, $9)",
+        ).bind(account).bind(&i.id).bind(&i.name).bind(&i.mode).bind(&i.state).bind(&i.request_id).bind(&i.request_digest).bind(i.started_at).bind(now)
         .execute(pool).await?.rows_affected());
         Ok(Start::Fresh)
     }

@@ -51,13 +51,15 @@ pub(crate) const CONTACT_COLUMNS: &str =
     "c.id, c.email, c.properties, c.version, c.source_type, c.source_id, c.created_at, c.updated_at";
 
 /// Saves an answer under its request id; the first one saved stays.
-const KEEP_ANSWER: &str =
-    "INSERT INTO request_answers (account_id, request_id, answer) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+const KEEP_ANSWER: &str = "INSERT INTO request_answers (account_id, request_id, answer, digest) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
 /// A call's answer to save with the write it answers: the encoded answer made from the
 /// write's outcomes, or None when there is none to save (the call fails).
 pub struct KeepAnswer<'a> {
     pub request_id: &'a str,
+    /// Of the request the id stands for; see [`contactier_runtime::idempotency`].
+    pub digest: &'a str,
     pub answer: &'a EncodeAnswer<'a>,
 }
 
@@ -298,15 +300,22 @@ impl Store {
 
     // ---- idempotency ----
 
-    pub async fn answer(&self, account: &str, request_id: &str) -> Result<Option<Vec<u8>>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT answer FROM request_answers WHERE account_id = $1 AND request_id = $2",
+    /// The answer kept under a request id, with the digest of the request it answered.
+    pub async fn answer(&self, account: &str, request_id: &str) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT answer, digest FROM request_answers WHERE account_id = $1 AND request_id = $2",
         ).bind(account).bind(request_id).fetch_optional(pool).await?))
     }
 
-    pub async fn keep_answer(&self, account: &str, request_id: &str, answer: &[u8]) -> Result<()> {
-        with_pool!(&self.db, pool =>
-            sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).execute(pool).await?.rows_affected());
+    pub async fn keep_answer(
+        &self,
+        account: &str,
+        request_id: &str,
+        digest: &str,
+        answer: &[u8],
+    ) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query(KEEP_ANSWER)
+            .bind(account).bind(request_id).bind(answer).bind(digest).execute(pool).await?.rows_affected());
         Ok(())
     }
 
@@ -406,10 +415,10 @@ impl Store {
                     }
                 })
                 .collect();
-            if let Some(KeepAnswer { request_id, answer }) = keep.filter(|k| !k.request_id.is_empty())
+            if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
                 && let Some(bytes) = answer(&outcomes)
             {
-                sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).execute(&mut *tx).await?;
+                sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).bind(digest).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             outcomes

@@ -158,7 +158,7 @@ impl Store {
     /// Runs due at `now`, oldest first.
     pub async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunRow>, sqlx::Error> {
         let q = format!(
-            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state <> 'succeeded' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
+            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state IN ('queued', 'retrying') AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
         );
         Ok(
             with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(micros(now)).fetch_all(pool).await?),
@@ -167,7 +167,7 @@ impl Store {
 
     pub async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let at: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state <> 'succeeded'",
+            "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state IN ('queued', 'retrying')",
         ).fetch_one(pool).await?);
         Ok(at.and_then(DateTime::from_timestamp_micros))
     }

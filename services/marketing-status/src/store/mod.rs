@@ -70,13 +70,16 @@ pub type Outcomes = Vec<(String, Option<Outcome>)>;
 /// Saving a request's answer with its changes.
 pub struct Keep<'a> {
     pub request_id: &'a str,
+    /// Of the request the id stands for; see [`contactier_runtime::idempotency`].
+    pub digest: &'a str,
     pub answer: &'a (dyn Fn(&Outcomes, &Counts) -> Vec<u8> + Sync),
 }
 
 pub enum SetOutcome {
     Done(Outcomes, Counts),
     /// The request id had been answered; its first answer.
-    Replayed(Vec<u8>),
+    /// A twin under the same request id saved first: its answer, and its request's digest.
+    Replayed(Vec<u8>, String),
 }
 
 /// A new contact to record: its event, initial state and origin.
@@ -216,14 +219,14 @@ impl Store {
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }
 
-    /// The answer first given to a request id, if any.
+    /// The answer first given to a request id, if any, with the digest of that request.
     pub async fn saved_response(
         &self,
         account: &str,
         request_id: &str,
-    ) -> Result<Option<Vec<u8>>, sqlx::Error> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT response FROM status_requests WHERE account_id = $1 AND request_id = $2",
+    ) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT response, digest FROM status_requests WHERE account_id = $1 AND request_id = $2",
         ).bind(account).bind(request_id).fetch_optional(pool).await?))
     }
 
@@ -232,11 +235,12 @@ impl Store {
         &self,
         account: &str,
         request_id: &str,
+        digest: &str,
         response: &[u8],
     ) -> Result<(), sqlx::Error> {
         with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        ).bind(account).bind(request_id).bind(response).execute(pool).await?.rows_affected());
+            "INSERT INTO status_requests (account_id, request_id, response, digest) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        ).bind(account).bind(request_id).bind(response).bind(digest).execute(pool).await?.rows_affected());
         Ok(())
     }
 

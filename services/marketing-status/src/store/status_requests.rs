@@ -148,14 +148,14 @@ impl Store {
             if let Some(keep) = keep {
                 let answer = (keep.answer)(&p.outcomes, &counts);
                 let saved = sqlx::query(
-                    "INSERT INTO status_requests (account_id, request_id, response) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                ).bind(account).bind(keep.request_id).bind(&answer).execute(&mut *tx).await?.rows_affected() == 1;
+                    "INSERT INTO status_requests (account_id, request_id, response, digest) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                ).bind(account).bind(keep.request_id).bind(&answer).bind(keep.digest).execute(&mut *tx).await?.rows_affected() == 1;
                 if !saved {
                     drop(tx);
-                    let first: Vec<u8> = sqlx::query_scalar(
-                        "SELECT response FROM status_requests WHERE account_id = $1 AND request_id = $2",
+                    let (first, digest): (Vec<u8>, String) = sqlx::query_as(
+                        "SELECT response, digest FROM status_requests WHERE account_id = $1 AND request_id = $2",
                     ).bind(account).bind(keep.request_id).fetch_one(pool).await?;
-                    return Ok(SetOutcome::Replayed(first));
+                    return Ok(SetOutcome::Replayed(first, digest));
                 }
             }
             tx.commit().await?;

@@ -1,0 +1,318 @@
+//! Connections a listener keeps. A listener holds at most a configured number at once (one past
+//! it is closed as it is accepted); a connection must start a request within a deadline of being
+//! accepted and is closed once it has carried none for the idle timeout. A client that opens
+//! connections and sends nothing, or leaves them idle, cannot use up the process's file
+//! descriptors. Requests in flight (an open WatchAlerts stream among them) keep their
+//! connection open.
+
+use pin_project_lite::pin_project;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::Stream;
+
+/// How a listener treats its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Streams (calls) one connection may carry at once.
+    pub max_streams: u32,
+    /// Time a new connection has to start its first request.
+    pub first_request: Duration,
+    /// Time a connection may carry no request before it is closed.
+    pub idle: Duration,
+    /// HTTP/2 pings to find peers that are gone: every `keepalive`, answered within 20 s.
+    pub keepalive: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 2_048,
+            max_streams: 100,
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(300),
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What requests on one connection tell its reader: how many are open, when the last ended.
+#[derive(Debug)]
+pub struct ConnState {
+    accepted: Instant,
+    active: AtomicUsize,
+    started: AtomicBool,
+    /// Milliseconds after `accepted` when the connection last carried a request.
+    last_active_ms: AtomicU64,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            accepted: Instant::now(),
+            active: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.accepted.elapsed().as_millis() as u64;
+        self.last_active_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// A request began on the connection; the guard ends it when dropped.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.started.store(true, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection is to be closed unless a request is open then.
+    fn deadline(&self, limits: &ConnLimits) -> Instant {
+        if self.started.load(Ordering::Relaxed) {
+            let last = Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed));
+            self.accepted + last + limits.idle
+        } else {
+            self.accepted + limits.first_request
+        }
+    }
+}
+
+/// Keeps a connection busy while a request (and its answer's body) is open.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The request extension that names a request's connection.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    pub state: Arc<ConnState>,
+}
+
+impl ConnInfo {
+    /// The connection of a request, over plain TCP or TLS.
+    pub fn of<B>(req: &http::Request<B>) -> Option<&ConnInfo> {
+        req.extensions().get::<ConnInfo>().or_else(|| {
+            req.extensions().get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>().map(|t| t.get_ref())
+        })
+    }
+}
+
+/// An accepted connection that holds its place under the listener's cap and is closed when it
+/// misses its deadline.
+pub struct Conn {
+    io: TcpStream,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    state: Arc<ConnState>,
+    limits: ConnLimits,
+    remote: Option<SocketAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    /// Whether the connection has outlived its deadline; re-arms the timer when it has not.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = Instant::now();
+            let next = if self.state.active.load(Ordering::Relaxed) > 0 {
+                now + self.limits.idle
+            } else {
+                self.state.deadline(&self.limits)
+            };
+            if next <= now {
+                return true;
+            }
+            self.timer.as_mut().reset(next.into());
+        }
+    }
+}
+
+fn timed_out(state: &ConnState) -> io::Error {
+    let what = if state.started.load(Ordering::Relaxed) { "idle" } else { "no request" };
+    metrics::counter!("contactier_connections_closed_total", "reason" => what).increment(1);
+    io::Error::new(io::ErrorKind::TimedOut, format!("connection closed: {what} within its deadline"))
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(timed_out(&self.state)));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo { remote: self.remote, state: self.state.clone() }
+    }
+}
+
+/// The connections `listener` accepts, under `limits`, with TCP_NODELAY set (without it a
+/// small answer can wait for the peer's delayed ACK, about 40 ms).
+pub fn incoming(listener: TcpListener, limits: ConnLimits) -> impl Stream<Item = io::Result<Conn>> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    futures::stream::unfold(
+        (listener, slots, None::<Instant>),
+        move |(listener, slots, mut warned)| async move {
+            loop {
+                let (io, remote) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors or the like: wait a moment rather than spin.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    // Full: this one is closed at once, and the log says so at most once a minute.
+                    metrics::counter!("contactier_connections_closed_total", "reason" => "full").increment(1);
+                    if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(
+                            max = limits.max_connections,
+                            "connection limit reached; closing new connections"
+                        );
+                        warned = Some(Instant::now());
+                    }
+                    drop(io);
+                    continue;
+                };
+                let _ = io.set_nodelay(true);
+                let state = Arc::new(ConnState::new());
+                let conn = Conn {
+                    io,
+                    timer: Box::pin(tokio::time::sleep(limits.first_request)),
+                    state,
+                    limits,
+                    remote: Some(remote),
+                    _permit: permit,
+                };
+                return Some((Ok(conn), (listener, slots, warned)));
+            }
+        },
+    )
+}
+
+pin_project! {
+    /// An answer's body that keeps its request counted on the connection until it ends.
+    pub struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _guard: Option<RequestGuard>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts each request on its connection from its start to the end of its answer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackLayer;
+
+impl<S> tower_layer::Layer<S> for TrackLayer {
+    type Service = Track<S>;
+    fn layer(&self, inner: S) -> Track<S> {
+        Track { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Track<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for Track<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let guard = ConnInfo::of(&req).map(|c| c.state.begin());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            Ok(resp.map(|inner| tonic::body::Body::new(Tracked { inner, _guard: guard })))
+        })
+    }
+}
