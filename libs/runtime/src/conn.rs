@@ -53,6 +53,8 @@ pub struct ConnState {
     started: AtomicBool,
     /// Milliseconds after `accepted` when the connection last carried a request.
     last_active_ms: AtomicU64,
+    /// The connection's reader, woken when its last request ends so it re-arms its deadline.
+    reader: futures::task::AtomicWaker,
 }
 
 impl ConnState {
@@ -62,6 +64,7 @@ impl ConnState {
             active: AtomicUsize::new(0),
             started: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
+            reader: futures::task::AtomicWaker::new(),
         }
     }
 
@@ -96,7 +99,9 @@ pub struct RequestGuard(Arc<ConnState>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.0.touch();
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -128,22 +133,24 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Whether the connection has outlived its deadline; re-arms the timer when it has not.
+    /// Whether the connection has outlived its deadline; arms the timer for it when it has
+    /// not. While a request is open there is none: the end of the last one wakes the reader.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.state.reader.register(cx.waker());
         loop {
+            if self.state.active.load(Ordering::Relaxed) > 0 {
+                return false;
+            }
+            let deadline = self.state.deadline(&self.limits);
+            if deadline <= Instant::now() {
+                return true;
+            }
+            if self.timer.deadline() != deadline.into() {
+                self.timer.as_mut().reset(deadline.into());
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            let now = Instant::now();
-            let next = if self.state.active.load(Ordering::Relaxed) > 0 {
-                now + self.limits.idle
-            } else {
-                self.state.deadline(&self.limits)
-            };
-            if next <= now {
-                return true;
-            }
-            self.timer.as_mut().reset(next.into());
         }
     }
 }

@@ -3,27 +3,22 @@
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::signing;
+use crate::store::AlertRow;
 use crate::store::{DEAD_LETTERED, RedriveResult, Store};
 use crate::targets::{self, Allowed};
+use crate::watch::{Full, Watchers};
 use contactier_proto::notification::v1::{self as pb, notification_service_server::NotificationService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use std::pin::Pin;
-use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-/// How often a watch looks in the database for alerts made by other replicas.
-const WATCH_POLL: Duration = Duration::from_secs(1);
-
-/// Tells watchers of an account that it has a new alert (account id, sequence).
-pub type Feed = broadcast::Sender<(String, i64)>;
-
 pub struct Api {
     pub store: Store,
     pub clock: Clock,
-    pub feed: Feed,
+    pub watchers: Watchers,
     pub delivery: WorkerWaker,
     /// Where webhooks may go.
     pub allowed: Allowed,
@@ -148,15 +143,23 @@ impl NotificationService for Api {
         if after < 0 {
             return Err(Error::invalid("after_sequence", "must not be negative").into());
         }
-        // Subscribe before the first read, so an alert committed in between still wakes us.
-        let mut news = self.feed.subscribe();
+        // Watch before the first read, so an alert committed in between is not missed.
+        let mut watching = self.watchers.watch(&account).map_err(|full| {
+            let why = match full {
+                Full::Account(n) => format!("this account has {n} open alert streams here, the most it may"),
+                Full::Replica(n) => format!("this server holds {n} open alert streams, the most it may"),
+            };
+            Status::resource_exhausted(format!("{why}; close one or retry later"))
+        })?;
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            // The database is the source of truth: the stream reads from it to catch up, at
+            // the start and whenever it cannot tell from the channel that it missed nothing.
             let mut last = after;
+            let mut catch_up = true;
             loop {
-                // The database is the source of truth; the feed only says when to look.
-                loop {
+                while catch_up {
                     let rows = match store.alerts_after(&account, last, 200).await {
                         Ok(rows) => rows,
                         Err(e) => {
@@ -164,9 +167,7 @@ impl NotificationService for Api {
                             return;
                         }
                     };
-                    if rows.is_empty() {
-                        break;
-                    }
+                    catch_up = !rows.is_empty();
                     for row in rows {
                         last = row.sequence;
                         if tx
@@ -178,16 +179,22 @@ impl NotificationService for Api {
                         }
                     }
                 }
-                loop {
-                    tokio::select! {
-                        msg = news.recv() => match msg {
-                            Ok((a, seq)) if a != account || seq <= last => continue,
-                            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(broadcast::error::RecvError::Closed) => return,
-                        },
-                        _ = tokio::time::sleep(WATCH_POLL) => break,
-                        _ = tx.closed() => return,
-                    }
+                tokio::select! {
+                    next = watching.alerts.recv() => match next {
+                        Ok(row) if row.sequence <= last => {}
+                        Ok(row) if row.sequence == last + 1 => {
+                            last = row.sequence;
+                            let alert = convert::alert(AlertRow::clone(&row));
+                            if tx.send(Ok(pb::WatchAlertsResponse { alert: Some(alert) })).await.is_err() {
+                                return;
+                            }
+                        }
+                        // A gap (an alert another replica made, not yet seen here) or a
+                        // channel that ran ahead of this stream: read what is missing.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tx.closed() => return,
                 }
             }
         });

@@ -42,9 +42,22 @@ pub struct DeliveryArgs {
     /// receivers; every other loopback, private, link-local or reserved address is refused.
     #[arg(long, env = "CONTACTIER_WEBHOOK_ALLOW_RANGES", value_delimiter = ',')]
     pub webhook_allow_ranges: Vec<ipnet::IpNet>,
+    /// Open WatchAlerts streams one account may hold on one replica.
+    #[arg(long, env = "CONTACTIER_WATCH_STREAMS_PER_ACCOUNT", default_value_t = 50)]
+    pub watch_streams_per_account: usize,
+    /// Open WatchAlerts streams one replica holds.
+    #[arg(long, env = "CONTACTIER_WATCH_STREAMS", default_value_t = 5_000)]
+    pub watch_streams: usize,
 }
 
 impl DeliveryArgs {
+    pub fn watch_limits(&self) -> crate::watch::WatchLimits {
+        crate::watch::WatchLimits {
+            per_account: self.watch_streams_per_account,
+            per_replica: self.watch_streams,
+        }
+    }
+
     /// Where webhooks may go.
     pub fn allowed(&self) -> Allowed {
         Allowed { http: self.webhook_allow_http, ranges: self.webhook_allow_ranges.clone() }

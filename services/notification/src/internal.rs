@@ -1,7 +1,6 @@
 //! NotificationInternalService: billing's usage, upgrade and invoice events, applied once each.
 
 use crate::alerts::Usage;
-use crate::api::Feed;
 use crate::convert::date_string;
 use crate::error::{Error, Result};
 use crate::store::{Event, Store};
@@ -15,7 +14,7 @@ use tonic::{Request, Response, Status};
 pub struct Internal {
     pub store: Store,
     pub clock: Clock,
-    pub feed: Feed,
+    pub watchers: crate::watch::Watchers,
     pub delivery: WorkerWaker,
 }
 
@@ -91,10 +90,9 @@ impl NotificationInternalService for Internal {
         for (event_id, account, event) in events {
             principal.check_account(&account)?;
             let applied = self.store.apply(&event_id, &account, &event, self.clock.now()).await?;
-            for alert in applied.iter().flatten() {
+            if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
                 any_new = true;
-                // Nobody watching is fine: the feed is only a wake-up.
-                let _ = self.feed.send((alert.account_id.clone(), alert.sequence));
+                self.watchers.publish(&alerts);
             }
             acknowledged.push(event_id);
         }

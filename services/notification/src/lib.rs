@@ -12,6 +12,7 @@ mod signing;
 mod store;
 pub mod targets;
 pub mod thresholds;
+pub mod watch;
 
 pub use delivery::DeliveryArgs;
 
@@ -73,17 +74,18 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
     let waker = worker.waker();
     let sender = delivery::Sender::new(&args)?;
     let allowed = args.allowed();
+    let watchers = watch::Watchers::new(args.watch_limits());
     tokio::spawn(delivery::run(store.clone(), worker, sender, args, env.platform.shutdown.clone()));
-    let (feed, _) = tokio::sync::broadcast::channel(1024);
+    tokio::spawn(watchers.clone().poll(store.clone(), env.platform.shutdown.clone()));
     let api = api::Api {
         store: store.clone(),
         clock: clock.clone(),
-        feed: feed.clone(),
+        watchers: watchers.clone(),
         delivery: waker.clone(),
         allowed,
     };
     let failing = vec![store.failing_work()];
-    let internal = internal::Internal { store, clock, feed, delivery: waker };
+    let internal = internal::Internal { store, clock, watchers, delivery: waker };
     let routes = Routes::new(NotificationServiceServer::new(api))
         .add_service(NotificationInternalServiceServer::new(internal));
     Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })

@@ -223,6 +223,21 @@ impl Store {
             .bind(account).bind(after_sequence).bind(limit).fetch_all(pool).await?))
     }
 
+    /// The last alert sequence of each of `accounts` that has alerts.
+    pub async fn last_sequences(
+        &self,
+        accounts: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>> {
+        let q = format!(
+            "SELECT account_id, last_sequence FROM alert_sequences WHERE {}",
+            self.db.json_in("account_id", 1)
+        );
+        let keys = serde_json::to_string(accounts).expect("JSON of strings");
+        let rows: Vec<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(keys).fetch_all(pool).await?);
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn alert(&self, id: &str) -> Result<Option<AlertRow>> {
         let q = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1");
         Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))

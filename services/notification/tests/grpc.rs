@@ -49,6 +49,8 @@ fn delivery_args(smtp_url: Option<String>) -> DeliveryArgs {
         // The test's receivers listen on loopback over plain http.
         webhook_allow_http: true,
         webhook_allow_ranges: vec!["127.0.0.0/8".parse().unwrap()],
+        watch_streams_per_account: 4,
+        watch_streams: 100,
     }
 }
 

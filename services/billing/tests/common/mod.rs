@@ -119,6 +119,8 @@ pub async fn start(backend: Backend) -> Billing {
         webhook_timeout_ms: 1_000,
         webhook_allow_http: false,
         webhook_allow_ranges: vec![],
+        watch_streams_per_account: 50,
+        watch_streams: 5_000,
     };
     let env = ServiceEnv { platform: platform.clone(), db: ndb.db.clone(), peers: no_peers() };
     let notification = serve(contactier_notification::build_with(env, args).await.unwrap(), &platform).await;
