@@ -176,9 +176,13 @@ impl Outbox {
     ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
         // The running total is taken over lengths alone, which both backends read without the
         // payload; the payloads are then read for the entries chosen only.
+        // An account's events go in order: one waiting for its retry holds back the account's
+        // later ones, and no other account's.
         let q = "SELECT o.event_id, o.account_id, o.payload, o.attempts FROM outbox o JOIN \
                  (SELECT seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
-                 FROM outbox WHERE topic = $1 AND next_attempt_at <= $2 ORDER BY seq LIMIT $3) d \
+                 FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
+                 (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
+                 AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
                  ON o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
         let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
             sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?);
@@ -242,8 +246,22 @@ impl Outbox {
             let full = events.len() as i64 == batch
                 || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= batch_bytes;
             // The payloads go to the receiver; what settling each entry needs stays here.
-            let sent: Vec<(String, i32)> = events.iter().map(|e| (e.event_id.clone(), e.attempts)).collect();
+            let sent: Vec<(String, String, i32)> =
+                events.iter().map(|e| (e.event_id.clone(), e.account_id.clone(), e.attempts)).collect();
             let outcome = deliver(events).await;
+            // The receiver refused something in the batch, but answers: each event alone, so
+            // one it cannot take holds up only its own account.
+            if let Err(e) = &outcome
+                && sent.len() > 1
+                && !receiver_unavailable(e)
+            {
+                delivered += self.relay_singly(now, deliver, backoff, sent).await?;
+                if !full {
+                    return Ok(delivered);
+                }
+                continue;
+            }
+            let sent: Vec<(String, i32)> = sent.into_iter().map(|(id, _, attempts)| (id, attempts)).collect();
             let acked: HashSet<String> = match &outcome {
                 Ok(ids) => ids.iter().cloned().collect(),
                 Err(_) => HashSet::new(),
@@ -272,6 +290,68 @@ impl Outbox {
         }
     }
 
+    /// Delivers events one at a time, oldest first. An event refused holds back its account's
+    /// later ones until its retry; once the receiver stops answering, the rest wait too.
+    async fn relay_singly(
+        &self,
+        now: DateTime<Utc>,
+        deliver: &Deliver,
+        backoff: Backoff,
+        sent: Vec<(String, String, i32)>,
+    ) -> Result<u64, sqlx::Error> {
+        let mut delivered = 0;
+        let mut held: HashSet<String> = HashSet::new();
+        let mut down: Option<String> = None;
+        let retry =
+            |attempts| chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
+        for (id, account, attempts) in sent {
+            if let Some(error) = &down {
+                self.retry_at(&id, now + retry(attempts), error).await?;
+                continue;
+            }
+            if held.contains(&account) {
+                self.retry_at(&id, now + retry(attempts), "waiting for an earlier event of the account")
+                    .await?;
+                continue;
+            }
+            let Some(event) = self.event(&id).await? else { continue };
+            match deliver(vec![event]).await {
+                Ok(ids) if ids.contains(&id) => {
+                    self.acknowledge(std::slice::from_ref(&id)).await?;
+                    delivered += 1;
+                }
+                outcome => {
+                    let error = match &outcome {
+                        Ok(_) => "not acknowledged".to_owned(),
+                        Err(e) => format!("{e:#}"),
+                    };
+                    tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
+                    metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
+                        .increment(1);
+                    self.retry_at(&id, now + retry(attempts), &error).await?;
+                    held.insert(account);
+                    if outcome.as_ref().err().is_some_and(receiver_unavailable) {
+                        down = Some(error);
+                    }
+                }
+            }
+        }
+        Ok(delivered)
+    }
+
+    /// One waiting event, if it is still there.
+    async fn event(&self, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
+        let q = "SELECT event_id, account_id, payload, attempts FROM outbox WHERE event_id = $1";
+        let row: Option<(String, String, Vec<u8>, i32)> =
+            with_pool!(&self.db, pool => sqlx::query_as(q).bind(event_id).fetch_optional(pool).await?);
+        Ok(row.map(|(event_id, account_id, payload, attempts)| OutboxEvent {
+            event_id,
+            account_id,
+            payload,
+            attempts,
+        }))
+    }
+
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
     /// until woken by new events (the worker's waker, called after a commit that enqueued).
     pub async fn run(self, worker: Worker, deliver: Deliver, backoff: Backoff, shutdown: crate::Shutdown) {
@@ -283,6 +363,21 @@ impl Outbox {
             })
             .await
     }
+}
+
+/// Whether a delivery failed because the receiver could not answer at all, rather than
+/// refusing what it was sent (or the sender failing to read one event).
+fn receiver_unavailable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>().is_some_and(|s| {
+        matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::ResourceExhausted
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+        )
+    })
 }
 
 #[cfg(test)]

@@ -167,3 +167,76 @@ async fn inbox_applies_each_event_once() {
         assert!(receive(&t.db, "evt-2").await);
     }
 }
+
+#[tokio::test]
+async fn an_event_the_receiver_refuses_holds_up_its_own_account_only() {
+    for backend in BACKENDS {
+        let t = migrated(backend, "runtime").await;
+        let ob = Outbox::new(t.db.clone(), "topic");
+        let enqueue_for = |account: &'static str, payload: &'static [u8]| {
+            let db = t.db.clone();
+            async move {
+                let id = contactier_runtime::outbox::new_event_id();
+                let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+                with_pool!(&db, pool => {
+                    let mut tx = pool.begin().await.unwrap();
+                    tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
+                    tx.commit().await.unwrap();
+                });
+                id
+            }
+        };
+        // Account a's first event is one the receiver refuses; its second must wait behind it.
+        let poison = enqueue_for("a", b"poison").await;
+        let b1 = enqueue_for("b", b"b1").await;
+        let a2 = enqueue_for("a", b"a2").await;
+        let c1 = enqueue_for("c", b"c1").await;
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let picky: Deliver = Box::new(move |events| {
+            let g = g.clone();
+            Box::pin(async move {
+                if events.iter().any(|e| e.payload == b"poison") {
+                    return Err(tonic::Status::invalid_argument("events.payload: refused").into());
+                }
+                g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+                Ok(events.into_iter().map(|e| e.event_id).collect())
+            })
+        });
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+        let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
+        assert_eq!(ob.relay_once(now, &picky, backoff, 10, 1 << 20).await.unwrap(), 2, "{backend:?}");
+        assert_eq!(*got.lock().unwrap(), [b1.clone(), c1.clone()], "{backend:?}: the other accounts went on");
+        // Retried, the refused event still holds back a2, and only a2.
+        let soon = now + chrono::Duration::seconds(13);
+        assert_eq!(ob.relay_once(soon, &picky, backoff, 10, 1 << 20).await.unwrap(), 0, "{backend:?}");
+        assert_eq!(got.lock().unwrap().len(), 2, "{backend:?}: a2 went before the event ahead of it");
+        let failing =
+            contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(10).await.unwrap();
+        let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
+        assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
+        assert!(refused.last_error.contains("refused"), "{}", refused.last_error);
+        // The receiver down: nothing is tried one by one, everything waits for its retry.
+        let calls = Arc::new(Mutex::new(0));
+        let c = calls.clone();
+        let down: Deliver = Box::new(move |_| {
+            *c.lock().unwrap() += 1;
+            Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) })
+        });
+        let later = now + chrono::Duration::minutes(10);
+        assert_eq!(ob.relay_once(later, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
+        assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: one try for the batch");
+        // Once the receiver takes it, the account's events arrive in their order.
+        let g = got.clone();
+        let fixed: Deliver = Box::new(move |events| {
+            let g = g.clone();
+            Box::pin(async move {
+                g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+                Ok(events.into_iter().map(|e| e.event_id).collect())
+            })
+        });
+        let much_later = later + chrono::Duration::minutes(10);
+        assert_eq!(ob.relay_once(much_later, &fixed, backoff, 10, 1 << 20).await.unwrap(), 2);
+        assert_eq!(*got.lock().unwrap(), [b1, c1, poison, a2], "{backend:?}");
+    }
+}
