@@ -134,6 +134,16 @@ impl System {
         channel(self.services.iter().find(|s| s.def.name == service).expect("a service of this system").addr)
     }
 
+    /// The database of the named service, for tests that play a fault into it.
+    pub fn db(&self, service: &str) -> &contactier_runtime::Db {
+        &self.services.iter().find(|s| s.def.name == service).expect("a service of this system").db.db
+    }
+
+    /// A token of `user` in `account`.
+    pub fn token(&self, account: &str, user: &str, scopes: &[&str]) -> String {
+        self.platform.authenticator.user_token(account, user, scopes, chrono::Duration::hours(1))
+    }
+
     pub fn user_token(&self, account: &str, scopes: &[&str]) -> String {
         self.platform.authenticator.user_token(account, "user-1", scopes, chrono::Duration::hours(1))
     }

@@ -63,6 +63,31 @@ impl Drop for TestDb {
 /// Both backends, for tests that must hold on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
+/// One test per backend from each `async fn name(backend: Backend)`, so each backend's result
+/// shows on its own line (`sqlite::name`, `postgres::name`) and one failing hides nothing of
+/// the other.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::db::Backend::Sqlite).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::db::Backend::Postgres).await
+                }
+            )+
+        }
+    };
+}
+
 /// The secret of test platforms' tokens.
 pub const TEST_SECRET: &[u8] = b"contactier-test-secret-contactier-test";
 
