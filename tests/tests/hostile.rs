@@ -90,7 +90,7 @@ fn invalid(err: &tonic::Status, field: &str) {
     assert!(err.message().starts_with(field), "expected {field}: {}", err.message());
 }
 
-/// 1. A subscription cannot start after today; an account whose invoice fails is recorded and
+/// Case 1: A subscription cannot start after today; an account whose invoice fails is recorded and
 /// retried on its own while every other account is invoiced.
 async fn a_failing_invoice_holds_up_no_other_account(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -134,7 +134,7 @@ async fn a_failing_invoice_holds_up_no_other_account(backend: Backend) {
     assert!(failing_work(&s, "billing").await.iter().all(|f| f.worker != "billing-invoices"));
 }
 
-/// 2. A NUL character is refused naming its field, on both backends alike; a batch or an
+/// Case 2: A NUL character is refused naming its field, on both backends alike; a batch or an
 /// import with one such cell writes its good records.
 async fn nul_characters_are_refused_and_good_records_written(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -188,7 +188,7 @@ async fn import(s: &System, token: &str, file: &str, header: cpb::ImportHeader) 
     last.expect("a summary")
 }
 
-/// 3. Webhooks reach public https addresses only, however the address is spelled; a delivery
+/// Case 3: Webhooks reach public https addresses only, however the address is spelled; a delivery
 /// to a recipient that no longer passes is not sent.
 async fn webhooks_cannot_reach_the_cluster(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -236,7 +236,7 @@ async fn webhooks_cannot_reach_the_cluster(backend: Backend) {
     assert!(listener.accept().is_err(), "{backend:?}: nothing connected to the internal port");
 }
 
-/// 5. One record far over the cap (an unclosed quote) is one refused row; the rows before it
+/// Case 5: One record far over the cap (an unclosed quote) is one refused row; the rows before it
 /// are written.
 async fn an_unclosed_quote_is_one_refused_row(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -256,7 +256,7 @@ async fn an_unclosed_quote_is_one_refused_row(backend: Backend) {
     assert!(errors[0].reason.contains("bytes"), "{}", errors[0].reason);
 }
 
-/// 6. WatchAlerts streams are capped per account; one alert reaches every open stream of the
+/// Case 6: WatchAlerts streams are capped per account; one alert reaches every open stream of the
 /// account, and another account still watches its own.
 async fn watch_streams_are_capped_and_share_their_alerts(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -290,7 +290,7 @@ async fn watch_streams_are_capped_and_share_their_alerts(backend: Backend) {
     assert!(watch(reader).await.is_ok(), "{backend:?}");
 }
 
-/// 7 and 8. Numbers and dates outside their ranges are refused naming the field; nothing
+/// Case 7 and 8: Numbers and dates outside their ranges are refused naming the field; nothing
 /// panics and nothing answers INTERNAL.
 async fn numbers_and_dates_out_of_range_are_refused(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -312,7 +312,7 @@ async fn numbers_and_dates_out_of_range_are_refused(backend: Backend) {
     assert_eq!(ok.new_tier, 3_000, "{backend:?}");
 }
 
-/// 9 and 13. Text past its cap is refused naming the field: filter values, list names, labels,
+/// Case 9 and 13: Text past its cap is refused naming the field: filter values, list names, labels,
 /// legal bases, user ids, request ids, webhook URLs, enumeration options.
 async fn text_past_its_cap_is_refused(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -387,7 +387,7 @@ async fn text_past_its_cap_is_refused(backend: Backend) {
     assert!(contacts(&s).list_lists(authed(lists, &admin)).await.unwrap().into_inner().lists.is_empty());
 }
 
-/// 10. Without the permission to set marketing, a user creates no marketing contact under any
+/// Case 10: Without the permission to set marketing, a user creates no marketing contact under any
 /// source; sources that systems set need a service token or the admin scope; unknown source
 /// numbers are refused.
 async fn no_marketing_contacts_without_the_permission(backend: Backend) {
@@ -476,7 +476,7 @@ async fn no_marketing_contacts_without_the_permission(backend: Backend) {
     assert_eq!(count.into_inner().count.unwrap().marketing, 0, "{backend:?}: nothing billed");
 }
 
-/// 11. A request id reused for a different request is refused; the same request again gets
+/// Case 11: A request id reused for a different request is refused; the same request again gets
 /// its first answer.
 async fn a_request_id_reused_for_another_request_is_refused(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
@@ -532,7 +532,7 @@ async fn a_request_id_reused_for_another_request_is_refused(backend: Backend) {
     assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
 }
 
-/// 12. A workflow's list or filter is checked at creation; a run that can never succeed fails
+/// Case 12: A workflow's list or filter is checked at creation; a run that can never succeed fails
 /// for good with its reason; one that meets an outage retries until it succeeds.
 async fn workflows_refuse_missing_lists_and_fail_runs_for_good(backend: Backend) {
     let mut s = System::start(backend, noon_20_april()).await;
@@ -635,7 +635,7 @@ async fn workflows_refuse_missing_lists_and_fail_runs_for_good(backend: Backend)
     assert_eq!(status(&s).run_workflow(authed(reuse, &admin)).await.unwrap_err().code(), Code::AlreadyExists);
 }
 
-/// 14. Email recipients need a dotted, public domain.
+/// Case 14: Email recipients need a dotted, public domain.
 async fn email_recipients_need_a_public_domain(backend: Backend) {
     let s = System::start(backend, noon_20_april()).await;
     let admin = s.user_token(A, &["admin"]);
