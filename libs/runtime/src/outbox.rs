@@ -212,9 +212,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// When the next event of the topic is due, if any is waiting.
+    /// When the next event of the topic is due, if any is waiting. An event behind an earlier
+    /// one of its account that waits longer is due with that one: the first event in time not
+    /// held back so is the next due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let q = "SELECT MIN(next_attempt_at) FROM outbox WHERE topic = $1";
+        let q = "SELECT MIN(next_attempt_at) FROM (SELECT o.next_attempt_at FROM outbox o WHERE o.topic = $1 \
+                 AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic AND w.account_id = o.account_id \
+                 AND w.seq < o.seq AND w.next_attempt_at > o.next_attempt_at) ORDER BY o.next_attempt_at LIMIT 1) n";
         let m: Option<i64> =
             with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?);
         Ok(m.map(from_micros))
@@ -309,9 +313,8 @@ impl Outbox {
                 self.retry_at(&id, now + retry(attempts), error).await?;
                 continue;
             }
+            // Not tried: the account's refused event holds it back until its own retry.
             if held.contains(&account) {
-                self.retry_at(&id, now + retry(attempts), "waiting for an earlier event of the account")
-                    .await?;
                 continue;
             }
             let Some(event) = self.event(&id).await? else { continue };

@@ -78,7 +78,8 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
 
         // The receiver is down: nothing is lost, both wait for a retry.
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let down: Deliver = Box::new(|_| Box::pin(async { anyhow::bail!("connection refused") }));
+        let down: Deliver =
+            Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
         let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
         let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
         assert_eq!(ob.relay_once(now, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
@@ -207,6 +208,10 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only() {
         let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
         assert_eq!(ob.relay_once(now, &picky, backoff, 10, 1 << 20).await.unwrap(), 2, "{backend:?}");
         assert_eq!(*got.lock().unwrap(), [b1.clone(), c1.clone()], "{backend:?}: the other accounts went on");
+        // What is left is due when the refused event is retried, not now: a relay told "now"
+        // would go round without pause while a2 waits behind it.
+        let next = ob.next_due().await.unwrap().expect("events wait");
+        assert!(next >= now + chrono::Duration::seconds(10), "{backend:?}: next due at {next}");
         // Retried, the refused event still holds back a2, and only a2.
         let soon = now + chrono::Duration::seconds(13);
         assert_eq!(ob.relay_once(soon, &picky, backoff, 10, 1 << 20).await.unwrap(), 0, "{backend:?}");
