@@ -370,7 +370,7 @@ async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
         use chrono::Datelike;
         Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
     };
-    let req = bpb::GetUsageHistoryRequest { from: pb_date(from), to: pb_date(today) };
+    let req = bpb::GetUsageHistoryRequest { start_date: pb_date(from), end_date: pb_date(today) };
     let points = billing.get_usage_history(conn.req(req)).await?.into_inner().points;
     let rows: Vec<chart::Day> = points
         .iter()

@@ -2,6 +2,7 @@
 
 use crate::calendar::{self, Term};
 use crate::error::{Error, Result};
+use crate::history;
 use crate::model::{self, Subscription};
 use crate::price_book::{Edition, PriceBook};
 use crate::proration;
@@ -73,6 +74,34 @@ fn page_token(t: &str) -> Result<Option<i64>> {
     t.parse().map(Some).map_err(|_| Error::invalid("page_token", "not a token this service issued"))
 }
 
+/// An invoice line as the contract shows it, its fields as its kind has them.
+fn pb_line(l: &model::Line, kind: model::LineKind, currency: &str) -> pb::InvoiceLine {
+    let (kind, price_difference, price_per_term) = match kind {
+        model::LineKind::ProratedUpgrade => (
+            pb::InvoiceLineKind::ProratedUpgrade,
+            Some(store::money(l.price_difference_minor, currency)),
+            None,
+        ),
+        model::LineKind::Term => {
+            (pb::InvoiceLineKind::Term, None, Some(store::money(l.term_price_minor(), currency)))
+        }
+    };
+    pb::InvoiceLine {
+        description: l.description.clone(),
+        from_tier: l.from_tier,
+        to_tier: l.to_tier,
+        price_difference,
+        remaining_days: l.remaining_days as i32,
+        term_days: l.term_days as i32,
+        amount: Some(store::money(l.amount_minor, currency)),
+        period_start: Some(pb_date(l.period_start)),
+        period_end: Some(pb_date(l.period_end)),
+        marketing_count: l.marketing_count,
+        kind: kind as i32,
+        price_per_term,
+    }
+}
+
 impl Api {
     async fn subscription(&self, account: &str) -> Result<Subscription> {
         self.store.subscription(account).await?.ok_or(Error::NotFound("subscription"))
@@ -125,21 +154,7 @@ impl Api {
             _ => pb::InvoiceKind::Unspecified,
         };
         Ok(pb::Invoice {
-            lines: lines
-                .into_iter()
-                .map(|l| pb::InvoiceLine {
-                    description: l.description,
-                    from_tier: l.from_tier,
-                    to_tier: l.to_tier,
-                    price_difference: Some(store::money(l.price_difference_minor, &r.currency)),
-                    remaining_days: l.remaining_days as i32,
-                    term_days: l.term_days as i32,
-                    amount: Some(store::money(l.amount_minor, &r.currency)),
-                    period_start: Some(pb_date(l.period_start)),
-                    period_end: Some(pb_date(l.period_end)),
-                    marketing_count: l.marketing_count,
-                })
-                .collect(),
+            lines: lines.iter().map(|l| pb_line(l, l.kind_in(&r.kind), &r.currency)).collect(),
             total: Some(store::money(r.total_minor, &r.currency)),
             issued_at: timestamp_micros(r.issued_at),
             term_start: date(&r.term_start),
@@ -195,6 +210,7 @@ impl BillingService for Api {
             marketing_contacts_enabled: r.marketing_contacts_enabled,
             created_at: now.timestamp_micros(),
             next_update_date: None,
+            period_start: None,
         };
         // A term that has not begun has no update period to count in nor a day to charge from.
         let today = sub.today(&self.book, now);
@@ -207,7 +223,9 @@ impl BillingService for Api {
         }
         let first = sub.first_update_date(&self.book, now);
         sub.next_update_date = Some(first);
-        self.store.create_subscription(&sub, (first, sub.processing_at(&self.book, first)), now).await?;
+        self.store
+            .create_subscription(&sub, (first, sub.processing_at(&self.book, first)), now, &self.book)
+            .await?;
         self.on_subscribe.iter().for_each(WorkerWaker::wake);
         Ok(Response::new(pb::CreateSubscriptionResponse { subscription: Some(self.pb_subscription(&sub)?) }))
     }
@@ -304,18 +322,36 @@ impl BillingService for Api {
     ) -> Answer<pb::GetUsageHistoryResponse> {
         let account = account(&req)?;
         let r = req.into_inner();
-        let (from, to) = (parse_date(r.from.as_ref(), "from")?, parse_date(r.to.as_ref(), "to")?);
-        if to < from {
-            return Err(Error::invalid("to", "must not be before from").into());
+        let (first, last) =
+            (parse_date(r.start_date.as_ref(), "start_date")?, parse_date(r.end_date.as_ref(), "end_date")?);
+        if last < first {
+            return Err(Error::invalid("end_date", "must not be before start_date").into());
         }
-        if calendar::days_between(from, to) > 3_660 {
-            return Err(Error::invalid("to", "at most ten years at a time").into());
+        if calendar::days_between(first, last) > 3_660 {
+            return Err(Error::invalid("end_date", "at most ten years at a time").into());
         }
-        let days = self.store.usage_days(&account, from, to).await?;
-        let points = days
+        let first_tier = self.store.first_tier(&account).await?.ok_or(Error::NotFound("subscription"))?;
+        let day = |d: store::UsageDay| -> Result<history::Day> {
+            Ok(history::Day {
+                date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d")
+                    .map_err(|_| Error::Internal(format!("stored day {:?}", d.day)))?,
+                max_count: d.max_count,
+                last_count: d.last_count,
+                tier: d.tier,
+            })
+        };
+        let before = self.store.usage_day_before(&account, first).await?.map(day).transpose()?;
+        let recorded = self
+            .store
+            .usage_days(&account, first, last)
+            .await?
+            .into_iter()
+            .map(day)
+            .collect::<Result<Vec<_>>>()?;
+        let points = history::daily(first, last, before.as_ref(), &recorded, first_tier)
             .into_iter()
             .map(|d| pb::UsagePoint {
-                date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d").ok().map(pb_date),
+                date: Some(pb_date(d.date)),
                 max_marketing_count: d.max_count,
                 marketing_count: d.last_count,
                 tier: d.tier,
@@ -355,21 +391,11 @@ impl BillingService for Api {
         let p = proration::prorate(self.price(&sub, sub.tier)?, new_price, today, term_start, term_end)
             .map_err(|e| Error::Internal(e.to_string()))?;
         let currency = sub.currency.as_str();
-        let line = pb::InvoiceLine {
-            description: format!(
-                "Tier upgrade {} to {new_tier} marketing contacts, {} of {} days",
-                sub.tier, p.remaining_days, p.term_days
-            ),
-            from_tier: sub.tier,
-            to_tier: new_tier,
-            price_difference: Some(store::money(p.difference.minor, currency)),
-            remaining_days: p.remaining_days as i32,
-            term_days: p.term_days as i32,
-            amount: Some(store::money(p.amount.minor, currency)),
-            period_start: Some(pb_date(today)),
-            period_end: Some(pb_date(term_end)),
-            marketing_count: count,
-        };
+        let line = pb_line(
+            &model::Line::prorated_upgrade(sub.tier, new_tier, &p, today, term_end, count),
+            model::LineKind::ProratedUpgrade,
+            currency,
+        );
         let tomorrow =
             today.checked_add_days(Days::new(1)).ok_or_else(|| Error::Internal("date range".into()))?;
         Ok(Response::new(pb::PreviewUpgradeResponse {

@@ -3,6 +3,7 @@
 mod api;
 pub mod calendar;
 mod error;
+pub mod history;
 mod internal;
 mod invoicer;
 pub mod model;

@@ -19,6 +19,9 @@ pub struct Subscription {
     pub created_at: i64,
     /// The next update date still to be processed.
     pub next_update_date: Option<NaiveDate>,
+    /// The update period billing has opened: the last update date processed, or the period the
+    /// subscription began in. None for subscriptions made before it was kept.
+    pub period_start: Option<NaiveDate>,
 }
 
 impl Subscription {
@@ -38,6 +41,14 @@ impl Subscription {
     /// before it are past (a subscription recorded late does not replay them).
     pub fn first_update_date(&self, book: &PriceBook, now: DateTime<Utc>) -> NaiveDate {
         calendar::next_update_date(self.start_date, self.term, self.today(book, now).max(self.start_date))
+    }
+
+    /// The update period a usage state at `now` belongs to: the one billing opened, which a
+    /// count arriving between an update date's instant and its processing still belongs to.
+    pub fn current_period(&self, book: &PriceBook, now: DateTime<Utc>) -> NaiveDate {
+        self.period_start.unwrap_or_else(|| {
+            calendar::period_containing(self.start_date, self.term, self.today(book, now)).0
+        })
     }
 
     /// When `date` is processed.
@@ -68,12 +79,23 @@ pub fn parse_term(s: &str) -> Option<Term> {
     }
 }
 
+/// What an invoice line charges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// The rest of a term at a higher tier, by days.
+    ProratedUpgrade,
+    /// A whole term at a tier.
+    Term,
+}
+
 /// An invoice line with every input it was computed from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Line {
     pub description: String,
     pub from_tier: i64,
     pub to_tier: i64,
+    /// Prorated upgrades: the price difference per full term.
     pub price_difference_minor: i64,
     pub remaining_days: i64,
     pub term_days: i64,
@@ -81,6 +103,82 @@ pub struct Line {
     pub period_start: NaiveDate,
     pub period_end: NaiveDate,
     pub marketing_count: i64,
+    /// Absent on lines kept before kinds were: those of renewal invoices are terms, whose
+    /// price was kept in `price_difference_minor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<LineKind>,
+    /// Terms: the price of the whole term.
+    #[serde(default)]
+    pub price_per_term_minor: i64,
+}
+
+impl Line {
+    /// The rest of the term from `upgrade_day` at `to` instead of `from`, as `p` prorates it.
+    pub fn prorated_upgrade(
+        from: i64,
+        to: i64,
+        p: &crate::proration::Prorated,
+        upgrade_day: NaiveDate,
+        term_end: NaiveDate,
+        marketing_count: i64,
+    ) -> Line {
+        Line {
+            description: format!(
+                "Tier upgrade {from} to {to} marketing contacts, {} of {} days",
+                p.remaining_days, p.term_days
+            ),
+            from_tier: from,
+            to_tier: to,
+            price_difference_minor: p.difference.minor,
+            remaining_days: p.remaining_days,
+            term_days: p.term_days,
+            amount_minor: p.amount.minor,
+            period_start: upgrade_day,
+            period_end: term_end,
+            marketing_count,
+            kind: Some(LineKind::ProratedUpgrade),
+            price_per_term_minor: 0,
+        }
+    }
+
+    /// A whole term from `start` to `end` at `tier` (after `from_tier`) for `price`.
+    pub fn term(
+        from_tier: i64,
+        tier: i64,
+        price_minor: i64,
+        (start, end): (NaiveDate, NaiveDate),
+        count: i64,
+    ) -> Line {
+        let days = calendar::days_between(start, end);
+        Line {
+            description: format!("Renewal, {tier} marketing contacts, {start} to {end}"),
+            from_tier,
+            to_tier: tier,
+            price_difference_minor: 0,
+            remaining_days: days,
+            term_days: days,
+            amount_minor: price_minor,
+            period_start: start,
+            period_end: end,
+            marketing_count: count,
+            kind: Some(LineKind::Term),
+            price_per_term_minor: price_minor,
+        }
+    }
+
+    /// The kind of a line of an invoice of `invoice_kind` ("upgrade" or "renewal").
+    pub fn kind_in(&self, invoice_kind: &str) -> LineKind {
+        self.kind.unwrap_or(if invoice_kind == "renewal" {
+            LineKind::Term
+        } else {
+            LineKind::ProratedUpgrade
+        })
+    }
+
+    /// A term's price; lines kept before kinds were held it as the difference.
+    pub fn term_price_minor(&self) -> i64 {
+        if self.kind.is_some() { self.price_per_term_minor } else { self.price_difference_minor }
+    }
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
         let history = b
             .api()
             .get_usage_history(authed(
-                pb::GetUsageHistoryRequest { from: date(2026, 4, 1), to: date(2026, 4, 30) },
+                pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2026, 4, 30) },
                 &read,
             ))
             .await
@@ -201,15 +201,21 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
             .points;
         let days: Vec<_> =
             history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
-        assert_eq!(
-            days,
-            [
-                (date(2026, 4, 20), 2_100, 2_100, 7_000),
-                (date(2026, 4, 25), 12_100, 12_100, 17_000),
-                (date(2026, 4, 26), 100, 100, 17_000)
-            ],
-            "{backend:?}"
-        );
+        // One point per day: quiet days repeat the day before; before any usage, none at the
+        // first tier.
+        let want: Vec<_> = (1..=30)
+            .map(|d| {
+                let (max, last, tier) = match d {
+                    ..=19 => (0, 0, 2_000),
+                    20..=24 => (2_100, 2_100, 7_000),
+                    25 => (12_100, 12_100, 17_000),
+                    26 => (100, 100, 17_000),
+                    _ => (100, 100, 17_000),
+                };
+                (date(2026, 4, d), max, last, tier)
+            })
+            .collect();
+        assert_eq!(days, want, "{backend:?}");
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::api::{creation_source, db, requested, source_type_name};
 use crate::rules::{self, State, Status};
-use crate::store::{Actor, Created, Store};
+use crate::store::{Actor, Created, Deleted, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::SourceType;
 use contactier_proto::marketing_status::v1::{self as pb, contact_event::Payload};
@@ -92,6 +92,23 @@ async fn marketing_requested(
     Ok(())
 }
 
+/// Events of one account of one kind, to be written together.
+enum Run {
+    None,
+    Created(String, Vec<Created>),
+    Deleted(String, Vec<Deleted>),
+}
+
+impl Run {
+    async fn flush(self, store: &Store, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
+        match self {
+            Run::None => Ok(()),
+            Run::Created(account, items) => store.contacts_created(&account, &items, now).await.map_err(db),
+            Run::Deleted(account, items) => store.contacts_deleted(&account, &items, now).await.map_err(db),
+        }
+    }
+}
+
 /// Applies the events (checked by the caller) and answers the ids acknowledged: all of them.
 pub async fn apply(
     store: &Store,
@@ -109,48 +126,49 @@ pub async fn apply(
     }
     let mut lookups = Lookups::default();
     let mut acknowledged = Vec::with_capacity(events.len());
-    let mut run: Vec<Created> = Vec::new();
-    let mut run_account = String::new();
+    // Consecutive creations, or deletions, of one account are written in one transaction: the
+    // count moves once for the run (a batch call's or an import batch's contacts).
+    let mut run = Run::None;
     for e in events {
         let account = e.account_id.clone();
-        if let Some(Payload::Created(c)) = &e.payload {
-            if run_account != account && !run.is_empty() {
-                store.contacts_created(&run_account, &std::mem::take(&mut run), now).await.map_err(db)?;
-            }
-            run_account = account.clone();
-            let (initial, actor) = lookups.initial(store, &account, c).await?;
-            run.push(Created {
-                event_id: e.event_id.clone(),
-                contact_id: c.contact_id.clone(),
-                initial,
-                actor,
-            });
-            acknowledged.push(e.event_id);
-            continue;
-        }
-        if !run.is_empty() {
-            store.contacts_created(&run_account, &std::mem::take(&mut run), now).await.map_err(db)?;
-        }
         match e.payload.expect("checked by the caller") {
-            Payload::Created(_) => unreachable!("handled above"),
+            Payload::Created(c) => {
+                let (initial, actor) = lookups.initial(store, &account, &c).await?;
+                let item = Created { event_id: e.event_id.clone(), contact_id: c.contact_id, initial, actor };
+                match &mut run {
+                    Run::Created(a, items) if *a == account => items.push(item),
+                    _ => {
+                        std::mem::replace(&mut run, Run::Created(account, vec![item]))
+                            .flush(store, now)
+                            .await?
+                    }
+                }
+            }
             Payload::Deleted(d) => {
-                store
-                    .contact_deleted(&e.event_id, &account, &d.contact_id, d.erase, now)
-                    .await
-                    .map_err(db)?;
+                let item = Deleted { event_id: e.event_id.clone(), contact_id: d.contact_id, erase: d.erase };
+                match &mut run {
+                    Run::Deleted(a, items) if *a == account => items.push(item),
+                    _ => {
+                        std::mem::replace(&mut run, Run::Deleted(account, vec![item]))
+                            .flush(store, now)
+                            .await?
+                    }
+                }
             }
             Payload::Merged(m) => {
+                std::mem::replace(&mut run, Run::None).flush(store, now).await?;
                 store
                     .contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now)
                     .await
                     .map_err(db)?;
             }
-            Payload::MarketingRequested(m) => marketing_requested(store, &account, m, now).await?,
+            Payload::MarketingRequested(m) => {
+                std::mem::replace(&mut run, Run::None).flush(store, now).await?;
+                marketing_requested(store, &account, m, now).await?;
+            }
         }
         acknowledged.push(e.event_id);
     }
-    if !run.is_empty() {
-        store.contacts_created(&run_account, &run, now).await.map_err(db)?;
-    }
+    run.flush(store, now).await?;
     Ok(acknowledged)
 }

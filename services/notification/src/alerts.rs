@@ -1,7 +1,7 @@
 //! Turning billing events into alerts: which fire, and what they say. No I/O; the store
 //! supplies what has fired already and keeps the result.
 
-use crate::thresholds::{Threshold, to_fire};
+use crate::thresholds::{Fire, State, Threshold};
 
 /// Kinds of alert, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,16 +50,10 @@ pub struct Draft {
     pub amount_minor: i64,
     pub currency: String,
     pub message: String,
-}
-
-/// A usage observation from billing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Usage {
-    pub marketing_count: i64,
-    pub tier: i64,
-    pub period_start: String,
-    /// The upgrade this count caused, with the tier it moved to.
-    pub upgrade: Option<(String, i64)>,
+    /// Threshold alerts: the count's share of the tier in basis points.
+    pub used_basis_points: i64,
+    /// Threshold alerts: the usage state that fired it.
+    pub state_version: i64,
 }
 
 fn percent(t: Threshold) -> &'static str {
@@ -71,42 +65,41 @@ fn percent(t: Threshold) -> &'static str {
     }
 }
 
-fn threshold_draft(t: Threshold, usage: &Usage, tier: i64) -> Draft {
-    let count = usage.marketing_count;
-    let mut d = Draft {
-        kind: Kind::Threshold(t).as_str().into(),
-        marketing_count: count,
-        tier,
-        period_start: usage.period_start.clone(),
-        ..Draft::default()
-    };
-    d.message = match (t, &usage.upgrade) {
-        (Threshold::Exceeded, Some((id, new_tier))) if tier == usage.tier => {
-            d.upgrade_id = id.clone();
-            d.new_tier = *new_tier;
-            format!("{count} marketing contacts exceed your tier of {tier}; upgraded to {new_tier}.")
-        }
-        (Threshold::Exceeded, _) => format!("{count} marketing contacts exceed your tier of {tier}."),
-        _ => format!("{count} marketing contacts: {} of your tier of {tier} reached.", percent(t)),
-    };
-    d
+/// The count's share of `tier` in basis points (7500 = 75 %), rounded down.
+pub fn basis_points(count: i64, tier: i64) -> i64 {
+    if tier <= 0 {
+        return 0;
+    }
+    i64::try_from(i128::from(count) * 10_000 / i128::from(tier)).unwrap_or(i64::MAX)
 }
 
-/// The alerts a usage observation fires: each threshold of the observed tier reached and not
-/// fired yet in this period; and, when the count caused an upgrade, the thresholds of the new
-/// tier it already reaches. `fired(tier)` answers what has fired for a tier in this period.
-pub fn usage_alerts(usage: &Usage, fired: impl Fn(i64) -> Vec<Threshold>) -> Vec<(i64, Threshold, Draft)> {
-    let mut tiers = vec![usage.tier];
-    if let Some((_, new_tier)) = &usage.upgrade {
-        tiers.push(*new_tier);
-    }
-    let mut out = Vec::new();
-    for tier in tiers {
-        for t in to_fire(usage.marketing_count, tier, &fired(tier)) {
-            out.push((tier, t, threshold_draft(t, usage, tier)));
+/// The alert of a threshold `state` fired: its count, tier, period and share of the tier.
+pub fn threshold(fire: &Fire, state: &State) -> Draft {
+    let (count, tier) = (state.count, fire.tier);
+    let mut d = Draft {
+        kind: Kind::Threshold(fire.threshold).as_str().into(),
+        marketing_count: count,
+        tier,
+        period_start: state.period_start.clone(),
+        used_basis_points: basis_points(count, tier),
+        state_version: state.version,
+        ..Draft::default()
+    };
+    d.message = match (fire.threshold, &fire.upgrade) {
+        (Threshold::Exceeded, Some(up)) => {
+            d.upgrade_id = up.id.clone();
+            d.new_tier = state.tier;
+            format!("{count} marketing contacts exceed your tier of {tier}; upgraded to {}.", state.tier)
         }
-    }
-    out
+        (Threshold::Exceeded, None) => format!("{count} marketing contacts exceed your tier of {tier}."),
+        (t, _) => format!(
+            "{count} marketing contacts: {} of your tier of {tier} reached ({} % used) in the period from {}.",
+            percent(t),
+            d.used_basis_points / 100,
+            state.period_start
+        ),
+    };
+    d
 }
 
 pub fn upgraded(upgrade_id: &str, from_tier: i64, to_tier: i64, count: i64, period_start: &str) -> Draft {
@@ -140,48 +133,31 @@ pub fn invoice(invoice_id: &str, number: i64, amount_minor: i64, currency: &str)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::thresholds::{Armed, Upgrade, evaluate};
     use Threshold::*;
 
-    fn usage(count: i64, tier: i64, upgrade: Option<(&str, i64)>) -> Usage {
-        Usage {
-            marketing_count: count,
-            tier,
+    #[test]
+    fn an_exceeded_alert_names_its_upgrade_and_every_alert_its_state() {
+        let state = State {
+            version: 9,
             period_start: "2026-05-01".into(),
-            upgrade: upgrade.map(|(id, t)| (id.to_owned(), t)),
-        }
-    }
-
-    #[test]
-    fn an_exceeding_count_names_its_upgrade_and_checks_the_new_tier() {
-        let u = usage(6_900, 2_000, Some(("up-1", 7_000)));
-        let got = usage_alerts(&u, |_| vec![]);
-        let fired: Vec<(i64, Threshold)> = got.iter().map(|(tier, t, _)| (*tier, *t)).collect();
-        // 6,900 is 98.57 % of the new tier of 7,000: its 75, 90 and 98 % alerts fire at once.
+            tier: 7_000,
+            count: 6_900,
+            upgrade: Some(Upgrade { id: "up-1".into(), from_tier: 2_000 }),
+        };
+        let (fires, _) = evaluate(&Armed::default(), &state);
+        let drafts: Vec<Draft> = fires.iter().map(|f| threshold(f, &state)).collect();
+        let exceeded = drafts.iter().find(|d| d.kind == "tier_exceeded").unwrap();
+        assert_eq!((exceeded.upgrade_id.as_str(), exceeded.new_tier, exceeded.tier), ("up-1", 7_000, 2_000));
+        assert!(exceeded.message.contains("upgraded to 7000"), "{}", exceeded.message);
+        let p98 = drafts.iter().find(|d| d.kind == "threshold_98" && d.tier == 7_000).unwrap();
         assert_eq!(
-            fired,
-            [
-                (2_000, P75),
-                (2_000, P90),
-                (2_000, P98),
-                (2_000, Exceeded),
-                (7_000, P75),
-                (7_000, P90),
-                (7_000, P98)
-            ]
+            (p98.used_basis_points, p98.state_version, p98.period_start.as_str()),
+            (9_857, 9, "2026-05-01")
         );
-        let exceeded = &got[3].2;
-        assert_eq!(exceeded.upgrade_id, "up-1");
-        assert_eq!(exceeded.new_tier, 7_000);
-        assert!(exceeded.message.contains("upgraded to 7000"));
-        assert!(got[4].2.upgrade_id.is_empty(), "only the exceeded alert names the upgrade");
-    }
-
-    #[test]
-    fn what_has_fired_does_not_fire_again() {
-        let u = usage(1_900, 2_000, None);
-        let got = usage_alerts(&u, |_| vec![P75]);
-        assert_eq!(got.iter().map(|(_, t, _)| *t).collect::<Vec<_>>(), [P90]);
-        assert!(got[0].2.message.contains("90 %"));
+        assert!(p98.upgrade_id.is_empty(), "only the exceeded alert names the upgrade");
+        assert!(p98.message.contains("98 %") && p98.message.contains("98 % used"), "{}", p98.message);
+        assert_eq!(fires.iter().filter(|f| f.threshold == P75).count(), 2, "75 % of both tiers");
     }
 
     #[test]
@@ -190,5 +166,7 @@ mod tests {
             assert_eq!(Kind::parse(k.as_str()), Some(k));
         }
         assert_eq!(invoice("inv", 7, 25_005, "EUR").message, "Invoice 7 issued: 250.05 EUR.");
+        assert_eq!(basis_points(1_500, 2_000), 7_500);
+        assert_eq!(basis_points(i64::MAX, 1), i64::MAX);
     }
 }

@@ -243,7 +243,10 @@ impl NotificationService for Api {
         self.delivery.wake();
         let row = self.store.delivery(&account, &id).await?.ok_or(Error::NotFound("delivery"))?;
         let attempts = self.store.attempts(&id).await?;
-        Ok(Response::new(pb::RedriveDeadLetterResponse { delivery: Some(convert::delivery(row, attempts)) }))
+        let alert_ids = self.store.delivery_alert_ids(&id).await?;
+        Ok(Response::new(pb::RedriveDeadLetterResponse {
+            delivery: Some(convert::delivery(row, attempts, alert_ids)),
+        }))
     }
 }
 
@@ -267,7 +270,8 @@ impl Api {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let attempts = self.store.attempts(&row.id).await?;
-            out.push(convert::delivery(row, attempts));
+            let alert_ids = self.store.delivery_alert_ids(&row.id).await?;
+            out.push(convert::delivery(row, attempts, alert_ids));
         }
         Ok((out, next))
     }

@@ -45,6 +45,8 @@ pub fn alert(r: AlertRow) -> pb::Alert {
             .then_some(common::Money { amount_minor: a.amount_minor, currency: a.currency }),
         created_at: timestamp_micros(r.created_at),
         message: a.message,
+        used_basis_points: a.used_basis_points,
+        state_version: a.state_version,
     }
 }
 
@@ -60,7 +62,7 @@ pub fn recipient(r: RecipientRow, with_secret: bool) -> pb::Recipient {
     pb::Recipient { id: r.id, target, created_at: timestamp_micros(r.created_at) }
 }
 
-pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
+pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>, alert_ids: Vec<String>) -> pb::Delivery {
     let state = match d.state.as_str() {
         crate::store::PENDING => pb::DeliveryState::Pending,
         crate::store::DELIVERED => pb::DeliveryState::Delivered,
@@ -74,6 +76,7 @@ pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>) -> pb::Delivery {
         id: d.id,
         alert_id: d.alert_id,
         recipient_id: d.recipient_id,
+        alert_ids,
         state: state as i32,
         attempts: attempts
             .into_iter()

@@ -42,6 +42,10 @@ pub struct DeliveryArgs {
     /// receivers; every other loopback, private, link-local or reserved address is refused.
     #[arg(long, env = "CONTACTIER_WEBHOOK_ALLOW_RANGES", value_delimiter = ',')]
     pub webhook_allow_ranges: Vec<ipnet::IpNet>,
+    /// Milliseconds alerts of one account gather into one delivery (a digest) per webhook and
+    /// email recipient; 0 sends one delivery per alert.
+    #[arg(long, env = "CONTACTIER_DIGEST_WINDOW_MS", default_value_t = 5_000)]
+    pub digest_window_ms: u64,
     /// Open WatchAlerts streams one account may hold on one replica.
     #[arg(long, env = "CONTACTIER_WATCH_STREAMS_PER_ACCOUNT", default_value_t = 50)]
     pub watch_streams_per_account: usize,
@@ -130,12 +134,12 @@ impl Sender {
     async fn send(
         &self,
         delivery: &DeliveryRow,
-        alert: &AlertRow,
+        alerts: &[AlertRow],
         recipient: &RecipientRow,
     ) -> (i32, Option<String>) {
         match recipient.kind.as_str() {
-            "webhook" => self.webhook(delivery, alert, recipient).await,
-            "email" => self.email(alert, recipient).await,
+            "webhook" => self.webhook(delivery, alerts, recipient).await,
+            "email" => self.email(alerts, recipient).await,
             other => (0, Some(format!("unknown recipient kind {other}"))),
         }
     }
@@ -143,7 +147,7 @@ impl Sender {
     async fn webhook(
         &self,
         delivery: &DeliveryRow,
-        alert: &AlertRow,
+        alerts: &[AlertRow],
         recipient: &RecipientRow,
     ) -> (i32, Option<String>) {
         // Checked again at every delivery: the allow-list may have changed since the recipient
@@ -152,7 +156,7 @@ impl Sender {
             Ok(u) => u.url,
             Err(reason) => return (0, Some(format!("webhook URL refused: {reason}"))),
         };
-        let body = serde_json::to_vec(&payload(alert)).expect("JSON of plain values");
+        let body = serde_json::to_vec(&payload(alerts)).expect("JSON of plain values");
         // Wall-clock time: receivers check the timestamp against their own clocks.
         let timestamp = chrono::Utc::now().timestamp();
         let Some(signature) = signing::sign(&recipient.secret, &delivery.id, timestamp, &body) else {
@@ -182,7 +186,7 @@ impl Sender {
         }
     }
 
-    async fn email(&self, alert: &AlertRow, recipient: &RecipientRow) -> (i32, Option<String>) {
+    async fn email(&self, alerts: &[AlertRow], recipient: &RecipientRow) -> (i32, Option<String>) {
         let Some(smtp) = &self.smtp else {
             return (0, Some("no SMTP server configured (CONTACTIER_SMTP_URL)".into()));
         };
@@ -190,15 +194,26 @@ impl Sender {
             Ok(to) => to,
             Err(e) => return (0, Some(format!("bad address: {e}"))),
         };
+        let subject = match alerts {
+            [one] => format!("Contactier: {}", one.alert.message),
+            many => format!("Contactier: {} alerts", many.len()),
+        };
+        let body: String = alerts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}\n  Alert {} ({}) for account {}.\n",
+                    a.alert.message, a.id, a.alert.kind, a.account_id
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let message = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(format!("Contactier: {}", alert.alert.message))
+            .subject(subject)
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(format!(
-                "{}\n\nAlert {} ({}) for account {}.\n",
-                alert.alert.message, alert.id, alert.alert.kind, alert.account_id
-            ));
+            .body(body);
         let message = match message {
             Ok(m) => m,
             Err(e) => return (0, Some(e.to_string())),
@@ -225,12 +240,16 @@ fn is_refused(e: &reqwest::Error) -> bool {
     false
 }
 
-/// The JSON body of a webhook: an event type and the alert.
-pub fn payload(alert: &AlertRow) -> serde_json::Value {
+/// The JSON body of a webhook: every alert of the delivery, in the order they fired.
+pub fn payload(alerts: &[AlertRow]) -> serde_json::Value {
+    let first = alerts.first();
     serde_json::json!({
-        "type": format!("alert.{}", alert.alert.kind),
-        "timestamp": chrono::DateTime::from_timestamp_micros(alert.created_at).map(|t| t.to_rfc3339()),
-        "data": alert,
+        "type": "alerts",
+        "timestamp": first.and_then(|a| chrono::DateTime::from_timestamp_micros(a.created_at)).map(|t| t.to_rfc3339()),
+        "data": {
+            "account_id": first.map(|a| a.account_id.as_str()),
+            "alerts": alerts,
+        },
     })
 }
 
@@ -265,13 +284,13 @@ async fn deliver(
     args: &DeliveryArgs,
     backoff: Backoff,
 ) -> crate::error::Result<()> {
-    let (alert, recipient) = (store.alert(&d.alert_id).await?, store.recipient(&d.recipient_id).await?);
-    let (code, error) = match (&alert, &recipient) {
-        (Some(a), Some(r)) => sender.send(d, a, r).await,
-        (_, None) => {
+    let (alerts, recipient) = (store.delivery_alerts(&d.id).await?, store.recipient(&d.recipient_id).await?);
+    let (code, error) = match &recipient {
+        Some(r) if !alerts.is_empty() => sender.send(d, &alerts, r).await,
+        None => {
             return store.record_attempt(d, now, 0, "recipient was deleted", Outcome::DeadLetter).await;
         }
-        (None, _) => (0, Some("alert not found".to_owned())),
+        Some(_) => (0, Some("alert not found".to_owned())),
     };
     let outcome = match &error {
         None => Outcome::Delivered,

@@ -1,9 +1,9 @@
 //! NotificationInternalService: billing's usage, upgrade and invoice events, applied once each.
 
-use crate::alerts::Usage;
 use crate::convert::date_string;
 use crate::error::{Error, Result};
 use crate::store::{Event, Store};
+use crate::thresholds::{State, Upgrade};
 use contactier_proto::notification::v1::{
     self as pb, billing_event::Payload, notification_internal_service_server::NotificationInternalService,
 };
@@ -16,6 +16,8 @@ pub struct Internal {
     pub clock: Clock,
     pub watchers: crate::watch::Watchers,
     pub delivery: WorkerWaker,
+    /// How long alerts gather into one delivery per recipient.
+    pub digest_window: std::time::Duration,
 }
 
 fn non_negative(v: i64, field: &'static str) -> Result<i64> {
@@ -26,27 +28,34 @@ fn required(v: String, field: &'static str) -> Result<String> {
     if v.is_empty() { Err(Error::invalid(field, "required")) } else { Ok(v) }
 }
 
-/// Checks one event; a bad one refuses the whole batch before anything is applied.
-fn validate(e: pb::BillingEvent) -> Result<(String, String, Event)> {
+/// Checks one event; a bad one refuses the whole batch before anything is applied. None for an
+/// event of a kind this service no longer takes (acknowledged, skipped).
+fn validate(e: pb::BillingEvent) -> Result<(String, String, Option<Event>)> {
     let event_id = required(e.event_id, "events.event_id")?;
     let account = required(e.account_id, "events.account_id")?;
-    let event = match e.payload.ok_or_else(|| Error::invalid("events.payload", "required"))? {
-        Payload::Usage(u) => {
-            let tier = non_negative(u.tier, "events.usage.tier")?;
-            if tier == 0 {
-                return Err(Error::invalid("events.usage.tier", "must be positive"));
+    let Some(payload) = e.payload else {
+        return Ok((event_id, account, None));
+    };
+    let event = match payload {
+        Payload::State(s) => {
+            if s.version <= 0 {
+                return Err(Error::invalid("events.state.version", "must be positive"));
             }
-            let upgrade = if u.upgrade_id.is_empty() {
+            if s.tier <= 0 {
+                return Err(Error::invalid("events.state.tier", "must be positive"));
+            }
+            let upgrade = if s.upgrade_id.is_empty() {
                 None
-            } else if u.new_tier <= tier {
-                return Err(Error::invalid("events.usage.new_tier", "an upgrade must raise the tier"));
+            } else if s.from_tier <= 0 || s.from_tier >= s.tier {
+                return Err(Error::invalid("events.state.from_tier", "an upgrade raises the tier"));
             } else {
-                Some((u.upgrade_id, u.new_tier))
+                Some(Upgrade { id: s.upgrade_id, from_tier: s.from_tier })
             };
-            Event::Usage(Usage {
-                marketing_count: non_negative(u.marketing_count, "events.usage.marketing_count")?,
-                tier,
-                period_start: date_string(u.period_start.as_ref(), "events.usage.period_start")?,
+            Event::State(State {
+                version: s.version,
+                period_start: date_string(s.period_start.as_ref(), "events.state.period_start")?,
+                tier: s.tier,
+                count: non_negative(s.marketing_count, "events.state.marketing_count")?,
                 upgrade,
             })
         }
@@ -74,7 +83,7 @@ fn validate(e: pb::BillingEvent) -> Result<(String, String, Event)> {
             }
         }
     };
-    Ok((event_id, account, event))
+    Ok((event_id, account, Some(event)))
 }
 
 #[tonic::async_trait]
@@ -89,7 +98,14 @@ impl NotificationInternalService for Internal {
         let mut any_new = false;
         for (event_id, account, event) in events {
             principal.check_account(&account)?;
-            let applied = self.store.apply(&event_id, &account, &event, self.clock.now()).await?;
+            let Some(event) = event else {
+                // A kind from before usage states (a usage observation): nothing to evaluate.
+                tracing::info!(event = %event_id, "skipped a billing event of a kind no longer used");
+                acknowledged.push(event_id);
+                continue;
+            };
+            let applied =
+                self.store.apply(&event_id, &account, &event, self.clock.now(), self.digest_window).await?;
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
                 any_new = true;
                 self.watchers.publish(&alerts);

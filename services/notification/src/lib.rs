@@ -74,6 +74,7 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
     let waker = worker.waker();
     let sender = delivery::Sender::new(&args)?;
     let allowed = args.allowed();
+    let digest_window = std::time::Duration::from_millis(args.digest_window_ms);
     let watchers = watch::Watchers::new(args.watch_limits());
     tokio::spawn(delivery::run(store.clone(), worker, sender, args, env.platform.shutdown.clone()));
     tokio::spawn(watchers.clone().poll(store.clone(), env.platform.shutdown.clone()));
@@ -85,7 +86,7 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
         allowed,
     };
     let failing = vec![store.failing_work()];
-    let internal = internal::Internal { store, clock, watchers, delivery: waker };
+    let internal = internal::Internal { store, clock, watchers, delivery: waker, digest_window };
     let routes = Routes::new(NotificationServiceServer::new(api))
         .add_service(NotificationInternalServiceServer::new(internal));
     Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })

@@ -1,8 +1,8 @@
 //! Storage of alerts, recipients and deliveries, written once for SQLite and PostgreSQL.
 
-use crate::alerts::{self, Draft, Kind, Usage};
+use crate::alerts::{self, Draft, Kind};
 use crate::error::Result;
-use crate::thresholds::Threshold;
+use crate::thresholds::{Armed, Pending, State, Upgrade};
 use chrono::{DateTime, Utc};
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
@@ -12,7 +12,7 @@ use contactier_runtime::with_pool;
 /// A validated billing event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Usage(Usage),
+    State(State),
     Upgraded { upgrade_id: String, from_tier: i64, to_tier: i64, marketing_count: i64, period_start: String },
     Invoice { invoice_id: String, number: i64, amount_minor: i64, currency: String },
 }
@@ -28,6 +28,34 @@ pub struct AlertRow {
     #[serde(flatten)]
     pub alert: Draft,
 }
+
+/// A usage state waiting to be evaluated.
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    version: i64,
+    period_start: String,
+    tier: i64,
+    marketing_count: i64,
+    upgrade_id: String,
+    from_tier: i64,
+    received_at: i64,
+}
+
+impl StateRow {
+    fn into_state(self) -> State {
+        State {
+            version: self.version,
+            period_start: self.period_start,
+            tier: self.tier,
+            count: self.marketing_count,
+            upgrade: (!self.upgrade_id.is_empty())
+                .then_some(Upgrade { id: self.upgrade_id, from_tier: self.from_tier }),
+        }
+    }
+}
+
+/// How long a missing usage state may hold up the ones after it.
+const STATE_GAP: chrono::Duration = chrono::Duration::hours(1);
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct RecipientRow {
@@ -61,7 +89,7 @@ pub const DELIVERED: &str = "delivered";
 pub const DEAD_LETTERED: &str = "dead_lettered";
 
 const ALERT_COLUMNS: &str = "account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
-     new_tier, invoice_id, amount_minor, currency, message, created_at";
+     new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at";
 const DELIVERY_COLUMNS: &str = "id, alert_id, recipient_id, state, attempts, next_attempt_at";
 
 /// Inserts an alert with the account's next sequence; evaluates to the stored row.
@@ -86,8 +114,8 @@ macro_rules! insert_alert {
         let a = &row.alert;
         sqlx::query(
             "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
-             new_tier, invoice_id, amount_minor, currency, message, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&row.account_id)
         .bind(row.sequence)
@@ -102,12 +130,124 @@ macro_rules! insert_alert {
         .bind(a.amount_minor)
         .bind(&a.currency)
         .bind(&a.message)
+        .bind(a.used_basis_points)
+        .bind(a.state_version)
         .bind(row.created_at)
         .execute(&mut *$conn)
         .await?;
         row
     }};
 }
+
+/// Deliveries of new alerts to the account's webhook and email recipients, inside the
+/// transaction that makes the alerts. Alerts that fire within `window` of a delivery's first go
+/// with it as one digest, in order; a window of 0 sends each alert on its own.
+pub trait DeliverTx {
+    fn deliver(
+        &mut self,
+        account: &str,
+        alerts: &[AlertRow],
+        now: DateTime<Utc>,
+        window: std::time::Duration,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+macro_rules! impl_deliver_tx {
+    ($conn:ty) => {
+        impl DeliverTx for $conn {
+            async fn deliver(
+                &mut self,
+                account: &str,
+                alerts: &[AlertRow],
+                now: DateTime<Utc>,
+                window: std::time::Duration,
+            ) -> Result<()> {
+                let recipients: Vec<String> =
+                    sqlx::query_scalar("SELECT id FROM recipients WHERE account_id = $1 ORDER BY id")
+                        .bind(account)
+                        .fetch_all(&mut *self)
+                        .await?;
+                let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
+                let groups: Vec<&[AlertRow]> =
+                    if window.is_zero() { alerts.chunks(1).collect() } else { vec![alerts] };
+                for r in &recipients {
+                    for group in &groups {
+                        let open: Option<String> = if window.is_zero() {
+                            None
+                        } else {
+                            sqlx::query_scalar(
+                                "SELECT id FROM deliveries WHERE account_id = $1 AND recipient_id = $2 AND state = $3 \
+                                 AND open_until > $4 ORDER BY created_at DESC LIMIT 1",
+                            )
+                            .bind(account)
+                            .bind(r)
+                            .bind(PENDING)
+                            .bind(micros(now))
+                            .fetch_optional(&mut *self)
+                            .await?
+                        };
+                        // Still open once locked: the worker seals a digest as it takes it.
+                        let open = match open {
+                            Some(id) => {
+                                let kept = sqlx::query(
+                                    "UPDATE deliveries SET open_until = open_until WHERE id = $1 AND open_until > $2",
+                                )
+                                .bind(&id)
+                                .bind(micros(now))
+                                .execute(&mut *self)
+                                .await?
+                                .rows_affected();
+                                (kept == 1).then_some(id)
+                            }
+                            None => None,
+                        };
+                        let id = match open {
+                            Some(id) => id,
+                            None => {
+                                let id = new_id();
+                                let send_at = micros(now + window);
+                                let open_until = if window.is_zero() { 0 } else { send_at };
+                                sqlx::query(
+                                    "INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, attempts, next_attempt_at, created_at, open_until) \
+                                     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
+                                )
+                                .bind(account)
+                                .bind(&id)
+                                .bind(&group[0].id)
+                                .bind(r)
+                                .bind(PENDING)
+                                .bind(send_at)
+                                .bind(micros(now))
+                                .bind(open_until)
+                                .execute(&mut *self)
+                                .await?;
+                                id
+                            }
+                        };
+                        let first: i32 = sqlx::query_scalar(
+                            "SELECT CAST(COALESCE(MAX(position) + 1, 0) AS INTEGER) FROM delivery_alerts WHERE delivery_id = $1",
+                        )
+                        .bind(&id)
+                        .fetch_one(&mut *self)
+                        .await?;
+                        for (i, alert) in group.iter().enumerate() {
+                            sqlx::query("INSERT INTO delivery_alerts (delivery_id, position, alert_id) VALUES ($1, $2, $3)")
+                                .bind(&id)
+                                .bind(first + i as i32)
+                                .bind(&alert.id)
+                                .execute(&mut *self)
+                                .await?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_deliver_tx!(sqlx::SqliteConnection);
+impl_deliver_tx!(sqlx::PgConnection);
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -119,14 +259,16 @@ impl Store {
         Self { db }
     }
 
-    /// Applies one event exactly once: records its id, the alerts it fires and a delivery per
-    /// alert and recipient, all in one transaction. None if the event was applied before.
+    /// Applies one event exactly once: records its id, the alerts it fires and their deliveries,
+    /// all in one transaction. A usage state is evaluated with every state received before it
+    /// that it completes, in version order. None if the event was applied before.
     pub async fn apply(
         &self,
         event_id: &str,
         account: &str,
         event: &Event,
         now: DateTime<Utc>,
+        window: std::time::Duration,
     ) -> Result<Option<Vec<AlertRow>>> {
         let created = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -135,37 +277,62 @@ impl Store {
             }
             let mut rows = Vec::new();
             match event {
-                Event::Usage(usage) => {
-                    let mut fired_by_tier = Vec::new();
-                    for tier in [Some(usage.tier), usage.upgrade.as_ref().map(|u| u.1)].into_iter().flatten() {
-                        let fired: Vec<String> = sqlx::query_scalar(
-                            "SELECT threshold FROM fired_thresholds WHERE account_id = $1 AND tier = $2 AND period_start = $3",
-                        )
-                        .bind(account).bind(tier).bind(&usage.period_start)
-                        .fetch_all(&mut *tx).await?;
-                        let fired = fired.iter().filter_map(|k| match Kind::parse(k) {
-                            Some(Kind::Threshold(t)) => Some(t),
-                            _ => None,
-                        }).collect::<Vec<Threshold>>();
-                        fired_by_tier.push((tier, fired));
+                Event::State(state) => {
+                    let up = state.upgrade.as_ref();
+                    sqlx::query(
+                        "INSERT INTO usage_states (account_id, version, period_start, tier, marketing_count, upgrade_id, from_tier, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, version) DO NOTHING",
+                    )
+                    .bind(account).bind(state.version).bind(&state.period_start).bind(state.tier).bind(state.count)
+                    .bind(up.map_or("", |u| u.id.as_str())).bind(up.map_or(0, |u| u.from_tier)).bind(micros(now))
+                    .execute(&mut *tx).await?;
+                    let armed: Option<(i64, String, i64, i64)> = sqlx::query_as(
+                        "SELECT version, period_start, tier, high FROM usage_evaluated WHERE account_id = $1",
+                    ).bind(account).fetch_optional(&mut *tx).await?;
+                    let mut armed = armed
+                        .map(|(version, period_start, tier, high)| Armed { version, period_start, tier, high })
+                        .unwrap_or_default();
+                    let waiting: Vec<StateRow> = sqlx::query_as(
+                        "SELECT version, period_start, tier, marketing_count, upgrade_id, from_tier, received_at FROM usage_states \
+                         WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT 1000",
+                    ).bind(account).bind(armed.version).fetch_all(&mut *tx).await?;
+                    // A gap no state has filled for an hour is stepped over rather than holding
+                    // the account's alerts for ever.
+                    if let Some(first) = waiting.first()
+                        && first.version > armed.version + 1
+                        && first.received_at < micros(now - STATE_GAP)
+                    {
+                        tracing::warn!(account, from = armed.version, to = first.version, "usage states missing; evaluating on from the next one");
+                        armed.version = first.version - 1;
                     }
-                    let lookup = |tier: i64| {
-                        fired_by_tier.iter().find(|(t, _)| *t == tier).map(|(_, f)| f.clone()).unwrap_or_default()
-                    };
-                    for (tier, threshold, draft) in alerts::usage_alerts(usage, lookup) {
-                        let id = new_id();
-                        // The key makes a concurrent duplicate a no-op rather than a second alert.
-                        let claimed = sqlx::query(
-                            "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, alert_id) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                        )
-                        .bind(account).bind(tier).bind(&usage.period_start)
-                        .bind(Kind::Threshold(threshold).as_str()).bind(&id)
-                        .execute(&mut *tx).await?.rows_affected() == 1;
-                        if claimed {
-                            rows.push(insert_alert!(&mut *tx, account, &id, &draft, now));
+                    let mut pending = Pending { states: waiting.into_iter().map(|r| (r.version, r.into_state())).collect() };
+                    let (done, next) = pending.evaluate(armed);
+                    for (state, fires) in done {
+                        for fire in fires {
+                            let draft = alerts::threshold(&fire, &state);
+                            let id = new_id();
+                            // The key makes a duplicate a no-op rather than a second alert.
+                            let claimed = sqlx::query(
+                                "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, alert_id) \
+                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                            )
+                            .bind(account).bind(fire.tier).bind(&state.period_start)
+                            .bind(Kind::Threshold(fire.threshold).as_str()).bind(&id)
+                            .execute(&mut *tx).await?.rows_affected() == 1;
+                            if claimed {
+                                rows.push(insert_alert!(&mut *tx, account, &id, &draft, now));
+                            }
                         }
                     }
+                    sqlx::query(
+                        "INSERT INTO usage_evaluated (account_id, version, period_start, tier, high) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, period_start = excluded.period_start, \
+                         tier = excluded.tier, high = excluded.high",
+                    )
+                    .bind(account).bind(next.version).bind(&next.period_start).bind(next.tier).bind(next.high)
+                    .execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM usage_states WHERE account_id = $1 AND version <= $2")
+                        .bind(account).bind(next.version).execute(&mut *tx).await?;
                 }
                 Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
                     let draft = alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
@@ -176,17 +343,8 @@ impl Store {
                     rows.push(insert_alert!(&mut *tx, account, &new_id(), &draft, now));
                 }
             }
-            let recipients: Vec<String> = sqlx::query_scalar("SELECT id FROM recipients WHERE account_id = $1")
-                .bind(account).fetch_all(&mut *tx).await?;
-            for alert in &rows {
-                for r in &recipients {
-                    sqlx::query(
-                        "INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, attempts, next_attempt_at, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, 0, $6, $6)",
-                    )
-                    .bind(account).bind(new_id()).bind(&alert.id).bind(r).bind(PENDING).bind(micros(now))
-                    .execute(&mut *tx).await?;
-                }
+            if !rows.is_empty() {
+                tx.deliver(account, &rows, now, window).await?;
             }
             tx.commit().await?;
             rows
@@ -236,6 +394,23 @@ impl Store {
         let rows: Vec<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
             .bind(keys).fetch_all(pool).await?);
         Ok(rows.into_iter().collect())
+    }
+
+    /// The alerts a delivery carries, in the order they fired.
+    pub async fn delivery_alerts(&self, delivery_id: &str) -> Result<Vec<AlertRow>> {
+        let columns = ALERT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+        let q = format!(
+            "SELECT {columns} FROM delivery_alerts d JOIN alerts a ON a.id = d.alert_id WHERE d.delivery_id = $1 ORDER BY d.position"
+        );
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(delivery_id).fetch_all(pool).await?))
+    }
+
+    /// The ids of the alerts a delivery carries, in order.
+    pub async fn delivery_alert_ids(&self, delivery_id: &str) -> Result<Vec<String>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT alert_id FROM delivery_alerts WHERE delivery_id = $1 ORDER BY position",
+        ).bind(delivery_id).fetch_all(pool).await?))
     }
 
     pub async fn alert(&self, id: &str) -> Result<Option<AlertRow>> {
@@ -303,8 +478,9 @@ impl Store {
             .bind(PENDING).bind(micros(now)).bind(limit).fetch_all(pool).await?);
         let mut claimed = Vec::with_capacity(due.len());
         for d in due {
+            // Taken, a digest takes no more alerts.
             let n = with_pool!(&self.db, pool => sqlx::query(
-                "UPDATE deliveries SET next_attempt_at = $1 WHERE id = $2 AND state = $3 AND next_attempt_at = $4",
+                "UPDATE deliveries SET next_attempt_at = $1, open_until = 0 WHERE id = $2 AND state = $3 AND next_attempt_at = $4",
             )
             .bind(micros(now + lease)).bind(&d.id).bind(PENDING).bind(d.next_attempt_at)
             .execute(pool).await?.rows_affected());
@@ -364,7 +540,8 @@ impl Store {
     ) -> Result<Vec<DeliveryRow>> {
         let q = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 \
-             AND ($2 = '' OR alert_id = $2) AND ($3 = '' OR state = $3) AND ($4 = '' OR id < $4) \
+             AND ($2 = '' OR id IN (SELECT delivery_id FROM delivery_alerts WHERE alert_id = $2)) \
+             AND ($3 = '' OR state = $3) AND ($4 = '' OR id < $4) \
              ORDER BY id DESC LIMIT $5"
         );
         Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))

@@ -19,17 +19,19 @@ use contactier_runtime::read_cache::ReadCache;
 use contactier_runtime::with_pool;
 use invoices::{InvoiceTx, NewInvoice};
 use prost::Message;
+use states::{NewState, StateTx};
 
 /// The columns of a subscription, in [`SubscriptionRow`]'s order; a macro so that statements
 /// built from it are constants.
 macro_rules! subscription_columns {
     () => {
         "account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-         marketing_contacts_enabled, created_at, next_update_date"
+         marketing_contacts_enabled, created_at, next_update_date, period_start"
     };
 }
 
 mod invoices;
+mod states;
 mod updates;
 
 pub use updates::{Applied, DueUpdate};
@@ -60,6 +62,7 @@ struct SubscriptionRow {
     marketing_contacts_enabled: bool,
     created_at: i64,
     next_update_date: String,
+    period_start: String,
 }
 
 impl SubscriptionRow {
@@ -80,6 +83,11 @@ impl SubscriptionRow {
                 None
             } else {
                 Some(parse_day(&self.next_update_date)?)
+            },
+            period_start: if self.period_start.is_empty() {
+                None
+            } else {
+                Some(parse_day(&self.period_start)?)
             },
         })
     }
@@ -217,7 +225,9 @@ impl Store {
         s: &Subscription,
         first_update: (NaiveDate, DateTime<Utc>),
         now: DateTime<Utc>,
+        book: &PriceBook,
     ) -> Result<()> {
+        let period_start = s.current_period(book, now);
         let plan = mpb::SetAccountPlanRequest {
             account_id: s.account_id.clone(),
             edition: crate::api::pb_edition(s.edition) as i32,
@@ -228,17 +238,31 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-                 marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11) ON CONFLICT (account_id) DO NOTHING",
+                 marketing_contacts_enabled, created_at, next_update_date, next_update_at, period_start) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12) ON CONFLICT (account_id) DO NOTHING",
             )
             .bind(&s.account_id).bind(s.edition.as_str()).bind(model::term_str(s.term)).bind(day(s.start_date))
             .bind(s.currency.as_str()).bind(&s.subsidiary).bind(s.tier).bind(s.marketing_contacts_enabled).bind(s.created_at)
-            .bind(day(first_update.0)).bind(micros(first_update.1))
+            .bind(day(first_update.0)).bind(micros(first_update.1)).bind(day(period_start))
             .execute(&mut *tx).await?.rows_affected();
             if inserted == 0 {
                 return Err(Error::AlreadyExists("the account already has a subscription".into()));
             }
             tx.enqueue(&new_id(), MARKETING_STATUS_TOPIC, &s.account_id, &plan.encode_to_vec(), now).await?;
+            // The first period holds the count known now, or the first to arrive in it.
+            let c: Option<Counts> = sqlx::query_as(
+                "SELECT version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE account_id = $1",
+            ).bind(&s.account_id).fetch_optional(&mut *tx).await?;
+            let c = c.unwrap_or_default();
+            let count = model::billed_count(s.marketing_contacts_enabled, c.marketing, c.non_marketing);
+            sqlx::query(
+                "INSERT INTO update_periods (account_id, update_date, renewal, applied_contacts, period_count, count_version, tier, processed_at, first_period) \
+                 VALUES ($1, $2, FALSE, 0, $3, $4, $5, $6, TRUE) ON CONFLICT (account_id, update_date) DO NOTHING",
+            )
+            .bind(&s.account_id).bind(day(period_start)).bind(count).bind(c.version).bind(s.tier).bind(micros(now))
+            .execute(&mut *tx).await?;
+            let state = NewState { period_start, tier: s.tier, count, change: npb::UsageChange::Count, upgrade: None };
+            tx.publish_state(&s.account_id, state, now).await?;
             tx.commit().await?;
         });
         Ok(())
@@ -319,7 +343,13 @@ impl Store {
             };
             let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
             let today = sub.today(book, now);
-            let period_start = calendar::period_containing(sub.start_date, sub.term, today).0;
+            let period_start = sub.current_period(book, now);
+            // The first period's count is the first count known in it.
+            sqlx::query(
+                "UPDATE update_periods SET period_count = $1, count_version = $2 \
+                 WHERE account_id = $3 AND update_date = $4 AND first_period AND count_version = 0",
+            )
+            .bind(count).bind(c.version).bind(account).bind(day(period_start)).execute(&mut *tx).await?;
             let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
             let target = match shape.smallest_holding(count) {
                 Ok(t) => Some(t).filter(|t| *t > sub.tier),
@@ -362,16 +392,14 @@ impl Store {
             .bind(account).bind(day(today)).bind(count).bind(tier_now)
             .execute(&mut *tx).await?;
 
-            let usage = npb::billing_event::Payload::Usage(npb::UsageObserved {
-                marketing_count: count,
-                tier: sub.tier,
-                period_start: Some(pb_date(period_start)),
-                count_version: c.version,
-                upgrade_id: upgrade.as_ref().map(|u| u.id.clone()).unwrap_or_default(),
-                new_tier: upgrade.as_ref().map_or(0, |u| u.to_tier),
-            });
-            let ev = notification_event(account, now, usage);
-            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+            let state = NewState {
+                period_start,
+                tier: tier_now,
+                count,
+                change: if upgrade.is_some() { npb::UsageChange::Upgrade } else { npb::UsageChange::Count },
+                upgrade: upgrade.as_ref().map(|u| (u.id.as_str(), u.from_tier)),
+            };
+            tx.publish_state(account, state, now).await?;
             if let Some(u) = &upgrade {
                 let up = npb::billing_event::Payload::Upgraded(npb::TierUpgraded {
                     upgrade_id: u.id.clone(),
@@ -451,18 +479,7 @@ impl Store {
             let price = |tier| book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()));
             let p = proration::prorate(price(from)?, price(to)?, upgrade_day, term_start, term_end)
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let line = Line {
-                description: format!("Tier upgrade {from} to {to} marketing contacts, {} of {} days", p.remaining_days, p.term_days),
-                from_tier: from,
-                to_tier: to,
-                price_difference_minor: p.difference.minor,
-                remaining_days: p.remaining_days,
-                term_days: p.term_days,
-                amount_minor: p.amount.minor,
-                period_start: upgrade_day,
-                period_end: term_end,
-                marketing_count: count,
-            };
+            let line = Line::prorated_upgrade(from, to, &p, upgrade_day, term_end, count);
             let inv = tx.issue(NewInvoice {
                 account,
                 source_key,
@@ -511,6 +528,24 @@ impl Store {
         let q = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND id = $2");
         Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
             .bind(account).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// The last day of usage recorded before `day`, if any.
+    pub async fn usage_day_before(&self, account: &str, day_: NaiveDate) -> Result<Option<UsageDay>> {
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day < $2 ORDER BY day DESC LIMIT 1",
+        ).bind(account).bind(day(day_)).fetch_optional(pool).await?))
+    }
+
+    /// The tier a subscription began with: before its first upgrade, or its tier if none.
+    pub async fn first_tier(&self, account: &str) -> Result<Option<i64>> {
+        let first_upgrade: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT from_tier FROM upgrades WHERE account_id = $1 ORDER BY upgraded_at, id LIMIT 1",
+        ).bind(account).fetch_optional(pool).await?);
+        Ok(match first_upgrade {
+            Some(t) => Some(t),
+            None => self.subscription(account).await?.map(|s| s.tier),
+        })
     }
 
     pub async fn usage_days(&self, account: &str, from: NaiveDate, to: NaiveDate) -> Result<Vec<UsageDay>> {

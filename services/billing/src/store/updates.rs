@@ -3,12 +3,14 @@
 //! renewal, the renewal invoice and the term's tier.
 
 use super::invoices::{InvoiceTx, NewInvoice};
+use super::states::{NewState, StateTx};
 use super::{InvoiceRow, Store, day, parse_day};
 use crate::calendar;
 use crate::error::{Error, Result};
 use crate::model::{self, Line};
 use crate::price_book::PriceBook;
 use chrono::{DateTime, NaiveDate, Utc};
+use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::micros;
 use contactier_runtime::db::BeginWrite;
 use contactier_runtime::with_pool;
@@ -131,19 +133,7 @@ impl Store {
                 if !tx.invoiced(account, &source_key).await? {
                     let (start, end) = calendar::term_containing(sub.start_date, sub.term, date);
                     let price = book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()))?;
-                    let days = calendar::days_between(start, end);
-                    let line = Line {
-                        description: format!("Renewal, {tier} marketing contacts, {} to {}", day(start), day(end)),
-                        from_tier: sub.tier,
-                        to_tier: tier,
-                        price_difference_minor: price.minor,
-                        remaining_days: days,
-                        term_days: days,
-                        amount_minor: price.minor,
-                        period_start: start,
-                        period_end: end,
-                        marketing_count: count,
-                    };
+                    let line = Line::term(sub.tier, tier, price.minor, (start, end), count);
                     let inv = NewInvoice {
                         account,
                         source_key,
@@ -166,14 +156,19 @@ impl Store {
             // again with the new tier rather than be overwritten.
             let moved = sqlx::query(
                 "UPDATE subscriptions SET tier = $1, renewal_tier = CASE WHEN $2 THEN 0 ELSE renewal_tier END, \
-                 next_update_date = $3, next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0, update_error = '' \
-                 WHERE account_id = $5 AND next_update_date = $6 AND tier = $7",
+                 next_update_date = $3, next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0, update_error = '', \
+                 period_start = $8 WHERE account_id = $5 AND next_update_date = $6 AND tier = $7",
             )
             .bind(tier).bind(renewal).bind(day(next)).bind(micros(sub.processing_at(book, next)))
-            .bind(account).bind(day(date)).bind(sub.tier).execute(&mut *tx).await?.rows_affected();
+            .bind(account).bind(day(date)).bind(sub.tier).bind(day(date)).execute(&mut *tx).await?.rows_affected();
             if moved != 1 {
                 return Err(Error::Internal("subscription changed while its update date was completed".into()));
             }
+            // A new period (and at a renewal a new term and tier) begins: its state, even when
+            // the count did not move, re-arms the thresholds.
+            let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
+            let state = NewState { period_start: date, tier, count, change, upgrade: None };
+            tx.publish_state(account, state, now).await?;
             tx.commit().await?;
             Completed { done_here: true, renewal_invoice: invoice }
         });

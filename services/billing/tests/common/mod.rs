@@ -119,6 +119,7 @@ pub async fn start(backend: Backend) -> Billing {
         webhook_timeout_ms: 1_000,
         webhook_allow_http: false,
         webhook_allow_ranges: vec![],
+        digest_window_ms: 0,
         watch_streams_per_account: 50,
         watch_streams: 5_000,
     };

@@ -91,6 +91,14 @@ pub struct Created {
     pub actor: Actor,
 }
 
+/// A contact the contacts service deleted (erased, for GDPR).
+#[derive(Clone, Debug)]
+pub struct Deleted {
+    pub event_id: String,
+    pub contact_id: String,
+    pub erase: bool,
+}
+
 /// Who asked for a change, and through what.
 #[derive(Clone, Debug)]
 pub struct Actor {
@@ -357,36 +365,54 @@ impl Store {
         self.added(items.len()).await
     }
 
-    /// Removes a contact: its place in the count is free at once. False if seen before.
-    pub async fn contact_deleted(
+    /// Removes contacts of one account in one transaction, each once per event id: their
+    /// places in the count are free at once, and the count moves once for all of them.
+    pub async fn contacts_deleted(
         &self,
-        event_id: &str,
         account: &str,
-        contact: &str,
-        erase: bool,
+        items: &[Deleted],
         now: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<(), sqlx::Error> {
+        let delete = format!(
+            "DELETE FROM contact_status WHERE account_id = $1 AND {} RETURNING {STATUS_COLUMNS}",
+            self.db.json_in("contact_id", 2)
+        );
+        let erase = format!(
+            "DELETE FROM status_changes WHERE account_id = $1 AND {}",
+            self.db.json_in("contact_id", 2)
+        );
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            if !tx.receive(event_id, now).await? {
-                return Ok(false);
+            let ids: Vec<String> = items.iter().map(|d| d.event_id.clone()).collect();
+            let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+            let items: Vec<&Deleted> = items.iter().filter(|d| fresh.contains(&d.event_id)).collect();
+            if items.is_empty() {
+                tx.commit().await?;
+                return Ok(());
             }
-            // Its history keeps the update date that changed it.
-            hold_mark!(self.db, tx, account, serde_json::json!([contact]).to_string());
-            let q = format!("DELETE FROM contact_status WHERE account_id = $1 AND contact_id = $2 RETURNING {STATUS_COLUMNS}");
-            let gone: Option<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(account).bind(contact).fetch_optional(&mut *tx).await?;
-            if let Some(row) = gone {
-                apply_delta!(tx, account, CountDelta::removed(row.state()), now);
+            let contacts = serde_json::to_string(&items.iter().map(|d| d.contact_id.as_str()).collect::<Vec<_>>())
+                .expect("JSON of strings");
+            // Their history keeps the update date that changed them.
+            hold_mark!(self.db, tx, account, contacts.clone());
+            let gone: Vec<StatusRow> = sqlx::query_as(sqlx::AssertSqlSafe(delete.as_str()))
+                .bind(account).bind(&contacts).fetch_all(&mut *tx).await?;
+            let mut delta = CountDelta::default();
+            for row in &gone {
+                delta += CountDelta::removed(row.state());
             }
-            if erase {
+            if !gone.is_empty() {
+                apply_delta!(tx, account, delta, now);
+            }
+            let erased = serde_json::to_string(
+                &items.iter().filter(|d| d.erase).map(|d| d.contact_id.as_str()).collect::<Vec<_>>(),
+            ).expect("JSON of strings");
+            if items.iter().any(|d| d.erase) {
                 // GDPR erasure: nothing about the contact is kept, not even its history.
-                sqlx::query("DELETE FROM status_changes WHERE account_id = $1 AND contact_id = $2")
-                    .bind(account).bind(contact).execute(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(erase.as_str())).bind(account).bind(&erased).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });
-        Ok(true)
+        Ok(())
     }
 
     /// Merges `secondary` into `primary` once per event id: the result is marketing if either

@@ -446,15 +446,11 @@ mod tests {
                 [("USER".into(), "marketing".into()), ("SYSTEM".into(), "non_marketing".into())],
                 "{backend:?}"
             );
-            s.contact_deleted(
-                "ev-del",
-                ACCOUNT,
-                "c2",
-                false,
-                Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap(),
-            )
-            .await
-            .unwrap();
+            let gone =
+                crate::store::Deleted { event_id: "ev-del".into(), contact_id: "c2".into(), erase: false };
+            s.contacts_deleted(ACCOUNT, &[gone], Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap())
+                .await
+                .unwrap();
             let c = s.counts(ACCOUNT).await.unwrap();
             assert_eq!((c.marketing, c.pending, c.non_marketing), (2, 0, 2), "{backend:?}");
             assert_eq!(
