@@ -15,8 +15,14 @@ use tonic::Status;
 /// Header a service token uses to name the account it acts on.
 pub const ACCOUNT_HEADER: &str = "x-account-id";
 
-/// Paths served without a token: probes and discovery.
-const EXEMPT_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+/// Paths served without a token: probes and discovery. Health's Watch stream is not among
+/// them: a stream held open without a token would cost the server for nothing.
+const EXEMPT_PREFIXES: &[&str] = &["/grpc.health.v1.Health/Check", "/grpc.reflection."];
+
+/// Whether `path` is served without a token.
+pub fn is_exempt(path: &str) -> bool {
+    EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p))
+}
 
 /// What a method needs. Each level includes the ones before it: admin may write, write may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -65,7 +71,18 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub exp: i64,
+    /// When the token was issued; optional.
+    #[serde(default)]
     pub iat: i64,
+}
+
+/// The most characters of a token's subject or account: they name users and accounts in every
+/// service's records.
+const MAX_CLAIM: usize = 256;
+
+/// A subject or account claim fit to be kept: not empty, not too long, no control characters.
+fn plain_claim(v: &str) -> bool {
+    !v.is_empty() && v.chars().count() <= MAX_CLAIM && !v.chars().any(char::is_control)
 }
 
 /// The authenticated caller of one request, resolved to the account it acts on.
@@ -264,6 +281,12 @@ impl Authenticator {
             None => {
                 let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
                     .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
+                let c = &data.claims;
+                if !plain_claim(&c.sub) || c.acct.as_deref().is_some_and(|a| !plain_claim(a)) {
+                    return Err(Status::unauthenticated(format!(
+                        "invalid token: sub and acct must be 1 to {MAX_CLAIM} characters without control characters"
+                    )));
+                }
                 let claims = Arc::new(data.claims);
                 self.verified.insert(token.to_owned(), claims.clone());
                 claims
@@ -322,7 +345,7 @@ impl AuthLayer {
 
     fn check<B>(&self, req: &Request<B>) -> Result<Option<Principal>, Status> {
         let path = req.uri().path();
-        if EXEMPT_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        if is_exempt(path) {
             return Ok(None);
         }
         let (authenticator, policy) = &*self.inner;
@@ -443,6 +466,20 @@ mod tests {
         assert!(a.authenticate(&wrong_aud, None).unwrap_err().message().contains("audience"));
 
         assert_eq!(a.authenticate("not.a.jwt", None).unwrap_err().code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn subjects_and_accounts_are_plain_text_of_a_bounded_length() {
+        let a = auth();
+        let hour = chrono::Duration::hours(1);
+        for (acct, user) in
+            [("acct\0x", "u"), ("acct", "u\0"), ("acct", &"u".repeat(257)), (&"a".repeat(300), "u")]
+        {
+            let t = a.user_token(acct, user, &["read"], hour);
+            let err = a.authenticate(&t, None).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{acct:?} {user:?}");
+        }
+        assert!(a.authenticate(&a.user_token(&"a".repeat(256), "u", &["read"], hour), None).is_ok());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct ConnLimits {
     pub idle: Duration,
     /// HTTP/2 pings to find peers that are gone: every `keepalive`, answered within 20 s.
     pub keepalive: Duration,
+    /// Connections one remote address may hold at once.
+    pub per_address: usize,
 }
 
 impl Default for ConnLimits {
@@ -41,6 +43,7 @@ impl Default for ConnLimits {
             first_request: Duration::from_secs(10),
             idle: Duration::from_secs(300),
             keepalive: Duration::from_secs(30),
+            per_address: 256,
         }
     }
 }
@@ -55,6 +58,8 @@ pub struct ConnState {
     last_active_ms: AtomicU64,
     /// The connection's reader, woken when its last request ends so it re-arms its deadline.
     reader: futures::task::AtomicWaker,
+    /// Calls without a token (health checks, reflection) open now: they never keep a connection.
+    exempt: AtomicUsize,
 }
 
 impl ConnState {
@@ -65,6 +70,7 @@ impl ConnState {
             started: AtomicBool::new(false),
             last_active_ms: AtomicU64::new(0),
             reader: futures::task::AtomicWaker::new(),
+            exempt: AtomicUsize::new(0),
         }
     }
 
@@ -90,6 +96,28 @@ impl ConnState {
             self.accepted + limits.first_request
         }
     }
+}
+
+/// Calls without a token one connection may have open at once.
+const EXEMPT_PER_CONNECTION: usize = 4;
+
+/// Counts a call without a token while it is open.
+#[derive(Debug)]
+pub struct ExemptGuard(Arc<ConnState>);
+
+impl Drop for ExemptGuard {
+    fn drop(&mut self) {
+        self.0.exempt.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a request holds of its connection until its answer ends.
+#[derive(Debug)]
+pub enum Hold {
+    /// A call with a token keeps the connection open.
+    Request(RequestGuard),
+    /// A call without one does not, and only a few may be open at once.
+    Exempt(ExemptGuard),
 }
 
 /// Keeps a connection busy while a request (and its answer's body) is open.
@@ -130,6 +158,7 @@ pub struct Conn {
     limits: ConnLimits,
     remote: Option<SocketAddr>,
     _permit: OwnedSemaphorePermit,
+    _address: AddressSlot,
 }
 
 impl Conn {
@@ -212,46 +241,88 @@ impl tonic::transport::server::Connected for Conn {
 /// small answer can wait for the peer's delayed ACK, about 40 ms).
 pub fn incoming(listener: TcpListener, limits: ConnLimits) -> impl Stream<Item = io::Result<Conn>> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    futures::stream::unfold(
-        (listener, slots, None::<Instant>),
-        move |(listener, slots, mut warned)| async move {
-            loop {
-                let (io, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    // Out of file descriptors or the like: wait a moment rather than spin.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    // Full: this one is closed at once, and the log says so at most once a minute.
-                    metrics::counter!("contactier_connections_closed_total", "reason" => "full").increment(1);
-                    if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(
-                            max = limits.max_connections,
-                            "connection limit reached; closing new connections"
-                        );
-                        warned = Some(Instant::now());
-                    }
-                    drop(io);
+    let start = (listener, slots, Addresses::default(), None::<Instant>);
+    futures::stream::unfold(start, move |(listener, slots, addresses, mut warned)| async move {
+        loop {
+            let (io, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                // Out of file descriptors or the like: wait a moment rather than spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
-                };
-                let _ = io.set_nodelay(true);
-                let state = Arc::new(ConnState::new());
-                let conn = Conn {
-                    io,
-                    timer: Box::pin(tokio::time::sleep(limits.first_request)),
-                    state,
-                    limits,
-                    remote: Some(remote),
-                    _permit: permit,
-                };
-                return Some((Ok(conn), (listener, slots, warned)));
+                }
+            };
+            // One address past its share, or the listener full: closed at once; the log says
+            // so at most once a minute.
+            let address = addresses.take(remote.ip(), limits.per_address);
+            let permit = slots.clone().try_acquire_owned().ok();
+            let (Some(address), Some(permit)) = (address, permit) else {
+                let reason = if permit_free(&slots) { "per_address" } else { "full" };
+                metrics::counter!("contactier_connections_closed_total", "reason" => reason).increment(1);
+                if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        per_address = limits.per_address,
+                        reason,
+                        "connection limit reached; closing new connections"
+                    );
+                    warned = Some(Instant::now());
+                }
+                drop(io);
+                continue;
+            };
+            let _ = io.set_nodelay(true);
+            let conn = Conn {
+                io,
+                timer: Box::pin(tokio::time::sleep(limits.first_request)),
+                state: Arc::new(ConnState::new()),
+                limits,
+                remote: Some(remote),
+                _permit: permit,
+                _address: address,
+            };
+            return Some((Ok(conn), (listener, slots, addresses, warned)));
+        }
+    })
+}
+
+fn permit_free(slots: &Semaphore) -> bool {
+    slots.available_permits() > 0
+}
+
+/// Connections open per remote address.
+#[derive(Clone, Default)]
+struct Addresses(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place under its address's cap.
+pub struct AddressSlot {
+    addresses: Addresses,
+    ip: std::net::IpAddr,
+}
+
+impl Addresses {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<AddressSlot> {
+        let mut open = self.0.lock().expect("addresses");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot { addresses: self.clone(), ip })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.addresses.0.lock().expect("addresses");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
             }
-        },
-    )
+        }
+    }
 }
 
 pin_project! {
@@ -259,7 +330,7 @@ pin_project! {
     pub struct Tracked<B> {
         #[pin]
         inner: B,
-        _guard: Option<RequestGuard>,
+        _guard: Option<Hold>,
     }
 }
 
@@ -315,7 +386,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let guard = ConnInfo::of(&req).map(|c| c.state.begin());
+        let guard = match ConnInfo::of(&req) {
+            Some(c) if crate::auth::is_exempt(req.uri().path()) => {
+                if c.state.exempt.fetch_add(1, Ordering::Relaxed) >= EXEMPT_PER_CONNECTION {
+                    c.state.exempt.fetch_sub(1, Ordering::Relaxed);
+                    let busy = tonic::Status::resource_exhausted(format!(
+                        "at most {EXEMPT_PER_CONNECTION} calls without a token at once on a connection"
+                    ));
+                    return Box::pin(async move { Ok(busy.into_http()) });
+                }
+                Some(Hold::Exempt(ExemptGuard(c.state.clone())))
+            }
+            Some(c) => Some(Hold::Request(c.state.begin())),
+            None => None,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let resp = fut.await?;

@@ -65,9 +65,14 @@ fn reflection(served: &[&'static str]) -> tonic_reflection::server::Builder<'sta
 const CLOCK_OPS: &str = "contactier.ops.v1.ClockService";
 const WORK_OPS: &str = "contactier.ops.v1.WorkService";
 
-/// The ops services every service serves: failing work always, the clock when it is manual.
+/// The ops services every service serves: failing work always, the clock when it is manual;
+/// and health's Watch stream, for callers with a token.
 pub fn ops_policy(manual_clock: bool) -> Policy {
-    let p = Policy::new().allow(WORK_OPS, Access::Ops, &["ListFailingWork"]);
+    let p = Policy::new().allow(WORK_OPS, Access::Ops, &["ListFailingWork"]).allow(
+        "grpc.health.v1.Health",
+        Access::Read,
+        &["Watch"],
+    );
     if manual_clock { p.allow(CLOCK_OPS, Access::Ops, &["GetTime", "SetTime", "AdvanceTime"]) } else { p }
 }
 
