@@ -139,13 +139,14 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
         .http2_keepalive_interval(Some(opts.conn.keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
-        .layer(crate::conn::TrackLayer)
         .layer(TraceLayer)
         .layer(crate::panics::CatchPanicLayer)
         .layer(
             AuthLayer::new(opts.authenticator.clone(), policy)
                 .limited(opts.rate_limit.map(crate::limits::AccountLimiter::new)),
         )
+        // Inside auth: only calls it let through keep a connection open.
+        .layer(crate::conn::TrackLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain_started);
     tokio::pin!(server);

@@ -13,12 +13,23 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+const SECRET: &[u8] = b"connections-test-secret-connections";
+
+fn token() -> String {
+    Authenticator::new(SECRET, "contactier", "contactier").user_token(
+        "a",
+        "u",
+        &["read"],
+        chrono::Duration::hours(1),
+    )
+}
+
 async fn start(conn: ConnLimits) -> (SocketAddr, Shutdown) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let opts = ServeOptions {
-        authenticator: Authenticator::new(b"connections-test-secret-connections", "contactier", "contactier"),
+        authenticator: Authenticator::new(SECRET, "contactier", "contactier"),
         clock: Clock::system(),
         shutdown: shutdown.clone(),
         tls: None,
@@ -109,6 +120,7 @@ async fn a_connection_idle_past_the_timeout_is_closed_and_a_busy_one_is_not() {
         http::Request::post(format!("http://{addr}/grpc.health.v1.Health/{method}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
+            .header("authorization", format!("Bearer {}", token()))
             .body(())
             .unwrap()
     };
@@ -138,4 +150,84 @@ async fn a_connection_idle_past_the_timeout_is_closed_and_a_busy_one_is_not() {
         idle >= Duration::from_millis(1_500) && idle < Duration::from_secs(5),
         "closed after {idle:?} idle"
     );
+}
+
+/// A call by hand on an HTTP/2 connection: its answer's gRPC status (headers or trailers), or
+/// None while it is still open after `wait`.
+async fn status_of(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    wait: Duration,
+) -> (Option<String>, Option<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
+    let req = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    // Nothing sent after the headers: the call stays open until the server ends it.
+    let (resp, body) = client.send_request(req, false).unwrap();
+    let Ok(resp) = tokio::time::timeout(wait, resp).await else { return (None, None, body) };
+    let resp = resp.unwrap();
+    if let Some(s) = resp.headers().get("grpc-status") {
+        return (Some(s.to_str().unwrap().to_owned()), None, body);
+    }
+    let mut stream = resp.into_body();
+    let trailers = tokio::time::timeout(wait, async {
+        while let Some(Ok(_)) = stream.data().await {}
+        stream.trailers().await
+    })
+    .await;
+    match trailers {
+        Ok(Ok(Some(t))) => (t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()), None, body),
+        _ => (None, Some(stream), body),
+    }
+}
+
+#[tokio::test]
+async fn calls_without_a_token_are_few_and_keep_no_connection() {
+    let limits = ConnLimits { first_request: Duration::from_secs(3), ..ConnLimits::default() };
+    let (addr, _shutdown) = start(limits).await;
+    let (mut client, conn) = h2::client::handshake(TcpStream::connect(addr).await.unwrap()).await.unwrap();
+    let ended = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let opened = Instant::now();
+    // Health's Watch stream needs a token.
+    let (watch, _, _) =
+        status_of(&mut client, addr, "/grpc.health.v1.Health/Watch", Duration::from_secs(2)).await;
+    assert_eq!(watch.as_deref(), Some("16"), "UNAUTHENTICATED");
+    // Four reflection streams held open; a fifth is refused.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        let (status, stream, body) = status_of(&mut client, addr, path, Duration::from_millis(300)).await;
+        assert_eq!(status, None, "a reflection stream stays open");
+        held.push((stream, body));
+    }
+    let path = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+    let (fifth, _, _) = status_of(&mut client, addr, path, Duration::from_secs(2)).await;
+    assert_eq!(fifth.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    // They keep nothing open: the connection goes at its first-request deadline.
+    let ended = tokio::time::timeout(Duration::from_secs(8), ended).await.expect("closed").unwrap();
+    let lived = ended - opened;
+    assert!(lived < Duration::from_secs(5), "lived {lived:?}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn one_address_holds_only_its_share_of_connections() {
+    let limits = ConnLimits { per_address: 3, ..ConnLimits::default() };
+    let (addr, _shutdown) = start(limits).await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        mine.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_after(&mut fourth, Duration::from_millis(500)).await.is_some(), "a fourth was kept");
+    drop(mine);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(healthy(addr).await, "served once the others went");
 }
