@@ -530,6 +530,68 @@ async fn a_request_id_reused_for_another_request_is_refused(backend: Backend) {
     }];
     let err = contacts(&s).import_contacts(authed(futures::stream::iter(parts), &admin)).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
+    // The same header with another file: refused; with the same file: its summary.
+    let again = import(&s, &admin, "Email,First\nfive@example.com,Five\n", header("first file")).await;
+    assert_eq!(again.created, 1, "{backend:?}: the first import's summary");
+    let header_part = |h: cpb::ImportHeader| cpb::ImportContactsRequest {
+        part: Some(cpb::import_contacts_request::Part::Header(cpb::ImportHeader {
+            mode: cpb::ImportMode::Create as i32,
+            column_mapping: [
+                ("Email".to_owned(), "email".to_owned()),
+                ("First".to_owned(), "first_name".to_owned()),
+            ]
+            .into(),
+            ..h
+        })),
+    };
+    let other_file = vec![
+        header_part(header("first file")),
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::Chunk(
+                b"Email,First\nsix@example.com,Six\n".to_vec(),
+            )),
+        },
+    ];
+    let err = contacts(&s).import_contacts(authed(futures::stream::iter(other_file), &admin)).await;
+    let err = match err {
+        Err(e) => e,
+        Ok(stream) => {
+            let mut stream = stream.into_inner();
+            loop {
+                match stream.message().await {
+                    Err(e) => break e,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("{backend:?}: another file under a used request id was answered"),
+                }
+            }
+        }
+    };
+    assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}: {err:?}");
+
+    // Another call under the same request id: refused, not answered with the first's answer.
+    let batch_first = cpb::BatchCreateContactsRequest {
+        contacts: vec![input("seven@example.com", SourceType::User)],
+        request_id: "req-5".into(),
+    };
+    contacts(&s).batch_create_contacts(authed(batch_first, &admin)).await.unwrap();
+    let single = cpb::CreateContactRequest {
+        contact: Some(input("seven@example.com", SourceType::User)),
+        request_id: "req-5".into(),
+    };
+    assert_eq!(
+        contacts(&s).create_contact(authed(single, &admin)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+    // Nor by another user of the account.
+    let other_user = s.token(A, "someone-else", &["admin"]);
+    let replay = cpb::CreateContactRequest {
+        contact: Some(input("one@example.com", SourceType::User)),
+        request_id: "req-1".into(),
+    };
+    assert_eq!(
+        contacts(&s).create_contact(authed(replay, &other_user)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 }
 
 /// Case 12: A workflow's list or filter is checked at creation; a run that can never succeed fails
@@ -631,8 +693,17 @@ async fn workflows_refuse_missing_lists_and_fail_runs_for_good(backend: Backend)
         .into_inner()
         .workflow
         .unwrap();
-    let reuse = mpb::RunWorkflowRequest { workflow_id: other.id, request_id: "go-2".into() };
+    let reuse = mpb::RunWorkflowRequest { workflow_id: other.id.clone(), request_id: "go-2".into() };
     assert_eq!(status(&s).run_workflow(authed(reuse, &admin)).await.unwrap_err().code(), Code::AlreadyExists);
+    // A user without the permission to set marketing cannot have a workflow do it for them.
+    let revoke = mpb::SetUserPermissionRequest {
+        permission: Some(mpb::UserPermission { user_id: "mallory".into(), may_set_marketing: false }),
+    };
+    status(&s).set_user_permission(authed(revoke, &admin)).await.unwrap();
+    let mallory = s.token(A, "mallory", &["write"]);
+    let run = mpb::RunWorkflowRequest { workflow_id: other.id, request_id: "go-3".into() };
+    let err = status(&s).run_workflow(authed(run, &mallory)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}");
 }
 
 /// Case 14: Email recipients need a dotted, public domain.
@@ -649,6 +720,16 @@ async fn email_recipients_need_a_public_domain(backend: Backend) {
         invalid(&err, "email.address");
     }
     notification(&s).create_recipient(authed(email("billing@example.com"), &admin)).await.unwrap();
+    // An account has at most 50 recipients.
+    for i in 1..50 {
+        notification(&s)
+            .create_recipient(authed(email(&format!("ops{i}@example.com")), &admin))
+            .await
+            .unwrap();
+    }
+    let err =
+        notification(&s).create_recipient(authed(email("one-more@example.com"), &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
 }
 
 contactier_runtime::backend_tests!(

@@ -68,6 +68,18 @@ async fn main() -> anyhow::Result<()> {
     if let Some(addr) = cli.runtime.metrics_listen {
         contactier_runtime::telemetry::init_metrics(addr)?;
     }
+    if cli.runtime.listen.is_some() {
+        anyhow::bail!(
+            "the all-in-one binary listens on --host and --base-port; --listen is for a service binary"
+        );
+    }
+    if cli.base_port != 0 && cli.base_port.checked_add(SERVICES.len() as u16 - 1).is_none() {
+        anyhow::bail!(
+            "--base-port {} leaves no room for the {} services above it",
+            cli.base_port,
+            SERVICES.len()
+        );
+    }
     std::fs::create_dir_all(&cli.runtime.data_dir)
         .with_context(|| format!("creating {}", cli.runtime.data_dir.display()))?;
     let dev_secret = match cli.runtime.jwt_secret {

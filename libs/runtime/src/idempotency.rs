@@ -1,8 +1,8 @@
 //! Request ids. A retry under the same id is answered with the first answer and changes
-//! nothing; a different request under an id already used is refused, so a client's mistake is
-//! never answered with another request's result. Requests are told apart by a digest of their
-//! encoding with the id left out (maps encode in key order, so the same request always has the
-//! same digest).
+//! nothing; a different request under an id already used (another call, another caller, other
+//! content) is refused, so a client's mistake is never answered with another request's result.
+//! Requests are told apart by a digest of the call, the caller and the request's encoding with
+//! the id left out (maps encode in key order, so the same request always has the same digest).
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
@@ -15,9 +15,10 @@ pub struct Key {
 }
 
 impl Key {
-    /// `without_id` makes the request with its id cleared; it is only called when there is an id.
-    pub fn of<M: prost::Message>(id: &str, without_id: impl FnOnce() -> M) -> Self {
-        let digest = if id.is_empty() { String::new() } else { self::digest(&without_id()) };
+    /// The key of a request of `call` (the RPC) by `caller`; `without_id` makes the request
+    /// with its id cleared, and is only called when there is an id.
+    pub fn of<M: prost::Message>(id: &str, call: &str, caller: &str, without_id: impl FnOnce() -> M) -> Self {
+        let digest = if id.is_empty() { String::new() } else { self::digest(call, caller, &without_id()) };
         Self { id: id.to_owned(), digest }
     }
 
@@ -31,9 +32,15 @@ impl Key {
     }
 }
 
-/// The digest of a request whose request id has been cleared.
-pub fn digest<M: prost::Message>(request_without_id: &M) -> String {
-    let hash = Sha256::digest(request_without_id.encode_to_vec());
+/// The digest of a request of `call` by `caller` whose request id has been cleared.
+pub fn digest<M: prost::Message>(call: &str, caller: &str, request_without_id: &M) -> String {
+    let mut hasher = Sha256::new();
+    for part in [call.as_bytes(), caller.as_bytes()] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.update(request_without_id.encode_to_vec());
+    let hash = hasher.finalize();
     hash.iter().fold(String::with_capacity(64), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
@@ -75,11 +82,12 @@ mod tests {
         };
         let other =
             pb::CreateContactRequest { contact: Some(input(&[("a", "1")])), request_id: String::new() };
-        assert_eq!(digest(&a), digest(&same_in_another_order));
-        assert_ne!(digest(&a), digest(&other));
-        assert_eq!(digest(&a).len(), 64);
-        assert!(
-            same("", &digest(&a)) && same(&digest(&a), &digest(&a)) && !same(&digest(&other), &digest(&a))
-        );
+        let d = |m: &pb::CreateContactRequest| digest("CreateContact", "u1", m);
+        assert_eq!(d(&a), d(&same_in_another_order));
+        assert_ne!(d(&a), d(&other));
+        assert_ne!(d(&a), digest("BatchCreateContacts", "u1", &a), "another call");
+        assert_ne!(d(&a), digest("CreateContact", "u2", &a), "another caller");
+        assert_eq!(d(&a).len(), 64);
+        assert!(same("", &d(&a)) && same(&d(&a), &d(&a)) && !same(&d(&other), &d(&a)));
     }
 }

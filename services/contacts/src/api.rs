@@ -25,6 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// The most records one batch call may carry.
 pub const MAX_BATCH: usize = 1_000;
+/// Custom properties and lists one account may have.
+pub const MAX_PROPERTIES: i64 = 1_000;
+pub const MAX_LISTS: i64 = 10_000;
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
@@ -104,10 +107,13 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
         // Forms, ads, imports, integrations and the like are set by the system that creates
         // the contact, which calls with a service token; a person may act for them as an admin.
         Ok(t) if t != common::SourceType::User && !user.is_empty() && !c.admin => {
-            return Err(Error::PermissionDenied(format!(
-                "{at}.source.type: {} is set by the system that creates the contact; a user needs the admin scope",
-                source_type_name(t)
-            )));
+            return Err(Error::denied(
+                format!("{at}.source.type"),
+                format!(
+                    "{} is set by the system that creates the contact; a user needs the admin scope",
+                    source_type_name(t)
+                ),
+            ));
         }
         Ok(t) => t,
     };
@@ -217,8 +223,11 @@ impl Api {
         {
             let (denied, allowed): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, n)| asks(n));
             checked = allowed;
-            let error = Error::PermissionDenied("this user may not set contacts as marketing".into());
-            refused.extend(denied.into_iter().map(|(i, _)| (i, error.clone())));
+            let at = |i: usize| if field == "contact" { field.to_owned() } else { format!("{field}[{i}]") };
+            refused.extend(denied.into_iter().map(|(i, _)| {
+                let reason = "this user may not set contacts as marketing";
+                (i, Error::denied(format!("{}.requested_status", at(i)), reason))
+            }));
         }
         let (idx, news): (Vec<usize>, Vec<NewContact>) = checked.into_iter().unzip();
         // Each input's outcome, in input order.
@@ -300,9 +309,8 @@ impl ContactsService for Api {
     ) -> Answer<pb::CreateContactResponse> {
         let c = caller(&req)?;
         let r = req.into_inner();
-        let key = idempotency::Key::of(&r.request_id, || pb::CreateContactRequest {
-            request_id: String::new(),
-            ..r.clone()
+        let key = idempotency::Key::of(&r.request_id, "CreateContact", &c.user, || {
+            pb::CreateContactRequest { request_id: String::new(), ..r.clone() }
         });
         if let Some(first) = self.replay(&c.account, &key).await? {
             return Ok(Response::new(first));
@@ -370,9 +378,8 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         batch_len("contacts", r.contacts.len())?;
-        let key = idempotency::Key::of(&r.request_id, || pb::BatchCreateContactsRequest {
-            request_id: String::new(),
-            ..r.clone()
+        let key = idempotency::Key::of(&r.request_id, "BatchCreateContacts", &c.user, || {
+            pb::BatchCreateContactsRequest { request_id: String::new(), ..r.clone() }
         });
         if let Some(first) = self.replay(&c.account, &key).await? {
             return Ok(Response::new(first));
@@ -567,7 +574,7 @@ impl ContactsService for Api {
         if crate::properties::standard().iter().any(|s| s.name == d.name) {
             return Err(Error::AlreadyExists(format!("{} is a standard property", d.name)).into());
         }
-        self.store.create_property(&c.account, &d, self.clock.now()).await?;
+        self.store.create_property(&c.account, &d, self.clock.now(), MAX_PROPERTIES).await?;
         Ok(Response::new(pb::CreatePropertyResponse { property: Some(convert::definition(&d)) }))
     }
 
@@ -711,7 +718,7 @@ impl ContactsService for Api {
             filter,
             created_at: micros(self.clock.now()),
         };
-        self.store.create_list(&c.account, &row).await?;
+        self.store.create_list(&c.account, &row, MAX_LISTS).await?;
         let size = self.list_size(&c.account, &row).await?;
         Ok(Response::new(pb::CreateListResponse { list: Some(convert::list(row, size)) }))
     }
@@ -834,10 +841,17 @@ impl ContactsService for Api {
                 return Err(Error::invalid(format!("consent.subscription_types[{i}]"), "empty").into());
             }
         }
+        let now = self.clock.now();
         let opted_in_at = match &consent.opted_in_at {
+            // An opt-in is recorded as it happens: not in the future, not before 2000.
+            Some(t)
+                if t.seconds < 946_684_800 || t.seconds > (now + chrono::Duration::days(1)).timestamp() =>
+            {
+                return Err(Error::invalid("consent.opted_in_at", "must lie from 2000 to now").into());
+            }
             Some(t) => t.seconds * 1_000_000 + i64::from(t.nanos) / 1_000,
             None if consent.unsubscribed_from_all => 0,
-            None => micros(self.clock.now()),
+            None => micros(now),
         };
         let row = ConsentRow {
             legal_basis: consent.legal_basis.trim().to_owned(),

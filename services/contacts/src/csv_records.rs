@@ -3,6 +3,7 @@
 //! cap is refused as one bad row: its bytes past the cap are dropped as they are read, and
 //! reading goes on after it.
 
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes of one record (all its fields together) at most.
@@ -15,8 +16,12 @@ const READ_CHUNK: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     Fields(Vec<String>),
-    /// Not read as fields; the reason names the cap or the encoding.
-    Refused(String),
+    /// Not read as fields; the reason names the cap or the encoding, `field` the field at fault
+    /// (0-based) when there is one.
+    Refused {
+        field: Option<usize>,
+        reason: String,
+    },
 }
 
 pub struct RecordReader<R> {
@@ -32,6 +37,17 @@ pub struct RecordReader<R> {
     ends_len: usize,
     too_long: bool,
     too_wide: bool,
+    /// Of every byte read into records so far.
+    hasher: Sha256,
+}
+
+/// A SHA-256 as lower-case hex.
+pub fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write;
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
@@ -49,7 +65,14 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             ends_len: 0,
             too_long: false,
             too_wide: false,
+            hasher: Sha256::new(),
         }
+    }
+
+    /// The digest of the file read so far: through the end of the last record, or the whole
+    /// file once the reader has answered its end.
+    pub fn digest(&self) -> String {
+        hex(&self.hasher.clone().finalize())
     }
 
     /// The next record; None at the end of the file.
@@ -65,6 +88,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 &mut self.out[self.out_len..],
                 &mut self.ends[self.ends_len..],
             );
+            self.hasher.update(&self.buf[self.pos..self.pos + read]);
             self.pos += read;
             self.out_len += written;
             self.ends_len += ended;
@@ -97,9 +121,12 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
 
     fn take(&mut self) -> Record {
         let record = if self.too_long {
-            Record::Refused(format!("a record of more than {MAX_RECORD_BYTES} bytes (an unclosed quote?)"))
+            Record::Refused {
+                field: None,
+                reason: format!("a record of more than {MAX_RECORD_BYTES} bytes (an unclosed quote?)"),
+            }
         } else if self.too_wide || self.ends_len > MAX_FIELDS {
-            Record::Refused(format!("more than {MAX_FIELDS} fields"))
+            Record::Refused { field: None, reason: format!("more than {MAX_FIELDS} fields") }
         } else {
             let mut fields = Vec::with_capacity(self.ends_len);
             let mut start = 0;
@@ -108,14 +135,17 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 match std::str::from_utf8(&self.out[start..end]) {
                     Ok(f) => fields.push(f.to_owned()),
                     Err(_) => {
-                        bad = Some(i + 1);
+                        bad = Some(i);
                         break;
                     }
                 }
                 start = end;
             }
             match bad {
-                Some(field) => Record::Refused(format!("field {field} is not UTF-8")),
+                Some(field) => Record::Refused {
+                    field: Some(field),
+                    reason: format!("field {} is not UTF-8", field + 1),
+                },
                 None => Record::Fields(fields),
             }
         };
@@ -150,6 +180,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_digest_at_a_record_does_not_depend_on_how_the_file_was_split() {
+        let file = b"email,name\r\na@example.com,\"A, \"\"Ada\"\"\"\r\nb@example.com,B\n";
+        let whole = hex(&Sha256::digest(file));
+        for split in [1, 2, 7, 16, file.len()] {
+            let chunks: Vec<std::io::Result<bytes::Bytes>> =
+                file.chunks(split).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let mut r =
+                RecordReader::new(tokio_util::io::StreamReader::new(futures::stream::iter(chunks)), b',');
+            r.next().await.unwrap();
+            let after_header = r.digest();
+            r.next().await.unwrap();
+            r.next().await.unwrap();
+            assert!(r.next().await.unwrap().is_none());
+            assert_eq!(r.digest(), whole, "split every {split}");
+            let mut one = RecordReader::new(&file[..], b',');
+            one.next().await.unwrap();
+            assert_eq!(after_header, one.digest(), "split every {split}");
+        }
+    }
+
+    #[tokio::test]
     async fn records_are_read_as_csv_reads_them() {
         let got = read_all(b"a,b\r\n\"x,1\",\"say \"\"hi\"\"\"\nlast,\n").await;
         assert_eq!(got, [fields(&["a", "b"]), fields(&["x,1", "say \"hi\""]), fields(&["last", ""])]);
@@ -164,7 +215,11 @@ mod tests {
         let got = read_all(&data).await;
         assert_eq!(got.len(), 4);
         assert_eq!(got[1], fields(&["ok@example.com"]));
-        assert!(matches!(&got[2], Record::Refused(r) if r.contains("bytes")), "{:?}", got[2]);
+        assert!(
+            matches!(&got[2], Record::Refused { reason, .. } if reason.contains("bytes")),
+            "{:?}",
+            got[2]
+        );
         assert_eq!(got[3], fields(&["after@example.com"]));
     }
 
@@ -174,17 +229,17 @@ mod tests {
         data.extend(std::iter::repeat_n(b'y', 3 * MAX_RECORD_BYTES));
         let got = read_all(&data).await;
         assert_eq!(got.len(), 2);
-        assert!(matches!(&got[1], Record::Refused(_)));
+        assert!(matches!(&got[1], Record::Refused { .. }));
     }
 
     #[tokio::test]
     async fn too_many_fields_and_bad_encoding_are_refused() {
         let wide = format!("{}\nok\n", "x,".repeat(MAX_FIELDS));
         let got = read_all(wide.as_bytes()).await;
-        assert!(matches!(&got[0], Record::Refused(r) if r.contains("fields")));
+        assert!(matches!(&got[0], Record::Refused { reason, .. } if reason.contains("fields")));
         assert_eq!(got[1], fields(&["ok"]));
         let got = read_all(b"a,\xff\xfe\nb,c\n").await;
-        assert_eq!(got[0], Record::Refused("field 2 is not UTF-8".into()));
+        assert_eq!(got[0], Record::Refused { field: Some(1), reason: "field 2 is not UTF-8".into() });
         assert_eq!(got[1], fields(&["b", "c"]));
         let exactly = format!("{}x\n", "x,".repeat(MAX_FIELDS - 1));
         assert!(matches!(&read_all(exactly.as_bytes()).await[0], Record::Fields(f) if f.len() == MAX_FIELDS));

@@ -16,8 +16,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Aborted(String),
-    #[error("{0}")]
-    PermissionDenied(String),
+    /// Refused for who the caller is; `field` names what asked for it, when something did.
+    #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+    PermissionDenied { field: String, reason: String },
     /// A request id used before for a different request.
     #[error("request_id: already used for a different request")]
     RequestReused,
@@ -35,6 +36,10 @@ impl Error {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
+    pub fn denied(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::PermissionDenied { field: field.into(), reason: reason.into() }
+    }
+
     /// NOT_FOUND for a contact the account does not have.
     pub fn no_contact(id: impl std::fmt::Display) -> Self {
         Error::NotFound(format!("contact {id}"))
@@ -48,7 +53,7 @@ impl Error {
             Error::AlreadyExists(_) => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
-            Error::PermissionDenied(_) => "PERMISSION_DENIED",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::RequestReused => "ALREADY_EXISTS",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Db(_) => "UNAVAILABLE",
@@ -58,7 +63,7 @@ impl Error {
 
     pub fn field(&self) -> &str {
         match self {
-            Error::InvalidArgument { field, .. } => field,
+            Error::InvalidArgument { field, .. } | Error::PermissionDenied { field, .. } => field,
             _ => "",
         }
     }
@@ -90,7 +95,7 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Aborted(_) => Status::aborted(e.to_string()),
-            Error::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            Error::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             Error::RequestReused => contactier_runtime::idempotency::reused(),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),

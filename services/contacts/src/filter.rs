@@ -196,6 +196,17 @@ fn one(
         Op::Gt => on_value(format!("{column} > {}", value(sql, &f.value, "value")?)),
         Op::Gte => on_value(format!("{column} >= {}", value(sql, &f.value, "value")?)),
         Op::Between => {
+            // A range that holds nothing is a mistake, not a search.
+            let bounds = (operand(t, catalog, &f.value), operand(t, catalog, &f.high_value));
+            let inverted = match bounds {
+                (Ok(Bind::Text(a)), Ok(Bind::Text(b))) => a > b,
+                (Ok(Bind::Num(a)), Ok(Bind::Num(b))) => a > b,
+                (Ok(Bind::Int(a)), Ok(Bind::Int(b))) => a > b,
+                _ => false,
+            };
+            if inverted {
+                return Err(err("high_value", "must not be below value".into()));
+            }
             let lo = value(sql, &f.value, "value")?;
             let hi = value(sql, &f.high_value, "high_value")?;
             on_value(format!("{column} >= {lo} AND {column} <= {hi}"))
@@ -281,6 +292,14 @@ mod tests {
             (f("email", Op::HasProperty, ""), "filter.groups[0].filters[0].operator"),
             (f("created_at", Op::Gt, "yesterday"), "filter.groups[0].filters[0].value"),
             (f("score", Op::In, ""), "filter.groups[0].filters[0].values"),
+            (
+                pb::Filter { high_value: "5".into(), ..f("score", Op::Between, "10") },
+                "filter.groups[0].filters[0].high_value",
+            ),
+            (
+                pb::Filter { high_value: "2026-01-01".into(), ..f("created_at", Op::Between, "2026-02-01") },
+                "filter.groups[0].filters[0].high_value",
+            ),
         ];
         for (filter, field) in cases {
             let e = compile(Some(&groups(vec![vec![filter.clone()]])), &catalog(), 0).unwrap_err();

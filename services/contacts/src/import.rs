@@ -121,7 +121,7 @@ pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
     let mut csv = RecordReader::new(reader, plan.delimiter);
     let headers: Vec<String> = match csv.next().await {
         Ok(Some(Record::Fields(h))) => h.iter().map(|h| h.trim().to_owned()).collect(),
-        Ok(Some(Record::Refused(reason))) => {
+        Ok(Some(Record::Refused { reason, .. })) => {
             return Err(Error::invalid("chunk", format!("CSV header: {reason}")));
         }
         Ok(None) => return Err(Error::invalid("chunk", "CSV header: the file is empty")),
@@ -212,7 +212,7 @@ pub async fn start(
     let plan = plan(&header, &catalog)?;
     // "Set as marketing" is asked of every row: refused at once for a user without the permission.
     if plan.set_as_marketing && !user.is_empty() && !api.may_set_marketing(&account, &user).await? {
-        return Err(Error::PermissionDenied("this user may not set contacts as marketing".into()));
+        return Err(Error::denied("header.set_as_marketing", "this user may not set contacts as marketing"));
     }
     let mut import = ImportRow {
         id: new_id(),
@@ -223,10 +223,11 @@ pub async fn start(
         request_digest: if header.request_id.is_empty() {
             String::new()
         } else {
-            contactier_runtime::idempotency::digest(&pb::ImportHeader {
-                request_id: String::new(),
-                ..header.clone()
-            })
+            contactier_runtime::idempotency::digest(
+                "ImportContacts",
+                &user,
+                &pb::ImportHeader { request_id: String::new(), ..header.clone() },
+            )
         },
         started_at: micros(api.clock.now()),
         ..ImportRow::default()
@@ -234,6 +235,10 @@ pub async fn start(
     let resumed = match api.store.start_import(&account, &import, LEASE).await? {
         Start::Fresh => false,
         Start::Finished(earlier) => {
+            // The retry of a finished import gets its summary, if it sends the same file.
+            if !earlier.file_digest.is_empty() && file_digest(input).await? != earlier.file_digest {
+                return Err(Error::RequestReused);
+            }
             let done =
                 pb::ImportContactsResponse { progress: Some(convert::import_summary(&earlier)), done: true };
             return Ok(futures::stream::iter([Ok(done)]).boxed());
@@ -298,6 +303,25 @@ pub async fn start(
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
 }
 
+/// The digest of the rest of an import stream: the file's bytes.
+async fn file_digest(mut input: Streaming<pb::ImportContactsRequest>) -> Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    loop {
+        let next = tokio::time::timeout(IDLE, input.message())
+            .await
+            .map_err(|_| Error::Aborted(format!("nothing arrived for {} s", IDLE.as_secs())))?
+            .map_err(|e| Error::Aborted(e.message().to_owned()))?;
+        match next {
+            Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) }) => {
+                hasher.update(&b)
+            }
+            Some(_) => return Err(Error::invalid("chunk", "after the header only chunks may follow")),
+            None => return Ok(crate::csv_records::hex(&hasher.finalize())),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     api: &Api,
@@ -339,6 +363,13 @@ async fn run(
         };
         number += 1;
         if number <= done_before {
+            // A retry taking the import up again sends the file it began with.
+            if number == done_before
+                && !import.prefix_digest.is_empty()
+                && records.digest() != import.prefix_digest
+            {
+                return Err(Error::RequestReused);
+            }
             continue;
         }
         import.rows_read += 1;
@@ -350,12 +381,13 @@ async fn run(
                     errors.extend(e);
                 }
             },
-            Record::Refused(reason) => {
+            Record::Refused { field, reason } => {
                 // A record past the caps or not UTF-8: reported, the rest goes on.
                 import.failed += 1;
+                let column = field.and_then(|f| headers.get(f)).cloned().unwrap_or_default();
                 errors.push(ImportErrorRow {
                     row_number: number,
-                    column_name: String::new(),
+                    column_name: column,
                     reason: format!("CSV: {reason}"),
                 });
             }
@@ -370,6 +402,7 @@ async fn run(
                 analyzed_at = import.rows_read;
             }
             api.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
+            import.prefix_digest = records.digest();
             api.store.save_import(account, import).await?;
             let _ = progress
                 .send(Ok(pb::ImportContactsResponse {
@@ -379,8 +412,13 @@ async fn run(
                 .await;
         }
     }
+    if number < done_before {
+        return Err(Error::RequestReused);
+    }
     write(api, account, user, plan, import, batch, &mut errors, recheck).await?;
     api.store.add_import_errors(account, &import.id, &errors).await?;
+    import.prefix_digest = records.digest();
+    import.file_digest = records.digest();
     Ok(())
 }
 

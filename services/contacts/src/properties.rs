@@ -145,14 +145,14 @@ pub fn normalize(def: &Definition, raw: &str) -> Result<Value, String> {
             if t.contains(['\n', '\r']) {
                 return Err("a single line: no line breaks".into());
             }
-            if t.len() > MAX_TEXT {
-                return Err(format!("at most {MAX_TEXT} bytes"));
+            if t.chars().count() > MAX_TEXT {
+                return Err(format!("at most {MAX_TEXT} characters"));
             }
             text(t.to_owned())
         }
         PropertyType::MultiLineText => {
-            if raw.len() > MAX_TEXT {
-                return Err(format!("at most {MAX_TEXT} bytes"));
+            if raw.chars().count() > MAX_TEXT {
+                return Err(format!("at most {MAX_TEXT} characters"));
             }
             text(raw.to_owned())
         }
@@ -194,8 +194,16 @@ pub fn normalize(def: &Definition, raw: &str) -> Result<Value, String> {
         }
         PropertyType::Date => {
             let t = raw.trim();
+            // Four-digit years only (0001 to 9999), so that dates compare as their text does.
+            let b = t.as_bytes();
+            let shaped = b.len() == 10
+                && b[4] == b'-'
+                && b[7] == b'-'
+                && b.iter().enumerate().all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
             let d = NaiveDate::parse_from_str(t, "%Y-%m-%d")
-                .map_err(|_| format!("{t:?} is not a date (YYYY-MM-DD)"))?;
+                .ok()
+                .filter(|d| shaped && chrono::Datelike::year(d) >= 1)
+                .ok_or_else(|| format!("{t:?} is not a date (YYYY-MM-DD, years 0001 to 9999)"))?;
             text(d.format("%Y-%m-%d").to_string())
         }
         PropertyType::Checkbox => match parse_bool(raw) {
@@ -295,12 +303,19 @@ mod tests {
             (Number, "1,5"),
             (Date, "2027-02-29"),
             (Date, "29.02.2028"),
+            // Years that would not compare as text, or are no year at all.
+            (Date, "0000-01-01"),
+            (Date, "-0005-01-01"),
+            (Date, "+12345-01-01"),
+            (Date, "12345-01-01"),
+            (Date, "2026-1-05"),
             (Checkbox, "maybe"),
         ];
         for (t, raw) in bad {
             assert!(normalize(&def(t), raw).is_err(), "{t:?} {raw:?} must be refused");
         }
         assert!(normalize(&def(SingleLineText), &"x".repeat(MAX_TEXT + 1)).is_err());
+        assert!(normalize(&def(MultiLineText), &"é".repeat(MAX_TEXT)).is_ok(), "characters, not bytes");
     }
 
     #[test]

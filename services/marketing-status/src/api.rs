@@ -144,9 +144,8 @@ impl MarketingStatusService for Api {
         let principal = Principal::of(&req)?.clone();
         let account = principal.account_id()?.to_owned();
         let r = req.into_inner();
-        let key = Key::of(&r.request_id, || pb::SetMarketingStatusRequest {
-            request_id: String::new(),
-            ..r.clone()
+        let key = Key::of(&r.request_id, "SetMarketingStatus", &principal.subject, || {
+            pb::SetMarketingStatusRequest { request_id: String::new(), ..r.clone() }
         });
         let wanted = requested(r.status)
             .ok_or_else(|| GrpcStatus::invalid_argument("status: MARKETING or NON_MARKETING"))?;

@@ -120,6 +120,11 @@ impl Api {
                 ));
             }
         };
+        if self.store.workflow_count(&account).await.map_err(db)? >= MAX_WORKFLOWS {
+            return Err(GrpcStatus::failed_precondition(format!(
+                "an account has at most {MAX_WORKFLOWS} workflows"
+            )));
+        }
         let row = WorkflowRow {
             id: new_id(),
             name: w.name.trim().to_owned(),
@@ -166,16 +171,26 @@ impl Api {
         &self,
         req: Request<pb::RunWorkflowRequest>,
     ) -> Result<pb::RunWorkflowResponse, GrpcStatus> {
-        let account = Principal::of(&req)?.account_id()?.to_owned();
+        let principal = Principal::of(&req)?.clone();
+        let account = principal.account_id()?.to_owned();
         self.check_edition(&account).await?;
         let r = req.into_inner();
         let w = self.workflow(&account, &r.workflow_id).await?;
+        // A run that makes contacts marketing does so for the user who asks for it.
+        let user = principal.user_id().unwrap_or_default().to_owned();
+        if w.action == "set_marketing"
+            && !user.is_empty()
+            && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
+        {
+            return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
+        }
         let run = RunRow {
             account_id: account,
             id: new_id(),
             workflow_id: w.id.clone(),
             request_id: r.request_id,
             created_at: micros(self.clock.now()),
+            requested_by: user,
             ..RunRow::default()
         };
         let run = self.store.queue_run(&run).await.map_err(db)?;
@@ -218,6 +233,9 @@ enum Failure {
     Final(String),
 }
 
+/// Workflows one account may have.
+pub const MAX_WORKFLOWS: i64 = 1_000;
+
 /// Runs carried out at once; one slow run does not hold up the others.
 const PARALLEL: usize = 4;
 /// The longest one attempt may take before it counts as failed and is retried.
@@ -248,10 +266,19 @@ impl Runner {
             }
         })?;
         let wanted = if w.action == "set_marketing" { Status::Marketing } else { Status::NonMarketing };
+        // The requester's permission, again as the run is carried out: it may have been removed.
+        if wanted == Status::Marketing
+            && !run.requested_by.is_empty()
+            && !self.store.may_set_marketing(&run.account_id, &run.requested_by).await.map_err(retry)?
+        {
+            return Err(Failure::Final(
+                "the user who asked for the run may not set contacts as marketing".into(),
+            ));
+        }
         let actor = Actor {
             source_type: "WORKFLOW".into(),
             source_id: w.id.clone(),
-            user_id: String::new(),
+            user_id: run.requested_by.clone(),
             request_id: run.id.clone(),
         };
         let none = contactier_runtime::idempotency::Key::none();

@@ -15,6 +15,9 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+/// Webhook and email recipients one account may have.
+pub const MAX_RECIPIENTS: i64 = 50;
+
 pub struct Api {
     pub store: Store,
     pub clock: Clock,
@@ -58,6 +61,12 @@ impl NotificationService for Api {
         req: Request<pb::CreateRecipientRequest>,
     ) -> std::result::Result<Response<pb::CreateRecipientResponse>, Status> {
         let account = account(&req)?;
+        if self.store.recipient_count(&account).await? >= MAX_RECIPIENTS {
+            return Err(Error::FailedPrecondition(format!(
+                "an account has at most {MAX_RECIPIENTS} recipients; delete one first"
+            ))
+            .into());
+        }
         let (kind, address, secret) = match req.into_inner().target {
             Some(pb::create_recipient_request::Target::Webhook(w)) => {
                 check_webhook_url(&w.url, &self.allowed).await?;

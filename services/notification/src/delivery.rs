@@ -7,16 +7,17 @@ use crate::targets::{self, Allowed};
 use contactier_runtime::clock::Worker;
 use contactier_runtime::outbox::Backoff;
 use contactier_runtime::shutdown::Shutdown;
-use futures::StreamExt;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long a worker holds a claimed delivery before another may take it over.
 const LEASE: chrono::Duration = chrono::Duration::seconds(120);
-const BATCH: i64 = 50;
-/// Deliveries of a batch sent at once; with the webhook timeout this bounds a batch's time
-/// well inside [`LEASE`].
+/// Deliveries sent at once; each takes at most the webhook timeout, well inside [`LEASE`].
 const IN_FLIGHT: usize = 16;
+/// Deliveries of one account in flight at once.
+const PER_ACCOUNT: i64 = 4;
+pub const WORKER: &str = "notification-delivery";
 
 /// Delivery settings, from the environment.
 #[derive(clap::Args, Clone, Debug)]
@@ -100,6 +101,23 @@ pub async fn resolve(
     Ok(addrs)
 }
 
+/// What one try came to.
+#[derive(Debug, Default)]
+struct Tried {
+    /// HTTP status or SMTP reply code; 0 when there was no answer.
+    code: i32,
+    /// What the tenant sees of a failure.
+    error: Option<String>,
+    /// What operators see of it, when it says more than `error`.
+    cause: Option<String>,
+}
+
+impl Tried {
+    fn answered(code: i32, error: Option<String>) -> Self {
+        Self { code, error, cause: None }
+    }
+}
+
 pub struct Sender {
     http: reqwest::Client,
     allowed: Allowed,
@@ -130,37 +148,31 @@ impl Sender {
         Ok(Self { http, allowed, timeout_ms: args.webhook_timeout_ms, smtp, from })
     }
 
-    /// One try. Answers the status code (HTTP or SMTP; 0 when there was no answer) and an error.
-    async fn send(
-        &self,
-        delivery: &DeliveryRow,
-        alerts: &[AlertRow],
-        recipient: &RecipientRow,
-    ) -> (i32, Option<String>) {
+    /// One try.
+    async fn send(&self, delivery: &DeliveryRow, alerts: &[AlertRow], recipient: &RecipientRow) -> Tried {
         match recipient.kind.as_str() {
             "webhook" => self.webhook(delivery, alerts, recipient).await,
-            "email" => self.email(alerts, recipient).await,
-            other => (0, Some(format!("unknown recipient kind {other}"))),
+            "email" => {
+                let (code, error) = self.email(alerts, recipient).await;
+                Tried::answered(code, error)
+            }
+            other => Tried::answered(0, Some(format!("unknown recipient kind {other}"))),
         }
     }
 
-    async fn webhook(
-        &self,
-        delivery: &DeliveryRow,
-        alerts: &[AlertRow],
-        recipient: &RecipientRow,
-    ) -> (i32, Option<String>) {
+    async fn webhook(&self, delivery: &DeliveryRow, alerts: &[AlertRow], recipient: &RecipientRow) -> Tried {
         // Checked again at every delivery: the allow-list may have changed since the recipient
         // was made. A host name is checked as it is resolved for the connection.
         let url = match targets::webhook_url(&recipient.address, &self.allowed) {
             Ok(u) => u.url,
-            Err(reason) => return (0, Some(format!("webhook URL refused: {reason}"))),
+            Err(reason) => return Tried::answered(0, Some(format!("webhook URL refused: {reason}"))),
         };
+        let started = tokio::time::Instant::now();
         let body = serde_json::to_vec(&payload(alerts)).expect("JSON of plain values");
         // Wall-clock time: receivers check the timestamp against their own clocks.
         let timestamp = chrono::Utc::now().timestamp();
         let Some(signature) = signing::sign(&recipient.secret, &delivery.id, timestamp, &body) else {
-            return (0, Some("recipient secret is not a whsec_ secret".into()));
+            return Tried::answered(0, Some("recipient secret is not a whsec_ secret".into()));
         };
         let sent = self
             .http
@@ -173,15 +185,27 @@ impl Sender {
             .send()
             .await;
         match sent {
-            Ok(r) if r.status().is_success() => (i32::from(r.status().as_u16()), None),
-            Ok(r) => (i32::from(r.status().as_u16()), Some(format!("receiver answered {}", r.status()))),
-            Err(e) if is_refused(&e) => (0, Some(format!("webhook URL refused: {}", targets::INTERNAL))),
-            // One answer for every way of not getting one: a tenant must not learn which ports
-            // of a network are closed, filtered or slow. Operators find the cause in the log.
+            Ok(r) if r.status().is_success() => Tried::answered(i32::from(r.status().as_u16()), None),
+            Ok(r) => Tried::answered(
+                i32::from(r.status().as_u16()),
+                Some(format!("receiver answered {}", r.status())),
+            ),
+            Err(e) if is_refused(&e) => {
+                Tried::answered(0, Some(format!("webhook URL refused: {}", targets::INTERNAL)))
+            }
+            // One answer for every way of not getting one, taking the same time: a tenant must
+            // not learn which ports of a network are closed, filtered or slow. Operators see
+            // the cause in the failing work and the log.
             Err(e) => {
-                let cause = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
-                tracing::info!(delivery = %delivery.id, error = %format!("{}{cause}", e.without_url()), "webhook not answered");
-                (0, Some(format!("no answer from the receiver within {} ms", self.timeout_ms)))
+                let source = std::error::Error::source(&e).map(|c| format!(": {c}")).unwrap_or_default();
+                let cause = format!("{}{source}", e.without_url());
+                tracing::info!(delivery = %delivery.id, error = %cause, "webhook not answered");
+                tokio::time::sleep_until(started + Duration::from_millis(self.timeout_ms)).await;
+                Tried {
+                    code: 0,
+                    error: Some(format!("no answer from the receiver within {} ms", self.timeout_ms)),
+                    cause: Some(cause),
+                }
             }
         }
     }
@@ -257,21 +281,50 @@ pub fn payload(alerts: &[AlertRow]) -> serde_json::Value {
 /// deliveries wake it.
 pub async fn run(store: Store, worker: Worker, sender: Sender, args: DeliveryArgs, shutdown: Shutdown) {
     let backoff = Backoff { initial: Duration::from_millis(args.backoff_ms), max: Duration::from_secs(300) };
+    let (sender, args) = (std::sync::Arc::new(sender), std::sync::Arc::new(args));
     let (store, sender, args) = (&store, &sender, &args);
     worker
         .drive(shutdown, LEASE, move |now| async move {
-            let batch = store.claim_due(now, LEASE, BATCH).await?;
-            // A full batch means more may be due now: go round again at once.
-            let full = batch.len() as i64 == BATCH;
-            // Side by side: a receiver that never answers holds up only its own deliveries.
-            futures::stream::iter(batch)
-                .for_each_concurrent(IN_FLIGHT, |d| async move {
-                    if let Err(e) = deliver(store, sender, &d, now, args, backoff).await {
-                        tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
+            // Each delivery its own task, taken as places free up: a receiver that never answers
+            // holds up only its own account's deliveries, of which at most PER_ACCOUNT are in
+            // flight, and an attempt being recorded never waits for the loop.
+            let mut running = tokio::task::JoinSet::new();
+            let mut in_flight: HashMap<String, i64> = HashMap::new();
+            loop {
+                let mut claimed_any = false;
+                if running.len() < IN_FLIGHT {
+                    let busy: Vec<String> = in_flight
+                        .iter()
+                        .filter(|(_, n)| **n >= PER_ACCOUNT)
+                        .map(|(a, _)| a.clone())
+                        .collect();
+                    let room = (IN_FLIGHT - running.len()) as i64;
+                    for d in store.claim_due(now, LEASE, room, PER_ACCOUNT, &busy).await? {
+                        claimed_any = true;
+                        *in_flight.entry(d.account_id.clone()).or_default() += 1;
+                        let (store, sender, args) = (store.clone(), sender.clone(), args.clone());
+                        running.spawn(async move {
+                            if let Err(e) = deliver(&store, &sender, &d, now, &args, backoff).await {
+                                tracing::warn!(delivery = %d.id, error = %e, "recording a delivery failed");
+                            }
+                            d.account_id
+                        });
                     }
-                })
-                .await;
-            if full { Ok(Some(now)) } else { store.next_due().await }
+                }
+                if claimed_any && running.len() < IN_FLIGHT {
+                    continue;
+                }
+                match running.join_next().await {
+                    Some(Ok(account)) => {
+                        if let Some(n) = in_flight.get_mut(&account) {
+                            *n -= 1;
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "a delivery task ended early"),
+                    None => break,
+                }
+            }
+            store.next_due().await
         })
         .await
 }
@@ -285,13 +338,24 @@ async fn deliver(
     backoff: Backoff,
 ) -> crate::error::Result<()> {
     let (alerts, recipient) = (store.delivery_alerts(&d.id).await?, store.recipient(&d.recipient_id).await?);
-    let (code, error) = match &recipient {
+    let Tried { code, error, cause } = match &recipient {
         Some(r) if !alerts.is_empty() => sender.send(d, &alerts, r).await,
         None => {
-            return store.record_attempt(d, now, 0, "recipient was deleted", Outcome::DeadLetter).await;
+            let gone = ("recipient was deleted", "");
+            return store.record_attempt(d, now, 0, gone, Outcome::DeadLetter).await;
         }
-        Some(_) => (0, Some("alert not found".to_owned())),
+        Some(_) => Tried::answered(0, Some("alert not found".to_owned())),
     };
+    if let Some(e) = &error {
+        let why = cause.as_deref().unwrap_or(e);
+        contactier_runtime::work::record_failure(
+            WORKER,
+            &d.account_id,
+            &d.id,
+            i64::from(d.attempts) + 1,
+            why,
+        );
+    }
     let outcome = match &error {
         None => Outcome::Delivered,
         Some(_) if d.attempts + 1 >= args.max_attempts => Outcome::DeadLetter,
@@ -302,5 +366,6 @@ async fn deliver(
     };
     // Ids and codes only: addresses and secrets stay out of logs.
     tracing::info!(delivery = %d.id, kind = recipient.as_ref().map(|r| r.kind.as_str()), code, ?outcome, "delivery attempt");
-    store.record_attempt(d, now, code, error.as_deref().unwrap_or(""), outcome).await
+    let texts = (error.as_deref().unwrap_or(""), cause.as_deref().unwrap_or(""));
+    store.record_attempt(d, now, code, texts, outcome).await
 }

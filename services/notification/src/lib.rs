@@ -70,7 +70,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
 pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<ServiceSpec> {
     let store = store::Store::new(env.db.clone());
     let clock = env.platform.clock.clone();
-    let worker = clock.register_worker("notification-delivery");
+    let worker = clock.register_worker(delivery::WORKER);
     let waker = worker.waker();
     let sender = delivery::Sender::new(&args)?;
     let allowed = args.allowed();

@@ -69,6 +69,7 @@ pub struct RecipientRow {
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DeliveryRow {
+    pub account_id: String,
     pub id: String,
     pub alert_id: String,
     pub recipient_id: String,
@@ -90,7 +91,7 @@ pub const DEAD_LETTERED: &str = "dead_lettered";
 
 const ALERT_COLUMNS: &str = "account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
      new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at";
-const DELIVERY_COLUMNS: &str = "id, alert_id, recipient_id, state, attempts, next_attempt_at";
+const DELIVERY_COLUMNS: &str = "account_id, id, alert_id, recipient_id, state, attempts, next_attempt_at";
 
 /// Inserts an alert with the account's next sequence; evaluates to the stored row.
 macro_rules! insert_alert {
@@ -443,6 +444,14 @@ impl Store {
         Ok(row)
     }
 
+    /// How many recipients the account has.
+    pub async fn recipient_count(&self, account: &str) -> Result<i64> {
+        Ok(
+            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM recipients WHERE account_id = $1")
+            .bind(account).fetch_one(pool).await?),
+        )
+    }
+
     pub async fn list_recipients(&self, account: &str) -> Result<Vec<RecipientRow>> {
         Ok(with_pool!(&self.db, pool => sqlx::query_as(
             "SELECT account_id, id, kind, address, secret, created_at FROM recipients WHERE account_id = $1 ORDER BY created_at, id",
@@ -464,18 +473,26 @@ impl Store {
 
     /// Pending deliveries due at `now`, each claimed for `lease` so another replica's worker
     /// does not send it at the same time.
+    /// At most `per_account` of an account, and none of the accounts in `busy` (those that have
+    /// as many in flight already): one account's many or slow receivers never crowd out another's.
     pub async fn claim_due(
         &self,
         now: DateTime<Utc>,
         lease: chrono::Duration,
         limit: i64,
+        per_account: i64,
+        busy: &[String],
     ) -> Result<Vec<DeliveryRow>> {
         let q = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = $1 AND next_attempt_at <= $2 \
-             ORDER BY next_attempt_at, id LIMIT $3"
+            "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, ROW_NUMBER() OVER \
+             (PARTITION BY account_id ORDER BY next_attempt_at, id) AS n FROM deliveries \
+             WHERE state = $1 AND next_attempt_at <= $2 AND NOT ({})) d \
+             WHERE n <= $4 ORDER BY next_attempt_at, id LIMIT $3",
+            self.db.json_in("account_id", 5)
         );
+        let busy = serde_json::to_string(busy).expect("JSON of strings");
         let due: Vec<DeliveryRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(PENDING).bind(micros(now)).bind(limit).fetch_all(pool).await?);
+            .bind(PENDING).bind(micros(now)).bind(limit).bind(per_account).bind(&busy).fetch_all(pool).await?);
         let mut claimed = Vec::with_capacity(due.len());
         for d in due {
             // Taken, a digest takes no more alerts.
@@ -498,7 +515,7 @@ impl Store {
         delivery: &DeliveryRow,
         now: DateTime<Utc>,
         status_code: i32,
-        error: &str,
+        (error, cause): (&str, &str),
         outcome: Outcome,
     ) -> Result<()> {
         let (state, next) = match outcome {
@@ -510,8 +527,8 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let attempt: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1")
                 .bind(&delivery.id).fetch_one(&mut *tx).await?;
-            sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error) VALUES ($1, $2, $3, $4, $5)")
-                .bind(&delivery.id).bind(attempt).bind(micros(now)).bind(status_code).bind(error)
+            sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, cause) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(&delivery.id).bind(attempt).bind(micros(now)).bind(status_code).bind(error).bind(cause)
                 .execute(&mut *tx).await?;
             sqlx::query("UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2 WHERE id = $3")
                 .bind(state).bind(micros(next)).bind(&delivery.id)
@@ -605,7 +622,7 @@ impl contactier_runtime::work::FailingWork for Failing {
     > {
         Box::pin(async move {
             let q = "SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
-                     CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT a.error FROM delivery_attempts a \
+                     CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT CASE WHEN a.cause = '' THEN a.error ELSE a.cause END FROM delivery_attempts a \
                      WHERE a.delivery_id = d.id ORDER BY a.attempt DESC LIMIT 1), '') AS last_error, d.next_attempt_at \
                      FROM deliveries d WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
             Ok(with_pool!(&self.0, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))

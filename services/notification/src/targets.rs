@@ -32,6 +32,7 @@ fn v4_public(ip: Ipv4Addr) -> bool {
         || ip.is_link_local()                           // 169.254/16, cloud metadata
         || (o[0] == 100 && (o[1] & 0xc0) == 64)         // 100.64/10, carrier-grade NAT
         || (o[0] == 192 && o[1] == 0 && o[2] == 0)      // 192.0.0/24, protocol assignments
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99)    // 192.88.99/24, 6to4 relays
         || ip.is_documentation()                        // 192.0.2/24, 198.51.100/24, 203.0.113/24
         || (o[0] == 198 && (o[1] & 0xfe) == 18)         // 198.18/15, benchmarking
         || ip.is_multicast()                            // 224/4
@@ -93,7 +94,7 @@ pub fn webhook_url(text: &str, allowed: &Allowed) -> Result<WebhookUrl, String> 
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials; the signature authenticates the sender".into());
     }
-    let port = url.port_or_known_default().ok_or("must have a port")?;
+    let port = url.port_or_known_default().filter(|p| *p != 0).ok_or("must have a port other than 0")?;
     // The parser has turned every spelling of an address (decimal, hex, short forms) into one.
     let host = match url.host() {
         Some(url::Host::Ipv4(ip)) => return address_only(url.clone(), IpAddr::V4(ip), port, allowed),
@@ -138,6 +139,10 @@ const PRIVATE_TLDS: &[&str] = &[
 /// Checks the domain of an email recipient: a dotted name with a public top-level domain, not an
 /// address literal.
 pub fn email_domain(domain: &str) -> Result<(), &'static str> {
+    // Invisible characters make a domain that reads as another.
+    if domain.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return Err("must not contain invisible characters");
+    }
     let d = domain.trim_end_matches('.').to_ascii_lowercase();
     if d.starts_with('[') || d.parse::<IpAddr>().is_ok() {
         return Err("must name a domain, not an address");
@@ -151,6 +156,12 @@ pub fn email_domain(domain: &str) -> Result<(), &'static str> {
         return Err("must have a public domain");
     }
     Ok(())
+}
+
+/// Format characters that render as nothing: zero-width spaces and joiners, bidirectional marks,
+/// word joiners, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
 }
 
 #[cfg(test)]
@@ -188,6 +199,7 @@ mod tests {
             "https://[ff02::1]/",
             "https://224.0.0.1/",
             "https://255.255.255.255/",
+            "https://192.88.99.1/",
         ] {
             assert_eq!(refused(url), INTERNAL, "{url}");
         }
@@ -198,6 +210,7 @@ mod tests {
         assert_eq!(refused("http://hooks.example.com/x"), "must be an https URL");
         assert_eq!(refused("ftp://hooks.example.com/x"), "must be an https URL");
         assert!(refused("https://user:pw@hooks.example.com/").contains("credentials"));
+        assert!(refused("https://hooks.example.com:0/").contains("port"));
         let dev = Allowed { http: true, ranges: vec![] };
         let ok = webhook_url("http://hooks.example.com:8080/x", &dev).unwrap();
         assert_eq!((ok.host.as_deref(), ok.port), (Some("hooks.example.com"), 8080));
@@ -224,6 +237,7 @@ mod tests {
             "x.local",
             "a.b.123",
             "example..com",
+            "exa\u{200b}mple.com",
         ] {
             assert!(email_domain(bad).is_err(), "{bad}");
         }

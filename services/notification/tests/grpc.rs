@@ -480,6 +480,65 @@ async fn webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettere
     }
 }
 
+/// An account with many receivers that never answer has at most a few deliveries in flight:
+/// another account's webhook goes out at once, not after all of them.
+#[tokio::test]
+async fn many_silent_receivers_of_one_account_do_not_crowd_out_another() {
+    for backend in BACKENDS {
+        let mut args = delivery_args(None);
+        args.webhook_timeout_ms = 1_000;
+        args.max_attempts = 1;
+        let s = start(backend, args).await;
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                open.push(c);
+            }
+        });
+        let crowd = "acct-crowd";
+        for _ in 0..24 {
+            let req = pb::CreateRecipientRequest {
+                target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+                    url: silent_url.clone(),
+                    secret: String::new(),
+                })),
+            };
+            s.api().create_recipient(authed(req, &s.user(crowd, &["admin"]))).await.unwrap();
+        }
+        let hook = receiver().await;
+        add_webhook(&s, &hook.url).await;
+        // The crowded account's alert first: its 24 deliveries are older than the other's one.
+        let mut crowded = usage("c1", 1, 1_500, 2_000, date(2026, 5, 1), None);
+        crowded.account_id = crowd.into();
+        s.apply(vec![crowded, usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+        let clock = s.clock.clone();
+        let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
+        let asked = std::time::Instant::now();
+        while hook.received.lock().unwrap().is_empty() {
+            assert!(
+                asked.elapsed() < std::time::Duration::from_millis(800),
+                "{backend:?}: another account's silent receivers held up this delivery"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        settling.await.unwrap().unwrap();
+        let dead = s
+            .api()
+            .list_dead_letters(authed(
+                pb::ListDeadLettersRequest { page_size: 100, page_token: String::new() },
+                &s.user(crowd, &["read"]),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        assert_eq!(dead.len(), 24, "{backend:?}: every silent receiver was tried");
+        held.abort();
+    }
+}
+
 /// A receiver that never answers times out, is retried and dead-lettered, and holds up no one
 /// else's deliveries meanwhile.
 #[tokio::test]

@@ -47,6 +47,9 @@ pub struct ImportRow {
     pub request_id: String,
     /// Digest of the header the request id was first used with.
     pub request_digest: String,
+    /// Digest of the file's bytes through the last saved row, and of the whole file once done.
+    pub prefix_digest: String,
+    pub file_digest: String,
     pub started_at: i64,
     pub finished_at: i64,
 }
@@ -58,7 +61,8 @@ pub struct ImportErrorRow {
     pub reason: String,
 }
 
-const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, started_at, finished_at";
+const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, \
+     prefix_digest, file_digest, started_at, finished_at";
 
 impl Store {
     /// Records a new import, or settles what to do with the one made before under the same
@@ -114,10 +118,10 @@ impl Store {
     /// Saves the counters and state.
     pub async fn save_import(&self, account: &str, i: &ImportRow) -> Result<()> {
         with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8 \
-             WHERE account_id = $9 AND id = $10",
+            "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8, \
+             prefix_digest = $11, file_digest = $12 WHERE account_id = $9 AND id = $10",
         ).bind(&i.state).bind(i.rows_read).bind(i.created).bind(i.updated).bind(i.skipped).bind(i.failed).bind(i.finished_at)
-        .bind(wall_micros()).bind(account).bind(&i.id).execute(pool).await?.rows_affected());
+        .bind(wall_micros()).bind(account).bind(&i.id).bind(&i.prefix_digest).bind(&i.file_digest).execute(pool).await?.rows_affected());
         Ok(())
     }
 

@@ -21,7 +21,15 @@ pub struct ListRow {
 const LIST_COLUMNS: &str = "id, name, type, filter, created_at";
 
 impl Store {
-    pub async fn create_list(&self, account: &str, list: &ListRow) -> Result<()> {
+    /// Adds a list; FAILED_PRECONDITION when the account has `max` already.
+    pub async fn create_list(&self, account: &str, list: &ListRow, max: i64) -> Result<()> {
+        let have: i64 = with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM lists WHERE account_id = $1")
+            .bind(account).fetch_one(pool).await?);
+        if have >= max {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "an account has at most {max} lists"
+            )));
+        }
         with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO lists (account_id, id, name, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         ).bind(account).bind(&list.id).bind(&list.name).bind(&list.r#type).bind(&list.filter).bind(list.created_at)

@@ -259,7 +259,20 @@ impl Store {
         Ok(Catalog::new(self.custom_definitions(account).await?))
     }
 
-    pub async fn create_property(&self, account: &str, d: &Definition, now: DateTime<Utc>) -> Result<()> {
+    /// Adds a custom property; FAILED_PRECONDITION when the account has `max` already.
+    pub async fn create_property(
+        &self,
+        account: &str,
+        d: &Definition,
+        now: DateTime<Utc>,
+        max: i64,
+    ) -> Result<()> {
+        let have: i64 = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM property_definitions WHERE account_id = $1",
+        ).bind(account).fetch_one(pool).await?);
+        if have >= max {
+            return Err(Error::FailedPrecondition(format!("an account has at most {max} custom properties")));
+        }
         let n = with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO property_definitions (account_id, name, label, type, options, description, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account_id, name) DO NOTHING",

@@ -39,9 +39,17 @@ impl Cursor {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 
+    /// A cursor this service could have made: its text is what a property holds (no NUL, at
+    /// most a value's length), its number finite, its total not negative.
     pub fn decode(token: &str) -> Option<Cursor> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let c: Cursor = serde_json::from_slice(&bytes).ok()?;
+        let plain = |t: &str| !t.contains('\0') && t.chars().count() <= crate::properties::MAX_TEXT;
+        let ok = c.text.as_deref().is_none_or(plain)
+            && plain(&c.id)
+            && c.num.is_none_or(f64::is_finite)
+            && c.total.is_none_or(|t| t >= 0);
+        ok.then_some(c)
     }
 }
 

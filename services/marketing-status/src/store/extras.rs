@@ -46,10 +46,12 @@ pub struct RunRow {
     pub created_at: i64,
     pub finished_at: i64,
     pub next_attempt_at: i64,
+    /// The user who asked for the run; empty when a service did.
+    pub requested_by: String,
 }
 
 const RUN_COLUMNS: &str = "account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, \
-     finished_at, next_attempt_at";
+     finished_at, next_attempt_at, requested_by";
 
 impl Store {
     /// The account's own defaults: source type -> marketing.
@@ -110,6 +112,13 @@ impl Store {
         Ok(())
     }
 
+    pub async fn workflow_count(&self, account: &str) -> Result<i64, sqlx::Error> {
+        Ok(
+            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM workflows WHERE account_id = $1")
+            .bind(account).fetch_one(pool).await?),
+        )
+    }
+
     pub async fn workflows(&self, account: &str, id: Option<&str>) -> Result<Vec<WorkflowRow>, sqlx::Error> {
         let q = format!(
             "SELECT id, name, list_id, filter, action, created_at FROM workflows WHERE account_id = $1{} ORDER BY id",
@@ -138,9 +147,9 @@ impl Store {
             return Ok(earlier);
         }
         with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO workflow_runs (account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, finished_at, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, 'queued', 0, '', 0, $5, 0, $5)",
-        ).bind(&run.account_id).bind(&run.id).bind(&run.workflow_id).bind(&run.request_id).bind(run.created_at)
+            "INSERT INTO workflow_runs (account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, finished_at, next_attempt_at, requested_by) \
+             VALUES ($1, $2, $3, $4, 'queued', 0, '', 0, $5, 0, $5, $6)",
+        ).bind(&run.account_id).bind(&run.id).bind(&run.workflow_id).bind(&run.request_id).bind(run.created_at).bind(&run.requested_by)
         .execute(pool).await?.rows_affected());
         Ok(self.run_by(&run.account_id, "id", &run.id).await?.unwrap_or_default())
     }
