@@ -52,6 +52,8 @@ pub struct System {
     pub platform: Platform,
     peers: PeerArgs,
     services: Vec<Running>,
+    /// Notification's delivery settings, when a test sets its own.
+    delivery: Option<contactier_notification::DeliveryArgs>,
 }
 
 impl Drop for System {
@@ -68,15 +70,30 @@ async fn launch(
     db: &TestDb,
     peers: &PeerArgs,
     listener: tokio::net::TcpListener,
+    delivery: Option<&contactier_notification::DeliveryArgs>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let env = ServiceEnv { platform: platform.clone(), db: db.db.clone(), peers: peers.clone() };
-    let spec = (def.build)(env).await.expect("service builds");
+    let spec = match delivery {
+        Some(args) if def.name == contactier_notification::NAME => {
+            contactier_notification::build_with(env, args.clone()).await.expect("service builds")
+        }
+        _ => (def.build)(env).await.expect("service builds"),
+    };
     tokio::spawn(contactier_runtime::server::serve(spec, listener, platform.serve_options()))
 }
 
 impl System {
     /// Starts every service on `backend` with the manual clock at `start`.
     pub async fn start(backend: Backend, start: DateTime<Utc>) -> System {
+        Self::start_with(backend, start, None).await
+    }
+
+    /// As [`System::start`], with notification's delivery settings given.
+    pub async fn start_with(
+        backend: Backend,
+        start: DateTime<Utc>,
+        delivery: Option<contactier_notification::DeliveryArgs>,
+    ) -> System {
         let platform = manual_platform(start);
         // Listeners first, so every service knows where the others are.
         let mut listeners = Vec::new();
@@ -100,10 +117,10 @@ impl System {
             db.db.migrate_service(def.migrations).await.expect("migrations");
             let own = Platform { shutdown: contactier_runtime::Shutdown::new(), ..platform.clone() };
             let addr = listener.local_addr().expect("bound");
-            let server = launch(def, &own, &db, &peers, listener).await;
+            let server = launch(def, &own, &db, &peers, listener, delivery.as_ref()).await;
             services.push(Running { def, platform: own, db, addr, server });
         }
-        System { platform, peers, services }
+        System { platform, peers, services, delivery }
     }
 
     fn running(&mut self, service: &str) -> &mut Running {
@@ -123,10 +140,11 @@ impl System {
     pub async fn restart(&mut self, service: &str) {
         let peers = self.peers.clone();
         let shared = self.platform.clone();
+        let delivery = self.delivery.clone();
         let r = self.running(service);
         r.platform = Platform { shutdown: contactier_runtime::Shutdown::new(), ..shared };
         let listener = tokio::net::TcpListener::bind(r.addr).await.expect("the service's port is free again");
-        r.server = launch(r.def, &r.platform, &r.db, &peers, listener).await;
+        r.server = launch(r.def, &r.platform, &r.db, &peers, listener, delivery.as_ref()).await;
     }
 
     /// A channel to the named service.

@@ -714,3 +714,58 @@ async fn accounts_never_see_or_touch_each_others_notifications() {
         assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2);
     }
 }
+
+/// The same usage states give the same alerts however they arrive: an update date that lowers
+/// the count and the renewal that lowers the tier, delivered in both orders and with replays.
+#[tokio::test]
+async fn usage_states_in_any_order_fire_the_same_alerts() {
+    for backend in BACKENDS {
+        let s = start(backend, delivery_args(None)).await;
+        let states = |account: &str| {
+            let mut v = vec![
+                usage("1", 1, 1_900, 2_000, date(2026, 4, 15), None),
+                usage("2", 2, 1_600, 2_000, date(2026, 4, 15), None),
+                // The update date applies pending contacts and the renewal lowers the tier.
+                usage("3", 3, 800, 1_000, date(2026, 5, 15), None),
+                usage("4", 4, 990, 1_000, date(2026, 5, 15), None),
+            ];
+            for e in &mut v {
+                e.account_id = account.into();
+                e.event_id = format!("{account}-{}", e.event_id);
+            }
+            v
+        };
+        let mut in_order = states("acct-in-order");
+        for e in in_order.drain(..) {
+            s.apply(vec![e]).await.unwrap();
+        }
+        let mut shuffled = states("acct-shuffled");
+        shuffled.reverse();
+        shuffled.swap(0, 1);
+        let replayed = shuffled[1].clone();
+        shuffled.push(replayed);
+        for e in shuffled {
+            s.apply(vec![e]).await.unwrap();
+        }
+        let seen = |alerts: Vec<pb::Alert>| -> Vec<(AlertKind, i64, i64, Option<Date>, i64)> {
+            alerts
+                .iter()
+                .rev()
+                .map(|a| (a.kind(), a.tier, a.marketing_count, a.period_start, a.state_version))
+                .collect()
+        };
+        let a = seen(s.alerts("acct-in-order").await);
+        assert_eq!(
+            a,
+            [
+                (AlertKind::Threshold75, 2_000, 1_900, date(2026, 4, 15), 1),
+                (AlertKind::Threshold90, 2_000, 1_900, date(2026, 4, 15), 1),
+                (AlertKind::Threshold75, 1_000, 800, date(2026, 5, 15), 3),
+                (AlertKind::Threshold90, 1_000, 990, date(2026, 5, 15), 4),
+                (AlertKind::Threshold98, 1_000, 990, date(2026, 5, 15), 4),
+            ],
+            "{backend:?}"
+        );
+        assert_eq!(seen(s.alerts("acct-shuffled").await), a, "{backend:?}: the same in another order");
+    }
+}
