@@ -11,7 +11,7 @@ OVERLAYS := base overlays/dev-postgres overlays/external-postgres
 help:
 	@echo "make run         run all four services in one process (SQLite files in ./data)"
 	@echo "make test        run every test (PostgreSQL on 127.0.0.1:5432 must be up; installs aiosmtpd in target/)"
-	@echo "make lint        rustfmt check, clippy with warnings as errors, buf lint"
+	@echo "make lint        rustfmt check, clippy with warnings as errors, buf lint, migration safety"
 	@echo "make fmt         format the code"
 	@echo "make build       release build of every binary"
 	@echo "make deploy-check render the kustomize base and overlays and validate them offline"
@@ -32,6 +32,7 @@ $(TEST_VENV)/.ready:
 	touch $@
 
 lint: proto-lint
+	python3 deploy/check_migrations.py
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -8,6 +8,7 @@ use contactier_runtime::db::Backend;
 use contactier_runtime::host::{PeerArgs, Platform, ServiceDef, ServiceEnv};
 use contactier_runtime::testing::{TestDb, authed, channel, manual_platform};
 pub mod procs;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use tonic::transport::Channel;

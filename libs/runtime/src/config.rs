@@ -26,6 +26,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
 
+    /// Apply migrations when the server starts (the default). Kubernetes runs them ahead of the
+    /// replicas with `contactier-<service> migrate` and sets this to false.
+    #[arg(long, env = "CONTACTIER_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate_on_start: bool,
+
     /// Where SQLite files live when no DATABASE_URL is given.
     #[arg(long, env = "CONTACTIER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -92,6 +97,15 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_CONNECTION_IDLE_SECS", default_value_t = 300)]
     pub connection_idle_secs: u64,
 
+    /// Seconds a connection lives before it is asked to go, so clients rebalance.
+    #[arg(long, env = "CONTACTIER_MAX_CONNECTION_AGE_SECS", default_value_t = 300)]
+    pub max_connection_age_secs: u64,
+
+    /// Seconds calls are still taken after SIGTERM while health says NOT_SERVING, so probes
+    /// and peers move away first.
+    #[arg(long, env = "CONTACTIER_DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,
@@ -126,6 +140,7 @@ impl RuntimeArgs {
             max_streams: self.max_streams_per_connection.max(1),
             first_request: std::time::Duration::from_secs(self.first_request_timeout_secs.max(1)),
             idle: std::time::Duration::from_secs(self.connection_idle_secs.max(1)),
+            max_age: std::time::Duration::from_secs(self.max_connection_age_secs.max(1)),
             ..crate::conn::ConnLimits::default()
         }
     }

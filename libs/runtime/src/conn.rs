@@ -33,6 +33,9 @@ pub struct ConnLimits {
     pub keepalive: Duration,
     /// Connections one remote address may hold at once.
     pub per_address: usize,
+    /// Age after which a connection is asked to go (its calls may finish), so clients spread
+    /// again over replicas added since.
+    pub max_age: Duration,
 }
 
 impl Default for ConnLimits {
@@ -44,6 +47,7 @@ impl Default for ConnLimits {
             idle: Duration::from_secs(300),
             keepalive: Duration::from_secs(30),
             per_address: 256,
+            max_age: Duration::from_secs(300),
         }
     }
 }

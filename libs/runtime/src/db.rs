@@ -219,6 +219,20 @@ impl Db {
     }
 }
 
+/// Whether opening a database failed for a reason that may pass (the server not up yet, the
+/// network), as opposed to a URL or schema that cannot work.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>().is_some_and(|e| {
+            matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_))
+                || e.as_database_error().is_some_and(|d| {
+                    // Starting up or shutting down, too many connections, cannot connect now.
+                    d.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "53300")
+                })
+        }) || c.downcast_ref::<std::io::Error>().is_some()
+    })
+}
+
 /// Two replicas creating the same schema at once may race past IF NOT EXISTS.
 fn ignore_concurrent_create(e: sqlx::Error) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
     match &e {

@@ -36,6 +36,7 @@ pub struct Platform {
     pub shutdown: Shutdown,
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
+    pub drain: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
     pub conn: crate::conn::ConnLimits,
     /// How long a hot read may be served from memory; see [`crate::read_cache`].
@@ -71,6 +72,7 @@ impl Platform {
             shutdown: Shutdown::new(),
             tls,
             grace: Duration::from_secs(args.shutdown_grace_secs),
+            drain: Duration::from_secs(args.drain_secs),
             rate_limit: args.rate_limit(),
             conn: args.conn_limits(),
             read_cache_ttl: Duration::from_millis(args.read_cache_ttl_ms),
@@ -84,6 +86,7 @@ impl Platform {
             shutdown: self.shutdown.clone(),
             tls: self.tls.clone(),
             grace: self.grace,
+            drain: self.drain,
             rate_limit: self.rate_limit,
             conn: self.conn,
         }
@@ -161,8 +164,44 @@ pub struct ServiceDef {
 }
 
 impl ServiceDef {
-    /// Opens the service's database, migrates it, builds it and serves it on `listener`
-    /// until the platform shuts down.
+    /// Opens the service's database, waiting with backoff while it cannot be reached (a pod
+    /// may start before its database); None when the platform shuts down meanwhile.
+    pub async fn open_db(&self, args: &RuntimeArgs, shutdown: &Shutdown) -> anyhow::Result<Option<Db>> {
+        let (url, schema) = (args.database_url_for(self.name), args.schema_for(self.name));
+        let mut attempt = 0;
+        loop {
+            match Db::connect(&url, &schema, args.db_max_connections).await {
+                Ok(db) => return Ok(Some(db)),
+                // A URL that cannot work is not worth waiting for.
+                Err(e) if !crate::db::is_transient(&e) => {
+                    return Err(e.context(format!("{}: opening the database", self.name)));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let wait =
+                        crate::work::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
+                    tracing::warn!(service = self.name, attempt, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "the database cannot be reached yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait() => return Ok(None),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the service's migrations alone: `contactier-<service> migrate`, a Job or an init
+    /// container ahead of the replicas that serve.
+    pub async fn migrate(&self, args: &RuntimeArgs, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let Some(db) = self.open_db(args, shutdown).await? else { return Ok(()) };
+        db.migrate_service(self.migrations).await.with_context(|| format!("{}: migrations", self.name))?;
+        tracing::info!(service = self.name, "migrations applied");
+        db.close().await;
+        Ok(())
+    }
+
+    /// Opens the service's database, migrates it unless told not to, builds it and serves it
+    /// on `listener` until the platform shuts down.
     pub async fn run(
         &self,
         platform: Platform,
@@ -170,14 +209,12 @@ impl ServiceDef {
         peers: PeerArgs,
         listener: tokio::net::TcpListener,
     ) -> anyhow::Result<()> {
-        let db = Db::connect(
-            &args.database_url_for(self.name),
-            &args.schema_for(self.name),
-            args.db_max_connections,
-        )
-        .await
-        .with_context(|| format!("{}: opening the database", self.name))?;
-        db.migrate_service(self.migrations).await.with_context(|| format!("{}: migrations", self.name))?;
+        let Some(db) = self.open_db(args, &platform.shutdown).await? else { return Ok(()) };
+        if args.migrate_on_start {
+            db.migrate_service(self.migrations)
+                .await
+                .with_context(|| format!("{}: migrations", self.name))?;
+        }
         let spec = (self.build)(ServiceEnv { platform: platform.clone(), db: db.clone(), peers }).await?;
         let result = crate::server::serve(spec, listener, platform.serve_options()).await;
         db.close().await;
@@ -197,6 +234,14 @@ pub struct ServiceCli {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub peers: PeerArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Apply the service's database migrations and exit (waits for the database to be reachable).
+    Migrate,
 }
 
 /// The whole `main` of a service binary.
@@ -210,6 +255,9 @@ pub async fn main(def: &ServiceDef) -> anyhow::Result<()> {
     }
     let platform = Platform::new(&cli.runtime, None)?;
     platform.shutdown.trigger_on_signals();
+    if let Some(ServiceCommand::Migrate) = cli.command {
+        return def.migrate(&cli.runtime, &platform.shutdown).await;
+    }
     let addr = def.listen_addr(&cli.runtime);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     def.run(platform, &cli.runtime, cli.peers, listener).await

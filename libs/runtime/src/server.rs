@@ -23,6 +23,8 @@ pub struct ServiceSpec {
     pub services: Vec<&'static str>,
     /// Where the service's background work keeps the items that failed, for operators.
     pub failing: Vec<std::sync::Arc<dyn crate::work::FailingWork>>,
+    /// The service's database: health reports NOT_SERVING while it cannot be reached.
+    pub db: Option<crate::db::Db>,
 }
 
 impl ServiceSpec {
@@ -34,6 +36,7 @@ impl ServiceSpec {
             policy: Policy::new(),
             services: Vec::new(),
             failing: Vec::new(),
+            db: None,
         }
     }
 }
@@ -46,6 +49,8 @@ pub struct ServeOptions {
     pub shutdown: Shutdown,
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
+    /// How long calls are still taken after shutdown begins, while health says NOT_SERVING.
+    pub drain: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
     pub conn: crate::conn::ConnLimits,
 }
@@ -88,6 +93,41 @@ pub fn nodelay_incoming(
     })
 }
 
+/// How often health looks at the database.
+const DATABASE_CHECK: Duration = Duration::from_secs(2);
+
+/// Keeps health NOT_SERVING while the database cannot be reached, so probes take the replica
+/// out of rotation, and SERVING again once it answers. Stops at shutdown, which owns health
+/// from then on.
+async fn watch_database(
+    db: crate::db::Db,
+    health: tonic_health::server::HealthReporter,
+    services: Vec<&'static str>,
+    shutdown: Shutdown,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(DATABASE_CHECK) => {}
+            _ = shutdown.wait() => return,
+        }
+        let up = matches!(tokio::time::timeout(DATABASE_CHECK, db.ping()).await, Ok(Ok(())));
+        if up == serving || shutdown.is_triggered() {
+            continue;
+        }
+        serving = up;
+        let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+        if up {
+            tracing::info!("the database answers again; serving");
+        } else {
+            tracing::error!("the database cannot be reached; not serving");
+        }
+        for name in services.iter().copied().chain([""]) {
+            health.set_service_status(name, status).await;
+        }
+    }
+}
+
 /// Serves `spec` on `listener` until shutdown is triggered, then drains in-flight calls for
 /// at most the grace period. Health turns NOT_SERVING first so probes stop sending traffic.
 pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions) -> anyhow::Result<()> {
@@ -111,6 +151,9 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
         health.set_service_status(*name, ServingStatus::Serving).await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
+    if let Some(db) = spec.db.clone() {
+        tokio::spawn(watch_database(db, health.clone(), services.clone(), opts.shutdown.clone()));
+    }
 
     let mut builder = Server::builder();
     if let Some((cert, key)) = &opts.tls {
@@ -121,21 +164,31 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let addr = listener.local_addr()?;
     tracing::info!(service = spec.name, %addr, tls = opts.tls.is_some(), "serving");
 
+    // On shutdown: NOT_SERVING at once, then calls are still taken for the drain period while
+    // probes and peers move away, then no new ones while those in flight finish.
     let shutdown = opts.shutdown.clone();
-    let drain_started = {
+    let drain = opts.drain;
+    let drained = {
         let health = health.clone();
         let names = services.clone();
+        let name = spec.name;
         async move {
             shutdown.wait().await;
             for name in &names {
                 health.set_service_status(*name, ServingStatus::NotServing).await;
             }
             health.set_service_status("", ServingStatus::NotServing).await;
+            tracing::info!(service = name, drain_ms = drain.as_millis() as u64, "not serving; draining");
+            tokio::time::sleep(drain).await;
         }
     };
     let incoming = crate::conn::incoming(listener, opts.conn);
     let server = builder
         .max_concurrent_streams(opts.conn.max_streams)
+        // Long-lived clients come back through the balancer now and then, so replicas added
+        // later take their share.
+        .max_connection_age(opts.conn.max_age)
+        .max_connection_age_grace(Duration::from_secs(30))
         .http2_keepalive_interval(Some(opts.conn.keepalive))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
@@ -148,11 +201,11 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
         // Inside auth: only calls it let through keep a connection open.
         .layer(crate::conn::TrackLayer)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, drain_started);
+        .serve_with_incoming_shutdown(incoming, drained);
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => res?,
-        _ = async { opts.shutdown.wait().await; tokio::time::sleep(opts.grace).await } => {
+        _ = async { opts.shutdown.wait().await; tokio::time::sleep(drain + opts.grace).await } => {
             tracing::warn!(service = spec.name, "grace period over; dropping remaining calls");
         }
     }

@@ -99,6 +99,7 @@ pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Pla
         shutdown: crate::shutdown::Shutdown::new(),
         tls: None,
         grace: std::time::Duration::from_secs(1),
+        drain: std::time::Duration::ZERO,
         rate_limit: None,
         conn: crate::conn::ConnLimits::default(),
         read_cache_ttl: std::time::Duration::from_secs(1),

@@ -34,6 +34,7 @@ async fn start(conn: ConnLimits) -> (SocketAddr, Shutdown) {
         shutdown: shutdown.clone(),
         tls: None,
         grace: Duration::from_secs(1),
+        drain: Duration::ZERO,
         rate_limit: None,
         conn,
     };

@@ -23,6 +23,7 @@ async fn serve(tls: Option<(Vec<u8>, Vec<u8>)>) -> (std::net::SocketAddr, Authen
         shutdown: Shutdown::new(),
         tls,
         grace: Duration::from_secs(1),
+        drain: Duration::ZERO,
         rate_limit: None,
         conn: contactier_runtime::conn::ConnLimits::default(),
     };

@@ -41,6 +41,7 @@ async fn start(clock: Clock) -> Running {
         shutdown: shutdown.clone(),
         tls: None,
         grace: Duration::from_secs(5),
+        drain: Duration::ZERO,
         rate_limit: None,
         conn: contactier_runtime::conn::ConnLimits::default(),
     };

@@ -184,5 +184,12 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let internal = internal::Internal { store, clock, book, relay, invoicer };
     let routes =
         Routes::new(BillingServiceServer::new(api)).add_service(BillingInternalServiceServer::new(internal));
-    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
+    Ok(ServiceSpec {
+        name: NAME,
+        routes,
+        policy: policy(),
+        services: vec![API, INTERNAL],
+        failing,
+        db: Some(env.db.clone()),
+    })
 }

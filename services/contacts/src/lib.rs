@@ -131,6 +131,13 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let failing = vec![contactier_runtime::work::OutboxFailures::source(env.db.clone())];
         let api = api::Api { store, clock, relay, marketing_status };
         let routes = Routes::new(ContactsServiceServer::new(api));
-        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API], failing })
+        Ok(ServiceSpec {
+            name: NAME,
+            routes,
+            policy: policy(),
+            services: vec![API],
+            failing,
+            db: Some(env.db.clone()),
+        })
     })
 }

@@ -122,6 +122,13 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let internal = api::Internal { store, clock, relay, rewrites };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));
-        Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
+        Ok(ServiceSpec {
+            name: NAME,
+            routes,
+            policy: policy(),
+            services: vec![API, INTERNAL],
+            failing,
+            db: Some(env.db.clone()),
+        })
     })
 }

@@ -22,6 +22,8 @@ pub struct Api {
     pub store: Store,
     pub clock: Clock,
     pub watchers: Watchers,
+    /// Open watch streams end when the server shuts down, so clients reconnect elsewhere.
+    pub shutdown: contactier_runtime::Shutdown,
     pub delivery: WorkerWaker,
     /// Where webhooks may go.
     pub allowed: Allowed,
@@ -161,6 +163,7 @@ impl NotificationService for Api {
             Status::resource_exhausted(format!("{why}; close one or retry later"))
         })?;
         let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             // The database is the source of truth: the stream reads from it to catch up, at
@@ -204,6 +207,11 @@ impl NotificationService for Api {
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tx.closed() => return,
+                    _ = shutdown.wait() => {
+                        let going = "this server is shutting down; reconnect with the last sequence seen";
+                        let _ = tx.send(Err(Status::unavailable(going))).await;
+                        return;
+                    }
                 }
             }
         });

@@ -82,6 +82,7 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
         store: store.clone(),
         clock: clock.clone(),
         watchers: watchers.clone(),
+        shutdown: env.platform.shutdown.clone(),
         delivery: waker.clone(),
         allowed,
     };
@@ -89,5 +90,12 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
     let internal = internal::Internal { store, clock, watchers, delivery: waker, digest_window };
     let routes = Routes::new(NotificationServiceServer::new(api))
         .add_service(NotificationInternalServiceServer::new(internal));
-    Ok(ServiceSpec { name: NAME, routes, policy: policy(), services: vec![API, INTERNAL], failing })
+    Ok(ServiceSpec {
+        name: NAME,
+        routes,
+        policy: policy(),
+        services: vec![API, INTERNAL],
+        failing,
+        db: Some(env.db.clone()),
+    })
 }

@@ -138,6 +138,7 @@ pub async fn start(backend: Backend) -> Billing {
         policy: Policy::new().allow(internal, Access::Internal, &["ApplyUpdateDate", "SetAccountPlan"]),
         services: vec![internal],
         failing: vec![],
+        db: None,
     };
     let ms = serve(spec, &platform).await;
 

@@ -37,4 +37,3 @@ CREATE TABLE delivery_alerts (
 );
 CREATE INDEX delivery_alerts_alert ON delivery_alerts (alert_id);
 INSERT INTO delivery_alerts (delivery_id, position, alert_id) SELECT id, 0, alert_id FROM deliveries;
-CREATE INDEX deliveries_open ON deliveries (account_id, recipient_id, open_until);
