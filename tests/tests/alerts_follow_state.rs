@@ -6,8 +6,11 @@
 use chrono::{DateTime, TimeZone, Utc};
 use contactier_e2e::{System, subscription};
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
-use contactier_proto::common::v1::{Date, Edition, Source, SourceType, Term};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
 use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
+};
 use contactier_proto::notification::v1::{
     self as npb, AlertKind, notification_service_client::NotificationServiceClient,
 };
@@ -257,7 +260,70 @@ async fn a_batch_delete_moves_the_count_once(backend: Backend) {
     assert_eq!(after.count_version, before.count_version + 1, "{backend:?}: one count for the whole batch");
 }
 
+/// A status change for more contacts than one part holds (10,000) moves the count once: billing
+/// and notification never see the count after its first part.
+async fn a_bulk_status_change_moves_the_count_once(backend: Backend) {
+    let s = System::start(backend, start()).await;
+    subscribe(&s, Edition::Starter, 0).await;
+    let admin = s.user_token(ACCOUNT, &["admin"]);
+    let mut csv = String::from("Email\n");
+    for i in 0..12_000 {
+        csv.push_str(&format!("row{i}@example.com\n"));
+    }
+    let header = cpb::ImportHeader {
+        mode: cpb::ImportMode::Create as i32,
+        column_mapping: [("Email".to_owned(), "email".to_owned())].into(),
+        set_as_marketing: false,
+        ..Default::default()
+    };
+    let parts = vec![
+        cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Header(header)) },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
+        },
+    ];
+    let mut contacts = ContactsServiceClient::new(s.channel("contacts"));
+    let mut progress =
+        contacts.import_contacts(authed(futures::stream::iter(parts), &admin)).await.unwrap().into_inner();
+    while progress.message().await.unwrap().is_some() {}
+    s.advance_to(start() + chrono::Duration::seconds(1)).await;
+    let mut billing = BillingServiceClient::new(s.channel("billing"));
+    let before =
+        billing.get_usage(authed(bpb::GetUsageRequest {}, &admin)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(before.marketing_count, 0, "{backend:?}");
+
+    let everyone = cpb::ContactFilter {
+        groups: vec![cpb::FilterGroup {
+            filters: vec![cpb::Filter {
+                property: "email".into(),
+                operator: cpb::FilterOperator::Contains as i32,
+                value: "@example.com".into(),
+                values: vec![],
+                high_value: String::new(),
+            }],
+        }],
+    };
+    let req = mpb::SetMarketingStatusRequest {
+        request_id: String::new(),
+        target: Some(mpb::set_marketing_status_request::Target::Filter(everyone)),
+        status: MarketingStatus::Marketing as i32,
+        source: Some(Source { r#type: SourceType::User as i32, id: String::new() }),
+    };
+    let mut status = MarketingStatusServiceClient::new(s.channel("marketing-status"));
+    let r = status.set_marketing_status(authed(req, &admin)).await.unwrap().into_inner();
+    assert_eq!(r.changed, 12_000, "{backend:?}");
+    s.advance_to(start() + chrono::Duration::seconds(10)).await;
+    let after =
+        billing.get_usage(authed(bpb::GetUsageRequest {}, &admin)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(after.marketing_count, 12_000, "{backend:?}");
+    assert!(after.count_version > before.count_version, "{backend:?}");
+    let counts: Vec<i64> = s.alerts(ACCOUNT).await.iter().map(|a| a.marketing_count).collect();
+    assert!(!counts.is_empty(), "{backend:?}: the new count alerts");
+    assert!(counts.iter().all(|c| *c == 12_000), "{backend:?}: alerts only of the final count: {counts:?}");
+}
+
 contactier_runtime::backend_tests!(
+    a_bulk_status_change_moves_the_count_once,
     a_batch_delete_moves_the_count_once,
     a_count_that_stays_put_alerts_at_each_period_start,
     a_renewal_to_a_lower_tier_alerts_at_its_instant,

@@ -111,6 +111,13 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let rewrite_worker = clock.register_worker("marketing-status-rewrites");
         let rewrites = rewrite_worker.waker();
         tokio::spawn(rewrites::run(store.clone(), rewrite_worker, env.platform.shutdown.clone()));
+        let holds_worker = clock.register_worker("marketing-status-holds");
+        tokio::spawn(rewrites::release_holds(
+            store.clone(),
+            relay.clone(),
+            holds_worker,
+            env.platform.shutdown.clone(),
+        ));
         let api = api::Api {
             store: store.clone(),
             clock: clock.clone(),

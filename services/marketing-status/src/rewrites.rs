@@ -16,3 +16,23 @@ pub async fn run(store: Store, worker: Worker, shutdown: Shutdown) {
         })
         .await
 }
+
+/// Announces to billing the counts of bulk changes left unfinished (see `store::HOLD_LIMIT`).
+pub async fn release_holds(
+    store: Store,
+    relay: contactier_runtime::clock::WorkerWaker,
+    worker: Worker,
+    shutdown: Shutdown,
+) {
+    let store = &store;
+    let relay = &relay;
+    worker
+        .drive(shutdown, chrono::Duration::seconds(5), move |now| async move {
+            let (released, next) = store.release_stale_holds(now).await?;
+            if released > 0 {
+                relay.wake();
+            }
+            Ok::<_, sqlx::Error>(Some(next))
+        })
+        .await
+}

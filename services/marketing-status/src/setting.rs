@@ -71,7 +71,8 @@ pub async fn apply(
         answer.count = Some(pb_counts(store.counts(account).await?));
     }
     let single = chunks.len() == 1;
-    for chunk in chunks {
+    let parts = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
         let build = |o: &Outcomes, c: &Counts| {
             let mut a = pb::SetMarketingStatusResponse::default();
             add(&mut a, o, c, per_contact);
@@ -79,7 +80,7 @@ pub async fn apply(
         };
         let keep = Keep { request_id: &key.id, digest: &key.digest, answer: &build };
         let keep = (single && !key.is_none()).then_some(&keep);
-        match store.set_status(account, chunk, wanted, actor, now, keep).await? {
+        match store.set_status(account, chunk, wanted, actor, now, keep, i + 1 == parts).await? {
             SetOutcome::Done(outcomes, counts) => add(&mut answer, &outcomes, &counts, per_contact),
             SetOutcome::Replayed(_, digest) if !idempotency::same(&digest, &key.digest) => {
                 return Err(Failed::Reused);

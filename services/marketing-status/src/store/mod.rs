@@ -109,7 +109,19 @@ pub struct Actor {
 }
 
 /// Adds `d` to the account's counters, bumps the version and queues the new count for billing.
+/// Applies a count change and announces the new count to billing; see [`add_counts!`] and
+/// [`announce_counts!`].
 macro_rules! apply_delta {
+    ($tx:expr, $account:expr, $d:expr, $now:expr) => {{
+        let c = add_counts!($tx, $account, $d, $now);
+        announce_counts!($tx, $account, c, $now);
+        c
+    }};
+}
+
+/// Adds a change to an account's counts and a version (each count its own, even when held);
+/// evaluates to the new counts.
+macro_rules! add_counts {
     ($tx:expr, $account:expr, $d:expr, $now:expr) => {{
         let d: CountDelta = $d;
         let c: Counts = sqlx::query_as(
@@ -128,11 +140,20 @@ macro_rules! apply_delta {
         .bind(micros($now))
         .fetch_one(&mut *$tx)
         .await?;
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT marketing_contacts_enabled FROM account_settings WHERE account_id = $1")
-                .bind($account)
-                .fetch_optional(&mut *$tx)
-                .await?;
+        c
+    }};
+}
+
+/// Puts an account's counts in the outbox for billing, and lifts a hold on them.
+macro_rules! announce_counts {
+    ($tx:expr, $account:expr, $c:expr, $now:expr) => {{
+        let c: Counts = $c;
+        let enabled: Option<bool> = sqlx::query_scalar(
+            "SELECT marketing_contacts_enabled FROM account_settings WHERE account_id = $1",
+        )
+        .bind($account)
+        .fetch_optional(&mut *$tx)
+        .await?;
         let ev = bpb::CountChanged {
             event_id: new_event_id(),
             account_id: $account.to_owned(),
@@ -144,7 +165,27 @@ macro_rules! apply_delta {
             marketing_contacts_enabled: enabled.unwrap_or(true),
         };
         $tx.enqueue(&ev.event_id, BILLING_TOPIC, $account, &ev.encode_to_vec(), $now).await?;
-        c
+        sqlx::query("DELETE FROM count_holds WHERE account_id = $1")
+            .bind($account)
+            .execute(&mut *$tx)
+            .await?;
+    }};
+}
+
+/// How long a bulk change may hold its account's count back from billing.
+pub const HOLD_LIMIT: chrono::Duration = chrono::Duration::seconds(60);
+
+/// Holds an account's counts back from billing while a bulk change goes on (from the first
+/// part held).
+macro_rules! hold_counts {
+    ($tx:expr, $account:expr, $now:expr) => {{
+        sqlx::query(
+            "INSERT INTO count_holds (account_id, since) VALUES ($1, $2) ON CONFLICT (account_id) DO NOTHING",
+        )
+        .bind($account)
+        .bind(micros($now))
+        .execute(&mut *$tx)
+        .await?;
     }};
 }
 
@@ -205,6 +246,41 @@ impl Store {
             with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
         }
         Ok(())
+    }
+
+    /// Announces the counts of bulk changes whose caller never finished them (held longer than
+    /// [`HOLD_LIMIT`]); answers how many it announced and when the next hold runs out.
+    pub async fn release_stale_holds(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, DateTime<Utc>), sqlx::Error> {
+        let mut released = 0;
+        let cutoff = micros(now - HOLD_LIMIT);
+        let stale: Vec<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT account_id FROM count_holds WHERE since <= $1 ORDER BY account_id",
+        ).bind(cutoff).fetch_all(pool).await?);
+        for account in &stale {
+            with_pool!(&self.db, pool => {
+                let mut tx = pool.begin_write().await?;
+                // Only if still held: a finishing part may have announced it meanwhile.
+                let held: Option<i64> = sqlx::query_scalar("SELECT since FROM count_holds WHERE account_id = $1")
+                    .bind(account).fetch_optional(&mut *tx).await?;
+                if held.is_some_and(|since| since <= cutoff) {
+                    let c: Option<Counts> = sqlx::query_as(
+                        "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
+                    ).bind(account).fetch_optional(&mut *tx).await?;
+                    announce_counts!(tx, account, c.unwrap_or_default(), now);
+                    released += 1;
+                }
+                tx.commit().await?;
+            });
+        }
+        let next: Option<i64> = with_pool!(&self.db, pool =>
+            sqlx::query_scalar("SELECT MIN(since) FROM count_holds").fetch_one(pool).await?);
+        // With nothing held, look again a limit later: holds are only ever a minute stale.
+        let next =
+            next.map_or(now, |since| DateTime::from_timestamp_micros(since).unwrap_or(now)) + HOLD_LIMIT;
+        Ok((released, next))
     }
 
     pub async fn counts(&self, account: &str) -> Result<Counts, sqlx::Error> {

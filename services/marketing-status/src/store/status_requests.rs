@@ -67,6 +67,8 @@ fn transitions(requested: Status) -> String {
 
 impl Store {
     /// Applies a status request to each contact; answers each one's outcome (None: unknown).
+    /// `last` is false for a part of a bulk change that more parts follow: its count is held back
+    /// from billing until the last part.
     /// With `keep`, the answer it builds is saved under its request id in the same transaction,
     /// so a retry gets exactly this answer; if a concurrent twin saved first, nothing is changed
     /// and its answer is returned instead.
@@ -78,6 +80,7 @@ impl Store {
         actor: &Actor,
         now: DateTime<Utc>,
         keep: Option<&Keep<'_>>,
+        last: bool,
     ) -> Result<SetOutcome, sqlx::Error> {
         let wanted = serde_json::to_string(contacts).expect("strings");
         let result = with_pool!(&self.db, pool => {
@@ -142,9 +145,22 @@ impl Store {
                     "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
                 ).bind(account).fetch_optional(&mut *tx).await?;
                 c.unwrap_or_default()
-            } else {
+            } else if last {
                 apply_delta!(tx, account, p.total, now)
+            } else {
+                // A part of a bulk change: billing hears of the count once, after its last part.
+                let c = add_counts!(tx, account, p.total, now);
+                hold_counts!(tx, account, now);
+                c
             };
+            if last && p.total.is_zero() {
+                // The last part changed nothing itself, but earlier parts may be held.
+                let held: Option<i64> = sqlx::query_scalar("SELECT since FROM count_holds WHERE account_id = $1")
+                    .bind(account).fetch_optional(&mut *tx).await?;
+                if held.is_some() {
+                    announce_counts!(tx, account, counts, now);
+                }
+            }
             if let Some(keep) = keep {
                 let answer = (keep.answer)(&p.outcomes, &counts);
                 let saved = sqlx::query(
@@ -235,6 +251,50 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A bulk change whose caller never sends its last part still reaches billing, once, a
+    /// minute after its first part.
+    #[tokio::test]
+    async fn a_held_count_is_announced_when_its_change_is_abandoned() {
+        use crate::store::{BILLING_TOPIC, HOLD_LIMIT};
+        use chrono::TimeZone;
+        use contactier_runtime::outbox::Outbox;
+        use contactier_runtime::testing::{BACKENDS, TestDb};
+        for backend in BACKENDS {
+            let t = TestDb::new(backend, "marketing-status").await;
+            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+            let s = Store::new(t.db.clone());
+            let outbox = Outbox::new(t.db.clone(), BILLING_TOPIC);
+            let now = Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap();
+            let actor = Actor {
+                source_type: "USER".into(),
+                source_id: "u1".into(),
+                user_id: "u1".into(),
+                request_id: String::new(),
+            };
+            let ids: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+            let items: Vec<_> = ids
+                .iter()
+                .map(|id| crate::store::Created {
+                    event_id: format!("ev-{id}"),
+                    contact_id: id.clone(),
+                    initial: State::NON_MARKETING,
+                    actor: actor.clone(),
+                })
+                .collect();
+            s.contacts_created("a", &items, now).await.unwrap();
+            let announced = outbox.pending().await.unwrap();
+            s.set_status("a", &ids[..2], Status::Marketing, &actor, now, None, false).await.unwrap();
+            assert_eq!(outbox.pending().await.unwrap(), announced, "{backend:?}: held");
+            let (released, next) = s.release_stale_holds(now + chrono::Duration::seconds(30)).await.unwrap();
+            assert_eq!((released, next), (0, now + HOLD_LIMIT), "{backend:?}: not yet");
+            let (released, _) = s.release_stale_holds(now + HOLD_LIMIT).await.unwrap();
+            assert_eq!(released, 1, "{backend:?}");
+            assert_eq!(outbox.pending().await.unwrap(), announced + 1, "{backend:?}: announced once");
+            let (released, _) = s.release_stale_holds(now + HOLD_LIMIT * 2).await.unwrap();
+            assert_eq!(released, 0, "{backend:?}: and only once");
         }
     }
 }

@@ -374,7 +374,7 @@ mod tests {
     }
 
     async fn set(s: &Store, ids: &[String], status: Status, now: DateTime<Utc>) {
-        s.set_status(ACCOUNT, ids, status, &user(), now, None).await.unwrap();
+        s.set_status(ACCOUNT, ids, status, &user(), now, None, true).await.unwrap();
     }
 
     async fn trail(s: &Store) -> Vec<ChangeRow> {
