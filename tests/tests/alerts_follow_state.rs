@@ -50,7 +50,11 @@ async fn sign_ups(s: &System, n: usize) {
 }
 
 async fn subscribe(s: &System, edition: Edition, tier: i64) {
-    let mut req = subscription(edition, Term::Monthly, Date { year: 2026, month: 4, day: 15 });
+    subscribe_for(s, edition, Term::Monthly, tier).await
+}
+
+async fn subscribe_for(s: &System, edition: Edition, term: Term, tier: i64) {
+    let mut req = subscription(edition, term, Date { year: 2026, month: 4, day: 15 });
     req.tier = tier;
     let mut billing = BillingServiceClient::new(s.channel("billing"));
     billing.create_subscription(authed(req, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
@@ -70,17 +74,19 @@ async fn thresholds(s: &System) -> Vec<(AlertKind, i64, i64, Option<Date>, i64)>
 
 async fn a_count_that_stays_put_alerts_at_each_period_start(backend: Backend) {
     let s = System::start(backend, start()).await;
-    subscribe(&s, Edition::Professional, 0).await;
+    // An annual term: its update dates are the first of each month.
+    subscribe_for(&s, Edition::Professional, Term::Annual, 0).await;
     sign_ups(&s, 1_500).await;
     s.advance_to(start() + chrono::Duration::seconds(1)).await;
-    for (month, day) in [(5, 15), (6, 15)] {
-        s.advance_to(midnight(month, day) + chrono::Duration::hours(1)).await;
+    // The clock set to each processing instant exactly: nothing else happens to wake anyone.
+    for month in [5, 6] {
+        s.advance_to(midnight(month, 1)).await;
     }
     let got = thresholds(&s).await;
     let want = vec![
         (AlertKind::Threshold75, 2_000, 1_500, date(4, 15), start().timestamp()),
-        (AlertKind::Threshold75, 2_000, 1_500, date(5, 15), midnight(5, 15).timestamp()),
-        (AlertKind::Threshold75, 2_000, 1_500, date(6, 15), midnight(6, 15).timestamp()),
+        (AlertKind::Threshold75, 2_000, 1_500, date(5, 1), midnight(5, 1).timestamp()),
+        (AlertKind::Threshold75, 2_000, 1_500, date(6, 1), midnight(6, 1).timestamp()),
     ];
     assert_eq!(got, want, "{backend:?}: one 75 % alert per period, at its processing instant");
     let first = s.alerts(ACCOUNT).await.into_iter().find(|a| a.kind() == AlertKind::Threshold75).unwrap();
@@ -120,6 +126,15 @@ async fn a_renewal_to_a_lower_tier_alerts_at_its_instant(backend: Backend) {
     );
     assert!(line.price_difference.is_none(), "{backend:?}: a term has no price difference");
     assert_eq!((line.from_tier, line.to_tier), (2_000, 1_000));
+    // Usage history shows each day at the tier it was billed at.
+    let req = bpb::GetUsageHistoryRequest { start_date: date(4, 20), end_date: date(5, 16) };
+    let points = billing.get_usage_history(authed(req, &admin)).await.unwrap().into_inner().points;
+    let tiers: Vec<(i32, i64)> = points.iter().map(|p| (p.date.unwrap().day, p.tier)).collect();
+    let expected: Vec<(i32, i64)> = (20..=30)
+        .chain(1..=16)
+        .map(|d| (d, if (15..=16).contains(&d) && d < 20 { 1_000 } else { 2_000 }))
+        .collect();
+    assert_eq!(tiers, expected, "{backend:?}: 2,000 until the renewal on 15 May, 1,000 from it");
 }
 
 /// A webhook receiver on loopback that keeps the bodies it gets.

@@ -190,11 +190,11 @@ impl Db {
     }
 
     /// Applies the migrations of this backend. Safe with several replicas starting at once:
-    /// PostgreSQL migrations take an advisory lock.
+    /// see [`migrate_postgres`].
     pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
         match self {
             Db::Sqlite(pool) => migrations.sqlite.run(pool).await?,
-            Db::Postgres(pool) => migrations.postgres.run(pool).await?,
+            Db::Postgres(pool) => migrate_postgres(pool, migrations.postgres).await?,
         }
         Ok(())
     }
@@ -217,6 +217,56 @@ impl Db {
     pub async fn close(&self) {
         with_pool!(self, pool => pool.close().await)
     }
+}
+
+/// The advisory lock every migration of the database runs under (advisory locks are per
+/// database).
+const MIGRATION_LOCK: i64 = 0x636f_6e74_6163_7469;
+
+/// Runs PostgreSQL migrations one service at a time per database. Waiting is a poll, not a
+/// blocked query: an index built CONCURRENTLY waits for every open transaction of the database,
+/// and a replica blocked on a lock in one would deadlock with it. An index such a build left
+/// invalid (a replica killed mid-way) is dropped first, so that its migration builds it again.
+async fn migrate_postgres(pool: &sqlx::PgPool, m: &Migrator) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let mut wait = Duration::from_millis(50);
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(1));
+    }
+    let run = async {
+        let invalid: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE NOT i.indisvalid AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for index in invalid {
+            tracing::warn!(index, "dropping an index a build left invalid");
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX \"{}\"", index.replace('"', "\"\""))))
+                .execute(&mut *conn)
+                .await?;
+        }
+        let unlocked = Migrator {
+            migrations: m.migrations.clone(),
+            ignore_missing: m.ignore_missing,
+            locking: false,
+            no_tx: m.no_tx,
+            table_name: m.table_name.clone(),
+            create_schemas: m.create_schemas.clone(),
+        };
+        unlocked.run_direct(None, &mut *conn, false).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await;
+    run?;
+    unlock?;
+    Ok(())
 }
 
 /// Whether opening a database failed for a reason that may pass (the server not up yet, the

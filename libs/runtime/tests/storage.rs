@@ -66,6 +66,72 @@ async fn postgres_services_keep_to_their_own_schema() {
     assert_eq!(Outbox::new(b.db.clone(), "topic").pending().await.unwrap(), 0);
 }
 
+/// Services of one database starting together (their indexes built CONCURRENTLY, which waits
+/// for every open transaction of the database) all get their tables, while other sessions keep
+/// transactions open beside them.
+#[tokio::test]
+async fn postgres_migrations_of_many_schemas_at_once_all_finish() {
+    let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+    let dbs: Vec<TestDb> =
+        futures::future::join_all(names.iter().map(|n| TestDb::new(Backend::Postgres, n))).await;
+    let busy = dbs[0].db.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                with_pool!(&busy, pool => {
+                    let mut tx = pool.begin().await.unwrap();
+                    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tx.commit().await.unwrap();
+                });
+            }
+        })
+    };
+    let runs = dbs.iter().map(|t| t.db.migrate_service(Some(&SERVICE_MIGRATIONS)));
+    let results = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(runs))
+        .await
+        .expect("migrations finish");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    traffic.await.unwrap();
+    for (t, r) in dbs.iter().zip(results) {
+        r.unwrap_or_else(|e| panic!("{}: {e:#}", t.schema));
+        assert!(table_names(&t.db).await.iter().any(|n| n == "outbox"), "{}", t.schema);
+    }
+}
+
+/// A replica killed while it built an index CONCURRENTLY leaves the index invalid; the next
+/// migration builds it again instead of keeping the invalid one.
+#[tokio::test]
+async fn postgres_an_index_left_invalid_is_built_again() {
+    let t = migrated(Backend::Postgres, "invalid").await;
+    let Db::Postgres(pool) = &t.db else { unreachable!() };
+    let valid = || async {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = 'outbox_account' AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert!(valid().await);
+    // What a build cut short leaves: the index marked invalid, its migration not recorded.
+    sqlx::query(
+        "UPDATE pg_index SET indisvalid = FALSE WHERE indexrelid = \
+         (SELECT c.oid FROM pg_class c WHERE c.relname = 'outbox_account' \
+          AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema()))",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM _runtime_migrations WHERE version = 2").execute(pool).await.unwrap();
+    assert!(!valid().await);
+    t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.unwrap();
+    assert!(valid().await, "rebuilt");
+}
+
 #[tokio::test]
 async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
     for backend in BACKENDS {

@@ -177,8 +177,9 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
         relay: relay.clone(),
     };
     tokio::spawn(scheduler::run(sched, update_worker, shutdown));
-    // A new subscription has a first update date to schedule and a plan to send.
-    let on_subscribe = vec![scheduler_waker, plans_waker];
+    // A new subscription has a first update date to schedule, a plan to send and its first
+    // usage state to announce.
+    let on_subscribe = vec![scheduler_waker, plans_waker, relay.clone()];
     let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone(), on_subscribe };
     let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
     let internal = internal::Internal { store, clock, book, relay, invoicer };

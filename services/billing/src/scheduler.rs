@@ -41,7 +41,7 @@ pub struct Scheduler {
     pub apply: ApplyUpdate,
     /// This replica's lease owner name.
     pub owner: String,
-    /// Pokes the relay when a renewal invoice was issued.
+    /// Pokes the relay when a date has been processed (its usage state, any renewal invoice).
     pub relay: WorkerWaker,
 }
 
@@ -110,9 +110,10 @@ impl Scheduler {
             Ok((applied, done)) => {
                 if let Some(inv) = &done.renewal_invoice {
                     tracing::info!(account = %d.account_id, invoice = %inv.id, number = inv.number, "renewal invoice issued");
-                    self.relay.wake();
                 }
                 if done.done_here {
+                    // The date's usage state is in the outbox: send it now, at the date's instant.
+                    self.relay.wake();
                     tracing::info!(account = %d.account_id, date = %d.update_date, applied = applied.contacts, "update date processed");
                 }
             }

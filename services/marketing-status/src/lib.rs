@@ -112,6 +112,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let rewrites = rewrite_worker.waker();
         tokio::spawn(rewrites::run(store.clone(), rewrite_worker, env.platform.shutdown.clone()));
         let holds_worker = clock.register_worker("marketing-status-holds");
+        store.on_hold(holds_worker.waker());
         tokio::spawn(rewrites::release_holds(
             store.clone(),
             relay.clone(),

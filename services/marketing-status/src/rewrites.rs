@@ -32,7 +32,7 @@ pub async fn release_holds(
             if released > 0 {
                 relay.wake();
             }
-            Ok::<_, sqlx::Error>(Some(next))
+            Ok::<_, sqlx::Error>(next)
         })
         .await
 }

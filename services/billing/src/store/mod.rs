@@ -261,6 +261,13 @@ impl Store {
             )
             .bind(&s.account_id).bind(day(period_start)).bind(count).bind(c.version).bind(s.tier).bind(micros(now))
             .execute(&mut *tx).await?;
+            // Usage history starts on the day of subscribing, at the tier subscribed to.
+            sqlx::query(
+                "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) VALUES ($1, $2, $3, $3, $4) \
+                 ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier",
+            )
+            .bind(&s.account_id).bind(day(s.today(book, now))).bind(count).bind(s.tier)
+            .execute(&mut *tx).await?;
             let state = NewState { period_start, tier: s.tier, count, change: npb::UsageChange::Count, upgrade: None };
             tx.publish_state(&s.account_id, state, now).await?;
             tx.commit().await?;
@@ -537,14 +544,21 @@ impl Store {
         ).bind(account).bind(day(day_)).fetch_optional(pool).await?))
     }
 
-    /// The tier a subscription began with: before its first upgrade, or its tier if none.
+    /// The tier a subscription began with: before its first upgrade if that came on its first
+    /// day of usage (or before usage was kept from the first day), else the first day's tier
+    /// (a renewal may have changed the subscription's since), else its tier.
     pub async fn first_tier(&self, account: &str) -> Result<Option<i64>> {
-        let first_upgrade: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT from_tier FROM upgrades WHERE account_id = $1 ORDER BY upgraded_at, id LIMIT 1",
+        let first_day: Option<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT day, tier FROM usage_daily WHERE account_id = $1 ORDER BY day LIMIT 1",
         ).bind(account).fetch_optional(pool).await?);
-        Ok(match first_upgrade {
-            Some(t) => Some(t),
-            None => self.subscription(account).await?.map(|s| s.tier),
+        let first_upgrade: Option<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT effective_date, from_tier FROM upgrades WHERE account_id = $1 ORDER BY upgraded_at, id LIMIT 1",
+        ).bind(account).fetch_optional(pool).await?);
+        Ok(match (first_day, first_upgrade) {
+            (Some((day, _)), Some((upgraded, from))) if upgraded <= day => Some(from),
+            (Some((_, tier)), _) => Some(tier),
+            (None, Some((_, from))) => Some(from),
+            (None, None) => self.subscription(account).await?.map(|s| s.tier),
         })
     }
 

@@ -164,6 +164,13 @@ impl Store {
             if moved != 1 {
                 return Err(Error::Internal("subscription changed while its update date was completed".into()));
             }
+            // From this date on, usage history shows the tier the renewal applied.
+            sqlx::query(
+                "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) VALUES ($1, $2, $3, $3, $4) \
+                 ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier",
+            )
+            .bind(account).bind(day(date)).bind(count).bind(tier)
+            .execute(&mut *tx).await?;
             // A new period (and at a renewal a new term and tier) begins: its state, even when
             // the count did not move, re-arms the thresholds.
             let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };

@@ -227,6 +227,8 @@ pub struct Store {
     db: Db,
     /// Contacts added since the planner's statistics were last refreshed by this process.
     added: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The worker that announces abandoned held counts, told when a count is held.
+    holds: std::sync::Arc<std::sync::OnceLock<contactier_runtime::clock::WorkerWaker>>,
 }
 
 /// Contacts added between refreshes of the statistics of `contact_status`. Statistics that have
@@ -235,7 +237,18 @@ const STATISTICS_EVERY: usize = 10_000;
 
 impl Store {
     pub fn new(db: Db) -> Self {
-        Self { db, added: Default::default() }
+        Self { db, added: Default::default(), holds: Default::default() }
+    }
+
+    /// Names the worker to tell when a count is held (see [`Store::release_stale_holds`]).
+    pub fn on_hold(&self, worker: contactier_runtime::clock::WorkerWaker) {
+        let _ = self.holds.set(worker);
+    }
+
+    fn held(&self) {
+        if let Some(w) = self.holds.get() {
+            w.wake();
+        }
     }
 
     /// Counts `n` new contacts; refreshes the statistics every [`STATISTICS_EVERY`].
@@ -253,7 +266,7 @@ impl Store {
     pub async fn release_stale_holds(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<(usize, DateTime<Utc>), sqlx::Error> {
+    ) -> Result<(usize, Option<DateTime<Utc>>), sqlx::Error> {
         let mut released = 0;
         let cutoff = micros(now - HOLD_LIMIT);
         let stale: Vec<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
@@ -277,9 +290,7 @@ impl Store {
         }
         let next: Option<i64> = with_pool!(&self.db, pool =>
             sqlx::query_scalar("SELECT MIN(since) FROM count_holds").fetch_one(pool).await?);
-        // With nothing held, look again a limit later: holds are only ever a minute stale.
-        let next =
-            next.map_or(now, |since| DateTime::from_timestamp_micros(since).unwrap_or(now)) + HOLD_LIMIT;
+        let next = next.map(|since| DateTime::from_timestamp_micros(since).unwrap_or(now) + HOLD_LIMIT);
         Ok((released, next))
     }
 

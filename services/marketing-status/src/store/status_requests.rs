@@ -177,6 +177,9 @@ impl Store {
             tx.commit().await?;
             SetOutcome::Done(p.outcomes, counts)
         });
+        if !last {
+            self.held();
+        }
         Ok(result)
     }
 
@@ -289,7 +292,7 @@ mod tests {
             s.set_status("a", &ids[..2], Status::Marketing, &actor, now, None, false).await.unwrap();
             assert_eq!(outbox.pending().await.unwrap(), announced, "{backend:?}: held");
             let (released, next) = s.release_stale_holds(now + chrono::Duration::seconds(30)).await.unwrap();
-            assert_eq!((released, next), (0, now + HOLD_LIMIT), "{backend:?}: not yet");
+            assert_eq!((released, next), (0, Some(now + HOLD_LIMIT)), "{backend:?}: not yet");
             let (released, _) = s.release_stale_holds(now + HOLD_LIMIT).await.unwrap();
             assert_eq!(released, 1, "{backend:?}");
             assert_eq!(outbox.pending().await.unwrap(), announced + 1, "{backend:?}: announced once");
