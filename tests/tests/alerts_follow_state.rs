@@ -78,6 +78,14 @@ async fn a_count_that_stays_put_alerts_at_each_period_start(backend: Backend) {
     subscribe_for(&s, Edition::Professional, Term::Annual, 0).await;
     sign_ups(&s, 1_500).await;
     s.advance_to(start() + chrono::Duration::seconds(1)).await;
+    let mut billing = BillingServiceClient::new(s.channel("billing"));
+    let admin = s.user_token(ACCOUNT, &["admin"]);
+    let usage =
+        billing.get_usage(authed(bpb::GetUsageRequest {}, &admin)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(
+        usage.period_count, 1_500,
+        "{backend:?}: the first period holds every sign-up, not the first batch"
+    );
     // The clock set to each processing instant exactly: nothing else happens to wake anyone.
     for month in [5, 6] {
         s.advance_to(midnight(month, 1)).await;

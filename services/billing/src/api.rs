@@ -331,6 +331,8 @@ impl BillingService for Api {
             return Err(Error::invalid("end_date", "at most ten years at a time").into());
         }
         let first_tier = self.store.first_tier(&account).await?.ok_or(Error::NotFound("subscription"))?;
+        let today = self.subscription(&account).await?.today(&self.book, self.clock.now());
+        let last = last.min(today);
         let day = |d: store::UsageDay| -> Result<history::Day> {
             Ok(history::Day {
                 date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d")

@@ -3,7 +3,7 @@
 
 mod common;
 
-use chrono::{TimeZone, Utc};
+use chrono::{Datelike, TimeZone, Utc};
 use common::*;
 use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
@@ -201,9 +201,11 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
             .points;
         let days: Vec<_> =
             history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
-        // One point per day: quiet days repeat the day before; before any usage, none at the
-        // first tier.
-        let want: Vec<_> = (1..=30)
+        // One point per day up to today (days still to come have no usage): quiet days repeat
+        // the day before; before any usage, none at the first tier.
+        let today = b.platform.clock.now().with_timezone(&chrono_tz::America::New_York).date_naive();
+        assert_eq!((today.month(), today.day()), (4, 28), "{backend:?}");
+        let want: Vec<_> = (1..=today.day() as i32)
             .map(|d| {
                 let (max, last, tier) = match d {
                     ..=19 => (0, 0, 2_000),
@@ -216,6 +218,15 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
             })
             .collect();
         assert_eq!(days, want, "{backend:?}");
+        // A range far into the future ends today too.
+        let ahead = pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2030, 1, 1) };
+        let points = b.api().get_usage_history(authed(ahead, &read)).await.unwrap().into_inner().points;
+        let last = points.last().and_then(|p| p.date).unwrap();
+        assert_eq!(
+            (last.year, last.month as u32, last.day as u32),
+            (2026, today.month(), today.day()),
+            "{backend:?}"
+        );
     }
 }
 

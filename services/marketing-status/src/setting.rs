@@ -2,7 +2,7 @@
 //! each contact's outcome by the rules, and the answer kept under the request id.
 
 use crate::rules::{Outcome, Status};
-use crate::store::{Actor, Counts, Keep, Outcomes, SetOutcome, Store};
+use crate::store::{Actor, Counts, Keep, Outcomes, Part, SetOutcome, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::convert::timestamp_micros;
@@ -80,7 +80,10 @@ pub async fn apply(
         };
         let keep = Keep { request_id: &key.id, digest: &key.digest, answer: &build };
         let keep = (single && !key.is_none()).then_some(&keep);
-        match store.set_status(account, chunk, wanted, actor, now, keep, i + 1 == parts).await? {
+        match store
+            .set_status(account, chunk, wanted, actor, now, Part { keep, last: i + 1 == parts })
+            .await?
+        {
             SetOutcome::Done(outcomes, counts) => add(&mut answer, &outcomes, &counts, per_contact),
             SetOutcome::Replayed(_, digest) if !idempotency::same(&digest, &key.digest) => {
                 return Err(Failed::Reused);

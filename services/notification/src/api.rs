@@ -250,6 +250,12 @@ impl NotificationService for Api {
         match self.store.redrive(&account, &id, self.clock.now()).await? {
             RedriveResult::Requeued => {}
             RedriveResult::NotFound => return Err(Error::NotFound("delivery").into()),
+            RedriveResult::RecipientDeleted => {
+                return Err(Error::FailedPrecondition(
+                    "the delivery's recipient was deleted; there is nowhere to send it".into(),
+                )
+                .into());
+            }
             RedriveResult::NotDeadLettered => {
                 return Err(Error::FailedPrecondition(
                     "only a dead-lettered delivery can be redriven".into(),

@@ -575,17 +575,23 @@ impl Store {
     /// Puts a dead-lettered delivery of the account back in the queue with a fresh set of tries.
     pub async fn redrive(&self, account: &str, id: &str, now: DateTime<Utc>) -> Result<RedriveResult> {
         let n = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE deliveries SET state = $1, attempts = 0, next_attempt_at = $2 WHERE account_id = $3 AND id = $4 AND state = $5",
+            "UPDATE deliveries SET state = $1, attempts = 0, next_attempt_at = $2 WHERE account_id = $3 AND id = $4 AND state = $5 \
+             AND recipient_id IN (SELECT id FROM recipients WHERE account_id = $3)",
         )
         .bind(PENDING).bind(micros(now)).bind(account).bind(id).bind(DEAD_LETTERED)
         .execute(pool).await?.rows_affected());
         if n == 1 {
             return Ok(RedriveResult::Requeued);
         }
-        let exists: Option<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT state FROM deliveries WHERE account_id = $1 AND id = $2",
+        let found: Option<(String, bool)> = with_pool!(&self.db, pool => sqlx::query_as(
+            "SELECT state, EXISTS (SELECT 1 FROM recipients r WHERE r.account_id = d.account_id AND r.id = d.recipient_id) \
+             FROM deliveries d WHERE d.account_id = $1 AND d.id = $2",
         ).bind(account).bind(id).fetch_optional(pool).await?);
-        Ok(if exists.is_some() { RedriveResult::NotDeadLettered } else { RedriveResult::NotFound })
+        Ok(match found {
+            None => RedriveResult::NotFound,
+            Some((_, false)) => RedriveResult::RecipientDeleted,
+            Some(_) => RedriveResult::NotDeadLettered,
+        })
     }
 
     pub async fn delivery(&self, account: &str, id: &str) -> Result<Option<DeliveryRow>> {
@@ -606,6 +612,8 @@ pub enum Outcome {
 pub enum RedriveResult {
     Requeued,
     NotDeadLettered,
+    /// Its recipient is gone: there is nowhere to send it.
+    RecipientDeleted,
     NotFound,
 }
 

@@ -712,6 +712,15 @@ async fn accounts_never_see_or_touch_each_others_notifications() {
         assert!(err.message().contains("webhook.url"));
         // A's recipient still there and A's deliveries untouched.
         assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2);
+        // Once A deletes its recipient, its dead letters have nowhere to go: a redrive is refused.
+        let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
+        s.api().delete_recipient(authed(del, &s.user(ACCOUNT, &["admin"]))).await.unwrap();
+        let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
+        let err =
+            s.api().redrive_dead_letter(authed(redrive, &s.user(ACCOUNT, &["write"]))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+        assert!(err.message().contains("recipient was deleted"), "{backend:?}");
+        assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2, "{backend:?}: unchanged");
     }
 }
 

@@ -249,7 +249,7 @@ impl Store {
                 return Err(Error::AlreadyExists("the account already has a subscription".into()));
             }
             tx.enqueue(&new_id(), MARKETING_STATUS_TOPIC, &s.account_id, &plan.encode_to_vec(), now).await?;
-            // The first period holds the count known now, or the first to arrive in it.
+            // The first period starts with the count known now; a higher one later raises it.
             let c: Option<Counts> = sqlx::query_as(
                 "SELECT version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE account_id = $1",
             ).bind(&s.account_id).fetch_optional(&mut *tx).await?;
@@ -351,10 +351,11 @@ impl Store {
             let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
             let today = sub.today(book, now);
             let period_start = sub.current_period(book, now);
-            // The first period's count is the first count known in it.
+            // The first period has no update date to fix its count: it is billed for the most
+            // contacts it held.
             sqlx::query(
                 "UPDATE update_periods SET period_count = $1, count_version = $2 \
-                 WHERE account_id = $3 AND update_date = $4 AND first_period AND count_version = 0",
+                 WHERE account_id = $3 AND update_date = $4 AND first_period AND period_count < $1",
             )
             .bind(count).bind(c.version).bind(account).bind(day(period_start)).execute(&mut *tx).await?;
             let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 mod extras;
 pub use extras::{ChangeRow, RunRow, WorkflowRow};
+pub use status_requests::Part;
 
 /// Outbox topic of the count events for billing.
 pub const BILLING_TOPIC: &str = "billing";

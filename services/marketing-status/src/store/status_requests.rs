@@ -65,13 +65,25 @@ fn transitions(requested: Status) -> String {
     serde_json::Value::Array(rows).to_string()
 }
 
+/// Where one call of [`Store::set_status`] sits in the caller's request.
+pub struct Part<'a> {
+    /// With it, the answer it builds is saved under its request id in the same transaction, so
+    /// a retry gets exactly this answer; if a concurrent twin saved first, nothing is changed
+    /// and its answer is returned instead.
+    pub keep: Option<&'a Keep<'a>>,
+    /// False for a part of a bulk change that more parts follow: its count is held back from
+    /// billing until the last part.
+    pub last: bool,
+}
+
+#[cfg(test)]
+impl Part<'_> {
+    /// The whole request in one call, answer not kept.
+    pub const WHOLE: Part<'static> = Part { keep: None, last: true };
+}
+
 impl Store {
     /// Applies a status request to each contact; answers each one's outcome (None: unknown).
-    /// `last` is false for a part of a bulk change that more parts follow: its count is held back
-    /// from billing until the last part.
-    /// With `keep`, the answer it builds is saved under its request id in the same transaction,
-    /// so a retry gets exactly this answer; if a concurrent twin saved first, nothing is changed
-    /// and its answer is returned instead.
     pub async fn set_status(
         &self,
         account: &str,
@@ -79,9 +91,9 @@ impl Store {
         requested: Status,
         actor: &Actor,
         now: DateTime<Utc>,
-        keep: Option<&Keep<'_>>,
-        last: bool,
+        part: Part<'_>,
     ) -> Result<SetOutcome, sqlx::Error> {
+        let Part { keep, last } = part;
         let wanted = serde_json::to_string(contacts).expect("strings");
         let result = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -289,7 +301,9 @@ mod tests {
                 .collect();
             s.contacts_created("a", &items, now).await.unwrap();
             let announced = outbox.pending().await.unwrap();
-            s.set_status("a", &ids[..2], Status::Marketing, &actor, now, None, false).await.unwrap();
+            s.set_status("a", &ids[..2], Status::Marketing, &actor, now, Part { keep: None, last: false })
+                .await
+                .unwrap();
             assert_eq!(outbox.pending().await.unwrap(), announced, "{backend:?}: held");
             let (released, next) = s.release_stale_holds(now + chrono::Duration::seconds(30)).await.unwrap();
             assert_eq!((released, next), (0, Some(now + HOLD_LIMIT)), "{backend:?}: not yet");

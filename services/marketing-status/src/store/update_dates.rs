@@ -315,7 +315,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::rules::{State, Status};
-    use crate::store::{Actor, ChangeRow, Created, StatusRow};
+    use crate::store::{Actor, ChangeRow, Created, Part, StatusRow};
     use chrono::TimeZone;
     use contactier_runtime::testing::{BACKENDS, TestDb};
 
@@ -374,7 +374,7 @@ mod tests {
     }
 
     async fn set(s: &Store, ids: &[String], status: Status, now: DateTime<Utc>) {
-        s.set_status(ACCOUNT, ids, status, &user(), now, None, true).await.unwrap();
+        s.set_status(ACCOUNT, ids, status, &user(), now, Part::WHOLE).await.unwrap();
     }
 
     async fn trail(s: &Store) -> Vec<ChangeRow> {
@@ -549,7 +549,21 @@ mod tests {
             Db::Sqlite(pool) => m.sqlite.run_to(version, pool).await.unwrap(),
             Db::Postgres(pool) => m.postgres.run_to(version, pool).await.unwrap(),
         }
+        // Today's writers hold bulk counts in a table of a later version, unrelated to the
+        // upgrade under test; it stands in until the migration that creates it.
+        run(&t, include_str!("../../migrations/sqlite/0009_count_holds.sql")).await;
         (Store::new(t.db.clone()), t)
+    }
+
+    async fn drop_stand_ins(t: &TestDb) {
+        run(t, "DROP TABLE count_holds").await;
+    }
+
+    async fn run(t: &TestDb, sql: &'static str) {
+        match &t.db {
+            Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+            Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
+        }
     }
 
     #[tokio::test]
@@ -566,6 +580,7 @@ mod tests {
             let before = trail(&s).await;
             assert_eq!(before.len(), 4 + 3 + 3, "{backend:?}: created, set pending, the date");
 
+            drop_stand_ins(&t).await;
             t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
             assert_eq!(trail(&s).await, before, "{backend:?}");
             assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 3, "{backend:?}");
