@@ -65,6 +65,8 @@ async fn every_rpc_refuses_callers_without_the_right_token() {
         contactier_runtime::server::ops_policy(true),
     ];
     let access = |path: &str| policies.iter().find_map(|p| p.access(path));
+    let callers =
+        |path: &str| policies.iter().map(|p| p.callers(path)).find(|c| !c.is_empty()).unwrap_or_default();
     for backend in BACKENDS {
         let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap()).await;
         let a = &s.platform.authenticator;
@@ -112,10 +114,25 @@ async fn every_rpc_refuses_callers_without_the_right_token() {
                 Code::PermissionDenied,
                 "{backend:?} {path} ({level:?}) with too little scope: {err:?}"
             );
+            // An internal RPC is open to the services whose work needs it, no other.
+            if level == Access::Internal {
+                assert!(!callers(&path).is_empty(), "{path}: no service may call it");
+                for other in ["contacts", "marketing-status", "billing", "notification", "test"] {
+                    if callers(&path).iter().any(|c| c == other) {
+                        continue;
+                    }
+                    let err = call(ch.clone(), &path, Some(&a.service_token(other, hour))).await.unwrap_err();
+                    assert_eq!(
+                        err.code(),
+                        Code::PermissionDenied,
+                        "{backend:?} {path} called by {other}: {err:?}"
+                    );
+                }
+            }
             // Enough scope: served (whatever it then says of an empty request).
             if !streaming {
                 let strong = match level {
-                    Access::Internal => a.service_token("test", hour),
+                    Access::Internal => a.service_token(&callers(&path)[0], hour),
                     _ => a.user_token("acct-a", "u", &["read", "write", "admin", "ops"], hour),
                 };
                 if let Err(e) = call(ch.clone(), &path, Some(&strong)).await {

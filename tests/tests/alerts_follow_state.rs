@@ -134,14 +134,12 @@ async fn a_renewal_to_a_lower_tier_alerts_at_its_instant(backend: Backend) {
     );
     assert!(line.price_difference.is_none(), "{backend:?}: a term has no price difference");
     assert_eq!((line.from_tier, line.to_tier), (2_000, 1_000));
-    // Usage history shows each day at the tier it was billed at.
+    // Usage history shows each day at the tier it was billed at, up to today.
     let req = bpb::GetUsageHistoryRequest { start_date: date(4, 20), end_date: date(5, 16) };
     let points = billing.get_usage_history(authed(req, &admin)).await.unwrap().into_inner().points;
     let tiers: Vec<(i32, i64)> = points.iter().map(|p| (p.date.unwrap().day, p.tier)).collect();
-    let expected: Vec<(i32, i64)> = (20..=30)
-        .chain(1..=16)
-        .map(|d| (d, if (15..=16).contains(&d) && d < 20 { 1_000 } else { 2_000 }))
-        .collect();
+    let expected: Vec<(i32, i64)> =
+        (20..=30).chain(1..=15).map(|d| (d, if d == 15 { 1_000 } else { 2_000 })).collect();
     assert_eq!(tiers, expected, "{backend:?}: 2,000 until the renewal on 15 May, 1,000 from it");
 }
 

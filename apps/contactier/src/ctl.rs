@@ -82,6 +82,25 @@ enum Command {
         #[arg(long)]
         to: Option<chrono::DateTime<chrono::Utc>>,
     },
+    /// Print a token signed with the deployment's HS256 secret (CONTACTIER_JWT_SECRET, or the
+    /// development secret in the data directory), for development and test setups.
+    Token {
+        /// The account a user token acts on.
+        #[arg(long, required_unless_present = "service")]
+        account: Option<String>,
+        /// The user it names.
+        #[arg(long, default_value = "ctl-user", conflicts_with = "service")]
+        user: String,
+        /// Scopes: read, write, admin, ops (comma separated).
+        #[arg(long, value_delimiter = ',', default_value = "read", value_parser = ["read", "write", "admin", "ops"])]
+        scopes: Vec<String>,
+        /// A service token for this service instead of a user token.
+        #[arg(long, conflicts_with = "account")]
+        service: Option<String>,
+        /// How long it is valid, e.g. "1h", "30min" (at most 30 days).
+        #[arg(long, default_value = "1h")]
+        lifetime: humantime::Duration,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -133,6 +152,12 @@ fn token(ctl: &Ctl, target: &Target) -> anyhow::Result<String> {
     if let Some(t) = &ctl.token {
         return Ok(t.clone());
     }
+    let scopes = ["read", "write", "admin", "ops"];
+    Ok(signer(target)?.user_token("dev-account", "dev-user", &scopes, chrono::Duration::hours(1)))
+}
+
+/// The authenticator of the deployment's HS256 secret.
+fn signer(target: &Target) -> anyhow::Result<contactier_runtime::auth::Authenticator> {
     let path = target.runtime.data_dir.join("dev-jwt-secret");
     let secret = match &target.runtime.jwt_secret {
         Some(s) => s.clone(),
@@ -141,12 +166,41 @@ fn token(ctl: &Ctl, target: &Target) -> anyhow::Result<String> {
             .trim()
             .to_owned(),
     };
-    let platform = Platform::new(&target.runtime, Some(&secret))?;
-    let scopes = ["read", "write", "admin", "ops"];
-    Ok(platform.authenticator.user_token("dev-account", "dev-user", &scopes, chrono::Duration::hours(1)))
+    Ok(Platform::new(&target.runtime, Some(&secret))?.authenticator)
+}
+
+/// `ctl token`: prints a token and nothing else, so it can be captured by a shell.
+fn print_token(
+    target: &Target,
+    account: Option<String>,
+    user: &str,
+    scopes: &[String],
+    service: Option<String>,
+    lifetime: std::time::Duration,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        lifetime >= std::time::Duration::from_secs(1)
+            && lifetime <= std::time::Duration::from_secs(30 * 86_400),
+        "--lifetime must be between 1s and 30days"
+    );
+    let ttl = chrono::Duration::from_std(lifetime)?;
+    let signer = signer(target)?;
+    let token = match (service, account) {
+        (Some(service), _) => signer.service_token(&service, ttl),
+        (None, Some(account)) => {
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            signer.user_token(&account, user, &scopes, ttl)
+        }
+        (None, None) => anyhow::bail!("--account or --service is required"),
+    };
+    println!("{token}");
+    Ok(())
 }
 
 pub async fn run(ctl: Ctl, target: Target) -> anyhow::Result<()> {
+    if let Command::Token { account, user, scopes, service, lifetime } = ctl.command {
+        return print_token(&target, account, &user, &scopes, service, lifetime.into());
+    }
     let token = token(&ctl, &target)?;
     let channels = (0..4)
         .map(|i| {
@@ -256,6 +310,8 @@ pub async fn run(ctl: Ctl, target: Target) -> anyhow::Result<()> {
             println!("now {}", now.map(|t| ts(&t)).unwrap_or_default());
             Ok(())
         }
+        // Needs no connection; answered before connecting.
+        Command::Token { .. } => Ok(()),
     }
 }
 

@@ -145,6 +145,8 @@ impl Principal {
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
     methods: HashMap<String, Access>,
+    /// The services that may call each internal method.
+    callers: HashMap<String, Vec<String>>,
 }
 
 impl Policy {
@@ -160,9 +162,33 @@ impl Policy {
         self
     }
 
+    /// Opens internal `methods` of `service` to the services named in `callers` only: a
+    /// service's identity reaches only the RPCs its work needs.
+    pub fn internal(mut self, service: &str, methods: &[&str], callers: &[&str]) -> Self {
+        for m in methods {
+            let path = format!("/{service}/{m}");
+            self.callers.insert(path.clone(), callers.iter().map(|c| (*c).to_owned()).collect());
+            self.methods.insert(path, Access::Internal);
+        }
+        self
+    }
+
     pub fn merge(mut self, other: Policy) -> Self {
         self.methods.extend(other.methods);
+        self.callers.extend(other.callers);
         self
+    }
+
+    /// The services that may call the internal method `path`.
+    pub fn callers(&self, path: &str) -> &[String] {
+        self.callers.get(path).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Whether `principal` may call `path`, which needs `access`.
+    fn permits(&self, path: &str, access: Access, principal: &Principal) -> bool {
+        principal.allows(access)
+            && (access != Access::Internal
+                || self.callers.get(path).is_some_and(|c| c.contains(&principal.subject)))
     }
 
     pub fn access(&self, path: &str) -> Option<Access> {
@@ -181,14 +207,26 @@ const VERIFIED_TOKENS: u64 = 10_000;
 /// checked on every call).
 const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Signs and verifies tokens with one HMAC secret shared by the deployment.
+/// The deployment's own HMAC key: development, tests and setups without an identity provider.
 #[derive(Clone)]
-pub struct Authenticator {
+struct Hmac {
     encoding: EncodingKey,
     decoding: DecodingKey,
+}
+
+/// Verifies tokens: HS256 ones signed with the deployment's secret (when it has one) and
+/// RS256, ES256 and EdDSA ones of trusted issuers (an identity provider, Kubernetes'
+/// service-account issuer) against their published keys.
+#[derive(Clone)]
+pub struct Authenticator {
+    hmac: Option<Hmac>,
     validation: Validation,
     issuer: String,
     audience: String,
+    issuers: Option<crate::jwks::Issuers>,
+    /// Token subjects of trusted issuers that are services, with the service each one is:
+    /// `system:serviceaccount:contactier:contactier-billing` is billing.
+    identities: Arc<HashMap<String, String>>,
     /// Claims of tokens that passed verification, by the token's whole text. A caller sends
     /// the same token on every call; checking its signature and claims each time cost more
     /// than the rest of a small read. A changed token is a different key.
@@ -205,26 +243,71 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// What checking a token found.
+pub enum Verdict {
+    Valid(Principal),
+    Refused(Status),
+    /// Signed by a trusted issuer with a key not known yet: fetch its keys and check again.
+    FetchKeys(String),
+}
+
+/// Claims of a trusted issuer's token: no `kind` (only configuration makes a service), and
+/// `aud` may be a list (checked by the validation).
+#[derive(Deserialize)]
+struct IssuedClaims {
+    sub: String,
+    #[serde(default)]
+    acct: Option<String>,
+    #[serde(default)]
+    scope: String,
+    exp: i64,
+    #[serde(default)]
+    iat: i64,
+}
+
 impl Authenticator {
+    /// Verifies and signs with one HMAC secret shared by the deployment.
     pub fn new(secret: &[u8], issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        // A token is refused before its `nbf` as after its `exp`, with the same leeway.
-        validation.validate_nbf = true;
-        validation.leeway = 30;
+        let hmac =
+            Hmac { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret) };
+        Self::build(Some(hmac), issuer, audience)
+    }
+
+    /// Verifies trusted issuers' tokens only; signs nothing.
+    pub fn without_secret(issuer: &str, audience: &str) -> Self {
+        Self::build(None, issuer, audience)
+    }
+
+    fn build(hmac: Option<Hmac>, issuer: &str, audience: &str) -> Self {
         Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            hmac,
+            validation: validation(Algorithm::HS256, issuer, audience),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            issuers: None,
+            identities: Arc::default(),
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(VERIFIED_FOR)
                 .build(),
         }
+    }
+
+    /// Also accepts tokens of `issuers`; a subject listed in `identities` is the service named
+    /// there, any other subject a user of the account its `acct` claim names.
+    pub fn with_issuers(
+        mut self,
+        issuers: crate::jwks::Issuers,
+        identities: HashMap<String, String>,
+    ) -> Self {
+        self.issuers = (!issuers.is_empty()).then_some(issuers);
+        self.identities = Arc::new(identities);
+        self
+    }
+
+    /// Whether this authenticator can sign tokens (it holds the HMAC secret).
+    pub fn can_sign(&self) -> bool {
+        self.hmac.is_some()
     }
 
     /// A token for a user of `account` with `scopes`, valid for `ttl`.
@@ -245,6 +328,7 @@ impl Authenticator {
         scopes: &[&str],
         ttl: chrono::Duration,
     ) -> String {
+        let hmac = self.hmac.as_ref().expect("signing tokens needs CONTACTIER_JWT_SECRET");
         // Token lifetimes are wall-clock: the manual clock moves business time, not expiry.
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -257,61 +341,184 @@ impl Authenticator {
             iat: now,
             exp: now + ttl.num_seconds(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &hmac.encoding)
             .expect("HS256 signing cannot fail")
     }
 
-    /// Verifies a bearer token and resolves the account the request acts on.
+    /// Verifies a bearer token with the keys known now and resolves the account the request
+    /// acts on. A trusted issuer's key not known yet refuses; [`Authenticator::verify`] fetches it.
     pub fn authenticate(&self, token: &str, account_header: Option<&str>) -> Result<Principal, Status> {
-        self.authenticate_at(token, account_header, chrono::Utc::now().timestamp())
+        match self.verdict(token, account_header) {
+            Verdict::Valid(p) => Ok(p),
+            Verdict::Refused(s) => Err(s),
+            Verdict::FetchKeys(_) => Err(Status::unauthenticated("invalid token: unknown signing key")),
+        }
     }
 
+    /// As [`Authenticator::authenticate`], fetching a trusted issuer's keys when the token's key
+    /// is not known (at most as often as the issuer's refetch bound allows).
+    pub async fn verify(&self, token: &str, account_header: Option<&str>) -> Result<Principal, Status> {
+        if let Verdict::FetchKeys(issuer) = self.verdict(token, account_header) {
+            self.fetch_keys(&issuer).await;
+        }
+        self.authenticate(token, account_header)
+    }
+
+    /// Fetches a trusted issuer's keys again (bounded in rate).
+    pub async fn fetch_keys(&self, issuer: &str) {
+        if let Some(issuers) = &self.issuers {
+            issuers.refresh(issuer).await;
+        }
+    }
+
+    /// Checks a token with the keys known now.
+    pub fn verdict(&self, token: &str, account_header: Option<&str>) -> Verdict {
+        self.verdict_at(token, account_header, chrono::Utc::now().timestamp())
+    }
+
+    fn verdict_at(&self, token: &str, account_header: Option<&str>, now: i64) -> Verdict {
+        let claims = match self.verified.get(token) {
+            // The same rule as the first verification: expired once `exp` is a leeway past.
+            Some(c) if c.exp < now - self.validation.leeway as i64 => {
+                return Verdict::Refused(Status::unauthenticated("invalid token: expired"));
+            }
+            Some(c) => c,
+            None => match self.verify_new(token) {
+                Ok(claims) => {
+                    let claims = Arc::new(claims);
+                    self.verified.insert(token.to_owned(), claims.clone());
+                    claims
+                }
+                Err(v) => return v,
+            },
+        };
+        match principal(&claims, account_header) {
+            Ok(p) => Verdict::Valid(p),
+            Err(s) => Verdict::Refused(s),
+        }
+    }
+
+    /// Verifies a token not seen lately: its signature, then its claims.
+    fn verify_new(&self, token: &str) -> Result<Claims, Verdict> {
+        let refused = |why: &str| Verdict::Refused(Status::unauthenticated(format!("invalid token: {why}")));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| refused("malformed"))?;
+        let claims = if header.alg == Algorithm::HS256 {
+            let hmac = self.hmac.as_ref().ok_or_else(|| refused("HS256 tokens are not accepted here"))?;
+            jsonwebtoken::decode::<Claims>(token, &hmac.decoding, &self.validation)
+                .map_err(|e| refused(reason(&e)))?
+                .claims
+        } else if crate::jwks::ALGORITHMS.contains(&header.alg) {
+            let issuers = self.issuers.as_ref().ok_or_else(|| refused("wrong issuer"))?;
+            // The issuer picks the keys; the signature then proves it.
+            let issuer = unverified_issuer(token).ok_or_else(|| refused("malformed"))?;
+            let kid = header.kid.as_deref().ok_or_else(|| refused("no key id"))?;
+            let key = match issuers.key(&issuer, kid) {
+                crate::jwks::Lookup::Found(key) => key,
+                crate::jwks::Lookup::Unknown => return Err(Verdict::FetchKeys(issuer)),
+                crate::jwks::Lookup::NotTrusted => return Err(refused("wrong issuer")),
+            };
+            let v = validation(header.alg, &issuer, &self.audience);
+            let c = jsonwebtoken::decode::<IssuedClaims>(token, &key, &v)
+                .map_err(|e| refused(reason(&e)))?
+                .claims;
+            self.issued(c, issuer)
+        } else {
+            return Err(refused("unsupported algorithm"));
+        };
+        if !plain_claim(&claims.sub) || claims.acct.as_deref().is_some_and(|a| !plain_claim(a)) {
+            return Err(refused(&format!(
+                "sub and acct must be 1 to {MAX_CLAIM} characters without control characters"
+            )));
+        }
+        Ok(claims)
+    }
+
+    /// A trusted issuer's claims as ours: a configured service identity is that service with
+    /// full scopes; anyone else is a user of the account the token names.
+    #[cfg(test)]
     fn authenticate_at(
         &self,
         token: &str,
         account_header: Option<&str>,
         now: i64,
     ) -> Result<Principal, Status> {
-        let claims = match self.verified.get(token) {
-            // The same rule as the first verification: expired once `exp` is a leeway past.
-            Some(c) if c.exp < now - self.validation.leeway as i64 => {
-                return Err(Status::unauthenticated("invalid token: expired"));
-            }
-            Some(c) => c,
-            None => {
-                let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-                    .map_err(|e| Status::unauthenticated(format!("invalid token: {}", reason(&e))))?;
-                let c = &data.claims;
-                if !plain_claim(&c.sub) || c.acct.as_deref().is_some_and(|a| !plain_claim(a)) {
-                    return Err(Status::unauthenticated(format!(
-                        "invalid token: sub and acct must be 1 to {MAX_CLAIM} characters without control characters"
-                    )));
-                }
-                let claims = Arc::new(data.claims);
-                self.verified.insert(token.to_owned(), claims.clone());
-                claims
-            }
-        };
-        let account = match claims.kind {
-            TokenKind::User => {
-                let own =
-                    claims.acct.clone().filter(|a| !a.is_empty()).ok_or_else(|| {
-                        Status::unauthenticated("invalid token: user token names no account")
-                    })?;
-                if account_header.is_some_and(|h| h != own) {
-                    return Err(Status::permission_denied("token is not valid for this account"));
-                }
-                Some(own)
-            }
-            TokenKind::Service => account_header.map(str::to_owned),
-        };
-        Ok(Principal {
-            subject: claims.sub.clone(),
-            kind: claims.kind,
-            account,
-            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
-        })
+        match self.verdict_at(token, account_header, now) {
+            Verdict::Valid(p) => Ok(p),
+            Verdict::Refused(s) => Err(s),
+            Verdict::FetchKeys(_) => Err(Status::unauthenticated("unknown signing key")),
+        }
     }
+
+    fn issued(&self, c: IssuedClaims, iss: String) -> Claims {
+        let aud = self.audience.clone();
+        match self.identities.get(&c.sub) {
+            Some(service) => Claims {
+                sub: service.clone(),
+                acct: None,
+                scope: "read write admin".into(),
+                kind: TokenKind::Service,
+                iss,
+                aud,
+                exp: c.exp,
+                iat: c.iat,
+            },
+            None => Claims {
+                sub: c.sub,
+                acct: c.acct,
+                scope: c.scope,
+                kind: TokenKind::User,
+                iss,
+                aud,
+                exp: c.exp,
+                iat: c.iat,
+            },
+        }
+    }
+}
+
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut v = Validation::new(alg);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    // A token is refused before its `nbf` as after its `exp`, with the same leeway.
+    v.validate_nbf = true;
+    v.leeway = 30;
+    v
+}
+
+/// The `iss` claim of a token, before its signature is checked.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+}
+
+/// The principal of verified claims, acting on the account the request names.
+fn principal(claims: &Claims, account_header: Option<&str>) -> Result<Principal, Status> {
+    let account = match claims.kind {
+        TokenKind::User => {
+            let own = claims.acct.clone().filter(|a| !a.is_empty()).ok_or_else(|| {
+                Status::unauthenticated("invalid token: a user token must name its account (acct)")
+            })?;
+            if account_header.is_some_and(|h| h != own) {
+                return Err(Status::permission_denied("token is not valid for this account"));
+            }
+            Some(own)
+        }
+        TokenKind::Service => account_header.map(str::to_owned),
+    };
+    Ok(Principal {
+        subject: claims.sub.clone(),
+        kind: claims.kind,
+        account,
+        scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+    })
 }
 
 fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
@@ -343,28 +550,43 @@ impl AuthLayer {
         Self { limiter, ..self }
     }
 
-    fn check<B>(&self, req: &Request<B>) -> Result<Option<Principal>, Status> {
+    fn check<B>(&self, req: &Request<B>) -> Verdict {
         let path = req.uri().path();
-        if is_exempt(path) {
-            return Ok(None);
-        }
-        let (authenticator, policy) = &*self.inner;
+        let authenticator = &self.inner.0;
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let token = header("authorization")
+        let Some(token) = header("authorization")
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-        let principal = authenticator.authenticate(token.trim(), header(ACCOUNT_HEADER))?;
+        else {
+            return Verdict::Refused(Status::unauthenticated("missing bearer token"));
+        };
+        let principal = match authenticator.verdict(token.trim(), header(ACCOUNT_HEADER)) {
+            Verdict::Valid(p) => p,
+            other => return other,
+        };
+        match self.admit(path, principal) {
+            Ok(p) => Verdict::Valid(p),
+            Err(s) => Verdict::Refused(s),
+        }
+    }
+
+    fn admit(&self, path: &str, principal: Principal) -> Result<Principal, Status> {
+        let policy = &self.inner.1;
         let access =
             policy.access(path).ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
-        if !principal.allows(access) {
-            return Err(Status::permission_denied(format!("requires {} access", access.scope())));
+        if !policy.permits(path, access, &principal) {
+            return Err(match access {
+                Access::Internal if principal.kind == TokenKind::Service => {
+                    Status::permission_denied(format!("{} may not call {path}", principal.subject))
+                }
+                _ => Status::permission_denied(format!("requires {} access", access.scope())),
+            });
         }
         if let (Some(limiter), TokenKind::User, Some(account)) =
             (&self.limiter, principal.kind, principal.account.as_deref())
         {
             limiter.check(account)?;
         }
-        Ok(Some(principal))
+        Ok(principal)
     }
 }
 
@@ -381,32 +603,66 @@ pub struct AuthService<S> {
     inner: S,
 }
 
+fn refused<RB: Default, E>(req_path: &str, status: Status) -> Result<Response<RB>, E> {
+    // Never the token itself: only the path and the reason.
+    tracing::info!(path = req_path, code = ?status.code(), "request refused");
+    Ok(status.into_http())
+}
+
 impl<S, B, RB> tower_service::Service<Request<B>> for AuthService<S>
 where
-    S: tower_service::Service<Request<B>, Response = Response<RB>>,
+    S: tower_service::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
     RB: Default + Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = futures::future::Either<S::Future, futures::future::Ready<Result<Response<RB>, S::Error>>>;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::BoxFuture<'static, Result<Response<RB>, S::Error>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use futures::future::{Either, FutureExt};
+        if is_exempt(req.uri().path()) {
+            return Either::Left(self.inner.call(req));
+        }
         match self.layer.check(&req) {
-            Ok(principal) => {
-                if let Some(p) = principal {
-                    req.extensions_mut().insert(p);
-                }
-                futures::future::Either::Left(self.inner.call(req))
+            Verdict::Valid(p) => {
+                req.extensions_mut().insert(p);
+                Either::Left(self.inner.call(req))
             }
-            Err(status) => {
-                // Never the token itself: only the path and the reason.
-                tracing::info!(path = req.uri().path(), code = ?status.code(), "request refused");
-                futures::future::Either::Right(futures::future::ready(Ok(status.into_http())))
+            Verdict::Refused(status) => {
+                Either::Right(futures::future::ready(refused(req.uri().path(), status)).boxed())
+            }
+            Verdict::FetchKeys(issuer) => {
+                // The ready service goes with the request; this one waits for readiness again.
+                let ready = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, ready);
+                let layer = self.layer.clone();
+                Either::Right(
+                    async move {
+                        layer.inner.0.fetch_keys(&issuer).await;
+                        match layer.check(&req) {
+                            Verdict::Valid(p) => {
+                                req.extensions_mut().insert(p);
+                                inner.call(req).await
+                            }
+                            Verdict::Refused(status) => refused(req.uri().path(), status),
+                            Verdict::FetchKeys(_) => refused(
+                                req.uri().path(),
+                                Status::unauthenticated("invalid token: unknown signing key"),
+                            ),
+                        }
+                    }
+                    .boxed(),
+                )
             }
         }
     }

@@ -35,9 +35,36 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
 
-    /// HMAC secret that signs and verifies tokens; shared by every service of a deployment.
+    /// HMAC secret that signs and verifies HS256 tokens, shared by every service of a
+    /// deployment: development, tests and setups without an identity provider. At least 32
+    /// bytes, not a placeholder.
     #[arg(long, env = "CONTACTIER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// Trusted token issuers, comma-separated: `ISSUER` (keys by OIDC discovery) or
+    /// `ISSUER=JWKS_URL`. Their RS256, ES256 and EdDSA tokens are verified against their keys.
+    #[arg(long, env = "CONTACTIER_OIDC_ISSUERS", default_value = "")]
+    pub oidc_issuers: String,
+
+    /// PEM CA bundle trusted, besides the system's, when fetching issuers' keys.
+    #[arg(long, env = "CONTACTIER_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+
+    /// Bearer token sent when fetching issuers' keys (Kubernetes serves them to callers it
+    /// knows), read again at each fetch.
+    #[arg(long, env = "CONTACTIER_JWKS_TOKEN_FILE")]
+    pub jwks_token_file: Option<PathBuf>,
+
+    /// Token subjects of trusted issuers that are services, comma-separated
+    /// `SUBJECT=SERVICE`, e.g. `system:serviceaccount:contactier:contactier-billing=billing`.
+    #[arg(long, env = "CONTACTIER_SERVICE_IDENTITIES", default_value = "")]
+    pub service_identities: String,
+
+    /// The token this service sends to the services it calls (a projected service-account
+    /// token with audience `contactier`), read again as it is rotated. Without it, calls carry
+    /// tokens signed with CONTACTIER_JWT_SECRET.
+    #[arg(long, env = "CONTACTIER_SERVICE_TOKEN_FILE")]
+    pub service_token_file: Option<PathBuf>,
 
     #[arg(long, env = "CONTACTIER_JWT_ISSUER", default_value = "contactier")]
     pub jwt_issuer: String,

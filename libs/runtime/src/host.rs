@@ -33,6 +33,8 @@ pub struct PeerArgs {
 pub struct Platform {
     pub clock: Clock,
     pub authenticator: Authenticator,
+    /// Where the tokens this process sends to other services come from.
+    pub tokens: TokenSource,
     pub shutdown: Shutdown,
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub grace: Duration,
@@ -47,11 +49,41 @@ impl Platform {
     /// Builds the platform from configuration. `secret` overrides the configured JWT secret
     /// (the all-in-one binary supplies a development one).
     pub fn new(args: &RuntimeArgs, secret: Option<&str>) -> anyhow::Result<Self> {
-        let secret = secret
-            .or(args.jwt_secret.as_deref())
-            .context("CONTACTIER_JWT_SECRET is required: the secret that signs tokens")?;
-        if secret.len() < 32 {
-            anyhow::bail!("CONTACTIER_JWT_SECRET must be at least 32 bytes");
+        let secret = match secret {
+            Some(s) => Some(s),
+            None => match args.jwt_secret.as_deref() {
+                Some(s) => match weak_secret(s) {
+                    Some(why) => anyhow::bail!("CONTACTIER_JWT_SECRET {why}: use at least 32 random bytes"),
+                    None => Some(s),
+                },
+                None => None,
+            },
+        };
+        let issuers = crate::jwks::IssuerConfig::parse_list(&args.oidc_issuers)?;
+        let identities = parse_identities(&args.service_identities)?;
+        if secret.is_none() && issuers.is_empty() {
+            anyhow::bail!(
+                "CONTACTIER_JWT_SECRET or CONTACTIER_OIDC_ISSUERS is required: nothing could verify tokens"
+            );
+        }
+        let tokens = match (&args.service_token_file, secret) {
+            (Some(path), _) => TokenSource::File(path.clone()),
+            (None, Some(_)) => TokenSource::Minted,
+            (None, None) => anyhow::bail!(
+                "CONTACTIER_SERVICE_TOKEN_FILE is required without CONTACTIER_JWT_SECRET: the token this service sends to the others"
+            ),
+        };
+        let mut authenticator = match secret {
+            Some(s) => Authenticator::new(s.as_bytes(), &args.jwt_issuer, &args.jwt_audience),
+            None => Authenticator::without_secret(&args.jwt_issuer, &args.jwt_audience),
+        };
+        if !issuers.is_empty() {
+            let options = crate::jwks::FetchOptions {
+                ca_file: args.jwks_ca_file.clone(),
+                token_file: args.jwks_token_file.clone(),
+            };
+            authenticator =
+                authenticator.with_issuers(crate::jwks::Issuers::new(issuers, &options)?, identities);
         }
         let clock = if args.manual_clock {
             Clock::manual(args.clock_start.unwrap_or_else(chrono::Utc::now))
@@ -68,7 +100,8 @@ impl Platform {
         };
         Ok(Self {
             clock,
-            authenticator: Authenticator::new(secret.as_bytes(), &args.jwt_issuer, &args.jwt_audience),
+            authenticator,
+            tokens,
             shutdown: Shutdown::new(),
             tls,
             grace: Duration::from_secs(args.shutdown_grace_secs),
@@ -98,38 +131,121 @@ impl Platform {
             .with_context(|| format!("invalid peer URL {url}"))?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(PeerChannel { channel, tokens: ServiceTokens::new(self.authenticator.clone(), service) })
+        let tokens = match &self.tokens {
+            TokenSource::Minted => ServiceTokens::new(self.authenticator.clone(), service),
+            TokenSource::File(path) => ServiceTokens::from_file(path.clone()),
+        };
+        Ok(PeerChannel { channel, tokens })
     }
 }
 
-/// Short-lived service tokens, renewed before they expire.
+/// Where a process's tokens for other services come from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// Signed here with CONTACTIER_JWT_SECRET.
+    Minted,
+    /// A file kept fresh by someone else (a projected service-account token).
+    File(std::path::PathBuf),
+}
+
+/// Why a configured HMAC secret cannot be trusted, if it cannot: too short, a placeholder
+/// copied from an example, or too few distinct characters to have been random.
+pub fn weak_secret(secret: &str) -> Option<&'static str> {
+    const PLACEHOLDERS: &[&str] = &[
+        "change-me",
+        "changeme",
+        "change_me",
+        "replace-with",
+        "replace-me",
+        "replaceme",
+        "placeholder",
+        "example",
+        "at-least-32",
+        "your-secret",
+        "insert-",
+    ];
+    let lower = secret.to_ascii_lowercase();
+    if secret.len() < 32 {
+        Some("is shorter than 32 bytes")
+    } else if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+        Some("is a placeholder")
+    } else if secret.bytes().collect::<std::collections::HashSet<_>>().len() < 8 {
+        Some("has too few distinct characters to be random")
+    } else {
+        None
+    }
+}
+
+/// `SUBJECT=SERVICE,...` of CONTACTIER_SERVICE_IDENTITIES.
+fn parse_identities(list: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| match item.rsplit_once('=') {
+            Some((subject, service)) if !subject.trim().is_empty() && !service.trim().is_empty() => {
+                Ok((subject.trim().to_owned(), service.trim().to_owned()))
+            }
+            _ => anyhow::bail!("CONTACTIER_SERVICE_IDENTITIES: {item:?} is not SUBJECT=SERVICE"),
+        })
+        .collect()
+}
+
+/// The tokens a service sends to others: short-lived ones signed here and renewed before
+/// they expire, or the contents of a token file, read again as it is rotated.
 #[derive(Clone)]
 pub struct ServiceTokens {
-    authenticator: Authenticator,
-    service: String,
+    source: Arc<TokenFrom>,
     cached: Arc<Mutex<Option<(String, std::time::Instant)>>>,
+}
+
+enum TokenFrom {
+    Signed { authenticator: Box<Authenticator>, service: String },
+    File(std::path::PathBuf),
 }
 
 impl ServiceTokens {
     const TTL: Duration = Duration::from_secs(3600);
+    /// A rotated token file is noticed within this time (kubelet rotates at 80 % of a life of
+    /// at least ten minutes).
+    const REREAD: Duration = Duration::from_secs(30);
 
     pub fn new(authenticator: Authenticator, service: &str) -> Self {
-        Self { authenticator, service: service.to_owned(), cached: Arc::default() }
+        let source =
+            TokenFrom::Signed { authenticator: Box::new(authenticator), service: service.to_owned() };
+        Self { source: Arc::new(source), cached: Arc::default() }
+    }
+
+    pub fn from_file(path: std::path::PathBuf) -> Self {
+        Self { source: Arc::new(TokenFrom::File(path)), cached: Arc::default() }
     }
 
     pub fn token(&self) -> String {
         let mut cached = self.cached.lock().expect("token cache");
-        match &*cached {
+        let fresh_for = match &*self.source {
             // Renew at half-life so a token never expires in flight.
-            Some((t, at)) if at.elapsed() < Self::TTL / 2 => t.clone(),
-            _ => {
-                let t = self
-                    .authenticator
-                    .service_token(&self.service, chrono::Duration::from_std(Self::TTL).expect("ttl"));
-                *cached = Some((t.clone(), std::time::Instant::now()));
-                t
-            }
+            TokenFrom::Signed { .. } => Self::TTL / 2,
+            TokenFrom::File(_) => Self::REREAD,
+        };
+        if let Some((t, at)) = &*cached
+            && at.elapsed() < fresh_for
+        {
+            return t.clone();
         }
+        let t = match &*self.source {
+            TokenFrom::Signed { authenticator, service } => {
+                authenticator.service_token(service, chrono::Duration::from_std(Self::TTL).expect("ttl"))
+            }
+            TokenFrom::File(path) => match std::fs::read_to_string(path) {
+                Ok(t) => t.trim().to_owned(),
+                Err(e) => {
+                    // The last token read may still be valid; peers refuse it once it is not.
+                    tracing::error!(path = %path.display(), error = %e, "the service token file cannot be read");
+                    return cached.as_ref().map(|(t, _)| t.clone()).unwrap_or_default();
+                }
+            },
+        };
+        *cached = Some((t.clone(), std::time::Instant::now()));
+        t
     }
 }
 
@@ -268,6 +384,8 @@ mod tests {
     use super::*;
     use clap::Parser;
 
+    const SECRET: &str = "5f0c9a71d2e84b36a1c7e09b4d2f8a63";
+
     fn args(extra: &[&str]) -> RuntimeArgs {
         let mut argv = vec!["service"];
         argv.extend_from_slice(extra);
@@ -275,33 +393,59 @@ mod tests {
     }
 
     #[test]
-    fn a_service_needs_a_long_enough_secret() {
+    fn a_service_needs_a_strong_secret_or_an_issuer() {
         let mut a = args(&[]);
         a.jwt_secret = None;
         let e = Platform::new(&a, None).err().unwrap();
-        assert!(e.to_string().contains("CONTACTIER_JWT_SECRET"), "{e}");
-        a.jwt_secret = Some("short".into());
-        assert!(Platform::new(&a, None).err().unwrap().to_string().contains("32 bytes"));
-        a.jwt_secret = Some("x".repeat(32));
+        assert!(e.to_string().contains("CONTACTIER_JWT_SECRET or CONTACTIER_OIDC_ISSUERS"), "{e}");
+        for (weak, why) in [
+            ("short", "shorter than 32 bytes"),
+            ("change-me-change-me-change-me-change-me", "placeholder"),
+            ("replace-with-a-secret-of-at-least-32-bytes", "placeholder"),
+            (&"x".repeat(40), "too few distinct characters"),
+        ] {
+            a.jwt_secret = Some(weak.into());
+            let e = Platform::new(&a, None).err().unwrap().to_string();
+            assert!(e.contains("CONTACTIER_JWT_SECRET") && e.contains(why), "{weak}: {e}");
+        }
+        a.jwt_secret = Some(SECRET.into());
         assert!(Platform::new(&a, None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn without_a_secret_a_service_needs_a_token_file_for_its_calls() {
+        let issuer = ["--oidc-issuers", "https://issuer.example.net=https://issuer.example.net/jwks"];
+        let e = Platform::new(&args(&issuer), None).err().unwrap().to_string();
+        assert!(e.contains("CONTACTIER_SERVICE_TOKEN_FILE"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "first\n").unwrap();
+        let mut argv = issuer.to_vec();
+        argv.extend(["--service-token-file", file.to_str().unwrap()]);
+        let p = Platform::new(&args(&argv), None).unwrap();
+        assert!(!p.authenticator.can_sign());
+        let peer = p.peer("billing", "http://127.0.0.1:1").unwrap();
+        assert_eq!(peer.tokens.token(), "first");
+        let e = Platform::new(&args(&[&argv[..], &["--service-identities", "nobody"]].concat()), None);
+        assert!(e.err().unwrap().to_string().contains("SUBJECT=SERVICE"));
     }
 
     #[test]
     fn tls_needs_both_files() {
         let mut a = args(&["--tls-cert", "/nonexistent/cert.pem"]);
-        a.jwt_secret = Some("x".repeat(32));
+        a.jwt_secret = Some(SECRET.into());
         assert!(Platform::new(&a, None).err().unwrap().to_string().contains("or neither"));
     }
 
     #[test]
     fn the_manual_clock_starts_where_told_and_the_system_clock_is_the_default() {
         let mut a = args(&["--manual-clock", "--clock-start", "2026-04-30T12:00:00Z"]);
-        a.jwt_secret = Some("x".repeat(32));
+        a.jwt_secret = Some(SECRET.into());
         let p = Platform::new(&a, None).unwrap();
         assert!(p.clock.is_manual());
         assert_eq!(p.clock.now().to_rfc3339(), "2026-04-30T12:00:00+00:00");
         let mut a = args(&[]);
-        a.jwt_secret = Some("x".repeat(32));
+        a.jwt_secret = Some(SECRET.into());
         assert!(!Platform::new(&a, None).unwrap().clock.is_manual());
     }
 

@@ -10,6 +10,7 @@ pub mod db;
 pub mod deadline;
 pub mod host;
 pub mod idempotency;
+pub mod jwks;
 pub mod limits;
 pub mod ops;
 pub mod outbox;

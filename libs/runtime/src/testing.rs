@@ -96,6 +96,7 @@ pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Pla
     crate::host::Platform {
         clock: crate::clock::Clock::manual(start),
         authenticator: crate::auth::Authenticator::new(TEST_SECRET, "contactier", "contactier"),
+        tokens: crate::host::TokenSource::Minted,
         shutdown: crate::shutdown::Shutdown::new(),
         tls: None,
         grace: std::time::Duration::from_secs(1),

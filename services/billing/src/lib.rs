@@ -65,7 +65,8 @@ pub fn policy() -> Policy {
             ],
         )
         .allow(API, Access::Admin, &["CreateSubscription", "RequestRenewalTier", "CancelRenewalTier"])
-        .allow(INTERNAL, Access::Internal, &["ApplyCountEvents", "ExportAccountBillingData"])
+        .internal(INTERNAL, &["ApplyCountEvents"], &["marketing-status"])
+        .internal(INTERNAL, &["ExportAccountBillingData"], &["contacts"])
 }
 
 /// The price book: CONTACTIER_PRICE_BOOK names a TOML file; the default one ships inside.

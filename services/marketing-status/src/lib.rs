@@ -70,11 +70,8 @@ pub fn policy() -> Policy {
                 "DeleteWorkflow",
             ],
         )
-        .allow(
-            INTERNAL,
-            Access::Internal,
-            &["ApplyContactEvents", "ApplyUpdateDate", "SetAccountPlan", "ExportContactStatusData"],
-        )
+        .internal(INTERNAL, &["ApplyContactEvents", "ExportContactStatusData"], &["contacts"])
+        .internal(INTERNAL, &["ApplyUpdateDate", "SetAccountPlan"], &["billing"])
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {

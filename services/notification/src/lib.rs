@@ -49,7 +49,7 @@ pub fn policy() -> Policy {
         )
         .allow(API, Access::Write, &["RedriveDeadLetter"])
         .allow(API, Access::Admin, &["CreateRecipient", "DeleteRecipient"])
-        .allow(INTERNAL, Access::Internal, &["ApplyBillingEvents"])
+        .internal(INTERNAL, &["ApplyBillingEvents"], &["billing"])
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
