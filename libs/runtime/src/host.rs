@@ -13,7 +13,6 @@ use futures::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 
 /// Addresses of the other services, for the calls and events between them.
 #[derive(clap::Args, Clone, Debug)]
@@ -125,12 +124,10 @@ impl Platform {
         }
     }
 
-    /// A lazily connecting channel to a peer, carrying this service's token and trace context.
+    /// A channel to every replica of a peer, carrying this service's token and trace context.
     pub fn peer(&self, service: &str, url: &str) -> anyhow::Result<PeerChannel> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .with_context(|| format!("invalid peer URL {url}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        let channel =
+            crate::balance::Balanced::new(url, Arc::new(crate::balance::Dns), crate::balance::RESOLVE_EVERY)?;
         let tokens = match &self.tokens {
             TokenSource::Minted => ServiceTokens::new(self.authenticator.clone(), service),
             TokenSource::File(path) => ServiceTokens::from_file(path.clone()),
@@ -252,7 +249,7 @@ impl ServiceTokens {
 /// A channel to another service; wrap it in a generated client with [`PeerChannel::interceptor`].
 #[derive(Clone)]
 pub struct PeerChannel {
-    pub channel: Channel,
+    pub channel: crate::balance::Balanced,
     tokens: ServiceTokens,
 }
 

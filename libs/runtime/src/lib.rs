@@ -1,6 +1,7 @@
 //! What every Contactier service runs on.
 
 pub mod auth;
+pub mod balance;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
