@@ -98,7 +98,7 @@ fn spread(results: &[Result<u32, tonic::Status>]) -> HashMap<u32, usize> {
 
 #[tokio::test]
 async fn calls_spread_over_every_replica_and_survive_one_killed_mid_run() {
-    let replicas = vec![replica(1).await, replica(2).await, replica(3).await];
+    let replicas = [replica(1).await, replica(2).await, replica(3).await];
     let names = Names::default();
     *names.0.lock().unwrap() = replicas.iter().map(|r| r.addr).collect();
     let channel =
