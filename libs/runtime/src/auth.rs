@@ -156,6 +156,7 @@ impl Policy {
 
     /// Sets the access of `methods` of `service` (its full name, e.g. `contactier.ops.v1.ClockService`).
     pub fn allow(mut self, service: &str, access: Access, methods: &[&str]) -> Self {
+        assert!(access != Access::Internal, "internal methods name their callers: use Policy::internal");
         for m in methods {
             self.methods.insert(format!("/{service}/{m}"), access);
         }

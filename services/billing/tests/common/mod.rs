@@ -13,7 +13,7 @@ use contactier_proto::marketing_status::v1::{
     self as mpb, marketing_status_internal_service_server::MarketingStatusInternalService,
     marketing_status_internal_service_server::MarketingStatusInternalServiceServer,
 };
-use contactier_runtime::auth::{Access, Policy};
+use contactier_runtime::auth::Policy;
 use contactier_runtime::db::Backend;
 use contactier_runtime::host::{Platform, ServiceEnv};
 use contactier_runtime::server::ServiceSpec;
@@ -135,7 +135,7 @@ pub async fn start(backend: Backend) -> Billing {
     let spec = ServiceSpec {
         name: "marketing-status",
         routes: Routes::new(MarketingStatusInternalServiceServer::new(marketing_status.clone())),
-        policy: Policy::new().allow(internal, Access::Internal, &["ApplyUpdateDate", "SetAccountPlan"]),
+        policy: Policy::new().internal(internal, &["ApplyUpdateDate", "SetAccountPlan"], &["billing"]),
         services: vec![internal],
         failing: vec![],
         db: None,
