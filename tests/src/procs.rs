@@ -29,6 +29,8 @@ impl Backend {
 
 pub struct Services {
     pub children: Vec<(&'static str, Child, SocketAddr)>,
+    /// Each service's metrics address, with [`Options::metrics`].
+    metrics: Vec<SocketAddr>,
     pub secret: String,
     /// PostgreSQL schema prefix of this run, dropped at the end.
     pub schema_prefix: String,
@@ -46,6 +48,10 @@ pub struct Options {
     pub manual_clock: Option<chrono::DateTime<chrono::Utc>>,
     /// Extra environment of every service.
     pub env: Vec<(String, String)>,
+    /// Keep each service's log (`<service>.log`, JSON, RUST_LOG info) in this directory.
+    pub log_dir: Option<PathBuf>,
+    /// Serve each service's Prometheus metrics on a port of its own (see [`Services::metrics_addr`]).
+    pub metrics: bool,
 }
 
 /// A directory removed when dropped (no extra dependency for one use).
@@ -88,7 +94,7 @@ impl Services {
     }
 
     pub async fn start_with(backend: Backend, bins: &Path, options: Options) -> anyhow::Result<Services> {
-        let ports = free_ports(SERVICES.len())?;
+        let ports = free_ports(SERVICES.len() * 2)?;
         let secret: String =
             format!("bench-secret-{:032x}", std::process::id() as u128 * 7919 + ports[0] as u128);
         let schema_prefix = format!("bench_{}_{}_", std::process::id(), ports[0]);
@@ -96,6 +102,7 @@ impl Services {
         std::fs::create_dir_all(&dir)?;
         let mut services = Services {
             children: Vec::new(),
+            metrics: ports[SERVICES.len()..].iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect(),
             secret,
             schema_prefix,
             backend,
@@ -132,6 +139,14 @@ impl Services {
             let file = std::fs::File::create(Path::new(&dir).join(format!("{name}-{}.log", addr.port())))?;
             cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())).stderr(file);
         }
+        if let Some(dir) = &self.options.log_dir {
+            let file = std::fs::File::create(dir.join(format!("{name}.log")))?;
+            cmd.env("RUST_LOG", "info").env("CONTACTIER_LOG_FORMAT", "json").stderr(file);
+        }
+        if self.options.metrics {
+            let i = SERVICES.iter().position(|s| *s == name).expect("a service");
+            cmd.env("CONTACTIER_METRICS_LISTEN", self.metrics[i].to_string());
+        }
         if self.backend == Backend::Postgres {
             cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &self.schema_prefix);
         }
@@ -144,6 +159,11 @@ impl Services {
 
     fn index(&self, service: &str) -> usize {
         self.children.iter().position(|(n, _, _)| *n == service).expect("a service")
+    }
+
+    /// Where `service` serves its metrics, with [`Options::metrics`].
+    pub fn metrics_addr(&self, service: &str) -> SocketAddr {
+        self.metrics[SERVICES.iter().position(|s| *s == service).expect("a service")]
     }
 
     pub fn addr(&self, service: &str) -> SocketAddr {

@@ -47,7 +47,7 @@ struct Fault {
 impl Fault {
     async fn start(backend: Backend) -> Fault {
         let bins = bin_dir().expect("the service binaries");
-        let options = Options { manual_clock: Some(start_time()), env: Vec::new() };
+        let options = Options { manual_clock: Some(start_time()), ..Options::default() };
         let services = Services::start_with(backend, &bins, options).await.expect("the services start");
         let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
         Fault { services, auth }

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         cli.runtime.otlp_endpoint.as_deref(),
     )?;
     if let Some(addr) = cli.runtime.metrics_listen {
-        contactier_runtime::telemetry::init_metrics(addr)?;
+        contactier_runtime::telemetry::init_metrics(addr).await?;
     }
     if cli.runtime.listen.is_some() {
         anyhow::bail!(

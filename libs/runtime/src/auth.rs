@@ -604,6 +604,15 @@ pub struct AuthService<S> {
     inner: S,
 }
 
+/// Tells the call's log line which account it acts on.
+fn note_account<B>(req: &Request<B>, principal: &Principal) {
+    if let (Some(info), Some(account)) =
+        (req.extensions().get::<crate::telemetry::CallInfo>(), principal.account.as_deref())
+    {
+        info.set_account(account);
+    }
+}
+
 fn refused<RB: Default, E>(req_path: &str, status: Status) -> Result<Response<RB>, E> {
     // Never the token itself: only the path and the reason.
     tracing::info!(path = req_path, code = ?status.code(), "request refused");
@@ -636,6 +645,7 @@ where
         }
         match self.layer.check(&req) {
             Verdict::Valid(p) => {
+                note_account(&req, &p);
                 req.extensions_mut().insert(p);
                 Either::Left(self.inner.call(req))
             }
@@ -652,6 +662,7 @@ where
                         layer.inner.0.fetch_keys(&issuer).await;
                         match layer.check(&req) {
                             Verdict::Valid(p) => {
+                                note_account(&req, &p);
                                 req.extensions_mut().insert(p);
                                 inner.call(req).await
                             }

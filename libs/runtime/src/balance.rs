@@ -230,42 +230,74 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        use tower::ServiceExt;
         let shared = self.shared.clone();
         Box::pin(async move {
             if shared.replicas.read().expect("replicas").is_empty() {
                 shared.resolve().await;
             }
-            let idempotent = is_idempotent(request.uri().path());
-            let (parts, body) = request.into_parts();
-            // Kept so the call can be sent again; calls between services are single messages.
-            let body = body.collect().await?.to_bytes();
-            let mut tried = Vec::new();
-            let mut last: Option<Result<Self::Response, BoxError>> = None;
-            while let Some(replica) = shared.pick(&tried) {
-                tried.push(replica.addr);
-                match replica.channel.clone().oneshot(copy(&parts, body.clone())).await {
-                    Ok(response)
-                        if idempotent && early_status(&response) == Some(tonic::Code::Unavailable) =>
-                    {
-                        last = Some(Ok(response));
+            let path = request.uri().path().to_owned();
+            let idempotent = is_idempotent(&path);
+            let (mut parts, body) = request.into_parts();
+            let (service, method) = crate::prom::split_path(&path);
+            let span = tracing::info_span!(
+                "peer call",
+                otel.name = %path.trim_start_matches('/'),
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                server.address = %shared.host,
+            );
+            // The callee continues this span, not its parent.
+            crate::telemetry::inject_into_headers(&span, &mut parts.headers);
+            let started = std::time::Instant::now();
+            let result = tracing::Instrument::instrument(shared.send(parts, body, idempotent), span).await;
+            let code = match &result {
+                Ok(r) => early_status(r).unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            metrics::counter!("grpc_client_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_code" => crate::prom::code_name(code)).increment(1);
+            metrics::histogram!("grpc_client_handling_seconds", "grpc_service" => service, "grpc_method" => method).record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+impl Shared {
+    /// Sends one call, on another replica when that is safe and the first could not take it.
+    async fn send(
+        self: Arc<Self>,
+        parts: http::request::Parts,
+        body: Body,
+        idempotent: bool,
+    ) -> Result<http::Response<Body>, BoxError> {
+        use tower::ServiceExt;
+        let shared = self;
+        // Kept so the call can be sent again; calls between services are single messages.
+        let body = body.collect().await?.to_bytes();
+        let mut tried = Vec::new();
+        let mut last: Option<Result<http::Response<Body>, BoxError>> = None;
+        while let Some(replica) = shared.pick(&tried) {
+            tried.push(replica.addr);
+            match replica.channel.clone().oneshot(copy(&parts, body.clone())).await {
+                Ok(response) if idempotent && early_status(&response) == Some(tonic::Code::Unavailable) => {
+                    last = Some(Ok(response));
+                }
+                Ok(response) => return Ok(response),
+                Err(e) => {
+                    replica.mark_down();
+                    shared.resolve_now.notify_one();
+                    let again = idempotent || unsent(&e);
+                    tracing::warn!(peer = %shared.name, replica = %replica.addr, error = %e, again, "a call to a peer replica failed");
+                    if !again {
+                        return Err(e.into());
                     }
-                    Ok(response) => return Ok(response),
-                    Err(e) => {
-                        replica.mark_down();
-                        shared.resolve_now.notify_one();
-                        let again = idempotent || unsent(&e);
-                        tracing::warn!(peer = %shared.name, replica = %replica.addr, error = %e, again, "a call to a peer replica failed");
-                        if !again {
-                            return Err(e.into());
-                        }
-                        last = Some(Err(e.into()));
-                    }
+                    last = Some(Err(e.into()));
                 }
             }
-            last.unwrap_or_else(|| {
-                Err(Box::new(tonic::Status::unavailable(format!("no replica of {} is known", shared.name))))
-            })
+        }
+        last.unwrap_or_else(|| {
+            Err(Box::new(tonic::Status::unavailable(format!("no replica of {} is known", shared.name))))
         })
     }
 }

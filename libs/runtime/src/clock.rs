@@ -197,16 +197,23 @@ impl Worker {
         Fut: Future<Output = Result<Option<DateTime<Utc>>, E>>,
         E: std::fmt::Display,
     {
+        let mut due: Option<DateTime<Utc>> = None;
         loop {
             let now = self.now();
             let wakes_before = self.shared.state.borrow().wakes;
-            let next = match step(now).await {
+            let late = due.map_or(Duration::ZERO, |d| (now - d).to_std().unwrap_or_default());
+            let started = std::time::Instant::now();
+            let span = tracing::info_span!("background run", worker = %self.shared.name);
+            let result = tracing::Instrument::instrument(step(now), span).await;
+            crate::prom::worker_ran(&self.shared.name, result.is_ok(), started.elapsed(), late);
+            let next = match result {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(worker = %self.shared.name, error = %e, "background work failed; retrying");
                     Some(now + retry)
                 }
             };
+            due = next;
             self.report_step(now, next, wakes_before);
             tokio::select! {
                 _ = self.sleep_until(next) => {}

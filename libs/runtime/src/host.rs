@@ -329,6 +329,16 @@ impl ServiceDef {
                 .with_context(|| format!("{}: migrations", self.name))?;
         }
         let spec = (self.build)(ServiceEnv { platform: platform.clone(), db: db.clone(), peers }).await?;
+        if args.metrics_listen.is_some() {
+            let every = Duration::from_secs(15);
+            crate::prom::spawn_sampler(
+                self.name,
+                db.clone(),
+                spec.failing.clone(),
+                every,
+                platform.shutdown.clone(),
+            );
+        }
         let result = crate::server::serve(spec, listener, platform.serve_options()).await;
         db.close().await;
         result
@@ -364,7 +374,7 @@ pub async fn main(def: &ServiceDef) -> anyhow::Result<()> {
     let _telemetry =
         crate::telemetry::init(def.name, cli.runtime.json_logs(), cli.runtime.otlp_endpoint.as_deref())?;
     if let Some(addr) = cli.runtime.metrics_listen {
-        crate::telemetry::init_metrics(addr)?;
+        crate::telemetry::init_metrics(addr).await?;
     }
     let platform = Platform::new(&cli.runtime, None)?;
     platform.shutdown.trigger_on_signals();

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod ops;
 pub mod outbox;
 pub mod panics;
+pub mod prom;
 pub mod read_cache;
 pub mod server;
 pub mod shutdown;

@@ -36,6 +36,7 @@ impl AccountLimiter {
             self.limiter.retain_recent();
         }
         self.limiter.check_key(&account.to_owned()).map_err(|not_until| {
+            metrics::counter!("contactier_rate_limited_total").increment(1);
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             Status::resource_exhausted(format!(
                 "rate limit of {} calls a second for this account reached; retry in {} ms",

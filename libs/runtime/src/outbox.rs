@@ -14,12 +14,15 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 /// An event waiting in the outbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
     pub event_id: String,
     pub account_id: String,
     pub payload: Vec<u8>,
     pub attempts: i32,
+    /// The W3C traceparent of the change the event describes.
+    #[sqlx(rename = "trace_context")]
+    pub trace: Option<String>,
 }
 
 fn from_micros(m: i64) -> DateTime<Utc> {
@@ -31,8 +34,14 @@ pub fn new_event_id() -> String {
     crate::convert::new_id()
 }
 
-const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, $5)";
+/// Each topic's undelivered events: (topic, how many, oldest `created_at` in epoch microseconds).
+pub async fn backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let q = "SELECT topic, COUNT(*), MIN(created_at) FROM outbox GROUP BY topic";
+    Ok(with_pool!(db, pool => sqlx::query_as(q).fetch_all(pool).await?))
+}
+
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at, trace_context) \
+     VALUES ($1, $2, $3, $4, $5, $5, $6)";
 const INSERT_INBOX: &str =
     "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
 
@@ -83,6 +92,7 @@ macro_rules! impl_event_tx {
                     .bind(account_id)
                     .bind(payload)
                     .bind(micros(now))
+                    .bind(crate::telemetry::current_traceparent())
                     .execute(&mut *self)
                     .await?;
                 Ok(())
@@ -91,6 +101,9 @@ macro_rules! impl_event_tx {
             async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
                 let r =
                     sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(&mut *self).await?;
+                if r.rows_affected() == 0 {
+                    metrics::counter!("contactier_inbox_duplicates_total").increment(1);
+                }
                 Ok(r.rows_affected() == 1)
             }
 
@@ -112,6 +125,10 @@ macro_rules! impl_event_tx {
                     }
                     let got: Vec<String> = q.fetch_all(&mut *self).await?;
                     fresh.extend(got);
+                }
+                let skipped = event_ids.len().saturating_sub(fresh.len());
+                if skipped > 0 {
+                    metrics::counter!("contactier_inbox_duplicates_total").increment(skipped as u64);
                 }
                 Ok(fresh)
             }
@@ -178,23 +195,14 @@ impl Outbox {
         // payload; the payloads are then read for the entries chosen only.
         // An account's events go in order: one waiting for its retry holds back the account's
         // later ones, and no other account's.
-        let q = "SELECT o.event_id, o.account_id, o.payload, o.attempts FROM outbox o JOIN \
+        let q = "SELECT o.event_id, o.account_id, o.payload, o.attempts, o.trace_context FROM outbox o JOIN \
                  (SELECT seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
                  FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
                  (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
                  AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
                  ON o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
-        let rows: Vec<(String, String, Vec<u8>, i32)> = with_pool!(&self.db, pool =>
-            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?);
-        Ok(rows
-            .into_iter()
-            .map(|(event_id, account_id, payload, attempts)| OutboxEvent {
-                event_id,
-                account_id,
-                payload,
-                attempts,
-            })
-            .collect())
+        Ok(with_pool!(&self.db, pool =>
+            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?))
     }
 
     /// Removes acknowledged events.
@@ -252,7 +260,10 @@ impl Outbox {
             // The payloads go to the receiver; what settling each entry needs stays here.
             let sent: Vec<(String, String, i32)> =
                 events.iter().map(|e| (e.event_id.clone(), e.account_id.clone(), e.attempts)).collect();
-            let outcome = deliver(events).await;
+            let outcome = {
+                let span = relay_span(&self.topic, &events);
+                tracing::Instrument::instrument(deliver(events), span).await
+            };
             // The receiver refused something in the batch, but answers: each event alone, so
             // one it cannot take holds up only its own account.
             if let Err(e) = &outcome
@@ -279,6 +290,12 @@ impl Outbox {
             let acked_ids: Vec<String> = acked_ids.into_iter().map(|(id, _)| id).collect();
             self.acknowledge(&acked_ids).await?;
             delivered += acked_ids.len() as u64;
+            metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
+                .increment(acked_ids.len() as u64);
+            if outcome.is_err() {
+                metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
+                    .increment(1);
+            }
             for (id, attempts) in unacked {
                 let delay =
                     chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
@@ -344,15 +361,9 @@ impl Outbox {
 
     /// One waiting event, if it is still there.
     async fn event(&self, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
-        let q = "SELECT event_id, account_id, payload, attempts FROM outbox WHERE event_id = $1";
-        let row: Option<(String, String, Vec<u8>, i32)> =
-            with_pool!(&self.db, pool => sqlx::query_as(q).bind(event_id).fetch_optional(pool).await?);
-        Ok(row.map(|(event_id, account_id, payload, attempts)| OutboxEvent {
-            event_id,
-            account_id,
-            payload,
-            attempts,
-        }))
+        let q =
+            "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox WHERE event_id = $1";
+        Ok(with_pool!(&self.db, pool => sqlx::query_as(q).bind(event_id).fetch_optional(pool).await?))
     }
 
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
@@ -366,6 +377,29 @@ impl Outbox {
             })
             .await
     }
+}
+
+/// The span of one relay batch: a child of the first event's trace, linked to the others', so
+/// the receiver's work continues the trace of the change that caused it.
+fn relay_span(topic: &str, events: &[OutboxEvent]) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "outbox relay",
+        otel.name = %format!("{topic} publish"),
+        otel.kind = "producer",
+        messaging.system = "contactier-outbox",
+        messaging.destination.name = %topic,
+        messaging.batch.message_count = events.len(),
+    );
+    let mut contexts = events.iter().filter_map(|e| e.trace.as_deref()).map(crate::telemetry::context_of);
+    if let Some(first) = contexts.next() {
+        let _ = span.set_parent(first);
+    }
+    for cx in contexts {
+        span.add_link(cx.span().span_context().clone());
+    }
+    span
 }
 
 /// Whether a delivery failed because the receiver could not answer at all, rather than

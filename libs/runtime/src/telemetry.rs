@@ -11,9 +11,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -49,14 +49,19 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn"));
     let fmt = if json {
+        let format = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false);
         tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(WithTraceIds(format))
             .with_writer(std::io::stderr)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+        // Colour only for a person at a terminal, never into a file or a pipe.
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed()
     };
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
     // A second init in one process (tests) keeps the first subscriber.
@@ -64,18 +69,49 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
     Ok(TelemetryGuard { provider })
 }
 
-/// Installs the Prometheus exporter serving `/metrics` on `addr`, once per process.
-pub fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    static INSTALLED: OnceLock<()> = OnceLock::new();
-    if INSTALLED.get().is_some() {
+/// Serves Prometheus metrics at `/metrics` on `addr`, once per process.
+pub async fn init_metrics(addr: SocketAddr) -> anyhow::Result<()> {
+    static SERVING: OnceLock<()> = OnceLock::new();
+    if SERVING.get().is_some() {
         return Ok(());
     }
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .context("starting the metrics endpoint")?;
-    let _ = INSTALLED.set(());
+    crate::prom::serve(addr).await?;
+    let _ = SERVING.set(());
     Ok(())
+}
+
+/// JSON lines with the trace and span of the OpenTelemetry context they were written in, so a
+/// log line can be joined to its trace.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt;
+        let mut line = String::new();
+        self.0.format_event(ctx, tracing_subscriber::fmt::format::Writer::new(&mut line), event)?;
+        let cx = opentelemetry::Context::current();
+        let span = cx.span();
+        let ids = span.span_context();
+        match line.strip_prefix('{') {
+            Some(rest) if ids.is_valid() && ctx.lookup_current().is_some() => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -102,6 +138,35 @@ impl Injector for MetadataInjector<'_> {
     }
 }
 
+/// The current span's W3C traceparent, if it is in a trace.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The context a W3C traceparent names.
+pub fn context_of(traceparent: &str) -> opentelemetry::Context {
+    let carrier = std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+/// Puts `span`'s trace context into request headers.
+pub fn inject_into_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+    impl Injector for HeaderInjector<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(k), Ok(v)) =
+                (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+            {
+                self.0.insert(k, v);
+            }
+        }
+    }
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
+}
+
 /// Puts the current span's trace context on an outgoing request.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     let cx = tracing::Span::current().context();
@@ -124,6 +189,48 @@ pub struct TraceService<S> {
     inner: S,
 }
 
+/// What inner layers learn of a call for its log line: the account it acted on.
+#[derive(Clone, Default)]
+pub struct CallInfo(Arc<OnceLock<String>>);
+
+impl CallInfo {
+    pub fn set_account(&self, account: &str) {
+        let _ = self.0.set(account.to_owned());
+    }
+}
+
+/// Whether each method streams, by path, from the contracts' descriptors (go-grpc-prometheus'
+/// `grpc_type`).
+fn grpc_type(path: &str) -> &'static str {
+    static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        use prost::Message;
+        let mut out = std::collections::HashMap::new();
+        let Ok(set) = prost_types::FileDescriptorSet::decode(contactier_proto::FILE_DESCRIPTOR_SET) else {
+            return out;
+        };
+        for f in set.file {
+            for s in &f.service {
+                for m in &s.method {
+                    let kind = match (m.client_streaming(), m.server_streaming()) {
+                        (false, false) => "unary",
+                        (false, true) => "server_stream",
+                        (true, false) => "client_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    out.insert(format!("/{}.{}/{}", f.package(), s.name(), m.name()), kind);
+                }
+            }
+        }
+        out
+    });
+    types.get(path).copied().unwrap_or(if path.contains("Watch") || path.contains("Reflection") {
+        "bidi_stream"
+    } else {
+        "unary"
+    })
+}
+
 impl<S, B, RB> tower_service::Service<http::Request<B>> for TraceService<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
@@ -137,12 +244,27 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_owned();
+        let (service, method) = crate::prom::split_path(&path);
+        let kind = grpc_type(&path);
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
-        let span = tracing::info_span!("rpc", rpc.method = %method, otel.kind = "server");
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
         let _ = span.set_parent(parent);
+        let info = CallInfo::default();
+        req.extensions_mut().insert(info.clone());
         let started = Instant::now();
+        metrics::counter!("grpc_server_started_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind).increment(1);
+        let in_flight = metrics::gauge!("grpc_server_in_flight_requests", "grpc_service" => service.clone());
+        in_flight.increment(1.0);
         let timeout = req
             .headers()
             .get("grpc-timeout")
@@ -152,25 +274,84 @@ where
             let _entered = span.enter();
             crate::deadline::scope(timeout, self.inner.call(req))
         };
+        let record_span = span.clone();
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let res = fut.await;
-                // Errors before the body (auth, unknown method) carry grpc-status in the headers.
-                let code = match &res {
+                in_flight.decrement(1.0);
+                // Errors before the body (auth, unknown method, a handler's error) carry
+                // grpc-status in the headers; a stream's status comes later, so it counts as OK here.
+                let (code, message) = match &res {
                     Ok(r) => {
-                        r.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_owned()
+                        let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok());
+                        let code = header("grpc-status")
+                            .and_then(|v| v.parse::<i32>().ok())
+                            .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+                        let message = header("grpc-message").map(|m| {
+                            percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned()
+                        });
+                        (Some(code), message)
                     }
-                    Err(_) => "transport".to_owned(),
+                    Err(_) => (None, None),
                 };
-                let elapsed = started.elapsed().as_secs_f64();
-                metrics::counter!("grpc_server_requests_total", "method" => method.clone(), "code" => code)
-                    .increment(1);
-                metrics::histogram!("grpc_server_request_duration_seconds", "method" => method)
-                    .record(elapsed);
+                let elapsed = started.elapsed();
+                let code_name = code.map_or("Transport", crate::prom::code_name);
+                record_span.record("rpc.grpc.status_code", code.map_or(-1, |c| c as i32));
+                metrics::counter!("grpc_server_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind, "grpc_code" => code_name).increment(1);
+                metrics::histogram!("grpc_server_handling_seconds", "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind).record(elapsed.as_secs_f64());
+                log_call(
+                    &path,
+                    code,
+                    code_name,
+                    message.as_deref(),
+                    elapsed,
+                    info.0.get().map(String::as_str),
+                );
                 res
             },
             span,
         ))
+    }
+}
+
+/// One line per completed call: the method, its status, how long it took, the account. Health
+/// probes at debug; the server's own failures at error with their cause.
+fn log_call(
+    path: &str,
+    code: Option<tonic::Code>,
+    code_name: &str,
+    message: Option<&str>,
+    took: Duration,
+    account: Option<&str>,
+) {
+    use tonic::Code::*;
+    let duration_ms = took.as_secs_f64() * 1e3;
+    let account = account.unwrap_or("");
+    match code {
+        _ if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") => {
+            tracing::debug!(target: "contactier::calls", method = path, code = code_name, duration_ms, "call")
+        }
+        None | Some(Internal | Unavailable | Unknown | DataLoss) => tracing::error!(
+            target: "contactier::calls",
+            method = path,
+            code = code_name,
+            duration_ms,
+            account_id = account,
+            error = message.unwrap_or("transport error"),
+            "call failed"
+        ),
+        Some(Ok) => {
+            tracing::info!(target: "contactier::calls", method = path, code = code_name, duration_ms, account_id = account, "call")
+        }
+        Some(_) => tracing::info!(
+            target: "contactier::calls",
+            method = path,
+            code = code_name,
+            duration_ms,
+            account_id = account,
+            reason = message.unwrap_or(""),
+            "call refused"
+        ),
     }
 }
 

@@ -31,21 +31,21 @@ async fn serve(tls: Option<(Vec<u8>, Vec<u8>)>) -> (std::net::SocketAddr, Authen
     (addr, auth)
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
+fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
 }
 
 #[tokio::test]
-async fn metrics_count_calls_by_method_and_code() {
+async fn metrics_count_calls_by_method_and_code_name_in_the_usual_names() {
     let metrics_addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    contactier_runtime::telemetry::init_metrics(metrics_addr).unwrap();
+    contactier_runtime::telemetry::init_metrics(metrics_addr).await.unwrap();
     let (addr, auth) = serve(None).await;
     let ch = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
     let mut clock = ClockServiceClient::new(ch);
@@ -57,23 +57,58 @@ async fn metrics_count_calls_by_method_and_code() {
 
     let mut text = String::new();
     for _ in 0..50 {
-        text = tokio::task::spawn_blocking(move || scrape(metrics_addr)).await.unwrap();
-        if text.contains("grpc_server_requests_total") {
+        text = tokio::task::spawn_blocking(move || get(metrics_addr, "/metrics")).await.unwrap();
+        if text.contains("grpc_server_handled_total") && text.contains("process_resident_memory_bytes") {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let line = |method: &str, code: &str| {
         text.lines().any(|l| {
-            l.starts_with("grpc_server_requests_total")
-                && l.contains(&format!("method=\"/contactier.ops.v1.ClockService/{method}\""))
-                && l.contains(&format!("code=\"{code}\""))
+            l.starts_with("grpc_server_handled_total")
+                && l.contains("grpc_service=\"contactier.ops.v1.ClockService\"")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+                && l.contains("grpc_type=\"unary\"")
+                && l.contains(&format!("grpc_code=\"{code}\""))
         })
     };
-    assert!(line("GetTime", "0"), "successful call counted:\n{text}");
-    assert!(line("GetTime", "16"), "unauthenticated call counted:\n{text}");
-    assert!(line("SetTime", "3"), "invalid argument counted:\n{text}");
-    assert!(text.contains("grpc_server_request_duration_seconds"));
+    assert!(line("GetTime", "OK"), "successful call counted:\n{text}");
+    assert!(line("GetTime", "Unauthenticated"), "unauthenticated call counted:\n{text}");
+    assert!(line("SetTime", "InvalidArgument"), "invalid argument counted:\n{text}");
+    // A histogram with buckets fine enough to judge a 5 ms p99, summable across replicas.
+    assert!(text.contains("grpc_server_handling_seconds_bucket{"), "{text}");
+    assert!(text.contains("le=\"0.005\""), "{text}");
+    for family in [
+        "grpc_server_started_total",
+        "grpc_server_in_flight_requests",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+
+    // The exposition passes Prometheus' own checker.
+    let body = text.split("\r\n\r\n").nth(1).unwrap().to_owned();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed for this test");
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Only /metrics answers.
+    let other = tokio::task::spawn_blocking(move || get(metrics_addr, "/anything")).await.unwrap();
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 }
 
 #[tokio::test]

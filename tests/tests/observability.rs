@@ -1,0 +1,190 @@
+//! What an on-call engineer sees of the services run as processes: a log line per completed
+//! call carrying the caller's trace id, with the call's method, status name, duration and
+//! account, and no personal data; a `/metrics` of every service that Prometheus' own checker
+//! accepts, in the usual names.
+
+use chrono::Datelike;
+use contactier_e2e::procs::{Backend, Options, Services, bin_dir};
+use contactier_e2e::subscription;
+use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
+use contactier_proto::common::v1::{Date, Edition, Source, SourceType, Term};
+use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
+use contactier_runtime::auth::Authenticator;
+use std::io::{Read, Write};
+use std::time::Duration;
+use tonic::Code;
+
+const ACCOUNT: &str = "acct-observed";
+const EMAIL: &str = "zebediah.quill@example.com";
+const NAME: &str = "Zebediah";
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()
+}
+
+fn promtool(exposition: &str) -> Result<(), String> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is needed for this test");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The JSON lines of a service's log.
+fn lines(dir: &std::path::Path, service: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join(format!("{service}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_metrics() {
+    let logs = std::env::temp_dir().join(format!("contactier-observed-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let options = Options { log_dir: Some(logs.clone()), metrics: true, ..Options::default() };
+    let services = Services::start_with(Backend::Sqlite, &bin_dir().unwrap(), options).await.unwrap();
+    let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
+    let token = auth.user_token(ACCOUNT, "oncall-user", &["read", "write"], chrono::Duration::hours(1));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", services.addr("contacts")))
+        .unwrap()
+        .connect_lazy();
+    let mut contacts = ContactsServiceClient::new(channel);
+    fn traced<T>(msg: T, token: &str, trace: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r.metadata_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
+        r
+    }
+    let call = |msg, trace| traced(msg, &token, trace);
+
+    // A contact with personal data, then a lookup that fails, each in a trace of the caller's.
+    let created_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut input = cpb::ContactInput {
+        email: EMAIL.into(),
+        source: Some(Source { r#type: SourceType::User as i32, id: String::new() }),
+        ..Default::default()
+    };
+    input.properties.insert("first_name".into(), NAME.into());
+    let create = cpb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+    contacts.create_contact(call(create, created_trace)).await.unwrap();
+    let missing_trace = "0af7651916cd43dd8448eb211c80319c";
+    let get =
+        cpb::GetContactRequest { key: Some(cpb::get_contact_request::Key::Id("no-such-contact".into())) };
+    let e = contacts.get_contact(traced(get, &token, missing_trace)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Each call is one line, in its caller's trace, with what an engineer filters by.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = lines(&logs, "contacts")
+            .into_iter()
+            .filter(|l| l["trace_id"] == missing_trace && l["message"] == "call refused")
+            .collect();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found.len(), 1, "one line for the failed call: {found:?}");
+    let line = &found[0];
+    assert_eq!(line["method"], "/contactier.contacts.v1.ContactsService/GetContact", "{line}");
+    assert_eq!(line["code"], "NotFound", "{line}");
+    assert_eq!(line["account_id"], ACCOUNT, "{line}");
+    assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16), "{line}");
+    let created: Vec<_> = lines(&logs, "contacts")
+        .into_iter()
+        .filter(|l| l["trace_id"] == created_trace && l["message"] == "call")
+        .collect();
+    assert_eq!(created.len(), 1, "one line for the successful call: {created:?}");
+    assert_eq!(created[0]["code"], "OK");
+
+    // Sign-ups that take the account past 75 % of its tier: one trace runs from the caller
+    // through contacts, marketing-status and billing to notification's alert.
+    let admin = auth.user_token(ACCOUNT, "oncall-admin", &["admin"], chrono::Duration::hours(1));
+    let billing_channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", services.addr("billing"))).unwrap();
+    let mut billing = BillingServiceClient::new(billing_channel.connect_lazy());
+    let today = chrono::Utc::now().date_naive();
+    let start = Date { year: today.year(), month: today.month() as i32, day: 1 };
+    let subscribe = subscription(Edition::Starter, Term::Monthly, start);
+    billing.create_subscription(traced(subscribe, &admin, "11111111111111111111111111111111")).await.unwrap();
+    let usage = traced(bpb::GetUsageRequest {}, &admin, "22222222222222222222222222222222");
+    let tier = billing.get_usage(usage).await.unwrap().into_inner().usage.unwrap().tier;
+    let signups = (0..tier * 8 / 10).map(|i| cpb::ContactInput {
+        email: format!("lead{i}@example.com"),
+        source: Some(Source { r#type: SourceType::Form as i32, id: "signup".into() }),
+        ..Default::default()
+    });
+    let batch = cpb::BatchCreateContactsRequest { contacts: signups.collect(), request_id: String::new() };
+    let signup_trace = "5b8efff798038103d269b633813fc60c";
+    let r = contacts.batch_create_contacts(traced(batch, &admin, signup_trace)).await.unwrap().into_inner();
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let hops = [
+        ("contacts", "/contactier.contacts.v1.ContactsService/BatchCreateContacts"),
+        (
+            "marketing-status",
+            "/contactier.marketing_status.v1.MarketingStatusInternalService/ApplyContactEvents",
+        ),
+        ("billing", "/contactier.billing.v1.BillingInternalService/ApplyCountEvents"),
+        ("notification", "/contactier.notification.v1.NotificationInternalService/ApplyBillingEvents"),
+    ];
+    let in_trace = |service: &str, method: &str| {
+        lines(&logs, service).iter().any(|l| l["trace_id"] == signup_trace && l["method"] == method)
+    };
+    for _ in 0..100 {
+        if hops.iter().all(|(s, m)| in_trace(s, m)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (service, method) in hops {
+        assert!(in_trace(service, method), "{service} did not log {method} in the sign-ups' trace");
+    }
+
+    // Every service: a scrape Prometheus accepts, in the usual names, with what the service does.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (service, own) in [
+        ("contacts", "contactier_worker_last_success_timestamp_seconds{worker=\"contacts-relay\"}"),
+        ("marketing-status", "contactier_worker_runs_total{worker=\"marketing-status-relay\",result=\"ok\"}"),
+        ("billing", "contactier_db_pool_max_connections{service=\"billing\"}"),
+        ("notification", "contactier_db_pool_connections{service=\"notification\",state=\"in_use\"}"),
+    ] {
+        let text = scrape(services.metrics_addr(service));
+        if let Err(e) = promtool(&text) {
+            panic!("{service}: promtool check metrics failed: {e}\n{text}");
+        }
+        for family in [
+            "grpc_server_handled_total",
+            "grpc_server_handling_seconds_bucket",
+            "process_resident_memory_bytes",
+            own,
+        ] {
+            assert!(text.contains(family), "{service}: {family} missing\n{text}");
+        }
+    }
+
+    // No personal data in any service's log.
+    for service in ["contacts", "marketing-status", "billing", "notification"] {
+        let log = std::fs::read_to_string(logs.join(format!("{service}.log"))).unwrap_or_default();
+        assert!(!log.contains(EMAIL) && !log.contains(NAME), "{service} logged personal data");
+        assert!(!log.contains(&token), "{service} logged a token");
+    }
+    services.stop(Backend::Sqlite).await;
+    let _ = std::fs::remove_dir_all(&logs);
+}
