@@ -166,6 +166,9 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
         ("notification", "contactier_db_pool_connections{service=\"notification\",state=\"in_use\"}"),
     ] {
         let text = scrape(services.metrics_addr(service));
+        if service == "notification" {
+            assert!(text.contains("contactier_alerts_total{kind="), "the 75 % alert is counted\n{text}");
+        }
         if let Err(e) = promtool(&text) {
             panic!("{service}: promtool check metrics failed: {e}\n{text}");
         }

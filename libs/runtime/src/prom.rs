@@ -207,7 +207,6 @@ fn describe() {
         "contactier_deliveries_total",
         "Webhook and email delivery attempts, by channel and result (delivered, failed, dead_letter)."
     );
-    describe_gauge!("contactier_dead_letters", "Deliveries that gave up and wait for an operator's redrive.");
 }
 
 /// Samples what only the database knows, every `every`: each outbox topic's backlog and the age

@@ -71,7 +71,10 @@ impl BillingInternalService for Internal {
             match self.store.apply_count(&e, self.clock.now(), &self.book).await? {
                 CountOutcome::Applied { upgrade } => {
                     applied = true;
-                    upgraded |= upgrade.is_some();
+                    if upgrade.is_some() {
+                        metrics::counter!("contactier_upgrades_total").increment(1);
+                        upgraded = true;
+                    }
                 }
                 CountOutcome::Seen | CountOutcome::Stale | CountOutcome::NoSubscription => {}
             }

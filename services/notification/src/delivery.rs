@@ -342,6 +342,7 @@ async fn deliver(
         Some(r) if !alerts.is_empty() => sender.send(d, &alerts, r).await,
         None => {
             let gone = ("recipient was deleted", "");
+            count_attempt("unknown", &Outcome::DeadLetter);
             return store.record_attempt(d, now, 0, gone, Outcome::DeadLetter).await;
         }
         Some(_) => Tried::answered(0, Some("alert not found".to_owned())),
@@ -366,6 +367,17 @@ async fn deliver(
     };
     // Ids and codes only: addresses and secrets stay out of logs.
     tracing::info!(delivery = %d.id, kind = recipient.as_ref().map(|r| r.kind.as_str()), code, ?outcome, "delivery attempt");
+    count_attempt(recipient.as_ref().map_or("unknown", |r| r.kind.as_str()), &outcome);
     let texts = (error.as_deref().unwrap_or(""), cause.as_deref().unwrap_or(""));
     store.record_attempt(d, now, code, texts, outcome).await
+}
+
+fn count_attempt(channel: &str, outcome: &Outcome) {
+    let result = match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::DeadLetter => "dead_letter",
+        Outcome::RetryAt(_) => "failed",
+    };
+    metrics::counter!("contactier_deliveries_total", "channel" => channel.to_owned(), "result" => result)
+        .increment(1);
 }

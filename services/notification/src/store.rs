@@ -113,6 +113,7 @@ macro_rules! insert_alert {
             alert: draft.clone(),
         };
         let a = &row.alert;
+        metrics::counter!("contactier_alerts_total", "kind" => a.kind.clone()).increment(1);
         sqlx::query(
             "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
              new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at) \

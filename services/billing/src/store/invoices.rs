@@ -64,6 +64,8 @@ macro_rules! impl_invoice_tx {
                     lines: serde_json::to_string(&inv.lines).expect("JSON of plain values"),
                     issued_at: micros(now),
                 };
+                // Counted as written; a rolled-back transaction (rare: a failure) overcounts.
+                metrics::counter!("contactier_invoices_issued_total", "kind" => row.kind.clone()).increment(1);
                 sqlx::query(INSERT)
                     .bind(inv.account)
                     .bind(&inv.source_key)
