@@ -99,15 +99,35 @@ pub trait BeginWrite {
 impl BeginWrite for SqlitePool {
     type Database = sqlx::Sqlite;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with("BEGIN IMMEDIATE").await
+        // The wait for a connection and, on SQLite, for the write lock.
+        timed_begin("sqlite", self.begin_with("BEGIN IMMEDIATE")).await
     }
 }
 
 impl BeginWrite for PgPool {
     type Database = sqlx::Postgres;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+        timed_begin("postgresql", self.begin()).await
     }
+}
+
+/// Times a transaction's start (the pool's wait included) into `contactier_db_begin_seconds`,
+/// in a span with the database's semantic-convention attributes.
+async fn timed_begin<T>(
+    system: &'static str,
+    begin: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let started = std::time::Instant::now();
+    let span = tracing::debug_span!(
+        "BEGIN",
+        otel.kind = "client",
+        db.system.name = system,
+        db.operation.name = "BEGIN"
+    );
+    let result = tracing::Instrument::instrument(begin, span).await;
+    metrics::histogram!("contactier_db_begin_seconds", "db_system" => system)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 /// The answer to a storage failure: details go to the log, callers get a retryable code.
