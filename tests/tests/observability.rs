@@ -10,13 +10,28 @@ use contactier_proto::billing::v1::{self as bpb, billing_service_client::Billing
 use contactier_proto::common::v1::{Date, Edition, Source, SourceType, Term};
 use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
 use contactier_runtime::auth::Authenticator;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
 use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::Code;
 
 const ACCOUNT: &str = "acct-observed";
 const EMAIL: &str = "zebediah.quill@example.com";
 const NAME: &str = "Zebediah";
+
+fn traced<T>(msg: T, token: &str, trace: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.metadata_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
+    r
+}
 
 fn scrape(addr: std::net::SocketAddr) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -64,12 +79,6 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
         .unwrap()
         .connect_lazy();
     let mut contacts = ContactsServiceClient::new(channel);
-    fn traced<T>(msg: T, token: &str, trace: &str) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r.metadata_mut().insert("traceparent", format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap());
-        r
-    }
     let call = |msg, trace| traced(msg, &token, trace);
 
     // A contact with personal data, then a lookup that fails, each in a trace of the caller's.
@@ -190,4 +199,121 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
     }
     services.stop(Backend::Sqlite).await;
     let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Spans an OTLP collector on loopback receives: (service name, trace id, span name, kind).
+type Received = Arc<Mutex<Vec<(String, String, String, i32)>>>;
+
+struct Collector(Received);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            let service = resource
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    got.push((service.clone(), trace, span.name, span.kind));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tokio::test]
+async fn one_trace_reaches_a_collector_from_all_four_services() {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(received.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let options = Options {
+        env: vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{collector}")),
+            // Export within a fraction of a second rather than the default five.
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+        ],
+        ..Options::default()
+    };
+    let services = Services::start_with(Backend::Sqlite, &bin_dir().unwrap(), options).await.unwrap();
+    let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
+    let admin = auth.user_token(ACCOUNT, "oncall-admin", &["admin"], chrono::Duration::hours(1));
+    let channel = |service: &str| {
+        tonic::transport::Channel::from_shared(format!("http://{}", services.addr(service)))
+            .unwrap()
+            .connect_lazy()
+    };
+    let today = chrono::Utc::now().date_naive();
+    let start = Date { year: today.year(), month: today.month() as i32, day: 1 };
+    let subscribe = subscription(Edition::Starter, Term::Monthly, start);
+    let mut billing = BillingServiceClient::new(channel("billing"));
+    billing.create_subscription(traced(subscribe, &admin, "33333333333333333333333333333333")).await.unwrap();
+    let signup_trace = "6e0c63257de34c926f9efcd03899b5e0";
+    let input = cpb::ContactInput {
+        email: "lead@example.com".into(),
+        source: Some(Source { r#type: SourceType::Form as i32, id: "signup".into() }),
+        ..Default::default()
+    };
+    let batch = cpb::BatchCreateContactsRequest { contacts: vec![input], request_id: String::new() };
+    ContactsServiceClient::new(channel("contacts"))
+        .batch_create_contacts(traced(batch, &admin, signup_trace))
+        .await
+        .unwrap();
+
+    let services_in_trace = || {
+        let got = received.lock().unwrap();
+        let mut names: Vec<String> =
+            got.iter().filter(|(_, t, _, _)| t == signup_trace).map(|(s, _, _, _)| s.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    let want = ["billing", "contacts", "marketing-status", "notification"];
+    for _ in 0..100 {
+        if services_in_trace() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(services_in_trace(), want, "every service exported spans of the one trace");
+    let got = received.lock().unwrap().clone();
+    let spans: Vec<(&str, &str)> = got
+        .iter()
+        .filter(|(_, t, _, _)| t == signup_trace)
+        .map(|(s, _, n, _)| (s.as_str(), n.as_str()))
+        .collect();
+    // The work inside: the relay batches and the calls between services, server and client.
+    for (service, name) in [
+        ("contacts", "contactier.contacts.v1.ContactsService/BatchCreateContacts"),
+        (
+            "marketing-status",
+            "contactier.marketing_status.v1.MarketingStatusInternalService/ApplyContactEvents",
+        ),
+        ("billing", "contactier.billing.v1.BillingInternalService/ApplyCountEvents"),
+        ("notification", "contactier.notification.v1.NotificationInternalService/ApplyBillingEvents"),
+    ] {
+        assert!(spans.contains(&(service, name)), "{service} {name} in {spans:#?}");
+    }
+    assert!(spans.iter().any(|(_, n)| n.ends_with(" publish")), "relay batches: {spans:#?}");
+    assert!(spans.iter().any(|(_, n)| *n == "BEGIN"), "write transactions: {spans:#?}");
+    services.stop(Backend::Sqlite).await;
 }

@@ -118,7 +118,7 @@ async fn timed_begin<T>(
     begin: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
     let started = std::time::Instant::now();
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "BEGIN",
         otel.kind = "client",
         db.system.name = system,

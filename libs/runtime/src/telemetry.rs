@@ -46,6 +46,7 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
+    // RUST_LOG picks the log lines only: quieting logs must not cut traces short.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn"));
     let fmt = if json {
@@ -63,9 +64,11 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
             .with_writer(std::io::stderr)
             .boxed()
     };
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service.to_owned()));
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(service.to_owned()))
+        .with_filter(EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn,tonic=warn,tower=warn"));
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
     Ok(TelemetryGuard { provider })
 }
 
