@@ -1,5 +1,5 @@
 # Contactier: common tasks. `make help` lists them.
-.PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench fuzz
+.PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench fuzz descriptors
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
 # Python with aiosmtpd: the local SMTP sink of the email delivery tests.
@@ -38,9 +38,16 @@ lint: proto-lint
 
 proto-lint:
 	cd proto && $(BUF) lint
+	@# Contracts stay compatible with the previous commit (a clone without history compares with itself).
+	cd proto && $(BUF) breaking --against "../.git#ref=$$(git rev-parse -q --verify HEAD~1 || git rev-parse HEAD),subdir=proto"
 
 fmt:
 	cargo fmt --all
+
+# The contracts as one FileDescriptorSet, for clients in any language (also served by reflection).
+descriptors:
+	cd proto && $(BUF) build -o ../target/contactier-descriptors.binpb
+	@echo "target/contactier-descriptors.binpb"
 
 build:
 	cargo build --release --workspace --bins
@@ -49,9 +56,14 @@ build:
 # version they need (1.30: preStop sleep) and the newest; checks deploy/check.py's invariants;
 # runs checkov on the overlays (what gets applied; both contain the base) with the exceptions in
 # deploy/.checkov.yaml, and hadolint on the Dockerfile. kubernetes-validate has no schema for the
-# PodMonitor (a CRD) and says so with a warning; check.py checks it.
+# PodMonitor and the PrometheusRule (CRDs) and says so with a warning; check.py checks them. Then
+# the dashboard and the alerts of deploy/observability (check.py --observability: JSON, PromQL,
+# metric names, runbooks) and, with promtool (Debian package prometheus), the rules and their
+# unit tests.
 DEPLOY_K8S_VERSIONS := 1.30.0 1.37.0
+PROMTOOL ?= promtool
 deploy-check: $(DEPLOY_VENV)/.ready
+	@command -v $(PROMTOOL) >/dev/null || { echo "$(PROMTOOL) not found (apt-get install prometheus)"; exit 1; }
 	@mkdir -p target/deploy
 	@for o in $(OVERLAYS); do \
 		out=target/deploy/$$(echo $$o | tr / -).yaml; \
@@ -62,6 +74,9 @@ deploy-check: $(DEPLOY_VENV)/.ready
 		$(DEPLOY_VENV)/bin/python deploy/check.py $$out || exit 1; \
 		echo "deploy/$$o: valid"; \
 	done
+	@$(DEPLOY_VENV)/bin/python deploy/check.py --observability
+	@$(PROMTOOL) check rules deploy/observability/alerts.yaml
+	@$(PROMTOOL) test rules deploy/observability/alerts_test.yaml
 	@$(DEPLOY_VENV)/bin/checkov --config-file deploy/.checkov.yaml \
 		$(foreach o,$(filter overlays/%,$(OVERLAYS)),-f target/deploy/$(subst /,-,$(o)).yaml)
 	@$(DEPLOY_VENV)/bin/hadolint --no-color --failure-threshold style deploy/Dockerfile
@@ -69,7 +84,7 @@ deploy-check: $(DEPLOY_VENV)/.ready
 
 $(DEPLOY_VENV)/.ready: deploy/requirements.txt
 	python3 -m venv $(DEPLOY_VENV)
-	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check --only-binary promql-parser -r deploy/requirements.txt
 	touch $@
 
 # BENCH_ARGS=--rows 100000 for a shorter run.
