@@ -18,15 +18,30 @@ Services and whose service identities name the namespace the services run in; no
 CONTACTIER_JWT_SECRET and none replaces contactier-secrets; a namespace that is used is
 created with Pod Security "restricted" enforced; the ServiceAccounts may read the API server's
 keys; 4 services x (maxReplicas + maxSurge) x pool, plus billing's listener connection, stays
-within CONNECTION_BUDGET; a PodMonitor, if any, selects the services' metrics ports.
+within CONNECTION_BUDGET; a PodMonitor, if any, selects the services' metrics ports, labels
+them job="contactier" and app=<service>, and comes with a PrometheusRule whose groups are those of
+deploy/observability/alerts.yaml and the dashboard's ConfigMap for the Grafana sidecar.
+
+With --observability it checks deploy/observability instead: the dashboard is importable JSON
+whose queries use the ${datasource} variable, with a row per service and one for the process and
+database pool; every query there and in alerts.yaml parses as PromQL and names only metrics the
+services export (each recorded in the Rust sources), with their labels and known label values
+(worker names as the services register them); every alert has a severity, a summary, a
+description and a runbook_url pointing at a section of docs/operations.md, which names every
+metric family; the PrometheusRule file holds the same groups as alerts.yaml.
 
 Usage: python3 deploy/check.py RENDERED.yaml ...
+       python3 deploy/check.py --observability
+       python3 deploy/check.py --write-rules   (writes the PrometheusRule from alerts.yaml)
 """
 
+import json
+import pathlib
 import re
 import sys
 
 import jsonschema
+import promql_parser
 import yaml
 
 SERVICES = {"contacts": 50051, "marketing-status": 50052, "billing": 50053, "notification": 50054}
@@ -98,6 +113,21 @@ PODMONITOR_SCHEMA = {
                             "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                             "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
                             "scheme": {"enum": ["http", "https"]},
+                            "relabelings": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "action": {"enum": ["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"]},
+                                        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+                                        "separator": {"type": "string"},
+                                        "targetLabel": {"type": "string"},
+                                        "regex": {"type": "string"},
+                                        "replacement": {"type": "string"},
+                                    },
+                                },
+                            },
                         },
                     },
                 },
@@ -260,6 +290,443 @@ def check_deployment(d: dict, config: dict, problems: list) -> tuple[int, int]:
     return pool, surge
 
 
+# --- Observability: deploy/observability (dashboard, alerts) and the PrometheusRule. ---
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy/observability/grafana-dashboard.json"
+ALERTS = ROOT / "deploy/observability/alerts.yaml"
+RULE_FILE = ROOT / "deploy/components/prometheus-operator/prometheusrule.yaml"
+OPERATIONS = ROOT / "docs/operations.md"
+# Where runbook_url points: the sections of docs/operations.md, as published.
+RUNBOOK_BASE = "https://contactier.example.com/docs/operations.md#"
+# kubectl apply keeps the object in an annotation of at most 256 KiB.
+DASHBOARD_MAX_BYTES = 200_000
+DASHBOARD_ROWS = [*SERVICES, "Process and database pool"]
+
+# Every metric the dashboard and the alerts may name, with its labels as exported. Histograms by
+# their base name (their _bucket series add le). All but up and the process_* family (the
+# metrics-process crate) must be recorded in the Rust sources: see recorded_metrics().
+METRICS = {
+    "grpc_server_started_total": {"grpc_service", "grpc_method", "grpc_type"},
+    "grpc_server_handled_total": {"grpc_service", "grpc_method", "grpc_type", "grpc_code"},
+    "grpc_server_handling_seconds": {"grpc_service", "grpc_method", "grpc_type"},
+    "grpc_server_in_flight_requests": {"grpc_service"},
+    "grpc_client_handled_total": {"grpc_service", "grpc_method", "grpc_code"},
+    "grpc_client_handling_seconds": {"grpc_service", "grpc_method"},
+    "contactier_outbox_backlog": {"service", "topic"},
+    "contactier_outbox_oldest_age_seconds": {"service", "topic"},
+    "contactier_outbox_delivered_total": {"topic"},
+    "contactier_outbox_delivery_failures_total": {"topic"},
+    "contactier_inbox_duplicates_total": set(),
+    "contactier_db_pool_connections": {"service", "state"},
+    "contactier_db_pool_max_connections": {"service"},
+    "contactier_db_begin_seconds": {"db_system"},
+    "contactier_failing_work_items": {"service", "worker"},
+    "contactier_work_failures_total": {"worker"},
+    "contactier_worker_runs_total": {"worker", "result"},
+    "contactier_worker_run_seconds": {"worker"},
+    "contactier_worker_lag_seconds": {"worker"},
+    "contactier_worker_last_success_timestamp_seconds": {"worker"},
+    "contactier_rate_limited_total": set(),
+    "contactier_handler_panics_total": set(),
+    "contactier_connections_closed_total": {"reason"},
+    "contactier_invoices_issued_total": {"kind"},
+    "contactier_upgrades_total": set(),
+    "contactier_alerts_total": {"kind"},
+    "contactier_deliveries_total": {"channel", "result"},
+    "process_cpu_seconds_total": set(),
+    "process_resident_memory_bytes": set(),
+    "process_virtual_memory_bytes": set(),
+    "process_open_fds": set(),
+    "process_max_fds": set(),
+    "process_start_time_seconds": set(),
+    "process_threads": set(),
+    "up": set(),
+}
+HISTOGRAMS = {
+    "grpc_server_handling_seconds",
+    "grpc_client_handling_seconds",
+    "contactier_worker_run_seconds",
+    "contactier_db_begin_seconds",
+}
+NOT_IN_SOURCES = {"up"} | {m for m in METRICS if m.startswith("process_")}
+# Labels of every target: Prometheus' own, the Prometheus Operator's for a PodMonitor, and the
+# PodMonitor's relabelings (job="contactier", app=<service>).
+TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "endpoint", "app"}
+CODES = {
+    "OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+    "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+    "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated", "Transport",
+}
+RESULTS = {
+    "contactier_worker_runs_total": {"ok", "error"},
+    "contactier_deliveries_total": {"delivered", "failed", "dead_letter"},
+}
+GRAFANA_RANGES = {"$__rate_interval", "$__interval", "$__range"}
+
+
+def expand(name: str) -> str | None:
+    """The METRICS entry a series name belongs to, or None."""
+    if name in METRICS:
+        return name
+    for suffix in ("_bucket", "_sum", "_count"):
+        if name.endswith(suffix) and name[: -len(suffix)] in HISTOGRAMS:
+            return name[: -len(suffix)]
+    return None
+
+
+def rust_sources() -> str:
+    dirs = [ROOT / "libs", ROOT / "services", ROOT / "apps"]
+    return "\n".join(f.read_text() for d in dirs for f in sorted(d.rglob("*.rs")) if "target" not in f.parts)
+
+
+def recorded_metrics(source: str) -> set[str]:
+    """Metric names the sources record (counter!, gauge!, histogram! with a literal name)."""
+    return set(re.findall(r'\b(?:counter|gauge|histogram)!\(\s*"([a-z_:][a-z0-9_:]*)"', source))
+
+
+def worker_names() -> set[str]:
+    """The background workers' names, as the services register them."""
+    names = set()
+    for f in sorted((ROOT / "services").glob("*/src/**/*.rs")):
+        text = f.read_text()
+        names |= set(re.findall(r'register_worker\(\s*"([a-z0-9-]+)"\s*\)', text))
+        names |= set(re.findall(r'pub const WORKER: &str = "([a-z0-9-]+)";', text))
+    return names
+
+
+def literal_alternatives(value: str) -> list[str] | None:
+    """The values a regex matcher names when it is a plain alternation (a|b), else None."""
+    if re.fullmatch(r"[A-Za-z0-9_-]+(\|[A-Za-z0-9_-]+)*", value):
+        return value.split("|")
+    return None
+
+
+def known_values(workers: set[str]) -> dict[str, set[str]]:
+    return {
+        "app": set(SERVICES),
+        "service": set(SERVICES),
+        "job": {"contactier"},
+        "grpc_code": CODES,
+        "grpc_type": {"unary", "server_stream", "client_stream", "bidi_stream"},
+        "state": {"idle", "in_use"},
+        "worker": workers | {f"relay:{t}" for t in ("marketing-status", "billing", "notification")},
+    }
+
+
+def check_promql(where: str, expr: str, workers: set[str], problems: list) -> set[str]:
+    """Parses expr and checks the metrics, labels and label values it names; returns the metrics."""
+    # Grafana's variables: ranges become a duration, the others a label value.
+    text = expr
+    for v in GRAFANA_RANGES:
+        text = text.replace(v, "5m")
+    text = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", "x", text)
+    try:
+        tree = promql_parser.parse(text)
+    except Exception as e:  # the parser's errors are plain exceptions
+        problems.append(f"{where}: does not parse as PromQL: {e}")
+        return set()
+    values = known_values(workers)
+    seen: set[str] = set()
+
+    def labels_of(metric: str, name: str) -> set[str]:
+        extra = {"le"} if name.endswith("_bucket") else set()
+        return METRICS[metric] | TARGET_LABELS | extra
+
+    def visit(node) -> set[str]:
+        """Checks node; returns the labels its series may carry."""
+        if isinstance(node, promql_parser.VectorSelector):
+            metric = expand(node.name or "")
+            if metric is None:
+                problems.append(f"{where}: {node.name!r} is not a metric the services export")
+                return set()
+            seen.add(metric)
+            have = labels_of(metric, node.name)
+            for m in node.matchers.matchers:
+                if m.name not in have:
+                    problems.append(f"{where}: {node.name} has no label {m.name!r}")
+                allowed = RESULTS.get(metric, set()) if m.name == "result" else values.get(m.name)
+                literal = [m.value] if m.op == promql_parser.MatchOp.Equal else None
+                if m.op == promql_parser.MatchOp.Re:
+                    literal = literal_alternatives(m.value)
+                if allowed and literal and m.value != "x":
+                    for v in set(literal) - allowed:
+                        problems.append(f"{where}: {node.name}{{{m.name}}} is never {v!r}")
+            return have
+        if isinstance(node, promql_parser.MatrixSelector):
+            return visit(node.vector_selector)
+        if isinstance(node, promql_parser.Call):
+            have: set[str] = set()
+            for a in node.args:
+                have |= visit(a)
+            return have
+        if isinstance(node, promql_parser.AggregateExpr):
+            if node.param is not None:
+                visit(node.param)
+            have = visit(node.expr)
+            mod = node.modifier
+            if mod is not None:
+                for label in set(mod.labels) - have:
+                    problems.append(f"{where}: aggregates by {label!r}, which its series do not carry")
+                if mod.type == promql_parser.AggModifierType.By:
+                    return set(mod.labels)
+                return have - set(mod.labels)
+            return set()
+        if isinstance(node, promql_parser.BinaryExpr):
+            have = visit(node.lhs) | visit(node.rhs)
+            matching = node.modifier.matching if node.modifier is not None else None
+            if matching is not None:
+                for label in set(matching.labels) - have:
+                    problems.append(f"{where}: matches on {label!r}, which its series do not carry")
+            return have
+        if isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+            return visit(node.expr)
+        return set()
+
+    visit(tree)
+    return seen
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def operations_anchors() -> set[str]:
+    if not OPERATIONS.exists():
+        return set()
+    return {slug(h) for h in re.findall(r"^#{1,6} (.+)$", OPERATIONS.read_text(), re.M)}
+
+
+def load_alert_groups() -> list:
+    return yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def prometheus_rule(groups: list) -> dict:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "contactier", "labels": {"app.kubernetes.io/part-of": "contactier"}},
+        "spec": {"groups": groups},
+    }
+
+
+def write_rules() -> int:
+    """Writes the PrometheusRule of the component from alerts.yaml."""
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    header = (
+        "# Written by `python3 deploy/check.py --write-rules` from deploy/observability/alerts.yaml:\n"
+        "# edit that file and run it again (make deploy-check fails while the two differ).\n"
+        "# Add the label your Prometheus selects rules by (kube-prometheus-stack: release: <name>).\n"
+    )
+    body = yaml.dump(prometheus_rule(load_alert_groups()), Dumper=Dumper, sort_keys=False, width=120)
+    RULE_FILE.write_text(header + body)
+    print(f"wrote {RULE_FILE.relative_to(ROOT)}")
+    return 0
+
+
+PROMETHEUSRULE_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "interval": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": "string"},
+                                        "for": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def check_dashboard(workers: set[str], problems: list) -> set[str]:
+    """The dashboard: importable JSON, ${datasource} everywhere, the rows, and its queries."""
+    where = DASHBOARD.relative_to(ROOT)
+    raw = DASHBOARD.read_bytes()
+    if len(raw) > DASHBOARD_MAX_BYTES:
+        problems.append(f"{where}: {len(raw)} bytes, over {DASHBOARD_MAX_BYTES} (kubectl apply's annotation limit)")
+    try:
+        dash = json.loads(raw)
+    except json.JSONDecodeError as e:
+        problems.append(f"{where}: not JSON: {e}")
+        return set()
+    for key in ["uid", "title", "panels", "templating", "schemaVersion"]:
+        if key not in dash:
+            problems.append(f"{where}: no {key}")
+    variables = {v.get("name"): v for v in dash.get("templating", {}).get("list", [])}
+    ds = variables.get("datasource", {})
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        problems.append(f"{where}: no datasource variable of type datasource with query prometheus")
+    want_ds = {"type": "prometheus", "uid": "${datasource}"}
+    used: set[str] = set()
+    for name, v in variables.items():
+        if v.get("type") == "query":
+            if v.get("datasource") != want_ds:
+                problems.append(f"{where}: variable {name} does not query ${{datasource}}")
+            q = v.get("query")
+            q = q.get("query", "") if isinstance(q, dict) else q or ""
+            m = re.fullmatch(r"label_values\((.+),\s*([a-z_]+)\)", q)
+            if not m:
+                problems.append(f"{where}: variable {name}: query {q!r} is not label_values(SELECTOR, LABEL)")
+                continue
+            used |= check_promql(f"{where}: variable {name}", m.group(1), workers, problems)
+            metric = expand(promql_parser.parse(m.group(1)).name or "")
+            if metric and m.group(2) not in METRICS[metric] | TARGET_LABELS:
+                problems.append(f"{where}: variable {name}: {metric} has no label {m.group(2)}")
+
+    panels = []
+    for p in dash.get("panels", []):
+        panels.append(p)
+        panels.extend(p.get("panels", []))
+    ids = [p.get("id") for p in panels]
+    if len(ids) != len(set(ids)) or None in ids:
+        problems.append(f"{where}: panel ids are missing or repeated")
+    rows = [p.get("title") for p in panels if p.get("type") == "row"]
+    for title in DASHBOARD_ROWS:
+        if title not in rows:
+            problems.append(f"{where}: no row {title!r}")
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        title = p.get("title", "?")
+        if "gridPos" not in p:
+            problems.append(f"{where}: panel {title!r} has no gridPos")
+        if p.get("datasource") != want_ds:
+            problems.append(f"{where}: panel {title!r} does not use ${{datasource}}")
+        if not p.get("targets"):
+            problems.append(f"{where}: panel {title!r} has no query")
+        for t in p.get("targets", []):
+            if t.get("datasource", want_ds) != want_ds:
+                problems.append(f"{where}: panel {title!r} query {t.get('refId')} does not use ${{datasource}}")
+            expr = t.get("expr", "")
+            for var in set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expr)):
+                if var not in variables and f"${var}" not in GRAFANA_RANGES:
+                    problems.append(f"{where}: panel {title!r} uses ${var}, which is not a variable")
+            used |= check_promql(f"{where}: panel {title!r}", expr, workers, problems)
+    return used
+
+
+def check_alerts(workers: set[str], problems: list) -> set[str]:
+    where = ALERTS.relative_to(ROOT)
+    try:
+        groups = load_alert_groups()
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        problems.append(f"{where}: cannot be read: {e}")
+        return set()
+    anchors = operations_anchors()
+    used: set[str] = set()
+    names = []
+    for g in groups:
+        for r in g.get("rules", []):
+            name = r.get("alert") or r.get("record", "?")
+            names.append(name)
+            used |= check_promql(f"{where}: {name}", r.get("expr", ""), workers, problems)
+            if "alert" not in r:
+                continue
+            if r.get("labels", {}).get("severity") not in {"critical", "warning"}:
+                problems.append(f"{where}: {name}: severity is not critical or warning")
+            ann = r.get("annotations", {})
+            for key in ["summary", "description", "runbook_url"]:
+                if not ann.get(key):
+                    problems.append(f"{where}: {name}: no {key} annotation")
+            url = ann.get("runbook_url", "")
+            if not url.startswith(RUNBOOK_BASE) or url[len(RUNBOOK_BASE):] not in anchors:
+                problems.append(f"{where}: {name}: runbook_url {url!r} is not a section of {OPERATIONS.relative_to(ROOT)}")
+    if len(names) != len(set(names)):
+        problems.append(f"{where}: a rule name is repeated")
+    try:
+        rule = yaml.safe_load(RULE_FILE.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        problems.append(f"{RULE_FILE.relative_to(ROOT)}: cannot be read: {e}")
+        return used
+    if rule != prometheus_rule(groups):
+        problems.append(f"{RULE_FILE.relative_to(ROOT)}: differs from {where}; run python3 deploy/check.py --write-rules")
+    return used
+
+
+def observability() -> int:
+    problems: list[str] = []
+    workers = worker_names()
+    if not workers:
+        problems.append("no register_worker(...) found in services/*/src")
+    recorded = recorded_metrics(rust_sources())
+    for m in sorted(set(METRICS) - NOT_IN_SOURCES - recorded):
+        problems.append(f"check.py METRICS: {m} is not recorded anywhere in libs/, services/ or apps/")
+    used = check_dashboard(workers, problems) | check_alerts(workers, problems)
+    docs = OPERATIONS.read_text() if OPERATIONS.exists() else ""
+    for m in sorted(set(METRICS) - {"up"}):
+        if m not in docs:
+            problems.append(f"{OPERATIONS.relative_to(ROOT)}: does not explain {m}")
+    for p in problems:
+        print(p, file=sys.stderr)
+    if not problems:
+        print(f"deploy/observability: dashboard and alerts name {len(used)} metric families, all exported")
+    return 1 if problems else 0
+
+
+def check_monitoring(docs: list, problems: list) -> None:
+    """A PodMonitor comes with the alerts' PrometheusRule and the dashboard's ConfigMap."""
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    dashboards = [
+        d for d in docs if d["kind"] == "ConfigMap" and (d["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"
+    ]
+    if any(d["kind"] == "PodMonitor" for d in docs) and not (rules and dashboards):
+        problems.append("a PodMonitor without the PrometheusRule and the dashboard's ConfigMap (components/prometheus-operator)")
+    for d in rules:
+        name = d["metadata"]["name"]
+        try:
+            jsonschema.validate(d, PROMETHEUSRULE_SCHEMA)
+        except jsonschema.ValidationError as e:
+            problems.append(f"PrometheusRule {name}: {e.message} at {'/'.join(map(str, e.absolute_path))}")
+        if d.get("spec", {}).get("groups") != load_alert_groups():
+            problems.append(f"PrometheusRule {name}: its groups are not those of deploy/observability/alerts.yaml")
+    text = DASHBOARD.read_text()
+    for d in dashboards:
+        if list((d.get("data") or {}).values()) != [text]:
+            problems.append(f"ConfigMap {d['metadata']['name']}: does not hold deploy/observability/grafana-dashboard.json")
+
+
 def main(path: str) -> int:
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -392,6 +859,18 @@ def main(path: str) -> int:
             for ep in d["spec"]["podMetricsEndpoints"]:
                 if ep.get("port") not in ports or ep.get("path", "/metrics") != "/metrics":
                     problems.append(f"PodMonitor {name}: endpoint {ep} is not the {s} pods' metrics port")
+        # The labels the dashboard and the alerts select by.
+        for ep in d["spec"]["podMetricsEndpoints"]:
+            sets = {
+                (r.get("targetLabel"), tuple(r.get("sourceLabels", [])), r.get("replacement", "$1"))
+                for r in ep.get("relabelings", [])
+                if r.get("action", "replace") == "replace" and r.get("regex", "(.*)") == "(.*)"
+            }
+            if ("job", (), "contactier") not in sets:
+                problems.append(f"PodMonitor {name}: endpoint {ep.get('port')} does not set job=contactier")
+            if ("app", ("__meta_kubernetes_pod_label_app_kubernetes_io_name",), "$1") not in sets:
+                problems.append(f"PodMonitor {name}: endpoint {ep.get('port')} does not set app from app.kubernetes.io/name")
+    check_monitoring(docs, problems)
 
     for p in problems:
         print(f"{path}: {p}", file=sys.stderr)
@@ -399,4 +878,10 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--observability"]:
+        sys.exit(observability())
+    if sys.argv[1:] == ["--write-rules"]:
+        sys.exit(write_rules())
+    if not sys.argv[1:] or any(a.startswith("-") for a in sys.argv[1:]):
+        sys.exit(__doc__)
     sys.exit(max(main(p) for p in sys.argv[1:]))

@@ -220,6 +220,7 @@ pub fn spawn_sampler(
 ) {
     tokio::spawn(async move {
         let mut topics: Vec<String> = Vec::new();
+        let mut failing_workers: std::collections::BTreeMap<String, usize> = Default::default();
         loop {
             sample_pool(service, &db);
             match crate::outbox::backlog(&db).await {
@@ -245,17 +246,20 @@ pub fn spawn_sampler(
                 }
                 Err(e) => tracing::debug!(service, error = %e, "outbox backlog not sampled"),
             }
-            let mut by_worker: std::collections::BTreeMap<String, usize> = Default::default();
+            // A worker whose items all recovered reads 0 rather than its last count.
+            for n in failing_workers.values_mut() {
+                *n = 0;
+            }
             for source in &failing {
                 if let Ok(items) = source.failing(10_000).await {
                     for item in items {
-                        *by_worker.entry(item.worker).or_default() += 1;
+                        *failing_workers.entry(item.worker).or_default() += 1;
                     }
                 }
             }
-            for (worker, n) in by_worker {
-                gauge!("contactier_failing_work_items", "service" => service, "worker" => worker)
-                    .set(n as f64);
+            for (worker, n) in &failing_workers {
+                gauge!("contactier_failing_work_items", "service" => service, "worker" => worker.clone())
+                    .set(*n as f64);
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
