@@ -31,6 +31,9 @@ pub fn render(days: &[Day], width: usize) -> Vec<String> {
     let max = days.iter().map(|d| d.tier.max(d.count)).max().unwrap_or(0);
     days.iter()
         .map(|d| {
+            if d.tier == 0 {
+                return format!("{}  {}  no subscription", d.date, " ".repeat(width));
+            }
             let pct = if d.tier > 0 { d.count * 100 / d.tier } else { 0 };
             let b = bar(d.count, max, width);
             // The tier's position on the day's row, so a line of them shows the limit.
@@ -43,6 +46,18 @@ pub fn render(days: &[Day], width: usize) -> Vec<String> {
             }
             let row: String = cells.into_iter().collect();
             format!("{}  {row}  {:>9} ({pct:>3} % of {})", d.date, group(d.count), group(d.tier))
+        })
+        .collect()
+}
+
+/// One row per day from `from` to `to`: the known days as they are, the others (before the
+/// subscription) without a tier.
+pub fn every_day(from: chrono::NaiveDate, to: chrono::NaiveDate, known: Vec<Day>) -> Vec<Day> {
+    from.iter_days()
+        .take_while(|d| *d <= to)
+        .map(|d| {
+            let date = d.format("%Y-%m-%d").to_string();
+            known.iter().find(|k| k.date == date).cloned().unwrap_or(Day { date, count: 0, tier: 0 })
         })
         .collect()
 }
@@ -84,6 +99,17 @@ mod tests {
         let pad = " ".repeat(9);
         assert_eq!(rows[0], format!("2026-04-29  ███ │{pad}      1,500 ( 75 % of 2,000)"));
         assert_eq!(rows[1], format!("2026-04-30  ████▏{pad}      2,100 ( 30 % of 7,000)"));
+    }
+
+    #[test]
+    fn every_day_of_the_range_has_a_row() {
+        let day = |d: u32| chrono::NaiveDate::from_ymd_opt(2026, 4, d).unwrap();
+        let known = vec![Day { date: "2026-04-29".into(), count: 1_500, tier: 2_000 }];
+        let rows = every_day(day(27), day(30), known);
+        let dates: Vec<&str> = rows.iter().map(|r| r.date.as_str()).collect();
+        assert_eq!(dates, ["2026-04-27", "2026-04-28", "2026-04-29", "2026-04-30"]);
+        assert_eq!((rows[2].count, rows[2].tier, rows[3].tier), (1_500, 2_000, 0));
+        assert!(render(&rows, 10)[0].ends_with("no subscription"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tonic::transport::Channel;
 #[derive(Args, Debug)]
 pub struct Ctl {
     /// Bearer token; without one, a development token is made from the local secret.
-    #[arg(long, env = "CONTACTIER_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "CONTACTIER_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -156,6 +156,36 @@ fn token(ctl: &Ctl, target: &Target) -> anyhow::Result<String> {
     Ok(signer(target)?.user_token("dev-account", "dev-user", &scopes, chrono::Duration::hours(1)))
 }
 
+/// An error as one plain line: what the service said and what to check.
+pub fn explain(e: &anyhow::Error, target: &Target) -> String {
+    use tonic::Code;
+    let ports = format!("{}:{}-{}", target.host, target.base_port, target.base_port + 3);
+    let Some(s) = e.downcast_ref::<tonic::Status>() else {
+        return format!("{e:#}");
+    };
+    let message = s.message().lines().next().unwrap_or("");
+    let unreachable = ["connect", "transport", "connection"].iter().any(|w| message.contains(w));
+    let hint = match s.code() {
+        Code::Unavailable | Code::Unknown if unreachable => {
+            return format!(
+                "cannot reach the services at {ports} ({message}); is contactier running there? check --host and --base-port"
+            );
+        }
+        Code::Unauthenticated => {
+            "check the token (--token or CONTACTIER_TOKEN): it may have expired or be signed with another secret"
+        }
+        Code::PermissionDenied => {
+            "the token lacks the scope this needs (read, write, admin or ops); `contactier ctl token --account ... --scopes ...` mints one"
+        }
+        Code::Unimplemented => "the service at that port is not the one expected; check --base-port",
+        Code::ResourceExhausted => "the account's rate limit; wait and retry",
+        Code::Unavailable => "the service is unavailable for now; retry",
+        _ => "",
+    };
+    let code = format!("{:?}", s.code());
+    if hint.is_empty() { format!("{message} ({code})") } else { format!("{message} ({code}); {hint}") }
+}
+
 /// The authenticator of the deployment's HS256 secret.
 fn signer(target: &Target) -> anyhow::Result<contactier_runtime::auth::Authenticator> {
     let path = target.runtime.data_dir.join("dev-jwt-secret");
@@ -197,11 +227,11 @@ fn print_token(
     Ok(())
 }
 
-pub async fn run(ctl: Ctl, target: Target) -> anyhow::Result<()> {
+pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
     if let Command::Token { account, user, scopes, service, lifetime } = ctl.command {
-        return print_token(&target, account, &user, &scopes, service, lifetime.into());
+        return print_token(target, account, &user, &scopes, service, lifetime.into());
     }
-    let token = token(&ctl, &target)?;
+    let token = token(&ctl, target)?;
     let channels = (0..4)
         .map(|i| {
             let addr = SocketAddr::new(target.host, target.base_port + i);
@@ -329,38 +359,75 @@ fn money(m: &common::Money) -> String {
     format!("{}.{:02} {}", chart::group(m.amount_minor / 100), (m.amount_minor % 100).abs(), m.currency)
 }
 
-/// Streams the file in chunks; the bar follows the bytes sent, the messages the rows done.
+/// The first `n` row errors an import summary prints; the rest are counted.
+const SHOWN_ERRORS: usize = 20;
+
+/// The columns of a CSV file's header line.
+fn header_columns(head: &[u8]) -> anyhow::Result<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(head);
+    Ok(reader
+        .headers()
+        .context("reading the file's header line")?
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .collect())
+}
+
+/// Mapped columns the header does not have, so a wrong mapping is refused before any upload.
+fn missing_columns<'a>(mapping: impl Iterator<Item = &'a String>, columns: &[String]) -> Vec<String> {
+    mapping.filter(|c| !columns.iter().any(|h| h == *c)).cloned().collect()
+}
+
+/// Streams the file in chunks and follows the rows the server has read; ends with every count
+/// and the first row errors, and fails when rows failed.
 async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
-    let f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
+    let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
     let size = f.metadata().await?.len();
-    let bar = indicatif::ProgressBar::new(size).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
-            .expect("a valid template"),
+    let mut head = vec![0u8; 64 * 1024];
+    let n = f.read(&mut head).await?;
+    head.truncate(n);
+    let columns = header_columns(&head)?;
+    let mut wanted: Vec<&String> = header.column_mapping.keys().collect();
+    if !header.gdpr_opt_in_column.is_empty() {
+        wanted.push(&header.gdpr_opt_in_column);
+    }
+    let missing = missing_columns(wanted.into_iter(), &columns);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "{} has no column {}; its columns are {}",
+            file.display(),
+            missing.iter().map(|m| format!("{m:?}")).collect::<Vec<_>>().join(", "),
+            columns.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"),
     );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let first = futures::stream::iter([cpb::ImportContactsRequest {
         part: Some(cpb::import_contacts_request::Part::Header(header)),
     }]);
-    let sent = bar.clone();
-    let chunks = futures::stream::unfold(Some(f), move |f| {
-        let bar = sent.clone();
-        async move {
-            let mut f = f?;
-            let mut buf = vec![0u8; 64 * 1024];
-            match f.read(&mut buf).await {
-                Ok(0) | Err(_) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    bar.inc(n as u64);
-                    Some((
-                        cpb::ImportContactsRequest {
-                            part: Some(cpb::import_contacts_request::Part::Chunk(buf)),
-                        },
-                        Some(f),
-                    ))
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(head.len() as u64));
+    let counted = sent.clone();
+    let chunks = futures::stream::once(async move { Some(head) })
+        .chain(futures::stream::unfold(Some(f), move |f| {
+            let sent = counted.clone();
+            async move {
+                let mut f = f?;
+                let mut buf = vec![0u8; 64 * 1024];
+                match f.read(&mut buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        Some((Some(buf), Some(f)))
+                    }
                 }
             }
-        }
-    });
+        }))
+        .filter_map(|b| async move { b })
+        .map(|buf| cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Chunk(buf)) });
+    let started = std::time::Instant::now();
     let mut progress = ContactsServiceClient::new(conn.channel(0))
         .import_contacts(conn.req(first.chain(chunks)))
         .await?
@@ -369,30 +436,57 @@ async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow
     while let Some(m) = progress.next().await {
         let m = m?;
         if let Some(p) = &m.progress {
+            // Rows expected in all, from the share of the file sent so far.
+            let bytes = sent.load(std::sync::atomic::Ordering::Relaxed).max(1);
+            let expected = (p.rows_read as f64 * size as f64 / bytes as f64).round() as i64;
+            let rate = p.rows_read as f64 / started.elapsed().as_secs_f64().max(0.001);
+            let left = if rate > 0.0 { (expected - p.rows_read).max(0) as f64 / rate } else { 0.0 };
             bar.set_message(format!(
-                "{} rows, {} created, {} updated, {} failed",
-                p.rows_read, p.created, p.updated, p.failed
+                "{} of about {} rows, {} rows/s, about {} s left; {} created, {} updated, {} failed",
+                chart::group(p.rows_read),
+                chart::group(expected.max(p.rows_read)),
+                chart::group(rate as i64),
+                left.round() as i64,
+                chart::group(p.created),
+                chart::group(p.updated),
+                chart::group(p.failed)
             ));
         }
         last = m.progress;
     }
-    bar.finish();
+    bar.finish_and_clear();
     let p = last.context("the import ended without a summary")?;
     println!(
         "import {}: {} rows read, {} created, {} updated, {} skipped, {} failed",
-        p.import_id, p.rows_read, p.created, p.updated, p.skipped, p.failed
+        p.import_id,
+        chart::group(p.rows_read),
+        chart::group(p.created),
+        chart::group(p.updated),
+        chart::group(p.skipped),
+        chart::group(p.failed)
     );
-    if p.failed + p.skipped > 0 {
+    let problems = (p.failed + p.skipped) as usize;
+    if problems > 0 {
         let req = cpb::ListImportErrorsRequest {
             import_id: p.import_id.clone(),
-            page_size: 20,
+            page_size: SHOWN_ERRORS as i32,
             page_token: String::new(),
         };
         let errors =
             ContactsServiceClient::new(conn.channel(0)).list_import_errors(conn.req(req)).await?.into_inner();
-        for e in errors.errors {
+        for e in &errors.errors {
             println!("  row {:>7}  {:<16} {}", e.row, e.column, e.reason);
         }
+        if problems > errors.errors.len() {
+            println!(
+                "  ... and {} more (ListImportErrors with import id {})",
+                chart::group((problems - errors.errors.len()) as i64),
+                p.import_id
+            );
+        }
+    }
+    if p.failed > 0 {
+        anyhow::bail!("{} of {} rows failed", chart::group(p.failed), chart::group(p.rows_read));
     }
     Ok(())
 }
@@ -414,24 +508,36 @@ async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
         date(u.next_update_date.as_ref()),
         date(u.renewal_date.as_ref())
     );
+    // The services' today: the clock's with the ops scope; else the last day the history has
+    // (it ends on the account's today), found in a range around this machine's date.
     let clock = ClockServiceClient::new(conn.channel(2)).get_time(conn.req(opb::GetTimeRequest {})).await;
-    let today = clock
+    let told = clock
         .ok()
         .and_then(|r| r.into_inner().now)
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
-        .unwrap_or_else(chrono::Utc::now)
-        .date_naive();
-    let from = today - chrono::Days::new(u64::from(days));
+        .map(|t| t.date_naive());
+    let here = chrono::Utc::now().date_naive();
+    let (ask_from, ask_to) = match told {
+        Some(t) => (t - chrono::Days::new(u64::from(days)), t),
+        None => (here - chrono::Days::new(u64::from(days) + 366), here + chrono::Days::new(366)),
+    };
     let pb_date = |d: chrono::NaiveDate| {
         use chrono::Datelike;
         Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
     };
-    let req = bpb::GetUsageHistoryRequest { start_date: pb_date(from), end_date: pb_date(today) };
+    let req = bpb::GetUsageHistoryRequest { start_date: pb_date(ask_from), end_date: pb_date(ask_to) };
     let points = billing.get_usage_history(conn.req(req)).await?.into_inner().points;
-    let rows: Vec<chart::Day> = points
+    let last_known = points
+        .last()
+        .and_then(|p| p.date.as_ref())
+        .and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year, d.month as u32, d.day as u32));
+    let today = told.or(last_known).unwrap_or(here);
+    let from = today - chrono::Days::new(u64::from(days));
+    let known: Vec<chart::Day> = points
         .iter()
         .map(|p| chart::Day { date: date(p.date.as_ref()), count: p.max_marketing_count, tier: p.tier })
         .collect();
+    let rows = chart::every_day(from, today, known);
     for line in chart::render(&rows, 40) {
         println!("{line}");
     }

@@ -23,12 +23,12 @@ const SERVICES: [&ServiceDef; 4] = [
 #[derive(Parser, Debug)]
 #[command(version, about = "Contactier: the four services in one process")]
 struct Cli {
-    /// Address the services listen on.
-    #[arg(long, env = "CONTACTIER_HOST", default_value = "127.0.0.1")]
+    /// Address the services listen on (for `ctl`: where they are).
+    #[arg(long, env = "CONTACTIER_HOST", default_value = "127.0.0.1", global = true)]
     host: IpAddr,
     /// Port of the first service; the others follow (contacts, marketing-status, billing,
     /// notification). 0 lets the system pick free ports.
-    #[arg(long, env = "CONTACTIER_BASE_PORT", default_value_t = 50051)]
+    #[arg(long, env = "CONTACTIER_BASE_PORT", default_value_t = 50051, global = true)]
     base_port: u16,
     #[command(flatten)]
     runtime: RuntimeArgs,
@@ -58,7 +58,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Ctl(ctl)) = cli.command {
         let base_port = if cli.base_port == 0 { 50051 } else { cli.base_port };
-        return ctl::run(ctl, ctl::Target { host: cli.host, base_port, runtime: cli.runtime }).await;
+        let target = ctl::Target { host: cli.host, base_port, runtime: cli.runtime };
+        // One plain line saying what went wrong and what to check, and a failing exit status.
+        if let Err(e) = ctl::run(ctl, &target).await {
+            eprintln!("error: {}", ctl::explain(&e, &target));
+            std::process::exit(1);
+        }
+        return Ok(());
     }
     let _telemetry = contactier_runtime::telemetry::init(
         "contactier",

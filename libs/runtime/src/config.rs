@@ -32,13 +32,13 @@ pub struct RuntimeArgs {
     pub migrate_on_start: bool,
 
     /// Where SQLite files live when no DATABASE_URL is given.
-    #[arg(long, env = "CONTACTIER_DATA_DIR", default_value = "data")]
+    #[arg(long, env = "CONTACTIER_DATA_DIR", default_value = "data", global = true)]
     pub data_dir: PathBuf,
 
     /// HMAC secret that signs and verifies HS256 tokens, shared by every service of a
     /// deployment: development, tests and setups without an identity provider. At least 32
     /// bytes, not a placeholder.
-    #[arg(long, env = "CONTACTIER_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "CONTACTIER_JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
 
     /// Trusted token issuers, comma-separated: `ISSUER` (keys by OIDC discovery) or
