@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod panics;
 pub mod prom;
 pub mod read_cache;
+pub mod rich;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -193,6 +193,8 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_keepalive(Some(Duration::from_secs(60)))
         .layer(TraceLayer)
+        // Inside the trace (which reads the bare status), outside auth (whose refusals get details).
+        .layer(crate::rich::RichErrorLayer)
         .layer(crate::panics::CatchPanicLayer)
         .layer(
             AuthLayer::new(opts.authenticator.clone(), policy)

@@ -12,6 +12,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// Another contact of the account has this email: its id, when known.
+    #[error("a contact with this email exists")]
+    EmailTaken(Option<String>),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -50,7 +53,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::NotFound(_) => "NOT_FOUND",
-            Error::AlreadyExists(_) => "ALREADY_EXISTS",
+            Error::AlreadyExists(_) | Error::EmailTaken(_) => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
@@ -93,6 +96,11 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            Error::EmailTaken(ref id) => contactier_runtime::rich::already_exists(
+                "contact",
+                id.as_deref().unwrap_or_default(),
+                e.to_string(),
+            ),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Aborted(_) => Status::aborted(e.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(e.to_string()),

@@ -541,7 +541,7 @@ async fn write(
                         opted_in.push(c.id);
                     }
                 }
-                Err(crate::error::Error::AlreadyExists(_)) if plan.mode == Mode::Create => {
+                Err(crate::error::Error::EmailTaken(_)) if plan.mode == Mode::Create => {
                     import.skipped += 1;
                     errors.push(ImportErrorRow {
                         row_number: row.number,

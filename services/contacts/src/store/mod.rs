@@ -418,13 +418,22 @@ impl Store {
                 .collect();
             add_total!(tx, account, events.len() as i64);
             send_events!(tx, account, events, now);
+            // The contacts already there, in one read, so each refusal can name the one to go to.
+            let taken: Vec<&str> = rows.iter().filter(|(row, _)| !inserted.contains(&row.id)).map(|(_, c)| c.email.key.as_str()).collect();
+            let there: HashMap<String, String> = if taken.is_empty() {
+                HashMap::new()
+            } else {
+                let sql = format!("SELECT email_key, id FROM contacts WHERE account_id = $1 AND {}", self.db.json_in("email_key", 2));
+                sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
+                    .bind(account).bind(serde_json::to_string(&taken).expect("JSON of strings")).fetch_all(&mut *tx).await?.into_iter().collect()
+            };
             let outcomes: Vec<Result<ContactRow>> = rows
                 .iter()
-                .map(|(row, _)| {
+                .map(|(row, c)| {
                     if inserted.contains(&row.id) {
                         Ok(row.clone())
                     } else {
-                        Err(Error::AlreadyExists("a contact with this email exists".into()))
+                        Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
                     }
                 })
                 .collect();
@@ -497,7 +506,7 @@ impl Store {
                         "SELECT id FROM contacts WHERE account_id = $1 AND email_key = $2 AND id <> $3",
                     ).bind(account).bind(&e.key).bind(&ch.id).fetch_optional(&mut *tx).await?;
                     if taken.is_some() {
-                        out.push(Err(Error::AlreadyExists("a contact with this email exists".into())));
+                        out.push(Err(Error::EmailTaken(taken)));
                         continue;
                     }
                 }

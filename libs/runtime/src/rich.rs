@@ -1,0 +1,206 @@
+//! google.rpc error details on every refusal, so a client branches on values, not on message
+//! text: `ErrorInfo` (a stable reason, domain `contactier.io`) always; `BadRequest` naming the
+//! field on INVALID_ARGUMENT; `ResourceInfo` on NOT_FOUND and ALREADY_EXISTS; `PreconditionFailure`
+//! on FAILED_PRECONDITION; `RetryInfo` on RESOURCE_EXHAUSTED and UNAVAILABLE.
+//!
+//! Statuses built with details keep them. For the rest, [`RichErrorLayer`] derives them at the
+//! edge from the code and the message, whose shapes are the services' convention: `field:
+//! reason` for invalid arguments, `<kind> <name> not found`, `retry in N ms`.
+
+use std::collections::HashMap;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every Contactier error.
+pub const DOMAIN: &str = "contactier.io";
+
+/// A status with `details`, and an `ErrorInfo` of `reason` unless it has one.
+pub fn status(code: Code, message: impl Into<String>, mut details: ErrorDetails, reason: &str) -> Status {
+    if details.error_info().is_none() {
+        details.set_error_info(reason, DOMAIN, HashMap::new());
+    }
+    Status::with_error_details(code, message, details)
+}
+
+/// ALREADY_EXISTS naming the resource that is there (the existing contact's id).
+pub fn already_exists(resource_type: &str, name: &str, message: impl Into<String>) -> Status {
+    let message = message.into();
+    let details = ErrorDetails::with_resource_info(resource_type, name, "", message.clone());
+    status(Code::AlreadyExists, message, details, "ALREADY_EXISTS")
+}
+
+/// The stable reason of a status without one, from its code and message.
+pub fn reason(code: Code, message: &str) -> &'static str {
+    match code {
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists if message.starts_with("request_id") => "REQUEST_ID_REUSED",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "CONFLICT",
+        Code::PermissionDenied if message.contains("may not call") => "CALLER_NOT_ALLOWED",
+        Code::PermissionDenied if message.starts_with("requires ") => "SCOPE_MISSING",
+        Code::PermissionDenied if message.contains("not valid for this account") => "WRONG_ACCOUNT",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::Unauthenticated if message.contains("missing") => "TOKEN_MISSING",
+        Code::Unauthenticated => "TOKEN_INVALID",
+        Code::ResourceExhausted if message.contains("rate limit") => "RATE_LIMITED",
+        Code::ResourceExhausted => "LIMIT_REACHED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Cancelled => "CANCELLED",
+        _ => "INTERNAL",
+    }
+}
+
+/// `field: reason` of an invalid argument, when the message has that shape.
+fn field_of(message: &str) -> Option<(&str, &str)> {
+    let (field, why) = message.split_once(": ")?;
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_.[]-".contains(c);
+    (!field.is_empty() && field.chars().all(plain)).then_some((field, why))
+}
+
+/// `retry in N ms` in a message.
+fn retry_of(message: &str) -> Option<Duration> {
+    let after = message.split("retry in ").nth(1)?;
+    let ms: u64 = after.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+/// The details a status without any gets.
+pub fn derive(code: Code, message: &str) -> ErrorDetails {
+    let mut d = ErrorDetails::new();
+    let mut meta = HashMap::new();
+    match code {
+        Code::InvalidArgument => {
+            if let Some((field, why)) = field_of(message) {
+                d.add_bad_request_violation(field, why);
+                meta.insert("field".to_owned(), field.to_owned());
+            }
+        }
+        Code::NotFound => {
+            let what = message.trim_end_matches(" not found");
+            let (kind, name) = what.split_once(' ').unwrap_or((what, ""));
+            d.set_resource_info(kind, name, "", message);
+        }
+        Code::FailedPrecondition => {
+            d.add_precondition_failure_violation("STATE", "", message);
+        }
+        Code::ResourceExhausted => {
+            d.set_retry_info(Some(retry_of(message).unwrap_or(Duration::from_secs(1))));
+        }
+        Code::Unavailable => {
+            d.set_retry_info(Some(retry_of(message).unwrap_or(Duration::from_secs(1))));
+        }
+        _ => {}
+    }
+    d.set_error_info(reason(code, message), DOMAIN, meta);
+    d
+}
+
+/// Adds derived details to a status that has none.
+pub fn enrich(status: Status) -> Status {
+    if !status.details().is_empty() || status.code() == Code::Ok {
+        return status;
+    }
+    let details = derive(status.code(), status.message());
+    Status::with_error_details(status.code(), status.message().to_owned(), details)
+}
+
+/// Server layer: every refusal answered before a message (the shape of every unary error)
+/// leaves with details.
+#[derive(Clone, Copy, Default)]
+pub struct RichErrorLayer;
+
+impl<S> tower_layer::Layer<S> for RichErrorLayer {
+    type Service = RichErrorService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RichErrorService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RichErrorService<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for RichErrorService<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let response = fut.await?;
+            let needs = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() != b"0")
+                && !response.headers().contains_key("grpc-status-details-bin");
+            if !needs {
+                return Ok(response);
+            }
+            match Status::from_header_map(response.headers()) {
+                Some(status) => Ok(enrich(status).into_http()),
+                None => Ok(response),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_arguments_name_their_field() {
+        let s = enrich(Status::invalid_argument("contact.email: not an email address"));
+        let d = s.get_error_details();
+        let v = &d.bad_request().unwrap().field_violations[0];
+        assert_eq!((v.field.as_str(), v.description.as_str()), ("contact.email", "not an email address"));
+        let info = d.error_info().unwrap();
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", DOMAIN));
+        assert_eq!(info.metadata["field"], "contact.email");
+    }
+
+    #[test]
+    fn refusals_carry_what_a_client_branches_on() {
+        let d = enrich(Status::not_found("contact c-123 not found")).get_error_details();
+        let r = d.resource_info().unwrap();
+        assert_eq!((r.resource_type.as_str(), r.resource_name.as_str()), ("contact", "c-123"));
+        let d = enrich(Status::resource_exhausted(
+            "rate limit of 100 calls a second for this account reached; retry in 37 ms",
+        ))
+        .get_error_details();
+        assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_millis(37)));
+        assert_eq!(d.error_info().unwrap().reason, "RATE_LIMITED");
+        let d = enrich(Status::failed_precondition("marketing contacts are not enabled")).get_error_details();
+        assert_eq!(
+            d.precondition_failure().unwrap().violations[0].description,
+            "marketing contacts are not enabled"
+        );
+        let d = enrich(Status::permission_denied("requires admin access")).get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "SCOPE_MISSING");
+        let d = enrich(Status::already_exists("request_id: already used for a different request"))
+            .get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "REQUEST_ID_REUSED");
+    }
+
+    #[test]
+    fn details_given_at_the_source_are_kept() {
+        let s = enrich(already_exists("contact", "c-9", "a contact with this email exists"));
+        let d = s.get_error_details();
+        assert_eq!(d.resource_info().unwrap().resource_name, "c-9");
+        assert_eq!(d.error_info().unwrap().reason, "ALREADY_EXISTS");
+    }
+}
