@@ -301,7 +301,10 @@ async fn the_product_end_to_end() {
         s.advance_to(at(6, 1, 6)).await;
         assert_eq!(c.usage().await.marketing_count, 1_701);
         c.contacts
-            .erase_contact(authed(cpb::EraseContactRequest { contact_id: victim.clone() }, &c.admin))
+            .erase_contact(authed(
+                cpb::EraseContactRequest { contact_id: victim.clone(), ..Default::default() },
+                &c.admin,
+            ))
             .await
             .unwrap();
         s.advance_to(at(6, 1, 7)).await;

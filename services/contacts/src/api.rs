@@ -60,6 +60,9 @@ fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
     })
 }
 
+/// Lists read per page of a contact's memberships: each active one is a query.
+const MEMBERSHIP_SCAN: i64 = 200;
+
 fn page_size(n: i32) -> Result<i64> {
     match n as i64 {
         0 => Ok(DEFAULT_PAGE),
@@ -182,6 +185,24 @@ impl Api {
             Error::Unavailable("the user's permission to set marketing could not be checked; retry".into())
         })?;
         Ok(answer.into_inner().permission.is_some_and(|p| p.may_set_marketing))
+    }
+
+    /// The contact a data-subject request names: by id or by email, exactly one of them.
+    async fn subject(&self, account: &str, id: String, email: &str) -> Result<String> {
+        match (id.trim().is_empty(), email.trim().is_empty()) {
+            (true, true) => Err(Error::invalid("contact_id", "contact_id or email is required")),
+            (false, false) => Err(Error::invalid("email", "give contact_id or email, not both")),
+            (false, true) => Ok(id),
+            (true, false) => {
+                let key = email.trim().to_lowercase();
+                let (row, _) = self
+                    .store
+                    .contact_with_catalog(account, ContactKey::Email(&key))
+                    .await?
+                    .ok_or_else(|| Error::NotFound("contact with this email".into()))?;
+                Ok(row.id)
+            }
+        }
     }
 
     async fn contact_by_id(&self, account: &str, id: &str) -> Result<ContactRow> {
@@ -828,6 +849,51 @@ impl ContactsService for Api {
         Ok(Response::new(pb::ListListMembersResponse { contact_ids, next_page_token }))
     }
 
+    async fn list_contact_memberships(
+        &self,
+        req: Request<pb::ListContactMembershipsRequest>,
+    ) -> Answer<pb::ListContactMembershipsResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size)?;
+        let id = self.subject(&c.account, r.contact_id, &r.email).await?;
+        let statics: std::collections::HashSet<String> =
+            self.store.lists_of(&c.account, &id).await?.into_iter().collect();
+        let catalog = self.store.catalog(&c.account).await?;
+        let (mut lists, mut after, mut more) = (Vec::new(), r.page_token, false);
+        'scan: loop {
+            let rows = self.store.lists(&c.account, &after, MEMBERSHIP_SCAN).await?;
+            let last_page = (rows.len() as i64) < MEMBERSHIP_SCAN;
+            for row in rows {
+                after = row.id.clone();
+                let member = if row.r#type == "active" {
+                    let f = pb::ContactFilter::decode(row.filter.as_slice())
+                        .map_err(|_| Error::Internal("stored filter".into()))?;
+                    match filter::compile(Some(&f), &catalog, 1) {
+                        Ok(sql) => self.store.matches(&c.account, &sql, &id).await?,
+                        Err(_) => false,
+                    }
+                } else {
+                    statics.contains(&row.id)
+                };
+                if member {
+                    if lists.len() as i64 == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    let size = self.list_size(&c.account, &row).await?;
+                    lists.push(convert::list(row, size));
+                }
+            }
+            if last_page {
+                break;
+            }
+        }
+        let next_page_token =
+            if more { lists.last().map(|l| l.id.clone()).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListContactMembershipsResponse { lists, next_page_token }))
+    }
+
     async fn set_consent(&self, req: Request<pb::SetConsentRequest>) -> Answer<pb::SetConsentResponse> {
         let c = caller(&req)?;
         let r = req.into_inner();
@@ -882,8 +948,8 @@ impl ContactsService for Api {
         req: Request<pb::ExportContactDataRequest>,
     ) -> Answer<pb::ExportContactDataResponse> {
         let c = caller(&req)?;
-        let id = req.into_inner().contact_id;
-        required("contact_id", &id)?;
+        let r = req.into_inner();
+        let id = self.subject(&c.account, r.contact_id, &r.email).await?;
         let row = self.contact_by_id(&c.account, &id).await?;
         let consent = self.store.consent(&c.account, &id).await?;
         let lists = self.store.lists_of(&c.account, &id).await?;
@@ -927,8 +993,8 @@ impl ContactsService for Api {
 
     async fn erase_contact(&self, req: Request<pb::EraseContactRequest>) -> Answer<pb::EraseContactResponse> {
         let c = caller(&req)?;
-        let id = req.into_inner().contact_id;
-        required("contact_id", &id)?;
+        let r = req.into_inner();
+        let id = self.subject(&c.account, r.contact_id, &r.email).await?;
         self.delete_one(&c.account, &id, true).await?;
         Ok(Response::new(pb::EraseContactResponse {}))
     }
@@ -938,8 +1004,8 @@ impl ContactsService for Api {
         req: Request<pb::AnonymizeContactRequest>,
     ) -> Answer<pb::AnonymizeContactResponse> {
         let c = caller(&req)?;
-        let id = req.into_inner().contact_id;
-        required("contact_id", &id)?;
+        let r = req.into_inner();
+        let id = self.subject(&c.account, r.contact_id, &r.email).await?;
         let row = self.store.anonymize(&c.account, &id, self.clock.now()).await?;
         let catalog = self.store.catalog(&c.account).await?;
         Ok(Response::new(pb::AnonymizeContactResponse {

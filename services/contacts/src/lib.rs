@@ -52,6 +52,7 @@ pub fn policy() -> Policy {
                 "GetList",
                 "ListLists",
                 "ListListMembers",
+                "ListContactMemberships",
                 "GetConsent",
             ],
         )

@@ -315,13 +315,19 @@ async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
 
         let err = s
             .api()
-            .export_contact_data(authed(pb::ExportContactDataRequest { contact_id: c.id.clone() }, &w))
+            .export_contact_data(authed(
+                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+                &w,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "exports are for admins");
         let export = s
             .api()
-            .export_contact_data(authed(pb::ExportContactDataRequest { contact_id: c.id.clone() }, &admin))
+            .export_contact_data(authed(
+                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+                &admin,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -340,7 +346,10 @@ async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
         // Anonymise keeps the contact (it still counts) without its personal data.
         let a = s
             .api()
-            .anonymize_contact(authed(pb::AnonymizeContactRequest { contact_id: c.id.clone() }, &admin))
+            .anonymize_contact(authed(
+                pb::AnonymizeContactRequest { contact_id: c.id.clone(), ..Default::default() },
+                &admin,
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -355,7 +364,10 @@ async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
 
         // Erase removes it everywhere, history included.
         s.api()
-            .erase_contact(authed(pb::EraseContactRequest { contact_id: c.id.clone() }, &admin))
+            .erase_contact(authed(
+                pb::EraseContactRequest { contact_id: c.id.clone(), ..Default::default() },
+                &admin,
+            ))
             .await
             .unwrap();
         s.settle().await;
@@ -363,7 +375,10 @@ async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
         assert_eq!(s.marketing_count().await.marketing, 0);
         let err = s
             .api()
-            .export_contact_data(authed(pb::ExportContactDataRequest { contact_id: c.id.clone() }, &admin))
+            .export_contact_data(authed(
+                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+                &admin,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);

@@ -272,6 +272,92 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter() {
             .unwrap();
         assert_eq!(got.size, 27, "{backend:?}");
 
+        // The lists a contact is in, static and active, named by email as a data subject would.
+        let newcomer = s
+            .api()
+            .get_contact(authed(
+                pb::GetContactRequest {
+                    key: Some(pb::get_contact_request::Key::Email("new-customer@example.com".into())),
+                },
+                &w,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .contact
+            .unwrap();
+        s.api()
+            .add_list_members(authed(
+                pb::AddListMembersRequest {
+                    list_id: fixed.id.clone(),
+                    contact_ids: vec![newcomer.id.clone()],
+                },
+                &w,
+            ))
+            .await
+            .unwrap();
+        let memberships = |contact_id: &str, email: &str| pb::ListContactMembershipsRequest {
+            contact_id: contact_id.into(),
+            email: email.into(),
+            page_size: 0,
+            page_token: String::new(),
+        };
+        let lists = s
+            .api()
+            .list_contact_memberships(authed(memberships("", "New-Customer@example.com"), &w))
+            .await
+            .unwrap()
+            .into_inner()
+            .lists;
+        let mut got: Vec<&str> = lists.iter().map(|l| l.id.as_str()).collect();
+        got.sort();
+        let mut want = vec![active.id.as_str(), fixed.id.as_str()];
+        want.sort();
+        assert_eq!(got, want, "{backend:?}");
+        // One page at a time.
+        let first = s
+            .api()
+            .list_contact_memberships(authed(
+                pb::ListContactMembershipsRequest { page_size: 1, ..memberships(&newcomer.id, "") },
+                &w,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.lists.len(), 1, "{backend:?}");
+        let second = s
+            .api()
+            .list_contact_memberships(authed(
+                pb::ListContactMembershipsRequest {
+                    page_size: 1,
+                    page_token: first.next_page_token.clone(),
+                    ..memberships(&newcomer.id, "")
+                },
+                &w,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((second.lists.len(), second.next_page_token.as_str()), (1, ""), "{backend:?}");
+        assert_ne!(first.lists[0].id, second.lists[0].id);
+        let err = s
+            .api()
+            .list_contact_memberships(authed(memberships(&newcomer.id, "new-customer@example.com"), &w))
+            .await
+            .unwrap_err();
+        assert!(err.message().starts_with("email"), "{backend:?}: {err:?}");
+        // Erased by email: nothing of it is left to find.
+        let admin = s.token(ACCOUNT, &["admin"]);
+        let erase =
+            pb::EraseContactRequest { contact_id: String::new(), email: "new-customer@example.com".into() };
+        s.api().erase_contact(authed(erase, &admin)).await.unwrap();
+        let err = s
+            .api()
+            .list_contact_memberships(authed(memberships("", "new-customer@example.com"), &w))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+
         for (req, field) in [
             (create("", pb::ListType::Static, None), "name"),
             (create("x", pb::ListType::Unspecified, None), "type"),

@@ -166,6 +166,20 @@ impl Store {
         }))
     }
 
+    /// Whether the contact `id` matches `filter`.
+    pub async fn matches(&self, account: &str, filter: &Sql, id: &str) -> Result<bool> {
+        let p = filter.binds.len() + 2;
+        let sql = format!(
+            "SELECT c.id FROM contacts c WHERE c.account_id = $1 AND ({}) AND c.id = ${p}",
+            filter.text
+        );
+        let found: Option<String> = with_pool!(&self.db, pool => {
+            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
+            bind_all!(q, &filter.binds).bind(id).fetch_optional(pool).await?
+        });
+        Ok(found.is_some())
+    }
+
     /// Ids of the contacts matching `filter`, in id order after `after`.
     pub async fn matching_ids(
         &self,
