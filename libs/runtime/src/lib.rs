@@ -15,6 +15,7 @@ pub mod jwks;
 pub mod limits;
 pub mod ops;
 pub mod outbox;
+pub mod paging;
 pub mod panics;
 pub mod prom;
 pub mod read_cache;

@@ -612,10 +612,12 @@ impl ContactsService for Api {
         req: Request<pb::ListPropertiesRequest>,
     ) -> Answer<pb::ListPropertiesResponse> {
         let c = caller(&req)?;
+        let r = req.into_inner();
         let catalog = self.store.catalog(&c.account).await?;
-        Ok(Response::new(pb::ListPropertiesResponse {
-            properties: catalog.by_name.values().map(convert::definition).collect(),
-        }))
+        let all: Vec<pb::PropertyDefinition> = catalog.by_name.values().map(convert::definition).collect();
+        let (properties, next_page_token) =
+            contactier_runtime::paging::page(all, |p| p.name.as_str(), r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListPropertiesResponse { properties, next_page_token }))
     }
 
     async fn update_property(

@@ -345,12 +345,27 @@ async fn custom_properties_are_defined_typed_and_validated() {
         }
         let list = s
             .api()
-            .list_properties(authed(pb::ListPropertiesRequest {}, &s.writer()))
+            .list_properties(authed(pb::ListPropertiesRequest::default(), &s.writer()))
             .await
             .unwrap()
             .into_inner();
         assert_eq!(list.properties.iter().filter(|p| p.standard).count(), 8);
         assert_eq!(list.properties.len(), 13);
+        // Pages of five follow one another to the same thirteen.
+        let (mut paged, mut token) = (Vec::new(), String::new());
+        loop {
+            let req = pb::ListPropertiesRequest { page_size: 5, page_token: token };
+            let page = s.api().list_properties(authed(req, &s.writer())).await.unwrap().into_inner();
+            assert!(page.properties.len() <= 5, "{backend:?}");
+            paged.extend(page.properties.into_iter().map(|p| p.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let mut all: Vec<String> = list.properties.iter().map(|p| p.name.clone()).collect();
+        all.sort();
+        assert_eq!(paged, all, "{backend:?}");
 
         // The type stays; the options may grow. Deleting drops the values.
         let mut tier = def("tier", pb::PropertyType::Enumeration, &["gold", "silver", "bronze"]);

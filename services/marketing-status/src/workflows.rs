@@ -151,8 +151,12 @@ impl Api {
         req: Request<pb::ListWorkflowsRequest>,
     ) -> Result<pb::ListWorkflowsResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
+        let r = req.get_ref();
         let rows = self.store.workflows(&account, None).await.map_err(db)?;
-        Ok(pb::ListWorkflowsResponse { workflows: rows.into_iter().map(pb_workflow).collect() })
+        let all: Vec<pb::Workflow> = rows.into_iter().map(pb_workflow).collect();
+        let (workflows, next_page_token) =
+            contactier_runtime::paging::page(all, |w| w.id.as_str(), r.page_size, &r.page_token)?;
+        Ok(pb::ListWorkflowsResponse { workflows, next_page_token })
     }
 
     pub async fn delete_workflow_impl(

@@ -101,8 +101,11 @@ impl NotificationService for Api {
         req: Request<pb::ListRecipientsRequest>,
     ) -> std::result::Result<Response<pb::ListRecipientsResponse>, Status> {
         let rows = self.store.list_recipients(&account(&req)?).await?;
-        let recipients = rows.into_iter().map(|r| convert::recipient(r, false)).collect();
-        Ok(Response::new(pb::ListRecipientsResponse { recipients }))
+        let all: Vec<pb::Recipient> = rows.into_iter().map(|r| convert::recipient(r, false)).collect();
+        let r = req.get_ref();
+        let (recipients, next_page_token) =
+            contactier_runtime::paging::page(all, |x| x.id.as_str(), r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListRecipientsResponse { recipients, next_page_token }))
     }
 
     async fn delete_recipient(

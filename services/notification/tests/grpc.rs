@@ -679,12 +679,14 @@ async fn accounts_never_see_or_touch_each_others_notifications() {
 
         let b_admin = s.user("acct-b", &["admin"]);
         assert!(s.alerts("acct-b").await.is_empty());
-        let list = pb::ListRecipientsRequest {};
+        let list = pb::ListRecipientsRequest::default();
         assert!(
             s.api().list_recipients(authed(list, &b_admin)).await.unwrap().into_inner().recipients.is_empty()
         );
-        let a_recipients =
-            s.api().list_recipients(authed(pb::ListRecipientsRequest {}, &s.user(ACCOUNT, &["read"]))).await;
+        let a_recipients = s
+            .api()
+            .list_recipients(authed(pb::ListRecipientsRequest::default(), &s.user(ACCOUNT, &["read"])))
+            .await;
         let a_recipient = a_recipients.unwrap().into_inner().recipients.remove(0);
         assert!(
             matches!(&a_recipient.target, Some(pb::recipient::Target::Webhook(w)) if w.secret.is_empty()),
