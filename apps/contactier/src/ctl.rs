@@ -55,12 +55,27 @@ enum Command {
         #[arg(long, value_enum)]
         status: Status,
         /// A static or active list of the contacts service.
-        #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+        #[arg(long, conflicts_with_all = ["ids", "conditions"], required_unless_present_any = ["ids", "conditions"])]
         list: Option<String>,
         /// Contact ids, comma separated.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "conditions")]
         ids: Vec<String>,
+        /// The contacts matching every condition: property=value, !=, >, >=, <, <=, or ~ for
+        /// "contains" (repeat for more).
+        #[arg(long = "where", value_parser = parse_condition)]
+        conditions: Vec<cpb::Filter>,
     },
+    /// The account's lists: id, type, size and name.
+    Lists,
+    /// Create a list: static, or active (kept to a filter) with --where.
+    CreateList {
+        name: String,
+        /// Conditions of an active list (see set-status --where).
+        #[arg(long = "where", value_parser = parse_condition)]
+        conditions: Vec<cpb::Filter>,
+    },
+    /// Turn on marketing contacts for the account (admin).
+    EnableMarketing,
     /// Usage and tier, with a chart of the last days.
     Usage {
         #[arg(long, default_value_t = 30)]
@@ -114,6 +129,35 @@ enum Mode {
 enum Status {
     Marketing,
     NonMarketing,
+}
+
+/// `property=value` and the other comparisons of `--where` as a filter condition.
+fn parse_condition(s: &str) -> Result<cpb::Filter, String> {
+    use cpb::FilterOperator as Op;
+    // Longest operators first, so ">=" is not read as ">".
+    for (text, op) in [
+        ("!=", Op::Neq),
+        (">=", Op::Gte),
+        ("<=", Op::Lte),
+        ("=", Op::Eq),
+        (">", Op::Gt),
+        ("<", Op::Lt),
+        ("~", Op::Contains),
+    ] {
+        if let Some((property, value)) = s.split_once(text) {
+            let property = property.trim();
+            if property.is_empty() {
+                break;
+            }
+            return Ok(cpb::Filter {
+                property: property.to_owned(),
+                operator: op as i32,
+                value: value.trim().to_owned(),
+                ..Default::default()
+            });
+        }
+    }
+    Err(format!("{s:?}: expected property=value (or !=, >, >=, <, <=, ~ for contains)"))
 }
 
 fn parse_mapping(s: &str) -> Result<(String, String), String> {
@@ -256,9 +300,12 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             };
             import(&conn, file, header).await
         }
-        Command::SetStatus { status, list, ids } => {
+        Command::SetStatus { status, list, ids, conditions } => {
             let target = match list {
                 Some(l) => mpb::set_marketing_status_request::Target::ListId(l),
+                None if !conditions.is_empty() => {
+                    mpb::set_marketing_status_request::Target::Filter(filter(conditions))
+                }
                 None => mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds { ids }),
             };
             let status = match status {
@@ -340,6 +387,45 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             println!("now {}", now.map(|t| ts(&t)).unwrap_or_default());
             Ok(())
         }
+        Command::Lists => {
+            let mut contacts = ContactsServiceClient::new(conn.channel(0));
+            let mut token = String::new();
+            loop {
+                let req = cpb::ListListsRequest { page_size: 1_000, page_token: token };
+                let r = contacts.list_lists(conn.req(req)).await?.into_inner();
+                for l in r.lists {
+                    let kind = l.r#type().as_str_name().trim_start_matches("LIST_TYPE_").to_lowercase();
+                    println!("{}  {kind:<6} {:>9}  {}", l.id, chart::group(l.size), l.name);
+                }
+                if r.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = r.next_page_token;
+            }
+        }
+        Command::CreateList { name, conditions } => {
+            let (kind, f) = if conditions.is_empty() {
+                (cpb::ListType::Static, None)
+            } else {
+                (cpb::ListType::Active, Some(filter(conditions)))
+            };
+            let req = cpb::CreateListRequest { name, r#type: kind as i32, filter: f };
+            let l = ContactsServiceClient::new(conn.channel(0))
+                .create_list(conn.req(req))
+                .await?
+                .into_inner()
+                .list
+                .context("the service answered no list")?;
+            println!("{}  {} contacts", l.id, chart::group(l.size));
+            Ok(())
+        }
+        Command::EnableMarketing => {
+            MarketingStatusServiceClient::new(conn.channel(1))
+                .enable_marketing_contacts(conn.req(mpb::EnableMarketingContactsRequest {}))
+                .await?;
+            println!("marketing contacts are on for this account");
+            Ok(())
+        }
         // Needs no connection; answered before connecting.
         Command::Token { .. } => Ok(()),
     }
@@ -357,6 +443,11 @@ fn date(d: Option<&common::Date>) -> String {
 
 fn money(m: &common::Money) -> String {
     format!("{}.{:02} {}", chart::group(m.amount_minor / 100), (m.amount_minor % 100).abs(), m.currency)
+}
+
+/// Conditions that must all hold, as a filter of one group.
+fn filter(conditions: Vec<cpb::Filter>) -> cpb::ContactFilter {
+    cpb::ContactFilter { groups: vec![cpb::FilterGroup { filters: conditions }] }
 }
 
 /// The first `n` row errors an import summary prints; the rest are counted.
@@ -542,4 +633,21 @@ async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cpb::FilterOperator as Op;
+
+    #[test]
+    fn conditions_read_as_people_write_them() {
+        let c = |s: &str| parse_condition(s).map(|f| (f.property.clone(), f.operator(), f.value));
+        assert_eq!(c("lifecycle_stage=customer"), Ok(("lifecycle_stage".into(), Op::Eq, "customer".into())));
+        assert_eq!(c("score >= 10"), Ok(("score".into(), Op::Gte, "10".into())));
+        assert_eq!(c("score!=3"), Ok(("score".into(), Op::Neq, "3".into())));
+        assert_eq!(c("email~example.com"), Ok(("email".into(), Op::Contains, "example.com".into())));
+        assert!(c("=x").is_err());
+        assert!(c("nothing").unwrap_err().contains("property=value"));
+    }
 }

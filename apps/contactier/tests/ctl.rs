@@ -183,4 +183,49 @@ async fn ctl_answers_a_person_plainly() {
     assert_eq!(stdout.lines().filter(|l| l.trim_start().starts_with("row ")).count(), 20, "{stdout}");
     assert!(stdout.contains("... and 5 more"), "{stdout}");
     assert!(stderr.contains("25 of 30 rows failed"), "{stderr}");
+
+    // Lists and filters from the command line, and the feature switch.
+    let out = ctl(&r, &["ctl", "enable-marketing", "--base-port", &base, "--token", &admin]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = ctl(
+        &r,
+        &[
+            "ctl",
+            "create-list",
+            "Imported",
+            "--where",
+            "email~example.com",
+            "--base-port",
+            &base,
+            "--token",
+            &admin,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).trim_end().ends_with("5 contacts"), "{}", text(&out.stdout));
+    let out = ctl(&r, &["ctl", "lists", "--base-port", &base, "--token", &reader]);
+    assert!(
+        text(&out.stdout).lines().any(|l| l.contains("active") && l.ends_with("Imported")),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = ctl(
+        &r,
+        &[
+            "ctl",
+            "set-status",
+            "--status",
+            "marketing",
+            "--where",
+            "email~person",
+            "--where",
+            "first_name=P1",
+            "--base-port",
+            &base,
+            "--token",
+            &admin,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("changed 1,"), "{}", text(&out.stdout));
 }
