@@ -37,6 +37,7 @@ lint: proto-lint
 	cargo clippy --workspace --all-targets -- -D warnings
 
 proto-lint:
+	@command -v npx >/dev/null 2>&1 || { echo "make lint needs npx (Node.js) to run buf: install nodejs and npm"; exit 1; }
 	cd proto && $(BUF) lint
 	@# Contracts stay compatible with the previous commit (a clone without history compares with itself).
 	cd proto && $(BUF) breaking --against "../.git#ref=$$(git rev-parse -q --verify HEAD~1 || git rev-parse HEAD),subdir=proto"
