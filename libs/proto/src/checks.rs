@@ -198,6 +198,26 @@ impl Check for prost_types::Timestamp {
     }
 }
 
+/// The most paths a field mask may name, and the longest path.
+const MASK_PATHS: usize = 1_000;
+const MASK_PATH_LEN: usize = 256;
+
+impl Check for prost_types::FieldMask {
+    const REQUEST: bool = false;
+
+    fn check(&self, at: &At<'_>) -> Result<(), Violation> {
+        if self.paths.len() > MASK_PATHS {
+            return Err(at.violation(format!("at most {MASK_PATHS} paths")));
+        }
+        if self.paths.iter().any(|p| p.len() > MASK_PATH_LEN || p.chars().any(char::is_control)) {
+            return Err(
+                at.violation(format!("paths are at most {MASK_PATH_LEN} characters, no control characters"))
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Check for prost_types::Duration {
     const REQUEST: bool = false;
 

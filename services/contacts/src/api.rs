@@ -141,8 +141,39 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
 }
 
 /// Checks one update; `at` prefixes field names.
+/// The properties and email an update names: all it carries, or with a field mask exactly
+/// the named fields (a named property it does not carry is cleared).
+fn masked(mut u: pb::UpdateContactRequest, at: &str) -> Result<pb::UpdateContactRequest> {
+    let Some(mask) = u.update_mask.take() else { return Ok(u) };
+    if mask.paths.is_empty() {
+        return Err(Error::invalid(format!("{at}update_mask"), "names no field; leave it out to merge"));
+    }
+    let (mut properties, mut email) = (std::collections::BTreeMap::new(), String::new());
+    for (i, path) in mask.paths.iter().enumerate() {
+        match path.split_once('.') {
+            None if path == "email" => {
+                if u.email.trim().is_empty() {
+                    return Err(Error::invalid(format!("{at}email"), "a contact's email cannot be cleared"));
+                }
+                email = std::mem::take(&mut u.email);
+            }
+            Some(("properties", name)) if !name.is_empty() => {
+                properties.insert(name.to_owned(), u.properties.remove(name).unwrap_or_default());
+            }
+            _ => {
+                return Err(Error::invalid(
+                    format!("{at}update_mask.paths[{i}]"),
+                    format!("{path:?} is not a field an update changes (email, properties.<name>)"),
+                ));
+            }
+        }
+    }
+    Ok(pb::UpdateContactRequest { properties, email, update_mask: None, ..u })
+}
+
 fn change(u: pb::UpdateContactRequest, catalog: &Catalog, at: &str) -> Result<Change> {
     required(&format!("{at}id"), &u.id)?;
+    let u = masked(u, at)?;
     let values = catalog
         .check(&u.properties.into_iter().collect())
         .map_err(|(name, r)| Error::invalid(format!("{at}properties.{name}"), r))?;

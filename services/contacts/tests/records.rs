@@ -49,6 +49,7 @@ async fn contacts_are_created_read_updated_and_deleted_with_their_status_followi
             properties: props(p),
             expected_version: version,
             email: String::new(),
+            update_mask: None,
         };
         let u = s
             .api()
@@ -67,6 +68,39 @@ async fn contacts_are_created_read_updated_and_deleted_with_their_status_followi
         let err =
             s.api().update_contact(authed(update(1, &[("company", "X")]), &s.writer())).await.unwrap_err();
         assert_eq!(err.code(), Code::Aborted, "{backend:?}: a stale version");
+
+        // With a field mask exactly the named fields change: a named property left out is
+        // cleared, one given but not named is ignored, the email stays unless named.
+        let masked = |paths: &[&str], p: &[(&str, &str)], email: &str| pb::UpdateContactRequest {
+            id: c.id.clone(),
+            properties: props(p),
+            expected_version: 0,
+            email: email.into(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
+        };
+        let req = masked(
+            &["properties.last_name", "properties.company"],
+            &[("company", "Analytical Engines"), ("lifecycle_stage", "customer")],
+            "ignored@example.com",
+        );
+        let u = s.api().update_contact(authed(req, &s.writer())).await.unwrap().into_inner().contact.unwrap();
+        assert_eq!(
+            (u.properties, u.email.as_str()),
+            (props(&[("company", "Analytical Engines"), ("lifecycle_stage", "lead")]), c.email.as_str()),
+            "{backend:?}"
+        );
+        for (req, field) in [
+            (masked(&["phone_number"], &[], ""), "update_mask.paths[0]"),
+            (masked(&["properties"], &[], ""), "update_mask.paths[0]"),
+            (masked(&["email"], &[], ""), "email"),
+            (masked(&[], &[], ""), "update_mask"),
+        ] {
+            let err = s.api().update_contact(authed(req, &s.writer())).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
+            assert!(err.message().starts_with(field), "{backend:?}: {} should name {field}", err.message());
+        }
 
         // marketing-status learnt of the contact with a manual creation's default.
         s.settle().await;
@@ -191,24 +225,28 @@ async fn batches_give_each_record_its_outcome_and_replays_change_nothing() {
                 properties: props(&[("job_title", "CTO")]),
                 expected_version: 1,
                 email: String::new(),
+                update_mask: None,
             },
             pb::UpdateContactRequest {
                 id: "missing".into(),
                 properties: props(&[("job_title", "CTO")]),
                 expected_version: 0,
                 email: String::new(),
+                update_mask: None,
             },
             pb::UpdateContactRequest {
                 id: ids[1].clone(),
                 properties: props(&[("lead_status", "nope")]),
                 expected_version: 0,
                 email: String::new(),
+                update_mask: None,
             },
             pb::UpdateContactRequest {
                 id: ids[2].clone(),
                 properties: BTreeMap::new(),
                 expected_version: 0,
                 email: "person3@example.com".into(),
+                update_mask: None,
             },
         ];
         let u = s
