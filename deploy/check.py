@@ -200,6 +200,9 @@ def check_deployment(d: dict, config: dict, problems: list) -> tuple[int, int]:
         problems.append(f"{name}: does not run as {NONROOT}:{NONROOT} (distroless nonroot)")
     if pod.get("serviceAccountName") != f"contactier-{name}":
         problems.append(f"{name}: does not run as ServiceAccount contactier-{name}")
+    spread = {t.get("topologyKey") for t in pod.get("topologySpreadConstraints", [])}
+    if "kubernetes.io/hostname" not in spread:
+        problems.append(f"{name}: replicas are not spread over nodes (topologySpreadConstraints)")
     if "secret.reloader.stakater.com/reload" not in d["metadata"].get("annotations", {}):
         problems.append(f"{name}: no Reloader annotation for contactier-secrets")
 

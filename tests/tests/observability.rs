@@ -91,6 +91,16 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
     input.properties.insert("first_name".into(), NAME.into());
     let create = cpb::CreateContactRequest { contact: Some(input), request_id: String::new() };
     contacts.create_contact(call(create, created_trace)).await.unwrap();
+    // A refusal whose reason would quote the value: the log names the field only.
+    let mut bad = cpb::ContactInput {
+        email: "someone@example.com".into(),
+        source: Some(Source { r#type: SourceType::User as i32, id: String::new() }),
+        ..Default::default()
+    };
+    bad.properties.insert("lifecycle_stage".into(), EMAIL.into());
+    let create = cpb::CreateContactRequest { contact: Some(bad), request_id: String::new() };
+    let e = contacts.create_contact(call(create, "7a3f0c1e2d4b5a69788796a5b4c3d2e1")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
     let missing_trace = "0af7651916cd43dd8448eb211c80319c";
     let get =
         cpb::GetContactRequest { key: Some(cpb::get_contact_request::Key::Id("no-such-contact".into())) };

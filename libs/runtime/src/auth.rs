@@ -228,6 +228,8 @@ pub struct Authenticator {
     /// Token subjects of trusted issuers that are services, with the service each one is:
     /// `system:serviceaccount:contactier:contactier-billing` is billing.
     identities: Arc<HashMap<String, String>>,
+    /// The issuer whose tokens may be service identities.
+    service_issuer: Option<String>,
     /// Claims of tokens that passed verification, by the token's whole text. A caller sends
     /// the same token on every call; checking its signature and claims each time cost more
     /// than the rest of a small read. A changed token is a different key.
@@ -287,6 +289,7 @@ impl Authenticator {
             audience: audience.to_owned(),
             issuers: None,
             identities: Arc::default(),
+            service_issuer: None,
             verified: moka::sync::Cache::builder()
                 .max_capacity(VERIFIED_TOKENS)
                 .time_to_live(VERIFIED_FOR)
@@ -295,14 +298,18 @@ impl Authenticator {
     }
 
     /// Also accepts tokens of `issuers`; a subject listed in `identities` is the service named
-    /// there, any other subject a user of the account its `acct` claim names.
+    /// there, any other subject a user of the account its `acct` claim names. Only tokens of
+    /// `service_issuer` may be services: another trusted issuer (a user identity provider)
+    /// naming a service account's subject is a user like any other.
     pub fn with_issuers(
         mut self,
         issuers: crate::jwks::Issuers,
         identities: HashMap<String, String>,
+        service_issuer: Option<String>,
     ) -> Self {
         self.issuers = (!issuers.is_empty()).then_some(issuers);
         self.identities = Arc::new(identities);
+        self.service_issuer = service_issuer;
         self
     }
 
@@ -452,7 +459,8 @@ impl Authenticator {
 
     fn issued(&self, c: IssuedClaims, iss: String) -> Claims {
         let aud = self.audience.clone();
-        match self.identities.get(&c.sub) {
+        let from_services = self.service_issuer.as_deref() == Some(iss.trim_end_matches('/'));
+        match self.identities.get(&c.sub).filter(|_| from_services) {
             Some(service) => Claims {
                 sub: service.clone(),
                 acct: None,
@@ -564,6 +572,8 @@ impl AuthLayer {
             Verdict::Valid(p) => p,
             other => return other,
         };
+        // Known from here on, refused or not: the call's log line names the account.
+        note_account(req, &principal);
         match self.admit(path, principal) {
             Ok(p) => Verdict::Valid(p),
             Err(s) => Verdict::Refused(s),

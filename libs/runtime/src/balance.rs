@@ -39,6 +39,13 @@ impl Resolve for Dns {
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 /// How long a replica that could not be reached is passed over (unless no other is left).
 const DOWN_FOR: Duration = Duration::from_secs(5);
+/// The longest a call to a peer may take when its caller set no shorter deadline: a replica
+/// that stopped answering must not hold a relay forever.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// HTTP/2 pings find a replica that froze with its connections open.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The least time between two resolutions caused by failures.
 const RESOLVE_AT_MOST_EVERY: Duration = Duration::from_millis(500);
 
@@ -77,6 +84,7 @@ struct Shared {
     next: AtomicUsize,
     resolve_now: tokio::sync::Notify,
     resolved: tokio::sync::Mutex<Option<Instant>>,
+    call_timeout: Duration,
 }
 
 /// A channel to every replica of one peer; give it to a generated client like a [`Channel`].
@@ -88,6 +96,16 @@ pub struct Balanced {
 impl Balanced {
     /// Resolves `url`'s host with `resolver` now and every `every` (and after failures).
     pub fn new(url: &str, resolver: Arc<dyn Resolve>, every: Duration) -> anyhow::Result<Self> {
+        Self::with_call_timeout(url, resolver, every, CALL_TIMEOUT)
+    }
+
+    /// As [`Balanced::new`], each call given at most `call_timeout`.
+    pub fn with_call_timeout(
+        url: &str,
+        resolver: Arc<dyn Resolve>,
+        every: Duration,
+        call_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let uri: http::Uri = url.parse().map_err(|e| anyhow::anyhow!("invalid peer URL {url}: {e}"))?;
         anyhow::ensure!(
             uri.scheme_str() == Some("http"),
@@ -103,6 +121,7 @@ impl Balanced {
             next: AtomicUsize::new(0),
             resolve_now: tokio::sync::Notify::new(),
             resolved: tokio::sync::Mutex::default(),
+            call_timeout,
         });
         tokio::spawn(keep_resolving(Arc::downgrade(&shared), every));
         Ok(Self { shared })
@@ -145,6 +164,10 @@ impl Shared {
                     channel: Endpoint::from_shared(format!("http://{addr}"))
                         .expect("an address is a URI")
                         .connect_timeout(Duration::from_secs(2))
+                        .timeout(self.call_timeout)
+                        .http2_keep_alive_interval(KEEPALIVE)
+                        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                        .keep_alive_while_idle(true)
                         .connect_lazy(),
                     down_until: Mutex::default(),
                 }),
@@ -196,6 +219,18 @@ fn unsent(e: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if e.to_string().contains("connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether a call failed because its time ran out.
+fn deadline_passed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if e.is::<tonic::TimeoutExpired>() {
             return true;
         }
         source = e.source();
@@ -287,6 +322,13 @@ impl Shared {
                 Err(e) => {
                     replica.mark_down();
                     shared.resolve_now.notify_one();
+                    if deadline_passed(&e) && crate::deadline::remaining().is_some_and(|d| d.is_zero()) {
+                        // The caller's own deadline: no replica can still answer in time.
+                        return Err(Box::new(tonic::Status::deadline_exceeded(format!(
+                            "the caller's deadline passed waiting for {}",
+                            shared.name
+                        ))));
+                    }
                     let again = idempotent || unsent(&e);
                     tracing::warn!(peer = %shared.name, replica = %replica.addr, error = %e, again, "a call to a peer replica failed");
                     if !again {
@@ -296,9 +338,15 @@ impl Shared {
                 }
             }
         }
-        last.unwrap_or_else(|| {
-            Err(Box::new(tonic::Status::unavailable(format!("no replica of {} is known", shared.name))))
-        })
+        match last {
+            Some(Err(e)) if deadline_passed(e.as_ref()) => Err(Box::new(tonic::Status::deadline_exceeded(
+                format!("no replica of {} answered in time", shared.name),
+            ))),
+            Some(last) => last,
+            None => {
+                Err(Box::new(tonic::Status::unavailable(format!("no replica of {} is known", shared.name))))
+            }
+        }
     }
 }
 

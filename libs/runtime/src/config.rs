@@ -55,6 +55,12 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_JWKS_TOKEN_FILE")]
     pub jwks_token_file: Option<PathBuf>,
 
+    /// The issuer whose tokens may be service identities (the cluster's service-account
+    /// issuer), and the only one CONTACTIER_JWKS_TOKEN_FILE is sent to. Default: the only
+    /// issuer configured.
+    #[arg(long, env = "CONTACTIER_SERVICE_ISSUER")]
+    pub service_issuer: Option<String>,
+
     /// Token subjects of trusted issuers that are services, comma-separated
     /// `SUBJECT=SERVICE`, e.g. `system:serviceaccount:contactier:contactier-billing=billing`.
     #[arg(long, env = "CONTACTIER_SERVICE_IDENTITIES", default_value = "")]

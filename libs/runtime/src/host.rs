@@ -66,7 +66,19 @@ impl Platform {
             );
         }
         let tokens = match (&args.service_token_file, secret) {
-            (Some(path), _) => TokenSource::File(path.clone()),
+            (Some(path), _) => {
+                // Caught at start rather than as every call failing later.
+                let token = std::fs::read_to_string(path).with_context(|| {
+                    format!("CONTACTIER_SERVICE_TOKEN_FILE {}: cannot be read", path.display())
+                })?;
+                if token.trim().split('.').count() != 3 {
+                    anyhow::bail!(
+                        "CONTACTIER_SERVICE_TOKEN_FILE {}: does not hold a token (a JWT)",
+                        path.display()
+                    );
+                }
+                TokenSource::File(path.clone())
+            }
             (None, Some(_)) => TokenSource::Minted,
             (None, None) => anyhow::bail!(
                 "CONTACTIER_SERVICE_TOKEN_FILE is required without CONTACTIER_JWT_SECRET: the token this service sends to the others"
@@ -77,12 +89,31 @@ impl Platform {
             None => Authenticator::without_secret(&args.jwt_issuer, &args.jwt_audience),
         };
         if !issuers.is_empty() {
+            // Service identities, and the API token that fetches keys, belong to one issuer.
+            let service_issuer = match (&args.service_issuer, issuers.as_slice()) {
+                (Some(i), _) => {
+                    let i = i.trim_end_matches('/').to_owned();
+                    if !issuers.iter().any(|c| c.issuer == i) {
+                        anyhow::bail!("CONTACTIER_SERVICE_ISSUER {i:?} is not among CONTACTIER_OIDC_ISSUERS");
+                    }
+                    Some(i)
+                }
+                (None, [only]) => Some(only.issuer.clone()),
+                (None, _) if identities.is_empty() && args.jwks_token_file.is_none() => None,
+                (None, _) => anyhow::bail!(
+                    "CONTACTIER_SERVICE_ISSUER is required with several issuers: the one whose tokens are services (and gets CONTACTIER_JWKS_TOKEN_FILE)"
+                ),
+            };
             let options = crate::jwks::FetchOptions {
                 ca_file: args.jwks_ca_file.clone(),
                 token_file: args.jwks_token_file.clone(),
+                token_issuer: service_issuer.clone(),
             };
-            authenticator =
-                authenticator.with_issuers(crate::jwks::Issuers::new(issuers, &options)?, identities);
+            authenticator = authenticator.with_issuers(
+                crate::jwks::Issuers::new(issuers, &options)?,
+                identities,
+                service_issuer,
+            );
         }
         let clock = if args.manual_clock {
             Clock::manual(args.clock_start.unwrap_or_else(chrono::Utc::now))
@@ -168,9 +199,31 @@ pub fn weak_secret(secret: &str) -> Option<&'static str> {
         Some("is a placeholder")
     } else if secret.bytes().collect::<std::collections::HashSet<_>>().len() < 8 {
         Some("has too few distinct characters to be random")
+    } else if repeats(secret.as_bytes()) {
+        Some("repeats a shorter string")
+    } else if longest_run(secret.as_bytes()) >= 8 {
+        Some("holds a run of consecutive characters (abcdefgh, 12345678)")
+    } else if ["password", "passwort", "qwerty", "letmein"].iter().any(|w| lower.contains(w)) {
+        Some("holds a dictionary word")
     } else {
         None
     }
+}
+
+/// Whether `s` is a shorter string repeated (with a partial copy at the end).
+fn repeats(s: &[u8]) -> bool {
+    (1..=s.len() / 2).any(|unit| s.iter().enumerate().all(|(i, b)| *b == s[i % unit]))
+}
+
+/// The longest run of characters each one above (or below) the one before.
+fn longest_run(s: &[u8]) -> usize {
+    let (mut best, mut up, mut down) = (1, 1, 1);
+    for w in s.windows(2) {
+        up = if w[1] == w[0].wrapping_add(1) { up + 1 } else { 1 };
+        down = if w[1] == w[0].wrapping_sub(1) { down + 1 } else { 1 };
+        best = best.max(up).max(down);
+    }
+    best
 }
 
 /// `SUBJECT=SERVICE,...` of CONTACTIER_SERVICE_IDENTITIES.
@@ -267,6 +320,9 @@ pub struct ServiceEnv {
     pub peers: PeerArgs,
 }
 
+/// The longest one try to open the database may take.
+const CONNECT_TRY: Duration = Duration::from_secs(15);
+
 /// One service: its name, default port, migrations and how it builds itself.
 pub struct ServiceDef {
     pub name: &'static str,
@@ -283,7 +339,18 @@ impl ServiceDef {
         let (url, schema) = (args.database_url_for(self.name), args.schema_for(self.name));
         let mut attempt = 0;
         loop {
-            match Db::connect(&url, &schema, args.db_max_connections).await {
+            // A database that takes the connection and never answers must not hold start-up
+            // (or shutdown) forever: each try has a time limit, and a signal ends the wait.
+            let connect =
+                tokio::time::timeout(CONNECT_TRY, Db::connect(&url, &schema, args.db_max_connections));
+            let tried = tokio::select! {
+                r = connect => r.unwrap_or_else(|_| Err(anyhow::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer from the database within {} s", CONNECT_TRY.as_secs()),
+                )))),
+                _ = shutdown.wait() => return Ok(None),
+            };
+            match tried {
                 Ok(db) => return Ok(Some(db)),
                 // A URL that cannot work is not worth waiting for.
                 Err(e) if !crate::db::is_transient(&e) => {
@@ -410,6 +477,11 @@ mod tests {
             ("change-me-change-me-change-me-change-me", "placeholder"),
             ("replace-with-a-secret-of-at-least-32-bytes", "placeholder"),
             (&"x".repeat(40), "too few distinct characters"),
+            (&"abcdefghij".repeat(4), "repeats a shorter string"),
+            ("Tr0ub4dor&3Tr0ub4dor&3Tr0ub4dor&3", "repeats a shorter string"),
+            ("abcdefghijklmnopqrstuvwxyz012345", "consecutive characters"),
+            ("passwordpasswordpassword12345678", "consecutive characters"),
+            ("my-Passw0rd-is-password-and-long-enough", "dictionary word"),
         ] {
             a.jwt_secret = Some(weak.into());
             let e = Platform::new(&a, None).err().unwrap().to_string();
@@ -426,13 +498,16 @@ mod tests {
         assert!(e.contains("CONTACTIER_SERVICE_TOKEN_FILE"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
-        std::fs::write(&file, "first\n").unwrap();
+        std::fs::write(&file, "").unwrap();
         let mut argv = issuer.to_vec();
         argv.extend(["--service-token-file", file.to_str().unwrap()]);
+        let e = Platform::new(&args(&argv), None).err().unwrap().to_string();
+        assert!(e.contains("CONTACTIER_SERVICE_TOKEN_FILE") && e.contains("JWT"), "{e}");
+        std::fs::write(&file, "a.b.c\n").unwrap();
         let p = Platform::new(&args(&argv), None).unwrap();
         assert!(!p.authenticator.can_sign());
         let peer = p.peer("billing", "http://127.0.0.1:1").unwrap();
-        assert_eq!(peer.tokens.token(), "first");
+        assert_eq!(peer.tokens.token(), "a.b.c");
         let e = Platform::new(&args(&[&argv[..], &["--service-identities", "nobody"]].concat()), None);
         assert!(e.err().unwrap().to_string().contains("SUBJECT=SERVICE"));
     }

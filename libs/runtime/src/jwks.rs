@@ -35,8 +35,13 @@ impl IssuerConfig {
                     None => (item, None),
                 };
                 for url in std::iter::once(issuer).chain(jwks_url.as_deref()) {
-                    if !(url.starts_with("https://") || url.starts_with("http://")) {
-                        anyhow::bail!("CONTACTIER_OIDC_ISSUERS: {url:?} is not an http(s) URL");
+                    // Keys fetched in the clear could be swapped on the way: https only, but
+                    // for a server on this machine.
+                    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                        .iter()
+                        .any(|p| url.starts_with(p) && url[p.len()..].starts_with([':', '/']));
+                    if !(url.starts_with("https://") || loopback) {
+                        anyhow::bail!("CONTACTIER_OIDC_ISSUERS: {url:?} is not an https URL");
                     }
                 }
                 Ok(IssuerConfig { issuer: issuer.trim_end_matches('/').to_owned(), jwks_url })
@@ -51,6 +56,8 @@ impl IssuerConfig {
 pub struct FetchOptions {
     pub ca_file: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// The one issuer the token goes to (the cluster's): never to another.
+    pub token_issuer: Option<String>,
 }
 
 struct Issuer {
@@ -68,11 +75,15 @@ pub struct Issuers {
     issuers: Arc<Vec<Issuer>>,
     http: reqwest::Client,
     token_file: Option<PathBuf>,
+    token_issuer: Option<String>,
     refetch_every: Duration,
 }
 
 /// The least time between two fetches of one issuer's keys.
 pub const REFETCH_EVERY: Duration = Duration::from_secs(30);
+
+/// How long fetched keys are used before they are fetched again.
+pub const KEYS_FOR: Duration = Duration::from_secs(300);
 
 /// What looking up a token's key found.
 pub enum Lookup {
@@ -111,6 +122,7 @@ impl Issuers {
             issuers: Arc::new(issuers),
             http: http.build()?,
             token_file: options.token_file.clone(),
+            token_issuer: options.token_issuer.as_deref().map(|i| i.trim_end_matches('/').to_owned()),
             refetch_every: REFETCH_EVERY,
         })
     }
@@ -133,8 +145,17 @@ impl Issuers {
         self.issuers.iter().find(|i| i.config.issuer == issuer.trim_end_matches('/'))
     }
 
-    /// The key `kid` of `issuer`, from what is known now.
+    /// The key `kid` of `issuer`, from what is known now. Keys older than [`KEYS_FOR`] are
+    /// fetched again in the background, so a key the issuer withdrew stops working soon even
+    /// while its id is still presented.
     pub fn key(&self, issuer: &str, kid: &str) -> Lookup {
+        if let Some(i) = self.find(issuer) {
+            let stale = i.fetched.lock().expect("fetched").is_some_and(|at| at.elapsed() > KEYS_FOR);
+            if stale && let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (me, issuer) = (self.clone(), issuer.to_owned());
+                rt.spawn(async move { me.refresh(&issuer).await });
+            }
+        }
         match self.find(issuer) {
             None => Lookup::NotTrusted,
             Some(i) => match i.keys.read().expect("keys").get(kid) {
@@ -168,6 +189,7 @@ impl Issuers {
     }
 
     async fn fetch(&self, config: &IssuerConfig) -> anyhow::Result<HashMap<String, Arc<DecodingKey>>> {
+        let with_token = self.token_issuer.as_deref() == Some(config.issuer.as_str());
         let url = match &config.jwks_url {
             Some(u) => u.clone(),
             None => {
@@ -175,18 +197,19 @@ impl Issuers {
                 struct Discovery {
                     jwks_uri: String,
                 }
-                let d: Discovery =
-                    self.get(&format!("{}/.well-known/openid-configuration", config.issuer)).await?;
+                let d: Discovery = self
+                    .get(&format!("{}/.well-known/openid-configuration", config.issuer), with_token)
+                    .await?;
                 d.jwks_uri
             }
         };
-        let set: JwkSet = self.get(&url).await?;
+        let set: JwkSet = self.get(&url, with_token).await?;
         Ok(keys_of(&set))
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> anyhow::Result<T> {
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: &str, with_token: bool) -> anyhow::Result<T> {
         let mut request = self.http.get(url);
-        if let Some(path) = &self.token_file {
+        if let Some(path) = self.token_file.as_ref().filter(|_| with_token) {
             // Read each time: the token is rotated in place.
             let token = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("CONTACTIER_JWKS_TOKEN_FILE {}: {e}", path.display()))?;

@@ -204,7 +204,7 @@ impl CallInfo {
 
 /// Whether each method streams, by path, from the contracts' descriptors (go-grpc-prometheus'
 /// `grpc_type`).
-fn grpc_type(path: &str) -> &'static str {
+fn grpc_type(path: &str) -> Option<&'static str> {
     static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
     let types = TYPES.get_or_init(|| {
         use prost::Message;
@@ -227,11 +227,13 @@ fn grpc_type(path: &str) -> &'static str {
         }
         out
     });
-    types.get(path).copied().unwrap_or(if path.contains("Watch") || path.contains("Reflection") {
-        "bidi_stream"
-    } else {
-        "unary"
-    })
+    match path {
+        "/grpc.health.v1.Health/Check" => Some("unary"),
+        "/grpc.health.v1.Health/Watch" => Some("server_stream"),
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Some("bidi_stream"),
+        _ => types.get(path).copied(),
+    }
 }
 
 impl<S, B, RB> tower_service::Service<http::Request<B>> for TraceService<S>
@@ -249,13 +251,20 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
-        let (service, method) = crate::prom::split_path(&path);
-        let kind = grpc_type(&path);
+        // Labels come from the contracts only: paths anyone can send must not make new series.
+        let (service, method, kind) = match grpc_type(&path) {
+            Some(kind) => {
+                let (s, m) = crate::prom::split_path(&path);
+                (s, m, kind)
+            }
+            None => ("unknown".to_owned(), "unknown".to_owned(), "unary"),
+        };
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path.trim_start_matches('/'),
+            otel.name = %format!("{service}/{method}"),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = %service,
             rpc.method = %method,
@@ -264,10 +273,20 @@ where
         let _ = span.set_parent(parent);
         let info = CallInfo::default();
         req.extensions_mut().insert(info.clone());
-        let started = Instant::now();
         metrics::counter!("grpc_server_started_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind).increment(1);
         let in_flight = metrics::gauge!("grpc_server_in_flight_requests", "grpc_service" => service.clone());
         in_flight.increment(1.0);
+        let call = Call {
+            path,
+            service,
+            method,
+            kind,
+            started: Instant::now(),
+            in_flight,
+            info,
+            span: span.clone(),
+            done: false,
+        };
         let timeout = req
             .headers()
             .get("grpc-timeout")
@@ -277,11 +296,10 @@ where
             let _entered = span.enter();
             crate::deadline::scope(timeout, self.inner.call(req))
         };
-        let record_span = span.clone();
         Box::pin(tracing::Instrument::instrument(
             async move {
+                let mut call = call;
                 let res = fut.await;
-                in_flight.decrement(1.0);
                 // Errors before the body (auth, unknown method, a handler's error) carry
                 // grpc-status in the headers; a stream's status comes later, so it counts as OK here.
                 let (code, message) = match &res {
@@ -297,23 +315,72 @@ where
                     }
                     Err(_) => (None, None),
                 };
-                let elapsed = started.elapsed();
-                let code_name = code.map_or("Transport", crate::prom::code_name);
-                record_span.record("rpc.grpc.status_code", code.map_or(-1, |c| c as i32));
-                metrics::counter!("grpc_server_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind, "grpc_code" => code_name).increment(1);
-                metrics::histogram!("grpc_server_handling_seconds", "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind).record(elapsed.as_secs_f64());
-                log_call(
-                    &path,
-                    code,
-                    code_name,
-                    message.as_deref(),
-                    elapsed,
-                    info.0.get().map(String::as_str),
-                );
+                call.finish(code, message.as_deref());
                 res
             },
             span,
         ))
+    }
+}
+
+/// One call being served: counted, logged and its span closed once, when it ends or, should
+/// the caller go away first (cancelled, its deadline passed), when it is dropped.
+struct Call {
+    path: String,
+    service: String,
+    method: String,
+    kind: &'static str,
+    started: Instant,
+    in_flight: metrics::Gauge,
+    info: CallInfo,
+    span: tracing::Span,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: Option<tonic::Code>, message: Option<&str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.in_flight.decrement(1.0);
+        let elapsed = self.started.elapsed();
+        let code_name = code.map_or("Transport", crate::prom::code_name);
+        self.span.record("rpc.grpc.status_code", code.map_or(-1, |c| c as i32));
+        if matches!(
+            code,
+            None | Some(
+                tonic::Code::Internal
+                    | tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::DataLoss
+                    | tonic::Code::DeadlineExceeded
+            )
+        ) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        let (service, method, kind) = (self.service.clone(), self.method.clone(), self.kind);
+        metrics::counter!("grpc_server_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind, "grpc_code" => code_name).increment(1);
+        metrics::histogram!("grpc_server_handling_seconds", "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind).record(elapsed.as_secs_f64());
+        let _entered = self.span.enter();
+        log_call(&self.path, code, code_name, message, elapsed, self.info.0.get().map(String::as_str));
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Some(tonic::Code::Cancelled), Some("the caller went away before the answer"));
+        }
+    }
+}
+
+/// What a refusal's log line says of it: for an invalid argument the field only, since its
+/// reason may quote the value (personal data); otherwise the message.
+fn refusal(code: Option<tonic::Code>, message: Option<&str>) -> String {
+    let message = message.unwrap_or("");
+    match code {
+        Some(tonic::Code::InvalidArgument) => message.split_once(": ").map_or("", |(f, _)| f).to_owned(),
+        _ => message.chars().take(200).collect(),
     }
 }
 
@@ -352,7 +419,7 @@ fn log_call(
             code = code_name,
             duration_ms,
             account_id = account,
-            reason = message.unwrap_or(""),
+            reason = refusal(code, message),
             "call refused"
         ),
     }

@@ -156,3 +156,36 @@ async fn a_name_that_resolves_to_nothing_answers_unavailable() {
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     assert!(e.message().contains("no replica"), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_replica_that_stopped_answering_is_passed_over_in_time() {
+    // A replica frozen with its socket open: connections are accepted, nothing is ever said.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket);
+        }
+    });
+    let good = [replica(1).await, replica(2).await];
+    let names = Names::default();
+    *names.0.lock().unwrap() = vec![good[0].addr, hung_addr, good[1].addr];
+    let channel = Balanced::with_call_timeout(
+        "http://billing-peers:50053",
+        Arc::new(names),
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    let client = ClockServiceClient::new(channel);
+    let started = std::time::Instant::now();
+    let results = calls(&client, 30, 3).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} of 30 calls failed: {:?}", failed.len(), failed.first());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the frozen replica held calls for {:?}",
+        started.elapsed()
+    );
+}

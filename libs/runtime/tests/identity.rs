@@ -37,6 +37,8 @@ struct Provider {
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
     up: Arc<AtomicBool>,
+    /// The Authorization header of each request, "" when none.
+    authorizations: Arc<Mutex<Vec<String>>>,
 }
 
 impl Provider {
@@ -48,17 +50,27 @@ impl Provider {
             keys: Arc::new(Mutex::new(keys.iter().map(|k| public(k)).collect())),
             fetches: Arc::default(),
             up: Arc::new(AtomicBool::new(true)),
+            authorizations: Arc::default(),
         };
-        let (keys, fetches, up) = (p.keys.clone(), p.fetches.clone(), p.up.clone());
+        let (keys, fetches, up, seen) =
+            (p.keys.clone(), p.fetches.clone(), p.up.clone(), p.authorizations.clone());
         tokio::spawn(async move {
             loop {
                 let (mut socket, _) = listener.accept().await.unwrap();
-                let (keys, fetches, up, issuer) = (keys.clone(), fetches.clone(), up.clone(), issuer.clone());
+                let (keys, fetches, up, issuer, seen) =
+                    (keys.clone(), fetches.clone(), up.clone(), issuer.clone(), seen.clone());
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let n = socket.read(&mut buf).await.unwrap_or(0);
                     let request = String::from_utf8_lossy(&buf[..n]).into_owned();
                     let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let authorization = request
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("authorization:").map(|v| v.trim().to_owned())
+                        })
+                        .unwrap_or_default();
+                    seen.lock().unwrap().push(authorization);
                     let (status, body) = if !up.load(Ordering::SeqCst) {
                         ("503 Service Unavailable", "{}".to_owned())
                     } else if path == "/.well-known/openid-configuration" {
@@ -110,7 +122,11 @@ impl Provider {
         .unwrap()
         .refetch_every(refetch);
         let identities = HashMap::from([(BILLING_SA.to_owned(), "billing".to_owned())]);
-        Authenticator::without_secret("contactier", AUDIENCE).with_issuers(issuers, identities)
+        Authenticator::without_secret("contactier", AUDIENCE).with_issuers(
+            issuers,
+            identities,
+            Some(self.issuer.clone()),
+        )
     }
 }
 
@@ -279,4 +295,42 @@ async fn projected_service_account_tokens_are_service_identities_allowed_per_rpc
     // A user of an account may not call internal RPCs either.
     let person = idp.token("ec-1", json!({"sub": "u", "acct": "acct-1", "scope": "admin"}));
     assert_eq!(call(&layer, update_date, &person, None).await.0, tonic::Code::PermissionDenied as i32);
+}
+
+#[tokio::test]
+async fn only_the_service_issuer_makes_services_and_gets_the_api_token() {
+    let cluster = Provider::start(&["ec-1"]).await;
+    let people = Provider::start(&["ed"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api_token = dir.path().join("api-token");
+    std::fs::write(&api_token, "cluster-api-token\n").unwrap();
+    let configs =
+        [&cluster, &people].map(|p| IssuerConfig { issuer: p.issuer.clone(), jwks_url: None }).to_vec();
+    let options = FetchOptions {
+        ca_file: None,
+        token_file: Some(api_token),
+        token_issuer: Some(cluster.issuer.clone()),
+    };
+    let identities = HashMap::from([(BILLING_SA.to_owned(), "billing".to_owned())]);
+    let auth = Authenticator::without_secret("contactier", AUDIENCE).with_issuers(
+        Issuers::new(configs, &options).unwrap(),
+        identities,
+        Some(cluster.issuer.clone()),
+    );
+    let p = auth.verify(&cluster.token("ec-1", json!({"sub": BILLING_SA})), None).await.unwrap();
+    assert_eq!((p.subject.as_str(), p.kind), ("billing", TokenKind::Service));
+    // The people's identity provider cannot mint a service, whatever subject it names.
+    let e = auth.verify(&people.token("ed", json!({"sub": BILLING_SA})), None).await.unwrap_err();
+    assert!(e.message().contains("acct"), "{e:?}");
+    let p =
+        auth.verify(&people.token("ed", json!({"sub": BILLING_SA, "acct": "acct-1"})), None).await.unwrap();
+    assert_eq!(p.kind, TokenKind::User);
+    // The cluster's API token went to the cluster's issuer only.
+    let to_cluster = cluster.authorizations.lock().unwrap().clone();
+    assert!(
+        !to_cluster.is_empty() && to_cluster.iter().all(|a| a == "bearer cluster-api-token"),
+        "{to_cluster:?}"
+    );
+    let to_people = people.authorizations.lock().unwrap().clone();
+    assert!(!to_people.is_empty() && to_people.iter().all(|a| a.is_empty()), "{to_people:?}");
 }

@@ -88,6 +88,43 @@ async fn metrics_count_calls_by_method_and_code_name_in_the_usual_names() {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
 
+    // Paths nobody declared share one label, however many are tried.
+    for i in 0..20 {
+        let mut grpc =
+            tonic::client::Grpc::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy());
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::try_from(format!("/made.Up{i}/Method{i}")).unwrap();
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let _ = grpc.unary(tonic::Request::new(()), path, codec).await;
+    }
+    // A call whose caller goes away is counted and leaves nothing in flight.
+    {
+        use tower::{Layer, ServiceExt};
+        let never = tower::service_fn(|_req: http::Request<()>| async {
+            std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>().await
+        });
+        let svc = contactier_runtime::telemetry::TraceLayer.layer(never);
+        let req =
+            http::Request::builder().uri("/contactier.ops.v1.ClockService/AdvanceTime").body(()).unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(20), svc.oneshot(req)).await;
+    }
+    let text = tokio::task::spawn_blocking(move || get(metrics_addr, "/metrics")).await.unwrap();
+    assert!(!text.contains("made.Up"), "undeclared paths made series:\n{text}");
+    assert!(text.contains("grpc_service=\"unknown\""), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("grpc_server_handled_total")
+            && l.contains("grpc_method=\"AdvanceTime\"")
+            && l.contains("grpc_code=\"Canceled\"")),
+        "the abandoned call is counted:\n{text}"
+    );
+    let in_flight = text
+        .lines()
+        .find(|l| {
+            l.starts_with("grpc_server_in_flight_requests{grpc_service=\"contactier.ops.v1.ClockService\"}")
+        })
+        .unwrap_or_else(|| panic!("no in-flight gauge:\n{text}"));
+    assert!(in_flight.ends_with(" 0"), "{in_flight}");
+
     // The exposition passes Prometheus' own checker.
     let body = text.split("\r\n\r\n").nth(1).unwrap().to_owned();
     let mut promtool = std::process::Command::new("promtool")
