@@ -623,9 +623,8 @@ fn note_account<B>(req: &Request<B>, principal: &Principal) {
     }
 }
 
-fn refused<RB: Default, E>(req_path: &str, status: Status) -> Result<Response<RB>, E> {
-    // Never the token itself: only the path and the reason.
-    tracing::info!(path = req_path, code = ?status.code(), "request refused");
+/// The refusal as a response; the call's one log line (see [`crate::telemetry`]) tells of it.
+fn refused<RB: Default, E>(_path: &str, status: Status) -> Result<Response<RB>, E> {
     Ok(status.into_http())
 }
 

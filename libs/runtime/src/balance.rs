@@ -281,16 +281,23 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
                 rpc.system = "grpc",
                 rpc.service = %service,
                 rpc.method = %method,
+                rpc.grpc.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
                 server.address = %shared.host,
             );
             // The callee continues this span, not its parent.
             crate::telemetry::inject_into_headers(&span, &mut parts.headers);
             let started = std::time::Instant::now();
-            let result = tracing::Instrument::instrument(shared.send(parts, body, idempotent), span).await;
+            let result =
+                tracing::Instrument::instrument(shared.send(parts, body, idempotent), span.clone()).await;
             let code = match &result {
                 Ok(r) => early_status(r).unwrap_or(tonic::Code::Ok),
-                Err(_) => tonic::Code::Unavailable,
+                Err(e) => e.downcast_ref::<tonic::Status>().map_or(tonic::Code::Unavailable, |s| s.code()),
             };
+            span.record("rpc.grpc.status_code", code as i32);
+            if !matches!(code, tonic::Code::Ok) {
+                span.record("otel.status_code", "ERROR");
+            }
             metrics::counter!("grpc_client_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_code" => crate::prom::code_name(code)).increment(1);
             metrics::histogram!("grpc_client_handling_seconds", "grpc_service" => service, "grpc_method" => method).record(started.elapsed().as_secs_f64());
             result

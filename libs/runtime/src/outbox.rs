@@ -262,7 +262,11 @@ impl Outbox {
                 events.iter().map(|e| (e.event_id.clone(), e.account_id.clone(), e.attempts)).collect();
             let outcome = {
                 let span = relay_span(&self.topic, &events);
-                tracing::Instrument::instrument(deliver(events), span).await
+                let outcome = tracing::Instrument::instrument(deliver(events), span.clone()).await;
+                if outcome.is_err() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                outcome
             };
             // The receiver refused something in the batch, but answers: each event alone, so
             // one it cannot take holds up only its own account.
@@ -388,6 +392,7 @@ fn relay_span(topic: &str, events: &[OutboxEvent]) -> tracing::Span {
         "outbox relay",
         otel.name = %format!("{topic} publish"),
         otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "contactier-outbox",
         messaging.destination.name = %topic,
         messaging.batch.message_count = events.len(),
