@@ -19,7 +19,8 @@ struct Started {
 /// Starts `contactier` and reads its banner up to the token line.
 fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Started {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_contactier"));
-    cmd.args(["--base-port", "0", "--manual-clock"])
+    // A short drain: calls are still taken for it after SIGTERM, then the process ends.
+    cmd.args(["--base-port", "0", "--manual-clock", "--drain-secs", "1"])
         .env("CONTACTIER_DATA_DIR", data_dir)
         .env_remove("CONTACTIER_JWT_SECRET")
         .env_remove("DATABASE_URL")
@@ -49,7 +50,8 @@ fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Started {
 async fn stop(mut s: Started) -> std::process::ExitStatus {
     let pid = s.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    for _ in 0..100 {
+    // The drain, then up to the grace period for calls in flight (none here).
+    for _ in 0..400 {
         if let Some(status) = s.child.try_wait().unwrap() {
             return status;
         }
