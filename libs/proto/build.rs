@@ -28,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("checks.rs"), checks::generate(&compiler.descriptor_pool()))?;
     // Maps as BTreeMap: a message then always encodes to the same bytes, so a request can be
     // known again by its digest.
-    tonic_prost_build::configure().codec_path("crate::checks::Checked").btree_map(".").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .codec_path("crate::checks::Checked")
+        .btree_map(".")
+        .compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     println!("cargo:rerun-if-changed=build");
     Ok(())

@@ -56,6 +56,26 @@ async fn refusals_carry_details_a_client_can_branch_on(backend: Backend) {
     assert_eq!((r.resource_type.as_str(), r.resource_name.as_str()), ("contact", id.as_str()), "{backend:?}");
     assert_eq!(info(&e).0, "ALREADY_EXISTS", "{backend:?}");
 
+    // In a batch, each failed record carries the same status as a google.rpc.Status.
+    let batch = cpb::BatchCreateContactsRequest {
+        contacts: vec![
+            contact("ada@example.com").contact.unwrap(),
+            contact("grace@example.com").contact.unwrap(),
+        ],
+        request_id: String::new(),
+    };
+    let r = contacts.batch_create_contacts(authed(batch, &writer)).await.unwrap().into_inner();
+    assert_eq!(r.errors.len(), 1, "{backend:?}");
+    let status = r.errors[0].status.clone().expect("a google.rpc.Status");
+    assert_eq!(status.code, Code::AlreadyExists as i32, "{backend:?}");
+    let as_status = tonic::Status::with_details(
+        Code::from_i32(status.code),
+        status.message.clone(),
+        prost::Message::encode_to_vec(&status).into(),
+    );
+    let r = as_status.get_details_resource_info().unwrap();
+    assert_eq!((r.resource_type.as_str(), r.resource_name.as_str()), ("contact", id.as_str()), "{backend:?}");
+
     // A missing contact says what is missing.
     let get = cpb::GetContactRequest { key: Some(cpb::get_contact_request::Key::Id("c-missing".into())) };
     let e = contacts.get_contact(authed(get, &reader)).await.unwrap_err();

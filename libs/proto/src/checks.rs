@@ -198,6 +198,15 @@ impl Check for prost_types::Timestamp {
     }
 }
 
+/// A status in an answer; nothing a caller sends.
+impl Check for tonic_types::pb::Status {
+    const REQUEST: bool = false;
+
+    fn check(&self, _at: &At<'_>) -> Result<(), Violation> {
+        Ok(())
+    }
+}
+
 /// The most paths a field mask may name, and the longest path.
 const MASK_PATHS: usize = 1_000;
 const MASK_PATH_LEN: usize = 256;
