@@ -813,10 +813,40 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         let mut row = self.store.list(&c.account, &r.id).await?;
-        if !r.name.trim().is_empty() {
-            row.name = r.name.trim().to_owned();
+        // Which fields change: those the mask names, or without one those given.
+        let (name, filter) = match &r.update_mask {
+            None => (
+                (!r.name.trim().is_empty()).then(|| r.name.clone()),
+                r.filter.clone().filter(|f| !f.groups.is_empty()),
+            ),
+            Some(mask) => {
+                if mask.paths.is_empty() {
+                    return Err(Error::invalid("update_mask", "names no field; leave it out to merge").into());
+                }
+                let (mut name, mut filter) = (None, None);
+                for (i, path) in mask.paths.iter().enumerate() {
+                    match path.as_str() {
+                        "name" => name = Some(r.name.clone()),
+                        "filter" => filter = Some(r.filter.clone().unwrap_or_default()),
+                        other => {
+                            return Err(Error::invalid(
+                                format!("update_mask.paths[{i}]"),
+                                format!("{other:?} is not a field an update changes (name, filter)"),
+                            )
+                            .into());
+                        }
+                    }
+                }
+                (name, filter)
+            }
+        };
+        if let Some(name) = name {
+            if name.trim().is_empty() {
+                return Err(Error::invalid("name", "required").into());
+            }
+            row.name = name.trim().to_owned();
         }
-        if let Some(f) = r.filter.filter(|f| !f.groups.is_empty()) {
+        if let Some(f) = filter {
             if row.r#type != "active" {
                 return Err(Error::invalid("filter", "a static list has members, not a filter").into());
             }

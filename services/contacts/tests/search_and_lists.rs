@@ -272,6 +272,36 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter() {
             .unwrap();
         assert_eq!(got.size, 27, "{backend:?}");
 
+        // A mask names what changes: an active list's filter cleared matches every contact.
+        let total =
+            s.search(pb::SearchContactsRequest { page_size: 1, ..Default::default() }).await.unwrap().total;
+        let mask = |paths: &[&str]| {
+            Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+        };
+        let everyone = pb::UpdateListRequest {
+            id: active.id.clone(),
+            name: "ignored".into(),
+            filter: None,
+            update_mask: mask(&["filter"]),
+        };
+        let l = s.api().update_list(authed(everyone, &w)).await.unwrap().into_inner().list.unwrap();
+        assert_eq!((l.size, l.name.as_str()), (total, "Customers"), "{backend:?}");
+        let bogus = pb::UpdateListRequest {
+            id: active.id.clone(),
+            name: String::new(),
+            filter: None,
+            update_mask: mask(&["type"]),
+        };
+        let err = s.api().update_list(authed(bogus, &w)).await.unwrap_err();
+        assert!(err.message().starts_with("update_mask.paths[0]"), "{backend:?}: {err:?}");
+        let back = pb::UpdateListRequest {
+            id: active.id.clone(),
+            name: String::new(),
+            filter: filter(vec![vec![f("lifecycle_stage", Op::Eq, "customer")]]),
+            update_mask: mask(&["filter"]),
+        };
+        s.api().update_list(authed(back, &w)).await.unwrap();
+
         // The lists a contact is in, static and active, named by email as a data subject would.
         let newcomer = s
             .api()
