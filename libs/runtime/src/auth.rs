@@ -624,7 +624,7 @@ fn note_account<B>(req: &Request<B>, principal: &Principal) {
 }
 
 /// The refusal as a response; the call's one log line (see [`crate::telemetry`]) tells of it.
-fn refused<RB: Default, E>(_path: &str, status: Status) -> Result<Response<RB>, E> {
+fn refused<RB: Default, E>(status: Status) -> Result<Response<RB>, E> {
     Ok(status.into_http())
 }
 
@@ -654,13 +654,10 @@ where
         }
         match self.layer.check(&req) {
             Verdict::Valid(p) => {
-                note_account(&req, &p);
                 req.extensions_mut().insert(p);
                 Either::Left(self.inner.call(req))
             }
-            Verdict::Refused(status) => {
-                Either::Right(futures::future::ready(refused(req.uri().path(), status)).boxed())
-            }
+            Verdict::Refused(status) => Either::Right(futures::future::ready(refused(status)).boxed()),
             Verdict::FetchKeys(issuer) => {
                 // The ready service goes with the request; this one waits for readiness again.
                 let ready = self.inner.clone();
@@ -671,15 +668,13 @@ where
                         layer.inner.0.fetch_keys(&issuer).await;
                         match layer.check(&req) {
                             Verdict::Valid(p) => {
-                                note_account(&req, &p);
                                 req.extensions_mut().insert(p);
                                 inner.call(req).await
                             }
-                            Verdict::Refused(status) => refused(req.uri().path(), status),
-                            Verdict::FetchKeys(_) => refused(
-                                req.uri().path(),
-                                Status::unauthenticated("invalid token: unknown signing key"),
-                            ),
+                            Verdict::Refused(status) => refused(status),
+                            Verdict::FetchKeys(_) => {
+                                refused(Status::unauthenticated("invalid token: unknown signing key"))
+                            }
                         }
                     }
                     .boxed(),

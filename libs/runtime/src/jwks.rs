@@ -149,19 +149,15 @@ impl Issuers {
     /// fetched again in the background, so a key the issuer withdrew stops working soon even
     /// while its id is still presented.
     pub fn key(&self, issuer: &str, kid: &str) -> Lookup {
-        if let Some(i) = self.find(issuer) {
-            let stale = i.fetched.lock().expect("fetched").is_some_and(|at| at.elapsed() > KEYS_FOR);
-            if stale && let Ok(rt) = tokio::runtime::Handle::try_current() {
-                let (me, issuer) = (self.clone(), issuer.to_owned());
-                rt.spawn(async move { me.refresh(&issuer).await });
-            }
+        let Some(i) = self.find(issuer) else { return Lookup::NotTrusted };
+        let stale = i.fetched.lock().expect("fetched").is_some_and(|at| at.elapsed() > KEYS_FOR);
+        if stale && let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let (me, issuer) = (self.clone(), issuer.to_owned());
+            rt.spawn(async move { me.refresh(&issuer).await });
         }
-        match self.find(issuer) {
-            None => Lookup::NotTrusted,
-            Some(i) => match i.keys.read().expect("keys").get(kid) {
-                Some(k) => Lookup::Found(k.clone()),
-                None => Lookup::Unknown,
-            },
+        match i.keys.read().expect("keys").get(kid) {
+            Some(k) => Lookup::Found(k.clone()),
+            None => Lookup::Unknown,
         }
     }
 

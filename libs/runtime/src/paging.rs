@@ -6,6 +6,15 @@ pub const DEFAULT_PAGE: i32 = 100;
 /// The most items a page holds.
 pub const MAX_PAGE: i32 = 1_000;
 
+/// The items a page of `page_size` holds (0: [`DEFAULT_PAGE`]); None when out of range.
+pub fn size(page_size: i32) -> Option<usize> {
+    match page_size {
+        0 => Some(DEFAULT_PAGE as usize),
+        n if (1..=MAX_PAGE).contains(&n) => Some(n as usize),
+        _ => None,
+    }
+}
+
 /// The page of `items` after `token` of at most `page_size` (0: [`DEFAULT_PAGE`]), and the
 /// token of the next page (empty on the last); Err names the field that is out of range.
 pub fn page<T>(
@@ -14,11 +23,8 @@ pub fn page<T>(
     page_size: i32,
     token: &str,
 ) -> Result<(Vec<T>, String), tonic::Status> {
-    let size = match page_size {
-        0 => DEFAULT_PAGE,
-        n if (1..=MAX_PAGE).contains(&n) => n,
-        _ => return Err(tonic::Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}"))),
-    } as usize;
+    let size = size(page_size)
+        .ok_or_else(|| tonic::Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}")))?;
     items.sort_by(|a, b| key(a).cmp(key(b)));
     if !token.is_empty() {
         items.retain(|x| key(x) > token);

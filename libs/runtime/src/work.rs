@@ -17,8 +17,6 @@ use tonic::{Request, Response, Status};
 
 /// Items one source answers at most; a listing beyond that is cut short.
 pub const MAX_PER_SOURCE: i64 = 10_000;
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1_000;
 
 /// One item of background work that failed and is not done.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -137,11 +135,9 @@ impl WorkService for WorkOps {
         req: Request<pb::ListFailingWorkRequest>,
     ) -> Result<Response<pb::ListFailingWorkResponse>, Status> {
         let r = req.into_inner();
-        let size = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if (1..=MAX_PAGE as i32).contains(&n) => n as usize,
-            _ => return Err(Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}"))),
-        };
+        let size = crate::paging::size(r.page_size).ok_or_else(|| {
+            Status::invalid_argument(format!("page_size: 1 to {}", crate::paging::MAX_PAGE))
+        })?;
         let after = decode_token(&r.page_token)?;
         let mut items = Vec::new();
         for s in &self.sources {

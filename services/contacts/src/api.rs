@@ -28,8 +28,6 @@ pub const MAX_BATCH: usize = 1_000;
 /// Custom properties and lists one account may have.
 pub const MAX_PROPERTIES: i64 = 1_000;
 pub const MAX_LISTS: i64 = 10_000;
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1_000;
 
 #[derive(Clone)]
 pub struct Api {
@@ -64,11 +62,10 @@ fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
 const MEMBERSHIP_SCAN: i64 = 200;
 
 fn page_size(n: i32) -> Result<i64> {
-    match n as i64 {
-        0 => Ok(DEFAULT_PAGE),
-        n if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        _ => Err(Error::invalid("page_size", format!("1 to {MAX_PAGE}"))),
-    }
+    use contactier_runtime::paging;
+    paging::size(n)
+        .map(|s| s as i64)
+        .ok_or_else(|| Error::invalid("page_size", format!("1 to {}", paging::MAX_PAGE)))
 }
 
 fn batch_len(field: &str, n: usize) -> Result<()> {
