@@ -171,6 +171,26 @@ impl System {
         self.platform.authenticator.service_token(service, chrono::Duration::hours(1))
     }
 
+    /// A client of every service acting as `user-1` of `account` with `scopes`.
+    pub fn client(&self, account: &str, scopes: &[&str]) -> contactier_client::Client {
+        let url = |name: &str| {
+            format!("http://{}", self.services.iter().find(|s| s.def.name == name).expect("a service").addr)
+        };
+        let endpoints = contactier_client::Endpoints {
+            contacts: url("contacts"),
+            marketing_status: url("marketing-status"),
+            billing: url("billing"),
+            notification: url("notification"),
+        };
+        let tokens = contactier_runtime::testing::Minted {
+            authenticator: self.platform.authenticator.clone(),
+            account: account.to_owned(),
+            user: "user-1".to_owned(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        contactier_client::Client::builder(endpoints).token(tokens).build().expect("a client")
+    }
+
     /// The account's alerts in notification's feed, newest first.
     pub async fn alerts(&self, account: &str) -> Vec<npb::Alert> {
         let mut feed =

@@ -5,6 +5,7 @@
 //! across services, and marketing-status stopped and restarted mid-flow.
 
 use chrono::{DateTime, TimeZone, Utc};
+use contactier_client::Calls;
 use contactier_e2e::{System, subscription};
 use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
 use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
@@ -15,8 +16,7 @@ use contactier_proto::marketing_status::v1::{
     self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
 };
 use contactier_proto::notification::v1 as npb;
-use contactier_runtime::testing::{BACKENDS, authed};
-use tonic::transport::Channel;
+use contactier_runtime::testing::BACKENDS;
 
 const ACCOUNT: &str = "acct-a";
 
@@ -25,30 +25,25 @@ fn at(m: u32, d: u32, h: u32) -> DateTime<Utc> {
 }
 
 struct Clients {
-    contacts: ContactsServiceClient<Channel>,
-    status: MarketingStatusServiceClient<Channel>,
-    billing: BillingServiceClient<Channel>,
-    admin: String,
+    contacts: ContactsServiceClient<Calls>,
+    status: MarketingStatusServiceClient<Calls>,
+    billing: BillingServiceClient<Calls>,
 }
 
 impl Clients {
     fn new(s: &System) -> Self {
-        Clients {
-            contacts: ContactsServiceClient::new(s.channel("contacts")),
-            status: MarketingStatusServiceClient::new(s.channel("marketing-status")),
-            billing: BillingServiceClient::new(s.channel("billing")),
-            admin: s.user_token(ACCOUNT, &["admin"]),
-        }
+        let client = s.client(ACCOUNT, &["admin"]);
+        Clients { contacts: client.contacts(), status: client.marketing_status(), billing: client.billing() }
     }
 
     async fn usage(&mut self) -> bpb::Usage {
-        let r = self.billing.get_usage(authed(bpb::GetUsageRequest {}, &self.admin)).await.unwrap();
+        let r = self.billing.get_usage(bpb::GetUsageRequest {}).await.unwrap();
         r.into_inner().usage.unwrap()
     }
 
     async fn invoices(&mut self) -> Vec<bpb::Invoice> {
         let req = bpb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
-        let mut v = self.billing.list_invoices(authed(req, &self.admin)).await.unwrap().into_inner().invoices;
+        let mut v = self.billing.list_invoices(req).await.unwrap().into_inner().invoices;
         v.reverse();
         v
     }
@@ -66,7 +61,7 @@ impl Clients {
                 })
                 .collect();
             let req = cpb::BatchCreateContactsRequest { contacts, request_id: format!("form-{start}") };
-            let r = self.contacts.batch_create_contacts(authed(req, &self.admin)).await.unwrap().into_inner();
+            let r = self.contacts.batch_create_contacts(req).await.unwrap().into_inner();
             assert!(r.errors.is_empty(), "{:?}", r.errors);
             ids.extend(r.results.into_iter().map(|c| c.contact.unwrap().id));
         }
@@ -85,7 +80,7 @@ impl Clients {
             status: status as i32,
             source: None,
         };
-        self.status.set_marketing_status(authed(req, &self.admin)).await.unwrap().into_inner()
+        self.status.set_marketing_status(req).await.unwrap().into_inner()
     }
 }
 
@@ -107,7 +102,7 @@ async fn the_product_end_to_end() {
         let mut s = System::start(backend, at(4, 29, 16)).await;
         let mut c = Clients::new(&s);
         let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 1 });
-        c.billing.create_subscription(authed(sub, &c.admin)).await.unwrap();
+        c.billing.create_subscription(sub).await.unwrap();
 
         // 1,400 sign-ups through forms: marketing by default.
         c.form_contacts(0, 1_400, "Signups").await;
@@ -132,12 +127,8 @@ async fn the_product_end_to_end() {
                 part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
             },
         ];
-        let mut progress = c
-            .contacts
-            .import_contacts(authed(futures::stream::iter(parts), &c.admin))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut progress =
+            c.contacts.import_contacts(futures::stream::iter(parts)).await.unwrap().into_inner();
         let mut last = None;
         while let Some(m) = progress.message().await.unwrap() {
             last = m.progress;
@@ -172,27 +163,21 @@ async fn the_product_end_to_end() {
         s.advance_to(at(4, 30, 15)).await;
         let globex = c
             .contacts
-            .search_contacts(authed(
-                cpb::SearchContactsRequest {
-                    filter: Some(company("Globex")),
-                    page_size: 200,
-                    ..Default::default()
-                },
-                &c.admin,
-            ))
+            .search_contacts(cpb::SearchContactsRequest {
+                filter: Some(company("Globex")),
+                page_size: 200,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         let list = c
             .contacts
-            .create_list(authed(
-                cpb::CreateListRequest {
-                    name: "Globex VIPs".into(),
-                    r#type: cpb::ListType::Static as i32,
-                    filter: None,
-                },
-                &c.admin,
-            ))
+            .create_list(cpb::CreateListRequest {
+                name: "Globex VIPs".into(),
+                r#type: cpb::ListType::Static as i32,
+                filter: None,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -200,10 +185,7 @@ async fn the_product_end_to_end() {
             .unwrap();
         let ids: Vec<String> = globex.contacts.iter().map(|x| x.id.clone()).collect();
         c.contacts
-            .add_list_members(authed(
-                cpb::AddListMembersRequest { list_id: list.id.clone(), contact_ids: ids },
-                &c.admin,
-            ))
+            .add_list_members(cpb::AddListMembersRequest { list_id: list.id.clone(), contact_ids: ids })
             .await
             .unwrap();
         let w = mpb::Workflow {
@@ -214,18 +196,18 @@ async fn the_product_end_to_end() {
         };
         let w = c
             .status
-            .create_workflow(authed(mpb::CreateWorkflowRequest { workflow: Some(w) }, &c.admin))
+            .create_workflow(mpb::CreateWorkflowRequest { workflow: Some(w) })
             .await
             .unwrap()
             .into_inner()
             .workflow
             .unwrap();
         let run = mpb::RunWorkflowRequest { workflow_id: w.id, request_id: "vip-run".into() };
-        let run = c.status.run_workflow(authed(run, &c.admin)).await.unwrap().into_inner().run.unwrap();
+        let run = c.status.run_workflow(run).await.unwrap().into_inner().run.unwrap();
         s.advance_to(at(4, 30, 16)).await;
         let run = c
             .status
-            .get_workflow_run(authed(mpb::GetWorkflowRunRequest { id: run.id }, &c.admin))
+            .get_workflow_run(mpb::GetWorkflowRunRequest { id: run.id })
             .await
             .unwrap()
             .into_inner()
@@ -262,22 +244,16 @@ async fn the_product_end_to_end() {
         // Deleting 100 sign-ups frees their places at once; the tier stays.
         let some = c
             .contacts
-            .search_contacts(authed(
-                cpb::SearchContactsRequest {
-                    filter: Some(company("Signups")),
-                    page_size: 100,
-                    ..Default::default()
-                },
-                &c.admin,
-            ))
+            .search_contacts(cpb::SearchContactsRequest {
+                filter: Some(company("Signups")),
+                page_size: 100,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
         let ids: Vec<String> = some.contacts.iter().map(|x| x.id.clone()).collect();
-        c.contacts
-            .batch_delete_contacts(authed(cpb::BatchDeleteContactsRequest { ids: ids.clone() }, &c.admin))
-            .await
-            .unwrap();
+        c.contacts.batch_delete_contacts(cpb::BatchDeleteContactsRequest { ids: ids.clone() }).await.unwrap();
         s.advance_to(at(5, 15, 18)).await;
         let u = c.usage().await;
         assert_eq!(
@@ -301,25 +277,17 @@ async fn the_product_end_to_end() {
         s.advance_to(at(6, 1, 6)).await;
         assert_eq!(c.usage().await.marketing_count, 1_701);
         c.contacts
-            .erase_contact(authed(
-                cpb::EraseContactRequest { contact_id: victim.clone(), ..Default::default() },
-                &c.admin,
-            ))
+            .erase_contact(cpb::EraseContactRequest { contact_id: victim.clone(), ..Default::default() })
             .await
             .unwrap();
         s.advance_to(at(6, 1, 7)).await;
         assert_eq!(c.usage().await.marketing_count, 1_700, "{backend:?}");
-        let st = c
-            .status
-            .get_contact_status(authed(mpb::GetContactStatusRequest { contact_id: victim.clone() }, &c.admin))
-            .await;
+        let st =
+            c.status.get_contact_status(mpb::GetContactStatusRequest { contact_id: victim.clone() }).await;
         assert_eq!(st.unwrap_err().code(), tonic::Code::NotFound, "{backend:?}");
         let trail = c
             .status
-            .list_status_changes(authed(
-                mpb::ListStatusChangesRequest { contact_id: victim, ..Default::default() },
-                &c.admin,
-            ))
+            .list_status_changes(mpb::ListStatusChangesRequest { contact_id: victim, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -342,7 +310,7 @@ async fn an_annual_account_applies_requests_on_each_first_and_renews_once_a_year
             tier: 0,
             marketing_contacts_enabled: true,
         };
-        c.billing.create_subscription(authed(sub, &c.admin)).await.unwrap();
+        c.billing.create_subscription(sub).await.unwrap();
         c.form_contacts(0, 400, "Signups").await;
         c.form_contacts(400, 100, "Leavers").await;
         s.advance_to(at(5, 10, 17)).await;

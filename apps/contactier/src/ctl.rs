@@ -3,23 +3,19 @@
 use crate::chart;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use contactier_proto::billing::v1::{self as bpb, billing_service_client::BillingServiceClient};
+use contactier_client::{Client, Endpoints, StaticToken};
+use contactier_proto::billing::v1 as bpb;
 use contactier_proto::common::v1::{self as common, MarketingStatus};
-use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
-use contactier_proto::marketing_status::v1::{
-    self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
-};
-use contactier_proto::notification::v1::{
-    self as npb, notification_service_client::NotificationServiceClient,
-};
-use contactier_proto::ops::v1::{self as opb, clock_service_client::ClockServiceClient};
+use contactier_proto::contacts::v1 as cpb;
+use contactier_proto::marketing_status::v1 as mpb;
+use contactier_proto::notification::v1 as npb;
+use contactier_proto::ops::v1 as opb;
 use contactier_runtime::config::RuntimeArgs;
 use contactier_runtime::host::Platform;
 use futures::StreamExt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
-use tonic::transport::Channel;
 
 #[derive(Args, Debug)]
 pub struct Ctl {
@@ -174,24 +170,6 @@ pub struct Target {
     pub runtime: RuntimeArgs,
 }
 
-struct Conn {
-    channels: Vec<Channel>,
-    token: String,
-}
-
-impl Conn {
-    fn channel(&self, i: usize) -> Channel {
-        self.channels[i].clone()
-    }
-
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        let v = format!("Bearer {}", self.token).parse().expect("a token is a header value");
-        r.metadata_mut().insert("authorization", v);
-        r
-    }
-}
-
 fn token(ctl: &Ctl, target: &Target) -> anyhow::Result<String> {
     if let Some(t) = &ctl.token {
         return Ok(t.clone());
@@ -276,13 +254,9 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         return print_token(target, account, &user, &scopes, service, lifetime.into());
     }
     let token = token(&ctl, target)?;
-    let channels = (0..4)
-        .map(|i| {
-            let addr = SocketAddr::new(target.host, target.base_port + i);
-            Channel::from_shared(format!("http://{addr}")).map(|e| e.connect_lazy())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let conn = Conn { channels, token };
+    let conn = Client::builder(Endpoints::local(&target.host.to_string(), target.base_port))
+        .token(StaticToken(token))
+        .build()?;
     match ctl.command {
         Command::Import { file, mappings, mode, set_as_marketing, opt_in_column, request_id } => {
             let header = cpb::ImportHeader {
@@ -312,16 +286,14 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
                 Status::Marketing => MarketingStatus::Marketing,
                 Status::NonMarketing => MarketingStatus::NonMarketing,
             };
+            // A key of its own, so the call may be sent again after a lost answer.
             let req = mpb::SetMarketingStatusRequest {
-                request_id: String::new(),
+                request_id: uuid::Uuid::now_v7().to_string(),
                 target: Some(target),
                 status: status as i32,
                 source: None,
             };
-            let r = MarketingStatusServiceClient::new(conn.channel(1))
-                .set_marketing_status(conn.req(req))
-                .await?
-                .into_inner();
+            let r = conn.marketing_status().set_marketing_status(req).await?.into_inner();
             let c = r.count.unwrap_or_default();
             println!("changed {}, unchanged {}, not found {}", r.changed, r.unchanged, r.not_found);
             println!(
@@ -334,10 +306,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         Command::Usage { days } => usage(&conn, days).await,
         Command::Alerts { limit } => {
             let req = npb::ListAlertsRequest { page_size: limit, page_token: String::new() };
-            let r = NotificationServiceClient::new(conn.channel(3))
-                .list_alerts(conn.req(req))
-                .await?
-                .into_inner();
+            let r = conn.notification().list_alerts(req).await?.into_inner();
             for a in r.alerts {
                 let when = a.created_at.map(|t| ts(&t)).unwrap_or_default();
                 println!(
@@ -350,8 +319,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         }
         Command::Invoices => {
             let req = bpb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
-            let r =
-                BillingServiceClient::new(conn.channel(2)).list_invoices(conn.req(req)).await?.into_inner();
+            let r = conn.billing().list_invoices(req).await?.into_inner();
             for i in r.invoices {
                 let total = i.total.clone().unwrap_or_default();
                 println!(
@@ -367,20 +335,19 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Clock { advance, to } => {
-            let mut clock = ClockServiceClient::new(conn.channel(2));
+            let mut clock = conn.clock();
             let now = if let Some(by) = advance {
                 let by: std::time::Duration = by.into();
                 let d =
                     prost_types::Duration { seconds: by.as_secs() as i64, nanos: by.subsec_nanos() as i32 };
-                let r =
-                    clock.advance_time(conn.req(opb::AdvanceTimeRequest { by: Some(d) })).await?.into_inner();
+                let r = clock.advance_time(opb::AdvanceTimeRequest { by: Some(d) }).await?.into_inner();
                 println!("advanced in {} steps", r.steps);
                 r.now
             } else if let Some(t) = to {
                 let time = prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 };
-                clock.set_time(conn.req(opb::SetTimeRequest { time: Some(time) })).await?.into_inner().now
+                clock.set_time(opb::SetTimeRequest { time: Some(time) }).await?.into_inner().now
             } else {
-                let r = clock.get_time(conn.req(opb::GetTimeRequest {})).await?.into_inner();
+                let r = clock.get_time(opb::GetTimeRequest {}).await?.into_inner();
                 println!("clock: {}", if r.manual { "manual" } else { "system" });
                 r.now
             };
@@ -388,11 +355,11 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Lists => {
-            let mut contacts = ContactsServiceClient::new(conn.channel(0));
+            let mut contacts = conn.contacts();
             let mut token = String::new();
             loop {
                 let req = cpb::ListListsRequest { page_size: 1_000, page_token: token };
-                let r = contacts.list_lists(conn.req(req)).await?.into_inner();
+                let r = contacts.list_lists(req).await?.into_inner();
                 for l in r.lists {
                     let kind = l.r#type().as_str_name().trim_start_matches("LIST_TYPE_").to_lowercase();
                     println!("{}  {kind:<6} {:>9}  {}", l.id, chart::group(l.size), l.name);
@@ -410,8 +377,9 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
                 (cpb::ListType::Active, Some(filter(conditions)))
             };
             let req = cpb::CreateListRequest { name, r#type: kind as i32, filter: f };
-            let l = ContactsServiceClient::new(conn.channel(0))
-                .create_list(conn.req(req))
+            let l = conn
+                .contacts()
+                .create_list(req)
                 .await?
                 .into_inner()
                 .list
@@ -420,9 +388,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             Ok(())
         }
         Command::EnableMarketing => {
-            MarketingStatusServiceClient::new(conn.channel(1))
-                .enable_marketing_contacts(conn.req(mpb::EnableMarketingContactsRequest {}))
-                .await?;
+            conn.marketing_status().enable_marketing_contacts(mpb::EnableMarketingContactsRequest {}).await?;
             println!("marketing contacts are on for this account");
             Ok(())
         }
@@ -471,7 +437,7 @@ fn missing_columns<'a>(mapping: impl Iterator<Item = &'a String>, columns: &[Str
 
 /// Streams the file in chunks and follows the rows the server has read; ends with every count
 /// and the first row errors, and fails when rows failed.
-async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
+async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
     let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
     let size = f.metadata().await?.len();
     let mut head = vec![0u8; 64 * 1024];
@@ -519,10 +485,7 @@ async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow
         .filter_map(|b| async move { b })
         .map(|buf| cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Chunk(buf)) });
     let started = std::time::Instant::now();
-    let mut progress = ContactsServiceClient::new(conn.channel(0))
-        .import_contacts(conn.req(first.chain(chunks)))
-        .await?
-        .into_inner();
+    let mut progress = conn.contacts().import_contacts(first.chain(chunks)).await?.into_inner();
     let mut last = None;
     while let Some(m) = progress.next().await {
         let m = m?;
@@ -563,8 +526,7 @@ async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow
             page_size: SHOWN_ERRORS as i32,
             page_token: String::new(),
         };
-        let errors =
-            ContactsServiceClient::new(conn.channel(0)).list_import_errors(conn.req(req)).await?.into_inner();
+        let errors = conn.contacts().list_import_errors(req).await?.into_inner();
         for e in &errors.errors {
             println!("  row {:>7}  {:<16} {}", e.row, e.column, e.reason);
         }
@@ -582,10 +544,9 @@ async fn import(conn: &Conn, file: PathBuf, header: cpb::ImportHeader) -> anyhow
     Ok(())
 }
 
-async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
-    let mut billing = BillingServiceClient::new(conn.channel(2));
-    let u =
-        billing.get_usage(conn.req(bpb::GetUsageRequest {})).await?.into_inner().usage.unwrap_or_default();
+async fn usage(conn: &Client, days: u32) -> anyhow::Result<()> {
+    let mut billing = conn.billing();
+    let u = billing.get_usage(bpb::GetUsageRequest {}).await?.into_inner().usage.unwrap_or_default();
     println!(
         "marketing contacts {} of {} ({}.{:02} %), {} contacts in all",
         chart::group(u.marketing_count),
@@ -601,7 +562,7 @@ async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
     );
     // The services' today: the clock's with the ops scope; else the last day the history has
     // (it ends on the account's today), found in a range around this machine's date.
-    let clock = ClockServiceClient::new(conn.channel(2)).get_time(conn.req(opb::GetTimeRequest {})).await;
+    let clock = conn.clock().get_time(opb::GetTimeRequest {}).await;
     let told = clock
         .ok()
         .and_then(|r| r.into_inner().now)
@@ -617,7 +578,7 @@ async fn usage(conn: &Conn, days: u32) -> anyhow::Result<()> {
         Some(common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 })
     };
     let req = bpb::GetUsageHistoryRequest { start_date: pb_date(ask_from), end_date: pb_date(ask_to) };
-    let points = billing.get_usage_history(conn.req(req)).await?.into_inner().points;
+    let points = billing.get_usage_history(req).await?.into_inner().points;
     let last_known = points
         .last()
         .and_then(|p| p.date.as_ref())

@@ -6,6 +6,25 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 
 pub mod checks;
 
+/// One RPC of the contracts, as a client sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    /// `/package.Service/Method`, as on the wire.
+    pub path: &'static str,
+    pub client_streaming: bool,
+    pub server_streaming: bool,
+    /// The field number of the request's `request_id` (a key that makes a resent request
+    /// answer what the first did), for the requests that have one.
+    pub request_id: Option<u32>,
+}
+
+include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+
+/// The method at `path`, if it is one of the contracts'.
+pub fn method(path: &str) -> Option<&'static Method> {
+    METHODS.binary_search_by(|m| m.path.cmp(path)).ok().map(|i| &METHODS[i])
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("contactier.common.v1");
@@ -34,5 +53,27 @@ pub mod notification {
 pub mod ops {
     pub mod v1 {
         tonic::include_proto!("contactier.ops.v1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_is_found_by_its_path_with_what_it_streams_and_its_request_id() {
+        assert!(METHODS.len() > 50);
+        for m in METHODS {
+            assert_eq!(method(m.path), Some(m));
+        }
+        let import = method("/contactier.contacts.v1.ContactsService/ImportContacts").unwrap();
+        assert!(import.client_streaming && import.server_streaming);
+        let watch = method("/contactier.notification.v1.NotificationService/WatchAlerts").unwrap();
+        assert!(watch.server_streaming && !watch.client_streaming);
+        let set =
+            method("/contactier.marketing_status.v1.MarketingStatusService/SetMarketingStatus").unwrap();
+        assert_eq!(set.request_id, Some(1));
+        assert_eq!(method("/contactier.billing.v1.BillingService/GetUsage").unwrap().request_id, None);
+        assert_eq!(method("/contactier.billing.v1.BillingService/Nope"), None);
     }
 }

@@ -299,6 +299,12 @@ impl ServiceTokens {
     }
 }
 
+impl contactier_client::TokenSource for ServiceTokens {
+    fn token(&self) -> Result<String, String> {
+        Ok(ServiceTokens::token(self))
+    }
+}
+
 /// A channel to another service; wrap it in a generated client with [`PeerChannel::interceptor`].
 #[derive(Clone)]
 pub struct PeerChannel {

@@ -1,14 +1,14 @@
 //! What every Contactier service runs on.
 
 pub mod auth;
-pub mod balance;
+pub use contactier_client::balance;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod conn;
 pub mod convert;
 pub mod db;
-pub mod deadline;
+pub use contactier_client::deadline;
 pub mod host;
 pub mod idempotency;
 pub mod jwks;

@@ -88,37 +88,7 @@ async fn serve_on(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     }
 }
 
-/// A gRPC status code as go-grpc-prometheus writes it.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "Canceled",
-        Unknown => "Unknown",
-        InvalidArgument => "InvalidArgument",
-        DeadlineExceeded => "DeadlineExceeded",
-        NotFound => "NotFound",
-        AlreadyExists => "AlreadyExists",
-        PermissionDenied => "PermissionDenied",
-        ResourceExhausted => "ResourceExhausted",
-        FailedPrecondition => "FailedPrecondition",
-        Aborted => "Aborted",
-        OutOfRange => "OutOfRange",
-        Unimplemented => "Unimplemented",
-        Internal => "Internal",
-        Unavailable => "Unavailable",
-        DataLoss => "DataLoss",
-        Unauthenticated => "Unauthenticated",
-    }
-}
-
-/// `/package.Service/Method` as (service, method).
-pub fn split_path(path: &str) -> (String, String) {
-    match path.trim_start_matches('/').split_once('/') {
-        Some((s, m)) => (s.to_owned(), m.to_owned()),
-        None => ("unknown".to_owned(), path.to_owned()),
-    }
-}
+pub use contactier_client::wire::{code_name, split_path};
 
 /// One run of a background worker: how long it took, whether it failed, how late it began.
 pub fn worker_ran(worker: &str, ok: bool, took: Duration, late: Duration) {

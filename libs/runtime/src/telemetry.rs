@@ -155,20 +155,7 @@ pub fn context_of(traceparent: &str) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&carrier)
 }
 
-/// Puts `span`'s trace context into request headers.
-pub fn inject_into_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
-    struct HeaderInjector<'a>(&'a mut http::HeaderMap);
-    impl Injector for HeaderInjector<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(k), Ok(v)) =
-                (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
-            {
-                self.0.insert(k, v);
-            }
-        }
-    }
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(headers));
-}
+pub use contactier_client::wire::inject_into_headers;
 
 /// Puts the current span's trace context on an outgoing request.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {

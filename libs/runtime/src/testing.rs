@@ -140,3 +140,18 @@ pub fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ASCII token"));
     r
 }
+
+/// Tokens signed here for each call, as a user of `account` with `scopes` (tests only).
+pub struct Minted {
+    pub authenticator: crate::auth::Authenticator,
+    pub account: String,
+    pub user: String,
+    pub scopes: Vec<String>,
+}
+
+impl contactier_client::TokenSource for Minted {
+    fn token(&self) -> Result<String, String> {
+        let scopes: Vec<&str> = self.scopes.iter().map(String::as_str).collect();
+        Ok(self.authenticator.user_token(&self.account, &self.user, &scopes, chrono::Duration::hours(1)))
+    }
+}

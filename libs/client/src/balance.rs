@@ -238,10 +238,9 @@ fn deadline_passed(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The gRPC status of a response that carries no message (trailers only), if any.
+/// The gRPC code of a response that carries no message (trailers only), if any.
 fn early_status(response: &http::Response<Body>) -> Option<tonic::Code> {
-    let v = response.headers().get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
-    Some(tonic::Code::from_i32(v))
+    crate::wire::early_status(response).map(|s| s.code())
 }
 
 fn copy(parts: &http::request::Parts, body: bytes::Bytes) -> http::Request<Body> {
@@ -273,7 +272,7 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
             let path = request.uri().path().to_owned();
             let idempotent = is_idempotent(&path);
             let (mut parts, body) = request.into_parts();
-            let (service, method) = crate::prom::split_path(&path);
+            let (service, method) = crate::wire::split_path(&path);
             let span = tracing::info_span!(
                 "peer call",
                 otel.name = %path.trim_start_matches('/'),
@@ -286,7 +285,7 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
                 server.address = %shared.host,
             );
             // The callee continues this span, not its parent.
-            crate::telemetry::inject_into_headers(&span, &mut parts.headers);
+            crate::wire::inject_into_headers(&span, &mut parts.headers);
             let started = std::time::Instant::now();
             let result =
                 tracing::Instrument::instrument(shared.send(parts, body, idempotent), span.clone()).await;
@@ -298,7 +297,7 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
             if !matches!(code, tonic::Code::Ok) {
                 span.record("otel.status_code", "ERROR");
             }
-            metrics::counter!("grpc_client_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_code" => crate::prom::code_name(code)).increment(1);
+            metrics::counter!("grpc_client_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_code" => crate::wire::code_name(code)).increment(1);
             metrics::histogram!("grpc_client_handling_seconds", "grpc_service" => service, "grpc_method" => method).record(started.elapsed().as_secs_f64());
             result
         })
@@ -315,7 +314,24 @@ impl Shared {
     ) -> Result<http::Response<Body>, BoxError> {
         use tower::ServiceExt;
         let shared = self;
-        // Kept so the call can be sent again; calls between services are single messages.
+        if contactier_proto::method(parts.uri.path()).is_some_and(|m| m.client_streaming) {
+            // A stream of requests goes out as it is produced, to one replica, and is not repeated.
+            let Some(replica) = shared.pick(&[]) else {
+                return Err(Box::new(tonic::Status::unavailable(format!(
+                    "no replica of {} is known",
+                    shared.name
+                ))));
+            };
+            let request = http::Request::from_parts(parts, body);
+            return replica.channel.clone().oneshot(request).await.map_err(|e| {
+                if unsent(&e) {
+                    replica.mark_down();
+                    shared.resolve_now.notify_one();
+                }
+                e.into()
+            });
+        }
+        // Kept so the call can be sent again; other calls are single messages.
         let body = body.collect().await?.to_bytes();
         let mut tried = Vec::new();
         let mut last: Option<Result<http::Response<Body>, BoxError>> = None;
