@@ -137,6 +137,32 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
     })
 }
 
+/// A stored property definition with exactly the fields `mask` names taken from `given`.
+fn masked_property(
+    stored: pb::PropertyDefinition,
+    given: pb::PropertyDefinition,
+    mask: &prost_types::FieldMask,
+) -> Result<pb::PropertyDefinition> {
+    if mask.paths.is_empty() {
+        return Err(Error::invalid("update_mask", "names no field; leave it out to replace"));
+    }
+    let mut d = stored;
+    for (i, path) in mask.paths.iter().enumerate() {
+        match path.as_str() {
+            "label" => d.label = given.label.clone(),
+            "description" => d.description = given.description.clone(),
+            "options" => d.options = given.options.clone(),
+            other => {
+                return Err(Error::invalid(
+                    format!("update_mask.paths[{i}]"),
+                    format!("{other:?} is not a field an update changes (label, description, options)"),
+                ));
+            }
+        }
+    }
+    Ok(d)
+}
+
 /// Checks one update; `at` prefixes field names.
 /// The properties and email an update names: all it carries, or with a field mask exactly
 /// the named fields (a named property it does not carry is cleared).
@@ -662,8 +688,19 @@ impl ContactsService for Api {
         req: Request<pb::UpdatePropertyRequest>,
     ) -> Answer<pb::UpdatePropertyResponse> {
         let c = caller(&req)?;
-        let d = convert::checked_definition(req.into_inner().property)?;
+        let r = req.into_inner();
         let catalog = self.store.catalog(&c.account).await?;
+        let given = match r.update_mask {
+            None => r.property,
+            Some(mask) => {
+                let given = r.property.ok_or_else(|| Error::invalid("property", "required"))?;
+                let stored = catalog
+                    .get(&given.name)
+                    .ok_or_else(|| Error::NotFound(format!("property {}", given.name)))?;
+                Some(masked_property(convert::definition(stored), given, &mask)?)
+            }
+        };
+        let d = convert::checked_definition(given)?;
         match catalog.get(&d.name) {
             None => return Err(Error::NotFound(format!("property {}", d.name)).into()),
             Some(s) if s.standard => {

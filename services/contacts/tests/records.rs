@@ -408,15 +408,58 @@ async fn custom_properties_are_defined_typed_and_validated() {
         // The type stays; the options may grow. Deleting drops the values.
         let mut tier = def("tier", pb::PropertyType::Enumeration, &["gold", "silver", "bronze"]);
         s.api()
-            .update_property(authed(pb::UpdatePropertyRequest { property: Some(tier.clone()) }, &admin))
+            .update_property(authed(
+                pb::UpdatePropertyRequest { property: Some(tier.clone()), update_mask: None },
+                &admin,
+            ))
             .await
             .unwrap();
+        // With a mask only the named fields change; the type may be left out.
+        let mask = |paths: &[&str]| {
+            Some(prost_types::FieldMask { paths: paths.iter().map(|p| (*p).into()).collect() })
+        };
+        let relabel =
+            pb::PropertyDefinition { name: "tier".into(), label: "Tier (2026)".into(), ..Default::default() };
+        let d = s
+            .api()
+            .update_property(authed(
+                pb::UpdatePropertyRequest { property: Some(relabel.clone()), update_mask: mask(&["label"]) },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .property
+            .unwrap();
+        assert_eq!(
+            (d.label.as_str(), d.r#type()),
+            ("Tier (2026)", pb::PropertyType::Enumeration),
+            "{backend:?}"
+        );
+        assert_eq!(d.options.len(), 3, "{backend:?}: options not named stay");
+        for (paths, field) in [
+            (&["type"][..], "update_mask.paths[0]"),
+            (&["label", "name"][..], "update_mask.paths[1]"),
+            (&[][..], "update_mask"),
+        ] {
+            let req = pb::UpdatePropertyRequest { property: Some(relabel.clone()), update_mask: mask(paths) };
+            let err = s.api().update_property(authed(req, &admin)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {paths:?}");
+            assert!(err.message().contains(field), "{backend:?}: {}", err.message());
+        }
+        // Options named and left empty are cleared, which an enumeration refuses.
+        let req = pb::UpdatePropertyRequest { property: Some(relabel), update_mask: mask(&["options"]) };
+        let err = s.api().update_property(authed(req, &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
         s.create("c@example.com", &[("tier", "bronze")]).await.unwrap();
         tier.r#type = pb::PropertyType::SingleLineText as i32;
         tier.options.clear();
         let err = s
             .api()
-            .update_property(authed(pb::UpdatePropertyRequest { property: Some(tier) }, &admin))
+            .update_property(authed(
+                pb::UpdatePropertyRequest { property: Some(tier), update_mask: None },
+                &admin,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
