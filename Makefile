@@ -11,7 +11,7 @@ OVERLAYS := base overlays/dev-postgres overlays/external-postgres
 
 help:
 	@echo "make run         run all four services in one process (SQLite files in ./data)"
-	@echo "make test        run every test (PostgreSQL on 127.0.0.1:5432 must be up; installs aiosmtpd in target/)"
+	@echo "make test        run every test (PostgreSQL at 127.0.0.1:5432, else a throwaway one under target/; installs aiosmtpd and grpcurl in target/)"
 	@echo "make lint        rustfmt check, clippy with warnings as errors, buf lint, migration safety"
 	@echo "make fmt         format the code"
 	@echo "make build       release build of every binary"
@@ -23,7 +23,7 @@ run:
 	cargo run --bin contactier
 
 test: test-deps
-	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python cargo test --workspace
+	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python scripts/with-test-postgres cargo test --workspace
 
 test-deps: $(TEST_VENV)/.ready
 

@@ -21,25 +21,40 @@ const ACCOUNT: &str = "acct-pg-restart";
 const BATCHES: usize = 60;
 const PER_BATCH: usize = 100;
 
-/// Restarts the local PostgreSQL cluster and waits until it answers.
+/// Restarts the tests' PostgreSQL and waits until it answers: the throwaway cluster of
+/// `scripts/with-test-postgres` when it made one, else the machine's cluster.
 fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a local PostgreSQL cluster")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .expect("a cluster version");
-    let ok = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .expect("pg_ctlcluster runs");
+    let ok = match std::env::var_os("CONTACTIER_TEST_PGDATA") {
+        Some(data) => {
+            let bin =
+                std::path::PathBuf::from(std::env::var_os("CONTACTIER_TEST_PG_BIN").expect("its bin folder"));
+            Command::new(bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(data)
+                .args(["-m", "fast", "-w", "restart"])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("pg_ctl runs")
+        }
+        None => {
+            let version = std::fs::read_dir("/etc/postgresql")
+                .expect("a local PostgreSQL cluster")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .next()
+                .expect("a cluster version");
+            Command::new("pg_ctlcluster")
+                .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+                .status()
+                .expect("pg_ctlcluster runs")
+        }
+    };
     assert!(ok.success(), "PostgreSQL restarted");
+    let url = contactier_runtime::testing::test_pg_url();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !Command::new("pg_isready")
-        .args(["-h", "127.0.0.1", "-p", "5432", "-q"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    let isready = std::env::var_os("CONTACTIER_TEST_PG_BIN")
+        .map_or_else(|| "pg_isready".into(), |b| std::path::PathBuf::from(b).join("pg_isready"));
+    while !Command::new(&isready).args(["-d", &url, "-q"]).status().is_ok_and(|s| s.success()) {
         assert!(Instant::now() < deadline, "PostgreSQL is back");
         std::thread::sleep(Duration::from_millis(200));
     }
