@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod convert;
 pub mod db;
+pub mod error;
 pub use contactier_client::deadline;
 pub mod host;
 pub mod idempotency;

@@ -104,11 +104,11 @@ fn pb_line(l: &model::Line, kind: model::LineKind, currency: &str) -> pb::Invoic
 
 impl Api {
     async fn subscription(&self, account: &str) -> Result<Subscription> {
-        self.store.subscription(account).await?.ok_or(Error::NotFound("subscription"))
+        self.store.subscription(account).await?.ok_or_else(|| Error::not_found("subscription"))
     }
 
     fn price(&self, s: &Subscription, tier: i64) -> Result<contactier_domain::Money> {
-        self.book.price(s.edition, s.currency, s.term, tier).map_err(|e| Error::Internal(e.to_string()))
+        self.book.price(s.edition, s.currency, s.term, tier).map_err(Error::internal)
     }
 
     fn pb_subscription(&self, s: &Subscription) -> Result<pb::Subscription> {
@@ -298,7 +298,7 @@ impl BillingService for Api {
     async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {
         let account = account(&req)?;
         let (sub, counts, period_count) =
-            self.store.usage(&account).await?.ok_or(Error::NotFound("subscription"))?;
+            self.store.usage(&account).await?.ok_or_else(|| Error::not_found("subscription"))?;
         let count =
             model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing);
         let today = sub.today(&self.book, self.clock.now());
@@ -330,7 +330,8 @@ impl BillingService for Api {
         if calendar::days_between(first, last) > 3_660 {
             return Err(Error::invalid("end_date", "at most ten years at a time").into());
         }
-        let first_tier = self.store.first_tier(&account).await?.ok_or(Error::NotFound("subscription"))?;
+        let first_tier =
+            self.store.first_tier(&account).await?.ok_or_else(|| Error::not_found("subscription"))?;
         let today = self.subscription(&account).await?.today(&self.book, self.clock.now());
         let last = last.min(today);
         let day = |d: store::UsageDay| -> Result<history::Day> {
@@ -376,7 +377,7 @@ impl BillingService for Api {
         let count =
             model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing)
                 .saturating_add(additional);
-        let shape = &self.book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+        let shape = &self.book.edition(sub.edition).map_err(Error::internal)?.shape;
         let new_tier = shape
             .smallest_holding(count)
             .map_err(|e| Error::FailedPrecondition(format!("{e}; contact sales for a larger tier")))?;
@@ -391,7 +392,7 @@ impl BillingService for Api {
         let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, today);
         let new_price = self.price(&sub, new_tier)?;
         let p = proration::prorate(self.price(&sub, sub.tier)?, new_price, today, term_start, term_end)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(Error::internal)?;
         let currency = sub.currency.as_str();
         let line = pb_line(
             &model::Line::prorated_upgrade(sub.tier, new_tier, &p, today, term_end, count),
@@ -443,7 +444,11 @@ impl BillingService for Api {
 
     async fn get_invoice(&self, req: Request<pb::GetInvoiceRequest>) -> Answer<pb::GetInvoiceResponse> {
         let account = account(&req)?;
-        let row = self.store.invoice(&account, &req.get_ref().id).await?.ok_or(Error::NotFound("invoice"))?;
+        let row = self
+            .store
+            .invoice(&account, &req.get_ref().id)
+            .await?
+            .ok_or_else(|| Error::not_found("invoice"))?;
         Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(Self::pb_invoice(row)?) }))
     }
 
@@ -454,7 +459,7 @@ impl BillingService for Api {
         let account = account(&req)?;
         let tier = req.get_ref().tier;
         let mut sub = self.subscription(&account).await?;
-        let shape = &self.book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+        let shape = &self.book.edition(sub.edition).map_err(Error::internal)?.shape;
         if !shape.is_tier(tier) {
             return Err(
                 Error::invalid("tier", format!("{tier} is not a {} tier", sub.edition.as_str())).into()

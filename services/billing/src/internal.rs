@@ -1,5 +1,6 @@
 //! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
 
+use crate::error::Error;
 use crate::price_book::PriceBook;
 use crate::store::{CountEvent, CountOutcome, Counts, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
@@ -17,8 +18,8 @@ pub struct Internal {
     pub invoicer: WorkerWaker,
 }
 
-fn validate(e: pb::CountChanged) -> Result<CountEvent, Status> {
-    let bad = |field: &str, why: &str| Status::invalid_argument(format!("events.{field}: {why}"));
+fn validate(e: pb::CountChanged) -> Result<CountEvent, Error> {
+    let bad = |field: &str, why: &str| Error::invalid(format!("events.{field}"), why);
     if e.event_id.is_empty() {
         return Err(bad("event_id", "required"));
     }

@@ -2,7 +2,7 @@
 
 mod api;
 pub mod calendar;
-mod error;
+use contactier_runtime::error;
 pub mod history;
 mod internal;
 mod invoicer;

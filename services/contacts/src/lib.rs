@@ -4,7 +4,7 @@ mod api;
 mod convert;
 pub mod csv_records;
 pub mod email;
-mod error;
+use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
 pub mod import;

@@ -8,6 +8,7 @@ use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
 use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::Principal;
 use contactier_runtime::convert::timestamp_micros;
+use contactier_runtime::error::Error;
 use tonic::{Request, Status as GrpcStatus};
 
 fn pb_status(marketing: bool) -> MarketingStatus {
@@ -69,18 +70,18 @@ impl Api {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let r = req.into_inner();
         let t = SourceType::try_from(r.source_type).unwrap_or_default();
-        let origin =
-            creation_source(t).ok_or_else(|| GrpcStatus::invalid_argument("source_type: required"))?;
+        let origin = creation_source(t).ok_or_else(|| Error::invalid("source_type", "required"))?;
         let marketing = match MarketingStatus::try_from(r.default_status) {
             Ok(MarketingStatus::Marketing) => true,
             Ok(MarketingStatus::NonMarketing) => false,
-            _ => return Err(GrpcStatus::invalid_argument("default_status: MARKETING or NON_MARKETING")),
+            _ => return Err(Error::invalid("default_status", "MARKETING or NON_MARKETING").into()),
         };
         if !rules::builtin_default(origin).1 {
-            return Err(GrpcStatus::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "source_type: the default of {} cannot be changed",
                 source_type_name(t)
-            )));
+            ))
+            .into());
         }
         self.store.set_source_default(&account, &source_type_name(t), marketing).await.map_err(db)?;
         Ok(pb::UpdateSourceDefaultResponse {
@@ -115,7 +116,7 @@ impl Api {
         let limit = match r.page_size {
             0 => 100,
             n @ 1..=1_000 => i64::from(n),
-            _ => return Err(GrpcStatus::invalid_argument("page_size: 1 to 1000")),
+            _ => return Err(Error::invalid("page_size", "1 to 1000").into()),
         };
         let before = if r.page_token.is_empty() {
             (i64::MAX, String::new())
@@ -123,7 +124,7 @@ impl Api {
             r.page_token
                 .split_once('/')
                 .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
-                .ok_or_else(|| GrpcStatus::invalid_argument("page_token: not a page token"))?
+                .ok_or_else(|| Error::invalid("page_token", "not a page token"))?
         };
         let contact = Some(r.contact_id.as_str()).filter(|c| !c.is_empty());
         let mut rows =

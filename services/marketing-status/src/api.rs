@@ -13,6 +13,7 @@ use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{date, timestamp_micros};
 use contactier_runtime::db::storage_unavailable;
+use contactier_runtime::error::Error;
 use contactier_runtime::idempotency::{self, Key};
 use prost::Message;
 use tonic::{Request, Response, Status as GrpcStatus};
@@ -114,7 +115,7 @@ impl MarketingStatusService for Api {
         let account = account(&req)?;
         let id = req.into_inner().contact_id;
         let row = self.store.statuses(&account, std::slice::from_ref(&id)).await.map_err(db)?.pop();
-        let row = row.ok_or_else(|| GrpcStatus::not_found("contact not found"))?;
+        let row = row.ok_or_else(|| Error::not_found("contact"))?;
         Ok(Response::new(pb::GetContactStatusResponse { status: Some(pb_status(row)) }))
     }
 
@@ -125,9 +126,7 @@ impl MarketingStatusService for Api {
         let account = account(&req)?;
         let ids = req.into_inner().contact_ids;
         if ids.len() > MAX_CONTACTS_PER_CALL {
-            return Err(GrpcStatus::invalid_argument(format!(
-                "contact_ids: at most {MAX_CONTACTS_PER_CALL}"
-            )));
+            return Err(Error::invalid("contact_ids", format!("at most {MAX_CONTACTS_PER_CALL}")).into());
         }
         let rows = self.store.statuses(&account, &ids).await.map_err(db)?;
         let not_found = ids.iter().filter(|id| !rows.iter().any(|r| &r.contact_id == *id)).cloned().collect();
@@ -147,25 +146,23 @@ impl MarketingStatusService for Api {
         let key = Key::of(&r.request_id, "SetMarketingStatus", &principal.subject, || {
             pb::SetMarketingStatusRequest { request_id: String::new(), ..r.clone() }
         });
-        let wanted = requested(r.status)
-            .ok_or_else(|| GrpcStatus::invalid_argument("status: MARKETING or NON_MARKETING"))?;
+        let wanted =
+            requested(r.status).ok_or_else(|| Error::invalid("status", "MARKETING or NON_MARKETING"))?;
         let (target, per_contact) = match r.target {
             Some(Target::Contacts(c)) if c.ids.is_empty() => {
-                return Err(GrpcStatus::invalid_argument("contacts.ids: required"));
+                return Err(Error::invalid("contacts.ids", "required").into());
             }
             Some(Target::Contacts(c)) if c.ids.len() > MAX_CONTACTS_PER_CALL => {
-                return Err(GrpcStatus::invalid_argument(format!(
-                    "contacts.ids: at most {MAX_CONTACTS_PER_CALL}"
-                )));
+                return Err(Error::invalid("contacts.ids", format!("at most {MAX_CONTACTS_PER_CALL}")).into());
             }
             Some(Target::Contacts(c)) => (Err(c.ids), true),
             Some(Target::ListId(id)) if id.is_empty() => {
-                return Err(GrpcStatus::invalid_argument("list_id: required"));
+                return Err(Error::invalid("list_id", "required").into());
             }
             Some(Target::ListId(id)) => (Ok(targets::Target::List(id)), false),
             Some(Target::Filter(f)) => (Ok(targets::Target::Filter(f)), false),
             None => {
-                return Err(GrpcStatus::invalid_argument("target: contacts, list_id or filter is required"));
+                return Err(Error::invalid("target", "contacts, list_id or filter is required").into());
             }
         };
         // A retry of a request id returns the first answer and changes nothing; another
@@ -177,20 +174,18 @@ impl MarketingStatusService for Api {
                 return Err(idempotency::reused());
             }
             let first = pb::SetMarketingStatusResponse::decode(saved.as_slice())
-                .map_err(|_| GrpcStatus::internal("stored answer unreadable"))?;
+                .map_err(|_| Error::internal("stored answer unreadable"))?;
             return Ok(Response::new(first));
         }
         if !self.store.settings(&account).await.map_err(db)?.marketing_contacts_enabled {
-            return Err(GrpcStatus::failed_precondition(
-                "the account does not have the marketing contacts feature: every contact is billed; enable it first",
-            ));
+            return Err(Error::FailedPrecondition("the account does not have the marketing contacts feature: every contact is billed; enable it first".into()).into());
         }
         let user = principal.user_id().unwrap_or_default().to_owned();
         if wanted == Status::Marketing
             && !user.is_empty()
             && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
         {
-            return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
+            return Err(Error::denied("", "this user may not set contacts as marketing").into());
         }
         let source = r.source.unwrap_or_default();
         let source_type = match SourceType::try_from(source.r#type) {
@@ -200,15 +195,14 @@ impl MarketingStatusService for Api {
         // Forms, workflows, integrations and the system set a status through a service token;
         // a person may act for them only as an admin, and acts as a user under the own id.
         if !user.is_empty() && source_type != SourceType::User && !principal.has_scope("admin") {
-            return Err(GrpcStatus::permission_denied(format!(
-                "source.type: {} is set by a system; a user needs the admin scope",
-                source_type_name(source_type)
-            )));
+            return Err(Error::denied(
+                "source.type",
+                format!("{} is set by a system; a user needs the admin scope", source_type_name(source_type)),
+            )
+            .into());
         }
         if !user.is_empty() && source_type == SourceType::User && !source.id.is_empty() && source.id != user {
-            return Err(GrpcStatus::invalid_argument(
-                "source.id: a user sets a status under the user's own id",
-            ));
+            return Err(Error::invalid("source.id", "a user sets a status under the user's own id").into());
         }
         let ids = match target {
             Err(ids) => ids,
@@ -250,12 +244,10 @@ impl MarketingStatusService for Api {
         let account = account(&req)?;
         let r = req.into_inner();
         if common::MarketingTool::try_from(r.tool).unwrap_or_default() == common::MarketingTool::Unspecified {
-            return Err(GrpcStatus::invalid_argument("tool: MARKETING_EMAIL or ADS_AUDIENCE"));
+            return Err(Error::invalid("tool", "MARKETING_EMAIL or ADS_AUDIENCE").into());
         }
         if r.contact_ids.len() > MAX_CONTACTS_PER_CALL {
-            return Err(GrpcStatus::invalid_argument(format!(
-                "contact_ids: at most {MAX_CONTACTS_PER_CALL}"
-            )));
+            return Err(Error::invalid("contact_ids", format!("at most {MAX_CONTACTS_PER_CALL}")).into());
         }
         let rows = self.store.statuses(&account, &r.contact_ids).await.map_err(db)?;
         let ok =
@@ -281,12 +273,9 @@ impl MarketingStatusService for Api {
         req: Request<pb::SetUserPermissionRequest>,
     ) -> Answer<pb::SetUserPermissionResponse> {
         let account = account(&req)?;
-        let p = req
-            .into_inner()
-            .permission
-            .ok_or_else(|| GrpcStatus::invalid_argument("permission: required"))?;
+        let p = req.into_inner().permission.ok_or_else(|| Error::invalid("permission", "required"))?;
         if p.user_id.is_empty() {
-            return Err(GrpcStatus::invalid_argument("permission.user_id: required"));
+            return Err(Error::invalid("permission.user_id", "required").into());
         }
         self.store.set_permission(&account, &p.user_id, p.may_set_marketing).await.map_err(db)?;
         Ok(Response::new(pb::SetUserPermissionResponse { permission: Some(p) }))
@@ -383,9 +372,7 @@ impl MarketingStatusInternalService for Internal {
         let events = req.into_inner().events;
         for e in &events {
             if e.event_id.is_empty() || e.account_id.is_empty() || e.payload.is_none() {
-                return Err(GrpcStatus::invalid_argument(
-                    "events: event_id, account_id and payload are required",
-                ));
+                return Err(Error::invalid("events", "event_id, account_id and payload are required").into());
             }
             principal.check_account(&e.account_id)?;
         }
@@ -401,12 +388,12 @@ impl MarketingStatusInternalService for Internal {
         let principal = Principal::of(&req)?.clone();
         let r = req.into_inner();
         principal.check_account(&r.account_id)?;
-        let d = r.update_date.ok_or_else(|| GrpcStatus::invalid_argument("update_date: required"))?;
-        let date = date(Some(&d)).map_err(|r| GrpcStatus::invalid_argument(format!("update_date: {r}")))?;
+        let d = r.update_date.ok_or_else(|| Error::invalid("update_date", "required"))?;
+        let date = date(Some(&d)).map_err(|r| Error::invalid("update_date", r.to_string()))?;
         let effective_at = r
             .effective_at
             .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
-            .ok_or_else(|| GrpcStatus::invalid_argument("effective_at: required"))?;
+            .ok_or_else(|| Error::invalid("effective_at", "required"))?;
         let applied = self
             .store
             .apply_update_date(&r.account_id, date, effective_at, self.clock.now())
@@ -429,12 +416,12 @@ impl MarketingStatusInternalService for Internal {
         let principal = Principal::of(&req)?.clone();
         let r = req.into_inner();
         if r.account_id.is_empty() {
-            return Err(GrpcStatus::invalid_argument("account_id: required"));
+            return Err(Error::invalid("account_id", "required").into());
         }
         principal.check_account(&r.account_id)?;
         let edition = match common::Edition::try_from(r.edition) {
             Ok(common::Edition::Unspecified) | Err(_) => {
-                return Err(GrpcStatus::invalid_argument("edition: STARTER, PROFESSIONAL or ENTERPRISE"));
+                return Err(Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE").into());
             }
             Ok(e) => edition_name(e),
         };
@@ -452,8 +439,10 @@ impl MarketingStatusInternalService for Internal {
     ) -> Answer<pb::ExportContactStatusDataResponse> {
         let principal = Principal::of(&req)?.clone();
         let r = req.into_inner();
-        if r.account_id.is_empty() || r.contact_id.is_empty() {
-            return Err(GrpcStatus::invalid_argument("account_id and contact_id: required"));
+        for (field, value) in [("account_id", &r.account_id), ("contact_id", &r.contact_id)] {
+            if value.is_empty() {
+                return Err(Error::invalid(field, "required").into());
+            }
         }
         principal.check_account(&r.account_id)?;
         let json = self.store.export(&r.account_id, &r.contact_id).await.map_err(db)?;

@@ -7,6 +7,7 @@ use crate::store::{Actor, Created, Deleted, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::SourceType;
 use contactier_proto::marketing_status::v1::{self as pb, contact_event::Payload};
+use contactier_runtime::error::Error;
 use std::collections::HashMap;
 use tonic::Status as GrpcStatus;
 
@@ -27,7 +28,7 @@ impl Lookups {
         let source = c.source.clone().unwrap_or_default();
         let source_type = SourceType::try_from(source.r#type).unwrap_or_default();
         let origin = creation_source(source_type)
-            .ok_or_else(|| GrpcStatus::invalid_argument("events.created.source.type: required"))?;
+            .ok_or_else(|| Error::invalid("events.created.source.type", "required"))?;
         let asked = requested(c.requested_status);
         // A contact a user without the permission creates is non-marketing, whatever its
         // source's default or what was asked: that user cannot add to the bill.
@@ -120,7 +121,7 @@ pub async fn apply(
         if let Some(Payload::Created(c)) = &e.payload {
             let t = SourceType::try_from(c.source.as_ref().map_or(0, |s| s.r#type)).unwrap_or_default();
             if creation_source(t).is_none() {
-                return Err(GrpcStatus::invalid_argument("events.created.source.type: required"));
+                return Err(Error::invalid("events.created.source.type", "required").into());
             }
         }
     }

@@ -13,6 +13,7 @@ use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::convert::{micros, new_id, timestamp_micros};
+use contactier_runtime::error::Error;
 use contactier_runtime::shutdown::Shutdown;
 use prost::Message;
 use tonic::{Request, Status as GrpcStatus};
@@ -77,7 +78,7 @@ impl Api {
         if s.edition == "professional" || s.edition == "enterprise" {
             Ok(())
         } else {
-            Err(GrpcStatus::failed_precondition("workflows are part of Professional and Enterprise"))
+            Err(Error::FailedPrecondition("workflows are part of Professional and Enterprise".into()).into())
         }
     }
 
@@ -87,7 +88,7 @@ impl Api {
             .await
             .map_err(db)?
             .pop()
-            .ok_or_else(|| GrpcStatus::not_found(format!("workflow {id} not found")))
+            .ok_or_else(|| Error::not_found(format!("workflow {id}")).into())
     }
 
     pub async fn create_workflow_impl(
@@ -96,13 +97,12 @@ impl Api {
     ) -> Result<pb::CreateWorkflowResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         self.check_edition(&account).await?;
-        let w =
-            req.into_inner().workflow.ok_or_else(|| GrpcStatus::invalid_argument("workflow: required"))?;
+        let w = req.into_inner().workflow.ok_or_else(|| Error::invalid("workflow", "required"))?;
         if w.name.trim().is_empty() {
-            return Err(GrpcStatus::invalid_argument("workflow.name: required"));
+            return Err(Error::invalid("workflow.name", "required").into());
         }
         let action = pb::WorkflowAction::try_from(w.action).ok().and_then(action_name).ok_or_else(|| {
-            GrpcStatus::invalid_argument("workflow.action: SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
+            Error::invalid("workflow.action", "SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
         })?;
         let (list_id, filter) = match w.target {
             Some(pb::workflow::Target::ListId(id)) if !id.is_empty() => {
@@ -115,15 +115,14 @@ impl Api {
                 (String::new(), f.encode_to_vec())
             }
             _ => {
-                return Err(GrpcStatus::invalid_argument(
-                    "workflow.target: a list_id or a filter with groups",
-                ));
+                return Err(Error::invalid("workflow.target", "a list_id or a filter with groups").into());
             }
         };
         if self.store.workflow_count(&account).await.map_err(db)? >= MAX_WORKFLOWS {
-            return Err(GrpcStatus::failed_precondition(format!(
+            return Err(Error::FailedPrecondition(format!(
                 "an account has at most {MAX_WORKFLOWS} workflows"
-            )));
+            ))
+            .into());
         }
         let row = WorkflowRow {
             id: new_id(),
@@ -166,7 +165,7 @@ impl Api {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let id = req.into_inner().id;
         if !self.store.delete_workflow(&account, &id).await.map_err(db)? {
-            return Err(GrpcStatus::not_found(format!("workflow {id} not found")));
+            return Err(Error::not_found(format!("workflow {id}")).into());
         }
         Ok(pb::DeleteWorkflowResponse {})
     }
@@ -186,7 +185,7 @@ impl Api {
             && !user.is_empty()
             && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
         {
-            return Err(GrpcStatus::permission_denied("this user may not set contacts as marketing"));
+            return Err(Error::denied("", "this user may not set contacts as marketing").into());
         }
         let run = RunRow {
             account_id: account,
@@ -217,7 +216,7 @@ impl Api {
             .run(&account, &id)
             .await
             .map_err(db)?
-            .ok_or_else(|| GrpcStatus::not_found(format!("run {id} not found")))?;
+            .ok_or_else(|| Error::not_found(format!("run {id}")))?;
         Ok(pb::GetWorkflowRunResponse { run: Some(pb_run(run)) })
     }
 }

@@ -114,7 +114,7 @@ impl NotificationService for Api {
     ) -> std::result::Result<Response<pb::DeleteRecipientResponse>, Status> {
         let account = account(&req)?;
         if !self.store.delete_recipient(&account, &req.into_inner().id).await? {
-            return Err(Error::NotFound("recipient").into());
+            return Err(Error::not_found("recipient").into());
         }
         Ok(Response::new(pb::DeleteRecipientResponse {}))
     }
@@ -252,7 +252,7 @@ impl NotificationService for Api {
         let id = req.into_inner().delivery_id;
         match self.store.redrive(&account, &id, self.clock.now()).await? {
             RedriveResult::Requeued => {}
-            RedriveResult::NotFound => return Err(Error::NotFound("delivery").into()),
+            RedriveResult::NotFound => return Err(Error::not_found("delivery").into()),
             RedriveResult::RecipientDeleted => {
                 return Err(Error::FailedPrecondition(
                     "the delivery's recipient was deleted; there is nowhere to send it".into(),
@@ -267,7 +267,7 @@ impl NotificationService for Api {
             }
         }
         self.delivery.wake();
-        let row = self.store.delivery(&account, &id).await?.ok_or(Error::NotFound("delivery"))?;
+        let row = self.store.delivery(&account, &id).await?.ok_or_else(|| Error::not_found("delivery"))?;
         let attempts = self.store.attempts(&id).await?;
         let alert_ids = self.store.delivery_alert_ids(&id).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {

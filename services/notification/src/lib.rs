@@ -6,7 +6,7 @@ mod alerts;
 mod api;
 mod convert;
 mod delivery;
-mod error;
+use contactier_runtime::error;
 mod internal;
 mod signing;
 mod store;

@@ -358,7 +358,7 @@ impl Store {
                  WHERE account_id = $3 AND update_date = $4 AND first_period AND period_count < $1",
             )
             .bind(count).bind(c.version).bind(account).bind(day(period_start)).execute(&mut *tx).await?;
-            let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+            let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
             let target = match shape.smallest_holding(count) {
                 Ok(t) => Some(t).filter(|t| *t > sub.tier),
                 Err(TierError::AboveLargest(..)) => {
@@ -480,13 +480,13 @@ impl Store {
             let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
             let row: Option<SubscriptionRow> =
                 sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
-            let sub = row.ok_or(Error::NotFound("subscription"))?.into_model()?;
+            let sub = row.ok_or_else(|| Error::not_found("subscription"))?.into_model()?;
             let (from, to) = (first.from_tier, last.to_tier);
             let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
             let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, upgrade_day);
-            let price = |tier| book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()));
+            let price = |tier| book.price(sub.edition, sub.currency, sub.term, tier).map_err(Error::internal);
             let p = proration::prorate(price(from)?, price(to)?, upgrade_day, term_start, term_end)
-                .map_err(|e| Error::Internal(e.to_string()))?;
+                .map_err(Error::internal)?;
             let line = Line::prorated_upgrade(from, to, &p, upgrade_day, term_end, count);
             let inv = tx.issue(NewInvoice {
                 account,

@@ -127,12 +127,12 @@ impl Store {
             let mut tier = sub.tier;
             let mut invoice = None;
             if renewal {
-                let shape = &book.edition(sub.edition).map_err(|e| Error::Internal(e.to_string()))?.shape;
+                let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
                 tier = shape.renewal_tier(sub.tier, sub.renewal_tier, count);
                 let source_key = format!("renewal:{}", day(date));
                 if !tx.invoiced(account, &source_key).await? {
                     let (start, end) = calendar::term_containing(sub.start_date, sub.term, date);
-                    let price = book.price(sub.edition, sub.currency, sub.term, tier).map_err(|e| Error::Internal(e.to_string()))?;
+                    let price = book.price(sub.edition, sub.currency, sub.term, tier).map_err(Error::internal)?;
                     let line = Line::term(sub.tier, tier, price.minor, (start, end), count);
                     let inv = NewInvoice {
                         account,

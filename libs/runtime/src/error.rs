@@ -1,4 +1,5 @@
-//! The service's errors and their one mapping to gRPC status.
+//! The errors of every service and their one mapping to gRPC status (the google.rpc details
+//! are added on the way out by [`crate::rich`]).
 
 use std::sync::Arc;
 use tonic::Status;
@@ -43,6 +44,16 @@ impl Error {
         Error::PermissionDenied { field: field.into(), reason: reason.into() }
     }
 
+    /// NOT_FOUND for `what` (e.g. "subscription", "contact c-1").
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound(what.into())
+    }
+
+    /// INTERNAL for a failure the caller cannot act on; the detail is logged, not answered.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Error::Internal(e.to_string())
+    }
+
     /// NOT_FOUND for a contact the account does not have.
     pub fn no_contact(id: impl std::fmt::Display) -> Self {
         Error::NotFound(format!("contact {id}"))
@@ -84,8 +95,8 @@ impl From<contactier_proto::checks::Violation> for Error {
     }
 }
 
-impl From<contactier_runtime::coalesce::Unanswered> for Error {
-    fn from(e: contactier_runtime::coalesce::Unanswered) -> Self {
+impl From<crate::coalesce::Unanswered> for Error {
+    fn from(e: crate::coalesce::Unanswered) -> Self {
         Error::Internal(e.to_string())
     }
 }
@@ -96,17 +107,15 @@ impl From<Error> for Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
-            Error::EmailTaken(ref id) => contactier_runtime::rich::already_exists(
-                "contact",
-                id.as_deref().unwrap_or_default(),
-                e.to_string(),
-            ),
+            Error::EmailTaken(ref id) => {
+                crate::rich::already_exists("contact", id.as_deref().unwrap_or_default(), e.to_string())
+            }
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Aborted(_) => Status::aborted(e.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
-            Error::RequestReused => contactier_runtime::idempotency::reused(),
+            Error::RequestReused => crate::idempotency::reused(),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
-            Error::Db(db) => contactier_runtime::db::storage_unavailable(&db),
+            Error::Db(db) => crate::db::storage_unavailable(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")
