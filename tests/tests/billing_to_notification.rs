@@ -9,7 +9,8 @@ use contactier_proto::billing::v1::{
 };
 use contactier_proto::common::v1::{Date, Edition, Money, Term};
 use contactier_proto::notification::v1 as npb;
-use contactier_runtime::testing::{BACKENDS, authed};
+use contactier_runtime::db::Backend;
+use contactier_runtime::testing::authed;
 
 const ACCOUNT: &str = "acct-a";
 
@@ -34,30 +35,29 @@ async fn count(s: &System, id: &str, version: i64, marketing: i64) {
     client.apply_count_events(req).await.unwrap();
 }
 
-#[tokio::test]
-async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox() {
+async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox(backend: Backend) {
     use npb::AlertKind::*;
-    for backend in BACKENDS {
-        let s = System::start(backend, noon_20_april()).await;
-        let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 15 });
-        let mut billing = BillingServiceClient::new(s.channel("billing"));
-        billing.create_subscription(authed(sub, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
+    let s = System::start(backend, noon_20_april()).await;
+    let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 15 });
+    let mut billing = BillingServiceClient::new(s.channel("billing"));
+    billing.create_subscription(authed(sub, &s.user_token(ACCOUNT, &["admin"]))).await.unwrap();
 
-        count(&s, "c1", 1, 1_600).await;
-        count(&s, "c2", 2, 2_100).await;
-        s.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
+    count(&s, "c1", 1, 1_600).await;
+    count(&s, "c2", 2, 2_100).await;
+    s.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
 
-        let alerts = s.alerts(ACCOUNT).await;
-        let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
-        assert_eq!(
-            kinds,
-            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],
-            "{backend:?}"
-        );
-        let exceeded = alerts.iter().find(|a| a.kind() == TierExceeded).unwrap();
-        let upgraded = alerts.iter().find(|a| a.kind() == TierUpgraded).unwrap();
-        assert_eq!(exceeded.upgrade_id, upgraded.upgrade_id, "the exceeded alert names the upgrade");
-        assert_eq!(exceeded.new_tier, 7_000);
-        assert_eq!(alerts[0].amount, Some(Money { amount_minor: 18_750, currency: "EUR".into() }));
-    }
+    let alerts = s.alerts(ACCOUNT).await;
+    let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
+    assert_eq!(
+        kinds,
+        [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],
+        "{backend:?}"
+    );
+    let exceeded = alerts.iter().find(|a| a.kind() == TierExceeded).unwrap();
+    let upgraded = alerts.iter().find(|a| a.kind() == TierUpgraded).unwrap();
+    assert_eq!(exceeded.upgrade_id, upgraded.upgrade_id, "the exceeded alert names the upgrade");
+    assert_eq!(exceeded.new_tier, 7_000);
+    assert_eq!(alerts[0].amount, Some(Money { amount_minor: 18_750, currency: "EUR".into() }));
 }
+
+contactier_runtime::backend_tests!(usage_upgrades_and_invoices_reach_notification_through_the_outbox,);

@@ -16,7 +16,7 @@ use contactier_proto::marketing_status::v1::{
     self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
 };
 use contactier_proto::notification::v1 as npb;
-use contactier_runtime::testing::BACKENDS;
+use contactier_runtime::db::Backend;
 
 const ACCOUNT: &str = "acct-a";
 
@@ -94,251 +94,243 @@ fn company(name: &str) -> cpb::ContactFilter {
     cpb::ContactFilter { groups: vec![cpb::FilterGroup { filters: vec![f] }] }
 }
 
-#[tokio::test]
-async fn the_product_end_to_end() {
+async fn the_product_end_to_end(backend: Backend) {
     use npb::AlertKind::*;
-    for backend in BACKENDS {
-        // 29 April 2026, 12:00 in New York. The account bought Professional monthly on 1 April.
-        let mut s = System::start(backend, at(4, 29, 16)).await;
-        let mut c = Clients::new(&s);
-        let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 1 });
-        c.billing.create_subscription(sub).await.unwrap();
+    // 29 April 2026, 12:00 in New York. The account bought Professional monthly on 1 April.
+    let mut s = System::start(backend, at(4, 29, 16)).await;
+    let mut c = Clients::new(&s);
+    let sub = subscription(Edition::Professional, Term::Monthly, Date { year: 2026, month: 4, day: 1 });
+    c.billing.create_subscription(sub).await.unwrap();
 
-        // 1,400 sign-ups through forms: marketing by default.
-        c.form_contacts(0, 1_400, "Signups").await;
-        // 600 imported: non-marketing by default, 300 of them at Acme.
-        let mut csv = String::from("Email,Company\n");
-        for i in 0..600 {
-            csv.push_str(&format!("imported{i}@example.com,{}\n", if i < 300 { "Acme" } else { "Globex" }));
-        }
-        let header = cpb::ImportHeader {
-            name: "trade fair".into(),
-            mode: cpb::ImportMode::Create as i32,
-            column_mapping: [
-                ("Email".to_owned(), "email".to_owned()),
-                ("Company".to_owned(), "company".to_owned()),
-            ]
-            .into(),
-            ..Default::default()
-        };
-        let parts = vec![
-            cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Header(header)) },
-            cpb::ImportContactsRequest {
-                part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
-            },
-        ];
-        let mut progress =
-            c.contacts.import_contacts(futures::stream::iter(parts)).await.unwrap().into_inner();
-        let mut last = None;
-        while let Some(m) = progress.message().await.unwrap() {
-            last = m.progress;
-        }
-        assert_eq!(last.unwrap().created, 600, "{backend:?}");
-        s.advance_to(at(4, 29, 17)).await;
-        let u = c.usage().await;
-        assert_eq!(
-            (u.marketing_count, u.total_contacts, u.tier),
-            (1_400, 2_000, 2_000),
-            "{backend:?}: defaults applied"
-        );
-
-        // Acme's 300 set marketing by filter: 1,700 of 2,000 (85 %).
-        let r = c.set_by_filter(company("Acme"), MarketingStatus::Marketing, "acme-1").await;
-        assert_eq!(r.changed, 300, "{backend:?}");
-        s.advance_to(at(4, 29, 18)).await;
-        assert_eq!(c.usage().await.marketing_count, 1_700);
-
-        // marketing-status restarts while 200 more sign up; nothing is lost or counted twice.
-        s.stop("marketing-status").await;
-        c.form_contacts(1_400, 200, "Signups").await;
-        s.advance_to(at(4, 29, 19)).await;
-        s.restart("marketing-status").await;
-        let mut c = Clients::new(&s);
-        s.advance_to(at(4, 29, 20)).await;
-        let u = c.usage().await;
-        assert_eq!((u.marketing_count, u.total_contacts), (1_900, 2_200), "{backend:?}: after the restart");
-
-        // 30 April: a workflow sets a static list of 200 Globex contacts marketing: 2,100
-        // exceeds the 2,000 tier and upgrades to 7,000 at once.
-        s.advance_to(at(4, 30, 15)).await;
-        let globex = c
-            .contacts
-            .search_contacts(cpb::SearchContactsRequest {
-                filter: Some(company("Globex")),
-                page_size: 200,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let list = c
-            .contacts
-            .create_list(cpb::CreateListRequest {
-                name: "Globex VIPs".into(),
-                r#type: cpb::ListType::Static as i32,
-                filter: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .list
-            .unwrap();
-        let ids: Vec<String> = globex.contacts.iter().map(|x| x.id.clone()).collect();
-        c.contacts
-            .add_list_members(cpb::AddListMembersRequest { list_id: list.id.clone(), contact_ids: ids })
-            .await
-            .unwrap();
-        let w = mpb::Workflow {
-            name: "VIPs are marketing".into(),
-            target: Some(mpb::workflow::Target::ListId(list.id.clone())),
-            action: mpb::WorkflowAction::SetMarketing as i32,
-            ..Default::default()
-        };
-        let w = c
-            .status
-            .create_workflow(mpb::CreateWorkflowRequest { workflow: Some(w) })
-            .await
-            .unwrap()
-            .into_inner()
-            .workflow
-            .unwrap();
-        let run = mpb::RunWorkflowRequest { workflow_id: w.id, request_id: "vip-run".into() };
-        let run = c.status.run_workflow(run).await.unwrap().into_inner().run.unwrap();
-        s.advance_to(at(4, 30, 16)).await;
-        let run = c
-            .status
-            .get_workflow_run(mpb::GetWorkflowRunRequest { id: run.id })
-            .await
-            .unwrap()
-            .into_inner()
-            .run
-            .unwrap();
-        assert_eq!((run.state(), run.changed), (mpb::WorkflowRunState::Succeeded, 200), "{backend:?}");
-        let u = c.usage().await;
-        assert_eq!(
-            (u.marketing_count, u.tier),
-            (2_100, 7_000),
-            "{backend:?}: upgraded the moment it exceeded"
-        );
-
-        // 1 May, 00:00 New York: the upgrade is invoiced for its one day of 30, and the term
-        // renews at 7,000. The alerts came as they happened.
-        s.advance_to(at(5, 1, 4)).await;
-        let inv = c.invoices().await;
-        let kinds: Vec<_> = inv.iter().map(|i| (i.kind(), i.total.as_ref().unwrap().amount_minor)).collect();
-        assert!(kinds.contains(&(bpb::InvoiceKind::Upgrade, 750)), "{backend:?}: 22,500 x 1/30: {kinds:?}");
-        assert!(kinds.contains(&(bpb::InvoiceKind::Renewal, 102_500)), "{backend:?}: {kinds:?}");
-        let alerts: Vec<npb::AlertKind> = s.alerts(ACCOUNT).await.iter().rev().map(|a| a.kind()).collect();
-        assert_eq!(
-            &alerts[..5],
-            [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded],
-            "{backend:?}"
-        );
-
-        // 15 May: Acme set non-marketing still counts until the next update date (1 June).
-        s.advance_to(at(5, 15, 16)).await;
-        let r = c.set_by_filter(company("Acme"), MarketingStatus::NonMarketing, "acme-2").await;
-        assert_eq!(r.changed, 300);
-        s.advance_to(at(5, 15, 17)).await;
-        assert_eq!(c.usage().await.marketing_count, 2_100, "{backend:?}: pending still counts");
-        // Deleting 100 sign-ups frees their places at once; the tier stays.
-        let some = c
-            .contacts
-            .search_contacts(cpb::SearchContactsRequest {
-                filter: Some(company("Signups")),
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let ids: Vec<String> = some.contacts.iter().map(|x| x.id.clone()).collect();
-        c.contacts.batch_delete_contacts(cpb::BatchDeleteContactsRequest { ids: ids.clone() }).await.unwrap();
-        s.advance_to(at(5, 15, 18)).await;
-        let u = c.usage().await;
-        assert_eq!(
-            (u.marketing_count, u.total_contacts, u.tier),
-            (2_000, 2_100, 7_000),
-            "{backend:?}: no downgrade"
-        );
-
-        // 1 June: billing has the update date applied; Acme leaves the count; June renews.
-        s.advance_to(at(6, 1, 5)).await;
-        let u = c.usage().await;
-        assert_eq!((u.marketing_count, u.period_count, u.tier), (1_700, 1_700, 7_000), "{backend:?}");
-        let renewals =
-            c.invoices().await.into_iter().filter(|i| i.kind() == bpb::InvoiceKind::Renewal).count();
-        assert_eq!(renewals, 2, "{backend:?}");
-
-        // GDPR erasure of one sign-up: gone from contacts and marketing-status, count and all.
-        let keep = some.contacts.len();
-        assert_eq!(keep, 100);
-        let victim = c.form_contacts(5_000, 1, "Signups").await.remove(0);
-        s.advance_to(at(6, 1, 6)).await;
-        assert_eq!(c.usage().await.marketing_count, 1_701);
-        c.contacts
-            .erase_contact(cpb::EraseContactRequest { contact_id: victim.clone(), ..Default::default() })
-            .await
-            .unwrap();
-        s.advance_to(at(6, 1, 7)).await;
-        assert_eq!(c.usage().await.marketing_count, 1_700, "{backend:?}");
-        let st =
-            c.status.get_contact_status(mpb::GetContactStatusRequest { contact_id: victim.clone() }).await;
-        assert_eq!(st.unwrap_err().code(), tonic::Code::NotFound, "{backend:?}");
-        let trail = c
-            .status
-            .list_status_changes(mpb::ListStatusChangesRequest { contact_id: victim, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(trail.changes.is_empty(), "{backend:?}: no history left");
+    // 1,400 sign-ups through forms: marketing by default.
+    c.form_contacts(0, 1_400, "Signups").await;
+    // 600 imported: non-marketing by default, 300 of them at Acme.
+    let mut csv = String::from("Email,Company\n");
+    for i in 0..600 {
+        csv.push_str(&format!("imported{i}@example.com,{}\n", if i < 300 { "Acme" } else { "Globex" }));
     }
+    let header = cpb::ImportHeader {
+        name: "trade fair".into(),
+        mode: cpb::ImportMode::Create as i32,
+        column_mapping: [
+            ("Email".to_owned(), "email".to_owned()),
+            ("Company".to_owned(), "company".to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let parts = vec![
+        cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Header(header)) },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
+        },
+    ];
+    let mut progress = c.contacts.import_contacts(futures::stream::iter(parts)).await.unwrap().into_inner();
+    let mut last = None;
+    while let Some(m) = progress.message().await.unwrap() {
+        last = m.progress;
+    }
+    assert_eq!(last.unwrap().created, 600, "{backend:?}");
+    s.advance_to(at(4, 29, 17)).await;
+    let u = c.usage().await;
+    assert_eq!(
+        (u.marketing_count, u.total_contacts, u.tier),
+        (1_400, 2_000, 2_000),
+        "{backend:?}: defaults applied"
+    );
+
+    // Acme's 300 set marketing by filter: 1,700 of 2,000 (85 %).
+    let r = c.set_by_filter(company("Acme"), MarketingStatus::Marketing, "acme-1").await;
+    assert_eq!(r.changed, 300, "{backend:?}");
+    s.advance_to(at(4, 29, 18)).await;
+    assert_eq!(c.usage().await.marketing_count, 1_700);
+
+    // marketing-status restarts while 200 more sign up; nothing is lost or counted twice.
+    s.stop("marketing-status").await;
+    c.form_contacts(1_400, 200, "Signups").await;
+    s.advance_to(at(4, 29, 19)).await;
+    s.restart("marketing-status").await;
+    let mut c = Clients::new(&s);
+    s.advance_to(at(4, 29, 20)).await;
+    let u = c.usage().await;
+    assert_eq!((u.marketing_count, u.total_contacts), (1_900, 2_200), "{backend:?}: after the restart");
+
+    // 30 April: a workflow sets a static list of 200 Globex contacts marketing: 2,100
+    // exceeds the 2,000 tier and upgrades to 7,000 at once.
+    s.advance_to(at(4, 30, 15)).await;
+    let globex = c
+        .contacts
+        .search_contacts(cpb::SearchContactsRequest {
+            filter: Some(company("Globex")),
+            page_size: 200,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let list = c
+        .contacts
+        .create_list(cpb::CreateListRequest {
+            name: "Globex VIPs".into(),
+            r#type: cpb::ListType::Static as i32,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .list
+        .unwrap();
+    let ids: Vec<String> = globex.contacts.iter().map(|x| x.id.clone()).collect();
+    c.contacts
+        .add_list_members(cpb::AddListMembersRequest { list_id: list.id.clone(), contact_ids: ids })
+        .await
+        .unwrap();
+    let w = mpb::Workflow {
+        name: "VIPs are marketing".into(),
+        target: Some(mpb::workflow::Target::ListId(list.id.clone())),
+        action: mpb::WorkflowAction::SetMarketing as i32,
+        ..Default::default()
+    };
+    let w = c
+        .status
+        .create_workflow(mpb::CreateWorkflowRequest { workflow: Some(w) })
+        .await
+        .unwrap()
+        .into_inner()
+        .workflow
+        .unwrap();
+    let run = mpb::RunWorkflowRequest { workflow_id: w.id, request_id: "vip-run".into() };
+    let run = c.status.run_workflow(run).await.unwrap().into_inner().run.unwrap();
+    s.advance_to(at(4, 30, 16)).await;
+    let run = c
+        .status
+        .get_workflow_run(mpb::GetWorkflowRunRequest { id: run.id })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!((run.state(), run.changed), (mpb::WorkflowRunState::Succeeded, 200), "{backend:?}");
+    let u = c.usage().await;
+    assert_eq!((u.marketing_count, u.tier), (2_100, 7_000), "{backend:?}: upgraded the moment it exceeded");
+
+    // 1 May, 00:00 New York: the upgrade is invoiced for its one day of 30, and the term
+    // renews at 7,000. The alerts came as they happened.
+    s.advance_to(at(5, 1, 4)).await;
+    let inv = c.invoices().await;
+    let kinds: Vec<_> = inv.iter().map(|i| (i.kind(), i.total.as_ref().unwrap().amount_minor)).collect();
+    assert!(kinds.contains(&(bpb::InvoiceKind::Upgrade, 750)), "{backend:?}: 22,500 x 1/30: {kinds:?}");
+    assert!(kinds.contains(&(bpb::InvoiceKind::Renewal, 102_500)), "{backend:?}: {kinds:?}");
+    let alerts: Vec<npb::AlertKind> = s.alerts(ACCOUNT).await.iter().rev().map(|a| a.kind()).collect();
+    assert_eq!(
+        &alerts[..5],
+        [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded],
+        "{backend:?}"
+    );
+
+    // 15 May: Acme set non-marketing still counts until the next update date (1 June).
+    s.advance_to(at(5, 15, 16)).await;
+    let r = c.set_by_filter(company("Acme"), MarketingStatus::NonMarketing, "acme-2").await;
+    assert_eq!(r.changed, 300);
+    s.advance_to(at(5, 15, 17)).await;
+    assert_eq!(c.usage().await.marketing_count, 2_100, "{backend:?}: pending still counts");
+    // Deleting 100 sign-ups frees their places at once; the tier stays.
+    let some = c
+        .contacts
+        .search_contacts(cpb::SearchContactsRequest {
+            filter: Some(company("Signups")),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = some.contacts.iter().map(|x| x.id.clone()).collect();
+    c.contacts.batch_delete_contacts(cpb::BatchDeleteContactsRequest { ids: ids.clone() }).await.unwrap();
+    s.advance_to(at(5, 15, 18)).await;
+    let u = c.usage().await;
+    assert_eq!(
+        (u.marketing_count, u.total_contacts, u.tier),
+        (2_000, 2_100, 7_000),
+        "{backend:?}: no downgrade"
+    );
+
+    // 1 June: billing has the update date applied; Acme leaves the count; June renews.
+    s.advance_to(at(6, 1, 5)).await;
+    let u = c.usage().await;
+    assert_eq!((u.marketing_count, u.period_count, u.tier), (1_700, 1_700, 7_000), "{backend:?}");
+    let renewals = c.invoices().await.into_iter().filter(|i| i.kind() == bpb::InvoiceKind::Renewal).count();
+    assert_eq!(renewals, 2, "{backend:?}");
+
+    // GDPR erasure of one sign-up: gone from contacts and marketing-status, count and all.
+    let keep = some.contacts.len();
+    assert_eq!(keep, 100);
+    let victim = c.form_contacts(5_000, 1, "Signups").await.remove(0);
+    s.advance_to(at(6, 1, 6)).await;
+    assert_eq!(c.usage().await.marketing_count, 1_701);
+    c.contacts
+        .erase_contact(cpb::EraseContactRequest { contact_id: victim.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    s.advance_to(at(6, 1, 7)).await;
+    assert_eq!(c.usage().await.marketing_count, 1_700, "{backend:?}");
+    let st = c.status.get_contact_status(mpb::GetContactStatusRequest { contact_id: victim.clone() }).await;
+    assert_eq!(st.unwrap_err().code(), tonic::Code::NotFound, "{backend:?}");
+    let trail = c
+        .status
+        .list_status_changes(mpb::ListStatusChangesRequest { contact_id: victim, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trail.changes.is_empty(), "{backend:?}: no history left");
 }
 
-#[tokio::test]
-async fn an_annual_account_applies_requests_on_each_first_and_renews_once_a_year() {
-    for backend in BACKENDS {
-        // 10 May 2026, 12:00 in New York; Starter, annual, bought 15 April.
-        let s = System::start(backend, at(5, 10, 16)).await;
-        let mut c = Clients::new(&s);
-        let sub = bpb::CreateSubscriptionRequest {
-            edition: Edition::Starter as i32,
-            term: Term::Annual as i32,
-            start_date: Some(Date { year: 2026, month: 4, day: 15 }),
-            currency: "USD".into(),
-            subsidiary: "NA".into(),
-            tier: 0,
-            marketing_contacts_enabled: true,
-        };
-        c.billing.create_subscription(sub).await.unwrap();
-        c.form_contacts(0, 400, "Signups").await;
-        c.form_contacts(400, 100, "Leavers").await;
-        s.advance_to(at(5, 10, 17)).await;
-        // Starter's first tier holds them.
-        assert_eq!((c.usage().await.marketing_count, c.usage().await.tier), (500, 1_000), "{backend:?}");
+async fn an_annual_account_applies_requests_on_each_first_and_renews_once_a_year(backend: Backend) {
+    // 10 May 2026, 12:00 in New York; Starter, annual, bought 15 April.
+    let s = System::start(backend, at(5, 10, 16)).await;
+    let mut c = Clients::new(&s);
+    let sub = bpb::CreateSubscriptionRequest {
+        edition: Edition::Starter as i32,
+        term: Term::Annual as i32,
+        start_date: Some(Date { year: 2026, month: 4, day: 15 }),
+        currency: "USD".into(),
+        subsidiary: "NA".into(),
+        tier: 0,
+        marketing_contacts_enabled: true,
+    };
+    c.billing.create_subscription(sub).await.unwrap();
+    c.form_contacts(0, 400, "Signups").await;
+    c.form_contacts(400, 100, "Leavers").await;
+    s.advance_to(at(5, 10, 17)).await;
+    // Starter's first tier holds them.
+    assert_eq!((c.usage().await.marketing_count, c.usage().await.tier), (500, 1_000), "{backend:?}");
 
-        c.set_by_filter(company("Leavers"), MarketingStatus::NonMarketing, "leave").await;
-        s.advance_to(at(5, 31, 12)).await;
-        assert_eq!(c.usage().await.marketing_count, 500, "{backend:?}: pending until the 1st");
-        // 1 June 00:00 New York is 04:00 UTC: an annual term's update date.
-        s.advance_to(at(6, 1, 4)).await;
-        let u = c.usage().await;
-        assert_eq!((u.marketing_count, u.period_count), (400, 400), "{backend:?}");
-        assert!(c.invoices().await.is_empty(), "{backend:?}: no renewal before April");
+    c.set_by_filter(company("Leavers"), MarketingStatus::NonMarketing, "leave").await;
+    s.advance_to(at(5, 31, 12)).await;
+    assert_eq!(c.usage().await.marketing_count, 500, "{backend:?}: pending until the 1st");
+    // 1 June 00:00 New York is 04:00 UTC: an annual term's update date.
+    s.advance_to(at(6, 1, 4)).await;
+    let u = c.usage().await;
+    assert_eq!((u.marketing_count, u.period_count), (400, 400), "{backend:?}");
+    assert!(c.invoices().await.is_empty(), "{backend:?}: no renewal before April");
 
-        // A year on: eleven more firsts and one renewal invoice at the same tier.
-        s.advance_to(Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap()).await;
-        let inv = c.invoices().await;
-        assert_eq!(inv.len(), 1, "{backend:?}");
-        assert_eq!(
-            (inv[0].kind(), inv[0].term_start),
-            (bpb::InvoiceKind::Renewal, Some(Date { year: 2027, month: 4, day: 15 }))
-        );
-        assert_eq!(
-            inv[0].total.as_ref().unwrap().amount_minor,
-            21_600,
-            "{backend:?}: Starter 1,000, a year in USD"
-        );
-        assert_eq!(c.usage().await.period_count, 400);
-    }
+    // A year on: eleven more firsts and one renewal invoice at the same tier.
+    s.advance_to(Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap()).await;
+    let inv = c.invoices().await;
+    assert_eq!(inv.len(), 1, "{backend:?}");
+    assert_eq!(
+        (inv[0].kind(), inv[0].term_start),
+        (bpb::InvoiceKind::Renewal, Some(Date { year: 2027, month: 4, day: 15 }))
+    );
+    assert_eq!(
+        inv[0].total.as_ref().unwrap().amount_minor,
+        21_600,
+        "{backend:?}: Starter 1,000, a year in USD"
+    );
+    assert_eq!(c.usage().await.period_count, 400);
 }
+
+contactier_runtime::backend_tests!(
+    the_product_end_to_end,
+    an_annual_account_applies_requests_on_each_first_and_renews_once_a_year,
+);

@@ -3,7 +3,7 @@
 use chrono::{TimeZone, Utc};
 use contactier_runtime::db::{Backend, Db, Migrations};
 use contactier_runtime::outbox::{self, Backoff, Deliver, EventTx, Outbox};
-use contactier_runtime::testing::{BACKENDS, TestDb};
+use contactier_runtime::testing::TestDb;
 use contactier_runtime::with_pool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,17 +44,14 @@ async fn receive(db: &Db, event_id: &str) -> bool {
     with_pool!(db, pool => pool.acquire().await.unwrap().receive(event_id, Utc::now()).await.unwrap())
 }
 
-#[tokio::test]
-async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops() {
-    for backend in BACKENDS {
-        let t = migrated(backend, "runtime").await;
-        t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.expect("second run is a no-op");
-        let tables = table_names(&t.db).await;
-        for want in ["outbox", "inbox", "widgets", "_runtime_migrations", "_sqlx_migrations"] {
-            assert!(tables.iter().any(|t| t == want), "{backend:?}: {want} missing from {tables:?}");
-        }
-        t.db.ping().await.unwrap();
+async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    t.db.migrate_service(Some(&SERVICE_MIGRATIONS)).await.expect("second run is a no-op");
+    let tables = table_names(&t.db).await;
+    for want in ["outbox", "inbox", "widgets", "_runtime_migrations", "_sqlx_migrations"] {
+        assert!(tables.iter().any(|t| t == want), "{backend:?}: {want} missing from {tables:?}");
     }
+    t.db.ping().await.unwrap();
 }
 
 #[tokio::test]
@@ -132,182 +129,173 @@ async fn postgres_an_index_left_invalid_is_built_again() {
     assert!(valid().await, "rebuilt");
 }
 
-#[tokio::test]
-async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged() {
-    for backend in BACKENDS {
-        let t = migrated(backend, "runtime").await;
-        let ob = Outbox::new(t.db.clone(), "topic");
-        enqueue(&t.db, b"rolled back", false).await;
-        assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}: a rolled-back change leaves no event");
-        let first = enqueue(&t.db, b"one", true).await;
-        let second = enqueue(&t.db, b"two", true).await;
+async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    enqueue(&t.db, b"rolled back", false).await;
+    assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}: a rolled-back change leaves no event");
+    let first = enqueue(&t.db, b"one", true).await;
+    let second = enqueue(&t.db, b"two", true).await;
 
-        // The receiver is down: nothing is lost, both wait for a retry.
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let down: Deliver =
-            Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
-        let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
-        let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
-        assert_eq!(ob.relay_once(now, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
-        assert_eq!(ob.pending().await.unwrap(), 2);
-        assert!(
-            ob.due(now, 10, 1 << 20).await.unwrap().is_empty(),
-            "{backend:?}: retried only after the backoff"
-        );
-        let retry = ob.next_due().await.unwrap().unwrap();
-        assert!(
-            retry > now && retry <= now + chrono::Duration::milliseconds(1200),
-            "{backend:?}: retry at {retry}"
-        );
+    // The receiver is down: nothing is lost, both wait for a retry.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let down: Deliver =
+        Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
+    assert_eq!(ob.relay_once(now, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
+    assert_eq!(ob.pending().await.unwrap(), 2);
+    assert!(
+        ob.due(now, 10, 1 << 20).await.unwrap().is_empty(),
+        "{backend:?}: retried only after the backoff"
+    );
+    let retry = ob.next_due().await.unwrap().unwrap();
+    assert!(
+        retry > now && retry <= now + chrono::Duration::milliseconds(1200),
+        "{backend:?}: retry at {retry}"
+    );
 
-        // Back up, but it acknowledges only the first: the second stays for the next round.
-        let s = seen.clone();
-        let partial: Deliver = Box::new(move |events| {
-            let s = s.clone();
-            Box::pin(async move {
-                s.lock().unwrap().extend(events.iter().map(|e| e.payload.clone()));
-                Ok(vec![events[0].event_id.clone()])
-            })
-        });
-        let later = now + chrono::Duration::seconds(5);
-        assert_eq!(ob.relay_once(later, &partial, backoff, 10, 1 << 20).await.unwrap(), 1);
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec![b"one".to_vec(), b"two".to_vec()],
-            "{backend:?}: oldest first"
-        );
-        let left = ob.due(later + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].event_id, second);
-        assert_eq!(left[0].attempts, 2);
-        assert_ne!(first, second);
-    }
+    // Back up, but it acknowledges only the first: the second stays for the next round.
+    let s = seen.clone();
+    let partial: Deliver = Box::new(move |events| {
+        let s = s.clone();
+        Box::pin(async move {
+            s.lock().unwrap().extend(events.iter().map(|e| e.payload.clone()));
+            Ok(vec![events[0].event_id.clone()])
+        })
+    });
+    let later = now + chrono::Duration::seconds(5);
+    assert_eq!(ob.relay_once(later, &partial, backoff, 10, 1 << 20).await.unwrap(), 1);
+    assert_eq!(*seen.lock().unwrap(), vec![b"one".to_vec(), b"two".to_vec()], "{backend:?}: oldest first");
+    let left = ob.due(later + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, second);
+    assert_eq!(left[0].attempts, 2);
+    assert_ne!(first, second);
 }
 
-#[tokio::test]
-async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order() {
-    for backend in BACKENDS {
-        let t = migrated(backend, "runtime").await;
-        let ob = Outbox::new(t.db.clone(), "topic");
-        let mut ids = Vec::new();
-        for fill in [b'a', b'b', b'c'] {
-            ids.push(enqueue(&t.db, &[fill; 300], true).await);
+async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut ids = Vec::new();
+    for fill in [b'a', b'b', b'c'] {
+        ids.push(enqueue(&t.db, &[fill; 300], true).await);
+    }
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let read = |max_bytes| {
+        let ob = ob.clone();
+        async move {
+            ob.due(now, 10, max_bytes).await.unwrap().into_iter().map(|e| e.event_id).collect::<Vec<_>>()
         }
-        let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
-        let read = |max_bytes| {
-            let ob = ob.clone();
-            async move {
-                ob.due(now, 10, max_bytes).await.unwrap().into_iter().map(|e| e.event_id).collect::<Vec<_>>()
+    };
+    assert_eq!(read(500).await, ids[..2], "{backend:?}: the entry that reaches the budget ends the read");
+    assert_eq!(read(600).await, ids[..2], "{backend:?}: exactly at the budget");
+    assert_eq!(read(601).await, ids, "{backend:?}: under it, all");
+    assert_eq!(read(1).await, ids[..1], "{backend:?}: an entry over the budget goes alone");
+    assert_eq!(read(0).await, ids[..1], "{backend:?}: never nothing while something is due");
+    assert_eq!(ob.due(now, 2, 1 << 20).await.unwrap().len(), 2, "{backend:?}: the count limit holds too");
+
+    // The relay reads on after a read the budget ended, and delivers everything in order.
+    let reads = Arc::new(Mutex::new(Vec::new()));
+    let r = reads.clone();
+    let all: Deliver = Box::new(move |events| {
+        let r = r.clone();
+        Box::pin(async move {
+            let ids: Vec<String> = events.into_iter().map(|e| e.event_id).collect();
+            r.lock().unwrap().push(ids.clone());
+            Ok(ids)
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
+    assert_eq!(ob.relay_once(now, &all, backoff, 10, 500).await.unwrap(), 3);
+    assert_eq!(*reads.lock().unwrap(), vec![ids[..2].to_vec(), ids[2..].to_vec()], "{backend:?}");
+    assert_eq!(ob.pending().await.unwrap(), 0);
+}
+
+async fn inbox_applies_each_event_once(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    assert!(receive(&t.db, "evt-1").await, "{backend:?}: first delivery applies");
+    assert!(!receive(&t.db, "evt-1").await, "{backend:?}: redelivery is recognised");
+    assert!(receive(&t.db, "evt-2").await);
+}
+
+async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let enqueue_for = |account: &'static str, payload: &'static [u8]| {
+        let db = t.db.clone();
+        async move {
+            let id = contactier_runtime::outbox::new_event_id();
+            let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+            with_pool!(&db, pool => {
+                let mut tx = pool.begin().await.unwrap();
+                tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
+                tx.commit().await.unwrap();
+            });
+            id
+        }
+    };
+    // Account a's first event is one the receiver refuses; its second must wait behind it.
+    let poison = enqueue_for("a", b"poison").await;
+    let b1 = enqueue_for("b", b"b1").await;
+    let a2 = enqueue_for("a", b"a2").await;
+    let c1 = enqueue_for("c", b"c1").await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let picky: Deliver = Box::new(move |events| {
+        let g = g.clone();
+        Box::pin(async move {
+            if events.iter().any(|e| e.payload == b"poison") {
+                return Err(tonic::Status::invalid_argument("events.payload: refused").into());
             }
-        };
-        assert_eq!(read(500).await, ids[..2], "{backend:?}: the entry that reaches the budget ends the read");
-        assert_eq!(read(600).await, ids[..2], "{backend:?}: exactly at the budget");
-        assert_eq!(read(601).await, ids, "{backend:?}: under it, all");
-        assert_eq!(read(1).await, ids[..1], "{backend:?}: an entry over the budget goes alone");
-        assert_eq!(read(0).await, ids[..1], "{backend:?}: never nothing while something is due");
-        assert_eq!(ob.due(now, 2, 1 << 20).await.unwrap().len(), 2, "{backend:?}: the count limit holds too");
-
-        // The relay reads on after a read the budget ended, and delivers everything in order.
-        let reads = Arc::new(Mutex::new(Vec::new()));
-        let r = reads.clone();
-        let all: Deliver = Box::new(move |events| {
-            let r = r.clone();
-            Box::pin(async move {
-                let ids: Vec<String> = events.into_iter().map(|e| e.event_id).collect();
-                r.lock().unwrap().push(ids.clone());
-                Ok(ids)
-            })
-        });
-        let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
-        assert_eq!(ob.relay_once(now, &all, backoff, 10, 500).await.unwrap(), 3);
-        assert_eq!(*reads.lock().unwrap(), vec![ids[..2].to_vec(), ids[2..].to_vec()], "{backend:?}");
-        assert_eq!(ob.pending().await.unwrap(), 0);
-    }
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
+    assert_eq!(ob.relay_once(now, &picky, backoff, 10, 1 << 20).await.unwrap(), 2, "{backend:?}");
+    assert_eq!(*got.lock().unwrap(), [b1.clone(), c1.clone()], "{backend:?}: the other accounts went on");
+    // What is left is due when the refused event is retried, not now: a relay told "now"
+    // would go round without pause while a2 waits behind it.
+    let next = ob.next_due().await.unwrap().expect("events wait");
+    assert!(next >= now + chrono::Duration::seconds(10), "{backend:?}: next due at {next}");
+    // Retried, the refused event still holds back a2, and only a2.
+    let soon = now + chrono::Duration::seconds(13);
+    assert_eq!(ob.relay_once(soon, &picky, backoff, 10, 1 << 20).await.unwrap(), 0, "{backend:?}");
+    assert_eq!(got.lock().unwrap().len(), 2, "{backend:?}: a2 went before the event ahead of it");
+    let failing = contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(10).await.unwrap();
+    let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
+    assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
+    assert!(refused.last_error.contains("refused"), "{}", refused.last_error);
+    // The receiver down: nothing is tried one by one, everything waits for its retry.
+    let calls = Arc::new(Mutex::new(0));
+    let c = calls.clone();
+    let down: Deliver = Box::new(move |_| {
+        *c.lock().unwrap() += 1;
+        Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) })
+    });
+    let later = now + chrono::Duration::minutes(10);
+    assert_eq!(ob.relay_once(later, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
+    assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: one try for the batch");
+    // Once the receiver takes it, the account's events arrive in their order.
+    let g = got.clone();
+    let fixed: Deliver = Box::new(move |events| {
+        let g = g.clone();
+        Box::pin(async move {
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let much_later = later + chrono::Duration::minutes(10);
+    assert_eq!(ob.relay_once(much_later, &fixed, backoff, 10, 1 << 20).await.unwrap(), 2);
+    assert_eq!(*got.lock().unwrap(), [b1, c1, poison, a2], "{backend:?}");
 }
 
-#[tokio::test]
-async fn inbox_applies_each_event_once() {
-    for backend in BACKENDS {
-        let t = migrated(backend, "runtime").await;
-        assert!(receive(&t.db, "evt-1").await, "{backend:?}: first delivery applies");
-        assert!(!receive(&t.db, "evt-1").await, "{backend:?}: redelivery is recognised");
-        assert!(receive(&t.db, "evt-2").await);
-    }
-}
-
-#[tokio::test]
-async fn an_event_the_receiver_refuses_holds_up_its_own_account_only() {
-    for backend in BACKENDS {
-        let t = migrated(backend, "runtime").await;
-        let ob = Outbox::new(t.db.clone(), "topic");
-        let enqueue_for = |account: &'static str, payload: &'static [u8]| {
-            let db = t.db.clone();
-            async move {
-                let id = contactier_runtime::outbox::new_event_id();
-                let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-                with_pool!(&db, pool => {
-                    let mut tx = pool.begin().await.unwrap();
-                    tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
-                    tx.commit().await.unwrap();
-                });
-                id
-            }
-        };
-        // Account a's first event is one the receiver refuses; its second must wait behind it.
-        let poison = enqueue_for("a", b"poison").await;
-        let b1 = enqueue_for("b", b"b1").await;
-        let a2 = enqueue_for("a", b"a2").await;
-        let c1 = enqueue_for("c", b"c1").await;
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        let picky: Deliver = Box::new(move |events| {
-            let g = g.clone();
-            Box::pin(async move {
-                if events.iter().any(|e| e.payload == b"poison") {
-                    return Err(tonic::Status::invalid_argument("events.payload: refused").into());
-                }
-                g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
-                Ok(events.into_iter().map(|e| e.event_id).collect())
-            })
-        });
-        let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
-        let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
-        assert_eq!(ob.relay_once(now, &picky, backoff, 10, 1 << 20).await.unwrap(), 2, "{backend:?}");
-        assert_eq!(*got.lock().unwrap(), [b1.clone(), c1.clone()], "{backend:?}: the other accounts went on");
-        // What is left is due when the refused event is retried, not now: a relay told "now"
-        // would go round without pause while a2 waits behind it.
-        let next = ob.next_due().await.unwrap().expect("events wait");
-        assert!(next >= now + chrono::Duration::seconds(10), "{backend:?}: next due at {next}");
-        // Retried, the refused event still holds back a2, and only a2.
-        let soon = now + chrono::Duration::seconds(13);
-        assert_eq!(ob.relay_once(soon, &picky, backoff, 10, 1 << 20).await.unwrap(), 0, "{backend:?}");
-        assert_eq!(got.lock().unwrap().len(), 2, "{backend:?}: a2 went before the event ahead of it");
-        let failing =
-            contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(10).await.unwrap();
-        let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
-        assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
-        assert!(refused.last_error.contains("refused"), "{}", refused.last_error);
-        // The receiver down: nothing is tried one by one, everything waits for its retry.
-        let calls = Arc::new(Mutex::new(0));
-        let c = calls.clone();
-        let down: Deliver = Box::new(move |_| {
-            *c.lock().unwrap() += 1;
-            Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) })
-        });
-        let later = now + chrono::Duration::minutes(10);
-        assert_eq!(ob.relay_once(later, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
-        assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: one try for the batch");
-        // Once the receiver takes it, the account's events arrive in their order.
-        let g = got.clone();
-        let fixed: Deliver = Box::new(move |events| {
-            let g = g.clone();
-            Box::pin(async move {
-                g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
-                Ok(events.into_iter().map(|e| e.event_id).collect())
-            })
-        });
-        let much_later = later + chrono::Duration::minutes(10);
-        assert_eq!(ob.relay_once(much_later, &fixed, backoff, 10, 1 << 20).await.unwrap(), 2);
-        assert_eq!(*got.lock().unwrap(), [b1, c1, poison, a2], "{backend:?}");
-    }
-}
+contactier_runtime::backend_tests!(
+    migrations_create_runtime_and_service_tables_and_rerun_as_no_ops,
+    outbox_keeps_only_committed_events_and_retries_until_acknowledged,
+    a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order,
+    inbox_applies_each_event_once,
+    an_event_the_receiver_refuses_holds_up_its_own_account_only,
+);

@@ -9,225 +9,206 @@ use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
 };
 use contactier_runtime::db::Backend;
-use contactier_runtime::testing::{BACKENDS, authed};
+use contactier_runtime::testing::authed;
 use std::time::Duration;
 use tonic::Code;
 
-#[tokio::test]
-async fn subscriptions_are_checked_and_know_their_calendar() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        let bad = [
-            (pb::CreateSubscriptionRequest { edition: 0, ..professional_monthly() }, "edition"),
-            (pb::CreateSubscriptionRequest { term: 0, ..professional_monthly() }, "term"),
-            (
-                pb::CreateSubscriptionRequest { start_date: date(2026, 2, 30), ..professional_monthly() },
-                "start_date",
-            ),
-            (pb::CreateSubscriptionRequest { currency: "GBP".into(), ..professional_monthly() }, "currency"),
-            (pb::CreateSubscriptionRequest { currency: "eur".into(), ..professional_monthly() }, "currency"),
-            (
-                pb::CreateSubscriptionRequest { subsidiary: "MARS".into(), ..professional_monthly() },
-                "subsidiary",
-            ),
-            (pb::CreateSubscriptionRequest { tier: 3_000, ..professional_monthly() }, "tier"),
-        ];
-        for (req, field) in bad {
-            let err = b.subscribe(req).await.unwrap_err();
-            assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
-            assert!(err.message().starts_with(field), "{backend:?}: {}", err.message());
-        }
-        let reader = b.token(ACCOUNT, &["read", "write"]);
-        let err = b.api().create_subscription(authed(professional_monthly(), &reader)).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied);
-        let missing =
-            b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &reader)).await.unwrap_err();
-        assert_eq!(missing.code(), Code::NotFound, "{backend:?}: nothing was created by the refused calls");
-
-        let s = b.subscribe(professional_monthly()).await.unwrap();
-        assert_eq!((s.tier, s.price_per_term.clone()), (2_000, eur(80_000)));
-        assert_eq!((s.current_term_start, s.current_term_end), (date(2026, 4, 15), date(2026, 5, 15)));
-        assert_eq!(b.subscribe(professional_monthly()).await.unwrap_err().code(), Code::AlreadyExists);
-
-        let cal = b
-            .api()
-            .get_calendar(authed(pb::GetCalendarRequest { count: 3 }, &reader))
-            .await
-            .unwrap()
-            .into_inner()
-            .entries;
-        let dates: Vec<_> = cal.iter().map(|e| e.date).collect();
-        assert_eq!(dates, [date(2026, 5, 15), date(2026, 6, 15), date(2026, 7, 15)]);
-        assert!(cal.iter().all(|e| e.renewal), "monthly update dates are the renewals");
-        // 00:00 in New York (EDT) on 15 May.
-        assert_eq!(
-            cal[0].processing_at.unwrap().seconds,
-            Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap().timestamp()
-        );
-
-        let other = b.token("acct-b", &["read"]);
-        let err = b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &other)).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{backend:?}: another account sees nothing");
-        let err = b.api().get_usage(authed(pb::GetUsageRequest {}, &other)).await.unwrap_err();
-        assert_eq!(err.code(), Code::NotFound, "{backend:?}: no usage without a subscription");
+async fn subscriptions_are_checked_and_know_their_calendar(backend: Backend) {
+    let b = start(backend).await;
+    let bad = [
+        (pb::CreateSubscriptionRequest { edition: 0, ..professional_monthly() }, "edition"),
+        (pb::CreateSubscriptionRequest { term: 0, ..professional_monthly() }, "term"),
+        (
+            pb::CreateSubscriptionRequest { start_date: date(2026, 2, 30), ..professional_monthly() },
+            "start_date",
+        ),
+        (pb::CreateSubscriptionRequest { currency: "GBP".into(), ..professional_monthly() }, "currency"),
+        (pb::CreateSubscriptionRequest { currency: "eur".into(), ..professional_monthly() }, "currency"),
+        (pb::CreateSubscriptionRequest { subsidiary: "MARS".into(), ..professional_monthly() }, "subsidiary"),
+        (pb::CreateSubscriptionRequest { tier: 3_000, ..professional_monthly() }, "tier"),
+    ];
+    for (req, field) in bad {
+        let err = b.subscribe(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
+        assert!(err.message().starts_with(field), "{backend:?}: {}", err.message());
     }
+    let reader = b.token(ACCOUNT, &["read", "write"]);
+    let err = b.api().create_subscription(authed(professional_monthly(), &reader)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let missing = b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &reader)).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{backend:?}: nothing was created by the refused calls");
+
+    let s = b.subscribe(professional_monthly()).await.unwrap();
+    assert_eq!((s.tier, s.price_per_term.clone()), (2_000, eur(80_000)));
+    assert_eq!((s.current_term_start, s.current_term_end), (date(2026, 4, 15), date(2026, 5, 15)));
+    assert_eq!(b.subscribe(professional_monthly()).await.unwrap_err().code(), Code::AlreadyExists);
+
+    let cal = b
+        .api()
+        .get_calendar(authed(pb::GetCalendarRequest { count: 3 }, &reader))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let dates: Vec<_> = cal.iter().map(|e| e.date).collect();
+    assert_eq!(dates, [date(2026, 5, 15), date(2026, 6, 15), date(2026, 7, 15)]);
+    assert!(cal.iter().all(|e| e.renewal), "monthly update dates are the renewals");
+    // 00:00 in New York (EDT) on 15 May.
+    assert_eq!(
+        cal[0].processing_at.unwrap().seconds,
+        Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap().timestamp()
+    );
+
+    let other = b.token("acct-b", &["read"]);
+    let err = b.api().get_subscription(authed(pb::GetSubscriptionRequest {}, &other)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}: another account sees nothing");
+    let err = b.api().get_usage(authed(pb::GetUsageRequest {}, &other)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}: no usage without a subscription");
 }
 
-#[tokio::test]
-async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        b.subscribe(professional_monthly()).await.unwrap();
-        let read = b.token(ACCOUNT, &["read"]);
-        let before = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
-        let before = before.usage.unwrap();
-        assert_eq!(
-            (before.marketing_count, before.total_contacts, before.count_version, before.period_count),
-            (0, 0, 0, 0),
-            "{backend:?}: no count yet reads as nothing"
-        );
+async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    let read = b.token(ACCOUNT, &["read"]);
+    let before = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+    let before = before.usage.unwrap();
+    assert_eq!(
+        (before.marketing_count, before.total_contacts, before.count_version, before.period_count),
+        (0, 0, 0, 0),
+        "{backend:?}: no count yet reads as nothing"
+    );
 
-        b.count("c1", 1, 1_500, 300).await.unwrap();
-        let usage = b
-            .api()
-            .get_usage(authed(pb::GetUsageRequest {}, &read))
-            .await
-            .unwrap()
-            .into_inner()
-            .usage
-            .unwrap();
-        assert_eq!((usage.marketing_count, usage.tier, usage.used_basis_points), (1_500, 2_000, 7_500));
-        assert_eq!((usage.total_contacts, usage.next_update_date), (1_800, date(2026, 5, 15)));
+    b.count("c1", 1, 1_500, 300).await.unwrap();
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!((usage.marketing_count, usage.tier, usage.used_basis_points), (1_500, 2_000, 7_500));
+    assert_eq!((usage.total_contacts, usage.next_update_date), (1_800, date(2026, 5, 15)));
 
-        // What 600 more would cost: 2,100 needs the 7,000 tier; 25 of the term's 30 days remain.
-        let preview = b
-            .api()
-            .preview_upgrade(authed(pb::PreviewUpgradeRequest { additional_contacts: 600 }, &read))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(preview.upgrade_needed);
-        assert_eq!((preview.new_tier, preview.effective_date), (7_000, date(2026, 4, 20)));
-        let line = preview.line.unwrap();
-        assert_eq!((line.remaining_days, line.term_days), (25, 30));
-        assert_eq!((line.price_difference.clone(), line.amount.clone()), (eur(22_500), eur(18_750)));
-        assert_eq!(
-            preview.invoice_at.unwrap().seconds,
-            Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap().timestamp()
-        );
+    // What 600 more would cost: 2,100 needs the 7,000 tier; 25 of the term's 30 days remain.
+    let preview = b
+        .api()
+        .preview_upgrade(authed(pb::PreviewUpgradeRequest { additional_contacts: 600 }, &read))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(preview.upgrade_needed);
+    assert_eq!((preview.new_tier, preview.effective_date), (7_000, date(2026, 4, 20)));
+    let line = preview.line.unwrap();
+    assert_eq!((line.remaining_days, line.term_days), (25, 30));
+    assert_eq!((line.price_difference.clone(), line.amount.clone()), (eur(22_500), eur(18_750)));
+    assert_eq!(
+        preview.invoice_at.unwrap().seconds,
+        Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap().timestamp()
+    );
 
-        b.count("c2", 2, 2_100, 300).await.unwrap();
-        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: upgraded the moment the count exceeded");
-        // A stale count and a replay change nothing.
-        assert_eq!(b.count("c0", 1, 40_000, 0).await.unwrap(), ["c0"]);
-        assert_eq!(b.count("c2", 2, 2_100, 300).await.unwrap(), ["c2"]);
-        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}");
-        let ups = b
-            .api()
-            .list_upgrades(authed(
-                pb::ListUpgradesRequest { page_size: 10, page_token: String::new() },
-                &read,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .upgrades;
-        assert_eq!(ups.len(), 1, "{backend:?}");
-        assert_eq!((ups[0].from_tier, ups[0].to_tier, ups[0].marketing_count), (2_000, 7_000, 2_100));
+    b.count("c2", 2, 2_100, 300).await.unwrap();
+    assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: upgraded the moment the count exceeded");
+    // A stale count and a replay change nothing.
+    assert_eq!(b.count("c0", 1, 40_000, 0).await.unwrap(), ["c0"]);
+    assert_eq!(b.count("c2", 2, 2_100, 300).await.unwrap(), ["c2"]);
+    assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}");
+    let ups = b
+        .api()
+        .list_upgrades(authed(pb::ListUpgradesRequest { page_size: 10, page_token: String::new() }, &read))
+        .await
+        .unwrap()
+        .into_inner()
+        .upgrades;
+    assert_eq!(ups.len(), 1, "{backend:?}");
+    assert_eq!((ups[0].from_tier, ups[0].to_tier, ups[0].marketing_count), (2_000, 7_000, 2_100));
 
-        // Not before the processing time of the next day...
-        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 3, 59, 59).unwrap()).await;
-        assert!(b.invoices().await.is_empty(), "{backend:?}");
-        // ... then exactly the previewed figures.
-        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap()).await;
-        let invoices = b.invoices().await;
-        assert_eq!(invoices.len(), 1, "{backend:?}");
-        assert_eq!((invoices[0].number, invoices[0].total.clone()), (1, eur(18_750)));
-        let l = &invoices[0].lines[0];
-        assert_eq!(
-            (l.from_tier, l.to_tier, l.remaining_days, l.term_days, l.marketing_count),
-            (2_000, 7_000, 25, 30, 2_100)
-        );
-        assert_eq!(l.amount, line.amount);
+    // Not before the processing time of the next day...
+    b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 3, 59, 59).unwrap()).await;
+    assert!(b.invoices().await.is_empty(), "{backend:?}");
+    // ... then exactly the previewed figures.
+    b.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap()).await;
+    let invoices = b.invoices().await;
+    assert_eq!(invoices.len(), 1, "{backend:?}");
+    assert_eq!((invoices[0].number, invoices[0].total.clone()), (1, eur(18_750)));
+    let l = &invoices[0].lines[0];
+    assert_eq!(
+        (l.from_tier, l.to_tier, l.remaining_days, l.term_days, l.marketing_count),
+        (2_000, 7_000, 25, 30, 2_100)
+    );
+    assert_eq!(l.amount, line.amount);
 
-        // Two upgrades on 25 April make one invoice, from the first tier to the last:
-        // 7,000 -> 17,000 is 45,000 a term; 20 of 30 days remain.
-        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 25, 15, 0, 0).unwrap()).await;
-        b.count("c3", 3, 7_100, 0).await.unwrap();
-        b.count("c4", 4, 12_100, 0).await.unwrap();
-        assert_eq!(b.subscription().await.tier, 17_000);
-        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 27, 0, 0, 0).unwrap()).await;
-        let invoices = b.invoices().await;
-        assert_eq!(invoices.len(), 2, "{backend:?}");
-        assert_eq!(
-            (invoices[0].number, invoices[0].total.clone()),
-            (2, eur(30_000)),
-            "{backend:?}: newest first"
-        );
-        assert_eq!(invoices[0].lines.len(), 1);
-        assert_eq!((invoices[0].lines[0].from_tier, invoices[0].lines[0].to_tier), (7_000, 17_000));
+    // Two upgrades on 25 April make one invoice, from the first tier to the last:
+    // 7,000 -> 17,000 is 45,000 a term; 20 of 30 days remain.
+    b.advance_to(Utc.with_ymd_and_hms(2026, 4, 25, 15, 0, 0).unwrap()).await;
+    b.count("c3", 3, 7_100, 0).await.unwrap();
+    b.count("c4", 4, 12_100, 0).await.unwrap();
+    assert_eq!(b.subscription().await.tier, 17_000);
+    b.advance_to(Utc.with_ymd_and_hms(2026, 4, 27, 0, 0, 0).unwrap()).await;
+    let invoices = b.invoices().await;
+    assert_eq!(invoices.len(), 2, "{backend:?}");
+    assert_eq!(
+        (invoices[0].number, invoices[0].total.clone()),
+        (2, eur(30_000)),
+        "{backend:?}: newest first"
+    );
+    assert_eq!(invoices[0].lines.len(), 1);
+    assert_eq!((invoices[0].lines[0].from_tier, invoices[0].lines[0].to_tier), (7_000, 17_000));
 
-        // The count falls: no downgrade before renewal. Advancing again issues nothing twice.
-        b.count("c5", 5, 100, 0).await.unwrap();
-        b.advance_to(Utc.with_ymd_and_hms(2026, 4, 29, 0, 0, 0).unwrap()).await;
-        assert_eq!(b.subscription().await.tier, 17_000);
-        assert_eq!(b.invoices().await.len(), 2, "{backend:?}: issued exactly once");
-        let got = b
-            .api()
-            .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &read))
-            .await
-            .unwrap()
-            .into_inner()
-            .invoice
-            .unwrap();
-        assert_eq!(got, invoices[1]);
-        let other = b.token("acct-b", &["read"]);
-        let err = b
-            .api()
-            .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &other))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound);
+    // The count falls: no downgrade before renewal. Advancing again issues nothing twice.
+    b.count("c5", 5, 100, 0).await.unwrap();
+    b.advance_to(Utc.with_ymd_and_hms(2026, 4, 29, 0, 0, 0).unwrap()).await;
+    assert_eq!(b.subscription().await.tier, 17_000);
+    assert_eq!(b.invoices().await.len(), 2, "{backend:?}: issued exactly once");
+    let got = b
+        .api()
+        .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &read))
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    assert_eq!(got, invoices[1]);
+    let other = b.token("acct-b", &["read"]);
+    let err = b
+        .api()
+        .get_invoice(authed(pb::GetInvoiceRequest { id: invoices[1].id.clone() }, &other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 
-        let history = b
-            .api()
-            .get_usage_history(authed(
-                pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2026, 4, 30) },
-                &read,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .points;
-        let days: Vec<_> =
-            history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
-        // One point per day up to today (days still to come have no usage): quiet days repeat
-        // the day before; before any usage, none at the first tier.
-        let today = b.platform.clock.now().with_timezone(&chrono_tz::America::New_York).date_naive();
-        assert_eq!((today.month(), today.day()), (4, 28), "{backend:?}");
-        let want: Vec<_> = (1..=today.day() as i32)
-            .map(|d| {
-                let (max, last, tier) = match d {
-                    ..=19 => (0, 0, 2_000),
-                    20..=24 => (2_100, 2_100, 7_000),
-                    25 => (12_100, 12_100, 17_000),
-                    26 => (100, 100, 17_000),
-                    _ => (100, 100, 17_000),
-                };
-                (date(2026, 4, d), max, last, tier)
-            })
-            .collect();
-        assert_eq!(days, want, "{backend:?}");
-        // A range far into the future ends today too.
-        let ahead = pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2030, 1, 1) };
-        let points = b.api().get_usage_history(authed(ahead, &read)).await.unwrap().into_inner().points;
-        let last = points.last().and_then(|p| p.date).unwrap();
-        assert_eq!(
-            (last.year, last.month as u32, last.day as u32),
-            (2026, today.month(), today.day()),
-            "{backend:?}"
-        );
-    }
+    let history = b
+        .api()
+        .get_usage_history(authed(
+            pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2026, 4, 30) },
+            &read,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .points;
+    let days: Vec<_> =
+        history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
+    // One point per day up to today (days still to come have no usage): quiet days repeat
+    // the day before; before any usage, none at the first tier.
+    let today = b.platform.clock.now().with_timezone(&chrono_tz::America::New_York).date_naive();
+    assert_eq!((today.month(), today.day()), (4, 28), "{backend:?}");
+    let want: Vec<_> = (1..=today.day() as i32)
+        .map(|d| {
+            let (max, last, tier) = match d {
+                ..=19 => (0, 0, 2_000),
+                20..=24 => (2_100, 2_100, 7_000),
+                25 => (12_100, 12_100, 17_000),
+                26 => (100, 100, 17_000),
+                _ => (100, 100, 17_000),
+            };
+            (date(2026, 4, d), max, last, tier)
+        })
+        .collect();
+    assert_eq!(days, want, "{backend:?}");
+    // A range far into the future ends today too.
+    let ahead = pb::GetUsageHistoryRequest { start_date: date(2026, 4, 1), end_date: date(2030, 1, 1) };
+    let points = b.api().get_usage_history(authed(ahead, &read)).await.unwrap().into_inner().points;
+    let last = points.last().and_then(|p| p.date).unwrap();
+    assert_eq!(
+        (last.year, last.month as u32, last.day as u32),
+        (2026, today.month(), today.day()),
+        "{backend:?}"
+    );
 }
 
 #[tokio::test]
@@ -259,58 +240,59 @@ async fn a_replica_serves_the_usage_another_replica_changed() {
     }
 }
 
-#[tokio::test]
-async fn renewal_tier_requests_and_bad_counts_are_checked() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        b.subscribe(pb::CreateSubscriptionRequest { tier: 12_000, ..professional_monthly() }).await.unwrap();
-        let admin = b.token(ACCOUNT, &["admin"]);
-        for (tier, why) in [(13_000, "not a professional tier"), (17_000, "only a lower tier")] {
-            let err = b
-                .api()
-                .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier }, &admin))
-                .await
-                .unwrap_err();
-            assert!(err.message().contains(why), "{backend:?}: {}", err.message());
-        }
-        let s = b
+async fn renewal_tier_requests_and_bad_counts_are_checked(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(pb::CreateSubscriptionRequest { tier: 12_000, ..professional_monthly() }).await.unwrap();
+    let admin = b.token(ACCOUNT, &["admin"]);
+    for (tier, why) in [(13_000, "not a professional tier"), (17_000, "only a lower tier")] {
+        let err = b
             .api()
-            .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier: 2_000 }, &admin))
+            .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier }, &admin))
             .await
-            .unwrap();
-        assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 2_000);
-        assert_eq!(b.subscription().await.tier, 12_000, "the tier itself waits for renewal");
-        let s = b.api().cancel_renewal_tier(authed(pb::CancelRenewalTierRequest {}, &admin)).await.unwrap();
-        assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 0);
-
-        assert_eq!(b.count("bad", 0, 10, 0).await.unwrap_err().code(), Code::InvalidArgument);
-        assert_eq!(b.count("bad", 1, -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
-        let mut client = BillingInternalServiceClient::new(b.channel.clone());
-        let req = pb::ApplyCountEventsRequest { events: vec![] };
-        assert_eq!(
-            client.apply_count_events(authed(req, &admin)).await.unwrap_err().code(),
-            Code::PermissionDenied
-        );
+            .unwrap_err();
+        assert!(err.message().contains(why), "{backend:?}: {}", err.message());
     }
-}
-
-#[tokio::test]
-async fn accounts_without_marketing_contacts_are_billed_for_every_contact() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        b.subscribe(pb::CreateSubscriptionRequest {
-            marketing_contacts_enabled: false,
-            ..professional_monthly()
-        })
+    let s = b
+        .api()
+        .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier: 2_000 }, &admin))
         .await
         .unwrap();
-        b.count_with("c1", 1, 1_000, 1_500, false).await.unwrap();
-        assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: 2,500 contacts billed");
-        // Enabled in marketing-status: from then on only marketing contacts are billed.
-        b.count_with("c2", 2, 1_000, 1_500, true).await.unwrap();
-        assert!(b.subscription().await.marketing_contacts_enabled, "{backend:?}");
-        let read = b.token(ACCOUNT, &["read"]);
-        let usage = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
-        assert_eq!(usage.usage.unwrap().marketing_count, 1_000, "{backend:?}");
-    }
+    assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 2_000);
+    assert_eq!(b.subscription().await.tier, 12_000, "the tier itself waits for renewal");
+    let s = b.api().cancel_renewal_tier(authed(pb::CancelRenewalTierRequest {}, &admin)).await.unwrap();
+    assert_eq!(s.into_inner().subscription.unwrap().renewal_tier, 0);
+
+    assert_eq!(b.count("bad", 0, 10, 0).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(b.count("bad", 1, -1, 0).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut client = BillingInternalServiceClient::new(b.channel.clone());
+    let req = pb::ApplyCountEventsRequest { events: vec![] };
+    assert_eq!(
+        client.apply_count_events(authed(req, &admin)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
+
+async fn accounts_without_marketing_contacts_are_billed_for_every_contact(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(pb::CreateSubscriptionRequest {
+        marketing_contacts_enabled: false,
+        ..professional_monthly()
+    })
+    .await
+    .unwrap();
+    b.count_with("c1", 1, 1_000, 1_500, false).await.unwrap();
+    assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}: 2,500 contacts billed");
+    // Enabled in marketing-status: from then on only marketing contacts are billed.
+    b.count_with("c2", 2, 1_000, 1_500, true).await.unwrap();
+    assert!(b.subscription().await.marketing_contacts_enabled, "{backend:?}");
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage = b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+    assert_eq!(usage.usage.unwrap().marketing_count, 1_000, "{backend:?}");
+}
+
+contactier_runtime::backend_tests!(
+    subscriptions_are_checked_and_know_their_calendar,
+    exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day,
+    renewal_tier_requests_and_bad_counts_are_checked,
+    accounts_without_marketing_contacts_are_billed_for_every_contact,
+);

@@ -9,139 +9,116 @@ use common::*;
 use contactier_proto::billing::v1 as pb;
 use contactier_proto::common::v1::{Edition, Term};
 use contactier_proto::marketing_status::v1 as mpb;
-use contactier_runtime::testing::{BACKENDS, authed};
+use contactier_runtime::db::Backend;
+use contactier_runtime::testing::authed;
 
 fn marketing(count: i64, version: i64) -> mpb::MarketingCount {
     mpb::MarketingCount { marketing: count, pending_non_marketing: 0, non_marketing: 0, version, as_of: None }
 }
 
-#[tokio::test]
-async fn renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        b.subscribe(pb::CreateSubscriptionRequest { tier: 12_000, ..professional_monthly() }).await.unwrap();
-        let admin = b.token(ACCOUNT, &["admin"]);
-        b.api()
-            .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier: 2_000 }, &admin))
-            .await
-            .unwrap();
-        b.count("c1", 1, 6_000, 0).await.unwrap();
-        {
-            let mut peer = b.marketing_status.0.lock().unwrap();
-            peer.failures_left = 2;
-            peer.count = marketing(6_000, 9);
-        }
-        assert_eq!(b.subscription().await.next_update_date, date(2026, 5, 15));
-
-        // 15 May 00:00 in New York is 04:00 UTC. marketing-status is down for two tries.
-        let processing = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
-        b.advance_to(processing - chrono::Duration::seconds(1)).await;
-        assert!(
-            b.marketing_status.0.lock().unwrap().update_calls.is_empty(),
-            "{backend:?}: not before 00:00"
-        );
-        b.advance_to(processing + chrono::Duration::seconds(14)).await;
-        assert_eq!(
-            b.marketing_status.0.lock().unwrap().update_calls.len(),
-            2,
-            "{backend:?}: 5 s, then 10 s more"
-        );
-        b.advance_to(processing + chrono::Duration::seconds(15)).await;
-        let calls = b.marketing_status.0.lock().unwrap().update_calls.clone();
-        assert_eq!(calls.len(), 3, "{backend:?}: {calls:?}");
-        assert!(
-            calls
-                .iter()
-                .all(|c| *c == (ACCOUNT.to_owned(), date(2026, 5, 15).unwrap(), processing.timestamp()))
-        );
-
-        // The requested 2,000 does not hold 6,000: the smallest tier that does, 7,000.
-        let sub = b.subscription().await;
-        assert_eq!(
-            (sub.tier, sub.renewal_tier, sub.next_update_date),
-            (7_000, 0, date(2026, 6, 15)),
-            "{backend:?}"
-        );
-        let invoices = b.invoices().await;
-        assert_eq!(invoices.len(), 1, "{backend:?}");
-        let inv = &invoices[0];
-        assert_eq!(
-            (inv.kind, inv.number, inv.total.clone()),
-            (pb::InvoiceKind::Renewal as i32, 1, eur(102_500))
-        );
-        assert_eq!((inv.term_start, inv.term_end), (date(2026, 5, 15), date(2026, 6, 15)));
-        let l = &inv.lines[0];
-        assert_eq!((l.from_tier, l.to_tier, l.marketing_count, l.term_days), (12_000, 7_000, 6_000, 31));
-        let read = b.token(ACCOUNT, &["read"]);
-        let usage = b
-            .api()
-            .get_usage(authed(pb::GetUsageRequest {}, &read))
-            .await
-            .unwrap()
-            .into_inner()
-            .usage
-            .unwrap();
-        assert_eq!(usage.period_count, 6_000, "{backend:?}: the count that holds for the period");
-
-        // A month on, the next renewal keeps the tier: no downgrade without a request.
-        b.marketing_status.0.lock().unwrap().count = marketing(100, 12);
-        b.advance_to(Utc.with_ymd_and_hms(2026, 6, 16, 0, 0, 0).unwrap()).await;
-        let invoices = b.invoices().await;
-        assert_eq!(invoices.len(), 2, "{backend:?}");
-        assert_eq!((invoices[0].number, invoices[0].total.clone()), (2, eur(102_500)));
-        assert_eq!(invoices[0].term_start, date(2026, 6, 15));
-        assert_eq!(b.subscription().await.tier, 7_000);
-        assert_eq!(
-            b.marketing_status.0.lock().unwrap().update_calls.len(),
-            4,
-            "{backend:?}: asked once more"
-        );
-        let plans = b.marketing_status.0.lock().unwrap().plans.clone();
-        assert_eq!(plans.len(), 1, "{backend:?}: the plan went out once");
-        assert_eq!(
-            (plans[0].edition, plans[0].marketing_contacts_enabled),
-            (Edition::Professional as i32, true)
-        );
+async fn renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(pb::CreateSubscriptionRequest { tier: 12_000, ..professional_monthly() }).await.unwrap();
+    let admin = b.token(ACCOUNT, &["admin"]);
+    b.api()
+        .request_renewal_tier(authed(pb::RequestRenewalTierRequest { tier: 2_000 }, &admin))
+        .await
+        .unwrap();
+    b.count("c1", 1, 6_000, 0).await.unwrap();
+    {
+        let mut peer = b.marketing_status.0.lock().unwrap();
+        peer.failures_left = 2;
+        peer.count = marketing(6_000, 9);
     }
+    assert_eq!(b.subscription().await.next_update_date, date(2026, 5, 15));
+
+    // 15 May 00:00 in New York is 04:00 UTC. marketing-status is down for two tries.
+    let processing = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
+    b.advance_to(processing - chrono::Duration::seconds(1)).await;
+    assert!(b.marketing_status.0.lock().unwrap().update_calls.is_empty(), "{backend:?}: not before 00:00");
+    b.advance_to(processing + chrono::Duration::seconds(14)).await;
+    assert_eq!(
+        b.marketing_status.0.lock().unwrap().update_calls.len(),
+        2,
+        "{backend:?}: 5 s, then 10 s more"
+    );
+    b.advance_to(processing + chrono::Duration::seconds(15)).await;
+    let calls = b.marketing_status.0.lock().unwrap().update_calls.clone();
+    assert_eq!(calls.len(), 3, "{backend:?}: {calls:?}");
+    assert!(
+        calls.iter().all(|c| *c == (ACCOUNT.to_owned(), date(2026, 5, 15).unwrap(), processing.timestamp()))
+    );
+
+    // The requested 2,000 does not hold 6,000: the smallest tier that does, 7,000.
+    let sub = b.subscription().await;
+    assert_eq!(
+        (sub.tier, sub.renewal_tier, sub.next_update_date),
+        (7_000, 0, date(2026, 6, 15)),
+        "{backend:?}"
+    );
+    let invoices = b.invoices().await;
+    assert_eq!(invoices.len(), 1, "{backend:?}");
+    let inv = &invoices[0];
+    assert_eq!((inv.kind, inv.number, inv.total.clone()), (pb::InvoiceKind::Renewal as i32, 1, eur(102_500)));
+    assert_eq!((inv.term_start, inv.term_end), (date(2026, 5, 15), date(2026, 6, 15)));
+    let l = &inv.lines[0];
+    assert_eq!((l.from_tier, l.to_tier, l.marketing_count, l.term_days), (12_000, 7_000, 6_000, 31));
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(usage.period_count, 6_000, "{backend:?}: the count that holds for the period");
+
+    // A month on, the next renewal keeps the tier: no downgrade without a request.
+    b.marketing_status.0.lock().unwrap().count = marketing(100, 12);
+    b.advance_to(Utc.with_ymd_and_hms(2026, 6, 16, 0, 0, 0).unwrap()).await;
+    let invoices = b.invoices().await;
+    assert_eq!(invoices.len(), 2, "{backend:?}");
+    assert_eq!((invoices[0].number, invoices[0].total.clone()), (2, eur(102_500)));
+    assert_eq!(invoices[0].term_start, date(2026, 6, 15));
+    assert_eq!(b.subscription().await.tier, 7_000);
+    assert_eq!(b.marketing_status.0.lock().unwrap().update_calls.len(), 4, "{backend:?}: asked once more");
+    let plans = b.marketing_status.0.lock().unwrap().plans.clone();
+    assert_eq!(plans.len(), 1, "{backend:?}: the plan went out once");
+    assert_eq!((plans[0].edition, plans[0].marketing_contacts_enabled), (Edition::Professional as i32, true));
 }
 
-#[tokio::test]
-async fn annual_terms_process_every_first_and_renew_once_a_year() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        b.subscribe(pb::CreateSubscriptionRequest { term: Term::Annual as i32, ..professional_monthly() })
-            .await
-            .unwrap();
-        b.marketing_status.0.lock().unwrap().count = marketing(1_500, 3);
-        b.advance_to(Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap()).await;
-        let dates: Vec<_> = b.marketing_status.0.lock().unwrap().update_calls.iter().map(|c| c.1).collect();
-        let mut want: Vec<_> = (5..=12).map(|m| date(2026, m, 1).unwrap()).collect();
-        want.extend((1..=4).map(|m| date(2027, m, 1).unwrap()));
-        want.push(date(2027, 4, 15).unwrap());
-        assert_eq!(dates, want, "{backend:?}: each first, then the renewal");
-        let invoices = b.invoices().await;
-        assert_eq!(invoices.len(), 1, "{backend:?}: one renewal in a year");
-        assert_eq!((invoices[0].term_start, invoices[0].term_end), (date(2027, 4, 15), date(2028, 4, 15)));
-        assert_eq!(invoices[0].total, eur(864_000), "{backend:?}: the annual base price");
-        assert_eq!(invoices[0].lines[0].term_days, 366, "{backend:?}: 2028 is a leap year");
-    }
+async fn annual_terms_process_every_first_and_renew_once_a_year(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(pb::CreateSubscriptionRequest { term: Term::Annual as i32, ..professional_monthly() })
+        .await
+        .unwrap();
+    b.marketing_status.0.lock().unwrap().count = marketing(1_500, 3);
+    b.advance_to(Utc.with_ymd_and_hms(2027, 4, 16, 0, 0, 0).unwrap()).await;
+    let dates: Vec<_> = b.marketing_status.0.lock().unwrap().update_calls.iter().map(|c| c.1).collect();
+    let mut want: Vec<_> = (5..=12).map(|m| date(2026, m, 1).unwrap()).collect();
+    want.extend((1..=4).map(|m| date(2027, m, 1).unwrap()));
+    want.push(date(2027, 4, 15).unwrap());
+    assert_eq!(dates, want, "{backend:?}: each first, then the renewal");
+    let invoices = b.invoices().await;
+    assert_eq!(invoices.len(), 1, "{backend:?}: one renewal in a year");
+    assert_eq!((invoices[0].term_start, invoices[0].term_end), (date(2027, 4, 15), date(2028, 4, 15)));
+    assert_eq!(invoices[0].total, eur(864_000), "{backend:?}: the annual base price");
+    assert_eq!(invoices[0].lines[0].term_days, 366, "{backend:?}: 2028 is a leap year");
 }
 
-#[tokio::test]
-async fn replicas_share_the_run_and_each_date_is_processed_once() {
-    for backend in BACKENDS {
-        let b = start(backend).await;
-        for _ in 0..2 {
-            b.another_replica().await;
-        }
-        b.subscribe(professional_monthly()).await.unwrap();
-        b.marketing_status.0.lock().unwrap().count = marketing(1_000, 2);
-        b.advance_to(Utc.with_ymd_and_hms(2026, 9, 16, 0, 0, 0).unwrap()).await;
-        let dates: Vec<_> = b.marketing_status.0.lock().unwrap().update_calls.iter().map(|c| c.1).collect();
-        let want: Vec<_> = (5..=9).map(|m| date(2026, m, 15).unwrap()).collect();
-        assert_eq!(dates, want, "{backend:?}: three schedulers, one call per date");
-        let numbers: Vec<_> = b.invoices().await.iter().map(|i| (i.number, i.term_start)).collect();
-        let want: Vec<_> = (1..=5).rev().map(|n| (n, date(2026, 4 + n as i32, 15))).collect();
-        assert_eq!(numbers, want, "{backend:?}: one renewal invoice per month, numbers without gaps");
+async fn replicas_share_the_run_and_each_date_is_processed_once(backend: Backend) {
+    let b = start(backend).await;
+    for _ in 0..2 {
+        b.another_replica().await;
     }
+    b.subscribe(professional_monthly()).await.unwrap();
+    b.marketing_status.0.lock().unwrap().count = marketing(1_000, 2);
+    b.advance_to(Utc.with_ymd_and_hms(2026, 9, 16, 0, 0, 0).unwrap()).await;
+    let dates: Vec<_> = b.marketing_status.0.lock().unwrap().update_calls.iter().map(|c| c.1).collect();
+    let want: Vec<_> = (5..=9).map(|m| date(2026, m, 15).unwrap()).collect();
+    assert_eq!(dates, want, "{backend:?}: three schedulers, one call per date");
+    let numbers: Vec<_> = b.invoices().await.iter().map(|i| (i.number, i.term_start)).collect();
+    let want: Vec<_> = (1..=5).rev().map(|n| (n, date(2026, 4 + n as i32, 15))).collect();
+    assert_eq!(numbers, want, "{backend:?}: one renewal invoice per month, numbers without gaps");
 }
+
+contactier_runtime::backend_tests!(
+    renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term,
+    annual_terms_process_every_first_and_renew_once_a_year,
+    replicas_share_the_run_and_each_date_is_processed_once,
+);

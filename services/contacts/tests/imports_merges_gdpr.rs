@@ -9,7 +9,8 @@ use contactier_proto::contacts::v1::{
     self as pb, contacts_service_client::ContactsServiceClient, import_contacts_request::Part,
 };
 use contactier_proto::marketing_status::v1 as mpb;
-use contactier_runtime::testing::{BACKENDS, authed};
+use contactier_runtime::db::Backend;
+use contactier_runtime::testing::authed;
 use futures::StreamExt;
 use tonic::Code;
 
@@ -51,357 +52,329 @@ async fn errors(s: &Contacts, id: &str) -> Vec<(i64, String, String)> {
     r.errors.into_iter().map(|e| (e.row, e.column, e.reason)).collect()
 }
 
-#[tokio::test]
-async fn imports_stream_rows_report_bad_ones_and_keep_the_good() {
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        // 2,500 good rows, a few bad ones, a repeated email, quoted fields with commas and line
-        // breaks, split into 37-byte chunks that cut rows and quotes anywhere.
-        let mut csv = String::from("E-mail,First,Stage,Note,Opt in\n");
-        for i in 0..2_500 {
-            csv.push_str(&format!(
-                "user{i}@example.com,\"Name, {i}\",lead,\"line one\nline two\",{}\n",
-                i % 2 == 0
-            ));
-        }
-        csv.push_str("broken-address,X,lead,,\n"); // row 2501
-        csv.push_str("ok1@example.com,Y,alien,,maybe\n"); // row 2502: two bad columns
-        csv.push_str("USER7@example.com,Again,customer,,\n"); // row 2503: repeats row 8
-        let mut h = header(
-            pb::ImportMode::Upsert,
-            &[("E-mail", "email"), ("First", "first_name"), ("Stage", "lifecycle_stage")],
-        );
-        h.set_as_marketing = true;
-        h.gdpr_opt_in_column = "Opt in".into();
-        h.gdpr_legal_basis = "consent".into();
-        h.request_id = "import-1".into();
-        let msgs = import(&s, h.clone(), &csv, 37).await.unwrap();
-        let last = msgs.last().unwrap();
-        assert!(last.done, "{backend:?}");
-        assert!(msgs.len() >= 3, "{backend:?}: progress while it runs, {} messages", msgs.len());
-        let sum = last.progress.clone().unwrap();
-        assert_eq!(
-            (sum.rows_read, sum.created, sum.updated, sum.failed, sum.state),
-            (2_503, 2_500, 1, 2, pb::ImportState::Completed as i32),
-            "{backend:?}"
-        );
-        let errs = errors(&s, &sum.import_id).await;
-        let cells: Vec<_> = errs.iter().map(|(r, c, _)| (*r, c.as_str())).collect();
-        assert_eq!(cells, [(2_501, "E-mail"), (2_502, "Opt in"), (2_502, "Stage")], "{backend:?}: {errs:?}");
+async fn imports_stream_rows_report_bad_ones_and_keep_the_good(backend: Backend) {
+    let s = start(backend).await;
+    // 2,500 good rows, a few bad ones, a repeated email, quoted fields with commas and line
+    // breaks, split into 37-byte chunks that cut rows and quotes anywhere.
+    let mut csv = String::from("E-mail,First,Stage,Note,Opt in\n");
+    for i in 0..2_500 {
+        csv.push_str(&format!(
+            "user{i}@example.com,\"Name, {i}\",lead,\"line one\nline two\",{}\n",
+            i % 2 == 0
+        ));
+    }
+    csv.push_str("broken-address,X,lead,,\n"); // row 2501
+    csv.push_str("ok1@example.com,Y,alien,,maybe\n"); // row 2502: two bad columns
+    csv.push_str("USER7@example.com,Again,customer,,\n"); // row 2503: repeats row 8
+    let mut h = header(
+        pb::ImportMode::Upsert,
+        &[("E-mail", "email"), ("First", "first_name"), ("Stage", "lifecycle_stage")],
+    );
+    h.set_as_marketing = true;
+    h.gdpr_opt_in_column = "Opt in".into();
+    h.gdpr_legal_basis = "consent".into();
+    h.request_id = "import-1".into();
+    let msgs = import(&s, h.clone(), &csv, 37).await.unwrap();
+    let last = msgs.last().unwrap();
+    assert!(last.done, "{backend:?}");
+    assert!(msgs.len() >= 3, "{backend:?}: progress while it runs, {} messages", msgs.len());
+    let sum = last.progress.clone().unwrap();
+    assert_eq!(
+        (sum.rows_read, sum.created, sum.updated, sum.failed, sum.state),
+        (2_503, 2_500, 1, 2, pb::ImportState::Completed as i32),
+        "{backend:?}"
+    );
+    let errs = errors(&s, &sum.import_id).await;
+    let cells: Vec<_> = errs.iter().map(|(r, c, _)| (*r, c.as_str())).collect();
+    assert_eq!(cells, [(2_501, "E-mail"), (2_502, "Opt in"), (2_502, "Stage")], "{backend:?}: {errs:?}");
 
-        let total = s
-            .api()
-            .count_contacts(authed(pb::CountContactsRequest {}, &s.writer()))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(total.total_contacts, 2_500, "{backend:?}");
-        let c = s.by_email("user7@example.com").await;
-        assert_eq!(
-            (c.properties["first_name"].as_str(), c.properties["lifecycle_stage"].as_str()),
-            ("Again", "customer")
-        );
-        assert_eq!(
-            c.creation_source.unwrap(),
-            Source { r#type: SourceType::Import as i32, id: sum.import_id.clone() }
-        );
-        let consent = s
-            .api()
-            .get_consent(authed(pb::GetConsentRequest { contact_id: c.id.clone() }, &s.writer()))
-            .await
-            .unwrap();
-        assert_eq!(consent.into_inner().consent.unwrap().legal_basis, "", "odd rows did not opt in");
-
-        // "Set as marketing": every imported contact counts, once.
-        s.settle().await;
-        assert_eq!(s.marketing_count().await.marketing, 2_500, "{backend:?}");
-
-        // The same request id again: the first import, nothing twice.
-        let again = import(&s, h, &csv, 4_096).await.unwrap();
-        assert_eq!(again.len(), 1);
-        assert_eq!(again[0].progress.as_ref().unwrap().import_id, sum.import_id);
-
-        // Create-only: existing emails are skipped; update-only: unknown ones are.
-        let csv = "email\nuser1@example.com\nfresh@example.com\n";
-        let r = import(&s, header(pb::ImportMode::Create, &[("email", "email")]), csv, 1_000).await.unwrap();
-        let sum = r.last().unwrap().progress.clone().unwrap();
-        assert_eq!((sum.created, sum.skipped), (1, 1), "{backend:?}");
-        // "Set as marketing" in an upsert reaches a contact that existed, non-marketing.
-        s.settle().await;
-        let fresh = s.by_email("fresh@example.com").await;
-        assert_eq!(s.status(&fresh.id).await.unwrap().status, MarketingStatus::NonMarketing as i32);
-        let mut h = header(pb::ImportMode::Upsert, &[("email", "email")]);
-        h.set_as_marketing = true;
-        let r = import(&s, h, "email\nfresh@example.com\n", 1_000).await.unwrap();
-        assert_eq!(r.last().unwrap().progress.as_ref().unwrap().updated, 1);
-        s.settle().await;
-        assert_eq!(
-            s.status(&fresh.id).await.unwrap().status,
-            MarketingStatus::Marketing as i32,
-            "{backend:?}"
-        );
-        let csv = "email,company\nuser2@example.com,Acme\nnobody@example.com,Acme\n";
-        let r = import(
-            &s,
-            header(pb::ImportMode::Update, &[("email", "email"), ("company", "company")]),
-            csv,
-            1_000,
-        )
+    let total =
+        s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap().into_inner();
+    assert_eq!(total.total_contacts, 2_500, "{backend:?}");
+    let c = s.by_email("user7@example.com").await;
+    assert_eq!(
+        (c.properties["first_name"].as_str(), c.properties["lifecycle_stage"].as_str()),
+        ("Again", "customer")
+    );
+    assert_eq!(
+        c.creation_source.unwrap(),
+        Source { r#type: SourceType::Import as i32, id: sum.import_id.clone() }
+    );
+    let consent = s
+        .api()
+        .get_consent(authed(pb::GetConsentRequest { contact_id: c.id.clone() }, &s.writer()))
         .await
         .unwrap();
-        let sum = r.last().unwrap().progress.clone().unwrap();
-        assert_eq!((sum.updated, sum.skipped, sum.created), (1, 1, 0), "{backend:?}");
+    assert_eq!(consent.into_inner().consent.unwrap().legal_basis, "", "odd rows did not opt in");
 
-        // A header that cannot work is refused before anything is read.
-        let err = import(&s, header(pb::ImportMode::Upsert, &[("First", "first_name")]), "First\nA\n", 100)
+    // "Set as marketing": every imported contact counts, once.
+    s.settle().await;
+    assert_eq!(s.marketing_count().await.marketing, 2_500, "{backend:?}");
+
+    // The same request id again: the first import, nothing twice.
+    let again = import(&s, h, &csv, 4_096).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].progress.as_ref().unwrap().import_id, sum.import_id);
+
+    // Create-only: existing emails are skipped; update-only: unknown ones are.
+    let csv = "email\nuser1@example.com\nfresh@example.com\n";
+    let r = import(&s, header(pb::ImportMode::Create, &[("email", "email")]), csv, 1_000).await.unwrap();
+    let sum = r.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.created, sum.skipped), (1, 1), "{backend:?}");
+    // "Set as marketing" in an upsert reaches a contact that existed, non-marketing.
+    s.settle().await;
+    let fresh = s.by_email("fresh@example.com").await;
+    assert_eq!(s.status(&fresh.id).await.unwrap().status, MarketingStatus::NonMarketing as i32);
+    let mut h = header(pb::ImportMode::Upsert, &[("email", "email")]);
+    h.set_as_marketing = true;
+    let r = import(&s, h, "email\nfresh@example.com\n", 1_000).await.unwrap();
+    assert_eq!(r.last().unwrap().progress.as_ref().unwrap().updated, 1);
+    s.settle().await;
+    assert_eq!(s.status(&fresh.id).await.unwrap().status, MarketingStatus::Marketing as i32, "{backend:?}");
+    let csv = "email,company\nuser2@example.com,Acme\nnobody@example.com,Acme\n";
+    let r =
+        import(&s, header(pb::ImportMode::Update, &[("email", "email"), ("company", "company")]), csv, 1_000)
+            .await
+            .unwrap();
+    let sum = r.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.updated, sum.skipped, sum.created), (1, 1, 0), "{backend:?}");
+
+    // A header that cannot work is refused before anything is read.
+    let err = import(&s, header(pb::ImportMode::Upsert, &[("First", "first_name")]), "First\nA\n", 100)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("header.column_mapping"), "{}", err.message());
+    let err = import(&s, header(pb::ImportMode::Upsert, &[("Mail", "email")]), "email\na@b.co\n", 100)
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("no column \"Mail\""), "{}", err.message());
+}
+
+async fn merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was(backend: Backend) {
+    let s = start(backend).await;
+    // Form and import sources are set by the systems that create contacts: an admin acts for them.
+    let w = s.token(ACCOUNT, &["admin"]);
+    let form = |email: &str, p: &[(&str, &str)], t: SourceType| pb::CreateContactRequest {
+        contact: Some(pb::ContactInput {
+            email: email.into(),
+            properties: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            source: Some(Source { r#type: t as i32, id: "src".into() }),
+            requested_status: 0,
+        }),
+        request_id: String::new(),
+    };
+    let primary = s
+        .api()
+        .create_contact(authed(
+            form("ada@example.com", &[("first_name", "Ada"), ("company", "")], SourceType::Import),
+            &w,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    let secondary = s
+        .api()
+        .create_contact(authed(
+            form(
+                "lovelace@example.com",
+                &[("first_name", "A."), ("company", "Analytical")],
+                SourceType::Form,
+            ),
+            &w,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    s.settle().await;
+    // An import is non-marketing, a form marketing.
+    assert_eq!(s.marketing_count().await.marketing, 1, "{backend:?}");
+    let merged = s
+        .api()
+        .merge_contacts(authed(
+            pb::MergeContactsRequest { primary_id: primary.id.clone(), secondary_id: secondary.id.clone() },
+            &w,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    assert_eq!((merged.id.as_str(), merged.email.as_str()), (primary.id.as_str(), "ada@example.com"));
+    assert_eq!(
+        (merged.properties["first_name"].as_str(), merged.properties["company"].as_str()),
+        ("Ada", "Analytical")
+    );
+    s.settle().await;
+    let st = s.status(&primary.id).await.unwrap();
+    assert_eq!(
+        st.status,
+        MarketingStatus::Marketing as i32,
+        "{backend:?}: marketing because the secondary was"
+    );
+    assert!(s.status(&secondary.id).await.is_none());
+    let count = s.marketing_count().await;
+    assert_eq!((count.marketing, count.non_marketing), (1, 0), "{backend:?}: one contact, counted once");
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &w)).await.unwrap().into_inner();
+    assert_eq!(total.total_contacts, 1);
+
+    for (p, sec, code) in [
+        (primary.id.clone(), primary.id.clone(), Code::InvalidArgument),
+        (primary.id.clone(), secondary.id.clone(), Code::NotFound),
+        (String::new(), primary.id.clone(), Code::InvalidArgument),
+    ] {
+        let err = s
+            .api()
+            .merge_contacts(authed(pb::MergeContactsRequest { primary_id: p, secondary_id: sec }, &w))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().starts_with("header.column_mapping"), "{}", err.message());
-        let err = import(&s, header(pb::ImportMode::Upsert, &[("Mail", "email")]), "email\na@b.co\n", 100)
-            .await
-            .unwrap_err();
-        assert!(err.message().contains("no column \"Mail\""), "{}", err.message());
+        assert_eq!(err.code(), code, "{backend:?}");
     }
 }
 
-#[tokio::test]
-async fn merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was() {
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        // Form and import sources are set by the systems that create contacts: an admin acts for them.
-        let w = s.token(ACCOUNT, &["admin"]);
-        let form = |email: &str, p: &[(&str, &str)], t: SourceType| pb::CreateContactRequest {
-            contact: Some(pb::ContactInput {
-                email: email.into(),
-                properties: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                source: Some(Source { r#type: t as i32, id: "src".into() }),
-                requested_status: 0,
-            }),
-            request_id: String::new(),
-        };
-        let primary = s
-            .api()
-            .create_contact(authed(
-                form("ada@example.com", &[("first_name", "Ada"), ("company", "")], SourceType::Import),
-                &w,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
-        let secondary = s
-            .api()
-            .create_contact(authed(
-                form(
-                    "lovelace@example.com",
-                    &[("first_name", "A."), ("company", "Analytical")],
-                    SourceType::Form,
-                ),
-                &w,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
-        s.settle().await;
-        // An import is non-marketing, a form marketing.
-        assert_eq!(s.marketing_count().await.marketing, 1, "{backend:?}");
-        let merged = s
-            .api()
-            .merge_contacts(authed(
-                pb::MergeContactsRequest {
-                    primary_id: primary.id.clone(),
-                    secondary_id: secondary.id.clone(),
-                },
-                &w,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
-        assert_eq!((merged.id.as_str(), merged.email.as_str()), (primary.id.as_str(), "ada@example.com"));
-        assert_eq!(
-            (merged.properties["first_name"].as_str(), merged.properties["company"].as_str()),
-            ("Ada", "Analytical")
+async fn gdpr_consent_export_anonymise_and_erase_reach_every_service(backend: Backend) {
+    let s = start(backend).await;
+    let w = s.writer();
+    let admin = s.token(ACCOUNT, &["admin"]);
+    let c = s.create("grace@example.com", &[("first_name", "Grace")]).await.unwrap();
+    let consent = pb::Consent {
+        legal_basis: "consent".into(),
+        opted_in_at: None,
+        subscription_types: vec!["newsletter".into(), "product".into()],
+        unsubscribed_from_all: false,
+    };
+    let set = s
+        .api()
+        .set_consent(authed(
+            pb::SetConsentRequest { contact_id: c.id.clone(), consent: Some(consent.clone()) },
+            &w,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    assert!(set.opted_in_at.is_some(), "{backend:?}: stamped now");
+    let bad = pb::Consent { legal_basis: String::new(), ..consent.clone() };
+    let err = s
+        .api()
+        .set_consent(authed(pb::SetConsentRequest { contact_id: c.id.clone(), consent: Some(bad) }, &w))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("consent.legal_basis"), "{}", err.message());
+    let err = s
+        .api()
+        .set_consent(authed(
+            pb::SetConsentRequest { contact_id: "nobody".into(), consent: Some(consent) },
+            &w,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Set marketing in marketing-status, so its part of the export has a history.
+    s.settle().await;
+    let mut ms =
+        mpb::marketing_status_service_client::MarketingStatusServiceClient::new(s.status_channel.clone());
+    let req = mpb::SetMarketingStatusRequest {
+        request_id: String::new(),
+        target: Some(mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds {
+            ids: vec![c.id.clone()],
+        })),
+        status: MarketingStatus::Marketing as i32,
+        source: None,
+    };
+    ms.set_marketing_status(authed(req, &w)).await.unwrap();
+
+    let err = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+            &w,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "exports are for admins");
+    let export = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let parts: Vec<(String, serde_json::Value)> =
+        export.parts.iter().map(|p| (p.service.clone(), serde_json::from_str(&p.json).unwrap())).collect();
+    assert_eq!(parts[0].0, "contacts");
+    assert_eq!(parts[0].1["email"], "grace@example.com");
+    assert_eq!(parts[0].1["consent"]["subscription_types"], serde_json::json!(["newsletter", "product"]));
+    assert_eq!(parts[1].0, "marketing-status");
+    assert_eq!(parts[1].1["status"]["marketing"], true, "{backend:?}");
+    assert_eq!(parts[1].1["status_changes"].as_array().unwrap().len(), 2, "created, then set marketing");
+
+    // Anonymise keeps the contact (it still counts) without its personal data.
+    let a = s
+        .api()
+        .anonymize_contact(authed(
+            pb::AnonymizeContactRequest { contact_id: c.id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap();
+    assert!(a.properties.is_empty() && !a.email.contains("grace"), "{backend:?}: {a:?}");
+    let found = s.search(pb::SearchContactsRequest {
+        filter: filter(vec![vec![f("first_name", pb::FilterOperator::Eq, "Grace")]]),
+        ..Default::default()
+    });
+    assert_eq!(found.await.unwrap().total, 0, "{backend:?}: not findable by its old values");
+
+    // Erase removes it everywhere, history included.
+    s.api()
+        .erase_contact(authed(
+            pb::EraseContactRequest { contact_id: c.id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    s.settle().await;
+    assert!(s.status(&c.id).await.is_none(), "{backend:?}");
+    assert_eq!(s.marketing_count().await.marketing, 0);
+    let err = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut internal =
+        mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
+            s.status_channel.clone(),
         );
-        s.settle().await;
-        let st = s.status(&primary.id).await.unwrap();
-        assert_eq!(
-            st.status,
-            MarketingStatus::Marketing as i32,
-            "{backend:?}: marketing because the secondary was"
-        );
-        assert!(s.status(&secondary.id).await.is_none());
-        let count = s.marketing_count().await;
-        assert_eq!((count.marketing, count.non_marketing), (1, 0), "{backend:?}: one contact, counted once");
-        let total =
-            s.api().count_contacts(authed(pb::CountContactsRequest {}, &w)).await.unwrap().into_inner();
-        assert_eq!(total.total_contacts, 1);
-
-        for (p, sec, code) in [
-            (primary.id.clone(), primary.id.clone(), Code::InvalidArgument),
-            (primary.id.clone(), secondary.id.clone(), Code::NotFound),
-            (String::new(), primary.id.clone(), Code::InvalidArgument),
-        ] {
-            let err = s
-                .api()
-                .merge_contacts(authed(pb::MergeContactsRequest { primary_id: p, secondary_id: sec }, &w))
-                .await
-                .unwrap_err();
-            assert_eq!(err.code(), code, "{backend:?}");
-        }
-    }
-}
-
-#[tokio::test]
-async fn gdpr_consent_export_anonymise_and_erase_reach_every_service() {
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let w = s.writer();
-        let admin = s.token(ACCOUNT, &["admin"]);
-        let c = s.create("grace@example.com", &[("first_name", "Grace")]).await.unwrap();
-        let consent = pb::Consent {
-            legal_basis: "consent".into(),
-            opted_in_at: None,
-            subscription_types: vec!["newsletter".into(), "product".into()],
-            unsubscribed_from_all: false,
-        };
-        let set = s
-            .api()
-            .set_consent(authed(
-                pb::SetConsentRequest { contact_id: c.id.clone(), consent: Some(consent.clone()) },
-                &w,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .consent
-            .unwrap();
-        assert!(set.opted_in_at.is_some(), "{backend:?}: stamped now");
-        let bad = pb::Consent { legal_basis: String::new(), ..consent.clone() };
-        let err = s
-            .api()
-            .set_consent(authed(pb::SetConsentRequest { contact_id: c.id.clone(), consent: Some(bad) }, &w))
-            .await
-            .unwrap_err();
-        assert!(err.message().starts_with("consent.legal_basis"), "{}", err.message());
-        let err = s
-            .api()
-            .set_consent(authed(
-                pb::SetConsentRequest { contact_id: "nobody".into(), consent: Some(consent) },
-                &w,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound);
-
-        // Set marketing in marketing-status, so its part of the export has a history.
-        s.settle().await;
-        let mut ms =
-            mpb::marketing_status_service_client::MarketingStatusServiceClient::new(s.status_channel.clone());
-        let req = mpb::SetMarketingStatusRequest {
-            request_id: String::new(),
-            target: Some(mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds {
-                ids: vec![c.id.clone()],
-            })),
-            status: MarketingStatus::Marketing as i32,
-            source: None,
-        };
-        ms.set_marketing_status(authed(req, &w)).await.unwrap();
-
-        let err = s
-            .api()
-            .export_contact_data(authed(
-                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
-                &w,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "exports are for admins");
-        let export = s
-            .api()
-            .export_contact_data(authed(
-                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
-                &admin,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        let parts: Vec<(String, serde_json::Value)> = export
-            .parts
-            .iter()
-            .map(|p| (p.service.clone(), serde_json::from_str(&p.json).unwrap()))
-            .collect();
-        assert_eq!(parts[0].0, "contacts");
-        assert_eq!(parts[0].1["email"], "grace@example.com");
-        assert_eq!(parts[0].1["consent"]["subscription_types"], serde_json::json!(["newsletter", "product"]));
-        assert_eq!(parts[1].0, "marketing-status");
-        assert_eq!(parts[1].1["status"]["marketing"], true, "{backend:?}");
-        assert_eq!(parts[1].1["status_changes"].as_array().unwrap().len(), 2, "created, then set marketing");
-
-        // Anonymise keeps the contact (it still counts) without its personal data.
-        let a = s
-            .api()
-            .anonymize_contact(authed(
-                pb::AnonymizeContactRequest { contact_id: c.id.clone(), ..Default::default() },
-                &admin,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .contact
-            .unwrap();
-        assert!(a.properties.is_empty() && !a.email.contains("grace"), "{backend:?}: {a:?}");
-        let found = s.search(pb::SearchContactsRequest {
-            filter: filter(vec![vec![f("first_name", pb::FilterOperator::Eq, "Grace")]]),
-            ..Default::default()
-        });
-        assert_eq!(found.await.unwrap().total, 0, "{backend:?}: not findable by its old values");
-
-        // Erase removes it everywhere, history included.
-        s.api()
-            .erase_contact(authed(
-                pb::EraseContactRequest { contact_id: c.id.clone(), ..Default::default() },
-                &admin,
-            ))
-            .await
-            .unwrap();
-        s.settle().await;
-        assert!(s.status(&c.id).await.is_none(), "{backend:?}");
-        assert_eq!(s.marketing_count().await.marketing, 0);
-        let err = s
-            .api()
-            .export_contact_data(authed(
-                pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() },
-                &admin,
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::NotFound);
-        let mut internal =
-            mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
-                s.status_channel.clone(),
-            );
-        let token = s.platform.authenticator.service_token("contacts", chrono::Duration::hours(1));
-        let left = internal
-            .export_contact_status_data(authed(
-                mpb::ExportContactStatusDataRequest { account_id: ACCOUNT.into(), contact_id: c.id.clone() },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .json;
-        let left: serde_json::Value = serde_json::from_str(&left).unwrap();
-        assert!(
-            left["status"].is_null() && left["status_changes"].as_array().unwrap().is_empty(),
-            "{backend:?}: {left}"
-        );
-    }
+    let token = s.platform.authenticator.service_token("contacts", chrono::Duration::hours(1));
+    let left = internal
+        .export_contact_status_data(authed(
+            mpb::ExportContactStatusDataRequest { account_id: ACCOUNT.into(), contact_id: c.id.clone() },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .json;
+    let left: serde_json::Value = serde_json::from_str(&left).unwrap();
+    assert!(
+        left["status"].is_null() && left["status_changes"].as_array().unwrap().is_empty(),
+        "{backend:?}: {left}"
+    );
 }
 
 /// A TCP relay to `to`: the address to dial, and the task to abort to cut every connection.
@@ -422,73 +395,77 @@ async fn cuttable(to: std::net::SocketAddr) -> (tokio::task::JoinHandle<()>, std
 
 /// An import whose client goes away half way is taken up again by a retry under its request id:
 /// every row once, the summary exact, marketing-status told of each contact once.
-#[tokio::test]
-async fn an_import_cut_off_is_taken_up_again_by_its_retry() {
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let mut csv = String::from("email,Opt in\n");
-        for i in 0..5_000 {
-            csv.push_str(&format!("cut{i}@example.com,{}\n", i % 3 == 0));
-        }
-        let mut h = header(pb::ImportMode::Create, &[("email", "email")]);
-        h.request_id = "cut-1".into();
-        h.set_as_marketing = true;
-        h.gdpr_opt_in_column = "Opt in".into();
-        h.gdpr_legal_basis = "consent".into();
+async fn an_import_cut_off_is_taken_up_again_by_its_retry(backend: Backend) {
+    let s = start(backend).await;
+    let mut csv = String::from("email,Opt in\n");
+    for i in 0..5_000 {
+        csv.push_str(&format!("cut{i}@example.com,{}\n", i % 3 == 0));
+    }
+    let mut h = header(pb::ImportMode::Create, &[("email", "email")]);
+    h.request_id = "cut-1".into();
+    h.set_as_marketing = true;
+    h.gdpr_opt_in_column = "Opt in".into();
+    h.gdpr_legal_basis = "consent".into();
 
-        // The first try sends 3,500 rows on its own connection, then stops sending and holds
-        // the stream open.
-        let head_end = csv.match_indices('\n').nth(3_500).unwrap().0 + 1;
-        let parts = [
-            pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
-            pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..head_end].to_vec())) },
-        ];
-        let stream = futures::stream::iter(parts).chain(futures::stream::pending());
-        let (cut, via) = cuttable(s.addr).await;
-        let mut own = ContactsServiceClient::new(contactier_runtime::testing::channel(via));
-        let mut first = own.import_contacts(authed(stream, &s.writer())).await.unwrap().into_inner();
-        let mut seen = 0;
-        while seen < 3_000 {
-            seen = first.message().await.unwrap().unwrap().progress.unwrap().rows_read;
-        }
-        // While it runs, the same request id waits.
-        let busy = import(&s, h.clone(), &csv, 8_192).await.unwrap_err();
-        assert_eq!(busy.code(), Code::Aborted, "{backend:?}: {busy:?}");
-        // The client goes away, connection and all.
-        cut.abort();
-        drop((first, own));
+    // The first try sends 3,500 rows on its own connection, then stops sending and holds
+    // the stream open.
+    let head_end = csv.match_indices('\n').nth(3_500).unwrap().0 + 1;
+    let parts = [
+        pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..head_end].to_vec())) },
+    ];
+    let stream = futures::stream::iter(parts).chain(futures::stream::pending());
+    let (cut, via) = cuttable(s.addr).await;
+    let mut own = ContactsServiceClient::new(contactier_runtime::testing::channel(via));
+    let mut first = own.import_contacts(authed(stream, &s.writer())).await.unwrap().into_inner();
+    let mut seen = 0;
+    while seen < 3_000 {
+        seen = first.message().await.unwrap().unwrap().progress.unwrap().rows_read;
+    }
+    // While it runs, the same request id waits.
+    let busy = import(&s, h.clone(), &csv, 8_192).await.unwrap_err();
+    assert_eq!(busy.code(), Code::Aborted, "{backend:?}: {busy:?}");
+    // The client goes away, connection and all.
+    cut.abort();
+    drop((first, own));
 
-        // The retry sends the whole file and finishes it.
-        let done = loop {
-            match import(&s, h.clone(), &csv, 8_192).await {
-                Ok(msgs) => break msgs,
-                Err(e) if e.code() == Code::Aborted => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
-                }
-                Err(e) => panic!("{backend:?}: {e:?}"),
+    // The retry sends the whole file and finishes it.
+    let done = loop {
+        match import(&s, h.clone(), &csv, 8_192).await {
+            Ok(msgs) => break msgs,
+            Err(e) if e.code() == Code::Aborted => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
-        };
-        let sum = done.last().unwrap().progress.clone().unwrap();
-        assert_eq!(
-            (sum.rows_read, sum.created, sum.skipped, sum.failed, sum.state),
-            (5_000, 5_000, 0, 0, pb::ImportState::Completed as i32),
-            "{backend:?}"
-        );
-        assert!(errors(&s, &sum.import_id).await.is_empty(), "{backend:?}");
-        let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
-        assert_eq!(total.into_inner().total_contacts, 5_000, "{backend:?}");
-        s.settle().await;
-        let count = s.marketing_count().await;
-        assert_eq!((count.marketing, count.non_marketing), (5_000, 0), "{backend:?}");
-        // Opt-ins of rows on both sides of the cut were recorded.
-        for i in [0, 3_300, 4_998] {
-            let c = s.by_email(format!("cut{i}@example.com")).await;
-            let consent = s
-                .api()
-                .get_consent(authed(pb::GetConsentRequest { contact_id: c.id }, &s.writer()))
-                .await
-                .unwrap();
-            assert_eq!(consent.into_inner().consent.unwrap().legal_basis, "consent", "{backend:?}: row {i}");
+            Err(e) => panic!("{backend:?}: {e:?}"),
         }
+    };
+    let sum = done.last().unwrap().progress.clone().unwrap();
+    assert_eq!(
+        (sum.rows_read, sum.created, sum.skipped, sum.failed, sum.state),
+        (5_000, 5_000, 0, 0, pb::ImportState::Completed as i32),
+        "{backend:?}"
+    );
+    assert!(errors(&s, &sum.import_id).await.is_empty(), "{backend:?}");
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 5_000, "{backend:?}");
+    s.settle().await;
+    let count = s.marketing_count().await;
+    assert_eq!((count.marketing, count.non_marketing), (5_000, 0), "{backend:?}");
+    // Opt-ins of rows on both sides of the cut were recorded.
+    for i in [0, 3_300, 4_998] {
+        let c = s.by_email(format!("cut{i}@example.com")).await;
+        let consent = s
+            .api()
+            .get_consent(authed(pb::GetConsentRequest { contact_id: c.id }, &s.writer()))
+            .await
+            .unwrap();
+        assert_eq!(consent.into_inner().consent.unwrap().legal_basis, "consent", "{backend:?}: row {i}");
     }
 }
+
+contactier_runtime::backend_tests!(
+    imports_stream_rows_report_bad_ones_and_keep_the_good,
+    merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was,
+    gdpr_consent_export_anonymise_and_erase_reach_every_service,
+    an_import_cut_off_is_taken_up_again_by_its_retry,
+);

@@ -11,7 +11,7 @@ use contactier_proto::marketing_status::v1::{
 };
 use contactier_runtime::db::Backend;
 use contactier_runtime::host::{Platform, ServiceEnv};
-use contactier_runtime::testing::{BACKENDS, TestDb, authed, channel, manual_platform, no_peers, serve};
+use contactier_runtime::testing::{TestDb, authed, channel, manual_platform, no_peers, serve};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -134,511 +134,472 @@ fn counts(c: &pb::MarketingCount) -> (i64, i64, i64) {
     (c.marketing, c.pending_non_marketing, c.non_marketing)
 }
 
-#[tokio::test]
-async fn new_contacts_get_their_sources_defaults() {
+async fn new_contacts_get_their_sources_defaults(backend: Backend) {
     use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let revoke = pb::SetUserPermissionRequest {
-            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
-        };
-        s.api().set_user_permission(authed(revoke, &s.user(ACCOUNT, "admin", &["admin"]))).await.unwrap();
-        s.events(vec![
-            created("e1", "form-1", SourceType::Form, Unspecified, ""),
-            created("e2", "import-1", SourceType::Import, Unspecified, ""),
-            created("e3", "import-2", SourceType::Import, Marketing, "owner"),
-            created("e4", "manual-1", SourceType::User, Marketing, "intern"),
-            created("e5", "ext-1", SourceType::SalesExtension, Marketing, "owner"),
-            created("e6", "ads-1", SourceType::Ads, Unspecified, ""),
-        ])
+    let s = start(backend).await;
+    let revoke = pb::SetUserPermissionRequest {
+        permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+    };
+    s.api().set_user_permission(authed(revoke, &s.user(ACCOUNT, "admin", &["admin"]))).await.unwrap();
+    s.events(vec![
+        created("e1", "form-1", SourceType::Form, Unspecified, ""),
+        created("e2", "import-1", SourceType::Import, Unspecified, ""),
+        created("e3", "import-2", SourceType::Import, Marketing, "owner"),
+        created("e4", "manual-1", SourceType::User, Marketing, "intern"),
+        created("e5", "ext-1", SourceType::SalesExtension, Marketing, "owner"),
+        created("e6", "ads-1", SourceType::Ads, Unspecified, ""),
+    ])
+    .await
+    .unwrap();
+    let want = [
+        ("form-1", Marketing),
+        ("import-1", NonMarketing),
+        ("import-2", Marketing),
+        ("manual-1", NonMarketing),
+        ("ext-1", NonMarketing),
+        ("ads-1", Marketing),
+    ];
+    for (contact, status) in want {
+        assert_eq!(s.status(contact).await.status(), status, "{backend:?} {contact}");
+    }
+    let form = s.status("form-1").await.source.unwrap();
+    assert_eq!((form.r#type(), form.id.as_str()), (SourceType::Form, "src-1"));
+    let c = s.count().await;
+    assert_eq!(counts(&c), (3, 0, 3), "{backend:?}");
+    assert_eq!(c.version, 1, "a batch of events is one change of the count");
+    // A redelivered event changes nothing.
+    assert_eq!(
+        s.events(vec![created("e1", "form-1", SourceType::Form, Unspecified, "")]).await.unwrap(),
+        ["e1"]
+    );
+    assert_eq!(s.count().await.version, 1, "{backend:?}");
+}
+
+async fn the_seeds_worked_example_and_every_status_rule(backend: Backend) {
+    use MarketingStatus::*;
+    let s = start(backend).await;
+    s.events(vec![
+        created("e1", "c1", SourceType::Import, Unspecified, ""),
+        created("e2", "c2", SourceType::Import, Unspecified, ""),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(counts(&s.count().await), (0, 0, 2));
+
+    // 30 April: set marketing, counted at once.
+    let r = s.set("owner", "", &["c1", "nope"], Marketing).await.unwrap();
+    assert_eq!((r.changed, r.not_found), (1, 1));
+    assert_eq!(counts(&r.count.unwrap()), (1, 0, 1), "{backend:?}");
+    // 1 May: the update date leaves it marketing for May.
+    assert_eq!(s.update_date(2026, 5, 1).await.applied, 0);
+    assert_eq!(s.status("c1").await.status(), Marketing);
+    // 15 May: set non-marketing; still counted and still eligible until 1 June.
+    let r = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
+    assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
+    let st = s.status("c1").await;
+    assert_eq!((st.status(), st.marketable_until_next_update), (Marketing, true), "{backend:?}");
+    assert_eq!(counts(&s.count().await), (1, 1, 1));
+    let elig = pb::CheckEligibilityRequest {
+        contact_ids: vec!["c1".into(), "c2".into()],
+        tool: MarketingTool::MarketingEmail as i32,
+    };
+    let e =
+        s.api().check_eligibility(authed(elig, &s.user(ACCOUNT, "u", &["read"]))).await.unwrap().into_inner();
+    assert_eq!((e.eligible, e.ineligible), (vec!["c1".to_owned()], vec!["c2".to_owned()]));
+    // A retry of the same request returns the first answer and changes nothing.
+    let version = s.count().await.version;
+    let again = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
+    assert_eq!(again.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
+    assert_eq!(s.count().await.version, version, "{backend:?}");
+    // 1 June: non-marketing takes effect; applying the date again does nothing.
+    let r = s.update_date(2026, 6, 1).await;
+    assert_eq!((r.applied, r.already_applied), (1, false), "{backend:?}");
+    assert_eq!(counts(&r.count.unwrap()), (0, 0, 2));
+    let again = s.update_date(2026, 6, 1).await;
+    assert_eq!((again.applied, again.already_applied), (0, true));
+    let st = s.status("c1").await;
+    assert_eq!((st.status(), st.marketable_until_next_update), (NonMarketing, false));
+    assert_eq!(st.source.unwrap().r#type(), SourceType::System);
+
+    // Marketing again clears a pending request; a delete frees the place at once.
+    s.set("owner", "", &["c2"], Marketing).await.unwrap();
+    s.set("owner", "", &["c2"], NonMarketing).await.unwrap();
+    let r = s.set("owner", "", &["c2"], Marketing).await.unwrap();
+    assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::Marketing);
+    assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}");
+    let del = pb::ContactEvent {
+        event_id: "d1".into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Deleted(pb::ContactDeleted { contact_id: "c2".into(), erase: false })),
+    };
+    s.events(vec![del.clone()]).await.unwrap();
+    s.events(vec![del]).await.unwrap();
+    assert_eq!(counts(&s.count().await), (0, 0, 1), "{backend:?}: freed once");
+}
+
+async fn permissions_bad_input_and_other_accounts_change_nothing(backend: Backend) {
+    use MarketingStatus::*;
+    let s = start(backend).await;
+    s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
+    let admin = s.user(ACCOUNT, "admin", &["admin"]);
+    let revoke = pb::SetUserPermissionRequest {
+        permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+    };
+    s.api().set_user_permission(authed(revoke, &admin)).await.unwrap();
+    let before = s.count().await;
+
+    assert_eq!(s.set("intern", "", &["c1"], Marketing).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        s.set("intern", "", &["c1"], NonMarketing).await.unwrap().unchanged,
+        1,
+        "non-marketing needs no permission"
+    );
+    assert_eq!(s.set("owner", "", &["c1"], Unspecified).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(s.set("owner", "", &[], Marketing).await.unwrap_err().code(), Code::InvalidArgument);
+    let too_many: Vec<String> = (0..10_001).map(|i| format!("c{i}")).collect();
+    let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    let err = s.set("owner", "", &refs, Marketing).await.unwrap_err();
+    assert!(err.message().contains("at most 10000"), "{}", err.message());
+    let reader = s.user(ACCOUNT, "owner", &["read"]);
+    let req = pb::SetMarketingStatusRequest {
+        request_id: String::new(),
+        target: Some(Target::Contacts(pb::ContactIds { ids: vec!["c1".into()] })),
+        status: Marketing as i32,
+        source: None,
+    };
+    assert_eq!(
+        s.api().set_marketing_status(authed(req, &reader)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let forged =
+        pb::ApplyContactEventsRequest { events: vec![created("x", "c9", SourceType::Form, Unspecified, "")] };
+    assert_eq!(
+        internal.apply_contact_events(authed(forged, &admin)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(s.count().await, before, "{backend:?}: nothing changed");
+
+    let other = s.user("acct-b", "owner", &["read"]);
+    let req = pb::GetContactStatusRequest { contact_id: "c1".into() };
+    assert_eq!(s.api().get_contact_status(authed(req, &other)).await.unwrap_err().code(), Code::NotFound);
+    let c = s
+        .api()
+        .get_marketing_count(authed(pb::GetMarketingCountRequest {}, &other))
         .await
-        .unwrap();
-        let want = [
-            ("form-1", Marketing),
-            ("import-1", NonMarketing),
-            ("import-2", Marketing),
-            ("manual-1", NonMarketing),
-            ("ext-1", NonMarketing),
-            ("ads-1", Marketing),
-        ];
-        for (contact, status) in want {
-            assert_eq!(s.status(contact).await.status(), status, "{backend:?} {contact}");
-        }
-        let form = s.status("form-1").await.source.unwrap();
-        assert_eq!((form.r#type(), form.id.as_str()), (SourceType::Form, "src-1"));
-        let c = s.count().await;
-        assert_eq!(counts(&c), (3, 0, 3), "{backend:?}");
-        assert_eq!(c.version, 1, "a batch of events is one change of the count");
-        // A redelivered event changes nothing.
-        assert_eq!(
-            s.events(vec![created("e1", "form-1", SourceType::Form, Unspecified, "")]).await.unwrap(),
-            ["e1"]
-        );
-        assert_eq!(s.count().await.version, 1, "{backend:?}");
-    }
+        .unwrap()
+        .into_inner();
+    assert_eq!(c.count.unwrap().version, 0, "{backend:?}: acct-b has nothing");
 }
 
-#[tokio::test]
-async fn the_seeds_worked_example_and_every_status_rule() {
-    use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        s.events(vec![
-            created("e1", "c1", SourceType::Import, Unspecified, ""),
-            created("e2", "c2", SourceType::Import, Unspecified, ""),
-        ])
-        .await
-        .unwrap();
-        assert_eq!(counts(&s.count().await), (0, 0, 2));
-
-        // 30 April: set marketing, counted at once.
-        let r = s.set("owner", "", &["c1", "nope"], Marketing).await.unwrap();
-        assert_eq!((r.changed, r.not_found), (1, 1));
-        assert_eq!(counts(&r.count.unwrap()), (1, 0, 1), "{backend:?}");
-        // 1 May: the update date leaves it marketing for May.
-        assert_eq!(s.update_date(2026, 5, 1).await.applied, 0);
-        assert_eq!(s.status("c1").await.status(), Marketing);
-        // 15 May: set non-marketing; still counted and still eligible until 1 June.
-        let r = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
-        assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
-        let st = s.status("c1").await;
-        assert_eq!((st.status(), st.marketable_until_next_update), (Marketing, true), "{backend:?}");
-        assert_eq!(counts(&s.count().await), (1, 1, 1));
-        let elig = pb::CheckEligibilityRequest {
-            contact_ids: vec!["c1".into(), "c2".into()],
-            tool: MarketingTool::MarketingEmail as i32,
-        };
-        let e = s
-            .api()
-            .check_eligibility(authed(elig, &s.user(ACCOUNT, "u", &["read"])))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!((e.eligible, e.ineligible), (vec!["c1".to_owned()], vec!["c2".to_owned()]));
-        // A retry of the same request returns the first answer and changes nothing.
-        let version = s.count().await.version;
-        let again = s.set("owner", "req-15-may", &["c1"], NonMarketing).await.unwrap();
-        assert_eq!(again.results[0].outcome(), pb::SetStatusOutcome::PendingNonMarketing);
-        assert_eq!(s.count().await.version, version, "{backend:?}");
-        // 1 June: non-marketing takes effect; applying the date again does nothing.
-        let r = s.update_date(2026, 6, 1).await;
-        assert_eq!((r.applied, r.already_applied), (1, false), "{backend:?}");
-        assert_eq!(counts(&r.count.unwrap()), (0, 0, 2));
-        let again = s.update_date(2026, 6, 1).await;
-        assert_eq!((again.applied, again.already_applied), (0, true));
-        let st = s.status("c1").await;
-        assert_eq!((st.status(), st.marketable_until_next_update), (NonMarketing, false));
-        assert_eq!(st.source.unwrap().r#type(), SourceType::System);
-
-        // Marketing again clears a pending request; a delete frees the place at once.
-        s.set("owner", "", &["c2"], Marketing).await.unwrap();
-        s.set("owner", "", &["c2"], NonMarketing).await.unwrap();
-        let r = s.set("owner", "", &["c2"], Marketing).await.unwrap();
-        assert_eq!(r.results[0].outcome(), pb::SetStatusOutcome::Marketing);
-        assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}");
-        let del = pb::ContactEvent {
-            event_id: "d1".into(),
-            account_id: ACCOUNT.into(),
-            occurred_at: None,
-            payload: Some(Payload::Deleted(pb::ContactDeleted { contact_id: "c2".into(), erase: false })),
-        };
-        s.events(vec![del.clone()]).await.unwrap();
-        s.events(vec![del]).await.unwrap();
-        assert_eq!(counts(&s.count().await), (0, 0, 1), "{backend:?}: freed once");
-    }
-}
-
-#[tokio::test]
-async fn permissions_bad_input_and_other_accounts_change_nothing() {
-    use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
-        let admin = s.user(ACCOUNT, "admin", &["admin"]);
-        let revoke = pb::SetUserPermissionRequest {
-            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
-        };
-        s.api().set_user_permission(authed(revoke, &admin)).await.unwrap();
-        let before = s.count().await;
-
-        assert_eq!(s.set("intern", "", &["c1"], Marketing).await.unwrap_err().code(), Code::PermissionDenied);
-        assert_eq!(
-            s.set("intern", "", &["c1"], NonMarketing).await.unwrap().unchanged,
-            1,
-            "non-marketing needs no permission"
-        );
-        assert_eq!(s.set("owner", "", &["c1"], Unspecified).await.unwrap_err().code(), Code::InvalidArgument);
-        assert_eq!(s.set("owner", "", &[], Marketing).await.unwrap_err().code(), Code::InvalidArgument);
-        let too_many: Vec<String> = (0..10_001).map(|i| format!("c{i}")).collect();
-        let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
-        let err = s.set("owner", "", &refs, Marketing).await.unwrap_err();
-        assert!(err.message().contains("at most 10000"), "{}", err.message());
-        let reader = s.user(ACCOUNT, "owner", &["read"]);
-        let req = pb::SetMarketingStatusRequest {
-            request_id: String::new(),
-            target: Some(Target::Contacts(pb::ContactIds { ids: vec!["c1".into()] })),
-            status: Marketing as i32,
-            source: None,
-        };
-        assert_eq!(
-            s.api().set_marketing_status(authed(req, &reader)).await.unwrap_err().code(),
-            Code::PermissionDenied
-        );
-        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
-        let forged = pb::ApplyContactEventsRequest {
-            events: vec![created("x", "c9", SourceType::Form, Unspecified, "")],
-        };
-        assert_eq!(
-            internal.apply_contact_events(authed(forged, &admin)).await.unwrap_err().code(),
-            Code::PermissionDenied
-        );
-        assert_eq!(s.count().await, before, "{backend:?}: nothing changed");
-
-        let other = s.user("acct-b", "owner", &["read"]);
-        let req = pb::GetContactStatusRequest { contact_id: "c1".into() };
-        assert_eq!(s.api().get_contact_status(authed(req, &other)).await.unwrap_err().code(), Code::NotFound);
-        let c = s
-            .api()
-            .get_marketing_count(authed(pb::GetMarketingCountRequest {}, &other))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(c.count.unwrap().version, 0, "{backend:?}: acct-b has nothing");
-    }
-}
-
-#[tokio::test]
-async fn accounts_without_the_feature_refuse_status_changes_until_enabled() {
+async fn accounts_without_the_feature_refuse_status_changes_until_enabled(backend: Backend) {
     use contactier_proto::common::v1::Edition;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        s.events(vec![created("e1", "c1", SourceType::Import, MarketingStatus::Unspecified, "")])
-            .await
-            .unwrap();
-        let version = s.count().await.version;
-        // Billing tells the plan of an account that predates marketing contacts.
-        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
-        let plan = pb::SetAccountPlanRequest {
-            account_id: ACCOUNT.into(),
-            edition: Edition::Professional as i32,
-            marketing_contacts_enabled: false,
-        };
-        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
-        internal.set_account_plan(authed(plan.clone(), &token)).await.unwrap();
-        assert_eq!(s.count().await.version, version + 1, "{backend:?}: billing learns how to bill");
-        let bad = pb::SetAccountPlanRequest { edition: 0, ..plan.clone() };
-        let err = internal.set_account_plan(authed(bad, &token)).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().starts_with("edition"), "{}", err.message());
-        let user = s.user(ACCOUNT, "u", &["read"]);
-        let err = internal.set_account_plan(authed(plan.clone(), &user)).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: service tokens only");
+    let s = start(backend).await;
+    s.events(vec![created("e1", "c1", SourceType::Import, MarketingStatus::Unspecified, "")]).await.unwrap();
+    let version = s.count().await.version;
+    // Billing tells the plan of an account that predates marketing contacts.
+    let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let plan = pb::SetAccountPlanRequest {
+        account_id: ACCOUNT.into(),
+        edition: Edition::Professional as i32,
+        marketing_contacts_enabled: false,
+    };
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    internal.set_account_plan(authed(plan.clone(), &token)).await.unwrap();
+    assert_eq!(s.count().await.version, version + 1, "{backend:?}: billing learns how to bill");
+    let bad = pb::SetAccountPlanRequest { edition: 0, ..plan.clone() };
+    let err = internal.set_account_plan(authed(bad, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("edition"), "{}", err.message());
+    let user = s.user(ACCOUNT, "u", &["read"]);
+    let err = internal.set_account_plan(authed(plan.clone(), &user)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: service tokens only");
 
-        let err = s.set("u", "r1", &["c1"], MarketingStatus::Marketing).await.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
-        assert_eq!(
-            s.status("c1").await.status,
-            MarketingStatus::NonMarketing as i32,
-            "{backend:?}: unchanged"
-        );
-        let settings = s
-            .api()
-            .get_account_settings(authed(pb::GetAccountSettingsRequest {}, &user))
-            .await
-            .unwrap()
-            .into_inner()
-            .settings
-            .unwrap();
-        assert_eq!(
-            (settings.marketing_contacts_enabled, settings.edition),
-            (false, Edition::Professional as i32)
-        );
+    let err = s.set("u", "r1", &["c1"], MarketingStatus::Marketing).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+    assert_eq!(s.status("c1").await.status, MarketingStatus::NonMarketing as i32, "{backend:?}: unchanged");
+    let settings = s
+        .api()
+        .get_account_settings(authed(pb::GetAccountSettingsRequest {}, &user))
+        .await
+        .unwrap()
+        .into_inner()
+        .settings
+        .unwrap();
+    assert_eq!(
+        (settings.marketing_contacts_enabled, settings.edition),
+        (false, Edition::Professional as i32)
+    );
 
-        let err = s
-            .api()
-            .enable_marketing_contacts(authed(
-                pb::EnableMarketingContactsRequest {},
-                &s.user(ACCOUNT, "u", &["write"]),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: admins only");
-        let admin = s.user(ACCOUNT, "u", &["admin"]);
-        s.api()
-            .enable_marketing_contacts(authed(pb::EnableMarketingContactsRequest {}, &admin))
-            .await
-            .unwrap();
-        assert_eq!(s.count().await.version, version + 2, "{backend:?}");
-        // A late or repeated plan from billing does not switch it off again.
-        internal.set_account_plan(authed(plan, &token)).await.unwrap();
-        s.set("u", "r2", &["c1"], MarketingStatus::Marketing).await.unwrap();
-        assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
-    }
+    let err = s
+        .api()
+        .enable_marketing_contacts(authed(
+            pb::EnableMarketingContactsRequest {},
+            &s.user(ACCOUNT, "u", &["write"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: admins only");
+    let admin = s.user(ACCOUNT, "u", &["admin"]);
+    s.api().enable_marketing_contacts(authed(pb::EnableMarketingContactsRequest {}, &admin)).await.unwrap();
+    assert_eq!(s.count().await.version, version + 2, "{backend:?}");
+    // A late or repeated plan from billing does not switch it off again.
+    internal.set_account_plan(authed(plan, &token)).await.unwrap();
+    s.set("u", "r2", &["c1"], MarketingStatus::Marketing).await.unwrap();
+    assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
 }
 
-#[tokio::test]
-async fn source_defaults_audit_trail_and_permission_overrides() {
+async fn source_defaults_audit_trail_and_permission_overrides(backend: Backend) {
     use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let admin = s.user(ACCOUNT, "boss", &["admin"]);
-        let defaults =
-            s.api().list_source_defaults(authed(pb::ListSourceDefaultsRequest {}, &admin)).await.unwrap();
-        let d: Vec<_> = defaults
-            .into_inner()
-            .defaults
-            .into_iter()
-            .map(|d| (d.source_type(), d.default_status(), d.customizable))
-            .collect();
-        assert!(d.contains(&(SourceType::Form, Marketing, true)), "{d:?}");
-        assert!(d.contains(&(SourceType::Import, NonMarketing, true)));
-        assert!(d.contains(&(SourceType::SalesExtension, NonMarketing, false)));
+    let s = start(backend).await;
+    let admin = s.user(ACCOUNT, "boss", &["admin"]);
+    let defaults =
+        s.api().list_source_defaults(authed(pb::ListSourceDefaultsRequest {}, &admin)).await.unwrap();
+    let d: Vec<_> = defaults
+        .into_inner()
+        .defaults
+        .into_iter()
+        .map(|d| (d.source_type(), d.default_status(), d.customizable))
+        .collect();
+    assert!(d.contains(&(SourceType::Form, Marketing, true)), "{d:?}");
+    assert!(d.contains(&(SourceType::Import, NonMarketing, true)));
+    assert!(d.contains(&(SourceType::SalesExtension, NonMarketing, false)));
 
-        // An account makes imports marketing by default; new imports follow, old contacts stay.
-        s.events(vec![created("e1", "old", SourceType::Import, Unspecified, "")]).await.unwrap();
-        let up = |t: SourceType, st: MarketingStatus| pb::UpdateSourceDefaultRequest {
-            source_type: t as i32,
-            default_status: st as i32,
-        };
-        s.api().update_source_default(authed(up(SourceType::Import, Marketing), &admin)).await.unwrap();
-        s.events(vec![created("e2", "new", SourceType::Import, Unspecified, "")]).await.unwrap();
-        assert_eq!(
-            (s.status("old").await.status(), s.status("new").await.status()),
-            (NonMarketing, Marketing),
-            "{backend:?}"
-        );
-        for (req, code) in [
-            (up(SourceType::SalesExtension, Marketing), Code::FailedPrecondition),
-            (up(SourceType::Unspecified, Marketing), Code::InvalidArgument),
-            (up(SourceType::Form, Unspecified), Code::InvalidArgument),
-        ] {
-            let err = s.api().update_source_default(authed(req, &admin)).await.unwrap_err();
-            assert_eq!(err.code(), code, "{backend:?}");
-        }
-        let err = s
-            .api()
-            .update_source_default(authed(
-                up(SourceType::Form, NonMarketing),
-                &s.user(ACCOUNT, "w", &["write"]),
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "admins only");
-
-        // The audit trail, newest first, one page at a time; a non-marketing request only sets
-        // the pending flag.
-        s.set("owner", "r1", &["old"], Marketing).await.unwrap();
-        s.set("owner", "r2", &["old"], NonMarketing).await.unwrap();
-        let (mut trail, mut token) = (Vec::new(), String::new());
-        loop {
-            let req =
-                pb::ListStatusChangesRequest { contact_id: "old".into(), page_size: 1, page_token: token };
-            let r = s.api().list_status_changes(authed(req, &admin)).await.unwrap().into_inner();
-            trail.extend(r.changes.into_iter().map(|c| (c.to_status(), c.pending, c.request_id)));
-            if r.next_page_token.is_empty() {
-                break;
-            }
-            token = r.next_page_token;
-        }
-        assert_eq!(
-            trail,
-            [
-                (Marketing, true, "r2".to_owned()),
-                (Marketing, false, "r1".to_owned()),
-                (NonMarketing, false, String::new())
-            ],
-            "{backend:?}"
-        );
-        let all = s
-            .api()
-            .list_status_changes(authed(pb::ListStatusChangesRequest::default(), &admin))
-            .await
-            .unwrap();
-        assert_eq!(all.into_inner().changes.len(), 4);
-
-        // Overrides of the granted-by-default permission are listed.
-        let deny = pb::SetUserPermissionRequest {
-            permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
-        };
-        s.api().set_user_permission(authed(deny, &admin)).await.unwrap();
-        let list = s
-            .api()
-            .list_user_permissions(authed(pb::ListUserPermissionsRequest {}, &admin))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            list.permissions,
-            [pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }]
-        );
+    // An account makes imports marketing by default; new imports follow, old contacts stay.
+    s.events(vec![created("e1", "old", SourceType::Import, Unspecified, "")]).await.unwrap();
+    let up = |t: SourceType, st: MarketingStatus| pb::UpdateSourceDefaultRequest {
+        source_type: t as i32,
+        default_status: st as i32,
+    };
+    s.api().update_source_default(authed(up(SourceType::Import, Marketing), &admin)).await.unwrap();
+    s.events(vec![created("e2", "new", SourceType::Import, Unspecified, "")]).await.unwrap();
+    assert_eq!(
+        (s.status("old").await.status(), s.status("new").await.status()),
+        (NonMarketing, Marketing),
+        "{backend:?}"
+    );
+    for (req, code) in [
+        (up(SourceType::SalesExtension, Marketing), Code::FailedPrecondition),
+        (up(SourceType::Unspecified, Marketing), Code::InvalidArgument),
+        (up(SourceType::Form, Unspecified), Code::InvalidArgument),
+    ] {
+        let err = s.api().update_source_default(authed(req, &admin)).await.unwrap_err();
+        assert_eq!(err.code(), code, "{backend:?}");
     }
+    let err = s
+        .api()
+        .update_source_default(authed(up(SourceType::Form, NonMarketing), &s.user(ACCOUNT, "w", &["write"])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "admins only");
+
+    // The audit trail, newest first, one page at a time; a non-marketing request only sets
+    // the pending flag.
+    s.set("owner", "r1", &["old"], Marketing).await.unwrap();
+    s.set("owner", "r2", &["old"], NonMarketing).await.unwrap();
+    let (mut trail, mut token) = (Vec::new(), String::new());
+    loop {
+        let req = pb::ListStatusChangesRequest { contact_id: "old".into(), page_size: 1, page_token: token };
+        let r = s.api().list_status_changes(authed(req, &admin)).await.unwrap().into_inner();
+        trail.extend(r.changes.into_iter().map(|c| (c.to_status(), c.pending, c.request_id)));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(
+        trail,
+        [
+            (Marketing, true, "r2".to_owned()),
+            (Marketing, false, "r1".to_owned()),
+            (NonMarketing, false, String::new())
+        ],
+        "{backend:?}"
+    );
+    let all =
+        s.api().list_status_changes(authed(pb::ListStatusChangesRequest::default(), &admin)).await.unwrap();
+    assert_eq!(all.into_inner().changes.len(), 4);
+
+    // Overrides of the granted-by-default permission are listed.
+    let deny = pb::SetUserPermissionRequest {
+        permission: Some(pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }),
+    };
+    s.api().set_user_permission(authed(deny, &admin)).await.unwrap();
+    let list = s
+        .api()
+        .list_user_permissions(authed(pb::ListUserPermissionsRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.permissions, [pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }]);
 }
 
-#[tokio::test]
-async fn a_pending_request_made_after_the_processing_instant_waits_for_the_next_update_date() {
+async fn a_pending_request_made_after_the_processing_instant_waits_for_the_next_update_date(
+    backend: Backend,
+) {
     use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        s.events(vec![created("e1", "c1", SourceType::Form, Unspecified, "")]).await.unwrap();
-        // Billing processes 30 April's date late, after the user (at 15:00) asked for non-marketing.
-        s.set("owner", "", &["c1"], NonMarketing).await.unwrap();
-        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
-        let req = pb::ApplyUpdateDateRequest {
-            account_id: ACCOUNT.into(),
-            update_date: Some(Date { year: 2026, month: 4, day: 30 }),
-            effective_at: Some(prost_types::Timestamp {
-                seconds: Utc.with_ymd_and_hms(2026, 4, 30, 4, 0, 0).unwrap().timestamp(),
-                nanos: 0,
-            }),
-        };
-        let mut c = MarketingStatusInternalServiceClient::new(s.channel.clone());
-        let r = c.apply_update_date(authed(req, &token)).await.unwrap().into_inner();
-        assert_eq!(r.applied, 0, "{backend:?}");
-        assert!(s.status("c1").await.marketable_until_next_update, "{backend:?}: still pending");
-        assert_eq!(s.update_date(2026, 5, 1).await.applied, 1);
-    }
+    let s = start(backend).await;
+    s.events(vec![created("e1", "c1", SourceType::Form, Unspecified, "")]).await.unwrap();
+    // Billing processes 30 April's date late, after the user (at 15:00) asked for non-marketing.
+    s.set("owner", "", &["c1"], NonMarketing).await.unwrap();
+    let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let req = pb::ApplyUpdateDateRequest {
+        account_id: ACCOUNT.into(),
+        update_date: Some(Date { year: 2026, month: 4, day: 30 }),
+        effective_at: Some(prost_types::Timestamp {
+            seconds: Utc.with_ymd_and_hms(2026, 4, 30, 4, 0, 0).unwrap().timestamp(),
+            nanos: 0,
+        }),
+    };
+    let mut c = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let r = c.apply_update_date(authed(req, &token)).await.unwrap().into_inner();
+    assert_eq!(r.applied, 0, "{backend:?}");
+    assert!(s.status("c1").await.marketable_until_next_update, "{backend:?}: still pending");
+    assert_eq!(s.update_date(2026, 5, 1).await.applied, 1);
 }
 
 /// Runs, their retries and their failures need the contacts service: see
 /// `tests/tests/hostile.rs` (`workflows_refuse_missing_lists_and_fail_runs_for_good`).
-#[tokio::test]
-async fn workflows_belong_to_professional_and_enterprise() {
+async fn workflows_belong_to_professional_and_enterprise(backend: Backend) {
     use contactier_proto::common::v1::Edition;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let admin = s.user(ACCOUNT, "boss", &["admin"]);
-        let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
-        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
-        let plan = |e: Edition| pb::SetAccountPlanRequest {
-            account_id: ACCOUNT.into(),
-            edition: e as i32,
-            marketing_contacts_enabled: true,
-        };
-        let workflow = pb::Workflow {
-            name: "Newsletter list".into(),
-            target: Some(pb::workflow::Target::ListId("list-1".into())),
-            action: pb::WorkflowAction::SetMarketing as i32,
-            ..Default::default()
-        };
-        internal.set_account_plan(authed(plan(Edition::Starter), &token)).await.unwrap();
-        let err = s
-            .api()
-            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow.clone()) }, &admin))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: not on Starter");
+    let s = start(backend).await;
+    let admin = s.user(ACCOUNT, "boss", &["admin"]);
+    let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let plan = |e: Edition| pb::SetAccountPlanRequest {
+        account_id: ACCOUNT.into(),
+        edition: e as i32,
+        marketing_contacts_enabled: true,
+    };
+    let workflow = pb::Workflow {
+        name: "Newsletter list".into(),
+        target: Some(pb::workflow::Target::ListId("list-1".into())),
+        action: pb::WorkflowAction::SetMarketing as i32,
+        ..Default::default()
+    };
+    internal.set_account_plan(authed(plan(Edition::Starter), &token)).await.unwrap();
+    let err = s
+        .api()
+        .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow.clone()) }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: not on Starter");
 
-        internal.set_account_plan(authed(plan(Edition::Professional), &token)).await.unwrap();
-        let bad = pb::Workflow { action: 0, ..workflow.clone() };
-        let err = s
-            .api()
-            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(bad) }, &admin))
-            .await
-            .unwrap_err();
-        assert!(err.message().starts_with("workflow.action"), "{}", err.message());
-        // The list is checked with the contacts service, unreachable here: try again later.
-        let err = s
-            .api()
-            .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow) }, &admin))
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
-    }
+    internal.set_account_plan(authed(plan(Edition::Professional), &token)).await.unwrap();
+    let bad = pb::Workflow { action: 0, ..workflow.clone() };
+    let err = s
+        .api()
+        .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(bad) }, &admin))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("workflow.action"), "{}", err.message());
+    // The list is checked with the contacts service, unreachable here: try again later.
+    let err = s
+        .api()
+        .create_workflow(authed(pb::CreateWorkflowRequest { workflow: Some(workflow) }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{backend:?}: {err:?}");
 }
 
-#[tokio::test]
-async fn a_contact_named_twice_in_one_request_changes_and_counts_once() {
+async fn a_contact_named_twice_in_one_request_changes_and_counts_once(backend: Backend) {
     use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
-        let r = s.set("owner", "", &["c1", "c1", "c2"], Marketing).await.unwrap();
-        let outcomes: Vec<_> = r.results.iter().map(|x| x.outcome()).collect();
-        use pb::SetStatusOutcome as O;
-        assert_eq!(outcomes, [O::Marketing, O::Unchanged, O::NotFound], "{backend:?}");
-        assert_eq!((r.changed, r.unchanged, r.not_found), (1, 1, 1));
-        assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
-    }
+    let s = start(backend).await;
+    s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
+    let r = s.set("owner", "", &["c1", "c1", "c2"], Marketing).await.unwrap();
+    let outcomes: Vec<_> = r.results.iter().map(|x| x.outcome()).collect();
+    use pb::SetStatusOutcome as O;
+    assert_eq!(outcomes, [O::Marketing, O::Unchanged, O::NotFound], "{backend:?}");
+    assert_eq!((r.changed, r.unchanged, r.not_found), (1, 1, 1));
+    assert_eq!(counts(&s.count().await), (1, 0, 0), "{backend:?}");
 }
 
 /// Writers changing the same contacts at the same moment: the counts stay what the statuses
 /// say, every change is audited once, and no writer gets anything but an answer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writers_on_the_same_contacts_keep_the_counts_exact() {
+async fn concurrent_writers_on_the_same_contacts_keep_the_counts_exact(backend: Backend) {
     use MarketingStatus::*;
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        let ids: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
-        let events = ids
-            .iter()
-            .enumerate()
-            .map(|(i, c)| created(&format!("ev{i}"), c, SourceType::Import, Unspecified, ""));
-        s.events(events.collect()).await.unwrap();
-        // Eight writers over overlapping thirds, each flipping its contacts six times.
-        let mut writers = tokio::task::JoinSet::new();
-        for w in 0..8usize {
-            let mut api = s.api();
-            let token = s.user(ACCOUNT, "owner", &["write"]);
-            let part: Vec<String> = ids.iter().skip((w % 4) * 50).take(150).cloned().collect();
-            writers.spawn(async move {
-                for round in 0..6 {
-                    let status = if (round + w) % 2 == 0 { Marketing } else { NonMarketing };
-                    let req = pb::SetMarketingStatusRequest {
-                        request_id: format!("w{w}-r{round}"),
-                        target: Some(Target::Contacts(pb::ContactIds { ids: part.clone() })),
-                        status: status as i32,
-                        source: None,
-                    };
-                    api.set_marketing_status(authed(req, &token)).await.expect("every writer is answered");
-                }
-            });
-        }
-        // Meanwhile, update dates are applied, the clock moving on after each.
-        let (clock, token) = (
-            s.platform.clock.clone(),
-            s.platform.authenticator.service_token("billing", chrono::Duration::hours(1)),
-        );
-        let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
-        let applier = tokio::spawn(async move {
-            let mut applied = 0;
-            for month in 5..=12 {
-                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
-                let req = pb::ApplyUpdateDateRequest {
-                    account_id: ACCOUNT.into(),
-                    update_date: Some(Date { year: 2026, month, day: 1 }),
-                    effective_at: Some(contactier_runtime::convert::timestamp(
-                        Utc.with_ymd_and_hms(2026, month as u32, 1, 4, 0, 0).unwrap(),
-                    )),
+    let s = start(backend).await;
+    let ids: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+    let events = ids
+        .iter()
+        .enumerate()
+        .map(|(i, c)| created(&format!("ev{i}"), c, SourceType::Import, Unspecified, ""));
+    s.events(events.collect()).await.unwrap();
+    // Eight writers over overlapping thirds, each flipping its contacts six times.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8usize {
+        let mut api = s.api();
+        let token = s.user(ACCOUNT, "owner", &["write"]);
+        let part: Vec<String> = ids.iter().skip((w % 4) * 50).take(150).cloned().collect();
+        writers.spawn(async move {
+            for round in 0..6 {
+                let status = if (round + w) % 2 == 0 { Marketing } else { NonMarketing };
+                let req = pb::SetMarketingStatusRequest {
+                    request_id: format!("w{w}-r{round}"),
+                    target: Some(Target::Contacts(pb::ContactIds { ids: part.clone() })),
+                    status: status as i32,
+                    source: None,
                 };
-                let r = internal
-                    .apply_update_date(authed(req, &token))
-                    .await
-                    .expect("the update date is applied");
-                applied += r.into_inner().applied;
-                clock.advance(chrono::Duration::minutes(1)).await.unwrap();
+                api.set_marketing_status(authed(req, &token)).await.expect("every writer is answered");
             }
-            applied
         });
-        while let Some(done) = writers.join_next().await {
-            done.unwrap();
-        }
-        assert!(applier.await.unwrap() > 0, "{backend:?}: no update date found a pending contact");
-        let statuses = || async {
-            let req = pb::BatchGetContactStatusesRequest { contact_ids: ids.clone() };
-            s.api()
-                .batch_get_contact_statuses(authed(req, &s.user(ACCOUNT, "u", &["read"])))
-                .await
-                .unwrap()
-                .into_inner()
-                .statuses
-        };
-        let shown = statuses().await;
-        assert_eq!(shown.len(), 300);
-        let marketing = shown.iter().filter(|c| c.status() == Marketing).count() as i64;
-        let pending = shown.iter().filter(|c| c.marketable_until_next_update).count() as i64;
-        assert_eq!(counts(&s.count().await), (marketing, pending, 300 - marketing), "{backend:?}");
-        // Once the update dates' contacts are rewritten, they read the same.
-        s.platform.clock.advance(chrono::Duration::seconds(1)).await.unwrap();
-        assert_eq!(statuses().await, shown, "{backend:?}");
     }
+    // Meanwhile, update dates are applied, the clock moving on after each.
+    let (clock, token) = (
+        s.platform.clock.clone(),
+        s.platform.authenticator.service_token("billing", chrono::Duration::hours(1)),
+    );
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let applier = tokio::spawn(async move {
+        let mut applied = 0;
+        for month in 5..=12 {
+            tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+            let req = pb::ApplyUpdateDateRequest {
+                account_id: ACCOUNT.into(),
+                update_date: Some(Date { year: 2026, month, day: 1 }),
+                effective_at: Some(contactier_runtime::convert::timestamp(
+                    Utc.with_ymd_and_hms(2026, month as u32, 1, 4, 0, 0).unwrap(),
+                )),
+            };
+            let r =
+                internal.apply_update_date(authed(req, &token)).await.expect("the update date is applied");
+            applied += r.into_inner().applied;
+            clock.advance(chrono::Duration::minutes(1)).await.unwrap();
+        }
+        applied
+    });
+    while let Some(done) = writers.join_next().await {
+        done.unwrap();
+    }
+    assert!(applier.await.unwrap() > 0, "{backend:?}: no update date found a pending contact");
+    let statuses = || async {
+        let req = pb::BatchGetContactStatusesRequest { contact_ids: ids.clone() };
+        s.api()
+            .batch_get_contact_statuses(authed(req, &s.user(ACCOUNT, "u", &["read"])))
+            .await
+            .unwrap()
+            .into_inner()
+            .statuses
+    };
+    let shown = statuses().await;
+    assert_eq!(shown.len(), 300);
+    let marketing = shown.iter().filter(|c| c.status() == Marketing).count() as i64;
+    let pending = shown.iter().filter(|c| c.marketable_until_next_update).count() as i64;
+    assert_eq!(counts(&s.count().await), (marketing, pending, 300 - marketing), "{backend:?}");
+    // Once the update dates' contacts are rewritten, they read the same.
+    s.platform.clock.advance(chrono::Duration::seconds(1)).await.unwrap();
+    assert_eq!(statuses().await, shown, "{backend:?}");
 }
+
+contactier_runtime::backend_tests!(
+    new_contacts_get_their_sources_defaults,
+    the_seeds_worked_example_and_every_status_rule,
+    permissions_bad_input_and_other_accounts_change_nothing,
+    accounts_without_the_feature_refuse_status_changes_until_enabled,
+    source_defaults_audit_trail_and_permission_overrides,
+    a_pending_request_made_after_the_processing_instant_waits_for_the_next_update_date,
+    workflows_belong_to_professional_and_enterprise,
+    a_contact_named_twice_in_one_request_changes_and_counts_once,
+    concurrent_writers_on_the_same_contacts_keep_the_counts_exact,
+);

@@ -159,188 +159,170 @@ fn kinds(alerts: &[pb::Alert]) -> Vec<(AlertKind, i64)> {
     alerts.iter().rev().map(|a| (a.kind(), a.tier)).collect()
 }
 
-#[tokio::test]
-async fn each_threshold_fires_once_per_tier_and_period() {
+async fn each_threshold_fires_once_per_tier_and_period(backend: Backend) {
     use AlertKind::*;
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let may = date(2026, 5, 1);
-        assert_eq!(s.apply(vec![usage("e1", 1, 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
-        assert_eq!(kinds(&s.alerts(ACCOUNT).await), [(Threshold75, 2_000)], "{backend:?}");
+    let s = start(backend, delivery_args(None)).await;
+    let may = date(2026, 5, 1);
+    assert_eq!(s.apply(vec![usage("e1", 1, 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
+    assert_eq!(kinds(&s.alerts(ACCOUNT).await), [(Threshold75, 2_000)], "{backend:?}");
 
-        // A redelivered event is acknowledged and changes nothing.
-        assert_eq!(s.apply(vec![usage("e1", 1, 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
-        // A jump past two thresholds sends both; a lower count later sends nothing again.
-        s.apply(vec![usage("e2", 2, 1_990, 2_000, may, None), usage("e3", 3, 1_700, 2_000, may, None)])
-            .await
-            .unwrap();
-        s.apply(vec![usage("e4", 4, 1_995, 2_000, may, None)]).await.unwrap();
-        assert_eq!(
-            kinds(&s.alerts(ACCOUNT).await),
-            [(Threshold75, 2_000), (Threshold90, 2_000), (Threshold98, 2_000)],
-            "{backend:?}"
-        );
+    // A redelivered event is acknowledged and changes nothing.
+    assert_eq!(s.apply(vec![usage("e1", 1, 1_500, 2_000, may, None)]).await.unwrap(), ["e1"]);
+    // A jump past two thresholds sends both; a lower count later sends nothing again.
+    s.apply(vec![usage("e2", 2, 1_990, 2_000, may, None), usage("e3", 3, 1_700, 2_000, may, None)])
+        .await
+        .unwrap();
+    s.apply(vec![usage("e4", 4, 1_995, 2_000, may, None)]).await.unwrap();
+    assert_eq!(
+        kinds(&s.alerts(ACCOUNT).await),
+        [(Threshold75, 2_000), (Threshold90, 2_000), (Threshold98, 2_000)],
+        "{backend:?}"
+    );
 
-        // A new update period re-arms them.
-        s.apply(vec![usage("e5", 5, 1_995, 2_000, date(2026, 6, 1), None)]).await.unwrap();
-        assert_eq!(s.alerts(ACCOUNT).await.len(), 6, "{backend:?}");
+    // A new update period re-arms them.
+    s.apply(vec![usage("e5", 5, 1_995, 2_000, date(2026, 6, 1), None)]).await.unwrap();
+    assert_eq!(s.alerts(ACCOUNT).await.len(), 6, "{backend:?}");
 
-        // Exceeding the tier names the upgrade; the new tier's thresholds are checked at once.
-        s.apply(vec![usage("e6", 6, 6_900, 7_000, date(2026, 6, 1), Some(("up-1", 2_000)))]).await.unwrap();
-        let all = s.alerts(ACCOUNT).await;
-        assert_eq!(
-            kinds(&all)[6..],
-            [(TierExceeded, 2_000), (Threshold75, 7_000), (Threshold90, 7_000), (Threshold98, 7_000)],
-            "{backend:?}"
-        );
-        let exceeded = all.iter().find(|a| a.kind() == TierExceeded).unwrap();
-        assert_eq!(
-            (exceeded.upgrade_id.as_str(), exceeded.new_tier, exceeded.marketing_count),
-            ("up-1", 7_000, 6_900)
-        );
-        let seqs: Vec<i64> = all.iter().rev().map(|a| a.sequence).collect();
-        assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{backend:?}: gap-free sequence");
-    }
+    // Exceeding the tier names the upgrade; the new tier's thresholds are checked at once.
+    s.apply(vec![usage("e6", 6, 6_900, 7_000, date(2026, 6, 1), Some(("up-1", 2_000)))]).await.unwrap();
+    let all = s.alerts(ACCOUNT).await;
+    assert_eq!(
+        kinds(&all)[6..],
+        [(TierExceeded, 2_000), (Threshold75, 7_000), (Threshold90, 7_000), (Threshold98, 7_000)],
+        "{backend:?}"
+    );
+    let exceeded = all.iter().find(|a| a.kind() == TierExceeded).unwrap();
+    assert_eq!(
+        (exceeded.upgrade_id.as_str(), exceeded.new_tier, exceeded.marketing_count),
+        ("up-1", 7_000, 6_900)
+    );
+    let seqs: Vec<i64> = all.iter().rev().map(|a| a.sequence).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{backend:?}: gap-free sequence");
 }
 
-#[tokio::test]
-async fn upgrade_and_invoice_notices_and_paging() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let upgraded = pb::BillingEvent {
-            event_id: "u1".into(),
-            account_id: ACCOUNT.into(),
-            occurred_at: None,
-            payload: Some(Payload::Upgraded(pb::TierUpgraded {
-                upgrade_id: "up-9".into(),
-                from_tier: 2_000,
-                to_tier: 7_000,
-                marketing_count: 2_001,
-                period_start: date(2026, 5, 1),
-            })),
-        };
-        let invoice = pb::BillingEvent {
-            event_id: "i1".into(),
-            account_id: ACCOUNT.into(),
-            occurred_at: None,
-            payload: Some(Payload::Invoice(pb::InvoiceIssued {
-                invoice_id: "inv-1".into(),
-                number: 1,
-                total: Some(Money { amount_minor: 25_005, currency: "EUR".into() }),
-            })),
-        };
-        s.apply(vec![upgraded, invoice]).await.unwrap();
-        let token = s.user(ACCOUNT, &["read"]);
-        let first = s
-            .api()
-            .list_alerts(authed(pb::ListAlertsRequest { page_size: 1, page_token: String::new() }, &token))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(first.alerts.len(), 1);
-        assert_eq!(first.alerts[0].kind(), AlertKind::InvoiceIssued, "{backend:?}: newest first");
-        assert_eq!(first.alerts[0].amount, Some(Money { amount_minor: 25_005, currency: "EUR".into() }));
-        assert!(first.alerts[0].message.contains("250.05 EUR"));
-        let second = s
-            .api()
-            .list_alerts(authed(
-                pb::ListAlertsRequest { page_size: 1, page_token: first.next_page_token },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(second.alerts[0].kind(), AlertKind::TierUpgraded);
-        assert_eq!((second.alerts[0].tier, second.alerts[0].new_tier), (2_000, 7_000));
-        let bad = pb::ListAlertsRequest { page_size: 1, page_token: "x'; --".into() };
-        let err = s.api().list_alerts(authed(bad, &token)).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("page_token"));
-    }
+async fn upgrade_and_invoice_notices_and_paging(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let upgraded = pb::BillingEvent {
+        event_id: "u1".into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Upgraded(pb::TierUpgraded {
+            upgrade_id: "up-9".into(),
+            from_tier: 2_000,
+            to_tier: 7_000,
+            marketing_count: 2_001,
+            period_start: date(2026, 5, 1),
+        })),
+    };
+    let invoice = pb::BillingEvent {
+        event_id: "i1".into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Invoice(pb::InvoiceIssued {
+            invoice_id: "inv-1".into(),
+            number: 1,
+            total: Some(Money { amount_minor: 25_005, currency: "EUR".into() }),
+        })),
+    };
+    s.apply(vec![upgraded, invoice]).await.unwrap();
+    let token = s.user(ACCOUNT, &["read"]);
+    let first = s
+        .api()
+        .list_alerts(authed(pb::ListAlertsRequest { page_size: 1, page_token: String::new() }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.alerts.len(), 1);
+    assert_eq!(first.alerts[0].kind(), AlertKind::InvoiceIssued, "{backend:?}: newest first");
+    assert_eq!(first.alerts[0].amount, Some(Money { amount_minor: 25_005, currency: "EUR".into() }));
+    assert!(first.alerts[0].message.contains("250.05 EUR"));
+    let second = s
+        .api()
+        .list_alerts(authed(
+            pb::ListAlertsRequest { page_size: 1, page_token: first.next_page_token },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.alerts[0].kind(), AlertKind::TierUpgraded);
+    assert_eq!((second.alerts[0].tier, second.alerts[0].new_tier), (2_000, 7_000));
+    let bad = pb::ListAlertsRequest { page_size: 1, page_token: "x'; --".into() };
+    let err = s.api().list_alerts(authed(bad, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"));
 }
 
-#[tokio::test]
-async fn bad_events_are_refused_whole_and_only_services_may_send_them() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let mut no_date = usage("b2", 2, 1_900, 2_000, None, None);
-        let err = s
-            .apply(vec![usage("b1", 1, 1_900, 2_000, date(2026, 5, 1), None), no_date.clone()])
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("period_start"), "{}", err.message());
-        // A kind of event no longer sent (no payload this service knows) is acknowledged.
-        no_date.payload = None;
-        assert_eq!(s.apply(vec![no_date]).await.unwrap(), ["b2"]);
-        let err = s.apply(vec![usage("b3", 1, 10, 2_000, date(2026, 2, 30), None)]).await.unwrap_err();
-        assert!(err.message().contains("calendar date"), "{}", err.message());
-        let err = s.apply(vec![usage("b4", 1, -1, 2_000, date(2026, 5, 1), None)]).await.unwrap_err();
-        assert!(err.message().contains("marketing_count"));
-        let err = s
-            .apply(vec![usage("b5", 1, 2_500, 1_000, date(2026, 5, 1), Some(("up", 2_000)))])
-            .await
-            .unwrap_err();
-        assert!(err.message().contains("from_tier"), "{}", err.message());
-        assert!(s.alerts(ACCOUNT).await.is_empty(), "{backend:?}: nothing of a refused batch was applied");
+async fn bad_events_are_refused_whole_and_only_services_may_send_them(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let mut no_date = usage("b2", 2, 1_900, 2_000, None, None);
+    let err = s
+        .apply(vec![usage("b1", 1, 1_900, 2_000, date(2026, 5, 1), None), no_date.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("period_start"), "{}", err.message());
+    // A kind of event no longer sent (no payload this service knows) is acknowledged.
+    no_date.payload = None;
+    assert_eq!(s.apply(vec![no_date]).await.unwrap(), ["b2"]);
+    let err = s.apply(vec![usage("b3", 1, 10, 2_000, date(2026, 2, 30), None)]).await.unwrap_err();
+    assert!(err.message().contains("calendar date"), "{}", err.message());
+    let err = s.apply(vec![usage("b4", 1, -1, 2_000, date(2026, 5, 1), None)]).await.unwrap_err();
+    assert!(err.message().contains("marketing_count"));
+    let err =
+        s.apply(vec![usage("b5", 1, 2_500, 1_000, date(2026, 5, 1), Some(("up", 2_000)))]).await.unwrap_err();
+    assert!(err.message().contains("from_tier"), "{}", err.message());
+    assert!(s.alerts(ACCOUNT).await.is_empty(), "{backend:?}: nothing of a refused batch was applied");
 
-        // Even an admin user may not feed events.
-        let admin = s.user(ACCOUNT, &["admin"]);
-        let req = pb::ApplyBillingEventsRequest {
-            events: vec![usage("b6", 1, 1_900, 2_000, date(2026, 5, 1), None)],
-        };
-        let err = s.internal().apply_billing_events(authed(req, &admin)).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied);
-        assert!(s.alerts(ACCOUNT).await.is_empty());
-    }
+    // Even an admin user may not feed events.
+    let admin = s.user(ACCOUNT, &["admin"]);
+    let req =
+        pb::ApplyBillingEventsRequest { events: vec![usage("b6", 1, 1_900, 2_000, date(2026, 5, 1), None)] };
+    let err = s.internal().apply_billing_events(authed(req, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(s.alerts(ACCOUNT).await.is_empty());
 }
 
-#[tokio::test]
-async fn the_watch_stream_resumes_without_missing_an_alert() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let token = s.user(ACCOUNT, &["read"]);
-        s.apply(vec![usage("w1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+async fn the_watch_stream_resumes_without_missing_an_alert(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let token = s.user(ACCOUNT, &["read"]);
+    s.apply(vec![usage("w1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
 
-        let mut stream = s
-            .api()
-            .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 0 }, &token))
-            .await
-            .unwrap()
-            .into_inner();
-        let first = stream.message().await.unwrap().unwrap().alert.unwrap();
-        assert_eq!((first.sequence, first.kind()), (1, AlertKind::Threshold75), "{backend:?}: replayed");
+    let mut stream = s
+        .api()
+        .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 0 }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap().alert.unwrap();
+    assert_eq!((first.sequence, first.kind()), (1, AlertKind::Threshold75), "{backend:?}: replayed");
 
-        s.apply(vec![usage("w2", 2, 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        let live =
-            tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
-        assert_eq!(live.alert.unwrap().kind(), AlertKind::Threshold90, "{backend:?}: live");
-        drop(stream);
+    s.apply(vec![usage("w2", 2, 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    let live =
+        tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(live.alert.unwrap().kind(), AlertKind::Threshold90, "{backend:?}: live");
+    drop(stream);
 
-        // While disconnected, another alert; reconnecting after the last seen gets it, and only it.
-        s.apply(vec![usage("w3", 3, 1_990, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        let mut again = s
-            .api()
-            .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 2 }, &token))
-            .await
-            .unwrap()
-            .into_inner();
-        let missed = again.message().await.unwrap().unwrap().alert.unwrap();
-        assert_eq!((missed.sequence, missed.kind()), (3, AlertKind::Threshold98), "{backend:?}");
+    // While disconnected, another alert; reconnecting after the last seen gets it, and only it.
+    s.apply(vec![usage("w3", 3, 1_990, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    let mut again = s
+        .api()
+        .watch_alerts(authed(pb::WatchAlertsRequest { after_sequence: 2 }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let missed = again.message().await.unwrap().unwrap().alert.unwrap();
+    assert_eq!((missed.sequence, missed.kind()), (3, AlertKind::Threshold98), "{backend:?}");
 
-        // Another account's alerts never reach this stream.
-        let mut other = usage("w4", 1, 1_990, 2_000, date(2026, 5, 1), None);
-        other.account_id = "acct-b".into();
-        s.apply(vec![other]).await.unwrap();
-        let quiet = tokio::time::timeout(Duration::from_millis(1500), again.message()).await;
-        assert!(quiet.is_err(), "{backend:?}: nothing from acct-b: {quiet:?}");
+    // Another account's alerts never reach this stream.
+    let mut other = usage("w4", 1, 1_990, 2_000, date(2026, 5, 1), None);
+    other.account_id = "acct-b".into();
+    s.apply(vec![other]).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), again.message()).await;
+    assert!(quiet.is_err(), "{backend:?}: nothing from acct-b: {quiet:?}");
 
-        let bad = pb::WatchAlertsRequest { after_sequence: -1 };
-        assert_eq!(
-            s.api().watch_alerts(authed(bad, &token)).await.unwrap_err().code(),
-            Code::InvalidArgument
-        );
-    }
+    let bad = pb::WatchAlertsRequest { after_sequence: -1 };
+    assert_eq!(s.api().watch_alerts(authed(bad, &token)).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
 /// A local webhook receiver that records what it gets and answers 204, or 500 while failing.
@@ -410,200 +392,185 @@ async fn add_webhook(s: &Svc, url: &str) -> String {
     }
 }
 
-#[tokio::test]
-async fn webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettered() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let hook = receiver().await;
-        let secret = add_webhook(&s, &hook.url).await;
-        assert!(secret.starts_with("whsec_"));
+async fn webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettered(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let hook = receiver().await;
+    let secret = add_webhook(&s, &hook.url).await;
+    assert!(secret.starts_with("whsec_"));
 
-        s.apply(vec![usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        s.settle().await;
-        {
-            let got = hook.received.lock().unwrap();
-            assert_eq!(got.len(), 1, "{backend:?}: delivered once");
-            let (headers, body) = &got[0];
-            assert!(verify(&secret, headers, body), "{backend:?}: signature checks out");
-            let json: serde_json::Value = serde_json::from_slice(body).unwrap();
-            assert_eq!(json["type"], "alerts");
-            assert_eq!(json["data"]["account_id"], ACCOUNT);
-            assert_eq!(json["data"]["alerts"][0]["kind"], "threshold_75");
-            assert_eq!(json["data"]["alerts"][0]["marketing_count"], 1_500);
-        }
-        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1);
-
-        // The receiver breaks: three tries with backoff, then the dead letter.
-        hook.status.store(500, Ordering::SeqCst);
-        s.apply(vec![usage("h2", 2, 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        s.settle().await;
-        assert_eq!(
-            s.deliveries(Some(DeliveryState::Pending)).await.len(),
-            1,
-            "{backend:?}: waiting for a retry"
-        );
-        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
-        let token = s.user(ACCOUNT, &["read"]);
-        let dead = s
-            .api()
-            .list_dead_letters(authed(
-                pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
-                &token,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries;
-        assert_eq!(dead.len(), 1, "{backend:?}");
-        assert_eq!(dead[0].attempts.len(), 3);
-        assert!(dead[0].attempts.iter().all(|a| a.status_code == 500 && !a.error.is_empty()));
-        assert_eq!(hook.received.lock().unwrap().len(), 4);
-
-        // Fixed: a redrive delivers it, once.
-        hook.status.store(200, Ordering::SeqCst);
-        let writer = s.user(ACCOUNT, &["write"]);
-        let id = dead[0].id.clone();
-        let r = s
-            .api()
-            .redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id.clone() }, &writer))
-            .await
-            .unwrap();
-        assert_eq!(r.into_inner().delivery.unwrap().state(), DeliveryState::Pending);
-        s.settle().await;
-        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 2, "{backend:?}");
-        assert_eq!(hook.received.lock().unwrap().len(), 5);
-        let again = s
-            .api()
-            .redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id }, &writer))
-            .await;
-        assert_eq!(again.unwrap_err().code(), Code::FailedPrecondition);
+    s.apply(vec![usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    s.settle().await;
+    {
+        let got = hook.received.lock().unwrap();
+        assert_eq!(got.len(), 1, "{backend:?}: delivered once");
+        let (headers, body) = &got[0];
+        assert!(verify(&secret, headers, body), "{backend:?}: signature checks out");
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(json["type"], "alerts");
+        assert_eq!(json["data"]["account_id"], ACCOUNT);
+        assert_eq!(json["data"]["alerts"][0]["kind"], "threshold_75");
+        assert_eq!(json["data"]["alerts"][0]["marketing_count"], 1_500);
     }
+    assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1);
+
+    // The receiver breaks: three tries with backoff, then the dead letter.
+    hook.status.store(500, Ordering::SeqCst);
+    s.apply(vec![usage("h2", 2, 1_850, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    s.settle().await;
+    assert_eq!(s.deliveries(Some(DeliveryState::Pending)).await.len(), 1, "{backend:?}: waiting for a retry");
+    s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+    let token = s.user(ACCOUNT, &["read"]);
+    let dead = s
+        .api()
+        .list_dead_letters(authed(
+            pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(dead.len(), 1, "{backend:?}");
+    assert_eq!(dead[0].attempts.len(), 3);
+    assert!(dead[0].attempts.iter().all(|a| a.status_code == 500 && !a.error.is_empty()));
+    assert_eq!(hook.received.lock().unwrap().len(), 4);
+
+    // Fixed: a redrive delivers it, once.
+    hook.status.store(200, Ordering::SeqCst);
+    let writer = s.user(ACCOUNT, &["write"]);
+    let id = dead[0].id.clone();
+    let r = s
+        .api()
+        .redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id.clone() }, &writer))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().delivery.unwrap().state(), DeliveryState::Pending);
+    s.settle().await;
+    assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 2, "{backend:?}");
+    assert_eq!(hook.received.lock().unwrap().len(), 5);
+    let again =
+        s.api().redrive_dead_letter(authed(pb::RedriveDeadLetterRequest { delivery_id: id }, &writer)).await;
+    assert_eq!(again.unwrap_err().code(), Code::FailedPrecondition);
 }
 
 /// An account with many receivers that never answer has at most a few deliveries in flight:
 /// another account's webhook goes out at once, not after all of them.
-#[tokio::test]
-async fn many_silent_receivers_of_one_account_do_not_crowd_out_another() {
-    for backend in BACKENDS {
-        let mut args = delivery_args(None);
-        args.webhook_timeout_ms = 1_000;
-        args.max_attempts = 1;
-        let s = start(backend, args).await;
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((c, _)) = silent.accept().await {
-                open.push(c);
-            }
-        });
-        let crowd = "acct-crowd";
-        for _ in 0..24 {
-            let req = pb::CreateRecipientRequest {
-                target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
-                    url: silent_url.clone(),
-                    secret: String::new(),
-                })),
-            };
-            s.api().create_recipient(authed(req, &s.user(crowd, &["admin"]))).await.unwrap();
+async fn many_silent_receivers_of_one_account_do_not_crowd_out_another(backend: Backend) {
+    let mut args = delivery_args(None);
+    args.webhook_timeout_ms = 1_000;
+    args.max_attempts = 1;
+    let s = start(backend, args).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            open.push(c);
         }
-        let hook = receiver().await;
-        add_webhook(&s, &hook.url).await;
-        // The crowded account's alert first: its 24 deliveries are older than the other's one.
-        let mut crowded = usage("c1", 1, 1_500, 2_000, date(2026, 5, 1), None);
-        crowded.account_id = crowd.into();
-        s.apply(vec![crowded, usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        let clock = s.clock.clone();
-        let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
-        let asked = std::time::Instant::now();
-        while hook.received.lock().unwrap().is_empty() {
-            assert!(
-                asked.elapsed() < std::time::Duration::from_millis(800),
-                "{backend:?}: another account's silent receivers held up this delivery"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        settling.await.unwrap().unwrap();
-        let dead = s
-            .api()
-            .list_dead_letters(authed(
-                pb::ListDeadLettersRequest { page_size: 100, page_token: String::new() },
-                &s.user(crowd, &["read"]),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries;
-        assert_eq!(dead.len(), 24, "{backend:?}: every silent receiver was tried");
-        held.abort();
+    });
+    let crowd = "acct-crowd";
+    for _ in 0..24 {
+        let req = pb::CreateRecipientRequest {
+            target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+                url: silent_url.clone(),
+                secret: String::new(),
+            })),
+        };
+        s.api().create_recipient(authed(req, &s.user(crowd, &["admin"]))).await.unwrap();
     }
+    let hook = receiver().await;
+    add_webhook(&s, &hook.url).await;
+    // The crowded account's alert first: its 24 deliveries are older than the other's one.
+    let mut crowded = usage("c1", 1, 1_500, 2_000, date(2026, 5, 1), None);
+    crowded.account_id = crowd.into();
+    s.apply(vec![crowded, usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    let clock = s.clock.clone();
+    let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
+    let asked = std::time::Instant::now();
+    while hook.received.lock().unwrap().is_empty() {
+        assert!(
+            asked.elapsed() < std::time::Duration::from_millis(800),
+            "{backend:?}: another account's silent receivers held up this delivery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    settling.await.unwrap().unwrap();
+    let dead = s
+        .api()
+        .list_dead_letters(authed(
+            pb::ListDeadLettersRequest { page_size: 100, page_token: String::new() },
+            &s.user(crowd, &["read"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(dead.len(), 24, "{backend:?}: every silent receiver was tried");
+    held.abort();
 }
 
 /// A receiver that never answers times out, is retried and dead-lettered, and holds up no one
 /// else's deliveries meanwhile.
-#[tokio::test]
-async fn a_webhook_that_never_answers_times_out_without_holding_up_others() {
-    for backend in BACKENDS {
-        let mut args = delivery_args(None);
-        args.webhook_timeout_ms = 1_500;
-        args.max_attempts = 2;
-        let s = start(backend, args).await;
-        // Accepts connections and never reads or answers.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((c, _)) = silent.accept().await {
-                open.push(c);
-            }
-        });
-        let hook = receiver().await;
-        add_webhook(&s, &hook.url).await;
-        let other = "acct-silent";
-        let req = pb::CreateRecipientRequest {
-            target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
-                url: silent_url,
-                secret: String::new(),
-            })),
-        };
-        s.api().create_recipient(authed(req, &s.user(other, &["admin"]))).await.unwrap();
+async fn a_webhook_that_never_answers_times_out_without_holding_up_others(backend: Backend) {
+    let mut args = delivery_args(None);
+    args.webhook_timeout_ms = 1_500;
+    args.max_attempts = 2;
+    let s = start(backend, args).await;
+    // Accepts connections and never reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hooks", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            open.push(c);
+        }
+    });
+    let hook = receiver().await;
+    add_webhook(&s, &hook.url).await;
+    let other = "acct-silent";
+    let req = pb::CreateRecipientRequest {
+        target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+            url: silent_url,
+            secret: String::new(),
+        })),
+    };
+    s.api().create_recipient(authed(req, &s.user(other, &["admin"]))).await.unwrap();
 
-        // The silent account's alert first, so it is first in the batch.
-        let mut silent_event = usage("s1", 1, 1_500, 2_000, date(2026, 5, 1), None);
-        silent_event.account_id = other.into();
-        s.apply(vec![silent_event, usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        let clock = s.clock.clone();
-        let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
-        let asked = std::time::Instant::now();
-        while hook.received.lock().unwrap().is_empty() {
-            assert!(
-                asked.elapsed() < std::time::Duration::from_millis(1_200),
-                "{backend:?}: a silent receiver held up another account's delivery"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        settling.await.unwrap().unwrap();
-        // One timed-out try, a retry after the backoff, then the dead letter.
-        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
-        let dead = s
-            .api()
-            .list_dead_letters(authed(
-                pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
-                &s.user(other, &["read"]),
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .deliveries;
-        assert_eq!(dead.len(), 1, "{backend:?}");
-        assert_eq!(dead[0].attempts.len(), 2, "{backend:?}");
-        for a in &dead[0].attempts {
-            assert_eq!(a.status_code, 0, "{backend:?}: no answer");
-            assert!(a.error.starts_with("no answer from the receiver within"), "{backend:?}: {}", a.error);
-        }
-        assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1, "{backend:?}");
-        held.abort();
+    // The silent account's alert first, so it is first in the batch.
+    let mut silent_event = usage("s1", 1, 1_500, 2_000, date(2026, 5, 1), None);
+    silent_event.account_id = other.into();
+    s.apply(vec![silent_event, usage("h1", 1, 1_500, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    let clock = s.clock.clone();
+    let settling = tokio::spawn(async move { clock.advance(chrono::Duration::zero()).await });
+    let asked = std::time::Instant::now();
+    while hook.received.lock().unwrap().is_empty() {
+        assert!(
+            asked.elapsed() < std::time::Duration::from_millis(1_200),
+            "{backend:?}: a silent receiver held up another account's delivery"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    settling.await.unwrap().unwrap();
+    // One timed-out try, a retry after the backoff, then the dead letter.
+    s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+    let dead = s
+        .api()
+        .list_dead_letters(authed(
+            pb::ListDeadLettersRequest { page_size: 10, page_token: String::new() },
+            &s.user(other, &["read"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deliveries;
+    assert_eq!(dead.len(), 1, "{backend:?}");
+    assert_eq!(dead[0].attempts.len(), 2, "{backend:?}");
+    for a in &dead[0].attempts {
+        assert_eq!(a.status_code, 0, "{backend:?}: no answer");
+        assert!(a.error.starts_with("no answer from the receiver within"), "{backend:?}: {}", a.error);
+    }
+    assert_eq!(s.deliveries(Some(DeliveryState::Delivered)).await.len(), 1, "{backend:?}");
+    held.abort();
 }
 
 fn python() -> String {
@@ -665,118 +632,123 @@ async fn email_goes_to_the_billing_contacts_over_smtp() {
     let _ = sink.wait();
 }
 
-#[tokio::test]
-async fn accounts_never_see_or_touch_each_others_notifications() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let hook = receiver().await;
-        hook.status.store(500, Ordering::SeqCst);
-        add_webhook(&s, &hook.url).await;
-        s.apply(vec![usage("t1", 1, 1_900, 2_000, date(2026, 5, 1), None)]).await.unwrap();
-        s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
-        let dead = s.deliveries(Some(DeliveryState::DeadLettered)).await;
-        assert_eq!(dead.len(), 2, "{backend:?}: 75 and 90 % to one webhook");
+async fn accounts_never_see_or_touch_each_others_notifications(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let hook = receiver().await;
+    hook.status.store(500, Ordering::SeqCst);
+    add_webhook(&s, &hook.url).await;
+    s.apply(vec![usage("t1", 1, 1_900, 2_000, date(2026, 5, 1), None)]).await.unwrap();
+    s.clock.advance(chrono::Duration::minutes(5)).await.unwrap();
+    let dead = s.deliveries(Some(DeliveryState::DeadLettered)).await;
+    assert_eq!(dead.len(), 2, "{backend:?}: 75 and 90 % to one webhook");
 
-        let b_admin = s.user("acct-b", &["admin"]);
-        assert!(s.alerts("acct-b").await.is_empty());
-        let list = pb::ListRecipientsRequest::default();
-        assert!(
-            s.api().list_recipients(authed(list, &b_admin)).await.unwrap().into_inner().recipients.is_empty()
-        );
-        let a_recipients = s
-            .api()
-            .list_recipients(authed(pb::ListRecipientsRequest::default(), &s.user(ACCOUNT, &["read"])))
-            .await;
-        let a_recipient = a_recipients.unwrap().into_inner().recipients.remove(0);
-        assert!(
-            matches!(&a_recipient.target, Some(pb::recipient::Target::Webhook(w)) if w.secret.is_empty()),
-            "secrets are shown only once"
-        );
-        let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
-        assert_eq!(s.api().delete_recipient(authed(del, &b_admin)).await.unwrap_err().code(), Code::NotFound);
-        let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
-        assert_eq!(
-            s.api().redrive_dead_letter(authed(redrive, &b_admin)).await.unwrap_err().code(),
-            Code::NotFound
-        );
-        let reader = s.user(ACCOUNT, &["read"]);
-        let create = pb::CreateRecipientRequest {
-            target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
-                url: "ftp://x".into(),
-                secret: String::new(),
-            })),
-        };
-        assert_eq!(
-            s.api().create_recipient(authed(create.clone(), &reader)).await.unwrap_err().code(),
-            Code::PermissionDenied
-        );
-        let err = s.api().create_recipient(authed(create, &s.user(ACCOUNT, &["admin"]))).await.unwrap_err();
-        assert!(err.message().contains("webhook.url"));
-        // A's recipient still there and A's deliveries untouched.
-        assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2);
-        // Once A deletes its recipient, its dead letters have nowhere to go: a redrive is refused.
-        let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
-        s.api().delete_recipient(authed(del, &s.user(ACCOUNT, &["admin"]))).await.unwrap();
-        let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
-        let err =
-            s.api().redrive_dead_letter(authed(redrive, &s.user(ACCOUNT, &["write"]))).await.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
-        assert!(err.message().contains("recipient was deleted"), "{backend:?}");
-        assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2, "{backend:?}: unchanged");
-    }
+    let b_admin = s.user("acct-b", &["admin"]);
+    assert!(s.alerts("acct-b").await.is_empty());
+    let list = pb::ListRecipientsRequest::default();
+    assert!(
+        s.api().list_recipients(authed(list, &b_admin)).await.unwrap().into_inner().recipients.is_empty()
+    );
+    let a_recipients = s
+        .api()
+        .list_recipients(authed(pb::ListRecipientsRequest::default(), &s.user(ACCOUNT, &["read"])))
+        .await;
+    let a_recipient = a_recipients.unwrap().into_inner().recipients.remove(0);
+    assert!(
+        matches!(&a_recipient.target, Some(pb::recipient::Target::Webhook(w)) if w.secret.is_empty()),
+        "secrets are shown only once"
+    );
+    let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
+    assert_eq!(s.api().delete_recipient(authed(del, &b_admin)).await.unwrap_err().code(), Code::NotFound);
+    let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
+    assert_eq!(
+        s.api().redrive_dead_letter(authed(redrive, &b_admin)).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let reader = s.user(ACCOUNT, &["read"]);
+    let create = pb::CreateRecipientRequest {
+        target: Some(pb::create_recipient_request::Target::Webhook(pb::WebhookTarget {
+            url: "ftp://x".into(),
+            secret: String::new(),
+        })),
+    };
+    assert_eq!(
+        s.api().create_recipient(authed(create.clone(), &reader)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let err = s.api().create_recipient(authed(create, &s.user(ACCOUNT, &["admin"]))).await.unwrap_err();
+    assert!(err.message().contains("webhook.url"));
+    // A's recipient still there and A's deliveries untouched.
+    assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2);
+    // Once A deletes its recipient, its dead letters have nowhere to go: a redrive is refused.
+    let del = pb::DeleteRecipientRequest { id: a_recipient.id.clone() };
+    s.api().delete_recipient(authed(del, &s.user(ACCOUNT, &["admin"]))).await.unwrap();
+    let redrive = pb::RedriveDeadLetterRequest { delivery_id: dead[0].id.clone() };
+    let err = s.api().redrive_dead_letter(authed(redrive, &s.user(ACCOUNT, &["write"]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+    assert!(err.message().contains("recipient was deleted"), "{backend:?}");
+    assert_eq!(s.deliveries(Some(DeliveryState::DeadLettered)).await.len(), 2, "{backend:?}: unchanged");
 }
 
 /// The same usage states give the same alerts however they arrive: an update date that lowers
 /// the count and the renewal that lowers the tier, delivered in both orders and with replays.
-#[tokio::test]
-async fn usage_states_in_any_order_fire_the_same_alerts() {
-    for backend in BACKENDS {
-        let s = start(backend, delivery_args(None)).await;
-        let states = |account: &str| {
-            let mut v = vec![
-                usage("1", 1, 1_900, 2_000, date(2026, 4, 15), None),
-                usage("2", 2, 1_600, 2_000, date(2026, 4, 15), None),
-                // The update date applies pending contacts and the renewal lowers the tier.
-                usage("3", 3, 800, 1_000, date(2026, 5, 15), None),
-                usage("4", 4, 990, 1_000, date(2026, 5, 15), None),
-            ];
-            for e in &mut v {
-                e.account_id = account.into();
-                e.event_id = format!("{account}-{}", e.event_id);
-            }
-            v
-        };
-        let mut in_order = states("acct-in-order");
-        for e in in_order.drain(..) {
-            s.apply(vec![e]).await.unwrap();
+async fn usage_states_in_any_order_fire_the_same_alerts(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let states = |account: &str| {
+        let mut v = vec![
+            usage("1", 1, 1_900, 2_000, date(2026, 4, 15), None),
+            usage("2", 2, 1_600, 2_000, date(2026, 4, 15), None),
+            // The update date applies pending contacts and the renewal lowers the tier.
+            usage("3", 3, 800, 1_000, date(2026, 5, 15), None),
+            usage("4", 4, 990, 1_000, date(2026, 5, 15), None),
+        ];
+        for e in &mut v {
+            e.account_id = account.into();
+            e.event_id = format!("{account}-{}", e.event_id);
         }
-        let mut shuffled = states("acct-shuffled");
-        shuffled.reverse();
-        shuffled.swap(0, 1);
-        let replayed = shuffled[1].clone();
-        shuffled.push(replayed);
-        for e in shuffled {
-            s.apply(vec![e]).await.unwrap();
-        }
-        let seen = |alerts: Vec<pb::Alert>| -> Vec<(AlertKind, i64, i64, Option<Date>, i64)> {
-            alerts
-                .iter()
-                .rev()
-                .map(|a| (a.kind(), a.tier, a.marketing_count, a.period_start, a.state_version))
-                .collect()
-        };
-        let a = seen(s.alerts("acct-in-order").await);
-        assert_eq!(
-            a,
-            [
-                (AlertKind::Threshold75, 2_000, 1_900, date(2026, 4, 15), 1),
-                (AlertKind::Threshold90, 2_000, 1_900, date(2026, 4, 15), 1),
-                (AlertKind::Threshold75, 1_000, 800, date(2026, 5, 15), 3),
-                (AlertKind::Threshold90, 1_000, 990, date(2026, 5, 15), 4),
-                (AlertKind::Threshold98, 1_000, 990, date(2026, 5, 15), 4),
-            ],
-            "{backend:?}"
-        );
-        assert_eq!(seen(s.alerts("acct-shuffled").await), a, "{backend:?}: the same in another order");
+        v
+    };
+    let mut in_order = states("acct-in-order");
+    for e in in_order.drain(..) {
+        s.apply(vec![e]).await.unwrap();
     }
+    let mut shuffled = states("acct-shuffled");
+    shuffled.reverse();
+    shuffled.swap(0, 1);
+    let replayed = shuffled[1].clone();
+    shuffled.push(replayed);
+    for e in shuffled {
+        s.apply(vec![e]).await.unwrap();
+    }
+    let seen = |alerts: Vec<pb::Alert>| -> Vec<(AlertKind, i64, i64, Option<Date>, i64)> {
+        alerts
+            .iter()
+            .rev()
+            .map(|a| (a.kind(), a.tier, a.marketing_count, a.period_start, a.state_version))
+            .collect()
+    };
+    let a = seen(s.alerts("acct-in-order").await);
+    assert_eq!(
+        a,
+        [
+            (AlertKind::Threshold75, 2_000, 1_900, date(2026, 4, 15), 1),
+            (AlertKind::Threshold90, 2_000, 1_900, date(2026, 4, 15), 1),
+            (AlertKind::Threshold75, 1_000, 800, date(2026, 5, 15), 3),
+            (AlertKind::Threshold90, 1_000, 990, date(2026, 5, 15), 4),
+            (AlertKind::Threshold98, 1_000, 990, date(2026, 5, 15), 4),
+        ],
+        "{backend:?}"
+    );
+    assert_eq!(seen(s.alerts("acct-shuffled").await), a, "{backend:?}: the same in another order");
 }
+
+contactier_runtime::backend_tests!(
+    each_threshold_fires_once_per_tier_and_period,
+    upgrade_and_invoice_notices_and_paging,
+    bad_events_are_refused_whole_and_only_services_may_send_them,
+    the_watch_stream_resumes_without_missing_an_alert,
+    webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettered,
+    many_silent_receivers_of_one_account_do_not_crowd_out_another,
+    a_webhook_that_never_answers_times_out_without_holding_up_others,
+    accounts_never_see_or_touch_each_others_notifications,
+    usage_states_in_any_order_fire_the_same_alerts,
+);

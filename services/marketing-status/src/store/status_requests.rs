@@ -222,6 +222,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use contactier_runtime::db::Backend;
 
     #[test]
     fn each_contact_named_gets_its_outcome_and_changes_once() {
@@ -271,47 +272,46 @@ mod tests {
 
     /// A bulk change whose caller never sends its last part still reaches billing, once, a
     /// minute after its first part.
-    #[tokio::test]
-    async fn a_held_count_is_announced_when_its_change_is_abandoned() {
+    async fn a_held_count_is_announced_when_its_change_is_abandoned(backend: Backend) {
         use crate::store::{BILLING_TOPIC, HOLD_LIMIT};
         use chrono::TimeZone;
         use contactier_runtime::outbox::Outbox;
-        use contactier_runtime::testing::{BACKENDS, TestDb};
-        for backend in BACKENDS {
-            let t = TestDb::new(backend, "marketing-status").await;
-            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
-            let s = Store::new(t.db.clone());
-            let outbox = Outbox::new(t.db.clone(), BILLING_TOPIC);
-            let now = Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap();
-            let actor = Actor {
-                source_type: "USER".into(),
-                source_id: "u1".into(),
-                user_id: "u1".into(),
-                request_id: String::new(),
-            };
-            let ids: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
-            let items: Vec<_> = ids
-                .iter()
-                .map(|id| crate::store::Created {
-                    event_id: format!("ev-{id}"),
-                    contact_id: id.clone(),
-                    initial: State::NON_MARKETING,
-                    actor: actor.clone(),
-                })
-                .collect();
-            s.contacts_created("a", &items, now).await.unwrap();
-            let announced = outbox.pending().await.unwrap();
-            s.set_status("a", &ids[..2], Status::Marketing, &actor, now, Part { keep: None, last: false })
-                .await
-                .unwrap();
-            assert_eq!(outbox.pending().await.unwrap(), announced, "{backend:?}: held");
-            let (released, next) = s.release_stale_holds(now + chrono::Duration::seconds(30)).await.unwrap();
-            assert_eq!((released, next), (0, Some(now + HOLD_LIMIT)), "{backend:?}: not yet");
-            let (released, _) = s.release_stale_holds(now + HOLD_LIMIT).await.unwrap();
-            assert_eq!(released, 1, "{backend:?}");
-            assert_eq!(outbox.pending().await.unwrap(), announced + 1, "{backend:?}: announced once");
-            let (released, _) = s.release_stale_holds(now + HOLD_LIMIT * 2).await.unwrap();
-            assert_eq!(released, 0, "{backend:?}: and only once");
-        }
+        use contactier_runtime::testing::TestDb;
+        let t = TestDb::new(backend, "marketing-status").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let s = Store::new(t.db.clone());
+        let outbox = Outbox::new(t.db.clone(), BILLING_TOPIC);
+        let now = Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap();
+        let actor = Actor {
+            source_type: "USER".into(),
+            source_id: "u1".into(),
+            user_id: "u1".into(),
+            request_id: String::new(),
+        };
+        let ids: Vec<String> = (0..3).map(|i| format!("c{i}")).collect();
+        let items: Vec<_> = ids
+            .iter()
+            .map(|id| crate::store::Created {
+                event_id: format!("ev-{id}"),
+                contact_id: id.clone(),
+                initial: State::NON_MARKETING,
+                actor: actor.clone(),
+            })
+            .collect();
+        s.contacts_created("a", &items, now).await.unwrap();
+        let announced = outbox.pending().await.unwrap();
+        s.set_status("a", &ids[..2], Status::Marketing, &actor, now, Part { keep: None, last: false })
+            .await
+            .unwrap();
+        assert_eq!(outbox.pending().await.unwrap(), announced, "{backend:?}: held");
+        let (released, next) = s.release_stale_holds(now + chrono::Duration::seconds(30)).await.unwrap();
+        assert_eq!((released, next), (0, Some(now + HOLD_LIMIT)), "{backend:?}: not yet");
+        let (released, _) = s.release_stale_holds(now + HOLD_LIMIT).await.unwrap();
+        assert_eq!(released, 1, "{backend:?}");
+        assert_eq!(outbox.pending().await.unwrap(), announced + 1, "{backend:?}: announced once");
+        let (released, _) = s.release_stale_holds(now + HOLD_LIMIT * 2).await.unwrap();
+        assert_eq!(released, 0, "{backend:?}: and only once");
     }
+
+    contactier_runtime::backend_tests!(a_held_count_is_announced_when_its_change_is_abandoned,);
 }

@@ -317,7 +317,8 @@ mod tests {
     use crate::rules::{State, Status};
     use crate::store::{Actor, ChangeRow, Created, Part, StatusRow};
     use chrono::TimeZone;
-    use contactier_runtime::testing::{BACKENDS, TestDb};
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::testing::TestDb;
 
     #[test]
     fn a_date_covers_contacts_set_pending_up_to_its_instant_or_its_application() {
@@ -385,131 +386,116 @@ mod tests {
         NaiveDate::from_ymd_opt(2026, 6, day).unwrap()
     }
 
-    #[tokio::test]
-    async fn an_applied_date_is_in_effect_at_once_and_the_rewrite_stores_what_it_showed() {
-        for backend in BACKENDS {
-            let (s, _t) = store(backend).await;
-            let ids = contacts(&s, 5).await;
-            set(&s, &ids[..4], Status::NonMarketing, at(15, 9)).await;
-            let applied = s
-                .apply_update_date(
-                    ACCOUNT,
-                    date(1),
-                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
-                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(applied, Some(4), "{backend:?}");
-            let c = s.counts(ACCOUNT).await.unwrap();
-            assert_eq!((c.marketing, c.pending, c.non_marketing), (1, 0, 4), "{backend:?}");
-            let now: Vec<StatusRow> = s.statuses(ACCOUNT, &ids).await.unwrap();
-            for r in &now[..4] {
-                assert!(!r.marketing && !r.pending, "{backend:?}: {r:?}");
-                assert_eq!(
-                    (r.source_type.as_str(), r.source_id.as_str()),
-                    ("SYSTEM", "2026-06-01"),
-                    "{backend:?}"
-                );
-            }
-            assert!(now[4].marketing && !now[4].pending, "{backend:?}");
-            let export = s.export(ACCOUNT, "c0").await.unwrap();
-            let steps: Vec<(&str, &str, bool)> = export["status_changes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| {
-                    (
-                        c["source_type"].as_str().unwrap(),
-                        c["to"].as_str().unwrap(),
-                        c["pending"].as_bool().unwrap(),
-                    )
-                })
-                .collect();
-            let expected = [
-                ("USER", "marketing", false),
-                ("USER", "marketing", true),
-                ("SYSTEM", "non_marketing", false),
-            ];
-            assert_eq!(steps, expected, "{backend:?}: created, asked non-marketing, then the update date");
-            // A writer of a covered contact sees it non-marketing; its history keeps the date.
-            set(&s, &ids[1..2], Status::Marketing, Utc.with_ymd_and_hms(2026, 6, 2, 9, 0, 0).unwrap()).await;
-            let c1: Vec<(String, String)> = s
-                .changes(ACCOUNT, Some("c1"), (i64::MAX, ""), 10)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|c| (c.source_type, c.to_status))
-                .collect();
+    async fn an_applied_date_is_in_effect_at_once_and_the_rewrite_stores_what_it_showed(backend: Backend) {
+        let (s, _t) = store(backend).await;
+        let ids = contacts(&s, 5).await;
+        set(&s, &ids[..4], Status::NonMarketing, at(15, 9)).await;
+        let applied = s
+            .apply_update_date(
+                ACCOUNT,
+                date(1),
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(applied, Some(4), "{backend:?}");
+        let c = s.counts(ACCOUNT).await.unwrap();
+        assert_eq!((c.marketing, c.pending, c.non_marketing), (1, 0, 4), "{backend:?}");
+        let now: Vec<StatusRow> = s.statuses(ACCOUNT, &ids).await.unwrap();
+        for r in &now[..4] {
+            assert!(!r.marketing && !r.pending, "{backend:?}: {r:?}");
             assert_eq!(
-                c1[..2],
-                [("USER".into(), "marketing".into()), ("SYSTEM".into(), "non_marketing".into())],
+                (r.source_type.as_str(), r.source_id.as_str()),
+                ("SYSTEM", "2026-06-01"),
                 "{backend:?}"
             );
-            let gone =
-                crate::store::Deleted { event_id: "ev-del".into(), contact_id: "c2".into(), erase: false };
-            s.contacts_deleted(ACCOUNT, &[gone], Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap())
-                .await
-                .unwrap();
-            let c = s.counts(ACCOUNT).await.unwrap();
-            assert_eq!((c.marketing, c.pending, c.non_marketing), (2, 0, 2), "{backend:?}");
-            assert_eq!(
-                s.apply_update_date(ACCOUNT, date(1), at(1, 4), at(1, 4)).await.unwrap(),
-                None,
-                "{backend:?}"
-            );
-
-            let (before, shown) = (trail(&s).await, s.statuses(ACCOUNT, &ids).await.unwrap());
-            assert_eq!(
-                before.iter().filter(|c| c.source_type == "SYSTEM").count(),
-                4,
-                "{backend:?}: {before:?}"
-            );
-            assert_eq!(s.marked_accounts().await.unwrap(), [ACCOUNT], "{backend:?}");
-            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 2, "{backend:?}: c0 and c3 were left");
-            assert!(s.marked_accounts().await.unwrap().is_empty(), "{backend:?}");
-            assert_eq!(trail(&s).await, before, "{backend:?}");
-            assert_eq!(s.statuses(ACCOUNT, &ids).await.unwrap(), shown, "{backend:?}");
-            assert_eq!(s.counts(ACCOUNT).await.unwrap(), c, "{backend:?}");
-            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 0, "{backend:?}");
         }
+        assert!(now[4].marketing && !now[4].pending, "{backend:?}");
+        let export = s.export(ACCOUNT, "c0").await.unwrap();
+        let steps: Vec<(&str, &str, bool)> = export["status_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["source_type"].as_str().unwrap(),
+                    c["to"].as_str().unwrap(),
+                    c["pending"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        let expected =
+            [("USER", "marketing", false), ("USER", "marketing", true), ("SYSTEM", "non_marketing", false)];
+        assert_eq!(steps, expected, "{backend:?}: created, asked non-marketing, then the update date");
+        // A writer of a covered contact sees it non-marketing; its history keeps the date.
+        set(&s, &ids[1..2], Status::Marketing, Utc.with_ymd_and_hms(2026, 6, 2, 9, 0, 0).unwrap()).await;
+        let c1: Vec<(String, String)> = s
+            .changes(ACCOUNT, Some("c1"), (i64::MAX, ""), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.source_type, c.to_status))
+            .collect();
+        assert_eq!(
+            c1[..2],
+            [("USER".into(), "marketing".into()), ("SYSTEM".into(), "non_marketing".into())],
+            "{backend:?}"
+        );
+        let gone = crate::store::Deleted { event_id: "ev-del".into(), contact_id: "c2".into(), erase: false };
+        s.contacts_deleted(ACCOUNT, &[gone], Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap())
+            .await
+            .unwrap();
+        let c = s.counts(ACCOUNT).await.unwrap();
+        assert_eq!((c.marketing, c.pending, c.non_marketing), (2, 0, 2), "{backend:?}");
+        assert_eq!(
+            s.apply_update_date(ACCOUNT, date(1), at(1, 4), at(1, 4)).await.unwrap(),
+            None,
+            "{backend:?}"
+        );
+
+        let (before, shown) = (trail(&s).await, s.statuses(ACCOUNT, &ids).await.unwrap());
+        assert_eq!(before.iter().filter(|c| c.source_type == "SYSTEM").count(), 4, "{backend:?}: {before:?}");
+        assert_eq!(s.marked_accounts().await.unwrap(), [ACCOUNT], "{backend:?}");
+        assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 2, "{backend:?}: c0 and c3 were left");
+        assert!(s.marked_accounts().await.unwrap().is_empty(), "{backend:?}");
+        assert_eq!(trail(&s).await, before, "{backend:?}");
+        assert_eq!(s.statuses(ACCOUNT, &ids).await.unwrap(), shown, "{backend:?}");
+        assert_eq!(s.counts(ACCOUNT).await.unwrap(), c, "{backend:?}");
+        assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 0, "{backend:?}");
     }
 
-    #[tokio::test]
-    async fn a_later_date_waits_until_the_earlier_one_is_rewritten() {
-        for backend in BACKENDS {
-            let (s, _t) = store(backend).await;
-            let ids = contacts(&s, 3).await;
-            set(&s, &ids[..2], Status::NonMarketing, at(15, 9)).await;
-            let first = s
-                .apply_update_date(
-                    ACCOUNT,
-                    date(1),
-                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
-                    Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
-                )
-                .await
-                .unwrap();
-            assert_eq!(first, Some(2), "{backend:?}");
-            set(&s, &ids[2..], Status::NonMarketing, Utc.with_ymd_and_hms(2026, 6, 10, 9, 0, 0).unwrap())
-                .await;
-            let july = Utc.with_ymd_and_hms(2026, 7, 1, 4, 0, 0).unwrap();
-            let second = s
-                .apply_update_date(ACCOUNT, NaiveDate::from_ymd_opt(2026, 7, 1).unwrap(), july, july)
-                .await
-                .unwrap();
-            assert_eq!(second, Some(1), "{backend:?}: only the contact set pending since");
-            let c = s.counts(ACCOUNT).await.unwrap();
-            assert_eq!((c.marketing, c.pending, c.non_marketing), (0, 0, 3), "{backend:?}");
-            s.rewrite(ACCOUNT).await.unwrap();
-            let by_date: Vec<String> = trail(&s)
-                .await
-                .into_iter()
-                .filter(|c| c.source_type == "SYSTEM")
-                .map(|c| format!("{} {}", c.contact_id, c.source_id))
-                .collect();
-            assert_eq!(by_date, ["c2 2026-07-01", "c1 2026-06-01", "c0 2026-06-01"], "{backend:?}");
-        }
+    async fn a_later_date_waits_until_the_earlier_one_is_rewritten(backend: Backend) {
+        let (s, _t) = store(backend).await;
+        let ids = contacts(&s, 3).await;
+        set(&s, &ids[..2], Status::NonMarketing, at(15, 9)).await;
+        let first = s
+            .apply_update_date(
+                ACCOUNT,
+                date(1),
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, Some(2), "{backend:?}");
+        set(&s, &ids[2..], Status::NonMarketing, Utc.with_ymd_and_hms(2026, 6, 10, 9, 0, 0).unwrap()).await;
+        let july = Utc.with_ymd_and_hms(2026, 7, 1, 4, 0, 0).unwrap();
+        let second = s
+            .apply_update_date(ACCOUNT, NaiveDate::from_ymd_opt(2026, 7, 1).unwrap(), july, july)
+            .await
+            .unwrap();
+        assert_eq!(second, Some(1), "{backend:?}: only the contact set pending since");
+        let c = s.counts(ACCOUNT).await.unwrap();
+        assert_eq!((c.marketing, c.pending, c.non_marketing), (0, 0, 3), "{backend:?}");
+        s.rewrite(ACCOUNT).await.unwrap();
+        let by_date: Vec<String> = trail(&s)
+            .await
+            .into_iter()
+            .filter(|c| c.source_type == "SYSTEM")
+            .map(|c| format!("{} {}", c.contact_id, c.source_id))
+            .collect();
+        assert_eq!(by_date, ["c2 2026-07-01", "c1 2026-06-01", "c0 2026-06-01"], "{backend:?}");
     }
 
     #[tokio::test]
@@ -566,28 +552,31 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn upgrading_to_the_audit_key_keeps_the_trail_and_a_date_still_to_rewrite() {
-        for backend in BACKENDS {
-            let (s, t) = store_at(backend, 5).await;
-            let ids = contacts(&s, 4).await;
-            set(&s, &ids[..3], Status::NonMarketing, at(15, 9)).await;
-            let (date_at, now) = (
-                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
-                Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
-            );
-            s.apply_update_date(ACCOUNT, date(1), date_at, now).await.unwrap();
-            let before = trail(&s).await;
-            assert_eq!(before.len(), 4 + 3 + 3, "{backend:?}: created, set pending, the date");
+    async fn upgrading_to_the_audit_key_keeps_the_trail_and_a_date_still_to_rewrite(backend: Backend) {
+        let (s, t) = store_at(backend, 5).await;
+        let ids = contacts(&s, 4).await;
+        set(&s, &ids[..3], Status::NonMarketing, at(15, 9)).await;
+        let (date_at, now) = (
+            Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 5).unwrap(),
+        );
+        s.apply_update_date(ACCOUNT, date(1), date_at, now).await.unwrap();
+        let before = trail(&s).await;
+        assert_eq!(before.len(), 4 + 3 + 3, "{backend:?}: created, set pending, the date");
 
-            drop_stand_ins(&t).await;
-            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
-            assert_eq!(trail(&s).await, before, "{backend:?}");
-            assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 3, "{backend:?}");
-            assert_eq!(trail(&s).await, before, "{backend:?}");
-            // Writers go on as before: a change after the upgrade is audited once.
-            set(&s, &ids[..1], Status::Marketing, at(20, 9)).await;
-            assert_eq!(trail(&s).await.len(), before.len() + 1, "{backend:?}");
-        }
+        drop_stand_ins(&t).await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        assert_eq!(trail(&s).await, before, "{backend:?}");
+        assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 3, "{backend:?}");
+        assert_eq!(trail(&s).await, before, "{backend:?}");
+        // Writers go on as before: a change after the upgrade is audited once.
+        set(&s, &ids[..1], Status::Marketing, at(20, 9)).await;
+        assert_eq!(trail(&s).await.len(), before.len() + 1, "{backend:?}");
     }
+
+    contactier_runtime::backend_tests!(
+        an_applied_date_is_in_effect_at_once_and_the_rewrite_stores_what_it_showed,
+        a_later_date_waits_until_the_earlier_one_is_rewritten,
+        upgrading_to_the_audit_key_keeps_the_trail_and_a_date_still_to_rewrite,
+    );
 }
