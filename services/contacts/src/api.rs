@@ -137,15 +137,29 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
     })
 }
 
+/// Refuses a mask that names no field or one field twice (which would read as set, then clear).
+fn check_mask(mask: &prost_types::FieldMask, at: &str) -> Result<()> {
+    if mask.paths.is_empty() {
+        return Err(Error::invalid(format!("{at}update_mask"), "names no field; leave it out to merge"));
+    }
+    for (i, path) in mask.paths.iter().enumerate() {
+        if mask.paths[..i].contains(path) {
+            return Err(Error::invalid(
+                format!("{at}update_mask.paths[{i}]"),
+                format!("{path:?} is named twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A stored property definition with exactly the fields `mask` names taken from `given`.
 fn masked_property(
     stored: pb::PropertyDefinition,
     given: pb::PropertyDefinition,
     mask: &prost_types::FieldMask,
 ) -> Result<pb::PropertyDefinition> {
-    if mask.paths.is_empty() {
-        return Err(Error::invalid("update_mask", "names no field; leave it out to replace"));
-    }
+    check_mask(mask, "")?;
     let mut d = stored;
     for (i, path) in mask.paths.iter().enumerate() {
         match path.as_str() {
@@ -168,9 +182,7 @@ fn masked_property(
 /// the named fields (a named property it does not carry is cleared).
 fn masked(mut u: pb::UpdateContactRequest, at: &str) -> Result<pb::UpdateContactRequest> {
     let Some(mask) = u.update_mask.take() else { return Ok(u) };
-    if mask.paths.is_empty() {
-        return Err(Error::invalid(format!("{at}update_mask"), "names no field; leave it out to merge"));
-    }
+    check_mask(&mask, at)?;
     let (mut properties, mut email) = (std::collections::BTreeMap::new(), String::new());
     for (i, path) in mask.paths.iter().enumerate() {
         match path.split_once('.') {
@@ -854,9 +866,7 @@ impl ContactsService for Api {
                 r.filter.clone().filter(|f| !f.groups.is_empty()),
             ),
             Some(mask) => {
-                if mask.paths.is_empty() {
-                    return Err(Error::invalid("update_mask", "names no field; leave it out to merge").into());
-                }
+                check_mask(mask, "")?;
                 let (mut name, mut filter) = (None, None);
                 for (i, path) in mask.paths.iter().enumerate() {
                     match path.as_str() {

@@ -83,11 +83,20 @@ async fn contacts_are_created_read_updated_and_deleted_with_their_status_followi
         (masked(&["properties"], &[], ""), "update_mask.paths[0]"),
         (masked(&["email"], &[], ""), "email"),
         (masked(&[], &[], ""), "update_mask"),
+        // Named twice would read as "set, then clear".
+        (
+            masked(&["properties.company", "properties.company"], &[("company", "Beta")], ""),
+            "update_mask.paths[1]",
+        ),
+        (masked(&["email", "email"], &[], "new@example.com"), "update_mask.paths[1]"),
     ] {
         let err = s.api().update_contact(authed(req, &s.writer())).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{backend:?} {field}");
         assert!(err.message().starts_with(field), "{backend:?}: {} should name {field}", err.message());
     }
+    let get = pb::GetContactRequest { key: Some(Key::Id(c.id.clone())) };
+    let kept = s.api().get_contact(authed(get, &read)).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(kept.properties.get("company").map(String::as_str), Some("Analytical Engines"), "{backend:?}");
 
     // marketing-status learnt of the contact with a manual creation's default.
     s.settle().await;
