@@ -49,6 +49,12 @@ async fn refusals_carry_details_a_client_can_branch_on(backend: Backend) {
         "{backend:?}: {bad:?}"
     );
 
+    // A limit of the contracts, checked as the request is read, carries the reason too.
+    let long = format!("{}@example.com", "a".repeat(300));
+    let e = Error::from(contacts.create_contact(contact(&long)).await.unwrap_err());
+    assert_eq!((e.code(), e.reason()), (Code::InvalidArgument, Some("INVALID_ARGUMENT")), "{backend:?}");
+    assert_eq!(e.field_violations()[0].field, "contact.email", "{backend:?}");
+
     // The email is taken: the refusal names the contact that has it.
     let first = contacts.create_contact(contact("ada@example.com")).await.unwrap().into_inner();
     let id = first.contact.unwrap().id;

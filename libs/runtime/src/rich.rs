@@ -52,6 +52,8 @@ pub fn reason(code: Code, message: &str) -> &'static str {
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         Code::Unimplemented => "UNIMPLEMENTED",
         Code::Cancelled => "CANCELLED",
+        Code::OutOfRange if message.contains("message length too large") => "MESSAGE_TOO_LARGE",
+        Code::OutOfRange => "OUT_OF_RANGE",
         _ => "INTERNAL",
     }
 }
@@ -101,13 +103,31 @@ pub fn derive(code: Code, message: &str) -> ErrorDetails {
     d
 }
 
-/// Adds derived details to a status that has none.
+/// Adds derived details to a status that has none, and an `ErrorInfo` to one whose details
+/// lack it (the limit checks of the codec answer with `BadRequest` only).
 pub fn enrich(status: Status) -> Status {
-    if !status.details().is_empty() || status.code() == Code::Ok {
+    if status.code() == Code::Ok {
         return status;
     }
-    let details = derive(status.code(), status.message());
+    let details = if status.details().is_empty() {
+        derive(status.code(), status.message())
+    } else {
+        let mut d = status.get_error_details();
+        if d.error_info().is_some() {
+            return status;
+        }
+        let field = d.bad_request().and_then(|b| b.field_violations.first()).map(|v| v.field.clone());
+        let meta = field.map(|f| HashMap::from([("field".to_owned(), f)])).unwrap_or_default();
+        d.set_error_info(reason(status.code(), status.message()), DOMAIN, meta);
+        d
+    };
     Status::with_error_details(status.code(), status.message().to_owned(), details)
+}
+
+/// Whether the details a response carries (base64, as in `grpc-status-details-bin`) lack an
+/// `ErrorInfo`.
+fn lacks_error_info(response_headers: &http::HeaderMap) -> bool {
+    Status::from_header_map(response_headers).is_some_and(|s| s.get_details_error_info().is_none())
 }
 
 /// Server layer: every refusal answered before a message (the shape of every unary error)
@@ -146,7 +166,8 @@ where
         Box::pin(async move {
             let response = fut.await?;
             let needs = response.headers().get("grpc-status").is_some_and(|v| v.as_bytes() != b"0")
-                && !response.headers().contains_key("grpc-status-details-bin");
+                && (!response.headers().contains_key("grpc-status-details-bin")
+                    || lacks_error_info(response.headers()));
             if !needs {
                 return Ok(response);
             }
@@ -202,5 +223,22 @@ mod tests {
         let d = s.get_error_details();
         assert_eq!(d.resource_info().unwrap().resource_name, "c-9");
         assert_eq!(d.error_info().unwrap().reason, "ALREADY_EXISTS");
+    }
+
+    #[test]
+    fn details_without_an_error_info_get_one_and_keep_theirs() {
+        let limit = Status::with_error_details(
+            Code::InvalidArgument,
+            "contact.email: at most 254 characters",
+            ErrorDetails::with_bad_request_violation("contact.email", "at most 254 characters"),
+        );
+        let d = enrich(limit).get_error_details();
+        assert_eq!(d.bad_request().unwrap().field_violations[0].field, "contact.email");
+        let info = d.error_info().unwrap();
+        assert_eq!((info.reason.as_str(), info.domain.as_str()), ("INVALID_ARGUMENT", DOMAIN));
+        assert_eq!(info.metadata.get("field").map(String::as_str), Some("contact.email"));
+        let big =
+            enrich(Status::out_of_range("Error, decoded message length too large: found 4550922 bytes"));
+        assert_eq!(big.get_error_details().error_info().unwrap().reason, "MESSAGE_TOO_LARGE");
     }
 }
