@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "contactier/billing/v1/billing.proto",
         "contactier/notification/v1/notification.proto",
         "contactier/ops/v1/ops.proto",
+        // Not imported by any contract, but named by every refusal's details: served by
+        // reflection so grpcurl and generated clients can read them.
+        "google/rpc/error_details.proto",
     ];
     let mut compiler = protox::Compiler::new([&root])?;
     compiler.include_imports(true).include_source_info(true);

@@ -76,4 +76,19 @@ mod tests {
         assert_eq!(method("/contactier.billing.v1.BillingService/GetUsage").unwrap().request_id, None);
         assert_eq!(method("/contactier.billing.v1.BillingService/Nope"), None);
     }
+
+    #[test]
+    fn the_descriptor_set_has_the_error_details_every_refusal_carries() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let details = set
+            .file
+            .iter()
+            .find(|f| f.name() == "google/rpc/error_details.proto")
+            .expect("error_details.proto");
+        let names: Vec<&str> = details.message_type.iter().map(|m| m.name()).collect();
+        for wanted in ["ErrorInfo", "RetryInfo", "BadRequest", "ResourceInfo", "PreconditionFailure"] {
+            assert!(names.contains(&wanted), "{wanted} in {names:?}");
+        }
+    }
 }
