@@ -435,11 +435,26 @@ fn missing_columns<'a>(mapping: impl Iterator<Item = &'a String>, columns: &[Str
     mapping.filter(|c| !columns.iter().any(|h| h == *c)).cloned().collect()
 }
 
+/// The lines of a file (a last line without a line break counts).
+async fn count_lines(file: &std::path::Path) -> anyhow::Result<i64> {
+    let mut f = tokio::fs::File::open(file).await?;
+    let (mut buf, mut lines, mut last) = (vec![0u8; 1 << 16], 0i64, b'\n');
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(lines + i64::from(last != b'\n'));
+        }
+        lines += buf[..n].iter().filter(|b| **b == b'\n').count() as i64;
+        last = buf[n - 1];
+    }
+}
+
 /// Streams the file in chunks and follows the rows the server has read; ends with every count
 /// and the first row errors, and fails when rows failed.
 async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
     let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
-    let size = f.metadata().await?.len();
+    // Lines after the header: the rows, unless quoted values hold line breaks ("about").
+    let lines = count_lines(&file).await?.saturating_sub(1);
     let mut head = vec![0u8; 64 * 1024];
     let n = f.read(&mut head).await?;
     head.truncate(n);
@@ -464,21 +479,15 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
     let first = futures::stream::iter([cpb::ImportContactsRequest {
         part: Some(cpb::import_contacts_request::Part::Header(header)),
     }]);
-    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(head.len() as u64));
-    let counted = sent.clone();
     let chunks = futures::stream::once(async move { Some(head) })
-        .chain(futures::stream::unfold(Some(f), move |f| {
-            let sent = counted.clone();
-            async move {
-                let mut f = f?;
-                let mut buf = vec![0u8; 64 * 1024];
-                match f.read(&mut buf).await {
-                    Ok(0) | Err(_) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        sent.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                        Some((Some(buf), Some(f)))
-                    }
+        .chain(futures::stream::unfold(Some(f), move |f| async move {
+            let mut f = f?;
+            let mut buf = vec![0u8; 64 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Some(buf), Some(f)))
                 }
             }
         }))
@@ -490,9 +499,9 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
     while let Some(m) = progress.next().await {
         let m = m?;
         if let Some(p) = &m.progress {
-            // Rows expected in all, from the share of the file sent so far.
-            let bytes = sent.load(std::sync::atomic::Ordering::Relaxed).max(1);
-            let expected = (p.rows_read as f64 * size as f64 / bytes as f64).round() as i64;
+            // The bytes sent run ahead of the rows read (the transport buffers), so the total
+            // comes from the file's lines, counted before the upload.
+            let expected = lines;
             let rate = p.rows_read as f64 / started.elapsed().as_secs_f64().max(0.001);
             let left = if rate > 0.0 { (expected - p.rows_read).max(0) as f64 / rate } else { 0.0 };
             bar.set_message(format!(
@@ -610,5 +619,19 @@ mod tests {
         assert_eq!(c("email~example.com"), Ok(("email".into(), Op::Contains, "example.com".into())));
         assert!(c("=x").is_err());
         assert!(c("nothing").unwrap_err().contains("property=value"));
+    }
+
+    #[tokio::test]
+    async fn the_rows_expected_are_counted_from_the_lines_not_the_bytes_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_break = dir.path().join("a.csv");
+        std::fs::write(&with_break, "E-mail\n".to_owned() + &"x@example.com\n".repeat(70_000)).unwrap();
+        assert_eq!(count_lines(&with_break).await.unwrap(), 70_001);
+        let without = dir.path().join("b.csv");
+        std::fs::write(&without, "E-mail\na@example.com\nb@example.com").unwrap();
+        assert_eq!(count_lines(&without).await.unwrap(), 3);
+        let empty = dir.path().join("c.csv");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(count_lines(&empty).await.unwrap(), 0);
     }
 }
