@@ -137,11 +137,17 @@ async fn calls_spread_over_every_replica_and_survive_one_killed_mid_run() {
     // one, gone from the name, is dropped.
     let fourth = replica(4).await;
     *names.0.lock().unwrap() = vec![replicas[0].addr, replicas[2].addr, fourth.addr];
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let mut now = channel.replicas();
-    now.sort();
     let mut want = vec![replicas[0].addr, replicas[2].addr, fourth.addr];
     want.sort();
+    // Resolutions come every 200 ms but at most every 500 ms: the change is seen within a second.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut now = channel.replicas();
+    now.sort();
+    while now != want && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = channel.replicas();
+        now.sort();
+    }
     assert_eq!(now, want);
     let by = spread(&calls(&client, 60, 4).await);
     assert!(by.get(&4).copied().unwrap_or(0) >= 10, "the new replica takes its share: {by:?}");
