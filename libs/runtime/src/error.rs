@@ -11,6 +11,9 @@ pub enum Error {
     InvalidArgument { field: String, reason: String },
     #[error("{0} not found")]
     NotFound(String),
+    /// Nothing of `kind` answers to a key the message must not repeat (an email).
+    #[error("no {kind} has this {key}")]
+    NoneWith { kind: &'static str, key: &'static str },
     #[error("{0}")]
     AlreadyExists(String),
     /// Another contact of the account has this email: its id, when known.
@@ -63,7 +66,7 @@ impl Error {
     pub fn code_name(&self) -> &'static str {
         match self {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
-            Error::NotFound(_) => "NOT_FOUND",
+            Error::NotFound(_) | Error::NoneWith { .. } => "NOT_FOUND",
             Error::AlreadyExists(_) | Error::EmailTaken(_) => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
@@ -106,6 +109,10 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::NotFound(_) => Status::not_found(e.to_string()),
+            Error::NoneWith { kind, .. } => {
+                let details = tonic_types::ErrorDetails::with_resource_info(kind, "", "", e.to_string());
+                crate::rich::status(tonic::Code::NotFound, e.to_string(), details, "NOT_FOUND")
+            }
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::EmailTaken(ref id) => {
                 crate::rich::already_exists("contact", id.as_deref().unwrap_or_default(), e.to_string())

@@ -1,5 +1,32 @@
-//! Pages of a small, bounded set read whole (an account's properties, workflows, recipients):
-//! sorted by a unique key, a page token is the last key of the page before.
+//! Page sizes and page tokens of every list RPC keyed by a unique, sorted key, and pages of a
+//! small, bounded set read whole (an account's properties, workflows, recipients).
+//!
+//! A page token names the list it pages and the last key of the page before, encoded so a
+//! client treats it as opaque: a token of another list, or anything else, is refused as
+//! INVALID_ARGUMENT `page_token` rather than read as "no more items".
+
+use base64::Engine as _;
+
+const TOKENS: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// The token of the page after `key` in `list` (a name unique to the RPC, e.g. "lists").
+pub fn token(list: &str, key: &str) -> String {
+    TOKENS.encode(format!("{list}\n{key}"))
+}
+
+/// The key a page of `list` starts after: None for the first page (an empty token).
+pub fn after(list: &str, token: &str) -> Result<Option<String>, tonic::Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let refused = || tonic::Status::invalid_argument(format!("page_token: not a page token of {list}"));
+    let bytes = TOKENS.decode(token).map_err(|_| refused())?;
+    let text = String::from_utf8(bytes).map_err(|_| refused())?;
+    match text.split_once('\n') {
+        Some((l, key)) if l == list && !key.is_empty() => Ok(Some(key.to_owned())),
+        _ => Err(refused()),
+    }
+}
 
 /// Items a page holds when the caller names no size.
 pub const DEFAULT_PAGE: i32 = 100;
@@ -15,39 +42,59 @@ pub fn size(page_size: i32) -> Option<usize> {
     }
 }
 
-/// The page of `items` after `token` of at most `page_size` (0: [`DEFAULT_PAGE`]), and the
-/// token of the next page (empty on the last); Err names the field that is out of range.
+/// The page of `list`'s `items` after `page_token` of at most `page_size` (0:
+/// [`DEFAULT_PAGE`]), and the token of the next page (empty on the last); Err names the field
+/// that is out of range.
 pub fn page<T>(
+    list: &str,
     mut items: Vec<T>,
     key: impl Fn(&T) -> &str,
     page_size: i32,
-    token: &str,
+    page_token: &str,
 ) -> Result<(Vec<T>, String), tonic::Status> {
     let size = size(page_size)
         .ok_or_else(|| tonic::Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}")))?;
+    let after = after(list, page_token)?;
     items.sort_by(|a, b| key(a).cmp(key(b)));
-    if !token.is_empty() {
-        items.retain(|x| key(x) > token);
+    if let Some(after) = after {
+        items.retain(|x| key(x) > after.as_str());
     }
     let more = items.len() > size;
     items.truncate(size);
-    let next = if more { items.last().map(|x| key(x).to_owned()).unwrap_or_default() } else { String::new() };
+    let next =
+        if more { items.last().map(|x| token(list, key(x))).unwrap_or_default() } else { String::new() };
     Ok((items, next))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::page;
+    use super::*;
 
     #[test]
     fn pages_follow_one_another_to_the_end() {
         let items: Vec<String> = (0..5).map(|i| format!("k{i}")).collect();
-        let (a, t) = page(items.clone(), |s| s.as_str(), 2, "").unwrap();
-        assert_eq!((a, t.as_str()), (vec!["k0".to_owned(), "k1".into()], "k1"));
-        let (b, t) = page(items.clone(), |s| s.as_str(), 2, &t).unwrap();
-        assert_eq!((b, t.as_str()), (vec!["k2".to_owned(), "k3".into()], "k3"));
-        let (c, t) = page(items.clone(), |s| s.as_str(), 2, &t).unwrap();
+        let (a, t) = page("things", items.clone(), |s| s.as_str(), 2, "").unwrap();
+        assert_eq!(a, ["k0", "k1"]);
+        let (b, t) = page("things", items.clone(), |s| s.as_str(), 2, &t).unwrap();
+        assert_eq!(b, ["k2", "k3"]);
+        let (c, t) = page("things", items.clone(), |s| s.as_str(), 2, &t).unwrap();
         assert_eq!((c, t.as_str()), (vec!["k4".to_owned()], ""));
-        assert!(page(items, |s| s.as_str(), 1_001, "").unwrap_err().message().starts_with("page_size"));
+        assert!(
+            page("things", items, |s| s.as_str(), 1_001, "").unwrap_err().message().starts_with("page_size")
+        );
+    }
+
+    #[test]
+    fn a_token_is_good_for_its_own_list_only_and_garbage_is_refused() {
+        let t = token("lists", "l-42");
+        assert_eq!(after("lists", &t).unwrap().as_deref(), Some("l-42"));
+        assert_eq!(after("lists", "").unwrap(), None);
+        for bad in
+            [token("memberships", "l-42"), "garbage".into(), "l-42".into(), token("lists", ""), "%%%".into()]
+        {
+            let e = after("lists", &bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.message().starts_with("page_token: "), "{}", e.message());
+        }
     }
 }

@@ -18,6 +18,7 @@ use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::host::PeerChannel;
 use contactier_runtime::idempotency;
+use contactier_runtime::paging;
 use futures::stream::BoxStream;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -62,7 +63,6 @@ fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
 const MEMBERSHIP_SCAN: i64 = 200;
 
 fn page_size(n: i32) -> Result<i64> {
-    use contactier_runtime::paging;
     paging::size(n)
         .map(|s| s as i64)
         .ok_or_else(|| Error::invalid("page_size", format!("1 to {}", paging::MAX_PAGE)))
@@ -274,7 +274,7 @@ impl Api {
                     .store
                     .contact_with_catalog(account, ContactKey::Email(&key))
                     .await?
-                    .ok_or_else(|| Error::NotFound("contact with this email".into()))?;
+                    .ok_or(Error::NoneWith { kind: "contact", key: "email" })?;
                 Ok(row.id)
             }
         }
@@ -438,7 +438,7 @@ impl ContactsService for Api {
                 self.store
                     .contact_with_catalog(&c.account, ContactKey::Email(&key))
                     .await?
-                    .ok_or_else(|| Error::NotFound("contact with this email".into()))?
+                    .ok_or(Error::NoneWith { kind: "contact", key: "email" })?
             }
             None => return Err(Error::invalid("key", "id or email is required").into()),
         };
@@ -690,8 +690,13 @@ impl ContactsService for Api {
         let r = req.into_inner();
         let catalog = self.store.catalog(&c.account).await?;
         let all: Vec<pb::PropertyDefinition> = catalog.by_name.values().map(convert::definition).collect();
-        let (properties, next_page_token) =
-            contactier_runtime::paging::page(all, |p| p.name.as_str(), r.page_size, &r.page_token)?;
+        let (properties, next_page_token) = contactier_runtime::paging::page(
+            "properties",
+            all,
+            |p| p.name.as_str(),
+            r.page_size,
+            &r.page_token,
+        )?;
         Ok(Response::new(pb::ListPropertiesResponse { properties, next_page_token }))
     }
 
@@ -843,15 +848,18 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
-        let rows = self.store.lists(&c.account, &r.page_token, limit + 1).await?;
+        let after = paging::after("lists", &r.page_token)?.unwrap_or_default();
+        let rows = self.store.lists(&c.account, &after, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let mut lists = Vec::new();
         for row in rows.into_iter().take(limit as usize) {
             let size = self.list_size(&c.account, &row).await?;
             lists.push(convert::list(row, size));
         }
-        let next_page_token =
-            if more { lists.last().map(|l| l.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = match lists.last() {
+            Some(l) if more => paging::token("lists", &l.id),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListListsResponse { lists, next_page_token }))
     }
 
@@ -947,21 +955,24 @@ impl ContactsService for Api {
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let list = self.store.list(&c.account, &r.list_id).await?;
+        let after = paging::after("list members", &r.page_token)?.unwrap_or_default();
         let ids = if list.r#type == "active" {
             let catalog = self.store.catalog(&c.account).await?;
             let f = pb::ContactFilter::decode(list.filter.as_slice())
                 .map_err(|_| Error::Internal("stored filter".into()))?;
             match filter::compile(Some(&f), &catalog, 1) {
-                Ok(sql) => self.store.matching_ids(&c.account, &sql, &r.page_token, limit + 1).await?,
+                Ok(sql) => self.store.matching_ids(&c.account, &sql, &after, limit + 1).await?,
                 Err(_) => vec![],
             }
         } else {
-            self.store.members(&c.account, &list.id, &r.page_token, limit + 1).await?
+            self.store.members(&c.account, &list.id, &after, limit + 1).await?
         };
         let more = ids.len() as i64 > limit;
         let contact_ids: Vec<String> = ids.into_iter().take(limit as usize).collect();
-        let next_page_token =
-            if more { contact_ids.last().cloned().unwrap_or_default() } else { String::new() };
+        let next_page_token = match contact_ids.last() {
+            Some(id) if more => paging::token("list members", id),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListListMembersResponse { contact_ids, next_page_token }))
     }
 
@@ -973,10 +984,13 @@ impl ContactsService for Api {
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let id = self.subject(&c.account, r.contact_id, &r.email).await?;
+        // An unknown id is NOT_FOUND, as an unknown email is, not "in no list".
+        self.contact_by_id(&c.account, &id).await?;
         let statics: std::collections::HashSet<String> =
             self.store.lists_of(&c.account, &id).await?.into_iter().collect();
         let catalog = self.store.catalog(&c.account).await?;
-        let (mut lists, mut after, mut more) = (Vec::new(), r.page_token, false);
+        let after = paging::after("memberships", &r.page_token)?.unwrap_or_default();
+        let (mut lists, mut after, mut more) = (Vec::new(), after, false);
         'scan: loop {
             let rows = self.store.lists(&c.account, &after, MEMBERSHIP_SCAN).await?;
             let last_page = (rows.len() as i64) < MEMBERSHIP_SCAN;
@@ -1005,8 +1019,10 @@ impl ContactsService for Api {
                 break;
             }
         }
-        let next_page_token =
-            if more { lists.last().map(|l| l.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = match lists.last() {
+            Some(l) if more => paging::token("memberships", &l.id),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListContactMembershipsResponse { lists, next_page_token }))
     }
 

@@ -362,6 +362,17 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
         .into_inner();
     assert_eq!((second.lists.len(), second.next_page_token.as_str()), (1, ""), "{backend:?}");
     assert_ne!(first.lists[0].id, second.lists[0].id);
+    // A token is opaque and good for its own list only: garbage, a raw list id or a
+    // memberships token given to ListLists is refused, not read as "no more lists".
+    for token in ["garbage".to_owned(), first.lists[0].id.clone(), first.next_page_token.clone()] {
+        let req = pb::ListListsRequest { page_size: 1, page_token: token.clone() };
+        let err = s.api().list_lists(authed(req, &w)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {token}");
+        assert!(err.message().starts_with("page_token"), "{backend:?}: {}", err.message());
+    }
+    // An unknown id is not "in no list".
+    let err = s.api().list_contact_memberships(authed(memberships("c-nobody", ""), &w)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}");
     let err = s
         .api()
         .list_contact_memberships(authed(memberships(&newcomer.id, "new-customer@example.com"), &w))
@@ -379,6 +390,13 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+    assert!(!err.message().contains("new-customer"), "no email in a refusal: {}", err.message());
+    let missing = tonic_types::StatusExt::get_details_resource_info(&err).expect("ResourceInfo");
+    assert_eq!(
+        (missing.resource_type.as_str(), missing.resource_name.as_str()),
+        ("contact", ""),
+        "{backend:?}"
+    );
 
     for (req, field) in [
         (create("", pb::ListType::Static, None), "name"),

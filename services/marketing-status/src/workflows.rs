@@ -153,8 +153,13 @@ impl Api {
         let r = req.get_ref();
         let rows = self.store.workflows(&account, None).await.map_err(db)?;
         let all: Vec<pb::Workflow> = rows.into_iter().map(pb_workflow).collect();
-        let (workflows, next_page_token) =
-            contactier_runtime::paging::page(all, |w| w.id.as_str(), r.page_size, &r.page_token)?;
+        let (workflows, next_page_token) = contactier_runtime::paging::page(
+            "workflows",
+            all,
+            |w| w.id.as_str(),
+            r.page_size,
+            &r.page_token,
+        )?;
         Ok(pb::ListWorkflowsResponse { workflows, next_page_token })
     }
 

@@ -103,8 +103,13 @@ impl NotificationService for Api {
         let rows = self.store.list_recipients(&account(&req)?).await?;
         let all: Vec<pb::Recipient> = rows.into_iter().map(|r| convert::recipient(r, false)).collect();
         let r = req.get_ref();
-        let (recipients, next_page_token) =
-            contactier_runtime::paging::page(all, |x| x.id.as_str(), r.page_size, &r.page_token)?;
+        let (recipients, next_page_token) = contactier_runtime::paging::page(
+            "recipients",
+            all,
+            |x| x.id.as_str(),
+            r.page_size,
+            &r.page_token,
+        )?;
         Ok(Response::new(pb::ListRecipientsResponse { recipients, next_page_token }))
     }
 
