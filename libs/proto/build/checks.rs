@@ -120,9 +120,16 @@ fn value_check(kind: &Kind, limits: &Limits, v: &str, at: &str) -> String {
     }
 }
 
+/// The most items any list RPC answers in one page (`page_size` fields unless they say
+/// otherwise); the same as the runtime's `paging::MAX_PAGE`.
+const MAX_PAGE_SIZE: i64 = 1_000;
+
 fn field_check(f: &FieldDescriptor, ext: &Extensions, out: &mut String) {
-    let limits = ext.of(f);
+    let mut limits = ext.of(f);
     let name = f.name();
+    if name == "page_size" && limits.max.is_none() {
+        limits.max = Some(MAX_PAGE_SIZE);
+    }
     let rust = sanitize(name.to_snake_case());
     let at = format!("&at.field({name:?})");
     if f.is_map() {

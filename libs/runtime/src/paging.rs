@@ -5,6 +5,7 @@
 //! client treats it as opaque: a token of another list, or anything else, is refused as
 //! INVALID_ARGUMENT `page_token` rather than read as "no more items".
 
+use crate::error::Error;
 use base64::Engine as _;
 
 const TOKENS: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -15,11 +16,11 @@ pub fn token(list: &str, key: &str) -> String {
 }
 
 /// The key a page of `list` starts after: None for the first page (an empty token).
-pub fn after(list: &str, token: &str) -> Result<Option<String>, tonic::Status> {
+pub fn after(list: &str, token: &str) -> Result<Option<String>, Error> {
     if token.is_empty() {
         return Ok(None);
     }
-    let refused = || tonic::Status::invalid_argument(format!("page_token: not a page token of {list}"));
+    let refused = || Error::invalid("page_token", format!("not a page token of {list}"));
     let bytes = TOKENS.decode(token).map_err(|_| refused())?;
     let text = String::from_utf8(bytes).map_err(|_| refused())?;
     match text.split_once('\n') {
@@ -42,6 +43,20 @@ pub fn size(page_size: i32) -> Option<usize> {
     }
 }
 
+/// [`size`] as a query limit, or INVALID_ARGUMENT `page_size`.
+pub fn limit(page_size: i32) -> Result<i64, Error> {
+    size(page_size)
+        .map(|n| n as i64)
+        .ok_or_else(|| Error::invalid("page_size", format!("0 (the default, {DEFAULT_PAGE}) to {MAX_PAGE}")))
+}
+
+/// [`after`] for lists keyed by a number (a sequence, an invoice number).
+pub fn after_number(list: &str, token: &str) -> Result<Option<i64>, Error> {
+    after(list, token)?
+        .map(|k| k.parse().map_err(|_| Error::invalid("page_token", format!("not a page token of {list}"))))
+        .transpose()
+}
+
 /// The page of `list`'s `items` after `page_token` of at most `page_size` (0:
 /// [`DEFAULT_PAGE`]), and the token of the next page (empty on the last); Err names the field
 /// that is out of range.
@@ -51,9 +66,8 @@ pub fn page<T>(
     key: impl Fn(&T) -> &str,
     page_size: i32,
     page_token: &str,
-) -> Result<(Vec<T>, String), tonic::Status> {
-    let size = size(page_size)
-        .ok_or_else(|| tonic::Status::invalid_argument(format!("page_size: 1 to {MAX_PAGE}")))?;
+) -> Result<(Vec<T>, String), Error> {
+    let size = limit(page_size)? as usize;
     let after = after(list, page_token)?;
     items.sort_by(|a, b| key(a).cmp(key(b)));
     if let Some(after) = after {
@@ -79,9 +93,7 @@ mod tests {
         assert_eq!(b, ["k2", "k3"]);
         let (c, t) = page("things", items.clone(), |s| s.as_str(), 2, &t).unwrap();
         assert_eq!((c, t.as_str()), (vec!["k4".to_owned()], ""));
-        assert!(
-            page("things", items, |s| s.as_str(), 1_001, "").unwrap_err().message().starts_with("page_size")
-        );
+        assert_eq!(page("things", items, |s| s.as_str(), 1_001, "").unwrap_err().field(), "page_size");
     }
 
     #[test]
@@ -92,7 +104,7 @@ mod tests {
         for bad in
             [token("memberships", "l-42"), "garbage".into(), "l-42".into(), token("lists", ""), "%%%".into()]
         {
-            let e = after("lists", &bad).unwrap_err();
+            let e = tonic::Status::from(after("lists", &bad).unwrap_err());
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
             assert!(e.message().starts_with("page_token: "), "{}", e.message());
         }

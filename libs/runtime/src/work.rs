@@ -135,9 +135,7 @@ impl WorkService for WorkOps {
         req: Request<pb::ListFailingWorkRequest>,
     ) -> Result<Response<pb::ListFailingWorkResponse>, Status> {
         let r = req.into_inner();
-        let size = crate::paging::size(r.page_size).ok_or_else(|| {
-            Status::invalid_argument(format!("page_size: 1 to {}", crate::paging::MAX_PAGE))
-        })?;
+        let size = crate::paging::limit(r.page_size)? as usize;
         let after = decode_token(&r.page_token)?;
         let mut items = Vec::new();
         for s in &self.sources {

@@ -14,6 +14,7 @@ use contactier_proto::common::v1 as common;
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{timestamp, timestamp_micros};
+use contactier_runtime::paging;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -57,21 +58,6 @@ fn pb_term(t: Term) -> common::Term {
         Term::Monthly => common::Term::Monthly,
         Term::Annual => common::Term::Annual,
     }
-}
-
-fn page_size(n: i32) -> Result<i64> {
-    match n {
-        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
-        0 => Ok(50),
-        n => Ok(i64::from(n).min(500)),
-    }
-}
-
-fn page_token(t: &str) -> Result<Option<i64>> {
-    if t.is_empty() {
-        return Ok(None);
-    }
-    t.parse().map(Some).map_err(|_| Error::invalid("page_token", "not a token this service issued"))
 }
 
 /// An invoice line as the contract shows it, its fields as its kind has them.
@@ -415,10 +401,11 @@ impl BillingService for Api {
     async fn list_upgrades(&self, req: Request<pb::ListUpgradesRequest>) -> Answer<pb::ListUpgradesResponse> {
         let account = account(&req)?;
         let r = req.into_inner();
-        let limit = page_size(r.page_size)?;
-        let rows = self.store.upgrades(&account, page_token(&r.page_token)?, limit).await?;
+        let limit = paging::limit(r.page_size)?;
+        let rows =
+            self.store.upgrades(&account, paging::after_number("upgrades", &r.page_token)?, limit).await?;
         let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|u| u.upgraded_at.to_string()).unwrap_or_default()
+            rows.last().map(|u| paging::token("upgrades", &u.upgraded_at.to_string())).unwrap_or_default()
         } else {
             String::new()
         };
@@ -431,10 +418,11 @@ impl BillingService for Api {
     async fn list_invoices(&self, req: Request<pb::ListInvoicesRequest>) -> Answer<pb::ListInvoicesResponse> {
         let account = account(&req)?;
         let r = req.into_inner();
-        let limit = page_size(r.page_size)?;
-        let rows = self.store.invoices(&account, page_token(&r.page_token)?, limit).await?;
+        let limit = paging::limit(r.page_size)?;
+        let rows =
+            self.store.invoices(&account, paging::after_number("invoices", &r.page_token)?, limit).await?;
         let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|i| i.number.to_string()).unwrap_or_default()
+            rows.last().map(|i| paging::token("invoices", &i.number.to_string())).unwrap_or_default()
         } else {
             String::new()
         };

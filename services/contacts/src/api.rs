@@ -63,9 +63,7 @@ fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
 const MEMBERSHIP_SCAN: i64 = 200;
 
 fn page_size(n: i32) -> Result<i64> {
-    paging::size(n)
-        .map(|s| s as i64)
-        .ok_or_else(|| Error::invalid("page_size", format!("1 to {}", paging::MAX_PAGE)))
+    paging::limit(n)
 }
 
 fn batch_len(field: &str, n: usize) -> Result<()> {

@@ -113,18 +113,13 @@ impl Api {
     ) -> Result<pb::ListStatusChangesResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let r = req.into_inner();
-        let limit = match r.page_size {
-            0 => 100,
-            n @ 1..=1_000 => i64::from(n),
-            _ => return Err(Error::invalid("page_size", "1 to 1000").into()),
-        };
-        let before = if r.page_token.is_empty() {
-            (i64::MAX, String::new())
-        } else {
-            r.page_token
+        let limit = contactier_runtime::paging::limit(r.page_size)?;
+        let before = match contactier_runtime::paging::after("status changes", &r.page_token)? {
+            None => (i64::MAX, String::new()),
+            Some(key) => key
                 .split_once('/')
                 .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
-                .ok_or_else(|| Error::invalid("page_token", "not a page token"))?
+                .ok_or_else(|| Error::invalid("page_token", "not a page token of status changes"))?,
         };
         let contact = Some(r.contact_id.as_str()).filter(|c| !c.is_empty());
         let mut rows =
@@ -132,7 +127,14 @@ impl Api {
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = if more {
-            rows.last().map(|c| format!("{}/{}", c.requested_at, c.id)).unwrap_or_default()
+            rows.last()
+                .map(|c| {
+                    contactier_runtime::paging::token(
+                        "status changes",
+                        &format!("{}/{}", c.requested_at, c.id),
+                    )
+                })
+                .unwrap_or_default()
         } else {
             String::new()
         };

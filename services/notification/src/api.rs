@@ -10,6 +10,7 @@ use crate::watch::{Full, Watchers};
 use contactier_proto::notification::v1::{self as pb, notification_service_server::NotificationService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
+use contactier_runtime::paging;
 use std::pin::Pin;
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
@@ -31,17 +32,6 @@ pub struct Api {
 
 fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
     Ok(Principal::of(req)?.account_id()?.to_owned())
-}
-
-fn page_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    // Tokens are ids or sequences we handed out: plain, but checked.
-    if token.len() > 64 || !token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(Error::invalid("page_token", "not a token this service issued"));
-    }
-    Ok(Some(token.to_owned()))
 }
 
 /// A webhook URL's form, and the addresses its host resolves to now (checked again at every
@@ -130,17 +120,11 @@ impl NotificationService for Api {
     ) -> std::result::Result<Response<pb::ListAlertsResponse>, Status> {
         let account = account(&req)?;
         let r = req.into_inner();
-        let limit = convert::page_size(r.page_size, 50, 500)?;
-        let before = match page_token(&r.page_token)? {
-            Some(t) => Some(
-                t.parse::<i64>()
-                    .map_err(|_| Error::invalid("page_token", "not a token this service issued"))?,
-            ),
-            None => None,
-        };
+        let limit = paging::limit(r.page_size)?;
+        let before = paging::after_number("alerts", &r.page_token)?;
         let rows = self.store.list_alerts(&account, before, limit).await?;
         let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|a| a.sequence.to_string()).unwrap_or_default()
+            rows.last().map(|a| paging::token("alerts", &a.sequence.to_string())).unwrap_or_default()
         } else {
             String::new()
         };
@@ -290,11 +274,11 @@ impl Api {
         page_size: i32,
         token: &str,
     ) -> Result<(Vec<pb::Delivery>, String)> {
-        let limit = convert::page_size(page_size, 50, 500)?;
-        let after = page_token(token)?;
+        let limit = paging::limit(page_size)?;
+        let after = paging::after("deliveries", token)?;
         let rows = self.store.list_deliveries(account, alert, state, after.as_deref(), limit).await?;
         let next = if rows.len() as i64 == limit {
-            rows.last().map(|d| d.id.clone()).unwrap_or_default()
+            rows.last().map(|d| paging::token("deliveries", &d.id)).unwrap_or_default()
         } else {
             String::new()
         };

@@ -88,12 +88,3 @@ pub fn delivery(d: DeliveryRow, attempts: Vec<AttemptRow>, alert_ids: Vec<String
             .collect(),
     }
 }
-
-/// Page size: default when 0, capped, never negative.
-pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64> {
-    match requested {
-        n if n < 0 => Err(Error::invalid("page_size", "must not be negative")),
-        0 => Ok(default),
-        n => Ok(i64::from(n).min(max)),
-    }
-}
