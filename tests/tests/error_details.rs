@@ -103,6 +103,15 @@ async fn refusals_carry_details_a_client_can_branch_on(backend: Backend) {
     let e = Error::from(status.set_marketing_status(req).await.unwrap_err());
     assert_eq!(e.code(), Code::InvalidArgument, "{backend:?}");
     assert_eq!(e.field_violations()[0].field, "status", "{backend:?}");
+
+    // A precondition says which one, so a client knows what to do about it.
+    // (An account that bought no edition has no workflows.)
+    let workflow = mpb::CreateWorkflowRequest::default();
+    let admin = s.client(ACCOUNT, &["admin"]);
+    let e = Error::from(admin.marketing_status().create_workflow(workflow).await.unwrap_err());
+    assert_eq!((e.code(), e.reason()), (Code::FailedPrecondition, Some("EDITION_REQUIRED")), "{backend:?}");
+    assert_eq!(e.preconditions()[0].0, "EDITION_REQUIRED", "{backend:?}");
+    assert_eq!(e.preconditions()[0].1, "edition", "{backend:?}");
 }
 
 contactier_runtime::backend_tests!(refusals_carry_details_a_client_can_branch_on);

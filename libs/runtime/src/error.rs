@@ -21,6 +21,10 @@ pub enum Error {
     EmailTaken(Option<String>),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A precondition a client can branch on: `reason` is its stable `ErrorInfo` reason and
+    /// the `PreconditionFailure` type, `subject` what it is about.
+    #[error("{message}")]
+    Precondition { reason: &'static str, subject: String, message: String },
     #[error("{0}")]
     Aborted(String),
     /// Refused for who the caller is; `field` names what asked for it, when something did.
@@ -47,6 +51,33 @@ impl Error {
         Error::PermissionDenied { field: field.into(), reason: reason.into() }
     }
 
+    /// The account lacks a feature it must turn on first.
+    pub fn feature_disabled(feature: &str, message: impl Into<String>) -> Self {
+        Error::Precondition {
+            reason: "FEATURE_DISABLED",
+            subject: feature.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The account's edition does not include this.
+    pub fn edition_required(message: impl Into<String>) -> Self {
+        Error::Precondition {
+            reason: "EDITION_REQUIRED",
+            subject: "edition".to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The account has as many of `what` as it may.
+    pub fn quota_reached(what: &str, max: impl std::fmt::Display) -> Self {
+        Error::Precondition {
+            reason: "QUOTA_REACHED",
+            subject: what.to_owned(),
+            message: format!("an account has at most {max} {what}; delete one first"),
+        }
+    }
+
     /// NOT_FOUND for `what` (e.g. "subscription", "contact c-1").
     pub fn not_found(what: impl Into<String>) -> Self {
         Error::NotFound(what.into())
@@ -68,7 +99,7 @@ impl Error {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::NotFound(_) | Error::NoneWith { .. } => "NOT_FOUND",
             Error::AlreadyExists(_) | Error::EmailTaken(_) => "ALREADY_EXISTS",
-            Error::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Error::FailedPrecondition(_) | Error::Precondition { .. } => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::RequestReused => "ALREADY_EXISTS",
@@ -118,6 +149,14 @@ impl From<Error> for Status {
                 crate::rich::already_exists("contact", id.as_deref().unwrap_or_default(), e.to_string())
             }
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::Precondition { reason, ref subject, ref message } => {
+                let details = tonic_types::ErrorDetails::with_precondition_failure_violation(
+                    reason,
+                    subject.clone(),
+                    message.clone(),
+                );
+                crate::rich::status(tonic::Code::FailedPrecondition, message.clone(), details, reason)
+            }
             Error::Aborted(_) => Status::aborted(e.to_string()),
             Error::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             Error::RequestReused => crate::idempotency::reused(),

@@ -40,7 +40,9 @@ pub fn reason(code: Code, message: &str) -> &'static str {
         Code::AlreadyExists => "ALREADY_EXISTS",
         Code::FailedPrecondition => "FAILED_PRECONDITION",
         Code::Aborted => "CONFLICT",
-        Code::PermissionDenied if message.contains("may not call") => "CALLER_NOT_ALLOWED",
+        Code::PermissionDenied if message.contains("may not call") || message.contains("internal access") => {
+            "CALLER_NOT_ALLOWED"
+        }
         Code::PermissionDenied if message.starts_with("requires ") => "SCOPE_MISSING",
         Code::PermissionDenied if message.contains("not valid for this account") => "WRONG_ACCOUNT",
         Code::PermissionDenied => "PERMISSION_DENIED",
@@ -212,6 +214,8 @@ mod tests {
         );
         let d = enrich(Status::permission_denied("requires admin access")).get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "SCOPE_MISSING");
+        let d = enrich(Status::permission_denied("requires internal access")).get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "CALLER_NOT_ALLOWED", "a user token on an internal RPC");
         let d = enrich(Status::already_exists("request_id: already used for a different request"))
             .get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "REQUEST_ID_REUSED");

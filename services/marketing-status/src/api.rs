@@ -178,7 +178,11 @@ impl MarketingStatusService for Api {
             return Ok(Response::new(first));
         }
         if !self.store.settings(&account).await.map_err(db)?.marketing_contacts_enabled {
-            return Err(Error::FailedPrecondition("the account does not have the marketing contacts feature: every contact is billed; enable it first".into()).into());
+            return Err(Error::feature_disabled(
+                "marketing_contacts",
+                "the account does not have the marketing contacts feature: every contact is billed; enable it first",
+            )
+            .into());
         }
         let user = principal.user_id().unwrap_or_default().to_owned();
         if wanted == Status::Marketing

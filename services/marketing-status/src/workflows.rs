@@ -78,7 +78,7 @@ impl Api {
         if s.edition == "professional" || s.edition == "enterprise" {
             Ok(())
         } else {
-            Err(Error::FailedPrecondition("workflows are part of Professional and Enterprise".into()).into())
+            Err(Error::edition_required("workflows are part of Professional and Enterprise").into())
         }
     }
 
@@ -119,10 +119,7 @@ impl Api {
             }
         };
         if self.store.workflow_count(&account).await.map_err(db)? >= MAX_WORKFLOWS {
-            return Err(Error::FailedPrecondition(format!(
-                "an account has at most {MAX_WORKFLOWS} workflows"
-            ))
-            .into());
+            return Err(Error::quota_reached("workflows", MAX_WORKFLOWS).into());
         }
         let row = WorkflowRow {
             id: new_id(),

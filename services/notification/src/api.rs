@@ -54,10 +54,7 @@ impl NotificationService for Api {
     ) -> std::result::Result<Response<pb::CreateRecipientResponse>, Status> {
         let account = account(&req)?;
         if self.store.recipient_count(&account).await? >= MAX_RECIPIENTS {
-            return Err(Error::FailedPrecondition(format!(
-                "an account has at most {MAX_RECIPIENTS} recipients; delete one first"
-            ))
-            .into());
+            return Err(Error::quota_reached("recipients", MAX_RECIPIENTS).into());
         }
         let (kind, address, secret) = match req.into_inner().target {
             Some(pb::create_recipient_request::Target::Webhook(w)) => {

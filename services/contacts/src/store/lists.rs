@@ -26,9 +26,7 @@ impl Store {
         let have: i64 = with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM lists WHERE account_id = $1")
             .bind(account).fetch_one(pool).await?);
         if have >= max {
-            return Err(crate::error::Error::FailedPrecondition(format!(
-                "an account has at most {max} lists"
-            )));
+            return Err(crate::error::Error::quota_reached("lists", max));
         }
         with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO lists (account_id, id, name, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6)",

@@ -271,7 +271,7 @@ impl Store {
             "SELECT COUNT(*) FROM property_definitions WHERE account_id = $1",
         ).bind(account).fetch_one(pool).await?);
         if have >= max {
-            return Err(Error::FailedPrecondition(format!("an account has at most {max} custom properties")));
+            return Err(Error::quota_reached("custom properties", max));
         }
         let n = with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO property_definitions (account_id, name, label, type, options, description, created_at) \
