@@ -32,7 +32,7 @@ fn info(s: &tonic::Status) -> (String, String) {
 }
 
 async fn refusals_carry_details_a_client_can_branch_on(backend: Backend) {
-    let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 20, 12, 0, 0).unwrap()).await;
+    let mut s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 20, 12, 0, 0).unwrap()).await;
     let writer = s.client(ACCOUNT, &["write"]);
     let reader = s.client(ACCOUNT, &["read"]);
     let mut contacts = writer.contacts();
@@ -112,6 +112,19 @@ async fn refusals_carry_details_a_client_can_branch_on(backend: Backend) {
     assert_eq!((e.code(), e.reason()), (Code::FailedPrecondition, Some("EDITION_REQUIRED")), "{backend:?}");
     assert_eq!(e.preconditions()[0].0, "EDITION_REQUIRED", "{backend:?}");
     assert_eq!(e.preconditions()[0].1, "edition", "{backend:?}");
+
+    // A dependency that is down is named, and the refusal says when to try again.
+    s.stop("contacts").await;
+    let by_list = mpb::SetMarketingStatusRequest {
+        request_id: String::new(),
+        target: Some(mpb::set_marketing_status_request::Target::ListId("l-1".into())),
+        status: MarketingStatus::NonMarketing as i32,
+        source: None,
+    };
+    let e = Error::from(writer.marketing_status().set_marketing_status(by_list).await.unwrap_err());
+    assert_eq!(e.code(), Code::Unavailable, "{backend:?}: {e}");
+    assert!(e.message().contains("contacts service"), "{backend:?}: {e}");
+    assert!(e.retry_after().is_some(), "{backend:?}");
 }
 
 contactier_runtime::backend_tests!(refusals_carry_details_a_client_can_branch_on);

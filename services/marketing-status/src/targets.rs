@@ -49,7 +49,7 @@ impl Contacts {
         answer.map_err(|e| match e.code() {
             tonic::Code::NotFound => Status::not_found(format!("{field}: {}", e.message())),
             tonic::Code::InvalidArgument => Status::invalid_argument(format!("{field}.{}", e.message())),
-            _ => e,
+            _ => from_contacts(e),
         })
     }
 
@@ -68,7 +68,9 @@ impl Contacts {
                         page_size: 1_000,
                         page_token: token,
                     };
-                    let r = client.list_list_members(self.request(account, req)?).await?.into_inner();
+                    let r =
+                        client.list_list_members(self.request(account, req)?).await.map_err(from_contacts)?;
+                    let r = r.into_inner();
                     ids.extend(r.contact_ids);
                     r.next_page_token
                 }
@@ -85,7 +87,7 @@ impl Contacts {
                         if e.code() == tonic::Code::InvalidArgument {
                             Status::invalid_argument(e.message().to_owned())
                         } else {
-                            e
+                            from_contacts(e)
                         }
                     })?;
                     let r = r.into_inner();
@@ -98,5 +100,16 @@ impl Contacts {
             }
             token = next;
         }
+    }
+}
+
+/// A failure of the contacts service says so: the caller should know which dependency to wait
+/// for (the code, and with it RetryInfo, stays).
+fn from_contacts(e: Status) -> Status {
+    match e.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded => {
+            Status::new(e.code(), format!("the contacts service could not answer: {}", e.message()))
+        }
+        _ => e,
     }
 }
