@@ -34,7 +34,9 @@ pub fn render(days: &[Day], width: usize) -> Vec<String> {
             if d.tier == 0 {
                 return format!("{}  {}  no subscription", d.date, " ".repeat(width));
             }
-            let pct = if d.tier > 0 { d.count * 100 / d.tier } else { 0 };
+            // Tenths of a percent, so a small share does not read as 0 %.
+            let tenths = d.count.saturating_mul(1_000) / d.tier;
+            let pct = format!("{}.{}", tenths / 10, tenths % 10);
             let b = bar(d.count, max, width);
             // The tier's position on the day's row, so a line of them shows the limit.
             let tier_at =
@@ -45,7 +47,7 @@ pub fn render(days: &[Day], width: usize) -> Vec<String> {
                 cells[tier_at] = '│';
             }
             let row: String = cells.into_iter().collect();
-            format!("{}  {row}  {:>9} ({pct:>3} % of {})", d.date, group(d.count), group(d.tier))
+            format!("{}  {row}  {:>9} ({pct:>5} % of {})", d.date, group(d.count), group(d.tier))
         })
         .collect()
 }
@@ -97,8 +99,10 @@ mod tests {
         let rows = render(&days, 14);
         // Scale 7,000 over 14 cells: 500 a cell; the 2,000 tier sits in cell 4.
         let pad = " ".repeat(9);
-        assert_eq!(rows[0], format!("2026-04-29  ███ │{pad}      1,500 ( 75 % of 2,000)"));
-        assert_eq!(rows[1], format!("2026-04-30  ████▏{pad}      2,100 ( 30 % of 7,000)"));
+        assert_eq!(rows[0], format!("2026-04-29  ███ │{pad}      1,500 ( 75.0 % of 2,000)"));
+        assert_eq!(rows[1], format!("2026-04-30  ████▏{pad}      2,100 ( 30.0 % of 7,000)"));
+        let few = render(&[Day { date: "2026-05-01".into(), count: 3, tier: 2_000 }], 4);
+        assert!(few[0].ends_with("(  0.1 % of 2,000)"), "{}", few[0]);
     }
 
     #[test]

@@ -50,7 +50,7 @@ enum Command {
     SetStatus {
         #[arg(long, value_enum)]
         status: Status,
-        /// A static or active list of the contacts service.
+        /// A static or active list of the contacts service, by id or by name.
         #[arg(long, conflicts_with_all = ["ids", "conditions"], required_unless_present_any = ["ids", "conditions"])]
         list: Option<String>,
         /// Contact ids, comma separated.
@@ -62,7 +62,11 @@ enum Command {
         conditions: Vec<cpb::Filter>,
     },
     /// The account's lists: id, type, size and name.
-    Lists,
+    Lists {
+        /// Only the lists whose name contains this (without regard to case).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Create a list: static, or active (kept to a filter) with --where.
     CreateList {
         name: String,
@@ -74,7 +78,8 @@ enum Command {
     EnableMarketing,
     /// Usage and tier, with a chart of the last days.
     Usage {
-        #[arg(long, default_value_t = 30)]
+        /// Days to draw, today included.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3660))]
         days: u32,
     },
     /// The newest alerts.
@@ -106,7 +111,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "read", value_parser = ["read", "write", "admin", "ops"])]
         scopes: Vec<String>,
         /// A service token for this service instead of a user token.
-        #[arg(long, conflicts_with = "account")]
+        #[arg(long, conflicts_with = "account", value_parser = ["contacts", "marketing-status", "billing", "notification"])]
         service: Option<String>,
         /// How long it is valid, e.g. "1h", "30min" (at most 30 days).
         #[arg(long, default_value = "1h")]
@@ -212,7 +217,12 @@ pub fn explain(e: &anyhow::Error, target: &Target) -> String {
 fn signer(target: &Target) -> anyhow::Result<contactier_runtime::auth::Authenticator> {
     let path = target.runtime.data_dir.join("dev-jwt-secret");
     let secret = match &target.runtime.jwt_secret {
-        Some(s) => s.clone(),
+        Some(s) => {
+            if let Some(why) = contactier_runtime::host::weak_secret(s) {
+                anyhow::bail!("CONTACTIER_JWT_SECRET {why}; tokens signed with it would not be safe");
+            }
+            s.clone()
+        }
         None => std::fs::read_to_string(&path)
             .with_context(|| format!("no --token and no development secret at {}", path.display()))?
             .trim()
@@ -236,6 +246,12 @@ fn print_token(
         "--lifetime must be between 1s and 30days"
     );
     let ttl = chrono::Duration::from_std(lifetime)?;
+    for (flag, v) in [("--account", account.as_deref().unwrap_or("x")), ("--user", user)] {
+        anyhow::ensure!(
+            !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control),
+            "{flag} must be 1 to 256 characters without control characters"
+        );
+    }
     let signer = signer(target)?;
     let token = match (service, account) {
         (Some(service), _) => signer.service_token(&service, ttl),
@@ -275,8 +291,13 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             import(&conn, file, header).await
         }
         Command::SetStatus { status, list, ids, conditions } => {
+            let ids: Vec<String> =
+                ids.into_iter().map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect();
+            if list.is_none() && conditions.is_empty() && ids.is_empty() {
+                anyhow::bail!("--ids names no contact id");
+            }
             let target = match list {
-                Some(l) => mpb::set_marketing_status_request::Target::ListId(l),
+                Some(l) => mpb::set_marketing_status_request::Target::ListId(list_id(&conn, &l).await?),
                 None if !conditions.is_empty() => {
                     mpb::set_marketing_status_request::Target::Filter(filter(conditions))
                 }
@@ -307,6 +328,9 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         Command::Alerts { limit } => {
             let req = npb::ListAlertsRequest { page_size: limit, page_token: String::new() };
             let r = conn.notification().list_alerts(req).await?.into_inner();
+            if r.alerts.is_empty() {
+                println!("no alerts");
+            }
             for a in r.alerts {
                 let when = a.created_at.map(|t| ts(&t)).unwrap_or_default();
                 println!(
@@ -320,6 +344,9 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         Command::Invoices => {
             let req = bpb::ListInvoicesRequest { page_size: 100, page_token: String::new() };
             let r = conn.billing().list_invoices(req).await?.into_inner();
+            if r.invoices.is_empty() {
+                println!("no invoices");
+            }
             for i in r.invoices {
                 let total = i.total.clone().unwrap_or_default();
                 println!(
@@ -340,12 +367,18 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
                 let by: std::time::Duration = by.into();
                 let d =
                     prost_types::Duration { seconds: by.as_secs() as i64, nanos: by.subsec_nanos() as i32 };
-                let r = clock.advance_time(opb::AdvanceTimeRequest { by: Some(d) }).await?.into_inner();
+                let r = clock.advance_time(opb::AdvanceTimeRequest { by: Some(d) }).await.map_err(manual)?;
+                let r = r.into_inner();
                 println!("advanced in {} steps", r.steps);
                 r.now
             } else if let Some(t) = to {
                 let time = prost_types::Timestamp { seconds: t.timestamp(), nanos: 0 };
-                clock.set_time(opb::SetTimeRequest { time: Some(time) }).await?.into_inner().now
+                clock
+                    .set_time(opb::SetTimeRequest { time: Some(time) })
+                    .await
+                    .map_err(manual)?
+                    .into_inner()
+                    .now
             } else {
                 let r = clock.get_time(opb::GetTimeRequest {}).await?.into_inner();
                 println!("clock: {}", if r.manual { "manual" } else { "system" });
@@ -354,21 +387,21 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             println!("now {}", now.map(|t| ts(&t)).unwrap_or_default());
             Ok(())
         }
-        Command::Lists => {
-            let mut contacts = conn.contacts();
-            let mut token = String::new();
-            loop {
-                let req = cpb::ListListsRequest { page_size: 1_000, page_token: token };
-                let r = contacts.list_lists(req).await?.into_inner();
-                for l in r.lists {
-                    let kind = l.r#type().as_str_name().trim_start_matches("LIST_TYPE_").to_lowercase();
-                    println!("{}  {kind:<6} {:>9}  {}", l.id, chart::group(l.size), l.name);
-                }
-                if r.next_page_token.is_empty() {
-                    return Ok(());
-                }
-                token = r.next_page_token;
+        Command::Lists { name } => {
+            let wanted = name.map(|n| n.to_lowercase());
+            let lists = all_lists(&conn).await?;
+            let shown: Vec<_> = lists
+                .iter()
+                .filter(|l| wanted.as_ref().is_none_or(|w| l.name.to_lowercase().contains(w)))
+                .collect();
+            if shown.is_empty() {
+                println!("no lists");
             }
+            for l in shown {
+                let kind = l.r#type().as_str_name().trim_start_matches("LIST_TYPE_").to_lowercase();
+                println!("{}  {kind:<6} {:>9}  {}", l.id, chart::group(l.size), l.name);
+            }
+            Ok(())
         }
         Command::CreateList { name, conditions } => {
             let (kind, f) = if conditions.is_empty() {
@@ -394,6 +427,49 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
         }
         // Needs no connection; answered before connecting.
         Command::Token { .. } => Ok(()),
+    }
+}
+
+/// A clock that cannot be moved is the system clock, not a wrong port.
+fn manual(e: tonic::Status) -> anyhow::Error {
+    if e.code() == tonic::Code::Unimplemented {
+        anyhow::anyhow!(
+            "the services run on the system clock; only a clock started with --manual-clock can be moved"
+        )
+    } else {
+        e.into()
+    }
+}
+
+/// Every list of the account, page by page.
+async fn all_lists(conn: &Client) -> anyhow::Result<Vec<cpb::ContactList>> {
+    let (mut contacts, mut lists, mut token) = (conn.contacts(), Vec::new(), String::new());
+    loop {
+        let r = contacts.list_lists(cpb::ListListsRequest { page_size: 1_000, page_token: token }).await?;
+        let r = r.into_inner();
+        lists.extend(r.lists);
+        if r.next_page_token.is_empty() {
+            return Ok(lists);
+        }
+        token = r.next_page_token;
+    }
+}
+
+/// The id of the list `given` names: a list's id, or else the one list with that name.
+async fn list_id(conn: &Client, given: &str) -> anyhow::Result<String> {
+    let lists = all_lists(conn).await?;
+    if lists.iter().any(|l| l.id == given) {
+        return Ok(given.to_owned());
+    }
+    let named: Vec<_> = lists.iter().filter(|l| l.name.eq_ignore_ascii_case(given)).collect();
+    match named.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => anyhow::bail!("no list has the id or name {given:?}; `contactier ctl lists` shows them"),
+        more => anyhow::bail!(
+            "{} lists are named {given:?}; give one of their ids: {}",
+            more.len(),
+            more.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
     }
 }
 
@@ -579,7 +655,7 @@ async fn usage(conn: &Client, days: u32) -> anyhow::Result<()> {
         .map(|t| t.date_naive());
     let here = chrono::Utc::now().date_naive();
     let (ask_from, ask_to) = match told {
-        Some(t) => (t - chrono::Days::new(u64::from(days)), t),
+        Some(t) => (t - chrono::Days::new(u64::from(days - 1)), t),
         None => (here - chrono::Days::new(u64::from(days) + 366), here + chrono::Days::new(366)),
     };
     let pb_date = |d: chrono::NaiveDate| {
@@ -593,7 +669,7 @@ async fn usage(conn: &Client, days: u32) -> anyhow::Result<()> {
         .and_then(|p| p.date.as_ref())
         .and_then(|d| chrono::NaiveDate::from_ymd_opt(d.year, d.month as u32, d.day as u32));
     let today = told.or(last_known).unwrap_or(here);
-    let from = today - chrono::Days::new(u64::from(days));
+    let from = today - chrono::Days::new(u64::from(days - 1));
     let known: Vec<chart::Day> = points
         .iter()
         .map(|p| chart::Day { date: date(p.date.as_ref()), count: p.max_marketing_count, tier: p.tier })
@@ -633,5 +709,18 @@ mod tests {
         let empty = dir.path().join("c.csv");
         std::fs::write(&empty, "").unwrap();
         assert_eq!(count_lines(&empty).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn a_clock_that_cannot_move_is_the_system_clock_not_a_wrong_port() {
+        let e = manual(tonic::Status::unimplemented(
+            "contactier.ops.v1.ClockService/AdvanceTime is not served here",
+        ));
+        assert!(e.to_string().contains("--manual-clock"), "{e}");
+        let other = manual(tonic::Status::permission_denied("requires ops access"));
+        assert!(
+            other.downcast_ref::<tonic::Status>().is_some(),
+            "other refusals keep their status for explain()"
+        );
     }
 }

@@ -105,13 +105,35 @@ async fn ctl_answers_a_person_plainly() {
     billing.create_subscription(req).await.unwrap();
 
     // Usage draws a row for every day asked for, ending on the services' today.
-    let out = ctl(&r, &["ctl", "usage", "--days", "9", "--base-port", &base, "--token", &admin]);
+    let out = ctl(&r, &["ctl", "usage", "--days", "10", "--base-port", &base, "--token", &admin]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let days: Vec<String> =
         text(&out.stdout).lines().filter(|l| l.starts_with("2026-04-")).map(str::to_owned).collect();
     assert_eq!(days.len(), 10, "{}", text(&out.stdout));
     assert!(days[0].starts_with("2026-04-11"), "{days:#?}");
     assert!(days[9].starts_with("2026-04-20") && days[9].contains("% of"), "{days:#?}");
+    let out = ctl(&r, &["ctl", "usage", "--days", "100000", "--base-port", &base, "--token", &admin]);
+    assert_eq!(out.status.code(), Some(2), "refused by the command line: {}", text(&out.stderr));
+
+    // Empty answers say so; the clock answers an ops token.
+    let out = ctl(&r, &["ctl", "invoices", "--base-port", &base, "--token", &admin]);
+    assert_eq!(text(&out.stdout).trim(), "no invoices", "{}", text(&out.stderr));
+    let ops = ctl(&r, &["ctl", "token", "--account", "acct-ctl", "--scopes", "ops"]);
+    let ops = text(&ops.stdout).trim().to_owned();
+    let out = ctl(&r, &["ctl", "clock", "--base-port", &base, "--token", &ops]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Tokens are not minted for what cannot be: an unknown service, a control character, a
+    // placeholder secret.
+    for args in [
+        &["ctl", "token", "--service", "nope"][..],
+        &["ctl", "token", "--account", "a\tb"],
+        &["ctl", "token", "--account", "a", "--jwt-secret", "change-me-change-me-change-me-change-me"],
+    ] {
+        let out = ctl(&r, args);
+        assert!(!out.status.success(), "{args:?} minted {}", text(&out.stdout));
+        assert!(text(&out.stdout).is_empty(), "{args:?}");
+    }
 
     // Nothing listening: one line saying where it looked and what to check.
     let out = ctl(&r, &["ctl", "alerts", "--base-port", "1", "--token", &admin]);
@@ -228,4 +250,50 @@ async fn ctl_answers_a_person_plainly() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).starts_with("changed 1,"), "{}", text(&out.stdout));
+
+    // A list is found by its name too; `lists --name` narrows the listing.
+    let out = ctl(
+        &r,
+        &[
+            "ctl",
+            "set-status",
+            "--list",
+            "imported",
+            "--status",
+            "marketing",
+            "--base-port",
+            &base,
+            "--token",
+            &admin,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("changed "), "{}", text(&out.stdout));
+    let out = ctl(
+        &r,
+        &[
+            "ctl",
+            "set-status",
+            "--list",
+            "Nope",
+            "--status",
+            "marketing",
+            "--base-port",
+            &base,
+            "--token",
+            &admin,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no list has the id or name \"Nope\""), "{}", text(&out.stderr));
+    let out = ctl(&r, &["ctl", "lists", "--name", "port", "--base-port", &base, "--token", &reader]);
+    assert_eq!(text(&out.stdout).lines().count(), 1, "{}", text(&out.stdout));
+    let out = ctl(&r, &["ctl", "lists", "--name", "zzz", "--base-port", &base, "--token", &reader]);
+    assert_eq!(text(&out.stdout).trim(), "no lists");
+    let out = ctl(
+        &r,
+        &["ctl", "set-status", "--ids", "", "--status", "marketing", "--base-port", &base, "--token", &admin],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--ids"), "{}", text(&out.stderr));
 }
