@@ -16,6 +16,9 @@ pub enum Error {
     NoneWith { kind: &'static str, key: &'static str },
     #[error("{0}")]
     AlreadyExists(String),
+    /// Another `kind` of the account is already there as this one would be: its id.
+    #[error("{message}")]
+    Exists { kind: &'static str, id: String, message: String },
     /// Another contact of the account has this email: its id, when known.
     #[error("a contact with this email exists")]
     EmailTaken(Option<String>),
@@ -98,7 +101,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Error::NotFound(_) | Error::NoneWith { .. } => "NOT_FOUND",
-            Error::AlreadyExists(_) | Error::EmailTaken(_) => "ALREADY_EXISTS",
+            Error::AlreadyExists(_) | Error::EmailTaken(_) | Error::Exists { .. } => "ALREADY_EXISTS",
             Error::FailedPrecondition(_) | Error::Precondition { .. } => "FAILED_PRECONDITION",
             Error::Aborted(_) => "ABORTED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
@@ -147,6 +150,9 @@ impl From<Error> for Status {
             Error::AlreadyExists(_) => Status::already_exists(e.to_string()),
             Error::EmailTaken(ref id) => {
                 crate::rich::already_exists("contact", id.as_deref().unwrap_or_default(), e.to_string())
+            }
+            Error::Exists { kind, ref id, ref message } => {
+                crate::rich::already_exists(kind, id, message.clone())
             }
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::Precondition { reason, ref subject, ref message } => {

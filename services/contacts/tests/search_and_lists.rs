@@ -398,6 +398,27 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
         "{backend:?}"
     );
 
+    // A name finds one list: another of the same name, in any case, is refused naming it.
+    let err = s.api().create_list(authed(create("vip", pb::ListType::Static, None), &w)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
+    let taken = tonic_types::StatusExt::get_details_resource_info(&err).expect("ResourceInfo");
+    assert_eq!(
+        (taken.resource_type.as_str(), taken.resource_name.as_str()),
+        ("list", fixed.id.as_str()),
+        "{backend:?}"
+    );
+    let rename = pb::UpdateListRequest {
+        id: active.id.clone(),
+        name: "VIP".into(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["name".into()] }),
+        ..Default::default()
+    };
+    let err = s.api().update_list(authed(rename, &w)).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
+    // Keeping its own name is no clash.
+    let same = pb::UpdateListRequest { id: fixed.id.clone(), name: "VIP".into(), ..Default::default() };
+    s.api().update_list(authed(same, &w)).await.unwrap();
+
     for (req, field) in [
         (create("", pb::ListType::Static, None), "name"),
         (create("x", pb::ListType::Unspecified, None), "type"),

@@ -28,6 +28,7 @@ impl Store {
         if have >= max {
             return Err(crate::error::Error::quota_reached("lists", max));
         }
+        self.name_free(account, &list.name, &list.id).await?;
         with_pool!(&self.db, pool => sqlx::query(
             "INSERT INTO lists (account_id, id, name, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         ).bind(account).bind(&list.id).bind(&list.name).bind(&list.r#type).bind(&list.filter).bind(list.created_at)
@@ -51,7 +52,24 @@ impl Store {
             sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(after).bind(limit).fetch_all(pool).await?))
     }
 
+    /// ALREADY_EXISTS (naming the list) when another list of the account has `name`, without
+    /// regard to case: a name finds one list.
+    pub async fn name_free(&self, account: &str, name: &str, id: &str) -> Result<()> {
+        let taken: Option<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
+            "SELECT id FROM lists WHERE account_id = $1 AND LOWER(name) = LOWER($2) AND id <> $3 LIMIT 1",
+        ).bind(account).bind(name).bind(id).fetch_optional(pool).await?);
+        match taken {
+            Some(other) => Err(Error::Exists {
+                kind: "list",
+                id: other,
+                message: format!("name: another list is named {name:?}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub async fn update_list(&self, account: &str, id: &str, name: &str, filter: &[u8]) -> Result<()> {
+        self.name_free(account, name, id).await?;
         let n = with_pool!(&self.db, pool => sqlx::query(
             "UPDATE lists SET name = $1, filter = $2 WHERE account_id = $3 AND id = $4",
         ).bind(name).bind(filter).bind(account).bind(id).execute(pool).await?.rows_affected());
