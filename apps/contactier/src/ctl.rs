@@ -47,11 +47,12 @@ enum Command {
         request_id: String,
     },
     /// Set the marketing status of a list's contacts (or named ones).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["list", "ids", "conditions"])))]
     SetStatus {
         #[arg(long, value_enum)]
         status: Status,
         /// A static or active list of the contacts service, by id or by name.
-        #[arg(long, conflicts_with_all = ["ids", "conditions"], required_unless_present_any = ["ids", "conditions"])]
+        #[arg(long, conflicts_with_all = ["ids", "conditions"])]
         list: Option<String>,
         /// Contact ids, comma separated.
         #[arg(long, value_delimiter = ',', conflicts_with = "conditions")]
@@ -100,9 +101,10 @@ enum Command {
     },
     /// Print a token signed with the deployment's HS256 secret (CONTACTIER_JWT_SECRET, or the
     /// development secret in the data directory), for development and test setups.
+    #[command(group(clap::ArgGroup::new("whose").required(true).args(["account", "service"])))]
     Token {
         /// The account a user token acts on.
-        #[arg(long, required_unless_present = "service")]
+        #[arg(long)]
         account: Option<String>,
         /// The user it names.
         #[arg(long, default_value = "ctl-user", conflicts_with = "service")]
@@ -161,6 +163,18 @@ fn parse_condition(s: &str) -> Result<cpb::Filter, String> {
     Err(format!("{s:?}: expected property=value (or !=, >, >=, <, <=, ~ for contains)"))
 }
 
+/// The --map pairs as the import's column mapping; a column mapped twice is refused (the last
+/// would silently win).
+fn mapping(pairs: Vec<(String, String)>) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    for (column, property) in pairs {
+        if let Some(first) = map.insert(column.clone(), property.clone()) {
+            anyhow::bail!("--map: column {column:?} is mapped twice (to {first} and to {property})");
+        }
+    }
+    Ok(map)
+}
+
 fn parse_mapping(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((c, p)) if !c.is_empty() && !p.is_empty() => Ok((c.to_owned(), p.to_owned())),
@@ -206,6 +220,12 @@ pub fn explain(e: &anyhow::Error, target: &Target) -> String {
         }
         Code::Unimplemented => "the service at that port is not the one expected; check --base-port",
         Code::ResourceExhausted => "the account's rate limit; wait and retry",
+        Code::FailedPrecondition
+            if tonic_types::StatusExt::get_details_error_info(s)
+                .is_some_and(|i| i.reason == "FEATURE_DISABLED") =>
+        {
+            "`contactier ctl enable-marketing` turns marketing contacts on (admin)"
+        }
         Code::Unavailable => "the service is unavailable for now; retry",
         _ => "",
     };
@@ -282,7 +302,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
                     Mode::Update => cpb::ImportMode::Update,
                     Mode::Upsert => cpb::ImportMode::Upsert,
                 } as i32,
-                column_mapping: mappings.into_iter().collect(),
+                column_mapping: mapping(mappings)?,
                 set_as_marketing,
                 gdpr_opt_in_column: opt_in_column.unwrap_or_default(),
                 request_id,
@@ -535,6 +555,9 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
     let n = f.read(&mut head).await?;
     head.truncate(n);
     let columns = header_columns(&head)?;
+    if columns.iter().all(String::is_empty) {
+        anyhow::bail!("{} is empty: an import needs a header line naming its columns", file.display());
+    }
     let mut wanted: Vec<&String> = header.column_mapping.keys().collect();
     if !header.gdpr_opt_in_column.is_empty() {
         wanted.push(&header.gdpr_opt_in_column);
@@ -722,5 +745,13 @@ mod tests {
             other.downcast_ref::<tonic::Status>().is_some(),
             "other refusals keep their status for explain()"
         );
+    }
+
+    #[test]
+    fn a_column_mapped_twice_is_refused() {
+        let pair = |c: &str, p: &str| (c.to_owned(), p.to_owned());
+        let e = mapping(vec![pair("E-mail", "email"), pair("E-mail", "first_name")]).unwrap_err();
+        assert!(e.to_string().contains("mapped twice"), "{e}");
+        assert_eq!(mapping(vec![pair("E-mail", "email"), pair("First", "first_name")]).unwrap().len(), 2);
     }
 }
