@@ -518,6 +518,11 @@ impl Store {
                     };
                 }
                 let email = ch.email.as_ref().map_or(row.email.clone(), |e| e.address.clone());
+                if shown == row.values() && email == row.email {
+                    // Nothing changes: the version stays, so no other writer is sent ABORTED for it.
+                    out.push(Ok(row));
+                    continue;
+                }
                 let key = ch.email.as_ref().map_or(row.email.to_lowercase(), |e| e.key.clone());
                 let updated = ContactRow {
                     email,
