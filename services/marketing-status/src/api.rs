@@ -1,4 +1,4 @@
-//! MarketingStatusService (the part served so far) and MarketingStatusInternalService.
+//! MarketingStatusService and MarketingStatusInternalService: the gRPC layer over the rules and the store.
 
 use crate::rules::{CreationSource, Status};
 use crate::store::{Actor, Settings, StatusRow, Store};
