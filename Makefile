@@ -51,8 +51,10 @@ descriptors:
 	cd proto && $(BUF) build -o ../target/contactier-descriptors.binpb
 	@echo "target/contactier-descriptors.binpb"
 
+# The five binaries, without the test support the test crates turn on.
 build:
-	cargo build --release --workspace --bins
+	cargo build --release --bins -p contactier -p contactier-contacts -p contactier-marketing-status \
+		-p contactier-billing -p contactier-notification
 
 # Renders the base and each overlay; validates them against the Kubernetes schemas of the oldest
 # version they need (1.30: preStop sleep) and the newest; checks deploy/check.py's invariants;
