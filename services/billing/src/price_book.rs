@@ -12,32 +12,7 @@ use std::collections::BTreeMap;
 /// The price book shipped with Contactier.
 pub const DEFAULT: &str = include_str!("../config/price-book.toml");
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Edition {
-    Starter,
-    Professional,
-    Enterprise,
-}
-
-impl Edition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Edition::Starter => "starter",
-            Edition::Professional => "professional",
-            Edition::Enterprise => "enterprise",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Edition> {
-        Some(match s {
-            "starter" => Edition::Starter,
-            "professional" => Edition::Professional,
-            "enterprise" => Edition::Enterprise,
-            _ => return None,
-        })
-    }
-}
+pub use contactier_domain::Edition;
 
 /// Prices of one edition in one currency, per term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

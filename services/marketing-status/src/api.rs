@@ -4,6 +4,7 @@ use crate::rules::{CreationSource, Status};
 use crate::store::{Actor, Settings, StatusRow, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
+use contactier_domain::Edition;
 use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
 use contactier_proto::marketing_status::v1::{
     self as pb, marketing_status_internal_service_server::MarketingStatusInternalService,
@@ -40,19 +41,19 @@ pub(crate) fn db(e: sqlx::Error) -> GrpcStatus {
 
 fn edition_name(e: common::Edition) -> &'static str {
     match e {
-        common::Edition::Starter => "starter",
-        common::Edition::Professional => "professional",
-        common::Edition::Enterprise => "enterprise",
+        common::Edition::Starter => Edition::Starter.as_str(),
+        common::Edition::Professional => Edition::Professional.as_str(),
+        common::Edition::Enterprise => Edition::Enterprise.as_str(),
         common::Edition::Unspecified => "",
     }
 }
 
 fn pb_settings(s: &Settings) -> pb::AccountSettings {
-    let edition = match s.edition.as_str() {
-        "starter" => common::Edition::Starter,
-        "professional" => common::Edition::Professional,
-        "enterprise" => common::Edition::Enterprise,
-        _ => common::Edition::Unspecified,
+    let edition = match Edition::parse(&s.edition) {
+        Some(Edition::Starter) => common::Edition::Starter,
+        Some(Edition::Professional) => common::Edition::Professional,
+        Some(Edition::Enterprise) => common::Edition::Enterprise,
+        None => common::Edition::Unspecified,
     };
     pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
 }

@@ -75,7 +75,7 @@ impl Api {
     /// Workflows are for Professional and Enterprise accounts.
     async fn check_edition(&self, account: &str) -> Result<(), GrpcStatus> {
         let s = self.store.settings(account).await.map_err(db)?;
-        if s.edition == "professional" || s.edition == "enterprise" {
+        if contactier_domain::Edition::parse(&s.edition).is_some_and(|e| e.has_workflows()) {
             Ok(())
         } else {
             Err(Error::edition_required("workflows are part of Professional and Enterprise").into())
