@@ -312,9 +312,19 @@ pub struct PeerChannel {
     tokens: ServiceTokens,
 }
 
+/// What a generated client of a peer runs over: every replica, this service's token and the
+/// trace context and deadline of the call being served.
+pub type PeerService =
+    tonic::service::interceptor::InterceptedService<crate::balance::Balanced, ClientInterceptor>;
+
 impl PeerChannel {
     pub fn interceptor(&self) -> ClientInterceptor {
         ClientInterceptor::new(Some(&self.tokens.token()))
+    }
+
+    /// The channel for a generated client: `XClient::new(peer.service())`.
+    pub fn service(&self) -> PeerService {
+        tonic::service::interceptor::InterceptedService::new(self.channel.clone(), self.interceptor())
     }
 }
 

@@ -107,10 +107,10 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
                 .iter()
                 .map(|e| npb::BillingEvent::decode(e.payload.as_slice()))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut client = npb::notification_internal_service_client::NotificationInternalServiceClient::with_interceptor(
-                peer.channel.clone(),
-                peer.interceptor(),
-            );
+            let mut client =
+                npb::notification_internal_service_client::NotificationInternalServiceClient::new(
+                    peer.service(),
+                );
             let r = client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?;
             Ok(r.into_inner().acknowledged_event_ids)
         })
@@ -125,10 +125,10 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let deliver_plans: Deliver = Box::new(move |events| {
         let peer = plans_peer.clone();
         Box::pin(async move {
-            let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
-                peer.channel.clone(),
-                peer.interceptor(),
-            );
+            let mut client =
+                mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
+                    peer.service(),
+                );
             let mut acknowledged = Vec::new();
             for e in events {
                 let plan = mpb::SetAccountPlanRequest::decode(e.payload.as_slice())?;
@@ -149,10 +149,10 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let apply: scheduler::ApplyUpdate = Arc::new(move |account, date, effective_at| {
         let peer = ms.clone();
         Box::pin(async move {
-            let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
-                peer.channel.clone(),
-                peer.interceptor(),
-            );
+            let mut client =
+                mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
+                    peer.service(),
+                );
             let req = mpb::ApplyUpdateDateRequest {
                 account_id: account,
                 update_date: Some(store::pb_date(date)),

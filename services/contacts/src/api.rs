@@ -246,9 +246,8 @@ fn one<T>(mut v: Vec<Result<T>>) -> Result<T> {
 impl Api {
     /// Whether the calling user may make contacts marketing: marketing-status keeps that.
     pub(crate) async fn may_set_marketing(&self, account: &str, user: &str) -> Result<bool> {
-        let mut client = mpb::marketing_status_service_client::MarketingStatusServiceClient::with_interceptor(
-            self.marketing_status.channel.clone(),
-            self.marketing_status.interceptor(),
+        let mut client = mpb::marketing_status_service_client::MarketingStatusServiceClient::new(
+            self.marketing_status.service(),
         );
         let mut req = Request::new(mpb::GetUserPermissionRequest { user_id: user.to_owned() });
         let account = account.parse().map_err(|_| Error::invalid("account", "not a header value"))?;
@@ -1099,10 +1098,10 @@ impl ContactsService for Api {
             })),
             "static_lists": lists,
         });
-        let mut client = mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
-            self.marketing_status.channel.clone(),
-            self.marketing_status.interceptor(),
-        );
+        let mut client =
+            mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
+                self.marketing_status.service(),
+            );
         let status = client
             .export_contact_status_data(mpb::ExportContactStatusDataRequest {
                 account_id: c.account.clone(),

@@ -104,9 +104,8 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             let peer = peer.clone();
             Box::pin(async move {
                 let mut client =
-                    mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::with_interceptor(
-                        peer.channel.clone(),
-                        peer.interceptor(),
+                    mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
+                        peer.service(),
                     );
                 let mut done = Vec::new();
                 // Decoded one at a time: an entry can hold a whole import batch.

@@ -89,10 +89,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                     .map(|e| bpb::CountChanged::decode(e.payload.as_slice()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut client =
-                    bpb::billing_internal_service_client::BillingInternalServiceClient::with_interceptor(
-                        peer.channel.clone(),
-                        peer.interceptor(),
-                    );
+                    bpb::billing_internal_service_client::BillingInternalServiceClient::new(peer.service());
                 let r = client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?;
                 Ok(r.into_inner().acknowledged_event_ids)
             })

@@ -30,8 +30,7 @@ impl Contacts {
     /// Whether the target can be read: the list exists in the account, or the filter is one
     /// the contacts service accepts. NOT_FOUND or INVALID_ARGUMENT (naming `field`) when not.
     pub async fn check(&self, account: &str, target: &Target, field: &str) -> Result<(), Status> {
-        let mut client =
-            ContactsServiceClient::with_interceptor(self.peer.channel.clone(), self.peer.interceptor());
+        let mut client = ContactsServiceClient::new(self.peer.service());
         let answer = match target {
             Target::List(id) => {
                 let req = cpb::GetListRequest { id: id.clone() };
@@ -56,8 +55,7 @@ impl Contacts {
     /// Every contact id of the target. NOT_FOUND for an unknown list; INVALID_ARGUMENT (with
     /// the contacts service's field) for a bad filter.
     pub async fn ids(&self, account: &str, target: &Target) -> Result<Vec<String>, Status> {
-        let mut client =
-            ContactsServiceClient::with_interceptor(self.peer.channel.clone(), self.peer.interceptor());
+        let mut client = ContactsServiceClient::new(self.peer.service());
         let mut ids = Vec::new();
         let mut token = String::new();
         loop {
