@@ -402,12 +402,20 @@ impl BillingService for Api {
         let account = account(&req)?;
         let r = req.into_inner();
         let limit = paging::limit(r.page_size)?;
-        let rows =
-            self.store.upgrades(&account, paging::after_number("upgrades", &r.page_token)?, limit).await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|u| paging::token("upgrades", &u.upgraded_at.to_string())).unwrap_or_default()
-        } else {
-            String::new()
+        let before = match paging::after("upgrades", &r.page_token)? {
+            None => None,
+            Some(key) => Some(
+                key.split_once('/')
+                    .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
+                    .ok_or_else(|| Error::invalid("page_token", "not a page token of upgrades"))?,
+            ),
+        };
+        let mut rows = self.store.upgrades(&account, before, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(u) if more => paging::token("upgrades", &format!("{}/{}", u.upgraded_at, u.id)),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListUpgradesResponse {
             upgrades: rows.into_iter().map(Self::pb_upgrade).collect(),
@@ -419,12 +427,13 @@ impl BillingService for Api {
         let account = account(&req)?;
         let r = req.into_inner();
         let limit = paging::limit(r.page_size)?;
-        let rows =
-            self.store.invoices(&account, paging::after_number("invoices", &r.page_token)?, limit).await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|i| paging::token("invoices", &i.number.to_string())).unwrap_or_default()
-        } else {
-            String::new()
+        let before = paging::after_number("invoices", &r.page_token)?;
+        let mut rows = self.store.invoices(&account, before, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(i) if more => paging::token("invoices", &i.number.to_string()),
+            _ => String::new(),
         };
         let invoices = rows.into_iter().map(Self::pb_invoice).collect::<Result<Vec<_>>>()?;
         Ok(Response::new(pb::ListInvoicesResponse { invoices, next_page_token }))

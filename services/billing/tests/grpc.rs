@@ -290,7 +290,48 @@ async fn accounts_without_marketing_contacts_are_billed_for_every_contact(backen
     assert_eq!(usage.usage.unwrap().marketing_count, 1_000, "{backend:?}");
 }
 
+/// Upgrades of one instant page by one without a gap, and the last page has no token; a token
+/// of another list is refused.
+async fn upgrades_and_invoices_page_without_a_gap(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    let read = b.token(ACCOUNT, &["read"]);
+    // Three upgrades at the same instant: 2,000 -> 7,000 -> 12,000 -> 17,000.
+    for (i, count) in [(1, 2_100), (2, 7_100), (3, 12_100)] {
+        b.count(&format!("c{i}"), i, count, 0).await.unwrap();
+    }
+    let api = b.api();
+    let page = |token: String, size: i32| {
+        let req = pb::ListUpgradesRequest { page_size: size, page_token: token };
+        let mut api = api.clone();
+        let read = read.clone();
+        async move { api.list_upgrades(authed(req, &read)).await }
+    };
+    let all = page(String::new(), 3).await.unwrap().into_inner();
+    assert_eq!(all.upgrades.len(), 3, "{backend:?}");
+    assert_eq!(all.next_page_token, "", "{backend:?}: a full last page has no next token");
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let p = page(token, 1).await.unwrap().into_inner();
+        seen.extend(p.upgrades.iter().map(|u| u.to_tier));
+        if p.next_page_token.is_empty() {
+            break;
+        }
+        token = p.next_page_token;
+    }
+    let mut want: Vec<i64> = all.upgrades.iter().map(|u| u.to_tier).collect();
+    assert_eq!(seen, want, "{backend:?}");
+    want.sort();
+    assert_eq!(want, [7_000, 12_000, 17_000], "{backend:?}");
+    let first = page(String::new(), 1).await.unwrap().into_inner().next_page_token;
+    let req = pb::ListInvoicesRequest { page_size: 1, page_token: first };
+    let err = b.api().list_invoices(authed(req, &read)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().starts_with("page_token"), "{backend:?}: {}", err.message());
+}
+
 contactier_runtime::backend_tests!(
+    upgrades_and_invoices_page_without_a_gap,
     subscriptions_are_checked_and_know_their_calendar,
     exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day,
     renewal_tier_requests_and_bad_counts_are_checked,

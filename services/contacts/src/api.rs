@@ -610,13 +610,26 @@ impl ContactsService for Api {
                 );
             }
         }
+        let search = contactier_runtime::idempotency::digest(
+            "search",
+            "",
+            &pb::SearchContactsRequest {
+                filter: r.filter.clone(),
+                sorts: r.sorts.clone(),
+                ..Default::default()
+            },
+        );
         let after = if r.page_token.is_empty() {
             None
         } else {
-            Some(
-                Cursor::decode(&r.page_token)
-                    .ok_or_else(|| Error::invalid("page_token", "not a page token"))?,
-            )
+            let c = Cursor::decode(&r.page_token)
+                .ok_or_else(|| Error::invalid("page_token", "not a page token"))?;
+            if c.search.as_deref() != Some(search.as_str()) {
+                return Err(
+                    Error::invalid("page_token", "not from this search (its filter or sort differ)").into()
+                );
+            }
+            Some(c)
         };
         let (rows, next) =
             self.store.search(&c.account, &sql, &key, descending, after.as_ref(), limit).await?;
@@ -627,7 +640,9 @@ impl ContactsService for Api {
         };
         Ok(Response::new(pb::SearchContactsResponse {
             contacts: rows.into_iter().map(|row| convert::contact(row, &catalog, &r.properties)).collect(),
-            next_page_token: next.map(|n| Cursor { total: Some(total), ..n }.encode()).unwrap_or_default(),
+            next_page_token: next
+                .map(|n| Cursor { total: Some(total), search: Some(search), ..n }.encode())
+                .unwrap_or_default(),
             total,
         }))
     }
@@ -952,7 +967,7 @@ impl ContactsService for Api {
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
         let list = self.store.list(&c.account, &r.list_id).await?;
-        let after = paging::after("list members", &r.page_token)?.unwrap_or_default();
+        let after = paging::after(&format!("members of {}", list.id), &r.page_token)?.unwrap_or_default();
         let ids = if list.r#type == "active" {
             let catalog = self.store.catalog(&c.account).await?;
             let f = pb::ContactFilter::decode(list.filter.as_slice())
@@ -967,7 +982,7 @@ impl ContactsService for Api {
         let more = ids.len() as i64 > limit;
         let contact_ids: Vec<String> = ids.into_iter().take(limit as usize).collect();
         let next_page_token = match contact_ids.last() {
-            Some(id) if more => paging::token("list members", id),
+            Some(id) if more => paging::token(&format!("members of {}", list.id), id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListListMembersResponse { contact_ids, next_page_token }))
@@ -986,7 +1001,7 @@ impl ContactsService for Api {
         let statics: std::collections::HashSet<String> =
             self.store.lists_of(&c.account, &id).await?.into_iter().collect();
         let catalog = self.store.catalog(&c.account).await?;
-        let after = paging::after("memberships", &r.page_token)?.unwrap_or_default();
+        let after = paging::after(&format!("memberships of {id}"), &r.page_token)?.unwrap_or_default();
         let (mut lists, mut after, mut more) = (Vec::new(), after, false);
         'scan: loop {
             let rows = self.store.lists(&c.account, &after, MEMBERSHIP_SCAN).await?;
@@ -1017,7 +1032,7 @@ impl ContactsService for Api {
             }
         }
         let next_page_token = match lists.last() {
-            Some(l) if more => paging::token("memberships", &l.id),
+            Some(l) if more => paging::token(&format!("memberships of {id}"), &l.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListContactMembershipsResponse { lists, next_page_token }))

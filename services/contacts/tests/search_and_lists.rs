@@ -178,6 +178,17 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
         .unwrap();
 
     let page = s.search(pb::SearchContactsRequest { page_size: 30, ..Default::default() }).await.unwrap();
+    // A search's token continues that search only: with another filter it is refused, not read
+    // with the first search's total and position.
+    let other = pb::SearchContactsRequest {
+        page_size: 30,
+        page_token: page.next_page_token.clone(),
+        filter: filter(vec![vec![f("lifecycle_stage", Op::Eq, "customer")]]),
+        ..Default::default()
+    };
+    let err = s.search(other).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().starts_with("page_token"), "{backend:?}: {}", err.message());
     let mut ids: Vec<String> = page.contacts.iter().map(|c| c.id.clone()).collect();
     ids.push("missing".into());
     let added = s

@@ -114,7 +114,9 @@ impl Api {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let r = req.into_inner();
         let limit = contactier_runtime::paging::limit(r.page_size)?;
-        let before = match contactier_runtime::paging::after("status changes", &r.page_token)? {
+        // A token pages the changes it came from: the account's, or one contact's.
+        let list = format!("status changes {}", r.contact_id);
+        let before = match contactier_runtime::paging::after(&list, &r.page_token)? {
             None => (i64::MAX, String::new()),
             Some(key) => key
                 .split_once('/')
@@ -128,12 +130,7 @@ impl Api {
         rows.truncate(limit as usize);
         let next_page_token = if more {
             rows.last()
-                .map(|c| {
-                    contactier_runtime::paging::token(
-                        "status changes",
-                        &format!("{}/{}", c.requested_at, c.id),
-                    )
-                })
+                .map(|c| contactier_runtime::paging::token(&list, &format!("{}/{}", c.requested_at, c.id)))
                 .unwrap_or_default()
         } else {
             String::new()

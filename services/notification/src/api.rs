@@ -119,11 +119,12 @@ impl NotificationService for Api {
         let r = req.into_inner();
         let limit = paging::limit(r.page_size)?;
         let before = paging::after_number("alerts", &r.page_token)?;
-        let rows = self.store.list_alerts(&account, before, limit).await?;
-        let next_page_token = if rows.len() as i64 == limit {
-            rows.last().map(|a| paging::token("alerts", &a.sequence.to_string())).unwrap_or_default()
-        } else {
-            String::new()
+        let mut rows = self.store.list_alerts(&account, before, limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(a) if more => paging::token("alerts", &a.sequence.to_string()),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListAlertsResponse {
             alerts: rows.into_iter().map(convert::alert).collect(),
@@ -272,12 +273,15 @@ impl Api {
         token: &str,
     ) -> Result<(Vec<pb::Delivery>, String)> {
         let limit = paging::limit(page_size)?;
-        let after = paging::after("deliveries", token)?;
-        let rows = self.store.list_deliveries(account, alert, state, after.as_deref(), limit).await?;
-        let next = if rows.len() as i64 == limit {
-            rows.last().map(|d| paging::token("deliveries", &d.id)).unwrap_or_default()
-        } else {
-            String::new()
+        // A token pages the list it came from: these deliveries (or dead letters), of this alert.
+        let list = format!("{} {}", state.unwrap_or("deliveries"), alert.unwrap_or_default());
+        let after = paging::after(&list, token)?;
+        let mut rows = self.store.list_deliveries(account, alert, state, after.as_deref(), limit + 1).await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next = match rows.last() {
+            Some(d) if more => paging::token(&list, &d.id),
+            _ => String::new(),
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {

@@ -509,14 +509,17 @@ impl Store {
     pub async fn upgrades(
         &self,
         account: &str,
-        before_upgraded_at: Option<i64>,
+        before: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<UpgradeRow>> {
+        // Newest first by (time, id): several upgrades of one instant page without a gap.
         let q = format!(
-            "SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 AND upgraded_at < $2 ORDER BY upgraded_at DESC, id DESC LIMIT $3"
+            "SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 \
+             AND (upgraded_at < $2 OR (upgraded_at = $2 AND id < $3)) ORDER BY upgraded_at DESC, id DESC LIMIT $4"
         );
+        let (at, id) = before.unwrap_or((i64::MAX, String::new()));
         Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(before_upgraded_at.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?))
+            .bind(account).bind(at).bind(&id).bind(limit).fetch_all(pool).await?))
     }
 
     pub async fn invoices(

@@ -31,6 +31,10 @@ pub struct Cursor {
     /// The total counted for the first page, carried along so later pages need not count.
     #[serde(default)]
     pub total: Option<i64>,
+    /// The search it continues (a digest of its filter and sort), so a token given to another
+    /// search is refused rather than read with the wrong total and position.
+    #[serde(default)]
+    pub search: Option<String>,
 }
 
 impl Cursor {
@@ -150,6 +154,7 @@ impl Store {
                 num: h.sort_num,
                 id: h.row.id.clone(),
                 total: None,
+                search: None,
             })
         } else {
             None
