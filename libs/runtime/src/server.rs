@@ -135,7 +135,7 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let mut routes = spec.routes;
     let mut policy = spec.policy;
     let mut services = spec.services;
-    routes = routes.add_service(crate::work::WorkOps::server(spec.failing));
+    routes = routes.add_service(crate::work::WorkOps::server(spec.name, spec.failing));
     policy = policy.merge(ops_policy(opts.clock.is_manual()));
     services.push(WORK_OPS);
     if opts.clock.is_manual() {

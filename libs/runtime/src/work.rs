@@ -8,7 +8,6 @@
 use crate::convert::timestamp_micros;
 use crate::db::Db;
 use crate::with_pool;
-use base64::Engine;
 use contactier_proto::ops::v1::{self as pb, work_service_server::WorkService};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -85,34 +84,41 @@ impl FailingWork for OutboxFailures {
 
 /// `contactier.ops.v1.WorkService` over a service's sources of failing items.
 pub struct WorkOps {
+    service: String,
     sources: Vec<Arc<dyn FailingWork>>,
 }
 
 impl WorkOps {
-    pub fn server(sources: Vec<Arc<dyn FailingWork>>) -> pb::work_service_server::WorkServiceServer<Self> {
-        pb::work_service_server::WorkServiceServer::new(Self { sources })
+    pub fn server(
+        service: &str,
+        sources: Vec<Arc<dyn FailingWork>>,
+    ) -> pb::work_service_server::WorkServiceServer<Self> {
+        pb::work_service_server::WorkServiceServer::new(Self { service: service.to_owned(), sources })
     }
 }
 
-fn encode_token(item: &FailingItem) -> String {
-    let key = serde_json::to_vec(&item.key()).expect("JSON of strings");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+/// Failing work of this service only: another service's token is refused.
+fn token_list(service: &str) -> String {
+    format!("failing work of {service}")
 }
 
-fn decode_token(token: &str) -> Result<Option<(String, String, String)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
+fn encode_token(service: &str, item: &FailingItem) -> String {
+    crate::paging::token(&token_list(service), &serde_json::to_string(&item.key()).expect("JSON of strings"))
+}
+
+fn decode_token(service: &str, token: &str) -> Result<Option<(String, String, String)>, Status> {
+    let list = token_list(service);
+    match crate::paging::after(&list, token)? {
+        None => Ok(None),
+        Some(key) => serde_json::from_str(&key)
+            .map(Some)
+            .map_err(|_| Status::invalid_argument(format!("page_token: not a page token of {list}"))),
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(token)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .map(Some)
-        .ok_or_else(|| Status::invalid_argument("page_token: not a token this service issued"))
 }
 
 /// One page of `items` ordered by worker, account and item, after `after`.
 pub fn page(
+    service: &str,
     mut items: Vec<FailingItem>,
     after: Option<&(String, String, String)>,
     size: usize,
@@ -124,7 +130,7 @@ pub fn page(
     }
     let more = items.len() > size;
     items.truncate(size);
-    let next = if more { items.last().map(encode_token) } else { None };
+    let next = if more { items.last().map(|i| encode_token(service, i)) } else { None };
     (items, next)
 }
 
@@ -136,12 +142,12 @@ impl WorkService for WorkOps {
     ) -> Result<Response<pb::ListFailingWorkResponse>, Status> {
         let r = req.into_inner();
         let size = crate::paging::limit(r.page_size)? as usize;
-        let after = decode_token(&r.page_token)?;
+        let after = decode_token(&self.service, &r.page_token)?;
         let mut items = Vec::new();
         for s in &self.sources {
             items.extend(s.failing(MAX_PER_SOURCE).await.map_err(|e| crate::db::storage_unavailable(&e))?);
         }
-        let (items, next) = page(items, after.as_ref(), size);
+        let (items, next) = page(&self.service, items, after.as_ref(), size);
         Ok(Response::new(pb::ListFailingWorkResponse {
             items: items
                 .into_iter()
@@ -178,15 +184,20 @@ mod tests {
     fn pages_follow_worker_account_and_item() {
         let all =
             vec![item("b", "a1", "1"), item("a", "a2", "1"), item("a", "a1", "2"), item("a", "a1", "1")];
-        let (first, next) = page(all.clone(), None, 3);
+        let (first, next) = page("billing", all.clone(), None, 3);
         let keys: Vec<_> =
             first.iter().map(|i| (i.worker.as_str(), i.account_id.as_str(), i.item.as_str())).collect();
         assert_eq!(keys, [("a", "a1", "1"), ("a", "a1", "2"), ("a", "a2", "1")]);
-        let after = decode_token(&next.unwrap()).unwrap();
-        let (second, next) = page(all, after.as_ref(), 3);
+        let after = decode_token("billing", &next.unwrap()).unwrap();
+        let (second, next) = page("billing", all, after.as_ref(), 3);
         assert_eq!(second, [item("b", "a1", "1")]);
         assert!(next.is_none());
-        assert!(decode_token("###").is_err());
+        assert!(decode_token("billing", "###").is_err());
+        let theirs = encode_token("notification", &item("b", "a1", "1"));
+        assert!(decode_token("billing", &theirs).is_err(), "another service's token");
+        let forged =
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, r#"["a","b","c"]"#);
+        assert!(decode_token("billing", &forged).is_err(), "a key without its list");
     }
 
     #[test]

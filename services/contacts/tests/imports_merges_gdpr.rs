@@ -87,6 +87,25 @@ async fn imports_stream_rows_report_bad_ones_and_keep_the_good(backend: Backend)
     let errs = errors(&s, &sum.import_id).await;
     let cells: Vec<_> = errs.iter().map(|(r, c, _)| (*r, c.as_str())).collect();
     assert_eq!(cells, [(2_501, "E-mail"), (2_502, "Opt in"), (2_502, "Stage")], "{backend:?}: {errs:?}");
+    // Pages of one follow on; a made-up token is refused rather than read from the top.
+    let page = |token: String| pb::ListImportErrorsRequest {
+        import_id: sum.import_id.clone(),
+        page_size: 1,
+        page_token: token,
+    };
+    let first =
+        s.api().list_import_errors(authed(page(String::new()), &s.writer())).await.unwrap().into_inner();
+    let second = s
+        .api()
+        .list_import_errors(authed(page(first.next_page_token), &s.writer()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((second.errors[0].row, second.errors[0].column.as_str()), (2_502, "Opt in"), "{backend:?}");
+    for made_up in ["-5:x", "2501:E-mail", "0:'); DROP TABLE x;--"] {
+        let err = s.api().list_import_errors(authed(page(made_up.into()), &s.writer())).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{backend:?}: {made_up}");
+    }
 
     let total =
         s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap().into_inner();
