@@ -400,7 +400,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
                     .into_inner()
                     .now
             } else {
-                let r = clock.get_time(opb::GetTimeRequest {}).await?.into_inner();
+                let r = clock.get_time(opb::GetTimeRequest {}).await.map_err(manual)?.into_inner();
                 println!("clock: {}", if r.manual { "manual" } else { "system" });
                 r.now
             };

@@ -57,6 +57,13 @@ fn service_args(runtime: &RuntimeArgs) -> RuntimeArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Ctl(ctl)) = cli.command {
+        // A command line's output may go to a pipe that closes early (`| head`): end quietly
+        // as other command-line tools do, not with a panic about a broken pipe.
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread writes.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
         let base_port = if cli.base_port == 0 { 50051 } else { cli.base_port };
         let target = ctl::Target { host: cli.host, base_port, runtime: cli.runtime };
         // One plain line saying what went wrong and what to check, and a failing exit status.
