@@ -481,7 +481,9 @@ async fn list_id(conn: &Client, given: &str) -> anyhow::Result<String> {
     if lists.iter().any(|l| l.id == given) {
         return Ok(given.to_owned());
     }
-    let named: Vec<_> = lists.iter().filter(|l| l.name.eq_ignore_ascii_case(given)).collect();
+    let key = contactier_contacts::names::list_name_key(given);
+    let named: Vec<_> =
+        lists.iter().filter(|l| contactier_contacts::names::list_name_key(&l.name) == key).collect();
     match named.as_slice() {
         [one] => Ok(one.id.clone()),
         [] => anyhow::bail!("no list has the id or name {given:?}; `contactier ctl lists` shows them"),

@@ -8,6 +8,7 @@ use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
 pub mod import;
+pub mod names;
 pub mod properties;
 mod store;
 

@@ -426,6 +426,25 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
     };
     let err = s.api().update_list(authed(rename, &w)).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}");
+    // Without regard to case beyond ASCII or the Unicode form a name was typed in.
+    for (first, second) in [("Ärzte", "ärzte"), ("Café", "Cafe\u{301}")] {
+        s.api().create_list(authed(create(first, pb::ListType::Static, None), &w)).await.unwrap();
+        let err =
+            s.api().create_list(authed(create(second, pb::ListType::Static, None), &w)).await.unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{backend:?}: {second}");
+    }
+    // Twenty at once under one name: exactly one is made.
+    let racing = (0..20).map(|_| {
+        let mut api = s.api();
+        let req = authed(create("Race", pb::ListType::Static, None), &w);
+        async move { api.create_list(req).await }
+    });
+    let results = futures::future::join_all(racing).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{backend:?}");
+    assert!(
+        results.iter().filter_map(|r| r.as_ref().err()).all(|e| e.code() == Code::AlreadyExists),
+        "{backend:?}"
+    );
     // Keeping its own name is no clash.
     let same = pb::UpdateListRequest { id: fixed.id.clone(), name: "VIP".into(), ..Default::default() };
     s.api().update_list(authed(same, &w)).await.unwrap();
@@ -446,7 +465,8 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
     s.api().delete_list(authed(pb::DeleteListRequest { id: fixed.id.clone() }, &w)).await.unwrap();
     let lists =
         s.api().list_lists(authed(pb::ListListsRequest::default(), &w)).await.unwrap().into_inner().lists;
-    assert_eq!(lists.len(), 1);
+    let names: BTreeSet<&str> = lists.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, BTreeSet::from([active.name.as_str(), "Ärzte", "Café", "Race"]), "{backend:?}");
 }
 
 contactier_runtime::backend_tests!(

@@ -29,11 +29,12 @@ impl Store {
             return Err(crate::error::Error::quota_reached("lists", max));
         }
         self.name_free(account, &list.name, &list.id).await?;
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO lists (account_id, id, name, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        ).bind(account).bind(&list.id).bind(&list.name).bind(&list.r#type).bind(&list.filter).bind(list.created_at)
-        .execute(pool).await?.rows_affected());
-        Ok(())
+        let key = crate::names::list_name_key(&list.name);
+        let written = with_pool!(&self.db, pool => sqlx::query(
+            "INSERT INTO lists (account_id, id, name, name_key, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ).bind(account).bind(&list.id).bind(&list.name).bind(&key).bind(&list.r#type).bind(&list.filter).bind(list.created_at)
+        .execute(pool).await.map(|r| r.rows_affected()));
+        self.unless_name_taken(account, &list.name, &list.id, written).await.map(drop)
     }
 
     pub async fn list(&self, account: &str, id: &str) -> Result<ListRow> {
@@ -53,11 +54,14 @@ impl Store {
     }
 
     /// ALREADY_EXISTS (naming the list) when another list of the account has `name`, without
-    /// regard to case: a name finds one list.
+    /// regard to case or Unicode form: a name finds one list.
     pub async fn name_free(&self, account: &str, name: &str, id: &str) -> Result<()> {
+        let key = crate::names::list_name_key(name);
+        // Rows of the version before the key have none: their LOWER(name) stands for it.
         let taken: Option<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT id FROM lists WHERE account_id = $1 AND LOWER(name) = LOWER($2) AND id <> $3 LIMIT 1",
-        ).bind(account).bind(name).bind(id).fetch_optional(pool).await?);
+            "SELECT id FROM lists WHERE account_id = $1 AND id <> $3 \
+             AND (name_key = $2 OR (name_key IS NULL AND LOWER(name) = $2)) LIMIT 1",
+        ).bind(account).bind(&key).bind(id).fetch_optional(pool).await?);
         match taken {
             Some(other) => Err(Error::Exists {
                 kind: "list",
@@ -68,11 +72,35 @@ impl Store {
         }
     }
 
+    /// A write that lost a race for a name (the unique index refused it) is ALREADY_EXISTS
+    /// naming the list that won, as the check before it would have said.
+    async fn unless_name_taken<T>(
+        &self,
+        account: &str,
+        name: &str,
+        id: &str,
+        written: std::result::Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        match written {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                self.name_free(account, name, id).await?;
+                Err(Error::Exists {
+                    kind: "list",
+                    id: String::new(),
+                    message: format!("name: another list is named {name:?}"),
+                })
+            }
+            other => Ok(other?),
+        }
+    }
+
     pub async fn update_list(&self, account: &str, id: &str, name: &str, filter: &[u8]) -> Result<()> {
         self.name_free(account, name, id).await?;
-        let n = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE lists SET name = $1, filter = $2 WHERE account_id = $3 AND id = $4",
-        ).bind(name).bind(filter).bind(account).bind(id).execute(pool).await?.rows_affected());
+        let key = crate::names::list_name_key(name);
+        let written = with_pool!(&self.db, pool => sqlx::query(
+            "UPDATE lists SET name = $1, name_key = $2, filter = $3 WHERE account_id = $4 AND id = $5",
+        ).bind(name).bind(&key).bind(filter).bind(account).bind(id).execute(pool).await.map(|r| r.rows_affected()));
+        let n = self.unless_name_taken(account, name, id, written).await?;
         if n == 0 {
             return Err(Error::NotFound(format!("list {id}")));
         }
