@@ -98,12 +98,22 @@ impl Api {
         req: Request<pb::ListUserPermissionsRequest>,
     ) -> Result<pb::ListUserPermissionsResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
-        let rows = self.store.permission_overrides(&account).await.map_err(db)?;
+        let r = req.into_inner();
+        let limit = contactier_runtime::paging::limit(r.page_size)?;
+        let after = contactier_runtime::paging::after("permissions", &r.page_token)?.unwrap_or_default();
+        let mut rows = self.store.permission_overrides(&account, &after, limit + 1).await.map_err(db)?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some((user, _)) if more => contactier_runtime::paging::token("permissions", user),
+            _ => String::new(),
+        };
         Ok(pb::ListUserPermissionsResponse {
             permissions: rows
                 .into_iter()
                 .map(|(user_id, may)| pb::UserPermission { user_id, may_set_marketing: may })
                 .collect(),
+            next_page_token,
         })
     }
 

@@ -428,11 +428,30 @@ async fn source_defaults_audit_trail_and_permission_overrides(backend: Backend) 
     s.api().set_user_permission(authed(deny, &admin)).await.unwrap();
     let list = s
         .api()
-        .list_user_permissions(authed(pb::ListUserPermissionsRequest {}, &admin))
+        .list_user_permissions(authed(pb::ListUserPermissionsRequest::default(), &admin))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(list.permissions, [pb::UserPermission { user_id: "intern".into(), may_set_marketing: false }]);
+    assert_eq!(list.next_page_token, "", "{backend:?}");
+    // They page like every list.
+    for user in ["intern-2", "intern-3"] {
+        let deny = pb::SetUserPermissionRequest {
+            permission: Some(pb::UserPermission { user_id: user.into(), may_set_marketing: false }),
+        };
+        s.api().set_user_permission(authed(deny, &admin)).await.unwrap();
+    }
+    let (mut users, mut token) = (Vec::new(), String::new());
+    loop {
+        let req = pb::ListUserPermissionsRequest { page_size: 2, page_token: token };
+        let page = s.api().list_user_permissions(authed(req, &admin)).await.unwrap().into_inner();
+        users.extend(page.permissions.into_iter().map(|p| p.user_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(users, ["intern", "intern-2", "intern-3"], "{backend:?}");
 }
 
 async fn a_pending_request_made_after_the_processing_instant_waits_for_the_next_update_date(

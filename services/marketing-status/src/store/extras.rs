@@ -75,10 +75,17 @@ impl Store {
     }
 
     /// Users whose permission differs from the default.
-    pub async fn permission_overrides(&self, account: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
+    /// Users whose permission differs from the default, by user id after `after`.
+    pub async fn permission_overrides(
+        &self,
+        account: &str,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, bool)>, sqlx::Error> {
         Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT user_id, may_set_marketing FROM user_permissions WHERE account_id = $1 AND NOT may_set_marketing ORDER BY user_id",
-        ).bind(account).fetch_all(pool).await?))
+            "SELECT user_id, may_set_marketing FROM user_permissions \
+             WHERE account_id = $1 AND NOT may_set_marketing AND user_id > $2 ORDER BY user_id LIMIT $3",
+        ).bind(account).bind(after).bind(limit).fetch_all(pool).await?))
     }
 
     /// The audit trail, newest first, optionally of one contact, before the (time, id) given.
