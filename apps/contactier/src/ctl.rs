@@ -219,6 +219,9 @@ pub fn explain(e: &anyhow::Error, target: &Target) -> String {
             "the token lacks the scope this needs (read, write, admin or ops); `contactier ctl token --account ... --scopes ...` mints one"
         }
         Code::Unimplemented => "the service at that port is not the one expected; check --base-port",
+        Code::NotFound if message.starts_with("subscription") => {
+            "the account has no subscription yet (BillingService/CreateSubscription makes one)"
+        }
         Code::ResourceExhausted => "the account's rate limit; wait and retry",
         Code::FailedPrecondition
             if tonic_types::StatusExt::get_details_error_info(s)

@@ -98,7 +98,7 @@ impl Principal {
     /// The account this request acts on.
     pub fn account_id(&self) -> Result<&str, Status> {
         self.account.as_deref().ok_or_else(|| {
-            Status::invalid_argument(format!("{ACCOUNT_HEADER} header is required with a service token"))
+            Status::invalid_argument(format!("{ACCOUNT_HEADER}: the header is required with a service token"))
         })
     }
 

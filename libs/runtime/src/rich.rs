@@ -111,6 +111,12 @@ pub fn enrich(status: Status) -> Status {
     if status.code() == Code::Ok {
         return status;
     }
+    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
+        // The transport's words name its internals; say what the client can act on.
+        let message = "the request is larger than the 4 MiB a message may be; send less at a time";
+        let details = derive(Code::OutOfRange, status.message());
+        return Status::with_error_details(Code::OutOfRange, message, details);
+    }
     let details = if status.details().is_empty() {
         derive(status.code(), status.message())
     } else {
@@ -244,5 +250,6 @@ mod tests {
         let big =
             enrich(Status::out_of_range("Error, decoded message length too large: found 4550922 bytes"));
         assert_eq!(big.get_error_details().error_info().unwrap().reason, "MESSAGE_TOO_LARGE");
+        assert!(big.message().contains("4 MiB"), "{}", big.message());
     }
 }

@@ -318,8 +318,14 @@ impl BillingService for Api {
         }
         let first_tier =
             self.store.first_tier(&account).await?.ok_or_else(|| Error::not_found("subscription"))?;
-        let today = self.subscription(&account).await?.today(&self.book, self.clock.now());
+        let sub = self.subscription(&account).await?;
+        let today = sub.today(&self.book, self.clock.now());
         let last = last.min(today);
+        // No points before the subscription began: there was no tier then.
+        let first = first.max(sub.start_date);
+        if last < first {
+            return Ok(Response::new(pb::GetUsageHistoryResponse { points: vec![] }));
+        }
         let day = |d: store::UsageDay| -> Result<history::Day> {
             Ok(history::Day {
                 date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d")

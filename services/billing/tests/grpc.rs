@@ -183,11 +183,12 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day(backen
         .points;
     let days: Vec<_> =
         history.iter().map(|p| (p.date, p.max_marketing_count, p.marketing_count, p.tier)).collect();
-    // One point per day up to today (days still to come have no usage): quiet days repeat
-    // the day before; before any usage, none at the first tier.
+    // One point per day from the subscription's start (15 April) up to today (days still to
+    // come have no usage): quiet days repeat the day before; before any usage, none at the
+    // first tier.
     let today = b.platform.clock.now().with_timezone(&chrono_tz::America::New_York).date_naive();
     assert_eq!((today.month(), today.day()), (4, 28), "{backend:?}");
-    let want: Vec<_> = (1..=today.day() as i32)
+    let want: Vec<_> = (15..=today.day() as i32)
         .map(|d| {
             let (max, last, tier) = match d {
                 ..=19 => (0, 0, 2_000),

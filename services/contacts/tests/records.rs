@@ -480,6 +480,13 @@ async fn oversized_messages_and_values_are_refused_and_change_nothing(backend: B
     let huge = "x".repeat(5 * 1024 * 1024);
     let err = s.create("huge@example.com", &[("company", &huge)]).await.unwrap_err();
     assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{backend:?}: {err:?}");
+    if err.code() == Code::OutOfRange {
+        assert!(
+            err.message().contains("4 MiB"),
+            "{backend:?}: says the limit, not the transport's words: {}",
+            err.message()
+        );
+    }
     // Under it but over a text property's 65,536 characters: the property is named.
     let long = "y".repeat(70_000);
     let err = s.create("long@example.com", &[("company", &long)]).await.unwrap_err();
