@@ -20,6 +20,7 @@ pub mod paging;
 pub mod panics;
 pub mod prom;
 pub mod read_cache;
+pub mod request;
 pub mod rich;
 pub mod server;
 pub mod shutdown;

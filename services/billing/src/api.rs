@@ -11,12 +11,12 @@ use chrono::{Days, NaiveDate};
 use contactier_domain::Currency;
 use contactier_proto::billing::v1::{self as pb, billing_service_server::BillingService};
 use contactier_proto::common::v1 as common;
-use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{timestamp, timestamp_micros};
 use contactier_runtime::paging;
+use contactier_runtime::request::{Answer, account};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
 pub struct Api {
     pub store: Store,
@@ -24,12 +24,6 @@ pub struct Api {
     pub book: Arc<PriceBook>,
     /// Workers with work once a subscription is made.
     pub on_subscribe: Vec<WorkerWaker>,
-}
-
-type Answer<T> = std::result::Result<Response<T>, Status>;
-
-fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
-    Ok(Principal::of(req)?.account_id()?.to_owned())
 }
 
 pub fn parse_date(d: Option<&common::Date>, field: &'static str) -> Result<NaiveDate> {

@@ -19,6 +19,7 @@ use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::host::PeerChannel;
 use contactier_runtime::idempotency;
 use contactier_runtime::paging;
+use contactier_runtime::request::Answer;
 use futures::stream::BoxStream;
 use prost::Message;
 use std::collections::BTreeMap;
@@ -39,8 +40,6 @@ pub struct Api {
     /// marketing-status, for its part of a GDPR export.
     pub marketing_status: PeerChannel,
 }
-
-type Answer<T> = std::result::Result<Response<T>, Status>;
 
 struct Caller {
     account: String,

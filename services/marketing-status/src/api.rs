@@ -16,6 +16,7 @@ use contactier_runtime::convert::{date, timestamp_micros};
 use contactier_runtime::db::storage_unavailable;
 use contactier_runtime::error::Error;
 use contactier_runtime::idempotency::{self, Key};
+use contactier_runtime::request::{Answer, account};
 use prost::Message;
 use tonic::{Request, Response, Status as GrpcStatus};
 
@@ -32,8 +33,6 @@ pub struct Api {
     /// The workflow runner.
     pub workflows: WorkerWaker,
 }
-
-type Answer<T> = Result<Response<T>, GrpcStatus>;
 
 pub(crate) fn db(e: sqlx::Error) -> GrpcStatus {
     storage_unavailable(&e)
@@ -101,10 +100,6 @@ pub(crate) fn requested(s: i32) -> Option<Status> {
         Ok(MarketingStatus::NonMarketing) => Some(Status::NonMarketing),
         _ => None,
     }
-}
-
-fn account<T>(req: &Request<T>) -> Result<String, GrpcStatus> {
-    Ok(Principal::of(req)?.account_id()?.to_owned())
 }
 
 #[tonic::async_trait]

@@ -8,9 +8,9 @@ use crate::store::{DEAD_LETTERED, RedriveResult, Store};
 use crate::targets::{self, Allowed};
 use crate::watch::{Full, Watchers};
 use contactier_proto::notification::v1::{self as pb, notification_service_server::NotificationService};
-use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::paging;
+use contactier_runtime::request::account;
 use std::pin::Pin;
 use tokio::sync::broadcast;
 use tokio_stream::Stream;
@@ -28,10 +28,6 @@ pub struct Api {
     pub delivery: WorkerWaker,
     /// Where webhooks may go.
     pub allowed: Allowed,
-}
-
-fn account<T>(req: &Request<T>) -> std::result::Result<String, Status> {
-    Ok(Principal::of(req)?.account_id()?.to_owned())
 }
 
 /// A webhook URL's form, and the addresses its host resolves to now (checked again at every
