@@ -68,6 +68,14 @@ impl TierShape {
         Ok(base.checked_add(per_step.checked_mul(self.steps(tier)?)?)?)
     }
 
+    /// The tier a count moves `current` up to at once, if any: the smallest tier holding it, or
+    /// the largest when none does (the count is billed there until sales agree a larger one).
+    /// Never down: a lower count waits for a renewal.
+    pub fn upgrade_to(&self, current: i64, count: i64) -> Option<i64> {
+        let needed = self.smallest_holding(count).unwrap_or(self.max_tier);
+        Some(needed).filter(|t| *t > current)
+    }
+
     /// The tier of the term a renewal starts. Without a request (`requested` 0) the tier stays:
     /// there is no automatic downgrade. A requested lower tier applies if it holds `count`,
     /// otherwise the smallest tier that does; never above the current tier (counts above it
@@ -94,6 +102,17 @@ mod tests {
     }
     fn enterprise() -> TierShape {
         TierShape::new(10_000, 10_000, 10_000_000).unwrap()
+    }
+
+    #[test]
+    fn a_count_above_the_tier_upgrades_at_once_and_never_down() {
+        let p = professional();
+        assert_eq!(p.upgrade_to(2_000, 2_000), None, "a full tier holds");
+        assert_eq!(p.upgrade_to(2_000, 2_001), Some(7_000));
+        assert_eq!(p.upgrade_to(2_000, 12_100), Some(17_000), "several steps at once");
+        assert_eq!(p.upgrade_to(17_000, 100), None, "never down");
+        assert_eq!(p.upgrade_to(2_000, 5_000_000), Some(2_002_000), "above the largest: the largest");
+        assert_eq!(p.upgrade_to(2_002_000, 5_000_000), None);
     }
 
     #[test]

@@ -5,7 +5,6 @@ use crate::error::{Error, Result};
 use crate::model::{self, Line, Subscription};
 use crate::price_book::{Edition, PriceBook};
 use crate::proration;
-use crate::tiers::TierError;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::{Currency, Money};
 use contactier_proto::common::v1 as common;
@@ -359,14 +358,10 @@ impl Store {
             )
             .bind(count).bind(c.version).bind(account).bind(day(period_start)).execute(&mut *tx).await?;
             let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
-            let target = match shape.smallest_holding(count) {
-                Ok(t) => Some(t).filter(|t| *t > sub.tier),
-                Err(TierError::AboveLargest(..)) => {
-                    tracing::warn!(account, "count above the largest tier; staying at the largest");
-                    Some(shape.max_tier).filter(|t| *t > sub.tier)
-                }
-                Err(other) => return Err(Error::Internal(other.to_string())),
-            };
+            if count > shape.max_tier {
+                tracing::warn!(account, "count above the largest tier; staying at the largest");
+            }
+            let target = shape.upgrade_to(sub.tier, count);
             let mut upgrade = None;
             if let Some(to) = target {
                 // Raise only: a concurrent upgrade to a higher tier wins.
