@@ -3,25 +3,14 @@
 //! wrong column mapping refused before the upload, an import summary with every count and the
 //! errors past the first ones counted, a day per row of usage, and `ctl token`.
 
+mod common;
+use common::free_base;
 use contactier_proto::billing::v1::{
     CreateSubscriptionRequest, billing_service_client::BillingServiceClient,
 };
 use contactier_proto::common::v1::{Date, Edition, Term};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-
-/// A first port with the three after it free too.
-fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 30_000;
-        let held: Vec<_> =
-            (0..4).filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
-        if held.len() == 4 {
-            return base;
-        }
-    }
-    panic!("no four free ports in a row");
-}
 
 struct Running {
     child: Child,

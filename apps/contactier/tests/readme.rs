@@ -3,6 +3,8 @@
 //! says (on free ports: the README's 5005x ports are moved to them, nothing else is changed).
 //! grpcurl comes from `make test-deps` (target/test-venv) or CONTACTIER_TEST_GRPCURL.
 
+mod common;
+use common::free_base;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,18 +30,6 @@ fn grpcurl() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin/grpcurl");
     assert!(venv.exists(), "grpcurl is missing: run `make test-deps` (or set CONTACTIER_TEST_GRPCURL)");
     venv
-}
-
-fn free_base() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + rand::random::<u16>() % 30_000;
-        let held: Vec<_> =
-            (0..4).filter_map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok()).collect();
-        if held.len() == 4 {
-            return base;
-        }
-    }
-    panic!("no four free ports in a row");
 }
 
 struct Running(Child);

@@ -243,7 +243,8 @@ fn early_status(response: &http::Response<Body>) -> Option<tonic::Code> {
     crate::wire::early_status(response).map(|s| s.code())
 }
 
-fn copy(parts: &http::request::Parts, body: bytes::Bytes) -> http::Request<Body> {
+/// A request made again from its parts and its buffered body, to be sent again.
+pub(crate) fn copy(parts: &http::request::Parts, body: bytes::Bytes) -> http::Request<Body> {
     let mut r = http::Request::new(Body::new(http_body_util::Full::new(body)));
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = parts.uri.clone();

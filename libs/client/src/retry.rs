@@ -106,16 +106,6 @@ fn grpc_timeout(left: Duration) -> http::HeaderValue {
     http::HeaderValue::from_str(&format!("{}m", left.as_millis().clamp(1, 99_999_999))).expect("digits")
 }
 
-fn copy(parts: &http::request::Parts, body: bytes::Bytes) -> http::Request<Body> {
-    let mut r = http::Request::new(Body::new(http_body_util::Full::new(body)));
-    *r.method_mut() = parts.method.clone();
-    *r.uri_mut() = parts.uri.clone();
-    *r.version_mut() = parts.version;
-    *r.headers_mut() = parts.headers.clone();
-    *r.extensions_mut() = parts.extensions.clone();
-    r
-}
-
 impl tower_service::Service<http::Request<Body>> for Calls {
     type Response = http::Response<Body>;
     type Error = BoxError;
@@ -168,7 +158,7 @@ impl tower_service::Service<http::Request<Body>> for Calls {
                     }
                     parts.headers.insert("grpc-timeout", grpc_timeout(left));
                 }
-                let result = this.inner.clone().oneshot(copy(&parts, frame.clone())).await;
+                let result = this.inner.clone().oneshot(crate::balance::copy(&parts, frame.clone())).await;
                 let (answer, asked) = match &result {
                     Ok(response) => match crate::wire::early_status(response) {
                         Some(s) => (Some(s.code()), s.get_details_retry_info().and_then(|r| r.retry_delay)),

@@ -57,6 +57,23 @@ pub fn after_number(list: &str, token: &str) -> Result<Option<i64>, Error> {
         .transpose()
 }
 
+/// The token of the page after an entry keyed by a number and an id (a time and the entry's
+/// id, a row and a column), for lists where the number alone is not unique.
+pub fn token_at(list: &str, n: i64, id: &str) -> String {
+    token(list, &format!("{n}/{id}"))
+}
+
+/// The (number, id) a page of `list` starts after, from a [`token_at`] token.
+pub fn after_at(list: &str, token: &str) -> Result<Option<(i64, String)>, Error> {
+    after(list, token)?
+        .map(|k| {
+            k.split_once('/')
+                .and_then(|(n, id)| Some((n.parse::<i64>().ok().filter(|n| *n >= 0)?, id.to_owned())))
+                .ok_or_else(|| Error::invalid("page_token", format!("not a page token of {list}")))
+        })
+        .transpose()
+}
+
 /// The page of `list`'s `items` after `page_token` of at most `page_size` (0:
 /// [`DEFAULT_PAGE`]), and the token of the next page (empty on the last); Err names the field
 /// that is out of range.
@@ -101,6 +118,11 @@ mod tests {
         let t = token("lists", "l-42");
         assert_eq!(after("lists", &t).unwrap().as_deref(), Some("l-42"));
         assert_eq!(after("lists", "").unwrap(), None);
+        let at = token_at("changes", 17, "c-1/x");
+        assert_eq!(after_at("changes", &at).unwrap(), Some((17, "c-1/x".to_owned())));
+        for bad in [token("changes", "x/c-1"), token("changes", "-5/c-1"), token_at("lists", 1, "c")] {
+            assert!(after_at("changes", &bad).is_err(), "{bad}");
+        }
         for bad in
             [token("memberships", "l-42"), "garbage".into(), "l-42".into(), token("lists", ""), "%%%".into()]
         {

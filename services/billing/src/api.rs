@@ -402,19 +402,12 @@ impl BillingService for Api {
         let account = account(&req)?;
         let r = req.into_inner();
         let limit = paging::limit(r.page_size)?;
-        let before = match paging::after("upgrades", &r.page_token)? {
-            None => None,
-            Some(key) => Some(
-                key.split_once('/')
-                    .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
-                    .ok_or_else(|| Error::invalid("page_token", "not a page token of upgrades"))?,
-            ),
-        };
+        let before = paging::after_at("upgrades", &r.page_token)?;
         let mut rows = self.store.upgrades(&account, before, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {
-            Some(u) if more => paging::token("upgrades", &format!("{}/{}", u.upgraded_at, u.id)),
+            Some(u) if more => paging::token_at("upgrades", u.upgraded_at, &u.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListUpgradesResponse {

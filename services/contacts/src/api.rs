@@ -790,20 +790,12 @@ impl ContactsService for Api {
             .await?
             .ok_or_else(|| Error::NotFound(format!("import {}", r.import_id)))?;
         let list = format!("errors of import {}", r.import_id);
-        let after = match paging::after(&list, &r.page_token)? {
-            None => (0, String::new()),
-            Some(key) => key
-                .split_once(':')
-                .and_then(|(row, col)| Some((row.parse::<i64>().ok().filter(|n| *n >= 0)?, col.to_owned())))
-                .ok_or_else(|| Error::invalid("page_token", format!("not a page token of {list}")))?,
-        };
+        let after = paging::after_at(&list, &r.page_token)?.unwrap_or((0, String::new()));
         let rows = self.store.import_errors(&c.account, &r.import_id, (after.0, &after.1), limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
         let next = if more {
-            rows.last()
-                .map(|e| paging::token(&list, &format!("{}:{}", e.row_number, e.column_name)))
-                .unwrap_or_default()
+            rows.last().map(|e| paging::token_at(&list, e.row_number, &e.column_name)).unwrap_or_default()
         } else {
             String::new()
         };

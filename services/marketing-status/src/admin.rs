@@ -126,13 +126,8 @@ impl Api {
         let limit = contactier_runtime::paging::limit(r.page_size)?;
         // A token pages the changes it came from: the account's, or one contact's.
         let list = format!("status changes {}", r.contact_id);
-        let before = match contactier_runtime::paging::after(&list, &r.page_token)? {
-            None => (i64::MAX, String::new()),
-            Some(key) => key
-                .split_once('/')
-                .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
-                .ok_or_else(|| Error::invalid("page_token", "not a page token of status changes"))?,
-        };
+        let before =
+            contactier_runtime::paging::after_at(&list, &r.page_token)?.unwrap_or((i64::MAX, String::new()));
         let contact = Some(r.contact_id.as_str()).filter(|c| !c.is_empty());
         let mut rows =
             self.store.changes(&account, contact, (before.0, &before.1), limit + 1).await.map_err(db)?;
@@ -140,7 +135,7 @@ impl Api {
         rows.truncate(limit as usize);
         let next_page_token = if more {
             rows.last()
-                .map(|c| contactier_runtime::paging::token(&list, &format!("{}/{}", c.requested_at, c.id)))
+                .map(|c| contactier_runtime::paging::token_at(&list, c.requested_at, &c.id))
                 .unwrap_or_default()
         } else {
             String::new()
