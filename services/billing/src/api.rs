@@ -1,18 +1,18 @@
 //! BillingService: subscriptions, the price book, usage, upgrades, invoices and the calendar.
 
-use crate::calendar::{self, Term};
+use crate::calendar;
+use crate::charges;
+use crate::convert::{self, date, money, pb_date, pb_money};
 use crate::error::{Error, Result};
 use crate::history;
 use crate::model::{self, Subscription};
-use crate::price_book::{Edition, PriceBook};
-use crate::proration;
-use crate::store::{self, InvoiceRow, Store, UpgradeRow, pb_date, pb_money};
-use chrono::{Days, NaiveDate};
+use crate::price_book::PriceBook;
+use crate::store::Store;
+use chrono::Days;
 use contactier_domain::Currency;
 use contactier_proto::billing::v1::{self as pb, billing_service_server::BillingService};
-use contactier_proto::common::v1 as common;
 use contactier_runtime::clock::{Clock, WorkerWaker};
-use contactier_runtime::convert::{timestamp, timestamp_micros};
+use contactier_runtime::convert::timestamp;
 use contactier_runtime::paging;
 use contactier_runtime::request::{Answer, account};
 use std::sync::Arc;
@@ -26,123 +26,14 @@ pub struct Api {
     pub on_subscribe: Vec<WorkerWaker>,
 }
 
-pub fn parse_date(d: Option<&common::Date>, field: &'static str) -> Result<NaiveDate> {
-    contactier_runtime::convert::date(d).map_err(|r| Error::invalid(field, r))
-}
-
-fn edition(e: i32) -> Result<Edition> {
-    match common::Edition::try_from(e) {
-        Ok(common::Edition::Starter) => Ok(Edition::Starter),
-        Ok(common::Edition::Professional) => Ok(Edition::Professional),
-        Ok(common::Edition::Enterprise) => Ok(Edition::Enterprise),
-        _ => Err(Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE")),
-    }
-}
-
-pub(crate) fn pb_edition(e: Edition) -> common::Edition {
-    match e {
-        Edition::Starter => common::Edition::Starter,
-        Edition::Professional => common::Edition::Professional,
-        Edition::Enterprise => common::Edition::Enterprise,
-    }
-}
-
-fn pb_term(t: Term) -> common::Term {
-    match t {
-        Term::Monthly => common::Term::Monthly,
-        Term::Annual => common::Term::Annual,
-    }
-}
-
-/// An invoice line as the contract shows it, its fields as its kind has them.
-fn pb_line(l: &model::Line, kind: model::LineKind, currency: &str) -> pb::InvoiceLine {
-    let (kind, price_difference, price_per_term) = match kind {
-        model::LineKind::ProratedUpgrade => (
-            pb::InvoiceLineKind::ProratedUpgrade,
-            Some(store::money(l.price_difference_minor, currency)),
-            None,
-        ),
-        model::LineKind::Term => {
-            (pb::InvoiceLineKind::Term, None, Some(store::money(l.term_price_minor(), currency)))
-        }
-    };
-    pb::InvoiceLine {
-        description: l.description.clone(),
-        from_tier: l.from_tier,
-        to_tier: l.to_tier,
-        price_difference,
-        remaining_days: l.remaining_days as i32,
-        term_days: l.term_days as i32,
-        amount: Some(store::money(l.amount_minor, currency)),
-        period_start: Some(pb_date(l.period_start)),
-        period_end: Some(pb_date(l.period_end)),
-        marketing_count: l.marketing_count,
-        kind: kind as i32,
-        price_per_term,
-    }
-}
-
 impl Api {
     async fn subscription(&self, account: &str) -> Result<Subscription> {
         self.store.subscription(account).await?.ok_or_else(|| Error::not_found("subscription"))
     }
 
-    fn price(&self, s: &Subscription, tier: i64) -> Result<contactier_domain::Money> {
-        self.book.price(s.edition, s.currency, s.term, tier).map_err(Error::internal)
-    }
-
     fn pb_subscription(&self, s: &Subscription) -> Result<pb::Subscription> {
         let today = s.today(&self.book, self.clock.now());
-        let (term_start, term_end) = calendar::term_containing(s.start_date, s.term, today);
-        Ok(pb::Subscription {
-            account_id: s.account_id.clone(),
-            edition: pb_edition(s.edition) as i32,
-            term: pb_term(s.term) as i32,
-            start_date: Some(pb_date(s.start_date)),
-            currency: s.currency.as_str().to_owned(),
-            subsidiary: s.subsidiary.clone(),
-            tier: s.tier,
-            renewal_tier: s.renewal_tier,
-            current_term_start: Some(pb_date(term_start)),
-            current_term_end: Some(pb_date(term_end)),
-            price_per_term: Some(pb_money(self.price(s, s.tier)?)),
-            created_at: timestamp_micros(s.created_at),
-            marketing_contacts_enabled: s.marketing_contacts_enabled,
-            next_update_date: s.next_update_date.map(pb_date),
-        })
-    }
-
-    fn pb_upgrade(u: UpgradeRow) -> pb::Upgrade {
-        pb::Upgrade {
-            effective_date: NaiveDate::parse_from_str(&u.effective_date, "%Y-%m-%d").ok().map(pb_date),
-            upgraded_at: timestamp_micros(u.upgraded_at),
-            id: u.id,
-            from_tier: u.from_tier,
-            to_tier: u.to_tier,
-            marketing_count: u.marketing_count,
-            count_version: u.count_version,
-            invoice_id: u.invoice_id,
-        }
-    }
-
-    fn pb_invoice(r: InvoiceRow) -> Result<pb::Invoice> {
-        let lines = store::lines(&r)?;
-        let date = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(pb_date);
-        let kind = match r.kind.as_str() {
-            "upgrade" => pb::InvoiceKind::Upgrade,
-            "renewal" => pb::InvoiceKind::Renewal,
-            _ => pb::InvoiceKind::Unspecified,
-        };
-        Ok(pb::Invoice {
-            lines: lines.iter().map(|l| pb_line(l, l.kind_in(&r.kind), &r.currency)).collect(),
-            total: Some(store::money(r.total_minor, &r.currency)),
-            issued_at: timestamp_micros(r.issued_at),
-            term_start: date(&r.term_start),
-            term_end: date(&r.term_end),
-            kind: kind as i32,
-            number: r.number,
-            id: r.id,
-        })
+        Ok(convert::pb_subscription(s, today, charges::price(s, &self.book, s.tier)?))
     }
 }
 
@@ -154,13 +45,9 @@ impl BillingService for Api {
     ) -> Answer<pb::CreateSubscriptionResponse> {
         let account = account(&req)?;
         let r = req.into_inner();
-        let edition = edition(r.edition)?;
-        let term = match common::Term::try_from(r.term) {
-            Ok(common::Term::Monthly) => Term::Monthly,
-            Ok(common::Term::Annual) => Term::Annual,
-            _ => return Err(Error::invalid("term", "MONTHLY or ANNUAL").into()),
-        };
-        let start_date = parse_date(r.start_date.as_ref(), "start_date")?;
+        let edition = convert::edition(r.edition)?;
+        let term = convert::term(r.term)?;
+        let start_date = date(r.start_date.as_ref(), "start_date")?;
         let currency = Currency::parse(&r.currency).map_err(|e| Error::invalid("currency", e.to_string()))?;
         let tiers = self.book.edition(edition).map_err(|e| Error::invalid("edition", e.to_string()))?;
         if !tiers.prices.contains_key(&currency) {
@@ -186,7 +73,7 @@ impl BillingService for Api {
             currency,
             subsidiary: r.subsidiary,
             tier,
-            renewal_tier: 0,
+            renewal_tier: None,
             marketing_contacts_enabled: r.marketing_contacts_enabled,
             created_at: now.timestamp_micros(),
             next_update_date: None,
@@ -237,15 +124,15 @@ impl BillingService for Api {
                                 (p.step_monthly, p.step_annual)
                             };
                             let step = pb::StepPrice {
-                                per_term_monthly: Some(store::money(m, c.as_str())),
-                                per_term_annual: Some(store::money(a, c.as_str())),
+                                per_term_monthly: Some(money(m, c.as_str())),
+                                per_term_annual: Some(money(a, c.as_str())),
                             };
                             (c.as_str().to_owned(), step)
                         })
                         .collect()
                 };
                 pb::EditionTiers {
-                    edition: pb_edition(*e) as i32,
+                    edition: convert::pb_edition(*e) as i32,
                     included: t.shape.included,
                     step: t.shape.step,
                     max_tier: t.shape.max_tier,
@@ -277,23 +164,9 @@ impl BillingService for Api {
 
     async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {
         let account = account(&req)?;
-        let (sub, counts, period_count) =
-            self.store.usage(&account).await?.ok_or_else(|| Error::not_found("subscription"))?;
-        let count =
-            model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing);
-        let today = sub.today(&self.book, self.clock.now());
-        let usage = pb::Usage {
-            marketing_count: count,
-            tier: sub.tier,
-            used_basis_points: count.saturating_mul(10_000) / sub.tier.max(1),
-            total_contacts: counts.marketing + counts.non_marketing,
-            next_update_date: Some(pb_date(calendar::next_update_date(sub.start_date, sub.term, today))),
-            renewal_date: Some(pb_date(calendar::next_renewal(sub.start_date, sub.term, today))),
-            // Known once the period's update date has been processed; 0 in the first period.
-            period_count,
-            count_version: counts.version,
-        };
-        Ok(Response::new(pb::GetUsageResponse { usage: Some(usage) }))
+        let usage = self.store.usage(&account).await?.ok_or_else(|| Error::not_found("subscription"))?;
+        let today = usage.subscription.today(&self.book, self.clock.now());
+        Ok(Response::new(pb::GetUsageResponse { usage: Some(convert::pb_usage(&usage, today)) }))
     }
 
     async fn get_usage_history(
@@ -303,7 +176,7 @@ impl BillingService for Api {
         let account = account(&req)?;
         let r = req.into_inner();
         let (first, last) =
-            (parse_date(r.start_date.as_ref(), "start_date")?, parse_date(r.end_date.as_ref(), "end_date")?);
+            (date(r.start_date.as_ref(), "start_date")?, date(r.end_date.as_ref(), "end_date")?);
         if last < first {
             return Err(Error::invalid("end_date", "must not be before start_date").into());
         }
@@ -320,23 +193,8 @@ impl BillingService for Api {
         if last < first {
             return Ok(Response::new(pb::GetUsageHistoryResponse { points: vec![] }));
         }
-        let day = |d: store::UsageDay| -> Result<history::Day> {
-            Ok(history::Day {
-                date: NaiveDate::parse_from_str(&d.day, "%Y-%m-%d")
-                    .map_err(|_| Error::Internal(format!("stored day {:?}", d.day)))?,
-                max_count: d.max_count,
-                last_count: d.last_count,
-                tier: d.tier,
-            })
-        };
-        let before = self.store.usage_day_before(&account, first).await?.map(day).transpose()?;
-        let recorded = self
-            .store
-            .usage_days(&account, first, last)
-            .await?
-            .into_iter()
-            .map(day)
-            .collect::<Result<Vec<_>>>()?;
+        let before = self.store.usage_day_before(&account, first).await?;
+        let recorded = self.store.usage_days(&account, first, last).await?;
         let points = history::daily(first, last, before.as_ref(), &recorded, first_tier)
             .into_iter()
             .map(|d| pb::UsagePoint {
@@ -363,38 +221,25 @@ impl BillingService for Api {
         let count =
             model::billed_count(sub.marketing_contacts_enabled, counts.marketing, counts.non_marketing)
                 .saturating_add(additional);
-        let shape = &self.book.edition(sub.edition).map_err(Error::internal)?.shape;
-        let new_tier = shape
-            .smallest_holding(count)
-            .map_err(|e| Error::FailedPrecondition(format!("{e}; contact sales for a larger tier")))?;
-        if new_tier <= sub.tier {
+        // The figures the next-day invoice would use for an upgrade today.
+        let today = sub.today(&self.book, self.clock.now());
+        let Some(plan) = charges::plan_upgrade(&sub, &self.book, count, today)? else {
             return Ok(Response::new(pb::PreviewUpgradeResponse {
                 current_tier: sub.tier,
                 ..Default::default()
             }));
-        }
-        // The figures the next-day invoice would use for an upgrade today.
-        let today = sub.today(&self.book, self.clock.now());
-        let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, today);
-        let new_price = self.price(&sub, new_tier)?;
-        let p = proration::prorate(self.price(&sub, sub.tier)?, new_price, today, term_start, term_end)
-            .map_err(Error::internal)?;
-        let currency = sub.currency.as_str();
-        let line = pb_line(
-            &model::Line::prorated_upgrade(sub.tier, new_tier, &p, today, term_end, count),
-            model::LineKind::ProratedUpgrade,
-            currency,
-        );
+        };
+        let line = convert::pb_line(&plan.line, model::LineKind::ProratedUpgrade, sub.currency.as_str());
         let tomorrow =
             today.checked_add_days(Days::new(1)).ok_or_else(|| Error::Internal("date range".into()))?;
         Ok(Response::new(pb::PreviewUpgradeResponse {
             upgrade_needed: true,
             current_tier: sub.tier,
-            new_tier,
+            new_tier: plan.to_tier,
             effective_date: Some(pb_date(today)),
             invoice_at: Some(timestamp(sub.processing_at(&self.book, tomorrow))),
             line: Some(line),
-            new_price_per_term: Some(pb_money(new_price)),
+            new_price_per_term: Some(pb_money(plan.new_price)),
         }))
     }
 
@@ -411,7 +256,7 @@ impl BillingService for Api {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListUpgradesResponse {
-            upgrades: rows.into_iter().map(Self::pb_upgrade).collect(),
+            upgrades: rows.into_iter().map(convert::pb_upgrade).collect(),
             next_page_token,
         }))
     }
@@ -428,7 +273,7 @@ impl BillingService for Api {
             Some(i) if more => paging::token("invoices", &i.number.to_string()),
             _ => String::new(),
         };
-        let invoices = rows.into_iter().map(Self::pb_invoice).collect::<Result<Vec<_>>>()?;
+        let invoices = rows.into_iter().map(convert::pb_invoice).collect();
         Ok(Response::new(pb::ListInvoicesResponse { invoices, next_page_token }))
     }
 
@@ -439,7 +284,7 @@ impl BillingService for Api {
             .invoice(&account, &req.get_ref().id)
             .await?
             .ok_or_else(|| Error::not_found("invoice"))?;
-        Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(Self::pb_invoice(row)?) }))
+        Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(convert::pb_invoice(row)) }))
     }
 
     async fn request_renewal_tier(
@@ -462,8 +307,8 @@ impl BillingService for Api {
             )
             .into());
         }
-        self.store.set_renewal_tier(&account, tier).await?;
-        sub.renewal_tier = tier;
+        self.store.set_renewal_tier(&account, Some(tier)).await?;
+        sub.renewal_tier = Some(tier);
         Ok(Response::new(pb::RequestRenewalTierResponse { subscription: Some(self.pb_subscription(&sub)?) }))
     }
 
@@ -473,8 +318,8 @@ impl BillingService for Api {
     ) -> Answer<pb::CancelRenewalTierResponse> {
         let account = account(&req)?;
         let mut sub = self.subscription(&account).await?;
-        self.store.set_renewal_tier(&account, 0).await?;
-        sub.renewal_tier = 0;
+        self.store.set_renewal_tier(&account, None).await?;
+        sub.renewal_tier = None;
         Ok(Response::new(pb::CancelRenewalTierResponse { subscription: Some(self.pb_subscription(&sub)?) }))
     }
 

@@ -1,8 +1,9 @@
 //! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
 
 use crate::error::Error;
+use crate::model::Counts;
 use crate::price_book::PriceBook;
-use crate::store::{CountEvent, CountOutcome, Counts, Store};
+use crate::store::{CountEvent, CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};

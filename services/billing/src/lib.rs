@@ -2,6 +2,8 @@
 
 mod api;
 pub mod calendar;
+pub mod charges;
+mod convert;
 use contactier_runtime::error;
 pub mod history;
 mod internal;
@@ -155,7 +157,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
                 );
             let req = mpb::ApplyUpdateDateRequest {
                 account_id: account,
-                update_date: Some(store::pb_date(date)),
+                update_date: Some(convert::pb_date(date)),
                 effective_at: Some(contactier_runtime::convert::timestamp(effective_at)),
             };
             let r = client.apply_update_date(req).await?.into_inner();

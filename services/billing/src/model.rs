@@ -14,7 +14,8 @@ pub struct Subscription {
     pub currency: Currency,
     pub subsidiary: String,
     pub tier: i64,
-    pub renewal_tier: i64,
+    /// The lower tier asked for the next renewal, if any.
+    pub renewal_tier: Option<i64>,
     pub marketing_contacts_enabled: bool,
     pub created_at: i64,
     /// The next update date still to be processed.
@@ -56,6 +57,77 @@ impl Subscription {
         let s = self.subsidiary(book);
         calendar::processing_instant(date, s.time_zone, s.processing_time)
     }
+}
+
+/// The latest count of an account, as marketing-status reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct Counts {
+    pub version: i64,
+    pub marketing: i64,
+    pub pending_non_marketing: i64,
+    pub non_marketing: i64,
+}
+
+/// What a usage answer is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Usage {
+    pub subscription: Subscription,
+    pub counts: Counts,
+    /// The count the last processed update date fixed; 0 before the first.
+    pub period_count: i64,
+}
+
+/// A tier upgrade, made the moment a count exceeded the tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    pub id: String,
+    pub from_tier: i64,
+    pub to_tier: i64,
+    pub marketing_count: i64,
+    pub count_version: i64,
+    pub upgraded_at: i64,
+    /// The business day it happened; its invoice is issued the day after.
+    pub effective_date: NaiveDate,
+    /// The invoice that charged it, once issued.
+    pub invoice_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvoiceKind {
+    Upgrade,
+    Renewal,
+}
+
+impl InvoiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvoiceKind::Upgrade => "upgrade",
+            InvoiceKind::Renewal => "renewal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InvoiceKind> {
+        match s {
+            "upgrade" => Some(InvoiceKind::Upgrade),
+            "renewal" => Some(InvoiceKind::Renewal),
+            _ => None,
+        }
+    }
+}
+
+/// An issued invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invoice {
+    pub id: String,
+    /// Gap-free per account, from 1.
+    pub number: i64,
+    pub kind: InvoiceKind,
+    pub total_minor: i64,
+    pub currency: String,
+    pub term_start: NaiveDate,
+    pub term_end: NaiveDate,
+    pub lines: Vec<Line>,
+    pub issued_at: i64,
 }
 
 /// What counts toward the tier: marketing contacts, or every contact for accounts that predate
@@ -166,12 +238,11 @@ impl Line {
         }
     }
 
-    /// The kind of a line of an invoice of `invoice_kind` ("upgrade" or "renewal").
-    pub fn kind_in(&self, invoice_kind: &str) -> LineKind {
-        self.kind.unwrap_or(if invoice_kind == "renewal" {
-            LineKind::Term
-        } else {
-            LineKind::ProratedUpgrade
+    /// The kind of a line of an invoice of `invoice_kind`.
+    pub fn kind_in(&self, invoice_kind: InvoiceKind) -> LineKind {
+        self.kind.unwrap_or(match invoice_kind {
+            InvoiceKind::Renewal => LineKind::Term,
+            InvoiceKind::Upgrade => LineKind::ProratedUpgrade,
         })
     }
 

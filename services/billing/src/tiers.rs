@@ -76,14 +76,14 @@ impl TierShape {
         Some(needed).filter(|t| *t > current)
     }
 
-    /// The tier of the term a renewal starts. Without a request (`requested` 0) the tier stays:
+    /// The tier of the term a renewal starts. Without a request the tier stays:
     /// there is no automatic downgrade. A requested lower tier applies if it holds `count`,
     /// otherwise the smallest tier that does; never above the current tier (counts above it
     /// upgrade through the usual path).
-    pub fn renewal_tier(&self, current: i64, requested: i64, count: i64) -> i64 {
-        if requested <= 0 || requested >= current {
+    pub fn renewal_tier(&self, current: i64, requested: Option<i64>, count: i64) -> i64 {
+        let Some(requested) = requested.filter(|r| *r < current) else {
             return current;
-        }
+        };
         let holding = self.smallest_holding(count).unwrap_or(self.max_tier);
         requested.max(holding).min(current)
     }
@@ -156,16 +156,16 @@ mod tests {
         let p = professional();
         let table = [
             // (current, requested, count, renewal tier)
-            (17_000, 0, 100, 17_000),        // no request: no downgrade
-            (17_000, 7_000, 6_900, 7_000),   // holds
-            (17_000, 7_000, 7_000, 7_000),   // exactly full still holds
-            (17_000, 7_000, 7_001, 12_000),  // the smallest that holds
-            (17_000, 2_000, 16_500, 17_000), // nothing lower holds
-            (17_000, 2_000, 90_000, 17_000), // above the current tier: upgrades handle it
-            (17_000, 17_000, 10, 17_000),    // not lower: nothing to do
+            (17_000, None, 100, 17_000),           // no request: no downgrade
+            (17_000, Some(7_000), 6_900, 7_000),   // holds
+            (17_000, Some(7_000), 7_000, 7_000),   // exactly full still holds
+            (17_000, Some(7_000), 7_001, 12_000),  // the smallest that holds
+            (17_000, Some(2_000), 16_500, 17_000), // nothing lower holds
+            (17_000, Some(2_000), 90_000, 17_000), // above the current tier: upgrades handle it
+            (17_000, Some(17_000), 10, 17_000),    // not lower: nothing to do
         ];
         for (current, requested, count, want) in table {
-            assert_eq!(p.renewal_tier(current, requested, count), want, "{current} {requested} {count}");
+            assert_eq!(p.renewal_tier(current, requested, count), want, "{current} {requested:?} {count}");
         }
     }
 

@@ -1,12 +1,11 @@
 //! Writing an invoice inside the transaction that decides it: the next gap-free number, the
 //! row under its unique source key, and the notice for notification, all or nothing.
 
-use super::{InvoiceRow, NOTIFICATION_TOPIC, day, notification_event};
+use super::{NOTIFICATION_TOPIC, day};
+use crate::convert::{billing_event, invoice_issued};
 use crate::error::Result;
-use crate::model::Line;
+use crate::model::{Invoice, InvoiceKind, Line};
 use chrono::{DateTime, NaiveDate, Utc};
-use contactier_proto::common::v1 as common;
-use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::outbox::EventTx;
 use prost::Message;
@@ -16,7 +15,7 @@ pub struct NewInvoice<'a> {
     pub account: &'a str,
     /// Names what is charged ("upgrade:DATE", "renewal:DATE"); unique per account.
     pub source_key: String,
-    pub kind: &'static str,
+    pub kind: InvoiceKind,
     pub currency: &'a str,
     pub term: (NaiveDate, NaiveDate),
     pub lines: Vec<Line>,
@@ -29,7 +28,7 @@ pub trait InvoiceTx {
         &mut self,
         inv: NewInvoice<'_>,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<InvoiceRow>> + Send;
+    ) -> impl Future<Output = Result<Invoice>> + Send;
 }
 
 const INSERT: &str = "INSERT INTO invoices (account_id, source_key, id, number, kind, total_minor, currency, \
@@ -50,47 +49,41 @@ macro_rules! impl_invoice_tx {
                 Ok(id.is_some())
             }
 
-            async fn issue(&mut self, inv: NewInvoice<'_>, now: DateTime<Utc>) -> Result<InvoiceRow> {
+            async fn issue(&mut self, inv: NewInvoice<'_>, now: DateTime<Utc>) -> Result<Invoice> {
                 let number: i64 =
                     sqlx::query_scalar(NEXT_NUMBER).bind(inv.account).fetch_one(&mut *self).await?;
-                let row = InvoiceRow {
+                let invoice = Invoice {
                     id: new_id(),
                     number,
-                    kind: inv.kind.to_owned(),
+                    kind: inv.kind,
                     total_minor: inv.lines.iter().map(|l| l.amount_minor).sum(),
                     currency: inv.currency.to_owned(),
-                    term_start: day(inv.term.0),
-                    term_end: day(inv.term.1),
-                    lines: serde_json::to_string(&inv.lines).expect("JSON of plain values"),
+                    term_start: inv.term.0,
+                    term_end: inv.term.1,
+                    lines: inv.lines,
                     issued_at: micros(now),
                 };
+                let lines = serde_json::to_string(&invoice.lines).expect("JSON of plain values");
                 // Counted as written; a rolled-back transaction (rare: a failure) overcounts.
-                metrics::counter!("contactier_invoices_issued_total", "kind" => row.kind.clone()).increment(1);
+                metrics::counter!("contactier_invoices_issued_total", "kind" => invoice.kind.as_str())
+                    .increment(1);
                 sqlx::query(INSERT)
                     .bind(inv.account)
                     .bind(&inv.source_key)
-                    .bind(&row.id)
-                    .bind(row.number)
-                    .bind(&row.kind)
-                    .bind(row.total_minor)
-                    .bind(&row.currency)
-                    .bind(&row.term_start)
-                    .bind(&row.term_end)
-                    .bind(&row.lines)
-                    .bind(row.issued_at)
+                    .bind(&invoice.id)
+                    .bind(invoice.number)
+                    .bind(invoice.kind.as_str())
+                    .bind(invoice.total_minor)
+                    .bind(&invoice.currency)
+                    .bind(day(invoice.term_start))
+                    .bind(day(invoice.term_end))
+                    .bind(&lines)
+                    .bind(invoice.issued_at)
                     .execute(&mut *self)
                     .await?;
-                let notice = npb::billing_event::Payload::Invoice(npb::InvoiceIssued {
-                    invoice_id: row.id.clone(),
-                    number: row.number,
-                    total: Some(common::Money {
-                        amount_minor: row.total_minor,
-                        currency: row.currency.clone(),
-                    }),
-                });
-                let ev = notification_event(inv.account, now, notice);
+                let ev = billing_event(inv.account, now, invoice_issued(&invoice));
                 self.enqueue(&ev.event_id, NOTIFICATION_TOPIC, inv.account, &ev.encode_to_vec(), now).await?;
-                Ok(row)
+                Ok(invoice)
             }
         }
     };

@@ -1,16 +1,15 @@
 //! Billing's storage, written once for SQLite and PostgreSQL.
 
 use crate::calendar;
+use crate::charges;
+use crate::convert::{self, billing_event};
 use crate::error::{Error, Result};
-use crate::model::{self, Line, Subscription};
+use crate::history;
+use crate::model::{self, Counts, Invoice, InvoiceKind, Subscription, Upgrade, Usage};
 use crate::price_book::{Edition, PriceBook};
-use crate::proration;
 use chrono::{DateTime, NaiveDate, Utc};
-use contactier_domain::{Currency, Money};
-use contactier_proto::common::v1 as common;
-use contactier_proto::marketing_status::v1 as mpb;
+use contactier_domain::Currency;
 use contactier_proto::notification::v1 as npb;
-pub use contactier_runtime::convert::pb_date;
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{BeginWrite, Db};
 use contactier_runtime::outbox::EventTx;
@@ -57,6 +56,7 @@ struct SubscriptionRow {
     currency: String,
     subsidiary: String,
     tier: i64,
+    /// 0: none asked.
     renewal_tier: i64,
     marketing_contacts_enabled: bool,
     created_at: i64,
@@ -75,7 +75,7 @@ impl SubscriptionRow {
             account_id: self.account_id,
             subsidiary: self.subsidiary,
             tier: self.tier,
-            renewal_tier: self.renewal_tier,
+            renewal_tier: Some(self.renewal_tier).filter(|t| *t > 0),
             marketing_contacts_enabled: self.marketing_contacts_enabled,
             created_at: self.created_at,
             next_update_date: if self.next_update_date.is_empty() {
@@ -117,15 +117,6 @@ const USAGE_QUERY: &str = concat!(
      FROM subscriptions s LEFT JOIN account_counts c USING (account_id) WHERE s.account_id = $1"
 );
 
-/// The latest count of an account.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
-pub struct Counts {
-    pub version: i64,
-    pub marketing: i64,
-    pub pending_non_marketing: i64,
-    pub non_marketing: i64,
-}
-
 /// A count reported by marketing-status.
 #[derive(Clone, Debug)]
 pub struct CountEvent {
@@ -146,32 +137,67 @@ pub enum CountOutcome {
     /// Kept; the account has no subscription yet.
     NoSubscription,
     /// Kept; an upgrade when the count exceeded the tier.
-    Applied { upgrade: Option<UpgradeRow> },
+    Applied { upgrade: Option<Upgrade> },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct UpgradeRow {
-    pub id: String,
-    pub from_tier: i64,
-    pub to_tier: i64,
-    pub marketing_count: i64,
-    pub count_version: i64,
-    pub upgraded_at: i64,
-    pub effective_date: String,
-    pub invoice_id: String,
+#[derive(sqlx::FromRow)]
+struct UpgradeRow {
+    id: String,
+    from_tier: i64,
+    to_tier: i64,
+    marketing_count: i64,
+    count_version: i64,
+    upgraded_at: i64,
+    effective_date: String,
+    /// '': not invoiced yet.
+    invoice_id: String,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
-pub struct InvoiceRow {
-    pub id: String,
-    pub number: i64,
-    pub kind: String,
-    pub total_minor: i64,
-    pub currency: String,
-    pub term_start: String,
-    pub term_end: String,
-    pub lines: String,
-    pub issued_at: i64,
+impl UpgradeRow {
+    fn into_model(self) -> Result<Upgrade> {
+        Ok(Upgrade {
+            effective_date: parse_day(&self.effective_date)?,
+            invoice_id: Some(self.invoice_id).filter(|i| !i.is_empty()),
+            id: self.id,
+            from_tier: self.from_tier,
+            to_tier: self.to_tier,
+            marketing_count: self.marketing_count,
+            count_version: self.count_version,
+            upgraded_at: self.upgraded_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    id: String,
+    number: i64,
+    kind: String,
+    total_minor: i64,
+    currency: String,
+    term_start: String,
+    term_end: String,
+    /// The lines as JSON.
+    lines: String,
+    issued_at: i64,
+}
+
+impl InvoiceRow {
+    fn into_model(self) -> Result<Invoice> {
+        Ok(Invoice {
+            kind: InvoiceKind::parse(&self.kind)
+                .ok_or_else(|| Error::Internal(format!("stored invoice kind {:?}", self.kind)))?,
+            term_start: parse_day(&self.term_start)?,
+            term_end: parse_day(&self.term_end)?,
+            lines: serde_json::from_str(&self.lines)
+                .map_err(|e| Error::Internal(format!("stored invoice lines: {e}")))?,
+            id: self.id,
+            number: self.number,
+            total_minor: self.total_minor,
+            currency: self.currency,
+            issued_at: self.issued_at,
+        })
+    }
 }
 
 const INVOICE_COLUMNS: &str =
@@ -179,30 +205,24 @@ const INVOICE_COLUMNS: &str =
 const UPGRADE_COLUMNS: &str =
     "id, from_tier, to_tier, marketing_count, count_version, upgraded_at, effective_date, invoice_id";
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
-pub struct UsageDay {
-    pub day: String,
-    pub max_count: i64,
-    pub last_count: i64,
-    pub tier: i64,
+#[derive(sqlx::FromRow)]
+struct UsageDayRow {
+    day: String,
+    max_count: i64,
+    last_count: i64,
+    tier: i64,
 }
 
-fn notification_event(
-    account: &str,
-    now: DateTime<Utc>,
-    payload: npb::billing_event::Payload,
-) -> npb::BillingEvent {
-    npb::BillingEvent {
-        event_id: new_id(),
-        account_id: account.to_owned(),
-        occurred_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
-        payload: Some(payload),
+impl UsageDayRow {
+    fn into_model(self) -> Result<history::Day> {
+        Ok(history::Day {
+            date: parse_day(&self.day)?,
+            max_count: self.max_count,
+            last_count: self.last_count,
+            tier: self.tier,
+        })
     }
 }
-
-/// What a usage read is made of: the subscription, the latest count and the last processed
-/// update period's count.
-pub type Usage = (Subscription, Counts, i64);
 
 #[derive(Clone)]
 pub struct Store {
@@ -227,11 +247,7 @@ impl Store {
         book: &PriceBook,
     ) -> Result<()> {
         let period_start = s.current_period(book, now);
-        let plan = mpb::SetAccountPlanRequest {
-            account_id: s.account_id.clone(),
-            edition: crate::api::pb_edition(s.edition) as i32,
-            marketing_contacts_enabled: s.marketing_contacts_enabled,
-        };
+        let plan = convert::account_plan(s);
         let _forget = self.usage_cache.forget_after(&s.account_id);
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -287,7 +303,11 @@ impl Store {
             .get_or_load(account, || async {
                 let row: Option<UsageRow> = with_pool!(&self.db, pool =>
                     sqlx::query_as(USAGE_QUERY).bind(account).fetch_optional(pool).await?);
-                row.map(|r| Ok((r.subscription.into_model()?, r.counts, r.period_count))).transpose()
+                row.map(|r| {
+                    let subscription = r.subscription.into_model()?;
+                    Ok(Usage { subscription, counts: r.counts, period_count: r.period_count })
+                })
+                .transpose()
             })
             .await
     }
@@ -299,11 +319,12 @@ impl Store {
         Ok(c.unwrap_or_default())
     }
 
-    /// Sets (or with 0 clears) the tier asked for the next renewal.
-    pub async fn set_renewal_tier(&self, account: &str, tier: i64) -> Result<()> {
+    /// Sets (or with None clears) the tier asked for the next renewal.
+    pub async fn set_renewal_tier(&self, account: &str, tier: Option<i64>) -> Result<()> {
         let _forget = self.usage_cache.forget_after(account);
-        with_pool!(&self.db, pool => sqlx::query("UPDATE subscriptions SET renewal_tier = $1 WHERE account_id = $2")
-            .bind(tier).bind(account).execute(pool).await?.rows_affected());
+        let sql = "UPDATE subscriptions SET renewal_tier = $1 WHERE account_id = $2";
+        with_pool!(&self.db, pool => sqlx::query(sql)
+            .bind(tier.unwrap_or(0)).bind(account).execute(pool).await?.rows_affected());
         Ok(())
     }
 
@@ -368,20 +389,20 @@ impl Store {
                 let raised = sqlx::query("UPDATE subscriptions SET tier = $1 WHERE account_id = $2 AND tier < $1")
                     .bind(to).bind(account).execute(&mut *tx).await?.rows_affected() == 1;
                 if raised {
-                    let u = UpgradeRow {
+                    let u = Upgrade {
                         id: new_id(),
                         from_tier: sub.tier,
                         to_tier: to,
                         marketing_count: count,
                         count_version: c.version,
                         upgraded_at: micros(now),
-                        effective_date: day(today),
-                        invoice_id: String::new(),
+                        effective_date: today,
+                        invoice_id: None,
                     };
-                    let q = format!("INSERT INTO upgrades (account_id, {UPGRADE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)");
+                    let q = format!("INSERT INTO upgrades (account_id, {UPGRADE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '')");
                     sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
                         .bind(account).bind(&u.id).bind(u.from_tier).bind(u.to_tier).bind(u.marketing_count)
-                        .bind(u.count_version).bind(u.upgraded_at).bind(&u.effective_date).bind(&u.invoice_id)
+                        .bind(u.count_version).bind(u.upgraded_at).bind(day(u.effective_date))
                         .execute(&mut *tx).await?;
                     upgrade = Some(u);
                 }
@@ -404,14 +425,7 @@ impl Store {
             };
             tx.publish_state(account, state, now).await?;
             if let Some(u) = &upgrade {
-                let up = npb::billing_event::Payload::Upgraded(npb::TierUpgraded {
-                    upgrade_id: u.id.clone(),
-                    from_tier: u.from_tier,
-                    to_tier: u.to_tier,
-                    marketing_count: count,
-                    period_start: Some(pb_date(period_start)),
-                });
-                let ev = notification_event(account, now, up);
+                let ev = billing_event(account, now, convert::upgraded(u, period_start));
                 tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
             }
             tx.commit().await?;
@@ -462,7 +476,7 @@ impl Store {
         upgrade_day: NaiveDate,
         now: DateTime<Utc>,
         book: &PriceBook,
-    ) -> Result<Option<InvoiceRow>> {
+    ) -> Result<Option<Invoice>> {
         let source_key = format!("upgrade:{}", day(upgrade_day));
         let issued = with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
@@ -476,19 +490,15 @@ impl Store {
             let row: Option<SubscriptionRow> =
                 sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
             let sub = row.ok_or_else(|| Error::not_found("subscription"))?.into_model()?;
-            let (from, to) = (first.from_tier, last.to_tier);
+            // One line from the tier before the day's first upgrade to the tier after its last.
             let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
-            let (term_start, term_end) = calendar::term_containing(sub.start_date, sub.term, upgrade_day);
-            let price = |tier| book.price(sub.edition, sub.currency, sub.term, tier).map_err(Error::internal);
-            let p = proration::prorate(price(from)?, price(to)?, upgrade_day, term_start, term_end)
-                .map_err(Error::internal)?;
-            let line = Line::prorated_upgrade(from, to, &p, upgrade_day, term_end, count);
+            let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
             let inv = tx.issue(NewInvoice {
                 account,
                 source_key,
-                kind: "upgrade",
+                kind: InvoiceKind::Upgrade,
                 currency: sub.currency.as_str(),
-                term: (term_start, term_end),
+                term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
                 lines: vec![line],
             }, now).await?;
             sqlx::query("UPDATE upgrades SET invoice_id = $1 WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''")
@@ -506,15 +516,16 @@ impl Store {
         account: &str,
         before: Option<(i64, String)>,
         limit: i64,
-    ) -> Result<Vec<UpgradeRow>> {
+    ) -> Result<Vec<Upgrade>> {
         // Newest first by (time, id): several upgrades of one instant page without a gap.
         let q = format!(
             "SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 \
              AND (upgraded_at < $2 OR (upgraded_at = $2 AND id < $3)) ORDER BY upgraded_at DESC, id DESC LIMIT $4"
         );
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(at).bind(&id).bind(limit).fetch_all(pool).await?))
+        let rows: Vec<UpgradeRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(at).bind(&id).bind(limit).fetch_all(pool).await?);
+        rows.into_iter().map(UpgradeRow::into_model).collect()
     }
 
     pub async fn invoices(
@@ -522,25 +533,28 @@ impl Store {
         account: &str,
         before_number: Option<i64>,
         limit: i64,
-    ) -> Result<Vec<InvoiceRow>> {
+    ) -> Result<Vec<Invoice>> {
         let q = format!(
             "SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND number < $2 ORDER BY number DESC LIMIT $3"
         );
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(before_number.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?))
+        let rows: Vec<InvoiceRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(before_number.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?);
+        rows.into_iter().map(InvoiceRow::into_model).collect()
     }
 
-    pub async fn invoice(&self, account: &str, id: &str) -> Result<Option<InvoiceRow>> {
+    pub async fn invoice(&self, account: &str, id: &str) -> Result<Option<Invoice>> {
         let q = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND id = $2");
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(id).fetch_optional(pool).await?))
+        let row: Option<InvoiceRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
+            .bind(account).bind(id).fetch_optional(pool).await?);
+        row.map(InvoiceRow::into_model).transpose()
     }
 
     /// The last day of usage recorded before `day`, if any.
-    pub async fn usage_day_before(&self, account: &str, day_: NaiveDate) -> Result<Option<UsageDay>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+    pub async fn usage_day_before(&self, account: &str, day_: NaiveDate) -> Result<Option<history::Day>> {
+        let row: Option<UsageDayRow> = with_pool!(&self.db, pool => sqlx::query_as(
             "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day < $2 ORDER BY day DESC LIMIT 1",
-        ).bind(account).bind(day(day_)).fetch_optional(pool).await?))
+        ).bind(account).bind(day(day_)).fetch_optional(pool).await?);
+        row.map(UsageDayRow::into_model).transpose()
     }
 
     /// The tier a subscription began with: before its first upgrade if that came on its first
@@ -561,25 +575,17 @@ impl Store {
         })
     }
 
-    pub async fn usage_days(&self, account: &str, from: NaiveDate, to: NaiveDate) -> Result<Vec<UsageDay>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
+    pub async fn usage_days(
+        &self,
+        account: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<history::Day>> {
+        let rows: Vec<UsageDayRow> = with_pool!(&self.db, pool => sqlx::query_as(
             "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
-        ).bind(account).bind(day(from)).bind(day(to)).fetch_all(pool).await?))
+        ).bind(account).bind(day(from)).bind(day(to)).fetch_all(pool).await?);
+        rows.into_iter().map(UsageDayRow::into_model).collect()
     }
-}
-
-/// Parses a stored line list.
-pub fn lines(row: &InvoiceRow) -> Result<Vec<Line>> {
-    serde_json::from_str(&row.lines).map_err(|e| Error::Internal(format!("stored invoice lines: {e}")))
-}
-
-pub fn money(minor: i64, currency: &str) -> common::Money {
-    common::Money { amount_minor: minor, currency: currency.to_owned() }
-}
-
-/// The money of a price, for answers.
-pub fn pb_money(m: Money) -> common::Money {
-    money(m.minor, m.currency.as_str())
 }
 
 /// Billing's items that failed and are not done: upgrade invoices and update dates.

@@ -2,7 +2,8 @@
 //! its update period, its tier and its marketing count. Notification evaluates thresholds
 //! against each state in version order (1, 2, 3 ... per account, without gaps).
 
-use super::{NOTIFICATION_TOPIC, notification_event, pb_date};
+use super::NOTIFICATION_TOPIC;
+use crate::convert::{billing_event, pb_date};
 use crate::error::Result;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
@@ -51,7 +52,7 @@ macro_rules! impl_state_tx {
                     upgrade_id: s.upgrade.map(|u| u.0.to_owned()).unwrap_or_default(),
                     from_tier: s.upgrade.map_or(0, |u| u.1),
                 };
-                let ev = notification_event(account, now, npb::billing_event::Payload::State(state));
+                let ev = billing_event(account, now, npb::billing_event::Payload::State(state));
                 self.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
                 Ok(version)
             }

@@ -4,10 +4,11 @@
 
 use super::invoices::{InvoiceTx, NewInvoice};
 use super::states::{NewState, StateTx};
-use super::{InvoiceRow, Store, day, parse_day};
+use super::{Store, day, parse_day};
 use crate::calendar;
+use crate::charges;
 use crate::error::{Error, Result};
-use crate::model::{self, Line};
+use crate::model::{self, Invoice, InvoiceKind};
 use crate::price_book::PriceBook;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
@@ -38,7 +39,7 @@ pub struct Applied {
 pub struct Completed {
     /// False when another run had completed it first.
     pub done_here: bool,
-    pub renewal_invoice: Option<InvoiceRow>,
+    pub renewal_invoice: Option<Invoice>,
 }
 
 impl Store {
@@ -127,19 +128,16 @@ impl Store {
             let mut tier = sub.tier;
             let mut invoice = None;
             if renewal {
-                let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
-                tier = shape.renewal_tier(sub.tier, sub.renewal_tier, count);
+                let line;
+                (tier, line) = charges::renewal(&sub, book, date, count)?;
                 let source_key = format!("renewal:{}", day(date));
                 if !tx.invoiced(account, &source_key).await? {
-                    let (start, end) = calendar::term_containing(sub.start_date, sub.term, date);
-                    let price = book.price(sub.edition, sub.currency, sub.term, tier).map_err(Error::internal)?;
-                    let line = Line::term(sub.tier, tier, price.minor, (start, end), count);
                     let inv = NewInvoice {
                         account,
                         source_key,
-                        kind: "renewal",
+                        kind: InvoiceKind::Renewal,
                         currency: sub.currency.as_str(),
-                        term: (start, end),
+                        term: (line.period_start, line.period_end),
                         lines: vec![line],
                     };
                     invoice = Some(tx.issue(inv, now).await?);
