@@ -763,7 +763,25 @@ impl ContactsService for Api {
         req: Request<Streaming<pb::ImportContactsRequest>>,
     ) -> Answer<Self::ImportContactsStream> {
         let c = caller(&req)?;
-        let stream = import::start(self.clone(), c.account, c.user, req.into_inner()).await?;
+        let mut input = req.into_inner();
+        let opened = import::open(&self.store, &c.account, &mut input).await?;
+        // "Set as marketing" is asked of every row: refused at once for a user without the permission.
+        if opened.plan.set_as_marketing
+            && !c.user.is_empty()
+            && !self.may_set_marketing(&c.account, &c.user).await?
+        {
+            return Err(Error::denied(
+                "header.set_as_marketing",
+                "this user may not set contacts as marketing",
+            )
+            .into());
+        }
+        let ctx = import::Importer {
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            relay: self.relay.clone(),
+        };
+        let stream = import::start(ctx, c.account, c.user, opened, input).await?;
         Ok(Response::new(stream))
     }
 

@@ -7,15 +7,15 @@
 //! the same request id sending the same file: rows up to its last saved progress are skipped,
 //! and contacts it created in the batch it was writing are recognised, not created twice.
 
-use crate::api::Api;
 use crate::convert::{self, source_type_name};
 use crate::csv_records::{Record, RecordReader};
 use crate::email;
 use crate::error::{Error, Result};
 use crate::properties::{self, Catalog, Value};
-use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Start};
+use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Start, Store};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
+use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{micros, new_id};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -197,23 +197,46 @@ pub fn check_row(
 
 type Progress = std::result::Result<pb::ImportContactsResponse, Status>;
 
-/// Reads the header, then runs the import in its own task, streaming progress back.
-pub async fn start(
-    api: Api,
-    account: String,
-    user: String,
-    mut input: Streaming<pb::ImportContactsRequest>,
-) -> Result<BoxStream<'static, Progress>> {
+/// What an import works with.
+#[derive(Clone)]
+pub struct Importer {
+    pub store: Store,
+    pub clock: Clock,
+    /// The relay of contact events, woken after each batch.
+    pub relay: WorkerWaker,
+}
+
+/// An import's first message, checked against the account's properties.
+pub struct Opened {
+    pub header: pb::ImportHeader,
+    pub plan: Plan,
+    catalog: Catalog,
+}
+
+/// Reads the header and plans the import from it.
+pub async fn open(
+    store: &Store,
+    account: &str,
+    input: &mut Streaming<pb::ImportContactsRequest>,
+) -> Result<Opened> {
     let header = match input.message().await.map_err(|e| Error::invalid("header", e.message().to_owned()))? {
         Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Header(h)) }) => h,
         _ => return Err(Error::invalid("header", "the first message must be the header")),
     };
-    let catalog = api.store.catalog(&account).await?;
+    let catalog = store.catalog(account).await?;
     let plan = plan(&header, &catalog)?;
-    // "Set as marketing" is asked of every row: refused at once for a user without the permission.
-    if plan.set_as_marketing && !user.is_empty() && !api.may_set_marketing(&account, &user).await? {
-        return Err(Error::denied("header.set_as_marketing", "this user may not set contacts as marketing"));
-    }
+    Ok(Opened { header, plan, catalog })
+}
+
+/// Runs an opened import in its own task, streaming progress back.
+pub async fn start(
+    ctx: Importer,
+    account: String,
+    user: String,
+    opened: Opened,
+    input: Streaming<pb::ImportContactsRequest>,
+) -> Result<BoxStream<'static, Progress>> {
+    let Opened { header, plan, catalog } = opened;
     let mut import = ImportRow {
         id: new_id(),
         name: header.name.clone(),
@@ -229,10 +252,10 @@ pub async fn start(
                 &pb::ImportHeader { request_id: String::new(), ..header.clone() },
             )
         },
-        started_at: micros(api.clock.now()),
+        started_at: micros(ctx.clock.now()),
         ..ImportRow::default()
     };
-    let resumed = match api.store.start_import(&account, &import, LEASE).await? {
+    let resumed = match ctx.store.start_import(&account, &import, LEASE).await? {
         Start::Fresh => false,
         Start::Finished(earlier) => {
             // The retry of a finished import gets its summary, if it sends the same file.
@@ -258,7 +281,7 @@ pub async fn start(
     let (tx, rx) = tokio::sync::mpsc::channel::<Progress>(16);
     tokio::spawn(async move {
         let beats = {
-            let (store, account, id) = (api.store.clone(), account.clone(), import.id.clone());
+            let (store, account, id) = (ctx.store.clone(), account.clone(), import.id.clone());
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(BEAT);
                 loop {
@@ -269,12 +292,12 @@ pub async fn start(
                 }
             })
         };
-        let outcome = run(&api, &account, &user, &plan, &catalog, &mut import, resumed, input, &tx).await;
+        let outcome = run(&ctx, &account, &user, &plan, &catalog, &mut import, resumed, input, &tx).await;
         beats.abort();
         if outcome.is_err() {
             // Counters back to the last saved batch: rows read since were not written, and a
             // retry reads them again.
-            match api.store.import(&account, &import.id).await {
+            match ctx.store.import(&account, &import.id).await {
                 Ok(Some(saved)) => import = saved,
                 Ok(None) => {}
                 Err(e) => {
@@ -282,12 +305,12 @@ pub async fn start(
                 }
             }
         }
-        import.finished_at = micros(api.clock.now());
+        import.finished_at = micros(ctx.clock.now());
         import.state = if outcome.is_ok() { "completed" } else { "failed" }.into();
         if let Err(e) = &outcome {
             tracing::warn!(import = %import.id, error = %e, "import failed");
         }
-        if let Err(e) = api.store.save_import(&account, &import).await {
+        if let Err(e) = ctx.store.save_import(&account, &import).await {
             tracing::warn!(import = %import.id, error = %e, "saving the import's end failed");
         }
         tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, failed = import.failed, "import ended");
@@ -324,7 +347,7 @@ async fn file_digest(mut input: Streaming<pb::ImportContactsRequest>) -> Result<
 
 #[allow(clippy::too_many_arguments)]
 async fn run(
-    api: &Api,
+    ctx: &Importer,
     account: &str,
     user: &str,
     plan: &Plan,
@@ -393,17 +416,17 @@ async fn run(
             }
         }
         if batch.len() >= BATCH_ROWS {
-            write(api, account, user, plan, import, std::mem::take(&mut batch), &mut errors, recheck).await?;
+            write(ctx, account, user, plan, import, std::mem::take(&mut batch), &mut errors, recheck).await?;
             recheck = false;
             // A table that grew from nothing during the import has statistics that say it is
             // empty; the planner would then scan it for every lookup.
             if import.rows_read - analyzed_at >= STATISTICS_EVERY {
-                api.store.refresh_statistics().await?;
+                ctx.store.refresh_statistics().await?;
                 analyzed_at = import.rows_read;
             }
-            api.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
+            ctx.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
             import.prefix_digest = records.digest();
-            api.store.save_import(account, import).await?;
+            ctx.store.save_import(account, import).await?;
             let _ = progress
                 .send(Ok(pb::ImportContactsResponse {
                     progress: Some(convert::import_summary(import)),
@@ -415,8 +438,8 @@ async fn run(
     if number < done_before {
         return Err(Error::RequestReused);
     }
-    write(api, account, user, plan, import, batch, &mut errors, recheck).await?;
-    api.store.add_import_errors(account, &import.id, &errors).await?;
+    write(ctx, account, user, plan, import, batch, &mut errors, recheck).await?;
+    ctx.store.add_import_errors(account, &import.id, &errors).await?;
     import.prefix_digest = records.digest();
     import.file_digest = records.digest();
     Ok(())
@@ -432,7 +455,7 @@ fn bytes_of(v: Vec<u8>) -> std::io::Cursor<Vec<u8>> {
 /// counted as its creations again rather than as found.
 #[allow(clippy::too_many_arguments)]
 async fn write(
-    api: &Api,
+    ctx: &Importer,
     account: &str,
     user: &str,
     plan: &Plan,
@@ -475,15 +498,15 @@ async fn write(
         HashMap::new()
     } else {
         let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
-        api.store.ids_by_email(account, &keys).await?
+        ctx.store.ids_by_email(account, &keys).await?
     };
     let ours = if recheck {
         let keys: Vec<String> = order.iter().map(|r| r.email.key.clone()).collect();
-        api.store.created_by_import(account, &import.id, &keys).await?
+        ctx.store.created_by_import(account, &import.id, &keys).await?
     } else {
         HashMap::new()
     };
-    let now = api.clock.now();
+    let now = ctx.clock.now();
     let (mut creates, mut updates) = (Vec::new(), Vec::new());
     let mut opted_in: Vec<String> = Vec::new();
     for row in order {
@@ -533,7 +556,7 @@ async fn write(
                 user_id: user.to_owned(),
             })
             .collect();
-        for (row, outcome) in creates.iter().zip(api.store.create_contacts(account, news, now, None).await?) {
+        for (row, outcome) in creates.iter().zip(ctx.store.create_contacts(account, news, now, None).await?) {
             match outcome {
                 Ok(c) => {
                     import.created += 1;
@@ -560,7 +583,7 @@ async fn write(
                 }
             }
         }
-        api.relay.wake();
+        ctx.relay.wake();
     }
     if !updates.is_empty() {
         let changes = updates
@@ -574,7 +597,7 @@ async fn write(
             .collect();
         let mut marketing = Vec::new();
         for ((id, row), outcome) in
-            updates.iter().zip(api.store.update_contacts(account, changes, now).await?)
+            updates.iter().zip(ctx.store.update_contacts(account, changes, now).await?)
         {
             match outcome {
                 Ok(_) => {
@@ -597,8 +620,8 @@ async fn write(
         // "Set as marketing" reaches contacts that existed through marketing-status, as the
         // importing user.
         if plan.set_as_marketing && !marketing.is_empty() {
-            api.store.request_marketing(account, &marketing, &import.id, user, now).await?;
-            api.relay.wake();
+            ctx.store.request_marketing(account, &marketing, &import.id, user, now).await?;
+            ctx.relay.wake();
         }
     }
     let consent = ConsentRow {
@@ -608,7 +631,7 @@ async fn write(
         unsubscribed_from_all: false,
     };
     for id in opted_in {
-        api.store.set_consent(account, &id, &consent).await?;
+        ctx.store.set_consent(account, &id, &consent).await?;
     }
     Ok(())
 }

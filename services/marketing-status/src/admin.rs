@@ -1,7 +1,9 @@
 //! Account administration RPCs: per-source default statuses, permission overrides and the
 //! audit trail.
 
-use crate::api::{Api, creation_source, db, source_type_name};
+use crate::api::Api;
+use crate::convert::{creation_source, marketing_status as pb_status, source_type_name, stored_status};
+
 use crate::rules::{self, Status};
 use crate::store::ChangeRow;
 use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
@@ -10,14 +12,6 @@ use contactier_runtime::Principal;
 use contactier_runtime::convert::timestamp_micros;
 use contactier_runtime::error::Error;
 use tonic::{Request, Status as GrpcStatus};
-
-fn pb_status(marketing: bool) -> MarketingStatus {
-    if marketing { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing }
-}
-
-fn stored_status(s: &str) -> MarketingStatus {
-    if s == "marketing" { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing }
-}
 
 fn pb_change(c: ChangeRow) -> pb::StatusChange {
     let source_type =
@@ -42,7 +36,7 @@ impl Api {
         req: Request<pb::ListSourceDefaultsRequest>,
     ) -> Result<pb::ListSourceDefaultsResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
-        let own = self.store.source_defaults(&account).await.map_err(db)?;
+        let own = self.store.source_defaults(&account).await.map_err(Error::from)?;
         let mut defaults = Vec::new();
         for n in 1..=13 {
             let Ok(t) = SourceType::try_from(n) else { continue };
@@ -83,7 +77,10 @@ impl Api {
             ))
             .into());
         }
-        self.store.set_source_default(&account, &source_type_name(t), marketing).await.map_err(db)?;
+        self.store
+            .set_source_default(&account, &source_type_name(t), marketing)
+            .await
+            .map_err(Error::from)?;
         Ok(pb::UpdateSourceDefaultResponse {
             default: Some(pb::SourceDefault {
                 source_type: t as i32,
@@ -101,7 +98,8 @@ impl Api {
         let r = req.into_inner();
         let limit = contactier_runtime::paging::limit(r.page_size)?;
         let after = contactier_runtime::paging::after("permissions", &r.page_token)?.unwrap_or_default();
-        let mut rows = self.store.permission_overrides(&account, &after, limit + 1).await.map_err(db)?;
+        let mut rows =
+            self.store.permission_overrides(&account, &after, limit + 1).await.map_err(Error::from)?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {
@@ -129,8 +127,11 @@ impl Api {
         let before =
             contactier_runtime::paging::after_at(&list, &r.page_token)?.unwrap_or((i64::MAX, String::new()));
         let contact = Some(r.contact_id.as_str()).filter(|c| !c.is_empty());
-        let mut rows =
-            self.store.changes(&account, contact, (before.0, &before.1), limit + 1).await.map_err(db)?;
+        let mut rows = self
+            .store
+            .changes(&account, contact, (before.0, &before.1), limit + 1)
+            .await
+            .map_err(Error::from)?;
         let more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let next_page_token = if more {

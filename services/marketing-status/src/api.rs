@@ -1,27 +1,26 @@
 //! MarketingStatusService and MarketingStatusInternalService: the gRPC layer over the rules and the store.
 
-use crate::rules::{CreationSource, Status};
-use crate::store::{Actor, Settings, StatusRow, Store};
+use crate::convert::{self, pb_counts, pb_settings, pb_status, requested, source_type_name};
+use crate::rules::Status;
+use crate::store::{Actor, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
-use contactier_domain::Edition;
-use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
+use contactier_proto::common::v1::{self as common, SourceType};
 use contactier_proto::marketing_status::v1::{
     self as pb, marketing_status_internal_service_server::MarketingStatusInternalService,
     marketing_status_service_server::MarketingStatusService, set_marketing_status_request::Target,
 };
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
-use contactier_runtime::convert::{date, timestamp_micros};
-use contactier_runtime::db::storage_unavailable;
+use contactier_runtime::convert::date;
+
 use contactier_runtime::error::Error;
 use contactier_runtime::idempotency::{self, Key};
 use contactier_runtime::request::{Answer, account};
 use prost::Message;
-use tonic::{Request, Response, Status as GrpcStatus};
+use tonic::{Request, Response};
 
 pub use crate::setting::MAX_CONTACTS_PER_CALL;
-use crate::setting::pb_counts;
 
 pub struct Api {
     pub store: Store,
@@ -34,74 +33,6 @@ pub struct Api {
     pub workflows: WorkerWaker,
 }
 
-pub(crate) fn db(e: sqlx::Error) -> GrpcStatus {
-    storage_unavailable(&e)
-}
-
-fn edition_name(e: common::Edition) -> &'static str {
-    match e {
-        common::Edition::Starter => Edition::Starter.as_str(),
-        common::Edition::Professional => Edition::Professional.as_str(),
-        common::Edition::Enterprise => Edition::Enterprise.as_str(),
-        common::Edition::Unspecified => "",
-    }
-}
-
-fn pb_settings(s: &Settings) -> pb::AccountSettings {
-    let edition = match Edition::parse(&s.edition) {
-        Some(Edition::Starter) => common::Edition::Starter,
-        Some(Edition::Professional) => common::Edition::Professional,
-        Some(Edition::Enterprise) => common::Edition::Enterprise,
-        None => common::Edition::Unspecified,
-    };
-    pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
-}
-
-pub(crate) fn source_type_name(t: SourceType) -> String {
-    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
-}
-
-fn pb_status(r: StatusRow) -> pb::ContactStatus {
-    let status = if r.marketing { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing };
-    let source_type = SourceType::from_str_name(&format!("SOURCE_TYPE_{}", r.source_type))
-        .unwrap_or(SourceType::Unspecified);
-    pb::ContactStatus {
-        contact_id: r.contact_id,
-        status: status as i32,
-        marketable_until_next_update: r.pending,
-        source: Some(common::Source { r#type: source_type as i32, id: r.source_id }),
-        updated_at: timestamp_micros(r.updated_at),
-    }
-}
-
-pub(crate) fn creation_source(t: SourceType) -> Option<CreationSource> {
-    use CreationSource as C;
-    Some(match t {
-        SourceType::Form => C::Form,
-        SourceType::Import => C::Import,
-        SourceType::Chatflow => C::Chatflow,
-        SourceType::Integration => C::Integration,
-        SourceType::Ads => C::Ads,
-        SourceType::User => C::User,
-        SourceType::SalesExtension => C::SalesExtension,
-        SourceType::LoggedEmail => C::LoggedEmail,
-        SourceType::MeetingLink => C::MeetingLink,
-        SourceType::MobileApp => C::MobileApp,
-        SourceType::Workflow => C::Workflow,
-        SourceType::Merge => C::Merge,
-        SourceType::System => C::System,
-        SourceType::Unspecified => return None,
-    })
-}
-
-pub(crate) fn requested(s: i32) -> Option<Status> {
-    match MarketingStatus::try_from(s) {
-        Ok(MarketingStatus::Marketing) => Some(Status::Marketing),
-        Ok(MarketingStatus::NonMarketing) => Some(Status::NonMarketing),
-        _ => None,
-    }
-}
-
 #[tonic::async_trait]
 impl MarketingStatusService for Api {
     async fn get_contact_status(
@@ -110,7 +41,7 @@ impl MarketingStatusService for Api {
     ) -> Answer<pb::GetContactStatusResponse> {
         let account = account(&req)?;
         let id = req.into_inner().contact_id;
-        let row = self.store.statuses(&account, std::slice::from_ref(&id)).await.map_err(db)?.pop();
+        let row = self.store.statuses(&account, std::slice::from_ref(&id)).await.map_err(Error::from)?.pop();
         let row = row.ok_or_else(|| Error::not_found("contact"))?;
         Ok(Response::new(pb::GetContactStatusResponse { status: Some(pb_status(row)) }))
     }
@@ -124,7 +55,7 @@ impl MarketingStatusService for Api {
         if ids.len() > MAX_CONTACTS_PER_CALL {
             return Err(Error::invalid("contact_ids", format!("at most {MAX_CONTACTS_PER_CALL}")).into());
         }
-        let rows = self.store.statuses(&account, &ids).await.map_err(db)?;
+        let rows = self.store.statuses(&account, &ids).await.map_err(Error::from)?;
         let not_found = ids.iter().filter(|id| !rows.iter().any(|r| &r.contact_id == *id)).cloned().collect();
         Ok(Response::new(pb::BatchGetContactStatusesResponse {
             statuses: rows.into_iter().map(pb_status).collect(),
@@ -164,7 +95,8 @@ impl MarketingStatusService for Api {
         // A retry of a request id returns the first answer and changes nothing; another
         // request under the same id is refused.
         if !key.is_none()
-            && let Some((saved, digest)) = self.store.saved_response(&account, &key.id).await.map_err(db)?
+            && let Some((saved, digest)) =
+                self.store.saved_response(&account, &key.id).await.map_err(Error::from)?
         {
             if !idempotency::same(&digest, &key.digest) {
                 return Err(idempotency::reused());
@@ -173,7 +105,7 @@ impl MarketingStatusService for Api {
                 .map_err(|_| Error::internal("stored answer unreadable"))?;
             return Ok(Response::new(first));
         }
-        if !self.store.settings(&account).await.map_err(db)?.marketing_contacts_enabled {
+        if !self.store.settings(&account).await.map_err(Error::from)?.marketing_contacts_enabled {
             return Err(Error::feature_disabled(
                 "marketing_contacts",
                 "the account does not have the marketing contacts feature: every contact is billed; enable it first",
@@ -183,7 +115,7 @@ impl MarketingStatusService for Api {
         let user = principal.user_id().unwrap_or_default().to_owned();
         if wanted == Status::Marketing
             && !user.is_empty()
-            && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
+            && !self.store.may_set_marketing(&account, &user).await.map_err(Error::from)?
         {
             return Err(Error::denied("", "this user may not set contacts as marketing").into());
         }
@@ -233,7 +165,7 @@ impl MarketingStatusService for Api {
         &self,
         req: Request<pb::GetMarketingCountRequest>,
     ) -> Answer<pb::GetMarketingCountResponse> {
-        let counts = self.store.counts(&account(&req)?).await.map_err(db)?;
+        let counts = self.store.counts(&account(&req)?).await.map_err(Error::from)?;
         Ok(Response::new(pb::GetMarketingCountResponse { count: Some(pb_counts(counts)) }))
     }
 
@@ -249,7 +181,7 @@ impl MarketingStatusService for Api {
         if r.contact_ids.len() > MAX_CONTACTS_PER_CALL {
             return Err(Error::invalid("contact_ids", format!("at most {MAX_CONTACTS_PER_CALL}")).into());
         }
-        let rows = self.store.statuses(&account, &r.contact_ids).await.map_err(db)?;
+        let rows = self.store.statuses(&account, &r.contact_ids).await.map_err(Error::from)?;
         let ok =
             |id: &String| rows.iter().any(|row| &row.contact_id == id && row.state().may_receive_marketing());
         let (eligible, ineligible) = r.contact_ids.into_iter().partition(ok);
@@ -262,7 +194,7 @@ impl MarketingStatusService for Api {
     ) -> Answer<pb::GetUserPermissionResponse> {
         let account = account(&req)?;
         let user = req.into_inner().user_id;
-        let may = self.store.may_set_marketing(&account, &user).await.map_err(db)?;
+        let may = self.store.may_set_marketing(&account, &user).await.map_err(Error::from)?;
         Ok(Response::new(pb::GetUserPermissionResponse {
             permission: Some(pb::UserPermission { user_id: user, may_set_marketing: may }),
         }))
@@ -277,7 +209,7 @@ impl MarketingStatusService for Api {
         if p.user_id.is_empty() {
             return Err(Error::invalid("permission.user_id", "required").into());
         }
-        self.store.set_permission(&account, &p.user_id, p.may_set_marketing).await.map_err(db)?;
+        self.store.set_permission(&account, &p.user_id, p.may_set_marketing).await.map_err(Error::from)?;
         Ok(Response::new(pb::SetUserPermissionResponse { permission: Some(p) }))
     }
 
@@ -310,7 +242,7 @@ impl MarketingStatusService for Api {
         req: Request<pb::GetAccountSettingsRequest>,
     ) -> Answer<pb::GetAccountSettingsResponse> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
-        let s = self.store.settings(&account).await.map_err(db)?;
+        let s = self.store.settings(&account).await.map_err(Error::from)?;
         Ok(Response::new(pb::GetAccountSettingsResponse { settings: Some(pb_settings(&s)) }))
     }
     async fn enable_marketing_contacts(
@@ -318,7 +250,7 @@ impl MarketingStatusService for Api {
         req: Request<pb::EnableMarketingContactsRequest>,
     ) -> Answer<pb::EnableMarketingContactsResponse> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
-        let s = self.store.set_settings(&account, None, true, self.clock.now()).await.map_err(db)?;
+        let s = self.store.set_settings(&account, None, true, self.clock.now()).await.map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::EnableMarketingContactsResponse { settings: Some(pb_settings(&s)) }))
     }
@@ -398,10 +330,10 @@ impl MarketingStatusInternalService for Internal {
             .store
             .apply_update_date(&r.account_id, date, effective_at, self.clock.now())
             .await
-            .map_err(db)?;
+            .map_err(Error::from)?;
         self.relay.wake();
         self.rewrites.wake();
-        let counts = self.store.counts(&r.account_id).await.map_err(db)?;
+        let counts = self.store.counts(&r.account_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::ApplyUpdateDateResponse {
             applied: applied.unwrap_or(0),
             already_applied: applied.is_none(),
@@ -419,16 +351,12 @@ impl MarketingStatusInternalService for Internal {
             return Err(Error::invalid("account_id", "required").into());
         }
         principal.check_account(&r.account_id)?;
-        let edition = match common::Edition::try_from(r.edition) {
-            Ok(common::Edition::Unspecified) | Err(_) => {
-                return Err(Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE").into());
-            }
-            Ok(e) => edition_name(e),
-        };
+        let edition = convert::edition(r.edition)
+            .ok_or_else(|| Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE"))?;
         self.store
             .set_settings(&r.account_id, Some(edition), r.marketing_contacts_enabled, self.clock.now())
             .await
-            .map_err(db)?;
+            .map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::SetAccountPlanResponse {}))
     }
@@ -445,7 +373,7 @@ impl MarketingStatusInternalService for Internal {
             }
         }
         principal.check_account(&r.account_id)?;
-        let json = self.store.export(&r.account_id, &r.contact_id).await.map_err(db)?;
+        let json = self.store.export(&r.account_id, &r.contact_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::ExportContactStatusDataResponse { json: json.to_string() }))
     }
 }

@@ -1,7 +1,8 @@
 //! Contact events from the contacts service, applied in order. Runs of new contacts of one
 //! account are written together in one transaction; deletes and merges one at a time.
 
-use crate::api::{creation_source, db, requested, source_type_name};
+use crate::convert::{creation_source, requested, source_type_name};
+
 use crate::rules::{self, State, Status};
 use crate::store::{Actor, Created, Deleted, Store};
 use chrono::{DateTime, Utc};
@@ -38,14 +39,14 @@ impl Lookups {
             may = match self.permitted.get(&key) {
                 Some(m) => *m,
                 None => {
-                    let m = store.may_set_marketing(account, &c.user_id).await.map_err(db)?;
+                    let m = store.may_set_marketing(account, &c.user_id).await.map_err(Error::from)?;
                     self.permitted.insert(key, m);
                     m
                 }
             };
         }
         if !self.defaults.contains_key(account) {
-            let own = store.source_defaults(account).await.map_err(db)?;
+            let own = store.source_defaults(account).await.map_err(Error::from)?;
             self.defaults.insert(account.to_owned(), own);
         }
         let account_default = self.defaults[account]
@@ -74,10 +75,10 @@ async fn marketing_requested(
     m: pb::MarketingRequested,
     now: DateTime<Utc>,
 ) -> Result<(), GrpcStatus> {
-    if !store.settings(account).await.map_err(db)?.marketing_contacts_enabled {
+    if !store.settings(account).await.map_err(Error::from)?.marketing_contacts_enabled {
         return Ok(());
     }
-    if !m.user_id.is_empty() && !store.may_set_marketing(account, &m.user_id).await.map_err(db)? {
+    if !m.user_id.is_empty() && !store.may_set_marketing(account, &m.user_id).await.map_err(Error::from)? {
         return Ok(());
     }
     let source = m.source.unwrap_or_default();
@@ -102,11 +103,12 @@ enum Run {
 
 impl Run {
     async fn flush(self, store: &Store, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
-        match self {
+        let done = match self {
             Run::None => Ok(()),
-            Run::Created(account, items) => store.contacts_created(&account, &items, now).await.map_err(db),
-            Run::Deleted(account, items) => store.contacts_deleted(&account, &items, now).await.map_err(db),
-        }
+            Run::Created(account, items) => store.contacts_created(&account, &items, now).await,
+            Run::Deleted(account, items) => store.contacts_deleted(&account, &items, now).await,
+        };
+        Ok(done.map_err(Error::from)?)
     }
 }
 
@@ -161,7 +163,7 @@ pub async fn apply(
                 store
                     .contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now)
                     .await
-                    .map_err(db)?;
+                    .map_err(Error::from)?;
             }
             Payload::MarketingRequested(m) => {
                 std::mem::replace(&mut run, Run::None).flush(store, now).await?;

@@ -2,6 +2,7 @@
 
 mod admin;
 mod api;
+mod convert;
 mod events;
 mod rewrites;
 pub mod rules;

@@ -1,26 +1,16 @@
 //! Setting a status for many contacts: in chunks of [`MAX_CONTACTS_PER_CALL`] a transaction,
 //! each contact's outcome by the rules, and the answer kept under the request id.
 
+use crate::convert::pb_counts;
 use crate::rules::{Outcome, Status};
 use crate::store::{Actor, Counts, Keep, Outcomes, Part, SetOutcome, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as pb;
-use contactier_runtime::convert::timestamp_micros;
 use contactier_runtime::idempotency::{self, Key};
 use prost::Message;
 
 /// The most contacts one transaction changes (and one call may name by id).
 pub const MAX_CONTACTS_PER_CALL: usize = 10_000;
-
-pub fn pb_counts(c: Counts) -> pb::MarketingCount {
-    pb::MarketingCount {
-        marketing: c.marketing,
-        pending_non_marketing: c.pending,
-        non_marketing: c.non_marketing,
-        version: c.version,
-        as_of: timestamp_micros(c.updated_at),
-    }
-}
 
 /// Adds a chunk's outcomes to an answer; per-contact results only when `per_contact`.
 fn add(answer: &mut pb::SetMarketingStatusResponse, outcomes: &Outcomes, counts: &Counts, per_contact: bool) {

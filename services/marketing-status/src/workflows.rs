@@ -2,7 +2,8 @@
 //! contacts marketing, or non-marketing at the next update date. A run is queued, carried out by
 //! a worker on the injected clock, and retried with backoff until it succeeds.
 
-use crate::api::{Api, db};
+use crate::api::Api;
+
 use crate::rules::Status;
 use crate::setting;
 use crate::store::{Actor, RunRow, Store, WorkflowRow};
@@ -74,8 +75,8 @@ fn pb_run(r: RunRow) -> pb::WorkflowRun {
 impl Api {
     /// Workflows are for Professional and Enterprise accounts.
     async fn check_edition(&self, account: &str) -> Result<(), GrpcStatus> {
-        let s = self.store.settings(account).await.map_err(db)?;
-        if contactier_domain::Edition::parse(&s.edition).is_some_and(|e| e.has_workflows()) {
+        let s = self.store.settings(account).await.map_err(Error::from)?;
+        if s.edition.is_some_and(|e| e.has_workflows()) {
             Ok(())
         } else {
             Err(Error::edition_required("workflows are part of Professional and Enterprise").into())
@@ -86,7 +87,7 @@ impl Api {
         self.store
             .workflows(account, Some(id))
             .await
-            .map_err(db)?
+            .map_err(Error::from)?
             .pop()
             .ok_or_else(|| Error::not_found(format!("workflow {id}")).into())
     }
@@ -118,7 +119,7 @@ impl Api {
                 return Err(Error::invalid("workflow.target", "a list_id or a filter with groups").into());
             }
         };
-        if self.store.workflow_count(&account).await.map_err(db)? >= MAX_WORKFLOWS {
+        if self.store.workflow_count(&account).await.map_err(Error::from)? >= MAX_WORKFLOWS {
             return Err(Error::quota_reached("workflows", MAX_WORKFLOWS).into());
         }
         let row = WorkflowRow {
@@ -129,7 +130,7 @@ impl Api {
             action: action.to_owned(),
             created_at: micros(self.clock.now()),
         };
-        self.store.create_workflow(&account, &row).await.map_err(db)?;
+        self.store.create_workflow(&account, &row).await.map_err(Error::from)?;
         Ok(pb::CreateWorkflowResponse { workflow: Some(pb_workflow(row)) })
     }
 
@@ -148,7 +149,7 @@ impl Api {
     ) -> Result<pb::ListWorkflowsResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let r = req.get_ref();
-        let rows = self.store.workflows(&account, None).await.map_err(db)?;
+        let rows = self.store.workflows(&account, None).await.map_err(Error::from)?;
         let all: Vec<pb::Workflow> = rows.into_iter().map(pb_workflow).collect();
         let (workflows, next_page_token) = contactier_runtime::paging::page(
             "workflows",
@@ -166,7 +167,7 @@ impl Api {
     ) -> Result<pb::DeleteWorkflowResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let id = req.into_inner().id;
-        if !self.store.delete_workflow(&account, &id).await.map_err(db)? {
+        if !self.store.delete_workflow(&account, &id).await.map_err(Error::from)? {
             return Err(Error::not_found(format!("workflow {id}")).into());
         }
         Ok(pb::DeleteWorkflowResponse {})
@@ -185,7 +186,7 @@ impl Api {
         let user = principal.user_id().unwrap_or_default().to_owned();
         if w.action == "set_marketing"
             && !user.is_empty()
-            && !self.store.may_set_marketing(&account, &user).await.map_err(db)?
+            && !self.store.may_set_marketing(&account, &user).await.map_err(Error::from)?
         {
             return Err(Error::denied("", "this user may not set contacts as marketing").into());
         }
@@ -198,7 +199,7 @@ impl Api {
             requested_by: user,
             ..RunRow::default()
         };
-        let run = self.store.queue_run(&run).await.map_err(db)?;
+        let run = self.store.queue_run(&run).await.map_err(Error::from)?;
         // The request id was used before to run another workflow.
         if run.workflow_id != w.id {
             return Err(contactier_runtime::idempotency::reused());
@@ -217,7 +218,7 @@ impl Api {
             .store
             .run(&account, &id)
             .await
-            .map_err(db)?
+            .map_err(Error::from)?
             .ok_or_else(|| Error::not_found(format!("run {id}")))?;
         Ok(pb::GetWorkflowRunResponse { run: Some(pb_run(run)) })
     }

@@ -4,6 +4,7 @@
 
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, Utc};
+use contactier_domain::Edition;
 use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::micros;
 use contactier_runtime::db::{BeginWrite, Db, placeholders};
@@ -59,10 +60,28 @@ pub struct Counts {
     pub updated_at: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+/// An account's plan as billing last told it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    pub edition: String,
+    /// None until billing has told it.
+    pub edition: Option<Edition>,
     pub marketing_contacts_enabled: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct SettingsRow {
+    /// '': not told yet.
+    edition: String,
+    marketing_contacts_enabled: bool,
+}
+
+impl From<SettingsRow> for Settings {
+    fn from(r: SettingsRow) -> Self {
+        Settings {
+            edition: Edition::parse(&r.edition),
+            marketing_contacts_enabled: r.marketing_contacts_enabled,
+        }
+    }
 }
 
 /// Outcome per contact of a status request; None when the contact is unknown.
@@ -341,10 +360,10 @@ impl Store {
     }
 
     pub async fn settings(&self, account: &str) -> Result<Settings, sqlx::Error> {
-        let s: Option<Settings> = with_pool!(&self.db, pool => sqlx::query_as(
+        let s: Option<SettingsRow> = with_pool!(&self.db, pool => sqlx::query_as(
             "SELECT edition, marketing_contacts_enabled FROM account_settings WHERE account_id = $1",
         ).bind(account).fetch_optional(pool).await?);
-        Ok(s.unwrap_or(Settings { edition: String::new(), marketing_contacts_enabled: true }))
+        Ok(s.map_or(Settings { edition: None, marketing_contacts_enabled: true }, Settings::from))
     }
 
     /// Records the account's edition and feature switch (from billing) or, with `edition` None,
@@ -353,18 +372,19 @@ impl Store {
     pub async fn set_settings(
         &self,
         account: &str,
-        edition: Option<&str>,
+        edition: Option<Edition>,
         enabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Settings, sqlx::Error> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            let before: Option<Settings> = sqlx::query_as(
+            let before: Option<SettingsRow> = sqlx::query_as(
                 "SELECT edition, marketing_contacts_enabled FROM account_settings WHERE account_id = $1",
             ).bind(account).fetch_optional(&mut *tx).await?;
+            let before = before.map(Settings::from);
             let was_enabled = before.as_ref().is_none_or(|s| s.marketing_contacts_enabled);
             let after = Settings {
-                edition: edition.map(str::to_owned).or(before.as_ref().map(|s| s.edition.clone())).unwrap_or_default(),
+                edition: edition.or(before.as_ref().and_then(|s| s.edition)),
                 // Turning it off only applies to an account billing has just made known.
                 marketing_contacts_enabled: if before.is_some() && was_enabled { true } else { enabled },
             };
@@ -373,7 +393,7 @@ impl Store {
                  ON CONFLICT (account_id) DO UPDATE SET edition = excluded.edition, \
                  marketing_contacts_enabled = excluded.marketing_contacts_enabled, updated_at = excluded.updated_at",
             )
-            .bind(account).bind(&after.edition).bind(after.marketing_contacts_enabled).bind(micros(now))
+            .bind(account).bind(after.edition.map_or("", Edition::as_str)).bind(after.marketing_contacts_enabled).bind(micros(now))
             .execute(&mut *tx).await?;
             if after.marketing_contacts_enabled != was_enabled {
                 apply_delta!(tx, account, CountDelta::default(), now);

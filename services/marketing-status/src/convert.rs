@@ -1,0 +1,94 @@
+//! Where marketing-status's records meet the generated contract types. Nothing here reads or
+//! writes storage.
+
+use crate::rules::{CreationSource, Status};
+use crate::store::{Counts, Settings, StatusRow};
+use contactier_domain::Edition;
+use contactier_proto::common::v1::{self as common, MarketingStatus, SourceType};
+use contactier_proto::marketing_status::v1 as pb;
+use contactier_runtime::convert::timestamp_micros;
+
+/// The edition a plan names; None for none.
+pub fn edition(e: i32) -> Option<Edition> {
+    match common::Edition::try_from(e) {
+        Ok(common::Edition::Starter) => Some(Edition::Starter),
+        Ok(common::Edition::Professional) => Some(Edition::Professional),
+        Ok(common::Edition::Enterprise) => Some(Edition::Enterprise),
+        Ok(common::Edition::Unspecified) | Err(_) => None,
+    }
+}
+
+pub fn pb_settings(s: &Settings) -> pb::AccountSettings {
+    let edition = match s.edition {
+        Some(Edition::Starter) => common::Edition::Starter,
+        Some(Edition::Professional) => common::Edition::Professional,
+        Some(Edition::Enterprise) => common::Edition::Enterprise,
+        None => common::Edition::Unspecified,
+    };
+    pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
+}
+
+/// The name a source type is stored and logged under (`FORM`, `IMPORT`, ...).
+pub fn source_type_name(t: SourceType) -> String {
+    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
+}
+
+pub fn pb_status(r: StatusRow) -> pb::ContactStatus {
+    let source_type = SourceType::from_str_name(&format!("SOURCE_TYPE_{}", r.source_type))
+        .unwrap_or(SourceType::Unspecified);
+    pb::ContactStatus {
+        contact_id: r.contact_id,
+        status: marketing_status(r.marketing) as i32,
+        marketable_until_next_update: r.pending,
+        source: Some(common::Source { r#type: source_type as i32, id: r.source_id }),
+        updated_at: timestamp_micros(r.updated_at),
+    }
+}
+
+pub fn marketing_status(marketing: bool) -> MarketingStatus {
+    if marketing { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing }
+}
+
+/// A status as the audit trail stores it (`marketing`, `non_marketing`).
+pub fn stored_status(s: &str) -> MarketingStatus {
+    marketing_status(s == "marketing")
+}
+
+pub fn pb_counts(c: Counts) -> pb::MarketingCount {
+    pb::MarketingCount {
+        marketing: c.marketing,
+        pending_non_marketing: c.pending,
+        non_marketing: c.non_marketing,
+        version: c.version,
+        as_of: timestamp_micros(c.updated_at),
+    }
+}
+
+pub fn creation_source(t: SourceType) -> Option<CreationSource> {
+    use CreationSource as C;
+    Some(match t {
+        SourceType::Form => C::Form,
+        SourceType::Import => C::Import,
+        SourceType::Chatflow => C::Chatflow,
+        SourceType::Integration => C::Integration,
+        SourceType::Ads => C::Ads,
+        SourceType::User => C::User,
+        SourceType::SalesExtension => C::SalesExtension,
+        SourceType::LoggedEmail => C::LoggedEmail,
+        SourceType::MeetingLink => C::MeetingLink,
+        SourceType::MobileApp => C::MobileApp,
+        SourceType::Workflow => C::Workflow,
+        SourceType::Merge => C::Merge,
+        SourceType::System => C::System,
+        SourceType::Unspecified => return None,
+    })
+}
+
+/// The status a request asks for; None for none.
+pub fn requested(s: i32) -> Option<Status> {
+    match MarketingStatus::try_from(s) {
+        Ok(MarketingStatus::Marketing) => Some(Status::Marketing),
+        Ok(MarketingStatus::NonMarketing) => Some(Status::NonMarketing),
+        _ => None,
+    }
+}
