@@ -11,9 +11,9 @@ mod invoicer;
 pub mod model;
 pub mod price_book;
 pub mod proration;
-mod scheduler;
 mod store;
 pub mod tiers;
+mod update_dates;
 
 use contactier_proto::billing::v1::{
     billing_internal_service_server::BillingInternalServiceServer,
@@ -148,7 +148,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let invoicer = invoice_worker.waker();
     tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown.clone()));
 
-    let apply: scheduler::ApplyUpdate = Arc::new(move |account, date, effective_at| {
+    let apply: update_dates::ApplyUpdate = Arc::new(move |account, date, effective_at| {
         let peer = ms.clone();
         Box::pin(async move {
             let mut client =
@@ -170,19 +170,19 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
             })
         })
     });
-    let update_worker = clock.register_worker(scheduler::WORKER);
-    let scheduler_waker = update_worker.waker();
-    let sched = scheduler::Scheduler {
+    let update_worker = clock.register_worker(update_dates::WORKER);
+    let update_dates_waker = update_worker.waker();
+    let run = update_dates::UpdateDateRun {
         store: store.clone(),
         book: book.clone(),
         apply,
         owner: contactier_runtime::convert::new_id(),
         relay: relay.clone(),
     };
-    tokio::spawn(scheduler::run(sched, update_worker, shutdown));
+    tokio::spawn(update_dates::run(run, update_worker, shutdown));
     // A new subscription has a first update date to schedule, a plan to send and its first
     // usage state to announce.
-    let on_subscribe = vec![scheduler_waker, plans_waker, relay.clone()];
+    let on_subscribe = vec![update_dates_waker, plans_waker, relay.clone()];
     let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone(), on_subscribe };
     let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
     let internal = internal::Internal { store, clock, book, relay, invoicer };

@@ -291,7 +291,7 @@ pub struct Internal {
     pub clock: Clock,
     pub relay: WorkerWaker,
     /// Rewrites the contacts of applied update dates.
-    pub rewrites: WorkerWaker,
+    pub update_dates: WorkerWaker,
 }
 
 #[tonic::async_trait]
@@ -332,7 +332,7 @@ impl MarketingStatusInternalService for Internal {
             .await
             .map_err(Error::from)?;
         self.relay.wake();
-        self.rewrites.wake();
+        self.update_dates.wake();
         let counts = self.store.counts(&r.account_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::ApplyUpdateDateResponse {
             applied: applied.unwrap_or(0),

@@ -4,11 +4,11 @@ mod admin;
 mod api;
 mod convert;
 mod events;
-mod rewrites;
 pub mod rules;
 mod setting;
 mod store;
 mod targets;
+mod update_dates;
 mod workflows;
 
 use contactier_proto::billing::v1 as bpb;
@@ -104,11 +104,11 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let workflows = workflow_worker.waker();
         tokio::spawn(workflows::run(runner, workflow_worker, env.platform.shutdown.clone()));
         let rewrite_worker = clock.register_worker("marketing-status-rewrites");
-        let rewrites = rewrite_worker.waker();
-        tokio::spawn(rewrites::run(store.clone(), rewrite_worker, env.platform.shutdown.clone()));
+        let update_dates_waker = rewrite_worker.waker();
+        tokio::spawn(update_dates::run(store.clone(), rewrite_worker, env.platform.shutdown.clone()));
         let holds_worker = clock.register_worker("marketing-status-holds");
         store.on_hold(holds_worker.waker());
-        tokio::spawn(rewrites::release_holds(
+        tokio::spawn(setting::release_holds(
             store.clone(),
             relay.clone(),
             holds_worker,
@@ -122,7 +122,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             workflows,
         };
         let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
-        let internal = api::Internal { store, clock, relay, rewrites };
+        let internal = api::Internal { store, clock, relay, update_dates: update_dates_waker };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));
         Ok(ServiceSpec {

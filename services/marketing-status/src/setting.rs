@@ -107,3 +107,23 @@ impl From<Failed> for tonic::Status {
         }
     }
 }
+
+/// Announces to billing the counts of bulk changes left unfinished (see `store::HOLD_LIMIT`).
+pub async fn release_holds(
+    store: Store,
+    relay: contactier_runtime::clock::WorkerWaker,
+    worker: contactier_runtime::clock::Worker,
+    shutdown: contactier_runtime::shutdown::Shutdown,
+) {
+    let store = &store;
+    let relay = &relay;
+    worker
+        .drive(shutdown, chrono::Duration::seconds(5), move |now| async move {
+            let (released, next) = store.release_stale_holds(now).await?;
+            if released > 0 {
+                relay.wake();
+            }
+            Ok::<_, sqlx::Error>(next)
+        })
+        .await
+}

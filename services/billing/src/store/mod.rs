@@ -30,9 +30,9 @@ macro_rules! subscription_columns {
 
 mod invoices;
 mod states;
-mod updates;
+mod update_dates;
 
-pub use updates::{Applied, DueUpdate};
+pub use update_dates::{Applied, DueUpdate};
 
 /// Outbox topic of the events for the notification service.
 pub const NOTIFICATION_TOPIC: &str = "notification";

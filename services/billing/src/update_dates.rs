@@ -35,7 +35,7 @@ pub fn retry_delay(attempt: i64) -> Duration {
     Duration::from_secs(secs.min(900))
 }
 
-pub struct Scheduler {
+pub struct UpdateDateRun {
     pub store: Store,
     pub book: Arc<PriceBook>,
     pub apply: ApplyUpdate,
@@ -45,7 +45,7 @@ pub struct Scheduler {
     pub relay: WorkerWaker,
 }
 
-impl Scheduler {
+impl UpdateDateRun {
     /// Processes every update date due at `now`; answers when the next one falls due.
     pub async fn run_once(&self, now: DateTime<Utc>) -> crate::error::Result<Option<DateTime<Utc>>> {
         // Accounts tried in this run: one whose failure could not even be recorded stays due,
@@ -135,8 +135,8 @@ impl Scheduler {
     }
 }
 
-pub async fn run(scheduler: Scheduler, worker: Worker, shutdown: Shutdown) {
-    let s = &scheduler;
+pub async fn run(run: UpdateDateRun, worker: Worker, shutdown: Shutdown) {
+    let s = &run;
     worker.drive(shutdown, chrono::Duration::seconds(5), move |now| s.run_once(now)).await
 }
 
