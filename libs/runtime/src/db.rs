@@ -111,6 +111,16 @@ impl BeginWrite for PgPool {
     }
 }
 
+impl Db {
+    /// Begins a transaction that will write (see [`BeginWrite`]).
+    pub async fn begin_write(&self) -> Result<crate::sql::Transaction, sqlx::Error> {
+        Ok(match self {
+            Db::Sqlite(p) => crate::sql::Transaction::Sqlite(p.begin_write().await?),
+            Db::Postgres(p) => crate::sql::Transaction::Postgres(p.begin_write().await?),
+        })
+    }
+}
+
 /// Times a transaction's start (the pool's wait included) into `contactier_db_begin_seconds`,
 /// in a span with the database's semantic-convention attributes.
 async fn timed_begin<T>(

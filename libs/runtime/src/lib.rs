@@ -24,6 +24,7 @@ pub mod request;
 pub mod rich;
 pub mod server;
 pub mod shutdown;
+pub mod sql;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -6,6 +6,7 @@
 use crate::clock::Worker;
 use crate::convert::micros;
 use crate::db::Db;
+use crate::sql::{Sql, Tx};
 use crate::with_pool;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -45,8 +46,8 @@ const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, pa
 const INSERT_INBOX: &str =
     "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
 
-/// Outbox and inbox writes inside a caller's transaction, on either backend's connection, so
-/// storage code written once for both (see [`crate::with_pool`]) can call them.
+/// Outbox and inbox writes inside a caller's transaction, on anything that runs statements
+/// ([`Tx`]).
 pub trait EventTx {
     /// Writes an event into the outbox; it is sent only if the transaction commits. The id
     /// (see [`new_event_id`]) is the one the receiver acknowledges, so it belongs in the payload too.
@@ -75,69 +76,59 @@ pub trait EventTx {
     ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 }
 
-macro_rules! impl_event_tx {
-    ($conn:ty) => {
-        impl EventTx for $conn {
-            async fn enqueue(
-                &mut self,
-                event_id: &str,
-                topic: &str,
-                account_id: &str,
-                payload: &[u8],
-                now: DateTime<Utc>,
-            ) -> Result<(), sqlx::Error> {
-                sqlx::query(INSERT_OUTBOX)
-                    .bind(event_id)
-                    .bind(topic)
-                    .bind(account_id)
-                    .bind(payload)
-                    .bind(micros(now))
-                    .bind(crate::telemetry::current_traceparent())
-                    .execute(&mut *self)
-                    .await?;
-                Ok(())
-            }
+impl<T: Tx> EventTx for T {
+    async fn enqueue(
+        &mut self,
+        event_id: &str,
+        topic: &str,
+        account_id: &str,
+        payload: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let q = Sql::new(INSERT_OUTBOX)
+            .bind(event_id)
+            .bind(topic)
+            .bind(account_id)
+            .bind(payload)
+            .bind(micros(now))
+            .bind(crate::telemetry::current_traceparent());
+        self.execute(q).await?;
+        Ok(())
+    }
 
-            async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-                let r =
-                    sqlx::query(INSERT_INBOX).bind(event_id).bind(micros(now)).execute(&mut *self).await?;
-                if r.rows_affected() == 0 {
-                    metrics::counter!("contactier_inbox_duplicates_total").increment(1);
-                }
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn receive_many(
-                &mut self,
-                event_ids: &[String],
-                now: DateTime<Utc>,
-            ) -> Result<Vec<String>, sqlx::Error> {
-                let mut fresh = Vec::with_capacity(event_ids.len());
-                // Short statements: SQLite binds long parameter lists slowly.
-                for chunk in event_ids.chunks(450) {
-                    let sql = format!(
-                        "INSERT INTO inbox (event_id, received_at) VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                        crate::db::placeholders(chunk.len(), 2)
-                    );
-                    let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-                    for id in chunk {
-                        q = q.bind(id).bind(micros(now));
-                    }
-                    let got: Vec<String> = q.fetch_all(&mut *self).await?;
-                    fresh.extend(got);
-                }
-                let skipped = event_ids.len().saturating_sub(fresh.len());
-                if skipped > 0 {
-                    metrics::counter!("contactier_inbox_duplicates_total").increment(skipped as u64);
-                }
-                Ok(fresh)
-            }
+    async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        let inserted = self.execute(Sql::new(INSERT_INBOX).bind(event_id).bind(micros(now))).await?;
+        if inserted == 0 {
+            metrics::counter!("contactier_inbox_duplicates_total").increment(1);
         }
-    };
-}
+        Ok(inserted == 1)
+    }
 
-impl_event_tx!(sqlx::SqliteConnection);
-impl_event_tx!(sqlx::PgConnection);
+    async fn receive_many(
+        &mut self,
+        event_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let mut fresh = Vec::with_capacity(event_ids.len());
+        // Short statements: SQLite binds long parameter lists slowly.
+        for chunk in event_ids.chunks(450) {
+            let sql = format!(
+                "INSERT INTO inbox (event_id, received_at) VALUES {} \
+                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                crate::db::placeholders(chunk.len(), 2)
+            );
+            let q =
+                chunk.iter().fold(Sql::new(sqlx::AssertSqlSafe(sql)), |q, id| q.bind(id).bind(micros(now)));
+            let got: Vec<(String,)> = self.fetch_all(q).await?;
+            fresh.extend(got.into_iter().map(|r| r.0));
+        }
+        let skipped = event_ids.len().saturating_sub(fresh.len());
+        if skipped > 0 {
+            metrics::counter!("contactier_inbox_duplicates_total").increment(skipped as u64);
+        }
+        Ok(fresh)
+    }
+}
 
 /// Delivers a batch and answers the ids the receiver acknowledged. An error leaves the whole
 /// batch for a retry.

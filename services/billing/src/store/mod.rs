@@ -11,13 +11,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::Currency;
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::db::Db;
 use contactier_runtime::outbox::EventTx;
 use contactier_runtime::read_cache::ReadCache;
-use contactier_runtime::with_pool;
-use invoices::{InvoiceTx, NewInvoice};
+use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::work::{FailingItem, FailingWork};
+use invoices::NewInvoice;
 use prost::Message;
-use states::{NewState, StateTx};
+use states::NewState;
 
 /// The columns of a subscription, in [`SubscriptionRow`]'s order; a macro so that statements
 /// built from it are constants.
@@ -111,11 +112,116 @@ const USAGE_QUERY: &str = concat!(
     "SELECT ",
     subscription_columns!(),
     ", COALESCE(c.version, 0) AS version, COALESCE(c.marketing, 0) AS marketing, \
-     COALESCE(c.pending_non_marketing, 0) AS pending_non_marketing, COALESCE(c.non_marketing, 0) AS non_marketing, \
+     COALESCE(c.pending_non_marketing, 0) AS pending_non_marketing, \
+     COALESCE(c.non_marketing, 0) AS non_marketing, \
      COALESCE((SELECT p.period_count FROM update_periods p WHERE p.account_id = s.account_id \
      ORDER BY p.update_date DESC LIMIT 1), 0) AS period_count \
      FROM subscriptions s LEFT JOIN account_counts c USING (account_id) WHERE s.account_id = $1"
 );
+
+const COUNTS: &str = "SELECT version, marketing, pending_non_marketing, non_marketing \
+     FROM account_counts WHERE account_id = $1";
+
+const INSERT_SUBSCRIPTION: &str = "INSERT INTO subscriptions (account_id, edition, term, start_date, \
+     currency, subsidiary, tier, renewal_tier, marketing_contacts_enabled, created_at, next_update_date, \
+     next_update_at, period_start) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12) \
+     ON CONFLICT (account_id) DO NOTHING";
+
+const INSERT_FIRST_PERIOD: &str = "INSERT INTO update_periods (account_id, update_date, renewal, \
+     applied_contacts, period_count, count_version, tier, processed_at, first_period) \
+     VALUES ($1, $2, FALSE, 0, $3, $4, $5, $6, TRUE) ON CONFLICT (account_id, update_date) DO NOTHING";
+
+/// The first day of usage, at the tier subscribed to (or renewed to: the tier wins).
+const SET_DAY_TIER: &str = "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) \
+     VALUES ($1, $2, $3, $3, $4) ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier";
+
+/// Keeps a count unless the one held is newer: conditional on the version, so a stale count
+/// never overwrites a newer one, even when two deliveries race.
+const KEEP_COUNT: &str = "INSERT INTO account_counts (account_id, version, marketing, \
+     pending_non_marketing, non_marketing, observed_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, marketing = excluded.marketing, \
+     pending_non_marketing = excluded.pending_non_marketing, non_marketing = excluded.non_marketing, \
+     observed_at = excluded.observed_at WHERE account_counts.version < excluded.version";
+
+/// The first period has no update date to fix its count: it is billed for the most contacts
+/// it held.
+const RAISE_FIRST_PERIOD: &str = "UPDATE update_periods SET period_count = $1, count_version = $2 \
+     WHERE account_id = $3 AND update_date = $4 AND first_period AND period_count < $1";
+
+/// Raise only: a concurrent upgrade to a higher tier wins.
+const RAISE_TIER: &str = "UPDATE subscriptions SET tier = $1 WHERE account_id = $2 AND tier < $1";
+
+const INSERT_UPGRADE: &str = "INSERT INTO upgrades (account_id, id, from_tier, to_tier, marketing_count, \
+     count_version, upgraded_at, effective_date, invoice_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '')";
+
+/// The day's usage: its last count, the highest, and the tier at its end.
+const RECORD_DAY: &str = "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) \
+     VALUES ($1, $2, $3, $3, $4) ON CONFLICT (account_id, day) DO UPDATE SET \
+     last_count = excluded.last_count, tier = excluded.tier, max_count = CASE \
+     WHEN excluded.max_count > usage_daily.max_count THEN excluded.max_count \
+     ELSE usage_daily.max_count END";
+
+const UNINVOICED_DAYS: &str = "SELECT DISTINCT u.account_id, u.effective_date, f.next_attempt_at \
+     FROM upgrades u LEFT JOIN invoice_failures f \
+     ON f.account_id = u.account_id AND f.effective_date = u.effective_date \
+     WHERE u.invoice_id = '' ORDER BY u.account_id, u.effective_date";
+
+const INVOICE_FAILED: &str = "INSERT INTO invoice_failures (account_id, effective_date, attempts, \
+     last_error, next_attempt_at) VALUES ($1, $2, 1, $3, 0) ON CONFLICT (account_id, effective_date) \
+     DO UPDATE SET attempts = invoice_failures.attempts + 1, last_error = $3 RETURNING attempts";
+
+const INVOICE_RETRY_AT: &str = "UPDATE invoice_failures SET next_attempt_at = $1 \
+     WHERE account_id = $2 AND effective_date = $3";
+
+const DAY_UPGRADES: &str = "SELECT id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
+     effective_date, invoice_id FROM upgrades WHERE account_id = $1 AND effective_date = $2 \
+     AND invoice_id = '' ORDER BY upgraded_at, id";
+
+const MARK_INVOICED: &str = "UPDATE upgrades SET invoice_id = $1 \
+     WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''";
+
+const FORGET_FAILURE: &str = "DELETE FROM invoice_failures WHERE account_id = $1 AND effective_date = $2";
+
+/// Newest first by (time, id): several upgrades of one instant page without a gap.
+const UPGRADES_PAGE: &str = "SELECT id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
+     effective_date, invoice_id FROM upgrades WHERE account_id = $1 \
+     AND (upgraded_at < $2 OR (upgraded_at = $2 AND id < $3)) ORDER BY upgraded_at DESC, id DESC LIMIT $4";
+
+const INVOICES_PAGE: &str = "SELECT id, number, kind, total_minor, currency, term_start, term_end, lines, \
+     issued_at FROM invoices WHERE account_id = $1 AND number < $2 ORDER BY number DESC LIMIT $3";
+
+const INVOICE_BY_ID: &str = "SELECT id, number, kind, total_minor, currency, term_start, term_end, lines, \
+     issued_at FROM invoices WHERE account_id = $1 AND id = $2";
+
+const DAY_BEFORE: &str = "SELECT day, max_count, last_count, tier FROM usage_daily \
+     WHERE account_id = $1 AND day < $2 ORDER BY day DESC LIMIT 1";
+
+const DAYS: &str = "SELECT day, max_count, last_count, tier FROM usage_daily \
+     WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day";
+
+const FIRST_DAY: &str = "SELECT day, tier FROM usage_daily WHERE account_id = $1 ORDER BY day LIMIT 1";
+
+const FIRST_UPGRADE: &str = "SELECT effective_date, from_tier FROM upgrades WHERE account_id = $1 \
+     ORDER BY upgraded_at, id LIMIT 1";
+
+const FAILING_INVOICES: &str = "SELECT 'billing-invoices' AS worker, account_id, \
+     'upgrade:' || effective_date AS item, attempts, last_error, next_attempt_at \
+     FROM invoice_failures ORDER BY account_id LIMIT $1";
+
+const FAILING_UPDATES: &str = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS item, \
+     update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
+     FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";
+
+/// The account's subscription, inside a transaction or not.
+async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscription>> {
+    let row: Option<SubscriptionRow> =
+        tx.fetch_optional(Sql::new(SUBSCRIPTION_BY_ACCOUNT).bind(account)).await?;
+    row.map(SubscriptionRow::into_model).transpose()
+}
+
+async fn counts(tx: &mut impl Tx, account: &str) -> Result<Counts> {
+    Ok(tx.fetch_optional(Sql::new(COUNTS).bind(account)).await?.unwrap_or_default())
+}
 
 /// A count reported by marketing-status.
 #[derive(Clone, Debug)]
@@ -200,11 +306,6 @@ impl InvoiceRow {
     }
 }
 
-const INVOICE_COLUMNS: &str =
-    "id, number, kind, total_minor, currency, term_start, term_end, lines, issued_at";
-const UPGRADE_COLUMNS: &str =
-    "id, from_tier, to_tier, marketing_count, count_version, upgraded_at, effective_date, invoice_id";
-
 #[derive(sqlx::FromRow)]
 struct UsageDayRow {
     day: String,
@@ -248,52 +349,50 @@ impl Store {
     ) -> Result<()> {
         let period_start = s.current_period(book, now);
         let plan = convert::account_plan(s);
-        let _forget = self.usage_cache.forget_after(&s.account_id);
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, tier, renewal_tier, \
-                 marketing_contacts_enabled, created_at, next_update_date, next_update_at, period_start) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12) ON CONFLICT (account_id) DO NOTHING",
-            )
-            .bind(&s.account_id).bind(s.edition.as_str()).bind(model::term_str(s.term)).bind(day(s.start_date))
-            .bind(s.currency.as_str()).bind(&s.subsidiary).bind(s.tier).bind(s.marketing_contacts_enabled).bind(s.created_at)
-            .bind(day(first_update.0)).bind(micros(first_update.1)).bind(day(period_start))
-            .execute(&mut *tx).await?.rows_affected();
-            if inserted == 0 {
-                return Err(Error::AlreadyExists("the account already has a subscription".into()));
-            }
-            tx.enqueue(&new_id(), MARKETING_STATUS_TOPIC, &s.account_id, &plan.encode_to_vec(), now).await?;
-            // The first period starts with the count known now; a higher one later raises it.
-            let c: Option<Counts> = sqlx::query_as(
-                "SELECT version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE account_id = $1",
-            ).bind(&s.account_id).fetch_optional(&mut *tx).await?;
-            let c = c.unwrap_or_default();
-            let count = model::billed_count(s.marketing_contacts_enabled, c.marketing, c.non_marketing);
-            sqlx::query(
-                "INSERT INTO update_periods (account_id, update_date, renewal, applied_contacts, period_count, count_version, tier, processed_at, first_period) \
-                 VALUES ($1, $2, FALSE, 0, $3, $4, $5, $6, TRUE) ON CONFLICT (account_id, update_date) DO NOTHING",
-            )
-            .bind(&s.account_id).bind(day(period_start)).bind(count).bind(c.version).bind(s.tier).bind(micros(now))
-            .execute(&mut *tx).await?;
-            // Usage history starts on the day of subscribing, at the tier subscribed to.
-            sqlx::query(
-                "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) VALUES ($1, $2, $3, $3, $4) \
-                 ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier",
-            )
-            .bind(&s.account_id).bind(day(s.today(book, now))).bind(count).bind(s.tier)
-            .execute(&mut *tx).await?;
-            let state = NewState { period_start, tier: s.tier, count, change: npb::UsageChange::Count, upgrade: None };
-            tx.publish_state(&s.account_id, state, now).await?;
-            tx.commit().await?;
-        });
+        let account = s.account_id.as_str();
+        let _forget = self.usage_cache.forget_after(account);
+        let mut tx = self.db.begin_write().await?;
+        let insert = Sql::new(INSERT_SUBSCRIPTION)
+            .bind(account)
+            .bind(s.edition.as_str())
+            .bind(model::term_str(s.term))
+            .bind(day(s.start_date))
+            .bind(s.currency.as_str())
+            .bind(&s.subsidiary)
+            .bind(s.tier)
+            .bind(s.marketing_contacts_enabled)
+            .bind(s.created_at)
+            .bind(day(first_update.0))
+            .bind(micros(first_update.1))
+            .bind(day(period_start));
+        if tx.execute(insert).await? == 0 {
+            return Err(Error::AlreadyExists("the account already has a subscription".into()));
+        }
+        tx.enqueue(&new_id(), MARKETING_STATUS_TOPIC, account, &plan.encode_to_vec(), now).await?;
+        // The first period starts with the count known now; a higher one later raises it.
+        let c = counts(&mut tx, account).await?;
+        let count = model::billed_count(s.marketing_contacts_enabled, c.marketing, c.non_marketing);
+        let period = Sql::new(INSERT_FIRST_PERIOD)
+            .bind(account)
+            .bind(day(period_start))
+            .bind(count)
+            .bind(c.version)
+            .bind(s.tier)
+            .bind(micros(now));
+        tx.execute(period).await?;
+        // Usage history starts on the day of subscribing, at the tier subscribed to.
+        let first_day =
+            Sql::new(SET_DAY_TIER).bind(account).bind(day(s.today(book, now))).bind(count).bind(s.tier);
+        tx.execute(first_day).await?;
+        let state =
+            NewState { period_start, tier: s.tier, count, change: npb::UsageChange::Count, upgrade: None };
+        states::publish(&mut tx, account, state, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn subscription(&self, account: &str) -> Result<Option<Subscription>> {
-        let row: Option<SubscriptionRow> = with_pool!(&self.db, pool =>
-            sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(pool).await?);
-        row.map(SubscriptionRow::into_model).transpose()
+        subscription(&mut self.db.conn().await?, account).await
     }
 
     /// What a usage answer is made of, read in one statement (0 for the period's count before
@@ -301,8 +400,8 @@ impl Store {
     pub async fn usage(&self, account: &str) -> Result<Option<Usage>> {
         self.usage_cache
             .get_or_load(account, || async {
-                let row: Option<UsageRow> = with_pool!(&self.db, pool =>
-                    sqlx::query_as(USAGE_QUERY).bind(account).fetch_optional(pool).await?);
+                let row: Option<UsageRow> =
+                    self.db.fetch_optional(Sql::new(USAGE_QUERY).bind(account)).await?;
                 row.map(|r| {
                     let subscription = r.subscription.into_model()?;
                     Ok(Usage { subscription, counts: r.counts, period_count: r.period_count })
@@ -313,18 +412,14 @@ impl Store {
     }
 
     pub async fn counts(&self, account: &str) -> Result<Counts> {
-        let c: Option<Counts> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE account_id = $1",
-        ).bind(account).fetch_optional(pool).await?);
-        Ok(c.unwrap_or_default())
+        counts(&mut self.db.conn().await?, account).await
     }
 
     /// Sets (or with None clears) the tier asked for the next renewal.
     pub async fn set_renewal_tier(&self, account: &str, tier: Option<i64>) -> Result<()> {
         let _forget = self.usage_cache.forget_after(account);
         let sql = "UPDATE subscriptions SET renewal_tier = $1 WHERE account_id = $2";
-        with_pool!(&self.db, pool => sqlx::query(sql)
-            .bind(tier.unwrap_or(0)).bind(account).execute(pool).await?.rows_affected());
+        self.db.execute(Sql::new(sql).bind(tier.unwrap_or(0)).bind(account)).await?;
         Ok(())
     }
 
@@ -340,108 +435,85 @@ impl Store {
         let c = e.counts;
         let account = e.account_id.as_str();
         let _forget = self.usage_cache.forget_after(account);
-        let outcome = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            if !tx.receive(&e.event_id, now).await? {
-                return Ok(CountOutcome::Seen);
-            }
-            // Conditional on the version, so a stale count never overwrites a newer one, even
-            // when two deliveries race.
-            let kept = sqlx::query(
-                "INSERT INTO account_counts (account_id, version, marketing, pending_non_marketing, non_marketing, observed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, marketing = excluded.marketing, \
-                 pending_non_marketing = excluded.pending_non_marketing, non_marketing = excluded.non_marketing, \
-                 observed_at = excluded.observed_at WHERE account_counts.version < excluded.version",
-            )
-            .bind(account).bind(c.version).bind(c.marketing).bind(c.pending_non_marketing).bind(c.non_marketing).bind(micros(now))
-            .execute(&mut *tx).await?.rows_affected() == 1;
-            if !kept {
-                tx.commit().await?;
-                return Ok(CountOutcome::Stale);
-            }
-            sqlx::query("UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2")
-                .bind(e.marketing_contacts_enabled).bind(account).execute(&mut *tx).await?;
-            let row: Option<SubscriptionRow> =
-                sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
-            let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
-                tx.commit().await?;
-                return Ok(CountOutcome::NoSubscription);
-            };
-            let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
-            let today = sub.today(book, now);
-            let period_start = sub.current_period(book, now);
-            // The first period has no update date to fix its count: it is billed for the most
-            // contacts it held.
-            sqlx::query(
-                "UPDATE update_periods SET period_count = $1, count_version = $2 \
-                 WHERE account_id = $3 AND update_date = $4 AND first_period AND period_count < $1",
-            )
-            .bind(count).bind(c.version).bind(account).bind(day(period_start)).execute(&mut *tx).await?;
-            let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
-            if count > shape.max_tier {
-                tracing::warn!(account, "count above the largest tier; staying at the largest");
-            }
-            let target = shape.upgrade_to(sub.tier, count);
-            let mut upgrade = None;
-            if let Some(to) = target {
-                // Raise only: a concurrent upgrade to a higher tier wins.
-                let raised = sqlx::query("UPDATE subscriptions SET tier = $1 WHERE account_id = $2 AND tier < $1")
-                    .bind(to).bind(account).execute(&mut *tx).await?.rows_affected() == 1;
-                if raised {
-                    let u = Upgrade {
-                        id: new_id(),
-                        from_tier: sub.tier,
-                        to_tier: to,
-                        marketing_count: count,
-                        count_version: c.version,
-                        upgraded_at: micros(now),
-                        effective_date: today,
-                        invoice_id: None,
-                    };
-                    let q = format!("INSERT INTO upgrades (account_id, {UPGRADE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '')");
-                    sqlx::query(sqlx::AssertSqlSafe(q.as_str()))
-                        .bind(account).bind(&u.id).bind(u.from_tier).bind(u.to_tier).bind(u.marketing_count)
-                        .bind(u.count_version).bind(u.upgraded_at).bind(day(u.effective_date))
-                        .execute(&mut *tx).await?;
-                    upgrade = Some(u);
-                }
-            }
-            let tier_now = upgrade.as_ref().map_or(sub.tier, |u| u.to_tier);
-            sqlx::query(
-                "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) VALUES ($1, $2, $3, $3, $4) \
-                 ON CONFLICT (account_id, day) DO UPDATE SET last_count = excluded.last_count, tier = excluded.tier, \
-                 max_count = CASE WHEN excluded.max_count > usage_daily.max_count THEN excluded.max_count ELSE usage_daily.max_count END",
-            )
-            .bind(account).bind(day(today)).bind(count).bind(tier_now)
-            .execute(&mut *tx).await?;
-
-            let state = NewState {
-                period_start,
-                tier: tier_now,
-                count,
-                change: if upgrade.is_some() { npb::UsageChange::Upgrade } else { npb::UsageChange::Count },
-                upgrade: upgrade.as_ref().map(|u| (u.id.as_str(), u.from_tier)),
-            };
-            tx.publish_state(account, state, now).await?;
-            if let Some(u) = &upgrade {
-                let ev = billing_event(account, now, convert::upgraded(u, period_start));
-                tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
-            }
+        let mut tx = self.db.begin_write().await?;
+        if !tx.receive(&e.event_id, now).await? {
+            return Ok(CountOutcome::Seen);
+        }
+        let keep = Sql::new(KEEP_COUNT)
+            .bind(account)
+            .bind(c.version)
+            .bind(c.marketing)
+            .bind(c.pending_non_marketing)
+            .bind(c.non_marketing)
+            .bind(micros(now));
+        if tx.execute(keep).await? != 1 {
             tx.commit().await?;
-            CountOutcome::Applied { upgrade }
-        });
-        Ok(outcome)
+            return Ok(CountOutcome::Stale);
+        }
+        let enabled = "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2";
+        tx.execute(Sql::new(enabled).bind(e.marketing_contacts_enabled).bind(account)).await?;
+        let Some(sub) = subscription(&mut tx, account).await? else {
+            tx.commit().await?;
+            return Ok(CountOutcome::NoSubscription);
+        };
+        let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
+        let today = sub.today(book, now);
+        let period_start = sub.current_period(book, now);
+        let raise =
+            Sql::new(RAISE_FIRST_PERIOD).bind(count).bind(c.version).bind(account).bind(day(period_start));
+        tx.execute(raise).await?;
+        let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
+        if count > shape.max_tier {
+            tracing::warn!(account, "count above the largest tier; staying at the largest");
+        }
+        let mut upgrade = None;
+        if let Some(to) = shape.upgrade_to(sub.tier, count)
+            && tx.execute(Sql::new(RAISE_TIER).bind(to).bind(account)).await? == 1
+        {
+            let u = Upgrade {
+                id: new_id(),
+                from_tier: sub.tier,
+                to_tier: to,
+                marketing_count: count,
+                count_version: c.version,
+                upgraded_at: micros(now),
+                effective_date: today,
+                invoice_id: None,
+            };
+            let insert = Sql::new(INSERT_UPGRADE)
+                .bind(account)
+                .bind(&u.id)
+                .bind(u.from_tier)
+                .bind(u.to_tier)
+                .bind(u.marketing_count)
+                .bind(u.count_version)
+                .bind(u.upgraded_at)
+                .bind(day(u.effective_date));
+            tx.execute(insert).await?;
+            upgrade = Some(u);
+        }
+        let tier_now = upgrade.as_ref().map_or(sub.tier, |u| u.to_tier);
+        tx.execute(Sql::new(RECORD_DAY).bind(account).bind(day(today)).bind(count).bind(tier_now)).await?;
+        let state = NewState {
+            period_start,
+            tier: tier_now,
+            count,
+            change: if upgrade.is_some() { npb::UsageChange::Upgrade } else { npb::UsageChange::Count },
+            upgrade: upgrade.as_ref().map(|u| (u.id.as_str(), u.from_tier)),
+        };
+        states::publish(&mut tx, account, state, now).await?;
+        if let Some(u) = &upgrade {
+            let ev = billing_event(account, now, convert::upgraded(u, period_start));
+            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+        }
+        tx.commit().await?;
+        Ok(CountOutcome::Applied { upgrade })
     }
 
     /// (account, business day) pairs with upgrades not invoiced yet, each with the time its
     /// invoice is tried again after a failure (None when it has not failed).
     pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<(String, NaiveDate, Option<i64>)>> {
-        let rows: Vec<(String, String, Option<i64>)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT DISTINCT u.account_id, u.effective_date, f.next_attempt_at FROM upgrades u \
-             LEFT JOIN invoice_failures f ON f.account_id = u.account_id AND f.effective_date = u.effective_date \
-             WHERE u.invoice_id = '' ORDER BY u.account_id, u.effective_date",
-        ).fetch_all(pool).await?);
+        let rows: Vec<(String, String, Option<i64>)> = self.db.fetch_all(Sql::new(UNINVOICED_DAYS)).await?;
         rows.into_iter().map(|(a, d, retry)| Ok((a, parse_day(&d)?, retry))).collect()
     }
 
@@ -455,15 +527,11 @@ impl Store {
         now: DateTime<Utc>,
         retry: impl Fn(i64) -> std::time::Duration,
     ) -> Result<i64> {
-        let attempts: i64 = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "INSERT INTO invoice_failures (account_id, effective_date, attempts, last_error, next_attempt_at) \
-             VALUES ($1, $2, 1, $3, 0) ON CONFLICT (account_id, effective_date) \
-             DO UPDATE SET attempts = invoice_failures.attempts + 1, last_error = $3 RETURNING attempts",
-        ).bind(account).bind(day(upgrade_day)).bind(error).fetch_one(pool).await?);
+        let failed = Sql::new(INVOICE_FAILED).bind(account).bind(day(upgrade_day)).bind(error);
+        let attempts: i64 = self.db.scalar(failed).await?;
         let at = now + chrono::Duration::from_std(retry(attempts)).unwrap_or(chrono::Duration::MAX);
-        with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE invoice_failures SET next_attempt_at = $1 WHERE account_id = $2 AND effective_date = $3",
-        ).bind(micros(at)).bind(account).bind(day(upgrade_day)).execute(pool).await?.rows_affected());
+        let retry_at = Sql::new(INVOICE_RETRY_AT).bind(micros(at)).bind(account).bind(day(upgrade_day));
+        self.db.execute(retry_at).await?;
         Ok(attempts)
     }
 
@@ -478,37 +546,30 @@ impl Store {
         book: &PriceBook,
     ) -> Result<Option<Invoice>> {
         let source_key = format!("upgrade:{}", day(upgrade_day));
-        let issued = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            if tx.invoiced(account, &source_key).await? {
-                return Ok(None);
-            }
-            let q = format!("SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 AND effective_date = $2 AND invoice_id = '' ORDER BY upgraded_at, id");
-            let ups: Vec<UpgradeRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-                .bind(account).bind(day(upgrade_day)).fetch_all(&mut *tx).await?;
-            let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
-            let row: Option<SubscriptionRow> =
-                sqlx::query_as(SUBSCRIPTION_BY_ACCOUNT).bind(account).fetch_optional(&mut *tx).await?;
-            let sub = row.ok_or_else(|| Error::not_found("subscription"))?.into_model()?;
-            // One line from the tier before the day's first upgrade to the tier after its last.
-            let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
-            let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
-            let inv = tx.issue(NewInvoice {
-                account,
-                source_key,
-                kind: InvoiceKind::Upgrade,
-                currency: sub.currency.as_str(),
-                term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
-                lines: vec![line],
-            }, now).await?;
-            sqlx::query("UPDATE upgrades SET invoice_id = $1 WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''")
-                .bind(&inv.id).bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
-            sqlx::query("DELETE FROM invoice_failures WHERE account_id = $1 AND effective_date = $2")
-                .bind(account).bind(day(upgrade_day)).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Some(inv)
-        });
-        Ok(issued)
+        let mut tx = self.db.begin_write().await?;
+        if invoices::invoiced(&mut tx, account, &source_key).await? {
+            return Ok(None);
+        }
+        let ups: Vec<UpgradeRow> =
+            tx.fetch_all(Sql::new(DAY_UPGRADES).bind(account).bind(day(upgrade_day))).await?;
+        let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
+        let sub = subscription(&mut tx, account).await?.ok_or_else(|| Error::not_found("subscription"))?;
+        // One line from the tier before the day's first upgrade to the tier after its last.
+        let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
+        let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
+        let new = NewInvoice {
+            account,
+            source_key,
+            kind: InvoiceKind::Upgrade,
+            currency: sub.currency.as_str(),
+            term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
+            lines: vec![line],
+        };
+        let inv = invoices::issue(&mut tx, new, now).await?;
+        tx.execute(Sql::new(MARK_INVOICED).bind(&inv.id).bind(account).bind(day(upgrade_day))).await?;
+        tx.execute(Sql::new(FORGET_FAILURE).bind(account).bind(day(upgrade_day))).await?;
+        tx.commit().await?;
+        Ok(Some(inv))
     }
 
     pub async fn upgrades(
@@ -517,14 +578,9 @@ impl Store {
         before: Option<(i64, String)>,
         limit: i64,
     ) -> Result<Vec<Upgrade>> {
-        // Newest first by (time, id): several upgrades of one instant page without a gap.
-        let q = format!(
-            "SELECT {UPGRADE_COLUMNS} FROM upgrades WHERE account_id = $1 \
-             AND (upgraded_at < $2 OR (upgraded_at = $2 AND id < $3)) ORDER BY upgraded_at DESC, id DESC LIMIT $4"
-        );
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
-        let rows: Vec<UpgradeRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(at).bind(&id).bind(limit).fetch_all(pool).await?);
+        let page = Sql::new(UPGRADES_PAGE).bind(account).bind(at).bind(id).bind(limit);
+        let rows: Vec<UpgradeRow> = self.db.fetch_all(page).await?;
         rows.into_iter().map(UpgradeRow::into_model).collect()
     }
 
@@ -534,26 +590,21 @@ impl Store {
         before_number: Option<i64>,
         limit: i64,
     ) -> Result<Vec<Invoice>> {
-        let q = format!(
-            "SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND number < $2 ORDER BY number DESC LIMIT $3"
-        );
-        let rows: Vec<InvoiceRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(before_number.unwrap_or(i64::MAX)).bind(limit).fetch_all(pool).await?);
+        let page = Sql::new(INVOICES_PAGE).bind(account).bind(before_number.unwrap_or(i64::MAX)).bind(limit);
+        let rows: Vec<InvoiceRow> = self.db.fetch_all(page).await?;
         rows.into_iter().map(InvoiceRow::into_model).collect()
     }
 
     pub async fn invoice(&self, account: &str, id: &str) -> Result<Option<Invoice>> {
-        let q = format!("SELECT {INVOICE_COLUMNS} FROM invoices WHERE account_id = $1 AND id = $2");
-        let row: Option<InvoiceRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(id).fetch_optional(pool).await?);
+        let row: Option<InvoiceRow> =
+            self.db.fetch_optional(Sql::new(INVOICE_BY_ID).bind(account).bind(id)).await?;
         row.map(InvoiceRow::into_model).transpose()
     }
 
     /// The last day of usage recorded before `day`, if any.
-    pub async fn usage_day_before(&self, account: &str, day_: NaiveDate) -> Result<Option<history::Day>> {
-        let row: Option<UsageDayRow> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day < $2 ORDER BY day DESC LIMIT 1",
-        ).bind(account).bind(day(day_)).fetch_optional(pool).await?);
+    pub async fn usage_day_before(&self, account: &str, before: NaiveDate) -> Result<Option<history::Day>> {
+        let row: Option<UsageDayRow> =
+            self.db.fetch_optional(Sql::new(DAY_BEFORE).bind(account).bind(day(before))).await?;
         row.map(UsageDayRow::into_model).transpose()
     }
 
@@ -561,12 +612,10 @@ impl Store {
     /// day of usage (or before usage was kept from the first day), else the first day's tier
     /// (a renewal may have changed the subscription's since), else its tier.
     pub async fn first_tier(&self, account: &str) -> Result<Option<i64>> {
-        let first_day: Option<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT day, tier FROM usage_daily WHERE account_id = $1 ORDER BY day LIMIT 1",
-        ).bind(account).fetch_optional(pool).await?);
-        let first_upgrade: Option<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT effective_date, from_tier FROM upgrades WHERE account_id = $1 ORDER BY upgraded_at, id LIMIT 1",
-        ).bind(account).fetch_optional(pool).await?);
+        let first_day: Option<(String, i64)> =
+            self.db.fetch_optional(Sql::new(FIRST_DAY).bind(account)).await?;
+        let first_upgrade: Option<(String, i64)> =
+            self.db.fetch_optional(Sql::new(FIRST_UPGRADE).bind(account)).await?;
         Ok(match (first_day, first_upgrade) {
             (Some((day, _)), Some((upgraded, from))) if upgraded <= day => Some(from),
             (Some((_, tier)), _) => Some(tier),
@@ -581,41 +630,30 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<history::Day>> {
-        let rows: Vec<UsageDayRow> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT day, max_count, last_count, tier FROM usage_daily WHERE account_id = $1 AND day >= $2 AND day <= $3 ORDER BY day",
-        ).bind(account).bind(day(from)).bind(day(to)).fetch_all(pool).await?);
+        let rows: Vec<UsageDayRow> =
+            self.db.fetch_all(Sql::new(DAYS).bind(account).bind(day(from)).bind(day(to))).await?;
         rows.into_iter().map(UsageDayRow::into_model).collect()
+    }
+
+    /// Where operators find billing's failing work.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
     }
 }
 
 /// Billing's items that failed and are not done: upgrade invoices and update dates.
 struct Failing(Db);
 
-impl contactier_runtime::work::FailingWork for Failing {
+impl FailingWork for Failing {
     fn failing(
         &self,
         limit: i64,
-    ) -> futures::future::BoxFuture<
-        '_,
-        std::result::Result<Vec<contactier_runtime::work::FailingItem>, sqlx::Error>,
-    > {
+    ) -> futures::future::BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move {
-            let invoices = "SELECT 'billing-invoices' AS worker, account_id, 'upgrade:' || effective_date AS item, \
-                 attempts, last_error, next_attempt_at FROM invoice_failures ORDER BY account_id LIMIT $1";
-            let updates = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS item, \
-                 update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
-                 FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";
-            let mut items: Vec<contactier_runtime::work::FailingItem> =
-                with_pool!(&self.0, pool => sqlx::query_as(invoices).bind(limit).fetch_all(pool).await?);
-            items.extend(with_pool!(&self.0, pool => sqlx::query_as::<_, contactier_runtime::work::FailingItem>(updates).bind(limit).fetch_all(pool).await?));
+            let mut items: Vec<FailingItem> =
+                self.0.fetch_all(Sql::new(FAILING_INVOICES).bind(limit)).await?;
+            items.extend(self.0.fetch_all::<FailingItem>(Sql::new(FAILING_UPDATES).bind(limit)).await?);
             Ok(items)
         })
-    }
-}
-
-impl Store {
-    /// Where operators find billing's failing work.
-    pub fn failing_work(&self) -> std::sync::Arc<dyn contactier_runtime::work::FailingWork> {
-        std::sync::Arc::new(Failing(self.db.clone()))
     }
 }

@@ -8,6 +8,7 @@ use crate::error::Result;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::outbox::EventTx;
+use contactier_runtime::sql::{Sql, Tx};
 use prost::Message;
 
 /// A state to publish.
@@ -20,45 +21,21 @@ pub struct NewState<'a> {
     pub upgrade: Option<(&'a str, i64)>,
 }
 
-pub trait StateTx {
-    /// Publishes the account's next usage state; answers its version.
-    fn publish_state(
-        &mut self,
-        account: &str,
-        state: NewState<'_>,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<i64>> + Send;
-}
-
 const NEXT_VERSION: &str = "UPDATE subscriptions SET state_version = state_version + 1 WHERE account_id = $1 RETURNING state_version";
 
-macro_rules! impl_state_tx {
-    ($conn:ty) => {
-        impl StateTx for $conn {
-            async fn publish_state(
-                &mut self,
-                account: &str,
-                s: NewState<'_>,
-                now: DateTime<Utc>,
-            ) -> Result<i64> {
-                let version: i64 =
-                    sqlx::query_scalar(NEXT_VERSION).bind(account).fetch_one(&mut *self).await?;
-                let state = npb::UsageState {
-                    version,
-                    period_start: Some(pb_date(s.period_start)),
-                    tier: s.tier,
-                    marketing_count: s.count,
-                    change: s.change as i32,
-                    upgrade_id: s.upgrade.map(|u| u.0.to_owned()).unwrap_or_default(),
-                    from_tier: s.upgrade.map_or(0, |u| u.1),
-                };
-                let ev = billing_event(account, now, npb::billing_event::Payload::State(state));
-                self.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
-                Ok(version)
-            }
-        }
+/// Publishes the account's next usage state; answers its version.
+pub async fn publish(tx: &mut impl Tx, account: &str, s: NewState<'_>, now: DateTime<Utc>) -> Result<i64> {
+    let version: i64 = tx.scalar(Sql::new(NEXT_VERSION).bind(account)).await?;
+    let state = npb::UsageState {
+        version,
+        period_start: Some(pb_date(s.period_start)),
+        tier: s.tier,
+        marketing_count: s.count,
+        change: s.change as i32,
+        upgrade_id: s.upgrade.map(|u| u.0.to_owned()).unwrap_or_default(),
+        from_tier: s.upgrade.map_or(0, |u| u.1),
     };
+    let ev = billing_event(account, now, npb::billing_event::Payload::State(state));
+    tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+    Ok(version)
 }
-
-impl_state_tx!(sqlx::SqliteConnection);
-impl_state_tx!(sqlx::PgConnection);

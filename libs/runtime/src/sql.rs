@@ -1,0 +1,261 @@
+//! Statements written once for both backends, run by plain functions.
+//!
+//! [`Sql`] is a statement with its parameters, encoded for SQLite and PostgreSQL alike as they
+//! are bound (`$1` placeholders work on both). [`Tx`] runs one on anything that holds a
+//! connection: a [`Transaction`] from [`Db::begin_write`](crate::db::Db::begin_write), a pooled
+//! [`Conn`], or either backend's own connection. Store code is then ordinary generic functions
+//! over `impl Tx`, which rustfmt formats and the compiler checks once.
+
+use crate::db::Db;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::sqlite::{SqliteArguments, SqliteRow};
+use sqlx::{
+    Arguments, Encode, FromRow, PgConnection, Postgres, SqlSafeStr, SqlStr, Sqlite, SqliteConnection, Type,
+};
+
+/// A value both backends can bind.
+pub trait Param:
+    for<'q> Encode<'q, Postgres> + Type<Postgres> + for<'q> Encode<'q, Sqlite> + Type<Sqlite>
+{
+}
+
+impl<T> Param for T where
+    T: for<'q> Encode<'q, Postgres> + Type<Postgres> + for<'q> Encode<'q, Sqlite> + Type<Sqlite>
+{
+}
+
+/// A row both backends can decode.
+pub trait Row: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+
+impl<T> Row for T where T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin {}
+
+/// A statement and its parameters.
+#[must_use = "a statement does nothing until a Tx runs it"]
+pub struct Sql {
+    text: SqlStr,
+    pg: PgArguments,
+    sqlite: SqliteArguments,
+    /// The first parameter that failed to encode.
+    error: Option<BoxDynError>,
+}
+
+impl Sql {
+    /// A statement from a constant, or from text built of constants (`AssertSqlSafe`).
+    pub fn new(text: impl SqlSafeStr) -> Sql {
+        Sql {
+            text: text.into_sql_str(),
+            pg: PgArguments::default(),
+            sqlite: SqliteArguments::default(),
+            error: None,
+        }
+    }
+
+    /// Binds the next parameter. An encoding error surfaces when the statement runs.
+    pub fn bind<T: Param>(mut self, value: T) -> Sql {
+        let added = self.pg.add(&value).and_then(|()| self.sqlite.add(value));
+        if let Err(e) = added {
+            self.error.get_or_insert(e);
+        }
+        self
+    }
+
+    /// Binds every value of `values` in order.
+    pub fn bind_all<T: Param>(self, values: impl IntoIterator<Item = T>) -> Sql {
+        values.into_iter().fold(self, Sql::bind)
+    }
+
+    fn checked(self) -> Result<Sql> {
+        match self.error {
+            Some(e) => Err(sqlx::Error::Encode(e)),
+            None => Ok(self),
+        }
+    }
+
+    fn pg(self) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
+        let q = self.checked()?;
+        Ok(sqlx::query_with(q.text, q.pg))
+    }
+
+    fn sqlite(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>> {
+        let q = self.checked()?;
+        Ok(sqlx::query_with(q.text, q.sqlite))
+    }
+
+    fn pg_as<T: Row>(self) -> Result<sqlx::query::QueryAs<'static, Postgres, T, PgArguments>> {
+        let q = self.checked()?;
+        Ok(sqlx::query_as_with(q.text, q.pg))
+    }
+
+    fn sqlite_as<T: Row>(self) -> Result<sqlx::query::QueryAs<'static, Sqlite, T, SqliteArguments>> {
+        let q = self.checked()?;
+        Ok(sqlx::query_as_with(q.text, q.sqlite))
+    }
+}
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// Runs statements. Implemented on everything that holds a connection of either backend.
+pub trait Tx: Send {
+    /// Runs a statement; answers the rows it affected.
+    fn execute(&mut self, q: Sql) -> impl Future<Output = Result<u64>> + Send;
+    fn fetch_all<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<Vec<T>>> + Send;
+    fn fetch_optional<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<Option<T>>> + Send;
+
+    /// The one row a statement answers; an error when it answers none.
+    fn fetch_one<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<T>> + Send {
+        async { self.fetch_optional(q).await?.ok_or(sqlx::Error::RowNotFound) }
+    }
+
+    /// The first column of the one row a statement answers.
+    fn scalar<T>(&mut self, q: Sql) -> impl Future<Output = Result<T>> + Send
+    where
+        (T,): Row,
+    {
+        async { Ok(self.fetch_one::<(T,)>(q).await?.0) }
+    }
+
+    /// The first column of the row a statement answers, if it answers one.
+    fn scalar_optional<T>(&mut self, q: Sql) -> impl Future<Output = Result<Option<T>>> + Send
+    where
+        (T,): Row,
+    {
+        async { Ok(self.fetch_optional::<(T,)>(q).await?.map(|r| r.0)) }
+    }
+}
+
+impl Tx for PgConnection {
+    async fn execute(&mut self, q: Sql) -> Result<u64> {
+        Ok(q.pg()?.execute(self).await?.rows_affected())
+    }
+    async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>> {
+        q.pg_as()?.fetch_all(self).await
+    }
+    async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
+        q.pg_as()?.fetch_optional(self).await
+    }
+}
+
+impl Tx for SqliteConnection {
+    async fn execute(&mut self, q: Sql) -> Result<u64> {
+        Ok(q.sqlite()?.execute(self).await?.rows_affected())
+    }
+    async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>> {
+        q.sqlite_as()?.fetch_all(self).await
+    }
+    async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
+        q.sqlite_as()?.fetch_optional(self).await
+    }
+}
+
+/// A transaction on either backend. Dropped without [`Transaction::commit`], it rolls back.
+pub enum Transaction {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Transaction {
+    pub async fn commit(self) -> Result<()> {
+        match self {
+            Transaction::Sqlite(t) => t.commit().await,
+            Transaction::Postgres(t) => t.commit().await,
+        }
+    }
+}
+
+impl Tx for Transaction {
+    async fn execute(&mut self, q: Sql) -> Result<u64> {
+        match self {
+            Transaction::Sqlite(t) => t.execute(q).await,
+            Transaction::Postgres(t) => t.execute(q).await,
+        }
+    }
+    async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>> {
+        match self {
+            Transaction::Sqlite(t) => t.fetch_all(q).await,
+            Transaction::Postgres(t) => t.fetch_all(q).await,
+        }
+    }
+    async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
+        match self {
+            Transaction::Sqlite(t) => t.fetch_optional(q).await,
+            Transaction::Postgres(t) => t.fetch_optional(q).await,
+        }
+    }
+}
+
+/// A connection from the pool, for reads outside a transaction.
+pub enum Conn {
+    Sqlite(sqlx::pool::PoolConnection<Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<Postgres>),
+}
+
+impl Tx for Conn {
+    async fn execute(&mut self, q: Sql) -> Result<u64> {
+        match self {
+            Conn::Sqlite(c) => c.execute(q).await,
+            Conn::Postgres(c) => c.execute(q).await,
+        }
+    }
+    async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>> {
+        match self {
+            Conn::Sqlite(c) => c.fetch_all(q).await,
+            Conn::Postgres(c) => c.fetch_all(q).await,
+        }
+    }
+    async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
+        match self {
+            Conn::Sqlite(c) => c.fetch_optional(q).await,
+            Conn::Postgres(c) => c.fetch_optional(q).await,
+        }
+    }
+}
+
+/// One statement straight on the pool (its own implicit transaction).
+impl Db {
+    pub async fn conn(&self) -> Result<Conn> {
+        Ok(match self {
+            Db::Sqlite(p) => Conn::Sqlite(p.acquire().await?),
+            Db::Postgres(p) => Conn::Postgres(p.acquire().await?),
+        })
+    }
+
+    pub async fn execute(&self, q: Sql) -> Result<u64> {
+        Ok(match self {
+            Db::Sqlite(p) => q.sqlite()?.execute(p).await?.rows_affected(),
+            Db::Postgres(p) => q.pg()?.execute(p).await?.rows_affected(),
+        })
+    }
+
+    pub async fn fetch_all<T: Row>(&self, q: Sql) -> Result<Vec<T>> {
+        match self {
+            Db::Sqlite(p) => q.sqlite_as()?.fetch_all(p).await,
+            Db::Postgres(p) => q.pg_as()?.fetch_all(p).await,
+        }
+    }
+
+    pub async fn fetch_optional<T: Row>(&self, q: Sql) -> Result<Option<T>> {
+        match self {
+            Db::Sqlite(p) => q.sqlite_as()?.fetch_optional(p).await,
+            Db::Postgres(p) => q.pg_as()?.fetch_optional(p).await,
+        }
+    }
+
+    pub async fn fetch_one<T: Row>(&self, q: Sql) -> Result<T> {
+        self.fetch_optional(q).await?.ok_or(sqlx::Error::RowNotFound)
+    }
+
+    pub async fn scalar<T>(&self, q: Sql) -> Result<T>
+    where
+        (T,): Row,
+    {
+        Ok(self.fetch_one::<(T,)>(q).await?.0)
+    }
+
+    pub async fn scalar_optional<T>(&self, q: Sql) -> Result<Option<T>>
+    where
+        (T,): Row,
+    {
+        Ok(self.fetch_optional::<(T,)>(q).await?.map(|r| r.0))
+    }
+}
