@@ -5,9 +5,11 @@ use crate::error::Result;
 use crate::thresholds::{Armed, Pending, State, Upgrade};
 use chrono::{DateTime, Utc};
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db};
+use contactier_runtime::db::Db;
 use contactier_runtime::outbox::EventTx;
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::work::{FailingItem, FailingWork};
+use sqlx::AssertSqlSafe;
 
 /// A validated billing event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,36 +91,74 @@ pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
 pub const DEAD_LETTERED: &str = "dead_lettered";
 
-const ALERT_COLUMNS: &str = "account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
-     new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at";
+const ALERT_COLUMNS: &str = "account_id, sequence, id, kind, marketing_count, tier, period_start, \
+     upgrade_id, new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, \
+     created_at";
 const DELIVERY_COLUMNS: &str = "account_id, id, alert_id, recipient_id, state, attempts, next_attempt_at";
 
-/// Inserts an alert with the account's next sequence; evaluates to the stored row.
-macro_rules! insert_alert {
-    ($conn:expr, $account:expr, $id:expr, $draft:expr, $now:expr) => {{
-        let draft: &Draft = $draft;
-        let sequence: i64 = sqlx::query_scalar(
-            "INSERT INTO alert_sequences (account_id, last_sequence) VALUES ($1, 1) \
-             ON CONFLICT (account_id) DO UPDATE SET last_sequence = alert_sequences.last_sequence + 1 \
-             RETURNING last_sequence",
-        )
-        .bind($account)
-        .fetch_one(&mut *$conn)
-        .await?;
-        let row = AlertRow {
-            account_id: $account.to_owned(),
-            sequence,
-            id: $id.to_owned(),
-            created_at: micros($now),
-            alert: draft.clone(),
-        };
-        let a = &row.alert;
-        metrics::counter!("contactier_alerts_total", "kind" => a.kind.clone()).increment(1);
-        sqlx::query(
-            "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
-             new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
+const NEXT_SEQUENCE: &str = "INSERT INTO alert_sequences (account_id, last_sequence) VALUES ($1, 1) \
+     ON CONFLICT (account_id) DO UPDATE SET last_sequence = alert_sequences.last_sequence + 1 \
+     RETURNING last_sequence";
+
+const INSERT_ALERT: &str = "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, \
+     period_start, upgrade_id, new_tier, invoice_id, amount_minor, currency, message, used_basis_points, \
+     state_version, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
+const RECIPIENT_IDS: &str = "SELECT id FROM recipients WHERE account_id = $1 ORDER BY id";
+
+const OPEN_DIGEST: &str = "SELECT id FROM deliveries WHERE account_id = $1 AND recipient_id = $2 \
+     AND state = $3 AND open_until > $4 ORDER BY created_at DESC LIMIT 1";
+
+const KEEP_OPEN: &str = "UPDATE deliveries SET open_until = open_until WHERE id = $1 AND open_until > $2";
+
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, \
+     attempts, next_attempt_at, created_at, open_until) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)";
+
+const NEXT_POSITION: &str = "SELECT CAST(COALESCE(MAX(position) + 1, 0) AS INTEGER) FROM delivery_alerts \
+     WHERE delivery_id = $1";
+
+const INSERT_DELIVERY_ALERT: &str =
+    "INSERT INTO delivery_alerts (delivery_id, position, alert_id) VALUES ($1, $2, $3)";
+
+const INSERT_STATE: &str = "INSERT INTO usage_states (account_id, version, period_start, tier, \
+     marketing_count, upgrade_id, from_tier, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (account_id, version) DO NOTHING";
+
+const ARMED: &str = "SELECT version, period_start, tier, high FROM usage_evaluated WHERE account_id = $1";
+
+const WAITING_STATES: &str = "SELECT version, period_start, tier, marketing_count, upgrade_id, from_tier, \
+     received_at FROM usage_states WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT 1000";
+
+/// The key makes a duplicate a no-op rather than a second alert.
+const CLAIM_THRESHOLD: &str = "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, \
+     alert_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+const SAVE_ARMED: &str = "INSERT INTO usage_evaluated (account_id, version, period_start, tier, high) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, \
+     period_start = excluded.period_start, tier = excluded.tier, high = excluded.high";
+
+const FORGET_STATES: &str = "DELETE FROM usage_states WHERE account_id = $1 AND version <= $2";
+
+/// Inserts an alert with the account's next sequence; answers the stored row.
+async fn insert_alert(
+    tx: &mut impl Tx,
+    account: &str,
+    id: &str,
+    draft: &Draft,
+    now: DateTime<Utc>,
+) -> Result<AlertRow> {
+    let sequence: i64 = tx.scalar(Sql::new(NEXT_SEQUENCE).bind(account)).await?;
+    let row = AlertRow {
+        account_id: account.to_owned(),
+        sequence,
+        id: id.to_owned(),
+        created_at: micros(now),
+        alert: draft.clone(),
+    };
+    let a = &row.alert;
+    metrics::counter!("contactier_alerts_total", "kind" => a.kind.clone()).increment(1);
+    let insert = Sql::new(INSERT_ALERT)
         .bind(&row.account_id)
         .bind(row.sequence)
         .bind(&row.id)
@@ -134,122 +174,136 @@ macro_rules! insert_alert {
         .bind(&a.message)
         .bind(a.used_basis_points)
         .bind(a.state_version)
-        .bind(row.created_at)
-        .execute(&mut *$conn)
-        .await?;
-        row
-    }};
+        .bind(row.created_at);
+    tx.execute(insert).await?;
+    Ok(row)
 }
 
 /// Deliveries of new alerts to the account's webhook and email recipients, inside the
 /// transaction that makes the alerts. Alerts that fire within `window` of a delivery's first go
 /// with it as one digest, in order; a window of 0 sends each alert on its own.
-pub trait DeliverTx {
-    fn deliver(
-        &mut self,
-        account: &str,
-        alerts: &[AlertRow],
-        now: DateTime<Utc>,
-        window: std::time::Duration,
-    ) -> impl Future<Output = Result<()>> + Send;
-}
-
-macro_rules! impl_deliver_tx {
-    ($conn:ty) => {
-        impl DeliverTx for $conn {
-            async fn deliver(
-                &mut self,
-                account: &str,
-                alerts: &[AlertRow],
-                now: DateTime<Utc>,
-                window: std::time::Duration,
-            ) -> Result<()> {
-                let recipients: Vec<String> =
-                    sqlx::query_scalar("SELECT id FROM recipients WHERE account_id = $1 ORDER BY id")
-                        .bind(account)
-                        .fetch_all(&mut *self)
-                        .await?;
-                let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
-                let groups: Vec<&[AlertRow]> =
-                    if window.is_zero() { alerts.chunks(1).collect() } else { vec![alerts] };
-                for r in &recipients {
-                    for group in &groups {
-                        let open: Option<String> = if window.is_zero() {
-                            None
-                        } else {
-                            sqlx::query_scalar(
-                                "SELECT id FROM deliveries WHERE account_id = $1 AND recipient_id = $2 AND state = $3 \
-                                 AND open_until > $4 ORDER BY created_at DESC LIMIT 1",
-                            )
-                            .bind(account)
-                            .bind(r)
-                            .bind(PENDING)
-                            .bind(micros(now))
-                            .fetch_optional(&mut *self)
-                            .await?
-                        };
-                        // Still open once locked: the worker seals a digest as it takes it.
-                        let open = match open {
-                            Some(id) => {
-                                let kept = sqlx::query(
-                                    "UPDATE deliveries SET open_until = open_until WHERE id = $1 AND open_until > $2",
-                                )
-                                .bind(&id)
-                                .bind(micros(now))
-                                .execute(&mut *self)
-                                .await?
-                                .rows_affected();
-                                (kept == 1).then_some(id)
-                            }
-                            None => None,
-                        };
-                        let id = match open {
-                            Some(id) => id,
-                            None => {
-                                let id = new_id();
-                                let send_at = micros(now + window);
-                                let open_until = if window.is_zero() { 0 } else { send_at };
-                                sqlx::query(
-                                    "INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, attempts, next_attempt_at, created_at, open_until) \
-                                     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)",
-                                )
-                                .bind(account)
-                                .bind(&id)
-                                .bind(&group[0].id)
-                                .bind(r)
-                                .bind(PENDING)
-                                .bind(send_at)
-                                .bind(micros(now))
-                                .bind(open_until)
-                                .execute(&mut *self)
-                                .await?;
-                                id
-                            }
-                        };
-                        let first: i32 = sqlx::query_scalar(
-                            "SELECT CAST(COALESCE(MAX(position) + 1, 0) AS INTEGER) FROM delivery_alerts WHERE delivery_id = $1",
-                        )
-                        .bind(&id)
-                        .fetch_one(&mut *self)
-                        .await?;
-                        for (i, alert) in group.iter().enumerate() {
-                            sqlx::query("INSERT INTO delivery_alerts (delivery_id, position, alert_id) VALUES ($1, $2, $3)")
-                                .bind(&id)
-                                .bind(first + i as i32)
-                                .bind(&alert.id)
-                                .execute(&mut *self)
-                                .await?;
-                        }
-                    }
+async fn deliver(
+    tx: &mut impl Tx,
+    account: &str,
+    alerts: &[AlertRow],
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+) -> Result<()> {
+    let recipients: Vec<(String,)> = tx.fetch_all(Sql::new(RECIPIENT_IDS).bind(account)).await?;
+    let window = chrono::Duration::from_std(window).unwrap_or(chrono::Duration::zero());
+    let groups: Vec<&[AlertRow]> = if window.is_zero() { alerts.chunks(1).collect() } else { vec![alerts] };
+    for (r,) in &recipients {
+        for group in &groups {
+            let open: Option<String> = if window.is_zero() {
+                None
+            } else {
+                let q = Sql::new(OPEN_DIGEST).bind(account).bind(r).bind(PENDING).bind(micros(now));
+                tx.scalar_optional(q).await?
+            };
+            // Still open once locked: the worker seals a digest as it takes it.
+            let open = match open {
+                Some(id) => {
+                    let kept = tx.execute(Sql::new(KEEP_OPEN).bind(&id).bind(micros(now))).await?;
+                    (kept == 1).then_some(id)
                 }
-                Ok(())
+                None => None,
+            };
+            let id = match open {
+                Some(id) => id,
+                None => {
+                    let id = new_id();
+                    let send_at = micros(now + window);
+                    let open_until = if window.is_zero() { 0 } else { send_at };
+                    let insert = Sql::new(INSERT_DELIVERY)
+                        .bind(account)
+                        .bind(&id)
+                        .bind(&group[0].id)
+                        .bind(r)
+                        .bind(PENDING)
+                        .bind(send_at)
+                        .bind(micros(now))
+                        .bind(open_until);
+                    tx.execute(insert).await?;
+                    id
+                }
+            };
+            let first: i32 = tx.scalar(Sql::new(NEXT_POSITION).bind(&id)).await?;
+            for (i, alert) in group.iter().enumerate() {
+                let q = Sql::new(INSERT_DELIVERY_ALERT).bind(&id).bind(first + i as i32).bind(&alert.id);
+                tx.execute(q).await?;
             }
         }
-    };
+    }
+    Ok(())
 }
 
-impl_deliver_tx!(sqlx::SqliteConnection);
-impl_deliver_tx!(sqlx::PgConnection);
+/// Records a usage state and evaluates it with every state received before it that it
+/// completes, in version order; answers the alerts that fired.
+async fn evaluate_state(
+    tx: &mut impl Tx,
+    account: &str,
+    state: &State,
+    now: DateTime<Utc>,
+) -> Result<Vec<AlertRow>> {
+    let up = state.upgrade.as_ref();
+    let insert = Sql::new(INSERT_STATE)
+        .bind(account)
+        .bind(state.version)
+        .bind(&state.period_start)
+        .bind(state.tier)
+        .bind(state.count)
+        .bind(up.map_or("", |u| u.id.as_str()))
+        .bind(up.map_or(0, |u| u.from_tier))
+        .bind(micros(now));
+    tx.execute(insert).await?;
+    let armed: Option<(i64, String, i64, i64)> = tx.fetch_optional(Sql::new(ARMED).bind(account)).await?;
+    let mut armed = armed
+        .map(|(version, period_start, tier, high)| Armed { version, period_start, tier, high })
+        .unwrap_or_default();
+    let waiting: Vec<StateRow> =
+        tx.fetch_all(Sql::new(WAITING_STATES).bind(account).bind(armed.version)).await?;
+    // A gap no state has filled for an hour is stepped over rather than holding the account's
+    // alerts for ever.
+    if let Some(first) = waiting.first()
+        && first.version > armed.version + 1
+        && first.received_at < micros(now - STATE_GAP)
+    {
+        tracing::warn!(
+            account,
+            from = armed.version,
+            to = first.version,
+            "usage states missing; evaluating on from the next one"
+        );
+        armed.version = first.version - 1;
+    }
+    let mut pending = Pending { states: waiting.into_iter().map(|r| (r.version, r.into_state())).collect() };
+    let (done, next) = pending.evaluate(armed);
+    let mut rows = Vec::new();
+    for (state, fires) in done {
+        for fire in fires {
+            let draft = alerts::threshold(&fire, &state);
+            let id = new_id();
+            let claim = Sql::new(CLAIM_THRESHOLD)
+                .bind(account)
+                .bind(fire.tier)
+                .bind(&state.period_start)
+                .bind(Kind::Threshold(fire.threshold).as_str())
+                .bind(&id);
+            if tx.execute(claim).await? == 1 {
+                rows.push(insert_alert(tx, account, &id, &draft, now).await?);
+            }
+        }
+    }
+    let save = Sql::new(SAVE_ARMED)
+        .bind(account)
+        .bind(next.version)
+        .bind(&next.period_start)
+        .bind(next.tier)
+        .bind(next.high);
+    tx.execute(save).await?;
+    tx.execute(Sql::new(FORGET_STATES).bind(account).bind(next.version)).await?;
+    Ok(rows)
+}
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -272,86 +326,27 @@ impl Store {
         now: DateTime<Utc>,
         window: std::time::Duration,
     ) -> Result<Option<Vec<AlertRow>>> {
-        let created = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            if !tx.receive(event_id, now).await? {
-                return Ok(None);
+        let mut tx = self.db.begin_write().await?;
+        if !tx.receive(event_id, now).await? {
+            return Ok(None);
+        }
+        let rows = match event {
+            Event::State(state) => evaluate_state(&mut tx, account, state, now).await?,
+            Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
+                let draft =
+                    alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
+                vec![insert_alert(&mut tx, account, &new_id(), &draft, now).await?]
             }
-            let mut rows = Vec::new();
-            match event {
-                Event::State(state) => {
-                    let up = state.upgrade.as_ref();
-                    sqlx::query(
-                        "INSERT INTO usage_states (account_id, version, period_start, tier, marketing_count, upgrade_id, from_tier, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, version) DO NOTHING",
-                    )
-                    .bind(account).bind(state.version).bind(&state.period_start).bind(state.tier).bind(state.count)
-                    .bind(up.map_or("", |u| u.id.as_str())).bind(up.map_or(0, |u| u.from_tier)).bind(micros(now))
-                    .execute(&mut *tx).await?;
-                    let armed: Option<(i64, String, i64, i64)> = sqlx::query_as(
-                        "SELECT version, period_start, tier, high FROM usage_evaluated WHERE account_id = $1",
-                    ).bind(account).fetch_optional(&mut *tx).await?;
-                    let mut armed = armed
-                        .map(|(version, period_start, tier, high)| Armed { version, period_start, tier, high })
-                        .unwrap_or_default();
-                    let waiting: Vec<StateRow> = sqlx::query_as(
-                        "SELECT version, period_start, tier, marketing_count, upgrade_id, from_tier, received_at FROM usage_states \
-                         WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT 1000",
-                    ).bind(account).bind(armed.version).fetch_all(&mut *tx).await?;
-                    // A gap no state has filled for an hour is stepped over rather than holding
-                    // the account's alerts for ever.
-                    if let Some(first) = waiting.first()
-                        && first.version > armed.version + 1
-                        && first.received_at < micros(now - STATE_GAP)
-                    {
-                        tracing::warn!(account, from = armed.version, to = first.version, "usage states missing; evaluating on from the next one");
-                        armed.version = first.version - 1;
-                    }
-                    let mut pending = Pending { states: waiting.into_iter().map(|r| (r.version, r.into_state())).collect() };
-                    let (done, next) = pending.evaluate(armed);
-                    for (state, fires) in done {
-                        for fire in fires {
-                            let draft = alerts::threshold(&fire, &state);
-                            let id = new_id();
-                            // The key makes a duplicate a no-op rather than a second alert.
-                            let claimed = sqlx::query(
-                                "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, alert_id) \
-                                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                            )
-                            .bind(account).bind(fire.tier).bind(&state.period_start)
-                            .bind(Kind::Threshold(fire.threshold).as_str()).bind(&id)
-                            .execute(&mut *tx).await?.rows_affected() == 1;
-                            if claimed {
-                                rows.push(insert_alert!(&mut *tx, account, &id, &draft, now));
-                            }
-                        }
-                    }
-                    sqlx::query(
-                        "INSERT INTO usage_evaluated (account_id, version, period_start, tier, high) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, period_start = excluded.period_start, \
-                         tier = excluded.tier, high = excluded.high",
-                    )
-                    .bind(account).bind(next.version).bind(&next.period_start).bind(next.tier).bind(next.high)
-                    .execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM usage_states WHERE account_id = $1 AND version <= $2")
-                        .bind(account).bind(next.version).execute(&mut *tx).await?;
-                }
-                Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
-                    let draft = alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
-                    rows.push(insert_alert!(&mut *tx, account, &new_id(), &draft, now));
-                }
-                Event::Invoice { invoice_id, number, amount_minor, currency } => {
-                    let draft = alerts::invoice(invoice_id, *number, *amount_minor, currency);
-                    rows.push(insert_alert!(&mut *tx, account, &new_id(), &draft, now));
-                }
+            Event::Invoice { invoice_id, number, amount_minor, currency } => {
+                let draft = alerts::invoice(invoice_id, *number, *amount_minor, currency);
+                vec![insert_alert(&mut tx, account, &new_id(), &draft, now).await?]
             }
-            if !rows.is_empty() {
-                tx.deliver(account, &rows, now, window).await?;
-            }
-            tx.commit().await?;
-            rows
-        });
-        Ok(Some(created))
+        };
+        if !rows.is_empty() {
+            deliver(&mut tx, account, &rows, now, window).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(rows))
     }
 
     /// The account's alerts, newest first, before `before_sequence` when given.
@@ -362,11 +357,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AlertRow>> {
         let q = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE account_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3"
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE account_id = $1 AND sequence < $2 \
+             ORDER BY sequence DESC LIMIT $3"
         );
         let before = before_sequence.unwrap_or(i64::MAX);
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(before).bind(limit).fetch_all(pool).await?))
+        Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(before).bind(limit)).await?)
     }
 
     /// The account's alerts after `after_sequence`, oldest first.
@@ -377,10 +372,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AlertRow>> {
         let q = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE account_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE account_id = $1 AND sequence > $2 \
+             ORDER BY sequence LIMIT $3"
         );
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(after_sequence).bind(limit).fetch_all(pool).await?))
+        Ok(self
+            .db
+            .fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(after_sequence).bind(limit))
+            .await?)
     }
 
     /// The last alert sequence of each of `accounts` that has alerts.
@@ -393,32 +391,31 @@ impl Store {
             self.db.json_in("account_id", 1)
         );
         let keys = serde_json::to_string(accounts).expect("JSON of strings");
-        let rows: Vec<(String, i64)> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(keys).fetch_all(pool).await?);
+        let rows: Vec<(String, i64)> = self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(keys)).await?;
         Ok(rows.into_iter().collect())
     }
 
     /// The alerts a delivery carries, in the order they fired.
     pub async fn delivery_alerts(&self, delivery_id: &str) -> Result<Vec<AlertRow>> {
-        let columns = ALERT_COLUMNS.split(", ").map(|c| format!("a.{c}")).collect::<Vec<_>>().join(", ");
+        let columns =
+            ALERT_COLUMNS.split(", ").map(|c| format!("a.{}", c.trim())).collect::<Vec<_>>().join(", ");
         let q = format!(
-            "SELECT {columns} FROM delivery_alerts d JOIN alerts a ON a.id = d.alert_id WHERE d.delivery_id = $1 ORDER BY d.position"
+            "SELECT {columns} FROM delivery_alerts d JOIN alerts a ON a.id = d.alert_id \
+             WHERE d.delivery_id = $1 ORDER BY d.position"
         );
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(delivery_id).fetch_all(pool).await?))
+        Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(delivery_id)).await?)
     }
 
     /// The ids of the alerts a delivery carries, in order.
     pub async fn delivery_alert_ids(&self, delivery_id: &str) -> Result<Vec<String>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT alert_id FROM delivery_alerts WHERE delivery_id = $1 ORDER BY position",
-        ).bind(delivery_id).fetch_all(pool).await?))
+        let q = "SELECT alert_id FROM delivery_alerts WHERE delivery_id = $1 ORDER BY position";
+        let rows: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(delivery_id)).await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     pub async fn alert(&self, id: &str) -> Result<Option<AlertRow>> {
         let q = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1");
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(id).fetch_optional(pool).await?))
+        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(id)).await?)
     }
 
     pub async fn create_recipient(
@@ -437,39 +434,40 @@ impl Store {
             secret: secret.to_owned(),
             created_at: micros(now),
         };
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO recipients (account_id, id, kind, address, secret, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&row.account_id).bind(&row.id).bind(&row.kind).bind(&row.address).bind(&row.secret).bind(row.created_at)
-        .execute(pool).await?.rows_affected());
+        let q = "INSERT INTO recipients (account_id, id, kind, address, secret, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)";
+        let insert = Sql::new(q)
+            .bind(&row.account_id)
+            .bind(&row.id)
+            .bind(&row.kind)
+            .bind(&row.address)
+            .bind(&row.secret)
+            .bind(row.created_at);
+        self.db.execute(insert).await?;
         Ok(row)
     }
 
     /// How many recipients the account has.
     pub async fn recipient_count(&self, account: &str) -> Result<i64> {
-        Ok(
-            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM recipients WHERE account_id = $1")
-            .bind(account).fetch_one(pool).await?),
-        )
+        let q = "SELECT COUNT(*) FROM recipients WHERE account_id = $1";
+        Ok(self.db.scalar(Sql::new(q).bind(account)).await?)
     }
 
     pub async fn list_recipients(&self, account: &str) -> Result<Vec<RecipientRow>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT account_id, id, kind, address, secret, created_at FROM recipients WHERE account_id = $1 ORDER BY created_at, id",
-        ).bind(account).fetch_all(pool).await?))
+        let q = "SELECT account_id, id, kind, address, secret, created_at FROM recipients \
+                 WHERE account_id = $1 ORDER BY created_at, id";
+        Ok(self.db.fetch_all(Sql::new(q).bind(account)).await?)
     }
 
     pub async fn recipient(&self, id: &str) -> Result<Option<RecipientRow>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT account_id, id, kind, address, secret, created_at FROM recipients WHERE id = $1",
-        ).bind(id).fetch_optional(pool).await?))
+        let q = "SELECT account_id, id, kind, address, secret, created_at FROM recipients WHERE id = $1";
+        Ok(self.db.fetch_optional(Sql::new(q).bind(id)).await?)
     }
 
     /// Deletes a recipient of the account; false if it has none by that id.
     pub async fn delete_recipient(&self, account: &str, id: &str) -> Result<bool> {
-        let n = with_pool!(&self.db, pool => sqlx::query("DELETE FROM recipients WHERE account_id = $1 AND id = $2")
-            .bind(account).bind(id).execute(pool).await?.rows_affected());
-        Ok(n == 1)
+        let q = "DELETE FROM recipients WHERE account_id = $1 AND id = $2";
+        Ok(self.db.execute(Sql::new(q).bind(account).bind(id)).await? == 1)
     }
 
     /// Pending deliveries due at `now`, each claimed for `lease` so another replica's worker
@@ -492,17 +490,21 @@ impl Store {
             self.db.json_in("account_id", 5)
         );
         let busy = serde_json::to_string(busy).expect("JSON of strings");
-        let due: Vec<DeliveryRow> = with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(PENDING).bind(micros(now)).bind(limit).bind(per_account).bind(&busy).fetch_all(pool).await?);
+        let due = Sql::new(AssertSqlSafe(q))
+            .bind(PENDING)
+            .bind(micros(now))
+            .bind(limit)
+            .bind(per_account)
+            .bind(&busy);
+        let due: Vec<DeliveryRow> = self.db.fetch_all(due).await?;
+        // Taken, a digest takes no more alerts.
+        let take = "UPDATE deliveries SET next_attempt_at = $1, open_until = 0 \
+                    WHERE id = $2 AND state = $3 AND next_attempt_at = $4";
         let mut claimed = Vec::with_capacity(due.len());
         for d in due {
-            // Taken, a digest takes no more alerts.
-            let n = with_pool!(&self.db, pool => sqlx::query(
-                "UPDATE deliveries SET next_attempt_at = $1, open_until = 0 WHERE id = $2 AND state = $3 AND next_attempt_at = $4",
-            )
-            .bind(micros(now + lease)).bind(&d.id).bind(PENDING).bind(d.next_attempt_at)
-            .execute(pool).await?.rows_affected());
-            if n == 1 {
+            let q =
+                Sql::new(take).bind(micros(now + lease)).bind(&d.id).bind(PENDING).bind(d.next_attempt_at);
+            if self.db.execute(q).await? == 1 {
                 claimed.push(d);
             }
         }
@@ -524,26 +526,31 @@ impl Store {
             Outcome::RetryAt(at) => (PENDING, at),
             Outcome::DeadLetter => (DEAD_LETTERED, now),
         };
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let attempt: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1")
-                .bind(&delivery.id).fetch_one(&mut *tx).await?;
-            sqlx::query("INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, cause) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(&delivery.id).bind(attempt).bind(micros(now)).bind(status_code).bind(error).bind(cause)
-                .execute(&mut *tx).await?;
-            sqlx::query("UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2 WHERE id = $3")
-                .bind(state).bind(micros(next)).bind(&delivery.id)
-                .execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
+        let next_attempt =
+            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1";
+        let insert = "INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, cause) \
+                      VALUES ($1, $2, $3, $4, $5, $6)";
+        let update = "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2 \
+                      WHERE id = $3";
+        let mut tx = self.db.begin_write().await?;
+        let attempt: i32 = tx.scalar(Sql::new(next_attempt).bind(&delivery.id)).await?;
+        let attempt = Sql::new(insert)
+            .bind(&delivery.id)
+            .bind(attempt)
+            .bind(micros(now))
+            .bind(status_code)
+            .bind(error)
+            .bind(cause);
+        tx.execute(attempt).await?;
+        tx.execute(Sql::new(update).bind(state).bind(micros(next)).bind(&delivery.id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// When the next pending delivery is due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let m: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1",
-        ).bind(PENDING).fetch_one(pool).await?);
+        let q = "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1";
+        let m: Option<i64> = self.db.scalar(Sql::new(q).bind(PENDING)).await?;
         Ok(m.and_then(DateTime::from_timestamp_micros))
     }
 
@@ -562,32 +569,35 @@ impl Store {
              AND ($3 = '' OR state = $3) AND ($4 = '' OR id < $4) \
              ORDER BY id DESC LIMIT $5"
         );
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(alert_id.unwrap_or("")).bind(state.unwrap_or("")).bind(after_id.unwrap_or(""))
-            .bind(limit).fetch_all(pool).await?))
+        let page = Sql::new(AssertSqlSafe(q))
+            .bind(account)
+            .bind(alert_id.unwrap_or(""))
+            .bind(state.unwrap_or(""))
+            .bind(after_id.unwrap_or(""))
+            .bind(limit);
+        Ok(self.db.fetch_all(page).await?)
     }
 
     pub async fn attempts(&self, delivery_id: &str) -> Result<Vec<AttemptRow>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT at, status_code, error FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
-        ).bind(delivery_id).fetch_all(pool).await?))
+        let q =
+            "SELECT at, status_code, error FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt";
+        Ok(self.db.fetch_all(Sql::new(q).bind(delivery_id)).await?)
     }
 
     /// Puts a dead-lettered delivery of the account back in the queue with a fresh set of tries.
     pub async fn redrive(&self, account: &str, id: &str, now: DateTime<Utc>) -> Result<RedriveResult> {
-        let n = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE deliveries SET state = $1, attempts = 0, next_attempt_at = $2 WHERE account_id = $3 AND id = $4 AND state = $5 \
-             AND recipient_id IN (SELECT id FROM recipients WHERE account_id = $3)",
-        )
-        .bind(PENDING).bind(micros(now)).bind(account).bind(id).bind(DEAD_LETTERED)
-        .execute(pool).await?.rows_affected());
-        if n == 1 {
+        let requeue = "UPDATE deliveries SET state = $1, attempts = 0, next_attempt_at = $2 \
+                       WHERE account_id = $3 AND id = $4 AND state = $5 \
+                       AND recipient_id IN (SELECT id FROM recipients WHERE account_id = $3)";
+        let q = Sql::new(requeue).bind(PENDING).bind(micros(now)).bind(account).bind(id).bind(DEAD_LETTERED);
+        if self.db.execute(q).await? == 1 {
             return Ok(RedriveResult::Requeued);
         }
-        let found: Option<(String, bool)> = with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT state, EXISTS (SELECT 1 FROM recipients r WHERE r.account_id = d.account_id AND r.id = d.recipient_id) \
-             FROM deliveries d WHERE d.account_id = $1 AND d.id = $2",
-        ).bind(account).bind(id).fetch_optional(pool).await?);
+        let why = "SELECT state, EXISTS (SELECT 1 FROM recipients r \
+                   WHERE r.account_id = d.account_id AND r.id = d.recipient_id) \
+                   FROM deliveries d WHERE d.account_id = $1 AND d.id = $2";
+        let found: Option<(String, bool)> =
+            self.db.fetch_optional(Sql::new(why).bind(account).bind(id)).await?;
         Ok(match found {
             None => RedriveResult::NotFound,
             Some((_, false)) => RedriveResult::RecipientDeleted,
@@ -597,8 +607,12 @@ impl Store {
 
     pub async fn delivery(&self, account: &str, id: &str) -> Result<Option<DeliveryRow>> {
         let q = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 AND id = $2");
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-            .bind(account).bind(id).fetch_optional(pool).await?))
+        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?)
+    }
+
+    /// Where operators find notification's failing work.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
     }
 }
 
@@ -621,27 +635,17 @@ pub enum RedriveResult {
 /// Deliveries that failed and are tried again.
 struct Failing(Db);
 
-impl contactier_runtime::work::FailingWork for Failing {
+const FAILING: &str = "SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
+     CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT CASE WHEN a.cause = '' THEN a.error \
+     ELSE a.cause END FROM delivery_attempts a WHERE a.delivery_id = d.id ORDER BY a.attempt DESC \
+     LIMIT 1), '') AS last_error, d.next_attempt_at FROM deliveries d \
+     WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
+
+impl FailingWork for Failing {
     fn failing(
         &self,
         limit: i64,
-    ) -> futures::future::BoxFuture<
-        '_,
-        std::result::Result<Vec<contactier_runtime::work::FailingItem>, sqlx::Error>,
-    > {
-        Box::pin(async move {
-            let q = "SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
-                     CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT CASE WHEN a.cause = '' THEN a.error ELSE a.cause END FROM delivery_attempts a \
-                     WHERE a.delivery_id = d.id ORDER BY a.attempt DESC LIMIT 1), '') AS last_error, d.next_attempt_at \
-                     FROM deliveries d WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
-            Ok(with_pool!(&self.0, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))
-        })
-    }
-}
-
-impl Store {
-    /// Where operators find notification's failing work.
-    pub fn failing_work(&self) -> std::sync::Arc<dyn contactier_runtime::work::FailingWork> {
-        std::sync::Arc::new(Failing(self.db.clone()))
+    ) -> futures::future::BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
     }
 }
