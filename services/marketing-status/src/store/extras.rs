@@ -4,7 +4,8 @@
 use super::Store;
 use chrono::{DateTime, Utc};
 use contactier_runtime::convert::micros;
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::Sql;
+use sqlx::AssertSqlSafe;
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ChangeRow {
@@ -50,15 +51,31 @@ pub struct RunRow {
     pub requested_by: String,
 }
 
-const RUN_COLUMNS: &str = "account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, \
-     finished_at, next_attempt_at, requested_by";
+const RUN_COLUMNS: &str = "account_id, id, workflow_id, request_id, state, attempts, last_error, changed, \
+     created_at, finished_at, next_attempt_at, requested_by";
+
+const SET_SOURCE_DEFAULT: &str = "INSERT INTO source_defaults (account_id, source_type, marketing) \
+     VALUES ($1, $2, $3) ON CONFLICT (account_id, source_type) DO UPDATE SET marketing = excluded.marketing";
+
+const OVERRIDES: &str = "SELECT user_id, may_set_marketing FROM user_permissions \
+     WHERE account_id = $1 AND NOT may_set_marketing AND user_id > $2 ORDER BY user_id LIMIT $3";
+
+const INSERT_WORKFLOW: &str = "INSERT INTO workflows (account_id, id, name, list_id, filter, action, \
+     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+const INSERT_RUN: &str = "INSERT INTO workflow_runs (account_id, id, workflow_id, request_id, state, \
+     attempts, last_error, changed, created_at, finished_at, next_attempt_at, requested_by) \
+     VALUES ($1, $2, $3, $4, 'queued', 0, '', 0, $5, 0, $5, $6)";
+
+const SAVE_RUN: &str = "UPDATE workflow_runs SET state = $1, attempts = $2, last_error = $3, changed = $4, \
+     finished_at = $5, next_attempt_at = $6 WHERE account_id = $7 AND id = $8";
 
 impl Store {
     /// The account's own defaults: source type -> marketing.
     pub async fn source_defaults(&self, account: &str) -> Result<Vec<(String, bool)>, sqlx::Error> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT source_type, marketing FROM source_defaults WHERE account_id = $1 ORDER BY source_type",
-        ).bind(account).fetch_all(pool).await?))
+        let q =
+            "SELECT source_type, marketing FROM source_defaults WHERE account_id = $1 ORDER BY source_type";
+        self.db.fetch_all(Sql::new(q).bind(account)).await
     }
 
     pub async fn set_source_default(
@@ -67,14 +84,10 @@ impl Store {
         source_type: &str,
         marketing: bool,
     ) -> Result<(), sqlx::Error> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO source_defaults (account_id, source_type, marketing) VALUES ($1, $2, $3) \
-             ON CONFLICT (account_id, source_type) DO UPDATE SET marketing = excluded.marketing",
-        ).bind(account).bind(source_type).bind(marketing).execute(pool).await?.rows_affected());
+        self.db.execute(Sql::new(SET_SOURCE_DEFAULT).bind(account).bind(source_type).bind(marketing)).await?;
         Ok(())
     }
 
-    /// Users whose permission differs from the default.
     /// Users whose permission differs from the default, by user id after `after`.
     pub async fn permission_overrides(
         &self,
@@ -82,10 +95,7 @@ impl Store {
         after: &str,
         limit: i64,
     ) -> Result<Vec<(String, bool)>, sqlx::Error> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT user_id, may_set_marketing FROM user_permissions \
-             WHERE account_id = $1 AND NOT may_set_marketing AND user_id > $2 ORDER BY user_id LIMIT $3",
-        ).bind(account).bind(after).bind(limit).fetch_all(pool).await?))
+        self.db.fetch_all(Sql::new(OVERRIDES).bind(account).bind(after).bind(limit)).await
     }
 
     /// The audit trail, newest first, optionally of one contact, before the (time, id) given.
@@ -98,52 +108,44 @@ impl Store {
     ) -> Result<Vec<ChangeRow>, sqlx::Error> {
         let one = if contact.is_some() { " AND contact_id = $5" } else { "" };
         let q = format!(
-            "SELECT id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, requested_at, effective_at, request_id \
-             FROM status_trail WHERE account_id = $1 AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
+            "SELECT id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, \
+             requested_at, effective_at, request_id FROM status_trail WHERE account_id = $1 \
+             AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
              ORDER BY requested_at DESC, id DESC LIMIT $4"
         );
-        Ok(with_pool!(&self.db, pool => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(before.0).bind(before.1).bind(limit);
-            if let Some(c) = contact {
-                q = q.bind(c);
-            }
-            q.fetch_all(pool).await?
-        }))
+        let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(before.0).bind(before.1).bind(limit);
+        self.db.fetch_all(q.bind_all(contact)).await
     }
 
     pub async fn create_workflow(&self, account: &str, w: &WorkflowRow) -> Result<(), sqlx::Error> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO workflows (account_id, id, name, list_id, filter, action, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        ).bind(account).bind(&w.id).bind(&w.name).bind(&w.list_id).bind(&w.filter).bind(&w.action).bind(w.created_at)
-        .execute(pool).await?.rows_affected());
+        let insert = Sql::new(INSERT_WORKFLOW)
+            .bind(account)
+            .bind(&w.id)
+            .bind(&w.name)
+            .bind(&w.list_id)
+            .bind(&w.filter)
+            .bind(&w.action)
+            .bind(w.created_at);
+        self.db.execute(insert).await?;
         Ok(())
     }
 
     pub async fn workflow_count(&self, account: &str) -> Result<i64, sqlx::Error> {
-        Ok(
-            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM workflows WHERE account_id = $1")
-            .bind(account).fetch_one(pool).await?),
-        )
+        self.db.scalar(Sql::new("SELECT COUNT(*) FROM workflows WHERE account_id = $1").bind(account)).await
     }
 
     pub async fn workflows(&self, account: &str, id: Option<&str>) -> Result<Vec<WorkflowRow>, sqlx::Error> {
         let q = format!(
-            "SELECT id, name, list_id, filter, action, created_at FROM workflows WHERE account_id = $1{} ORDER BY id",
+            "SELECT id, name, list_id, filter, action, created_at FROM workflows WHERE account_id = $1{} \
+             ORDER BY id",
             if id.is_some() { " AND id = $2" } else { "" }
         );
-        Ok(with_pool!(&self.db, pool => {
-            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account);
-            if let Some(id) = id {
-                q = q.bind(id);
-            }
-            q.fetch_all(pool).await?
-        }))
+        self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind_all(id)).await
     }
 
     pub async fn delete_workflow(&self, account: &str, id: &str) -> Result<bool, sqlx::Error> {
-        let n = with_pool!(&self.db, pool => sqlx::query("DELETE FROM workflows WHERE account_id = $1 AND id = $2")
-            .bind(account).bind(id).execute(pool).await?.rows_affected());
-        Ok(n == 1)
+        let q = "DELETE FROM workflows WHERE account_id = $1 AND id = $2";
+        Ok(self.db.execute(Sql::new(q).bind(account).bind(id)).await? == 1)
     }
 
     /// Queues a run, or answers the one queued before under the same request id.
@@ -153,11 +155,14 @@ impl Store {
         {
             return Ok(earlier);
         }
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO workflow_runs (account_id, id, workflow_id, request_id, state, attempts, last_error, changed, created_at, finished_at, next_attempt_at, requested_by) \
-             VALUES ($1, $2, $3, $4, 'queued', 0, '', 0, $5, 0, $5, $6)",
-        ).bind(&run.account_id).bind(&run.id).bind(&run.workflow_id).bind(&run.request_id).bind(run.created_at).bind(&run.requested_by)
-        .execute(pool).await?.rows_affected());
+        let insert = Sql::new(INSERT_RUN)
+            .bind(&run.account_id)
+            .bind(&run.id)
+            .bind(&run.workflow_id)
+            .bind(&run.request_id)
+            .bind(run.created_at)
+            .bind(&run.requested_by);
+        self.db.execute(insert).await?;
         Ok(self.run_by(&run.account_id, "id", &run.id).await?.unwrap_or_default())
     }
 
@@ -167,34 +172,36 @@ impl Store {
 
     async fn run_by(&self, account: &str, column: &str, value: &str) -> Result<Option<RunRow>, sqlx::Error> {
         let q = format!("SELECT {RUN_COLUMNS} FROM workflow_runs WHERE account_id = $1 AND {column} = $2");
-        Ok(with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(value).fetch_optional(pool).await?))
+        self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(value)).await
     }
 
     /// Runs due at `now`, oldest first.
     pub async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunRow>, sqlx::Error> {
         let q = format!(
-            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state IN ('queued', 'retrying') AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
+            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state IN ('queued', 'retrying') \
+             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
         );
-        Ok(
-            with_pool!(&self.db, pool => sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(micros(now)).fetch_all(pool).await?),
-        )
+        self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(micros(now))).await
     }
 
     pub async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let at: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state IN ('queued', 'retrying')",
-        ).fetch_one(pool).await?);
+        let q = "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state IN ('queued', 'retrying')";
+        let at: Option<i64> = self.db.scalar(Sql::new(q)).await?;
         Ok(at.and_then(DateTime::from_timestamp_micros))
     }
 
     /// Saves a run's state after an attempt.
     pub async fn save_run(&self, r: &RunRow) -> Result<(), sqlx::Error> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE workflow_runs SET state = $1, attempts = $2, last_error = $3, changed = $4, finished_at = $5, next_attempt_at = $6 \
-             WHERE account_id = $7 AND id = $8",
-        ).bind(&r.state).bind(r.attempts).bind(&r.last_error).bind(r.changed).bind(r.finished_at).bind(r.next_attempt_at)
-        .bind(&r.account_id).bind(&r.id).execute(pool).await?.rows_affected());
+        let save = Sql::new(SAVE_RUN)
+            .bind(&r.state)
+            .bind(r.attempts)
+            .bind(&r.last_error)
+            .bind(r.changed)
+            .bind(r.finished_at)
+            .bind(r.next_attempt_at)
+            .bind(&r.account_id)
+            .bind(&r.id);
+        self.db.execute(save).await?;
         Ok(())
     }
 }

@@ -1,16 +1,17 @@
 //! Status requests over many contacts: each one's outcome by the rules, written set-based in
 //! one transaction with the audit entries and the new count.
 
-use super::{Actor, Counts, Keep, Outcomes, SetOutcome, Store, status_str};
-use super::{BILLING_TOPIC, hold_mark, stamp_after};
+use super::{Actor, Keep, Outcomes, SAVE_RESPONSE, SetOutcome, Store, status_str};
+use super::{
+    add_counts, announce_counts, apply_delta, counts, held_since, hold_counts, hold_mark, stamp_after,
+};
 use crate::rules::{self, CountDelta, Outcome, State, Status};
 use chrono::{DateTime, Utc};
-use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db};
-use contactier_runtime::outbox::{EventTx, new_event_id};
-use contactier_runtime::with_pool;
-use prost::Message;
+use contactier_runtime::db::Db;
+use contactier_runtime::outbox::new_event_id;
+use contactier_runtime::sql::{Sql, Tx};
+use sqlx::AssertSqlSafe;
 use std::collections::{HashMap, HashSet};
 
 /// A request's effect on the contacts named, from their states before it.
@@ -95,104 +96,136 @@ impl Store {
     ) -> Result<SetOutcome, sqlx::Error> {
         let Part { keep, last } = part;
         let wanted = serde_json::to_string(contacts).expect("strings");
-        let result = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let at = stamp_after(micros(now), hold_mark!(self.db, tx, account, &wanted));
-            // Each found contact's state before the request. PostgreSQL writes the changes in
-            // the same statement; SQLite writes them below, from the plan.
-            let before: Vec<(String, bool, bool)> = match self.db {
-                Db::Postgres(_) => {
-                    sqlx::query_as(sqlx::AssertSqlSafe(self.request_statement()))
-                        .bind(account).bind(transitions(requested)).bind(&wanted)
-                        .bind(&actor.source_type).bind(&actor.source_id).bind(at)
-                        .bind(format!("{}:", new_id())).bind(&actor.user_id).bind(&actor.request_id)
-                        .fetch_all(&mut *tx).await?
-                }
-                Db::Sqlite(_) => {
-                    let read = format!(
-                        "SELECT contact_id, marketing, pending FROM contact_status WHERE account_id = $1 AND {}",
-                        self.db.json_in("contact_id", 2)
-                    );
-                    sqlx::query_as(sqlx::AssertSqlSafe(read)).bind(account).bind(&wanted).fetch_all(&mut *tx).await?
-                }
-            };
-            let before = before.into_iter().map(|(id, m, p)| (id, super::state(m, p))).collect();
-            let p = plan(contacts, &before, requested);
-            if let Db::Sqlite(_) = self.db {
-                let update = format!(
-                    "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, \
-                     updated_at = $5 WHERE account_id = $6 AND {}",
-                    self.db.json_in("contact_id", 7)
+        let mut tx = self.db.begin_write().await?;
+        let at = stamp_after(micros(now), hold_mark(&self.db, &mut tx, account, &wanted).await?);
+        // Each found contact's state before the request. PostgreSQL writes the changes in the
+        // same statement; SQLite writes them below, from the plan.
+        let before: Vec<(String, bool, bool)> = match self.db {
+            Db::Postgres(_) => {
+                let q = Sql::new(AssertSqlSafe(self.request_statement()))
+                    .bind(account)
+                    .bind(transitions(requested))
+                    .bind(&wanted)
+                    .bind(&actor.source_type)
+                    .bind(&actor.source_id)
+                    .bind(at)
+                    .bind(format!("{}:", new_id()))
+                    .bind(&actor.user_id)
+                    .bind(&actor.request_id);
+                tx.fetch_all(q).await?
+            }
+            Db::Sqlite(_) => {
+                let read = format!(
+                    "SELECT contact_id, marketing, pending FROM contact_status WHERE account_id = $1 AND {}",
+                    self.db.json_in("contact_id", 2)
                 );
-                let mut targets: Vec<State> = p.changes.iter().map(|c| c.2).collect();
-                targets.sort_by_key(|s| (s.counts(), s.until_next_update));
-                targets.dedup();
-                for to in targets {
-                    let ids: Vec<&String> = p.changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
-                    sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
-                        .bind(to.counts()).bind(to.until_next_update).bind(&actor.source_type).bind(&actor.source_id)
-                        .bind(at).bind(account).bind(serde_json::to_string(&ids).expect("strings"))
-                        .execute(&mut *tx).await?;
-                }
-                if !p.changes.is_empty() {
-                    let audit = format!(
-                        "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
-                         source_type, source_id, user_id, requested_at, effective_at, request_id) \
-                         SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 FROM {}",
-                        self.db.json_records(2, &[("id", "text"), ("contact_id", "text"), ("from_status", "text"),
-                            ("to_status", "text"), ("pending", "boolean")])
-                    );
-                    let entries: Vec<serde_json::Value> = p.changes.iter().map(|(id, from, to)| serde_json::json!({
-                        "id": new_event_id(), "contact_id": id, "from_status": status_str(from.status),
-                        "to_status": status_str(to.status), "pending": to.until_next_update,
-                    })).collect();
-                    sqlx::query(sqlx::AssertSqlSafe(audit))
-                        .bind(account).bind(serde_json::Value::Array(entries).to_string())
-                        .bind(&actor.source_type).bind(&actor.source_id).bind(&actor.user_id).bind(at).bind(&actor.request_id)
-                        .execute(&mut *tx).await?;
-                }
+                tx.fetch_all(Sql::new(AssertSqlSafe(read)).bind(account).bind(&wanted)).await?
             }
-            let counts = if p.total.is_zero() {
-                let c: Option<Counts> = sqlx::query_as(
-                    "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts WHERE account_id = $1",
-                ).bind(account).fetch_optional(&mut *tx).await?;
-                c.unwrap_or_default()
-            } else if last {
-                apply_delta!(tx, account, p.total, now)
-            } else {
-                // A part of a bulk change: billing hears of the count once, after its last part.
-                let c = add_counts!(tx, account, p.total, now);
-                hold_counts!(tx, account, now);
-                c
-            };
-            if last && p.total.is_zero() {
-                // The last part changed nothing itself, but earlier parts may be held.
-                let held: Option<i64> = sqlx::query_scalar("SELECT since FROM count_holds WHERE account_id = $1")
-                    .bind(account).fetch_optional(&mut *tx).await?;
-                if held.is_some() {
-                    announce_counts!(tx, account, counts, now);
-                }
+        };
+        let before = before.into_iter().map(|(id, m, p)| (id, super::state(m, p))).collect();
+        let p = plan(contacts, &before, requested);
+        if let Db::Sqlite(_) = self.db {
+            self.write_plan(&mut tx, account, &p, actor, at).await?;
+        }
+        let counts = if p.total.is_zero() {
+            counts(&mut tx, account).await?
+        } else if last {
+            apply_delta(&mut tx, account, p.total, now).await?
+        } else {
+            // A part of a bulk change: billing hears of the count once, after its last part.
+            let c = add_counts(&mut tx, account, p.total, now).await?;
+            hold_counts(&mut tx, account, now).await?;
+            c
+        };
+        // The last part changed nothing itself, but earlier parts may be held.
+        if last && p.total.is_zero() && held_since(&mut tx, account).await?.is_some() {
+            announce_counts(&mut tx, account, counts, now).await?;
+        }
+        if let Some(keep) = keep {
+            let answer = (keep.answer)(&p.outcomes, &counts);
+            let save =
+                Sql::new(SAVE_RESPONSE).bind(account).bind(keep.request_id).bind(&answer).bind(keep.digest);
+            if tx.execute(save).await? != 1 {
+                drop(tx);
+                let (first, digest) =
+                    self.saved_response(account, keep.request_id).await?.ok_or(sqlx::Error::RowNotFound)?;
+                return Ok(SetOutcome::Replayed(first, digest));
             }
-            if let Some(keep) = keep {
-                let answer = (keep.answer)(&p.outcomes, &counts);
-                let saved = sqlx::query(
-                    "INSERT INTO status_requests (account_id, request_id, response, digest) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                ).bind(account).bind(keep.request_id).bind(&answer).bind(keep.digest).execute(&mut *tx).await?.rows_affected() == 1;
-                if !saved {
-                    drop(tx);
-                    let (first, digest): (Vec<u8>, String) = sqlx::query_as(
-                        "SELECT response, digest FROM status_requests WHERE account_id = $1 AND request_id = $2",
-                    ).bind(account).bind(keep.request_id).fetch_one(pool).await?;
-                    return Ok(SetOutcome::Replayed(first, digest));
-                }
-            }
-            tx.commit().await?;
-            SetOutcome::Done(p.outcomes, counts)
-        });
+        }
+        tx.commit().await?;
         if !last {
             self.held();
         }
-        Ok(result)
+        Ok(SetOutcome::Done(p.outcomes, counts))
+    }
+
+    /// SQLite: writes a plan's changes, one statement per state they reach, and their audit
+    /// entries in one statement.
+    async fn write_plan(
+        &self,
+        tx: &mut impl Tx,
+        account: &str,
+        p: &Plan<'_>,
+        actor: &Actor,
+        at: i64,
+    ) -> Result<(), sqlx::Error> {
+        let update = format!(
+            "UPDATE contact_status SET marketing = $1, pending = $2, source_type = $3, source_id = $4, \
+             updated_at = $5 WHERE account_id = $6 AND {}",
+            self.db.json_in("contact_id", 7)
+        );
+        let mut targets: Vec<State> = p.changes.iter().map(|c| c.2).collect();
+        targets.sort_by_key(|s| (s.counts(), s.until_next_update));
+        targets.dedup();
+        for to in targets {
+            let ids: Vec<&String> = p.changes.iter().filter(|c| c.2 == to).map(|c| c.0).collect();
+            let q = Sql::new(AssertSqlSafe(update.as_str()))
+                .bind(to.counts())
+                .bind(to.until_next_update)
+                .bind(&actor.source_type)
+                .bind(&actor.source_id)
+                .bind(at)
+                .bind(account)
+                .bind(serde_json::to_string(&ids).expect("strings"));
+            tx.execute(q).await?;
+        }
+        if p.changes.is_empty() {
+            return Ok(());
+        }
+        let columns = [
+            ("id", "text"),
+            ("contact_id", "text"),
+            ("from_status", "text"),
+            ("to_status", "text"),
+            ("pending", "boolean"),
+        ];
+        let audit = format!(
+            "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+             source_type, source_id, user_id, requested_at, effective_at, request_id) \
+             SELECT $1, x.id, x.contact_id, x.from_status, x.to_status, x.pending, $3, $4, $5, $6, $6, $7 \
+             FROM {}",
+            self.db.json_records(2, &columns)
+        );
+        let entries: Vec<serde_json::Value> = p
+            .changes
+            .iter()
+            .map(|(id, from, to)| {
+                serde_json::json!({
+                    "id": new_event_id(), "contact_id": id, "from_status": status_str(from.status),
+                    "to_status": status_str(to.status), "pending": to.until_next_update,
+                })
+            })
+            .collect();
+        let q = Sql::new(AssertSqlSafe(audit))
+            .bind(account)
+            .bind(serde_json::Value::Array(entries).to_string())
+            .bind(&actor.source_type)
+            .bind(&actor.source_id)
+            .bind(&actor.user_id)
+            .bind(at)
+            .bind(&actor.request_id);
+        tx.execute(q).await?;
+        Ok(())
     }
 
     /// PostgreSQL: one statement locks the named contacts (in key order, as every status

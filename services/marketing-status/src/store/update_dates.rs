@@ -2,18 +2,16 @@
 //! covers, and the new counts. The covered contacts read as non-marketing at once through the
 //! views `contact_status_now` and `status_trail`; their rows and audit entries are rewritten
 //! afterwards, a chunk at a time ([`Store::rewrite`]), into exactly what the views showed.
-//! Writers of a covered contact rewrite it first (`hold_mark!`).
+//! Writers of a covered contact rewrite it first ([`hold_mark`]).
 
-use super::{BILLING_TOPIC, Counts, Store};
+use super::{Store, apply_delta};
 use crate::rules::CountDelta;
 use chrono::{DateTime, NaiveDate, Utc};
-use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db};
-use contactier_runtime::outbox::{EventTx, new_event_id};
-use contactier_runtime::with_pool;
+use contactier_runtime::db::Db;
+use contactier_runtime::sql::{Sql, Tx};
 use futures::StreamExt;
-use prost::Message;
+use sqlx::AssertSqlSafe;
 
 /// Contacts rewritten per transaction.
 pub const UPDATE_CHUNK: i64 = 10_000;
@@ -74,46 +72,55 @@ pub(super) fn rewrite_statements(db: &Db, which: &str, lock_first: bool) -> Vec<
     }
 }
 
-/// Runs [`rewrite_statements`] in `$tx` with the account and the condition's parameters;
+/// Runs [`rewrite_statements`] in `tx` with the account and the condition's parameters;
 /// answers how many contacts were rewritten.
-macro_rules! rewrite_rows {
-    ($tx:expr, $statements:expr, $account:expr $(, $bind:expr)*) => {{
-        let mut n = 0u64;
-        for s in $statements.iter() {
-            n = sqlx::query(sqlx::AssertSqlSafe(s.as_str())).bind($account)$(.bind($bind))*
-                .execute(&mut *$tx).await?.rows_affected();
-        }
-        n as i64
-    }};
+async fn rewrite_rows(
+    tx: &mut impl Tx,
+    statements: &[String],
+    account: &str,
+    params: &[&str],
+) -> Result<i64, sqlx::Error> {
+    let mut n = 0;
+    for s in statements {
+        let q = Sql::new(AssertSqlSafe(s.as_str())).bind(account).bind_all(params.iter().copied());
+        n = tx.execute(q).await?;
+    }
+    Ok(n as i64)
 }
-pub(super) use rewrite_rows;
 
 /// In a status writer's transaction: holds the account's mark (PostgreSQL: shared lock) and
 /// rewrites the named contacts (a JSON array) it covers, so the writer reads and changes
 /// stored rows as they are in effect. Answers the mark's cutoff: the writer's times must come
 /// after it, or a contact it sets pending would read as covered without being counted.
-macro_rules! hold_mark {
-    ($db:expr, $tx:expr, $account:expr, $ids:expr) => {{
-        if let contactier_runtime::db::Db::Postgres(_) = $db {
-            sqlx::query("SELECT pg_advisory_xact_lock_shared($1, hashtext($2))")
-                .bind($crate::store::update_dates::MARK_LOCK)
-                .bind($account)
-                .execute(&mut *$tx)
-                .await?;
-        }
-        let cutoff: Option<i64> = sqlx::query_scalar("SELECT cutoff FROM update_marks WHERE account_id = $1")
-            .bind($account)
-            .fetch_optional(&mut *$tx)
-            .await?;
-        if cutoff.is_some() {
-            let statements =
-                $crate::store::update_dates::rewrite_statements(&$db, &$db.json_in("s.contact_id", 2), true);
-            $crate::store::update_dates::rewrite_rows!($tx, statements, $account, $ids);
-        }
-        cutoff
-    }};
+pub(super) async fn hold_mark(
+    db: &Db,
+    tx: &mut impl Tx,
+    account: &str,
+    ids: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    if let Db::Postgres(_) = db {
+        let lock = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
+        tx.execute(Sql::new(lock).bind(MARK_LOCK).bind(account)).await?;
+    }
+    let cutoff: Option<i64> = tx.scalar_optional(Sql::new(MARK_CUTOFF).bind(account)).await?;
+    if cutoff.is_some() {
+        let statements = rewrite_statements(db, &db.json_in("s.contact_id", 2), true);
+        rewrite_rows(tx, &statements, account, &[ids]).await?;
+    }
+    Ok(cutoff)
 }
-pub(super) use hold_mark;
+
+const MARK_CUTOFF: &str = "SELECT cutoff FROM update_marks WHERE account_id = $1";
+
+const APPLIED: &str = "SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2";
+
+const INSERT_MARK: &str = "INSERT INTO update_marks (account_id, update_date, effective_at, applied_at, \
+     cutoff, audit_prefix) VALUES ($1, $2, $3, $4, $5, $6)";
+
+const RECORD_APPLIED: &str = "INSERT INTO applied_update_dates (account_id, update_date, applied, \
+     applied_at, changed) VALUES ($1, $2, $3, $4, $3) ON CONFLICT (account_id, update_date) DO UPDATE \
+     SET applied = applied_update_dates.changed + excluded.changed, \
+     changed = applied_update_dates.changed + excluded.changed RETURNING applied";
 
 /// The time a writer stamps: its own, or just after the mark's cutoff if that is later.
 pub fn stamp_after(at: i64, cutoff: Option<i64>) -> i64 {
@@ -167,56 +174,50 @@ impl Store {
     ) -> Result<Marked, sqlx::Error> {
         let cutoff = cutoff(eff, micros(now));
         let prefix = format!("{}:", new_id());
-        Ok(with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            if let Db::Postgres(_) = self.db {
-                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-                    .bind(MARK_LOCK).bind(account).execute(&mut *tx).await?;
+        let mut tx = self.db.begin_write().await?;
+        if let Db::Postgres(_) = self.db {
+            let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+            tx.execute(Sql::new(lock).bind(MARK_LOCK).bind(account)).await?;
+        }
+        // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
+        let applied: Option<i64> = tx.scalar_optional(Sql::new(APPLIED).bind(account).bind(day)).await?;
+        if applied.is_some_and(|a| a >= 0) {
+            return Ok(Marked::AlreadyApplied);
+        }
+        let earlier: Option<i64> = tx.scalar_optional(Sql::new(MARK_CUTOFF).bind(account)).await?;
+        if let Some(earlier) = earlier {
+            let left = format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})");
+            let left: bool = tx.scalar(Sql::new(AssertSqlSafe(left)).bind(account).bind(earlier)).await?;
+            if left {
+                return Ok(Marked::EarlierPending);
             }
-            // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
-            let applied: Option<i64> = sqlx::query_scalar(
-                "SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2",
-            ).bind(account).bind(day).fetch_optional(&mut *tx).await?;
-            if applied.is_some_and(|a| a >= 0) {
-                return Ok(Marked::AlreadyApplied);
-            }
-            let earlier: Option<i64> = sqlx::query_scalar("SELECT cutoff FROM update_marks WHERE account_id = $1")
-                .bind(account).fetch_optional(&mut *tx).await?;
-            if let Some(earlier) = earlier {
-                let left: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})")))
-                    .bind(account).bind(earlier).fetch_one(&mut *tx).await?;
-                if left {
-                    return Ok(Marked::EarlierPending);
-                }
-                sqlx::query("DELETE FROM update_marks WHERE account_id = $1").bind(account).execute(&mut *tx).await?;
-            }
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) {PENDING_UP_TO}")))
-                .bind(account).bind(cutoff).fetch_one(&mut *tx).await?;
-            if n > 0 {
-                sqlx::query(
-                    "INSERT INTO update_marks (account_id, update_date, effective_at, applied_at, cutoff, audit_prefix) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                ).bind(account).bind(day).bind(eff).bind(micros(now)).bind(cutoff).bind(&prefix)
-                .execute(&mut *tx).await?;
-                apply_delta!(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now);
-            }
-            let applied: i64 = sqlx::query_scalar(
-                "INSERT INTO applied_update_dates (account_id, update_date, applied, applied_at, changed) \
-                 VALUES ($1, $2, $3, $4, $3) ON CONFLICT (account_id, update_date) DO UPDATE \
-                 SET applied = applied_update_dates.changed + excluded.changed, \
-                 changed = applied_update_dates.changed + excluded.changed RETURNING applied",
-            ).bind(account).bind(day).bind(n).bind(micros(now)).fetch_one(&mut *tx).await?;
-            tx.commit().await?;
-            Marked::Applied(applied)
-        }))
+            tx.execute(Sql::new("DELETE FROM update_marks WHERE account_id = $1").bind(account)).await?;
+        }
+        let n = format!("SELECT count(*) {PENDING_UP_TO}");
+        let n: i64 = tx.scalar(Sql::new(AssertSqlSafe(n)).bind(account).bind(cutoff)).await?;
+        if n > 0 {
+            let mark = Sql::new(INSERT_MARK)
+                .bind(account)
+                .bind(day)
+                .bind(eff)
+                .bind(micros(now))
+                .bind(cutoff)
+                .bind(&prefix);
+            tx.execute(mark).await?;
+            apply_delta(&mut tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now)
+                .await?;
+        }
+        let record = Sql::new(RECORD_APPLIED).bind(account).bind(day).bind(n).bind(micros(now));
+        let applied: i64 = tx.scalar(record).await?;
+        tx.commit().await?;
+        Ok(Marked::Applied(applied))
     }
 
     /// Accounts with contacts still to be rewritten.
     pub async fn marked_accounts(&self) -> Result<Vec<String>, sqlx::Error> {
-        Ok(
-            with_pool!(&self.db, pool => sqlx::query_scalar("SELECT account_id FROM update_marks ORDER BY account_id")
-            .fetch_all(pool).await?),
-        )
+        let rows: Vec<(String,)> =
+            self.db.fetch_all(Sql::new("SELECT account_id FROM update_marks ORDER BY account_id")).await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
     /// Rewrites the contacts the account's mark covers, a chunk at a time, then drops the mark.
@@ -225,7 +226,7 @@ impl Store {
     pub async fn rewrite(&self, account: &str) -> Result<i64, sqlx::Error> {
         // Statistics of a table that grew fast may still say it is small, and the planner
         // would then sort every pending contact for each chunk instead of walking the key.
-        with_pool!(&self.db, pool => sqlx::query("ANALYZE contact_status").execute(pool).await?.rows_affected());
+        self.db.execute(Sql::new("ANALYZE contact_status")).await?;
         // The chunks share no rows: on PostgreSQL two run side by side, as one connection
         // keeps one core busy. SQLite writes one transaction at a time.
         let side_by_side = match self.db {
@@ -239,9 +240,8 @@ impl Store {
         let statements = rewrite_statements(&self.db, "s.contact_id > $2 AND s.contact_id <= $3", false);
         let mut total = 0;
         loop {
-            let mark: Option<(i64, String)> = with_pool!(&self.db, pool => sqlx::query_as(
-                "SELECT cutoff, audit_prefix FROM update_marks WHERE account_id = $1",
-            ).bind(account).fetch_optional(pool).await?);
+            let q = "SELECT cutoff, audit_prefix FROM update_marks WHERE account_id = $1";
+            let mark: Option<(i64, String)> = self.db.fetch_optional(Sql::new(q).bind(account)).await?;
             let Some((cutoff, prefix)) = mark else { return Ok(total) };
             let ends = self.chunk_ends(account, cutoff).await?;
             let starts = std::iter::once(String::new()).chain(ends.iter().cloned());
@@ -250,15 +250,13 @@ impl Store {
                     let statements = &statements;
                     async move {
                         let chunk = async {
-                            Ok::<_, sqlx::Error>(with_pool!(&self.db, pool => {
-                                let mut tx = pool.begin_write().await?;
-                                if let Db::Postgres(_) = self.db {
-                                    sqlx::query(LOCK_WAIT).execute(&mut *tx).await?;
-                                }
-                                let n = rewrite_rows!(tx, statements, account, &after, &end);
-                                tx.commit().await?;
-                                n
-                            }))
+                            let mut tx = self.db.begin_write().await?;
+                            if let Db::Postgres(_) = self.db {
+                                tx.execute(Sql::new(LOCK_WAIT)).await?;
+                            }
+                            let n = rewrite_rows(&mut tx, statements, account, &[&after, &end]).await?;
+                            tx.commit().await?;
+                            Ok::<_, sqlx::Error>(n)
                         };
                         match chunk.await {
                             Err(sqlx::Error::Database(e))
@@ -279,10 +277,11 @@ impl Store {
             // Dropped once nothing it covers is left; a writer may still be rewriting a
             // contact, and then the next pass finds it.
             let drop = format!(
-                "DELETE FROM update_marks WHERE account_id = $1 AND audit_prefix = $3 AND NOT EXISTS (SELECT 1 {PENDING_UP_TO})"
+                "DELETE FROM update_marks WHERE account_id = $1 AND audit_prefix = $3 \
+                 AND NOT EXISTS (SELECT 1 {PENDING_UP_TO})"
             );
-            let dropped = with_pool!(&self.db, pool => sqlx::query(sqlx::AssertSqlSafe(drop))
-                .bind(account).bind(cutoff).bind(&prefix).execute(pool).await?.rows_affected());
+            let drop = Sql::new(AssertSqlSafe(drop)).bind(account).bind(cutoff).bind(&prefix);
+            let dropped = self.db.execute(drop).await?;
             if dropped == 1 {
                 tracing::info!(account, rewritten = total, "update date rewritten");
             } else if pass == 0 {
@@ -296,14 +295,15 @@ impl Store {
     /// order, and the last pending key: one walk of the pending index.
     async fn chunk_ends(&self, account: &str, cutoff: i64) -> Result<Vec<String>, sqlx::Error> {
         let every = format!(
-            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n {PENDING_UP_TO}) p \
-             WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
+            "SELECT contact_id FROM (SELECT contact_id, row_number() OVER (ORDER BY contact_id) AS n \
+             {PENDING_UP_TO}) p WHERE n % {UPDATE_CHUNK} = 0 ORDER BY contact_id"
         );
         let last = format!("SELECT MAX(contact_id) {PENDING_UP_TO}");
-        let (mut ends, last): (Vec<String>, Option<String>) = with_pool!(&self.db, pool => (
-            sqlx::query_scalar(sqlx::AssertSqlSafe(every)).bind(account).bind(cutoff).fetch_all(pool).await?,
-            sqlx::query_scalar(sqlx::AssertSqlSafe(last)).bind(account).bind(cutoff).fetch_one(pool).await?,
-        ));
+        let ends: Vec<(String,)> =
+            self.db.fetch_all(Sql::new(AssertSqlSafe(every)).bind(account).bind(cutoff)).await?;
+        let mut ends: Vec<String> = ends.into_iter().map(|r| r.0).collect();
+        let last: Option<String> =
+            self.db.scalar(Sql::new(AssertSqlSafe(last)).bind(account).bind(cutoff)).await?;
         if let Some(last) = last.filter(|l| ends.last() != Some(l)) {
             ends.push(last);
         }
