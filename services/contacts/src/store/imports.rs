@@ -2,7 +2,8 @@
 
 use super::Store;
 use crate::error::Result;
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::Sql;
+use sqlx::AssertSqlSafe;
 use std::time::Duration;
 
 #[derive(sqlx::FromRow)]
@@ -61,8 +62,24 @@ pub struct ImportErrorRow {
     pub reason: String,
 }
 
-const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, \
-     prefix_digest, file_digest, started_at, finished_at";
+const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated, skipped, failed, \
+     request_id, request_digest, prefix_digest, file_digest, started_at, finished_at";
+
+/// Only one retry takes an import over: the beat it saw must still be there.
+const TAKE_OVER: &str = "UPDATE imports SET state = 'running', heartbeat_at = $1 \
+     WHERE account_id = $2 AND id = $3 AND heartbeat_at = $4 AND state = $5";
+
+const INSERT_IMPORT: &str = "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, \
+     updated, skipped, failed, request_id, request_digest, started_at, finished_at, heartbeat_at) \
+     VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, $8, 0, $9)";
+
+const SAVE_IMPORT: &str = "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, \
+     skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8, prefix_digest = $11, file_digest = $12 \
+     WHERE account_id = $9 AND id = $10";
+
+const ERRORS_PAGE: &str = "SELECT row_number, column_name, reason FROM import_errors \
+     WHERE account_id = $1 AND import_id = $2 AND (row_number > $3 OR (row_number = $3 AND column_name > $4)) \
+     ORDER BY row_number, column_name LIMIT $5";
 
 impl Store {
     /// Records a new import, or settles what to do with the one made before under the same
@@ -74,8 +91,8 @@ impl Store {
             let q = format!(
                 "SELECT {IMPORT_COLUMNS}, heartbeat_at FROM imports WHERE account_id = $1 AND request_id = $2"
             );
-            let earlier: Option<Beating> = with_pool!(&self.db, pool =>
-                sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(&i.request_id).fetch_optional(pool).await?);
+            let earlier: Option<Beating> =
+                self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(&i.request_id)).await?;
             if let Some(Beating { import: earlier, heartbeat_at: beat }) = earlier {
                 if !contactier_runtime::idempotency::same(&earlier.request_digest, &i.request_digest) {
                     return Ok(Start::Reused);
@@ -84,12 +101,14 @@ impl Store {
                 return Ok(match earlier.state.as_str() {
                     "completed" => Start::Finished(earlier),
                     "running" if !stale => Start::Busy,
-                    // Only one retry takes it over: the beat it saw must still be there.
                     _ => {
-                        let took = with_pool!(&self.db, pool => sqlx::query(
-                            "UPDATE imports SET state = 'running', heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND heartbeat_at = $4 AND state = $5",
-                        ).bind(now).bind(account).bind(&earlier.id).bind(beat).bind(&earlier.state)
-                        .execute(pool).await?.rows_affected());
+                        let take = Sql::new(TAKE_OVER)
+                            .bind(now)
+                            .bind(account)
+                            .bind(&earlier.id)
+                            .bind(beat)
+                            .bind(&earlier.state);
+                        let took = self.db.execute(take).await?;
                         if took == 1 {
                             Start::Resume(ImportRow { state: "running".into(), ..earlier })
                         } else {
@@ -99,29 +118,44 @@ impl Store {
                 });
             }
         }
-        with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, updated, skipped, failed, request_id, request_digest, started_at, finished_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, $8, 0, $9)",
-        ).bind(account).bind(&i.id).bind(&i.name).bind(&i.mode).bind(&i.state).bind(&i.request_id).bind(&i.request_digest).bind(i.started_at).bind(now)
-        .execute(pool).await?.rows_affected());
+        let insert = Sql::new(INSERT_IMPORT)
+            .bind(account)
+            .bind(&i.id)
+            .bind(&i.name)
+            .bind(&i.mode)
+            .bind(&i.state)
+            .bind(&i.request_id)
+            .bind(&i.request_digest)
+            .bind(i.started_at)
+            .bind(now);
+        self.db.execute(insert).await?;
         Ok(Start::Fresh)
     }
 
     /// Marks a running import as alive.
     pub async fn beat_import(&self, account: &str, id: &str) -> Result<()> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running'",
-        ).bind(wall_micros()).bind(account).bind(id).execute(pool).await?.rows_affected());
+        let q =
+            "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running'";
+        self.db.execute(Sql::new(q).bind(wall_micros()).bind(account).bind(id)).await?;
         Ok(())
     }
 
     /// Saves the counters and state.
     pub async fn save_import(&self, account: &str, i: &ImportRow) -> Result<()> {
-        with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8, \
-             prefix_digest = $11, file_digest = $12 WHERE account_id = $9 AND id = $10",
-        ).bind(&i.state).bind(i.rows_read).bind(i.created).bind(i.updated).bind(i.skipped).bind(i.failed).bind(i.finished_at)
-        .bind(wall_micros()).bind(account).bind(&i.id).bind(&i.prefix_digest).bind(&i.file_digest).execute(pool).await?.rows_affected());
+        let save = Sql::new(SAVE_IMPORT)
+            .bind(&i.state)
+            .bind(i.rows_read)
+            .bind(i.created)
+            .bind(i.updated)
+            .bind(i.skipped)
+            .bind(i.failed)
+            .bind(i.finished_at)
+            .bind(wall_micros())
+            .bind(account)
+            .bind(&i.id)
+            .bind(&i.prefix_digest)
+            .bind(&i.file_digest);
+        self.db.execute(save).await?;
         Ok(())
     }
 
@@ -137,24 +171,21 @@ impl Store {
         // Multi-row inserts, a few hundred rows a statement.
         for chunk in errors.chunks(self.db.rows_per_statement(5)) {
             let sql = format!(
-                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES {} ON CONFLICT DO NOTHING",
+                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES {} \
+                 ON CONFLICT DO NOTHING",
                 contactier_runtime::db::placeholders(chunk.len(), 5)
             );
-            with_pool!(&self.db, pool => {
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-                for e in chunk {
-                    q = q.bind(account).bind(import).bind(e.row_number).bind(&e.column_name).bind(&e.reason);
-                }
-                q.execute(pool).await?.rows_affected()
+            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, e| {
+                q.bind(account).bind(import).bind(e.row_number).bind(&e.column_name).bind(&e.reason)
             });
+            self.db.execute(q).await?;
         }
         Ok(())
     }
 
     pub async fn import(&self, account: &str, id: &str) -> Result<Option<ImportRow>> {
         let q = format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = $1 AND id = $2");
-        Ok(with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?))
+        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?)
     }
 
     /// Row errors in row order after (`row`, `column`).
@@ -165,9 +196,7 @@ impl Store {
         after: (i64, &str),
         limit: i64,
     ) -> Result<Vec<ImportErrorRow>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT row_number, column_name, reason FROM import_errors WHERE account_id = $1 AND import_id = $2 \
-             AND (row_number > $3 OR (row_number = $3 AND column_name > $4)) ORDER BY row_number, column_name LIMIT $5",
-        ).bind(account).bind(import).bind(after.0).bind(after.1).bind(limit).fetch_all(pool).await?))
+        let page = Sql::new(ERRORS_PAGE).bind(account).bind(import).bind(after.0).bind(after.1).bind(limit);
+        Ok(self.db.fetch_all(page).await?)
     }
 }

@@ -4,8 +4,8 @@ use super::Store;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use contactier_runtime::convert::micros;
-use contactier_runtime::db::BeginWrite;
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::{Sql, Tx};
+use sqlx::AssertSqlSafe;
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ListRow {
@@ -20,27 +20,51 @@ pub struct ListRow {
 
 const LIST_COLUMNS: &str = "id, name, type, filter, created_at";
 
+const INSERT_LIST: &str = "INSERT INTO lists (account_id, id, name, name_key, type, filter, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Rows of the version before the key have none: their LOWER(name) stands for it.
+const NAMED: &str = "SELECT id FROM lists WHERE account_id = $1 AND id <> $3 \
+     AND (name_key = $2 OR (name_key IS NULL AND LOWER(name) = $2)) LIMIT 1";
+
+const ADD_MEMBER: &str = "INSERT INTO list_members (account_id, list_id, contact_id, added_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+const MEMBERS: &str = "SELECT contact_id FROM list_members WHERE account_id = $1 AND list_id = $2 \
+     AND contact_id > $3 ORDER BY contact_id LIMIT $4";
+
+fn column(rows: Vec<(String,)>) -> Vec<String> {
+    rows.into_iter().map(|r| r.0).collect()
+}
+
 impl Store {
     /// Adds a list; FAILED_PRECONDITION when the account has `max` already.
     pub async fn create_list(&self, account: &str, list: &ListRow, max: i64) -> Result<()> {
-        let have: i64 = with_pool!(&self.db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM lists WHERE account_id = $1")
-            .bind(account).fetch_one(pool).await?);
+        let have: i64 = self
+            .db
+            .scalar(Sql::new("SELECT COUNT(*) FROM lists WHERE account_id = $1").bind(account))
+            .await?;
         if have >= max {
             return Err(crate::error::Error::quota_reached("lists", max));
         }
         self.name_free(account, &list.name, &list.id).await?;
         let key = crate::names::list_name_key(&list.name);
-        let written = with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO lists (account_id, id, name, name_key, type, filter, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        ).bind(account).bind(&list.id).bind(&list.name).bind(&key).bind(&list.r#type).bind(&list.filter).bind(list.created_at)
-        .execute(pool).await.map(|r| r.rows_affected()));
+        let insert = Sql::new(INSERT_LIST)
+            .bind(account)
+            .bind(&list.id)
+            .bind(&list.name)
+            .bind(&key)
+            .bind(&list.r#type)
+            .bind(&list.filter)
+            .bind(list.created_at);
+        let written = self.db.execute(insert).await;
         self.unless_name_taken(account, &list.name, &list.id, written).await.map(drop)
     }
 
     pub async fn list(&self, account: &str, id: &str) -> Result<ListRow> {
         let q = format!("SELECT {LIST_COLUMNS} FROM lists WHERE account_id = $1 AND id = $2");
-        let row: Option<ListRow> = with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?);
+        let row: Option<ListRow> =
+            self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
         row.ok_or_else(|| Error::NotFound(format!("list {id}")))
     }
 
@@ -49,19 +73,15 @@ impl Store {
         let q = format!(
             "SELECT {LIST_COLUMNS} FROM lists WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         );
-        Ok(with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(after).bind(limit).fetch_all(pool).await?))
+        Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(after).bind(limit)).await?)
     }
 
     /// ALREADY_EXISTS (naming the list) when another list of the account has `name`, without
     /// regard to case or Unicode form: a name finds one list.
     pub async fn name_free(&self, account: &str, name: &str, id: &str) -> Result<()> {
         let key = crate::names::list_name_key(name);
-        // Rows of the version before the key have none: their LOWER(name) stands for it.
-        let taken: Option<String> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT id FROM lists WHERE account_id = $1 AND id <> $3 \
-             AND (name_key = $2 OR (name_key IS NULL AND LOWER(name) = $2)) LIMIT 1",
-        ).bind(account).bind(&key).bind(id).fetch_optional(pool).await?);
+        let taken: Option<String> =
+            self.db.scalar_optional(Sql::new(NAMED).bind(account).bind(&key).bind(id)).await?;
         match taken {
             Some(other) => Err(Error::Exists {
                 kind: "list",
@@ -97,9 +117,9 @@ impl Store {
     pub async fn update_list(&self, account: &str, id: &str, name: &str, filter: &[u8]) -> Result<()> {
         self.name_free(account, name, id).await?;
         let key = crate::names::list_name_key(name);
-        let written = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE lists SET name = $1, name_key = $2, filter = $3 WHERE account_id = $4 AND id = $5",
-        ).bind(name).bind(&key).bind(filter).bind(account).bind(id).execute(pool).await.map(|r| r.rows_affected()));
+        let q = "UPDATE lists SET name = $1, name_key = $2, filter = $3 WHERE account_id = $4 AND id = $5";
+        let written =
+            self.db.execute(Sql::new(q).bind(name).bind(&key).bind(filter).bind(account).bind(id)).await;
         let n = self.unless_name_taken(account, name, id, written).await?;
         if n == 0 {
             return Err(Error::NotFound(format!("list {id}")));
@@ -108,17 +128,14 @@ impl Store {
     }
 
     pub async fn delete_list(&self, account: &str, id: &str) -> Result<()> {
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let n = sqlx::query("DELETE FROM lists WHERE account_id = $1 AND id = $2")
-                .bind(account).bind(id).execute(&mut *tx).await?.rows_affected();
-            if n == 0 {
-                return Err(Error::NotFound(format!("list {id}")));
-            }
-            sqlx::query("DELETE FROM list_members WHERE account_id = $1 AND list_id = $2")
-                .bind(account).bind(id).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
+        let mut tx = self.db.begin_write().await?;
+        let q = "DELETE FROM lists WHERE account_id = $1 AND id = $2";
+        if tx.execute(Sql::new(q).bind(account).bind(id)).await? == 0 {
+            return Err(Error::NotFound(format!("list {id}")));
+        }
+        let q = "DELETE FROM list_members WHERE account_id = $1 AND list_id = $2";
+        tx.execute(Sql::new(q).bind(account).bind(id)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -131,57 +148,48 @@ impl Store {
         ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<(i64, Vec<String>)> {
-        let r = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let (mut added, mut missing) = (0, Vec::new());
-            for id in ids {
-                let known: Option<String> = sqlx::query_scalar("SELECT id FROM contacts WHERE account_id = $1 AND id = $2")
-                    .bind(account).bind(id).fetch_optional(&mut *tx).await?;
-                if known.is_none() {
-                    missing.push(id.clone());
-                    continue;
-                }
-                added += sqlx::query(
-                    "INSERT INTO list_members (account_id, list_id, contact_id, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                ).bind(account).bind(list).bind(id).bind(micros(now)).execute(&mut *tx).await?.rows_affected() as i64;
+        let mut tx = self.db.begin_write().await?;
+        let (mut added, mut missing) = (0, Vec::new());
+        for id in ids {
+            let q = "SELECT id FROM contacts WHERE account_id = $1 AND id = $2";
+            let known: Option<String> = tx.scalar_optional(Sql::new(q).bind(account).bind(id)).await?;
+            if known.is_none() {
+                missing.push(id.clone());
+                continue;
             }
-            tx.commit().await?;
-            (added, missing)
-        });
-        Ok(r)
+            let add = Sql::new(ADD_MEMBER).bind(account).bind(list).bind(id).bind(micros(now));
+            added += tx.execute(add).await? as i64;
+        }
+        tx.commit().await?;
+        Ok((added, missing))
     }
 
     pub async fn remove_members(&self, account: &str, list: &str, ids: &[String]) -> Result<i64> {
         let mut removed = 0;
         for id in ids {
-            removed += with_pool!(&self.db, pool => sqlx::query(
-                "DELETE FROM list_members WHERE account_id = $1 AND list_id = $2 AND contact_id = $3",
-            ).bind(account).bind(list).bind(id).execute(pool).await?.rows_affected())
-                as i64;
+            let q = "DELETE FROM list_members WHERE account_id = $1 AND list_id = $2 AND contact_id = $3";
+            removed += self.db.execute(Sql::new(q).bind(account).bind(list).bind(id)).await? as i64;
         }
         Ok(removed)
     }
 
     /// Members of a static list in id order after `after`.
     pub async fn members(&self, account: &str, list: &str, after: &str, limit: i64) -> Result<Vec<String>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT contact_id FROM list_members WHERE account_id = $1 AND list_id = $2 AND contact_id > $3 ORDER BY contact_id LIMIT $4",
-        ).bind(account).bind(list).bind(after).bind(limit).fetch_all(pool).await?))
+        let page = Sql::new(MEMBERS).bind(account).bind(list).bind(after).bind(limit);
+        Ok(column(self.db.fetch_all(page).await?))
     }
 
     pub async fn member_count(&self, account: &str, list: &str) -> Result<i64> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM list_members WHERE account_id = $1 AND list_id = $2",
-        ).bind(account).bind(list).fetch_one(pool).await?))
+        let q = "SELECT COUNT(*) FROM list_members WHERE account_id = $1 AND list_id = $2";
+        Ok(self.db.scalar(Sql::new(q).bind(account).bind(list)).await?)
     }
 }
 
 impl Store {
     /// Static lists a contact belongs to.
     pub async fn lists_of(&self, account: &str, contact: &str) -> Result<Vec<String>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT list_id FROM list_members WHERE account_id = $1 AND contact_id = $2 ORDER BY list_id",
-        ).bind(account).bind(contact).fetch_all(pool).await?))
+        let q = "SELECT list_id FROM list_members WHERE account_id = $1 AND contact_id = $2 ORDER BY list_id";
+        Ok(column(self.db.fetch_all(Sql::new(q).bind(account).bind(contact)).await?))
     }
 
     /// Ids of the contacts with these email keys.
@@ -221,16 +229,8 @@ impl Store {
                 "SELECT email_key, id FROM contacts WHERE account_id = $1{only} AND email_key IN ({})",
                 params.join(", ")
             );
-            let rows: Vec<(String, String)> = with_pool!(&self.db, pool => {
-                let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
-                if let Some(import) = import {
-                    q = q.bind(import);
-                }
-                for k in chunk {
-                    q = q.bind(k);
-                }
-                q.fetch_all(pool).await?
-            });
+            let q = Sql::new(AssertSqlSafe(sql)).bind(account).bind_all(import).bind_all(chunk);
+            let rows: Vec<(String, String)> = self.db.fetch_all(q).await?;
             out.extend(rows);
         }
         Ok(out)

@@ -8,10 +8,11 @@ use crate::properties::{Catalog, Definition, PropertyOption, PropertyType, Value
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{BeginWrite, Db, placeholders};
+use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::{Sql, Tx};
 use prost::Message;
+use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -99,86 +100,79 @@ pub(crate) fn contact_event(
     }
 }
 
+const INSERT_VALUE: &str =
+    "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES ($1, $2, $3, $4, $5)";
+
+const ADD_TOTAL: &str = "INSERT INTO contact_totals (account_id, total) VALUES ($1, $2) \
+     ON CONFLICT (account_id) DO UPDATE SET total = contact_totals.total + excluded.total";
+
 /// Replaces a contact's searchable values with `values`.
-macro_rules! write_values {
-    ($tx:expr, $account:expr, $id:expr, $values:expr) => {{
-        let values: &BTreeMap<String, Value> = $values;
-        sqlx::query("DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2")
-            .bind($account)
-            .bind($id)
-            .execute(&mut *$tx)
+async fn write_values(
+    tx: &mut impl Tx,
+    account: &str,
+    id: &str,
+    values: &BTreeMap<String, Value>,
+) -> Result<()> {
+    let clear = "DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2";
+    tx.execute(Sql::new(clear).bind(account).bind(id)).await?;
+    for (name, v) in values {
+        tx.execute(Sql::new(INSERT_VALUE).bind(account).bind(id).bind(name).bind(&v.text).bind(v.num))
             .await?;
-        for (name, v) in values {
-            sqlx::query(
-                "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind($account)
-            .bind($id)
-            .bind(name)
-            .bind(&v.text)
-            .bind(v.num)
-            .execute(&mut *$tx)
-            .await?;
-        }
-    }};
+    }
+    Ok(())
 }
 
 /// Queues events for marketing-status as one outbox entry.
-macro_rules! send_events {
-    ($tx:expr, $account:expr, $events:expr, $now:expr) => {{
-        let events: Vec<mpb::ContactEvent> = $events;
-        if !events.is_empty() {
-            let batch = mpb::ApplyContactEventsRequest { events };
-            $tx.enqueue(&new_event_id(), MARKETING_STATUS_TOPIC, $account, &batch.encode_to_vec(), $now)
-                .await?;
-        }
-    }};
+async fn send_events(
+    tx: &mut impl Tx,
+    account: &str,
+    events: Vec<mpb::ContactEvent>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if !events.is_empty() {
+        let batch = mpb::ApplyContactEventsRequest { events };
+        tx.enqueue(&new_event_id(), MARKETING_STATUS_TOPIC, account, &batch.encode_to_vec(), now).await?;
+    }
+    Ok(())
 }
 
 /// Adds `delta` to the account's total.
-macro_rules! add_total {
-    ($tx:expr, $account:expr, $delta:expr) => {{
-        let delta: i64 = $delta;
-        if delta != 0 {
-            sqlx::query(
-                "INSERT INTO contact_totals (account_id, total) VALUES ($1, $2) \
-                 ON CONFLICT (account_id) DO UPDATE SET total = contact_totals.total + excluded.total",
-            )
-            .bind($account)
-            .bind(delta)
-            .execute(&mut *$tx)
-            .await?;
-        }
-    }};
+async fn add_total(tx: &mut impl Tx, account: &str, delta: i64) -> Result<()> {
+    if delta != 0 {
+        tx.execute(Sql::new(ADD_TOTAL).bind(account).bind(delta)).await?;
+    }
+    Ok(())
 }
 
 /// Removes contacts with everything attached to them; answers the rows removed.
-macro_rules! remove_contacts {
-    ($tx:expr, $account:expr, $ids:expr) => {{
-        let ids: &[String] = $ids;
-        let mut gone: Vec<ContactRow> = Vec::new();
-        let q = format!(
-            "DELETE FROM contacts WHERE account_id = $1 AND id = $2 RETURNING {}",
-            CONTACT_COLUMNS.replace("c.", "")
-        );
-        for id in ids {
-            let row: Option<ContactRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str()))
-                .bind($account)
-                .bind(id)
-                .fetch_optional(&mut *$tx)
-                .await?;
-            if let Some(row) = row {
-                for table in ["contact_values", "list_members", "consents"] {
-                    let q = format!("DELETE FROM {table} WHERE account_id = $1 AND contact_id = $2");
-                    sqlx::query(sqlx::AssertSqlSafe(q)).bind($account).bind(id).execute(&mut *$tx).await?;
-                }
-                gone.push(row);
+async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Result<Vec<ContactRow>> {
+    let mut gone: Vec<ContactRow> = Vec::new();
+    let q = format!(
+        "DELETE FROM contacts WHERE account_id = $1 AND id = $2 RETURNING {}",
+        CONTACT_COLUMNS.replace("c.", "")
+    );
+    for id in ids {
+        let row: Option<ContactRow> =
+            tx.fetch_optional(Sql::new(AssertSqlSafe(q.as_str())).bind(account).bind(id)).await?;
+        if let Some(row) = row {
+            for table in ["contact_values", "list_members", "consents"] {
+                let q = format!("DELETE FROM {table} WHERE account_id = $1 AND contact_id = $2");
+                tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
             }
+            gone.push(row);
         }
-        add_total!($tx, $account, -(gone.len() as i64));
-        gone
-    }};
+    }
+    add_total(tx, account, -(gone.len() as i64)).await?;
+    Ok(gone)
 }
+
+/// A contact by id, inside a transaction or not.
+async fn contact(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<ContactRow>> {
+    Ok(tx.fetch_optional(Sql::new(CONTACT_BY_ID).bind(account).bind(id)).await?)
+}
+
+const CONTACT_BY_ID: &str = "SELECT id, email, properties, version, source_type, source_id, created_at, \
+     updated_at FROM contacts WHERE account_id = $1 AND id = $2";
 
 /// The columns of a property definition, in the order [`DefinitionRow`] and the tuples read
 /// from [`Store::contact_with_catalog`]'s JSON take them.
@@ -249,9 +243,7 @@ impl Store {
     // ---- property definitions ----
 
     pub async fn custom_definitions(&self, account: &str) -> Result<Vec<Definition>> {
-        let rows: Vec<DefinitionRow> = with_pool!(&self.db, pool => sqlx::query_as(concat!(
-            "SELECT ", definition_columns!(), " FROM property_definitions WHERE account_id = $1 ORDER BY name",
-        )).bind(account).fetch_all(pool).await?);
+        let rows: Vec<DefinitionRow> = self.db.fetch_all(Sql::new(DEFINITIONS).bind(account)).await?;
         rows.into_iter().map(DefinitionRow::into_definition).collect()
     }
 
@@ -267,18 +259,20 @@ impl Store {
         now: DateTime<Utc>,
         max: i64,
     ) -> Result<()> {
-        let have: i64 = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM property_definitions WHERE account_id = $1",
-        ).bind(account).fetch_one(pool).await?);
+        let count = "SELECT COUNT(*) FROM property_definitions WHERE account_id = $1";
+        let have: i64 = self.db.scalar(Sql::new(count).bind(account)).await?;
         if have >= max {
             return Err(Error::quota_reached("custom properties", max));
         }
-        let n = with_pool!(&self.db, pool => sqlx::query(
-            "INSERT INTO property_definitions (account_id, name, label, type, options, description, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account_id, name) DO NOTHING",
-        ).bind(account).bind(&d.name).bind(&d.label).bind(d.ptype.as_str()).bind(options_json(d)).bind(&d.description)
-        .bind(micros(now)).execute(pool).await?.rows_affected());
-        if n == 0 {
+        let insert = Sql::new(INSERT_DEFINITION)
+            .bind(account)
+            .bind(&d.name)
+            .bind(&d.label)
+            .bind(d.ptype.as_str())
+            .bind(options_json(d))
+            .bind(&d.description)
+            .bind(micros(now));
+        if self.db.execute(insert).await? == 0 {
             return Err(Error::AlreadyExists(format!("property {} exists", d.name)));
         }
         Ok(())
@@ -286,10 +280,13 @@ impl Store {
 
     /// Changes label, description and options; the type stays.
     pub async fn update_property(&self, account: &str, d: &Definition) -> Result<()> {
-        let n = with_pool!(&self.db, pool => sqlx::query(
-            "UPDATE property_definitions SET label = $1, options = $2, description = $3 WHERE account_id = $4 AND name = $5",
-        ).bind(&d.label).bind(options_json(d)).bind(&d.description).bind(account).bind(&d.name).execute(pool).await?.rows_affected());
-        if n == 0 {
+        let update = Sql::new(UPDATE_DEFINITION)
+            .bind(&d.label)
+            .bind(options_json(d))
+            .bind(&d.description)
+            .bind(account)
+            .bind(&d.name);
+        if self.db.execute(update).await? == 0 {
             return Err(Error::NotFound(format!("property {}", d.name)));
         }
         Ok(())
@@ -297,17 +294,14 @@ impl Store {
 
     /// Deletes a custom property and every value of it.
     pub async fn delete_property(&self, account: &str, name: &str) -> Result<()> {
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let n = sqlx::query("DELETE FROM property_definitions WHERE account_id = $1 AND name = $2")
-                .bind(account).bind(name).execute(&mut *tx).await?.rows_affected();
-            if n == 0 {
-                return Err(Error::NotFound(format!("property {name}")));
-            }
-            sqlx::query("DELETE FROM contact_values WHERE account_id = $1 AND name = $2")
-                .bind(account).bind(name).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
+        let mut tx = self.db.begin_write().await?;
+        let q = "DELETE FROM property_definitions WHERE account_id = $1 AND name = $2";
+        if tx.execute(Sql::new(q).bind(account).bind(name)).await? == 0 {
+            return Err(Error::NotFound(format!("property {name}")));
+        }
+        let q = "DELETE FROM contact_values WHERE account_id = $1 AND name = $2";
+        tx.execute(Sql::new(q).bind(account).bind(name)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -315,9 +309,8 @@ impl Store {
 
     /// The answer kept under a request id, with the digest of the request it answered.
     pub async fn answer(&self, account: &str, request_id: &str) -> Result<Option<(Vec<u8>, String)>> {
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(
-            "SELECT answer, digest FROM request_answers WHERE account_id = $1 AND request_id = $2",
-        ).bind(account).bind(request_id).fetch_optional(pool).await?))
+        let q = "SELECT answer, digest FROM request_answers WHERE account_id = $1 AND request_id = $2";
+        Ok(self.db.fetch_optional(Sql::new(q).bind(account).bind(request_id)).await?)
     }
 
     pub async fn keep_answer(
@@ -327,8 +320,9 @@ impl Store {
         digest: &str,
         answer: &[u8],
     ) -> Result<()> {
-        with_pool!(&self.db, pool => sqlx::query(KEEP_ANSWER)
-            .bind(account).bind(request_id).bind(answer).bind(digest).execute(pool).await?.rows_affected());
+        self.db
+            .execute(Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).bind(digest))
+            .await?;
         Ok(())
     }
 
@@ -366,85 +360,86 @@ impl Store {
             })
             .collect();
         let (contacts_per, values_per) = (self.db.rows_per_statement(10), self.db.rows_per_statement(5));
-        let outcomes = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-            for chunk in rows.chunks(contacts_per) {
-                let sql = format!(
-                    "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, source_id, created_at, updated_at) \
-                     VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
-                    placeholders(chunk.len(), 10)
-                );
-                let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
-                for (row, c) in chunk {
-                    q = q.bind(account).bind(&row.id).bind(&row.email).bind(&c.email.key).bind(&row.properties).bind(1i64)
-                        .bind(&row.source_type).bind(&row.source_id).bind(at).bind(at);
+        let mut tx = self.db.begin_write().await?;
+        let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(contacts_per) {
+            let sql = format!(
+                "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
+                 source_id, created_at, updated_at) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
+                 RETURNING id",
+                placeholders(chunk.len(), 10)
+            );
+            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c)| {
+                q.bind(account)
+                    .bind(&row.id)
+                    .bind(&row.email)
+                    .bind(&c.email.key)
+                    .bind(&row.properties)
+                    .bind(1i64)
+                    .bind(&row.source_type)
+                    .bind(&row.source_id)
+                    .bind(at)
+                    .bind(at)
+            });
+            let ids: Vec<(String,)> = tx.fetch_all(q).await?;
+            inserted.extend(ids.into_iter().map(|r| r.0));
+        }
+        let values: Vec<(&str, &str, &Value)> = rows
+            .iter()
+            .filter(|(row, _)| inserted.contains(&row.id))
+            .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
+            .collect();
+        for chunk in values.chunks(values_per) {
+            let sql = format!(
+                "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
+                placeholders(chunk.len(), 5)
+            );
+            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, v)| {
+                q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num)
+            });
+            tx.execute(q).await?;
+        }
+        let events: Vec<mpb::ContactEvent> = rows
+            .iter()
+            .filter(|(row, _)| inserted.contains(&row.id))
+            .map(|(row, c)| created_event(account, now, row, c))
+            .collect();
+        add_total(&mut tx, account, events.len() as i64).await?;
+        send_events(&mut tx, account, events, now).await?;
+        // The contacts already there, in one read, so each refusal can name the one to go to.
+        let taken: Vec<&str> = rows
+            .iter()
+            .filter(|(row, _)| !inserted.contains(&row.id))
+            .map(|(_, c)| c.email.key.as_str())
+            .collect();
+        let there: HashMap<String, String> = if taken.is_empty() {
+            HashMap::new()
+        } else {
+            let sql = format!(
+                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND {}",
+                self.db.json_in("email_key", 2)
+            );
+            let taken = serde_json::to_string(&taken).expect("JSON of strings");
+            let found: Vec<(String, String)> =
+                tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind(account).bind(taken)).await?;
+            found.into_iter().collect()
+        };
+        let outcomes: Vec<Result<ContactRow>> = rows
+            .iter()
+            .map(|(row, c)| {
+                if inserted.contains(&row.id) {
+                    Ok(row.clone())
+                } else {
+                    Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
                 }
-                let ids: Vec<String> = q.fetch_all(&mut *tx).await?;
-                inserted.extend(ids);
-            }
-            let values: Vec<(&str, &str, &Value)> = rows
-                .iter()
-                .filter(|(row, _)| inserted.contains(&row.id))
-                .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
-                .collect();
-            for chunk in values.chunks(values_per) {
-                let sql = format!(
-                    "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
-                    placeholders(chunk.len(), 5)
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (id, name, v) in chunk {
-                    q = q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            let events: Vec<mpb::ContactEvent> = rows
-                .iter()
-                .filter(|(row, _)| inserted.contains(&row.id))
-                .map(|(row, c)| {
-                    let source = contactier_proto::common::v1::Source {
-                        r#type: contactier_proto::common::v1::SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type))
-                            .unwrap_or_default() as i32,
-                        id: c.source_id.clone(),
-                    };
-                    contact_event(account, now, mpb::contact_event::Payload::Created(mpb::ContactCreated {
-                        contact_id: row.id.clone(),
-                        source: Some(source),
-                        requested_status: c.requested_status,
-                        user_id: c.user_id.clone(),
-                    }))
-                })
-                .collect();
-            add_total!(tx, account, events.len() as i64);
-            send_events!(tx, account, events, now);
-            // The contacts already there, in one read, so each refusal can name the one to go to.
-            let taken: Vec<&str> = rows.iter().filter(|(row, _)| !inserted.contains(&row.id)).map(|(_, c)| c.email.key.as_str()).collect();
-            let there: HashMap<String, String> = if taken.is_empty() {
-                HashMap::new()
-            } else {
-                let sql = format!("SELECT email_key, id FROM contacts WHERE account_id = $1 AND {}", self.db.json_in("email_key", 2));
-                sqlx::query_as::<_, (String, String)>(sqlx::AssertSqlSafe(sql))
-                    .bind(account).bind(serde_json::to_string(&taken).expect("JSON of strings")).fetch_all(&mut *tx).await?.into_iter().collect()
-            };
-            let outcomes: Vec<Result<ContactRow>> = rows
-                .iter()
-                .map(|(row, c)| {
-                    if inserted.contains(&row.id) {
-                        Ok(row.clone())
-                    } else {
-                        Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
-                    }
-                })
-                .collect();
-            if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
-                && let Some(bytes) = answer(&outcomes)
-            {
-                sqlx::query(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).bind(digest).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            outcomes
-        });
+            })
+            .collect();
+        if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
+            && let Some(bytes) = answer(&outcomes)
+        {
+            tx.execute(Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).bind(digest)).await?;
+        }
+        tx.commit().await?;
         Ok(outcomes)
     }
 
@@ -457,13 +452,8 @@ impl Store {
                 "SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id IN ({})",
                 (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
             );
-            let rows: Vec<ContactRow> = with_pool!(&self.db, pool => {
-                let mut read = sqlx::query_as(sqlx::AssertSqlSafe(q)).bind(account);
-                for id in chunk {
-                    read = read.bind(id);
-                }
-                read.fetch_all(pool).await?
-            });
+            let rows: Vec<ContactRow> =
+                self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind_all(chunk)).await?;
             found.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
         }
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
@@ -472,8 +462,7 @@ impl Store {
     pub async fn contact_by_email(&self, account: &str, key: &str) -> Result<Option<ContactRow>> {
         let q =
             format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.email_key = $2");
-        Ok(with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(key).fetch_optional(pool).await?))
+        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(key)).await?)
     }
 
     /// Applies changes in one transaction, each with its own outcome: NOT_FOUND, ABORTED when
@@ -484,73 +473,12 @@ impl Store {
         changes: Vec<Change>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
-        let q = format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id = $2");
-        let out = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let mut out = Vec::with_capacity(changes.len());
-            for ch in changes {
-                let row: Option<ContactRow> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(&ch.id).fetch_optional(&mut *tx).await?;
-                let Some(row) = row else {
-                    out.push(Err(Error::no_contact(&ch.id)));
-                    continue;
-                };
-                if ch.expected_version != 0 && ch.expected_version != row.version {
-                    out.push(Err(Error::Aborted(format!(
-                        "contact {} is at version {}, not {}", ch.id, row.version, ch.expected_version
-                    ))));
-                    continue;
-                }
-                if let Some(e) = &ch.email {
-                    let taken: Option<String> = sqlx::query_scalar(
-                        "SELECT id FROM contacts WHERE account_id = $1 AND email_key = $2 AND id <> $3",
-                    ).bind(account).bind(&e.key).bind(&ch.id).fetch_optional(&mut *tx).await?;
-                    if taken.is_some() {
-                        out.push(Err(Error::EmailTaken(taken)));
-                        continue;
-                    }
-                }
-                let mut shown = row.values();
-                for (name, v) in &ch.values {
-                    match v {
-                        Some(v) => shown.insert(name.clone(), v.text.clone()),
-                        None => shown.remove(name),
-                    };
-                }
-                let email = ch.email.as_ref().map_or(row.email.clone(), |e| e.address.clone());
-                if shown == row.values() && email == row.email {
-                    // Nothing changes: the version stays, so no other writer is sent ABORTED for it.
-                    out.push(Ok(row));
-                    continue;
-                }
-                let key = ch.email.as_ref().map_or(row.email.to_lowercase(), |e| e.key.clone());
-                let updated = ContactRow {
-                    email,
-                    properties: json(&shown),
-                    version: row.version + 1,
-                    updated_at: micros(now),
-                    ..row
-                };
-                sqlx::query(
-                    "UPDATE contacts SET email = $1, email_key = $2, properties = $3, version = $4, updated_at = $5 \
-                     WHERE account_id = $6 AND id = $7",
-                )
-                .bind(&updated.email).bind(&key).bind(&updated.properties).bind(updated.version).bind(updated.updated_at)
-                .bind(account).bind(&ch.id).execute(&mut *tx).await?;
-                for (name, v) in &ch.values {
-                    sqlx::query("DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = $3")
-                        .bind(account).bind(&ch.id).bind(name).execute(&mut *tx).await?;
-                    if let Some(v) = v {
-                        sqlx::query(
-                            "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES ($1, $2, $3, $4, $5)",
-                        ).bind(account).bind(&ch.id).bind(name).bind(&v.text).bind(v.num).execute(&mut *tx).await?;
-                    }
-                }
-                out.push(Ok(updated));
-            }
-            tx.commit().await?;
-            out
-        });
+        let mut tx = self.db.begin_write().await?;
+        let mut out = Vec::with_capacity(changes.len());
+        for ch in changes {
+            out.push(update_contact(&mut tx, account, ch, now).await?);
+        }
+        tx.commit().await?;
         Ok(out)
     }
 
@@ -563,20 +491,17 @@ impl Store {
         erase: bool,
         now: DateTime<Utc>,
     ) -> Result<(Vec<String>, Vec<String>)> {
-        let gone = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let gone = remove_contacts!(tx, account, ids);
-            let events = gone
-                .iter()
-                .map(|r| contact_event(account, now, mpb::contact_event::Payload::Deleted(mpb::ContactDeleted {
-                    contact_id: r.id.clone(),
-                    erase,
-                })))
-                .collect();
-            send_events!(tx, account, events, now);
-            tx.commit().await?;
-            gone
-        });
+        let mut tx = self.db.begin_write().await?;
+        let gone = remove_contacts(&mut tx, account, ids).await?;
+        let events = gone
+            .iter()
+            .map(|r| {
+                let deleted = mpb::ContactDeleted { contact_id: r.id.clone(), erase };
+                contact_event(account, now, mpb::contact_event::Payload::Deleted(deleted))
+            })
+            .collect();
+        send_events(&mut tx, account, events, now).await?;
+        tx.commit().await?;
         let deleted: Vec<String> = gone.into_iter().map(|r| r.id).collect();
         let not_found = ids.iter().filter(|id| !deleted.contains(id)).cloned().collect();
         Ok((deleted, not_found))
@@ -593,41 +518,38 @@ impl Store {
         catalog: &Catalog,
         now: DateTime<Utc>,
     ) -> Result<ContactRow> {
-        let q = format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id = $2");
-        let merged = with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            let p: Option<ContactRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(primary).fetch_optional(&mut *tx).await?;
-            let s: Option<ContactRow> = sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(secondary).fetch_optional(&mut *tx).await?;
-            let p = p.ok_or_else(|| Error::no_contact(primary))?;
-            let s = s.ok_or_else(|| Error::no_contact(secondary))?;
-            let mut values = s.values();
-            values.extend(p.values().into_iter().filter(|(_, v)| !v.is_empty()));
-            // Values of properties deleted since are dropped; the rest are stored normalised already.
-            let typed: BTreeMap<String, Value> = values
-                .iter()
-                .filter_map(|(k, v)| catalog.get(k).and_then(|d| crate::properties::normalize(d, v).ok()).map(|v| (k.clone(), v)))
-                .collect();
-            let shown: BTreeMap<String, String> = typed.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
-            let merged = ContactRow { properties: json(&shown), version: p.version + 1, updated_at: micros(now), ..p };
-            sqlx::query("UPDATE contacts SET properties = $1, version = $2, updated_at = $3 WHERE account_id = $4 AND id = $5")
-                .bind(&merged.properties).bind(merged.version).bind(merged.updated_at).bind(account).bind(primary)
-                .execute(&mut *tx).await?;
-            write_values!(tx, account, primary, &typed);
-            // Memberships move over; the primary's own ones stay.
-            sqlx::query(
-                "INSERT INTO list_members (account_id, list_id, contact_id, added_at) \
-                 SELECT account_id, list_id, $3, added_at FROM list_members WHERE account_id = $1 AND contact_id = $2 \
-                 ON CONFLICT DO NOTHING",
-            ).bind(account).bind(secondary).bind(primary).execute(&mut *tx).await?;
-            remove_contacts!(tx, account, &[secondary.to_owned()]);
-            let ev = contact_event(account, now, mpb::contact_event::Payload::Merged(mpb::ContactsMerged {
-                primary_id: primary.to_owned(),
-                secondary_id: secondary.to_owned(),
-            }));
-            send_events!(tx, account, vec![ev], now);
-            tx.commit().await?;
-            merged
-        });
+        let mut tx = self.db.begin_write().await?;
+        let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
+        let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
+        let mut values = s.values();
+        values.extend(p.values().into_iter().filter(|(_, v)| !v.is_empty()));
+        // Values of properties deleted since are dropped; the rest are stored normalised already.
+        let typed: BTreeMap<String, Value> = values
+            .iter()
+            .filter_map(|(k, v)| {
+                catalog.get(k).and_then(|d| crate::properties::normalize(d, v).ok()).map(|v| (k.clone(), v))
+            })
+            .collect();
+        let shown: BTreeMap<String, String> =
+            typed.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+        let merged =
+            ContactRow { properties: json(&shown), version: p.version + 1, updated_at: micros(now), ..p };
+        let update = Sql::new(SET_PROPERTIES)
+            .bind(&merged.properties)
+            .bind(merged.version)
+            .bind(merged.updated_at)
+            .bind(account)
+            .bind(primary);
+        tx.execute(update).await?;
+        write_values(&mut tx, account, primary, &typed).await?;
+        // Memberships move over; the primary's own ones stay.
+        tx.execute(Sql::new(MOVE_MEMBERSHIPS).bind(account).bind(secondary).bind(primary)).await?;
+        remove_contacts(&mut tx, account, &[secondary.to_owned()]).await?;
+        let merged_event =
+            mpb::ContactsMerged { primary_id: primary.to_owned(), secondary_id: secondary.to_owned() };
+        let ev = contact_event(account, now, mpb::contact_event::Payload::Merged(merged_event));
+        send_events(&mut tx, account, vec![ev], now).await?;
+        tx.commit().await?;
         Ok(merged)
     }
 
@@ -640,14 +562,12 @@ impl Store {
             email: Some(Email { address: placeholder.clone(), key: placeholder }),
             ..Change::default()
         };
-        let q = format!("SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id = $2");
-        let current: Option<ContactRow> = with_pool!(&self.db, pool =>
-            sqlx::query_as(sqlx::AssertSqlSafe(q.as_str())).bind(account).bind(id).fetch_optional(pool).await?);
+        let current = contact(&mut self.db.conn().await?, account, id).await?;
         let current = current.ok_or_else(|| Error::no_contact(id))?;
         let cleared = current.values().into_keys().map(|k| (k, None)).collect();
         let mut out = self.update_contacts(account, vec![Change { values: cleared, ..change }], now).await?;
-        with_pool!(&self.db, pool => sqlx::query("DELETE FROM consents WHERE account_id = $1 AND contact_id = $2")
-            .bind(account).bind(id).execute(pool).await?.rows_affected());
+        let q = "DELETE FROM consents WHERE account_id = $1 AND contact_id = $2";
+        self.db.execute(Sql::new(q).bind(account).bind(id)).await?;
         out.pop().expect("one change, one outcome")
     }
 
@@ -678,43 +598,134 @@ impl Store {
                 )
             })
             .collect();
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin_write().await?;
-            send_events!(tx, account, events, now);
-            tx.commit().await?;
-        });
+        let mut tx = self.db.begin_write().await?;
+        send_events(&mut tx, account, events, now).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Refreshes the planner's statistics of the contact tables.
     pub async fn refresh_statistics(&self) -> Result<()> {
-        with_pool!(&self.db, pool => {
-            sqlx::query("ANALYZE contacts").execute(pool).await?;
-            sqlx::query("ANALYZE contact_values").execute(pool).await?;
-        });
+        self.db.execute(Sql::new("ANALYZE contacts")).await?;
+        self.db.execute(Sql::new("ANALYZE contact_values")).await?;
         Ok(())
     }
 
     pub async fn total(&self, account: &str) -> Result<i64> {
-        let t: Option<i64> = with_pool!(&self.db, pool => sqlx::query_scalar(
-            "SELECT total FROM contact_totals WHERE account_id = $1",
-        ).bind(account).fetch_optional(pool).await?);
+        let q = "SELECT total FROM contact_totals WHERE account_id = $1";
+        let t: Option<i64> = self.db.scalar_optional(Sql::new(q).bind(account)).await?;
         Ok(t.unwrap_or(0))
     }
 }
 
-/// Binds filter values in order, on either backend.
-macro_rules! bind_all {
-    ($q:expr, $binds:expr) => {{
-        let mut q = $q;
-        for b in $binds {
-            q = match b {
-                crate::filter::Bind::Text(s) => q.bind(s.clone()),
-                crate::filter::Bind::Num(n) => q.bind(*n),
-                crate::filter::Bind::Int(i) => q.bind(*i),
-            };
-        }
-        q
-    }};
+/// The event of a new contact for marketing-status.
+fn created_event(account: &str, now: DateTime<Utc>, row: &ContactRow, c: &NewContact) -> mpb::ContactEvent {
+    use contactier_proto::common::v1::{Source, SourceType};
+    let source = Source {
+        r#type: SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type)).unwrap_or_default()
+            as i32,
+        id: c.source_id.clone(),
+    };
+    let created = mpb::ContactCreated {
+        contact_id: row.id.clone(),
+        source: Some(source),
+        requested_status: c.requested_status,
+        user_id: c.user_id.clone(),
+    };
+    contact_event(account, now, mpb::contact_event::Payload::Created(created))
 }
-pub(crate) use bind_all;
+
+/// One change of [`Store::update_contacts`], with its outcome.
+async fn update_contact(
+    tx: &mut impl Tx,
+    account: &str,
+    ch: Change,
+    now: DateTime<Utc>,
+) -> Result<Result<ContactRow>> {
+    let Some(row) = contact(tx, account, &ch.id).await? else {
+        return Ok(Err(Error::no_contact(&ch.id)));
+    };
+    if ch.expected_version != 0 && ch.expected_version != row.version {
+        let why = format!("contact {} is at version {}, not {}", ch.id, row.version, ch.expected_version);
+        return Ok(Err(Error::Aborted(why)));
+    }
+    if let Some(e) = &ch.email {
+        let q = "SELECT id FROM contacts WHERE account_id = $1 AND email_key = $2 AND id <> $3";
+        let taken: Option<String> =
+            tx.scalar_optional(Sql::new(q).bind(account).bind(&e.key).bind(&ch.id)).await?;
+        if taken.is_some() {
+            return Ok(Err(Error::EmailTaken(taken)));
+        }
+    }
+    let mut shown = row.values();
+    for (name, v) in &ch.values {
+        match v {
+            Some(v) => shown.insert(name.clone(), v.text.clone()),
+            None => shown.remove(name),
+        };
+    }
+    let email = ch.email.as_ref().map_or(row.email.clone(), |e| e.address.clone());
+    if shown == row.values() && email == row.email {
+        // Nothing changes: the version stays, so no other writer is sent ABORTED for it.
+        return Ok(Ok(row));
+    }
+    let key = ch.email.as_ref().map_or(row.email.to_lowercase(), |e| e.key.clone());
+    let updated = ContactRow {
+        email,
+        properties: json(&shown),
+        version: row.version + 1,
+        updated_at: micros(now),
+        ..row
+    };
+    let update = Sql::new(UPDATE_CONTACT)
+        .bind(&updated.email)
+        .bind(&key)
+        .bind(&updated.properties)
+        .bind(updated.version)
+        .bind(updated.updated_at)
+        .bind(account)
+        .bind(&ch.id);
+    tx.execute(update).await?;
+    for (name, v) in &ch.values {
+        let q = "DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = $3";
+        tx.execute(Sql::new(q).bind(account).bind(&ch.id).bind(name)).await?;
+        if let Some(v) = v {
+            tx.execute(
+                Sql::new(INSERT_VALUE).bind(account).bind(&ch.id).bind(name).bind(&v.text).bind(v.num),
+            )
+            .await?;
+        }
+    }
+    Ok(Ok(updated))
+}
+
+const DEFINITIONS: &str = concat!(
+    "SELECT ",
+    definition_columns!(),
+    " FROM property_definitions WHERE account_id = $1 ORDER BY name"
+);
+
+const INSERT_DEFINITION: &str = "INSERT INTO property_definitions (account_id, name, label, type, options, \
+     description, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account_id, name) DO NOTHING";
+
+const UPDATE_DEFINITION: &str = "UPDATE property_definitions SET label = $1, options = $2, description = $3 \
+     WHERE account_id = $4 AND name = $5";
+
+const SET_PROPERTIES: &str =
+    "UPDATE contacts SET properties = $1, version = $2, updated_at = $3 WHERE account_id = $4 AND id = $5";
+
+const UPDATE_CONTACT: &str = "UPDATE contacts SET email = $1, email_key = $2, properties = $3, version = $4, \
+     updated_at = $5 WHERE account_id = $6 AND id = $7";
+
+const MOVE_MEMBERSHIPS: &str = "INSERT INTO list_members (account_id, list_id, contact_id, added_at) \
+     SELECT account_id, list_id, $3, added_at FROM list_members WHERE account_id = $1 AND contact_id = $2 \
+     ON CONFLICT DO NOTHING";
+
+/// Binds filter values in order.
+pub(crate) fn bind_filter(q: Sql, binds: &[crate::filter::Bind]) -> Sql {
+    binds.iter().fold(q, |q, b| match b {
+        crate::filter::Bind::Text(s) => q.bind(s.as_str()),
+        crate::filter::Bind::Num(n) => q.bind(*n),
+        crate::filter::Bind::Int(i) => q.bind(*i),
+    })
+}

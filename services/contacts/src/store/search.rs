@@ -1,11 +1,12 @@
 //! Search: a compiled filter, one sort key and keyset paging (the cursor holds the last row's
 //! sort value and id), so pages stay fast and complete however deep they go.
 
-use super::{CONTACT_COLUMNS, ContactRow, Store, bind_all};
+use super::{CONTACT_COLUMNS, ContactRow, Store, bind_filter};
 use crate::error::{Error, Result};
-use crate::filter::{Bind, Sql};
+use crate::filter::{Bind, Sql as Filter};
 use base64::Engine;
-use contactier_runtime::with_pool;
+use contactier_runtime::sql::Sql;
+use sqlx::AssertSqlSafe;
 
 /// What results are ordered by; the contact id breaks ties.
 #[derive(Clone, Debug, PartialEq)]
@@ -96,7 +97,7 @@ impl Store {
     pub async fn search(
         &self,
         account: &str,
-        filter: &Sql,
+        filter: &Filter,
         sort: &SortKey,
         descending: bool,
         after: Option<&Cursor>,
@@ -138,15 +139,13 @@ impl Store {
             (key.clone(), "NULL".to_owned())
         };
         let sql = format!(
-            "SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num FROM contacts c \
-             WHERE c.account_id = $1 AND ({}){page} ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
+            "SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num \
+             FROM contacts c WHERE c.account_id = $1 AND ({}){page} ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
             filter.text,
             limit + 1
         );
-        let mut hits: Vec<Hit> = with_pool!(&self.db, pool => {
-            let q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
-            bind_all!(q, &binds).fetch_all(pool).await?
-        });
+        let mut hits: Vec<Hit> =
+            self.db.fetch_all(bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &binds)).await?;
         let next = if hits.len() as i64 > limit {
             hits.truncate(limit as usize);
             hits.last().map(|h| Cursor {
@@ -163,25 +162,20 @@ impl Store {
     }
 
     /// How many contacts match `filter`.
-    pub async fn count_matching(&self, account: &str, filter: &Sql) -> Result<i64> {
+    pub async fn count_matching(&self, account: &str, filter: &Filter) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM contacts c WHERE c.account_id = $1 AND ({})", filter.text);
-        Ok(with_pool!(&self.db, pool => {
-            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
-            bind_all!(q, &filter.binds).fetch_one(pool).await?
-        }))
+        Ok(self.db.scalar(bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &filter.binds)).await?)
     }
 
     /// Whether the contact `id` matches `filter`.
-    pub async fn matches(&self, account: &str, filter: &Sql, id: &str) -> Result<bool> {
+    pub async fn matches(&self, account: &str, filter: &Filter, id: &str) -> Result<bool> {
         let p = filter.binds.len() + 2;
         let sql = format!(
             "SELECT c.id FROM contacts c WHERE c.account_id = $1 AND ({}) AND c.id = ${p}",
             filter.text
         );
-        let found: Option<String> = with_pool!(&self.db, pool => {
-            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
-            bind_all!(q, &filter.binds).bind(id).fetch_optional(pool).await?
-        });
+        let q = bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &filter.binds).bind(id);
+        let found: Option<String> = self.db.scalar_optional(q).await?;
         Ok(found.is_some())
     }
 
@@ -189,18 +183,18 @@ impl Store {
     pub async fn matching_ids(
         &self,
         account: &str,
-        filter: &Sql,
+        filter: &Filter,
         after: &str,
         limit: i64,
     ) -> Result<Vec<String>> {
         let p = filter.binds.len() + 2;
         let sql = format!(
-            "SELECT c.id FROM contacts c WHERE c.account_id = $1 AND ({}) AND c.id > ${p} ORDER BY c.id LIMIT {limit}",
+            "SELECT c.id FROM contacts c WHERE c.account_id = $1 AND ({}) AND c.id > ${p} \
+             ORDER BY c.id LIMIT {limit}",
             filter.text
         );
-        Ok(with_pool!(&self.db, pool => {
-            let q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str())).bind(account);
-            bind_all!(q, &filter.binds).bind(after).fetch_all(pool).await?
-        }))
+        let q = bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &filter.binds).bind(after);
+        let ids: Vec<(String,)> = self.db.fetch_all(q).await?;
+        Ok(ids.into_iter().map(|r| r.0).collect())
     }
 }

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::properties::Catalog;
 use contactier_runtime::coalesce::Coalescer;
 use contactier_runtime::db::Db;
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Sqlite};
+use contactier_runtime::sql::{Conn, Sql, Tx};
+use sqlx::AssertSqlSafe;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -45,7 +45,7 @@ pub(crate) type Reads = Coalescer<Key, Found, Error>;
 
 pub(crate) fn reads(db: Db) -> Reads {
     let statements = [By::Id, By::Email].map(|by| (by, statement(&db, by)));
-    let reader = Arc::new(Reader { db, statements, held: Mutex::default() });
+    let reader = Arc::new(Reader { db, statements, held: Mutex::new(None) });
     Coalescer::new(PARALLEL, MAX_KEYS, move |keys| load(reader.clone(), keys))
 }
 
@@ -56,36 +56,7 @@ struct Reader {
     db: Db,
     /// Each way of looking up with its statement, built once.
     statements: [(By, String); 2],
-    held: Mutex<Held>,
-}
-
-#[derive(Default)]
-struct Held {
-    postgres: Option<PoolConnection<Postgres>>,
-    sqlite: Option<PoolConnection<Sqlite>>,
-}
-
-/// Runs `$read` on the held connection `$conn` of the reader's backend, taking one from the
-/// pool first when none is held.
-macro_rules! on_held {
-    ($reader:expr, $held:expr, $conn:ident => $read:expr) => {
-        match &$reader.db {
-            Db::Postgres(pool) => {
-                let $conn = match &mut $held.postgres {
-                    Some(c) => c,
-                    none => none.insert(pool.acquire().await?),
-                };
-                $read
-            }
-            Db::Sqlite(pool) => {
-                let $conn = match &mut $held.sqlite {
-                    Some(c) => c,
-                    none => none.insert(pool.acquire().await?),
-                };
-                $read
-            }
-        }
-    };
+    held: Mutex<Option<Conn>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -100,21 +71,21 @@ struct FoundRow {
 /// Reads the keys, one statement per way of looking up.
 async fn load(reader: Arc<Reader>, keys: Vec<Key>) -> Result<HashMap<Key, Found>> {
     let mut held = reader.held.lock().await;
-    let kept = held.postgres.is_some() || held.sqlite.is_some();
+    let kept = held.is_some();
     let mut found = read(&reader, &mut held, &keys).await;
     // A kept connection may have died since its last use (the server restarted): the reads
     // go once more, on a new one.
     if kept && matches!(found, Err(Error::Db(_))) {
-        *held = Held::default();
+        *held = None;
         found = read(&reader, &mut held, &keys).await;
     }
     if found.is_err() {
-        *held = Held::default();
+        *held = None;
     }
     found
 }
 
-async fn read(reader: &Reader, held: &mut Held, keys: &[Key]) -> Result<HashMap<Key, Found>> {
+async fn read(reader: &Reader, held: &mut Option<Conn>, keys: &[Key]) -> Result<HashMap<Key, Found>> {
     let mut found = HashMap::with_capacity(keys.len());
     let mut catalogs: HashMap<String, Arc<Catalog>> = HashMap::new();
     for (by, statement) in &reader.statements {
@@ -127,11 +98,13 @@ async fn read(reader: &Reader, held: &mut Held, keys: &[Key]) -> Result<HashMap<
         if asked.is_empty() {
             continue;
         }
-        let rows: Vec<FoundRow> = on_held!(reader, held, conn =>
-            sqlx::query_as(sqlx::AssertSqlSafe(statement.as_str()))
-                .bind(serde_json::Value::Array(asked).to_string())
-                .fetch_all(&mut **conn)
-                .await?);
+        let conn = match held {
+            Some(c) => c,
+            None => held.insert(reader.db.conn().await?),
+        };
+        let asked = serde_json::Value::Array(asked).to_string();
+        let rows: Vec<FoundRow> =
+            conn.fetch_all(Sql::new(AssertSqlSafe(statement.as_str())).bind(asked)).await?;
         for row in rows {
             let catalog = match catalogs.get(&row.asked_account) {
                 Some(c) => c.clone(),
