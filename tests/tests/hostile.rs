@@ -16,8 +16,8 @@ use contactier_proto::notification::v1::{
 };
 use contactier_proto::ops::v1::{self as opb, work_service_client::WorkServiceClient};
 use contactier_runtime::db::Backend;
+use contactier_runtime::sql::Sql;
 use contactier_runtime::testing::authed;
-use contactier_runtime::with_pool;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -106,8 +106,8 @@ async fn a_failing_invoice_holds_up_no_other_account(backend: Backend) {
     }
     s.advance_to(noon_20_april() + chrono::Duration::minutes(1)).await;
     // Account A's data goes bad: its subscription names a currency the price book lacks.
-    with_pool!(s.db("billing"), pool => sqlx::query("UPDATE subscriptions SET currency = 'XXX' WHERE account_id = $1")
-        .bind(A).execute(pool).await.unwrap().rows_affected());
+    let spoil = "UPDATE subscriptions SET currency = 'XXX' WHERE account_id = $1";
+    s.db("billing").execute(Sql::new(spoil).bind(A)).await.unwrap();
 
     // The next day's processing time: B's invoice is issued all the same.
     let next_day = Utc.with_ymd_and_hms(2026, 4, 21, 4, 0, 0).unwrap();
@@ -126,8 +126,8 @@ async fn a_failing_invoice_holds_up_no_other_account(backend: Backend) {
     assert!(!a.last_error.is_empty());
 
     // Mended, A is invoiced at its next try and nothing is failing any more.
-    with_pool!(s.db("billing"), pool => sqlx::query("UPDATE subscriptions SET currency = 'EUR' WHERE account_id = $1")
-        .bind(A).execute(pool).await.unwrap().rows_affected());
+    let mend = "UPDATE subscriptions SET currency = 'EUR' WHERE account_id = $1";
+    s.db("billing").execute(Sql::new(mend).bind(A)).await.unwrap();
     s.advance_to(next_day + chrono::Duration::minutes(30)).await;
     let a_invoices = billing(&s).list_invoices(authed(list, &s.user_token(A, &["read"]))).await.unwrap();
     assert_eq!(a_invoices.into_inner().invoices.len(), 1, "{backend:?}: A invoiced once mended");
@@ -215,10 +215,14 @@ async fn webhooks_cannot_reach_the_cluster(backend: Backend) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
-    with_pool!(s.db("notification"), pool => sqlx::query(
-        "INSERT INTO recipients (account_id, id, kind, address, secret, created_at) VALUES ($1, 'r-old', 'webhook', $2, $3, 0)",
-    ).bind(A).bind(format!("http://127.0.0.1:{port}/")).bind("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    .execute(pool).await.unwrap().rows_affected());
+    let old = Sql::new(
+        "INSERT INTO recipients (account_id, id, kind, address, secret, created_at) \
+         VALUES ($1, 'r-old', 'webhook', $2, $3, 0)",
+    )
+    .bind(A)
+    .bind(format!("http://127.0.0.1:{port}/"))
+    .bind("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    s.db("notification").execute(old).await.unwrap();
     subscribe(&s, A, Edition::Starter).await;
     form_signups(&s, A, 760).await;
     s.advance_to(noon_20_april() + chrono::Duration::minutes(1)).await;

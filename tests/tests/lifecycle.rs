@@ -118,9 +118,10 @@ async fn migrate_runs_the_migrations_alone_and_a_server_may_skip_them() {
     let cli = args(&url, &schema, &["migrate"]);
     contactier_billing::SERVICE.migrate(&cli.runtime, &shutdown).await.unwrap();
     let db = contactier_runtime::Db::connect(&test_pg_url(), &schema, 1).await.unwrap();
-    let tables: Vec<String> = contactier_runtime::with_pool!(&db, pool => sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
-    ).bind(&schema).fetch_all(pool).await.unwrap());
+    let q = "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1";
+    let tables: Vec<(String,)> =
+        db.fetch_all(contactier_runtime::sql::Sql::new(q).bind(&schema)).await.unwrap();
+    let tables: Vec<String> = tables.into_iter().map(|t| t.0).collect();
     assert!(
         tables.contains(&"subscriptions".to_owned()) && tables.contains(&"outbox".to_owned()),
         "{tables:?}"

@@ -12,24 +12,12 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// A connection pool on one of the two backends. Services match on it in their storage
-/// layer, one implementation per backend behind one trait.
+/// A connection pool on one of the two backends. Storage code runs statements on it (and on
+/// its transactions) through [`crate::sql`], written once for both.
 #[derive(Clone, Debug)]
 pub enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
-}
-
-/// Runs `$body` with `$pool` bound to the backend's pool. The body is compiled once per
-/// backend, so SQL that both accept (`$1` placeholders work on SQLite too) is written once.
-#[macro_export]
-macro_rules! with_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
-        match $db {
-            $crate::db::Db::Sqlite($pool) => $body,
-            $crate::db::Db::Postgres($pool) => $body,
-        }
-    };
 }
 
 impl Db {
@@ -240,12 +228,15 @@ impl Db {
 
     /// Answers whether the database is reachable (readiness).
     pub async fn ping(&self) -> anyhow::Result<()> {
-        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)?);
+        self.execute(crate::sql::Sql::new("SELECT 1")).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        match self {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
     }
 }
 
@@ -359,6 +350,7 @@ pub async fn drop_postgres_schema(url: &str, schema: &str) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::Sql;
 
     #[test]
     fn schema_names_are_plain_identifiers() {
@@ -392,11 +384,11 @@ mod tests {
                 db.json_records(1, &[("k", "text"), ("n", "bigint"), ("yes", "boolean")])
             );
             let select = format!("SELECT k, n, flag FROM t WHERE {} ORDER BY k", db.json_in("k", 1));
-            let rows: Vec<(String, i64, bool)> = with_pool!(db, pool => {
-                sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN NOT NULL)").execute(pool).await.unwrap();
-                sqlx::query(sqlx::AssertSqlSafe(insert)).bind(&records).execute(pool).await.unwrap();
-                sqlx::query_as(sqlx::AssertSqlSafe(select)).bind(&keys).fetch_all(pool).await.unwrap()
-            });
+            let create = "CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN NOT NULL)";
+            db.execute(Sql::new(create)).await.unwrap();
+            db.execute(Sql::new(sqlx::AssertSqlSafe(insert)).bind(&records)).await.unwrap();
+            let rows: Vec<(String, i64, bool)> =
+                db.fetch_all(Sql::new(sqlx::AssertSqlSafe(select)).bind(&keys)).await.unwrap();
             assert_eq!(rows, [("a".to_owned(), 1, true), ("c".to_owned(), -3, true)], "{backend:?}");
         }
     }

@@ -7,7 +7,6 @@ use crate::clock::Worker;
 use crate::convert::micros;
 use crate::db::Db;
 use crate::sql::{Sql, Tx};
-use crate::with_pool;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rand::Rng;
@@ -38,7 +37,7 @@ pub fn new_event_id() -> String {
 /// Each topic's undelivered events: (topic, how many, oldest `created_at` in epoch microseconds).
 pub async fn backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
     let q = "SELECT topic, COUNT(*), MIN(created_at) FROM outbox GROUP BY topic";
-    Ok(with_pool!(db, pool => sqlx::query_as(q).fetch_all(pool).await?))
+    db.fetch_all(Sql::new(q)).await
 }
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at, trace_context) \
@@ -192,22 +191,23 @@ impl Outbox {
                  (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
                  AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
                  ON o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
-        Ok(with_pool!(&self.db, pool =>
-            sqlx::query_as(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1)).fetch_all(pool).await?))
+        let q = Sql::new(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1));
+        self.db.fetch_all(q).await
     }
 
     /// Removes acknowledged events.
     pub async fn acknowledge(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
         for id in event_ids {
-            with_pool!(&self.db, pool => sqlx::query("DELETE FROM outbox WHERE event_id = $1").bind(id).execute(pool).await?.rows_affected());
+            self.db.execute(Sql::new("DELETE FROM outbox WHERE event_id = $1").bind(id)).await?;
         }
         Ok(())
     }
 
     /// Schedules a retry of an unacknowledged event.
     pub async fn retry_at(&self, event_id: &str, at: DateTime<Utc>, error: &str) -> Result<(), sqlx::Error> {
-        let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE event_id = $1";
-        with_pool!(&self.db, pool => sqlx::query(q).bind(event_id).bind(micros(at)).bind(error).execute(pool).await?.rows_affected());
+        let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
+                 WHERE event_id = $1";
+        self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error)).await?;
         Ok(())
     }
 
@@ -218,15 +218,14 @@ impl Outbox {
         let q = "SELECT MIN(next_attempt_at) FROM (SELECT o.next_attempt_at FROM outbox o WHERE o.topic = $1 \
                  AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic AND w.account_id = o.account_id \
                  AND w.seq < o.seq AND w.next_attempt_at > o.next_attempt_at) ORDER BY o.next_attempt_at LIMIT 1) n";
-        let m: Option<i64> =
-            with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?);
+        let m: Option<i64> = self.db.scalar(Sql::new(q).bind(&self.topic)).await?;
         Ok(m.map(from_micros))
     }
 
     /// Events waiting, for metrics and tests.
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
         let q = "SELECT COUNT(*) FROM outbox WHERE topic = $1";
-        Ok(with_pool!(&self.db, pool => sqlx::query_scalar(q).bind(&self.topic).fetch_one(pool).await?))
+        self.db.scalar(Sql::new(q).bind(&self.topic)).await
     }
 
     /// Delivers everything due at `now` in reads of at most `batch` entries, each ending at the
@@ -358,7 +357,7 @@ impl Outbox {
     async fn event(&self, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
         let q =
             "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox WHERE event_id = $1";
-        Ok(with_pool!(&self.db, pool => sqlx::query_as(q).bind(event_id).fetch_optional(pool).await?))
+        self.db.fetch_optional(Sql::new(q).bind(event_id)).await
     }
 
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or

@@ -161,6 +161,13 @@ impl Transaction {
             Transaction::Postgres(t) => t.commit().await,
         }
     }
+
+    pub async fn rollback(self) -> Result<()> {
+        match self {
+            Transaction::Sqlite(t) => t.rollback().await,
+            Transaction::Postgres(t) => t.rollback().await,
+        }
+    }
 }
 
 impl Tx for Transaction {

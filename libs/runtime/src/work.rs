@@ -7,7 +7,6 @@
 
 use crate::convert::timestamp_micros;
 use crate::db::Db;
-use crate::with_pool;
 use contactier_proto::ops::v1::{self as pb, work_service_server::WorkService};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -77,7 +76,7 @@ impl FailingWork for OutboxFailures {
             let q = "SELECT 'relay:' || topic AS worker, account_id, event_id AS item, \
                      CAST(attempts AS BIGINT) AS attempts, COALESCE(last_error, '') AS last_error, next_attempt_at \
                      FROM outbox WHERE attempts > 0 ORDER BY seq LIMIT $1";
-            Ok(with_pool!(&self.db, pool => sqlx::query_as(q).bind(limit).fetch_all(pool).await?))
+            self.db.fetch_all(crate::sql::Sql::new(q).bind(limit)).await
         })
     }
 }

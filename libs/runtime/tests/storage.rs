@@ -3,8 +3,8 @@
 use chrono::{TimeZone, Utc};
 use contactier_runtime::db::{Backend, Db, Migrations};
 use contactier_runtime::outbox::{self, Backoff, Deliver, EventTx, Outbox};
+use contactier_runtime::sql::{Sql, Tx};
 use contactier_runtime::testing::TestDb;
-use contactier_runtime::with_pool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ async fn table_names(db: &Db) -> Vec<String> {
             "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY table_name"
         }
     };
-    with_pool!(db, pool => sqlx::query_scalar(q).fetch_all(pool).await.unwrap())
+    let names: Vec<(String,)> = db.fetch_all(Sql::new(q)).await.unwrap();
+    names.into_iter().map(|n| n.0).collect()
 }
 
 /// A test database with the runtime's and the test service's tables.
@@ -31,17 +32,19 @@ async fn migrated(backend: Backend, name: &str) -> TestDb {
 
 async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-    with_pool!(db, pool => {
-        let mut tx = pool.begin().await.unwrap();
-        let id = outbox::new_event_id();
-        tx.enqueue(&id, "topic", "acct", payload, now).await.unwrap();
-        if commit { tx.commit().await.unwrap() } else { tx.rollback().await.unwrap() }
-        id
-    })
+    let mut tx = db.begin_write().await.unwrap();
+    let id = outbox::new_event_id();
+    tx.enqueue(&id, "topic", "acct", payload, now).await.unwrap();
+    if commit {
+        tx.commit().await.unwrap()
+    } else {
+        tx.rollback().await.unwrap()
+    }
+    id
 }
 
 async fn receive(db: &Db, event_id: &str) -> bool {
-    with_pool!(db, pool => pool.acquire().await.unwrap().receive(event_id, Utc::now()).await.unwrap())
+    db.conn().await.unwrap().receive(event_id, Utc::now()).await.unwrap()
 }
 
 async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops(backend: Backend) {
@@ -77,12 +80,10 @@ async fn postgres_migrations_of_many_schemas_at_once_all_finish() {
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                with_pool!(&busy, pool => {
-                    let mut tx = pool.begin().await.unwrap();
-                    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    tx.commit().await.unwrap();
-                });
+                let mut tx = busy.begin_write().await.unwrap();
+                tx.execute(Sql::new("SELECT 1")).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                tx.commit().await.unwrap();
             }
         })
     };
@@ -227,11 +228,9 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
         async move {
             let id = contactier_runtime::outbox::new_event_id();
             let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-            with_pool!(&db, pool => {
-                let mut tx = pool.begin().await.unwrap();
-                tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
-                tx.commit().await.unwrap();
-            });
+            let mut tx = db.begin_write().await.unwrap();
+            tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
+            tx.commit().await.unwrap();
             id
         }
     };
