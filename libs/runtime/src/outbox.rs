@@ -40,8 +40,8 @@ pub async fn backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx
     db.fetch_all(Sql::new(q)).await
 }
 
-const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, next_attempt_at, trace_context) \
-     VALUES ($1, $2, $3, $4, $5, $5, $6)";
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, \
+     next_attempt_at, trace_context) VALUES ($1, $2, $3, $4, $5, $5, $6)";
 const INSERT_INBOX: &str =
     "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
 
@@ -215,9 +215,10 @@ impl Outbox {
     /// one of its account that waits longer is due with that one: the first event in time not
     /// held back so is the next due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let q = "SELECT MIN(next_attempt_at) FROM (SELECT o.next_attempt_at FROM outbox o WHERE o.topic = $1 \
-                 AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic AND w.account_id = o.account_id \
-                 AND w.seq < o.seq AND w.next_attempt_at > o.next_attempt_at) ORDER BY o.next_attempt_at LIMIT 1) n";
+        let q = "SELECT MIN(next_attempt_at) FROM (SELECT o.next_attempt_at FROM outbox o \
+                 WHERE o.topic = $1 AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic \
+                 AND w.account_id = o.account_id AND w.seq < o.seq \
+                 AND w.next_attempt_at > o.next_attempt_at) ORDER BY o.next_attempt_at LIMIT 1) n";
         let m: Option<i64> = self.db.scalar(Sql::new(q).bind(&self.topic)).await?;
         Ok(m.map(from_micros))
     }

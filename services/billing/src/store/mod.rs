@@ -208,7 +208,8 @@ const FAILING_INVOICES: &str = "SELECT 'billing-invoices' AS worker, account_id,
      'upgrade:' || effective_date AS item, attempts, last_error, next_attempt_at \
      FROM invoice_failures ORDER BY account_id LIMIT $1";
 
-const FAILING_UPDATES: &str = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS item, \
+const FAILING_UPDATES: &str = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS \
+     item, \
      update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
      FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";
 

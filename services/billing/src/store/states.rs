@@ -21,7 +21,8 @@ pub struct NewState<'a> {
     pub upgrade: Option<(&'a str, i64)>,
 }
 
-const NEXT_VERSION: &str = "UPDATE subscriptions SET state_version = state_version + 1 WHERE account_id = $1 RETURNING state_version";
+const NEXT_VERSION: &str = "UPDATE subscriptions SET state_version = state_version + 1 WHERE account_id = \
+     $1 RETURNING state_version";
 
 /// Publishes the account's next usage state; answers its version.
 pub async fn publish(tx: &mut impl Tx, account: &str, s: NewState<'_>, now: DateTime<Utc>) -> Result<i64> {

@@ -78,7 +78,8 @@ const SAVE_IMPORT: &str = "UPDATE imports SET state = $1, rows_read = $2, create
      WHERE account_id = $9 AND id = $10";
 
 const ERRORS_PAGE: &str = "SELECT row_number, column_name, reason FROM import_errors \
-     WHERE account_id = $1 AND import_id = $2 AND (row_number > $3 OR (row_number = $3 AND column_name > $4)) \
+     WHERE account_id = $1 AND import_id = $2 AND (row_number > $3 OR (row_number = $3 AND column_name > \
+     $4)) \
      ORDER BY row_number, column_name LIMIT $5";
 
 impl Store {
@@ -171,7 +172,8 @@ impl Store {
         // Multi-row inserts, a few hundred rows a statement.
         for chunk in errors.chunks(self.db.rows_per_statement(5)) {
             let sql = format!(
-                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) VALUES {} \
+                "INSERT INTO import_errors (account_id, import_id, row_number, column_name, reason) \
+                 VALUES {} \
                  ON CONFLICT DO NOTHING",
                 contactier_runtime::db::placeholders(chunk.len(), 5)
             );

@@ -73,7 +73,8 @@ impl SortKey {
                 let (col, missing) =
                     if *numeric { ("v.num", format!("{NUM_MISSING:e}")) } else { ("v.value", "''".into()) };
                 format!(
-                    "COALESCE((SELECT {col} FROM contact_values v WHERE v.account_id = c.account_id AND v.contact_id = c.id AND v.name = {p}), {missing})"
+                    "COALESCE((SELECT {col} FROM contact_values v WHERE v.account_id = c.account_id \
+                     AND v.contact_id = c.id AND v.name = {p}), {missing})"
                 )
             }
         }
@@ -140,7 +141,8 @@ impl Store {
         };
         let sql = format!(
             "SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num \
-             FROM contacts c WHERE c.account_id = $1 AND ({}){page} ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
+             FROM contacts c WHERE c.account_id = $1 AND ({}){page} \
+             ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
             filter.text,
             limit + 1
         );

@@ -145,7 +145,8 @@ fn statement(db: &Db, by: By) -> String {
     let asked = db.json_records(1, &[("account_id", "text"), ("value", "text")]);
     format!(
         "WITH k AS (SELECT x.account_id, x.value FROM {asked}), \
-         d AS MATERIALIZED (SELECT a.account_id, {definitions} AS definitions FROM (SELECT DISTINCT account_id FROM k) a) \
+         d AS MATERIALIZED (SELECT a.account_id, {definitions} AS definitions FROM (SELECT DISTINCT \
+         account_id FROM k) a) \
          SELECT k.account_id AS asked_account, k.value AS asked_value, {columns}, d.definitions \
          FROM k JOIN contacts c ON c.account_id = k.account_id AND c.{column} = k.value \
          JOIN d ON d.account_id = k.account_id",

@@ -544,7 +544,8 @@ impl Store {
             Db::Sqlite(_) => "",
         };
         let q = format!(
-            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ($2, $3){lock}"
+            "SELECT {STATUS_COLUMNS} FROM contact_status WHERE account_id = $1 AND contact_id IN ($2, \
+             $3){lock}"
         );
         let mut tx = self.db.begin_write().await?;
         if !tx.receive(event_id, now).await? {
@@ -626,7 +627,8 @@ impl Store {
 struct Failing(Db);
 
 const FAILING: &str = "SELECT 'marketing-status-workflows' AS worker, account_id, id AS item, attempts, \
-     last_error, next_attempt_at FROM workflow_runs WHERE state = 'retrying' ORDER BY account_id, id LIMIT $1";
+     last_error, next_attempt_at FROM workflow_runs WHERE state = 'retrying' ORDER BY account_id, id \
+     LIMIT $1";
 
 impl FailingWork for Failing {
     fn failing(&self, limit: i64) -> futures::future::BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {

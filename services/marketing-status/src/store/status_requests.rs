@@ -235,17 +235,19 @@ impl Store {
     /// $4 source type, $5 source id, $6 time, $7 audit id prefix, $8 user, $9 request id.
     fn request_statement(&self) -> String {
         format!(
-            "WITH t AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(from_m boolean, from_p boolean, \
-             to_m boolean, to_p boolean, from_status text, to_status text)), \
-             locked AS (SELECT contact_id, marketing, pending FROM contact_status WHERE account_id = $1 AND {} \
-             ORDER BY contact_id FOR UPDATE), \
-             changed AS (UPDATE contact_status AS s SET marketing = t.to_m, pending = t.to_p, source_type = $4, \
-             source_id = $5, updated_at = $6 FROM locked AS l JOIN t ON t.from_m = l.marketing AND t.from_p = l.pending \
+            "WITH t AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS t(from_m boolean, \
+             from_p boolean, to_m boolean, to_p boolean, from_status text, to_status text)), \
+             locked AS (SELECT contact_id, marketing, pending FROM contact_status \
+             WHERE account_id = $1 AND {} ORDER BY contact_id FOR UPDATE), \
+             changed AS (UPDATE contact_status AS s SET marketing = t.to_m, pending = t.to_p, \
+             source_type = $4, source_id = $5, updated_at = $6 FROM locked AS l \
+             JOIN t ON t.from_m = l.marketing AND t.from_p = l.pending \
              WHERE s.account_id = $1 AND s.contact_id = l.contact_id \
              RETURNING s.contact_id, t.from_status, t.to_status, t.to_p), \
-             audited AS (INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
-             source_type, source_id, user_id, requested_at, effective_at, request_id) \
-             SELECT $1, $7 || contact_id, contact_id, from_status, to_status, to_p, $4, $5, $8, $6, $6, $9 FROM changed) \
+             audited AS (INSERT INTO status_changes (account_id, id, contact_id, from_status, \
+             to_status, pending, source_type, source_id, user_id, requested_at, effective_at, request_id) \
+             SELECT $1, $7 || contact_id, contact_id, from_status, to_status, to_p, $4, $5, $8, $6, $6, $9 \
+             FROM changed) \
              SELECT contact_id, marketing, pending FROM locked",
             self.db.json_in("contact_id", 3)
         )

@@ -32,13 +32,14 @@ const PENDING_UP_TO: &str = "FROM contact_status WHERE account_id = $1 AND pendi
 const COVERED: &str =
     "m.account_id = s.account_id AND s.account_id = $1 AND s.pending AND s.updated_at <= m.cutoff";
 
-const REWRITE: &str = "UPDATE contact_status AS s SET marketing = FALSE, pending = FALSE, source_type = 'SYSTEM', \
-                       source_id = m.update_date, updated_at = m.applied_at FROM update_marks AS m WHERE";
+const REWRITE: &str = "UPDATE contact_status AS s SET marketing = FALSE, pending = FALSE, \
+     source_type = 'SYSTEM', source_id = m.update_date, updated_at = m.applied_at \
+     FROM update_marks AS m WHERE";
 
-const AUDIT: &str = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
-                     source_type, source_id, user_id, requested_at, effective_at, request_id) \
-                     SELECT account_id, audit_prefix || contact_id, contact_id, 'marketing', 'non_marketing', FALSE, \
-                     'SYSTEM', update_date, '', applied_at, effective_at, ''";
+const AUDIT: &str = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, \
+     pending, source_type, source_id, user_id, requested_at, effective_at, request_id) \
+     SELECT account_id, audit_prefix || contact_id, contact_id, 'marketing', 'non_marketing', FALSE, \
+     'SYSTEM', update_date, '', applied_at, effective_at, ''";
 
 const COVERED_COLUMNS: &str =
     "s.account_id, s.contact_id, m.audit_prefix, m.update_date, m.applied_at, m.effective_at";
@@ -53,13 +54,14 @@ pub(super) fn rewrite_statements(db: &Db, which: &str, lock_first: bool) -> Vec<
         // One statement: only rows the update changed are audited, so a writer racing the
         // rewrite of the same contact cannot get it audited twice.
         Db::Postgres(_) if lock_first => vec![format!(
-            "WITH locked AS (SELECT s.contact_id FROM contact_status AS s WHERE s.account_id = $1 AND {which} \
-             ORDER BY s.contact_id FOR UPDATE), \
+            "WITH locked AS (SELECT s.contact_id FROM contact_status AS s \
+             WHERE s.account_id = $1 AND {which} ORDER BY s.contact_id FOR UPDATE), \
              changed AS ({REWRITE} {COVERED} AND s.contact_id IN (SELECT contact_id FROM locked) \
              RETURNING {COVERED_COLUMNS}) {AUDIT} FROM changed"
         )],
         Db::Postgres(_) => vec![format!(
-            "WITH changed AS ({REWRITE} {COVERED} AND {which} RETURNING {COVERED_COLUMNS}) {AUDIT} FROM changed"
+            "WITH changed AS ({REWRITE} {COVERED} AND {which} RETURNING {COVERED_COLUMNS}) \
+             {AUDIT} FROM changed"
         )],
         // SQLite: write transactions take turns, so nothing races between the two.
         Db::Sqlite(_) => vec![
