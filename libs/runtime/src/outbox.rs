@@ -134,6 +134,25 @@ impl<T: Tx> EventTx for T {
 pub type Deliver =
     Box<dyn Fn(Vec<OutboxEvent>) -> BoxFuture<'static, anyhow::Result<Vec<String>>> + Send + Sync>;
 
+/// A [`Deliver`] for a topic whose payloads are messages `M`: decodes a batch and hands each
+/// message with its entry's event id to `send`, which answers the ids acknowledged. A payload
+/// that does not decode fails the batch.
+pub fn deliver_messages<M, F, Fut>(send: F) -> Deliver
+where
+    M: prost::Message + Default + Send + 'static,
+    F: Fn(Vec<(String, M)>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
+{
+    Box::new(move |events: Vec<OutboxEvent>| {
+        let decoded: Result<Vec<(String, M)>, prost::DecodeError> =
+            events.into_iter().map(|e| Ok((e.event_id, M::decode(e.payload.as_slice())?))).collect();
+        match decoded {
+            Ok(messages) => Box::pin(send(messages)),
+            Err(e) => Box::pin(async move { Err(e.into()) }),
+        }
+    })
+}
+
 /// Payload bytes after which one relay read stops (it may end one entry past them). The entries
 /// read are held, and decoded by the sender, until the receiver has answered them.
 const BATCH_BYTES: i64 = 4 << 20;

@@ -24,12 +24,11 @@ use contactier_proto::notification::v1 as npb;
 use contactier_runtime::auth::{Access, Policy};
 use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
-use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
+use contactier_runtime::outbox::{Backoff, Outbox, deliver_messages};
 use contactier_runtime::read_cache::ReadCache;
 use contactier_runtime::server::ServiceSpec;
 use contactier_runtime::work::OutboxFailures;
 use futures::future::BoxFuture;
-use prost::Message;
 use sqlx::migrate::Migrator;
 use std::sync::Arc;
 use tonic::service::Routes;
@@ -102,20 +101,17 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let relay_worker = clock.register_worker("billing-relay");
     let relay = relay_worker.waker();
     let peer = env.platform.peer(NAME, &env.peers.notification_url)?;
-    let deliver: Deliver = Box::new(move |events| {
+    let deliver = deliver_messages(move |events: Vec<(String, npb::BillingEvent)>| {
         let peer = peer.clone();
-        Box::pin(async move {
-            let events = events
-                .iter()
-                .map(|e| npb::BillingEvent::decode(e.payload.as_slice()))
-                .collect::<Result<Vec<_>, _>>()?;
+        async move {
+            let events = events.into_iter().map(|(_, e)| e).collect();
             let mut client =
                 npb::notification_internal_service_client::NotificationInternalServiceClient::new(
                     peer.service(),
                 );
             let r = client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?;
             Ok(r.into_inner().acknowledged_event_ids)
-        })
+        }
     });
     let outbox = Outbox::new(env.db.clone(), store::NOTIFICATION_TOPIC);
     tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), shutdown.clone()));
@@ -124,21 +120,20 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let plan_worker = clock.register_worker("billing-plans");
     let ms = env.platform.peer(NAME, &env.peers.marketing_status_url)?;
     let plans_peer = ms.clone();
-    let deliver_plans: Deliver = Box::new(move |events| {
+    let deliver_plans = deliver_messages(move |plans: Vec<(String, mpb::SetAccountPlanRequest)>| {
         let peer = plans_peer.clone();
-        Box::pin(async move {
+        async move {
             let mut client =
                 mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
                     peer.service(),
                 );
             let mut acknowledged = Vec::new();
-            for e in events {
-                let plan = mpb::SetAccountPlanRequest::decode(e.payload.as_slice())?;
+            for (event_id, plan) in plans {
                 client.set_account_plan(plan).await?;
-                acknowledged.push(e.event_id);
+                acknowledged.push(event_id);
             }
             Ok(acknowledged)
-        })
+        }
     });
     let plans = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
     let plans_waker = plan_worker.waker();

@@ -19,11 +19,10 @@ use contactier_proto::marketing_status::v1::{
 use contactier_runtime::auth::{Access, Policy};
 use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
-use contactier_runtime::outbox::{Backoff, Deliver, Outbox};
+use contactier_runtime::outbox::{Backoff, Outbox, deliver_messages};
 use contactier_runtime::server::ServiceSpec;
 use contactier_runtime::work::OutboxFailures;
 use futures::future::BoxFuture;
-use prost::Message;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
@@ -82,18 +81,15 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let relay_worker = clock.register_worker("marketing-status-relay");
         let relay = relay_worker.waker();
         let peer = env.platform.peer(NAME, &env.peers.billing_url)?;
-        let deliver: Deliver = Box::new(move |events| {
+        let deliver = deliver_messages(move |events: Vec<(String, bpb::CountChanged)>| {
             let peer = peer.clone();
-            Box::pin(async move {
-                let events = events
-                    .iter()
-                    .map(|e| bpb::CountChanged::decode(e.payload.as_slice()))
-                    .collect::<Result<Vec<_>, _>>()?;
+            async move {
+                let events = events.into_iter().map(|(_, e)| e).collect();
                 let mut client =
                     bpb::billing_internal_service_client::BillingInternalServiceClient::new(peer.service());
                 let r = client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?;
                 Ok(r.into_inner().acknowledged_event_ids)
-            })
+            }
         });
         let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
