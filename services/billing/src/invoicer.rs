@@ -5,7 +5,7 @@
 //! again with backoff; every other account's invoices are issued meanwhile.
 
 use crate::price_book::PriceBook;
-use crate::store::Store;
+use crate::store::{Store, UpgradeDay};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
@@ -29,8 +29,8 @@ pub async fn run_once(
     let mut next: Option<DateTime<Utc>> = None;
     let mut later = |at: DateTime<Utc>| next = Some(next.map_or(at, |n: DateTime<Utc>| n.min(at)));
     let mut issued = 0;
-    for (account, day, retry_at) in store.uninvoiced_upgrade_days().await? {
-        if let Some(at) = retry_at.and_then(DateTime::from_timestamp_micros).filter(|at| *at > now) {
+    for UpgradeDay { account_id: account, day, retry_at } in store.uninvoiced_upgrade_days().await? {
+        if let Some(at) = retry_at.filter(|at| *at > now) {
             later(at);
             continue;
         }

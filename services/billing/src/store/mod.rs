@@ -224,6 +224,15 @@ async fn counts(tx: &mut impl Tx, account: &str) -> Result<Counts> {
     Ok(tx.fetch_optional(Sql::new(COUNTS).bind(account)).await?.unwrap_or_default())
 }
 
+/// An account's business day with upgrades to invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpgradeDay {
+    pub account_id: String,
+    pub day: NaiveDate,
+    /// When its invoice is tried again after a failure; None when it has not failed.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
 /// A count reported by marketing-status.
 #[derive(Clone, Debug)]
 pub struct CountEvent {
@@ -511,11 +520,15 @@ impl Store {
         Ok(CountOutcome::Applied { upgrade })
     }
 
-    /// (account, business day) pairs with upgrades not invoiced yet, each with the time its
-    /// invoice is tried again after a failure (None when it has not failed).
-    pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<(String, NaiveDate, Option<i64>)>> {
+    /// Business days of accounts with upgrades not invoiced yet.
+    pub async fn uninvoiced_upgrade_days(&self) -> Result<Vec<UpgradeDay>> {
         let rows: Vec<(String, String, Option<i64>)> = self.db.fetch_all(Sql::new(UNINVOICED_DAYS)).await?;
-        rows.into_iter().map(|(a, d, retry)| Ok((a, parse_day(&d)?, retry))).collect()
+        rows.into_iter()
+            .map(|(account_id, d, retry_at)| {
+                let retry_at = retry_at.and_then(DateTime::from_timestamp_micros);
+                Ok(UpgradeDay { account_id, day: parse_day(&d)?, retry_at })
+            })
+            .collect()
     }
 
     /// Records that the invoice of an account's upgrade day failed; answers its attempts so far.
