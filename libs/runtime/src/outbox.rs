@@ -34,12 +34,6 @@ pub fn new_event_id() -> String {
     crate::convert::new_id()
 }
 
-/// Each topic's undelivered events: (topic, how many, oldest `created_at` in epoch microseconds).
-pub async fn backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
-    let q = "SELECT topic, COUNT(*), MIN(created_at) FROM outbox GROUP BY topic";
-    db.fetch_all(Sql::new(q)).await
-}
-
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, \
      next_attempt_at, trace_context) VALUES ($1, $2, $3, $4, $5, $5, $6)";
 const INSERT_INBOX: &str =

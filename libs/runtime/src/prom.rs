@@ -193,7 +193,7 @@ pub fn spawn_sampler(
         let mut failing_workers: std::collections::BTreeMap<String, usize> = Default::default();
         loop {
             sample_pool(service, &db);
-            match crate::outbox::backlog(&db).await {
+            match outbox_backlog(&db).await {
                 Ok(rows) => {
                     let now = chrono::Utc::now().timestamp_micros();
                     // A topic that emptied reads 0 rather than its last value.
@@ -248,6 +248,12 @@ fn sample_pool(service: &'static str, db: &crate::db::Db) {
     gauge!("contactier_db_pool_connections", "service" => service, "state" => "in_use")
         .set(size.saturating_sub(idle) as f64);
     gauge!("contactier_db_pool_max_connections", "service" => service).set(max as f64);
+}
+
+/// Each topic's undelivered events: (topic, how many, oldest `created_at` in epoch microseconds).
+async fn outbox_backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    let q = "SELECT topic, COUNT(*), MIN(created_at) FROM outbox GROUP BY topic";
+    db.fetch_all(crate::sql::Sql::new(q)).await
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! [`Conn`], or either backend's own connection. Store code is then ordinary generic functions
 //! over `impl Tx`, which rustfmt formats and the compiler checks once.
 
-use crate::db::Db;
+use crate::db::{BeginWrite, Db};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
@@ -218,8 +218,17 @@ impl Tx for Conn {
     }
 }
 
-/// One statement straight on the pool (its own implicit transaction).
+/// One statement straight on the pool (its own implicit transaction), a transaction or a
+/// pooled connection.
 impl Db {
+    /// Begins a transaction that will write (see [`BeginWrite`]).
+    pub async fn begin_write(&self) -> Result<Transaction> {
+        Ok(match self {
+            Db::Sqlite(p) => Transaction::Sqlite(p.begin_write().await?),
+            Db::Postgres(p) => Transaction::Postgres(p.begin_write().await?),
+        })
+    }
+
     pub async fn conn(&self) -> Result<Conn> {
         Ok(match self {
             Db::Sqlite(p) => Conn::Sqlite(p.acquire().await?),
@@ -265,4 +274,57 @@ impl Db {
     {
         Ok(self.fetch_optional::<(T,)>(q).await?.map(|r| r.0))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Backend;
+
+    async fn json_parameters_carry_whole_sets(backend: Backend) {
+        let t = crate::testing::TestDb::new(backend, "jsonsets").await;
+        let db = &t.db;
+        let records = serde_json::json!([
+            {"k": "a", "n": 1, "yes": true},
+            {"k": "b'; drop", "n": 20000000000i64, "yes": false},
+            {"k": "c", "n": -3, "yes": true},
+        ])
+        .to_string();
+        let keys = serde_json::json!(["a", "c", "missing"]).to_string();
+        let insert = format!(
+            "INSERT INTO t (k, n, flag) SELECT x.k, x.n, x.yes FROM {}",
+            db.json_records(1, &[("k", "text"), ("n", "bigint"), ("yes", "boolean")])
+        );
+        let select = format!("SELECT k, n, flag FROM t WHERE {} ORDER BY k", db.json_in("k", 1));
+        let create = "CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT NOT NULL, flag BOOLEAN NOT NULL)";
+        db.execute(Sql::new(create)).await.unwrap();
+        db.execute(Sql::new(sqlx::AssertSqlSafe(insert)).bind(&records)).await.unwrap();
+        let rows: Vec<(String, i64, bool)> =
+            db.fetch_all(Sql::new(sqlx::AssertSqlSafe(select)).bind(&keys)).await.unwrap();
+        assert_eq!(rows, [("a".to_owned(), 1, true), ("c".to_owned(), -3, true)]);
+    }
+
+    /// A value that does not encode fails the statement with an error rather than a panic,
+    /// and a transaction dropped without commit leaves nothing behind.
+    async fn a_dropped_transaction_leaves_nothing(backend: Backend) {
+        let t = crate::testing::TestDb::new(backend, "sqltx").await;
+        let db = &t.db;
+        db.execute(Sql::new("CREATE TABLE t (k TEXT PRIMARY KEY)")).await.unwrap();
+        let mut tx = db.begin_write().await.unwrap();
+        assert_eq!(tx.execute(Sql::new("INSERT INTO t (k) VALUES ($1)").bind("a")).await.unwrap(), 1);
+        let seen: i64 = tx.scalar(Sql::new("SELECT COUNT(*) FROM t")).await.unwrap();
+        assert_eq!(seen, 1, "a transaction reads its own writes");
+        drop(tx);
+        let after: i64 = db.scalar(Sql::new("SELECT COUNT(*) FROM t")).await.unwrap();
+        assert_eq!(after, 0);
+        let none: Option<String> =
+            db.scalar_optional(Sql::new("SELECT k FROM t WHERE k = $1").bind("a")).await.unwrap();
+        assert_eq!(none, None);
+        assert!(matches!(
+            db.fetch_one::<(String,)>(Sql::new("SELECT k FROM t")).await,
+            Err(sqlx::Error::RowNotFound)
+        ));
+    }
+
+    crate::backend_tests!(json_parameters_carry_whole_sets, a_dropped_transaction_leaves_nothing);
 }
