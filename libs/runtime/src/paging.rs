@@ -74,6 +74,19 @@ pub fn after_at(list: &str, token: &str) -> Result<Option<(i64, String)>, Error>
         .transpose()
 }
 
+/// Ends a page read with one row more than `limit` (the way every list RPC reads, so the last
+/// page needs no token): keeps `limit` rows, and makes the next page's token from the last
+/// one kept when there were more.
+pub fn trim<T>(mut rows: Vec<T>, limit: i64, next: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    let token = match rows.last() {
+        Some(r) if more => next(r),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
 /// The page of `list`'s `items` after `page_token` of at most `page_size` (0:
 /// [`DEFAULT_PAGE`]), and the token of the next page (empty on the last); Err names the field
 /// that is out of range.
@@ -100,6 +113,14 @@ pub fn page<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_read_with_one_more_row_has_a_token_only_when_more_follow() {
+        let next = |n: &i32| n.to_string();
+        assert_eq!(trim(vec![1, 2, 3], 2, next), (vec![1, 2], "2".to_owned()));
+        assert_eq!(trim(vec![1, 2], 2, next), (vec![1, 2], String::new()), "a full last page");
+        assert_eq!(trim(Vec::<i32>::new(), 2, next), (vec![], String::new()));
+    }
 
     #[test]
     fn pages_follow_one_another_to_the_end() {

@@ -6,9 +6,10 @@ use crate::error::{Error, Result};
 use crate::filter;
 use crate::properties::{Catalog, Value};
 use crate::store::{
-    Change, ConsentRow, ContactKey, ContactRow, Cursor, KeepAnswer, ListRow, NewContact, SortKey, Store,
+    Change, ConsentRow, ContactKey, ContactRow, Cursor, KeepAnswer, KeepLogged, ListRow, Logged, NewContact,
+    Origin, SortKey, Store,
 };
-use crate::{email, import};
+use crate::{email, import, record};
 use contactier_proto::checks::check_item;
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1::{self as pb, contacts_service_server::ContactsService};
@@ -45,8 +46,26 @@ struct Caller {
     account: String,
     /// Empty for a service.
     user: String,
+    /// The token's subject: the user, or the calling service.
+    subject: String,
     /// A user with the admin scope, who may act for the account's systems.
     admin: bool,
+}
+
+impl Caller {
+    /// Where the caller's changes come from, for property history: a person in the app, or
+    /// an integration (a service or an API client) named by its token.
+    fn origin(&self) -> Origin {
+        if self.user.is_empty() {
+            Origin {
+                source_type: "INTEGRATION".into(),
+                source_id: self.subject.clone(),
+                user_id: String::new(),
+            }
+        } else {
+            Origin { source_type: "USER".into(), source_id: String::new(), user_id: self.user.clone() }
+        }
+    }
 }
 
 fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
@@ -54,6 +73,7 @@ fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
     Ok(Caller {
         account: p.account_id()?.to_owned(),
         user: p.user_id().unwrap_or_default().to_owned(),
+        subject: p.subject.clone(),
         admin: p.has_scope("admin"),
     })
 }
@@ -448,7 +468,8 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let catalog = self.store.catalog(&c.account).await?;
         let ch = change(req.into_inner(), &catalog, "")?;
-        let row = one(self.store.update_contacts(&c.account, vec![ch], self.clock.now()).await?)?;
+        let row =
+            one(self.store.update_contacts(&c.account, vec![ch], &c.origin(), self.clock.now()).await?)?;
         Ok(Response::new(pb::UpdateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }
 
@@ -537,7 +558,7 @@ impl ContactsService for Api {
         let outcomes = if changes.is_empty() {
             vec![]
         } else {
-            self.store.update_contacts(&c.account, changes, self.clock.now()).await?
+            self.store.update_contacts(&c.account, changes, &c.origin(), self.clock.now()).await?
         };
         for (i, o) in idx.into_iter().zip(outcomes) {
             match o {
@@ -666,8 +687,8 @@ impl ContactsService for Api {
             return Err(Error::invalid("secondary_id", "must differ from primary_id").into());
         }
         let catalog = self.store.catalog(&c.account).await?;
-        let row =
-            self.store.merge(&c.account, &r.primary_id, &r.secondary_id, &catalog, self.clock.now()).await?;
+        let pair = (r.primary_id.as_str(), r.secondary_id.as_str());
+        let row = self.store.merge(&c.account, pair, &catalog, &c.user, self.clock.now()).await?;
         self.relay.wake();
         Ok(Response::new(pb::MergeContactsResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }
@@ -1108,6 +1129,7 @@ impl ContactsService for Api {
         let row = self.contact_by_id(&c.account, &id).await?;
         let consent = self.store.consent(&c.account, &id).await?;
         let lists = self.store.lists_of(&c.account, &id).await?;
+        let (history, timeline) = record::export(&self.store, &c.account, &id).await?;
         let own = serde_json::json!({
             "id": row.id,
             "email": row.email,
@@ -1123,6 +1145,8 @@ impl ContactsService for Api {
                 "unsubscribed_from_all": c.unsubscribed_from_all,
             })),
             "static_lists": lists,
+            "property_history": history,
+            "engagements": timeline,
         });
         let mut client =
             mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
@@ -1166,5 +1190,79 @@ impl ContactsService for Api {
         Ok(Response::new(pb::AnonymizeContactResponse {
             contact: Some(convert::contact(row, &catalog, &[])),
         }))
+    }
+
+    async fn list_property_history(
+        &self,
+        req: Request<pb::ListPropertyHistoryRequest>,
+    ) -> Answer<pb::ListPropertyHistoryResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(record::property_history(&self.store, &c.account, req.into_inner()).await?))
+    }
+
+    async fn create_engagement(
+        &self,
+        req: Request<pb::CreateEngagementRequest>,
+    ) -> Answer<pb::CreateEngagementResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let key = idempotency::Key::of(&r.request_id, "CreateEngagement", &c.subject, || {
+            pb::CreateEngagementRequest { request_id: String::new(), ..r.clone() }
+        });
+        if let Some(first) = self.replay(&c.account, &key).await? {
+            return Ok(Response::new(first));
+        }
+        let now = micros(self.clock.now());
+        let by = record::Logger { subject: &c.subject, user: &c.user, now };
+        let (subject, e) = record::new_engagement(r, &by)?;
+        let answer = |l: &Logged| pb::CreateEngagementResponse {
+            engagement: Some(convert::engagement(l.engagement.clone())),
+            contact_created: l.contact_created,
+        };
+        let encoded = |l: &Logged| answer(l).encode_to_vec();
+        let keep = KeepLogged { request_id: &key.id, digest: &key.digest, answer: &encoded };
+        let logged = self.store.log_engagement(&c.account, subject, e, Some(keep)).await?;
+        if logged.contact_created {
+            self.relay.wake();
+        }
+        Ok(Response::new(answer(&logged)))
+    }
+
+    async fn get_engagement(
+        &self,
+        req: Request<pb::GetEngagementRequest>,
+    ) -> Answer<pb::GetEngagementResponse> {
+        let c = caller(&req)?;
+        let id = req.into_inner().id;
+        let e = self.store.engagement(&c.account, &id).await?;
+        let e = e.ok_or_else(|| Error::NotFound(format!("engagement {id}")))?;
+        Ok(Response::new(pb::GetEngagementResponse { engagement: Some(convert::engagement(e)) }))
+    }
+
+    async fn update_engagement(
+        &self,
+        req: Request<pb::UpdateEngagementRequest>,
+    ) -> Answer<pb::UpdateEngagementResponse> {
+        let c = caller(&req)?;
+        let now = micros(self.clock.now());
+        let e = record::update_engagement(&self.store, &c.account, req.into_inner(), now).await?;
+        Ok(Response::new(pb::UpdateEngagementResponse { engagement: Some(e) }))
+    }
+
+    async fn delete_engagement(
+        &self,
+        req: Request<pb::DeleteEngagementRequest>,
+    ) -> Answer<pb::DeleteEngagementResponse> {
+        let c = caller(&req)?;
+        self.store.delete_engagement(&c.account, &req.into_inner().id).await?;
+        Ok(Response::new(pb::DeleteEngagementResponse {}))
+    }
+
+    async fn list_engagements(
+        &self,
+        req: Request<pb::ListEngagementsRequest>,
+    ) -> Answer<pb::ListEngagementsResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(record::engagements(&self.store, &c.account, req.into_inner()).await?))
     }
 }

@@ -1,8 +1,11 @@
 //! Stored records to and from their protobuf form.
 
+use crate::engagements::{
+    self, CallOutcome, Details, Direction, Engagement, Kind, MeetingOutcome, TaskStatus,
+};
 use crate::error::{Error, Result};
 use crate::properties::{Catalog, Definition, PropertyOption, PropertyType};
-use crate::store::{ConsentRow, ContactRow, ImportRow, ListRow};
+use crate::store::{ConsentRow, ContactRow, HistoryRow, ImportRow, ListRow};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::convert::timestamp_micros;
@@ -16,16 +19,35 @@ pub fn contact(row: ContactRow, catalog: &Catalog, only: &[String]) -> pb::Conta
         .into_iter()
         .filter(|(k, _)| catalog.get(k).is_some() && (only.is_empty() || only.contains(k)))
         .collect();
-    let source_type = common::SourceType::from_str_name(&format!("SOURCE_TYPE_{}", row.source_type))
-        .unwrap_or(common::SourceType::Unspecified);
     pb::Contact {
         id: row.id,
         email: row.email,
         properties,
         version: row.version,
-        creation_source: Some(common::Source { r#type: source_type as i32, id: row.source_id }),
+        creation_source: Some(source(&row.source_type, row.source_id)),
         created_at: timestamp_micros(row.created_at),
         updated_at: timestamp_micros(row.updated_at),
+        last_activity_at: (row.last_activity_at > 0)
+            .then(|| timestamp_micros(row.last_activity_at))
+            .flatten(),
+    }
+}
+
+/// A source as stored (`USER`, `IMPORT`, ...) in its contract form.
+pub fn source(source_type: &str, id: String) -> common::Source {
+    let t = common::SourceType::from_str_name(&format!("SOURCE_TYPE_{source_type}"))
+        .unwrap_or(common::SourceType::Unspecified);
+    common::Source { r#type: t as i32, id }
+}
+
+pub fn property_change(h: HistoryRow) -> pb::PropertyChange {
+    pb::PropertyChange {
+        id: h.id,
+        property: h.name,
+        value: h.value,
+        source: Some(source(&h.source_type, h.source_id)),
+        user_id: h.user_id,
+        changed_at: timestamp_micros(h.changed_at),
     }
 }
 
@@ -161,4 +183,324 @@ pub fn import_summary(i: &ImportRow) -> pb::ImportSummary {
         started_at: timestamp_micros(i.started_at),
         finished_at: timestamp_micros(i.finished_at).filter(|_| i.finished_at != 0),
     }
+}
+
+// ---- engagements ----
+
+pub fn engagement_type(t: i32) -> Option<Kind> {
+    match pb::EngagementType::try_from(t).ok()? {
+        pb::EngagementType::Note => Some(Kind::Note),
+        pb::EngagementType::Call => Some(Kind::Call),
+        pb::EngagementType::Email => Some(Kind::Email),
+        pb::EngagementType::Meeting => Some(Kind::Meeting),
+        pb::EngagementType::Task => Some(Kind::Task),
+        pb::EngagementType::Unspecified => None,
+    }
+}
+
+fn pb_engagement_type(k: Kind) -> pb::EngagementType {
+    match k {
+        Kind::Note => pb::EngagementType::Note,
+        Kind::Call => pb::EngagementType::Call,
+        Kind::Email => pb::EngagementType::Email,
+        Kind::Meeting => pb::EngagementType::Meeting,
+        Kind::Task => pb::EngagementType::Task,
+    }
+}
+
+fn direction(d: i32, field: &str) -> Result<Direction> {
+    match pb::Direction::try_from(d) {
+        Ok(pb::Direction::Inbound) => Ok(Direction::Inbound),
+        Ok(pb::Direction::Outbound) => Ok(Direction::Outbound),
+        _ => Err(Error::invalid(field, "INBOUND or OUTBOUND")),
+    }
+}
+
+fn pb_direction(d: Direction) -> pb::Direction {
+    match d {
+        Direction::Inbound => pb::Direction::Inbound,
+        Direction::Outbound => pb::Direction::Outbound,
+    }
+}
+
+fn call_outcome(o: i32) -> Result<Option<CallOutcome>> {
+    Ok(match pb::CallOutcome::try_from(o) {
+        Ok(pb::CallOutcome::Unspecified) => None,
+        Ok(pb::CallOutcome::Connected) => Some(CallOutcome::Connected),
+        Ok(pb::CallOutcome::NoAnswer) => Some(CallOutcome::NoAnswer),
+        Ok(pb::CallOutcome::Busy) => Some(CallOutcome::Busy),
+        Ok(pb::CallOutcome::LeftVoicemail) => Some(CallOutcome::LeftVoicemail),
+        Ok(pb::CallOutcome::WrongNumber) => Some(CallOutcome::WrongNumber),
+        Err(_) => return Err(Error::invalid("engagement.call.outcome", "not a call outcome")),
+    })
+}
+
+fn pb_call_outcome(o: Option<CallOutcome>) -> pb::CallOutcome {
+    match o {
+        None => pb::CallOutcome::Unspecified,
+        Some(CallOutcome::Connected) => pb::CallOutcome::Connected,
+        Some(CallOutcome::NoAnswer) => pb::CallOutcome::NoAnswer,
+        Some(CallOutcome::Busy) => pb::CallOutcome::Busy,
+        Some(CallOutcome::LeftVoicemail) => pb::CallOutcome::LeftVoicemail,
+        Some(CallOutcome::WrongNumber) => pb::CallOutcome::WrongNumber,
+    }
+}
+
+/// Unset: a meeting logged without one is scheduled.
+fn meeting_outcome(o: i32) -> Result<MeetingOutcome> {
+    Ok(match pb::MeetingOutcome::try_from(o) {
+        Ok(pb::MeetingOutcome::Unspecified | pb::MeetingOutcome::Scheduled) => MeetingOutcome::Scheduled,
+        Ok(pb::MeetingOutcome::Completed) => MeetingOutcome::Completed,
+        Ok(pb::MeetingOutcome::Rescheduled) => MeetingOutcome::Rescheduled,
+        Ok(pb::MeetingOutcome::NoShow) => MeetingOutcome::NoShow,
+        Ok(pb::MeetingOutcome::Canceled) => MeetingOutcome::Canceled,
+        Err(_) => return Err(Error::invalid("engagement.meeting.outcome", "not a meeting outcome")),
+    })
+}
+
+fn pb_meeting_outcome(o: MeetingOutcome) -> pb::MeetingOutcome {
+    match o {
+        MeetingOutcome::Scheduled => pb::MeetingOutcome::Scheduled,
+        MeetingOutcome::Completed => pb::MeetingOutcome::Completed,
+        MeetingOutcome::Rescheduled => pb::MeetingOutcome::Rescheduled,
+        MeetingOutcome::NoShow => pb::MeetingOutcome::NoShow,
+        MeetingOutcome::Canceled => pb::MeetingOutcome::Canceled,
+    }
+}
+
+/// Unset: a new task has not started.
+fn task_status(s: i32) -> Result<TaskStatus> {
+    Ok(match pb::TaskStatus::try_from(s) {
+        Ok(pb::TaskStatus::Unspecified | pb::TaskStatus::NotStarted) => TaskStatus::NotStarted,
+        Ok(pb::TaskStatus::InProgress) => TaskStatus::InProgress,
+        Ok(pb::TaskStatus::Waiting) => TaskStatus::Waiting,
+        Ok(pb::TaskStatus::Completed) => TaskStatus::Completed,
+        Ok(pb::TaskStatus::Deferred) => TaskStatus::Deferred,
+        Err(_) => return Err(Error::invalid("engagement.task.status", "not a task status")),
+    })
+}
+
+fn pb_task_status(s: TaskStatus) -> pb::TaskStatus {
+    match s {
+        TaskStatus::NotStarted => pb::TaskStatus::NotStarted,
+        TaskStatus::InProgress => pb::TaskStatus::InProgress,
+        TaskStatus::Waiting => pb::TaskStatus::Waiting,
+        TaskStatus::Completed => pb::TaskStatus::Completed,
+        TaskStatus::Deferred => pb::TaskStatus::Deferred,
+    }
+}
+
+/// Epoch microseconds of a timestamp; None when unset.
+fn micros_of(t: Option<&prost_types::Timestamp>, field: &str) -> Result<Option<i64>> {
+    let Some(t) = t else { return Ok(None) };
+    chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+        .filter(|_| (0..1_000_000_000).contains(&t.nanos))
+        .map(|d| Some(d.timestamp_micros()))
+        .ok_or_else(|| Error::invalid(field, "not a valid time"))
+}
+
+fn due_date(d: Option<&common::Date>) -> Result<Option<chrono::NaiveDate>> {
+    match d {
+        None => Ok(None),
+        Some(d) => contactier_runtime::convert::date(Some(d))
+            .map(Some)
+            .map_err(|r| Error::invalid("engagement.task.due_date", r)),
+    }
+}
+
+/// The details an engagement of `kind` holds, from its contract form.
+pub fn details(kind: Kind, d: Option<pb::engagement::Details>) -> Result<Details> {
+    use pb::engagement::Details as D;
+    let missing = |what: &str| Error::invalid(format!("engagement.{what}"), format!("required for a {what}"));
+    Ok(match (kind, d) {
+        (Kind::Note, None) => Details::Note,
+        (Kind::Note, Some(_)) => return Err(Error::invalid("engagement.details", "a note has none")),
+        (Kind::Call, Some(D::Call(c))) => Details::Call {
+            direction: direction(c.direction, "engagement.call.direction")?,
+            duration_seconds: c.duration_seconds,
+            outcome: call_outcome(c.outcome)?,
+        },
+        (Kind::Email, Some(D::Email(e))) => Details::Email {
+            direction: direction(e.direction, "engagement.email.direction")?,
+            subject: e.subject,
+        },
+        (Kind::Meeting, Some(D::Meeting(m))) => {
+            let start = micros_of(m.start_time.as_ref(), "engagement.meeting.start_time")?
+                .ok_or_else(|| Error::invalid("engagement.meeting.start_time", "required"))?;
+            let end = micros_of(m.end_time.as_ref(), "engagement.meeting.end_time")?.unwrap_or(start);
+            Details::Meeting { start, end, outcome: meeting_outcome(m.outcome)? }
+        }
+        (Kind::Task, Some(D::Task(t))) => Details::Task {
+            due_date: due_date(t.due_date.as_ref())?,
+            subject: t.subject,
+            owner_id: t.owner_id,
+            status: task_status(t.status)?,
+        },
+        (Kind::Call, _) => return Err(missing("call")),
+        (Kind::Email, _) => return Err(missing("email")),
+        (Kind::Meeting, _) => return Err(missing("meeting")),
+        (Kind::Task, _) => return Err(missing("task")),
+    })
+}
+
+/// When an engagement happened: a meeting at its start, anything else when the caller says or
+/// `now`.
+pub fn occurred_at(details: &Details, given: Option<&prost_types::Timestamp>, now: i64) -> Result<i64> {
+    if let Details::Meeting { start, .. } = details {
+        return Ok(*start);
+    }
+    Ok(micros_of(given, "engagement.occurred_at")?.unwrap_or(now))
+}
+
+/// A checked engagement's fields as the rules name them, in the contract's words.
+pub fn checked(body: &str, d: &Details, occurred_at: i64) -> Result<()> {
+    engagements::check(body, d, occurred_at)
+        .map_err(|e| Error::invalid(format!("engagement.{}", e.field), e.reason))
+}
+
+pub fn engagement(e: Engagement) -> pb::Engagement {
+    use pb::engagement::Details as D;
+    let kind = e.details.kind();
+    let details = match e.details {
+        Details::Note => None,
+        Details::Call { direction, duration_seconds, outcome } => Some(D::Call(pb::Call {
+            direction: pb_direction(direction) as i32,
+            duration_seconds,
+            outcome: pb_call_outcome(outcome) as i32,
+        })),
+        Details::Email { direction, subject } => {
+            Some(D::Email(pb::LoggedEmail { direction: pb_direction(direction) as i32, subject }))
+        }
+        Details::Meeting { start, end, outcome } => Some(D::Meeting(pb::Meeting {
+            start_time: timestamp_micros(start),
+            end_time: timestamp_micros(end),
+            outcome: pb_meeting_outcome(outcome) as i32,
+        })),
+        Details::Task { subject, due_date, owner_id, status } => Some(D::Task(pb::Task {
+            subject,
+            due_date: due_date.map(contactier_runtime::convert::pb_date),
+            owner_id,
+            status: pb_task_status(status) as i32,
+        })),
+    };
+    pb::Engagement {
+        id: e.id,
+        contact_id: e.contact_id,
+        r#type: pb_engagement_type(kind) as i32,
+        occurred_at: timestamp_micros(e.occurred_at),
+        body: e.body,
+        details,
+        created_by: e.created_by,
+        created_at: timestamp_micros(e.created_at),
+        updated_at: timestamp_micros(e.updated_at),
+    }
+}
+
+/// An engagement changed by the paths of an update mask, from the request's values (a path
+/// named and left empty clears, or sets the default). Paths of another type are refused.
+pub fn masked_engagement(mut e: Engagement, input: pb::Engagement, paths: &[String]) -> Result<Engagement> {
+    use pb::engagement::Details as D;
+    if paths.is_empty() {
+        return Err(Error::invalid("update_mask", "required: name the fields to change"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let given = input.details;
+    for path in paths {
+        if !seen.insert(path.as_str()) {
+            return Err(Error::invalid("update_mask", format!("{path} is named twice")));
+        }
+        let kind = e.details.kind();
+        let wrong = || Error::invalid("update_mask", format!("{path}: not a field of a {}", kind.as_str()));
+        match (path.as_str(), &mut e.details, &given) {
+            ("body", _, _) => e.body = input.body.clone(),
+            ("occurred_at", Details::Meeting { .. }, _) => {
+                return Err(Error::invalid("update_mask", "a meeting happens at meeting.start_time"));
+            }
+            ("occurred_at", _, _) => {
+                e.occurred_at = micros_of(input.occurred_at.as_ref(), "engagement.occurred_at")?
+                    .ok_or_else(|| Error::invalid("engagement.occurred_at", "required when named"))?;
+            }
+            ("call.direction", Details::Call { direction: d, .. }, g) => {
+                let c = match g {
+                    Some(D::Call(c)) => c.direction,
+                    _ => 0,
+                };
+                *d = direction(c, "engagement.call.direction")?;
+            }
+            ("call.duration_seconds", Details::Call { duration_seconds, .. }, g) => {
+                *duration_seconds = match g {
+                    Some(D::Call(c)) => c.duration_seconds,
+                    _ => 0,
+                };
+            }
+            ("call.outcome", Details::Call { outcome, .. }, g) => {
+                *outcome = call_outcome(match g {
+                    Some(D::Call(c)) => c.outcome,
+                    _ => 0,
+                })?;
+            }
+            ("email.direction", Details::Email { direction: d, .. }, g) => {
+                let v = match g {
+                    Some(D::Email(m)) => m.direction,
+                    _ => 0,
+                };
+                *d = direction(v, "engagement.email.direction")?;
+            }
+            ("email.subject", Details::Email { subject, .. }, g) => {
+                *subject = match g {
+                    Some(D::Email(m)) => m.subject.clone(),
+                    _ => String::new(),
+                };
+            }
+            ("meeting.start_time", Details::Meeting { start, .. }, g) => {
+                let t = match g {
+                    Some(D::Meeting(m)) => m.start_time.as_ref(),
+                    _ => None,
+                };
+                *start = micros_of(t, "engagement.meeting.start_time")?
+                    .ok_or_else(|| Error::invalid("engagement.meeting.start_time", "required"))?;
+                e.occurred_at = *start;
+            }
+            ("meeting.end_time", Details::Meeting { start, end, .. }, g) => {
+                let t = match g {
+                    Some(D::Meeting(m)) => m.end_time.as_ref(),
+                    _ => None,
+                };
+                *end = micros_of(t, "engagement.meeting.end_time")?.unwrap_or(*start);
+            }
+            ("meeting.outcome", Details::Meeting { outcome, .. }, g) => {
+                *outcome = meeting_outcome(match g {
+                    Some(D::Meeting(m)) => m.outcome,
+                    _ => 0,
+                })?;
+            }
+            ("task.subject", Details::Task { subject, .. }, g) => {
+                *subject = match g {
+                    Some(D::Task(t)) => t.subject.clone(),
+                    _ => String::new(),
+                };
+            }
+            ("task.due_date", Details::Task { due_date: d, .. }, g) => {
+                *d = due_date(match g {
+                    Some(D::Task(t)) => t.due_date.as_ref(),
+                    _ => None,
+                })?;
+            }
+            ("task.owner_id", Details::Task { owner_id, .. }, g) => {
+                *owner_id = match g {
+                    Some(D::Task(t)) => t.owner_id.clone(),
+                    _ => String::new(),
+                };
+            }
+            ("task.status", Details::Task { status, .. }, g) => {
+                *status = task_status(match g {
+                    Some(D::Task(t)) => t.status,
+                    _ => 0,
+                })?;
+            }
+            _ => return Err(wrong()),
+        }
+    }
+    checked(&e.body, &e.details, e.occurred_at)?;
+    Ok(e)
 }

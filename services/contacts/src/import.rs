@@ -12,7 +12,7 @@ use crate::csv_records::{Record, RecordReader};
 use crate::email;
 use crate::error::{Error, Result};
 use crate::properties::{self, Catalog, Value};
-use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Start, Store};
+use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Origin, Start, Store};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -596,8 +596,10 @@ async fn write(
             })
             .collect();
         let mut marketing = Vec::new();
+        let origin =
+            Origin { source_type: "IMPORT".into(), source_id: import.id.clone(), user_id: user.to_owned() };
         for ((id, row), outcome) in
-            updates.iter().zip(ctx.store.update_contacts(account, changes, now).await?)
+            updates.iter().zip(ctx.store.update_contacts(account, changes, &origin, now).await?)
         {
             match outcome {
                 Ok(_) => {

@@ -4,12 +4,14 @@ mod api;
 mod convert;
 pub mod csv_records;
 pub mod email;
+pub mod engagements;
 use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
 pub mod import;
 pub mod names;
 pub mod properties;
+mod record;
 mod store;
 
 use contactier_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
@@ -55,6 +57,9 @@ pub fn policy() -> Policy {
                 "ListListMembers",
                 "ListContactMemberships",
                 "GetConsent",
+                "ListPropertyHistory",
+                "GetEngagement",
+                "ListEngagements",
             ],
         )
         .allow(
@@ -75,6 +80,9 @@ pub fn policy() -> Policy {
                 "AddListMembers",
                 "RemoveListMembers",
                 "SetConsent",
+                "CreateEngagement",
+                "UpdateEngagement",
+                "DeleteEngagement",
             ],
         )
         .allow(

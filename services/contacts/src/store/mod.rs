@@ -17,11 +17,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 mod consent;
+mod engagements;
+mod history;
 mod imports;
 mod lists;
 mod search;
 
 pub use consent::ConsentRow;
+pub use engagements::{KeepLogged, Logged, Subject};
+pub use history::{EMAIL, HistoryRow, Origin};
 pub use imports::{ImportErrorRow, ImportRow, Start};
 pub use lists::ListRow;
 pub use search::{Cursor, SortKey};
@@ -40,6 +44,8 @@ pub struct ContactRow {
     pub source_id: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// When the latest engagement happened; 0 for none.
+    pub last_activity_at: i64,
 }
 
 impl ContactRow {
@@ -48,8 +54,8 @@ impl ContactRow {
     }
 }
 
-pub(crate) const CONTACT_COLUMNS: &str =
-    "c.id, c.email, c.properties, c.version, c.source_type, c.source_id, c.created_at, c.updated_at";
+pub(crate) const CONTACT_COLUMNS: &str = "c.id, c.email, c.properties, c.version, c.source_type, \
+     c.source_id, c.created_at, c.updated_at, c.last_activity_at";
 
 /// Saves an answer under its request id; the first one saved stays.
 const KEEP_ANSWER: &str = "INSERT INTO request_answers (account_id, request_id, answer, digest) \
@@ -155,7 +161,7 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
         let row: Option<ContactRow> =
             tx.fetch_optional(Sql::new(AssertSqlSafe(q.as_str())).bind(account).bind(id)).await?;
         if let Some(row) = row {
-            for table in ["contact_values", "list_members", "consents"] {
+            for table in ["contact_values", "list_members", "consents", "property_history", "engagements"] {
                 let q = format!("DELETE FROM {table} WHERE account_id = $1 AND contact_id = $2");
                 tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
             }
@@ -172,7 +178,7 @@ async fn contact(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<Con
 }
 
 const CONTACT_BY_ID: &str = "SELECT id, email, properties, version, source_type, source_id, created_at, \
-     updated_at FROM contacts WHERE account_id = $1 AND id = $2";
+     updated_at, last_activity_at FROM contacts WHERE account_id = $1 AND id = $2";
 
 /// The columns of a property definition, in the order [`DefinitionRow`] and the tuples read
 /// from [`Store::contact_with_catalog`]'s JSON take them.
@@ -340,100 +346,8 @@ impl Store {
         now: DateTime<Utc>,
         keep: Option<KeepAnswer<'_>>,
     ) -> Result<Vec<Result<ContactRow>>> {
-        let at = micros(now);
-        let rows: Vec<(ContactRow, &NewContact)> = contacts
-            .iter()
-            .map(|c| {
-                let shown: BTreeMap<String, String> =
-                    c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
-                let row = ContactRow {
-                    id: new_id(),
-                    email: c.email.address.clone(),
-                    properties: json(&shown),
-                    version: 1,
-                    source_type: c.source_type.clone(),
-                    source_id: c.source_id.clone(),
-                    created_at: at,
-                    updated_at: at,
-                };
-                (row, c)
-            })
-            .collect();
-        let (contacts_per, values_per) = (self.db.rows_per_statement(10), self.db.rows_per_statement(5));
         let mut tx = self.db.begin_write().await?;
-        let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-        for chunk in rows.chunks(contacts_per) {
-            let sql = format!(
-                "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
-                 source_id, created_at, updated_at) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
-                 RETURNING id",
-                placeholders(chunk.len(), 10)
-            );
-            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c)| {
-                q.bind(account)
-                    .bind(&row.id)
-                    .bind(&row.email)
-                    .bind(&c.email.key)
-                    .bind(&row.properties)
-                    .bind(1i64)
-                    .bind(&row.source_type)
-                    .bind(&row.source_id)
-                    .bind(at)
-                    .bind(at)
-            });
-            let ids: Vec<(String,)> = tx.fetch_all(q).await?;
-            inserted.extend(ids.into_iter().map(|r| r.0));
-        }
-        let values: Vec<(&str, &str, &Value)> = rows
-            .iter()
-            .filter(|(row, _)| inserted.contains(&row.id))
-            .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
-            .collect();
-        for chunk in values.chunks(values_per) {
-            let sql = format!(
-                "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
-                placeholders(chunk.len(), 5)
-            );
-            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, v)| {
-                q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num)
-            });
-            tx.execute(q).await?;
-        }
-        let events: Vec<mpb::ContactEvent> = rows
-            .iter()
-            .filter(|(row, _)| inserted.contains(&row.id))
-            .map(|(row, c)| created_event(account, now, row, c))
-            .collect();
-        add_total(&mut tx, account, events.len() as i64).await?;
-        send_events(&mut tx, account, events, now).await?;
-        // The contacts already there, in one read, so each refusal can name the one to go to.
-        let taken: Vec<&str> = rows
-            .iter()
-            .filter(|(row, _)| !inserted.contains(&row.id))
-            .map(|(_, c)| c.email.key.as_str())
-            .collect();
-        let there: HashMap<String, String> = if taken.is_empty() {
-            HashMap::new()
-        } else {
-            let sql = format!(
-                "SELECT email_key, id FROM contacts WHERE account_id = $1 AND {}",
-                self.db.json_in("email_key", 2)
-            );
-            let taken = serde_json::to_string(&taken).expect("JSON of strings");
-            let found: Vec<(String, String)> =
-                tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind(account).bind(taken)).await?;
-            found.into_iter().collect()
-        };
-        let outcomes: Vec<Result<ContactRow>> = rows
-            .iter()
-            .map(|(row, c)| {
-                if inserted.contains(&row.id) {
-                    Ok(row.clone())
-                } else {
-                    Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
-                }
-            })
-            .collect();
+        let outcomes = insert_contacts(&mut tx, &self.db, account, &contacts, now).await?;
         if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
             && let Some(bytes) = answer(&outcomes)
         {
@@ -471,12 +385,13 @@ impl Store {
         &self,
         account: &str,
         changes: Vec<Change>,
+        origin: &Origin,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
         let mut tx = self.db.begin_write().await?;
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
-            out.push(update_contact(&mut tx, account, ch, now).await?);
+            out.push(update_contact(&mut tx, account, ch, origin, now).await?);
         }
         tx.commit().await?;
         Ok(out)
@@ -513,9 +428,9 @@ impl Store {
     pub async fn merge(
         &self,
         account: &str,
-        primary: &str,
-        secondary: &str,
+        (primary, secondary): (&str, &str),
         catalog: &Catalog,
+        user: &str,
         now: DateTime<Utc>,
     ) -> Result<ContactRow> {
         let mut tx = self.db.begin_write().await?;
@@ -532,6 +447,7 @@ impl Store {
             .collect();
         let shown: BTreeMap<String, String> =
             typed.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+        let before = p.values();
         let merged =
             ContactRow { properties: json(&shown), version: p.version + 1, updated_at: micros(now), ..p };
         let update = Sql::new(SET_PROPERTIES)
@@ -542,6 +458,21 @@ impl Store {
             .bind(primary);
         tx.execute(update).await?;
         write_values(&mut tx, account, primary, &typed).await?;
+        // The primary's own history and the secondary's go on together; the values the merge
+        // changed are its own entries.
+        history::move_history(&mut tx, account, secondary, primary).await?;
+        engagements::move_engagements(&mut tx, account, secondary, primary).await?;
+        let q = "SELECT last_activity_at FROM contacts WHERE account_id = $1 AND id = $2";
+        let last_activity_at: i64 = tx.scalar(Sql::new(q).bind(account).bind(primary)).await?;
+        let merged = ContactRow { last_activity_at, ..merged };
+        let origin =
+            Origin { source_type: "MERGE".into(), source_id: secondary.into(), user_id: user.into() };
+        let changed = changed_values(&before, &shown);
+        let entries: Vec<history::Entry> = changed
+            .iter()
+            .map(|(name, value)| history::Entry { contact: primary, name, value, origin: &origin })
+            .collect();
+        history::record(&mut tx, account, &entries, micros(now)).await?;
         // Memberships move over; the primary's own ones stay.
         tx.execute(Sql::new(MOVE_MEMBERSHIPS).bind(account).bind(secondary).bind(primary)).await?;
         remove_contacts(&mut tx, account, &[secondary.to_owned()]).await?;
@@ -565,9 +496,20 @@ impl Store {
         let current = contact(&mut self.db.conn().await?, account, id).await?;
         let current = current.ok_or_else(|| Error::no_contact(id))?;
         let cleared = current.values().into_keys().map(|k| (k, None)).collect();
-        let mut out = self.update_contacts(account, vec![Change { values: cleared, ..change }], now).await?;
+        let origin = Origin { source_type: "SYSTEM".into(), ..Origin::default() };
+        let changes = vec![Change { values: cleared, ..change }];
+        let mut out = self.update_contacts(account, changes, &origin, now).await?;
+        // Nothing of what it held is kept: not its consent, not its values' history.
+        let mut tx = self.db.begin_write().await?;
         let q = "DELETE FROM consents WHERE account_id = $1 AND contact_id = $2";
-        self.db.execute(Sql::new(q).bind(account).bind(id)).await?;
+        tx.execute(Sql::new(q).bind(account).bind(id)).await?;
+        history::forget(&mut tx, account, id).await?;
+        // Its timeline's notes, emails and meetings hold what it said and did.
+        let q = "DELETE FROM engagements WHERE account_id = $1 AND contact_id = $2";
+        tx.execute(Sql::new(q).bind(account).bind(id)).await?;
+        let q = "UPDATE contacts SET last_activity_at = 0 WHERE account_id = $1 AND id = $2";
+        tx.execute(Sql::new(q).bind(account).bind(id)).await?;
+        tx.commit().await?;
         out.pop().expect("one change, one outcome")
     }
 
@@ -618,6 +560,136 @@ impl Store {
     }
 }
 
+/// Creates contacts inside a transaction: the rows, their values and history, the account's
+/// total and the events for marketing-status; each with its own outcome.
+pub(crate) async fn insert_contacts(
+    tx: &mut impl Tx,
+    db: &Db,
+    account: &str,
+    contacts: &[NewContact],
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<ContactRow>>> {
+    let at = micros(now);
+    let rows: Vec<(ContactRow, &NewContact)> = contacts
+        .iter()
+        .map(|c| {
+            let shown: BTreeMap<String, String> =
+                c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+            let row = ContactRow {
+                id: new_id(),
+                email: c.email.address.clone(),
+                properties: json(&shown),
+                version: 1,
+                source_type: c.source_type.clone(),
+                source_id: c.source_id.clone(),
+                created_at: at,
+                updated_at: at,
+                last_activity_at: 0,
+            };
+            (row, c)
+        })
+        .collect();
+    let (contacts_per, values_per) = (db.rows_per_statement(10), db.rows_per_statement(5));
+    let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+    for chunk in rows.chunks(contacts_per) {
+        let sql = format!(
+            "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
+             source_id, created_at, updated_at) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
+             RETURNING id",
+            placeholders(chunk.len(), 10)
+        );
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c)| {
+            q.bind(account)
+                .bind(&row.id)
+                .bind(&row.email)
+                .bind(&c.email.key)
+                .bind(&row.properties)
+                .bind(1i64)
+                .bind(&row.source_type)
+                .bind(&row.source_id)
+                .bind(at)
+                .bind(at)
+        });
+        let ids: Vec<(String,)> = tx.fetch_all(q).await?;
+        inserted.extend(ids.into_iter().map(|r| r.0));
+    }
+    let values: Vec<(&str, &str, &Value)> = rows
+        .iter()
+        .filter(|(row, _)| inserted.contains(&row.id))
+        .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
+        .collect();
+    for chunk in values.chunks(values_per) {
+        let sql = format!(
+            "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
+            placeholders(chunk.len(), 5)
+        );
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, v)| {
+            q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num)
+        });
+        tx.execute(q).await?;
+    }
+    let origins: Vec<Origin> = rows
+        .iter()
+        .map(|(_, c)| Origin {
+            source_type: c.source_type.clone(),
+            source_id: c.source_id.clone(),
+            user_id: c.user_id.clone(),
+        })
+        .collect();
+    let entries: Vec<history::Entry> = rows
+        .iter()
+        .zip(&origins)
+        .filter(|((row, _), _)| inserted.contains(&row.id))
+        .flat_map(|((row, c), origin)| {
+            let email = history::Entry { contact: &row.id, name: EMAIL, value: &row.email, origin };
+            let values = c.values.iter().map(move |(name, v)| history::Entry {
+                contact: &row.id,
+                name,
+                value: &v.text,
+                origin,
+            });
+            std::iter::once(email).chain(values)
+        })
+        .collect();
+    history::record(tx, account, &entries, at).await?;
+    let events: Vec<mpb::ContactEvent> = rows
+        .iter()
+        .filter(|(row, _)| inserted.contains(&row.id))
+        .map(|(row, c)| created_event(account, now, row, c))
+        .collect();
+    add_total(tx, account, events.len() as i64).await?;
+    send_events(tx, account, events, now).await?;
+    // The contacts already there, in one read, so each refusal can name the one to go to.
+    let taken: Vec<&str> = rows
+        .iter()
+        .filter(|(row, _)| !inserted.contains(&row.id))
+        .map(|(_, c)| c.email.key.as_str())
+        .collect();
+    let there: HashMap<String, String> = if taken.is_empty() {
+        HashMap::new()
+    } else {
+        let sql = format!(
+            "SELECT email_key, id FROM contacts WHERE account_id = $1 AND {}",
+            db.json_in("email_key", 2)
+        );
+        let taken = serde_json::to_string(&taken).expect("JSON of strings");
+        let found: Vec<(String, String)> =
+            tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind(account).bind(taken)).await?;
+        found.into_iter().collect()
+    };
+    let outcomes: Vec<Result<ContactRow>> = rows
+        .iter()
+        .map(|(row, c)| {
+            if inserted.contains(&row.id) {
+                Ok(row.clone())
+            } else {
+                Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
+            }
+        })
+        .collect();
+    Ok(outcomes)
+}
+
 /// The event of a new contact for marketing-status.
 fn created_event(account: &str, now: DateTime<Utc>, row: &ContactRow, c: &NewContact) -> mpb::ContactEvent {
     use contactier_proto::common::v1::{Source, SourceType};
@@ -635,11 +707,22 @@ fn created_event(account: &str, now: DateTime<Utc>, row: &ContactRow, c: &NewCon
     contact_event(account, now, mpb::contact_event::Payload::Created(created))
 }
 
+/// The values of `after` that differ from `before`, with '' for those cleared.
+fn changed_values<'a>(
+    before: &'a BTreeMap<String, String>,
+    after: &'a BTreeMap<String, String>,
+) -> Vec<(&'a str, &'a str)> {
+    let set = after.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, v)| (k.as_str(), v.as_str()));
+    let cleared = before.keys().filter(|k| !after.contains_key(*k)).map(|k| (k.as_str(), ""));
+    set.chain(cleared).collect()
+}
+
 /// One change of [`Store::update_contacts`], with its outcome.
 async fn update_contact(
     tx: &mut impl Tx,
     account: &str,
     ch: Change,
+    origin: &Origin,
     now: DateTime<Utc>,
 ) -> Result<Result<ContactRow>> {
     let Some(row) = contact(tx, account, &ch.id).await? else {
@@ -670,6 +753,15 @@ async fn update_contact(
         return Ok(Ok(row));
     }
     let key = ch.email.as_ref().map_or(row.email.to_lowercase(), |e| e.key.clone());
+    let before = row.values();
+    let mut entries: Vec<history::Entry> = changed_values(&before, &shown)
+        .into_iter()
+        .map(|(name, value)| history::Entry { contact: &ch.id, name, value, origin })
+        .collect();
+    if email != row.email {
+        entries.push(history::Entry { contact: &ch.id, name: EMAIL, value: &email, origin });
+    }
+    history::record(tx, account, &entries, micros(now)).await?;
     let updated = ContactRow {
         email,
         properties: json(&shown),

@@ -1,0 +1,104 @@
+//! Property history: every change of a contact's values (and of its email), kept in the
+//! transaction that makes it, with where it came from and who made it.
+
+use super::Store;
+use crate::error::Result;
+use contactier_runtime::convert::new_id;
+use contactier_runtime::sql::{Sql, Tx};
+use sqlx::AssertSqlSafe;
+
+/// Who made a change and through what: a source type (`USER`, `IMPORT`, `INTEGRATION`,
+/// `WORKFLOW`, `MERGE`, `SYSTEM`, ...), the source's id and the user, if a person.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub source_type: String,
+    pub source_id: String,
+    pub user_id: String,
+}
+
+/// One change to record: a property of a contact and its value after ('' when cleared).
+pub(super) struct Entry<'a> {
+    pub contact: &'a str,
+    pub name: &'a str,
+    pub value: &'a str,
+    pub origin: &'a Origin,
+}
+
+/// The name history keeps the email under, beside the properties.
+pub const EMAIL: &str = "email";
+
+/// A kept change.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub id: String,
+    pub name: String,
+    pub value: String,
+    pub source_type: String,
+    pub source_id: String,
+    pub user_id: String,
+    pub changed_at: i64,
+}
+
+/// Rows one statement writes: 9 parameters each, under SQLite's 999.
+const ROWS_PER_STATEMENT: usize = 100;
+
+const COLUMNS: &str = "account_id, contact_id, name, id, value, source_type, source_id, user_id, changed_at";
+
+/// Newest first by (time, id), of one property or of all.
+const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, changed_at \
+     FROM property_history WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR name = $3) \
+     AND (changed_at < $4 OR (changed_at = $4 AND id < $5)) ORDER BY changed_at DESC, id DESC LIMIT $6";
+
+/// Records changes made at `at`, a few statements for many.
+pub(super) async fn record(tx: &mut impl Tx, account: &str, entries: &[Entry<'_>], at: i64) -> Result<()> {
+    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO property_history ({COLUMNS}) VALUES {}",
+            contactier_runtime::db::placeholders(chunk.len(), 9)
+        );
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, e| {
+            q.bind(account)
+                .bind(e.contact)
+                .bind(e.name)
+                .bind(new_id())
+                .bind(e.value)
+                .bind(&e.origin.source_type)
+                .bind(&e.origin.source_id)
+                .bind(&e.origin.user_id)
+                .bind(at)
+        });
+        tx.execute(q).await?;
+    }
+    Ok(())
+}
+
+/// Gives the history of `from` to `to` (a merge keeps both contacts' histories).
+pub(super) async fn move_history(tx: &mut impl Tx, account: &str, from: &str, to: &str) -> Result<()> {
+    let q = "UPDATE property_history SET contact_id = $3 WHERE account_id = $1 AND contact_id = $2";
+    tx.execute(Sql::new(q).bind(account).bind(from).bind(to)).await?;
+    Ok(())
+}
+
+/// Forgets every change of a contact (erasure, anonymisation).
+pub(super) async fn forget(tx: &mut impl Tx, account: &str, contact: &str) -> Result<()> {
+    let q = "DELETE FROM property_history WHERE account_id = $1 AND contact_id = $2";
+    tx.execute(Sql::new(q).bind(account).bind(contact)).await?;
+    Ok(())
+}
+
+impl Store {
+    /// A contact's changes of `name` (every property when empty), newest first, before the
+    /// (time, id) given.
+    pub async fn property_history(
+        &self,
+        account: &str,
+        contact: &str,
+        name: &str,
+        before: Option<(i64, String)>,
+        limit: i64,
+    ) -> Result<Vec<HistoryRow>> {
+        let (at, id) = before.unwrap_or((i64::MAX, String::new()));
+        let page = Sql::new(PAGE).bind(account).bind(contact).bind(name).bind(at).bind(id).bind(limit);
+        Ok(self.db.fetch_all(page).await?)
+    }
+}
