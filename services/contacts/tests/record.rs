@@ -214,7 +214,308 @@ async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backen
     );
 }
 
+fn note(contact: &str, body: &str) -> pb::CreateEngagementRequest {
+    engagement(
+        Some(pb::create_engagement_request::Contact::ContactId(contact.into())),
+        pb::EngagementType::Note,
+        body,
+        None,
+    )
+}
+
+fn engagement(
+    contact: Option<pb::create_engagement_request::Contact>,
+    t: pb::EngagementType,
+    body: &str,
+    details: Option<pb::engagement::Details>,
+) -> pb::CreateEngagementRequest {
+    pb::CreateEngagementRequest {
+        contact,
+        engagement: Some(pb::Engagement {
+            r#type: t as i32,
+            body: body.into(),
+            details,
+            ..Default::default()
+        }),
+        from_sales_extension: false,
+        request_id: String::new(),
+    }
+}
+
+fn by_email(email: &str) -> Option<pb::create_engagement_request::Contact> {
+    Some(pb::create_engagement_request::Contact::Email(email.into()))
+}
+
+fn call(direction: pb::Direction, seconds: i64) -> Option<pb::engagement::Details> {
+    Some(pb::engagement::Details::Call(pb::Call {
+        direction: direction as i32,
+        duration_seconds: seconds,
+        outcome: pb::CallOutcome::Connected as i32,
+    }))
+}
+
+fn at(seconds: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds, nanos: 0 }
+}
+
+async fn timeline(s: &Contacts, contact: &str, t: pb::EngagementType) -> Vec<pb::Engagement> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListEngagementsRequest {
+            contact_id: contact.into(),
+            r#type: t as i32,
+            page_size: 2,
+            page_token: token,
+        };
+        let r =
+            s.api().list_engagements(authed(req, &s.token(ACCOUNT, &["read"]))).await.unwrap().into_inner();
+        out.extend(r.engagements);
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backend: Backend) {
+    use pb::EngagementType as T;
+    let s = start(backend).await;
+    let c = s.create("grace@example.com", &[]).await.unwrap();
+    assert_eq!(c.last_activity_at, None, "{backend:?}: no activity yet");
+    let w = s.writer();
+    let log = |req: pb::CreateEngagementRequest| {
+        let api = s.api();
+        let w = w.clone();
+        async move { api.clone().create_engagement(authed(req, &w)).await.map(|r| r.into_inner()) }
+    };
+    let id = || Some(pb::create_engagement_request::Contact::ContactId(c.id.clone()));
+
+    let n = log(note(&c.id, "Asked for a demo")).await.unwrap();
+    let noted = n.engagement.unwrap();
+    assert!(!n.contact_created);
+    assert_eq!(
+        noted.occurred_at,
+        Some(prost_types::Timestamp { seconds: s.platform.clock.now().timestamp(), nanos: 0 }),
+        "{backend:?}: now when not given"
+    );
+    let mut req = engagement(id(), T::Call, "Walked through pricing", call(pb::Direction::Outbound, 600));
+    req.engagement.as_mut().unwrap().occurred_at = Some(at(s.platform.clock.now().timestamp() + 3_600));
+    let called = log(req).await.unwrap().engagement.unwrap();
+    let start_time = s.platform.clock.now().timestamp() + 86_400;
+    let meeting = Some(pb::engagement::Details::Meeting(pb::Meeting {
+        start_time: Some(at(start_time)),
+        end_time: Some(at(start_time + 1_800)),
+        outcome: 0,
+    }));
+    let met = log(engagement(id(), T::Meeting, "", meeting)).await.unwrap().engagement.unwrap();
+    assert_eq!(met.occurred_at, Some(at(start_time)), "{backend:?}: a meeting happens at its start");
+    let task = Some(pb::engagement::Details::Task(pb::Task {
+        subject: "Send the quote".into(),
+        due_date: Some(contactier_proto::common::v1::Date { year: 2026, month: 5, day: 8 }),
+        owner_id: "user-7".into(),
+        status: 0,
+    }));
+    let tasked = log(engagement(id(), T::Task, "", task)).await.unwrap().engagement.unwrap();
+    match tasked.details {
+        Some(pb::engagement::Details::Task(t)) => assert_eq!(t.status, pb::TaskStatus::NotStarted as i32),
+        other => panic!("{backend:?}: {other:?}"),
+    }
+
+    // Newest first by when it happened; by kind; the contact's last activity is the meeting.
+    let all: Vec<String> = timeline(&s, &c.id, T::Unspecified).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(all, [met.id.clone(), called.id.clone(), tasked.id.clone(), noted.id.clone()], "{backend:?}");
+    let calls = timeline(&s, &c.id, T::Call).await;
+    assert_eq!(calls, [called.clone()], "{backend:?}");
+    assert_eq!(s.by_email("grace@example.com").await.last_activity_at, Some(at(start_time)), "{backend:?}");
+
+    // Moved earlier, the meeting is no longer the latest; deleted calls leave the note's time.
+    let moved = pb::UpdateEngagementRequest {
+        engagement: Some(pb::Engagement {
+            id: met.id.clone(),
+            details: Some(pb::engagement::Details::Meeting(pb::Meeting {
+                start_time: Some(at(start_time - 172_800)),
+                end_time: Some(at(start_time - 171_000)),
+                outcome: pb::MeetingOutcome::Completed as i32,
+            })),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["meeting.start_time".into(), "meeting.end_time".into(), "meeting.outcome".into()],
+        }),
+    };
+    let m = s.api().update_engagement(authed(moved, &w)).await.unwrap().into_inner().engagement.unwrap();
+    assert_eq!(m.occurred_at, Some(at(start_time - 172_800)), "{backend:?}");
+    assert_eq!(s.by_email("grace@example.com").await.last_activity_at, called.occurred_at, "{backend:?}");
+    let req = pb::DeleteEngagementRequest { id: called.id.clone() };
+    s.api().delete_engagement(authed(req, &w)).await.unwrap();
+    let last = s.by_email("grace@example.com").await.last_activity_at;
+    assert_eq!(last, tasked.occurred_at, "{backend:?}: the latest left");
+
+    // Bad asks name their field and change nothing.
+    let bad = |mut req: pb::CreateEngagementRequest, field: &'static str| {
+        let api = s.api();
+        let w = w.clone();
+        req.contact = req.contact.or_else(id);
+        async move {
+            let err = api.clone().create_engagement(authed(req, &w)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+        }
+    };
+    bad(engagement(None, T::Unspecified, "x", None), "engagement.type").await;
+    bad(engagement(None, T::Call, "x", None), "engagement.call").await;
+    bad(engagement(None, T::Note, " ", None), "engagement.body").await;
+    bad(engagement(None, T::Note, "x", call(pb::Direction::Inbound, 1)), "engagement.details").await;
+    bad(engagement(None, T::Call, "", call(pb::Direction::Unspecified, 1)), "engagement.call.direction")
+        .await;
+    bad(engagement(None, T::Call, "", call(pb::Direction::Inbound, 86_401)), "duration_seconds").await;
+    let mut later_end = engagement(None, T::Meeting, "", None);
+    later_end.engagement.as_mut().unwrap().details = Some(pb::engagement::Details::Meeting(pb::Meeting {
+        start_time: Some(at(start_time)),
+        end_time: Some(at(start_time - 1)),
+        outcome: 0,
+    }));
+    bad(later_end, "engagement.meeting.end_time").await;
+    let wrong_path = pb::UpdateEngagementRequest {
+        engagement: Some(pb::Engagement { id: noted.id.clone(), ..Default::default() }),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["call.outcome".into()] }),
+    };
+    let err = s.api().update_engagement(authed(wrong_path, &w)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("update_mask"), "{}", err.message());
+    assert_eq!(timeline(&s, &c.id, T::Unspecified).await.len(), 3, "{backend:?}: nothing added");
+
+    // Another account's engagements are not there.
+    let other = s.token("acct-b", &["read", "write"]);
+    let err = s.api().get_engagement(authed(pb::GetEngagementRequest { id: noted.id.clone() }, &other)).await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound, "{backend:?}");
+    let err =
+        s.api().delete_engagement(authed(pb::DeleteEngagementRequest { id: noted.id.clone() }, &other)).await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound, "{backend:?}");
+
+    // A retry under one request id logs once; the id reused for another engagement is refused.
+    let mut again = note(&c.id, "Follow-up booked");
+    again.request_id = "log-1".into();
+    let first = log(again.clone()).await.unwrap();
+    assert_eq!(log(again.clone()).await.unwrap(), first, "{backend:?}");
+    again.engagement.as_mut().unwrap().body = "Something else".into();
+    assert!(log(again).await.is_err(), "{backend:?}");
+    assert_eq!(timeline(&s, &c.id, T::Note).await.len(), 2, "{backend:?}");
+
+    // Erased, the contact's timeline goes with it, and its export held it before.
+    let admin = s.token(ACCOUNT, &["admin"]);
+    let export = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: c.id.clone(), email: String::new() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let own: serde_json::Value = serde_json::from_str(&export.parts[0].json).unwrap();
+    assert_eq!(own["engagements"].as_array().unwrap().len(), 4, "{backend:?}: {own}");
+    s.api()
+        .erase_contact(authed(
+            pb::EraseContactRequest { contact_id: c.id.clone(), email: String::new() },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let err = s.api().get_engagement(authed(pb::GetEngagementRequest { id: noted.id.clone() }, &w)).await;
+    assert_eq!(err.unwrap_err().code(), Code::NotFound, "{backend:?}: erased with its contact");
+}
+
+async fn logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact(backend: Backend) {
+    use contactier_proto::common::v1::MarketingStatus;
+    use pb::EngagementType as T;
+    let s = start(backend).await;
+    let w = s.writer();
+    let email = Some(pb::engagement::Details::Email(pb::LoggedEmail {
+        direction: pb::Direction::Inbound as i32,
+        subject: "Question about invoices".into(),
+    }));
+    let r = s
+        .api()
+        .create_engagement(authed(engagement(by_email("New@Example.com"), T::Email, "Hi", email.clone()), &w))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.contact_created, "{backend:?}");
+    let made = s.by_email("new@example.com").await;
+    assert_eq!(r.engagement.unwrap().contact_id, made.id);
+    assert_eq!(made.creation_source.as_ref().unwrap().r#type, SourceType::LoggedEmail as i32, "{backend:?}");
+    // The same address again goes on the same contact.
+    let r = s
+        .api()
+        .create_engagement(authed(engagement(by_email("new@example.com"), T::Email, "Again", email), &w))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.contact_created, "{backend:?}");
+    assert_eq!(timeline(&s, &made.id, T::Email).await.len(), 2, "{backend:?}");
+
+    let meeting = Some(pb::engagement::Details::Meeting(pb::Meeting {
+        start_time: Some(at(1_780_000_000)),
+        end_time: None,
+        outcome: 0,
+    }));
+    s.api()
+        .create_engagement(authed(engagement(by_email("booked@example.com"), T::Meeting, "", meeting), &w))
+        .await
+        .unwrap();
+    let booked = s.by_email("booked@example.com").await;
+    assert_eq!(
+        booked.creation_source.as_ref().unwrap().r#type,
+        SourceType::MeetingLink as i32,
+        "{backend:?}"
+    );
+
+    let mut ext = engagement(by_email("caller@example.com"), T::Call, "", call(pb::Direction::Inbound, 60));
+    ext.from_sales_extension = true;
+    s.api().create_engagement(authed(ext, &w)).await.unwrap();
+    let called = s.by_email("caller@example.com").await;
+    assert_eq!(
+        called.creation_source.as_ref().unwrap().r#type,
+        SourceType::SalesExtension as i32,
+        "{backend:?}"
+    );
+
+    // marketing-status hears of them and keeps them non-marketing, as their sources say.
+    s.settle().await;
+    for c in [&made, &booked, &called] {
+        let status = s.status(&c.id).await.expect("marketing-status knows the contact");
+        assert_eq!(status.status, MarketingStatus::NonMarketing as i32, "{backend:?}: {}", c.email);
+    }
+
+    // A note or a plain call needs a contact: nothing is created for them.
+    for req in [
+        engagement(by_email("nobody@example.com"), T::Note, "Who?", None),
+        engagement(by_email("nobody@example.com"), T::Call, "", call(pb::Direction::Outbound, 5)),
+    ] {
+        let err = s.api().create_engagement(authed(req, &w)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+    }
+    let read = s.token(ACCOUNT, &["read"]);
+    let missing =
+        pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email("nobody@example.com".into())) };
+    assert_eq!(
+        s.api().get_contact(authed(missing, &read)).await.unwrap_err().code(),
+        Code::NotFound,
+        "{backend:?}"
+    );
+    let err = s
+        .api()
+        .create_engagement(authed(engagement(by_email("not an address"), T::Email, "", None), &w))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
+    the_timeline_keeps_every_kind_of_engagement_and_the_last_activity,
+    logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact,
 );
