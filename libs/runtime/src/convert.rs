@@ -37,9 +37,30 @@ pub fn date(d: Option<&common::Date>) -> Result<NaiveDate, &'static str> {
         .ok_or("not a calendar date")
 }
 
+/// The name a source type is stored and logged under (`FORM`, `IMPORT`, ...).
+pub fn source_type_name(t: contactier_proto::common::v1::SourceType) -> String {
+    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
+}
+
+/// A stored source type name in its contract form; unspecified for a name it does not know.
+pub fn source_type(name: &str) -> contactier_proto::common::v1::SourceType {
+    contactier_proto::common::v1::SourceType::from_str_name(&format!("SOURCE_TYPE_{name}"))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_type_names_go_both_ways() {
+        use contactier_proto::common::v1::SourceType;
+        for t in [SourceType::LoggedEmail, SourceType::Form, SourceType::SalesExtension] {
+            assert_eq!(source_type(&source_type_name(t)), t);
+        }
+        assert_eq!(source_type_name(SourceType::MeetingLink), "MEETING_LINK");
+        assert_eq!(source_type("NO_SUCH"), SourceType::Unspecified);
+    }
 
     #[test]
     fn dates_are_checked_and_round_trip() {

@@ -338,7 +338,7 @@ impl BillingService for Api {
             entries.push(pb::CalendarEntry {
                 date: Some(pb_date(date)),
                 processing_at: Some(timestamp(sub.processing_at(&self.book, date))),
-                renewal: calendar::term_containing(sub.start_date, sub.term, date).0 == date,
+                renewal: calendar::is_renewal_date(sub.start_date, sub.term, date),
             });
         }
         Ok(Response::new(pb::GetCalendarResponse { entries }))

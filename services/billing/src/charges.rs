@@ -39,8 +39,17 @@ pub fn upgrade_line(
     Ok(Line::prorated_upgrade(from, to, &p, day, term_end, count))
 }
 
-/// The upgrade `count` contacts would bring on `today`: None when the tier holds them;
-/// FAILED_PRECONDITION when no tier does (sales agree a larger one).
+/// The tier `count` contacts move the subscription to at once, if any: the smallest that
+/// holds them, or the largest when none does (billed there until sales agree a larger one).
+/// Never down: a lower count waits for a renewal.
+pub fn upgrade_tier(sub: &Subscription, book: &PriceBook, count: i64) -> Result<Option<i64>> {
+    let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
+    Ok(shape.upgrade_to(sub.tier, count))
+}
+
+/// The upgrade `count` contacts would bring on `today`, as [`upgrade_tier`] decides it: None
+/// when the tier holds them; FAILED_PRECONDITION when no tier does, for a preview asks what
+/// the edition cannot give (sales agree a larger one).
 pub fn plan_upgrade(
     sub: &Subscription,
     book: &PriceBook,
@@ -48,12 +57,12 @@ pub fn plan_upgrade(
     today: NaiveDate,
 ) -> Result<Option<PlannedUpgrade>> {
     let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
-    let to_tier = shape
-        .smallest_holding(count)
-        .map_err(|e| Error::FailedPrecondition(format!("{e}; contact sales for a larger tier")))?;
-    if to_tier <= sub.tier {
-        return Ok(None);
+    if let Err(e) = shape.smallest_holding(count) {
+        return Err(Error::FailedPrecondition(format!("{e}; contact sales for a larger tier")));
     }
+    let Some(to_tier) = upgrade_tier(sub, book, count)? else {
+        return Ok(None);
+    };
     Ok(Some(PlannedUpgrade {
         to_tier,
         line: upgrade_line(sub, book, (sub.tier, to_tier), today, count)?,
@@ -115,6 +124,15 @@ mod tests {
         assert_eq!((plan.line.remaining_days, plan.line.term_days), (183, 365));
         assert_eq!(plan.new_price, price(&s, &book, 7_000).unwrap());
         assert!(plan.line.amount_minor > 0 && plan.line.amount_minor < plan.line.price_difference_minor);
+    }
+
+    #[test]
+    fn a_count_past_the_largest_tier_upgrades_to_it_and_a_preview_says_to_ask_sales() {
+        let book = book();
+        let max = book.edition(Edition::Professional).unwrap().shape.max_tier;
+        assert_eq!(upgrade_tier(&sub(2_000, None), &book, max + 1).unwrap(), Some(max));
+        assert_eq!(upgrade_tier(&sub(max, None), &book, max + 1).unwrap(), None);
+        assert_eq!(upgrade_tier(&sub(7_000, None), &book, 100).unwrap(), None, "never down");
     }
 
     #[test]

@@ -168,7 +168,7 @@ pub fn billing_event(
     npb::BillingEvent {
         event_id: new_id(),
         account_id: account.to_owned(),
-        occurred_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+        occurred_at: Some(contactier_runtime::convert::timestamp(now)),
         payload: Some(payload),
     }
 }

@@ -35,8 +35,7 @@ pub fn contact(row: ContactRow, catalog: &Catalog, only: &[String]) -> pb::Conta
 
 /// A source as stored (`USER`, `IMPORT`, ...) in its contract form.
 pub fn source(source_type: &str, id: String) -> common::Source {
-    let t = common::SourceType::from_str_name(&format!("SOURCE_TYPE_{source_type}"))
-        .unwrap_or(common::SourceType::Unspecified);
+    let t = contactier_runtime::convert::source_type(source_type);
     common::Source { r#type: t as i32, id }
 }
 
@@ -51,9 +50,7 @@ pub fn property_change(h: HistoryRow) -> pb::PropertyChange {
     }
 }
 
-pub fn source_type_name(t: common::SourceType) -> String {
-    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
-}
+pub use contactier_runtime::convert::source_type_name;
 
 fn pb_type(t: PropertyType) -> pb::PropertyType {
     match t {

@@ -14,8 +14,7 @@ use contactier_runtime::error::Error;
 use tonic::{Request, Status as GrpcStatus};
 
 fn pb_change(c: ChangeRow) -> pb::StatusChange {
-    let source_type =
-        SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type)).unwrap_or_default();
+    let source_type = contactier_runtime::convert::source_type(&c.source_type);
     pb::StatusChange {
         id: c.id,
         contact_id: c.contact_id,

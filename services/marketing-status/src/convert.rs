@@ -28,14 +28,10 @@ pub fn pb_settings(s: &Settings) -> pb::AccountSettings {
     pb::AccountSettings { marketing_contacts_enabled: s.marketing_contacts_enabled, edition: edition as i32 }
 }
 
-/// The name a source type is stored and logged under (`FORM`, `IMPORT`, ...).
-pub fn source_type_name(t: SourceType) -> String {
-    t.as_str_name().trim_start_matches("SOURCE_TYPE_").to_owned()
-}
+pub use contactier_runtime::convert::source_type_name;
 
 pub fn pb_status(r: StatusRow) -> pb::ContactStatus {
-    let source_type = SourceType::from_str_name(&format!("SOURCE_TYPE_{}", r.source_type))
-        .unwrap_or(SourceType::Unspecified);
+    let source_type = contactier_runtime::convert::source_type(&r.source_type);
     pb::ContactStatus {
         contact_id: r.contact_id,
         status: marketing_status(r.marketing) as i32,

@@ -477,7 +477,7 @@ impl Store {
             tracing::warn!(account, "count above the largest tier; staying at the largest");
         }
         let mut upgrade = None;
-        if let Some(to) = shape.upgrade_to(sub.tier, count)
+        if let Some(to) = charges::upgrade_tier(&sub, book, count)?
             && tx.execute(Sql::new(RAISE_TIER).bind(to).bind(account)).await? == 1
         {
             let u = Upgrade {

@@ -101,7 +101,7 @@ pub(crate) fn contact_event(
     mpb::ContactEvent {
         event_id: new_event_id(),
         account_id: account.to_owned(),
-        occurred_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+        occurred_at: Some(contactier_runtime::convert::timestamp(now)),
         payload: Some(payload),
     }
 }
@@ -692,10 +692,9 @@ pub(crate) async fn insert_contacts(
 
 /// The event of a new contact for marketing-status.
 fn created_event(account: &str, now: DateTime<Utc>, row: &ContactRow, c: &NewContact) -> mpb::ContactEvent {
-    use contactier_proto::common::v1::{Source, SourceType};
+    use contactier_proto::common::v1::Source;
     let source = Source {
-        r#type: SourceType::from_str_name(&format!("SOURCE_TYPE_{}", c.source_type)).unwrap_or_default()
-            as i32,
+        r#type: contactier_runtime::convert::source_type(&c.source_type) as i32,
         id: c.source_id.clone(),
     };
     let created = mpb::ContactCreated {

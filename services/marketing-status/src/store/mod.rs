@@ -173,7 +173,7 @@ async fn announce_counts(
         marketing_count: c.marketing,
         pending_non_marketing: c.pending,
         non_marketing: c.non_marketing,
-        observed_at: Some(prost_types::Timestamp { seconds: now.timestamp(), nanos: 0 }),
+        observed_at: Some(contactier_runtime::convert::timestamp(now)),
         marketing_contacts_enabled: enabled.unwrap_or(true),
     };
     tx.enqueue(&ev.event_id, BILLING_TOPIC, account, &ev.encode_to_vec(), now).await?;
