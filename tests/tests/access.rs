@@ -6,7 +6,8 @@
 use chrono::{TimeZone, Utc};
 use contactier_e2e::System;
 use contactier_runtime::auth::{Access, Authenticator};
-use contactier_runtime::testing::{BACKENDS, TEST_SECRET};
+use contactier_runtime::db::Backend;
+use contactier_runtime::testing::TEST_SECRET;
 use prost::Message;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -55,8 +56,7 @@ fn owner(service: &str) -> &'static str {
     }
 }
 
-#[tokio::test]
-async fn every_rpc_refuses_callers_without_the_right_token() {
+async fn every_rpc_refuses_callers_without_the_right_token(backend: Backend) {
     let policies = [
         contactier_contacts::policy(),
         contactier_marketing_status::policy(),
@@ -67,89 +67,82 @@ async fn every_rpc_refuses_callers_without_the_right_token() {
     let access = |path: &str| policies.iter().find_map(|p| p.access(path));
     let callers =
         |path: &str| policies.iter().map(|p| p.callers(path)).find(|c| !c.is_empty()).unwrap_or_default();
-    for backend in BACKENDS {
-        let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap()).await;
-        let a = &s.platform.authenticator;
-        let hour = chrono::Duration::hours(1);
-        let expired = a.user_token("acct-a", "u", &["admin", "ops"], chrono::Duration::hours(-2));
-        let forged = Authenticator::new(b"another-secret-another-secret-another", "contactier", "contactier")
-            .user_token("acct-a", "u", &["admin", "ops"], hour);
-        let wrong_audience = Authenticator::new(TEST_SECRET, "contactier", "someone-else").user_token(
-            "acct-a",
-            "u",
-            &["admin", "ops"],
-            hour,
+    let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap()).await;
+    let a = &s.platform.authenticator;
+    let hour = chrono::Duration::hours(1);
+    let expired = a.user_token("acct-a", "u", &["admin", "ops"], chrono::Duration::hours(-2));
+    let forged = Authenticator::new(b"another-secret-another-secret-another", "contactier", "contactier")
+        .user_token("acct-a", "u", &["admin", "ops"], hour);
+    let wrong_audience = Authenticator::new(TEST_SECRET, "contactier", "someone-else").user_token(
+        "acct-a",
+        "u",
+        &["admin", "ops"],
+        hour,
+    );
+    let methods = declared();
+    assert!(methods.len() > 80, "{} methods", methods.len());
+    let mut checked = 0;
+    for (service, method, streaming) in &methods {
+        let path = format!("/{service}/{method}");
+        let level = access(&path).unwrap_or_else(|| panic!("{path} is declared but no policy serves it"));
+        let ch = s.channel(owner(service));
+        for (name, token) in [
+            ("no", None),
+            ("an expired", Some(&expired)),
+            ("a forged", Some(&forged)),
+            ("a wrong-audience", Some(&wrong_audience)),
+        ] {
+            let err = call(ch.clone(), &path, token.map(String::as_str)).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated, "{backend:?} {path} with {name} token: {err:?}");
+        }
+        // One level too little.
+        let weak = match level {
+            Access::Read => a.user_token("acct-a", "u", &[], hour),
+            Access::Write => a.user_token("acct-a", "u", &["read"], hour),
+            Access::Admin => a.user_token("acct-a", "u", &["read", "write"], hour),
+            Access::Ops => a.user_token("acct-a", "u", &["read", "write", "admin"], hour),
+            Access::Internal => a.user_token("acct-a", "u", &["read", "write", "admin", "ops"], hour),
+        };
+        let err = call(ch.clone(), &path, Some(&weak)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::PermissionDenied,
+            "{backend:?} {path} ({level:?}) with too little scope: {err:?}"
         );
-        let methods = declared();
-        assert!(methods.len() > 80, "{} methods", methods.len());
-        let mut checked = 0;
-        for (service, method, streaming) in &methods {
-            let path = format!("/{service}/{method}");
-            let level = access(&path).unwrap_or_else(|| panic!("{path} is declared but no policy serves it"));
-            let ch = s.channel(owner(service));
-            for (name, token) in [
-                ("no", None),
-                ("an expired", Some(&expired)),
-                ("a forged", Some(&forged)),
-                ("a wrong-audience", Some(&wrong_audience)),
-            ] {
-                let err = call(ch.clone(), &path, token.map(String::as_str)).await.unwrap_err();
+        // An internal RPC is open to the services whose work needs it, no other.
+        if level == Access::Internal {
+            assert!(!callers(&path).is_empty(), "{path}: no service may call it");
+            for other in ["contacts", "marketing-status", "billing", "notification", "test"] {
+                if callers(&path).iter().any(|c| c == other) {
+                    continue;
+                }
+                let err = call(ch.clone(), &path, Some(&a.service_token(other, hour))).await.unwrap_err();
                 assert_eq!(
                     err.code(),
-                    Code::Unauthenticated,
-                    "{backend:?} {path} with {name} token: {err:?}"
+                    Code::PermissionDenied,
+                    "{backend:?} {path} called by {other}: {err:?}"
                 );
             }
-            // One level too little.
-            let weak = match level {
-                Access::Read => a.user_token("acct-a", "u", &[], hour),
-                Access::Write => a.user_token("acct-a", "u", &["read"], hour),
-                Access::Admin => a.user_token("acct-a", "u", &["read", "write"], hour),
-                Access::Ops => a.user_token("acct-a", "u", &["read", "write", "admin"], hour),
-                Access::Internal => a.user_token("acct-a", "u", &["read", "write", "admin", "ops"], hour),
-            };
-            let err = call(ch.clone(), &path, Some(&weak)).await.unwrap_err();
-            assert_eq!(
-                err.code(),
-                Code::PermissionDenied,
-                "{backend:?} {path} ({level:?}) with too little scope: {err:?}"
-            );
-            // An internal RPC is open to the services whose work needs it, no other.
-            if level == Access::Internal {
-                assert!(!callers(&path).is_empty(), "{path}: no service may call it");
-                for other in ["contacts", "marketing-status", "billing", "notification", "test"] {
-                    if callers(&path).iter().any(|c| c == other) {
-                        continue;
-                    }
-                    let err = call(ch.clone(), &path, Some(&a.service_token(other, hour))).await.unwrap_err();
-                    assert_eq!(
-                        err.code(),
-                        Code::PermissionDenied,
-                        "{backend:?} {path} called by {other}: {err:?}"
-                    );
-                }
-            }
-            // Enough scope: served (whatever it then says of an empty request).
-            if !streaming {
-                let strong = match level {
-                    Access::Internal => a.service_token(&callers(&path)[0], hour),
-                    _ => a.user_token("acct-a", "u", &["read", "write", "admin", "ops"], hour),
-                };
-                if let Err(e) = call(ch.clone(), &path, Some(&strong)).await {
-                    assert!(
-                        !matches!(
-                            e.code(),
-                            Code::Unimplemented
-                                | Code::Unauthenticated
-                                | Code::PermissionDenied
-                                | Code::Internal
-                        ),
-                        "{backend:?} {path}: {e:?}"
-                    );
-                }
-            }
-            checked += 1;
         }
-        assert_eq!(checked, methods.len());
+        // Enough scope: served (whatever it then says of an empty request).
+        if !streaming {
+            let strong = match level {
+                Access::Internal => a.service_token(&callers(&path)[0], hour),
+                _ => a.user_token("acct-a", "u", &["read", "write", "admin", "ops"], hour),
+            };
+            if let Err(e) = call(ch.clone(), &path, Some(&strong)).await {
+                assert!(
+                    !matches!(
+                        e.code(),
+                        Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied | Code::Internal
+                    ),
+                    "{backend:?} {path}: {e:?}"
+                );
+            }
+        }
+        checked += 1;
     }
+    assert_eq!(checked, methods.len());
 }
+
+contactier_runtime::backend_tests!(every_rpc_refuses_callers_without_the_right_token);

@@ -8,7 +8,7 @@ use common::*;
 use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
 use contactier_proto::contacts::v1::{self as pb, get_contact_request::Key};
 use contactier_runtime::db::Backend;
-use contactier_runtime::testing::{BACKENDS, authed};
+use contactier_runtime::testing::authed;
 use std::collections::{BTreeMap, HashMap};
 use tonic::Code;
 
@@ -498,82 +498,79 @@ async fn oversized_messages_and_values_are_refused_and_change_nothing(backend: B
     s.create("fine@example.com", &[]).await.unwrap();
 }
 
-#[tokio::test]
-async fn reads_at_the_same_time_each_get_their_own_accounts_contact() {
+async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Backend) {
     const OTHER: &str = "acct-b";
-    for backend in BACKENDS {
-        let s = start(backend).await;
-        // The same addresses in both accounts, and a property only one of them has: an answer
-        // read with the other account's catalog would lose the value.
-        let mut made = HashMap::new();
-        for (account, name) in [(ACCOUNT, "score"), (OTHER, "level")] {
-            let property = pb::PropertyDefinition {
-                name: name.into(),
-                label: name.into(),
-                r#type: pb::PropertyType::Number as i32,
+    let s = start(backend).await;
+    // The same addresses in both accounts, and a property only one of them has: an answer
+    // read with the other account's catalog would lose the value.
+    let mut made = HashMap::new();
+    for (account, name) in [(ACCOUNT, "score"), (OTHER, "level")] {
+        let property = pb::PropertyDefinition {
+            name: name.into(),
+            label: name.into(),
+            r#type: pb::PropertyType::Number as i32,
+            ..Default::default()
+        };
+        s.api()
+            .create_property(authed(
+                pb::CreatePropertyRequest { property: Some(property) },
+                &s.token(account, &["admin"]),
+            ))
+            .await
+            .unwrap();
+        for i in 0..20 {
+            let input = pb::ContactInput {
+                email: format!("person{i}@example.com"),
+                properties: props(&[(name, &i.to_string())]),
                 ..Default::default()
             };
-            s.api()
-                .create_property(authed(
-                    pb::CreatePropertyRequest { property: Some(property) },
-                    &s.token(account, &["admin"]),
-                ))
+            let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+            let c = s
+                .api()
+                .create_contact(authed(req, &s.token(account, &["write"])))
                 .await
+                .unwrap()
+                .into_inner()
+                .contact
                 .unwrap();
-            for i in 0..20 {
-                let input = pb::ContactInput {
-                    email: format!("person{i}@example.com"),
-                    properties: props(&[(name, &i.to_string())]),
-                    ..Default::default()
-                };
-                let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
-                let c = s
-                    .api()
-                    .create_contact(authed(req, &s.token(account, &["write"])))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .contact
-                    .unwrap();
-                made.insert((account, i), c);
-            }
+            made.insert((account, i), c);
         }
+    }
 
-        // Every read at once, by id and by email, from both accounts, with ids of the other
-        // account and unknown ones among them.
-        let mut reads = Vec::new();
-        for round in 0..5 {
-            for ((account, i), c) in &made {
-                let other = if *account == ACCOUNT { OTHER } else { ACCOUNT };
-                let asks = [
-                    (*account, Key::Id(c.id.clone()), Some(c.clone())),
-                    (*account, Key::Email(c.email.to_uppercase()), Some(c.clone())),
-                    (other, Key::Id(c.id.clone()), None),
-                    (*account, Key::Id(format!("missing-{round}-{i}")), None),
-                ];
-                for (asker, key, want) in asks {
-                    let mut api = s.api();
-                    let token = s.token(asker, &["read"]);
-                    reads.push(tokio::spawn(async move {
-                        let got =
-                            api.get_contact(authed(pb::GetContactRequest { key: Some(key) }, &token)).await;
-                        (got.map(|r| r.into_inner().contact.unwrap()).map_err(|e| e.code()), want)
-                    }));
-                }
+    // Every read at once, by id and by email, from both accounts, with ids of the other
+    // account and unknown ones among them.
+    let mut reads = Vec::new();
+    for round in 0..5 {
+        for ((account, i), c) in &made {
+            let other = if *account == ACCOUNT { OTHER } else { ACCOUNT };
+            let asks = [
+                (*account, Key::Id(c.id.clone()), Some(c.clone())),
+                (*account, Key::Email(c.email.to_uppercase()), Some(c.clone())),
+                (other, Key::Id(c.id.clone()), None),
+                (*account, Key::Id(format!("missing-{round}-{i}")), None),
+            ];
+            for (asker, key, want) in asks {
+                let mut api = s.api();
+                let token = s.token(asker, &["read"]);
+                reads.push(tokio::spawn(async move {
+                    let got = api.get_contact(authed(pb::GetContactRequest { key: Some(key) }, &token)).await;
+                    (got.map(|r| r.into_inner().contact.unwrap()).map_err(|e| e.code()), want)
+                }));
             }
         }
-        assert_eq!(reads.len(), 5 * 40 * 4);
-        for read in reads {
-            let (got, want) = read.await.unwrap();
-            match want {
-                Some(c) => assert_eq!(got, Ok(c), "{backend:?}"),
-                None => assert_eq!(got, Err(Code::NotFound), "{backend:?}"),
-            }
+    }
+    assert_eq!(reads.len(), 5 * 40 * 4);
+    for read in reads {
+        let (got, want) = read.await.unwrap();
+        match want {
+            Some(c) => assert_eq!(got, Ok(c), "{backend:?}"),
+            None => assert_eq!(got, Err(Code::NotFound), "{backend:?}"),
         }
     }
 }
 
 contactier_runtime::backend_tests!(
+    reads_at_the_same_time_each_get_their_own_accounts_contact,
     contacts_are_created_read_updated_and_deleted_with_their_status_following,
     bad_input_is_refused_with_the_field_named_and_changes_nothing,
     batches_give_each_record_its_outcome_and_replays_change_nothing,
