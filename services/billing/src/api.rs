@@ -2,7 +2,7 @@
 
 use crate::calendar;
 use crate::charges;
-use crate::convert::{self, date, money, pb_date, pb_money};
+use crate::convert::{self, date, pb_date, pb_money};
 use crate::error::{Error, Result};
 use crate::history;
 use crate::model::{self, Subscription};
@@ -109,38 +109,7 @@ impl BillingService for Api {
         &self,
         _req: Request<pb::ListPriceBookRequest>,
     ) -> Answer<pb::ListPriceBookResponse> {
-        let editions = self
-            .book
-            .editions
-            .iter()
-            .map(|(e, t)| {
-                let prices = |base: bool| {
-                    t.prices
-                        .iter()
-                        .map(|(c, p)| {
-                            let (m, a) = if base {
-                                (p.base_monthly, p.base_annual)
-                            } else {
-                                (p.step_monthly, p.step_annual)
-                            };
-                            let step = pb::StepPrice {
-                                per_term_monthly: Some(money(m, c.as_str())),
-                                per_term_annual: Some(money(a, c.as_str())),
-                            };
-                            (c.as_str().to_owned(), step)
-                        })
-                        .collect()
-                };
-                pb::EditionTiers {
-                    edition: convert::pb_edition(*e) as i32,
-                    included: t.shape.included,
-                    step: t.shape.step,
-                    max_tier: t.shape.max_tier,
-                    base_price: prices(true),
-                    step_price: prices(false),
-                }
-            })
-            .collect();
+        let editions = self.book.editions.iter().map(|(e, t)| convert::pb_edition_tiers(*e, t)).collect();
         Ok(Response::new(pb::ListPriceBookResponse { editions }))
     }
 
@@ -148,17 +117,7 @@ impl BillingService for Api {
         &self,
         _req: Request<pb::ListSubsidiariesRequest>,
     ) -> Answer<pb::ListSubsidiariesResponse> {
-        use chrono::Timelike;
-        let subsidiaries = self
-            .book
-            .subsidiaries
-            .iter()
-            .map(|s| pb::Subsidiary {
-                code: s.code.clone(),
-                time_zone: s.time_zone.name().to_owned(),
-                processing_offset_seconds: s.processing_time.num_seconds_from_midnight() as i32,
-            })
-            .collect();
+        let subsidiaries = self.book.subsidiaries.iter().map(convert::pb_subsidiary).collect();
         Ok(Response::new(pb::ListSubsidiariesResponse { subsidiaries }))
     }
 
@@ -197,12 +156,7 @@ impl BillingService for Api {
         let recorded = self.store.usage_days(&account, first, last).await?;
         let points = history::daily(first, last, before.as_ref(), &recorded, first_tier)
             .into_iter()
-            .map(|d| pb::UsagePoint {
-                date: Some(pb_date(d.date)),
-                max_marketing_count: d.max_count,
-                marketing_count: d.last_count,
-                tier: d.tier,
-            })
+            .map(convert::pb_usage_point)
             .collect();
         Ok(Response::new(pb::GetUsageHistoryResponse { points }))
     }
@@ -335,11 +289,8 @@ impl BillingService for Api {
         let mut entries = Vec::new();
         for _ in 0..count {
             date = calendar::next_update_date(sub.start_date, sub.term, date);
-            entries.push(pb::CalendarEntry {
-                date: Some(pb_date(date)),
-                processing_at: Some(timestamp(sub.processing_at(&self.book, date))),
-                renewal: calendar::is_renewal_date(sub.start_date, sub.term, date),
-            });
+            let renewal = calendar::is_renewal_date(sub.start_date, sub.term, date);
+            entries.push(convert::pb_calendar_entry(date, sub.processing_at(&self.book, date), renewal));
         }
         Ok(Response::new(pb::GetCalendarResponse { entries }))
     }

@@ -3,8 +3,11 @@
 
 use crate::calendar::{self, Term};
 use crate::error::{Error, Result};
-use crate::model::{self, Invoice, InvoiceKind, Line, LineKind, Subscription, Upgrade, Usage};
+use crate::history;
+use crate::model::{self, Counts, Invoice, InvoiceKind, Line, LineKind, Subscription, Upgrade, Usage};
 use crate::price_book::Edition;
+use crate::price_book::{EditionTiers, Subsidiary};
+use crate::store::{Applied, CountEvent};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_domain::Money;
 use contactier_proto::billing::v1 as pb;
@@ -189,4 +192,107 @@ pub fn invoice_issued(i: &Invoice) -> npb::billing_event::Payload {
         number: i.number,
         total: Some(money(i.total_minor, &i.currency)),
     })
+}
+
+pub fn pb_edition_tiers(e: Edition, t: &EditionTiers) -> pb::EditionTiers {
+    let prices = |base: bool| {
+        t.prices
+            .iter()
+            .map(|(c, p)| {
+                let (m, a) =
+                    if base { (p.base_monthly, p.base_annual) } else { (p.step_monthly, p.step_annual) };
+                let step = pb::StepPrice {
+                    per_term_monthly: Some(money(m, c.as_str())),
+                    per_term_annual: Some(money(a, c.as_str())),
+                };
+                (c.as_str().to_owned(), step)
+            })
+            .collect()
+    };
+    pb::EditionTiers {
+        edition: pb_edition(e) as i32,
+        included: t.shape.included,
+        step: t.shape.step,
+        max_tier: t.shape.max_tier,
+        base_price: prices(true),
+        step_price: prices(false),
+    }
+}
+
+pub fn pb_subsidiary(s: &Subsidiary) -> pb::Subsidiary {
+    use chrono::Timelike;
+    pb::Subsidiary {
+        code: s.code.clone(),
+        time_zone: s.time_zone.name().to_owned(),
+        processing_offset_seconds: s.processing_time.num_seconds_from_midnight() as i32,
+    }
+}
+
+pub fn pb_usage_point(d: history::Day) -> pb::UsagePoint {
+    pb::UsagePoint {
+        date: Some(pb_date(d.date)),
+        max_marketing_count: d.max_count,
+        marketing_count: d.last_count,
+        tier: d.tier,
+    }
+}
+
+pub fn pb_calendar_entry(date: NaiveDate, processing_at: DateTime<Utc>, renewal: bool) -> pb::CalendarEntry {
+    pb::CalendarEntry {
+        date: Some(pb_date(date)),
+        processing_at: Some(contactier_runtime::convert::timestamp(processing_at)),
+        renewal,
+    }
+}
+
+/// A count event from marketing-status, checked: a bad one refuses its whole batch, naming
+/// the field within `events`.
+pub fn count_event(e: contactier_proto::billing::v1::CountChanged) -> Result<CountEvent> {
+    let bad = |field: &str, why: &str| Error::invalid(format!("events.{field}"), why);
+    if e.event_id.is_empty() {
+        return Err(bad("event_id", "required"));
+    }
+    if e.account_id.is_empty() {
+        return Err(bad("account_id", "required"));
+    }
+    if e.version <= 0 {
+        return Err(bad("version", "must be positive"));
+    }
+    for (field, v) in [
+        ("marketing_count", e.marketing_count),
+        ("pending_non_marketing", e.pending_non_marketing),
+        ("non_marketing", e.non_marketing),
+    ] {
+        if v < 0 {
+            return Err(bad(field, "must not be negative"));
+        }
+    }
+    if e.pending_non_marketing > e.marketing_count {
+        return Err(bad(
+            "pending_non_marketing",
+            "pending contacts are marketing contacts: at most marketing_count",
+        ));
+    }
+    Ok(CountEvent {
+        event_id: e.event_id,
+        account_id: e.account_id,
+        marketing_contacts_enabled: e.marketing_contacts_enabled,
+        counts: Counts {
+            version: e.version,
+            marketing: e.marketing_count,
+            pending_non_marketing: e.pending_non_marketing,
+            non_marketing: e.non_marketing,
+        },
+    })
+}
+
+/// What marketing-status answered when it applied an update date.
+pub fn applied(r: mpb::ApplyUpdateDateResponse) -> Applied {
+    let c = r.count.unwrap_or_default();
+    Applied {
+        contacts: r.applied,
+        marketing: c.marketing,
+        non_marketing: c.non_marketing,
+        version: c.version,
+    }
 }

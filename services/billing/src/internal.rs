@@ -1,9 +1,7 @@
 //! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
 
-use crate::error::Error;
-use crate::model::Counts;
 use crate::price_book::PriceBook;
-use crate::store::{CountEvent, CountOutcome, Store};
+use crate::store::{CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -19,45 +17,6 @@ pub struct Internal {
     pub invoicer: WorkerWaker,
 }
 
-fn validate(e: pb::CountChanged) -> Result<CountEvent, Error> {
-    let bad = |field: &str, why: &str| Error::invalid(format!("events.{field}"), why);
-    if e.event_id.is_empty() {
-        return Err(bad("event_id", "required"));
-    }
-    if e.account_id.is_empty() {
-        return Err(bad("account_id", "required"));
-    }
-    if e.version <= 0 {
-        return Err(bad("version", "must be positive"));
-    }
-    for (field, v) in [
-        ("marketing_count", e.marketing_count),
-        ("pending_non_marketing", e.pending_non_marketing),
-        ("non_marketing", e.non_marketing),
-    ] {
-        if v < 0 {
-            return Err(bad(field, "must not be negative"));
-        }
-    }
-    if e.pending_non_marketing > e.marketing_count {
-        return Err(bad(
-            "pending_non_marketing",
-            "pending contacts are marketing contacts: at most marketing_count",
-        ));
-    }
-    Ok(CountEvent {
-        event_id: e.event_id,
-        account_id: e.account_id,
-        marketing_contacts_enabled: e.marketing_contacts_enabled,
-        counts: Counts {
-            version: e.version,
-            marketing: e.marketing_count,
-            pending_non_marketing: e.pending_non_marketing,
-            non_marketing: e.non_marketing,
-        },
-    })
-}
-
 #[tonic::async_trait]
 impl BillingInternalService for Internal {
     async fn apply_count_events(
@@ -65,7 +24,7 @@ impl BillingInternalService for Internal {
         req: Request<pb::ApplyCountEventsRequest>,
     ) -> Result<Response<pb::ApplyCountEventsResponse>, Status> {
         let principal = Principal::of(&req)?.clone();
-        let events = req.into_inner().events.into_iter().map(validate).collect::<Result<Vec<_>, _>>()?;
+        let events = req.into_inner().events.into_iter().map(crate::convert::count_event).collect::<Result<Vec<_>, _>>()?;
         let mut acknowledged = Vec::with_capacity(events.len());
         let (mut applied, mut upgraded) = (false, false);
         for e in events {

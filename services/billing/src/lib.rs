@@ -155,14 +155,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
                 update_date: Some(convert::pb_date(date)),
                 effective_at: Some(contactier_runtime::convert::timestamp(effective_at)),
             };
-            let r = client.apply_update_date(req).await?.into_inner();
-            let c = r.count.unwrap_or_default();
-            Ok(store::Applied {
-                contacts: r.applied,
-                marketing: c.marketing,
-                non_marketing: c.non_marketing,
-                version: c.version,
-            })
+            Ok(convert::applied(client.apply_update_date(req).await?.into_inner()))
         })
     });
     let update_worker = clock.register_worker(update_dates::WORKER);
