@@ -24,7 +24,12 @@ impl BillingInternalService for Internal {
         req: Request<pb::ApplyCountEventsRequest>,
     ) -> Result<Response<pb::ApplyCountEventsResponse>, Status> {
         let principal = Principal::of(&req)?.clone();
-        let events = req.into_inner().events.into_iter().map(crate::convert::count_event).collect::<Result<Vec<_>, _>>()?;
+        let events = req
+            .into_inner()
+            .events
+            .into_iter()
+            .map(crate::convert::count_event)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut acknowledged = Vec::with_capacity(events.len());
         let (mut applied, mut upgraded) = (false, false);
         for e in events {

@@ -2,32 +2,14 @@
 //! audit trail.
 
 use crate::api::Api;
-use crate::convert::{creation_source, marketing_status as pb_status, source_type_name, stored_status};
+use crate::convert::{self, creation_source, marketing_status as pb_status, source_type_name};
 
 use crate::rules::{self, Status};
-use crate::store::ChangeRow;
-use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
+use contactier_proto::common::v1::{MarketingStatus, SourceType};
 use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::Principal;
-use contactier_runtime::convert::timestamp_micros;
 use contactier_runtime::error::Error;
 use tonic::{Request, Status as GrpcStatus};
-
-fn pb_change(c: ChangeRow) -> pb::StatusChange {
-    let source_type = contactier_runtime::convert::source_type(&c.source_type);
-    pb::StatusChange {
-        id: c.id,
-        contact_id: c.contact_id,
-        from_status: stored_status(&c.from_status) as i32,
-        to_status: stored_status(&c.to_status) as i32,
-        pending: c.pending,
-        source: Some(Source { r#type: source_type as i32, id: c.source_id }),
-        user_id: c.user_id,
-        requested_at: timestamp_micros(c.requested_at),
-        effective_at: timestamp_micros(c.effective_at),
-        request_id: c.request_id,
-    }
-}
 
 impl Api {
     pub async fn list_source_defaults_impl(
@@ -141,7 +123,7 @@ impl Api {
             String::new()
         };
         Ok(pb::ListStatusChangesResponse {
-            changes: rows.into_iter().map(pb_change).collect(),
+            changes: rows.into_iter().map(convert::pb_change).collect(),
             next_page_token,
         })
     }

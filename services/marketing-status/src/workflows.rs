@@ -3,6 +3,7 @@
 //! a worker on the injected clock, and retried with backoff until it succeeds.
 
 use crate::api::Api;
+use crate::convert;
 
 use crate::rules::Status;
 use crate::setting;
@@ -13,7 +14,7 @@ use contactier_proto::contacts::v1 as cpb;
 use contactier_proto::marketing_status::v1 as pb;
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Worker, WorkerWaker};
-use contactier_runtime::convert::{micros, new_id, timestamp_micros};
+use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::error::Error;
 use contactier_runtime::shutdown::Shutdown;
 use prost::Message;
@@ -22,54 +23,6 @@ use tonic::{Request, Status as GrpcStatus};
 /// Delay before retry `attempt` (1-based): 10 s doubling, at most an hour.
 pub fn retry_delay(attempt: i64) -> chrono::Duration {
     chrono::Duration::seconds((10i64 << (attempt - 1).clamp(0, 20)).min(3_600))
-}
-
-fn action_name(a: pb::WorkflowAction) -> Option<&'static str> {
-    match a {
-        pb::WorkflowAction::SetMarketing => Some("set_marketing"),
-        pb::WorkflowAction::SetNonMarketingAtNextUpdate => Some("set_non_marketing"),
-        pb::WorkflowAction::Unspecified => None,
-    }
-}
-
-fn pb_workflow(w: WorkflowRow) -> pb::Workflow {
-    let target = if w.list_id.is_empty() {
-        cpb::ContactFilter::decode(w.filter.as_slice()).ok().map(pb::workflow::Target::Filter)
-    } else {
-        Some(pb::workflow::Target::ListId(w.list_id))
-    };
-    let action = if w.action == "set_marketing" {
-        pb::WorkflowAction::SetMarketing
-    } else {
-        pb::WorkflowAction::SetNonMarketingAtNextUpdate
-    };
-    pb::Workflow {
-        id: w.id,
-        name: w.name,
-        target,
-        action: action as i32,
-        created_at: timestamp_micros(w.created_at),
-    }
-}
-
-fn pb_run(r: RunRow) -> pb::WorkflowRun {
-    let state = match r.state.as_str() {
-        "queued" => pb::WorkflowRunState::Queued,
-        "retrying" => pb::WorkflowRunState::Retrying,
-        "succeeded" => pb::WorkflowRunState::Succeeded,
-        "failed" => pb::WorkflowRunState::Failed,
-        _ => pb::WorkflowRunState::Unspecified,
-    };
-    pb::WorkflowRun {
-        id: r.id,
-        workflow_id: r.workflow_id,
-        state: state as i32,
-        attempts: r.attempts as i32,
-        last_error: r.last_error,
-        changed: r.changed,
-        created_at: timestamp_micros(r.created_at),
-        finished_at: timestamp_micros(r.finished_at).filter(|_| r.finished_at != 0),
-    }
 }
 
 impl Api {
@@ -102,9 +55,10 @@ impl Api {
         if w.name.trim().is_empty() {
             return Err(Error::invalid("workflow.name", "required").into());
         }
-        let action = pb::WorkflowAction::try_from(w.action).ok().and_then(action_name).ok_or_else(|| {
-            Error::invalid("workflow.action", "SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
-        })?;
+        let action =
+            pb::WorkflowAction::try_from(w.action).ok().and_then(convert::action_name).ok_or_else(|| {
+                Error::invalid("workflow.action", "SET_MARKETING or SET_NON_MARKETING_AT_NEXT_UPDATE")
+            })?;
         let (list_id, filter) = match w.target {
             Some(pb::workflow::Target::ListId(id)) if !id.is_empty() => {
                 self.contacts.check(&account, &Target::List(id.clone()), "workflow.list_id").await?;
@@ -131,7 +85,7 @@ impl Api {
             created_at: micros(self.clock.now()),
         };
         self.store.create_workflow(&account, &row).await.map_err(Error::from)?;
-        Ok(pb::CreateWorkflowResponse { workflow: Some(pb_workflow(row)) })
+        Ok(pb::CreateWorkflowResponse { workflow: Some(convert::pb_workflow(row)) })
     }
 
     pub async fn get_workflow_impl(
@@ -140,7 +94,7 @@ impl Api {
     ) -> Result<pb::GetWorkflowResponse, GrpcStatus> {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let w = self.workflow(&account, &req.into_inner().id).await?;
-        Ok(pb::GetWorkflowResponse { workflow: Some(pb_workflow(w)) })
+        Ok(pb::GetWorkflowResponse { workflow: Some(convert::pb_workflow(w)) })
     }
 
     pub async fn list_workflows_impl(
@@ -150,7 +104,7 @@ impl Api {
         let account = Principal::of(&req)?.account_id()?.to_owned();
         let r = req.get_ref();
         let rows = self.store.workflows(&account, None).await.map_err(Error::from)?;
-        let all: Vec<pb::Workflow> = rows.into_iter().map(pb_workflow).collect();
+        let all: Vec<pb::Workflow> = rows.into_iter().map(convert::pb_workflow).collect();
         let (workflows, next_page_token) = contactier_runtime::paging::page(
             "workflows",
             all,
@@ -205,7 +159,7 @@ impl Api {
             return Err(contactier_runtime::idempotency::reused());
         }
         self.workflows.wake();
-        Ok(pb::RunWorkflowResponse { run: Some(pb_run(run)) })
+        Ok(pb::RunWorkflowResponse { run: Some(convert::pb_run(run)) })
     }
 
     pub async fn get_workflow_run_impl(
@@ -220,7 +174,7 @@ impl Api {
             .await
             .map_err(Error::from)?
             .ok_or_else(|| Error::not_found(format!("run {id}")))?;
-        Ok(pb::GetWorkflowRunResponse { run: Some(pb_run(run)) })
+        Ok(pb::GetWorkflowRunResponse { run: Some(convert::pb_run(run)) })
     }
 }
 
