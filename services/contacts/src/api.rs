@@ -1129,7 +1129,8 @@ impl ContactsService for Api {
         let row = self.contact_by_id(&c.account, &id).await?;
         let consent = self.store.consent(&c.account, &id).await?;
         let lists = self.store.lists_of(&c.account, &id).await?;
-        let (history, timeline) = record::export(&self.store, &c.account, &id).await?;
+        let record::Export { history, timeline, behaviour } =
+            record::export(&self.store, &c.account, &id).await?;
         let own = serde_json::json!({
             "id": row.id,
             "email": row.email,
@@ -1147,6 +1148,7 @@ impl ContactsService for Api {
             "static_lists": lists,
             "property_history": history,
             "engagements": timeline,
+            "events": behaviour,
         });
         let mut client =
             mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
@@ -1264,5 +1266,33 @@ impl ContactsService for Api {
     ) -> Answer<pb::ListEngagementsResponse> {
         let c = caller(&req)?;
         Ok(Response::new(record::engagements(&self.store, &c.account, req.into_inner()).await?))
+    }
+
+    async fn record_contact_events(
+        &self,
+        req: Request<pb::RecordContactEventsRequest>,
+    ) -> Answer<pb::RecordContactEventsResponse> {
+        let c = caller(&req)?;
+        let events = req.into_inner().events;
+        batch_len("events", events.len())?;
+        let now = self.clock.now();
+        let record::Checked { good, refused } = record::new_events(events, micros(now));
+        let (idx, news): (Vec<usize>, Vec<_>) = good.into_iter().unzip();
+        let recorded =
+            if news.is_empty() { vec![] } else { self.store.record_events(&c.account, news, now).await? };
+        if recorded.iter().any(|r| r.as_ref().is_ok_and(|r| r.contact_created)) {
+            self.relay.wake();
+        }
+        let mut outcomes: Vec<(usize, Result<_>)> = idx.into_iter().zip(recorded).collect();
+        outcomes.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
+        Ok(Response::new(record::recorded(outcomes, batch_error)))
+    }
+
+    async fn list_contact_events(
+        &self,
+        req: Request<pb::ListContactEventsRequest>,
+    ) -> Answer<pb::ListContactEventsResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(record::contact_events(&self.store, &c.account, req.into_inner()).await?))
     }
 }

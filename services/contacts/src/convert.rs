@@ -5,7 +5,7 @@ use crate::engagements::{
 };
 use crate::error::{Error, Result};
 use crate::properties::{Catalog, Definition, PropertyOption, PropertyType};
-use crate::store::{ConsentRow, ContactRow, HistoryRow, ImportRow, ListRow};
+use crate::store::{ConsentRow, ContactRow, HistoryRow, ImportRow, ListRow, StoredEvent};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::convert::timestamp_micros;
@@ -30,6 +30,13 @@ pub fn contact(row: ContactRow, catalog: &Catalog, only: &[String]) -> pb::Conta
         last_activity_at: (row.last_activity_at > 0)
             .then(|| timestamp_micros(row.last_activity_at))
             .flatten(),
+        visits: (row.visits.visits > 0).then(|| pb::WebVisits {
+            count: row.visits.visits,
+            first_visit_at: timestamp_micros(row.visits.first_visit_at),
+            last_visit_at: timestamp_micros(row.visits.last_visit_at),
+            original_source: row.visits.original_source,
+            latest_source: row.visits.latest_source,
+        }),
     }
 }
 
@@ -500,4 +507,58 @@ pub fn masked_engagement(mut e: Engagement, input: pb::Engagement, paths: &[Stri
     }
     checked(&e.body, &e.details, e.occurred_at)?;
     Ok(e)
+}
+
+// ---- behaviour ----
+
+/// A recorded event's kind from its contract form, its field at fault within `at`.
+pub fn event_kind(k: Option<pb::contact_event::Kind>, at: &str) -> Result<crate::behaviour::Kind> {
+    use crate::behaviour::Kind as B;
+    use pb::contact_event::Kind as K;
+    let required = |field: &str, v: &str| {
+        if v.trim().is_empty() { Err(Error::invalid(format!("{at}.{field}"), "required")) } else { Ok(()) }
+    };
+    Ok(match k {
+        Some(K::PageView(p)) => {
+            required("page_view.url", &p.url)?;
+            B::PageView { url: p.url, traffic_source: p.traffic_source }
+        }
+        Some(K::FormSubmission(f)) => {
+            required("form_submission.form_id", &f.form_id)?;
+            B::FormSubmission { form_id: f.form_id, page_url: f.page_url }
+        }
+        Some(K::EmailOpen(o)) => {
+            required("email_open.email_id", &o.email_id)?;
+            B::EmailOpen { email_id: o.email_id }
+        }
+        Some(K::EmailClick(c)) => {
+            required("email_click.email_id", &c.email_id)?;
+            B::EmailClick { email_id: c.email_id, url: c.url }
+        }
+        None => {
+            return Err(Error::invalid(
+                format!("{at}.kind"),
+                "page_view, form_submission, email_open or email_click",
+            ));
+        }
+    })
+}
+
+pub fn contact_event(e: StoredEvent) -> pb::ContactEvent {
+    use pb::contact_event::Kind as K;
+    let kind = match e.kind.as_str() {
+        "page_view" => Some(K::PageView(pb::PageView { url: e.url, traffic_source: e.traffic_source })),
+        "form_submission" => {
+            Some(K::FormSubmission(pb::FormSubmission { form_id: e.form_id, page_url: e.url }))
+        }
+        "email_open" => Some(K::EmailOpen(pb::EmailOpen { email_id: e.email_id })),
+        "email_click" => Some(K::EmailClick(pb::EmailClick { email_id: e.email_id, url: e.url })),
+        _ => None,
+    };
+    pb::ContactEvent {
+        id: e.id,
+        contact: Some(pb::contact_event::Contact::ContactId(e.contact_id)),
+        occurred_at: timestamp_micros(e.occurred_at),
+        kind,
+    }
 }

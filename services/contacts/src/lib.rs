@@ -1,6 +1,7 @@
 //! Contact records, properties, search, imports, merges, lists and GDPR (DESIGN.md section 3).
 
 mod api;
+pub mod behaviour;
 mod convert;
 pub mod csv_records;
 pub mod email;
@@ -60,6 +61,7 @@ pub fn policy() -> Policy {
                 "ListPropertyHistory",
                 "GetEngagement",
                 "ListEngagements",
+                "ListContactEvents",
             ],
         )
         .allow(
@@ -83,6 +85,7 @@ pub fn policy() -> Policy {
                 "CreateEngagement",
                 "UpdateEngagement",
                 "DeleteEngagement",
+                "RecordContactEvents",
             ],
         )
         .allow(

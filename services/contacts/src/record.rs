@@ -5,7 +5,7 @@ use crate::convert;
 use crate::email;
 use crate::engagements::{Engagement, Kind};
 use crate::error::{Error, Result};
-use crate::store::{NewContact, Store, Subject};
+use crate::store::{NewContact, NewEvent, Recorded, Store, Subject};
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::convert::new_id;
 use contactier_runtime::paging;
@@ -43,13 +43,16 @@ pub async fn property_history(
     Ok(pb::ListPropertyHistoryResponse { changes, next_page_token })
 }
 
-/// Every change of a contact's values and every engagement on its timeline, newest first, as a
-/// GDPR export shows them.
-pub async fn export(
-    store: &Store,
-    account: &str,
-    contact: &str,
-) -> Result<(serde_json::Value, serde_json::Value)> {
+/// Every change of a contact's values, every engagement on its timeline and every event it
+/// did, newest first, as a GDPR export shows them.
+/// What a GDPR export shows of the record beyond the properties.
+pub struct Export {
+    pub history: serde_json::Value,
+    pub timeline: serde_json::Value,
+    pub behaviour: serde_json::Value,
+}
+
+pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Export> {
     let mut history = Vec::new();
     let mut before = None;
     loop {
@@ -90,7 +93,32 @@ pub async fn export(
             break;
         }
     }
-    Ok((serde_json::Value::Array(history), serde_json::Value::Array(timeline)))
+    let mut behaviour = Vec::new();
+    let mut before = None;
+    loop {
+        let rows = store.contact_events(account, contact, before, EXPORT_PAGE).await?;
+        let done = (rows.len() as i64) < EXPORT_PAGE;
+        before = rows.last().map(|e| (e.occurred_at, e.id.clone()));
+        behaviour.extend(rows.into_iter().map(|e| {
+            serde_json::json!({
+                "id": e.id,
+                "kind": e.kind,
+                "occurred_at_micros": e.occurred_at,
+                "url": e.url,
+                "form_id": e.form_id,
+                "email_id": e.email_id,
+                "traffic_source": e.traffic_source,
+            })
+        }));
+        if done {
+            break;
+        }
+    }
+    Ok(Export {
+        history: serde_json::Value::Array(history),
+        timeline: serde_json::Value::Array(timeline),
+        behaviour: serde_json::Value::Array(behaviour),
+    })
 }
 
 /// Who logs: the user, or the calling service.
@@ -184,4 +212,105 @@ pub async fn update_engagement(
         .update_engagement(account, &id, now, |before| convert::masked_engagement(before, input, &paths))
         .await?;
     Ok(convert::engagement(e))
+}
+
+/// A call's events checked one by one, by request index.
+#[derive(Default)]
+pub struct Checked {
+    pub good: Vec<(usize, NewEvent)>,
+    pub refused: Vec<(usize, Error)>,
+}
+
+/// Checks each event on its own: a bad one is refused alone.
+pub fn new_events(events: Vec<pb::ContactEvent>, now: i64) -> Checked {
+    let mut checked = Checked::default();
+    for (i, e) in events.into_iter().enumerate() {
+        match new_event(e, i, now) {
+            Ok(n) => checked.good.push((i, n)),
+            Err(err) => checked.refused.push((i, err)),
+        }
+    }
+    checked
+}
+
+fn new_event(e: pb::ContactEvent, i: usize, now: i64) -> Result<NewEvent> {
+    let at = format!("events[{i}]");
+    contactier_proto::checks::check_item(&e, "events", i).map_err(Error::from)?;
+    if e.id.trim().is_empty() {
+        return Err(Error::invalid(format!("{at}.id"), "required: it makes a replay change nothing"));
+    }
+    let kind = convert::event_kind(e.kind, &at)?;
+    let occurred_at = match e.occurred_at {
+        None => now,
+        Some(t) => chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+            .filter(|_| (0..1_000_000_000).contains(&t.nanos) && t.seconds > 0)
+            .map(|d| d.timestamp_micros())
+            .ok_or_else(|| Error::invalid(format!("{at}.occurred_at"), "not a valid time"))?,
+    };
+    let subject = match e.contact {
+        Some(pb::contact_event::Contact::ContactId(id)) if !id.is_empty() => Subject::Id(id),
+        Some(pb::contact_event::Contact::Email(raw)) => {
+            let address = email::parse(&raw).map_err(|r| Error::invalid(format!("{at}.email"), r))?;
+            // A form submission makes its contact; other behaviour needs one.
+            let create = matches!(kind, crate::behaviour::Kind::FormSubmission { .. }).then(|| NewContact {
+                email: address.clone(),
+                values: BTreeMap::new(),
+                source_type: "FORM".into(),
+                source_id: match &kind {
+                    crate::behaviour::Kind::FormSubmission { form_id, .. } => form_id.clone(),
+                    _ => String::new(),
+                },
+                requested_status: 0,
+                user_id: String::new(),
+            });
+            Subject::Email { key: address.key, create }
+        }
+        _ => return Err(Error::invalid(format!("{at}.contact_id"), "contact_id or email is required")),
+    };
+    Ok(NewEvent { id: e.id, subject, occurred_at, kind })
+}
+
+/// The answer of a recording: each event's outcome by request index.
+pub fn recorded(
+    outcomes: Vec<(usize, Result<Recorded>)>,
+    error: impl Fn(usize, &Error) -> pb::BatchItemError,
+) -> pb::RecordContactEventsResponse {
+    let mut answer = pb::RecordContactEventsResponse::default();
+    let mut outcomes = outcomes;
+    outcomes.sort_by_key(|(i, _)| *i);
+    for (i, o) in outcomes {
+        match o {
+            Ok(r) => answer.results.push(pb::ContactEventResult {
+                index: i as i32,
+                contact_id: r.contact_id,
+                replayed: r.replayed,
+                contact_created: r.contact_created,
+            }),
+            Err(e) => answer.errors.push(error(i, &e)),
+        }
+    }
+    answer
+}
+
+pub async fn contact_events(
+    store: &Store,
+    account: &str,
+    r: pb::ListContactEventsRequest,
+) -> Result<pb::ListContactEventsResponse> {
+    if r.contact_id.is_empty() {
+        return Err(Error::invalid("contact_id", "required"));
+    }
+    let limit = paging::limit(r.page_size)?;
+    let list = format!("contact events {}", r.contact_id);
+    let before = paging::after_at(&list, &r.page_token)?;
+    if before.is_none() {
+        known(store, account, &r.contact_id).await?;
+    }
+    let rows = store.contact_events(account, &r.contact_id, before, limit + 1).await?;
+    let (rows, next_page_token) =
+        paging::trim(rows, limit, |e| paging::token_at(&list, e.occurred_at, &e.id));
+    Ok(pb::ListContactEventsResponse {
+        events: rows.into_iter().map(convert::contact_event).collect(),
+        next_page_token,
+    })
 }

@@ -513,9 +513,189 @@ async fn logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_c
     assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
 }
 
+fn view(id: &str, contact: pb::contact_event::Contact, seconds: i64, source: &str) -> pb::ContactEvent {
+    pb::ContactEvent {
+        id: id.into(),
+        contact: Some(contact),
+        occurred_at: Some(at(seconds)),
+        kind: Some(pb::contact_event::Kind::PageView(pb::PageView {
+            url: format!("https://example.com/{id}"),
+            traffic_source: source.into(),
+        })),
+    }
+}
+
+async fn record(s: &Contacts, events: Vec<pb::ContactEvent>) -> pb::RecordContactEventsResponse {
+    let req = pb::RecordContactEventsRequest { events };
+    s.api().record_contact_events(authed(req, &s.writer())).await.unwrap().into_inner()
+}
+
+async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backend) {
+    use pb::contact_event::Contact as C;
+    let s = start(backend).await;
+    let c = s.create("ada@example.com", &[]).await.unwrap();
+    let id = || C::ContactId(c.id.clone());
+    let t0 = 1_780_000_000;
+    // Out of order in the batch: three views of one visit, and one more than 30 minutes later.
+    let batch = vec![
+        view("v4", id(), t0 + 60 * 60, "EMAIL"),
+        view("v2", id(), t0 + 10 * 60, "DIRECT"),
+        view("v1", id(), t0, "ORGANIC_SEARCH"),
+        view("v3", id(), t0 + 25 * 60, "DIRECT"),
+    ];
+    let r = record(&s, batch.clone()).await;
+    assert!(r.errors.is_empty(), "{backend:?}: {:?}", r.errors);
+    assert_eq!(r.results.iter().map(|x| x.index).collect::<Vec<_>>(), [0, 1, 2, 3], "{backend:?}");
+    assert!(r.results.iter().all(|x| !x.replayed && x.contact_id == c.id), "{backend:?}");
+    let visits = s.by_email("ada@example.com").await.visits.expect("visits");
+    let expected = pb::WebVisits {
+        count: 2,
+        first_visit_at: Some(at(t0)),
+        last_visit_at: Some(at(t0 + 3_600)),
+        original_source: "ORGANIC_SEARCH".into(),
+        latest_source: "EMAIL".into(),
+    };
+    assert_eq!(visits, expected, "{backend:?}");
+    // The same batch again: every event a replay, nothing counted twice.
+    let again = record(&s, batch).await;
+    assert!(again.results.iter().all(|x| x.replayed), "{backend:?}");
+    assert_eq!(s.by_email("ada@example.com").await.visits.unwrap(), expected, "{backend:?}");
+
+    // Opens, clicks and forms are kept too, newest first.
+    let other = vec![
+        pb::ContactEvent {
+            id: "o1".into(),
+            contact: Some(id()),
+            occurred_at: Some(at(t0 + 7_200)),
+            kind: Some(pb::contact_event::Kind::EmailOpen(pb::EmailOpen { email_id: "news-7".into() })),
+        },
+        pb::ContactEvent {
+            id: "k1".into(),
+            contact: Some(id()),
+            occurred_at: Some(at(t0 + 7_260)),
+            kind: Some(pb::contact_event::Kind::EmailClick(pb::EmailClick {
+                email_id: "news-7".into(),
+                url: "https://example.com/pricing".into(),
+            })),
+        },
+    ];
+    assert!(record(&s, other).await.errors.is_empty(), "{backend:?}");
+    let req =
+        pb::ListContactEventsRequest { contact_id: c.id.clone(), page_size: 4, page_token: String::new() };
+    let page =
+        s.api().list_contact_events(authed(req, &s.token(ACCOUNT, &["read"]))).await.unwrap().into_inner();
+    let ids: Vec<&str> = page.events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["k1", "o1", "v4", "v3"], "{backend:?}");
+    assert!(!page.next_page_token.is_empty(), "{backend:?}");
+
+    // A merge keeps both contacts' behaviour and counts the visits of all of it.
+    let b = s.create("ada.l@example.com", &[]).await.unwrap();
+    let r = record(&s, vec![view("w1", C::ContactId(b.id.clone()), t0 + 86_400, "SOCIAL")]).await;
+    assert!(r.errors.is_empty());
+    let req = pb::MergeContactsRequest { primary_id: c.id.clone(), secondary_id: b.id.clone() };
+    let merged =
+        s.api().merge_contacts(authed(req, &s.writer())).await.unwrap().into_inner().contact.unwrap();
+    let v = merged.visits.expect("visits");
+    assert_eq!((v.count, v.latest_source.as_str()), (3, "SOCIAL"), "{backend:?}");
+    assert_eq!(s.by_email("ada@example.com").await.visits.unwrap(), v, "{backend:?}");
+
+    // Erased, the behaviour goes with the contact; the export held it before.
+    let admin = s.token(ACCOUNT, &["admin"]);
+    let export = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: c.id.clone(), email: String::new() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let own: serde_json::Value = serde_json::from_str(&export.parts[0].json).unwrap();
+    assert_eq!(own["events"].as_array().unwrap().len(), 7, "{backend:?}: {own}");
+    let req = pb::EraseContactRequest { contact_id: c.id.clone(), email: String::new() };
+    s.api().erase_contact(authed(req, &admin)).await.unwrap();
+    let recreated = s.create("ada@example.com", &[]).await.unwrap();
+    assert_eq!(recreated.visits, None, "{backend:?}: nothing of the erased contact comes back");
+    // An id recorded for the erased contact is no replay for anyone else: it is gone with it.
+    let r = record(&s, vec![view("v1", C::ContactId(recreated.id.clone()), t0, "DIRECT")]).await;
+    assert!(!r.results[0].replayed, "{backend:?}");
+}
+
+async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend: Backend) {
+    use pb::contact_event::Contact as C;
+    let s = start(backend).await;
+    let form = |id: &str, email: &str| pb::ContactEvent {
+        id: id.into(),
+        contact: Some(C::Email(email.into())),
+        occurred_at: None,
+        kind: Some(pb::contact_event::Kind::FormSubmission(pb::FormSubmission {
+            form_id: "demo-request".into(),
+            page_url: "https://example.com/demo".into(),
+        })),
+    };
+    let batch = vec![
+        form("f1", "Lead@Example.com"),
+        // The same address again in the batch: the contact the first made.
+        form("f2", "lead@example.com"),
+        view("v1", C::Email("stranger@example.com".into()), 1_780_000_000, "DIRECT"),
+        pb::ContactEvent { id: String::new(), ..form("", "x@example.com") },
+        pb::ContactEvent { kind: None, ..form("f3", "x@example.com") },
+        pb::ContactEvent {
+            kind: Some(pb::contact_event::Kind::PageView(pb::PageView {
+                url: String::new(),
+                traffic_source: String::new(),
+            })),
+            ..form("f4", "x@example.com")
+        },
+    ];
+    let r = record(&s, batch).await;
+    let lead = s.by_email("lead@example.com").await;
+    assert_eq!(lead.creation_source.as_ref().unwrap().r#type, SourceType::Form as i32, "{backend:?}");
+    assert_eq!(lead.creation_source.as_ref().unwrap().id, "demo-request", "{backend:?}");
+    let results: Vec<(i32, bool, &str)> =
+        r.results.iter().map(|x| (x.index, x.contact_created, x.contact_id.as_str())).collect();
+    assert_eq!(results, [(0, true, lead.id.as_str()), (1, false, lead.id.as_str())], "{backend:?}");
+    let errors: Vec<(i32, &str, &str)> =
+        r.errors.iter().map(|e| (e.index, e.code.as_str(), e.field.as_str())).collect();
+    assert_eq!(
+        errors,
+        [
+            (2, "NOT_FOUND", ""),
+            (3, "INVALID_ARGUMENT", "events[3].id"),
+            (4, "INVALID_ARGUMENT", "events[4].kind"),
+            (5, "INVALID_ARGUMENT", "events[5].page_view.url"),
+        ],
+        "{backend:?}"
+    );
+    // Nothing was made for the refused ones.
+    let read = s.token(ACCOUNT, &["read"]);
+    for email in ["stranger@example.com", "x@example.com"] {
+        let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email(email.into())) };
+        assert_eq!(
+            s.api().get_contact(authed(req, &read)).await.unwrap_err().code(),
+            Code::NotFound,
+            "{email}"
+        );
+    }
+    // A call with no events, or more than a thousand, is refused as a whole.
+    let err = s
+        .api()
+        .record_contact_events(authed(pb::RecordContactEventsRequest { events: vec![] }, &s.writer()))
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::InvalidArgument, "{backend:?}");
+    let many = (0..1_001).map(|i| form(&format!("m{i}"), "lead@example.com")).collect();
+    let err = s
+        .api()
+        .record_contact_events(authed(pb::RecordContactEventsRequest { events: many }, &s.writer()))
+        .await;
+    assert_eq!(err.unwrap_err().code(), Code::InvalidArgument, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
     the_timeline_keeps_every_kind_of_engagement_and_the_last_activity,
     logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact,
+    behaviour_makes_visits_once_per_event_whatever_the_order,
+    a_form_makes_its_contact_and_bad_events_are_refused_one_by_one,
 );

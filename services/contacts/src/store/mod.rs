@@ -16,6 +16,7 @@ use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+mod behaviour;
 mod consent;
 mod engagements;
 mod history;
@@ -23,6 +24,7 @@ mod imports;
 mod lists;
 mod search;
 
+pub use behaviour::{NewEvent, Recorded, StoredEvent};
 pub use consent::ConsentRow;
 pub use engagements::{KeepLogged, Logged, Subject};
 pub use history::{EMAIL, HistoryRow, Origin};
@@ -46,6 +48,19 @@ pub struct ContactRow {
     pub updated_at: i64,
     /// When the latest engagement happened; 0 for none.
     pub last_activity_at: i64,
+    #[sqlx(flatten)]
+    pub visits: VisitColumns,
+}
+
+/// A contact's visits as its columns keep them (0 and '' before the first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct VisitColumns {
+    pub visits: i64,
+    pub first_visit_at: i64,
+    pub last_visit_at: i64,
+    pub last_view_at: i64,
+    pub original_source: String,
+    pub latest_source: String,
 }
 
 impl ContactRow {
@@ -55,7 +70,8 @@ impl ContactRow {
 }
 
 pub(crate) const CONTACT_COLUMNS: &str = "c.id, c.email, c.properties, c.version, c.source_type, \
-     c.source_id, c.created_at, c.updated_at, c.last_activity_at";
+     c.source_id, c.created_at, c.updated_at, c.last_activity_at, c.visits, c.first_visit_at, \
+     c.last_visit_at, c.last_view_at, c.original_source, c.latest_source";
 
 /// Saves an answer under its request id; the first one saved stays.
 const KEEP_ANSWER: &str = "INSERT INTO request_answers (account_id, request_id, answer, digest) \
@@ -161,7 +177,15 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
         let row: Option<ContactRow> =
             tx.fetch_optional(Sql::new(AssertSqlSafe(q.as_str())).bind(account).bind(id)).await?;
         if let Some(row) = row {
-            for table in ["contact_values", "list_members", "consents", "property_history", "engagements"] {
+            let tables = [
+                "contact_values",
+                "list_members",
+                "consents",
+                "property_history",
+                "engagements",
+                "contact_events",
+            ];
+            for table in tables {
                 let q = format!("DELETE FROM {table} WHERE account_id = $1 AND contact_id = $2");
                 tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
             }
@@ -178,7 +202,8 @@ async fn contact(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<Con
 }
 
 const CONTACT_BY_ID: &str = "SELECT id, email, properties, version, source_type, source_id, created_at, \
-     updated_at, last_activity_at FROM contacts WHERE account_id = $1 AND id = $2";
+     updated_at, last_activity_at, visits, first_visit_at, last_visit_at, last_view_at, original_source, \
+     latest_source FROM contacts WHERE account_id = $1 AND id = $2";
 
 /// The columns of a property definition, in the order [`DefinitionRow`] and the tuples read
 /// from [`Store::contact_with_catalog`]'s JSON take them.
@@ -462,9 +487,10 @@ impl Store {
         // changed are its own entries.
         history::move_history(&mut tx, account, secondary, primary).await?;
         engagements::move_engagements(&mut tx, account, secondary, primary).await?;
-        let q = "SELECT last_activity_at FROM contacts WHERE account_id = $1 AND id = $2";
-        let last_activity_at: i64 = tx.scalar(Sql::new(q).bind(account).bind(primary)).await?;
-        let merged = ContactRow { last_activity_at, ..merged };
+        behaviour::move_events(&mut tx, account, secondary, primary).await?;
+        // What the timeline and the visits keep of both, as the primary now holds it.
+        let after = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
+        let merged = ContactRow { last_activity_at: after.last_activity_at, visits: after.visits, ..merged };
         let origin =
             Origin { source_type: "MERGE".into(), source_id: secondary.into(), user_id: user.into() };
         let changed = changed_values(&before, &shown);
@@ -509,6 +535,7 @@ impl Store {
         tx.execute(Sql::new(q).bind(account).bind(id)).await?;
         let q = "UPDATE contacts SET last_activity_at = 0 WHERE account_id = $1 AND id = $2";
         tx.execute(Sql::new(q).bind(account).bind(id)).await?;
+        behaviour::forget_events(&mut tx, account, id).await?;
         tx.commit().await?;
         out.pop().expect("one change, one outcome")
     }
@@ -585,6 +612,7 @@ pub(crate) async fn insert_contacts(
                 created_at: at,
                 updated_at: at,
                 last_activity_at: 0,
+                visits: VisitColumns::default(),
             };
             (row, c)
         })
