@@ -687,8 +687,9 @@ impl ContactsService for Api {
             return Err(Error::invalid("secondary_id", "must differ from primary_id").into());
         }
         let catalog = self.store.catalog(&c.account).await?;
+        let choices = convert::merge_choices(r.property_choices, &catalog)?;
         let pair = (r.primary_id.as_str(), r.secondary_id.as_str());
-        let row = self.store.merge(&c.account, pair, &catalog, &c.user, self.clock.now()).await?;
+        let row = self.store.merge(&c.account, pair, &choices, &catalog, &c.user, self.clock.now()).await?;
         self.relay.wake();
         Ok(Response::new(pb::MergeContactsResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }
@@ -1294,5 +1295,23 @@ impl ContactsService for Api {
     ) -> Answer<pb::ListContactEventsResponse> {
         let c = caller(&req)?;
         Ok(Response::new(record::contact_events(&self.store, &c.account, req.into_inner()).await?))
+    }
+
+    async fn list_duplicate_candidates(
+        &self,
+        req: Request<pb::ListDuplicateCandidatesRequest>,
+    ) -> Answer<pb::ListDuplicateCandidatesResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(record::duplicate_candidates(&self.store, &c.account, req.into_inner()).await?))
+    }
+
+    async fn dismiss_duplicate(
+        &self,
+        req: Request<pb::DismissDuplicateRequest>,
+    ) -> Answer<pb::DismissDuplicateResponse> {
+        let c = caller(&req)?;
+        let now = micros(self.clock.now());
+        record::dismiss_duplicate(&self.store, &c.account, &c.subject, req.into_inner(), now).await?;
+        Ok(Response::new(pb::DismissDuplicateResponse {}))
     }
 }

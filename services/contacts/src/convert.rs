@@ -1,15 +1,17 @@
 //! Stored records to and from their protobuf form.
 
+use crate::duplicates::{Reason, Side};
 use crate::engagements::{
     self, CallOutcome, Details, Direction, Engagement, Kind, MeetingOutcome, TaskStatus,
 };
 use crate::error::{Error, Result};
 use crate::properties::{Catalog, Definition, PropertyOption, PropertyType};
-use crate::store::{ConsentRow, ContactRow, HistoryRow, ImportRow, ListRow, StoredEvent};
+use crate::store::{Candidate, ConsentRow, ContactRow, HistoryRow, ImportRow, ListRow, StoredEvent};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::convert::timestamp_micros;
 use prost::Message;
+use std::collections::BTreeMap;
 
 /// A contact as answered: properties of definitions that still exist, limited to `only` when
 /// given.
@@ -561,4 +563,38 @@ pub fn contact_event(e: StoredEvent) -> pb::ContactEvent {
         occurred_at: timestamp_micros(e.occurred_at),
         kind,
     }
+}
+
+// ---- duplicates ----
+
+pub fn duplicate_candidate(c: Candidate) -> pb::DuplicateCandidate {
+    let reason = |r: Reason| match r {
+        Reason::Email => pb::DuplicateReason::Email,
+        Reason::Phone => pb::DuplicateReason::Phone,
+        Reason::NameAndCompany => pb::DuplicateReason::NameAndCompany,
+    } as i32;
+    pb::DuplicateCandidate {
+        contact_id_a: c.a,
+        contact_id_b: c.b,
+        reasons: c.reasons.into_iter().map(reason).collect(),
+        score: c.score,
+    }
+}
+
+/// A merge's choices by property, each a property of the account.
+pub fn merge_choices(choices: BTreeMap<String, i32>, catalog: &Catalog) -> Result<BTreeMap<String, Side>> {
+    let mut out = BTreeMap::new();
+    for (name, side) in choices {
+        let field = format!("property_choices.{name}");
+        if catalog.get(&name).is_none() {
+            return Err(Error::invalid(field, "no such property"));
+        }
+        let side = match pb::MergeSide::try_from(side) {
+            Ok(pb::MergeSide::Primary) => Side::Primary,
+            Ok(pb::MergeSide::Secondary) => Side::Secondary,
+            _ => return Err(Error::invalid(field, "PRIMARY or SECONDARY")),
+        };
+        out.insert(name, side);
+    }
+    Ok(out)
 }

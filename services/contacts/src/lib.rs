@@ -4,6 +4,7 @@ mod api;
 pub mod behaviour;
 mod convert;
 pub mod csv_records;
+pub mod duplicates;
 pub mod email;
 pub mod engagements;
 use contactier_runtime::error;
@@ -62,6 +63,7 @@ pub fn policy() -> Policy {
                 "GetEngagement",
                 "ListEngagements",
                 "ListContactEvents",
+                "ListDuplicateCandidates",
             ],
         )
         .allow(
@@ -86,6 +88,7 @@ pub fn policy() -> Policy {
                 "UpdateEngagement",
                 "DeleteEngagement",
                 "RecordContactEvents",
+                "DismissDuplicate",
             ],
         )
         .allow(
@@ -102,9 +105,31 @@ pub fn policy() -> Policy {
         )
 }
 
+/// Writes the duplicate match keys of contacts from before keys were kept, a batch at a time,
+/// until none is left; a failed batch is tried again a little later. Replicas may do it side by
+/// side: writing a contact's keys twice gives the same keys.
+async fn key_old_contacts(store: store::Store, shutdown: contactier_runtime::Shutdown) {
+    let mut wait = std::time::Duration::from_millis(100);
+    while !shutdown.is_triggered() {
+        match store.key_unkeyed_contacts(500).await {
+            Ok(0) => return,
+            Ok(n) => tracing::debug!(contacts = n, "duplicate match keys written"),
+            Err(e) => {
+                tracing::warn!(error = %e, "writing duplicate match keys failed; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait() => return,
+                }
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        }
+    }
+}
+
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
     Box::pin(async move {
         let store = store::Store::new(env.db.clone());
+        tokio::spawn(key_old_contacts(store.clone(), env.platform.shutdown.clone()));
         let clock = env.platform.clock.clone();
         let relay_worker = clock.register_worker("contacts-relay");
         let relay = relay_worker.waker();

@@ -314,3 +314,41 @@ pub async fn contact_events(
         next_page_token,
     })
 }
+
+pub async fn duplicate_candidates(
+    store: &Store,
+    account: &str,
+    r: pb::ListDuplicateCandidatesRequest,
+) -> Result<pb::ListDuplicateCandidatesResponse> {
+    let limit = paging::limit(r.page_size)?;
+    let list = format!("duplicate candidates {}", r.min_score);
+    let after = paging::after(&list, &r.page_token)?
+        .map(|k| k.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned())))
+        .map(|p| p.ok_or_else(|| Error::invalid("page_token", "not a page token of duplicate candidates")))
+        .transpose()?;
+    let page = store.duplicate_candidates(account, after, limit, r.min_score).await?;
+    let next_page_token =
+        page.next.map(|(a, b)| paging::token(&list, &format!("{a}/{b}"))).unwrap_or_default();
+    Ok(pb::ListDuplicateCandidatesResponse {
+        candidates: page.candidates.into_iter().map(convert::duplicate_candidate).collect(),
+        next_page_token,
+    })
+}
+
+pub async fn dismiss_duplicate(
+    store: &Store,
+    account: &str,
+    by: &str,
+    r: pb::DismissDuplicateRequest,
+    now: i64,
+) -> Result<()> {
+    for (field, id) in [("contact_id_a", &r.contact_id_a), ("contact_id_b", &r.contact_id_b)] {
+        if id.is_empty() {
+            return Err(Error::invalid(field, "required"));
+        }
+    }
+    if r.contact_id_a == r.contact_id_b {
+        return Err(Error::invalid("contact_id_b", "must differ from contact_id_a"));
+    }
+    store.dismiss_duplicate(account, (&r.contact_id_a, &r.contact_id_b), by, now).await
+}

@@ -215,7 +215,11 @@ async fn merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was
     let merged = s
         .api()
         .merge_contacts(authed(
-            pb::MergeContactsRequest { primary_id: primary.id.clone(), secondary_id: secondary.id.clone() },
+            pb::MergeContactsRequest {
+                primary_id: primary.id.clone(),
+                secondary_id: secondary.id.clone(),
+                ..Default::default()
+            },
             &w,
         ))
         .await
@@ -248,7 +252,10 @@ async fn merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was
     ] {
         let err = s
             .api()
-            .merge_contacts(authed(pb::MergeContactsRequest { primary_id: p, secondary_id: sec }, &w))
+            .merge_contacts(authed(
+                pb::MergeContactsRequest { primary_id: p, secondary_id: sec, ..Default::default() },
+                &w,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), code, "{backend:?}");

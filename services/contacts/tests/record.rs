@@ -167,7 +167,11 @@ async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backen
     later(&s).await;
 
     // A merge: the primary's value stays, the secondary fills the gap, both histories go on.
-    let req = pb::MergeContactsRequest { primary_id: a.id.clone(), secondary_id: b.id.clone() };
+    let req = pb::MergeContactsRequest {
+        primary_id: a.id.clone(),
+        secondary_id: b.id.clone(),
+        ..Default::default()
+    };
     s.api().merge_contacts(authed(req, &s.writer())).await.unwrap();
     let merged = history(&s, &a.id, "").await.unwrap();
     assert_eq!(
@@ -592,7 +596,11 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     let b = s.create("ada.l@example.com", &[]).await.unwrap();
     let r = record(&s, vec![view("w1", C::ContactId(b.id.clone()), t0 + 86_400, "SOCIAL")]).await;
     assert!(r.errors.is_empty());
-    let req = pb::MergeContactsRequest { primary_id: c.id.clone(), secondary_id: b.id.clone() };
+    let req = pb::MergeContactsRequest {
+        primary_id: c.id.clone(),
+        secondary_id: b.id.clone(),
+        ..Default::default()
+    };
     let merged =
         s.api().merge_contacts(authed(req, &s.writer())).await.unwrap().into_inner().contact.unwrap();
     let v = merged.visits.expect("visits");
@@ -691,6 +699,136 @@ async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend:
     assert_eq!(err.unwrap_err().code(), Code::InvalidArgument, "{backend:?}");
 }
 
+async fn candidates(s: &Contacts, min_score: i32) -> Vec<(String, String, Vec<i32>, i32)> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListDuplicateCandidatesRequest { min_score, page_size: 1, page_token: token };
+        let r = s
+            .api()
+            .list_duplicate_candidates(authed(req, &s.token(ACCOUNT, &["read"])))
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(r.candidates.into_iter().map(|c| (c.contact_id_a, c.contact_id_b, c.reasons, c.score)));
+        if r.next_page_token.is_empty() {
+            return out;
+        }
+        token = r.next_page_token;
+    }
+}
+
+fn pair(x: &pb::Contact, y: &pb::Contact) -> (String, String) {
+    if x.id < y.id { (x.id.clone(), y.id.clone()) } else { (y.id.clone(), x.id.clone()) }
+}
+
+async fn duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged(backend: Backend) {
+    use pb::DuplicateReason as R;
+    let s = start(backend).await;
+    let gmail_a = s.create("ada.lovelace@gmail.com", &[]).await.unwrap();
+    let gmail_b = s.create("AdaLovelace+crm@googlemail.com", &[]).await.unwrap();
+    let phone_a = s.create("grace@navy.example", &[("phone", "+1 (555) 010-2030")]).await.unwrap();
+    let phone_b = s
+        .create(
+            "g.hopper@example.com",
+            &[
+                ("phone", "001 555 010 2030"),
+                ("first_name", "Grace"),
+                ("last_name", "Hopper"),
+                ("company", "Navy"),
+            ],
+        )
+        .await
+        .unwrap();
+    let named = s
+        .create(
+            "hopper@example.org",
+            &[("first_name", " grace "), ("last_name", "HOPPER"), ("company", "navy")],
+        )
+        .await
+        .unwrap();
+    let _alone =
+        s.create("someone@example.com", &[("first_name", "Some"), ("last_name", "One")]).await.unwrap();
+    let _own_domain = s.create("ada.lovelace+x@example.com", &[]).await.unwrap();
+
+    let found = candidates(&s, 0).await;
+    let by_pair: std::collections::HashMap<(String, String), (Vec<i32>, i32)> =
+        found.iter().map(|(a, b, r, sc)| ((a.clone(), b.clone()), (r.clone(), *sc))).collect();
+    assert_eq!(found.len(), 3, "{backend:?}: {found:?}");
+    assert_eq!(by_pair[&pair(&gmail_a, &gmail_b)], (vec![R::Email as i32], 95), "{backend:?}");
+    assert_eq!(by_pair[&pair(&phone_a, &phone_b)], (vec![R::Phone as i32], 80), "{backend:?}");
+    assert_eq!(by_pair[&pair(&phone_b, &named)], (vec![R::NameAndCompany as i32], 70), "{backend:?}");
+    assert!(
+        found.windows(2).all(|w| (&w[0].0, &w[0].1) < (&w[1].0, &w[1].1)),
+        "{backend:?}: by pair, once each"
+    );
+    assert_eq!(candidates(&s, 80).await.len(), 2, "{backend:?}: a floor on the score");
+
+    // A phone given to the named contact adds a reason to its pair, and a pair with the first.
+    let req = pb::UpdateContactRequest {
+        id: named.id.clone(),
+        properties: [("phone".to_owned(), "+15550102030".to_owned())].into(),
+        expected_version: 0,
+        email: String::new(),
+        update_mask: None,
+    };
+    s.api().update_contact(authed(req, &s.writer())).await.unwrap();
+    let found = candidates(&s, 0).await;
+    let score = |x: &pb::Contact, y: &pb::Contact| {
+        found.iter().find(|c| (c.0.clone(), c.1.clone()) == pair(x, y)).map(|c| c.3)
+    };
+    assert_eq!(score(&phone_b, &named), Some(85), "{backend:?}: phone and name: {found:?}");
+    assert_eq!(score(&phone_a, &named), Some(80), "{backend:?}");
+
+    // Dismissed, a pair is not listed again; bad dismissals say why.
+    let dismiss =
+        |a: &str, b: &str| pb::DismissDuplicateRequest { contact_id_a: a.into(), contact_id_b: b.into() };
+    s.api().dismiss_duplicate(authed(dismiss(&phone_a.id, &named.id), &s.writer())).await.unwrap();
+    assert_eq!(score(&phone_a, &named), Some(80));
+    assert_eq!(
+        candidates(&s, 0)
+            .await
+            .iter()
+            .filter(|c| (c.0.clone(), c.1.clone()) == pair(&phone_a, &named))
+            .count(),
+        0,
+        "{backend:?}"
+    );
+    let err = s.api().dismiss_duplicate(authed(dismiss(&phone_a.id, "nope"), &s.writer())).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+    let err =
+        s.api().dismiss_duplicate(authed(dismiss(&phone_a.id, &phone_a.id), &s.writer())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    let other = s.token("acct-b", &["write"]);
+    let err = s.api().dismiss_duplicate(authed(dismiss(&gmail_a.id, &gmail_b.id), &other)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}: another account's contacts");
+
+    // Merged with a choice per property: the secondary's name wins where chosen.
+    let mut req = pb::MergeContactsRequest {
+        primary_id: named.id.clone(),
+        secondary_id: phone_b.id.clone(),
+        ..Default::default()
+    };
+    req.property_choices.insert("nope".into(), pb::MergeSide::Secondary as i32);
+    let err = s.api().merge_contacts(authed(req.clone(), &s.writer())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("property_choices.nope"), "{}", err.message());
+    req.property_choices = [
+        ("first_name".to_owned(), pb::MergeSide::Secondary as i32),
+        ("company".to_owned(), pb::MergeSide::Primary as i32),
+    ]
+    .into();
+    let merged =
+        s.api().merge_contacts(authed(req, &s.writer())).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(merged.properties["first_name"], "Grace", "{backend:?}: the secondary's, as chosen");
+    assert_eq!(merged.properties["company"], "navy", "{backend:?}");
+    let left = candidates(&s, 0).await;
+    assert!(
+        left.iter().all(|c| c.0 != phone_b.id && c.1 != phone_b.id),
+        "{backend:?}: the merged-away contact is gone: {left:?}"
+    );
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
@@ -698,4 +836,5 @@ contactier_runtime::backend_tests!(
     logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact,
     behaviour_makes_visits_once_per_event_whatever_the_order,
     a_form_makes_its_contact_and_bad_events_are_refused_one_by_one,
+    duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged,
 );

@@ -2,6 +2,7 @@
 //! searchable values, the account's total and the outbox event for marketing-status in one
 //! transaction.
 
+use crate::duplicates as duplicates_rules;
 use crate::email::Email;
 use crate::error::{Error, Result};
 use crate::properties::{Catalog, Definition, PropertyOption, PropertyType, Value};
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 mod behaviour;
 mod consent;
+mod duplicates;
 mod engagements;
 mod history;
 mod imports;
@@ -26,6 +28,7 @@ mod search;
 
 pub use behaviour::{NewEvent, Recorded, StoredEvent};
 pub use consent::ConsentRow;
+pub use duplicates::Candidate;
 pub use engagements::{KeepLogged, Logged, Subject};
 pub use history::{EMAIL, HistoryRow, Origin};
 pub use imports::{ImportErrorRow, ImportRow, Start};
@@ -189,6 +192,7 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
                 let q = format!("DELETE FROM {table} WHERE account_id = $1 AND contact_id = $2");
                 tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
             }
+            duplicates::forget_keys(tx, account, id).await?;
             gone.push(row);
         }
     }
@@ -448,12 +452,14 @@ impl Store {
     }
 
     /// Merges `secondary` into `primary`: the primary's non-empty values win, the secondary's
-    /// fill the gaps, its list memberships move over, and it disappears. marketing-status makes
+    /// fill the gaps, and `choices` names the side whose value a property takes; its list
+    /// memberships, history, timeline and behaviour move over, and it disappears. marketing-status makes
     /// the result marketing if either was.
     pub async fn merge(
         &self,
         account: &str,
         (primary, secondary): (&str, &str),
+        choices: &BTreeMap<String, duplicates_rules::Side>,
         catalog: &Catalog,
         user: &str,
         now: DateTime<Utc>,
@@ -461,8 +467,7 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
         let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
-        let mut values = s.values();
-        values.extend(p.values().into_iter().filter(|(_, v)| !v.is_empty()));
+        let values = duplicates_rules::merge_values(&p.values(), &s.values(), choices);
         // Values of properties deleted since are dropped; the rest are stored normalised already.
         let typed: BTreeMap<String, Value> = values
             .iter()
@@ -483,6 +488,7 @@ impl Store {
             .bind(primary);
         tx.execute(update).await?;
         write_values(&mut tx, account, primary, &typed).await?;
+        duplicates::write_keys(&mut tx, account, primary, &duplicates::email_key(&merged), &shown).await?;
         // The primary's own history and the secondary's go on together; the values the merge
         // changed are its own entries.
         history::move_history(&mut tx, account, secondary, primary).await?;
@@ -617,14 +623,14 @@ pub(crate) async fn insert_contacts(
             (row, c)
         })
         .collect();
-    let (contacts_per, values_per) = (db.rows_per_statement(10), db.rows_per_statement(5));
+    let (contacts_per, values_per) = (db.rows_per_statement(11), db.rows_per_statement(5));
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(contacts_per) {
         let sql = format!(
             "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
-             source_id, created_at, updated_at) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
-             RETURNING id",
-            placeholders(chunk.len(), 10)
+             source_id, created_at, updated_at, match_keys_version) VALUES {} \
+             ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
+            placeholders(chunk.len(), 11)
         );
         let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c)| {
             q.bind(account)
@@ -637,6 +643,7 @@ pub(crate) async fn insert_contacts(
                 .bind(&row.source_id)
                 .bind(at)
                 .bind(at)
+                .bind(1i64)
         });
         let ids: Vec<(String,)> = tx.fetch_all(q).await?;
         inserted.extend(ids.into_iter().map(|r| r.0));
@@ -680,6 +687,27 @@ pub(crate) async fn insert_contacts(
         })
         .collect();
     history::record(tx, account, &entries, at).await?;
+    // Their match keys for duplicate candidates, a few statements for many.
+    let keys: Vec<(&str, duplicates_rules::Reason, String)> = rows
+        .iter()
+        .filter(|(row, _)| inserted.contains(&row.id))
+        .flat_map(|(row, c)| {
+            let shown = c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+            duplicates_rules::keys(&c.email.key, &shown)
+                .into_iter()
+                .map(move |(r, k)| (row.id.as_str(), r, k))
+        })
+        .collect();
+    for chunk in keys.chunks(db.rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT INTO contact_match_keys (account_id, contact_id, reason, match_key) VALUES {}",
+            placeholders(chunk.len(), 4)
+        );
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, r, k)| {
+            q.bind(account).bind(*id).bind(r.as_str()).bind(k)
+        });
+        tx.execute(q).await?;
+    }
     let events: Vec<mpb::ContactEvent> = rows
         .iter()
         .filter(|(row, _)| inserted.contains(&row.id))
@@ -805,6 +833,7 @@ async fn update_contact(
         .bind(account)
         .bind(&ch.id);
     tx.execute(update).await?;
+    duplicates::write_keys(tx, account, &ch.id, &key, &shown).await?;
     for (name, v) in &ch.values {
         let q = "DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = $3";
         tx.execute(Sql::new(q).bind(account).bind(&ch.id).bind(name)).await?;
