@@ -1305,6 +1305,14 @@ impl ContactsService for Api {
         Ok(Response::new(record::duplicate_candidates(&self.store, &c.account, req.into_inner()).await?))
     }
 
+    async fn get_lifecycle_report(
+        &self,
+        req: Request<pb::GetLifecycleReportRequest>,
+    ) -> Answer<pb::GetLifecycleReportResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(record::lifecycle_report(&self.store, &c.account, req.into_inner()).await?))
+    }
+
     async fn dismiss_duplicate(
         &self,
         req: Request<pb::DismissDuplicateRequest>,

@@ -598,3 +598,33 @@ pub fn merge_choices(choices: BTreeMap<String, i32>, catalog: &Catalog) -> Resul
     }
     Ok(out)
 }
+
+// ---- lifecycle reports ----
+
+pub fn stage_count((stage, contacts): (String, i64)) -> pb::StageCount {
+    pb::StageCount { stage, contacts }
+}
+
+pub fn day_stages((date, stages): (chrono::NaiveDate, BTreeMap<String, i64>)) -> pb::DayStages {
+    pb::DayStages {
+        date: Some(contactier_runtime::convert::pb_date(date)),
+        stages: stages.into_iter().map(stage_count).collect(),
+    }
+}
+
+pub fn stage_conversion(c: crate::lifecycle::Conversion) -> pb::StageConversion {
+    pb::StageConversion {
+        rate_basis_points: c.basis_points(),
+        from_stage: c.from.into(),
+        to_stage: c.to.into(),
+        entered: c.entered,
+        converted: c.converted,
+    }
+}
+
+pub fn day_sources((date, sources): (chrono::NaiveDate, BTreeMap<String, i64>)) -> pb::DaySources {
+    pb::DaySources {
+        date: Some(contactier_runtime::convert::pb_date(date)),
+        sources: sources.into_iter().map(|(source, contacts)| pb::SourceCount { source, contacts }).collect(),
+    }
+}

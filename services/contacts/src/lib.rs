@@ -11,6 +11,7 @@ use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
 pub mod import;
+pub mod lifecycle;
 pub mod names;
 pub mod properties;
 mod record;
@@ -64,6 +65,7 @@ pub fn policy() -> Policy {
                 "ListEngagements",
                 "ListContactEvents",
                 "ListDuplicateCandidates",
+                "GetLifecycleReport",
             ],
         )
         .allow(

@@ -352,3 +352,49 @@ pub async fn dismiss_duplicate(
     }
     store.dismiss_duplicate(account, (&r.contact_id_a, &r.contact_id_b), by, now).await
 }
+
+pub async fn lifecycle_report(
+    store: &Store,
+    account: &str,
+    r: pb::GetLifecycleReportRequest,
+) -> Result<pb::GetLifecycleReportResponse> {
+    use crate::lifecycle;
+    let date = |d: Option<&contactier_proto::common::v1::Date>, field: &str| {
+        contactier_runtime::convert::date(d).map_err(|reason| Error::invalid(field, reason))
+    };
+    let first = date(r.start_date.as_ref(), "start_date")?;
+    let last = date(r.end_date.as_ref(), "end_date")?;
+    if last < first {
+        return Err(Error::invalid("end_date", "must not be before start_date"));
+    }
+    if (last - first).num_days() as u64 >= lifecycle::MAX_DAYS {
+        return Err(Error::invalid(
+            "end_date",
+            format!("at most {} days from start_date", lifecycle::MAX_DAYS),
+        ));
+    }
+    let tz: chrono_tz::Tz = if r.time_zone.is_empty() {
+        chrono_tz::UTC
+    } else {
+        r.time_zone
+            .parse()
+            .map_err(|_| Error::invalid("time_zone", "an IANA zone name, e.g. Europe/Zurich"))?
+    };
+    let days = lifecycle::day_ends(first, last, &tz);
+    let start =
+        lifecycle::day_ends(first.pred_opt().unwrap_or(first), first.pred_opt().unwrap_or(first), &tz)
+            .first()
+            .map_or(i64::MIN, |(_, end)| *end);
+    let end = days.last().map_or(start, |(_, end)| *end);
+    let changes = store.stage_changes(account, end).await?;
+    let created = store.created_between(account, start, end).await?;
+    Ok(pb::GetLifecycleReportResponse {
+        current: store.stages_now(account).await?.into_iter().map(convert::stage_count).collect(),
+        daily: lifecycle::daily_counts(&changes, &days).into_iter().map(convert::day_stages).collect(),
+        conversions: lifecycle::conversions(&changes, start, end)
+            .into_iter()
+            .map(convert::stage_conversion)
+            .collect(),
+        new_contacts: lifecycle::new_per_day(&created, &days).into_iter().map(convert::day_sources).collect(),
+    })
+}

@@ -829,6 +829,107 @@ async fn duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged
     );
 }
 
+async fn advance_to(s: &Contacts, day: u32, hour: u32) {
+    use chrono::TimeZone;
+    let at = chrono::Utc.with_ymd_and_hms(2026, 5, day, hour, 0, 0).unwrap();
+    s.platform.clock.advance_to(at).await.unwrap();
+}
+
+async fn set_stage(s: &Contacts, id: &str, stage: &str) {
+    let req = update(id, &[("lifecycle_stage", stage)], "");
+    s.api().update_contact(authed(req, &s.writer())).await.unwrap();
+}
+
+async fn lifecycle_reports_follow_the_stage_history_day_by_day(backend: Backend) {
+    let s = start(backend).await;
+    advance_to(&s, 1, 9).await;
+    let a = s.create("a@example.com", &[("lifecycle_stage", "lead")]).await.unwrap();
+    let b = s.create("b@example.com", &[("lifecycle_stage", "lead")]).await.unwrap();
+    let _c = s.create("c@example.com", &[]).await.unwrap();
+    advance_to(&s, 2, 10).await;
+    set_stage(&s, &a.id, "marketing_qualified_lead").await;
+    advance_to(&s, 3, 23).await;
+    // Late on the 3rd in UTC: already the 4th in Zurich.
+    set_stage(&s, &b.id, "customer").await;
+    advance_to(&s, 4, 12).await;
+    // An import (a source of its own) on the 4th.
+    let h = pb::ImportHeader {
+        name: "list".into(),
+        mode: pb::ImportMode::Create as i32,
+        column_mapping: [("Email".to_owned(), "email".to_owned())].into(),
+        ..Default::default()
+    };
+    let parts = vec![
+        pb::ImportContactsRequest { part: Some(Part::Header(h)) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(b"Email\nd@example.com\n".to_vec())) },
+    ];
+    let mut progress = s
+        .api()
+        .import_contacts(authed(futures::stream::iter(parts), &s.writer()))
+        .await
+        .unwrap()
+        .into_inner();
+    while progress.message().await.unwrap().is_some() {}
+
+    let report = |tz: &str| {
+        let req = pb::GetLifecycleReportRequest {
+            start_date: Some(contactier_proto::common::v1::Date { year: 2026, month: 5, day: 1 }),
+            end_date: Some(contactier_proto::common::v1::Date { year: 2026, month: 5, day: 4 }),
+            time_zone: tz.into(),
+        };
+        let api = s.api();
+        let read = s.token(ACCOUNT, &["read"]);
+        async move { api.clone().get_lifecycle_report(authed(req, &read)).await.map(|r| r.into_inner()) }
+    };
+    let r = report("").await.unwrap();
+    let stages =
+        |d: &pb::DayStages| d.stages.iter().map(|c| (c.stage.clone(), c.contacts)).collect::<Vec<_>>();
+    let day = |n: usize| stages(&r.daily[n]);
+    let st = |v: &[(&str, i64)]| v.iter().map(|(s, n)| (s.to_string(), *n)).collect::<Vec<_>>();
+    assert_eq!(r.daily.len(), 4, "{backend:?}");
+    assert_eq!(day(0), st(&[("lead", 2)]), "{backend:?}");
+    assert_eq!(day(1), st(&[("lead", 1), ("marketing_qualified_lead", 1)]), "{backend:?}");
+    assert_eq!(day(2), st(&[("customer", 1), ("marketing_qualified_lead", 1)]), "{backend:?}");
+    assert_eq!(day(3), day(2), "{backend:?}");
+    let now: Vec<(String, i64)> = r.current.iter().map(|c| (c.stage.clone(), c.contacts)).collect();
+    assert_eq!(now, st(&[("", 2), ("customer", 1), ("marketing_qualified_lead", 1)]), "{backend:?}");
+    let conv: Vec<(&str, &str, i64, i64, i64)> = r
+        .conversions
+        .iter()
+        .map(|c| (c.from_stage.as_str(), c.to_stage.as_str(), c.entered, c.converted, c.rate_basis_points))
+        .collect();
+    assert_eq!(
+        conv[0],
+        ("lead", "marketing_qualified_lead", 2, 2, 10_000),
+        "{backend:?}: b skipped on to customer"
+    );
+    assert_eq!(conv[1], ("marketing_qualified_lead", "sales_qualified_lead", 1, 0, 0), "{backend:?}");
+    assert_eq!(conv.len(), 4);
+    let new: Vec<Vec<(String, i64)>> = r
+        .new_contacts
+        .iter()
+        .map(|d| d.sources.iter().map(|c| (c.source.clone(), c.contacts)).collect())
+        .collect();
+    assert_eq!(new, [st(&[("USER", 3)]), vec![], vec![], st(&[("IMPORT", 1)])], "{backend:?}");
+
+    // In Zurich, b became a customer on the 4th.
+    let z = report("Europe/Zurich").await.unwrap();
+    assert_eq!(stages(&z.daily[2]), st(&[("lead", 1), ("marketing_qualified_lead", 1)]), "{backend:?}");
+    assert_eq!(stages(&z.daily[3]), st(&[("customer", 1), ("marketing_qualified_lead", 1)]), "{backend:?}");
+
+    // Bad ranges and zones are refused by field.
+    let err = report("Mars/Olympus").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("time_zone"), "{}", err.message());
+    let long = pb::GetLifecycleReportRequest {
+        start_date: Some(contactier_proto::common::v1::Date { year: 2025, month: 1, day: 1 }),
+        end_date: Some(contactier_proto::common::v1::Date { year: 2026, month: 5, day: 4 }),
+        time_zone: String::new(),
+    };
+    let err = s.api().get_lifecycle_report(authed(long, &s.token(ACCOUNT, &["read"]))).await.unwrap_err();
+    assert!(err.message().contains("end_date"), "{}", err.message());
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
@@ -837,4 +938,5 @@ contactier_runtime::backend_tests!(
     behaviour_makes_visits_once_per_event_whatever_the_order,
     a_form_makes_its_contact_and_bad_events_are_refused_one_by_one,
     duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged,
+    lifecycle_reports_follow_the_stage_history_day_by_day,
 );

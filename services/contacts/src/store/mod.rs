@@ -24,6 +24,7 @@ mod engagements;
 mod history;
 mod imports;
 mod lists;
+mod reports;
 mod search;
 
 pub use behaviour::{NewEvent, Recorded, StoredEvent};
