@@ -77,9 +77,98 @@ pub fn group(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// One step of the lifecycle funnel: of those who entered `from`, how many reached `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub from: String,
+    pub to: String,
+    pub entered: i64,
+    pub converted: i64,
+    /// Basis points (10,000 = all).
+    pub rate: i64,
+}
+
+/// The funnel as lines: each step with a bar of its rate.
+pub fn funnel(steps: &[Step], width: usize) -> Vec<String> {
+    let name = steps.iter().map(|s| s.from.len().max(s.to.len())).max().unwrap_or(0);
+    steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{:<name$} -> {:<name$} {:>7} in, {:>7} on {:>3}.{} % {}",
+                s.from,
+                s.to,
+                group(s.entered),
+                group(s.converted),
+                s.rate / 100,
+                (s.rate % 100) / 10,
+                bar(s.rate, 10_000, width),
+            )
+        })
+        .collect()
+}
+
+/// Contacts per stage at the end of each day as a table: a column per stage (in `order`, then
+/// any other, then no stage), a row per day.
+pub fn stage_table(days: &[(String, Vec<(String, i64)>)], order: &[&str]) -> Vec<String> {
+    let mut stages: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+    for (_, counts) in days {
+        for (stage, _) in counts {
+            if !stages.contains(stage) {
+                stages.push(stage.clone());
+            }
+        }
+    }
+    let shown: Vec<&String> = stages
+        .iter()
+        .filter(|s| days.iter().any(|(_, c)| c.iter().any(|(st, n)| st == *s && *n > 0)))
+        .collect();
+    let header = |s: &str| if s.is_empty() { "(none)".to_owned() } else { s.to_owned() };
+    let widths: Vec<usize> = shown.iter().map(|s| header(s).len().max(7)).collect();
+    let mut out = vec![
+        std::iter::once(format!("{:<10}", "date"))
+            .chain(shown.iter().zip(&widths).map(|(s, w)| format!("{:>w$}", header(s))))
+            .collect::<Vec<_>>()
+            .join("  "),
+    ];
+    for (date, counts) in days {
+        let cell = |s: &str| counts.iter().find(|(st, _)| st == s).map_or(0, |(_, n)| *n);
+        out.push(
+            std::iter::once(format!("{date:<10}"))
+                .chain(shown.iter().zip(&widths).map(|(s, w)| format!("{:>w$}", group(cell(s)))))
+                .collect::<Vec<_>>()
+                .join("  "),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_funnel_shows_each_step_with_its_rate() {
+        let steps = [
+            Step { from: "lead".into(), to: "mql".into(), entered: 2_000, converted: 500, rate: 2_500 },
+            Step { from: "mql".into(), to: "sql".into(), entered: 500, converted: 0, rate: 0 },
+        ];
+        let lines = funnel(&steps, 20);
+        assert_eq!(lines[0], "lead -> mql    2,000 in,     500 on  25.0 % █████");
+        assert_eq!(lines[1], "mql  -> sql      500 in,       0 on   0.0 % ");
+    }
+
+    #[test]
+    fn the_stage_table_has_a_column_per_stage_seen() {
+        let days = vec![
+            ("2026-05-01".to_owned(), vec![("lead".to_owned(), 2)]),
+            ("2026-05-02".to_owned(), vec![("".to_owned(), 1), ("customer".to_owned(), 1_200)]),
+        ];
+        let t = stage_table(&days, &["lead", "marketing_qualified_lead", "customer"]);
+        assert_eq!(t[0], "date           lead  customer   (none)");
+        assert_eq!(t[1], "2026-05-01        2         0        0");
+        assert_eq!(t[2], "2026-05-02        0     1,200        1");
+    }
 
     #[test]
     fn bars_scale_with_eighth_cell_precision() {

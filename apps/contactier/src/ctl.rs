@@ -83,6 +83,18 @@ enum Command {
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3660))]
         days: u32,
     },
+    /// The lifecycle funnel of a range of days, and contacts per stage at the end of each day.
+    Lifecycle {
+        /// The first day (YYYY-MM-DD).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// The last day (YYYY-MM-DD), at most 366 days after the first.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// The zone the days are in, e.g. Europe/Zurich (default UTC).
+        #[arg(long, default_value = "")]
+        time_zone: String,
+    },
     /// The newest alerts.
     Alerts {
         #[arg(long, default_value_t = 20)]
@@ -348,6 +360,7 @@ pub async fn run(ctl: Ctl, target: &Target) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Usage { days } => usage(&conn, days).await,
+        Command::Lifecycle { from, to, time_zone } => lifecycle(&conn, from, to, time_zone).await,
         Command::Alerts { limit } => {
             let req = npb::ListAlertsRequest { page_size: limit, page_token: String::new() };
             let r = conn.notification().list_alerts(req).await?.into_inner();
@@ -653,6 +666,64 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
     }
     if p.failed > 0 {
         anyhow::bail!("{} of {} rows failed", chart::group(p.failed), chart::group(p.rows_read));
+    }
+    Ok(())
+}
+
+async fn lifecycle(
+    conn: &Client,
+    from: chrono::NaiveDate,
+    to: chrono::NaiveDate,
+    time_zone: String,
+) -> anyhow::Result<()> {
+    use chrono::Datelike;
+    let pb_date =
+        |d: chrono::NaiveDate| common::Date { year: d.year(), month: d.month() as i32, day: d.day() as i32 };
+    let req = cpb::GetLifecycleReportRequest {
+        start_date: Some(pb_date(from)),
+        end_date: Some(pb_date(to)),
+        time_zone,
+    };
+    let r = conn.contacts().get_lifecycle_report(req).await?.into_inner();
+    let stage = |s: &str| if s.is_empty() { "(none)".to_owned() } else { s.to_owned() };
+    let now: Vec<String> =
+        r.current.iter().map(|c| format!("{} {}", stage(&c.stage), chart::group(c.contacts))).collect();
+    println!("contacts per stage now: {}", if now.is_empty() { "none".to_owned() } else { now.join(", ") });
+    println!("funnel {from} to {to}");
+    let steps: Vec<chart::Step> = r
+        .conversions
+        .iter()
+        .map(|c| chart::Step {
+            from: c.from_stage.clone(),
+            to: c.to_stage.clone(),
+            entered: c.entered,
+            converted: c.converted,
+            rate: c.rate_basis_points,
+        })
+        .collect();
+    for line in chart::funnel(&steps, 30) {
+        println!("  {line}");
+    }
+    println!("contacts per stage at the end of each day");
+    let days: Vec<(String, Vec<(String, i64)>)> = r
+        .daily
+        .iter()
+        .map(|d| (date(d.date.as_ref()), d.stages.iter().map(|c| (c.stage.clone(), c.contacts)).collect()))
+        .collect();
+    let order =
+        ["subscriber", "lead", "marketing_qualified_lead", "sales_qualified_lead", "opportunity", "customer"];
+    for line in chart::stage_table(&days, &order) {
+        println!("  {line}");
+    }
+    println!("new contacts per day, by source");
+    for d in &r.new_contacts {
+        let by: Vec<String> =
+            d.sources.iter().map(|c| format!("{} {}", c.source, chart::group(c.contacts))).collect();
+        println!(
+            "  {}  {}",
+            date(d.date.as_ref()),
+            if by.is_empty() { "-".to_owned() } else { by.join(", ") }
+        );
     }
     Ok(())
 }

@@ -104,6 +104,69 @@ async fn ctl_answers_a_person_plainly() {
     let out = ctl(&r, &["ctl", "usage", "--days", "100000", "--base-port", &base, "--token", &admin]);
     assert_eq!(out.status.code(), Some(2), "refused by the command line: {}", text(&out.stderr));
 
+    // The lifecycle funnel and the stages day by day.
+    let mut contacts =
+        contactier_proto::contacts::v1::contacts_service_client::ContactsServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            r.base
+        ))
+        .await
+        .unwrap();
+    for email in ["lead-1@example.org", "lead-2@example.org"] {
+        let input = contactier_proto::contacts::v1::ContactInput {
+            email: email.into(),
+            properties: [("lifecycle_stage".to_owned(), "lead".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(contactier_proto::contacts::v1::CreateContactRequest {
+            contact: Some(input),
+            request_id: String::new(),
+        });
+        req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        contacts.create_contact(req).await.unwrap();
+    }
+    let args = [
+        "ctl",
+        "lifecycle",
+        "--from",
+        "2026-04-19",
+        "--to",
+        "2026-04-20",
+        "--base-port",
+        &base,
+        "--token",
+        &reader,
+    ];
+    let out = ctl(&r, &args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.contains("contacts per stage now: lead 2"), "{shown}");
+    assert!(
+        shown.contains("lead                     -> marketing_qualified_lead       2 in,       0 on   0.0 %"),
+        "{shown}"
+    );
+    let rows: Vec<&str> = shown.lines().map(str::trim).filter(|l| l.starts_with("2026-04-")).collect();
+    assert_eq!(rows.len(), 4, "a row per day in the table and in the new contacts: {shown}");
+    assert!(rows[1].starts_with("2026-04-20") && rows[1].ends_with('2'), "{shown}");
+    assert!(rows[3].contains("USER 2"), "{shown}");
+    let bad = [
+        "ctl",
+        "lifecycle",
+        "--from",
+        "2026-04-19",
+        "--to",
+        "2026-04-20",
+        "--time-zone",
+        "Mars/Base",
+        "--base-port",
+        &base,
+        "--token",
+        &reader,
+    ];
+    let out = ctl(&r, &bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("time_zone"), "{}", text(&out.stderr));
+
     // Empty answers say so; the clock answers an ops token.
     let out = ctl(&r, &["ctl", "invoices", "--base-port", &base, "--token", &admin]);
     assert_eq!(text(&out.stdout).trim(), "no invoices", "{}", text(&out.stderr));
