@@ -15,6 +15,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod properties;
 mod record;
+pub mod scoring;
 mod store;
 
 use contactier_proto::contacts::v1::contacts_service_server::ContactsServiceServer;

@@ -1,0 +1,236 @@
+//! Lead scoring: an account's rules give points for what a contact's properties hold and for
+//! what it did within a window; the sum is its `lead_score`, and reaching the account's
+//! threshold makes a lead a marketing qualified lead. Plain functions over what the store reads.
+
+use crate::lifecycle;
+use std::collections::BTreeMap;
+
+/// The property the score is kept in.
+pub const PROPERTY: &str = "lead_score";
+/// The stage a score at or over the threshold moves a contact to.
+pub const MQL: &str = "marketing_qualified_lead";
+/// Most points one rule gives or takes.
+pub const MAX_POINTS: i64 = 1_000;
+/// The longest window a behaviour rule looks back.
+pub const MAX_WINDOW_DAYS: i64 = 3_650;
+const DAY_MICROS: i64 = 86_400_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operator {
+    Eq,
+    Neq,
+    Contains,
+    HasProperty,
+    NotHasProperty,
+    /// Numbers only.
+    Gt,
+    Lt,
+}
+
+/// What a rule looks for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Criterion {
+    Property {
+        property: String,
+        operator: Operator,
+        value: String,
+    },
+    /// An event of `kind` (page_view, form_submission, email_open, email_click) whose form id,
+    /// email id or URL holds `matches` (any when empty), within `window_days` of now.
+    Behaviour {
+        kind: String,
+        matches: String,
+        window_days: i64,
+    },
+    /// The contact unsubscribed from all email.
+    Unsubscribed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub points: i64,
+    pub criterion: Criterion,
+}
+
+/// One recorded event as scoring sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: String,
+    /// Its form id, email id and URL, any of which a rule may match.
+    pub form_id: String,
+    pub email_id: String,
+    pub url: String,
+    pub at: i64,
+}
+
+/// What a contact's score is decided from.
+pub struct Facts<'a> {
+    pub values: &'a BTreeMap<String, String>,
+    pub events: &'a [Event],
+    pub unsubscribed: bool,
+    pub now: i64,
+}
+
+/// A contact's score, and when it next changes by itself (an event leaving a window).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scored {
+    pub score: i64,
+    pub due_at: Option<i64>,
+}
+
+fn property_holds(values: &BTreeMap<String, String>, property: &str, op: Operator, want: &str) -> bool {
+    let got = values.get(property).filter(|v| !v.is_empty());
+    let num = |s: &str| s.parse::<f64>().ok();
+    match op {
+        Operator::HasProperty => got.is_some(),
+        Operator::NotHasProperty => got.is_none(),
+        Operator::Eq => got.is_some_and(|v| v.eq_ignore_ascii_case(want)),
+        Operator::Neq => !got.is_some_and(|v| v.eq_ignore_ascii_case(want)),
+        Operator::Contains => got.is_some_and(|v| v.to_lowercase().contains(&want.to_lowercase())),
+        Operator::Gt => got.and_then(|v| num(v)).zip(num(want)).is_some_and(|(a, b)| a > b),
+        Operator::Lt => got.and_then(|v| num(v)).zip(num(want)).is_some_and(|(a, b)| a < b),
+    }
+}
+
+fn event_matches(e: &Event, kind: &str, matches: &str) -> bool {
+    e.kind == kind
+        && (matches.is_empty()
+            || e.form_id == matches
+            || e.email_id == matches
+            || e.url.to_lowercase().contains(&matches.to_lowercase()))
+}
+
+/// The score of a contact under `rules`: each rule that holds counts once.
+pub fn score(rules: &[Rule], f: &Facts<'_>) -> Scored {
+    let mut score = 0;
+    let mut due_at: Option<i64> = None;
+    for r in rules {
+        let holds = match &r.criterion {
+            Criterion::Property { property, operator, value } => {
+                property_holds(f.values, property, *operator, value)
+            }
+            Criterion::Unsubscribed => f.unsubscribed,
+            Criterion::Behaviour { kind, matches, window_days } => {
+                let window = window_days * DAY_MICROS;
+                // The latest matching event in the window keeps the rule holding the longest.
+                let latest = f
+                    .events
+                    .iter()
+                    .filter(|e| event_matches(e, kind, matches) && e.at <= f.now && e.at > f.now - window)
+                    .map(|e| e.at)
+                    .max();
+                if let Some(at) = latest {
+                    let leaves = at + window;
+                    due_at = Some(due_at.map_or(leaves, |d| d.min(leaves)));
+                }
+                latest.is_some()
+            }
+        };
+        if holds {
+            score += r.points;
+        }
+    }
+    Scored { score, due_at }
+}
+
+/// The stage a score moves a contact to, if it moves it: a contact before marketing qualified
+/// (or without a stage) reaching the threshold becomes one; never backwards. A threshold of 0
+/// moves nobody.
+pub fn promoted(stage: Option<&str>, score: i64, threshold: i64) -> Option<&'static str> {
+    if threshold <= 0 || score < threshold {
+        return None;
+    }
+    let mql = lifecycle::rank(MQL).expect("ranked");
+    match stage.filter(|s| !s.is_empty()) {
+        None => Some(MQL),
+        Some(s) => lifecycle::rank(s).filter(|r| *r < mql).map(|_| MQL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 100 * DAY_MICROS;
+
+    fn rule(points: i64, criterion: Criterion) -> Rule {
+        Rule { id: format!("r{points}"), points, criterion }
+    }
+
+    fn form(id: &str, at: i64) -> Event {
+        Event {
+            kind: "form_submission".into(),
+            form_id: id.into(),
+            email_id: String::new(),
+            url: String::new(),
+            at,
+        }
+    }
+
+    #[test]
+    fn a_demo_form_counts_for_its_window_and_says_when_it_leaves() {
+        let rules = [
+            rule(
+                10,
+                Criterion::Behaviour {
+                    kind: "form_submission".into(),
+                    matches: "demo".into(),
+                    window_days: 30,
+                },
+            ),
+            rule(-3, Criterion::Unsubscribed),
+        ];
+        let values = BTreeMap::new();
+        let events = [
+            form("demo", NOW - 5 * DAY_MICROS),
+            form("demo", NOW - 40 * DAY_MICROS),
+            form("newsletter", NOW),
+        ];
+        let f = Facts { values: &values, events: &events, unsubscribed: true, now: NOW };
+        let s = score(&rules, &f);
+        assert_eq!(s.score, 7, "one demo form in the window counts once, less the unsubscribe");
+        assert_eq!(
+            s.due_at,
+            Some(NOW - 5 * DAY_MICROS + 30 * DAY_MICROS),
+            "when the demo form leaves the window"
+        );
+        let later = Facts { now: NOW + 26 * DAY_MICROS, ..f };
+        assert_eq!(score(&rules, &later), Scored { score: -3, due_at: None });
+    }
+
+    #[test]
+    fn property_rules_read_values_as_people_mean_them() {
+        let values: BTreeMap<String, String> =
+            [("job_title", "CTO"), ("company", "Analytical Engines"), ("employees", "250")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let p = |property: &str, operator, value: &str| {
+            rule(1, Criterion::Property { property: property.into(), operator, value: value.into() })
+        };
+        let f = Facts { values: &values, events: &[], unsubscribed: false, now: NOW };
+        let holds = |r: Rule| score(&[r], &f).score == 1;
+        assert!(holds(p("job_title", Operator::Eq, "cto")));
+        assert!(holds(p("company", Operator::Contains, "engines")));
+        assert!(holds(p("employees", Operator::Gt, "100")));
+        assert!(!holds(p("employees", Operator::Lt, "100")));
+        assert!(holds(p("phone", Operator::NotHasProperty, "")));
+        assert!(holds(p("job_title", Operator::Neq, "CEO")));
+        assert!(!holds(p("job_title", Operator::Gt, "5")), "not a number: never greater");
+    }
+
+    #[test]
+    fn reaching_the_threshold_makes_an_mql_and_never_moves_back() {
+        assert_eq!(promoted(Some("lead"), 50, 50), Some(MQL));
+        assert_eq!(promoted(None, 60, 50), Some(MQL));
+        assert_eq!(promoted(Some("subscriber"), 60, 50), Some(MQL));
+        assert_eq!(promoted(Some("lead"), 49, 50), None);
+        assert_eq!(promoted(Some(MQL), 99, 50), None);
+        assert_eq!(promoted(Some("customer"), 99, 50), None, "never backwards");
+        assert_eq!(promoted(Some("other"), 99, 50), None, "off the path");
+        assert_eq!(promoted(Some("lead"), 99, 0), None, "no threshold set");
+    }
+}
