@@ -7,7 +7,7 @@ use crate::filter;
 use crate::properties::{Catalog, Value};
 use crate::store::{
     Change, ConsentRow, ContactKey, ContactRow, Cursor, KeepAnswer, KeepLogged, ListRow, Logged, NewContact,
-    Origin, SortKey, Store,
+    Origin, SortKey, Store, check_rule,
 };
 use crate::{email, import, record};
 use contactier_proto::checks::check_item;
@@ -40,7 +40,12 @@ pub struct Api {
     pub relay: WorkerWaker,
     /// marketing-status, for its part of a GDPR export.
     pub marketing_status: PeerChannel,
+    /// The scoring worker, woken when rules change.
+    pub scoring: WorkerWaker,
 }
+
+/// Most scoring rules an account has.
+pub const MAX_SCORING_RULES: i64 = 100;
 
 struct Caller {
     account: String,
@@ -1108,7 +1113,7 @@ impl ContactsService for Api {
             .expect("JSON of strings"),
             unsubscribed_from_all: consent.unsubscribed_from_all,
         };
-        self.store.set_consent(&c.account, &r.contact_id, &row).await?;
+        self.store.set_consent(&c.account, &r.contact_id, &row, micros(self.clock.now())).await?;
         Ok(Response::new(pb::SetConsentResponse { consent: Some(convert::consent(row)) }))
     }
 
@@ -1311,6 +1316,76 @@ impl ContactsService for Api {
     ) -> Answer<pb::GetLifecycleReportResponse> {
         let c = caller(&req)?;
         Ok(Response::new(record::lifecycle_report(&self.store, &c.account, req.into_inner()).await?))
+    }
+
+    async fn create_scoring_rule(
+        &self,
+        req: Request<pb::CreateScoringRuleRequest>,
+    ) -> Answer<pb::CreateScoringRuleResponse> {
+        let c = caller(&req)?;
+        let rule = req.into_inner().rule.ok_or_else(|| Error::invalid("rule", "required"))?;
+        let catalog = self.store.catalog(&c.account).await?;
+        let criterion = convert::criterion(&rule, &catalog)?;
+        check_rule(&rule.name, rule.points, &criterion)?;
+        let now = micros(self.clock.now());
+        let row = self
+            .store
+            .create_scoring_rule(
+                &c.account,
+                rule.name.trim(),
+                rule.points,
+                &criterion,
+                now,
+                MAX_SCORING_RULES,
+            )
+            .await?;
+        self.scoring.wake();
+        Ok(Response::new(pb::CreateScoringRuleResponse { rule: Some(convert::scoring_rule(row)) }))
+    }
+
+    async fn list_scoring_rules(
+        &self,
+        req: Request<pb::ListScoringRulesRequest>,
+    ) -> Answer<pb::ListScoringRulesResponse> {
+        let c = caller(&req)?;
+        let r = req.into_inner();
+        let all: Vec<pb::ScoringRule> =
+            self.store.scoring_rules(&c.account).await?.into_iter().map(convert::scoring_rule).collect();
+        let (rules, next_page_token) =
+            paging::page("scoring rules", all, |r| r.id.as_str(), r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListScoringRulesResponse { rules, next_page_token }))
+    }
+
+    async fn delete_scoring_rule(
+        &self,
+        req: Request<pb::DeleteScoringRuleRequest>,
+    ) -> Answer<pb::DeleteScoringRuleResponse> {
+        let c = caller(&req)?;
+        self.store.delete_scoring_rule(&c.account, &req.into_inner().id).await?;
+        self.scoring.wake();
+        Ok(Response::new(pb::DeleteScoringRuleResponse {}))
+    }
+
+    async fn get_scoring_settings(
+        &self,
+        req: Request<pb::GetScoringSettingsRequest>,
+    ) -> Answer<pb::GetScoringSettingsResponse> {
+        let c = caller(&req)?;
+        let mql_threshold = self.store.mql_threshold(&c.account).await?;
+        Ok(Response::new(pb::GetScoringSettingsResponse {
+            settings: Some(pb::ScoringSettings { mql_threshold }),
+        }))
+    }
+
+    async fn set_scoring_settings(
+        &self,
+        req: Request<pb::SetScoringSettingsRequest>,
+    ) -> Answer<pb::SetScoringSettingsResponse> {
+        let c = caller(&req)?;
+        let settings = req.into_inner().settings.ok_or_else(|| Error::invalid("settings", "required"))?;
+        self.store.set_mql_threshold(&c.account, settings.mql_threshold).await?;
+        self.scoring.wake();
+        Ok(Response::new(pb::SetScoringSettingsResponse { settings: Some(settings) }))
     }
 
     async fn dismiss_duplicate(

@@ -628,3 +628,106 @@ pub fn day_sources((date, sources): (chrono::NaiveDate, BTreeMap<String, i64>)) 
         sources: sources.into_iter().map(|(source, contacts)| pb::SourceCount { source, contacts }).collect(),
     }
 }
+
+// ---- lead scoring ----
+
+/// A rule's criterion from its contract form; the property must be one of the account's.
+pub fn criterion(r: &pb::ScoringRule, catalog: &Catalog) -> Result<crate::scoring::Criterion> {
+    use crate::scoring::{Criterion, Operator};
+    use pb::scoring_rule::Criterion as C;
+    Ok(match &r.criterion {
+        Some(C::Property(p)) => {
+            if p.property == crate::scoring::PROPERTY {
+                return Err(Error::invalid("rule.property.property", "a score cannot count itself"));
+            }
+            if catalog.get(&p.property).is_none() {
+                return Err(Error::invalid("rule.property.property", "no such property"));
+            }
+            let operator = match pb::ScoringOperator::try_from(p.operator) {
+                Ok(pb::ScoringOperator::Eq) => Operator::Eq,
+                Ok(pb::ScoringOperator::Neq) => Operator::Neq,
+                Ok(pb::ScoringOperator::Contains) => Operator::Contains,
+                Ok(pb::ScoringOperator::HasProperty) => Operator::HasProperty,
+                Ok(pb::ScoringOperator::NotHasProperty) => Operator::NotHasProperty,
+                Ok(pb::ScoringOperator::Gt) => Operator::Gt,
+                Ok(pb::ScoringOperator::Lt) => Operator::Lt,
+                _ => {
+                    return Err(Error::invalid(
+                        "rule.property.operator",
+                        "EQ, NEQ, CONTAINS, HAS_PROPERTY, NOT_HAS_PROPERTY, GT or LT",
+                    ));
+                }
+            };
+            let needs_value = !matches!(operator, Operator::HasProperty | Operator::NotHasProperty);
+            if needs_value && p.value.trim().is_empty() {
+                return Err(Error::invalid("rule.property.value", "required for this operator"));
+            }
+            if matches!(operator, Operator::Gt | Operator::Lt) && p.value.trim().parse::<f64>().is_err() {
+                return Err(Error::invalid("rule.property.value", "a number"));
+            }
+            Criterion::Property { property: p.property.clone(), operator, value: p.value.trim().to_owned() }
+        }
+        Some(C::Behaviour(b)) => {
+            let kind = match pb::BehaviourKind::try_from(b.kind) {
+                Ok(pb::BehaviourKind::PageView) => "page_view",
+                Ok(pb::BehaviourKind::FormSubmission) => "form_submission",
+                Ok(pb::BehaviourKind::EmailOpen) => "email_open",
+                Ok(pb::BehaviourKind::EmailClick) => "email_click",
+                _ => {
+                    return Err(Error::invalid(
+                        "rule.behaviour.kind",
+                        "PAGE_VIEW, FORM_SUBMISSION, EMAIL_OPEN or EMAIL_CLICK",
+                    ));
+                }
+            };
+            Criterion::Behaviour {
+                kind: kind.into(),
+                matches: b.matches.clone(),
+                window_days: i64::from(b.window_days),
+            }
+        }
+        Some(C::Unsubscribed(_)) => Criterion::Unsubscribed,
+        None => return Err(Error::invalid("rule.criterion", "property, behaviour or unsubscribed")),
+    })
+}
+
+pub fn scoring_rule(r: crate::store::RuleRow) -> pb::ScoringRule {
+    use crate::scoring::{Criterion, Operator};
+    use pb::scoring_rule::Criterion as C;
+    let criterion = match r.criterion {
+        Criterion::Property { property, operator, value } => {
+            let operator = match operator {
+                Operator::Eq => pb::ScoringOperator::Eq,
+                Operator::Neq => pb::ScoringOperator::Neq,
+                Operator::Contains => pb::ScoringOperator::Contains,
+                Operator::HasProperty => pb::ScoringOperator::HasProperty,
+                Operator::NotHasProperty => pb::ScoringOperator::NotHasProperty,
+                Operator::Gt => pb::ScoringOperator::Gt,
+                Operator::Lt => pb::ScoringOperator::Lt,
+            };
+            C::Property(pb::PropertyCriterion { property, operator: operator as i32, value })
+        }
+        Criterion::Behaviour { kind, matches, window_days } => {
+            let kind = match kind.as_str() {
+                "page_view" => pb::BehaviourKind::PageView,
+                "form_submission" => pb::BehaviourKind::FormSubmission,
+                "email_open" => pb::BehaviourKind::EmailOpen,
+                "email_click" => pb::BehaviourKind::EmailClick,
+                _ => pb::BehaviourKind::Unspecified,
+            };
+            C::Behaviour(pb::BehaviourCriterion {
+                kind: kind as i32,
+                matches,
+                window_days: window_days as i32,
+            })
+        }
+        Criterion::Unsubscribed => C::Unsubscribed(pb::UnsubscribedCriterion {}),
+    };
+    pb::ScoringRule {
+        id: r.id,
+        name: r.name,
+        points: r.points,
+        criterion: Some(criterion),
+        created_at: timestamp_micros(r.created_at),
+    }
+}

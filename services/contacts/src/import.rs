@@ -78,6 +78,12 @@ pub fn plan(h: &pb::ImportHeader, catalog: &Catalog) -> Result<Plan> {
                 format!("no such property {property:?}"),
             ));
         }
+        if properties::CALCULATED.contains(&property.as_str()) {
+            return Err(Error::invalid(
+                format!("header.column_mapping.{column}"),
+                format!("{property} is worked out from the account's scoring rules; not imported"),
+            ));
+        }
         mapping.insert(column.clone(), property.clone());
     }
     let emails = mapping.values().filter(|p| *p == "email").count();
@@ -633,7 +639,7 @@ async fn write(
         unsubscribed_from_all: false,
     };
     for id in opted_in {
-        ctx.store.set_consent(account, &id, &consent).await?;
+        ctx.store.set_consent(account, &id, &consent, micros(now)).await?;
     }
     Ok(())
 }

@@ -67,6 +67,8 @@ pub fn policy() -> Policy {
                 "ListContactEvents",
                 "ListDuplicateCandidates",
                 "GetLifecycleReport",
+                "ListScoringRules",
+                "GetScoringSettings",
             ],
         )
         .allow(
@@ -104,8 +106,32 @@ pub fn policy() -> Policy {
                 "ExportContactData",
                 "EraseContact",
                 "AnonymizeContact",
+                "CreateScoringRule",
+                "DeleteScoringRule",
+                "SetScoringSettings",
             ],
         )
+}
+
+const SCORING_WORKER: &str = "contacts-scoring";
+
+async fn score_due_contacts(
+    store: store::Store,
+    worker: contactier_runtime::clock::Worker,
+    shutdown: contactier_runtime::Shutdown,
+) {
+    let store = &store;
+    worker
+        .drive(shutdown, chrono::Duration::seconds(5), move |now| async move {
+            let now = contactier_runtime::convert::micros(now);
+            loop {
+                let (done, next) = store.rescore_due(now, 500).await?;
+                if done < 500 {
+                    return Ok::<_, error::Error>(next.and_then(chrono::DateTime::from_timestamp_micros));
+                }
+            }
+        })
+        .await
 }
 
 /// Writes the duplicate match keys of contacts from before keys were kept, a batch at a time,
@@ -169,7 +195,12 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
         let failing = vec![contactier_runtime::work::OutboxFailures::source(env.db.clone())];
-        let api = api::Api { store, clock, relay, marketing_status };
+        // Scores that change by themselves (an event leaving a rule's window) and every score
+        // of an account whose rules changed, a batch at a time on the injected clock.
+        let scoring_worker = clock.register_worker(SCORING_WORKER);
+        let scoring = scoring_worker.waker();
+        tokio::spawn(score_due_contacts(store.clone(), scoring_worker, env.platform.shutdown.clone()));
+        let api = api::Api { store, clock, relay, marketing_status, scoring };
         let routes = Routes::new(ContactsServiceServer::new(api));
         Ok(ServiceSpec {
             name: NAME,

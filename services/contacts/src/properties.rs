@@ -111,8 +111,16 @@ pub fn standard() -> Vec<Definition> {
         choice("lifecycle_stage", "Lifecycle stage", &LIFECYCLE_STAGES),
         choice("lead_status", "Lead status", &LEAD_STATUSES),
         text("owner_id", "Contact owner"),
+        Definition {
+            ptype: PropertyType::Number,
+            description: "Worked out from the account's scoring rules; not set by hand.".into(),
+            ..text(CALCULATED[0], "Lead score")
+        },
     ]
 }
+
+/// Standard properties the service works out itself: a value given for one is refused.
+pub const CALCULATED: [&str; 1] = ["lead_score"];
 
 /// Whether `name` may name a custom property: lower_snake_case, at most 100 characters.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -247,6 +255,12 @@ impl Catalog {
         let mut out = BTreeMap::new();
         for (name, raw) in values {
             let def = self.get(name).ok_or_else(|| (name.clone(), "no such property".to_owned()))?;
+            if CALCULATED.contains(&name.as_str()) {
+                return Err((
+                    name.clone(),
+                    "worked out from the account's scoring rules; not set by hand".to_owned(),
+                ));
+            }
             let v = if raw.trim().is_empty() {
                 None
             } else {

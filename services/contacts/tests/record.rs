@@ -930,6 +930,190 @@ async fn lifecycle_reports_follow_the_stage_history_day_by_day(backend: Backend)
     assert!(err.message().contains("end_date"), "{}", err.message());
 }
 
+fn rule(name: &str, points: i64, criterion: pb::scoring_rule::Criterion) -> pb::CreateScoringRuleRequest {
+    pb::CreateScoringRuleRequest {
+        rule: Some(pb::ScoringRule {
+            name: name.into(),
+            points,
+            criterion: Some(criterion),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn lead_scores_follow_rules_behaviour_windows_and_promote_to_mql(backend: Backend) {
+    use pb::scoring_rule::Criterion as C;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    let cto =
+        s.create("cto@example.com", &[("job_title", "CTO"), ("lifecycle_stage", "lead")]).await.unwrap();
+    let lead = s.create("lead@example.com", &[("lifecycle_stage", "lead")]).await.unwrap();
+    let score = |email: &'static str| {
+        let s = &s;
+        async move { s.by_email(email).await.properties.get("lead_score").cloned() }
+    };
+    assert_eq!(score("cto@example.com").await, None, "{backend:?}: no rules, no score");
+
+    // Bad rules are refused by field and change nothing.
+    let demo = C::Behaviour(pb::BehaviourCriterion {
+        kind: pb::BehaviourKind::FormSubmission as i32,
+        matches: "demo".into(),
+        window_days: 2,
+    });
+    let title = C::Property(pb::PropertyCriterion {
+        property: "job_title".into(),
+        operator: pb::ScoringOperator::Eq as i32,
+        value: "cto".into(),
+    });
+    for (bad, field) in [
+        (rule("zero", 0, demo.clone()), "rule.points"),
+        (rule("", 5, demo.clone()), "rule.name"),
+        (
+            rule("w", 5, C::Behaviour(pb::BehaviourCriterion { window_days: 0, ..Default::default() })),
+            "rule.behaviour.kind",
+        ),
+        (
+            rule(
+                "self",
+                5,
+                C::Property(pb::PropertyCriterion {
+                    property: "lead_score".into(),
+                    operator: 1,
+                    value: "1".into(),
+                }),
+            ),
+            "rule.property.property",
+        ),
+        (
+            rule(
+                "nope",
+                5,
+                C::Property(pb::PropertyCriterion {
+                    property: "nope".into(),
+                    operator: 1,
+                    value: "1".into(),
+                }),
+            ),
+            "rule.property.property",
+        ),
+        (
+            rule(
+                "op",
+                5,
+                C::Property(pb::PropertyCriterion {
+                    property: "job_title".into(),
+                    operator: 0,
+                    value: "x".into(),
+                }),
+            ),
+            "rule.property.operator",
+        ),
+        (pb::CreateScoringRuleRequest { rule: None }, "rule"),
+    ] {
+        let err = s.api().create_scoring_rule(authed(bad, &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let w = pb::BehaviourCriterion {
+        kind: pb::BehaviourKind::PageView as i32,
+        matches: String::new(),
+        window_days: 0,
+    };
+    let err = s.api().create_scoring_rule(authed(rule("w", 5, C::Behaviour(w)), &admin)).await.unwrap_err();
+    assert!(err.message().contains("rule.behaviour.window_days"), "{}", err.message());
+
+    // Rules for the account: every contact is worked out again in the background.
+    for r in [
+        rule("Demo request", 10, demo),
+        rule("CTO", 5, title),
+        rule("Unsubscribed", -3, C::Unsubscribed(pb::UnsubscribedCriterion {})),
+    ] {
+        s.api().create_scoring_rule(authed(r, &admin)).await.unwrap();
+    }
+    let set = pb::SetScoringSettingsRequest { settings: Some(pb::ScoringSettings { mql_threshold: 10 }) };
+    s.api().set_scoring_settings(authed(set, &admin)).await.unwrap();
+    s.settle().await;
+    assert_eq!(score("cto@example.com").await.as_deref(), Some("5"), "{backend:?}");
+    assert_eq!(score("lead@example.com").await.as_deref(), Some("0"), "{backend:?}");
+    let other = s.token("acct-b", &["read"]);
+    let listed =
+        s.api().list_scoring_rules(authed(pb::ListScoringRulesRequest::default(), &other)).await.unwrap();
+    assert!(listed.into_inner().rules.is_empty(), "{backend:?}: another account's rules are not there");
+
+    // A demo form: the score rises at once, and reaching the threshold makes an MQL.
+    let form = pb::ContactEvent {
+        id: "demo-1".into(),
+        contact: Some(pb::contact_event::Contact::ContactId(lead.id.clone())),
+        occurred_at: None,
+        kind: Some(pb::contact_event::Kind::FormSubmission(pb::FormSubmission {
+            form_id: "demo".into(),
+            page_url: String::new(),
+        })),
+    };
+    assert!(record(&s, vec![form]).await.errors.is_empty());
+    let now = s.by_email("lead@example.com").await;
+    assert_eq!(
+        (now.properties["lead_score"].as_str(), now.properties["lifecycle_stage"].as_str()),
+        ("10", "marketing_qualified_lead"),
+        "{backend:?}"
+    );
+    let changes = history(&s, &lead.id, "lifecycle_stage").await.unwrap();
+    assert_eq!(
+        changes[0],
+        change("lifecycle_stage", "marketing_qualified_lead", SourceType::System, "lead-scoring", ""),
+        "{backend:?}"
+    );
+
+    // Nobody sets a score by hand.
+    let err = s
+        .api()
+        .update_contact(authed(update(&cto.id, &[("lead_score", "99")], ""), &s.writer()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("lead_score"), "{}", err.message());
+
+    // An unsubscribe takes points off at once.
+    let consent = pb::SetConsentRequest {
+        contact_id: cto.id.clone(),
+        consent: Some(pb::Consent { unsubscribed_from_all: true, ..Default::default() }),
+    };
+    s.api().set_consent(authed(consent, &s.writer())).await.unwrap();
+    assert_eq!(score("cto@example.com").await.as_deref(), Some("2"), "{backend:?}");
+
+    // Three days on, the form has left its two-day window: the score falls, the stage stays.
+    let now = s.platform.clock.now();
+    s.platform.clock.advance_to(now + chrono::Duration::days(3)).await.unwrap();
+    let later_lead = s.by_email("lead@example.com").await;
+    assert_eq!(
+        (later_lead.properties["lead_score"].as_str(), later_lead.properties["lifecycle_stage"].as_str()),
+        ("0", "marketing_qualified_lead"),
+        "{backend:?}: never backwards"
+    );
+
+    // Without rules no contact has a score.
+    let rules = s
+        .api()
+        .list_scoring_rules(authed(pb::ListScoringRulesRequest::default(), &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(rules.len(), 3, "{backend:?}");
+    for r in rules {
+        s.api().delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: r.id }, &admin)).await.unwrap();
+    }
+    let err = s
+        .api()
+        .delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: "gone".into() }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{backend:?}");
+    s.settle().await;
+    assert_eq!(score("cto@example.com").await, None, "{backend:?}");
+    assert_eq!(score("lead@example.com").await, None, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
@@ -939,4 +1123,5 @@ contactier_runtime::backend_tests!(
     a_form_makes_its_contact_and_bad_events_are_refused_one_by_one,
     duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged,
     lifecycle_reports_follow_the_stage_history_day_by_day,
+    lead_scores_follow_rules_behaviour_windows_and_promote_to_mql,
 );

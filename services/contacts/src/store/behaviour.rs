@@ -143,6 +143,7 @@ impl Store {
         order.sort_by_key(|(i, e)| (e.occurred_at, *i));
         let mut out: Vec<Option<Result<Recorded>>> = (0..order.len()).map(|_| None).collect();
         let mut tx = self.db.begin_write().await?;
+        let mut touched: Vec<String> = Vec::new();
         for (i, e) in order {
             let (contact_id, contact_created) =
                 match contact_of(&mut tx, &self.db, account, e.subject, now).await {
@@ -177,7 +178,15 @@ impl Store {
                 let after = behaviour::page_view(&visits_of(before), e.occurred_at, traffic_source);
                 save_visits(&mut tx, account, &contact_id, &after).await?;
             }
+            if !replayed {
+                touched.push(contact_id.clone());
+            }
             out[i] = Some(Ok(Recorded { contact_id, replayed, contact_created }));
+        }
+        touched.sort();
+        touched.dedup();
+        if !touched.is_empty() && super::scoring::scores_anything(&mut tx, account).await? {
+            super::scoring::rescore(&mut tx, account, &touched, micros(now)).await?;
         }
         tx.commit().await?;
         Ok(out.into_iter().map(|r| r.expect("every event has its outcome")).collect())

@@ -2,7 +2,7 @@
 
 use super::Store;
 use crate::error::{Error, Result};
-use contactier_runtime::sql::Sql;
+use contactier_runtime::sql::{Sql, Tx};
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct ConsentRow {
@@ -23,7 +23,7 @@ const CONSENT: &str = "SELECT legal_basis, opted_in_at, subscription_types, unsu
      FROM consents WHERE account_id = $1 AND contact_id = $2";
 
 impl Store {
-    pub async fn set_consent(&self, account: &str, contact: &str, c: &ConsentRow) -> Result<()> {
+    pub async fn set_consent(&self, account: &str, contact: &str, c: &ConsentRow, now: i64) -> Result<()> {
         if super::contact(&mut self.db.conn().await?, account, contact).await?.is_none() {
             return Err(Error::no_contact(contact));
         }
@@ -34,7 +34,13 @@ impl Store {
             .bind(c.opted_in_at)
             .bind(&c.subscription_types)
             .bind(c.unsubscribed_from_all);
-        self.db.execute(set).await?;
+        let mut tx = self.db.begin_write().await?;
+        tx.execute(set).await?;
+        // An unsubscribe may be what a scoring rule counts.
+        if super::scoring::scores_anything(&mut tx, account).await? {
+            super::scoring::rescore(&mut tx, account, &[contact.to_owned()], now).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -25,6 +25,7 @@ mod history;
 mod imports;
 mod lists;
 mod reports;
+mod scoring;
 mod search;
 
 pub use behaviour::{NewEvent, Recorded, StoredEvent};
@@ -34,6 +35,7 @@ pub use engagements::{KeepLogged, Logged, Subject};
 pub use history::{EMAIL, HistoryRow, Origin};
 pub use imports::{ImportErrorRow, ImportRow, Start};
 pub use lists::ListRow;
+pub use scoring::{RuleRow, check_rule};
 pub use search::{Cursor, SortKey};
 
 /// Outbox topic of the contact events for marketing-status (ApplyContactEventsRequest payloads).
@@ -423,6 +425,7 @@ impl Store {
         for ch in changes {
             out.push(update_contact(&mut tx, account, ch, origin, now).await?);
         }
+        let out = rescored(&mut tx, account, out, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -495,9 +498,6 @@ impl Store {
         history::move_history(&mut tx, account, secondary, primary).await?;
         engagements::move_engagements(&mut tx, account, secondary, primary).await?;
         behaviour::move_events(&mut tx, account, secondary, primary).await?;
-        // What the timeline and the visits keep of both, as the primary now holds it.
-        let after = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
-        let merged = ContactRow { last_activity_at: after.last_activity_at, visits: after.visits, ..merged };
         let origin =
             Origin { source_type: "MERGE".into(), source_id: secondary.into(), user_id: user.into() };
         let changed = changed_values(&before, &shown);
@@ -513,6 +513,11 @@ impl Store {
             mpb::ContactsMerged { primary_id: primary.to_owned(), secondary_id: secondary.to_owned() };
         let ev = contact_event(account, now, mpb::contact_event::Payload::Merged(merged_event));
         send_events(&mut tx, account, vec![ev], now).await?;
+        // Its score from all it now holds; and the contact as it now is (timeline, visits).
+        if scoring::scores_anything(&mut tx, account).await? {
+            scoring::rescore(&mut tx, account, &[primary.to_owned()], micros(now)).await?;
+        }
+        let merged = contact(&mut tx, account, primary).await?.unwrap_or(merged);
         tx.commit().await?;
         Ok(merged)
     }
@@ -744,7 +749,30 @@ pub(crate) async fn insert_contacts(
             }
         })
         .collect();
-    Ok(outcomes)
+    rescored(tx, account, outcomes, now).await
+}
+
+/// Works out the scores of the contacts written (when the account scores at all) and answers
+/// them as they now are.
+async fn rescored(
+    tx: &mut impl Tx,
+    account: &str,
+    outcomes: Vec<Result<ContactRow>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<ContactRow>>> {
+    let ids: Vec<String> = outcomes.iter().filter_map(|o| o.as_ref().ok().map(|r| r.id.clone())).collect();
+    if ids.is_empty() || !scoring::scores_anything(tx, account).await? {
+        return Ok(outcomes);
+    }
+    scoring::rescore(tx, account, &ids, micros(now)).await?;
+    let mut out = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        out.push(match o {
+            Ok(r) => Ok(contact(tx, account, &r.id).await?.unwrap_or(r)),
+            Err(e) => Err(e),
+        });
+    }
+    Ok(out)
 }
 
 /// The event of a new contact for marketing-status.

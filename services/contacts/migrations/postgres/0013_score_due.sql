@@ -1,0 +1,3 @@
+-- no-transaction
+-- Finds the contacts whose score is due without reading the others.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS contacts_score_due ON contacts (score_due_at) WHERE score_due_at > 0;

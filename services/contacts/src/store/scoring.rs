@@ -1,0 +1,243 @@
+//! Lead scoring's storage: the account's rules and threshold, and working a contact's score
+//! out again inside the transaction that changed what it depends on (its values, its events,
+//! its consent), with the MQL promotion it brings. Contacts whose score changes by itself (an
+//! event leaving a rule's window) or whose rules changed are due, and the scoring worker takes
+//! them a batch at a time.
+
+use super::history::{self, Entry, Origin};
+use super::{Store, contact, json};
+use crate::error::{Error, Result};
+use crate::scoring::{self, Criterion, Event, Facts, Rule};
+use contactier_runtime::convert::new_id;
+use contactier_runtime::sql::{Sql, Tx};
+use sqlx::AssertSqlSafe;
+use std::collections::BTreeMap;
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// A stored rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRow {
+    pub id: String,
+    pub name: String,
+    pub points: i64,
+    pub criterion: Criterion,
+    pub created_at: i64,
+}
+
+const RULES: &str =
+    "SELECT id, name, points, criterion, created_at FROM scoring_rules WHERE account_id = $1 ORDER BY id";
+
+const SET_VALUE: &str =
+    "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES ($1, $2, $3, $4, $5)";
+
+const SAVE_CONTACT: &str = "UPDATE contacts SET properties = $1, version = version + 1, updated_at = $2 \
+     WHERE account_id = $3 AND id = $4";
+
+const EVENTS: &str = "SELECT kind, form_id, email_id, url, occurred_at FROM contact_events \
+     WHERE account_id = $1 AND contact_id = $2 AND occurred_at > $3 AND occurred_at <= $4";
+
+const DUE: &str = "SELECT account_id, id FROM contacts WHERE score_due_at > 0 AND score_due_at <= $1 \
+     ORDER BY score_due_at LIMIT $2";
+
+/// Every contact of the account becomes due: rules changed.
+const ALL_DUE: &str = "UPDATE contacts SET score_due_at = 1 WHERE account_id = $1";
+
+pub(super) async fn rules(tx: &mut impl Tx, account: &str) -> Result<Vec<RuleRow>> {
+    let rows: Vec<(String, String, i64, String, i64)> = tx.fetch_all(Sql::new(RULES).bind(account)).await?;
+    rows.into_iter()
+        .map(|(id, name, points, criterion, created_at)| {
+            let criterion = serde_json::from_str(&criterion)
+                .map_err(|e| Error::Internal(format!("stored scoring criterion: {e}")))?;
+            Ok(RuleRow { id, name, points, criterion, created_at })
+        })
+        .collect()
+}
+
+async fn threshold(tx: &mut impl Tx, account: &str) -> Result<i64> {
+    let q = "SELECT mql_threshold FROM scoring_settings WHERE account_id = $1";
+    Ok(tx.scalar_optional(Sql::new(q).bind(account)).await?.unwrap_or(0))
+}
+
+/// Whether the account scores at all: a rule, or scores left from rules removed since.
+pub(super) async fn scores_anything(tx: &mut impl Tx, account: &str) -> Result<bool> {
+    let q = "SELECT EXISTS (SELECT 1 FROM scoring_rules WHERE account_id = $1)";
+    Ok(tx.scalar(Sql::new(q).bind(account)).await?)
+}
+
+/// Works the scores of `contacts` out again at `now` (epoch microseconds): writes a changed
+/// score (and the MQL stage it brings) with its history, and when each is next due.
+pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String], now: i64) -> Result<()> {
+    let rows = rules(tx, account).await?;
+    let rules: Vec<Rule> =
+        rows.into_iter().map(|r| Rule { id: r.id, points: r.points, criterion: r.criterion }).collect();
+    let threshold = threshold(tx, account).await?;
+    let window = rules
+        .iter()
+        .filter_map(|r| match &r.criterion {
+            Criterion::Behaviour { window_days, .. } => Some(window_days * DAY_MICROS),
+            _ => None,
+        })
+        .max();
+    let origin =
+        Origin { source_type: "SYSTEM".into(), source_id: "lead-scoring".into(), user_id: String::new() };
+    for id in contacts {
+        let Some(row) = contact(tx, account, id).await? else { continue };
+        let mut values = row.values();
+        let events: Vec<Event> = match window {
+            None => vec![],
+            Some(w) => {
+                let q = Sql::new(EVENTS).bind(account).bind(id).bind(now - w).bind(now);
+                let found: Vec<(String, String, String, String, i64)> = tx.fetch_all(q).await?;
+                found
+                    .into_iter()
+                    .map(|(kind, form_id, email_id, url, at)| Event { kind, form_id, email_id, url, at })
+                    .collect()
+            }
+        };
+        let q = "SELECT unsubscribed_from_all FROM consents WHERE account_id = $1 AND contact_id = $2";
+        let unsubscribed: bool =
+            tx.scalar_optional(Sql::new(q).bind(account).bind(id)).await?.unwrap_or(false);
+        let scored = scoring::score(&rules, &Facts { values: &values, events: &events, unsubscribed, now });
+        let due = Sql::new("UPDATE contacts SET score_due_at = $1 WHERE account_id = $2 AND id = $3")
+            .bind(scored.due_at.unwrap_or(0))
+            .bind(account)
+            .bind(id);
+        tx.execute(due).await?;
+        // No rules: no score (one left from rules removed since is cleared).
+        let score = (!rules.is_empty()).then(|| scored.score.to_string());
+        let mut changed: Vec<(&str, String)> = Vec::new();
+        if values.get(scoring::PROPERTY) != score.as_ref() {
+            changed.push((scoring::PROPERTY, score.clone().unwrap_or_default()));
+        }
+        let stage = values.get("lifecycle_stage").map(String::as_str);
+        if let Some(mql) = scoring::promoted(stage, scored.score, threshold).filter(|_| !rules.is_empty()) {
+            changed.push(("lifecycle_stage", mql.to_owned()));
+        }
+        if changed.is_empty() {
+            continue;
+        }
+        for (name, value) in &changed {
+            let q = "DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = $3";
+            tx.execute(Sql::new(q).bind(account).bind(id).bind(*name)).await?;
+            if value.is_empty() {
+                values.remove(*name);
+            } else {
+                let num = (*name == scoring::PROPERTY).then(|| value.parse::<f64>().ok()).flatten();
+                tx.execute(Sql::new(SET_VALUE).bind(account).bind(id).bind(*name).bind(value).bind(num))
+                    .await?;
+                values.insert(name.to_string(), value.clone());
+            }
+        }
+        tx.execute(Sql::new(SAVE_CONTACT).bind(json(&values)).bind(now).bind(account).bind(id)).await?;
+        let entries: Vec<Entry> =
+            changed.iter().map(|(name, value)| Entry { contact: id, name, value, origin: &origin }).collect();
+        history::record(tx, account, &entries, now).await?;
+    }
+    Ok(())
+}
+
+/// A new rule's checks, naming the field at fault.
+pub fn check_rule(name: &str, points: i64, criterion: &Criterion) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid("rule.name", "required"));
+    }
+    if points == 0 || points.abs() > scoring::MAX_POINTS {
+        return Err(Error::invalid("rule.points", format!("-{0} to {0}, not 0", scoring::MAX_POINTS)));
+    }
+    if let Criterion::Behaviour { window_days, .. } = criterion
+        && !(1..=scoring::MAX_WINDOW_DAYS).contains(window_days)
+    {
+        return Err(Error::invalid(
+            "rule.behaviour.window_days",
+            format!("1 to {}", scoring::MAX_WINDOW_DAYS),
+        ));
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn scoring_rules(&self, account: &str) -> Result<Vec<RuleRow>> {
+        rules(&mut self.db.conn().await?, account).await
+    }
+
+    pub async fn mql_threshold(&self, account: &str) -> Result<i64> {
+        threshold(&mut self.db.conn().await?, account).await
+    }
+
+    /// Adds a rule (FAILED_PRECONDITION past `max`); every contact of the account becomes due.
+    pub async fn create_scoring_rule(
+        &self,
+        account: &str,
+        name: &str,
+        points: i64,
+        criterion: &Criterion,
+        now: i64,
+        max: i64,
+    ) -> Result<RuleRow> {
+        let mut tx = self.db.begin_write().await?;
+        let q = "SELECT COUNT(*) FROM scoring_rules WHERE account_id = $1";
+        let have: i64 = tx.scalar(Sql::new(q).bind(account)).await?;
+        if have >= max {
+            return Err(Error::quota_reached("scoring rules", max));
+        }
+        let row = RuleRow {
+            id: new_id(),
+            name: name.to_owned(),
+            points,
+            criterion: criterion.clone(),
+            created_at: now,
+        };
+        let stored = serde_json::to_string(&row.criterion).expect("JSON of plain values");
+        let q = "INSERT INTO scoring_rules (account_id, id, name, points, criterion, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)";
+        tx.execute(
+            Sql::new(q).bind(account).bind(&row.id).bind(&row.name).bind(points).bind(stored).bind(now),
+        )
+        .await?;
+        tx.execute(Sql::new(ALL_DUE).bind(account)).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Deletes a rule; NOT_FOUND when the account has none by that id.
+    pub async fn delete_scoring_rule(&self, account: &str, id: &str) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        let q = "DELETE FROM scoring_rules WHERE account_id = $1 AND id = $2";
+        if tx.execute(Sql::new(q).bind(account).bind(id)).await? == 0 {
+            return Err(Error::NotFound(format!("scoring rule {id}")));
+        }
+        tx.execute(Sql::new(ALL_DUE).bind(account)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets the score that makes a lead an MQL (0: none); every contact becomes due.
+    pub async fn set_mql_threshold(&self, account: &str, threshold: i64) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        let q = "INSERT INTO scoring_settings (account_id, mql_threshold) VALUES ($1, $2) \
+                 ON CONFLICT (account_id) DO UPDATE SET mql_threshold = excluded.mql_threshold";
+        tx.execute(Sql::new(q).bind(account).bind(threshold)).await?;
+        tx.execute(Sql::new(ALL_DUE).bind(account)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Works out the scores of up to `limit` due contacts, oldest due first, each account's in
+    /// one transaction; answers how many, and when the next is due.
+    pub async fn rescore_due(&self, now: i64, limit: i64) -> Result<(usize, Option<i64>)> {
+        let due: Vec<(String, String)> = self.db.fetch_all(Sql::new(DUE).bind(now).bind(limit)).await?;
+        let mut by_account: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (account, id) in &due {
+            by_account.entry(account.clone()).or_default().push(id.clone());
+        }
+        for (account, ids) in &by_account {
+            let mut tx = self.db.begin_write().await?;
+            rescore(&mut tx, account, ids, now).await?;
+            tx.commit().await?;
+        }
+        let q = "SELECT MIN(score_due_at) FROM contacts WHERE score_due_at > $1";
+        let next: Option<i64> = self.db.scalar(Sql::new(AssertSqlSafe(q)).bind(now)).await?;
+        Ok((due.len(), next))
+    }
+}
