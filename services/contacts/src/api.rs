@@ -312,7 +312,7 @@ impl Api {
 
     /// Creates the contacts, each with its own outcome, and answers the call with `answer` of
     /// them. The answer is saved under `request_id` in the transaction that creates them.
-    async fn create<A: Message>(
+    async fn create<A: Message + Default>(
         &self,
         c: &Caller,
         catalog: &Catalog,
@@ -364,7 +364,13 @@ impl Api {
             answer(outcomes(created.to_vec())).ok().map(|a| a.encode_to_vec())
         };
         let keep = KeepAnswer { request_id: &key.id, digest: &key.digest, answer: &encoded };
-        let created = self.store.create_contacts(&c.account, news, self.clock.now(), Some(keep)).await?;
+        let Some(created) =
+            self.store.create_contacts(&c.account, news, self.clock.now(), Some(keep)).await?
+        else {
+            // A twin under the same request id answered first: its answer is this one's.
+            let first: Option<A> = self.replay(&c.account, key).await?;
+            return first.ok_or_else(|| Error::Internal("a kept answer went missing".into()));
+        };
         self.relay.wake();
         answer(outcomes(created))
     }
@@ -1229,7 +1235,13 @@ impl ContactsService for Api {
         };
         let encoded = |l: &Logged| answer(l).encode_to_vec();
         let keep = KeepLogged { request_id: &key.id, digest: &key.digest, answer: &encoded };
-        let logged = self.store.log_engagement(&c.account, subject, e, Some(keep)).await?;
+        let Some(logged) = self.store.log_engagement(&c.account, subject, e, Some(keep)).await? else {
+            // A twin under the same request id logged first: its answer is this one's.
+            let first = self.replay(&c.account, &key).await?;
+            return Ok(Response::new(
+                first.ok_or_else(|| Error::Internal("a kept answer went missing".into()))?,
+            ));
+        };
         if logged.contact_created {
             self.relay.wake();
         }

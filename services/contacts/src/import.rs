@@ -562,7 +562,9 @@ async fn write(
                 user_id: user.to_owned(),
             })
             .collect();
-        for (row, outcome) in creates.iter().zip(ctx.store.create_contacts(account, news, now, None).await?) {
+        for (row, outcome) in
+            creates.iter().zip(ctx.store.create_contacts(account, news, now, None).await?.unwrap_or_default())
+        {
             match outcome {
                 Ok(c) => {
                     import.created += 1;

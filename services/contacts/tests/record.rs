@@ -406,6 +406,13 @@ async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backe
     again.engagement.as_mut().unwrap().body = "Something else".into();
     assert!(log(again).await.is_err(), "{backend:?}");
     assert_eq!(timeline(&s, &c.id, T::Note).await.len(), 2, "{backend:?}");
+    // A retry storm: the same request at once, many times, logs once and answers alike.
+    let mut storm = note(&c.id, "Called back");
+    storm.request_id = "storm-1".into();
+    let answers = futures::future::join_all((0..8).map(|_| log(storm.clone()))).await;
+    let first = answers[0].clone().unwrap();
+    assert!(answers.iter().all(|a| a.as_ref().ok() == Some(&first)), "{backend:?}: {answers:?}");
+    assert_eq!(timeline(&s, &c.id, T::Note).await.len(), 3, "{backend:?}: one note for eight calls");
 
     // Erased, the contact's timeline goes with it, and its export held it before.
     let admin = s.token(ACCOUNT, &["admin"]);
@@ -419,7 +426,7 @@ async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backe
         .unwrap()
         .into_inner();
     let own: serde_json::Value = serde_json::from_str(&export.parts[0].json).unwrap();
-    assert_eq!(own["engagements"].as_array().unwrap().len(), 4, "{backend:?}: {own}");
+    assert_eq!(own["engagements"].as_array().unwrap().len(), 5, "{backend:?}: {own}");
     s.api()
         .erase_contact(authed(
             pb::EraseContactRequest { contact_id: c.id.clone(), email: String::new() },
@@ -429,6 +436,10 @@ async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backe
         .unwrap();
     let err = s.api().get_engagement(authed(pb::GetEngagementRequest { id: noted.id.clone() }, &w)).await;
     assert_eq!(err.unwrap_err().code(), Code::NotFound, "{backend:?}: erased with its contact");
+    // Nor does a retry under an old request id answer what the erased contact was.
+    let mut replayed = note(&c.id, "Follow-up booked");
+    replayed.request_id = "log-1".into();
+    assert_eq!(log(replayed).await.unwrap_err().code(), Code::NotFound, "{backend:?}");
 }
 
 async fn logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact(backend: Backend) {

@@ -1,7 +1,7 @@
 //! The activity timeline's storage: engagements, and the contact's `last_activity_at` kept in
 //! the same transaction as the engagements that decide it.
 
-use super::{KEEP_ANSWER, NewContact, Store, insert_contacts};
+use super::{NewContact, Store, insert_contacts};
 use crate::engagements::{Details, Engagement, Kind};
 use crate::error::{Error, Result};
 use contactier_runtime::sql::{Sql, Tx};
@@ -97,7 +97,8 @@ pub(super) async fn move_engagements(tx: &mut impl Tx, account: &str, from: &str
 
 impl Store {
     /// Logs an engagement on its contact's timeline, creating the contact first when the
-    /// subject says so; answers it and whether the contact was made. The contact's
+    /// subject says so; answers it and whether the contact was made (None: a twin under the same
+    /// request id logged first, and this call changed nothing). The contact's
     /// `last_activity_at` moves in the same transaction.
     pub async fn log_engagement(
         &self,
@@ -105,7 +106,7 @@ impl Store {
         subject: Subject,
         mut e: Engagement,
         keep: Option<KeepLogged<'_>>,
-    ) -> Result<Logged> {
+    ) -> Result<Option<Logged>> {
         let now = chrono::DateTime::from_timestamp_micros(e.created_at).unwrap_or_default();
         let mut tx = self.db.begin_write().await?;
         let mut contact_created = false;
@@ -147,15 +148,16 @@ impl Store {
         touch(&mut tx, account, &e.contact_id).await?;
         let logged = Logged { engagement: e, contact_created };
         if let Some(k) = keep.filter(|k| !k.request_id.is_empty()) {
-            let q = Sql::new(KEEP_ANSWER)
-                .bind(account)
-                .bind(k.request_id)
-                .bind((k.answer)(&logged))
-                .bind(k.digest);
-            tx.execute(q).await?;
+            let answer = (k.answer)(&logged);
+            let named =
+                [Ok(super::ContactRow { id: logged.engagement.contact_id.clone(), ..Default::default() })];
+            if !super::keep_answer(&mut tx, account, k.request_id, k.digest, &answer, &named).await? {
+                // A twin under the same request id logged first: this one changes nothing.
+                return Ok(None);
+            }
         }
         tx.commit().await?;
-        Ok(logged)
+        Ok(Some(logged))
     }
 
     pub async fn engagement(&self, account: &str, id: &str) -> Result<Option<Engagement>> {

@@ -42,7 +42,7 @@ pub use search::{Cursor, SortKey};
 pub const MARKETING_STATUS_TOPIC: &str = "marketing-status";
 
 /// A stored contact.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct ContactRow {
     pub id: String,
     pub email: String,
@@ -79,9 +79,33 @@ pub(crate) const CONTACT_COLUMNS: &str = "c.id, c.email, c.properties, c.version
      c.source_id, c.created_at, c.updated_at, c.last_activity_at, c.visits, c.first_visit_at, \
      c.last_visit_at, c.last_view_at, c.original_source, c.latest_source";
 
-/// Saves an answer under its request id; the first one saved stays.
-const KEEP_ANSWER: &str = "INSERT INTO request_answers (account_id, request_id, answer, digest) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+/// Saves an answer under its request id, with the contacts it names (an erasure forgets it);
+/// the first one saved stays.
+const KEEP_ANSWER: &str = "INSERT INTO request_answers (account_id, request_id, answer, digest, contact_ids) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+/// Saves a call's answer in the transaction of the write it answers; false when a twin under
+/// the same request id saved first (the caller then rolls back and answers the twin's).
+pub(super) async fn keep_answer(
+    tx: &mut impl Tx,
+    account: &str,
+    request_id: &str,
+    digest: &str,
+    answer: &[u8],
+    contacts: &[Result<ContactRow>],
+) -> Result<bool> {
+    let ids: Vec<&str> = contacts.iter().filter_map(|c| c.as_ref().ok().map(|r| r.id.as_str())).collect();
+    let ids = serde_json::to_string(&ids).expect("JSON of strings");
+    let q = Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).bind(digest).bind(ids);
+    Ok(tx.execute(q).await? == 1)
+}
+
+/// Forgets the answers kept under request ids that name a contact (they hold what it was).
+pub(super) async fn forget_answers(tx: &mut impl Tx, account: &str, contact: &str) -> Result<()> {
+    let q = "DELETE FROM request_answers WHERE account_id = $1 AND contact_ids LIKE $2";
+    tx.execute(Sql::new(q).bind(account).bind(format!("%\"{contact}\"%"))).await?;
+    Ok(())
+}
 
 /// A call's answer to save with the write it answers: the encoded answer made from the
 /// write's outcomes, or None when there is none to save (the call fails).
@@ -196,6 +220,7 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
                 tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
             }
             duplicates::forget_keys(tx, account, id).await?;
+            forget_answers(tx, account, id).await?;
             gone.push(row);
         }
     }
@@ -359,7 +384,9 @@ impl Store {
         answer: &[u8],
     ) -> Result<()> {
         self.db
-            .execute(Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).bind(digest))
+            .execute(
+                Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(answer).bind(digest).bind("[]"),
+            )
             .await?;
         Ok(())
     }
@@ -377,16 +404,18 @@ impl Store {
         contacts: Vec<NewContact>,
         now: DateTime<Utc>,
         keep: Option<KeepAnswer<'_>>,
-    ) -> Result<Vec<Result<ContactRow>>> {
+    ) -> Result<Option<Vec<Result<ContactRow>>>> {
         let mut tx = self.db.begin_write().await?;
         let outcomes = insert_contacts(&mut tx, &self.db, account, &contacts, now).await?;
         if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
             && let Some(bytes) = answer(&outcomes)
+            && !keep_answer(&mut tx, account, request_id, digest, &bytes, &outcomes).await?
         {
-            tx.execute(Sql::new(KEEP_ANSWER).bind(account).bind(request_id).bind(bytes).bind(digest)).await?;
+            // A twin under the same request id saved its answer first: this one changes nothing.
+            return Ok(None);
         }
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(Some(outcomes))
     }
 
     /// The contacts with these ids, in the order asked (unknown ids left out), read a chunk of
@@ -542,6 +571,7 @@ impl Store {
         let q = "DELETE FROM consents WHERE account_id = $1 AND contact_id = $2";
         tx.execute(Sql::new(q).bind(account).bind(id)).await?;
         history::forget(&mut tx, account, id).await?;
+        forget_answers(&mut tx, account, id).await?;
         // Its timeline's notes, emails and meetings hold what it said and did.
         let q = "DELETE FROM engagements WHERE account_id = $1 AND contact_id = $2";
         tx.execute(Sql::new(q).bind(account).bind(id)).await?;
