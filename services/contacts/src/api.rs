@@ -1294,14 +1294,28 @@ impl ContactsService for Api {
         let events = req.into_inner().events;
         batch_len("events", events.len())?;
         let now = self.clock.now();
-        let record::Checked { good, refused } = record::new_events(events, micros(now));
+        // Forms are a source the system that takes them sets, as at creation: a person needs the
+        // admin scope for a form to make its contact.
+        let make_form_contacts = c.user.is_empty() || c.admin;
+        let record::Checked { good, refused, withheld } =
+            record::new_events(events, micros(now), make_form_contacts);
         let (idx, news): (Vec<usize>, Vec<_>) = good.into_iter().unzip();
         let recorded =
             if news.is_empty() { vec![] } else { self.store.record_events(&c.account, news, now).await? };
         if recorded.iter().any(|r| r.as_ref().is_ok_and(|r| r.contact_created)) {
             self.relay.wake();
         }
-        let mut outcomes: Vec<(usize, Result<_>)> = idx.into_iter().zip(recorded).collect();
+        let mut outcomes: Vec<(usize, Result<_>)> = idx
+            .into_iter()
+            .zip(recorded)
+            .map(|(i, r)| match r {
+                Err(Error::NoneWith { .. }) if withheld.contains(&i) => {
+                    let reason = "a form makes its contact from the system that takes it: a user needs the admin scope";
+                    (i, Err(Error::denied(format!("events[{i}].email"), reason)))
+                }
+                other => (i, other),
+            })
+            .collect();
         outcomes.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
         Ok(Response::new(record::recorded(outcomes, batch_error)))
     }

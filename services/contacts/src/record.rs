@@ -219,21 +219,33 @@ pub async fn update_engagement(
 pub struct Checked {
     pub good: Vec<(usize, NewEvent)>,
     pub refused: Vec<(usize, Error)>,
+    /// Form submissions that may not make their contact: the caller is a person without the
+    /// admin scope, and forms are a source the system that takes them sets.
+    pub withheld: Vec<usize>,
 }
 
-/// Checks each event on its own: a bad one is refused alone.
-pub fn new_events(events: Vec<pb::ContactEvent>, now: i64) -> Checked {
+/// Checks each event on its own: a bad one is refused alone. `make_form_contacts`: whether a
+/// form submission for an unknown address may make its contact.
+pub fn new_events(events: Vec<pb::ContactEvent>, now: i64, make_form_contacts: bool) -> Checked {
     let mut checked = Checked::default();
     for (i, e) in events.into_iter().enumerate() {
-        match new_event(e, i, now) {
-            Ok(n) => checked.good.push((i, n)),
+        match new_event(e, i, now, make_form_contacts) {
+            Ok((n, withheld)) => {
+                if withheld {
+                    checked.withheld.push(i);
+                }
+                checked.good.push((i, n))
+            }
             Err(err) => checked.refused.push((i, err)),
         }
     }
     checked
 }
 
-fn new_event(e: pb::ContactEvent, i: usize, now: i64) -> Result<NewEvent> {
+/// Most a recorded event may lie in the future (clocks disagree).
+const FUTURE_SKEW_MICROS: i64 = 86_400_000_000;
+
+fn new_event(e: pb::ContactEvent, i: usize, now: i64, make_form_contacts: bool) -> Result<(NewEvent, bool)> {
     let at = format!("events[{i}]");
     contactier_proto::checks::check_item(&e, "events", i).map_err(Error::from)?;
     if e.id.trim().is_empty() {
@@ -247,12 +259,18 @@ fn new_event(e: pb::ContactEvent, i: usize, now: i64) -> Result<NewEvent> {
             .map(|d| d.timestamp_micros())
             .ok_or_else(|| Error::invalid(format!("{at}.occurred_at"), "not a valid time"))?,
     };
+    if occurred_at > now + FUTURE_SKEW_MICROS {
+        return Err(Error::invalid(format!("{at}.occurred_at"), "not more than a day in the future"));
+    }
+    let mut withheld = false;
     let subject = match e.contact {
         Some(pb::contact_event::Contact::ContactId(id)) if !id.is_empty() => Subject::Id(id),
         Some(pb::contact_event::Contact::Email(raw)) => {
             let address = email::parse(&raw).map_err(|r| Error::invalid(format!("{at}.email"), r))?;
             // A form submission makes its contact; other behaviour needs one.
-            let create = matches!(kind, crate::behaviour::Kind::FormSubmission { .. }).then(|| NewContact {
+            let form = matches!(kind, crate::behaviour::Kind::FormSubmission { .. });
+            withheld = form && !make_form_contacts;
+            let create = (form && make_form_contacts).then(|| NewContact {
                 email: address.clone(),
                 values: BTreeMap::new(),
                 source_type: "FORM".into(),
@@ -267,7 +285,7 @@ fn new_event(e: pb::ContactEvent, i: usize, now: i64) -> Result<NewEvent> {
         }
         _ => return Err(Error::invalid(format!("{at}.contact_id"), "contact_id or email is required")),
     };
-    Ok(NewEvent { id: e.id, subject, occurred_at, kind })
+    Ok((NewEvent { id: e.id, subject, occurred_at, kind }, withheld))
 }
 
 /// The answer of a recording: each event's outcome by request index.

@@ -541,8 +541,16 @@ fn view(id: &str, contact: pb::contact_event::Contact, seconds: i64, source: &st
 }
 
 async fn record(s: &Contacts, events: Vec<pb::ContactEvent>) -> pb::RecordContactEventsResponse {
+    record_as(s, &s.writer(), events).await
+}
+
+async fn record_as(
+    s: &Contacts,
+    token: &str,
+    events: Vec<pb::ContactEvent>,
+) -> pb::RecordContactEventsResponse {
     let req = pb::RecordContactEventsRequest { events };
-    s.api().record_contact_events(authed(req, &s.writer())).await.unwrap().into_inner()
+    s.api().record_contact_events(authed(req, token)).await.unwrap().into_inner()
 }
 
 async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backend) {
@@ -550,7 +558,7 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     let s = start(backend).await;
     let c = s.create("ada@example.com", &[]).await.unwrap();
     let id = || C::ContactId(c.id.clone());
-    let t0 = 1_780_000_000;
+    let t0 = s.platform.clock.now().timestamp() - 10 * 86_400;
     // Out of order in the batch: three views of one visit, and one more than 30 minutes later.
     let batch = vec![
         view("v4", id(), t0 + 60 * 60, "EMAIL"),
@@ -575,6 +583,26 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     let again = record(&s, batch).await;
     assert!(again.results.iter().all(|x| x.replayed), "{backend:?}");
     assert_eq!(s.by_email("ada@example.com").await.visits.unwrap(), expected, "{backend:?}");
+
+    // Views that come late, in later calls, count as if they had come in order.
+    let d = s.create("dora@example.com", &[]).await.unwrap();
+    let did = || C::ContactId(d.id.clone());
+    record(&s, vec![view("d1", did(), t0, "DIRECT"), view("d3", did(), t0 + 4 * 3_600, "EMAIL")]).await;
+    record(&s, vec![view("d2", did(), t0 + 2 * 3_600, "SOCIAL")]).await;
+    record(&s, vec![view("d0", did(), t0 - 3_600, "PAID_SEARCH")]).await;
+    let dv = s.by_email("dora@example.com").await.visits.unwrap();
+    assert_eq!(
+        (dv.count, dv.first_visit_at, dv.original_source.as_str(), dv.latest_source.as_str()),
+        (4, Some(at(t0 - 3_600)), "PAID_SEARCH", "EMAIL"),
+        "{backend:?}"
+    );
+    // An id recorded for one event is no replay for another; an event far ahead is refused.
+    let r = record(&s, vec![view("d1", did(), t0 + 60, "DIRECT")]).await;
+    assert_eq!((r.errors[0].code.as_str(), r.errors[0].index), ("ALREADY_EXISTS", 0), "{backend:?}");
+    let ahead = s.platform.clock.now().timestamp() + 3 * 86_400;
+    let r = record(&s, vec![view("far", did(), ahead, "DIRECT")]).await;
+    assert_eq!(r.errors[0].field, "events[0].occurred_at", "{backend:?}");
+    assert_eq!(s.by_email("dora@example.com").await.visits.unwrap(), dv, "{backend:?}: nothing changed");
 
     // Opens, clicks and forms are kept too, newest first.
     let other = vec![
@@ -656,7 +684,12 @@ async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend:
         form("f1", "Lead@Example.com"),
         // The same address again in the batch: the contact the first made.
         form("f2", "lead@example.com"),
-        view("v1", C::Email("stranger@example.com".into()), 1_780_000_000, "DIRECT"),
+        view(
+            "v1",
+            C::Email("stranger@example.com".into()),
+            s.platform.clock.now().timestamp() - 3_600,
+            "DIRECT",
+        ),
         pb::ContactEvent { id: String::new(), ..form("", "x@example.com") },
         pb::ContactEvent { kind: None, ..form("f3", "x@example.com") },
         pb::ContactEvent {
@@ -667,7 +700,11 @@ async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend:
             ..form("f4", "x@example.com")
         },
     ];
-    let r = record(&s, batch).await;
+    // The forms' system calls with a service token (or a person with the admin scope).
+    let forms = s.platform.authenticator.service_token("forms", chrono::Duration::hours(1));
+    let mut forms_req = authed(pb::RecordContactEventsRequest { events: batch }, &forms);
+    forms_req.metadata_mut().insert(contactier_runtime::auth::ACCOUNT_HEADER, ACCOUNT.parse().unwrap());
+    let r = s.api().record_contact_events(forms_req).await.unwrap().into_inner();
     let lead = s.by_email("lead@example.com").await;
     assert_eq!(lead.creation_source.as_ref().unwrap().r#type, SourceType::Form as i32, "{backend:?}");
     assert_eq!(lead.creation_source.as_ref().unwrap().id, "demo-request", "{backend:?}");
@@ -686,6 +723,17 @@ async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend:
         ],
         "{backend:?}"
     );
+    // A person without the admin scope cannot make a form's contact, as at creation (a form's
+    // default may be marketing, which that person may not be allowed to set).
+    let by_user = record(&s, vec![form("f9", "someone.new@example.com")]).await;
+    let refused: Vec<(&str, &str)> =
+        by_user.errors.iter().map(|e| (e.code.as_str(), e.field.as_str())).collect();
+    assert_eq!(refused, [("PERMISSION_DENIED", "events[0].email")], "{backend:?}");
+    let by_admin =
+        record_as(&s, &s.token(ACCOUNT, &["write", "admin"]), vec![form("f9", "someone.new@example.com")])
+            .await;
+    assert!(by_admin.results[0].contact_created, "{backend:?}");
+
     // Nothing was made for the refused ones.
     let read = s.token(ACCOUNT, &["read"]);
     for email in ["stranger@example.com", "x@example.com"] {

@@ -45,6 +45,9 @@ const INSERT: &str = "INSERT INTO contact_events (account_id, id, contact_id, ki
 const VISITS: &str = "SELECT visits, first_visit_at, last_visit_at, last_view_at, original_source, \
      latest_source FROM contacts WHERE account_id = $1 AND id = $2";
 
+const VISITS_FOR_UPDATE: &str = "SELECT visits, first_visit_at, last_visit_at, last_view_at, \
+     original_source, latest_source FROM contacts WHERE account_id = $1 AND id = $2 FOR UPDATE";
+
 const SET_VISITS: &str = "UPDATE contacts SET visits = $1, first_visit_at = $2, last_visit_at = $3, \
      last_view_at = $4, original_source = $5, latest_source = $6 WHERE account_id = $7 AND id = $8";
 
@@ -142,6 +145,10 @@ impl Store {
         let mut order: Vec<(usize, NewEvent)> = events.into_iter().enumerate().collect();
         order.sort_by_key(|(i, e)| (e.occurred_at, *i));
         let mut out: Vec<Option<Result<Recorded>>> = (0..order.len()).map(|_| None).collect();
+        let visits_query = match self.db {
+            contactier_runtime::db::Db::Postgres(_) => VISITS_FOR_UPDATE,
+            contactier_runtime::db::Db::Sqlite(_) => VISITS,
+        };
         let mut tx = self.db.begin_write().await?;
         let mut touched: Vec<String> = Vec::new();
         for (i, e) in order {
@@ -172,11 +179,31 @@ impl Store {
                 .bind(source)
                 .bind(micros(now));
             let replayed = tx.execute(insert).await? == 0;
+            if replayed {
+                // The same event again changes nothing; another event under its id is refused.
+                let q = "SELECT contact_id, kind, occurred_at FROM contact_events WHERE account_id = $1 AND id = $2";
+                let kept: Option<(String, String, i64)> =
+                    tx.fetch_optional(Sql::new(q).bind(account).bind(&e.id)).await?;
+                if kept != Some((contact_id.clone(), e.kind.as_str().to_owned(), e.occurred_at)) {
+                    let message = "id: recorded before for another event".to_owned();
+                    out[i] = Some(Err(Error::Exists { kind: "event", id: e.id.clone(), message }));
+                    continue;
+                }
+            }
             if !replayed && let Kind::PageView { traffic_source, .. } = &e.kind {
+                // The contact's row is held while its visits move (PostgreSQL), so two calls for
+                // one contact take turns.
                 let before: VisitColumns =
-                    tx.fetch_one(Sql::new(VISITS).bind(account).bind(&contact_id)).await?;
-                let after = behaviour::page_view(&visits_of(before), e.occurred_at, traffic_source);
-                save_visits(&mut tx, account, &contact_id, &after).await?;
+                    tx.fetch_one(Sql::new(visits_query).bind(account).bind(&contact_id)).await?;
+                let before = visits_of(before);
+                if before.count > 0 && e.occurred_at < before.last_view_at {
+                    // A late view: counted again from all of them, so the order they came in
+                    // makes no difference.
+                    recount_visits(&mut tx, account, &contact_id).await?;
+                } else {
+                    let after = behaviour::page_view(&before, e.occurred_at, traffic_source);
+                    save_visits(&mut tx, account, &contact_id, &after).await?;
+                }
             }
             if !replayed {
                 touched.push(contact_id.clone());

@@ -65,9 +65,20 @@ pub(super) async fn scores_anything(tx: &mut impl Tx, account: &str) -> Result<b
     Ok(tx.scalar(Sql::new(q).bind(account)).await?)
 }
 
+/// Takes the account's scoring lock for the transaction: working scores out and changing the
+/// rules take turns, so a score worked out from rules a change replaced cannot overwrite the
+/// change's mark that every contact is due.
+async fn lock_scoring(tx: &mut impl Tx, account: &str) -> Result<()> {
+    let q = "INSERT INTO scoring_settings (account_id, mql_threshold) VALUES ($1, 0) \
+             ON CONFLICT (account_id) DO UPDATE SET mql_threshold = scoring_settings.mql_threshold";
+    tx.execute(Sql::new(q).bind(account)).await?;
+    Ok(())
+}
+
 /// Works the scores of `contacts` out again at `now` (epoch microseconds): writes a changed
 /// score (and the MQL stage it brings) with its history, and when each is next due.
 pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String], now: i64) -> Result<()> {
+    lock_scoring(tx, account).await?;
     let rows = rules(tx, account).await?;
     let rules: Vec<Rule> =
         rows.into_iter().map(|r| Rule { id: r.id, points: r.points, criterion: r.criterion }).collect();
@@ -176,6 +187,7 @@ impl Store {
         max: i64,
     ) -> Result<RuleRow> {
         let mut tx = self.db.begin_write().await?;
+        lock_scoring(&mut tx, account).await?;
         let q = "SELECT COUNT(*) FROM scoring_rules WHERE account_id = $1";
         let have: i64 = tx.scalar(Sql::new(q).bind(account)).await?;
         if have >= max {
@@ -203,6 +215,7 @@ impl Store {
     /// Deletes a rule; NOT_FOUND when the account has none by that id.
     pub async fn delete_scoring_rule(&self, account: &str, id: &str) -> Result<()> {
         let mut tx = self.db.begin_write().await?;
+        lock_scoring(&mut tx, account).await?;
         let q = "DELETE FROM scoring_rules WHERE account_id = $1 AND id = $2";
         if tx.execute(Sql::new(q).bind(account).bind(id)).await? == 0 {
             return Err(Error::NotFound(format!("scoring rule {id}")));
