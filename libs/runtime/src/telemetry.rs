@@ -363,11 +363,18 @@ impl Drop for Call {
 
 /// What a refusal's log line says of it: for an invalid argument the field only, since its
 /// reason may quote the value (personal data); otherwise the message.
+/// What a refusal's log line says of it: the field at fault of an `INVALID_ARGUMENT`, as far
+/// as it is a field's path (a map key a caller chose is cut off), and nothing of any other
+/// refusal, whose message may carry what the caller sent (an email given as an id, a name).
 fn refusal(code: Option<tonic::Code>, message: Option<&str>) -> String {
     let message = message.unwrap_or("");
     match code {
-        Some(tonic::Code::InvalidArgument) => message.split_once(": ").map_or("", |(f, _)| f).to_owned(),
-        _ => message.chars().take(200).collect(),
+        Some(tonic::Code::InvalidArgument) => {
+            let field = message.split_once(": ").map_or("", |(f, _)| f);
+            let path = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.[]".contains(c);
+            field.chars().take_while(|c| path(*c)).take(200).collect()
+        }
+        _ => String::new(),
     }
 }
 
@@ -444,6 +451,23 @@ impl tonic::service::Interceptor for ClientInterceptor {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn refusals_are_logged_without_what_the_caller_sent() {
+        use tonic::Code;
+        let r = |code, m: &str| super::refusal(Some(code), Some(m));
+        assert_eq!(
+            r(Code::InvalidArgument, "contacts[3].email: at most 254 characters"),
+            "contacts[3].email"
+        );
+        assert_eq!(
+            r(Code::InvalidArgument, "property_choices.Grace Hopper: no such property"),
+            "property_choices."
+        );
+        assert_eq!(r(Code::NotFound, "contact grace.hopper@navy.mil not found"), "");
+        assert_eq!(r(Code::AlreadyExists, "name: another list is named \"Ada's\""), "");
+    }
+
     use super::*;
     use tower::{Layer, Service, ServiceExt};
 

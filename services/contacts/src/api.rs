@@ -283,7 +283,8 @@ impl Api {
         Ok(answer.into_inner().permission.is_some_and(|p| p.may_set_marketing))
     }
 
-    /// The contact a data-subject request names: by id or by email, exactly one of them.
+    /// The contact a data-subject request names: by id or by email (one it has, or had),
+    /// exactly one of them.
     async fn subject(&self, account: &str, id: String, email: &str) -> Result<String> {
         match (id.trim().is_empty(), email.trim().is_empty()) {
             (true, true) => Err(Error::invalid("contact_id", "contact_id or email is required")),
@@ -291,12 +292,17 @@ impl Api {
             (false, true) => Ok(id),
             (true, false) => {
                 let key = email.trim().to_lowercase();
-                let (row, _) = self
-                    .store
-                    .contact_with_catalog(account, ContactKey::Email(&key))
+                if let Some((row, _)) =
+                    self.store.contact_with_catalog(account, ContactKey::Email(&key)).await?
+                {
+                    return Ok(row.id);
+                }
+                // An address a contact had before (its own, or a contact's merged into it): the
+                // person asking about it is that contact now.
+                self.store
+                    .contact_that_had_email(account, &key)
                     .await?
-                    .ok_or(Error::NoneWith { kind: "contact", key: "email" })?;
-                Ok(row.id)
+                    .ok_or(Error::NoneWith { kind: "contact", key: "email" })
             }
         }
     }
@@ -1158,6 +1164,14 @@ impl ContactsService for Api {
                 "unsubscribed_from_all": c.unsubscribed_from_all,
             })),
             "static_lists": lists,
+            "last_activity_at_micros": row.last_activity_at,
+            "visits": {
+                "count": row.visits.visits,
+                "first_visit_at_micros": row.visits.first_visit_at,
+                "last_visit_at_micros": row.visits.last_visit_at,
+                "original_source": row.visits.original_source,
+                "latest_source": row.visits.latest_source,
+            },
             "property_history": history,
             "engagements": timeline,
             "events": behaviour,
@@ -1254,6 +1268,9 @@ impl ContactsService for Api {
     ) -> Answer<pb::GetEngagementResponse> {
         let c = caller(&req)?;
         let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Error::invalid("id", "required").into());
+        }
         let e = self.store.engagement(&c.account, &id).await?;
         let e = e.ok_or_else(|| Error::NotFound(format!("engagement {id}")))?;
         Ok(Response::new(pb::GetEngagementResponse { engagement: Some(convert::engagement(e)) }))
@@ -1274,7 +1291,11 @@ impl ContactsService for Api {
         req: Request<pb::DeleteEngagementRequest>,
     ) -> Answer<pb::DeleteEngagementResponse> {
         let c = caller(&req)?;
-        self.store.delete_engagement(&c.account, &req.into_inner().id).await?;
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Error::invalid("id", "required").into());
+        }
+        self.store.delete_engagement(&c.account, &id).await?;
         Ok(Response::new(pb::DeleteEngagementResponse {}))
     }
 

@@ -298,7 +298,12 @@ fn pb_task_status(s: TaskStatus) -> pb::TaskStatus {
 
 /// Epoch microseconds of a timestamp; None when unset.
 fn micros_of(t: Option<&prost_types::Timestamp>, field: &str) -> Result<Option<i64>> {
+    /// 2200-01-01T00:00:00Z: the contract's dates end before it.
+    const END: i64 = 7_258_118_400;
     let Some(t) = t else { return Ok(None) };
+    if !(1..END).contains(&t.seconds) {
+        return Err(Error::invalid(field, "from 1970 to 2199"));
+    }
     chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
         .filter(|_| (0..1_000_000_000).contains(&t.nanos))
         .map(|d| Some(d.timestamp_micros()))

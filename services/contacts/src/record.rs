@@ -34,9 +34,8 @@ pub async fn property_history(
     // A token pages one contact's history of one property (or of all).
     let list = format!("property history {} {}", r.contact_id, r.property);
     let before = paging::after_at(&list, &r.page_token)?;
-    if before.is_none() {
-        known(store, account, &r.contact_id).await?;
-    }
+    // The same answer for an unknown contact with a token as without one.
+    known(store, account, &r.contact_id).await?;
     let rows = store.property_history(account, &r.contact_id, &r.property, before, limit + 1).await?;
     let (rows, next_page_token) = paging::trim(rows, limit, |h| paging::token_at(&list, h.changed_at, &h.id));
     let changes = rows.into_iter().map(convert::property_change).collect();
@@ -184,9 +183,8 @@ pub async fn engagements(
     let limit = paging::limit(r.page_size)?;
     let list = format!("engagements {} {}", r.contact_id, kind.map_or("", Kind::as_str));
     let before = paging::after_at(&list, &r.page_token)?;
-    if before.is_none() {
-        known(store, account, &r.contact_id).await?;
-    }
+    // The same answer for an unknown contact with a token as without one.
+    known(store, account, &r.contact_id).await?;
     let rows = store.engagements(account, &r.contact_id, kind, before, limit + 1).await?;
     let (rows, next_page_token) =
         paging::trim(rows, limit, |e| paging::token_at(&list, e.occurred_at, &e.id));
@@ -321,9 +319,8 @@ pub async fn contact_events(
     let limit = paging::limit(r.page_size)?;
     let list = format!("contact events {}", r.contact_id);
     let before = paging::after_at(&list, &r.page_token)?;
-    if before.is_none() {
-        known(store, account, &r.contact_id).await?;
-    }
+    // The same answer for an unknown contact with a token as without one.
+    known(store, account, &r.contact_id).await?;
     let rows = store.contact_events(account, &r.contact_id, before, limit + 1).await?;
     let (rows, next_page_token) =
         paging::trim(rows, limit, |e| paging::token_at(&list, e.occurred_at, &e.id));

@@ -174,11 +174,14 @@ async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backen
     };
     s.api().merge_contacts(authed(req, &s.writer())).await.unwrap();
     let merged = history(&s, &a.id, "").await.unwrap();
+    // The joined history ends in the merged values: the secondary's later email entry is
+    // followed by a merge entry for the primary's; its phone, now the primary's, needs none.
     assert_eq!(
         merged[0],
-        change("phone", "+41 44 000 00 00", Merge, &b.id, "user-1"),
+        change("email", "a@example.com", Merge, &b.id, "user-1"),
         "{backend:?}: {merged:?}"
     );
+    assert!(merged.contains(&change("phone", "+41 44 000 00 00", User, "user-1", "user-1")), "{backend:?}");
     for kept in [
         change("company", "B Co", User, "user-1", "user-1"),
         change("email", "b@example.com", User, "user-1", "user-1"),
@@ -201,6 +204,18 @@ async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backen
         .into_inner();
     let own: serde_json::Value = serde_json::from_str(&export.parts[0].json).unwrap();
     assert_eq!(own["property_history"].as_array().unwrap().len(), merged.len(), "{backend:?}: {own}");
+    // The merged-away contact's address finds the contact it went into.
+    let by_old = s
+        .api()
+        .export_contact_data(authed(
+            pb::ExportContactDataRequest { contact_id: String::new(), email: "B@example.com".into() },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let old: serde_json::Value = serde_json::from_str(&by_old.parts[0].json).unwrap();
+    assert_eq!(old["id"], a.id.as_str(), "{backend:?}");
     assert_eq!(own["property_history"][0]["source_type"], "MERGE", "{backend:?}");
 
     let req = pb::AnonymizeContactRequest { contact_id: a.id.clone(), email: String::new() };
@@ -381,6 +396,14 @@ async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backe
         outcome: 0,
     }));
     bad(later_end, "engagement.meeting.end_time").await;
+    for seconds in [-1, 253_402_300_800] {
+        let mut odd = note(&c.id, "when?");
+        odd.engagement.as_mut().unwrap().occurred_at = Some(at(seconds));
+        bad(odd, "engagement.occurred_at").await;
+    }
+    let err =
+        s.api().get_engagement(authed(pb::GetEngagementRequest { id: String::new() }, &w)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
     let wrong_path = pb::UpdateEngagementRequest {
         engagement: Some(pb::Engagement { id: noted.id.clone(), ..Default::default() }),
         update_mask: Some(prost_types::FieldMask { paths: vec!["call.outcome".into()] }),

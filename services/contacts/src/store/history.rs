@@ -72,6 +72,18 @@ pub(super) async fn record(tx: &mut impl Tx, account: &str, entries: &[Entry<'_>
     Ok(())
 }
 
+/// The value the latest change of a contact's property left, if it has changed.
+pub(super) async fn latest(
+    tx: &mut impl Tx,
+    account: &str,
+    contact: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    let q = "SELECT value FROM property_history WHERE account_id = $1 AND contact_id = $2 AND name = $3 \
+             ORDER BY changed_at DESC, id DESC LIMIT 1";
+    Ok(tx.scalar_optional(Sql::new(q).bind(account).bind(contact).bind(name)).await?)
+}
+
 /// Gives the history of `from` to `to` (a merge keeps both contacts' histories).
 pub(super) async fn move_history(tx: &mut impl Tx, account: &str, from: &str, to: &str) -> Result<()> {
     let q = "UPDATE property_history SET contact_id = $3 WHERE account_id = $1 AND contact_id = $2";
@@ -87,6 +99,13 @@ pub(super) async fn forget(tx: &mut impl Tx, account: &str, contact: &str) -> Re
 }
 
 impl Store {
+    /// The contact whose history holds `email_key` as a past address, if one does.
+    pub async fn contact_that_had_email(&self, account: &str, email_key: &str) -> Result<Option<String>> {
+        let q = "SELECT contact_id FROM property_history WHERE account_id = $1 AND name = $2 \
+                 AND LOWER(value) = $3 ORDER BY changed_at DESC LIMIT 1";
+        Ok(self.db.scalar_optional(Sql::new(q).bind(account).bind(EMAIL).bind(email_key)).await?)
+    }
+
     /// A contact's changes of `name` (every property when empty), newest first, before the
     /// (time, id) given.
     pub async fn property_history(

@@ -500,7 +500,8 @@ impl Store {
         let mut tx = self.db.begin_write().await?;
         let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
         let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
-        let values = duplicates_rules::merge_values(&p.values(), &s.values(), choices);
+        let s_values = s.values();
+        let values = duplicates_rules::merge_values(&p.values(), &s_values, choices);
         // Values of properties deleted since are dropped; the rest are stored normalised already.
         let typed: BTreeMap<String, Value> = values
             .iter()
@@ -529,8 +530,25 @@ impl Store {
         behaviour::move_events(&mut tx, account, secondary, primary).await?;
         let origin =
             Origin { source_type: "MERGE".into(), source_id: secondary.into(), user_id: user.into() };
-        let changed = changed_values(&before, &shown);
-        let entries: Vec<history::Entry> = changed
+        // The merged values are the latest of the joined history: a merge entry for each the
+        // merge changed, or whose latest entry came from the secondary with another value.
+        let mut names: std::collections::BTreeSet<String> =
+            changed_values(&before, &shown).into_iter().map(|(n, _)| n.to_owned()).collect();
+        names.extend(s_values.keys().cloned());
+        names.insert(EMAIL.to_owned());
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for name in names {
+            let value = if name == EMAIL {
+                merged.email.clone()
+            } else {
+                shown.get(&name).cloned().unwrap_or_default()
+            };
+            let latest = history::latest(&mut tx, account, primary, &name).await?;
+            if latest.unwrap_or_default() != value {
+                wanted.push((name, value));
+            }
+        }
+        let entries: Vec<history::Entry> = wanted
             .iter()
             .map(|(name, value)| history::Entry { contact: primary, name, value, origin: &origin })
             .collect();
@@ -579,7 +597,9 @@ impl Store {
         tx.execute(Sql::new(q).bind(account).bind(id)).await?;
         behaviour::forget_events(&mut tx, account, id).await?;
         tx.commit().await?;
-        out.pop().expect("one change, one outcome")
+        // As it is now: without the timeline's time and the visits it no longer has.
+        let anonymized = out.pop().expect("one change, one outcome")?;
+        Ok(contact(&mut self.db.conn().await?, account, id).await?.unwrap_or(anonymized))
     }
 
     /// Asks marketing-status, through the outbox, to make existing contacts marketing on behalf
