@@ -12,19 +12,10 @@ pub const FUNNEL: [&str; 5] =
 /// The most days one report covers.
 pub const MAX_DAYS: u64 = 366;
 
-/// How far along the lifecycle a stage is; None for stages off the path (other, none).
+/// How far along the lifecycle a stage is, in the order the property lists its stages; None for
+/// stages off the path (other, none).
 pub fn rank(stage: &str) -> Option<usize> {
-    [
-        "subscriber",
-        "lead",
-        "marketing_qualified_lead",
-        "sales_qualified_lead",
-        "opportunity",
-        "customer",
-        "evangelist",
-    ]
-    .iter()
-    .position(|s| *s == stage)
+    crate::properties::LIFECYCLE_STAGES.iter().position(|s| *s == stage).filter(|_| stage != "other")
 }
 
 /// One change of a contact's stage ('' when cleared), at epoch microseconds.
@@ -154,6 +145,13 @@ mod tests {
 
     fn d(day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 5, day).unwrap()
+    }
+
+    #[test]
+    fn stages_rank_along_the_lifecycle_and_other_is_off_it() {
+        assert!(rank("subscriber") < rank("lead") && rank("opportunity") < rank("customer"));
+        assert!(rank("customer") < rank("evangelist"));
+        assert_eq!((rank("other"), rank("")), (None, None));
     }
 
     #[test]

@@ -51,14 +51,34 @@ pub struct Export {
     pub behaviour: serde_json::Value,
 }
 
-pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Export> {
-    let mut history = Vec::new();
+/// Every entry of a list paged newest first by (time, id), each as JSON.
+async fn read_all<T, F, Fut>(
+    mut page: F,
+    key: impl Fn(&T) -> (i64, String),
+    json: impl Fn(T) -> serde_json::Value,
+) -> Result<serde_json::Value>
+where
+    F: FnMut(Option<(i64, String)>) -> Fut,
+    Fut: Future<Output = Result<Vec<T>>>,
+{
+    let mut out = Vec::new();
     let mut before = None;
     loop {
-        let rows = store.property_history(account, contact, "", before, EXPORT_PAGE).await?;
+        let rows = page(before).await?;
         let done = (rows.len() as i64) < EXPORT_PAGE;
-        before = rows.last().map(|h| (h.changed_at, h.id.clone()));
-        history.extend(rows.into_iter().map(|h| {
+        before = rows.last().map(&key);
+        out.extend(rows.into_iter().map(&json));
+        if done {
+            return Ok(serde_json::Value::Array(out));
+        }
+    }
+}
+
+pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Export> {
+    let history = read_all(
+        |before| store.property_history(account, contact, "", before, EXPORT_PAGE),
+        |h| (h.changed_at, h.id.clone()),
+        |h| {
             serde_json::json!({
                 "property": h.name,
                 "value": h.value,
@@ -67,18 +87,13 @@ pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Expor
                 "user_id": h.user_id,
                 "changed_at_micros": h.changed_at,
             })
-        }));
-        if done {
-            break;
-        }
-    }
-    let mut timeline = Vec::new();
-    let mut before = None;
-    loop {
-        let rows = store.engagements(account, contact, None, before, EXPORT_PAGE).await?;
-        let done = (rows.len() as i64) < EXPORT_PAGE;
-        before = rows.last().map(|e| (e.occurred_at, e.id.clone()));
-        timeline.extend(rows.into_iter().map(|e| {
+        },
+    )
+    .await?;
+    let timeline = read_all(
+        |before| store.engagements(account, contact, None, before, EXPORT_PAGE),
+        |e| (e.occurred_at, e.id.clone()),
+        |e| {
             serde_json::json!({
                 "id": e.id,
                 "type": e.details.kind().as_str(),
@@ -87,18 +102,13 @@ pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Expor
                 "details": e.details,
                 "created_by": e.created_by,
             })
-        }));
-        if done {
-            break;
-        }
-    }
-    let mut behaviour = Vec::new();
-    let mut before = None;
-    loop {
-        let rows = store.contact_events(account, contact, before, EXPORT_PAGE).await?;
-        let done = (rows.len() as i64) < EXPORT_PAGE;
-        before = rows.last().map(|e| (e.occurred_at, e.id.clone()));
-        behaviour.extend(rows.into_iter().map(|e| {
+        },
+    )
+    .await?;
+    let behaviour = read_all(
+        |before| store.contact_events(account, contact, before, EXPORT_PAGE),
+        |e| (e.occurred_at, e.id.clone()),
+        |e| {
             serde_json::json!({
                 "id": e.id,
                 "kind": e.kind,
@@ -108,16 +118,10 @@ pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Expor
                 "email_id": e.email_id,
                 "traffic_source": e.traffic_source,
             })
-        }));
-        if done {
-            break;
-        }
-    }
-    Ok(Export {
-        history: serde_json::Value::Array(history),
-        timeline: serde_json::Value::Array(timeline),
-        behaviour: serde_json::Value::Array(behaviour),
-    })
+        },
+    )
+    .await?;
+    Ok(Export { history, timeline, behaviour })
 }
 
 /// Who logs: the user, or the calling service.
