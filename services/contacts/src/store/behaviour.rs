@@ -45,6 +45,9 @@ const INSERT: &str = "INSERT INTO contact_events (account_id, id, contact_id, ki
 const VISITS: &str = "SELECT visits, first_visit_at, last_visit_at, last_view_at, original_source, \
      latest_source FROM contacts WHERE account_id = $1 AND id = $2";
 
+const KEPT_EVENT: &str =
+    "SELECT contact_id, kind, occurred_at FROM contact_events WHERE account_id = $1 AND id = $2";
+
 const VISITS_FOR_UPDATE: &str = "SELECT visits, first_visit_at, last_visit_at, last_view_at, \
      original_source, latest_source FROM contacts WHERE account_id = $1 AND id = $2 FOR UPDATE";
 
@@ -181,9 +184,8 @@ impl Store {
             let replayed = tx.execute(insert).await? == 0;
             if replayed {
                 // The same event again changes nothing; another event under its id is refused.
-                let q = "SELECT contact_id, kind, occurred_at FROM contact_events WHERE account_id = $1 AND id = $2";
                 let kept: Option<(String, String, i64)> =
-                    tx.fetch_optional(Sql::new(q).bind(account).bind(&e.id)).await?;
+                    tx.fetch_optional(Sql::new(KEPT_EVENT).bind(account).bind(&e.id)).await?;
                 if kept != Some((contact_id.clone(), e.kind.as_str().to_owned(), e.occurred_at)) {
                     let message = "id: recorded before for another event".to_owned();
                     out[i] = Some(Err(Error::Exists { kind: "event", id: e.id.clone(), message }));
