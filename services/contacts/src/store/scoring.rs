@@ -254,3 +254,71 @@ impl Store {
         Ok((due.len(), next))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::email;
+    use crate::store::NewContact;
+    use chrono::TimeZone;
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::testing::TestDb;
+
+    const ACCOUNT: &str = "acct-s";
+
+    /// Rules changed, and the process stopped before its worker ran: a new process on the same
+    /// database scores every contact, and the duplicate keys of contacts from before keys were
+    /// kept get written, from what the tables hold.
+    async fn due_work_goes_on_in_a_new_process(backend: Backend) {
+        let t = TestDb::new(backend, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap();
+        let before = Store::new(t.db.clone());
+        let news: Vec<NewContact> = (0..3)
+            .map(|i| NewContact {
+                email: email::parse(&format!("c{i}@gmail.com")).unwrap(),
+                values: [(
+                    "job_title".to_owned(),
+                    crate::properties::Value { text: "CTO".into(), num: None },
+                )]
+                .into(),
+                source_type: "USER".into(),
+                source_id: String::new(),
+                requested_status: 0,
+                user_id: "u".into(),
+            })
+            .collect();
+        before.create_contacts(ACCOUNT, news, now, None).await.unwrap();
+        let title = Criterion::Property {
+            property: "job_title".into(),
+            operator: scoring::Operator::Eq,
+            value: "cto".into(),
+        };
+        before.create_scoring_rule(ACCOUNT, "CTO", 7, &title, micros_of(now), 100).await.unwrap();
+        // As a version before keys were kept left them.
+        t.db.execute(Sql::new("UPDATE contacts SET match_keys_version = 0")).await.unwrap();
+        t.db.execute(Sql::new("DELETE FROM contact_match_keys")).await.unwrap();
+        drop(before);
+
+        let after = Store::new(t.db.clone());
+        let (scored, next) = after.rescore_due(micros_of(now), 500).await.unwrap();
+        assert_eq!((scored, next), (3, None), "{backend:?}");
+        let scores: Vec<(String,)> =
+            t.db.fetch_all(Sql::new("SELECT value FROM contact_values WHERE name = 'lead_score'"))
+                .await
+                .unwrap();
+        assert_eq!(scores, vec![("7".to_owned(),); 3], "{backend:?}");
+        assert_eq!(after.rescore_due(micros_of(now), 500).await.unwrap().0, 0, "{backend:?}: each once");
+        assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 2, "{backend:?}");
+        assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 1, "{backend:?}");
+        assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 0, "{backend:?}");
+        let keys: i64 = t.db.scalar(Sql::new("SELECT COUNT(*) FROM contact_match_keys")).await.unwrap();
+        assert_eq!(keys, 3, "{backend:?}: a mailbox key each");
+    }
+
+    fn micros_of(t: chrono::DateTime<chrono::Utc>) -> i64 {
+        t.timestamp_micros()
+    }
+
+    contactier_runtime::backend_tests!(due_work_goes_on_in_a_new_process);
+}
