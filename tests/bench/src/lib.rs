@@ -3,6 +3,7 @@
 //! bulk status changes, an update date, unary reads under load (beside an empty RPC), status
 //! change to alert latency, and idle memory.
 
+pub mod instant;
 pub mod load;
 pub use contactier_e2e::procs;
 
@@ -40,6 +41,10 @@ pub struct Config {
     pub backends: Vec<Backend>,
     /// Where the empty-RPC server runs: a child process started from this binary, or here.
     pub empty_server: EmptyServer,
+    /// Sizes of the many-accounts instant (see [`instant`]), each run on fresh services.
+    pub instant_accounts: Vec<usize>,
+    /// Seconds of the pgbench run the instant is set beside.
+    pub pgbench_seconds: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -252,7 +257,8 @@ impl Ctx {
 pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
     let bins = procs::bin_dir()?;
     let mut report = Report::default();
-    for &backend in &cfg.backends {
+    // `rows` 0: only the many-accounts instants.
+    for &backend in cfg.backends.iter().filter(|_| cfg.rows > 0) {
         // Throughput is the point here: no per-account limit.
         let options = procs::Options {
             env: vec![("CONTACTIER_RATE_LIMIT_PER_ACCOUNT".into(), "0".into())],
@@ -269,6 +275,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         services.stop(backend).await;
         outcome?;
     }
+    instants(cfg, &mut report).await?;
     Ok(report)
 }
 
@@ -475,6 +482,34 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
             "",
             None,
         );
+    }
+    Ok(())
+}
+
+/// The many-accounts instants, PostgreSQL beside pgbench measured just before, SQLite beside it.
+async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
+    if cfg.instant_accounts.is_empty() {
+        return Ok(());
+    }
+    for &backend in &cfg.backends {
+        let tps = match backend {
+            Backend::Postgres => {
+                let tps = instant::pgbench_simple_update(cfg.pgbench_seconds).await?;
+                report.add(
+                    "pgbench simple-update, 10 clients",
+                    backend.name(),
+                    format!("{tps:.0} transactions/s"),
+                    String::new(),
+                    "",
+                    None,
+                );
+                Some(tps)
+            }
+            Backend::Sqlite => None,
+        };
+        for &accounts in &cfg.instant_accounts {
+            instant::run(backend, accounts, tps, report).await?;
+        }
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(Parser)]
 #[command(about = "Benchmarks of Contactier's hot paths against the services running for real")]
 struct Cli {
-    /// Contacts to import, change and apply an update date to.
+    /// Contacts to import, change and apply an update date to (0: only the instants).
     #[arg(long, default_value_t = 1_000_000)]
     rows: usize,
     /// Seconds of each load run.
@@ -20,6 +20,12 @@ struct Cli {
     /// Contacts of the alert-latency account.
     #[arg(long, default_value_t = 11_000)]
     alert_contacts: usize,
+    /// Accounts sharing one processing instant, one run per size (comma-separated; 0 for none).
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    instant_accounts: Vec<usize>,
+    /// Seconds of the pgbench run the instant is compared with.
+    #[arg(long, default_value_t = 20)]
+    pgbench_seconds: u64,
     /// postgres, sqlite or both.
     #[arg(long, default_value = "both")]
     backends: String,
@@ -76,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
         alert_contacts: cli.alert_contacts,
         backends,
         empty_server: EmptyServer::Child(std::env::current_exe()?),
+        instant_accounts: cli.instant_accounts.into_iter().filter(|n| *n > 0).collect(),
+        pgbench_seconds: cli.pgbench_seconds,
     };
     let report = contactier_bench::run(&cfg).await?;
     let text = format!(

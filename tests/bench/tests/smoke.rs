@@ -13,6 +13,8 @@ async fn every_benchmark_runs_on_both_backends() {
         alert_contacts: 2_100,
         backends: vec![Backend::Postgres, Backend::Sqlite],
         empty_server: EmptyServer::InProcess,
+        instant_accounts: vec![25],
+        pgbench_seconds: 1,
     };
     let report = contactier_bench::run(&cfg).await.expect("the benchmarks run");
     for what in [
@@ -23,6 +25,8 @@ async fn every_benchmark_runs_on_both_backends() {
         "GetContact: peak",
         "status change -> alert",
         "idle memory, billing",
+        "one instant, 25 accounts",
+        "invoice run, 5 upgraded accounts",
     ] {
         for backend in ["PostgreSQL", "SQLite"] {
             assert!(
@@ -35,5 +39,6 @@ async fn every_benchmark_runs_on_both_backends() {
     for r in report.rows.iter().filter(|r| r.what.contains("at half of peak")) {
         assert!(r.value.ends_with(" 0 errors"), "{} on {}: {}", r.what, r.backend, r.value);
     }
+    assert!(report.rows.iter().any(|r| r.what.starts_with("pgbench simple-update")));
     assert!(report.markdown().lines().count() > 20);
 }

@@ -1,0 +1,400 @@
+//! Many accounts at one processing instant: every account's monthly update date falls on the
+//! same instant. The clock is moved across it and the run is timed until every account's period
+//! is recorded, its pending contacts rewritten and its usage state delivered to notification
+//! (which evaluates the alerts as it takes it). Then a share of the accounts upgrade on one day
+//! and the next day's invoice run is timed. On PostgreSQL both are set beside pgbench's built-in
+//! simple-update rate, measured in the same run.
+
+use super::{Report, authed, channel};
+use crate::procs::{self, Backend, Services};
+use anyhow::Context;
+use chrono::{DateTime, TimeZone, Utc};
+use contactier_proto::billing::v1::{
+    self as bpb, billing_internal_service_client::BillingInternalServiceClient,
+    billing_service_client::BillingServiceClient,
+};
+use contactier_proto::common::v1::{Date, Edition, MarketingStatus, Source, SourceType, Term};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_internal_service_client::MarketingStatusInternalServiceClient,
+    marketing_status_service_client::MarketingStatusServiceClient,
+};
+use contactier_proto::ops::v1::{self as opb, clock_service_client::ClockServiceClient};
+use contactier_runtime::Authenticator;
+use contactier_runtime::convert::timestamp;
+use futures::{StreamExt, TryStreamExt};
+use std::time::{Duration, Instant};
+
+/// Marketing contacts of every account.
+const CONTACTS: usize = 10;
+/// One account in this many also has [`PENDING`] contacts set non-marketing, waiting for the date.
+const PENDING_EVERY: usize = 100;
+const PENDING: usize = 1_000;
+/// One account in this many upgrades on the day after the instant.
+const UPGRADE_EVERY: usize = 5;
+/// Requests in flight while the accounts are set up.
+const SETUP_PARALLEL: usize = 32;
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 20, 12, 0, 0).unwrap()
+}
+/// 2026-02-01 00:00 in Europe/Dublin (the EU subsidiary's zone and processing time) is 00:00 UTC.
+fn instant() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 2, 1, 0, 1, 0).unwrap()
+}
+/// The invoice run of the upgrades made on 2026-02-01.
+fn invoice_run() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 2, 2, 0, 1, 0).unwrap()
+}
+
+struct Ctx {
+    services: Services,
+    auth: Authenticator,
+    prefix: String,
+}
+
+impl Ctx {
+    fn account(&self, i: usize) -> String {
+        format!("{}-{i:06}", self.prefix)
+    }
+    fn user(&self, account: &str) -> String {
+        self.auth.user_token(
+            account,
+            "bench-user",
+            &["read", "write", "admin", "ops"],
+            chrono::Duration::hours(6),
+        )
+    }
+    fn service(&self, name: &str) -> String {
+        self.auth.service_token(name, chrono::Duration::hours(6))
+    }
+    async fn count(&self, service: &str, table: &str, sql: &str) -> anyhow::Result<i64> {
+        self.services.scalar(service, table, sql).await
+    }
+    /// Waits until `sql` over `service`'s `table` answers 0.
+    async fn drained(&self, service: &str, table: &str, sql: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.count(service, table, sql).await?;
+            if left == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{service}: {left} left in {table} after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    async fn set_clock(&self, service: &str, t: DateTime<Utc>) -> anyhow::Result<()> {
+        let mut c = ClockServiceClient::new(channel(self.services.addr(service)));
+        c.set_time(authed(opb::SetTimeRequest { time: Some(timestamp(t)) }, &self.user(&self.account(0))))
+            .await
+            .with_context(|| format!("{service}'s clock"))?;
+        Ok(())
+    }
+}
+
+/// Times one instant of `accounts` accounts on `backend`, and the invoice run after it.
+pub async fn run(
+    backend: Backend,
+    accounts: usize,
+    pgbench_tps: Option<f64>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let b = backend.name();
+    let bins = procs::bin_dir()?;
+    let options = procs::Options {
+        manual_clock: Some(start()),
+        env: vec![("CONTACTIER_RATE_LIMIT_PER_ACCOUNT".into(), "0".into())],
+        ..Default::default()
+    };
+    let services = Services::start_with(backend, &bins, options).await?;
+    let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
+    let ctx = Ctx { services, auth, prefix: format!("inst{}", std::process::id()) };
+    let outcome = measure(&ctx, backend, accounts, pgbench_tps, report).await;
+    let Ctx { services, .. } = ctx;
+    services.stop(backend).await;
+    outcome.with_context(|| format!("{accounts} accounts at one instant on {b}"))
+}
+
+async fn measure(
+    ctx: &Ctx,
+    backend: Backend,
+    accounts: usize,
+    pgbench_tps: Option<f64>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let b = backend.name();
+    let setup = Instant::now();
+    set_up(ctx, accounts).await?;
+    let pending = accounts.div_ceil(PENDING_EVERY) * PENDING;
+    println!("{b:<10} {accounts} accounts set up in {:.1} s", setup.elapsed().as_secs_f64());
+
+    for s in ["contacts", "marketing-status", "notification"] {
+        ctx.set_clock(s, instant()).await?;
+    }
+    let t0 = Instant::now();
+    // Answers once billing's due work at the instant has run (the manual clock waits for it).
+    ctx.set_clock("billing", instant()).await?;
+    let timeout = Duration::from_secs(600);
+    let due = "SELECT count(*) FROM {t} WHERE next_update_date = '2026-02-01'";
+    ctx.drained("billing", "subscriptions", due, timeout).await?;
+    ctx.drained("marketing-status", "update_marks", "SELECT count(*) FROM {t}", timeout).await?;
+    ctx.drained("billing", "outbox", "SELECT count(*) FROM {t}", timeout).await?;
+    let took = t0.elapsed();
+    let periods = "SELECT count(*) FROM {t} WHERE update_date = '2026-02-01'";
+    let periods = ctx.count("billing", "update_periods", periods).await?;
+    anyhow::ensure!(periods == accounts as i64, "{periods} periods recorded for {accounts} accounts");
+    let rewritten = "SELECT count(*) FROM {t} WHERE source_type = 'SYSTEM' AND NOT marketing";
+    let rewritten = ctx.count("marketing-status", "contact_status", rewritten).await?;
+    anyhow::ensure!(rewritten == pending as i64, "{rewritten} of {pending} pending contacts rewritten");
+    let rate = accounts as f64 / took.as_secs_f64();
+    let (limit, met) = against(pgbench_tps, rate);
+    report.add(
+        &format!("one instant, {accounts} accounts ({pending} pending contacts)"),
+        b,
+        format!("{rate:.0} accounts/s ({:.1} s)", took.as_secs_f64()),
+        limit,
+        ">= 50 % of pgbench simple-update",
+        met,
+    );
+
+    // The day after: the invoice run of the day's upgrades.
+    let upgraded = upgrade(ctx, accounts).await?;
+    let t0 = Instant::now();
+    ctx.set_clock("billing", invoice_run()).await?;
+    let invoiced = "SELECT count(*) FROM {t} WHERE kind = 'upgrade'";
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while ctx.count("billing", "invoices", invoiced).await? < upgraded as i64 {
+        anyhow::ensure!(Instant::now() < deadline, "the invoice run did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = t0.elapsed();
+    let n = ctx.count("billing", "invoices", invoiced).await?;
+    anyhow::ensure!(n == upgraded as i64, "{n} upgrade invoices for {upgraded} upgraded accounts");
+    let gaps = "SELECT count(*) FROM (SELECT account_id FROM {t} GROUP BY account_id \
+         HAVING max(number) <> count(*)) g";
+    anyhow::ensure!(ctx.count("billing", "invoices", gaps).await? == 0, "invoice numbers with gaps");
+    let rate = upgraded as f64 / took.as_secs_f64();
+    let (limit, met) = against(pgbench_tps, rate);
+    report.add(
+        &format!("invoice run, {upgraded} upgraded accounts"),
+        b,
+        format!("{rate:.0} invoices/s ({:.1} s)", took.as_secs_f64()),
+        limit,
+        ">= 50 % of pgbench simple-update",
+        met,
+    );
+    Ok(())
+}
+
+fn against(pgbench_tps: Option<f64>, rate: f64) -> (String, Option<bool>) {
+    match pgbench_tps {
+        Some(tps) => {
+            (format!("pgbench simple-update {tps:.0}/s ({:.2})", rate / tps), Some(rate >= tps / 2.0))
+        }
+        None => (String::new(), None),
+    }
+}
+
+/// Subscriptions, then contacts in marketing-status once it knows every account's plan.
+async fn set_up(ctx: &Ctx, accounts: usize) -> anyhow::Result<()> {
+    let billing = BillingServiceClient::new(channel(ctx.services.addr("billing")));
+    futures::stream::iter(0..accounts)
+        .map(|i| {
+            let mut billing = billing.clone();
+            let account = ctx.account(i);
+            async move {
+                let req = bpb::CreateSubscriptionRequest {
+                    edition: Edition::Professional as i32,
+                    term: Term::Monthly as i32,
+                    start_date: Some(Date { year: 2026, month: 1, day: 1 }),
+                    currency: "EUR".into(),
+                    subsidiary: "EU".into(),
+                    tier: 0,
+                    marketing_contacts_enabled: true,
+                };
+                billing.create_subscription(authed(req, &ctx.user(&account))).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SETUP_PARALLEL)
+        .try_collect::<()>()
+        .await?;
+    // The plans reach marketing-status through billing's outbox.
+    ctx.drained("billing", "outbox", "SELECT count(*) FROM {t}", Duration::from_secs(600)).await?;
+
+    let created = |account: &str, id: String, at: DateTime<Utc>| mpb::ContactEvent {
+        event_id: format!("created-{account}-{id}"),
+        account_id: account.to_owned(),
+        occurred_at: Some(timestamp(at)),
+        payload: Some(mpb::contact_event::Payload::Created(mpb::ContactCreated {
+            contact_id: id,
+            source: Some(Source { r#type: SourceType::Import as i32, id: "bench".into() }),
+            requested_status: MarketingStatus::Marketing as i32,
+            user_id: "bench-user".into(),
+        })),
+    };
+    let events: Vec<mpb::ContactEvent> = (0..accounts)
+        .flat_map(|i| {
+            let account = ctx.account(i);
+            let n = if i % PENDING_EVERY == 0 { CONTACTS + PENDING } else { CONTACTS };
+            (0..n).map(move |c| created(&account, format!("c{c:05}"), start())).collect::<Vec<_>>()
+        })
+        .collect();
+    let internal = MarketingStatusInternalServiceClient::new(channel(ctx.services.addr("marketing-status")));
+    let token = ctx.service("contacts");
+    futures::stream::iter(events.chunks(10_000).map(|c| c.to_vec()))
+        .map(|events| {
+            let (mut internal, token) = (internal.clone(), token.clone());
+            async move {
+                internal
+                    .apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &token))
+                    .await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(2)
+        .try_collect::<()>()
+        .await?;
+    // Some accounts' own contacts set non-marketing: pending until the update date.
+    let status = MarketingStatusServiceClient::new(channel(ctx.services.addr("marketing-status")));
+    futures::stream::iter((0..accounts).step_by(PENDING_EVERY))
+        .map(|i| {
+            let mut status = status.clone();
+            let account = ctx.account(i);
+            async move {
+                let ids = (CONTACTS..CONTACTS + PENDING).map(|c| format!("c{c:05}")).collect();
+                let req = mpb::SetMarketingStatusRequest {
+                    request_id: String::new(),
+                    target: Some(mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds {
+                        ids,
+                    })),
+                    status: MarketingStatus::NonMarketing as i32,
+                    source: None,
+                };
+                let changed = status.set_marketing_status(authed(req, &ctx.user(&account))).await?;
+                anyhow::ensure!(changed.into_inner().changed == PENDING as i64, "{account}: pending not set");
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(SETUP_PARALLEL)
+        .try_collect::<()>()
+        .await?;
+    // Every count delivered to billing before the clock moves.
+    let timeout = Duration::from_secs(600);
+    ctx.drained("marketing-status", "outbox", "SELECT count(*) FROM {t}", timeout).await?;
+    ctx.drained("billing", "outbox", "SELECT count(*) FROM {t}", timeout).await?;
+    Ok(())
+}
+
+/// One account in [`UPGRADE_EVERY`] goes past its tier on the instant's day; answers how many.
+async fn upgrade(ctx: &Ctx, accounts: usize) -> anyhow::Result<usize> {
+    let upgraded: Vec<usize> = (0..accounts).step_by(UPGRADE_EVERY).collect();
+    let events: Vec<bpb::CountChanged> = upgraded
+        .iter()
+        .map(|&i| bpb::CountChanged {
+            event_id: format!("bench-upgrade-{}", ctx.account(i)),
+            account_id: ctx.account(i),
+            // Past every count marketing-status sent.
+            version: 1 << 40,
+            marketing_count: 2_100,
+            pending_non_marketing: 0,
+            non_marketing: 0,
+            observed_at: Some(timestamp(instant())),
+            marketing_contacts_enabled: true,
+        })
+        .collect();
+    let internal = BillingInternalServiceClient::new(channel(ctx.services.addr("billing")));
+    let token = ctx.service("marketing-status");
+    for events in events.chunks(10_000) {
+        let req = bpb::ApplyCountEventsRequest { events: events.to_vec() };
+        internal.clone().apply_count_events(authed(req, &token)).await?;
+    }
+    let ups = ctx.count("billing", "upgrades", "SELECT count(DISTINCT account_id) FROM {t}").await?;
+    anyhow::ensure!(ups == upgraded.len() as i64, "{ups} accounts upgraded of {}", upgraded.len());
+    ctx.drained("billing", "outbox", "SELECT count(*) FROM {t}", Duration::from_secs(600)).await?;
+    Ok(upgraded.len())
+}
+
+/// pgbench's built-in simple-update with 10 clients for `seconds`, in a database of its own on
+/// the services' PostgreSQL server; answers transactions per second.
+pub async fn pgbench_simple_update(seconds: u64) -> anyhow::Result<f64> {
+    let pgbench = find_pgbench().context("pgbench not found (it comes with PostgreSQL's server package)")?;
+    let db = format!("contactier_pgbench_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(procs::PG_URL).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}"))).execute(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await?;
+    let (user, host, port) = server(procs::PG_URL).context("the PostgreSQL URL")?;
+    let conn = |cmd: &mut tokio::process::Command| {
+        cmd.args(["-h", host, "-p", port, "-U", user]);
+    };
+    let run = async {
+        let mut init = tokio::process::Command::new(&pgbench);
+        conn(&mut init);
+        let out = init.args(["-i", "-q", "-s", "10", &db]).output().await?;
+        anyhow::ensure!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+        let mut bench = tokio::process::Command::new(&pgbench);
+        conn(&mut bench);
+        let secs = seconds.to_string();
+        let out = bench
+            .args(["-n", "-b", "simple-update", "-c", "10", "-j", "2", "-T", &secs, &db])
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        tps(&text).with_context(|| format!("no tps in pgbench's output: {text}"))
+    };
+    let outcome = run.await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}"))).execute(&admin).await?;
+    outcome
+}
+
+/// User, host and port of a `postgres://user@host:port/db` URL.
+fn server(url: &str) -> Option<(&str, &str, &str)> {
+    let rest = url.strip_prefix("postgres://")?;
+    let (user, rest) = rest.split_once('@')?;
+    let (host, rest) = rest.split_once(':')?;
+    let port = rest.split('/').next()?;
+    Some((user, host, port))
+}
+
+/// The rate from pgbench's "tps = 4912.3 (without initial connection time)" line.
+fn tps(output: &str) -> Option<f64> {
+    output
+        .lines()
+        .find(|l| l.starts_with("tps = ") && l.contains("without initial connection time"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+}
+
+fn find_pgbench() -> Option<std::path::PathBuf> {
+    let in_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("pgbench"));
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/pgbench"));
+    in_path.chain(installed).find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_rate_pgbench_prints() {
+        let out = "number of failed transactions: 0 (0.000%)\nlatency average = 2.03 ms\n\
+                   initial connection time = 9.1 ms\ntps = 4912.345 (without initial connection time)\n";
+        assert_eq!(super::tps(out), Some(4912.345));
+        assert_eq!(super::tps("tps = x (without initial connection time)"), None);
+        assert_eq!(super::tps(""), None);
+    }
+
+    #[test]
+    fn reads_the_server_from_the_url() {
+        assert_eq!(
+            super::server("postgres://postgres@127.0.0.1:5432/test"),
+            Some(("postgres", "127.0.0.1", "5432"))
+        );
+        assert_eq!(super::server("mysql://x"), None);
+    }
+}
