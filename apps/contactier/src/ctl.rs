@@ -88,7 +88,7 @@ enum Command {
         /// The first day (YYYY-MM-DD).
         #[arg(long)]
         from: chrono::NaiveDate,
-        /// The last day (YYYY-MM-DD), at most 366 days after the first.
+        /// The last day (YYYY-MM-DD); at most 366 days in all, counting both ends.
         #[arg(long)]
         to: chrono::NaiveDate,
         /// The zone the days are in, e.g. Europe/Zurich (default UTC).

@@ -1326,6 +1326,10 @@ impl ContactsService for Api {
         if recorded.iter().any(|r| r.as_ref().is_ok_and(|r| r.contact_created)) {
             self.relay.wake();
         }
+        // A new event may leave a scoring window before anything the worker knew of.
+        if recorded.iter().any(|r| r.as_ref().is_ok_and(|r| !r.replayed)) {
+            self.scoring.wake();
+        }
         let mut outcomes: Vec<(usize, Result<_>)> = idx
             .into_iter()
             .zip(recorded)
@@ -1333,6 +1337,10 @@ impl ContactsService for Api {
                 Err(Error::NoneWith { .. }) if withheld.contains(&i) => {
                     let reason = "a form makes its contact from the system that takes it: a user needs the admin scope";
                     (i, Err(Error::denied(format!("events[{i}].email"), reason)))
+                }
+                Err(Error::Exists { kind: "event", id, .. }) => {
+                    let message = format!("events[{i}].id: recorded before for another event");
+                    (i, Err(Error::Exists { kind: "event", id, message }))
                 }
                 other => (i, other),
             })
@@ -1408,7 +1416,11 @@ impl ContactsService for Api {
         req: Request<pb::DeleteScoringRuleRequest>,
     ) -> Answer<pb::DeleteScoringRuleResponse> {
         let c = caller(&req)?;
-        self.store.delete_scoring_rule(&c.account, &req.into_inner().id).await?;
+        let id = req.into_inner().id;
+        if id.is_empty() {
+            return Err(Error::invalid("id", "required").into());
+        }
+        self.store.delete_scoring_rule(&c.account, &id).await?;
         self.scoring.wake();
         Ok(Response::new(pb::DeleteScoringRuleResponse {}))
     }

@@ -416,16 +416,17 @@ pub fn masked_engagement(mut e: Engagement, input: pb::Engagement, paths: &[Stri
     }
     let mut seen = std::collections::HashSet::new();
     let given = input.details;
-    for path in paths {
+    for (i, path) in paths.iter().enumerate() {
+        let field = format!("update_mask.paths[{i}]");
         if !seen.insert(path.as_str()) {
-            return Err(Error::invalid("update_mask", format!("{path} is named twice")));
+            return Err(Error::invalid(field, format!("{path} is named twice")));
         }
         let kind = e.details.kind();
-        let wrong = || Error::invalid("update_mask", format!("{path}: not a field of a {}", kind.as_str()));
+        let wrong = || Error::invalid(&field, format!("{path}: not a field of a {}", kind.as_str()));
         match (path.as_str(), &mut e.details, &given) {
             ("body", _, _) => e.body = input.body.clone(),
             ("occurred_at", Details::Meeting { .. }, _) => {
-                return Err(Error::invalid("update_mask", "a meeting happens at meeting.start_time"));
+                return Err(Error::invalid(field, "a meeting happens at meeting.start_time"));
             }
             ("occurred_at", _, _) => {
                 e.occurred_at = micros_of(input.occurred_at.as_ref(), "engagement.occurred_at")?
@@ -594,6 +595,9 @@ pub fn merge_choices(choices: BTreeMap<String, i32>, catalog: &Catalog) -> Resul
         if catalog.get(&name).is_none() {
             return Err(Error::invalid(field, "no such property"));
         }
+        if crate::properties::CALCULATED.contains(&name.as_str()) {
+            return Err(Error::invalid(field, "worked out again for the merged contact; not chosen"));
+        }
         let side = match pb::MergeSide::try_from(side) {
             Ok(pb::MergeSide::Primary) => Side::Primary,
             Ok(pb::MergeSide::Secondary) => Side::Secondary,
@@ -645,9 +649,9 @@ pub fn criterion(r: &pb::ScoringRule, catalog: &Catalog) -> Result<crate::scorin
             if p.property == crate::scoring::PROPERTY {
                 return Err(Error::invalid("rule.property.property", "a score cannot count itself"));
             }
-            if catalog.get(&p.property).is_none() {
+            let Some(def) = catalog.get(&p.property) else {
                 return Err(Error::invalid("rule.property.property", "no such property"));
-            }
+            };
             let operator = match pb::ScoringOperator::try_from(p.operator) {
                 Ok(pb::ScoringOperator::Eq) => Operator::Eq,
                 Ok(pb::ScoringOperator::Neq) => Operator::Neq,
@@ -663,14 +667,9 @@ pub fn criterion(r: &pb::ScoringRule, catalog: &Catalog) -> Result<crate::scorin
                     ));
                 }
             };
-            let needs_value = !matches!(operator, Operator::HasProperty | Operator::NotHasProperty);
-            if needs_value && p.value.trim().is_empty() {
-                return Err(Error::invalid("rule.property.value", "required for this operator"));
-            }
-            if matches!(operator, Operator::Gt | Operator::Lt) && p.value.trim().parse::<f64>().is_err() {
-                return Err(Error::invalid("rule.property.value", "a number"));
-            }
-            Criterion::Property { property: p.property.clone(), operator, value: p.value.trim().to_owned() }
+            let value = crate::scoring::rule_value(def, operator, &p.value)
+                .map_err(|why| Error::invalid("rule.property.value", why))?;
+            Criterion::Property { property: p.property.clone(), operator, value }
         }
         Some(C::Behaviour(b)) => {
             let kind = match pb::BehaviourKind::try_from(b.kind) {

@@ -129,6 +129,37 @@ pub fn merge_values(
     values
 }
 
+/// The consent of a merged contact: one person's, so an unsubscribe from either side holds
+/// (and leaves no subscription), and otherwise every opt-in does; the legal basis and opt-in
+/// time are the primary's when it has them.
+pub fn merge_consent(primary: Option<Consent>, secondary: Option<Consent>) -> Option<Consent> {
+    let (p, s) = match (primary, secondary) {
+        (None, None) => return None,
+        (Some(c), None) | (None, Some(c)) => return Some(c),
+        (Some(p), Some(s)) => (p, s),
+    };
+    let out = p.unsubscribed_from_all || s.unsubscribed_from_all;
+    let mut types: Vec<String> = p.subscription_types.clone();
+    types.extend(s.subscription_types.into_iter().filter(|t| !p.subscription_types.contains(t)));
+    // Unsubscribed from all is subscribed to nothing, as when it is set.
+    types.retain(|_| !out);
+    Some(Consent {
+        legal_basis: if p.legal_basis.is_empty() { s.legal_basis } else { p.legal_basis },
+        opted_in_at: if p.opted_in_at == 0 { s.opted_in_at } else { p.opted_in_at },
+        subscription_types: types,
+        unsubscribed_from_all: out,
+    })
+}
+
+/// A contact's consent, as [`merge_consent`] joins two.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Consent {
+    pub legal_basis: String,
+    pub opted_in_at: i64,
+    pub subscription_types: Vec<String>,
+    pub unsubscribed_from_all: bool,
+}
+
 /// The score of a pair sharing `reasons`: the surest reason, and 5 more for each other one,
 /// at most 100.
 pub fn score(reasons: &[Reason]) -> i32 {
@@ -139,6 +170,32 @@ pub fn score(reasons: &[Reason]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn consent(basis: &str, at: i64, types: &[&str], out: bool) -> Consent {
+        Consent {
+            legal_basis: basis.into(),
+            opted_in_at: at,
+            subscription_types: types.iter().map(|t| t.to_string()).collect(),
+            unsubscribed_from_all: out,
+        }
+    }
+
+    #[test]
+    fn a_merged_contact_keeps_either_sides_unsubscribe_and_opt_ins() {
+        let p = consent("consent", 5, &["news"], false);
+        let s = consent("legitimate_interest", 9, &[], true);
+        let m = merge_consent(Some(p.clone()), Some(s.clone())).unwrap();
+        assert_eq!(m, consent("consent", 5, &[], true));
+        let both_in = merge_consent(Some(p.clone()), Some(consent("", 0, &["offers", "news"], false)));
+        assert_eq!(both_in, Some(consent("consent", 5, &["news", "offers"], false)));
+        let m = merge_consent(Some(s.clone()), Some(p.clone())).unwrap();
+        assert!(m.unsubscribed_from_all, "the primary's own unsubscribe holds too");
+        assert_eq!(merge_consent(None, Some(s.clone())), Some(s));
+        assert_eq!(merge_consent(Some(p.clone()), None), Some(p));
+        assert_eq!(merge_consent(None, None), None);
+        let m = merge_consent(Some(consent("", 0, &[], false)), Some(consent("consent", 3, &[], false)));
+        assert_eq!(m, Some(consent("consent", 3, &[], false)), "gaps filled from the secondary");
+    }
 
     #[test]
     fn mailboxes_follow_what_each_provider_ignores() {

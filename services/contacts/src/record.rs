@@ -287,7 +287,8 @@ fn new_event(e: pb::ContactEvent, i: usize, now: i64, make_form_contacts: bool) 
         }
         _ => return Err(Error::invalid(format!("{at}.contact_id"), "contact_id or email is required")),
     };
-    Ok((NewEvent { id: e.id, subject, occurred_at, kind }, withheld))
+    let time_given = e.occurred_at.is_some();
+    Ok((NewEvent { id: e.id, subject, occurred_at, time_given, kind }, withheld))
 }
 
 /// The answer of a recording: each event's outcome by request index.

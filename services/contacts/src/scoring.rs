@@ -3,6 +3,7 @@
 //! threshold makes a lead a marketing qualified lead. Plain functions over what the store reads.
 
 use crate::lifecycle;
+use crate::properties::{self, Definition, PropertyType};
 use std::collections::BTreeMap;
 
 /// The property the score is kept in.
@@ -81,6 +82,26 @@ pub struct Scored {
     pub due_at: Option<i64>,
 }
 
+/// The value a property rule compares with, in the property's normal form, so a rule matches
+/// the values as they are stored ("10.0" is the number 10); refused when no value of the
+/// property could ever match it.
+pub fn rule_value(def: &Definition, op: Operator, raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    match op {
+        Operator::HasProperty | Operator::NotHasProperty if raw.is_empty() => Ok(String::new()),
+        Operator::HasProperty | Operator::NotHasProperty => Err("no value for this operator".into()),
+        _ if raw.is_empty() => Err("required for this operator".into()),
+        Operator::Gt | Operator::Lt if def.ptype != PropertyType::Number => {
+            Err(format!("GT and LT compare numbers; {} is a {} property", def.name, def.ptype.as_str()))
+        }
+        Operator::Contains => Ok(raw.to_owned()),
+        _ => match def.ptype {
+            PropertyType::SingleLineText | PropertyType::MultiLineText => Ok(raw.to_owned()),
+            _ => properties::normalize(def, raw).map(|v| v.text),
+        },
+    }
+}
+
 fn property_holds(values: &BTreeMap<String, String>, property: &str, op: Operator, want: &str) -> bool {
     let got = values.get(property).filter(|v| !v.is_empty());
     let num = |s: &str| s.parse::<f64>().ok();
@@ -155,6 +176,41 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 100 * DAY_MICROS;
+
+    fn def(name: &str, ptype: PropertyType) -> Definition {
+        Definition {
+            name: name.into(),
+            label: name.into(),
+            ptype,
+            options: vec![],
+            standard: false,
+            description: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rule_value_no_value_could_match_is_refused() {
+        let amount = def("amount", PropertyType::Number);
+        let company = def("company", PropertyType::SingleLineText);
+        let stage = properties::standard().into_iter().find(|d| d.name == "lifecycle_stage").unwrap();
+        // Numbers in their stored form; NaN, infinities and exponents are no numbers.
+        assert_eq!(rule_value(&amount, Operator::Eq, " 10.0 "), Ok("10".to_owned()));
+        assert_eq!(rule_value(&amount, Operator::Gt, "007.50"), Ok("7.5".to_owned()));
+        for bad in ["NaN", "inf", "-Infinity", "1e400", "1e3", "abc"] {
+            assert!(rule_value(&amount, Operator::Gt, bad).is_err(), "{bad}");
+            assert!(rule_value(&amount, Operator::Eq, bad).is_err(), "{bad}");
+        }
+        // GT and LT on a text property could never hold.
+        assert!(rule_value(&company, Operator::Gt, "5").unwrap_err().contains("compare numbers"));
+        assert_eq!(rule_value(&company, Operator::Eq, " Acme "), Ok("Acme".to_owned()));
+        // An enumeration's value must be one of its options.
+        assert!(rule_value(&stage, Operator::Eq, "bogus_stage").is_err());
+        assert_eq!(rule_value(&stage, Operator::Neq, "lead"), Ok("lead".to_owned()));
+        // HAS_PROPERTY takes no value; the others need one.
+        assert!(rule_value(&company, Operator::HasProperty, "x").is_err());
+        assert_eq!(rule_value(&company, Operator::NotHasProperty, " "), Ok(String::new()));
+        assert!(rule_value(&company, Operator::Contains, "  ").is_err());
+    }
 
     fn rule(points: i64, criterion: Criterion) -> Rule {
         Rule { id: format!("r{points}"), points, criterion }

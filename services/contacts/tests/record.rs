@@ -1051,7 +1051,7 @@ async fn lead_scores_follow_rules_behaviour_windows_and_promote_to_mql(backend: 
         (rule("zero", 0, demo.clone()), "rule.points"),
         (rule("", 5, demo.clone()), "rule.name"),
         (
-            rule("w", 5, C::Behaviour(pb::BehaviourCriterion { window_days: 0, ..Default::default() })),
+            rule("w", 5, C::Behaviour(pb::BehaviourCriterion { window_days: 1, ..Default::default() })),
             "rule.behaviour.kind",
         ),
         (
@@ -1196,6 +1196,242 @@ async fn lead_scores_follow_rules_behaviour_windows_and_promote_to_mql(backend: 
     assert_eq!(score("lead@example.com").await, None, "{backend:?}");
 }
 
+// ---- what an outside attack on the record found ----
+
+fn number_property(name: &str) -> pb::CreatePropertyRequest {
+    pb::CreatePropertyRequest {
+        property: Some(pb::PropertyDefinition {
+            name: name.into(),
+            label: name.into(),
+            r#type: pb::PropertyType::Number as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+fn property_rule(property: &str, op: pb::ScoringOperator, value: &str) -> pb::scoring_rule::Criterion {
+    pb::scoring_rule::Criterion::Property(pb::PropertyCriterion {
+        property: property.into(),
+        operator: op as i32,
+        value: value.into(),
+    })
+}
+
+/// The newest change of a contact's property, with its time.
+async fn last_change(s: &Contacts, contact: &str, property: &str) -> (String, chrono::DateTime<chrono::Utc>) {
+    let req = pb::ListPropertyHistoryRequest {
+        contact_id: contact.into(),
+        property: property.into(),
+        page_size: 1,
+        page_token: String::new(),
+    };
+    let r = s.api().list_property_history(authed(req, &s.token(ACCOUNT, &["read"]))).await.unwrap();
+    let c = r.into_inner().changes.remove(0);
+    let at = c.changed_at.unwrap();
+    (c.value, chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap())
+}
+
+async fn a_merge_keeps_either_contacts_unsubscribe_and_scores_the_merged_contact(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    let p = s.create("p@example.com", &[("job_title", "CTO")]).await.unwrap();
+    let q = s.create("q@example.com", &[]).await.unwrap();
+    for r in [
+        rule("CTO", 10, property_rule("job_title", Op::Eq, "cto")),
+        rule("Out", -3, pb::scoring_rule::Criterion::Unsubscribed(pb::UnsubscribedCriterion {})),
+    ] {
+        s.api().create_scoring_rule(authed(r, &admin)).await.unwrap();
+    }
+    let consent = |id: &str, out: bool, types: &[&str]| pb::SetConsentRequest {
+        contact_id: id.into(),
+        consent: Some(pb::Consent {
+            legal_basis: "consent".into(),
+            subscription_types: types.iter().map(|t| t.to_string()).collect(),
+            unsubscribed_from_all: out,
+            ..Default::default()
+        }),
+    };
+    s.api().set_consent(authed(consent(&p.id, false, &["news"]), &s.writer())).await.unwrap();
+    s.api().set_consent(authed(consent(&q.id, true, &["offers"]), &s.writer())).await.unwrap();
+    s.settle().await;
+
+    // The score is worked out, never chosen.
+    let mut merge = pb::MergeContactsRequest {
+        primary_id: p.id.clone(),
+        secondary_id: q.id.clone(),
+        property_choices: [("lead_score".to_owned(), pb::MergeSide::Secondary as i32)].into(),
+    };
+    let err = s.api().merge_contacts(authed(merge.clone(), &s.writer())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("property_choices.lead_score"), "{}", err.message());
+
+    merge.property_choices.clear();
+    let merged =
+        s.api().merge_contacts(authed(merge, &s.writer())).await.unwrap().into_inner().contact.unwrap();
+    let got = s
+        .api()
+        .get_consent(authed(pb::GetConsentRequest { contact_id: p.id.clone() }, &s.writer()))
+        .await
+        .unwrap()
+        .into_inner()
+        .consent
+        .unwrap();
+    assert!(got.unsubscribed_from_all, "{backend:?}: the secondary's unsubscribe holds for the person");
+    assert!(got.subscription_types.is_empty(), "{backend:?}: unsubscribed from all, as when set so");
+    assert_eq!(merged.properties["lead_score"], "7", "{backend:?}: scored from the joined consent");
+    let scores = history(&s, &p.id, "lead_score").await.unwrap();
+    assert!(
+        scores.iter().all(|c| c.2 == SourceType::System as i32),
+        "{backend:?}: the score's history is the scoring's own: {scores:?}"
+    );
+}
+
+async fn a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    s.api().create_property(authed(number_property("employees"), &admin)).await.unwrap();
+    let c = s.create("big@example.com", &[("employees", "150")]).await.unwrap();
+    let big = rule("Big", 40, property_rule("employees", Op::Gt, "100"));
+    let big = s.api().create_scoring_rule(authed(big, &admin)).await.unwrap().into_inner().rule.unwrap();
+    s.settle().await;
+    assert_eq!(s.by_email("big@example.com").await.properties["lead_score"], "40", "{backend:?}");
+
+    let delete = || pb::DeletePropertyRequest { name: "employees".into() };
+    let err = s.api().delete_property(authed(delete(), &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}");
+    assert!(err.message().contains(&big.id), "{backend:?}: names the rule: {}", err.message());
+    assert_eq!(s.by_email("big@example.com").await.properties["employees"], "150", "{backend:?}: unchanged");
+
+    s.api().delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: big.id }, &admin)).await.unwrap();
+    s.api().delete_property(authed(delete(), &admin)).await.unwrap();
+    // Made again, it starts empty: the deleted values do not come back.
+    s.api().create_property(authed(number_property("employees"), &admin)).await.unwrap();
+    let again = s.by_email("big@example.com").await;
+    assert_eq!(again.properties.get("employees"), None, "{backend:?}");
+    assert_eq!(again.id, c.id);
+}
+
+async fn bad_rules_are_refused_and_numbers_match_as_stored(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    s.api().create_property(authed(number_property("amount"), &admin)).await.unwrap();
+    for (r, field) in [
+        (property_rule("amount", Op::Gt, "NaN"), "rule.property.value"),
+        (property_rule("amount", Op::Lt, "1e400"), "rule.property.value"),
+        (property_rule("amount", Op::Eq, "inf"), "rule.property.value"),
+        (property_rule("company", Op::Gt, "5"), "rule.property.value"),
+        (property_rule("lifecycle_stage", Op::Eq, "bogus_stage"), "rule.property.value"),
+        (property_rule("company", Op::HasProperty, "Acme"), "rule.property.value"),
+    ] {
+        let err = s.api().create_scoring_rule(authed(rule("bad", 5, r.clone()), &admin)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {r:?}");
+        assert!(err.message().contains(field), "{backend:?}: {}", err.message());
+    }
+    let long = pb::scoring_rule::Criterion::Behaviour(pb::BehaviourCriterion {
+        kind: pb::BehaviourKind::PageView as i32,
+        matches: String::new(),
+        window_days: 3651,
+    });
+    let err = s.api().create_scoring_rule(authed(rule("w", 5, long), &admin)).await.unwrap_err();
+    assert!(err.message().contains("1 to 3650"), "{backend:?}: {}", err.message());
+    let err = s
+        .api()
+        .delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: String::new() }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().contains("id"), "{}", err.message());
+
+    // "10.0" is the number 10, as the value is stored.
+    s.create("ten@example.com", &[("amount", "10")]).await.unwrap();
+    s.api()
+        .create_scoring_rule(authed(rule("Ten", 7, property_rule("amount", Op::Eq, "10.0")), &admin))
+        .await
+        .unwrap();
+    s.settle().await;
+    assert_eq!(s.by_email("ten@example.com").await.properties["lead_score"], "7", "{backend:?}");
+}
+
+async fn a_promoted_contact_is_scored_as_promoted(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    for r in [
+        rule("MQL", 50, property_rule("lifecycle_stage", Op::Eq, "marketing_qualified_lead")),
+        rule("CTO", 10, property_rule("job_title", Op::Eq, "cto")),
+    ] {
+        s.api().create_scoring_rule(authed(r, &admin)).await.unwrap();
+    }
+    let set = pb::SetScoringSettingsRequest { settings: Some(pb::ScoringSettings { mql_threshold: 10 }) };
+    s.api().set_scoring_settings(authed(set, &admin)).await.unwrap();
+    let c = s.create("cto@example.com", &[("job_title", "CTO"), ("lifecycle_stage", "lead")]).await.unwrap();
+    let now = s.by_email("cto@example.com").await;
+    assert_eq!(
+        (now.properties["lifecycle_stage"].as_str(), now.properties["lead_score"].as_str()),
+        ("marketing_qualified_lead", "60"),
+        "{backend:?}: the stage the score brought counts in the score"
+    );
+    assert_eq!(now.id, c.id);
+}
+
+async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
+    use pb::contact_event::Contact as C;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    let c = s.create("v@example.com", &[]).await.unwrap();
+    let views = pb::scoring_rule::Criterion::Behaviour(pb::BehaviourCriterion {
+        kind: pb::BehaviourKind::PageView as i32,
+        matches: String::new(),
+        window_days: 1,
+    });
+    s.api().create_scoring_rule(authed(rule("Views", 4, views), &admin)).await.unwrap();
+    s.settle().await;
+
+    // Recorded now, with no time given: a day later the view leaves the window, and the score
+    // falls at that instant, however far the clock is moved in one go.
+    let seen = s.platform.clock.now();
+    let mut v = view("v-1", C::ContactId(c.id.clone()), 0, "");
+    v.occurred_at = None;
+    let first = record(&s, vec![v.clone()]).await;
+    assert!(first.errors.is_empty(), "{backend:?}: {:?}", first.errors);
+    assert_eq!(s.by_email("v@example.com").await.properties["lead_score"], "4", "{backend:?}");
+    s.platform.clock.advance_to(seen + chrono::Duration::days(3)).await.unwrap();
+    let (score, fell_at) = last_change(&s, &c.id, "lead_score").await;
+    assert_eq!((score.as_str(), fell_at), ("0", seen + chrono::Duration::days(1)), "{backend:?}");
+
+    // The same event sent again later, still without a time, is a replay; another under its id
+    // is refused by the event's field.
+    let again = record(&s, vec![v.clone()]).await;
+    assert!(again.errors.is_empty() && again.results[0].replayed, "{backend:?}: {again:?}");
+    let mut other = v;
+    other.kind = Some(pb::contact_event::Kind::EmailOpen(pb::EmailOpen { email_id: "e-1".into() }));
+    let refused = record(&s, vec![other]).await;
+    assert_eq!(refused.errors.len(), 1, "{backend:?}");
+    let e = &refused.errors[0];
+    assert_eq!(e.code, "ALREADY_EXISTS", "{backend:?}");
+    assert!(e.message.contains("events[0].id"), "{backend:?}: {}", e.message);
+
+    // A page view before the form that makes its contact, in one batch: both land on it.
+    let t0 = s.platform.clock.now().timestamp() - 3_600;
+    let viewed = view("pv-new", C::Email("new@example.com".into()), t0, "");
+    let form = pb::ContactEvent {
+        id: "form-new".into(),
+        contact: Some(C::Email("new@example.com".into())),
+        occurred_at: Some(at(t0 + 60)),
+        kind: Some(pb::contact_event::Kind::FormSubmission(pb::FormSubmission {
+            form_id: "contact-us".into(),
+            page_url: String::new(),
+        })),
+    };
+    let both = record_as(&s, &admin, vec![viewed, form]).await;
+    assert!(both.errors.is_empty(), "{backend:?}: {:?}", both.errors);
+    assert_eq!(both.results.len(), 2, "{backend:?}");
+    assert_eq!(both.results[0].contact_id, both.results[1].contact_id, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
@@ -1206,4 +1442,9 @@ contactier_runtime::backend_tests!(
     duplicates_are_found_by_mailbox_phone_and_name_then_dismissed_or_merged,
     lifecycle_reports_follow_the_stage_history_day_by_day,
     lead_scores_follow_rules_behaviour_windows_and_promote_to_mql,
+    a_merge_keeps_either_contacts_unsubscribe_and_scores_the_merged_contact,
+    a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go,
+    bad_rules_are_refused_and_numbers_match_as_stored,
+    a_promoted_contact_is_scored_as_promoted,
+    events_keep_their_windows_retries_and_batches,
 );

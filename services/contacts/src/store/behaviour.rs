@@ -13,6 +13,9 @@ pub struct NewEvent {
     pub id: String,
     pub subject: Subject,
     pub occurred_at: i64,
+    /// False when the caller left the time to the service (then `occurred_at` is when it was
+    /// first recorded, and a retry is the same event whenever it comes).
+    pub time_given: bool,
     pub kind: Kind,
 }
 
@@ -146,13 +149,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<Recorded>>> {
         let mut order: Vec<(usize, NewEvent)> = events.into_iter().enumerate().collect();
-        order.sort_by_key(|(i, e)| (e.occurred_at, *i));
+        // Contacts a batch's forms make come first, so the batch's other events for them find
+        // them whatever their times.
+        let makes_contact = |e: &NewEvent| matches!(&e.subject, Subject::Email { create: Some(_), .. });
+        order.sort_by_key(|(i, e)| (!makes_contact(e), e.occurred_at, *i));
         let mut out: Vec<Option<Result<Recorded>>> = (0..order.len()).map(|_| None).collect();
         let visits_query = match self.db {
             contactier_runtime::db::Db::Postgres(_) => VISITS_FOR_UPDATE,
             contactier_runtime::db::Db::Sqlite(_) => VISITS,
         };
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         let mut touched: Vec<String> = Vec::new();
         for (i, e) in order {
             let (contact_id, contact_created) =
@@ -186,7 +192,10 @@ impl Store {
                 // The same event again changes nothing; another event under its id is refused.
                 let kept: Option<(String, String, i64)> =
                     tx.fetch_optional(Sql::new(KEPT_EVENT).bind(account).bind(&e.id)).await?;
-                if kept != Some((contact_id.clone(), e.kind.as_str().to_owned(), e.occurred_at)) {
+                let same = kept.is_some_and(|(contact, kind, at)| {
+                    contact == contact_id && kind == e.kind.as_str() && (at == e.occurred_at || !e.time_given)
+                });
+                if !same {
                     let message = "id: recorded before for another event".to_owned();
                     out[i] = Some(Err(Error::Exists { kind: "event", id: e.id.clone(), message }));
                     continue;

@@ -22,6 +22,39 @@ const SET_CONSENT: &str = "INSERT INTO consents (account_id, contact_id, legal_b
 const CONSENT: &str = "SELECT legal_basis, opted_in_at, subscription_types, unsubscribed_from_all \
      FROM consents WHERE account_id = $1 AND contact_id = $2";
 
+impl ConsentRow {
+    fn rule(self) -> crate::duplicates::Consent {
+        crate::duplicates::Consent {
+            legal_basis: self.legal_basis,
+            opted_in_at: self.opted_in_at,
+            subscription_types: serde_json::from_str(&self.subscription_types).unwrap_or_default(),
+            unsubscribed_from_all: self.unsubscribed_from_all,
+        }
+    }
+}
+
+/// In a merge's transaction: the primary takes the consent both contacts' joined to one.
+pub(super) async fn merge(tx: &mut impl Tx, account: &str, primary: &str, secondary: &str) -> Result<()> {
+    let p: Option<ConsentRow> = tx.fetch_optional(Sql::new(CONSENT).bind(account).bind(primary)).await?;
+    let s: Option<ConsentRow> = tx.fetch_optional(Sql::new(CONSENT).bind(account).bind(secondary)).await?;
+    if s.is_none() {
+        return Ok(());
+    }
+    let Some(m) = crate::duplicates::merge_consent(p.map(ConsentRow::rule), s.map(ConsentRow::rule)) else {
+        return Ok(());
+    };
+    let types = serde_json::to_string(&m.subscription_types).expect("JSON of strings");
+    let set = Sql::new(SET_CONSENT)
+        .bind(account)
+        .bind(primary)
+        .bind(&m.legal_basis)
+        .bind(m.opted_in_at)
+        .bind(&types)
+        .bind(m.unsubscribed_from_all);
+    tx.execute(set).await?;
+    Ok(())
+}
+
 impl Store {
     pub async fn set_consent(&self, account: &str, contact: &str, c: &ConsentRow, now: i64) -> Result<()> {
         if super::contact(&mut self.db.conn().await?, account, contact).await?.is_none() {
@@ -34,7 +67,7 @@ impl Store {
             .bind(c.opted_in_at)
             .bind(&c.subscription_types)
             .bind(c.unsubscribed_from_all);
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         tx.execute(set).await?;
         // An unsubscribe may be what a scoring rule counts.
         if super::scoring::scores_anything(&mut tx, account).await? {

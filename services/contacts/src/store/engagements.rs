@@ -108,7 +108,7 @@ impl Store {
         keep: Option<KeepLogged<'_>>,
     ) -> Result<Option<Logged>> {
         let now = chrono::DateTime::from_timestamp_micros(e.created_at).unwrap_or_default();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         let mut contact_created = false;
         e.contact_id = match subject {
             Subject::Id(id) => {

@@ -357,11 +357,32 @@ impl Store {
 
     /// Deletes a custom property and every value of it.
     pub async fn delete_property(&self, account: &str, name: &str) -> Result<()> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
+        // A rule left counting a property no contact shows would score what nobody can see.
+        let rules = scoring::rules(&mut tx, account).await?;
+        if let Some(r) = rules.iter().find(|r| {
+            matches!(&r.criterion, crate::scoring::Criterion::Property { property, .. } if property == name)
+        }) {
+            return Err(Error::FailedPrecondition(format!(
+                "scoring rule {} ({:?}) counts {name}: delete the rule first",
+                r.id, r.name
+            )));
+        }
         let q = "DELETE FROM property_definitions WHERE account_id = $1 AND name = $2";
         if tx.execute(Sql::new(q).bind(account).bind(name)).await? == 0 {
             return Err(Error::NotFound(format!("property {name}")));
         }
+        // Its values go from the contacts as well, so a property made again under the name
+        // starts empty.
+        let forget = match self.db {
+            Db::Postgres(_) => "UPDATE contacts SET properties = (properties::jsonb - $2)::text",
+            Db::Sqlite(_) => "UPDATE contacts SET properties = json_remove(properties, '$.' || $2)",
+        };
+        let forget = format!(
+            "{forget} WHERE account_id = $1 AND id IN \
+             (SELECT contact_id FROM contact_values WHERE account_id = $1 AND name = $2)"
+        );
+        tx.execute(Sql::new(AssertSqlSafe(forget)).bind(account).bind(name)).await?;
         let q = "DELETE FROM contact_values WHERE account_id = $1 AND name = $2";
         tx.execute(Sql::new(q).bind(account).bind(name)).await?;
         tx.commit().await?;
@@ -405,7 +426,7 @@ impl Store {
         now: DateTime<Utc>,
         keep: Option<KeepAnswer<'_>>,
     ) -> Result<Option<Vec<Result<ContactRow>>>> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         let outcomes = insert_contacts(&mut tx, &self.db, account, &contacts, now).await?;
         if let Some(KeepAnswer { request_id, digest, answer }) = keep.filter(|k| !k.request_id.is_empty())
             && let Some(bytes) = answer(&outcomes)
@@ -449,7 +470,7 @@ impl Store {
         origin: &Origin,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
             out.push(update_contact(&mut tx, account, ch, origin, now).await?);
@@ -497,7 +518,7 @@ impl Store {
         user: &str,
         now: DateTime<Utc>,
     ) -> Result<ContactRow> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_values_write(account).await?;
         let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
         let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
         let s_values = s.values();
@@ -536,6 +557,8 @@ impl Store {
             changed_values(&before, &shown).into_iter().map(|(n, _)| n.to_owned()).collect();
         names.extend(s_values.keys().cloned());
         names.insert(EMAIL.to_owned());
+        // Worked out again below, from all the merged contact holds.
+        names.retain(|n| !crate::properties::CALCULATED.contains(&n.as_str()));
         let mut wanted: Vec<(String, String)> = Vec::new();
         for name in names {
             let value = if name == EMAIL {
@@ -553,6 +576,7 @@ impl Store {
             .map(|(name, value)| history::Entry { contact: primary, name, value, origin: &origin })
             .collect();
         history::record(&mut tx, account, &entries, micros(now)).await?;
+        consent::merge(&mut tx, account, primary, secondary).await?;
         // Memberships move over; the primary's own ones stay.
         tx.execute(Sql::new(MOVE_MEMBERSHIPS).bind(account).bind(secondary).bind(primary)).await?;
         remove_contacts(&mut tx, account, &[secondary.to_owned()]).await?;

@@ -9,7 +9,7 @@ use super::{Store, contact, json};
 use crate::error::{Error, Result};
 use crate::scoring::{self, Criterion, Event, Facts, Rule};
 use contactier_runtime::convert::new_id;
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::sql::{Sql, Transaction, Tx};
 use sqlx::AssertSqlSafe;
 use std::collections::BTreeMap;
 
@@ -75,6 +75,21 @@ async fn lock_scoring(tx: &mut impl Tx, account: &str) -> Result<()> {
     Ok(())
 }
 
+impl Store {
+    /// Begins a transaction that writes contacts' values. In an account that scores, it takes
+    /// the scoring lock first, as the scoring worker and rule changes do: every writer then
+    /// holds the account before its contacts, so none waits for another in a circle, and a
+    /// score worked out from values read cannot overwrite values written meanwhile.
+    pub(super) async fn begin_values_write(&self, account: &str) -> Result<Transaction> {
+        let mut tx = self.db.begin_write().await?;
+        let q = "SELECT EXISTS (SELECT 1 FROM scoring_settings WHERE account_id = $1)";
+        if tx.scalar::<bool>(Sql::new(q).bind(account)).await? {
+            lock_scoring(&mut tx, account).await?;
+        }
+        Ok(tx)
+    }
+}
+
 /// Works the scores of `contacts` out again at `now` (epoch microseconds): writes a changed
 /// score (and the MQL stage it brings) with its history, and when each is next due.
 pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String], now: i64) -> Result<()> {
@@ -109,7 +124,17 @@ pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String]
         let q = "SELECT unsubscribed_from_all FROM consents WHERE account_id = $1 AND contact_id = $2";
         let unsubscribed: bool =
             tx.scalar_optional(Sql::new(q).bind(account).bind(id)).await?.unwrap_or(false);
-        let scored = scoring::score(&rules, &Facts { values: &values, events: &events, unsubscribed, now });
+        let facts = |values| Facts { values, events: &events, unsubscribed, now };
+        let mut scored = scoring::score(&rules, &facts(&values));
+        let stage = values.get("lifecycle_stage").map(String::as_str);
+        let promoted = scoring::promoted(stage, scored.score, threshold).filter(|_| !rules.is_empty());
+        if let Some(mql) = promoted {
+            // A rule may count the stage itself: the score is the one of the contact as promoted.
+            // Promotion only moves forward from before MQL, so once is enough.
+            let mut as_promoted = values.clone();
+            as_promoted.insert("lifecycle_stage".to_owned(), mql.to_owned());
+            scored = scoring::score(&rules, &facts(&as_promoted));
+        }
         let due = Sql::new("UPDATE contacts SET score_due_at = $1 WHERE account_id = $2 AND id = $3")
             .bind(scored.due_at.unwrap_or(0))
             .bind(account)
@@ -121,8 +146,7 @@ pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String]
         if values.get(scoring::PROPERTY) != score.as_ref() {
             changed.push((scoring::PROPERTY, score.clone().unwrap_or_default()));
         }
-        let stage = values.get("lifecycle_stage").map(String::as_str);
-        if let Some(mql) = scoring::promoted(stage, scored.score, threshold).filter(|_| !rules.is_empty()) {
+        if let Some(mql) = promoted {
             changed.push(("lifecycle_stage", mql.to_owned()));
         }
         if changed.is_empty() {
