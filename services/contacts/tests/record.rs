@@ -1432,6 +1432,50 @@ async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
     assert_eq!(both.results[0].contact_id, both.results[1].contact_id, "{backend:?}");
 }
 
+async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    const N: usize = 120;
+    let inputs = (0..N)
+        .map(|i| pb::ContactInput {
+            email: format!("w{i}@example.com"),
+            properties: [("job_title".to_owned(), "intern".to_owned())].into(),
+            source: None,
+            requested_status: 0,
+        })
+        .collect();
+    let req = pb::BatchCreateContactsRequest { contacts: inputs, request_id: String::new() };
+    let made = s.api().batch_create_contacts(authed(req, &s.writer())).await.unwrap().into_inner().results;
+    let made: Vec<pb::Contact> = made.into_iter().filter_map(|r| r.contact).collect();
+    assert_eq!(made.len(), N);
+    // A rule for the account: every contact is due, and the worker works them out while users
+    // change the same contacts.
+    let r = rule("CTO", 9, property_rule("job_title", Op::Eq, "cto"));
+    s.api().create_scoring_rule(authed(r, &admin)).await.unwrap();
+    let worker = s.settle();
+    let writes = futures::future::join_all(made.iter().map(|c| {
+        let mut api = s.api();
+        let req = update(&c.id, &[("job_title", "CTO")], "");
+        let token = s.writer();
+        async move { api.update_contact(authed(req, &token)).await }
+    }));
+    let (_, written) = tokio::join!(worker, writes);
+    for w in written {
+        w.unwrap_or_else(|e| panic!("{backend:?}: a write refused beside the rescore: {e:?}"));
+    }
+    s.settle().await;
+    for c in &made {
+        let now = s.by_email(c.email.clone()).await;
+        assert_eq!(
+            (now.properties["job_title"].as_str(), now.properties["lead_score"].as_str()),
+            ("CTO", "9"),
+            "{backend:?}: {} kept what its user wrote, and is scored from it",
+            c.email
+        );
+    }
+}
+
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
@@ -1447,4 +1491,5 @@ contactier_runtime::backend_tests!(
     bad_rules_are_refused_and_numbers_match_as_stored,
     a_promoted_contact_is_scored_as_promoted,
     events_keep_their_windows_retries_and_batches,
+    writes_beside_a_background_rescore_are_neither_lost_nor_refused,
 );
