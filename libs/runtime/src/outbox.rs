@@ -208,11 +208,15 @@ impl Outbox {
         self.db.fetch_all(q).await
     }
 
-    /// Removes acknowledged events.
+    /// Removes acknowledged events: one statement, one commit, for all a delivery acknowledged
+    /// (a commit each made every delivered event wait for its own flush of the log).
     pub async fn acknowledge(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
-        for id in event_ids {
-            self.db.execute(Sql::new("DELETE FROM outbox WHERE event_id = $1").bind(id)).await?;
+        if event_ids.is_empty() {
+            return Ok(());
         }
+        let ids = serde_json::to_string(event_ids).expect("JSON of strings");
+        let q = format!("DELETE FROM outbox WHERE {}", self.db.json_in("event_id", 1));
+        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(ids)).await?;
         Ok(())
     }
 
