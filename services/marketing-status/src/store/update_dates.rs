@@ -227,8 +227,10 @@ impl Store {
     /// covered). Answers how many this call rewrote.
     pub async fn rewrite(&self, account: &str) -> Result<i64, sqlx::Error> {
         // Statistics of a table that grew fast may still say it is small, and the planner
-        // would then sort every pending contact for each chunk instead of walking the key.
-        self.db.execute(Sql::new("ANALYZE contact_status")).await?;
+        // would then sort every pending contact for each chunk instead of walking the key. Only
+        // a mark of more than one chunk is worth it: ANALYZE reads a sample of the whole table,
+        // and an instant shared by many accounts would pay for it once per account.
+        let mut analyzed = false;
         // The chunks share no rows: on PostgreSQL two run side by side, as one connection
         // keeps one core busy. SQLite writes one transaction at a time.
         let side_by_side = match self.db {
@@ -245,7 +247,12 @@ impl Store {
             let q = "SELECT cutoff, audit_prefix FROM update_marks WHERE account_id = $1";
             let mark: Option<(i64, String)> = self.db.fetch_optional(Sql::new(q).bind(account)).await?;
             let Some((cutoff, prefix)) = mark else { return Ok(total) };
-            let ends = self.chunk_ends(account, cutoff).await?;
+            let mut ends = self.chunk_ends(account, cutoff).await?;
+            if ends.len() > 1 && !analyzed {
+                self.db.execute(Sql::new("ANALYZE contact_status")).await?;
+                analyzed = true;
+                ends = self.chunk_ends(account, cutoff).await?;
+            }
             let starts = std::iter::once(String::new()).chain(ends.iter().cloned());
             let mut chunks = futures::stream::iter(starts.zip(ends.iter().cloned()))
                 .map(|(after, end)| {
