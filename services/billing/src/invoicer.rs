@@ -10,6 +10,7 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
 use contactier_runtime::work;
+use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +21,51 @@ pub fn retry_delay(attempts: i64) -> Duration {
     work::backoff(attempts, Duration::from_secs(5), Duration::from_secs(900))
 }
 
+/// Invoices issued side by side: each is its own transaction, numbered per account, and one
+/// account's days are issued in order.
+const PARALLEL: usize = 8;
+
 /// Issues every invoice due at `now`; answers when the next one is due and how many were issued.
 pub async fn run_once(
     store: &Store,
     book: &PriceBook,
     now: DateTime<Utc>,
 ) -> crate::error::Result<(Option<DateTime<Utc>>, u32)> {
+    // One account's days in order (their numbers follow them); accounts side by side.
+    let mut by_account: std::collections::BTreeMap<String, Vec<UpgradeDay>> = Default::default();
+    for d in store.uninvoiced_upgrade_days().await? {
+        by_account.entry(d.account_id.clone()).or_default().push(d);
+    }
+    let outcomes: Vec<crate::error::Result<(Option<DateTime<Utc>>, u32)>> =
+        futures::stream::iter(by_account.into_values())
+            .map(|days| invoice_account(store, book, days, now))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+    let mut next: Option<DateTime<Utc>> = None;
+    let mut issued = 0;
+    for o in outcomes {
+        let (at, n) = o?;
+        issued += n;
+        next = match (next, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok((next, issued))
+}
+
+/// Issues one account's due invoices, day by day.
+async fn invoice_account(
+    store: &Store,
+    book: &PriceBook,
+    days: Vec<UpgradeDay>,
+    now: DateTime<Utc>,
+) -> crate::error::Result<(Option<DateTime<Utc>>, u32)> {
     let mut next: Option<DateTime<Utc>> = None;
     let mut later = |at: DateTime<Utc>| next = Some(next.map_or(at, |n: DateTime<Utc>| n.min(at)));
     let mut issued = 0;
-    for UpgradeDay { account_id: account, day, retry_at } in store.uninvoiced_upgrade_days().await? {
+    for UpgradeDay { account_id: account, day, retry_at } in days {
         if let Some(at) = retry_at.filter(|at| *at > now) {
             later(at);
             continue;

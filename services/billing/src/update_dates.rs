@@ -64,7 +64,10 @@ impl UpdateDateRun {
                 break;
             }
             tried.extend(due.iter().map(|d| d.account_id.clone()));
-            let failed: Vec<bool> = futures::stream::iter(due)
+            // One statement claims the batch: a commit per account made each wait for its own
+            // flush of the log.
+            let claimed = self.store.claim_updates(&due, &self.owner, now, now + LEASE).await?;
+            let failed: Vec<bool> = futures::stream::iter(claimed)
                 .map(|d| async move {
                     // One account's failure is its own: logged and recorded, never the run's.
                     let e = self.process(&d, now).await.err()?;
@@ -89,11 +92,8 @@ impl UpdateDateRun {
         Ok(if unrecorded { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
     }
 
+    /// Processes a claimed date.
     async fn process(&self, d: &DueUpdate, now: DateTime<Utc>) -> crate::error::Result<()> {
-        let lease_end = now + LEASE;
-        if !self.store.claim_update(&d.account_id, d.update_date, &self.owner, now, lease_end).await? {
-            return Ok(());
-        }
         let at =
             self.store.subscription(&d.account_id).await?.map(|s| s.processing_at(&self.book, d.update_date));
         let effective_at = at.unwrap_or(now);

@@ -14,6 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::micros;
 use contactier_runtime::sql::{Sql, Tx};
+use sqlx::AssertSqlSafe;
 
 /// An account whose update date is due.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,9 +48,6 @@ const DUE: &str = "SELECT account_id, next_update_date, update_attempts FROM sub
 
 const NEXT_DUE: &str = "SELECT MIN(CASE WHEN lease_until > next_update_at THEN lease_until \
      ELSE next_update_at END) FROM subscriptions WHERE next_update_date <> ''";
-
-const CLAIM: &str = "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 \
-     WHERE account_id = $3 AND next_update_date = $4 AND lease_until <= $5";
 
 const RETRY: &str = "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, \
      update_error = $5 WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4";
@@ -93,19 +91,38 @@ impl Store {
         Ok(at.and_then(DateTime::from_timestamp_micros))
     }
 
-    /// Takes the lease on an account's update date until `until`; false when another run holds
-    /// it or the date was completed meanwhile.
-    pub async fn claim_update(
+    /// Takes the lease until `until` on each of these accounts' update dates that is still due
+    /// and free at `now`, in one statement; answers those taken (the others are another run's
+    /// or were completed meanwhile).
+    pub async fn claim_updates(
         &self,
-        account: &str,
-        date: NaiveDate,
+        due: &[DueUpdate],
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
-    ) -> Result<bool> {
-        let claim =
-            Sql::new(CLAIM).bind(owner).bind(micros(until)).bind(account).bind(day(date)).bind(micros(now));
-        Ok(self.db.execute(claim).await? == 1)
+    ) -> Result<Vec<DueUpdate>> {
+        if due.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<&str> = due.iter().map(|d| d.account_id.as_str()).collect();
+        let ids = serde_json::to_string(&ids).expect("JSON of strings");
+        let q = format!(
+            "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 WHERE {} \
+             AND next_update_date <> '' AND next_update_at <= $4 AND lease_until <= $4 \
+             RETURNING account_id, next_update_date, update_attempts",
+            self.db.json_in("account_id", 3)
+        );
+        let claim = Sql::new(AssertSqlSafe(q)).bind(owner).bind(micros(until)).bind(ids).bind(micros(now));
+        let rows: Vec<(String, String, i64)> = self.db.fetch_all(claim).await?;
+        let mut claimed = rows
+            .into_iter()
+            .map(|(account_id, d, attempts)| {
+                Ok(DueUpdate { account_id, update_date: parse_day(&d)?, attempts })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // In the order they fell due, as read.
+        claimed.sort_by_key(|c| due.iter().position(|d| d.account_id == c.account_id));
+        Ok(claimed)
     }
 
     /// Records a failed attempt and its error; the date is tried again at `retry_at`.
@@ -194,5 +211,34 @@ impl Store {
         states::publish(&mut tx, account, state, now).await?;
         tx.commit().await?;
         Ok(Completed { done_here: true, renewal_invoice: invoice })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::sql::Sql;
+    use contactier_runtime::testing::TestDb;
+
+    /// Every column a usage read may show tells the caches when it changes; the lease's and a
+    /// failed try's columns do not, so claiming an account does not take the notify queue lock.
+    /// A column added to `subscriptions` fails here until it is placed on one side.
+    #[tokio::test]
+    async fn only_the_lease_columns_change_without_telling_the_caches() {
+        let t = TestDb::new(Backend::Postgres, "billing").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let columns = "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'subscriptions'";
+        let all: String = t.db.scalar(Sql::new(columns)).await.unwrap();
+        let watched = "SELECT string_agg(a.attname, ',' ORDER BY a.attname) FROM pg_trigger g \
+             JOIN pg_attribute a ON a.attrelid = g.tgrelid AND a.attnum = ANY (g.tgattr) \
+             WHERE g.tgname = 'subscriptions_usage_cache_update' \
+             AND g.tgrelid = (current_schema() || '.subscriptions')::regclass";
+        let watched: String = t.db.scalar(Sql::new(watched)).await.unwrap();
+        let unwatched: Vec<&str> = all.split(',').filter(|c| !watched.split(',').any(|w| w == *c)).collect();
+        // The key and the creation time are never updated.
+        let quiet =
+            ["account_id", "created_at", "lease_owner", "lease_until", "update_attempts", "update_error"];
+        assert_eq!(unwatched, quiet);
     }
 }
