@@ -130,6 +130,7 @@ async fn measure(
     for s in ["contacts", "marketing-status", "notification"] {
         ctx.set_clock(s, instant()).await?;
     }
+    let cpu_before = cpu(ctx);
     let t0 = Instant::now();
     // Answers once billing's due work at the instant has run (the manual clock waits for it).
     ctx.set_clock("billing", instant()).await?;
@@ -139,6 +140,7 @@ async fn measure(
     ctx.drained("marketing-status", "update_marks", "SELECT count(*) FROM {t}", timeout).await?;
     ctx.drained("billing", "outbox", "SELECT count(*) FROM {t}", timeout).await?;
     let took = t0.elapsed();
+    println!("{b:<10} CPU seconds during the instant: {}", cpu_spent(&cpu_before, &cpu(ctx)));
     let periods = "SELECT count(*) FROM {t} WHERE update_date = '2026-02-01'";
     let periods = ctx.count("billing", "update_periods", periods).await?;
     anyhow::ensure!(periods == accounts as i64, "{periods} periods recorded for {accounts} accounts");
@@ -158,6 +160,7 @@ async fn measure(
 
     // The day after: the invoice run of the day's upgrades.
     let upgraded = upgrade(ctx, accounts).await?;
+    let cpu_before = cpu(ctx);
     let t0 = Instant::now();
     ctx.set_clock("billing", invoice_run()).await?;
     let invoiced = "SELECT count(*) FROM {t} WHERE kind = 'upgrade'";
@@ -167,6 +170,7 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = t0.elapsed();
+    println!("{b:<10} CPU seconds during the invoice run: {}", cpu_spent(&cpu_before, &cpu(ctx)));
     let n = ctx.count("billing", "invoices", invoiced).await?;
     anyhow::ensure!(n == upgraded as i64, "{n} upgrade invoices for {upgraded} upgraded accounts");
     let gaps = "SELECT count(*) FROM (SELECT account_id FROM {t} GROUP BY account_id \
@@ -183,6 +187,41 @@ async fn measure(
         met,
     );
     Ok(())
+}
+
+/// CPU seconds used so far by each service and by every PostgreSQL process of the machine.
+fn cpu(ctx: &Ctx) -> Vec<(String, f64)> {
+    let ticks = |pid: &str| -> Option<(String, f64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(") ")?;
+        let name = name.split_once(" (")?.1.to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let t = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+        Some((name, t / 100.0))
+    };
+    let mut out: Vec<(String, f64)> =
+        procs::SERVICES.iter().filter_map(|s| ticks(&ctx.services.pid(s).to_string())).collect();
+    let pg: f64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| ticks(&e.file_name().to_string_lossy()))
+        .filter(|(n, _)| n == "postgres")
+        .map(|(_, t)| t)
+        .sum();
+    out.push(("postgres".into(), pg));
+    out
+}
+
+fn cpu_spent(before: &[(String, f64)], after: &[(String, f64)]) -> String {
+    after
+        .iter()
+        .map(|(n, t)| {
+            let was = before.iter().find(|(m, _)| m == n).map_or(0.0, |(_, b)| *b);
+            format!("{n} {:.1}", t - was)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn against(pgbench_tps: Option<f64>, rate: f64) -> (String, Option<bool>) {
