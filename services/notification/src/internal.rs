@@ -32,17 +32,21 @@ impl NotificationInternalService for Internal {
             .map(crate::convert::billing_event)
             .collect::<Result<Vec<_>>>()?;
         let mut acknowledged = Vec::with_capacity(events.len());
-        let mut any_new = false;
+        let mut usable = Vec::with_capacity(events.len());
         for (event_id, account, event) in events {
             principal.check_account(&account)?;
-            let Some(event) = event else {
-                // A kind from before usage states (a usage observation): nothing to evaluate.
-                tracing::info!(event = %event_id, "skipped a billing event of a kind no longer used");
-                acknowledged.push(event_id);
-                continue;
-            };
-            let applied =
-                self.store.apply(&event_id, &account, &event, self.clock.now(), self.digest_window).await?;
+            match event {
+                Some(event) => usable.push((event_id, account, event)),
+                None => {
+                    // A kind from before usage states (a usage observation): nothing to evaluate.
+                    tracing::info!(event = %event_id, "skipped a billing event of a kind no longer used");
+                    acknowledged.push(event_id);
+                }
+            }
+        }
+        let applied = self.store.apply_all(&usable, self.clock.now(), self.digest_window).await?;
+        let mut any_new = false;
+        for ((event_id, _, _), applied) in usable.into_iter().zip(applied) {
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
                 any_new = true;
                 self.watchers.publish(&alerts);

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::Db;
 use contactier_runtime::outbox::EventTx;
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::sql::{Sql, Transaction, Tx};
 use contactier_runtime::work::{FailingItem, FailingWork};
 use sqlx::AssertSqlSafe;
 
@@ -305,6 +305,34 @@ async fn evaluate_state(
     Ok(rows)
 }
 
+async fn apply_in(
+    tx: &mut Transaction,
+    event_id: &str,
+    account: &str,
+    event: &Event,
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+) -> Result<Option<Vec<AlertRow>>> {
+    if !tx.receive(event_id, now).await? {
+        return Ok(None);
+    }
+    let rows = match event {
+        Event::State(state) => evaluate_state(tx, account, state, now).await?,
+        Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
+            let draft = alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
+            vec![insert_alert(tx, account, &new_id(), &draft, now).await?]
+        }
+        Event::Invoice { invoice_id, number, amount_minor, currency } => {
+            let draft = alerts::invoice(invoice_id, *number, *amount_minor, currency);
+            vec![insert_alert(tx, account, &new_id(), &draft, now).await?]
+        }
+    };
+    if !rows.is_empty() {
+        deliver(tx, account, &rows, now, window).await?;
+    }
+    Ok(Some(rows))
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     db: Db,
@@ -327,26 +355,26 @@ impl Store {
         window: std::time::Duration,
     ) -> Result<Option<Vec<AlertRow>>> {
         let mut tx = self.db.begin_write().await?;
-        if !tx.receive(event_id, now).await? {
-            return Ok(None);
-        }
-        let rows = match event {
-            Event::State(state) => evaluate_state(&mut tx, account, state, now).await?,
-            Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
-                let draft =
-                    alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
-                vec![insert_alert(&mut tx, account, &new_id(), &draft, now).await?]
-            }
-            Event::Invoice { invoice_id, number, amount_minor, currency } => {
-                let draft = alerts::invoice(invoice_id, *number, *amount_minor, currency);
-                vec![insert_alert(&mut tx, account, &new_id(), &draft, now).await?]
-            }
-        };
-        if !rows.is_empty() {
-            deliver(&mut tx, account, &rows, now, window).await?;
+        let rows = apply_in(&mut tx, event_id, account, event, now, window).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Applies a delivery's events in order, in one transaction (a commit each made every event
+    /// wait for its own flush of the log); each as [`Store::apply`] would.
+    pub async fn apply_all(
+        &self,
+        events: &[(String, String, Event)],
+        now: DateTime<Utc>,
+        window: std::time::Duration,
+    ) -> Result<Vec<Option<Vec<AlertRow>>>> {
+        let mut tx = self.db.begin_write().await?;
+        let mut out = Vec::with_capacity(events.len());
+        for (event_id, account, event) in events {
+            out.push(apply_in(&mut tx, event_id, account, event, now, window).await?);
         }
         tx.commit().await?;
-        Ok(Some(rows))
+        Ok(out)
     }
 
     /// The account's alerts, newest first, before `before_sequence` when given.
