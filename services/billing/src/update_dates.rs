@@ -5,7 +5,7 @@
 //! and completing it is conditional on the date still being due, so nothing happens twice.
 
 use crate::price_book::PriceBook;
-use crate::store::{Applied, DueUpdate, Store};
+use crate::store::{Applied, Completed, DueUpdate, Store};
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
@@ -28,6 +28,10 @@ pub const WORKER: &str = "billing-update-dates";
 /// When a run met an account it could not process or record, the next run is at most this far.
 const RETRY_UNRECORDED: chrono::Duration = chrono::Duration::seconds(5);
 const BATCH: i64 = 256;
+/// A processed date: what marketing-status answered and what completing it did, or why not.
+type Outcome = (DueUpdate, anyhow::Result<(Applied, Completed)>);
+/// Dates completed in one transaction.
+const COMPLETE_CHUNK: usize = 32;
 
 /// Delay before retry `attempt` (0-based): 5 s doubling, at most 15 min.
 pub fn retry_delay(attempt: i64) -> Duration {
@@ -67,24 +71,7 @@ impl UpdateDateRun {
             // One statement claims the batch: a commit per account made each wait for its own
             // flush of the log.
             let claimed = self.store.claim_updates(&due, &self.owner, now, now + LEASE).await?;
-            let failed: Vec<bool> = futures::stream::iter(claimed)
-                .map(|d| async move {
-                    // One account's failure is its own: logged and recorded, never the run's.
-                    let e = self.process(&d, now).await.err()?;
-                    work::record_failure(
-                        WORKER,
-                        &d.account_id,
-                        &d.update_date.to_string(),
-                        d.attempts + 1,
-                        &e.to_string(),
-                    );
-                    Some(true)
-                })
-                .buffer_unordered(PARALLEL)
-                .filter_map(futures::future::ready)
-                .collect()
-                .await;
-            unrecorded |= !failed.is_empty();
+            unrecorded |= self.process(claimed, now).await;
         }
         let next = self.store.next_update_due().await?;
         // A date whose failure could not even be recorded is tried again after a pause.
@@ -92,46 +79,97 @@ impl UpdateDateRun {
         Ok(if unrecorded { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
     }
 
-    /// Processes a claimed date.
-    async fn process(&self, d: &DueUpdate, now: DateTime<Utc>) -> crate::error::Result<()> {
-        let at =
-            self.store.subscription(&d.account_id).await?.map(|s| s.processing_at(&self.book, d.update_date));
-        let effective_at = at.unwrap_or(now);
-        let outcome = match (self.apply)(d.account_id.clone(), d.update_date, effective_at).await {
-            Ok(applied) => self
-                .store
-                .complete_update(&d.account_id, d.update_date, applied, now, &self.book)
-                .await
-                .map(|done| (applied, done))
-                .map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok((applied, done)) => {
-                if let Some(inv) = &done.renewal_invoice {
-                    tracing::info!(account = %d.account_id, invoice = %inv.id, number = inv.number, "renewal invoice issued");
+    /// Processes claimed dates: each applied at marketing-status, then completed
+    /// [`COMPLETE_CHUNK`] to a transaction (a commit each made every account wait for its own
+    /// flush of the log), chunks side by side. A date that fails is recorded and tried again
+    /// later; answers whether a failure could not even be recorded.
+    async fn process(&self, claimed: Vec<DueUpdate>, now: DateTime<Utc>) -> bool {
+        let applied: Vec<(DueUpdate, anyhow::Result<Applied>)> = futures::stream::iter(claimed)
+            .map(|d| async move {
+                let r = self.apply_date(&d, now).await;
+                (d, r)
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        let (done, failed): (Vec<_>, Vec<_>) = applied.into_iter().partition(|(_, r)| r.is_ok());
+        let done: Vec<(DueUpdate, Applied)> =
+            done.into_iter().filter_map(|(d, r)| r.ok().map(|a| (d, a))).collect();
+        let mut outcomes: Vec<Outcome> = failed
+            .into_iter()
+            .map(|(d, r)| (d, Err(r.err().unwrap_or_else(|| anyhow::anyhow!("failed")))))
+            .collect();
+        let chunks: Vec<Vec<(DueUpdate, Applied)>> =
+            done.chunks(COMPLETE_CHUNK).map(<[(DueUpdate, Applied)]>::to_vec).collect();
+        let completed: Vec<Vec<Outcome>> = futures::stream::iter(chunks)
+            .map(|chunk| self.complete(chunk, now))
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        outcomes.extend(completed.into_iter().flatten());
+        let mut unrecorded = false;
+        for (d, outcome) in outcomes {
+            match outcome {
+                Ok((applied, done)) => {
+                    if let Some(inv) = &done.renewal_invoice {
+                        tracing::info!(account = %d.account_id, invoice = %inv.id, number = inv.number, "renewal invoice issued");
+                    }
+                    if done.done_here {
+                        // The date's usage state is in the outbox: send it now, at the date's instant.
+                        self.relay.wake();
+                        tracing::info!(account = %d.account_id, date = %d.update_date, applied = applied.contacts, "update date processed");
+                    }
                 }
-                if done.done_here {
-                    // The date's usage state is in the outbox: send it now, at the date's instant.
-                    self.relay.wake();
-                    tracing::info!(account = %d.account_id, date = %d.update_date, applied = applied.contacts, "update date processed");
+                Err(e) => {
+                    // One account's failure is its own: logged and recorded, never the run's.
+                    let error = format!("{e:#}");
+                    work::record_failure(
+                        WORKER,
+                        &d.account_id,
+                        &d.update_date.to_string(),
+                        d.attempts + 1,
+                        &error,
+                    );
+                    let retry_at =
+                        now + chrono::Duration::from_std(retry_delay(d.attempts)).expect("small delay");
+                    let retry =
+                        self.store.retry_update(&d.account_id, d.update_date, &self.owner, retry_at, &error);
+                    if let Err(e) = retry.await {
+                        work::record_failure(
+                            WORKER,
+                            &d.account_id,
+                            &d.update_date.to_string(),
+                            d.attempts + 1,
+                            &e.to_string(),
+                        );
+                        unrecorded = true;
+                    }
                 }
-            }
-            Err(e) => {
-                let delay = retry_delay(d.attempts);
-                let error = format!("{e:#}");
-                work::record_failure(
-                    WORKER,
-                    &d.account_id,
-                    &d.update_date.to_string(),
-                    d.attempts + 1,
-                    &error,
-                );
-                let retry_at = now + chrono::Duration::from_std(delay).expect("small delay");
-                self.store.retry_update(&d.account_id, d.update_date, &self.owner, retry_at, &error).await?;
             }
         }
-        Ok(())
+        unrecorded
+    }
+
+    /// Completes a chunk of applied dates in one transaction, or one by one when that fails.
+    async fn complete(&self, chunk: Vec<(DueUpdate, Applied)>, now: DateTime<Utc>) -> Vec<Outcome> {
+        let dates: Vec<(String, NaiveDate, Applied)> =
+            chunk.iter().map(|(d, a)| (d.account_id.clone(), d.update_date, *a)).collect();
+        if let Ok(completed) = self.store.complete_updates(&dates, now, &self.book).await {
+            return chunk.into_iter().zip(completed).map(|((d, a), c)| (d, Ok((a, c)))).collect();
+        }
+        let mut out = Vec::with_capacity(chunk.len());
+        for (d, a) in chunk {
+            let c = self.store.complete_update(&d.account_id, d.update_date, a, now, &self.book).await;
+            out.push((d, c.map(|c| (a, c)).map_err(anyhow::Error::from)));
+        }
+        out
+    }
+
+    /// Asks marketing-status to apply a claimed date, effective at its processing instant.
+    async fn apply_date(&self, d: &DueUpdate, now: DateTime<Utc>) -> anyhow::Result<Applied> {
+        let at =
+            self.store.subscription(&d.account_id).await?.map(|s| s.processing_at(&self.book, d.update_date));
+        (self.apply)(d.account_id.clone(), d.update_date, at.unwrap_or(now)).await
     }
 }
 

@@ -33,7 +33,7 @@ mod invoices;
 mod states;
 mod update_dates;
 
-pub use update_dates::{Applied, DueUpdate};
+pub use update_dates::{Applied, Completed, DueUpdate};
 
 /// Outbox topic of the events for the notification service.
 pub const NOTIFICATION_TOPIC: &str = "notification";

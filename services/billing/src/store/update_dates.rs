@@ -13,7 +13,7 @@ use crate::price_book::PriceBook;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::micros;
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::sql::{Sql, Transaction, Tx};
 use sqlx::AssertSqlSafe;
 
 /// An account whose update date is due.
@@ -154,64 +154,94 @@ impl Store {
     ) -> Result<Completed> {
         let _forget = self.usage_cache.forget_after(account);
         let mut tx = self.db.begin_write().await?;
-        let row: Option<SubscriptionRow> =
-            tx.fetch_optional(Sql::new(SUBSCRIPTION_DUE_ON).bind(account).bind(day(date))).await?;
-        let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
-            return Ok(Completed::default());
-        };
-        let count =
-            model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
-        let renewal = calendar::is_renewal_date(sub.start_date, sub.term, date);
-        let mut tier = sub.tier;
-        let mut invoice = None;
-        if renewal {
-            let line;
-            (tier, line) = charges::renewal(&sub, book, date, count)?;
-            let source_key = format!("renewal:{}", day(date));
-            if !invoices::invoiced(&mut tx, account, &source_key).await? {
-                let inv = NewInvoice {
-                    account,
-                    source_key,
-                    kind: InvoiceKind::Renewal,
-                    currency: sub.currency.as_str(),
-                    term: (line.period_start, line.period_end),
-                    lines: vec![line],
-                };
-                invoice = Some(invoices::issue(&mut tx, inv, now).await?);
-            }
-        }
-        let period = Sql::new(INSERT_PERIOD)
-            .bind(account)
-            .bind(day(date))
-            .bind(renewal)
-            .bind(applied.contacts)
-            .bind(count)
-            .bind(applied.version)
-            .bind(tier)
-            .bind(micros(now));
-        tx.execute(period).await?;
-        let next = calendar::next_update_date(sub.start_date, sub.term, date);
-        let move_on = Sql::new(MOVE_ON)
-            .bind(tier)
-            .bind(renewal)
-            .bind(day(next))
-            .bind(micros(sub.processing_at(book, next)))
-            .bind(account)
-            .bind(day(date))
-            .bind(sub.tier)
-            .bind(day(date));
-        if tx.execute(move_on).await? != 1 {
-            return Err(Error::Internal("subscription changed while its update date was completed".into()));
-        }
-        tx.execute(Sql::new(DAY_TIER).bind(account).bind(day(date)).bind(count).bind(tier)).await?;
-        // A new period (and at a renewal a new term and tier) begins: its state, even when
-        // the count did not move, re-arms the thresholds.
-        let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
-        let state = NewState { period_start: date, tier, count, change, upgrade: None };
-        states::publish(&mut tx, account, state, now).await?;
+        let done = complete(&mut tx, account, date, applied, now, book).await?;
         tx.commit().await?;
-        Ok(Completed { done_here: true, renewal_invoice: invoice })
+        Ok(done)
     }
+
+    /// Completes several accounts' update dates in one transaction, each as
+    /// [`Store::complete_update`] would: all or none (the caller then completes them one by one).
+    pub async fn complete_updates(
+        &self,
+        dates: &[(String, NaiveDate, Applied)],
+        now: DateTime<Utc>,
+        book: &PriceBook,
+    ) -> Result<Vec<Completed>> {
+        let _forget: Vec<_> = dates.iter().map(|(a, _, _)| self.usage_cache.forget_after(a)).collect();
+        let mut tx = self.db.begin_write().await?;
+        let mut out = Vec::with_capacity(dates.len());
+        for (account, date, applied) in dates {
+            out.push(complete(&mut tx, account, *date, *applied, now, book).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// An update date's completion, in the caller's transaction.
+async fn complete(
+    tx: &mut Transaction,
+    account: &str,
+    date: NaiveDate,
+    applied: Applied,
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<Completed> {
+    let row: Option<SubscriptionRow> =
+        tx.fetch_optional(Sql::new(SUBSCRIPTION_DUE_ON).bind(account).bind(day(date))).await?;
+    let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
+        return Ok(Completed::default());
+    };
+    let count = model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
+    let renewal = calendar::is_renewal_date(sub.start_date, sub.term, date);
+    let mut tier = sub.tier;
+    let mut invoice = None;
+    if renewal {
+        let line;
+        (tier, line) = charges::renewal(&sub, book, date, count)?;
+        let source_key = format!("renewal:{}", day(date));
+        if !invoices::invoiced(tx, account, &source_key).await? {
+            let inv = NewInvoice {
+                account,
+                source_key,
+                kind: InvoiceKind::Renewal,
+                currency: sub.currency.as_str(),
+                term: (line.period_start, line.period_end),
+                lines: vec![line],
+            };
+            invoice = Some(invoices::issue(tx, inv, now).await?);
+        }
+    }
+    let period = Sql::new(INSERT_PERIOD)
+        .bind(account)
+        .bind(day(date))
+        .bind(renewal)
+        .bind(applied.contacts)
+        .bind(count)
+        .bind(applied.version)
+        .bind(tier)
+        .bind(micros(now));
+    tx.execute(period).await?;
+    let next = calendar::next_update_date(sub.start_date, sub.term, date);
+    let move_on = Sql::new(MOVE_ON)
+        .bind(tier)
+        .bind(renewal)
+        .bind(day(next))
+        .bind(micros(sub.processing_at(book, next)))
+        .bind(account)
+        .bind(day(date))
+        .bind(sub.tier)
+        .bind(day(date));
+    if tx.execute(move_on).await? != 1 {
+        return Err(Error::Internal("subscription changed while its update date was completed".into()));
+    }
+    tx.execute(Sql::new(DAY_TIER).bind(account).bind(day(date)).bind(count).bind(tier)).await?;
+    // A new period (and at a renewal a new term and tier) begins: its state, even when
+    // the count did not move, re-arms the thresholds.
+    let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
+    let state = NewState { period_start: date, tier, count, change, upgrade: None };
+    states::publish(tx, account, state, now).await?;
+    Ok(Completed { done_here: true, renewal_invoice: invoice })
 }
 
 #[cfg(test)]
