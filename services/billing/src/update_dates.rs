@@ -55,11 +55,14 @@ impl UpdateDateRun {
         // Accounts tried in this run: one whose failure could not even be recorded stays due,
         // and is left for the next run rather than tried again at once.
         let mut tried = std::collections::HashSet::new();
-        let mut unrecorded = false;
+        // Tried and still due: the only ones a read finds again (a processed date moved on, a
+        // failed one waits for its retry, another run's is leased), so each read is a batch
+        // more than these, not more than everything tried before.
+        let mut unrecorded = 0;
         loop {
             let due: Vec<DueUpdate> = self
                 .store
-                .due_updates(now, BATCH + tried.len() as i64)
+                .due_updates(now, BATCH + unrecorded as i64)
                 .await?
                 .into_iter()
                 .filter(|d| !tried.contains(&d.account_id))
@@ -71,19 +74,20 @@ impl UpdateDateRun {
             // One statement claims the batch: a commit per account made each wait for its own
             // flush of the log.
             let claimed = self.store.claim_updates(&due, &self.owner, now, now + LEASE).await?;
-            unrecorded |= self.process(claimed, now).await;
+            // Not claimed: another run's, leased, so not read again.
+            unrecorded += self.process(claimed, now).await;
         }
         let next = self.store.next_update_due().await?;
         // A date whose failure could not even be recorded is tried again after a pause.
         let retry = now + RETRY_UNRECORDED;
-        Ok(if unrecorded { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
+        Ok(if unrecorded > 0 { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
     }
 
     /// Processes claimed dates: each applied at marketing-status, then completed
     /// [`COMPLETE_CHUNK`] to a transaction (a commit each made every account wait for its own
     /// flush of the log), chunks side by side. A date that fails is recorded and tried again
-    /// later; answers whether a failure could not even be recorded.
-    async fn process(&self, claimed: Vec<DueUpdate>, now: DateTime<Utc>) -> bool {
+    /// later; answers how many failures could not even be recorded (those dates stay due).
+    async fn process(&self, claimed: Vec<DueUpdate>, now: DateTime<Utc>) -> usize {
         let applied: Vec<(DueUpdate, anyhow::Result<Applied>)> = futures::stream::iter(claimed)
             .map(|d| async move {
                 let r = self.apply_date(&d, now).await;
@@ -107,7 +111,7 @@ impl UpdateDateRun {
             .collect()
             .await;
         outcomes.extend(completed.into_iter().flatten());
-        let mut unrecorded = false;
+        let mut unrecorded = 0;
         for (d, outcome) in outcomes {
             match outcome {
                 Ok((applied, done)) => {
@@ -142,7 +146,7 @@ impl UpdateDateRun {
                             d.attempts + 1,
                             &e.to_string(),
                         );
-                        unrecorded = true;
+                        unrecorded += 1;
                     }
                 }
             }
