@@ -198,6 +198,14 @@ async fn each_threshold_fires_once_per_tier_and_period(backend: Backend) {
     );
     let seqs: Vec<i64> = all.iter().rev().map(|a| a.sequence).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{backend:?}: gap-free sequence");
+
+    // One delivery is one transaction: an event twice within it is applied once, and both are
+    // acknowledged.
+    let july = date(2026, 7, 1);
+    let twice =
+        s.apply(vec![usage("e7", 7, 6_900, 7_000, july, None), usage("e7", 7, 6_900, 7_000, july, None)]);
+    assert_eq!(twice.await.unwrap(), ["e7", "e7"], "{backend:?}");
+    assert_eq!(s.alerts(ACCOUNT).await.len(), 13, "{backend:?}: the new period's three thresholds once");
 }
 
 async fn upgrade_and_invoice_notices_and_paging(backend: Backend) {
