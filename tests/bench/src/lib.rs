@@ -5,6 +5,7 @@
 
 pub mod instant;
 pub mod load;
+pub mod pgbench;
 pub use contactier_e2e::procs;
 
 use anyhow::Context;
@@ -432,22 +433,49 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
         ("GetUsage", usage_call(ctx.services.addr("billing"), ctx.token.clone())),
         ("GetContact", contact_call(ctx.services.addr("contacts"), ctx.token.clone(), Arc::new(ids))),
     ];
+    // A contact read is an RPC and a primary-key select: its limit is both, one after the other,
+    // the select at the service's pool of database connections.
+    let select = match backend {
+        Backend::Postgres => Some(pgbench::rate("select-only", DB_POOL, cfg.pgbench_seconds, true).await?),
+        Backend::Sqlite => None,
+    };
     for (name, call) in calls {
         let peak = load::closed_loop(call.clone(), cfg.concurrency, cfg.load_time).await;
         let half = load::open_loop(call, peak.per_second / 2.0, cfg.load_time).await;
         // The same rate of empty calls: what the machine's scheduling alone adds to p99.
         let floor = load::open_loop(health_call(empty.addr), peak.per_second / 2.0, cfg.load_time).await;
-        let share = peak.per_second / empty_peak.per_second.max(1.0);
+        let (limit, target, share) = match select.filter(|_| name == "GetContact") {
+            Some(select) => {
+                let both = combined(empty_peak.per_second, select);
+                (
+                    format!(
+                        "empty RPC {:.0}/s with pgbench's prepared key select {select:.0}/s: {both:.0}/s",
+                        empty_peak.per_second
+                    ),
+                    (">= 85 % of the RPC and select together", 0.85),
+                    peak.per_second / both.max(1.0),
+                )
+            }
+            None => (
+                format!("empty RPC {:.0}/s", empty_peak.per_second),
+                (">= 70 % of the empty RPC", 0.7),
+                peak.per_second / empty_peak.per_second.max(1.0),
+            ),
+        };
         report.add(
             &format!("{name}: peak throughput"),
             b,
             format!(
-                "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms, {} errors)",
-                peak.per_second, peak.p50_ms, peak.p99_ms, peak.errors
+                "{:.0}/s ({:.0} %; p50 {:.2} ms, p99 {:.2} ms, {} errors)",
+                peak.per_second,
+                share * 100.0,
+                peak.p50_ms,
+                peak.p99_ms,
+                peak.errors
             ),
-            format!("empty RPC {:.0}/s", empty_peak.per_second),
-            ">= 70 % of the empty RPC",
-            Some(share >= 0.7),
+            limit,
+            target.0,
+            Some(share >= target.1),
         );
         report.add(
             &format!("{name}: at half of peak"),
@@ -494,7 +522,7 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     for &backend in &cfg.backends {
         let tps = match backend {
             Backend::Postgres => {
-                let tps = instant::pgbench_simple_update(cfg.pgbench_seconds).await?;
+                let tps = pgbench::rate("simple-update", 10, cfg.pgbench_seconds, false).await?;
                 report.add(
                     "pgbench simple-update, 10 clients",
                     backend.name(),
@@ -512,6 +540,17 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Database connections a service keeps (`CONTACTIER_DB_MAX_CONNECTIONS`'s default).
+const DB_POOL: usize = 10;
+
+/// The rate of work that takes one of each of two steps in turn, each step at its own rate.
+fn combined(a: f64, b: f64) -> f64 {
+    if a <= 0.0 || b <= 0.0 {
+        return 0.0;
+    }
+    1.0 / (1.0 / a + 1.0 / b)
 }
 
 fn half_text(r: &LoadResult) -> String {
@@ -692,4 +731,16 @@ async fn alert_latency(ctx: &Ctx, contacts: usize) -> anyhow::Result<Vec<Duratio
         tier += 1_000;
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn two_steps_in_turn_go_at_the_rate_of_both() {
+        // The figures of the run that first set a contact read beside both: 93 % of 21,775/s.
+        let both = super::combined(48_020.0, 39_842.0);
+        assert_eq!(both.round(), 21_775.0);
+        assert!((20_341.0 / both - 0.934).abs() < 0.001);
+        assert_eq!(super::combined(0.0, 5.0), 0.0);
+    }
 }
