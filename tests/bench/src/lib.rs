@@ -371,13 +371,22 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
     let took = start.elapsed();
     anyhow::ensure!(changed == rows as i64, "changed {changed} of {rows}");
     let rate = rows as f64 / took.as_secs_f64();
-    let met = (backend == Backend::Postgres).then_some(rate >= 200_000.0);
+    let (limit, met) = match backend {
+        Backend::Postgres => {
+            let floor = set_based_change(ctx, rows).await?;
+            (
+                format!("one UPDATE and its audit INSERT {floor:.0}/s ({:.2})", rate / floor),
+                Some(rate >= 0.6 * floor),
+            )
+        }
+        Backend::Sqlite => (String::new(), None),
+    };
     report.add(
         &format!("bulk status change of {rows} contacts"),
         b,
         format!("{rate:.0} contacts/s"),
-        String::new(),
-        ">= 200,000/s (PostgreSQL)",
+        limit,
+        ">= 60 % of one set-based UPDATE with its audit (PostgreSQL)",
         met,
     );
 
@@ -540,6 +549,31 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The floor of a bulk status change: the account's rows changed back by one set-based UPDATE
+/// and their audit rows written by one INSERT, in psql's way (one transaction, no calls),
+/// then rolled back; answers rows per second.
+async fn set_based_change(ctx: &Ctx, rows: usize) -> anyhow::Result<f64> {
+    let schema = format!("{}marketing_status", ctx.services.schema_prefix);
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(procs::PG_URL).await?;
+    let mut tx = sqlx::Connection::begin(&mut c).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL search_path TO \"{schema}\"")))
+        .execute(&mut *tx)
+        .await?;
+    let start = Instant::now();
+    let update = "UPDATE contact_status SET marketing = FALSE, pending = FALSE, source_type = 'USER', \
+                  source_id = '', updated_at = updated_at + 1 WHERE account_id = $1";
+    let n = sqlx::query(update).bind(&ctx.account).execute(&mut *tx).await?.rows_affected();
+    let audit = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
+                 source_type, source_id, user_id, requested_at, effective_at, request_id) \
+                 SELECT account_id, 'floor:' || contact_id, contact_id, 'marketing', 'non_marketing', FALSE, \
+                 'USER', '', 'bench-user', updated_at, updated_at, '' FROM contact_status WHERE account_id = $1";
+    sqlx::query(audit).bind(&ctx.account).execute(&mut *tx).await?;
+    let took = start.elapsed();
+    tx.rollback().await?;
+    anyhow::ensure!(n == rows as u64, "the floor changed {n} of {rows}");
+    Ok(rows as f64 / took.as_secs_f64())
 }
 
 /// Database connections a service keeps (`CONTACTIER_DB_MAX_CONNECTIONS`'s default).
