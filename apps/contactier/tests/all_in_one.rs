@@ -80,7 +80,7 @@ async fn check_serving(s: &Started) {
 async fn price_book(addr: &str, token: &str) -> Result<usize, tonic::Status> {
     use contactier_proto::billing::v1::{ListPriceBookRequest, billing_service_client::BillingServiceClient};
     let mut billing = BillingServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut req = tonic::Request::new(ListPriceBookRequest {});
+    let mut req = tonic::Request::new(ListPriceBookRequest::default());
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     Ok(billing.list_price_book(req).await?.into_inner().editions.len())
 }

@@ -110,6 +110,19 @@ pub fn page<T>(
     Ok((items, next))
 }
 
+/// [`page`] over a small set with an order of its own (the price book's editions, the
+/// configured subsidiaries, the sources): keyed by position, so pages keep that order.
+pub fn page_in_order<T>(
+    list: &str,
+    items: Vec<T>,
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Vec<T>, String), Error> {
+    let keyed = items.into_iter().enumerate().map(|(i, x)| (format!("{i:06}"), x)).collect();
+    let (items, next) = page(list, keyed, |(k, _)| k.as_str(), page_size, page_token)?;
+    Ok((items.into_iter().map(|(_, x)| x).collect(), next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +133,16 @@ mod tests {
         assert_eq!(trim(vec![1, 2, 3], 2, next), (vec![1, 2], "2".to_owned()));
         assert_eq!(trim(vec![1, 2], 2, next), (vec![1, 2], String::new()), "a full last page");
         assert_eq!(trim(Vec::<i32>::new(), 2, next), (vec![], String::new()));
+    }
+
+    #[test]
+    fn pages_of_an_ordered_set_keep_its_order() {
+        let items = vec!["starter", "professional", "enterprise"];
+        let (a, t) = page_in_order("editions", items.clone(), 2, "").unwrap();
+        assert_eq!(a, ["starter", "professional"]);
+        let (b, t) = page_in_order("editions", items.clone(), 2, &t).unwrap();
+        assert_eq!((b, t.as_str()), (vec!["enterprise"], ""));
+        assert!(page_in_order("subsidiaries", items, 2, &token("editions", "000001")).is_err());
     }
 
     #[test]

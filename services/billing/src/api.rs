@@ -107,18 +107,23 @@ impl BillingService for Api {
 
     async fn list_price_book(
         &self,
-        _req: Request<pb::ListPriceBookRequest>,
+        req: Request<pb::ListPriceBookRequest>,
     ) -> Answer<pb::ListPriceBookResponse> {
-        let editions = self.book.editions.iter().map(|(e, t)| convert::pb_edition_tiers(*e, t)).collect();
-        Ok(Response::new(pb::ListPriceBookResponse { editions }))
+        let r = req.get_ref();
+        let all = self.book.editions.iter().map(|(e, t)| convert::pb_edition_tiers(*e, t)).collect();
+        let (editions, next_page_token) = paging::page_in_order("editions", all, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListPriceBookResponse { editions, next_page_token }))
     }
 
     async fn list_subsidiaries(
         &self,
-        _req: Request<pb::ListSubsidiariesRequest>,
+        req: Request<pb::ListSubsidiariesRequest>,
     ) -> Answer<pb::ListSubsidiariesResponse> {
-        let subsidiaries = self.book.subsidiaries.iter().map(convert::pb_subsidiary).collect();
-        Ok(Response::new(pb::ListSubsidiariesResponse { subsidiaries }))
+        let r = req.get_ref();
+        let all = self.book.subsidiaries.iter().map(convert::pb_subsidiary).collect();
+        let (subsidiaries, next_page_token) =
+            paging::page_in_order("subsidiaries", all, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListSubsidiariesResponse { subsidiaries, next_page_token }))
     }
 
     async fn get_usage(&self, req: Request<pb::GetUsageRequest>) -> Answer<pb::GetUsageResponse> {

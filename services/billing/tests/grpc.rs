@@ -331,7 +331,44 @@ async fn upgrades_and_invoices_page_without_a_gap(backend: Backend) {
     assert!(err.message().starts_with("page_token"), "{backend:?}: {}", err.message());
 }
 
+async fn the_price_book_and_subsidiaries_page_in_their_own_order(backend: Backend) {
+    let b = start(backend).await;
+    let reader = b.token(ACCOUNT, &["read"]);
+    let whole = b.api().list_price_book(authed(pb::ListPriceBookRequest::default(), &reader)).await.unwrap();
+    let whole: Vec<i32> = whole.into_inner().editions.iter().map(|e| e.edition).collect();
+    assert!(whole.len() >= 2, "{backend:?}: {whole:?}");
+    let mut paged = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::ListPriceBookRequest { page_size: 1, page_token };
+        let page = b.api().list_price_book(authed(req, &reader)).await.unwrap().into_inner();
+        assert_eq!(page.editions.len(), 1, "{backend:?}");
+        paged.extend(page.editions.iter().map(|e| e.edition));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, whole, "{backend:?}: one edition a page, in the book's order");
+
+    let subs = |page_size, page_token| pb::ListSubsidiariesRequest { page_size, page_token };
+    let all = b.api().list_subsidiaries(authed(subs(0, String::new()), &reader)).await.unwrap().into_inner();
+    assert!(all.next_page_token.is_empty(), "{backend:?}: every subsidiary fits the default page");
+    let first =
+        b.api().list_subsidiaries(authed(subs(1, String::new()), &reader)).await.unwrap().into_inner();
+    assert_eq!(first.subsidiaries, all.subsidiaries[..1], "{backend:?}");
+    assert_eq!(first.next_page_token.is_empty(), all.subsidiaries.len() == 1, "{backend:?}");
+    let err = b.api().list_subsidiaries(authed(subs(-1, String::new()), &reader)).await.unwrap_err();
+    assert_eq!((err.code(), err.message().starts_with("page_size")), (Code::InvalidArgument, true));
+    // A price-book token is not a subsidiaries token.
+    let book = pb::ListPriceBookRequest { page_size: 1, page_token: String::new() };
+    let t = b.api().list_price_book(authed(book, &reader)).await.unwrap().into_inner().next_page_token;
+    let err = b.api().list_subsidiaries(authed(subs(1, t), &reader)).await.unwrap_err();
+    assert_eq!((err.code(), err.message().starts_with("page_token")), (Code::InvalidArgument, true));
+}
+
 contactier_runtime::backend_tests!(
+    the_price_book_and_subsidiaries_page_in_their_own_order,
     upgrades_and_invoices_page_without_a_gap,
     subscriptions_are_checked_and_know_their_calendar,
     exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day,

@@ -35,7 +35,14 @@ impl Api {
                 customizable,
             });
         }
-        Ok(pb::ListSourceDefaultsResponse { defaults })
+        let r = req.get_ref();
+        let (defaults, next_page_token) = contactier_runtime::paging::page_in_order(
+            "source_defaults",
+            defaults,
+            r.page_size,
+            &r.page_token,
+        )?;
+        Ok(pb::ListSourceDefaultsResponse { defaults, next_page_token })
     }
 
     pub async fn update_source_default_impl(

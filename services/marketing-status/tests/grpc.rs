@@ -355,7 +355,7 @@ async fn source_defaults_audit_trail_and_permission_overrides(backend: Backend) 
     let s = start(backend).await;
     let admin = s.user(ACCOUNT, "boss", &["admin"]);
     let defaults =
-        s.api().list_source_defaults(authed(pb::ListSourceDefaultsRequest {}, &admin)).await.unwrap();
+        s.api().list_source_defaults(authed(pb::ListSourceDefaultsRequest::default(), &admin)).await.unwrap();
     let d: Vec<_> = defaults
         .into_inner()
         .defaults
@@ -365,6 +365,25 @@ async fn source_defaults_audit_trail_and_permission_overrides(backend: Backend) 
     assert!(d.contains(&(SourceType::Form, Marketing, true)), "{d:?}");
     assert!(d.contains(&(SourceType::Import, NonMarketing, true)));
     assert!(d.contains(&(SourceType::SalesExtension, NonMarketing, false)));
+    // Pages of five follow one another to the same set, in the same order.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let req = pb::ListSourceDefaultsRequest { page_size: 5, page_token: token };
+        let page = s.api().list_source_defaults(authed(req, &admin)).await.unwrap().into_inner();
+        assert!(page.defaults.len() <= 5, "{backend:?}");
+        paged
+            .extend(page.defaults.into_iter().map(|d| (d.source_type(), d.default_status(), d.customizable)));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, d, "{backend:?}");
+    let too_big = pb::ListSourceDefaultsRequest { page_size: 1_001, page_token: String::new() };
+    let e = s.api().list_source_defaults(authed(too_big, &admin)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{backend:?}");
+    assert!(e.message().contains("page_size"), "{}", e.message());
 
     // An account makes imports marketing by default; new imports follow, old contacts stay.
     s.events(vec![created("e1", "old", SourceType::Import, Unspecified, "")]).await.unwrap();
