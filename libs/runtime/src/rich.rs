@@ -105,6 +105,18 @@ pub fn derive(code: Code, message: &str) -> ErrorDetails {
     d
 }
 
+/// A refusal as the `google.rpc.Status` a batch answers among its per-entry results: the
+/// status a call of its own would have been refused with, details and all.
+pub fn rpc_status(status: Status) -> tonic_types::pb::Status {
+    use prost::Message as _;
+    let status = enrich(status);
+    tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        details: vec![],
+    })
+}
+
 /// Adds derived details to a status that has none, and an `ErrorInfo` to one whose details
 /// lack it (the limit checks of the codec answer with `BadRequest` only).
 pub fn enrich(status: Status) -> Status {

@@ -287,6 +287,18 @@ pub fn count_event(e: contactier_proto::billing::v1::CountChanged) -> Result<Cou
 }
 
 /// What marketing-status answered when it applied an update date.
+/// One date's answer of ApplyUpdateDates: applied, or the status it was refused with.
+pub fn applied_result(r: mpb::ApplyUpdateDateResult) -> anyhow::Result<Applied> {
+    match (r.applied, r.error) {
+        (Some(a), _) => Ok(applied(a)),
+        (None, Some(e)) => {
+            let code = tonic::Code::from_i32(e.code);
+            Err(anyhow::anyhow!("marketing-status could not apply the date: {code:?}: {}", e.message))
+        }
+        (None, None) => Err(anyhow::anyhow!("marketing-status answered neither an outcome nor an error")),
+    }
+}
+
 pub fn applied(r: mpb::ApplyUpdateDateResponse) -> Applied {
     let c = r.count.unwrap_or_default();
     Applied {

@@ -143,19 +143,34 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let invoicer = invoice_worker.waker();
     tokio::spawn(invoicer::run(store.clone(), book.clone(), invoice_worker, relay.clone(), shutdown.clone()));
 
-    let apply: update_dates::ApplyUpdate = Arc::new(move |account, date, effective_at| {
+    let apply: update_dates::ApplyUpdates = Arc::new(move |dates| {
         let peer = ms.clone();
         Box::pin(async move {
             let mut client =
                 mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
                     peer.service(),
                 );
-            let req = mpb::ApplyUpdateDateRequest {
-                account_id: account,
-                update_date: Some(convert::pb_date(date)),
-                effective_at: Some(contactier_runtime::convert::timestamp(effective_at)),
-            };
-            Ok(convert::applied(client.apply_update_date(req).await?.into_inner()))
+            let dates: Vec<mpb::ApplyUpdateDateRequest> = dates
+                .into_iter()
+                .map(|(account_id, date, effective_at)| mpb::ApplyUpdateDateRequest {
+                    account_id,
+                    update_date: Some(convert::pb_date(date)),
+                    effective_at: Some(contactier_runtime::convert::timestamp(effective_at)),
+                })
+                .collect();
+            match client.apply_update_dates(mpb::ApplyUpdateDatesRequest { dates: dates.clone() }).await {
+                Ok(r) => Ok(r.into_inner().results.into_iter().map(convert::applied_result).collect()),
+                // A replica from before ApplyUpdateDates (during a rolling upgrade): one at a time.
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    let mut answers = Vec::with_capacity(dates.len());
+                    for req in dates {
+                        let answer = client.apply_update_date(req).await;
+                        answers.push(answer.map(|r| convert::applied(r.into_inner())).map_err(Into::into));
+                    }
+                    Ok(answers)
+                }
+                Err(s) => Err(s.into()),
+            }
         })
     });
     let update_worker = clock.register_worker(update_dates::WORKER);

@@ -15,14 +15,20 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Asks marketing-status to apply `date` for an account, effective at the instant given.
-pub type ApplyUpdate = Arc<
-    dyn Fn(String, NaiveDate, DateTime<Utc>) -> BoxFuture<'static, anyhow::Result<Applied>> + Send + Sync,
+/// An update date to apply: the account, the date and its processing instant.
+pub type DateToApply = (String, NaiveDate, DateTime<Utc>);
+
+/// Asks marketing-status to apply update dates, each effective at its instant: an answer a
+/// date, in order, or Err when the call as a whole failed.
+pub type ApplyUpdates = Arc<
+    dyn Fn(Vec<DateToApply>) -> BoxFuture<'static, anyhow::Result<Vec<anyhow::Result<Applied>>>>
+        + Send
+        + Sync,
 >;
 
 /// How long a claimed date is reserved for the replica processing it.
 const LEASE: Duration = Duration::from_secs(300);
-/// Accounts processed at once.
+/// Chunks of accounts processed at once.
 const PARALLEL: usize = 8;
 pub const WORKER: &str = "billing-update-dates";
 /// When a run met an account it could not process or record, the next run is at most this far.
@@ -30,8 +36,8 @@ const RETRY_UNRECORDED: chrono::Duration = chrono::Duration::seconds(5);
 const BATCH: i64 = 256;
 /// A processed date: what marketing-status answered and what completing it did, or why not.
 type Outcome = (DueUpdate, anyhow::Result<(Applied, Completed)>);
-/// Dates completed in one transaction.
-const COMPLETE_CHUNK: usize = 32;
+/// Dates applied in one call to marketing-status and completed in one transaction.
+const CHUNK: usize = 32;
 
 /// Delay before retry `attempt` (0-based): 5 s doubling, at most 15 min.
 pub fn retry_delay(attempt: i64) -> Duration {
@@ -42,7 +48,7 @@ pub fn retry_delay(attempt: i64) -> Duration {
 pub struct UpdateDateRun {
     pub store: Store,
     pub book: Arc<PriceBook>,
-    pub apply: ApplyUpdate,
+    pub apply: ApplyUpdates,
     /// This replica's lease owner name.
     pub owner: String,
     /// Pokes the relay when a date has been processed (its usage state, any renewal invoice).
@@ -83,34 +89,19 @@ impl UpdateDateRun {
         Ok(if unrecorded > 0 { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
     }
 
-    /// Processes claimed dates: each applied at marketing-status, then completed
-    /// [`COMPLETE_CHUNK`] to a transaction (a commit each made every account wait for its own
-    /// flush of the log), chunks side by side. A date that fails is recorded and tried again
-    /// later; answers how many failures could not even be recorded (those dates stay due).
+    /// Processes claimed dates [`CHUNK`] at a time, chunks side by side: a chunk is applied at
+    /// marketing-status in one call, and its applied dates are completed in one transaction (a
+    /// call and a commit each made every account wait for its own round trip and flush of the
+    /// log). A date that fails is recorded and tried again later; answers how many failures
+    /// could not even be recorded (those dates stay due).
     async fn process(&self, claimed: Vec<DueUpdate>, now: DateTime<Utc>) -> usize {
-        let applied: Vec<(DueUpdate, anyhow::Result<Applied>)> = futures::stream::iter(claimed)
-            .map(|d| async move {
-                let r = self.apply_date(&d, now).await;
-                (d, r)
-            })
+        let chunks: Vec<Vec<DueUpdate>> = claimed.chunks(CHUNK).map(<[DueUpdate]>::to_vec).collect();
+        let outcomes: Vec<Vec<Outcome>> = futures::stream::iter(chunks)
+            .map(|chunk| self.apply_and_complete(chunk, now))
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
-        let (done, failed): (Vec<_>, Vec<_>) = applied.into_iter().partition(|(_, r)| r.is_ok());
-        let done: Vec<(DueUpdate, Applied)> =
-            done.into_iter().filter_map(|(d, r)| r.ok().map(|a| (d, a))).collect();
-        let mut outcomes: Vec<Outcome> = failed
-            .into_iter()
-            .map(|(d, r)| (d, Err(r.err().unwrap_or_else(|| anyhow::anyhow!("failed")))))
-            .collect();
-        let chunks: Vec<Vec<(DueUpdate, Applied)>> =
-            done.chunks(COMPLETE_CHUNK).map(<[(DueUpdate, Applied)]>::to_vec).collect();
-        let completed: Vec<Vec<Outcome>> = futures::stream::iter(chunks)
-            .map(|chunk| self.complete(chunk, now))
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
-        outcomes.extend(completed.into_iter().flatten());
+        let outcomes = outcomes.into_iter().flatten();
         let mut unrecorded = 0;
         for (d, outcome) in outcomes {
             match outcome {
@@ -154,8 +145,35 @@ impl UpdateDateRun {
         unrecorded
     }
 
-    /// Completes a chunk of applied dates in one transaction, or one by one when that fails.
+    /// Applies a chunk of dates at marketing-status, each effective at its processing instant
+    /// as scheduled, and completes those it applied.
+    async fn apply_and_complete(&self, chunk: Vec<DueUpdate>, now: DateTime<Utc>) -> Vec<Outcome> {
+        let asked = chunk.iter().map(|d| (d.account_id.clone(), d.update_date, d.due_at)).collect();
+        let answers: Vec<anyhow::Result<Applied>> = match (self.apply)(asked).await {
+            Ok(answers) if answers.len() == chunk.len() => answers,
+            Ok(answers) => {
+                let e = format!("marketing-status answered {} of {} dates", answers.len(), chunk.len());
+                chunk.iter().map(|_| Err(anyhow::anyhow!("{e}"))).collect()
+            }
+            Err(e) => chunk.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect(),
+        };
+        let mut outcomes = Vec::with_capacity(chunk.len());
+        let mut applied = Vec::with_capacity(chunk.len());
+        for (d, answer) in chunk.into_iter().zip(answers) {
+            match answer {
+                Ok(a) => applied.push((d, a)),
+                Err(e) => outcomes.push((d, Err(e))),
+            }
+        }
+        outcomes.extend(self.complete(applied, now).await);
+        outcomes
+    }
+
+    /// Completes applied dates in one transaction, or one by one when that fails.
     async fn complete(&self, chunk: Vec<(DueUpdate, Applied)>, now: DateTime<Utc>) -> Vec<Outcome> {
+        if chunk.is_empty() {
+            return vec![];
+        }
         let dates: Vec<(String, NaiveDate, Applied)> =
             chunk.iter().map(|(d, a)| (d.account_id.clone(), d.update_date, *a)).collect();
         if let Ok(completed) = self.store.complete_updates(&dates, now, &self.book).await {
@@ -167,13 +185,6 @@ impl UpdateDateRun {
             out.push((d, c.map(|c| (a, c)).map_err(anyhow::Error::from)));
         }
         out
-    }
-
-    /// Asks marketing-status to apply a claimed date, effective at its processing instant.
-    async fn apply_date(&self, d: &DueUpdate, now: DateTime<Utc>) -> anyhow::Result<Applied> {
-        let at =
-            self.store.subscription(&d.account_id).await?.map(|s| s.processing_at(&self.book, d.update_date));
-        (self.apply)(d.account_id.clone(), d.update_date, at.unwrap_or(now)).await
     }
 }
 

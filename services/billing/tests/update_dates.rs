@@ -94,6 +94,8 @@ async fn annual_terms_process_every_first_and_renew_once_a_year(backend: Backend
     want.extend((1..=4).map(|m| date(2027, m, 1).unwrap()));
     want.push(date(2027, 4, 15).unwrap());
     assert_eq!(dates, want, "{backend:?}: each first, then the renewal");
+    let batches = b.marketing_status.0.lock().unwrap().batch_calls;
+    assert_eq!(batches as usize, want.len(), "{backend:?}: asked through ApplyUpdateDates");
     let invoices = b.invoices().await;
     assert_eq!(invoices.len(), 1, "{backend:?}: one renewal in a year");
     assert_eq!((invoices[0].term_start, invoices[0].term_end), (date(2027, 4, 15), date(2028, 4, 15)));
@@ -117,7 +119,26 @@ async fn replicas_share_the_run_and_each_date_is_processed_once(backend: Backend
     assert_eq!(numbers, want, "{backend:?}: one renewal invoice per month, numbers without gaps");
 }
 
+async fn a_marketing_status_without_batches_is_asked_one_date_at_a_time(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    {
+        let mut peer = b.marketing_status.0.lock().unwrap();
+        peer.one_date_a_call = true;
+        peer.count = marketing(1_000, 2);
+    }
+    b.advance_to(Utc.with_ymd_and_hms(2026, 7, 16, 0, 0, 0).unwrap()).await;
+    let (dates, batch_calls) = {
+        let peer = b.marketing_status.0.lock().unwrap();
+        (peer.update_calls.iter().map(|c| c.1).collect::<Vec<_>>(), peer.batch_calls)
+    };
+    assert_eq!(dates, [date(2026, 5, 15).unwrap(), date(2026, 6, 15).unwrap(), date(2026, 7, 15).unwrap()]);
+    assert_eq!(batch_calls, 0, "{backend:?}");
+    assert_eq!(b.invoices().await.len(), 3, "{backend:?}: each renewal invoiced once");
+}
+
 contactier_runtime::backend_tests!(
+    a_marketing_status_without_batches_is_asked_one_date_at_a_time,
     renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term,
     annual_terms_process_every_first_and_renew_once_a_year,
     replicas_share_the_run_and_each_date_is_processed_once,

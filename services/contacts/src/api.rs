@@ -246,20 +246,12 @@ fn change(u: pb::UpdateContactRequest, catalog: &Catalog, at: &str) -> Result<Ch
 }
 
 fn batch_error(index: usize, e: &Error) -> pb::BatchItemError {
-    // The status a call of its own would have been refused with, details and all.
-    let status = contactier_runtime::rich::enrich(tonic::Status::from(e.clone()));
     pb::BatchItemError {
         index: index as i32,
         code: e.code_name().into(),
         message: e.to_string(),
         field: e.field().to_owned(),
-        status: Some(tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| {
-            tonic_types::pb::Status {
-                code: status.code() as i32,
-                message: status.message().to_owned(),
-                details: vec![],
-            }
-        })),
+        status: Some(contactier_runtime::rich::rpc_status(tonic::Status::from(e.clone()))),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::convert::{self, pb_counts, pb_settings, pb_status, requested, source_type_name};
 use crate::rules::Status;
-use crate::store::{Actor, Store};
+use crate::store::{Actor, DateToApply, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, SourceType};
@@ -294,6 +294,41 @@ pub struct Internal {
     pub update_dates: WorkerWaker,
 }
 
+/// An update date as asked for, checked: `at` names where it stands in the request.
+fn date_to_apply(
+    principal: &Principal,
+    r: pb::ApplyUpdateDateRequest,
+    at: &str,
+) -> Result<DateToApply, tonic::Status> {
+    if r.account_id.is_empty() {
+        return Err(Error::invalid(format!("{at}account_id"), "required").into());
+    }
+    principal.check_account(&r.account_id)?;
+    let d = r.update_date.ok_or_else(|| Error::invalid(format!("{at}update_date"), "required"))?;
+    let date = date(Some(&d)).map_err(|r| Error::invalid(format!("{at}update_date"), r.to_string()))?;
+    let effective_at = r
+        .effective_at
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
+        .ok_or_else(|| Error::invalid(format!("{at}effective_at"), "required"))?;
+    Ok(DateToApply { account: r.account_id, date, effective_at })
+}
+
+impl Internal {
+    /// The answer to an applied date: what it changed and the account's count after it.
+    async fn applied(
+        &self,
+        account: &str,
+        applied: Option<i64>,
+    ) -> Result<pb::ApplyUpdateDateResponse, Error> {
+        let counts = self.store.counts(account).await.map_err(Error::from)?;
+        Ok(pb::ApplyUpdateDateResponse {
+            applied: applied.unwrap_or(0),
+            already_applied: applied.is_none(),
+            count: Some(pb_counts(counts)),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl MarketingStatusInternalService for Internal {
     async fn apply_contact_events(
@@ -318,27 +353,47 @@ impl MarketingStatusInternalService for Internal {
         req: Request<pb::ApplyUpdateDateRequest>,
     ) -> Answer<pb::ApplyUpdateDateResponse> {
         let principal = Principal::of(&req)?.clone();
-        let r = req.into_inner();
-        principal.check_account(&r.account_id)?;
-        let d = r.update_date.ok_or_else(|| Error::invalid("update_date", "required"))?;
-        let date = date(Some(&d)).map_err(|r| Error::invalid("update_date", r.to_string()))?;
-        let effective_at = r
-            .effective_at
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, 0))
-            .ok_or_else(|| Error::invalid("effective_at", "required"))?;
+        let d = date_to_apply(&principal, req.into_inner(), "")?;
         let applied = self
             .store
-            .apply_update_date(&r.account_id, date, effective_at, self.clock.now())
+            .apply_update_date(&d.account, d.date, d.effective_at, self.clock.now())
             .await
             .map_err(Error::from)?;
         self.relay.wake();
         self.update_dates.wake();
-        let counts = self.store.counts(&r.account_id).await.map_err(Error::from)?;
-        Ok(Response::new(pb::ApplyUpdateDateResponse {
-            applied: applied.unwrap_or(0),
-            already_applied: applied.is_none(),
-            count: Some(pb_counts(counts)),
-        }))
+        Ok(Response::new(self.applied(&d.account, applied).await?))
+    }
+
+    async fn apply_update_dates(
+        &self,
+        req: Request<pb::ApplyUpdateDatesRequest>,
+    ) -> Answer<pb::ApplyUpdateDatesResponse> {
+        let principal = Principal::of(&req)?.clone();
+        let dates = req
+            .into_inner()
+            .dates
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| date_to_apply(&principal, d, &format!("dates[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let applied = self.store.apply_update_dates(&dates, self.clock.now()).await;
+        self.relay.wake();
+        self.update_dates.wake();
+        let mut results = Vec::with_capacity(dates.len());
+        for (d, a) in dates.iter().zip(applied) {
+            let answer = match a.map_err(Error::from) {
+                Ok(a) => self.applied(&d.account, a).await,
+                Err(e) => Err(e),
+            };
+            results.push(match answer {
+                Ok(applied) => pb::ApplyUpdateDateResult { applied: Some(applied), error: None },
+                Err(e) => pb::ApplyUpdateDateResult {
+                    applied: None,
+                    error: Some(contactier_runtime::rich::rpc_status(e.into())),
+                },
+            });
+        }
+        Ok(Response::new(pb::ApplyUpdateDatesResponse { results }))
     }
 
     async fn set_account_plan(

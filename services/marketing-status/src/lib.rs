@@ -71,7 +71,7 @@ pub fn policy() -> Policy {
             ],
         )
         .internal(INTERNAL, &["ApplyContactEvents", "ExportContactStatusData"], &["contacts"])
-        .internal(INTERNAL, &["ApplyUpdateDate", "SetAccountPlan"], &["billing"])
+        .internal(INTERNAL, &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan"], &["billing"])
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {

@@ -630,7 +630,76 @@ async fn concurrent_writers_on_the_same_contacts_keep_the_counts_exact(backend: 
     assert_eq!(statuses().await, shown, "{backend:?}");
 }
 
+async fn a_batch_of_update_dates_applies_each_once_in_the_order_asked(backend: Backend) {
+    use MarketingStatus::*;
+    let s = start(backend).await;
+    let events = vec![
+        created("e1", "c1", SourceType::Form, Unspecified, ""),
+        created("e2", "c2", SourceType::Form, Unspecified, ""),
+        pb::ContactEvent {
+            account_id: "acct-b".into(),
+            ..created("e3", "b1", SourceType::Form, Unspecified, "")
+        },
+    ];
+    s.events(events).await.unwrap();
+    s.set("owner", "", &["c1", "c2"], NonMarketing).await.unwrap();
+    assert_eq!(counts(&s.count().await), (2, 2, 0), "{backend:?}: pending until the date");
+    let date = |account: &str| pb::ApplyUpdateDateRequest {
+        account_id: account.into(),
+        update_date: Some(Date { year: 2026, month: 5, day: 1 }),
+        effective_at: Some(prost_types::Timestamp {
+            seconds: Utc.with_ymd_and_hms(2026, 5, 1, 4, 0, 0).unwrap().timestamp(),
+            nanos: 0,
+        }),
+    };
+    let billing = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let mut c = MarketingStatusInternalServiceClient::new(s.channel.clone());
+
+    // One bad date refuses the call, naming it; nothing is applied.
+    let bad = pb::ApplyUpdateDatesRequest {
+        dates: vec![date(ACCOUNT), pb::ApplyUpdateDateRequest { update_date: None, ..date("acct-b") }],
+    };
+    let e = c.apply_update_dates(authed(bad, &billing)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(e.message().starts_with("dates[1].update_date"), "{backend:?}: {}", e.message());
+    assert_eq!(counts(&s.count().await), (2, 2, 0), "{backend:?}: nothing applied");
+    let too_many = pb::ApplyUpdateDatesRequest { dates: vec![date(ACCOUNT); 257] };
+    let e = c.apply_update_dates(authed(too_many, &billing)).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message().starts_with("dates")),
+        (Code::InvalidArgument, true),
+        "{}",
+        e.message()
+    );
+    let user = s.user(ACCOUNT, "boss", &["admin"]);
+    let one = pb::ApplyUpdateDatesRequest { dates: vec![date(ACCOUNT)] };
+    let e = c.apply_update_dates(authed(one, &user)).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{backend:?}: billing's call only");
+
+    // acct-b first: answers follow the order asked, not the order applied.
+    let both = pb::ApplyUpdateDatesRequest { dates: vec![date("acct-b"), date(ACCOUNT)] };
+    let r = c.apply_update_dates(authed(both.clone(), &billing)).await.unwrap().into_inner().results;
+    let got: Vec<_> = r
+        .iter()
+        .map(|r| {
+            let a = r.applied.as_ref().expect("applied");
+            (a.applied, a.already_applied, counts(a.count.as_ref().unwrap()))
+        })
+        .collect();
+    assert_eq!(got, [(0, false, (1, 0, 0)), (2, false, (0, 0, 2))], "{backend:?}");
+    assert!(r.iter().all(|r| r.error.is_none()));
+    assert_eq!(s.status("c1").await.status(), NonMarketing, "{backend:?}");
+
+    // Asked again, in a batch or alone: applied before, nothing changes.
+    let again = c.apply_update_dates(authed(both, &billing)).await.unwrap().into_inner().results;
+    assert!(again.iter().all(|r| r.applied.as_ref().unwrap().already_applied), "{backend:?}");
+    let alone = c.apply_update_date(authed(date(ACCOUNT), &billing)).await.unwrap().into_inner();
+    assert!(alone.already_applied, "{backend:?}");
+    assert_eq!(counts(&s.count().await), (0, 0, 2), "{backend:?}: counted once");
+}
+
 contactier_runtime::backend_tests!(
+    a_batch_of_update_dates_applies_each_once_in_the_order_asked,
     new_contacts_get_their_sources_defaults,
     the_seeds_worked_example_and_every_status_rule,
     permissions_bad_input_and_other_accounts_change_nothing,

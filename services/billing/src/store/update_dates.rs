@@ -22,6 +22,8 @@ pub struct DueUpdate {
     pub account_id: String,
     pub update_date: NaiveDate,
     pub attempts: i64,
+    /// The date's processing instant, as scheduled.
+    pub due_at: DateTime<Utc>,
 }
 
 /// What marketing-status answered when it applied the date.
@@ -42,7 +44,7 @@ pub struct Completed {
     pub renewal_invoice: Option<Invoice>,
 }
 
-const DUE: &str = "SELECT account_id, next_update_date, update_attempts FROM subscriptions \
+const DUE: &str = "SELECT account_id, next_update_date, update_attempts, next_update_at FROM subscriptions \
      WHERE next_update_date <> '' AND next_update_at <= $1 AND lease_until <= $1 \
      ORDER BY next_update_at, account_id LIMIT $2";
 
@@ -73,16 +75,19 @@ const MOVE_ON: &str = "UPDATE subscriptions SET tier = $1, \
 const DAY_TIER: &str = "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) \
      VALUES ($1, $2, $3, $3, $4) ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier";
 
+/// (account, date, attempts, processing instant in microseconds) as read.
+type DueRow = (String, String, i64, i64);
+
+fn due_update((account_id, d, attempts, at): DueRow) -> Result<DueUpdate> {
+    let due_at = DateTime::from_timestamp_micros(at).unwrap_or_default();
+    Ok(DueUpdate { account_id, update_date: parse_day(&d)?, attempts, due_at })
+}
+
 impl Store {
     /// Update dates due at `now` whose lease is free (or has run out), oldest first.
     pub async fn due_updates(&self, now: DateTime<Utc>, limit: i64) -> Result<Vec<DueUpdate>> {
-        let rows: Vec<(String, String, i64)> =
-            self.db.fetch_all(Sql::new(DUE).bind(micros(now)).bind(limit)).await?;
-        rows.into_iter()
-            .map(|(account_id, d, attempts)| {
-                Ok(DueUpdate { account_id, update_date: parse_day(&d)?, attempts })
-            })
-            .collect()
+        let rows: Vec<DueRow> = self.db.fetch_all(Sql::new(DUE).bind(micros(now)).bind(limit)).await?;
+        rows.into_iter().map(due_update).collect()
     }
 
     /// When the next update date falls due (or a failed one is retried).
@@ -109,17 +114,12 @@ impl Store {
         let q = format!(
             "UPDATE subscriptions SET lease_owner = $1, lease_until = $2 WHERE {} \
              AND next_update_date <> '' AND next_update_at <= $4 AND lease_until <= $4 \
-             RETURNING account_id, next_update_date, update_attempts",
+             RETURNING account_id, next_update_date, update_attempts, next_update_at",
             self.db.json_in("account_id", 3)
         );
         let claim = Sql::new(AssertSqlSafe(q)).bind(owner).bind(micros(until)).bind(ids).bind(micros(now));
-        let rows: Vec<(String, String, i64)> = self.db.fetch_all(claim).await?;
-        let mut claimed = rows
-            .into_iter()
-            .map(|(account_id, d, attempts)| {
-                Ok(DueUpdate { account_id, update_date: parse_day(&d)?, attempts })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<DueRow> = self.db.fetch_all(claim).await?;
+        let mut claimed = rows.into_iter().map(due_update).collect::<Result<Vec<_>>>()?;
         // In the order they fell due, as read.
         claimed.sort_by_key(|c| due.iter().position(|d| d.account_id == c.account_id));
         Ok(claimed)

@@ -28,13 +28,18 @@ pub const ACCOUNT: &str = "acct-a";
 /// What billing asked of marketing-status, and what it answers.
 #[derive(Default)]
 pub struct Peer {
-    /// (account, update date, effective_at seconds) of every ApplyUpdateDate call.
+    /// (account, update date, effective_at seconds) of every date asked for (ApplyUpdateDate or
+    /// ApplyUpdateDates).
     pub update_calls: Vec<(String, Date, i64)>,
     pub plans: Vec<mpb::SetAccountPlanRequest>,
     /// Calls to refuse with UNAVAILABLE before answering.
     pub failures_left: u32,
     /// The count answered after applying a date.
     pub count: mpb::MarketingCount,
+    /// Answer ApplyUpdateDates UNIMPLEMENTED, as a replica from before it would.
+    pub one_date_a_call: bool,
+    /// Calls of ApplyUpdateDates answered.
+    pub batch_calls: u32,
 }
 
 #[derive(Clone, Default)]
@@ -69,6 +74,38 @@ impl MarketingStatusInternalService for RecordingMarketingStatus {
             already_applied: false,
             count: Some(p.count),
         }))
+    }
+
+    async fn apply_update_dates(
+        &self,
+        req: Request<mpb::ApplyUpdateDatesRequest>,
+    ) -> Result<Response<mpb::ApplyUpdateDatesResponse>, Status> {
+        let dates = req.into_inner().dates;
+        let mut p = self.0.lock().unwrap();
+        if p.one_date_a_call {
+            return Err(Status::unimplemented("ApplyUpdateDates"));
+        }
+        p.batch_calls += 1;
+        for r in &dates {
+            let at = r.effective_at.unwrap_or_default().seconds;
+            p.update_calls.push((r.account_id.clone(), r.update_date.unwrap_or_default(), at));
+        }
+        if p.failures_left > 0 {
+            p.failures_left -= 1;
+            return Err(Status::unavailable("marketing-status is restarting"));
+        }
+        let results = dates
+            .iter()
+            .map(|_| mpb::ApplyUpdateDateResult {
+                applied: Some(mpb::ApplyUpdateDateResponse {
+                    applied: 0,
+                    already_applied: false,
+                    count: Some(p.count),
+                }),
+                error: None,
+            })
+            .collect();
+        Ok(Response::new(mpb::ApplyUpdateDatesResponse { results }))
     }
 
     async fn set_account_plan(
@@ -135,7 +172,11 @@ pub async fn start(backend: Backend) -> Billing {
     let spec = ServiceSpec {
         name: "marketing-status",
         routes: Routes::new(MarketingStatusInternalServiceServer::new(marketing_status.clone())),
-        policy: Policy::new().internal(internal, &["ApplyUpdateDate", "SetAccountPlan"], &["billing"]),
+        policy: Policy::new().internal(
+            internal,
+            &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan"],
+            &["billing"],
+        ),
         services: vec![internal],
         failing: vec![],
         db: None,

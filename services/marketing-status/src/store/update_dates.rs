@@ -143,6 +143,60 @@ enum Marked {
     EarlierPending,
 }
 
+/// An update date to apply: the account's, effective at its processing instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DateToApply {
+    pub account: String,
+    pub date: NaiveDate,
+    pub effective_at: DateTime<Utc>,
+}
+
+/// The mark of one account's date inside `tx`. Writes nothing unless it answers Applied.
+async fn mark_in(
+    tx: &mut impl Tx,
+    db: &Db,
+    account: &str,
+    day: &str,
+    eff: i64,
+    now: DateTime<Utc>,
+) -> Result<Marked, sqlx::Error> {
+    let cutoff = cutoff(eff, micros(now));
+    let prefix = format!("{}:", new_id());
+    if let Db::Postgres(_) = db {
+        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+        tx.execute(Sql::new(lock).bind(MARK_LOCK).bind(account)).await?;
+    }
+    // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
+    let applied: Option<i64> = tx.scalar_optional(Sql::new(APPLIED).bind(account).bind(day)).await?;
+    if applied.is_some_and(|a| a >= 0) {
+        return Ok(Marked::AlreadyApplied);
+    }
+    let earlier: Option<i64> = tx.scalar_optional(Sql::new(MARK_CUTOFF).bind(account)).await?;
+    if let Some(earlier) = earlier {
+        let left = format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})");
+        let left: bool = tx.scalar(Sql::new(AssertSqlSafe(left)).bind(account).bind(earlier)).await?;
+        if left {
+            return Ok(Marked::EarlierPending);
+        }
+        tx.execute(Sql::new("DELETE FROM update_marks WHERE account_id = $1").bind(account)).await?;
+    }
+    let n = format!("SELECT count(*) {PENDING_UP_TO}");
+    let n: i64 = tx.scalar(Sql::new(AssertSqlSafe(n)).bind(account).bind(cutoff)).await?;
+    if n > 0 {
+        let mark = Sql::new(INSERT_MARK)
+            .bind(account)
+            .bind(day)
+            .bind(eff)
+            .bind(micros(now))
+            .bind(cutoff)
+            .bind(&prefix);
+        tx.execute(mark).await?;
+        apply_delta(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now).await?;
+    }
+    let record = Sql::new(RECORD_APPLIED).bind(account).bind(day).bind(n).bind(micros(now));
+    Ok(Marked::Applied(tx.scalar(record).await?))
+}
+
 impl Store {
     /// Every contact pending at `effective_at` becomes non-marketing, once per (account, update
     /// date): in effect when this returns, rewritten in the background ([`Store::rewrite`]).
@@ -167,6 +221,57 @@ impl Store {
         }
     }
 
+    /// [`Store::apply_update_date`] for many accounts: the marks of all of them in one
+    /// transaction (a commit each made every account wait for its own flush of the log), each
+    /// on its own where that is not possible (an earlier date still to rewrite, a batch that
+    /// failed). Answers in the order given.
+    pub async fn apply_update_dates(
+        &self,
+        dates: &[DateToApply],
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Option<i64>, sqlx::Error>> {
+        let mut out: Vec<Option<Result<Option<i64>, sqlx::Error>>> = dates.iter().map(|_| None).collect();
+        if let Ok(marked) = self.mark_all(dates, now).await {
+            for (i, m) in marked {
+                out[i] = match m {
+                    Marked::Applied(n) => Some(Ok(Some(n))),
+                    Marked::AlreadyApplied => Some(Ok(None)),
+                    Marked::EarlierPending => None,
+                };
+            }
+        }
+        let mut answers = Vec::with_capacity(dates.len());
+        for (d, done) in dates.iter().zip(out) {
+            answers.push(match done {
+                Some(r) => r,
+                None => self.apply_update_date(&d.account, d.date, d.effective_at, now).await,
+            });
+        }
+        answers
+    }
+
+    /// The marks of `dates` in one transaction, accounts in order so that two batches never
+    /// wait for each other's locks in a circle. An account with an earlier date still to
+    /// rewrite is left out unchanged (answered EarlierPending).
+    async fn mark_all(
+        &self,
+        dates: &[DateToApply],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(usize, Marked)>, sqlx::Error> {
+        let mut order: Vec<usize> = (0..dates.len()).collect();
+        order.sort_by(|a, b| dates[*a].account.cmp(&dates[*b].account));
+        let mut tx = self.db.begin_write().await?;
+        let mut marked = Vec::with_capacity(dates.len());
+        for i in order {
+            let d = &dates[i];
+            let day = d.date.format("%Y-%m-%d").to_string();
+            marked
+                .push((i, mark_in(&mut tx, &self.db, &d.account, &day, micros(d.effective_at), now).await?));
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
     async fn mark(
         &self,
         account: &str,
@@ -174,45 +279,12 @@ impl Store {
         eff: i64,
         now: DateTime<Utc>,
     ) -> Result<Marked, sqlx::Error> {
-        let cutoff = cutoff(eff, micros(now));
-        let prefix = format!("{}:", new_id());
         let mut tx = self.db.begin_write().await?;
-        if let Db::Postgres(_) = self.db {
-            let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-            tx.execute(Sql::new(lock).bind(MARK_LOCK).bind(account)).await?;
+        let marked = mark_in(&mut tx, &self.db, account, day, eff, now).await?;
+        if let Marked::Applied(_) = marked {
+            tx.commit().await?;
         }
-        // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
-        let applied: Option<i64> = tx.scalar_optional(Sql::new(APPLIED).bind(account).bind(day)).await?;
-        if applied.is_some_and(|a| a >= 0) {
-            return Ok(Marked::AlreadyApplied);
-        }
-        let earlier: Option<i64> = tx.scalar_optional(Sql::new(MARK_CUTOFF).bind(account)).await?;
-        if let Some(earlier) = earlier {
-            let left = format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})");
-            let left: bool = tx.scalar(Sql::new(AssertSqlSafe(left)).bind(account).bind(earlier)).await?;
-            if left {
-                return Ok(Marked::EarlierPending);
-            }
-            tx.execute(Sql::new("DELETE FROM update_marks WHERE account_id = $1").bind(account)).await?;
-        }
-        let n = format!("SELECT count(*) {PENDING_UP_TO}");
-        let n: i64 = tx.scalar(Sql::new(AssertSqlSafe(n)).bind(account).bind(cutoff)).await?;
-        if n > 0 {
-            let mark = Sql::new(INSERT_MARK)
-                .bind(account)
-                .bind(day)
-                .bind(eff)
-                .bind(micros(now))
-                .bind(cutoff)
-                .bind(&prefix);
-            tx.execute(mark).await?;
-            apply_delta(&mut tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now)
-                .await?;
-        }
-        let record = Sql::new(RECORD_APPLIED).bind(account).bind(day).bind(n).bind(micros(now));
-        let applied: i64 = tx.scalar(record).await?;
-        tx.commit().await?;
-        Ok(Marked::Applied(applied))
+        Ok(marked)
     }
 
     /// Accounts with contacts still to be rewritten.
@@ -474,6 +546,31 @@ mod tests {
         assert_eq!(s.rewrite(ACCOUNT).await.unwrap(), 0, "{backend:?}");
     }
 
+    async fn a_batch_applies_each_date_once_and_rewrites_an_earlier_one_first(backend: Backend) {
+        let (s, _t) = store(backend).await;
+        let ids = contacts(&s, 3).await;
+        set(&s, &ids[..2], Status::NonMarketing, at(15, 9)).await;
+        let june = Utc.with_ymd_and_hms(2026, 6, 1, 4, 0, 0).unwrap();
+        let july = Utc.with_ymd_and_hms(2026, 7, 1, 4, 0, 0).unwrap();
+        let d = |account: &str, at: DateTime<Utc>| DateToApply {
+            account: account.into(),
+            date: at.date_naive(),
+            effective_at: at,
+        };
+        let first = s.apply_update_dates(&[d("acct-z", june), d(ACCOUNT, june)], june).await;
+        let first: Vec<_> = first.into_iter().map(Result::unwrap).collect();
+        assert_eq!(first, [Some(0), Some(2)], "{backend:?}: in the order asked");
+        set(&s, &ids[2..], Status::NonMarketing, Utc.with_ymd_and_hms(2026, 6, 10, 9, 0, 0).unwrap()).await;
+        // June's contacts are not rewritten yet: July's date rewrites them first, on its own;
+        // named twice, it is applied once.
+        let batch = [d(ACCOUNT, july), d("acct-z", july), d(ACCOUNT, july), d(ACCOUNT, june)];
+        let second: Vec<_> =
+            s.apply_update_dates(&batch, july).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(second, [Some(1), Some(0), None, None], "{backend:?}");
+        let c = s.counts(ACCOUNT).await.unwrap();
+        assert_eq!((c.marketing, c.pending, c.non_marketing), (0, 0, 3), "{backend:?}");
+    }
+
     async fn a_later_date_waits_until_the_earlier_one_is_rewritten(backend: Backend) {
         let (s, _t) = store(backend).await;
         let ids = contacts(&s, 3).await;
@@ -586,6 +683,7 @@ mod tests {
     contactier_runtime::backend_tests!(
         an_applied_date_is_in_effect_at_once_and_the_rewrite_stores_what_it_showed,
         a_later_date_waits_until_the_earlier_one_is_rewritten,
+        a_batch_applies_each_date_once_and_rewrites_an_earlier_one_first,
         upgrading_to_the_audit_key_keeps_the_trail_and_a_date_still_to_rewrite,
     );
 }
