@@ -11,6 +11,7 @@ use contactier_runtime::clock::{Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
 use contactier_runtime::work;
 use futures::StreamExt;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +22,10 @@ pub fn retry_delay(attempts: i64) -> Duration {
     work::backoff(attempts, Duration::from_secs(5), Duration::from_secs(900))
 }
 
-/// Invoices issued side by side: each is its own transaction, numbered per account, and one
-/// account's days are issued in order.
+/// Transactions issuing invoices side by side.
 const PARALLEL: usize = 8;
+/// Invoices of different accounts issued in one transaction.
+const CHUNK: usize = 16;
 
 /// Issues every invoice due at `now`; answers when the next one is due and how many were issued.
 pub async fn run_once(
@@ -31,88 +33,122 @@ pub async fn run_once(
     book: &PriceBook,
     now: DateTime<Utc>,
 ) -> crate::error::Result<(Option<DateTime<Utc>>, u32)> {
-    // One account's days in order (their numbers follow them); accounts side by side.
-    let mut by_account: std::collections::BTreeMap<String, Vec<UpgradeDay>> = Default::default();
+    // An account's days in order (their numbers follow them): its first due day in the first
+    // round, its second in the next; the accounts of a round side by side.
+    let mut by_account: BTreeMap<String, VecDeque<UpgradeDay>> = BTreeMap::new();
     for d in store.uninvoiced_upgrade_days().await? {
-        by_account.entry(d.account_id.clone()).or_default().push(d);
+        by_account.entry(d.account_id.clone()).or_default().push_back(d);
     }
-    let outcomes: Vec<crate::error::Result<(Option<DateTime<Utc>>, u32)>> =
-        futures::stream::iter(by_account.into_values())
-            .map(|days| invoice_account(store, book, days, now))
-            .buffer_unordered(PARALLEL)
-            .collect()
-            .await;
-    let mut next: Option<DateTime<Utc>> = None;
+    let mut next = Next(None);
     let mut issued = 0;
-    for o in outcomes {
-        let (at, n) = o?;
-        issued += n;
-        next = match (next, at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+    loop {
+        let round: Vec<UpgradeDay> = by_account.values_mut().filter_map(VecDeque::pop_front).collect();
+        if round.is_empty() {
+            break;
+        }
+        issued += invoice_round(store, book, round, now, &mut next).await?;
     }
-    Ok((next, issued))
+    Ok((next.0, issued))
 }
 
-/// Issues one account's due invoices, day by day.
-async fn invoice_account(
+/// The earliest of the times something is due later.
+struct Next(Option<DateTime<Utc>>);
+
+impl Next {
+    fn at(&mut self, at: DateTime<Utc>) {
+        self.0 = Some(self.0.map_or(at, |n| n.min(at)));
+    }
+}
+
+/// Issues the due invoices of a round (at most one day an account), [`CHUNK`] to a transaction.
+async fn invoice_round(
     store: &Store,
     book: &PriceBook,
-    days: Vec<UpgradeDay>,
+    round: Vec<UpgradeDay>,
     now: DateTime<Utc>,
-) -> crate::error::Result<(Option<DateTime<Utc>>, u32)> {
-    let mut next: Option<DateTime<Utc>> = None;
-    let mut later = |at: DateTime<Utc>| next = Some(next.map_or(at, |n: DateTime<Utc>| n.min(at)));
-    let mut issued = 0;
-    for UpgradeDay { account_id: account, day, retry_at } in days {
-        if let Some(at) = retry_at.filter(|at| *at > now) {
-            later(at);
-            continue;
+    next: &mut Next,
+) -> crate::error::Result<u32> {
+    let mut due = Vec::with_capacity(round.len());
+    let mut waiting = Vec::with_capacity(round.len());
+    for d in round {
+        match d.retry_at.filter(|at| *at > now) {
+            Some(at) => next.at(at),
+            None => waiting.push(d),
         }
-        match invoice(store, book, &account, day, now).await {
-            Ok(Due::Issued) => issued += 1,
-            Ok(Due::Later(at)) => later(at),
-            Ok(Due::Nothing) => {}
+    }
+    for ids in waiting.chunks(1_000) {
+        let accounts: Vec<&str> = ids.iter().map(|d| d.account_id.as_str()).collect();
+        let subs = store.subscriptions(&accounts).await?;
+        for d in ids {
+            let Some(sub) = subs.get(&d.account_id) else { continue };
+            let Some(following) = d.day.checked_add_days(Days::new(1)) else { continue };
+            // A subscription that cannot be read fails its invoice, which records why.
+            let Ok(sub) = sub else {
+                due.push((d.account_id.clone(), d.day));
+                continue;
+            };
+            let at = sub.processing_at(book, following);
+            if at > now {
+                next.at(at);
+            } else {
+                due.push((d.account_id.clone(), d.day));
+            }
+        }
+    }
+    let chunks: Vec<Vec<(String, NaiveDate)>> = due.chunks(CHUNK).map(<[_]>::to_vec).collect();
+    let outcomes: Vec<crate::error::Result<(u32, Option<DateTime<Utc>>)>> = futures::stream::iter(chunks)
+        .map(|chunk| invoice_chunk(store, book, chunk, now))
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut issued = 0;
+    for o in outcomes {
+        let (n, retry) = o?;
+        issued += n;
+        if let Some(at) = retry {
+            next.at(at);
+        }
+    }
+    Ok(issued)
+}
+
+/// Issues a chunk of due invoices in one transaction, or one by one when that fails (one
+/// account's failure is recorded and retried with backoff; the others are issued meanwhile).
+/// Answers how many were issued and, after a failure, when to try again.
+async fn invoice_chunk(
+    store: &Store,
+    book: &PriceBook,
+    chunk: Vec<(String, NaiveDate)>,
+    now: DateTime<Utc>,
+) -> crate::error::Result<(u32, Option<DateTime<Utc>>)> {
+    if let Ok(invoices) = store.issue_upgrade_invoices(&chunk, now, book).await {
+        for ((account, _), inv) in chunk.iter().zip(&invoices) {
+            if let Some(inv) = inv {
+                tracing::info!(account = %account, invoice = %inv.id, number = inv.number, "upgrade invoice issued");
+            }
+        }
+        return Ok((invoices.iter().flatten().count() as u32, None));
+    }
+    let mut next = Next(None);
+    let mut issued = 0;
+    for (account, day) in chunk {
+        match store.issue_upgrade_invoice(&account, day, now, book).await {
+            Ok(Some(inv)) => {
+                tracing::info!(account = %account, invoice = %inv.id, number = inv.number, "upgrade invoice issued");
+                issued += 1;
+            }
+            Ok(None) => {}
             Err(e) => {
                 let error = e.to_string();
                 let attempts = store.invoice_failed(&account, day, &error, now, retry_delay).await?;
                 work::record_failure(WORKER, &account, &format!("upgrade:{day}"), attempts, &error);
-                later(
-                    now + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::MAX),
+                next.at(
+                    now + chrono::Duration::from_std(retry_delay(attempts)).unwrap_or(chrono::Duration::MAX)
                 );
             }
         }
     }
-    Ok((next, issued))
-}
-
-enum Due {
-    Issued,
-    Later(DateTime<Utc>),
-    Nothing,
-}
-
-async fn invoice(
-    store: &Store,
-    book: &PriceBook,
-    account: &str,
-    day: NaiveDate,
-    now: DateTime<Utc>,
-) -> crate::error::Result<Due> {
-    let Some(sub) = store.subscription(account).await? else { return Ok(Due::Nothing) };
-    let Some(following) = day.checked_add_days(Days::new(1)) else { return Ok(Due::Nothing) };
-    let due = sub.processing_at(book, following);
-    if due > now {
-        return Ok(Due::Later(due));
-    }
-    Ok(match store.issue_upgrade_invoice(account, day, now, book).await? {
-        Some(inv) => {
-            tracing::info!(account = %account, invoice = %inv.id, number = inv.number, "upgrade invoice issued");
-            Due::Issued
-        }
-        None => Due::Nothing,
-    })
+    Ok((issued, next.0))
 }
 
 pub async fn run(store: Store, book: Arc<PriceBook>, worker: Worker, relay: WorkerWaker, shutdown: Shutdown) {

@@ -367,7 +367,53 @@ async fn the_price_book_and_subsidiaries_page_in_their_own_order(backend: Backen
     assert_eq!((err.code(), err.message().starts_with("page_token")), (Code::InvalidArgument, true));
 }
 
+async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_replicas(backend: Backend) {
+    let b = start(backend).await;
+    for _ in 0..2 {
+        b.another_replica().await;
+    }
+    let service = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let mut internal = BillingInternalServiceClient::new(b.channel.clone());
+    // More accounts than one transaction issues, some past two tiers in two steps.
+    let accounts: Vec<String> = (0..40).map(|i| format!("acct-{i:02}")).collect();
+    for (i, account) in accounts.iter().enumerate() {
+        let admin = b.token(account, &["admin"]);
+        b.api().create_subscription(authed(professional_monthly(), &admin)).await.unwrap();
+        let steps: &[i64] = if i % 3 == 0 { &[2_100, 7_500] } else { &[2_100] };
+        for (v, marketing) in steps.iter().enumerate() {
+            let ev = pb::CountChanged {
+                event_id: format!("{account}-{v}"),
+                account_id: account.clone(),
+                version: v as i64 + 1,
+                marketing_count: *marketing,
+                pending_non_marketing: 0,
+                non_marketing: 0,
+                observed_at: None,
+                marketing_contacts_enabled: true,
+            };
+            let req = pb::ApplyCountEventsRequest { events: vec![ev] };
+            internal.apply_count_events(authed(req, &service)).await.unwrap();
+        }
+    }
+    b.advance_to(chrono::Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
+    for (i, account) in accounts.iter().enumerate() {
+        let req = pb::ListInvoicesRequest { page_size: 10, page_token: String::new() };
+        let read = b.token(account, &["read"]);
+        let invoices = b.api().list_invoices(authed(req, &read)).await.unwrap().into_inner().invoices;
+        let got: Vec<_> = invoices.iter().map(|inv| (inv.number, inv.kind)).collect();
+        assert_eq!(got, [(1, pb::InvoiceKind::Upgrade as i32)], "{backend:?}: {account}");
+        let line = &invoices[0].lines[0];
+        let to = if i % 3 == 0 { 12_000 } else { 7_000 };
+        assert_eq!(
+            (line.from_tier, line.to_tier),
+            (2_000, to),
+            "{backend:?}: {account}: one line for the day"
+        );
+    }
+}
+
 contactier_runtime::backend_tests!(
+    many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_replicas,
     the_price_book_and_subsidiaries_page_in_their_own_order,
     upgrades_and_invoices_page_without_a_gap,
     subscriptions_are_checked_and_know_their_calendar,

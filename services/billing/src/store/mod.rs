@@ -18,7 +18,9 @@ use contactier_runtime::sql::{Sql, Tx};
 use contactier_runtime::work::{FailingItem, FailingWork};
 use invoices::NewInvoice;
 use prost::Message;
+use sqlx::AssertSqlSafe;
 use states::NewState;
+use std::collections::HashMap;
 
 /// The columns of a subscription, in [`SubscriptionRow`]'s order; a macro so that statements
 /// built from it are constants.
@@ -218,6 +220,40 @@ async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscrip
     let row: Option<SubscriptionRow> =
         tx.fetch_optional(Sql::new(SUBSCRIPTION_BY_ACCOUNT).bind(account)).await?;
     row.map(SubscriptionRow::into_model).transpose()
+}
+
+/// The prorated invoice of an account's upgrades on a day, issued inside `tx`: one line from
+/// the tier before the day's first upgrade to the tier after its last. None, having written
+/// nothing, when it was issued before or there is nothing to charge.
+async fn upgrade_invoice(
+    tx: &mut impl Tx,
+    account: &str,
+    upgrade_day: NaiveDate,
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<Option<Invoice>> {
+    let source_key = format!("upgrade:{}", day(upgrade_day));
+    if invoices::invoiced(tx, account, &source_key).await? {
+        return Ok(None);
+    }
+    let ups: Vec<UpgradeRow> =
+        tx.fetch_all(Sql::new(DAY_UPGRADES).bind(account).bind(day(upgrade_day))).await?;
+    let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
+    let sub = subscription(tx, account).await?.ok_or_else(|| Error::not_found("subscription"))?;
+    let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
+    let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
+    let new = NewInvoice {
+        account,
+        source_key,
+        kind: InvoiceKind::Upgrade,
+        currency: sub.currency.as_str(),
+        term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
+        lines: vec![line],
+    };
+    let inv = invoices::issue(tx, new, now).await?;
+    tx.execute(Sql::new(MARK_INVOICED).bind(&inv.id).bind(account).bind(day(upgrade_day))).await?;
+    tx.execute(Sql::new(FORGET_FAILURE).bind(account).bind(day(upgrade_day))).await?;
+    Ok(Some(inv))
 }
 
 async fn counts(tx: &mut impl Tx, account: &str) -> Result<Counts> {
@@ -559,31 +595,49 @@ impl Store {
         now: DateTime<Utc>,
         book: &PriceBook,
     ) -> Result<Option<Invoice>> {
-        let source_key = format!("upgrade:{}", day(upgrade_day));
         let mut tx = self.db.begin_write().await?;
-        if invoices::invoiced(&mut tx, account, &source_key).await? {
-            return Ok(None);
+        let inv = upgrade_invoice(&mut tx, account, upgrade_day, now, book).await?;
+        if inv.is_some() {
+            tx.commit().await?;
         }
-        let ups: Vec<UpgradeRow> =
-            tx.fetch_all(Sql::new(DAY_UPGRADES).bind(account).bind(day(upgrade_day))).await?;
-        let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
-        let sub = subscription(&mut tx, account).await?.ok_or_else(|| Error::not_found("subscription"))?;
-        // One line from the tier before the day's first upgrade to the tier after its last.
-        let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
-        let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
-        let new = NewInvoice {
-            account,
-            source_key,
-            kind: InvoiceKind::Upgrade,
-            currency: sub.currency.as_str(),
-            term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
-            lines: vec![line],
-        };
-        let inv = invoices::issue(&mut tx, new, now).await?;
-        tx.execute(Sql::new(MARK_INVOICED).bind(&inv.id).bind(account).bind(day(upgrade_day))).await?;
-        tx.execute(Sql::new(FORGET_FAILURE).bind(account).bind(day(upgrade_day))).await?;
+        Ok(inv)
+    }
+
+    /// [`Store::issue_upgrade_invoice`] for several accounts' days in one transaction (a commit
+    /// each made every invoice wait for its own flush of the log), accounts in order so that two
+    /// runs never wait for each other in a circle. Answers in the order given; Err when the
+    /// transaction failed and nothing was issued (the caller then issues them one by one).
+    pub async fn issue_upgrade_invoices(
+        &self,
+        days: &[(String, NaiveDate)],
+        now: DateTime<Utc>,
+        book: &PriceBook,
+    ) -> Result<Vec<Option<Invoice>>> {
+        let mut order: Vec<usize> = (0..days.len()).collect();
+        order.sort_by(|a, b| days[*a].cmp(&days[*b]));
+        let mut issued: Vec<Option<Invoice>> = days.iter().map(|_| None).collect();
+        let mut tx = self.db.begin_write().await?;
+        for i in order {
+            let (account, day) = &days[i];
+            issued[i] = upgrade_invoice(&mut tx, account, *day, now, book).await?;
+        }
         tx.commit().await?;
-        Ok(Some(inv))
+        Ok(issued)
+    }
+
+    /// The subscriptions of these accounts, in one statement, by account: each Err when its
+    /// row cannot be read as a subscription (the others are read all the same).
+    pub async fn subscriptions(&self, accounts: &[&str]) -> Result<HashMap<String, Result<Subscription>>> {
+        if accounts.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let q = format!(
+            concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE {}"),
+            self.db.json_in("account_id", 1)
+        );
+        let ids = serde_json::to_string(accounts).expect("JSON of strings");
+        let rows: Vec<SubscriptionRow> = self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(ids)).await?;
+        Ok(rows.into_iter().map(|r| (r.account_id.clone(), r.into_model())).collect())
     }
 
     pub async fn upgrades(
