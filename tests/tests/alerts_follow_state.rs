@@ -50,7 +50,7 @@ async fn sign_ups(s: &System, n: usize) {
 }
 
 async fn subscribe(s: &System, edition: Edition, tier: i64) {
-    subscribe_for(s, edition, Term::Monthly, tier).await
+    subscribe_for(s, edition, Term::Monthly, tier).await;
 }
 
 async fn subscribe_for(s: &System, edition: Edition, term: Term, tier: i64) {
@@ -230,7 +230,7 @@ async fn an_import_through_several_tiers_is_one_digest_per_recipient(backend: Ba
 
     let mut feed = s.alerts(ACCOUNT).await;
     feed.reverse();
-    let kinds: Vec<AlertKind> = feed.iter().map(|a| a.kind()).collect();
+    let kinds: Vec<AlertKind> = feed.iter().map(contactier_proto::notification::v1::Alert::kind).collect();
     assert!(kinds.iter().filter(|k| **k == AlertKind::TierExceeded).count() >= 3, "{backend:?}: {kinds:?}");
     assert!(kinds.iter().filter(|k| **k == AlertKind::TierUpgraded).count() >= 3, "{backend:?}: {kinds:?}");
     let ids: Vec<&str> = feed.iter().map(|a| a.id.as_str()).collect();

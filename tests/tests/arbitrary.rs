@@ -260,7 +260,7 @@ async fn every_rpc_takes_arbitrary_messages_without_a_fault(backend: Backend) {
                 let msg = message(&method.input(), &mut rng, 0);
                 let body = Bytes::from(prost::Message::encode_to_vec(&msg));
                 let outcome = call(&s, &method, body, token).await;
-                let code = outcome.as_ref().err().map_or(Code::Ok, |e| e.code());
+                let code = outcome.as_ref().err().map_or(Code::Ok, tonic::Status::code);
                 assert!(
                     client_side(code),
                     "{backend:?} seed {seed}, {} message {i}: {:?}\n{msg:?}",

@@ -47,7 +47,8 @@ async fn usage_upgrades_and_invoices_reach_notification_through_the_outbox(backe
     s.advance_to(Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
 
     let alerts = s.alerts(ACCOUNT).await;
-    let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
+    let kinds: Vec<npb::AlertKind> =
+        alerts.iter().rev().map(contactier_proto::notification::v1::Alert::kind).collect();
     assert_eq!(
         kinds,
         [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued],

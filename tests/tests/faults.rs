@@ -260,7 +260,7 @@ async fn set_everyone(
     f.status()
         .set_marketing_status(authed(req, &f.user(ACCOUNT)))
         .await
-        .map(|r| r.into_inner())
+        .map(tonic::Response::into_inner)
         .unwrap_or_else(|e| {
             panic!("setting {status:?}: {e:?}");
         })
@@ -322,7 +322,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
             status: MarketingStatus::Marketing as i32,
             source: None,
         };
-        f.status().set_marketing_status(authed(req, &f.user(ACCOUNT))).await.map(|r| r.into_inner())
+        f.status().set_marketing_status(authed(req, &f.user(ACCOUNT))).await.map(tonic::Response::into_inner)
     })
     .await;
     assert_eq!(r.count.unwrap_or_default().marketing, ROWS as i64, "{backend:?}: cut at {cut_at}");
@@ -364,7 +364,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
         };
         let mut c = MarketingStatusInternalServiceClient::new(channel(ms));
         let token = token.clone();
-        async move { c.apply_update_date(authed(req, &token)).await.map(|r| r.into_inner()) }
+        async move { c.apply_update_date(authed(req, &token)).await.map(tonic::Response::into_inner) }
     };
     let first = apply().await?;
     let c = first.count.unwrap_or_default();
@@ -421,7 +421,7 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
     loop {
         let get = || async {
             let req = mpb::GetWorkflowRunRequest { id: run.id.clone() };
-            f.status().get_workflow_run(authed(req, &f.user(ACCOUNT))).await.map(|r| r.into_inner())
+            f.status().get_workflow_run(authed(req, &f.user(ACCOUNT))).await.map(tonic::Response::into_inner)
         };
         let r = retrying("the run's state", get).await.run.context("the run")?;
         if r.state() == mpb::WorkflowRunState::Succeeded {

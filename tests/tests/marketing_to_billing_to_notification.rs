@@ -86,7 +86,8 @@ async fn status_changes_drive_billing_and_alerts_on_the_seeds_dates(backend: Bac
     // the monthly term renews at the new tier.
     s.advance_to(Utc.with_ymd_and_hms(2026, 5, 1, 4, 0, 0).unwrap()).await;
     let alerts = s.alerts(ACCOUNT).await;
-    let kinds: Vec<npb::AlertKind> = alerts.iter().rev().map(|a| a.kind()).collect();
+    let kinds: Vec<npb::AlertKind> =
+        alerts.iter().rev().map(contactier_proto::notification::v1::Alert::kind).collect();
     assert_eq!(
         kinds,
         [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded, InvoiceIssued, InvoiceIssued],

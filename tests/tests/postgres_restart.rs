@@ -24,30 +24,27 @@ const PER_BATCH: usize = 100;
 /// Restarts the tests' PostgreSQL and waits until it answers: the throwaway cluster of
 /// `scripts/with-test-postgres` when it made one, else the machine's cluster.
 fn restart_postgres() {
-    let ok = match std::env::var_os("CONTACTIER_TEST_PGDATA") {
-        Some(data) => {
-            let bin =
-                std::path::PathBuf::from(std::env::var_os("CONTACTIER_TEST_PG_BIN").expect("its bin folder"));
-            Command::new(bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(data)
-                .args(["-m", "fast", "-w", "restart"])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .expect("pg_ctl runs")
-        }
-        None => {
-            let version = std::fs::read_dir("/etc/postgresql")
-                .expect("a local PostgreSQL cluster")
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .next()
-                .expect("a cluster version");
-            Command::new("pg_ctlcluster")
-                .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-                .status()
-                .expect("pg_ctlcluster runs")
-        }
+    let ok = if let Some(data) = std::env::var_os("CONTACTIER_TEST_PGDATA") {
+        let bin =
+            std::path::PathBuf::from(std::env::var_os("CONTACTIER_TEST_PG_BIN").expect("its bin folder"));
+        Command::new(bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "fast", "-w", "restart"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+    } else {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .expect("a local PostgreSQL cluster")
+            .filter_map(std::result::Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()
+            .expect("a cluster version");
+        Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+            .status()
+            .expect("pg_ctlcluster runs")
     };
     assert!(ok.success(), "PostgreSQL restarted");
     let url = contactier_runtime::testing::test_pg_url();

@@ -221,7 +221,8 @@ async fn the_product_end_to_end(backend: Backend) {
     let kinds: Vec<_> = inv.iter().map(|i| (i.kind(), i.total.as_ref().unwrap().amount_minor)).collect();
     assert!(kinds.contains(&(bpb::InvoiceKind::Upgrade, 750)), "{backend:?}: 22,500 x 1/30: {kinds:?}");
     assert!(kinds.contains(&(bpb::InvoiceKind::Renewal, 102_500)), "{backend:?}: {kinds:?}");
-    let alerts: Vec<npb::AlertKind> = s.alerts(ACCOUNT).await.iter().rev().map(|a| a.kind()).collect();
+    let alerts: Vec<npb::AlertKind> =
+        s.alerts(ACCOUNT).await.iter().rev().map(contactier_proto::notification::v1::Alert::kind).collect();
     assert_eq!(
         &alerts[..5],
         [Threshold75, Threshold90, Threshold98, TierExceeded, TierUpgraded],

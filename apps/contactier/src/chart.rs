@@ -111,7 +111,7 @@ pub fn funnel(steps: &[Step], width: usize) -> Vec<String> {
 /// Contacts per stage at the end of each day as a table: a column per stage (in `order`, then
 /// any other, then no stage), a row per day.
 pub fn stage_table(days: &[(String, Vec<(String, i64)>)], order: &[&str]) -> Vec<String> {
-    let mut stages: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+    let mut stages: Vec<String> = order.iter().map(std::string::ToString::to_string).collect();
     for (_, counts) in days {
         for (stage, _) in counts {
             if !stages.contains(stage) {

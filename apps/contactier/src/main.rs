@@ -112,7 +112,8 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("{}: binding {addr}", def.name))?;
         listeners.push(l);
     }
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr()).collect::<Result<_, _>>()?;
+    let addrs: Vec<SocketAddr> =
+        listeners.iter().map(tokio::net::TcpListener::local_addr).collect::<Result<_, _>>()?;
     let url = |i: usize| format!("http://{}", addrs[i]);
     let peers = PeerArgs {
         contacts_url: url(0),

@@ -195,8 +195,8 @@ async fn keep_resolving(shared: Weak<Shared>, every: Duration) {
         s.resolve().await;
         let wake = async {
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = s.resolve_now.notified() => {}
+                () = tokio::time::sleep(every) => {}
+                () = s.resolve_now.notified() => {}
             }
         };
         wake.await;
@@ -292,7 +292,9 @@ impl tower_service::Service<http::Request<Body>> for Balanced {
                 tracing::Instrument::instrument(shared.send(parts, body, idempotent), span.clone()).await;
             let code = match &result {
                 Ok(r) => early_status(r).unwrap_or(tonic::Code::Ok),
-                Err(e) => e.downcast_ref::<tonic::Status>().map_or(tonic::Code::Unavailable, |s| s.code()),
+                Err(e) => {
+                    e.downcast_ref::<tonic::Status>().map_or(tonic::Code::Unavailable, tonic::Status::code)
+                }
             };
             span.record("rpc.grpc.status_code", code as i32);
             if !matches!(code, tonic::Code::Ok) {

@@ -216,8 +216,8 @@ impl Worker {
             due = next;
             self.report_step(now, next, wakes_before);
             tokio::select! {
-                _ = self.sleep_until(next) => {}
-                _ = shutdown.wait() => return,
+                () = self.sleep_until(next) => {}
+                () = shutdown.wait() => return,
             }
         }
     }
@@ -229,24 +229,21 @@ impl Worker {
 
     /// Sleeps until `next_due`, until poked, or (system clock) at most [`SYSTEM_POLL`].
     pub async fn sleep_until(&self, next_due: Option<DateTime<Utc>>) {
-        match &self.clock.manual {
-            Some(m) => {
-                let mut rx = m.now.subscribe();
-                let reached = |now: &DateTime<Utc>| next_due.is_some_and(|d| *now >= d);
-                tokio::select! {
-                    _ = rx.wait_for(reached) => {}
-                    _ = self.shared.wake.notified() => {}
-                }
+        if let Some(m) = &self.clock.manual {
+            let mut rx = m.now.subscribe();
+            let reached = |now: &DateTime<Utc>| next_due.is_some_and(|d| *now >= d);
+            tokio::select! {
+                _ = rx.wait_for(reached) => {}
+                () = self.shared.wake.notified() => {}
             }
-            None => {
-                let wait = next_due
-                    .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-                    .unwrap_or(SYSTEM_POLL)
-                    .min(SYSTEM_POLL);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.shared.wake.notified() => {}
-                }
+        } else {
+            let wait = next_due
+                .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(SYSTEM_POLL)
+                .min(SYSTEM_POLL);
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shared.wake.notified() => {}
             }
         }
     }

@@ -148,7 +148,9 @@ impl ConnInfo {
     /// The connection of a request, over plain TCP or TLS.
     pub fn of<B>(req: &http::Request<B>) -> Option<&ConnInfo> {
         req.extensions().get::<ConnInfo>().or_else(|| {
-            req.extensions().get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>().map(|t| t.get_ref())
+            req.extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
+                .map(tonic::transport::server::TlsConnectInfo::get_ref)
         })
     }
 }

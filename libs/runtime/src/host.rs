@@ -364,7 +364,7 @@ impl ServiceDef {
                     std::io::ErrorKind::TimedOut,
                     format!("no answer from the database within {} s", CONNECT_TRY.as_secs()),
                 )))),
-                _ = shutdown.wait() => return Ok(None),
+                () = shutdown.wait() => return Ok(None),
             };
             match tried {
                 Ok(db) => return Ok(Some(db)),
@@ -378,8 +378,8 @@ impl ServiceDef {
                         crate::work::backoff(attempt, Duration::from_millis(500), Duration::from_secs(30));
                     tracing::warn!(service = self.name, attempt, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, "the database cannot be reached yet");
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait() => return Ok(None),
+                        () = tokio::time::sleep(wait) => {}
+                        () = shutdown.wait() => return Ok(None),
                     }
                 }
             }

@@ -186,18 +186,16 @@ impl Issuers {
 
     async fn fetch(&self, config: &IssuerConfig) -> anyhow::Result<HashMap<String, Arc<DecodingKey>>> {
         let with_token = self.token_issuer.as_deref() == Some(config.issuer.as_str());
-        let url = match &config.jwks_url {
-            Some(u) => u.clone(),
-            None => {
-                #[derive(serde::Deserialize)]
-                struct Discovery {
-                    jwks_uri: String,
-                }
-                let d: Discovery = self
-                    .get(&format!("{}/.well-known/openid-configuration", config.issuer), with_token)
-                    .await?;
-                d.jwks_uri
+        let url = if let Some(u) = &config.jwks_url {
+            u.clone()
+        } else {
+            #[derive(serde::Deserialize)]
+            struct Discovery {
+                jwks_uri: String,
             }
+            let d: Discovery =
+                self.get(&format!("{}/.well-known/openid-configuration", config.issuer), with_token).await?;
+            d.jwks_uri
         };
         let set: JwkSet = self.get(&url, with_token).await?;
         Ok(keys_of(&set))

@@ -387,7 +387,7 @@ impl Outbox {
                 relay.relay_once(now, deliver, backoff, 500, BATCH_BYTES).await?;
                 relay.next_due().await
             })
-            .await
+            .await;
     }
 }
 

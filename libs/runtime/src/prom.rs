@@ -232,8 +232,8 @@ pub fn spawn_sampler(
                     .set(*n as f64);
             }
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.wait() => return,
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.wait() => return,
             }
         }
     });

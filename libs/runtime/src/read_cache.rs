@@ -110,15 +110,14 @@ impl<V: Clone + Send + Sync + 'static> ReadCache<V> {
         // The first caller loads; the others wait for it once, then load alone if it found
         // nothing to keep (it failed, or raced a write), so a failing database costs each
         // caller at most two loads' time, not the whole line's.
-        let _loading = match turn.lock.try_lock() {
-            Ok(first) => Some(first),
-            Err(_) => {
-                drop(turn.lock.lock().await);
-                if let Some(e) = entries.get(key) {
-                    return Ok(e.value);
-                }
-                None
+        let _loading = if let Ok(first) = turn.lock.try_lock() {
+            Some(first)
+        } else {
+            drop(turn.lock.lock().await);
+            if let Some(e) = entries.get(key) {
+                return Ok(e.value);
             }
+            None
         };
         self.load_and_keep(entries, key, load).await
     }
@@ -185,14 +184,19 @@ struct Turn<'a> {
 
 impl<'a> Turn<'a> {
     fn take(loads: &'a Lines, key: &'a str) -> Self {
-        let lock = loads.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        let lock = loads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
         Self { loads, key, lock }
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loads = self.loads.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The map's reference and this one: nobody else is in line (others join under this lock).
         if Arc::strong_count(&self.lock) <= 2
             && loads.get(self.key).is_some_and(|l| Arc::ptr_eq(l, &self.lock))
@@ -263,13 +267,12 @@ async fn listen<V: Clone + Send + Sync + 'static>(
 ) {
     while !shutdown.is_triggered() {
         let attempt = async {
-            let l = match listening.take() {
-                Some(l) => l,
-                None => {
-                    let l = connect(&pool).await?;
-                    cache.set_live(true);
-                    l
-                }
+            let l = if let Some(l) = listening.take() {
+                l
+            } else {
+                let l = connect(&pool).await?;
+                cache.set_live(true);
+                l
             };
             Err::<(), _>(follow(l, &cache).await)
         };
@@ -277,12 +280,12 @@ async fn listen<V: Clone + Send + Sync + 'static>(
             Err(e) = attempt => {
                 tracing::warn!(error = %e, "read cache notifications lost; reading through until back");
             }
-            _ = shutdown.wait() => {}
+            () = shutdown.wait() => {}
         }
         cache.set_live(false);
         tokio::select! {
-            _ = tokio::time::sleep(RECONNECT) => {}
-            _ = shutdown.wait() => {}
+            () = tokio::time::sleep(RECONNECT) => {}
+            () = shutdown.wait() => {}
         }
     }
 }

@@ -108,8 +108,8 @@ async fn watch_database(
     let mut serving = true;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(DATABASE_CHECK) => {}
-            _ = shutdown.wait() => return,
+            () = tokio::time::sleep(DATABASE_CHECK) => {}
+            () = shutdown.wait() => return,
         }
         let up = matches!(tokio::time::timeout(DATABASE_CHECK, db.ping()).await, Ok(Ok(())));
         if up == serving || shutdown.is_triggered() {
@@ -207,7 +207,7 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     tokio::pin!(server);
     tokio::select! {
         res = &mut server => res?,
-        _ = async { opts.shutdown.wait().await; tokio::time::sleep(drain + opts.grace).await } => {
+        () = async { opts.shutdown.wait().await; tokio::time::sleep(drain + opts.grace).await } => {
             tracing::warn!(service = spec.name, "grace period over; dropping remaining calls");
         }
     }

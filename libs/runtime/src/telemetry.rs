@@ -124,7 +124,7 @@ impl Extractor for HeaderExtractor<'_> {
         self.0.get(key).and_then(|v| v.to_str().ok())
     }
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 
@@ -393,7 +393,7 @@ fn log_call(
     let account = account.unwrap_or("");
     match code {
         _ if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") => {
-            tracing::debug!(target: "contactier::calls", method = path, code = code_name, duration_ms, "call")
+            tracing::debug!(target: "contactier::calls", method = path, code = code_name, duration_ms, "call");
         }
         None | Some(Internal | Unavailable | Unknown | DataLoss) => tracing::error!(
             target: "contactier::calls",
@@ -405,7 +405,7 @@ fn log_call(
             "call failed"
         ),
         Some(Ok) => {
-            tracing::info!(target: "contactier::calls", method = path, code = code_name, duration_ms, account_id = account, "call")
+            tracing::info!(target: "contactier::calls", method = path, code = code_name, duration_ms, account_id = account, "call");
         }
         Some(_) => tracing::info!(
             target: "contactier::calls",

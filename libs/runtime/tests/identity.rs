@@ -215,7 +215,7 @@ async fn a_rotated_key_is_fetched_and_unknown_key_ids_refetch_at_a_bounded_rate(
         })
         .collect();
     let results = futures::future::join_all(forged.iter().map(|t| auth.verify(t, None))).await;
-    assert!(results.iter().all(|r| r.is_err()));
+    assert!(results.iter().all(std::result::Result::is_err));
     assert_eq!(idp.fetches() - before, 1, "fifty unknown key ids, one fetch");
 }
 
@@ -332,5 +332,5 @@ async fn only_the_service_issuer_makes_services_and_gets_the_api_token() {
         "{to_cluster:?}"
     );
     let to_people = people.authorizations.lock().unwrap().clone();
-    assert!(!to_people.is_empty() && to_people.iter().all(|a| a.is_empty()), "{to_people:?}");
+    assert!(!to_people.is_empty() && to_people.iter().all(std::string::String::is_empty), "{to_people:?}");
 }

@@ -36,9 +36,9 @@ async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
     let id = outbox::new_event_id();
     tx.enqueue(&id, "topic", "acct", payload, now).await.unwrap();
     if commit {
-        tx.commit().await.unwrap()
+        tx.commit().await.unwrap();
     } else {
-        tx.rollback().await.unwrap()
+        tx.rollback().await.unwrap();
     }
     id
 }

@@ -161,5 +161,5 @@ pub async fn run(store: Store, book: Arc<PriceBook>, worker: Worker, relay: Work
             }
             Ok::<_, crate::error::Error>(next)
         })
-        .await
+        .await;
 }

@@ -190,7 +190,7 @@ impl UpdateDateRun {
 
 pub async fn run(run: UpdateDateRun, worker: Worker, shutdown: Shutdown) {
     let s = &run;
-    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| s.run_once(now)).await
+    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| s.run_once(now)).await;
 }
 
 #[cfg(test)]

@@ -132,12 +132,11 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             let mut start = 0;
             let mut bad = None;
             for (i, &end) in self.ends[..self.ends_len].iter().enumerate() {
-                match std::str::from_utf8(&self.out[start..end]) {
-                    Ok(f) => fields.push(f.to_owned()),
-                    Err(_) => {
-                        bad = Some(i);
-                        break;
-                    }
+                if let Ok(f) = std::str::from_utf8(&self.out[start..end]) {
+                    fields.push(f.to_owned());
+                } else {
+                    bad = Some(i);
+                    break;
                 }
                 start = end;
             }
@@ -176,7 +175,7 @@ mod tests {
     }
 
     fn fields(v: &[&str]) -> Record {
-        Record::Fields(v.iter().map(|s| s.to_string()).collect())
+        Record::Fields(v.iter().map(std::string::ToString::to_string).collect())
     }
 
     #[tokio::test]

@@ -175,7 +175,7 @@ mod tests {
         Consent {
             legal_basis: basis.into(),
             opted_in_at: at,
-            subscription_types: types.iter().map(|t| t.to_string()).collect(),
+            subscription_types: types.iter().map(std::string::ToString::to_string).collect(),
             unsubscribed_from_all: out,
         }
     }

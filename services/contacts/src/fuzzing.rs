@@ -59,7 +59,7 @@ pub fn import_file(data: &[u8]) -> FileOutcome {
             number += 1;
             match record {
                 Record::Fields(r) if check_row(number, &headers, &r, &plan, &catalog).is_ok() => {
-                    out.good += 1
+                    out.good += 1;
                 }
                 _ => out.refused += 1,
             }

@@ -307,7 +307,7 @@ pub async fn start(
                 Ok(Some(saved)) => import = saved,
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(import = %import.id, error = %e, "reading the import's progress failed")
+                    tracing::warn!(import = %import.id, error = %e, "reading the import's progress failed");
                 }
             }
         }
@@ -343,7 +343,7 @@ async fn file_digest(mut input: Streaming<pb::ImportContactsRequest>) -> Result<
             .map_err(|e| Error::Aborted(e.message().to_owned()))?;
         match next {
             Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) }) => {
-                hasher.update(&b)
+                hasher.update(&b);
             }
             Some(_) => return Err(Error::invalid("chunk", "after the header only chunks may follow")),
             None => return Ok(crate::csv_records::hex(&hasher.finalize())),
@@ -684,7 +684,7 @@ mod tests {
         h.gdpr_opt_in_column = "OptIn".into();
         let p = plan(&h, &catalog).unwrap();
         let headers: Vec<String> = ["Email", "Stage", "OptIn"].map(String::from).to_vec();
-        let rec = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<String>>();
+        let rec = |v: &[&str]| v.iter().map(std::string::ToString::to_string).collect::<Vec<String>>();
         let ok = rec(&["Ada@Example.com", "customer", "yes"]);
         let row = check_row(1, &headers, &ok, &p, &catalog).unwrap();
         assert_eq!((row.email.key.as_str(), row.opt_in), ("ada@example.com", true));

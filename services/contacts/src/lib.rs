@@ -131,7 +131,7 @@ async fn score_due_contacts(
                 }
             }
         })
-        .await
+        .await;
 }
 
 /// Writes the duplicate match keys of contacts from before keys were kept, a batch at a time,
@@ -146,8 +146,8 @@ async fn key_old_contacts(store: store::Store, shutdown: contactier_runtime::Shu
             Err(e) => {
                 tracing::warn!(error = %e, "writing duplicate match keys failed; trying again");
                 tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait() => return,
+                    () = tokio::time::sleep(wait) => {}
+                    () = shutdown.wait() => return,
                 }
                 wait = (wait * 2).min(std::time::Duration::from_secs(60));
             }

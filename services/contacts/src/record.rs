@@ -236,7 +236,7 @@ pub fn new_events(events: Vec<pb::ContactEvent>, now: i64, make_form_contacts: b
                 if withheld {
                     checked.withheld.push(i);
                 }
-                checked.good.push((i, n))
+                checked.good.push((i, n));
             }
             Err(err) => checked.refused.push((i, err)),
         }

@@ -114,7 +114,7 @@ fn every_search_filter_of_the_corpus_compiles_or_is_refused_naming_a_field() {
         let got = search_filter(&f.encode_to_vec());
         match (&got, expected) {
             (Ok(binds), Ok(())) => {
-                assert!(*binds > 0 || name.contains("has-property"), "{name}: values bound")
+                assert!(*binds > 0 || name.contains("has-property"), "{name}: values bound");
             }
             (Err(field), Err(want)) => assert_eq!(field, want, "{name}"),
             _ => panic!("{name}: {got:?}, expected {expected:?}"),

@@ -460,7 +460,7 @@ async fn an_import_cut_off_is_taken_up_again_by_its_retry(backend: Backend) {
         match import(&s, h.clone(), &csv, 8_192).await {
             Ok(msgs) => break msgs,
             Err(e) if e.code() == Code::Aborted => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(e) => panic!("{backend:?}: {e:?}"),
         }

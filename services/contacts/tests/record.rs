@@ -306,7 +306,7 @@ async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backe
     let log = |req: pb::CreateEngagementRequest| {
         let api = s.api();
         let w = w.clone();
-        async move { api.clone().create_engagement(authed(req, &w)).await.map(|r| r.into_inner()) }
+        async move { api.clone().create_engagement(authed(req, &w)).await.map(tonic::Response::into_inner) }
     };
     let id = || Some(pb::create_engagement_request::Contact::ContactId(c.id.clone()));
 
@@ -961,7 +961,7 @@ async fn lifecycle_reports_follow_the_stage_history_day_by_day(backend: Backend)
         };
         let api = s.api();
         let read = s.token(ACCOUNT, &["read"]);
-        async move { api.clone().get_lifecycle_report(authed(req, &read)).await.map(|r| r.into_inner()) }
+        async move { api.clone().get_lifecycle_report(authed(req, &read)).await.map(tonic::Response::into_inner) }
     };
     let r = report("").await.unwrap();
     let stages =
@@ -1247,7 +1247,7 @@ async fn a_merge_keeps_either_contacts_unsubscribe_and_scores_the_merged_contact
         contact_id: id.into(),
         consent: Some(pb::Consent {
             legal_basis: "consent".into(),
-            subscription_types: types.iter().map(|t| t.to_string()).collect(),
+            subscription_types: types.iter().map(std::string::ToString::to_string).collect(),
             unsubscribed_from_all: out,
             ..Default::default()
         }),
@@ -1460,7 +1460,7 @@ async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend
         let token = s.writer();
         async move { api.update_contact(authed(req, &token)).await }
     }));
-    let (_, written) = tokio::join!(worker, writes);
+    let ((), written) = tokio::join!(worker, writes);
     for w in written {
         w.unwrap_or_else(|e| panic!("{backend:?}: a write refused beside the rescore: {e:?}"));
     }

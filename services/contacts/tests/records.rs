@@ -65,7 +65,9 @@ async fn contacts_are_created_read_updated_and_deleted_with_their_status_followi
         properties: props(p),
         expected_version: 0,
         email: email.into(),
-        update_mask: Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(std::string::ToString::to_string).collect(),
+        }),
     };
     let req = masked(
         &["properties.last_name", "properties.company"],

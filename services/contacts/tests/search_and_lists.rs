@@ -105,7 +105,7 @@ async fn filters_sorts_and_pages_find_exactly_the_matches(backend: Backend) {
         match r {
             Ok(r) => assert_eq!((r.total, r.contacts.len()), (n as i64, n), "{backend:?}: {filt:?}"),
             Err(e) => {
-                assert_eq!((n, e.code()), (0, Code::InvalidArgument), "{backend:?}: {filt:?}: {e:?}")
+                assert_eq!((n, e.code()), (0, Code::InvalidArgument), "{backend:?}: {filt:?}: {e:?}");
             }
         }
     }
@@ -282,7 +282,7 @@ async fn static_lists_hold_members_and_active_lists_follow_their_filter(backend:
     let total =
         s.search(pb::SearchContactsRequest { page_size: 1, ..Default::default() }).await.unwrap().total;
     let mask = |paths: &[&str]| {
-        Some(prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() })
+        Some(prost_types::FieldMask { paths: paths.iter().map(std::string::ToString::to_string).collect() })
     };
     let everyone = pb::UpdateListRequest {
         id: active.id.clone(),

@@ -36,13 +36,12 @@ impl Lookups {
         let mut may = true;
         if !c.user_id.is_empty() {
             let key = (account.to_owned(), c.user_id.clone());
-            may = match self.permitted.get(&key) {
-                Some(m) => *m,
-                None => {
-                    let m = store.may_set_marketing(account, &c.user_id).await.map_err(Error::from)?;
-                    self.permitted.insert(key, m);
-                    m
-                }
+            may = if let Some(m) = self.permitted.get(&key) {
+                *m
+            } else {
+                let m = store.may_set_marketing(account, &c.user_id).await.map_err(Error::from)?;
+                self.permitted.insert(key, m);
+                m
             };
         }
         if !self.defaults.contains_key(account) {
@@ -143,7 +142,7 @@ pub async fn apply(
                     _ => {
                         std::mem::replace(&mut run, Run::Created(account, vec![item]))
                             .flush(store, now)
-                            .await?
+                            .await?;
                     }
                 }
             }
@@ -154,7 +153,7 @@ pub async fn apply(
                     _ => {
                         std::mem::replace(&mut run, Run::Deleted(account, vec![item]))
                             .flush(store, now)
-                            .await?
+                            .await?;
                     }
                 }
             }

@@ -125,5 +125,5 @@ pub async fn release_holds(
             }
             Ok::<_, sqlx::Error>(next)
         })
-        .await
+        .await;
 }

@@ -14,5 +14,5 @@ pub async fn run(store: Store, worker: Worker, shutdown: Shutdown) {
             }
             Ok::<_, sqlx::Error>(None)
         })
-        .await
+        .await;
 }

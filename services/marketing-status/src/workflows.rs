@@ -29,7 +29,7 @@ impl Api {
     /// Workflows are for Professional and Enterprise accounts.
     async fn check_edition(&self, account: &str) -> Result<(), GrpcStatus> {
         let s = self.store.settings(account).await.map_err(Error::from)?;
-        if s.edition.is_some_and(|e| e.has_workflows()) {
+        if s.edition.is_some_and(contactier_domain::Edition::has_workflows) {
             Ok(())
         } else {
             Err(Error::edition_required("workflows are part of Professional and Enterprise").into())
@@ -294,7 +294,7 @@ impl Runner {
 
 pub async fn run(runner: Runner, worker: Worker, shutdown: Shutdown) {
     let r = &runner;
-    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| r.run_once(now)).await
+    worker.drive(shutdown, chrono::Duration::seconds(5), move |now| r.run_once(now)).await;
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Svc {
         let req = pb::SetMarketingStatusRequest {
             request_id: request_id.into(),
             target: Some(Target::Contacts(pb::ContactIds {
-                ids: ids.iter().map(|s| s.to_string()).collect(),
+                ids: ids.iter().map(std::string::ToString::to_string).collect(),
             })),
             status: status as i32,
             source: None,
@@ -546,7 +546,8 @@ async fn a_contact_named_twice_in_one_request_changes_and_counts_once(backend: B
     let s = start(backend).await;
     s.events(vec![created("e1", "c1", SourceType::Import, Unspecified, "")]).await.unwrap();
     let r = s.set("owner", "", &["c1", "c1", "c2"], Marketing).await.unwrap();
-    let outcomes: Vec<_> = r.results.iter().map(|x| x.outcome()).collect();
+    let outcomes: Vec<_> =
+        r.results.iter().map(contactier_proto::marketing_status::v1::SetStatusResult::outcome).collect();
     use pb::SetStatusOutcome as O;
     assert_eq!(outcomes, [O::Marketing, O::Unchanged, O::NotFound], "{backend:?}");
     assert_eq!((r.changed, r.unchanged, r.not_found), (1, 1, 1));

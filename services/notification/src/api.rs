@@ -192,8 +192,8 @@ impl NotificationService for Api {
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
-                    _ = tx.closed() => return,
-                    _ = shutdown.wait() => {
+                    () = tx.closed() => return,
+                    () = shutdown.wait() => {
                         let going = "this server is shutting down; reconnect with the last sequence seen";
                         let _ = tx.send(Err(Status::unavailable(going))).await;
                         return;

@@ -326,7 +326,7 @@ pub async fn run(store: Store, worker: Worker, sender: Sender, args: DeliveryArg
             }
             store.next_due().await
         })
-        .await
+        .await;
 }
 
 async fn deliver(

@@ -35,13 +35,12 @@ impl NotificationInternalService for Internal {
         let mut usable = Vec::with_capacity(events.len());
         for (event_id, account, event) in events {
             principal.check_account(&account)?;
-            match event {
-                Some(event) => usable.push((event_id, account, event)),
-                None => {
-                    // A kind from before usage states (a usage observation): nothing to evaluate.
-                    tracing::info!(event = %event_id, "skipped a billing event of a kind no longer used");
-                    acknowledged.push(event_id);
-                }
+            if let Some(event) = event {
+                usable.push((event_id, account, event));
+            } else {
+                // A kind from before usage states (a usage observation): nothing to evaluate.
+                tracing::info!(event = %event_id, "skipped a billing event of a kind no longer used");
+                acknowledged.push(event_id);
             }
         }
         let applied = self.store.apply_all(&usable, self.clock.now(), self.digest_window).await?;

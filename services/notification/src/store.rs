@@ -208,24 +208,23 @@ async fn deliver(
                 }
                 None => None,
             };
-            let id = match open {
-                Some(id) => id,
-                None => {
-                    let id = new_id();
-                    let send_at = micros(now + window);
-                    let open_until = if window.is_zero() { 0 } else { send_at };
-                    let insert = Sql::new(INSERT_DELIVERY)
-                        .bind(account)
-                        .bind(&id)
-                        .bind(&group[0].id)
-                        .bind(r)
-                        .bind(PENDING)
-                        .bind(send_at)
-                        .bind(micros(now))
-                        .bind(open_until);
-                    tx.execute(insert).await?;
-                    id
-                }
+            let id = if let Some(id) = open {
+                id
+            } else {
+                let id = new_id();
+                let send_at = micros(now + window);
+                let open_until = if window.is_zero() { 0 } else { send_at };
+                let insert = Sql::new(INSERT_DELIVERY)
+                    .bind(account)
+                    .bind(&id)
+                    .bind(&group[0].id)
+                    .bind(r)
+                    .bind(PENDING)
+                    .bind(send_at)
+                    .bind(micros(now))
+                    .bind(open_until);
+                tx.execute(insert).await?;
+                id
             };
             let first: i32 = tx.scalar(Sql::new(NEXT_POSITION).bind(&id)).await?;
             for (i, alert) in group.iter().enumerate() {

@@ -132,8 +132,8 @@ impl Watchers {
     pub async fn poll(self, store: Store, shutdown: contactier_runtime::Shutdown) {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = shutdown.wait() => return,
+                () = tokio::time::sleep(POLL) => {}
+                () = shutdown.wait() => return,
             }
             let watched = self.watched();
             if watched.is_empty() {

@@ -280,19 +280,19 @@ async fn set_up(ctx: &Ctx, accounts: usize) -> anyhow::Result<()> {
         .collect();
     let internal = MarketingStatusInternalServiceClient::new(channel(ctx.services.addr("marketing-status")));
     let token = ctx.service("contacts");
-    futures::stream::iter(events.chunks(10_000).map(|c| c.to_vec()))
-        .map(|events| {
-            let (mut internal, token) = (internal.clone(), token.clone());
-            async move {
-                internal
-                    .apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &token))
-                    .await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(2)
-        .try_collect::<()>()
-        .await?;
+    futures::stream::iter(
+        events.chunks(10_000).map(<[contactier_proto::marketing_status::v1::ContactEvent]>::to_vec),
+    )
+    .map(|events| {
+        let (mut internal, token) = (internal.clone(), token.clone());
+        async move {
+            internal.apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &token)).await?;
+            anyhow::Ok(())
+        }
+    })
+    .buffer_unordered(2)
+    .try_collect::<()>()
+    .await?;
     // Some accounts' own contacts set non-marketing: pending until the update date.
     let status = MarketingStatusServiceClient::new(channel(ctx.services.addr("marketing-status")));
     futures::stream::iter((0..accounts).step_by(PENDING_EVERY))

@@ -54,7 +54,7 @@ fn machine() -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
         })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {

@@ -106,13 +106,12 @@ async fn read(reader: &Reader, held: &mut Option<Conn>, keys: &[Key]) -> Result<
         let rows: Vec<FoundRow> =
             conn.fetch_all(Sql::new(AssertSqlSafe(statement.as_str())).bind(asked)).await?;
         for row in rows {
-            let catalog = match catalogs.get(&row.asked_account) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Arc::new(catalog(&row.definitions)?);
-                    catalogs.insert(row.asked_account.clone(), c.clone());
-                    c
-                }
+            let catalog = if let Some(c) = catalogs.get(&row.asked_account) {
+                c.clone()
+            } else {
+                let c = Arc::new(catalog(&row.definitions)?);
+                catalogs.insert(row.asked_account.clone(), c.clone());
+                c
             };
             found.insert(
                 Key { account: row.asked_account, by, value: row.asked_value },
