@@ -144,6 +144,13 @@ pub async fn serve_empty(listener: tokio::net::TcpListener) -> anyhow::Result<()
     Ok(())
 }
 
+/// A lead scoring rule the bench creates.
+struct ScoringRuleInput {
+    name: &'static str,
+    points: i64,
+    criterion: cpb::scoring_rule::Criterion,
+}
+
 struct Ctx {
     services: Services,
     auth: Authenticator,
@@ -178,6 +185,124 @@ impl Ctx {
         };
         self.billing().create_subscription(authed(req, &self.user_token(account))).await?;
         Ok(())
+    }
+
+    /// Imports `rows` generated contacts into the account over the gRPC stream, 5,000 rows a
+    /// message; answers rows per second and the time taken.
+    async fn import(&self, account: &str, rows: usize) -> anyhow::Result<(f64, Duration)> {
+        let header = cpb::ImportHeader {
+            name: "bench".into(),
+            mode: cpb::ImportMode::Create as i32,
+            column_mapping: [("email", "email"), ("first_name", "first_name"), ("company", "company")]
+                .into_iter()
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .collect(),
+            ..Default::default()
+        };
+        let first = futures::stream::iter([cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::Header(header)),
+        }]);
+        let chunks = futures::stream::unfold(0usize, move |i| async move {
+            (i < rows).then(|| {
+                let end = (i + 5_000).min(rows);
+                let part = Some(cpb::import_contacts_request::Part::Chunk(csv(i, end)));
+                (cpb::ImportContactsRequest { part }, end)
+            })
+        });
+        let token = self.user_token(account);
+        let start = Instant::now();
+        let mut progress =
+            self.contacts().import_contacts(authed(first.chain(chunks), &token)).await?.into_inner();
+        let mut last = None;
+        while let Some(m) = progress.next().await {
+            last = m?.progress;
+        }
+        let took = start.elapsed();
+        let summary = last.context("no import summary")?;
+        anyhow::ensure!(summary.created == rows as i64, "the import created {} of {rows}", summary.created);
+        Ok((rows as f64 / took.as_secs_f64(), took))
+    }
+
+    /// Lead scoring rules: points for a property every generated row has, and for a page view.
+    async fn scoring_rules(&self, account: &str) -> anyhow::Result<()> {
+        use cpb::scoring_rule::Criterion;
+        let token = self.user_token(account);
+        let rules = [
+            ScoringRuleInput {
+                name: "has a company",
+                points: 5,
+                criterion: Criterion::Property(cpb::PropertyCriterion {
+                    property: "company".into(),
+                    operator: cpb::ScoringOperator::HasProperty as i32,
+                    value: String::new(),
+                }),
+            },
+            ScoringRuleInput {
+                name: "read the pricing page",
+                points: 10,
+                criterion: Criterion::Behaviour(cpb::BehaviourCriterion {
+                    kind: cpb::BehaviourKind::PageView as i32,
+                    matches: "/pricing".into(),
+                    window_days: 30,
+                }),
+            },
+        ];
+        for r in rules {
+            let rule = cpb::ScoringRule {
+                name: r.name.into(),
+                points: r.points,
+                criterion: Some(r.criterion),
+                ..Default::default()
+            };
+            let req = cpb::CreateScoringRuleRequest { rule: Some(rule) };
+            self.contacts().create_scoring_rule(authed(req, &token)).await?;
+        }
+        Ok(())
+    }
+
+    /// Records `n` page views spread over the contacts, 1,000 a call and eight calls in flight;
+    /// answers events per second and the time taken.
+    async fn record_page_views(
+        &self,
+        account: &str,
+        ids: &[String],
+        n: usize,
+    ) -> anyhow::Result<(f64, Duration)> {
+        anyhow::ensure!(!ids.is_empty(), "no contacts to record events for");
+        let token = self.user_token(account);
+        let calls: Vec<Vec<cpb::ContactEvent>> = (0..n)
+            .step_by(1_000)
+            .map(|from| {
+                (from..(from + 1_000).min(n))
+                    .map(|i| cpb::ContactEvent {
+                        id: format!("pv-{i}"),
+                        contact: Some(cpb::contact_event::Contact::ContactId(ids[i % ids.len()].clone())),
+                        occurred_at: None,
+                        kind: Some(cpb::contact_event::Kind::PageView(cpb::PageView {
+                            url: format!("https://example.com/pricing/{}", i % 7),
+                            traffic_source: "ORGANIC_SEARCH".into(),
+                        })),
+                    })
+                    .collect()
+            })
+            .collect();
+        let start = Instant::now();
+        let recorded: usize = futures::stream::iter(calls)
+            .map(|events| {
+                let (mut client, token) = (self.contacts(), token.clone());
+                async move {
+                    let req = cpb::RecordContactEventsRequest { events };
+                    let r = client.record_contact_events(authed(req, &token)).await?.into_inner();
+                    anyhow::ensure!(r.errors.is_empty(), "events refused: {:?}", r.errors.first());
+                    Ok(r.results.len())
+                }
+            })
+            .buffer_unordered(8)
+            .try_fold(0, |sum, n| async move { Ok(sum + n) })
+            .await?;
+        let took = start.elapsed();
+        anyhow::ensure!(recorded == n, "recorded {recorded} of {n} events");
+        Ok((n as f64 / took.as_secs_f64(), took))
     }
 
     /// Waits until marketing-status knows `n` contacts of the account.
@@ -300,40 +425,7 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
 
     // 1. CSV import over the gRPC stream, beside a raw COPY of the same rows.
     let rows = cfg.rows;
-    let header = cpb::ImportHeader {
-        name: "bench".into(),
-        mode: cpb::ImportMode::Create as i32,
-        column_mapping: [("email", "email"), ("first_name", "first_name"), ("company", "company")]
-            .into_iter()
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
-            .collect(),
-        ..Default::default()
-    };
-    let first = futures::stream::iter([cpb::ImportContactsRequest {
-        part: Some(cpb::import_contacts_request::Part::Header(header)),
-    }]);
-    let chunks = futures::stream::unfold(0usize, move |i| async move {
-        (i < rows).then(|| {
-            let end = (i + 5_000).min(rows);
-            (
-                cpb::ImportContactsRequest {
-                    part: Some(cpb::import_contacts_request::Part::Chunk(csv(i, end))),
-                },
-                end,
-            )
-        })
-    });
-    let start = Instant::now();
-    let mut progress =
-        ctx.contacts().import_contacts(authed(first.chain(chunks), &ctx.token)).await?.into_inner();
-    let mut last = None;
-    while let Some(m) = progress.next().await {
-        last = m?.progress;
-    }
-    let took = start.elapsed();
-    let summary = last.context("no import summary")?;
-    anyhow::ensure!(summary.created == rows as i64, "the import created {} of {rows}", summary.created);
-    let import_rate = rows as f64 / took.as_secs_f64();
+    let (import_rate, took) = ctx.import(&ctx.account, rows).await?;
     let (_, peak) = procs::memory(ctx.services.pid("contacts"));
     let copy_rate = if backend == Backend::Postgres {
         Some(raw_copy(&ctx.services.schema_prefix, rows).await?)
@@ -364,8 +456,40 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
         None,
     );
 
-    // 2. Bulk status change of every contact.
+    // 1b. The same import into an account with lead scoring (a property rule every row meets
+    // and a behaviour rule), beside the import without: history is written in both.
+    let scored = format!("{}-scored", ctx.account);
+    ctx.subscribe(&scored, Edition::Enterprise).await?;
+    ctx.scoring_rules(&scored).await?;
+    let (scored_rate, scored_took) = ctx.import(&scored, rows).await?;
+    report.add(
+        &format!("CSV import of {rows} rows, lead scoring on"),
+        b,
+        format!("{scored_rate:.0} rows/s ({:.1} s)", scored_took.as_secs_f64()),
+        format!("without scoring {import_rate:.0} rows/s ({:.2})", scored_rate / import_rate),
+        ">= 85 % of the import without",
+        Some(scored_rate >= 0.85 * import_rate),
+    );
+    ctx.wait_known(&scored, rows as i64, Duration::from_secs(60 + rows as u64 / 500)).await?;
+
+    // 1c. Tracked behaviour: page views of the imported contacts, 1,000 a call, 8 calls in flight.
     let ids = ctx.all_ids(&ctx.account).await?;
+    let events = (rows / 5).clamp(1_000, 200_000);
+    let (event_rate, events_took) = ctx.record_page_views(&ctx.account, &ids, events).await?;
+    let (limit, met) = match backend {
+        Backend::Postgres => (String::new(), Some(event_rate >= 20_000.0)),
+        Backend::Sqlite => (String::new(), None),
+    };
+    report.add(
+        &format!("RecordContactEvents, {events} page views"),
+        b,
+        format!("{event_rate:.0} events/s ({:.1} s)", events_took.as_secs_f64()),
+        limit,
+        ">= 20,000/s (PostgreSQL)",
+        met,
+    );
+
+    // 2. Bulk status change of every contact.
     let start = Instant::now();
     let changed = ctx.set_status(&ctx.account, &ids, MarketingStatus::Marketing).await?;
     let took = start.elapsed();

@@ -19,6 +19,8 @@ async fn every_benchmark_runs_on_both_backends() {
     let report = contactier_bench::run(&cfg).await.expect("the benchmarks run");
     for what in [
         "CSV import",
+        "CSV import of 3000 rows, lead scoring on",
+        "RecordContactEvents",
         "bulk status change",
         "update date",
         "GetUsage: peak",
