@@ -152,11 +152,8 @@ impl Store {
         now: DateTime<Utc>,
         book: &PriceBook,
     ) -> Result<Completed> {
-        let _forget = self.usage_cache.forget_after(account);
-        let mut tx = self.db.begin_write().await?;
-        let done = complete(&mut tx, account, date, applied, now, book).await?;
-        tx.commit().await?;
-        Ok(done)
+        let done = self.complete_updates(&[(account.to_owned(), date, applied)], now, book).await?;
+        Ok(done.into_iter().next().unwrap_or_default())
     }
 
     /// Completes several accounts' update dates in one transaction, each as
