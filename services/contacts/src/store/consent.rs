@@ -71,7 +71,7 @@ impl Store {
         tx.execute(set).await?;
         // An unsubscribe may be what a scoring rule counts.
         if super::scoring::scores_anything(&mut tx, account).await? {
-            super::scoring::rescore(&mut tx, account, &[contact.to_owned()], now).await?;
+            super::scoring::rescore(&mut tx, &self.db, account, &[contact.to_owned()], now).await?;
         }
         tx.commit().await?;
         Ok(())

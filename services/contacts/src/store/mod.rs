@@ -475,7 +475,7 @@ impl Store {
         for ch in changes {
             out.push(update_contact(&mut tx, account, ch, origin, now).await?);
         }
-        let out = rescored(&mut tx, account, out, now).await?;
+        let out = rescored(&mut tx, &self.db, account, out, now).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -586,7 +586,7 @@ impl Store {
         send_events(&mut tx, account, vec![ev], now).await?;
         // Its score from all it now holds; and the contact as it now is (timeline, visits).
         if scoring::scores_anything(&mut tx, account).await? {
-            scoring::rescore(&mut tx, account, &[primary.to_owned()], micros(now)).await?;
+            scoring::rescore(&mut tx, &self.db, account, &[primary.to_owned()], micros(now)).await?;
         }
         let merged = contact(&mut tx, account, primary).await?.unwrap_or(merged);
         tx.commit().await?;
@@ -823,13 +823,14 @@ pub(crate) async fn insert_contacts(
             }
         })
         .collect();
-    rescored(tx, account, outcomes, now).await
+    rescored(tx, db, account, outcomes, now).await
 }
 
 /// Works out the scores of the contacts written (when the account scores at all) and answers
 /// them as they now are.
 async fn rescored(
     tx: &mut impl Tx,
+    db: &Db,
     account: &str,
     outcomes: Vec<Result<ContactRow>>,
     now: DateTime<Utc>,
@@ -838,15 +839,38 @@ async fn rescored(
     if ids.is_empty() || !scoring::scores_anything(tx, account).await? {
         return Ok(outcomes);
     }
-    scoring::rescore(tx, account, &ids, micros(now)).await?;
-    let mut out = Vec::with_capacity(outcomes.len());
-    for o in outcomes {
-        out.push(match o {
-            Ok(r) => Ok(contact(tx, account, &r.id).await?.unwrap_or(r)),
-            Err(e) => Err(e),
-        });
+    let at = micros(now);
+    let saved = scoring::rescore(tx, db, account, &ids, at).await?;
+    // A contact changed twice in the batch is answered as it ends up, each time.
+    let mut seen = HashSet::new();
+    let twice: Vec<&String> = ids.iter().filter(|id| !seen.insert(*id)).collect();
+    let mut ended: HashMap<String, ContactRow> = HashMap::new();
+    if !twice.is_empty() {
+        let q = format!(
+            "SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND {}",
+            db.json_in("c.id", 2)
+        );
+        let twice = serde_json::to_string(&twice).expect("JSON of strings");
+        let rows: Vec<ContactRow> =
+            tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(twice)).await?;
+        ended.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
     }
-    Ok(out)
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
+            o.map(|mut r| {
+                if let Some(row) = ended.get(&r.id) {
+                    return row.clone();
+                }
+                if let Some(properties) = saved.get(&r.id) {
+                    r.properties = properties.clone();
+                    r.version += 1;
+                    r.updated_at = at;
+                }
+                r
+            })
+        })
+        .collect())
 }
 
 /// The event of a new contact for marketing-status.

@@ -5,13 +5,14 @@
 //! them a batch at a time.
 
 use super::history::{self, Entry, Origin};
-use super::{Store, contact, json};
+use super::{Store, json};
 use crate::error::{Error, Result};
 use crate::scoring::{self, Criterion, Event, Facts, Rule};
 use contactier_runtime::convert::new_id;
+use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::sql::{Sql, Transaction, Tx};
 use sqlx::AssertSqlSafe;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
@@ -27,15 +28,6 @@ pub struct RuleRow {
 
 const RULES: &str =
     "SELECT id, name, points, criterion, created_at FROM scoring_rules WHERE account_id = $1 ORDER BY id";
-
-const SET_VALUE: &str =
-    "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES ($1, $2, $3, $4, $5)";
-
-const SAVE_CONTACT: &str = "UPDATE contacts SET properties = $1, version = version + 1, updated_at = $2 \
-     WHERE account_id = $3 AND id = $4";
-
-const EVENTS: &str = "SELECT kind, form_id, email_id, url, occurred_at FROM contact_events \
-     WHERE account_id = $1 AND contact_id = $2 AND occurred_at > $3 AND occurred_at <= $4";
 
 const DUE: &str = "SELECT account_id, id FROM contacts WHERE score_due_at > 0 AND score_due_at <= $1 \
      ORDER BY score_due_at LIMIT $2";
@@ -90,9 +82,25 @@ impl Store {
     }
 }
 
+/// What scoring reads of a contact.
+#[derive(sqlx::FromRow)]
+struct Scoring {
+    id: String,
+    properties: String,
+    score_due_at: i64,
+}
+
 /// Works the scores of `contacts` out again at `now` (epoch microseconds): writes a changed
-/// score (and the MQL stage it brings) with its history, and when each is next due.
-pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String], now: i64) -> Result<()> {
+/// score (and the MQL stage it brings) with its history, and when each is next due; answers
+/// the contacts it saved with their values as saved (JSON). A few statements for a whole
+/// set of contacts, whatever its size.
+pub(super) async fn rescore(
+    tx: &mut impl Tx,
+    db: &Db,
+    account: &str,
+    contacts: &[String],
+    now: i64,
+) -> Result<HashMap<String, String>> {
     lock_scoring(tx, account).await?;
     let rows = rules(tx, account).await?;
     let rules: Vec<Rule> =
@@ -105,26 +113,47 @@ pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String]
             _ => None,
         })
         .max();
-    let origin =
-        Origin { source_type: "SYSTEM".into(), source_id: "lead-scoring".into(), user_id: String::new() };
-    for id in contacts {
-        let Some(row) = contact(tx, account, id).await? else { continue };
-        let mut values = row.values();
-        let events: Vec<Event> = match window {
-            None => vec![],
-            Some(w) => {
-                let q = Sql::new(EVENTS).bind(account).bind(id).bind(now - w).bind(now);
-                let found: Vec<(String, String, String, String, i64)> = tx.fetch_all(q).await?;
-                found
-                    .into_iter()
-                    .map(|(kind, form_id, email_id, url, at)| Event { kind, form_id, email_id, url, at })
-                    .collect()
-            }
+    let ids = serde_json::to_string(contacts).expect("JSON of strings");
+    let q = format!(
+        "SELECT id, properties, score_due_at FROM contacts WHERE account_id = $1 AND {}",
+        db.json_in("id", 2)
+    );
+    let found: Vec<Scoring> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids)).await?;
+    let mut events: HashMap<String, Vec<Event>> = HashMap::new();
+    if let Some(w) = window {
+        let q = format!(
+            "SELECT contact_id, kind, form_id, email_id, url, occurred_at FROM contact_events \
+             WHERE account_id = $1 AND {} AND occurred_at > $3 AND occurred_at <= $4",
+            db.json_in("contact_id", 2)
+        );
+        let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids).bind(now - w).bind(now);
+        let rows: Vec<(String, String, String, String, String, i64)> = tx.fetch_all(q).await?;
+        for (contact, kind, form_id, email_id, url, at) in rows {
+            events.entry(contact).or_default().push(Event { kind, form_id, email_id, url, at });
+        }
+    }
+    let q = format!(
+        "SELECT contact_id, unsubscribed_from_all FROM consents WHERE account_id = $1 AND {}",
+        db.json_in("contact_id", 2)
+    );
+    let consents: Vec<(String, bool)> =
+        tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids)).await?;
+    let unsubscribed: HashSet<String> = consents.into_iter().filter(|c| c.1).map(|c| c.0).collect();
+
+    let mut due_only: Vec<serde_json::Value> = Vec::new();
+    let mut saved: HashMap<String, String> = HashMap::new();
+    let mut saves: Vec<serde_json::Value> = Vec::new();
+    // (contact, property, value after; '' when cleared)
+    let mut changes: Vec<(String, &str, String)> = Vec::new();
+    for c in found {
+        let mut values: BTreeMap<String, String> = serde_json::from_str(&c.properties).unwrap_or_default();
+        let none = Vec::new();
+        let facts = |values| Facts {
+            values,
+            events: events.get(&c.id).unwrap_or(&none),
+            unsubscribed: unsubscribed.contains(&c.id),
+            now,
         };
-        let q = "SELECT unsubscribed_from_all FROM consents WHERE account_id = $1 AND contact_id = $2";
-        let unsubscribed: bool =
-            tx.scalar_optional(Sql::new(q).bind(account).bind(id)).await?.unwrap_or(false);
-        let facts = |values| Facts { values, events: &events, unsubscribed, now };
         let mut scored = scoring::score(&rules, &facts(&values));
         let stage = values.get("lifecycle_stage").map(String::as_str);
         let promoted = scoring::promoted(stage, scored.score, threshold).filter(|_| !rules.is_empty());
@@ -135,11 +164,7 @@ pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String]
             as_promoted.insert("lifecycle_stage".to_owned(), mql.to_owned());
             scored = scoring::score(&rules, &facts(&as_promoted));
         }
-        let due = Sql::new("UPDATE contacts SET score_due_at = $1 WHERE account_id = $2 AND id = $3")
-            .bind(scored.due_at.unwrap_or(0))
-            .bind(account)
-            .bind(id);
-        tx.execute(due).await?;
+        let due = scored.due_at.unwrap_or(0);
         // No rules: no score (one left from rules removed since is cleared).
         let score = (!rules.is_empty()).then(|| scored.score.to_string());
         let mut changed: Vec<(&str, String)> = Vec::new();
@@ -150,26 +175,73 @@ pub(super) async fn rescore(tx: &mut impl Tx, account: &str, contacts: &[String]
             changed.push(("lifecycle_stage", mql.to_owned()));
         }
         if changed.is_empty() {
+            if due != c.score_due_at {
+                due_only.push(serde_json::json!({ "id": c.id, "due": due }));
+            }
             continue;
         }
-        for (name, value) in &changed {
-            let q = "DELETE FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = $3";
-            tx.execute(Sql::new(q).bind(account).bind(id).bind(*name)).await?;
+        for (name, value) in changed {
             if value.is_empty() {
-                values.remove(*name);
+                values.remove(name);
             } else {
-                let num = (*name == scoring::PROPERTY).then(|| value.parse::<f64>().ok()).flatten();
-                tx.execute(Sql::new(SET_VALUE).bind(account).bind(id).bind(*name).bind(value).bind(num))
-                    .await?;
-                values.insert(name.to_string(), value.clone());
+                values.insert(name.to_owned(), value.clone());
             }
+            changes.push((c.id.clone(), name, value));
         }
-        tx.execute(Sql::new(SAVE_CONTACT).bind(json(&values)).bind(now).bind(account).bind(id)).await?;
-        let entries: Vec<Entry> =
-            changed.iter().map(|(name, value)| Entry { contact: id, name, value, origin: &origin }).collect();
-        history::record(tx, account, &entries, now).await?;
+        let properties = json(&values);
+        saves.push(serde_json::json!({ "id": c.id, "properties": properties, "due": due }));
+        saved.insert(c.id, properties);
     }
-    Ok(())
+    if !due_only.is_empty() {
+        let q = format!(
+            "UPDATE contacts SET score_due_at = x.due FROM {} \
+             WHERE contacts.account_id = $1 AND contacts.id = x.id",
+            db.json_records(2, &[("id", "text"), ("due", "bigint")])
+        );
+        let records = serde_json::Value::Array(due_only).to_string();
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records)).await?;
+    }
+    if saves.is_empty() {
+        return Ok(saved);
+    }
+    let q = format!(
+        "UPDATE contacts SET properties = x.properties, score_due_at = x.due, \
+         version = contacts.version + 1, updated_at = $3 FROM {} \
+         WHERE contacts.account_id = $1 AND contacts.id = x.id",
+        db.json_records(2, &[("id", "text"), ("properties", "text"), ("due", "bigint")])
+    );
+    let records = serde_json::Value::Array(saves).to_string();
+    tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records).bind(now)).await?;
+    for name in [scoring::PROPERTY, "lifecycle_stage"] {
+        let of: Vec<&str> = changes.iter().filter(|c| c.1 == name).map(|c| c.0.as_str()).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let q = format!(
+            "DELETE FROM contact_values WHERE account_id = $1 AND name = $2 AND {}",
+            db.json_in("contact_id", 3)
+        );
+        let of = serde_json::to_string(&of).expect("JSON of strings");
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(name).bind(of)).await?;
+    }
+    let set: Vec<&(String, &str, String)> = changes.iter().filter(|c| !c.2.is_empty()).collect();
+    for chunk in set.chunks(db.rows_per_statement(5)) {
+        let q = format!(
+            "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
+            placeholders(chunk.len(), 5)
+        );
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(q)), |q, (id, name, value)| {
+            let num = (*name == scoring::PROPERTY).then(|| value.parse::<f64>().ok()).flatten();
+            q.bind(account).bind(id).bind(*name).bind(value).bind(num)
+        });
+        tx.execute(q).await?;
+    }
+    let origin =
+        Origin { source_type: "SYSTEM".into(), source_id: "lead-scoring".into(), user_id: String::new() };
+    let entries: Vec<Entry> =
+        changes.iter().map(|(id, name, value)| Entry { contact: id, name, value, origin: &origin }).collect();
+    history::record(tx, account, &entries, now).await?;
+    Ok(saved)
 }
 
 /// A new rule's checks, naming the field at fault.
@@ -270,7 +342,7 @@ impl Store {
         }
         for (account, ids) in &by_account {
             let mut tx = self.db.begin_write().await?;
-            rescore(&mut tx, account, ids, now).await?;
+            rescore(&mut tx, &self.db, account, ids, now).await?;
             tx.commit().await?;
         }
         let q = "SELECT MIN(score_due_at) FROM contacts WHERE score_due_at > $1";
