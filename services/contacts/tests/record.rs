@@ -1374,7 +1374,24 @@ async fn a_promoted_contact_is_scored_as_promoted(backend: Backend) {
         ("marketing_qualified_lead", "60"),
         "{backend:?}: the stage the score brought counts in the score"
     );
-    assert_eq!(now.id, c.id);
+    assert_eq!(now, c, "{backend:?}: created, the contact is answered as scored");
+
+    // Changed twice in one batch, it is answered as it ends up, each time.
+    let d = s.create("dev@example.com", &[("lifecycle_stage", "subscriber")]).await.unwrap();
+    let updates =
+        vec![update(&d.id, &[("job_title", "CEO")], ""), update(&d.id, &[("job_title", "CTO")], "")];
+    let u = s
+        .api()
+        .batch_update_contacts(authed(pb::BatchUpdateContactsRequest { updates }, &s.writer()))
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = s.by_email("dev@example.com").await;
+    assert_eq!(stored.properties["lead_score"], "60", "{backend:?}: promoted as the batch left it");
+    assert!(u.errors.is_empty(), "{backend:?}: {:?}", u.errors);
+    for r in &u.results {
+        assert_eq!(r.contact.as_ref(), Some(&stored), "{backend:?}: result {}", r.index);
+    }
 }
 
 async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
@@ -1430,6 +1447,40 @@ async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
     assert!(both.errors.is_empty(), "{backend:?}: {:?}", both.errors);
     assert_eq!(both.results.len(), 2, "{backend:?}");
     assert_eq!(both.results[0].contact_id, both.results[1].contact_id, "{backend:?}");
+
+    // One batch naming an id twice and a new address in two forms: the first of each counts,
+    // the repeat is a replay, another event under the id is refused, one contact is made.
+    let form_of = |id: &str, email: &str, t: i64| pb::ContactEvent {
+        id: id.into(),
+        contact: Some(C::Email(email.into())),
+        occurred_at: Some(at(t)),
+        kind: Some(pb::contact_event::Kind::FormSubmission(pb::FormSubmission {
+            form_id: "demo".into(),
+            page_url: String::new(),
+        })),
+    };
+    let had = s.by_email("v@example.com").await.visits.expect("visits").count;
+    let twice = view("pv-twice", C::ContactId(c.id.clone()), t0, "DIRECT");
+    let mut clash = twice.clone();
+    clash.kind = Some(pb::contact_event::Kind::EmailOpen(pb::EmailOpen { email_id: "e-2".into() }));
+    let batch = vec![
+        twice.clone(),
+        form_of("f-a", "twice@example.com", t0 + 120),
+        twice,
+        form_of("f-b", "twice@example.com", t0 + 60),
+        clash,
+    ];
+    let r = record_as(&s, &admin, batch).await;
+    let by_index = |i: i32| r.results.iter().find(|x| x.index == i);
+    assert!(by_index(0).is_some_and(|x| !x.replayed), "{backend:?}: {r:?}");
+    assert!(by_index(2).is_some_and(|x| x.replayed), "{backend:?}: {r:?}");
+    let codes: Vec<(i32, &str)> = r.errors.iter().map(|e| (e.index, e.code.as_str())).collect();
+    assert_eq!(codes, [(4, "ALREADY_EXISTS")], "{backend:?}");
+    let (a, b) = (by_index(1).expect("f-a"), by_index(3).expect("f-b"));
+    assert_eq!(a.contact_id, b.contact_id, "{backend:?}: one contact for one address");
+    assert!(b.contact_created && !a.contact_created, "{backend:?}: the earlier form made it: {r:?}");
+    let visits = s.by_email("v@example.com").await.visits.expect("visits");
+    assert_eq!(visits.count, had + 1, "{backend:?}: the view counted once");
 }
 
 async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend: Backend) {
