@@ -683,11 +683,24 @@ pub(crate) async fn insert_contacts(
     now: DateTime<Utc>,
 ) -> Result<Vec<Result<ContactRow>>> {
     let at = micros(now);
-    let rows: Vec<(ContactRow, &NewContact)> = contacts
+    // Scored before they are written, from their values alone (a new contact has no events
+    // or consent yet): the rows go in as scored, with nothing to read back.
+    let scorer = match scoring::scores_anything(tx, account).await? {
+        true => Some(scoring::Scorer::load(tx, account).await?).filter(scoring::Scorer::has_rules),
+        false => None,
+    };
+    let rows: Vec<(ContactRow, &NewContact, scoring::Worked)> = contacts
         .iter()
         .map(|c| {
-            let shown: BTreeMap<String, String> =
+            let mut shown: BTreeMap<String, String> =
                 c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
+            let worked = match &scorer {
+                Some(s) => s.work(&shown, &[], false, at),
+                None => scoring::Worked { changes: Vec::new(), due: 0 },
+            };
+            for (name, value) in &worked.changes {
+                shown.insert((*name).to_owned(), value.clone());
+            }
             let row = ContactRow {
                 id: new_id(),
                 email: c.email.address.clone(),
@@ -700,19 +713,19 @@ pub(crate) async fn insert_contacts(
                 last_activity_at: 0,
                 visits: VisitColumns::default(),
             };
-            (row, c)
+            (row, c, worked)
         })
         .collect();
-    let (contacts_per, values_per) = (db.rows_per_statement(11), db.rows_per_statement(5));
+    let (contacts_per, values_per) = (db.rows_per_statement(12), db.rows_per_statement(5));
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(contacts_per) {
         let sql = format!(
             "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
-             source_id, created_at, updated_at, match_keys_version) VALUES {} \
+             source_id, created_at, updated_at, match_keys_version, score_due_at) VALUES {} \
              ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 11)
+            placeholders(chunk.len(), 12)
         );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c)| {
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c, worked)| {
             q.bind(account)
                 .bind(&row.id)
                 .bind(&row.email)
@@ -724,38 +737,50 @@ pub(crate) async fn insert_contacts(
                 .bind(at)
                 .bind(at)
                 .bind(1i64)
+                .bind(worked.due)
         });
         let ids: Vec<(String,)> = tx.fetch_all(q).await?;
         inserted.extend(ids.into_iter().map(|r| r.0));
     }
-    let values: Vec<(&str, &str, &Value)> = rows
+    let values: Vec<(&str, &str, &str, Option<f64>)> = rows
         .iter()
-        .filter(|(row, _)| inserted.contains(&row.id))
-        .flat_map(|(row, c)| c.values.iter().map(move |(name, v)| (row.id.as_str(), name.as_str(), v)))
+        .filter(|(row, ..)| inserted.contains(&row.id))
+        .flat_map(|(row, c, worked)| {
+            let given = c
+                .values
+                .iter()
+                .filter(|(name, _)| !worked.changes.iter().any(|(n, _)| n == name))
+                .map(move |(name, v)| (row.id.as_str(), name.as_str(), v.text.as_str(), v.num));
+            let scored = worked.changes.iter().map(move |(name, value)| {
+                (row.id.as_str(), *name, value.as_str(), scoring::num_of(name, value))
+            });
+            given.chain(scored)
+        })
         .collect();
     for chunk in values.chunks(values_per) {
         let sql = format!(
             "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
             placeholders(chunk.len(), 5)
         );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, v)| {
-            q.bind(account).bind(*id).bind(*name).bind(&v.text).bind(v.num)
+        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, text, num)| {
+            q.bind(account).bind(*id).bind(*name).bind(*text).bind(*num)
         });
         tx.execute(q).await?;
     }
     let origins: Vec<Origin> = rows
         .iter()
-        .map(|(_, c)| Origin {
+        .map(|(_, c, _)| Origin {
             source_type: c.source_type.clone(),
             source_id: c.source_id.clone(),
             user_id: c.user_id.clone(),
         })
         .collect();
+    let scored_by = scoring::origin();
     let entries: Vec<history::Entry> = rows
         .iter()
         .zip(&origins)
-        .filter(|((row, _), _)| inserted.contains(&row.id))
-        .flat_map(|((row, c), origin)| {
+        .filter(|((row, ..), _)| inserted.contains(&row.id))
+        .flat_map(|((row, c, worked), origin)| {
             let email = history::Entry { contact: &row.id, name: EMAIL, value: &row.email, origin };
             let values = c.values.iter().map(move |(name, v)| history::Entry {
                 contact: &row.id,
@@ -763,15 +788,21 @@ pub(crate) async fn insert_contacts(
                 value: &v.text,
                 origin,
             });
-            std::iter::once(email).chain(values)
+            let scored = worked.changes.iter().map(|(name, value)| history::Entry {
+                contact: &row.id,
+                name,
+                value,
+                origin: &scored_by,
+            });
+            std::iter::once(email).chain(values).chain(scored)
         })
         .collect();
     history::record(tx, account, &entries, at).await?;
     // Their match keys for duplicate candidates, a few statements for many.
     let keys: Vec<(&str, duplicates_rules::Reason, String)> = rows
         .iter()
-        .filter(|(row, _)| inserted.contains(&row.id))
-        .flat_map(|(row, c)| {
+        .filter(|(row, ..)| inserted.contains(&row.id))
+        .flat_map(|(row, c, _)| {
             let shown = c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
             duplicates_rules::keys(&c.email.key, &shown)
                 .into_iter()
@@ -790,16 +821,16 @@ pub(crate) async fn insert_contacts(
     }
     let events: Vec<mpb::ContactEvent> = rows
         .iter()
-        .filter(|(row, _)| inserted.contains(&row.id))
-        .map(|(row, c)| created_event(account, now, row, c))
+        .filter(|(row, ..)| inserted.contains(&row.id))
+        .map(|(row, c, _)| created_event(account, now, row, c))
         .collect();
     add_total(tx, account, events.len() as i64).await?;
     send_events(tx, account, events, now).await?;
     // The contacts already there, in one read, so each refusal can name the one to go to.
     let taken: Vec<&str> = rows
         .iter()
-        .filter(|(row, _)| !inserted.contains(&row.id))
-        .map(|(_, c)| c.email.key.as_str())
+        .filter(|(row, ..)| !inserted.contains(&row.id))
+        .map(|(_, c, _)| c.email.key.as_str())
         .collect();
     let there: HashMap<String, String> = if taken.is_empty() {
         HashMap::new()
@@ -813,17 +844,16 @@ pub(crate) async fn insert_contacts(
             tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind(account).bind(taken)).await?;
         found.into_iter().collect()
     };
-    let outcomes: Vec<Result<ContactRow>> = rows
+    Ok(rows
         .iter()
-        .map(|(row, c)| {
+        .map(|(row, c, _)| {
             if inserted.contains(&row.id) {
                 Ok(row.clone())
             } else {
                 Err(Error::EmailTaken(there.get(&c.email.key).cloned()))
             }
         })
-        .collect();
-    rescored(tx, db, account, outcomes, now).await
+        .collect())
 }
 
 /// Works out the scores of the contacts written (when the account scores at all) and answers

@@ -90,6 +90,86 @@ struct Scoring {
     score_due_at: i64,
 }
 
+/// An account's scoring as a transaction holding its scoring lock sees it.
+pub(super) struct Scorer {
+    rules: Vec<Rule>,
+    threshold: i64,
+    /// The longest behaviour window, if any rule counts behaviour.
+    window: Option<i64>,
+}
+
+/// A score and the promotion it brings, as changes to a contact's values (the value after,
+/// '' when cleared), and when it is next due (0: never by itself).
+pub(super) struct Worked {
+    pub changes: Vec<(&'static str, String)>,
+    pub due: i64,
+}
+
+impl Scorer {
+    /// Takes the account's scoring lock and reads its rules and threshold.
+    pub(super) async fn load(tx: &mut impl Tx, account: &str) -> Result<Scorer> {
+        lock_scoring(tx, account).await?;
+        let rows = rules(tx, account).await?;
+        let rules: Vec<Rule> =
+            rows.into_iter().map(|r| Rule { id: r.id, points: r.points, criterion: r.criterion }).collect();
+        let threshold = threshold(tx, account).await?;
+        let window = rules
+            .iter()
+            .filter_map(|r| match &r.criterion {
+                Criterion::Behaviour { window_days, .. } => Some(window_days * DAY_MICROS),
+                _ => None,
+            })
+            .max();
+        Ok(Scorer { rules, threshold, window })
+    }
+
+    pub(super) fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Works a contact's score out from its values, events in the window and consent.
+    pub(super) fn work(
+        &self,
+        values: &BTreeMap<String, String>,
+        events: &[Event],
+        unsubscribed: bool,
+        now: i64,
+    ) -> Worked {
+        let rules = &self.rules;
+        let facts = |values| Facts { values, events, unsubscribed, now };
+        let mut scored = scoring::score(rules, &facts(values));
+        let stage = values.get("lifecycle_stage").map(String::as_str);
+        let promoted = scoring::promoted(stage, scored.score, self.threshold).filter(|_| !rules.is_empty());
+        if let Some(mql) = promoted {
+            // A rule may count the stage itself: the score is the one of the contact as promoted.
+            // Promotion only moves forward from before MQL, so once is enough.
+            let mut as_promoted = values.clone();
+            as_promoted.insert("lifecycle_stage".to_owned(), mql.to_owned());
+            scored = scoring::score(rules, &facts(&as_promoted));
+        }
+        // No rules: no score (one left from rules removed since is cleared).
+        let score = (!rules.is_empty()).then(|| scored.score.to_string());
+        let mut changes: Vec<(&'static str, String)> = Vec::new();
+        if values.get(scoring::PROPERTY) != score.as_ref() {
+            changes.push((scoring::PROPERTY, score.unwrap_or_default()));
+        }
+        if let Some(mql) = promoted {
+            changes.push(("lifecycle_stage", mql.to_owned()));
+        }
+        Worked { changes, due: scored.due_at.unwrap_or(0) }
+    }
+}
+
+/// The number a value of `name` is kept with beside its text, for range filters.
+pub(super) fn num_of(name: &str, value: &str) -> Option<f64> {
+    (name == scoring::PROPERTY).then(|| value.parse::<f64>().ok()).flatten()
+}
+
+/// What scoring writes into history.
+pub(super) fn origin() -> Origin {
+    Origin { source_type: "SYSTEM".into(), source_id: "lead-scoring".into(), user_id: String::new() }
+}
+
 /// Works the scores of `contacts` out again at `now` (epoch microseconds): writes a changed
 /// score (and the MQL stage it brings) with its history, and when each is next due; answers
 /// the contacts it saved with their values as saved (JSON). A few statements for a whole
@@ -101,18 +181,7 @@ pub(super) async fn rescore(
     contacts: &[String],
     now: i64,
 ) -> Result<HashMap<String, String>> {
-    lock_scoring(tx, account).await?;
-    let rows = rules(tx, account).await?;
-    let rules: Vec<Rule> =
-        rows.into_iter().map(|r| Rule { id: r.id, points: r.points, criterion: r.criterion }).collect();
-    let threshold = threshold(tx, account).await?;
-    let window = rules
-        .iter()
-        .filter_map(|r| match &r.criterion {
-            Criterion::Behaviour { window_days, .. } => Some(window_days * DAY_MICROS),
-            _ => None,
-        })
-        .max();
+    let scorer = Scorer::load(tx, account).await?;
     let ids = serde_json::to_string(contacts).expect("JSON of strings");
     let q = format!(
         "SELECT id, properties, score_due_at FROM contacts WHERE account_id = $1 AND {}",
@@ -120,7 +189,7 @@ pub(super) async fn rescore(
     );
     let found: Vec<Scoring> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids)).await?;
     let mut events: HashMap<String, Vec<Event>> = HashMap::new();
-    if let Some(w) = window {
+    if let Some(w) = scorer.window {
         let q = format!(
             "SELECT contact_id, kind, form_id, email_id, url, occurred_at FROM contact_events \
              WHERE account_id = $1 AND {} AND occurred_at > $3 AND occurred_at <= $4",
@@ -147,33 +216,9 @@ pub(super) async fn rescore(
     let mut changes: Vec<(String, &str, String)> = Vec::new();
     for c in found {
         let mut values: BTreeMap<String, String> = serde_json::from_str(&c.properties).unwrap_or_default();
-        let none = Vec::new();
-        let facts = |values| Facts {
-            values,
-            events: events.get(&c.id).unwrap_or(&none),
-            unsubscribed: unsubscribed.contains(&c.id),
-            now,
-        };
-        let mut scored = scoring::score(&rules, &facts(&values));
-        let stage = values.get("lifecycle_stage").map(String::as_str);
-        let promoted = scoring::promoted(stage, scored.score, threshold).filter(|_| !rules.is_empty());
-        if let Some(mql) = promoted {
-            // A rule may count the stage itself: the score is the one of the contact as promoted.
-            // Promotion only moves forward from before MQL, so once is enough.
-            let mut as_promoted = values.clone();
-            as_promoted.insert("lifecycle_stage".to_owned(), mql.to_owned());
-            scored = scoring::score(&rules, &facts(&as_promoted));
-        }
-        let due = scored.due_at.unwrap_or(0);
-        // No rules: no score (one left from rules removed since is cleared).
-        let score = (!rules.is_empty()).then(|| scored.score.to_string());
-        let mut changed: Vec<(&str, String)> = Vec::new();
-        if values.get(scoring::PROPERTY) != score.as_ref() {
-            changed.push((scoring::PROPERTY, score.clone().unwrap_or_default()));
-        }
-        if let Some(mql) = promoted {
-            changed.push(("lifecycle_stage", mql.to_owned()));
-        }
+        let events = events.get(&c.id).map_or(&[][..], Vec::as_slice);
+        let Worked { changes: changed, due } =
+            scorer.work(&values, events, unsubscribed.contains(&c.id), now);
         if changed.is_empty() {
             if due != c.score_due_at {
                 due_only.push(serde_json::json!({ "id": c.id, "due": due }));
@@ -231,13 +276,11 @@ pub(super) async fn rescore(
             placeholders(chunk.len(), 5)
         );
         let q = chunk.iter().fold(Sql::new(AssertSqlSafe(q)), |q, (id, name, value)| {
-            let num = (*name == scoring::PROPERTY).then(|| value.parse::<f64>().ok()).flatten();
-            q.bind(account).bind(id).bind(*name).bind(value).bind(num)
+            q.bind(account).bind(id).bind(*name).bind(value).bind(num_of(name, value))
         });
         tx.execute(q).await?;
     }
-    let origin =
-        Origin { source_type: "SYSTEM".into(), source_id: "lead-scoring".into(), user_id: String::new() };
+    let origin = origin();
     let entries: Vec<Entry> =
         changes.iter().map(|(id, name, value)| Entry { contact: id, name, value, origin: &origin }).collect();
     history::record(tx, account, &entries, now).await?;
