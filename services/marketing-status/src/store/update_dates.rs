@@ -222,14 +222,19 @@ async fn mark_set(
         .iter()
         .map(|&i| serde_json::json!({ "account_id": dates[i].account, "day": days[i] }))
         .collect();
+    // A lookup by key for each, whatever the planner thinks of the table's size.
     let q = format!(
-        "SELECT a.account_id, a.applied FROM applied_update_dates AS a JOIN {} \
-         ON a.account_id = x.account_id AND a.update_date = x.day",
+        "SELECT x.account_id, (SELECT a.applied FROM applied_update_dates AS a \
+         WHERE a.account_id = x.account_id AND a.update_date = x.day) FROM {}",
         db.json_records(1, &[("account_id", "text"), ("day", "text")])
     );
     let pairs = serde_json::Value::Array(pairs).to_string();
-    let applied: HashMap<String, i64> =
-        tx.fetch_all::<(String, i64)>(Sql::new(AssertSqlSafe(q)).bind(pairs)).await?.into_iter().collect();
+    let applied: HashMap<String, i64> = tx
+        .fetch_all::<(String, Option<i64>)>(Sql::new(AssertSqlSafe(q)).bind(pairs))
+        .await?
+        .into_iter()
+        .filter_map(|(account, applied)| Some((account, applied?)))
+        .collect();
     let q = format!("SELECT account_id, cutoff FROM update_marks WHERE {}", db.json_in("account_id", 1));
     let earlier: HashMap<String, i64> =
         tx.fetch_all::<(String, i64)>(Sql::new(AssertSqlSafe(q)).bind(&named)).await?.into_iter().collect();
