@@ -31,6 +31,12 @@ pub fn subscription(
     }
 }
 
+/// Today in the NA subsidiary's zone (New York): a start date the service accepts at any hour,
+/// where UTC's date is a day ahead for part of every day.
+pub fn na_today() -> chrono::NaiveDate {
+    Utc::now().with_timezone(&chrono_tz::America::New_York).date_naive()
+}
+
 /// The four services, in port order.
 pub const SERVICES: [&ServiceDef; 4] = [
     &contactier_contacts::SERVICE,

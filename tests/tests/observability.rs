@@ -139,7 +139,7 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
     let billing_channel =
         tonic::transport::Channel::from_shared(format!("http://{}", services.addr("billing"))).unwrap();
     let mut billing = BillingServiceClient::new(billing_channel.connect_lazy());
-    let today = chrono::Utc::now().date_naive();
+    let today = contactier_e2e::na_today();
     let start = Date { year: today.year(), month: today.month() as i32, day: 1 };
     let subscribe = subscription(Edition::Starter, Term::Monthly, start);
     billing.create_subscription(traced(subscribe, &admin, "11111111111111111111111111111111")).await.unwrap();
@@ -272,7 +272,7 @@ async fn one_trace_reaches_a_collector_from_all_four_services() {
             .unwrap()
             .connect_lazy()
     };
-    let today = chrono::Utc::now().date_naive();
+    let today = contactier_e2e::na_today();
     let start = Date { year: today.year(), month: today.month() as i32, day: 1 };
     let subscribe = subscription(Edition::Starter, Term::Monthly, start);
     let mut billing = BillingServiceClient::new(channel("billing"));
