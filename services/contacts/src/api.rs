@@ -1306,6 +1306,9 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let events = req.into_inner().events;
         batch_len("events", events.len())?;
+        // Which field names each event's contact, for the errors that do not name one.
+        let by_email: Vec<bool> =
+            events.iter().map(|e| matches!(e.contact, Some(pb::contact_event::Contact::Email(_)))).collect();
         let now = self.clock.now();
         // Forms are a source the system that takes them sets, as at creation: a person needs the
         // admin scope for a form to make its contact.
@@ -1338,7 +1341,21 @@ impl ContactsService for Api {
             })
             .collect();
         outcomes.extend(refused.into_iter().map(|(i, e)| (i, Err(e))));
-        Ok(Response::new(record::recorded(outcomes, batch_error)))
+        let error = |i: usize, e: &Error| {
+            let mut out = batch_error(i, e);
+            if out.field.is_empty() {
+                out.field = match e {
+                    Error::Exists { .. } => format!("events[{i}].id"),
+                    Error::NotFound(_) | Error::NoneWith { .. } if by_email[i] => {
+                        format!("events[{i}].email")
+                    }
+                    Error::NotFound(_) | Error::NoneWith { .. } => format!("events[{i}].contact_id"),
+                    _ => String::new(),
+                };
+            }
+            out
+        };
+        Ok(Response::new(record::recorded(outcomes, error)))
     }
 
     async fn list_contact_events(

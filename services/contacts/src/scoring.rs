@@ -143,9 +143,15 @@ pub fn score(rules: &[Rule], f: &Facts<'_>) -> Scored {
                     .filter(|e| event_matches(e, kind, matches) && e.at <= f.now && e.at > f.now - window)
                     .map(|e| e.at)
                     .max();
-                if let Some(at) = latest {
-                    let leaves = at + window;
-                    due_at = Some(due_at.map_or(leaves, |d| d.min(leaves)));
+                // An event recorded ahead of now (clocks differ) counts when its time comes.
+                let arrives = f
+                    .events
+                    .iter()
+                    .filter(|e| event_matches(e, kind, matches) && e.at > f.now)
+                    .map(|e| e.at)
+                    .min();
+                for next in latest.map(|at| at + window).into_iter().chain(arrives) {
+                    due_at = Some(due_at.map_or(next, |d| d.min(next)));
                 }
                 latest.is_some()
             }
@@ -255,6 +261,21 @@ mod tests {
         );
         let later = Facts { now: NOW + 26 * DAY_MICROS, ..f };
         assert_eq!(score(&rules, &later), Scored { score: -3, due_at: None });
+    }
+
+    #[test]
+    fn an_event_ahead_of_now_counts_from_its_time() {
+        let rules = [rule(
+            10,
+            Criterion::Behaviour { kind: "form_submission".into(), matches: String::new(), window_days: 30 },
+        )];
+        let values = BTreeMap::new();
+        let events = [form("demo", NOW + 3_600_000_000)];
+        let f = Facts { values: &values, events: &events, unsubscribed: false, now: NOW };
+        assert_eq!(score(&rules, &f), Scored { score: 0, due_at: Some(NOW + 3_600_000_000) });
+        let then = Facts { now: NOW + 3_600_000_000, ..f };
+        let leaves = NOW + 3_600_000_000 + 30 * DAY_MICROS;
+        assert_eq!(score(&rules, &then), Scored { score: 10, due_at: Some(leaves) });
     }
 
     #[test]

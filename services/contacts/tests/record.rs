@@ -621,7 +621,15 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     );
     // An id recorded for one event is no replay for another; an event far ahead is refused.
     let r = record(&s, vec![view("d1", did(), t0 + 60, "DIRECT")]).await;
-    assert_eq!((r.errors[0].code.as_str(), r.errors[0].index), ("ALREADY_EXISTS", 0), "{backend:?}");
+    let e = &r.errors[0];
+    assert_eq!(
+        (e.code.as_str(), e.index, e.field.as_str()),
+        ("ALREADY_EXISTS", 0, "events[0].id"),
+        "{backend:?}"
+    );
+    let r = record(&s, vec![view("d9", C::ContactId("no-such-contact".into()), t0, "DIRECT")]).await;
+    let e = &r.errors[0];
+    assert_eq!((e.code.as_str(), e.field.as_str()), ("NOT_FOUND", "events[0].contact_id"), "{backend:?}");
     let ahead = s.platform.clock.now().timestamp() + 3 * 86_400;
     let r = record(&s, vec![view("far", did(), ahead, "DIRECT")]).await;
     assert_eq!(r.errors[0].field, "events[0].occurred_at", "{backend:?}");
@@ -689,6 +697,31 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     // An id recorded for the erased contact is no replay for anyone else: it is gone with it.
     let r = record(&s, vec![view("v1", C::ContactId(recreated.id.clone()), t0, "DIRECT")]).await;
     assert!(!r.results[0].replayed, "{backend:?}");
+
+    // Two views at one instant give the same sources whichever comes first, in one call or two.
+    let source = |x: &str| if x == "a" { "DIRECT" } else { "EMAIL" };
+    let mut seen = Vec::new();
+    for (n, calls) in
+        [vec![vec!["a", "b"]], vec![vec!["b", "a"]], vec![vec!["a"], vec!["b"]], vec![vec!["b"], vec!["a"]]]
+            .into_iter()
+            .enumerate()
+    {
+        let email = format!("tie{n}@example.com");
+        let t = s.create(&email, &[]).await.unwrap();
+        for call in calls {
+            let batch = call
+                .iter()
+                .map(|&x| view(&format!("tie{n}-{x}"), C::ContactId(t.id.clone()), t0, source(x)))
+                .collect();
+            assert!(record(&s, batch).await.errors.is_empty(), "{backend:?}");
+        }
+        let v = s.by_email(email).await.visits.expect("visits");
+        seen.push((v.count, v.original_source, v.latest_source));
+    }
+    assert!(
+        seen.iter().all(|v| *v == (1, "DIRECT".to_owned(), "DIRECT".to_owned())),
+        "{backend:?}: {seen:?}"
+    );
 }
 
 async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend: Backend) {
@@ -739,7 +772,7 @@ async fn a_form_makes_its_contact_and_bad_events_are_refused_one_by_one(backend:
     assert_eq!(
         errors,
         [
-            (2, "NOT_FOUND", ""),
+            (2, "NOT_FOUND", "events[2].email"),
             (3, "INVALID_ARGUMENT", "events[3].id"),
             (4, "INVALID_ARGUMENT", "events[4].kind"),
             (5, "INVALID_ARGUMENT", "events[5].page_view.url"),
@@ -1481,6 +1514,32 @@ async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
     assert!(b.contact_created && !a.contact_created, "{backend:?}: the earlier form made it: {r:?}");
     let visits = s.by_email("v@example.com").await.visits.expect("visits");
     assert_eq!(visits.count, had + 1, "{backend:?}: the view counted once");
+
+    // A view an hour ahead of now (the sender's clock runs ahead) counts when its time comes,
+    // with no other write to the contact.
+    let ahead = s.platform.clock.now().timestamp() + 3_600;
+    let f = s.create("ahead@example.com", &[]).await.unwrap();
+    let r = record(&s, vec![view("pv-ahead", C::ContactId(f.id.clone()), ahead, "")]).await;
+    assert!(r.errors.is_empty(), "{backend:?}: {:?}", r.errors);
+    assert_eq!(s.by_email("ahead@example.com").await.properties["lead_score"], "0", "{backend:?}");
+    let arrives = chrono::DateTime::from_timestamp(ahead, 0).unwrap();
+    s.platform.clock.advance_to(arrives + chrono::Duration::minutes(5)).await.unwrap();
+    let (score, rose_at) = last_change(&s, &f.id, "lead_score").await;
+    assert_eq!((score.as_str(), rose_at), ("4", arrives), "{backend:?}");
+
+    // Forms of one new address in calls at the same time: one contact, and only the call
+    // that made it says so.
+    let calls = (0..4).map(|i| {
+        let events = vec![form_of(&format!("f-race-{i}"), "race@example.com", t0)];
+        let req = authed(pb::RecordContactEventsRequest { events }, &admin);
+        let mut api = s.api();
+        async move { api.record_contact_events(req).await.unwrap().into_inner() }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let made: Vec<(bool, String)> =
+        answers.iter().map(|a| (a.results[0].contact_created, a.results[0].contact_id.clone())).collect();
+    assert_eq!(made.iter().filter(|m| m.0).count(), 1, "{backend:?}: {made:?}");
+    assert!(made.iter().all(|m| m.1 == made[0].1), "{backend:?}: one contact: {made:?}");
 }
 
 async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend: Backend) {

@@ -178,16 +178,18 @@ async fn resolve(
     let mut made: HashMap<usize, String> = HashMap::new();
     if !news.is_empty() {
         for (&i, outcome) in makers.iter().zip(insert_contacts(tx, db, account, &news, now).await?) {
-            let id = match outcome {
-                Ok(row) => row.id,
-                // Made meanwhile by another call: the events go to it.
-                Err(Error::EmailTaken(Some(id))) => id,
+            let (id, ours) = match outcome {
+                Ok(row) => (row.id, true),
+                // Made meanwhile by another call: the events go to it, and that call made it.
+                Err(Error::EmailTaken(Some(id))) => (id, false),
                 Err(e) => return Err(e),
             };
             if let Subject::Email { key, .. } = &events[i].subject {
                 by_key.insert(key.clone(), id.clone());
             }
-            made.insert(i, id);
+            if ours {
+                made.insert(i, id);
+            }
         }
     }
     Ok(events
@@ -220,8 +222,13 @@ impl Store {
         // Contacts a batch's forms make come first, so the batch's other events for them find
         // them whatever their times.
         let makes_contact = |e: &NewEvent| matches!(&e.subject, Subject::Email { create: Some(_), .. });
+        // Views at one instant go by id, as a recount takes them, whatever the list's order.
         let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_by_key(|&i| (!makes_contact(&events[i]), events[i].occurred_at, i));
+        order.sort_by(|&i, &j| {
+            let key =
+                |k: usize| (!makes_contact(&events[k]), events[k].occurred_at, events[k].id.as_str(), k);
+            key(i).cmp(&key(j))
+        });
         let mut tx = self.begin_values_write(account).await?;
         let contacts = resolve(&mut tx, db, account, &mut events, &order, now).await?;
 
@@ -336,9 +343,12 @@ impl Store {
             if let Kind::PageView { traffic_source, .. } = &e.kind
                 && let Some(v) = visits.get_mut(&contact_id)
             {
-                if v.count > 0 && e.occurred_at < v.last_view_at {
-                    // A late view: counted again from all of them, so the order they came in
-                    // makes no difference.
+                let at = e.occurred_at;
+                let tie = at == v.last_view_at && (at == v.last_at || at == v.first_at);
+                if v.count > 0 && (at < v.last_view_at || tie) {
+                    // A late view, or one at the instant a visit began (whose source the
+                    // smaller id gives): counted again from all of them, so the order they
+                    // came in makes no difference.
                     late.push(contact_id.clone());
                 } else {
                     *v = behaviour::page_view(v, e.occurred_at, traffic_source);

@@ -192,10 +192,11 @@ pub(super) async fn rescore(
     if let Some(w) = scorer.window {
         let q = format!(
             "SELECT contact_id, kind, form_id, email_id, url, occurred_at FROM contact_events \
-             WHERE account_id = $1 AND {} AND occurred_at > $3 AND occurred_at <= $4",
+             WHERE account_id = $1 AND {} AND occurred_at > $3",
             db.json_in("contact_id", 2)
         );
-        let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids).bind(now - w).bind(now);
+        // Events ahead of now too (at most a day ahead): they say when the contact is due.
+        let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids).bind(now - w);
         let rows: Vec<(String, String, String, String, String, i64)> = tx.fetch_all(q).await?;
         for (contact, kind, form_id, email_id, url, at) in rows {
             events.entry(contact).or_default().push(Event { kind, form_id, email_id, url, at });
