@@ -7,7 +7,7 @@ mod common;
 use chrono::{TimeZone, Utc};
 use common::*;
 use contactier_proto::billing::v1 as pb;
-use contactier_proto::common::v1::{Edition, Term};
+use contactier_proto::common::v1::{Date, Edition, Term};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::db::Backend;
 use contactier_runtime::testing::authed;
@@ -137,7 +137,86 @@ async fn a_marketing_status_without_batches_is_asked_one_date_at_a_time(backend:
     assert_eq!(b.invoices().await.len(), 3, "{backend:?}: each renewal invoiced once");
 }
 
+/// Threshold alerts of `account`'s usage (kind, count, tier, period start), as notification
+/// keeps them once billing's states reach it.
+async fn threshold_alerts(b: &Billing, account: &str) -> Vec<(i32, i64, i64, Option<Date>)> {
+    use contactier_proto::notification::v1::{
+        self as npb, notification_service_client::NotificationServiceClient,
+    };
+    let mut client = NotificationServiceClient::new(b.notification.clone());
+    let req = npb::ListAlertsRequest { page_size: 100, page_token: String::new() };
+    let alerts =
+        client.list_alerts(authed(req, &b.token(account, &["read"]))).await.unwrap().into_inner().alerts;
+    alerts
+        .into_iter()
+        .filter(|a| a.kind <= npb::AlertKind::TierExceeded as i32)
+        .map(|a| (a.kind, a.marketing_count, a.tier, a.period_start))
+        .collect()
+}
+
+async fn accounts_sharing_an_instant_are_completed_together_each_as_alone(backend: Backend) {
+    use contactier_proto::notification::v1::AlertKind;
+    let b = start(backend).await;
+    // Three accounts whose update date is 1 May: two monthly from 1 April (a renewal each), one
+    // annual from 15 April (a period start only). At 1,700 of 2,000 each new period begins
+    // past 75 %.
+    let accounts = [("acct-m1", Term::Monthly), ("acct-y", Term::Annual), ("acct-m2", Term::Monthly)];
+    for (account, term) in accounts {
+        let start_date = if term == Term::Monthly { date(2026, 4, 1) } else { date(2026, 4, 15) };
+        let req = pb::CreateSubscriptionRequest { term: term as i32, start_date, ..professional_monthly() };
+        b.api().create_subscription(authed(req, &b.token(account, &["admin"]))).await.unwrap();
+    }
+    b.marketing_status.0.lock().unwrap().count = marketing(1_700, 4);
+    b.advance_to(Utc.with_ymd_and_hms(2026, 5, 1, 5, 0, 0).unwrap()).await;
+    assert_eq!(b.marketing_status.0.lock().unwrap().batch_calls, 1, "{backend:?}: one instant, one call");
+
+    let mut renewals = Vec::new();
+    for (account, term) in accounts {
+        let read = b.token(account, &["read"]);
+        let sub = b
+            .api()
+            .get_subscription(authed(pb::GetSubscriptionRequest {}, &read))
+            .await
+            .unwrap()
+            .into_inner()
+            .subscription
+            .unwrap();
+        assert_eq!((sub.tier, sub.next_update_date), (2_000, date(2026, 6, 1)), "{backend:?}: {account}");
+        let usage = b
+            .api()
+            .get_usage(authed(pb::GetUsageRequest {}, &read))
+            .await
+            .unwrap()
+            .into_inner()
+            .usage
+            .unwrap();
+        assert_eq!(usage.period_count, 1_700, "{backend:?}: {account}");
+        let req = pb::ListInvoicesRequest { page_size: 10, page_token: String::new() };
+        let invoices = b.api().list_invoices(authed(req, &read)).await.unwrap().into_inner().invoices;
+        let numbers: Vec<(i32, i64)> = invoices.iter().map(|i| (i.kind, i.number)).collect();
+        renewals.push((account, numbers));
+        // The period's state reached notification in order: the new period's 75 % alert.
+        let want = vec![(AlertKind::Threshold75 as i32, 1_700, 2_000, date(2026, 5, 1))];
+        let mut got = threshold_alerts(&b, account).await;
+        for _ in 0..50 {
+            if got == want {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            got = threshold_alerts(&b, account).await;
+        }
+        assert_eq!(got, want, "{backend:?}: {account} ({term:?})");
+    }
+    let renewal = pb::InvoiceKind::Renewal as i32;
+    assert_eq!(
+        renewals,
+        [("acct-m1", vec![(renewal, 1)]), ("acct-y", vec![]), ("acct-m2", vec![(renewal, 1)])],
+        "{backend:?}: a renewal invoice for each monthly account, numbered on its own"
+    );
+}
+
 contactier_runtime::backend_tests!(
+    accounts_sharing_an_instant_are_completed_together_each_as_alone,
     a_marketing_status_without_batches_is_asked_one_date_at_a_time,
     renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term,
     annual_terms_process_every_first_and_renew_once_a_year,

@@ -27,6 +27,13 @@ const NEXT_VERSION: &str = "UPDATE subscriptions SET state_version = state_versi
 /// Publishes the account's next usage state; answers its version.
 pub async fn publish(tx: &mut impl Tx, account: &str, s: NewState<'_>, now: DateTime<Utc>) -> Result<i64> {
     let version: i64 = tx.scalar(Sql::new(NEXT_VERSION).bind(account)).await?;
+    let (event_id, payload) = event(account, version, &s, now);
+    tx.enqueue(&event_id, NOTIFICATION_TOPIC, account, &payload, now).await?;
+    Ok(version)
+}
+
+/// The event of the account's usage state `version`: its id and payload.
+pub fn event(account: &str, version: i64, s: &NewState<'_>, now: DateTime<Utc>) -> (String, Vec<u8>) {
     let state = npb::UsageState {
         version,
         period_start: Some(pb_date(s.period_start)),
@@ -37,6 +44,5 @@ pub async fn publish(tx: &mut impl Tx, account: &str, s: NewState<'_>, now: Date
         from_tier: s.upgrade.map_or(0, |u| u.1),
     };
     let ev = billing_event(account, now, npb::billing_event::Payload::State(state));
-    tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
-    Ok(version)
+    (ev.event_id.clone(), ev.encode_to_vec())
 }

@@ -4,17 +4,20 @@
 
 use super::invoices::{self, NewInvoice};
 use super::states::{self, NewState};
-use super::{Store, SubscriptionRow, day, parse_day};
+use super::{NOTIFICATION_TOPIC, Store, SubscriptionRow, day, parse_day};
 use crate::calendar;
 use crate::charges;
 use crate::error::{Error, Result};
-use crate::model::{self, Invoice, InvoiceKind};
+use crate::model::{self, Invoice, InvoiceKind, Subscription};
 use crate::price_book::PriceBook;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
 use contactier_runtime::convert::micros;
+use contactier_runtime::db::Db;
+use contactier_runtime::outbox::EventTx;
 use contactier_runtime::sql::{Sql, Transaction, Tx};
 use sqlx::AssertSqlSafe;
+use std::collections::{HashMap, HashSet};
 
 /// An account whose update date is due.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,26 +57,19 @@ const NEXT_DUE: &str = "SELECT MIN(CASE WHEN lease_until > next_update_at THEN l
 const RETRY: &str = "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, \
      update_error = $5 WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4";
 
-const SUBSCRIPTION_DUE_ON: &str = concat!(
-    "SELECT ",
-    subscription_columns!(),
-    " FROM subscriptions WHERE account_id = $1 AND next_update_date = $2"
-);
-
-const INSERT_PERIOD: &str = "INSERT INTO update_periods (account_id, update_date, renewal, \
-     applied_contacts, period_count, count_version, tier, processed_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (account_id, update_date) DO NOTHING";
-
-/// Conditional on the tier read: an upgrade committed meanwhile makes the date run again with
-/// the new tier rather than be overwritten.
-const MOVE_ON: &str = "UPDATE subscriptions SET tier = $1, \
-     renewal_tier = CASE WHEN $2 THEN 0 ELSE renewal_tier END, next_update_date = $3, \
-     next_update_at = $4, lease_owner = '', lease_until = 0, update_attempts = 0, update_error = '', \
-     period_start = $8 WHERE account_id = $5 AND next_update_date = $6 AND tier = $7";
-
-/// From the date on, usage history shows the tier the renewal applied.
-const DAY_TIER: &str = "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) \
-     VALUES ($1, $2, $3, $3, $4) ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier";
+/// Columns of a batch's records (`x`): each account's update date, what completing it writes.
+const COMPLETION: &[(&str, &str)] = &[
+    ("acct", "text"),
+    ("due", "text"),
+    ("renewal", "boolean"),
+    ("applied", "bigint"),
+    ("count", "bigint"),
+    ("version", "bigint"),
+    ("old_tier", "bigint"),
+    ("tier", "bigint"),
+    ("next", "text"),
+    ("next_at", "bigint"),
+];
 
 /// (account, date, attempts, processing instant in microseconds) as read.
 type DueRow = (String, String, i64, i64);
@@ -166,79 +162,130 @@ impl Store {
     ) -> Result<Vec<Completed>> {
         let _forget: Vec<_> = dates.iter().map(|(a, _, _)| self.usage_cache.forget_after(a)).collect();
         let mut tx = self.db.begin_write().await?;
-        let mut out = Vec::with_capacity(dates.len());
-        for (account, date, applied) in dates {
-            out.push(complete(&mut tx, account, *date, *applied, now, book).await?);
-        }
+        let mut seen = HashSet::new();
+        let out = if dates.iter().all(|(a, _, _)| seen.insert(a.as_str())) {
+            complete(&mut tx, &self.db, dates, now, book).await?
+        } else {
+            // An account twice: its dates one after another, each seeing the one before.
+            let mut out = Vec::with_capacity(dates.len());
+            for d in dates {
+                out.extend(complete(&mut tx, &self.db, std::slice::from_ref(d), now, book).await?);
+            }
+            out
+        };
         tx.commit().await?;
         Ok(out)
     }
 }
 
-/// An update date's completion, in the caller's transaction.
+/// Update dates' completion, in the caller's transaction, for accounts named once each: a
+/// statement each for the subscriptions, the periods, the move to the next dates (with the
+/// state versions), the days' tiers and the states' events, whatever the number of accounts;
+/// a renewal's invoice is the account's own. A date no longer due is left as it is.
 async fn complete(
     tx: &mut Transaction,
-    account: &str,
-    date: NaiveDate,
-    applied: Applied,
+    db: &Db,
+    dates: &[(String, NaiveDate, Applied)],
     now: DateTime<Utc>,
     book: &PriceBook,
-) -> Result<Completed> {
-    let row: Option<SubscriptionRow> =
-        tx.fetch_optional(Sql::new(SUBSCRIPTION_DUE_ON).bind(account).bind(day(date))).await?;
-    let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
-        return Ok(Completed::default());
-    };
-    let count = model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
-    let renewal = calendar::is_renewal_date(sub.start_date, sub.term, date);
-    let mut tier = sub.tier;
-    let mut invoice = None;
-    if renewal {
-        let line;
-        (tier, line) = charges::renewal(&sub, book, date, count)?;
-        let source_key = format!("renewal:{}", day(date));
-        if !invoices::invoiced(tx, account, &source_key).await? {
-            let inv = NewInvoice {
-                account,
-                source_key,
-                kind: InvoiceKind::Renewal,
-                currency: sub.currency.as_str(),
-                term: (line.period_start, line.period_end),
-                lines: vec![line],
-            };
-            invoice = Some(invoices::issue(tx, inv, now).await?);
-        }
+) -> Result<Vec<Completed>> {
+    let ids: Vec<&str> = dates.iter().map(|d| d.0.as_str()).collect();
+    let q = format!(
+        concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE {}"),
+        db.json_in("account_id", 1)
+    );
+    let ids = serde_json::to_string(&ids).expect("JSON of strings");
+    let rows: Vec<SubscriptionRow> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(ids)).await?;
+    let mut subs: HashMap<String, Subscription> = HashMap::new();
+    for row in rows {
+        let sub = row.into_model()?;
+        subs.insert(sub.account_id.clone(), sub);
     }
-    let period = Sql::new(INSERT_PERIOD)
-        .bind(account)
-        .bind(day(date))
-        .bind(renewal)
-        .bind(applied.contacts)
-        .bind(count)
-        .bind(applied.version)
-        .bind(tier)
-        .bind(micros(now));
-    tx.execute(period).await?;
-    let next = calendar::next_update_date(sub.start_date, sub.term, date);
-    let move_on = Sql::new(MOVE_ON)
-        .bind(tier)
-        .bind(renewal)
-        .bind(day(next))
-        .bind(micros(sub.processing_at(book, next)))
-        .bind(account)
-        .bind(day(date))
-        .bind(sub.tier)
-        .bind(day(date));
-    if tx.execute(move_on).await? != 1 {
+    let mut out = Vec::with_capacity(dates.len());
+    let mut records = Vec::new();
+    let mut states: Vec<(&str, NewState<'static>)> = Vec::new();
+    for (account, date, applied) in dates {
+        let Some(sub) = subs.get(account).filter(|s| s.next_update_date == Some(*date)) else {
+            out.push(Completed::default());
+            continue;
+        };
+        let count =
+            model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
+        let renewal = calendar::is_renewal_date(sub.start_date, sub.term, *date);
+        let mut tier = sub.tier;
+        let mut invoice = None;
+        if renewal {
+            let line;
+            (tier, line) = charges::renewal(sub, book, *date, count)?;
+            let source_key = format!("renewal:{}", day(*date));
+            if !invoices::invoiced(tx, account, &source_key).await? {
+                let inv = NewInvoice {
+                    account,
+                    source_key,
+                    kind: InvoiceKind::Renewal,
+                    currency: sub.currency.as_str(),
+                    term: (line.period_start, line.period_end),
+                    lines: vec![line],
+                };
+                invoice = Some(invoices::issue(tx, inv, now).await?);
+            }
+        }
+        let next = calendar::next_update_date(sub.start_date, sub.term, *date);
+        records.push(serde_json::json!({
+            "acct": account, "due": day(*date), "renewal": renewal, "applied": applied.contacts,
+            "count": count, "version": applied.version, "old_tier": sub.tier, "tier": tier,
+            "next": day(next), "next_at": micros(sub.processing_at(book, next)),
+        }));
+        // A new period (and at a renewal a new term and tier) begins: its state, even when
+        // the count did not move, re-arms the thresholds.
+        let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
+        states.push((account, NewState { period_start: *date, tier, count, change, upgrade: None }));
+        out.push(Completed { done_here: true, renewal_invoice: invoice });
+    }
+    if records.is_empty() {
+        return Ok(out);
+    }
+    let x = db.json_records(1, COMPLETION);
+    let records = serde_json::Value::Array(records).to_string();
+    // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT ... FROM as a join's.
+    let periods = format!(
+        "INSERT INTO update_periods (account_id, update_date, renewal, applied_contacts, period_count, \
+         count_version, tier, processed_at) SELECT acct, due, renewal, applied, count, version, tier, $2 \
+         FROM {x} WHERE true ON CONFLICT (account_id, update_date) DO NOTHING"
+    );
+    tx.execute(Sql::new(AssertSqlSafe(periods)).bind(&records).bind(micros(now))).await?;
+    // Conditional on the tier read: an upgrade committed meanwhile makes the date run again
+    // with the new tier rather than be overwritten. Each account's next state version with it.
+    let move_on = format!(
+        "UPDATE subscriptions SET tier = x.tier, \
+         renewal_tier = CASE WHEN x.renewal THEN 0 ELSE subscriptions.renewal_tier END, \
+         next_update_date = x.next, next_update_at = x.next_at, lease_owner = '', lease_until = 0, \
+         update_attempts = 0, update_error = '', period_start = x.due, \
+         state_version = subscriptions.state_version + 1 FROM {x} \
+         WHERE subscriptions.account_id = x.acct AND subscriptions.next_update_date = x.due \
+         AND subscriptions.tier = x.old_tier RETURNING account_id, state_version"
+    );
+    let moved: Vec<(String, i64)> = tx.fetch_all(Sql::new(AssertSqlSafe(move_on)).bind(&records)).await?;
+    if moved.len() != states.len() {
         return Err(Error::Internal("subscription changed while its update date was completed".into()));
     }
-    tx.execute(Sql::new(DAY_TIER).bind(account).bind(day(date)).bind(count).bind(tier)).await?;
-    // A new period (and at a renewal a new term and tier) begins: its state, even when
-    // the count did not move, re-arms the thresholds.
-    let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
-    let state = NewState { period_start: date, tier, count, change, upgrade: None };
-    states::publish(tx, account, state, now).await?;
-    Ok(Completed { done_here: true, renewal_invoice: invoice })
+    // From the date on, usage history shows the tier the renewal applied.
+    let days = format!(
+        "INSERT INTO usage_daily (account_id, day, max_count, last_count, tier) \
+         SELECT acct, due, count, count, tier FROM {x} WHERE true \
+         ON CONFLICT (account_id, day) DO UPDATE SET tier = excluded.tier"
+    );
+    tx.execute(Sql::new(AssertSqlSafe(days)).bind(&records)).await?;
+    let versions: HashMap<String, i64> = moved.into_iter().collect();
+    let events: Vec<(String, String, Vec<u8>)> = states
+        .iter()
+        .map(|(account, s)| {
+            let (id, payload) = states::event(account, versions[*account], s, now);
+            (id, (*account).to_owned(), payload)
+        })
+        .collect();
+    tx.enqueue_many(NOTIFICATION_TOPIC, &events, now).await?;
+    Ok(out)
 }
 
 #[cfg(test)]

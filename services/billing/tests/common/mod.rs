@@ -127,6 +127,8 @@ impl MarketingStatusInternalService for RecordingMarketingStatus {
 /// Billing with its peers on one manual clock.
 pub struct Billing {
     pub channel: Channel,
+    /// The notification service billing publishes its usage states to.
+    pub notification: Channel,
     pub platform: Platform,
     pub marketing_status: RecordingMarketingStatus,
     env: ServiceEnv,
@@ -188,7 +190,14 @@ pub async fn start(backend: Backend) -> Billing {
     peers.marketing_status_url = format!("http://{ms}");
     let env = ServiceEnv { platform: platform.clone(), db: bdb.db.clone(), peers };
     let addr = serve(contactier_billing::build_with(env.clone(), book).await.unwrap(), &platform).await;
-    Billing { channel: channel(addr), platform, marketing_status, env, _dbs: [bdb, ndb] }
+    Billing {
+        channel: channel(addr),
+        notification: channel(notification),
+        platform,
+        marketing_status,
+        env,
+        _dbs: [bdb, ndb],
+    }
 }
 
 pub fn date(y: i32, m: i32, d: i32) -> Option<Date> {
