@@ -43,6 +43,14 @@ struct StateRow {
     received_at: i64,
 }
 
+/// A waiting usage state with its account.
+#[derive(sqlx::FromRow)]
+struct AccountStateRow {
+    account_id: String,
+    #[sqlx(flatten)]
+    state: StateRow,
+}
+
 impl StateRow {
     fn into_state(self) -> State {
         State {
@@ -256,11 +264,32 @@ async fn evaluate_state(
         .bind(micros(now));
     tx.execute(insert).await?;
     let armed: Option<(i64, String, i64, i64)> = tx.fetch_optional(Sql::new(ARMED).bind(account)).await?;
-    let mut armed = armed
+    let armed = armed
         .map(|(version, period_start, tier, high)| Armed { version, period_start, tier, high })
         .unwrap_or_default();
     let waiting: Vec<StateRow> =
         tx.fetch_all(Sql::new(WAITING_STATES).bind(account).bind(armed.version)).await?;
+    let (rows, next) = evaluate_waiting(tx, account, armed, waiting, now).await?;
+    let save = Sql::new(SAVE_ARMED)
+        .bind(account)
+        .bind(next.version)
+        .bind(&next.period_start)
+        .bind(next.tier)
+        .bind(next.high);
+    tx.execute(save).await?;
+    tx.execute(Sql::new(FORGET_STATES).bind(account).bind(next.version)).await?;
+    Ok(rows)
+}
+
+/// Evaluates the account's waiting states (those after `armed`, in version order) that follow
+/// on without a gap, and writes the alerts they fire; answers those and what is armed after.
+async fn evaluate_waiting(
+    tx: &mut impl Tx,
+    account: &str,
+    mut armed: Armed,
+    waiting: Vec<StateRow>,
+    now: DateTime<Utc>,
+) -> Result<(Vec<AlertRow>, Armed)> {
     // A gap no state has filled for an hour is stepped over rather than holding the account's
     // alerts for ever.
     if let Some(first) = waiting.first()
@@ -293,15 +322,126 @@ async fn evaluate_state(
             }
         }
     }
-    let save = Sql::new(SAVE_ARMED)
-        .bind(account)
-        .bind(next.version)
-        .bind(&next.period_start)
-        .bind(next.tier)
-        .bind(next.high);
-    tx.execute(save).await?;
-    tx.execute(Sql::new(FORGET_STATES).bind(account).bind(next.version)).await?;
-    Ok(rows)
+    Ok((rows, next))
+}
+
+/// Applies a run of usage states of distinct accounts, each as [`apply_in`] would, with a
+/// statement each for the run (ids, states, what is armed, the waiting states, the new armed,
+/// the states done with) instead of seven a state; an account whose states fire alerts writes
+/// them and their deliveries on its own.
+async fn apply_states(
+    tx: &mut Transaction,
+    db: &Db,
+    run: &[(String, String, State)],
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+) -> Result<Vec<Option<Vec<AlertRow>>>> {
+    let ids: Vec<String> = run.iter().map(|(id, _, _)| id.clone()).collect();
+    let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+    let news: Vec<&(String, String, State)> = run.iter().filter(|(id, _, _)| fresh.contains(id)).collect();
+    let mut out: std::collections::HashMap<&str, Vec<AlertRow>> = std::collections::HashMap::new();
+    if !news.is_empty() {
+        let records: Vec<serde_json::Value> = news
+            .iter()
+            .map(|(_, account, st)| {
+                let up = st.upgrade.as_ref();
+                serde_json::json!({
+                    "acct": account, "version": st.version, "period_start": st.period_start,
+                    "tier": st.tier, "count": st.count, "upgrade_id": up.map_or("", |u| u.id.as_str()),
+                    "from_tier": up.map_or(0, |u| u.from_tier),
+                })
+            })
+            .collect();
+        let x = db.json_records(
+            1,
+            &[
+                ("acct", "text"),
+                ("version", "bigint"),
+                ("period_start", "text"),
+                ("tier", "bigint"),
+                ("count", "bigint"),
+                ("upgrade_id", "text"),
+                ("from_tier", "bigint"),
+            ],
+        );
+        // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT ... FROM as a join's.
+        let q = format!(
+            "INSERT INTO usage_states (account_id, version, period_start, tier, marketing_count, upgrade_id, \
+             from_tier, received_at) SELECT acct, version, period_start, tier, count, upgrade_id, from_tier, $2 \
+             FROM {x} WHERE true ON CONFLICT (account_id, version) DO NOTHING"
+        );
+        let records = serde_json::Value::Array(records).to_string();
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(records).bind(micros(now))).await?;
+
+        let accounts: Vec<&str> = news.iter().map(|(_, a, _)| a.as_str()).collect();
+        let accounts = serde_json::to_string(&accounts).expect("JSON of strings");
+        let q = format!(
+            "SELECT account_id, version, period_start, tier, high FROM usage_evaluated WHERE {}",
+            db.json_in("account_id", 1)
+        );
+        let armed: Vec<(String, i64, String, i64, i64)> =
+            tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&accounts)).await?;
+        let mut armed: std::collections::HashMap<String, Armed> = armed
+            .into_iter()
+            .map(|(a, version, period_start, tier, high)| (a, Armed { version, period_start, tier, high }))
+            .collect();
+        // Every state kept for these accounts: those not yet evaluated, as states are forgotten
+        // once they are.
+        let q = format!(
+            "SELECT account_id, version, period_start, tier, marketing_count, upgrade_id, from_tier, \
+             received_at FROM usage_states WHERE {} ORDER BY account_id, version",
+            db.json_in("account_id", 1)
+        );
+        let kept: Vec<AccountStateRow> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&accounts)).await?;
+        let mut waiting: std::collections::HashMap<String, Vec<StateRow>> = std::collections::HashMap::new();
+        for k in kept {
+            waiting.entry(k.account_id).or_default().push(k.state);
+        }
+        let mut saves = Vec::with_capacity(news.len());
+        for (_, account, _) in &news {
+            let before = armed.remove(account.as_str()).unwrap_or_default();
+            let after: Vec<StateRow> = waiting
+                .remove(account.as_str())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.version > before.version)
+                .collect();
+            let (rows, next) = evaluate_waiting(tx, account, before, after, now).await?;
+            if !rows.is_empty() {
+                deliver(tx, account, &rows, now, window).await?;
+            }
+            saves.push(serde_json::json!({
+                "acct": account, "version": next.version, "period_start": next.period_start,
+                "tier": next.tier, "high": next.high,
+            }));
+            out.insert(account.as_str(), rows);
+        }
+        let x = db.json_records(
+            1,
+            &[
+                ("acct", "text"),
+                ("version", "bigint"),
+                ("period_start", "text"),
+                ("tier", "bigint"),
+                ("high", "bigint"),
+            ],
+        );
+        let saves = serde_json::Value::Array(saves).to_string();
+        let q = format!(
+            "INSERT INTO usage_evaluated (account_id, version, period_start, tier, high) \
+             SELECT acct, version, period_start, tier, high FROM {x} WHERE true \
+             ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, \
+             period_start = excluded.period_start, tier = excluded.tier, high = excluded.high"
+        );
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(&saves)).await?;
+        let q = format!(
+            "DELETE FROM usage_states WHERE {} AND version <= \
+             (SELECT x.version FROM {x} WHERE x.acct = usage_states.account_id)",
+            db.json_in("account_id", 2)
+        );
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(&saves).bind(&accounts)).await?;
+    }
+    Ok(run.iter().map(|(_, account, _)| out.remove(account.as_str())).collect())
 }
 
 async fn apply_in(
@@ -369,8 +509,26 @@ impl Store {
     ) -> Result<Vec<Option<Vec<AlertRow>>>> {
         let mut tx = self.db.begin_write().await?;
         let mut out = Vec::with_capacity(events.len());
-        for (event_id, account, event) in events {
-            out.push(apply_in(&mut tx, event_id, account, event, now, window).await?);
+        let mut rest = events;
+        while let Some((event_id, account, event)) = rest.first() {
+            // A run of usage states, an account once in it, goes together; anything else alone.
+            let mut accounts = std::collections::HashSet::new();
+            let run: Vec<(String, String, State)> = rest
+                .iter()
+                .map_while(|(id, account, e)| match e {
+                    Event::State(st) if accounts.insert(account.as_str()) => {
+                        Some((id.clone(), account.clone(), st.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if run.len() > 1 {
+                out.extend(apply_states(&mut tx, &self.db, &run, now, window).await?);
+                rest = &rest[run.len()..];
+            } else {
+                out.push(apply_in(&mut tx, event_id, account, event, now, window).await?);
+                rest = &rest[1..];
+            }
         }
         tx.commit().await?;
         Ok(out)

@@ -747,6 +747,21 @@ async fn usage_states_in_any_order_fire_the_same_alerts(backend: Backend) {
         "{backend:?}"
     );
     assert_eq!(seen(s.alerts("acct-shuffled").await), a, "{backend:?}: the same in another order");
+
+    // Two more accounts whose states come interleaved, one of each in a delivery (applied
+    // together): in order with a replay for one, shuffled with a replay for the other.
+    let mut x = states("acct-x");
+    x.push(x[0].clone());
+    let mut y = states("acct-y");
+    y.reverse();
+    y.swap(0, 1);
+    y.push(y[1].clone());
+    for (ex, ey) in x.into_iter().zip(y) {
+        let ids = [ex.event_id.clone(), ey.event_id.clone()];
+        assert_eq!(s.apply(vec![ex, ey]).await.unwrap(), ids, "{backend:?}: both acknowledged");
+    }
+    assert_eq!(seen(s.alerts("acct-x").await), a, "{backend:?}: together, in order");
+    assert_eq!(seen(s.alerts("acct-y").await), a, "{backend:?}: together, in another order");
 }
 
 contactier_runtime::backend_tests!(
