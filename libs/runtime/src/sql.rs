@@ -72,9 +72,20 @@ impl Sql {
         }
     }
 
+    /// Whether PostgreSQL should plan the statement at each run rather than keep a plan: a
+    /// statement over a set of keys in a JSON parameter (see [`crate::db::Db::json_in`]). A
+    /// kept plan is made once for a connection's life from the table's size then, so a table
+    /// that was nearly empty at that moment would be scanned whole on every run once it has
+    /// grown; planned with its parameters, the plan follows the table's size, and the work of
+    /// planning is small beside that of a set.
+    fn plan_each_run(&self) -> bool {
+        self.text.as_str().contains("jsonb_")
+    }
+
     fn pg(self) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
         let q = self.checked()?;
-        Ok(sqlx::query_with(q.text, q.pg))
+        let keep = !q.plan_each_run();
+        Ok(sqlx::query_with(q.text, q.pg).persistent(keep))
     }
 
     fn sqlite(self) -> Result<sqlx::query::Query<'static, Sqlite, SqliteArguments>> {
@@ -84,7 +95,8 @@ impl Sql {
 
     fn pg_as<T: Row>(self) -> Result<sqlx::query::QueryAs<'static, Postgres, T, PgArguments>> {
         let q = self.checked()?;
-        Ok(sqlx::query_as_with(q.text, q.pg))
+        let keep = !q.plan_each_run();
+        Ok(sqlx::query_as_with(q.text, q.pg).persistent(keep))
     }
 
     fn sqlite_as<T: Row>(self) -> Result<sqlx::query::QueryAs<'static, Sqlite, T, SqliteArguments>> {

@@ -298,3 +298,38 @@ contactier_runtime::backend_tests!(
     inbox_applies_each_event_once,
     an_event_the_receiver_refuses_holds_up_its_own_account_only,
 );
+
+/// A statement over a set of keys finds them by the key's index however small its table was
+/// when a connection first ran it: a plan kept from a nearly empty table would scan the whole
+/// table on every run once it had grown.
+#[tokio::test]
+async fn postgres_looks_keys_up_by_index_after_a_table_grows() {
+    let t = TestDb::new(Backend::Postgres, "plans").await;
+    let db = &t.db;
+    db.execute(Sql::new("CREATE TABLE keyed (id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
+    db.execute(Sql::new("INSERT INTO keyed SELECT 'k' || g, g FROM generate_series(1, 50) g")).await.unwrap();
+    db.execute(Sql::new("ANALYZE keyed")).await.unwrap();
+    let lookup = || {
+        let q = format!("SELECT id, n FROM keyed WHERE {}", db.json_in("id", 1));
+        Sql::new(sqlx::AssertSqlSafe(q)).bind(r#"["k1", "k2", "k3"]"#)
+    };
+    let mut conn = db.conn().await.unwrap();
+    // More runs than PostgreSQL needs to settle on a plan it keeps.
+    for _ in 0..10 {
+        let rows: Vec<(String, i64)> = conn.fetch_all(lookup()).await.unwrap();
+        assert_eq!(rows.len(), 3);
+    }
+    db.execute(Sql::new("INSERT INTO keyed SELECT 'x' || g, g FROM generate_series(1, 50000) g"))
+        .await
+        .unwrap();
+    // This connection's scans of the table so far, then after one more lookup.
+    let scans = "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables WHERE relname = 'keyed'";
+    conn.execute(Sql::new("BEGIN")).await.unwrap();
+    let (seq_before, idx_before): (i64, i64) = conn.fetch_one(Sql::new(scans)).await.unwrap();
+    let rows: Vec<(String, i64)> = conn.fetch_all(lookup()).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    let (seq, idx): (i64, i64) = conn.fetch_one(Sql::new(scans)).await.unwrap();
+    conn.execute(Sql::new("COMMIT")).await.unwrap();
+    assert_eq!(seq, seq_before, "the keys by index, not the table scanned");
+    assert!(idx > idx_before, "the keys by index");
+}
