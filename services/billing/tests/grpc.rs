@@ -410,6 +410,38 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
             "{backend:?}: {account}: one line for the day"
         );
     }
+
+    // Every upgrade names its invoice; a later day's upgrade of some accounts is the next
+    // number, and the first day is not invoiced again.
+    for account in &accounts {
+        let req = pb::ListUpgradesRequest { page_size: 10, page_token: String::new() };
+        let read = b.token(account, &["read"]);
+        let ups = b.api().list_upgrades(authed(req, &read)).await.unwrap().into_inner().upgrades;
+        assert!(ups.iter().all(|u| !u.invoice_id.is_empty()), "{backend:?}: {account}: {ups:?}");
+    }
+    for account in accounts.iter().step_by(4) {
+        let ev = pb::CountChanged {
+            event_id: format!("{account}-later"),
+            account_id: account.clone(),
+            version: 10,
+            marketing_count: 12_500,
+            pending_non_marketing: 0,
+            non_marketing: 0,
+            observed_at: None,
+            marketing_contacts_enabled: true,
+        };
+        let req = pb::ApplyCountEventsRequest { events: vec![ev] };
+        internal.apply_count_events(authed(req, &service)).await.unwrap();
+    }
+    b.advance_to(chrono::Utc.with_ymd_and_hms(2026, 4, 22, 5, 0, 0).unwrap()).await;
+    for (i, account) in accounts.iter().enumerate() {
+        let req = pb::ListInvoicesRequest { page_size: 10, page_token: String::new() };
+        let read = b.token(account, &["read"]);
+        let invoices = b.api().list_invoices(authed(req, &read)).await.unwrap().into_inner().invoices;
+        let numbers: Vec<i64> = invoices.iter().map(|inv| inv.number).collect();
+        let want: &[i64] = if i % 4 == 0 { &[2, 1] } else { &[1] };
+        assert_eq!(numbers, want, "{backend:?}: {account}");
+    }
 }
 
 contactier_runtime::backend_tests!(

@@ -256,6 +256,110 @@ async fn upgrade_invoice(
     Ok(Some(inv))
 }
 
+/// [`upgrade_invoice`] for a day of each of several distinct accounts, with a statement each
+/// for what was invoiced, the days' upgrades, the subscriptions, the invoices (numbers, rows,
+/// notices), the upgrades marked and the failures forgotten, however many accounts.
+async fn upgrade_invoices(
+    tx: &mut impl Tx,
+    db: &Db,
+    days: &[(String, NaiveDate)],
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<Vec<Option<Invoice>>> {
+    let accounts: Vec<&str> = days.iter().map(|(a, _)| a.as_str()).collect();
+    let accounts = serde_json::to_string(&accounts).expect("JSON of strings");
+    let keys: Vec<String> = days.iter().map(|(_, d)| format!("upgrade:{}", day(*d))).collect();
+    let q = format!(
+        "SELECT account_id, source_key FROM invoices WHERE {} AND {}",
+        db.json_in("account_id", 1),
+        db.json_in("source_key", 2)
+    );
+    let keys = serde_json::to_string(&keys).expect("JSON of strings");
+    let invoiced: std::collections::HashSet<(String, String)> =
+        tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&accounts).bind(keys)).await?.into_iter().collect();
+    // Every uninvoiced upgrade of these accounts (a few each), the day's picked out below.
+    let q = format!(
+        "SELECT account_id, id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
+         effective_date, invoice_id FROM upgrades WHERE {} AND invoice_id = '' \
+         ORDER BY account_id, upgraded_at, id",
+        db.json_in("account_id", 1)
+    );
+    let rows: Vec<AccountUpgradeRow> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&accounts)).await?;
+    let mut ups: HashMap<(String, String), Vec<UpgradeRow>> = HashMap::new();
+    for r in rows {
+        ups.entry((r.account_id, r.upgrade.effective_date.clone())).or_default().push(r.upgrade);
+    }
+    let q = format!(
+        concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE {}"),
+        db.json_in("account_id", 1)
+    );
+    let subs: Vec<SubscriptionRow> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&accounts)).await?;
+    let subs: HashMap<String, Subscription> =
+        subs.into_iter().map(|s| Ok((s.account_id.clone(), s.into_model()?))).collect::<Result<_>>()?;
+    let mut news = Vec::new();
+    let mut which = Vec::new();
+    for (i, (account, upgrade_day)) in days.iter().enumerate() {
+        let source_key = format!("upgrade:{}", day(*upgrade_day));
+        if invoiced.contains(&(account.clone(), source_key.clone())) {
+            continue;
+        }
+        let Some(ups) = ups.get(&(account.clone(), day(*upgrade_day))) else { continue };
+        let (Some(first), Some(last)) = (ups.first(), ups.last()) else { continue };
+        let sub = subs.get(account).ok_or_else(|| Error::not_found("subscription"))?;
+        let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
+        let line = charges::upgrade_line(sub, book, (first.from_tier, last.to_tier), *upgrade_day, count)?;
+        news.push(NewInvoice {
+            account,
+            source_key,
+            kind: InvoiceKind::Upgrade,
+            currency: sub.currency.as_str(),
+            term: calendar::term_containing(sub.start_date, sub.term, *upgrade_day),
+            lines: vec![line],
+        });
+        which.push(i);
+    }
+    let invoices = invoices::issue_many(tx, db, news, now).await?;
+    let mut out: Vec<Option<Invoice>> = days.iter().map(|_| None).collect();
+    if invoices.is_empty() {
+        return Ok(out);
+    }
+    let marks: Vec<serde_json::Value> = which
+        .iter()
+        .zip(&invoices)
+        .map(|(&i, inv)| serde_json::json!({ "acct": days[i].0, "day": day(days[i].1), "id": inv.id }))
+        .collect();
+    let marks = serde_json::Value::Array(marks).to_string();
+    let x = db.json_records(1, &[("acct", "text"), ("day", "text"), ("id", "text")]);
+    let marked: Vec<&str> = which.iter().map(|&i| days[i].0.as_str()).collect();
+    let marked = serde_json::to_string(&marked).expect("JSON of strings");
+    // Each account's day picked out of the records by a lookup, the rows by the account's key.
+    let q = format!(
+        "UPDATE upgrades SET invoice_id = (SELECT x.id FROM {x} WHERE x.acct = upgrades.account_id) \
+         WHERE {} AND invoice_id = '' \
+         AND effective_date = (SELECT x.day FROM {x} WHERE x.acct = upgrades.account_id)",
+        db.json_in("account_id", 2)
+    );
+    tx.execute(Sql::new(AssertSqlSafe(q)).bind(&marks).bind(&marked)).await?;
+    let q = format!(
+        "DELETE FROM invoice_failures WHERE {} \
+         AND effective_date = (SELECT x.day FROM {x} WHERE x.acct = invoice_failures.account_id)",
+        db.json_in("account_id", 2)
+    );
+    tx.execute(Sql::new(AssertSqlSafe(q)).bind(&marks).bind(&marked)).await?;
+    for (i, inv) in which.into_iter().zip(invoices) {
+        out[i] = Some(inv);
+    }
+    Ok(out)
+}
+
+/// An upgrade with its account.
+#[derive(sqlx::FromRow)]
+struct AccountUpgradeRow {
+    account_id: String,
+    #[sqlx(flatten)]
+    upgrade: UpgradeRow,
+}
+
 async fn counts(tx: &mut impl Tx, account: &str) -> Result<Counts> {
     Ok(tx.fetch_optional(Sql::new(COUNTS).bind(account)).await?.unwrap_or_default())
 }
@@ -613,14 +717,21 @@ impl Store {
         now: DateTime<Utc>,
         book: &PriceBook,
     ) -> Result<Vec<Option<Invoice>>> {
-        let mut order: Vec<usize> = (0..days.len()).collect();
-        order.sort_by(|a, b| days[*a].cmp(&days[*b]));
-        let mut issued: Vec<Option<Invoice>> = days.iter().map(|_| None).collect();
         let mut tx = self.db.begin_write().await?;
-        for i in order {
-            let (account, day) = &days[i];
-            issued[i] = upgrade_invoice(&mut tx, account, *day, now, book).await?;
-        }
+        let mut seen = std::collections::HashSet::new();
+        let issued = if days.iter().all(|(a, _)| seen.insert(a.as_str())) {
+            upgrade_invoices(&mut tx, &self.db, days, now, book).await?
+        } else {
+            // An account's days one after another, in order: their numbers follow them.
+            let mut order: Vec<usize> = (0..days.len()).collect();
+            order.sort_by(|a, b| days[*a].cmp(&days[*b]));
+            let mut issued: Vec<Option<Invoice>> = days.iter().map(|_| None).collect();
+            for i in order {
+                let (account, day) = &days[i];
+                issued[i] = upgrade_invoice(&mut tx, account, *day, now, book).await?;
+            }
+            issued
+        };
         tx.commit().await?;
         Ok(issued)
     }
