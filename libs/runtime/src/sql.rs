@@ -38,6 +38,8 @@ pub struct Sql {
     sqlite: SqliteArguments,
     /// The first parameter that failed to encode.
     error: Option<BoxDynError>,
+    /// PostgreSQL keeps its plan whatever the statement is (see [`Sql::keep_plan`]).
+    keep_plan: bool,
 }
 
 impl Sql {
@@ -48,7 +50,16 @@ impl Sql {
             pg: PgArguments::default(),
             sqlite: SqliteArguments::default(),
             error: None,
+            keep_plan: false,
         }
+    }
+
+    /// PostgreSQL keeps the statement's plan for the connection even over a set of keys: for a
+    /// hot read of a few keys, where planning at each run would cost as much as the read, on a
+    /// table that has its size before the first run (a service's main table).
+    pub fn keep_plan(mut self) -> Sql {
+        self.keep_plan = true;
+        self
     }
 
     /// Binds the next parameter. An encoding error surfaces when the statement runs.
@@ -79,7 +90,7 @@ impl Sql {
     /// grown; planned with its parameters, the plan follows the table's size, and the work of
     /// planning is small beside that of a set.
     fn plan_each_run(&self) -> bool {
-        self.text.as_str().contains("jsonb_")
+        !self.keep_plan && self.text.as_str().contains("jsonb_")
     }
 
     fn pg(self) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {

@@ -104,7 +104,7 @@ async fn read(reader: &Reader, held: &mut Option<Conn>, keys: &[Key]) -> Result<
         };
         let asked = serde_json::Value::Array(asked).to_string();
         let rows: Vec<FoundRow> =
-            conn.fetch_all(Sql::new(AssertSqlSafe(statement.as_str())).bind(asked)).await?;
+            conn.fetch_all(Sql::new(AssertSqlSafe(statement.as_str())).bind(asked).keep_plan()).await?;
         for row in rows {
             let catalog = if let Some(c) = catalogs.get(&row.asked_account) {
                 c.clone()
