@@ -25,11 +25,6 @@ pub struct NewInvoice<'a> {
     pub lines: Vec<Line>,
 }
 
-const INSERT: &str = "INSERT INTO invoices (account_id, source_key, id, number, kind, total_minor, \
-     currency, term_start, term_end, lines, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-const NEXT_NUMBER: &str = "INSERT INTO invoice_counters (account_id, last_number) VALUES ($1, 1) \
-     ON CONFLICT (account_id) DO UPDATE SET last_number = invoice_counters.last_number + 1 \
-     RETURNING last_number";
 const BY_SOURCE: &str = "SELECT id FROM invoices WHERE account_id = $1 AND source_key = $2";
 
 /// Whether the account has an invoice under `source_key`.
@@ -38,8 +33,9 @@ pub async fn invoiced(tx: &mut impl Tx, account: &str, source_key: &str) -> Resu
     Ok(id.is_some())
 }
 
-/// Issues invoices of distinct accounts, each as [`issue`] would, with one statement each for
-/// the numbers, the invoices and their notices, however many. Answers them in the order given.
+/// Issues invoices of distinct accounts, each under its account's next number with its notice
+/// for notification, with one statement each for the numbers, the invoices and the notices,
+/// however many. Answers them in the order given.
 pub async fn issue_many(
     tx: &mut impl Tx,
     db: &Db,
@@ -77,6 +73,7 @@ pub async fn issue_many(
             lines: inv.lines,
             issued_at: micros(now),
         };
+        // Counted as written; a rolled-back transaction (rare: a failure) overcounts.
         metrics::counter!("contactier_invoices_issued_total", "kind" => invoice.kind.as_str()).increment(1);
         rows.push(serde_json::json!({
             "acct": inv.account, "source_key": inv.source_key, "id": invoice.id, "number": invoice.number,
@@ -112,39 +109,4 @@ pub async fn issue_many(
     tx.execute(q).await?;
     tx.enqueue_many(NOTIFICATION_TOPIC, &events, now).await?;
     Ok(issued)
-}
-
-/// Issues an invoice under the account's next number, with its notice for notification.
-pub async fn issue(tx: &mut impl Tx, inv: NewInvoice<'_>, now: DateTime<Utc>) -> Result<Invoice> {
-    let number: i64 = tx.scalar(Sql::new(NEXT_NUMBER).bind(inv.account)).await?;
-    let invoice = Invoice {
-        id: new_id(),
-        number,
-        kind: inv.kind,
-        total_minor: inv.lines.iter().map(|l| l.amount_minor).sum(),
-        currency: inv.currency.to_owned(),
-        term_start: inv.term.0,
-        term_end: inv.term.1,
-        lines: inv.lines,
-        issued_at: micros(now),
-    };
-    let lines = serde_json::to_string(&invoice.lines).expect("JSON of plain values");
-    // Counted as written; a rolled-back transaction (rare: a failure) overcounts.
-    metrics::counter!("contactier_invoices_issued_total", "kind" => invoice.kind.as_str()).increment(1);
-    let insert = Sql::new(INSERT)
-        .bind(inv.account)
-        .bind(&inv.source_key)
-        .bind(&invoice.id)
-        .bind(invoice.number)
-        .bind(invoice.kind.as_str())
-        .bind(invoice.total_minor)
-        .bind(&invoice.currency)
-        .bind(day(invoice.term_start))
-        .bind(day(invoice.term_end))
-        .bind(&lines)
-        .bind(invoice.issued_at);
-    tx.execute(insert).await?;
-    let ev = billing_event(inv.account, now, invoice_issued(&invoice));
-    tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, inv.account, &ev.encode_to_vec(), now).await?;
-    Ok(invoice)
 }

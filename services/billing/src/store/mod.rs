@@ -175,15 +175,6 @@ const INVOICE_FAILED: &str = "INSERT INTO invoice_failures (account_id, effectiv
 const INVOICE_RETRY_AT: &str = "UPDATE invoice_failures SET next_attempt_at = $1 \
      WHERE account_id = $2 AND effective_date = $3";
 
-const DAY_UPGRADES: &str = "SELECT id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
-     effective_date, invoice_id FROM upgrades WHERE account_id = $1 AND effective_date = $2 \
-     AND invoice_id = '' ORDER BY upgraded_at, id";
-
-const MARK_INVOICED: &str = "UPDATE upgrades SET invoice_id = $1 \
-     WHERE account_id = $2 AND effective_date = $3 AND invoice_id = ''";
-
-const FORGET_FAILURE: &str = "DELETE FROM invoice_failures WHERE account_id = $1 AND effective_date = $2";
-
 /// Newest first by (time, id): several upgrades of one instant page without a gap.
 const UPGRADES_PAGE: &str = "SELECT id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
      effective_date, invoice_id FROM upgrades WHERE account_id = $1 \
@@ -222,43 +213,12 @@ async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscrip
     row.map(SubscriptionRow::into_model).transpose()
 }
 
-/// The prorated invoice of an account's upgrades on a day, issued inside `tx`: one line from
-/// the tier before the day's first upgrade to the tier after its last. None, having written
-/// nothing, when it was issued before or there is nothing to charge.
-async fn upgrade_invoice(
-    tx: &mut impl Tx,
-    account: &str,
-    upgrade_day: NaiveDate,
-    now: DateTime<Utc>,
-    book: &PriceBook,
-) -> Result<Option<Invoice>> {
-    let source_key = format!("upgrade:{}", day(upgrade_day));
-    if invoices::invoiced(tx, account, &source_key).await? {
-        return Ok(None);
-    }
-    let ups: Vec<UpgradeRow> =
-        tx.fetch_all(Sql::new(DAY_UPGRADES).bind(account).bind(day(upgrade_day))).await?;
-    let (Some(first), Some(last)) = (ups.first(), ups.last()) else { return Ok(None) };
-    let sub = subscription(tx, account).await?.ok_or_else(|| Error::not_found("subscription"))?;
-    let count = ups.iter().map(|u| u.marketing_count).max().unwrap_or_default();
-    let line = charges::upgrade_line(&sub, book, (first.from_tier, last.to_tier), upgrade_day, count)?;
-    let new = NewInvoice {
-        account,
-        source_key,
-        kind: InvoiceKind::Upgrade,
-        currency: sub.currency.as_str(),
-        term: calendar::term_containing(sub.start_date, sub.term, upgrade_day),
-        lines: vec![line],
-    };
-    let inv = invoices::issue(tx, new, now).await?;
-    tx.execute(Sql::new(MARK_INVOICED).bind(&inv.id).bind(account).bind(day(upgrade_day))).await?;
-    tx.execute(Sql::new(FORGET_FAILURE).bind(account).bind(day(upgrade_day))).await?;
-    Ok(Some(inv))
-}
-
-/// [`upgrade_invoice`] for a day of each of several distinct accounts, with a statement each
-/// for what was invoiced, the days' upgrades, the subscriptions, the invoices (numbers, rows,
-/// notices), the upgrades marked and the failures forgotten, however many accounts.
+/// The prorated invoices of a day's upgrades of each of several distinct accounts, issued
+/// inside `tx`: for each, one line from the tier before the day's first upgrade to the tier
+/// after its last; None, having written nothing, when it was issued before or there is nothing
+/// to charge. A statement each for what was invoiced, the days' upgrades, the subscriptions,
+/// the invoices (numbers, rows, notices), the upgrades marked and the failures forgotten,
+/// however many accounts.
 async fn upgrade_invoices(
     tx: &mut impl Tx,
     db: &Db,
@@ -700,7 +660,8 @@ impl Store {
         book: &PriceBook,
     ) -> Result<Option<Invoice>> {
         let mut tx = self.db.begin_write().await?;
-        let inv = upgrade_invoice(&mut tx, account, upgrade_day, now, book).await?;
+        let day = [(account.to_owned(), upgrade_day)];
+        let inv = upgrade_invoices(&mut tx, &self.db, &day, now, book).await?.pop().flatten();
         if inv.is_some() {
             tx.commit().await?;
         }
@@ -708,8 +669,8 @@ impl Store {
     }
 
     /// [`Store::issue_upgrade_invoice`] for several accounts' days in one transaction (a commit
-    /// each made every invoice wait for its own flush of the log), accounts in order so that two
-    /// runs never wait for each other in a circle. Answers in the order given; Err when the
+    /// each made every invoice wait for its own flush of the log), invoice counters taken in
+    /// account order so that two runs never wait for each other in a circle. Answers in the order given; Err when the
     /// transaction failed and nothing was issued (the caller then issues them one by one).
     pub async fn issue_upgrade_invoices(
         &self,
@@ -727,8 +688,8 @@ impl Store {
             order.sort_by(|a, b| days[*a].cmp(&days[*b]));
             let mut issued: Vec<Option<Invoice>> = days.iter().map(|_| None).collect();
             for i in order {
-                let (account, day) = &days[i];
-                issued[i] = upgrade_invoice(&mut tx, account, *day, now, book).await?;
+                let one = std::slice::from_ref(&days[i]);
+                issued[i] = upgrade_invoices(&mut tx, &self.db, one, now, book).await?.pop().flatten();
             }
             issued
         };

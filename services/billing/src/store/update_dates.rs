@@ -227,7 +227,7 @@ async fn complete(
                     term: (line.period_start, line.period_end),
                     lines: vec![line],
                 };
-                invoice = Some(invoices::issue(tx, inv, now).await?);
+                invoice = invoices::issue_many(tx, db, vec![inv], now).await?.pop();
             }
         }
         let next = calendar::next_update_date(sub.start_date, sub.term, *date);
