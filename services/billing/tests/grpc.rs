@@ -373,7 +373,23 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
         b.another_replica().await;
     }
     let service = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
-    let mut internal = BillingInternalServiceClient::new(b.channel.clone());
+    let internal = BillingInternalServiceClient::new(b.channel.clone());
+    // An account's marketing count as marketing-status reports it.
+    let count = |event_id: &str, account: &str, version: i64, marketing: i64| {
+        let ev = pb::CountChanged {
+            event_id: event_id.into(),
+            account_id: account.into(),
+            version,
+            marketing_count: marketing,
+            pending_non_marketing: 0,
+            non_marketing: 0,
+            observed_at: None,
+            marketing_contacts_enabled: true,
+        };
+        let req = authed(pb::ApplyCountEventsRequest { events: vec![ev] }, &service);
+        let mut internal = internal.clone();
+        async move { internal.apply_count_events(req).await.unwrap() }
+    };
     // More accounts than one transaction issues, some past two tiers in two steps.
     let accounts: Vec<String> = (0..40).map(|i| format!("acct-{i:02}")).collect();
     for (i, account) in accounts.iter().enumerate() {
@@ -381,18 +397,7 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
         b.api().create_subscription(authed(professional_monthly(), &admin)).await.unwrap();
         let steps: &[i64] = if i % 3 == 0 { &[2_100, 7_500] } else { &[2_100] };
         for (v, marketing) in steps.iter().enumerate() {
-            let ev = pb::CountChanged {
-                event_id: format!("{account}-{v}"),
-                account_id: account.clone(),
-                version: v as i64 + 1,
-                marketing_count: *marketing,
-                pending_non_marketing: 0,
-                non_marketing: 0,
-                observed_at: None,
-                marketing_contacts_enabled: true,
-            };
-            let req = pb::ApplyCountEventsRequest { events: vec![ev] };
-            internal.apply_count_events(authed(req, &service)).await.unwrap();
+            count(&format!("{account}-{v}"), account, v as i64 + 1, *marketing).await;
         }
     }
     b.advance_to(chrono::Utc.with_ymd_and_hms(2026, 4, 21, 5, 0, 0).unwrap()).await;
@@ -420,18 +425,7 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
         assert!(ups.iter().all(|u| !u.invoice_id.is_empty()), "{backend:?}: {account}: {ups:?}");
     }
     for account in accounts.iter().step_by(4) {
-        let ev = pb::CountChanged {
-            event_id: format!("{account}-later"),
-            account_id: account.clone(),
-            version: 10,
-            marketing_count: 12_500,
-            pending_non_marketing: 0,
-            non_marketing: 0,
-            observed_at: None,
-            marketing_contacts_enabled: true,
-        };
-        let req = pb::ApplyCountEventsRequest { events: vec![ev] };
-        internal.apply_count_events(authed(req, &service)).await.unwrap();
+        count(&format!("{account}-later"), account, 10, 12_500).await;
     }
     b.advance_to(chrono::Utc.with_ymd_and_hms(2026, 4, 22, 5, 0, 0).unwrap()).await;
     for (i, account) in accounts.iter().enumerate() {
