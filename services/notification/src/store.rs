@@ -129,24 +129,9 @@ const NEXT_POSITION: &str = "SELECT CAST(COALESCE(MAX(position) + 1, 0) AS INTEG
 const INSERT_DELIVERY_ALERT: &str =
     "INSERT INTO delivery_alerts (delivery_id, position, alert_id) VALUES ($1, $2, $3)";
 
-const INSERT_STATE: &str = "INSERT INTO usage_states (account_id, version, period_start, tier, \
-     marketing_count, upgrade_id, from_tier, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-     ON CONFLICT (account_id, version) DO NOTHING";
-
-const ARMED: &str = "SELECT version, period_start, tier, high FROM usage_evaluated WHERE account_id = $1";
-
-const WAITING_STATES: &str = "SELECT version, period_start, tier, marketing_count, upgrade_id, from_tier, \
-     received_at FROM usage_states WHERE account_id = $1 AND version > $2 ORDER BY version LIMIT 1000";
-
 /// The key makes a duplicate a no-op rather than a second alert.
 const CLAIM_THRESHOLD: &str = "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, \
      alert_id) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-
-const SAVE_ARMED: &str = "INSERT INTO usage_evaluated (account_id, version, period_start, tier, high) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO UPDATE SET version = excluded.version, \
-     period_start = excluded.period_start, tier = excluded.tier, high = excluded.high";
-
-const FORGET_STATES: &str = "DELETE FROM usage_states WHERE account_id = $1 AND version <= $2";
 
 /// Inserts an alert with the account's next sequence; answers the stored row.
 async fn insert_alert(
@@ -244,43 +229,6 @@ async fn deliver(
     Ok(())
 }
 
-/// Records a usage state and evaluates it with every state received before it that it
-/// completes, in version order; answers the alerts that fired.
-async fn evaluate_state(
-    tx: &mut impl Tx,
-    account: &str,
-    state: &State,
-    now: DateTime<Utc>,
-) -> Result<Vec<AlertRow>> {
-    let up = state.upgrade.as_ref();
-    let insert = Sql::new(INSERT_STATE)
-        .bind(account)
-        .bind(state.version)
-        .bind(&state.period_start)
-        .bind(state.tier)
-        .bind(state.count)
-        .bind(up.map_or("", |u| u.id.as_str()))
-        .bind(up.map_or(0, |u| u.from_tier))
-        .bind(micros(now));
-    tx.execute(insert).await?;
-    let armed: Option<(i64, String, i64, i64)> = tx.fetch_optional(Sql::new(ARMED).bind(account)).await?;
-    let armed = armed
-        .map(|(version, period_start, tier, high)| Armed { version, period_start, tier, high })
-        .unwrap_or_default();
-    let waiting: Vec<StateRow> =
-        tx.fetch_all(Sql::new(WAITING_STATES).bind(account).bind(armed.version)).await?;
-    let (rows, next) = evaluate_waiting(tx, account, armed, waiting, now).await?;
-    let save = Sql::new(SAVE_ARMED)
-        .bind(account)
-        .bind(next.version)
-        .bind(&next.period_start)
-        .bind(next.tier)
-        .bind(next.high);
-    tx.execute(save).await?;
-    tx.execute(Sql::new(FORGET_STATES).bind(account).bind(next.version)).await?;
-    Ok(rows)
-}
-
 /// Evaluates the account's waiting states (those after `armed`, in version order) that follow
 /// on without a gap, and writes the alerts they fire; answers those and what is armed after.
 async fn evaluate_waiting(
@@ -325,8 +273,9 @@ async fn evaluate_waiting(
     Ok((rows, next))
 }
 
-/// Applies a run of usage states of distinct accounts, each as [`apply_in`] would, with a
-/// statement each for the run (ids, states, what is armed, the waiting states, the new armed,
+/// Applies a run of usage states of distinct accounts, each once: records it and evaluates it
+/// with every state received before it that it completes, in version order. A statement each
+/// for the run (ids, states, what is armed, the waiting states, the new armed,
 /// the states done with) instead of seven a state; an account whose states fire alerts writes
 /// them and their deliveries on its own.
 async fn apply_states(
@@ -444,31 +393,33 @@ async fn apply_states(
     Ok(run.iter().map(|(_, account, _)| out.remove(account.as_str())).collect())
 }
 
+/// Applies one event once, as [`apply_states`] does a state.
 async fn apply_in(
     tx: &mut Transaction,
+    db: &Db,
     event_id: &str,
     account: &str,
     event: &Event,
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Option<Vec<AlertRow>>> {
+    let draft = match event {
+        Event::State(state) => {
+            let run = [(event_id.to_owned(), account.to_owned(), state.clone())];
+            return Ok(apply_states(tx, db, &run, now, window).await?.pop().flatten());
+        }
+        Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
+            alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start)
+        }
+        Event::Invoice { invoice_id, number, amount_minor, currency } => {
+            alerts::invoice(invoice_id, *number, *amount_minor, currency)
+        }
+    };
     if !tx.receive(event_id, now).await? {
         return Ok(None);
     }
-    let rows = match event {
-        Event::State(state) => evaluate_state(tx, account, state, now).await?,
-        Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
-            let draft = alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start);
-            vec![insert_alert(tx, account, &new_id(), &draft, now).await?]
-        }
-        Event::Invoice { invoice_id, number, amount_minor, currency } => {
-            let draft = alerts::invoice(invoice_id, *number, *amount_minor, currency);
-            vec![insert_alert(tx, account, &new_id(), &draft, now).await?]
-        }
-    };
-    if !rows.is_empty() {
-        deliver(tx, account, &rows, now, window).await?;
-    }
+    let rows = vec![insert_alert(tx, account, &new_id(), &draft, now).await?];
+    deliver(tx, account, &rows, now, window).await?;
     Ok(Some(rows))
 }
 
@@ -494,7 +445,7 @@ impl Store {
         window: std::time::Duration,
     ) -> Result<Option<Vec<AlertRow>>> {
         let mut tx = self.db.begin_write().await?;
-        let rows = apply_in(&mut tx, event_id, account, event, now, window).await?;
+        let rows = apply_in(&mut tx, &self.db, event_id, account, event, now, window).await?;
         tx.commit().await?;
         Ok(rows)
     }
@@ -522,11 +473,11 @@ impl Store {
                     _ => None,
                 })
                 .collect();
-            if run.len() > 1 {
+            if !run.is_empty() {
                 out.extend(apply_states(&mut tx, &self.db, &run, now, window).await?);
                 rest = &rest[run.len()..];
             } else {
-                out.push(apply_in(&mut tx, event_id, account, event, now, window).await?);
+                out.push(apply_in(&mut tx, &self.db, event_id, account, event, now, window).await?);
                 rest = &rest[1..];
             }
         }
