@@ -115,15 +115,8 @@ pub(super) async fn hold_mark(
 
 const MARK_CUTOFF: &str = "SELECT cutoff FROM update_marks WHERE account_id = $1";
 
-const APPLIED: &str = "SELECT applied FROM applied_update_dates WHERE account_id = $1 AND update_date = $2";
-
 const INSERT_MARK: &str = "INSERT INTO update_marks (account_id, update_date, effective_at, applied_at, \
      cutoff, audit_prefix) VALUES ($1, $2, $3, $4, $5, $6)";
-
-const RECORD_APPLIED: &str = "INSERT INTO applied_update_dates (account_id, update_date, applied, \
-     applied_at, changed) VALUES ($1, $2, $3, $4, $3) ON CONFLICT (account_id, update_date) DO UPDATE \
-     SET applied = applied_update_dates.changed + excluded.changed, \
-     changed = applied_update_dates.changed + excluded.changed RETURNING applied";
 
 /// The time a writer stamps: its own, or just after the mark's cutoff if that is later.
 pub fn stamp_after(at: i64, cutoff: Option<i64>) -> i64 {
@@ -152,55 +145,10 @@ pub struct DateToApply {
     pub effective_at: DateTime<Utc>,
 }
 
-/// The mark of one account's date inside `tx`. Writes nothing unless it answers Applied.
-async fn mark_in(
-    tx: &mut impl Tx,
-    db: &Db,
-    account: &str,
-    day: &str,
-    eff: i64,
-    now: DateTime<Utc>,
-) -> Result<Marked, sqlx::Error> {
-    let cutoff = cutoff(eff, micros(now));
-    let prefix = format!("{}:", new_id());
-    if let Db::Postgres(_) = db {
-        let lock = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
-        tx.execute(Sql::new(lock).bind(MARK_LOCK).bind(account)).await?;
-    }
-    // applied = -1: begun and not finished (kept by earlier versions, chunk by chunk).
-    let applied: Option<i64> = tx.scalar_optional(Sql::new(APPLIED).bind(account).bind(day)).await?;
-    if applied.is_some_and(|a| a >= 0) {
-        return Ok(Marked::AlreadyApplied);
-    }
-    let earlier: Option<i64> = tx.scalar_optional(Sql::new(MARK_CUTOFF).bind(account)).await?;
-    if let Some(earlier) = earlier {
-        let left = format!("SELECT EXISTS (SELECT 1 {PENDING_UP_TO})");
-        let left: bool = tx.scalar(Sql::new(AssertSqlSafe(left)).bind(account).bind(earlier)).await?;
-        if left {
-            return Ok(Marked::EarlierPending);
-        }
-        tx.execute(Sql::new("DELETE FROM update_marks WHERE account_id = $1").bind(account)).await?;
-    }
-    let n = format!("SELECT count(*) {PENDING_UP_TO}");
-    let n: i64 = tx.scalar(Sql::new(AssertSqlSafe(n)).bind(account).bind(cutoff)).await?;
-    if n > 0 {
-        let mark = Sql::new(INSERT_MARK)
-            .bind(account)
-            .bind(day)
-            .bind(eff)
-            .bind(micros(now))
-            .bind(cutoff)
-            .bind(&prefix);
-        tx.execute(mark).await?;
-        apply_delta(tx, account, CountDelta { marketing: -n, pending: -n, non_marketing: n }, now).await?;
-    }
-    let record = Sql::new(RECORD_APPLIED).bind(account).bind(day).bind(n).bind(micros(now));
-    Ok(Marked::Applied(tx.scalar(record).await?))
-}
-
-/// [`mark_in`] for accounts each named once, `order` sorting them: a statement for the batch
-/// where one each would do the same (locks, applied dates, earlier marks, pending counts, the
-/// applied record), one each only for accounts with contacts to mark or an earlier mark.
+/// The marks of accounts' dates inside `tx`, accounts each named once, `order` sorting them; a
+/// date writes nothing unless it answers Applied. A statement for the batch where one each
+/// would do the same (locks, applied dates, earlier marks, pending counts, the applied
+/// record), one each only for accounts with contacts to mark or an earlier mark.
 async fn mark_set(
     tx: &mut impl Tx,
     db: &Db,
@@ -325,9 +273,9 @@ impl Store {
         effective_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, sqlx::Error> {
-        let day = date.format("%Y-%m-%d").to_string();
+        let d = DateToApply { account: account.to_owned(), date, effective_at };
         loop {
-            match self.mark(account, &day, micros(effective_at), now).await? {
+            match self.mark(&d, now).await? {
                 Marked::Applied(n) => return Ok(Some(n)),
                 Marked::AlreadyApplied => return Ok(None),
                 // Its contacts would be counted again under this date's mark.
@@ -383,10 +331,8 @@ impl Store {
             // An account's second date sees what its first did, as one call each would.
             let mut marked = Vec::with_capacity(dates.len());
             for i in order {
-                let d = &dates[i];
-                let day = d.date.format("%Y-%m-%d").to_string();
-                let m = mark_in(&mut tx, &self.db, &d.account, &day, micros(d.effective_at), now).await?;
-                marked.push((i, m));
+                let one = mark_set(&mut tx, &self.db, std::slice::from_ref(&dates[i]), &[0], now).await?;
+                marked.extend(one.into_iter().map(|(_, m)| (i, m)));
             }
             marked
         } else {
@@ -396,15 +342,10 @@ impl Store {
         Ok(marked)
     }
 
-    async fn mark(
-        &self,
-        account: &str,
-        day: &str,
-        eff: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Marked, sqlx::Error> {
+    async fn mark(&self, d: &DateToApply, now: DateTime<Utc>) -> Result<Marked, sqlx::Error> {
         let mut tx = self.db.begin_write().await?;
-        let marked = mark_in(&mut tx, &self.db, account, day, eff, now).await?;
+        let marked = mark_set(&mut tx, &self.db, std::slice::from_ref(d), &[0], now).await?;
+        let (_, marked) = marked.into_iter().next().expect("one date, one mark");
         if let Marked::Applied(_) = marked {
             tx.commit().await?;
         }
