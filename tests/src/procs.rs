@@ -177,19 +177,32 @@ impl Services {
     /// `sql` (with `{t}` for the service's table `table`) answered by the service's database:
     /// how a test watches work in flight without asking the service.
     pub async fn scalar(&self, service: &str, table: &str, sql: &str) -> anyhow::Result<i64> {
+        self.value(service, table, sql).await
+    }
+
+    /// As [`Services::scalar`], for a text answer.
+    pub async fn text(&self, service: &str, table: &str, sql: &str) -> anyhow::Result<String> {
+        self.value(service, table, sql).await
+    }
+
+    async fn value<T>(&self, service: &str, table: &str, sql: &str) -> anyhow::Result<T>
+    where
+        T: Send + Unpin + sqlx::Type<sqlx::Postgres> + sqlx::Type<sqlx::Sqlite>,
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + for<'r> sqlx::Decode<'r, sqlx::Sqlite>,
+    {
         let schema = format!("{}{}", self.schema_prefix, service.replace('-', "_"));
         Ok(match self.backend {
             Backend::Postgres => {
                 let sql = sql.replace("{t}", &format!("\"{schema}\".{table}"));
                 let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(PG_URL).await?;
-                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
+                sqlx::query_scalar::<_, T>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
             }
             Backend::Sqlite => {
                 let sql = sql.replace("{t}", table);
                 let file = self.dir.0.join(format!("{service}.db"));
                 let url = format!("sqlite://{}?mode=ro", file.display());
                 let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await?;
-                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
+                sqlx::query_scalar::<_, T>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
             }
         })
     }

@@ -2,7 +2,7 @@
 
 use crate::convert::{self, pb_counts, pb_settings, pb_status, requested, source_type_name};
 use crate::rules::Status;
-use crate::store::{Actor, DateToApply, Store};
+use crate::store::{Actor, AppliedDate, DateToApply, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, SourceType};
@@ -315,15 +315,15 @@ fn date_to_apply(
 
 impl Internal {
     /// The answer to an applied date: what it changed and the account's count after it.
-    async fn applied(
-        &self,
-        account: &str,
-        applied: Option<i64>,
-    ) -> Result<pb::ApplyUpdateDateResponse, Error> {
-        let counts = self.store.counts(account).await.map_err(Error::from)?;
+    async fn applied(&self, account: &str, a: AppliedDate) -> Result<pb::ApplyUpdateDateResponse, Error> {
+        let counts = match a.counts {
+            Some(c) => c,
+            // Applied by a release that did not keep the count: the count of the moment.
+            None => self.store.counts(account).await.map_err(Error::from)?,
+        };
         Ok(pb::ApplyUpdateDateResponse {
-            applied: applied.unwrap_or(0),
-            already_applied: applied.is_none(),
+            applied: a.applied,
+            already_applied: a.already_applied,
             count: Some(pb_counts(counts)),
         })
     }

@@ -216,7 +216,7 @@ async fn the_seeds_worked_example_and_every_status_rule(backend: Backend) {
     assert_eq!((r.applied, r.already_applied), (1, false), "{backend:?}");
     assert_eq!(counts(&r.count.unwrap()), (0, 0, 2));
     let again = s.update_date(2026, 6, 1).await;
-    assert_eq!((again.applied, again.already_applied), (0, true));
+    assert_eq!((again.applied, again.already_applied), (1, true), "the first answer again");
     let st = s.status("c1").await;
     assert_eq!((st.status(), st.marketable_until_next_update), (NonMarketing, false));
     assert_eq!(st.source.unwrap().r#type(), SourceType::System);
@@ -691,12 +691,26 @@ async fn a_batch_of_update_dates_applies_each_once_in_the_order_asked(backend: B
     assert!(r.iter().all(|r| r.error.is_none()));
     assert_eq!(s.status("c1").await.status(), NonMarketing, "{backend:?}");
 
-    // Asked again, in a batch or alone: applied before, nothing changes.
+    // A contact set marketing after the date: the count moves on, the date's answer does not.
+    s.set("owner", "", &["c1"], Marketing).await.unwrap();
+    assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}");
+
+    // Asked again, in a batch or alone (a billing replica that died before recording the first
+    // answer): applied before, nothing changes, and the answer is the first one, the count that
+    // held at the date, not the count of the moment asked.
     let again = c.apply_update_dates(authed(both, &billing)).await.unwrap().into_inner().results;
-    assert!(again.iter().all(|r| r.applied.as_ref().unwrap().already_applied), "{backend:?}");
+    let again: Vec<_> = again
+        .iter()
+        .map(|r| {
+            let a = r.applied.as_ref().expect("applied");
+            (a.applied, a.already_applied, counts(a.count.as_ref().unwrap()))
+        })
+        .collect();
+    assert_eq!(again, [(0, true, (1, 0, 0)), (2, true, (0, 0, 2))], "{backend:?}");
     let alone = c.apply_update_date(authed(date(ACCOUNT), &billing)).await.unwrap().into_inner();
-    assert!(alone.already_applied, "{backend:?}");
-    assert_eq!(counts(&s.count().await), (0, 0, 2), "{backend:?}: counted once");
+    assert_eq!((alone.applied, alone.already_applied), (2, true), "{backend:?}");
+    assert_eq!(counts(alone.count.as_ref().unwrap()), (0, 0, 2), "{backend:?}: the count at the date");
+    assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}: counted once");
 }
 
 contactier_runtime::backend_tests!(

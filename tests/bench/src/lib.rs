@@ -553,6 +553,20 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
         None,
     );
 
+    // 3b. The audit trail, now some millions of entries: its first page and one halfway down.
+    let trail = trail_pages(ctx).await?;
+    report.add(
+        &format!("ListStatusChanges over {} audit entries", trail.entries),
+        b,
+        format!(
+            "first page p50 {:.2} ms, p99 {:.2} ms; halfway p50 {:.2} ms, p99 {:.2} ms",
+            trail.first.0, trail.first.1, trail.deep.0, trail.deep.1
+        ),
+        String::new(),
+        "p99 < 10 ms",
+        Some(trail.first.1 < 10.0 && trail.deep.1 < 10.0),
+    );
+
     // 4. Unary reads under load, beside an empty RPC. The earlier steps' million-row writes are
     // flushed first, so the reads are not measured against their checkpoint.
     if backend == Backend::Postgres {
@@ -673,6 +687,45 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+struct TrailPages {
+    entries: i64,
+    /// p50 and p99 in milliseconds.
+    first: (f64, f64),
+    deep: (f64, f64),
+}
+
+/// Pages of 100 of the account's audit trail, one call at a time: the newest, and one from the
+/// middle of the trail (its token made as the service makes it, from that entry's time and id).
+async fn trail_pages(ctx: &Ctx) -> anyhow::Result<TrailPages> {
+    let (svc, table) = ("marketing-status", "status_changes");
+    let of = format!("FROM {{t}} WHERE account_id = '{}'", ctx.account);
+    let entries = ctx.services.scalar(svc, table, &format!("SELECT count(*) {of}")).await?;
+    let middle = format!("{of} ORDER BY requested_at DESC, id DESC OFFSET {} LIMIT 1", entries / 2);
+    let at = ctx.services.scalar(svc, table, &format!("SELECT requested_at {middle}")).await?;
+    let id = ctx.services.text(svc, table, &format!("SELECT id {middle}")).await?;
+    let times = |token: String| {
+        let mut client = ctx.status();
+        async move {
+            let mut ms = Vec::new();
+            for _ in 0..200 {
+                let req = mpb::ListStatusChangesRequest {
+                    page_size: 100,
+                    page_token: token.clone(),
+                    ..Default::default()
+                };
+                let start = Instant::now();
+                let page = client.list_status_changes(authed(req, &ctx.token)).await?.into_inner();
+                ms.push(start.elapsed());
+                anyhow::ensure!(page.changes.len() == 100, "a page of {}", page.changes.len());
+            }
+            anyhow::Ok(load::percentiles(&ms))
+        }
+    };
+    let first = times(String::new()).await?;
+    let deep = times(contactier_runtime::paging::token_at("status changes ", at, &id)).await?;
+    Ok(TrailPages { entries, first, deep })
 }
 
 /// The floor of a bulk status change: the account's rows changed back by one set-based UPDATE

@@ -22,6 +22,28 @@ pub struct ChangeRow {
     pub request_id: String,
 }
 
+/// A page of the trail: $1 account, ($2 time, $3 id) the entry it starts after, $4 rows, $5
+/// the contact when `one_contact`. The kept entries and those of a date's mark are each read
+/// newest first up to a page and merged, so the kept ones come from their (account, time, id)
+/// index at the page's position: a page's worth of rows however long the trail. (SQLite reads
+/// and sorts the whole union when the page is taken over `status_trail`.)
+pub(crate) fn changes_query(one_contact: bool) -> String {
+    let one = if one_contact { " AND contact_id = $5" } else { "" };
+    let cols = "id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, \
+                requested_at, effective_at, request_id";
+    let newest = |from: &str, part: &str| {
+        format!(
+            "SELECT * FROM (SELECT {cols} FROM {from} WHERE account_id = $1 AND (requested_at, id) < ($2, $3){one} \
+             ORDER BY requested_at DESC, id DESC LIMIT $4) AS {part}"
+        )
+    };
+    format!(
+        "{} UNION ALL {} ORDER BY requested_at DESC, id DESC LIMIT $4",
+        newest("status_changes", "kept"),
+        newest("marked_trail", "marked")
+    )
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct WorkflowRow {
     pub id: String,
@@ -106,14 +128,11 @@ impl Store {
         before: (i64, &str),
         limit: i64,
     ) -> Result<Vec<ChangeRow>, sqlx::Error> {
-        let one = if contact.is_some() { " AND contact_id = $5" } else { "" };
-        let q = format!(
-            "SELECT id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, \
-             requested_at, effective_at, request_id FROM status_trail WHERE account_id = $1 \
-             AND (requested_at < $2 OR (requested_at = $2 AND id < $3)){one} \
-             ORDER BY requested_at DESC, id DESC LIMIT $4"
-        );
-        let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(before.0).bind(before.1).bind(limit);
+        let q = Sql::new(AssertSqlSafe(changes_query(contact.is_some())))
+            .bind(account)
+            .bind(before.0)
+            .bind(before.1)
+            .bind(limit);
         self.db.fetch_all(q.bind_all(contact)).await
     }
 

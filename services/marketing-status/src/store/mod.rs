@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 mod extras;
 pub use extras::{ChangeRow, RunRow, WorkflowRow};
 pub use status_requests::Part;
-pub use update_dates::DateToApply;
+pub use update_dates::{AppliedDate, DateToApply};
 
 /// Outbox topic of the count events for billing.
 pub const BILLING_TOPIC: &str = "billing";
