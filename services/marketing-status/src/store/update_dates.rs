@@ -859,21 +859,12 @@ mod tests {
     async fn drop_stand_ins(t: &TestDb) {
         run(t, "DROP TABLE count_holds").await;
         for c in ["marketing", "pending", "non_marketing", "version", "counted_at"] {
-            let drop = format!("ALTER TABLE applied_update_dates DROP COLUMN {c}");
-            match &t.db {
-                Db::Sqlite(pool) => {
-                    sqlx::raw_sql(AssertSqlSafe(drop)).execute(pool).await.map(drop_ok).unwrap()
-                }
-                Db::Postgres(pool) => {
-                    sqlx::raw_sql(AssertSqlSafe(drop)).execute(pool).await.map(drop_ok).unwrap()
-                }
-            }
+            run(t, &format!("ALTER TABLE applied_update_dates DROP COLUMN {c}")).await;
         }
     }
 
-    fn drop_ok<T>(_: T) {}
-
-    async fn run(t: &TestDb, sql: &'static str) {
+    async fn run(t: &TestDb, sql: &str) {
+        let sql = AssertSqlSafe(sql.to_owned());
         match &t.db {
             Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
             Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop).unwrap(),
