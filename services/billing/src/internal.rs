@@ -42,7 +42,10 @@ impl BillingInternalService for Internal {
                         upgraded = true;
                     }
                 }
-                CountOutcome::Seen | CountOutcome::Stale | CountOutcome::NoSubscription => {}
+                CountOutcome::Seen
+                | CountOutcome::Stale
+                | CountOutcome::NoSubscription
+                | CountOutcome::AfterUpdateDate => {}
             }
             acknowledged.push(e.event_id);
         }

@@ -57,6 +57,12 @@ impl Subscription {
         let s = self.subsidiary(book);
         calendar::processing_instant(date, s.time_zone, s.processing_time)
     }
+
+    /// Its next update date's instant has passed and the date is not recorded yet: a count
+    /// now belongs to the period that date opens, which has not begun in billing's records.
+    pub fn awaits_update(&self, book: &PriceBook, now: DateTime<Utc>) -> bool {
+        self.next_update_date.is_some_and(|d| self.processing_at(book, d) <= now)
+    }
 }
 
 /// The latest count of an account, as marketing-status reported it.
@@ -254,9 +260,39 @@ impl Line {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
     #[test]
     fn accounts_without_the_feature_are_billed_for_every_contact() {
         assert_eq!(super::billed_count(true, 1_200, 800), 1_200);
         assert_eq!(super::billed_count(false, 1_200, 800), 2_000);
+    }
+
+    #[test]
+    fn a_date_past_its_instant_and_not_recorded_holds_the_counts_after_it() {
+        let book = PriceBook::parse(crate::price_book::DEFAULT).unwrap();
+        let na = book.subsidiary("NA").unwrap().code.clone();
+        let sub = Subscription {
+            account_id: "a".into(),
+            edition: Edition::Professional,
+            term: Term::Monthly,
+            start_date: NaiveDate::from_ymd_opt(2026, 4, 15).unwrap(),
+            currency: Currency::parse("EUR").unwrap(),
+            subsidiary: na,
+            tier: 2_000,
+            renewal_tier: None,
+            marketing_contacts_enabled: true,
+            created_at: 0,
+            next_update_date: NaiveDate::from_ymd_opt(2026, 5, 15),
+            period_start: None,
+        };
+        // 15 May 00:00 in New York is 04:00 UTC.
+        let instant = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
+        assert!(!sub.awaits_update(&book, instant - chrono::Duration::seconds(1)));
+        assert!(sub.awaits_update(&book, instant));
+        assert!(sub.awaits_update(&book, instant + chrono::Duration::days(3)), "until it is recorded");
+        let recorded = Subscription { next_update_date: NaiveDate::from_ymd_opt(2026, 6, 15), ..sub };
+        assert!(!recorded.awaits_update(&book, instant + chrono::Duration::days(3)));
     }
 }

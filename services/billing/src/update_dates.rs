@@ -109,6 +109,10 @@ impl UpdateDateRun {
                     if let Some(inv) = &done.renewal_invoice {
                         tracing::info!(account = %d.account_id, invoice = %inv.id, number = inv.number, "renewal invoice issued");
                     }
+                    if let Some(u) = &done.upgrade {
+                        metrics::counter!("contactier_upgrades_total").increment(1);
+                        tracing::info!(account = %d.account_id, from = u.from_tier, to = u.to_tier, "upgraded by a count that came after the update date");
+                    }
                     if done.done_here {
                         // The date's usage state is in the outbox: send it now, at the date's instant.
                         self.relay.wake();

@@ -215,10 +215,58 @@ async fn accounts_sharing_an_instant_are_completed_together_each_as_alone(backen
     );
 }
 
+/// A count that arrives after an update date's instant but before the date is recorded (the
+/// replica holding it died, or marketing-status answered late) belongs to the period the date
+/// opens: the renewal is priced on the count the date answered, and the later count is an
+/// upgrade within the new term, charged once, not the renewal's tier as well.
+async fn a_count_between_the_instant_and_its_record_belongs_to_the_new_period(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    b.count("c1", 1, 1_500, 0).await.unwrap();
+    {
+        let mut peer = b.marketing_status.0.lock().unwrap();
+        peer.failures_left = 1;
+        peer.count = marketing(1_500, 2);
+    }
+    // 15 May 00:00 in New York is 04:00 UTC; the first try fails, the next is 5 s later.
+    let processing = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
+    b.advance_to(processing + chrono::Duration::seconds(1)).await;
+    assert_eq!(b.subscription().await.next_update_date, date(2026, 5, 15), "{backend:?}: not recorded yet");
+    assert_eq!(b.count("c2", 3, 2_500, 0).await.unwrap(), ["c2"], "{backend:?}: taken, to be applied later");
+    b.advance_to(processing + chrono::Duration::seconds(20)).await;
+
+    let sub = b.subscription().await;
+    assert_eq!((sub.tier, sub.next_update_date), (7_000, date(2026, 6, 15)), "{backend:?}");
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!((usage.period_count, usage.marketing_count), (1_500, 2_500), "{backend:?}");
+    // The next day's invoice run charges the upgrade, from the tier the term was renewed at.
+    b.advance_to(Utc.with_ymd_and_hms(2026, 5, 16, 5, 0, 0).unwrap()).await;
+    let invoices: Vec<_> = b
+        .invoices()
+        .await
+        .iter()
+        .rev()
+        .map(|i| {
+            let l = &i.lines[0];
+            (i.kind, l.from_tier, l.to_tier, l.marketing_count, (i.term_start, i.term_end))
+        })
+        .collect();
+    let term = (date(2026, 5, 15), date(2026, 6, 15));
+    let (renewal, upgrade) = (pb::InvoiceKind::Renewal as i32, pb::InvoiceKind::Upgrade as i32);
+    assert_eq!(
+        invoices,
+        [(renewal, 2_000, 2_000, 1_500, term), (upgrade, 2_000, 7_000, 2_500, term)],
+        "{backend:?}"
+    );
+}
+
 contactier_runtime::backend_tests!(
     accounts_sharing_an_instant_are_completed_together_each_as_alone,
     a_marketing_status_without_batches_is_asked_one_date_at_a_time,
     renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term,
     annual_terms_process_every_first_and_renew_once_a_year,
     replicas_share_the_run_and_each_date_is_processed_once,
+    a_count_between_the_instant_and_its_record_belongs_to_the_new_period,
 );

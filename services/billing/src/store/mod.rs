@@ -213,6 +213,70 @@ async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscrip
     row.map(SubscriptionRow::into_model).transpose()
 }
 
+/// Applies a kept count to the account's current period, inside `tx`: an upgrade at once when
+/// it exceeds the tier (never down), the day's usage, and the usage (and upgrade) events for
+/// notification.
+pub(crate) async fn take_count(
+    tx: &mut contactier_runtime::sql::Transaction,
+    sub: &Subscription,
+    c: Counts,
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<Option<Upgrade>> {
+    let account = sub.account_id.as_str();
+    let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
+    let today = sub.today(book, now);
+    let period_start = sub.current_period(book, now);
+    let raise =
+        Sql::new(RAISE_FIRST_PERIOD).bind(count).bind(c.version).bind(account).bind(day(period_start));
+    tx.execute(raise).await?;
+    let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
+    if count > shape.max_tier {
+        tracing::warn!(account, "count above the largest tier; staying at the largest");
+    }
+    let mut upgrade = None;
+    if let Some(to) = charges::upgrade_tier(sub, book, count)?
+        && tx.execute(Sql::new(RAISE_TIER).bind(to).bind(account)).await? == 1
+    {
+        let u = Upgrade {
+            id: new_id(),
+            from_tier: sub.tier,
+            to_tier: to,
+            marketing_count: count,
+            count_version: c.version,
+            upgraded_at: micros(now),
+            effective_date: today,
+            invoice_id: None,
+        };
+        let insert = Sql::new(INSERT_UPGRADE)
+            .bind(account)
+            .bind(&u.id)
+            .bind(u.from_tier)
+            .bind(u.to_tier)
+            .bind(u.marketing_count)
+            .bind(u.count_version)
+            .bind(u.upgraded_at)
+            .bind(day(u.effective_date));
+        tx.execute(insert).await?;
+        upgrade = Some(u);
+    }
+    let tier_now = upgrade.as_ref().map_or(sub.tier, |u| u.to_tier);
+    tx.execute(Sql::new(RECORD_DAY).bind(account).bind(day(today)).bind(count).bind(tier_now)).await?;
+    let state = NewState {
+        period_start,
+        tier: tier_now,
+        count,
+        change: if upgrade.is_some() { npb::UsageChange::Upgrade } else { npb::UsageChange::Count },
+        upgrade: upgrade.as_ref().map(|u| (u.id.as_str(), u.from_tier)),
+    };
+    states::publish(tx, account, state, now).await?;
+    if let Some(u) = &upgrade {
+        let ev = billing_event(account, now, convert::upgraded(u, period_start));
+        tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
+    }
+    Ok(upgrade)
+}
+
 /// The prorated invoices of a day's upgrades of each of several distinct accounts, issued
 /// inside `tx`: for each, one line from the tier before the day's first upgrade to the tier
 /// after its last; None, having written nothing, when it was issued before or there is nothing
@@ -354,6 +418,9 @@ pub enum CountOutcome {
     NoSubscription,
     /// Kept; an upgrade when the count exceeded the tier.
     Applied { upgrade: Option<Upgrade> },
+    /// Kept; the account's update date is past its instant and not recorded yet, so the count
+    /// belongs to the period that date opens. It is applied when the date is recorded.
+    AfterUpdateDate,
 }
 
 #[derive(sqlx::FromRow)]
@@ -566,56 +633,15 @@ impl Store {
             tx.commit().await?;
             return Ok(CountOutcome::NoSubscription);
         };
-        let count = model::billed_count(sub.marketing_contacts_enabled, c.marketing, c.non_marketing);
-        let today = sub.today(book, now);
-        let period_start = sub.current_period(book, now);
-        let raise =
-            Sql::new(RAISE_FIRST_PERIOD).bind(count).bind(c.version).bind(account).bind(day(period_start));
-        tx.execute(raise).await?;
-        let shape = &book.edition(sub.edition).map_err(Error::internal)?.shape;
-        if count > shape.max_tier {
-            tracing::warn!(account, "count above the largest tier; staying at the largest");
+        if sub.awaits_update(book, now) {
+            // Applied with the date (update_dates::complete): the period the date opens is
+            // priced on the count at the date, and this count is an upgrade within it. Taken
+            // now, it would raise the old period's tier, and the renewal would charge that
+            // tier for the new term as well as the upgrade.
+            tx.commit().await?;
+            return Ok(CountOutcome::AfterUpdateDate);
         }
-        let mut upgrade = None;
-        if let Some(to) = charges::upgrade_tier(&sub, book, count)?
-            && tx.execute(Sql::new(RAISE_TIER).bind(to).bind(account)).await? == 1
-        {
-            let u = Upgrade {
-                id: new_id(),
-                from_tier: sub.tier,
-                to_tier: to,
-                marketing_count: count,
-                count_version: c.version,
-                upgraded_at: micros(now),
-                effective_date: today,
-                invoice_id: None,
-            };
-            let insert = Sql::new(INSERT_UPGRADE)
-                .bind(account)
-                .bind(&u.id)
-                .bind(u.from_tier)
-                .bind(u.to_tier)
-                .bind(u.marketing_count)
-                .bind(u.count_version)
-                .bind(u.upgraded_at)
-                .bind(day(u.effective_date));
-            tx.execute(insert).await?;
-            upgrade = Some(u);
-        }
-        let tier_now = upgrade.as_ref().map_or(sub.tier, |u| u.to_tier);
-        tx.execute(Sql::new(RECORD_DAY).bind(account).bind(day(today)).bind(count).bind(tier_now)).await?;
-        let state = NewState {
-            period_start,
-            tier: tier_now,
-            count,
-            change: if upgrade.is_some() { npb::UsageChange::Upgrade } else { npb::UsageChange::Count },
-            upgrade: upgrade.as_ref().map(|u| (u.id.as_str(), u.from_tier)),
-        };
-        states::publish(&mut tx, account, state, now).await?;
-        if let Some(u) = &upgrade {
-            let ev = billing_event(account, now, convert::upgraded(u, period_start));
-            tx.enqueue(&ev.event_id, NOTIFICATION_TOPIC, account, &ev.encode_to_vec(), now).await?;
-        }
+        let upgrade = take_count(&mut tx, &sub, c, now, book).await?;
         tx.commit().await?;
         Ok(CountOutcome::Applied { upgrade })
     }

@@ -8,7 +8,7 @@ use super::{NOTIFICATION_TOPIC, Store, SubscriptionRow, day, parse_day};
 use crate::calendar;
 use crate::charges;
 use crate::error::{Error, Result};
-use crate::model::{self, Invoice, InvoiceKind, Subscription};
+use crate::model::{self, Counts, Invoice, InvoiceKind, Subscription, Upgrade};
 use crate::price_book::PriceBook;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::notification::v1 as npb;
@@ -45,6 +45,8 @@ pub struct Completed {
     /// False when another run had completed it first.
     pub done_here: bool,
     pub renewal_invoice: Option<Invoice>,
+    /// An upgrade in the new period, by a count that came after the date's instant.
+    pub upgrade: Option<Upgrade>,
 }
 
 const DUE: &str = "SELECT account_id, next_update_date, update_attempts, next_update_at FROM subscriptions \
@@ -240,7 +242,7 @@ async fn complete(
         // the count did not move, re-arms the thresholds.
         let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
         states.push((account, NewState { period_start: *date, tier, count, change, upgrade: None }));
-        out.push(Completed { done_here: true, renewal_invoice: invoice });
+        out.push(Completed { done_here: true, renewal_invoice: invoice, upgrade: None });
     }
     if records.is_empty() {
         return Ok(out);
@@ -285,7 +287,42 @@ async fn complete(
         })
         .collect();
     tx.enqueue_many(NOTIFICATION_TOPIC, &events, now).await?;
+    take_later_counts(tx, db, dates, &mut out, now, book).await?;
     Ok(out)
+}
+
+/// The counts kept after the dates' instants, before they were recorded (see
+/// `CountOutcome::AfterUpdateDate`), applied in the periods just opened: each account's
+/// latest, where newer than the count its date answered. One read for the set; an account
+/// with such a count (rare: the date's record came late) is applied on its own.
+async fn take_later_counts(
+    tx: &mut Transaction,
+    db: &Db,
+    dates: &[(String, NaiveDate, Applied)],
+    out: &mut [Completed],
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<()> {
+    let done: Vec<&str> =
+        dates.iter().zip(out.iter()).filter(|(_, c)| c.done_here).map(|(d, _)| d.0.as_str()).collect();
+    let q = format!(
+        "SELECT account_id, version, marketing, pending_non_marketing, non_marketing FROM account_counts WHERE {}",
+        db.json_in("account_id", 1)
+    );
+    let done = serde_json::to_string(&done).expect("JSON of strings");
+    let kept: Vec<(String, i64, i64, i64, i64)> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(done)).await?;
+    for (account, version, marketing, pending_non_marketing, non_marketing) in kept {
+        let Some(i) = dates.iter().position(|d| d.0 == account) else { continue };
+        if version <= dates[i].2.version {
+            continue;
+        }
+        let sub = super::subscription(tx, &account)
+            .await?
+            .ok_or_else(|| Error::Internal("subscription gone".into()))?;
+        let c = Counts { version, marketing, pending_non_marketing, non_marketing };
+        out[i].upgrade = super::take_count(tx, &sub, c, now, book).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
