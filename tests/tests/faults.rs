@@ -385,7 +385,8 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
         .await;
     f.services.restart("marketing-status").await?;
     let again = retrying("the update date again", apply).await;
-    assert!(again.already_applied && again.applied == 0, "{backend:?}: {again:?}");
+    // The first answer again: nothing more changed.
+    assert!(again.already_applied && again.applied == first.applied, "{backend:?}: {again:?}");
     let c = again.count.unwrap_or_default();
     assert_eq!(
         (c.marketing, c.pending_non_marketing, c.non_marketing),

@@ -702,7 +702,7 @@ async fn trail_pages(ctx: &Ctx) -> anyhow::Result<TrailPages> {
     let (svc, table) = ("marketing-status", "status_changes");
     let of = format!("FROM {{t}} WHERE account_id = '{}'", ctx.account);
     let entries = ctx.services.scalar(svc, table, &format!("SELECT count(*) {of}")).await?;
-    let middle = format!("{of} ORDER BY requested_at DESC, id DESC OFFSET {} LIMIT 1", entries / 2);
+    let middle = format!("{of} ORDER BY requested_at DESC, id DESC LIMIT 1 OFFSET {}", entries / 2);
     let at = ctx.services.scalar(svc, table, &format!("SELECT requested_at {middle}")).await?;
     let id = ctx.services.text(svc, table, &format!("SELECT id {middle}")).await?;
     let times = |token: String| {
