@@ -567,6 +567,26 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
         Some(trail.first.1 < 10.0 && trail.deep.1 < 10.0),
     );
 
+    // 3c. What a contact costs on disk, for the capacity model: every service's tables and
+    // indexes over the contacts of both imports, with their values, history, events, statuses,
+    // audit (imported, changed twice, a date) and the rest.
+    if backend == Backend::Postgres {
+        let pool = sqlx::PgPool::connect(procs::PG_URL).await?;
+        let q = "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE $1 AND c.relkind = 'r'";
+        let prefix = format!("{}%", ctx.services.schema_prefix.replace('_', "\\_"));
+        let bytes: i64 = sqlx::query_scalar(q).bind(prefix).fetch_one(&pool).await?;
+        pool.close().await;
+        report.add(
+            &format!("database size per contact ({} contacts)", 2 * rows),
+            b,
+            format!("{} bytes ({})", bytes / (2 * rows as i64).max(1), mb(bytes as u64)),
+            String::new(),
+            "",
+            None,
+        );
+    }
+
     // 4. Unary reads under load, beside an empty RPC. The earlier steps' million-row writes are
     // flushed first, so the reads are not measured against their checkpoint.
     if backend == Backend::Postgres {

@@ -31,16 +31,19 @@ pub(crate) fn changes_query(one_contact: bool) -> String {
     let one = if one_contact { " AND contact_id = $5" } else { "" };
     let cols = "id, contact_id, from_status, to_status, pending, source_type, source_id, user_id, \
                 requested_at, effective_at, request_id";
-    let newest = |from: &str, part: &str| {
+    let newest = |from: &str, part: &str, only_if: &str| {
         format!(
-            "SELECT * FROM (SELECT {cols} FROM {from} WHERE account_id = $1 AND (requested_at, id) < ($2, $3){one} \
-             ORDER BY requested_at DESC, id DESC LIMIT $4) AS {part}"
+            "SELECT * FROM (SELECT {cols} FROM {from} WHERE account_id = $1 AND (requested_at, id) < ($2, $3){one}\
+             {only_if} ORDER BY requested_at DESC, id DESC LIMIT $4) AS {part}"
         )
     };
+    // Without a mark the marked entries are not looked for at all: PostgreSQL would otherwise
+    // walk the account's pending index, which after a big date holds an entry for every
+    // contact the date rewrote until the table is vacuumed (12 ms a page at a million).
     format!(
         "{} UNION ALL {} ORDER BY requested_at DESC, id DESC LIMIT $4",
-        newest("status_changes", "kept"),
-        newest("marked_trail", "marked")
+        newest("status_changes", "kept", ""),
+        newest("marked_trail", "marked", " AND EXISTS (SELECT 1 FROM update_marks WHERE account_id = $1)")
     )
 }
 
