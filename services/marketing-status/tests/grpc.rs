@@ -679,15 +679,18 @@ async fn a_batch_of_update_dates_applies_each_once_in_the_order_asked(backend: B
 
     // acct-b first: answers follow the order asked, not the order applied.
     let both = pb::ApplyUpdateDatesRequest { dates: vec![date("acct-b"), date(ACCOUNT)] };
+    // Each date's answer: (applied, already applied, counts).
+    let answers = |results: &[pb::ApplyUpdateDateResult]| -> Vec<_> {
+        results
+            .iter()
+            .map(|r| {
+                let a = r.applied.as_ref().expect("applied");
+                (a.applied, a.already_applied, counts(a.count.as_ref().unwrap()))
+            })
+            .collect()
+    };
     let r = c.apply_update_dates(authed(both.clone(), &billing)).await.unwrap().into_inner().results;
-    let got: Vec<_> = r
-        .iter()
-        .map(|r| {
-            let a = r.applied.as_ref().expect("applied");
-            (a.applied, a.already_applied, counts(a.count.as_ref().unwrap()))
-        })
-        .collect();
-    assert_eq!(got, [(0, false, (1, 0, 0)), (2, false, (0, 0, 2))], "{backend:?}");
+    assert_eq!(answers(&r), [(0, false, (1, 0, 0)), (2, false, (0, 0, 2))], "{backend:?}");
     assert!(r.iter().all(|r| r.error.is_none()));
     assert_eq!(s.status("c1").await.status(), NonMarketing, "{backend:?}");
 
@@ -699,14 +702,7 @@ async fn a_batch_of_update_dates_applies_each_once_in_the_order_asked(backend: B
     // answer): applied before, nothing changes, and the answer is the first one, the count that
     // held at the date, not the count of the moment asked.
     let again = c.apply_update_dates(authed(both, &billing)).await.unwrap().into_inner().results;
-    let again: Vec<_> = again
-        .iter()
-        .map(|r| {
-            let a = r.applied.as_ref().expect("applied");
-            (a.applied, a.already_applied, counts(a.count.as_ref().unwrap()))
-        })
-        .collect();
-    assert_eq!(again, [(0, true, (1, 0, 0)), (2, true, (0, 0, 2))], "{backend:?}");
+    assert_eq!(answers(&again), [(0, true, (1, 0, 0)), (2, true, (0, 0, 2))], "{backend:?}");
     let alone = c.apply_update_date(authed(date(ACCOUNT), &billing)).await.unwrap().into_inner();
     assert_eq!((alone.applied, alone.already_applied), (2, true), "{backend:?}");
     assert_eq!(counts(alone.count.as_ref().unwrap()), (0, 0, 2), "{backend:?}: the count at the date");
