@@ -875,7 +875,7 @@ mod tests {
         // counts in columns of a later version, unrelated to the upgrade under test; they
         // stand in until the migrations that create them.
         run(&t, include_str!("../../migrations/sqlite/0009_count_holds.sql")).await;
-        run(&t, include_str!("../../migrations/sqlite/0011_applied_counts.sql")).await;
+        run(&t, include_str!("../../migrations/sqlite/0012_applied_counts.sql")).await;
         (Store::new(t.db.clone()), t)
     }
 
