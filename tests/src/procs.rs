@@ -86,7 +86,10 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
-pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The PostgreSQL of this run (`CONTACTIER_TEST_DATABASE_URL`, else the local `test` database).
+pub fn pg_url() -> String {
+    contactier_runtime::testing::test_pg_url()
+}
 
 impl Services {
     pub async fn start(backend: Backend, bins: &Path) -> anyhow::Result<Services> {
@@ -148,7 +151,7 @@ impl Services {
             cmd.env("CONTACTIER_METRICS_LISTEN", self.metrics[i].to_string());
         }
         if self.backend == Backend::Postgres {
-            cmd.env("DATABASE_URL", PG_URL).env("DATABASE_SCHEMA_PREFIX", &self.schema_prefix);
+            cmd.env("DATABASE_URL", pg_url()).env("DATABASE_SCHEMA_PREFIX", &self.schema_prefix);
         }
         if let Some(start) = self.options.manual_clock {
             cmd.env("CONTACTIER_MANUAL_CLOCK", "true").env("CONTACTIER_CLOCK_START", start.to_rfc3339());
@@ -194,7 +197,7 @@ impl Services {
         Ok(match self.backend {
             Backend::Postgres => {
                 let sql = sql.replace("{t}", &format!("\"{schema}\".{table}"));
-                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(PG_URL).await?;
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg_url()).await?;
                 sqlx::query_scalar::<_, T>(sqlx::AssertSqlSafe(sql)).fetch_one(&mut c).await?
             }
             Backend::Sqlite => {
@@ -232,7 +235,7 @@ impl Services {
             let _ = child.wait();
         }
         if backend == Backend::Postgres
-            && let Ok(pool) = sqlx::PgPool::connect(PG_URL).await
+            && let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await
         {
             for s in SERVICES {
                 let schema = format!("{}{}", self.schema_prefix, s.replace('-', "_"));

@@ -571,7 +571,7 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
     // indexes over the contacts of both imports, with their values, history, events, statuses,
     // audit (imported, changed twice, a date) and the rest.
     if backend == Backend::Postgres {
-        let pool = sqlx::PgPool::connect(procs::PG_URL).await?;
+        let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
         let q = "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c \
                  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE $1 AND c.relkind = 'r'";
         let prefix = format!("{}%", ctx.services.schema_prefix.replace('_', "\\_"));
@@ -590,7 +590,7 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
     // 4. Unary reads under load, beside an empty RPC. The earlier steps' million-row writes are
     // flushed first, so the reads are not measured against their checkpoint.
     if backend == Backend::Postgres {
-        let pool = sqlx::PgPool::connect(procs::PG_URL).await?;
+        let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
         sqlx::query("CHECKPOINT").execute(&pool).await?;
         pool.close().await;
     }
@@ -753,7 +753,7 @@ async fn trail_pages(ctx: &Ctx) -> anyhow::Result<TrailPages> {
 /// then rolled back; answers rows per second.
 async fn set_based_change(ctx: &Ctx, rows: usize) -> anyhow::Result<f64> {
     let schema = format!("{}marketing_status", ctx.services.schema_prefix);
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(procs::PG_URL).await?;
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&procs::pg_url()).await?;
     let mut tx = sqlx::Connection::begin(&mut c).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("SET LOCAL search_path TO \"{schema}\"")))
         .execute(&mut *tx)
@@ -790,7 +790,7 @@ fn half_text(r: &LoadResult) -> String {
 
 /// Raw COPY of the same rows into a table like contacts' (same keys), in rows a second.
 async fn raw_copy(prefix: &str, rows: usize) -> anyhow::Result<f64> {
-    let pool = sqlx::PgPool::connect(procs::PG_URL).await?;
+    let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
     let schema = format!("{prefix}copy");
     for stmt in [
         format!("CREATE SCHEMA \"{schema}\""),

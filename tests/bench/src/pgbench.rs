@@ -10,10 +10,11 @@ use anyhow::Context;
 pub async fn rate(builtin: &str, clients: usize, seconds: u64, prepared: bool) -> anyhow::Result<f64> {
     let pgbench = find_pgbench().context("pgbench not found (it comes with PostgreSQL's server package)")?;
     let db = format!("contactier_pgbench_{}", std::process::id());
-    let admin = sqlx::PgPool::connect(procs::PG_URL).await?;
+    let admin = sqlx::PgPool::connect(&procs::pg_url()).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}"))).execute(&admin).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await?;
-    let (user, host, port) = server(procs::PG_URL).context("the PostgreSQL URL")?;
+    let url = procs::pg_url();
+    let (user, host, port) = server(&url).context("the PostgreSQL URL")?;
     let conn = |cmd: &mut tokio::process::Command| {
         cmd.args(["-h", host, "-p", port, "-U", user]);
     };
