@@ -337,7 +337,8 @@ async fn deliver(
     args: &DeliveryArgs,
     backoff: Backoff,
 ) -> crate::error::Result<()> {
-    let (alerts, recipient) = (store.delivery_alerts(&d.id).await?, store.recipient(&d.recipient_id).await?);
+    let alerts = store.delivery_alerts(&d.account_id, &d.id).await?;
+    let recipient = store.recipient(&d.account_id, &d.recipient_id).await?;
     let Tried { code, error, cause } = match &recipient {
         Some(r) if !alerts.is_empty() => sender.send(d, &alerts, r).await,
         None => {

@@ -118,7 +118,8 @@ const RECIPIENT_IDS: &str = "SELECT id FROM recipients WHERE account_id = $1 ORD
 const OPEN_DIGEST: &str = "SELECT id FROM deliveries WHERE account_id = $1 AND recipient_id = $2 \
      AND state = $3 AND open_until > $4 ORDER BY created_at DESC LIMIT 1";
 
-const KEEP_OPEN: &str = "UPDATE deliveries SET open_until = open_until WHERE id = $1 AND open_until > $2";
+const KEEP_OPEN: &str =
+    "UPDATE deliveries SET open_until = open_until WHERE account_id = $3 AND id = $1 AND open_until > $2";
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, \
      attempts, next_attempt_at, created_at, open_until) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)";
@@ -196,7 +197,8 @@ async fn deliver(
             // Still open once locked: the worker seals a digest as it takes it.
             let open = match open {
                 Some(id) => {
-                    let kept = tx.execute(Sql::new(KEEP_OPEN).bind(&id).bind(micros(now))).await?;
+                    let kept =
+                        tx.execute(Sql::new(KEEP_OPEN).bind(&id).bind(micros(now)).bind(account)).await?;
                     (kept == 1).then_some(id)
                 }
                 None => None,
@@ -532,14 +534,14 @@ impl Store {
     }
 
     /// The alerts a delivery carries, in the order they fired.
-    pub async fn delivery_alerts(&self, delivery_id: &str) -> Result<Vec<AlertRow>> {
+    pub async fn delivery_alerts(&self, account: &str, delivery_id: &str) -> Result<Vec<AlertRow>> {
         let columns =
             ALERT_COLUMNS.split(", ").map(|c| format!("a.{}", c.trim())).collect::<Vec<_>>().join(", ");
         let q = format!(
             "SELECT {columns} FROM delivery_alerts d JOIN alerts a ON a.id = d.alert_id \
-             WHERE d.delivery_id = $1 ORDER BY d.position"
+             WHERE d.delivery_id = $1 AND a.account_id = $2 ORDER BY d.position"
         );
-        Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(delivery_id)).await?)
+        Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(delivery_id).bind(account)).await?)
     }
 
     /// The ids of the alerts a delivery carries, in order.
@@ -547,11 +549,6 @@ impl Store {
         let q = "SELECT alert_id FROM delivery_alerts WHERE delivery_id = $1 ORDER BY position";
         let rows: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(delivery_id)).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
-    }
-
-    pub async fn alert(&self, id: &str) -> Result<Option<AlertRow>> {
-        let q = format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = $1");
-        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(id)).await?)
     }
 
     pub async fn create_recipient(
@@ -595,9 +592,10 @@ impl Store {
         Ok(self.db.fetch_all(Sql::new(q).bind(account)).await?)
     }
 
-    pub async fn recipient(&self, id: &str) -> Result<Option<RecipientRow>> {
-        let q = "SELECT account_id, id, kind, address, secret, created_at FROM recipients WHERE id = $1";
-        Ok(self.db.fetch_optional(Sql::new(q).bind(id)).await?)
+    pub async fn recipient(&self, account: &str, id: &str) -> Result<Option<RecipientRow>> {
+        let q = "SELECT account_id, id, kind, address, secret, created_at FROM recipients \
+                 WHERE account_id = $1 AND id = $2";
+        Ok(self.db.fetch_optional(Sql::new(q).bind(account).bind(id)).await?)
     }
 
     /// Deletes a recipient of the account; false if it has none by that id.
@@ -619,7 +617,8 @@ impl Store {
         busy: &[String],
     ) -> Result<Vec<DeliveryRow>> {
         let q = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, ROW_NUMBER() OVER \
+            "/* across accounts: deliveries due */ SELECT {DELIVERY_COLUMNS} FROM (SELECT \
+             {DELIVERY_COLUMNS}, ROW_NUMBER() OVER \
              (PARTITION BY account_id ORDER BY next_attempt_at, id) AS n FROM deliveries \
              WHERE state = $1 AND next_attempt_at <= $2 AND NOT ({})) d \
              WHERE n <= $4 ORDER BY next_attempt_at, id LIMIT $3",
@@ -635,11 +634,15 @@ impl Store {
         let due: Vec<DeliveryRow> = self.db.fetch_all(due).await?;
         // Taken, a digest takes no more alerts.
         let take = "UPDATE deliveries SET next_attempt_at = $1, open_until = 0 \
-                    WHERE id = $2 AND state = $3 AND next_attempt_at = $4";
+                    WHERE account_id = $5 AND id = $2 AND state = $3 AND next_attempt_at = $4";
         let mut claimed = Vec::with_capacity(due.len());
         for d in due {
-            let q =
-                Sql::new(take).bind(micros(now + lease)).bind(&d.id).bind(PENDING).bind(d.next_attempt_at);
+            let q = Sql::new(take)
+                .bind(micros(now + lease))
+                .bind(&d.id)
+                .bind(PENDING)
+                .bind(d.next_attempt_at)
+                .bind(&d.account_id);
             if self.db.execute(q).await? == 1 {
                 claimed.push(d);
             }
@@ -667,7 +670,7 @@ impl Store {
         let insert = "INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, cause) \
                       VALUES ($1, $2, $3, $4, $5, $6)";
         let update = "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2 \
-                      WHERE id = $3";
+                      WHERE account_id = $4 AND id = $3";
         let mut tx = self.db.begin_write().await?;
         let attempt: i32 = tx.scalar(Sql::new(next_attempt).bind(&delivery.id)).await?;
         let attempt = Sql::new(insert)
@@ -678,14 +681,16 @@ impl Store {
             .bind(error)
             .bind(cause);
         tx.execute(attempt).await?;
-        tx.execute(Sql::new(update).bind(state).bind(micros(next)).bind(&delivery.id)).await?;
+        let update =
+            Sql::new(update).bind(state).bind(micros(next)).bind(&delivery.id).bind(&delivery.account_id);
+        tx.execute(update).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// When the next pending delivery is due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let q = "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1";
+        let q = "/* across accounts: when a delivery is next due */ SELECT MIN(next_attempt_at) FROM deliveries WHERE state = $1";
         let m: Option<i64> = self.db.scalar(Sql::new(q).bind(PENDING)).await?;
         Ok(m.and_then(DateTime::from_timestamp_micros))
     }
