@@ -23,7 +23,8 @@ run:
 	cargo run --bin contactier
 
 test: test-deps
-	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python scripts/with-test-postgres cargo test --workspace
+	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python scripts/with-test-postgres sh -c \
+		'cargo test --workspace && cargo test -p contactier-e2e --test account_keys -- --ignored'
 
 test-deps: $(TEST_VENV)/.ready
 

@@ -238,7 +238,8 @@ impl Outbox {
         // payload; the payloads are then read for the entries chosen only.
         // An account's events go in order: one waiting for its retry holds back the account's
         // later ones, and no other account's.
-        let q = "SELECT o.event_id, o.account_id, o.payload, o.attempts, o.trace_context FROM outbox o JOIN \
+        let q = "/* across accounts: events due */ SELECT o.event_id, o.account_id, o.payload, o.attempts, \
+                 o.trace_context FROM outbox o JOIN \
                  (SELECT seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
                  FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
                  (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
@@ -272,7 +273,8 @@ impl Outbox {
     /// one of its account that waits longer is due with that one: the first event in time not
     /// held back so is the next due.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let q = "SELECT MIN(next_attempt_at) FROM (SELECT o.next_attempt_at FROM outbox o \
+        let q = "/* across accounts: when an event is next due */ SELECT MIN(next_attempt_at) \
+                 FROM (SELECT o.next_attempt_at FROM outbox o \
                  WHERE o.topic = $1 AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic \
                  AND w.account_id = o.account_id AND w.seq < o.seq \
                  AND w.next_attempt_at > o.next_attempt_at) ORDER BY o.next_attempt_at LIMIT 1) n";
@@ -282,7 +284,7 @@ impl Outbox {
 
     /// Events waiting, for metrics and tests.
     pub async fn pending(&self) -> Result<i64, sqlx::Error> {
-        let q = "SELECT COUNT(*) FROM outbox WHERE topic = $1";
+        let q = "/* across accounts: events waiting */ SELECT COUNT(*) FROM outbox WHERE topic = $1";
         self.db.scalar(Sql::new(q).bind(&self.topic)).await
     }
 

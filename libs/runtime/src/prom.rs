@@ -252,7 +252,8 @@ fn sample_pool(service: &'static str, db: &crate::db::Db) {
 
 /// Each topic's undelivered events: (topic, how many, oldest `created_at` in epoch microseconds).
 async fn outbox_backlog(db: &crate::db::Db) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
-    let q = "SELECT topic, COUNT(*), MIN(created_at) FROM outbox GROUP BY topic";
+    let q = "/* across accounts: the backlog metric */ SELECT topic, COUNT(*), MIN(created_at) FROM outbox \
+             GROUP BY topic";
     db.fetch_all(crate::sql::Sql::new(q)).await
 }
 

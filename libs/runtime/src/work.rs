@@ -73,7 +73,7 @@ impl OutboxFailures {
 impl FailingWork for OutboxFailures {
     fn failing(&self, limit: i64) -> BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move {
-            let q = "SELECT 'relay:' || topic AS worker, account_id, event_id AS item, \
+            let q = "/* across accounts: failing work for operators */ SELECT 'relay:' || topic AS worker, account_id, event_id AS item, \
                      CAST(attempts AS BIGINT) AS attempts, COALESCE(last_error, '') AS last_error, \
                      next_attempt_at \
                      FROM outbox WHERE attempts > 0 ORDER BY seq LIMIT $1";

@@ -163,7 +163,7 @@ const RECORD_DAY: &str = "INSERT INTO usage_daily (account_id, day, max_count, l
      WHEN excluded.max_count > usage_daily.max_count THEN excluded.max_count \
      ELSE usage_daily.max_count END";
 
-const UNINVOICED_DAYS: &str = "SELECT DISTINCT u.account_id, u.effective_date, f.next_attempt_at \
+const UNINVOICED_DAYS: &str = "/* across accounts: upgrades to invoice */ SELECT DISTINCT u.account_id, u.effective_date, f.next_attempt_at \
      FROM upgrades u LEFT JOIN invoice_failures f \
      ON f.account_id = u.account_id AND f.effective_date = u.effective_date \
      WHERE u.invoice_id = '' ORDER BY u.account_id, u.effective_date";
@@ -197,11 +197,11 @@ const FIRST_DAY: &str = "SELECT day, tier FROM usage_daily WHERE account_id = $1
 const FIRST_UPGRADE: &str = "SELECT effective_date, from_tier FROM upgrades WHERE account_id = $1 \
      ORDER BY upgraded_at, id LIMIT 1";
 
-const FAILING_INVOICES: &str = "SELECT 'billing-invoices' AS worker, account_id, \
+const FAILING_INVOICES: &str = "/* across accounts: failing work for operators */ SELECT 'billing-invoices' AS worker, account_id, \
      'upgrade:' || effective_date AS item, attempts, last_error, next_attempt_at \
      FROM invoice_failures ORDER BY account_id LIMIT $1";
 
-const FAILING_UPDATES: &str = "SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS \
+const FAILING_UPDATES: &str = "/* across accounts: failing work for operators */ SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS \
      item, \
      update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
      FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";

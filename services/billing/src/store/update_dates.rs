@@ -49,11 +49,11 @@ pub struct Completed {
     pub upgrade: Option<Upgrade>,
 }
 
-const DUE: &str = "SELECT account_id, next_update_date, update_attempts, next_update_at FROM subscriptions \
+const DUE: &str = "/* across accounts: update dates due */ SELECT account_id, next_update_date, update_attempts, next_update_at FROM subscriptions \
      WHERE next_update_date <> '' AND next_update_at <= $1 AND lease_until <= $1 \
      ORDER BY next_update_at, account_id LIMIT $2";
 
-const NEXT_DUE: &str = "SELECT MIN(CASE WHEN lease_until > next_update_at THEN lease_until \
+const NEXT_DUE: &str = "/* across accounts: when an update date is next due */ SELECT MIN(CASE WHEN lease_until > next_update_at THEN lease_until \
      ELSE next_update_at END) FROM subscriptions WHERE next_update_date <> ''";
 
 const RETRY: &str = "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, \

@@ -39,7 +39,7 @@ const DISMISS: &str = "INSERT INTO duplicate_dismissals (account_id, contact_a, 
      dismissed_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id, contact_a, contact_b) DO NOTHING";
 
 /// Contacts whose keys are still to be written (from before keys were kept).
-const UNKEYED: &str = "SELECT account_id, id, email_key, properties FROM contacts \
+const UNKEYED: &str = "/* across accounts: contacts from before keys were kept */ SELECT account_id, id, email_key, properties FROM contacts \
      WHERE match_keys_version = 0 LIMIT $1";
 
 /// Writes a contact's match keys anew from its email key and values.

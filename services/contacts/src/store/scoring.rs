@@ -29,7 +29,7 @@ pub struct RuleRow {
 const RULES: &str =
     "SELECT id, name, points, criterion, created_at FROM scoring_rules WHERE account_id = $1 ORDER BY id";
 
-const DUE: &str = "SELECT account_id, id FROM contacts WHERE score_due_at > 0 AND score_due_at <= $1 \
+const DUE: &str = "/* across accounts: scores due */ SELECT account_id, id FROM contacts WHERE score_due_at > 0 AND score_due_at <= $1 \
      ORDER BY score_due_at LIMIT $2";
 
 /// Every contact of the account becomes due: rules changed.
@@ -389,7 +389,8 @@ impl Store {
             rescore(&mut tx, &self.db, account, ids, now).await?;
             tx.commit().await?;
         }
-        let q = "SELECT MIN(score_due_at) FROM contacts WHERE score_due_at > $1";
+        let q = "/* across accounts: when a score is next due */ SELECT MIN(score_due_at) FROM contacts \
+                 WHERE score_due_at > $1";
         let next: Option<i64> = self.db.scalar(Sql::new(AssertSqlSafe(q)).bind(now)).await?;
         Ok((due.len(), next))
     }

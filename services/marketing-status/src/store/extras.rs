@@ -200,14 +200,16 @@ impl Store {
     /// Runs due at `now`, oldest first.
     pub async fn due_runs(&self, now: DateTime<Utc>) -> Result<Vec<RunRow>, sqlx::Error> {
         let q = format!(
-            "SELECT {RUN_COLUMNS} FROM workflow_runs WHERE state IN ('queued', 'retrying') \
+            "/* across accounts: workflow runs due */ SELECT {RUN_COLUMNS} FROM workflow_runs \
+             WHERE state IN ('queued', 'retrying') \
              AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 100"
         );
         self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(micros(now))).await
     }
 
     pub async fn next_run_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-        let q = "SELECT MIN(next_attempt_at) FROM workflow_runs WHERE state IN ('queued', 'retrying')";
+        let q = "/* across accounts: when a workflow run is next due */ SELECT MIN(next_attempt_at) \
+                 FROM workflow_runs WHERE state IN ('queued', 'retrying')";
         let at: Option<i64> = self.db.scalar(Sql::new(q)).await?;
         Ok(at.and_then(DateTime::from_timestamp_micros))
     }

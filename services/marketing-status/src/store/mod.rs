@@ -312,7 +312,8 @@ impl Store {
     ) -> Result<(usize, Option<DateTime<Utc>>), sqlx::Error> {
         let mut released = 0;
         let cutoff = micros(now - HOLD_LIMIT);
-        let q = "SELECT account_id FROM count_holds WHERE since <= $1 ORDER BY account_id";
+        let q = "/* across accounts: counts held too long */ SELECT account_id FROM count_holds \
+                 WHERE since <= $1 ORDER BY account_id";
         let stale: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(cutoff)).await?;
         for (account,) in &stale {
             let mut tx = self.db.begin_write().await?;
@@ -324,7 +325,12 @@ impl Store {
             }
             tx.commit().await?;
         }
-        let next: Option<i64> = self.db.scalar(Sql::new("SELECT MIN(since) FROM count_holds")).await?;
+        let next: Option<i64> = self
+            .db
+            .scalar(Sql::new(
+                "/* across accounts: when a held count is next due */ SELECT MIN(since) FROM count_holds",
+            ))
+            .await?;
         let next = next.map(|since| DateTime::from_timestamp_micros(since).unwrap_or(now) + HOLD_LIMIT);
         Ok((released, next))
     }
@@ -627,7 +633,8 @@ impl Store {
 /// Workflow runs that failed and are retried.
 struct Failing(Db);
 
-const FAILING: &str = "SELECT 'marketing-status-workflows' AS worker, account_id, id AS item, attempts, \
+const FAILING: &str = "/* across accounts: failing work for operators */ \
+     SELECT 'marketing-status-workflows' AS worker, account_id, id AS item, attempts, \
      last_error, next_attempt_at FROM workflow_runs WHERE state = 'retrying' ORDER BY account_id, id \
      LIMIT $1";
 

@@ -417,7 +417,9 @@ impl Store {
     /// Accounts with contacts still to be rewritten.
     pub async fn marked_accounts(&self) -> Result<Vec<String>, sqlx::Error> {
         let rows: Vec<(String,)> =
-            self.db.fetch_all(Sql::new("SELECT account_id FROM update_marks ORDER BY account_id")).await?;
+            self.db.fetch_all(Sql::new(
+                "/* across accounts: dates still rewriting contacts */ SELECT account_id FROM update_marks ORDER BY account_id",
+            )).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
