@@ -39,8 +39,10 @@ const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, pa
 /// Events a statement of [`EventTx::enqueue_many`] writes: seven parameters each, within
 /// SQLite's 999.
 pub const ENQUEUE_ROWS: usize = 128;
+/// No conflict target: a redelivery meets the account's key or, for events received before the
+/// inbox kept accounts, the event id's.
 const INSERT_INBOX: &str =
-    "INSERT INTO inbox (event_id, received_at) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING";
+    "INSERT INTO inbox (account_id, event_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
 /// Outbox and inbox writes inside a caller's transaction, on anything that runs statements
 /// ([`Tx`]).
@@ -70,14 +72,16 @@ pub trait EventTx {
     /// and acknowledges).
     fn receive(
         &mut self,
+        account_id: &str,
         event_id: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
 
-    /// Records many received events at once; answers the ids not seen before.
+    /// Records many received events at once, each (account, event id); answers the ids not
+    /// seen before.
     fn receive_many(
         &mut self,
-        event_ids: &[String],
+        events: &[(String, String)],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
 }
@@ -129,8 +133,14 @@ impl<T: Tx> EventTx for T {
         Ok(())
     }
 
-    async fn receive(&mut self, event_id: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        let inserted = self.execute(Sql::new(INSERT_INBOX).bind(event_id).bind(micros(now))).await?;
+    async fn receive(
+        &mut self,
+        account_id: &str,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let q = Sql::new(INSERT_INBOX).bind(account_id).bind(event_id).bind(micros(now));
+        let inserted = self.execute(q).await?;
         if inserted == 0 {
             metrics::counter!("contactier_inbox_duplicates_total").increment(1);
         }
@@ -139,23 +149,24 @@ impl<T: Tx> EventTx for T {
 
     async fn receive_many(
         &mut self,
-        event_ids: &[String],
+        events: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, sqlx::Error> {
-        let mut fresh = Vec::with_capacity(event_ids.len());
+        let mut fresh = Vec::with_capacity(events.len());
         // Short statements: SQLite binds long parameter lists slowly.
-        for chunk in event_ids.chunks(450) {
+        for chunk in events.chunks(300) {
             let sql = format!(
-                "INSERT INTO inbox (event_id, received_at) VALUES {} \
-                 ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                crate::db::placeholders(chunk.len(), 2)
+                "INSERT INTO inbox (account_id, event_id, received_at) VALUES {} \
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+                crate::db::placeholders(chunk.len(), 3)
             );
-            let q =
-                chunk.iter().fold(Sql::new(sqlx::AssertSqlSafe(sql)), |q, id| q.bind(id).bind(micros(now)));
+            let q = chunk.iter().fold(Sql::new(sqlx::AssertSqlSafe(sql)), |q, (account, id)| {
+                q.bind(account).bind(id).bind(micros(now))
+            });
             let got: Vec<(String,)> = self.fetch_all(q).await?;
             fresh.extend(got.into_iter().map(|r| r.0));
         }
-        let skipped = event_ids.len().saturating_sub(fresh.len());
+        let skipped = events.len().saturating_sub(fresh.len());
         if skipped > 0 {
             metrics::counter!("contactier_inbox_duplicates_total").increment(skipped as u64);
         }
@@ -240,32 +251,41 @@ impl Outbox {
         // later ones, and no other account's.
         let q = "/* across accounts: events due */ SELECT o.event_id, o.account_id, o.payload, o.attempts, \
                  o.trace_context FROM outbox o JOIN \
-                 (SELECT seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
+                 (SELECT account_id, seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
                  FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
                  (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
                  AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
-                 ON o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
+                 ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
         let q = Sql::new(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1));
         self.db.fetch_all(q).await
     }
 
     /// Removes acknowledged events: one statement, one commit, for all a delivery acknowledged
     /// (a commit each made every delivered event wait for its own flush of the log).
-    pub async fn acknowledge(&self, event_ids: &[String]) -> Result<(), sqlx::Error> {
-        if event_ids.is_empty() {
+    /// Each event by (account, event id), its key.
+    pub async fn acknowledge(&self, events: &[(String, String)]) -> Result<(), sqlx::Error> {
+        if events.is_empty() {
             return Ok(());
         }
-        let ids = serde_json::to_string(event_ids).expect("JSON of strings");
-        let q = format!("DELETE FROM outbox WHERE {}", self.db.json_in("event_id", 1));
-        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(ids)).await?;
+        let records: Vec<serde_json::Value> =
+            events.iter().map(|(account, id)| serde_json::json!({"acct": account, "id": id})).collect();
+        let x = self.db.json_records(1, &[("acct", "text"), ("id", "text")]);
+        let q = format!("DELETE FROM outbox WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})");
+        let records = serde_json::Value::Array(records).to_string();
+        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records)).await?;
         Ok(())
     }
 
     /// Schedules a retry of an unacknowledged event.
-    pub async fn retry_at(&self, event_id: &str, at: DateTime<Utc>, error: &str) -> Result<(), sqlx::Error> {
+    pub async fn retry_at(
+        &self,
+        (account_id, event_id): (&str, &str),
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
         let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
-                 WHERE event_id = $1";
-        self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error)).await?;
+                 WHERE account_id = $4 AND event_id = $1";
+        self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error).bind(account_id)).await?;
         Ok(())
     }
 
@@ -330,7 +350,6 @@ impl Outbox {
                 }
                 continue;
             }
-            let sent: Vec<(String, i32)> = sent.into_iter().map(|(id, _, attempts)| (id, attempts)).collect();
             let acked: HashSet<String> = match &outcome {
                 Ok(ids) => ids.iter().cloned().collect(),
                 Err(_) => HashSet::new(),
@@ -340,8 +359,9 @@ impl Outbox {
                 Err(e) => format!("{e:#}"),
             };
             let (acked_ids, unacked): (Vec<_>, Vec<_>) =
-                sent.into_iter().partition(|(id, _)| acked.contains(id));
-            let acked_ids: Vec<String> = acked_ids.into_iter().map(|(id, _)| id).collect();
+                sent.into_iter().partition(|(id, _, _)| acked.contains(id));
+            let acked_ids: Vec<(String, String)> =
+                acked_ids.into_iter().map(|(id, account, _)| (account, id)).collect();
             self.acknowledge(&acked_ids).await?;
             delivered += acked_ids.len() as u64;
             metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
@@ -350,10 +370,10 @@ impl Outbox {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
             }
-            for (id, attempts) in unacked {
+            for (id, account, attempts) in unacked {
                 let delay =
                     chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
-                self.retry_at(&id, now + delay, &error).await?;
+                self.retry_at((&account, &id), now + delay, &error).await?;
             }
             if outcome.is_err() {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
@@ -381,17 +401,17 @@ impl Outbox {
             |attempts| chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
         for (id, account, attempts) in sent {
             if let Some(error) = &down {
-                self.retry_at(&id, now + retry(attempts), error).await?;
+                self.retry_at((&account, &id), now + retry(attempts), error).await?;
                 continue;
             }
             // Not tried: the account's refused event holds it back until its own retry.
             if held.contains(&account) {
                 continue;
             }
-            let Some(event) = self.event(&id).await? else { continue };
+            let Some(event) = self.event(&account, &id).await? else { continue };
             match deliver(vec![event]).await {
                 Ok(ids) if ids.contains(&id) => {
-                    self.acknowledge(std::slice::from_ref(&id)).await?;
+                    self.acknowledge(&[(account.clone(), id.clone())]).await?;
                     delivered += 1;
                 }
                 outcome => {
@@ -402,7 +422,7 @@ impl Outbox {
                     tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
                     metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
                         .increment(1);
-                    self.retry_at(&id, now + retry(attempts), &error).await?;
+                    self.retry_at((&account, &id), now + retry(attempts), &error).await?;
                     held.insert(account);
                     if outcome.as_ref().err().is_some_and(receiver_unavailable) {
                         down = Some(error);
@@ -414,10 +434,10 @@ impl Outbox {
     }
 
     /// One waiting event, if it is still there.
-    async fn event(&self, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
-        let q =
-            "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox WHERE event_id = $1";
-        self.db.fetch_optional(Sql::new(q).bind(event_id)).await
+    async fn event(&self, account_id: &str, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
+        let q = "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox \
+                 WHERE account_id = $1 AND event_id = $2";
+        self.db.fetch_optional(Sql::new(q).bind(account_id).bind(event_id)).await
     }
 
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or

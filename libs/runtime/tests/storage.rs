@@ -44,7 +44,7 @@ async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
 }
 
 async fn receive(db: &Db, event_id: &str) -> bool {
-    db.conn().await.unwrap().receive(event_id, Utc::now()).await.unwrap()
+    db.conn().await.unwrap().receive("acct-1", event_id, Utc::now()).await.unwrap()
 }
 
 async fn migrations_create_runtime_and_service_tables_and_rerun_as_no_ops(backend: Backend) {

@@ -613,7 +613,7 @@ impl Store {
         let account = e.account_id.as_str();
         let _forget = self.usage_cache.forget_after(account);
         let mut tx = self.db.begin_write().await?;
-        if !tx.receive(&e.event_id, now).await? {
+        if !tx.receive(account, &e.event_id, now).await? {
             return Ok(CountOutcome::Seen);
         }
         let keep = Sql::new(KEEP_COUNT)

@@ -433,7 +433,8 @@ impl Store {
         let at = micros(now);
         let (status_per, audit_per) = (self.db.rows_per_statement(7), self.db.rows_per_statement(12));
         let mut tx = self.db.begin_write().await?;
-        let ids: Vec<String> = items.iter().map(|c| c.event_id.clone()).collect();
+        let ids: Vec<(String, String)> =
+            items.iter().map(|c| (account.to_owned(), c.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
         let todo: Vec<&Created> = items.iter().filter(|c| fresh.contains(&c.event_id)).collect();
         let mut inserted: HashSet<String> = HashSet::new();
@@ -505,7 +506,8 @@ impl Store {
             self.db.json_in("contact_id", 2)
         );
         let mut tx = self.db.begin_write().await?;
-        let ids: Vec<String> = items.iter().map(|d| d.event_id.clone()).collect();
+        let ids: Vec<(String, String)> =
+            items.iter().map(|d| (account.to_owned(), d.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
         let items: Vec<&Deleted> = items.iter().filter(|d| fresh.contains(&d.event_id)).collect();
         if items.is_empty() {
@@ -555,7 +557,7 @@ impl Store {
              $3){lock}"
         );
         let mut tx = self.db.begin_write().await?;
-        if !tx.receive(event_id, now).await? {
+        if !tx.receive(account, event_id, now).await? {
             return Ok(false);
         }
         let both = serde_json::json!([primary, secondary]).to_string();
