@@ -251,8 +251,8 @@ impl NotificationService for Api {
         }
         self.delivery.wake();
         let row = self.store.delivery(&account, &id).await?.ok_or_else(|| Error::not_found("delivery"))?;
-        let attempts = self.store.attempts(&id).await?;
-        let alert_ids = self.store.delivery_alert_ids(&id).await?;
+        let attempts = self.store.attempts(&account, &id).await?;
+        let alert_ids = self.store.delivery_alert_ids(&account, &id).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {
             delivery: Some(convert::delivery(row, attempts, alert_ids)),
         }))
@@ -281,8 +281,8 @@ impl Api {
         };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let attempts = self.store.attempts(&row.id).await?;
-            let alert_ids = self.store.delivery_alert_ids(&row.id).await?;
+            let attempts = self.store.attempts(account, &row.id).await?;
+            let alert_ids = self.store.delivery_alert_ids(account, &row.id).await?;
             out.push(convert::delivery(row, attempts, alert_ids));
         }
         Ok((out, next))

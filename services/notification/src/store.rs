@@ -125,10 +125,10 @@ const INSERT_DELIVERY: &str = "INSERT INTO deliveries (account_id, id, alert_id,
      attempts, next_attempt_at, created_at, open_until) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8)";
 
 const NEXT_POSITION: &str = "SELECT CAST(COALESCE(MAX(position) + 1, 0) AS INTEGER) FROM delivery_alerts \
-     WHERE delivery_id = $1";
+     WHERE account_id = $2 AND delivery_id = $1";
 
 const INSERT_DELIVERY_ALERT: &str =
-    "INSERT INTO delivery_alerts (delivery_id, position, alert_id) VALUES ($1, $2, $3)";
+    "INSERT INTO delivery_alerts (account_id, delivery_id, position, alert_id) VALUES ($4, $1, $2, $3)";
 
 /// The key makes a duplicate a no-op rather than a second alert.
 const CLAIM_THRESHOLD: &str = "INSERT INTO fired_thresholds (account_id, tier, period_start, threshold, \
@@ -221,9 +221,13 @@ async fn deliver(
                 tx.execute(insert).await?;
                 id
             };
-            let first: i32 = tx.scalar(Sql::new(NEXT_POSITION).bind(&id)).await?;
+            let first: i32 = tx.scalar(Sql::new(NEXT_POSITION).bind(&id).bind(account)).await?;
             for (i, alert) in group.iter().enumerate() {
-                let q = Sql::new(INSERT_DELIVERY_ALERT).bind(&id).bind(first + i as i32).bind(&alert.id);
+                let q = Sql::new(INSERT_DELIVERY_ALERT)
+                    .bind(&id)
+                    .bind(first + i as i32)
+                    .bind(&alert.id)
+                    .bind(account);
                 tx.execute(q).await?;
             }
         }
@@ -287,7 +291,8 @@ async fn apply_states(
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Vec<Option<Vec<AlertRow>>>> {
-    let ids: Vec<String> = run.iter().map(|(id, _, _)| id.clone()).collect();
+    let ids: Vec<(String, String)> =
+        run.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
     let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
     let news: Vec<&(String, String, State)> = run.iter().filter(|(id, _, _)| fresh.contains(id)).collect();
     let mut out: std::collections::HashMap<&str, Vec<AlertRow>> = std::collections::HashMap::new();
@@ -417,7 +422,7 @@ async fn apply_in(
             alerts::invoice(invoice_id, *number, *amount_minor, currency)
         }
     };
-    if !tx.receive(event_id, now).await? {
+    if !tx.receive(account, event_id, now).await? {
         return Ok(None);
     }
     let rows = vec![insert_alert(tx, account, &new_id(), &draft, now).await?];
@@ -538,16 +543,18 @@ impl Store {
         let columns =
             ALERT_COLUMNS.split(", ").map(|c| format!("a.{}", c.trim())).collect::<Vec<_>>().join(", ");
         let q = format!(
-            "SELECT {columns} FROM delivery_alerts d JOIN alerts a ON a.id = d.alert_id \
-             WHERE d.delivery_id = $1 AND a.account_id = $2 ORDER BY d.position"
+            "SELECT {columns} FROM delivery_alerts d \
+             JOIN alerts a ON a.account_id = d.account_id AND a.id = d.alert_id \
+             WHERE d.account_id = $2 AND d.delivery_id = $1 ORDER BY d.position"
         );
         Ok(self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(delivery_id).bind(account)).await?)
     }
 
     /// The ids of the alerts a delivery carries, in order.
-    pub async fn delivery_alert_ids(&self, delivery_id: &str) -> Result<Vec<String>> {
-        let q = "SELECT alert_id FROM delivery_alerts WHERE delivery_id = $1 ORDER BY position";
-        let rows: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(delivery_id)).await?;
+    pub async fn delivery_alert_ids(&self, account: &str, delivery_id: &str) -> Result<Vec<String>> {
+        let q = "SELECT alert_id FROM delivery_alerts WHERE account_id = $1 AND delivery_id = $2 \
+                 ORDER BY position";
+        let rows: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(account).bind(delivery_id)).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -665,21 +672,23 @@ impl Store {
             Outcome::RetryAt(at) => (PENDING, at),
             Outcome::DeadLetter => (DEAD_LETTERED, now),
         };
-        let next_attempt =
-            "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts WHERE delivery_id = $1";
-        let insert = "INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error, cause) \
-                      VALUES ($1, $2, $3, $4, $5, $6)";
+        let next_attempt = "SELECT COALESCE(MAX(attempt), 0) + 1 FROM delivery_attempts \
+                            WHERE account_id = $2 AND delivery_id = $1";
+        let insert = "INSERT INTO delivery_attempts (account_id, delivery_id, attempt, at, status_code, \
+                      error, cause) VALUES ($7, $1, $2, $3, $4, $5, $6)";
         let update = "UPDATE deliveries SET state = $1, attempts = attempts + 1, next_attempt_at = $2 \
                       WHERE account_id = $4 AND id = $3";
         let mut tx = self.db.begin_write().await?;
-        let attempt: i32 = tx.scalar(Sql::new(next_attempt).bind(&delivery.id)).await?;
+        let attempt: i32 =
+            tx.scalar(Sql::new(next_attempt).bind(&delivery.id).bind(&delivery.account_id)).await?;
         let attempt = Sql::new(insert)
             .bind(&delivery.id)
             .bind(attempt)
             .bind(micros(now))
             .bind(status_code)
             .bind(error)
-            .bind(cause);
+            .bind(cause)
+            .bind(&delivery.account_id);
         tx.execute(attempt).await?;
         let update =
             Sql::new(update).bind(state).bind(micros(next)).bind(&delivery.id).bind(&delivery.account_id);
@@ -706,7 +715,8 @@ impl Store {
     ) -> Result<Vec<DeliveryRow>> {
         let q = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 \
-             AND ($2 = '' OR id IN (SELECT delivery_id FROM delivery_alerts WHERE alert_id = $2)) \
+             AND ($2 = '' OR id IN (SELECT delivery_id FROM delivery_alerts \
+             WHERE account_id = $1 AND alert_id = $2)) \
              AND ($3 = '' OR state = $3) AND ($4 = '' OR id < $4) \
              ORDER BY id DESC LIMIT $5"
         );
@@ -719,10 +729,10 @@ impl Store {
         Ok(self.db.fetch_all(page).await?)
     }
 
-    pub async fn attempts(&self, delivery_id: &str) -> Result<Vec<AttemptRow>> {
-        let q =
-            "SELECT at, status_code, error FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt";
-        Ok(self.db.fetch_all(Sql::new(q).bind(delivery_id)).await?)
+    pub async fn attempts(&self, account: &str, delivery_id: &str) -> Result<Vec<AttemptRow>> {
+        let q = "SELECT at, status_code, error FROM delivery_attempts \
+                 WHERE account_id = $1 AND delivery_id = $2 ORDER BY attempt";
+        Ok(self.db.fetch_all(Sql::new(q).bind(account).bind(delivery_id)).await?)
     }
 
     /// Puts a dead-lettered delivery of the account back in the queue with a fresh set of tries.
@@ -776,9 +786,11 @@ pub enum RedriveResult {
 /// Deliveries that failed and are tried again.
 struct Failing(Db);
 
-const FAILING: &str = "SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
+const FAILING: &str = "/* across accounts: failing work for operators */ \
+     SELECT 'notification-delivery' AS worker, d.account_id, d.id AS item, \
      CAST(d.attempts AS BIGINT) AS attempts, COALESCE((SELECT CASE WHEN a.cause = '' THEN a.error \
-     ELSE a.cause END FROM delivery_attempts a WHERE a.delivery_id = d.id ORDER BY a.attempt DESC \
+     ELSE a.cause END FROM delivery_attempts a WHERE a.account_id = d.account_id \
+     AND a.delivery_id = d.id ORDER BY a.attempt DESC \
      LIMIT 1), '') AS last_error, d.next_attempt_at FROM deliveries d \
      WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
 
@@ -789,4 +801,61 @@ impl FailingWork for Failing {
     ) -> futures::future::BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A database kept by the version before a delivery's parts carried its account.
+    use super::*;
+    use contactier_runtime::db::{Backend, Migrations};
+    use contactier_runtime::testing::TestDb;
+    use sqlx::migrate::Migrator;
+
+    /// The service's migrations up to `version`, as the version before applied them.
+    fn up_to(version: i64) -> &'static Migrations {
+        let all = crate::SERVICE.migrations.expect("migrations");
+        let cut = |m: &Migrator| -> &'static Migrator {
+            let kept = m.iter().filter(|x| x.version <= version).cloned().collect();
+            Box::leak(Box::new(Migrator::with_migrations(kept)))
+        };
+        Box::leak(Box::new(Migrations { sqlite: cut(all.sqlite), postgres: cut(all.postgres) }))
+    }
+
+    async fn rows_from_before_keep_their_delivery(backend: Backend) {
+        let t = TestDb::new(backend, "notification").await;
+        t.db.migrate_service(Some(up_to(4))).await.unwrap();
+        for q in [
+            "/* test: as the version before */ INSERT INTO recipients (account_id, id, kind, address, secret, created_at) \
+             VALUES ('acct-old', 'rcp-1', 'webhook', 'https://example.invalid/hook', 's', 0)",
+            "/* test: as the version before */ INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, \
+             upgrade_id, new_tier, invoice_id, amount_minor, currency, message, created_at) \
+             VALUES ('acct-old', 1, 'alr-1', 'usage_75', 750, 1000, '2026-01-01', '', 0, '', 0, '', 'm', 0)",
+            "/* test: as the version before */ INSERT INTO deliveries (account_id, id, alert_id, recipient_id, state, attempts, \
+             next_attempt_at, created_at) VALUES ('acct-old', 'dlv-1', 'alr-1', 'rcp-1', 'pending', 1, 0, 0)",
+            "/* test: as the version before */ INSERT INTO delivery_alerts (delivery_id, position, alert_id) \
+             VALUES ('dlv-1', 0, 'alr-1')",
+            "/* test: as the version before */ INSERT INTO delivery_attempts (delivery_id, attempt, at, status_code, error) \
+             VALUES ('dlv-1', 1, 0, 500, 'refused')",
+        ] {
+            t.db.execute(Sql::new(q)).await.unwrap();
+        }
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let mut expected = vec!["alr-1".to_owned()];
+        if backend == Backend::Postgres {
+            // A replica from before, still running through the rollout, writes no account.
+            let q = "/* test: as a replica from before */ INSERT INTO delivery_alerts (delivery_id, position, \
+                     alert_id) VALUES ('dlv-1', 1, 'alr-1')";
+            t.db.execute(Sql::new(q)).await.unwrap();
+            expected.push("alr-1".to_owned());
+        }
+        let store = Store::new(t.db.clone());
+        assert_eq!(store.delivery_alert_ids("acct-old", "dlv-1").await.unwrap(), expected, "{backend:?}");
+        assert_eq!(store.delivery_alerts("acct-old", "dlv-1").await.unwrap().len(), expected.len());
+        assert_eq!(store.attempts("acct-old", "dlv-1").await.unwrap().len(), 1, "{backend:?}");
+        // Another account sees none of it.
+        assert!(store.delivery_alert_ids("acct-other", "dlv-1").await.unwrap().is_empty());
+        assert!(store.attempts("acct-other", "dlv-1").await.unwrap().is_empty());
+    }
+
+    contactier_runtime::backend_tests!(rows_from_before_keep_their_delivery);
 }
