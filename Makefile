@@ -24,7 +24,7 @@ run:
 
 test: test-deps
 	CONTACTIER_TEST_PYTHON=$(CURDIR)/$(TEST_VENV)/bin/python scripts/with-test-postgres sh -c \
-		'cargo test --workspace && cargo test -p contactier-e2e --test account_keys -- --ignored'
+		'cargo test --workspace && cargo test --workspace --test account_keys -- --ignored'
 
 test-deps: $(TEST_VENV)/.ready
 

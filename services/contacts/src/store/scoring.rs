@@ -437,23 +437,34 @@ mod tests {
         };
         before.create_scoring_rule(ACCOUNT, "CTO", 7, &title, micros_of(now), 100).await.unwrap();
         // As a version before keys were kept left them.
-        t.db.execute(Sql::new("UPDATE contacts SET match_keys_version = 0")).await.unwrap();
-        t.db.execute(Sql::new("DELETE FROM contact_match_keys")).await.unwrap();
+        t.db.execute(Sql::new(
+            "/* test: contacts from before keys */ UPDATE contacts SET match_keys_version = 0",
+        ))
+        .await
+        .unwrap();
+        t.db.execute(Sql::new("/* test: contacts from before keys */ DELETE FROM contact_match_keys"))
+            .await
+            .unwrap();
         drop(before);
 
         let after = Store::new(t.db.clone());
         let (scored, next) = after.rescore_due(micros_of(now), 500).await.unwrap();
         assert_eq!((scored, next), (3, None), "{backend:?}");
         let scores: Vec<(String,)> =
-            t.db.fetch_all(Sql::new("SELECT value FROM contact_values WHERE name = 'lead_score'"))
-                .await
-                .unwrap();
+            t.db.fetch_all(Sql::new(
+                "/* test: every score */ SELECT value FROM contact_values WHERE name = 'lead_score'",
+            ))
+            .await
+            .unwrap();
         assert_eq!(scores, vec![("7".to_owned(),); 3], "{backend:?}");
         assert_eq!(after.rescore_due(micros_of(now), 500).await.unwrap().0, 0, "{backend:?}: each once");
         assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 2, "{backend:?}");
         assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 1, "{backend:?}");
         assert_eq!(after.key_unkeyed_contacts(2).await.unwrap(), 0, "{backend:?}");
-        let keys: i64 = t.db.scalar(Sql::new("SELECT COUNT(*) FROM contact_match_keys")).await.unwrap();
+        let keys: i64 =
+            t.db.scalar(Sql::new("/* test: every key */ SELECT COUNT(*) FROM contact_match_keys"))
+                .await
+                .unwrap();
         assert_eq!(keys, 3, "{backend:?}: a mailbox key each");
     }
 
