@@ -247,6 +247,10 @@ pub fn new_events(events: Vec<pb::ContactEvent>, now: i64, make_form_contacts: b
 /// Most a recorded event may lie in the future (clocks disagree).
 const FUTURE_SKEW_MICROS: i64 = 86_400_000_000;
 
+/// The earliest time an event may have: 2000-01-01T00:00:00Z. A time before it is a sender's
+/// clock at zero or unset, and would make the contact's first visit decades old.
+const EARLIEST_MICROS: i64 = 946_684_800_000_000;
+
 fn new_event(e: pb::ContactEvent, i: usize, now: i64, make_form_contacts: bool) -> Result<(NewEvent, bool)> {
     let at = format!("events[{i}]");
     contactier_proto::checks::check_item(&e, "events", i).map_err(Error::from)?;
@@ -263,6 +267,9 @@ fn new_event(e: pb::ContactEvent, i: usize, now: i64, make_form_contacts: bool) 
     };
     if occurred_at > now + FUTURE_SKEW_MICROS {
         return Err(Error::invalid(format!("{at}.occurred_at"), "not more than a day in the future"));
+    }
+    if occurred_at < EARLIEST_MICROS {
+        return Err(Error::invalid(format!("{at}.occurred_at"), "not before 2000-01-01T00:00:00Z"));
     }
     let mut withheld = false;
     let subject = match e.contact {

@@ -633,6 +633,14 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
     let ahead = s.platform.clock.now().timestamp() + 3 * 86_400;
     let r = record(&s, vec![view("far", did(), ahead, "DIRECT")]).await;
     assert_eq!(r.errors[0].field, "events[0].occurred_at", "{backend:?}");
+    // So is one from before the web had such tracking: a clock at zero, not a visit in 1970.
+    let r = record(&s, vec![view("epoch", did(), 86_400, "DIRECT")]).await;
+    let e = &r.errors[0];
+    assert_eq!(
+        (e.code.as_str(), e.field.as_str()),
+        ("INVALID_ARGUMENT", "events[0].occurred_at"),
+        "{backend:?}"
+    );
     assert_eq!(s.by_email("dora@example.com").await.visits.unwrap(), dv, "{backend:?}: nothing changed");
 
     // Opens, clicks and forms are kept too, newest first.
