@@ -556,7 +556,17 @@ impl ContactsService for Api {
         let catalog = self.store.catalog(&c.account).await?;
         let mut answer = pb::BatchUpdateContactsResponse::default();
         let mut checked = Vec::new();
+        // One update a contact a batch: with two, one answer could not show both.
+        let mut named: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (i, u) in updates.into_iter().enumerate() {
+            if let Some(first) = named.get(u.id.as_str()) {
+                let why = format!("names the contact updates[{first}] changes: one update a contact a batch");
+                answer.errors.push(batch_error(i, &Error::invalid(format!("updates[{i}].id"), why)));
+                continue;
+            }
+            if !u.id.is_empty() {
+                named.insert(u.id.clone(), i);
+            }
             let checked_update = check_item(&u, "updates", i).map_err(Error::from);
             match checked_update.and_then(|()| change(u, &catalog, &format!("updates[{i}]."))) {
                 Ok(ch) => checked.push((i, ch)),

@@ -233,6 +233,14 @@ async fn batches_give_each_record_its_outcome_and_replays_change_nothing(backend
             email: "person3@example.com".into(),
             update_mask: None,
         },
+        // The first contact again: which change would its answer show? Refused, not applied.
+        pb::UpdateContactRequest {
+            id: ids[0].clone(),
+            properties: props(&[("job_title", "CFO")]),
+            expected_version: 0,
+            email: String::new(),
+            update_mask: None,
+        },
     ];
     let u = s
         .api()
@@ -242,7 +250,14 @@ async fn batches_give_each_record_its_outcome_and_replays_change_nothing(backend
         .into_inner();
     assert_eq!(u.results.len(), 1);
     let codes: Vec<_> = u.errors.iter().map(|e| (e.index, e.code.as_str())).collect();
-    assert_eq!(codes, [(1, "NOT_FOUND"), (2, "INVALID_ARGUMENT"), (3, "ALREADY_EXISTS")], "{backend:?}");
+    assert_eq!(
+        codes,
+        [(1, "NOT_FOUND"), (2, "INVALID_ARGUMENT"), (3, "ALREADY_EXISTS"), (4, "INVALID_ARGUMENT")],
+        "{backend:?}"
+    );
+    assert_eq!(u.errors[3].field, "updates[4].id", "{backend:?}");
+    let first = u.results[0].contact.as_ref().unwrap();
+    assert_eq!(first.properties.get("job_title").map(String::as_str), Some("CTO"), "{backend:?}");
 
     let get = pb::BatchGetContactsRequest {
         ids: vec![ids[0].clone(), "missing".into()],
