@@ -201,7 +201,7 @@ impl Db {
     /// see [`migrate_postgres`].
     pub async fn migrate(&self, migrations: &Migrations) -> anyhow::Result<()> {
         match self {
-            Db::Sqlite(pool) => migrations.sqlite.run(pool).await?,
+            Db::Sqlite(pool) => tolerant(migrations.sqlite).run(pool).await?,
             Db::Postgres(pool) => migrate_postgres(pool, migrations.postgres).await?,
         }
         Ok(())
@@ -237,10 +237,58 @@ impl Db {
 /// database).
 const MIGRATION_LOCK: i64 = 0x636f_6e74_6163_7469;
 
+/// How long a migration in a transaction waits for a table's lock before it gives way: while it
+/// waits, every reader and writer of the table queues behind it (replicas of the version before
+/// still serve through a rollout). It tries again after a pause, up to [`MIGRATION_TRIES`] times.
+const MIGRATION_LOCK_TIMEOUT: &str = "2s";
+const MIGRATION_TRIES: u32 = 40;
+
+/// A migrator that takes a database some migrations ahead of it: a replica of the version before
+/// (a pod rescheduled mid-rollout, or a rollback) starts on the schema the newer version left,
+/// which every migration keeps usable by the version before (`deploy/check_migrations.py`).
+fn tolerant(m: &Migrator) -> Migrator {
+    Migrator {
+        migrations: m.migrations.clone(),
+        ignore_missing: true,
+        locking: false,
+        no_tx: m.no_tx,
+        table_name: m.table_name.clone(),
+        create_schemas: m.create_schemas.clone(),
+    }
+}
+
+/// Whether a migration gave way to a lock held too long ([`MIGRATION_LOCK_TIMEOUT`]).
+fn gave_way(e: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError as M;
+    let code = |e: &sqlx::Error| e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "55P03");
+    matches!(e, M::Execute(e) | M::ExecuteMigration(e, _) if code(e))
+}
+
+/// Drops the indexes a concurrent build left invalid (a replica killed, or a build that gave
+/// way), without blocking the table's writers, so that their migration builds them again.
+async fn drop_invalid_indexes(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    sqlx::query("SET lock_timeout = 0").execute(&mut *conn).await?;
+    let invalid: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         WHERE NOT i.indisvalid AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in invalid {
+        tracing::warn!(index, "dropping an index a build left invalid");
+        let q = format!("DROP INDEX CONCURRENTLY IF EXISTS \"{}\"", index.replace('"', "\"\""));
+        sqlx::query(sqlx::AssertSqlSafe(q)).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Runs PostgreSQL migrations one service at a time per database. Waiting is a poll, not a
 /// blocked query: an index built CONCURRENTLY waits for every open transaction of the database,
 /// and a replica blocked on a lock in one would deadlock with it. An index such a build left
 /// invalid (a replica killed mid-way) is dropped first, so that its migration builds it again.
+/// One migration at a time: one in a transaction waits at most [`MIGRATION_LOCK_TIMEOUT`] for
+/// a lock and then tries again later; an index built concurrently holds no lock that stops the
+/// writers, and waits as long as it must.
 async fn migrate_postgres(pool: &sqlx::PgPool, m: &Migrator) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     let mut wait = Duration::from_millis(50);
@@ -253,32 +301,39 @@ async fn migrate_postgres(pool: &sqlx::PgPool, m: &Migrator) -> anyhow::Result<(
         wait = (wait * 2).min(Duration::from_secs(1));
     }
     let run = async {
-        let invalid: Vec<String> = sqlx::query_scalar(
-            "SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             WHERE NOT i.indisvalid AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        for index in invalid {
-            tracing::warn!(index, "dropping an index a build left invalid");
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX \"{}\"", index.replace('"', "\"\""))))
-                .execute(&mut *conn)
-                .await?;
+        drop_invalid_indexes(&mut conn).await?;
+        let migrator = tolerant(m);
+        for migration in m.iter() {
+            let timeout = if migration.no_tx { "0" } else { MIGRATION_LOCK_TIMEOUT };
+            let mut tries = 0;
+            loop {
+                sqlx::query(sqlx::AssertSqlSafe(format!("SET lock_timeout = '{timeout}'")))
+                    .execute(&mut *conn)
+                    .await?;
+                match migrator.run_direct(Some(migration.version), &mut *conn, false).await {
+                    Ok(()) => break,
+                    Err(e) if gave_way(&e) && tries + 1 < MIGRATION_TRIES => {
+                        tries += 1;
+                        tracing::warn!(
+                            version = migration.version,
+                            tries,
+                            "a migration gave way to a lock held by another transaction; trying again"
+                        );
+                        drop_invalid_indexes(&mut conn).await?;
+                        tokio::time::sleep(Duration::from_secs(u64::from(tries).min(15))).await;
+                    }
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                }
+            }
         }
-        let unlocked = Migrator {
-            migrations: m.migrations.clone(),
-            ignore_missing: m.ignore_missing,
-            locking: false,
-            no_tx: m.no_tx,
-            table_name: m.table_name.clone(),
-            create_schemas: m.create_schemas.clone(),
-        };
-        unlocked.run_direct(None, &mut *conn, false).await?;
         anyhow::Ok(())
     }
     .await;
+    // The connection goes back to the pool: without the migrations' lock timeout.
+    let reset = sqlx::query("RESET lock_timeout").execute(&mut *conn).await;
     let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut *conn).await;
     run?;
+    reset?;
     unlock?;
     Ok(())
 }

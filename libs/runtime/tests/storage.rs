@@ -99,6 +99,60 @@ async fn postgres_migrations_of_many_schemas_at_once_all_finish() {
     }
 }
 
+/// The test service's migrations up to `version`, as a version before applied them.
+fn up_to(version: i64) -> &'static Migrations {
+    let cut = |m: &sqlx::migrate::Migrator| -> &'static sqlx::migrate::Migrator {
+        let kept = m.iter().filter(|x| x.version <= version).cloned().collect();
+        Box::leak(Box::new(sqlx::migrate::Migrator::with_migrations(kept)))
+    };
+    Box::leak(Box::new(Migrations { sqlite: cut(&NO_SQLITE), postgres: cut(&NO_POSTGRES) }))
+}
+
+/// A connection of its own on the test's schema (another replica, a report, psql).
+async fn session(t: &TestDb) -> sqlx::PgConnection {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&t.url).await.unwrap();
+    let q = format!("SET search_path TO \"{}\"", t.schema);
+    sqlx::query(sqlx::AssertSqlSafe(q)).execute(&mut c).await.unwrap();
+    c
+}
+
+/// A migration that needs a table's lock while a long transaction reads the table gives way
+/// and tries again, rather than queue every writer of the table behind it until the reader
+/// ends (replicas of the version before serve through a rollout); it is applied once the
+/// reader is done.
+#[tokio::test]
+async fn postgres_a_migration_gives_way_to_a_long_reader_and_the_writers_go_on() {
+    let t = TestDb::new(Backend::Postgres, "give_way").await;
+    t.db.migrate_service(Some(up_to(1))).await.unwrap();
+    let mut reader = session(&t).await;
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    sqlx::query("SELECT count(*) FROM widgets").execute(&mut reader).await.unwrap();
+    let db = t.db.clone();
+    let migrate = tokio::spawn(async move { db.migrate_service(Some(&SERVICE_MIGRATIONS)).await });
+    // Long enough for the migration to be waiting for the lock, and to have given way once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut writer = session(&t).await;
+    sqlx::query("SET statement_timeout = '20s'").execute(&mut writer).await.unwrap();
+    let wrote =
+        sqlx::query("INSERT INTO widgets (name) VALUES ('while migrating')").execute(&mut writer).await;
+    assert!(wrote.is_ok(), "a writer waited for the reader behind the migration: {wrote:?}");
+    assert!(!migrate.is_finished(), "the migration could not have its lock yet");
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    migrate.await.unwrap().unwrap();
+    let q = "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name = 'widgets' AND column_name = 'note'";
+    let added: i64 = sqlx::query_scalar(q).fetch_one(&mut writer).await.unwrap();
+    assert_eq!(added, 1, "applied once the reader was done");
+}
+
+/// A replica of the version before starts on a database the newer version migrated further (a
+/// pod rescheduled mid-rollout, a rollback): the migrations it does not know are left alone.
+async fn a_database_ahead_of_the_binary_is_taken(backend: Backend) {
+    let t = migrated(backend, "ahead").await;
+    t.db.migrate_service(Some(up_to(1))).await.unwrap();
+    assert!(table_names(&t.db).await.contains(&"widgets".to_owned()), "{backend:?}");
+}
+
 /// A replica killed while it built an index CONCURRENTLY leaves the index invalid; the next
 /// migration builds it again instead of keeping the invalid one.
 #[tokio::test]
@@ -292,6 +346,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
 }
 
 contactier_runtime::backend_tests!(
+    a_database_ahead_of_the_binary_is_taken,
     migrations_create_runtime_and_service_tables_and_rerun_as_no_ops,
     outbox_keeps_only_committed_events_and_retries_until_acknowledged,
     a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order,
