@@ -260,7 +260,9 @@ fn tolerant(m: &Migrator) -> Migrator {
 /// Whether a migration gave way to a lock held too long ([`MIGRATION_LOCK_TIMEOUT`]).
 fn gave_way(e: &sqlx::migrate::MigrateError) -> bool {
     use sqlx::migrate::MigrateError as M;
-    let code = |e: &sqlx::Error| e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "55P03");
+    let code = |e: &sqlx::Error| {
+        e.as_database_error().and_then(sqlx::error::DatabaseError::code).is_some_and(|c| c == "55P03")
+    };
     matches!(e, M::Execute(e) | M::ExecuteMigration(e, _) if code(e))
 }
 
