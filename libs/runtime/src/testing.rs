@@ -60,6 +60,16 @@ impl Drop for TestDb {
     }
 }
 
+/// `all` up to `version`, as a version before applied them (leaked: a test's migrations live
+/// as long as the test).
+pub fn migrations_up_to(all: &crate::db::Migrations, version: i64) -> &'static crate::db::Migrations {
+    let cut = |m: &sqlx::migrate::Migrator| -> &'static sqlx::migrate::Migrator {
+        let kept = m.iter().filter(|x| x.version <= version).cloned().collect();
+        Box::leak(Box::new(sqlx::migrate::Migrator::with_migrations(kept)))
+    };
+    Box::leak(Box::new(crate::db::Migrations { sqlite: cut(all.sqlite), postgres: cut(all.postgres) }))
+}
+
 /// Both backends, for tests that must hold on each.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 

@@ -101,11 +101,7 @@ async fn postgres_migrations_of_many_schemas_at_once_all_finish() {
 
 /// The test service's migrations up to `version`, as a version before applied them.
 fn up_to(version: i64) -> &'static Migrations {
-    let cut = |m: &sqlx::migrate::Migrator| -> &'static sqlx::migrate::Migrator {
-        let kept = m.iter().filter(|x| x.version <= version).cloned().collect();
-        Box::leak(Box::new(sqlx::migrate::Migrator::with_migrations(kept)))
-    };
-    Box::leak(Box::new(Migrations { sqlite: cut(&NO_SQLITE), postgres: cut(&NO_POSTGRES) }))
+    contactier_runtime::testing::migrations_up_to(&SERVICE_MIGRATIONS, version)
 }
 
 /// A connection of its own on the test's schema (another replica, a report, psql).

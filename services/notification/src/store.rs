@@ -808,17 +808,11 @@ mod tests {
     //! A database kept by the version before a delivery's parts carried its account.
     use super::*;
     use contactier_runtime::db::{Backend, Migrations};
-    use contactier_runtime::testing::TestDb;
-    use sqlx::migrate::Migrator;
+    use contactier_runtime::testing::{TestDb, migrations_up_to};
 
     /// The service's migrations up to `version`, as the version before applied them.
     fn up_to(version: i64) -> &'static Migrations {
-        let all = crate::SERVICE.migrations.expect("migrations");
-        let cut = |m: &Migrator| -> &'static Migrator {
-            let kept = m.iter().filter(|x| x.version <= version).cloned().collect();
-            Box::leak(Box::new(Migrator::with_migrations(kept)))
-        };
-        Box::leak(Box::new(Migrations { sqlite: cut(all.sqlite), postgres: cut(all.postgres) }))
+        migrations_up_to(crate::SERVICE.migrations.expect("migrations"), version)
     }
 
     async fn rows_from_before_keep_their_delivery(backend: Backend) {
