@@ -163,11 +163,24 @@ pub fn score(rules: &[Rule], f: &Facts<'_>) -> Scored {
     Scored { score, due_at }
 }
 
+/// Whether a score reaches the threshold (a threshold of 0 is none).
+pub fn reaches(score: i64, threshold: i64) -> bool {
+    threshold > 0 && score >= threshold
+}
+
 /// The stage a score moves a contact to, if it moves it: a contact before marketing qualified
-/// (or without a stage) reaching the threshold becomes one; never backwards. A threshold of 0
-/// moves nobody.
-pub fn promoted(stage: Option<&str>, score: i64, threshold: i64) -> Option<&'static str> {
-    if threshold <= 0 || score < threshold {
+/// (or without a stage) whose score comes to reach the threshold becomes one; never backwards.
+/// `reached_before` is whether its last score reached the threshold of its time: a score that
+/// stays over it does not promote again, so a person who moved the contact back is not
+/// overruled, while a threshold lowered under the score, or a score rising past a raised one,
+/// reaches it anew.
+pub fn promoted(
+    stage: Option<&str>,
+    score: i64,
+    threshold: i64,
+    reached_before: bool,
+) -> Option<&'static str> {
+    if reached_before || !reaches(score, threshold) {
         return None;
     }
     let mql = lifecycle::rank(MQL).expect("ranked");
@@ -301,13 +314,20 @@ mod tests {
 
     #[test]
     fn reaching_the_threshold_makes_an_mql_and_never_moves_back() {
-        assert_eq!(promoted(Some("lead"), 50, 50), Some(MQL));
-        assert_eq!(promoted(None, 60, 50), Some(MQL));
-        assert_eq!(promoted(Some("subscriber"), 60, 50), Some(MQL));
-        assert_eq!(promoted(Some("lead"), 49, 50), None);
-        assert_eq!(promoted(Some(MQL), 99, 50), None);
-        assert_eq!(promoted(Some("customer"), 99, 50), None, "never backwards");
-        assert_eq!(promoted(Some("other"), 99, 50), None, "off the path");
-        assert_eq!(promoted(Some("lead"), 99, 0), None, "no threshold set");
+        assert_eq!(promoted(Some("lead"), 50, 50, false), Some(MQL));
+        assert_eq!(promoted(None, 60, 50, false), Some(MQL));
+        assert_eq!(promoted(Some("subscriber"), 60, 50, false), Some(MQL));
+        assert_eq!(promoted(Some("lead"), 49, 50, false), None);
+        assert_eq!(promoted(Some(MQL), 99, 50, false), None);
+        assert_eq!(promoted(Some("customer"), 99, 50, false), None, "never backwards");
+        assert_eq!(promoted(Some("other"), 99, 50, false), None, "off the path");
+        assert_eq!(promoted(Some("lead"), 99, 0, false), None, "no threshold set");
+    }
+
+    #[test]
+    fn a_score_that_stays_over_the_threshold_does_not_promote_again() {
+        assert_eq!(promoted(Some("lead"), 60, 50, true), None, "moved back by a person: stays");
+        assert_eq!(promoted(Some("lead"), 60, 50, false), Some(MQL), "came to reach it");
+        assert!(reaches(50, 50) && !reaches(49, 50) && !reaches(99, 0));
     }
 }

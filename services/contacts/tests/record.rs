@@ -1436,6 +1436,86 @@ async fn a_promoted_contact_is_scored_as_promoted(backend: Backend) {
     assert_eq!(u.results[0].contact.as_ref(), Some(&stored), "{backend:?}: answered as stored");
 }
 
+/// A score promotes when it comes to reach the threshold, not whenever it is over it: a person
+/// who moves an MQL back to lead is not overruled by the same call's score, nor by any later
+/// change that leaves the score over the threshold. A threshold lowered under a score, or a
+/// score rising past a threshold raised over it, reaches it again and promotes.
+async fn a_person_moving_an_mql_back_is_not_overruled_until_the_score_reaches_again(backend: Backend) {
+    use pb::ScoringOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    for r in [
+        rule("CTO", 60, property_rule("job_title", Op::Eq, "cto")),
+        rule("Acme", 40, property_rule("company", Op::Eq, "acme")),
+        rule("Ada", 30, property_rule("first_name", Op::Eq, "ada")),
+    ] {
+        s.api().create_scoring_rule(authed(r, &admin)).await.unwrap();
+    }
+    let threshold =
+        |t: i64| pb::SetScoringSettingsRequest { settings: Some(pb::ScoringSettings { mql_threshold: t }) };
+    s.api().set_scoring_settings(authed(threshold(50), &admin)).await.unwrap();
+    let stage = |email: &'static str| {
+        let s = &s;
+        async move {
+            let c = s.by_email(email).await;
+            (c.properties["lifecycle_stage"].clone(), c.properties["lead_score"].clone())
+        }
+    };
+    let c = s.create("cto@example.com", &[("job_title", "CTO"), ("lifecycle_stage", "lead")]).await.unwrap();
+    assert_eq!(
+        stage("cto@example.com").await,
+        ("marketing_qualified_lead".into(), "60".into()),
+        "{backend:?}"
+    );
+
+    // A person disqualifies it: the call's own score (still 60) does not promote it again.
+    let back =
+        s.api().update_contact(authed(update(&c.id, &[("lifecycle_stage", "lead")], ""), &s.writer())).await;
+    let back = back.unwrap().into_inner().contact.unwrap();
+    assert_eq!(back.properties["lifecycle_stage"], "lead", "{backend:?}: answered as the person set it");
+    assert_eq!(stage("cto@example.com").await, ("lead".into(), "60".into()), "{backend:?}: stored so");
+    // Nor does a later change that keeps the score over the threshold, nor a rule change that
+    // works every score out again.
+    set_stage(&s, &c.id, "lead").await;
+    let phone = update(&c.id, &[("phone", "+49 30 1234567")], "");
+    s.api().update_contact(authed(phone, &s.writer())).await.unwrap();
+    s.api()
+        .create_scoring_rule(authed(rule("Phone", 1, property_rule("phone", Op::Eq, "x")), &admin))
+        .await
+        .unwrap();
+    s.settle().await;
+    assert_eq!(
+        stage("cto@example.com").await,
+        ("lead".into(), "60".into()),
+        "{backend:?}: still the person's"
+    );
+
+    // A threshold lowered under a score the old one did not reach: the score reaches it now.
+    let b = s.create("acme@example.com", &[("company", "Acme"), ("lifecycle_stage", "lead")]).await.unwrap();
+    assert_eq!(stage("acme@example.com").await, ("lead".into(), "40".into()), "{backend:?}");
+    s.api().set_scoring_settings(authed(threshold(35), &admin)).await.unwrap();
+    s.settle().await;
+    assert_eq!(
+        stage("acme@example.com").await.0,
+        "marketing_qualified_lead",
+        "{backend:?}: lowered under it"
+    );
+    assert_eq!(stage("cto@example.com").await.0, "lead", "{backend:?}: the CTO's score reached 50 already");
+
+    // Raised over the CTO's score, then the score rises past it: that reaches it again.
+    s.api().set_scoring_settings(authed(threshold(80), &admin)).await.unwrap();
+    s.settle().await;
+    set_stage(&s, &b.id, "lead").await;
+    let more = update(&c.id, &[("first_name", "Ada")], "");
+    let more = s.api().update_contact(authed(more, &s.writer())).await.unwrap().into_inner().contact.unwrap();
+    assert_eq!(
+        (more.properties["lifecycle_stage"].as_str(), more.properties["lead_score"].as_str()),
+        ("marketing_qualified_lead", "90"),
+        "{backend:?}: 60 -> 90 crosses 80"
+    );
+    assert_eq!(stage("acme@example.com").await, ("lead".into(), "40".into()), "{backend:?}");
+}
+
 async fn events_keep_their_windows_retries_and_batches(backend: Backend) {
     use pb::contact_event::Contact as C;
     let s = start(backend).await;
@@ -1609,6 +1689,7 @@ contactier_runtime::backend_tests!(
     a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go,
     bad_rules_are_refused_and_numbers_match_as_stored,
     a_promoted_contact_is_scored_as_promoted,
+    a_person_moving_an_mql_back_is_not_overruled_until_the_score_reaches_again,
     events_keep_their_windows_retries_and_batches,
     writes_beside_a_background_rescore_are_neither_lost_nor_refused,
 );

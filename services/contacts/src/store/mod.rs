@@ -695,8 +695,8 @@ pub(crate) async fn insert_contacts(
             let mut shown: BTreeMap<String, String> =
                 c.values.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
             let worked = match &scorer {
-                Some(s) => s.work(&shown, &[], false, at),
-                None => scoring::Worked { changes: Vec::new(), due: 0 },
+                Some(s) => s.work(&shown, &[], false, at, Some(false)),
+                None => scoring::Worked { changes: Vec::new(), due: 0, reached: false },
             };
             for (name, value) in &worked.changes {
                 shown.insert((*name).to_owned(), value.clone());
@@ -716,14 +716,14 @@ pub(crate) async fn insert_contacts(
             (row, c, worked)
         })
         .collect();
-    let (contacts_per, values_per) = (db.rows_per_statement(12), db.rows_per_statement(5));
+    let (contacts_per, values_per) = (db.rows_per_statement(13), db.rows_per_statement(5));
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
     for chunk in rows.chunks(contacts_per) {
         let sql = format!(
             "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
-             source_id, created_at, updated_at, match_keys_version, score_due_at) VALUES {} \
+             source_id, created_at, updated_at, match_keys_version, score_due_at, score_reached) VALUES {} \
              ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 12)
+            placeholders(chunk.len(), 13)
         );
         let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c, worked)| {
             q.bind(account)
@@ -738,6 +738,7 @@ pub(crate) async fn insert_contacts(
                 .bind(at)
                 .bind(1i64)
                 .bind(worked.due)
+                .bind(worked.reached)
         });
         let ids: Vec<(String,)> = tx.fetch_all(q).await?;
         inserted.extend(ids.into_iter().map(|r| r.0));

@@ -88,6 +88,9 @@ struct Scoring {
     id: String,
     properties: String,
     score_due_at: i64,
+    /// Whether its score reached the threshold when last worked out (NULL: rows from before
+    /// this was kept, taken from the stored score against today's threshold).
+    score_reached: Option<bool>,
 }
 
 /// An account's scoring as a transaction holding its scoring lock sees it.
@@ -103,6 +106,9 @@ pub(super) struct Scorer {
 pub(super) struct Worked {
     pub changes: Vec<(&'static str, String)>,
     pub due: i64,
+    /// Whether the score reaches the threshold: kept, so the next score promotes only when it
+    /// comes to reach it.
+    pub reached: bool,
 }
 
 impl Scorer {
@@ -127,19 +133,26 @@ impl Scorer {
         !self.rules.is_empty()
     }
 
-    /// Works a contact's score out from its values, events in the window and consent.
+    /// Works a contact's score out from its values, events in the window and consent;
+    /// `reached_before` is what the last score's [`Worked::reached`] was (None: not kept).
     pub(super) fn work(
         &self,
         values: &BTreeMap<String, String>,
         events: &[Event],
         unsubscribed: bool,
         now: i64,
+        reached_before: Option<bool>,
     ) -> Worked {
         let rules = &self.rules;
         let facts = |values| Facts { values, events, unsubscribed, now };
         let mut scored = scoring::score(rules, &facts(values));
         let stage = values.get("lifecycle_stage").map(String::as_str);
-        let promoted = scoring::promoted(stage, scored.score, self.threshold).filter(|_| !rules.is_empty());
+        let reached_before = reached_before.unwrap_or_else(|| {
+            let stored = values.get(scoring::PROPERTY).and_then(|v| v.parse::<i64>().ok());
+            stored.is_some_and(|s| scoring::reaches(s, self.threshold))
+        });
+        let promoted = scoring::promoted(stage, scored.score, self.threshold, reached_before)
+            .filter(|_| !rules.is_empty());
         if let Some(mql) = promoted {
             // A rule may count the stage itself: the score is the one of the contact as promoted.
             // Promotion only moves forward from before MQL, so once is enough.
@@ -156,7 +169,8 @@ impl Scorer {
         if let Some(mql) = promoted {
             changes.push(("lifecycle_stage", mql.to_owned()));
         }
-        Worked { changes, due: scored.due_at.unwrap_or(0) }
+        let reached = !rules.is_empty() && scoring::reaches(scored.score, self.threshold);
+        Worked { changes, due: scored.due_at.unwrap_or(0), reached }
     }
 }
 
@@ -184,7 +198,7 @@ pub(super) async fn rescore(
     let scorer = Scorer::load(tx, account).await?;
     let ids = serde_json::to_string(contacts).expect("JSON of strings");
     let q = format!(
-        "SELECT id, properties, score_due_at FROM contacts WHERE account_id = $1 AND {}",
+        "SELECT id, properties, score_due_at, score_reached FROM contacts WHERE account_id = $1 AND {}",
         db.json_in("id", 2)
     );
     let found: Vec<Scoring> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(&ids)).await?;
@@ -218,11 +232,11 @@ pub(super) async fn rescore(
     for c in found {
         let mut values: BTreeMap<String, String> = serde_json::from_str(&c.properties).unwrap_or_default();
         let events = events.get(&c.id).map_or(&[][..], Vec::as_slice);
-        let Worked { changes: changed, due } =
-            scorer.work(&values, events, unsubscribed.contains(&c.id), now);
+        let Worked { changes: changed, due, reached } =
+            scorer.work(&values, events, unsubscribed.contains(&c.id), now, c.score_reached);
         if changed.is_empty() {
-            if due != c.score_due_at {
-                due_only.push(serde_json::json!({ "id": c.id, "due": due }));
+            if due != c.score_due_at || c.score_reached != Some(reached) {
+                due_only.push(serde_json::json!({ "id": c.id, "due": due, "reached": reached }));
             }
             continue;
         }
@@ -235,14 +249,16 @@ pub(super) async fn rescore(
             changes.push((c.id.clone(), name, value));
         }
         let properties = json(&values);
-        saves.push(serde_json::json!({ "id": c.id, "properties": properties, "due": due }));
+        saves.push(
+            serde_json::json!({ "id": c.id, "properties": properties, "due": due, "reached": reached }),
+        );
         saved.insert(c.id, properties);
     }
     if !due_only.is_empty() {
         let q = format!(
-            "UPDATE contacts SET score_due_at = x.due FROM {} \
+            "UPDATE contacts SET score_due_at = x.due, score_reached = x.reached FROM {} \
              WHERE contacts.account_id = $1 AND contacts.id = x.id",
-            db.json_records(2, &[("id", "text"), ("due", "bigint")])
+            db.json_records(2, &[("id", "text"), ("due", "bigint"), ("reached", "boolean")])
         );
         let records = serde_json::Value::Array(due_only).to_string();
         tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records)).await?;
@@ -251,10 +267,13 @@ pub(super) async fn rescore(
         return Ok(saved);
     }
     let q = format!(
-        "UPDATE contacts SET properties = x.properties, score_due_at = x.due, \
+        "UPDATE contacts SET properties = x.properties, score_due_at = x.due, score_reached = x.reached, \
          version = contacts.version + 1, updated_at = $3 FROM {} \
          WHERE contacts.account_id = $1 AND contacts.id = x.id",
-        db.json_records(2, &[("id", "text"), ("properties", "text"), ("due", "bigint")])
+        db.json_records(
+            2,
+            &[("id", "text"), ("properties", "text"), ("due", "bigint"), ("reached", "boolean")]
+        )
     );
     let records = serde_json::Value::Array(saves).to_string();
     tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records).bind(now)).await?;
