@@ -234,6 +234,11 @@ impl Services {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // CONTACTIER_PROCS_KEEP_SCHEMAS leaves the run's schemas in place, to look into after.
+        if std::env::var_os("CONTACTIER_PROCS_KEEP_SCHEMAS").is_some() {
+            eprintln!("kept the schemas {}*", self.schema_prefix);
+            return;
+        }
         if backend == Backend::Postgres
             && let Ok(pool) = sqlx::PgPool::connect(&pg_url()).await
         {
