@@ -18,10 +18,11 @@ use std::sync::LazyLock;
 
 /// Indexes that find due work across accounts: each is read by a statement marked
 /// `across accounts`, and on a distributed engine each shard keeps its own.
-const ACROSS_ACCOUNTS_INDEXES: [(&str, &str); 7] = [
+const ACROSS_ACCOUNTS_INDEXES: [(&str, &str); 8] = [
     ("outbox_due", "the relay's poll for events due, per topic"),
     ("outbox_account", "the relay's check for an earlier event of the same account still waiting"),
-    ("subscriptions_next_update", "the update-date run's poll for dates due"),
+    ("subscriptions_due", "the update-date run's poll for dates due"),
+    ("subscriptions_leased", "the update-date run's look for the earliest lease running"),
     ("upgrades_uninvoiced", "the invoice run's poll for upgrades with no invoice"),
     ("contacts_score_due", "the scoring worker's poll for scores due"),
     ("workflow_runs_due", "the workflow worker's poll for runs due"),

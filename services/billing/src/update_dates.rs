@@ -83,7 +83,7 @@ impl UpdateDateRun {
             // Not claimed: another run's, leased, so not read again.
             unrecorded += self.process(claimed, now).await;
         }
-        let next = self.store.next_update_due().await?;
+        let next = self.store.next_update_due(now).await?;
         // A date whose failure could not even be recorded is tried again after a pause.
         let retry = now + RETRY_UNRECORDED;
         Ok(if unrecorded > 0 { Some(next.map_or(retry, |n| n.min(retry))) } else { next })

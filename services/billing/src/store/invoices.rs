@@ -12,7 +12,7 @@ use contactier_runtime::outbox::EventTx;
 use contactier_runtime::sql::{Sql, Tx};
 use prost::Message;
 use sqlx::AssertSqlSafe;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What an invoice charges, before it has a number.
 pub struct NewInvoice<'a> {
@@ -25,12 +25,27 @@ pub struct NewInvoice<'a> {
     pub lines: Vec<Line>,
 }
 
-const BY_SOURCE: &str = "SELECT id FROM invoices WHERE account_id = $1 AND source_key = $2";
-
-/// Whether the account has an invoice under `source_key`.
-pub async fn invoiced(tx: &mut impl Tx, account: &str, source_key: &str) -> Result<bool> {
-    let id: Option<String> = tx.scalar_optional(Sql::new(BY_SOURCE).bind(account).bind(source_key)).await?;
-    Ok(id.is_some())
+/// Which of these (account, source key) pairs have an invoice: one read by key for them all.
+pub async fn invoiced_many(
+    tx: &mut impl Tx,
+    db: &Db,
+    keys: &[(&str, &str)],
+) -> Result<HashSet<(String, String)>> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let accounts: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let sources: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let q = format!(
+        "SELECT account_id, source_key FROM invoices WHERE {} AND {}",
+        db.json_in("account_id", 1),
+        db.json_in("source_key", 2)
+    );
+    let json = |v: Vec<&str>| serde_json::to_string(&v).expect("JSON of strings");
+    let q = Sql::new(AssertSqlSafe(q)).bind(json(accounts)).bind(json(sources));
+    let asked: HashSet<(&str, &str)> = keys.iter().copied().collect();
+    let found: Vec<(String, String)> = tx.fetch_all(q).await?;
+    Ok(found.into_iter().filter(|(a, k)| asked.contains(&(a.as_str(), k.as_str()))).collect())
 }
 
 /// Issues invoices of distinct accounts, each under its account's next number with its notice

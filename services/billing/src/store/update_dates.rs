@@ -53,8 +53,15 @@ const DUE: &str = "/* across accounts: update dates due */ SELECT account_id, ne
      WHERE next_update_date <> '' AND next_update_at <= $1 AND lease_until <= $1 \
      ORDER BY next_update_at, account_id LIMIT $2";
 
-const NEXT_DUE: &str = "/* across accounts: when an update date is next due */ SELECT MIN(CASE WHEN lease_until > next_update_at THEN lease_until \
-     ELSE next_update_at END) FROM subscriptions WHERE next_update_date <> ''";
+/// When a date is next due after `$1`: the first date after it, or the earliest lease running
+/// past it (a claim, or a failed date's pause before its retry; completing a date frees its
+/// lease, to 0). A date due by then and free is the run's to take, not a time to wake for.
+/// Each is the first entry of an index (`subscriptions_due`, `subscriptions_leased`): a scan of
+/// every subscription took most of an instant of thousands of accounts, read once a batch.
+const NEXT_DUE: &str = "/* across accounts: when an update date is next due */ SELECT \
+     (SELECT MIN(next_update_at) FROM subscriptions WHERE next_update_date <> '' AND next_update_at > $1), \
+     (SELECT MIN(lease_until) FROM subscriptions WHERE lease_until > 0 AND lease_until > $1 \
+     AND next_update_date <> '')";
 
 const RETRY: &str = "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, \
      update_error = $5 WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4";
@@ -88,9 +95,11 @@ impl Store {
         rows.into_iter().map(due_update).collect()
     }
 
-    /// When the next update date falls due (or a failed one is retried).
-    pub async fn next_update_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let at: Option<i64> = self.db.scalar(Sql::new(NEXT_DUE)).await?;
+    /// When the next update date after `now` falls due (or a failed one is retried).
+    pub async fn next_update_due(&self, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let (waiting, later): (Option<i64>, Option<i64>) =
+            self.db.fetch_one(Sql::new(NEXT_DUE).bind(micros(now))).await?;
+        let at = waiting.into_iter().chain(later).min();
         Ok(at.and_then(DateTime::from_timestamp_micros))
     }
 
@@ -206,6 +215,8 @@ async fn complete(
     let mut out = Vec::with_capacity(dates.len());
     let mut records = Vec::new();
     let mut states: Vec<(&str, NewState<'static>)> = Vec::new();
+    // Renewal invoices, by the index of their date's answer: issued together below.
+    let mut renewals: Vec<(usize, NewInvoice)> = Vec::new();
     for (account, date, applied) in dates {
         let Some(sub) = subs.get(account).filter(|s| s.next_update_date == Some(*date)) else {
             out.push(Completed::default());
@@ -215,22 +226,18 @@ async fn complete(
             model::billed_count(sub.marketing_contacts_enabled, applied.marketing, applied.non_marketing);
         let renewal = calendar::is_renewal_date(sub.start_date, sub.term, *date);
         let mut tier = sub.tier;
-        let mut invoice = None;
         if renewal {
             let line;
             (tier, line) = charges::renewal(sub, book, *date, count)?;
-            let source_key = format!("renewal:{}", day(*date));
-            if !invoices::invoiced(tx, account, &source_key).await? {
-                let inv = NewInvoice {
-                    account,
-                    source_key,
-                    kind: InvoiceKind::Renewal,
-                    currency: sub.currency.as_str(),
-                    term: (line.period_start, line.period_end),
-                    lines: vec![line],
-                };
-                invoice = invoices::issue_many(tx, db, vec![inv], now).await?.pop();
-            }
+            let inv = NewInvoice {
+                account,
+                source_key: format!("renewal:{}", day(*date)),
+                kind: InvoiceKind::Renewal,
+                currency: sub.currency.as_str(),
+                term: (line.period_start, line.period_end),
+                lines: vec![line],
+            };
+            renewals.push((out.len(), inv));
         }
         let next = calendar::next_update_date(sub.start_date, sub.term, *date);
         records.push(serde_json::json!({
@@ -242,7 +249,19 @@ async fn complete(
         // the count did not move, re-arms the thresholds.
         let change = if renewal { npb::UsageChange::Renewal } else { npb::UsageChange::PeriodStart };
         states.push((account, NewState { period_start: *date, tier, count, change, upgrade: None }));
-        out.push(Completed { done_here: true, renewal_invoice: invoice, upgrade: None });
+        out.push(Completed { done_here: true, renewal_invoice: None, upgrade: None });
+    }
+    // A renewal invoiced before (a date tried again) is not invoiced twice; the others are
+    // issued with a statement each for their numbers, rows and notices, before the states'
+    // events, so notification hears of an invoice before the period it opens.
+    let keys: Vec<(&str, &str)> = renewals.iter().map(|(_, i)| (i.account, i.source_key.as_str())).collect();
+    let invoiced = invoices::invoiced_many(tx, db, &keys).await?;
+    let (at, invs): (Vec<usize>, Vec<NewInvoice>) = renewals
+        .into_iter()
+        .filter(|(_, i)| !invoiced.contains(&(i.account.to_owned(), i.source_key.clone())))
+        .unzip();
+    for (i, invoice) in at.into_iter().zip(invoices::issue_many(tx, db, invs, now).await?) {
+        out[i].renewal_invoice = Some(invoice);
     }
     if records.is_empty() {
         return Ok(out);

@@ -1,0 +1,6 @@
+-- no-transaction
+-- The update-date run's poll reads dates due in (time, account) order a batch at a time: with
+-- the time alone in the index, every poll of an instant shared by many accounts sorted all of
+-- them (a whole instant read once a batch). Built without blocking the subscriptions' writers.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS subscriptions_due ON subscriptions (next_update_at, account_id)
+    WHERE next_update_date <> '';
