@@ -186,22 +186,27 @@ async fn mark_set(
                  (SELECT a FROM jsonb_array_elements_text($2::jsonb) AS a ORDER BY a COLLATE \"C\") AS x";
         tx.fetch_all::<(i64,)>(Sql::new(q).bind(MARK_LOCK).bind(&named)).await?;
     }
-    let pairs: Vec<serde_json::Value> = order
-        .iter()
-        .map(|&i| serde_json::json!({ "account_id": dates[i].account, "day": days[i] }))
-        .collect();
-    // A lookup by key for each (planned at each run, as every statement over a JSON set).
+    // Looked up by key, each account and each of the batch's days (a join of the JSON pairs was
+    // planned as a hash join over the whole table while it was young, which an instant of
+    // thousands of accounts reads once a batch); the pairs asked for are kept.
+    let asked_days: Vec<&str> = order.iter().map(|&i| days[i].as_str()).collect();
+    let asked_days = serde_json::to_string(&asked_days).expect("JSON of strings");
     let q = format!(
-        "SELECT x.account_id, a.applied, a.marketing, a.pending, a.non_marketing, a.version, a.counted_at \
-         FROM {} LEFT JOIN applied_update_dates AS a ON a.account_id = x.account_id AND a.update_date = x.day",
-        db.json_records(1, &[("account_id", "text"), ("day", "text")])
+        "SELECT account_id, update_date, applied, marketing, pending, non_marketing, version, counted_at \
+         FROM applied_update_dates WHERE {} AND {}",
+        db.json_in("account_id", 1),
+        db.json_in("update_date", 2)
     );
-    let pairs = serde_json::Value::Array(pairs).to_string();
+    let day_of: HashMap<&str, &str> =
+        order.iter().map(|&i| (dates[i].account.as_str(), days[i].as_str())).collect();
     let applied: HashMap<String, AppliedDate> = tx
-        .fetch_all::<KeptRow>(Sql::new(AssertSqlSafe(q)).bind(pairs))
+        .fetch_all::<AppliedRow>(Sql::new(AssertSqlSafe(q)).bind(&named).bind(asked_days))
         .await?
         .into_iter()
-        .filter_map(kept_answer)
+        .filter(|r| day_of.get(r.0.as_str()) == Some(&r.1.as_str()))
+        .filter_map(|(account, _, applied, m, p, n, v, at)| {
+            kept_answer((account, Some(applied), m, p, n, v, at))
+        })
         .collect();
     let q = format!("SELECT account_id, cutoff FROM update_marks WHERE {}", db.json_in("account_id", 1));
     let earlier: HashMap<String, i64> =
@@ -314,6 +319,8 @@ async fn mark_set(
 /// An applied date as kept: (account, applied, marketing, pending, non-marketing, version,
 /// counted at), all but the account NULL when the date was not applied.
 type KeptRow = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
+/// An applied date as stored: account, date, then as [`KeptRow`].
+type AppliedRow = (String, String, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
 /// The answer a date applied before gives again, if it was applied.
 fn kept_answer((account, applied, m, p, n, v, at): KeptRow) -> Option<(String, AppliedDate)> {
