@@ -410,24 +410,141 @@ async fn apply_in(
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Option<Vec<AlertRow>>> {
-    let draft = match event {
+    let run = [(event_id.to_owned(), account.to_owned(), event.clone())];
+    match event {
         Event::State(state) => {
             let run = [(event_id.to_owned(), account.to_owned(), state.clone())];
-            return Ok(apply_states(tx, db, &run, now, window).await?.pop().flatten());
+            Ok(apply_states(tx, db, &run, now, window).await?.pop().flatten())
         }
+        _ => Ok(apply_notices(tx, db, &run, now, window).await?.pop().flatten()),
+    }
+}
+
+/// The one alert an upgrade or an invoice fires (None for a usage state).
+fn notice(event: &Event) -> Option<Draft> {
+    match event {
+        Event::State(_) => None,
         Event::Upgraded { upgrade_id, from_tier, to_tier, marketing_count, period_start } => {
-            alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start)
+            Some(alerts::upgraded(upgrade_id, *from_tier, *to_tier, *marketing_count, period_start))
         }
         Event::Invoice { invoice_id, number, amount_minor, currency } => {
-            alerts::invoice(invoice_id, *number, *amount_minor, currency)
+            Some(alerts::invoice(invoice_id, *number, *amount_minor, currency))
         }
-    };
-    if !tx.receive(account, event_id, now).await? {
-        return Ok(None);
     }
-    let rows = vec![insert_alert(tx, account, &new_id(), &draft, now).await?];
-    deliver(tx, account, &rows, now, window).await?;
-    Ok(Some(rows))
+}
+
+/// Applies a run of upgrades and invoices of distinct accounts, each once: records it and its
+/// alert under the account's next sequence, with a statement each for the run (ids, sequences,
+/// alerts, which accounts have recipients); an account with recipients writes its deliveries on
+/// its own. An instant renews thousands of accounts at once, an invoice each.
+async fn apply_notices(
+    tx: &mut Transaction,
+    db: &Db,
+    run: &[(String, String, Event)],
+    now: DateTime<Utc>,
+    window: std::time::Duration,
+) -> Result<Vec<Option<Vec<AlertRow>>>> {
+    let ids: Vec<(String, String)> =
+        run.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
+    let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+    let news: Vec<(&str, &str, Draft)> = run
+        .iter()
+        .filter(|(id, _, _)| fresh.contains(id))
+        .filter_map(|(id, account, e)| notice(e).map(|d| (id.as_str(), account.as_str(), d)))
+        .collect();
+    let mut out: std::collections::HashMap<&str, Vec<AlertRow>> = std::collections::HashMap::new();
+    if !news.is_empty() {
+        // Accounts in order, so two transactions take the sequences' locks in one order.
+        let mut accounts: Vec<&str> = news.iter().map(|n| n.1).collect();
+        accounts.sort_unstable();
+        let named = serde_json::to_string(&accounts).expect("JSON of strings");
+        let x = db.json_records(1, &[("acct", "text")]);
+        let records: Vec<serde_json::Value> =
+            accounts.iter().map(|a| serde_json::json!({ "acct": a })).collect();
+        // `WHERE true`: SQLite reads an ON CONFLICT after a bare SELECT ... FROM as a join's.
+        let q = format!(
+            "INSERT INTO alert_sequences (account_id, last_sequence) SELECT acct, 1 FROM {x} WHERE true \
+             ON CONFLICT (account_id) DO UPDATE SET last_sequence = alert_sequences.last_sequence + 1 \
+             RETURNING account_id, last_sequence"
+        );
+        let q = Sql::new(AssertSqlSafe(q)).bind(serde_json::Value::Array(records).to_string());
+        let sequences: std::collections::HashMap<String, i64> =
+            tx.fetch_all::<(String, i64)>(q).await?.into_iter().collect();
+        let rows: Vec<AlertRow> = news
+            .iter()
+            .map(|(_, account, draft)| AlertRow {
+                account_id: (*account).to_owned(),
+                sequence: sequences[*account],
+                id: new_id(),
+                created_at: micros(now),
+                alert: draft.clone(),
+            })
+            .collect();
+        insert_alerts(tx, db, &rows).await?;
+        let q = format!("SELECT DISTINCT account_id FROM recipients WHERE {}", db.json_in("account_id", 1));
+        let told: std::collections::HashSet<String> = tx
+            .fetch_all::<(String,)>(Sql::new(AssertSqlSafe(q)).bind(&named))
+            .await?
+            .into_iter()
+            .map(|r| r.0)
+            .collect();
+        for ((id, account, _), row) in news.iter().zip(rows) {
+            let rows = vec![row];
+            if told.contains(*account) {
+                deliver(tx, account, &rows, now, window).await?;
+            }
+            out.insert(id, rows);
+        }
+    }
+    Ok(run.iter().map(|(id, _, _)| out.remove(id.as_str())).collect())
+}
+
+/// Writes alerts with one statement.
+async fn insert_alerts(tx: &mut impl Tx, db: &Db, rows: &[AlertRow]) -> Result<()> {
+    let records: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let a = &r.alert;
+            metrics::counter!("contactier_alerts_total", "kind" => a.kind.clone()).increment(1);
+            serde_json::json!({
+                "acct": r.account_id, "sequence": r.sequence, "id": r.id, "kind": a.kind,
+                "marketing_count": a.marketing_count, "tier": a.tier, "period_start": a.period_start,
+                "upgrade_id": a.upgrade_id, "new_tier": a.new_tier, "invoice_id": a.invoice_id,
+                "amount_minor": a.amount_minor, "currency": a.currency, "message": a.message,
+                "used_basis_points": a.used_basis_points, "state_version": a.state_version,
+                "created_at": r.created_at,
+            })
+        })
+        .collect();
+    let x = db.json_records(
+        1,
+        &[
+            ("acct", "text"),
+            ("sequence", "bigint"),
+            ("id", "text"),
+            ("kind", "text"),
+            ("marketing_count", "bigint"),
+            ("tier", "bigint"),
+            ("period_start", "text"),
+            ("upgrade_id", "text"),
+            ("new_tier", "bigint"),
+            ("invoice_id", "text"),
+            ("amount_minor", "bigint"),
+            ("currency", "text"),
+            ("message", "text"),
+            ("used_basis_points", "bigint"),
+            ("state_version", "bigint"),
+            ("created_at", "bigint"),
+        ],
+    );
+    let q = format!(
+        "INSERT INTO alerts (account_id, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, \
+         new_tier, invoice_id, amount_minor, currency, message, used_basis_points, state_version, created_at) \
+         SELECT acct, sequence, id, kind, marketing_count, tier, period_start, upgrade_id, new_tier, invoice_id, \
+         amount_minor, currency, message, used_basis_points, state_version, created_at FROM {x}"
+    );
+    tx.execute(Sql::new(AssertSqlSafe(q)).bind(serde_json::Value::Array(records).to_string())).await?;
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -469,7 +586,8 @@ impl Store {
         let mut out = Vec::with_capacity(events.len());
         let mut rest = events;
         while let Some((event_id, account, event)) = rest.first() {
-            // A run of usage states, an account once in it, goes together; anything else alone.
+            // A run of usage states, an account once in it, goes together; so does a run of
+            // upgrades and invoices; anything else alone.
             let mut accounts = std::collections::HashSet::new();
             let run: Vec<(String, String, State)> = rest
                 .iter()
@@ -480,9 +598,18 @@ impl Store {
                     _ => None,
                 })
                 .collect();
+            let mut accounts = std::collections::HashSet::new();
+            let notices: Vec<(String, String, Event)> = rest
+                .iter()
+                .take_while(|(_, account, e)| notice(e).is_some() && accounts.insert(account.as_str()))
+                .cloned()
+                .collect();
             if !run.is_empty() {
                 out.extend(apply_states(&mut tx, &self.db, &run, now, window).await?);
                 rest = &rest[run.len()..];
+            } else if !notices.is_empty() {
+                out.extend(apply_notices(&mut tx, &self.db, &notices, now, window).await?);
+                rest = &rest[notices.len()..];
             } else {
                 out.push(apply_in(&mut tx, &self.db, event_id, account, event, now, window).await?);
                 rest = &rest[1..];
