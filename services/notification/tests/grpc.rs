@@ -261,6 +261,75 @@ async fn upgrade_and_invoice_notices_and_paging(backend: Backend) {
     assert!(err.message().contains("page_token"));
 }
 
+/// An instant renews thousands of accounts at once, an invoice each, and billing sends their
+/// notices in one call: each fires its alert once, under its account's next sequence in the
+/// order sent, with a delivery where the account has a recipient, and a replay of the call
+/// among new notices adds only the new ones.
+async fn many_accounts_notices_in_one_call_fire_each_once_in_order(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let hook = receiver().await;
+    add_webhook(&s, &hook.url).await;
+    let invoice = |id: &str, account: &str, number: i64| pb::BillingEvent {
+        event_id: id.into(),
+        account_id: account.into(),
+        occurred_at: None,
+        payload: Some(Payload::Invoice(pb::InvoiceIssued {
+            invoice_id: format!("inv-{id}"),
+            number,
+            total: Some(Money { amount_minor: 1_000 * number, currency: "EUR".into() }),
+        })),
+    };
+    let upgraded = |id: &str, account: &str| pb::BillingEvent {
+        event_id: id.into(),
+        account_id: account.into(),
+        occurred_at: None,
+        payload: Some(Payload::Upgraded(pb::TierUpgraded {
+            upgrade_id: format!("up-{id}"),
+            from_tier: 2_000,
+            to_tier: 7_000,
+            marketing_count: 2_001,
+            period_start: date(2026, 5, 1),
+        })),
+    };
+    let first = vec![
+        invoice("a1", ACCOUNT, 1),
+        invoice("b1", "acct-b", 1),
+        invoice("c1", "acct-c", 1),
+        invoice("a2", ACCOUNT, 2),
+        upgraded("b2", "acct-b"),
+    ];
+    let acked = s.apply(first.clone()).await.unwrap();
+    assert_eq!(acked, ["a1", "b1", "c1", "a2", "b2"], "{backend:?}");
+    let mut again = first;
+    again.push(invoice("c2", "acct-c", 2));
+    assert_eq!(s.apply(again).await.unwrap().len(), 6, "{backend:?}: a replay is acknowledged");
+
+    let seen = |alerts: Vec<pb::Alert>| -> Vec<(i64, AlertKind, String)> {
+        alerts.into_iter().rev().map(|a| (a.sequence, a.kind(), a.invoice_id.clone())).collect()
+    };
+    let inv = AlertKind::InvoiceIssued;
+    assert_eq!(
+        seen(s.alerts(ACCOUNT).await),
+        [(1, inv, "inv-a1".to_owned()), (2, inv, "inv-a2".to_owned())],
+        "{backend:?}"
+    );
+    assert_eq!(
+        seen(s.alerts("acct-b").await),
+        [(1, inv, "inv-b1".to_owned()), (2, AlertKind::TierUpgraded, String::new())],
+        "{backend:?}"
+    );
+    assert_eq!(
+        seen(s.alerts("acct-c").await),
+        [(1, inv, "inv-c1".to_owned()), (2, inv, "inv-c2".to_owned())],
+        "{backend:?}"
+    );
+    // The account with a webhook has a delivery an alert; the others have no recipient.
+    s.settle().await;
+    let delivered = s.deliveries(Some(DeliveryState::Delivered)).await;
+    assert_eq!(delivered.len(), 2, "{backend:?}: {delivered:?}");
+    assert_eq!(hook.received.lock().unwrap().len(), 2, "{backend:?}");
+}
+
 async fn bad_events_are_refused_whole_and_only_services_may_send_them(backend: Backend) {
     let s = start(backend, delivery_args(None)).await;
     let mut no_date = usage("b2", 2, 1_900, 2_000, None, None);
@@ -767,6 +836,7 @@ async fn usage_states_in_any_order_fire_the_same_alerts(backend: Backend) {
 contactier_runtime::backend_tests!(
     each_threshold_fires_once_per_tier_and_period,
     upgrade_and_invoice_notices_and_paging,
+    many_accounts_notices_in_one_call_fire_each_once_in_order,
     bad_events_are_refused_whole_and_only_services_may_send_them,
     the_watch_stream_resumes_without_missing_an_alert,
     webhooks_are_signed_and_a_failing_receiver_is_retried_then_dead_lettered,
