@@ -18,8 +18,9 @@ use std::sync::LazyLock;
 
 /// Indexes that find due work across accounts: each is read by a statement marked
 /// `across accounts`, and on a distributed engine each shard keeps its own.
-const ACROSS_ACCOUNTS_INDEXES: [(&str, &str); 8] = [
+const ACROSS_ACCOUNTS_INDEXES: [(&str, &str); 9] = [
     ("outbox_due", "the relay's poll for events due, per topic"),
+    ("outbox_topic_seq", "the relay's read of events due, in order"),
     ("outbox_account", "the relay's check for an earlier event of the same account still waiting"),
     ("subscriptions_due", "the update-date run's poll for dates due"),
     ("subscriptions_leased", "the update-date run's look for the earliest lease running"),
