@@ -70,6 +70,9 @@ pub fn policy() -> Policy {
         .internal(INTERNAL, &["ExportAccountBillingData"], &["contacts"])
 }
 
+/// Plans one SetAccountPlans call carries (its limit in the proto).
+const PLANS_PER_CALL: usize = 256;
+
 /// The price book: CONTACTIER_PRICE_BOOK names a TOML file; the default one ships inside.
 fn load_price_book() -> anyhow::Result<price_book::PriceBook> {
     match std::env::var("CONTACTIER_PRICE_BOOK") {
@@ -127,10 +130,21 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
                 mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
                     peer.service(),
                 );
-            let mut acknowledged = Vec::new();
-            for (event_id, plan) in plans {
-                client.set_account_plan(plan).await?;
-                acknowledged.push(event_id);
+            let mut acknowledged = Vec::with_capacity(plans.len());
+            for chunk in plans.chunks(PLANS_PER_CALL) {
+                let request =
+                    mpb::SetAccountPlansRequest { plans: chunk.iter().map(|(_, p)| p.clone()).collect() };
+                match client.set_account_plans(request).await {
+                    Ok(_) => {}
+                    // A replica from before SetAccountPlans (during a rolling upgrade): one at a time.
+                    Err(s) if s.code() == tonic::Code::Unimplemented => {
+                        for (_, plan) in chunk {
+                            client.set_account_plan(plan.clone()).await?;
+                        }
+                    }
+                    Err(s) => return Err(s.into()),
+                }
+                acknowledged.extend(chunk.iter().map(|(id, _)| id.clone()));
             }
             Ok(acknowledged)
         }

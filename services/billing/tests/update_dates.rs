@@ -262,7 +262,38 @@ async fn a_count_between_the_instant_and_its_record_belongs_to_the_new_period(ba
     );
 }
 
+/// Plans go to marketing-status many to a call; to a replica from before SetAccountPlans, one
+/// at a time. Either way each account's plan arrives once.
+async fn plans_go_out_together_or_one_at_a_time_to_an_older_replica(backend: Backend) {
+    for older in [false, true] {
+        let b = start(backend).await;
+        b.marketing_status.0.lock().unwrap().one_plan_a_call = older;
+        let accounts = ["acct-p1", "acct-p2", "acct-p3"];
+        for account in accounts {
+            let token = b.token(account, &["admin"]);
+            b.api().create_subscription(authed(professional_monthly(), &token)).await.unwrap();
+        }
+        b.advance_to(noon_20_april() + chrono::Duration::seconds(1)).await;
+        let peer = b.marketing_status.0.lock().unwrap();
+        let mut told: Vec<&str> = peer.plans.iter().map(|p| p.account_id.as_str()).collect();
+        told.sort_unstable();
+        assert_eq!(told, accounts, "{backend:?}, older replica {older}: each plan once");
+        assert!(
+            peer.plans
+                .iter()
+                .all(|p| p.edition == Edition::Professional as i32 && p.marketing_contacts_enabled)
+        );
+        if older {
+            assert_eq!((peer.plan_batches, peer.single_plans), (0, 3), "{backend:?}");
+        } else {
+            assert_eq!(peer.single_plans, 0, "{backend:?}: together");
+            assert!(peer.plan_batches >= 1);
+        }
+    }
+}
+
 contactier_runtime::backend_tests!(
+    plans_go_out_together_or_one_at_a_time_to_an_older_replica,
     accounts_sharing_an_instant_are_completed_together_each_as_alone,
     a_marketing_status_without_batches_is_asked_one_date_at_a_time,
     renewal_applies_the_requested_tier_that_holds_the_count_and_invoices_the_term,

@@ -2,7 +2,7 @@
 
 use crate::convert::{self, pb_counts, pb_settings, pb_status, requested, source_type_name};
 use crate::rules::Status;
-use crate::store::{Actor, AppliedDate, DateToApply, Store};
+use crate::store::{Actor, AppliedDate, DateToApply, Plan, Store};
 use crate::targets::{self, Contacts};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::{self as common, SourceType};
@@ -313,6 +313,17 @@ fn date_to_apply(
     Ok(DateToApply { account: r.account_id, date, effective_at })
 }
 
+/// A plan from billing, checked; `at` prefixes the field names (`plans[3].`).
+fn plan_to_set(principal: &Principal, r: pb::SetAccountPlanRequest, at: &str) -> Result<Plan, tonic::Status> {
+    if r.account_id.is_empty() {
+        return Err(Error::invalid(format!("{at}account_id"), "required").into());
+    }
+    principal.check_account(&r.account_id)?;
+    let edition = convert::edition(r.edition)
+        .ok_or_else(|| Error::invalid(format!("{at}edition"), "STARTER, PROFESSIONAL or ENTERPRISE"))?;
+    Ok(Plan { account: r.account_id, edition: Some(edition), enabled: r.marketing_contacts_enabled })
+}
+
 impl Internal {
     /// The answer to an applied date: what it changed and the account's count after it.
     async fn applied(&self, account: &str, a: AppliedDate) -> Result<pb::ApplyUpdateDateResponse, Error> {
@@ -401,19 +412,27 @@ impl MarketingStatusInternalService for Internal {
         req: Request<pb::SetAccountPlanRequest>,
     ) -> Answer<pb::SetAccountPlanResponse> {
         let principal = Principal::of(&req)?.clone();
-        let r = req.into_inner();
-        if r.account_id.is_empty() {
-            return Err(Error::invalid("account_id", "required").into());
-        }
-        principal.check_account(&r.account_id)?;
-        let edition = convert::edition(r.edition)
-            .ok_or_else(|| Error::invalid("edition", "STARTER, PROFESSIONAL or ENTERPRISE"))?;
-        self.store
-            .set_settings(&r.account_id, Some(edition), r.marketing_contacts_enabled, self.clock.now())
-            .await
-            .map_err(Error::from)?;
+        let plan = plan_to_set(&principal, req.into_inner(), "")?;
+        self.store.set_plans(&[plan], self.clock.now()).await.map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::SetAccountPlanResponse {}))
+    }
+
+    async fn set_account_plans(
+        &self,
+        req: Request<pb::SetAccountPlansRequest>,
+    ) -> Answer<pb::SetAccountPlansResponse> {
+        let principal = Principal::of(&req)?.clone();
+        let plans = req
+            .into_inner()
+            .plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| plan_to_set(&principal, p, &format!("plans[{i}].")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store.set_plans(&plans, self.clock.now()).await.map_err(Error::from)?;
+        self.relay.wake();
+        Ok(Response::new(pb::SetAccountPlansResponse {}))
     }
 
     async fn export_contact_status_data(

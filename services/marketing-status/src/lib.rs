@@ -71,7 +71,11 @@ pub fn policy() -> Policy {
             ],
         )
         .internal(INTERNAL, &["ApplyContactEvents", "ExportContactStatusData"], &["contacts"])
-        .internal(INTERNAL, &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan"], &["billing"])
+        .internal(
+            INTERNAL,
+            &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan", "SetAccountPlans"],
+            &["billing"],
+        )
 }
 
 fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {

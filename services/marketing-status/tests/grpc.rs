@@ -709,7 +709,64 @@ async fn a_batch_of_update_dates_applies_each_once_in_the_order_asked(backend: B
     assert_eq!(counts(&s.count().await), (1, 0, 1), "{backend:?}: counted once");
 }
 
+async fn plans_of_many_accounts_apply_in_one_call_in_the_order_given(backend: Backend) {
+    use contactier_proto::common::v1::Edition;
+    let s = start(backend).await;
+    s.events(vec![created("e1", "c1", SourceType::Import, MarketingStatus::Unspecified, "")]).await.unwrap();
+    let version = s.count().await.version;
+    let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let plan = |account: &str, e: Edition, enabled: bool| pb::SetAccountPlanRequest {
+        account_id: account.into(),
+        edition: e as i32,
+        marketing_contacts_enabled: enabled,
+    };
+    let settings = |account: &'static str| {
+        let user = s.user(account, "u", &["read"]);
+        let mut api = s.api();
+        async move {
+            let r = api.get_account_settings(authed(pb::GetAccountSettingsRequest {}, &user)).await.unwrap();
+            let s = r.into_inner().settings.unwrap();
+            (s.edition, s.marketing_contacts_enabled)
+        }
+    };
+    let plans = |plans: Vec<pb::SetAccountPlanRequest>| pb::SetAccountPlansRequest { plans };
+
+    // One plan that is not valid refuses the call, naming it; nothing is applied.
+    let bad = plans(vec![plan(ACCOUNT, Edition::Starter, false), plan("acct-b", Edition::Unspecified, true)]);
+    let err = internal.set_account_plans(authed(bad, &token)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().starts_with("plans[1].edition"), "{backend:?}: {}", err.message());
+    assert_eq!(settings(ACCOUNT).await, (0, true), "{backend:?}: nothing applied");
+    let user = s.user(ACCOUNT, "u", &["admin"]);
+    let one = plans(vec![plan(ACCOUNT, Edition::Starter, false)]);
+    let err = internal.set_account_plans(authed(one, &user)).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{backend:?}: service tokens only");
+
+    // An account named twice has its plans applied in turn; each account's own rule holds.
+    let batch = plans(vec![
+        plan(ACCOUNT, Edition::Starter, false),
+        plan("acct-b", Edition::Professional, true),
+        plan(ACCOUNT, Edition::Enterprise, false),
+    ]);
+    internal.set_account_plans(authed(batch.clone(), &token)).await.unwrap();
+    assert_eq!(settings(ACCOUNT).await, (Edition::Enterprise as i32, false), "{backend:?}");
+    assert_eq!(settings("acct-b").await, (Edition::Professional as i32, true), "{backend:?}");
+    assert_eq!(s.count().await.version, version + 1, "{backend:?}: the switch moved once");
+    // Told again (a relay's retry): nothing moves.
+    internal.set_account_plans(authed(batch, &token)).await.unwrap();
+    assert_eq!(s.count().await.version, version + 1, "{backend:?}: a retry changes nothing");
+
+    // Switched on, it stays on within the same call; the edition is the last one told.
+    let on_then_off =
+        plans(vec![plan(ACCOUNT, Edition::Enterprise, true), plan(ACCOUNT, Edition::Starter, false)]);
+    internal.set_account_plans(authed(on_then_off, &token)).await.unwrap();
+    assert_eq!(settings(ACCOUNT).await, (Edition::Starter as i32, true), "{backend:?}");
+    assert_eq!(s.count().await.version, version + 2, "{backend:?}: billing learns of it once");
+}
+
 contactier_runtime::backend_tests!(
+    plans_of_many_accounts_apply_in_one_call_in_the_order_given,
     a_batch_of_update_dates_applies_each_once_in_the_order_asked,
     new_contacts_get_their_sources_defaults,
     the_seeds_worked_example_and_every_status_rule,

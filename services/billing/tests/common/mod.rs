@@ -32,6 +32,11 @@ pub struct Peer {
     /// ApplyUpdateDates).
     pub update_calls: Vec<(String, Date, i64)>,
     pub plans: Vec<mpb::SetAccountPlanRequest>,
+    /// Answer SetAccountPlans UNIMPLEMENTED, as a replica from before it would.
+    pub one_plan_a_call: bool,
+    /// Calls of SetAccountPlans answered, and of SetAccountPlan.
+    pub plan_batches: u32,
+    pub single_plans: u32,
     /// Calls to refuse with UNAVAILABLE before answering.
     pub failures_left: u32,
     /// The count answered after applying a date.
@@ -112,8 +117,23 @@ impl MarketingStatusInternalService for RecordingMarketingStatus {
         &self,
         req: Request<mpb::SetAccountPlanRequest>,
     ) -> Result<Response<mpb::SetAccountPlanResponse>, Status> {
-        self.0.lock().unwrap().plans.push(req.into_inner());
+        let mut p = self.0.lock().unwrap();
+        p.single_plans += 1;
+        p.plans.push(req.into_inner());
         Ok(Response::new(mpb::SetAccountPlanResponse {}))
+    }
+
+    async fn set_account_plans(
+        &self,
+        req: Request<mpb::SetAccountPlansRequest>,
+    ) -> Result<Response<mpb::SetAccountPlansResponse>, Status> {
+        let mut p = self.0.lock().unwrap();
+        if p.one_plan_a_call {
+            return Err(Status::unimplemented("SetAccountPlans"));
+        }
+        p.plan_batches += 1;
+        p.plans.extend(req.into_inner().plans);
+        Ok(Response::new(mpb::SetAccountPlansResponse {}))
     }
 
     async fn export_contact_status_data(
@@ -176,7 +196,7 @@ pub async fn start(backend: Backend) -> Billing {
         routes: Routes::new(MarketingStatusInternalServiceServer::new(marketing_status.clone())),
         policy: Policy::new().internal(
             internal,
-            &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan"],
+            &["ApplyUpdateDate", "ApplyUpdateDates", "SetAccountPlan", "SetAccountPlans"],
             &["billing"],
         ),
         services: vec![internal],

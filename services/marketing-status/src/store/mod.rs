@@ -78,6 +78,25 @@ struct SettingsRow {
     marketing_contacts_enabled: bool,
 }
 
+impl Settings {
+    /// The settings after billing tells a plan (`edition` None: the feature turned on by the
+    /// account). The switch, once on, stays on; turning it off only applies to an account
+    /// billing has just made known.
+    pub fn told(before: Option<&Settings>, edition: Option<Edition>, enabled: bool) -> Settings {
+        Settings {
+            edition: edition.or(before.and_then(|s| s.edition)),
+            marketing_contacts_enabled: before.map_or(enabled, |s| s.marketing_contacts_enabled || enabled),
+        }
+    }
+}
+
+/// An account's plan as billing tells it.
+pub struct Plan {
+    pub account: String,
+    pub edition: Option<Edition>,
+    pub enabled: bool,
+}
+
 impl From<SettingsRow> for Settings {
     fn from(r: SettingsRow) -> Self {
         Settings {
@@ -254,9 +273,14 @@ const SAVE_RESPONSE: &str = "INSERT INTO status_requests (account_id, request_id
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 const SETTINGS: &str =
     "SELECT edition, marketing_contacts_enabled FROM account_settings WHERE account_id = $1";
-const SAVE_SETTINGS: &str = "INSERT INTO account_settings (account_id, edition, marketing_contacts_enabled, \
-     updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (account_id) DO UPDATE SET edition = excluded.edition, \
-     marketing_contacts_enabled = excluded.marketing_contacts_enabled, updated_at = excluded.updated_at";
+const SAVE_SETTINGS: &str =
+    "INSERT INTO account_settings (account_id, edition, marketing_contacts_enabled, updated_at)";
+/// The rule of [`Settings::told`] again, against the row as it is when written: a plan told by
+/// another replica meanwhile is not undone.
+const SETTINGS_MERGE: &str = "ON CONFLICT (account_id) DO UPDATE SET \
+     edition = COALESCE(NULLIF(excluded.edition, ''), account_settings.edition), \
+     marketing_contacts_enabled = account_settings.marketing_contacts_enabled \
+     OR excluded.marketing_contacts_enabled, updated_at = excluded.updated_at";
 const SET_PERMISSION: &str = "INSERT INTO user_permissions (account_id, user_id, may_set_marketing) \
      VALUES ($1, $2, $3) ON CONFLICT (account_id, user_id) DO UPDATE SET \
      may_set_marketing = excluded.may_set_marketing";
@@ -389,26 +413,60 @@ impl Store {
         enabled: bool,
         now: DateTime<Utc>,
     ) -> Result<Settings, sqlx::Error> {
+        let plan = Plan { account: account.to_owned(), edition, enabled };
+        let mut after = self.set_plans(std::slice::from_ref(&plan), now).await?;
+        Ok(after.pop().expect("one plan, one answer"))
+    }
+
+    /// [`Store::set_settings`] for many plans in one transaction, in the order given (an
+    /// account named twice sees its first plan applied before its second): each plan's
+    /// settings after it.
+    pub async fn set_plans(&self, plans: &[Plan], now: DateTime<Utc>) -> Result<Vec<Settings>, sqlx::Error> {
+        let mut accounts: Vec<&str> = plans.iter().map(|p| p.account.as_str()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
         let mut tx = self.db.begin_write().await?;
-        let before: Option<SettingsRow> = tx.fetch_optional(Sql::new(SETTINGS).bind(account)).await?;
-        let before = before.map(Settings::from);
-        let was_enabled = before.as_ref().is_none_or(|s| s.marketing_contacts_enabled);
-        let after = Settings {
-            edition: edition.or(before.as_ref().and_then(|s| s.edition)),
-            // Turning it off only applies to an account billing has just made known.
-            marketing_contacts_enabled: if before.is_some() && was_enabled { true } else { enabled },
-        };
-        let save = Sql::new(SAVE_SETTINGS)
-            .bind(account)
-            .bind(after.edition.map_or("", Edition::as_str))
-            .bind(after.marketing_contacts_enabled)
-            .bind(micros(now));
-        tx.execute(save).await?;
-        if after.marketing_contacts_enabled != was_enabled {
-            apply_delta(&mut tx, account, CountDelta::default(), now).await?;
+        let q = format!(
+            "SELECT account_id, edition, marketing_contacts_enabled FROM account_settings WHERE {}",
+            self.db.json_in("account_id", 1)
+        );
+        let wanted = serde_json::to_string(&accounts).expect("strings");
+        let rows: Vec<(String, String, bool)> =
+            tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(&wanted)).await?;
+        let before: HashMap<String, Settings> = rows
+            .into_iter()
+            .map(|(a, edition, enabled)| {
+                (a, SettingsRow { edition, marketing_contacts_enabled: enabled }.into())
+            })
+            .collect();
+        let mut state = before.clone();
+        let mut answers = Vec::with_capacity(plans.len());
+        for p in plans {
+            let after = Settings::told(state.get(&p.account), p.edition, p.enabled);
+            state.insert(p.account.clone(), after.clone());
+            answers.push(after);
+        }
+        // One row an account (a statement may not touch a row twice), its state after its last plan.
+        let at = micros(now);
+        for chunk in accounts.chunks(self.db.rows_per_statement(4)) {
+            let sql = format!("{SAVE_SETTINGS} VALUES {} {SETTINGS_MERGE}", placeholders(chunk.len(), 4));
+            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, a| {
+                let s = &state[*a];
+                q.bind(*a)
+                    .bind(s.edition.map_or("", Edition::as_str))
+                    .bind(s.marketing_contacts_enabled)
+                    .bind(at)
+            });
+            tx.execute(q).await?;
+        }
+        for a in accounts {
+            let was_enabled = before.get(a).is_none_or(|s| s.marketing_contacts_enabled);
+            if state[a].marketing_contacts_enabled != was_enabled {
+                apply_delta(&mut tx, a, CountDelta::default(), now).await?;
+            }
         }
         tx.commit().await?;
-        Ok(after)
+        Ok(answers)
     }
 
     pub async fn may_set_marketing(&self, account: &str, user: &str) -> Result<bool, sqlx::Error> {
@@ -643,5 +701,33 @@ const FAILING: &str = "/* across accounts: failing work for operators */ \
 impl FailingWork for Failing {
     fn failing(&self, limit: i64) -> futures::future::BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Edition, Settings};
+
+    fn s(edition: Option<Edition>, enabled: bool) -> Settings {
+        Settings { edition, marketing_contacts_enabled: enabled }
+    }
+
+    #[test]
+    fn a_new_account_takes_the_plan_as_told() {
+        assert_eq!(Settings::told(None, Some(Edition::Starter), false), s(Some(Edition::Starter), false));
+        assert_eq!(Settings::told(None, None, true), s(None, true));
+    }
+
+    #[test]
+    fn the_switch_once_on_stays_on_and_the_edition_is_kept_when_not_told() {
+        let on = s(Some(Edition::Professional), true);
+        assert_eq!(
+            Settings::told(Some(&on), Some(Edition::Enterprise), false),
+            s(Some(Edition::Enterprise), true)
+        );
+        assert_eq!(Settings::told(Some(&on), None, false), on);
+        let off = s(Some(Edition::Starter), false);
+        assert_eq!(Settings::told(Some(&off), None, false), off);
+        assert_eq!(Settings::told(Some(&off), None, true), s(Some(Edition::Starter), true));
     }
 }
