@@ -291,9 +291,7 @@ async fn apply_states(
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Vec<Option<Vec<AlertRow>>>> {
-    let ids: Vec<(String, String)> =
-        run.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
-    let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+    let fresh = fresh_of(tx, run, now).await?;
     let news: Vec<&(String, String, State)> = run.iter().filter(|(id, _, _)| fresh.contains(id)).collect();
     let mut out: std::collections::HashMap<&str, Vec<AlertRow>> = std::collections::HashMap::new();
     if !news.is_empty() {
@@ -410,14 +408,25 @@ async fn apply_in(
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Option<Vec<AlertRow>>> {
-    let run = [(event_id.to_owned(), account.to_owned(), event.clone())];
-    match event {
-        Event::State(state) => {
-            let run = [(event_id.to_owned(), account.to_owned(), state.clone())];
-            Ok(apply_states(tx, db, &run, now, window).await?.pop().flatten())
-        }
-        _ => Ok(apply_notices(tx, db, &run, now, window).await?.pop().flatten()),
-    }
+    let answers = if let Event::State(state) = event {
+        let run = [(event_id.to_owned(), account.to_owned(), state.clone())];
+        apply_states(tx, db, &run, now, window).await?
+    } else {
+        let run = [(event_id.to_owned(), account.to_owned(), event.clone())];
+        apply_notices(tx, db, &run, now, window).await?
+    };
+    Ok(answers.into_iter().next().flatten())
+}
+
+/// Records the ids of a run of (event id, account, _) as received: the ones not received before.
+async fn fresh_of<T>(
+    tx: &mut Transaction,
+    run: &[(String, String, T)],
+    now: DateTime<Utc>,
+) -> Result<std::collections::HashSet<String>> {
+    let ids: Vec<(String, String)> =
+        run.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
+    Ok(tx.receive_many(&ids, now).await?.into_iter().collect())
 }
 
 /// The one alert an upgrade or an invoice fires (None for a usage state).
@@ -444,9 +453,7 @@ async fn apply_notices(
     now: DateTime<Utc>,
     window: std::time::Duration,
 ) -> Result<Vec<Option<Vec<AlertRow>>>> {
-    let ids: Vec<(String, String)> =
-        run.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
-    let fresh: std::collections::HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+    let fresh = fresh_of(tx, run, now).await?;
     let news: Vec<(&str, &str, Draft)> = run
         .iter()
         .filter(|(id, _, _)| fresh.contains(id))

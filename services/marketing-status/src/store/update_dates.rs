@@ -204,9 +204,7 @@ async fn mark_set(
         .await?
         .into_iter()
         .filter(|r| day_of.get(r.0.as_str()) == Some(&r.1.as_str()))
-        .filter_map(|(account, _, applied, m, p, n, v, at)| {
-            kept_answer((account, Some(applied), m, p, n, v, at))
-        })
+        .map(kept_answer)
         .collect();
     let q = format!("SELECT account_id, cutoff FROM update_marks WHERE {}", db.json_in("account_id", 1));
     let earlier: HashMap<String, i64> =
@@ -316,21 +314,19 @@ async fn mark_set(
     Ok(marked)
 }
 
-/// An applied date as kept: (account, applied, marketing, pending, non-marketing, version,
-/// counted at), all but the account NULL when the date was not applied.
-type KeptRow = (String, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-/// An applied date as stored: account, date, then as [`KeptRow`].
+/// An applied date as stored: (account, date, applied, marketing, pending, non-marketing,
+/// version, counted at); the counts NULL when kept by a release that did not keep them.
 type AppliedRow = (String, String, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
 
-/// The answer a date applied before gives again, if it was applied.
-fn kept_answer((account, applied, m, p, n, v, at): KeptRow) -> Option<(String, AppliedDate)> {
+/// The answer a date applied before gives again.
+fn kept_answer((account, _, applied, m, p, n, v, at): AppliedRow) -> (String, AppliedDate) {
     let counts = match (m, p, n, v, at) {
         (Some(marketing), Some(pending), Some(non_marketing), Some(version), Some(updated_at)) => {
             Some(Counts { marketing, pending, non_marketing, version, updated_at })
         }
         _ => None,
     };
-    Some((account, AppliedDate { applied: applied?, already_applied: true, counts }))
+    (account, AppliedDate { applied, already_applied: true, counts })
 }
 
 impl Store {
