@@ -226,6 +226,34 @@ fn unsent(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether a call failed because its connection closed under it (reset, broken, ended), as
+/// opposed to a replica that could not be reached or did not answer in time.
+fn connection_lost(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        let text = e.to_string();
+        if ["connection closed", "broken pipe", "connection reset", "go away", "goaway"]
+            .iter()
+            .any(|t| text.to_ascii_lowercase().contains(t))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Whether a call failed because its time ran out.
 fn deadline_passed(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
@@ -338,6 +366,10 @@ impl Shared {
         let body = body.collect().await?.to_bytes();
         let mut tried = Vec::new();
         let mut last: Option<Result<http::Response<Body>, BoxError>> = None;
+        // A connection closed under a call (a replica ending a connection at its age, or
+        // going away) says nothing of the replica: a call safe to repeat gets one more try,
+        // on another replica or on a new connection to the same one.
+        let mut lost_once = false;
         while let Some(replica) = shared.pick(&tried) {
             tried.push(replica.addr);
             match replica.channel.clone().oneshot(copy(&parts, body.clone())).await {
@@ -345,6 +377,12 @@ impl Shared {
                     last = Some(Ok(response));
                 }
                 Ok(response) => return Ok(response),
+                Err(e) if idempotent && !lost_once && connection_lost(&e) => {
+                    lost_once = true;
+                    tracing::info!(peer = %shared.name, replica = %replica.addr, error = %e, "a connection to a peer replica closed under a call; sending it again");
+                    tried.pop();
+                    last = Some(Err(e.into()));
+                }
                 Err(e) => {
                     replica.mark_down();
                     shared.resolve_now.notify_one();

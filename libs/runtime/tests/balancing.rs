@@ -195,3 +195,53 @@ async fn a_replica_that_stopped_answering_is_passed_over_in_time() {
         started.elapsed()
     );
 }
+
+/// In front of `behind`: the first connection is closed once a call has come in on it, as a
+/// replica ends an aged connection (`max_connection_age` and its grace) under a call; later
+/// connections are passed through.
+async fn closing_the_first_connection(behind: SocketAddr) -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            if std::mem::take(&mut first) {
+                tokio::spawn(async move {
+                    // The preface, the settings and the call: read until the client goes quiet.
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buf)).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    drop(socket);
+                });
+            } else {
+                tokio::spawn(async move {
+                    let mut up = tokio::net::TcpStream::connect(behind).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut up).await;
+                });
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_call_whose_connection_closes_under_it_is_sent_again_on_a_new_one() {
+    let only = replica(1).await;
+    let names = Names::default();
+    *names.0.lock().unwrap() = vec![closing_the_first_connection(only.addr).await];
+    let channel =
+        Balanced::new("http://notification-peers:50054", Arc::new(names), Duration::from_secs(60)).unwrap();
+    let client = ClockServiceClient::new(channel);
+    // One replica: no other to turn to, and the call (a read, safe to repeat) must not fail.
+    let results = calls(&client, 1, 1).await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(*results[0].as_ref().expect("sent again on a new connection"), 1);
+    let more = calls(&client, 20, 4).await;
+    assert!(more.iter().all(Result::is_ok), "{:?}", more.iter().find(|r| r.is_err()));
+}
