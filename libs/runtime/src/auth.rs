@@ -116,6 +116,16 @@ impl Principal {
         }
     }
 
+    /// [`Principal::check_account`] for an account id a call names in `field`, which must be
+    /// one a token could name: a service cannot make records no user could reach.
+    pub fn check_account_at(&self, field: &str, account_id: &str) -> Result<(), Status> {
+        if !plain_claim(account_id) {
+            let reason = format!("1 to {MAX_CLAIM} characters without control characters");
+            return Err(crate::error::Error::invalid(field, reason).into());
+        }
+        self.check_account(account_id)
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
@@ -701,6 +711,10 @@ mod tests {
         assert_eq!(p.user_id(), Some("u1"));
         assert!(p.check_account("acct-a").is_ok());
         assert_eq!(p.check_account("acct-b").unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(p.check_account_at("account_id", "acct-a").is_ok());
+        let tab = p.check_account_at("plans[2].account_id", "acct\ta").unwrap_err();
+        assert_eq!(tab.code(), tonic::Code::InvalidArgument);
+        assert!(tab.message().starts_with("plans[2].account_id"), "{}", tab.message());
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl BillingInternalService for Internal {
         let mut acknowledged = Vec::with_capacity(events.len());
         let (mut applied, mut upgraded) = (false, false);
         for e in events {
-            principal.check_account(&e.account_id)?;
+            principal.check_account_at("events", &e.account_id)?;
             match self.store.apply_count(&e, self.clock.now(), &self.book).await? {
                 CountOutcome::Applied { upgrade } => {
                     applied = true;
@@ -63,7 +63,7 @@ impl BillingInternalService for Internal {
         req: Request<pb::ExportAccountBillingDataRequest>,
     ) -> Result<Response<pb::ExportAccountBillingDataResponse>, Status> {
         let account = req.get_ref().account_id.clone();
-        Principal::of(&req)?.check_account(&account)?;
+        Principal::of(&req)?.check_account_at("account_id", &account)?;
         let sub = self.store.subscription(&account).await?;
         let counts = self.store.counts(&account).await?;
         let invoices = self.store.invoices(&account, None, i64::MAX).await?;

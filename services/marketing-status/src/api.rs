@@ -303,7 +303,7 @@ fn date_to_apply(
     if r.account_id.is_empty() {
         return Err(Error::invalid(format!("{at}account_id"), "required").into());
     }
-    principal.check_account(&r.account_id)?;
+    principal.check_account_at(&format!("{at}account_id"), &r.account_id)?;
     let d = r.update_date.ok_or_else(|| Error::invalid(format!("{at}update_date"), "required"))?;
     let date = date(Some(&d)).map_err(|r| Error::invalid(format!("{at}update_date"), r.to_string()))?;
     let effective_at = r
@@ -318,7 +318,7 @@ fn plan_to_set(principal: &Principal, r: pb::SetAccountPlanRequest, at: &str) ->
     if r.account_id.is_empty() {
         return Err(Error::invalid(format!("{at}account_id"), "required").into());
     }
-    principal.check_account(&r.account_id)?;
+    principal.check_account_at(&format!("{at}account_id"), &r.account_id)?;
     let edition = convert::edition(r.edition)
         .ok_or_else(|| Error::invalid(format!("{at}edition"), "STARTER, PROFESSIONAL or ENTERPRISE"))?;
     Ok(Plan { account: r.account_id, edition: Some(edition), enabled: r.marketing_contacts_enabled })
@@ -352,7 +352,7 @@ impl MarketingStatusInternalService for Internal {
             if e.event_id.is_empty() || e.account_id.is_empty() || e.payload.is_none() {
                 return Err(Error::invalid("events", "event_id, account_id and payload are required").into());
             }
-            principal.check_account(&e.account_id)?;
+            principal.check_account_at("events", &e.account_id)?;
         }
         let acknowledged = crate::events::apply(&self.store, events, self.clock.now()).await?;
         self.relay.wake();
@@ -423,9 +423,11 @@ impl MarketingStatusInternalService for Internal {
         req: Request<pb::SetAccountPlansRequest>,
     ) -> Answer<pb::SetAccountPlansResponse> {
         let principal = Principal::of(&req)?.clone();
-        let plans = req
-            .into_inner()
-            .plans
+        let plans = req.into_inner().plans;
+        if plans.is_empty() {
+            return Err(Error::invalid("plans", "required").into());
+        }
+        let plans = plans
             .into_iter()
             .enumerate()
             .map(|(i, p)| plan_to_set(&principal, p, &format!("plans[{i}].")))
@@ -446,7 +448,7 @@ impl MarketingStatusInternalService for Internal {
                 return Err(Error::invalid(field, "required").into());
             }
         }
-        principal.check_account(&r.account_id)?;
+        principal.check_account_at("account_id", &r.account_id)?;
         let json = self.store.export(&r.account_id, &r.contact_id).await.map_err(Error::from)?;
         Ok(Response::new(pb::ExportContactStatusDataResponse { json: json.to_string() }))
     }

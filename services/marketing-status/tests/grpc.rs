@@ -738,6 +738,12 @@ async fn plans_of_many_accounts_apply_in_one_call_in_the_order_given(backend: Ba
     assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
     assert!(err.message().starts_with("plans[1].edition"), "{backend:?}: {}", err.message());
     assert_eq!(settings(ACCOUNT).await, (0, true), "{backend:?}: nothing applied");
+    // An account no token could name (a control character), and a call with no plans.
+    let unreachable = plans(vec![plan("acct\tb", Edition::Starter, true)]);
+    let err = internal.set_account_plans(authed(unreachable, &token)).await.unwrap_err();
+    assert!(err.message().starts_with("plans[0].account_id"), "{backend:?}: {}", err.message());
+    let err = internal.set_account_plans(authed(plans(vec![]), &token)).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "plans: required"), "{backend:?}");
     let user = s.user(ACCOUNT, "u", &["admin"]);
     let one = plans(vec![plan(ACCOUNT, Edition::Starter, false)]);
     let err = internal.set_account_plans(authed(one, &user)).await.unwrap_err();

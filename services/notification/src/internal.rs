@@ -34,7 +34,7 @@ impl NotificationInternalService for Internal {
         let mut acknowledged = Vec::with_capacity(events.len());
         let mut usable = Vec::with_capacity(events.len());
         for (event_id, account, event) in events {
-            principal.check_account(&account)?;
+            principal.check_account_at("events", &account)?;
             if let Some(event) = event {
                 usable.push((event_id, account, event));
             } else {
