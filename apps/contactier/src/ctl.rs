@@ -105,7 +105,7 @@ enum Command {
     /// Show the clock, or move a manual one forward (and wait for the work due).
     Clock {
         /// How far, e.g. "1day", "36h".
-        #[arg(long, conflicts_with = "to")]
+        #[arg(long, conflicts_with = "to", allow_hyphen_values = true, value_parser = forward)]
         advance: Option<humantime::Duration>,
         /// To an instant (RFC 3339).
         #[arg(long)]
@@ -780,6 +780,15 @@ async fn usage(conn: &Client, days: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A duration to move the clock by: forward only ("-1day" is refused in words, not as an
+/// unknown flag).
+fn forward(s: &str) -> Result<humantime::Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("the clock only moves forward".into());
+    }
+    s.parse::<humantime::Duration>().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,6 +817,22 @@ mod tests {
         let empty = dir.path().join("c.csv");
         std::fs::write(&empty, "").unwrap();
         assert_eq!(count_lines(&empty).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn the_clock_is_moved_forward_only_and_a_step_back_is_refused_in_words() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            ctl: Ctl,
+        }
+        let parse = |by: &str| <Cli as clap::Parser>::try_parse_from(["ctl", "clock", "--advance", by]);
+        let back = parse("-1day").err().expect("refused").to_string();
+        assert!(back.contains("the clock only moves forward"), "{back}");
+        let Command::Clock { advance, .. } = parse("36h").expect("parsed").ctl.command else {
+            panic!("the clock command")
+        };
+        assert_eq!(advance.map(std::time::Duration::from), Some(std::time::Duration::from_secs(36 * 3600)));
     }
 
     #[test]
