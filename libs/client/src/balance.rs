@@ -203,67 +203,55 @@ async fn keep_resolving(shared: Weak<Shared>, every: Duration) {
     }
 }
 
-/// Whether a transport error happened before the request could reach the replica.
-fn unsent(e: &(dyn std::error::Error + 'static)) -> bool {
+/// Whether `e` or any error it came from answers `test`.
+fn in_chain(
+    e: &(dyn std::error::Error + 'static),
+    test: impl Fn(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
     let mut source = Some(e);
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            )
-        {
-            return true;
-        }
-        if e.to_string().contains("connect error") {
+        if test(e) {
             return true;
         }
         source = e.source();
     }
     false
+}
+
+/// The kind of an I/O error, when `e` is one.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
+}
+
+/// Whether a transport error happened before the request could reach the replica.
+fn unsent(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    in_chain(e, |e| {
+        matches!(
+            io_kind(e),
+            Some(K::ConnectionRefused | K::AddrNotAvailable | K::HostUnreachable | K::NetworkUnreachable)
+        ) || e.to_string().contains("connect error")
+    })
 }
 
 /// Whether a call failed because its connection closed under it (reset, broken, ended), as
 /// opposed to a replica that could not be reached or did not answer in time.
 fn connection_lost(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        {
-            return true;
-        }
-        let text = e.to_string();
-        if ["connection closed", "broken pipe", "connection reset", "go away", "goaway"]
+    use std::io::ErrorKind as K;
+    in_chain(e, |e| {
+        let text = e.to_string().to_ascii_lowercase();
+        matches!(
+            io_kind(e),
+            Some(K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof)
+        ) || ["connection closed", "broken pipe", "connection reset", "go away", "goaway"]
             .iter()
-            .any(|t| text.to_ascii_lowercase().contains(t))
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+            .any(|t| text.contains(t))
+    })
 }
 
 /// Whether a call failed because its time ran out.
 fn deadline_passed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(e) = source {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    in_chain(e, <dyn std::error::Error>::is::<tonic::TimeoutExpired>)
 }
 
 /// The gRPC code of a response that carries no message (trailers only), if any.

@@ -602,6 +602,9 @@ async fn behaviour_makes_visits_once_per_event_whatever_the_order(backend: Backe
         latest_source: "EMAIL".into(),
     };
     assert_eq!(visits, expected, "{backend:?}");
+    // A visit is not an edit: the version people pass back to update the contact still holds.
+    let after = s.by_email("ada@example.com").await;
+    assert_eq!((after.version, after.updated_at), (c.version, c.updated_at), "{backend:?}");
     // The same batch again: every event a replay, nothing counted twice.
     let again = record(&s, batch).await;
     assert!(again.results.iter().all(|x| x.replayed), "{backend:?}");
