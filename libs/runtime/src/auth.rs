@@ -119,6 +119,9 @@ impl Principal {
     /// [`Principal::check_account`] for an account id a call names in `field`, which must be
     /// one a token could name: a service cannot make records no user could reach.
     pub fn check_account_at(&self, field: &str, account_id: &str) -> Result<(), Status> {
+        if account_id.is_empty() {
+            return Err(crate::error::Error::invalid(field, "required").into());
+        }
         if !plain_claim(account_id) {
             let reason = format!("1 to {MAX_CLAIM} characters without control characters");
             return Err(crate::error::Error::invalid(field, reason).into());
@@ -715,6 +718,8 @@ mod tests {
         let tab = p.check_account_at("plans[2].account_id", "acct\ta").unwrap_err();
         assert_eq!(tab.code(), tonic::Code::InvalidArgument);
         assert!(tab.message().starts_with("plans[2].account_id"), "{}", tab.message());
+        let empty = p.check_account_at("account_id", "").unwrap_err();
+        assert_eq!((empty.code(), empty.message()), (tonic::Code::InvalidArgument, "account_id: required"));
     }
 
     #[test]

@@ -300,9 +300,6 @@ fn date_to_apply(
     r: pb::ApplyUpdateDateRequest,
     at: &str,
 ) -> Result<DateToApply, tonic::Status> {
-    if r.account_id.is_empty() {
-        return Err(Error::invalid(format!("{at}account_id"), "required").into());
-    }
     principal.check_account_at(&format!("{at}account_id"), &r.account_id)?;
     let d = r.update_date.ok_or_else(|| Error::invalid(format!("{at}update_date"), "required"))?;
     let date = date(Some(&d)).map_err(|r| Error::invalid(format!("{at}update_date"), r.to_string()))?;
@@ -313,11 +310,18 @@ fn date_to_apply(
     Ok(DateToApply { account: r.account_id, date, effective_at })
 }
 
+/// Checks each item of a batch `field`, all or none: `check` names the fields of item i
+/// under `{field}[i].`.
+fn each_at<T, U>(
+    field: &str,
+    items: Vec<T>,
+    check: impl Fn(T, &str) -> Result<U, tonic::Status>,
+) -> Result<Vec<U>, tonic::Status> {
+    items.into_iter().enumerate().map(|(i, item)| check(item, &format!("{field}[{i}]."))).collect()
+}
+
 /// A plan from billing, checked; `at` prefixes the field names (`plans[3].`).
 fn plan_to_set(principal: &Principal, r: pb::SetAccountPlanRequest, at: &str) -> Result<Plan, tonic::Status> {
-    if r.account_id.is_empty() {
-        return Err(Error::invalid(format!("{at}account_id"), "required").into());
-    }
     principal.check_account_at(&format!("{at}account_id"), &r.account_id)?;
     let edition = convert::edition(r.edition)
         .ok_or_else(|| Error::invalid(format!("{at}edition"), "STARTER, PROFESSIONAL or ENTERPRISE"))?;
@@ -380,13 +384,7 @@ impl MarketingStatusInternalService for Internal {
         req: Request<pb::ApplyUpdateDatesRequest>,
     ) -> Answer<pb::ApplyUpdateDatesResponse> {
         let principal = Principal::of(&req)?.clone();
-        let dates = req
-            .into_inner()
-            .dates
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| date_to_apply(&principal, d, &format!("dates[{i}].")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let dates = each_at("dates", req.into_inner().dates, |d, at| date_to_apply(&principal, d, at))?;
         let applied = self.store.apply_update_dates(&dates, self.clock.now()).await;
         self.relay.wake();
         self.update_dates.wake();
@@ -427,11 +425,7 @@ impl MarketingStatusInternalService for Internal {
         if plans.is_empty() {
             return Err(Error::invalid("plans", "required").into());
         }
-        let plans = plans
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| plan_to_set(&principal, p, &format!("plans[{i}].")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let plans = each_at("plans", plans, |p, at| plan_to_set(&principal, p, at))?;
         self.store.set_plans(&plans, self.clock.now()).await.map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::SetAccountPlansResponse {}))
