@@ -19,7 +19,7 @@ use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::{micros, new_id};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use tonic::{Status, Streaming};
 
 /// Rows written per transaction.
@@ -456,9 +456,8 @@ fn bytes_of(v: Vec<u8>) -> std::io::Cursor<Vec<u8>> {
 }
 
 /// Writes one batch: creates and updates as the mode says; a later row for an email earlier in
-/// the batch updates it (upsert and update) or is refused as a duplicate (create). With
-/// `recheck` (the first batch of a resumed import), contacts this import already created are
-/// counted as its creations again rather than as found.
+/// the batch updates it after it (upsert and update), so that each value it names is kept in the
+/// property history in file order, or is refused as a duplicate (create).
 #[allow(clippy::too_many_arguments)]
 async fn write(
     ctx: &Importer,
@@ -470,34 +469,58 @@ async fn write(
     errors: &mut Vec<ImportErrorRow>,
     recheck: bool,
 ) -> Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    // Fold repeats of an email into its first row.
-    let mut order: Vec<Row> = Vec::with_capacity(rows.len());
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<Row>> = Vec::new();
+    // Per email: its row number and how often it came.
+    let mut seen: HashMap<String, (i64, usize)> = HashMap::new();
     for row in rows {
-        match seen.get(&row.email.key) {
-            Some(&i) if plan.mode == Mode::Create => {
+        let round = match seen.get_mut(&row.email.key) {
+            Some((first, _)) if plan.mode == Mode::Create => {
                 import.failed += 1;
-                let first = order[i].number;
                 errors.push(ImportErrorRow {
                     row_number: row.number,
                     column_name: email_column(plan),
                     reason: format!("the email of row {first} again"),
                 });
+                continue;
             }
-            Some(&i) => {
-                import.updated += 1;
-                let first = &mut order[i];
-                first.values.extend(row.values);
-                first.opt_in |= row.opt_in;
+            Some((_, times)) => {
+                *times += 1;
+                *times - 1
             }
             None => {
-                seen.insert(row.email.key.clone(), order.len());
-                order.push(row);
+                seen.insert(row.email.key.clone(), (row.number, 1));
+                0
             }
+        };
+        if rounds.len() == round {
+            rounds.push(Vec::new());
         }
+        rounds[round].push(row);
+    }
+    let mut created = HashSet::new();
+    for (i, round) in rounds.into_iter().enumerate() {
+        // Only the first round can hold rows written before a cut: later ones update them.
+        write_round(ctx, account, user, plan, import, round, errors, recheck && i == 0, &mut created).await?;
+    }
+    Ok(())
+}
+
+/// Writes rows of distinct emails. `created` gathers the contacts the batch created, which a
+/// later round's update does not ask marketing-status about again.
+#[allow(clippy::too_many_arguments)]
+async fn write_round(
+    ctx: &Importer,
+    account: &str,
+    user: &str,
+    plan: &Plan,
+    import: &mut ImportRow,
+    order: Vec<Row>,
+    errors: &mut Vec<ImportErrorRow>,
+    recheck: bool,
+    created: &mut HashSet<String>,
+) -> Result<()> {
+    if order.is_empty() {
+        return Ok(());
     }
     // Create-only imports need no lookup: the insert itself finds the emails taken.
     let existing = if plan.mode == Mode::Create {
@@ -522,6 +545,7 @@ async fn write(
             if row.opt_in {
                 opted_in.push(id.clone());
             }
+            created.insert(id.clone());
             continue;
         }
         match (existing.get(&row.email.key), plan.mode) {
@@ -569,8 +593,9 @@ async fn write(
                 Ok(c) => {
                     import.created += 1;
                     if row.opt_in {
-                        opted_in.push(c.id);
+                        opted_in.push(c.id.clone());
                     }
+                    created.insert(c.id);
                 }
                 Err(crate::error::Error::EmailTaken(_)) if plan.mode == Mode::Create => {
                     import.skipped += 1;
@@ -612,7 +637,9 @@ async fn write(
             match outcome {
                 Ok(_) => {
                     import.updated += 1;
-                    marketing.push(id.clone());
+                    if !created.contains(id) {
+                        marketing.push(id.clone());
+                    }
                     if row.opt_in {
                         opted_in.push(id.clone());
                     }

@@ -114,24 +114,17 @@ async fn every_change_of_a_value_is_kept_with_its_source_and_who_made_it(backend
     assert!(err.message().contains("page_token"), "{}", err.message());
 }
 
-async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backend) {
-    use SourceType::*;
-    let s = start(backend).await;
-    let a = s.create("a@example.com", &[("company", "Old Co")]).await.unwrap();
-    let b = s.create("b@example.com", &[("phone", "+41 44 000 00 00"), ("company", "B Co")]).await.unwrap();
-    later(&s).await;
-
-    // An import updates one contact and creates another, as the user who runs it.
+/// Runs an import of `csv` to its end; its summary.
+async fn import_csv(s: &Contacts, mode: pb::ImportMode, csv: &str) -> pb::ImportSummary {
     let h = pb::ImportHeader {
-        name: "fair".into(),
-        mode: pb::ImportMode::Upsert as i32,
+        name: "repeats".into(),
+        mode: mode as i32,
         column_mapping: [("Email", "email"), ("Company", "company")]
             .iter()
             .map(|(c, p)| (c.to_string(), p.to_string()))
             .collect(),
         ..Default::default()
     };
-    let csv = "Email,Company\na@example.com,New Co\nc@example.com,C Co\n";
     let parts = vec![
         pb::ImportContactsRequest { part: Some(Part::Header(h)) },
         pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes().to_vec())) },
@@ -142,10 +135,71 @@ async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backen
         .await
         .unwrap()
         .into_inner();
-    let mut import_id = String::new();
+    let mut last = None;
     while let Some(m) = progress.message().await.unwrap() {
-        import_id = m.progress.unwrap().import_id;
+        last = m.progress;
     }
+    last.expect("the import's summary")
+}
+
+async fn an_import_naming_one_email_again_keeps_each_value_in_order(backend: Backend) {
+    use SourceType::*;
+    let s = start(backend).await;
+    let a = s.create("a@example.com", &[("company", "Old Co")]).await.unwrap();
+    later(&s).await;
+    // A new address three times and an existing one twice, in one batch of the file.
+    let csv = "Email,Company\nd@example.com,First Co\na@example.com,A One\nD@example.com,Second Co\n\
+               a@example.com,A Two\nd@example.com,Third Co\n";
+    let done = import_csv(&s, pb::ImportMode::Upsert, csv).await;
+    assert_eq!(
+        (done.rows_read, done.created, done.updated, done.failed, done.skipped),
+        (5, 1, 4, 0, 0),
+        "{backend:?}: {done:?}"
+    );
+    let d = s.by_email("d@example.com").await;
+    assert_eq!(d.properties["company"], "Third Co", "{backend:?}: the last row's value stands");
+    let id = done.import_id.as_str();
+    assert_eq!(
+        history(&s, &d.id, "company").await.unwrap(),
+        [
+            change("company", "Third Co", Import, id, "user-1"),
+            change("company", "Second Co", Import, id, "user-1"),
+            change("company", "First Co", Import, id, "user-1"),
+        ],
+        "{backend:?}: every value the file gave, newest first"
+    );
+    assert_eq!(
+        history(&s, &a.id, "company").await.unwrap(),
+        [
+            change("company", "A Two", Import, id, "user-1"),
+            change("company", "A One", Import, id, "user-1"),
+            change("company", "Old Co", User, "user-1", "user-1"),
+        ],
+        "{backend:?}"
+    );
+
+    // Update only: an address with no contact is skipped each time it comes, not counted as
+    // updated the second time.
+    let done =
+        import_csv(&s, pb::ImportMode::Update, "Email,Company\nz@example.com,Z\nz@example.com,Z2\n").await;
+    assert_eq!((done.created, done.updated, done.skipped), (0, 0, 2), "{backend:?}: {done:?}");
+    // Create only: the second row of an address is refused as a repeat.
+    let done =
+        import_csv(&s, pb::ImportMode::Create, "Email,Company\nn@example.com,N\nn@example.com,N2\n").await;
+    assert_eq!((done.created, done.failed), (1, 1), "{backend:?}: {done:?}");
+    assert_eq!(s.by_email("n@example.com").await.properties["company"], "N", "{backend:?}");
+}
+
+async fn imports_and_merges_write_history_and_erasure_removes_it(backend: Backend) {
+    use SourceType::*;
+    let s = start(backend).await;
+    let a = s.create("a@example.com", &[("company", "Old Co")]).await.unwrap();
+    let b = s.create("b@example.com", &[("phone", "+41 44 000 00 00"), ("company", "B Co")]).await.unwrap();
+    later(&s).await;
+
+    // An import updates one contact and creates another, as the user who runs it.
+    let csv = "Email,Company\na@example.com,New Co\nc@example.com,C Co\n";
+    let import_id = import_csv(&s, pb::ImportMode::Upsert, csv).await.import_id;
     assert!(!import_id.is_empty());
     assert_eq!(
         history(&s, &a.id, "company").await.unwrap(),
@@ -1681,6 +1735,7 @@ async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend
 contactier_runtime::backend_tests!(
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
+    an_import_naming_one_email_again_keeps_each_value_in_order,
     the_timeline_keeps_every_kind_of_engagement_and_the_last_activity,
     logging_an_email_or_meeting_for_a_new_address_creates_a_non_marketing_contact,
     behaviour_makes_visits_once_per_event_whatever_the_order,
