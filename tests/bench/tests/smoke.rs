@@ -42,5 +42,12 @@ async fn every_benchmark_runs_on_both_backends() {
         assert!(r.value.ends_with(" 0 errors"), "{} on {}: {}", r.what, r.backend, r.value);
     }
     assert!(report.rows.iter().any(|r| r.what.starts_with("pgbench simple-update")));
+    // The import's own floor: PostgreSQL only, with every row the import left copied.
+    let floor = report
+        .rows
+        .iter()
+        .find(|r| r.what.contains("against its own rows COPYed"))
+        .expect("the import's floor on PostgreSQL");
+    assert_eq!(floor.backend, "PostgreSQL");
     assert!(report.markdown().lines().count() > 20);
 }
