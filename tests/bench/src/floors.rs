@@ -40,16 +40,18 @@ struct TableCopy {
     data: Vec<Vec<u8>>,
 }
 
-/// Creates `{service}_floor` with an empty table like each of the service's tables that holds
-/// rows of the account, and reads those rows out.
+/// Creates `{service}_floor` with an empty table like each of the service's tables (not its
+/// views) that holds rows of the account, and reads those rows out.
 async fn tables_of(prefix: &str, service: &str, account: &str) -> anyhow::Result<Vec<TableCopy>> {
     let schema = format!("{prefix}{service}");
     let floor = format!("{schema}_floor");
     let mut c = PgConnection::connect(&procs::pg_url()).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{floor}\""))).execute(&mut c).await?;
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::TEXT FROM information_schema.columns \
-         WHERE table_schema = $1 AND column_name = 'account_id' ORDER BY table_name",
+        "SELECT c.table_name::TEXT FROM information_schema.columns c \
+         JOIN information_schema.tables t USING (table_schema, table_name) \
+         WHERE c.table_schema = $1 AND c.column_name = 'account_id' AND t.table_type = 'BASE TABLE' \
+         ORDER BY c.table_name",
     )
     .bind(&schema)
     .fetch_all(&mut c)
