@@ -53,9 +53,15 @@ fn service_args(runtime: &RuntimeArgs) -> RuntimeArgs {
     args
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before any thread starts: a cap after glibc has made many arenas is ignored.
+    let capped = cli.command.is_none()
+        && contactier_runtime::malloc::cap_for(&cli.runtime.database_url_for("contactier"));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli, capped))
+}
+
+async fn run(cli: Cli, capped: bool) -> anyhow::Result<()> {
     if let Some(Command::Ctl(ctl)) = cli.command {
         // A command line's output may go to a pipe that closes early (`| head`): end quietly
         // as other command-line tools do, not with a panic about a broken pipe.
@@ -80,6 +86,9 @@ async fn main() -> anyhow::Result<()> {
     )?;
     if let Some(addr) = cli.runtime.metrics_listen {
         contactier_runtime::telemetry::init_metrics(addr).await?;
+    }
+    if capped {
+        tracing::info!("SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX overrides)");
     }
     if cli.runtime.listen.is_some() {
         anyhow::bail!(

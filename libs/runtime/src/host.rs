@@ -450,14 +450,23 @@ pub enum ServiceCommand {
     Migrate,
 }
 
-/// The whole `main` of a service binary.
-pub async fn main(def: &ServiceDef) -> anyhow::Result<()> {
+/// The whole `main` of a service binary: its command line read, the allocator's arenas capped
+/// on SQLite before any thread starts (see [`crate::malloc`]), the service run.
+pub fn main(def: &ServiceDef) -> anyhow::Result<()> {
     use clap::Parser;
     let cli = ServiceCli::parse();
+    let capped = crate::malloc::cap_for(&cli.runtime.database_url_for(def.name));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(def, cli, capped))
+}
+
+async fn serve(def: &ServiceDef, cli: ServiceCli, capped: bool) -> anyhow::Result<()> {
     let _telemetry =
         crate::telemetry::init(def.name, cli.runtime.json_logs(), cli.runtime.otlp_endpoint.as_deref())?;
     if let Some(addr) = cli.runtime.metrics_listen {
         crate::telemetry::init_metrics(addr).await?;
+    }
+    if capped {
+        tracing::info!("SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX overrides)");
     }
     let platform = Platform::new(&cli.runtime, None)?;
     platform.shutdown.trigger_on_signals();

@@ -14,6 +14,7 @@ pub mod host;
 pub mod idempotency;
 pub mod jwks;
 pub mod limits;
+pub mod malloc;
 pub mod ops;
 pub mod outbox;
 pub mod paging;

@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    contactier_runtime::host::main(&contactier_marketing_status::SERVICE).await
+fn main() -> anyhow::Result<()> {
+    contactier_runtime::host::main(&contactier_marketing_status::SERVICE)
 }

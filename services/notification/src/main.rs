@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    contactier_runtime::host::main(&contactier_notification::SERVICE).await
+fn main() -> anyhow::Result<()> {
+    contactier_runtime::host::main(&contactier_notification::SERVICE)
 }
