@@ -505,8 +505,10 @@ async fn write(
     Ok(())
 }
 
-/// Writes rows of distinct emails. `created` gathers the contacts the batch created, which a
-/// later round's update does not ask marketing-status about again.
+/// Writes rows of distinct emails. With `recheck` (the first round of a resumed import's first
+/// batch), contacts this import already created are counted as its creations again rather than
+/// as found. `created` gathers the contacts the batch created, which a later round's update does
+/// not ask marketing-status about again.
 #[allow(clippy::too_many_arguments)]
 async fn write_round(
     ctx: &Importer,
