@@ -319,7 +319,7 @@ pub async fn start(
         if let Err(e) = ctx.store.save_import(&account, &import).await {
             tracing::warn!(import = %import.id, error = %e, "saving the import's end failed");
         }
-        tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, failed = import.failed, "import ended");
+        tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, skipped = import.skipped, failed = import.failed, "import ended");
         let last = match outcome {
             Ok(()) => Ok(pb::ImportContactsResponse {
                 progress: Some(convert::import_summary(&import)),
@@ -588,6 +588,7 @@ async fn write_round(
                 user_id: user.to_owned(),
             })
             .collect();
+        let mut taken: Vec<&Row> = Vec::new();
         for (row, outcome) in
             creates.iter().zip(ctx.store.create_contacts(account, news, now, None).await?.unwrap_or_default())
         {
@@ -599,14 +600,7 @@ async fn write_round(
                     }
                     created.insert(c.id);
                 }
-                Err(crate::error::Error::EmailTaken(_)) if plan.mode == Mode::Create => {
-                    import.skipped += 1;
-                    errors.push(ImportErrorRow {
-                        row_number: row.number,
-                        column_name: email_column(plan),
-                        reason: "skipped: a contact with this email exists".into(),
-                    });
-                }
+                Err(crate::error::Error::EmailTaken(_)) if plan.mode == Mode::Create => taken.push(row),
                 // Created by someone else since the lookup.
                 Err(e) => {
                     import.failed += 1;
@@ -617,6 +611,9 @@ async fn write_round(
                     });
                 }
             }
+        }
+        if !taken.is_empty() {
+            refuse_taken(ctx, account, plan, import, &taken, errors).await?;
         }
         ctx.relay.wake();
     }
@@ -671,6 +668,32 @@ async fn write_round(
     };
     for id in opted_in {
         ctx.store.set_consent(account, &id, &consent, micros(now)).await?;
+    }
+    Ok(())
+}
+
+/// Rows of a create-only import whose email a contact has: a repeat of an address this import
+/// created from an earlier batch is refused as a repeat within its batch is (failed), any other
+/// is skipped.
+async fn refuse_taken(
+    ctx: &Importer,
+    account: &str,
+    plan: &Plan,
+    import: &mut ImportRow,
+    taken: &[&Row],
+    errors: &mut Vec<ImportErrorRow>,
+) -> Result<()> {
+    let keys: Vec<String> = taken.iter().map(|r| r.email.key.clone()).collect();
+    let ours = ctx.store.created_by_import(account, &import.id, &keys).await?;
+    for row in taken {
+        let reason = if ours.contains_key(&row.email.key) {
+            import.failed += 1;
+            "the email of an earlier row again".to_owned()
+        } else {
+            import.skipped += 1;
+            "skipped: a contact with this email exists".to_owned()
+        };
+        errors.push(ImportErrorRow { row_number: row.number, column_name: email_column(plan), reason });
     }
     Ok(())
 }
