@@ -88,7 +88,9 @@ async fn run(cli: Cli, capped: bool) -> anyhow::Result<()> {
         contactier_runtime::telemetry::init_metrics(addr).await?;
     }
     if capped {
-        tracing::info!("SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX overrides)");
+        tracing::info!(
+            "SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX or GLIBC_TUNABLES arena_max overrides)"
+        );
     }
     if cli.runtime.listen.is_some() {
         anyhow::bail!(

@@ -466,7 +466,9 @@ async fn serve(def: &ServiceDef, cli: ServiceCli, capped: bool) -> anyhow::Resul
         crate::telemetry::init_metrics(addr).await?;
     }
     if capped {
-        tracing::info!("SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX overrides)");
+        tracing::info!(
+            "SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX or GLIBC_TUNABLES arena_max overrides)"
+        );
     }
     let platform = Platform::new(&cli.runtime, None)?;
     platform.shutdown.trigger_on_signals();

@@ -5,10 +5,12 @@
 //! with one arena, for about a fifth of SQLite's peak read rate (BENCHMARKS.md). PostgreSQL
 //! connections are sockets served by the runtime's own threads, so there nothing is capped.
 
-/// Whether the operator chose the arenas (`MALLOC_ARENA_MAX`, or `GLIBC_TUNABLES` naming
-/// `arena_max`): their choice stands.
+/// Whether the operator chose the arenas (`MALLOC_ARENA_MAX` a number above 0, or
+/// `GLIBC_TUNABLES` naming `arena_max`): their choice stands. glibc ignores an empty or unreadable
+/// `MALLOC_ARENA_MAX`, and so does this.
 fn chosen(var: impl Fn(&str) -> Option<String>) -> bool {
-    var("MALLOC_ARENA_MAX").is_some() || var("GLIBC_TUNABLES").is_some_and(|t| t.contains("arena_max"))
+    var("MALLOC_ARENA_MAX").and_then(|v| v.trim().parse::<u32>().ok()).is_some_and(|n| n > 0)
+        || var("GLIBC_TUNABLES").is_some_and(|t| t.contains("arena_max"))
 }
 
 /// Caps glibc's arenas at one for a service whose database is SQLite, unless the operator set
@@ -38,11 +40,15 @@ mod tests {
 
     #[test]
     fn an_operators_choice_of_arenas_stands() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
+        let env = |pairs: &[(&'static str, &'static str)]| {
+            let pairs = pairs.to_vec();
             move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
         };
         assert!(!chosen(env(&[])));
         assert!(chosen(env(&[("MALLOC_ARENA_MAX", "4")])));
+        for ignored in ["", "abc", "0"] {
+            assert!(!chosen(env(&[("MALLOC_ARENA_MAX", ignored)])), "{ignored:?}");
+        }
         assert!(chosen(env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")])));
         assert!(!chosen(env(&[("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")])));
     }
