@@ -52,6 +52,8 @@ pub struct Options {
     pub log_dir: Option<PathBuf>,
     /// Serve each service's Prometheus metrics on a port of its own (see [`Services::metrics_addr`]).
     pub metrics: bool,
+    /// Start the services without RUST_LOG: their own default log filter.
+    pub default_log_filter: bool,
 }
 
 /// A directory removed when dropped (no extra dependency for one use).
@@ -157,6 +159,9 @@ impl Services {
             cmd.env("CONTACTIER_MANUAL_CLOCK", "true").env("CONTACTIER_CLOCK_START", start.to_rfc3339());
         }
         cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
+        if self.options.default_log_filter {
+            cmd.env_remove("RUST_LOG");
+        }
         cmd.spawn().with_context(|| format!("starting contactier-{name}"))
     }
 

@@ -68,6 +68,34 @@ fn lines(dir: &std::path::Path, service: &str) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test]
+async fn every_service_on_postgresql_says_it_serves_with_the_default_log_filter() {
+    let logs = std::env::temp_dir().join(format!("contactier-serving-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
+    // No RUST_LOG: the services' own default filter, which quiets sqlx.
+    let options = Options { log_dir: Some(logs.clone()), default_log_filter: true, ..Options::default() };
+    let services = Services::start_with(Backend::Postgres, &bin_dir().unwrap(), options).await.unwrap();
+    for service in ["contacts", "marketing-status", "billing", "notification"] {
+        let serving = |l: &serde_json::Value| l["message"] == "serving" && l["service"] == service;
+        let mut said = false;
+        for _ in 0..50 {
+            said = lines(&logs, service).iter().any(serving);
+            if said {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(said, "{service} never logged that it serves: {:?}", lines(&logs, service));
+        let chatty = lines(&logs, service)
+            .into_iter()
+            .filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx")) && l["level"] == "INFO")
+            .count();
+        assert_eq!(chatty, 0, "{service} logged sqlx's statements at INFO");
+    }
+    services.stop(Backend::Postgres).await;
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+#[tokio::test]
 async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_metrics() {
     let logs = std::env::temp_dir().join(format!("contactier-observed-{}", std::process::id()));
     std::fs::create_dir_all(&logs).unwrap();

@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -46,9 +47,17 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
 
-    // RUST_LOG picks the log lines only: quieting logs must not cut traces short.
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,h2=warn"));
+    // RUST_LOG picks the log lines only: quieting logs must not cut traces short. Without it,
+    // sqlx is quieted for every layer at once, in front of them: sqlx asks whether an event is
+    // enabled without always sending it, and a per-layer filter that said no to that question
+    // then dropped the next event on the thread ("serving" at start on PostgreSQL).
+    let (filter, quiet_sqlx) = match EnvFilter::try_from_default_env() {
+        Ok(f) => (f, None),
+        Err(_) => (
+            EnvFilter::new("info,h2=warn"),
+            Some(Targets::new().with_default(LevelFilter::TRACE).with_target("sqlx", LevelFilter::WARN)),
+        ),
+    };
     let fmt = if json {
         let format = tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false);
         tracing_subscriber::fmt::layer()
@@ -68,7 +77,8 @@ pub fn init(service: &str, json: bool, otlp_endpoint: Option<&str>) -> anyhow::R
         .with_tracer(provider.tracer(service.to_owned()))
         .with_filter(EnvFilter::new("info,sqlx=warn,h2=warn,hyper=warn,tonic=warn,tower=warn"));
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).try_init();
+    let _ =
+        tracing_subscriber::registry().with(fmt.with_filter(filter)).with(otel).with(quiet_sqlx).try_init();
     Ok(TelemetryGuard { provider })
 }
 
