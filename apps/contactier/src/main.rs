@@ -87,11 +87,7 @@ async fn run(cli: Cli, capped: bool) -> anyhow::Result<()> {
     if let Some(addr) = cli.runtime.metrics_listen {
         contactier_runtime::telemetry::init_metrics(addr).await?;
     }
-    if capped {
-        tracing::info!(
-            "SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX or GLIBC_TUNABLES arena_max overrides)"
-        );
-    }
+    contactier_runtime::malloc::announce(capped);
     if cli.runtime.listen.is_some() {
         anyhow::bail!(
             "the all-in-one binary listens on --host and --base-port; --listen is for a service binary"

@@ -465,11 +465,7 @@ async fn serve(def: &ServiceDef, cli: ServiceCli, capped: bool) -> anyhow::Resul
     if let Some(addr) = cli.runtime.metrics_listen {
         crate::telemetry::init_metrics(addr).await?;
     }
-    if capped {
-        tracing::info!(
-            "SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX or GLIBC_TUNABLES arena_max overrides)"
-        );
-    }
+    crate::malloc::announce(capped);
     let platform = Platform::new(&cli.runtime, None)?;
     platform.shutdown.trigger_on_signals();
     if let Some(ServiceCommand::Migrate) = cli.command {

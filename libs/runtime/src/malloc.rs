@@ -23,6 +23,15 @@ pub fn cap_for(database_url: &str) -> bool {
     cap()
 }
 
+/// Says at start-up that the arenas were capped, once logging runs.
+pub fn announce(capped: bool) {
+    if capped {
+        tracing::info!(
+            "SQLite: the allocator keeps one arena (MALLOC_ARENA_MAX or GLIBC_TUNABLES arena_max overrides)"
+        );
+    }
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn cap() -> bool {
     // SAFETY: mallopt only sets a parameter of the allocator, which takes its own lock.
