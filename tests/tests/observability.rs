@@ -67,24 +67,40 @@ fn lines(dir: &std::path::Path, service: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A fresh directory for the services' logs of one test.
+fn log_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("contactier-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The lines of a service's log that `wanted` picks, waiting up to five seconds for the first:
+/// a line is written a moment after what it tells of.
+async fn logged(
+    dir: &std::path::Path,
+    service: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = lines(dir, service).into_iter().filter(&wanted).collect();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    found
+}
+
 #[tokio::test]
 async fn every_service_on_postgresql_says_it_serves_with_the_default_log_filter() {
-    let logs = std::env::temp_dir().join(format!("contactier-serving-{}", std::process::id()));
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = log_dir("serving");
     // No RUST_LOG: the services' own default filter, which quiets sqlx.
     let options = Options { log_dir: Some(logs.clone()), default_log_filter: true, ..Options::default() };
     let services = Services::start_with(Backend::Postgres, &bin_dir().unwrap(), options).await.unwrap();
     for service in ["contacts", "marketing-status", "billing", "notification"] {
-        let serving = |l: &serde_json::Value| l["message"] == "serving" && l["service"] == service;
-        let mut said = false;
-        for _ in 0..50 {
-            said = lines(&logs, service).iter().any(serving);
-            if said {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(said, "{service} never logged that it serves: {:?}", lines(&logs, service));
+        let said = logged(&logs, service, |l| l["message"] == "serving" && l["service"] == service).await;
+        assert!(!said.is_empty(), "{service} never logged that it serves: {:?}", lines(&logs, service));
         let chatty = lines(&logs, service)
             .into_iter()
             .filter(|l| l["target"].as_str().is_some_and(|t| t.starts_with("sqlx")) && l["level"] == "INFO")
@@ -97,8 +113,7 @@ async fn every_service_on_postgresql_says_it_serves_with_the_default_log_filter(
 
 #[tokio::test]
 async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_metrics() {
-    let logs = std::env::temp_dir().join(format!("contactier-observed-{}", std::process::id()));
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = log_dir("observed");
     let options = Options { log_dir: Some(logs.clone()), metrics: true, ..Options::default() };
     let services = Services::start_with(Backend::Sqlite, &bin_dir().unwrap(), options).await.unwrap();
     let auth = Authenticator::new(services.secret.as_bytes(), "contactier", "contactier");
@@ -136,17 +151,8 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
     assert_eq!(e.code(), Code::NotFound);
 
     // Each call is one line, in its caller's trace, with what an engineer filters by.
-    let mut found = Vec::new();
-    for _ in 0..50 {
-        found = lines(&logs, "contacts")
-            .into_iter()
-            .filter(|l| l["trace_id"] == missing_trace && l["message"] == "call refused")
-            .collect();
-        if !found.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let found =
+        logged(&logs, "contacts", |l| l["trace_id"] == missing_trace && l["message"] == "call refused").await;
     assert_eq!(found.len(), 1, "one line for the failed call: {found:?}");
     let line = &found[0];
     assert_eq!(line["method"], "/contactier.contacts.v1.ContactsService/GetContact", "{line}");
