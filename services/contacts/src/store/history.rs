@@ -4,6 +4,7 @@
 use super::Store;
 use crate::error::Result;
 use contactier_runtime::convert::new_id;
+use contactier_runtime::db::Db;
 use contactier_runtime::sql::{Sql, Tx};
 use sqlx::AssertSqlSafe;
 
@@ -39,9 +40,6 @@ pub struct HistoryRow {
     pub changed_at: i64,
 }
 
-/// Rows one statement writes: 9 parameters each, under SQLite's 999.
-const ROWS_PER_STATEMENT: usize = 100;
-
 const COLUMNS: &str = "account_id, contact_id, name, id, value, source_type, source_id, user_id, changed_at";
 
 /// Newest first by (time, id), of one property or of all.
@@ -49,26 +47,47 @@ const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, cha
      FROM property_history WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR name = $3) \
      AND (changed_at < $4 OR (changed_at = $4 AND id < $5)) ORDER BY changed_at DESC, id DESC LIMIT $6";
 
-/// Records changes made at `at`, a few statements for many.
-pub(super) async fn record(tx: &mut impl Tx, account: &str, entries: &[Entry<'_>], at: i64) -> Result<()> {
-    for chunk in entries.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO property_history ({COLUMNS}) VALUES {}",
-            contactier_runtime::db::placeholders(chunk.len(), 9)
-        );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, e| {
-            q.bind(account)
-                .bind(e.contact)
-                .bind(e.name)
-                .bind(new_id())
-                .bind(e.value)
-                .bind(&e.origin.source_type)
-                .bind(&e.origin.source_id)
-                .bind(&e.origin.user_id)
-                .bind(at)
-        });
-        tx.execute(q).await?;
+/// Records changes made at `at` in one statement, the entries in one JSON parameter: the
+/// statement is the same for any number of them, so it is prepared and planned once, where
+/// rows of parameters made a statement per count (and, on SQLite's limit, one per 100 rows).
+pub(super) async fn record(
+    tx: &mut impl Tx,
+    db: &Db,
+    account: &str,
+    entries: &[Entry<'_>],
+    at: i64,
+) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
     }
+    let records: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "contact_id": e.contact, "name": e.name, "id": new_id(), "value": e.value,
+                "source_type": e.origin.source_type, "source_id": e.origin.source_id,
+                "user_id": e.origin.user_id,
+            })
+        })
+        .collect();
+    let from = db.json_records(
+        3,
+        &[
+            ("contact_id", "text"),
+            ("name", "text"),
+            ("id", "text"),
+            ("value", "text"),
+            ("source_type", "text"),
+            ("source_id", "text"),
+            ("user_id", "text"),
+        ],
+    );
+    let q = format!(
+        "INSERT INTO property_history ({COLUMNS}) SELECT $1, x.contact_id, x.name, x.id, x.value, \
+         x.source_type, x.source_id, x.user_id, $2 FROM {from}"
+    );
+    let records = serde_json::Value::Array(records).to_string();
+    tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(at).bind(records)).await?;
     Ok(())
 }
 

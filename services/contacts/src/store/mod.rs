@@ -473,7 +473,7 @@ impl Store {
         let mut tx = self.begin_values_write(account).await?;
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
-            out.push(update_contact(&mut tx, account, ch, origin, now).await?);
+            out.push(update_contact(&mut tx, &self.db, account, ch, origin, now).await?);
         }
         let out = rescored(&mut tx, &self.db, account, out, now).await?;
         tx.commit().await?;
@@ -575,7 +575,7 @@ impl Store {
             .iter()
             .map(|(name, value)| history::Entry { contact: primary, name, value, origin: &origin })
             .collect();
-        history::record(&mut tx, account, &entries, micros(now)).await?;
+        history::record(&mut tx, &self.db, account, &entries, micros(now)).await?;
         consent::merge(&mut tx, account, primary, secondary).await?;
         // Memberships move over; the primary's own ones stay.
         tx.execute(Sql::new(MOVE_MEMBERSHIPS).bind(account).bind(secondary).bind(primary)).await?;
@@ -798,7 +798,7 @@ pub(crate) async fn insert_contacts(
             std::iter::once(email).chain(values).chain(scored)
         })
         .collect();
-    history::record(tx, account, &entries, at).await?;
+    history::record(tx, db, account, &entries, at).await?;
     // Their match keys for duplicate candidates, a few statements for many.
     let keys: Vec<(&str, duplicates_rules::Reason, String)> = rows
         .iter()
@@ -933,6 +933,7 @@ fn changed_values<'a>(
 /// One change of [`Store::update_contacts`], with its outcome.
 async fn update_contact(
     tx: &mut impl Tx,
+    db: &Db,
     account: &str,
     ch: Change,
     origin: &Origin,
@@ -974,7 +975,7 @@ async fn update_contact(
     if email != row.email {
         entries.push(history::Entry { contact: &ch.id, name: EMAIL, value: &email, origin });
     }
-    history::record(tx, account, &entries, micros(now)).await?;
+    history::record(tx, db, account, &entries, micros(now)).await?;
     let updated = ContactRow {
         email,
         properties: json(&shown),
