@@ -132,6 +132,20 @@ fn csv(from: usize, to: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// The server settings the write figures depend on: a write that fills `max_wal_size` forces a
+/// checkpoint, and after each the first change of a page logs the whole page.
+pub async fn postgres_settings() -> anyhow::Result<String> {
+    let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
+    let mut shown = Vec::new();
+    for name in ["server_version", "shared_buffers", "max_wal_size", "checkpoint_timeout"] {
+        let value: String =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}"))).fetch_one(&pool).await?;
+        shown.push(format!("{name} {value}"));
+    }
+    pool.close().await;
+    Ok(format!("PostgreSQL: {}.", shown.join(", ")))
+}
+
 /// Serves gRPC health and nothing else: the cheapest RPC tonic can answer, the limit for reads.
 /// Its connections set TCP_NODELAY, as the services' do: without it, answers waited on Nagle's
 /// algorithm in some runs and not others, and the limit moved between about 40,000 and 58,000
@@ -426,6 +440,7 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
 
     // 1. CSV import over the gRPC stream, beside a raw COPY of the same rows.
     let rows = cfg.rows;
+    checkpoint(backend).await?;
     let (import_rate, took) = ctx.import(&ctx.account, rows).await?;
     let (_, peak) = procs::memory(ctx.services.pid("contacts"));
     let copy_rate = if backend == Backend::Postgres {
@@ -476,6 +491,9 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
     let scored = format!("{}-scored", ctx.account);
     ctx.subscribe(&scored, Edition::Enterprise).await?;
     ctx.scoring_rules(&scored).await?;
+    // The floor's copies just wrote as much log as the import: flushed first, as the first
+    // import began with none to flush, so that neither import pays for the steps before it.
+    checkpoint(backend).await?;
     let (scored_rate, scored_took) = ctx.import(&scored, rows).await?;
     report.add(
         &format!("CSV import of {rows} rows, lead scoring on"),
@@ -604,11 +622,7 @@ async fn run_backend(cfg: &Config, backend: Backend, ctx: &Ctx, report: &mut Rep
 
     // 4. Unary reads under load, beside an empty RPC. The earlier steps' million-row writes are
     // flushed first, so the reads are not measured against their checkpoint.
-    if backend == Backend::Postgres {
-        let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
-        sqlx::query("CHECKPOINT").execute(&pool).await?;
-        pool.close().await;
-    }
+    checkpoint(backend).await?;
     let empty = start_empty(&cfg.empty_server).await?;
     let empty_peak = load::closed_loop(health_call(empty.addr), cfg.concurrency, cfg.load_time).await;
     let calls: [(&str, Call); 2] = [
@@ -914,6 +928,17 @@ fn usage_call(addr: SocketAddr, token: String) -> Call {
             BillingServiceClient::new(ch).get_usage(authed(bpb::GetUsageRequest {}, &token)).await.map(|_| ())
         })
     })
+}
+
+/// Flushes what earlier steps wrote (PostgreSQL), so that a measured step does not pay for
+/// their checkpoint.
+async fn checkpoint(backend: Backend) -> anyhow::Result<()> {
+    if backend == Backend::Postgres {
+        let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
+        sqlx::query("CHECKPOINT").execute(&pool).await?;
+        pool.close().await;
+    }
+    Ok(())
 }
 
 fn contact_call(addr: SocketAddr, token: String, ids: Arc<Vec<String>>) -> Call {

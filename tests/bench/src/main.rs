@@ -85,9 +85,13 @@ async fn main() -> anyhow::Result<()> {
         instant_accounts: cli.instant_accounts.into_iter().filter(|n| *n > 0).collect(),
         pgbench_seconds: cli.pgbench_seconds,
     };
+    let settings = match cfg.backends.contains(&Backend::Postgres) {
+        true => format!("\n{}", contactier_bench::postgres_settings().await?),
+        false => String::new(),
+    };
     let report = contactier_bench::run(&cfg).await?;
     let text = format!(
-        "# Benchmarks\n\nMeasured {} on {}.\nEvery service ran as its own process (release build) on the backend named; the load came from\nanother process over gRPC on the loopback. `make bench` reproduces this table.\n\n{}\n",
+        "# Benchmarks\n\nMeasured {} on {}.{settings}\nEvery service ran as its own process (release build) on the backend named; the load came from\nanother process over gRPC on the loopback. `make bench` reproduces this table.\n\n{}\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         machine(),
         report.markdown()
