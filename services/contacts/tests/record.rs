@@ -1758,7 +1758,89 @@ async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend
     }
 }
 
+/// Updates of one contact at the same time: with an expected version one wins and the rest are
+/// refused; without, each is applied in turn. Either way the history holds exactly the changes
+/// the contact went through.
+async fn updates_at_the_same_time_are_each_applied_in_turn_or_refused(backend: Backend) {
+    const CALLERS: usize = 8;
+    const EACH: usize = 5;
+    let s = start(backend).await;
+    let c = s.create("race@example.com", &[]).await.unwrap();
+    let update = |version: i64, value: String| pb::UpdateContactRequest {
+        id: c.id.clone(),
+        properties: [("company".to_owned(), value)].into_iter().collect(),
+        expected_version: version,
+        email: String::new(),
+        update_mask: None,
+    };
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CALLERS));
+    let calls: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let (mut api, token, req, barrier) =
+                (s.api(), s.writer(), update(1, format!("first-{i}")), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                api.update_contact(authed(req, &token)).await.map(|r| r.into_inner().contact.unwrap())
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(c) => won.push(c),
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "{backend:?}: {e:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{backend:?}: one update of version 1 wins");
+    assert_eq!(won[0].version, 2, "{backend:?}");
+    let kept = history(&s, &c.id, "company").await.unwrap();
+    assert_eq!(kept.len(), 1, "{backend:?}: only the winner's value is in the history: {kept:?}");
+    assert_eq!(kept[0].1, won[0].properties["company"], "{backend:?}");
+
+    // Without an expected version every update is applied, one after the other.
+    let calls: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let (mut api, token, barrier) = (s.api(), s.writer(), barrier.clone());
+            let reqs: Vec<_> = (0..EACH).map(|j| update(0, format!("caller-{i}-{j}"))).collect();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut versions = Vec::new();
+                for req in reqs {
+                    versions.push(
+                        api.update_contact(authed(req, &token))
+                            .await
+                            .unwrap()
+                            .into_inner()
+                            .contact
+                            .unwrap()
+                            .version,
+                    );
+                }
+                versions
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for call in calls {
+        versions.extend(call.await.unwrap());
+    }
+    versions.sort_unstable();
+    let expected: Vec<i64> = (3..3 + (CALLERS * EACH) as i64).collect();
+    assert_eq!(versions, expected, "{backend:?}: each update moved the version once");
+    let now = s.by_email("race@example.com").await;
+    assert_eq!(now.version, 2 + (CALLERS * EACH) as i64, "{backend:?}");
+    let mut kept: Vec<String> =
+        history(&s, &c.id, "company").await.unwrap().into_iter().map(|c| c.1).collect();
+    kept.sort_unstable();
+    let mut applied: Vec<String> =
+        (0..CALLERS).flat_map(|i| (0..EACH).map(move |j| format!("caller-{i}-{j}"))).collect();
+    applied.push(won[0].properties["company"].clone());
+    applied.sort_unstable();
+    assert_eq!(kept, applied, "{backend:?}: every applied change in the history, once");
+}
+
 contactier_runtime::backend_tests!(
+    updates_at_the_same_time_are_each_applied_in_turn_or_refused,
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,
     an_import_naming_one_email_again_keeps_each_value_in_order,

@@ -229,6 +229,27 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
 }
 
 /// A contact by id, inside a transaction or not.
+/// Locks the contacts a write will read and then change, in id order so that two writes
+/// naming the same contacts take turns rather than wait on each other in a circle. On
+/// PostgreSQL a plain read in the transaction would let a concurrent write commit between the
+/// read and the update, and one of the two would be lost; SQLite's write transaction already
+/// holds the database's only write lock.
+async fn lock_contacts(tx: &mut impl Tx, db: &Db, account: &str, ids: &[&str]) -> Result<()> {
+    if !matches!(db, Db::Postgres(_)) || ids.is_empty() {
+        return Ok(());
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let q = format!(
+        "SELECT id FROM contacts WHERE account_id = $1 AND {} ORDER BY id FOR UPDATE",
+        db.json_in("id", 2)
+    );
+    let ids = serde_json::to_string(&ids).expect("JSON of strings");
+    let _: Vec<(String,)> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(ids)).await?;
+    Ok(())
+}
+
 async fn contact(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<ContactRow>> {
     Ok(tx.fetch_optional(Sql::new(CONTACT_BY_ID).bind(account).bind(id)).await?)
 }
@@ -471,6 +492,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
         let mut tx = self.begin_values_write(account).await?;
+        let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+        lock_contacts(&mut tx, &self.db, account, &ids).await?;
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
             out.push(update_contact(&mut tx, &self.db, account, ch, origin, now).await?);
@@ -519,6 +542,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<ContactRow> {
         let mut tx = self.begin_values_write(account).await?;
+        lock_contacts(&mut tx, &self.db, account, &[primary, secondary]).await?;
         let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
         let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
         let s_values = s.values();
