@@ -489,7 +489,59 @@ async fn an_import_cut_off_is_taken_up_again_by_its_retry(backend: Backend) {
     }
 }
 
+/// Calls starting the same import at once (one request id): one import runs, the others are
+/// told it is running or get its summary, and each row is written once.
+async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend) {
+    const CALLS: usize = 6;
+    let s = std::sync::Arc::new(start(backend).await);
+    let mut csv = String::from("email,company\n");
+    for row in 0..150 {
+        csv.push_str(&format!("twin{}@example.com,Company {row}\n", row % 50));
+    }
+    let h = pb::ImportHeader {
+        request_id: "import-once".into(),
+        ..header(pb::ImportMode::Upsert, &[("email", "email"), ("company", "company")])
+    };
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CALLS));
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (s, h, csv, barrier) = (s.clone(), h.clone(), csv.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                import(&s, h, &csv, 1_000).await
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(got) => {
+                let last = got.last().unwrap().progress.clone().unwrap();
+                ids.insert(last.import_id);
+            }
+            Err(e) => assert_eq!(e.code(), Code::Aborted, "{backend:?}: {e:?}"),
+        }
+    }
+    // A retry once they are done answers the one import.
+    let retry = import(&s, h, &csv, 1_000).await.unwrap();
+    let summary = retry.last().unwrap().progress.clone().unwrap();
+    ids.insert(summary.import_id.clone());
+    assert_eq!(ids.len(), 1, "{backend:?}: one import for the request id, not {ids:?}");
+    assert_eq!((summary.created, summary.updated), (50, 100), "{backend:?}");
+    let c = s.by_email("twin7@example.com").await;
+    let req = pb::ListPropertyHistoryRequest {
+        contact_id: c.id,
+        property: "company".into(),
+        page_size: 100,
+        page_token: String::new(),
+    };
+    let kept = s.api().list_property_history(authed(req, &s.writer())).await.unwrap().into_inner().changes;
+    let kept: Vec<&str> = kept.iter().map(|c| c.value.as_str()).collect();
+    assert_eq!(kept, ["Company 107", "Company 57", "Company 7"], "{backend:?}: each row once, newest first");
+}
+
 contactier_runtime::backend_tests!(
+    imports_started_at_once_under_one_request_id_run_once,
     imports_stream_rows_report_bad_ones_and_keep_the_good,
     merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was,
     gdpr_consent_export_anonymise_and_erase_reach_every_service,

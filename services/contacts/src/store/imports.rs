@@ -69,9 +69,10 @@ const IMPORT_COLUMNS: &str = "id, name, mode, state, rows_read, created, updated
 const TAKE_OVER: &str = "UPDATE imports SET state = 'running', heartbeat_at = $1 \
      WHERE account_id = $2 AND id = $3 AND heartbeat_at = $4 AND state = $5";
 
+/// Inserts nothing when a twin under the same request id recorded its import first.
 const INSERT_IMPORT: &str = "INSERT INTO imports (account_id, id, name, mode, state, rows_read, created, \
      updated, skipped, failed, request_id, request_digest, started_at, finished_at, heartbeat_at) \
-     VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, $8, 0, $9)";
+     VALUES ($1, $2, $3, $4, $5, 0, 0, 0, 0, 0, $6, $7, $8, 0, $9) ON CONFLICT DO NOTHING";
 
 const SAVE_IMPORT: &str = "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, \
      skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8, prefix_digest = $11, file_digest = $12 \
@@ -87,6 +88,19 @@ impl Store {
     /// request id: answer it (completed), take it over (interrupted: failed, or running with an
     /// owner that stopped beating for longer than `lease`), or wait (running elsewhere).
     pub async fn start_import(&self, account: &str, i: &ImportRow, lease: Duration) -> Result<Start> {
+        // Twice at most: a twin that records its import between the look and the insert is
+        // found on the second look.
+        for _ in 0..2 {
+            if let Some(start) = self.try_start_import(account, i, lease).await? {
+                return Ok(start);
+            }
+        }
+        Ok(Start::Busy)
+    }
+
+    /// [`Store::start_import`] once; None when a twin under the same request id recorded its
+    /// import first.
+    async fn try_start_import(&self, account: &str, i: &ImportRow, lease: Duration) -> Result<Option<Start>> {
         let now = wall_micros();
         if !i.request_id.is_empty() {
             let q = format!(
@@ -96,10 +110,10 @@ impl Store {
                 self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(&i.request_id)).await?;
             if let Some(Beating { import: earlier, heartbeat_at: beat }) = earlier {
                 if !contactier_runtime::idempotency::same(&earlier.request_digest, &i.request_digest) {
-                    return Ok(Start::Reused);
+                    return Ok(Some(Start::Reused));
                 }
                 let stale = beat < now - lease.as_micros() as i64;
-                return Ok(match earlier.state.as_str() {
+                return Ok(Some(match earlier.state.as_str() {
                     "completed" => Start::Finished(earlier),
                     "running" if !stale => Start::Busy,
                     _ => {
@@ -116,7 +130,7 @@ impl Store {
                             Start::Busy
                         }
                     }
-                });
+                }));
             }
         }
         let insert = Sql::new(INSERT_IMPORT)
@@ -129,8 +143,7 @@ impl Store {
             .bind(&i.request_digest)
             .bind(i.started_at)
             .bind(now);
-        self.db.execute(insert).await?;
-        Ok(Start::Fresh)
+        Ok((self.db.execute(insert).await? == 1).then_some(Start::Fresh))
     }
 
     /// Marks a running import as alive.
