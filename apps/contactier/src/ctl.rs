@@ -283,7 +283,7 @@ fn print_token(
     let ttl = chrono::Duration::from_std(lifetime)?;
     for (flag, v) in [("--account", account.as_deref().unwrap_or("x")), ("--user", user)] {
         anyhow::ensure!(
-            !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control),
+            !v.is_empty() && v.chars().count() <= 256 && !v.chars().any(char::is_control),
             "{flag} must be 1 to 256 characters without control characters"
         );
     }

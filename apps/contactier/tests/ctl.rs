@@ -175,10 +175,16 @@ async fn ctl_answers_a_person_plainly() {
     let out = ctl(&r, &["ctl", "clock", "--base-port", &base, "--token", &ops]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // A user is up to 256 characters, as the services take it, whatever their bytes.
+    let (longest, longer) = ("\u{1F600}".repeat(256), "\u{1F600}".repeat(257));
+    let out = ctl(&r, &["ctl", "token", "--account", "acct-ctl", "--user", &longest]);
+    assert!(out.status.success(), "256 four-byte characters: {}", text(&out.stderr));
+
     // Tokens are not minted for what cannot be: an unknown service, a control character, a
-    // placeholder secret.
+    // placeholder secret, a user past 256 characters.
     for args in [
-        &["ctl", "token", "--service", "nope"][..],
+        &["ctl", "token", "--account", "acct-ctl", "--user", &longer][..],
+        &["ctl", "token", "--service", "nope"],
         &["ctl", "token", "--account", "a\tb"],
         &["ctl", "token", "--account", "a", "--jwt-secret", "change-me-change-me-change-me-change-me"],
     ] {
