@@ -228,7 +228,6 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
     Ok(gone)
 }
 
-/// A contact by id, inside a transaction or not.
 /// Locks the contacts a write will read and then change, in id order so that two writes
 /// naming the same contacts take turns rather than wait on each other in a circle. On
 /// PostgreSQL a plain read in the transaction would let a concurrent write commit between the
@@ -250,6 +249,7 @@ async fn lock_contacts(tx: &mut impl Tx, db: &Db, account: &str, ids: &[&str]) -
     Ok(())
 }
 
+/// A contact by id, inside a transaction or not.
 async fn contact(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<ContactRow>> {
     Ok(tx.fetch_optional(Sql::new(CONTACT_BY_ID).bind(account).bind(id)).await?)
 }
