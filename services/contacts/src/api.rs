@@ -370,7 +370,15 @@ impl Api {
             return first.ok_or_else(|| Error::Internal("a kept answer went missing".into()));
         };
         self.relay.wake();
-        answer(outcomes(created))
+        match answer(outcomes(created)) {
+            // A twin under the same request id created the contact first (this one found its
+            // email taken): its kept answer is this one's.
+            Err(Error::EmailTaken(e)) => match self.replay(&c.account, key).await? {
+                Some(first) => Ok(first),
+                None => Err(Error::EmailTaken(e)),
+            },
+            a => a,
+        }
     }
 
     /// Deletes (or, for GDPR, erases) one contact; NOT_FOUND when it does not exist.

@@ -587,7 +587,37 @@ async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Bac
     }
 }
 
+/// Creates sent at once under one request id (a client's retries racing its first try): each
+/// gets the one contact made, none is told its email is taken.
+async fn creates_at_once_under_one_request_id_each_answer_the_one_contact(backend: Backend) {
+    const CALLS: usize = 6;
+    let s = start(backend).await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(CALLS));
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (mut api, token, barrier) = (s.api(), s.writer(), barrier.clone());
+            let input = pb::ContactInput {
+                email: "twin@example.com".into(),
+                properties: props(&[("company", "Twins")]),
+                ..Default::default()
+            };
+            let req = pb::CreateContactRequest { contact: Some(input), request_id: "create-once".into() };
+            tokio::spawn(async move {
+                barrier.wait().await;
+                api.create_contact(authed(req, &token)).await.map(|r| r.into_inner().contact.unwrap())
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        let c = call.await.unwrap().unwrap_or_else(|e| panic!("{backend:?}: {e:?}"));
+        ids.insert(c.id);
+    }
+    assert_eq!(ids.len(), 1, "{backend:?}: one contact, the same answer to every call");
+}
+
 contactier_runtime::backend_tests!(
+    creates_at_once_under_one_request_id_each_answer_the_one_contact,
     reads_at_the_same_time_each_get_their_own_accounts_contact,
     contacts_are_created_read_updated_and_deleted_with_their_status_following,
     bad_input_is_refused_with_the_field_named_and_changes_nothing,
