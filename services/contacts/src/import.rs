@@ -24,6 +24,9 @@ use tonic::{Status, Streaming};
 
 /// Rows written per transaction.
 pub const BATCH_ROWS: usize = 1_000;
+/// Bytes of values a batch holds at most, whatever its rows: a row may take up to 1 MiB, and a
+/// thousand such rows made a batch, and the statements writing it, of a gigabyte and more.
+pub const BATCH_BYTES: usize = 8 << 20;
 /// Rows between refreshes of the planner's statistics during an import.
 const STATISTICS_EVERY: i64 = 100_000;
 /// A running import's owner marks it alive this often; a retry takes over one not marked for
@@ -374,6 +377,7 @@ async fn run(
     });
     let (headers, mut records) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
     let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    let mut batch_bytes = 0;
     let mut errors: Vec<ImportErrorRow> = Vec::new();
     let mut number = 0;
     let mut analyzed_at = 0;
@@ -404,7 +408,11 @@ async fn run(
         import.rows_read += 1;
         match record {
             Record::Fields(r) => match check_row(number, &headers, &r, plan, catalog) {
-                Ok(row) => batch.push(row),
+                Ok(row) => {
+                    batch_bytes +=
+                        row.email.address.len() + row.values.values().map(|v| v.text.len()).sum::<usize>();
+                    batch.push(row);
+                }
                 Err(e) => {
                     import.failed += 1;
                     errors.extend(e);
@@ -421,7 +429,8 @@ async fn run(
                 });
             }
         }
-        if batch.len() >= BATCH_ROWS {
+        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
             write(ctx, account, user, plan, import, std::mem::take(&mut batch), &mut errors, recheck).await?;
             recheck = false;
             // A table that grew from nothing during the import has statistics that say it is

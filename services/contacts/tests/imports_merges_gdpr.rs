@@ -540,7 +540,35 @@ async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend)
     assert_eq!(kept, ["Company 107", "Company 57", "Company 7"], "{backend:?}: each row once, newest first");
 }
 
+/// Rows near the caps are written a few megabytes at a time, not a thousand rows at a time (a
+/// gigabyte a batch): the import goes through and says how far it got along the way.
+async fn an_import_of_large_rows_is_written_a_few_megabytes_at_a_time(backend: Backend) {
+    const ROWS: usize = 150;
+    let s = start(backend).await;
+    let long = |row: usize, what: &str| format!("{what} {row} {}", "a".repeat(60_000));
+    let mut csv = String::from("email,company,first_name,last_name\n");
+    for row in 0..ROWS {
+        let cells = [long(row, "Company"), long(row, "First"), long(row, "Last")];
+        csv.push_str(&format!("large{row}@example.com,{}\n", cells.join(",")));
+    }
+    let mapping = [
+        ("email", "email"),
+        ("company", "company"),
+        ("first_name", "first_name"),
+        ("last_name", "last_name"),
+    ];
+    let got = import(&s, header(pb::ImportMode::Create, &mapping), &csv, 1 << 20).await.unwrap();
+    let (done, along): (Vec<_>, Vec<_>) = got.iter().partition(|m| m.done);
+    let summary = done[0].progress.clone().unwrap();
+    assert_eq!((summary.created, summary.failed), (ROWS as i64, 0), "{backend:?}");
+    // 27 MB of values: three batches of 8 MiB or so before the last.
+    assert!(along.len() >= 3, "{backend:?}: progress after each batch, {} before the end", along.len());
+    let c = s.by_email("large149@example.com").await;
+    assert_eq!(c.properties["company"], long(149, "Company"), "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
+    an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
     imports_started_at_once_under_one_request_id_run_once,
     imports_stream_rows_report_bad_ones_and_keep_the_good,
     merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was,
