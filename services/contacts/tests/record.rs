@@ -1760,7 +1760,7 @@ async fn writes_beside_a_background_rescore_are_neither_lost_nor_refused(backend
 
 /// Updates of one contact at the same time: with an expected version one wins and the rest are
 /// refused; without, each is applied in turn. Either way the history holds exactly the changes
-/// the contact went through.
+/// the contact went through, the newest the value it holds.
 async fn updates_at_the_same_time_are_each_applied_in_turn_or_refused(backend: Backend) {
     const CALLERS: usize = 8;
     const EACH: usize = 5;
@@ -1837,6 +1837,8 @@ async fn updates_at_the_same_time_are_each_applied_in_turn_or_refused(backend: B
     applied.push(won[0].properties["company"].clone());
     applied.sort_unstable();
     assert_eq!(kept, applied, "{backend:?}: every applied change in the history, once");
+    let newest = &history(&s, &c.id, "company").await.unwrap()[0];
+    assert_eq!(newest.1, now.properties["company"], "{backend:?}: the newest entry is the value held");
 }
 
 contactier_runtime::backend_tests!(
