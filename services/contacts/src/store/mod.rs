@@ -237,9 +237,6 @@ async fn lock_contacts(tx: &mut impl Tx, db: &Db, account: &str, ids: &[&str]) -
     if !matches!(db, Db::Postgres(_)) || ids.is_empty() {
         return Ok(());
     }
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
     let q = format!(
         "SELECT id FROM contacts WHERE account_id = $1 AND {} ORDER BY id FOR UPDATE",
         db.json_in("id", 2)
