@@ -529,14 +529,8 @@ async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend)
     assert_eq!(ids.len(), 1, "{backend:?}: one import for the request id, not {ids:?}");
     assert_eq!((summary.created, summary.updated), (50, 100), "{backend:?}");
     let c = s.by_email("twin7@example.com").await;
-    let req = pb::ListPropertyHistoryRequest {
-        contact_id: c.id,
-        property: "company".into(),
-        page_size: 100,
-        page_token: String::new(),
-    };
-    let kept = s.api().list_property_history(authed(req, &s.writer())).await.unwrap().into_inner().changes;
-    let kept: Vec<&str> = kept.iter().map(|c| c.value.as_str()).collect();
+    let kept = history(&s, &c.id, "company").await.unwrap();
+    let kept: Vec<&str> = kept.iter().map(|c| c.1.as_str()).collect();
     assert_eq!(kept, ["Company 107", "Company 57", "Company 7"], "{backend:?}: each row once, newest first");
 }
 

@@ -10,32 +10,6 @@ use contactier_runtime::db::Backend;
 use contactier_runtime::testing::authed;
 use tonic::Code;
 
-/// (property, value, source type, source id, user) of each change, newest first.
-type Change = (String, String, i32, String, String);
-
-async fn history(s: &Contacts, contact: &str, property: &str) -> Result<Vec<Change>, tonic::Status> {
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        // Small pages, so the walk crosses page boundaries.
-        let req = pb::ListPropertyHistoryRequest {
-            contact_id: contact.into(),
-            property: property.into(),
-            page_size: 2,
-            page_token: token,
-        };
-        let r = s.api().list_property_history(authed(req, &s.token(ACCOUNT, &["read"]))).await?.into_inner();
-        out.extend(r.changes.into_iter().map(|c| {
-            let source = c.source.unwrap_or_default();
-            (c.property, c.value, source.r#type, source.id, c.user_id)
-        }));
-        if r.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = r.next_page_token;
-    }
-}
-
 fn change(property: &str, value: &str, source: SourceType, id: &str, user: &str) -> Change {
     (property.into(), value.into(), source as i32, id.into(), user.into())
 }

@@ -119,3 +119,29 @@ pub fn filter(groups: Vec<Vec<pb::Filter>>) -> Option<pb::ContactFilter> {
 pub fn f(property: &str, op: pb::FilterOperator, value: &str) -> pb::Filter {
     pb::Filter { property: property.into(), operator: op as i32, value: value.into(), ..Default::default() }
 }
+
+/// (property, value, source type, source id, user) of each change, newest first.
+pub type Change = (String, String, i32, String, String);
+
+pub async fn history(s: &Contacts, contact: &str, property: &str) -> Result<Vec<Change>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        // Small pages, so the walk crosses page boundaries.
+        let req = pb::ListPropertyHistoryRequest {
+            contact_id: contact.into(),
+            property: property.into(),
+            page_size: 2,
+            page_token: token,
+        };
+        let r = s.api().list_property_history(authed(req, &s.token(ACCOUNT, &["read"]))).await?.into_inner();
+        out.extend(r.changes.into_iter().map(|c| {
+            let source = c.source.unwrap_or_default();
+            (c.property, c.value, source.r#type, source.id, c.user_id)
+        }));
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        token = r.next_page_token;
+    }
+}
