@@ -305,7 +305,7 @@ impl Api {
 
     fn compile(&self, f: Option<&pb::ContactFilter>, catalog: &Catalog) -> Result<filter::Sql> {
         // $1 is the account.
-        filter::compile(f, catalog, 1).map_err(|e| Error::invalid(e.field, e.reason))
+        filter::compile(f, catalog, self.store.db.backend(), 1).map_err(|e| Error::invalid(e.field, e.reason))
     }
 
     /// Creates the contacts, each with its own outcome, and answers the call with `answer` of
@@ -420,7 +420,7 @@ impl Api {
             let f = pb::ContactFilter::decode(row.filter.as_slice())
                 .map_err(|_| Error::Internal("stored filter".into()))?;
             // A filter on a property deleted since matches nothing.
-            match filter::compile(Some(&f), &catalog, 1) {
+            match filter::compile(Some(&f), &catalog, self.store.db.backend(), 1) {
                 Ok(sql) => self.store.count_matching(account, &sql).await,
                 Err(_) => Ok(0),
             }
@@ -1032,7 +1032,7 @@ impl ContactsService for Api {
             let catalog = self.store.catalog(&c.account).await?;
             let f = pb::ContactFilter::decode(list.filter.as_slice())
                 .map_err(|_| Error::Internal("stored filter".into()))?;
-            match filter::compile(Some(&f), &catalog, 1) {
+            match filter::compile(Some(&f), &catalog, self.store.db.backend(), 1) {
                 Ok(sql) => self.store.matching_ids(&c.account, &sql, &after, limit + 1).await?,
                 Err(_) => vec![],
             }
@@ -1071,7 +1071,7 @@ impl ContactsService for Api {
                 let member = if row.r#type == "active" {
                     let f = pb::ContactFilter::decode(row.filter.as_slice())
                         .map_err(|_| Error::Internal("stored filter".into()))?;
-                    match filter::compile(Some(&f), &catalog, 1) {
+                    match filter::compile(Some(&f), &catalog, self.store.db.backend(), 1) {
                         Ok(sql) => self.store.matches(&c.account, &sql, &id).await?,
                         Err(_) => false,
                     }

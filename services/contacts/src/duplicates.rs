@@ -2,7 +2,9 @@
 //! score of a pair from the keys it shares. Plain functions; the store keeps each contact's
 //! keys in the transaction that writes its values, so finding pairs is an index lookup.
 
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 /// Why two contacts may be one person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,6 +85,22 @@ fn plain(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
+/// The longest key kept as it is. Keys are only ever compared for equality, so a longer one
+/// (values hold up to 65,536 characters) is kept as its SHA-256: an index entry has to fit
+/// PostgreSQL's b-tree, which takes about 2.7 kB.
+const MAX_KEY_BYTES: usize = 256;
+
+fn bounded(key: String) -> String {
+    if key.len() <= MAX_KEY_BYTES {
+        return key;
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    digest.iter().fold(String::from("sha256:"), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 /// The keys a contact is matched by: its mailbox at forgiving providers, its phone, and its
 /// name with its company (all three needed).
 pub fn keys(email_key: &str, values: &BTreeMap<String, String>) -> Vec<(Reason, String)> {
@@ -97,7 +115,7 @@ pub fn keys(email_key: &str, values: &BTreeMap<String, String>) -> Vec<(Reason, 
     if let (Some(first), Some(last), Some(company)) = (get("first_name"), get("last_name"), get("company")) {
         out.push((Reason::NameAndCompany, format!("{first}\n{last}\n{company}")));
     }
-    out
+    out.into_iter().map(|(reason, key)| (reason, bounded(key))).collect()
 }
 
 /// Which contact of a merge a property's value comes from.
@@ -226,6 +244,24 @@ mod tests {
         );
         assert_eq!(full, [(Reason::NameAndCompany, "ada\nlovelace\nanalytical engines".to_owned())]);
         assert!(keys("ada@example.com", &v(&[("first_name", "Ada"), ("last_name", "Lovelace")])).is_empty());
+    }
+
+    #[test]
+    fn long_keys_are_kept_as_digests_that_still_match() {
+        let v = |company: &str| {
+            [("first_name", "Ada"), ("last_name", "Lovelace"), ("company", company)]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let long = "Ü".repeat(5_000);
+        let a = keys("ada@example.com", &v(&long));
+        let b = keys("ada@example.org", &v(&format!("  {long} ")));
+        assert_eq!(a, b, "the same name and company, spelled with other spaces");
+        assert!(a[0].1.starts_with("sha256:") && a[0].1.len() <= MAX_KEY_BYTES, "{}", a[0].1);
+        assert_ne!(a, keys("ada@example.com", &v(&format!("{long}x"))));
+        let phone = keys("ada@example.com", &[("phone".to_owned(), "5".repeat(40_000))].into());
+        assert!(phone[0].1.starts_with("sha256:"));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Search filters: OR of AND groups, checked against the account's properties and compiled to
 //! one SQL condition over `contacts c` (values live in `contact_values`, one row per property).
-//! The same SQL runs on SQLite and PostgreSQL.
+//! The same SQL runs on SQLite and PostgreSQL, but for CONTAINS: SQLite's LOWER folds ASCII
+//! letters only, so there the text is matched by a case-insensitive REGEXP.
 
 use crate::properties::{Catalog, PropertyType, normalize};
+use crate::value_index;
 use chrono::{DateTime, NaiveDate, Utc};
 use contactier_proto::contacts::v1::{self as pb, FilterOperator as Op};
+use contactier_runtime::db::Backend;
 
 pub const MAX_GROUPS: usize = 10;
 pub const MAX_FILTERS_PER_GROUP: usize = 20;
@@ -54,6 +57,7 @@ enum Target<'a> {
 pub fn compile(
     filter: Option<&pb::ContactFilter>,
     catalog: &Catalog,
+    backend: Backend,
     offset: usize,
 ) -> Result<Sql, FilterError> {
     let groups = filter.map(|f| f.groups.as_slice()).unwrap_or_default();
@@ -82,7 +86,7 @@ pub fn compile(
         let mut ands = Vec::new();
         for (i, f) in group.filters.iter().enumerate() {
             let path = format!("filter.groups[{g}].filters[{i}]");
-            ands.push(one(f, catalog, &mut sql, offset, &path)?);
+            ands.push(one(f, catalog, backend, &mut sql, offset, &path)?);
         }
         ors.push(format!("({})", ands.join(" AND ")));
     }
@@ -136,6 +140,7 @@ fn time_micros(raw: &str) -> Result<i64, String> {
 fn one(
     f: &pb::Filter,
     catalog: &Catalog,
+    backend: Backend,
     sql: &mut Sql,
     offset: usize,
     path: &str,
@@ -158,9 +163,12 @@ fn one(
     // A condition on the value: direct for fields, inside EXISTS for properties.
     let on_value = |cond: String| match &has {
         None => cond,
-        Some(p) => format!(
-            "EXISTS (SELECT 1 FROM contact_values v WHERE v.account_id = c.account_id AND v.contact_id = c.id AND v.name = {p} AND {cond})"
-        ),
+        Some(p) => {
+            let cond = if column == "v.value" { value_index::either_side(&column, &cond) } else { cond };
+            format!(
+                "EXISTS (SELECT 1 FROM contact_values v WHERE v.account_id = c.account_id AND v.contact_id = c.id AND v.name = {p} AND {cond})"
+            )
+        }
     };
     let value = |sql: &mut Sql, raw: &str, field: &str| -> Result<String, FilterError> {
         let b = operand(t, catalog, raw).map_err(|r| err(field, r))?;
@@ -219,9 +227,17 @@ fn one(
             if needle.is_empty() {
                 return Err(err("value", "required".into()));
             }
-            let escaped = needle.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-            let p = sql.param(offset, Bind::Text(format!("%{escaped}%")));
-            let cond = on_value(format!("LOWER({column}) LIKE {p} ESCAPE '\\'"));
+            let cond = match backend {
+                Backend::Postgres => {
+                    let escaped = needle.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                    let p = sql.param(offset, Bind::Text(format!("%{escaped}%")));
+                    on_value(format!("LOWER({column}) LIKE {p} ESCAPE '\\'"))
+                }
+                Backend::Sqlite => {
+                    let p = sql.param(offset, Bind::Text(format!("(?i){}", regex::escape(&needle))));
+                    on_value(format!("{column} REGEXP {p}"))
+                }
+            };
             if op == Op::Contains { cond } else { format!("NOT {cond}") }
         }
         Op::In => on_value(format!("{column} IN ({})", values(sql)?)),
@@ -272,13 +288,15 @@ mod tests {
             vec![f("score", Op::Gt, "10"), f("email", Op::Contains, "Example")],
             vec![f("lifecycle_stage", Op::Eq, "customer")],
         ]);
-        let sql = compile(Some(&filter), &catalog(), 1).unwrap();
-        assert_eq!(sql.text.matches(" OR ").count(), 1);
+        let sql = compile(Some(&filter), &catalog(), Backend::Postgres, 1).unwrap();
+        let (first, second) = sql.text.split_once(") OR (EXISTS").expect("two groups");
+        assert!(first.contains(" AND LOWER(c.email_key) LIKE $4"), "{}", sql.text);
+        assert!(second.contains("v.value = $6"), "{}", sql.text);
         assert!(sql.text.contains("v.num > $3"), "{}", sql.text);
         assert_eq!(sql.binds[0], Bind::Text("score".into()));
         assert_eq!(sql.binds[1], Bind::Num(10.0));
         assert_eq!(sql.binds[2], Bind::Text("%example%".into()), "case-insensitive, wildcards");
-        assert_eq!(compile(None, &catalog(), 0).unwrap().text, "1 = 1");
+        assert_eq!(compile(None, &catalog(), Backend::Postgres, 0).unwrap().text, "1 = 1");
     }
 
     #[test]
@@ -302,17 +320,26 @@ mod tests {
             ),
         ];
         for (filter, field) in cases {
-            let e = compile(Some(&groups(vec![vec![filter.clone()]])), &catalog(), 0).unwrap_err();
+            let e = compile(Some(&groups(vec![vec![filter.clone()]])), &catalog(), Backend::Postgres, 0)
+                .unwrap_err();
             assert_eq!(e.field, field, "{filter:?}: {}", e.reason);
         }
         let too_many = groups(vec![vec![f("score", Op::Eq, "1")]; MAX_GROUPS + 1]);
-        assert_eq!(compile(Some(&too_many), &catalog(), 0).unwrap_err().field, "filter.groups");
+        assert_eq!(
+            compile(Some(&too_many), &catalog(), Backend::Postgres, 0).unwrap_err().field,
+            "filter.groups"
+        );
     }
 
     #[test]
     fn like_wildcards_in_the_value_match_literally() {
-        let sql = compile(Some(&groups(vec![vec![f("company", Op::Contains, "100%_a\\b")]])), &catalog(), 0)
-            .unwrap();
+        let sql = compile(
+            Some(&groups(vec![vec![f("company", Op::Contains, "100%_a\\b")]])),
+            &catalog(),
+            Backend::Postgres,
+            0,
+        )
+        .unwrap();
         assert_eq!(sql.binds[1], Bind::Text("%100\\%\\_a\\\\b%".into()));
     }
 }

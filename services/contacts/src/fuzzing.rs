@@ -72,6 +72,7 @@ pub fn import_file(data: &[u8]) -> FileOutcome {
 /// or the field a refusal names.
 pub fn search_filter(data: &[u8]) -> Result<usize, String> {
     let f = pb::ContactFilter::decode(data).map_err(|e| format!("decode: {e}"))?;
-    let sql = filter::compile(Some(&f), &catalog(), 1).map_err(|e| e.field)?;
+    let sql = filter::compile(Some(&f), &catalog(), contactier_runtime::db::Backend::Sqlite, 1)
+        .map_err(|e| e.field)?;
     Ok(sql.binds.len())
 }

@@ -17,6 +17,7 @@ pub mod properties;
 mod record;
 pub mod scoring;
 mod store;
+mod value_index;
 
 use contactier_proto::contacts::v1::contacts_service_server::ContactsServiceServer;
 use contactier_proto::marketing_status::v1 as mpb;

@@ -1815,7 +1815,162 @@ async fn updates_at_the_same_time_are_each_applied_in_turn_or_refused(backend: B
     assert_eq!(newest.1, now.properties["company"], "{backend:?}: the newest entry is the value held");
 }
 
+// ---- values of every allowed length ----
+
+/// `n` characters of `range` in a seeded pseudo-random order, so they do not compress.
+fn noise(n: usize, range: std::ops::RangeInclusive<char>, seed: u64) -> String {
+    let chars: Vec<char> = range.collect();
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            chars[(x >> 33) as usize % chars.len()]
+        })
+        .collect()
+}
+
+async fn ids_of(s: &Contacts, filter: Option<pb::ContactFilter>) -> Vec<String> {
+    let req = pb::SearchContactsRequest { filter, page_size: 100, ..Default::default() };
+    let mut ids: Vec<String> = s.search(req).await.unwrap().contacts.into_iter().map(|c| c.id).collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(ids: &[&pb::Contact]) -> Vec<String> {
+    let mut ids: Vec<String> = ids.iter().map(|c| c.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+async fn values_of_every_allowed_length_are_kept_found_and_matched(backend: Backend) {
+    use pb::FilterOperator as Op;
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    // About 4,000 bytes in 2,000 characters, that do not compress: past what one index entry
+    // holds, within what a filter may name (4,096 characters).
+    let long = format!("ÜÜ{}", noise(1_998, 'Ā'..='ž', 1));
+    let longest = noise(65_536, 'Ā'..='ž', 2);
+    let ada = [("first_name", "Ada"), ("last_name", "Lovelace"), ("company", long.as_str())];
+    let a = s.create("ada@example.com", &ada).await.unwrap();
+    let phone = noise(3_000, '0'..='9', 3);
+    let c = s.create("c@example.com", &[("company", &longest), ("phone", &phone)]).await.unwrap();
+
+    // A batch with such values among short ones: every record is kept.
+    let input = |email: &str, p: &[(&str, &str)]| pb::ContactInput {
+        email: email.into(),
+        properties: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    };
+    let batch = vec![
+        input("b@example.com", &ada),
+        input("short@example.com", &[("company", "Short Co")]),
+        input("d@example.com", &[("company", &longest), ("phone", &phone)]),
+    ];
+    let req = pb::BatchCreateContactsRequest { contacts: batch, request_id: String::new() };
+    let r = s.api().batch_create_contacts(authed(req, &admin)).await.unwrap().into_inner();
+    assert_eq!((r.results.len(), r.errors.len()), (3, 0), "{backend:?}: {:?}", r.errors);
+    // And an import with one in its batch.
+    let csv = format!("Email,Company\ne@example.com,{long}\nf@example.com,Fine Co\n");
+    let done = import_csv(&s, pb::ImportMode::Create, &csv).await;
+    assert_eq!((done.created, done.failed), (2, 0), "{backend:?}");
+
+    let (b, short) = (s.by_email("b@example.com").await, s.by_email("short@example.com").await);
+    let (d, e) = (s.by_email("d@example.com").await, s.by_email("e@example.com").await);
+    assert_eq!(e.properties["company"], long, "{backend:?}: kept whole");
+    assert_eq!(d.properties["company"], longest, "{backend:?}: kept whole");
+
+    // Found by the long value as by a short one, under every operator that compares.
+    let by = |op, value: &str| filter(vec![vec![f("company", op, value)]]);
+    assert_eq!(ids_of(&s, by(Op::Eq, &long)).await, sorted(&[&a, &b, &e]), "{backend:?}: EQ");
+    assert_eq!(ids_of(&s, by(Op::Eq, "Short Co")).await, sorted(&[&short]), "{backend:?}");
+    let any = pb::Filter { values: vec![long.clone(), "Fine Co".into()], ..f("company", Op::In, "") };
+    let fine = s.by_email("f@example.com").await;
+    assert_eq!(ids_of(&s, filter(vec![vec![any]])).await, sorted(&[&a, &b, &e, &fine]), "{backend:?}: IN");
+    assert_eq!(ids_of(&s, by(Op::Neq, &long)).await, sorted(&[&c, &short, &d, &fine]), "{backend:?}: NEQ");
+    let range = pb::Filter { high_value: long.clone(), ..f("company", Op::Between, &long) };
+    assert_eq!(ids_of(&s, filter(vec![vec![range]])).await, sorted(&[&a, &b, &e]), "{backend:?}: BETWEEN");
+    // Without regard to case beyond ASCII, and what patterns mean taken literally.
+    assert_eq!(ids_of(&s, by(Op::Contains, "üü")).await, sorted(&[&a, &b, &e]), "{backend:?}: CONTAINS");
+    let odd = s.create("odd@example.com", &[("company", "Ärzte.* [100%_x]")]).await.unwrap();
+    assert_eq!(ids_of(&s, by(Op::Contains, "äRZTE.* [100%_")).await, sorted(&[&odd]), "{backend:?}");
+    assert!(ids_of(&s, by(Op::Contains, "Ärzte.. [100")).await.is_empty(), "{backend:?}: no wildcards");
+    assert_eq!(ids_of(&s, by(Op::HasProperty, "")).await.len(), 8, "{backend:?}: HAS_PROPERTY");
+
+    // Matched as duplicates by name and company, and by phone, however long.
+    let found = candidates(&s, 0).await;
+    let pairs: Vec<((String, String), Vec<i32>)> =
+        found.into_iter().map(|(x, y, reasons, _)| ((x, y), reasons)).collect();
+    let name_and_company = pb::DuplicateReason::NameAndCompany as i32;
+    assert!(pairs.contains(&(pair(&a, &b), vec![name_and_company])), "{backend:?}: {pairs:?}");
+    assert!(
+        pairs.iter().any(|(p, r)| *p == pair(&c, &d) && r.contains(&(pb::DuplicateReason::Phone as i32)))
+    );
+
+    // Changed to another long value, with its history; a property holding such values is
+    // deleted with them.
+    let update = pb::UpdateContactRequest {
+        id: a.id.clone(),
+        properties: [("company".to_owned(), longest.clone())].into(),
+        expected_version: a.version,
+        ..Default::default()
+    };
+    s.api().update_contact(authed(update, &s.writer())).await.unwrap();
+    let changes = history(&s, &a.id, "company").await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.1.len()).collect::<Vec<_>>(),
+        [longest.len(), long.len()],
+        "{backend:?}"
+    );
+    let notes = |name: &str| pb::CreatePropertyRequest {
+        property: Some(pb::PropertyDefinition {
+            name: name.into(),
+            label: name.into(),
+            r#type: pb::PropertyType::MultiLineText as i32,
+            ..Default::default()
+        }),
+    };
+    s.api().create_property(authed(notes("notes"), &admin)).await.unwrap();
+    let update = pb::UpdateContactRequest {
+        id: b.id.clone(),
+        properties: [("notes".to_owned(), longest.clone())].into(),
+        expected_version: b.version,
+        ..Default::default()
+    };
+    s.api().update_contact(authed(update, &s.writer())).await.unwrap();
+    assert_eq!(ids_of(&s, filter(vec![vec![f("notes", Op::HasProperty, "")]])).await, sorted(&[&b]));
+    s.api()
+        .delete_property(authed(pb::DeletePropertyRequest { name: "notes".into() }, &admin))
+        .await
+        .unwrap();
+    s.api().create_property(authed(notes("notes"), &admin)).await.unwrap();
+    assert_eq!(s.by_email("b@example.com").await.properties.get("notes"), None, "{backend:?}: gone with it");
+    assert!(ids_of(&s, filter(vec![vec![f("notes", Op::HasProperty, "")]])).await.is_empty(), "{backend:?}");
+}
+
+async fn a_former_address_names_its_person_whatever_its_case(backend: Backend) {
+    let s = start(backend).await;
+    let c = s.create("Jürgen.Öz@example.de", &[]).await.unwrap();
+    let update = pb::UpdateContactRequest {
+        id: c.id.clone(),
+        email: "j@example.de".into(),
+        expected_version: c.version,
+        ..Default::default()
+    };
+    s.api().update_contact(authed(update, &s.writer())).await.unwrap();
+    // The person asks for their data under the address they had, spelled in other case.
+    let req = pb::ExportContactDataRequest { email: "JÜRGEN.ÖZ@EXAMPLE.DE".into(), ..Default::default() };
+    let export = s.api().export_contact_data(authed(req, &s.token(ACCOUNT, &["admin"]))).await;
+    let export = export.unwrap_or_else(|e| panic!("{backend:?}: {e:?}")).into_inner();
+    let contacts: serde_json::Value = serde_json::from_str(&export.parts[0].json).unwrap();
+    assert_eq!(
+        (contacts["id"].as_str(), contacts["email"].as_str()),
+        (Some(c.id.as_str()), Some("j@example.de"))
+    );
+}
+
 contactier_runtime::backend_tests!(
+    a_former_address_names_its_person_whatever_its_case,
+    values_of_every_allowed_length_are_kept_found_and_matched,
     updates_at_the_same_time_are_each_applied_in_turn_or_refused,
     every_change_of_a_value_is_kept_with_its_source_and_who_made_it,
     imports_and_merges_write_history_and_erasure_removes_it,

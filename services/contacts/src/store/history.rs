@@ -120,9 +120,16 @@ pub(super) async fn forget(tx: &mut impl Tx, account: &str, contact: &str) -> Re
 impl Store {
     /// The contact whose history holds `email_key` as a past address, if one does.
     pub async fn contact_that_had_email(&self, account: &str, email_key: &str) -> Result<Option<String>> {
-        let q = "SELECT contact_id FROM property_history WHERE account_id = $1 AND name = $2 \
-                 AND LOWER(value) = $3 ORDER BY changed_at DESC LIMIT 1";
-        Ok(self.db.scalar_optional(Sql::new(q).bind(account).bind(EMAIL).bind(email_key)).await?)
+        // Addresses are kept as given; SQLite's LOWER folds ASCII letters only.
+        let (same, key) = match self.db {
+            Db::Postgres(_) => ("LOWER(value) = $3", email_key.to_owned()),
+            Db::Sqlite(_) => ("value REGEXP $3", format!("(?i)^{}$", regex::escape(email_key))),
+        };
+        let q = format!(
+            "SELECT contact_id FROM property_history WHERE account_id = $1 AND name = $2 \
+             AND {same} ORDER BY changed_at DESC LIMIT 1"
+        );
+        Ok(self.db.scalar_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(EMAIL).bind(key)).await?)
     }
 
     /// A contact's changes of `name` (every property when empty), newest first, before the

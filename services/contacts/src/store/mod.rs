@@ -6,6 +6,7 @@ use crate::duplicates as duplicates_rules;
 use crate::email::Email;
 use crate::error::{Error, Result};
 use crate::properties::{Catalog, Definition, PropertyOption, PropertyType, Value};
+use crate::value_index;
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::convert::{micros, new_id};
@@ -396,13 +397,14 @@ impl Store {
             Db::Postgres(_) => "UPDATE contacts SET properties = (properties::jsonb - $2)::text",
             Db::Sqlite(_) => "UPDATE contacts SET properties = json_remove(properties, '$.' || $2)",
         };
+        let all = value_index::either_side("value", "TRUE");
         let forget = format!(
             "{forget} WHERE account_id = $1 AND id IN \
-             (SELECT contact_id FROM contact_values WHERE account_id = $1 AND name = $2)"
+             (SELECT contact_id FROM contact_values WHERE account_id = $1 AND name = $2 AND {all})"
         );
         tx.execute(Sql::new(AssertSqlSafe(forget)).bind(account).bind(name)).await?;
-        let q = "DELETE FROM contact_values WHERE account_id = $1 AND name = $2";
-        tx.execute(Sql::new(q).bind(account).bind(name)).await?;
+        let q = format!("DELETE FROM contact_values WHERE account_id = $1 AND name = $2 AND {all}");
+        tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(name)).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -4,16 +4,15 @@
 use super::Store;
 use crate::error::Result;
 use crate::lifecycle::Change;
+use crate::value_index;
 use contactier_runtime::sql::Sql;
+use sqlx::AssertSqlSafe;
 
 const STAGE: &str = "lifecycle_stage";
 
 /// Stage changes up to an instant, in time order (the history's index by name and time).
 const CHANGES: &str = "SELECT contact_id, value, changed_at FROM property_history \
      WHERE account_id = $1 AND name = $2 AND changed_at < $3 ORDER BY changed_at, id";
-
-const CURRENT: &str = "SELECT value, COUNT(*) FROM contact_values WHERE account_id = $1 AND name = $2 \
-     GROUP BY value ORDER BY value";
 
 const CREATED: &str = "SELECT source_type, created_at FROM contacts \
      WHERE account_id = $1 AND created_at >= $2 AND created_at < $3";
@@ -28,8 +27,14 @@ impl Store {
 
     /// Contacts per stage now; contacts with none under ''.
     pub async fn stages_now(&self, account: &str) -> Result<Vec<(String, i64)>> {
+        // Stages are built-in options, all short: read from the short values' index alone.
+        let current = format!(
+            "SELECT value, COUNT(*) FROM contact_values WHERE account_id = $1 AND name = $2 AND {} \
+             GROUP BY value ORDER BY value",
+            value_index::short("value")
+        );
         let mut counts: Vec<(String, i64)> =
-            self.db.fetch_all(Sql::new(CURRENT).bind(account).bind(STAGE)).await?;
+            self.db.fetch_all(Sql::new(AssertSqlSafe(current)).bind(account).bind(STAGE)).await?;
         let staged: i64 = counts.iter().map(|(_, n)| n).sum();
         let none = self.total(account).await? - staged;
         if none > 0 {
