@@ -486,7 +486,7 @@ impl ContactsService for Api {
         let catalog = self.store.catalog(&c.account).await?;
         let ch = change(req.into_inner(), &catalog, "")?;
         let row =
-            one(self.store.update_contacts(&c.account, vec![ch], &c.origin(), self.clock.now()).await?)?;
+            one(self.store.update_contacts(&c.account, vec![ch], &c.origin(), || self.clock.now()).await?)?;
         Ok(Response::new(pb::UpdateContactResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }
 
@@ -585,7 +585,7 @@ impl ContactsService for Api {
         let outcomes = if changes.is_empty() {
             vec![]
         } else {
-            self.store.update_contacts(&c.account, changes, &c.origin(), self.clock.now()).await?
+            self.store.update_contacts(&c.account, changes, &c.origin(), || self.clock.now()).await?
         };
         for (i, o) in idx.into_iter().zip(outcomes) {
             match o {
@@ -716,7 +716,8 @@ impl ContactsService for Api {
         let catalog = self.store.catalog(&c.account).await?;
         let choices = convert::merge_choices(r.property_choices, &catalog)?;
         let pair = (r.primary_id.as_str(), r.secondary_id.as_str());
-        let row = self.store.merge(&c.account, pair, &choices, &catalog, &c.user, self.clock.now()).await?;
+        let row =
+            self.store.merge(&c.account, pair, &choices, &catalog, &c.user, || self.clock.now()).await?;
         self.relay.wake();
         Ok(Response::new(pb::MergeContactsResponse { contact: Some(convert::contact(row, &catalog, &[])) }))
     }

@@ -640,7 +640,7 @@ async fn write_round(
         let origin =
             Origin { source_type: "IMPORT".into(), source_id: import.id.clone(), user_id: user.to_owned() };
         for ((id, row), outcome) in
-            updates.iter().zip(ctx.store.update_contacts(account, changes, &origin, now).await?)
+            updates.iter().zip(ctx.store.update_contacts(account, changes, &origin, || now).await?)
         {
             match outcome {
                 Ok(_) => {

@@ -482,17 +482,20 @@ impl Store {
     }
 
     /// Applies changes in one transaction, each with its own outcome: NOT_FOUND, ABORTED when
-    /// the contact moved past the expected version, ALREADY_EXISTS for a taken email.
+    /// the contact moved past the expected version, ALREADY_EXISTS for a taken email. `now` is
+    /// read once the contacts are locked, so a contact's changes are timed in the order they
+    /// commit and its newest history entry is the value it holds.
     pub async fn update_contacts(
         &self,
         account: &str,
         changes: Vec<Change>,
         origin: &Origin,
-        now: DateTime<Utc>,
+        now: impl FnOnce() -> DateTime<Utc>,
     ) -> Result<Vec<Result<ContactRow>>> {
         let mut tx = self.begin_values_write(account).await?;
         let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
         lock_contacts(&mut tx, &self.db, account, &ids).await?;
+        let now = now();
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
             out.push(update_contact(&mut tx, &self.db, account, ch, origin, now).await?);
@@ -538,10 +541,12 @@ impl Store {
         choices: &BTreeMap<String, duplicates_rules::Side>,
         catalog: &Catalog,
         user: &str,
-        now: DateTime<Utc>,
+        now: impl FnOnce() -> DateTime<Utc>,
     ) -> Result<ContactRow> {
         let mut tx = self.begin_values_write(account).await?;
         lock_contacts(&mut tx, &self.db, account, &[primary, secondary]).await?;
+        // Read once both are locked, as in update_contacts.
+        let now = now();
         let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
         let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
         let s_values = s.values();
@@ -630,7 +635,7 @@ impl Store {
         let cleared = current.values().into_keys().map(|k| (k, None)).collect();
         let origin = Origin { source_type: "SYSTEM".into(), ..Origin::default() };
         let changes = vec![Change { values: cleared, ..change }];
-        let mut out = self.update_contacts(account, changes, &origin, now).await?;
+        let mut out = self.update_contacts(account, changes, &origin, || now).await?;
         // Nothing of what it held is kept: not its consent, not its values' history.
         let mut tx = self.db.begin_write().await?;
         let q = "DELETE FROM consents WHERE account_id = $1 AND contact_id = $2";
