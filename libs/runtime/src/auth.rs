@@ -14,6 +14,40 @@ use tonic::Status;
 
 /// Header a service token uses to name the account it acts on.
 pub const ACCOUNT_HEADER: &str = "x-account-id";
+/// The same for an account id a header cannot carry as text (beyond printable ASCII): its
+/// UTF-8 in a binary header, which gRPC sends base64-encoded.
+pub const ACCOUNT_HEADER_BIN: &str = "x-account-id-bin";
+
+/// Names `account` in a service's request on its behalf: as text when it can be, else in
+/// binary, so that every account id a token may carry reaches the other service whole.
+pub fn name_account(metadata: &mut tonic::metadata::MetadataMap, account: &str) {
+    let printable = account.bytes().all(|b| (0x20..0x7f).contains(&b)) && account.trim() == account;
+    match tonic::metadata::MetadataValue::try_from(account) {
+        Ok(text) if printable => {
+            metadata.insert(ACCOUNT_HEADER, text);
+        }
+        _ => {
+            metadata.insert_bin(
+                ACCOUNT_HEADER_BIN,
+                tonic::metadata::MetadataValue::from_bytes(account.as_bytes()),
+            );
+        }
+    }
+}
+
+/// The account a request names in either header; None when neither holds one (or the binary
+/// one is not base64 of UTF-8).
+fn named_account(headers: &http::HeaderMap) -> Option<std::borrow::Cow<'_, str>> {
+    use base64::Engine;
+    if let Some(text) = headers.get(ACCOUNT_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(text.into());
+    }
+    let encoded = headers.get(ACCOUNT_HEADER_BIN)?.as_bytes();
+    // gRPC sends binary headers unpadded and accepts them padded.
+    let encoded = encoded.strip_suffix(b"==").or_else(|| encoded.strip_suffix(b"=")).unwrap_or(encoded);
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).ok()?;
+    String::from_utf8(bytes).ok().map(Into::into)
+}
 
 /// Paths served without a token: probes and discovery. Health's Watch stream is not among
 /// them: a stream held open without a token would cost the server for nothing.
@@ -581,7 +615,8 @@ impl AuthLayer {
         else {
             return Verdict::Refused(Status::unauthenticated("missing bearer token"));
         };
-        let principal = match authenticator.verdict(token.trim(), header(ACCOUNT_HEADER)) {
+        let account = named_account(req.headers());
+        let principal = match authenticator.verdict(token.trim(), account.as_deref()) {
             Verdict::Valid(p) => p,
             other => return other,
         };
@@ -740,6 +775,27 @@ mod tests {
         assert!(p.allows(Access::Internal));
         let none = a.authenticate(&t, None).unwrap();
         assert_eq!(none.account_id().unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn every_account_a_token_may_carry_is_named_whole_between_services() {
+        let a = auth();
+        let t = a.service_token("contacts", chrono::Duration::minutes(5));
+        for account in ["acct-a", "кот-акк", "𠀀𠀁𠀂", " padded ", "a=b==", &"語".repeat(256)] {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            name_account(&mut metadata, account);
+            let headers = metadata.into_headers();
+            let named = named_account(&headers);
+            assert_eq!(named.as_deref(), Some(account));
+            let p = a.authenticate(&t, named.as_deref()).unwrap();
+            assert_eq!(p.account_id().unwrap(), account);
+        }
+        // Padded base64, as other gRPC clients may send it, is read as well.
+        let mut headers = http::HeaderMap::new();
+        headers.insert(ACCOUNT_HEADER_BIN, http::HeaderValue::from_static("0LrQvtGC"));
+        assert_eq!(named_account(&headers).as_deref(), Some("кот"));
+        headers.insert(ACCOUNT_HEADER_BIN, http::HeaderValue::from_static("0LrQvg=="));
+        assert_eq!(named_account(&headers).as_deref(), Some("ко"));
     }
 
     #[test]

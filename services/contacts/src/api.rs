@@ -266,8 +266,7 @@ impl Api {
             self.marketing_status.service(),
         );
         let mut req = Request::new(mpb::GetUserPermissionRequest { user_id: user.to_owned() });
-        let account = account.parse().map_err(|_| Error::invalid("account", "not a header value"))?;
-        req.metadata_mut().insert(contactier_runtime::auth::ACCOUNT_HEADER, account);
+        contactier_runtime::auth::name_account(req.metadata_mut(), account);
         let answer = client.get_user_permission(req).await.map_err(|s| {
             tracing::warn!(code = ?s.code(), "asking marketing-status for a user's permission failed");
             Error::Unavailable("the user's permission to set marketing could not be checked; retry".into())

@@ -7,6 +7,9 @@ mod common;
 use common::*;
 use contactier_proto::common::v1::{MarketingStatus, Source, SourceType};
 use contactier_proto::contacts::v1::{self as pb, get_contact_request::Key};
+use contactier_proto::marketing_status::v1::{
+    self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
+};
 use contactier_runtime::db::Backend;
 use contactier_runtime::testing::authed;
 use std::collections::{BTreeMap, HashMap};
@@ -516,6 +519,28 @@ async fn oversized_messages_and_values_are_refused_and_change_nothing(backend: B
     s.create("fine@example.com", &[]).await.unwrap();
 }
 
+async fn accounts_named_beyond_ascii_are_served_across_services(backend: Backend) {
+    let s = start(backend).await;
+    for account in ["кот-акк", &"𠀀".repeat(256)] {
+        let token = s.token(account, &["read", "write", "admin"]);
+        // Making a contact marketing asks marketing-status whether the user may: a call on
+        // the account's behalf.
+        let input = pb::ContactInput {
+            email: "ada@example.com".into(),
+            requested_status: MarketingStatus::Marketing as i32,
+            ..Default::default()
+        };
+        let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+        let made = s.api().create_contact(authed(req, &token)).await;
+        let made = made.unwrap_or_else(|e| panic!("{backend:?}: {e:?}")).into_inner().contact.unwrap();
+        s.settle().await;
+        let mut ms = MarketingStatusServiceClient::new(s.status_channel.clone());
+        let req = mpb::GetContactStatusRequest { contact_id: made.id };
+        let status = ms.get_contact_status(authed(req, &token)).await.unwrap().into_inner().status.unwrap();
+        assert_eq!(status.status, MarketingStatus::Marketing as i32, "{backend:?}");
+    }
+}
+
 async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Backend) {
     const OTHER: &str = "acct-b";
     let s = start(backend).await;
@@ -617,6 +642,7 @@ async fn creates_at_once_under_one_request_id_each_answer_the_one_contact(backen
 }
 
 contactier_runtime::backend_tests!(
+    accounts_named_beyond_ascii_are_served_across_services,
     creates_at_once_under_one_request_id_each_answer_the_one_contact,
     reads_at_the_same_time_each_get_their_own_accounts_contact,
     contacts_are_created_read_updated_and_deleted_with_their_status_following,

@@ -1,7 +1,7 @@
 //! Contacts named by a list or a filter, read from the contacts service page by page.
 
 use contactier_proto::contacts::v1::{self as cpb, contacts_service_client::ContactsServiceClient};
-use contactier_runtime::auth::ACCOUNT_HEADER;
+use contactier_runtime::auth::name_account;
 use contactier_runtime::host::PeerChannel;
 use tonic::Status;
 
@@ -19,12 +19,10 @@ pub struct Contacts {
 }
 
 impl Contacts {
-    fn request<T>(&self, account: &str, msg: T) -> Result<tonic::Request<T>, Status> {
+    fn request<T>(&self, account: &str, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        let value =
-            account.parse().map_err(|_| Status::invalid_argument("account id is not a header value"))?;
-        req.metadata_mut().insert(ACCOUNT_HEADER, value);
-        Ok(req)
+        name_account(req.metadata_mut(), account);
+        req
     }
 
     /// Whether the target can be read: the list exists in the account, or the filter is one
@@ -34,7 +32,7 @@ impl Contacts {
         let answer = match target {
             Target::List(id) => {
                 let req = cpb::GetListRequest { id: id.clone() };
-                client.get_list(self.request(account, req)?).await.map(drop)
+                client.get_list(self.request(account, req)).await.map(drop)
             }
             Target::Filter(f) => {
                 let req = cpb::SearchContactsRequest {
@@ -42,7 +40,7 @@ impl Contacts {
                     page_size: 1,
                     ..Default::default()
                 };
-                client.search_contacts(self.request(account, req)?).await.map(drop)
+                client.search_contacts(self.request(account, req)).await.map(drop)
             }
         };
         answer.map_err(|e| match e.code() {
@@ -67,7 +65,7 @@ impl Contacts {
                         page_token: token,
                     };
                     let r =
-                        client.list_list_members(self.request(account, req)?).await.map_err(from_contacts)?;
+                        client.list_list_members(self.request(account, req)).await.map_err(from_contacts)?;
                     let r = r.into_inner();
                     ids.extend(r.contact_ids);
                     r.next_page_token
@@ -80,7 +78,7 @@ impl Contacts {
                         page_token: token,
                         properties: vec!["email".into()],
                     };
-                    let r = client.search_contacts(self.request(account, req)?).await.map_err(|e| {
+                    let r = client.search_contacts(self.request(account, req)).await.map_err(|e| {
                         // Field names in the answer refer to this request's filter.
                         if e.code() == tonic::Code::InvalidArgument {
                             Status::invalid_argument(e.message().to_owned())
