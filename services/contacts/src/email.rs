@@ -7,7 +7,8 @@ pub struct Email {
     pub key: String,
 }
 
-/// The longest address SMTP allows.
+/// The longest address SMTP carries, in bytes of UTF-8: a character beyond ASCII takes two to
+/// four of them.
 const MAX_LEN: usize = 254;
 
 pub fn parse(raw: &str) -> Result<Email, String> {
@@ -16,7 +17,7 @@ pub fn parse(raw: &str) -> Result<Email, String> {
         return Err("required".into());
     }
     if address.len() > MAX_LEN {
-        return Err(format!("at most {MAX_LEN} characters"));
+        return Err(format!("at most {MAX_LEN} bytes of UTF-8, SMTP's limit ({} here)", address.len()));
     }
     // Display names ("Ada <ada@example.com>") and addresses without a dotted domain are refused.
     let valid = email_address::EmailAddress::is_valid(address)
@@ -52,5 +53,10 @@ mod tests {
             assert!(super::parse(bad).is_err(), "{bad:?}");
         }
         assert!(super::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+        // The limit is SMTP's, in bytes, and the refusal says so.
+        let cyrillic = format!("{}@{}.ru", "ж".repeat(30), "д".repeat(100));
+        assert_eq!(cyrillic.chars().count(), 134);
+        let err = super::parse(&cyrillic).unwrap_err();
+        assert_eq!(err, "at most 254 bytes of UTF-8, SMTP's limit (264 here)");
     }
 }
