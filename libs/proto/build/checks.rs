@@ -124,11 +124,18 @@ fn value_check(kind: &Kind, limits: &Limits, v: &str, at: &str) -> String {
 /// otherwise); the same as the runtime's `paging::MAX_PAGE`.
 const MAX_PAGE_SIZE: i64 = 1_000;
 
+/// The longest page token a list RPC takes unless it says otherwise: a token holds the last
+/// item's key, and a key may hold 256 characters of up to four bytes each, base64-encoded.
+const MAX_PAGE_TOKEN_LEN: u64 = 4_096;
+
 fn field_check(f: &FieldDescriptor, ext: &Extensions, out: &mut String) {
     let mut limits = ext.of(f);
     let name = f.name();
     if name == "page_size" && limits.max.is_none() {
         limits.max = Some(MAX_PAGE_SIZE);
+    }
+    if name == "page_token" && limits.max_len.is_none() {
+        limits.max_len = Some(MAX_PAGE_TOKEN_LEN);
     }
     let rust = sanitize(name.to_snake_case());
     let at = format!("&at.field({name:?})");

@@ -1968,7 +1968,33 @@ async fn a_former_address_names_its_person_whatever_its_case(backend: Backend) {
     );
 }
 
+async fn a_page_token_the_service_issued_is_taken_back(backend: Backend) {
+    use pb::contact_event::Contact as C;
+    let s = start(backend).await;
+    let c = s.create("ada@example.com", &[]).await.unwrap();
+    let t0 = s.platform.clock.now().timestamp() - 3_600;
+    // Event ids at their longest (128 characters), four bytes each: the token holds the last one.
+    let long_id = |n: char| format!("{n}{}", "𠀀".repeat(127));
+    let events = ['a', 'b', 'c'].map(|n| view(&long_id(n), C::ContactId(c.id.clone()), t0, "DIRECT"));
+    assert!(record(&s, events.to_vec()).await.errors.is_empty(), "{backend:?}");
+    let mut seen = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::ListContactEventsRequest { contact_id: c.id.clone(), page_size: 1, page_token };
+        let page = s.api().list_contact_events(authed(req, &s.token(ACCOUNT, &["read"]))).await;
+        let page = page.unwrap_or_else(|e| panic!("{backend:?}: {e:?}")).into_inner();
+        seen.extend(page.events.into_iter().map(|e| e.id.chars().next().unwrap()));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    seen.sort();
+    assert_eq!(seen, ['a', 'b', 'c'], "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
+    a_page_token_the_service_issued_is_taken_back,
     a_former_address_names_its_person_whatever_its_case,
     values_of_every_allowed_length_are_kept_found_and_matched,
     updates_at_the_same_time_are_each_applied_in_turn_or_refused,
