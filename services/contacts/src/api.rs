@@ -1186,10 +1186,13 @@ impl ContactsService for Api {
             "engagements": timeline,
             "events": behaviour,
         });
+        // Whatever marketing-status holds about the person, however long their status history:
+        // the export is built whole on both sides, so no message limit short of it applies.
         let mut client =
             mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
                 self.marketing_status.service(),
-            );
+            )
+            .max_decoding_message_size(usize::MAX);
         let status = client
             .export_contact_status_data(mpb::ExportContactStatusDataRequest {
                 account_id: c.account.clone(),

@@ -561,7 +561,41 @@ async fn an_import_of_large_rows_is_written_a_few_megabytes_at_a_time(backend: B
     assert_eq!(c.properties["company"], long(149, "Company"), "{backend:?}");
 }
 
+async fn an_export_holds_a_status_history_past_a_message_of_4_mib(backend: Backend) {
+    let s = start(backend).await;
+    let c = s.create("ada@example.com", &[]).await.unwrap();
+    s.settle().await;
+    let wide = "𠀀".repeat(250);
+    let w = s.token(ACCOUNT, &["write", "admin"]);
+    let mut ms =
+        mpb::marketing_status_service_client::MarketingStatusServiceClient::new(s.status_channel.clone());
+    // Each change holds a source id at its longest, four bytes a character: about 1.2 kB of
+    // history each, past 4 MiB in all.
+    for i in 0..3_700 {
+        let status = if i % 2 == 0 { MarketingStatus::Marketing } else { MarketingStatus::NonMarketing };
+        let req = mpb::SetMarketingStatusRequest {
+            request_id: String::new(),
+            target: Some(mpb::set_marketing_status_request::Target::Contacts(mpb::ContactIds {
+                ids: vec![c.id.clone()],
+            })),
+            status: status as i32,
+            source: Some(Source { r#type: SourceType::Integration as i32, id: format!("{i:06}{wide}") }),
+        };
+        ms.set_marketing_status(authed(req, &w)).await.unwrap();
+    }
+    let req = pb::ExportContactDataRequest { contact_id: c.id.clone(), ..Default::default() };
+    let mut api = s.api().max_decoding_message_size(64 << 20);
+    let export = api.export_contact_data(authed(req, &s.token(ACCOUNT, &["admin"]))).await;
+    let export = export.unwrap_or_else(|e| panic!("{backend:?}: {e:?}")).into_inner();
+    let status = &export.parts[1];
+    assert!(status.json.len() > 4 << 20, "{backend:?}: {} bytes", status.json.len());
+    let held: serde_json::Value = serde_json::from_str(&status.json).unwrap();
+    let changes = held["status_changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3_701, "{backend:?}: its creation and every change");
+}
+
 contactier_runtime::backend_tests!(
+    an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
     imports_started_at_once_under_one_request_id_run_once,
     imports_stream_rows_report_bad_ones_and_keep_the_good,
