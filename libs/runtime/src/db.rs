@@ -62,6 +62,33 @@ impl Db {
     }
 }
 
+/// Most bytes of JSON one statement's records parameter ([`Db::json_records`]) carries:
+/// PostgreSQL holds at most 256 MiB in one jsonb value, and batches pay off long before this.
+pub const JSON_BATCH_BYTES: usize = 32 << 20;
+
+/// `records` as JSON arrays of at most [`JSON_BATCH_BYTES`] each, in order (a record past it
+/// on its own goes alone), for one statement each.
+pub fn json_batches(records: impl IntoIterator<Item = serde_json::Value>) -> Vec<String> {
+    let mut batches = Vec::new();
+    let mut current = String::from("[");
+    for record in records {
+        let text = record.to_string();
+        if current.len() > 1 && current.len() + text.len() + 2 > JSON_BATCH_BYTES {
+            current.push(']');
+            batches.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&text);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        batches.push(current);
+    }
+    batches
+}
+
 /// `($1, $2, …), ($k, …)` for a multi-row statement of `rows` rows of `cols` parameters, the
 /// same on both backends.
 pub fn placeholders(rows: usize, cols: usize) -> String {
@@ -407,6 +434,23 @@ pub async fn drop_postgres_schema(url: &str, schema: &str) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_batches_stay_under_the_limit_and_keep_every_record_in_order() {
+        let record = |i: usize, len: usize| serde_json::json!({ "i": i, "v": "x".repeat(len) });
+        let sizes =
+            [10, JSON_BATCH_BYTES / 3, JSON_BATCH_BYTES / 3, JSON_BATCH_BYTES / 3, JSON_BATCH_BYTES + 5, 7];
+        let batches = json_batches(sizes.iter().enumerate().map(|(i, &len)| record(i, len)));
+        let mut seen = Vec::new();
+        for b in &batches {
+            let items: Vec<serde_json::Value> = serde_json::from_str(b).unwrap();
+            assert!(b.len() <= JSON_BATCH_BYTES || items.len() == 1, "only a record too large alone passes");
+            seen.extend(items.iter().map(|r| r["i"].as_u64().unwrap() as usize));
+        }
+        assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>());
+        assert_eq!(batches.len(), 4);
+        assert!(json_batches(Vec::new()).is_empty());
+    }
 
     #[test]
     fn schema_names_are_plain_identifiers() {

@@ -60,6 +60,20 @@ pub struct Definition {
 pub const RESERVED: [&str; 4] = ["email", "id", "created_at", "updated_at"];
 /// Longest text value (HubSpot's limit).
 pub const MAX_TEXT: usize = 65_536;
+/// Most bytes a contact's values take together (as the JSON object it is answered from): a
+/// contact read whole must fit a client's default 4 MiB message, and many of them one statement.
+pub const MAX_CONTACT_BYTES: usize = 1 << 20;
+
+/// Refuses values that together pass [`MAX_CONTACT_BYTES`] (`json` is them as stored).
+pub fn check_total(json: &str) -> Result<(), String> {
+    if json.len() > MAX_CONTACT_BYTES {
+        return Err(format!(
+            "the contact would hold {} bytes of values; at most {MAX_CONTACT_BYTES} together",
+            json.len()
+        ));
+    }
+    Ok(())
+}
 
 pub const LIFECYCLE_STAGES: [&str; 8] = [
     "subscriber",

@@ -541,6 +541,66 @@ async fn accounts_named_beyond_ascii_are_served_across_services(backend: Backend
     }
 }
 
+async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    for i in 0..20 {
+        let property = pb::PropertyDefinition {
+            name: format!("notes_{i}"),
+            label: format!("Notes {i}"),
+            r#type: pb::PropertyType::MultiLineText as i32,
+            ..Default::default()
+        };
+        s.api()
+            .create_property(authed(pb::CreatePropertyRequest { property: Some(property) }, &admin))
+            .await
+            .unwrap();
+    }
+    let full = "n".repeat(65_536);
+    let values = |from: usize, to: usize| -> Vec<(String, String)> {
+        (from..to).map(|i| (format!("notes_{i}"), full.clone())).collect()
+    };
+
+    // Twenty values of 65,536 characters in one create: refused whole, the field named.
+    let input = pb::ContactInput {
+        email: "big@example.com".into(),
+        properties: values(0, 20).into_iter().collect(),
+        ..Default::default()
+    };
+    let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+    let err = s.api().create_contact(authed(req, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().starts_with("contact.properties: the contact would hold"), "{}", err.message());
+
+    // Ten fit; ten more in an update would not: refused, and the contact is as it was.
+    let input = pb::ContactInput {
+        email: "big@example.com".into(),
+        properties: values(0, 10).into_iter().collect(),
+        ..Default::default()
+    };
+    let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+    let c = s.api().create_contact(authed(req, &admin)).await.unwrap().into_inner().contact.unwrap();
+    let update = pb::UpdateContactRequest {
+        id: c.id.clone(),
+        properties: values(10, 20).into_iter().collect(),
+        ..Default::default()
+    };
+    let err = s.api().update_contact(authed(update, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+    assert!(err.message().starts_with("properties: the contact would hold"), "{}", err.message());
+    let now = s.by_email("big@example.com").await;
+    assert_eq!((now.version, now.properties.len()), (c.version, 10), "{backend:?}: unchanged");
+    // A change that shrinks it is taken.
+    let update = pb::UpdateContactRequest {
+        id: c.id.clone(),
+        properties: [("notes_0".to_owned(), String::new()), ("notes_11".to_owned(), "short".to_owned())]
+            .into(),
+        ..Default::default()
+    };
+    s.api().update_contact(authed(update, &admin)).await.unwrap();
+    assert_eq!(s.by_email("big@example.com").await.properties.len(), 10, "{backend:?}");
+}
+
 async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Backend) {
     const OTHER: &str = "acct-b";
     let s = start(backend).await;
@@ -642,6 +702,7 @@ async fn creates_at_once_under_one_request_id_each_answer_the_one_contact(backen
 }
 
 contactier_runtime::backend_tests!(
+    a_contact_holds_at_most_a_mebibyte_of_values,
     accounts_named_beyond_ascii_are_served_across_services,
     creates_at_once_under_one_request_id_each_answer_the_one_contact,
     reads_at_the_same_time_each_get_their_own_accounts_contact,

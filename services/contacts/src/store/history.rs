@@ -4,7 +4,7 @@
 use super::Store;
 use crate::error::Result;
 use contactier_runtime::convert::new_id;
-use contactier_runtime::db::Db;
+use contactier_runtime::db::{Db, json_batches};
 use contactier_runtime::sql::{Sql, Tx};
 use sqlx::AssertSqlSafe;
 
@@ -86,8 +86,9 @@ pub(super) async fn record(
         "INSERT INTO property_history ({COLUMNS}) SELECT $1, x.contact_id, x.name, x.id, x.value, \
          x.source_type, x.source_id, x.user_id, $2 FROM {from}"
     );
-    let records = serde_json::Value::Array(records).to_string();
-    tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(at).bind(records)).await?;
+    for records in json_batches(records) {
+        tx.execute(Sql::new(AssertSqlSafe(q.clone())).bind(account).bind(at).bind(records)).await?;
+    }
     Ok(())
 }
 

@@ -994,6 +994,12 @@ async fn update_contact(
         // Nothing changes: the version stays, so no other writer is sent ABORTED for it.
         return Ok(Ok(row));
     }
+    let properties = json(&shown);
+    if properties.len() > row.properties.len()
+        && let Err(why) = crate::properties::check_total(&properties)
+    {
+        return Ok(Err(Error::invalid("properties", why)));
+    }
     let key = ch.email.as_ref().map_or(row.email.to_lowercase(), |e| e.key.clone());
     let before = row.values();
     let mut entries: Vec<history::Entry> = changed_values(&before, &shown)
@@ -1004,13 +1010,7 @@ async fn update_contact(
         entries.push(history::Entry { contact: &ch.id, name: EMAIL, value: &email, origin });
     }
     history::record(tx, db, account, &entries, micros(now)).await?;
-    let updated = ContactRow {
-        email,
-        properties: json(&shown),
-        version: row.version + 1,
-        updated_at: micros(now),
-        ..row
-    };
+    let updated = ContactRow { email, properties, version: row.version + 1, updated_at: micros(now), ..row };
     let update = Sql::new(UPDATE_CONTACT)
         .bind(&updated.email)
         .bind(&key)

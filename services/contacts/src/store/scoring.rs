@@ -9,7 +9,7 @@ use super::{Store, json};
 use crate::error::{Error, Result};
 use crate::scoring::{self, Criterion, Event, Facts, Rule};
 use contactier_runtime::convert::new_id;
-use contactier_runtime::db::{Db, placeholders};
+use contactier_runtime::db::{Db, json_batches, placeholders};
 use contactier_runtime::sql::{Sql, Transaction, Tx};
 use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -260,8 +260,9 @@ pub(super) async fn rescore(
              WHERE contacts.account_id = $1 AND contacts.id = x.id",
             db.json_records(2, &[("id", "text"), ("due", "bigint"), ("reached", "boolean")])
         );
-        let records = serde_json::Value::Array(due_only).to_string();
-        tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records)).await?;
+        for records in json_batches(due_only) {
+            tx.execute(Sql::new(AssertSqlSafe(q.clone())).bind(account).bind(records)).await?;
+        }
     }
     if saves.is_empty() {
         return Ok(saved);
@@ -275,8 +276,10 @@ pub(super) async fn rescore(
             &[("id", "text"), ("properties", "text"), ("due", "bigint"), ("reached", "boolean")]
         )
     );
-    let records = serde_json::Value::Array(saves).to_string();
-    tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(records).bind(now)).await?;
+    // Whole contacts, up to 1 MiB each: a statement per batch of them.
+    for records in json_batches(saves) {
+        tx.execute(Sql::new(AssertSqlSafe(q.clone())).bind(account).bind(records).bind(now)).await?;
+    }
     for name in [scoring::PROPERTY, "lifecycle_stage"] {
         let of: Vec<&str> = changes.iter().filter(|c| c.1 == name).map(|c| c.0.as_str()).collect();
         if of.is_empty() {
