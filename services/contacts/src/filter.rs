@@ -134,7 +134,7 @@ fn time_micros(raw: &str) -> Result<i64, String> {
     }
     NaiveDate::parse_from_str(t, "%Y-%m-%d")
         .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_micros())
-        .map_err(|_| format!("{t:?} is not a time (RFC 3339 or YYYY-MM-DD)"))
+        .map_err(|_| format!("{} is not a time (RFC 3339 or YYYY-MM-DD)", crate::properties::quoted(t)))
 }
 
 fn one(

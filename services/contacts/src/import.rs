@@ -173,7 +173,8 @@ pub fn check_row(
         if plan.opt_in_column.as_deref() == Some(column.as_str()) && !cell.trim().is_empty() {
             match properties::parse_bool(cell) {
                 Some(b) => opt_in = b,
-                None => errors.push(err(column, format!("{:?} is not true or false", cell.trim()))),
+                None => errors
+                    .push(err(column, format!("{} is not true or false", properties::quoted(cell.trim())))),
             }
         }
         let Some(property) = plan.mapping.get(column) else { continue };

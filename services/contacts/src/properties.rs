@@ -56,6 +56,15 @@ pub struct Definition {
     pub description: String,
 }
 
+/// A value as a refusal shows it: quoted, and cut after 64 characters, so that a refusal of a
+/// long value stays a short message.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(64) {
+        Some((cut, _)) => format!("{:?}", format!("{}…", &value[..cut])),
+        None => format!("{value:?}"),
+    }
+}
+
 /// Names that are fields of every contact, not properties.
 pub const RESERVED: [&str; 4] = ["email", "id", "created_at", "updated_at"];
 /// Longest text value (HubSpot's limit).
@@ -183,8 +192,10 @@ pub fn normalize(def: &Definition, raw: &str) -> Result<Value, String> {
             if def.options.iter().any(|o| o.value == t) {
                 text(t.to_owned())
             } else {
-                let known: Vec<&str> = def.options.iter().map(|o| o.value.as_str()).collect();
-                Err(format!("{t:?} is not an option; one of {}", known.join(", ")))
+                let known: Vec<&str> = def.options.iter().take(20).map(|o| o.value.as_str()).collect();
+                let more = def.options.len().saturating_sub(known.len());
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                Err(format!("{} is not an option; one of {}{more}", quoted(t), known.join(", ")))
             }
         }
         PropertyType::Number => {
@@ -198,7 +209,7 @@ pub fn normalize(def: &Definition, raw: &str) -> Result<Value, String> {
             let well_formed =
                 !int.is_empty() && digits(int) && digits(frac) && !(t.contains('.') && frac.is_empty());
             let n: f64 = t.parse().ok().filter(|n: &f64| n.is_finite() && well_formed).ok_or_else(|| {
-                format!("{t:?} is not a number (digits, an optional minus and decimal point)")
+                format!("{} is not a number (digits, an optional minus and decimal point)", quoted(t))
             })?;
             // Leading zeros and trailing fractional zeros go; "-0" is 0.
             let int = int.trim_start_matches('0');
@@ -225,12 +236,12 @@ pub fn normalize(def: &Definition, raw: &str) -> Result<Value, String> {
             let d = NaiveDate::parse_from_str(t, "%Y-%m-%d")
                 .ok()
                 .filter(|d| shaped && chrono::Datelike::year(d) >= 1)
-                .ok_or_else(|| format!("{t:?} is not a date (YYYY-MM-DD, years 0001 to 9999)"))?;
+                .ok_or_else(|| format!("{} is not a date (YYYY-MM-DD, years 0001 to 9999)", quoted(t)))?;
             text(d.format("%Y-%m-%d").to_string())
         }
         PropertyType::Checkbox => match parse_bool(raw) {
             Some(b) => text(b.to_string()),
-            None => Err(format!("{:?} is not true or false", raw.trim())),
+            None => Err(format!("{} is not true or false", quoted(raw.trim()))),
         },
     }
 }
@@ -299,6 +310,25 @@ mod tests {
             standard: false,
             description: String::new(),
         }
+    }
+
+    #[test]
+    fn a_refusal_quotes_a_long_value_cut_short() {
+        let mut d = def(PropertyType::Number);
+        let err = normalize(&d, &"x".repeat(65_536)).unwrap_err();
+        assert!(err.starts_with(&format!("\"{}…\" is not a number", "x".repeat(64))), "{err}");
+        assert!(err.len() < 200, "{err}");
+        d.ptype = PropertyType::Enumeration;
+        d.options = options(
+            &(0..1_000)
+                .map(|i| format!("option-{i}"))
+                .collect::<Vec<_>>()
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let err = normalize(&d, "nope").unwrap_err();
+        assert!(err.ends_with("option-19 and 980 more"), "{err}");
     }
 
     #[test]
