@@ -68,23 +68,27 @@ pub const JSON_BATCH_BYTES: usize = 32 << 20;
 
 /// `records` as JSON arrays of at most [`JSON_BATCH_BYTES`] each, in order (a record past it
 /// on its own goes alone), for one statement each.
-pub fn json_batches(records: impl IntoIterator<Item = serde_json::Value>) -> Vec<String> {
+pub fn json_batches<T: serde::Serialize>(records: impl IntoIterator<Item = T>) -> Vec<String> {
+    let finish = |mut batch: Vec<u8>| {
+        batch.push(b']');
+        String::from_utf8(batch).expect("serde_json writes UTF-8")
+    };
     let mut batches = Vec::new();
-    let mut current = String::from("[");
+    let mut current = vec![b'['];
+    let mut record_json = Vec::new();
     for record in records {
-        let text = record.to_string();
-        if current.len() > 1 && current.len() + text.len() + 2 > JSON_BATCH_BYTES {
-            current.push(']');
-            batches.push(std::mem::replace(&mut current, String::from("[")));
+        record_json.clear();
+        serde_json::to_writer(&mut record_json, &record).expect("records serialize");
+        if current.len() > 1 && current.len() + record_json.len() + 2 > JSON_BATCH_BYTES {
+            batches.push(finish(std::mem::replace(&mut current, vec![b'['])));
         }
         if current.len() > 1 {
-            current.push(',');
+            current.push(b',');
         }
-        current.push_str(&text);
+        current.extend_from_slice(&record_json);
     }
     if current.len() > 1 {
-        current.push(']');
-        batches.push(current);
+        batches.push(finish(current));
     }
     batches
 }
@@ -92,13 +96,20 @@ pub fn json_batches(records: impl IntoIterator<Item = serde_json::Value>) -> Vec
 /// `($1, $2, …), ($k, …)` for a multi-row statement of `rows` rows of `cols` parameters, the
 /// same on both backends.
 pub fn placeholders(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let ps: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", ps.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    use std::fmt::Write;
+    // Written into one string: a batch's statement has tens of thousands of placeholders.
+    let mut out = String::with_capacity(rows * cols * 8);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 1..=cols {
+            if c > 1 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "${}", r * cols + c);
+        }
+        out.push(')');
+    }
+    out
 }
 
 /// Begins a transaction that will write. On SQLite it takes the write lock at once (`BEGIN
@@ -436,6 +447,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn placeholders_number_each_row_after_the_last() {
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(placeholders(0, 5), "");
+    }
+
+    #[test]
     fn json_batches_stay_under_the_limit_and_keep_every_record_in_order() {
         let record = |i: usize, len: usize| serde_json::json!({ "i": i, "v": "x".repeat(len) });
         let sizes =
@@ -449,7 +467,7 @@ mod tests {
         }
         assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>());
         assert_eq!(batches.len(), 4);
-        assert!(json_batches(Vec::new()).is_empty());
+        assert!(json_batches(Vec::<serde_json::Value>::new()).is_empty());
     }
 
     #[test]

@@ -47,6 +47,18 @@ const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, cha
      FROM property_history WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR name = $3) \
      AND (changed_at < $4 OR (changed_at = $4 AND id < $5)) ORDER BY changed_at DESC, id DESC LIMIT $6";
 
+/// An entry as the statement's JSON parameter holds it.
+#[derive(serde::Serialize)]
+struct Record<'a> {
+    contact_id: &'a str,
+    name: &'a str,
+    id: String,
+    value: &'a str,
+    source_type: &'a str,
+    source_id: &'a str,
+    user_id: &'a str,
+}
+
 /// Records changes made at `at` in one statement, the entries in one JSON parameter: the
 /// statement is the same for any number of them, so it is prepared and planned once, where
 /// rows of parameters made a statement per count (and, on SQLite's limit, one per 100 rows).
@@ -60,16 +72,15 @@ pub(super) async fn record(
     if entries.is_empty() {
         return Ok(());
     }
-    let records: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "contact_id": e.contact, "name": e.name, "id": new_id(), "value": e.value,
-                "source_type": e.origin.source_type, "source_id": e.origin.source_id,
-                "user_id": e.origin.user_id,
-            })
-        })
-        .collect();
+    let records = entries.iter().map(|e| Record {
+        contact_id: e.contact,
+        name: e.name,
+        id: new_id(),
+        value: e.value,
+        source_type: &e.origin.source_type,
+        source_id: &e.origin.source_id,
+        user_id: &e.origin.user_id,
+    });
     let from = db.json_records(
         3,
         &[
