@@ -229,22 +229,28 @@ async fn remove_contacts(tx: &mut impl Tx, account: &str, ids: &[String]) -> Res
     Ok(gone)
 }
 
-/// Locks the contacts a write will read and then change, in id order so that two writes
-/// naming the same contacts take turns rather than wait on each other in a circle. On
-/// PostgreSQL a plain read in the transaction would let a concurrent write commit between the
-/// read and the update, and one of the two would be lost; SQLite's write transaction already
-/// holds the database's only write lock.
-async fn lock_contacts(tx: &mut impl Tx, db: &Db, account: &str, ids: &[&str]) -> Result<()> {
-    if !matches!(db, Db::Postgres(_)) || ids.is_empty() {
-        return Ok(());
+/// Reads the contacts a write will change, locked, in id order so that two writes naming the
+/// same contacts take turns rather than wait on each other in a circle. On PostgreSQL a plain
+/// read in the transaction would let a concurrent write commit between the read and the
+/// update, and one of the two would be lost; SQLite's write transaction already holds the
+/// database's only write lock.
+async fn locked_contacts(
+    tx: &mut impl Tx,
+    db: &Db,
+    account: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, ContactRow>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
     }
+    let lock = if matches!(db, Db::Postgres(_)) { " FOR UPDATE" } else { "" };
     let q = format!(
-        "SELECT id FROM contacts WHERE account_id = $1 AND {} ORDER BY id FOR UPDATE",
-        db.json_in("id", 2)
+        "SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND {} ORDER BY c.id{lock}",
+        db.json_in("c.id", 2)
     );
     let ids = serde_json::to_string(&ids).expect("JSON of strings");
-    let _: Vec<(String,)> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(ids)).await?;
-    Ok(())
+    let rows: Vec<ContactRow> = tx.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind(ids)).await?;
+    Ok(rows.into_iter().map(|r| (r.id.clone(), r)).collect())
 }
 
 /// A contact by id, inside a transaction or not.
@@ -494,11 +500,17 @@ impl Store {
     ) -> Result<Vec<Result<ContactRow>>> {
         let mut tx = self.begin_values_write(account).await?;
         let ids: Vec<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-        lock_contacts(&mut tx, &self.db, account, &ids).await?;
+        let mut current = locked_contacts(&mut tx, &self.db, account, &ids).await?;
         let now = now();
         let mut out = Vec::with_capacity(changes.len());
         for ch in changes {
-            out.push(update_contact(&mut tx, &self.db, account, ch, origin, now).await?);
+            // A contact named again in the batch is changed from what the earlier change left.
+            let row = current.remove(&ch.id);
+            let outcome = update_contact(&mut tx, &self.db, account, row, ch, origin, now).await?;
+            if let Ok(updated) = &outcome {
+                current.insert(updated.id.clone(), updated.clone());
+            }
+            out.push(outcome);
         }
         let out = rescored(&mut tx, &self.db, account, out, now).await?;
         tx.commit().await?;
@@ -544,11 +556,11 @@ impl Store {
         now: impl FnOnce() -> DateTime<Utc>,
     ) -> Result<ContactRow> {
         let mut tx = self.begin_values_write(account).await?;
-        lock_contacts(&mut tx, &self.db, account, &[primary, secondary]).await?;
+        let mut both = locked_contacts(&mut tx, &self.db, account, &[primary, secondary]).await?;
         // Read once both are locked, as in update_contacts.
         let now = now();
-        let p = contact(&mut tx, account, primary).await?.ok_or_else(|| Error::no_contact(primary))?;
-        let s = contact(&mut tx, account, secondary).await?.ok_or_else(|| Error::no_contact(secondary))?;
+        let p = both.remove(primary).ok_or_else(|| Error::no_contact(primary))?;
+        let s = both.remove(secondary).ok_or_else(|| Error::no_contact(secondary))?;
         let s_values = s.values();
         let values = duplicates_rules::merge_values(&p.values(), &s_values, choices);
         // Values of properties deleted since are dropped; the rest are stored normalised already.
@@ -963,11 +975,12 @@ async fn update_contact(
     tx: &mut impl Tx,
     db: &Db,
     account: &str,
+    row: Option<ContactRow>,
     ch: Change,
     origin: &Origin,
     now: DateTime<Utc>,
 ) -> Result<Result<ContactRow>> {
-    let Some(row) = contact(tx, account, &ch.id).await? else {
+    let Some(row) = row else {
         return Ok(Err(Error::no_contact(&ch.id)));
     };
     if ch.expected_version != 0 && ch.expected_version != row.version {
