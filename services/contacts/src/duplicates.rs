@@ -4,7 +4,6 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 /// Why two contacts may be one person.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -94,11 +93,7 @@ fn bounded(key: String) -> String {
     if key.len() <= MAX_KEY_BYTES {
         return key;
     }
-    let digest = Sha256::digest(key.as_bytes());
-    digest.iter().fold(String::from("sha256:"), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    format!("sha256:{}", crate::csv_records::hex(&Sha256::digest(key.as_bytes())))
 }
 
 /// The keys a contact is matched by: its mailbox at forgiving providers, its phone, and its
