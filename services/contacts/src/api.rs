@@ -112,8 +112,7 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
         .check(&input.properties.into_iter().collect())
         .map_err(|(name, r)| Error::invalid(format!("{at}.properties.{name}"), r))?;
     let values: BTreeMap<String, Value> = values.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
-    let shown: BTreeMap<&str, &str> = values.iter().map(|(k, v)| (k.as_str(), v.text.as_str())).collect();
-    crate::properties::check_total(&serde_json::to_string(&shown).expect("JSON of strings"))
+    crate::properties::check_values_total(&values)
         .map_err(|r| Error::invalid(format!("{at}.properties"), r))?;
     let requested = common::MarketingStatus::try_from(input.requested_status)
         .map_err(|_| Error::invalid(format!("{at}.requested_status"), "MARKETING, NON_MARKETING or unset"))?;

@@ -199,9 +199,7 @@ pub fn check_row(
     if record.len() != headers.len() {
         errors.push(err("", format!("{} fields; the header has {}", record.len(), headers.len())));
     }
-    let shown: BTreeMap<&str, &str> =
-        values.iter().map(|(k, v): (&String, &Value)| (k.as_str(), v.text.as_str())).collect();
-    if let Err(r) = properties::check_total(&serde_json::to_string(&shown).expect("JSON of strings")) {
+    if let Err(r) = properties::check_values_total(&values) {
         errors.push(err("", r));
     }
     match (email, errors.is_empty()) {

@@ -73,6 +73,18 @@ pub const MAX_TEXT: usize = 65_536;
 /// contact read whole must fit a client's default 4 MiB message, and many of them one statement.
 pub const MAX_CONTACT_BYTES: usize = 1 << 20;
 
+/// [`check_total`] of checked values, as they would be stored. Each key and value takes at
+/// most six bytes of JSON a byte (an escaped control character), so values well under the
+/// limit are passed without writing their JSON.
+pub fn check_values_total(values: &BTreeMap<String, Value>) -> Result<(), String> {
+    let most: usize = 2 + values.iter().map(|(k, v)| 6 * (k.len() + v.text.len()) + 6).sum::<usize>();
+    if most <= MAX_CONTACT_BYTES {
+        return Ok(());
+    }
+    let shown: BTreeMap<&str, &str> = values.iter().map(|(k, v)| (k.as_str(), v.text.as_str())).collect();
+    check_total(&serde_json::to_string(&shown).expect("JSON of strings"))
+}
+
 /// Refuses values that together pass [`MAX_CONTACT_BYTES`] (`json` is them as stored).
 pub fn check_total(json: &str) -> Result<(), String> {
     if json.len() > MAX_CONTACT_BYTES {
@@ -310,6 +322,18 @@ mod tests {
             standard: false,
             description: String::new(),
         }
+    }
+
+    #[test]
+    fn values_together_are_counted_as_their_json() {
+        let of = |text: String| BTreeMap::from([("notes".to_owned(), Value { text, num: None })]);
+        assert!(check_values_total(&of("a".repeat(MAX_CONTACT_BYTES - 20))).is_ok());
+        assert!(check_values_total(&of("a".repeat(MAX_CONTACT_BYTES))).is_err());
+        // Escaped, a control character takes six bytes of JSON.
+        let err = check_values_total(&of("\u{1}".repeat(MAX_CONTACT_BYTES / 5))).unwrap_err();
+        // {"notes":"…"}: twelve bytes besides the value.
+        let json_len = 6 * (MAX_CONTACT_BYTES / 5) + 12;
+        assert!(err.starts_with(&format!("the contact would hold {json_len} bytes")), "{err}");
     }
 
     #[test]
