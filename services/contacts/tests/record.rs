@@ -1296,17 +1296,6 @@ async fn lead_scores_follow_rules_behaviour_windows_and_promote_to_mql(backend: 
 
 // ---- what an outside attack on the record found ----
 
-fn number_property(name: &str) -> pb::CreatePropertyRequest {
-    pb::CreatePropertyRequest {
-        property: Some(pb::PropertyDefinition {
-            name: name.into(),
-            label: name.into(),
-            r#type: pb::PropertyType::Number as i32,
-            ..Default::default()
-        }),
-    }
-}
-
 fn property_rule(property: &str, op: pb::ScoringOperator, value: &str) -> pb::scoring_rule::Criterion {
     pb::scoring_rule::Criterion::Property(pb::PropertyCriterion {
         property: property.into(),
@@ -1389,7 +1378,7 @@ async fn a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go(backen
     use pb::ScoringOperator as Op;
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
-    s.api().create_property(authed(number_property("employees"), &admin)).await.unwrap();
+    s.api().create_property(authed(property("employees", pb::PropertyType::Number), &admin)).await.unwrap();
     let c = s.create("big@example.com", &[("employees", "150")]).await.unwrap();
     let big = rule("Big", 40, property_rule("employees", Op::Gt, "100"));
     let big = s.api().create_scoring_rule(authed(big, &admin)).await.unwrap().into_inner().rule.unwrap();
@@ -1405,7 +1394,7 @@ async fn a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go(backen
     s.api().delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: big.id }, &admin)).await.unwrap();
     s.api().delete_property(authed(delete(), &admin)).await.unwrap();
     // Made again, it starts empty: the deleted values do not come back.
-    s.api().create_property(authed(number_property("employees"), &admin)).await.unwrap();
+    s.api().create_property(authed(property("employees", pb::PropertyType::Number), &admin)).await.unwrap();
     let again = s.by_email("big@example.com").await;
     assert_eq!(again.properties.get("employees"), None, "{backend:?}");
     assert_eq!(again.id, c.id);
@@ -1415,7 +1404,7 @@ async fn bad_rules_are_refused_and_numbers_match_as_stored(backend: Backend) {
     use pb::ScoringOperator as Op;
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
-    s.api().create_property(authed(number_property("amount"), &admin)).await.unwrap();
+    s.api().create_property(authed(property("amount", pb::PropertyType::Number), &admin)).await.unwrap();
     for (r, field) in [
         (property_rule("amount", Op::Gt, "NaN"), "rule.property.value"),
         (property_rule("amount", Op::Lt, "1e400"), "rule.property.value"),
@@ -1921,14 +1910,7 @@ async fn values_of_every_allowed_length_are_kept_found_and_matched(backend: Back
         [longest.len(), long.len()],
         "{backend:?}"
     );
-    let notes = |name: &str| pb::CreatePropertyRequest {
-        property: Some(pb::PropertyDefinition {
-            name: name.into(),
-            label: name.into(),
-            r#type: pb::PropertyType::MultiLineText as i32,
-            ..Default::default()
-        }),
-    };
+    let notes = |name: &str| property(name, pb::PropertyType::MultiLineText);
     s.api().create_property(authed(notes("notes"), &admin)).await.unwrap();
     let update = pb::UpdateContactRequest {
         id: b.id.clone(),

@@ -545,16 +545,8 @@ async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
     for i in 0..20 {
-        let property = pb::PropertyDefinition {
-            name: format!("notes_{i}"),
-            label: format!("Notes {i}"),
-            r#type: pb::PropertyType::MultiLineText as i32,
-            ..Default::default()
-        };
-        s.api()
-            .create_property(authed(pb::CreatePropertyRequest { property: Some(property) }, &admin))
-            .await
-            .unwrap();
+        let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
+        s.api().create_property(authed(notes, &admin)).await.unwrap();
     }
     let full = "n".repeat(65_536);
     let values = |from: usize, to: usize| -> Vec<(String, String)> {

@@ -110,6 +110,18 @@ impl Contacts {
     }
 }
 
+/// A custom property of `ptype` named and labelled `name`.
+pub fn property(name: &str, ptype: pb::PropertyType) -> pb::CreatePropertyRequest {
+    pb::CreatePropertyRequest {
+        property: Some(pb::PropertyDefinition {
+            name: name.into(),
+            label: name.into(),
+            r#type: ptype as i32,
+            ..Default::default()
+        }),
+    }
+}
+
 pub fn filter(groups: Vec<Vec<pb::Filter>>) -> Option<pb::ContactFilter> {
     Some(pb::ContactFilter {
         groups: groups.into_iter().map(|filters| pb::FilterGroup { filters }).collect(),
