@@ -114,8 +114,6 @@ pub fn policy() -> Policy {
         )
 }
 
-const SCORING_WORKER: &str = "contacts-scoring";
-
 async fn score_due_contacts(
     store: store::Store,
     worker: contactier_runtime::clock::Worker,
@@ -195,10 +193,11 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         });
         let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
         tokio::spawn(outbox.run(relay_worker, deliver, Backoff::default(), env.platform.shutdown.clone()));
-        let failing = vec![contactier_runtime::work::OutboxFailures::source(env.db.clone())];
+        let failing =
+            vec![contactier_runtime::work::OutboxFailures::source(env.db.clone()), store.failing_work()];
         // Scores that change by themselves (an event leaving a rule's window) and every score
         // of an account whose rules changed, a batch at a time on the injected clock.
-        let scoring_worker = clock.register_worker(SCORING_WORKER);
+        let scoring_worker = clock.register_worker(store::SCORING_WORKER);
         let scoring = scoring_worker.waker();
         tokio::spawn(score_due_contacts(store.clone(), scoring_worker, env.platform.shutdown.clone()));
         let api = api::Api { store, clock, relay, marketing_status, scoring };

@@ -27,6 +27,7 @@ mod imports;
 mod lists;
 mod reports;
 mod scoring;
+pub use scoring::WORKER as SCORING_WORKER;
 mod search;
 
 pub use behaviour::{NewEvent, Recorded, StoredEvent};

@@ -11,8 +11,11 @@ use crate::scoring::{self, Criterion, Event, Facts, Rule};
 use contactier_runtime::convert::new_id;
 use contactier_runtime::db::{Db, json_batches, placeholders};
 use contactier_runtime::sql::{Sql, Transaction, Tx};
+use contactier_runtime::work::{FailingItem, FailingWork};
+use futures::future::BoxFuture;
 use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 const DAY_MICROS: i64 = 86_400_000_000;
 
@@ -33,6 +36,29 @@ const DUE: &str = "/* across accounts: scores due */ SELECT account_id, id FROM 
      ORDER BY score_due_at LIMIT $2";
 
 /// Every contact of the account becomes due: rules changed.
+/// The worker that works out due scores, as operators see it.
+pub const WORKER: &str = "contacts-scoring";
+
+/// The wait before an account's scores are tried again: a second, doubling up to an hour.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(3600);
+
+const SCORING_FAILED: &str = "INSERT INTO scoring_failures (account_id, attempts, last_error, next_attempt_at) \
+     VALUES ($1, 1, $2, 0) ON CONFLICT (account_id) \
+     DO UPDATE SET attempts = scoring_failures.attempts + 1, last_error = $2 RETURNING attempts";
+
+const SCORING_RETRY_AT: &str = "UPDATE scoring_failures SET next_attempt_at = $2 WHERE account_id = $1";
+
+/// The account's contacts due by now wait for the retry.
+const PUT_OFF: &str =
+    "UPDATE contacts SET score_due_at = $3 WHERE account_id = $1 AND score_due_at > 0 AND score_due_at <= $2";
+
+const SCORING_RECOVERED: &str = "DELETE FROM scoring_failures WHERE account_id = $1";
+
+const FAILING: &str = "/* across accounts: failing work for operators */ SELECT 'contacts-scoring' AS worker, \
+     account_id, 'scores' AS item, attempts, last_error, next_attempt_at FROM scoring_failures \
+     ORDER BY account_id LIMIT $1";
+
 const ALL_DUE: &str = "UPDATE contacts SET score_due_at = 1 WHERE account_id = $1";
 
 pub(super) async fn rules(tx: &mut impl Tx, account: &str) -> Result<Vec<RuleRow>> {
@@ -399,7 +425,9 @@ impl Store {
     }
 
     /// Works out the scores of up to `limit` due contacts, oldest due first, each account's in
-    /// one transaction; answers how many, and when the next is due.
+    /// one transaction; answers how many, and when the next is due. An account that fails is
+    /// recorded and its due contacts put off with backoff, so the others' go on meanwhile; the
+    /// pass stops only when even that record cannot be written.
     pub async fn rescore_due(&self, now: i64, limit: i64) -> Result<(usize, Option<i64>)> {
         let due: Vec<(String, String)> = self.db.fetch_all(Sql::new(DUE).bind(now).bind(limit)).await?;
         let mut by_account: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -407,14 +435,51 @@ impl Store {
             by_account.entry(account.clone()).or_default().push(id.clone());
         }
         for (account, ids) in &by_account {
-            let mut tx = self.db.begin_write().await?;
-            rescore(&mut tx, &self.db, account, ids, now).await?;
-            tx.commit().await?;
+            if let Err(e) = self.rescore_account(account, ids, now).await {
+                let error = e.to_string();
+                let attempts = self.scoring_failed(account, &error, now).await?;
+                contactier_runtime::work::record_failure(WORKER, account, "scores", attempts, &error);
+            }
         }
         let q = "/* across accounts: when a score is next due */ SELECT MIN(score_due_at) FROM contacts \
                  WHERE score_due_at > $1";
         let next: Option<i64> = self.db.scalar(Sql::new(AssertSqlSafe(q)).bind(now)).await?;
         Ok((due.len(), next))
+    }
+
+    async fn rescore_account(&self, account: &str, ids: &[String], now: i64) -> Result<()> {
+        let mut tx = self.db.begin_write().await?;
+        rescore(&mut tx, &self.db, account, ids, now).await?;
+        tx.execute(Sql::new(SCORING_RECOVERED).bind(account)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt at the account's scores and puts its due contacts off until the
+    /// next one; answers the attempts so far.
+    async fn scoring_failed(&self, account: &str, error: &str, now: i64) -> Result<i64> {
+        let mut tx = self.db.begin_write().await?;
+        let attempts: i64 = tx.scalar(Sql::new(SCORING_FAILED).bind(account).bind(error)).await?;
+        let wait = contactier_runtime::work::backoff(attempts, RETRY_FIRST, RETRY_MAX);
+        let at = now.saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX));
+        tx.execute(Sql::new(SCORING_RETRY_AT).bind(account).bind(at)).await?;
+        tx.execute(Sql::new(PUT_OFF).bind(account).bind(now).bind(at)).await?;
+        tx.commit().await?;
+        Ok(attempts)
+    }
+
+    /// Where operators find the accounts whose scores keep failing.
+    pub fn failing_work(&self) -> std::sync::Arc<dyn FailingWork> {
+        std::sync::Arc::new(Failing(self.db.clone()))
+    }
+}
+
+/// Accounts whose scores failed and are not worked out yet.
+struct Failing(Db);
+
+impl FailingWork for Failing {
+    fn failing(&self, limit: i64) -> BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
     }
 }
 
@@ -490,9 +555,113 @@ mod tests {
         assert_eq!(keys, 3, "{backend:?}: a mailbox key each");
     }
 
+    /// One account whose scores cannot be saved (a trigger refuses them here) holds up no other
+    /// account's: it is recorded for operators and tried again with backoff, and scored once
+    /// it can be.
+    async fn a_failing_account_holds_up_no_other(backend: Backend) {
+        let t = TestDb::new(backend, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap();
+        let store = Store::new(t.db.clone());
+        let title = Criterion::Property {
+            property: "job_title".into(),
+            operator: scoring::Operator::Eq,
+            value: "cto".into(),
+        };
+        for account in ["acct-bad", "acct-good"] {
+            let news: Vec<NewContact> = (0..2)
+                .map(|i| NewContact {
+                    email: email::parse(&format!("c{i}@example.com")).unwrap(),
+                    values: [(
+                        "job_title".to_owned(),
+                        crate::properties::Value { text: "CTO".into(), num: None },
+                    )]
+                    .into(),
+                    source_type: "USER".into(),
+                    source_id: String::new(),
+                    requested_status: 0,
+                    user_id: "u".into(),
+                })
+                .collect();
+            store.create_contacts(account, news, now, None).await.unwrap();
+            store.create_scoring_rule(account, "CTO", 7, &title, micros_of(now), 100).await.unwrap();
+        }
+        let refuse: &[&'static str] = match backend {
+            Backend::Postgres => &[
+                "/* test: refuse one account's scores */ CREATE FUNCTION refuse_scores() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by test'; END $$",
+                "/* test: refuse one account's scores */ CREATE TRIGGER refuse_scores BEFORE UPDATE OF properties \
+                 ON contacts FOR EACH ROW WHEN (NEW.account_id = 'acct-bad') EXECUTE FUNCTION refuse_scores()",
+            ],
+            Backend::Sqlite => {
+                &["/* test: refuse one account's scores */ CREATE TRIGGER refuse_scores BEFORE UPDATE \
+                 OF properties ON contacts WHEN NEW.account_id = 'acct-bad' \
+                 BEGIN SELECT RAISE(ABORT, 'refused by test'); END"]
+            }
+        };
+        for q in refuse {
+            t.db.execute(Sql::new(AssertSqlSafe(*q))).await.unwrap();
+        }
+        let scores = |account: &'static str| {
+            let db = t.db.clone();
+            async move {
+                let q = Sql::new(
+                    "/* test: scores */ SELECT value FROM contact_values WHERE account_id = $1 \
+                     AND name = 'lead_score'",
+                )
+                .bind(account);
+                db.fetch_all::<(String,)>(q).await.unwrap().into_iter().map(|r| r.0).collect::<Vec<_>>()
+            }
+        };
+        let at = |seconds: i64| micros_of(now) + seconds * 1_000_000;
+
+        let (seen, next) = store.rescore_due(at(0), 500).await.unwrap();
+        assert_eq!(
+            (seen, next),
+            (4, Some(at(1))),
+            "{backend:?}: the failing account is tried again in a second"
+        );
+        assert_eq!(scores("acct-good").await, ["7", "7"], "{backend:?}: the other account is scored");
+        assert!(scores("acct-bad").await.is_empty(), "{backend:?}");
+        let failing = store.failing_work().failing(100).await.unwrap();
+        assert_eq!(failing.len(), 1, "{backend:?}: {failing:?}");
+        let f = &failing[0];
+        assert_eq!(
+            (f.worker.as_str(), f.account_id.as_str(), f.attempts),
+            (WORKER, "acct-bad", 1),
+            "{backend:?}"
+        );
+        assert!(f.last_error.contains("refused by test"), "{backend:?}: {}", f.last_error);
+        assert_eq!(f.next_attempt_at, at(1), "{backend:?}");
+
+        assert_eq!(
+            store.rescore_due(at(0), 500).await.unwrap().0,
+            0,
+            "{backend:?}: not again before its time"
+        );
+        let (seen, next) = store.rescore_due(at(1), 500).await.unwrap();
+        assert_eq!((seen, next), (2, Some(at(3))), "{backend:?}: the wait doubles");
+        assert_eq!(store.failing_work().failing(100).await.unwrap()[0].attempts, 2, "{backend:?}");
+
+        let accept = match backend {
+            Backend::Postgres => "/* test: accept the scores again */ DROP TRIGGER refuse_scores ON contacts",
+            Backend::Sqlite => "/* test: accept the scores again */ DROP TRIGGER refuse_scores",
+        };
+        t.db.execute(Sql::new(accept)).await.unwrap();
+        assert_eq!(store.rescore_due(at(3), 500).await.unwrap(), (2, None), "{backend:?}");
+        assert_eq!(scores("acct-bad").await, ["7", "7"], "{backend:?}: scored once it can be");
+        assert!(
+            store.failing_work().failing(100).await.unwrap().is_empty(),
+            "{backend:?}: no longer failing"
+        );
+    }
+
     fn micros_of(t: chrono::DateTime<chrono::Utc>) -> i64 {
         t.timestamp_micros()
     }
 
-    contactier_runtime::backend_tests!(due_work_goes_on_in_a_new_process);
+    contactier_runtime::backend_tests!(
+        due_work_goes_on_in_a_new_process,
+        a_failing_account_holds_up_no_other
+    );
 }
