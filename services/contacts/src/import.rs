@@ -358,6 +358,23 @@ async fn file_digest(mut input: Streaming<pb::ImportContactsRequest>) -> Result<
     }
 }
 
+/// Rows read and checked, ready to be written: the reader cuts them from the file while the
+/// batch before them is written.
+struct Batch {
+    rows: Vec<Row>,
+    /// The batch's rows refused by their checks.
+    errors: Vec<ImportErrorRow>,
+    read: i64,
+    failed: i64,
+    /// The file's digest through the batch's last row.
+    digest: String,
+    /// The file ends with this batch.
+    last: bool,
+}
+
+/// Batches a reader has cut and the writer has not taken: one waits while another is written.
+const BATCHES_AHEAD: usize = 1;
+
 #[allow(clippy::too_many_arguments)]
 async fn run(
     ctx: &Importer,
@@ -370,6 +387,85 @@ async fn run(
     input: Streaming<pb::ImportContactsRequest>,
     progress: &tokio::sync::mpsc::Sender<Progress>,
 ) -> Result<()> {
+    let (batches, mut cut) = tokio::sync::mpsc::channel::<Result<Batch>>(BATCHES_AHEAD);
+    // The file is read and checked on a task of its own, so that the service's CPU time for one
+    // batch and the database's for the one before run side by side. It ends when the writer
+    // stops taking batches.
+    let reader = tokio::spawn(read_batches(
+        input,
+        plan.clone(),
+        catalog.clone(),
+        import.rows_read,
+        import.prefix_digest.clone(),
+        batches,
+    ));
+    let _reader = AbortOnDrop(reader);
+    let mut analyzed_at = 0;
+    // A resumed import skips the rows its saved progress covers; the batch after them may have
+    // been written without its progress saved.
+    let mut recheck = resumed;
+    while let Some(batch) = cut.recv().await {
+        let Batch { rows, mut errors, read, failed, digest, last } = batch?;
+        import.rows_read += read;
+        import.failed += failed;
+        write(ctx, account, user, plan, import, rows, &mut errors, recheck).await?;
+        recheck = false;
+        ctx.store.add_import_errors(account, &import.id, &errors).await?;
+        import.prefix_digest = digest;
+        if last {
+            // The import's end saves it.
+            import.file_digest = import.prefix_digest.clone();
+            return Ok(());
+        }
+        // A table that grew from nothing during the import has statistics that say it is
+        // empty; the planner would then scan it for every lookup.
+        if import.rows_read - analyzed_at >= STATISTICS_EVERY {
+            ctx.store.refresh_statistics().await?;
+            analyzed_at = import.rows_read;
+        }
+        ctx.store.save_import(account, import).await?;
+        let _ = progress
+            .send(Ok(pb::ImportContactsResponse {
+                progress: Some(convert::import_summary(import)),
+                done: false,
+            }))
+            .await;
+    }
+    Err(Error::Aborted("the import's reader stopped".into()))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the file and cuts it into checked batches for the writer, the last (possibly empty)
+/// marked so; a file that broke off sends its error instead.
+/// `done_before` rows, the saved progress of an import taken up again, are skipped.
+async fn read_batches(
+    input: Streaming<pb::ImportContactsRequest>,
+    plan: Plan,
+    catalog: Catalog,
+    done_before: i64,
+    prefix_digest: String,
+    batches: tokio::sync::mpsc::Sender<Result<Batch>>,
+) {
+    if let Err(e) = cut_batches(input, &plan, &catalog, done_before, &prefix_digest, &batches).await {
+        let _ = batches.send(Err(e)).await;
+    }
+}
+
+async fn cut_batches(
+    input: Streaming<pb::ImportContactsRequest>,
+    plan: &Plan,
+    catalog: &Catalog,
+    done_before: i64,
+    prefix_digest: &str,
+    batches: &tokio::sync::mpsc::Sender<Result<Batch>>,
+) -> Result<()> {
     // A client that stops sending without closing its stream would hold the import forever.
     let bytes = Box::pin(tokio_stream::StreamExt::timeout(input, IDLE)).map(|m| match m {
         Ok(Ok(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) })) => {
@@ -380,15 +476,17 @@ async fn run(
         Err(_) => Err(std::io::Error::other(format!("nothing arrived for {} s", IDLE.as_secs()))),
     });
     let (headers, mut records) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
-    let mut batch: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
+    let empty = || Batch {
+        rows: Vec::with_capacity(BATCH_ROWS),
+        errors: Vec::new(),
+        read: 0,
+        failed: 0,
+        digest: String::new(),
+        last: false,
+    };
+    let mut batch = empty();
     let mut batch_bytes = 0;
-    let mut errors: Vec<ImportErrorRow> = Vec::new();
     let mut number = 0;
-    let mut analyzed_at = 0;
-    // A resumed import skips the rows its saved progress covers; the batch after them may have
-    // been written without its progress saved.
-    let done_before = import.rows_read;
-    let mut recheck = resumed;
     loop {
         let record = match records.next().await {
             Ok(Some(r)) => r,
@@ -401,66 +499,49 @@ async fn run(
         number += 1;
         if number <= done_before {
             // A retry taking the import up again sends the file it began with.
-            if number == done_before
-                && !import.prefix_digest.is_empty()
-                && records.digest() != import.prefix_digest
-            {
+            if number == done_before && !prefix_digest.is_empty() && records.digest() != prefix_digest {
                 return Err(Error::RequestReused);
             }
             continue;
         }
-        import.rows_read += 1;
+        batch.read += 1;
         match record {
             Record::Fields(r) => match check_row(number, &headers, &r, plan, catalog) {
                 Ok(row) => {
                     batch_bytes +=
                         row.email.address.len() + row.values.values().map(|v| v.text.len()).sum::<usize>();
-                    batch.push(row);
+                    batch.rows.push(row);
                 }
                 Err(e) => {
-                    import.failed += 1;
-                    errors.extend(e);
+                    batch.failed += 1;
+                    batch.errors.extend(e);
                 }
             },
             Record::Refused { field, reason } => {
                 // A record past the caps or not UTF-8: reported, the rest goes on.
-                import.failed += 1;
+                batch.failed += 1;
                 let column = field.and_then(|f| headers.get(f)).cloned().unwrap_or_default();
-                errors.push(ImportErrorRow {
+                batch.errors.push(ImportErrorRow {
                     row_number: number,
                     column_name: column,
                     reason: format!("CSV: {reason}"),
                 });
             }
         }
-        if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+        if batch.rows.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
-            write(ctx, account, user, plan, import, std::mem::take(&mut batch), &mut errors, recheck).await?;
-            recheck = false;
-            // A table that grew from nothing during the import has statistics that say it is
-            // empty; the planner would then scan it for every lookup.
-            if import.rows_read - analyzed_at >= STATISTICS_EVERY {
-                ctx.store.refresh_statistics().await?;
-                analyzed_at = import.rows_read;
+            batch.digest = records.digest();
+            if batches.send(Ok(std::mem::replace(&mut batch, empty()))).await.is_err() {
+                return Ok(());
             }
-            ctx.store.add_import_errors(account, &import.id, &std::mem::take(&mut errors)).await?;
-            import.prefix_digest = records.digest();
-            ctx.store.save_import(account, import).await?;
-            let _ = progress
-                .send(Ok(pb::ImportContactsResponse {
-                    progress: Some(convert::import_summary(import)),
-                    done: false,
-                }))
-                .await;
         }
     }
     if number < done_before {
         return Err(Error::RequestReused);
     }
-    write(ctx, account, user, plan, import, batch, &mut errors, recheck).await?;
-    ctx.store.add_import_errors(account, &import.id, &errors).await?;
-    import.prefix_digest = records.digest();
-    import.file_digest = records.digest();
+    batch.digest = records.digest();
+    batch.last = true;
+    let _ = batches.send(Ok(batch)).await;
     Ok(())
 }
 
