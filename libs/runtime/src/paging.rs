@@ -34,6 +34,21 @@ pub const DEFAULT_PAGE: i32 = 100;
 /// The most items a page holds.
 pub const MAX_PAGE: i32 = 1_000;
 
+/// How many of the leading items (their sizes in `sizes`) a page of at most `budget` bytes
+/// holds: the first always, however large, so that paging goes on.
+pub fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
+    let mut total = 0usize;
+    let mut n = 0;
+    for size in sizes {
+        total = total.saturating_add(size);
+        if n > 0 && total > budget {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// The items a page of `page_size` holds (0: [`DEFAULT_PAGE`]); None when out of range.
 pub fn size(page_size: i32) -> Option<usize> {
     match page_size {
@@ -126,6 +141,15 @@ pub fn page_in_order<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_by_bytes_holds_what_fits_and_always_its_first_item() {
+        assert_eq!(fitting([], 10), 0);
+        assert_eq!(fitting([4, 4, 2, 1], 10), 3, "4 + 4 + 2 is the budget exactly");
+        assert_eq!(fitting([4, 4, 3], 10), 2);
+        assert_eq!(fitting([11, 1], 10), 1, "the first alone is past the budget: it is sent");
+        assert_eq!(fitting([usize::MAX, usize::MAX], 10), 1);
+    }
 
     #[test]
     fn a_page_read_with_one_more_row_has_a_token_only_when_more_follow() {

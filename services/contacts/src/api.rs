@@ -545,10 +545,15 @@ impl ContactsService for Api {
         let mut answer = pb::BatchGetContactsResponse::default();
         let rows = self.store.contacts(&c.account, &r.ids).await?;
         answer.not_found.extend(r.ids.iter().filter(|id| !rows.iter().any(|row| &row.id == *id)).cloned());
+        let mut bytes: usize = rows.iter().map(|row| row.properties.len()).sum();
         answer.contacts.extend(rows.into_iter().map(|row| convert::contact(row, &catalog, &[])));
         for e in r.emails {
             match self.store.contact_by_email(&c.account, &e.trim().to_lowercase()).await? {
-                Some(row) => answer.contacts.push(convert::contact(row, &catalog, &[])),
+                Some(row) => {
+                    bytes += row.properties.len();
+                    answer.contacts.push(convert::contact(row, &catalog, &[]));
+                    crate::store::answer_fits(answer.contacts.len(), bytes)?;
+                }
                 None => answer.not_found.push(e),
             }
         }

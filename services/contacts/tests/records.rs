@@ -593,6 +593,67 @@ async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
     assert_eq!(s.by_email("big@example.com").await.properties.len(), 10, "{backend:?}");
 }
 
+/// Contacts near their 1 MiB each: a search page ends at 3 MiB of values whatever its page
+/// size, so every page reaches a client with the default 4 MiB limit and the pages together
+/// hold each contact once; a batch read past it is refused, naming `ids`.
+async fn pages_of_large_contacts_fit_a_clients_message(backend: Backend) {
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    for i in 0..10 {
+        let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
+        s.api().create_property(authed(notes, &admin)).await.unwrap();
+    }
+    let full = "n".repeat(65_536);
+    let mut ids = Vec::new();
+    for c in 0..8 {
+        let input = pb::ContactInput {
+            email: format!("big{c}@example.com"),
+            properties: (0..10).map(|i| (format!("notes_{i}"), full.clone())).collect(),
+            ..Default::default()
+        };
+        let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+        ids.push(s.api().create_contact(authed(req, &admin)).await.unwrap().into_inner().contact.unwrap().id);
+    }
+
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut token = String::new();
+    loop {
+        let req = pb::SearchContactsRequest { page_size: 1_000, page_token: token, ..Default::default() };
+        let page = s.api().search_contacts(authed(req, &admin)).await.unwrap().into_inner();
+        pages += 1;
+        assert!(!page.contacts.is_empty(), "{backend:?}: a page holds a contact at least");
+        seen.extend(page.contacts.into_iter().map(|c| c.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (8, 8), "{backend:?}: each contact once");
+    assert_eq!(pages, 2, "{backend:?}: four contacts of 655,360 bytes of values a page");
+
+    let err = s
+        .api()
+        .batch_get_contacts(authed(pb::BatchGetContactsRequest { ids: ids.clone(), emails: vec![] }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+    assert!(err.message().starts_with("ids: "), "{backend:?}: {}", err.message());
+    let emails: Vec<String> = (0..8).map(|c| format!("big{c}@example.com")).collect();
+    let err = s
+        .api()
+        .batch_get_contacts(authed(pb::BatchGetContactsRequest { ids: vec![], emails }, &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: by email too: {err:?}");
+    let four = pb::BatchGetContactsRequest { ids: ids[..4].to_vec(), emails: vec![] };
+    let got = s.api().batch_get_contacts(authed(four, &admin)).await.unwrap().into_inner();
+    assert_eq!(got.contacts.len(), 4, "{backend:?}: what fits is answered");
+}
+
 async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Backend) {
     const OTHER: &str = "acct-b";
     let s = start(backend).await;
@@ -695,6 +756,7 @@ async fn creates_at_once_under_one_request_id_each_answer_the_one_contact(backen
 
 contactier_runtime::backend_tests!(
     a_contact_holds_at_most_a_mebibyte_of_values,
+    pages_of_large_contacts_fit_a_clients_message,
     accounts_named_beyond_ascii_are_served_across_services,
     creates_at_once_under_one_request_id_each_answer_the_one_contact,
     reads_at_the_same_time_each_get_their_own_accounts_contact,

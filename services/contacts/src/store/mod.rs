@@ -77,6 +77,21 @@ impl ContactRow {
     }
 }
 
+/// Refuses an answer of `contacts` (more than one) holding `bytes` of values past
+/// [`search::PAGE_BYTES`].
+pub fn answer_fits(contacts: usize, bytes: usize) -> Result<()> {
+    if contacts > 1 && bytes > search::PAGE_BYTES {
+        return Err(Error::invalid(
+            "ids",
+            format!(
+                "these contacts hold more than {} MiB of values, more than one answer carries; ask for fewer at a time",
+                search::PAGE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) const CONTACT_COLUMNS: &str = "c.id, c.email, c.properties, c.version, c.source_type, \
      c.source_id, c.created_at, c.updated_at, c.last_activity_at, c.visits, c.first_visit_at, \
      c.last_visit_at, c.last_view_at, c.original_source, c.latest_source";
@@ -467,17 +482,25 @@ impl Store {
     }
 
     /// The contacts with these ids, in the order asked (unknown ids left out), read a chunk of
-    /// ids per statement.
+    /// ids per statement. Refused (INVALID_ARGUMENT `ids`) when more than one is asked for and
+    /// their values pass what one answer carries, [`search::PAGE_BYTES`]; rows past that are
+    /// not read out.
     pub async fn contacts(&self, account: &str, ids: &[String]) -> Result<Vec<ContactRow>> {
         let mut found: HashMap<String, ContactRow> = HashMap::with_capacity(ids.len());
+        let mut bytes = 0usize;
         for chunk in ids.chunks(self.db.rows_per_statement(1) - 1) {
+            let left = search::PAGE_BYTES.saturating_sub(bytes);
             let q = format!(
-                "SELECT {CONTACT_COLUMNS} FROM contacts c WHERE c.account_id = $1 AND c.id IN ({})",
+                "SELECT * FROM (SELECT {CONTACT_COLUMNS}, SUM(octet_length(c.properties)) OVER (ORDER BY c.id) \
+                 - octet_length(c.properties) AS bytes_before FROM contacts c WHERE c.account_id = $1 \
+                 AND c.id IN ({})) p WHERE p.bytes_before <= {left}",
                 (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
             );
             let rows: Vec<ContactRow> =
                 self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind_all(chunk)).await?;
+            bytes = rows.iter().fold(bytes, |b, r| b.saturating_add(r.properties.len()));
             found.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
+            answer_fits(found.len(), bytes)?;
         }
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
     }

@@ -8,6 +8,11 @@ use base64::Engine;
 use contactier_runtime::sql::Sql;
 use sqlx::AssertSqlSafe;
 
+/// Bytes of values a page of results holds at most, whatever its page size: with a contact's
+/// at most 1 MiB, a page stays under the 4 MiB a gRPC client takes by default, and a search
+/// never holds more than this in memory.
+pub const PAGE_BYTES: usize = 3 << 20;
+
 /// What results are ordered by; the contact id breaks ties.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SortKey {
@@ -139,17 +144,25 @@ impl Store {
         } else {
             (key.clone(), "NULL".to_owned())
         };
+        // Rows past the page's bytes are not read out: each row carries the bytes of values
+        // before it (the one that crosses the budget comes too, to tell that more follow).
+        let order = format!("ORDER BY {key} {dir}, c.id {dir}");
         let sql = format!(
-            "SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num \
-             FROM contacts c WHERE c.account_id = $1 AND ({}){page} \
-             ORDER BY {key} {dir}, c.id {dir} LIMIT {}",
+            "SELECT * FROM (SELECT {CONTACT_COLUMNS}, CAST({text_col} AS TEXT) AS sort_text, {num_col} AS sort_num, \
+             ROW_NUMBER() OVER ({order}) AS page_row, \
+             SUM(octet_length(c.properties)) OVER ({order}) - octet_length(c.properties) AS bytes_before \
+             FROM contacts c WHERE c.account_id = $1 AND ({}){page} {order} LIMIT {}) p \
+             WHERE p.bytes_before <= {PAGE_BYTES} ORDER BY p.page_row",
             filter.text,
             limit + 1
         );
         let mut hits: Vec<Hit> =
             self.db.fetch_all(bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &binds)).await?;
-        let next = if hits.len() as i64 > limit {
-            hits.truncate(limit as usize);
+        let fit =
+            contactier_runtime::paging::fitting(hits.iter().map(|h| h.row.properties.len()), PAGE_BYTES);
+        let keep = fit.min(limit as usize);
+        let next = if hits.len() > keep {
+            hits.truncate(keep);
             hits.last().map(|h| Cursor {
                 text: h.sort_text.clone(),
                 num: h.sort_num,
