@@ -137,7 +137,9 @@ impl Store {
                 ))
             };
             let id = param(Bind::Text(c.id.clone()));
-            page = format!(" AND ({key} {cmp} {value} OR ({key} = {value} AND c.id {cmp} {id}))");
+            // As one row comparison, which the index on (account, key, id) starts a page at;
+            // spelt out as OR it scanned every row before the page.
+            page = format!(" AND ({key}, c.id) {cmp} ({value}, {id})");
         }
         let (text_col, num_col) = if sort.numeric() {
             ("NULL".to_owned(), format!("CAST({key} AS DOUBLE PRECISION)"))
