@@ -178,7 +178,7 @@ const INVOICE_RETRY_AT: &str = "UPDATE invoice_failures SET next_attempt_at = $1
 /// Newest first by (time, id): several upgrades of one instant page without a gap.
 const UPGRADES_PAGE: &str = "SELECT id, from_tier, to_tier, marketing_count, count_version, upgraded_at, \
      effective_date, invoice_id FROM upgrades WHERE account_id = $1 \
-     AND (upgraded_at < $2 OR (upgraded_at = $2 AND id < $3)) ORDER BY upgraded_at DESC, id DESC LIMIT $4";
+     AND (upgraded_at, id) < ($2, $3) ORDER BY upgraded_at DESC, id DESC LIMIT $4";
 
 const INVOICES_PAGE: &str = "SELECT id, number, kind, total_minor, currency, term_start, term_end, lines, \
      issued_at FROM invoices WHERE account_id = $1 AND number < $2 ORDER BY number DESC LIMIT $3";

@@ -53,7 +53,7 @@ const PAGE_VIEWS: &str = "SELECT occurred_at, traffic_source FROM contact_events
 /// Newest first by (occurred_at, id).
 const PAGE: &str = "SELECT id, contact_id, kind, occurred_at, url, form_id, email_id, traffic_source \
      FROM contact_events WHERE account_id = $1 AND contact_id = $2 \
-     AND (occurred_at < $3 OR (occurred_at = $3 AND id < $4)) ORDER BY occurred_at DESC, id DESC LIMIT $5";
+     AND (occurred_at, id) < ($3, $4) ORDER BY occurred_at DESC, id DESC LIMIT $5";
 
 fn visits_of(c: VisitColumns) -> Visits {
     Visits {

@@ -51,7 +51,7 @@ const LAST_ACTIVITY: &str = "UPDATE contacts SET last_activity_at = COALESCE((SE
 /// Newest first by (occurred_at, id), of one kind or of all.
 const PAGE: &str = "SELECT id, contact_id, occurred_at, body, details, created_by, created_at, updated_at \
      FROM engagements WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR kind = $3) \
-     AND (occurred_at < $4 OR (occurred_at = $4 AND id < $5)) ORDER BY occurred_at DESC, id DESC LIMIT $6";
+     AND (occurred_at, id) < ($4, $5) ORDER BY occurred_at DESC, id DESC LIMIT $6";
 
 /// Whose timeline a new engagement goes on.
 pub enum Subject {

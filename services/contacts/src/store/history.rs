@@ -45,7 +45,7 @@ const COLUMNS: &str = "account_id, contact_id, name, id, value, source_type, sou
 /// Newest first by (time, id), of one property or of all.
 const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, changed_at \
      FROM property_history WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR name = $3) \
-     AND (changed_at < $4 OR (changed_at = $4 AND id < $5)) ORDER BY changed_at DESC, id DESC LIMIT $6";
+     AND (changed_at, id) < ($4, $5) ORDER BY changed_at DESC, id DESC LIMIT $6";
 
 /// An entry as the statement's JSON parameter holds it.
 #[derive(serde::Serialize)]

@@ -79,8 +79,7 @@ const SAVE_IMPORT: &str = "UPDATE imports SET state = $1, rows_read = $2, create
      WHERE account_id = $9 AND id = $10";
 
 const ERRORS_PAGE: &str = "SELECT row_number, column_name, reason FROM import_errors \
-     WHERE account_id = $1 AND import_id = $2 AND (row_number > $3 OR (row_number = $3 AND column_name > \
-     $4)) \
+     WHERE account_id = $1 AND import_id = $2 AND (row_number, column_name) > ($3, $4) \
      ORDER BY row_number, column_name LIMIT $5";
 
 impl Store {
