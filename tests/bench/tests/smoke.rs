@@ -21,6 +21,7 @@ async fn every_benchmark_runs_on_both_backends() {
         "CSV import",
         "CSV import of 3000 rows, lead scoring on",
         "RecordContactEvents",
+        "SearchContacts, 3 pages of 1,000",
         "bulk status change",
         "update date",
         "GetUsage: peak",
@@ -49,5 +50,7 @@ async fn every_benchmark_runs_on_both_backends() {
         .find(|r| r.what.contains("against its own rows COPYed"))
         .expect("the import's floor on PostgreSQL");
     assert_eq!(floor.backend, "PostgreSQL");
+    let scored = report.rows.iter().find(|r| r.what.contains("lead scoring on, against its own rows COPYed"));
+    assert_eq!(scored.map(|r| r.backend), Some("PostgreSQL"), "the scored import's floor");
     assert!(report.markdown().lines().count() > 20);
 }
