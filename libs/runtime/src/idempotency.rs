@@ -5,7 +5,6 @@
 //! the id left out (maps encode in key order, so the same request always has the same digest).
 
 use sha2::{Digest, Sha256};
-use std::fmt::Write;
 
 /// A request's idempotency key: its request id and the digest of what it asks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -40,11 +39,7 @@ pub fn digest<M: prost::Message>(call: &str, caller: &str, request_without_id: &
         hasher.update(part);
     }
     hasher.update(request_without_id.encode_to_vec());
-    let hash = hasher.finalize();
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::convert::hex(&hasher.finalize())
 }
 
 /// Whether a request with `digest` is the one saved with `stored`. Requests saved before

@@ -41,14 +41,8 @@ pub struct RecordReader<R> {
     hasher: Sha256,
 }
 
-/// A SHA-256 as lower-case hex.
-pub fn hex(digest: &[u8]) -> String {
-    use std::fmt::Write;
-    digest.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
+/// A SHA-256 as lower-case hex, as the service's request digests are.
+pub use contactier_runtime::convert::hex;
 
 impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub fn new(input: R, delimiter: u8) -> Self {
