@@ -49,6 +49,30 @@ pub fn fitting(sizes: impl IntoIterator<Item = usize>, budget: usize) -> usize {
     n
 }
 
+/// Bytes of values a page holds at most, whatever its page size: under the 4 MiB message a
+/// gRPC client takes by default, with room for the rest of each entry.
+pub const PAGE_BYTES: usize = 3 << 20;
+
+/// [`trim`] that also ends the page once its items' `size`s pass `budget` bytes (the first
+/// item always stays). Items the read left out past the budget come after the last one kept,
+/// so the token leads to them, as long as `size` counts at least what the read counted.
+pub fn trim_bytes<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    budget: usize,
+    size: impl Fn(&T) -> usize,
+    next: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let keep = fitting(rows.iter().map(size), budget).min(limit.max(0) as usize);
+    let more = rows.len() > keep;
+    rows.truncate(keep);
+    let token = match rows.last() {
+        Some(r) if more => next(r),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
 /// The items a page of `page_size` holds (0: [`DEFAULT_PAGE`]); None when out of range.
 pub fn size(page_size: i32) -> Option<usize> {
     match page_size {
@@ -141,6 +165,17 @@ pub fn page_in_order<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_cut_by_bytes_has_a_token_from_its_last_item() {
+        let token = |n: &usize| n.to_string();
+        assert_eq!(trim_bytes(vec![4, 4, 4], 10, 10, |n| *n, token), (vec![4, 4], "4".to_owned()));
+        // What the read left out past the budget: the items it sent pass the budget, and the
+        // page ends before that.
+        assert_eq!(trim_bytes(vec![6, 6], 10, 10, |n| *n, token), (vec![6], "6".to_owned()));
+        assert_eq!(trim_bytes(vec![4, 4], 10, 10, |n| *n, token), (vec![4, 4], String::new()));
+        assert_eq!(trim_bytes(vec![1, 1, 1], 2, 10, |n| *n, token), (vec![1, 1], "1".to_owned()));
+    }
 
     #[test]
     fn a_page_by_bytes_holds_what_fits_and_always_its_first_item() {

@@ -14,6 +14,14 @@ use std::collections::BTreeMap;
 /// Changes a GDPR export reads per statement.
 const EXPORT_PAGE: i64 = 1_000;
 
+/// Bytes of values a page of property history holds: with the rest of its up to 1,001 entries
+/// (ids, sources, a few hundred bytes each), a page stays under a client's default 4 MiB.
+const PAGE_BYTES: usize = paging::PAGE_BYTES;
+
+/// Bytes of bodies a page of a timeline holds; the rest of an engagement (subject, outcome,
+/// owner) takes up to a few kilobytes more, a page's worth up to about 2 MB.
+const BODY_BYTES: usize = 1 << 20;
+
 /// An unknown contact is NOT_FOUND, not an empty history or timeline.
 async fn known(store: &Store, account: &str, id: &str) -> Result<()> {
     match store.contacts(account, &[id.to_owned()]).await?.pop() {
@@ -36,8 +44,15 @@ pub async fn property_history(
     let before = paging::after_at(&list, &r.page_token)?;
     // The same answer for an unknown contact with a token as without one.
     known(store, account, &r.contact_id).await?;
-    let rows = store.property_history(account, &r.contact_id, &r.property, before, limit + 1).await?;
-    let (rows, next_page_token) = paging::trim(rows, limit, |h| paging::token_at(&list, h.changed_at, &h.id));
+    let rows =
+        store.property_history(account, &r.contact_id, &r.property, before, limit + 1, PAGE_BYTES).await?;
+    let (rows, next_page_token) = paging::trim_bytes(
+        rows,
+        limit,
+        PAGE_BYTES,
+        |h| h.value.len(),
+        |h| paging::token_at(&list, h.changed_at, &h.id),
+    );
     let changes = rows.into_iter().map(convert::property_change).collect();
     Ok(pb::ListPropertyHistoryResponse { changes, next_page_token })
 }
@@ -76,7 +91,7 @@ where
 
 pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Export> {
     let history = read_all(
-        |before| store.property_history(account, contact, "", before, EXPORT_PAGE),
+        |before| store.property_history(account, contact, "", before, EXPORT_PAGE, usize::MAX),
         |h| (h.changed_at, h.id.clone()),
         |h| {
             serde_json::json!({
@@ -91,7 +106,7 @@ pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Expor
     )
     .await?;
     let timeline = read_all(
-        |before| store.engagements(account, contact, None, before, EXPORT_PAGE),
+        |before| store.engagements(account, contact, None, before, EXPORT_PAGE, usize::MAX),
         |e| (e.occurred_at, e.id.clone()),
         |e| {
             serde_json::json!({
@@ -189,9 +204,14 @@ pub async fn engagements(
     let before = paging::after_at(&list, &r.page_token)?;
     // The same answer for an unknown contact with a token as without one.
     known(store, account, &r.contact_id).await?;
-    let rows = store.engagements(account, &r.contact_id, kind, before, limit + 1).await?;
-    let (rows, next_page_token) =
-        paging::trim(rows, limit, |e| paging::token_at(&list, e.occurred_at, &e.id));
+    let rows = store.engagements(account, &r.contact_id, kind, before, limit + 1, BODY_BYTES).await?;
+    let (rows, next_page_token) = paging::trim_bytes(
+        rows,
+        limit,
+        BODY_BYTES,
+        |e| e.body.len(),
+        |e| paging::token_at(&list, e.occurred_at, &e.id),
+    );
     Ok(pb::ListEngagementsResponse {
         engagements: rows.into_iter().map(convert::engagement).collect(),
         next_page_token,

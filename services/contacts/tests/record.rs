@@ -351,6 +351,70 @@ async fn timeline(s: &Contacts, contact: &str, t: pb::EngagementType) -> Vec<pb:
     }
 }
 
+/// A contact's history and timeline of values near their caps: a page ends at a few MiB
+/// whatever its page size, so every page reaches a client with the default 4 MiB limit, and
+/// the pages together hold every entry once, newest first.
+async fn pages_of_large_history_and_timelines_fit_a_clients_message(backend: Backend) {
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    s.api()
+        .create_property(authed(property("notes", pb::PropertyType::MultiLineText), &admin))
+        .await
+        .unwrap();
+    let c = s.create("long@example.com", &[]).await.unwrap();
+    let filler = "n".repeat(65_532);
+    for i in 0..70 {
+        let value = format!("{i:04}{filler}");
+        s.api().update_contact(authed(update(&c.id, &[("notes", &value)], ""), &admin)).await.unwrap();
+        s.api().create_engagement(authed(note(&c.id, &value), &admin)).await.unwrap();
+    }
+
+    let (mut changes, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let req = pb::ListPropertyHistoryRequest {
+            contact_id: c.id.clone(),
+            property: String::new(),
+            page_size: 1_000,
+            page_token: token,
+        };
+        let page = s.api().list_property_history(authed(req, &admin)).await.unwrap().into_inner();
+        pages += 1;
+        changes.extend(page.changes);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert!(pages >= 2, "{backend:?}: 4.6 MB of values is more than a page");
+    let notes: Vec<String> =
+        changes.iter().filter(|c| c.property == "notes").map(|c| c.value[..4].to_owned()).collect();
+    let newest_first: Vec<String> = (0..70).rev().map(|i| format!("{i:04}")).collect();
+    assert_eq!(notes, newest_first, "{backend:?}: every change once, newest first");
+    assert_eq!(changes.len(), 71, "{backend:?}: and the email the contact was created with");
+
+    let (mut ids, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let req = pb::ListEngagementsRequest {
+            contact_id: c.id.clone(),
+            r#type: 0,
+            page_size: 1_000,
+            page_token: token,
+        };
+        let page = s.api().list_engagements(authed(req, &admin)).await.unwrap().into_inner();
+        pages += 1;
+        ids.extend(page.engagements.into_iter().map(|e| e.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((count, ids.len()), (70, 70), "{backend:?}: every engagement once");
+    assert!(pages >= 5, "{backend:?}: a MiB of bodies a page, {pages} pages");
+}
+
 async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backend: Backend) {
     use pb::EngagementType as T;
     let s = start(backend).await;
@@ -1976,6 +2040,7 @@ async fn a_page_token_the_service_issued_is_taken_back(backend: Backend) {
 }
 
 contactier_runtime::backend_tests!(
+    pages_of_large_history_and_timelines_fit_a_clients_message,
     a_page_token_the_service_issued_is_taken_back,
     a_former_address_names_its_person_whatever_its_case,
     values_of_every_allowed_length_are_kept_found_and_matched,

@@ -49,9 +49,13 @@ const LAST_ACTIVITY: &str = "UPDATE contacts SET last_activity_at = COALESCE((SE
      WHERE account_id = $1 AND id = $2";
 
 /// Newest first by (occurred_at, id), of one kind or of all.
-const PAGE: &str = "SELECT id, contact_id, occurred_at, body, details, created_by, created_at, updated_at \
+/// Engagements after the one whose body brings the page past $7 bytes are not read out.
+const PAGE: &str = "SELECT id, contact_id, occurred_at, body, details, created_by, created_at, updated_at FROM \
+     (SELECT id, contact_id, occurred_at, body, details, created_by, created_at, updated_at, \
+     SUM(octet_length(body)) OVER (ORDER BY occurred_at DESC, id DESC) - octet_length(body) AS bytes_before \
      FROM engagements WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR kind = $3) \
-     AND (occurred_at, id) < ($4, $5) ORDER BY occurred_at DESC, id DESC LIMIT $6";
+     AND (occurred_at, id) < ($4, $5) ORDER BY occurred_at DESC, id DESC LIMIT $6) p \
+     WHERE p.bytes_before <= $7 ORDER BY occurred_at DESC, id DESC";
 
 /// Whose timeline a new engagement goes on.
 pub enum Subject {
@@ -216,10 +220,13 @@ impl Store {
         kind: Option<Kind>,
         before: Option<(i64, String)>,
         limit: i64,
+        bytes: usize,
     ) -> Result<Vec<Engagement>> {
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
         let kind = kind.map_or("", Kind::as_str);
-        let page = Sql::new(PAGE).bind(account).bind(contact).bind(kind).bind(at).bind(id).bind(limit);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let page =
+            Sql::new(PAGE).bind(account).bind(contact).bind(kind).bind(at).bind(id).bind(limit).bind(bytes);
         let rows: Vec<EngagementRow> = self.db.fetch_all(page).await?;
         rows.into_iter().map(EngagementRow::into_model).collect()
     }

@@ -42,10 +42,14 @@ pub struct HistoryRow {
 
 const COLUMNS: &str = "account_id, contact_id, name, id, value, source_type, source_id, user_id, changed_at";
 
-/// Newest first by (time, id), of one property or of all.
-const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, changed_at \
+/// Newest first by (time, id), of one property or of all; entries after the one whose value
+/// brings the page past $7 bytes are not read out.
+const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, changed_at FROM \
+     (SELECT id, name, value, source_type, source_id, user_id, changed_at, \
+     SUM(octet_length(value)) OVER (ORDER BY changed_at DESC, id DESC) - octet_length(value) AS bytes_before \
      FROM property_history WHERE account_id = $1 AND contact_id = $2 AND ($3 = '' OR name = $3) \
-     AND (changed_at, id) < ($4, $5) ORDER BY changed_at DESC, id DESC LIMIT $6";
+     AND (changed_at, id) < ($4, $5) ORDER BY changed_at DESC, id DESC LIMIT $6) p \
+     WHERE p.bytes_before <= $7 ORDER BY changed_at DESC, id DESC";
 
 /// An entry as the statement's JSON parameter holds it.
 #[derive(serde::Serialize)]
@@ -153,9 +157,12 @@ impl Store {
         name: &str,
         before: Option<(i64, String)>,
         limit: i64,
+        bytes: usize,
     ) -> Result<Vec<HistoryRow>> {
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
-        let page = Sql::new(PAGE).bind(account).bind(contact).bind(name).bind(at).bind(id).bind(limit);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let page =
+            Sql::new(PAGE).bind(account).bind(contact).bind(name).bind(at).bind(id).bind(limit).bind(bytes);
         Ok(self.db.fetch_all(page).await?)
     }
 }

@@ -11,7 +11,7 @@ use sqlx::AssertSqlSafe;
 /// Bytes of values a page of results holds at most, whatever its page size: with a contact's
 /// at most 1 MiB, a page stays under the 4 MiB a gRPC client takes by default, and a search
 /// never holds more than this in memory.
-pub const PAGE_BYTES: usize = 3 << 20;
+pub use contactier_runtime::paging::PAGE_BYTES;
 
 /// What results are ordered by; the contact id breaks ties.
 #[derive(Clone, Debug, PartialEq)]
