@@ -23,7 +23,7 @@ use contactier_runtime::paging;
 use contactier_runtime::request::Answer;
 use futures::stream::BoxStream;
 use prost::Message;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use tonic::{Request, Response, Status, Streaming};
 
 /// The most records one batch call may carry.
@@ -544,16 +544,25 @@ impl ContactsService for Api {
         let catalog = self.store.catalog(&c.account).await?;
         let mut answer = pb::BatchGetContactsResponse::default();
         let rows = self.store.contacts(&c.account, &r.ids).await?;
-        answer.not_found.extend(r.ids.iter().filter(|id| !rows.iter().any(|row| &row.id == *id)).cloned());
+        let found: HashSet<&str> = rows.iter().map(|row| row.id.as_str()).collect();
+        let mut missing: HashSet<&str> = HashSet::new();
+        answer.not_found.extend(
+            r.ids.iter().filter(|id| !found.contains(id.as_str()) && missing.insert(id.as_str())).cloned(),
+        );
         let mut bytes: usize = rows.iter().map(|row| row.properties.len()).sum();
         answer.contacts.extend(rows.into_iter().map(|row| convert::contact(row, &catalog, &[])));
+        // Each contact once, whether named by id, by email or several times.
+        let mut answered: HashSet<String> = answer.contacts.iter().map(|c| c.id.clone()).collect();
         for e in r.emails {
             match self.store.contact_by_email(&c.account, &e.trim().to_lowercase()).await? {
+                Some(row) if answered.contains(&row.id) => {}
                 Some(row) => {
                     bytes += row.properties.len();
+                    answered.insert(row.id.clone());
                     answer.contacts.push(convert::contact(row, &catalog, &[]));
-                    crate::store::answer_fits(answer.contacts.len(), bytes)?;
+                    crate::store::answer_fits("emails", answer.contacts.len(), bytes)?;
                 }
+                None if answer.not_found.contains(&e) => {}
                 None => answer.not_found.push(e),
             }
         }

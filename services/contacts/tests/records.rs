@@ -599,7 +599,7 @@ async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
 async fn pages_of_large_contacts_fit_a_clients_message(backend: Backend) {
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
-    for i in 0..10 {
+    for i in 0..20 {
         let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
         s.api().create_property(authed(notes, &admin)).await.unwrap();
     }
@@ -649,9 +649,41 @@ async fn pages_of_large_contacts_fit_a_clients_message(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: by email too: {err:?}");
+    assert!(err.message().starts_with("emails: "), "{backend:?}: {}", err.message());
     let four = pb::BatchGetContactsRequest { ids: ids[..4].to_vec(), emails: vec![] };
     let got = s.api().batch_get_contacts(authed(four, &admin)).await.unwrap().into_inner();
     assert_eq!(got.contacts.len(), 4, "{backend:?}: what fits is answered");
+    // One contact named a thousand times, by id and by email: answered once.
+    let again = pb::BatchGetContactsRequest {
+        ids: vec![ids[0].clone(); 500],
+        emails: vec!["big0@example.com".into(); 500],
+    };
+    let got = s.api().batch_get_contacts(authed(again, &admin)).await.unwrap().into_inner();
+    assert_eq!(got.contacts.len(), 1, "{backend:?}: each contact once");
+
+    // Two contacts that together pass 1 MiB of values are not merged into one.
+    let input = pb::ContactInput {
+        email: "other@example.com".into(),
+        properties: (10..20).map(|i| (format!("notes_{i}"), full.clone())).collect(),
+        ..Default::default()
+    };
+    let req = pb::CreateContactRequest { contact: Some(input), request_id: String::new() };
+    let other = s.api().create_contact(authed(req, &admin)).await.unwrap().into_inner().contact.unwrap();
+    let merge = pb::MergeContactsRequest {
+        primary_id: ids[0].clone(),
+        secondary_id: other.id.clone(),
+        ..Default::default()
+    };
+    let err = s.api().merge_contacts(authed(merge, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+    assert!(err.message().contains("bytes of values"), "{backend:?}: {}", err.message());
+    let both = pb::BatchGetContactsRequest { ids: vec![ids[0].clone(), other.id.clone()], emails: vec![] };
+    let got = s.api().batch_get_contacts(authed(both, &admin)).await.unwrap().into_inner();
+    assert_eq!(
+        got.contacts.iter().map(|c| c.properties.len()).collect::<Vec<_>>(),
+        [10, 10],
+        "{backend:?}: both as they were"
+    );
 }
 
 async fn reads_at_the_same_time_each_get_their_own_accounts_contact(backend: Backend) {

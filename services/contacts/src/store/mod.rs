@@ -79,10 +79,10 @@ impl ContactRow {
 
 /// Refuses an answer of `contacts` (more than one) holding `bytes` of values past
 /// [`search::PAGE_BYTES`].
-pub fn answer_fits(contacts: usize, bytes: usize) -> Result<()> {
+pub fn answer_fits(field: &str, contacts: usize, bytes: usize) -> Result<()> {
     if contacts > 1 && bytes > search::PAGE_BYTES {
         return Err(Error::invalid(
-            "ids",
+            field,
             format!(
                 "these contacts hold more than {} MiB of values, more than one answer carries; ask for fewer at a time",
                 search::PAGE_BYTES >> 20
@@ -481,7 +481,7 @@ impl Store {
         Ok(Some(outcomes))
     }
 
-    /// The contacts with these ids, in the order asked (unknown ids left out), read a chunk of
+    /// The contacts with these ids, in the order first asked (unknown ids left out), read a chunk of
     /// ids per statement. Refused (INVALID_ARGUMENT `ids`) when more than one is asked for and
     /// their values pass what one answer carries, [`search::PAGE_BYTES`]; rows past that are
     /// not read out.
@@ -500,9 +500,10 @@ impl Store {
                 self.db.fetch_all(Sql::new(AssertSqlSafe(q)).bind(account).bind_all(chunk)).await?;
             bytes = rows.iter().fold(bytes, |b, r| b.saturating_add(r.properties.len()));
             found.extend(rows.into_iter().map(|r| (r.id.clone(), r)));
-            answer_fits(found.len(), bytes)?;
+            answer_fits("ids", found.len(), bytes)?;
         }
-        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
+        // Each contact once, however often its id was named.
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     pub async fn contact_by_email(&self, account: &str, key: &str) -> Result<Option<ContactRow>> {
@@ -597,8 +598,18 @@ impl Store {
         let shown: BTreeMap<String, String> =
             typed.iter().map(|(k, v)| (k.clone(), v.text.clone())).collect();
         let before = p.values();
+        let before_len = p.properties.len();
         let merged =
             ContactRow { properties: json(&shown), version: p.version + 1, updated_at: micros(now), ..p };
+        // The secondary's values fill the primary's gaps: together they may pass what one
+        // contact holds.
+        if merged.properties.len() > before_len
+            && let Err(why) = crate::properties::check_total(&merged.properties)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "merged, {why}: clear values of either contact first, or choose the primary's"
+            )));
+        }
         let update = Sql::new(SET_PROPERTIES)
             .bind(&merged.properties)
             .bind(merged.version)
