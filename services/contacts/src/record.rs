@@ -18,6 +18,10 @@ const EXPORT_PAGE: i64 = 1_000;
 /// (ids, sources, a few hundred bytes each), a page stays under a client's default 4 MiB.
 const PAGE_BYTES: usize = paging::PAGE_BYTES;
 
+/// Bytes of URLs a page of a contact's events holds (a URL takes up to 2,048 characters, four
+/// bytes each at most); the rest of an event is a few hundred bytes.
+const URL_BYTES: usize = 2 << 20;
+
 /// Bytes of bodies a page of a timeline holds; the rest of an engagement (subject, outcome,
 /// owner) takes up to a few kilobytes more, a page's worth up to about 2 MB.
 const BODY_BYTES: usize = 1 << 20;
@@ -121,7 +125,7 @@ pub async fn export(store: &Store, account: &str, contact: &str) -> Result<Expor
     )
     .await?;
     let behaviour = read_all(
-        |before| store.contact_events(account, contact, before, EXPORT_PAGE),
+        |before| store.contact_events(account, contact, before, EXPORT_PAGE, usize::MAX),
         |e| (e.occurred_at, e.id.clone()),
         |e| {
             serde_json::json!({
@@ -353,9 +357,14 @@ pub async fn contact_events(
     let before = paging::after_at(&list, &r.page_token)?;
     // The same answer for an unknown contact with a token as without one.
     known(store, account, &r.contact_id).await?;
-    let rows = store.contact_events(account, &r.contact_id, before, limit + 1).await?;
-    let (rows, next_page_token) =
-        paging::trim(rows, limit, |e| paging::token_at(&list, e.occurred_at, &e.id));
+    let rows = store.contact_events(account, &r.contact_id, before, limit + 1, URL_BYTES).await?;
+    let (rows, next_page_token) = paging::trim_bytes(
+        rows,
+        limit,
+        URL_BYTES,
+        |e| e.url.len(),
+        |e| paging::token_at(&list, e.occurred_at, &e.id),
+    );
     Ok(pb::ListContactEventsResponse {
         events: rows.into_iter().map(convert::contact_event).collect(),
         next_page_token,

@@ -413,6 +413,40 @@ async fn pages_of_large_history_and_timelines_fit_a_clients_message(backend: Bac
     ids.dedup();
     assert_eq!((count, ids.len()), (70, 70), "{backend:?}: every engagement once");
     assert!(pages >= 5, "{backend:?}: a MiB of bodies a page, {pages} pages");
+
+    // 600 page views with URLs of 2,048 four-byte characters: 4.9 MB of URLs.
+    let t0 = s.platform.clock.now().timestamp() - 86_400;
+    let path = "\u{1F600}".repeat(2_048 - "https://example.com/".len());
+    for call in 0..2 {
+        let events = (0..300)
+            .map(|i| {
+                let n = call * 300 + i;
+                let mut v =
+                    view(&format!("u{n}"), pb::contact_event::Contact::ContactId(c.id.clone()), t0 + n, "");
+                if let Some(pb::contact_event::Kind::PageView(p)) = &mut v.kind {
+                    p.url = format!("https://example.com/{path}");
+                }
+                v
+            })
+            .collect();
+        let r = record(&s, events).await;
+        assert!(r.errors.is_empty(), "{backend:?}: {:?}", r.errors.first());
+    }
+    let (mut ids, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let req =
+            pb::ListContactEventsRequest { contact_id: c.id.clone(), page_size: 1_000, page_token: token };
+        let page = s.api().list_contact_events(authed(req, &admin)).await.unwrap().into_inner();
+        pages += 1;
+        ids.extend(page.events.into_iter().map(|e| e.id));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let newest_first: Vec<String> = (0..600).rev().map(|n| format!("u{n}")).collect();
+    assert_eq!(ids, newest_first, "{backend:?}: every event once, newest first");
+    assert!(pages >= 3, "{backend:?}: 2 MiB of URLs a page, {pages} pages");
 }
 
 async fn the_timeline_keeps_every_kind_of_engagement_and_the_last_activity(backend: Backend) {

@@ -50,10 +50,14 @@ const SET_VISITS: &str = "UPDATE contacts SET visits = $1, first_visit_at = $2, 
 const PAGE_VIEWS: &str = "SELECT occurred_at, traffic_source FROM contact_events \
      WHERE account_id = $1 AND contact_id = $2 AND kind = 'page_view' ORDER BY occurred_at, id";
 
-/// Newest first by (occurred_at, id).
-const PAGE: &str = "SELECT id, contact_id, kind, occurred_at, url, form_id, email_id, traffic_source \
+/// Newest first by (occurred_at, id); events after the one whose URL brings the page past $6
+/// bytes are not read out.
+const PAGE: &str = "SELECT id, contact_id, kind, occurred_at, url, form_id, email_id, traffic_source FROM \
+     (SELECT id, contact_id, kind, occurred_at, url, form_id, email_id, traffic_source, \
+     SUM(octet_length(url)) OVER (ORDER BY occurred_at DESC, id DESC) - octet_length(url) AS bytes_before \
      FROM contact_events WHERE account_id = $1 AND contact_id = $2 \
-     AND (occurred_at, id) < ($3, $4) ORDER BY occurred_at DESC, id DESC LIMIT $5";
+     AND (occurred_at, id) < ($3, $4) ORDER BY occurred_at DESC, id DESC LIMIT $5) p \
+     WHERE p.bytes_before <= $6 ORDER BY occurred_at DESC, id DESC";
 
 fn visits_of(c: VisitColumns) -> Visits {
     Visits {
@@ -412,9 +416,11 @@ impl Store {
         contact: &str,
         before: Option<(i64, String)>,
         limit: i64,
+        bytes: usize,
     ) -> Result<Vec<StoredEvent>> {
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
-        let page = Sql::new(PAGE).bind(account).bind(contact).bind(at).bind(id).bind(limit);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let page = Sql::new(PAGE).bind(account).bind(contact).bind(at).bind(id).bind(limit).bind(bytes);
         Ok(self.db.fetch_all(page).await?)
     }
 }
