@@ -349,5 +349,48 @@ mod tests {
         ));
     }
 
-    crate::backend_tests!(json_parameters_carry_whole_sets, a_dropped_transaction_leaves_nothing);
+    /// Records update their own rows of the account, and on SQLite each row is found by its
+    /// key, not by reading the records for every row of the account.
+    async fn records_update_their_rows_by_key(backend: Backend) {
+        let t = crate::testing::TestDb::new(backend, "updaterecords").await;
+        let db = &t.db;
+        let create = "CREATE TABLE r (account_id TEXT NOT NULL, id TEXT NOT NULL, n BIGINT NOT NULL, \
+                      PRIMARY KEY (account_id, id))";
+        db.execute(Sql::new(create)).await.unwrap();
+        let q = "INSERT INTO r (account_id, id, n) SELECT x.k, x.n, 0 FROM ";
+        let rows = serde_json::json!([
+            {"k": "a", "n": "1"}, {"k": "a", "n": "2"}, {"k": "a", "n": "3"}, {"k": "b", "n": "1"},
+        ]);
+        let insert = format!("{q}{}", db.json_records(1, &[("k", "text"), ("n", "text")]));
+        db.execute(Sql::new(sqlx::AssertSqlSafe(insert)).bind(rows.to_string())).await.unwrap();
+        let (records, matched) = db.update_records("r", 2, &[("id", "text"), ("n", "bigint")]);
+        let update = format!("UPDATE r SET n = x.n FROM {records} WHERE {matched}");
+        let changes = serde_json::json!([{"id": "1", "n": 10}, {"id": "3", "n": 30}, {"id": "9", "n": 90}]);
+        let update = Sql::new(sqlx::AssertSqlSafe(update.clone())).bind("a").bind(changes.to_string());
+        assert_eq!(db.execute(update).await.unwrap(), 2, "{backend:?}");
+        let all: Vec<(String, String, i64)> =
+            db.fetch_all(Sql::new("SELECT account_id, id, n FROM r ORDER BY account_id, id")).await.unwrap();
+        let expected = [("a", "1", 10), ("a", "2", 0), ("a", "3", 30), ("b", "1", 0)]
+            .map(|(a, i, n)| (a.to_owned(), i.to_owned(), n));
+        assert_eq!(all, expected, "{backend:?}: the account's named rows only");
+        if backend == Backend::Sqlite {
+            let plan = format!("EXPLAIN QUERY PLAN UPDATE r SET n = x.n FROM {records} WHERE {matched}");
+            let plan: Vec<(i64, i64, i64, String)> =
+                db.fetch_all(Sql::new(sqlx::AssertSqlSafe(plan)).bind("a").bind("[]")).await.unwrap();
+            let steps: Vec<&str> = plan.iter().map(|p| p.3.as_str()).collect();
+            let by_key = |s: &&str| s.contains("rowid=?") || s.contains("AND id=?)");
+            let reads: Vec<&str> = steps
+                .iter()
+                .copied()
+                .filter(|s| s.starts_with("SCAN r") || s.starts_with("SEARCH r"))
+                .collect();
+            assert!(reads.iter().all(by_key), "no row of r is read but by its key: {steps:?}");
+        }
+    }
+
+    crate::backend_tests!(
+        json_parameters_carry_whole_sets,
+        a_dropped_transaction_leaves_nothing,
+        records_update_their_rows_by_key
+    );
 }

@@ -381,7 +381,8 @@ impl Store {
             })
             .collect();
         if !moved.is_empty() {
-            let records = db.json_records(
+            let (records, matched) = db.update_records(
+                "contacts",
                 2,
                 &[
                     ("id", "text"),
@@ -396,8 +397,7 @@ impl Store {
             let q = format!(
                 "UPDATE contacts SET visits = x.visits, first_visit_at = x.first_at, last_visit_at = x.last_at, \
                  last_view_at = x.last_view_at, original_source = x.original_source, \
-                 latest_source = x.latest_source FROM {records} \
-                 WHERE contacts.account_id = $1 AND contacts.id = x.id"
+                 latest_source = x.latest_source FROM {records} WHERE {matched}"
             );
             let moved = serde_json::Value::Array(moved).to_string();
             tx.execute(Sql::new(AssertSqlSafe(q)).bind(account).bind(moved)).await?;

@@ -281,10 +281,10 @@ pub(super) async fn rescore(
         saved.insert(c.id, properties);
     }
     if !due_only.is_empty() {
+        let (records, matched) =
+            db.update_records("contacts", 2, &[("id", "text"), ("due", "bigint"), ("reached", "boolean")]);
         let q = format!(
-            "UPDATE contacts SET score_due_at = x.due, score_reached = x.reached FROM {} \
-             WHERE contacts.account_id = $1 AND contacts.id = x.id",
-            db.json_records(2, &[("id", "text"), ("due", "bigint"), ("reached", "boolean")])
+            "UPDATE contacts SET score_due_at = x.due, score_reached = x.reached FROM {records} WHERE {matched}"
         );
         for records in json_batches(due_only) {
             tx.execute(Sql::new(AssertSqlSafe(q.clone())).bind(account).bind(records)).await?;
@@ -293,14 +293,14 @@ pub(super) async fn rescore(
     if saves.is_empty() {
         return Ok(saved);
     }
+    let (records, matched) = db.update_records(
+        "contacts",
+        2,
+        &[("id", "text"), ("properties", "text"), ("due", "bigint"), ("reached", "boolean")],
+    );
     let q = format!(
         "UPDATE contacts SET properties = x.properties, score_due_at = x.due, score_reached = x.reached, \
-         version = contacts.version + 1, updated_at = $3 FROM {} \
-         WHERE contacts.account_id = $1 AND contacts.id = x.id",
-        db.json_records(
-            2,
-            &[("id", "text"), ("properties", "text"), ("due", "bigint"), ("reached", "boolean")]
-        )
+         version = contacts.version + 1, updated_at = $3 FROM {records} WHERE {matched}"
     );
     // Whole contacts, up to 1 MiB each: a statement per batch of them.
     for records in json_batches(saves) {
