@@ -297,6 +297,53 @@ impl Db {
     {
         Ok(self.fetch_optional::<(T,)>(q).await?.map(|r| r.0))
     }
+
+    /// [`Db::fetch_all`] of a read that may take at most `budget`: PostgreSQL cancels it
+    /// (`statement_timeout`), SQLite interrupts it between steps of its program; either way
+    /// the error is one [`over_time`] tells. A read a client shapes (a search's filter) cannot
+    /// then hold a connection, and the CPU, for longer.
+    pub async fn fetch_all_within<T: Row>(&self, q: Sql, budget: std::time::Duration) -> Result<Vec<T>> {
+        match self {
+            Db::Sqlite(p) => {
+                let mut conn = p.acquire().await?;
+                let deadline = std::time::Instant::now() + budget;
+                conn.lock_handle()
+                    .await?
+                    .set_progress_handler(1_000, move || std::time::Instant::now() < deadline);
+                let out = match q.sqlite_as() {
+                    Ok(q) => q.fetch_all(&mut *conn).await,
+                    Err(e) => Err(e),
+                };
+                // The connection goes back to the pool without it.
+                conn.lock_handle().await?.remove_progress_handler();
+                out
+            }
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let ms = budget.as_millis().clamp(1, i32::MAX as u128);
+                let limit = format!("SET LOCAL statement_timeout = {ms}");
+                sqlx::query(sqlx::AssertSqlSafe(limit)).execute(&mut *tx).await?;
+                let out = q.pg_as()?.fetch_all(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(out)
+            }
+        }
+    }
+
+    /// [`Db::scalar`] within `budget`, as [`Db::fetch_all_within`].
+    pub async fn scalar_within<T>(&self, q: Sql, budget: std::time::Duration) -> Result<T>
+    where
+        (T,): Row,
+    {
+        self.fetch_all_within::<(T,)>(q, budget).await?.pop().map(|r| r.0).ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+/// Whether `e` is a read stopped at its time budget ([`Db::fetch_all_within`]).
+pub fn over_time(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else { return false };
+    // PostgreSQL's query_canceled; SQLite's SQLITE_INTERRUPT.
+    matches!(db.code().as_deref(), Some("57014") | Some("9"))
 }
 
 #[cfg(test)]

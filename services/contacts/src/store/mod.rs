@@ -295,6 +295,8 @@ pub use single::ContactKey;
 pub struct Store {
     pub(crate) db: Db,
     single: Arc<single::Reads>,
+    /// How long a search (its page, its count) may read: [`search::SEARCH_TIME`].
+    search_time: std::time::Duration,
 }
 
 fn json(values: &BTreeMap<String, String>) -> String {
@@ -341,7 +343,12 @@ fn options_json(d: &Definition) -> String {
 impl Store {
     /// Needs a Tokio runtime: single reads are shared by a task of their own.
     pub fn new(db: Db) -> Self {
-        Self { single: Arc::new(single::reads(db.clone())), db }
+        Self { single: Arc::new(single::reads(db.clone())), db, search_time: search::SEARCH_TIME }
+    }
+
+    /// The store with searches bounded by `time` rather than [`search::SEARCH_TIME`].
+    pub fn with_search_time(self, time: std::time::Duration) -> Self {
+        Self { search_time: time, ..self }
     }
 
     // ---- property definitions ----

@@ -13,6 +13,23 @@ use sqlx::AssertSqlSafe;
 /// never holds more than this in memory.
 pub use contactier_runtime::paging::PAGE_BYTES;
 
+/// How long a search's page or count may read: a filter can ask for work without bound
+/// (CONTAINS of 4,096 characters over values of 65,536 takes seconds a value), which would
+/// hold a connection and a core, on SQLite the whole database, past any client's wait.
+pub const SEARCH_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A search stopped at [`SEARCH_TIME`] is the filter's cost, said as such; any other error as it is.
+fn too_long(e: sqlx::Error) -> Error {
+    if contactier_runtime::sql::over_time(&e) {
+        return Error::FailedPrecondition(
+            "filter: the search took longer than a search may; narrow the filter (fewer or shorter \
+             CONTAINS values) or search fewer contacts"
+                .into(),
+        );
+    }
+    e.into()
+}
+
 /// What results are ordered by; the contact id breaks ties.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SortKey {
@@ -158,8 +175,8 @@ impl Store {
             filter.text,
             limit + 1
         );
-        let mut hits: Vec<Hit> =
-            self.db.fetch_all(bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &binds)).await?;
+        let q = bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &binds);
+        let mut hits: Vec<Hit> = self.db.fetch_all_within(q, self.search_time).await.map_err(too_long)?;
         let fit =
             contactier_runtime::paging::fitting(hits.iter().map(|h| h.row.properties.len()), PAGE_BYTES);
         let keep = fit.min(limit as usize);
@@ -181,7 +198,8 @@ impl Store {
     /// How many contacts match `filter`.
     pub async fn count_matching(&self, account: &str, filter: &Filter) -> Result<i64> {
         let sql = format!("SELECT COUNT(*) FROM contacts c WHERE c.account_id = $1 AND ({})", filter.text);
-        Ok(self.db.scalar(bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &filter.binds)).await?)
+        let q = bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &filter.binds);
+        self.db.scalar_within(q, self.search_time).await.map_err(too_long)
     }
 
     /// Whether the contact `id` matches `filter`.
@@ -214,4 +232,54 @@ impl Store {
         let ids: Vec<(String,)> = self.db.fetch_all(q).await?;
         Ok(ids.into_iter().map(|r| r.0).collect())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewContact;
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::testing::TestDb;
+
+    const ACCOUNT: &str = "acct-search";
+
+    /// A filter that asks for more work than a search may do is stopped, its page and its count
+    /// alike, with a refusal naming the filter; the next search is answered as before.
+    async fn a_search_past_its_time_is_stopped_and_said_so(backend: Backend) {
+        let t = TestDb::new(backend, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let store = Store::new(t.db.clone()).with_search_time(std::time::Duration::from_millis(200));
+        let one = NewContact {
+            email: crate::email::parse("slow@example.com").unwrap(),
+            values: Default::default(),
+            source_type: "USER".into(),
+            source_id: String::new(),
+            requested_status: 0,
+            user_id: "u".into(),
+        };
+        store.create_contacts(ACCOUNT, vec![one], chrono::Utc::now(), None).await.unwrap();
+        // Counts to a hundred million for the contact: far past the budget on either backend.
+        let slow = Filter {
+            text: "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000000) \
+                   SELECT COUNT(*) FROM n) > 0"
+                .into(),
+            binds: Vec::new(),
+        };
+        let err = store.count_matching(ACCOUNT, &slow).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.starts_with("filter: ")),
+            "{backend:?}: {err:?}"
+        );
+        let err = store.search(ACCOUNT, &slow, &SortKey::CreatedAt, false, None, 10).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::FailedPrecondition(m) if m.starts_with("filter: ")),
+            "{backend:?}: {err:?}"
+        );
+        let every = Filter { text: "1 = 1".into(), binds: Vec::new() };
+        assert_eq!(store.count_matching(ACCOUNT, &every).await.unwrap(), 1, "{backend:?}");
+        let (rows, _) = store.search(ACCOUNT, &every, &SortKey::CreatedAt, false, None, 10).await.unwrap();
+        assert_eq!(rows.len(), 1, "{backend:?}: answered as before");
+    }
+
+    contactier_runtime::backend_tests!(a_search_past_its_time_is_stopped_and_said_so);
 }
