@@ -406,7 +406,13 @@ impl Store {
     /// Deletes a custom property and every value of it.
     pub async fn delete_property(&self, account: &str, name: &str) -> Result<()> {
         let mut tx = self.begin_values_write(account).await?;
+        let q = "DELETE FROM property_definitions WHERE account_id = $1 AND name = $2";
+        if tx.execute(Sql::new(q).bind(account).bind(name)).await? == 0 {
+            return Err(Error::NotFound(format!("property {name}")));
+        }
         // A rule left counting a property no contact shows would score what nobody can see.
+        // Read after the definition is deleted: a rule being made for it holds the definition
+        // until it commits, so it is seen here (and the deletion rolled back).
         let rules = scoring::rules(&mut tx, account).await?;
         if let Some(r) = rules.iter().find(|r| {
             matches!(&r.criterion, crate::scoring::Criterion::Property { property, .. } if property == name)
@@ -415,10 +421,6 @@ impl Store {
                 "scoring rule {} ({:?}) counts {name}: delete the rule first",
                 r.id, r.name
             )));
-        }
-        let q = "DELETE FROM property_definitions WHERE account_id = $1 AND name = $2";
-        if tx.execute(Sql::new(q).bind(account).bind(name)).await? == 0 {
-            return Err(Error::NotFound(format!("property {name}")));
         }
         // Its values go from the contacts as well, so a property made again under the name
         // starts empty.

@@ -376,6 +376,20 @@ impl Store {
     ) -> Result<RuleRow> {
         let mut tx = self.db.begin_write().await?;
         lock_scoring(&mut tx, account).await?;
+        // The property was looked up before this transaction: a deletion since would leave
+        // the rule counting a property no contact has. Its definition is held until commit,
+        // so a deletion waits for the rule and then sees it.
+        if let Criterion::Property { property, .. } = criterion
+            && !crate::properties::standard().iter().any(|d| d.name == *property)
+        {
+            let lock = if matches!(self.db, Db::Postgres(_)) { " FOR UPDATE" } else { "" };
+            let q =
+                format!("SELECT name FROM property_definitions WHERE account_id = $1 AND name = $2{lock}");
+            let q = Sql::new(AssertSqlSafe(q)).bind(account).bind(property);
+            if tx.scalar_optional::<String>(q).await?.is_none() {
+                return Err(Error::invalid("rule.property.property", "no such property"));
+            }
+        }
         let q = "SELECT COUNT(*) FROM scoring_rules WHERE account_id = $1";
         let have: i64 = tx.scalar(Sql::new(q).bind(account)).await?;
         if have >= max {
@@ -656,12 +670,74 @@ mod tests {
         );
     }
 
+    /// A rule for a property that was there when the request was checked but deleted since
+    /// is refused, and a property a rule counts is not deleted, in whichever order they come.
+    async fn a_rule_and_the_deletion_of_its_property_do_not_both_pass(backend: Backend) {
+        let t = TestDb::new(backend, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let now = chrono::Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap();
+        let store = Store::new(t.db.clone());
+        let racy = crate::properties::Definition {
+            name: "racy".into(),
+            label: "Racy".into(),
+            ptype: crate::properties::PropertyType::SingleLineText,
+            options: Vec::new(),
+            standard: false,
+            description: String::new(),
+        };
+        let rule = Criterion::Property {
+            property: "racy".into(),
+            operator: scoring::Operator::Eq,
+            value: "x".into(),
+        };
+        // Deleted after the request's check, before the rule's transaction.
+        store.create_property(ACCOUNT, &racy, now, 1_000).await.unwrap();
+        store.delete_property(ACCOUNT, "racy").await.unwrap();
+        let err =
+            store.create_scoring_rule(ACCOUNT, "racy", 5, &rule, micros_of(now), 100).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument { field, .. } if field == "rule.property.property"),
+            "{backend:?}: {err:?}"
+        );
+        assert!(store.scoring_rules(ACCOUNT).await.unwrap().is_empty(), "{backend:?}: no rule");
+        // The other order: the rule stands, the deletion is refused.
+        store.create_property(ACCOUNT, &racy, now, 1_000).await.unwrap();
+        store.create_scoring_rule(ACCOUNT, "racy", 5, &rule, micros_of(now), 100).await.unwrap();
+        let err = store.delete_property(ACCOUNT, "racy").await.unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{backend:?}: {err:?}");
+        assert!(store.catalog(ACCOUNT).await.unwrap().get("racy").is_some(), "{backend:?}: still there");
+        // At once, over and over: never both.
+        for i in 0..10 {
+            let name = format!("racy{i}");
+            store
+                .create_property(
+                    ACCOUNT,
+                    &crate::properties::Definition { name: name.clone(), ..racy.clone() },
+                    now,
+                    1_000,
+                )
+                .await
+                .unwrap();
+            let rule = Criterion::Property {
+                property: name.clone(),
+                operator: scoring::Operator::Eq,
+                value: "x".into(),
+            };
+            let (made, gone) = tokio::join!(
+                store.create_scoring_rule(ACCOUNT, &name, 5, &rule, micros_of(now), 100),
+                store.delete_property(ACCOUNT, &name)
+            );
+            assert!(made.is_ok() != gone.is_ok(), "{backend:?}: one of them: {made:?} {gone:?}");
+        }
+    }
+
     fn micros_of(t: chrono::DateTime<chrono::Utc>) -> i64 {
         t.timestamp_micros()
     }
 
     contactier_runtime::backend_tests!(
         due_work_goes_on_in_a_new_process,
-        a_failing_account_holds_up_no_other
+        a_failing_account_holds_up_no_other,
+        a_rule_and_the_deletion_of_its_property_do_not_both_pass
     );
 }
