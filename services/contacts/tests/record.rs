@@ -1489,6 +1489,28 @@ async fn a_property_a_rule_counts_stays_and_a_deleted_propertys_values_go(backen
     assert!(err.message().contains(&big.id), "{backend:?}: names the rule: {}", err.message());
     assert_eq!(s.by_email("big@example.com").await.properties["employees"], "150", "{backend:?}: unchanged");
 
+    // An option a rule counts stays as well; one no rule counts may go.
+    let mut tier = property("tier", pb::PropertyType::Enumeration).property.unwrap();
+    let options = |values: &[&str]| -> Vec<pb::PropertyOption> {
+        values.iter().map(|v| pb::PropertyOption { value: (*v).into(), label: (*v).into() }).collect()
+    };
+    tier.options = options(&["gold", "silver", "bronze"]);
+    let req = pb::CreatePropertyRequest { property: Some(tier.clone()) };
+    s.api().create_property(authed(req, &admin)).await.unwrap();
+    let gold = rule("Gold", 10, property_rule("tier", Op::Eq, "gold"));
+    let gold = s.api().create_scoring_rule(authed(gold, &admin)).await.unwrap().into_inner().rule.unwrap();
+    let options_mask = Some(prost_types::FieldMask { paths: vec!["options".into()] });
+    tier.options = options(&["silver", "bronze"]);
+    let req = pb::UpdatePropertyRequest { property: Some(tier.clone()), update_mask: options_mask.clone() };
+    let err = s.api().update_property(authed(req, &admin)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{backend:?}: {err:?}");
+    assert!(err.message().contains(&gold.id), "{backend:?}: names the rule: {}", err.message());
+    tier.options = options(&["gold", "silver"]);
+    let req = pb::UpdatePropertyRequest { property: Some(tier.clone()), update_mask: options_mask };
+    let kept = s.api().update_property(authed(req, &admin)).await.unwrap().into_inner().property.unwrap();
+    let values: Vec<&str> = kept.options.iter().map(|o| o.value.as_str()).collect();
+    assert_eq!(values, ["gold", "silver"], "{backend:?}: bronze went, gold stayed");
+
     s.api().delete_scoring_rule(authed(pb::DeleteScoringRuleRequest { id: big.id }, &admin)).await.unwrap();
     s.api().delete_property(authed(delete(), &admin)).await.unwrap();
     // Made again, it starts empty: the deleted values do not come back.

@@ -391,15 +391,31 @@ impl Store {
 
     /// Changes label, description and options; the type stays.
     pub async fn update_property(&self, account: &str, d: &Definition) -> Result<()> {
+        let mut tx = self.begin_values_write(account).await?;
         let update = Sql::new(UPDATE_DEFINITION)
             .bind(&d.label)
             .bind(options_json(d))
             .bind(&d.description)
             .bind(account)
             .bind(&d.name);
-        if self.db.execute(update).await? == 0 {
+        if tx.execute(update).await? == 0 {
             return Err(Error::NotFound(format!("property {}", d.name)));
         }
+        // An option a rule counts stays: the rule would count a value no contact can be given
+        // and no search can name. Read after the update, as a deletion reads them.
+        let rules = scoring::rules(&mut tx, account).await?;
+        if d.ptype == PropertyType::Enumeration
+            && let Some(r) = rules.iter().find(|r| {
+                matches!(&r.criterion, crate::scoring::Criterion::Property { property, value, .. }
+                    if property == &d.name && !value.is_empty() && !d.options.iter().any(|o| &o.value == value))
+            })
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "scoring rule {} ({:?}) counts an option of {} this leaves out: delete the rule first",
+                r.id, r.name, d.name
+            )));
+        }
+        tx.commit().await?;
         Ok(())
     }
 
