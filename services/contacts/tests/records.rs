@@ -541,13 +541,18 @@ async fn accounts_named_beyond_ascii_are_served_across_services(backend: Backend
     }
 }
 
+/// Multi-line text properties `notes_0` to `notes_{n-1}`.
+async fn notes_properties(s: &Contacts, admin: &str, n: usize) {
+    for i in 0..n {
+        let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
+        s.api().create_property(authed(notes, admin)).await.unwrap();
+    }
+}
+
 async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
-    for i in 0..20 {
-        let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
-        s.api().create_property(authed(notes, &admin)).await.unwrap();
-    }
+    notes_properties(&s, &admin, 20).await;
     let full = "n".repeat(65_536);
     let values = |from: usize, to: usize| -> Vec<(String, String)> {
         (from..to).map(|i| (format!("notes_{i}"), full.clone())).collect()
@@ -599,10 +604,7 @@ async fn a_contact_holds_at_most_a_mebibyte_of_values(backend: Backend) {
 async fn pages_of_large_contacts_fit_a_clients_message(backend: Backend) {
     let s = start(backend).await;
     let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
-    for i in 0..20 {
-        let notes = property(&format!("notes_{i}"), pb::PropertyType::MultiLineText);
-        s.api().create_property(authed(notes, &admin)).await.unwrap();
-    }
+    notes_properties(&s, &admin, 20).await;
     let full = "n".repeat(65_536);
     let mut ids = Vec::new();
     for c in 0..8 {

@@ -147,6 +147,24 @@ pub struct NewContact {
     pub user_id: String,
 }
 
+#[cfg(test)]
+impl NewContact {
+    /// A contact a person creates with `email` and text `values`, for the store's tests.
+    pub fn by_user(email: &str, values: &[(&str, &str)]) -> Self {
+        NewContact {
+            email: crate::email::parse(email).expect("a test's email"),
+            values: values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value { text: (*v).into(), num: None }))
+                .collect(),
+            source_type: "USER".into(),
+            source_id: String::new(),
+            requested_status: 0,
+            user_id: "u".into(),
+        }
+    }
+}
+
 /// A change to one contact: values to set (None clears), a new email, the version expected.
 #[derive(Clone, Debug, Default)]
 pub struct Change {

@@ -500,7 +500,6 @@ impl FailingWork for Failing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::email;
     use crate::store::NewContact;
     use chrono::TimeZone;
     use contactier_runtime::db::Backend;
@@ -517,18 +516,7 @@ mod tests {
         let now = chrono::Utc.with_ymd_and_hms(2026, 5, 1, 9, 0, 0).unwrap();
         let before = Store::new(t.db.clone());
         let news: Vec<NewContact> = (0..3)
-            .map(|i| NewContact {
-                email: email::parse(&format!("c{i}@gmail.com")).unwrap(),
-                values: [(
-                    "job_title".to_owned(),
-                    crate::properties::Value { text: "CTO".into(), num: None },
-                )]
-                .into(),
-                source_type: "USER".into(),
-                source_id: String::new(),
-                requested_status: 0,
-                user_id: "u".into(),
-            })
+            .map(|i| NewContact::by_user(&format!("c{i}@gmail.com"), &[("job_title", "CTO")]))
             .collect();
         before.create_contacts(ACCOUNT, news, now, None).await.unwrap();
         let title = Criterion::Property {
@@ -584,18 +572,7 @@ mod tests {
         };
         for account in ["acct-bad", "acct-good"] {
             let news: Vec<NewContact> = (0..2)
-                .map(|i| NewContact {
-                    email: email::parse(&format!("c{i}@example.com")).unwrap(),
-                    values: [(
-                        "job_title".to_owned(),
-                        crate::properties::Value { text: "CTO".into(), num: None },
-                    )]
-                    .into(),
-                    source_type: "USER".into(),
-                    source_id: String::new(),
-                    requested_status: 0,
-                    user_id: "u".into(),
-                })
+                .map(|i| NewContact::by_user(&format!("c{i}@example.com"), &[("job_title", "CTO")]))
                 .collect();
             store.create_contacts(account, news, now, None).await.unwrap();
             store.create_scoring_rule(account, "CTO", 7, &title, micros_of(now), 100).await.unwrap();

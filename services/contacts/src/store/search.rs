@@ -249,14 +249,7 @@ mod tests {
         let t = TestDb::new(backend, "contacts").await;
         t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
         let store = Store::new(t.db.clone()).with_search_time(std::time::Duration::from_millis(200));
-        let one = NewContact {
-            email: crate::email::parse("slow@example.com").unwrap(),
-            values: Default::default(),
-            source_type: "USER".into(),
-            source_id: String::new(),
-            requested_status: 0,
-            user_id: "u".into(),
-        };
+        let one = NewContact::by_user("slow@example.com", &[]);
         store.create_contacts(ACCOUNT, vec![one], chrono::Utc::now(), None).await.unwrap();
         // Counts to a hundred million for the contact: far past the budget on either backend.
         let slow = Filter {
