@@ -116,14 +116,8 @@ pub fn after_at(list: &str, token: &str) -> Result<Option<(i64, String)>, Error>
 /// Ends a page read with one row more than `limit` (the way every list RPC reads, so the last
 /// page needs no token): keeps `limit` rows, and makes the next page's token from the last
 /// one kept when there were more.
-pub fn trim<T>(mut rows: Vec<T>, limit: i64, next: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit.max(0) as usize);
-    let token = match rows.last() {
-        Some(r) if more => next(r),
-        _ => String::new(),
-    };
-    (rows, token)
+pub fn trim<T>(rows: Vec<T>, limit: i64, next: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    trim_bytes(rows, limit, usize::MAX, |_| 0, next)
 }
 
 /// The page of `list`'s `items` after `page_token` of at most `page_size` (0:

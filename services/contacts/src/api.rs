@@ -545,9 +545,10 @@ impl ContactsService for Api {
         let mut answer = pb::BatchGetContactsResponse::default();
         let rows = self.store.contacts(&c.account, &r.ids).await?;
         let found: HashSet<&str> = rows.iter().map(|row| row.id.as_str()).collect();
-        let mut missing: HashSet<&str> = HashSet::new();
+        // Each id or email not found once, however often it was named.
+        let mut unknown: HashSet<String> = HashSet::new();
         answer.not_found.extend(
-            r.ids.iter().filter(|id| !found.contains(id.as_str()) && missing.insert(id.as_str())).cloned(),
+            r.ids.iter().filter(|id| !found.contains(id.as_str()) && unknown.insert((*id).clone())).cloned(),
         );
         let mut bytes: usize = rows.iter().map(|row| row.properties.len()).sum();
         answer.contacts.extend(rows.into_iter().map(|row| convert::contact(row, &catalog, &[])));
@@ -562,8 +563,8 @@ impl ContactsService for Api {
                     answer.contacts.push(convert::contact(row, &catalog, &[]));
                     crate::store::answer_fits("emails", answer.contacts.len(), bytes)?;
                 }
-                None if answer.not_found.contains(&e) => {}
-                None => answer.not_found.push(e),
+                None if unknown.insert(e.clone()) => answer.not_found.push(e),
+                None => {}
             }
         }
         Ok(Response::new(answer))
@@ -743,7 +744,7 @@ impl ContactsService for Api {
     ) -> Answer<pb::CreatePropertyResponse> {
         let c = caller(&req)?;
         let d = convert::checked_definition(req.into_inner().property)?;
-        if crate::properties::standard().iter().any(|s| s.name == d.name) {
+        if crate::properties::is_standard(&d.name) {
             return Err(Error::AlreadyExists(format!("{} is a standard property", d.name)).into());
         }
         self.store.create_property(&c.account, &d, self.clock.now(), MAX_PROPERTIES).await?;
@@ -814,7 +815,7 @@ impl ContactsService for Api {
     ) -> Answer<pb::DeletePropertyResponse> {
         let c = caller(&req)?;
         let name = req.into_inner().name;
-        if crate::properties::standard().iter().any(|s| s.name == name) {
+        if crate::properties::is_standard(&name) {
             return Err(Error::FailedPrecondition(format!("{name} is a standard property")).into());
         }
         self.store.delete_property(&c.account, &name).await?;

@@ -122,6 +122,11 @@ fn options(values: &[&str]) -> Vec<PropertyOption> {
     values.iter().map(|v| PropertyOption { value: (*v).to_owned(), label: v.replace('_', " ") }).collect()
 }
 
+/// Whether `name` is one of the [`standard`] properties.
+pub fn is_standard(name: &str) -> bool {
+    standard().iter().any(|d| d.name == name)
+}
+
 /// The standard properties, built in for every account.
 pub fn standard() -> Vec<Definition> {
     let text = |name: &str, label: &str| Definition {

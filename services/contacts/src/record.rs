@@ -14,10 +14,6 @@ use std::collections::BTreeMap;
 /// Changes a GDPR export reads per statement.
 const EXPORT_PAGE: i64 = 1_000;
 
-/// Bytes of values a page of property history holds: with the rest of its up to 1,001 entries
-/// (ids, sources, a few hundred bytes each), a page stays under a client's default 4 MiB.
-const PAGE_BYTES: usize = paging::PAGE_BYTES;
-
 /// Bytes of URLs a page of a contact's events holds (a URL takes up to 2,048 characters, four
 /// bytes each at most); the rest of an event is a few hundred bytes.
 const URL_BYTES: usize = 2 << 20;
@@ -48,12 +44,13 @@ pub async fn property_history(
     let before = paging::after_at(&list, &r.page_token)?;
     // The same answer for an unknown contact with a token as without one.
     known(store, account, &r.contact_id).await?;
-    let rows =
-        store.property_history(account, &r.contact_id, &r.property, before, limit + 1, PAGE_BYTES).await?;
+    let rows = store
+        .property_history(account, &r.contact_id, &r.property, before, limit + 1, paging::PAGE_BYTES)
+        .await?;
     let (rows, next_page_token) = paging::trim_bytes(
         rows,
         limit,
-        PAGE_BYTES,
+        paging::PAGE_BYTES,
         |h| h.value.len(),
         |h| paging::token_at(&list, h.changed_at, &h.id),
     );

@@ -12,6 +12,7 @@ use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
+use contactier_runtime::paging::PAGE_BYTES;
 use contactier_runtime::sql::{Sql, Tx};
 use prost::Message;
 use sqlx::AssertSqlSafe;
@@ -78,14 +79,14 @@ impl ContactRow {
 }
 
 /// Refuses an answer of `contacts` (more than one) holding `bytes` of values past
-/// [`search::PAGE_BYTES`].
+/// [`PAGE_BYTES`], a page's bytes: a search page holds at most this much.
 pub fn answer_fits(field: &str, contacts: usize, bytes: usize) -> Result<()> {
-    if contacts > 1 && bytes > search::PAGE_BYTES {
+    if contacts > 1 && bytes > PAGE_BYTES {
         return Err(Error::invalid(
             field,
             format!(
                 "these contacts hold more than {} MiB of values, more than one answer carries; ask for fewer at a time",
-                search::PAGE_BYTES >> 20
+                PAGE_BYTES >> 20
             ),
         ));
     }
@@ -421,13 +422,15 @@ impl Store {
         }
         // An option a rule counts stays: the rule would count a value no contact can be given
         // and no search can name. Read after the update, as a deletion reads them.
-        let rules = scoring::rules(&mut tx, account).await?;
-        if d.ptype == PropertyType::Enumeration
-            && let Some(r) = rules.iter().find(|r| {
-                matches!(&r.criterion, crate::scoring::Criterion::Property { property, value, .. }
-                    if property == &d.name && !value.is_empty() && !d.options.iter().any(|o| &o.value == value))
-            })
-        {
+        let rules = if d.ptype == PropertyType::Enumeration {
+            scoring::rules(&mut tx, account).await?
+        } else {
+            Vec::new()
+        };
+        if let Some(r) = rules.iter().find(|r| {
+            matches!(&r.criterion, crate::scoring::Criterion::Property { property, value, .. }
+                if property == &d.name && !value.is_empty() && !d.options.iter().any(|o| &o.value == value))
+        }) {
             return Err(Error::FailedPrecondition(format!(
                 "scoring rule {} ({:?}) counts an option of {} this leaves out: delete the rule first",
                 r.id, r.name, d.name
@@ -526,13 +529,13 @@ impl Store {
 
     /// The contacts with these ids, in the order first asked (unknown ids left out), read a chunk of
     /// ids per statement. Refused (INVALID_ARGUMENT `ids`) when more than one is asked for and
-    /// their values pass what one answer carries, [`search::PAGE_BYTES`]; rows past that are
+    /// their values pass what one answer carries, [`PAGE_BYTES`]; rows past that are
     /// not read out.
     pub async fn contacts(&self, account: &str, ids: &[String]) -> Result<Vec<ContactRow>> {
         let mut found: HashMap<String, ContactRow> = HashMap::with_capacity(ids.len());
         let mut bytes = 0usize;
         for chunk in ids.chunks(self.db.rows_per_statement(1) - 1) {
-            let left = search::PAGE_BYTES.saturating_sub(bytes);
+            let left = PAGE_BYTES.saturating_sub(bytes);
             let q = format!(
                 "SELECT * FROM (SELECT {CONTACT_COLUMNS}, SUM(octet_length(c.properties)) OVER (ORDER BY c.id) \
                  - octet_length(c.properties) AS bytes_before FROM contacts c WHERE c.account_id = $1 \

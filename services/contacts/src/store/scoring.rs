@@ -380,7 +380,7 @@ impl Store {
         // the rule counting a property no contact has. Its definition is held until commit,
         // so a deletion waits for the rule and then sees it.
         if let Criterion::Property { property, .. } = criterion
-            && !crate::properties::standard().iter().any(|d| d.name == *property)
+            && !crate::properties::is_standard(property)
         {
             let lock = if matches!(self.db, Db::Postgres(_)) { " FOR UPDATE" } else { "" };
             let q =

@@ -5,13 +5,9 @@ use super::{CONTACT_COLUMNS, ContactRow, Store, bind_filter};
 use crate::error::{Error, Result};
 use crate::filter::{Bind, Sql as Filter};
 use base64::Engine;
+use contactier_runtime::paging::{self, PAGE_BYTES};
 use contactier_runtime::sql::Sql;
 use sqlx::AssertSqlSafe;
-
-/// Bytes of values a page of results holds at most, whatever its page size: with a contact's
-/// at most 1 MiB, a page stays under the 4 MiB a gRPC client takes by default, and a search
-/// never holds more than this in memory.
-pub use contactier_runtime::paging::PAGE_BYTES;
 
 /// How long a search's page or count may read: a filter can ask for work without bound
 /// (CONTAINS of 4,096 characters over values of 65,536 takes seconds a value), which would
@@ -177,8 +173,7 @@ impl Store {
         );
         let q = bind_filter(Sql::new(AssertSqlSafe(sql)).bind(account), &binds);
         let mut hits: Vec<Hit> = self.db.fetch_all_within(q, self.search_time).await.map_err(too_long)?;
-        let fit =
-            contactier_runtime::paging::fitting(hits.iter().map(|h| h.row.properties.len()), PAGE_BYTES);
+        let fit = paging::fitting(hits.iter().map(|h| h.row.properties.len()), PAGE_BYTES);
         let keep = fit.min(limit as usize);
         let next = if hits.len() > keep {
             hits.truncate(keep);
