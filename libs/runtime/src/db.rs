@@ -21,13 +21,11 @@ pub enum Db {
 }
 
 impl Db {
-    /// Rows of `cols` parameters one multi-row statement should carry. SQLite's driver binds
-    /// parameters in time that grows faster than their number, so it gets short statements;
-    /// PostgreSQL takes up to 65,535 parameters and is fastest with long ones.
+    /// Rows of `cols` parameters one multi-row statement should carry.
     pub fn rows_per_statement(&self, cols: usize) -> usize {
         let params = match self {
-            Db::Sqlite(_) => 999,
-            Db::Postgres(_) => 30_000,
+            Db::Sqlite(_) => crate::sql::SQLITE_PARAMETERS,
+            Db::Postgres(_) => crate::sql::PG_PARAMETERS,
         };
         (params / cols.max(1)).max(1)
     }
@@ -143,14 +141,12 @@ pub fn placeholders(rows: usize, cols: usize) -> String {
 /// IMMEDIATE`): a deferred transaction that reads and then writes fails outright ("database is
 /// locked") when another connection wrote in between, where waiting for the lock is right.
 pub trait BeginWrite {
-    type Database: sqlx::Database;
-    fn begin_write(
-        &self,
-    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+    type Transaction;
+    fn begin_write(&self) -> impl Future<Output = Result<Self::Transaction, sqlx::Error>> + Send;
 }
 
 impl BeginWrite for SqlitePool {
-    type Database = sqlx::Sqlite;
+    type Transaction = sqlx::Transaction<'static, sqlx::Sqlite>;
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         // The wait for a connection and, on SQLite, for the write lock.
         timed_begin("sqlite", self.begin_with("BEGIN IMMEDIATE")).await
@@ -158,9 +154,9 @@ impl BeginWrite for SqlitePool {
 }
 
 impl BeginWrite for PgPool {
-    type Database = sqlx::Postgres;
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        timed_begin("postgresql", self.begin()).await
+    type Transaction = crate::sql::PgTx;
+    async fn begin_write(&self) -> Result<crate::sql::PgTx, sqlx::Error> {
+        timed_begin("postgresql", crate::sql::PgTx::begin(self)).await
     }
 }
 

@@ -1,5 +1,6 @@
 //! What every Contactier service runs on.
 
+pub mod append;
 pub mod auth;
 pub use contactier_client::balance;
 pub mod clock;

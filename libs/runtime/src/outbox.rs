@@ -152,18 +152,24 @@ impl<T: Tx> EventTx for T {
         events: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<Vec<String>, sqlx::Error> {
+        let at = micros(now);
+        let mut rows = crate::sql::Rows::with_capacity(3, events.len());
+        for (account, id) in events {
+            rows.push([account.into(), id.into(), at.into()]);
+        }
+        if self.append_new("inbox", &["account_id", "event_id", "received_at"], &rows).await? {
+            return Ok(events.iter().map(|(_, id)| id.clone()).collect());
+        }
         let mut fresh = Vec::with_capacity(events.len());
         // Short statements: SQLite binds long parameter lists slowly.
-        for chunk in events.chunks(300) {
+        for cells in rows.chunks(300) {
             let sql = format!(
                 "INSERT INTO inbox (account_id, event_id, received_at) VALUES {} \
                  ON CONFLICT DO NOTHING RETURNING event_id",
-                crate::db::placeholders(chunk.len(), 3)
+                crate::db::placeholders(cells.len() / 3, 3)
             );
-            let q = chunk.iter().fold(Sql::new(sqlx::AssertSqlSafe(sql)), |q, (account, id)| {
-                q.bind(account).bind(id).bind(micros(now))
-            });
-            let got: Vec<(String,)> = self.fetch_all(q).await?;
+            let got: Vec<(String,)> =
+                self.fetch_all(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
             fresh.extend(got.into_iter().map(|r| r.0));
         }
         let skipped = events.len().saturating_sub(fresh.len());

@@ -6,6 +6,7 @@
 //! [`Conn`], or either backend's own connection. Store code is then ordinary generic functions
 //! over `impl Tx`, which rustfmt formats and the compiler checks once.
 
+pub use crate::append::{Cell, PgTx, Rows};
 use crate::db::{BeginWrite, Db};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgArguments, PgRow};
@@ -125,6 +126,24 @@ pub trait Tx: Send {
     fn fetch_all<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<Vec<T>>> + Send;
     fn fetch_optional<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<Option<T>>> + Send;
 
+    /// Appends rows to `table` in bulk ([`crate::append`]); answers how many.
+    fn append(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Appends rows that are new but for a rare few, inside a transaction: true when they all
+    /// went in; false, with nothing written, when a key was taken (the caller then writes
+    /// them with its `ON CONFLICT` statement) or where an append is no faster (SQLite).
+    fn append_new(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// The one row a statement answers; an error when it answers none.
     fn fetch_one<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<T>> + Send {
         async { self.fetch_optional(q).await?.ok_or(sqlx::Error::RowNotFound) }
@@ -157,6 +176,12 @@ impl Tx for PgConnection {
     async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
         q.pg_as()?.fetch_optional(self).await
     }
+    async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
+        crate::append::insert(self, PG_PARAMETERS, table, columns, rows).await
+    }
+    async fn append_new(&mut self, _: &str, _: &[&str], _: &Rows<'_>) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 impl Tx for SqliteConnection {
@@ -169,12 +194,23 @@ impl Tx for SqliteConnection {
     async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>> {
         q.sqlite_as()?.fetch_optional(self).await
     }
+    async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
+        crate::append::insert(self, SQLITE_PARAMETERS, table, columns, rows).await
+    }
+    async fn append_new(&mut self, _: &str, _: &[&str], _: &Rows<'_>) -> Result<bool> {
+        Ok(false)
+    }
 }
+
+/// Parameters of one multi-row statement: SQLite's driver binds parameters in time that grows
+/// faster than their number; PostgreSQL takes up to 65,535 and is fastest with long ones.
+pub(crate) const SQLITE_PARAMETERS: usize = 999;
+pub(crate) const PG_PARAMETERS: usize = 30_000;
 
 /// A transaction on either backend. Dropped without [`Transaction::commit`], it rolls back.
 pub enum Transaction {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
-    Postgres(sqlx::Transaction<'static, Postgres>),
+    Postgres(PgTx),
 }
 
 impl Transaction {
@@ -212,6 +248,18 @@ impl Tx for Transaction {
             Transaction::Postgres(t) => t.fetch_optional(q).await,
         }
     }
+    async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
+        match self {
+            Transaction::Sqlite(t) => t.append(table, columns, rows).await,
+            Transaction::Postgres(t) => t.append(table, columns, rows).await,
+        }
+    }
+    async fn append_new(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<bool> {
+        match self {
+            Transaction::Sqlite(t) => t.append_new(table, columns, rows).await,
+            Transaction::Postgres(t) => t.append_new(table, columns, rows).await,
+        }
+    }
 }
 
 /// A connection from the pool, for reads outside a transaction.
@@ -237,6 +285,18 @@ impl Tx for Conn {
         match self {
             Conn::Sqlite(c) => c.fetch_optional(q).await,
             Conn::Postgres(c) => c.fetch_optional(q).await,
+        }
+    }
+    async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
+        match self {
+            Conn::Sqlite(c) => c.append(table, columns, rows).await,
+            Conn::Postgres(c) => c.append(table, columns, rows).await,
+        }
+    }
+    async fn append_new(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<bool> {
+        match self {
+            Conn::Sqlite(c) => c.append_new(table, columns, rows).await,
+            Conn::Postgres(c) => c.append_new(table, columns, rows).await,
         }
     }
 }

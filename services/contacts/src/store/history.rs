@@ -4,8 +4,8 @@
 use super::Store;
 use crate::error::Result;
 use contactier_runtime::convert::new_id;
-use contactier_runtime::db::{Db, json_batches};
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::db::Db;
+use contactier_runtime::sql::{Rows, Sql, Tx};
 use sqlx::AssertSqlSafe;
 
 /// Who made a change and through what: a source type (`USER`, `IMPORT`, `INTEGRATION`,
@@ -40,7 +40,8 @@ pub struct HistoryRow {
     pub changed_at: i64,
 }
 
-const COLUMNS: &str = "account_id, contact_id, name, id, value, source_type, source_id, user_id, changed_at";
+const COLUMNS: [&str; 9] =
+    ["account_id", "contact_id", "name", "id", "value", "source_type", "source_id", "user_id", "changed_at"];
 
 /// Newest first by (time, id), of one property or of all; entries after the one whose value
 /// brings the page past $7 bytes are not read out.
@@ -51,59 +52,27 @@ const PAGE: &str = "SELECT id, name, value, source_type, source_id, user_id, cha
      AND (changed_at, id) < ($4, $5) ORDER BY changed_at DESC, id DESC LIMIT $6) p \
      WHERE p.bytes_before <= $7 ORDER BY changed_at DESC, id DESC";
 
-/// An entry as the statement's JSON parameter holds it.
-#[derive(serde::Serialize)]
-struct Record<'a> {
-    contact_id: &'a str,
-    name: &'a str,
-    id: String,
-    value: &'a str,
-    source_type: &'a str,
-    source_id: &'a str,
-    user_id: &'a str,
-}
-
-/// Records changes made at `at` in one statement, the entries in one JSON parameter: the
-/// statement is the same for any number of them, so it is prepared and planned once, where
-/// rows of parameters made a statement per count (and, on SQLite's limit, one per 100 rows).
-pub(super) async fn record(
-    tx: &mut impl Tx,
-    db: &Db,
-    account: &str,
-    entries: &[Entry<'_>],
-    at: i64,
-) -> Result<()> {
+/// Records changes made at `at`, appended in bulk.
+pub(super) async fn record(tx: &mut impl Tx, account: &str, entries: &[Entry<'_>], at: i64) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    let records = entries.iter().map(|e| Record {
-        contact_id: e.contact,
-        name: e.name,
-        id: new_id(),
-        value: e.value,
-        source_type: &e.origin.source_type,
-        source_id: &e.origin.source_id,
-        user_id: &e.origin.user_id,
-    });
-    let from = db.json_records(
-        3,
-        &[
-            ("contact_id", "text"),
-            ("name", "text"),
-            ("id", "text"),
-            ("value", "text"),
-            ("source_type", "text"),
-            ("source_id", "text"),
-            ("user_id", "text"),
-        ],
-    );
-    let q = format!(
-        "INSERT INTO property_history ({COLUMNS}) SELECT $1, x.contact_id, x.name, x.id, x.value, \
-         x.source_type, x.source_id, x.user_id, $2 FROM {from}"
-    );
-    for records in json_batches(records) {
-        tx.execute(Sql::new(AssertSqlSafe(q.clone())).bind(account).bind(at).bind(records)).await?;
+    let ids: Vec<String> = entries.iter().map(|_| new_id()).collect();
+    let mut rows = Rows::with_capacity(9, entries.len());
+    for (e, id) in entries.iter().zip(&ids) {
+        rows.push([
+            account.into(),
+            e.contact.into(),
+            e.name.into(),
+            id.into(),
+            e.value.into(),
+            (&e.origin.source_type).into(),
+            (&e.origin.source_id).into(),
+            (&e.origin.user_id).into(),
+            at.into(),
+        ]);
     }
+    tx.append("property_history", &COLUMNS, &rows).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use contactier_runtime::convert::{micros, new_id};
 use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::paging::PAGE_BYTES;
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::sql::{Rows, Sql, Tx};
 use prost::Message;
 use sqlx::AssertSqlSafe;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -577,7 +577,7 @@ impl Store {
         for ch in changes {
             // A contact named again in the batch is changed from what the earlier change left.
             let row = current.remove(&ch.id);
-            let outcome = update_contact(&mut tx, &self.db, account, row, ch, origin, now).await?;
+            let outcome = update_contact(&mut tx, account, row, ch, origin, now).await?;
             if let Ok(updated) = &outcome {
                 current.insert(updated.id.clone(), updated.clone());
             }
@@ -696,7 +696,7 @@ impl Store {
             .iter()
             .map(|(name, value)| history::Entry { contact: primary, name, value, origin: &origin })
             .collect();
-        history::record(&mut tx, &self.db, account, &entries, micros(now)).await?;
+        history::record(&mut tx, account, &entries, micros(now)).await?;
         consent::merge(&mut tx, account, primary, secondary).await?;
         // Memberships move over; the primary's own ones stay.
         tx.execute(Sql::new(MOVE_MEMBERSHIPS).bind(account).bind(secondary).bind(primary)).await?;
@@ -796,6 +796,23 @@ impl Store {
 
 /// Creates contacts inside a transaction: the rows, their values and history, the account's
 /// total and the events for marketing-status; each with its own outcome.
+/// The columns a new contact is written with.
+const NEW_CONTACT_COLUMNS: [&str; 13] = [
+    "account_id",
+    "id",
+    "email",
+    "email_key",
+    "properties",
+    "version",
+    "source_type",
+    "source_id",
+    "created_at",
+    "updated_at",
+    "match_keys_version",
+    "score_due_at",
+    "score_reached",
+];
+
 pub(crate) async fn insert_contacts(
     tx: &mut impl Tx,
     db: &Db,
@@ -837,32 +854,40 @@ pub(crate) async fn insert_contacts(
             (row, c, worked)
         })
         .collect();
-    let (contacts_per, values_per) = (db.rows_per_statement(13), db.rows_per_statement(5));
+    let mut fresh = Rows::with_capacity(NEW_CONTACT_COLUMNS.len(), rows.len());
+    for (row, c, worked) in &rows {
+        fresh.push([
+            account.into(),
+            (&row.id).into(),
+            (&row.email).into(),
+            (&c.email.key).into(),
+            (&row.properties).into(),
+            1i64.into(),
+            (&row.source_type).into(),
+            (&row.source_id).into(),
+            at.into(),
+            at.into(),
+            1i64.into(),
+            worked.due.into(),
+            worked.reached.into(),
+        ]);
+    }
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(contacts_per) {
-        let sql = format!(
-            "INSERT INTO contacts (account_id, id, email, email_key, properties, version, source_type, \
-             source_id, created_at, updated_at, match_keys_version, score_due_at, score_reached) VALUES {} \
-             ON CONFLICT (account_id, email_key) DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 13)
-        );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (row, c, worked)| {
-            q.bind(account)
-                .bind(&row.id)
-                .bind(&row.email)
-                .bind(&c.email.key)
-                .bind(&row.properties)
-                .bind(1i64)
-                .bind(&row.source_type)
-                .bind(&row.source_id)
-                .bind(at)
-                .bind(at)
-                .bind(1i64)
-                .bind(worked.due)
-                .bind(worked.reached)
-        });
-        let ids: Vec<(String,)> = tx.fetch_all(q).await?;
-        inserted.extend(ids.into_iter().map(|r| r.0));
+    if tx.append_new("contacts", &NEW_CONTACT_COLUMNS, &fresh).await? {
+        inserted.extend(rows.iter().map(|(row, ..)| row.id.clone()));
+    } else {
+        // Some email is taken (or the backend appends no faster): each row that is new goes in.
+        let (columns, width) = (NEW_CONTACT_COLUMNS.join(", "), NEW_CONTACT_COLUMNS.len());
+        for cells in fresh.chunks(db.rows_per_statement(width)) {
+            let sql = format!(
+                "INSERT INTO contacts ({columns}) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
+                 RETURNING id",
+                placeholders(cells.len() / width, width)
+            );
+            let q = Sql::new(AssertSqlSafe(sql)).bind_cells(cells);
+            let ids: Vec<(String,)> = tx.fetch_all(q).await?;
+            inserted.extend(ids.into_iter().map(|r| r.0));
+        }
     }
     let values: Vec<(&str, &str, &str, Option<f64>)> = rows
         .iter()
@@ -879,16 +904,11 @@ pub(crate) async fn insert_contacts(
             given.chain(scored)
         })
         .collect();
-    for chunk in values.chunks(values_per) {
-        let sql = format!(
-            "INSERT INTO contact_values (account_id, contact_id, name, value, num) VALUES {}",
-            placeholders(chunk.len(), 5)
-        );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, name, text, num)| {
-            q.bind(account).bind(*id).bind(*name).bind(*text).bind(*num)
-        });
-        tx.execute(q).await?;
+    let mut appended = Rows::with_capacity(5, values.len());
+    for (id, name, text, num) in &values {
+        appended.push([account.into(), (*id).into(), (*name).into(), (*text).into(), (*num).into()]);
     }
+    tx.append("contact_values", &["account_id", "contact_id", "name", "value", "num"], &appended).await?;
     let origins: Vec<Origin> = rows
         .iter()
         .map(|(_, c, _)| Origin {
@@ -919,7 +939,7 @@ pub(crate) async fn insert_contacts(
             std::iter::once(email).chain(values).chain(scored)
         })
         .collect();
-    history::record(tx, db, account, &entries, at).await?;
+    history::record(tx, account, &entries, at).await?;
     // Their match keys for duplicate candidates, a few statements for many.
     let keys: Vec<(&str, duplicates_rules::Reason, String)> = rows
         .iter()
@@ -931,16 +951,11 @@ pub(crate) async fn insert_contacts(
                 .map(move |(r, k)| (row.id.as_str(), r, k))
         })
         .collect();
-    for chunk in keys.chunks(db.rows_per_statement(4)) {
-        let sql = format!(
-            "INSERT INTO contact_match_keys (account_id, contact_id, reason, match_key) VALUES {}",
-            placeholders(chunk.len(), 4)
-        );
-        let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, (id, r, k)| {
-            q.bind(account).bind(*id).bind(r.as_str()).bind(k)
-        });
-        tx.execute(q).await?;
+    let mut matches = Rows::with_capacity(4, keys.len());
+    for (id, reason, key) in &keys {
+        matches.push([account.into(), (*id).into(), reason.as_str().into(), key.into()]);
     }
+    tx.append("contact_match_keys", &["account_id", "contact_id", "reason", "match_key"], &matches).await?;
     let events: Vec<mpb::ContactEvent> = rows
         .iter()
         .filter(|(row, ..)| inserted.contains(&row.id))
@@ -1054,7 +1069,6 @@ fn changed_values<'a>(
 /// One change of [`Store::update_contacts`], with its outcome.
 async fn update_contact(
     tx: &mut impl Tx,
-    db: &Db,
     account: &str,
     row: Option<ContactRow>,
     ch: Change,
@@ -1103,7 +1117,7 @@ async fn update_contact(
     if email != row.email {
         entries.push(history::Entry { contact: &ch.id, name: EMAIL, value: &email, origin });
     }
-    history::record(tx, db, account, &entries, micros(now)).await?;
+    history::record(tx, account, &entries, micros(now)).await?;
     let updated = ContactRow { email, properties, version: row.version + 1, updated_at: micros(now), ..row };
     let update = Sql::new(UPDATE_CONTACT)
         .bind(&updated.email)

@@ -332,7 +332,7 @@ pub(super) async fn rescore(
     let origin = origin();
     let entries: Vec<Entry> =
         changes.iter().map(|(id, name, value)| Entry { contact: id, name, value, origin: &origin }).collect();
-    history::record(tx, db, account, &entries, now).await?;
+    history::record(tx, account, &entries, now).await?;
     Ok(saved)
 }
 

@@ -9,7 +9,7 @@ use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::micros;
 use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
-use contactier_runtime::sql::{Sql, Tx};
+use contactier_runtime::sql::{Rows, Sql, Tx};
 use contactier_runtime::work::{FailingItem, FailingWork};
 use prost::Message;
 use sqlx::AssertSqlSafe;
@@ -160,6 +160,21 @@ const ADD_COUNTS: &str = "INSERT INTO account_counts (account_id, marketing, pen
 
 const COUNTS: &str = "SELECT marketing, pending, non_marketing, version, updated_at FROM account_counts \
      WHERE account_id = $1";
+
+const AUDIT_COLUMNS: [&str; 12] = [
+    "account_id",
+    "id",
+    "contact_id",
+    "from_status",
+    "to_status",
+    "pending",
+    "source_type",
+    "source_id",
+    "user_id",
+    "requested_at",
+    "effective_at",
+    "request_id",
+];
 
 const INSERT_AUDIT: &str = "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, \
      pending, source_type, source_id, user_id, requested_at, effective_at, request_id) \
@@ -489,55 +504,62 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         let at = micros(now);
-        let (status_per, audit_per) = (self.db.rows_per_statement(7), self.db.rows_per_statement(12));
         let mut tx = self.db.begin_write().await?;
         let ids: Vec<(String, String)> =
             items.iter().map(|c| (account.to_owned(), c.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
         let todo: Vec<&Created> = items.iter().filter(|c| fresh.contains(&c.event_id)).collect();
+        let mut statuses = Rows::with_capacity(7, todo.len());
+        for c in &todo {
+            statuses.push([
+                account.into(),
+                (&c.contact_id).into(),
+                c.initial.counts().into(),
+                false.into(),
+                (&c.actor.source_type).into(),
+                (&c.actor.source_id).into(),
+                at.into(),
+            ]);
+        }
+        let columns =
+            ["account_id", "contact_id", "marketing", "pending", "source_type", "source_id", "updated_at"];
         let mut inserted: HashSet<String> = HashSet::new();
-        for chunk in todo.chunks(status_per) {
-            let sql = format!(
-                "INSERT INTO contact_status (account_id, contact_id, marketing, pending, source_type, \
-                 source_id, updated_at) VALUES {} ON CONFLICT (account_id, contact_id) DO NOTHING \
-                 RETURNING contact_id",
-                placeholders(chunk.len(), 7)
-            );
-            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, c| {
-                q.bind(account)
-                    .bind(&c.contact_id)
-                    .bind(c.initial.counts())
-                    .bind(false)
-                    .bind(&c.actor.source_type)
-                    .bind(&c.actor.source_id)
-                    .bind(at)
-            });
-            let got: Vec<(String,)> = tx.fetch_all(q).await?;
-            inserted.extend(got.into_iter().map(|r| r.0));
+        if tx.append_new("contact_status", &columns, &statuses).await? {
+            inserted.extend(todo.iter().map(|c| c.contact_id.clone()));
+        } else {
+            // Some contact is known already (or the backend appends no faster).
+            for cells in statuses.chunks(self.db.rows_per_statement(7)) {
+                let sql = format!(
+                    "INSERT INTO contact_status ({}) VALUES {} ON CONFLICT (account_id, contact_id) DO NOTHING \
+                     RETURNING contact_id",
+                    columns.join(", "),
+                    placeholders(cells.len() / 7, 7)
+                );
+                let got: Vec<(String,)> =
+                    tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind_cells(cells)).await?;
+                inserted.extend(got.into_iter().map(|r| r.0));
+            }
         }
         let new: Vec<&&Created> = todo.iter().filter(|c| inserted.contains(&c.contact_id)).collect();
-        for chunk in new.chunks(audit_per) {
-            let sql = format!(
-                "INSERT INTO status_changes (account_id, id, contact_id, from_status, to_status, pending, \
-                 source_type, source_id, user_id, requested_at, effective_at, request_id) VALUES {}",
-                placeholders(chunk.len(), 12)
-            );
-            let q = chunk.iter().fold(Sql::new(AssertSqlSafe(sql)), |q, c| {
-                q.bind(account)
-                    .bind(new_event_id())
-                    .bind(&c.contact_id)
-                    .bind(status_str(Status::NonMarketing))
-                    .bind(status_str(c.initial.status))
-                    .bind(false)
-                    .bind(&c.actor.source_type)
-                    .bind(&c.actor.source_id)
-                    .bind(&c.actor.user_id)
-                    .bind(at)
-                    .bind(at)
-                    .bind(&c.actor.request_id)
-            });
-            tx.execute(q).await?;
+        let ids: Vec<String> = new.iter().map(|_| new_event_id()).collect();
+        let mut audit = Rows::with_capacity(AUDIT_COLUMNS.len(), new.len());
+        for (c, id) in new.iter().zip(&ids) {
+            audit.push([
+                account.into(),
+                id.into(),
+                (&c.contact_id).into(),
+                status_str(Status::NonMarketing).into(),
+                status_str(c.initial.status).into(),
+                false.into(),
+                (&c.actor.source_type).into(),
+                (&c.actor.source_id).into(),
+                (&c.actor.user_id).into(),
+                at.into(),
+                at.into(),
+                (&c.actor.request_id).into(),
+            ]);
         }
+        tx.append("status_changes", &AUDIT_COLUMNS, &audit).await?;
         let marketing = new.iter().filter(|c| c.initial.counts()).count() as i64;
         let delta = CountDelta { marketing, pending: 0, non_marketing: new.len() as i64 - marketing };
         if !delta.is_zero() {
