@@ -135,3 +135,58 @@ impl Store {
         Ok(self.db.fetch_all(page).await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{NewContact, Store};
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::sql::Sql;
+    use contactier_runtime::testing::TestDb;
+
+    const ACCOUNT: &str = "acct-history";
+
+    /// Values holding what would end a cell or a row of a bulk write (tabs, line breaks,
+    /// backslashes, COPY's own marks for "no value" and "end of data") come back as written, in
+    /// the contact, its stored values and its history, on both backends.
+    async fn awkward_values_are_kept_as_written(backend: Backend) {
+        let t = TestDb::new(backend, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let store = Store::new(t.db.clone());
+        let awkward = [
+            "tab\there",
+            "line\nbreak",
+            "back\\slash",
+            "\\N",
+            "\\.",
+            "carriage\rreturn",
+            "é 🦀 \"quoted\"",
+            "a\\tb",
+        ];
+        let contacts: Vec<NewContact> = awkward
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                NewContact::by_user(&format!("c{i}@example.com"), &[("firstname", v), ("lastname", "x")])
+            })
+            .collect();
+        let made = store.create_contacts(ACCOUNT, contacts, chrono::Utc::now(), None).await.unwrap().unwrap();
+        for (outcome, written) in made.into_iter().zip(awkward) {
+            let c = outcome.unwrap();
+            let read = store.contacts(ACCOUNT, std::slice::from_ref(&c.id)).await.unwrap().remove(0);
+            assert_eq!(
+                read.values().get("firstname").map(String::as_str),
+                Some(written),
+                "{backend:?}: the contact"
+            );
+            let q = "SELECT value FROM contact_values WHERE account_id = $1 AND contact_id = $2 AND name = 'firstname'";
+            let stored: String = t.db.scalar(Sql::new(q).bind(ACCOUNT).bind(&c.id)).await.unwrap();
+            assert_eq!(stored, written, "{backend:?}: its stored value");
+            let history =
+                store.property_history(ACCOUNT, &c.id, "firstname", None, 10, usize::MAX).await.unwrap();
+            let values: Vec<&str> = history.iter().map(|h| h.value.as_str()).collect();
+            assert_eq!(values, [written], "{backend:?}: its history");
+        }
+    }
+
+    contactier_runtime::backend_tests!(awkward_values_are_kept_as_written);
+}
