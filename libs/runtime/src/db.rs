@@ -241,8 +241,15 @@ impl Db {
                 .await
                 .or_else(ignore_concurrent_create)?;
             conn.close().await?;
+            let port = base.get_port();
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
+                .after_connect(move |_, _| {
+                    Box::pin(async move {
+                        crate::nodelay::connected_to(port);
+                        Ok(())
+                    })
+                })
                 // The application name shows operators (and test cleanup) whose sessions these are.
                 // No JIT: the services run short statements, and one whose estimate passes
                 // `jit_above_cost` (a page of an audit trail of millions, planned for the rows

@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod jwks;
 pub mod limits;
 pub mod malloc;
+pub mod nodelay;
 pub mod ops;
 pub mod outbox;
 pub mod paging;
