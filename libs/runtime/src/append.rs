@@ -81,10 +81,6 @@ impl<'a> Rows<'a> {
         self.cells.is_empty()
     }
 
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
     fn rows(&self) -> std::slice::ChunksExact<'_, Cell<'a>> {
         self.cells.chunks_exact(self.width)
     }
