@@ -85,6 +85,17 @@ impl<'a> Rows<'a> {
         self.cells.chunks_exact(self.width)
     }
 
+    /// Column `i` of each row, as text (a key column).
+    fn texts(&self, i: usize) -> Vec<String> {
+        self.rows()
+            .map(|row| match row[i] {
+                Cell::Text(s) => s.to_owned(),
+                Cell::Int(n) => n.to_string(),
+                other => panic!("a key column of {other:?}"),
+            })
+            .collect()
+    }
+
     /// The cells of up to `rows` rows at a time, for statements of several rows each
     /// ([`Sql::bind_cells`]).
     pub fn chunks(&self, rows: usize) -> std::slice::Chunks<'_, Cell<'a>> {
@@ -184,7 +195,7 @@ async fn copy_in(
 }
 
 /// [`copy_in`] under a savepoint, given up when a key is taken: the rows are then written
-/// by the caller's `ON CONFLICT` statement, and the rows that are new cost a COPY.
+/// by an `ON CONFLICT` statement ([`insert_new`]), and the rows that are new cost a COPY.
 async fn copy_new(
     conn: &mut PgConnection,
     copying: &mut bool,
@@ -294,14 +305,22 @@ impl Tx for PgTx {
         table: &str,
         columns: &[&str],
         rows: &Rows<'_>,
-    ) -> Result<bool, sqlx::Error> {
-        if rows.len() < COPY_FROM_ROWS {
-            return Ok(false);
+        conflict: &str,
+        key: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        if rows.len() >= COPY_FROM_ROWS {
+            let PgTx { conn, copying } = self;
+            let conn = conn.as_mut().expect("a transaction's connection is there until it ends");
+            if copy_new(conn, copying, table, columns, rows).await? {
+                return Ok(rows.texts(key_column(columns, key)));
+            }
         }
-        let PgTx { conn, copying } = self;
-        let conn = conn.as_mut().expect("a transaction's connection is there until it ends");
-        copy_new(conn, copying, table, columns, rows).await
+        insert_new(self.conn(), crate::sql::PG_PARAMETERS, table, columns, rows, conflict, key).await
     }
+}
+
+fn key_column(columns: &[&str], key: &str) -> usize {
+    columns.iter().position(|c| *c == key).expect("the key is one of the columns appended")
 }
 
 /// Multi-row `INSERT`s of at most `parameters` parameters each: appends outside a
@@ -324,6 +343,34 @@ pub(crate) async fn insert(
         written += conn.execute(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
     }
     Ok(written)
+}
+
+/// Multi-row `INSERT ... ON CONFLICT {conflict} DO NOTHING` of at most `parameters` parameters
+/// each (`conflict` is the conflict target, or empty for any): answers the `key` column of
+/// each row that went in.
+pub(crate) async fn insert_new(
+    conn: &mut impl Tx,
+    parameters: usize,
+    table: &str,
+    columns: &[&str],
+    rows: &Rows<'_>,
+    conflict: &str,
+    key: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    debug_assert_eq!(columns.len(), rows.width);
+    debug_assert!(columns.contains(&key), "the key is one of the columns appended");
+    let mut new = Vec::with_capacity(rows.len());
+    for cells in rows.chunks(parameters / rows.width) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT {conflict} DO NOTHING RETURNING {key}",
+            columns.join(", "),
+            crate::db::placeholders(cells.len() / rows.width, rows.width)
+        );
+        let got: Vec<(String,)> =
+            conn.fetch_all(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
+        new.extend(got.into_iter().map(|r| r.0));
+    }
+    Ok(new)
 }
 
 #[cfg(test)]
@@ -458,45 +505,54 @@ mod tests {
         assert_eq!(n, 1, "{backend:?}");
     }
 
-    /// New rows go in by COPY on PostgreSQL; one taken key hands the whole set back to the
-    /// caller's `ON CONFLICT` statement with nothing of it written, and the transaction's
-    /// earlier writes and later statements carry on.
-    async fn new_rows_append_and_a_taken_key_hands_them_back(backend: Backend) {
+    /// New rows go in (by COPY on PostgreSQL); a row whose key is taken is left out and the
+    /// row holding it keeps its values, whether the key was taken before or by the same set;
+    /// the transaction's earlier writes and later statements carry on.
+    async fn new_rows_append_and_a_taken_key_is_left_out(backend: Backend) {
         let t = crate::testing::TestDb::new(backend, "appendnew").await;
         let db = &t.db;
-        db.execute(Sql::new("CREATE TABLE t (k TEXT PRIMARY KEY)")).await.unwrap();
-        db.execute(Sql::new("INSERT INTO t (k) VALUES ('b')")).await.unwrap();
-        // Enough rows for a COPY; fewer go by a statement at once (false).
+        db.execute(Sql::new("CREATE TABLE t (k TEXT PRIMARY KEY, v TEXT NOT NULL)")).await.unwrap();
+        db.execute(Sql::new("INSERT INTO t (k, v) VALUES ('b', 'before')")).await.unwrap();
+        // Enough rows for a COPY; fewer go by a statement at once.
         let keys = |prefix: &str| (0..100).map(|i| format!("{prefix}{i:03}")).collect::<Vec<_>>();
         let fresh = keys("a");
         let taken = [keys("d"), vec!["b".to_owned()]].concat();
         let twice = [keys("e"), keys("e")].concat();
+        let few = keys("f")[..3].to_vec();
         fn rows(keys: &[String]) -> Rows<'_> {
-            let mut r = Rows::new(1);
+            let mut r = Rows::new(2);
             for k in keys {
-                r.push([k.into()]);
+                r.push([k.into(), "appended".into()]);
             }
             r
         }
+        let sorted = |mut keys: Vec<String>| {
+            keys.sort_unstable();
+            keys
+        };
         let mut tx = db.begin_write().await.unwrap();
-        tx.execute(Sql::new("INSERT INTO t (k) VALUES ('z')")).await.unwrap();
-        let appended = tx.append_new("t", &["k"], &rows(&fresh)).await.unwrap();
-        assert_eq!(appended, backend == Backend::Postgres, "{backend:?}: new rows");
-        assert!(!tx.append_new("t", &["k"], &rows(&taken)).await.unwrap(), "{backend:?}: a taken key");
-        assert!(!tx.append_new("t", &["k"], &rows(&twice)).await.unwrap(), "{backend:?}: a key twice");
-        assert!(
-            !tx.append_new("t", &["k"], &rows(&keys("f")[..3])).await.unwrap(),
-            "{backend:?}: a few rows"
-        );
-        let q = "INSERT INTO t (k) VALUES ('d000'), ('b'), ('e000') ON CONFLICT DO NOTHING RETURNING k";
+        tx.execute(Sql::new("INSERT INTO t (k, v) VALUES ('z', 'z')")).await.unwrap();
+        let mut went_in = Vec::new();
+        for (set, new, what) in [
+            (&fresh, fresh.clone(), "new rows"),
+            (&taken, keys("d"), "a key taken before"),
+            (&twice, keys("e"), "a key twice in the set"),
+            (&few, few.clone(), "a few rows"),
+        ] {
+            let got = tx.append_new("t", &["k", "v"], &rows(set), "(k)", "k").await.unwrap();
+            assert_eq!(sorted(got), new, "{backend:?}: {what}");
+            went_in.extend(new);
+        }
+        let q = "INSERT INTO t (k, v) VALUES ('g', 'g'), ('b', 'g') ON CONFLICT DO NOTHING RETURNING k";
         let added: Vec<(String,)> = tx.fetch_all(Sql::new(q)).await.unwrap();
-        assert_eq!(added.len(), 2, "{backend:?}: the caller's statement after a refused append");
+        assert_eq!(added.len(), 1, "{backend:?}: a statement after a set with a taken key");
         tx.commit().await.unwrap();
-        let all: Vec<(String,)> = db.fetch_all(Sql::new("SELECT k FROM t ORDER BY k")).await.unwrap();
-        let all: Vec<&str> = all.iter().map(|r| r.0.as_str()).collect();
-        let mut expected = vec!["b", "d000", "e000", "z"];
-        if backend == Backend::Postgres {
-            expected.extend(fresh.iter().map(String::as_str));
+        let all: Vec<(String, String)> =
+            db.fetch_all(Sql::new("SELECT k, v FROM t ORDER BY k")).await.unwrap();
+        let mut expected: Vec<(String, String)> =
+            went_in.into_iter().map(|k| (k, "appended".to_owned())).collect();
+        for k in ["b", "g", "z"] {
+            expected.push((k.to_owned(), if k == "b" { "before" } else { k }.to_owned()));
         }
         expected.sort_unstable();
         assert_eq!(all, expected, "{backend:?}");
@@ -558,7 +614,7 @@ mod tests {
         a_transaction_given_up_as_it_begins_leaves_none_open,
         appended_rows_read_back_as_they_were,
         a_taken_key_fails_the_whole_append,
-        new_rows_append_and_a_taken_key_hands_them_back,
+        new_rows_append_and_a_taken_key_is_left_out,
         an_append_given_up_half_way_leaves_the_pool_working
     );
 }

@@ -157,21 +157,10 @@ impl<T: Tx> EventTx for T {
         for (account, id) in events {
             rows.push([account.into(), id.into(), at.into()]);
         }
-        if self.append_new("inbox", &["account_id", "event_id", "received_at"], &rows).await? {
-            return Ok(events.iter().map(|(_, id)| id.clone()).collect());
-        }
-        let mut fresh = Vec::with_capacity(events.len());
-        // Short statements: SQLite binds long parameter lists slowly.
-        for cells in rows.chunks(300) {
-            let sql = format!(
-                "INSERT INTO inbox (account_id, event_id, received_at) VALUES {} \
-                 ON CONFLICT DO NOTHING RETURNING event_id",
-                crate::db::placeholders(cells.len() / 3, 3)
-            );
-            let got: Vec<(String,)> =
-                self.fetch_all(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
-            fresh.extend(got.into_iter().map(|r| r.0));
-        }
+        // Either unique key (the event's id, or its account and id) marks an event seen before.
+        let fresh = self
+            .append_new("inbox", &["account_id", "event_id", "received_at"], &rows, "", "event_id")
+            .await?;
         let skipped = events.len().saturating_sub(fresh.len());
         if skipped > 0 {
             metrics::counter!("contactier_inbox_duplicates_total").increment(skipped as u64);

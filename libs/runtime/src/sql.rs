@@ -134,15 +134,18 @@ pub trait Tx: Send {
         rows: &Rows<'_>,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Appends rows that are new but for a rare few, inside a transaction: true when they all
-    /// went in; false, with nothing written, when a key was taken (the caller then writes
-    /// them with its `ON CONFLICT` statement) or where an append is no faster (SQLite).
+    /// Appends rows that are new but for a rare few, inside a transaction; a row whose key is
+    /// taken (`ON CONFLICT {conflict}`; an empty `conflict` means any unique key) is left out.
+    /// Answers the `key` column, text, of each row that went in. By COPY on PostgreSQL while
+    /// no key is taken, else by `INSERT ... ON CONFLICT DO NOTHING`.
     fn append_new(
         &mut self,
         table: &str,
         columns: &[&str],
         rows: &Rows<'_>,
-    ) -> impl Future<Output = Result<bool>> + Send;
+        conflict: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 
     /// The one row a statement answers; an error when it answers none.
     fn fetch_one<T: Row>(&mut self, q: Sql) -> impl Future<Output = Result<T>> + Send {
@@ -179,8 +182,15 @@ impl Tx for PgConnection {
     async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
         crate::append::insert(self, PG_PARAMETERS, table, columns, rows).await
     }
-    async fn append_new(&mut self, _: &str, _: &[&str], _: &Rows<'_>) -> Result<bool> {
-        Ok(false)
+    async fn append_new(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+        conflict: &str,
+        key: &str,
+    ) -> Result<Vec<String>> {
+        crate::append::insert_new(self, PG_PARAMETERS, table, columns, rows, conflict, key).await
     }
 }
 
@@ -197,8 +207,15 @@ impl Tx for SqliteConnection {
     async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64> {
         crate::append::insert(self, SQLITE_PARAMETERS, table, columns, rows).await
     }
-    async fn append_new(&mut self, _: &str, _: &[&str], _: &Rows<'_>) -> Result<bool> {
-        Ok(false)
+    async fn append_new(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+        conflict: &str,
+        key: &str,
+    ) -> Result<Vec<String>> {
+        crate::append::insert_new(self, SQLITE_PARAMETERS, table, columns, rows, conflict, key).await
     }
 }
 
@@ -254,10 +271,17 @@ impl Tx for Transaction {
             Transaction::Postgres(t) => t.append(table, columns, rows).await,
         }
     }
-    async fn append_new(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<bool> {
+    async fn append_new(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+        conflict: &str,
+        key: &str,
+    ) -> Result<Vec<String>> {
         match self {
-            Transaction::Sqlite(t) => t.append_new(table, columns, rows).await,
-            Transaction::Postgres(t) => t.append_new(table, columns, rows).await,
+            Transaction::Sqlite(t) => t.append_new(table, columns, rows, conflict, key).await,
+            Transaction::Postgres(t) => t.append_new(table, columns, rows, conflict, key).await,
         }
     }
 }
@@ -293,10 +317,17 @@ impl Tx for Conn {
             Conn::Postgres(c) => c.append(table, columns, rows).await,
         }
     }
-    async fn append_new(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<bool> {
+    async fn append_new(
+        &mut self,
+        table: &str,
+        columns: &[&str],
+        rows: &Rows<'_>,
+        conflict: &str,
+        key: &str,
+    ) -> Result<Vec<String>> {
         match self {
-            Conn::Sqlite(c) => c.append_new(table, columns, rows).await,
-            Conn::Postgres(c) => c.append_new(table, columns, rows).await,
+            Conn::Sqlite(c) => c.append_new(table, columns, rows, conflict, key).await,
+            Conn::Postgres(c) => c.append_new(table, columns, rows, conflict, key).await,
         }
     }
 }

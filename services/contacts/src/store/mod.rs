@@ -10,7 +10,7 @@ use crate::value_index;
 use chrono::{DateTime, Utc};
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::convert::{micros, new_id};
-use contactier_runtime::db::{Db, placeholders};
+use contactier_runtime::db::Db;
 use contactier_runtime::outbox::{EventTx, new_event_id};
 use contactier_runtime::paging::PAGE_BYTES;
 use contactier_runtime::sql::{Rows, Sql, Tx};
@@ -872,23 +872,12 @@ pub(crate) async fn insert_contacts(
             worked.reached.into(),
         ]);
     }
-    let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-    if tx.append_new("contacts", &NEW_CONTACT_COLUMNS, &fresh).await? {
-        inserted.extend(rows.iter().map(|(row, ..)| row.id.clone()));
-    } else {
-        // Some email is taken (or the backend appends no faster): each row that is new goes in.
-        let (columns, width) = (NEW_CONTACT_COLUMNS.join(", "), NEW_CONTACT_COLUMNS.len());
-        for cells in fresh.chunks(db.rows_per_statement(width)) {
-            let sql = format!(
-                "INSERT INTO contacts ({columns}) VALUES {} ON CONFLICT (account_id, email_key) DO NOTHING \
-                 RETURNING id",
-                placeholders(cells.len() / width, width)
-            );
-            let q = Sql::new(AssertSqlSafe(sql)).bind_cells(cells);
-            let ids: Vec<(String,)> = tx.fetch_all(q).await?;
-            inserted.extend(ids.into_iter().map(|r| r.0));
-        }
-    }
+    // A contact whose email is taken by now is left as it is.
+    let inserted: HashSet<String> = tx
+        .append_new("contacts", &NEW_CONTACT_COLUMNS, &fresh, "(account_id, email_key)", "id")
+        .await?
+        .into_iter()
+        .collect();
     let values: Vec<(&str, &str, &str, Option<f64>)> = rows
         .iter()
         .filter(|(row, ..)| inserted.contains(&row.id))

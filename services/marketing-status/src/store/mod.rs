@@ -523,23 +523,12 @@ impl Store {
         }
         let columns =
             ["account_id", "contact_id", "marketing", "pending", "source_type", "source_id", "updated_at"];
-        let mut inserted: HashSet<String> = HashSet::new();
-        if tx.append_new("contact_status", &columns, &statuses).await? {
-            inserted.extend(todo.iter().map(|c| c.contact_id.clone()));
-        } else {
-            // Some contact is known already (or the backend appends no faster).
-            for cells in statuses.chunks(self.db.rows_per_statement(7)) {
-                let sql = format!(
-                    "INSERT INTO contact_status ({}) VALUES {} ON CONFLICT (account_id, contact_id) DO NOTHING \
-                     RETURNING contact_id",
-                    columns.join(", "),
-                    placeholders(cells.len() / 7, 7)
-                );
-                let got: Vec<(String,)> =
-                    tx.fetch_all(Sql::new(AssertSqlSafe(sql)).bind_cells(cells)).await?;
-                inserted.extend(got.into_iter().map(|r| r.0));
-            }
-        }
+        // A contact known already is left as it is.
+        let inserted: HashSet<String> = tx
+            .append_new("contact_status", &columns, &statuses, "(account_id, contact_id)", "contact_id")
+            .await?
+            .into_iter()
+            .collect();
         let new: Vec<&&Created> = todo.iter().filter(|c| inserted.contains(&c.contact_id)).collect();
         let ids: Vec<String> = new.iter().map(|_| new_event_id()).collect();
         let mut audit = Rows::with_capacity(AUDIT_COLUMNS.len(), new.len());
