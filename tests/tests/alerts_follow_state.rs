@@ -219,6 +219,9 @@ async fn an_import_through_several_tiers_is_one_digest_per_recipient(backend: Ba
         cpb::ImportContactsRequest {
             part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
         },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd::default())),
+        },
     ];
     let mut contacts = ContactsServiceClient::new(s.channel("contacts"));
     let mut progress =
@@ -301,6 +304,9 @@ async fn a_bulk_status_change_moves_the_count_once(backend: Backend) {
         cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Header(header)) },
         cpb::ImportContactsRequest {
             part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
+        },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd::default())),
         },
     ];
     let mut contacts = ContactsServiceClient::new(s.channel("contacts"));

@@ -197,6 +197,9 @@ async fn import(
     parts.extend(
         file.chunks(64 * 1024).map(|c| cpb::ImportContactsRequest { part: Some(Part::Chunk(c.to_vec())) }),
     );
+    parts.push(cpb::ImportContactsRequest {
+        part: Some(Part::End(cpb::ImportEnd { size: file.len() as i64 })),
+    });
     let mut progress = f
         .contacts()
         .import_contacts(authed(futures::stream::iter(parts), &f.user(ACCOUNT)))

@@ -179,6 +179,10 @@ async fn import(s: &System, token: &str, file: &str, header: cpb::ImportHeader) 
             part: Some(cpb::import_contacts_request::Part::Chunk(chunk.to_vec())),
         });
     }
+    let size = file.len() as i64;
+    parts.push(cpb::ImportContactsRequest {
+        part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd { size })),
+    });
     let mut progress =
         contacts(s).import_contacts(authed(futures::stream::iter(parts), token)).await.unwrap().into_inner();
     let mut last = None;
@@ -554,6 +558,9 @@ async fn a_request_id_reused_for_another_request_is_refused(backend: Backend) {
             part: Some(cpb::import_contacts_request::Part::Chunk(
                 b"Email,First\nsix@example.com,Six\n".to_vec(),
             )),
+        },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd::default())),
         },
     ];
     let err = contacts(&s).import_contacts(authed(futures::stream::iter(other_file), &admin)).await;

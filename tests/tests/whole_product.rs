@@ -124,6 +124,9 @@ async fn the_product_end_to_end(backend: Backend) {
         cpb::ImportContactsRequest {
             part: Some(cpb::import_contacts_request::Part::Chunk(csv.into_bytes())),
         },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd::default())),
+        },
     ];
     let mut progress = c.contacts.import_contacts(futures::stream::iter(parts)).await.unwrap().into_inner();
     let mut last = None;

@@ -12,6 +12,7 @@ use contactier_proto::notification::v1 as npb;
 use contactier_proto::ops::v1 as opb;
 use contactier_runtime::config::RuntimeArgs;
 use contactier_runtime::host::Platform;
+use cpb::import_contacts_request::Part;
 use futures::StreamExt;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -593,23 +594,33 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
         indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}").expect("a valid template"),
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let first = futures::stream::iter([cpb::ImportContactsRequest {
-        part: Some(cpb::import_contacts_request::Part::Header(header)),
-    }]);
-    let chunks = futures::stream::once(async move { Some(head) })
-        .chain(futures::stream::unfold(Some(f), move |f| async move {
-            let mut f = f?;
+    let first = futures::stream::iter([cpb::ImportContactsRequest { part: Some(Part::Header(header)) }]);
+    // The end part goes only after the whole file: a file that cannot be read to its end
+    // leaves the import cut off, to be taken up by running the command again.
+    let shown = file.display().to_string();
+    let chunks = futures::stream::unfold(Some((f, Some(head), 0i64)), move |state| {
+        let shown = shown.clone();
+        async move {
+            let (mut f, head, size) = state?;
+            let part = |p| cpb::ImportContactsRequest { part: Some(p) };
+            if let Some(head) = head.filter(|h| !h.is_empty()) {
+                let size = size + head.len() as i64;
+                return Some((part(Part::Chunk(head)), Some((f, None, size))));
+            }
             let mut buf = vec![0u8; 64 * 1024];
             match f.read(&mut buf).await {
-                Ok(0) | Err(_) => None,
+                Ok(0) => Some((part(Part::End(cpb::ImportEnd { size })), None)),
                 Ok(n) => {
                     buf.truncate(n);
-                    Some((Some(buf), Some(f)))
+                    Some((part(Part::Chunk(buf)), Some((f, None, size + n as i64))))
+                }
+                Err(e) => {
+                    eprintln!("reading {shown} failed: {e}");
+                    None
                 }
             }
-        }))
-        .filter_map(|b| async move { b })
-        .map(|buf| cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Chunk(buf)) });
+        }
+    });
     let started = std::time::Instant::now();
     let mut progress = conn.contacts().import_contacts(first.chain(chunks)).await?.into_inner();
     let mut last = None;

@@ -11,6 +11,7 @@ use crate::convert::{self, source_type_name};
 use crate::csv_records::{Record, RecordReader};
 use crate::email;
 use crate::error::{Error, Result};
+use crate::import_file;
 use crate::properties::{self, Catalog, Value};
 use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Origin, Start, Store};
 use contactier_proto::common::v1 as common;
@@ -134,7 +135,12 @@ pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
             return Err(Error::invalid("chunk", format!("CSV header: {reason}")));
         }
         Ok(None) => return Err(Error::invalid("chunk", "CSV header: the file is empty")),
-        Err(e) => return Err(Error::invalid("chunk", format!("CSV header: {e}"))),
+        Err(e) => {
+            return Err(match crate::import_file::Arrival::of(&e) {
+                Some(a) => a.to_error(),
+                None => Error::invalid("chunk", format!("CSV header: {e}")),
+            });
+        }
     };
     for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
         if !headers.contains(column) {
@@ -272,7 +278,9 @@ pub async fn start(
         Start::Fresh => false,
         Start::Finished(earlier) => {
             // The retry of a finished import gets its summary, if it sends the same file.
-            if !earlier.file_digest.is_empty() && file_digest(input).await? != earlier.file_digest {
+            if !earlier.file_digest.is_empty()
+                && import_file::digest(input, IDLE).await? != earlier.file_digest
+            {
                 return Err(Error::RequestReused);
             }
             let done =
@@ -337,25 +345,6 @@ pub async fn start(
         let _ = tx.send(last).await;
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
-}
-
-/// The digest of the rest of an import stream: the file's bytes.
-async fn file_digest(mut input: Streaming<pb::ImportContactsRequest>) -> Result<String> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    loop {
-        let next = tokio::time::timeout(IDLE, input.message())
-            .await
-            .map_err(|_| Error::Aborted(format!("nothing arrived for {} s", IDLE.as_secs())))?
-            .map_err(|e| Error::Aborted(e.message().to_owned()))?;
-        match next {
-            Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) }) => {
-                hasher.update(&b);
-            }
-            Some(_) => return Err(Error::invalid("chunk", "after the header only chunks may follow")),
-            None => return Ok(crate::csv_records::hex(&hasher.finalize())),
-        }
-    }
 }
 
 /// Rows read and checked, ready to be written: the reader cuts them from the file while the
@@ -467,14 +456,7 @@ async fn cut_batches(
     batches: &tokio::sync::mpsc::Sender<Result<Batch>>,
 ) -> Result<()> {
     // A client that stops sending without closing its stream would hold the import forever.
-    let bytes = Box::pin(tokio_stream::StreamExt::timeout(input, IDLE)).map(|m| match m {
-        Ok(Ok(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Chunk(b)) })) => {
-            Ok(bytes_of(b))
-        }
-        Ok(Ok(_)) => Err(std::io::Error::other("after the header only chunks may follow")),
-        Ok(Err(e)) => Err(std::io::Error::other(e.message().to_owned())),
-        Err(_) => Err(std::io::Error::other(format!("nothing arrived for {} s", IDLE.as_secs()))),
-    });
+    let bytes = import_file::bytes(input, IDLE);
     let (headers, mut records) = open_csv(tokio_util::io::StreamReader::new(bytes), plan).await?;
     let empty = || Batch {
         rows: Vec::with_capacity(BATCH_ROWS),
@@ -491,9 +473,14 @@ async fn cut_batches(
         let record = match records.next().await {
             Ok(Some(r)) => r,
             Ok(None) => break,
-            // The stream broke: the file did not arrive whole. A retry takes it up again.
+            // The file did not arrive whole (or the stream broke its rules). A retry takes it up.
             Err(e) => {
-                return Err(Error::Aborted(format!("the file stopped arriving at row {}: {e}", number + 1)));
+                return Err(match import_file::Arrival::of(&e) {
+                    Some(a @ (import_file::Arrival::Size { .. } | import_file::Arrival::Misplaced)) => {
+                        a.to_error()
+                    }
+                    _ => Error::Aborted(format!("the file stopped arriving at row {}: {e}", number + 1)),
+                });
             }
         };
         number += 1;
@@ -543,10 +530,6 @@ async fn cut_batches(
     batch.last = true;
     let _ = batches.send(Ok(batch)).await;
     Ok(())
-}
-
-fn bytes_of(v: Vec<u8>) -> std::io::Cursor<Vec<u8>> {
-    std::io::Cursor::new(v)
 }
 
 /// Writes one batch: creates and updates as the mode says; a later row for an email earlier in

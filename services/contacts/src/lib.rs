@@ -11,6 +11,7 @@ use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
 pub mod import;
+mod import_file;
 pub mod lifecycle;
 pub mod names;
 pub mod properties;

@@ -36,6 +36,7 @@ async fn import(
             .chunks(chunk)
             .map(|c| pb::ImportContactsRequest { part: Some(Part::Chunk(c.to_vec())) }),
     );
+    parts.push(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd { size: csv.len() as i64 })) });
     let stream = futures::stream::iter(parts);
     let mut out = s.api().import_contacts(authed(stream, &s.writer())).await?.into_inner();
     let mut got = Vec::new();
@@ -489,6 +490,125 @@ async fn an_import_cut_off_is_taken_up_again_by_its_retry(backend: Backend) {
     }
 }
 
+/// Drains an import's answers: its summaries, or the error it ended with.
+async fn answers(
+    out: Result<tonic::Response<tonic::Streaming<pb::ImportContactsResponse>>, tonic::Status>,
+) -> Result<Vec<pb::ImportContactsResponse>, tonic::Status> {
+    let mut out = out?.into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = out.message().await? {
+        got.push(m);
+    }
+    Ok(got)
+}
+
+/// Retries an import while its first try is still winding down (ABORTED), then answers its
+/// summary.
+async fn retried(s: &Contacts, h: &pb::ImportHeader, csv: &str, backend: Backend) -> pb::ImportSummary {
+    loop {
+        match import(s, h.clone(), csv, 8_192).await {
+            Ok(msgs) => return msgs.last().unwrap().progress.clone().unwrap(),
+            Err(e) if e.code() == Code::Aborted => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{backend:?}: {e:?}"),
+        }
+    }
+}
+
+/// A stream that closes before the end part (as a client's deadline or cancel can close it)
+/// is a file cut off, not a whole one: the import fails, no row cut in two becomes a contact,
+/// and the retry of the whole file under the same request id finishes it, each row once.
+async fn an_import_stream_closed_before_its_end_is_cut_off_not_complete(backend: Backend) {
+    let s = start(backend).await;
+    let mut csv = String::from("email\n");
+    for i in 0..5_000 {
+        csv.push_str(&format!("half{i}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "half-1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    // The stream closes in the middle of row 2,501's address.
+    let cut_at = csv.find("half2500@example.com").unwrap() + "half2500@exa".len();
+    let parts = [
+        pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..cut_at].to_vec())) },
+    ];
+    let first =
+        answers(s.api().import_contacts(authed(futures::stream::iter(parts), &s.writer())).await).await;
+    let err = first.expect_err("a file without its end is not a whole file");
+    assert_eq!(err.code(), Code::Aborted, "{backend:?}: {err:?}");
+    assert!(err.message().contains("end part"), "{backend:?}: {err:?}");
+    let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email("half2500@exa".into())) };
+    let half = s.api().get_contact(authed(req, &s.writer())).await.unwrap_err();
+    assert_eq!(half.code(), Code::NotFound, "{backend:?}: the row cut in two");
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert!(total.into_inner().total_contacts <= 2_500, "{backend:?}");
+
+    let sum = retried(&s, &h, &csv, backend).await;
+    assert_eq!(
+        (sum.rows_read, sum.created, sum.skipped, sum.failed, sum.state),
+        (5_000, 5_000, 0, 0, pb::ImportState::Completed as i32),
+        "{backend:?}"
+    );
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 5_000, "{backend:?}");
+    // A whole file's end with a size that is not the file's is refused, naming the field.
+    let wrong = [
+        pb::ImportContactsRequest {
+            part: Some(Part::Header(header(pb::ImportMode::Upsert, &[("email", "email")]))),
+        },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(b"email\nsized@example.com\n".to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd { size: 99 })) },
+    ];
+    let err = answers(s.api().import_contacts(authed(futures::stream::iter(wrong), &s.writer())).await)
+        .await
+        .expect_err("a wrong size");
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+    assert!(err.message().starts_with("end.size"), "{backend:?}: {err:?}");
+}
+
+/// The import sent slowly under a client deadline that passes half way, then sent again whole
+/// under the same request id: every row once, the import complete.
+async fn an_import_cut_by_its_deadline_is_finished_by_its_resend(backend: Backend) {
+    let s = start(backend).await;
+    let mut csv = String::from("email\n");
+    for i in 0..6_000 {
+        csv.push_str(&format!("slow{i}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "cut1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    let chunks: Vec<Vec<u8>> = csv.as_bytes().chunks(4_096).map(<[u8]>::to_vec).collect();
+    let paced = futures::stream::iter(chunks)
+        .then(|c| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            pb::ImportContactsRequest { part: Some(Part::Chunk(c)) }
+        })
+        .chain(futures::stream::iter([pb::ImportContactsRequest {
+            part: Some(Part::End(pb::ImportEnd::default())),
+        }]));
+    let parts = futures::stream::iter([pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }])
+        .chain(paced);
+    let mut req = authed(parts, &s.writer());
+    let deadline = std::time::Duration::from_millis(400);
+    req.set_timeout(deadline);
+    let first = tokio::time::timeout(deadline, answers(s.api().import_contacts(req).await)).await;
+    assert!(!matches!(first, Ok(Ok(_))), "{backend:?}: the deadline passes before the file is sent");
+    drop(first);
+
+    let sum = retried(&s, &h, &csv, backend).await;
+    assert_eq!(
+        (sum.rows_read, sum.created, sum.skipped, sum.failed, sum.state),
+        (6_000, 6_000, 0, 0, pb::ImportState::Completed as i32),
+        "{backend:?}"
+    );
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 6_000, "{backend:?}");
+}
+
 /// Calls starting the same import at once (one request id): one import runs, the others are
 /// told it is running or get its summary, and each row is written once.
 async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend) {
@@ -602,4 +722,6 @@ contactier_runtime::backend_tests!(
     merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was,
     gdpr_consent_export_anonymise_and_erase_reach_every_service,
     an_import_cut_off_is_taken_up_again_by_its_retry,
+    an_import_stream_closed_before_its_end_is_cut_off_not_complete,
+    an_import_cut_by_its_deadline_is_finished_by_its_resend,
 );

@@ -102,6 +102,7 @@ async fn import_csv(s: &Contacts, mode: pb::ImportMode, csv: &str) -> pb::Import
     let parts = vec![
         pb::ImportContactsRequest { part: Some(Part::Header(h)) },
         pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes().to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd { size: csv.len() as i64 })) },
     ];
     let mut progress = s
         .api()
@@ -1140,6 +1141,7 @@ async fn lifecycle_reports_follow_the_stage_history_day_by_day(backend: Backend)
     let parts = vec![
         pb::ImportContactsRequest { part: Some(Part::Header(h)) },
         pb::ImportContactsRequest { part: Some(Part::Chunk(b"Email\nd@example.com\n".to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) },
     ];
     let mut progress = s
         .api()

@@ -223,7 +223,10 @@ impl Ctx {
                 let part = Some(cpb::import_contacts_request::Part::Chunk(csv(i, end)));
                 (cpb::ImportContactsRequest { part }, end)
             })
-        });
+        })
+        .chain(futures::stream::iter([cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::End(cpb::ImportEnd::default())),
+        }]));
         let token = self.user_token(account);
         let start = Instant::now();
         let mut progress =
