@@ -297,4 +297,38 @@ async fn every_rpc_takes_arbitrary_messages_without_a_fault(backend: Backend) {
     );
 }
 
-contactier_runtime::backend_tests!(every_rpc_takes_arbitrary_messages_without_a_fault);
+/// A unary call whose stream ends before its message (what a client cancelling at that moment
+/// sends) is answered CANCELLED: it is no fault of the server's, to be counted or alerted on
+/// as INTERNAL.
+async fn a_unary_call_ended_before_its_message_is_cancelled_not_internal(backend: Backend) {
+    let s = System::start(backend, Utc.with_ymd_and_hms(2026, 4, 20, 16, 0, 0).unwrap()).await;
+    let user = s.token(ACCOUNT, "canceller", &["read", "write", "admin"]);
+    let pool = DescriptorPool::decode(contactier_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut calls = 0;
+    // The services a user's client calls; an internal one refuses the caller first.
+    let public = |s: &prost_reflect::ServiceDescriptor| {
+        s.package_name().starts_with("contactier.")
+            && s.package_name() != "contactier.ops.v1"
+            && !s.name().ends_with("InternalService")
+    };
+    for svc in pool.services().filter(public) {
+        for method in svc.methods().filter(|m| !m.is_client_streaming() && !m.is_server_streaming()) {
+            let mut grpc = tonic::client::Grpc::new(s.channel(owner(svc.package_name())));
+            grpc.ready().await.unwrap();
+            let path =
+                http::uri::PathAndQuery::try_from(format!("/{}/{}", svc.full_name(), method.name())).unwrap();
+            let mut req = tonic::Request::new(futures::stream::iter(Vec::<Bytes>::new()));
+            req.metadata_mut().insert("authorization", format!("Bearer {user}").parse().unwrap());
+            req.metadata_mut().insert(ACCOUNT_HEADER, ACCOUNT.parse().unwrap());
+            let err = grpc.client_streaming(req, path, Raw).await.expect_err("no message, no answer");
+            assert_eq!(err.code(), Code::Cancelled, "{backend:?}: {}: {err:?}", method.full_name());
+            calls += 1;
+        }
+    }
+    assert!(calls > 50, "{calls} unary methods");
+}
+
+contactier_runtime::backend_tests!(
+    every_rpc_takes_arbitrary_messages_without_a_fault,
+    a_unary_call_ended_before_its_message_is_cancelled_not_internal
+);

@@ -129,6 +129,12 @@ pub fn enrich(status: Status) -> Status {
         let details = derive(Code::OutOfRange, status.message());
         return Status::with_error_details(Code::OutOfRange, message, details);
     }
+    if status.code() == Code::Internal && status.message().starts_with("Missing request message") {
+        // The transport's answer to a unary call whose stream ended before its message: a
+        // client that cancelled, not a fault of the server (counted and alerted on as one).
+        let message = "the call ended before its request message arrived";
+        return Status::with_error_details(Code::Cancelled, message, derive(Code::Cancelled, message));
+    }
     let details = if status.details().is_empty() {
         derive(status.code(), status.message())
     } else {
