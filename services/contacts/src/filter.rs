@@ -113,10 +113,10 @@ fn operand(t: Target<'_>, catalog: &Catalog, raw: &str) -> Result<Bind, String> 
         Target::Property(name, ptype) => {
             let def = catalog.get(name).expect("target found in the catalog");
             match ptype {
-                // Text comparisons use the text as given (trimmed for single lines).
-                PropertyType::SingleLineText | PropertyType::MultiLineText => {
-                    Ok(Bind::Text(raw.trim().to_owned()))
-                }
+                // Text comparisons use the text as it is stored: single lines trimmed, several
+                // lines as written (a value may begin with a tab or end with a line break).
+                PropertyType::SingleLineText => Ok(Bind::Text(raw.trim().to_owned())),
+                PropertyType::MultiLineText => Ok(Bind::Text(raw.to_owned())),
                 PropertyType::Number => {
                     Ok(Bind::Num(normalize(def, raw)?.num.expect("numbers have a value")))
                 }

@@ -2097,7 +2097,32 @@ async fn a_page_token_the_service_issued_is_taken_back(backend: Backend) {
     assert_eq!(seen, ['a', 'b', 'c'], "{backend:?}");
 }
 
+/// A value of several lines is stored as written, and found by exactly that text: a leading
+/// tab or a trailing line break is part of it.
+async fn a_value_of_several_lines_is_found_by_its_exact_text(backend: Backend) {
+    let s = start(backend).await;
+    let admin = s.token(ACCOUNT, &["admin", "read", "write"]);
+    s.api()
+        .create_property(authed(property("notes", pb::PropertyType::MultiLineText), &admin))
+        .await
+        .unwrap();
+    let written = "\tindented\nsecond line\n";
+    s.create("tab@example.com", &[("notes", written)]).await.unwrap();
+    s.create("bare@example.com", &[("notes", written.trim())]).await.unwrap();
+    async fn found(s: &Contacts, value: &str, op: pb::FilterOperator) -> Vec<String> {
+        let req = pb::SearchContactsRequest {
+            filter: filter(vec![vec![f("notes", op, value)]]),
+            ..Default::default()
+        };
+        s.search(req).await.unwrap().contacts.into_iter().map(|c| c.email).collect()
+    }
+    assert_eq!(found(&s, written, pb::FilterOperator::Eq).await, ["tab@example.com"], "{backend:?}");
+    assert_eq!(found(&s, written.trim(), pb::FilterOperator::Eq).await, ["bare@example.com"], "{backend:?}");
+    assert_eq!(found(&s, written, pb::FilterOperator::Neq).await, ["bare@example.com"], "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
+    a_value_of_several_lines_is_found_by_its_exact_text,
     pages_of_large_history_and_timelines_fit_a_clients_message,
     a_page_token_the_service_issued_is_taken_back,
     a_former_address_names_its_person_whatever_its_case,
