@@ -39,6 +39,9 @@ pub enum Error {
     /// A service this one asked could not answer; retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's deadline passed before the answer was ready.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("storage: {0}")]
     Db(Arc<sqlx::Error>),
     #[error("{0}")]
@@ -48,6 +51,17 @@ pub enum Error {
 impl Error {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    /// A call to another service that failed while `doing`: cut by the caller's deadline, it
+    /// is said so (not a peer to retry); anything else is a peer that could not answer.
+    pub fn peer(status: &Status, doing: &str) -> Self {
+        tracing::warn!(code = ?status.code(), "{doing} failed");
+        if crate::deadline::remaining().is_some_and(|left| left.is_zero()) {
+            Error::DeadlineExceeded(format!("the caller's deadline passed while {doing}"))
+        } else {
+            Error::Unavailable(format!("{doing} failed; retry"))
+        }
     }
 
     pub fn denied(field: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -107,6 +121,7 @@ impl Error {
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::RequestReused => "ALREADY_EXISTS",
             Error::Unavailable(_) => "UNAVAILABLE",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::Db(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -167,6 +182,7 @@ impl From<Error> for Status {
             Error::PermissionDenied { .. } => Status::permission_denied(e.to_string()),
             Error::RequestReused => crate::idempotency::reused(),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
+            Error::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
             Error::Db(db) => crate::db::storage_unavailable(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
@@ -177,3 +193,22 @@ impl From<Error> for Status {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tonic::Code;
+
+    #[tokio::test]
+    async fn a_peer_call_cut_by_the_callers_deadline_is_said_so() {
+        let code = |e: Error| Status::from(e).code();
+        let cut = Status::cancelled("Timeout expired");
+        let late = crate::deadline::scope(Some(Duration::ZERO), async { Error::peer(&cut, "asking") });
+        assert_eq!(code(late.await), Code::DeadlineExceeded);
+        let in_time =
+            crate::deadline::scope(Some(Duration::from_secs(30)), async { Error::peer(&cut, "asking") });
+        assert_eq!(code(in_time.await), Code::Unavailable);
+        assert_eq!(code(Error::peer(&Status::unavailable("refused"), "asking")), Code::Unavailable);
+    }
+}

@@ -269,10 +269,10 @@ impl Api {
         );
         let mut req = Request::new(mpb::GetUserPermissionRequest { user_id: user.to_owned() });
         contactier_runtime::auth::name_account(req.metadata_mut(), account);
-        let answer = client.get_user_permission(req).await.map_err(|s| {
-            tracing::warn!(code = ?s.code(), "asking marketing-status for a user's permission failed");
-            Error::Unavailable("the user's permission to set marketing could not be checked; retry".into())
-        })?;
+        let answer = client
+            .get_user_permission(req)
+            .await
+            .map_err(|s| Error::peer(&s, "checking the user's permission to set marketing"))?;
         Ok(answer.into_inner().permission.is_some_and(|p| p.may_set_marketing))
     }
 
