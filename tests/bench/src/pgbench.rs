@@ -4,10 +4,27 @@
 use crate::procs;
 use anyhow::Context;
 
+/// pgbench's default scale: 1,000,000 accounts, about 130 MB.
+pub const SCALE: u64 = 10;
+/// Bytes of `pgbench_accounts` (heap and key) a unit of scale makes.
+const BYTES_PER_SCALE: u64 = 15_700_000;
+
+/// The scale whose `pgbench_accounts` is as large as `bytes`, at least [`SCALE`]: a key select
+/// over a table that outgrows the server's buffers costs more than over one that fits.
+pub fn scale_for(bytes: u64) -> u64 {
+    bytes.div_ceil(BYTES_PER_SCALE).max(SCALE)
+}
+
 /// pgbench's built-in script `builtin` (simple-update, select-only) with `clients` clients for
-/// `seconds`, with prepared statements or not, in a database of its own on the services'
-/// PostgreSQL server; answers transactions per second.
-pub async fn rate(builtin: &str, clients: usize, seconds: u64, prepared: bool) -> anyhow::Result<f64> {
+/// `seconds`, with prepared statements or not, at `scale`, in a database of its own on the
+/// services' PostgreSQL server; answers transactions per second.
+pub async fn rate(
+    builtin: &str,
+    clients: usize,
+    seconds: u64,
+    prepared: bool,
+    scale: u64,
+) -> anyhow::Result<f64> {
     let pgbench = find_pgbench().context("pgbench not found (it comes with PostgreSQL's server package)")?;
     let db = format!("contactier_pgbench_{}", std::process::id());
     let admin = sqlx::PgPool::connect(&procs::pg_url()).await?;
@@ -21,7 +38,7 @@ pub async fn rate(builtin: &str, clients: usize, seconds: u64, prepared: bool) -
     let run = async {
         let mut init = tokio::process::Command::new(&pgbench);
         conn(&mut init);
-        let out = init.args(["-i", "-q", "-s", "10", &db]).output().await?;
+        let out = init.args(["-i", "-q", "-s", &scale.to_string(), &db]).output().await?;
         anyhow::ensure!(out.status.success(), "pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
         let mut bench = tokio::process::Command::new(&pgbench);
         conn(&mut bench);
@@ -79,6 +96,13 @@ mod tests {
         assert_eq!(super::tps(out), Some(4912.345));
         assert_eq!(super::tps("tps = x (without initial connection time)"), None);
         assert_eq!(super::tps(""), None);
+    }
+
+    #[test]
+    fn the_select_table_grows_with_the_contacts_table() {
+        assert_eq!(super::scale_for(0), super::SCALE, "never below pgbench's default");
+        assert_eq!(super::scale_for(1_570_000_000), 100);
+        assert_eq!(super::scale_for(1_570_000_001), 101);
     }
 
     #[test]
