@@ -126,14 +126,25 @@ impl Fault {
         finished: impl Fn(i64) -> bool,
     ) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(120);
+        let mut last_error = None;
         loop {
-            let v = self.services.scalar(service, table, sql).await.unwrap_or(0);
+            let v = match self.services.scalar(service, table, sql).await {
+                Ok(v) => v,
+                Err(e) => {
+                    last_error = Some(e);
+                    0
+                }
+            };
             if part_done(v) {
                 self.services.kill(service);
                 return v;
             }
             assert!(!finished(v), "{service} finished ({v}) before it could be cut: make the work bigger");
-            assert!(Instant::now() < deadline, "{service}: no progress ({v})");
+            // What the reads last failed with, if they did, says more than the count.
+            assert!(
+                Instant::now() < deadline,
+                "{service}: no progress ({v}); last read error: {last_error:?}"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
