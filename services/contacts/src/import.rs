@@ -136,7 +136,7 @@ pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
         }
         Ok(None) => return Err(Error::invalid("chunk", "CSV header: the file is empty")),
         Err(e) => {
-            return Err(match crate::import_file::Arrival::of(&e) {
+            return Err(match import_file::Arrival::of(&e) {
                 Some(a) => a.to_error(),
                 None => Error::invalid("chunk", format!("CSV header: {e}")),
             });
