@@ -558,20 +558,6 @@ mod tests {
         assert_eq!(all, expected, "{backend:?}");
     }
 
-    /// Runs `f` until it has waited `n` times, and gives it up there (None) unless it ended.
-    async fn cut_after_waits<F: std::future::Future>(f: F, n: usize) -> Option<F::Output> {
-        let mut f = std::pin::pin!(f);
-        let mut waits = 0;
-        std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
-            std::task::Poll::Pending => {
-                waits += 1;
-                if waits >= n { std::task::Poll::Ready(None) } else { std::task::Poll::Pending }
-            }
-        })
-        .await
-    }
-
     /// A write transaction given up while it begins leaves no connection of the pool inside
     /// a transaction: a statement after it commits on its own.
     async fn a_transaction_given_up_as_it_begins_leaves_none_open(backend: Backend) {
@@ -579,7 +565,7 @@ mod tests {
         let db = &t.db;
         // Cut at each of its waits in turn: for the pool, for its check, for BEGIN.
         for step in 1..=12 {
-            drop(cut_after_waits(db.begin_write(), step).await);
+            drop(crate::testing::cut_after_waits(db.begin_write(), step).await);
             // Every connection of the pool (five), each once.
             let mut all = Vec::new();
             for _ in 0..5 {

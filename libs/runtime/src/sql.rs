@@ -396,25 +396,32 @@ impl Db {
     pub async fn fetch_all_within<T: Row>(&self, q: Sql, budget: std::time::Duration) -> Result<Vec<T>> {
         match self {
             Db::Sqlite(p) => {
-                let mut conn = p.acquire().await?;
+                // Given up before its handler is off (the caller's deadline), the connection is
+                // closed: handed on, the handler would interrupt its every later statement, a
+                // transaction's rollback among them, which then stays open holding the write lock.
+                let mut held = CloseOnDrop(Some(p.acquire().await?));
+                let conn = held.0.as_mut().expect("held until the end");
                 let deadline = std::time::Instant::now() + budget;
                 conn.lock_handle()
                     .await?
                     .set_progress_handler(1_000, move || std::time::Instant::now() < deadline);
                 let out = match q.sqlite_as() {
-                    Ok(q) => q.fetch_all(&mut *conn).await,
+                    Ok(q) => q.fetch_all(&mut **conn).await,
                     Err(e) => Err(e),
                 };
-                // The connection goes back to the pool without it.
                 conn.lock_handle().await?.remove_progress_handler();
+                // Back to the pool without it.
+                held.0.take();
                 out
             }
             Db::Postgres(p) => {
-                let mut tx = p.begin().await?;
+                // A transaction that owns its connection: given up as it begins, it leaves none
+                // open (see `PgTx`).
+                let mut tx = PgTx::begin(p).await?;
                 let ms = budget.as_millis().clamp(1, i32::MAX as u128);
                 let limit = format!("SET LOCAL statement_timeout = {ms}");
-                sqlx::query(sqlx::AssertSqlSafe(limit)).execute(&mut *tx).await?;
-                let out = q.pg_as()?.fetch_all(&mut *tx).await?;
+                tx.execute(Sql::new(sqlx::AssertSqlSafe(limit))).await?;
+                let out = tx.fetch_all(q).await?;
                 tx.commit().await?;
                 Ok(out)
             }
@@ -427,6 +434,17 @@ impl Db {
         (T,): Row,
     {
         self.fetch_all_within::<(T,)>(q, budget).await?.pop().map(|r| r.0).ok_or(sqlx::Error::RowNotFound)
+    }
+}
+
+/// A pooled SQLite connection closed, not handed on, if dropped while still held.
+struct CloseOnDrop(Option<sqlx::pool::PoolConnection<Sqlite>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -526,9 +544,56 @@ mod tests {
         }
     }
 
+    /// A read with a time budget given up at each point of its work in turn (its caller's
+    /// deadline) hands on no connection that still stops statements at that budget, nor one
+    /// inside a transaction: later reads and write transactions on every pooled connection run
+    /// whole once the budget has passed.
+    async fn a_read_given_up_within_its_budget_leaves_nothing_behind(backend: Backend) {
+        let t = crate::testing::TestDb::new(backend, "withincut").await;
+        let db = &t.db;
+        db.execute(Sql::new("CREATE TABLE w (n BIGINT NOT NULL)")).await.unwrap();
+        // Long enough to be cut while it runs; each a statement of many steps.
+        let count = |to: i64| {
+            Sql::new(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1) \
+                 SELECT COUNT(*) FROM c",
+            )
+            .bind(to)
+        };
+        let budget = std::time::Duration::from_millis(50);
+        for step in 1..=10 {
+            let read = db.fetch_all_within::<(i64,)>(count(2_000_000), std::time::Duration::from_secs(30));
+            drop(crate::testing::cut_after_waits(read, step).await);
+            let read = db.fetch_all_within::<(i64,)>(count(2_000_000), budget);
+            drop(crate::testing::cut_after_waits(read, step).await);
+            tokio::time::sleep(budget * 2).await;
+            // Every connection of the pool (five), each once.
+            let mut all = Vec::new();
+            for _ in 0..5 {
+                all.push(db.conn().await.unwrap());
+            }
+            for conn in &mut all {
+                let n: i64 = conn.scalar(count(20_000)).await.unwrap_or_else(|e| {
+                    panic!("{backend:?}: a read on a pooled connection after a cut at {step}: {e}")
+                });
+                assert_eq!(n, 20_000, "{backend:?}");
+            }
+            drop(all);
+            for _ in 0..5 {
+                let mut tx =
+                    db.begin_write().await.unwrap_or_else(|e| panic!("{backend:?}: cut at {step}: {e}"));
+                tx.execute(Sql::new("INSERT INTO w (n) VALUES ($1)").bind(step as i64)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }
+        let n: i64 = db.scalar(Sql::new("SELECT COUNT(*) FROM w")).await.unwrap();
+        assert_eq!(n, 50, "{backend:?}: every write committed");
+    }
+
     crate::backend_tests!(
         json_parameters_carry_whole_sets,
         a_dropped_transaction_leaves_nothing,
-        records_update_their_rows_by_key
+        records_update_their_rows_by_key,
+        a_read_given_up_within_its_budget_leaves_nothing_behind
     );
 }

@@ -165,3 +165,18 @@ impl contactier_client::TokenSource for Minted {
         Ok(self.authenticator.user_token(&self.account, &self.user, &scopes, chrono::Duration::hours(1)))
     }
 }
+
+/// Runs `f` until it has waited `n` times, and gives it up there (None) unless it ended: a
+/// caller's deadline or cancel at each point of a future's work in turn.
+pub async fn cut_after_waits<F: std::future::Future>(f: F, n: usize) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut waits = 0;
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => {
+            waits += 1;
+            if waits >= n { std::task::Poll::Ready(None) } else { std::task::Poll::Pending }
+        }
+    })
+    .await
+}
