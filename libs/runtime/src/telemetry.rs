@@ -237,6 +237,7 @@ impl<S, B, RB> tower_service::Service<http::Request<B>> for TraceService<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
+    RB: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -296,7 +297,19 @@ where
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let mut call = call;
-                let res = fut.await;
+                let res = match timeout {
+                    // Answered here a moment before the transport's own timer, which would
+                    // answer CANCELLED ("Timeout expired") and leave the call logged and
+                    // counted as a client's cancel.
+                    Some(t) => match tokio::time::timeout(t.saturating_sub(DEADLINE_MARGIN), fut).await {
+                        Ok(res) => res,
+                        Err(_) => {
+                            let passed = tonic::Status::deadline_exceeded("the caller's deadline passed");
+                            Ok(passed.into_http())
+                        }
+                    },
+                    None => fut.await,
+                };
                 // Errors before the body (auth, unknown method, a handler's error) carry
                 // grpc-status in the headers; a stream's status comes later, so it counts as OK here.
                 let (code, message) = match &res {
@@ -319,6 +332,9 @@ where
         ))
     }
 }
+
+/// How long before a caller's deadline a call still running is answered DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One call being served: counted, logged and its span closed once, when it ends or, should
 /// the caller go away first (cancelled, its deadline passed), when it is dropped.
@@ -515,14 +531,15 @@ mod tests {
                 tonic::service::Interceptor::call(&mut ClientInterceptor::new(None), tonic::Request::new(()));
             let header =
                 out.map(|r| r.metadata().get("grpc-timeout").map(|v| v.to_str().unwrap().to_owned()));
-            Ok::<_, std::convert::Infallible>(http::Response::new(header.map_err(|s| s.code())))
+            Ok::<_, std::convert::Infallible>(http::Response::new(Some(header.map_err(|s| s.code()))))
         });
         let mut svc = TraceLayer.layer(handler);
         let mut req = http::Request::builder().uri("/contactier.ops.v1.ClockService/GetTime");
         if let Some(t) = incoming {
             req = req.header("grpc-timeout", t);
         }
-        svc.ready().await.unwrap().call(req.body(()).unwrap()).await.unwrap().into_body()
+        let resp = svc.ready().await.unwrap().call(req.body(()).unwrap()).await.unwrap();
+        resp.into_body().expect("the handler answered")
     }
 
     #[tokio::test(start_paused = true)]
@@ -537,7 +554,38 @@ mod tests {
             Ok(None),
             "no deadline, none passed on"
         );
-        let late = outgoing_timeout(Some("100m"), std::time::Duration::from_millis(200)).await;
-        assert_eq!(late, Err(tonic::Code::DeadlineExceeded), "nothing sent once the caller gave up");
+        let late = crate::deadline::scope(Some(std::time::Duration::from_millis(100)), async {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tonic::service::Interceptor::call(&mut ClientInterceptor::new(None), tonic::Request::new(()))
+                .map(drop)
+                .map_err(|s| s.code())
+        });
+        assert_eq!(late.await, Err(tonic::Code::DeadlineExceeded), "nothing sent once the caller gave up");
+    }
+
+    /// A call still running at its caller's deadline is answered DEADLINE_EXCEEDED by then,
+    /// before the transport's own timer would answer it CANCELLED.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_still_running_at_its_deadline_is_answered_deadline_exceeded() {
+        let handler = tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let mut svc = TraceLayer.layer(handler);
+        let call = |timeout: Option<&str>| {
+            let mut req = http::Request::builder().uri("/contactier.ops.v1.ClockService/GetTime");
+            if let Some(t) = timeout {
+                req = req.header("grpc-timeout", t);
+            }
+            req.body(()).unwrap()
+        };
+        let started = tokio::time::Instant::now();
+        let resp = svc.ready().await.unwrap().call(call(Some("50m"))).await.unwrap();
+        let status = resp.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(50), "answered before the deadline: {took:?}");
+        let resp = svc.ready().await.unwrap().call(call(None)).await.unwrap();
+        assert!(resp.headers().get("grpc-status").is_none(), "no deadline: the handler's answer");
     }
 }
