@@ -301,13 +301,11 @@ where
                     // Answered here a moment before the transport's own timer, which would
                     // answer CANCELLED ("Timeout expired") and leave the call logged and
                     // counted as a client's cancel.
-                    Some(t) => match tokio::time::timeout(t.saturating_sub(DEADLINE_MARGIN), fut).await {
-                        Ok(res) => res,
-                        Err(_) => {
-                            let passed = tonic::Status::deadline_exceeded("the caller's deadline passed");
-                            Ok(passed.into_http())
-                        }
-                    },
+                    Some(t) => tokio::time::timeout(t.saturating_sub(DEADLINE_MARGIN), fut)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Ok(tonic::Status::deadline_exceeded("the caller's deadline passed").into_http())
+                        }),
                     None => fut.await,
                 };
                 // Errors before the body (auth, unknown method, a handler's error) carry
