@@ -568,8 +568,16 @@ async fn count_lines(file: &std::path::Path) -> anyhow::Result<i64> {
 /// and the first row errors, and fails when rows failed.
 async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyhow::Result<()> {
     let mut f = tokio::fs::File::open(&file).await.with_context(|| format!("opening {}", file.display()))?;
-    // Lines after the header: the rows, unless quoted values hold line breaks ("about").
-    let lines = count_lines(&file).await?.saturating_sub(1);
+    // A regular file's size is taken before the upload and sent in the end part, so one that
+    // shrinks or grows while it is sent is refused rather than imported in part; its lines
+    // after the header are the rows, unless quoted values hold line breaks ("about"). A pipe
+    // can be read only once: it goes as it comes, its rows not counted ahead.
+    let meta = f.metadata().await?;
+    let (known_size, lines) = if meta.is_file() {
+        (Some(meta.len() as i64), count_lines(&file).await?.saturating_sub(1))
+    } else {
+        (None, 0)
+    };
     let mut head = vec![0u8; 64 * 1024];
     let n = f.read(&mut head).await?;
     head.truncate(n);
@@ -609,7 +617,7 @@ async fn import(conn: &Client, file: PathBuf, header: cpb::ImportHeader) -> anyh
             }
             let mut buf = vec![0u8; 64 * 1024];
             match f.read(&mut buf).await {
-                Ok(0) => Some((part(Part::End(cpb::ImportEnd { size })), None)),
+                Ok(0) => Some((part(Part::End(cpb::ImportEnd { size: known_size.unwrap_or(size) })), None)),
                 Ok(n) => {
                     buf.truncate(n);
                     Some((part(Part::Chunk(buf)), Some((f, None, size + n as i64))))

@@ -264,6 +264,28 @@ async fn ctl_answers_a_person_plainly() {
     assert!(stdout.contains("... and 5 more"), "{stdout}");
     assert!(stderr.contains("25 of 30 rows failed"), "{stderr}");
 
+    // A pipe is read once, as it comes: every row of it imported.
+    let fifo = r.dir.path().join("piped.csv");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut rows = String::from("E-mail\n");
+            for i in 0..3 {
+                rows.push_str(&format!("piped{i}@example.org\n"));
+            }
+            std::fs::write(fifo, rows).unwrap();
+        })
+    };
+    let piped = fifo.to_str().unwrap();
+    let out =
+        ctl(&r, &["ctl", "import", piped, "--map", "E-mail=email", "--base-port", &base, "--token", &admin]);
+    writer.join().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("3 rows read, 3 created"), "{stdout}");
+
     // Lists and filters from the command line, and the feature switch.
     let out = ctl(&r, &["ctl", "enable-marketing", "--base-port", &base, "--token", &admin]);
     assert!(out.status.success(), "{}", text(&out.stderr));
