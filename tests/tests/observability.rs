@@ -150,6 +150,31 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
     let e = contacts.get_contact(traced(get, &token, missing_trace)).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
 
+    // An import whose stream closes before its end fails after its answer began: it is logged
+    // and counted with the code it ended with, not as OK.
+    let import_trace = "6c2f0e7d1b3a49588a7c6d5e4f3a2b1c";
+    let header = cpb::ImportHeader {
+        mode: cpb::ImportMode::Create as i32,
+        column_mapping: [("Email".to_owned(), "email".to_owned())].into(),
+        ..Default::default()
+    };
+    let cut = vec![
+        cpb::ImportContactsRequest { part: Some(cpb::import_contacts_request::Part::Header(header)) },
+        cpb::ImportContactsRequest {
+            part: Some(cpb::import_contacts_request::Part::Chunk(b"Email\ncut@example.org\n".to_vec())),
+        },
+    ];
+    let answers = contacts.import_contacts(traced(futures::stream::iter(cut), &token, import_trace)).await;
+    let ended = match answers {
+        Ok(stream) => stream.into_inner().message().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert_eq!(ended.unwrap_err().code(), Code::Aborted);
+    let import_lines =
+        logged(&logs, "contacts", |l| l["trace_id"] == import_trace && l["message"] == "call refused").await;
+    assert_eq!(import_lines.len(), 1, "one line for the cut import: {import_lines:?}");
+    assert_eq!(import_lines[0]["code"], "Aborted", "{}", import_lines[0]);
+
     // Each call is one line, in its caller's trace, with what an engineer filters by.
     let found =
         logged(&logs, "contacts", |l| l["trace_id"] == missing_trace && l["message"] == "call refused").await;
@@ -221,6 +246,14 @@ async fn calls_are_logged_with_their_trace_and_every_service_exposes_checked_met
         let text = scrape(services.metrics_addr(service));
         if service == "notification" {
             assert!(text.contains("contactier_alerts_total{kind="), "the 75 % alert is counted\n{text}");
+        }
+        if service == "contacts" {
+            let cut = text.lines().any(|l| {
+                l.starts_with("grpc_server_handled_total{")
+                    && l.contains("grpc_method=\"ImportContacts\"")
+                    && l.contains("grpc_code=\"Aborted\"")
+            });
+            assert!(cut, "the cut import is counted as Aborted\n{text}");
         }
         if let Err(e) = promtool(&text) {
             panic!("{service}: promtool check metrics failed: {e}\n{text}");

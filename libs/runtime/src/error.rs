@@ -42,6 +42,9 @@ pub enum Error {
     /// The caller's deadline passed before the answer was ready.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A message past a size the transport takes (a part of a stream over 4 MiB).
+    #[error("{0}")]
+    OutOfRange(String),
     #[error("storage: {0}")]
     Db(Arc<sqlx::Error>),
     #[error("{0}")]
@@ -122,6 +125,7 @@ impl Error {
             Error::RequestReused => "ALREADY_EXISTS",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::OutOfRange(_) => "OUT_OF_RANGE",
             Error::Db(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -183,6 +187,7 @@ impl From<Error> for Status {
             Error::RequestReused => crate::idempotency::reused(),
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
+            Error::OutOfRange(_) => Status::out_of_range(e.to_string()),
             Error::Db(db) => crate::db::storage_unavailable(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");

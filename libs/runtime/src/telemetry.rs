@@ -239,9 +239,9 @@ where
     S::Future: Send + 'static,
     RB: Default + Send + 'static,
 {
-    type Response = S::Response;
+    type Response = http::Response<CallBody<RB>>;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -309,25 +309,87 @@ where
                     None => fut.await,
                 };
                 // Errors before the body (auth, unknown method, a handler's error) carry
-                // grpc-status in the headers; a stream's status comes later, so it counts as OK here.
-                let (code, message) = match &res {
-                    Ok(r) => {
-                        let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok());
-                        let code = header("grpc-status")
-                            .and_then(|v| v.parse::<i32>().ok())
-                            .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-                        let message = header("grpc-message").map(|m| {
-                            percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned()
-                        });
-                        (Some(code), message)
+                // grpc-status in the headers; any other answer's status comes in the trailers
+                // that end its body (a stream's after its last message), and the call is
+                // finished there.
+                match res {
+                    Ok(r) => match status_in(r.headers()) {
+                        Some((code, message)) => {
+                            call.finish(Some(code), message.as_deref());
+                            Ok(r.map(|inner| CallBody { inner, call: None }))
+                        }
+                        None => Ok(r.map(|inner| CallBody { inner, call: Some(call) })),
+                    },
+                    Err(e) => {
+                        call.finish(None, None);
+                        Err(e)
                     }
-                    Err(_) => (None, None),
-                };
-                call.finish(code, message.as_deref());
-                res
+                }
             },
             span,
         ))
+    }
+}
+
+/// The gRPC status and message in a response's headers or trailers, if they carry one.
+fn status_in(headers: &http::HeaderMap) -> Option<(tonic::Code, Option<String>)> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let code = header("grpc-status")?.parse::<i32>().map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+    let message = header("grpc-message")
+        .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy().into_owned());
+    Some((code, message))
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body that finishes its call with the status its trailers carry, when the
+    /// answer ends: a stream that fails after its first message (an import cut off) is
+    /// counted and logged with its code, not as OK. Dropped before its end, the call counts as
+    /// cancelled.
+    pub struct CallBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+    }
+}
+
+impl<B> CallBody<B> {
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CallBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(call) = this.call.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some((code, message)) = frame.trailers_ref().and_then(status_in) {
+                        call.finish(Some(code), message.as_deref());
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => call.finish(None, None),
+                // Ended without trailers: nothing said otherwise.
+                Poll::Ready(None) => call.finish(Some(tonic::Code::Ok), None),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -513,7 +575,7 @@ mod tests {
             .body(())
             .unwrap();
         let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-        let outgoing = resp.into_body().expect("outgoing call carries traceparent");
+        let outgoing = resp.into_body().into_inner().expect("outgoing call carries traceparent");
         assert!(outgoing.starts_with(&format!("00-{trace_id}-")), "{outgoing}");
         assert!(!outgoing.contains("00f067aa0ba902b7"), "a new span id of our own: {outgoing}");
     }
@@ -537,7 +599,7 @@ mod tests {
             req = req.header("grpc-timeout", t);
         }
         let resp = svc.ready().await.unwrap().call(req.body(()).unwrap()).await.unwrap();
-        resp.into_body().expect("the handler answered")
+        resp.into_body().into_inner().expect("the handler answered")
     }
 
     #[tokio::test(start_paused = true)]

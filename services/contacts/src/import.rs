@@ -340,7 +340,21 @@ pub async fn start(
                 progress: Some(convert::import_summary(&import)),
                 done: true,
             }),
-            Err(e) => Err(Status::from(e)),
+            Err(e) => {
+                // Said after the answer began, so in the trailers: with the details a refusal
+                // before it would carry, and the import's id to look it up by.
+                let e = match e {
+                    Error::Aborted(m) if import.request_id.is_empty() => {
+                        Error::Aborted(format!("{m} (import {})", import.id))
+                    }
+                    Error::Aborted(m) => Error::Aborted(format!(
+                        "{m} (import {}; the same file sent again under the same request id takes it up)",
+                        import.id
+                    )),
+                    e => e,
+                };
+                Err(contactier_runtime::rich::enrich(Status::from(e)))
+            }
         };
         let _ = tx.send(last).await;
     });
@@ -476,9 +490,7 @@ async fn cut_batches(
             // The file did not arrive whole (or the stream broke its rules). A retry takes it up.
             Err(e) => {
                 return Err(match import_file::Arrival::of(&e) {
-                    Some(a @ (import_file::Arrival::Size { .. } | import_file::Arrival::Misplaced)) => {
-                        a.to_error()
-                    }
+                    Some(a) if !a.retry() => a.to_error(),
                     _ => Error::Aborted(format!("the file stopped arriving at row {}: {e}", number + 1)),
                 });
             }

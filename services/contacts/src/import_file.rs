@@ -30,6 +30,10 @@ pub enum Arrival {
     Size { said: i64, got: i64 },
     #[error("after the header only chunks and one end part may follow")]
     Misplaced,
+    /// A part the transport refused before it reached the import (past its size, or past a
+    /// limit its contract declares).
+    #[error("{}", .0.message())]
+    Refused(Status),
 }
 
 impl Arrival {
@@ -39,8 +43,24 @@ impl Arrival {
         match self {
             Arrival::Size { .. } => Error::invalid("end.size", self.to_string()),
             Arrival::Misplaced => Error::invalid("part", self.to_string()),
-            Arrival::Cut | Arrival::Idle(_) | Arrival::Broke(_) => Error::Aborted(self.to_string()),
+            Arrival::Refused(s) if s.code() == tonic::Code::InvalidArgument => {
+                match s.message().split_once(": ") {
+                    Some((field, reason)) => Error::invalid(field, reason),
+                    None => Error::invalid("part", s.message()),
+                }
+            }
+            Arrival::Refused(s) if s.code() == tonic::Code::OutOfRange => {
+                Error::OutOfRange(s.message().to_owned())
+            }
+            Arrival::Cut | Arrival::Idle(_) | Arrival::Broke(_) | Arrival::Refused(_) => {
+                Error::Aborted(self.to_string())
+            }
         }
+    }
+
+    /// Whether the file may arrive whole if sent again: it broke off, rather than broke a rule.
+    pub fn retry(&self) -> bool {
+        matches!(self.to_error(), Error::Aborted(_))
     }
 
     /// The arrival error inside an error the reader answered, if it is one.
@@ -71,6 +91,11 @@ where
                 Arrival::Size { said: end.size, got: seen }
             }
             Some(Ok(Ok(_))) => Arrival::Misplaced,
+            Some(Ok(Err(status)))
+                if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::OutOfRange) =>
+            {
+                Arrival::Refused(status)
+            }
             Some(Ok(Err(status))) => Arrival::Broke(status.message().to_owned()),
             Some(Err(_)) => Arrival::Idle(idle.as_secs()),
             None => Arrival::Cut,
@@ -156,6 +181,20 @@ mod tests {
         assert!(stop.expect("an error").contains("part"));
         let (got, stop) = read(vec![chunk(b"Email\n"), end(6), chunk(b"more")]).await;
         assert_eq!((got.as_slice(), stop), (&b"Email\n"[..], None));
+    }
+
+    #[tokio::test]
+    async fn a_part_the_transport_refused_keeps_its_code() {
+        let (_, stop) =
+            read(vec![chunk(b"Email\n"), Err(Status::invalid_argument("end.size: must be from 0"))]).await;
+        assert_eq!(stop.as_deref(), Some("end.size: must be from 0"));
+        let big = Status::out_of_range("Error, decoded message length too large");
+        let mut file =
+            bytes(futures::stream::iter(vec![chunk(b"Email\n"), Err(big)]), Duration::from_secs(5));
+        let _ = file.next().await;
+        let e = file.next().await.unwrap().unwrap_err();
+        let arrival = Arrival::of(&e).unwrap();
+        assert!(matches!(arrival.to_error(), Error::OutOfRange(_)) && !arrival.retry());
     }
 
     #[tokio::test]

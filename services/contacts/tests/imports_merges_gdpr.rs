@@ -540,6 +540,13 @@ async fn an_import_stream_closed_before_its_end_is_cut_off_not_complete(backend:
     let err = first.expect_err("a file without its end is not a whole file");
     assert_eq!(err.code(), Code::Aborted, "{backend:?}: {err:?}");
     assert!(err.message().contains("end part"), "{backend:?}: {err:?}");
+    // Said after the answer began, it still carries its details and the import's id.
+    let info = tonic_types::StatusExt::get_details_error_info(&err).expect("ErrorInfo");
+    assert_eq!(info.reason, "CONFLICT", "{backend:?}");
+    assert!(
+        err.message().contains("(import ") && err.message().contains("takes it up"),
+        "{backend:?}: {err:?}"
+    );
     let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email("half2500@exa".into())) };
     let half = s.api().get_contact(authed(req, &s.writer())).await.unwrap_err();
     assert_eq!(half.code(), Code::NotFound, "{backend:?}: the row cut in two");
@@ -565,6 +572,21 @@ async fn an_import_stream_closed_before_its_end_is_cut_off_not_complete(backend:
     let err = answers(s.api().import_contacts(authed(futures::stream::iter(wrong), &s.writer())).await)
         .await
         .expect_err("a wrong size");
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+    assert!(err.message().starts_with("end.size"), "{backend:?}: {err:?}");
+    let bad = tonic_types::StatusExt::get_details_bad_request(&err).expect("BadRequest");
+    assert_eq!(bad.field_violations[0].field, "end.size", "{backend:?}");
+    // A size no file has is refused the same way.
+    let negative = [
+        pb::ImportContactsRequest {
+            part: Some(Part::Header(header(pb::ImportMode::Upsert, &[("email", "email")]))),
+        },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(b"email\nsized@example.com\n".to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd { size: -1 })) },
+    ];
+    let err = answers(s.api().import_contacts(authed(futures::stream::iter(negative), &s.writer())).await)
+        .await
+        .expect_err("a negative size");
     assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
     assert!(err.message().starts_with("end.size"), "{backend:?}: {err:?}");
 }
