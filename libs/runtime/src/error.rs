@@ -60,7 +60,12 @@ impl Error {
     /// is said so (not a peer to retry); anything else is a peer that could not answer.
     pub fn peer(status: &Status, doing: &str) -> Self {
         tracing::warn!(code = ?status.code(), "{doing} failed");
-        if crate::deadline::remaining().is_some_and(|left| left.is_zero()) {
+        // The peer call carried what was left of the caller's deadline; it ran out there
+        // (answered so by the peer, or cut by the client's own timer) or here.
+        let cut = status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired");
+        let nearly = |left: std::time::Duration| left <= std::time::Duration::from_millis(50);
+        if crate::deadline::remaining().is_some_and(|left| left.is_zero() || (cut && nearly(left))) {
             Error::DeadlineExceeded(format!("the caller's deadline passed while {doing}"))
         } else {
             Error::Unavailable(format!("{doing} failed; retry"))
@@ -215,5 +220,11 @@ mod tests {
             crate::deadline::scope(Some(Duration::from_secs(30)), async { Error::peer(&cut, "asking") });
         assert_eq!(code(in_time.await), Code::Unavailable);
         assert_eq!(code(Error::peer(&Status::unavailable("refused"), "asking")), Code::Unavailable);
+        // The caller's deadline, carried to the peer, ran out there a moment before here.
+        let there = Status::deadline_exceeded("the caller's deadline passed");
+        let early =
+            crate::deadline::scope(Some(Duration::from_millis(2)), async { Error::peer(&there, "asking") });
+        assert_eq!(code(early.await), Code::DeadlineExceeded);
+        assert_eq!(code(Error::peer(&there, "asking")), Code::Unavailable, "no deadline of the caller's");
     }
 }

@@ -274,22 +274,24 @@ where
         metrics::counter!("grpc_server_started_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind).increment(1);
         let in_flight = metrics::gauge!("grpc_server_in_flight_requests", "grpc_service" => service.clone());
         in_flight.increment(1.0);
-        let call = Call {
-            path,
-            service,
-            method,
-            kind,
-            started: Instant::now(),
-            in_flight,
-            info,
-            span: span.clone(),
-            done: false,
-        };
         let timeout = req
             .headers()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(crate::deadline::parse_grpc_timeout);
+        let started = Instant::now();
+        let call = Call {
+            path,
+            service,
+            method,
+            kind,
+            started,
+            in_flight,
+            info,
+            span: span.clone(),
+            deadline: timeout.and_then(|t| started.checked_add(t.saturating_sub(DEADLINE_MARGIN))),
+            done: false,
+        };
         let fut = {
             let _entered = span.enter();
             crate::deadline::scope(timeout, self.inner.call(req))
@@ -407,6 +409,8 @@ struct Call {
     in_flight: metrics::Gauge,
     info: CallInfo,
     span: tracing::Span,
+    /// When the caller's deadline passes (less the margin the answer goes out by), if it set one.
+    deadline: Option<Instant>,
     done: bool,
 }
 
@@ -442,8 +446,20 @@ impl Call {
 impl Drop for Call {
     fn drop(&mut self) {
         if !self.done {
-            self.finish(Some(tonic::Code::Cancelled), Some("the caller went away before the answer"));
+            let (code, message) = gone(self.deadline, Instant::now());
+            self.finish(Some(code), Some(message));
         }
+    }
+}
+
+/// Why a call ended before its answer did: its caller's deadline, once past (a stream cut by
+/// it, the caller's reset arriving first), or else the caller went away.
+fn gone(deadline: Option<Instant>, now: Instant) -> (tonic::Code, &'static str) {
+    match deadline {
+        Some(d) if now >= d => {
+            (tonic::Code::DeadlineExceeded, "the caller's deadline passed before the answer")
+        }
+        _ => (tonic::Code::Cancelled, "the caller went away before the answer"),
     }
 }
 
@@ -621,6 +637,15 @@ mod tests {
                 .map_err(|s| s.code())
         });
         assert_eq!(late.await, Err(tonic::Code::DeadlineExceeded), "nothing sent once the caller gave up");
+    }
+
+    #[test]
+    fn a_call_that_ends_before_its_answer_is_cut_by_its_deadline_once_past_it() {
+        let now = Instant::now();
+        let later = now + Duration::from_millis(5);
+        assert_eq!(gone(Some(now), later).0, tonic::Code::DeadlineExceeded, "a stream its deadline cut");
+        assert_eq!(gone(Some(later), now).0, tonic::Code::Cancelled, "the caller went away first");
+        assert_eq!(gone(None, now).0, tonic::Code::Cancelled, "no deadline");
     }
 
     /// A call still running at its caller's deadline is answered DEADLINE_EXCEEDED by then,
