@@ -346,7 +346,7 @@ pin_project_lite::pin_project! {
     /// An answer's body that finishes its call with the status its trailers carry, when the
     /// answer ends: a stream that fails after its first message (an import cut off) is
     /// counted and logged with its code, not as OK. Dropped before its end, the call counts as
-    /// cancelled, or as cut by its deadline once that has passed ([`gone`]).
+    /// cancelled, or as cut by its deadline once that has passed (`gone`).
     pub struct CallBody<B> {
         #[pin]
         inner: B,
