@@ -335,14 +335,20 @@ pub(crate) async fn insert(
     debug_assert_eq!(columns.len(), rows.width);
     let mut written = 0;
     for cells in rows.chunks(parameters / rows.width) {
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {}",
-            columns.join(", "),
-            crate::db::placeholders(cells.len() / rows.width, rows.width)
-        );
-        written += conn.execute(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
+        written += conn.execute(values_statement(table, columns, rows.width, cells, "")).await?;
     }
     Ok(written)
+}
+
+/// `INSERT INTO table (columns) VALUES` with the cells' rows bound, then `tail`; the names are
+/// the caller's constants.
+fn values_statement(table: &str, columns: &[&str], width: usize, cells: &[Cell<'_>], tail: &str) -> Sql {
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES {}{tail}",
+        columns.join(", "),
+        crate::db::placeholders(cells.len() / width, width)
+    );
+    Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)
 }
 
 /// Multi-row `INSERT ... ON CONFLICT {conflict} DO NOTHING` of at most `parameters` parameters
@@ -359,15 +365,11 @@ pub(crate) async fn insert_new(
 ) -> Result<Vec<String>, sqlx::Error> {
     debug_assert_eq!(columns.len(), rows.width);
     debug_assert!(columns.contains(&key), "the key is one of the columns appended");
+    let tail = format!(" ON CONFLICT {conflict} DO NOTHING RETURNING {key}");
     let mut new = Vec::with_capacity(rows.len());
     for cells in rows.chunks(parameters / rows.width) {
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT {conflict} DO NOTHING RETURNING {key}",
-            columns.join(", "),
-            crate::db::placeholders(cells.len() / rows.width, rows.width)
-        );
         let got: Vec<(String,)> =
-            conn.fetch_all(Sql::new(sqlx::AssertSqlSafe(sql)).bind_cells(cells)).await?;
+            conn.fetch_all(values_statement(table, columns, rows.width, cells, &tail)).await?;
         new.extend(got.into_iter().map(|r| r.0));
     }
     Ok(new)
