@@ -238,7 +238,12 @@ pub async fn open(
     account: &str,
     input: &mut Streaming<pb::ImportContactsRequest>,
 ) -> Result<Opened> {
-    let header = match input.message().await.map_err(|e| Error::invalid("header", e.message().to_owned()))? {
+    let first = input.message().await.map_err(|e| match e.code() {
+        // Over the size a message may be: said as for any other part.
+        tonic::Code::OutOfRange => Error::OutOfRange(e.message().to_owned()),
+        _ => Error::invalid("header", e.message().to_owned()),
+    })?;
+    let header = match first {
         Some(pb::ImportContactsRequest { part: Some(pb::import_contacts_request::Part::Header(h)) }) => h,
         _ => return Err(Error::invalid("header", "the first message must be the header")),
     };
@@ -247,8 +252,23 @@ pub async fn open(
     Ok(Opened { header, plan, catalog })
 }
 
-/// Runs an opened import in its own task, streaming progress back.
+/// Runs an opened import in its own task, streaming progress back. It is recorded in a task of
+/// its own too: a call given up while the record goes in (its deadline) still runs the import
+/// it recorded, which ends at once with the call's cut file, instead of leaving it "running"
+/// for a resend to wait out its lease.
 pub async fn start(
+    ctx: Importer,
+    account: String,
+    user: String,
+    opened: Opened,
+    input: Streaming<pb::ImportContactsRequest>,
+) -> Result<BoxStream<'static, Progress>> {
+    tokio::spawn(begin(ctx, account, user, opened, input))
+        .await
+        .map_err(|e| Error::Internal(format!("starting the import: {e}")))?
+}
+
+async fn begin(
     ctx: Importer,
     account: String,
     user: String,

@@ -10,6 +10,7 @@ use contactier_proto::contacts::v1::{
 };
 use contactier_proto::marketing_status::v1 as mpb;
 use contactier_runtime::db::Backend;
+use contactier_runtime::sql::{Sql, Tx};
 use contactier_runtime::testing::authed;
 use futures::StreamExt;
 use tonic::Code;
@@ -631,6 +632,88 @@ async fn an_import_cut_by_its_deadline_is_finished_by_its_resend(backend: Backen
     assert_eq!(total.into_inner().total_contacts, 6_000, "{backend:?}");
 }
 
+/// A call given up by its deadline while its import is being recorded (the database slow to
+/// take the record) leaves no import "running" for its resend to wait on: the resend under the
+/// same request id is taken at once, not after the import's lease (10 s), and each row is
+/// written once.
+async fn an_import_given_up_while_it_is_recorded_leaves_nothing_running(backend: Backend) {
+    let s = start(backend).await;
+    let mut csv = String::from("email\n");
+    for i in 0..50 {
+        csv.push_str(&format!("held{i}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "held-1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    // Writes to the imports table wait until this transaction ends.
+    let mut hold = s.dbs[0].db.begin_write().await.unwrap();
+    if backend == Backend::Postgres {
+        hold.execute(Sql::new("LOCK TABLE imports IN EXCLUSIVE MODE")).await.unwrap();
+    }
+    let parts = [
+        pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(csv.clone().into_bytes())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) },
+    ];
+    let mut req = authed(futures::stream::iter(parts), &s.writer());
+    req.set_timeout(std::time::Duration::from_millis(300));
+    let first = answers(s.api().import_contacts(req).await).await.map(|_| ()).unwrap_err();
+    // Answered by the server's deadline, or cut by the client's own timer a moment before it.
+    assert!(matches!(first.code(), Code::DeadlineExceeded | Code::Cancelled), "{backend:?}: {first:?}");
+    // The record goes in now, after its call was answered (on SQLite; PostgreSQL drops the
+    // statement with the connection given up under it).
+    hold.rollback().await.unwrap();
+    for _ in 0..50 {
+        let recorded: Vec<(String,)> =
+            s.dbs[0].db.fetch_all(Sql::new("SELECT state FROM imports")).await.unwrap();
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let waited = std::time::Instant::now();
+    let sum = loop {
+        match import(&s, h.clone(), &csv, 8_192).await {
+            Ok(msgs) => break msgs.last().unwrap().progress.clone().unwrap(),
+            Err(e) if e.code() == Code::Aborted && waited.elapsed() < std::time::Duration::from_secs(5) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{backend:?}: the resend, {:?} after the hold: {e:?}", waited.elapsed()),
+        }
+    };
+    assert_eq!(
+        (sum.rows_read, sum.created, sum.failed, sum.state),
+        (50, 50, 0, pb::ImportState::Completed as i32),
+        "{backend:?}"
+    );
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 50, "{backend:?}");
+}
+
+/// A first part over the 4 MiB a message may be is refused as every such part is: OUT_OF_RANGE
+/// saying the limit, and nothing is imported.
+async fn an_import_whose_header_is_too_large_is_out_of_range(backend: Backend) {
+    let s = start(backend).await;
+    let h = pb::ImportHeader {
+        name: "x".repeat(5 * 1024 * 1024),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    let parts = [
+        pb::ImportContactsRequest { part: Some(Part::Header(h)) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(b"email\nbig@example.com\n".to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) },
+    ];
+    let err = answers(s.api().import_contacts(authed(futures::stream::iter(parts), &s.writer())).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{backend:?}: {err:?}");
+    assert!(err.message().contains("4 MiB"), "{backend:?}: {}", err.message());
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 0, "{backend:?}: nothing imported");
+}
+
 /// Calls starting the same import at once (one request id): one import runs, the others are
 /// told it is running or get its summary, and each row is written once.
 async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend) {
@@ -746,4 +829,6 @@ contactier_runtime::backend_tests!(
     an_import_cut_off_is_taken_up_again_by_its_retry,
     an_import_stream_closed_before_its_end_is_cut_off_not_complete,
     an_import_cut_by_its_deadline_is_finished_by_its_resend,
+    an_import_given_up_while_it_is_recorded_leaves_nothing_running,
+    an_import_whose_header_is_too_large_is_out_of_range,
 );

@@ -19,7 +19,8 @@ pub struct Contacts {
     pub channel: Channel,
     pub status_channel: Channel,
     pub platform: Platform,
-    _dbs: [TestDb; 2],
+    /// The contacts service's database, then marketing-status's.
+    pub dbs: [TestDb; 2],
 }
 
 impl Drop for Contacts {
@@ -41,7 +42,7 @@ pub async fn start(backend: Backend) -> Contacts {
     peers.marketing_status_url = format!("http://{ms}");
     let env = ServiceEnv { platform: platform.clone(), db: cdb.db.clone(), peers };
     let addr = serve((contactier_contacts::SERVICE.build)(env).await.unwrap(), &platform).await;
-    Contacts { addr, channel: channel(addr), status_channel: channel(ms), platform, _dbs: [cdb, mdb] }
+    Contacts { addr, channel: channel(addr), status_channel: channel(ms), platform, dbs: [cdb, mdb] }
 }
 
 impl Contacts {
