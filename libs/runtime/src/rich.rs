@@ -117,6 +117,20 @@ pub fn rpc_status(status: Status) -> tonic_types::pb::Status {
     })
 }
 
+/// [`enrich`]ed, with `key: value` in its `ErrorInfo`'s metadata: what the refusal is about,
+/// for a client to act on without reading the message (the import a cut stream leaves).
+pub fn with_info(status: Status, key: &str, value: &str) -> Status {
+    let status = enrich(status);
+    let mut details = status.get_error_details();
+    let Some(info) = details.error_info().cloned() else {
+        return status;
+    };
+    let mut metadata = info.metadata;
+    metadata.insert(key.to_owned(), value.to_owned());
+    details.set_error_info(info.reason, info.domain, metadata);
+    Status::with_error_details(status.code(), status.message(), details)
+}
+
 /// Adds derived details to a status that has none, and an `ErrorInfo` to one whose details
 /// lack it (the limit checks of the codec answer with `BadRequest` only).
 pub fn enrich(status: Status) -> Status {
@@ -207,6 +221,18 @@ where
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_refusal_names_what_it_is_about_beside_its_derived_details() {
+        let s = with_info(Status::invalid_argument("end.size: the file has 3 bytes"), "import_id", "imp-1");
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "INVALID_ARGUMENT");
+        assert_eq!(info.metadata.get("import_id").map(String::as_str), Some("imp-1"));
+        assert_eq!(info.metadata.get("field").map(String::as_str), Some("end.size"));
+        let violations = s.get_details_bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, "end.size");
+    }
     use super::*;
 
     #[test]

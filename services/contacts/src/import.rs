@@ -362,7 +362,8 @@ async fn begin(
             }),
             Err(e) => {
                 // Said after the answer began, so in the trailers: with the details a refusal
-                // before it would carry, and the import's id to look it up by.
+                // before it would carry, and the import's id to look it up by (in the message
+                // and in ErrorInfo's metadata, `import_id`).
                 let e = match e {
                     Error::Aborted(m) if import.request_id.is_empty() => {
                         Error::Aborted(format!("{m} (import {})", import.id))
@@ -373,7 +374,7 @@ async fn begin(
                     )),
                     e => e,
                 };
-                Err(contactier_runtime::rich::enrich(Status::from(e)))
+                Err(contactier_runtime::rich::with_info(Status::from(e), "import_id", &import.id))
             }
         };
         let _ = tx.send(last).await;

@@ -548,6 +548,10 @@ async fn an_import_stream_closed_before_its_end_is_cut_off_not_complete(backend:
         err.message().contains("(import ") && err.message().contains("takes it up"),
         "{backend:?}: {err:?}"
     );
+    let import_id = info.metadata.get("import_id").expect("the import's id in ErrorInfo");
+    let req = authed(pb::GetImportRequest { import_id: import_id.clone() }, &s.writer());
+    let left = s.api().get_import(req).await.unwrap().into_inner().summary.unwrap();
+    assert_eq!(left.state, pb::ImportState::Failed as i32, "{backend:?}: {left:?}");
     let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email("half2500@exa".into())) };
     let half = s.api().get_contact(authed(req, &s.writer())).await.unwrap_err();
     assert_eq!(half.code(), Code::NotFound, "{backend:?}: the row cut in two");
