@@ -669,8 +669,11 @@ async fn an_import_given_up_while_it_is_recorded_leaves_nothing_running(backend:
     // statement with the connection given up under it).
     hold.rollback().await.unwrap();
     for _ in 0..50 {
-        let recorded: Vec<(String,)> =
-            s.dbs[0].db.fetch_all(Sql::new("SELECT state FROM imports")).await.unwrap();
+        let recorded: Vec<(String,)> = s.dbs[0]
+            .db
+            .fetch_all(Sql::new("SELECT state FROM imports WHERE account_id = $1").bind(ACCOUNT))
+            .await
+            .unwrap();
         if !recorded.is_empty() {
             break;
         }
