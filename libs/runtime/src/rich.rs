@@ -221,6 +221,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_refusal_names_what_it_is_about_beside_its_derived_details() {
@@ -233,7 +234,6 @@ mod tests {
         let violations = s.get_details_bad_request().expect("BadRequest").field_violations;
         assert_eq!(violations[0].field, "end.size");
     }
-    use super::*;
 
     #[test]
     fn invalid_arguments_name_their_field() {
