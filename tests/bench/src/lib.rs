@@ -999,7 +999,7 @@ fn usage_call(addr: SocketAddr, token: String) -> Call {
 /// Bytes of the contacts table (heap and key) of a run on PostgreSQL.
 async fn contacts_bytes(services: &Services) -> anyhow::Result<u64> {
     let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
-    let table = format!("{}contacts.contacts", services.schema_prefix);
+    let table = contacts_table(services);
     let q = "SELECT pg_relation_size($1::regclass) + COALESCE((SELECT SUM(pg_relation_size(i.indexrelid)) \
              FROM pg_index i WHERE i.indrelid = $1::regclass AND i.indisprimary), 0)::BIGINT";
     let bytes: i64 = sqlx::query_scalar(q).bind(&table).fetch_one(&pool).await?;
@@ -1007,11 +1007,16 @@ async fn contacts_bytes(services: &Services) -> anyhow::Result<u64> {
     Ok(bytes.max(0) as u64)
 }
 
+/// The contacts service's contacts table, schema-qualified.
+fn contacts_table(services: &Services) -> String {
+    format!("\"{}contacts\".contacts", services.schema_prefix)
+}
+
 /// Vacuums and analyzes the contacts table, as `pgbench -i` does its own (a server with
 /// autovacuum, the default, would have too; this one runs without it).
 async fn vacuum_contacts(services: &Services) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
-    let table = format!("\"{}contacts\".contacts", services.schema_prefix);
+    let table = contacts_table(services);
     sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM (ANALYZE) {table}"))).execute(&pool).await?;
     pool.close().await;
     Ok(())
@@ -1024,10 +1029,10 @@ async fn vacuum_contacts(services: &Services) -> anyhow::Result<()> {
 /// several times the select's whole cost.
 async fn warm_contacts(services: &Services) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(&procs::pg_url()).await?;
-    let schema = format!("{}contacts", services.schema_prefix);
-    let table = format!("\"{schema}\".contacts");
+    let table = contacts_table(services);
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA \"{schema}\""
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA \"{}contacts\"",
+        services.schema_prefix
     )))
     .execute(&pool)
     .await?;
