@@ -31,6 +31,8 @@ pub struct RecordReader<R> {
     pos: usize,
     len: usize,
     eof: bool,
+    /// Whether the file's first bytes have been read.
+    started: bool,
     out: Vec<u8>,
     out_len: usize,
     ends: Vec<usize>,
@@ -53,6 +55,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
             pos: 0,
             len: 0,
             eof: false,
+            started: false,
             out: vec![0; 4 * 1024],
             out_len: 0,
             ends: vec![0; 64],
@@ -73,9 +76,7 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
     pub async fn next(&mut self) -> std::io::Result<Option<Record>> {
         loop {
             if self.pos == self.len && !self.eof {
-                self.len = self.input.read(&mut self.buf).await?;
-                self.pos = 0;
-                self.eof = self.len == 0;
+                self.fill().await?;
             }
             let (result, read, written, ended) = self.core.read_record(
                 &self.buf[self.pos..self.len],
@@ -111,6 +112,26 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                 csv_core::ReadRecordResult::End => return Ok(None),
             }
         }
+    }
+
+    /// Reads the next bytes into the emptied buffer. The file's first read takes at least four
+    /// (or the whole of a shorter file): a byte order mark split over two chunks is seen whole
+    /// and dropped, not read into the first column's name.
+    async fn fill(&mut self) -> std::io::Result<()> {
+        // A mark alone is the end of the input to the CSV reader: one byte past it, too.
+        let want = if self.started { 1 } else { 4 };
+        self.started = true;
+        self.pos = 0;
+        self.len = 0;
+        while self.len < want {
+            let n = self.input.read(&mut self.buf[self.len..]).await?;
+            if n == 0 {
+                break;
+            }
+            self.len += n;
+        }
+        self.eof = self.len == 0;
+        Ok(())
     }
 
     fn take(&mut self) -> Record {
@@ -190,6 +211,21 @@ mod tests {
             let mut one = RecordReader::new(&file[..], b',');
             one.next().await.unwrap();
             assert_eq!(after_header, one.digest(), "split every {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_byte_order_mark_is_not_part_of_the_header_however_the_file_was_split() {
+        let file = "\u{feff}email,name\nb@example.com,B\n".as_bytes();
+        for split in [1, 2, 3, 4, file.len()] {
+            let chunks: Vec<std::io::Result<bytes::Bytes>> =
+                file.chunks(split).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let mut r =
+                RecordReader::new(tokio_util::io::StreamReader::new(futures::stream::iter(chunks)), b',');
+            assert_eq!(r.next().await.unwrap(), Some(fields(&["email", "name"])), "split every {split}");
+            assert_eq!(r.next().await.unwrap(), Some(fields(&["b@example.com", "B"])), "split every {split}");
+            assert_eq!(r.next().await.unwrap(), None, "split every {split}");
+            assert_eq!(r.digest(), hex(&Sha256::digest(file)), "split every {split}");
         }
     }
 
