@@ -698,10 +698,10 @@ async fn write_round(
                 user_id: user.to_owned(),
             })
             .collect();
-        let mut taken: Vec<&Row> = Vec::new();
-        for (row, outcome) in
-            creates.iter().zip(ctx.store.create_contacts(account, news, now, None).await?.unwrap_or_default())
-        {
+        let mut taken: Vec<Row> = Vec::new();
+        let mut raced: Vec<Row> = Vec::new();
+        let outcomes = ctx.store.create_contacts(account, news, now, None).await?.unwrap_or_default();
+        for (row, outcome) in creates.into_iter().zip(outcomes) {
             match outcome {
                 Ok(c) => {
                     import.created += 1;
@@ -710,8 +710,10 @@ async fn write_round(
                     }
                     created.insert(c.id);
                 }
-                Err(crate::error::Error::EmailTaken(_)) if plan.mode == Mode::Create => taken.push(row),
-                // Created by someone else since the lookup.
+                Err(Error::EmailTaken(_)) if plan.mode == Mode::Create => taken.push(row),
+                // Created by someone else (another import of the same file, say) since the
+                // lookup: an upsert updates it.
+                Err(Error::EmailTaken(_)) => raced.push(row),
                 Err(e) => {
                     import.failed += 1;
                     errors.push(ImportErrorRow {
@@ -724,6 +726,24 @@ async fn write_round(
         }
         if !taken.is_empty() {
             refuse_taken(ctx, account, plan, import, &taken, errors).await?;
+        }
+        if !raced.is_empty() {
+            let keys: Vec<String> = raced.iter().map(|r| r.email.key.clone()).collect();
+            let ids = ctx.store.ids_by_email(account, &keys).await?;
+            for row in raced {
+                match ids.get(&row.email.key) {
+                    Some(id) => updates.push((id.clone(), row)),
+                    // Gone again before this second look: nothing to update, nothing made.
+                    None => {
+                        import.failed += 1;
+                        errors.push(ImportErrorRow {
+                            row_number: row.number,
+                            column_name: email_column(plan),
+                            reason: "the contact with this email was deleted while it was imported".into(),
+                        });
+                    }
+                }
+            }
         }
         ctx.relay.wake();
     }
@@ -790,7 +810,7 @@ async fn refuse_taken(
     account: &str,
     plan: &Plan,
     import: &mut ImportRow,
-    taken: &[&Row],
+    taken: &[Row],
     errors: &mut Vec<ImportErrorRow>,
 ) -> Result<()> {
     let keys: Vec<String> = taken.iter().map(|r| r.email.key.clone()).collect();

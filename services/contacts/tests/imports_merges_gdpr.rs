@@ -826,6 +826,53 @@ async fn an_export_holds_a_status_history_past_a_message_of_4_mib(backend: Backe
     assert_eq!(changes.len(), 3_701, "{backend:?}: its creation and every change");
 }
 
+/// Two UPSERT imports of the same addresses at once: whichever creates a contact, the other
+/// updates it. No row fails and no address is made twice.
+async fn upsert_imports_of_the_same_emails_at_once_update_what_the_other_made(backend: Backend) {
+    let s = start(backend).await;
+    let file = |name: &str| {
+        let mut csv = String::from("email,first\n");
+        for i in 0..200 {
+            csv.push_str(&format!("both{i}@example.com,{name}\n"));
+        }
+        csv
+    };
+    let h = header(pb::ImportMode::Upsert, &[("email", "email"), ("first", "first_name")]);
+    // On PostgreSQL both imports look the addresses up, finding none, before either may
+    // create one: inserts into contacts wait until this transaction ends.
+    let mut hold = None;
+    if backend == Backend::Postgres {
+        let mut tx = s.dbs[0].db.begin_write().await.unwrap();
+        tx.execute(Sql::new("LOCK TABLE contacts IN EXCLUSIVE MODE")).await.unwrap();
+        hold = Some(tx);
+    }
+    let release = async {
+        let Some(tx) = hold else { return };
+        for _ in 0..500 {
+            let waiting: Vec<(i64,)> = s.dbs[0]
+                .db
+                .fetch_all(Sql::new(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'contacts'::regclass",
+                ))
+                .await
+                .unwrap();
+            if waiting[0].0 >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tx.rollback().await.unwrap();
+    };
+    let (ann, bo) = (file("Ann"), file("Bo"));
+    let (a, b, ()) = tokio::join!(import(&s, h.clone(), &ann, 4_096), import(&s, h, &bo, 4_096), release);
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = (a.last().unwrap().progress.clone().unwrap(), b.last().unwrap().progress.clone().unwrap());
+    assert_eq!((a.failed, b.failed), (0, 0), "{backend:?}: {a:?} {b:?}");
+    assert_eq!((a.created + b.created, a.updated + b.updated), (200, 200), "{backend:?}: {a:?} {b:?}");
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 200, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
@@ -838,4 +885,5 @@ contactier_runtime::backend_tests!(
     an_import_cut_by_its_deadline_is_finished_by_its_resend,
     an_import_given_up_while_it_is_recorded_leaves_nothing_running,
     an_import_whose_header_is_too_large_is_out_of_range,
+    upsert_imports_of_the_same_emails_at_once_update_what_the_other_made,
 );
