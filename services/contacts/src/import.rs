@@ -428,7 +428,16 @@ async fn run(
     // A resumed import skips the rows its saved progress covers; the batch after them may have
     // been written without its progress saved.
     let mut recheck = resumed;
-    while let Some(batch) = cut.recv().await {
+    loop {
+        // A call cut (its client gone) ends the import at the batch it wrote last, rather than
+        // writing what had arrived, or waiting for an end that will not come, while a resend is
+        // told it runs.
+        let batch = tokio::select! {
+            biased;
+            () = progress.closed() => return Err(Error::Aborted("the call was cut off".into())),
+            batch = cut.recv() => batch,
+        };
+        let Some(batch) = batch else { break };
         let Batch { rows, mut errors, read, failed, digest, last } = batch?;
         import.rows_read += read;
         import.failed += failed;

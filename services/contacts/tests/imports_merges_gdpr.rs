@@ -873,6 +873,73 @@ async fn upsert_imports_of_the_same_emails_at_once_update_what_the_other_made(ba
     assert_eq!(total.into_inner().total_contacts, 200, "{backend:?}");
 }
 
+/// A call cut while its import writes a batch ends the import at that batch, whatever of the
+/// file had arrived: a resend is not kept waiting while the rest is written, nor until the
+/// file's end would have been overdue. The resend finishes the file.
+async fn an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing(backend: Backend) {
+    let s = start(backend).await;
+    let rows = 20_000;
+    let mut csv = String::from("email\n");
+    for i in 0..rows {
+        csv.push_str(&format!("cut{i}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "cut-1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    let mut parts = vec![pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }];
+    parts.extend(
+        csv.as_bytes()
+            .chunks(16 * 1024)
+            .map(|c| pb::ImportContactsRequest { part: Some(Part::Chunk(c.to_vec())) }),
+    );
+    // The whole file sent, the call held open, as by a client about to send its end.
+    let stream = futures::stream::iter(parts).chain(futures::stream::pending());
+    // Through a relay the test cuts, as a client's process killed or its network gone.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = relay.local_addr().unwrap();
+    let server = s.addr;
+    let relay = tokio::spawn(async move {
+        let (mut client, _) = relay.accept().await.unwrap();
+        let mut up = tokio::net::TcpStream::connect(server).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+    });
+    let api =
+        pb::contacts_service_client::ContactsServiceClient::new(contactier_runtime::testing::channel(via));
+    let mut call = api.clone().import_contacts(authed(stream, &s.writer())).await.unwrap().into_inner();
+    let first = call.message().await.unwrap().unwrap();
+    assert!(!first.done, "{backend:?}");
+    // Writes of contacts wait until this transaction ends; the import is held at its batch.
+    let mut hold = s.dbs[0].db.begin_write().await.unwrap();
+    if backend == Backend::Postgres {
+        hold.execute(Sql::new("LOCK TABLE contacts IN EXCLUSIVE MODE")).await.unwrap();
+    }
+    relay.abort();
+    drop(call);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hold.rollback().await.unwrap();
+    let mut state = (String::new(), 0);
+    for _ in 0..250 {
+        let got: Vec<(String, i64)> = s.dbs[0]
+            .db
+            .fetch_all(Sql::new("SELECT state, rows_read FROM imports WHERE account_id = $1").bind(ACCOUNT))
+            .await
+            .unwrap();
+        state = got[0].clone();
+        if state.0 != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(state.0, "failed", "{backend:?}: the import after its call was cut");
+    assert!(state.1 < rows, "{backend:?}: {} rows read after the call was cut", state.1);
+
+    let sum =
+        import(&s, h, &csv, 16 * 1024).await.unwrap_or_else(|e| panic!("{backend:?}: the resend: {e:?}"));
+    let sum = sum.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.rows_read, sum.created, sum.failed), (rows, rows, 0), "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
@@ -886,4 +953,5 @@ contactier_runtime::backend_tests!(
     an_import_given_up_while_it_is_recorded_leaves_nothing_running,
     an_import_whose_header_is_too_large_is_out_of_range,
     upsert_imports_of_the_same_emails_at_once_update_what_the_other_made,
+    an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing,
 );
