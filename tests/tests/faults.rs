@@ -219,7 +219,7 @@ async fn import(
     let mut last = None;
     while let Some(m) = progress.message().await? {
         if cut_after.is_some_and(|n| m.progress.as_ref().is_some_and(|p| p.rows_read >= n)) {
-            return Ok(None);
+            return Ok(m.progress);
         }
         last = m.progress;
     }
@@ -288,7 +288,8 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
     let file = csv(ROWS);
 
     // 1. The contacts service killed during an import; the retry finishes it.
-    assert!(import(&f, &file, Some(5_000)).await?.is_none());
+    let cut = import(&f, &file, Some(5_000)).await?.context("progress")?;
+    assert_eq!(cut.state(), cpb::ImportState::Running, "{backend:?}");
     let written = f
         .kill_when(
             "contacts",
@@ -299,6 +300,22 @@ async fn contacts_survive_a_kill_in_each_heavy_path(backend: Backend) -> anyhow:
         )
         .await;
     f.services.restart("contacts").await?;
+    // Nothing runs the killed import now: once its lease has passed, it reads as failed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let get = || async {
+            let req = cpb::GetImportRequest { import_id: cut.import_id.clone() };
+            f.contacts().get_import(authed(req, &f.user(ACCOUNT))).await.map(tonic::Response::into_inner)
+        };
+        let seen = retrying("the killed import", get).await.summary.context("a summary")?;
+        if seen.state() == cpb::ImportState::Failed {
+            assert!(seen.finished_at.is_some(), "{backend:?}: {seen:?}");
+            break;
+        }
+        assert_eq!(seen.state(), cpb::ImportState::Running, "{backend:?}");
+        anyhow::ensure!(Instant::now() < deadline, "{backend:?}: the killed import still runs: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let summary = retrying("the import's retry", || import(&f, &file, None)).await.context("a summary")?;
     assert_eq!(
         (summary.rows_read, summary.created, summary.skipped, summary.failed),

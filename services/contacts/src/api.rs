@@ -854,9 +854,10 @@ impl ContactsService for Api {
     async fn get_import(&self, req: Request<pb::GetImportRequest>) -> Answer<pb::GetImportResponse> {
         let c = caller(&req)?;
         let id = req.into_inner().import_id;
+        required("import_id", &id)?;
         let i = self
             .store
-            .import(&c.account, &id)
+            .import_seen(&c.account, &id, import::LEASE, micros(self.clock.now()))
             .await?
             .ok_or_else(|| Error::NotFound(format!("import {id}")))?;
         Ok(Response::new(pb::GetImportResponse { summary: Some(convert::import_summary(&i)) }))
@@ -869,6 +870,7 @@ impl ContactsService for Api {
         let c = caller(&req)?;
         let r = req.into_inner();
         let limit = page_size(r.page_size)?;
+        required("import_id", &r.import_id)?;
         self.store
             .import(&c.account, &r.import_id)
             .await?

@@ -197,6 +197,35 @@ impl Store {
         Ok(())
     }
 
+    /// An import as a caller sees it. One left running by an owner that stopped marking it
+    /// alive for longer than `lease` (its process killed) is failed by this read, at
+    /// `finished_at`: nothing else would end it, and a retry under its request id takes it up as
+    /// it takes up any failed import.
+    pub async fn import_seen(
+        &self,
+        account: &str,
+        id: &str,
+        lease: Duration,
+        finished_at: i64,
+    ) -> Result<Option<ImportRow>> {
+        let q =
+            format!("SELECT {IMPORT_COLUMNS}, heartbeat_at FROM imports WHERE account_id = $1 AND id = $2");
+        let found: Option<Beating> =
+            self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
+        let Some(Beating { import, heartbeat_at: beat }) = found else { return Ok(None) };
+        if import.state != "running" || beat >= wall_micros() - lease.as_micros() as i64 {
+            return Ok(Some(import));
+        }
+        // Only while its beat is the one seen: an owner or a retry that marked it since keeps it.
+        let end = "UPDATE imports SET state = 'failed', finished_at = $1 \
+             WHERE account_id = $2 AND id = $3 AND state = 'running' AND heartbeat_at = $4";
+        if self.db.execute(Sql::new(end).bind(finished_at).bind(account).bind(id).bind(beat)).await? == 1 {
+            tracing::warn!(import = %id, "an import whose owner stopped is failed");
+            return Ok(Some(ImportRow { state: "failed".into(), finished_at, ..import }));
+        }
+        self.import(account, id).await
+    }
+
     pub async fn import(&self, account: &str, id: &str) -> Result<Option<ImportRow>> {
         let q = format!("SELECT {IMPORT_COLUMNS} FROM imports WHERE account_id = $1 AND id = $2");
         Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?)
