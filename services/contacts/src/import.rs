@@ -239,8 +239,9 @@ pub async fn open(
     input: &mut Streaming<pb::ImportContactsRequest>,
 ) -> Result<Opened> {
     let first = input.message().await.map_err(|e| match e.code() {
-        // Over the size a message may be: said as for any other part.
-        tonic::Code::OutOfRange => Error::OutOfRange(e.message().to_owned()),
+        // Over the size a message may be, or past a limit of its contract: said as for any
+        // other part, naming the field the transport named.
+        tonic::Code::OutOfRange | tonic::Code::InvalidArgument => import_file::Arrival::Refused(e).to_error(),
         _ => Error::invalid("header", e.message().to_owned()),
     })?;
     let header = match first {

@@ -552,6 +552,16 @@ async fn an_import_stream_closed_before_its_end_is_cut_off_not_complete(backend:
     let req = authed(pb::GetImportRequest { import_id: import_id.clone() }, &s.writer());
     let left = s.api().get_import(req).await.unwrap().into_inner().summary.unwrap();
     assert_eq!(left.state, pb::ImportState::Failed as i32, "{backend:?}: {left:?}");
+    for empty in [
+        s.api().get_import(authed(pb::GetImportRequest::default(), &s.writer())).await.map(|_| ()),
+        s.api()
+            .list_import_errors(authed(pb::ListImportErrorsRequest::default(), &s.writer()))
+            .await
+            .map(|_| ()),
+    ] {
+        let e = empty.unwrap_err();
+        assert_eq!((e.code(), e.message()), (Code::InvalidArgument, "import_id: required"), "{backend:?}");
+    }
     let req = pb::GetContactRequest { key: Some(pb::get_contact_request::Key::Email("half2500@exa".into())) };
     let half = s.api().get_contact(authed(req, &s.writer())).await.unwrap_err();
     assert_eq!(half.code(), Code::NotFound, "{backend:?}: the row cut in two");
@@ -719,6 +729,21 @@ async fn an_import_whose_header_is_too_large_is_out_of_range(backend: Backend) {
     assert!(err.message().contains("4 MiB"), "{backend:?}: {}", err.message());
     let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
     assert_eq!(total.into_inner().total_contacts, 0, "{backend:?}: nothing imported");
+    // A name past its limit is refused naming the header's field, as any part's field is.
+    let h =
+        pb::ImportHeader { name: "n".repeat(300), ..header(pb::ImportMode::Create, &[("email", "email")]) };
+    let parts = [
+        pb::ImportContactsRequest { part: Some(Part::Header(h)) },
+        pb::ImportContactsRequest { part: Some(Part::Chunk(b"email\nlong@example.com\n".to_vec())) },
+        pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) },
+    ];
+    let err = answers(s.api().import_contacts(authed(futures::stream::iter(parts), &s.writer())).await)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+    assert!(err.message().starts_with("header.name: "), "{backend:?}: {}", err.message());
+    let bad = tonic_types::StatusExt::get_details_bad_request(&err).expect("BadRequest");
+    assert_eq!(bad.field_violations[0].field, "header.name", "{backend:?}");
 }
 
 /// Calls starting the same import at once (one request id): one import runs, the others are
