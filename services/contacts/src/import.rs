@@ -741,17 +741,16 @@ async fn write_round(
             let keys: Vec<String> = raced.iter().map(|r| r.email.key.clone()).collect();
             let ids = ctx.store.ids_by_email(account, &keys).await?;
             for row in raced {
-                match ids.get(&row.email.key) {
-                    Some(id) => updates.push((id.clone(), row)),
+                if let Some(id) = ids.get(&row.email.key) {
+                    updates.push((id.clone(), row));
+                } else {
                     // Gone again before this second look: nothing to update, nothing made.
-                    None => {
-                        import.failed += 1;
-                        errors.push(ImportErrorRow {
-                            row_number: row.number,
-                            column_name: email_column(plan),
-                            reason: "the contact with this email was deleted while it was imported".into(),
-                        });
-                    }
+                    import.failed += 1;
+                    errors.push(ImportErrorRow {
+                        row_number: row.number,
+                        column_name: email_column(plan),
+                        reason: "the contact with this email was deleted while it was imported".into(),
+                    });
                 }
             }
         }
