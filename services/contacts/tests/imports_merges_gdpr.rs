@@ -851,16 +851,18 @@ async fn an_export_holds_a_status_history_past_a_message_of_4_mib(backend: Backe
     assert_eq!(changes.len(), 3_701, "{backend:?}: its creation and every change");
 }
 
-/// Two UPSERT imports of the same addresses at once: whichever creates a contact, the other
-/// updates it. No row fails and no address is made twice.
+/// Two UPSERT imports of the same addresses at once, in opposite orders: whichever creates a
+/// contact, the other updates it. No row fails, neither waits on the other for ever (a
+/// deadlock), and no address is made twice.
 async fn upsert_imports_of_the_same_emails_at_once_update_what_the_other_made(backend: Backend) {
     let s = start(backend).await;
-    let file = |name: &str| {
-        let mut csv = String::from("email,first\n");
-        for i in 0..200 {
-            csv.push_str(&format!("both{i}@example.com,{name}\n"));
+    // In opposite orders: each would otherwise wait on a key the other holds.
+    let file = |name: &str, reversed: bool| {
+        let mut rows: Vec<String> = (0..200).map(|i| format!("both{i:03}@example.com,{name}\n")).collect();
+        if reversed {
+            rows.reverse();
         }
-        csv
+        format!("email,first\n{}", rows.concat())
     };
     let h = header(pb::ImportMode::Upsert, &[("email", "email"), ("first", "first_name")]);
     // On PostgreSQL both imports look the addresses up, finding none, before either may
@@ -888,7 +890,7 @@ async fn upsert_imports_of_the_same_emails_at_once_update_what_the_other_made(ba
         }
         tx.rollback().await.unwrap();
     };
-    let (ann, bo) = (file("Ann"), file("Bo"));
+    let (ann, bo) = (file("Ann", false), file("Bo", true));
     let (a, b, ()) = tokio::join!(import(&s, h.clone(), &ann, 4_096), import(&s, h, &bo, 4_096), release);
     let (a, b) = (a.unwrap(), b.unwrap());
     let (a, b) = (a.last().unwrap().progress.clone().unwrap(), b.last().unwrap().progress.clone().unwrap());

@@ -855,7 +855,12 @@ pub(crate) async fn insert_contacts(
         })
         .collect();
     let mut fresh = Rows::with_capacity(NEW_CONTACT_COLUMNS.len(), rows.len());
-    for (row, c, worked) in &rows {
+    // Written in the order of their addresses: two writers of the same addresses (two imports
+    // of one file in different orders) then wait on each other's keys in one order, never in a
+    // cycle (a deadlock, which failed one of them).
+    let mut by_address: Vec<&(ContactRow, &NewContact, scoring::Worked)> = rows.iter().collect();
+    by_address.sort_by(|a, b| a.1.email.key.cmp(&b.1.email.key));
+    for (row, c, worked) in by_address {
         fresh.push([
             account.into(),
             (&row.id).into(),
