@@ -42,6 +42,8 @@ pub struct Api {
     pub marketing_status: PeerChannel,
     /// The scoring worker, woken when rules change.
     pub scoring: WorkerWaker,
+    /// The imports running on this replica, by account.
+    pub imports: crate::import_slots::Slots,
 }
 
 /// Most scoring rules an account has.
@@ -842,10 +844,17 @@ impl ContactsService for Api {
             )
             .into());
         }
+        let Some(slot) = self.imports.take(&c.account) else {
+            return Err(Status::resource_exhausted(format!(
+                "this account runs {} imports at once here already; retry once one has finished",
+                crate::import_slots::PER_ACCOUNT
+            )));
+        };
         let ctx = import::Importer {
             store: self.store.clone(),
             clock: self.clock.clone(),
             relay: self.relay.clone(),
+            slot: std::sync::Arc::new(slot),
         };
         let stream = import::start(ctx, c.account, c.user, opened, input).await?;
         Ok(Response::new(stream))

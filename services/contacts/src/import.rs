@@ -223,6 +223,8 @@ pub struct Importer {
     pub clock: Clock,
     /// The relay of contact events, woken after each batch.
     pub relay: WorkerWaker,
+    /// The import's place among its account's running ones, held until it ends.
+    pub slot: std::sync::Arc<crate::import_slots::Slot>,
 }
 
 /// An import's first message, checked against the account's properties.

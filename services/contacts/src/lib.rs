@@ -12,6 +12,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod import;
 mod import_file;
+mod import_slots;
 pub mod lifecycle;
 pub mod names;
 pub mod properties;
@@ -201,7 +202,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
         let scoring_worker = clock.register_worker(store::SCORING_WORKER);
         let scoring = scoring_worker.waker();
         tokio::spawn(score_due_contacts(store.clone(), scoring_worker, env.platform.shutdown.clone()));
-        let api = api::Api { store, clock, relay, marketing_status, scoring };
+        let api = api::Api { store, clock, relay, marketing_status, scoring, imports: Default::default() };
         let routes = Routes::new(ContactsServiceServer::new(api));
         Ok(ServiceSpec {
             name: NAME,

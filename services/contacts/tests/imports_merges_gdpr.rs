@@ -749,7 +749,9 @@ async fn an_import_whose_header_is_too_large_is_out_of_range(backend: Backend) {
 /// Calls starting the same import at once (one request id): one import runs, the others are
 /// told it is running or get its summary, and each row is written once.
 async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend) {
-    const CALLS: usize = 6;
+    // As many as an account may run at once (more are refused RESOURCE_EXHAUSTED before any
+    // look at the request id).
+    const CALLS: usize = 4;
     let s = std::sync::Arc::new(start(backend).await);
     let mut csv = String::from("email,company\n");
     for row in 0..150 {
@@ -967,6 +969,65 @@ async fn an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing(backend: 
     assert_eq!((sum.rows_read, sum.created, sum.failed), (rows, rows, 0), "{backend:?}");
 }
 
+/// An account runs a few imports at once on a replica; one more is refused RESOURCE_EXHAUSTED
+/// (each holds a batch of rows in memory while its client sends: hundreds held open grew a
+/// replica by gigabytes). Another account is not held by it, and a place given back is taken.
+async fn an_account_holding_imports_open_is_refused_more_and_others_are_not(backend: Backend) {
+    let s = start(backend).await;
+    let h = header(pb::ImportMode::Upsert, &[("email", "email")]);
+    let open = |token: String| {
+        let (send, parts) = tokio::sync::mpsc::unbounded_channel();
+        send.send(pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }).unwrap();
+        send.send(pb::ImportContactsRequest {
+            part: Some(Part::Chunk(b"email\nopen@example.com\n".to_vec())),
+        })
+        .unwrap();
+        let call = s.api();
+        async move {
+            let mut call = call;
+            let answer = call
+                .import_contacts(authed(tokio_stream::wrappers::UnboundedReceiverStream::new(parts), &token))
+                .await;
+            (send, answer)
+        }
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (send, answer) = open(s.writer()).await;
+        held.push((send, answer.unwrap_or_else(|e| panic!("{backend:?}: {e:?}")).into_inner()));
+    }
+    let (_, refused) = open(s.writer()).await;
+    let refused = refused.map(|_| ()).unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{backend:?}: {refused:?}");
+    assert!(refused.message().contains("4 imports at once"), "{backend:?}: {}", refused.message());
+    let (send, other) = open(s.token("acct-b", &["write"])).await;
+    let mut other = other.unwrap_or_else(|e| panic!("{backend:?}: another account: {e:?}")).into_inner();
+    send.send(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) }).unwrap();
+    while let Some(m) = other.message().await.unwrap() {
+        if m.done {
+            assert_eq!(m.progress.unwrap().created, 1, "{backend:?}");
+        }
+    }
+    // One of the account's imports ends; its place is taken again.
+    let (send, mut first) = held.remove(0);
+    send.send(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) }).unwrap();
+    while first.message().await.unwrap().is_some() {}
+    let mut again = None;
+    for _ in 0..100 {
+        match open(s.writer()).await {
+            (send, Ok(answer)) => {
+                again = Some((send, answer));
+                break;
+            }
+            (_, Err(e)) if e.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (_, Err(e)) => panic!("{backend:?}: {e:?}"),
+        }
+    }
+    assert!(again.is_some(), "{backend:?}: the place given back was not taken");
+}
+
 contactier_runtime::backend_tests!(
     an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
@@ -981,4 +1042,5 @@ contactier_runtime::backend_tests!(
     an_import_whose_header_is_too_large_is_out_of_range,
     upsert_imports_of_the_same_emails_at_once_update_what_the_other_made,
     an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing,
+    an_account_holding_imports_open_is_refused_more_and_others_are_not,
 );
