@@ -23,6 +23,41 @@ use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tonic::{Status, Streaming};
 
+/// Refused rows an import lists (ListImportErrors); its summary counts every one. A file of
+/// empty records stored a hundred times its size in errors.
+pub const LISTED_ROWS: i64 = 10_000;
+/// Characters of a listed error's reason, and of its column's name, at most.
+const LISTED_REASON: usize = 1_000;
+const LISTED_COLUMN: usize = 256;
+
+/// The errors of a batch an import keeps: those of its first refused rows while fewer than
+/// [`LISTED_ROWS`] are listed (`listed` before it), reasons and column names cut short.
+pub fn to_list(mut errors: Vec<ImportErrorRow>, listed: i64) -> Vec<ImportErrorRow> {
+    errors.sort_by(|a, b| (a.row_number, &a.column_name).cmp(&(b.row_number, &b.column_name)));
+    let mut rows = listed;
+    let mut last = None;
+    errors.retain(|e| {
+        if last != Some(e.row_number) {
+            last = Some(e.row_number);
+            rows += 1;
+        }
+        rows <= LISTED_ROWS
+    });
+    for e in &mut errors {
+        clip(&mut e.reason, LISTED_REASON);
+        clip(&mut e.column_name, LISTED_COLUMN);
+    }
+    errors
+}
+
+/// `text` cut to `chars` characters, an ellipsis saying so.
+fn clip(text: &mut String, chars: usize) {
+    if let Some((at, _)) = text.char_indices().nth(chars) {
+        text.truncate(at);
+        text.push('…');
+    }
+}
+
 /// Rows written per transaction.
 pub const BATCH_ROWS: usize = 1_000;
 /// Bytes of values a batch holds at most, whatever its rows: a row may take up to 1 MiB, and a
@@ -442,11 +477,12 @@ async fn run(
         };
         let Some(batch) = batch else { break };
         let Batch { rows, mut errors, read, failed, digest, last } = batch?;
+        let listed = import.failed + import.skipped;
         import.rows_read += read;
         import.failed += failed;
         write(ctx, account, user, plan, import, rows, &mut errors, recheck).await?;
         recheck = false;
-        ctx.store.add_import_errors(account, &import.id, &errors).await?;
+        ctx.store.add_import_errors(account, &import.id, &to_list(errors, listed)).await?;
         import.prefix_digest = digest;
         if last {
             // The import's end saves it.
@@ -868,6 +904,25 @@ mod tests {
         let e = plan(&pb::ImportHeader { delimiter: ";;".into(), ..header(&[("Email", "email")]) }, &catalog)
             .unwrap_err();
         assert_eq!(e.field(), "header.delimiter");
+    }
+
+    #[test]
+    fn an_import_lists_its_first_refused_rows_with_their_reasons_cut_short() {
+        let e = |row: i64, column: &str, reason: &str| ImportErrorRow {
+            row_number: row,
+            column_name: column.into(),
+            reason: reason.into(),
+        };
+        let long = "é".repeat(LISTED_REASON + 5);
+        let batch = vec![e(9, "b", "x"), e(7, "a", &long), e(9, "a", "y"), e(8, "", "z")];
+        // Two rows' room left: rows 7 and 8, not 9.
+        let kept = to_list(batch.clone(), LISTED_ROWS - 2);
+        let rows: Vec<i64> = kept.iter().map(|e| e.row_number).collect();
+        assert_eq!(rows, [7, 8]);
+        assert_eq!(kept[0].reason.chars().count(), LISTED_REASON + 1);
+        assert!(kept[0].reason.ends_with('…'));
+        assert_eq!(to_list(batch.clone(), 0).len(), 4, "every error of a listed row");
+        assert!(to_list(batch, LISTED_ROWS).is_empty());
     }
 
     #[test]

@@ -1028,6 +1028,39 @@ async fn an_account_holding_imports_open_is_refused_more_and_others_are_not(back
     assert!(again.is_some(), "{backend:?}: the place given back was not taken");
 }
 
+/// A file of refused rows is counted whole, and its first 10,000 refused rows are listed: a
+/// file of empty records stored a hundred times its size in errors.
+async fn an_import_lists_its_first_ten_thousand_refused_rows(backend: Backend) {
+    let s = start(backend).await;
+    let csv = format!("email,first\n{}", ",\n".repeat(12_000));
+    let got = import(
+        &s,
+        header(pb::ImportMode::Create, &[("email", "email"), ("first", "first_name")]),
+        &csv,
+        64 * 1024,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{backend:?}: {e:?}"));
+    let sum = got.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.rows_read, sum.failed, sum.created), (12_000, 12_000, 0), "{backend:?}");
+    let (mut rows, mut token) = (std::collections::BTreeSet::new(), String::new());
+    loop {
+        let req = pb::ListImportErrorsRequest {
+            import_id: sum.import_id.clone(),
+            page_size: 1_000,
+            page_token: token,
+        };
+        let page = s.api().list_import_errors(authed(req, &s.writer())).await.unwrap().into_inner();
+        rows.extend(page.errors.iter().map(|e| e.row));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(rows.len(), 10_000, "{backend:?}");
+    assert_eq!((rows.first(), rows.last()), (Some(&1), Some(&10_000)), "{backend:?}: the first ones");
+}
+
 contactier_runtime::backend_tests!(
     an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
@@ -1043,4 +1076,5 @@ contactier_runtime::backend_tests!(
     upsert_imports_of_the_same_emails_at_once_update_what_the_other_made,
     an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing,
     an_account_holding_imports_open_is_refused_more_and_others_are_not,
+    an_import_lists_its_first_ten_thousand_refused_rows,
 );
