@@ -333,7 +333,10 @@ async fn begin(
         ..ImportRow::default()
     };
     let resumed = match ctx.store.start_import(&account, &import, LEASE).await? {
-        Start::Fresh => false,
+        Start::Fresh(beat) => {
+            import.heartbeat_at = beat;
+            false
+        }
         Start::Finished(earlier) => {
             // The retry of a finished import gets its summary, if it sends the same file.
             if !earlier.file_digest.is_empty()
@@ -359,21 +362,36 @@ async fn begin(
     tracing::info!(import = %import.id, mode = import.mode, resumed, skip = import.rows_read, "import started");
     let (tx, rx) = tokio::sync::mpsc::channel::<Progress>(16);
     tokio::spawn(async move {
+        let lease = Lease::new(&ctx.store, &account, &import);
+        // Stopped between beats, never inside one: a beat cut off after its statement went in
+        // would leave the lease a beat behind its record, and the owner's next write refused.
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let beats = {
-            let (store, account, id) = (ctx.store.clone(), account.clone(), import.id.clone());
+            let lease = lease.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(BEAT);
                 loop {
-                    every.tick().await;
-                    if let Err(e) = store.beat_import(&account, &id).await {
-                        tracing::warn!(import = %id, error = %e, "marking the import alive failed");
+                    tokio::select! {
+                        biased;
+                        _ = &mut stopped => break,
+                        _ = every.tick() => {}
+                    }
+                    match lease.beat().await {
+                        Ok(()) => {}
+                        // Taken over: the writer finds it so before its next batch.
+                        Err(Error::Aborted(_)) => break,
+                        Err(e) => {
+                            tracing::warn!(import = %lease.id, error = %e, "marking the import alive failed")
+                        }
                     }
                 }
             })
         };
-        let outcome = run(&ctx, &account, &user, &plan, &catalog, &mut import, resumed, input, &tx).await;
-        beats.abort();
-        if outcome.is_err() {
+        let mut outcome =
+            run(&ctx, &account, &user, &plan, &catalog, &mut import, resumed, input, &tx, &lease).await;
+        drop(stop);
+        let _ = beats.await;
+        if outcome.is_err() && !lease.lost() {
             // Counters back to the last saved batch: rows read since were not written, and a
             // retry reads them again.
             match ctx.store.import(&account, &import.id).await {
@@ -389,8 +407,13 @@ async fn begin(
         if let Err(e) = &outcome {
             tracing::warn!(import = %import.id, error = %e, "import failed");
         }
-        if let Err(e) = ctx.store.save_import(&account, &import).await {
-            tracing::warn!(import = %import.id, error = %e, "saving the import's end failed");
+        // An owner that lost its import to a resend leaves its record to the resend.
+        if !lease.lost() {
+            match lease.save(&mut import).await {
+                Ok(()) => {}
+                Err(e @ Error::Aborted(_)) => outcome = Err(e),
+                Err(e) => tracing::warn!(import = %import.id, error = %e, "saving the import's end failed"),
+            }
         }
         tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, skipped = import.skipped, failed = import.failed, "import ended");
         let last = match outcome {
@@ -448,6 +471,7 @@ async fn run(
     resumed: bool,
     input: Streaming<pb::ImportContactsRequest>,
     progress: &tokio::sync::mpsc::Sender<Progress>,
+    lease: &Lease,
 ) -> Result<()> {
     let (batches, mut cut) = tokio::sync::mpsc::channel::<Result<Batch>>(BATCHES_AHEAD);
     // The file is read and checked on a task of its own, so that the service's CPU time for one
@@ -478,6 +502,8 @@ async fn run(
         let Some(batch) = batch else { break };
         let Batch { rows, mut errors, read, failed, digest, last } = batch?;
         let listed = import.failed + import.skipped;
+        // Nothing more is written by an owner whose import a resend took over.
+        lease.beat().await?;
         import.rows_read += read;
         import.failed += failed;
         write(ctx, account, user, plan, import, rows, &mut errors, recheck).await?;
@@ -495,7 +521,7 @@ async fn run(
             ctx.store.refresh_statistics().await?;
             analyzed_at = import.rows_read;
         }
-        ctx.store.save_import(account, import).await?;
+        lease.save(import).await?;
         let _ = progress
             .send(Ok(pb::ImportContactsResponse {
                 progress: Some(convert::import_summary(import)),
@@ -504,6 +530,63 @@ async fn run(
             .await;
     }
     Err(Error::Aborted("the import's reader stopped".into()))
+}
+
+/// An import's hold on its record: the owner's last beat, shared by the task that beats and
+/// the writer. A resend takes an import over once its owner has not beaten for [`LEASE`] (its
+/// process paused or gone); the owner then finds its beat replaced and writes nothing more.
+#[derive(Clone)]
+struct Lease {
+    store: Store,
+    account: String,
+    id: String,
+    beat: std::sync::Arc<tokio::sync::Mutex<i64>>,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Lease {
+    fn new(store: &Store, account: &str, import: &ImportRow) -> Self {
+        Self {
+            store: store.clone(),
+            account: account.to_owned(),
+            id: import.id.clone(),
+            beat: std::sync::Arc::new(tokio::sync::Mutex::new(import.heartbeat_at)),
+            lost: std::sync::Arc::default(),
+        }
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn taken_over(&self) -> Error {
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::warn!(import = %self.id, "the import was taken over by a resend");
+        Error::Aborted("a resend under the request id took this import over; it goes on there".into())
+    }
+
+    /// Marks the import alive; ABORTED when another took it over.
+    async fn beat(&self) -> Result<()> {
+        let mut beat = self.beat.lock().await;
+        match self.store.beat_import(&self.account, &self.id, *beat).await? {
+            Some(next) => {
+                *beat = next;
+                Ok(())
+            }
+            None => Err(self.taken_over()),
+        }
+    }
+
+    /// Saves the import's counters and state; ABORTED, saving nothing, when another took it over.
+    async fn save(&self, import: &mut ImportRow) -> Result<()> {
+        let mut beat = self.beat.lock().await;
+        import.heartbeat_at = *beat;
+        if !self.store.save_import(&self.account, import).await? {
+            return Err(self.taken_over());
+        }
+        *beat = import.heartbeat_at;
+        Ok(())
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -1061,6 +1061,66 @@ async fn an_import_lists_its_first_ten_thousand_refused_rows(backend: Backend) {
     assert_eq!((rows.first(), rows.last()), (Some(&1), Some(&10_000)), "{backend:?}: the first ones");
 }
 
+/// An import taken over by its resend (its owner stopped beating for a lease, as a paused
+/// process does) is the resend's alone: the owner, going on, writes nothing more and is told.
+async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
+    let s = start(backend).await;
+    let mut csv = String::from("email\n");
+    for i in 0..3_000 {
+        csv.push_str(&format!("paused{i:04}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "paused-1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    let half = csv.find("paused1500").unwrap();
+    let (send, parts) = tokio::sync::mpsc::unbounded_channel();
+    send.send(pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }).unwrap();
+    send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..half].to_vec())) })
+        .unwrap();
+    let mut owner = s
+        .api()
+        .import_contacts(authed(tokio_stream::wrappers::UnboundedReceiverStream::new(parts), &s.writer()))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = owner.message().await.unwrap().unwrap().progress.unwrap();
+    assert_eq!(first.rows_read, 1_000, "{backend:?}");
+    // Its beats stop, as when its process is paused past its lease.
+    let stale = Sql::new("UPDATE imports SET heartbeat_at = heartbeat_at - 60000000 WHERE account_id = $1");
+    s.dbs[0].db.execute(stale.bind(ACCOUNT)).await.unwrap();
+    let sum =
+        import(&s, h, &csv, 16 * 1024).await.unwrap_or_else(|e| panic!("{backend:?}: the resend: {e:?}"));
+    let sum = sum.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.rows_read, sum.created, sum.failed), (3_000, 3_000, 0), "{backend:?}");
+    // The owner goes on: the rest of its file arrives.
+    send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[half..].to_vec())) })
+        .unwrap();
+    send.send(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) }).unwrap();
+    let end = loop {
+        match owner.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{backend:?}: the owner was not told"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::Aborted, "{backend:?}: {end:?}");
+    assert!(end.message().contains("took this import over"), "{backend:?}: {end:?}");
+    let req = authed(pb::GetImportRequest { import_id: sum.import_id.clone() }, &s.writer());
+    let seen = s.api().get_import(req).await.unwrap().into_inner().summary.unwrap();
+    assert_eq!(
+        (seen.state, seen.rows_read, seen.created, seen.failed, seen.skipped),
+        (pb::ImportState::Completed as i32, 3_000, 3_000, 0, 0),
+        "{backend:?}: the resend's record"
+    );
+    let req =
+        pb::ListImportErrorsRequest { import_id: sum.import_id, page_size: 10, page_token: String::new() };
+    let errors = s.api().list_import_errors(authed(req, &s.writer())).await.unwrap().into_inner();
+    assert!(errors.errors.is_empty(), "{backend:?}: {:?}", errors.errors);
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 3_000, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     an_export_holds_a_status_history_past_a_message_of_4_mib,
     an_import_of_large_rows_is_written_a_few_megabytes_at_a_time,
@@ -1077,4 +1137,5 @@ contactier_runtime::backend_tests!(
     an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing,
     an_account_holding_imports_open_is_refused_more_and_others_are_not,
     an_import_lists_its_first_ten_thousand_refused_rows,
+    an_import_taken_over_by_its_resend_is_left_to_it,
 );

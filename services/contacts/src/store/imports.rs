@@ -16,8 +16,8 @@ struct Beating {
 /// What to do with an import asked for.
 #[derive(Debug)]
 pub enum Start {
-    /// A new import, recorded.
-    Fresh,
+    /// A new import, recorded; its owner's first beat.
+    Fresh(i64),
     /// The same request id finished before: its summary is the answer.
     Finished(ImportRow),
     /// The same request id was cut off: go on from its counters.
@@ -31,6 +31,11 @@ pub enum Start {
 /// Wall-clock microseconds: leases are about processes, not the business clock.
 fn wall_micros() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A beat after `last`: never the same value twice, so an owner's beats are told apart.
+fn next_beat(last: i64) -> i64 {
+    wall_micros().max(last + 1)
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
@@ -53,6 +58,11 @@ pub struct ImportRow {
     pub file_digest: String,
     pub started_at: i64,
     pub finished_at: i64,
+    /// The owner's last beat (wall-clock microseconds), as it wrote it: its writes go in only
+    /// while the record still holds it, so an owner whose import was taken over (it stopped
+    /// beating for a lease: a paused process) writes nothing more.
+    #[sqlx(default)]
+    pub heartbeat_at: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -76,7 +86,7 @@ const INSERT_IMPORT: &str = "INSERT INTO imports (account_id, id, name, mode, st
 
 const SAVE_IMPORT: &str = "UPDATE imports SET state = $1, rows_read = $2, created = $3, updated = $4, \
      skipped = $5, failed = $6, finished_at = $7, heartbeat_at = $8, prefix_digest = $11, file_digest = $12 \
-     WHERE account_id = $9 AND id = $10";
+     WHERE account_id = $9 AND id = $10 AND heartbeat_at = $13";
 
 const ERRORS_PAGE: &str = "SELECT row_number, column_name, reason FROM import_errors \
      WHERE account_id = $1 AND import_id = $2 AND (row_number, column_name) > ($3, $4) \
@@ -124,7 +134,7 @@ impl Store {
                             .bind(&earlier.state);
                         let took = self.db.execute(take).await?;
                         if took == 1 {
-                            Start::Resume(ImportRow { state: "running".into(), ..earlier })
+                            Start::Resume(ImportRow { state: "running".into(), heartbeat_at: now, ..earlier })
                         } else {
                             Start::Busy
                         }
@@ -142,19 +152,23 @@ impl Store {
             .bind(&i.request_digest)
             .bind(i.started_at)
             .bind(now);
-        Ok((self.db.execute(insert).await? == 1).then_some(Start::Fresh))
+        Ok((self.db.execute(insert).await? == 1).then_some(Start::Fresh(now)))
     }
 
-    /// Marks a running import as alive.
-    pub async fn beat_import(&self, account: &str, id: &str) -> Result<()> {
-        let q =
-            "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running'";
-        self.db.execute(Sql::new(q).bind(wall_micros()).bind(account).bind(id)).await?;
-        Ok(())
+    /// Marks a running import as alive, if its owner still holds it (its beat `last`): the
+    /// next beat, or None when another took the import over.
+    pub async fn beat_import(&self, account: &str, id: &str, last: i64) -> Result<Option<i64>> {
+        let now = next_beat(last);
+        let q = "UPDATE imports SET heartbeat_at = $1 WHERE account_id = $2 AND id = $3 AND state = 'running' \
+                 AND heartbeat_at = $4";
+        let held = self.db.execute(Sql::new(q).bind(now).bind(account).bind(id).bind(last)).await?;
+        Ok((held == 1).then_some(now))
     }
 
-    /// Saves the counters and state.
-    pub async fn save_import(&self, account: &str, i: &ImportRow) -> Result<()> {
+    /// Saves the counters and state, if the owner still holds the import (as
+    /// [`Store::beat_import`]); false when another took it over, and nothing is saved.
+    pub async fn save_import(&self, account: &str, i: &mut ImportRow) -> Result<bool> {
+        let now = next_beat(i.heartbeat_at);
         let save = Sql::new(SAVE_IMPORT)
             .bind(&i.state)
             .bind(i.rows_read)
@@ -163,13 +177,17 @@ impl Store {
             .bind(i.skipped)
             .bind(i.failed)
             .bind(i.finished_at)
-            .bind(wall_micros())
+            .bind(now)
             .bind(account)
             .bind(&i.id)
             .bind(&i.prefix_digest)
-            .bind(&i.file_digest);
-        self.db.execute(save).await?;
-        Ok(())
+            .bind(&i.file_digest)
+            .bind(i.heartbeat_at);
+        let held = self.db.execute(save).await? == 1;
+        if held {
+            i.heartbeat_at = now;
+        }
+        Ok(held)
     }
 
     pub async fn add_import_errors(
