@@ -381,7 +381,7 @@ async fn begin(
                         // Taken over: the writer finds it so before its next batch.
                         Err(Error::Aborted(_)) => break,
                         Err(e) => {
-                            tracing::warn!(import = %lease.id, error = %e, "marking the import alive failed")
+                            tracing::warn!(import = %lease.id, error = %e, "marking the import alive failed");
                         }
                     }
                 }
