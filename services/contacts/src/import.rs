@@ -679,7 +679,9 @@ async fn cut_batches(
                 });
             }
         }
-        if batch.rows.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
+        // Cut by the rows read, refused ones too: a file of refused rows held every one of
+        // their errors in one batch until its end (hundreds of megabytes for a large file).
+        if batch.read as usize >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
             batch.digest = records.digest();
             if batches.send(Ok(std::mem::replace(&mut batch, empty()))).await.is_err() {

@@ -1043,6 +1043,10 @@ async fn an_import_lists_its_first_ten_thousand_refused_rows(backend: Backend) {
     .unwrap_or_else(|e| panic!("{backend:?}: {e:?}"));
     let sum = got.last().unwrap().progress.clone().unwrap();
     assert_eq!((sum.rows_read, sum.failed, sum.created), (12_000, 12_000, 0), "{backend:?}");
+    // Refused rows are cut into batches as any are (their errors held a batch at a time), and
+    // progress comes back after each.
+    let reads: Vec<i64> = got.iter().map(|m| m.progress.as_ref().unwrap().rows_read).collect();
+    assert_eq!(reads, (1..=12).map(|b| b * 1_000).chain([12_000]).collect::<Vec<_>>(), "{backend:?}");
     let (mut rows, mut token) = (std::collections::BTreeSet::new(), String::new());
     loop {
         let req = pb::ListImportErrorsRequest {
