@@ -13,7 +13,9 @@ use crate::email;
 use crate::error::{Error, Result};
 use crate::import_file;
 use crate::properties::{self, Catalog, Value};
-use crate::store::{Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Origin, Start, Store};
+use crate::store::{
+    Beat, Change, ConsentRow, ImportErrorRow, ImportRow, NewContact, Origin, Owner, Start, Store, TAKEN_OVER,
+};
 use contactier_proto::common::v1 as common;
 use contactier_proto::contacts::v1 as pb;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -333,8 +335,8 @@ async fn begin(
         ..ImportRow::default()
     };
     let resumed = match ctx.store.start_import(&account, &import, LEASE).await? {
-        Start::Fresh(beat) => {
-            import.heartbeat_at = beat;
+        Start::Fresh(recorded) => {
+            import = recorded;
             false
         }
         Start::Finished(earlier) => {
@@ -363,6 +365,8 @@ async fn begin(
     let (tx, rx) = tokio::sync::mpsc::channel::<Progress>(16);
     tokio::spawn(async move {
         let lease = Lease::new(&ctx.store, &account, &import);
+        // Every batch is written as the import's owner: one a takeover has replaced writes nothing.
+        let ctx = Importer { store: ctx.store.owned_by(lease.owner.clone()), ..ctx };
         // Stopped between beats, never inside one: a beat cut off after its statement went in
         // would leave the lease a beat behind its record, and the owner's next write refused.
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
@@ -381,7 +385,7 @@ async fn begin(
                         // Taken over: the writer finds it so before its next batch.
                         Err(Error::Aborted(_)) => break,
                         Err(e) => {
-                            tracing::warn!(import = %lease.id, error = %e, "marking the import alive failed");
+                            tracing::warn!(import = %lease.owner.import, error = %e, "marking the import alive failed");
                         }
                     }
                 }
@@ -409,7 +413,7 @@ async fn begin(
         }
         // An owner that lost its import to a resend leaves its record to the resend.
         if !lease.lost() {
-            match lease.save(&mut import).await {
+            match lease.save(&import).await {
                 Ok(()) => {}
                 Err(e @ Error::Aborted(_)) => outcome = Err(e),
                 Err(e) => tracing::warn!(import = %import.id, error = %e, "saving the import's end failed"),
@@ -532,15 +536,14 @@ async fn run(
     Err(Error::Aborted("the import's reader stopped".into()))
 }
 
-/// An import's hold on its record: the owner's last beat, shared by the task that beats and
-/// the writer. A resend takes an import over once its owner has not beaten for [`LEASE`] (its
-/// process paused or gone); the owner then finds its beat replaced and writes nothing more.
+/// An import's hold on its record: the owner's token and beats, shared by the task that beats
+/// and the writer. A resend takes an import over once its owner has not beaten for [`LEASE`]
+/// (its process paused or gone); the owner then finds its token replaced and writes nothing more.
 #[derive(Clone)]
 struct Lease {
     store: Store,
-    account: String,
-    id: String,
-    beat: std::sync::Arc<tokio::sync::Mutex<i64>>,
+    owner: Owner,
+    beat: std::sync::Arc<tokio::sync::Mutex<Beat>>,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -548,9 +551,12 @@ impl Lease {
     fn new(store: &Store, account: &str, import: &ImportRow) -> Self {
         Self {
             store: store.clone(),
-            account: account.to_owned(),
-            id: import.id.clone(),
-            beat: std::sync::Arc::new(tokio::sync::Mutex::new(import.heartbeat_at)),
+            owner: Owner {
+                account: account.to_owned(),
+                import: import.id.clone(),
+                token: import.owner.clone(),
+            },
+            beat: std::sync::Arc::new(tokio::sync::Mutex::new(Beat::new(import.heartbeat_at))),
             lost: std::sync::Arc::default(),
         }
     }
@@ -561,31 +567,26 @@ impl Lease {
 
     fn taken_over(&self) -> Error {
         self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
-        tracing::warn!(import = %self.id, "the import was taken over by a resend");
-        Error::Aborted("a resend under the request id took this import over; it goes on there".into())
+        tracing::warn!(import = %self.owner.import, "the import was taken over, or failed as stalled");
+        Error::Aborted(TAKEN_OVER.into())
     }
 
     /// Marks the import alive; ABORTED when another took it over.
     async fn beat(&self) -> Result<()> {
         let mut beat = self.beat.lock().await;
-        match self.store.beat_import(&self.account, &self.id, *beat).await? {
-            Some(next) => {
-                *beat = next;
-                Ok(())
-            }
-            None => Err(self.taken_over()),
+        match self.store.beat_import(&self.owner, &mut beat).await? {
+            true => Ok(()),
+            false => Err(self.taken_over()),
         }
     }
 
     /// Saves the import's counters and state; ABORTED, saving nothing, when another took it over.
-    async fn save(&self, import: &mut ImportRow) -> Result<()> {
+    async fn save(&self, import: &ImportRow) -> Result<()> {
         let mut beat = self.beat.lock().await;
-        import.heartbeat_at = *beat;
-        if !self.store.save_import(&self.account, import).await? {
-            return Err(self.taken_over());
+        match self.store.save_import(&self.owner, &mut beat, import).await? {
+            true => Ok(()),
+            false => Err(self.taken_over()),
         }
-        *beat = import.heartbeat_at;
-        Ok(())
     }
 }
 

@@ -31,6 +31,17 @@ async fn import(
     csv: &str,
     chunk: usize,
 ) -> Result<Vec<pb::ImportContactsResponse>, tonic::Status> {
+    import_with(s.api(), &s.writer(), h, csv, chunk).await
+}
+
+/// [`import`] through a client of its own, with `token`.
+async fn import_with(
+    mut api: pb::contacts_service_client::ContactsServiceClient<tonic::transport::Channel>,
+    token: &str,
+    h: pb::ImportHeader,
+    csv: &str,
+    chunk: usize,
+) -> Result<Vec<pb::ImportContactsResponse>, tonic::Status> {
     let mut parts = vec![pb::ImportContactsRequest { part: Some(Part::Header(h)) }];
     parts.extend(
         csv.as_bytes()
@@ -39,7 +50,7 @@ async fn import(
     );
     parts.push(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd { size: csv.len() as i64 })) });
     let stream = futures::stream::iter(parts);
-    let mut out = s.api().import_contacts(authed(stream, &s.writer())).await?.into_inner();
+    let mut out = api.import_contacts(authed(stream, token)).await?.into_inner();
     let mut got = Vec::new();
     while let Some(m) = out.message().await? {
         got.push(m);
@@ -1123,6 +1134,91 @@ async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
     assert!(errors.errors.is_empty(), "{backend:?}: {:?}", errors.errors);
     let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
     assert_eq!(total.into_inner().total_contacts, 3_000, "{backend:?}");
+}
+
+/// A replica stalled inside a batch's write (its process paused with the batch's transaction
+/// open, the batch's contacts held in it) neither holds up the resend that takes its import
+/// over nor writes that batch after it. PostgreSQL only: there replicas share the database;
+/// SQLite's one process cannot stall apart from its resend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_stalled_inside_a_batch_neither_holds_its_resend_nor_writes_after_it() {
+    let s = start(Backend::Postgres).await;
+    let db = &s.dbs[0].db;
+    let mut csv = String::from("email\n");
+    for i in 0..3_000 {
+        csv.push_str(&format!("stalled{i:04}@example.com\n"));
+    }
+    let h = pb::ImportHeader {
+        request_id: "stalled-1".into(),
+        ..header(pb::ImportMode::Create, &[("email", "email")])
+    };
+    let half = csv.find("stalled1500").unwrap();
+    let (send, parts) = tokio::sync::mpsc::unbounded_channel();
+    send.send(pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }).unwrap();
+    send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..half].to_vec())) })
+        .unwrap();
+    let mut owner = s
+        .api()
+        .import_contacts(authed(tokio_stream::wrappers::UnboundedReceiverStream::new(parts), &s.writer()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(owner.message().await.unwrap().unwrap().progress.unwrap().rows_read, 1_000);
+    // The owner's next batch is held inside its transaction, as by its process paused there.
+    let mut hold = db.begin_write().await.unwrap();
+    hold.execute(Sql::new("LOCK TABLE contacts IN SHARE ROW EXCLUSIVE MODE")).await.unwrap();
+    let holder: i32 = hold.scalar(Sql::new("SELECT pg_backend_pid()")).await.unwrap();
+    send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[half..].to_vec())) })
+        .unwrap();
+    send.send(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) }).unwrap();
+    let waiting = || Sql::new("SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))");
+    let mut held = 0;
+    for _ in 0..500 {
+        held = db.scalar::<i64>(waiting().bind(holder)).await.unwrap();
+        if held > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(held, 1, "the owner's second batch waits inside its transaction");
+    // Its beats stop, as a paused process's do, for longer than its lease.
+    let stale = Sql::new("UPDATE imports SET heartbeat_at = heartbeat_at - 60000000 WHERE account_id = $1");
+    db.execute(stale.bind(ACCOUNT)).await.unwrap();
+    let beat = || Sql::new("SELECT heartbeat_at FROM imports WHERE account_id = $1").bind(ACCOUNT);
+    let stale_beat: i64 = db.scalar(beat()).await.unwrap();
+    let resend = {
+        let (api, token, h, csv) = (s.api(), s.writer(), h.clone(), csv.clone());
+        tokio::spawn(async move { import_with(api, &token, h, &csv, 16 * 1024).await })
+    };
+    // The resend takes the import over while the owner's batch is still held.
+    let mut taken = false;
+    for _ in 0..500 {
+        if db.scalar::<i64>(beat()).await.unwrap() > stale_beat + 30_000_000 {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(taken, "the resend took the import over within 5 s");
+    hold.rollback().await.unwrap();
+    let sum = resend.await.unwrap().unwrap_or_else(|e| panic!("the resend: {e:?}"));
+    let sum = sum.last().unwrap().progress.clone().unwrap();
+    assert_eq!((sum.rows_read, sum.created, sum.failed, sum.skipped), (3_000, 3_000, 0, 0), "the resend");
+    let end = loop {
+        match owner.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the owner was not told"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::Aborted, "{end:?}");
+    assert!(end.message().contains("took this import over"), "{end:?}");
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 3_000);
+    let req =
+        pb::ListImportErrorsRequest { import_id: sum.import_id, page_size: 10, page_token: String::new() };
+    let errors = s.api().list_import_errors(authed(req, &s.writer())).await.unwrap().into_inner();
+    assert!(errors.errors.is_empty(), "{:?}", errors.errors);
 }
 
 contactier_runtime::backend_tests!(

@@ -36,7 +36,7 @@ pub use consent::ConsentRow;
 pub use duplicates::Candidate;
 pub use engagements::{KeepLogged, Logged, Subject};
 pub use history::{EMAIL, HistoryRow, Origin};
-pub use imports::{ImportErrorRow, ImportRow, Start};
+pub use imports::{Beat, ImportErrorRow, ImportRow, Owner, Start, TAKEN_OVER};
 pub use lists::ListRow;
 pub use scoring::{RuleRow, check_rule};
 pub use search::{Cursor, SortKey};
@@ -316,6 +316,8 @@ pub struct Store {
     single: Arc<single::Reads>,
     /// How long a search (its page, its count) may read: [`search::SEARCH_TIME`].
     search_time: std::time::Duration,
+    /// The import whose owner writes with this store ([`Store::owned_by`]).
+    owner: Option<Arc<imports::Owner>>,
 }
 
 fn json(values: &BTreeMap<String, String>) -> String {
@@ -362,7 +364,12 @@ fn options_json(d: &Definition) -> String {
 impl Store {
     /// Needs a Tokio runtime: single reads are shared by a task of their own.
     pub fn new(db: Db) -> Self {
-        Self { single: Arc::new(single::reads(db.clone())), db, search_time: search::SEARCH_TIME }
+        Self {
+            single: Arc::new(single::reads(db.clone())),
+            db,
+            search_time: search::SEARCH_TIME,
+            owner: None,
+        }
     }
 
     /// The store with searches bounded by `time` rather than [`search::SEARCH_TIME`].
@@ -774,7 +781,7 @@ impl Store {
                 )
             })
             .collect();
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_owned_write().await?;
         send_events(&mut tx, account, events, now).await?;
         tx.commit().await?;
         Ok(())

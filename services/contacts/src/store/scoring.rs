@@ -99,7 +99,7 @@ impl Store {
     /// holds the account before its contacts, so none waits for another in a circle, and a
     /// score worked out from values read cannot overwrite values written meanwhile.
     pub(super) async fn begin_values_write(&self, account: &str) -> Result<Transaction> {
-        let mut tx = self.db.begin_write().await?;
+        let mut tx = self.begin_owned_write().await?;
         let q = "SELECT EXISTS (SELECT 1 FROM scoring_settings WHERE account_id = $1)";
         if tx.scalar::<bool>(Sql::new(q).bind(account)).await? {
             lock_scoring(&mut tx, account).await?;
