@@ -160,7 +160,7 @@ pub struct Row {
 }
 
 /// A CSV reader of `reader` past its header, with the header's (trimmed) column names; refused
-/// when the header cannot be read or lacks a column the plan maps.
+/// when the header cannot be read, or lacks a column the plan maps or names one twice.
 pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
     reader: R,
     plan: &Plan,
@@ -180,11 +180,21 @@ pub async fn open_csv<R: tokio::io::AsyncRead + Unpin + Send>(
         }
     };
     for column in plan.mapping.keys().chain(plan.opt_in_column.iter()) {
-        if !headers.contains(column) {
-            return Err(Error::invalid(
-                "header.column_mapping",
-                format!("the file has no column {column:?}"),
-            ));
+        match headers.iter().filter(|h| *h == column).count() {
+            0 => {
+                return Err(Error::invalid(
+                    "header.column_mapping",
+                    format!("the file has no column {column:?}"),
+                ));
+            }
+            1 => {}
+            // Which of its cells a contact would get is not for the import to guess.
+            _ => {
+                return Err(Error::invalid(
+                    "header.column_mapping",
+                    format!("the file names the column {column:?} twice"),
+                ));
+            }
         }
     }
     Ok((headers, csv))

@@ -757,6 +757,23 @@ async fn an_import_whose_header_is_too_large_is_out_of_range(backend: Backend) {
     assert_eq!(bad.field_violations[0].field, "header.name", "{backend:?}");
 }
 
+/// A file naming a mapped column twice is refused, naming the column: which of its cells a
+/// contact would get is not for the import to guess. An unmapped column named twice is no
+/// matter. Nothing is imported from the refused file.
+async fn an_import_whose_file_names_a_mapped_column_twice_is_refused(backend: Backend) {
+    let s = start(backend).await;
+    let h = header(pb::ImportMode::Create, &[("email", "email"), ("Company", "company")]);
+    let csv = "email,Company,notes, Company\nsame@example.com,Acme,a,Other\n";
+    let err = import(&s, h.clone(), csv, 1024).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}: {err:?}");
+    assert!(err.message().contains("\"Company\" twice"), "{backend:?}: {}", err.message());
+    let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
+    assert_eq!(total.into_inner().total_contacts, 0, "{backend:?}: nothing imported");
+    let csv = "email,Company,notes,notes\nsame@example.com,Acme,a,b\n";
+    let sum = import(&s, h, csv, 1024).await.unwrap_or_else(|e| panic!("{backend:?}: {e:?}"));
+    assert_eq!(sum.last().unwrap().progress.as_ref().unwrap().created, 1, "{backend:?}");
+}
+
 /// Calls starting the same import at once (one request id): one import runs, the others are
 /// told it is running or get its summary, and each row is written once.
 async fn imports_started_at_once_under_one_request_id_run_once(backend: Backend) {
@@ -1233,6 +1250,7 @@ contactier_runtime::backend_tests!(
     an_import_cut_by_its_deadline_is_finished_by_its_resend,
     an_import_given_up_while_it_is_recorded_leaves_nothing_running,
     an_import_whose_header_is_too_large_is_out_of_range,
+    an_import_whose_file_names_a_mapped_column_twice_is_refused,
     upsert_imports_of_the_same_emails_at_once_update_what_the_other_made,
     an_import_whose_call_is_cut_stops_at_the_batch_it_was_writing,
     an_account_holding_imports_open_is_refused_more_and_others_are_not,
