@@ -1093,19 +1093,28 @@ async fn an_import_lists_its_first_ten_thousand_refused_rows(backend: Backend) {
     assert_eq!((rows.first(), rows.last()), (Some(&1), Some(&10_000)), "{backend:?}: the first ones");
 }
 
-/// An import taken over by its resend (its owner stopped beating for a lease, as a paused
-/// process does) is the resend's alone: the owner, going on, writes nothing more and is told.
-async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
-    let s = start(backend).await;
+/// An import of 3,000 new addresses named `prefix`NNNN under request id `prefix`, whose owner's
+/// call has sent the first half of the file and written its first batch: the header, the file,
+/// where the part not sent begins, the owner's sender of further parts and its answers.
+async fn half_sent(
+    s: &Contacts,
+    prefix: &str,
+) -> (
+    pb::ImportHeader,
+    String,
+    usize,
+    tokio::sync::mpsc::UnboundedSender<pb::ImportContactsRequest>,
+    tonic::Streaming<pb::ImportContactsResponse>,
+) {
     let mut csv = String::from("email\n");
     for i in 0..3_000 {
-        csv.push_str(&format!("paused{i:04}@example.com\n"));
+        csv.push_str(&format!("{prefix}{i:04}@example.com\n"));
     }
     let h = pb::ImportHeader {
-        request_id: "paused-1".into(),
+        request_id: prefix.into(),
         ..header(pb::ImportMode::Create, &[("email", "email")])
     };
-    let half = csv.find("paused1500").unwrap();
+    let half = csv.find(&format!("{prefix}1500")).unwrap();
     let (send, parts) = tokio::sync::mpsc::unbounded_channel();
     send.send(pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }).unwrap();
     send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..half].to_vec())) })
@@ -1116,8 +1125,15 @@ async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    let first = owner.message().await.unwrap().unwrap().progress.unwrap();
-    assert_eq!(first.rows_read, 1_000, "{backend:?}");
+    assert_eq!(owner.message().await.unwrap().unwrap().progress.unwrap().rows_read, 1_000);
+    (h, csv, half, send, owner)
+}
+
+/// An import taken over by its resend (its owner stopped beating for a lease, as a paused
+/// process does) is the resend's alone: the owner, going on, writes nothing more and is told.
+async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
+    let s = start(backend).await;
+    let (h, csv, half, send, mut owner) = half_sent(&s, "paused").await;
     // Its beats stop, as when its process is paused past its lease.
     let stale = Sql::new("UPDATE imports SET heartbeat_at = heartbeat_at - 60000000 WHERE account_id = $1");
     s.dbs[0].db.execute(stale.bind(ACCOUNT)).await.unwrap();
@@ -1161,26 +1177,7 @@ async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
 async fn an_owner_stalled_inside_a_batch_neither_holds_its_resend_nor_writes_after_it() {
     let s = start(Backend::Postgres).await;
     let db = &s.dbs[0].db;
-    let mut csv = String::from("email\n");
-    for i in 0..3_000 {
-        csv.push_str(&format!("stalled{i:04}@example.com\n"));
-    }
-    let h = pb::ImportHeader {
-        request_id: "stalled-1".into(),
-        ..header(pb::ImportMode::Create, &[("email", "email")])
-    };
-    let half = csv.find("stalled1500").unwrap();
-    let (send, parts) = tokio::sync::mpsc::unbounded_channel();
-    send.send(pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) }).unwrap();
-    send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..half].to_vec())) })
-        .unwrap();
-    let mut owner = s
-        .api()
-        .import_contacts(authed(tokio_stream::wrappers::UnboundedReceiverStream::new(parts), &s.writer()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(owner.message().await.unwrap().unwrap().progress.unwrap().rows_read, 1_000);
+    let (h, csv, half, send, mut owner) = half_sent(&s, "stalled").await;
     // The owner's next batch is held inside its transaction, as by its process paused there.
     let mut hold = db.begin_write().await.unwrap();
     hold.execute(Sql::new("LOCK TABLE contacts IN SHARE ROW EXCLUSIVE MODE")).await.unwrap();

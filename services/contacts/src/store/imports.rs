@@ -278,23 +278,10 @@ impl Store {
     }
 
     /// Marks a running import as alive, if `owner` still holds it: false when another took it
-    /// over or it was failed as stalled. An error leaves the beat tried as one that may have
-    /// gone in.
+    /// over or it was failed as stalled.
     pub async fn beat_import(&self, owner: &Owner, beat: &mut Beat) -> Result<bool> {
         let now = beat.next();
-        let q = Sql::new(BEAT_IMPORT)
-            .bind(now)
-            .bind(&owner.account)
-            .bind(&owner.import)
-            .bind(&owner.token)
-            .bind(beat.last)
-            .bind(beat.tried);
-        beat.tried = now;
-        let held = self.db.execute(q).await? == 1;
-        if held {
-            *beat = Beat::new(now);
-        }
-        Ok(held)
+        self.as_owner(Sql::new(BEAT_IMPORT).bind(now), owner, beat, now).await
     }
 
     /// Saves the counters and state, if `owner` still holds the import (as
@@ -312,14 +299,18 @@ impl Store {
             .bind(i.finished_at)
             .bind(now)
             .bind(&i.prefix_digest)
-            .bind(&i.file_digest)
-            .bind(&owner.account)
-            .bind(&owner.import)
-            .bind(&owner.token)
-            .bind(beat.last)
-            .bind(beat.tried);
+            .bind(&i.file_digest);
+        self.as_owner(save, owner, beat, now).await
+    }
+
+    /// Runs a beat or save `q`, its hold's parameters bound last (account, import, token, and
+    /// the beats from the last that went in to the last tried), with `now` its new beat. An
+    /// error leaves `now` tried: it may have gone in.
+    async fn as_owner(&self, q: Sql, owner: &Owner, beat: &mut Beat, now: i64) -> Result<bool> {
+        let q =
+            q.bind(&owner.account).bind(&owner.import).bind(&owner.token).bind(beat.last).bind(beat.tried);
         beat.tried = now;
-        let held = self.db.execute(save).await? == 1;
+        let held = self.db.execute(q).await? == 1;
         if held {
             *beat = Beat::new(now);
         }
