@@ -1144,3 +1144,29 @@ mod tests {
         assert_eq!(super::combined(0.0, 5.0), 0.0);
     }
 }
+
+/// The new `table` followed by the notes of the file it replaces (everything from its first
+/// second-level heading): a run regenerates the table, and what earlier rounds found stays.
+pub fn with_notes(table: &str, old: &str) -> String {
+    let notes = old.find("\n## ").map_or("", |at| &old[at + 1..]);
+    match notes {
+        "" => table.to_owned(),
+        notes => format!("{}\n\n{notes}", table.trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod notes_tests {
+    use super::with_notes;
+
+    #[test]
+    fn a_new_table_keeps_the_notes_after_it_and_drops_the_old_table() {
+        let old = "# Benchmarks\n\n| old | 1 |\n\n## Round one\n\nfound X\n\n## Round two\n\nfound Y\n";
+        let new = with_notes("# Benchmarks\n\n| new | 2 |\n", old);
+        assert_eq!(
+            new,
+            "# Benchmarks\n\n| new | 2 |\n\n## Round one\n\nfound X\n\n## Round two\n\nfound Y\n"
+        );
+        assert_eq!(with_notes("# Benchmarks\n\n| new |\n", ""), "# Benchmarks\n\n| new |\n");
+    }
+}

@@ -96,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
         machine(),
         report.markdown()
     );
-    std::fs::write(&cli.out, text)?;
+    let old = std::fs::read_to_string(&cli.out).unwrap_or_default();
+    std::fs::write(&cli.out, contactier_bench::with_notes(&text, &old))?;
     println!("wrote {}", cli.out.display());
     Ok(())
 }
