@@ -158,6 +158,7 @@ fn new_contact(input: pb::ContactInput, catalog: &Catalog, c: &Caller, at: &str)
         values,
         source_type: source_type_name(source_type),
         source_id: if source.id.is_empty() { user.to_owned() } else { source.id },
+        source_row: 0,
         requested_status: requested as i32,
         user_id: user.to_owned(),
     })

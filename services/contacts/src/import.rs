@@ -429,6 +429,12 @@ async fn begin(
                 Err(e) => tracing::warn!(import = %import.id, error = %e, "saving the import's end failed"),
             }
         }
+        // Whatever its writer met meanwhile (its batch's session ended by the takeover reads
+        // as storage unavailable), a lost import goes on elsewhere, and its client is told so
+        // rather than to retry.
+        if lease.lost() {
+            outcome = Err(Error::Aborted(TAKEN_OVER.into()));
+        }
         tracing::info!(import = %import.id, rows = import.rows_read, created = import.created, updated = import.updated, skipped = import.skipped, failed = import.failed, "import ended");
         let last = match outcome {
             Ok(()) => Ok(pb::ImportContactsResponse {
@@ -760,8 +766,8 @@ async fn write(
 }
 
 /// Writes rows of distinct emails. With `recheck` (the first round of a resumed import's first
-/// batch), contacts this import already created are counted as its creations again rather than
-/// as found. `created` gathers the contacts the batch created, which a later round's update does
+/// batch), contacts these very rows created before the cut are counted as their creations again
+/// rather than as found. `created` gathers the contacts the batch created, which a later round's update does
 /// not ask marketing-status about again.
 #[allow(clippy::too_many_arguments)]
 async fn write_round(
@@ -795,8 +801,9 @@ async fn write_round(
     let (mut creates, mut updates) = (Vec::new(), Vec::new());
     let mut opted_in: Vec<String> = Vec::new();
     for row in order {
-        if let Some(id) = ours.get(&row.email.key) {
-            // Written before the cut; its progress was not saved.
+        // Created by this very row before the cut, its progress not saved: a contact the
+        // import made from an earlier row is found as any other is.
+        if let Some((id, _)) = ours.get(&row.email.key).filter(|(_, made_by)| *made_by == row.number) {
             import.created += 1;
             if row.opt_in {
                 opted_in.push(id.clone());
@@ -838,6 +845,7 @@ async fn write_round(
                 values: r.values.clone(),
                 source_type: source_type_name(common::SourceType::Import),
                 source_id: import.id.clone(),
+                source_row: r.number,
                 requested_status: requested as i32,
                 user_id: user.to_owned(),
             })

@@ -167,6 +167,7 @@ pub fn new_engagement(r: pb::CreateEngagementRequest, by: &Logger<'_>) -> Result
                 values: BTreeMap::new(),
                 source_type: source.to_owned(),
                 source_id: String::new(),
+                source_row: 0,
                 requested_status: 0,
                 user_id: by.user.to_owned(),
             });
@@ -308,6 +309,7 @@ fn new_event(e: pb::ContactEvent, i: usize, now: i64, make_form_contacts: bool) 
                     crate::behaviour::Kind::FormSubmission { form_id, .. } => form_id.clone(),
                     _ => String::new(),
                 },
+                source_row: 0,
                 requested_status: 0,
                 user_id: String::new(),
             });

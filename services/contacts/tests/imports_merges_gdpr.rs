@@ -528,6 +528,56 @@ async fn retried(s: &Contacts, h: &pb::ImportHeader, csv: &str, backend: Backend
     }
 }
 
+/// An import taken up again after a cut writes the rows after its saved progress as the
+/// uncut import would: a row naming a contact the import made before the cut (another case of
+/// the address) updates it (upsert), or is refused as a repeat (create), rather than being
+/// counted as made again with its values dropped.
+async fn a_resumed_import_treats_contacts_it_made_before_the_cut_as_made(backend: Backend) {
+    let s = start(backend).await;
+    for (mode, want) in [(pb::ImportMode::Upsert, (1_999, 1, 0)), (pb::ImportMode::Create, (1_999, 0, 1))] {
+        let prefix = format!("{mode:?}").to_lowercase();
+        let mut csv = String::from("email,First name\n");
+        for i in 1..=2_000 {
+            match i {
+                1_001 => csv.push_str(&format!("{}5@EXAMPLE.COM,Changed\n", prefix.to_uppercase())),
+                i => csv.push_str(&format!("{prefix}{i}@example.com,First{i}\n")),
+            }
+        }
+        let h = pb::ImportHeader {
+            request_id: format!("resumed-{prefix}"),
+            ..header(mode, &[("email", "email"), ("First name", "first_name")])
+        };
+        // The first 1,000 rows, then the stream closes without its end: cut off after its
+        // first batch was written and saved.
+        let head_end = csv.match_indices('\n').nth(1_000).unwrap().0 + 1;
+        let parts = [
+            pb::ImportContactsRequest { part: Some(Part::Header(h.clone())) },
+            pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[..head_end].to_vec())) },
+        ];
+        let cut = answers(s.api().import_contacts(authed(futures::stream::iter(parts), &s.writer())).await)
+            .await
+            .unwrap_err();
+        assert_eq!(cut.code(), Code::Aborted, "{backend:?} {mode:?}: {cut:?}");
+        let sum = retried(&s, &h, &csv, backend).await;
+        assert_eq!(
+            (sum.rows_read, sum.created, sum.updated, sum.failed),
+            (2_000, want.0, want.1, want.2),
+            "{backend:?} {mode:?}"
+        );
+        let fifth = s.by_email(format!("{prefix}5@example.com")).await;
+        let first = if mode == pb::ImportMode::Upsert { "Changed" } else { "First5" };
+        assert_eq!(fifth.properties["first_name"], first, "{backend:?} {mode:?}");
+        let refused = errors(&s, &sum.import_id).await;
+        let want_refused: Vec<(i64, String, String)> = match mode {
+            pb::ImportMode::Create => {
+                vec![(1_001, "email".into(), "the email of an earlier row again".into())]
+            }
+            _ => Vec::new(),
+        };
+        assert_eq!(refused, want_refused, "{backend:?} {mode:?}");
+    }
+}
+
 /// A stream that closes before the end part (as a client's deadline or cancel can close it)
 /// is a file cut off, not a whole one: the import fails, no row cut in two becomes a contact,
 /// and the retry of the whole file under the same request id finishes it, each row once.
@@ -1198,6 +1248,8 @@ async fn an_owner_stalled_inside_a_batch_neither_holds_its_resend_nor_writes_aft
     // Its beats stop, as a paused process's do, for longer than its lease.
     let stale = Sql::new("UPDATE imports SET heartbeat_at = heartbeat_at - 60000000 WHERE account_id = $1");
     db.execute(stale.bind(ACCOUNT)).await.unwrap();
+    // Its next beat (one each 2 s) finds the record no longer its own before its batch ends.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let beat = || Sql::new("SELECT heartbeat_at FROM imports WHERE account_id = $1").bind(ACCOUNT);
     let stale_beat: i64 = db.scalar(beat()).await.unwrap();
     let resend = {
@@ -1243,6 +1295,7 @@ contactier_runtime::backend_tests!(
     merging_keeps_the_primary_fills_its_gaps_and_is_marketing_if_either_was,
     gdpr_consent_export_anonymise_and_erase_reach_every_service,
     an_import_cut_off_is_taken_up_again_by_its_retry,
+    a_resumed_import_treats_contacts_it_made_before_the_cut_as_made,
     an_import_stream_closed_before_its_end_is_cut_off_not_complete,
     an_import_cut_by_its_deadline_is_finished_by_its_resend,
     an_import_given_up_while_it_is_recorded_leaves_nothing_running,

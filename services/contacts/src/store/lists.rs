@@ -198,26 +198,29 @@ impl Store {
         account: &str,
         keys: &[String],
     ) -> Result<std::collections::HashMap<String, String>> {
-        self.email_ids(account, keys, None).await
+        let found = self.email_ids(account, keys, None).await?;
+        Ok(found.into_iter().map(|(key, (id, _))| (key, id)).collect())
     }
 
-    /// Of these email keys, those of contacts the import `import` created, by key.
+    /// Of these email keys, those of contacts the import `import` created, by key: each
+    /// contact's id and the number of the file's row that created it.
     pub async fn created_by_import(
         &self,
         account: &str,
         import: &str,
         keys: &[String],
-    ) -> Result<std::collections::HashMap<String, String>> {
+    ) -> Result<std::collections::HashMap<String, (String, i64)>> {
         self.email_ids(account, keys, Some(import)).await
     }
 
-    /// Ids by email key, a chunk of keys per statement; only an import's creations with `import`.
+    /// Ids and creating rows by email key, a chunk of keys per statement; only an import's
+    /// creations with `import`.
     async fn email_ids(
         &self,
         account: &str,
         keys: &[String],
         import: Option<&str>,
-    ) -> Result<std::collections::HashMap<String, String>> {
+    ) -> Result<std::collections::HashMap<String, (String, i64)>> {
         let (only, first) = match import {
             Some(_) => (" AND source_type = 'IMPORT' AND source_id = $2", 3),
             None => ("", 2),
@@ -226,12 +229,12 @@ impl Store {
         for chunk in keys.chunks(self.db.rows_per_statement(1) - (first - 1)) {
             let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + first)).collect();
             let sql = format!(
-                "SELECT email_key, id FROM contacts WHERE account_id = $1{only} AND email_key IN ({})",
+                "SELECT email_key, id, source_row FROM contacts WHERE account_id = $1{only} AND email_key IN ({})",
                 params.join(", ")
             );
             let q = Sql::new(AssertSqlSafe(sql)).bind(account).bind_all(import).bind_all(chunk);
-            let rows: Vec<(String, String)> = self.db.fetch_all(q).await?;
-            out.extend(rows);
+            let rows: Vec<(String, String, i64)> = self.db.fetch_all(q).await?;
+            out.extend(rows.into_iter().map(|(key, id, row)| (key, (id, row))));
         }
         Ok(out)
     }

@@ -143,6 +143,9 @@ pub struct NewContact {
     pub values: BTreeMap<String, Value>,
     pub source_type: String,
     pub source_id: String,
+    /// The number of the import file's row that creates it (0: not an import's). A resumed
+    /// import tells by it the contacts written before its cut from those of earlier rows.
+    pub source_row: i64,
     /// MarketingStatus the creator asks for; 0 for the source's default.
     pub requested_status: i32,
     pub user_id: String,
@@ -160,6 +163,7 @@ impl NewContact {
                 .collect(),
             source_type: "USER".into(),
             source_id: String::new(),
+            source_row: 0,
             requested_status: 0,
             user_id: "u".into(),
         }
@@ -804,7 +808,7 @@ impl Store {
 /// Creates contacts inside a transaction: the rows, their values and history, the account's
 /// total and the events for marketing-status; each with its own outcome.
 /// The columns a new contact is written with.
-const NEW_CONTACT_COLUMNS: [&str; 13] = [
+const NEW_CONTACT_COLUMNS: [&str; 14] = [
     "account_id",
     "id",
     "email",
@@ -818,6 +822,7 @@ const NEW_CONTACT_COLUMNS: [&str; 13] = [
     "match_keys_version",
     "score_due_at",
     "score_reached",
+    "source_row",
 ];
 
 pub(crate) async fn insert_contacts(
@@ -882,6 +887,7 @@ pub(crate) async fn insert_contacts(
             1i64.into(),
             worked.due.into(),
             worked.reached.into(),
+            c.source_row.into(),
         ]);
     }
     // A contact whose email is taken by now is left as it is.
