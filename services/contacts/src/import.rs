@@ -312,10 +312,19 @@ pub async fn start(
     user: String,
     opened: Opened,
     input: Streaming<pb::ImportContactsRequest>,
-) -> Result<BoxStream<'static, Progress>> {
+) -> std::result::Result<BoxStream<'static, Progress>, Status> {
     tokio::spawn(begin(ctx, account, user, opened, input))
         .await
         .map_err(|e| Error::Internal(format!("starting the import: {e}")))?
+}
+
+/// A refusal about the import recorded under the request id, with its id in ErrorInfo's
+/// metadata (`import_id`) for `GetImport`.
+fn about(e: Error, import: Option<&str>) -> Status {
+    match import {
+        Some(id) => contactier_runtime::rich::with_info(Status::from(e), "import_id", id),
+        None => Status::from(e),
+    }
 }
 
 async fn begin(
@@ -324,7 +333,7 @@ async fn begin(
     user: String,
     opened: Opened,
     input: Streaming<pb::ImportContactsRequest>,
-) -> Result<BoxStream<'static, Progress>> {
+) -> std::result::Result<BoxStream<'static, Progress>, Status> {
     let Opened { header, plan, catalog } = opened;
     let mut import = ImportRow {
         id: new_id(),
@@ -354,7 +363,7 @@ async fn begin(
             if !earlier.file_digest.is_empty()
                 && import_file::digest(input, IDLE).await? != earlier.file_digest
             {
-                return Err(Error::RequestReused);
+                return Err(about(Error::RequestReused, Some(&earlier.id)));
             }
             let done =
                 pb::ImportContactsResponse { progress: Some(convert::import_summary(&earlier)), done: true };
@@ -364,11 +373,12 @@ async fn begin(
             import = earlier;
             true
         }
-        Start::Reused => return Err(Error::RequestReused),
-        Start::Busy => {
-            return Err(Error::Aborted(
+        Start::Reused(id) => return Err(about(Error::RequestReused, Some(&id))),
+        Start::Busy(id) => {
+            let e = Error::Aborted(
                 "an import with this request id is running; retry once it has finished".into(),
-            ));
+            );
+            return Err(about(e, id.as_deref()));
         }
     };
     tracing::info!(import = %import.id, mode = import.mode, resumed, skip = import.rows_read, "import started");

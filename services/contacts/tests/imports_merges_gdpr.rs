@@ -457,13 +457,22 @@ async fn an_import_cut_off_is_taken_up_again_by_its_retry(backend: Backend) {
     let (cut, via) = cuttable(s.addr).await;
     let mut own = ContactsServiceClient::new(contactier_runtime::testing::channel(via));
     let mut first = own.import_contacts(authed(stream, &s.writer())).await.unwrap().into_inner();
-    let mut seen = 0;
+    let (mut seen, mut running) = (0, String::new());
     while seen < 3_000 {
-        seen = first.message().await.unwrap().unwrap().progress.unwrap().rows_read;
+        let progress = first.message().await.unwrap().unwrap().progress.unwrap();
+        (seen, running) = (progress.rows_read, progress.import_id);
     }
-    // While it runs, the same request id waits.
+    // While it runs, the same request id waits, told which import runs.
     let busy = import(&s, h.clone(), &csv, 8_192).await.unwrap_err();
     assert_eq!(busy.code(), Code::Aborted, "{backend:?}: {busy:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&busy).expect("ErrorInfo");
+    assert_eq!(info.metadata.get("import_id"), Some(&running), "{backend:?}: {info:?}");
+    // The request id with another header is refused, naming the import it was used for.
+    let other = pb::ImportHeader { mode: pb::ImportMode::Upsert as i32, ..h.clone() };
+    let reused = import(&s, other, &csv, 8_192).await.unwrap_err();
+    assert_eq!(reused.code(), Code::AlreadyExists, "{backend:?}: {reused:?}");
+    let info = tonic_types::StatusExt::get_details_error_info(&reused).expect("ErrorInfo");
+    assert_eq!(info.metadata.get("import_id"), Some(&running), "{backend:?}: {info:?}");
     // The client goes away, connection and all.
     cut.abort();
     drop((first, own));

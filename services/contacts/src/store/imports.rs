@@ -16,10 +16,10 @@ pub enum Start {
     Finished(ImportRow),
     /// The same request id was cut off: go on from its counters.
     Resume(ImportRow),
-    /// The same request id is running now.
-    Busy,
-    /// The request id was used for an import with another header.
-    Reused,
+    /// The same request id is running now: that import's id, when known.
+    Busy(Option<String>),
+    /// The request id was used for that import, with another header.
+    Reused(String),
 }
 
 /// Wall-clock microseconds: leases are about processes, not the business clock.
@@ -211,7 +211,7 @@ impl Store {
                 return Ok(start);
             }
         }
-        Ok(Start::Busy)
+        Ok(Start::Busy(None))
     }
 
     /// [`Store::start_import`] once; None when a twin under the same request id recorded its
@@ -224,11 +224,11 @@ impl Store {
                 self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(&i.request_id)).await?;
             if let Some(earlier) = earlier {
                 if !contactier_runtime::idempotency::same(&earlier.request_digest, &i.request_digest) {
-                    return Ok(Some(Start::Reused));
+                    return Ok(Some(Start::Reused(earlier.id)));
                 }
                 return Ok(Some(match earlier.state.as_str() {
                     "completed" => Start::Finished(earlier),
-                    "running" if !stale(earlier.heartbeat_at, now, lease) => Start::Busy,
+                    "running" if !stale(earlier.heartbeat_at, now, lease) => Start::Busy(Some(earlier.id)),
                     _ => match self.take_over(account, &earlier, now).await? {
                         Some(owner) => Start::Resume(ImportRow {
                             state: "running".into(),
@@ -236,7 +236,7 @@ impl Store {
                             owner,
                             ..earlier
                         }),
-                        None => Start::Busy,
+                        None => Start::Busy(Some(earlier.id)),
                     },
                 }));
             }
