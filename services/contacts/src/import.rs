@@ -52,11 +52,10 @@ pub fn to_list(mut errors: Vec<ImportErrorRow>, listed: i64) -> Vec<ImportErrorR
     errors
 }
 
-/// `text` cut to `chars` characters, an ellipsis saying so.
+/// `text` cut to `chars` characters, an ellipsis saying so ([`properties::cut`]).
 fn clip(text: &mut String, chars: usize) {
-    if let Some((at, _)) = text.char_indices().nth(chars) {
-        text.truncate(at);
-        text.push('…');
+    if let std::borrow::Cow::Owned(short) = properties::cut(text, chars) {
+        *text = short;
     }
 }
 
@@ -387,8 +386,7 @@ async fn begin(
         let lease = Lease::new(&ctx.store, &account, &import);
         // Every batch is written as the import's owner: one a takeover has replaced writes nothing.
         let ctx = Importer { store: ctx.store.owned_by(lease.owner.clone()), ..ctx };
-        // Stopped between beats, never inside one: a beat cut off after its statement went in
-        // would leave the lease a beat behind its record, and the owner's next write refused.
+        // Stopped between beats rather than aborted: no beat's statement is given up in flight.
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let beats = {
             let lease = lease.clone();

@@ -59,9 +59,14 @@ pub struct Definition {
 /// A value as a refusal shows it: quoted, and cut after 64 characters, so that a refusal of a
 /// long value stays a short message.
 pub fn quoted(value: &str) -> String {
-    match value.char_indices().nth(64) {
-        Some((cut, _)) => format!("{:?}", format!("{}…", &value[..cut])),
-        None => format!("{value:?}"),
+    format!("{:?}", cut(value, 64))
+}
+
+/// `text` cut after `chars` characters, an ellipsis saying so.
+pub fn cut(text: &str, chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
     }
 }
 

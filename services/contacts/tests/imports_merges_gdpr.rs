@@ -1188,6 +1188,20 @@ async fn half_sent(
     (h, csv, half, send, owner)
 }
 
+/// Drains an owner's answers to their end, which must say ABORTED that its import was taken
+/// over (`what` names the run in a failure).
+async fn told_taken_over(owner: &mut tonic::Streaming<pb::ImportContactsResponse>, what: &str) {
+    let end = loop {
+        match owner.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the owner was not told"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(end.code(), Code::Aborted, "{what}: {end:?}");
+    assert!(end.message().contains("took this import over"), "{what}: {end:?}");
+}
+
 /// An import taken over by its resend (its owner stopped beating for a lease, as a paused
 /// process does) is the resend's alone: the owner, going on, writes nothing more and is told.
 async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
@@ -1204,15 +1218,7 @@ async fn an_import_taken_over_by_its_resend_is_left_to_it(backend: Backend) {
     send.send(pb::ImportContactsRequest { part: Some(Part::Chunk(csv.as_bytes()[half..].to_vec())) })
         .unwrap();
     send.send(pb::ImportContactsRequest { part: Some(Part::End(pb::ImportEnd::default())) }).unwrap();
-    let end = loop {
-        match owner.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("{backend:?}: the owner was not told"),
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(end.code(), Code::Aborted, "{backend:?}: {end:?}");
-    assert!(end.message().contains("took this import over"), "{backend:?}: {end:?}");
+    told_taken_over(&mut owner, &format!("{backend:?}")).await;
     let req = authed(pb::GetImportRequest { import_id: sum.import_id.clone() }, &s.writer());
     let seen = s.api().get_import(req).await.unwrap().into_inner().summary.unwrap();
     assert_eq!(
@@ -1279,15 +1285,7 @@ async fn an_owner_stalled_inside_a_batch_neither_holds_its_resend_nor_writes_aft
     let sum = resend.await.unwrap().unwrap_or_else(|e| panic!("the resend: {e:?}"));
     let sum = sum.last().unwrap().progress.clone().unwrap();
     assert_eq!((sum.rows_read, sum.created, sum.failed, sum.skipped), (3_000, 3_000, 0, 0), "the resend");
-    let end = loop {
-        match owner.message().await {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the owner was not told"),
-            Err(e) => break e,
-        }
-    };
-    assert_eq!(end.code(), Code::Aborted, "{end:?}");
-    assert!(end.message().contains("took this import over"), "{end:?}");
+    told_taken_over(&mut owner, "Postgres").await;
     let total = s.api().count_contacts(authed(pb::CountContactsRequest {}, &s.writer())).await.unwrap();
     assert_eq!(total.into_inner().total_contacts, 3_000);
     let req =

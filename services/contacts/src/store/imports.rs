@@ -41,6 +41,11 @@ fn stale(beat: i64, now: i64, lease: Duration) -> bool {
 /// write holds it shared, a takeover exclusively.
 const BATCH_LOCK: i32 = 7401;
 
+/// The key of an import's batch lock, under [`BATCH_LOCK`] (hashed by the statements).
+fn batch_key(account: &str, import: &str) -> String {
+    format!("{account}/{import}")
+}
+
 /// The token of an import's owner: new with each start and each takeover.
 fn new_owner() -> String {
     contactier_runtime::convert::new_id()
@@ -149,7 +154,7 @@ pub const TAKEN_OVER: &str = "a resend under the request id took this import ove
 /// In a transaction writing an import's batch: holds the import's batch lock (PostgreSQL) and
 /// checks that `owner` still holds the import; ABORTED, writing nothing, when not.
 pub(super) async fn hold(db: &Db, tx: &mut impl Tx, owner: &Owner) -> Result<()> {
-    let key = format!("{}/{}", owner.account, owner.import);
+    let key = batch_key(&owner.account, &owner.import);
     if let Db::Postgres(_) = db {
         // Before the read: a takeover committed while this waited is then seen.
         let lock = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
@@ -168,7 +173,7 @@ pub(super) async fn hold(db: &Db, tx: &mut impl Tx, owner: &Owner) -> Result<()>
 /// process), holding the batch's contacts from every other writer until it resumes.
 async fn seize(db: &Db, tx: &mut impl Tx, account: &str, import: &str) -> Result<()> {
     let Db::Postgres(_) = db else { return Ok(()) };
-    let key = format!("{account}/{import}");
+    let key = batch_key(account, import);
     let free = "SELECT pg_try_advisory_xact_lock($1, hashtext($2))";
     if tx.scalar::<bool>(Sql::new(free).bind(BATCH_LOCK).bind(&key)).await? {
         return Ok(());
@@ -198,6 +203,16 @@ impl Store {
     /// This store, writing as an import's owner: each write transaction holds the import.
     pub fn owned_by(&self, owner: Owner) -> Store {
         Store { owner: Some(std::sync::Arc::new(owner)), ..self.clone() }
+    }
+
+    /// Runs `q`, which takes `import` from its owner, in a transaction that has first seized it
+    /// ([`seize`]): the rows `q` changed.
+    async fn seized(&self, account: &str, import: &str, q: Sql) -> Result<u64> {
+        let mut tx = self.db.begin_write().await?;
+        seize(&self.db, &mut tx, account, import).await?;
+        let changed = tx.execute(q).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     /// Records a new import, or settles what to do with the one made before under the same
@@ -262,8 +277,6 @@ impl Store {
     /// waited for; on PostgreSQL one held open (its owner stalled inside it, holding the
     /// batch's contacts from every other writer) is ended.
     async fn take_over(&self, account: &str, earlier: &ImportRow, now: i64) -> Result<Option<String>> {
-        let mut tx = self.db.begin_write().await?;
-        seize(&self.db, &mut tx, account, &earlier.id).await?;
         let owner = new_owner();
         let take = Sql::new(TAKE_OVER)
             .bind(now)
@@ -272,8 +285,7 @@ impl Store {
             .bind(earlier.heartbeat_at)
             .bind(&earlier.state)
             .bind(&owner);
-        let took = tx.execute(take).await? == 1;
-        tx.commit().await?;
+        let took = self.seized(account, &earlier.id, take).await? == 1;
         Ok(took.then_some(owner))
     }
 
@@ -362,13 +374,8 @@ impl Store {
         // Only while its beat is the one seen: an owner or a retry that marked it since keeps it.
         let end = "UPDATE imports SET state = 'failed', finished_at = $1 \
              WHERE account_id = $2 AND id = $3 AND state = 'running' AND heartbeat_at = $4";
-        let mut tx = self.db.begin_write().await?;
-        seize(&self.db, &mut tx, account, id).await?;
-        let failed = tx
-            .execute(Sql::new(end).bind(finished_at).bind(account).bind(id).bind(import.heartbeat_at))
-            .await?;
-        tx.commit().await?;
-        if failed == 1 {
+        let end = Sql::new(end).bind(finished_at).bind(account).bind(id).bind(import.heartbeat_at);
+        if self.seized(account, id, end).await? == 1 {
             tracing::warn!(import = %id, "an import whose owner stopped is failed");
             return Ok(Some(ImportRow { state: "failed".into(), finished_at, ..import }));
         }
