@@ -37,11 +37,12 @@ fn stale(beat: i64, now: i64, lease: Duration) -> bool {
     beat < now - lease.as_micros() as i64
 }
 
-/// The advisory lock space of imports' batches (PostgreSQL), keyed by the import: each batch
-/// write holds it shared, a takeover exclusively.
-const BATCH_LOCK: i32 = 7401;
+/// The seed of imports' batch locks (PostgreSQL advisory locks, one 64-bit key an import): each
+/// batch write holds its import's shared, a takeover exclusively. 64 bits, so two imports running
+/// at once never share a lock (with 32, a takeover of one could end the other's batch).
+const BATCH_LOCK: i64 = 7401;
 
-/// The key of an import's batch lock, under [`BATCH_LOCK`] (hashed by the statements).
+/// The text of an import's batch lock key, hashed with [`BATCH_LOCK`] by the statements.
 fn batch_key(account: &str, import: &str) -> String {
     format!("{account}/{import}")
 }
@@ -157,7 +158,7 @@ pub(super) async fn hold(db: &Db, tx: &mut impl Tx, owner: &Owner) -> Result<()>
     let key = batch_key(&owner.account, &owner.import);
     if let Db::Postgres(_) = db {
         // Before the read: a takeover committed while this waited is then seen.
-        let lock = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
+        let lock = "SELECT pg_advisory_xact_lock_shared(hashtextextended($2, $1))";
         tx.execute(Sql::new(lock).bind(BATCH_LOCK).bind(&key)).await?;
     }
     let q = Sql::new(OWNED).bind(&owner.account).bind(&owner.import).bind(&owner.token);
@@ -174,17 +175,18 @@ pub(super) async fn hold(db: &Db, tx: &mut impl Tx, owner: &Owner) -> Result<()>
 async fn seize(db: &Db, tx: &mut impl Tx, account: &str, import: &str) -> Result<()> {
     let Db::Postgres(_) = db else { return Ok(()) };
     let key = batch_key(account, import);
-    let free = "SELECT pg_try_advisory_xact_lock($1, hashtext($2))";
+    let free = "SELECT pg_try_advisory_xact_lock(hashtextextended($2, $1))";
     if tx.scalar::<bool>(Sql::new(free).bind(BATCH_LOCK).bind(&key)).await? {
         return Ok(());
     }
     let end = "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks \
          WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-         AND classid = $1 AND objid = hashtext($2)::oid AND objsubid = 2";
+         AND (classid, objid, objsubid) = (SELECT ((k >> 32) & 4294967295)::oid, (k & 4294967295)::oid, 1 \
+         FROM (SELECT hashtextextended($2, $1) AS k) h)";
     let ended: i64 = tx.scalar(Sql::new(end).bind(BATCH_LOCK).bind(&key)).await?;
     tracing::warn!(import = %import, sessions = ended, "a stalled owner's batch is ended");
-    let wait = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+    let wait = "SELECT pg_advisory_xact_lock(hashtextextended($2, $1))";
     tx.execute(Sql::new(wait).bind(BATCH_LOCK).bind(&key)).await?;
     Ok(())
 }
@@ -476,4 +478,28 @@ mod tests {
     }
 
     contactier_runtime::backend_tests!(a_replaced_owner_writes_nothing_and_a_lost_beat_is_kept);
+
+    /// Two imports running at once whose keys share a 32-bit text hash: a takeover of one
+    /// neither waits for the other's batch nor ends it. PostgreSQL only (its advisory locks).
+    #[tokio::test]
+    async fn a_takeover_leaves_another_imports_batch_alone() {
+        let t = TestDb::new(Backend::Postgres, "contacts").await;
+        t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+        let (one, other) = (("acct-181940", "import"), ("acct-226950", "import"));
+        let same = "SELECT hashtext($1) = hashtext($2)";
+        let keys = Sql::new(same).bind(batch_key(one.0, one.1)).bind(batch_key(other.0, other.1));
+        assert!(t.db.scalar::<bool>(keys).await.unwrap(), "the keys' 32-bit hashes collide");
+
+        // The other import's batch, inside its transaction (holding its batch lock, then
+        // refused as no such import is recorded: the lock is what matters here).
+        let mut batch = t.db.begin_write().await.unwrap();
+        let owner = Owner { account: other.0.into(), import: other.1.into(), token: "t".into() };
+        assert!(matches!(hold(&t.db, &mut batch, &owner).await, Err(Error::Aborted(_))));
+
+        let mut takeover = t.db.begin_write().await.unwrap();
+        seize(&t.db, &mut takeover, one.0, one.1).await.unwrap();
+        takeover.commit().await.unwrap();
+        batch.execute(Sql::new("SELECT 1")).await.expect("the other import's batch goes on");
+        batch.commit().await.unwrap();
+    }
 }
