@@ -365,21 +365,8 @@ async fn one_trace_reaches_a_collector_from_all_four_services() {
         names
     };
     let want = ["billing", "contacts", "marketing-status", "notification"];
-    for _ in 0..100 {
-        if services_in_trace() == want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(services_in_trace(), want, "every service exported spans of the one trace");
-    let got = received.lock().unwrap().clone();
-    let spans: Vec<(&str, &str)> = got
-        .iter()
-        .filter(|(_, t, _, _)| t == signup_trace)
-        .map(|(s, _, n, _)| (s.as_str(), n.as_str()))
-        .collect();
     // The work inside: the relay batches and the calls between services, server and client.
-    for (service, name) in [
+    let calls = [
         ("contacts", "contactier.contacts.v1.ContactsService/BatchCreateContacts"),
         (
             "marketing-status",
@@ -387,7 +374,30 @@ async fn one_trace_reaches_a_collector_from_all_four_services() {
         ),
         ("billing", "contactier.billing.v1.BillingInternalService/ApplyCountEvents"),
         ("notification", "contactier.notification.v1.NotificationInternalService/ApplyBillingEvents"),
-    ] {
+    ];
+    let spans_in_trace = || -> Vec<(String, String)> {
+        let got = received.lock().unwrap();
+        got.iter()
+            .filter(|(_, t, _, _)| t == signup_trace)
+            .map(|(s, _, n, _)| (s.clone(), n.clone()))
+            .collect()
+    };
+    let has = |spans: &[(String, String)], (service, name): (&str, &str)| {
+        spans.iter().any(|(s, n)| s == service && n == name)
+    };
+    // A server's span of a call is exported when the call ends, after the spans inside it:
+    // wait for the calls' spans themselves, not only for a span of each service.
+    for _ in 0..100 {
+        let spans = spans_in_trace();
+        if services_in_trace() == want && calls.iter().all(|c| has(&spans, *c)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(services_in_trace(), want, "every service exported spans of the one trace");
+    let got = spans_in_trace();
+    let spans: Vec<(&str, &str)> = got.iter().map(|(s, n)| (s.as_str(), n.as_str())).collect();
+    for (service, name) in calls {
         assert!(spans.contains(&(service, name)), "{service} {name} in {spans:#?}");
     }
     assert!(spans.iter().any(|(_, n)| n.ends_with(" publish")), "relay batches: {spans:#?}");
