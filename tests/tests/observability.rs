@@ -356,14 +356,6 @@ async fn one_trace_reaches_a_collector_from_all_four_services() {
         .await
         .unwrap();
 
-    let services_in_trace = || {
-        let got = received.lock().unwrap();
-        let mut names: Vec<String> =
-            got.iter().filter(|(_, t, _, _)| t == signup_trace).map(|(s, _, _, _)| s.clone()).collect();
-        names.sort();
-        names.dedup();
-        names
-    };
     let want = ["billing", "contacts", "marketing-status", "notification"];
     // The work inside: the relay batches and the calls between services, server and client.
     let calls = [
@@ -381,6 +373,12 @@ async fn one_trace_reaches_a_collector_from_all_four_services() {
             .filter(|(_, t, _, _)| t == signup_trace)
             .map(|(s, _, n, _)| (s.clone(), n.clone()))
             .collect()
+    };
+    let services_in_trace = || {
+        let mut names: Vec<String> = spans_in_trace().into_iter().map(|(s, _)| s).collect();
+        names.sort();
+        names.dedup();
+        names
     };
     let has = |spans: &[(String, String)], (service, name): (&str, &str)| {
         spans.iter().any(|(s, n)| s == service && n == name)

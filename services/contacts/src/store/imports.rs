@@ -497,7 +497,9 @@ mod tests {
         assert!(matches!(hold(&t.db, &mut batch, &owner).await, Err(Error::Aborted(_))));
 
         let mut takeover = t.db.begin_write().await.unwrap();
-        seize(&t.db, &mut takeover, one.0, one.1).await.unwrap();
+        // Waiting on the other batch's lock would hang: bounded, so it fails instead.
+        let seized = tokio::time::timeout(Duration::from_secs(10), seize(&t.db, &mut takeover, one.0, one.1));
+        seized.await.expect("the takeover does not wait for the other import's batch").unwrap();
         takeover.commit().await.unwrap();
         batch.execute(Sql::new("SELECT 1")).await.expect("the other import's batch goes on");
         batch.commit().await.unwrap();
