@@ -229,11 +229,24 @@ pub struct Outbox {
     topic: String,
     /// When this relay last had the outbox's statistics taken (see [`Outbox::follow_backlog`]).
     analyzed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// The receiver found unable to answer, left alone for a while (see [`Outbox::pause`]).
+    pause: std::sync::Arc<std::sync::Mutex<Pause>>,
 }
+
+#[derive(Debug, Default)]
+struct Pause {
+    until: Option<DateTime<Utc>>,
+    /// Turns in a row the receiver could not answer.
+    streak: u32,
+}
+
+/// The longest a receiver that could not answer is left alone: once it is back, events of
+/// accounts with none waiting go on within this.
+const PAUSE_MAX: Duration = Duration::from_secs(10);
 
 impl Outbox {
     pub fn new(db: Db, topic: &str) -> Self {
-        Self { db, topic: topic.to_owned(), analyzed: Default::default() }
+        Self { db, topic: topic.to_owned(), analyzed: Default::default(), pause: Default::default() }
     }
 
     /// The outbox swings from empty to a burst of thousands (an instant of many accounts) in
@@ -341,6 +354,9 @@ impl Outbox {
         batch_bytes: i64,
     ) -> Result<u64, sqlx::Error> {
         let mut delivered = 0;
+        if self.paused_until().is_some_and(|until| now < until) {
+            return Ok(0);
+        }
         loop {
             let events = self.due(now, batch, batch_bytes).await?;
             if events.is_empty() {
@@ -400,6 +416,11 @@ impl Outbox {
                     chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
                 self.retry_at((&account, &id), now + delay, &error).await?;
             }
+            match &outcome {
+                Err(e) if receiver_unavailable(e) => self.pause(now, backoff),
+                Err(_) => {}
+                Ok(_) => self.resume(),
+            }
             if outcome.is_err() {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
                 return Ok(delivered);
@@ -436,6 +457,7 @@ impl Outbox {
             let Some(event) = self.event(&account, &id).await? else { continue };
             match deliver(vec![event]).await {
                 Ok(ids) if ids.contains(&id) => {
+                    self.resume();
                     self.acknowledge(&[(account.clone(), id.clone())]).await?;
                     delivered += 1;
                 }
@@ -455,7 +477,47 @@ impl Outbox {
                 }
             }
         }
+        if down.is_some() {
+            self.pause(now, backoff);
+        }
         Ok(delivered)
+    }
+
+    fn paused_until(&self) -> Option<DateTime<Utc>> {
+        self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).until
+    }
+
+    /// Leaves a receiver that could not answer alone for a while, longer each time in a row, up
+    /// to [`PAUSE_MAX`]. Tried again at once, each read of a backlog went to it and wrote a
+    /// retry for every event read: an outage had every account's first event tried and written
+    /// over, at every turn.
+    fn pause(&self, now: DateTime<Utc>, backoff: Backoff) {
+        let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let wait = backoff.delay(p.streak as i32).min(PAUSE_MAX);
+        p.until = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
+        p.streak = p.streak.saturating_add(1);
+    }
+
+    fn resume(&self) {
+        *self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Pause::default();
+    }
+
+    /// One turn of the relay: delivers what is due at `now` (unless its receiver is being left
+    /// alone) and answers when to come back: when the next event is due, or the pause ends.
+    pub async fn step(
+        &self,
+        now: DateTime<Utc>,
+        deliver: &Deliver,
+        backoff: Backoff,
+        batch: i64,
+        batch_bytes: i64,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.relay_once(now, deliver, backoff, batch, batch_bytes).await?;
+        let next = self.next_due().await?;
+        Ok(match self.paused_until() {
+            Some(until) if now < until => next.map(|n| n.max(until)),
+            _ => next,
+        })
     }
 
     /// One waiting event, if it is still there.
@@ -471,8 +533,7 @@ impl Outbox {
         let (relay, deliver) = (&self, &deliver);
         worker
             .drive(shutdown, chrono::Duration::seconds(1), move |now| async move {
-                relay.relay_once(now, deliver, backoff, 500, BATCH_BYTES).await?;
-                relay.next_due().await
+                relay.step(now, deliver, backoff, 500, BATCH_BYTES).await
             })
             .await;
     }

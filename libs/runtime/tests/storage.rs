@@ -263,6 +263,66 @@ async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order(back
     assert_eq!(ob.pending().await.unwrap(), 0);
 }
 
+async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    // 30 accounts with an event each, read 10 at a time: a backlog of three reads.
+    let mut tx = t.db.begin_write().await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let id = contactier_runtime::outbox::new_event_id();
+        tx.enqueue(&id, "topic", &format!("acct-{n:02}"), b"e", at).await.unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    let tries = Arc::new(Mutex::new(0));
+    let c = tries.clone();
+    let down: Deliver = Box::new(move |_| {
+        *c.lock().unwrap() += 1;
+        Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
+    let now = at + chrono::Duration::seconds(1);
+    let next = ob.step(now, &down, backoff, 10, 1 << 20).await.unwrap().expect("events wait");
+    assert_eq!(*tries.lock().unwrap(), 1, "{backend:?}");
+    assert!(next >= now + chrono::Duration::seconds(1), "{backend:?}: back at {next}, not at once");
+    // Woken meanwhile (a new event, say): the receiver is not tried before then.
+    let woken =
+        ob.step(now + chrono::Duration::milliseconds(500), &down, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(*tries.lock().unwrap(), 1, "{backend:?}: tried during the pause");
+    assert_eq!(woken, Some(next), "{backend:?}");
+    let failed: i64 =
+        t.db.scalar(contactier_runtime::sql::Sql::new("SELECT COUNT(*) FROM outbox WHERE attempts > 0"))
+            .await
+            .unwrap();
+    assert_eq!(failed, 10, "{backend:?}: one read's events written over, not the backlog's");
+    // A second turn down in a row waits longer.
+    let again = ob.step(next, &down, backoff, 10, 1 << 20).await.unwrap().unwrap();
+    assert!(again >= next + chrono::Duration::seconds(2), "{backend:?}: {again}");
+    // Back up: everything goes, each event once.
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let up: Deliver = Box::new(move |events| {
+        let g = g.clone();
+        Box::pin(async move {
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let mut when = again;
+    for _ in 0..10 {
+        if ob.pending().await.unwrap() == 0 {
+            break;
+        }
+        when = ob.step(when, &up, backoff, 10, 1 << 20).await.unwrap().unwrap_or(when).max(when);
+    }
+    let mut got = got.lock().unwrap().clone();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "{backend:?}");
+}
+
 async fn inbox_applies_each_event_once(backend: Backend) {
     let t = migrated(backend, "runtime").await;
     assert!(receive(&t.db, "evt-1").await, "{backend:?}: first delivery applies");
@@ -342,6 +402,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
 }
 
 contactier_runtime::backend_tests!(
+    a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog,
     a_database_ahead_of_the_binary_is_taken,
     migrations_create_runtime_and_service_tables_and_rerun_as_no_ops,
     outbox_keeps_only_committed_events_and_retries_until_acknowledged,
