@@ -292,10 +292,9 @@ async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog
         ob.step(now + chrono::Duration::milliseconds(500), &down, backoff, 10, 1 << 20).await.unwrap();
     assert_eq!(*tries.lock().unwrap(), 1, "{backend:?}: tried during the pause");
     assert_eq!(woken, Some(next), "{backend:?}");
-    let failed: i64 =
-        t.db.scalar(contactier_runtime::sql::Sql::new("SELECT COUNT(*) FROM outbox WHERE attempts > 0"))
-            .await
-            .unwrap();
+    let tried =
+        Sql::new("/* across accounts: events tried */ SELECT COUNT(*) FROM outbox WHERE attempts > 0");
+    let failed: i64 = t.db.scalar(tried).await.unwrap();
     assert_eq!(failed, 10, "{backend:?}: one read's events written over, not the backlog's");
     // A second turn down in a row waits longer.
     let again = ob.step(next, &down, backoff, 10, 1 << 20).await.unwrap().unwrap();
