@@ -236,8 +236,10 @@ pub struct Outbox {
 #[derive(Debug, Default)]
 struct Pause {
     until: Option<DateTime<Utc>>,
-    /// Turns in a row the receiver could not answer.
+    /// Pauses since the receiver last answered.
     streak: u32,
+    /// Events sent alone in a row that the receiver did not answer.
+    unanswered: u32,
 }
 
 /// The longest a receiver that could not answer is left alone: once it is back, events of
@@ -379,14 +381,13 @@ impl Outbox {
                 }
                 outcome
             };
-            // The receiver refused something in the batch, but answers: each event alone, so
-            // one it cannot take holds up only its own account.
-            if let Err(e) = &outcome
-                && sent.len() > 1
-                && !receiver_unavailable(e)
-            {
+            // The batch failed: each event alone, so one the receiver cannot take holds up only
+            // its own account. Also when it seemed down: a receiver's storage failing on one
+            // account's event answers as an outage does (UNAVAILABLE), and alone the events
+            // tell the two apart.
+            if outcome.is_err() && sent.len() > 1 {
                 delivered += self.relay_singly(now, deliver, backoff, sent).await?;
-                if !full {
+                if !full || self.paused_until().is_some_and(|until| now < until) {
                     return Ok(delivered);
                 }
                 continue;
@@ -417,9 +418,12 @@ impl Outbox {
                 self.retry_at((&account, &id), now + delay, &error).await?;
             }
             match &outcome {
-                Err(e) if receiver_unavailable(e) => self.pause(now, backoff),
+                Err(e) if receiver_unavailable(e) => {
+                    self.unanswered(now, backoff);
+                }
                 Err(_) => {}
-                Ok(_) => self.resume(),
+                Ok(_) if self.answered() => self.after_outage(now).await?,
+                Ok(_) => {}
             }
             if outcome.is_err() {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
@@ -432,7 +436,9 @@ impl Outbox {
     }
 
     /// Delivers events one at a time, oldest first. An event refused holds back its account's
-    /// later ones until its retry; once the receiver stops answering, the rest wait too.
+    /// later ones until its retry. Two failing in a row as an unreachable receiver does, and it
+    /// is taken to be down: the rest wait too. One alone is taken for its own account's
+    /// trouble, as the event a retry brings back is read first.
     async fn relay_singly(
         &self,
         now: DateTime<Utc>,
@@ -457,7 +463,9 @@ impl Outbox {
             let Some(event) = self.event(&account, &id).await? else { continue };
             match deliver(vec![event]).await {
                 Ok(ids) if ids.contains(&id) => {
-                    self.resume();
+                    if self.answered() {
+                        self.after_outage(now).await?;
+                    }
                     self.acknowledge(&[(account.clone(), id.clone())]).await?;
                     delivered += 1;
                 }
@@ -472,13 +480,14 @@ impl Outbox {
                     self.retry_at((&account, &id), now + retry(attempts), &error).await?;
                     held.insert(account);
                     if outcome.as_ref().err().is_some_and(receiver_unavailable) {
-                        down = Some(error);
+                        if self.unanswered(now, backoff) {
+                            down = Some(error);
+                        }
+                    } else {
+                        self.answered();
                     }
                 }
             }
-        }
-        if down.is_some() {
-            self.pause(now, backoff);
         }
         Ok(delivered)
     }
@@ -487,19 +496,39 @@ impl Outbox {
         self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).until
     }
 
-    /// Leaves a receiver that could not answer alone for a while, longer each time in a row, up
-    /// to [`PAUSE_MAX`]. Tried again at once, each read of a backlog went to it and wrote a
-    /// retry for every event read: an outage had every account's first event tried and written
-    /// over, at every turn.
-    fn pause(&self, now: DateTime<Utc>, backoff: Backoff) {
+    /// Counts an event sent alone that the receiver did not answer. The second in a row, and
+    /// the receiver is taken to be down: it is left alone for a while, longer each time until
+    /// it answers, up to [`PAUSE_MAX`]; true then. Tried again at once, each read of a backlog
+    /// went to it and wrote a retry for every event read: an outage had every account's first
+    /// event tried and written over, at every turn. One alone is taken for its own account's
+    /// trouble (a receiver's storage failing on one account's event answers as an outage does).
+    fn unanswered(&self, now: DateTime<Utc>, backoff: Backoff) -> bool {
         let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.unanswered = p.unanswered.saturating_add(1);
+        if p.unanswered < 2 {
+            return false;
+        }
         let wait = backoff.delay(p.streak as i32).min(PAUSE_MAX);
         p.until = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
         p.streak = p.streak.saturating_add(1);
+        true
     }
 
-    fn resume(&self) {
-        *self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Pause::default();
+    /// The receiver answered: no pause. True when that ends an outage (a pause before it).
+    fn answered(&self) -> bool {
+        let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *p).streak > 0
+    }
+
+    /// Events that failed while the receiver was down are due again at once it is back: their
+    /// backoff, grown over the outage (up to minutes), would otherwise hold them and their
+    /// accounts' later events that long after it. An event its receiver refuses is tried once
+    /// more and goes back to its own backoff.
+    async fn after_outage(&self, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        let q = "/* across accounts: events waiting out an outage are due */ UPDATE outbox \
+                 SET next_attempt_at = $2 WHERE topic = $1 AND next_attempt_at > $2";
+        self.db.execute(Sql::new(q).bind(&self.topic).bind(micros(now))).await?;
+        Ok(())
     }
 
     /// One turn of the relay: delivers what is due at `now` (unless its receiver is being left

@@ -221,7 +221,8 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged(backe
     let left = ob.due(later + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].event_id, second);
-    assert_eq!(left[0].attempts, 2);
+    // Counted once: while the receiver was down it waited behind the first, its account's.
+    assert_eq!(left[0].attempts, 1);
     assert_ne!(first, second);
 }
 
@@ -285,12 +286,12 @@ async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog
     let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
     let now = at + chrono::Duration::seconds(1);
     let next = ob.step(now, &down, backoff, 10, 1 << 20).await.unwrap().expect("events wait");
-    assert_eq!(*tries.lock().unwrap(), 1, "{backend:?}");
+    assert_eq!(*tries.lock().unwrap(), 3, "{backend:?}: the read, then two of its events alone");
     assert!(next >= now + chrono::Duration::seconds(1), "{backend:?}: back at {next}, not at once");
     // Woken meanwhile (a new event, say): the receiver is not tried before then.
     let woken =
         ob.step(now + chrono::Duration::milliseconds(500), &down, backoff, 10, 1 << 20).await.unwrap();
-    assert_eq!(*tries.lock().unwrap(), 1, "{backend:?}: tried during the pause");
+    assert_eq!(*tries.lock().unwrap(), 3, "{backend:?}: tried during the pause");
     assert_eq!(woken, Some(next), "{backend:?}");
     let tried =
         Sql::new("/* across accounts: events tried */ SELECT COUNT(*) FROM outbox WHERE attempts > 0");
@@ -299,7 +300,9 @@ async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog
     // A second turn down in a row waits longer.
     let again = ob.step(next, &down, backoff, 10, 1 << 20).await.unwrap().unwrap();
     assert!(again >= next + chrono::Duration::seconds(2), "{backend:?}: {again}");
-    // Back up: everything goes, each event once.
+    // One event tried over a long outage waits minutes for its retry.
+    ob.retry_at(("acct-29", &ids[29]), again + chrono::Duration::minutes(5), "unavailable").await.unwrap();
+    // Back up: everything goes at once, each event once, that one too.
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();
     let up: Deliver = Box::new(move |events| {
@@ -309,17 +312,58 @@ async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog
             Ok(events.into_iter().map(|e| e.event_id).collect())
         })
     });
-    let mut when = again;
-    for _ in 0..10 {
-        if ob.pending().await.unwrap() == 0 {
-            break;
-        }
-        when = ob.step(when, &up, backoff, 10, 1 << 20).await.unwrap().unwrap_or(when).max(when);
+    let next = ob.step(again, &up, backoff, 10, 1 << 20).await.unwrap();
+    if next.is_some_and(|n| n <= again) {
+        ob.step(again, &up, backoff, 10, 1 << 20).await.unwrap();
     }
+    assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}: left waiting for a backoff");
     let mut got = got.lock().unwrap().clone();
     got.sort();
     ids.sort();
     assert_eq!(got, ids, "{backend:?}");
+}
+
+async fn a_receivers_storage_failing_for_one_account_holds_up_that_account_only(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let enqueue_for = |account: &'static str| {
+        let db = t.db.clone();
+        async move {
+            let id = contactier_runtime::outbox::new_event_id();
+            let mut tx = db.begin_write().await.unwrap();
+            tx.enqueue(&id, "topic", account, b"e", at).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    // The receiver's storage fails on account q's event, answered as an outage is.
+    let q1 = enqueue_for("q").await;
+    let a1 = enqueue_for("a").await;
+    let b1 = enqueue_for("b").await;
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let storage_fails_for_q: Deliver = Box::new(move |events| {
+        let g = g.clone();
+        Box::pin(async move {
+            if events.iter().any(|e| e.account_id == "q") {
+                return Err(tonic::Status::unavailable("storage unavailable, retry").into());
+            }
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
+    let now = at + chrono::Duration::seconds(1);
+    ob.step(now, &storage_fails_for_q, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(*got.lock().unwrap(), [a1.clone(), b1.clone()], "{backend:?}: the other accounts went on");
+    // Not taken for an outage: another account's new event goes at once, q's waits for its retry.
+    let c1 = enqueue_for("c").await;
+    let next = ob.step(now, &storage_fails_for_q, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(*got.lock().unwrap(), [a1, b1, c1], "{backend:?}");
+    assert!(next.is_some_and(|n| n >= now + chrono::Duration::seconds(10)), "{backend:?}: {next:?}");
+    let left = ob.due(now + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
+    assert_eq!(left.iter().map(|e| (&e.event_id, e.attempts)).collect::<Vec<_>>(), [(&q1, 1)], "{backend:?}");
 }
 
 async fn inbox_applies_each_event_once(backend: Backend) {
@@ -376,7 +420,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
     assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
     assert!(refused.last_error.contains("refused"), "{}", refused.last_error);
-    // The receiver down: nothing is tried one by one, everything waits for its retry.
+    // The receiver down: the batch, then its first event alone; the account's later one waits.
     let calls = Arc::new(Mutex::new(0));
     let c = calls.clone();
     let down: Deliver = Box::new(move |_| {
@@ -385,7 +429,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     });
     let later = now + chrono::Duration::minutes(10);
     assert_eq!(ob.relay_once(later, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
-    assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: one try for the batch");
+    assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the batch and its first event");
     // Once the receiver takes it, the account's events arrive in their order.
     let g = got.clone();
     let fixed: Deliver = Box::new(move |events| {
@@ -401,6 +445,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
 }
 
 contactier_runtime::backend_tests!(
+    a_receivers_storage_failing_for_one_account_holds_up_that_account_only,
     a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog,
     a_database_ahead_of_the_binary_is_taken,
     migrations_create_runtime_and_service_tables_and_rerun_as_no_ops,
