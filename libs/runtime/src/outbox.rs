@@ -238,7 +238,7 @@ struct Pause {
     until: Option<DateTime<Utc>>,
     /// Pauses since the receiver last answered.
     streak: u32,
-    /// Events sent alone in a row that the receiver did not answer.
+    /// Events sent alone in a row this turn that the receiver did not answer.
     unanswered: u32,
 }
 
@@ -359,6 +359,7 @@ impl Outbox {
         if self.paused_until().is_some_and(|until| now < until) {
             return Ok(0);
         }
+        self.new_turn();
         loop {
             let events = self.due(now, batch, batch_bytes).await?;
             if events.is_empty() {
@@ -496,7 +497,7 @@ impl Outbox {
         self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).until
     }
 
-    /// Counts an event sent alone that the receiver did not answer. The second in a row, and
+    /// Counts an event sent alone that the receiver did not answer. The second in a turn, and
     /// the receiver is taken to be down: it is left alone for a while, longer each time until
     /// it answers, up to [`PAUSE_MAX`]; true then. Tried again at once, each read of a backlog
     /// went to it and wrote a retry for every event read: an outage had every account's first
@@ -514,10 +515,18 @@ impl Outbox {
         true
     }
 
-    /// The receiver answered: no pause. True when that ends an outage (a pause before it).
+    /// A turn begins: one event unanswered in the last is its own account's trouble, and
+    /// counts for nothing now (the same event retried alone, turn after turn, read as an outage).
+    fn new_turn(&self) {
+        self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).unanswered = 0;
+    }
+
+    /// The receiver answered: no pause. True when that ends an outage, two pauses or more in a
+    /// row: one alone can be two accounts' events failing in one turn, and waking everything
+    /// then would send those again at each delivery after it.
     fn answered(&self) -> bool {
         let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *p).streak > 0
+        std::mem::take(&mut *p).streak > 1
     }
 
     /// Events that failed while the receiver was down are due again at once it is back: their

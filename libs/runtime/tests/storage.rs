@@ -364,6 +364,64 @@ async fn a_receivers_storage_failing_for_one_account_holds_up_that_account_only(
     assert!(next.is_some_and(|n| n >= now + chrono::Duration::seconds(10)), "{backend:?}: {next:?}");
     let left = ob.due(now + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
     assert_eq!(left.iter().map(|e| (&e.event_id, e.attempts)).collect::<Vec<_>>(), [(&q1, 1)], "{backend:?}");
+    // q's retries fail again, alone, turn after turn: still its own trouble, not an outage.
+    let retry = next.unwrap();
+    let retry = ob.step(retry, &storage_fails_for_q, backoff, 10, 1 << 20).await.unwrap().unwrap();
+    ob.step(retry, &storage_fails_for_q, backoff, 10, 1 << 20).await.unwrap();
+    let d1 = enqueue_for("d").await;
+    ob.step(retry, &storage_fails_for_q, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(got.lock().unwrap().last(), Some(&d1), "{backend:?}: d waited for a pause");
+    assert_eq!(ob.due(retry + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap()[0].attempts, 3);
+}
+
+async fn two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_after(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let enqueue_for = |account: &'static str| {
+        let db = t.db.clone();
+        async move {
+            let id = contactier_runtime::outbox::new_event_id();
+            let mut tx = db.begin_write().await.unwrap();
+            tx.enqueue(&id, "topic", account, b"e", at).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    // The receiver's storage fails on p's and q's events, answered as an outage is: two in one
+    // turn read as one, and the relay pauses.
+    for account in ["p", "q"] {
+        // Failed before, so their own retries now lie further off than a first pause.
+        let id = enqueue_for(account).await;
+        for _ in 0..3 {
+            ob.retry_at((account, &id), at, "storage unavailable, retry").await.unwrap();
+        }
+    }
+    let tries = Arc::new(Mutex::new(0));
+    let c = tries.clone();
+    let fails_for_p_and_q: Deliver = Box::new(move |events| {
+        let c = c.clone();
+        Box::pin(async move {
+            if events.iter().any(|e| e.account_id == "p" || e.account_id == "q") {
+                *c.lock().unwrap() += 1;
+                return Err(tonic::Status::unavailable("storage unavailable, retry").into());
+            }
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
+    let now = at + chrono::Duration::seconds(1);
+    ob.step(now, &fails_for_p_and_q, backoff, 10, 1 << 20).await.unwrap();
+    let sent = *tries.lock().unwrap();
+    // The first pause is the backoff's first step (1-1.2 s); p's and q's own, their fourth (8 s on).
+    let resumed = now + chrono::Duration::milliseconds(1250);
+    // Other accounts' events after the pause go; p and q wait for their own retries.
+    for account in ["a", "b", "c"] {
+        enqueue_for(account).await;
+        ob.step(resumed, &fails_for_p_and_q, backoff, 10, 1 << 20).await.unwrap();
+    }
+    assert_eq!(*tries.lock().unwrap(), sent, "{backend:?}: p and q sent again");
+    assert_eq!(ob.pending().await.unwrap(), 2, "{backend:?}");
 }
 
 async fn inbox_applies_each_event_once(backend: Backend) {
@@ -445,6 +503,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
 }
 
 contactier_runtime::backend_tests!(
+    two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_after,
     a_receivers_storage_failing_for_one_account_holds_up_that_account_only,
     a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog,
     a_database_ahead_of_the_binary_is_taken,
