@@ -229,7 +229,7 @@ pub struct Outbox {
     topic: String,
     /// When this relay last had the outbox's statistics taken (see [`Outbox::follow_backlog`]).
     analyzed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
-    /// The receiver found unable to answer, left alone for a while (see [`Outbox::pause`]).
+    /// The receiver found unable to answer, left alone for a while (see [`Outbox::unanswered`]).
     pause: std::sync::Arc<std::sync::Mutex<Pause>>,
 }
 
@@ -356,7 +356,7 @@ impl Outbox {
         batch_bytes: i64,
     ) -> Result<u64, sqlx::Error> {
         let mut delivered = 0;
-        if self.paused_until().is_some_and(|until| now < until) {
+        if self.paused_at(now).is_some() {
             return Ok(0);
         }
         self.new_turn();
@@ -388,7 +388,7 @@ impl Outbox {
             // tell the two apart.
             if outcome.is_err() && sent.len() > 1 {
                 delivered += self.relay_singly(now, deliver, backoff, sent).await?;
-                if !full || self.paused_until().is_some_and(|until| now < until) {
+                if !full || self.paused_at(now).is_some() {
                     return Ok(delivered);
                 }
                 continue;
@@ -493,8 +493,13 @@ impl Outbox {
         Ok(delivered)
     }
 
-    fn paused_until(&self) -> Option<DateTime<Utc>> {
-        self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).until
+    /// The end of the pause `now` falls in, if it falls in one.
+    fn paused_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.pause
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .until
+            .filter(|until| now < *until)
     }
 
     /// Counts an event sent alone that the receiver did not answer. The second in a turn, and
@@ -552,9 +557,9 @@ impl Outbox {
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         self.relay_once(now, deliver, backoff, batch, batch_bytes).await?;
         let next = self.next_due().await?;
-        Ok(match self.paused_until() {
-            Some(until) if now < until => next.map(|n| n.max(until)),
-            _ => next,
+        Ok(match self.paused_at(now) {
+            Some(until) => next.map(|n| n.max(until)),
+            None => next,
         })
     }
 

@@ -31,10 +31,15 @@ async fn migrated(backend: Backend, name: &str) -> TestDb {
 }
 
 async fn enqueue(db: &Db, payload: &[u8], commit: bool) -> String {
+    enqueue_as(db, "acct", payload, commit).await
+}
+
+/// An event of `account` enqueued at 2026-05-01 00:00 UTC, committed or rolled back.
+async fn enqueue_as(db: &Db, account: &str, payload: &[u8], commit: bool) -> String {
     let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
     let mut tx = db.begin_write().await.unwrap();
     let id = outbox::new_event_id();
-    tx.enqueue(&id, "topic", "acct", payload, now).await.unwrap();
+    tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
     if commit {
         tx.commit().await.unwrap();
     } else {
@@ -327,16 +332,7 @@ async fn a_receivers_storage_failing_for_one_account_holds_up_that_account_only(
     let t = migrated(backend, "runtime").await;
     let ob = Outbox::new(t.db.clone(), "topic");
     let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-    let enqueue_for = |account: &'static str| {
-        let db = t.db.clone();
-        async move {
-            let id = contactier_runtime::outbox::new_event_id();
-            let mut tx = db.begin_write().await.unwrap();
-            tx.enqueue(&id, "topic", account, b"e", at).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        }
-    };
+    let enqueue_for = |account: &'static str| enqueue_as(&t.db, account, b"e", true);
     // The receiver's storage fails on account q's event, answered as an outage is.
     let q1 = enqueue_for("q").await;
     let a1 = enqueue_for("a").await;
@@ -378,16 +374,7 @@ async fn two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_af
     let t = migrated(backend, "runtime").await;
     let ob = Outbox::new(t.db.clone(), "topic");
     let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-    let enqueue_for = |account: &'static str| {
-        let db = t.db.clone();
-        async move {
-            let id = contactier_runtime::outbox::new_event_id();
-            let mut tx = db.begin_write().await.unwrap();
-            tx.enqueue(&id, "topic", account, b"e", at).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        }
-    };
+    let enqueue_for = |account: &'static str| enqueue_as(&t.db, account, b"e", true);
     // The receiver's storage fails on p's and q's events, answered as an outage is: two in one
     // turn read as one, and the relay pauses.
     for account in ["p", "q"] {
@@ -434,17 +421,8 @@ async fn inbox_applies_each_event_once(backend: Backend) {
 async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Backend) {
     let t = migrated(backend, "runtime").await;
     let ob = Outbox::new(t.db.clone(), "topic");
-    let enqueue_for = |account: &'static str, payload: &'static [u8]| {
-        let db = t.db.clone();
-        async move {
-            let id = contactier_runtime::outbox::new_event_id();
-            let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
-            let mut tx = db.begin_write().await.unwrap();
-            tx.enqueue(&id, "topic", account, payload, now).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        }
-    };
+    let enqueue_for =
+        |account: &'static str, payload: &'static [u8]| enqueue_as(&t.db, account, payload, true);
     // Account a's first event is one the receiver refuses; its second must wait behind it.
     let poison = enqueue_for("a", b"poison").await;
     let b1 = enqueue_for("b", b"b1").await;
