@@ -179,10 +179,9 @@ async fn timed_begin<T>(
     result
 }
 
-/// The answer to a storage failure: details go to the log, callers get a retryable code.
-pub fn storage_unavailable(e: &sqlx::Error) -> tonic::Status {
-    tracing::error!(error = %e, "storage error");
-    tonic::Status::unavailable("storage unavailable, retry")
+/// The answer to a storage failure (see [`crate::storage_failure`]).
+pub fn storage_status(e: &sqlx::Error) -> tonic::Status {
+    crate::storage_failure::status(e)
 }
 
 /// Which backend a [`Db`] is on.

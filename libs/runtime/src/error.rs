@@ -131,7 +131,7 @@ impl Error {
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::OutOfRange(_) => "OUT_OF_RANGE",
-            Error::Db(_) => "UNAVAILABLE",
+            Error::Db(e) => crate::storage_failure::code_name(e),
             Error::Internal(_) => "INTERNAL",
         }
     }
@@ -193,7 +193,7 @@ impl From<Error> for Status {
             Error::Unavailable(_) => Status::unavailable(e.to_string()),
             Error::DeadlineExceeded(_) => Status::deadline_exceeded(e.to_string()),
             Error::OutOfRange(_) => Status::out_of_range(e.to_string()),
-            Error::Db(db) => crate::db::storage_unavailable(&db),
+            Error::Db(db) => crate::db::storage_status(&db),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal("internal error")

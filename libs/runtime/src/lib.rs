@@ -28,6 +28,7 @@ pub mod rich;
 pub mod server;
 pub mod shutdown;
 pub mod sql;
+pub mod storage_failure;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

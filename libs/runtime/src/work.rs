@@ -145,7 +145,7 @@ impl WorkService for WorkOps {
         let after = decode_token(&self.service, &r.page_token)?;
         let mut items = Vec::new();
         for s in &self.sources {
-            items.extend(s.failing(MAX_PER_SOURCE).await.map_err(|e| crate::db::storage_unavailable(&e))?);
+            items.extend(s.failing(MAX_PER_SOURCE).await.map_err(|e| crate::db::storage_status(&e))?);
         }
         let (items, next) = page(&self.service, items, after.as_ref(), size);
         Ok(Response::new(pb::ListFailingWorkResponse {

@@ -480,7 +480,59 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     assert_eq!(*got.lock().unwrap(), [b1, c1, poison, a2], "{backend:?}");
 }
 
+/// A storage error's answer says whether retrying can help: a statement the database refuses
+/// for what it writes (a check, a trigger failing on one account's data) fails the same however
+/// often it is sent, and answered UNAVAILABLE it read to a relay as its receiver being down.
+async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
+    let t = migrated(backend, "failures").await;
+    let db = &t.db;
+    let code = |e: sqlx::Error| tonic::Status::from(contactier_runtime::error::Error::from(e)).code();
+    db.execute(Sql::new(
+        "CREATE TABLE guarded (account_id TEXT NOT NULL, id TEXT NOT NULL, v INTEGER NOT NULL CHECK (v > 0), \
+         PRIMARY KEY (account_id, id))",
+    ))
+    .await
+    .unwrap();
+    let poison = match backend {
+        Backend::Sqlite => vec![
+            "CREATE TRIGGER poison BEFORE INSERT ON guarded WHEN NEW.account_id = 'poisoned' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        ],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$",
+            "CREATE TRIGGER poison BEFORE INSERT ON guarded FOR EACH ROW \
+             WHEN (NEW.account_id = 'poisoned') EXECUTE FUNCTION poison()",
+        ],
+    };
+    for q in poison {
+        db.execute(Sql::new(q)).await.unwrap();
+    }
+    let insert = |account: &'static str, id: &'static str, v: i32| {
+        Sql::new("INSERT INTO guarded (account_id, id, v) VALUES ($1, $2, $3)").bind(account).bind(id).bind(v)
+    };
+    db.execute(insert("a", "1", 1)).await.unwrap();
+
+    let taken = db.execute(insert("a", "1", 2)).await.unwrap_err();
+    assert_eq!(code(taken), tonic::Code::Aborted, "{backend:?}: a key taken meanwhile is a conflict");
+    let checked = db.execute(insert("a", "2", -1)).await.unwrap_err();
+    assert_eq!(code(checked), tonic::Code::Internal, "{backend:?}: a check refused");
+    let poisoned = db.execute(insert("poisoned", "3", 1)).await.unwrap_err();
+    assert_eq!(code(poisoned), tonic::Code::Internal, "{backend:?}: one account's trigger refused");
+
+    if backend == Backend::Postgres {
+        // The server ends the session, as a restart or a failover does.
+        let mut conn = db.conn().await.unwrap();
+        let gone = conn.execute(Sql::new("SELECT pg_terminate_backend(pg_backend_pid())")).await.unwrap_err();
+        assert_eq!(code(gone), tonic::Code::Unavailable, "{backend:?}: the session ended");
+    }
+    db.close().await;
+    let closed = db.execute(insert("a", "4", 1)).await.unwrap_err();
+    assert_eq!(code(closed), tonic::Code::Unavailable, "{backend:?}: no connection to be had");
+}
+
 contactier_runtime::backend_tests!(
+    storage_errors_say_whether_a_retry_can_help,
     two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_after,
     a_receivers_storage_failing_for_one_account_holds_up_that_account_only,
     a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog,

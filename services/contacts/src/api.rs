@@ -251,12 +251,15 @@ fn change(u: pb::UpdateContactRequest, catalog: &Catalog, at: &str) -> Result<Ch
 }
 
 fn batch_error(index: usize, e: &Error) -> pb::BatchItemError {
+    // The message answered is the status's: a storage or internal failure's detail is logged,
+    // not sent.
+    let status = tonic::Status::from(e.clone());
     pb::BatchItemError {
         index: index as i32,
         code: e.code_name().into(),
-        message: e.to_string(),
+        message: status.message().to_owned(),
         field: e.field().to_owned(),
-        status: Some(contactier_runtime::rich::rpc_status(tonic::Status::from(e.clone()))),
+        status: Some(contactier_runtime::rich::rpc_status(status)),
     }
 }
 

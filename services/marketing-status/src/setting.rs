@@ -102,7 +102,7 @@ pub enum Failed {
 impl From<Failed> for tonic::Status {
     fn from(f: Failed) -> Self {
         match f {
-            Failed::Db(e) => contactier_runtime::db::storage_unavailable(&e),
+            Failed::Db(e) => contactier_runtime::db::storage_status(&e),
             Failed::Reused => idempotency::reused(),
         }
     }
