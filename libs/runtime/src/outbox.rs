@@ -238,8 +238,11 @@ struct Pause {
     until: Option<DateTime<Utc>>,
     /// Pauses since the receiver last answered.
     streak: u32,
-    /// Events sent alone in a row this turn that the receiver did not answer.
+    /// Events sent alone this turn that the receiver did not answer.
     unanswered: u32,
+    /// Whether the receiver answered anything this turn: then it is up, and what it did not
+    /// answer is those accounts' own trouble.
+    heard: bool,
 }
 
 /// The longest a receiver that could not answer is left alone: once it is back, events of
@@ -323,6 +326,28 @@ impl Outbox {
         let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
                  WHERE account_id = $4 AND event_id = $1";
         self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error).bind(account_id)).await?;
+        Ok(())
+    }
+
+    /// Schedules a retry of several unacknowledged events at one time, in one statement.
+    async fn retry_all(
+        &self,
+        events: &[(String, String)],
+        at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<serde_json::Value> =
+            events.iter().map(|(account, id)| serde_json::json!({"acct": account, "id": id})).collect();
+        let x = self.db.json_records(1, &[("acct", "text"), ("id", "text")]);
+        let q = format!(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
+             WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})"
+        );
+        let records = serde_json::Value::Array(records).to_string();
+        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records).bind(micros(at)).bind(error)).await?;
         Ok(())
     }
 
@@ -420,7 +445,7 @@ impl Outbox {
             }
             match &outcome {
                 Err(e) if receiver_unavailable(e) => {
-                    self.unanswered(now, backoff);
+                    let _ = self.unanswered(now, backoff);
                 }
                 Err(_) => {}
                 Ok(_) if self.answered() => self.after_outage(now).await?,
@@ -436,10 +461,12 @@ impl Outbox {
         }
     }
 
-    /// Delivers events one at a time, oldest first. An event refused holds back its account's
-    /// later ones until its retry. Two failing in a row as an unreachable receiver does, and it
-    /// is taken to be down: the rest wait too. One alone is taken for its own account's
-    /// trouble, as the event a retry brings back is read first.
+    /// Delivers events one at a time, each account's oldest first, the accounts failing least
+    /// first. An event refused holds back its account's later ones until its retry. Two
+    /// unanswered in a turn with nothing answered, and the receiver is taken to be down: they and
+    /// the rest of the read are tried again at the pause's end, not at their own backoff (grown
+    /// over a long outage to minutes, it held every account that long after the receiver's
+    /// return). Otherwise each waits for its own retry.
     async fn relay_singly(
         &self,
         now: DateTime<Utc>,
@@ -449,12 +476,15 @@ impl Outbox {
     ) -> Result<u64, sqlx::Error> {
         let mut delivered = 0;
         let mut held: HashSet<String> = HashSet::new();
-        let mut down: Option<String> = None;
+        // Sent alone and unanswered, written once the turn knows whether the receiver is down.
+        let mut unanswered: Vec<(String, String, i32, String)> = Vec::new();
+        let mut down: Option<DateTime<Utc>> = None;
+        let mut untried: Vec<(String, String)> = Vec::new();
         let retry =
             |attempts| chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
-        for (id, account, attempts) in sent {
-            if let Some(error) = &down {
-                self.retry_at((&account, &id), now + retry(attempts), error).await?;
+        for (id, account, attempts) in fresh_accounts_first(sent) {
+            if down.is_some() {
+                untried.push((account, id));
                 continue;
             }
             // Not tried: the account's refused event holds it back until its own retry.
@@ -478,15 +508,27 @@ impl Outbox {
                     tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
                     metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
                         .increment(1);
-                    self.retry_at((&account, &id), now + retry(attempts), &error).await?;
-                    held.insert(account);
+                    held.insert(account.clone());
                     if outcome.as_ref().err().is_some_and(receiver_unavailable) {
-                        if self.unanswered(now, backoff) {
-                            down = Some(error);
-                        }
+                        down = self.unanswered(now, backoff);
+                        unanswered.push((account, id, attempts, error));
                     } else {
                         self.answered();
+                        self.retry_at((&account, &id), now + retry(attempts), &error).await?;
                     }
+                }
+            }
+        }
+        match down {
+            Some(until) => {
+                let error = unanswered.last().map(|u| u.3.clone()).unwrap_or_default();
+                let waiting: Vec<(String, String)> =
+                    unanswered.into_iter().map(|(account, id, ..)| (account, id)).chain(untried).collect();
+                self.retry_all(&waiting, until, &error).await?;
+            }
+            None => {
+                for (account, id, attempts, error) in unanswered {
+                    self.retry_at((&account, &id), now + retry(attempts), &error).await?;
                 }
             }
         }
@@ -502,28 +544,30 @@ impl Outbox {
             .filter(|until| now < *until)
     }
 
-    /// Counts an event sent alone that the receiver did not answer. The second in a turn, and
-    /// the receiver is taken to be down: it is left alone for a while, longer each time until
-    /// it answers, up to [`PAUSE_MAX`]; true then. Tried again at once, each read of a backlog
-    /// went to it and wrote a retry for every event read: an outage had every account's first
-    /// event tried and written over, at every turn. One alone is taken for its own account's
-    /// trouble (a receiver's storage failing on one account's event answers as an outage does).
-    fn unanswered(&self, now: DateTime<Utc>, backoff: Backoff) -> bool {
+    /// Counts an event sent alone that the receiver did not answer. The second in a turn in
+    /// which it answered nothing, and the receiver is taken to be down: it is left alone for a
+    /// while, longer each time until it answers, up to [`PAUSE_MAX`]; the pause's end is
+    /// answered then. Tried again at once, each read of a backlog went to it and wrote a retry
+    /// for every event read: an outage had every account's first event tried and written over,
+    /// at every turn. One alone, or any once it has answered in the turn, is taken for its own
+    /// account's trouble (a deadline passing on one account's large event, say).
+    fn unanswered(&self, now: DateTime<Utc>, backoff: Backoff) -> Option<DateTime<Utc>> {
         let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         p.unanswered = p.unanswered.saturating_add(1);
-        if p.unanswered < 2 {
-            return false;
+        if p.unanswered < 2 || p.heard {
+            return None;
         }
         let wait = backoff.delay(p.streak as i32).min(PAUSE_MAX);
         p.until = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
         p.streak = p.streak.saturating_add(1);
-        true
+        p.until
     }
 
     /// A turn begins: one event unanswered in the last is its own account's trouble, and
     /// counts for nothing now (the same event retried alone, turn after turn, read as an outage).
     fn new_turn(&self) {
-        self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner).unanswered = 0;
+        let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (p.unanswered, p.heard) = (0, false);
     }
 
     /// The receiver answered: no pause. True when that ends an outage, two pauses or more in a
@@ -531,7 +575,9 @@ impl Outbox {
     /// then would send those again at each delivery after it.
     fn answered(&self) -> bool {
         let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *p).streak > 1
+        let outage = p.streak > 1;
+        *p = Pause { heard: true, ..Pause::default() };
+        outage
     }
 
     /// Events that failed while the receiver was down are due again at once it is back: their
@@ -580,6 +626,19 @@ impl Outbox {
             })
             .await;
     }
+}
+
+/// Events to send one at a time, the accounts whose first event has failed least first, each
+/// account's in its order: an answer to a fresh account's event shows the receiver up before
+/// those failing turn after turn are tried, so their failing is taken for their own trouble.
+fn fresh_accounts_first(sent: Vec<(String, String, i32)>) -> Vec<(String, String, i32)> {
+    let mut first: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+    for (_, account, attempts) in &sent {
+        first.entry(account.clone()).or_insert(*attempts);
+    }
+    let mut sent = sent;
+    sent.sort_by_key(|(_, account, _)| first[account]);
+    sent
 }
 
 /// The span of one relay batch: a child of the first event's trace, linked to the others', so

@@ -328,6 +328,53 @@ async fn a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog
     assert_eq!(got, ids, "{backend:?}");
 }
 
+/// Events tried over a long outage had their own backoff grown to minutes: with the receiver
+/// back and nothing new sent, nothing moved until the first of those retries (165 s after a
+/// ten-minute outage, seen from outside). Tried while the receiver is down, they wait for the
+/// pause's end instead, at most 10 s.
+async fn after_a_long_outage_the_backlog_goes_within_a_pause_of_the_receivers_return(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let mut ids = Vec::new();
+    for account in ["a", "b", "c", "d", "e"] {
+        ids.push(enqueue_as(&t.db, account, b"e", true).await);
+    }
+    // Tried a dozen times already: their own next retry is five minutes out.
+    let worn =
+        "/* across accounts: the test's events as after a long outage */ UPDATE outbox SET attempts = 12";
+    t.db.execute(Sql::new(worn)).await.unwrap();
+    let down: Deliver =
+        Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
+    let backoff = Backoff::default();
+    let mut now = at + chrono::Duration::seconds(1);
+    for turn in 0..8 {
+        let next = ob.step(now, &down, backoff, 10, 1 << 20).await.unwrap().expect("events wait");
+        assert!(next > now, "{backend:?}: turn {turn} back at once");
+        assert!(
+            next <= now + chrono::Duration::seconds(10),
+            "{backend:?}: turn {turn} back {} s after the receiver was found down",
+            (next - now).num_seconds()
+        );
+        now = next;
+    }
+    // Back up, and nothing new enqueued: the backlog goes at the next turn, each event once.
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let up: Deliver = Box::new(move |events| {
+        let g = g.clone();
+        Box::pin(async move {
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    assert_eq!(ob.step(now, &up, backoff, 10, 1 << 20).await.unwrap(), None, "{backend:?}");
+    let mut got = got.lock().unwrap().clone();
+    got.sort();
+    ids.sort();
+    assert_eq!(got, ids, "{backend:?}");
+}
+
 async fn a_receivers_storage_failing_for_one_account_holds_up_that_account_only(backend: Backend) {
     let t = migrated(backend, "runtime").await;
     let ob = Outbox::new(t.db.clone(), "topic");
@@ -402,12 +449,18 @@ async fn two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_af
     let sent = *tries.lock().unwrap();
     // The first pause is the backoff's first step (1-1.2 s); p's and q's own, their fourth (8 s on).
     let resumed = now + chrono::Duration::milliseconds(1250);
-    // Other accounts' events after the pause go; p and q wait for their own retries.
-    for account in ["a", "b", "c"] {
+    // At the pause's end p and q are tried once more, with a's new event: a is answered, so the
+    // receiver is up and p's and q's failing is their own. They wait for their own retries then,
+    // and b's and c's events go without them.
+    enqueue_for("a").await;
+    ob.step(resumed, &fails_for_p_and_q, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(*tries.lock().unwrap(), sent + 3, "{backend:?}: the read, then p and q alone");
+    assert_eq!(ob.pending().await.unwrap(), 2, "{backend:?}: a went");
+    for account in ["b", "c"] {
         enqueue_for(account).await;
         ob.step(resumed, &fails_for_p_and_q, backoff, 10, 1 << 20).await.unwrap();
     }
-    assert_eq!(*tries.lock().unwrap(), sent, "{backend:?}: p and q sent again");
+    assert_eq!(*tries.lock().unwrap(), sent + 3, "{backend:?}: p and q sent again");
     assert_eq!(ob.pending().await.unwrap(), 2, "{backend:?}");
 }
 
@@ -533,6 +586,7 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
 
 contactier_runtime::backend_tests!(
     storage_errors_say_whether_a_retry_can_help,
+    after_a_long_outage_the_backlog_goes_within_a_pause_of_the_receivers_return,
     two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_after,
     a_receivers_storage_failing_for_one_account_holds_up_that_account_only,
     a_receiver_down_is_tried_once_a_pause_not_for_every_read_of_the_backlog,
