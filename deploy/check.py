@@ -320,6 +320,7 @@ METRICS = {
     "contactier_outbox_oldest_age_seconds": {"service", "topic"},
     "contactier_outbox_delivered_total": {"topic"},
     "contactier_outbox_delivery_failures_total": {"topic"},
+    "contactier_outbox_receiver_down": {"topic"},
     "contactier_inbox_duplicates_total": set(),
     "contactier_db_pool_connections": {"service", "state"},
     "contactier_db_pool_max_connections": {"service"},

@@ -560,6 +560,7 @@ impl Outbox {
         let wait = backoff.delay(p.streak as i32).min(PAUSE_MAX);
         p.until = Some(now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX));
         p.streak = p.streak.saturating_add(1);
+        self.say_down(true);
         p.until
     }
 
@@ -576,8 +577,21 @@ impl Outbox {
     fn answered(&self) -> bool {
         let mut p = self.pause.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outage = p.streak > 1;
+        if p.streak > 0 {
+            self.say_down(false);
+        }
         *p = Pause { heard: true, ..Pause::default() };
         outage
+    }
+
+    /// Whether the relay takes its receiver to be down, for operators: its turns still succeed
+    /// (reading, writing retries) while nothing is delivered.
+    fn say_down(&self, down: bool) {
+        metrics::gauge!("contactier_outbox_receiver_down", "topic" => self.topic.clone()).set(if down {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Events that failed while the receiver was down are due again at once it is back: their
@@ -619,6 +633,7 @@ impl Outbox {
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
     /// until woken by new events (the worker's waker, called after a commit that enqueued).
     pub async fn run(self, worker: Worker, deliver: Deliver, backoff: Backoff, shutdown: crate::Shutdown) {
+        self.say_down(false);
         let (relay, deliver) = (&self, &deliver);
         worker
             .drive(shutdown, chrono::Duration::seconds(1), move |now| async move {

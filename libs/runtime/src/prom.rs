@@ -131,6 +131,10 @@ fn describe() {
         "Age of the oldest undelivered event, by topic (0 when none)."
     );
     describe_counter!("contactier_outbox_delivered_total", "Events delivered and acknowledged, by topic.");
+    describe_gauge!(
+        "contactier_outbox_receiver_down",
+        "1 while a relay takes its receiver to be down and leaves it alone, by topic."
+    );
     describe_counter!(
         "contactier_outbox_delivery_failures_total",
         "Relay batches or events the receiver did not take, by topic."

@@ -632,3 +632,33 @@ async fn postgres_looks_keys_up_by_index_after_a_table_grows() {
     assert_eq!(seq, seq_before, "the keys by index, not the table scanned");
     assert!(idx > idx_before, "the keys by index");
 }
+
+/// An operator can see a relay taking its receiver for down: its worker's turns still succeed
+/// (reading, writing retries) while nothing is delivered, so the worker's metrics say `ok`.
+#[test]
+fn a_relay_says_while_it_takes_its_receiver_to_be_down() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let down_is = |v: u8| format!("contactier_outbox_receiver_down{{topic=\"topic\"}} {v}");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let t = migrated(Backend::Sqlite, "runtime").await;
+            let ob = Outbox::new(t.db.clone(), "topic");
+            for account in ["a", "b", "c"] {
+                enqueue_as(&t.db, account, b"e", true).await;
+            }
+            let down: Deliver = Box::new(|_| {
+                Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) })
+            });
+            let up: Deliver = Box::new(|events| {
+                Box::pin(async move { Ok(events.into_iter().map(|e| e.event_id).collect()) })
+            });
+            let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+            let next = ob.step(now, &down, Backoff::default(), 10, 1 << 20).await.unwrap().unwrap();
+            assert!(metrics.render().contains(&down_is(1)), "{}", metrics.render());
+            assert_eq!(ob.step(next, &up, Backoff::default(), 10, 1 << 20).await.unwrap(), None);
+            assert!(metrics.render().contains(&down_is(0)), "{}", metrics.render());
+        })
+    });
+}
