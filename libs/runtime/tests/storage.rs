@@ -659,6 +659,6 @@ fn a_relay_says_while_it_takes_its_receiver_to_be_down() {
             assert!(metrics.render().contains(&down_is(1)), "{}", metrics.render());
             assert_eq!(ob.step(next, &up, Backoff::default(), 10, 1 << 20).await.unwrap(), None);
             assert!(metrics.render().contains(&down_is(0)), "{}", metrics.render());
-        })
+        });
     });
 }
