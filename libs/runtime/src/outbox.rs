@@ -587,11 +587,8 @@ impl Outbox {
     /// Whether the relay takes its receiver to be down, for operators: its turns still succeed
     /// (reading, writing retries) while nothing is delivered.
     fn say_down(&self, down: bool) {
-        metrics::gauge!("contactier_outbox_receiver_down", "topic" => self.topic.clone()).set(if down {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!("contactier_outbox_receiver_down", "topic" => self.topic.clone())
+            .set(f64::from(u8::from(down)));
     }
 
     /// Events that failed while the receiver was down are due again at once it is back: their
