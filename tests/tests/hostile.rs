@@ -75,8 +75,13 @@ async fn subscribe(s: &System, account: &str, edition: Edition) {
 }
 
 async fn failing_work(s: &System, service: &str) -> Vec<opb::FailingWork> {
+    failing_work_as(s, service, "ops").await
+}
+
+/// The failing work of `service` as a token of `account` with the `ops` scope sees it.
+async fn failing_work_as(s: &System, service: &str, account: &str) -> Vec<opb::FailingWork> {
     let req = opb::ListFailingWorkRequest { page_size: 100, page_token: String::new() };
-    let token = s.token("ops", "operator", &["ops"]);
+    let token = s.token(account, "operator", &["ops"]);
     WorkServiceClient::new(s.channel(service))
         .list_failing_work(authed(req, &token))
         .await
@@ -124,6 +129,13 @@ async fn a_failing_invoice_holds_up_no_other_account(backend: Backend) {
     // Backed off (5 s, 10 s, 20 s ...): a handful of tries in a minute, not a loop.
     assert!((1..=5).contains(&a.attempts), "{backend:?}: {} attempts in a minute", a.attempts);
     assert!(!a.last_error.is_empty());
+    // The operators' account sees every account's; another account's token with the `ops`
+    // scope sees its own account's only, not A's id and error.
+    let as_b = failing_work_as(&s, "billing", B).await;
+    assert!(as_b.iter().all(|f| f.account_id == B), "{backend:?}: B's ops token saw {as_b:?}");
+    let as_a = failing_work_as(&s, "billing", A).await;
+    assert!(as_a.iter().any(|f| f.worker == "billing-invoices"), "{backend:?}: A sees its own");
+    assert!(as_a.iter().all(|f| f.account_id == A), "{backend:?}: {as_a:?}");
 
     // Mended, A is invoiced at its next try and nothing is failing any more.
     let mend = "UPDATE subscriptions SET currency = 'EUR' WHERE account_id = $1";

@@ -139,6 +139,11 @@ pub struct RuntimeArgs {
     #[arg(long, env = "CONTACTIER_DRAIN_SECS", default_value_t = 5)]
     pub drain_secs: u64,
 
+    /// The account whose tokens with the `ops` scope see every account's failing work; an `ops`
+    /// token of any other account sees its own account's only.
+    #[arg(long, env = "CONTACTIER_OPS_ACCOUNT", default_value = "ops")]
+    pub ops_account: String,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "CONTACTIER_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     pub shutdown_grace_secs: u64,

@@ -42,6 +42,8 @@ pub struct Platform {
     pub conn: crate::conn::ConnLimits,
     /// How long a hot read may be served from memory; see [`crate::read_cache`].
     pub read_cache_ttl: Duration,
+    /// The operators' account: its `ops` tokens see every account's failing work.
+    pub ops_account: String,
 }
 
 impl Platform {
@@ -139,6 +141,7 @@ impl Platform {
             rate_limit: args.rate_limit(),
             conn: args.conn_limits(),
             read_cache_ttl: Duration::from_millis(args.read_cache_ttl_ms),
+            ops_account: args.ops_account.clone(),
         })
     }
 
@@ -152,6 +155,7 @@ impl Platform {
             drain: self.drain,
             rate_limit: self.rate_limit,
             conn: self.conn,
+            ops_account: self.ops_account.clone(),
         }
     }
 

@@ -225,7 +225,7 @@ pub fn spawn_sampler(
                 *n = 0;
             }
             for source in &failing {
-                if let Ok(items) = source.failing(10_000).await {
+                if let Ok(items) = source.failing(None, 10_000).await {
                     for item in items {
                         *failing_workers.entry(item.worker).or_default() += 1;
                     }

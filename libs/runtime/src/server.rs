@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub drain: Duration,
     pub rate_limit: Option<crate::limits::RateLimit>,
     pub conn: crate::conn::ConnLimits,
+    /// The operators' account: its `ops` tokens see every account's failing work.
+    pub ops_account: String,
 }
 
 /// Reflection advertising only the services this server runs (the descriptor set holds them all).
@@ -135,7 +137,7 @@ pub async fn serve(spec: ServiceSpec, listener: TcpListener, opts: ServeOptions)
     let mut routes = spec.routes;
     let mut policy = spec.policy;
     let mut services = spec.services;
-    routes = routes.add_service(crate::work::WorkOps::server(spec.name, spec.failing));
+    routes = routes.add_service(crate::work::WorkOps::server(spec.name, spec.failing, &opts.ops_account));
     policy = policy.merge(ops_policy(opts.clock.is_manual()));
     services.push(WORK_OPS);
     if opts.clock.is_manual() {

@@ -114,6 +114,7 @@ pub fn manual_platform(start: chrono::DateTime<chrono::Utc>) -> crate::host::Pla
         rate_limit: None,
         conn: crate::conn::ConnLimits::default(),
         read_cache_ttl: std::time::Duration::from_secs(1),
+        ops_account: "ops".to_owned(),
     }
 }
 

@@ -36,8 +36,12 @@ impl FailingItem {
 
 /// Where a service's failing items of one kind are kept.
 pub trait FailingWork: Send + Sync {
-    /// At most `limit` of them.
-    fn failing(&self, limit: i64) -> BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>>;
+    /// At most `limit` of them: of `account` only, or of every account.
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<FailingItem>, sqlx::Error>>;
 }
 
 /// Counts one failure of `worker`'s and logs it without personal data.
@@ -71,13 +75,17 @@ impl OutboxFailures {
 }
 
 impl FailingWork for OutboxFailures {
-    fn failing(&self, limit: i64) -> BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move {
             let q = "/* across accounts: failing work for operators */ SELECT 'relay:' || topic AS worker, account_id, event_id AS item, \
                      CAST(attempts AS BIGINT) AS attempts, COALESCE(last_error, '') AS last_error, \
                      next_attempt_at \
-                     FROM outbox WHERE attempts > 0 ORDER BY seq LIMIT $1";
-            self.db.fetch_all(crate::sql::Sql::new(q).bind(limit)).await
+                     FROM outbox WHERE attempts > 0 AND ($2 = '' OR account_id = $2) ORDER BY seq LIMIT $1";
+            self.db.fetch_all(crate::sql::Sql::new(q).bind(limit).bind(account.unwrap_or_default())).await
         })
     }
 }
@@ -86,14 +94,22 @@ impl FailingWork for OutboxFailures {
 pub struct WorkOps {
     service: String,
     sources: Vec<Arc<dyn FailingWork>>,
+    /// The operators' account: its callers see every account's items, any other caller its own
+    /// account's only (the `ops` scope alone says nothing of whose work one may read).
+    operators: String,
 }
 
 impl WorkOps {
     pub fn server(
         service: &str,
         sources: Vec<Arc<dyn FailingWork>>,
+        operators: &str,
     ) -> pb::work_service_server::WorkServiceServer<Self> {
-        pb::work_service_server::WorkServiceServer::new(Self { service: service.to_owned(), sources })
+        pb::work_service_server::WorkServiceServer::new(Self {
+            service: service.to_owned(),
+            sources,
+            operators: operators.to_owned(),
+        })
     }
 }
 
@@ -140,12 +156,18 @@ impl WorkService for WorkOps {
         &self,
         req: Request<pb::ListFailingWorkRequest>,
     ) -> Result<Response<pb::ListFailingWorkResponse>, Status> {
+        let own = match req.extensions().get::<crate::auth::Principal>() {
+            Some(p) if p.account_id()? == self.operators => None,
+            Some(p) => Some(p.account_id()?.to_owned()),
+            None => return Err(Status::unauthenticated("a token is required")),
+        };
         let r = req.into_inner();
         let size = crate::paging::limit(r.page_size)? as usize;
         let after = decode_token(&self.service, &r.page_token)?;
         let mut items = Vec::new();
         for s in &self.sources {
-            items.extend(s.failing(MAX_PER_SOURCE).await.map_err(|e| crate::db::storage_status(&e))?);
+            let theirs = s.failing(own.as_deref(), MAX_PER_SOURCE).await;
+            items.extend(theirs.map_err(|e| crate::db::storage_status(&e))?);
         }
         let (items, next) = page(&self.service, items, after.as_ref(), size);
         Ok(Response::new(pb::ListFailingWorkResponse {

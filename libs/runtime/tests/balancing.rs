@@ -49,6 +49,7 @@ async fn replica(n: u32) -> Replica {
         drain: Duration::ZERO,
         rate_limit: None,
         conn: contactier_runtime::conn::ConnLimits::default(),
+        ops_account: "ops".to_owned(),
     };
     Replica { addr, task: tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts)) }
 }

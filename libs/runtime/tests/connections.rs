@@ -37,6 +37,7 @@ async fn start(conn: ConnLimits) -> (SocketAddr, Shutdown) {
         drain: Duration::ZERO,
         rate_limit: None,
         conn,
+        ops_account: "ops".to_owned(),
     };
     tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     (addr, shutdown)

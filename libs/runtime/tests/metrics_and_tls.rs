@@ -26,6 +26,7 @@ async fn serve(tls: Option<(Vec<u8>, Vec<u8>)>) -> (std::net::SocketAddr, Authen
         drain: Duration::ZERO,
         rate_limit: None,
         conn: contactier_runtime::conn::ConnLimits::default(),
+        ops_account: "ops".to_owned(),
     };
     tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     (addr, auth)

@@ -44,6 +44,7 @@ async fn start(clock: Clock) -> Running {
         drain: Duration::ZERO,
         rate_limit: None,
         conn: contactier_runtime::conn::ConnLimits::default(),
+        ops_account: "ops".to_owned(),
     };
     let task = tokio::spawn(server::serve(ServiceSpec::bare("test"), listener, opts));
     Running { addr, auth, clock, shutdown, task }

@@ -505,7 +505,8 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     let soon = now + chrono::Duration::seconds(13);
     assert_eq!(ob.relay_once(soon, &picky, backoff, 10, 1 << 20).await.unwrap(), 0, "{backend:?}");
     assert_eq!(got.lock().unwrap().len(), 2, "{backend:?}: a2 went before the event ahead of it");
-    let failing = contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(10).await.unwrap();
+    let failing =
+        contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(None, 10).await.unwrap();
     let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
     assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
     assert!(refused.last_error.contains("refused"), "{}", refused.last_error);

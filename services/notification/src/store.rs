@@ -926,14 +926,18 @@ const FAILING: &str = "/* across accounts: failing work for operators */ \
      ELSE a.cause END FROM delivery_attempts a WHERE a.account_id = d.account_id \
      AND a.delivery_id = d.id ORDER BY a.attempt DESC \
      LIMIT 1), '') AS last_error, d.next_attempt_at FROM deliveries d \
-     WHERE d.state = 'pending' AND d.attempts > 0 ORDER BY d.account_id, d.id LIMIT $1";
+     WHERE d.state = 'pending' AND d.attempts > 0 AND ($2 = '' OR d.account_id = $2) \
+     ORDER BY d.account_id, d.id LIMIT $1";
 
 impl FailingWork for Failing {
-    fn failing(
-        &self,
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
         limit: i64,
-    ) -> futures::future::BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
-        Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
+    ) -> futures::future::BoxFuture<'a, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move {
+            self.0.fetch_all(Sql::new(FAILING).bind(limit).bind(account.unwrap_or_default())).await
+        })
     }
 }
 

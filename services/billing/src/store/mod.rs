@@ -199,12 +199,12 @@ const FIRST_UPGRADE: &str = "SELECT effective_date, from_tier FROM upgrades WHER
 
 const FAILING_INVOICES: &str = "/* across accounts: failing work for operators */ SELECT 'billing-invoices' AS worker, account_id, \
      'upgrade:' || effective_date AS item, attempts, last_error, next_attempt_at \
-     FROM invoice_failures ORDER BY account_id LIMIT $1";
+     FROM invoice_failures WHERE $2 = '' OR account_id = $2 ORDER BY account_id LIMIT $1";
 
 const FAILING_UPDATES: &str = "/* across accounts: failing work for operators */ SELECT 'billing-update-dates' AS worker, account_id, next_update_date AS \
      item, \
      update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
-     FROM subscriptions WHERE update_attempts > 0 ORDER BY account_id LIMIT $1";
+     FROM subscriptions WHERE update_attempts > 0 AND ($2 = '' OR account_id = $2) ORDER BY account_id LIMIT $1";
 
 /// The account's subscription, inside a transaction or not.
 async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscription>> {
@@ -811,14 +811,18 @@ impl Store {
 struct Failing(Db);
 
 impl FailingWork for Failing {
-    fn failing(
-        &self,
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
         limit: i64,
-    ) -> futures::future::BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
+    ) -> futures::future::BoxFuture<'a, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
         Box::pin(async move {
+            let account = account.unwrap_or_default();
             let mut items: Vec<FailingItem> =
-                self.0.fetch_all(Sql::new(FAILING_INVOICES).bind(limit)).await?;
-            items.extend(self.0.fetch_all::<FailingItem>(Sql::new(FAILING_UPDATES).bind(limit)).await?);
+                self.0.fetch_all(Sql::new(FAILING_INVOICES).bind(limit).bind(account)).await?;
+            items.extend(
+                self.0.fetch_all::<FailingItem>(Sql::new(FAILING_UPDATES).bind(limit).bind(account)).await?,
+            );
             Ok(items)
         })
     }

@@ -57,7 +57,7 @@ const SCORING_RECOVERED: &str = "DELETE FROM scoring_failures WHERE account_id =
 
 const FAILING: &str = "/* across accounts: failing work for operators */ SELECT 'contacts-scoring' AS worker, \
      account_id, 'scores' AS item, attempts, last_error, next_attempt_at FROM scoring_failures \
-     ORDER BY account_id LIMIT $1";
+     WHERE $2 = '' OR account_id = $2 ORDER BY account_id LIMIT $1";
 
 const ALL_DUE: &str = "UPDATE contacts SET score_due_at = 1 WHERE account_id = $1";
 
@@ -492,8 +492,14 @@ impl Store {
 struct Failing(Db);
 
 impl FailingWork for Failing {
-    fn failing(&self, limit: i64) -> BoxFuture<'_, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
-        Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, std::result::Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move {
+            self.0.fetch_all(Sql::new(FAILING).bind(limit).bind(account.unwrap_or_default())).await
+        })
     }
 }
 
@@ -614,7 +620,7 @@ mod tests {
         );
         assert_eq!(scores("acct-good").await, ["7", "7"], "{backend:?}: the other account is scored");
         assert!(scores("acct-bad").await.is_empty(), "{backend:?}");
-        let failing = store.failing_work().failing(100).await.unwrap();
+        let failing = store.failing_work().failing(None, 100).await.unwrap();
         assert_eq!(failing.len(), 1, "{backend:?}: {failing:?}");
         let f = &failing[0];
         assert_eq!(
@@ -632,7 +638,7 @@ mod tests {
         );
         let (seen, next) = store.rescore_due(at(1), 500).await.unwrap();
         assert_eq!((seen, next), (2, Some(at(3))), "{backend:?}: the wait doubles");
-        assert_eq!(store.failing_work().failing(100).await.unwrap()[0].attempts, 2, "{backend:?}");
+        assert_eq!(store.failing_work().failing(None, 100).await.unwrap()[0].attempts, 2, "{backend:?}");
 
         let accept = match backend {
             Backend::Postgres => "/* test: accept the scores again */ DROP TRIGGER refuse_scores ON contacts",
@@ -642,7 +648,7 @@ mod tests {
         assert_eq!(store.rescore_due(at(3), 500).await.unwrap(), (2, None), "{backend:?}");
         assert_eq!(scores("acct-bad").await, ["7", "7"], "{backend:?}: scored once it can be");
         assert!(
-            store.failing_work().failing(100).await.unwrap().is_empty(),
+            store.failing_work().failing(None, 100).await.unwrap().is_empty(),
             "{backend:?}: no longer failing"
         );
     }

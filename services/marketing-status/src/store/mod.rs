@@ -706,12 +706,18 @@ struct Failing(Db);
 
 const FAILING: &str = "/* across accounts: failing work for operators */ \
      SELECT 'marketing-status-workflows' AS worker, account_id, id AS item, attempts, \
-     last_error, next_attempt_at FROM workflow_runs WHERE state = 'retrying' ORDER BY account_id, id \
-     LIMIT $1";
+     last_error, next_attempt_at FROM workflow_runs WHERE state = 'retrying' AND ($2 = '' OR account_id = $2) \
+     ORDER BY account_id, id LIMIT $1";
 
 impl FailingWork for Failing {
-    fn failing(&self, limit: i64) -> futures::future::BoxFuture<'_, Result<Vec<FailingItem>, sqlx::Error>> {
-        Box::pin(async move { self.0.fetch_all(Sql::new(FAILING).bind(limit)).await })
+    fn failing<'a>(
+        &'a self,
+        account: Option<&'a str>,
+        limit: i64,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<FailingItem>, sqlx::Error>> {
+        Box::pin(async move {
+            self.0.fetch_all(Sql::new(FAILING).bind(limit).bind(account.unwrap_or_default())).await
+        })
     }
 }
 
