@@ -184,6 +184,24 @@ pub fn storage_status(e: &sqlx::Error) -> tonic::Status {
     crate::storage_failure::status(e)
 }
 
+/// Whether a pooled SQLite connection may be handed out again: not if it still counts a
+/// transaction open. A statement that makes SQLite end the transaction itself (a trigger's
+/// `RAISE(ROLLBACK)`, a full disk, an I/O error) makes the ROLLBACK after it fail, and the
+/// connection then refused every transaction begun on it, for every account, until a restart.
+/// Such a connection is closed instead. A rollback of a dropped transaction may still be
+/// queued: a ping waits for it before the count is read again.
+async fn ended_cleanly(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    if conn.is_in_transaction() && conn.ping().await.is_err() {
+        return Ok(false);
+    }
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("a SQLite connection left inside a transaction the database ended is closed");
+    }
+    Ok(clean)
+}
+
 /// Which backend a [`Db`] is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -229,7 +247,11 @@ impl Db {
             if let Some(dir) = opts.get_filename().parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let pool = SqlitePoolOptions::new().max_connections(max_connections).connect_with(opts).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .before_acquire(|conn, _| Box::pin(ended_cleanly(conn)))
+                .connect_with(opts)
+                .await?;
             Ok(Db::Sqlite(pool))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             check_schema_name(schema)?;

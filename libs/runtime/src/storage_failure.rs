@@ -32,7 +32,10 @@ pub fn of(e: &sqlx::Error) -> Failure {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => Failure::Down,
+        | sqlx::Error::BeginFailed
+        // A connection whose transaction state is off: the connection's trouble, not the
+        // statement's (see `db::ended_cleanly`).
+        | sqlx::Error::InvalidSavePointStatement => Failure::Down,
         _ => Failure::Refused,
     }
 }
@@ -125,6 +128,7 @@ mod tests {
     fn a_connection_lost_is_an_outage_and_a_row_missing_is_not() {
         assert_eq!(of(&sqlx::Error::PoolTimedOut), Failure::Down);
         assert_eq!(of(&sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())), Failure::Down);
+        assert_eq!(of(&sqlx::Error::InvalidSavePointStatement), Failure::Down);
         assert_eq!(of(&sqlx::Error::RowNotFound), Failure::Refused);
         assert_eq!(status(&sqlx::Error::PoolClosed).code(), tonic::Code::Unavailable);
         assert_eq!(status(&sqlx::Error::RowNotFound).code(), tonic::Code::Internal);
