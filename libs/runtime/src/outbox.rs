@@ -438,10 +438,9 @@ impl Outbox {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
             }
+            let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
             for (id, account, attempts) in unacked {
-                let delay =
-                    chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
-                self.retry_at((&account, &id), now + delay, &error).await?;
+                self.retry_at((&account, &id), now + retry_in(backoff, attempts, unanswered), &error).await?;
             }
             match &outcome {
                 Err(e) if receiver_unavailable(e) => {
@@ -480,8 +479,6 @@ impl Outbox {
         let mut unanswered: Vec<(String, String, i32, String)> = Vec::new();
         let mut down: Option<DateTime<Utc>> = None;
         let mut untried: Vec<(String, String)> = Vec::new();
-        let retry =
-            |attempts| chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX);
         for (id, account, attempts) in fresh_accounts_first(sent) {
             if down.is_some() {
                 untried.push((account, id));
@@ -514,7 +511,8 @@ impl Outbox {
                         unanswered.push((account, id, attempts, error));
                     } else {
                         self.answered();
-                        self.retry_at((&account, &id), now + retry(attempts), &error).await?;
+                        self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error)
+                            .await?;
                     }
                 }
             }
@@ -528,7 +526,7 @@ impl Outbox {
             }
             None => {
                 for (account, id, attempts, error) in unanswered {
-                    self.retry_at((&account, &id), now + retry(attempts), &error).await?;
+                    self.retry_at((&account, &id), now + retry_in(backoff, attempts, true), &error).await?;
                 }
             }
         }
@@ -638,6 +636,16 @@ impl Outbox {
             })
             .await;
     }
+}
+
+/// How long an event waits for its next try after `attempts` failed ones. One the receiver did
+/// not answer at all waits at most [`PAUSE_MAX`] (and jitter): an answer is what shows the
+/// receiver back, and with few events waiting (one account's, or a few accounts' whose retries
+/// never fell due together) nothing else tries it, so after an outage they waited out a
+/// backoff grown to minutes (up to 142 s seen from outside). One it refused keeps the backoff.
+fn retry_in(backoff: Backoff, attempts: i32, unanswered: bool) -> chrono::Duration {
+    let backoff = if unanswered { Backoff { max: backoff.max.min(PAUSE_MAX), ..backoff } } else { backoff };
+    chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX)
 }
 
 /// Events to send one at a time, the accounts whose first event has failed least first, each

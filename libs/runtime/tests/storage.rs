@@ -636,57 +636,6 @@ async fn a_transaction_the_database_ended_leaves_no_connection_broken(backend: B
     assert_eq!(counts, [("b".to_owned(), 12)], "{backend:?}: the failed transactions left nothing");
 }
 
-/// A trigger that ends the whole transaction (SQLite's `RAISE(ROLLBACK)`; its disk full or I/O
-/// errors do the same) left the connection's transaction counted as open: every later
-/// transaction on it failed ("begin_with at non-zero transaction depth"), for every account,
-/// until a restart. The failing account's write fails; the connection goes on for the others.
-async fn a_transaction_the_database_ended_leaves_no_connection_broken(backend: Backend) {
-    let t = migrated(backend, "ended").await;
-    let db = &t.db;
-    db.execute(Sql::new("CREATE TABLE counted (account_id TEXT NOT NULL, n INTEGER NOT NULL)"))
-        .await
-        .unwrap();
-    let ends = match backend {
-        Backend::Sqlite => vec![
-            "CREATE TRIGGER ends BEFORE INSERT ON counted WHEN NEW.account_id = 'poisoned' \
-             BEGIN SELECT RAISE(ROLLBACK, 'poisoned'); END",
-        ],
-        Backend::Postgres => vec![
-            "CREATE FUNCTION ends() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$",
-            "CREATE TRIGGER ends BEFORE INSERT ON counted FOR EACH ROW \
-             WHEN (NEW.account_id = 'poisoned') EXECUTE FUNCTION ends()",
-        ],
-    };
-    for q in ends {
-        db.execute(Sql::new(q)).await.unwrap();
-    }
-    let insert =
-        |account: &'static str| Sql::new("INSERT INTO counted (account_id, n) VALUES ($1, 1)").bind(account);
-    // Failed both ways a caller ends a failed transaction: rolled back, and dropped.
-    for explicit in [true, false] {
-        let mut tx = db.begin_write().await.unwrap();
-        tx.execute(insert("a")).await.unwrap();
-        assert!(tx.execute(insert("poisoned")).await.is_err(), "{backend:?}");
-        if explicit {
-            let _ = tx.rollback().await;
-        } else {
-            drop(tx);
-        }
-    }
-    // More transactions than the pool has connections: each one is used again.
-    for _ in 0..12 {
-        let mut tx = db.begin_write().await.unwrap_or_else(|e| panic!("{backend:?}: {e}"));
-        tx.execute(insert("b")).await.unwrap_or_else(|e| panic!("{backend:?}: {e}"));
-        tx.commit().await.unwrap_or_else(|e| panic!("{backend:?}: {e}"));
-    }
-    let q = Sql::new(
-        "SELECT account_id, COUNT(*) FROM counted WHERE account_id IN ('a', 'b') GROUP BY account_id ORDER BY account_id",
-    );
-    let counts: Vec<(String, i64)> = db.fetch_all(q).await.unwrap();
-    assert_eq!(counts, [("b".to_owned(), 12)], "{backend:?}: the failed transactions left nothing");
-}
-
 /// A small backlog never has two events fail alone in one turn, so the receiver is never taken
 /// to be down: one account's events behind its first, or a few accounts' whose retries do not
 /// fall due together. Each waited out its own backoff, grown over the outage to minutes (32 s to
@@ -732,6 +681,7 @@ async fn a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down(back
 
 contactier_runtime::backend_tests!(
     storage_errors_say_whether_a_retry_can_help,
+    a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down,
     a_transaction_the_database_ended_leaves_no_connection_broken,
     after_a_long_outage_the_backlog_goes_within_a_pause_of_the_receivers_return,
     two_accounts_failing_in_one_turn_are_not_sent_again_at_each_delivery_after,
