@@ -13,6 +13,15 @@ use rand::Rng;
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// An event read as due, with how many events the read in time order took before keeping its
+/// own (0 from the read in `seq` order).
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    #[sqlx(flatten)]
+    event: OutboxEvent,
+    picked: i64,
+}
+
 /// An event waiting in the outbox.
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct OutboxEvent {
@@ -33,6 +42,39 @@ fn from_micros(m: i64) -> DateTime<Utc> {
 pub fn new_event_id() -> String {
     crate::convert::new_id()
 }
+
+/// Events due, read in time order from the due index: events held behind a retry have their
+/// account's retry time (see [`Outbox::retry_at`]), so the read does not visit them (in `seq`
+/// order it walked every one: 1 s a read behind 200,000 held). An account's events read are
+/// kept only where they are its first ones, all read together: time order is not `seq` order
+/// for an event enqueued behind a retry, racing it. The running total of payload lengths is
+/// taken over lengths alone, which both backends read without the payload; the payloads are
+/// read for the entries kept only.
+const DUE_BY_TIME: &str = "/* across accounts: events due */ WITH picks AS (SELECT d.account_id, d.seq, \
+     length(d.payload) AS len FROM outbox d WHERE d.topic = $1 AND d.next_attempt_at <= $2 AND NOT EXISTS \
+     (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id AND w.seq < d.seq \
+     AND w.next_attempt_at > $2) ORDER BY d.next_attempt_at, d.seq LIMIT $3), \
+     marked AS (SELECT account_id, seq, len, COUNT(*) OVER (PARTITION BY account_id) AS n, \
+     MAX(seq) OVER (PARTITION BY account_id) AS last FROM picks), \
+     looked AS (SELECT account_id, seq, len, CASE WHEN seq < last THEN 1 \
+     WHEN (SELECT COUNT(*) FROM outbox w WHERE w.topic = $1 AND w.account_id = m.account_id \
+     AND w.seq <= m.last) = n THEN 1 ELSE 0 END AS first_ones FROM marked m), \
+     kept AS (SELECT account_id, seq, len FROM (SELECT account_id, seq, len, \
+     MIN(first_ones) OVER (PARTITION BY account_id) AS whole FROM looked) c WHERE whole = 1), \
+     budget AS (SELECT account_id, seq, SUM(len) OVER (ORDER BY seq) - len AS before FROM kept) \
+     SELECT o.event_id, o.account_id, o.payload, o.attempts, o.trace_context, \
+     (SELECT COUNT(*) FROM picks) AS picked FROM budget k JOIN outbox o \
+     ON o.account_id = k.account_id AND o.seq = k.seq WHERE k.before < $4 ORDER BY o.seq";
+
+/// Events due in `seq` order, each checked for an earlier one of its account waiting: the read
+/// when the one in time order keeps none.
+const DUE_BY_SEQ: &str = "/* across accounts: events due */ SELECT o.event_id, o.account_id, o.payload, o.attempts, \
+     o.trace_context, CAST(0 AS BIGINT) AS picked FROM outbox o JOIN \
+     (SELECT account_id, seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
+     FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
+     (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
+     AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
+     ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
 
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (event_id, topic, account_id, payload, created_at, \
      next_attempt_at, trace_context) VALUES ($1, $2, $3, $4, $5, $5, $6)";
@@ -279,25 +321,72 @@ impl Outbox {
     /// Events due for a (re)try at `now`, oldest first: at most `limit`, and none after the one
     /// whose payload brings the total to `max_bytes`. An entry can hold a whole import batch;
     /// while the receiver falls behind, the entries waiting would otherwise all be read at once.
+    /// An account's events go in order: one waiting for its retry holds back the account's
+    /// later ones, and no other account's.
     pub async fn due(
         &self,
         now: DateTime<Utc>,
         limit: i64,
         max_bytes: i64,
     ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-        // The running total is taken over lengths alone, which both backends read without the
-        // payload; the payloads are then read for the entries chosen only.
-        // An account's events go in order: one waiting for its retry holds back the account's
-        // later ones, and no other account's.
-        let q = "/* across accounts: events due */ SELECT o.event_id, o.account_id, o.payload, o.attempts, \
-                 o.trace_context FROM outbox o JOIN \
-                 (SELECT account_id, seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
-                 FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS \
-                 (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
-                 AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
-                 ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
+        Ok(self.read_due(now, limit, max_bytes).await?.0)
+    }
+
+    /// [`Outbox::due`], and whether the read stopped at `limit`: events it left out of what it
+    /// read in time order count, as more may be waiting.
+    async fn read_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<(Vec<OutboxEvent>, bool), sqlx::Error> {
+        // With no event waiting for a retry, none is held and the walk in `seq` order reads
+        // only events it keeps; it is the cheaper read then (about half, at 500 a read).
+        if self.any_waiting(now).await? {
+            let rows: Vec<DueRow> = self.read(DUE_BY_TIME, now, limit, max_bytes).await?;
+            if let Some(first) = rows.first() {
+                let stopped = first.picked >= limit;
+                return Ok((rows.into_iter().map(|r| r.event).collect(), stopped));
+            }
+            if !self.any_due(now).await? {
+                return Ok((Vec::new(), false));
+            }
+        }
+        // None waiting, or every event read in time order was of an account with an earlier one
+        // left out of it (an event enqueued behind a retry, racing it, comes out earlier than
+        // the retry): the walk in `seq` order reads them in their order.
+        let rows: Vec<DueRow> = self.read(DUE_BY_SEQ, now, limit, max_bytes).await?;
+        let stopped = rows.len() as i64 >= limit;
+        Ok((rows.into_iter().map(|r| r.event).collect(), stopped))
+    }
+
+    async fn read(
+        &self,
+        q: &'static str,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<Vec<DueRow>, sqlx::Error> {
         let q = Sql::new(q).bind(&self.topic).bind(micros(now)).bind(limit).bind(max_bytes.max(1));
         self.db.fetch_all(q).await
+    }
+
+    /// Whether any event of the topic waits for a later time than `now` (a retry).
+    async fn any_waiting(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        let q = "/* across accounts: whether events wait */ SELECT COUNT(*) FROM (SELECT 1 FROM outbox \
+                 WHERE topic = $1 AND next_attempt_at > $2 LIMIT 1) x";
+        let n: i64 = self.db.scalar(Sql::new(q).bind(&self.topic).bind(micros(now))).await?;
+        Ok(n > 0)
+    }
+
+    /// Whether any event of the topic is due at `now` and not held behind its account's.
+    async fn any_due(&self, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+        let q = "/* across accounts: whether events are due */ SELECT COUNT(*) FROM (SELECT 1 FROM outbox d \
+                 WHERE topic = $1 AND next_attempt_at <= $2 AND NOT EXISTS (SELECT 1 FROM outbox w \
+                 WHERE w.topic = d.topic AND w.account_id = d.account_id AND w.seq < d.seq \
+                 AND w.next_attempt_at > $2) LIMIT 1) x";
+        let n: i64 = self.db.scalar(Sql::new(q).bind(&self.topic).bind(micros(now))).await?;
+        Ok(n > 0)
     }
 
     /// Removes acknowledged events: one statement, one commit, for all a delivery acknowledged
@@ -326,6 +415,12 @@ impl Outbox {
         let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
                  WHERE account_id = $4 AND event_id = $1";
         self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error).bind(account_id)).await?;
+        // The account's later events wait with it: the read in time order passes them by.
+        let q = "UPDATE outbox SET next_attempt_at = $2 WHERE topic = $3 AND account_id = $1 \
+                 AND next_attempt_at < $2 AND seq > (SELECT seq FROM outbox WHERE account_id = $1 AND event_id = $4)";
+        self.db
+            .execute(Sql::new(q).bind(account_id).bind(micros(at)).bind(&self.topic).bind(event_id))
+            .await?;
         Ok(())
     }
 
@@ -347,7 +442,18 @@ impl Outbox {
              WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})"
         );
         let records = serde_json::Value::Array(records).to_string();
-        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records).bind(micros(at)).bind(error)).await?;
+        self.db
+            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records.clone()).bind(micros(at)).bind(error))
+            .await?;
+        // Their accounts' later events wait with them (see [`Outbox::retry_at`]); none is earlier
+        // than an event read.
+        let q = format!(
+            "UPDATE outbox SET next_attempt_at = $2 WHERE topic = $3 AND next_attempt_at < $2 \
+             AND account_id IN (SELECT acct FROM {x})"
+        );
+        self.db
+            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records).bind(micros(at)).bind(&self.topic))
+            .await?;
         Ok(())
     }
 
@@ -386,13 +492,12 @@ impl Outbox {
         }
         self.new_turn();
         loop {
-            let events = self.due(now, batch, batch_bytes).await?;
+            let (events, stopped) = self.read_due(now, batch, batch_bytes).await?;
             if events.is_empty() {
                 return Ok(delivered);
             }
             // Read again at once when this read stopped at a limit: more may be waiting.
-            let full = events.len() as i64 == batch
-                || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= batch_bytes;
+            let full = stopped || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= batch_bytes;
             if full {
                 self.follow_backlog().await?;
             }

@@ -648,8 +648,54 @@ async fn a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down(back
     assert_eq!(got, ids, "{backend:?}: each once, in order");
 }
 
+/// The relay reads due events in time order, and a retry sets its account's later events to its
+/// time. An event enqueued behind a retry after it (racing it) comes out earlier in time than
+/// the events before it: it still goes after them, and a read that could keep none of its
+/// events reads in `seq` order instead of coming back empty.
+async fn an_event_enqueued_behind_a_retry_goes_after_the_events_before_it(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let at = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 0).unwrap();
+    let enqueue_at = |account: &'static str, when: chrono::DateTime<Utc>| {
+        let db = t.db.clone();
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            let id = outbox::new_event_id();
+            tx.enqueue(&id, "topic", account, b"e", when).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        }
+    };
+    let a1 = enqueue_at("a", at).await;
+    let a2 = enqueue_at("a", at).await;
+    // a1 failed: retried (with a2 behind it) a minute on.
+    let retry = at + chrono::Duration::minutes(1);
+    ob.retry_at(("a", &a1), retry, "refused").await.unwrap();
+    // Enqueued after the retry was written, as of a moment before it: earlier in time than a1.
+    let a3 = enqueue_at("a", at + chrono::Duration::seconds(1)).await;
+    let b1 = enqueue_at("b", at + chrono::Duration::seconds(2)).await;
+    let b2 = enqueue_at("b", at + chrono::Duration::seconds(3)).await;
+    let now = retry + chrono::Duration::seconds(1);
+    // c's event waits an hour on: the read goes in time order while any event waits.
+    let c1 = enqueue_at("c", at).await;
+    ob.retry_at(("c", &c1), now + chrono::Duration::hours(1), "refused").await.unwrap();
+    // One at a time: the first in time is a3, which cannot go before a1; a1 is read instead.
+    let first: Vec<String> = ob.due(now, 1, 1 << 20).await.unwrap().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(first, std::slice::from_ref(&a1), "{backend:?}");
+    // Three at a time: a3, b1 and b2 come first in time; a's is left out, b's go.
+    let (up, got) = recording();
+    ob.relay_once(now, &up, Backoff::default(), 3, 1 << 20).await.unwrap();
+    assert_eq!(ob.pending().await.unwrap(), 1, "{backend:?}: c's waits");
+    let got = got.lock().unwrap().clone();
+    let of_a: Vec<&String> = got.iter().filter(|id| [&a1, &a2, &a3].contains(id)).collect();
+    assert_eq!(of_a, [&a1, &a2, &a3], "{backend:?}: a's in order");
+    let of_b: Vec<&String> = got.iter().filter(|id| [&b1, &b2].contains(id)).collect();
+    assert_eq!(of_b, [&b1, &b2], "{backend:?}: b's in order");
+}
+
 contactier_runtime::backend_tests!(
     storage_errors_say_whether_a_retry_can_help,
+    an_event_enqueued_behind_a_retry_goes_after_the_events_before_it,
     a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down,
     a_transaction_the_database_ended_leaves_no_connection_broken,
     after_a_long_outage_the_backlog_goes_within_a_pause_of_the_receivers_return,
