@@ -517,6 +517,8 @@ impl Outbox {
             // account's event answers as an outage does (UNAVAILABLE), and alone the events
             // tell the two apart.
             if outcome.is_err() && sent.len() > 1 {
+                metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
+                    .increment(1);
                 delivered += self.relay_singly(now, deliver, backoff, sent).await?;
                 if !full || self.paused_at(now).is_some() {
                     return Ok(delivered);
@@ -607,11 +609,18 @@ impl Outbox {
                         Ok(_) => "not acknowledged".to_owned(),
                         Err(e) => format!("{e:#}"),
                     };
-                    tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
+                    let not_answered = outcome.as_ref().err().is_some_and(receiver_unavailable);
+                    if not_answered {
+                        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not answered; its account waits for its retry");
+                    } else {
+                        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
+                    }
                     metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
                         .increment(1);
+                    metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
+                        .increment(1);
                     held.insert(account.clone());
-                    if outcome.as_ref().err().is_some_and(receiver_unavailable) {
+                    if not_answered {
                         down = self.unanswered(now, backoff);
                         unanswered.push((account, id, attempts, error));
                     } else {

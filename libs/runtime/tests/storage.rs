@@ -769,6 +769,9 @@ fn a_relay_says_while_it_takes_its_receiver_to_be_down() {
             let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
             let next = ob.step(now, &down, Backoff::default(), 10, 1 << 20).await.unwrap().unwrap();
             assert!(metrics.render().contains(&down_is(1)), "{}", metrics.render());
+            // Every send that failed counts: the read, then a's and b's events alone.
+            let failures = "contactier_outbox_delivery_failures_total{topic=\"topic\"} 3";
+            assert!(metrics.render().contains(failures), "{}", metrics.render());
             assert_eq!(ob.step(next, &up, Backoff::default(), 10, 1 << 20).await.unwrap(), None);
             assert!(metrics.render().contains(&down_is(0)), "{}", metrics.render());
         });
