@@ -7,7 +7,6 @@ pub mod csv_records;
 pub mod duplicates;
 pub mod email;
 pub mod engagements;
-mod event_calls;
 use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
@@ -176,29 +175,19 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                         peer.service(),
                     );
                 let mut done = Vec::new();
-                let sizes: Vec<(usize, usize)> =
-                    entries.iter().map(|e| (e.payload.len(), event_calls::event_count(&e.payload))).collect();
-                for call in event_calls::calls(&sizes) {
-                    // Decoded a call at a time: an entry can hold a whole import batch.
-                    let mut events = Vec::new();
-                    let mut of_entry = Vec::new();
-                    for entry in &entries[call] {
-                        let batch = mpb::ApplyContactEventsRequest::decode(entry.payload.as_slice())?;
-                        let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
-                        of_entry.push((entry.event_id.clone(), ids));
-                        events.extend(batch.events);
-                    }
+                // Decoded one at a time: an entry can hold a whole import batch.
+                for entry in entries {
+                    let batch = mpb::ApplyContactEventsRequest::decode(entry.payload.as_slice())?;
+                    let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
                     let acked: HashSet<String> = client
-                        .apply_contact_events(mpb::ApplyContactEventsRequest { events })
+                        .apply_contact_events(batch)
                         .await?
                         .into_inner()
                         .acknowledged_event_ids
                         .into_iter()
                         .collect();
-                    for (entry, ids) in of_entry {
-                        if ids.iter().all(|id| acked.contains(id)) {
-                            done.push(entry);
-                        }
+                    if ids.iter().all(|id| acked.contains(id)) {
+                        done.push(entry.event_id);
                     }
                 }
                 Ok(done)
