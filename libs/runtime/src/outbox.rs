@@ -396,13 +396,19 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
+        let (x, records) = self.keys(events);
+        let q = format!("DELETE FROM outbox WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})");
+        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records)).await?;
+        Ok(())
+    }
+
+    /// Events' keys, each (account, event id), as JSON records bound as `$1`: the FROM item
+    /// (columns `acct`, `id`) and the parameter.
+    fn keys(&self, events: &[(String, String)]) -> (String, String) {
         let records: Vec<serde_json::Value> =
             events.iter().map(|(account, id)| serde_json::json!({"acct": account, "id": id})).collect();
         let x = self.db.json_records(1, &[("acct", "text"), ("id", "text")]);
-        let q = format!("DELETE FROM outbox WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})");
-        let records = serde_json::Value::Array(records).to_string();
-        self.db.execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records)).await?;
-        Ok(())
+        (x, serde_json::Value::Array(records).to_string())
     }
 
     /// Schedules a retry of an unacknowledged event.
@@ -434,14 +440,11 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
-        let records: Vec<serde_json::Value> =
-            events.iter().map(|(account, id)| serde_json::json!({"acct": account, "id": id})).collect();
-        let x = self.db.json_records(1, &[("acct", "text"), ("id", "text")]);
+        let (x, records) = self.keys(events);
         let q = format!(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
              WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})"
         );
-        let records = serde_json::Value::Array(records).to_string();
         self.db
             .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records.clone()).bind(micros(at)).bind(error))
             .await?;
