@@ -23,9 +23,12 @@ fn event(id: String, payload: Payload) -> mpb::ContactEvent {
 
 async fn contact_events(s: &System, events: Vec<mpb::ContactEvent>) {
     let mut c = MarketingStatusInternalServiceClient::new(s.channel("marketing-status"));
-    c.apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &s.service_token("contacts")))
-        .await
-        .unwrap();
+    c.apply_contact_events(authed(
+        mpb::ApplyContactEventsRequest { events, batch_sizes: vec![] },
+        &s.service_token("contacts"),
+    ))
+    .await
+    .unwrap();
 }
 
 async fn set(s: &System, ids: Vec<String>, status: MarketingStatus) {

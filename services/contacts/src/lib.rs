@@ -7,6 +7,7 @@ pub mod csv_records;
 pub mod duplicates;
 pub mod email;
 pub mod engagements;
+mod event_calls;
 use contactier_runtime::error;
 pub mod filter;
 pub mod fuzzing;
@@ -175,19 +176,32 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                         peer.service(),
                     );
                 let mut done = Vec::new();
-                // Decoded one at a time: an entry can hold a whole import batch.
-                for entry in entries {
-                    let batch = mpb::ApplyContactEventsRequest::decode(entry.payload.as_slice())?;
-                    let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
+                let sizes: Vec<(usize, usize)> =
+                    entries.iter().map(|e| (e.payload.len(), event_calls::event_count(&e.payload))).collect();
+                for call in event_calls::calls(&sizes) {
+                    // Decoded a call at a time: an entry can hold a whole import batch.
+                    let mut request = mpb::ApplyContactEventsRequest::default();
+                    let mut of_entry = Vec::new();
+                    for entry in &entries[call] {
+                        let batch = mpb::ApplyContactEventsRequest::decode(entry.payload.as_slice())?;
+                        let ids: Vec<String> = batch.events.iter().map(|e| e.event_id.clone()).collect();
+                        if !ids.is_empty() {
+                            request.batch_sizes.push(u32::try_from(ids.len())?);
+                        }
+                        of_entry.push((entry.event_id.clone(), ids));
+                        request.events.extend(batch.events);
+                    }
                     let acked: HashSet<String> = client
-                        .apply_contact_events(batch)
+                        .apply_contact_events(request)
                         .await?
                         .into_inner()
                         .acknowledged_event_ids
                         .into_iter()
                         .collect();
-                    if ids.iter().all(|id| acked.contains(id)) {
-                        done.push(entry.event_id);
+                    for (entry, ids) in of_entry {
+                        if ids.iter().all(|id| acked.contains(id)) {
+                            done.push(entry);
+                        }
                     }
                 }
                 Ok(done)

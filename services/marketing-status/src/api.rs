@@ -351,14 +351,15 @@ impl MarketingStatusInternalService for Internal {
         req: Request<pb::ApplyContactEventsRequest>,
     ) -> Answer<pb::ApplyContactEventsResponse> {
         let principal = Principal::of(&req)?.clone();
-        let events = req.into_inner().events;
+        let pb::ApplyContactEventsRequest { events, batch_sizes } = req.into_inner();
+        let ends = crate::events::batch_ends(&batch_sizes, events.len())?;
         for e in &events {
             if e.event_id.is_empty() || e.account_id.is_empty() || e.payload.is_none() {
                 return Err(Error::invalid("events", "event_id, account_id and payload are required").into());
             }
             principal.check_account_at("events", &e.account_id)?;
         }
-        let acknowledged = crate::events::apply(&self.store, events, self.clock.now()).await?;
+        let acknowledged = crate::events::apply(&self.store, events, &ends, self.clock.now()).await?;
         self.relay.wake();
         Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged }))
     }

@@ -111,10 +111,34 @@ impl Run {
     }
 }
 
-/// Applies the events (checked by the caller) and answers the ids acknowledged: all of them.
+/// Where the sender's batches end, as positions in the events: from `batch_sizes` (empty: one
+/// batch of all of them). A batch is never written together with the next one, so the count
+/// moves at least once for each, as it did when a call carried one batch.
+pub fn batch_ends(batch_sizes: &[u32], events: usize) -> Result<Vec<usize>, Error> {
+    if batch_sizes.is_empty() {
+        return Ok(vec![events]);
+    }
+    let mut ends = Vec::with_capacity(batch_sizes.len());
+    let mut at = 0usize;
+    for &size in batch_sizes {
+        if size == 0 {
+            return Err(Error::invalid("batch_sizes", "each batch has at least one event"));
+        }
+        at = at.saturating_add(size as usize);
+        ends.push(at);
+    }
+    if at != events {
+        return Err(Error::invalid("batch_sizes", format!("add up to {at}, not the {events} events")));
+    }
+    Ok(ends)
+}
+
+/// Applies the events (checked by the caller), a batch after the other (see [`batch_ends`]),
+/// and answers the ids acknowledged: all of them.
 pub async fn apply(
     store: &Store,
     events: Vec<pb::ContactEvent>,
+    batch_ends: &[usize],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, GrpcStatus> {
     // Sources are checked before anything changes, so a bad event refuses the whole batch.
@@ -131,7 +155,12 @@ pub async fn apply(
     // Consecutive creations, or deletions, of one account are written in one transaction: the
     // count moves once for the run (a batch call's or an import batch's contacts).
     let mut run = Run::None;
-    for e in events {
+    let mut ends = batch_ends.iter().peekable();
+    for (i, e) in events.into_iter().enumerate() {
+        // A new batch: what the last one left unwritten is written on its own.
+        if ends.next_if(|end| **end == i).is_some() {
+            std::mem::replace(&mut run, Run::None).flush(store, now).await?;
+        }
         let account = e.account_id.clone();
         match e.payload.expect("checked by the caller") {
             Payload::Created(c) => {
@@ -173,4 +202,20 @@ pub async fn apply(
     }
     run.flush(store, now).await?;
     Ok(acknowledged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_ends;
+
+    #[test]
+    fn batches_end_where_the_sender_split_them() {
+        assert_eq!(batch_ends(&[], 5).unwrap(), [5], "no split: one batch");
+        assert_eq!(batch_ends(&[], 0).unwrap(), [0]);
+        assert_eq!(batch_ends(&[2, 1, 3], 6).unwrap(), [2, 3, 6]);
+        for (sizes, n) in [(vec![2, 2], 3), (vec![2, 0, 1], 3), (vec![1], 0), (vec![u32::MAX, u32::MAX], 4)] {
+            let err = batch_ends(&sizes, n).unwrap_err();
+            assert!(err.to_string().contains("batch_sizes"), "{sizes:?}: {err}");
+        }
+    }
 }

@@ -68,9 +68,18 @@ impl Svc {
     }
 
     async fn events(&self, events: Vec<pb::ContactEvent>) -> Result<Vec<String>, tonic::Status> {
+        self.batches(events, vec![]).await
+    }
+
+    /// Events in one call, split into the sender's batches.
+    async fn batches(
+        &self,
+        events: Vec<pb::ContactEvent>,
+        batch_sizes: Vec<u32>,
+    ) -> Result<Vec<String>, tonic::Status> {
         let token = self.platform.authenticator.service_token("contacts", chrono::Duration::hours(1));
         let mut c = MarketingStatusInternalServiceClient::new(self.channel.clone());
-        Ok(c.apply_contact_events(authed(pb::ApplyContactEventsRequest { events }, &token))
+        Ok(c.apply_contact_events(authed(pb::ApplyContactEventsRequest { events, batch_sizes }, &token))
             .await?
             .into_inner()
             .acknowledged_event_ids)
@@ -273,8 +282,10 @@ async fn permissions_bad_input_and_other_accounts_change_nothing(backend: Backen
         Code::PermissionDenied
     );
     let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
-    let forged =
-        pb::ApplyContactEventsRequest { events: vec![created("x", "c9", SourceType::Form, Unspecified, "")] };
+    let forged = pb::ApplyContactEventsRequest {
+        events: vec![created("x", "c9", SourceType::Form, Unspecified, "")],
+        batch_sizes: vec![],
+    };
     assert_eq!(
         internal.apply_contact_events(authed(forged, &admin)).await.unwrap_err().code(),
         Code::PermissionDenied
@@ -771,7 +782,54 @@ async fn plans_of_many_accounts_apply_in_one_call_in_the_order_given(backend: Ba
     assert_eq!(s.count().await.version, version + 2, "{backend:?}: billing learns of it once");
 }
 
+/// A sender's batches merged into one call each move the count once, as they did a call each:
+/// billing and alerts see every step (an import climbing through three tiers raises three tier
+/// alerts), and a call's events with no split still move it once.
+async fn batches_merged_in_one_call_each_move_the_count(backend: Backend) {
+    let s = start(backend).await;
+    let new = |i: usize| {
+        created(&format!("e{i}"), &format!("c{i}"), SourceType::Import, MarketingStatus::Marketing, "")
+    };
+    let version = s.count().await.version;
+
+    // Sizes that do not split the events refuse the call; nothing is applied.
+    for (sizes, why) in
+        [(vec![2, 2], "add up to 4, not the 3 events"), (vec![2, 0, 1], "each batch has at least one event")]
+    {
+        let err = s.batches((0..3).map(new).collect(), sizes).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{backend:?}");
+        assert!(
+            err.message().starts_with("batch_sizes") && err.message().contains(why),
+            "{backend:?}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        (counts(&s.count().await), s.count().await.version),
+        ((0, 0, 0), version),
+        "{backend:?}: nothing applied"
+    );
+
+    // Three batches (2, 1, 3 contacts) in one call: three steps, as three calls would make.
+    let acked = s.batches((0..6).map(new).collect(), vec![2, 1, 3]).await.unwrap();
+    assert_eq!(acked.len(), 6, "{backend:?}");
+    let after = s.count().await;
+    assert_eq!((counts(&after), after.version), ((6, 0, 0), version + 3), "{backend:?}: a step a batch");
+    // The same call again (a relay's retry): nothing moves.
+    s.batches((0..6).map(new).collect(), vec![2, 1, 3]).await.unwrap();
+    assert_eq!(s.count().await.version, version + 3, "{backend:?}: a retry changes nothing");
+    // No split: the call is one batch, one step.
+    s.events((6..10).map(new).collect()).await.unwrap();
+    let after = s.count().await;
+    assert_eq!(
+        (counts(&after), after.version),
+        ((10, 0, 0), version + 4),
+        "{backend:?}: one batch, one step"
+    );
+}
+
 contactier_runtime::backend_tests!(
+    batches_merged_in_one_call_each_move_the_count,
     plans_of_many_accounts_apply_in_one_call_in_the_order_given,
     a_batch_of_update_dates_applies_each_once_in_the_order_asked,
     new_contacts_get_their_sources_defaults,

@@ -298,7 +298,12 @@ async fn set_up(ctx: &Ctx, accounts: usize) -> anyhow::Result<()> {
     .map(|events| {
         let (mut internal, token) = (internal.clone(), token.clone());
         async move {
-            internal.apply_contact_events(authed(mpb::ApplyContactEventsRequest { events }, &token)).await?;
+            internal
+                .apply_contact_events(authed(
+                    mpb::ApplyContactEventsRequest { events, batch_sizes: vec![] },
+                    &token,
+                ))
+                .await?;
             anyhow::Ok(())
         }
     })

@@ -222,7 +222,7 @@ async fn send_events(
     now: DateTime<Utc>,
 ) -> Result<()> {
     if !events.is_empty() {
-        let batch = mpb::ApplyContactEventsRequest { events };
+        let batch = mpb::ApplyContactEventsRequest { events, batch_sizes: vec![] };
         tx.enqueue(&new_event_id(), MARKETING_STATUS_TOPIC, account, &batch.encode_to_vec(), now).await?;
     }
     Ok(())
