@@ -93,27 +93,41 @@ async fn marketing_requested(
     Ok(())
 }
 
-/// Events of one account of one kind, to be written together.
+/// Events of one account of one kind, to be written together, with where the sender's batches
+/// among them end (the count moves once for each).
 enum Run {
     None,
-    Created(String, Vec<Created>),
-    Deleted(String, Vec<Deleted>),
+    Created(String, Vec<Created>, Vec<usize>),
+    Deleted(String, Vec<Deleted>, Vec<usize>),
 }
 
 impl Run {
-    async fn flush(self, store: &Store, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
+    /// Marks the end of a sender's batch: the next event, if it joins the run, starts another.
+    fn end_batch(&mut self) {
+        let (len, ends) = match self {
+            Run::None => return,
+            Run::Created(_, items, ends) => (items.len(), ends),
+            Run::Deleted(_, items, ends) => (items.len(), ends),
+        };
+        if ends.last() != Some(&len) {
+            ends.push(len);
+        }
+    }
+
+    async fn flush(mut self, store: &Store, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
+        self.end_batch();
         let done = match self {
             Run::None => Ok(()),
-            Run::Created(account, items) => store.contacts_created(&account, &items, now).await,
-            Run::Deleted(account, items) => store.contacts_deleted(&account, &items, now).await,
+            Run::Created(account, items, ends) => store.contacts_created(&account, &items, &ends, now).await,
+            Run::Deleted(account, items, ends) => store.contacts_deleted(&account, &items, &ends, now).await,
         };
         Ok(done.map_err(Error::from)?)
     }
 }
 
 /// Where the sender's batches end, as positions in the events: from `batch_sizes` (empty: one
-/// batch of all of them). A batch is never written together with the next one, so the count
-/// moves at least once for each, as it did when a call carried one batch.
+/// batch of all of them). The count moves once for each batch, as it did when a call carried one
+/// batch; consecutive batches of one account are still written in one transaction.
 pub fn batch_ends(batch_sizes: &[u32], events: usize) -> Result<Vec<usize>, Error> {
     if batch_sizes.is_empty() {
         return Ok(vec![events]);
@@ -152,14 +166,14 @@ pub async fn apply(
     }
     let mut lookups = Lookups::default();
     let mut acknowledged = Vec::with_capacity(events.len());
-    // Consecutive creations, or deletions, of one account are written in one transaction: the
-    // count moves once for the run (a batch call's or an import batch's contacts).
+    // Consecutive creations, or deletions, of one account are written in one transaction (a
+    // batch call's or an import batch's contacts, or an account's backlog of single changes);
+    // the count moves once for each of the sender's batches among them.
     let mut run = Run::None;
     let mut ends = batch_ends.iter().peekable();
     for (i, e) in events.into_iter().enumerate() {
-        // A new batch: what the last one left unwritten is written on its own.
         if ends.next_if(|end| **end == i).is_some() {
-            std::mem::replace(&mut run, Run::None).flush(store, now).await?;
+            run.end_batch();
         }
         let account = e.account_id.clone();
         match e.payload.expect("checked by the caller") {
@@ -167,9 +181,9 @@ pub async fn apply(
                 let (initial, actor) = lookups.initial(store, &account, &c).await?;
                 let item = Created { event_id: e.event_id.clone(), contact_id: c.contact_id, initial, actor };
                 match &mut run {
-                    Run::Created(a, items) if *a == account => items.push(item),
+                    Run::Created(a, items, _) if *a == account => items.push(item),
                     _ => {
-                        std::mem::replace(&mut run, Run::Created(account, vec![item]))
+                        std::mem::replace(&mut run, Run::Created(account, vec![item], vec![]))
                             .flush(store, now)
                             .await?;
                     }
@@ -178,9 +192,9 @@ pub async fn apply(
             Payload::Deleted(d) => {
                 let item = Deleted { event_id: e.event_id.clone(), contact_id: d.contact_id, erase: d.erase };
                 match &mut run {
-                    Run::Deleted(a, items) if *a == account => items.push(item),
+                    Run::Deleted(a, items, _) if *a == account => items.push(item),
                     _ => {
-                        std::mem::replace(&mut run, Run::Deleted(account, vec![item]))
+                        std::mem::replace(&mut run, Run::Deleted(account, vec![item], vec![]))
                             .flush(store, now)
                             .await?;
                     }

@@ -826,6 +826,25 @@ async fn batches_merged_in_one_call_each_move_the_count(backend: Backend) {
         ((10, 0, 0), version + 4),
         "{backend:?}: one batch, one step"
     );
+
+    // Deletions too: three batches (one contact, two, then one named again), three steps; the
+    // contact named twice is removed and counted once.
+    let gone = |i: usize, contact: usize| pb::ContactEvent {
+        event_id: format!("d{i}"),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Deleted(pb::ContactDeleted {
+            contact_id: format!("c{contact}"),
+            erase: false,
+        })),
+    };
+    s.batches(vec![gone(0, 0), gone(1, 1), gone(2, 2), gone(3, 1)], vec![1, 2, 1]).await.unwrap();
+    let after = s.count().await;
+    assert_eq!(
+        (counts(&after), after.version),
+        ((7, 0, 0), version + 6),
+        "{backend:?}: a step a batch that removed one"
+    );
 }
 
 contactier_runtime::backend_tests!(

@@ -228,6 +228,17 @@ async fn apply_delta(
     Ok(c)
 }
 
+/// `items` split where the sender's batches end (`ends` ascending, the last at `items.len()`;
+/// none: one batch).
+fn batches<'a, T>(items: &'a [T], ends: &[usize]) -> impl Iterator<Item = &'a [T]> + use<'a, T> {
+    let ends = if ends.is_empty() { vec![items.len()] } else { ends.to_vec() };
+    let starts = std::iter::once(0).chain(ends.clone());
+    starts.zip(ends).map(move |(a, b)| {
+        let a = a.min(items.len());
+        &items[a..b.min(items.len()).max(a)]
+    })
+}
+
 async fn counts(tx: &mut impl Tx, account: &str) -> Result<Counts, sqlx::Error> {
     Ok(tx.fetch_optional(Sql::new(COUNTS).bind(account)).await?.unwrap_or_default())
 }
@@ -496,11 +507,14 @@ impl Store {
     }
 
     /// New contacts from one account's events, in one transaction with multi-row statements:
-    /// events seen before are skipped, contacts known before are left as they are.
+    /// events seen before are skipped, contacts known before are left as they are. The count
+    /// moves once for each of the sender's batches, which end at `ends` (ascending, the last at
+    /// `items.len()`; none: one batch).
     pub async fn contacts_created(
         &self,
         account: &str,
         items: &[Created],
+        ends: &[usize],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         let at = micros(now);
@@ -549,10 +563,21 @@ impl Store {
             ]);
         }
         tx.append("status_changes", &AUDIT_COLUMNS, &audit).await?;
-        let marketing = new.iter().filter(|c| c.initial.counts()).count() as i64;
-        let delta = CountDelta { marketing, pending: 0, non_marketing: new.len() as i64 - marketing };
-        if !delta.is_zero() {
-            apply_delta(&mut tx, account, delta, now).await?;
+        // Each contact added counts in the first batch naming it.
+        let mut added: HashSet<&str> = HashSet::new();
+        for batch in batches(items, ends) {
+            let mut delta = CountDelta::default();
+            for c in batch {
+                if fresh.contains(&c.event_id)
+                    && inserted.contains(&c.contact_id)
+                    && added.insert(c.contact_id.as_str())
+                {
+                    delta += CountDelta::added(c.initial);
+                }
+            }
+            if !delta.is_zero() {
+                apply_delta(&mut tx, account, delta, now).await?;
+            }
         }
         tx.commit().await?;
         self.added(items.len()).await
@@ -564,6 +589,7 @@ impl Store {
         &self,
         account: &str,
         items: &[Deleted],
+        ends: &[usize],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
         let delete = format!(
@@ -578,6 +604,7 @@ impl Store {
         let ids: Vec<(String, String)> =
             items.iter().map(|d| (account.to_owned(), d.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
+        let all = items;
         let items: Vec<&Deleted> = items.iter().filter(|d| fresh.contains(&d.event_id)).collect();
         if items.is_empty() {
             tx.commit().await?;
@@ -589,11 +616,19 @@ impl Store {
         hold_mark(&self.db, &mut tx, account, &contacts).await?;
         let gone: Vec<StatusRow> =
             tx.fetch_all(Sql::new(AssertSqlSafe(delete)).bind(account).bind(&contacts)).await?;
-        let mut delta = CountDelta::default();
-        for row in &gone {
-            delta += CountDelta::removed(row.state());
+        // Each contact removed counts in the first batch naming it.
+        let mut batch_of: HashMap<&str, usize> = HashMap::new();
+        for (b, batch) in batches(all, ends).enumerate() {
+            for d in batch.iter().filter(|d| fresh.contains(&d.event_id)) {
+                batch_of.entry(d.contact_id.as_str()).or_insert(b);
+            }
         }
-        if !gone.is_empty() {
+        let mut deltas: std::collections::BTreeMap<usize, CountDelta> = Default::default();
+        for row in &gone {
+            let b = batch_of.get(row.contact_id.as_str()).copied().unwrap_or_default();
+            *deltas.entry(b).or_default() += CountDelta::removed(row.state());
+        }
+        for delta in deltas.into_values() {
             apply_delta(&mut tx, account, delta, now).await?;
         }
         let erased: Vec<&str> = items.iter().filter(|d| d.erase).map(|d| d.contact_id.as_str()).collect();

@@ -333,7 +333,7 @@ mod tests {
                 actor: actor.clone(),
             })
             .collect();
-        s.contacts_created("a", &items, now).await.unwrap();
+        s.contacts_created("a", &items, &[], now).await.unwrap();
         let announced = outbox.pending().await.unwrap();
         s.set_status("a", &ids[..2], Status::Marketing, &actor, now, Part { keep: None, last: false })
             .await

@@ -583,7 +583,7 @@ mod tests {
                 actor: user(),
             })
             .collect::<Vec<_>>();
-        s.contacts_created(ACCOUNT, &items, at(1, 8)).await.unwrap();
+        s.contacts_created(ACCOUNT, &items, &[], at(1, 8)).await.unwrap();
         ids
     }
 
@@ -656,7 +656,7 @@ mod tests {
             "{backend:?}"
         );
         let gone = crate::store::Deleted { event_id: "ev-del".into(), contact_id: "c2".into(), erase: false };
-        s.contacts_deleted(ACCOUNT, &[gone], Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap())
+        s.contacts_deleted(ACCOUNT, &[gone], &[], Utc.with_ymd_and_hms(2026, 6, 2, 10, 0, 0).unwrap())
             .await
             .unwrap();
         let c = s.counts(ACCOUNT).await.unwrap();
