@@ -171,9 +171,15 @@ pub async fn apply(
     // the count moves once for each of the sender's batches among them.
     let mut run = Run::None;
     let mut ends = batch_ends.iter().peekable();
+    let mut seen = std::collections::HashSet::new();
     for (i, e) in events.into_iter().enumerate() {
         if ends.next_if(|end| **end == i).is_some() {
             run.end_batch();
+        }
+        // An event id named again in the call is the same event: applied once, as it is when
+        // named again in a later call.
+        if !seen.insert(e.event_id.clone()) {
+            continue;
         }
         let account = e.account_id.clone();
         match e.payload.expect("checked by the caller") {

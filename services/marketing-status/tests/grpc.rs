@@ -845,6 +845,19 @@ async fn batches_merged_in_one_call_each_move_the_count(backend: Backend) {
         ((7, 0, 0), version + 6),
         "{backend:?}: a step a batch that removed one"
     );
+
+    // An event id named twice in one call is one event, applied once (whatever it carries the
+    // second time), as across calls; it is acknowledged.
+    let twice = vec![
+        created("e-twice", "c20", SourceType::Import, MarketingStatus::Marketing, ""),
+        created("e-twice", "c21", SourceType::Import, MarketingStatus::Marketing, ""),
+    ];
+    for sizes in [vec![1, 1], vec![2]] {
+        let acked = s.batches(twice.clone(), sizes).await.unwrap();
+        assert!(!acked.is_empty() && acked.iter().all(|id| id == "e-twice"), "{backend:?}: {acked:?}");
+    }
+    let after = s.count().await;
+    assert_eq!((counts(&after), after.version), ((8, 0, 0), version + 7), "{backend:?}: the event once");
 }
 
 contactier_runtime::backend_tests!(
