@@ -1,7 +1,7 @@
 //! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
 
 use crate::price_book::PriceBook;
-use crate::store::{CountOutcome, Store};
+use crate::store::{CountEvent, CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -30,24 +30,30 @@ impl BillingInternalService for Internal {
             .into_iter()
             .map(crate::convert::count_event)
             .collect::<Result<Vec<_>, _>>()?;
+        for e in &events {
+            principal.check_account_at("events", &e.account_id)?;
+        }
         let mut acknowledged = Vec::with_capacity(events.len());
         let (mut applied, mut upgraded) = (false, false);
-        for e in events {
-            principal.check_account_at("events", &e.account_id)?;
-            match self.store.apply_count(&e, self.clock.now(), &self.book).await? {
-                CountOutcome::Applied { upgrade } => {
-                    applied = true;
-                    if upgrade.is_some() {
-                        metrics::counter!("contactier_upgrades_total").increment(1);
-                        upgraded = true;
+        // Each account's counts in their order, in one transaction per account.
+        for (account, events) in by_account(events) {
+            let outcomes = self.store.apply_counts(&account, &events, self.clock.now(), &self.book).await?;
+            for outcome in outcomes {
+                match outcome {
+                    CountOutcome::Applied { upgrade } => {
+                        applied = true;
+                        if upgrade.is_some() {
+                            metrics::counter!("contactier_upgrades_total").increment(1);
+                            upgraded = true;
+                        }
                     }
+                    CountOutcome::Seen
+                    | CountOutcome::Stale
+                    | CountOutcome::NoSubscription
+                    | CountOutcome::AfterUpdateDate => {}
                 }
-                CountOutcome::Seen
-                | CountOutcome::Stale
-                | CountOutcome::NoSubscription
-                | CountOutcome::AfterUpdateDate => {}
             }
-            acknowledged.push(e.event_id);
+            acknowledged.extend(events.into_iter().map(|e| e.event_id));
         }
         if applied {
             self.relay.wake();
@@ -86,5 +92,44 @@ impl BillingInternalService for Internal {
             })).collect::<Vec<_>>(),
         });
         Ok(Response::new(pb::ExportAccountBillingDataResponse { json: json.to_string() }))
+    }
+}
+
+/// Count events grouped by account, in the order each account first appears, each account's in
+/// the order given (only an account's own order matters).
+fn by_account(events: Vec<CountEvent>) -> Vec<(String, Vec<CountEvent>)> {
+    let mut groups: Vec<(String, Vec<CountEvent>)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for e in events {
+        let i = *at.entry(e.account_id.clone()).or_insert_with(|| {
+            groups.push((e.account_id.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(e);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_go_by_account_each_in_its_order() {
+        let e = |id: &str, account: &str| CountEvent {
+            event_id: id.into(),
+            account_id: account.into(),
+            marketing_contacts_enabled: true,
+            counts: Default::default(),
+        };
+        let events = vec![e("1", "a"), e("2", "b"), e("3", "a"), e("4", "c"), e("5", "b")];
+        let groups: Vec<(String, Vec<String>)> = by_account(events)
+            .into_iter()
+            .map(|(a, es)| (a, es.into_iter().map(|e| e.event_id).collect()))
+            .collect();
+        let want =
+            |a: &str, ids: &[&str]| (a.to_owned(), ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(groups, [want("a", &["1", "3"]), want("b", &["2", "5"]), want("c", &["4"])]);
+        assert!(by_account(vec![]).is_empty());
     }
 }

@@ -438,7 +438,68 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
     }
 }
 
+/// A call carrying many counts of one account (its backlog, released at once) applies each as
+/// its own step, in order: every tier crossed is an upgrade; a count named twice or older than
+/// the one held changes nothing; another account's counts in the same call go on their own.
+async fn counts_of_one_account_in_one_call_are_each_a_step(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let ev = |id: &str, account: &str, version: i64, marketing: i64| pb::CountChanged {
+        event_id: id.into(),
+        account_id: account.into(),
+        version,
+        marketing_count: marketing,
+        pending_non_marketing: 0,
+        non_marketing: 0,
+        observed_at: None,
+        marketing_contacts_enabled: true,
+    };
+    let events = vec![
+        ev("c1", ACCOUNT, 1, 1_500),
+        ev("b1", "acct-b", 1, 10),
+        ev("c2", ACCOUNT, 2, 2_100),
+        ev("c2", ACCOUNT, 2, 2_100),
+        ev("c3", ACCOUNT, 3, 7_500),
+        ev("c0", ACCOUNT, 1, 40_000),
+        ev("b2", "acct-b", 2, 20),
+    ];
+    let mut client = BillingInternalServiceClient::new(b.channel.clone());
+    let acked = client
+        .apply_count_events(authed(pb::ApplyCountEventsRequest { events }, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .acknowledged_event_ids;
+    let mut acked_sorted = acked.clone();
+    acked_sorted.sort();
+    acked_sorted.dedup();
+    assert_eq!(acked_sorted, ["b1", "b2", "c0", "c1", "c2", "c3"], "{backend:?}: {acked:?}");
+    let read = b.token(ACCOUNT, &["read"]);
+    let ups = b
+        .api()
+        .list_upgrades(authed(pb::ListUpgradesRequest { page_size: 10, page_token: String::new() }, &read))
+        .await
+        .unwrap()
+        .into_inner()
+        .upgrades;
+    let mut steps: Vec<(i64, i64, i64)> =
+        ups.iter().map(|u| (u.from_tier, u.to_tier, u.marketing_count)).collect();
+    steps.sort();
+    assert_eq!(steps.len(), 2, "{backend:?}: a tier crossed at each of two steps: {steps:?}");
+    assert_eq!((steps[0].0, steps[0].1, steps[0].2), (2_000, 7_000, 2_100), "{backend:?}: {steps:?}");
+    assert_eq!((steps[1].0, steps[1].2), (7_000, 7_500), "{backend:?}: {steps:?}");
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!(
+        (usage.marketing_count, usage.count_version),
+        (7_500, 3),
+        "{backend:?}: the stale count kept out"
+    );
+}
+
 contactier_runtime::backend_tests!(
+    counts_of_one_account_in_one_call_are_each_a_step,
     many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_replicas,
     the_price_book_and_subsidiaries_page_in_their_own_order,
     upgrades_and_invoices_page_without_a_gap,

@@ -206,6 +206,43 @@ const FAILING_UPDATES: &str = "/* across accounts: failing work for operators */
      update_attempts AS attempts, update_error AS last_error, lease_until AS next_attempt_at \
      FROM subscriptions WHERE update_attempts > 0 AND ($2 = '' OR account_id = $2) ORDER BY account_id LIMIT $1";
 
+/// One count, a step of its own inside the caller's transaction (see [`Store::apply_counts`]).
+async fn apply_count(
+    tx: &mut contactier_runtime::sql::Transaction,
+    e: &CountEvent,
+    now: DateTime<Utc>,
+    book: &PriceBook,
+) -> Result<CountOutcome> {
+    let c = e.counts;
+    let account = e.account_id.as_str();
+    if !tx.receive(account, &e.event_id, now).await? {
+        return Ok(CountOutcome::Seen);
+    }
+    let keep = Sql::new(KEEP_COUNT)
+        .bind(account)
+        .bind(c.version)
+        .bind(c.marketing)
+        .bind(c.pending_non_marketing)
+        .bind(c.non_marketing)
+        .bind(micros(now));
+    if tx.execute(keep).await? != 1 {
+        return Ok(CountOutcome::Stale);
+    }
+    let enabled = "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2";
+    tx.execute(Sql::new(enabled).bind(e.marketing_contacts_enabled).bind(account)).await?;
+    let Some(sub) = subscription(tx, account).await? else {
+        return Ok(CountOutcome::NoSubscription);
+    };
+    if sub.awaits_update(book, now) {
+        // Applied with the date (update_dates::complete): the period the date opens is priced
+        // on the count at the date, and this count is an upgrade within it. Taken now, it would
+        // raise the old period's tier, and the renewal would charge that tier for the new term
+        // as well as the upgrade.
+        return Ok(CountOutcome::AfterUpdateDate);
+    }
+    Ok(CountOutcome::Applied { upgrade: take_count(tx, &sub, c, now, book).await? })
+}
+
 /// The account's subscription, inside a transaction or not.
 async fn subscription(tx: &mut impl Tx, account: &str) -> Result<Option<Subscription>> {
     let row: Option<SubscriptionRow> =
@@ -600,50 +637,28 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a count in one transaction: keeps it unless older than the one held, upgrades the
-    /// tier at once when the count exceeds it (never down), records the day's usage and queues
-    /// the usage (and upgrade) events for notification.
-    pub async fn apply_count(
+    /// Applies counts of one account in one transaction, each as its own step and in the order
+    /// given: keeps each unless older than the one held, upgrades the tier at once when the count
+    /// exceeds it (never down), records the day's usage and queues the usage (and upgrade)
+    /// events for notification. A backlog of an account's counts (every change it made while
+    /// marketing-status could not take them) is one commit, not one each, so the accounts
+    /// behind it do not wait a commit per step.
+    pub async fn apply_counts(
         &self,
-        e: &CountEvent,
+        account: &str,
+        events: &[CountEvent],
         now: DateTime<Utc>,
         book: &PriceBook,
-    ) -> Result<CountOutcome> {
-        let c = e.counts;
-        let account = e.account_id.as_str();
+    ) -> Result<Vec<CountOutcome>> {
         let _forget = self.usage_cache.forget_after(account);
         let mut tx = self.db.begin_write().await?;
-        if !tx.receive(account, &e.event_id, now).await? {
-            return Ok(CountOutcome::Seen);
+        let mut outcomes = Vec::with_capacity(events.len());
+        for e in events {
+            debug_assert_eq!(e.account_id, account);
+            outcomes.push(apply_count(&mut tx, e, now, book).await?);
         }
-        let keep = Sql::new(KEEP_COUNT)
-            .bind(account)
-            .bind(c.version)
-            .bind(c.marketing)
-            .bind(c.pending_non_marketing)
-            .bind(c.non_marketing)
-            .bind(micros(now));
-        if tx.execute(keep).await? != 1 {
-            tx.commit().await?;
-            return Ok(CountOutcome::Stale);
-        }
-        let enabled = "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2";
-        tx.execute(Sql::new(enabled).bind(e.marketing_contacts_enabled).bind(account)).await?;
-        let Some(sub) = subscription(&mut tx, account).await? else {
-            tx.commit().await?;
-            return Ok(CountOutcome::NoSubscription);
-        };
-        if sub.awaits_update(book, now) {
-            // Applied with the date (update_dates::complete): the period the date opens is
-            // priced on the count at the date, and this count is an upgrade within it. Taken
-            // now, it would raise the old period's tier, and the renewal would charge that
-            // tier for the new term as well as the upgrade.
-            tx.commit().await?;
-            return Ok(CountOutcome::AfterUpdateDate);
-        }
-        let upgrade = take_count(&mut tx, &sub, c, now, book).await?;
         tx.commit().await?;
-        Ok(CountOutcome::Applied { upgrade })
+        Ok(outcomes)
     }
 
     /// Business days of accounts with upgrades not invoiced yet.
