@@ -76,6 +76,16 @@ const DUE_BY_SEQ: &str = "/* across accounts: events due */ SELECT o.event_id, o
      AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
      ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
 
+/// [`DUE_BY_SEQ`] leaving out one account's events (`$5`): the other accounts' share of a read
+/// that account's backlog filled.
+const DUE_BY_SEQ_BUT: &str = "/* across accounts: events due but one account's */ SELECT o.event_id, \
+     o.account_id, o.payload, o.attempts, o.trace_context, CAST(0 AS BIGINT) AS picked FROM outbox o JOIN \
+     (SELECT account_id, seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
+     FROM outbox d WHERE topic = $1 AND next_attempt_at <= $2 AND account_id <> $5 AND NOT EXISTS \
+     (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
+     AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
+     ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
+
 /// When the next event is due: the earliest time of an account's first event (see
 /// [`Outbox::next_due`]).
 const NEXT_DUE: &str = "/* across accounts: when an event is next due */ SELECT MIN(next_attempt_at) \
@@ -367,6 +377,42 @@ impl Outbox {
         Ok((rows.into_iter().map(|r| r.event).collect(), stopped))
     }
 
+    /// [`Outbox::read_due`], where one account's events fill more than half of a read that
+    /// stopped at a limit: that account keeps half of it and the other accounts' events due
+    /// take the rest, read without it. Its backlog released (its poison mended, an outage
+    /// over), its events are the oldest due and filled every read until it drained, every
+    /// other account's new events waiting the whole drain (20-26 s behind 3,000-5,000 single
+    /// changes, seen from outside).
+    async fn read_fairly(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+        max_bytes: i64,
+    ) -> Result<(Vec<OutboxEvent>, bool), sqlx::Error> {
+        let (events, stopped) = self.read_due(now, limit, max_bytes).await?;
+        let full = stopped || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= max_bytes;
+        let Some((account, kept)) = crowding(&events).filter(|_| full) else {
+            return Ok((events, stopped));
+        };
+        let account = account.to_owned();
+        let ours: Vec<&OutboxEvent> = events.iter().filter(|e| e.account_id == account).take(kept).collect();
+        let bytes: i64 = ours.iter().map(|e| e.payload.len() as i64).sum();
+        let q = Sql::new(DUE_BY_SEQ_BUT)
+            .bind(&self.topic)
+            .bind(micros(now))
+            .bind(limit - kept as i64)
+            .bind((max_bytes - bytes).max(1))
+            .bind(&account);
+        let others: Vec<DueRow> = self.db.fetch_all(q).await?;
+        // No other account has events due: the read stays the crowding account's alone.
+        if others.is_empty() {
+            return Ok((events, stopped));
+        }
+        let mut fair: Vec<OutboxEvent> = others.into_iter().map(|r| r.event).collect();
+        fair.extend(events.into_iter().filter(|e| e.account_id == account).take(kept));
+        Ok((fair, true))
+    }
+
     async fn read(
         &self,
         q: &'static str,
@@ -498,7 +544,7 @@ impl Outbox {
         }
         self.new_turn();
         loop {
-            let (events, stopped) = self.read_due(now, batch, batch_bytes).await?;
+            let (events, stopped) = self.read_fairly(now, batch, batch_bytes).await?;
             if events.is_empty() {
                 return Ok(delivered);
             }
@@ -820,10 +866,38 @@ fn receiver_unavailable(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The account whose events are more than half of a read, if one is, and how many of them
+/// keep their place in it (half of the read).
+fn crowding(events: &[OutboxEvent]) -> Option<(&str, usize)> {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for e in events {
+        *counts.entry(e.account_id.as_str()).or_default() += 1;
+    }
+    let (account, n) = counts.into_iter().max_by_key(|(_, n)| *n)?;
+    (n * 2 > events.len() && events.len() > 1).then_some((account, (events.len() / 2).max(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::db::Backend;
+
+    #[test]
+    fn an_account_crowds_a_read_past_half_of_it() {
+        let e = |account: &str| OutboxEvent {
+            event_id: String::new(),
+            account_id: account.into(),
+            payload: vec![],
+            attempts: 0,
+            trace: None,
+        };
+        let read = |accounts: &[&str]| accounts.iter().map(|a| e(a)).collect::<Vec<_>>();
+        assert_eq!(crowding(&read(&["a", "a", "a", "b"])), Some(("a", 2)));
+        assert_eq!(crowding(&read(&["a", "b", "a", "b"])), None, "half is not crowding");
+        assert_eq!(crowding(&read(&["a"])), None, "a read of one");
+        assert_eq!(crowding(&read(&[])), None);
+        assert_eq!(crowding(&read(&["a", "a", "a", "a", "a"])), Some(("a", 2)));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
