@@ -374,18 +374,8 @@ async fn many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_rep
     }
     let service = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
     let internal = BillingInternalServiceClient::new(b.channel.clone());
-    // An account's marketing count as marketing-status reports it.
     let count = |event_id: &str, account: &str, version: i64, marketing: i64| {
-        let ev = pb::CountChanged {
-            event_id: event_id.into(),
-            account_id: account.into(),
-            version,
-            marketing_count: marketing,
-            pending_non_marketing: 0,
-            non_marketing: 0,
-            observed_at: None,
-            marketing_contacts_enabled: true,
-        };
+        let ev = count_changed(event_id, account, version, marketing);
         let req = authed(pb::ApplyCountEventsRequest { events: vec![ev] }, &service);
         let mut internal = internal.clone();
         async move { internal.apply_count_events(req).await.unwrap() }
@@ -445,16 +435,7 @@ async fn counts_of_one_account_in_one_call_are_each_a_step(backend: Backend) {
     let b = start(backend).await;
     b.subscribe(professional_monthly()).await.unwrap();
     let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
-    let ev = |id: &str, account: &str, version: i64, marketing: i64| pb::CountChanged {
-        event_id: id.into(),
-        account_id: account.into(),
-        version,
-        marketing_count: marketing,
-        pending_non_marketing: 0,
-        non_marketing: 0,
-        observed_at: None,
-        marketing_contacts_enabled: true,
-    };
+    let ev = count_changed;
     let events = vec![
         ev("c1", ACCOUNT, 1, 1_500),
         ev("b1", "acct-b", 1, 10),

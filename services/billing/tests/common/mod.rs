@@ -332,3 +332,18 @@ pub fn professional_monthly() -> pb::CreateSubscriptionRequest {
 pub fn eur(minor: i64) -> Option<Money> {
     Some(Money { amount_minor: minor, currency: "EUR".into() })
 }
+
+/// An account's marketing count as marketing-status reports it (no pending, no non-marketing,
+/// the feature on).
+pub fn count_changed(event_id: &str, account: &str, version: i64, marketing: i64) -> pb::CountChanged {
+    pb::CountChanged {
+        event_id: event_id.into(),
+        account_id: account.into(),
+        version,
+        marketing_count: marketing,
+        pending_non_marketing: 0,
+        non_marketing: 0,
+        observed_at: None,
+        marketing_contacts_enabled: true,
+    }
+}
