@@ -706,16 +706,23 @@ async fn a_released_backlog_shares_each_read_with_other_accounts(backend: Backen
         backlog.push(enqueue_as(&t.db, "p", b"e", true).await);
     }
     let fresh = enqueue_as(&t.db, "h", b"e", true).await;
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    // Another written while the first call is answered, after the time the turn began.
+    let later = outbox::new_event_id();
     let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
-    let c = calls.clone();
+    let (c, db, l) = (calls.clone(), t.db.clone(), later.clone());
     let up: Deliver = Box::new(move |events| {
-        let c = c.clone();
+        let (c, db, l) = (c.clone(), db.clone(), l.clone());
         Box::pin(async move {
+            if c.lock().unwrap().is_empty() {
+                let mut tx = db.begin_write().await.unwrap();
+                tx.enqueue(&l, "topic", "h", b"e", now + chrono::Duration::seconds(1)).await.unwrap();
+                tx.commit().await.unwrap();
+            }
             c.lock().unwrap().push(events.iter().map(|e| e.event_id.clone()).collect());
             Ok(events.into_iter().map(|e| e.event_id).collect())
         })
     });
-    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
     ob.relay_once(now, &up, Backoff::default(), 100, 1 << 20).await.unwrap();
     let calls = calls.lock().unwrap().clone();
     assert!(
@@ -724,7 +731,12 @@ async fn a_released_backlog_shares_each_read_with_other_accounts(backend: Backen
         calls[0].len()
     );
     assert_eq!(calls[0].len(), 51, "{backend:?}: half of the read p's");
-    let of_p: Vec<String> = calls.concat().into_iter().filter(|id| *id != fresh).collect();
+    assert!(
+        calls[1].contains(&later),
+        "{backend:?}: h's event written during the turn waited: {} calls",
+        calls.len()
+    );
+    let of_p: Vec<String> = calls.concat().into_iter().filter(|id| *id != fresh && *id != later).collect();
     assert_eq!(of_p, backlog, "{backend:?}: p's in order, each once");
     assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}");
 }
