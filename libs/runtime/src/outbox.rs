@@ -79,13 +79,15 @@ const DUE_BY_SEQ: &str = "/* across accounts: events due */ SELECT o.event_id, o
 /// [`DUE_BY_SEQ`] leaving out one account's events (`$5`): the other accounts' share of a read
 /// that account's backlog filled. Events never tried go too, though written after `$2`: a
 /// turn reads for as long as its reads come back full, all at the time it began, and what was
-/// written during a drain would otherwise wait for its end.
+/// written during a drain would otherwise wait for its end. So only an earlier event tried
+/// before and waiting for its retry holds an account's later ones (one never tried goes with
+/// them), or an account writing faster than a read went one event a read.
 const DUE_BY_SEQ_BUT: &str = "/* across accounts: events due but one account's */ SELECT o.event_id, \
      o.account_id, o.payload, o.attempts, o.trace_context, CAST(0 AS BIGINT) AS picked FROM outbox o JOIN \
      (SELECT account_id, seq, SUM(length(payload)) OVER (ORDER BY seq) - length(payload) AS before \
      FROM outbox d WHERE topic = $1 AND (next_attempt_at <= $2 OR attempts = 0) AND account_id <> $5 AND NOT EXISTS \
      (SELECT 1 FROM outbox w WHERE w.topic = d.topic AND w.account_id = d.account_id \
-     AND w.seq < d.seq AND w.next_attempt_at > $2) ORDER BY seq LIMIT $3) d \
+     AND w.seq < d.seq AND w.next_attempt_at > $2 AND w.attempts > 0) ORDER BY seq LIMIT $3) d \
      ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
 
 /// When the next event is due: the earliest time of an account's first event (see
