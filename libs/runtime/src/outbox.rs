@@ -386,7 +386,8 @@ impl Outbox {
     /// take the rest, read without it. Its backlog released (its poison mended, an outage
     /// over), its events are the oldest due and filled every read until it drained, every
     /// other account's new events waiting the whole drain (20-26 s behind 3,000-5,000 single
-    /// changes, seen from outside).
+    /// changes, seen from outside). Answers the events and whether the read was full (stopped
+    /// at its count or its bytes): then more may be waiting.
     async fn read_fairly(
         &self,
         now: DateTime<Utc>,
@@ -396,7 +397,7 @@ impl Outbox {
         let (events, stopped) = self.read_due(now, limit, max_bytes).await?;
         let full = stopped || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= max_bytes;
         let Some((account, kept)) = crowding(&events).filter(|_| full) else {
-            return Ok((events, stopped));
+            return Ok((events, full));
         };
         let account = account.to_owned();
         let ours: Vec<&OutboxEvent> = events.iter().filter(|e| e.account_id == account).take(kept).collect();
@@ -410,7 +411,7 @@ impl Outbox {
         let others: Vec<DueRow> = self.db.fetch_all(q).await?;
         // No other account has events due: the read stays the crowding account's alone.
         if others.is_empty() {
-            return Ok((events, stopped));
+            return Ok((events, full));
         }
         let mut fair: Vec<OutboxEvent> = others.into_iter().map(|r| r.event).collect();
         fair.extend(events.into_iter().filter(|e| e.account_id == account).take(kept));
@@ -548,12 +549,11 @@ impl Outbox {
         }
         self.new_turn();
         loop {
-            let (events, stopped) = self.read_fairly(now, batch, batch_bytes).await?;
+            let (events, full) = self.read_fairly(now, batch, batch_bytes).await?;
             if events.is_empty() {
                 return Ok(delivered);
             }
             // Read again at once when this read stopped at a limit: more may be waiting.
-            let full = stopped || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= batch_bytes;
             if full {
                 self.follow_backlog().await?;
             }
