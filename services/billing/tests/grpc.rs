@@ -107,13 +107,7 @@ async fn exceeding_the_tier_upgrades_at_once_and_is_invoiced_the_next_day(backen
     assert_eq!(b.count("c0", 1, 40_000, 0).await.unwrap(), ["c0"]);
     assert_eq!(b.count("c2", 2, 2_100, 300).await.unwrap(), ["c2"]);
     assert_eq!(b.subscription().await.tier, 7_000, "{backend:?}");
-    let ups = b
-        .api()
-        .list_upgrades(authed(pb::ListUpgradesRequest { page_size: 10, page_token: String::new() }, &read))
-        .await
-        .unwrap()
-        .into_inner()
-        .upgrades;
+    let ups = b.upgrades().await;
     assert_eq!(ups.len(), 1, "{backend:?}");
     assert_eq!((ups[0].from_tier, ups[0].to_tier, ups[0].marketing_count), (2_000, 7_000, 2_100));
 
@@ -457,13 +451,7 @@ async fn counts_of_one_account_in_one_call_are_each_a_step(backend: Backend) {
     acked_sorted.dedup();
     assert_eq!(acked_sorted, ["b1", "b2", "c0", "c1", "c2", "c3"], "{backend:?}: {acked:?}");
     let read = b.token(ACCOUNT, &["read"]);
-    let ups = b
-        .api()
-        .list_upgrades(authed(pb::ListUpgradesRequest { page_size: 10, page_token: String::new() }, &read))
-        .await
-        .unwrap()
-        .into_inner()
-        .upgrades;
+    let ups = b.upgrades().await;
     let mut steps: Vec<(i64, i64, i64)> =
         ups.iter().map(|u| (u.from_tier, u.to_tier, u.marketing_count)).collect();
     steps.sort();

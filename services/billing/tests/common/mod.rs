@@ -294,6 +294,13 @@ impl Billing {
         Ok(r.into_inner().acknowledged_event_ids)
     }
 
+    /// The account's upgrades, the first page of ten.
+    pub async fn upgrades(&self) -> Vec<pb::Upgrade> {
+        let req = pb::ListUpgradesRequest { page_size: 10, page_token: String::new() };
+        let r = self.api().list_upgrades(authed(req, &self.token(ACCOUNT, &["read"]))).await.unwrap();
+        r.into_inner().upgrades
+    }
+
     pub async fn subscription(&self) -> pb::Subscription {
         let r = self
             .api()
