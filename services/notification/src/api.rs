@@ -233,8 +233,8 @@ impl NotificationService for Api {
     ) -> std::result::Result<Response<pb::RedriveDeadLetterResponse>, Status> {
         let account = account(&req)?;
         let id = req.into_inner().delivery_id;
-        match self.store.redrive(&account, &id, self.clock.now()).await? {
-            RedriveResult::Requeued => {}
+        let (row, attempts, alert_ids) = match self.store.redrive(&account, &id, self.clock.now()).await? {
+            RedriveResult::Requeued(requeued) => *requeued,
             RedriveResult::NotFound => return Err(Error::not_found("delivery").into()),
             RedriveResult::RecipientDeleted => {
                 return Err(Error::FailedPrecondition(
@@ -248,11 +248,8 @@ impl NotificationService for Api {
                 )
                 .into());
             }
-        }
+        };
         self.delivery.wake();
-        let row = self.store.delivery(&account, &id).await?.ok_or_else(|| Error::not_found("delivery"))?;
-        let attempts = self.store.attempts(&account, &id).await?;
-        let alert_ids = self.store.delivery_alert_ids(&account, &id).await?;
         Ok(Response::new(pb::RedriveDeadLetterResponse {
             delivery: Some(convert::delivery(row, attempts, alert_ids)),
         }))

@@ -95,6 +95,11 @@ pub struct AttemptRow {
     pub error: String,
 }
 
+const ATTEMPTS: &str = "SELECT at, status_code, error FROM delivery_attempts \
+                        WHERE account_id = $1 AND delivery_id = $2 ORDER BY attempt";
+const ALERT_IDS: &str = "SELECT alert_id FROM delivery_alerts WHERE account_id = $1 AND delivery_id = $2 \
+                         ORDER BY position";
+
 pub const PENDING: &str = "pending";
 pub const DELIVERED: &str = "delivered";
 pub const DEAD_LETTERED: &str = "dead_lettered";
@@ -686,9 +691,8 @@ impl Store {
 
     /// The ids of the alerts a delivery carries, in order.
     pub async fn delivery_alert_ids(&self, account: &str, delivery_id: &str) -> Result<Vec<String>> {
-        let q = "SELECT alert_id FROM delivery_alerts WHERE account_id = $1 AND delivery_id = $2 \
-                 ORDER BY position";
-        let rows: Vec<(String,)> = self.db.fetch_all(Sql::new(q).bind(account).bind(delivery_id)).await?;
+        let rows: Vec<(String,)> =
+            self.db.fetch_all(Sql::new(ALERT_IDS).bind(account).bind(delivery_id)).await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }
 
@@ -864,20 +868,28 @@ impl Store {
     }
 
     pub async fn attempts(&self, account: &str, delivery_id: &str) -> Result<Vec<AttemptRow>> {
-        let q = "SELECT at, status_code, error FROM delivery_attempts \
-                 WHERE account_id = $1 AND delivery_id = $2 ORDER BY attempt";
-        Ok(self.db.fetch_all(Sql::new(q).bind(account).bind(delivery_id)).await?)
+        Ok(self.db.fetch_all(Sql::new(ATTEMPTS).bind(account).bind(delivery_id)).await?)
     }
 
     /// Puts a dead-lettered delivery of the account back in the queue with a fresh set of tries.
+    /// The delivery is read back in the same transaction: the worker may deliver it the moment
+    /// it commits, and the caller is answered with what it requeued.
     pub async fn redrive(&self, account: &str, id: &str, now: DateTime<Utc>) -> Result<RedriveResult> {
         let requeue = "UPDATE deliveries SET state = $1, attempts = 0, next_attempt_at = $2 \
                        WHERE account_id = $3 AND id = $4 AND state = $5 \
                        AND recipient_id IN (SELECT id FROM recipients WHERE account_id = $3)";
         let q = Sql::new(requeue).bind(PENDING).bind(micros(now)).bind(account).bind(id).bind(DEAD_LETTERED);
-        if self.db.execute(q).await? == 1 {
-            return Ok(RedriveResult::Requeued);
+        let mut tx = self.db.begin_write().await?;
+        if tx.execute(q).await? == 1 {
+            let q = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 AND id = $2");
+            let row: DeliveryRow = tx.fetch_one(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
+            let attempts = tx.fetch_all(Sql::new(ATTEMPTS).bind(account).bind(id)).await?;
+            let alerts: Vec<(String,)> = tx.fetch_all(Sql::new(ALERT_IDS).bind(account).bind(id)).await?;
+            tx.commit().await?;
+            let alert_ids = alerts.into_iter().map(|r| r.0).collect();
+            return Ok(RedriveResult::Requeued(Box::new((row, attempts, alert_ids))));
         }
+        tx.rollback().await?;
         let why = "SELECT state, EXISTS (SELECT 1 FROM recipients r \
                    WHERE r.account_id = d.account_id AND r.id = d.recipient_id) \
                    FROM deliveries d WHERE d.account_id = $1 AND d.id = $2";
@@ -908,9 +920,10 @@ pub enum Outcome {
     DeadLetter,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RedriveResult {
-    Requeued,
+    /// The delivery as requeued, its attempts so far and its alerts.
+    Requeued(Box<(DeliveryRow, Vec<AttemptRow>, Vec<String>)>),
     NotDeadLettered,
     /// Its recipient is gone: there is nowhere to send it.
     RecipientDeleted,
