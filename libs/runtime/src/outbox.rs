@@ -397,6 +397,7 @@ impl Outbox {
         let (events, stopped) = self.read_due(now, limit, max_bytes).await?;
         let full = stopped || events.iter().map(|e| e.payload.len() as i64).sum::<i64>() >= max_bytes;
         let Some((account, kept)) = crowding(&events).filter(|_| full) else {
+            tracing::debug!(topic = %self.topic, events = events.len(), full, "relay read");
             return Ok((events, full));
         };
         let account = account.to_owned();
@@ -409,6 +410,10 @@ impl Outbox {
             .bind((max_bytes - bytes).max(1))
             .bind(&account);
         let others: Vec<DueRow> = self.db.fetch_all(q).await?;
+        tracing::debug!(
+            topic = %self.topic, events = events.len(), crowding = %account, kept, others = others.len(),
+            "relay read shared"
+        );
         // No other account has events due: the read stays the crowding account's alone.
         if others.is_empty() {
             return Ok((events, full));
