@@ -181,3 +181,41 @@ pub async fn cut_after_waits<F: std::future::Future>(f: F, n: usize) -> Option<F
     })
     .await
 }
+
+/// A trigger failing every insert into `table` of a row matching `when` (SQL over `NEW`): on
+/// SQLite with `RAISE(<raise>)` (ABORT ends the statement, ROLLBACK the whole transaction), on
+/// PostgreSQL with an exception (which fails the transaction).
+pub async fn poison(db: &Db, table: &str, when: &str, raise: &str) {
+    let qs = match db.backend() {
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER poison_{table} BEFORE INSERT ON {table} WHEN {when} \
+             BEGIN SELECT RAISE({raise}, 'poisoned'); END"
+        )],
+        Backend::Postgres => vec![
+            format!(
+                "CREATE FUNCTION poison_{table}() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$"
+            ),
+            format!(
+                "CREATE TRIGGER poison_{table} BEFORE INSERT ON {table} FOR EACH ROW \
+                 WHEN ({when}) EXECUTE FUNCTION poison_{table}()"
+            ),
+        ],
+    };
+    for q in qs {
+        db.execute(crate::sql::Sql::new(sqlx::AssertSqlSafe(q))).await.expect("the poison trigger");
+    }
+}
+
+/// Drops what [`poison`] made on `table`.
+pub async fn cure(db: &Db, table: &str) {
+    let qs = match db.backend() {
+        Backend::Sqlite => vec![format!("DROP TRIGGER poison_{table}")],
+        Backend::Postgres => {
+            vec![format!("DROP TRIGGER poison_{table} ON {table}"), format!("DROP FUNCTION poison_{table}()")]
+        }
+    };
+    for q in qs {
+        db.execute(crate::sql::Sql::new(sqlx::AssertSqlSafe(q))).await.expect("the poison trigger dropped");
+    }
+}

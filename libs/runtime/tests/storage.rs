@@ -4,7 +4,7 @@ use chrono::{TimeZone, Utc};
 use contactier_runtime::db::{Backend, Db, Migrations};
 use contactier_runtime::outbox::{self, Backoff, Deliver, EventTx, Outbox};
 use contactier_runtime::sql::{Sql, Tx};
-use contactier_runtime::testing::TestDb;
+use contactier_runtime::testing::{TestDb, poison};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -539,31 +539,6 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     assert_eq!(*got.lock().unwrap(), [b1, c1, poison, a2], "{backend:?}");
 }
 
-/// A trigger failing every insert into `table` of account `poisoned`: on SQLite with
-/// `RAISE(<raise>)` (ABORT ends the statement, ROLLBACK the whole transaction), on PostgreSQL
-/// with an exception (which fails the transaction).
-async fn poison(db: &Db, table: &str, raise: &str) {
-    let qs = match db.backend() {
-        Backend::Sqlite => vec![format!(
-            "CREATE TRIGGER poison_{table} BEFORE INSERT ON {table} WHEN NEW.account_id = 'poisoned' \
-             BEGIN SELECT RAISE({raise}, 'poisoned'); END"
-        )],
-        Backend::Postgres => vec![
-            format!(
-                "CREATE FUNCTION poison_{table}() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN RAISE EXCEPTION 'poisoned'; END $$"
-            ),
-            format!(
-                "CREATE TRIGGER poison_{table} BEFORE INSERT ON {table} FOR EACH ROW \
-                 WHEN (NEW.account_id = 'poisoned') EXECUTE FUNCTION poison_{table}()"
-            ),
-        ],
-    };
-    for q in qs {
-        db.execute(Sql::new(sqlx::AssertSqlSafe(q))).await.unwrap();
-    }
-}
-
 /// A storage error's answer says whether retrying can help: a statement the database refuses
 /// for what it writes (a check, a trigger failing on one account's data) fails the same however
 /// often it is sent, and answered UNAVAILABLE it read to a relay as its receiver being down.
@@ -577,7 +552,7 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
     ))
     .await
     .unwrap();
-    poison(db, "guarded", "ABORT").await;
+    poison(db, "guarded", "NEW.account_id = 'poisoned'", "ABORT").await;
     let insert = |account: &'static str, id: &'static str, v: i32| {
         Sql::new("INSERT INTO guarded (account_id, id, v) VALUES ($1, $2, $3)").bind(account).bind(id).bind(v)
     };
@@ -611,7 +586,7 @@ async fn a_transaction_the_database_ended_leaves_no_connection_broken(backend: B
     db.execute(Sql::new("CREATE TABLE counted (account_id TEXT NOT NULL, n INTEGER NOT NULL)"))
         .await
         .unwrap();
-    poison(db, "counted", "ROLLBACK").await;
+    poison(db, "counted", "NEW.account_id = 'poisoned'", "ROLLBACK").await;
     let insert =
         |account: &'static str| Sql::new("INSERT INTO counted (account_id, n) VALUES ($1, 1)").bind(account);
     // Failed both ways a caller ends a failed transaction: rolled back, and dropped.

@@ -1,5 +1,6 @@
-//! Contact events from the contacts service, applied in order. Runs of new contacts of one
-//! account are written together in one transaction; deletes and merges one at a time.
+//! Contact events from the contacts service, applied in order. An account's consecutive
+//! creations and deletions in a call are written together in one transaction; merges and
+//! status requests one at a time.
 
 use crate::convert::{creation_source, requested, source_type_name};
 
@@ -9,6 +10,7 @@ use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::SourceType;
 use contactier_proto::marketing_status::v1::{self as pb, contact_event::Payload};
 use contactier_runtime::error::Error;
+use contactier_runtime::sql::Transaction;
 use std::collections::HashMap;
 use tonic::Status as GrpcStatus;
 
@@ -114,14 +116,56 @@ impl Run {
         }
     }
 
-    async fn flush(mut self, store: &Store, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
+    /// Writes the run in its account's open transaction (see [`Open`]).
+    async fn flush(mut self, store: &Store, open: &mut Open, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
         self.end_batch();
         let done = match self {
             Run::None => Ok(()),
-            Run::Created(account, items, ends) => store.contacts_created(&account, &items, &ends, now).await,
-            Run::Deleted(account, items, ends) => store.contacts_deleted(&account, &items, &ends, now).await,
+            Run::Created(account, items, ends) => {
+                let tx = open.of(store, &account).await?;
+                let done = store.contacts_created_in(tx, &account, &items, &ends, now).await;
+                open.created += items.len();
+                done
+            }
+            Run::Deleted(account, items, ends) => {
+                let tx = open.of(store, &account).await?;
+                store.contacts_deleted_in(tx, &account, &items, &ends, now).await
+            }
         };
         Ok(done.map_err(Error::from)?)
+    }
+}
+
+/// The transaction of the account whose runs are being written: an account's consecutive runs
+/// in a call (its backlog of single changes, creations and deletions mixed) commit once, each
+/// still its own count step. One account a transaction, so no two accounts' rows are locked
+/// together.
+#[derive(Default)]
+struct Open {
+    tx: Option<(String, Transaction)>,
+    /// Contacts created in transactions committed or open.
+    created: usize,
+}
+
+impl Open {
+    async fn of(&mut self, store: &Store, account: &str) -> Result<&mut Transaction, GrpcStatus> {
+        if self.tx.as_ref().is_some_and(|(a, _)| a != account) {
+            self.commit(store).await?;
+        }
+        if self.tx.is_none() {
+            let tx = store.begin_write().await.map_err(Error::from)?;
+            self.tx = Some((account.to_owned(), tx));
+        }
+        Ok(&mut self.tx.as_mut().expect("opened above").1)
+    }
+
+    /// Commits what is open (before an event written in a transaction of its own, and at the end).
+    async fn commit(&mut self, store: &Store) -> Result<(), GrpcStatus> {
+        if let Some((_, tx)) = self.tx.take() {
+            tx.commit().await.map_err(Error::from)?;
+            store.added(std::mem::take(&mut self.created)).await.map_err(Error::from)?;
+        }
+        Ok(())
     }
 }
 
@@ -164,15 +208,25 @@ pub async fn apply(
             }
         }
     }
+    // What each new contact starts as is read before any transaction opens: the account's
+    // transaction then waits on nothing outside it.
     let mut lookups = Lookups::default();
+    let mut initials = Vec::with_capacity(events.len());
+    for e in &events {
+        initials.push(match &e.payload {
+            Some(Payload::Created(c)) => Some(lookups.initial(store, &e.account_id, c).await?),
+            _ => None,
+        });
+    }
     let mut acknowledged = Vec::with_capacity(events.len());
     // Consecutive creations, or deletions, of one account are written in one transaction (a
     // batch call's or an import batch's contacts, or an account's backlog of single changes);
     // the count moves once for each of the sender's batches among them.
     let mut run = Run::None;
+    let mut open = Open::default();
     let mut ends = batch_ends.iter().peekable();
     let mut seen = std::collections::HashSet::new();
-    for (i, e) in events.into_iter().enumerate() {
+    for (i, (e, initial)) in events.into_iter().zip(initials).enumerate() {
         if ends.next_if(|end| **end == i).is_some() {
             run.end_batch();
         }
@@ -184,13 +238,13 @@ pub async fn apply(
         let account = e.account_id.clone();
         match e.payload.expect("checked by the caller") {
             Payload::Created(c) => {
-                let (initial, actor) = lookups.initial(store, &account, &c).await?;
+                let (initial, actor) = initial.expect("read for every creation");
                 let item = Created { event_id: e.event_id.clone(), contact_id: c.contact_id, initial, actor };
                 match &mut run {
                     Run::Created(a, items, _) if *a == account => items.push(item),
                     _ => {
                         std::mem::replace(&mut run, Run::Created(account, vec![item], vec![]))
-                            .flush(store, now)
+                            .flush(store, &mut open, now)
                             .await?;
                     }
                 }
@@ -201,26 +255,29 @@ pub async fn apply(
                     Run::Deleted(a, items, _) if *a == account => items.push(item),
                     _ => {
                         std::mem::replace(&mut run, Run::Deleted(account, vec![item], vec![]))
-                            .flush(store, now)
+                            .flush(store, &mut open, now)
                             .await?;
                     }
                 }
             }
             Payload::Merged(m) => {
-                std::mem::replace(&mut run, Run::None).flush(store, now).await?;
+                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await?;
+                open.commit(store).await?;
                 store
                     .contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now)
                     .await
                     .map_err(Error::from)?;
             }
             Payload::MarketingRequested(m) => {
-                std::mem::replace(&mut run, Run::None).flush(store, now).await?;
+                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await?;
+                open.commit(store).await?;
                 marketing_requested(store, &account, m, now).await?;
             }
         }
         acknowledged.push(e.event_id);
     }
-    run.flush(store, now).await?;
+    run.flush(store, &mut open, now).await?;
+    open.commit(store).await?;
     Ok(acknowledged)
 }
 

@@ -11,7 +11,7 @@ use contactier_proto::marketing_status::v1::{
 };
 use contactier_runtime::db::Backend;
 use contactier_runtime::host::{Platform, ServiceEnv};
-use contactier_runtime::testing::{TestDb, authed, channel, manual_platform, no_peers, serve};
+use contactier_runtime::testing::{TestDb, authed, channel, cure, manual_platform, no_peers, poison, serve};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -20,7 +20,7 @@ const ACCOUNT: &str = "acct-a";
 struct Svc {
     channel: Channel,
     platform: Platform,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Drop for Svc {
@@ -35,7 +35,7 @@ async fn start(backend: Backend) -> Svc {
     let platform = manual_platform(Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap());
     let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers: no_peers() };
     let addr = serve((contactier_marketing_status::SERVICE.build)(env).await.unwrap(), &platform).await;
-    Svc { channel: channel(addr), platform, _db: t }
+    Svc { channel: channel(addr), platform, db: t }
 }
 
 fn created(
@@ -860,7 +860,47 @@ async fn batches_merged_in_one_call_each_move_the_count(backend: Backend) {
     assert_eq!((counts(&after), after.version), ((8, 0, 0), version + 7), "{backend:?}: the event once");
 }
 
+/// An account's backlog of single changes in one call (creations and deletions mixed, as the
+/// relay sends it after an outage) is written whole or not at all, each change its own step: a
+/// change the database refuses leaves none of the account's changes in the call applied, and
+/// the call again applies each once.
+async fn an_accounts_changes_in_one_call_apply_whole_each_a_step(backend: Backend) {
+    let s = start(backend).await;
+    let new = |e: &str, c: &str| created(e, c, SourceType::Import, MarketingStatus::Marketing, "");
+    let gone = |e: &str, c: &str| pb::ContactEvent {
+        event_id: e.into(),
+        account_id: ACCOUNT.into(),
+        occurred_at: None,
+        payload: Some(Payload::Deleted(pb::ContactDeleted { contact_id: c.into(), erase: false })),
+    };
+    let version = s.count().await.version;
+    // Created, created, deleted, created again, and one the database refuses.
+    let backlog =
+        || vec![new("e1", "c1"), new("e2", "c2"), gone("e3", "c1"), new("e4", "c1"), new("e5", "c-bad")];
+    poison(&s.db.db, "contact_status", "NEW.contact_id = 'c-bad'", "ABORT").await;
+    assert!(s.batches(backlog(), vec![1; 5]).await.is_err(), "{backend:?}: refused");
+    let after = s.count().await;
+    assert_eq!(
+        (counts(&after), after.version),
+        ((0, 0, 0), version),
+        "{backend:?}: none of the account's changes in the call applied"
+    );
+
+    cure(&s.db.db, "contact_status").await;
+    let acked = s.batches(backlog(), vec![1; 5]).await.unwrap();
+    assert_eq!(acked.len(), 5, "{backend:?}");
+    let after = s.count().await;
+    assert_eq!(
+        (counts(&after), after.version),
+        ((3, 0, 0), version + 5),
+        "{backend:?}: c1 (again), c2 and c-bad; a step each change"
+    );
+    s.batches(backlog(), vec![1; 5]).await.unwrap();
+    assert_eq!(s.count().await.version, version + 5, "{backend:?}: a retry changes nothing");
+}
+
 contactier_runtime::backend_tests!(
+    an_accounts_changes_in_one_call_apply_whole_each_a_step,
     batches_merged_in_one_call_each_move_the_count,
     plans_of_many_accounts_apply_in_one_call_in_the_order_given,
     a_batch_of_update_dates_applies_each_once_in_the_order_asked,

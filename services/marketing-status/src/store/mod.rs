@@ -9,7 +9,7 @@ use contactier_proto::billing::v1 as bpb;
 use contactier_runtime::convert::micros;
 use contactier_runtime::db::{Db, placeholders};
 use contactier_runtime::outbox::{EventTx, new_event_id};
-use contactier_runtime::sql::{Rows, Sql, Tx};
+use contactier_runtime::sql::{Rows, Sql, Transaction, Tx};
 use contactier_runtime::work::{FailingItem, FailingWork};
 use prost::Message;
 use sqlx::AssertSqlSafe;
@@ -344,8 +344,14 @@ impl Store {
         }
     }
 
-    /// Counts `n` new contacts; refreshes the statistics every [`STATISTICS_EVERY`].
-    async fn added(&self, n: usize) -> Result<(), sqlx::Error> {
+    /// A transaction that will write, for work spanning several of the calls below.
+    pub async fn begin_write(&self) -> Result<Transaction, sqlx::Error> {
+        self.db.begin_write().await
+    }
+
+    /// Counts contacts added, and has the database take the statuses' statistics again every
+    /// [`STATISTICS_EVERY`] of them.
+    pub async fn added(&self, n: usize) -> Result<(), sqlx::Error> {
         use std::sync::atomic::Ordering;
         let before = self.added.fetch_add(n, Ordering::Relaxed);
         if before / STATISTICS_EVERY != (before + n) / STATISTICS_EVERY {
@@ -506,10 +512,8 @@ impl Store {
         Ok(())
     }
 
-    /// New contacts from one account's events, in one transaction with multi-row statements:
-    /// events seen before are skipped, contacts known before are left as they are. The count
-    /// moves once for each of the sender's batches, which end at `ends` (ascending, the last at
-    /// `items.len()`; none: one batch).
+    /// [`Store::contacts_created_in`] in a transaction of its own.
+    #[cfg(test)]
     pub async fn contacts_created(
         &self,
         account: &str,
@@ -517,8 +521,26 @@ impl Store {
         ends: &[usize],
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        let at = micros(now);
         let mut tx = self.db.begin_write().await?;
+        self.contacts_created_in(&mut tx, account, items, ends, now).await?;
+        tx.commit().await?;
+        self.added(items.len()).await
+    }
+
+    /// New contacts from one account's events, with multi-row statements, in the caller's
+    /// transaction (it commits, then calls [`Store::added`]): events seen before are skipped,
+    /// contacts known before are left as they are. The count moves once for each of the
+    /// sender's batches, which end at `ends` (ascending, the last at `items.len()`; none: one
+    /// batch).
+    pub async fn contacts_created_in(
+        &self,
+        tx: &mut Transaction,
+        account: &str,
+        items: &[Created],
+        ends: &[usize],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let at = micros(now);
         let ids: Vec<(String, String)> =
             items.iter().map(|c| (account.to_owned(), c.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
@@ -576,17 +598,32 @@ impl Store {
                 }
             }
             if !delta.is_zero() {
-                apply_delta(&mut tx, account, delta, now).await?;
+                apply_delta(tx, account, delta, now).await?;
             }
         }
-        tx.commit().await?;
-        self.added(items.len()).await
+        Ok(())
     }
 
-    /// Removes contacts of one account in one transaction, each once per event id: their
-    /// places in the count are free at once, and the count moves once for all of them.
+    /// [`Store::contacts_deleted_in`] in a transaction of its own.
+    #[cfg(test)]
     pub async fn contacts_deleted(
         &self,
+        account: &str,
+        items: &[Deleted],
+        ends: &[usize],
+        now: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.begin_write().await?;
+        self.contacts_deleted_in(&mut tx, account, items, ends, now).await?;
+        tx.commit().await
+    }
+
+    /// Removes contacts of one account in the caller's transaction (it commits), each once per
+    /// event id: their places in the count are free at once; the count moves once for each of
+    /// the sender's batches (`ends`, as for creations) that removed something.
+    pub async fn contacts_deleted_in(
+        &self,
+        tx: &mut Transaction,
         account: &str,
         items: &[Deleted],
         ends: &[usize],
@@ -600,20 +637,18 @@ impl Store {
             "DELETE FROM status_changes WHERE account_id = $1 AND {}",
             self.db.json_in("contact_id", 2)
         );
-        let mut tx = self.db.begin_write().await?;
         let ids: Vec<(String, String)> =
             items.iter().map(|d| (account.to_owned(), d.event_id.clone())).collect();
         let fresh: HashSet<String> = tx.receive_many(&ids, now).await?.into_iter().collect();
         let all = items;
         let items: Vec<&Deleted> = items.iter().filter(|d| fresh.contains(&d.event_id)).collect();
         if items.is_empty() {
-            tx.commit().await?;
             return Ok(());
         }
         let named: Vec<&str> = items.iter().map(|d| d.contact_id.as_str()).collect();
         let contacts = serde_json::to_string(&named).expect("JSON of strings");
         // Their history keeps the update date that changed them.
-        hold_mark(&self.db, &mut tx, account, &contacts).await?;
+        hold_mark(&self.db, tx, account, &contacts).await?;
         let gone: Vec<StatusRow> =
             tx.fetch_all(Sql::new(AssertSqlSafe(delete)).bind(account).bind(&contacts)).await?;
         // Each contact removed counts in the first batch naming it.
@@ -629,7 +664,7 @@ impl Store {
             *deltas.entry(b).or_default() += CountDelta::removed(row.state());
         }
         for delta in deltas.into_values() {
-            apply_delta(&mut tx, account, delta, now).await?;
+            apply_delta(tx, account, delta, now).await?;
         }
         let erased: Vec<&str> = items.iter().filter(|d| d.erase).map(|d| d.contact_id.as_str()).collect();
         if !erased.is_empty() {
@@ -637,7 +672,6 @@ impl Store {
             let erased = serde_json::to_string(&erased).expect("JSON of strings");
             tx.execute(Sql::new(AssertSqlSafe(erase)).bind(account).bind(&erased)).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
