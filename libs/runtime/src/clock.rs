@@ -167,6 +167,11 @@ impl Worker {
         self.clock.now()
     }
 
+    /// The clock the worker runs on, for work that reads it again within a step.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
     /// Reports that all work due up to `done_through` is done and when the next is due.
     pub fn report(&self, done_through: DateTime<Utc>, next_due: Option<DateTime<Utc>>) {
         self.shared.state.send_modify(|s| {

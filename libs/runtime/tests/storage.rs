@@ -252,7 +252,8 @@ async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order(back
     assert_eq!(read(0).await, ids[..1], "{backend:?}: never nothing while something is due");
     assert_eq!(ob.due(now, 2, 1 << 20).await.unwrap().len(), 2, "{backend:?}: the count limit holds too");
 
-    // The relay reads on after a read the budget ended, and delivers everything in order.
+    // The relay reads on after a read the budget ended, and delivers everything in order; the
+    // read the budget ended is one account's, which keeps half of it (one entry).
     let reads = Arc::new(Mutex::new(Vec::new()));
     let r = reads.clone();
     let all: Deliver = Box::new(move |events| {
@@ -265,7 +266,11 @@ async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order(back
     });
     let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
     assert_eq!(ob.relay_once(now, &all, backoff, 10, 500).await.unwrap(), 3);
-    assert_eq!(*reads.lock().unwrap(), vec![ids[..2].to_vec(), ids[2..].to_vec()], "{backend:?}");
+    assert_eq!(
+        *reads.lock().unwrap(),
+        vec![ids[..1].to_vec(), ids[1..2].to_vec(), ids[2..].to_vec()],
+        "{backend:?}"
+    );
     assert_eq!(ob.pending().await.unwrap(), 0);
 }
 
@@ -721,7 +726,53 @@ async fn a_released_backlog_shares_each_read_with_other_accounts(backend: Backen
     assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}");
 }
 
+/// A drain's reads run at the clock's time as each begins: an event written during a call goes
+/// in the next read, shared or not, not after the turn's end; and the backlog keeps half of a
+/// read though no other account has events due, so one written meanwhile waits for a call of
+/// half a read at most.
+async fn what_is_written_during_a_drain_goes_in_the_read_after_it(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut backlog = Vec::new();
+    for _ in 0..120 {
+        backlog.push(enqueue_as(&t.db, "p", b"e", true).await);
+    }
+    let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let clock = Arc::new(Mutex::new(start));
+    let written = outbox::new_event_id();
+    let calls = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let (c, db, w, k) = (calls.clone(), t.db.clone(), written.clone(), clock.clone());
+    let up: Deliver = Box::new(move |events| {
+        let (c, db, w, k) = (c.clone(), db.clone(), w.clone(), k.clone());
+        Box::pin(async move {
+            // h writes while the first call is answered, a second into the turn.
+            if c.lock().unwrap().is_empty() {
+                let at = start + chrono::Duration::seconds(1);
+                *k.lock().unwrap() = at;
+                let mut tx = db.begin_write().await.unwrap();
+                tx.enqueue(&w, "topic", "h", b"e", at).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            c.lock().unwrap().push(events.iter().map(|e| e.event_id.clone()).collect());
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let now = move || *clock.lock().unwrap();
+    ob.relay_turn(&now, &up, Backoff::default(), 100, 1 << 20).await.unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls[0].len(), 50, "{backend:?}: the backlog alone keeps half of a read");
+    assert!(
+        calls.get(1).is_some_and(|c| c.contains(&written)),
+        "{backend:?}: written during the first call, it waited for the turn's end: {:?}",
+        calls.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    let of_p: Vec<String> = calls.concat().into_iter().filter(|id| *id != written).collect();
+    assert_eq!(of_p, backlog, "{backend:?}: p's in order, each once");
+    assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
+    what_is_written_during_a_drain_goes_in_the_read_after_it,
     a_released_backlog_shares_each_read_with_other_accounts,
     storage_errors_say_whether_a_retry_can_help,
     an_event_enqueued_behind_a_retry_goes_after_the_events_before_it,
