@@ -105,6 +105,11 @@ struct UsageRow {
 }
 
 /// An account's subscription; read inside several write transactions too.
+const SET_ENABLED: &str = concat!(
+    "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2 RETURNING ",
+    subscription_columns!()
+);
+
 const SUBSCRIPTION_BY_ACCOUNT: &str =
     concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1");
 
@@ -207,15 +212,17 @@ const FAILING_UPDATES: &str = "/* across accounts: failing work for operators */
      FROM subscriptions WHERE update_attempts > 0 AND ($2 = '' OR account_id = $2) ORDER BY account_id LIMIT $1";
 
 /// One count, a step of its own inside the caller's transaction (see [`Store::apply_counts`]).
+/// `fresh`: whether its event was not seen before.
 async fn apply_count(
     tx: &mut contactier_runtime::sql::Transaction,
     e: &CountEvent,
+    fresh: bool,
     now: DateTime<Utc>,
     book: &PriceBook,
 ) -> Result<CountOutcome> {
     let c = e.counts;
     let account = e.account_id.as_str();
-    if !tx.receive(account, &e.event_id, now).await? {
+    if !fresh {
         return Ok(CountOutcome::Seen);
     }
     let keep = Sql::new(KEEP_COUNT)
@@ -228,9 +235,10 @@ async fn apply_count(
     if tx.execute(keep).await? != 1 {
         return Ok(CountOutcome::Stale);
     }
-    let enabled = "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2";
-    tx.execute(Sql::new(enabled).bind(e.marketing_contacts_enabled).bind(account)).await?;
-    let Some(sub) = subscription(tx, account).await? else {
+    // The flag set and the subscription read back in one statement (a step is a few).
+    let row: Option<SubscriptionRow> =
+        tx.fetch_optional(Sql::new(SET_ENABLED).bind(e.marketing_contacts_enabled).bind(account)).await?;
+    let Some(sub) = row.map(SubscriptionRow::into_model).transpose()? else {
         return Ok(CountOutcome::NoSubscription);
     };
     if sub.awaits_update(book, now) {
@@ -652,10 +660,17 @@ impl Store {
     ) -> Result<Vec<CountOutcome>> {
         let _forget = self.usage_cache.forget_after(account);
         let mut tx = self.db.begin_write().await?;
+        // Every event of the call marked received in one statement; one named twice is seen
+        // the second time.
+        let ids: Vec<(String, String)> =
+            events.iter().map(|e| (account.to_owned(), e.event_id.clone())).collect();
+        let mut fresh: std::collections::HashSet<String> =
+            tx.receive_many(&ids, now).await?.into_iter().collect();
         let mut outcomes = Vec::with_capacity(events.len());
         for e in events {
             debug_assert_eq!(e.account_id, account);
-            outcomes.push(apply_count(&mut tx, e, now, book).await?);
+            let first = fresh.remove(&e.event_id);
+            outcomes.push(apply_count(&mut tx, e, first, now, book).await?);
         }
         tx.commit().await?;
         Ok(outcomes)
