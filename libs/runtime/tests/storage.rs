@@ -771,7 +771,42 @@ async fn what_is_written_during_a_drain_goes_in_the_read_after_it(backend: Backe
     assert_eq!(ob.pending().await.unwrap(), 0, "{backend:?}");
 }
 
+/// An event refused during a drain is not tried again within it, though its retry falls due as
+/// the turn's reads go on at the clock's time: each try of it fails the read it is in, whose
+/// events then go one call each.
+async fn an_event_refused_in_a_drain_waits_for_the_drains_end(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let refused = enqueue_as(&t.db, "q", b"e", true).await;
+    for _ in 0..300 {
+        enqueue_as(&t.db, "p", b"e", true).await;
+    }
+    let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let clock = Arc::new(Mutex::new(start));
+    let (tries, calls) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
+    let (k, r, tr, c) = (clock.clone(), refused.clone(), tries.clone(), calls.clone());
+    let picky: Deliver = Box::new(move |events| {
+        let (k, r, tr, c) = (k.clone(), r.clone(), tr.clone(), c.clone());
+        Box::pin(async move {
+            // A second a call: the refused event's retry (200 ms on) is due at the next read.
+            *k.lock().unwrap() += chrono::Duration::seconds(1);
+            *c.lock().unwrap() += 1;
+            if events.iter().any(|e| e.event_id == r) {
+                *tr.lock().unwrap() += 1;
+                return Err(anyhow::Error::new(tonic::Status::invalid_argument("refused")));
+            }
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let now = move || *clock.lock().unwrap();
+    let delivered = ob.relay_turn(&now, &picky, Backoff::default(), 100, 1 << 20).await.unwrap();
+    assert_eq!(delivered, 300, "{backend:?}: p's all delivered");
+    assert_eq!(*tries.lock().unwrap(), 2, "{backend:?}: the refused event tried in its read and alone, once");
+    assert!(*calls.lock().unwrap() <= 60, "{backend:?}: {} calls", calls.lock().unwrap());
+}
+
 contactier_runtime::backend_tests!(
+    an_event_refused_in_a_drain_waits_for_the_drains_end,
     what_is_written_during_a_drain_goes_in_the_read_after_it,
     a_released_backlog_shares_each_read_with_other_accounts,
     storage_errors_say_whether_a_retry_can_help,
