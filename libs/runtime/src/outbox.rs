@@ -600,7 +600,7 @@ impl Outbox {
             if outcome.is_err() && sent.len() > 1 {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
-                delivered += self.relay_singly(now, deliver, backoff, sent, &mut failed).await?;
+                delivered += self.relay_singly(clock, deliver, backoff, sent, &mut failed).await?;
                 if !full || self.paused_at(now).is_some() {
                     return Ok(delivered);
                 }
@@ -654,10 +654,11 @@ impl Outbox {
     /// unanswered in a turn with nothing answered, and the receiver is taken to be down: they and
     /// the rest of the read are tried again at the pause's end, not at their own backoff (grown
     /// over a long outage to minutes, it held every account that long after the receiver's
-    /// return). Otherwise each waits for its own retry.
+    /// return). Otherwise each waits for its own retry, from the time it failed: the calls
+    /// before it can take seconds, and a retry reckoned from the read's time was due already.
     async fn relay_singly(
         &self,
-        now: DateTime<Utc>,
+        clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
         backoff: Backoff,
         sent: Vec<(String, String, i32)>,
@@ -678,7 +679,9 @@ impl Outbox {
                 continue;
             }
             let Some(event) = self.event(&account, &id).await? else { continue };
-            match deliver(vec![event]).await {
+            let outcome = deliver(vec![event]).await;
+            let now = clock();
+            match outcome {
                 Ok(ids) if ids.contains(&id) => {
                     if self.answered() {
                         self.after_outage(now).await?;
@@ -713,6 +716,7 @@ impl Outbox {
                 }
             }
         }
+        let now = clock();
         match down {
             Some(until) => {
                 let error = unanswered.last().map(|u| u.3.clone()).unwrap_or_default();

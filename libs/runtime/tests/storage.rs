@@ -784,15 +784,18 @@ async fn an_event_refused_in_a_drain_waits_for_the_drains_end(backend: Backend) 
     let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
     let clock = Arc::new(Mutex::new(start));
     let (tries, calls) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(0)));
-    let (k, r, tr, c) = (clock.clone(), refused.clone(), tries.clone(), calls.clone());
+    let refused_at = Arc::new(Mutex::new(start));
+    let (k, r, tr, c, ra) =
+        (clock.clone(), refused.clone(), tries.clone(), calls.clone(), refused_at.clone());
     let picky: Deliver = Box::new(move |events| {
-        let (k, r, tr, c) = (k.clone(), r.clone(), tr.clone(), c.clone());
+        let (k, r, tr, c, ra) = (k.clone(), r.clone(), tr.clone(), c.clone(), ra.clone());
         Box::pin(async move {
             // A second a call: the refused event's retry (200 ms on) is due at the next read.
             *k.lock().unwrap() += chrono::Duration::seconds(1);
             *c.lock().unwrap() += 1;
             if events.iter().any(|e| e.event_id == r) {
                 *tr.lock().unwrap() += 1;
+                *ra.lock().unwrap() = *k.lock().unwrap();
                 return Err(anyhow::Error::new(tonic::Status::invalid_argument("refused")));
             }
             Ok(events.into_iter().map(|e| e.event_id).collect())
@@ -803,6 +806,16 @@ async fn an_event_refused_in_a_drain_waits_for_the_drains_end(backend: Backend) 
     assert_eq!(delivered, 300, "{backend:?}: p's all delivered");
     assert_eq!(*tries.lock().unwrap(), 2, "{backend:?}: the refused event tried in its read and alone, once");
     assert!(*calls.lock().unwrap() <= 60, "{backend:?}: {} calls", calls.lock().unwrap());
+    // Its retry is reckoned from when it was refused, after the calls before it, not from the
+    // read's time (then it was due already when written, and refused at the next turn's start
+    // it sent that read one call each again).
+    let refused_at = *refused_at.lock().unwrap();
+    assert!(
+        refused_at > start + chrono::Duration::seconds(1),
+        "{backend:?}: refused alone, after its read's call"
+    );
+    let next = ob.next_due().await.unwrap().expect("the refused event waits");
+    assert!(next > refused_at, "{backend:?}: its retry at {next}, refused at {refused_at} or later");
 }
 
 contactier_runtime::backend_tests!(
