@@ -95,6 +95,12 @@ pub struct AttemptRow {
     pub error: String,
 }
 
+/// One delivery of the account, inside a transaction or not.
+async fn delivery(tx: &mut impl Tx, account: &str, id: &str) -> Result<Option<DeliveryRow>> {
+    let q = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 AND id = $2");
+    Ok(tx.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?)
+}
+
 const ATTEMPTS: &str = "SELECT at, status_code, error FROM delivery_attempts \
                         WHERE account_id = $1 AND delivery_id = $2 ORDER BY attempt";
 const ALERT_IDS: &str = "SELECT alert_id FROM delivery_alerts WHERE account_id = $1 AND delivery_id = $2 \
@@ -881,8 +887,9 @@ impl Store {
         let q = Sql::new(requeue).bind(PENDING).bind(micros(now)).bind(account).bind(id).bind(DEAD_LETTERED);
         let mut tx = self.db.begin_write().await?;
         if tx.execute(q).await? == 1 {
-            let q = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 AND id = $2");
-            let row: DeliveryRow = tx.fetch_one(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?;
+            let row = delivery(&mut tx, account, id)
+                .await?
+                .ok_or_else(|| crate::error::Error::not_found("delivery"))?;
             let attempts = tx.fetch_all(Sql::new(ATTEMPTS).bind(account).bind(id)).await?;
             let alerts: Vec<(String,)> = tx.fetch_all(Sql::new(ALERT_IDS).bind(account).bind(id)).await?;
             tx.commit().await?;
@@ -903,8 +910,7 @@ impl Store {
     }
 
     pub async fn delivery(&self, account: &str, id: &str) -> Result<Option<DeliveryRow>> {
-        let q = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE account_id = $1 AND id = $2");
-        Ok(self.db.fetch_optional(Sql::new(AssertSqlSafe(q)).bind(account).bind(id)).await?)
+        delivery(&mut self.db.conn().await?, account, id).await
     }
 
     /// Where operators find notification's failing work.

@@ -105,13 +105,14 @@ struct UsageRow {
 }
 
 /// An account's subscription; read inside several write transactions too.
+const SUBSCRIPTION_BY_ACCOUNT: &str =
+    concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1");
+
+/// A count's marketing-contacts flag set on the subscription, read back as it is then.
 const SET_ENABLED: &str = concat!(
     "UPDATE subscriptions SET marketing_contacts_enabled = $1 WHERE account_id = $2 RETURNING ",
     subscription_columns!()
 );
-
-const SUBSCRIPTION_BY_ACCOUNT: &str =
-    concat!("SELECT ", subscription_columns!(), " FROM subscriptions WHERE account_id = $1");
 
 /// The subscription, the latest count and the last processed period's count of `$1`. The join
 /// is on `USING (account_id)`, so the subscription's columns need no table prefix.
