@@ -10,7 +10,7 @@ use crate::sql::{Sql, Tx};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use rand::Rng;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 /// An event read as due, with how many events the read in time order took before keeping its
@@ -593,14 +593,14 @@ impl Outbox {
                 }
                 outcome
             };
-            // The batch failed: each event alone, so one the receiver cannot take holds up only
-            // its own account. Also when it seemed down: a receiver's storage failing on one
-            // account's event answers as an outage does (UNAVAILABLE), and alone the events
-            // tell the two apart.
+            // The batch failed: again in parts, down to each account alone, so one the receiver
+            // cannot take holds up only its own account. Also when it seemed down: a receiver's
+            // storage failing on one account's event answers as an outage does (UNAVAILABLE),
+            // and the parts tell the two apart.
             if outcome.is_err() && sent.len() > 1 {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
-                delivered += self.relay_singly(clock, deliver, backoff, sent, &mut failed).await?;
+                delivered += self.relay_split(clock, deliver, backoff, sent, &mut failed).await?;
                 if !full || self.paused_at(now).is_some() {
                     return Ok(delivered);
                 }
@@ -649,14 +649,20 @@ impl Outbox {
         }
     }
 
-    /// Delivers events one at a time, each account's oldest first, the accounts failing least
-    /// first. An event refused holds back its account's later ones until its retry. Two
-    /// unanswered in a turn with nothing answered, and the receiver is taken to be down: they and
-    /// the rest of the read are tried again at the pause's end, not at their own backoff (grown
-    /// over a long outage to minutes, it held every account that long after the receiver's
-    /// return). Otherwise each waits for its own retry, from the time it failed: the calls
-    /// before it can take seconds, and a retry reckoned from the read's time was due already.
-    async fn relay_singly(
+    /// Sends a read that failed as one call again in parts of whole accounts, halved each time a
+    /// part fails, breadth first, the accounts whose first event has failed before last: one
+    /// account's failing event costs two calls a level down to that account alone, where the
+    /// read's other events went one call each (250 calls, 9-14 s behind one refused event).
+    /// Alone, an account's events go one at a time, in order; one refused holds back the
+    /// account's later ones until its retry. Two calls unanswered in a turn with nothing
+    /// answered, and the receiver is taken to be down: they and the rest of the read are tried
+    /// again at the pause's end, not at their own backoff (grown over a long outage to minutes,
+    /// it held every account that long after the receiver's return). A part's halves go before
+    /// either is halved again, so one account's trouble fails one of the two and the other
+    /// answers. Otherwise each event that failed alone waits for its own retry, from the time it
+    /// failed: the calls before it can take seconds, and a retry reckoned from the read's time
+    /// was due already.
+    async fn relay_split(
         &self,
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
@@ -664,14 +670,61 @@ impl Outbox {
         sent: Vec<(String, String, i32)>,
         held: &mut HashSet<String>,
     ) -> Result<u64, sqlx::Error> {
-        let mut delivered = 0;
-        // Sent alone and unanswered, written once the turn knows whether the receiver is down.
-        let mut unanswered: Vec<(String, String, i32, String)> = Vec::new();
-        let mut down: Option<DateTime<Utc>> = None;
-        let mut untried: Vec<(String, String)> = Vec::new();
-        for (id, account, attempts) in fresh_accounts_first(sent) {
-            if down.is_some() {
-                untried.push((account, id));
+        let mut split = Split::default();
+        // Each part with whether it failed as one call already.
+        let mut parts: VecDeque<(Vec<Run>, bool)> = VecDeque::from([(by_account(sent), true)]);
+        while let Some((mut part, failed)) = parts.pop_front() {
+            if split.down.is_some() {
+                split.untried.extend(part.into_iter().flatten().map(|(id, account, _)| (account, id)));
+            } else if part.len() > 1 && failed {
+                let second = part.split_off(part.len() / 2);
+                parts.extend([(part, false), (second, false)]);
+            } else if part.len() > 1 || (!failed && part[0].len() > 1) {
+                match self.relay_part(clock, deliver, backoff, &part, held).await? {
+                    Ok(n) => split.delivered += n,
+                    Err(pause) => {
+                        split.down = pause;
+                        parts.push_back((part, true));
+                    }
+                }
+            } else if let Some(run) = part.pop() {
+                self.relay_alone(clock, deliver, backoff, run, held, &mut split).await?;
+            }
+        }
+        let now = clock();
+        match split.down {
+            Some(until) => {
+                let error = split.unanswered.last().map(|u| u.3.clone()).unwrap_or_default();
+                let waiting: Vec<(String, String)> = split
+                    .unanswered
+                    .into_iter()
+                    .map(|(account, id, ..)| (account, id))
+                    .chain(split.untried)
+                    .collect();
+                self.retry_all(&waiting, until, &error).await?;
+            }
+            None => {
+                for (account, id, attempts, error) in split.unanswered {
+                    self.retry_at((&account, &id), now + retry_in(backoff, attempts, true), &error).await?;
+                }
+            }
+        }
+        Ok(split.delivered)
+    }
+
+    /// Sends one account's events of a failed read one at a time, in order, until one fails.
+    async fn relay_alone(
+        &self,
+        clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
+        deliver: &Deliver,
+        backoff: Backoff,
+        run: Run,
+        held: &mut HashSet<String>,
+        split: &mut Split,
+    ) -> Result<(), sqlx::Error> {
+        for (id, account, attempts) in run {
+            if split.down.is_some() {
+                split.untried.push((account, id));
                 continue;
             }
             // Not tried: the account's refused event holds it back until its own retry.
@@ -687,7 +740,9 @@ impl Outbox {
                         self.after_outage(now).await?;
                     }
                     self.acknowledge(&[(account.clone(), id.clone())]).await?;
-                    delivered += 1;
+                    split.delivered += 1;
+                    metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
+                        .increment(1);
                 }
                 outcome => {
                     let error = match &outcome {
@@ -706,8 +761,8 @@ impl Outbox {
                         .increment(1);
                     held.insert(account.clone());
                     if not_answered {
-                        down = self.unanswered(now, backoff);
-                        unanswered.push((account, id, attempts, error));
+                        split.down = self.unanswered(now, backoff);
+                        split.unanswered.push((account, id, attempts, error));
                     } else {
                         self.answered();
                         self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error)
@@ -716,21 +771,58 @@ impl Outbox {
                 }
             }
         }
-        let now = clock();
-        match down {
-            Some(until) => {
-                let error = unanswered.last().map(|u| u.3.clone()).unwrap_or_default();
-                let waiting: Vec<(String, String)> =
-                    unanswered.into_iter().map(|(account, id, ..)| (account, id)).chain(untried).collect();
-                self.retry_all(&waiting, until, &error).await?;
-            }
-            None => {
-                for (account, id, attempts, error) in unanswered {
-                    self.retry_at((&account, &id), now + retry_in(backoff, attempts, true), &error).await?;
-                }
-            }
+        Ok(())
+    }
+
+    /// Sends one part of a failed read as one call: how many events were delivered, or, the call
+    /// failed and the part to be halved, the pause's end if the receiver is now taken to be down.
+    /// An event answered without being acknowledged waits for its retry, as one refused alone does.
+    async fn relay_part(
+        &self,
+        clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
+        deliver: &Deliver,
+        backoff: Backoff,
+        part: &[Run],
+        held: &mut HashSet<String>,
+    ) -> Result<Result<u64, Option<DateTime<Utc>>>, sqlx::Error> {
+        let keys: Vec<(String, String)> =
+            part.iter().flatten().map(|(id, account, _)| (account.clone(), id.clone())).collect();
+        let events = self.events(&keys).await?;
+        if events.is_empty() {
+            return Ok(Ok(0));
         }
-        Ok(delivered)
+        let span = relay_span(&self.topic, &events);
+        let outcome = tracing::Instrument::instrument(deliver(events), span.clone()).await;
+        let now = clock();
+        let ids = match outcome {
+            Ok(ids) => ids,
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
+                    .increment(1);
+                if receiver_unavailable(&e) {
+                    return Ok(Err(self.unanswered(now, backoff)));
+                }
+                self.answered();
+                return Ok(Err(None));
+            }
+        };
+        if self.answered() {
+            self.after_outage(now).await?;
+        }
+        let acked: HashSet<String> = ids.into_iter().collect();
+        let (acked, unacked): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(_, id)| acked.contains(id));
+        self.acknowledge(&acked).await?;
+        metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
+            .increment(acked.len() as u64);
+        let attempts: std::collections::HashMap<&str, i32> =
+            part.iter().flatten().map(|(id, _, attempts)| (id.as_str(), *attempts)).collect();
+        for (account, id) in unacked {
+            let retry = now + retry_in(backoff, attempts[id.as_str()], false);
+            self.retry_at((&account, &id), retry, "not acknowledged").await?;
+            held.insert(account);
+        }
+        Ok(Ok(acked.len() as u64))
     }
 
     /// The end of the pause `now` falls in, if it falls in one.
@@ -837,6 +929,16 @@ impl Outbox {
         self.db.fetch_optional(Sql::new(q).bind(account_id).bind(event_id)).await
     }
 
+    /// Waiting events by key, each account's in their order.
+    async fn events(&self, keys: &[(String, String)]) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+        let (x, records) = self.keys(keys);
+        let q = format!(
+            "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox \
+             WHERE (account_id, event_id) IN (SELECT acct, id FROM {x}) ORDER BY seq"
+        );
+        self.db.fetch_all(Sql::new(sqlx::AssertSqlSafe(q)).bind(records)).await
+    }
+
     /// Runs the relay until shutdown: delivers what is due, sleeps until the next retry or
     /// until woken by new events (the worker's waker, called after a commit that enqueued).
     pub async fn run(self, worker: Worker, deliver: Deliver, backoff: Backoff, shutdown: crate::Shutdown) {
@@ -861,17 +963,36 @@ fn retry_in(backoff: Backoff, attempts: i32, unanswered: bool) -> chrono::Durati
     chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Events to send one at a time, the accounts whose first event has failed least first, each
-/// account's in its order: an answer to a fresh account's event shows the receiver up before
-/// those failing turn after turn are tried, so their failing is taken for their own trouble.
-fn fresh_accounts_first(sent: Vec<(String, String, i32)>) -> Vec<(String, String, i32)> {
-    let mut first: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
-    for (_, account, attempts) in &sent {
-        first.entry(account.clone()).or_insert(*attempts);
+/// One account's events in a read, in order: (event id, account, attempts).
+type Run = Vec<(String, String, i32)>;
+
+/// What the parts of a failed read came to so far.
+#[derive(Default)]
+struct Split {
+    delivered: u64,
+    /// Sent alone and unanswered, written once the turn knows whether the receiver is down.
+    unanswered: Vec<(String, String, i32, String)>,
+    /// The pause's end, once the receiver is taken to be down.
+    down: Option<DateTime<Utc>>,
+    /// Not sent once the receiver was taken to be down.
+    untried: Vec<(String, String)>,
+}
+
+/// A failed read's events by account, each account's in order, the accounts whose first event
+/// has failed least first: the fresh accounts' part is answered before those failing turn after
+/// turn are tried, so their failing is taken for their own trouble, not an outage.
+fn by_account(sent: Vec<(String, String, i32)>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for event in sent {
+        let i = *at.entry(event.1.clone()).or_insert_with(|| {
+            runs.push(Vec::new());
+            runs.len() - 1
+        });
+        runs[i].push(event);
     }
-    let mut sent = sent;
-    sent.sort_by_key(|(_, account, _)| first[account]);
-    sent
+    runs.sort_by_key(|run| run[0].2);
+    runs
 }
 
 /// The span of one relay batch: a child of the first event's trace, linked to the others', so
