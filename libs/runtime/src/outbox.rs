@@ -600,7 +600,9 @@ impl Outbox {
             if outcome.is_err() && sent.len() > 1 {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
-                delivered += self.relay_split(clock, deliver, backoff, sent, &mut failed).await?;
+                let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
+                delivered +=
+                    self.relay_split(clock, deliver, backoff, (sent, unanswered), &mut failed).await?;
                 if !full || self.paused_at(now).is_some() {
                     return Ok(delivered);
                 }
@@ -667,28 +669,28 @@ impl Outbox {
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
         backoff: Backoff,
-        sent: Vec<(String, String, i32)>,
+        (sent, unanswered): (Vec<(String, String, i32)>, bool),
         held: &mut HashSet<String>,
     ) -> Result<u64, sqlx::Error> {
         let mut split = Split::default();
-        // Each part with whether it failed as one call already.
-        let mut parts: VecDeque<(Vec<Run>, bool)> = VecDeque::from([(by_account(sent), true)]);
+        // Each part, and once it failed as one call, whether that call was unanswered.
+        let mut parts: VecDeque<(Vec<Run>, Option<bool>)> =
+            VecDeque::from([(by_account(sent), Some(unanswered))]);
         while let Some((mut part, failed)) = parts.pop_front() {
             if split.down.is_some() {
                 split.untried.extend(part.into_iter().flatten().map(|(id, account, _)| (account, id)));
-            } else if part.len() > 1 && failed {
+            } else if part.len() > 1 && failed.is_some() {
                 let second = part.split_off(part.len() / 2);
-                parts.extend([(part, false), (second, false)]);
-            } else if part.len() > 1 || (!failed && part[0].len() > 1) {
-                match self.relay_part(clock, deliver, backoff, &part, held).await? {
-                    Ok(n) => split.delivered += n,
-                    Err(pause) => {
-                        split.down = pause;
-                        parts.push_back((part, true));
-                    }
+                parts.extend([(part, None), (second, None)]);
+            } else if part.len() > 1 || (failed.is_none() && part[0].len() > 1) {
+                if let Some(unanswered) =
+                    self.relay_part(clock, deliver, backoff, &part, held, &mut split).await?
+                {
+                    parts.push_back((part, Some(unanswered)));
                 }
             } else if let Some(run) = part.pop() {
-                self.relay_alone(clock, deliver, backoff, run, held, &mut split).await?;
+                let unanswered = failed == Some(true);
+                self.relay_alone(clock, deliver, backoff, (run, unanswered), held, &mut split).await?;
             }
         }
         let now = clock();
@@ -712,71 +714,114 @@ impl Outbox {
         Ok(split.delivered)
     }
 
-    /// Sends one account's events of a failed read one at a time, in order, until one fails.
+    /// Sends one account's events of a failed read in order, in windows halved each time one
+    /// fails, down to the event that fails alone, which holds back the rest until its retry
+    /// (one at a time, the events before it went one call each: 149 calls before the 150th of
+    /// 200). A head that failed before is tried alone first: it is the likely one. The account's
+    /// calls unanswered count once toward the receiver being down: one account's storage failing
+    /// is not an outage.
     async fn relay_alone(
         &self,
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
         backoff: Backoff,
-        run: Run,
+        (run, unanswered): (Run, bool),
         held: &mut HashSet<String>,
         split: &mut Split,
     ) -> Result<(), sqlx::Error> {
-        for (id, account, attempts) in run {
+        // `run[start..failing]` failed as one call (when more than one is in it).
+        let (mut start, mut failing) = (0, run.len());
+        // The head alone first when it failed before, or the run's call went unanswered (see below).
+        let mut len = if run.len() == 1 || run[0].2 > 0 || unanswered { 1 } else { run.len() / 2 };
+        // Whether a call of this account was unanswered and counted, and whether one was answered.
+        let (mut counted, mut heard) = (false, false);
+        while start < run.len() {
             if split.down.is_some() {
-                split.untried.push((account, id));
-                continue;
+                split
+                    .untried
+                    .extend(run[start..].iter().map(|(id, account, _)| (account.clone(), id.clone())));
+                return Ok(());
             }
-            // Not tried: the account's refused event holds it back until its own retry.
-            if held.contains(&account) {
-                continue;
-            }
-            let Some(event) = self.event(&account, &id).await? else { continue };
-            let outcome = deliver(vec![event]).await;
-            let now = clock();
-            match outcome {
-                Ok(ids) if ids.contains(&id) => {
+            let window = &run[start..start + len];
+            let (outcome, now) = self.send(clock, deliver, window).await?;
+            let error = match outcome {
+                Ok(acked) if window.iter().all(|(id, ..)| acked.contains(id)) => {
+                    heard = true;
                     if self.answered() {
                         self.after_outage(now).await?;
                     }
-                    self.acknowledge(&[(account.clone(), id.clone())]).await?;
-                    split.delivered += 1;
-                    metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
-                        .increment(1);
-                }
-                outcome => {
-                    let error = match &outcome {
-                        Ok(_) => "not acknowledged".to_owned(),
-                        Err(e) => format!("{e:#}"),
+                    split.delivered += len as u64;
+                    start += len;
+                    len = if start < failing {
+                        ((failing - start) / 2).max(1)
+                    } else {
+                        // What failed went whole after all: the rest as one call.
+                        failing = run.len();
+                        run.len() - start
                     };
-                    let not_answered = outcome.as_ref().err().is_some_and(receiver_unavailable);
-                    if not_answered {
-                        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not answered; its account waits for its retry");
-                    } else {
-                        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
-                    }
-                    metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
-                        .increment(1);
-                    metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
-                        .increment(1);
-                    held.insert(account.clone());
-                    if not_answered {
-                        split.down = self.unanswered(now, backoff);
-                        split.unanswered.push((account, id, attempts, error));
-                    } else {
-                        self.answered();
-                        self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error)
-                            .await?;
-                    }
+                    continue;
                 }
+                Ok(acked) => {
+                    // Answered, not all acknowledged: the first not acknowledged waits, refused.
+                    self.answered();
+                    split.delivered += window.iter().filter(|(id, ..)| acked.contains(id)).count() as u64;
+                    let Some((id, account, attempts)) = window.iter().find(|(id, ..)| !acked.contains(id))
+                    else {
+                        return Ok(());
+                    };
+                    held.insert(account.clone());
+                    self.retry_at(
+                        (account, id),
+                        now + retry_in(backoff, *attempts, false),
+                        "not acknowledged",
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let not_answered = receiver_unavailable(&error);
+            if len > 1 {
+                if !not_answered {
+                    heard = true;
+                    self.answered();
+                } else if !std::mem::replace(&mut counted, true) {
+                    split.down = self.unanswered(now, backoff);
+                }
+                failing = start + len;
+                // Unanswered with nothing of the account's answered yet: its head alone says in one
+                // call whether the receiver is there at all (each call unanswered can take a whole
+                // deadline), where halving walked down to it.
+                len = if not_answered && !heard { 1 } else { len / 2 };
+                continue;
             }
+            let (id, account, attempts) = run[start].clone();
+            let error = format!("{error:#}");
+            if not_answered {
+                tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not answered; its account waits for its retry");
+            } else {
+                tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
+            }
+            metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
+                .increment(1);
+            held.insert(account.clone());
+            if not_answered {
+                if !counted {
+                    split.down = self.unanswered(now, backoff);
+                }
+                split.unanswered.push((account, id, attempts, error));
+            } else {
+                self.answered();
+                self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error).await?;
+            }
+            return Ok(());
         }
         Ok(())
     }
 
-    /// Sends one part of a failed read as one call: how many events were delivered, or, the call
-    /// failed and the part to be halved, the pause's end if the receiver is now taken to be down.
-    /// An event answered without being acknowledged waits for its retry, as one refused alone does.
+    /// Sends one part of a failed read as one call. When it failed (the part to be halved),
+    /// answers whether it was unanswered. An event answered without being acknowledged waits
+    /// for its retry, as one refused alone does.
     async fn relay_part(
         &self,
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
@@ -784,15 +829,57 @@ impl Outbox {
         backoff: Backoff,
         part: &[Run],
         held: &mut HashSet<String>,
-    ) -> Result<Result<u64, Option<DateTime<Utc>>>, sqlx::Error> {
-        let keys: Vec<(String, String)> =
-            part.iter().flatten().map(|(id, account, _)| (account.clone(), id.clone())).collect();
-        let events = self.events(&keys).await?;
-        if events.is_empty() {
-            return Ok(Ok(0));
+        split: &mut Split,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        let events: Vec<(String, String, i32)> = part.iter().flatten().cloned().collect();
+        let (outcome, now) = self.send(clock, deliver, &events).await?;
+        let acked = match outcome {
+            Ok(acked) => acked,
+            Err(e) if receiver_unavailable(&e) => {
+                split.down = self.unanswered(now, backoff);
+                return Ok(Some(true));
+            }
+            Err(_) => {
+                self.answered();
+                return Ok(Some(false));
+            }
+        };
+        if self.answered() {
+            self.after_outage(now).await?;
         }
-        let span = relay_span(&self.topic, &events);
-        let outcome = tracing::Instrument::instrument(deliver(events), span.clone()).await;
+        // An account's first event not acknowledged waits for its retry, its later ones with it.
+        for run in part {
+            if let Some((id, account, attempts)) = run.iter().find(|(id, ..)| !acked.contains(id)) {
+                held.insert(account.clone());
+                self.retry_at((account, id), now + retry_in(backoff, *attempts, false), "not acknowledged")
+                    .await?;
+            }
+        }
+        split.delivered += events.iter().filter(|(id, ..)| acked.contains(id)).count() as u64;
+        Ok(None)
+    }
+
+    /// Reads `events` (id, account, attempts) and sends them as one call, acknowledging what the
+    /// receiver acknowledged. Answers the ids acknowledged (those gone meanwhile with them: sent
+    /// by another replica) or the call's error, and the time it was answered.
+    async fn send(
+        &self,
+        clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
+        deliver: &Deliver,
+        events: &[(String, String, i32)],
+    ) -> Result<(Result<HashSet<String>, anyhow::Error>, DateTime<Utc>), sqlx::Error> {
+        let keys: Vec<(String, String)> =
+            events.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
+        let read = self.events(&keys).await?;
+        let mut gone: HashSet<String> = events.iter().map(|(id, ..)| id.clone()).collect();
+        for e in &read {
+            gone.remove(&e.event_id);
+        }
+        if read.is_empty() {
+            return Ok((Ok(gone), clock()));
+        }
+        let span = relay_span(&self.topic, &read);
+        let outcome = tracing::Instrument::instrument(deliver(read), span.clone()).await;
         let now = clock();
         let ids = match outcome {
             Ok(ids) => ids,
@@ -800,29 +887,16 @@ impl Outbox {
                 span.record("otel.status_code", "ERROR");
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
-                if receiver_unavailable(&e) {
-                    return Ok(Err(self.unanswered(now, backoff)));
-                }
-                self.answered();
-                return Ok(Err(None));
+                return Ok((Err(e), now));
             }
         };
-        if self.answered() {
-            self.after_outage(now).await?;
-        }
-        let acked: HashSet<String> = ids.into_iter().collect();
-        let (acked, unacked): (Vec<_>, Vec<_>) = keys.into_iter().partition(|(_, id)| acked.contains(id));
+        let ids: HashSet<String> = ids.into_iter().collect();
+        let acked: Vec<(String, String)> = keys.into_iter().filter(|(_, id)| ids.contains(id)).collect();
         self.acknowledge(&acked).await?;
         metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
             .increment(acked.len() as u64);
-        let attempts: std::collections::HashMap<&str, i32> =
-            part.iter().flatten().map(|(id, _, attempts)| (id.as_str(), *attempts)).collect();
-        for (account, id) in unacked {
-            let retry = now + retry_in(backoff, attempts[id.as_str()], false);
-            self.retry_at((&account, &id), retry, "not acknowledged").await?;
-            held.insert(account);
-        }
-        Ok(Ok(acked.len() as u64))
+        gone.extend(acked.into_iter().map(|(_, id)| id));
+        Ok((Ok(gone), now))
     }
 
     /// The end of the pause `now` falls in, if it falls in one.
@@ -920,13 +994,6 @@ impl Outbox {
             Some(until) => next.map(|n| n.max(until)),
             None => next,
         })
-    }
-
-    /// One waiting event, if it is still there.
-    async fn event(&self, account_id: &str, event_id: &str) -> Result<Option<OutboxEvent>, sqlx::Error> {
-        let q = "SELECT event_id, account_id, payload, attempts, trace_context FROM outbox \
-                 WHERE account_id = $1 AND event_id = $2";
-        self.db.fetch_optional(Sql::new(q).bind(account_id).bind(event_id)).await
     }
 
     /// Waiting events by key, each account's in their order.

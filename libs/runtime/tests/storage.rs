@@ -876,7 +876,66 @@ async fn a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_even
     }
 }
 
+/// An account's backlog that fails on one of its later events goes in halves of its events, in
+/// order, down to that event: the events before it went one call each (149 calls before the
+/// 150th of 200). Those before it arrive once each, in order; it and those after it wait for its
+/// retry. Retried, a head that failed before is tried alone first: one call, not a walk down.
+async fn an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        ids.push(enqueue_as(&t.db, "p", if n == 149 { b"poison" } else { b"e" }, true).await);
+    }
+    let calls = Arc::new(Mutex::new(0));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (c, g) = (calls.clone(), got.clone());
+    let picky: Deliver = Box::new(move |events| {
+        let (c, g) = (c.clone(), g.clone());
+        Box::pin(async move {
+            *c.lock().unwrap() += 1;
+            if events.iter().any(|e| e.payload == b"poison") {
+                return Err(tonic::Status::invalid_argument("events.payload: refused").into());
+            }
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let delivered = ob.relay_once(now, &picky, backoff, 500, 1 << 20).await.unwrap();
+    let made = *calls.lock().unwrap();
+    println!("{backend:?}: {made} calls for 200 events failing at the 150th");
+    assert_eq!(delivered, 149, "{backend:?}");
+    assert_eq!(*got.lock().unwrap(), ids[..149], "{backend:?}: those before it, in order, once each");
+    // The read, then a window halved about eight times down to the event.
+    assert!(made <= 20, "{backend:?}: {made} calls");
+    let left = ob.due(now + chrono::Duration::minutes(5), 500, 1 << 20).await.unwrap();
+    assert_eq!(left.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), ids[149..], "{backend:?}");
+    assert_eq!(left[0].attempts, 1, "{backend:?}");
+    // At its retry it is tried alone first, and holds the rest back again.
+    *calls.lock().unwrap() = 0;
+    let retry = now + chrono::Duration::minutes(5);
+    assert_eq!(ob.relay_once(retry, &picky, backoff, 500, 1 << 20).await.unwrap(), 0, "{backend:?}");
+    assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the read, then the head alone");
+    assert_eq!(ob.pending().await.unwrap(), 51, "{backend:?}");
+    // The receiver not answering, a fresh backlog: the read, then its head alone, not a walk
+    // down in halves (each unanswered call can take a whole deadline).
+    for _ in 0..100 {
+        enqueue_as(&t.db, "r", b"e", true).await;
+    }
+    let c = calls.clone();
+    let down: Deliver = Box::new(move |_| {
+        *c.lock().unwrap() += 1;
+        Box::pin(async { Err(tonic::Status::deadline_exceeded("deadline passed").into()) })
+    });
+    *calls.lock().unwrap() = 0;
+    assert_eq!(ob.relay_once(retry, &down, backoff, 500, 1 << 20).await.unwrap(), 0, "{backend:?}");
+    assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the read, then r's head alone");
+}
+
 contactier_runtime::backend_tests!(
+    an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,
     what_is_written_during_a_drain_goes_in_the_read_after_it,
