@@ -672,6 +672,7 @@ impl Outbox {
         (sent, unanswered): (Vec<(String, String, i32)>, bool),
         held: &mut HashSet<String>,
     ) -> Result<u64, sqlx::Error> {
+        let (events, accounts_held) = (sent.len(), held.len());
         let mut split = Split::default();
         // Each part, and once it failed as one call, whether that call was unanswered.
         let mut parts: VecDeque<(Vec<Run>, Option<bool>)> =
@@ -711,6 +712,11 @@ impl Outbox {
                 }
             }
         }
+        tracing::info!(
+            topic = %self.topic, events, calls = split.calls, delivered = split.delivered,
+            accounts_waiting = held.len() - accounts_held, down = split.down.is_some(),
+            "a failed read went again in parts"
+        );
         Ok(split.delivered)
     }
 
@@ -744,6 +750,7 @@ impl Outbox {
             }
             let window = &run[start..start + len];
             let (outcome, now) = self.send(clock, deliver, window).await?;
+            split.calls += 1;
             let error = match outcome {
                 Ok(acked) if window.iter().all(|(id, ..)| acked.contains(id)) => {
                     heard = true;
@@ -833,6 +840,7 @@ impl Outbox {
     ) -> Result<Option<bool>, sqlx::Error> {
         let events: Vec<(String, String, i32)> = part.iter().flatten().cloned().collect();
         let (outcome, now) = self.send(clock, deliver, &events).await?;
+        split.calls += 1;
         let acked = match outcome {
             Ok(acked) => acked,
             Err(e) if receiver_unavailable(&e) => {
@@ -1037,6 +1045,7 @@ type Run = Vec<(String, String, i32)>;
 #[derive(Default)]
 struct Split {
     delivered: u64,
+    calls: usize,
     /// Sent alone and unanswered, written once the turn knows whether the receiver is down.
     unanswered: Vec<(String, String, i32, String)>,
     /// The pause's end, once the receiver is taken to be down.
