@@ -129,6 +129,19 @@ pub fn no_peers() -> crate::host::PeerArgs {
     }
 }
 
+/// A peer that answers every call `UNIMPLEMENTED` at once, for a receiver a test leaves out: the
+/// relay sending to it takes its events as refused and backs off to minutes. Sent nowhere, they
+/// went unanswered, were tried every 10-12 s, and a manual clock stepped through each try: about
+/// 8,000 steps and 30 s of a test for each simulated day.
+pub async fn refusing_peer() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let addr = listener.local_addr().expect("bound address");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder().add_routes(tonic::service::Routes::default());
+    tokio::spawn(server.serve_with_incoming(incoming));
+    format!("http://{addr}")
+}
+
 /// Serves `spec` on a free loopback port until the platform shuts down; answers its address.
 pub async fn serve(
     spec: crate::server::ServiceSpec,

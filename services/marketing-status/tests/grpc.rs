@@ -10,8 +10,10 @@ use contactier_proto::marketing_status::v1::{
     marketing_status_service_client::MarketingStatusServiceClient, set_marketing_status_request::Target,
 };
 use contactier_runtime::db::Backend;
-use contactier_runtime::host::{Platform, ServiceEnv};
-use contactier_runtime::testing::{TestDb, authed, channel, cure, manual_platform, no_peers, poison, serve};
+use contactier_runtime::host::{PeerArgs, Platform, ServiceEnv};
+use contactier_runtime::testing::{
+    TestDb, authed, channel, cure, manual_platform, no_peers, poison, refusing_peer, serve,
+};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -33,7 +35,10 @@ async fn start(backend: Backend) -> Svc {
     let t = TestDb::new(backend, "marketing-status").await;
     t.db.migrate_service(contactier_marketing_status::SERVICE.migrations).await.unwrap();
     let platform = manual_platform(Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap());
-    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers: no_peers() };
+    // Its counts go to a billing that refuses them, so the manual clock steps over its retries
+    // minutes apart (see `refusing_peer`); the contacts service is not there.
+    let peers = PeerArgs { billing_url: refusing_peer().await, ..no_peers() };
+    let env = ServiceEnv { platform: platform.clone(), db: t.db.clone(), peers };
     let addr = serve((contactier_marketing_status::SERVICE.build)(env).await.unwrap(), &platform).await;
     Svc { channel: channel(addr), platform, db: t }
 }

@@ -8,8 +8,8 @@ use contactier_proto::marketing_status::v1::{
     self as mpb, marketing_status_service_client::MarketingStatusServiceClient,
 };
 use contactier_runtime::db::Backend;
-use contactier_runtime::host::{Platform, ServiceEnv};
-use contactier_runtime::testing::{TestDb, authed, channel, manual_platform, no_peers, serve};
+use contactier_runtime::host::{PeerArgs, Platform, ServiceEnv};
+use contactier_runtime::testing::{TestDb, authed, channel, manual_platform, no_peers, refusing_peer, serve};
 use tonic::transport::Channel;
 
 pub const ACCOUNT: &str = "acct-a";
@@ -33,7 +33,10 @@ pub async fn start(backend: Backend) -> Contacts {
     let platform = manual_platform(Utc.with_ymd_and_hms(2026, 4, 30, 15, 0, 0).unwrap());
     let mdb = TestDb::new(backend, "marketing-status").await;
     mdb.db.migrate_service(contactier_marketing_status::SERVICE.migrations).await.unwrap();
-    let env = ServiceEnv { platform: platform.clone(), db: mdb.db.clone(), peers: no_peers() };
+    // Its counts go to a billing that refuses them: a day of the manual clock is then a few
+    // hundred steps, not one each try of a billing not there (every 10-12 s).
+    let peers = PeerArgs { billing_url: refusing_peer().await, ..no_peers() };
+    let env = ServiceEnv { platform: platform.clone(), db: mdb.db.clone(), peers };
     let ms = serve((contactier_marketing_status::SERVICE.build)(env).await.unwrap(), &platform).await;
 
     let cdb = TestDb::new(backend, "contacts").await;
