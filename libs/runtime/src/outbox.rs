@@ -683,15 +683,16 @@ impl Outbox {
             } else if part.len() > 1 && failed.is_some() {
                 let second = part.split_off(part.len() / 2);
                 parts.extend([(part, None), (second, None)]);
-            } else if part.len() > 1 || (failed.is_none() && part[0].len() > 1) {
+            } else if part.len() > 1 || (failed.is_none() && part[0].len() > 1 && part[0][0].2 == 0) {
                 if let Some(unanswered) =
                     self.relay_part(clock, deliver, backoff, &part, held, &mut split).await?
                 {
                     parts.push_back((part, Some(unanswered)));
                 }
             } else if let Some(run) = part.pop() {
-                let unanswered = failed == Some(true);
-                self.relay_alone(clock, deliver, backoff, (run, unanswered), held, &mut split).await?;
+                // An account alone, sent as one call that failed, or not sent: its head failed
+                // before, and goes alone first.
+                self.relay_alone(clock, deliver, backoff, (run, failed), held, &mut split).await?;
             }
         }
         let now = clock();
@@ -731,14 +732,15 @@ impl Outbox {
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
         backoff: Backoff,
-        (run, unanswered): (Run, bool),
+        (run, failed): (Run, Option<bool>),
         held: &mut HashSet<String>,
         split: &mut Split,
     ) -> Result<(), sqlx::Error> {
-        // `run[start..failing]` failed as one call (when more than one is in it).
-        let (mut start, mut failing) = (0, run.len());
+        // `run[start..failing]` failed as one call (when more than one is in it); `failed` says
+        // whether the whole run did, and whether it went unanswered.
+        let (mut start, mut failing) = (0, if failed.is_some() { run.len() } else { 0 });
         // The head alone first when it failed before, or the run's call went unanswered (see below).
-        let mut len = if run.len() == 1 || run[0].2 > 0 || unanswered { 1 } else { run.len() / 2 };
+        let mut len = if run.len() == 1 || run[0].2 > 0 || failed == Some(true) { 1 } else { run.len() / 2 };
         // Whether a call of this account was unanswered and counted, and whether one was answered.
         let (mut counted, mut heard) = (false, false);
         while start < run.len() {

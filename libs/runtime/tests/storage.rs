@@ -913,11 +913,14 @@ async fn an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it(backend: 
     let left = ob.due(now + chrono::Duration::minutes(5), 500, 1 << 20).await.unwrap();
     assert_eq!(left.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), ids[149..], "{backend:?}");
     assert_eq!(left[0].attempts, 1, "{backend:?}");
-    // At its retry it is tried alone first, and holds the rest back again.
+    // At its retry, in a read with another account's event, it is tried alone first, not with
+    // the rest of its account's first, and holds the rest back again.
+    let h = enqueue_as(&t.db, "h", b"e", true).await;
     *calls.lock().unwrap() = 0;
     let retry = now + chrono::Duration::minutes(5);
-    assert_eq!(ob.relay_once(retry, &picky, backoff, 500, 1 << 20).await.unwrap(), 0, "{backend:?}");
-    assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the read, then the head alone");
+    assert_eq!(ob.relay_once(retry, &picky, backoff, 500, 1 << 20).await.unwrap(), 1, "{backend:?}");
+    assert_eq!(*calls.lock().unwrap(), 3, "{backend:?}: the read, h's event, then the head alone");
+    assert_eq!(got.lock().unwrap().last(), Some(&h), "{backend:?}");
     assert_eq!(ob.pending().await.unwrap(), 51, "{backend:?}");
     // The receiver not answering, a fresh backlog: the read, then its head alone, not a walk
     // down in halves (each unanswered call can take a whole deadline).
