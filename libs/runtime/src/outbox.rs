@@ -232,10 +232,42 @@ impl<T: Tx> EventTx for T {
     }
 }
 
-/// Delivers a batch and answers the ids the receiver acknowledged. An error leaves the whole
+/// Delivers a batch and answers what the receiver acknowledged. An error leaves the whole
 /// batch for a retry.
 pub type Deliver =
-    Box<dyn Fn(Vec<OutboxEvent>) -> BoxFuture<'static, anyhow::Result<Vec<String>>> + Send + Sync>;
+    Box<dyn Fn(Vec<OutboxEvent>) -> BoxFuture<'static, anyhow::Result<Delivered>> + Send + Sync>;
+
+/// What a receiver answered for a batch: the events it acknowledged (applied now or before),
+/// and those it named as not applied, each with why. One in neither is not acknowledged; both
+/// wait for a retry, and their account's later events with them.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    pub acked: Vec<String>,
+    pub refused: Vec<(String, tonic::Status)>,
+}
+
+impl FromIterator<String> for Delivered {
+    fn from_iter<I: IntoIterator<Item = String>>(acked: I) -> Self {
+        Delivered { acked: acked.into_iter().collect(), refused: Vec::new() }
+    }
+}
+
+impl From<Vec<String>> for Delivered {
+    fn from(acked: Vec<String>) -> Self {
+        Delivered { acked, refused: Vec::new() }
+    }
+}
+
+impl Delivered {
+    /// Why `id` was not acknowledged, and whether because the receiver's storage was not there
+    /// for it: that is retried within seconds, as an event not answered at all is.
+    fn why(&self, id: &str) -> (String, bool) {
+        match self.refused.iter().find(|(r, _)| r == id) {
+            Some((_, s)) => (format!("{:?}: {}", s.code(), s.message()), unanswered_status(s)),
+            None => ("not acknowledged".to_owned(), false),
+        }
+    }
+}
 
 /// A [`Deliver`] for a topic whose payloads are messages `M`: decodes a batch and hands each
 /// message with its entry's event id to `send`, which answers the ids acknowledged. A payload
@@ -250,7 +282,10 @@ where
         let decoded: Result<Vec<(String, M)>, prost::DecodeError> =
             events.into_iter().map(|e| Ok((e.event_id, M::decode(e.payload.as_slice())?))).collect();
         match decoded {
-            Ok(messages) => Box::pin(send(messages)),
+            Ok(messages) => {
+                let sent = send(messages);
+                Box::pin(async move { sent.await.map(Delivered::from) })
+            }
             Err(e) => Box::pin(async move { Err(e.into()) }),
         }
     })
@@ -609,13 +644,14 @@ impl Outbox {
                 continue;
             }
             let acked: HashSet<String> = match &outcome {
-                Ok(ids) => ids.iter().cloned().collect(),
+                Ok(answer) => answer.acked.iter().cloned().collect(),
                 Err(_) => HashSet::new(),
             };
             let error = match &outcome {
                 Ok(_) => "not acknowledged".to_owned(),
                 Err(e) => format!("{e:#}"),
             };
+            let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
             let (acked_ids, unacked): (Vec<_>, Vec<_>) =
                 sent.into_iter().partition(|(id, _, _)| acked.contains(id));
             let acked_ids: Vec<(String, String)> =
@@ -628,10 +664,15 @@ impl Outbox {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
             }
-            let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
             failed.extend(unacked.iter().map(|(_, account, _)| account.clone()));
             for (id, account, attempts) in unacked {
-                self.retry_at((&account, &id), now + retry_in(backoff, attempts, unanswered), &error).await?;
+                match &outcome {
+                    Ok(answer) => self.not_applied((&account, &id, attempts), answer, now, backoff).await?,
+                    Err(_) => {
+                        self.retry_at((&account, &id), now + retry_in(backoff, attempts, unanswered), &error)
+                            .await?;
+                    }
+                }
             }
             match &outcome {
                 Err(e) if receiver_unavailable(e) => {
@@ -754,7 +795,7 @@ impl Outbox {
             let (outcome, now) = self.send(clock, deliver, window).await?;
             split.calls += 1;
             let error = match outcome {
-                Ok(acked) if window.iter().all(|(id, ..)| acked.contains(id)) => {
+                Ok((acked, _)) if window.iter().all(|(id, ..)| acked.contains(id)) => {
                     heard = true;
                     if self.answered() {
                         self.after_outage(now).await?;
@@ -770,21 +811,15 @@ impl Outbox {
                     };
                     continue;
                 }
-                Ok(acked) => {
-                    // Answered, not all acknowledged: the first not acknowledged waits, refused.
+                Ok((acked, answer)) => {
+                    // Answered, not all acknowledged: the first not acknowledged waits.
                     self.answered();
                     split.delivered += window.iter().filter(|(id, ..)| acked.contains(id)).count() as u64;
-                    let Some((id, account, attempts)) = window.iter().find(|(id, ..)| !acked.contains(id))
-                    else {
-                        return Ok(());
-                    };
-                    held.insert(account.clone());
-                    self.retry_at(
-                        (account, id),
-                        now + retry_in(backoff, *attempts, false),
-                        "not acknowledged",
-                    )
-                    .await?;
+                    if let Some((id, account, attempts)) = window.iter().find(|(id, ..)| !acked.contains(id))
+                    {
+                        held.insert(account.clone());
+                        self.not_applied((account, id, *attempts), &answer, now, backoff).await?;
+                    }
                     return Ok(());
                 }
                 Err(e) => e,
@@ -843,8 +878,8 @@ impl Outbox {
         let events: Vec<(String, String, i32)> = part.iter().flatten().cloned().collect();
         let (outcome, now) = self.send(clock, deliver, &events).await?;
         split.calls += 1;
-        let acked = match outcome {
-            Ok(acked) => acked,
+        let (acked, answer) = match outcome {
+            Ok(answered) => answered,
             Err(e) if receiver_unavailable(&e) => {
                 split.down = self.unanswered(now, backoff);
                 return Ok(Some(true));
@@ -861,12 +896,25 @@ impl Outbox {
         for run in part {
             if let Some((id, account, attempts)) = run.iter().find(|(id, ..)| !acked.contains(id)) {
                 held.insert(account.clone());
-                self.retry_at((account, id), now + retry_in(backoff, *attempts, false), "not acknowledged")
-                    .await?;
+                self.not_applied((account, id, *attempts), &answer, now, backoff).await?;
             }
         }
         split.delivered += events.iter().filter(|(id, ..)| acked.contains(id)).count() as u64;
         Ok(None)
+    }
+
+    /// An event a receiver answered without acknowledging waits for its retry, with the
+    /// receiver's reason when it named one, and its account's later events with it.
+    async fn not_applied(
+        &self,
+        (account, id, attempts): (&str, &str, i32),
+        answer: &Delivered,
+        now: DateTime<Utc>,
+        backoff: Backoff,
+    ) -> Result<(), sqlx::Error> {
+        let (error, unanswered) = answer.why(id);
+        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not applied; its account waits for its retry");
+        self.retry_at((account, id), now + retry_in(backoff, attempts, unanswered), &error).await
     }
 
     /// Reads `events` (id, account, attempts) and sends them as one call, acknowledging what the
@@ -877,7 +925,7 @@ impl Outbox {
         clock: &(dyn Fn() -> DateTime<Utc> + Send + Sync),
         deliver: &Deliver,
         events: &[(String, String, i32)],
-    ) -> Result<(Result<HashSet<String>, anyhow::Error>, DateTime<Utc>), sqlx::Error> {
+    ) -> Result<(Result<(HashSet<String>, Delivered), anyhow::Error>, DateTime<Utc>), sqlx::Error> {
         let keys: Vec<(String, String)> =
             events.iter().map(|(id, account, _)| (account.clone(), id.clone())).collect();
         let read = self.events(&keys).await?;
@@ -886,13 +934,13 @@ impl Outbox {
             gone.remove(&e.event_id);
         }
         if read.is_empty() {
-            return Ok((Ok(gone), clock()));
+            return Ok((Ok((gone, Delivered::default())), clock()));
         }
         let span = relay_span(&self.topic, &read);
         let outcome = tracing::Instrument::instrument(deliver(read), span.clone()).await;
         let now = clock();
-        let ids = match outcome {
-            Ok(ids) => ids,
+        let answer = match outcome {
+            Ok(answer) => answer,
             Err(e) => {
                 span.record("otel.status_code", "ERROR");
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
@@ -900,13 +948,13 @@ impl Outbox {
                 return Ok((Err(e), now));
             }
         };
-        let ids: HashSet<String> = ids.into_iter().collect();
+        let ids: HashSet<&String> = answer.acked.iter().collect();
         let acked: Vec<(String, String)> = keys.into_iter().filter(|(_, id)| ids.contains(id)).collect();
         self.acknowledge(&acked).await?;
         metrics::counter!("contactier_outbox_delivered_total", "topic" => self.topic.clone())
             .increment(acked.len() as u64);
         gone.extend(acked.into_iter().map(|(_, id)| id));
-        Ok((Ok(gone), now))
+        Ok((Ok((gone, answer)), now))
     }
 
     /// The end of the pause `now` falls in, if it falls in one.
@@ -1100,16 +1148,20 @@ fn relay_span(topic: &str, events: &[OutboxEvent]) -> tracing::Span {
 /// Whether a delivery failed because the receiver could not answer at all, rather than
 /// refusing what it was sent (or the sender failing to read one event).
 fn receiver_unavailable(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<tonic::Status>().is_some_and(|s| {
-        matches!(
-            s.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::ResourceExhausted
-                | tonic::Code::Cancelled
-                | tonic::Code::Unknown
-        )
-    })
+    e.downcast_ref::<tonic::Status>().is_some_and(unanswered_status)
+}
+
+/// Whether a status says its sender could not answer (or reach its storage), not that it
+/// refused what it was sent.
+fn unanswered_status(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
 }
 
 /// The account whose events are more than half of a read, if one is, and how many of them

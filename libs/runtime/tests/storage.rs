@@ -217,7 +217,7 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged(backe
         let s = s.clone();
         Box::pin(async move {
             s.lock().unwrap().extend(events.iter().map(|e| e.payload.clone()));
-            Ok(vec![events[0].event_id.clone()])
+            Ok(vec![events[0].event_id.clone()].into())
         })
     });
     let later = now + chrono::Duration::seconds(5);
@@ -261,7 +261,7 @@ async fn a_relay_read_stops_at_its_byte_budget_and_the_rest_follow_in_order(back
         Box::pin(async move {
             let ids: Vec<String> = events.into_iter().map(|e| e.event_id).collect();
             r.lock().unwrap().push(ids.clone());
-            Ok(ids)
+            Ok(ids.into())
         })
     });
     let backoff = Backoff { initial: Duration::from_secs(1), max: Duration::from_secs(60) };
@@ -937,7 +937,69 @@ async fn an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it(backend: 
     assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the read, then r's head alone");
 }
 
+/// A receiver that applies what it can and names the events it refused, each with why, costs
+/// one call for a failing account: its event waits for its retry with the receiver's reason
+/// (listed for operators), retried within seconds when the reason is its storage not being
+/// there, with the backoff when refused; the others are delivered, nothing sent again.
+async fn events_a_receiver_names_as_refused_wait_with_its_reason(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut healthy = Vec::new();
+    for n in 0..20 {
+        healthy.push(enqueue_as(&t.db, &format!("acct-{n:02}"), b"e", true).await);
+    }
+    let refused = enqueue_as(&t.db, "bad", b"refused", true).await;
+    let later = enqueue_as(&t.db, "bad", b"e", true).await;
+    let down = enqueue_as(&t.db, "slow", b"down", true).await;
+    let calls = Arc::new(Mutex::new(0));
+    let c = calls.clone();
+    let partial: Deliver = Box::new(move |events| {
+        *c.lock().unwrap() += 1;
+        Box::pin(async move {
+            let mut answer = outbox::Delivered::default();
+            let mut failed = std::collections::HashSet::new();
+            for e in events {
+                if failed.contains(&e.account_id) {
+                    continue;
+                }
+                match e.payload.as_slice() {
+                    b"refused" => {
+                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")))
+                    }
+                    b"down" => {
+                        answer.refused.push((e.event_id, tonic::Status::unavailable("its shard is down")))
+                    }
+                    _ => {
+                        answer.acked.push(e.event_id);
+                        continue;
+                    }
+                }
+                failed.insert(e.account_id);
+            }
+            Ok(answer)
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(60), max: Duration::from_secs(300) };
+    let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    assert_eq!(ob.relay_once(now, &partial, backoff, 100, 1 << 20).await.unwrap(), 20, "{backend:?}");
+    assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: one call, nothing sent again");
+    let failing =
+        contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(None, 10).await.unwrap();
+    let why = |id: &str| failing.iter().find(|f| f.item == id).map(|f| f.last_error.clone());
+    assert!(why(&refused).is_some_and(|e| e.contains("a check refused it")), "{backend:?}: {failing:?}");
+    assert!(why(&down).is_some_and(|e| e.contains("its shard is down")), "{backend:?}: {failing:?}");
+    // The refused event waits for its backoff (60 s on), the one whose storage was down at most
+    // the pause's 12 s; bad's later event waits behind its own.
+    let soon = ob.due(now + chrono::Duration::seconds(13), 100, 1 << 20).await.unwrap();
+    assert_eq!(soon.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), [down.clone()], "{backend:?}");
+    let all = ob.due(now + chrono::Duration::minutes(5), 100, 1 << 20).await.unwrap();
+    let waiting: Vec<String> = all.iter().map(|e| e.event_id.clone()).collect();
+    assert_eq!(waiting.len(), 3, "{backend:?}: {waiting:?}");
+    assert!(waiting.contains(&later) && waiting.contains(&refused), "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
+    events_a_receiver_names_as_refused_wait_with_its_reason,
     an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,

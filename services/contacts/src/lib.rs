@@ -204,7 +204,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                         }
                     }
                 }
-                Ok(done)
+                Ok(done.into())
             })
         });
         let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);
