@@ -964,10 +964,10 @@ async fn events_a_receiver_names_as_refused_wait_with_its_reason(backend: Backen
                 }
                 match e.payload.as_slice() {
                     b"refused" => {
-                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")))
+                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")));
                     }
                     b"down" => {
-                        answer.refused.push((e.event_id, tonic::Status::unavailable("its shard is down")))
+                        answer.refused.push((e.event_id, tonic::Status::unavailable("its shard is down")));
                     }
                     _ => {
                         answer.acked.push(e.event_id);
@@ -991,7 +991,11 @@ async fn events_a_receiver_names_as_refused_wait_with_its_reason(backend: Backen
     // The refused event waits for its backoff (60 s on), the one whose storage was down at most
     // the pause's 12 s; bad's later event waits behind its own.
     let soon = ob.due(now + chrono::Duration::seconds(13), 100, 1 << 20).await.unwrap();
-    assert_eq!(soon.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), [down.clone()], "{backend:?}");
+    assert_eq!(
+        soon.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(),
+        std::slice::from_ref(&down),
+        "{backend:?}"
+    );
     let all = ob.due(now + chrono::Duration::minutes(5), 100, 1 << 20).await.unwrap();
     let waiting: Vec<String> = all.iter().map(|e| e.event_id.clone()).collect();
     assert_eq!(waiting.len(), 3, "{backend:?}: {waiting:?}");
