@@ -32,7 +32,7 @@ use contactier_runtime::server::ServiceSpec;
 use futures::future::BoxFuture;
 use prost::Message;
 use sqlx::migrate::Migrator;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use tonic::service::Routes;
 
 pub const NAME: &str = "contacts";
@@ -175,7 +175,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                     mpb::marketing_status_internal_service_client::MarketingStatusInternalServiceClient::new(
                         peer.service(),
                     );
-                let mut done = Vec::new();
+                let mut done = contactier_runtime::outbox::Delivered::default();
                 let sizes: Vec<(usize, usize)> =
                     entries.iter().map(|e| (e.payload.len(), event_calls::event_count(&e.payload))).collect();
                 for call in event_calls::calls(&sizes) {
@@ -191,20 +191,26 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                         of_entry.push((entry.event_id.clone(), ids));
                         request.events.extend(batch.events);
                     }
-                    let acked: HashSet<String> = client
-                        .apply_contact_events(request)
-                        .await?
-                        .into_inner()
-                        .acknowledged_event_ids
+                    let answer = client.apply_contact_events(request).await?.into_inner();
+                    let acked: HashSet<String> = answer.acknowledged_event_ids.into_iter().collect();
+                    // An event marketing-status names as not applied fails its entry, with why.
+                    let refused: HashMap<String, tonic::Status> = answer
+                        .refused
                         .into_iter()
+                        .map(|r| {
+                            let s = r.status.unwrap_or_default();
+                            (r.event_id, tonic::Status::new(tonic::Code::from(s.code), s.message))
+                        })
                         .collect();
                     for (entry, ids) in of_entry {
                         if ids.iter().all(|id| acked.contains(id)) {
-                            done.push(entry);
+                            done.acked.push(entry);
+                        } else if let Some(why) = ids.iter().find_map(|id| refused.get(id)) {
+                            done.refused.push((entry, why.clone()));
                         }
                     }
                 }
-                Ok(done.into())
+                Ok(done)
             })
         });
         let outbox = Outbox::new(env.db.clone(), store::MARKETING_STATUS_TOPIC);

@@ -359,9 +359,17 @@ impl MarketingStatusInternalService for Internal {
             }
             principal.check_account_at("events", &e.account_id)?;
         }
-        let acknowledged = crate::events::apply(&self.store, events, &ends, self.clock.now()).await?;
+        let (acknowledged, refused) =
+            crate::events::apply(&self.store, events, &ends, self.clock.now()).await?;
         self.relay.wake();
-        Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged }))
+        let refused = refused
+            .into_iter()
+            .map(|(event_id, status)| pb::RefusedContactEvent {
+                event_id,
+                status: Some(contactier_runtime::rich::rpc_status(status)),
+            })
+            .collect();
+        Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged, refused }))
     }
 
     async fn apply_update_date(

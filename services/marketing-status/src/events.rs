@@ -116,42 +116,81 @@ impl Run {
         }
     }
 
-    /// Writes the run in its account's open transaction (see [`Open`]).
-    async fn flush(mut self, store: &Store, open: &mut Open, now: DateTime<Utc>) -> Result<(), GrpcStatus> {
+    /// The run's account and event ids.
+    fn events(&self) -> Option<(&str, Vec<String>)> {
+        match self {
+            Run::None => None,
+            Run::Created(account, items, _) => {
+                Some((account, items.iter().map(|i| i.event_id.clone()).collect()))
+            }
+            Run::Deleted(account, items, _) => {
+                Some((account, items.iter().map(|i| i.event_id.clone()).collect()))
+            }
+        }
+    }
+
+    /// Writes the run in its account's open transaction (see [`Open`]); a failure is its
+    /// account's, and ends that transaction.
+    async fn flush(mut self, store: &Store, open: &mut Open, now: DateTime<Utc>) {
         self.end_batch();
+        let Some((account, ids)) = self.events() else { return };
+        let account = account.to_owned();
+        open.switch_to(store, &account).await;
+        if open.failed.contains_key(&account) {
+            return;
+        }
+        open.pending.extend(ids);
         let done = match self {
-            Run::None => Ok(()),
-            Run::Created(account, items, ends) => {
-                let tx = open.of(store, &account).await?;
-                let done = store.contacts_created_in(tx, &account, &items, &ends, now).await;
-                open.created += items.len();
-                done
-            }
-            Run::Deleted(account, items, ends) => {
-                let tx = open.of(store, &account).await?;
-                store.contacts_deleted_in(tx, &account, &items, &ends, now).await
-            }
+            Run::None => return,
+            Run::Created(account, items, ends) => match open.tx(store, &account).await {
+                Ok(tx) => {
+                    let done = store.contacts_created_in(tx, &account, &items, &ends, now).await;
+                    open.created += items.len();
+                    done.map_err(|e| Error::from(e).into())
+                }
+                Err(e) => Err(e),
+            },
+            Run::Deleted(account, items, ends) => match open.tx(store, &account).await {
+                Ok(tx) => store
+                    .contacts_deleted_in(tx, &account, &items, &ends, now)
+                    .await
+                    .map_err(|e| Error::from(e).into()),
+                Err(e) => Err(e),
+            },
         };
-        Ok(done.map_err(Error::from)?)
+        if let Err(e) = done {
+            open.fail(&account, e);
+        }
     }
 }
 
 /// The transaction of the account whose runs are being written: an account's consecutive runs
 /// in a call (its backlog of single changes, creations and deletions mixed) commit once, each
 /// still its own count step. One account a transaction, so no two accounts' rows are locked
-/// together.
+/// together, and one account's changes failing leaves the others' applied.
 #[derive(Default)]
 struct Open {
     tx: Option<(String, Transaction)>,
-    /// Contacts created in transactions committed or open.
+    /// Contacts created in the open transaction.
     created: usize,
+    /// Events written in the open transaction, acknowledged once it commits.
+    pending: Vec<String>,
+    acknowledged: Vec<String>,
+    /// Accounts whose changes failed, with the first event of theirs not applied and why.
+    failed: HashMap<String, (String, GrpcStatus)>,
+    /// The order they failed in.
+    failed_order: Vec<String>,
 }
 
 impl Open {
-    async fn of(&mut self, store: &Store, account: &str) -> Result<&mut Transaction, GrpcStatus> {
+    /// Commits another account's open transaction before `account`'s runs are written.
+    async fn switch_to(&mut self, store: &Store, account: &str) {
         if self.tx.as_ref().is_some_and(|(a, _)| a != account) {
-            self.commit(store).await?;
+            self.commit(store).await;
         }
+    }
+
+    async fn tx(&mut self, store: &Store, account: &str) -> Result<&mut Transaction, GrpcStatus> {
         if self.tx.is_none() {
             let tx = store.begin_write().await.map_err(Error::from)?;
             self.tx = Some((account.to_owned(), tx));
@@ -159,13 +198,43 @@ impl Open {
         Ok(&mut self.tx.as_mut().expect("opened above").1)
     }
 
-    /// Commits what is open (before an event written in a transaction of its own, and at the end).
-    async fn commit(&mut self, store: &Store) -> Result<(), GrpcStatus> {
-        if let Some((_, tx)) = self.tx.take() {
-            tx.commit().await.map_err(Error::from)?;
-            store.added(std::mem::take(&mut self.created)).await.map_err(Error::from)?;
+    /// Commits what is open (before an event written in a transaction of its own, and at the
+    /// end); its events are acknowledged, or, failing, its account's.
+    async fn commit(&mut self, store: &Store) {
+        let Some((account, tx)) = self.tx.take() else { return };
+        match tx.commit().await {
+            Ok(()) => {
+                self.acknowledged.append(&mut self.pending);
+                // Statistics only: the commit stands whatever this answers.
+                if let Err(e) = store.added(std::mem::take(&mut self.created)).await {
+                    tracing::warn!(error = %e, "the statuses' statistics were not taken");
+                }
+            }
+            Err(e) => self.fail(&account, Error::from(e).into()),
         }
-        Ok(())
+    }
+
+    /// `account`'s changes failed: what is open of it is undone, and none of its later events in
+    /// the call is applied. Its first event not applied is named with `status`.
+    fn fail(&mut self, account: &str, status: GrpcStatus) {
+        self.tx = None;
+        self.created = 0;
+        let first = self.pending.drain(..).next();
+        if let Some(first) = first {
+            self.failed_order.push(account.to_owned());
+            self.failed.insert(account.to_owned(), (first, status));
+        }
+    }
+
+    /// An event applied in a transaction of its own: acknowledged, or its account failed.
+    fn own(&mut self, account: &str, event_id: String, done: Result<(), GrpcStatus>) {
+        match done {
+            Ok(()) => self.acknowledged.push(event_id),
+            Err(status) => {
+                self.pending = vec![event_id];
+                self.fail(account, status);
+            }
+        }
     }
 }
 
@@ -192,13 +261,15 @@ pub fn batch_ends(batch_sizes: &[u32], events: usize) -> Result<Vec<usize>, Erro
 }
 
 /// Applies the events (checked by the caller), a batch after the other (see [`batch_ends`]),
-/// and answers the ids acknowledged: all of them.
+/// and answers the ids acknowledged and, of each account whose changes failed, its first event
+/// not applied with why (its later ones in the call are left out). When no account's could be
+/// applied, the call fails with the first one's status.
 pub async fn apply(
     store: &Store,
     events: Vec<pb::ContactEvent>,
     batch_ends: &[usize],
     now: DateTime<Utc>,
-) -> Result<Vec<String>, GrpcStatus> {
+) -> Result<(Vec<String>, Vec<(String, GrpcStatus)>), GrpcStatus> {
     // Sources are checked before anything changes, so a bad event refuses the whole batch.
     for e in &events {
         if let Some(Payload::Created(c)) = &e.payload {
@@ -218,7 +289,6 @@ pub async fn apply(
             _ => None,
         });
     }
-    let mut acknowledged = Vec::with_capacity(events.len());
     // Consecutive creations, or deletions, of one account are written in one transaction (a
     // batch call's or an import batch's contacts, or an account's backlog of single changes);
     // the count moves once for each of the sender's batches among them.
@@ -231,8 +301,8 @@ pub async fn apply(
             run.end_batch();
         }
         // An event id named again in the call is the same event: applied once, as it is when
-        // named again in a later call.
-        if !seen.insert(e.event_id.clone()) {
+        // named again in a later call. An account whose changes failed applies nothing more.
+        if !seen.insert(e.event_id.clone()) || open.failed.contains_key(&e.account_id) {
             continue;
         }
         let account = e.account_id.clone();
@@ -245,7 +315,7 @@ pub async fn apply(
                     _ => {
                         std::mem::replace(&mut run, Run::Created(account, vec![item], vec![]))
                             .flush(store, &mut open, now)
-                            .await?;
+                            .await;
                     }
                 }
             }
@@ -256,29 +326,43 @@ pub async fn apply(
                     _ => {
                         std::mem::replace(&mut run, Run::Deleted(account, vec![item], vec![]))
                             .flush(store, &mut open, now)
-                            .await?;
+                            .await;
                     }
                 }
             }
             Payload::Merged(m) => {
-                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await?;
-                open.commit(store).await?;
-                store
+                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await;
+                open.commit(store).await;
+                if open.failed.contains_key(&account) {
+                    continue;
+                }
+                let done = store
                     .contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now)
                     .await
-                    .map_err(Error::from)?;
+                    .map(|_| ())
+                    .map_err(|e| Error::from(e).into());
+                open.own(&account, e.event_id, done);
             }
             Payload::MarketingRequested(m) => {
-                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await?;
-                open.commit(store).await?;
-                marketing_requested(store, &account, m, now).await?;
+                std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await;
+                open.commit(store).await;
+                if open.failed.contains_key(&account) {
+                    continue;
+                }
+                let done = marketing_requested(store, &account, m, now).await;
+                open.own(&account, e.event_id, done);
             }
         }
-        acknowledged.push(e.event_id);
     }
-    run.flush(store, &mut open, now).await?;
-    open.commit(store).await?;
-    Ok(acknowledged)
+    run.flush(store, &mut open, now).await;
+    open.commit(store).await;
+    let Open { acknowledged, mut failed, failed_order, .. } = open;
+    let mut refused: Vec<(String, GrpcStatus)> =
+        failed_order.iter().filter_map(|account| failed.remove(account)).collect();
+    if acknowledged.is_empty() && !refused.is_empty() {
+        return Err(refused.swap_remove(0).1);
+    }
+    Ok((acknowledged, refused))
 }
 
 #[cfg(test)]

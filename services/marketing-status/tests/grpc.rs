@@ -904,7 +904,71 @@ async fn an_accounts_changes_in_one_call_apply_whole_each_a_step(backend: Backen
     assert_eq!(s.count().await.version, version + 5, "{backend:?}: a retry changes nothing");
 }
 
+/// A call of several accounts' events where one account's changes fail applies the others and
+/// names that account's first event, with why; its later events in the call are neither applied
+/// nor acknowledged. The call failed whole, and its sender sent every other account's events
+/// again (in halves, or one call each), each failing account once a retry.
+async fn a_failing_accounts_events_are_named_and_the_others_applied(backend: Backend) {
+    let s = start(backend).await;
+    let of = |event: &str, account: &str, contact: &str| pb::ContactEvent {
+        account_id: account.into(),
+        ..created(event, contact, SourceType::Import, MarketingStatus::Marketing, "")
+    };
+    let call = || {
+        vec![
+            of("a1", ACCOUNT, "c1"),
+            of("b1", "acct-b", "c2"),
+            of("c1", "acct-c", "c3"),
+            of("b2", "acct-b", "c4"),
+            of("a2", ACCOUNT, "c5"),
+        ]
+    };
+    let count_of = |account: &'static str| {
+        let token = s.user(account, "u", &["read"]);
+        let mut api = s.api();
+        async move {
+            let c = api.get_marketing_count(authed(pb::GetMarketingCountRequest {}, &token)).await;
+            let c = c.unwrap().into_inner().count.unwrap();
+            (c.marketing, c.version)
+        }
+    };
+    let (_, a_version) = count_of(ACCOUNT).await;
+    poison(&s.db.db, "contact_status", "NEW.account_id = 'acct-b'", "ABORT").await;
+    let token = s.platform.authenticator.service_token("contacts", chrono::Duration::hours(1));
+    let mut c = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let send = |c: &mut MarketingStatusInternalServiceClient<tonic::transport::Channel>| {
+        let req = pb::ApplyContactEventsRequest { events: call(), batch_sizes: vec![] };
+        let mut c = c.clone();
+        let token = token.clone();
+        async move { c.apply_contact_events(authed(req, &token)).await.map(tonic::Response::into_inner) }
+    };
+    let answer = send(&mut c).await.unwrap_or_else(|e| panic!("{backend:?}: the call failed whole: {e:?}"));
+    let mut acked = answer.acknowledged_event_ids.clone();
+    acked.sort();
+    assert_eq!(acked, ["a1", "a2", "c1"], "{backend:?}");
+    let refused: Vec<(&str, i32)> = answer
+        .refused
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.status.as_ref().map_or(0, |s| s.code)))
+        .collect();
+    assert_eq!(refused, [("b1", tonic::Code::Internal as i32)], "{backend:?}: b's first, with why");
+    let a_count = count_of(ACCOUNT).await;
+    assert_eq!(a_count.0, 2, "{backend:?}");
+    assert!(a_count.1 > a_version, "{backend:?}");
+    assert_eq!(count_of("acct-c").await.0, 1, "{backend:?}");
+    assert_eq!(count_of("acct-b").await.0, 0, "{backend:?}: none of b's applied");
+
+    // Mended, the same call again: b's applied, the others' taken as seen.
+    cure(&s.db.db, "contact_status").await;
+    let answer = send(&mut c).await.unwrap();
+    assert_eq!(answer.acknowledged_event_ids.len(), 5, "{backend:?}");
+    assert!(answer.refused.is_empty(), "{backend:?}");
+    assert_eq!(count_of("acct-b").await.0, 2, "{backend:?}");
+    assert_eq!(count_of(ACCOUNT).await, a_count, "{backend:?}: a's once");
+}
+
 contactier_runtime::backend_tests!(
+    a_failing_accounts_events_are_named_and_the_others_applied,
     an_accounts_changes_in_one_call_apply_whole_each_a_step,
     batches_merged_in_one_call_each_move_the_count,
     plans_of_many_accounts_apply_in_one_call_in_the_order_given,
