@@ -664,8 +664,11 @@ impl Outbox {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
             }
-            failed.extend(unacked.iter().map(|(_, account, _)| account.clone()));
             for (id, account, attempts) in unacked {
+                // An account's first event not acknowledged waits, and its later ones with it.
+                if !failed.insert(account.clone()) {
+                    continue;
+                }
                 match &outcome {
                     Ok(answer) => self.not_applied((&account, &id, attempts), answer, now, backoff).await?,
                     Err(_) => {
