@@ -664,6 +664,11 @@ impl Outbox {
                 metrics::counter!("contactier_outbox_delivery_failures_total", "topic" => self.topic.clone())
                     .increment(1);
             }
+            // Answered after an outage: what waited it out is due, before this call's refusals
+            // are written (woken with the rest, one was sent again straight after).
+            if outcome.is_ok() {
+                self.heard(now).await?;
+            }
             for (id, account, attempts) in unacked {
                 // An account's first event not acknowledged waits, and its later ones with it.
                 if !failed.insert(account.clone()) {
@@ -677,13 +682,8 @@ impl Outbox {
                     }
                 }
             }
-            match &outcome {
-                Err(e) if receiver_unavailable(e) => {
-                    let _ = self.unanswered(now, backoff);
-                }
-                Err(_) => {}
-                Ok(_) if self.answered() => self.after_outage(now).await?,
-                Ok(_) => {}
+            if outcome.as_ref().is_err_and(receiver_unavailable) {
+                let _ = self.unanswered(now, backoff);
             }
             if outcome.is_err() {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
@@ -800,9 +800,7 @@ impl Outbox {
             let error = match outcome {
                 Ok((acked, _)) if window.iter().all(|(id, ..)| acked.contains(id)) => {
                     heard = true;
-                    if self.answered() {
-                        self.after_outage(now).await?;
-                    }
+                    self.heard(now).await?;
                     split.delivered += len as u64;
                     start += len;
                     len = if start < failing {
@@ -816,7 +814,7 @@ impl Outbox {
                 }
                 Ok((acked, answer)) => {
                     // Answered, not all acknowledged: the first not acknowledged waits.
-                    self.answered();
+                    self.heard(now).await?;
                     split.delivered += window.iter().filter(|(id, ..)| acked.contains(id)).count() as u64;
                     if let Some((id, account, attempts)) = window.iter().find(|(id, ..)| !acked.contains(id))
                     {
@@ -831,7 +829,7 @@ impl Outbox {
             if len > 1 {
                 if !not_answered {
                     heard = true;
-                    self.answered();
+                    self.heard(now).await?;
                 } else if !std::mem::replace(&mut counted, true) {
                     split.down = self.unanswered(now, backoff);
                 }
@@ -858,7 +856,7 @@ impl Outbox {
                 }
                 split.unanswered.push((account, id, attempts, error));
             } else {
-                self.answered();
+                self.heard(now).await?;
                 self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error).await?;
             }
             return Ok(());
@@ -888,13 +886,11 @@ impl Outbox {
                 return Ok(Some(true));
             }
             Err(_) => {
-                self.answered();
+                self.heard(now).await?;
                 return Ok(Some(false));
             }
         };
-        if self.answered() {
-            self.after_outage(now).await?;
-        }
+        self.heard(now).await?;
         // An account's first event not acknowledged waits for its retry, its later ones with it.
         for run in part {
             if let Some((id, account, attempts)) = run.iter().find(|(id, ..)| !acked.contains(id)) {
@@ -1007,6 +1003,16 @@ impl Outbox {
         }
         *p = Pause { heard: true, ..Pause::default() };
         outage
+    }
+
+    /// The receiver answered (see [`Outbox::answered`]); when that ends an outage, what waited
+    /// it out is due. Before any retry of the answer is written: woken with the rest, an event
+    /// just refused went again straight after.
+    async fn heard(&self, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        if self.answered() {
+            self.after_outage(now).await?;
+        }
+        Ok(())
     }
 
     /// Whether the relay takes its receiver to be down, for operators: its turns still succeed

@@ -988,6 +988,9 @@ async fn events_a_receiver_names_as_refused_wait_with_its_reason(backend: Backen
     let why = |id: &str| failing.iter().find(|f| f.item == id).map(|f| f.last_error.clone());
     assert!(why(&refused).is_some_and(|e| e.contains("a check refused it")), "{backend:?}: {failing:?}");
     assert!(why(&down).is_some_and(|e| e.contains("its shard is down")), "{backend:?}: {failing:?}");
+    // Bad's later event was not tried on its own: it waits behind the first with no failure of
+    // its own (each one given a retry went in parts, each at its own backoff, 9-57 s apart).
+    assert_eq!(why(&later), None, "{backend:?}: {failing:?}");
     // The refused event waits for its backoff (60 s on), the one whose storage was down at most
     // the pause's 12 s; bad's later event waits behind its own.
     let soon = ob.due(now + chrono::Duration::seconds(13), 100, 1 << 20).await.unwrap();
@@ -1002,8 +1005,52 @@ async fn events_a_receiver_names_as_refused_wait_with_its_reason(backend: Backen
     assert!(waiting.contains(&later) && waiting.contains(&refused), "{backend:?}");
 }
 
+/// The receiver back after an outage answers, refusing one account's event: that event keeps
+/// its backoff. Waking what waited out the outage woke it too, and it was sent again straight
+/// after the call that refused it.
+async fn an_event_refused_as_the_receiver_returns_keeps_its_backoff(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    for account in ["a", "b", "c"] {
+        enqueue_as(&t.db, account, b"e", true).await;
+    }
+    let refused = enqueue_as(&t.db, "bad", b"refused", true).await;
+    let down: Deliver =
+        Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
+    let backoff = Backoff { initial: Duration::from_secs(60), max: Duration::from_secs(300) };
+    let mut now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    // Three turns down: an outage, not one pause.
+    for _ in 0..3 {
+        now = ob.step(now, &down, backoff, 10, 1 << 20).await.unwrap().expect("events wait");
+    }
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let refusing: Deliver = Box::new(move |events| {
+        c.lock().unwrap().push(events.len());
+        Box::pin(async move {
+            let mut answer = outbox::Delivered::default();
+            for e in events {
+                if e.payload == b"refused" {
+                    answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")));
+                } else {
+                    answer.acked.push(e.event_id);
+                }
+            }
+            Ok(answer)
+        })
+    });
+    ob.step(now, &refusing, backoff, 10, 1 << 20).await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), [4], "{backend:?}: one call");
+    assert_eq!(ob.pending().await.unwrap(), 1, "{backend:?}");
+    let soon = ob.due(now + chrono::Duration::seconds(1), 10, 1 << 20).await.unwrap();
+    assert!(soon.is_empty(), "{backend:?}: the refused event is due again at once");
+    let later = ob.due(now + chrono::Duration::minutes(10), 10, 1 << 20).await.unwrap();
+    assert_eq!(later.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), [refused], "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     events_a_receiver_names_as_refused_wait_with_its_reason,
+    an_event_refused_as_the_receiver_returns_keeps_its_backoff,
     an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,
