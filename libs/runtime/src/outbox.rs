@@ -263,7 +263,8 @@ impl Delivered {
     /// for it: that is retried within seconds, as an event not answered at all is.
     fn why(&self, id: &str) -> (String, bool) {
         match self.refused.iter().find(|(r, _)| r == id) {
-            Some((_, s)) => (format!("{:?}: {}", s.code(), s.message()), unanswered_status(s)),
+            // Written as a whole call's failure is, so operators read one form.
+            Some((_, s)) => (s.to_string(), unanswered_status(s)),
             None => ("not acknowledged".to_owned(), false),
         }
     }
