@@ -2,6 +2,7 @@
 
 pub mod append;
 pub mod auth;
+pub mod by_account;
 pub use contactier_client::balance;
 pub mod clock;
 pub mod coalesce;

@@ -271,13 +271,14 @@ impl Delivered {
 }
 
 /// A [`Deliver`] for a topic whose payloads are messages `M`: decodes a batch and hands each
-/// message with its entry's event id to `send`, which answers the ids acknowledged. A payload
+/// message with its entry's event id to `send`, which answers the ids acknowledged (or a [`Delivered`] naming those refused too). A payload
 /// that does not decode fails the batch.
-pub fn deliver_messages<M, F, Fut>(send: F) -> Deliver
+pub fn deliver_messages<M, F, Fut, D>(send: F) -> Deliver
 where
     M: prost::Message + Default + Send + 'static,
     F: Fn(Vec<(String, M)>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<Vec<String>>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<D>> + Send + 'static,
+    D: Into<Delivered>,
 {
     Box::new(move |events: Vec<OutboxEvent>| {
         let decoded: Result<Vec<(String, M)>, prost::DecodeError> =
@@ -285,7 +286,7 @@ where
         match decoded {
             Ok(messages) => {
                 let sent = send(messages);
-                Box::pin(async move { sent.await.map(Delivered::from) })
+                Box::pin(async move { sent.await.map(Into::into) })
             }
             Err(e) => Box::pin(async move { Err(e.into()) }),
         }
@@ -1118,15 +1119,8 @@ struct Split {
 /// has failed least first: the fresh accounts' part is answered before those failing turn after
 /// turn are tried, so their failing is taken for their own trouble, not an outage.
 fn by_account(sent: Vec<(String, String, i32)>) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for event in sent {
-        let i = *at.entry(event.1.clone()).or_insert_with(|| {
-            runs.push(Vec::new());
-            runs.len() - 1
-        });
-        runs[i].push(event);
-    }
+    let mut runs: Vec<Run> =
+        crate::by_account::by_account(sent, |e| &e.1).into_iter().map(|(_, r)| r).collect();
     runs.sort_by_key(|run| run[0].2);
     runs
 }

@@ -117,6 +117,15 @@ pub fn rpc_status(status: Status) -> tonic_types::pb::Status {
     })
 }
 
+/// A `google.rpc.Status` a peer answered inside a reply (an event it refused, say), as a
+/// [`Status`]; none is `OK`'s, which no refusal is, so it reads as UNKNOWN.
+pub fn from_rpc_status(status: Option<tonic_types::pb::Status>) -> Status {
+    match status {
+        Some(s) => Status::new(tonic::Code::from(s.code), s.message),
+        None => Status::unknown("no reason given"),
+    }
+}
+
 /// [`enrich`]ed, with `key: value` in its `ErrorInfo`'s metadata: what the refusal is about,
 /// for a client to act on without reading the message (the import a cut stream leaves).
 pub fn with_info(status: Status, key: &str, value: &str) -> Status {

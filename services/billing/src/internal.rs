@@ -1,7 +1,7 @@
 //! BillingInternalService: marketing counts from marketing-status, and the GDPR export.
 
 use crate::price_book::PriceBook;
-use crate::store::{CountEvent, CountOutcome, Store};
+use crate::store::{CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
@@ -35,9 +35,30 @@ impl BillingInternalService for Internal {
         }
         let mut acknowledged = Vec::with_capacity(events.len());
         let (mut applied, mut upgraded) = (false, false);
+        // An account whose counts fail is named by its first event, with why; the others go on
+        // (failing the call failed every account in it, and its sender sent them all again).
+        let (mut refused, mut first_failure) = (Vec::new(), None);
+        let accounts = contactier_runtime::by_account::by_account(events, |e| &e.account_id);
+        let calls = accounts.len();
         // Each account's counts in their order, in one transaction per account.
-        for (account, events) in by_account(events) {
-            let outcomes = self.store.apply_counts(&account, &events, self.clock.now(), &self.book).await?;
+        for (account, events) in accounts {
+            let outcomes = match self
+                .store
+                .apply_counts(&account, &events, self.clock.now(), &self.book)
+                .await
+            {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    let status = Status::from(e);
+                    tracing::warn!(account = %account, error = %status, "an account's counts were not applied");
+                    refused.push(pb::RefusedCountEvent {
+                        event_id: events[0].event_id.clone(),
+                        status: Some(contactier_runtime::rich::rpc_status(status.clone())),
+                    });
+                    first_failure.get_or_insert(status);
+                    continue;
+                }
+            };
             for outcome in outcomes {
                 match outcome {
                     CountOutcome::Applied { upgrade } => {
@@ -61,7 +82,10 @@ impl BillingInternalService for Internal {
         if upgraded {
             self.invoicer.wake();
         }
-        Ok(Response::new(pb::ApplyCountEventsResponse { acknowledged_event_ids: acknowledged }))
+        if let Some(status) = first_failure.filter(|_| refused.len() == calls) {
+            return Err(status);
+        }
+        Ok(Response::new(pb::ApplyCountEventsResponse { acknowledged_event_ids: acknowledged, refused }))
     }
 
     async fn export_account_billing_data(
@@ -92,44 +116,5 @@ impl BillingInternalService for Internal {
             })).collect::<Vec<_>>(),
         });
         Ok(Response::new(pb::ExportAccountBillingDataResponse { json: json.to_string() }))
-    }
-}
-
-/// Count events grouped by account, in the order each account first appears, each account's in
-/// the order given (only an account's own order matters).
-fn by_account(events: Vec<CountEvent>) -> Vec<(String, Vec<CountEvent>)> {
-    let mut groups: Vec<(String, Vec<CountEvent>)> = Vec::new();
-    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for e in events {
-        let i = *at.entry(e.account_id.clone()).or_insert_with(|| {
-            groups.push((e.account_id.clone(), Vec::new()));
-            groups.len() - 1
-        });
-        groups[i].1.push(e);
-    }
-    groups
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_go_by_account_each_in_its_order() {
-        let e = |id: &str, account: &str| CountEvent {
-            event_id: id.into(),
-            account_id: account.into(),
-            marketing_contacts_enabled: true,
-            counts: Default::default(),
-        };
-        let events = vec![e("1", "a"), e("2", "b"), e("3", "a"), e("4", "c"), e("5", "b")];
-        let groups: Vec<(String, Vec<String>)> = by_account(events)
-            .into_iter()
-            .map(|(a, es)| (a, es.into_iter().map(|e| e.event_id).collect()))
-            .collect();
-        let want =
-            |a: &str, ids: &[&str]| (a.to_owned(), ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
-        assert_eq!(groups, [want("a", &["1", "3"]), want("b", &["2", "5"]), want("c", &["4"])]);
-        assert!(by_account(vec![]).is_empty());
     }
 }

@@ -112,8 +112,17 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
                 npb::notification_internal_service_client::NotificationInternalServiceClient::new(
                     peer.service(),
                 );
-            let r = client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?;
-            Ok(r.into_inner().acknowledged_event_ids)
+            let r =
+                client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?.into_inner();
+            // An event notification names as not applied waits, with why.
+            let refused = r
+                .refused
+                .into_iter()
+                .map(|r| (r.event_id, contactier_runtime::rich::from_rpc_status(r.status)));
+            Ok(contactier_runtime::outbox::Delivered {
+                acked: r.acknowledged_event_ids,
+                refused: refused.collect(),
+            })
         }
     });
     let outbox = Outbox::new(env.db.clone(), store::NOTIFICATION_TOPIC);

@@ -467,7 +467,69 @@ async fn counts_of_one_account_in_one_call_are_each_a_step(backend: Backend) {
     );
 }
 
+/// A call of several accounts' counts where one account's fail applies the others and names
+/// that account's first event, with why. The call failed whole, and marketing-status sent every
+/// other account's counts again (in halves, or one call each), each failing account once a retry.
+async fn a_failing_accounts_counts_are_named_and_the_others_applied(backend: Backend) {
+    let b = start(backend).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let ev = count_changed;
+    let call = || {
+        vec![
+            ev("a1", ACCOUNT, 1, 1_500),
+            ev("b1", "acct-b", 1, 10),
+            ev("c1", "acct-c", 1, 30),
+            ev("b2", "acct-b", 2, 20),
+            ev("a2", ACCOUNT, 2, 2_100),
+        ]
+    };
+    contactier_runtime::testing::poison(b.db(), "inbox", "NEW.account_id = 'acct-b'", "ABORT").await;
+    let client = BillingInternalServiceClient::new(b.channel.clone());
+    let send = || {
+        let (mut c, token) = (client.clone(), token.clone());
+        let req = pb::ApplyCountEventsRequest { events: call() };
+        async move { c.apply_count_events(authed(req, &token)).await.map(tonic::Response::into_inner) }
+    };
+    let answer = send().await.unwrap_or_else(|e| panic!("{backend:?}: the call failed whole: {e:?}"));
+    let mut acked = answer.acknowledged_event_ids.clone();
+    acked.sort();
+    assert_eq!(acked, ["a1", "a2", "c1"], "{backend:?}");
+    let refused: Vec<(&str, i32)> = answer
+        .refused
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.status.as_ref().map_or(0, |s| s.code)))
+        .collect();
+    assert_eq!(refused, [("b1", Code::Internal as i32)], "{backend:?}: b's first, with why");
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage = || {
+        let (mut api, read) = (b.api(), read.clone());
+        async move {
+            let u = api.get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner();
+            let u = u.usage.unwrap();
+            (u.marketing_count, u.count_version, u.tier)
+        }
+    };
+    assert_eq!(usage().await, (2_100, 2, 7_000), "{backend:?}: the account's counts applied, upgraded");
+    assert_eq!(b.upgrades().await.len(), 1, "{backend:?}");
+
+    // A call of the failing account alone fails whole, with its status.
+    let mut c = client.clone();
+    let alone = pb::ApplyCountEventsRequest { events: vec![ev("b1", "acct-b", 1, 10)] };
+    let e = c.apply_count_events(authed(alone, &token)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{backend:?}: {e:?}");
+
+    // Mended, the same call again: b's applied, the others' taken as seen.
+    contactier_runtime::testing::cure(b.db(), "inbox").await;
+    let answer = send().await.unwrap();
+    assert_eq!(answer.acknowledged_event_ids.len(), 5, "{backend:?}");
+    assert!(answer.refused.is_empty(), "{backend:?}");
+    assert_eq!(usage().await, (2_100, 2, 7_000), "{backend:?}: the account's counts once");
+    assert_eq!(b.upgrades().await.len(), 1, "{backend:?}: upgraded once");
+}
+
 contactier_runtime::backend_tests!(
+    a_failing_accounts_counts_are_named_and_the_others_applied,
     counts_of_one_account_in_one_call_are_each_a_step,
     many_accounts_upgraded_on_one_day_are_each_invoiced_once_by_several_replicas,
     the_price_book_and_subsidiaries_page_in_their_own_order,

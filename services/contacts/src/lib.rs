@@ -197,10 +197,7 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                     let refused: HashMap<String, tonic::Status> = answer
                         .refused
                         .into_iter()
-                        .map(|r| {
-                            let s = r.status.unwrap_or_default();
-                            (r.event_id, tonic::Status::new(tonic::Code::from(s.code), s.message))
-                        })
+                        .map(|r| (r.event_id, contactier_runtime::rich::from_rpc_status(r.status)))
                         .collect();
                     for (entry, ids) in of_entry {
                         if ids.iter().all(|id| acked.contains(id)) {

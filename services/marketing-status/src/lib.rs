@@ -19,7 +19,7 @@ use contactier_proto::marketing_status::v1::{
 use contactier_runtime::auth::{Access, Policy};
 use contactier_runtime::db::Migrations;
 use contactier_runtime::host::{ServiceDef, ServiceEnv};
-use contactier_runtime::outbox::{Backoff, Outbox, deliver_messages};
+use contactier_runtime::outbox::{Backoff, Delivered, Outbox, deliver_messages};
 use contactier_runtime::server::ServiceSpec;
 use contactier_runtime::work::OutboxFailures;
 use futures::future::BoxFuture;
@@ -91,8 +91,14 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                 let events = events.into_iter().map(|(_, e)| e).collect();
                 let mut client =
                     bpb::billing_internal_service_client::BillingInternalServiceClient::new(peer.service());
-                let r = client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?;
-                Ok(r.into_inner().acknowledged_event_ids)
+                let r =
+                    client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?.into_inner();
+                // An event billing names as not applied waits, with why.
+                let refused = r
+                    .refused
+                    .into_iter()
+                    .map(|r| (r.event_id, contactier_runtime::rich::from_rpc_status(r.status)));
+                Ok(Delivered { acked: r.acknowledged_event_ids, refused: refused.collect() })
             }
         });
         let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);

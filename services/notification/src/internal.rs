@@ -1,7 +1,7 @@
 //! NotificationInternalService: billing's usage, upgrade and invoice events, applied once each.
 
 use crate::error::Result;
-use crate::store::Store;
+use crate::store::{AlertRow, Event, Store};
 use contactier_proto::notification::v1::{
     self as pb, notification_internal_service_server::NotificationInternalService,
 };
@@ -43,9 +43,9 @@ impl NotificationInternalService for Internal {
                 acknowledged.push(event_id);
             }
         }
-        let applied = self.store.apply_all(&usable, self.clock.now(), self.digest_window).await?;
+        let (applied, refused) = self.apply(usable).await?;
         let mut any_new = false;
-        for ((event_id, _, _), applied) in usable.into_iter().zip(applied) {
+        for (event_id, applied) in applied {
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
                 any_new = true;
                 self.watchers.publish(&alerts);
@@ -55,6 +55,50 @@ impl NotificationInternalService for Internal {
         if any_new {
             self.delivery.wake();
         }
-        Ok(Response::new(pb::ApplyBillingEventsResponse { acknowledged_event_ids: acknowledged }))
+        Ok(Response::new(pb::ApplyBillingEventsResponse { acknowledged_event_ids: acknowledged, refused }))
+    }
+}
+
+/// Events applied, each with the alerts it raised (None when seen before).
+type Applied = Vec<(String, Option<Vec<AlertRow>>)>;
+
+impl Internal {
+    /// Applies the events in one transaction; when that fails and more than one account is in
+    /// it, each account's in a transaction of its own, so one account's failing names its first
+    /// event, with why, and the others are applied (failing the call failed every account in
+    /// it, and billing sent them all again). Fails whole when no account could be applied.
+    async fn apply(
+        &self,
+        events: Vec<(String, String, Event)>,
+    ) -> std::result::Result<(Applied, Vec<pb::RefusedBillingEvent>), Status> {
+        let (now, window) = (self.clock.now(), self.digest_window);
+        let err = match self.store.apply_all(&events, now, window).await {
+            Ok(applied) => return Ok((events.into_iter().map(|(id, ..)| id).zip(applied).collect(), vec![])),
+            Err(e) => e,
+        };
+        let accounts = contactier_runtime::by_account::by_account(events, |e| &e.1);
+        if accounts.len() < 2 {
+            return Err(err.into());
+        }
+        let (mut applied, mut refused, mut first_failure) = (Vec::new(), Vec::new(), None);
+        let calls = accounts.len();
+        for (account, events) in accounts {
+            match self.store.apply_all(&events, self.clock.now(), window).await {
+                Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
+                Err(e) => {
+                    let status = Status::from(e);
+                    tracing::warn!(account = %account, error = %status, "an account's billing events were not applied");
+                    refused.push(pb::RefusedBillingEvent {
+                        event_id: events[0].0.clone(),
+                        status: Some(contactier_runtime::rich::rpc_status(status.clone())),
+                    });
+                    first_failure.get_or_insert(status);
+                }
+            }
+        }
+        match first_failure {
+            Some(status) if refused.len() == calls => Err(status),
+            _ => Ok((applied, refused)),
+        }
     }
 }

@@ -30,7 +30,7 @@ struct Svc {
     auth: Authenticator,
     clock: Clock,
     shutdown: Shutdown,
-    _db: TestDb,
+    db: TestDb,
 }
 
 impl Drop for Svc {
@@ -67,7 +67,7 @@ async fn start(backend: Backend, args: DeliveryArgs) -> Svc {
         auth: platform.authenticator.clone(),
         clock: platform.clock.clone(),
         shutdown: platform.shutdown.clone(),
-        _db: t,
+        db: t,
     }
 }
 
@@ -833,7 +833,67 @@ async fn usage_states_in_any_order_fire_the_same_alerts(backend: Backend) {
     assert_eq!(seen(s.alerts("acct-y").await), a, "{backend:?}: together, in another order");
 }
 
+/// A call of several accounts' events where one account's fail applies the others and names
+/// that account's first event, with why. The call failed whole, and billing sent every other
+/// account's events again (in halves, or one call each), each failing account once a retry.
+async fn a_failing_accounts_events_are_named_and_the_others_applied(backend: Backend) {
+    let s = start(backend, delivery_args(None)).await;
+    let invoice = |id: &str, account: &str, number: i64| pb::BillingEvent {
+        event_id: id.into(),
+        account_id: account.into(),
+        occurred_at: None,
+        payload: Some(Payload::Invoice(pb::InvoiceIssued {
+            invoice_id: format!("inv-{id}"),
+            number,
+            total: Some(Money { amount_minor: 1_000 * number, currency: "EUR".into() }),
+        })),
+    };
+    let call = || {
+        vec![
+            invoice("a1", ACCOUNT, 1),
+            invoice("b1", "acct-b", 1),
+            invoice("c1", "acct-c", 1),
+            invoice("b2", "acct-b", 2),
+            invoice("a2", ACCOUNT, 2),
+        ]
+    };
+    contactier_runtime::testing::poison(&s.db.db, "inbox", "NEW.account_id = 'acct-b'", "ABORT").await;
+    let token = s.auth.service_token("billing", chrono::Duration::hours(1));
+    let send = || {
+        let (mut c, token) = (s.internal(), token.clone());
+        let req = pb::ApplyBillingEventsRequest { events: call() };
+        async move { c.apply_billing_events(authed(req, &token)).await.map(tonic::Response::into_inner) }
+    };
+    let answer = send().await.unwrap_or_else(|e| panic!("{backend:?}: the call failed whole: {e:?}"));
+    let mut acked = answer.acknowledged_event_ids.clone();
+    acked.sort();
+    assert_eq!(acked, ["a1", "a2", "c1"], "{backend:?}");
+    let refused: Vec<(&str, i32)> = answer
+        .refused
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.status.as_ref().map_or(0, |s| s.code)))
+        .collect();
+    assert_eq!(refused, [("b1", tonic::Code::Internal as i32)], "{backend:?}: b's first, with why");
+    let numbers =
+        |alerts: Vec<pb::Alert>| -> Vec<String> { alerts.into_iter().rev().map(|a| a.invoice_id).collect() };
+    assert_eq!(numbers(s.alerts(ACCOUNT).await), ["inv-a1", "inv-a2"], "{backend:?}");
+    assert_eq!(numbers(s.alerts("acct-c").await), ["inv-c1"], "{backend:?}");
+    assert!(s.alerts("acct-b").await.is_empty(), "{backend:?}: none of b's applied");
+    // A call of the failing account alone fails whole, with its status.
+    let e = s.apply(vec![invoice("b1", "acct-b", 1)]).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{backend:?}: {e:?}");
+
+    // Mended, the same call again: b's applied, the others' taken as seen.
+    contactier_runtime::testing::cure(&s.db.db, "inbox").await;
+    let answer = send().await.unwrap();
+    assert_eq!(answer.acknowledged_event_ids.len(), 5, "{backend:?}");
+    assert!(answer.refused.is_empty(), "{backend:?}");
+    assert_eq!(numbers(s.alerts("acct-b").await), ["inv-b1", "inv-b2"], "{backend:?}");
+    assert_eq!(numbers(s.alerts(ACCOUNT).await), ["inv-a1", "inv-a2"], "{backend:?}: a's once");
+}
+
 contactier_runtime::backend_tests!(
+    a_failing_accounts_events_are_named_and_the_others_applied,
     each_threshold_fires_once_per_tier_and_period,
     upgrade_and_invoice_notices_and_paging,
     many_accounts_notices_in_one_call_fire_each_once_in_order,

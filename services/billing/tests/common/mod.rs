@@ -152,7 +152,14 @@ pub struct Billing {
     pub platform: Platform,
     pub marketing_status: RecordingMarketingStatus,
     env: ServiceEnv,
-    _dbs: [TestDb; 2],
+    dbs: [TestDb; 2],
+}
+
+impl Billing {
+    /// Billing's own database.
+    pub fn db(&self) -> &contactier_runtime::db::Db {
+        &self.dbs[0].db
+    }
 }
 
 impl Drop for Billing {
@@ -216,7 +223,7 @@ pub async fn start(backend: Backend) -> Billing {
         platform,
         marketing_status,
         env,
-        _dbs: [bdb, ndb],
+        dbs: [bdb, ndb],
     }
 }
 
