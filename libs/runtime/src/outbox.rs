@@ -630,6 +630,9 @@ impl Outbox {
                 }
                 outcome
             };
+            // What the answer leaves waiting waits from the answer: a call can take seconds (a
+            // drain's first, 3.5-8 s), and a retry reckoned from the read was due at once.
+            let now = clock();
             // The batch failed: again in parts, down to each account alone, so one the receiver
             // cannot take holds up only its own account. Also when it seemed down: a receiver's
             // storage failing on one account's event answers as an outage does (UNAVAILABLE),

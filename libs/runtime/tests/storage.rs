@@ -1048,9 +1048,50 @@ async fn an_event_refused_as_the_receiver_returns_keeps_its_backoff(backend: Bac
     assert_eq!(later.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>(), [refused], "{backend:?}");
 }
 
+/// An event a receiver names as refused in a call that took seconds (a drain's first call,
+/// 3.5-8 s, seen from outside) waits for its retry from the answer: reckoned from the read, its
+/// retry was due when the answer came and it was sent again at once.
+async fn an_event_refused_in_a_slow_call_waits_from_the_answer(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    enqueue_as(&t.db, "a", b"e", true).await;
+    let refused = enqueue_as(&t.db, "bad", b"refused", true).await;
+    enqueue_as(&t.db, "bad", b"e", true).await;
+    let start = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    let clock = Arc::new(Mutex::new(start));
+    let k = clock.clone();
+    let slow: Deliver = Box::new(move |events| {
+        let k = k.clone();
+        Box::pin(async move {
+            *k.lock().unwrap() += chrono::Duration::seconds(5);
+            let mut answer = outbox::Delivered::default();
+            for e in events {
+                match e.payload.as_slice() {
+                    b"refused" => {
+                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")))
+                    }
+                    _ if e.account_id == "bad" => {}
+                    _ => answer.acked.push(e.event_id),
+                }
+            }
+            Ok(answer)
+        })
+    });
+    let now = move || *clock.lock().unwrap();
+    let delivered = ob.relay_turn(&now, &slow, Backoff::default(), 100, 1 << 20).await.unwrap();
+    assert_eq!(delivered, 1, "{backend:?}");
+    let answered = start + chrono::Duration::seconds(5);
+    let next = ob.next_due().await.unwrap().expect("bad's events wait");
+    assert!(next > answered, "{backend:?}: its retry at {next}, the answer at {answered}");
+    let held = ob.due(next, 10, 1 << 20).await.unwrap();
+    assert_eq!(held.len(), 2, "{backend:?}: bad's two, together");
+    assert_eq!((held[0].event_id.as_str(), held[1].attempts), (refused.as_str(), 0), "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     events_a_receiver_names_as_refused_wait_with_its_reason,
     an_event_refused_as_the_receiver_returns_keeps_its_backoff,
+    an_event_refused_in_a_slow_call_waits_from_the_answer,
     an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,
