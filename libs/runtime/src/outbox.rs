@@ -520,6 +520,7 @@ impl Outbox {
         let q = "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
                  WHERE account_id = $4 AND event_id = $1";
         self.db.execute(Sql::new(q).bind(event_id).bind(micros(at)).bind(error).bind(account_id)).await?;
+        self.count_failures(1);
         // The account's later events wait with it: the read in time order passes them by.
         let q = "UPDATE outbox SET next_attempt_at = $2 WHERE topic = $3 AND account_id = $1 \
                  AND next_attempt_at < $2 AND seq > (SELECT seq FROM outbox WHERE account_id = $1 AND event_id = $4)";
@@ -527,6 +528,13 @@ impl Outbox {
             .execute(Sql::new(q).bind(account_id).bind(micros(at)).bind(&self.topic).bind(event_id))
             .await?;
         Ok(())
+    }
+
+    /// Each failure written, refused or unanswered, alone or named in a partial answer, counts
+    /// once for operators, as other background work's do.
+    fn count_failures(&self, n: usize) {
+        metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
+            .increment(n as u64);
     }
 
     /// Schedules a retry of several unacknowledged events at one time, in one statement.
@@ -539,13 +547,20 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
-        let (x, records) = self.keys(events);
+        // An account's first event counts the failure; its later ones wait behind it, with no
+        // failure of their own (each counted, an outage left an account's whole backlog listed
+        // as failing for as long as its first was refused after). `events` are in their order.
+        let mut seen = HashSet::new();
+        let heads: Vec<(String, String)> =
+            events.iter().filter(|(account, _)| seen.insert(account.as_str())).cloned().collect();
+        self.count_failures(heads.len());
+        let (x, heads) = self.keys(&heads);
         let q = format!(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 \
              WHERE (account_id, event_id) IN (SELECT acct, id FROM {x})"
         );
         self.db
-            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records.clone()).bind(micros(at)).bind(error))
+            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(heads.clone()).bind(micros(at)).bind(error))
             .await?;
         // Their accounts' later events wait with them (see [`Outbox::retry_at`]); none is earlier
         // than an event read.
@@ -554,7 +569,7 @@ impl Outbox {
              AND account_id IN (SELECT acct FROM {x})"
         );
         self.db
-            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(records).bind(micros(at)).bind(&self.topic))
+            .execute(Sql::new(sqlx::AssertSqlSafe(q)).bind(heads).bind(micros(at)).bind(&self.topic))
             .await?;
         Ok(())
     }
@@ -747,7 +762,7 @@ impl Outbox {
         let now = clock();
         match split.down {
             Some(until) => {
-                let error = split.unanswered.last().map(|u| u.3.clone()).unwrap_or_default();
+                let error = split.error;
                 let waiting: Vec<(String, String)> = split
                     .unanswered
                     .into_iter()
@@ -831,6 +846,9 @@ impl Outbox {
                 Err(e) => e,
             };
             let not_answered = receiver_unavailable(&error);
+            if not_answered {
+                split.error = format!("{error:#}");
+            }
             if len > 1 {
                 if !not_answered {
                     heard = true;
@@ -848,12 +866,10 @@ impl Outbox {
             let (id, account, attempts) = run[start].clone();
             let error = format!("{error:#}");
             if not_answered {
-                tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not answered; its account waits for its retry");
+                tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event met its receiver (or the receiver's storage) unavailable; its account waits for its retry");
             } else {
                 tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was refused; its account waits for its retry");
             }
-            metrics::counter!("contactier_work_failures_total", "worker" => format!("relay:{}", self.topic))
-                .increment(1);
             held.insert(account.clone());
             if not_answered {
                 if !counted {
@@ -887,6 +903,7 @@ impl Outbox {
         let (acked, answer) = match outcome {
             Ok(answered) => answered,
             Err(e) if receiver_unavailable(&e) => {
+                split.error = format!("{e:#}");
                 split.down = self.unanswered(now, backoff);
                 return Ok(Some(true));
             }
@@ -1116,6 +1133,8 @@ struct Split {
     down: Option<DateTime<Utc>>,
     /// Not sent once the receiver was taken to be down.
     untried: Vec<(String, String)>,
+    /// The last call's error that went unanswered, written with the events left waiting.
+    error: String,
 }
 
 /// A failed read's events by account, each account's in order, the accounts whose first event

@@ -1068,7 +1068,7 @@ async fn an_event_refused_in_a_slow_call_waits_from_the_answer(backend: Backend)
             for e in events {
                 match e.payload.as_slice() {
                     b"refused" => {
-                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")))
+                        answer.refused.push((e.event_id, tonic::Status::internal("a check refused it")));
                     }
                     _ if e.account_id == "bad" => {}
                     _ => answer.acked.push(e.event_id),
@@ -1088,10 +1088,43 @@ async fn an_event_refused_in_a_slow_call_waits_from_the_answer(backend: Backend)
     assert_eq!((held[0].event_id.as_str(), held[1].attempts), (refused.as_str(), 0), "{backend:?}");
 }
 
+/// While the receiver is down, each account's first event is tried and counts the failure,
+/// with the receiver's error; its later events wait behind it without one of their own. Each was
+/// counted as tried, with no error written: after an outage an account's whole backlog was
+/// listed as failing work, for as long as its first event was refused.
+async fn while_the_receiver_is_down_an_accounts_first_event_alone_counts_as_failing(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut heads = Vec::new();
+    for account in ["a", "b", "c", "d"] {
+        heads.push(enqueue_as(&t.db, account, b"e", true).await);
+        for _ in 0..3 {
+            enqueue_as(&t.db, account, b"e", true).await;
+        }
+    }
+    let down: Deliver =
+        Box::new(|_| Box::pin(async { Err(tonic::Status::unavailable("connection refused").into()) }));
+    let mut now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    for _ in 0..3 {
+        now = ob.step(now, &down, Backoff::default(), 100, 1 << 20).await.unwrap().expect("events wait");
+    }
+    let failing =
+        contactier_runtime::work::OutboxFailures::source(t.db.clone()).failing(None, 100).await.unwrap();
+    let mut listed: Vec<String> = failing.iter().map(|f| f.item.clone()).collect();
+    listed.sort();
+    heads.sort();
+    assert_eq!(listed, heads, "{backend:?}: {failing:?}");
+    for f in &failing {
+        assert!(f.last_error.contains("connection refused"), "{backend:?}: {f:?}");
+    }
+    assert_eq!(ob.pending().await.unwrap(), 16, "{backend:?}");
+}
+
 contactier_runtime::backend_tests!(
     events_a_receiver_names_as_refused_wait_with_its_reason,
     an_event_refused_as_the_receiver_returns_keeps_its_backoff,
     an_event_refused_in_a_slow_call_waits_from_the_answer,
+    while_the_receiver_is_down_an_accounts_first_event_alone_counts_as_failing,
     an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,
@@ -1177,6 +1210,43 @@ fn a_relay_says_while_it_takes_its_receiver_to_be_down() {
             assert!(metrics.render().contains(failures), "{}", metrics.render());
             assert_eq!(ob.step(next, &up, Backoff::default(), 10, 1 << 20).await.unwrap(), None);
             assert!(metrics.render().contains(&down_is(0)), "{}", metrics.render());
+        });
+    });
+}
+
+/// An event a receiver names as refused in its answer counts as a failing work item, as one
+/// refused alone does: operators alerting on `contactier_work_failures_total` missed them.
+#[test]
+fn refusals_named_in_an_answer_count_as_work_failures() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let t = migrated(Backend::Sqlite, "runtime").await;
+            let ob = Outbox::new(t.db.clone(), "topic");
+            enqueue_as(&t.db, "a", b"e", true).await;
+            enqueue_as(&t.db, "bad", b"refused", true).await;
+            enqueue_as(&t.db, "bad", b"e", true).await;
+            let partial: Deliver = Box::new(|events| {
+                Box::pin(async move {
+                    let mut answer = outbox::Delivered::default();
+                    for e in events {
+                        if e.account_id == "bad" {
+                            if e.payload == b"refused" {
+                                answer.refused.push((e.event_id, tonic::Status::internal("refused")));
+                            }
+                        } else {
+                            answer.acked.push(e.event_id);
+                        }
+                    }
+                    Ok(answer)
+                })
+            });
+            let now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+            assert_eq!(ob.relay_once(now, &partial, Backoff::default(), 10, 1 << 20).await.unwrap(), 1);
+            let failures = "contactier_work_failures_total{worker=\"relay:topic\"} 1";
+            assert!(metrics.render().contains(failures), "{}", metrics.render());
         });
     });
 }

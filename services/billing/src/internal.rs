@@ -50,7 +50,7 @@ impl BillingInternalService for Internal {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
                     let status = Status::from(e);
-                    tracing::warn!(account = %account, error = %status, "an account's counts were not applied");
+                    tracing::warn!(account = %account, event = %events[0].event_id, error = %status, "an account's counts were not applied");
                     refused.push(pb::RefusedCountEvent {
                         event_id: events[0].event_id.clone(),
                         status: Some(contactier_runtime::rich::rpc_status(status.clone())),

@@ -221,6 +221,8 @@ impl Open {
         self.created = 0;
         let first = self.pending.drain(..).next();
         if let Some(first) = first {
+            // Beside the storage error's line, which names neither.
+            tracing::warn!(account = %account, event = %first, error = %status, "an account's contact events were not applied");
             self.failed_order.push(account.to_owned());
             self.failed.insert(account.to_owned(), (first, status));
         }

@@ -87,7 +87,7 @@ impl Internal {
                 Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
                 Err(e) => {
                     let status = Status::from(e);
-                    tracing::warn!(account = %account, error = %status, "an account's billing events were not applied");
+                    tracing::warn!(account = %account, event = %events[0].0, error = %status, "an account's billing events were not applied");
                     refused.push(pb::RefusedBillingEvent {
                         event_id: events[0].0.clone(),
                         status: Some(contactier_runtime::rich::rpc_status(status.clone())),
