@@ -630,6 +630,22 @@ impl Outbox {
             if events.is_empty() {
                 return Ok(delivered);
             }
+            // An account whose first event failed before sends it alone in this read: it is the
+            // likely one to fail again, and the account's events together failed with it at each
+            // retry, then it alone, two calls. Its later events go in the read after it.
+            let read = events.len();
+            let (mut first, mut alone) = (HashSet::new(), HashSet::new());
+            events.retain(|e| {
+                if first.insert(e.account_id.clone()) {
+                    if e.attempts > 0 {
+                        alone.insert(e.account_id.clone());
+                    }
+                    true
+                } else {
+                    !alone.contains(&e.account_id)
+                }
+            });
+            let more = full || events.len() < read;
             // Read again at once when this read stopped at a limit: more may be waiting.
             if full {
                 self.follow_backlog().await?;
@@ -658,7 +674,7 @@ impl Outbox {
                 let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
                 delivered +=
                     self.relay_split(clock, deliver, backoff, (sent, unanswered), &mut failed).await?;
-                if !full || self.paused_at(now).is_some() {
+                if !more || self.paused_at(now).is_some() {
                     return Ok(delivered);
                 }
                 continue;
@@ -709,7 +725,7 @@ impl Outbox {
                 tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
                 return Ok(delivered);
             }
-            if !full {
+            if !more {
                 return Ok(delivered);
             }
         }

@@ -217,7 +217,12 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged(backe
         let s = s.clone();
         Box::pin(async move {
             s.lock().unwrap().extend(events.iter().map(|e| e.payload.clone()));
-            Ok(vec![events[0].event_id.clone()].into())
+            Ok(events
+                .into_iter()
+                .filter(|e| e.payload == b"one")
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+                .into())
         })
     });
     let later = now + chrono::Duration::seconds(5);
@@ -226,7 +231,8 @@ async fn outbox_keeps_only_committed_events_and_retries_until_acknowledged(backe
     let left = ob.due(later + chrono::Duration::minutes(5), 10, 1 << 20).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].event_id, second);
-    // Counted once: while the receiver was down it waited behind the first, its account's.
+    // Counted once, when not acknowledged: while the receiver was down it waited behind the
+    // first, its account's, with no failure of its own.
     assert_eq!(left[0].attempts, 1);
     assert_ne!(first, second);
 }
@@ -521,7 +527,8 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     let refused = failing.iter().find(|f| f.item == poison).expect("the refused event is listed");
     assert_eq!((refused.worker.as_str(), refused.account_id.as_str()), ("relay:topic", "a"));
     assert!(refused.last_error.contains("refused"), "{}", refused.last_error);
-    // The receiver down: the batch, then its first event alone; the account's later one waits.
+    // The receiver down: its first event, which failed before, alone in its read (one call);
+    // the account's later one waits.
     let calls = Arc::new(Mutex::new(0));
     let c = calls.clone();
     let down: Deliver = Box::new(move |_| {
@@ -530,7 +537,7 @@ async fn an_event_the_receiver_refuses_holds_up_its_own_account_only(backend: Ba
     });
     let later = now + chrono::Duration::minutes(10);
     assert_eq!(ob.relay_once(later, &down, backoff, 10, 1 << 20).await.unwrap(), 0);
-    assert_eq!(*calls.lock().unwrap(), 2, "{backend:?}: the batch and its first event");
+    assert_eq!(*calls.lock().unwrap(), 1, "{backend:?}: its first event alone");
     // Once the receiver takes it, the account's events arrive in their order.
     let g = got.clone();
     let fixed: Deliver = Box::new(move |events| {
@@ -1120,11 +1127,55 @@ async fn while_the_receiver_is_down_an_accounts_first_event_alone_counts_as_fail
     assert_eq!(ob.pending().await.unwrap(), 16, "{backend:?}");
 }
 
+/// At its retry, an account's first event that failed before goes alone in its read, its later
+/// ones in the read after it: one call a retry while it is still refused (its events together
+/// failed, then it alone, two calls and two errors logged by the receiver each time), and the
+/// account's backlog in the same turn once it is taken.
+async fn a_retried_first_event_goes_alone_in_its_read(backend: Backend) {
+    let t = migrated(backend, "runtime").await;
+    let ob = Outbox::new(t.db.clone(), "topic");
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(enqueue_as(&t.db, "bad", if n == 0 { b"poison" } else { b"e" }, true).await);
+    }
+    let (calls, got, mended) =
+        (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(false)));
+    let (c, g, m) = (calls.clone(), got.clone(), mended.clone());
+    let picky: Deliver = Box::new(move |events| {
+        let (c, g, m) = (c.clone(), g.clone(), m.clone());
+        Box::pin(async move {
+            c.lock().unwrap().push(events.len());
+            if !*m.lock().unwrap() && events.iter().any(|e| e.payload == b"poison") {
+                return Err(tonic::Status::internal("storage refused the change").into());
+            }
+            g.lock().unwrap().extend(events.iter().map(|e| e.event_id.clone()));
+            Ok(events.into_iter().map(|e| e.event_id).collect())
+        })
+    });
+    let backoff = Backoff { initial: Duration::from_secs(10), max: Duration::from_secs(60) };
+    let mut now = Utc.with_ymd_and_hms(2026, 5, 1, 0, 0, 1).unwrap();
+    ob.relay_once(now, &picky, backoff, 500, 1 << 20).await.unwrap();
+    assert_eq!(ob.pending().await.unwrap(), 5, "{backend:?}");
+    for retry in 0..3 {
+        now = ob.next_due().await.unwrap().expect("bad's events wait");
+        calls.lock().unwrap().clear();
+        assert_eq!(ob.relay_once(now, &picky, backoff, 500, 1 << 20).await.unwrap(), 0, "{backend:?}");
+        assert_eq!(*calls.lock().unwrap(), [1], "{backend:?}: retry {retry}, its head alone, one call");
+    }
+    *mended.lock().unwrap() = true;
+    now = ob.next_due().await.unwrap().unwrap();
+    calls.lock().unwrap().clear();
+    assert_eq!(ob.relay_once(now, &picky, backoff, 500, 1 << 20).await.unwrap(), 5, "{backend:?}");
+    assert_eq!(*calls.lock().unwrap(), [1, 4], "{backend:?}: the head, then the rest in the same turn");
+    assert_eq!(*got.lock().unwrap(), ids, "{backend:?}: in order, once each");
+}
+
 contactier_runtime::backend_tests!(
     events_a_receiver_names_as_refused_wait_with_its_reason,
     an_event_refused_as_the_receiver_returns_keeps_its_backoff,
     an_event_refused_in_a_slow_call_waits_from_the_answer,
     while_the_receiver_is_down_an_accounts_first_event_alone_counts_as_failing,
+    a_retried_first_event_goes_alone_in_its_read,
     an_accounts_backlog_failing_at_one_event_goes_in_halves_to_it,
     a_read_failing_on_one_account_goes_again_in_halves_not_one_call_an_event,
     an_event_refused_in_a_drain_waits_for_the_drains_end,
