@@ -24,6 +24,33 @@ pub fn by_account<T>(
     groups
 }
 
+/// The accounts of one call whose items failed, each named by its first item with why. A call
+/// none of whose accounts could be applied fails whole, with the first account's status: to its
+/// sender an outage still reads as one.
+#[derive(Default)]
+pub struct Refusals(Vec<(String, tonic::Status)>);
+
+impl Refusals {
+    /// `account`'s items failed with `status`: named by its first, `item`, and logged with both
+    /// (the storage error's own line names neither).
+    pub fn add(&mut self, account: &str, item: &str, status: tonic::Status) {
+        tracing::warn!(account = %account, event = %item, error = %status, "an account's events were not applied");
+        self.0.push((item.to_owned(), status));
+    }
+
+    /// The answer to a call of `accounts` accounts: each item refused with its
+    /// `google.rpc.Status`, or the first account's status when every account failed.
+    pub fn answer(
+        mut self,
+        accounts: usize,
+    ) -> Result<Vec<(String, tonic_types::pb::Status)>, tonic::Status> {
+        if !self.0.is_empty() && self.0.len() == accounts {
+            return Err(self.0.swap_remove(0).1);
+        }
+        Ok(self.0.into_iter().map(|(item, s)| (item, crate::rich::rpc_status(s))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +65,18 @@ mod tests {
         let want = |a: &str, ids: &[&'static str]| (a.to_owned(), ids.to_vec());
         assert_eq!(groups, [want("a", &["1", "3"]), want("b", &["2", "5"]), want("c", &["4"])]);
         assert!(by_account(Vec::<(&str, &str)>::new(), |i| i.1).is_empty());
+    }
+
+    #[test]
+    fn a_call_fails_whole_only_when_every_account_failed() {
+        let mut some = Refusals::default();
+        some.add("b", "b1", tonic::Status::internal("refused"));
+        let named = some.answer(2).unwrap();
+        assert_eq!(named.iter().map(|(i, s)| (i.as_str(), s.code)).collect::<Vec<_>>(), [("b1", 13)]);
+        let mut all = Refusals::default();
+        all.add("a", "a1", tonic::Status::unavailable("down"));
+        all.add("b", "b1", tonic::Status::internal("refused"));
+        assert_eq!(all.answer(2).unwrap_err().code(), tonic::Code::Unavailable, "the first account's");
+        assert!(Refusals::default().answer(0).unwrap().is_empty());
     }
 }

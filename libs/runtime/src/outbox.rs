@@ -259,6 +259,16 @@ impl From<Vec<String>> for Delivered {
 }
 
 impl Delivered {
+    /// A receiver's answer: the ids it acknowledged, and those it refused with the
+    /// `google.rpc.Status` it gave.
+    pub fn answered(
+        acked: Vec<String>,
+        refused: impl IntoIterator<Item = (String, Option<tonic_types::pb::Status>)>,
+    ) -> Self {
+        let refused = refused.into_iter().map(|(id, s)| (id, crate::rich::from_rpc_status(s))).collect();
+        Delivered { acked, refused }
+    }
+
     /// Why `id` was not acknowledged, and whether because the receiver's storage was not there
     /// for it: that is retried within seconds, as an event not answered at all is.
     fn why(&self, id: &str) -> (String, bool) {
@@ -271,8 +281,8 @@ impl Delivered {
 }
 
 /// A [`Deliver`] for a topic whose payloads are messages `M`: decodes a batch and hands each
-/// message with its entry's event id to `send`, which answers the ids acknowledged (or a [`Delivered`] naming those refused too). A payload
-/// that does not decode fails the batch.
+/// message with its entry's event id to `send`, which answers the ids acknowledged (or a
+/// [`Delivered`] naming those refused too). A payload that does not decode fails the batch.
 pub fn deliver_messages<M, F, Fut, D>(send: F) -> Deliver
 where
     M: prost::Message + Default + Send + 'static,

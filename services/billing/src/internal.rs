@@ -37,28 +37,19 @@ impl BillingInternalService for Internal {
         let (mut applied, mut upgraded) = (false, false);
         // An account whose counts fail is named by its first event, with why; the others go on
         // (failing the call failed every account in it, and its sender sent them all again).
-        let (mut refused, mut first_failure) = (Vec::new(), None);
+        let mut refusals = contactier_runtime::by_account::Refusals::default();
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.account_id);
         let calls = accounts.len();
         // Each account's counts in their order, in one transaction per account.
         for (account, events) in accounts {
-            let outcomes = match self
-                .store
-                .apply_counts(&account, &events, self.clock.now(), &self.book)
-                .await
-            {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    let status = Status::from(e);
-                    tracing::warn!(account = %account, event = %events[0].event_id, error = %status, "an account's counts were not applied");
-                    refused.push(pb::RefusedCountEvent {
-                        event_id: events[0].event_id.clone(),
-                        status: Some(contactier_runtime::rich::rpc_status(status.clone())),
-                    });
-                    first_failure.get_or_insert(status);
-                    continue;
-                }
-            };
+            let outcomes =
+                match self.store.apply_counts(&account, &events, self.clock.now(), &self.book).await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        refusals.add(&account, &events[0].event_id, e.into());
+                        continue;
+                    }
+                };
             for outcome in outcomes {
                 match outcome {
                     CountOutcome::Applied { upgrade } => {
@@ -82,9 +73,11 @@ impl BillingInternalService for Internal {
         if upgraded {
             self.invoicer.wake();
         }
-        if let Some(status) = first_failure.filter(|_| refused.len() == calls) {
-            return Err(status);
-        }
+        let refused = refusals.answer(calls)?;
+        let refused = refused
+            .into_iter()
+            .map(|(event_id, s)| pb::RefusedCountEvent { event_id, status: Some(s) })
+            .collect();
         Ok(Response::new(pb::ApplyCountEventsResponse { acknowledged_event_ids: acknowledged, refused }))
     }
 

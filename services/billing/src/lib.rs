@@ -115,14 +115,8 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
             let r =
                 client.apply_billing_events(npb::ApplyBillingEventsRequest { events }).await?.into_inner();
             // An event notification names as not applied waits, with why.
-            let refused = r
-                .refused
-                .into_iter()
-                .map(|r| (r.event_id, contactier_runtime::rich::from_rpc_status(r.status)));
-            Ok(contactier_runtime::outbox::Delivered {
-                acked: r.acknowledged_event_ids,
-                refused: refused.collect(),
-            })
+            let refused = r.refused.into_iter().map(|r| (r.event_id, r.status));
+            Ok(contactier_runtime::outbox::Delivered::answered(r.acknowledged_event_ids, refused))
         }
     });
     let outbox = Outbox::new(env.db.clone(), store::NOTIFICATION_TOPIC);

@@ -94,11 +94,8 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
                 let r =
                     client.apply_count_events(bpb::ApplyCountEventsRequest { events }).await?.into_inner();
                 // An event billing names as not applied waits, with why.
-                let refused = r
-                    .refused
-                    .into_iter()
-                    .map(|r| (r.event_id, contactier_runtime::rich::from_rpc_status(r.status)));
-                Ok(Delivered { acked: r.acknowledged_event_ids, refused: refused.collect() })
+                let refused = r.refused.into_iter().map(|r| (r.event_id, r.status));
+                Ok(Delivered::answered(r.acknowledged_event_ids, refused))
             }
         });
         let outbox = Outbox::new(env.db.clone(), store::BILLING_TOPIC);

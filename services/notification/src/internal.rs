@@ -80,25 +80,19 @@ impl Internal {
         if accounts.len() < 2 {
             return Err(err.into());
         }
-        let (mut applied, mut refused, mut first_failure) = (Vec::new(), Vec::new(), None);
+        let (mut applied, mut refusals) = (Vec::new(), contactier_runtime::by_account::Refusals::default());
         let calls = accounts.len();
         for (account, events) in accounts {
-            match self.store.apply_all(&events, self.clock.now(), window).await {
+            match self.store.apply_all(&events, now, window).await {
                 Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
-                Err(e) => {
-                    let status = Status::from(e);
-                    tracing::warn!(account = %account, event = %events[0].0, error = %status, "an account's billing events were not applied");
-                    refused.push(pb::RefusedBillingEvent {
-                        event_id: events[0].0.clone(),
-                        status: Some(contactier_runtime::rich::rpc_status(status.clone())),
-                    });
-                    first_failure.get_or_insert(status);
-                }
+                Err(e) => refusals.add(&account, &events[0].0, e.into()),
             }
         }
-        match first_failure {
-            Some(status) if refused.len() == calls => Err(status),
-            _ => Ok((applied, refused)),
-        }
+        let refused = refusals.answer(calls)?;
+        let refused = refused
+            .into_iter()
+            .map(|(event_id, s)| pb::RefusedBillingEvent { event_id, status: Some(s) })
+            .collect();
+        Ok((applied, refused))
     }
 }
