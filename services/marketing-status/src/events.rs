@@ -224,6 +224,10 @@ impl Open {
             // Beside the storage error's line, which names neither.
             tracing::warn!(account = %account, event = %first, error = %status, "an account's contact events were not applied");
             self.failed_order.push(account.to_owned());
+            // Its sender holds the event in a batch of its own, listed under that batch's id:
+            // the reason names the event, as this log line does.
+            let message = format!("event {first}: {}", status.message());
+            let status = GrpcStatus::with_details(status.code(), message, status.details().to_vec().into());
             self.failed.insert(account.to_owned(), (first, status));
         }
     }

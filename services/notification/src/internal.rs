@@ -77,15 +77,19 @@ impl Internal {
             Err(e) => e,
         };
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.1);
-        if accounts.len() < 2 {
-            return Err(err.into());
-        }
         let (mut applied, mut refusals) = (Vec::new(), contactier_runtime::by_account::Refusals::default());
         let calls = accounts.len();
-        for (account, events) in accounts {
-            match self.store.apply_all(&events, now, window).await {
-                Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
-                Err(e) => refusals.add(&account, &events[0].0, e.into()),
+        match accounts.as_slice() {
+            [] => return Err(err.into()),
+            // The one transaction was the account's own: named and logged as any account's is.
+            [(account, events)] => refusals.add(account, &events[0].0, err.into()),
+            _ => {
+                for (account, events) in accounts {
+                    match self.store.apply_all(&events, now, window).await {
+                        Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
+                        Err(e) => refusals.add(&account, &events[0].0, e.into()),
+                    }
+                }
             }
         }
         let refused = refusals.answer(calls)?;
