@@ -52,15 +52,25 @@ impl Write for Sink {
     }
 }
 
-/// The events the log line `message` names as not applied for `account`, in order.
-fn events_logged(message: &str, account: &str) -> Vec<String> {
+/// The event the receiver last logged as not applied for the failing item's account, checked
+/// to be the one the item's reason names.
+fn named_as_logged(item: &opb::FailingWork, backend: Backend) -> String {
     let log = logged().lock().unwrap();
-    String::from_utf8_lossy(&log)
+    let logged: Vec<String> = String::from_utf8_lossy(&log)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["fields"]["message"] == message && l["fields"]["account"] == account)
+        .filter(|l| {
+            l["fields"]["message"] == "an account's events were not applied"
+                && l["fields"]["account"] == item.account_id.as_str()
+        })
         .map(|l| l["fields"]["event"].as_str().unwrap_or_default().to_owned())
-        .collect()
+        .collect();
+    let last = logged.last().cloned().unwrap_or_default();
+    assert!(
+        !last.is_empty() && item.last_error.contains(&format!("event {last}: ")),
+        "{backend:?}: {item:?} against the log's {logged:?}"
+    );
+    last
 }
 
 async fn sign_ups(s: &System, account: &str, from: usize, n: usize) {
@@ -124,15 +134,10 @@ async fn a_refused_account_holds_up_no_other(backend: Backend) {
         (0, 5),
         "{backend:?}"
     );
-    let logged = events_logged("an account's contact events were not applied", A);
     let listed = failing(&s, "contacts", A).await;
     assert_eq!(listed.len(), 1, "{backend:?}: {listed:?}");
     // The entry holds a batch of contact events; its reason names the one marketing-status logged.
-    let named = logged.last().map(|e| format!("event {e}: ")).unwrap_or_default();
-    assert!(
-        !logged.is_empty() && listed[0].last_error.contains(&named),
-        "{backend:?}: {listed:?} {logged:?}"
-    );
+    named_as_logged(&listed[0], backend);
     assert!(failing(&s, "contacts", B).await.is_empty(), "{backend:?}");
     cure(s.db("marketing-status"), "contact_status").await;
     s.advance_to(later(10)).await;
@@ -151,10 +156,9 @@ async fn a_refused_account_holds_up_no_other(backend: Backend) {
         (5, 10),
         "{backend:?}"
     );
-    let logged = events_logged("an account's events were not applied", A);
     let listed = failing(&s, "marketing-status", A).await;
     assert_eq!(listed.len(), 1, "{backend:?}: {listed:?}");
-    assert_eq!(logged.last(), Some(&listed[0].item), "{backend:?}: {listed:?} {logged:?}");
+    assert_eq!(named_as_logged(&listed[0], backend), listed[0].item, "{backend:?}");
     assert!(failing(&s, "marketing-status", B).await.is_empty(), "{backend:?}");
     cure(s.db("billing"), "inbox").await;
     s.advance_to(later(10)).await;
@@ -170,10 +174,9 @@ async fn a_refused_account_holds_up_no_other(backend: Backend) {
     }
     s.advance_to(later(1)).await;
     assert_eq!((seventy_five(&s, A).await, seventy_five(&s, B).await), (0, 1), "{backend:?}");
-    let logged = events_logged("an account's events were not applied", A);
     let listed = failing(&s, "billing", A).await;
     assert_eq!(listed.len(), 1, "{backend:?}: {listed:?}");
-    assert_eq!(logged.last(), Some(&listed[0].item), "{backend:?}: {listed:?} {logged:?}");
+    assert_eq!(named_as_logged(&listed[0], backend), listed[0].item, "{backend:?}");
     cure(s.db("notification"), "inbox").await;
     s.advance_to(later(10)).await;
     assert_eq!((seventy_five(&s, A).await, seventy_five(&s, B).await), (1, 1), "{backend:?}: once each");

@@ -25,29 +25,37 @@ pub fn by_account<T>(
 }
 
 /// The accounts of one call whose items failed, each named by its first item with why. A call
-/// none of whose accounts could be applied fails whole, with the first account's status: to its
-/// sender an outage still reads as one.
+/// that applied nothing fails whole, with the first account's status: to its sender an outage
+/// still reads as one.
 #[derive(Default)]
-pub struct Refusals(Vec<(String, tonic::Status)>);
+pub struct Refusals(Vec<(String, String, tonic::Status)>);
 
 impl Refusals {
     /// `account`'s items failed with `status`: named by its first, `item`, and logged with both
-    /// (the storage error's own line names neither).
+    /// (the storage error's own line names neither). The reason names the item too: a sender
+    /// may list it under another id (the batch holding it), and operators match the two by it.
     pub fn add(&mut self, account: &str, item: &str, status: tonic::Status) {
         tracing::warn!(account = %account, event = %item, error = %status, "an account's events were not applied");
-        self.0.push((item.to_owned(), status));
+        let message = format!("event {item}: {}", status.message());
+        let status = tonic::Status::with_details(status.code(), message, status.details().to_vec().into());
+        self.0.push((account.to_owned(), item.to_owned(), status));
     }
 
-    /// The answer to a call of `accounts` accounts: each item refused with its
-    /// `google.rpc.Status`, or the first account's status when every account failed.
+    /// Whether `account`'s items failed in this call.
+    pub fn has(&self, account: &str) -> bool {
+        self.0.iter().any(|(a, ..)| a == account)
+    }
+
+    /// The answer to a call that acknowledged `acknowledged` items: each item refused with its
+    /// `google.rpc.Status`, or the first account's status when nothing was acknowledged.
     pub fn answer(
         mut self,
-        accounts: usize,
+        acknowledged: usize,
     ) -> Result<Vec<(String, tonic_types::pb::Status)>, tonic::Status> {
-        if !self.0.is_empty() && self.0.len() == accounts {
-            return Err(self.0.swap_remove(0).1);
+        if !self.0.is_empty() && acknowledged == 0 {
+            return Err(self.0.swap_remove(0).2);
         }
-        Ok(self.0.into_iter().map(|(item, s)| (item, crate::rich::rpc_status(s))).collect())
+        Ok(self.0.into_iter().map(|(_, item, s)| (item, crate::rich::rpc_status(s))).collect())
     }
 }
 
@@ -68,15 +76,22 @@ mod tests {
     }
 
     #[test]
-    fn a_call_fails_whole_only_when_every_account_failed() {
+    fn a_call_fails_whole_only_when_nothing_was_acknowledged() {
         let mut some = Refusals::default();
         some.add("b", "b1", tonic::Status::internal("refused"));
-        let named = some.answer(2).unwrap();
-        assert_eq!(named.iter().map(|(i, s)| (i.as_str(), s.code)).collect::<Vec<_>>(), [("b1", 13)]);
+        assert!(some.has("b") && !some.has("a"));
+        let named = some.answer(1).unwrap();
+        let named: Vec<_> = named.iter().map(|(i, s)| (i.as_str(), s.code, s.message.as_str())).collect();
+        assert_eq!(named, [("b1", 13, "event b1: refused")], "named in the reason too");
         let mut all = Refusals::default();
         all.add("a", "a1", tonic::Status::unavailable("down"));
         all.add("b", "b1", tonic::Status::internal("refused"));
-        assert_eq!(all.answer(2).unwrap_err().code(), tonic::Code::Unavailable, "the first account's");
+        let whole = all.answer(0).unwrap_err();
+        assert_eq!(
+            (whole.code(), whole.message()),
+            (tonic::Code::Unavailable, "event a1: down"),
+            "the first's"
+        );
         assert!(Refusals::default().answer(0).unwrap().is_empty());
     }
 }

@@ -39,7 +39,6 @@ impl BillingInternalService for Internal {
         // (failing the call failed every account in it, and its sender sent them all again).
         let mut refusals = contactier_runtime::by_account::Refusals::default();
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.account_id);
-        let calls = accounts.len();
         // Each account's counts in their order, in one transaction per account.
         for (account, events) in accounts {
             let outcomes =
@@ -73,7 +72,7 @@ impl BillingInternalService for Internal {
         if upgraded {
             self.invoicer.wake();
         }
-        let refused = refusals.answer(calls)?;
+        let refused = refusals.answer(acknowledged.len())?;
         let refused = refused
             .into_iter()
             .map(|(event_id, s)| pb::RefusedCountEvent { event_id, status: Some(s) })

@@ -363,11 +363,9 @@ impl MarketingStatusInternalService for Internal {
             crate::events::apply(&self.store, events, &ends, self.clock.now()).await?;
         self.relay.wake();
         let refused = refused
+            .answer(acknowledged.len())?
             .into_iter()
-            .map(|(event_id, status)| pb::RefusedContactEvent {
-                event_id,
-                status: Some(contactier_runtime::rich::rpc_status(status)),
-            })
+            .map(|(event_id, status)| pb::RefusedContactEvent { event_id, status: Some(status) })
             .collect();
         Ok(Response::new(pb::ApplyContactEventsResponse { acknowledged_event_ids: acknowledged, refused }))
     }

@@ -9,6 +9,7 @@ use crate::store::{Actor, Created, Deleted, Store};
 use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::SourceType;
 use contactier_proto::marketing_status::v1::{self as pb, contact_event::Payload};
+use contactier_runtime::by_account::Refusals;
 use contactier_runtime::error::Error;
 use contactier_runtime::sql::Transaction;
 use std::collections::HashMap;
@@ -136,7 +137,7 @@ impl Run {
         let Some((account, ids)) = self.events() else { return };
         let account = account.to_owned();
         open.switch_to(store, &account).await;
-        if open.failed.contains_key(&account) {
+        if open.failed.has(&account) {
             return;
         }
         open.pending.extend(ids);
@@ -176,10 +177,8 @@ struct Open {
     /// Events written in the open transaction, acknowledged once it commits.
     pending: Vec<String>,
     acknowledged: Vec<String>,
-    /// Accounts whose changes failed, with the first event of theirs not applied and why.
-    failed: HashMap<String, (String, GrpcStatus)>,
-    /// The order they failed in.
-    failed_order: Vec<String>,
+    /// Accounts whose changes failed, each named by its first event not applied, with why.
+    failed: Refusals,
 }
 
 impl Open {
@@ -219,16 +218,8 @@ impl Open {
     fn fail(&mut self, account: &str, status: GrpcStatus) {
         self.tx = None;
         self.created = 0;
-        let first = self.pending.drain(..).next();
-        if let Some(first) = first {
-            // Beside the storage error's line, which names neither.
-            tracing::warn!(account = %account, event = %first, error = %status, "an account's contact events were not applied");
-            self.failed_order.push(account.to_owned());
-            // Its sender holds the event in a batch of its own, listed under that batch's id:
-            // the reason names the event, as this log line does.
-            let message = format!("event {first}: {}", status.message());
-            let status = GrpcStatus::with_details(status.code(), message, status.details().to_vec().into());
-            self.failed.insert(account.to_owned(), (first, status));
+        if let Some(first) = self.pending.drain(..).next() {
+            self.failed.add(account, &first, status);
         }
     }
 
@@ -268,14 +259,13 @@ pub fn batch_ends(batch_sizes: &[u32], events: usize) -> Result<Vec<usize>, Erro
 
 /// Applies the events (checked by the caller), a batch after the other (see [`batch_ends`]),
 /// and answers the ids acknowledged and, of each account whose changes failed, its first event
-/// not applied with why (its later ones in the call are left out). When no account's could be
-/// applied, the call fails with the first one's status.
+/// not applied with why (its later ones in the call are left out).
 pub async fn apply(
     store: &Store,
     events: Vec<pb::ContactEvent>,
     batch_ends: &[usize],
     now: DateTime<Utc>,
-) -> Result<(Vec<String>, Vec<(String, GrpcStatus)>), GrpcStatus> {
+) -> Result<(Vec<String>, Refusals), GrpcStatus> {
     // Sources are checked before anything changes, so a bad event refuses the whole batch.
     for e in &events {
         if let Some(Payload::Created(c)) = &e.payload {
@@ -308,7 +298,7 @@ pub async fn apply(
         }
         // An event id named again in the call is the same event: applied once, as it is when
         // named again in a later call. An account whose changes failed applies nothing more.
-        if !seen.insert(e.event_id.clone()) || open.failed.contains_key(&e.account_id) {
+        if !seen.insert(e.event_id.clone()) || open.failed.has(&e.account_id) {
             continue;
         }
         let account = e.account_id.clone();
@@ -339,7 +329,7 @@ pub async fn apply(
             Payload::Merged(m) => {
                 std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await;
                 open.commit(store).await;
-                if open.failed.contains_key(&account) {
+                if open.failed.has(&account) {
                     continue;
                 }
                 let done = store
@@ -352,7 +342,7 @@ pub async fn apply(
             Payload::MarketingRequested(m) => {
                 std::mem::replace(&mut run, Run::None).flush(store, &mut open, now).await;
                 open.commit(store).await;
-                if open.failed.contains_key(&account) {
+                if open.failed.has(&account) {
                     continue;
                 }
                 let done = marketing_requested(store, &account, m, now).await;
@@ -362,13 +352,8 @@ pub async fn apply(
     }
     run.flush(store, &mut open, now).await;
     open.commit(store).await;
-    let Open { acknowledged, mut failed, failed_order, .. } = open;
-    let mut refused: Vec<(String, GrpcStatus)> =
-        failed_order.iter().filter_map(|account| failed.remove(account)).collect();
-    if acknowledged.is_empty() && !refused.is_empty() {
-        return Err(refused.swap_remove(0).1);
-    }
-    Ok((acknowledged, refused))
+    let Open { acknowledged, failed, .. } = open;
+    Ok((acknowledged, failed))
 }
 
 #[cfg(test)]

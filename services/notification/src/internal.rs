@@ -6,6 +6,7 @@ use contactier_proto::notification::v1::{
     self as pb, notification_internal_service_server::NotificationInternalService,
 };
 use contactier_runtime::Principal;
+use contactier_runtime::by_account::Refusals;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use tonic::{Request, Response, Status};
 
@@ -43,7 +44,7 @@ impl NotificationInternalService for Internal {
                 acknowledged.push(event_id);
             }
         }
-        let (applied, refused) = self.apply(usable).await?;
+        let (applied, refusals) = self.apply(usable).await?;
         let mut any_new = false;
         for (event_id, applied) in applied {
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
@@ -55,6 +56,11 @@ impl NotificationInternalService for Internal {
         if any_new {
             self.delivery.wake();
         }
+        let refused = refusals
+            .answer(acknowledged.len())?
+            .into_iter()
+            .map(|(event_id, s)| pb::RefusedBillingEvent { event_id, status: Some(s) })
+            .collect();
         Ok(Response::new(pb::ApplyBillingEventsResponse { acknowledged_event_ids: acknowledged, refused }))
     }
 }
@@ -66,19 +72,23 @@ impl Internal {
     /// Applies the events in one transaction; when that fails and more than one account is in
     /// it, each account's in a transaction of its own, so one account's failing names its first
     /// event, with why, and the others are applied (failing the call failed every account in
-    /// it, and billing sent them all again). Fails whole when no account could be applied.
+    /// it, and billing sent them all again).
     async fn apply(
         &self,
         events: Vec<(String, String, Event)>,
-    ) -> std::result::Result<(Applied, Vec<pb::RefusedBillingEvent>), Status> {
+    ) -> std::result::Result<(Applied, Refusals), Status> {
         let (now, window) = (self.clock.now(), self.digest_window);
         let err = match self.store.apply_all(&events, now, window).await {
-            Ok(applied) => return Ok((events.into_iter().map(|(id, ..)| id).zip(applied).collect(), vec![])),
+            Ok(applied) => {
+                return Ok((
+                    events.into_iter().map(|(id, ..)| id).zip(applied).collect(),
+                    Refusals::default(),
+                ));
+            }
             Err(e) => e,
         };
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.1);
-        let (mut applied, mut refusals) = (Vec::new(), contactier_runtime::by_account::Refusals::default());
-        let calls = accounts.len();
+        let (mut applied, mut refusals) = (Vec::new(), Refusals::default());
         match accounts.as_slice() {
             [] => return Err(err.into()),
             // The one transaction was the account's own: named and logged as any account's is.
@@ -92,11 +102,6 @@ impl Internal {
                 }
             }
         }
-        let refused = refusals.answer(calls)?;
-        let refused = refused
-            .into_iter()
-            .map(|(event_id, s)| pb::RefusedBillingEvent { event_id, status: Some(s) })
-            .collect();
-        Ok((applied, refused))
+        Ok((applied, refusals))
     }
 }
