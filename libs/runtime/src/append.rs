@@ -235,10 +235,15 @@ pub struct PgTx {
 
 impl PgTx {
     pub(crate) async fn begin(pool: &PgPool) -> Result<PgTx, sqlx::Error> {
+        Self::begin_with(pool, "BEGIN").await
+    }
+
+    /// Begins with `begin`: `BEGIN`, and any `SET LOCAL` after it in the same round trip.
+    pub(crate) async fn begin_with(pool: &PgPool, begin: &'static str) -> Result<PgTx, sqlx::Error> {
         // Made before BEGIN goes out: if this is given up while BEGIN is under way, dropping it
         // rolls back rather than hand the pool a connection in a transaction.
         let mut tx = PgTx { conn: Some(pool.acquire().await?), copying: false };
-        sqlx::raw_sql("BEGIN").execute(tx.conn()).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(tx.conn()).await?;
         Ok(tx)
     }
 

@@ -156,8 +156,34 @@ impl BeginWrite for SqlitePool {
 impl BeginWrite for PgPool {
     type Transaction = crate::sql::PgTx;
     async fn begin_write(&self) -> Result<crate::sql::PgTx, sqlx::Error> {
-        timed_begin("postgresql", crate::sql::PgTx::begin(self)).await
+        let begin = if BOUNDED.try_with(|()| ()).is_ok() { BEGIN_BOUNDED.as_str() } else { "BEGIN" };
+        timed_begin("postgresql", crate::sql::PgTx::begin_with(self, begin)).await
     }
+}
+
+tokio::task_local! {
+    /// Set while [`bounded`] work runs.
+    static BOUNDED: ();
+}
+
+/// How long a write of [`bounded`] work waits for a lock another session holds, and how long
+/// one of its statements may run, on PostgreSQL.
+pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_secs(2);
+pub const BOUNDED_STATEMENT: Duration = Duration::from_secs(5);
+static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
+    let (lock, statement) = (BOUNDED_LOCK_WAIT.as_millis(), BOUNDED_STATEMENT.as_millis());
+    format!("BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement}")
+});
+
+/// Runs `work` with every write transaction it begins bounded on PostgreSQL: one that waits
+/// on a lock past [`BOUNDED_LOCK_WAIT`] or runs a statement past [`BOUNDED_STATEMENT`] fails,
+/// as storage held up (`UNAVAILABLE`). Receivers of a sender's events apply each account's so:
+/// one account's row held by another session, or a slow trigger on it, then fails that account
+/// in time and the call answers for the others, where it held the call to its sender's
+/// deadline, every account's events behind it, and a pooled connection at each retry until
+/// the pool ran dry. SQLite's one writer has no such per-row waits.
+pub async fn bounded<F: Future>(work: F) -> F::Output {
+    BOUNDED.scope((), work).await
 }
 
 /// Times a transaction's start (the pool's wait included) into `contactier_db_begin_seconds`,

@@ -77,10 +77,19 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     let kind = of(e);
     tracing::error!(error = %e, kind = ?kind, "storage error");
     match kind {
+        Failure::Down if held_up(e) => {
+            tonic::Status::unavailable("storage held up: a lock or a statement took past its time; retry")
+        }
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
         Failure::Conflict => tonic::Status::aborted("storage: conflicted with a concurrent change; retry"),
         Failure::Refused => tonic::Status::internal("storage refused the change"),
     }
+}
+
+/// Whether `e` is a lock waited for or a statement run past its time (PostgreSQL's
+/// `lock_timeout`, `statement_timeout`): the database is there, something held the work up.
+fn held_up(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "57014")))
 }
 
 /// The gRPC code name of [`status`], for per-record results.

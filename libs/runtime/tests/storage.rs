@@ -589,6 +589,55 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
     assert_eq!(code(closed), tonic::Code::Unavailable, "{backend:?}: no connection to be had");
 }
 
+/// A write of `bounded` work (a receiver applying an account's events) gives up a row another
+/// session holds, or a statement that runs on, as storage held up (`UNAVAILABLE`), where it
+/// held its sender's call to the deadline and a pooled connection at each retry; other work
+/// still waits for the lock (PostgreSQL; SQLite has one writer and no row locks).
+async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backend) {
+    use contactier_runtime::db::{BOUNDED_LOCK_WAIT, bounded};
+    let t = migrated(backend, "bounded").await;
+    let db = t.db.clone();
+    db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
+    db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('a', 0), ('b', 0)")).await.unwrap();
+    let write = |account: &'static str, db: Db| async move {
+        let mut tx = db.begin_write().await?;
+        tx.execute(Sql::new("UPDATE held SET n = n + 1 WHERE account_id = $1").bind(account)).await?;
+        tx.commit().await
+    };
+    let status = |e: sqlx::Error| tonic::Status::from(contactier_runtime::error::Error::from(e));
+    bounded(write("a", db.clone())).await.unwrap();
+    if backend == Backend::Sqlite {
+        return;
+    }
+    let mut holder = db.begin_write().await.unwrap();
+    holder.execute(Sql::new("UPDATE held SET n = n + 10 WHERE account_id = 'b'")).await.unwrap();
+    let e = status(bounded(write("b", db.clone())).await.unwrap_err());
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("held up"), "{e:?}");
+    bounded(write("a", db.clone())).await.unwrap();
+    // Unbounded, the same write waits for the holder, and then goes in.
+    let waiting = tokio::spawn(write("b", db.clone()));
+    tokio::time::sleep(BOUNDED_LOCK_WAIT + Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "an unbounded write waits for the lock");
+    holder.commit().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    let n = |account: &'static str| {
+        let db = db.clone();
+        async move { db.scalar::<i64>(Sql::new("SELECT n FROM held WHERE account_id = $1").bind(account)).await }
+    };
+    assert_eq!((n("a").await.unwrap(), n("b").await.unwrap()), (2, 11), "the held-up write changed nothing");
+
+    // A statement that runs on (a slow trigger, say) is given up too.
+    let slow = bounded(async {
+        let mut tx = db.begin_write().await?;
+        tx.execute(Sql::new("SELECT pg_sleep(60)")).await?;
+        tx.commit().await
+    });
+    let e = status(slow.await.unwrap_err());
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("held up"), "{e:?}");
+}
+
 /// A trigger that ends the whole transaction (SQLite's `RAISE(ROLLBACK)`; its disk full or I/O
 /// errors do the same) left the connection's transaction counted as open: every later
 /// transaction on it failed ("begin_with at non-zero transaction depth"), for every account,
@@ -1182,6 +1231,7 @@ contactier_runtime::backend_tests!(
     what_is_written_during_a_drain_goes_in_the_read_after_it,
     a_released_backlog_shares_each_read_with_other_accounts,
     storage_errors_say_whether_a_retry_can_help,
+    a_bounded_write_gives_up_a_held_row_or_a_slow_statement,
     an_event_enqueued_behind_a_retry_goes_after_the_events_before_it,
     a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down,
     a_transaction_the_database_ended_leaves_no_connection_broken,

@@ -5,6 +5,7 @@ use crate::store::{CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
+use contactier_runtime::db::bounded;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -42,7 +43,8 @@ impl BillingInternalService for Internal {
         // Each account's counts in their order, in one transaction per account.
         for (account, events) in accounts {
             let outcomes =
-                match self.store.apply_counts(&account, &events, self.clock.now(), &self.book).await {
+                match bounded(self.store.apply_counts(&account, &events, self.clock.now(), &self.book)).await
+                {
                     Ok(outcomes) => outcomes,
                     Err(e) => {
                         refusals.add(&account, &events[0].event_id, e.into());

@@ -8,7 +8,7 @@ use common::*;
 use contactier_proto::billing::v1::{
     self as pb, billing_internal_service_client::BillingInternalServiceClient,
 };
-use contactier_runtime::db::Backend;
+use contactier_runtime::db::{Backend, Db};
 use contactier_runtime::testing::authed;
 use std::time::Duration;
 use tonic::Code;
@@ -526,6 +526,49 @@ async fn a_failing_accounts_counts_are_named_and_the_others_applied(backend: Bac
     assert!(answer.refused.is_empty(), "{backend:?}");
     assert_eq!(usage().await, (2_100, 2, 7_000), "{backend:?}: the account's counts once");
     assert_eq!(b.upgrades().await.len(), 1, "{backend:?}: upgraded once");
+}
+
+/// An account whose counts row another session holds (a stuck transaction, a long manual fix)
+/// is named in time, held up, and the call's other accounts are applied. The call waited for
+/// the lock: every account's counts held to marketing-status's deadline, sent again, each try
+/// holding another pooled connection until the pool ran dry and billing stopped serving
+/// (PostgreSQL: SQLite's one writer has no row locks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_whose_counts_another_session_holds_is_named_in_time() {
+    let b = start(Backend::Postgres).await;
+    b.subscribe(professional_monthly()).await.unwrap();
+    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let mut client = BillingInternalServiceClient::new(b.channel.clone());
+    let first = pb::ApplyCountEventsRequest { events: vec![count_changed("a1", ACCOUNT, 1, 1_500)] };
+    client.apply_count_events(authed(first, &token)).await.unwrap();
+    let Db::Postgres(pool) = b.db() else { unreachable!() };
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM account_counts WHERE account_id = $1 FOR UPDATE")
+        .bind(ACCOUNT)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let events = vec![count_changed("a2", ACCOUNT, 2, 1_600), count_changed("b1", "acct-b", 1, 10)];
+    let mut call = authed(pb::ApplyCountEventsRequest { events }, &token);
+    call.set_timeout(Duration::from_secs(20));
+    let answer = client.apply_count_events(call).await.expect("answered while the row is held").into_inner();
+    assert_eq!(answer.acknowledged_event_ids, ["b1"]);
+    let refused: Vec<_> =
+        answer.refused.iter().map(|r| (r.event_id.as_str(), r.status.clone().unwrap())).collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!((refused[0].0, refused[0].1.code), ("a2", Code::Unavailable as i32), "{refused:?}");
+    assert!(refused[0].1.message.contains("held up"), "{refused:?}");
+
+    // Let go, the same event goes in, once.
+    holder.rollback().await.unwrap();
+    let again = pb::ApplyCountEventsRequest { events: vec![count_changed("a2", ACCOUNT, 2, 1_600)] };
+    let answer = client.apply_count_events(authed(again, &token)).await.unwrap().into_inner();
+    assert_eq!(answer.acknowledged_event_ids, ["a2"]);
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
 }
 
 contactier_runtime::backend_tests!(

@@ -13,6 +13,7 @@ use contactier_proto::marketing_status::v1::{
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
 use contactier_runtime::convert::date;
+use contactier_runtime::db::bounded;
 
 use contactier_runtime::error::Error;
 use contactier_runtime::idempotency::{self, Key};
@@ -360,7 +361,7 @@ impl MarketingStatusInternalService for Internal {
             principal.check_account_at("events", &e.account_id)?;
         }
         let (acknowledged, refused) =
-            crate::events::apply(&self.store, events, &ends, self.clock.now()).await?;
+            bounded(crate::events::apply(&self.store, events, &ends, self.clock.now())).await?;
         self.relay.wake();
         let refused = refused
             .answer(acknowledged.len())?

@@ -8,6 +8,7 @@ use contactier_proto::notification::v1::{
 use contactier_runtime::Principal;
 use contactier_runtime::by_account::Refusals;
 use contactier_runtime::clock::{Clock, WorkerWaker};
+use contactier_runtime::db::bounded;
 use tonic::{Request, Response, Status};
 
 pub struct Internal {
@@ -44,7 +45,7 @@ impl NotificationInternalService for Internal {
                 acknowledged.push(event_id);
             }
         }
-        let (applied, refusals) = self.apply(usable).await?;
+        let (applied, refusals) = bounded(self.apply(usable)).await?;
         let mut any_new = false;
         for (event_id, applied) in applied {
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
