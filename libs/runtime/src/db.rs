@@ -177,7 +177,8 @@ static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
 
 /// Runs `work` with every write transaction it begins bounded on PostgreSQL: one that waits
 /// on a lock past [`BOUNDED_LOCK_WAIT`] or runs a statement past [`BOUNDED_STATEMENT`] fails,
-/// as storage held up (`UNAVAILABLE`). Receivers of a sender's events apply each account's so:
+/// as storage held up (`ABORTED`: the database is there, so a sender backs off as from any
+/// refusal rather than retry within seconds as from an outage). Receivers of a sender's events apply each account's so:
 /// one account's row held by another session, or a slow trigger on it, then fails that account
 /// in time and the call answers for the others, where it held the call to its sender's
 /// deadline, every account's events behind it, and a pooled connection at each retry until

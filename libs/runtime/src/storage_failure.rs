@@ -41,13 +41,13 @@ pub fn of(e: &sqlx::Error) -> Failure {
 }
 
 /// PostgreSQL's SQLSTATE (appendix A of its manual): connection (08), resources (53), operator
-/// intervention such as a shutdown or a statement timeout (57), system (58), a lock not had in
-/// time, a server turned read-only by a failover; transaction rollback (40) and unique
-/// violation are conflicts.
+/// intervention such as a shutdown (57), system (58), a server turned read-only by a failover;
+/// transaction rollback (40), unique violation, and a lock not had or a statement not done in
+/// its time (held up by another session's work: the database is there) are conflicts.
 pub fn of_sqlstate(code: &str) -> Failure {
     match code {
-        "23505" => Failure::Conflict,
-        "55P03" | "25006" => Failure::Down,
+        "23505" | "55P03" | "57014" => Failure::Conflict,
+        "25006" => Failure::Down,
         _ => match code.get(..2) {
             Some("08" | "53" | "57" | "58") => Failure::Down,
             Some("40") => Failure::Conflict,
@@ -77,10 +77,10 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     let kind = of(e);
     tracing::error!(error = %e, kind = ?kind, "storage error");
     match kind {
-        Failure::Down if held_up(e) => {
-            tonic::Status::unavailable("storage held up: a lock or a statement took past its time; retry")
-        }
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
+        Failure::Conflict if held_up(e) => {
+            tonic::Status::aborted("storage held up: a lock or a statement took past its time; retry")
+        }
         Failure::Conflict => tonic::Status::aborted("storage: conflicted with a concurrent change; retry"),
         Failure::Refused => tonic::Status::internal("storage refused the change"),
     }
@@ -107,10 +107,10 @@ mod tests {
 
     #[test]
     fn postgres_outages_are_told_from_refused_statements() {
-        for down in ["08006", "08001", "53300", "57P01", "57P03", "57014", "58030", "55P03", "25006"] {
+        for down in ["08006", "08001", "53300", "57P01", "57P03", "58030", "25006"] {
             assert_eq!(of_sqlstate(down), Failure::Down, "{down}");
         }
-        for conflict in ["40001", "40P01", "23505"] {
+        for conflict in ["40001", "40P01", "23505", "55P03", "57014"] {
             assert_eq!(of_sqlstate(conflict), Failure::Conflict, "{conflict}");
         }
         // A trigger's RAISE, check, not-null and foreign key, bad data, a table missing.

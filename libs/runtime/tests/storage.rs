@@ -590,7 +590,7 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
 }
 
 /// A write of `bounded` work (a receiver applying an account's events) gives up a row another
-/// session holds, or a statement that runs on, as storage held up (`UNAVAILABLE`), where it
+/// session holds, or a statement that runs on, as storage held up (`ABORTED`), where it
 /// held its sender's call to the deadline and a pooled connection at each retry; other work
 /// still waits for the lock (PostgreSQL; SQLite has one writer and no row locks).
 async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backend) {
@@ -612,7 +612,7 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     let mut holder = db.begin_write().await.unwrap();
     holder.execute(Sql::new("UPDATE held SET n = n + 10 WHERE account_id = 'b'")).await.unwrap();
     let e = status(bounded(write("b", db.clone())).await.unwrap_err());
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
     bounded(write("a", db.clone())).await.unwrap();
     // Unbounded, the same write waits for the holder, and then goes in.
@@ -634,7 +634,7 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
         tx.commit().await
     });
     let e = status(slow.await.unwrap_err());
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
 }
 

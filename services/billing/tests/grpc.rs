@@ -557,7 +557,7 @@ async fn an_account_whose_counts_another_session_holds_is_named_in_time() {
     let refused: Vec<_> =
         answer.refused.iter().map(|r| (r.event_id.as_str(), r.status.clone().unwrap())).collect();
     assert_eq!(refused.len(), 1, "{refused:?}");
-    assert_eq!((refused[0].0, refused[0].1.code), ("a2", Code::Unavailable as i32), "{refused:?}");
+    assert_eq!((refused[0].0, refused[0].1.code), ("a2", Code::Aborted as i32), "{refused:?}");
     assert!(refused[0].1.message.contains("held up"), "{refused:?}");
 
     // Let go, the same event goes in, once.
