@@ -321,11 +321,13 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// Exponential in the attempts so far, with up to 20 % jitter so many senders do not retry in step.
+    /// Exponential in the attempts so far, with up to 20 % jitter so many senders do not retry
+    /// in step; at the cap the jitter is below it, so no retry waits past `max`.
     pub fn delay(&self, attempts: i32) -> Duration {
         let exp = self.initial.saturating_mul(1u32 << attempts.clamp(0, 20) as u32).min(self.max);
         let jitter = rand::rng().random_range(0.0..0.2);
-        exp + exp.mul_f64(jitter)
+        let delay = exp + exp.mul_f64(jitter);
+        if delay > self.max { self.max - self.max.mul_f64(jitter) } else { delay }
     }
 }
 
@@ -715,6 +717,9 @@ impl Outbox {
             if outcome.is_ok() {
                 self.heard(now).await?;
             }
+            // A call that failed whole was one event's (a read of several goes in parts above).
+            let head =
+                unacked.first().map(|(id, account, _)| (account.clone(), id.clone())).unwrap_or_default();
             for (id, account, attempts) in unacked {
                 // An account's first event not acknowledged waits, and its later ones with it.
                 if !failed.insert(account.clone()) {
@@ -732,7 +737,8 @@ impl Outbox {
                 let _ = self.unanswered(now, backoff);
             }
             if outcome.is_err() {
-                tracing::warn!(topic = %self.topic, error = %error, "delivery failed; retrying later");
+                let (account, event) = head;
+                tracing::warn!(topic = %self.topic, account = %account, event = %event, error = %error, "delivery failed; retrying later");
                 return Ok(delivered);
             }
             if !more {
@@ -960,7 +966,7 @@ impl Outbox {
         backoff: Backoff,
     ) -> Result<(), sqlx::Error> {
         let (error, unanswered) = answer.why(id);
-        tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event was not applied; its account waits for its retry");
+        tracing::warn!(topic = %self.topic, account = %account, event = %id, error = %error, "an event was not applied; its account waits for its retry");
         self.retry_at((account, id), now + retry_in(backoff, attempts, unanswered), &error).await
     }
 
@@ -1256,8 +1262,14 @@ mod tests {
         assert!(d0 >= Duration::from_millis(100) && d0 <= Duration::from_millis(120));
         let d3 = b.delay(3);
         assert!(d3 >= Duration::from_millis(800) && d3 <= Duration::from_millis(960));
-        let d30 = b.delay(30);
-        assert!(d30 >= Duration::from_secs(10) && d30 <= Duration::from_secs(12));
+        // At the cap, never past it (documented as the longest wait), still jittered.
+        let capped: Vec<Duration> =
+            (0..200).map(|_| b.delay(30)).chain((0..200).map(|_| b.delay(7))).collect();
+        assert!(
+            capped.iter().all(|d| *d >= Duration::from_secs(8) && *d <= Duration::from_secs(10)),
+            "{capped:?}"
+        );
+        assert!(capped.iter().any(|d| *d < Duration::from_millis(9_900)), "jittered: {capped:?}");
     }
 
     /// One account's thousands of events all due at once (its poison mended, its backlog
