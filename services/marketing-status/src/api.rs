@@ -434,7 +434,7 @@ impl MarketingStatusInternalService for Internal {
             return Err(Error::invalid("plans", "required").into());
         }
         let plans = each_at("plans", plans, |p, at| plan_to_set(&principal, p, at))?;
-        self.store.set_plans(&plans, self.clock.now()).await.map_err(Error::from)?;
+        bounded(self.store.set_plans(&plans, self.clock.now())).await.map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::SetAccountPlansResponse {}))
     }

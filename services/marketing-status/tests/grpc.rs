@@ -967,6 +967,41 @@ async fn a_failing_accounts_events_are_named_and_the_others_applied(backend: Bac
     assert_eq!(count_of(ACCOUNT).await, a_count, "{backend:?}: a's once");
 }
 
+/// Plans whose account's settings row another session holds give the call up in time, as
+/// held up, so billing's relay sends them again in halves down to that account while the
+/// others are applied. The call waited for the lock to its sender's deadline, every account's
+/// plans behind it, each try pinning another pooled connection (PostgreSQL: SQLite's one writer
+/// has no row locks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_whose_settings_another_session_holds_are_given_up_in_time() {
+    use contactier_proto::common::v1::Edition;
+    let s = start(Backend::Postgres).await;
+    let token = s.platform.authenticator.service_token("billing", chrono::Duration::hours(1));
+    let mut internal = MarketingStatusInternalServiceClient::new(s.channel.clone());
+    let plan = |account: &str| pb::SetAccountPlanRequest {
+        account_id: account.into(),
+        edition: Edition::Starter as i32,
+        marketing_contacts_enabled: true,
+    };
+    let first = pb::SetAccountPlansRequest { plans: vec![plan("acct-b")] };
+    internal.set_account_plans(authed(first, &token)).await.unwrap();
+    let contactier_runtime::db::Db::Postgres(pool) = &s.db.db else { unreachable!() };
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM account_settings WHERE account_id = 'acct-b' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut both = authed(pb::SetAccountPlansRequest { plans: vec![plan(ACCOUNT), plan("acct-b")] }, &token);
+    both.set_timeout(std::time::Duration::from_secs(20));
+    let e = internal.set_account_plans(both).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{e:?}");
+    assert!(e.message().contains("held up"), "{e:?}");
+    // The half without it goes in while the row is still held.
+    let alone = pb::SetAccountPlansRequest { plans: vec![plan(ACCOUNT)] };
+    internal.set_account_plans(authed(alone, &token)).await.unwrap();
+    holder.rollback().await.unwrap();
+}
+
 contactier_runtime::backend_tests!(
     a_failing_accounts_events_are_named_and_the_others_applied,
     an_accounts_changes_in_one_call_apply_whole_each_a_step,
