@@ -9,6 +9,7 @@
 
 use crate::sql::{Row, Sql, Tx};
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgConnection, PgPool, Postgres};
 
 /// One value of a row to append.
@@ -227,10 +228,19 @@ const COPY_FROM_ROWS: usize = 64;
 /// A PostgreSQL transaction on a pooled connection, which appends by COPY. Dropped without
 /// [`PgTx::commit`] it rolls back, as sqlx's own does, and the connection goes back to the
 /// pool; dropped with a COPY given up half way, the connection is closed instead (the
-/// server then rolls back).
+/// server then rolls back). Dropped while one of its statements runs (its caller gone, a
+/// deadline passed), the statement is cancelled first: it would otherwise run on, or wait on a
+/// lock, holding the connection from the pool until it ended (seen from outside: a sender's
+/// calls cut at their deadline while their statements waited on one account's held row, one
+/// more pooled connection each retry, until the pool ran dry).
 pub struct PgTx {
     conn: Option<PoolConnection<Postgres>>,
     copying: bool,
+    /// A statement of this transaction is in flight.
+    busy: bool,
+    /// The connection's server process, and how to reach the server to cancel its statement.
+    pid: i32,
+    options: std::sync::Arc<PgConnectOptions>,
 }
 
 impl PgTx {
@@ -242,8 +252,11 @@ impl PgTx {
     pub(crate) async fn begin_with(pool: &PgPool, begin: &'static str) -> Result<PgTx, sqlx::Error> {
         // Made before BEGIN goes out: if this is given up while BEGIN is under way, dropping it
         // rolls back rather than hand the pool a connection in a transaction.
-        let mut tx = PgTx { conn: Some(pool.acquire().await?), copying: false };
-        sqlx::raw_sql(sqlx::AssertSqlSafe(begin)).execute(tx.conn()).await?;
+        let options = pool.connect_options();
+        let mut tx = PgTx { conn: Some(pool.acquire().await?), copying: false, busy: false, pid: 0, options };
+        let begin = sqlx::AssertSqlSafe(format!("{begin}; SELECT pg_backend_pid()"));
+        let rows = sqlx::raw_sql(begin).fetch_all(tx.conn()).await?;
+        tx.pid = rows.first().map(|r| sqlx::Row::try_get(r, 0)).transpose()?.unwrap_or(0);
         Ok(tx)
     }
 
@@ -252,6 +265,7 @@ impl PgTx {
     }
 
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        // Not marked in flight: a commit given up goes through or not on its own.
         sqlx::raw_sql("COMMIT").execute(self.conn()).await?;
         // Back to the pool.
         self.conn.take();
@@ -265,19 +279,38 @@ impl PgTx {
     }
 }
 
+/// Has the server cancel the statement process `pid` runs, on a connection of its own: the
+/// pool may have none to spare.
+async fn cancel(options: &PgConnectOptions, pid: i32) {
+    use sqlx::{ConnectOptions, Connection};
+    let cancelled = async {
+        let mut c = options.connect().await?;
+        sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut c).await?;
+        c.close().await
+    };
+    if let Err(e) = cancelled.await {
+        tracing::warn!(error = %e, "a statement given up could not be cancelled; its connection waits for it");
+    }
+}
+
 impl Drop for PgTx {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else { return };
-        if self.copying {
+        let running = self.busy.then(|| (self.options.clone(), self.pid));
+        if self.copying && running.is_none() {
             conn.close_on_drop();
             return;
         }
+        let copying = self.copying;
         // Rolled back before the connection goes back to the pool (sqlx does the same by
         // queueing the statement; this transaction owns its connection and runs it).
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
-                    if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    if let Some((options, pid)) = running {
+                        cancel(&options, pid).await;
+                    }
+                    if copying || sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
                         conn.close_on_drop();
                     }
                 });
@@ -288,22 +321,37 @@ impl Drop for PgTx {
 }
 
 impl Tx for PgTx {
+    // Each marks its statement in flight while it runs, for `Drop` to cancel it if given up.
     async fn execute(&mut self, q: Sql) -> Result<u64, sqlx::Error> {
-        self.conn().execute(q).await
+        self.busy = true;
+        let out = self.conn().execute(q).await;
+        self.busy = false;
+        out
     }
     async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>, sqlx::Error> {
-        self.conn().fetch_all(q).await
+        self.busy = true;
+        let out = self.conn().fetch_all(q).await;
+        self.busy = false;
+        out
     }
     async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>, sqlx::Error> {
-        self.conn().fetch_optional(q).await
+        self.busy = true;
+        let out = self.conn().fetch_optional(q).await;
+        self.busy = false;
+        out
     }
     async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64, sqlx::Error> {
-        if rows.len() < COPY_FROM_ROWS {
-            return insert(self.conn(), crate::sql::PG_PARAMETERS, table, columns, rows).await;
-        }
-        let PgTx { conn, copying } = self;
-        let conn = conn.as_mut().expect("a transaction's connection is there until it ends");
-        copy_in(conn, copying, table, columns, rows).await
+        self.busy = true;
+        let PgTx { conn, copying, .. } = self;
+        let conn: &mut PgConnection =
+            conn.as_mut().expect("a transaction's connection is there until it ends");
+        let out = if rows.len() < COPY_FROM_ROWS {
+            insert(conn, crate::sql::PG_PARAMETERS, table, columns, rows).await
+        } else {
+            copy_in(conn, copying, table, columns, rows).await
+        };
+        self.busy = false;
+        out
     }
     async fn append_new(
         &mut self,
@@ -313,14 +361,23 @@ impl Tx for PgTx {
         conflict: &str,
         key: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        if rows.len() >= COPY_FROM_ROWS {
-            let PgTx { conn, copying } = self;
-            let conn = conn.as_mut().expect("a transaction's connection is there until it ends");
-            if copy_new(conn, copying, table, columns, rows).await? {
-                return Ok(rows.texts(key_column(columns, key)));
+        self.busy = true;
+        let PgTx { conn, copying, .. } = self;
+        let conn: &mut PgConnection =
+            conn.as_mut().expect("a transaction's connection is there until it ends");
+        let out = if rows.len() >= COPY_FROM_ROWS {
+            match copy_new(conn, copying, table, columns, rows).await {
+                Ok(true) => Ok(rows.texts(key_column(columns, key))),
+                Ok(false) => {
+                    insert_new(conn, crate::sql::PG_PARAMETERS, table, columns, rows, conflict, key).await
+                }
+                Err(e) => Err(e),
             }
-        }
-        insert_new(self.conn(), crate::sql::PG_PARAMETERS, table, columns, rows, conflict, key).await
+        } else {
+            insert_new(conn, crate::sql::PG_PARAMETERS, table, columns, rows, conflict, key).await
+        };
+        self.busy = false;
+        out
     }
 }
 

@@ -638,6 +638,49 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     assert!(e.message().contains("held up"), "{e:?}");
 }
 
+/// A write given up while its statement waits (its caller gone, a deadline passed) has the
+/// statement cancelled, and its connection is back for others: it waited on the lock for as
+/// long as the lock was held, holding its pooled connection, so that a sender retrying each
+/// cut call pinned one more connection each time until the pool ran dry (seen from outside).
+async fn a_write_given_up_mid_statement_frees_its_connection(backend: Backend) {
+    let t = migrated(backend, "given_up").await;
+    let db = t.db.clone();
+    if backend == Backend::Sqlite {
+        return;
+    }
+    db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
+    db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('b', 0)")).await.unwrap();
+    let mut holder = db.begin_write().await.unwrap();
+    holder.execute(Sql::new("UPDATE held SET n = n + 10 WHERE account_id = 'b'")).await.unwrap();
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE held SET n = n + 2 %'";
+    for _ in 0..3 {
+        let write = {
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin_write().await?;
+                tx.execute(Sql::new("UPDATE held SET n = n + 2 WHERE account_id = 'b'")).await?;
+                tx.commit().await
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), write).await.is_err(),
+            "it waits on the lock"
+        );
+    }
+    let mut left = -1;
+    for _ in 0..50 {
+        left = db.scalar::<i64>(Sql::new(waiting)).await.unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "statements given up still wait on the lock");
+    holder.commit().await.unwrap();
+    let n = db.scalar::<i64>(Sql::new("SELECT n FROM held WHERE account_id = 'b'")).await.unwrap();
+    assert_eq!(n, 10, "no write given up went in");
+}
+
 /// A trigger that ends the whole transaction (SQLite's `RAISE(ROLLBACK)`; its disk full or I/O
 /// errors do the same) left the connection's transaction counted as open: every later
 /// transaction on it failed ("begin_with at non-zero transaction depth"), for every account,
@@ -1232,6 +1275,7 @@ contactier_runtime::backend_tests!(
     a_released_backlog_shares_each_read_with_other_accounts,
     storage_errors_say_whether_a_retry_can_help,
     a_bounded_write_gives_up_a_held_row_or_a_slow_statement,
+    a_write_given_up_mid_statement_frees_its_connection,
     an_event_enqueued_behind_a_retry_goes_after_the_events_before_it,
     a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down,
     a_transaction_the_database_ended_leaves_no_connection_broken,
