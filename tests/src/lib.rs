@@ -197,6 +197,26 @@ impl System {
         contactier_client::Client::builder(endpoints).token(tokens).build().expect("a client")
     }
 
+    /// `n` form sign-ups of `account` (marketing contacts), `lead<from>@example.com` on, a
+    /// batch call per 1,000.
+    pub async fn sign_ups(&self, account: &str, from: usize, n: usize) {
+        use contactier_proto::common::v1::{Source, SourceType};
+        use contactier_proto::contacts::v1 as cpb;
+        let admin = self.user_token(account, &["admin"]);
+        let mut contacts = cpb::contacts_service_client::ContactsServiceClient::new(self.channel("contacts"));
+        for first in (from..from + n).step_by(1_000) {
+            let batch = (first..(first + 1_000).min(from + n)).map(|i| cpb::ContactInput {
+                email: format!("lead{i}@example.com"),
+                source: Some(Source { r#type: SourceType::Form as i32, id: "signup".into() }),
+                ..Default::default()
+            });
+            let req =
+                cpb::BatchCreateContactsRequest { contacts: batch.collect(), request_id: String::new() };
+            let r = contacts.batch_create_contacts(authed(req, &admin)).await.expect("created").into_inner();
+            assert!(r.errors.is_empty(), "{:?}", r.errors);
+        }
+    }
+
     /// The account's alerts in notification's feed, newest first.
     pub async fn alerts(&self, account: &str) -> Vec<npb::Alert> {
         let mut feed =

@@ -34,21 +34,6 @@ fn date(month: i32, day: i32) -> Option<Date> {
     Some(Date { year: 2026, month, day })
 }
 
-async fn sign_ups(s: &System, n: usize) {
-    let admin = s.user_token(ACCOUNT, &["admin"]);
-    let mut contacts = ContactsServiceClient::new(s.channel("contacts"));
-    for first in (0..n).step_by(1_000) {
-        let batch = (first..(first + 1_000).min(n)).map(|i| cpb::ContactInput {
-            email: format!("lead{i}@example.com"),
-            source: Some(Source { r#type: SourceType::Form as i32, id: "signup".into() }),
-            ..Default::default()
-        });
-        let req = cpb::BatchCreateContactsRequest { contacts: batch.collect(), request_id: String::new() };
-        let r = contacts.batch_create_contacts(authed(req, &admin)).await.unwrap().into_inner();
-        assert!(r.errors.is_empty(), "{:?}", r.errors);
-    }
-}
-
 async fn subscribe(s: &System, edition: Edition, tier: i64) {
     subscribe_for(s, edition, Term::Monthly, tier).await;
 }
@@ -76,7 +61,7 @@ async fn a_count_that_stays_put_alerts_at_each_period_start(backend: Backend) {
     let s = System::start(backend, start()).await;
     // An annual term: its update dates are the first of each month.
     subscribe_for(&s, Edition::Professional, Term::Annual, 0).await;
-    sign_ups(&s, 1_500).await;
+    s.sign_ups(ACCOUNT, 0, 1_500).await;
     s.advance_to(start() + chrono::Duration::seconds(1)).await;
     let mut billing = BillingServiceClient::new(s.channel("billing"));
     let admin = s.user_token(ACCOUNT, &["admin"]);
@@ -105,7 +90,7 @@ async fn a_count_that_stays_put_alerts_at_each_period_start(backend: Backend) {
 async fn a_renewal_to_a_lower_tier_alerts_at_its_instant(backend: Backend) {
     let s = System::start(backend, start()).await;
     subscribe(&s, Edition::Starter, 2_000).await;
-    sign_ups(&s, 800).await;
+    s.sign_ups(ACCOUNT, 0, 800).await;
     let mut billing = BillingServiceClient::new(s.channel("billing"));
     let admin = s.user_token(ACCOUNT, &["admin"]);
     billing
@@ -257,7 +242,7 @@ async fn an_import_through_several_tiers_is_one_digest_per_recipient(backend: Ba
 async fn a_batch_delete_moves_the_count_once(backend: Backend) {
     let s = System::start(backend, start()).await;
     subscribe(&s, Edition::Starter, 0).await;
-    sign_ups(&s, 900).await;
+    s.sign_ups(ACCOUNT, 0, 900).await;
     s.advance_to(start() + chrono::Duration::seconds(1)).await;
     let admin = s.user_token(ACCOUNT, &["admin"]);
     let mut billing = BillingServiceClient::new(s.channel("billing"));
