@@ -279,10 +279,16 @@ impl PgTx {
     }
 }
 
+/// Cancels in flight at once, each on a connection of its own: a burst of calls cut together
+/// (a client's deadlines under load) must not become a burst of connections to the server.
+/// Past it, a statement given up runs to its end as before.
+static CANCELS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Has the server cancel the statement process `pid` runs, on a connection of its own: the
 /// pool may have none to spare.
 async fn cancel(options: &PgConnectOptions, pid: i32) {
     use sqlx::{ConnectOptions, Connection};
+    let Ok(_permit) = CANCELS.try_acquire() else { return };
     let cancelled = async {
         let mut c = options.connect().await?;
         sqlx::query("SELECT pg_cancel_backend($1)").bind(pid).execute(&mut c).await?;
