@@ -75,7 +75,12 @@ pub fn of_sqlite(code: i32) -> Failure {
 /// says whether to retry.
 pub fn status(e: &sqlx::Error) -> tonic::Status {
     let kind = of(e);
-    tracing::error!(error = %e, kind = ?kind, "storage error");
+    // A conflict or a hold-up is the caller's to retry, expected under contention: a warning.
+    if kind == Failure::Conflict {
+        tracing::warn!(error = %e, kind = ?kind, "storage error");
+    } else {
+        tracing::error!(error = %e, kind = ?kind, "storage error");
+    }
     match kind {
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
         Failure::Conflict if held_up(e) => {
