@@ -168,11 +168,11 @@ tokio::task_local! {
 
 /// How long a write of [`bounded`] work waits for a lock another session holds, and how long
 /// one of its statements may run, on PostgreSQL.
-/// One second: an account's legitimate writers hold its rows for well under it (a bulk change
-/// of 10,000 contacts, an update date), and a call's held accounts are tried one after
-/// another, so the waits of twenty add up to twenty seconds, inside a sender's 30 s deadline
-/// (two seconds each ran a call of twenty past it).
-pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_secs(1);
+/// A quarter of a second: an account's legitimate writers hold its rows for less (a batch of
+/// update dates, a bulk change's call), and a call's held accounts are tried one after
+/// another, each time they are retried together: twenty held for 2 s each ran a call past its
+/// sender's 30 s deadline, for 1 s each kept every other account's events 20-48 s late.
+pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_millis(250);
 pub const BOUNDED_STATEMENT: Duration = Duration::from_secs(5);
 static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
     let (lock, statement) = (BOUNDED_LOCK_WAIT.as_millis(), BOUNDED_STATEMENT.as_millis());
