@@ -166,13 +166,13 @@ tokio::task_local! {
     static BOUNDED: ();
 }
 
-/// How long a write of [`bounded`] work waits for a lock another session holds, and how long
-/// one of its statements may run, on PostgreSQL.
+/// How long a write of [`bounded`] work waits for a lock another session holds, on PostgreSQL.
 /// A quarter of a second: an account's legitimate writers hold its rows for less (a batch of
 /// update dates, a bulk change's call), and a call's held accounts are tried one after
 /// another, each time they are retried together: twenty held for 2 s each ran a call past its
 /// sender's 30 s deadline, for 1 s each kept every other account's events 20-48 s late.
 pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_millis(250);
+/// How long one statement of [`bounded`] work may run, on PostgreSQL (a trigger that runs on).
 pub const BOUNDED_STATEMENT: Duration = Duration::from_secs(5);
 static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
     let (lock, statement) = (BOUNDED_LOCK_WAIT.as_millis(), BOUNDED_STATEMENT.as_millis());
@@ -182,11 +182,11 @@ static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
 /// Runs `work` with every write transaction it begins bounded on PostgreSQL: one that waits
 /// on a lock past [`BOUNDED_LOCK_WAIT`] or runs a statement past [`BOUNDED_STATEMENT`] fails,
 /// as storage held up (`ABORTED`: the database is there, so a sender backs off as from any
-/// refusal rather than retry within seconds as from an outage). Receivers of a sender's events apply each account's so:
-/// one account's row held by another session, or a slow trigger on it, then fails that account
-/// in time and the call answers for the others, where it held the call to its sender's
-/// deadline, every account's events behind it, and a pooled connection at each retry until
-/// the pool ran dry. SQLite's one writer has no such per-row waits.
+/// refusal rather than retry within seconds as from an outage). Receivers of a sender's events
+/// apply each account's so: one account's row held by another session, or a slow trigger on
+/// it, then fails that account in time and the call answers for the others, where it held the
+/// call to its sender's deadline, every account's events behind it, and a pooled connection at
+/// each retry until the pool ran dry. SQLite's one writer has no such per-row waits.
 pub async fn bounded<F: Future>(work: F) -> F::Output {
     BOUNDED.scope((), work).await
 }
