@@ -241,19 +241,26 @@ pub struct PgTx {
     /// The connection's server process, and how to reach the server to cancel its statement.
     pid: i32,
     options: std::sync::Arc<PgConnectOptions>,
+    /// The account a bounded transaction was begun for, and where its being held up is noted.
+    account: Option<(crate::db::HeldAccounts, String)>,
 }
 
 impl PgTx {
     pub(crate) async fn begin(pool: &PgPool) -> Result<PgTx, sqlx::Error> {
-        Self::begin_with(pool, "BEGIN").await
+        Self::begin_with(pool, "BEGIN", None).await
     }
 
     /// Begins with `begin`: `BEGIN`, and any `SET LOCAL` after it in the same round trip.
-    pub(crate) async fn begin_with(pool: &PgPool, begin: &'static str) -> Result<PgTx, sqlx::Error> {
+    pub(crate) async fn begin_with(
+        pool: &PgPool,
+        begin: &'static str,
+        account: Option<(crate::db::HeldAccounts, String)>,
+    ) -> Result<PgTx, sqlx::Error> {
         // Made before BEGIN goes out: if this is given up while BEGIN is under way, dropping it
         // rolls back rather than hand the pool a connection in a transaction.
         let options = pool.connect_options();
-        let mut tx = PgTx { conn: Some(pool.acquire().await?), copying: false, busy: false, pid: 0, options };
+        let conn = Some(pool.acquire().await?);
+        let mut tx = PgTx { conn, copying: false, busy: false, pid: 0, options, account };
         let begin = sqlx::AssertSqlSafe(format!("{begin}; SELECT pg_backend_pid()"));
         let rows = sqlx::raw_sql(begin).fetch_all(tx.conn()).await?;
         tx.pid = rows.first().map(|r| sqlx::Row::try_get(r, 0)).transpose()?.unwrap_or(0);
@@ -326,25 +333,35 @@ impl Drop for PgTx {
     }
 }
 
+impl PgTx {
+    /// A statement's end: no longer in flight, and its account noted if it was held up.
+    fn settled<T>(&mut self, out: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        self.busy = false;
+        if let (Err(e), Some((held, account))) = (&out, &self.account)
+            && crate::storage_failure::held_up(e)
+        {
+            held.note(account);
+        }
+        out
+    }
+}
+
 impl Tx for PgTx {
     // Each marks its statement in flight while it runs, for `Drop` to cancel it if given up.
     async fn execute(&mut self, q: Sql) -> Result<u64, sqlx::Error> {
         self.busy = true;
         let out = self.conn().execute(q).await;
-        self.busy = false;
-        out
+        self.settled(out)
     }
     async fn fetch_all<T: Row>(&mut self, q: Sql) -> Result<Vec<T>, sqlx::Error> {
         self.busy = true;
         let out = self.conn().fetch_all(q).await;
-        self.busy = false;
-        out
+        self.settled(out)
     }
     async fn fetch_optional<T: Row>(&mut self, q: Sql) -> Result<Option<T>, sqlx::Error> {
         self.busy = true;
         let out = self.conn().fetch_optional(q).await;
-        self.busy = false;
-        out
+        self.settled(out)
     }
     async fn append(&mut self, table: &str, columns: &[&str], rows: &Rows<'_>) -> Result<u64, sqlx::Error> {
         self.busy = true;
@@ -356,8 +373,7 @@ impl Tx for PgTx {
         } else {
             copy_in(conn, copying, table, columns, rows).await
         };
-        self.busy = false;
-        out
+        self.settled(out)
     }
     async fn append_new(
         &mut self,
@@ -382,8 +398,7 @@ impl Tx for PgTx {
         } else {
             insert_new(conn, crate::sql::PG_PARAMETERS, table, columns, rows, conflict, key).await
         };
-        self.busy = false;
-        out
+        self.settled(out)
     }
 }
 

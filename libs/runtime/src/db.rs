@@ -8,9 +8,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection};
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
+use std::time::Instant;
 
 /// A connection pool on one of the two backends. Storage code runs statements on it (and on
 /// its transactions) through [`crate::sql`], written once for both.
@@ -156,14 +158,23 @@ impl BeginWrite for SqlitePool {
 impl BeginWrite for PgPool {
     type Transaction = crate::sql::PgTx;
     async fn begin_write(&self) -> Result<crate::sql::PgTx, sqlx::Error> {
-        let begin = if BOUNDED.try_with(|()| ()).is_ok() { BEGIN_BOUNDED.as_str() } else { "BEGIN" };
-        timed_begin("postgresql", crate::sql::PgTx::begin_with(self, begin)).await
+        let (begin, account) =
+            match BOUNDED.try_with(|held| ACCOUNT.try_with(|a| (held.clone(), a.clone())).ok()) {
+                Ok(Some((held, account))) if held.recently(&account) => {
+                    (BEGIN_BOUNDED_AGAIN.as_str(), Some((held, account)))
+                }
+                Ok(account) => (BEGIN_BOUNDED.as_str(), account),
+                Err(_) => ("BEGIN", None),
+            };
+        timed_begin("postgresql", crate::sql::PgTx::begin_with(self, begin, account)).await
     }
 }
 
 tokio::task_local! {
-    /// Set while [`bounded`] work runs.
-    static BOUNDED: ();
+    /// Set while [`bounded`] work runs: the accounts its receiver found held up lately.
+    static BOUNDED: HeldAccounts;
+    /// The account a bounded transaction begins for (see [`for_account`]).
+    static ACCOUNT: String;
 }
 
 /// How long a write of [`bounded`] work waits for a lock another session holds, on PostgreSQL.
@@ -172,12 +183,49 @@ tokio::task_local! {
 /// another, each time they are retried together: twenty held for 2 s each ran a call past its
 /// sender's 30 s deadline, for 1 s each kept every other account's events 20-48 s late.
 pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_millis(250);
+/// How long a bounded write of an account held up within the last [`HELD_MEMORY`] waits for a
+/// lock: its sender retries it alone in a call, and each retry's wait was every other account's
+/// in the sender's one call at a time (twenty held at 250 ms: the others' events about 30 s late
+/// for the first 40 s of the hold).
+pub const BOUNDED_LOCK_WAIT_AGAIN: Duration = Duration::from_millis(10);
 /// How long one statement of [`bounded`] work may run, on PostgreSQL (a trigger that runs on).
 pub const BOUNDED_STATEMENT: Duration = Duration::from_secs(5);
-static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
-    let (lock, statement) = (BOUNDED_LOCK_WAIT.as_millis(), BOUNDED_STATEMENT.as_millis());
+/// How long an account's bounded work held up is remembered (see [`BOUNDED_LOCK_WAIT_AGAIN`]).
+pub const HELD_MEMORY: Duration = Duration::from_secs(60);
+static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| begin_bounded(BOUNDED_LOCK_WAIT));
+static BEGIN_BOUNDED_AGAIN: LazyLock<String> = LazyLock::new(|| begin_bounded(BOUNDED_LOCK_WAIT_AGAIN));
+
+fn begin_bounded(lock: Duration) -> String {
+    let (lock, statement) = (lock.as_millis(), BOUNDED_STATEMENT.as_millis());
     format!("BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement}")
-});
+}
+
+/// The accounts a receiver's bounded work found held up (a lock or a statement past its time)
+/// lately, with when: one per receiver, shared by its calls.
+#[derive(Clone, Default)]
+pub struct HeldAccounts(Arc<Mutex<HashMap<String, Instant>>>);
+
+/// The most accounts remembered at once; past it, with none forgotten by age, all are.
+const HELD_MAX: usize = 10_000;
+
+impl HeldAccounts {
+    pub(crate) fn note(&self, account: &str) {
+        let now = Instant::now();
+        let mut held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.len() >= HELD_MAX {
+            held.retain(|_, at| now.duration_since(*at) < HELD_MEMORY);
+            if held.len() >= HELD_MAX {
+                held.clear();
+            }
+        }
+        held.insert(account.to_owned(), now);
+    }
+
+    fn recently(&self, account: &str) -> bool {
+        let held = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(account).is_some_and(|at| at.elapsed() < HELD_MEMORY)
+    }
+}
 
 /// Runs `work` with every write transaction it begins bounded on PostgreSQL: one that waits
 /// on a lock past [`BOUNDED_LOCK_WAIT`] or runs a statement past [`BOUNDED_STATEMENT`] fails,
@@ -186,9 +234,16 @@ static BEGIN_BOUNDED: LazyLock<String> = LazyLock::new(|| {
 /// apply each account's so: one account's row held by another session, or a slow trigger on
 /// it, then fails that account in time and the call answers for the others, where it held the
 /// call to its sender's deadline, every account's events behind it, and a pooled connection at
-/// each retry until the pool ran dry. SQLite's one writer has no such per-row waits.
-pub async fn bounded<F: Future>(work: F) -> F::Output {
-    BOUNDED.scope((), work).await
+/// each retry until the pool ran dry. A transaction begun for an account (see [`for_account`])
+/// that is held up is noted in `held`. SQLite's one writer has no such per-row waits.
+pub async fn bounded<F: Future>(held: &HeldAccounts, work: F) -> F::Output {
+    BOUNDED.scope(held.clone(), work).await
+}
+
+/// Runs `work`, whose write transactions are `account`'s alone: within [`bounded`] work they
+/// wait [`BOUNDED_LOCK_WAIT_AGAIN`] for a lock when the account was held up lately.
+pub async fn for_account<F: Future>(account: &str, work: F) -> F::Output {
+    ACCOUNT.scope(account.to_owned(), work).await
 }
 
 /// Times a transaction's start (the pool's wait included) into `contactier_db_begin_seconds`,

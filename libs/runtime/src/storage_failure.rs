@@ -93,7 +93,7 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
 
 /// Whether `e` is a lock waited for or a statement run past its time (PostgreSQL's
 /// `lock_timeout`, `statement_timeout`): the database is there, something held the work up.
-fn held_up(e: &sqlx::Error) -> bool {
+pub(crate) fn held_up(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "57014")))
 }
 

@@ -594,7 +594,8 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
 /// held its sender's call to the deadline and a pooled connection at each retry; other work
 /// still waits for the lock (PostgreSQL; SQLite has one writer and no row locks).
 async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backend) {
-    use contactier_runtime::db::{BOUNDED_LOCK_WAIT, bounded};
+    use contactier_runtime::db::{BOUNDED_LOCK_WAIT, HeldAccounts, bounded};
+    let held = HeldAccounts::default();
     let t = migrated(backend, "bounded").await;
     let db = t.db.clone();
     db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
@@ -605,16 +606,16 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
         tx.commit().await
     };
     let status = |e: sqlx::Error| tonic::Status::from(contactier_runtime::error::Error::from(e));
-    bounded(write("a", db.clone())).await.unwrap();
+    bounded(&held, write("a", db.clone())).await.unwrap();
     if backend == Backend::Sqlite {
         return;
     }
     let mut holder = db.begin_write().await.unwrap();
     holder.execute(Sql::new("UPDATE held SET n = n + 10 WHERE account_id = 'b'")).await.unwrap();
-    let e = status(bounded(write("b", db.clone())).await.unwrap_err());
+    let e = status(bounded(&held, write("b", db.clone())).await.unwrap_err());
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
-    bounded(write("a", db.clone())).await.unwrap();
+    bounded(&held, write("a", db.clone())).await.unwrap();
     // Unbounded, the same write waits for the holder, and then goes in.
     let waiting = tokio::spawn(write("b", db.clone()));
     tokio::time::sleep(BOUNDED_LOCK_WAIT + Duration::from_millis(500)).await;
@@ -628,7 +629,7 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     assert_eq!((n("a").await.unwrap(), n("b").await.unwrap()), (2, 11), "the held-up write changed nothing");
 
     // A statement that runs on (a slow trigger, say) is given up too.
-    let slow = bounded(async {
+    let slow = bounded(&held, async {
         let mut tx = db.begin_write().await?;
         tx.execute(Sql::new("SELECT pg_sleep(60)")).await?;
         tx.commit().await
@@ -636,6 +637,68 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     let e = status(slow.await.unwrap_err());
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
+}
+
+/// An account whose bounded work was held up lately gives up a held lock at once: its sender
+/// retries it alone, and each retry's full wait was every other account's wait too (twenty held
+/// kept every other account's events about 30 s late). Other accounts, and other receivers,
+/// keep the full wait; once the hold ends the account's work goes in (PostgreSQL).
+async fn an_account_held_up_lately_gives_up_a_held_lock_at_once(backend: Backend) {
+    use contactier_runtime::db::{
+        BOUNDED_LOCK_WAIT, BOUNDED_LOCK_WAIT_AGAIN, HeldAccounts, bounded, for_account,
+    };
+    if backend == Backend::Sqlite {
+        return;
+    }
+    let t = migrated(backend, "held_again").await;
+    let db = t.db.clone();
+    db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
+    db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('a', 0), ('b', 0)")).await.unwrap();
+    // The lock wait the transaction began with, then its write.
+    let write = |account: &'static str, db: Db| async move {
+        let mut tx = db.begin_write().await?;
+        let wait: String = tx.scalar(Sql::new("SHOW lock_timeout")).await?;
+        tx.execute(Sql::new("UPDATE held SET n = n + 1 WHERE account_id = $1").bind(account)).await?;
+        tx.commit().await.map(|()| wait)
+    };
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let (full, again) = (ms(BOUNDED_LOCK_WAIT), ms(BOUNDED_LOCK_WAIT_AGAIN));
+    let held_up = |r: Result<String, sqlx::Error>| {
+        let e = tonic::Status::from(contactier_runtime::error::Error::from(r.unwrap_err()));
+        assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+        assert!(e.message().contains("held up"), "{e:?}");
+    };
+    let (receiver, other_receiver) = (HeldAccounts::default(), HeldAccounts::default());
+    let mut holder = db.begin_write().await.unwrap();
+    holder.execute(Sql::new("UPDATE held SET n = n + 10 WHERE account_id IN ('a', 'b')")).await.unwrap();
+
+    let started = std::time::Instant::now();
+    held_up(bounded(&receiver, for_account("b", write("b", db.clone()))).await);
+    assert!(started.elapsed() >= BOUNDED_LOCK_WAIT, "the first time, the full wait");
+    for _ in 0..3 {
+        held_up(bounded(&receiver, for_account("b", write("b", db.clone()))).await);
+    }
+    // What each began with: b's own, again, the short wait; not another account's, nor another
+    // receiver's, nor work not begun for one account.
+    let waits = || {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin_write().await.unwrap();
+            let wait: String = tx.scalar(Sql::new("SHOW lock_timeout")).await.unwrap();
+            tx.rollback().await.unwrap();
+            wait
+        }
+    };
+    assert_eq!(bounded(&receiver, for_account("b", waits())).await, again);
+    assert_eq!(bounded(&receiver, for_account("a", waits())).await, full);
+    assert_eq!(bounded(&other_receiver, for_account("b", waits())).await, full);
+    assert_eq!(bounded(&receiver, waits()).await, full);
+
+    // Once let go, b's write goes in (with the short wait: nothing holds it now).
+    holder.rollback().await.unwrap();
+    assert_eq!(bounded(&receiver, for_account("b", write("b", db.clone()))).await.unwrap(), again);
+    let n: i64 = db.scalar(Sql::new("SELECT n FROM held WHERE account_id = 'b'")).await.unwrap();
+    assert_eq!(n, 1, "the held-up tries changed nothing, the last went in once");
 }
 
 /// A write given up while its statement waits (its caller gone, a deadline passed) has the
@@ -1275,6 +1338,7 @@ contactier_runtime::backend_tests!(
     a_released_backlog_shares_each_read_with_other_accounts,
     storage_errors_say_whether_a_retry_can_help,
     a_bounded_write_gives_up_a_held_row_or_a_slow_statement,
+    an_account_held_up_lately_gives_up_a_held_lock_at_once,
     a_write_given_up_mid_statement_frees_its_connection,
     an_event_enqueued_behind_a_retry_goes_after_the_events_before_it,
     a_small_backlog_is_tried_within_seconds_while_its_receiver_is_down,

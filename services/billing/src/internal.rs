@@ -5,7 +5,7 @@ use crate::store::{CountOutcome, Store};
 use contactier_proto::billing::v1::{self as pb, billing_internal_service_server::BillingInternalService};
 use contactier_runtime::Principal;
 use contactier_runtime::clock::{Clock, WorkerWaker};
-use contactier_runtime::db::bounded;
+use contactier_runtime::db::{HeldAccounts, bounded, for_account};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -16,6 +16,8 @@ pub struct Internal {
     /// The relay to notification and the invoice run, woken when there is work for them.
     pub relay: WorkerWaker,
     pub invoicer: WorkerWaker,
+    /// Accounts whose counts another session held up lately.
+    pub held: HeldAccounts,
 }
 
 #[tonic::async_trait]
@@ -42,15 +44,14 @@ impl BillingInternalService for Internal {
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.account_id);
         // Each account's counts in their order, in one transaction per account.
         for (account, events) in accounts {
-            let outcomes =
-                match bounded(self.store.apply_counts(&account, &events, self.clock.now(), &self.book)).await
-                {
-                    Ok(outcomes) => outcomes,
-                    Err(e) => {
-                        refusals.add(&account, &events[0].event_id, e.into());
-                        continue;
-                    }
-                };
+            let apply = self.store.apply_counts(&account, &events, self.clock.now(), &self.book);
+            let outcomes = match bounded(&self.held, for_account(&account, apply)).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    refusals.add(&account, &events[0].event_id, e.into());
+                    continue;
+                }
+            };
             for outcome in outcomes {
                 match outcome {
                     CountOutcome::Applied { upgrade } => {

@@ -205,7 +205,7 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
     let on_subscribe = vec![update_dates_waker, plans_waker, relay.clone()];
     let api = api::Api { store: store.clone(), clock: clock.clone(), book: book.clone(), on_subscribe };
     let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
-    let internal = internal::Internal { store, clock, book, relay, invoicer };
+    let internal = internal::Internal { store, clock, book, relay, invoicer, held: Default::default() };
     let routes =
         Routes::new(BillingServiceServer::new(api)).add_service(BillingInternalServiceServer::new(internal));
     Ok(ServiceSpec {

@@ -293,6 +293,8 @@ pub struct Internal {
     pub relay: WorkerWaker,
     /// Rewrites the contacts of applied update dates.
     pub update_dates: WorkerWaker,
+    /// Accounts whose rows another session held up lately.
+    pub held: contactier_runtime::db::HeldAccounts,
 }
 
 /// An update date as asked for, checked: `at` names where it stands in the request.
@@ -361,7 +363,7 @@ impl MarketingStatusInternalService for Internal {
             principal.check_account_at("events", &e.account_id)?;
         }
         let (acknowledged, refused) =
-            bounded(crate::events::apply(&self.store, events, &ends, self.clock.now())).await?;
+            bounded(&self.held, crate::events::apply(&self.store, events, &ends, self.clock.now())).await?;
         self.relay.wake();
         let refused = refused
             .answer(acknowledged.len())?
@@ -434,7 +436,7 @@ impl MarketingStatusInternalService for Internal {
             return Err(Error::invalid("plans", "required").into());
         }
         let plans = each_at("plans", plans, |p, at| plan_to_set(&principal, p, at))?;
-        bounded(self.store.set_plans(&plans, self.clock.now())).await.map_err(Error::from)?;
+        bounded(&self.held, self.store.set_plans(&plans, self.clock.now())).await.map_err(Error::from)?;
         self.relay.wake();
         Ok(Response::new(pb::SetAccountPlansResponse {}))
     }

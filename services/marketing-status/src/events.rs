@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use contactier_proto::common::v1::SourceType;
 use contactier_proto::marketing_status::v1::{self as pb, contact_event::Payload};
 use contactier_runtime::by_account::Refusals;
+use contactier_runtime::db::for_account;
 use contactier_runtime::error::Error;
 use contactier_runtime::sql::Transaction;
 use std::collections::HashMap;
@@ -191,7 +192,7 @@ impl Open {
 
     async fn tx(&mut self, store: &Store, account: &str) -> Result<&mut Transaction, GrpcStatus> {
         if self.tx.is_none() {
-            let tx = store.begin_write().await.map_err(Error::from)?;
+            let tx = for_account(account, store.begin_write()).await.map_err(Error::from)?;
             self.tx = Some((account.to_owned(), tx));
         }
         Ok(&mut self.tx.as_mut().expect("opened above").1)
@@ -332,11 +333,9 @@ pub async fn apply(
                 if open.failed.has(&account) {
                     continue;
                 }
-                let done = store
-                    .contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::from(e).into());
+                let merged =
+                    store.contacts_merged(&e.event_id, &account, &m.primary_id, &m.secondary_id, now);
+                let done = for_account(&account, merged).await.map(|_| ()).map_err(|e| Error::from(e).into());
                 open.own(&account, e.event_id, done);
             }
             Payload::MarketingRequested(m) => {
@@ -345,7 +344,7 @@ pub async fn apply(
                 if open.failed.has(&account) {
                     continue;
                 }
-                let done = marketing_requested(store, &account, m, now).await;
+                let done = for_account(&account, marketing_requested(store, &account, m, now)).await;
                 open.own(&account, e.event_id, done);
             }
         }

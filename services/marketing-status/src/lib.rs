@@ -125,7 +125,8 @@ fn build(env: ServiceEnv) -> BoxFuture<'static, anyhow::Result<ServiceSpec>> {
             workflows,
         };
         let failing = vec![store.failing_work(), OutboxFailures::source(env.db.clone())];
-        let internal = api::Internal { store, clock, relay, update_dates: update_dates_waker };
+        let internal =
+            api::Internal { store, clock, relay, update_dates: update_dates_waker, held: Default::default() };
         let routes = Routes::new(MarketingStatusServiceServer::new(api))
             .add_service(MarketingStatusInternalServiceServer::new(internal));
         Ok(ServiceSpec {

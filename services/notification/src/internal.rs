@@ -8,7 +8,7 @@ use contactier_proto::notification::v1::{
 use contactier_runtime::Principal;
 use contactier_runtime::by_account::Refusals;
 use contactier_runtime::clock::{Clock, WorkerWaker};
-use contactier_runtime::db::bounded;
+use contactier_runtime::db::{HeldAccounts, bounded, for_account};
 use tonic::{Request, Response, Status};
 
 pub struct Internal {
@@ -18,6 +18,8 @@ pub struct Internal {
     pub delivery: WorkerWaker,
     /// How long alerts gather into one delivery per recipient.
     pub digest_window: std::time::Duration,
+    /// Accounts whose rows another session held up lately.
+    pub held: HeldAccounts,
 }
 
 #[tonic::async_trait]
@@ -45,7 +47,7 @@ impl NotificationInternalService for Internal {
                 acknowledged.push(event_id);
             }
         }
-        let (applied, refusals) = bounded(self.apply(usable)).await?;
+        let (applied, refusals) = bounded(&self.held, self.apply(usable)).await?;
         let mut any_new = false;
         for (event_id, applied) in applied {
             if let Some(alerts) = applied.filter(|a| !a.is_empty()) {
@@ -79,7 +81,14 @@ impl Internal {
         events: Vec<(String, String, Event)>,
     ) -> std::result::Result<(Applied, Refusals), Status> {
         let (now, window) = (self.clock.now(), self.digest_window);
-        let err = match self.store.apply_all(&events, now, window).await {
+        // A call of one account's events (a retry, alone) begins as that account's.
+        let all = self.store.apply_all(&events, now, window);
+        let one = events.first().map(|e| &e.1).filter(|a| events.iter().all(|e| &e.1 == *a));
+        let all = match one {
+            Some(account) => for_account(account, all).await,
+            None => all.await,
+        };
+        let err = match all {
             Ok(applied) => {
                 return Ok((
                     events.into_iter().map(|(id, ..)| id).zip(applied).collect(),
@@ -96,7 +105,7 @@ impl Internal {
             [(account, events)] => refusals.add(account, &events[0].0, err.into()),
             _ => {
                 for (account, events) in accounts {
-                    match self.store.apply_all(&events, now, window).await {
+                    match for_account(&account, self.store.apply_all(&events, now, window)).await {
                         Ok(outcomes) => applied.extend(events.into_iter().map(|(id, ..)| id).zip(outcomes)),
                         Err(e) => refusals.add(&account, &events[0].0, e.into()),
                     }

@@ -87,7 +87,14 @@ pub async fn build_with(env: ServiceEnv, args: DeliveryArgs) -> anyhow::Result<S
         allowed,
     };
     let failing = vec![store.failing_work()];
-    let internal = internal::Internal { store, clock, watchers, delivery: waker, digest_window };
+    let internal = internal::Internal {
+        store,
+        clock,
+        watchers,
+        delivery: waker,
+        digest_window,
+        held: Default::default(),
+    };
     let routes = Routes::new(NotificationServiceServer::new(api))
         .add_service(NotificationInternalServiceServer::new(internal));
     Ok(ServiceSpec {
