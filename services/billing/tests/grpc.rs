@@ -536,18 +536,7 @@ async fn a_failing_accounts_counts_are_named_and_the_others_applied(backend: Bac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_whose_counts_another_session_holds_is_named_in_time() {
     let b = start(Backend::Postgres).await;
-    b.subscribe(professional_monthly()).await.unwrap();
-    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
-    let mut client = BillingInternalServiceClient::new(b.channel.clone());
-    let first = pb::ApplyCountEventsRequest { events: vec![count_changed("a1", ACCOUNT, 1, 1_500)] };
-    client.apply_count_events(authed(first, &token)).await.unwrap();
-    let Db::Postgres(pool) = b.db() else { unreachable!() };
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM account_counts WHERE account_id = $1 FOR UPDATE")
-        .bind(ACCOUNT)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let (mut client, token, holder) = counts_held(&b).await;
 
     let events = vec![count_changed("a2", ACCOUNT, 2, 1_600), count_changed("b1", "acct-b", 1, 10)];
     let mut call = authed(pb::ApplyCountEventsRequest { events }, &token);
@@ -580,18 +569,7 @@ async fn an_account_whose_counts_another_session_holds_is_named_in_time() {
 async fn a_held_accounts_retries_give_up_its_lock_at_once() {
     use contactier_runtime::db::BOUNDED_LOCK_WAIT;
     let b = start(Backend::Postgres).await;
-    b.subscribe(professional_monthly()).await.unwrap();
-    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
-    let mut client = BillingInternalServiceClient::new(b.channel.clone());
-    let first = pb::ApplyCountEventsRequest { events: vec![count_changed("a1", ACCOUNT, 1, 1_500)] };
-    client.apply_count_events(authed(first, &token)).await.unwrap();
-    let Db::Postgres(pool) = b.db() else { unreachable!() };
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM account_counts WHERE account_id = $1 FOR UPDATE")
-        .bind(ACCOUNT)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    let (mut client, token, holder) = counts_held(&b).await;
 
     let retry = || pb::ApplyCountEventsRequest { events: vec![count_changed("a2", ACCOUNT, 2, 1_600)] };
     let mut tries = Vec::new();
@@ -613,6 +591,30 @@ async fn a_held_accounts_retries_give_up_its_lock_at_once() {
     let usage =
         b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
     assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
+}
+
+/// Billing on PostgreSQL with `ACCOUNT`'s first count applied and its counts row then held by
+/// another session: marketing-status's client and token, and the holding transaction.
+async fn counts_held(
+    b: &Billing,
+) -> (
+    BillingInternalServiceClient<tonic::transport::Channel>,
+    String,
+    sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    b.subscribe(professional_monthly()).await.unwrap();
+    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let mut client = BillingInternalServiceClient::new(b.channel.clone());
+    let first = pb::ApplyCountEventsRequest { events: vec![count_changed("a1", ACCOUNT, 1, 1_500)] };
+    client.apply_count_events(authed(first, &token)).await.unwrap();
+    let Db::Postgres(pool) = b.db() else { unreachable!() };
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM account_counts WHERE account_id = $1 FOR UPDATE")
+        .bind(ACCOUNT)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    (client, token, holder)
 }
 
 contactier_runtime::backend_tests!(
