@@ -269,13 +269,12 @@ impl Delivered {
         Delivered { acked, refused }
     }
 
-    /// Why `id` was not acknowledged, and whether because the receiver's storage was not there
-    /// for it: that is retried within seconds, as an event not answered at all is.
-    fn why(&self, id: &str) -> (String, bool) {
+    /// Why `id` was not acknowledged, and how (see [`Failed`]).
+    fn why(&self, id: &str) -> (String, Failed) {
         match self.refused.iter().find(|(r, _)| r == id) {
             // Written as a whole call's failure is, so operators read one form.
-            Some((_, s)) => (s.to_string(), unanswered_status(s)),
-            None => ("not acknowledged".to_owned(), false),
+            Some((_, s)) => (s.to_string(), Failed::of(s)),
+            None => ("not acknowledged".to_owned(), Failed::Refused),
         }
     }
 }
@@ -699,7 +698,7 @@ impl Outbox {
                 Ok(_) => "not acknowledged".to_owned(),
                 Err(e) => format!("{e:#}"),
             };
-            let unanswered = outcome.as_ref().err().is_some_and(receiver_unavailable);
+            let how = outcome.as_ref().err().map_or(Failed::Refused, Failed::of_call);
             let (acked_ids, unacked): (Vec<_>, Vec<_>) =
                 sent.into_iter().partition(|(id, _, _)| acked.contains(id));
             let acked_ids: Vec<(String, String)> =
@@ -728,7 +727,7 @@ impl Outbox {
                 match &outcome {
                     Ok(answer) => self.not_applied((&account, &id, attempts), answer, now, backoff).await?,
                     Err(_) => {
-                        self.retry_at((&account, &id), now + retry_in(backoff, attempts, unanswered), &error)
+                        self.retry_at((&account, &id), now + retry_in(backoff, attempts, how), &error)
                             .await?;
                     }
                 }
@@ -805,7 +804,12 @@ impl Outbox {
             }
             None => {
                 for (account, id, attempts, error) in split.unanswered {
-                    self.retry_at((&account, &id), now + retry_in(backoff, attempts, true), &error).await?;
+                    self.retry_at(
+                        (&account, &id),
+                        now + retry_in(backoff, attempts, Failed::Unanswered),
+                        &error,
+                    )
+                    .await?;
                 }
             }
         }
@@ -896,6 +900,7 @@ impl Outbox {
                 continue;
             }
             let (id, account, attempts) = run[start].clone();
+            let failed = Failed::of_call(&error);
             let error = format!("{error:#}");
             if not_answered {
                 tracing::warn!(topic = %self.topic, event = %id, error = %error, "an event met its receiver (or the receiver's storage) unavailable; its account waits for its retry");
@@ -910,7 +915,7 @@ impl Outbox {
                 split.unanswered.push((account, id, attempts, error));
             } else {
                 self.heard(now).await?;
-                self.retry_at((&account, &id), now + retry_in(backoff, attempts, false), &error).await?;
+                self.retry_at((&account, &id), now + retry_in(backoff, attempts, failed), &error).await?;
             }
             return Ok(());
         }
@@ -965,9 +970,9 @@ impl Outbox {
         now: DateTime<Utc>,
         backoff: Backoff,
     ) -> Result<(), sqlx::Error> {
-        let (error, unanswered) = answer.why(id);
+        let (error, failed) = answer.why(id);
         tracing::warn!(topic = %self.topic, account = %account, event = %id, error = %error, "an event was not applied; its account waits for its retry");
-        self.retry_at((account, id), now + retry_in(backoff, attempts, unanswered), &error).await
+        self.retry_at((account, id), now + retry_in(backoff, attempts, failed), &error).await
     }
 
     /// Reads `events` (id, account, attempts) and sends them as one call, acknowledging what the
@@ -1141,14 +1146,54 @@ impl Outbox {
     }
 }
 
+/// How a receiver failed an event, which sets the longest it waits for its next try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failed {
+    /// Not answered, or the receiver's storage not there for it: at most [`PAUSE_MAX`].
+    Unanswered,
+    /// Refused for a conflict or a hold-up (`ABORTED`: another session held its account's rows,
+    /// say): at most [`CONTENDED_MAX`].
+    Contended,
+    /// Refused for what it is: the backoff's own cap.
+    Refused,
+}
+
+/// The longest an event refused for a conflict or a hold-up waits: such a refusal passes when
+/// the other session's work does, and a receiver gives up a lock on an account it found held up
+/// lately at once, so a retry costs little; at the backoff's 5 minutes an account released
+/// waited minutes more (73 s after a 170 s hold, seen from outside).
+const CONTENDED_MAX: Duration = Duration::from_secs(30);
+
+impl Failed {
+    fn of(s: &tonic::Status) -> Self {
+        if unanswered_status(s) {
+            Self::Unanswered
+        } else if s.code() == tonic::Code::Aborted {
+            Self::Contended
+        } else {
+            Self::Refused
+        }
+    }
+
+    /// A call's failure: a status the receiver answered, else one not answered.
+    fn of_call(e: &anyhow::Error) -> Self {
+        e.downcast_ref::<tonic::Status>().map_or(Self::Refused, Self::of)
+    }
+}
+
 /// How long an event waits for its next try after `attempts` failed ones. One the receiver did
 /// not answer at all waits at most [`PAUSE_MAX`] (and jitter): an answer is what shows the
 /// receiver back, and with few events waiting (one account's, or a few accounts' whose retries
 /// never fell due together) nothing else tries it, so after an outage they waited out a
-/// backoff grown to minutes (up to 142 s seen from outside). One it refused keeps the backoff.
-fn retry_in(backoff: Backoff, attempts: i32, unanswered: bool) -> chrono::Duration {
-    let backoff = if unanswered { Backoff { max: backoff.max.min(PAUSE_MAX), ..backoff } } else { backoff };
-    chrono::Duration::from_std(backoff.delay(attempts)).unwrap_or(chrono::Duration::MAX)
+/// backoff grown to minutes (up to 142 s seen from outside). One refused for a conflict waits
+/// at most [`CONTENDED_MAX`]; one refused for what it is keeps the backoff.
+fn retry_in(backoff: Backoff, attempts: i32, failed: Failed) -> chrono::Duration {
+    let max = match failed {
+        Failed::Unanswered => backoff.max.min(PAUSE_MAX),
+        Failed::Contended => backoff.max.min(CONTENDED_MAX),
+        Failed::Refused => backoff.max,
+    };
+    chrono::Duration::from_std(Backoff { max, ..backoff }.delay(attempts)).unwrap_or(chrono::Duration::MAX)
 }
 
 /// One account's events in a read, in order: (event id, account, attempts).
@@ -1270,6 +1315,37 @@ mod tests {
             "{capped:?}"
         );
         assert!(capped.iter().any(|d| *d < Duration::from_millis(9_900)), "jittered: {capped:?}");
+    }
+
+    /// An event refused for a conflict or a hold-up (another session holding its account's rows)
+    /// is tried again within half a minute however often it was refused: at the backoff's cap
+    /// an account released waited minutes more. One not answered waits at most 10 s, one
+    /// refused for what it is keeps the cap.
+    #[test]
+    fn refusals_wait_by_how_they_failed() {
+        use tonic::Status;
+        let cases = [
+            (Status::aborted("storage held up"), Failed::Contended),
+            (Status::aborted("conflicted"), Failed::Contended),
+            (Status::unavailable("storage unavailable"), Failed::Unanswered),
+            (Status::deadline_exceeded("late"), Failed::Unanswered),
+            (Status::internal("storage refused the change"), Failed::Refused),
+            (Status::failed_precondition("no subscription"), Failed::Refused),
+        ];
+        for (status, want) in cases {
+            assert_eq!(Failed::of(&status), want, "{status:?}");
+            assert_eq!(Failed::of_call(&anyhow::Error::new(status.clone())), want, "{status:?}");
+        }
+        assert_eq!(Failed::of_call(&anyhow::anyhow!("payload did not decode")), Failed::Refused);
+        let b = Backoff::default();
+        let longest = |how| (0..100).map(|_| retry_in(b, 40, how)).max().unwrap();
+        let shortest = |how| (0..100).map(|_| retry_in(b, 40, how)).min().unwrap();
+        assert!(longest(Failed::Unanswered) <= chrono::Duration::seconds(10));
+        assert!(longest(Failed::Contended) <= chrono::Duration::seconds(30));
+        assert!(shortest(Failed::Contended) >= chrono::Duration::seconds(24));
+        assert!(shortest(Failed::Refused) >= chrono::Duration::seconds(240));
+        // Early on, the same doubling for all.
+        assert!(retry_in(b, 0, Failed::Contended) <= chrono::Duration::milliseconds(240));
     }
 
     /// One account's thousands of events all due at once (its poison mended, its backlog
