@@ -241,8 +241,8 @@ pub struct PgTx {
     /// The connection's server process, and how to reach the server to cancel its statement.
     pid: i32,
     options: std::sync::Arc<PgConnectOptions>,
-    /// The account a bounded transaction was begun for, and where its being held up is noted.
-    account: Option<(crate::db::HeldAccounts, String)>,
+    /// A bounded transaction's watch for a lock held (see [`crate::db::bounded`]).
+    watch: Option<crate::db::Watch>,
 }
 
 impl PgTx {
@@ -254,13 +254,13 @@ impl PgTx {
     pub(crate) async fn begin_with(
         pool: &PgPool,
         begin: &'static str,
-        account: Option<(crate::db::HeldAccounts, String)>,
+        watch: Option<crate::db::Watch>,
     ) -> Result<PgTx, sqlx::Error> {
         // Made before BEGIN goes out: if this is given up while BEGIN is under way, dropping it
         // rolls back rather than hand the pool a connection in a transaction.
         let options = pool.connect_options();
         let conn = Some(pool.acquire().await?);
-        let mut tx = PgTx { conn, copying: false, busy: false, pid: 0, options, account };
+        let mut tx = PgTx { conn, copying: false, busy: false, pid: 0, options, watch };
         let begin = sqlx::AssertSqlSafe(format!("{begin}; SELECT pg_backend_pid()"));
         let rows = sqlx::raw_sql(begin).fetch_all(tx.conn()).await?;
         tx.pid = rows.first().map(|r| sqlx::Row::try_get(r, 0)).transpose()?.unwrap_or(0);
@@ -334,13 +334,13 @@ impl Drop for PgTx {
 }
 
 impl PgTx {
-    /// A statement's end: no longer in flight, and its account noted if it was held up.
+    /// A statement's end: no longer in flight, and a lock it gave up told to its watch.
     fn settled<T>(&mut self, out: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         self.busy = false;
-        if let (Err(e), Some((held, account))) = (&out, &self.account)
-            && crate::storage_failure::held_up(e)
+        if let (Err(e), Some(watch)) = (&out, &self.watch)
+            && crate::storage_failure::lock_held(e)
         {
-            held.note(account);
+            watch.lock_held();
         }
         out
     }

@@ -10,6 +10,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 use std::time::Instant;
@@ -158,21 +159,20 @@ impl BeginWrite for SqlitePool {
 impl BeginWrite for PgPool {
     type Transaction = crate::sql::PgTx;
     async fn begin_write(&self) -> Result<crate::sql::PgTx, sqlx::Error> {
-        let (begin, account) =
-            match BOUNDED.try_with(|held| ACCOUNT.try_with(|a| (held.clone(), a.clone())).ok()) {
-                Ok(Some((held, account))) if held.recently(&account) => {
-                    (BEGIN_BOUNDED_AGAIN.as_str(), Some((held, account)))
-                }
-                Ok(account) => (BEGIN_BOUNDED.as_str(), account),
-                Err(_) => ("BEGIN", None),
-            };
-        timed_begin("postgresql", crate::sql::PgTx::begin_with(self, begin, account)).await
+        let (begin, watch) = match BOUNDED
+            .try_with(|bound| Watch { bound: bound.clone(), account: ACCOUNT.try_with(Clone::clone).ok() })
+        {
+            Ok(watch) if watch.short() => (BEGIN_BOUNDED_AGAIN.as_str(), Some(watch)),
+            Ok(watch) => (BEGIN_BOUNDED.as_str(), Some(watch)),
+            Err(_) => ("BEGIN", None),
+        };
+        timed_begin("postgresql", crate::sql::PgTx::begin_with(self, begin, watch)).await
     }
 }
 
 tokio::task_local! {
-    /// Set while [`bounded`] work runs: the accounts its receiver found held up lately.
-    static BOUNDED: HeldAccounts;
+    /// Set while [`bounded`] work runs.
+    static BOUNDED: Bound;
     /// The account a bounded transaction begins for (see [`for_account`]).
     static ACCOUNT: String;
 }
@@ -183,10 +183,12 @@ tokio::task_local! {
 /// another, each time they are retried together: twenty held for 2 s each ran a call past its
 /// sender's 30 s deadline, for 1 s each kept every other account's events 20-48 s late.
 pub const BOUNDED_LOCK_WAIT: Duration = Duration::from_millis(250);
-/// How long a bounded write of an account held up within the last [`HELD_MEMORY`] waits for a
-/// lock: its sender retries it alone in a call, and each retry's wait was every other account's
-/// in the sender's one call at a time (twenty held at 250 ms: the others' events about 30 s late
-/// for the first 40 s of the hold).
+/// How long a bounded write waits for a lock when its account was held up by a lock within the
+/// last [`HELD_MEMORY`], or another account of the same bounded work (one call) was: its sender
+/// retries a held account alone in a call, and each retry's wait was every other account's in
+/// the sender's one call at a time (twenty held at 250 ms: the others' events about 30 s late
+/// for the first 40 s of the hold), and a call of many accounts met held for the first time
+/// waited for each in turn (500 held: calls of 11-12 s, seen from outside).
 pub const BOUNDED_LOCK_WAIT_AGAIN: Duration = Duration::from_millis(10);
 /// How long one statement of [`bounded`] work may run, on PostgreSQL (a trigger that runs on).
 pub const BOUNDED_STATEMENT: Duration = Duration::from_secs(5);
@@ -200,8 +202,8 @@ fn begin_bounded(lock: Duration) -> String {
     format!("BEGIN; SET LOCAL lock_timeout = {lock}; SET LOCAL statement_timeout = {statement}")
 }
 
-/// The accounts a receiver's bounded work found held up (a lock or a statement past its time)
-/// lately, with when: one per receiver, shared by its calls.
+/// The accounts a receiver's bounded work found held up by a lock lately, with when: one per
+/// receiver, shared by its calls.
 #[derive(Clone, Default)]
 pub struct HeldAccounts(Arc<Mutex<HashMap<String, Instant>>>);
 
@@ -227,6 +229,36 @@ impl HeldAccounts {
     }
 }
 
+/// What bounded work's transactions share: the receiver's accounts held up lately, and whether
+/// this work (one call) met a lock held yet.
+#[derive(Clone)]
+pub(crate) struct Bound {
+    held: HeldAccounts,
+    met: Arc<AtomicBool>,
+}
+
+/// A bounded transaction's watch for a lock held: the work it is part of, and its account.
+pub(crate) struct Watch {
+    bound: Bound,
+    account: Option<String>,
+}
+
+impl Watch {
+    /// Whether the transaction gives a lock up at once (see [`BOUNDED_LOCK_WAIT_AGAIN`]).
+    fn short(&self) -> bool {
+        self.bound.met.load(Ordering::Relaxed)
+            || self.account.as_deref().is_some_and(|a| self.bound.held.recently(a))
+    }
+
+    /// One of the transaction's statements gave up a lock another session holds.
+    pub(crate) fn lock_held(&self) {
+        self.bound.met.store(true, Ordering::Relaxed);
+        if let Some(account) = &self.account {
+            self.bound.held.note(account);
+        }
+    }
+}
+
 /// Runs `work` with every write transaction it begins bounded on PostgreSQL: one that waits
 /// on a lock past [`BOUNDED_LOCK_WAIT`] or runs a statement past [`BOUNDED_STATEMENT`] fails,
 /// as storage held up (`ABORTED`: the database is there, so a sender backs off as from any
@@ -234,10 +266,11 @@ impl HeldAccounts {
 /// apply each account's so: one account's row held by another session, or a slow trigger on
 /// it, then fails that account in time and the call answers for the others, where it held the
 /// call to its sender's deadline, every account's events behind it, and a pooled connection at
-/// each retry until the pool ran dry. A transaction begun for an account (see [`for_account`])
-/// that is held up is noted in `held`. SQLite's one writer has no such per-row waits.
+/// each retry until the pool ran dry. Once one of its transactions gives up a held lock, the
+/// rest give one up at once, and an account's (see [`for_account`]) is noted in `held`. SQLite's
+/// one writer has no such per-row waits.
 pub async fn bounded<F: Future>(held: &HeldAccounts, work: F) -> F::Output {
-    BOUNDED.scope(held.clone(), work).await
+    BOUNDED.scope(Bound { held: held.clone(), met: Arc::default() }, work).await
 }
 
 /// Runs `work`, whose write transactions are `account`'s alone: within [`bounded`] work they

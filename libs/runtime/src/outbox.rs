@@ -1151,8 +1151,9 @@ impl Outbox {
 enum Failed {
     /// Not answered, or the receiver's storage not there for it: at most [`PAUSE_MAX`].
     Unanswered,
-    /// Refused for a conflict or a hold-up (`ABORTED`: another session held its account's rows,
-    /// say): at most [`CONTENDED_MAX`].
+    /// Refused for a conflict or a lock held (`ABORTED`: another session held its account's
+    /// rows, say): at most [`CONTENDED_MAX`]. Not a statement past its time (a slow trigger):
+    /// that is retried as any refusal, each retry taking that time again.
     Contended,
     /// Refused for what it is: the backoff's own cap.
     Refused,
@@ -1168,7 +1169,10 @@ impl Failed {
     fn of(s: &tonic::Status) -> Self {
         if unanswered_status(s) {
             Self::Unanswered
-        } else if s.code() == tonic::Code::Aborted {
+        } else if s.code() == tonic::Code::Aborted
+            // A statement that ran past its time takes it again at each retry.
+            && !s.message().contains(crate::storage_failure::STATEMENT_HELD_UP)
+        {
             Self::Contended
         } else {
             Self::Refused
@@ -1325,7 +1329,15 @@ mod tests {
     fn refusals_wait_by_how_they_failed() {
         use tonic::Status;
         let cases = [
-            (Status::aborted("storage held up"), Failed::Contended),
+            (Status::aborted(crate::storage_failure::LOCK_HELD_UP), Failed::Contended),
+            (
+                Status::aborted(format!("event e1: {}", crate::storage_failure::LOCK_HELD_UP)),
+                Failed::Contended,
+            ),
+            (
+                Status::aborted(format!("event e1: {}", crate::storage_failure::STATEMENT_HELD_UP)),
+                Failed::Refused,
+            ),
             (Status::aborted("conflicted"), Failed::Contended),
             (Status::unavailable("storage unavailable"), Failed::Unanswered),
             (Status::deadline_exceeded("late"), Failed::Unanswered),

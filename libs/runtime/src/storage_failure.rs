@@ -83,17 +83,28 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     }
     match kind {
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
-        Failure::Conflict if held_up(e) => {
-            tonic::Status::aborted("storage held up: a lock or a statement took past its time; retry")
-        }
+        Failure::Conflict if lock_held(e) => tonic::Status::aborted(LOCK_HELD_UP),
+        Failure::Conflict if held_up(e) => tonic::Status::aborted(STATEMENT_HELD_UP),
         Failure::Conflict => tonic::Status::aborted("storage: conflicted with a concurrent change; retry"),
         Failure::Refused => tonic::Status::internal("storage refused the change"),
     }
 }
 
+/// The answer to work that waited past its time for a row another session holds.
+pub const LOCK_HELD_UP: &str =
+    "storage held up: a row another session holds was waited for past its time; retry";
+/// The answer to work whose statement ran past its time (a slow trigger, say): retried, it
+/// takes that time again.
+pub const STATEMENT_HELD_UP: &str = "storage held up: a statement ran past its time; retry";
+
+/// Whether `e` is a lock waited for past `lock_timeout` (PostgreSQL).
+pub(crate) fn lock_held(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
+}
+
 /// Whether `e` is a lock waited for or a statement run past its time (PostgreSQL's
 /// `lock_timeout`, `statement_timeout`): the database is there, something held the work up.
-pub(crate) fn held_up(e: &sqlx::Error) -> bool {
+fn held_up(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "57014")))
 }
 

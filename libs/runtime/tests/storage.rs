@@ -694,6 +694,16 @@ async fn an_account_held_up_lately_gives_up_a_held_lock_at_once(backend: Backend
     assert_eq!(bounded(&other_receiver, for_account("b", waits())).await, full);
     assert_eq!(bounded(&receiver, waits()).await, full);
 
+    // Within one bounded work (a call), once one account's lock was given up, the other
+    // accounts' are given up at once.
+    let (first, next) = bounded(&HeldAccounts::default(), async {
+        let first = for_account("a", write("a", db.clone())).await;
+        (first, for_account("c", waits()).await)
+    })
+    .await;
+    held_up(first);
+    assert_eq!(next, again, "the call's next account gives a held lock up at once");
+
     // Once let go, b's write goes in (with the short wait: nothing holds it now).
     holder.rollback().await.unwrap();
     assert_eq!(bounded(&receiver, for_account("b", write("b", db.clone()))).await.unwrap(), again);

@@ -42,33 +42,37 @@ impl BillingInternalService for Internal {
         // (failing the call failed every account in it, and its sender sent them all again).
         let mut refusals = contactier_runtime::by_account::Refusals::default();
         let accounts = contactier_runtime::by_account::by_account(events, |e| &e.account_id);
-        // Each account's counts in their order, in one transaction per account.
-        for (account, events) in accounts {
-            let apply = self.store.apply_counts(&account, &events, self.clock.now(), &self.book);
-            let outcomes = match bounded(&self.held, for_account(&account, apply)).await {
-                Ok(outcomes) => outcomes,
-                Err(e) => {
-                    refusals.add(&account, &events[0].event_id, e.into());
-                    continue;
-                }
-            };
-            for outcome in outcomes {
-                match outcome {
-                    CountOutcome::Applied { upgrade } => {
-                        applied = true;
-                        if upgrade.is_some() {
-                            metrics::counter!("contactier_upgrades_total").increment(1);
-                            upgraded = true;
-                        }
+        // Each account's counts in their order, in one transaction per account, the call's
+        // work bounded as one (see `bounded`).
+        bounded(&self.held, async {
+            for (account, events) in accounts {
+                let apply = self.store.apply_counts(&account, &events, self.clock.now(), &self.book);
+                let outcomes = match for_account(&account, apply).await {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => {
+                        refusals.add(&account, &events[0].event_id, e.into());
+                        continue;
                     }
-                    CountOutcome::Seen
-                    | CountOutcome::Stale
-                    | CountOutcome::NoSubscription
-                    | CountOutcome::AfterUpdateDate => {}
+                };
+                for outcome in outcomes {
+                    match outcome {
+                        CountOutcome::Applied { upgrade } => {
+                            applied = true;
+                            if upgrade.is_some() {
+                                metrics::counter!("contactier_upgrades_total").increment(1);
+                                upgraded = true;
+                            }
+                        }
+                        CountOutcome::Seen
+                        | CountOutcome::Stale
+                        | CountOutcome::NoSubscription
+                        | CountOutcome::AfterUpdateDate => {}
+                    }
                 }
+                acknowledged.extend(events.into_iter().map(|e| e.event_id));
             }
-            acknowledged.extend(events.into_iter().map(|e| e.event_id));
-        }
+        })
+        .await;
         if applied {
             self.relay.wake();
         }

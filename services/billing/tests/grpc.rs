@@ -593,6 +593,50 @@ async fn a_held_accounts_retries_give_up_its_lock_at_once() {
     assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
 }
 
+/// A call of many accounts held at once (one session holding hundreds, seen from outside: calls
+/// of 11-12 s, 250 ms an account met held for the first time, every other account's counts
+/// behind them): once one of the call's accounts is found held, the others' locks are given up
+/// at once, and the healthy account in the call is applied (PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_meeting_several_held_accounts_waits_for_the_first_only() {
+    use contactier_runtime::db::BOUNDED_LOCK_WAIT;
+    let b = start(Backend::Postgres).await;
+    let held = ["acct-h1", "acct-h2", "acct-h3", "acct-h4"];
+    let token = b.platform.authenticator.service_token("marketing-status", chrono::Duration::hours(1));
+    let mut client = BillingInternalServiceClient::new(b.channel.clone());
+    for account in held {
+        let admin = b.token(account, &["admin"]);
+        b.api().create_subscription(authed(professional_monthly(), &admin)).await.unwrap();
+        let first = pb::ApplyCountEventsRequest {
+            events: vec![count_changed(&format!("{account}-1"), account, 1, 10)],
+        };
+        client.apply_count_events(authed(first, &token)).await.unwrap();
+    }
+    let Db::Postgres(pool) = b.db() else { unreachable!() };
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM account_counts WHERE account_id = ANY($1) FOR UPDATE")
+        .bind(held.to_vec())
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let mut events: Vec<_> = held.iter().map(|a| count_changed(&format!("{a}-2"), a, 2, 20)).collect();
+    events.push(count_changed("b1", "acct-b", 1, 10));
+    let started = std::time::Instant::now();
+    let answer =
+        client.apply_count_events(authed(pb::ApplyCountEventsRequest { events }, &token)).await.unwrap();
+    let took = started.elapsed();
+    let answer = answer.into_inner();
+    assert_eq!(answer.acknowledged_event_ids, ["b1"]);
+    assert_eq!(answer.refused.len(), held.len(), "{:?}", answer.refused);
+    // Each waiting its quarter second would take four; the first's alone, one.
+    assert!(
+        took < 2 * BOUNDED_LOCK_WAIT,
+        "the call's held accounts after the first gave up at once: {took:?}"
+    );
+    holder.rollback().await.unwrap();
+}
+
 /// Billing on PostgreSQL with `ACCOUNT`'s first count applied and its counts row then held by
 /// another session: marketing-status's client and token, and the holding transaction.
 async fn counts_held(
