@@ -549,15 +549,7 @@ async fn an_account_whose_counts_another_session_holds_is_named_in_time() {
     assert_eq!((refused[0].0, refused[0].1.code), ("a2", Code::Aborted as i32), "{refused:?}");
     assert!(refused[0].1.message.contains("held up"), "{refused:?}");
 
-    // Let go, the same event goes in, once.
-    holder.rollback().await.unwrap();
-    let again = pb::ApplyCountEventsRequest { events: vec![count_changed("a2", ACCOUNT, 2, 1_600)] };
-    let answer = client.apply_count_events(authed(again, &token)).await.unwrap().into_inner();
-    assert_eq!(answer.acknowledged_event_ids, ["a2"]);
-    let read = b.token(ACCOUNT, &["read"]);
-    let usage =
-        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
-    assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
+    released_counts_go_in_once(&b, &mut client, &token, holder).await;
 }
 
 /// Marketing-status retries a held account's counts alone, one call after another with every
@@ -584,13 +576,7 @@ async fn a_held_accounts_retries_give_up_its_lock_at_once() {
     let quickest = tries[1..].iter().min().unwrap();
     assert!(*quickest < BOUNDED_LOCK_WAIT, "the retries gave it up at once: {tries:?}");
 
-    holder.rollback().await.unwrap();
-    let answer = client.apply_count_events(authed(retry(), &token)).await.unwrap().into_inner();
-    assert_eq!(answer.acknowledged_event_ids, ["a2"]);
-    let read = b.token(ACCOUNT, &["read"]);
-    let usage =
-        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
-    assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
+    released_counts_go_in_once(&b, &mut client, &token, holder).await;
 }
 
 /// A call of many accounts held at once (one session holding hundreds, seen from outside: calls
@@ -659,6 +645,23 @@ async fn counts_held(
         .await
         .unwrap();
     (client, token, holder)
+}
+
+/// Let go (see [`counts_held`]), `ACCOUNT`'s second count, refused while held, goes in once.
+async fn released_counts_go_in_once(
+    b: &Billing,
+    client: &mut BillingInternalServiceClient<tonic::transport::Channel>,
+    token: &str,
+    holder: sqlx::Transaction<'static, sqlx::Postgres>,
+) {
+    holder.rollback().await.unwrap();
+    let again = pb::ApplyCountEventsRequest { events: vec![count_changed("a2", ACCOUNT, 2, 1_600)] };
+    let answer = client.apply_count_events(authed(again, token)).await.unwrap().into_inner();
+    assert_eq!(answer.acknowledged_event_ids, ["a2"]);
+    let read = b.token(ACCOUNT, &["read"]);
+    let usage =
+        b.api().get_usage(authed(pb::GetUsageRequest {}, &read)).await.unwrap().into_inner().usage.unwrap();
+    assert_eq!((usage.marketing_count, usage.count_version), (1_600, 2));
 }
 
 contactier_runtime::backend_tests!(
