@@ -1260,7 +1260,7 @@ fn receiver_unavailable(e: &anyhow::Error) -> bool {
 
 /// Whether a status says its sender could not answer (or reach its storage), not that it
 /// refused what it was sent.
-fn unanswered_status(s: &tonic::Status) -> bool {
+pub(crate) fn unanswered_status(s: &tonic::Status) -> bool {
     matches!(
         s.code(),
         tonic::Code::Unavailable

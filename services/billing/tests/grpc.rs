@@ -620,6 +620,18 @@ async fn a_call_meeting_several_held_accounts_waits_for_the_first_only() {
         took < 2 * BOUNDED_LOCK_WAIT,
         "the call's held accounts after the first gave up at once: {took:?}"
     );
+
+    // A call of held accounts only is answered for each, not failed whole: a call failed whole
+    // its sender sent again in halves down to each account (47 events, 92 calls, seen from outside).
+    let only = held.iter().map(|a| count_changed(&format!("{a}-2"), a, 2, 20)).collect();
+    let answer = client
+        .apply_count_events(authed(pb::ApplyCountEventsRequest { events: only }, &token))
+        .await
+        .expect("answered for each account")
+        .into_inner();
+    assert!(answer.acknowledged_event_ids.is_empty());
+    let refused: Vec<_> = answer.refused.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(refused, ["acct-h1-2", "acct-h2-2", "acct-h3-2", "acct-h4-2"]);
     holder.rollback().await.unwrap();
 }
 
