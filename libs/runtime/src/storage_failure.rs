@@ -84,7 +84,7 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     match kind {
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
         Failure::Conflict if lock_held(e) => tonic::Status::aborted(LOCK_HELD_UP),
-        Failure::Conflict if held_up(e) => tonic::Status::aborted(STATEMENT_HELD_UP),
+        Failure::Conflict if statement_past_time(e) => tonic::Status::aborted(STATEMENT_HELD_UP),
         Failure::Conflict => tonic::Status::aborted("storage: conflicted with a concurrent change; retry"),
         Failure::Refused => tonic::Status::internal("storage refused the change"),
     }
@@ -102,10 +102,9 @@ pub(crate) fn lock_held(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("55P03"))
 }
 
-/// Whether `e` is a lock waited for or a statement run past its time (PostgreSQL's
-/// `lock_timeout`, `statement_timeout`): the database is there, something held the work up.
-fn held_up(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("55P03" | "57014")))
+/// Whether `e` is a statement run past `statement_timeout` (PostgreSQL).
+fn statement_past_time(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
 }
 
 /// The gRPC code name of [`status`], for per-record results.

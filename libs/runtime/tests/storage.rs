@@ -23,6 +23,16 @@ async fn table_names(db: &Db) -> Vec<String> {
     names.into_iter().map(|n| n.0).collect()
 }
 
+/// A test database with a table of accounts' rows, `a` and `b`, for another session to hold.
+async fn held_rows(backend: Backend, name: &str) -> TestDb {
+    let t = migrated(backend, name).await;
+    t.db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)"))
+        .await
+        .unwrap();
+    t.db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('a', 0), ('b', 0)")).await.unwrap();
+    t
+}
+
 /// A test database with the runtime's and the test service's tables.
 async fn migrated(backend: Backend, name: &str) -> TestDb {
     let t = TestDb::new(backend, name).await;
@@ -596,10 +606,8 @@ async fn storage_errors_say_whether_a_retry_can_help(backend: Backend) {
 async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backend) {
     use contactier_runtime::db::{BOUNDED_LOCK_WAIT, HeldAccounts, bounded};
     let held = HeldAccounts::default();
-    let t = migrated(backend, "bounded").await;
+    let t = held_rows(backend, "bounded").await;
     let db = t.db.clone();
-    db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
-    db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('a', 0), ('b', 0)")).await.unwrap();
     let write = |account: &'static str, db: Db| async move {
         let mut tx = db.begin_write().await?;
         tx.execute(Sql::new("UPDATE held SET n = n + 1 WHERE account_id = $1").bind(account)).await?;
@@ -650,10 +658,8 @@ async fn an_account_held_up_lately_gives_up_a_held_lock_at_once(backend: Backend
     if backend == Backend::Sqlite {
         return;
     }
-    let t = migrated(backend, "held_again").await;
+    let t = held_rows(backend, "held_again").await;
     let db = t.db.clone();
-    db.execute(Sql::new("CREATE TABLE held (account_id TEXT PRIMARY KEY, n BIGINT NOT NULL)")).await.unwrap();
-    db.execute(Sql::new("INSERT INTO held (account_id, n) VALUES ('a', 0), ('b', 0)")).await.unwrap();
     // The lock wait the transaction began with, then its write.
     let write = |account: &'static str, db: Db| async move {
         let mut tx = db.begin_write().await?;
