@@ -39,9 +39,13 @@ impl Refusals {
     /// may list it under another id (the batch holding it), and operators match the two by it.
     pub fn add(&mut self, account: &str, item: &str, status: tonic::Status) {
         tracing::warn!(account = %account, event = %item, error = %status, "an account's events were not applied");
+        self.0.push((account.to_owned(), item.to_owned(), Self::named(item, status)));
+    }
+
+    /// `status` naming `item`, its details kept.
+    pub(crate) fn named(item: &str, status: tonic::Status) -> tonic::Status {
         let message = format!("event {item}: {}", status.message());
-        let status = tonic::Status::with_details(status.code(), message, status.details().to_vec().into());
-        self.0.push((account.to_owned(), item.to_owned(), status));
+        tonic::Status::with_details(status.code(), message, status.details().to_vec().into())
     }
 
     /// Whether `account`'s items failed in this call.

@@ -1171,7 +1171,7 @@ impl Failed {
             Self::Unanswered
         } else if s.code() == tonic::Code::Aborted
             // A statement that ran past its time takes it again at each retry.
-            && !s.message().contains(crate::storage_failure::STATEMENT_HELD_UP)
+            && !crate::storage_failure::statement_held_up(s)
         {
             Self::Contended
         } else {
@@ -1327,17 +1327,20 @@ mod tests {
     /// refused for what it is keeps the cap.
     #[test]
     fn refusals_wait_by_how_they_failed() {
+        use crate::storage_failure::{
+            HELD_BY_LOCK, HELD_BY_STATEMENT, LOCK_HELD_UP, STATEMENT_HELD_UP, held_up,
+        };
         use tonic::Status;
+        // As a receiver answers an entry of a batch: named, and through its google.rpc.Status.
+        let in_batch = |s: Status| {
+            let named = crate::by_account::Refusals::named("e1", s);
+            crate::rich::from_rpc_status(Some(crate::rich::rpc_status(named)))
+        };
         let cases = [
-            (Status::aborted(crate::storage_failure::LOCK_HELD_UP), Failed::Contended),
-            (
-                Status::aborted(format!("event e1: {}", crate::storage_failure::LOCK_HELD_UP)),
-                Failed::Contended,
-            ),
-            (
-                Status::aborted(format!("event e1: {}", crate::storage_failure::STATEMENT_HELD_UP)),
-                Failed::Refused,
-            ),
+            (held_up(LOCK_HELD_UP, HELD_BY_LOCK), Failed::Contended),
+            (in_batch(held_up(LOCK_HELD_UP, HELD_BY_LOCK)), Failed::Contended),
+            (held_up(STATEMENT_HELD_UP, HELD_BY_STATEMENT), Failed::Refused),
+            (in_batch(held_up(STATEMENT_HELD_UP, HELD_BY_STATEMENT)), Failed::Refused),
             (Status::aborted("conflicted"), Failed::Contended),
             (Status::unavailable("storage unavailable"), Failed::Unanswered),
             (Status::deadline_exceeded("late"), Failed::Unanswered),

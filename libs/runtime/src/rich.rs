@@ -110,18 +110,21 @@ pub fn derive(code: Code, message: &str) -> ErrorDetails {
 pub fn rpc_status(status: Status) -> tonic_types::pb::Status {
     use prost::Message as _;
     let status = enrich(status);
-    tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| tonic_types::pb::Status {
-        code: status.code() as i32,
-        message: status.message().to_owned(),
-        details: vec![],
-    })
+    // The code and message the status has now: details built earlier carry the message as it
+    // was then, before a batch named the entry in it.
+    let details = tonic_types::pb::Status::decode(status.details()).map(|d| d.details).unwrap_or_default();
+    tonic_types::pb::Status { code: status.code() as i32, message: status.message().to_owned(), details }
 }
 
 /// A `google.rpc.Status` a peer answered inside a reply (an event it refused, say), as a
-/// [`Status`]; none is `OK`'s, which no refusal is, so it reads as UNKNOWN.
+/// [`Status`] with its details; none is `OK`'s, which no refusal is, so it reads as UNKNOWN.
 pub fn from_rpc_status(status: Option<tonic_types::pb::Status>) -> Status {
+    use prost::Message as _;
     match status {
-        Some(s) => Status::new(tonic::Code::from(s.code), s.message),
+        Some(s) => {
+            let details = if s.details.is_empty() { Default::default() } else { s.encode_to_vec().into() };
+            Status::with_details(tonic::Code::from(s.code), s.message, details)
+        }
         None => Status::unknown("no reason given"),
     }
 }
@@ -278,6 +281,19 @@ mod tests {
         let d = enrich(Status::already_exists("request_id: already used for a different request"))
             .get_error_details();
         assert_eq!(d.error_info().unwrap().reason, "REQUEST_ID_REUSED");
+    }
+
+    /// A batch's entry refused with details of its own (an event's account held up, say) reaches
+    /// its sender with both: the entry named in the message, and the reason to branch on.
+    #[test]
+    fn an_entrys_refusal_keeps_its_name_and_its_reason_across_the_reply() {
+        let held = status(Code::Aborted, "storage held up", ErrorDetails::new(), "HELD_UP_BY_LOCK");
+        let named = crate::by_account::Refusals::named("e7", held);
+        let sent = from_rpc_status(Some(rpc_status(named)));
+        assert_eq!((sent.code(), sent.message()), (Code::Aborted, "event e7: storage held up"));
+        assert_eq!(sent.get_details_error_info().expect("ErrorInfo").reason, "HELD_UP_BY_LOCK");
+        let plain = from_rpc_status(Some(rpc_status(Status::aborted("conflicted"))));
+        assert_eq!(plain.get_details_error_info().expect("ErrorInfo").reason, "CONFLICT");
     }
 
     #[test]

@@ -83,19 +83,36 @@ pub fn status(e: &sqlx::Error) -> tonic::Status {
     }
     match kind {
         Failure::Down => tonic::Status::unavailable("storage unavailable, retry"),
-        Failure::Conflict if lock_held(e) => tonic::Status::aborted(LOCK_HELD_UP),
-        Failure::Conflict if statement_past_time(e) => tonic::Status::aborted(STATEMENT_HELD_UP),
+        Failure::Conflict if lock_held(e) => held_up(LOCK_HELD_UP, HELD_BY_LOCK),
+        Failure::Conflict if statement_past_time(e) => held_up(STATEMENT_HELD_UP, HELD_BY_STATEMENT),
         Failure::Conflict => tonic::Status::aborted("storage: conflicted with a concurrent change; retry"),
         Failure::Refused => tonic::Status::internal("storage refused the change"),
     }
 }
 
+/// ABORTED with its own `ErrorInfo` reason, so a caller (a relay deciding how soon to retry)
+/// tells a held row from a slow statement without reading the message.
+pub(crate) fn held_up(message: &str, reason: &str) -> tonic::Status {
+    crate::rich::status(tonic::Code::Aborted, message, tonic_types::ErrorDetails::new(), reason)
+}
+
 /// The answer to work that waited past its time for a row another session holds.
 pub const LOCK_HELD_UP: &str =
     "storage held up: a row another session holds was waited for past its time; retry";
+/// Its `ErrorInfo` reason.
+pub const HELD_BY_LOCK: &str = "HELD_UP_BY_LOCK";
 /// The answer to work whose statement ran past its time (a slow trigger, say): retried, it
 /// takes that time again.
 pub const STATEMENT_HELD_UP: &str = "storage held up: a statement ran past its time; retry";
+/// Its `ErrorInfo` reason.
+pub const HELD_BY_STATEMENT: &str = "HELD_UP_BY_STATEMENT";
+
+/// Whether `s` answered work whose statement ran past its time, by its `ErrorInfo` reason.
+pub fn statement_held_up(s: &tonic::Status) -> bool {
+    use tonic_types::StatusExt as _;
+    s.code() == tonic::Code::Aborted
+        && s.get_details_error_info().is_some_and(|i| i.reason == HELD_BY_STATEMENT)
+}
 
 /// Whether `e` is a lock waited for past `lock_timeout` (PostgreSQL).
 pub(crate) fn lock_held(e: &sqlx::Error) -> bool {

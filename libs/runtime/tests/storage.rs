@@ -614,6 +614,10 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
         tx.commit().await
     };
     let status = |e: sqlx::Error| tonic::Status::from(contactier_runtime::error::Error::from(e));
+    let reason = |s: &tonic::Status| {
+        use tonic_types::StatusExt as _;
+        s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
+    };
     bounded(&held, write("a", db.clone())).await.unwrap();
     if backend == Backend::Sqlite {
         return;
@@ -623,6 +627,7 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     let e = status(bounded(&held, write("b", db.clone())).await.unwrap_err());
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
+    assert_eq!(reason(&e), "HELD_UP_BY_LOCK", "what a caller branches on");
     bounded(&held, write("a", db.clone())).await.unwrap();
     // Unbounded, the same write waits for the holder, and then goes in.
     let waiting = tokio::spawn(write("b", db.clone()));
@@ -645,6 +650,7 @@ async fn a_bounded_write_gives_up_a_held_row_or_a_slow_statement(backend: Backen
     let e = status(slow.await.unwrap_err());
     assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
     assert!(e.message().contains("held up"), "{e:?}");
+    assert_eq!(reason(&e), "HELD_UP_BY_STATEMENT", "told from a held row without the message");
 }
 
 /// An account whose bounded work was held up lately gives up a held lock at once: its sender
