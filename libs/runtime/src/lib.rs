@@ -26,6 +26,7 @@ pub mod prom;
 pub mod read_cache;
 pub mod request;
 pub mod rich;
+pub mod rpc_metrics;
 pub mod server;
 pub mod shutdown;
 pub mod sql;

@@ -17,6 +17,11 @@ const RUN_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Whether the process's recorder is installed.
+pub fn installed() -> bool {
+    HANDLE.get().is_some()
+}
+
 /// Installs the process's recorder (once; later calls reuse it) and describes every metric.
 pub fn recorder() -> anyhow::Result<PrometheusHandle> {
     if let Some(h) = HANDLE.get() {

@@ -208,40 +208,6 @@ impl CallInfo {
     }
 }
 
-/// Whether each method streams, by path, from the contracts' descriptors (go-grpc-prometheus'
-/// `grpc_type`).
-fn grpc_type(path: &str) -> Option<&'static str> {
-    static TYPES: OnceLock<std::collections::HashMap<String, &'static str>> = OnceLock::new();
-    let types = TYPES.get_or_init(|| {
-        use prost::Message;
-        let mut out = std::collections::HashMap::new();
-        let Ok(set) = prost_types::FileDescriptorSet::decode(contactier_proto::FILE_DESCRIPTOR_SET) else {
-            return out;
-        };
-        for f in set.file {
-            for s in &f.service {
-                for m in &s.method {
-                    let kind = match (m.client_streaming(), m.server_streaming()) {
-                        (false, false) => "unary",
-                        (false, true) => "server_stream",
-                        (true, false) => "client_stream",
-                        (true, true) => "bidi_stream",
-                    };
-                    out.insert(format!("/{}.{}/{}", f.package(), s.name(), m.name()), kind);
-                }
-            }
-        }
-        out
-    });
-    match path {
-        "/grpc.health.v1.Health/Check" => Some("unary"),
-        "/grpc.health.v1.Health/Watch" => Some("server_stream"),
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-        | "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => Some("bidi_stream"),
-        _ => types.get(path).copied(),
-    }
-}
-
 impl<S, B, RB> tower_service::Service<http::Request<B>> for TraceService<S>
 where
     S: tower_service::Service<http::Request<B>, Response = http::Response<RB>>,
@@ -257,32 +223,32 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_owned();
         // Labels come from the contracts only: paths anyone can send must not make new series.
-        let (service, method, kind) = match grpc_type(&path) {
-            Some(kind) => {
-                let (s, m) = crate::prom::split_path(&path);
-                (s, m, kind)
-            }
-            None => ("unknown".to_owned(), "unknown".to_owned(), "unary"),
+        let rpc = crate::rpc_metrics::of(req.uri().path());
+        let path = if rpc.path == req.uri().path() {
+            std::borrow::Cow::Borrowed(rpc.path.as_str())
+        } else {
+            std::borrow::Cow::Owned(req.uri().path().to_owned())
         };
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %format!("{service}/{method}"),
+            otel.name = rpc.name.as_str(),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
+            rpc.service = rpc.service.as_str(),
+            rpc.method = rpc.method.as_str(),
             rpc.grpc.status_code = tracing::field::Empty,
         );
         let _ = span.set_parent(parent);
         let info = CallInfo::default();
         req.extensions_mut().insert(info.clone());
-        metrics::counter!("grpc_server_started_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind).increment(1);
-        let in_flight = metrics::gauge!("grpc_server_in_flight_requests", "grpc_service" => service.clone());
-        in_flight.increment(1.0);
+        let metrics = rpc.metrics();
+        if let Some(m) = metrics {
+            m.started.increment(1);
+            m.in_flight.increment(1.0);
+        }
         let timeout = req
             .headers()
             .get("grpc-timeout")
@@ -291,11 +257,9 @@ where
         let started = Instant::now();
         let call = Call {
             path,
-            service,
-            method,
-            kind,
+            rpc,
+            metrics,
             started,
-            in_flight,
             info,
             span: span.clone(),
             deadline: timeout.and_then(|t| started.checked_add(t.saturating_sub(DEADLINE_MARGIN))),
@@ -410,12 +374,11 @@ const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(2)
 /// One call being served: counted, logged and its span closed once, when it ends or, should
 /// the caller go away first (cancelled, its deadline passed), when it is dropped.
 struct Call {
-    path: String,
-    service: String,
-    method: String,
-    kind: &'static str,
+    /// As sent (an undeclared one is logged as it came).
+    path: std::borrow::Cow<'static, str>,
+    rpc: &'static crate::rpc_metrics::Rpc,
+    metrics: Option<&'static crate::rpc_metrics::Metrics>,
     started: Instant,
-    in_flight: metrics::Gauge,
     info: CallInfo,
     span: tracing::Span,
     /// When the caller's deadline passes (less the margin the answer goes out by), if it set one.
@@ -428,7 +391,6 @@ impl Call {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.in_flight.decrement(1.0);
         let elapsed = self.started.elapsed();
         let code_name = code.map_or("Transport", crate::prom::code_name);
         self.span.record("rpc.grpc.status_code", code.map_or(-1, |c| c as i32));
@@ -444,9 +406,11 @@ impl Call {
         ) {
             self.span.record("otel.status_code", "ERROR");
         }
-        let (service, method, kind) = (self.service.clone(), self.method.clone(), self.kind);
-        metrics::counter!("grpc_server_handled_total", "grpc_service" => service.clone(), "grpc_method" => method.clone(), "grpc_type" => kind, "grpc_code" => code_name).increment(1);
-        metrics::histogram!("grpc_server_handling_seconds", "grpc_service" => service, "grpc_method" => method, "grpc_type" => kind).record(elapsed.as_secs_f64());
+        if let Some(m) = self.metrics {
+            m.in_flight.decrement(1.0);
+            self.rpc.handled(m, code).increment(1);
+            m.handling.record(elapsed.as_secs_f64());
+        }
         let _entered = self.span.enter();
         log_call(&self.path, code, code_name, message, elapsed, self.info.0.get().map(String::as_str));
     }
