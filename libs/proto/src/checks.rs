@@ -241,6 +241,13 @@ impl Check for prost_types::Duration {
     }
 }
 
+/// Each call's encode and decode buffers start at 512 bytes and grow as a message needs. At
+/// the transport's default, 8 KiB, each was a large allocation a call, and glibc first merges
+/// its freed small blocks for one (a GetContact answer is a few hundred bytes).
+fn buffers() -> BufferSettings {
+    BufferSettings::new(512, 32 * 1024)
+}
+
 /// The gRPC codec of every Contactier service and client: prost, with each request checked
 /// against its limits as it is decoded. A request past them never reaches a handler.
 #[derive(Debug, Clone)]
@@ -263,7 +270,7 @@ where
     type Decoder = CheckedDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::new(BufferSettings::default())
+        tonic_prost::ProstEncoder::new(buffers())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -277,6 +284,10 @@ pub struct CheckedDecoder<U>(PhantomData<U>);
 impl<U: Message + Default + Check> Decoder for CheckedDecoder<U> {
     type Item = U;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffers()
+    }
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         let item = match U::decode(buf) {
