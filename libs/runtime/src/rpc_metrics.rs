@@ -10,13 +10,11 @@ use std::sync::OnceLock;
 /// can send must not make new series).
 pub struct Rpc {
     /// `/service/method`.
-    pub path: String,
+    pub path: &'static str,
     pub service: String,
     pub method: String,
     /// go-grpc-prometheus' `grpc_type`: whether the method streams.
     pub kind: &'static str,
-    /// `service/method`, the span's name.
-    pub name: String,
     metrics: OnceLock<Metrics>,
 }
 
@@ -32,15 +30,14 @@ pub struct Metrics {
 }
 
 impl Rpc {
-    fn new(service: &str, method: &str, kind: &'static str) -> Self {
-        Self {
-            path: format!("/{service}/{method}"),
-            service: service.to_owned(),
-            method: method.to_owned(),
-            kind,
-            name: format!("{service}/{method}"),
-            metrics: OnceLock::new(),
-        }
+    fn new(path: &'static str, kind: &'static str) -> Self {
+        let (service, method) = crate::prom::split_path(path);
+        Self { path, service, method, kind, metrics: OnceLock::new() }
+    }
+
+    /// `service/method`, the span's name.
+    pub fn name(&self) -> &str {
+        &self.path[1..]
     }
 
     /// The path's metric handles; none before the process's recorder is installed (a handle
@@ -76,35 +73,29 @@ pub fn of(path: &str) -> &'static Rpc {
     known.get(path).unwrap_or(unknown)
 }
 
-/// Every path the contracts declare, from their descriptors, with gRPC's health and reflection.
-fn table() -> &'static (HashMap<String, Rpc>, Rpc) {
-    static TABLE: OnceLock<(HashMap<String, Rpc>, Rpc)> = OnceLock::new();
+/// Every path the contracts declare ([`contactier_proto::METHODS`]), with gRPC's health and
+/// reflection.
+fn table() -> &'static (HashMap<&'static str, Rpc>, Rpc) {
+    static TABLE: OnceLock<(HashMap<&'static str, Rpc>, Rpc)> = OnceLock::new();
     TABLE.get_or_init(|| {
-        use prost::Message;
-        let mut known = HashMap::new();
-        let mut add = |service: &str, method: &str, kind| {
-            known.insert(format!("/{service}/{method}"), Rpc::new(service, method, kind));
-        };
-        add("grpc.health.v1.Health", "Check", "unary");
-        add("grpc.health.v1.Health", "Watch", "server_stream");
-        add("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo", "bidi_stream");
-        add("grpc.reflection.v1alpha.ServerReflection", "ServerReflectionInfo", "bidi_stream");
-        if let Ok(set) = prost_types::FileDescriptorSet::decode(contactier_proto::FILE_DESCRIPTOR_SET) {
-            for f in set.file {
-                for s in &f.service {
-                    for m in &s.method {
-                        let kind = match (m.client_streaming(), m.server_streaming()) {
-                            (false, false) => "unary",
-                            (false, true) => "server_stream",
-                            (true, false) => "client_stream",
-                            (true, true) => "bidi_stream",
-                        };
-                        add(&format!("{}.{}", f.package(), s.name()), m.name(), kind);
-                    }
-                }
-            }
-        }
-        (known, Rpc::new("unknown", "unknown", "unary"))
+        let grpc = [
+            ("/grpc.health.v1.Health/Check", "unary"),
+            ("/grpc.health.v1.Health/Watch", "server_stream"),
+            ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", "bidi_stream"),
+            ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi_stream"),
+        ];
+        let contracts = contactier_proto::METHODS.iter().map(|m| {
+            let kind = match (m.client_streaming, m.server_streaming) {
+                (false, false) => "unary",
+                (false, true) => "server_stream",
+                (true, false) => "client_stream",
+                (true, true) => "bidi_stream",
+            };
+            (m.path, kind)
+        });
+        let known =
+            grpc.into_iter().chain(contracts).map(|(path, kind)| (path, Rpc::new(path, kind))).collect();
+        (known, Rpc::new("/unknown/unknown", "unary"))
     })
 }
 
@@ -119,7 +110,7 @@ mod tests {
             (usage.service.as_str(), usage.method.as_str(), usage.kind),
             ("contactier.billing.v1.BillingService", "GetUsage", "unary")
         );
-        assert_eq!(usage.name, "contactier.billing.v1.BillingService/GetUsage");
+        assert_eq!(usage.name(), "contactier.billing.v1.BillingService/GetUsage");
         assert_eq!(of("/grpc.health.v1.Health/Watch").kind, "server_stream");
         let a = of("/made.Up/One");
         assert!(std::ptr::eq(a, of("/made.Up/Two")), "one entry for every undeclared path");

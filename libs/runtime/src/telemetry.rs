@@ -226,14 +226,14 @@ where
         // Labels come from the contracts only: paths anyone can send must not make new series.
         let rpc = crate::rpc_metrics::of(req.uri().path());
         let path = if rpc.path == req.uri().path() {
-            std::borrow::Cow::Borrowed(rpc.path.as_str())
+            std::borrow::Cow::Borrowed(rpc.path)
         } else {
             std::borrow::Cow::Owned(req.uri().path().to_owned())
         };
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(req.headers()));
         let span = tracing::info_span!(
             "rpc",
-            otel.name = rpc.name.as_str(),
+            otel.name = rpc.name(),
             otel.kind = "server",
             otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
