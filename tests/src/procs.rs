@@ -50,6 +50,9 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Keep each service's log (`<service>.log`, JSON, RUST_LOG info) in this directory.
     pub log_dir: Option<PathBuf>,
+    /// Keep each service's warnings and errors (`<service>-<port>.log`) in this directory: a
+    /// long run's one slow answer can then be told from a retry the service logged.
+    pub warn_dir: Option<PathBuf>,
     /// Serve each service's Prometheus metrics on a port of its own (see [`Services::metrics_addr`]).
     pub metrics: bool,
     /// Start the services without RUST_LOG: their own default log filter.
@@ -139,6 +142,9 @@ impl Services {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(dir) = &self.options.warn_dir {
+            cmd.stderr(std::fs::File::create(dir.join(format!("{name}-{}.log", addr.port())))?);
+        }
         // CONTACTIER_PROCS_LOG_DIR keeps each service's log there (RUST_LOG from the caller).
         if let Some(dir) = std::env::var_os("CONTACTIER_PROCS_LOG_DIR") {
             let file = std::fs::File::create(Path::new(&dir).join(format!("{name}-{}.log", addr.port())))?;

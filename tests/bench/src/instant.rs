@@ -108,6 +108,7 @@ pub async fn run(
     backend: Backend,
     accounts: usize,
     pgbench_tps: Option<f64>,
+    warn_dir: &Option<std::path::PathBuf>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let b = backend.name();
@@ -115,6 +116,7 @@ pub async fn run(
     let options = procs::Options {
         manual_clock: Some(start()),
         env: vec![("CONTACTIER_RATE_LIMIT_PER_ACCOUNT".into(), "0".into())],
+        warn_dir: warn_dir.clone(),
         ..Default::default()
     };
     let services = Services::start_with(backend, &bins, options).await?;

@@ -47,6 +47,8 @@ pub struct Config {
     pub instant_accounts: Vec<usize>,
     /// Seconds of the pgbench run the instant is set beside.
     pub pgbench_seconds: u64,
+    /// Where each service's warnings are kept (see [`procs::Options::warn_dir`]).
+    pub warn_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -415,6 +417,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<Report> {
         // Throughput is the point here: no per-account limit.
         let options = procs::Options {
             env: vec![("CONTACTIER_RATE_LIMIT_PER_ACCOUNT".into(), "0".into())],
+            warn_dir: cfg.warn_dir.clone(),
             ..Default::default()
         };
         let services = Services::start_with(backend, &bins, options).await?;
@@ -801,7 +804,7 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
             Backend::Sqlite => None,
         };
         for &accounts in &cfg.instant_accounts {
-            instant::run(backend, accounts, tps, report).await?;
+            instant::run(backend, accounts, tps, &cfg.warn_dir, report).await?;
         }
     }
     Ok(())

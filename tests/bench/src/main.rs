@@ -64,6 +64,25 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem} GiB memory, {} {}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
+/// A directory of this run's own beside the binaries, for the services' warnings.
+fn warn_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = contactier_bench::procs::bin_dir()?
+        .join("bench-logs")
+        .join(chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string());
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn lines_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|s| s.lines().count())
+        .sum()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -84,12 +103,16 @@ async fn main() -> anyhow::Result<()> {
         empty_server: EmptyServer::Child(std::env::current_exe()?),
         instant_accounts: cli.instant_accounts.into_iter().filter(|n| *n > 0).collect(),
         pgbench_seconds: cli.pgbench_seconds,
+        warn_dir: Some(warn_dir()?),
     };
     let settings = match cfg.backends.contains(&Backend::Postgres) {
         true => format!("\n{}", contactier_bench::postgres_settings().await?),
         false => String::new(),
     };
     let report = contactier_bench::run(&cfg).await?;
+    if let Some(dir) = &cfg.warn_dir {
+        println!("the services' warnings: {} ({} lines)", dir.display(), lines_in(dir));
+    }
     let text = format!(
         "# Benchmarks\n\nMeasured {} on {}.{settings}\nEvery service ran as its own process (release build) on the backend named; the load came from\nanother process over gRPC on the loopback. `make bench` reproduces this table.\n\n{}\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn every_benchmark_runs_on_both_backends() {
+    let warn_dir = std::env::temp_dir().join(format!("contactier-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&warn_dir).unwrap();
     let cfg = Config {
         rows: 3_000,
         load_time: Duration::from_millis(300),
@@ -15,6 +17,7 @@ async fn every_benchmark_runs_on_both_backends() {
         empty_server: EmptyServer::InProcess,
         instant_accounts: vec![25],
         pgbench_seconds: 1,
+        warn_dir: Some(warn_dir.clone()),
     };
     let report = contactier_bench::run(&cfg).await.expect("the benchmarks run");
     for what in [
@@ -53,4 +56,15 @@ async fn every_benchmark_runs_on_both_backends() {
     let scored = report.rows.iter().find(|r| r.what.contains("lead scoring on, against its own rows COPYed"));
     assert_eq!(scored.map(|r| r.backend), Some("PostgreSQL"), "the scored import's floor");
     assert!(report.markdown().lines().count() > 20);
+    // Every service of every run kept its warnings where the run was told to.
+    let kept: Vec<String> = std::fs::read_dir(&warn_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for service in ["contacts", "marketing-status", "billing", "notification"] {
+        let runs = kept.iter().filter(|f| f.starts_with(&format!("{service}-"))).count();
+        // The main runs and the instants, each on both backends.
+        assert_eq!(runs, 4, "{service}'s warnings in {kept:?}");
+    }
+    let _ = std::fs::remove_dir_all(&warn_dir);
 }
