@@ -34,6 +34,8 @@ use std::sync::Arc;
 use tonic::service::Routes;
 
 pub const NAME: &str = "billing";
+/// How long a replica's claim on an update date lasts unless it renews it.
+pub use update_dates::LEASE as UPDATE_DATE_LEASE;
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
@@ -197,6 +199,8 @@ pub async fn build_with(env: ServiceEnv, book: price_book::PriceBook) -> anyhow:
         book: book.clone(),
         apply,
         owner: contactier_runtime::convert::new_id(),
+        clock: clock.clone(),
+        renew_every: update_dates::RENEW_EVERY,
         relay: relay.clone(),
     };
     tokio::spawn(update_dates::run(run, update_worker, shutdown));

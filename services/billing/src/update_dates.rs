@@ -7,7 +7,7 @@
 use crate::price_book::PriceBook;
 use crate::store::{Applied, Completed, DueUpdate, Store};
 use chrono::{DateTime, NaiveDate, Utc};
-use contactier_runtime::clock::{Worker, WorkerWaker};
+use contactier_runtime::clock::{Clock, Worker, WorkerWaker};
 use contactier_runtime::shutdown::Shutdown;
 use contactier_runtime::work;
 use futures::StreamExt;
@@ -26,8 +26,13 @@ pub type ApplyUpdates = Arc<
         + Sync,
 >;
 
-/// How long a claimed date is reserved for the replica processing it.
-const LEASE: Duration = Duration::from_secs(300);
+/// How long a claimed date is reserved for the replica processing it, on the service's clock.
+/// The replica renews it every [`RENEW_EVERY`] while it works, so one that dies leaves its
+/// claimed dates to the others within this (at 5 minutes a killed replica's batch of 256
+/// accounts waited that long, seen from outside, while the rest of the instant took 2 s).
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a replica renews the leases of the dates it is working on (real time).
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// Chunks of accounts processed at once.
 const PARALLEL: usize = 8;
 pub const WORKER: &str = "billing-update-dates";
@@ -51,6 +56,10 @@ pub struct UpdateDateRun {
     pub apply: ApplyUpdates,
     /// This replica's lease owner name.
     pub owner: String,
+    /// The clock leases are renewed by.
+    pub clock: Clock,
+    /// How often the leases of dates being worked on are renewed: [`RENEW_EVERY`].
+    pub renew_every: Duration,
     /// Pokes the relay when a date has been processed (its usage state, any renewal invoice).
     pub relay: WorkerWaker,
 }
@@ -80,13 +89,42 @@ impl UpdateDateRun {
             // One statement claims the batch: a commit per account made each wait for its own
             // flush of the log.
             let claimed = self.store.claim_updates(&due, &self.owner, now, now + LEASE).await?;
+            let accounts: Vec<String> = claimed.iter().map(|d| d.account_id.clone()).collect();
             // Not claimed: another run's, leased, so not read again.
-            unrecorded += self.process(claimed, now).await;
+            unrecorded += self.holding(&accounts, self.process(claimed, now)).await;
         }
         let next = self.store.next_update_due(now).await?;
         // A date whose failure could not even be recorded is tried again after a pause.
         let retry = now + RETRY_UNRECORDED;
         Ok(if unrecorded > 0 { Some(next.map_or(retry, |n| n.min(retry))) } else { next })
+    }
+
+    /// Runs `work` while keeping this replica's leases on `accounts`' dates, renewed every
+    /// `renew_every` (a slow marketing-status must not hand live work to another replica).
+    /// Stopped between renewals, never in the middle of one's statement.
+    async fn holding<T>(&self, accounts: &[String], work: impl Future<Output = T>) -> T {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let renew = async {
+            let start = tokio::time::Instant::now() + self.renew_every;
+            let mut every = tokio::time::interval_at(start, self.renew_every);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => break,
+                    _ = every.tick() => {}
+                }
+                let until = self.clock.now() + LEASE;
+                if let Err(e) = self.store.renew_updates(accounts, &self.owner, until).await {
+                    tracing::warn!(error = %e, "renewing the leases of update dates being processed failed");
+                }
+            }
+        };
+        let work = async {
+            let out = work.await;
+            drop(stop);
+            out
+        };
+        tokio::join!(work, renew).0
     }
 
     /// Processes claimed dates [`CHUNK`] at a time, chunks side by side: a chunk is applied at
@@ -199,6 +237,70 @@ pub async fn run(run: UpdateDateRun, worker: Worker, shutdown: Shutdown) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use contactier_runtime::db::Backend;
+    use contactier_runtime::sql::Sql;
+    use contactier_runtime::testing::TestDb;
+
+    /// A replica keeps the lease of a date while marketing-status is slow to answer for it,
+    /// by the clock's time then, so no other replica takes live work over.
+    #[tokio::test]
+    async fn a_run_renews_the_lease_of_dates_it_is_still_working_on() {
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let t = TestDb::new(backend, "billing").await;
+            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+            let shutdown = Shutdown::new();
+            let cache =
+                contactier_runtime::read_cache::ReadCache::new(&t.db, Duration::ZERO, 1, shutdown).await;
+            let store = Store::new(t.db.clone(), cache);
+            let at = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
+            let q = "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, \
+                 tier, marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
+                 VALUES ('slow', 'professional', 'monthly', '2026-04-20', 'EUR', 'eu', 2000, true, 0, '2026-05-15', $1)";
+            t.db.execute(Sql::new(q).bind(at.timestamp_micros())).await.unwrap();
+            let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+            let answered = Arc::new(tokio::sync::Mutex::new(Some(answered)));
+            let apply: ApplyUpdates = Arc::new(move |dates| {
+                let answered = answered.clone();
+                Box::pin(async move {
+                    let _ = answered.lock().await.take().expect("asked once").await;
+                    Ok(dates.iter().map(|_| Err(anyhow::anyhow!("marketing-status went away"))).collect())
+                })
+            });
+            let clock = Clock::manual(at);
+            let run = UpdateDateRun {
+                store,
+                book: Arc::new(PriceBook::parse(crate::price_book::DEFAULT).unwrap()),
+                apply,
+                owner: "me".into(),
+                clock: clock.clone(),
+                renew_every: Duration::from_millis(20),
+                relay: Clock::manual(at).register_worker("relay").waker(),
+            };
+            let lease = || async {
+                let read = "SELECT lease_owner, lease_until FROM subscriptions WHERE account_id = 'slow'";
+                let (owner, until): (String, i64) = t.db.fetch_one(Sql::new(read)).await.unwrap();
+                (owner, DateTime::from_timestamp_micros(until).unwrap())
+            };
+            let running = run.run_once(at);
+            let watching = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(lease().await, ("me".into(), at + LEASE), "{backend:?}: claimed");
+                // The call is still out when the clock has moved on by more than a lease.
+                let later = at + chrono::Duration::minutes(2);
+                clock.advance_to(later).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert_eq!(lease().await, ("me".into(), later + LEASE), "{backend:?}: renewed");
+                answer.send(()).unwrap();
+            };
+            let (ran, ()) = tokio::join!(running, watching);
+            ran.unwrap();
+            // Failed: no one's lease, the retry 5 s after the run's time.
+            let retry = at + chrono::Duration::seconds(5);
+            assert_eq!(lease().await, (String::new(), retry), "{backend:?}: given up when the work ended");
+        }
+    }
     #[test]
     fn retries_back_off_to_a_ceiling() {
         let secs: Vec<u64> = (0..10).map(|a| super::retry_delay(a).as_secs()).collect();

@@ -63,8 +63,10 @@ const NEXT_DUE: &str = "/* across accounts: when an update date is next due */ S
      (SELECT MIN(lease_until) FROM subscriptions WHERE lease_until > 0 AND lease_until > $1 \
      AND next_update_date <> '')";
 
+/// A failed date waits for its retry with no owner: the lease it had ends, so the run's
+/// renewals (which keep its owner's claims alive) leave its retry time as it is.
 const RETRY: &str = "UPDATE subscriptions SET lease_until = $1, update_attempts = update_attempts + 1, \
-     update_error = $5 WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4";
+     update_error = $5, lease_owner = '' WHERE account_id = $2 AND next_update_date = $3 AND lease_owner = $4";
 
 /// Columns of a batch's records (`x`): each account's update date, what completing it writes.
 const COMPLETION: &[(&str, &str)] = &[
@@ -130,6 +132,21 @@ impl Store {
         // In the order they fell due, as read.
         claimed.sort_by_key(|c| due.iter().position(|d| d.account_id == c.account_id));
         Ok(claimed)
+    }
+
+    /// Keeps `owner`'s leases on these accounts' dates until `until`: those it claimed and
+    /// has neither completed nor failed (both give the lease up), and no other owner's.
+    pub async fn renew_updates(&self, accounts: &[String], owner: &str, until: DateTime<Utc>) -> Result<()> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let ids = serde_json::to_string(accounts).expect("JSON of strings");
+        let q = format!(
+            "UPDATE subscriptions SET lease_until = $2 WHERE {} AND lease_owner = $1 AND next_update_date <> ''",
+            self.db.json_in("account_id", 3)
+        );
+        self.db.execute(Sql::new(AssertSqlSafe(q)).bind(owner).bind(micros(until)).bind(ids)).await?;
+        Ok(())
     }
 
     /// Records a failed attempt and its error; the date is tried again at `retry_at`.
@@ -349,6 +366,51 @@ mod tests {
     use contactier_runtime::db::Backend;
     use contactier_runtime::sql::Sql;
     use contactier_runtime::testing::TestDb;
+
+    /// A replica renews only the claims it still works on: a date it failed keeps its retry
+    /// time (renewing it would cut a backoff of minutes to the lease), and a date another
+    /// replica took over keeps that replica's lease.
+    #[tokio::test]
+    async fn a_replica_renews_its_own_unfinished_claims_only() {
+        use chrono::{TimeZone, Utc};
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            let t = TestDb::new(backend, "billing").await;
+            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+            let cache = contactier_runtime::read_cache::ReadCache::new(
+                &t.db,
+                std::time::Duration::ZERO,
+                1,
+                contactier_runtime::Shutdown::new(),
+            )
+            .await;
+            let store = super::Store::new(t.db.clone(), cache);
+            let at = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
+            for a in ["working", "failed", "taken"] {
+                let q = "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, \
+                     tier, marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
+                     VALUES ($1, 'professional', 'monthly', '2026-04-20', 'EUR', 'eu', 2000, true, 0, '2026-05-15', $2)";
+                t.db.execute(Sql::new(q).bind(a).bind(at.timestamp_micros())).await.unwrap();
+            }
+            let due = store.due_updates(at, 10).await.unwrap();
+            let lease = at + crate::update_dates::LEASE;
+            assert_eq!(store.claim_updates(&due, "me", at, lease).await.unwrap().len(), 3, "{backend:?}");
+            let retry_at = at + chrono::Duration::minutes(15);
+            store.retry_update("failed", due[0].update_date, "me", retry_at, "refused").await.unwrap();
+            let other = at + chrono::Duration::seconds(45);
+            let take =
+                "UPDATE subscriptions SET lease_owner = 'other', lease_until = $1 WHERE account_id = 'taken'";
+            t.db.execute(Sql::new(take).bind(other.timestamp_micros())).await.unwrap();
+
+            let renewed = at + chrono::Duration::seconds(40);
+            let all: Vec<String> = ["working", "failed", "taken"].map(String::from).into();
+            store.renew_updates(&all, "me", renewed).await.unwrap();
+            let read = "SELECT account_id, lease_until FROM subscriptions ORDER BY account_id";
+            let leases: Vec<(String, i64)> = t.db.fetch_all(Sql::new(read)).await.unwrap();
+            let want = [("failed", retry_at), ("taken", other), ("working", renewed)]
+                .map(|(a, t)| (a.to_owned(), t.timestamp_micros()));
+            assert_eq!(leases, want, "{backend:?}");
+        }
+    }
 
     /// Every column a usage read may show tells the caches when it changes; the lease's and a
     /// failed try's columns do not, so claiming an account does not take the notify queue lock.
