@@ -803,11 +803,55 @@ async fn instants(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
             }
             Backend::Sqlite => None,
         };
-        for &accounts in &cfg.instant_accounts {
-            instant::run(backend, accounts, tps, &cfg.warn_dir, report).await?;
+        // Every size on PostgreSQL, where the scale is shown; SQLite, beside it, the first.
+        let sizes = match backend {
+            Backend::Postgres => &cfg.instant_accounts[..],
+            Backend::Sqlite => &cfg.instant_accounts[..1],
+        };
+        let mut per_account = Vec::new();
+        for &accounts in sizes {
+            let took = instant::run(backend, accounts, tps, &cfg.warn_dir, report).await?;
+            per_account.push((accounts, took.as_secs_f64() / accounts as f64));
+        }
+        if let Some(growth) = growth(&per_account) {
+            report.add(
+                &growth.what,
+                backend.name(),
+                growth.value,
+                growth.limit,
+                GROWTH_TARGET,
+                Some(growth.met),
+            );
         }
     }
     Ok(())
+}
+
+/// The instant's time an account may grow by from the smallest size run to the largest, and be
+/// called linear in the accounts (runs of the same size vary by about a tenth).
+const LINEAR_WITHIN: f64 = 1.25;
+const GROWTH_TARGET: &str = "linear in the accounts (an account's time within 1.25x)";
+
+struct Growth {
+    what: String,
+    value: String,
+    limit: String,
+    met: bool,
+}
+
+/// How an account's share of the instant grew from the smallest size to the largest.
+fn growth(per_account: &[(usize, f64)]) -> Option<Growth> {
+    let (&(small, a), &(large, b)) =
+        (per_account.iter().min_by_key(|p| p.0)?, per_account.iter().max_by_key(|p| p.0)?);
+    if small == large {
+        return None;
+    }
+    Some(Growth {
+        what: format!("one instant: an account's time from {small} to {large} accounts"),
+        value: format!("{:.3} ms to {:.3} ms ({:.2}x)", a * 1e3, b * 1e3, b / a),
+        limit: format!("{small} accounts: {:.3} ms", a * 1e3),
+        met: b / a <= LINEAR_WITHIN,
+    })
 }
 
 struct TrailPages {
@@ -1145,6 +1189,24 @@ mod tests {
         assert_eq!(both.round(), 21_775.0);
         assert!((20_341.0 / both - 0.934).abs() < 0.001);
         assert_eq!(super::combined(0.0, 5.0), 0.0);
+    }
+
+    #[test]
+    fn an_instant_is_linear_while_an_accounts_time_grows_by_a_quarter_at_most() {
+        // 2026-12-01: 4.2 s at 10,000 accounts, 45.9 s at 100,000 (a tenth more an account).
+        let g = super::growth(&[
+            (10_000, 4.2 / 10_000.0),
+            (50_000, 23.6 / 50_000.0),
+            (100_000, 45.9 / 100_000.0),
+        ])
+        .unwrap();
+        assert_eq!(g.what, "one instant: an account's time from 10000 to 100000 accounts");
+        assert_eq!(g.value, "0.420 ms to 0.459 ms (1.09x)");
+        assert!(g.met);
+        // 2026-11-30, before batching across accounts: 3.0 s at 1,000, 33.8 s at 5,000.
+        let g = super::growth(&[(1_000, 3.0 / 1_000.0), (5_000, 33.8 / 5_000.0)]).unwrap();
+        assert!(!g.met, "{}", g.value);
+        assert!(super::growth(&[(10_000, 0.0004)]).is_none(), "one size shows no growth");
     }
 }
 

@@ -21,7 +21,8 @@ struct Cli {
     #[arg(long, default_value_t = 11_000)]
     alert_contacts: usize,
     /// Accounts sharing one processing instant, one run per size (comma-separated; 0 for none).
-    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    /// PostgreSQL runs every size and how an account's time grew across them; SQLite the first.
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000,100000")]
     instant_accounts: Vec<usize>,
     /// Seconds of the pgbench run the instant is compared with.
     #[arg(long, default_value_t = 20)]
@@ -29,7 +30,10 @@ struct Cli {
     /// postgres, sqlite or both.
     #[arg(long, default_value = "both")]
     backends: String,
-    /// Where the table goes.
+    /// Where the table goes: it replaces the table there (a partial run's table has only what
+    /// it measured), keeping the notes below it. PostgreSQL is the tests' own,
+    /// CONTACTIER_TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test), each run
+    /// in schemas of its own and pgbench in a database of its own, dropped afterwards.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: std::path::PathBuf,
     #[command(subcommand)]

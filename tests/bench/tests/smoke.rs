@@ -15,7 +15,7 @@ async fn every_benchmark_runs_on_both_backends() {
         alert_contacts: 2_100,
         backends: vec![Backend::Postgres, Backend::Sqlite],
         empty_server: EmptyServer::InProcess,
-        instant_accounts: vec![25],
+        instant_accounts: vec![25, 50],
         pgbench_seconds: 1,
         warn_dir: Some(warn_dir.clone()),
     };
@@ -46,6 +46,20 @@ async fn every_benchmark_runs_on_both_backends() {
         assert!(r.value.ends_with(" 0 errors"), "{} on {}: {}", r.what, r.backend, r.value);
     }
     assert!(report.rows.iter().any(|r| r.what.starts_with("pgbench simple-update")));
+    // Every size on PostgreSQL with how an account's time grew across them; SQLite the first.
+    let sizes = |backend: &str| -> Vec<&str> {
+        let rows = report.rows.iter().filter(|r| r.backend == backend);
+        rows.filter(|r| r.what.starts_with("one instant")).map(|r| r.what.as_str()).collect()
+    };
+    assert_eq!(
+        sizes("PostgreSQL"),
+        [
+            "one instant, 25 accounts (1000 pending contacts)",
+            "one instant, 50 accounts (1000 pending contacts)",
+            "one instant: an account's time from 25 to 50 accounts"
+        ]
+    );
+    assert_eq!(sizes("SQLite"), ["one instant, 25 accounts (1000 pending contacts)"]);
     // The import's own floor: PostgreSQL only, with every row the import left copied.
     let floor = report
         .rows
@@ -63,8 +77,8 @@ async fn every_benchmark_runs_on_both_backends() {
         .collect();
     for service in ["contacts", "marketing-status", "billing", "notification"] {
         let runs = kept.iter().filter(|f| f.starts_with(&format!("{service}-"))).count();
-        // The main runs and the instants, each on both backends.
-        assert_eq!(runs, 4, "{service}'s warnings in {kept:?}");
+        // The main runs on both backends, two instants on PostgreSQL and one on SQLite.
+        assert_eq!(runs, 5, "{service}'s warnings in {kept:?}");
     }
     let _ = std::fs::remove_dir_all(&warn_dir);
 }
