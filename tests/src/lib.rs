@@ -150,7 +150,7 @@ impl System {
         let delivery = self.delivery.clone();
         let r = self.running(service);
         r.platform = Platform { shutdown: contactier_runtime::Shutdown::new(), ..shared };
-        let listener = tokio::net::TcpListener::bind(r.addr).await.expect("the service's port is free again");
+        let listener = bind_again(r.addr).await;
         r.server = launch(r.def, &r.platform, &r.db, &peers, listener, delivery.as_ref()).await;
     }
 
@@ -229,5 +229,21 @@ impl System {
     /// Moves the clock and returns once every service has done the work due by then.
     pub async fn advance_to(&self, t: DateTime<Utc>) {
         self.platform.clock.advance_to(t).await.expect("time moves forward");
+    }
+}
+
+/// Binds a stopped service's address again. While it was stopped, an outgoing connection of
+/// another test may have been given its port as its own local port (both come from the
+/// ephemeral range; seen once in a full run: AddrInUse); such a connection is gone soon.
+async fn bind_again(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the service's port {addr} is not free again: {e}"),
+        }
     }
 }
