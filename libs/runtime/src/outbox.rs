@@ -90,12 +90,12 @@ const DUE_BY_SEQ_BUT: &str = "/* across accounts: events due but one account's *
      AND w.seq < d.seq AND w.next_attempt_at > $2 AND w.attempts > 0) ORDER BY seq LIMIT $3) d \
      ON o.account_id = d.account_id AND o.seq = d.seq WHERE d.before < $4 ORDER BY o.seq";
 
-/// When the next event is due: the earliest time of an account's first event (see
-/// [`Outbox::next_due`]).
 /// The latest time any event of the topic is due at (`$1`): the last entry of `outbox_due`.
 const LATEST_ATTEMPT: &str =
     "/* across accounts: whether events wait */ SELECT MAX(next_attempt_at) FROM outbox WHERE topic = $1";
 
+/// When the next event is due: the earliest time of an account's first event (see
+/// [`Outbox::next_due`]).
 const NEXT_DUE: &str = "/* across accounts: when an event is next due */ SELECT MIN(next_attempt_at) \
      FROM (SELECT o.next_attempt_at FROM outbox o \
      WHERE o.topic = $1 AND NOT EXISTS (SELECT 1 FROM outbox w WHERE w.topic = o.topic \

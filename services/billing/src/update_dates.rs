@@ -241,24 +241,14 @@ mod tests {
     use chrono::TimeZone;
     use contactier_runtime::db::Backend;
     use contactier_runtime::sql::Sql;
-    use contactier_runtime::testing::TestDb;
 
     /// A replica keeps the lease of a date while marketing-status is slow to answer for it,
     /// by the clock's time then, so no other replica takes live work over.
     #[tokio::test]
     async fn a_run_renews_the_lease_of_dates_it_is_still_working_on() {
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            let t = TestDb::new(backend, "billing").await;
-            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
-            let shutdown = Shutdown::new();
-            let cache =
-                contactier_runtime::read_cache::ReadCache::new(&t.db, Duration::ZERO, 1, shutdown).await;
-            let store = Store::new(t.db.clone(), cache);
             let at = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
-            let q = "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, \
-                 tier, marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
-                 VALUES ('slow', 'professional', 'monthly', '2026-04-20', 'EUR', 'eu', 2000, true, 0, '2026-05-15', $1)";
-            t.db.execute(Sql::new(q).bind(at.timestamp_micros())).await.unwrap();
+            let (t, store) = crate::store::store_with_dates_due(backend, &["slow"], at).await;
             let (answer, answered) = tokio::sync::oneshot::channel::<()>();
             let answered = Arc::new(tokio::sync::Mutex::new(Some(answered)));
             let apply: ApplyUpdates = Arc::new(move |dates| {

@@ -107,7 +107,7 @@ impl Ctx {
 /// own steps (the bench polls every 20 ms) decide it (40 invoices read "0.0 s" and a miss).
 const JUDGED_FROM: Duration = Duration::from_secs(1);
 
-/// The result of `n` things in `took` at `rate`, and whether a run that short can be judged.
+/// A run's result, `rate` of `unit` a second over `took`, and whether a run that short can be judged.
 fn timed(rate: f64, unit: &str, took: Duration) -> (String, bool) {
     let secs = took.as_secs_f64();
     match took >= JUDGED_FROM {

@@ -35,6 +35,8 @@ mod invoices;
 mod states;
 mod update_dates;
 
+#[cfg(test)]
+pub(crate) use update_dates::store_with_dates_due;
 pub use update_dates::{Applied, Completed, DueUpdate};
 
 /// Outbox topic of the events for the notification service.

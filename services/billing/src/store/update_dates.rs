@@ -361,8 +361,32 @@ async fn take_later_counts(
     Ok(())
 }
 
+/// A store of its own whose `accounts` each have a monthly subscription with an update date
+/// (15 May 2026) due at `at`, and the database it is in.
+#[cfg(test)]
+pub(crate) async fn store_with_dates_due(
+    backend: contactier_runtime::db::Backend,
+    accounts: &[&str],
+    at: DateTime<Utc>,
+) -> (contactier_runtime::testing::TestDb, Store) {
+    let t = contactier_runtime::testing::TestDb::new(backend, "billing").await;
+    t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
+    let shutdown = contactier_runtime::Shutdown::new();
+    let cache =
+        contactier_runtime::read_cache::ReadCache::new(&t.db, std::time::Duration::ZERO, 1, shutdown).await;
+    let store = Store::new(t.db.clone(), cache);
+    for a in accounts {
+        let q = "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, \
+             tier, marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
+             VALUES ($1, 'professional', 'monthly', '2026-04-20', 'EUR', 'eu', 2000, true, 0, '2026-05-15', $2)";
+        t.db.execute(Sql::new(q).bind(*a).bind(micros(at))).await.unwrap();
+    }
+    (t, store)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::store_with_dates_due;
     use contactier_runtime::db::Backend;
     use contactier_runtime::sql::Sql;
     use contactier_runtime::testing::TestDb;
@@ -374,23 +398,8 @@ mod tests {
     async fn a_replica_renews_its_own_unfinished_claims_only() {
         use chrono::{TimeZone, Utc};
         for backend in [Backend::Sqlite, Backend::Postgres] {
-            let t = TestDb::new(backend, "billing").await;
-            t.db.migrate_service(crate::SERVICE.migrations).await.unwrap();
-            let cache = contactier_runtime::read_cache::ReadCache::new(
-                &t.db,
-                std::time::Duration::ZERO,
-                1,
-                contactier_runtime::Shutdown::new(),
-            )
-            .await;
-            let store = super::Store::new(t.db.clone(), cache);
             let at = Utc.with_ymd_and_hms(2026, 5, 15, 4, 0, 0).unwrap();
-            for a in ["working", "failed", "taken"] {
-                let q = "INSERT INTO subscriptions (account_id, edition, term, start_date, currency, subsidiary, \
-                     tier, marketing_contacts_enabled, created_at, next_update_date, next_update_at) \
-                     VALUES ($1, 'professional', 'monthly', '2026-04-20', 'EUR', 'eu', 2000, true, 0, '2026-05-15', $2)";
-                t.db.execute(Sql::new(q).bind(a).bind(at.timestamp_micros())).await.unwrap();
-            }
+            let (t, store) = store_with_dates_due(backend, &["working", "failed", "taken"], at).await;
             let due = store.due_updates(at, 10).await.unwrap();
             let lease = at + crate::update_dates::LEASE;
             assert_eq!(store.claim_updates(&due, "me", at, lease).await.unwrap().len(), 3, "{backend:?}");
